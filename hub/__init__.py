@@ -1,0 +1,1 @@
+"""The OCPI hub's HTTP application, OCPI endpoints, admin API and CLI."""

@@ -1,0 +1,123 @@
+"""The operator's admin API under /admin/api: invitations (token A) and the list of parties."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import asyncpg
+import msgspec
+from litestar import Request, Response, Router, get, post
+from litestar.exceptions import HTTPException
+
+from hub.auth import admin_guard
+from hub.errors import OcpiError
+from hub.ocpi.wire import CountryCode, PartyId, Role
+from hub.settings import Settings
+from storage import platforms
+from storage.secrets import new_token, token_hash
+from storage.sql import QUERIES
+
+
+class RoleIn(msgspec.Struct):
+    role: Role
+    country_code: CountryCode
+    party_id: PartyId
+
+
+class InvitationIn(msgspec.Struct):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    roles: Annotated[list[RoleIn], msgspec.Meta(min_length=1)]
+
+
+class Invitation(msgspec.Struct):
+    token_a: str
+    versions_url: str
+    platform_id: int
+    name: str
+    roles: list[RoleIn]
+
+
+class Party(msgspec.Struct):
+    country_code: str
+    party_id: str
+    role: str
+    platform: str
+    platform_id: int
+    status: str
+    registered_at: datetime | None
+    last_seen: datetime | None
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+_encoder = msgspec.json.Encoder()
+
+
+async def invite(conn: asyncpg.Connection, settings: Settings, request: InvitationIn) -> Invitation:
+    """A new platform holding the given roles, and the token A it registers with (shown once, stored hashed)."""
+    claims = [platforms.RoleClaim(r.role, r.country_code, r.party_id) for r in request.roles]
+    keys = [(c.role, c.country_code.upper(), c.party_id.upper()) for c in claims]
+    if len(set(keys)) != len(keys):
+        raise AdminError(400, "the same role is listed twice")
+    if "HUB" in {c.role for c in claims}:
+        raise AdminError(400, "role HUB is the hub's own; a connecting platform cannot hold it")
+    token_a = new_token()
+    try:
+        platform_id = await platforms.create_platform(
+            conn, request.name, claims, token_hash(token_a), (settings.country_code, settings.party_id)
+        )
+    except platforms.PartyTaken as exc:
+        raise AdminError(409, str(exc)) from None
+    return Invitation(token_a, settings.versions_url, platform_id, request.name, request.roles)
+
+
+def _json(payload: object, status: int = 200) -> Response[bytes]:
+    return Response(_encoder.encode(payload), status_code=status, media_type="application/json")
+
+
+@post("/invitations")
+async def create_invitation(request: Request) -> Response[bytes]:
+    try:
+        body = msgspec.json.decode(await request.body(), type=InvitationIn)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise AdminError(400, f"invalid invitation: {exc}") from None
+    state = request.app.state
+    async with state.pool.acquire() as conn:
+        invitation = await invite(conn, state.settings, body)
+    await state.directory.changed()
+    return _json(invitation, 201)
+
+
+@get("/parties")
+async def list_parties(request: Request) -> Response[bytes]:
+    async with request.app.state.pool.acquire() as conn:
+        rows = await conn.fetch(QUERIES["list_parties"])
+    return _json({"items": [Party(**dict(row)) for row in rows]})
+
+
+def _render_admin_error(_: Request, exc: Exception) -> Response[bytes]:
+    if isinstance(exc, AdminError):
+        return _json({"error": exc.message}, exc.status)
+    if isinstance(exc, OcpiError):
+        return _json({"error": exc.message}, exc.http_status if exc.http_status != 200 else 400)
+    if isinstance(exc, HTTPException):
+        return _json({"error": str(exc.detail)}, exc.status_code)
+    raise exc
+
+
+admin_router = Router(
+    path="/admin/api",
+    route_handlers=[create_invitation, list_parties],
+    guards=[admin_guard],
+    exception_handlers={
+        AdminError: _render_admin_error,
+        OcpiError: _render_admin_error,
+        HTTPException: _render_admin_error,
+    },
+)

@@ -1,0 +1,104 @@
+"""create_app(): the Litestar application and the lifespan that owns its pool, Redis client and HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import asyncpg
+import httpx
+import redis.asyncio as redis
+import structlog
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
+
+from hub.admin.api import admin_router
+from hub.auth import CredentialsTokenAuth
+from hub.envelope import render_ocpi_error
+from hub.logs import configure_logging
+from hub.ocpi import credentials, modules, versions
+from hub.request_context import RequestContext
+from hub.settings import Settings
+from storage.directory import DirectoryCache
+from storage.secrets import TokenBox
+from storage.sql import QUERIES
+
+log = structlog.get_logger()
+
+LAST_SEEN_FLUSH_S = 10.0
+
+
+def create_app(settings: Settings | None = None) -> RequestContext:
+    """The hub as an ASGI app. Settings come from the environment unless given (the CLI resolves them first)."""
+    settings = settings or Settings.from_env().with_secrets()
+    database_url, redis_url = settings.database_url, settings.redis_url
+    if not database_url or not redis_url:
+        raise RuntimeError("create_app needs OCPI_HUB_DATABASE_URL and OCPI_HUB_REDIS_URL; `ocpi-hub serve` sets them")
+    configure_logging(settings.log_level)
+
+    @contextlib.asynccontextmanager
+    async def resources(app: Litestar) -> AsyncIterator[None]:
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
+        redis_client = redis.Redis.from_url(redis_url)
+        http = httpx.AsyncClient(timeout=httpx.Timeout(settings.forward_timeout_s, connect=5.0))
+        token_box = TokenBox(settings.secret_key or "")
+        directory = DirectoryCache(pool, redis_client, settings.redis_prefix, token_box)
+        await directory.reload()
+        app.state.update(pool=pool, redis=redis_client, http=http, directory=directory, token_box=token_box)
+        tasks = [asyncio.create_task(directory.watch()), asyncio.create_task(_flush_last_seen(app.state))]
+        log.info("hub_started", public_url=settings.public_url, platforms=len(directory.current.platforms))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await _write_last_seen(app.state)
+            await http.aclose()
+            await redis_client.aclose()
+            await pool.close()
+
+    app = Litestar(
+        route_handlers=[
+            versions.versions,
+            versions.version_details,
+            credentials.read_credentials,
+            credentials.register,
+            credentials.update_credentials,
+            credentials.unregister,
+            modules.module_root,
+            modules.module_object,
+            admin_router,
+        ],
+        state=State({"settings": settings, "last_seen": {}}),
+        lifespan=[resources],
+        middleware=[DefineMiddleware(CredentialsTokenAuth, exclude=["^/admin/"])],
+        exception_handlers={Exception: render_ocpi_error},
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=None,
+        logging_config=None,
+    )
+    return RequestContext(app)
+
+
+async def _flush_last_seen(state: State) -> None:
+    """last_seen is kept in memory per request and written in one batch every few seconds."""
+    while True:
+        await asyncio.sleep(LAST_SEEN_FLUSH_S)
+        try:
+            await _write_last_seen(state)
+        except Exception as exc:
+            log.warning("last_seen_flush_failed", error=str(exc))
+
+
+async def _write_last_seen(state: State) -> None:
+    seen: dict[int, datetime] = state.last_seen
+    if not seen:
+        return
+    batch = dict(seen)
+    seen.clear()
+    async with state.pool.acquire() as conn:
+        await conn.execute(QUERIES["touch_platforms"], list(batch), list(batch.values()))

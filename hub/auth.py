@@ -1,0 +1,72 @@
+"""Who is calling: the credentials token of an OCPI request, or the bearer token of the admin API."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from hub.errors import Unauthorized
+from storage.directory import Directory, Platform
+from storage.secrets import token_hash
+
+# transport_and_format.asciidoc: token A is valid on "credentials" and "versions" only, elsewhere HTTP 401.
+REGISTRATION_PATHS = frozenset({"/ocpi/versions", "/ocpi/2.2.1", "/ocpi/2.2.1/credentials"})
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    platform: Platform
+    token_kind: str  # "A": invitation (registration only), "C": registered
+    token: str
+
+
+def identify(directory: Directory, header: str | None) -> Caller | None:
+    """The caller behind an Authorization header: 'Token <base64(token)>', or the raw token of 2.1.1-era parties."""
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "token" or not (value := value.strip()):
+        return None
+    for token in (_base64_decoded(value), value):
+        if token is not None and (grant := directory.tokens.get(token_hash(token))) is not None:
+            return Caller(platform=grant[0], token_kind=grant[1], token=token)
+    return None
+
+
+def _base64_decoded(value: str) -> str | None:
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return decoded if decoded.isprintable() else None
+
+
+class CredentialsTokenAuth(AbstractAuthenticationMiddleware):
+    """Authenticates every OCPI request against the in-memory directory (no database round trip)."""
+
+    async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
+        state = connection.app.state
+        caller = identify(state.directory.current, connection.headers.get("authorization"))
+        if caller is None:
+            if "authorization" not in connection.headers:
+                raise Unauthorized("missing Authorization header: send 'Authorization: Token <base64 of your token>'")
+            raise Unauthorized("unknown credentials token")
+        if caller.token_kind == "A" and connection.scope["path"].rstrip("/") not in REGISTRATION_PATHS:
+            raise Unauthorized("token A is only valid for versions and credentials: register first")
+        state.last_seen[caller.platform.id] = datetime.now(UTC)
+        return AuthenticationResult(user=caller, auth=caller.token_kind)
+
+
+def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Guard of /admin/api: 'Authorization: Bearer <admin token>'."""
+    scheme, _sep, value = (connection.headers.get("authorization") or "").partition(" ")
+    expected: str = connection.app.state.settings.admin_token
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected.encode()):
+        raise Unauthorized("admin API: send 'Authorization: Bearer <admin token>'")

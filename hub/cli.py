@@ -1,0 +1,185 @@
+"""The `ocpi-hub` command: serve, migrate, invite and connect."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import redis.asyncio as redis
+
+from hub.settings import VARIABLES, Settings, SettingsError
+
+COMMANDS_HELP = """commands:
+  serve     run the hub (starts embedded PostgreSQL/Valkey when no URLs are set)
+  migrate   apply the database migrations and exit
+  invite    create a platform with its roles and print its token A and the hub's versions URL
+  connect   register the hub at a party that gave the hub a versions URL and a token A
+"""
+
+
+def _variables_help() -> str:
+    width = max(len(name) for name, _, _ in VARIABLES)
+    lines = [f"  {name:<{width}}  {meaning} (default: {default})" for name, default, meaning in VARIABLES]
+    return "environment variables (all optional):\n" + "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocpi-hub",
+        description="An OCPI 2.2.1 roaming hub: parties register once and reach every other party through it.",
+        epilog=COMMANDS_HELP + "\n" + _variables_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="run the hub", epilog=_variables_help(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    commands.add_parser("migrate", help="apply database migrations and exit")
+    invite = commands.add_parser("invite", help="create a platform and print its token A (JSON)")
+    invite.add_argument("--name", required=True, help="the platform's name, e.g. the company")
+    invite.add_argument(
+        "--role",
+        action="append",
+        required=True,
+        metavar="ROLE:CC:PARTY",
+        help="a role it may register, e.g. CPO:NL:ABC (repeat for several)",
+    )
+    connect = commands.add_parser("connect", help="register the hub at a party (the hub must be running)")
+    connect.add_argument("--versions-url", required=True, help="the party's versions URL")
+    connect.add_argument("--token-a", required=True, help="the token A the party gave the hub operator")
+    connect.add_argument("--name", help="the platform's name (default: the versions URL's host)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        port = getattr(args, "port", 8080)
+        settings = Settings.from_env(host=getattr(args, "host", "127.0.0.1"), port=port).with_secrets()
+    except SettingsError as exc:
+        print(f"ocpi-hub: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from hub.logs import configure_logging
+    from hub.runtime import backing_services, migrate_database
+    from storage.embedded import EmbeddedServiceError
+
+    configure_logging(settings.log_level, sys.stdout if args.command == "serve" else sys.stderr)
+    try:
+        with backing_services(settings) as ready:
+            assert ready.database_url is not None
+            asyncio.run(migrate_database(ready.database_url))
+            if args.command == "serve":
+                return _serve(ready, args.host, args.port, args.workers)
+            if args.command == "invite":
+                return _run(_invite, ready, args)
+            if args.command == "connect":
+                return _run(_connect, ready, args)
+            return 0
+    except EmbeddedServiceError as exc:
+        print(f"ocpi-hub: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"ocpi-hub: cannot use the database or Redis: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    # Workers are separate processes: they read the resolved settings from the environment.
+    os.environ.update(
+        OCPI_HUB_DATABASE_URL=settings.database_url or "",
+        OCPI_HUB_REDIS_URL=settings.redis_url or "",
+        OCPI_HUB_PUBLIC_URL=settings.public_url,
+        OCPI_HUB_DATA_DIR=str(settings.data_dir),
+    )
+    if not os.environ.get("OCPI_HUB_ADMIN_TOKEN"):
+        print(
+            f"ocpi-hub: admin token (kept in {settings.data_dir / 'admin-token'}): {settings.admin_token}", flush=True
+        )
+    print(f"ocpi-hub: serving {settings.versions_url} on {host}:{port} with {workers} worker(s)", flush=True)
+    Granian(
+        "hub.app:create_app",
+        factory=True,
+        address=host,
+        port=port,
+        workers=workers,
+        interface=Interfaces.ASGI,
+        log_access=False,
+    ).serve()
+    return 0
+
+
+Command = Callable[[Settings, argparse.Namespace, asyncpg.Pool, redis.Redis], Coroutine[Any, Any, int]]
+
+
+def _run(command: Command, settings: Settings, args: argparse.Namespace) -> int:
+    async def with_clients() -> int:
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+        redis_client = redis.Redis.from_url(settings.redis_url or "")
+        try:
+            return await command(settings, args, pool, redis_client)
+        finally:
+            await redis_client.aclose()
+            await pool.close()
+
+    return asyncio.run(with_clients())
+
+
+async def _invite(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, redis_client: redis.Redis) -> int:
+    from hub.admin.api import AdminError, InvitationIn, invite
+    from storage.directory import announce_change
+
+    try:
+        roles = [dict(zip(("role", "country_code", "party_id"), spec.split(":"), strict=True)) for spec in args.role]
+        request = msgspec.convert({"name": args.name, "roles": roles}, InvitationIn)
+    except (ValueError, msgspec.ValidationError) as exc:
+        print(f"ocpi-hub: invalid --role (expected ROLE:CC:PARTY such as CPO:NL:ABC): {exc}", file=sys.stderr)
+        return 2
+    try:
+        async with pool.acquire() as conn:
+            invitation = await invite(conn, settings, request)
+    except AdminError as exc:
+        print(f"ocpi-hub: {exc.message}", file=sys.stderr)
+        return 1
+    await announce_change(redis_client, settings.redis_prefix)
+    print(msgspec.json.format(msgspec.json.encode(invitation)).decode())
+    return 0
+
+
+async def _connect(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, redis_client: redis.Redis) -> int:
+    from hub.connect import ConnectFailed, connect_to_party
+
+    if not os.environ.get("OCPI_HUB_PUBLIC_URL"):
+        # The party calls the hub back at this URL while it handles the registration: a guess will not do.
+        print(
+            "ocpi-hub: connect needs OCPI_HUB_PUBLIC_URL, the URL at which the party reaches the running hub",
+            file=sys.stderr,
+        )
+        return 2
+    name = args.name or httpx.URL(args.versions_url).host
+    async with httpx.AsyncClient(timeout=settings.forward_timeout_s) as http:
+        try:
+            connected = await connect_to_party(
+                settings, pool, redis_client, http, name=name, versions_url=args.versions_url, token_a=args.token_a
+            )
+        except ConnectFailed as exc:
+            print(f"ocpi-hub: {exc}", file=sys.stderr)
+            return 1
+    print(msgspec.json.format(msgspec.json.encode(connected)).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

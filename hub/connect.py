@@ -1,0 +1,111 @@
+"""The other direction of credentials.asciidoc Registration: the hub registers at a party that gave it token A."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+import msgspec
+import redis.asyncio as redis
+import structlog
+
+from hub import party_api
+from hub.errors import OcpiError
+from hub.ocpi.credentials import hub_credentials
+from hub.settings import Settings
+from storage import platforms
+from storage.directory import PROPAGATION_S, announce_change
+from storage.secrets import TokenBox, new_token, token_hash
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    platform_id: int
+    name: str
+    roles: list[dict[str, str]]
+    version_url: str
+
+
+class ConnectFailed(Exception):
+    """The registration at the party did not complete; the message says at which step and why."""
+
+
+async def connect_to_party(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    redis_client: redis.Redis,
+    http: httpx.AsyncClient,
+    *,
+    name: str,
+    versions_url: str,
+    token_a: str,
+) -> Connected:
+    box = TokenBox(settings.secret_key or "")
+    hub_party = (settings.country_code, settings.party_id)
+    try:
+        first = await party_api.discover(http, versions_url, token_a)
+    except OcpiError as exc:
+        raise ConnectFailed(f"reading the party's versions with token A failed ({exc.status_code}): {exc}") from None
+    credentials_url = first.url("credentials")
+    # The party calls the hub's versions with this token while it handles our POST (kind A until it answers).
+    token_for_party = new_token()
+    async with pool.acquire() as conn:
+        platform_id = await platforms.create_platform(conn, name, [], token_hash(token_for_party), hub_party)
+    await announce_change(redis_client, settings.redis_prefix)
+    await asyncio.sleep(PROPAGATION_S)  # every running hub process must know the token before the party calls back
+    theirs = None
+    try:
+        theirs = await party_api.exchange_credentials(
+            http, "POST", credentials_url or "", token_a, hub_credentials(settings, token_for_party)
+        )
+        claims = [platforms.RoleClaim(r.role, r.country_code, r.party_id) for r in theirs.roles]
+        async with pool.acquire() as conn:
+            role_ids = await platforms.claim_roles(conn, platform_id, claims, hub_party)
+        # The endpoints are fetched again with the party's new token: that proves the token works.
+        final = await party_api.discover(http, theirs.url, theirs.token)
+    except (OcpiError, platforms.PartyTaken) as exc:
+        await _abandon(pool, redis_client, settings, platform_id)
+        if theirs is not None and credentials_url:
+            # The party did register the hub: undo it, since the hub will not use that registration.
+            with contextlib.suppress(OcpiError):
+                await party_api.delete_credentials(http, credentials_url, theirs.token)
+        raise ConnectFailed(f"registration at {versions_url} failed: {exc}") from None
+    connection = platforms.Connection(
+        versions_url=theirs.url,
+        version=final.version,
+        version_url=final.version_url,
+        token_b_sealed=box.seal(theirs.token),
+        endpoints=list({(e.identifier, e.role): (e.identifier, e.role, e.url) for e in final.endpoints}.values()),
+        roles=[
+            (role_id, msgspec.to_builtins(r.business_details))
+            for role_id, r in zip(role_ids, theirs.roles, strict=True)
+        ],
+    )
+    async with pool.acquire() as conn:
+        await platforms.store_connection(
+            conn,
+            platform_id,
+            connection,
+            expected_state="INVITED",
+            presented_token=token_hash(token_for_party),
+            new_token=token_hash(token_for_party),
+        )
+    await announce_change(redis_client, settings.redis_prefix)
+    log.info("hub_registered_at_party", platform_id=platform_id, platform=name, versions_url=versions_url)
+    return Connected(
+        platform_id,
+        name,
+        [{"role": r.role, "country_code": r.country_code, "party_id": r.party_id} for r in theirs.roles],
+        final.version_url,
+    )
+
+
+async def _abandon(pool: asyncpg.Pool, redis_client: redis.Redis, settings: Settings, platform_id: int) -> None:
+    async with pool.acquire() as conn:
+        await platforms.unregister(conn, platform_id)
+    await announce_change(redis_client, settings.redis_prefix)

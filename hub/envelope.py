@@ -1,0 +1,88 @@
+"""Builds OCPI responses (the envelope and its timestamp), decodes request bodies and renders every error."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import msgspec
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+
+from hub.errors import InvalidParameters, MalformedBody, OcpiError
+from hub.ocpi.wire import Envelope
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+
+
+def ocpi_timestamp(moment: datetime | None = None) -> str:
+    """types.asciidoc DateTime: UTC, 'Z' suffix, here with milliseconds."""
+    moment = moment or datetime.now(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def ocpi_response(
+    data: Any,
+    *,
+    status_code: int = 1000,
+    message: str | None = None,
+    http_status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response[bytes]:
+    body = _encoder.encode(
+        Envelope(status_code=status_code, timestamp=ocpi_timestamp(), data=data, status_message=message)
+    )
+    return Response(content=body, status_code=http_status, media_type="application/json", headers=headers)
+
+
+async def decode_body(request: Request, kind: type[T]) -> T:
+    """The request body as `kind`, or an OCPI error saying exactly what is wrong with it."""
+    raw = await request.body()
+    if not raw.strip():
+        raise InvalidParameters("the request body is empty; a JSON object is required")
+    try:
+        msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidParameters(f"invalid {kind.__name__} object: {exc}") from None
+
+
+_HTTP_TO_OCPI = {400: 2001, 401: 2000, 404: 2000, 405: 2000, 413: 2000}
+
+
+def render_ocpi_error(request: Request, exc: Exception) -> Response:
+    """Exception handler for the whole app: every error leaves as an OCPI envelope, never as a bare 500."""
+    if isinstance(exc, OcpiError):
+        return ocpi_response(None, status_code=exc.status_code, message=exc.message, http_status=exc.http_status)
+    if isinstance(exc, HTTPException):
+        message = _litestar_message(request, exc)
+        status = exc.status_code
+        return ocpi_response(
+            None,
+            status_code=_HTTP_TO_OCPI.get(status, 3000 if status >= 500 else 2000),
+            message=message,
+            http_status=status,
+            headers=exc.headers,
+        )
+    log.exception("unhandled_error", path=request.url.path, error=repr(exc))
+    return ocpi_response(
+        None, status_code=3000, message="internal error of the hub; it has been logged", http_status=500
+    )
+
+
+def _litestar_message(request: Request, exc: HTTPException) -> str:
+    if exc.status_code == 404:
+        return f"no such endpoint: {request.method} {request.url.path}"
+    if exc.status_code == 405:
+        return f"method {request.method} is not allowed on {request.url.path}"
+    if exc.status_code == 413:
+        return "request body too large"
+    return str(exc.detail)

@@ -1,0 +1,133 @@
+"""One exception per OCPI status code; hub/envelope.py renders them.
+
+status_codes.asciidoc: requests that reach the OCPI layer get HTTP 200 with an OCPI status code; errors of the
+transport layer (no valid JSON, no such resource, no credentials) get an HTTP error code, with the same envelope.
+
+    OcpiError
+    ├── ClientError 2000 ── InvalidParameters 2001, NotEnoughInformation 2002, UnknownLocation 2003,
+    │                       UnknownToken 2004, Unauthorized (HTTP 401), NotFound (HTTP 404),
+    │                       MethodNotAllowed (HTTP 405), MalformedBody (HTTP 400), BodyTooLarge (HTTP 413)
+    ├── ServerError 3000 ── UnableToUseClientApi 3001, UnsupportedVersion 3002, NoMatchingEndpoints 3003
+    └── HubError 4000 ───── UnknownReceiver 4001, ForwardTimeout 4002, ReceiverNotConnected 4003
+"""
+
+from __future__ import annotations
+
+
+class OcpiError(Exception):
+    """Base of every error the hub answers with an OCPI envelope."""
+
+    status_code = 3000
+    http_status = 200
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ClientError(OcpiError):
+    """Generic client error."""
+
+    status_code = 2000
+
+
+class InvalidParameters(ClientError):
+    """Invalid or missing parameters."""
+
+    status_code = 2001
+
+
+class NotEnoughInformation(ClientError):
+    """Not enough information, e.g. an authorize request with too little information."""
+
+    status_code = 2002
+
+
+class UnknownLocation(ClientError):
+    """Unknown Location."""
+
+    status_code = 2003
+
+
+class UnknownToken(ClientError):
+    """Unknown Token."""
+
+    status_code = 2004
+
+
+class Unauthorized(ClientError):
+    """Missing or unknown credentials token, or token A outside versions and credentials."""
+
+    http_status = 401
+
+
+class NotFound(ClientError):
+    """No such resource."""
+
+    http_status = 404
+
+
+class MethodNotAllowed(ClientError):
+    """The method is not allowed here or in this registration state (credentials.asciidoc: HTTP 405)."""
+
+    http_status = 405
+
+
+class MalformedBody(InvalidParameters):
+    """The body is not valid JSON (status_codes.asciidoc: HTTP 400)."""
+
+    http_status = 400
+
+
+class BodyTooLarge(ClientError):
+    """The body is larger than the hub accepts."""
+
+    http_status = 413
+
+
+class ServerError(OcpiError):
+    """Generic server error."""
+
+    status_code = 3000
+
+
+class UnableToUseClientApi(ServerError):
+    """The hub could not use the party's API (e.g. its versions during registration)."""
+
+    status_code = 3001
+
+
+class UnsupportedVersion(ServerError):
+    """No OCPI version in common."""
+
+    status_code = 3002
+
+
+class NoMatchingEndpoints(ServerError):
+    """Required endpoints missing."""
+
+    status_code = 3003
+
+
+class HubError(OcpiError):
+    """Generic hub error."""
+
+    status_code = 4000
+
+
+class UnknownReceiver(HubError):
+    """The TO address is unknown."""
+
+    status_code = 4001
+
+
+class ForwardTimeout(HubError):
+    """The message was forwarded but the receiver did not answer in time."""
+
+    status_code = 4002
+
+
+class ReceiverNotConnected(HubError):
+    """The receiving party is not connected or cannot be reached."""
+
+    status_code = 4003

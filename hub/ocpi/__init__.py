@@ -1,0 +1,1 @@
+"""OCPI endpoints the hub serves itself: versions, credentials and the functional modules."""

@@ -1,0 +1,120 @@
+"""The hub's credentials endpoint: a party registers (POST), updates (PUT), reads (GET) and unregisters (DELETE)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+import msgspec
+import structlog
+from litestar import Request, Response, delete, get, post, put
+from litestar.datastructures import State
+
+from hub import party_api
+from hub.auth import Caller
+from hub.envelope import decode_body, ocpi_response
+from hub.errors import InvalidParameters, MethodNotAllowed, Unauthorized
+from hub.ocpi.wire import BusinessDetails, Credentials, CredentialsRole
+from hub.settings import Settings
+from storage import platforms
+from storage.secrets import new_token, token_hash
+
+log = structlog.get_logger()
+
+
+def hub_credentials(settings: Settings, token: str) -> Credentials:
+    # credentials.asciidoc: "A Hub SHALL only report itself as role: Hub."
+    role = CredentialsRole("HUB", BusinessDetails(settings.name), settings.party_id, settings.country_code)
+    return Credentials(token=token, url=settings.versions_url, roles=[role])
+
+
+def match_roles(claimed: Sequence[CredentialsRole], held: Sequence[asyncpg.Record]) -> list[tuple[int, object]]:
+    """(party_role id, business details) for each claimed role; every one must be a role this platform holds."""
+    by_key = {(r["role"], r["country_code"].upper(), r["party_id"].upper()): r["id"] for r in held}
+    matched: dict[int, object] = {}
+    foreign = []
+    for claim in claimed:
+        role_id = by_key.get((claim.role, claim.country_code.upper(), claim.party_id.upper()))
+        if role_id is None:
+            foreign.append(f"{claim.role} {claim.country_code}-{claim.party_id}")
+        elif role_id in matched:
+            raise InvalidParameters(f"role {claim.role} {claim.country_code}-{claim.party_id} is listed twice")
+        else:
+            matched[role_id] = msgspec.to_builtins(claim.business_details)
+    if foreign:
+        granted = ", ".join(f"{r['role']} {r['country_code']}-{r['party_id']}" for r in held) or "none"
+        raise InvalidParameters(
+            f"roles not granted to this platform by the hub operator: {', '.join(foreign)} (granted: {granted})"
+        )
+    return list(matched.items())
+
+
+@get("/ocpi/2.2.1/credentials")
+async def read_credentials(request: Request[Caller, str, State]) -> Response[bytes]:
+    return ocpi_response(hub_credentials(request.app.state.settings, request.user.token))
+
+
+@post("/ocpi/2.2.1/credentials")
+async def register(request: Request[Caller, str, State]) -> Response[bytes]:
+    if request.user.token_kind != "A":
+        raise MethodNotAllowed("this platform is already registered: PUT updates its credentials, DELETE unregisters")
+    return await _exchange(request, expected_state="INVITED")
+
+
+@put("/ocpi/2.2.1/credentials")
+async def update_credentials(request: Request[Caller, str, State]) -> Response[bytes]:
+    if request.user.token_kind != "C":
+        raise MethodNotAllowed("this platform is not registered yet: POST its credentials first")
+    return await _exchange(request, expected_state="REGISTERED")
+
+
+@delete("/ocpi/2.2.1/credentials", status_code=200)
+async def unregister(request: Request[Caller, str, State]) -> Response[bytes]:
+    caller = request.user
+    if caller.token_kind != "C":
+        raise MethodNotAllowed("this platform is not registered, so it cannot unregister")
+    state = request.app.state
+    async with state.pool.acquire() as conn:
+        await platforms.unregister(conn, caller.platform.id)
+    await state.directory.changed()
+    log.info("platform_unregistered", platform_id=caller.platform.id, platform=caller.platform.name)
+    return ocpi_response(None)
+
+
+async def _exchange(request: Request[Caller, str, State], *, expected_state: str) -> Response[bytes]:
+    """POST and PUT alike: fetch the party's endpoints with its token B, store them, answer with a new token C."""
+    caller = request.user
+    state = request.app.state
+    theirs = await decode_body(request, Credentials)
+    async with state.pool.acquire() as conn:
+        roles = match_roles(theirs.roles, await platforms.held_roles(conn, caller.platform.id))
+    discovery = await party_api.discover(state.http, theirs.url, theirs.token)
+    token_c = new_token()
+    connection = platforms.Connection(
+        versions_url=theirs.url,
+        version=discovery.version,
+        version_url=discovery.version_url,
+        token_b_sealed=state.token_box.seal(theirs.token),
+        endpoints=list({(e.identifier, e.role): (e.identifier, e.role, e.url) for e in discovery.endpoints}.values()),
+        roles=roles,
+    )
+    try:
+        async with state.pool.acquire() as conn:
+            await platforms.store_connection(
+                conn,
+                caller.platform.id,
+                connection,
+                expected_state=expected_state,
+                presented_token=token_hash(caller.token),
+                new_token=token_hash(token_c),
+            )
+    except platforms.StaleExchange:
+        raise Unauthorized("this token was used up by a concurrent credentials exchange") from None
+    await state.directory.changed()
+    log.info(
+        "platform_registered" if expected_state == "INVITED" else "platform_credentials_updated",
+        platform_id=caller.platform.id,
+        platform=caller.platform.name,
+        endpoints=len(connection.endpoints),
+    )
+    return ocpi_response(hub_credentials(state.settings, token_c))

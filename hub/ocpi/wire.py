@@ -1,0 +1,84 @@
+"""OCPI 2.2.1 wire types the hub itself reads or writes (versions, credentials, the response envelope)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Role = Literal["CPO", "EMSP", "HUB", "NAP", "NSP", "OTHER", "SCSP"]
+InterfaceRole = Literal["SENDER", "RECEIVER"]
+CountryCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{2}$")]
+PartyId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{3}$")]
+# credentials.asciidoc: token is string(64), printable non-whitespace ASCII (U+0021..U+007E)
+CredentialsToken = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}$")]
+Url = Annotated[str, msgspec.Meta(pattern=r"^https?://", max_length=255)]
+
+
+class Image(msgspec.Struct, omit_defaults=True):
+    url: str
+    category: str
+    type: str
+    thumbnail: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class BusinessDetails(msgspec.Struct, omit_defaults=True):
+    name: Annotated[str, msgspec.Meta(max_length=100)]
+    website: str | None = None
+    logo: Image | None = None
+
+
+class CredentialsRole(msgspec.Struct, omit_defaults=True):
+    role: Role
+    business_details: BusinessDetails
+    party_id: PartyId
+    country_code: CountryCode
+
+
+class Credentials(msgspec.Struct, omit_defaults=True):
+    token: CredentialsToken
+    url: Url
+    roles: Annotated[list[CredentialsRole], msgspec.Meta(min_length=1)]
+
+
+class Version(msgspec.Struct):
+    version: str
+    url: str
+
+
+class Endpoint(msgspec.Struct):
+    identifier: str
+    role: InterfaceRole
+    url: str
+
+
+class VersionDetails(msgspec.Struct):
+    version: str
+    endpoints: list[Endpoint]
+
+
+class Envelope(msgspec.Struct):
+    """transport_and_format.asciidoc, Response format: every answer is wrapped in this."""
+
+    status_code: int
+    timestamp: str
+    data: Any = None
+    status_message: str | None = None
+
+
+class VersionsAnswer(msgspec.Struct):
+    status_code: int
+    data: list[Version]
+
+
+class DetailsAnswer(msgspec.Struct):
+    status_code: int
+    data: VersionDetails
+
+
+class CredentialsAnswer(msgspec.Struct):
+    status_code: int
+    data: Credentials | None = None
+    status_message: str | None = None

@@ -1,0 +1,112 @@
+"""Calls to a party's versions, version details and credentials endpoints (the control plane, over httpx).
+
+httpx errors are translated here, at this one boundary, into the OCPI errors the credentials module answers with:
+3001 when the party's API cannot be used, 3002 when there is no common version, 3003 when endpoints are missing.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import httpx
+import msgspec
+
+from hub.errors import NoMatchingEndpoints, UnableToUseClientApi, UnsupportedVersion
+from hub.ocpi.wire import Credentials, CredentialsAnswer, Endpoint, Version, VersionDetails
+
+SUPPORTED_VERSION = "2.2.1"
+FUNCTIONAL_MODULES = frozenset(
+    {"cdrs", "chargingprofiles", "commands", "hubclientinfo", "locations", "sessions", "tariffs", "tokens"}
+)
+
+_versions_decoder = msgspec.json.Decoder(list[Version])
+_details_decoder = msgspec.json.Decoder(VersionDetails)
+_credentials_decoder = msgspec.json.Decoder(CredentialsAnswer)
+
+
+def authorization(token: str, encoding: str = "base64") -> str:
+    """transport_and_format.asciidoc, Authorization header: 'Token ' + base64(UTF-8 token); raw for 2.1.1-era peers."""
+    if encoding == "raw":
+        return f"Token {token}"
+    return "Token " + base64.b64encode(token.encode("utf-8")).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """A party's 2.2.1 version details as fetched with its token."""
+
+    version: str
+    version_url: str
+    endpoints: list[Endpoint]
+
+    def url(self, identifier: str) -> str | None:
+        return next((e.url for e in self.endpoints if e.identifier == identifier), None)
+
+
+async def discover(client: httpx.AsyncClient, versions_url: str, token: str) -> Discovery:
+    """GET the party's versions, pick 2.2.1, GET its details and check the endpoints the hub needs."""
+    versions = _data(await _call(client, "GET", versions_url, token), _versions_decoder, "versions", versions_url)
+    chosen = next((v for v in versions if v.version == SUPPORTED_VERSION), None)
+    if chosen is None:
+        offered = ", ".join(v.version for v in versions) or "none"
+        raise UnsupportedVersion(
+            f"no common OCPI version: the hub speaks {SUPPORTED_VERSION}, the party offers {offered}"
+        )
+    details = _data(await _call(client, "GET", chosen.url, token), _details_decoder, "version details", chosen.url)
+    identifiers = {e.identifier for e in details.endpoints}
+    if "credentials" not in identifiers:
+        raise NoMatchingEndpoints(
+            f"the party's {SUPPORTED_VERSION} details at {chosen.url} list no credentials endpoint"
+        )
+    # status_codes.asciidoc 3003: "the two parties do not have any mutual modules or endpoints available"
+    if not identifiers & FUNCTIONAL_MODULES:
+        modules = ", ".join(sorted(FUNCTIONAL_MODULES))
+        raise NoMatchingEndpoints(f"the party's {SUPPORTED_VERSION} details list no functional module ({modules})")
+    return Discovery(SUPPORTED_VERSION, chosen.url, details.endpoints)
+
+
+async def exchange_credentials(
+    client: httpx.AsyncClient, method: str, credentials_url: str, token: str, ours: Credentials
+) -> Credentials:
+    """POST (register) or PUT (update) our credentials at the party and return the party's."""
+    response = await _call(client, method, credentials_url, token, body=msgspec.json.encode(ours))
+    try:
+        answer = _credentials_decoder.decode(response.content)
+    except msgspec.DecodeError as exc:
+        raise UnableToUseClientApi(f"{method} {credentials_url} answered with no valid credentials: {exc}") from None
+    if answer.status_code != 1000 or answer.data is None:
+        reason = f"OCPI status {answer.status_code} {answer.status_message or ''}".strip()
+        raise UnableToUseClientApi(f"{method} {credentials_url} was refused: {reason}")
+    return answer.data
+
+
+async def delete_credentials(client: httpx.AsyncClient, credentials_url: str, token: str) -> None:
+    await _call(client, "DELETE", credentials_url, token)
+
+
+async def _call(
+    client: httpx.AsyncClient, method: str, url: str, token: str, body: bytes | None = None
+) -> httpx.Response:
+    headers = {"Authorization": authorization(token)}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    try:
+        response = await client.request(method, url, headers=headers, content=body, follow_redirects=True)
+    except httpx.TimeoutException:
+        raise UnableToUseClientApi(f"{method} {url} timed out") from None
+    except httpx.HTTPError as exc:
+        raise UnableToUseClientApi(f"{method} {url} failed: {exc or type(exc).__name__}") from None
+    if response.status_code >= 300:
+        raise UnableToUseClientApi(f"{method} {url} answered HTTP {response.status_code}: {response.text[:200]}")
+    return response
+
+
+def _data(response: httpx.Response, decoder: msgspec.json.Decoder, what: str, url: str):  # type: ignore[no-untyped-def]
+    """The envelope's data decoded; tolerant of parties that send the bare object instead of an envelope."""
+    try:
+        document = msgspec.json.decode(response.content)
+        payload = document.get("data", document) if isinstance(document, dict) else document
+        return decoder.decode(msgspec.json.encode(payload))
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise UnableToUseClientApi(f"GET {url} answered no usable {what}: {exc}") from None

@@ -1,0 +1,37 @@
+"""What the hub runs on: the configured PostgreSQL and Redis, or embedded ones started under the data dir."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import replace
+
+import asyncpg
+
+from hub.settings import Settings
+from storage.embedded import EmbeddedPostgres, EmbeddedValkey
+from storage.migrate import migrate
+
+
+@contextlib.contextmanager
+def backing_services(settings: Settings) -> Iterator[Settings]:
+    """Settings whose database and Redis URLs point at running servers; embedded ones stop on exit."""
+    with contextlib.ExitStack() as stack:
+        database_url, redis_url = settings.database_url, settings.redis_url
+        if not database_url:
+            postgres = EmbeddedPostgres(settings.data_dir)
+            database_url = postgres.start()
+            stack.callback(postgres.stop)
+        if not redis_url:
+            valkey = EmbeddedValkey(settings.data_dir)
+            redis_url = valkey.start()
+            stack.callback(valkey.stop)
+        yield replace(settings, database_url=database_url, redis_url=redis_url)
+
+
+async def migrate_database(database_url: str) -> list[str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()

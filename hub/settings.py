@@ -1,0 +1,139 @@
+"""The hub's settings, read once from OCPI_HUB_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from storage.secrets import TokenBox, new_token, read_or_create
+
+# name, default, meaning: the single source for `ocpi-hub --help` and the README table.
+VARIABLES: tuple[tuple[str, str, str], ...] = (
+    ("OCPI_HUB_DATABASE_URL", "(embedded)", "PostgreSQL URL; unset: an embedded PostgreSQL under the data dir"),
+    ("OCPI_HUB_REDIS_URL", "(embedded)", "Redis/Valkey URL; unset: an embedded Valkey under the data dir"),
+    ("OCPI_HUB_DATA_DIR", "./.ocpi-hub", "where embedded servers, the admin token and the secret key live"),
+    (
+        "OCPI_HUB_PUBLIC_URL",
+        "http://HOST:PORT",
+        "base URL the hub advertises to parties (versions URL = this + /ocpi/versions)",
+    ),
+    ("OCPI_HUB_COUNTRY_CODE", "NL", "the hub's own OCPI country code (role HUB)"),
+    ("OCPI_HUB_PARTY_ID", "HUB", "the hub's own OCPI party id (role HUB)"),
+    ("OCPI_HUB_NAME", "ocpi-hub", "business name the hub reports in its credentials"),
+    (
+        "OCPI_HUB_ADMIN_TOKEN",
+        "(generated)",
+        "bearer token of the admin API; unset: generated once, kept in the data dir",
+    ),
+    (
+        "OCPI_HUB_SECRET_KEY",
+        "(generated)",
+        "Fernet key encrypting party tokens at rest; unset: generated in the data dir",
+    ),
+    ("OCPI_HUB_FORWARD_TIMEOUT_S", "30", "seconds the hub waits for a party before answering 4002"),
+    ("OCPI_HUB_MAX_BODY_BYTES", "10000000", "largest request body accepted (larger: HTTP 413)"),
+    ("OCPI_HUB_REDIS_PREFIX", "ocpi-hub:", "prefix of every Redis key, so several hubs can share one Redis"),
+    ("OCPI_HUB_LOG_LEVEL", "info", "debug, info, warning or error"),
+)
+
+
+class SettingsError(ValueError):
+    """A setting has a value the hub cannot run with; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None
+    redis_url: str | None
+    data_dir: Path
+    public_url: str
+    country_code: str
+    party_id: str
+    name: str
+    admin_token: str | None
+    secret_key: str | None
+    forward_timeout_s: float
+    max_body_bytes: int
+    redis_prefix: str
+    log_level: str
+
+    @property
+    def versions_url(self) -> str:
+        return f"{self.public_url}/ocpi/versions"
+
+    @property
+    def details_url(self) -> str:
+        return f"{self.public_url}/ocpi/2.2.1"
+
+    def with_secrets(self) -> Settings:
+        """Fill in the admin token and secret key from the data dir, generating them on first start."""
+        admin_token = self.admin_token or read_or_create(self.data_dir / "admin-token", new_token)
+        secret_key = self.secret_key or read_or_create(self.data_dir / "secret.key", TokenBox.generate_key)
+        try:
+            TokenBox(secret_key)  # a malformed OCPI_HUB_SECRET_KEY fails here, at start, with a clear message
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        return replace(self, admin_token=admin_token, secret_key=secret_key)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, *, host: str = "127.0.0.1", port: int = 8080) -> Settings:
+        env = dict(os.environ if env is None else env)
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        default_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        public_url = (get("OCPI_HUB_PUBLIC_URL") or f"http://{default_host}:{port}").rstrip("/")
+        _check_url("OCPI_HUB_PUBLIC_URL", public_url, ("http", "https"))
+        for name, schemes in (
+            ("OCPI_HUB_DATABASE_URL", ("postgresql", "postgres")),
+            ("OCPI_HUB_REDIS_URL", ("redis", "rediss", "unix", "valkey")),
+        ):
+            if (value := get(name)) is not None:
+                _check_url(name, value, schemes)
+        country_code = (get("OCPI_HUB_COUNTRY_CODE") or "NL").upper()
+        if not re.fullmatch(r"[A-Z]{2}", country_code):
+            raise SettingsError(f"OCPI_HUB_COUNTRY_CODE must be two letters (ISO 3166 alpha-2), got {country_code!r}")
+        party_id = (get("OCPI_HUB_PARTY_ID") or "HUB").upper()
+        if not re.fullmatch(r"[A-Z0-9]{3}", party_id):
+            raise SettingsError(f"OCPI_HUB_PARTY_ID must be three letters or digits, got {party_id!r}")
+        log_level = (get("OCPI_HUB_LOG_LEVEL") or "info").lower()
+        if log_level not in ("debug", "info", "warning", "error"):
+            raise SettingsError(f"OCPI_HUB_LOG_LEVEL must be debug, info, warning or error, got {log_level!r}")
+        return cls(
+            database_url=get("OCPI_HUB_DATABASE_URL"),
+            redis_url=get("OCPI_HUB_REDIS_URL"),
+            data_dir=Path(get("OCPI_HUB_DATA_DIR") or ".ocpi-hub").absolute(),
+            public_url=public_url,
+            country_code=country_code,
+            party_id=party_id,
+            name=get("OCPI_HUB_NAME") or "ocpi-hub",
+            admin_token=get("OCPI_HUB_ADMIN_TOKEN"),
+            secret_key=get("OCPI_HUB_SECRET_KEY"),
+            forward_timeout_s=_number("OCPI_HUB_FORWARD_TIMEOUT_S", get("OCPI_HUB_FORWARD_TIMEOUT_S") or "30", float),
+            max_body_bytes=int(_number("OCPI_HUB_MAX_BODY_BYTES", get("OCPI_HUB_MAX_BODY_BYTES") or "10000000", int)),
+            redis_prefix=get("OCPI_HUB_REDIS_PREFIX") or "ocpi-hub:",
+            log_level=log_level,
+        )
+
+
+def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not (parts.netloc or parts.path):
+        raise SettingsError(
+            f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}, got {value!r}"
+        )
+
+
+def _number(name: str, raw: str, kind: type[int] | type[float]) -> float:
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a positive number, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be a positive number, got {raw!r}")
+    return value

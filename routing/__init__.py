@@ -1,0 +1,1 @@
+"""Routing decisions and forwarding of OCPI requests between parties."""

@@ -1,0 +1,1 @@
+"""PostgreSQL, Redis and the embedded servers behind them."""

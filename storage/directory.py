@@ -1,0 +1,155 @@
+"""The platform directory: every token, party and endpoint held in memory, reloaded when any hub process changes it.
+
+Authentication and routing read only this snapshot, so a request costs no database round trip. A change
+(registration, rotation, unregistration, invitation) bumps a generation counter in Redis and publishes it;
+every process reloads on the message, and polls the counter as a fallback, so a revoked token stops working
+everywhere within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import asyncpg
+import msgspec
+import redis.asyncio as redis
+import structlog
+
+from storage.secrets import TokenBox
+from storage.sql import QUERIES
+
+log = structlog.get_logger()
+
+POLL_INTERVAL_S = 0.5
+# How long after announce_change() every hub process is sure to use the new directory.
+PROPAGATION_S = 2 * POLL_INTERVAL_S + 0.1
+GENERATION_KEY = "directory:generation"
+CHANNEL = "directory:changed"
+
+
+async def announce_change(redis_client: redis.Redis, prefix: str) -> None:
+    """Tell every hub process sharing this Redis that the platform registry changed (after the commit)."""
+    generation = await redis_client.incr(f"{prefix}{GENERATION_KEY}")
+    await redis_client.publish(f"{prefix}{CHANNEL}", generation)
+
+
+@dataclass(frozen=True, slots=True)
+class PartyRole:
+    role: str
+    country_code: str
+    party_id: str
+    status: str
+    business_details: Mapping[str, object] | None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.country_code.upper(), self.party_id.upper())
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    id: int
+    name: str
+    state: str
+    versions_url: str | None
+    version_url: str | None
+    token_b: str | None
+    token_encoding: str
+    roles: tuple[PartyRole, ...] = ()
+    endpoints: Mapping[tuple[str, str], str] = field(default_factory=dict)
+
+    def endpoint(self, identifier: str, interface_role: str) -> str | None:
+        return self.endpoints.get((identifier, interface_role))
+
+
+@dataclass(frozen=True, slots=True)
+class Directory:
+    # sha256(token) -> (platform, "A" | "C")
+    tokens: Mapping[bytes, tuple[Platform, str]] = field(default_factory=dict)
+    platforms: Mapping[int, Platform] = field(default_factory=dict)
+    # (COUNTRY_CODE, PARTY_ID) upper-cased -> the platform holding it
+    parties: Mapping[tuple[str, str], Platform] = field(default_factory=dict)
+
+
+async def load_directory(conn: asyncpg.Connection, box: TokenBox) -> Directory:
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        platform_rows = await conn.fetch(QUERIES["directory_platforms"])
+        role_rows = await conn.fetch(QUERIES["directory_roles"])
+        endpoint_rows = await conn.fetch(QUERIES["directory_endpoints"])
+        token_rows = await conn.fetch(QUERIES["directory_tokens"])
+    roles: dict[int, list[PartyRole]] = {}
+    for r in role_rows:
+        details = msgspec.json.decode(r["business_details"]) if r["business_details"] else None
+        roles.setdefault(r["platform_id"], []).append(
+            PartyRole(r["role"], r["country_code"], r["party_id"], r["status"], details)
+        )
+    endpoints: dict[int, dict[tuple[str, str], str]] = {}
+    for e in endpoint_rows:
+        endpoints.setdefault(e["platform_id"], {})[(e["identifier"], e["interface_role"])] = e["url"]
+    platforms = {
+        p["id"]: Platform(
+            id=p["id"],
+            name=p["name"],
+            state=p["state"],
+            versions_url=p["versions_url"],
+            version_url=p["version_url"],
+            token_b=box.open(p["token_b"]) if p["token_b"] else None,
+            token_encoding=p["token_encoding"],
+            roles=tuple(roles.get(p["id"], ())),
+            endpoints=endpoints.get(p["id"], {}),
+        )
+        for p in platform_rows
+    }
+    parties = {role.key: platform for platform in platforms.values() for role in platform.roles}
+    tokens = {t["token_hash"]: (platforms[t["platform_id"]], t["kind"]) for t in token_rows}
+    return Directory(tokens=tokens, platforms=platforms, parties=parties)
+
+
+class DirectoryCache:
+    """Holds the current Directory of this process and keeps it in step with the other processes."""
+
+    def __init__(self, pool: asyncpg.Pool, redis_client: redis.Redis, prefix: str, box: TokenBox) -> None:
+        self.current = Directory()
+        self._pool = pool
+        self._redis = redis_client
+        self._box = box
+        self._prefix = prefix
+        self._generation_key = f"{prefix}{GENERATION_KEY}"
+        self._channel = f"{prefix}{CHANNEL}"
+        self._seen_generation: int | None = None
+        self._lock = asyncio.Lock()
+
+    async def reload(self) -> None:
+        async with self._lock:
+            generation = await self._redis.get(self._generation_key)
+            async with self._pool.acquire() as conn:
+                self.current = await load_directory(conn, self._box)
+            self._seen_generation = int(generation or 0)
+
+    async def changed(self) -> None:
+        """Call after committing a change: reload here at once, and tell every other process."""
+        await announce_change(self._redis, self._prefix)
+        await self.reload()
+
+    async def watch(self) -> None:
+        """Runs for the life of the process: reload on every announced or polled change."""
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(self._channel)
+        try:
+            while True:
+                try:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_INTERVAL_S)
+                    generation = await self._redis.get(self._generation_key)
+                    if message is not None or int(generation or 0) != self._seen_generation:
+                        await self.reload()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # Redis or PostgreSQL briefly away: keep serving the last snapshot
+                    log.warning("directory_refresh_failed", error=str(exc))
+                    await asyncio.sleep(POLL_INTERVAL_S)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()

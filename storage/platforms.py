@@ -1,0 +1,136 @@
+"""Writes to the platform registry: invitations, credentials exchanges and unregistrations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import msgspec
+
+from storage.sql import QUERIES
+
+# Serialises role claims, so two invitations cannot hand out the same party id at the same moment.
+_INVITATION_LOCK = 0x0C91_1417
+
+
+@dataclass(frozen=True, slots=True)
+class RoleClaim:
+    role: str
+    country_code: str
+    party_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """What a finished credentials exchange leaves behind."""
+
+    versions_url: str
+    version: str
+    version_url: str
+    token_b_sealed: bytes
+    endpoints: Sequence[tuple[str, str, str]]  # (identifier, interface role, url)
+    roles: Sequence[tuple[int, object]]  # (party_role id, the business details the party sent for it)
+
+
+class PartyTaken(Exception):
+    """One of the requested party ids is held by another platform (or is the hub's own)."""
+
+    def __init__(self, taken: list[str]) -> None:
+        super().__init__(f"already held by another platform: {', '.join(taken)}")
+        self.taken = taken
+
+
+async def create_platform(
+    conn: asyncpg.Connection,
+    name: str,
+    roles: Sequence[RoleClaim],
+    token_hash: bytes,
+    hub_party: tuple[str, str],
+) -> int:
+    """A new platform holding roles (status PLANNED) and a registration-only token (kind A)."""
+    async with conn.transaction():
+        platform_id: int = await conn.fetchval(QUERIES["insert_platform"], name)
+        await claim_roles(conn, platform_id, roles, hub_party)
+        await conn.execute(QUERIES["insert_token"], token_hash, platform_id, "A")
+    return platform_id
+
+
+async def claim_roles(
+    conn: asyncpg.Connection, platform_id: int, roles: Sequence[RoleClaim], hub_party: tuple[str, str]
+) -> list[int]:
+    """Reserve roles for a platform (status PLANNED); PartyTaken if any party id is held elsewhere."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _INVITATION_LOCK)
+        wanted = {(r.country_code.upper(), r.party_id.upper()) for r in roles}
+        taken = [f"{c}-{p} (the hub itself)" for c, p in sorted(wanted) if (c, p) == hub_party]
+        # A party id routes to one platform: OCPI-to headers name country code and party id, not the role.
+        rows = await conn.fetch(QUERIES["roles_held"], [r.country_code for r in roles], [r.party_id for r in roles])
+        taken += sorted({f"{row['role']} {row['country_code']}-{row['party_id']}" for row in rows})
+        if taken:
+            raise PartyTaken(taken)
+        return [
+            row["id"]
+            for row in await conn.fetch(
+                QUERIES["insert_party_roles"],
+                platform_id,
+                [r.role for r in roles],
+                [r.country_code for r in roles],
+                [r.party_id for r in roles],
+            )
+        ]
+
+
+class StaleExchange(Exception):
+    """The platform changed state, or the token used is gone, while the exchange was under way."""
+
+
+async def store_connection(
+    conn: asyncpg.Connection,
+    platform_id: int,
+    connection: Connection,
+    *,
+    expected_state: str,
+    presented_token: bytes,
+    new_token: bytes,
+) -> None:
+    """Record a credentials exchange (POST or PUT): endpoints replaced, roles connected, the party's token rotated."""
+    async with conn.transaction():
+        platform = await conn.fetchrow(QUERIES["lock_platform"], platform_id)
+        still_valid = await conn.fetchval(QUERIES["token_of_platform"], presented_token, platform_id)
+        if platform is None or platform["state"] != expected_state or not still_valid:
+            raise StaleExchange(f"platform {platform_id} is no longer {expected_state}")
+        await conn.execute(
+            QUERIES["store_connection"],
+            platform_id,
+            connection.versions_url,
+            connection.version,
+            connection.version_url,
+            connection.token_b_sealed,
+        )
+        await conn.execute(QUERIES["delete_endpoints"], platform_id)
+        endpoints = connection.endpoints
+        await conn.execute(
+            QUERIES["insert_endpoints"],
+            platform_id,
+            [e[0] for e in endpoints],
+            [e[1] for e in endpoints],
+            [e[2] for e in endpoints],
+        )
+        for role_id, business_details in connection.roles:
+            details = msgspec.json.encode(business_details).decode() if business_details else None
+            await conn.execute(QUERIES["connect_role"], role_id, details)
+        await conn.execute(QUERIES["delete_tokens"], platform_id)
+        await conn.execute(QUERIES["insert_token"], new_token, platform_id, "C")
+
+
+async def held_roles(conn: asyncpg.Connection, platform_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch(QUERIES["platform_roles"], platform_id)
+
+
+async def unregister(conn: asyncpg.Connection, platform_id: int) -> None:
+    """The platform leaves: its tokens stop working, its party ids become free for a new invitation."""
+    async with conn.transaction():
+        await conn.execute(QUERIES["unregister_platform"], platform_id)
+        await conn.execute(QUERIES["unregister_roles"], platform_id)
+        await conn.execute(QUERIES["delete_tokens"], platform_id)

@@ -1,0 +1,90 @@
+-- Named queries: each block starts with "-- name: <name>" and is loaded by storage/sql.py.
+
+-- name: roles_held
+-- Active roles that share a country code and party id with one of the given pairs.
+SELECT r.role, r.country_code, r.party_id, r.platform_id
+FROM party_role r
+WHERE r.status <> 'UNREGISTERED'
+  AND (upper(r.country_code), upper(r.party_id)) IN (
+      SELECT upper(c), upper(p) FROM unnest($1::text[], $2::text[]) AS t(c, p));
+
+-- name: insert_platform
+INSERT INTO platform (name) VALUES ($1) RETURNING id;
+
+-- name: insert_party_roles
+INSERT INTO party_role (platform_id, role, country_code, party_id)
+SELECT $1, r, c, p FROM unnest($2::text[], $3::text[], $4::text[]) AS t(r, c, p)
+RETURNING id;
+
+-- name: token_of_platform
+SELECT true FROM credentials_token WHERE token_hash = $1 AND platform_id = $2;
+
+-- name: insert_token
+INSERT INTO credentials_token (token_hash, platform_id, kind) VALUES ($1, $2, $3);
+
+-- name: delete_tokens
+DELETE FROM credentials_token WHERE platform_id = $1;
+
+-- name: lock_platform
+SELECT id, name, state FROM platform WHERE id = $1 FOR UPDATE;
+
+-- name: platform_roles
+SELECT id, role, country_code, party_id, status FROM party_role
+WHERE platform_id = $1 AND status <> 'UNREGISTERED' ORDER BY id;
+
+-- name: store_connection
+-- The outcome of a credentials exchange (POST or PUT, either direction).
+UPDATE platform SET state = 'REGISTERED', versions_url = $2, version = $3, version_url = $4, token_b = $5,
+       registered_at = coalesce(registered_at, now()), last_seen = now()
+WHERE id = $1;
+
+-- name: delete_endpoints
+DELETE FROM platform_endpoint WHERE platform_id = $1;
+
+-- name: insert_endpoints
+INSERT INTO platform_endpoint (platform_id, identifier, interface_role, url)
+SELECT $1, i, r, u FROM unnest($2::text[], $3::text[], $4::text[]) AS t(i, r, u)
+ON CONFLICT (platform_id, identifier, interface_role) DO UPDATE SET url = excluded.url;
+
+-- name: connect_role
+UPDATE party_role SET status = 'CONNECTED', business_details = $2,
+       status_changed_at = CASE WHEN status = 'CONNECTED' THEN status_changed_at ELSE now() END
+WHERE id = $1;
+
+-- name: unregister_platform
+UPDATE platform SET state = 'UNREGISTERED', token_b = NULL, unregistered_at = now() WHERE id = $1;
+
+-- name: unregister_roles
+UPDATE party_role SET status = 'UNREGISTERED', status_changed_at = now()
+WHERE platform_id = $1 AND status <> 'UNREGISTERED';
+
+-- name: directory_platforms
+SELECT id, name, state, versions_url, version, version_url, token_b, token_encoding
+FROM platform WHERE state <> 'UNREGISTERED';
+
+-- name: directory_roles
+SELECT r.platform_id, r.role, r.country_code, r.party_id, r.status, r.business_details
+FROM party_role r JOIN platform p ON p.id = r.platform_id
+WHERE p.state <> 'UNREGISTERED' AND r.status <> 'UNREGISTERED'
+ORDER BY r.id;
+
+-- name: directory_endpoints
+SELECT e.platform_id, e.identifier, e.interface_role, e.url
+FROM platform_endpoint e JOIN platform p ON p.id = e.platform_id
+WHERE p.state <> 'UNREGISTERED';
+
+-- name: directory_tokens
+SELECT t.token_hash, t.platform_id, t.kind
+FROM credentials_token t JOIN platform p ON p.id = t.platform_id
+WHERE p.state <> 'UNREGISTERED';
+
+-- name: list_parties
+SELECT r.country_code, r.party_id, r.role, p.name AS platform, p.id AS platform_id, r.status,
+       p.registered_at, p.last_seen
+FROM party_role r JOIN platform p ON p.id = r.platform_id
+ORDER BY upper(r.country_code), upper(r.party_id), r.role, r.id;
+
+-- name: touch_platforms
+UPDATE platform SET last_seen = t.seen
+FROM unnest($1::bigint[], $2::timestamptz[]) AS t(id, seen)
+WHERE platform.id = t.id AND (platform.last_seen IS NULL OR platform.last_seen < t.seen);

@@ -1,0 +1,62 @@
+"""Credentials tokens at rest: SHA-256 for tokens the hub only recognises, Fernet for tokens it must send."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+
+def new_token() -> str:
+    # credentials.asciidoc: string(64) of printable non-whitespace ASCII; urlsafe base64 of 32 bytes is 43 such chars.
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def read_or_create(path: Path, make: Callable[[], str]) -> str:
+    """The secret stored at path, created (mode 0600, atomically) on first use."""
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = make()
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value + "\n")
+    try:
+        os.link(tmp, path)  # fails if another process won the race; then its value is the one
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text(encoding="utf-8").strip()
+
+
+class TokenBox:
+    """Encrypts the tokens the hub uses to call parties (token B), so a database dump does not leak them."""
+
+    def __init__(self, key: str) -> None:
+        try:
+            self._fernet = Fernet(key.encode())
+        except ValueError:
+            raise ValueError("OCPI_HUB_SECRET_KEY must be a Fernet key (32 url-safe base64-encoded bytes)") from None
+
+    @classmethod
+    def generate_key(cls) -> str:
+        return Fernet.generate_key().decode()
+
+    def seal(self, token: str) -> bytes:
+        return self._fernet.encrypt(token.encode("utf-8"))
+
+    def open(self, sealed: bytes) -> str:
+        try:
+            return self._fernet.decrypt(sealed).decode("utf-8")
+        except InvalidToken:
+            raise ValueError("a stored party token cannot be decrypted: was OCPI_HUB_SECRET_KEY changed?") from None

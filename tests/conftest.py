@@ -1,0 +1,245 @@
+"""Shared fixtures: real PostgreSQL and Redis (embedded, or the servers named in the environment) and a real hub.
+
+With OCPI_HUB_DATABASE_URL / OCPI_HUB_REDIS_URL set, the run uses a throwaway database on that server and a key
+prefix of its own in that Redis, and removes both at the end; otherwise it starts embedded servers in a temporary
+data dir. Either way two test runs can share the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+import redis
+
+from tests.parties import Party, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "test-output"
+
+
+@dataclass(frozen=True)
+class Services:
+    database_url: str
+    redis_url: str
+    redis_prefix: str
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    database_url = os.environ.get("OCPI_HUB_DATABASE_URL")
+    redis_url = os.environ.get("OCPI_HUB_REDIS_URL")
+    prefix = f"ocpi-hub-test-{secrets.token_hex(4)}:"
+    stops = []
+    if database_url:
+        server_url, throwaway = database_url, f"ocpi_hub_test_{secrets.token_hex(6)}"
+        asyncio.run(_admin_sql(server_url, f'CREATE DATABASE "{throwaway}"'))
+        stops.append(lambda: asyncio.run(_admin_sql(server_url, f'DROP DATABASE "{throwaway}" WITH (FORCE)')))
+        database_url = _with_database(server_url, throwaway)
+    else:
+        from storage.embedded import EmbeddedPostgres
+
+        postgres = EmbeddedPostgres(_embedded_dir(tmp_path_factory))
+        database_url = postgres.start()
+        stops.append(postgres.stop)
+    if redis_url:
+        stops.append(lambda: _delete_prefix(redis_url, prefix))
+    else:
+        from storage.embedded import EmbeddedValkey
+
+        valkey = EmbeddedValkey(_embedded_dir(tmp_path_factory))
+        redis_url = valkey.start()
+        stops.append(valkey.stop)
+    try:
+        yield Services(database_url, redis_url, prefix)
+    finally:
+        for stop in reversed(stops):
+            stop()
+
+
+def _embedded_dir(factory: pytest.TempPathFactory) -> Path:
+    path = factory.getbasetemp() / "embedded"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+async def _admin_sql(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _delete_prefix(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(match=f"{prefix}*"):
+        client.delete(key)
+    client.close()
+
+
+@dataclass
+class Hub:
+    """A running `ocpi-hub serve` process."""
+
+    base: str
+    admin_token: str
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+    log_path: Path
+
+    @property
+    def versions_url(self) -> str:
+        return f"{self.base}/ocpi/versions"
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=30)
+
+    def invite(self, name: str, *roles: tuple[str, str, str]) -> dict:
+        with self.admin() as client:
+            answer = client.post(
+                "/admin/api/invitations",
+                json={"name": name, "roles": [{"role": r, "country_code": c, "party_id": p} for r, c, p in roles]},
+            )
+        assert answer.status_code == 201, answer.text
+        return answer.json()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def hub_env(services: Services, data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")}
+    env.update(
+        OCPI_HUB_DATABASE_URL=services.database_url,
+        OCPI_HUB_REDIS_URL=services.redis_url,
+        OCPI_HUB_REDIS_PREFIX=services.redis_prefix,
+        OCPI_HUB_DATA_DIR=str(data_dir),
+        OCPI_HUB_ADMIN_TOKEN=secrets.token_urlsafe(16),
+        OCPI_HUB_SECRET_KEY="zQ0m3yq0kTqfX7b1x8mKpU0m4HnJ0u2yR3Xc6cYHq2Y=",
+        OCPI_HUB_COUNTRY_CODE="NL",
+        OCPI_HUB_PARTY_ID="HUB",
+        OCPI_HUB_FORWARD_TIMEOUT_S="5",
+    )
+    env.update(extra)
+    return env
+
+
+def start_hub(env: dict[str, str], log_path: Path, *args: str, timeout: float = 60) -> Hub:
+    port = free_port()
+    env = {"OCPI_HUB_PUBLIC_URL": f"http://127.0.0.1:{port}"} | env
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hub.cli", "serve", "--port", str(port), *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    hub = Hub(f"http://127.0.0.1:{port}", env.get("OCPI_HUB_ADMIN_TOKEN", ""), process, env, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"hub exited with {process.returncode}:\n{hub.log()}")
+        try:
+            if httpx.get(hub.versions_url, timeout=1).status_code == 401:
+                return hub
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    hub.stop()
+    raise RuntimeError(f"hub did not answer within {timeout}s:\n{hub.log()}")
+
+
+@pytest.fixture(scope="session")
+def hub(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    data_dir = tmp_path_factory.mktemp("hub-data")
+    running = start_hub(hub_env(services, data_dir), OUTPUT / "hub.log")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+class Db:
+    """A direct database connection for checking what the hub stored: `db.run(db.fetch(sql, ...))`."""
+
+    def __init__(self, url: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.conn: asyncpg.Connection = self.loop.run_until_complete(asyncpg.connect(url))
+
+    def run(self, coroutine):  # type: ignore[no-untyped-def]
+        return self.loop.run_until_complete(coroutine)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.conn, name)
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.conn.close())
+        self.loop.close()
+
+
+@pytest.fixture
+def db(services: Services) -> Iterator[Db]:
+    connection = Db(services.database_url)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+_party_numbers = itertools.count(36 * 36)  # "100": every party id of a test session is distinct
+
+
+def unique_party_id() -> str:
+    n = next(_party_numbers)
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return digits[n // 1296 % 36] + digits[n // 36 % 36] + digits[n % 36]
+
+
+@pytest.fixture
+def start_party() -> Iterator[Callable[..., Party]]:
+    """Starts test parties (real HTTP servers) and stops them after the test."""
+    started: list[Party] = []
+
+    def start(*roles: tuple[str, str, str], **options: object) -> Party:
+        party = Party(roles=list(roles), **options).start()  # type: ignore[arg-type]
+        started.append(party)
+        return party
+
+    yield start
+    for party in started:
+        party.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    OUTPUT.mkdir(exist_ok=True)

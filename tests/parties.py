@@ -1,0 +1,191 @@
+"""Test parties: small real OCPI 2.2.1 platforms (CPO, eMSP, ...) served over HTTP on 127.0.0.1.
+
+Each party runs an aiohttp server in a thread of its own, records every request it receives, checks the
+credentials token of each one, and can play both sides of the credentials handshake with the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from aiohttp import web
+
+ALL_MODULES = ("cdrs", "chargingprofiles", "commands", "hubclientinfo", "locations", "sessions", "tariffs", "tokens")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def token_header(token: str) -> dict[str, str]:
+    return {"Authorization": "Token " + base64.b64encode(token.encode()).decode()}
+
+
+def envelope(data: Any, status_code: int = 1000, message: str | None = None) -> dict[str, Any]:
+    return {"data": data, "status_code": status_code, "status_message": message, "timestamp": "2026-11-25T10:00:00Z"}
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Party:
+    """An OCPI platform holding one or more roles, e.g. roles=[("CPO", "NL", "ABC")]."""
+
+    roles: list[tuple[str, str, str]]
+    name: str = "Test Party"
+    versions: list[str] = field(default_factory=lambda: ["2.1.1", "2.2.1"])
+    modules: dict[str, list[str]] = field(default_factory=dict)  # identifier -> interface roles; default by role
+    versions_status: int = 200  # an HTTP error status here makes the versions endpoint fail
+    omit_credentials_endpoint: bool = False
+    token_b: str = field(default_factory=lambda: secrets.token_urlsafe(24))  # the hub calls us with it
+    token_a: str = field(default_factory=lambda: secrets.token_urlsafe(24))  # for the hub's `connect`
+    received: list[Received] = field(default_factory=list)
+    hub_token: str | None = None  # the token this party uses to call the hub
+    hub_credentials: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._runner: web.AppRunner | None = None
+
+    # ---- serving ----
+    @property
+    def versions_url(self) -> str:
+        return f"{self.base}/ocpi/versions"
+
+    def start(self) -> Party:
+        threading.Thread(target=self._serve, daemon=True).start()
+        if not self._started.wait(10):
+            raise RuntimeError("test party did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application(client_max_size=20_000_000)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(self._runner.setup())
+        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+        self._started.set()
+        self._loop.run_forever()
+
+    def endpoints(self) -> list[dict[str, str]]:
+        modules = self.modules or _default_modules(self.roles)
+        found = (
+            []
+            if self.omit_credentials_endpoint
+            else [{"identifier": "credentials", "role": "SENDER", "url": f"{self.base}/ocpi/2.2.1/credentials"}]
+        )
+        for identifier, interfaces in modules.items():
+            for interface in interfaces:
+                found.append(
+                    {
+                        "identifier": identifier,
+                        "role": interface,
+                        "url": f"{self.base}/ocpi/2.2.1/{identifier}/{interface.lower()}",
+                    }
+                )
+        return found
+
+    def credentials(self, token: str) -> dict[str, Any]:
+        return {
+            "token": token,
+            "url": self.versions_url,
+            "roles": [
+                {"role": role, "country_code": cc, "party_id": pid, "business_details": {"name": f"{self.name} {role}"}}
+                for role, cc, pid in self.roles
+            ],
+        }
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.received.append(Received(request.method, request.path, request.query_string, dict(request.headers), body))
+        accepted = {self.token_b, self.token_a}
+        presented = request.headers.get("Authorization", "").removeprefix("Token ")
+        try:
+            presented = base64.b64decode(presented, validate=True).decode()
+        except ValueError:
+            return web.json_response(envelope(None, 2000, "token not base64 encoded"), status=401)
+        if presented not in accepted:
+            return web.json_response(envelope(None, 2000, "unknown token"), status=401)
+        if request.path == "/ocpi/versions":
+            if self.versions_status != 200:
+                return web.Response(status=self.versions_status, text="versions broken")
+            return web.json_response(envelope([{"version": v, "url": f"{self.base}/ocpi/{v}"} for v in self.versions]))
+        if request.path == "/ocpi/2.2.1":
+            return web.json_response(envelope({"version": "2.2.1", "endpoints": self.endpoints()}))
+        if request.path == "/ocpi/2.2.1/credentials":
+            return await self._credentials(request, body)
+        return web.json_response(envelope(None, 2000, f"no such endpoint {request.path}"), status=404)
+
+    async def _credentials(self, request: web.Request, body: bytes) -> web.Response:
+        """The party as credentials Receiver: the hub registers itself here (`ocpi-hub connect`)."""
+        if request.method == "DELETE":
+            self.hub_credentials = None
+            return web.json_response(envelope(None))
+        if request.method not in ("POST", "PUT"):
+            return web.json_response(envelope(self.credentials(self.token_b)))
+        theirs = json.loads(body)
+        # Like a real party, check the hub's versions with the token it gave us before answering.
+        async with httpx.AsyncClient() as client:
+            answer = await client.get(theirs["url"], headers=token_header(theirs["token"]))
+        if answer.status_code != 200:
+            return web.json_response(envelope(None, 3001, f"hub versions answered {answer.status_code}"))
+        self.hub_credentials = theirs
+        self.hub_token = theirs["token"]
+        self.token_b = secrets.token_urlsafe(24)  # token C of this exchange: the hub calls us with it from now on
+        return web.json_response(envelope(self.credentials(self.token_b)))
+
+    # ---- calling the hub ----
+    def register_at(self, hub_versions_url: str, token_a: str) -> httpx.Response:
+        """The whole credentials Sender side: GET versions and details with token A, POST our credentials."""
+        with httpx.Client(timeout=30) as client:
+            versions = client.get(hub_versions_url, headers=token_header(token_a)).json()["data"]
+            details_url = next(v["url"] for v in versions if v["version"] == "2.2.1")
+            details = client.get(details_url, headers=token_header(token_a)).json()["data"]
+            credentials_url = next(e["url"] for e in details["endpoints"] if e["identifier"] == "credentials")
+            answer = client.post(credentials_url, headers=token_header(token_a), json=self.credentials(self.token_b))
+        if answer.status_code == 200 and answer.json()["status_code"] == 1000:
+            self.hub_credentials = answer.json()["data"]
+            self.hub_token = self.hub_credentials["token"]
+        return answer
+
+
+def _default_modules(roles: list[tuple[str, str, str]]) -> dict[str, list[str]]:
+    kinds = {role for role, _, _ in roles}
+    modules: dict[str, list[str]] = {}
+    if "CPO" in kinds:
+        for m in ("cdrs", "locations", "sessions", "tariffs"):
+            modules.setdefault(m, []).append("SENDER")
+        for m in ("commands", "tokens", "chargingprofiles"):
+            modules.setdefault(m, []).append("RECEIVER")
+    if kinds & {"EMSP", "OTHER", "NSP", "NAP", "SCSP"}:
+        for m in ("cdrs", "locations", "sessions", "tariffs", "hubclientinfo"):
+            modules.setdefault(m, []).append("RECEIVER")
+        for m in ("commands", "tokens"):
+            modules.setdefault(m, []).append("SENDER")
+    return modules

@@ -1,0 +1,189 @@
+"""The operator's side: the admin API, `ocpi-hub invite`, `ocpi-hub connect` and the settings check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, Hub, unique_party_id
+from tests.parties import token_header
+
+
+def _cli(hub: Hub, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hub.cli", *args], env=hub.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_admin_api_requires_the_admin_token(hub: Hub) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Token {hub.admin_token}"}):
+        answer = httpx.get(f"{hub.base}/admin/api/parties", headers=headers)
+        assert answer.status_code == 401
+        assert "admin" in answer.json()["error"]
+
+
+def test_invitation_answers_token_a_and_versions_url(hub: Hub) -> None:
+    pid = unique_party_id()
+    invitation = hub.invite("Fresh CPO", ("CPO", "NL", pid))
+    assert invitation["versions_url"] == hub.versions_url
+    assert httpx.get(hub.versions_url, headers=token_header(invitation["token_a"])).status_code == 200
+    with hub.admin() as admin:
+        items = admin.get("/admin/api/parties").json()["items"]
+    [item] = [i for i in items if i["party_id"] == pid]
+    assert item == {
+        "country_code": "NL",
+        "party_id": pid,
+        "role": "CPO",
+        "platform": "Fresh CPO",
+        "platform_id": invitation["platform_id"],
+        "status": "PLANNED",
+        "registered_at": None,
+        "last_seen": None,
+    }
+
+
+def test_invitation_for_a_party_id_held_by_another_platform_answers_409(hub: Hub) -> None:
+    pid = unique_party_id()
+    hub.invite("First", ("CPO", "NL", pid))
+    with hub.admin() as admin:
+        same_role = admin.post(
+            "/admin/api/invitations",
+            json={"name": "Second", "roles": [{"role": "CPO", "country_code": "nl", "party_id": pid.lower()}]},
+        )
+        other_role = admin.post(
+            "/admin/api/invitations",
+            json={"name": "Third", "roles": [{"role": "EMSP", "country_code": "NL", "party_id": pid}]},
+        )
+        hub_itself = admin.post(
+            "/admin/api/invitations",
+            json={"name": "Impostor", "roles": [{"role": "CPO", "country_code": "NL", "party_id": "HUB"}]},
+        )
+    assert same_role.status_code == 409 and f"NL-{pid}" in same_role.json()["error"]
+    assert other_role.status_code == 409
+    assert hub_itself.status_code == 409 and "the hub itself" in hub_itself.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "x", "roles": []},
+        {"name": "", "roles": [{"role": "CPO", "country_code": "NL", "party_id": "ABC"}]},
+        {"name": "x", "roles": [{"role": "CPO", "country_code": "NLD", "party_id": "ABC"}]},
+        {"name": "x", "roles": [{"role": "HUB", "country_code": "NL", "party_id": "ABC"}]},
+        {"name": "x", "roles": [{"role": "CPO", "country_code": "NL", "party_id": "ABC"}] * 2},
+    ],
+)
+def test_invalid_invitation_answers_400(hub: Hub, body: dict) -> None:
+    with hub.admin() as admin:
+        answer = admin.post("/admin/api/invitations", json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]
+
+
+def test_cli_invite_prints_the_same_json_and_the_running_hub_accepts_the_token(hub: Hub) -> None:
+    pid = unique_party_id()
+    result = _cli(hub, "invite", "--name", "CLI Co", "--role", f"CPO:NL:{pid}", "--role", f"EMSP:NL:{pid}")
+    assert result.returncode == 0, result.stderr
+    invitation = json.loads(result.stdout)
+    assert set(invitation) >= {"token_a", "versions_url"}
+    assert [r["role"] for r in invitation["roles"]] == ["CPO", "EMSP"]
+    # The running hub learns of the new token within a second (directory change announced through Redis).
+    import time
+
+    deadline = time.monotonic() + 2
+    while httpx.get(hub.versions_url, headers=token_header(invitation["token_a"])).status_code != 200:
+        assert time.monotonic() < deadline, "the running hub did not accept the new token A"
+        time.sleep(0.05)
+
+
+def test_cli_invite_rejects_a_malformed_role(hub: Hub) -> None:
+    result = _cli(hub, "invite", "--name", "x", "--role", "CPO-NL-ABC")
+    assert result.returncode == 2
+    assert "ROLE:CC:PARTY" in result.stderr
+
+
+def test_connect_registers_the_hub_at_a_party(hub: Hub, start_party, db) -> None:
+    pid = unique_party_id()
+    party = start_party(("CPO", "DE", pid), ("EMSP", "DE", pid))
+    result = _cli(
+        hub,
+        "connect",
+        "--versions-url",
+        party.versions_url,
+        "--token-a",
+        party.token_a,
+        "--name",
+        "Party That Invited Us",
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    connected = json.loads(result.stdout)
+    assert {r["role"] for r in connected["roles"]} == {"CPO", "EMSP"}
+    # The party received the hub's credentials and checked them against the running hub.
+    assert party.hub_credentials["roles"][0]["role"] == "HUB"
+    answer = httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(party.hub_token))
+    assert answer.status_code == 200 and answer.json()["status_code"] == 1000
+    # The hub stored the party's new token and calls it with that from now on.
+    platform = db.run(
+        db.fetchrow(
+            "SELECT p.state, count(e.*) AS endpoints FROM platform p JOIN platform_endpoint e ON e.platform_id = p.id "
+            "WHERE p.id = $1 GROUP BY p.state",
+            connected["platform_id"],
+        )
+    )
+    assert platform["state"] == "REGISTERED" and platform["endpoints"] > 3
+    with hub.admin() as admin:
+        items = [i for i in admin.get("/admin/api/parties").json()["items"] if i["party_id"] == pid]
+    assert {i["status"] for i in items} == {"CONNECTED"}
+
+
+def test_connect_with_a_wrong_token_a_fails_with_a_clear_message(hub: Hub, start_party) -> None:
+    party = start_party(("CPO", "DE", unique_party_id()))
+    result = _cli(hub, "connect", "--versions-url", party.versions_url, "--token-a", "wrong")
+    assert result.returncode == 1
+    assert "HTTP 401" in result.stderr
+
+
+def test_connect_to_a_party_whose_ids_are_taken_undoes_the_registration(hub: Hub, start_party) -> None:
+    pid = unique_party_id()
+    hub.invite("Owner", ("CPO", "DE", pid))
+    party = start_party(("CPO", "DE", pid))
+    result = _cli(hub, "connect", "--versions-url", party.versions_url, "--token-a", party.token_a)
+    assert result.returncode == 1
+    assert f"DE-{pid}" in result.stderr
+    assert party.hub_credentials is None  # the hub sent DELETE to undo its registration at the party
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("OCPI_HUB_COUNTRY_CODE", "NLD", "two letters"),
+        ("OCPI_HUB_PARTY_ID", "TOOLONG", "three letters"),
+        ("OCPI_HUB_PUBLIC_URL", "hub.example.com", "OCPI_HUB_PUBLIC_URL"),
+        ("OCPI_HUB_DATABASE_URL", "mysql://x", "OCPI_HUB_DATABASE_URL"),
+        ("OCPI_HUB_FORWARD_TIMEOUT_S", "soon", "positive number"),
+        ("OCPI_HUB_SECRET_KEY", "short", "Fernet key"),
+    ],
+)
+def test_bad_settings_are_reported_without_a_traceback(hub: Hub, variable: str, value: str, message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "migrate"],
+        env=hub.env | {variable: value},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_documents_every_command_and_variable() -> None:
+    from hub.settings import VARIABLES
+
+    result = subprocess.run([sys.executable, "-m", "hub.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
+    for word in ("serve", "migrate", "invite", "connect", *(name for name, _, _ in VARIABLES)):
+        assert word in result.stdout

@@ -1,0 +1,261 @@
+"""Embedded PostgreSQL and Valkey: start, reuse across instances and processes, keep data across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psutil
+import pytest
+import redis
+
+import storage.embedded as embedded
+from storage.embedded import EmbeddedPostgres, EmbeddedServiceError, EmbeddedValkey
+
+Server = EmbeddedPostgres | EmbeddedValkey
+
+
+def _processes_under(root: Path) -> list[psutil.Process]:
+    """Servers chdir into their data dir, so the cwd tells which processes a test started."""
+    found = []
+    for proc in psutil.process_iter(["cwd"]):
+        cwd = proc.info["cwd"]
+        if cwd and Path(cwd).is_relative_to(root):
+            found.append(proc)
+    return found
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "data"
+    leftovers = _processes_under(tmp_path)
+    for proc in leftovers:  # kill them anyway, so a failing test never leaks a server
+        proc.kill()
+    assert not leftovers, f"servers left running: {leftovers}"
+
+
+@pytest.fixture
+def track() -> Iterator[Callable[[Server], Server]]:
+    """Register servers to be stopped at teardown (stop() is a no-op for the ones not owned)."""
+    servers: list[Server] = []
+
+    def add(server: Server) -> Server:
+        servers.append(server)
+        return server
+
+    yield add
+    for server in reversed(servers):
+        server.stop()
+
+
+def sql(dsn: str, *statements: str) -> Any:
+    """Run statements on a fresh connection and return the value of the last one."""
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            result = None
+            for statement in statements:
+                result = await conn.fetchval(statement)
+            return result
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def kill_hard(pid: int) -> None:
+    """Simulate a crash: SIGKILL the server and its children and wait until they are gone."""
+    proc = psutil.Process(pid)
+    procs = [proc, *proc.children(recursive=True)]
+    for p in procs:
+        p.kill()
+    assert not embedded._survivors(procs, timeout=10)
+
+
+def test_postgres_starts_and_accepts_queries(data_dir: Path, track: Callable[[Server], Server]) -> None:
+    pg = track(EmbeddedPostgres(data_dir))
+    dsn = pg.start()
+
+    assert pg.owned
+    assert dsn.startswith("postgresql://postgres@127.0.0.1:")
+    assert sql(dsn, "SELECT 1") == 1
+    assert sql(dsn, "SHOW server_encoding") == "UTF8"
+    if os.geteuid() == 0:
+        pid = int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+        assert psutil.Process(pid).username() == embedded.PG_SYSTEM_USER
+
+
+def test_postgres_restart_reuses_existing_cluster(data_dir: Path, track: Callable[[Server], Server]) -> None:
+    first = EmbeddedPostgres(data_dir)
+    dsn = first.start()
+    sql(dsn, "CREATE TABLE kept (v int)", "INSERT INTO kept VALUES (42)")
+    first.stop()
+    assert not first.owned
+    with pytest.raises(OSError):
+        sql(dsn, "SELECT 1")
+
+    second = track(EmbeddedPostgres(data_dir))
+    assert sql(second.start(), "SELECT v FROM kept") == 42
+    assert second.owned
+
+
+def test_second_start_reuses_running_server_without_owning_it(
+    data_dir: Path, track: Callable[[Server], Server]
+) -> None:
+    owner = track(EmbeddedPostgres(data_dir))
+    dsn = owner.start()
+
+    guest = EmbeddedPostgres(data_dir)
+    assert guest.start() == dsn
+    assert not guest.owned
+    guest.stop()
+    assert sql(dsn, "SELECT 1") == 1
+
+    owner.stop()
+    with pytest.raises(OSError):
+        sql(dsn, "SELECT 1")
+
+
+# Started as a separate process: prints what start() returned, then stops once told to on stdin.
+CHILD = """
+import sys
+from pathlib import Path
+from storage.embedded import EmbeddedPostgres, EmbeddedValkey
+server = {"EmbeddedPostgres": EmbeddedPostgres, "EmbeddedValkey": EmbeddedValkey}[sys.argv[1]](Path(sys.argv[2]))
+print(server.start(), server.owned, flush=True)
+sys.stdin.readline()
+server.stop()
+"""
+
+
+@pytest.mark.parametrize("server_class", [EmbeddedPostgres, EmbeddedValkey])
+def test_processes_starting_at_once_share_one_server(server_class: type[Server], data_dir: Path) -> None:
+    project = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(project)}
+    argv = [sys.executable, "-c", CHILD, server_class.__name__, str(data_dir)]
+    children = [subprocess.Popen(argv, cwd=project, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True) for _ in range(3)]
+    try:
+        started = [child.stdout.readline().split() for child in children if child.stdout]
+    finally:
+        for child in children:
+            child.communicate("\n", timeout=60)
+
+    assert {url for url, _ in started} == {started[0][0]}, started
+    assert [owned for _, owned in started].count("True") == 1, started
+    assert all(child.returncode == 0 for child in children)
+
+
+def test_postgres_with_long_data_dir_path_serves_tcp_only(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)  # too long for a unix socket path
+    pg = EmbeddedPostgres(deep)
+    try:
+        assert sql(pg.start(), "SHOW unix_socket_directories") == ""
+    finally:
+        pg.stop()
+    assert not _processes_under(tmp_path)
+
+
+def test_postgres_starts_after_crash_leaving_stale_pidfile(data_dir: Path, track: Callable[[Server], Server]) -> None:
+    crashed = EmbeddedPostgres(data_dir)
+    sql(crashed.start(), "CREATE TABLE kept (v int)", "INSERT INTO kept VALUES (7)")
+    pid_file = data_dir / "postgres" / "postmaster.pid"
+    kill_hard(int(pid_file.read_text().split()[0]))
+    assert pid_file.exists()
+
+    restarted = track(EmbeddedPostgres(data_dir))
+    assert sql(restarted.start(), "SELECT v FROM kept") == 7  # committed data survives crash recovery
+    assert restarted.owned
+
+
+def test_failed_postgres_start_reports_log_and_leaves_nothing_running(
+    data_dir: Path, track: Callable[[Server], Server]
+) -> None:
+    pg = EmbeddedPostgres(data_dir)
+    pg.start()
+    pg.stop()
+    with (data_dir / "postgres" / "postgresql.conf").open("a") as conf:
+        conf.write("\nnot_a_real_setting = on\n")
+
+    broken = track(EmbeddedPostgres(data_dir))
+    with pytest.raises(EmbeddedServiceError, match="not_a_real_setting"):
+        broken.start()
+    assert not broken.owned
+    assert not _processes_under(data_dir)
+
+
+@pytest.mark.parametrize("server_class", [EmbeddedPostgres, EmbeddedValkey])
+def test_port_taken_meanwhile_is_retried_with_a_fresh_port(
+    server_class: type[Server], data_dir: Path, track: Callable[[Server], Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken, embedded._free_port()])
+        monkeypatch.setattr(embedded, "_free_port", lambda: next(ports))
+
+        url = track(server_class(data_dir)).start()
+
+    assert f":{taken}/" not in url
+
+
+def test_valkey_starts_and_answers_ping(data_dir: Path, track: Callable[[Server], Server]) -> None:
+    valkey = track(EmbeddedValkey(data_dir))
+    url = valkey.start()
+
+    assert valkey.owned
+    assert url.startswith("redis://127.0.0.1:")
+    with redis.Redis.from_url(url) as client:
+        assert client.ping()
+
+
+def test_valkey_keeps_data_across_restart(data_dir: Path, track: Callable[[Server], Server]) -> None:
+    first = EmbeddedValkey(data_dir)
+    with redis.Redis.from_url(first.start()) as client:
+        client.set("session:1", "alive")
+    first.stop()
+    assert not first.owned
+
+    second = track(EmbeddedValkey(data_dir))
+    with redis.Redis.from_url(second.start()) as client:
+        assert client.get("session:1") == b"alive"
+
+
+def test_valkey_second_start_reuses_running_server_without_owning_it(
+    data_dir: Path, track: Callable[[Server], Server]
+) -> None:
+    owner = track(EmbeddedValkey(data_dir))
+    url = owner.start()
+
+    guest = EmbeddedValkey(data_dir)
+    assert guest.start() == url
+    assert not guest.owned
+    guest.stop()
+    with redis.Redis.from_url(url) as client:
+        assert client.ping()
+
+    owner.stop()
+    with redis.Redis.from_url(url) as client, pytest.raises(redis.ConnectionError):
+        client.ping()
+
+
+def test_valkey_stale_pidfile_is_ignored(data_dir: Path, track: Callable[[Server], Server]) -> None:
+    crashed = EmbeddedValkey(data_dir)
+    crashed.start()
+    pid_file = data_dir / "valkey" / "valkey.pid"
+    kill_hard(int(pid_file.read_text()))
+    assert pid_file.exists()
+
+    restarted = track(EmbeddedValkey(data_dir))
+    with redis.Redis.from_url(restarted.start()) as client:
+        assert client.ping()
+    assert restarted.owned

@@ -1,0 +1,237 @@
+"""The credentials handshake with the hub as Receiver: a party registers, updates, reads and unregisters."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+
+from tests.conftest import Hub, unique_party_id
+from tests.parties import Party, free_port, token_header
+
+
+def _invited_party(hub: Hub, start_party, *roles: tuple[str, str, str], **options) -> tuple[Party, str]:
+    party = start_party(*roles, **options)
+    return party, hub.invite(party.name, *roles)["token_a"]
+
+
+def _credentials_url(hub: Hub) -> str:
+    return f"{hub.base}/ocpi/2.2.1/credentials"
+
+
+def test_versions_offer_221_and_details_list_every_module_on_both_interfaces(hub: Hub, start_party) -> None:
+    _, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
+    versions = httpx.get(hub.versions_url, headers=token_header(token_a)).json()
+    assert versions["status_code"] == 1000
+    assert versions["data"] == [{"version": "2.2.1", "url": f"{hub.base}/ocpi/2.2.1"}]
+    details = httpx.get(versions["data"][0]["url"], headers=token_header(token_a)).json()["data"]
+    offered = {(e["identifier"], e["role"]) for e in details["endpoints"]}
+    assert ("credentials", "SENDER") in offered
+    assert ("hubclientinfo", "SENDER") in offered
+    for module in ("cdrs", "chargingprofiles", "commands", "locations", "sessions", "tariffs", "tokens"):
+        assert {(module, "SENDER"), (module, "RECEIVER")} <= offered
+
+
+def test_registration_fetches_party_endpoints_with_token_b_and_answers_hub_credentials(
+    hub: Hub, start_party, db
+) -> None:
+    pid = unique_party_id()
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", pid))
+    answer = party.register_at(hub.versions_url, token_a)
+
+    body = answer.json()
+    assert answer.status_code == 200 and body["status_code"] == 1000, body
+    assert body["data"]["url"] == hub.versions_url
+    assert body["data"]["roles"] == [
+        {"role": "HUB", "business_details": {"name": "ocpi-hub"}, "party_id": "HUB", "country_code": "NL"}
+    ]
+    token_c = body["data"]["token"]
+    assert token_c not in (token_a, party.token_b)
+    # The hub called the party's versions and details, with token B in base64.
+    calls = [(r.method, r.path, r.headers["Authorization"]) for r in party.received]
+    expected_auth = "Token " + base64.b64encode(party.token_b.encode()).decode()
+    assert ("GET", "/ocpi/versions", expected_auth) in calls
+    assert ("GET", "/ocpi/2.2.1", expected_auth) in calls
+    # Stored: endpoints, role connected with its business details, token B only encrypted.
+    row = db.run(
+        db.fetchrow(
+            "SELECT p.id, p.state, p.version, p.token_b, r.status, r.business_details FROM platform p "
+            "JOIN party_role r ON r.platform_id = p.id WHERE r.party_id = $1",
+            pid,
+        )
+    )
+    assert (row["state"], row["version"], row["status"]) == ("REGISTERED", "2.2.1", "CONNECTED")
+    assert party.token_b.encode() not in row["token_b"]
+    assert "Test Party CPO" in row["business_details"]
+    endpoints = db.run(
+        db.fetch("SELECT identifier, interface_role FROM platform_endpoint WHERE platform_id = $1", row["id"])
+    )
+    assert ("locations", "SENDER") in {(e["identifier"], e["interface_role"]) for e in endpoints}
+    # No token is stored in the clear.
+    for table in ("credentials_token", "platform"):
+        dump = str(db.run(db.fetch(f"SELECT * FROM {table}")))
+        assert token_c not in dump and token_a not in dump
+
+
+def test_token_a_stops_working_after_registration(hub: Hub, start_party) -> None:
+    party, token_a = _invited_party(hub, start_party, ("EMSP", "DE", unique_party_id()))
+    assert party.register_at(hub.versions_url, token_a).json()["status_code"] == 1000
+    assert httpx.get(hub.versions_url, headers=token_header(token_a)).status_code == 401
+    assert httpx.get(hub.versions_url, headers=token_header(party.hub_token)).status_code == 200
+
+
+def test_token_a_is_refused_outside_versions_and_credentials(hub: Hub, start_party) -> None:
+    _, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
+    answer = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/locations", headers=token_header(token_a))
+    assert answer.status_code == 401
+    assert "token A" in answer.json()["status_message"]
+
+
+def test_post_when_already_registered_answers_405(hub: Hub, start_party) -> None:
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
+    party.register_at(hub.versions_url, token_a)
+    again = httpx.post(_credentials_url(hub), headers=token_header(party.hub_token), json=party.credentials("x" * 10))
+    assert again.status_code == 405
+    assert again.json()["status_code"] == 2000
+    assert "already registered" in again.json()["status_message"]
+
+
+def test_put_and_delete_before_registration_answer_405(hub: Hub, start_party) -> None:
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
+    put = httpx.put(_credentials_url(hub), headers=token_header(token_a), json=party.credentials(party.token_b))
+    delete = httpx.delete(_credentials_url(hub), headers=token_header(token_a))
+    assert (put.status_code, delete.status_code) == (405, 405)
+    assert "not registered" in put.json()["status_message"]
+
+
+def test_unreachable_party_api_answers_3001(hub: Hub, start_party) -> None:
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
+    credentials = party.credentials(party.token_b) | {"url": f"http://127.0.0.1:{free_port()}/ocpi/versions"}
+    answer = httpx.post(_credentials_url(hub), headers=token_header(token_a), json=credentials)
+    assert answer.status_code == 200
+    assert answer.json()["status_code"] == 3001
+    assert "/ocpi/versions" in answer.json()["status_message"]
+    # Nothing was registered: token A still works for a second attempt.
+    assert httpx.get(hub.versions_url, headers=token_header(token_a)).status_code == 200
+
+
+def test_party_versions_answering_an_http_error_gives_3001(hub: Hub, start_party) -> None:
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()), versions_status=500)
+    answer = party.register_at(hub.versions_url, token_a).json()
+    assert answer["status_code"] == 3001
+    assert "HTTP 500" in answer["status_message"]
+
+
+def test_party_with_a_wrong_token_b_gives_3001(hub: Hub, start_party) -> None:
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
+    credentials = party.credentials("not-the-token-the-party-accepts")
+    answer = httpx.post(_credentials_url(hub), headers=token_header(token_a), json=credentials).json()
+    assert answer["status_code"] == 3001
+    assert "HTTP 401" in answer["status_message"]
+
+
+def test_no_common_version_answers_3002(hub: Hub, start_party) -> None:
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()), versions=["2.1.1", "2.2"])
+    answer = party.register_at(hub.versions_url, token_a).json()
+    assert answer["status_code"] == 3002
+    assert "2.1.1, 2.2" in answer["status_message"]
+
+
+def test_missing_credentials_endpoint_answers_3003(hub: Hub, start_party) -> None:
+    roles = ("CPO", "NL", unique_party_id())
+    party, token_a = _invited_party(hub, start_party, roles, omit_credentials_endpoint=True)
+    answer = party.register_at(hub.versions_url, token_a).json()
+    assert answer["status_code"] == 3003
+    assert "credentials" in answer["status_message"]
+
+
+def test_party_without_any_functional_module_answers_3003(hub: Hub, start_party) -> None:
+    party, token_a = _invited_party(
+        hub, start_party, ("CPO", "NL", unique_party_id()), modules={"x-custom": ["SENDER"]}
+    )
+    answer = party.register_at(hub.versions_url, token_a).json()
+    assert answer["status_code"] == 3003
+
+
+def test_put_refetches_endpoints_and_rotates_token_c(hub: Hub, start_party, db) -> None:
+    pid = unique_party_id()
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", pid))
+    party.register_at(hub.versions_url, token_a)
+    old_c = party.hub_token
+    party.modules = {"locations": ["SENDER"], "tariffs": ["SENDER"]}
+    party.token_b = "rotated-token-b-" + pid
+    answer = httpx.put(_credentials_url(hub), headers=token_header(old_c), json=party.credentials(party.token_b))
+    assert answer.json()["status_code"] == 1000, answer.text
+    new_c = answer.json()["data"]["token"]
+    assert new_c != old_c
+    assert httpx.get(hub.versions_url, headers=token_header(old_c)).status_code == 401
+    assert httpx.get(hub.versions_url, headers=token_header(new_c)).status_code == 200
+    stored = db.run(
+        db.fetch(
+            "SELECT e.identifier FROM platform_endpoint e JOIN party_role r ON r.platform_id = e.platform_id "
+            "WHERE r.party_id = $1 ORDER BY 1",
+            pid,
+        )
+    )
+    assert [r["identifier"] for r in stored] == ["credentials", "locations", "tariffs"]
+    # The hub fetched the endpoints again with the new token B.
+    last = party.received[-1]
+    assert last.path == "/ocpi/2.2.1"
+    assert last.headers["Authorization"] == "Token " + base64.b64encode(party.token_b.encode()).decode()
+
+
+def test_delete_unregisters_and_token_c_stops_working(hub: Hub, start_party) -> None:
+    pid = unique_party_id()
+    party, token_a = _invited_party(hub, start_party, ("EMSP", "BE", pid))
+    party.register_at(hub.versions_url, token_a)
+    answer = httpx.delete(_credentials_url(hub), headers=token_header(party.hub_token))
+    assert (answer.status_code, answer.json()["status_code"]) == (200, 1000)
+    assert httpx.get(_credentials_url(hub), headers=token_header(party.hub_token)).status_code == 401
+    with hub.admin() as admin:
+        items = [i for i in admin.get("/admin/api/parties").json()["items"] if i["party_id"] == pid]
+    assert [i["status"] for i in items] == ["UNREGISTERED"]
+    # The party id is free again for a new invitation.
+    hub.invite("Successor", ("EMSP", "BE", pid))
+
+
+def test_get_credentials_returns_the_hubs_credentials_for_the_caller(hub: Hub, start_party) -> None:
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
+    party.register_at(hub.versions_url, token_a)
+    answer = httpx.get(_credentials_url(hub), headers=token_header(party.hub_token)).json()
+    assert answer["status_code"] == 1000
+    assert answer["data"]["token"] == party.hub_token
+    assert answer["data"]["roles"][0]["role"] == "HUB"
+
+
+def test_platform_with_several_roles_registers_once(hub: Hub, start_party) -> None:
+    pid = unique_party_id()
+    roles = [("CPO", "NL", pid), ("EMSP", "NL", pid), ("CPO", "NL", unique_party_id())]
+    party, token_a = _invited_party(hub, start_party, *roles)
+    assert party.register_at(hub.versions_url, token_a).json()["status_code"] == 1000
+    with hub.admin() as admin:
+        items = admin.get("/admin/api/parties").json()["items"]
+    mine = {(i["role"], i["party_id"]): i for i in items if i["platform"] == party.name and i["status"] == "CONNECTED"}
+    assert {(r, p) for r, _, p in roles} <= set(mine)
+    assert len({mine[(r, p)]["platform_id"] for r, _, p in roles}) == 1
+
+
+def test_registration_refuses_roles_the_invitation_did_not_grant(hub: Hub, start_party) -> None:
+    mine, someone_elses = unique_party_id(), unique_party_id()
+    party = start_party(("CPO", "NL", mine), ("CPO", "NL", someone_elses))
+    token_a = hub.invite(party.name, ("CPO", "NL", mine))["token_a"]
+    answer = party.register_at(hub.versions_url, token_a).json()
+    assert answer["status_code"] == 2001
+    assert f"CPO NL-{someone_elses}" in answer["status_message"]
+    assert party.received == []  # refused before the hub called the party
+
+
+def test_party_ids_are_matched_case_insensitively(hub: Hub, start_party) -> None:
+    pid = unique_party_id()
+    party = start_party(("CPO", "nl", pid.lower()))
+    token_a = hub.invite(party.name, ("CPO", "NL", pid))["token_a"]
+    assert party.register_at(hub.versions_url, token_a).json()["status_code"] == 1000
+
+
+def test_raw_token_header_of_older_parties_is_accepted(hub: Hub, start_party) -> None:
+    _, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
+    assert httpx.get(hub.versions_url, headers={"Authorization": f"Token {token_a}"}).status_code == 200

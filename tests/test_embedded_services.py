@@ -141,8 +141,10 @@ def test_processes_starting_at_once_share_one_server(server_class: type[Server],
     project = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(project)}
     argv = [sys.executable, "-c", CHILD, server_class.__name__, str(data_dir)]
-    children = [subprocess.Popen(argv, cwd=project, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True) for _ in range(3)]
+    children = [
+        subprocess.Popen(argv, cwd=project, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     try:
         started = [child.stdout.readline().split() for child in children if child.stdout]
     finally:

@@ -1,0 +1,144 @@
+"""Start-up and storage: the embedded default, several processes and workers, and the migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+import psutil
+import pytest
+
+from storage.migrate import migrate, migration_files, pending
+from tests.conftest import OUTPUT, Hub, Services, hub_env, start_hub, unique_party_id
+from tests.parties import token_header
+
+
+def _processes_under(directory: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["name", "cmdline", "cwd"]):
+        with_dir = " ".join(process.info["cmdline"] or []) + " " + (process.info["cwd"] or "")
+        if str(directory) in with_dir and process.info["name"] in ("postgres", "valkey-server"):
+            found.append(process)
+    return found
+
+
+def test_serve_without_database_urls_runs_on_embedded_servers_and_stops_them(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")}
+    env |= {"OCPI_HUB_DATA_DIR": str(tmp_path / "data")}
+    hub = start_hub(env, OUTPUT / "embedded-default-hub.log")
+    try:
+        admin_token = (tmp_path / "data" / "admin-token").read_text().strip()
+        assert admin_token in hub.log()  # printed at start
+        hub.admin_token = admin_token
+        pid = unique_party_id()
+        token_a = hub.invite("Embedded Co", ("CPO", "NL", pid))["token_a"]
+        assert httpx.get(hub.versions_url, headers=token_header(token_a)).status_code == 200
+        assert _processes_under(tmp_path / "data")
+    finally:
+        assert hub.stop() == 0
+    assert _wait_until(lambda: not _processes_under(tmp_path / "data")), "embedded servers still running"
+
+    # The next start reuses the same cluster: the invitation is still there, with the same admin token.
+    again = start_hub(env, OUTPUT / "embedded-default-hub-2.log")
+    try:
+        again.admin_token = admin_token
+        with again.admin() as admin:
+            assert pid in {i["party_id"] for i in admin.get("/admin/api/parties").json()["items"]}
+        assert httpx.get(again.versions_url, headers=token_header(token_a)).status_code == 200
+    finally:
+        again.stop()
+    assert _wait_until(lambda: not _processes_under(tmp_path / "data"))
+
+
+def _wait_until(condition, timeout: float = 15) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_rotated_token_stops_working_on_every_hub_process_within_a_second(
+    services: Services, hub: Hub, start_party, tmp_path: Path
+) -> None:
+    second = start_hub(hub_env(services, tmp_path, OCPI_HUB_ADMIN_TOKEN=hub.admin_token), OUTPUT / "hub-2.log")
+    try:
+        party = start_party(("CPO", "NL", pid := unique_party_id()))
+        # Invited on the first process, registered on the second: the token A travels between them.
+        token_a = hub.invite(party.name, ("CPO", "NL", pid))["token_a"]
+        assert _wait_until(
+            lambda: httpx.get(second.versions_url, headers=token_header(token_a)).status_code == 200, 1.5
+        )
+        assert party.register_at(second.versions_url, token_a).json()["status_code"] == 1000
+        token_c = party.hub_token
+        assert _wait_until(lambda: httpx.get(hub.versions_url, headers=token_header(token_c)).status_code == 200, 1.5)
+        # Rotate on the first process; the second refuses the old token within a second.
+        answer = httpx.put(
+            f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token_c), json=party.credentials(party.token_b)
+        )
+        assert answer.json()["status_code"] == 1000
+        rotated = time.monotonic()
+        assert _wait_until(lambda: httpx.get(second.versions_url, headers=token_header(token_c)).status_code == 401)
+        assert time.monotonic() - rotated < 1.0
+    finally:
+        second.stop()
+
+
+def test_serve_with_two_workers_answers_on_both(services: Services, tmp_path: Path) -> None:
+    hub = start_hub(hub_env(services, tmp_path), OUTPUT / "hub-workers.log", "--workers", "2")
+    try:
+        token_a = hub.invite("Workers Co", ("CPO", "NL", unique_party_id()))["token_a"]
+        # Whichever worker takes each request knows the token.
+        assert _wait_until(lambda: httpx.get(hub.versions_url, headers=token_header(token_a)).status_code == 200, 1.5)
+        time.sleep(1.1)
+        codes = {httpx.get(hub.versions_url, headers=token_header(token_a)).status_code for _ in range(40)}
+        assert codes == {200}
+        assert hub.log().count("hub_started") == 2
+    finally:
+        assert hub.stop() == 0
+
+
+@pytest.fixture
+def empty_database(services: Services):  # type: ignore[no-untyped-def]
+    """A database of its own on the test server, dropped afterwards."""
+    name = f"migrations_{unique_party_id().lower()}_{os.getpid()}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(services.database_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield services.database_url.rsplit("/", 1)[0] + f"/{name}"
+    asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+def test_migrations_apply_in_order_once_and_concurrently(empty_database: str) -> None:
+    async def scenario() -> None:
+        connections = [await asyncpg.connect(empty_database) for _ in range(3)]
+        try:
+            assert await pending(connections[0]) == [name for _, name, _ in migration_files()]
+            results = await asyncio.gather(*(migrate(conn) for conn in connections))
+            applied = [name for result in results for name in result]
+            assert sorted(applied) == sorted(name for _, name, _ in migration_files())  # each applied exactly once
+            assert await pending(connections[0]) == []
+            assert await migrate(connections[0]) == []
+            tables = {
+                r["tablename"]
+                for r in await connections[0].fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            }
+            assert {"schema_migration", "platform", "party_role", "platform_endpoint", "credentials_token"} <= tables
+            versions = [r["version"] for r in await connections[0].fetch("SELECT version FROM schema_migration")]
+            assert versions == sorted(versions)
+        finally:
+            for conn in connections:
+                await conn.close()
+
+    asyncio.run(scenario())

@@ -14,15 +14,20 @@ import structlog
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
+from litestar.types import Receive, Scope, Send
 
 from hub.admin.api import admin_router
 from hub.auth import CredentialsTokenAuth
 from hub.envelope import render_ocpi_error
 from hub.logs import configure_logging
-from hub.ocpi import credentials, modules, versions
+from hub.ocpi import credentials, versions
+from hub.ocpi.relay import Relay
 from hub.request_context import RequestContext
 from hub.settings import Settings
+from routing.forward import open_session
 from storage.directory import DirectoryCache
+from storage.routing_log import RoutingLogWriter
+from storage.routing_state import RoutingState
 from storage.secrets import TokenBox
 from storage.sql import QUERIES
 
@@ -44,22 +49,46 @@ def create_app(settings: Settings | None = None) -> RequestContext:
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
         redis_client = redis.Redis.from_url(redis_url)
         http = httpx.AsyncClient(timeout=httpx.Timeout(settings.forward_timeout_s, connect=5.0))
+        forward_session = open_session(settings.forward_timeout_s)
         token_box = TokenBox(settings.secret_key or "")
         directory = DirectoryCache(pool, redis_client, settings.redis_prefix, token_box)
         await directory.reload()
-        app.state.update(pool=pool, redis=redis_client, http=http, directory=directory, token_box=token_box)
-        tasks = [asyncio.create_task(directory.watch()), asyncio.create_task(_flush_last_seen(app.state))]
-        log.info("hub_started", public_url=settings.public_url, platforms=len(directory.current.platforms))
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await _write_last_seen(app.state)
-            await http.aclose()
-            await redis_client.aclose()
-            await pool.close()
+        writer = RoutingLogWriter(
+            pool,
+            body_cap=settings.log_body_max_bytes,
+            strict=settings.log_mode == "strict",
+            commit_timeout_s=settings.forward_timeout_s,
+        )
+        async with writer.running(), RoutingState(redis_client, settings.redis_prefix).running() as routing:
+            app.state.update(
+                pool=pool,
+                redis=redis_client,
+                http=http,
+                directory=directory,
+                token_box=token_box,
+                forward_session=forward_session,
+                routing_log=writer,
+                routing=routing,
+            )
+            tasks = [asyncio.create_task(directory.watch()), asyncio.create_task(_flush_last_seen(app.state))]
+            log.info(
+                "hub_started",
+                public_url=settings.public_url,
+                platforms=len(directory.current.platforms),
+                log_chain=str(writer.chain_id),
+            )
+            try:
+                yield
+            finally:
+                await relay.drain()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await _write_last_seen(app.state)
+        await forward_session.close()
+        await http.aclose()
+        await redis_client.aclose()
+        await pool.close()
 
     app = Litestar(
         route_handlers=[
@@ -69,9 +98,7 @@ def create_app(settings: Settings | None = None) -> RequestContext:
             credentials.register,
             credentials.update_credentials,
             credentials.unregister,
-            modules.module_root,
-            modules.module_object,
-            admin_router,
+            admin_router(),
         ],
         state=State({"settings": settings, "last_seen": {}}),
         lifespan=[resources],
@@ -81,7 +108,16 @@ def create_app(settings: Settings | None = None) -> RequestContext:
         openapi_config=None,
         logging_config=None,
     )
-    return RequestContext(app)
+    relay = Relay(app.state)
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        # Functional modules take the relay's raw path; versions, credentials and admin go through Litestar.
+        if scope["type"] == "http" and relay.handles(scope["path"]):
+            await relay(scope, receive, send)  # type: ignore[arg-type]
+        else:
+            await app(scope, receive, send)
+
+    return RequestContext(dispatch)
 
 
 async def _flush_last_seen(state: State) -> None:

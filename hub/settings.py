@@ -35,6 +35,8 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ),
     ("OCPI_HUB_FORWARD_TIMEOUT_S", "30", "seconds the hub waits for a party before answering 4002"),
     ("OCPI_HUB_MAX_BODY_BYTES", "10000000", "largest request body accepted (larger: HTTP 413)"),
+    ("OCPI_HUB_LOG_MODE", "strict", "strict: a routing-log row is committed before the caller is answered; async: not"),
+    ("OCPI_HUB_LOG_BODY_MAX_BYTES", "1048576", "bodies kept in the routing log are cut at this size"),
     ("OCPI_HUB_REDIS_PREFIX", "ocpi-hub:", "prefix of every Redis key, so several hubs can share one Redis"),
     ("OCPI_HUB_LOG_LEVEL", "info", "debug, info, warning or error"),
 )
@@ -57,6 +59,8 @@ class Settings:
     secret_key: str | None
     forward_timeout_s: float
     max_body_bytes: int
+    log_mode: str
+    log_body_max_bytes: int
     redis_prefix: str
     log_level: str
 
@@ -101,6 +105,9 @@ class Settings:
         party_id = (get("OCPI_HUB_PARTY_ID") or "HUB").upper()
         if not re.fullmatch(r"[A-Z0-9]{3}", party_id):
             raise SettingsError(f"OCPI_HUB_PARTY_ID must be three letters or digits, got {party_id!r}")
+        log_mode = (get("OCPI_HUB_LOG_MODE") or "strict").lower()
+        if log_mode not in ("strict", "async"):
+            raise SettingsError(f"OCPI_HUB_LOG_MODE must be strict or async, got {log_mode!r}")
         log_level = (get("OCPI_HUB_LOG_LEVEL") or "info").lower()
         if log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"OCPI_HUB_LOG_LEVEL must be debug, info, warning or error, got {log_level!r}")
@@ -116,6 +123,10 @@ class Settings:
             secret_key=get("OCPI_HUB_SECRET_KEY"),
             forward_timeout_s=_number("OCPI_HUB_FORWARD_TIMEOUT_S", get("OCPI_HUB_FORWARD_TIMEOUT_S") or "30", float),
             max_body_bytes=int(_number("OCPI_HUB_MAX_BODY_BYTES", get("OCPI_HUB_MAX_BODY_BYTES") or "10000000", int)),
+            log_mode=log_mode,
+            log_body_max_bytes=int(
+                _number("OCPI_HUB_LOG_BODY_MAX_BYTES", get("OCPI_HUB_LOG_BODY_MAX_BYTES") or "1048576", int)
+            ),
             redis_prefix=get("OCPI_HUB_REDIS_PREFIX") or "ocpi-hub:",
             log_level=log_level,
         )

@@ -88,3 +88,29 @@ ORDER BY upper(r.country_code), upper(r.party_id), r.role, r.id;
 UPDATE platform SET last_seen = t.seen
 FROM unnest($1::bigint[], $2::timestamptz[]) AS t(id, seen)
 WHERE platform.id = t.id AND (platform.last_seen IS NULL OR platform.last_seen < t.seen);
+
+-- name: relayed_location
+SELECT * FROM relayed_location WHERE key = $1;
+
+-- name: advance_chain
+INSERT INTO routing_log_chain (chain_id, last_seq, last_hash) VALUES ($1, $2, $3)
+ON CONFLICT (chain_id) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash;
+
+-- name: insert_relayed_location
+INSERT INTO relayed_location (key, caller_platform_id, receiver_platform_id, from_country_code, from_party_id,
+                              to_country_code, to_party_id, module, url)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9);
+
+-- name: chain_heads
+SELECT chain_id, last_seq, last_hash FROM routing_log_chain;
+
+-- name: search_routing_log
+SELECT id, received_at, request_id, forwarded_request_id, correlation_id, from_country_code, from_party_id,
+       to_country_code, to_party_id, module, interface, method, path, query, routing, http_status,
+       ocpi_status_code, duration_ms, error, chain_id, seq, prev_hash, hash
+FROM routing_log
+WHERE ($1::text IS NULL OR request_id = $1)
+  AND ($2::text IS NULL OR correlation_id = $2)
+  AND ($3::bigint IS NULL OR id < $3)
+ORDER BY id DESC
+LIMIT $4;

@@ -147,7 +147,7 @@ def hub_env(services: Services, data_dir: Path, **extra: str) -> dict[str, str]:
         OCPI_HUB_SECRET_KEY="zQ0m3yq0kTqfX7b1x8mKpU0m4HnJ0u2yR3Xc6cYHq2Y=",
         OCPI_HUB_COUNTRY_CODE="NL",
         OCPI_HUB_PARTY_ID="HUB",
-        OCPI_HUB_FORWARD_TIMEOUT_S="5",
+        OCPI_HUB_FORWARD_TIMEOUT_S="2",
     )
     env.update(extra)
     return env
@@ -239,6 +239,36 @@ def start_party() -> Iterator[Callable[..., Party]]:
     yield start
     for party in started:
         party.stop()
+
+
+@pytest.fixture
+def connect_party(hub: Hub, start_party: Callable[..., Party]) -> Callable[..., Party]:
+    """A test party invited by the operator and registered at the session's hub."""
+
+    def connect(*roles: tuple[str, str, str], **options: object) -> Party:
+        party = start_party(*roles, **options)
+        answer = party.register_at(hub.versions_url, hub.invite(party.name, *roles)["token_a"])
+        assert answer.json()["status_code"] == 1000, answer.text
+        return party
+
+    return connect
+
+
+@pytest.fixture
+def empty_database(services: Services):  # type: ignore[no-untyped-def]
+    """A database of its own on the test server, dropped afterwards."""
+    name = f"scratch_{secrets.token_hex(6)}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(services.database_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield services.database_url.rsplit("/", 1)[0] + f"/{name}"
+    asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -59,6 +59,11 @@ class Party:
     received: list[Received] = field(default_factory=list)
     hub_token: str | None = None  # the token this party uses to call the hub
     hub_credentials: dict[str, Any] | None = None
+    objects: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # module -> objects its Sender lists
+    page_size: int = 10
+    delay_s: float = 0.0  # answer functional requests this late
+    # (method, path) -> (HTTP status, raw body, extra headers): a canned answer instead of the default
+    canned: dict[tuple[str, str], tuple[int, bytes, dict[str, str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.port = free_port()
@@ -79,8 +84,10 @@ class Party:
         return self
 
     def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        if self._runner is None or self._loop.is_closed() or not self._loop.is_running():
+            return
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._runner = None
         self._loop.call_soon_threadsafe(self._loop.stop)
 
     def _serve(self) -> None:
@@ -140,7 +147,43 @@ class Party:
             return web.json_response(envelope({"version": "2.2.1", "endpoints": self.endpoints()}))
         if request.path == "/ocpi/2.2.1/credentials":
             return await self._credentials(request, body)
-        return web.json_response(envelope(None, 2000, f"no such endpoint {request.path}"), status=404)
+        return await self._module(request, body)
+
+    async def _module(self, request: web.Request, body: bytes) -> web.Response:
+        """A functional endpoint /ocpi/2.2.1/{module}/{sender|receiver}/...: canned answer, list, or plain success."""
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if (canned := self.canned.get((request.method, request.path))) is not None:
+            status, raw, headers = canned
+            return web.Response(status=status, body=raw, headers=headers)
+        parts = request.path.split("/")  # ["", "ocpi", "2.2.1", module, interface, ...]
+        if len(parts) < 5 or parts[3] not in ALL_MODULES:
+            return web.json_response(envelope(None, 2000, f"no such endpoint {request.path}"), status=404)
+        module, rest = parts[3], parts[5:]
+        if request.method == "GET" and not rest:
+            return self._page(request, module)
+        if module == "commands" and request.method == "POST" and parts[4] == "receiver":
+            return web.json_response(envelope({"result": "ACCEPTED", "timeout": 30}))
+        if module == "cdrs" and request.method == "POST" and parts[4] == "receiver":
+            cdr_id = json.loads(body or b"{}").get("id", "unknown")
+            location = f"{self.base}/ocpi/2.2.1/cdrs/receiver/{cdr_id}"
+            return web.json_response(envelope(None), status=201, headers={"Location": location})
+        if request.method == "GET":
+            return web.json_response(envelope({"id": rest[-1], "served_by": self.name}))
+        return web.json_response(envelope(None))
+
+    def _page(self, request: web.Request, module: str) -> web.Response:
+        """A Sender's paginated list (transport_and_format.asciidoc, Pagination), its Link pointing at itself."""
+        everything = self.objects.get(module, [])
+        offset = int(request.query.get("offset", 0))
+        limit = min(int(request.query.get("limit", self.page_size)), self.page_size)
+        headers = {"X-Total-Count": str(len(everything)), "X-Limit": str(self.page_size)}
+        if offset + limit < len(everything):
+            query = dict(request.query) | {"offset": str(offset + limit), "limit": str(limit)}
+            headers["Link"] = (
+                f'<{self.base}{request.path}?{"&".join(f"{k}={v}" for k, v in query.items())}>; rel="next"'
+            )
+        return web.json_response(envelope(everything[offset : offset + limit]), headers=headers)
 
     async def _credentials(self, request: web.Request, body: bytes) -> web.Response:
         """The party as credentials Receiver: the hub registers itself here (`ocpi-hub connect`)."""
@@ -161,6 +204,30 @@ class Party:
         return web.json_response(envelope(self.credentials(self.token_b)))
 
     # ---- calling the hub ----
+    def call(
+        self,
+        hub_base: str,
+        method: str,
+        path: str,
+        *,
+        to: tuple[str, str] | None = None,
+        from_: tuple[str, str] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        """A functional request through the hub: path relative to /ocpi/2.2.1/, routing headers from the arguments."""
+        sent = token_header(self.hub_token or "") | (headers or {})
+        sender = from_ or (self.roles[0][1], self.roles[0][2])
+        sent |= {"OCPI-from-country-code": sender[0], "OCPI-from-party-id": sender[1]}
+        if to:
+            sent |= {"OCPI-to-country-code": to[0], "OCPI-to-party-id": to[1]}
+        url = path if path.startswith("http") else f"{hub_base}/ocpi/2.2.1/{path.lstrip('/')}"
+        return httpx.request(method, url, headers=sent, json=body, content=content, timeout=30)
+
+    def functional(self) -> list[Received]:
+        return [r for r in self.received if r.path not in ("/ocpi/versions", "/ocpi/2.2.1", "/ocpi/2.2.1/credentials")]
+
     def register_at(self, hub_versions_url: str, token_a: str) -> httpx.Response:
         """The whole credentials Sender side: GET versions and details with token A, POST our credentials."""
         with httpx.Client(timeout=30) as client:

@@ -10,7 +10,6 @@ from pathlib import Path
 import asyncpg
 import httpx
 import psutil
-import pytest
 
 from storage.migrate import migrate, migration_files, pending
 from tests.conftest import OUTPUT, Hub, Services, hub_env, start_hub, unique_party_id
@@ -101,23 +100,6 @@ def test_serve_with_two_workers_answers_on_both(services: Services, tmp_path: Pa
         assert hub.log().count("hub_started") == 2
     finally:
         assert hub.stop() == 0
-
-
-@pytest.fixture
-def empty_database(services: Services):  # type: ignore[no-untyped-def]
-    """A database of its own on the test server, dropped afterwards."""
-    name = f"migrations_{unique_party_id().lower()}_{os.getpid()}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(services.database_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield services.database_url.rsplit("/", 1)[0] + f"/{name}"
-    asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 def test_migrations_apply_in_order_once_and_concurrently(empty_database: str) -> None:

@@ -77,7 +77,7 @@ async def invite(conn: asyncpg.Connection, settings: Settings, request: Invitati
     return Invitation(token_a, settings.versions_url, platform_id, request.name, request.roles)
 
 
-def _json(payload: object, status: int = 200) -> Response[bytes]:
+def json_response(payload: object, status: int = 200) -> Response[bytes]:
     return Response(_encoder.encode(payload), status_code=status, media_type="application/json")
 
 
@@ -91,33 +91,36 @@ async def create_invitation(request: Request) -> Response[bytes]:
     async with state.pool.acquire() as conn:
         invitation = await invite(conn, state.settings, body)
     await state.directory.changed()
-    return _json(invitation, 201)
+    return json_response(invitation, 201)
 
 
 @get("/parties")
 async def list_parties(request: Request) -> Response[bytes]:
     async with request.app.state.pool.acquire() as conn:
         rows = await conn.fetch(QUERIES["list_parties"])
-    return _json({"items": [Party(**dict(row)) for row in rows]})
+    return json_response({"items": [Party(**dict(row)) for row in rows]})
 
 
 def _render_admin_error(_: Request, exc: Exception) -> Response[bytes]:
     if isinstance(exc, AdminError):
-        return _json({"error": exc.message}, exc.status)
+        return json_response({"error": exc.message}, exc.status)
     if isinstance(exc, OcpiError):
-        return _json({"error": exc.message}, exc.http_status if exc.http_status != 200 else 400)
+        return json_response({"error": exc.message}, exc.http_status if exc.http_status != 200 else 400)
     if isinstance(exc, HTTPException):
-        return _json({"error": str(exc.detail)}, exc.status_code)
+        return json_response({"error": str(exc.detail)}, exc.status_code)
     raise exc
 
 
-admin_router = Router(
-    path="/admin/api",
-    route_handlers=[create_invitation, list_parties],
-    guards=[admin_guard],
-    exception_handlers={
-        AdminError: _render_admin_error,
-        OcpiError: _render_admin_error,
-        HTTPException: _render_admin_error,
-    },
-)
+def admin_router() -> Router:
+    from hub.admin.routing_log import routing_log, verify_routing_log
+
+    return Router(
+        path="/admin/api",
+        route_handlers=[create_invitation, list_parties, routing_log, verify_routing_log],
+        guards=[admin_guard],
+        exception_handlers={
+            AdminError: _render_admin_error,
+            OcpiError: _render_admin_error,
+            HTTPException: _render_admin_error,
+        },
+    )

@@ -1,0 +1,298 @@
+"""The one path of every functional-module request: authenticate, decide, forward, rewrite, log, answer.
+
+Raw ASGI, below Litestar's routing: this is the hot path. Every request that reaches it leaves exactly one
+routing-log row, rejected ones included, and in strict mode the row is committed before the caller is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import structlog
+import yarl
+from litestar.datastructures import State
+from litestar.types import HTTPScope, Receive, Scope, Send
+
+from hub.auth import identify
+from hub.envelope import ocpi_timestamp
+from hub.errors import BodyTooLarge, HubError, NotFound, OcpiError, Unauthorized
+from hub.ocpi import relayed_urls
+from hub.ocpi.wire import Envelope
+from hub.party_api import authorization
+from routing import open_routing
+from routing.decide import Delivery, Route, decide
+from routing.forward import Answer, forward
+from routing.request import Incoming, PartyKey, parse
+from routing.rewrite import link_urls, response_url_of, rewrite_link_header, with_response_url
+from storage.directory import PartyRole, Platform
+from storage.routing_log import LogEntry, LogUnavailable
+from storage.routing_state import CALLBACK_TTL_S, PAGE_TTL_S, Relayed
+
+log = structlog.get_logger()
+
+PREFIX = "/ocpi/2.2.1/"
+PAGES = "/ocpi/2.2.1/pages/"
+RESULTS = "/ocpi/2.2.1/results/"
+CDR_LOCATIONS = "/ocpi/2.2.1/relayed-cdrs/"
+LOGGED_REQUEST_HEADERS = ("content-type", "ocpi-to-country-code", "ocpi-to-party-id", "ocpi-from-country-code",
+                          "ocpi-from-party-id", "x-request-id", "x-correlation-id")  # fmt: skip
+_envelope = msgspec.json.Encoder()
+
+
+class _Status(msgspec.Struct):
+    status_code: int | None = None
+
+
+_status_decoder = msgspec.json.Decoder(_Status)
+
+
+def ocpi_status_of(body: bytes) -> int | None:
+    try:
+        return _status_decoder.decode(body).status_code
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None  # not an OCPI answer (an HTML error page, say): relayed and logged as it is
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request in flight: what arrived, who sent it, and the log row it becomes."""
+
+    scope: Scope
+    headers: dict[str, str]
+    entry: LogEntry
+    started: float
+    caller: Platform | None = None
+    sender: PartyRole | None = None
+    background: list[Any] = field(default_factory=list)
+
+
+class Relay:
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def handles(path: str) -> bool:
+        return path.startswith(PREFIX) and path.split("/", 4)[3] in (
+            "sender",
+            "receiver",
+            "pages",
+            "results",
+            "relayed-cdrs",
+        )
+
+    async def __call__(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
+        ids = scope["state"]
+        entry = LogEntry(
+            received_at=datetime.now(UTC), request_id=ids["request_id"], correlation_id=ids["correlation_id"],
+            module=path.split("/")[4] if path.count("/") >= 4 else "", method=scope["method"], path=path,
+            query=scope["query_string"].decode("latin-1"), routing="rejected",
+            request_headers={k: headers[k] for k in LOGGED_REQUEST_HEADERS if k in headers},
+        )  # fmt: skip
+        exchange = Exchange(scope, headers, entry, started)
+        try:
+            entry.request_body = await _read_body(receive, self.state.settings.max_body_bytes)
+            answer = await self._route(exchange, path)
+        except OcpiError as exc:
+            answer = self._hub_answer(exchange, exc.http_status, exc.status_code, exc.message)
+            entry.error = exc.message
+        entry.http_status, entry.response_body = answer.status, answer.body
+        entry.response_headers = {k: v for k, v in answer.headers.items() if k != "content-type"} or None
+        entry.ocpi_status_code = entry.ocpi_status_code or ocpi_status_of(answer.body)
+        entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        try:
+            await self.state.routing_log.record(entry)
+        except LogUnavailable as exc:
+            answer = self._hub_answer(exchange, 200, 4000, f"{exc}; the exchange itself went through")
+        for task in exchange.background:
+            self._spawn(task)
+        await _send(send, answer)
+
+    async def _route(self, exchange: Exchange, path: str) -> Answer:
+        caller = identify(self.state.directory.current, exchange.headers.get("authorization"))
+        if caller is None:
+            raise Unauthorized("missing or unknown credentials token")
+        if caller.token_kind != "C":
+            raise Unauthorized("token A is only valid for versions and credentials: register first")
+        exchange.caller = caller.platform
+        exchange.entry.caller_platform_id = caller.platform.id
+        self.state.last_seen[caller.platform.id] = exchange.entry.received_at
+        if path.startswith((PAGES, RESULTS, CDR_LOCATIONS)):
+            return await relayed_urls.follow(self, exchange, path)
+        return await self._relay_module(exchange, path)
+
+    async def _relay_module(self, exchange: Exchange, path: str) -> Answer:
+        entry, caller = exchange.entry, exchange.caller
+        assert caller is not None
+        incoming = parse(entry.method, path, entry.query, exchange.headers, entry.request_body)
+        entry.interface = incoming.interface
+        settings = self.state.settings
+        hub = (settings.country_code, settings.party_id)
+        hint = await open_routing.open_hint(incoming, self.state.routing) if incoming.to is None else None
+        route = decide(incoming, caller, self.state.directory.current, hub, hint)
+        exchange.sender = route.sender
+        entry.routing = route.kind
+        entry.from_country_code, entry.from_party_id = route.sender.country_code, route.sender.party_id
+        if route.kind == "hub":
+            raise HubError("GET All via the hub is not available on this hub yet: address one party with OCPI-to")
+        if route.kind == "broadcast":
+            return self._broadcast(exchange, incoming, route)
+        delivery = route.deliveries[0]
+        body, query = incoming.body, incoming.query
+        if (callback_url := response_url_of(incoming)) is not None:
+            key = await self.state.routing.remember("results", Relayed(
+                url=callback_url, module=incoming.module, interface="sender", caller_platform_id=delivery.platform.id,
+                target_platform_id=caller.id, caller_party=delivery.to.key, target_party=route.sender.key,
+                correlation_id=entry.correlation_id), CALLBACK_TTL_S)  # fmt: skip
+            body, query = with_response_url(incoming, callback_url, f"{self.state.settings.public_url}{RESULTS}{key}")
+        answer = await self.call_party(exchange, delivery, route.sender, incoming.method,
+                                       delivery.url.rstrip("/") + incoming.suffix, query, body)  # fmt: skip
+        if 200 <= answer.status < 300:
+            open_routing.note_seen(incoming, delivery, self.state.routing)
+        await self.rewrite_urls(exchange, answer, delivery, incoming.module, incoming.interface)
+        return answer
+
+    async def call_party(
+        self, exchange: Exchange, delivery: Delivery, sender: PartyRole, method: str, url: str, query: str, body: bytes
+    ) -> Answer:
+        """Forward to the receiver with its token B, a new X-Request-ID and the same X-Correlation-ID."""
+        entry, platform, to = exchange.entry, delivery.platform, delivery.to
+        entry.to_country_code, entry.to_party_id = to.country_code, to.party_id
+        entry.receiver_platform_id = platform.id
+        entry.forwarded_request_id = str(uuid.uuid4())
+        headers = {
+            "Authorization": authorization(platform.token_b or "", platform.token_encoding),
+            "X-Request-ID": entry.forwarded_request_id,
+            "X-Correlation-ID": entry.correlation_id,
+            "OCPI-from-country-code": sender.country_code,
+            "OCPI-from-party-id": sender.party_id,
+            "OCPI-to-country-code": to.country_code,
+            "OCPI-to-party-id": to.party_id,
+        }
+        if body:
+            headers["Content-Type"] = exchange.headers.get("content-type", "application/json")
+        target = yarl.URL(f"{url}?{query}" if query else url, encoded=True)
+        timeout = self.state.settings.forward_timeout_s
+        answer = await forward(self.state.forward_session, method, target, headers, body, timeout)  # type: ignore[arg-type]
+        # A response carries the routing headers swapped; filled in even when the receiver sent none.
+        answer.headers.update(
+            {
+                "ocpi-to-country-code": sender.country_code,
+                "ocpi-to-party-id": sender.party_id,
+                "ocpi-from-country-code": to.country_code,
+                "ocpi-from-party-id": to.party_id,
+            }
+        )
+        answer.headers.setdefault("content-type", "application/json")
+        return answer
+
+    async def rewrite_urls(self, exchange: Exchange, answer: Answer, delivery: Delivery, module: str, interface: str):  # type: ignore[no-untyped-def]
+        """Paging Links and a CDR's Location lead back through the hub, to the same party."""
+        caller, sender, entry = exchange.caller, exchange.sender, exchange.entry
+        assert caller is not None and sender is not None
+        if link := answer.headers.get("link"):
+            keys: dict[str, str] = {}
+            for url in link_urls(link):
+                keys[url] = await self.state.routing.remember("pages", Relayed(
+                    url=url, module=module, interface=interface, caller_platform_id=caller.id,
+                    target_platform_id=delivery.platform.id, caller_party=sender.key, target_party=delivery.to.key,
+                    correlation_id=entry.correlation_id), PAGE_TTL_S)  # fmt: skip
+            answer.headers["link"] = rewrite_link_header(
+                link, lambda url: f"{self.state.settings.public_url}{PAGES}{keys[url]}"
+            )
+        if (location := answer.headers.get("location")) and module == "cdrs" and entry.method == "POST":
+            key = uuid.uuid4().hex
+            entry.relayed_location = (key, location)
+            answer.headers["location"] = f"{self.state.settings.public_url}{CDR_LOCATIONS}{key}"
+
+    def _broadcast(self, exchange: Exchange, incoming: Incoming, route: Route) -> Answer:
+        """Answer the caller now; deliver a copy to every recipient after the caller's row is committed."""
+        settings = self.state.settings
+        entry = exchange.entry
+        entry.to_country_code, entry.to_party_id = settings.country_code, settings.party_id
+        for delivery in route.deliveries:
+            copy = LogEntry(
+                received_at=datetime.now(UTC), request_id=entry.request_id, correlation_id=entry.correlation_id,
+                module=incoming.module, interface=incoming.interface, method=incoming.method, path=incoming.path,
+                query=incoming.query, routing="broadcast", caller_platform_id=entry.caller_platform_id,
+                from_country_code=settings.country_code, from_party_id=settings.party_id, request_body=incoming.body,
+            )  # fmt: skip
+            exchange.background.append(self._deliver_copy(exchange, copy, delivery, incoming))
+        message = f"broadcast to {len(route.deliveries)} part{'y' if len(route.deliveries) == 1 else 'ies'}"
+        return self._hub_answer(exchange, 200, 1000, message)
+
+    async def _deliver_copy(self, exchange: Exchange, copy: LogEntry, delivery: Delivery, incoming: Incoming) -> None:
+        """One broadcast copy, sent FROM the hub (transport_and_format.asciidoc, Broadcast Push), logged as a row."""
+        started = time.perf_counter()
+        hub = PartyRole("HUB", self.state.settings.country_code, self.state.settings.party_id, "CONNECTED", None)
+        copy_exchange = Exchange(exchange.scope, exchange.headers, copy, started, exchange.caller, hub)
+        try:
+            url = delivery.url.rstrip("/") + incoming.suffix
+            answer = await self.call_party(copy_exchange, delivery, hub, incoming.method, url, incoming.query,
+                                           incoming.body)  # fmt: skip
+            copy.http_status, copy.response_body = answer.status, answer.body
+            copy.ocpi_status_code = ocpi_status_of(answer.body)
+        except OcpiError as exc:
+            copy.http_status, copy.ocpi_status_code, copy.error = exc.http_status, exc.status_code, exc.message
+        copy.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        await self.state.routing_log.record(copy)
+
+    def _hub_answer(self, exchange: Exchange, http_status: int, status_code: int, message: str | None) -> Answer:
+        """An answer from the hub itself: OCPI-from is the hub, OCPI-to the caller's party when known."""
+        settings = self.state.settings
+        body = _envelope.encode(Envelope(status_code=status_code, timestamp=ocpi_timestamp(), status_message=message))
+        headers = {"content-type": "application/json", "ocpi-from-country-code": settings.country_code,
+                   "ocpi-from-party-id": settings.party_id}  # fmt: skip
+        to = exchange.sender.key if exchange.sender else _from_header(exchange.headers)
+        if to:
+            headers |= {"ocpi-to-country-code": to[0], "ocpi-to-party-id": to[1]}
+        if exchange.entry.routing == "rejected" or status_code != 1000:
+            exchange.entry.ocpi_status_code = status_code
+        return Answer(http_status, headers, body)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def drain(self) -> None:
+        """Finish broadcast deliveries in flight (at shutdown)."""
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _from_header(headers: dict[str, str]) -> PartyKey | None:
+    country, party = headers.get("ocpi-from-country-code"), headers.get("ocpi-from-party-id")
+    return (country, party) if country and party else None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message: Any = await receive()
+        if message["type"] == "http.disconnect":
+            raise NotFound("the client went away before sending its whole request")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body too large: the hub accepts at most {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send(send: Send, answer: Answer) -> None:
+    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers.items()]
+    start: Any = {"type": "http.response.start", "status": answer.status, "headers": headers}
+    await send(start)
+    await send({"type": "http.response.body", "body": answer.body, "more_body": False})

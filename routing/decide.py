@@ -1,0 +1,115 @@
+"""Where a request goes: one pure function of the request, the caller and the directory (no I/O).
+
+transport_and_format.asciidoc, Message Routing: direct (OCPI-to names a party), broadcast push (OCPI-to names the
+hub, POST/PUT/PATCH), open routing (no OCPI-to: the hub decides from what it knows), GET All via the hub.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hub.errors import HubError, InvalidParameters, ReceiverNotConnected, UnknownReceiver
+from routing.request import Incoming, PartyKey, party_text
+from storage.directory import Directory, PartyRole, Platform
+
+# Modules whose objects a CPO owns and pushes; the others are pushed by eMSPs (tokens) or sent to CPOs.
+CPO_PUSHED = frozenset({"locations", "tariffs", "sessions", "cdrs"})
+# "Broadcast Push SHALL only be used with information that is meant to be sent to all other parties": not
+# sessions and CDRs (the spec's examples), nor commands and charging profiles, which address one session.
+NO_BROADCAST = frozenset({"sessions", "cdrs", "commands", "chargingprofiles"})
+PUSH_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    platform: Platform
+    to: PartyRole
+    url: str  # the receiver's endpoint for this module and interface, without the path suffix
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    kind: str  # direct | open | broadcast | hub
+    sender: PartyRole
+    deliveries: tuple[Delivery, ...] = ()
+
+
+def sender_of(incoming: Incoming, caller: Platform) -> PartyRole:
+    """The caller's party this request is from: OCPI-from must name one of the caller's own parties."""
+    parties = {role.key: role for role in caller.roles}
+    if incoming.from_ is None:
+        if len(parties) == 1:
+            return next(iter(parties.values()))  # tolerant: a one-party platform that sends no OCPI-from
+        raise InvalidParameters(
+            f"OCPI-from-country-code and OCPI-from-party-id are required: this platform has the parties "
+            f"{', '.join(sorted(party_text(k) for k in parties))}"
+        )
+    sender = parties.get(incoming.from_)
+    if sender is None:
+        raise InvalidParameters(
+            f"OCPI-from {party_text(incoming.from_)} is not a party of the calling platform "
+            f"(its parties: {', '.join(sorted(party_text(k) for k in parties))})"
+        )
+    return sender
+
+
+def decide(
+    incoming: Incoming, caller: Platform, directory: Directory, hub: PartyKey, open_hint: PartyKey | None = None
+) -> Route:
+    sender = sender_of(incoming, caller)
+    if incoming.to == hub:
+        if incoming.method == "GET":
+            if incoming.interface == "sender":
+                return Route("hub", sender)
+            raise InvalidParameters("a GET addressed to the hub must use a Sender interface (GET All via Hubs)")
+        return broadcast(incoming, caller, sender, directory)
+    if incoming.to is not None:
+        return Route("direct", sender, (delivery_to(incoming, directory, incoming.to),))
+    if open_hint is not None:
+        return Route("open", sender, (delivery_to(incoming, directory, open_hint),))
+    if incoming.method in PUSH_METHODS and incoming.interface == "receiver" and incoming.module not in NO_BROADCAST:
+        # Open Routing Request: "the Hub can decide ... that it needs to be broadcasted"
+        return broadcast(incoming, caller, sender, directory)
+    raise UnknownReceiver(
+        f"no OCPI-to headers and the hub cannot tell the receiver of {incoming.method} {incoming.path} from what it"
+        " has seen: send OCPI-to-country-code and OCPI-to-party-id"
+    )
+
+
+def delivery_to(incoming: Incoming, directory: Directory, to: PartyKey) -> Delivery:
+    platform = directory.parties.get(to)
+    if platform is None:
+        raise UnknownReceiver(f"unknown receiver {party_text(to)}: no such party is connected to this hub")
+    role = next(r for r in platform.roles if r.key == to)
+    if platform.state != "REGISTERED" or role.status != "CONNECTED":
+        raise ReceiverNotConnected(f"receiver {party_text(to)} is not connected (status {role.status})")
+    url = platform.endpoint(incoming.module, incoming.interface.upper())
+    if url is None:
+        raise HubError(
+            f"receiver {party_text(to)} does not implement the {incoming.module} {incoming.interface.upper()} interface"
+        )
+    return Delivery(platform, role, url)
+
+
+def broadcast(incoming: Incoming, caller: Platform, sender: PartyRole, directory: Directory) -> Route:
+    """Broadcast Push: every connected party of the opposite role that implements the module's interface."""
+    if incoming.module in NO_BROADCAST:
+        raise InvalidParameters(f"broadcast push is not allowed for {incoming.module}: address one receiver")
+    if incoming.method not in PUSH_METHODS or incoming.interface != "receiver":
+        raise InvalidParameters("broadcast push is only for POST, PUT, PATCH and DELETE on a Receiver interface")
+    # "Other" behaves as an eMSP: it receives CPO broadcasts, and its own broadcasts go to CPOs only.
+    cpo_push = incoming.module in CPO_PUSHED
+    deliveries = []
+    for platform in directory.platforms.values():
+        if platform.id == caller.id or platform.state != "REGISTERED":
+            continue
+        url = platform.endpoint(incoming.module, "RECEIVER")
+        if url is None:
+            continue
+        seen: set[PartyKey] = set()
+        for role in platform.roles:
+            opposite = (role.role not in ("CPO", "HUB")) if cpo_push else role.role == "CPO"
+            if opposite and role.status == "CONNECTED" and role.key not in seen:
+                seen.add(role.key)
+                deliveries.append(Delivery(platform, role, url))
+    return Route("broadcast", sender, tuple(deliveries))

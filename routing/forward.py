@@ -1,0 +1,54 @@
+"""Sends a request to a party over the one shared aiohttp session (the data plane's hot path).
+
+aiohttp's exceptions are translated here into the hub's: a timeout is 4002, any connection problem 4003.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import aiohttp
+
+from hub.errors import ForwardTimeout, ReceiverNotConnected
+
+# Headers of the receiver's answer the hub passes on (Link and Location are rewritten by the relay).
+RELAYED_RESPONSE_HEADERS = ("content-type", "x-total-count", "x-limit", "link", "location")
+
+
+@dataclass(slots=True)
+class Answer:
+    status: int
+    headers: dict[str, str]  # lower-case names, only RELAYED_RESPONSE_HEADERS
+    body: bytes
+
+
+def open_session(timeout_s: float, connections_per_party: int = 64) -> aiohttp.ClientSession:
+    """The process-wide client session: keep-alive connections, a bounded pool per receiving host."""
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=connections_per_party, keepalive_timeout=30, ttl_dns_cache=60
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 5.0)),
+        auto_decompress=True,
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+async def forward(
+    session: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], body: bytes, timeout_s: float
+) -> Answer:
+    try:
+        async with session.request(
+            method, url, headers=headers, data=body or None, allow_redirects=True, max_redirects=3
+        ) as response:
+            payload = await response.read()
+            relayed = {name: value for name in RELAYED_RESPONSE_HEADERS if (value := response.headers.get(name))}
+            return Answer(response.status, relayed, payload)
+    except TimeoutError:
+        raise ForwardTimeout(f"{method} {url} did not answer within {timeout_s:g} s") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ReceiverNotConnected(f"{method} {url} failed: {exc or type(exc).__name__}") from None
+    except asyncio.CancelledError:
+        raise

@@ -1,0 +1,86 @@
+"""Open routing (no OCPI-to headers): the receiver the hub can tell from what it has seen pass through.
+
+transport_and_format.asciidoc, Open Routing Request: "When a Hub has the intelligence to route messages based on
+the content of the request ... the 'OCPI-to-' headers can be omitted". The hub knows the owner of a location,
+session, token or reservation once a push or command for it has been routed, and the eMSP of a session or CDR
+from its cdr_token.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from routing.decide import Delivery
+from routing.request import Incoming, PartyKey
+from storage.routing_state import RoutingState
+
+
+class _Party(msgspec.Struct):
+    country_code: str
+    party_id: str
+
+
+class _CommandFields(msgspec.Struct):
+    location_id: str | None = None
+    session_id: str | None = None
+    reservation_id: str | None = None
+    cdr_token: _Party | None = None
+
+
+_fields = msgspec.json.Decoder(_CommandFields)
+
+# command -> (body field naming the object, module whose owner receives the command)
+_COMMAND_TARGET = {
+    "START_SESSION": ("location_id", "locations"),
+    "RESERVE_NOW": ("location_id", "locations"),
+    "UNLOCK_CONNECTOR": ("location_id", "locations"),
+    "STOP_SESSION": ("session_id", "sessions"),
+    "CANCEL_RESERVATION": ("reservation_id", "reservations"),
+}
+
+
+def _body_fields(body: bytes) -> _CommandFields:
+    try:
+        return _fields.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return _CommandFields()
+
+
+async def open_hint(incoming: Incoming, state: RoutingState) -> PartyKey | None:
+    """The party an open request should go to, or None if the hub cannot tell."""
+    segments = incoming.segments
+    if incoming.interface == "receiver":
+        if incoming.module == "commands" and segments:
+            field, owner_module = _COMMAND_TARGET.get(segments[0].upper(), (None, ""))
+            object_id = getattr(_body_fields(incoming.body), field) if field else None
+            return await state.owner(owner_module, object_id) if object_id else None
+        if incoming.module == "chargingprofiles" and segments:
+            return await state.owner("sessions", segments[0])
+        if incoming.module in ("sessions", "cdrs") and incoming.method in ("POST", "PUT"):
+            token = _body_fields(incoming.body).cdr_token  # the eMSP whose token charged
+            return (token.country_code.upper(), token.party_id.upper()) if token else None
+        if incoming.module == "sessions" and incoming.method == "PATCH" and len(segments) >= 3:
+            return await state.owner("session-receivers", segments[2])
+        return None
+    if segments and incoming.module in ("locations", "sessions", "tokens"):
+        # Sender interface: GET /{location_id}, PUT /{session_id}/charging_preferences, POST /{token_uid}/authorize
+        return await state.owner(incoming.module, segments[0])
+    return None
+
+
+def note_seen(incoming: Incoming, delivery: Delivery, state: RoutingState) -> None:
+    """After a successful routing, remember owners for later open requests."""
+    segments = incoming.segments
+    if (
+        incoming.interface == "receiver"
+        and len(segments) >= 3
+        and incoming.module in ("locations", "sessions", "tokens")
+    ):
+        # Client Owned Object push: /{country_code}/{party_id}/{object_id}
+        state.note_owner(incoming.module, segments[2], (segments[0].upper(), segments[1].upper()))
+        if incoming.module == "sessions":
+            state.note_owner("session-receivers", segments[2], delivery.to.key)
+    elif incoming.module == "commands" and segments and segments[0].upper() == "RESERVE_NOW":
+        reservation = _body_fields(incoming.body).reservation_id
+        if reservation:
+            state.note_owner("reservations", reservation, delivery.to.key)

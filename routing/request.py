@@ -1,0 +1,73 @@
+"""An incoming functional-module request as the router sees it: interface, module, path suffix and routing headers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hub.errors import InvalidParameters, NotFound
+
+MODULES = frozenset({"cdrs", "chargingprofiles", "commands", "locations", "sessions", "tariffs", "tokens"})
+INTERFACES = frozenset({"sender", "receiver"})
+_COUNTRY = re.compile(r"[A-Za-z]{2}")
+_PARTY = re.compile(r"[A-Za-z0-9]{3}")
+
+PartyKey = tuple[str, str]  # (COUNTRY_CODE, PARTY_ID) upper-cased
+
+
+@dataclass(slots=True)
+class Incoming:
+    method: str
+    path: str  # as received, percent-encoding kept
+    query: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    interface: str
+    module: str
+    suffix: str  # the path after /{interface}/{module}: "" or "/NL/ABC/LOC1"
+    to: PartyKey | None
+    from_: PartyKey | None
+
+    @property
+    def segments(self) -> list[str]:
+        return [s for s in self.suffix.split("/") if s]
+
+
+def routing_party(headers: dict[str, str], direction: str) -> PartyKey | None:
+    """The OCPI-{direction}-country-code / -party-id pair (CiString: compared upper-cased), or None if absent."""
+    country = headers.get(f"ocpi-{direction}-country-code", "").strip()
+    party = headers.get(f"ocpi-{direction}-party-id", "").strip()
+    if not country and not party:
+        return None
+    if not _COUNTRY.fullmatch(country) or not _PARTY.fullmatch(party):
+        raise InvalidParameters(
+            f"OCPI-{direction}-country-code and OCPI-{direction}-party-id must be two letters and three letters or"
+            f" digits, got {country!r} and {party!r}"
+        )
+    return (country.upper(), party.upper())
+
+
+def parse(method: str, path: str, query: str, headers: dict[str, str], body: bytes) -> Incoming:
+    """Split /ocpi/2.2.1/{sender|receiver}/{module}/... into its parts; unknown interfaces or modules are 404."""
+    parts = path.split("/", 5)  # ["", "ocpi", "2.2.1", interface, module, rest]
+    interface = parts[3] if len(parts) > 3 else ""
+    module = parts[4] if len(parts) > 4 else ""
+    if interface not in INTERFACES or module not in MODULES:
+        raise NotFound(f"the hub has no {interface or '?'} interface for module {module or '?'}: {method} {path}")
+    suffix = "/" + parts[5] if len(parts) > 5 else ""
+    return Incoming(
+        method=method,
+        path=path,
+        query=query,
+        headers=headers,
+        body=body,
+        interface=interface,
+        module=module,
+        suffix=suffix.rstrip("/") if suffix != "/" else "",
+        to=routing_party(headers, "to"),
+        from_=routing_party(headers, "from"),
+    )
+
+
+def party_text(key: PartyKey | None) -> str:
+    return f"{key[0]}-{key[1]}" if key else "?"

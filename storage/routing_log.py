@@ -1,0 +1,250 @@
+"""The routing log: rows written with group commit (one COPY per batch of requests in flight), hash-chained.
+
+Strict mode (the default) answers a request only after its row is committed: `record()` waits for the batch.
+Async mode returns at once and trades that guarantee for latency. Either way one writer task per process
+takes every row waiting in its queue, chains them (prev_hash, hash) and writes them in one transaction,
+together with the chain's head, so an edited, inserted or deleted row is detectable by `verify()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import uuid
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+import structlog
+
+from storage.sql import QUERIES
+
+log = structlog.get_logger()
+
+GENESIS = bytes(32)
+_canonical = msgspec.json.Encoder(order="sorted")
+
+# Hashed and written in this order; id, prev_hash and hash are not part of the content.
+CONTENT_COLUMNS = (
+    "received_at", "chain_id", "seq", "request_id", "forwarded_request_id", "correlation_id",
+    "from_country_code", "from_party_id", "to_country_code", "to_party_id", "caller_platform_id",
+    "receiver_platform_id", "module", "interface", "method", "path", "query", "routing", "http_status",
+    "ocpi_status_code", "duration_ms", "error", "request_headers", "response_headers", "request_body",
+    "request_body_size", "response_body", "response_body_size",
+)  # fmt: skip
+COLUMNS = (*CONTENT_COLUMNS, "prev_hash", "hash")
+
+
+@dataclass(slots=True)
+class LogEntry:
+    """One exchange as the hub saw it. Bodies are raw bytes here; the writer compresses and caps them."""
+
+    received_at: datetime
+    request_id: str
+    correlation_id: str
+    module: str
+    method: str
+    path: str
+    routing: str
+    http_status: int = 0
+    duration_ms: float = 0.0
+    forwarded_request_id: str | None = None
+    query: str = ""
+    interface: str | None = None
+    from_country_code: str | None = None
+    from_party_id: str | None = None
+    to_country_code: str | None = None
+    to_party_id: str | None = None
+    caller_platform_id: int | None = None
+    receiver_platform_id: int | None = None
+    ocpi_status_code: int | None = None
+    error: str | None = None
+    request_headers: dict[str, str] | None = None
+    response_headers: dict[str, str] | None = None
+    request_body: bytes = b""
+    response_body: bytes = b""
+    # (key, url) of a CDR Location the hub rewrote; stored in relayed_location in the same transaction
+    relayed_location: tuple[str, str] | None = None
+    waiter: asyncio.Future[None] | None = field(default=None, repr=False)
+
+
+def content_hash(prev_hash: bytes, values: dict[str, Any]) -> bytes:
+    """SHA-256 over the previous hash and the row's content in a canonical JSON form (bytes by their digest)."""
+    canonical = []
+    for name in CONTENT_COLUMNS:
+        value = values[name]
+        if isinstance(value, bytes | bytearray | memoryview):
+            value = hashlib.sha256(value).hexdigest()
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, uuid.UUID):
+            value = str(value)
+        elif name.endswith("_headers") and value is not None:
+            value = msgspec.json.decode(value) if isinstance(value, str | bytes) else value
+        canonical.append(value)
+    return hashlib.sha256(prev_hash + _canonical.encode(canonical)).digest()
+
+
+class LogUnavailable(Exception):
+    """The routing log could not commit a row in time (strict mode)."""
+
+
+class RoutingLogWriter:
+    def __init__(self, pool: asyncpg.Pool, *, body_cap: int, strict: bool = True, commit_timeout_s: float = 30.0):
+        self._pool = pool
+        self._body_cap = body_cap
+        self.strict = strict
+        self._commit_timeout_s = commit_timeout_s
+        self._queue: asyncio.Queue[LogEntry] = asyncio.Queue()
+        self.chain_id = uuid.uuid4()
+        self._seq = 0
+        self._last_hash = GENESIS
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.rows = 0
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[RoutingLogWriter]:
+        self._task = asyncio.create_task(self._run())
+        try:
+            yield self
+        finally:
+            await self._queue.join()  # every accepted row is written before the process stops
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def record(self, entry: LogEntry) -> None:
+        """Queue a row; in strict mode return only once it is committed."""
+        if not self.strict:
+            self._queue.put_nowait(entry)
+            return
+        entry.waiter = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(entry.waiter), self._commit_timeout_s)
+        except TimeoutError:
+            raise LogUnavailable("the routing log could not commit this exchange in time") from None
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            records = [self._chained(entry) for entry in batch]
+            delay = 0.05
+            while True:
+                try:
+                    await self._write(batch, records)
+                    break
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    # Keep the rows (already chained) and retry: nothing accepted is dropped.
+                    log.error("routing_log_write_failed", error=str(exc), rows=len(batch), retry_in_s=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+            self.batches += 1
+            self.rows += len(batch)
+            for entry in batch:
+                if entry.waiter is not None and not entry.waiter.done():
+                    entry.waiter.set_result(None)
+                self._queue.task_done()
+
+    def _chained(self, entry: LogEntry) -> tuple[Any, ...]:
+        self._seq += 1
+        values = {name: getattr(entry, name, None) for name in CONTENT_COLUMNS}
+        values.update(
+            chain_id=self.chain_id,
+            seq=self._seq,
+            request_headers=_json(entry.request_headers),
+            response_headers=_json(entry.response_headers),
+            request_body=self._compressed(entry.request_body),
+            request_body_size=len(entry.request_body),
+            response_body=self._compressed(entry.response_body),
+            response_body_size=len(entry.response_body),
+        )
+        prev_hash, self._last_hash = self._last_hash, content_hash(self._last_hash, values)
+        return (*(values[name] for name in CONTENT_COLUMNS), prev_hash, self._last_hash)
+
+    def _compressed(self, body: bytes) -> bytes | None:
+        return zlib.compress(body[: self._body_cap], 1) if body else None
+
+    async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
+        locations = [
+            (e.relayed_location[0], e.caller_platform_id, e.receiver_platform_id, e.from_country_code,
+             e.from_party_id, e.to_country_code, e.to_party_id, e.module, e.relayed_location[1])
+            for e in batch if e.relayed_location is not None
+        ]  # fmt: skip
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.copy_records_to_table("routing_log", records=records, columns=COLUMNS)
+            await conn.execute(
+                QUERIES["advance_chain"],
+                self.chain_id,
+                records[-1][CONTENT_COLUMNS.index("seq")],
+                records[-1][-1],
+            )
+            if locations:
+                await conn.executemany(QUERIES["insert_relayed_location"], locations)
+
+
+def _json(headers: dict[str, str] | None) -> str | None:
+    return _canonical.encode(headers).decode() if headers else None
+
+
+@dataclass(slots=True)
+class Verification:
+    ok: bool = True
+    rows: int = 0
+    first_bad_id: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def bad(self, row_id: int, problem: str) -> None:
+        self.ok = False
+        self.first_bad_id = row_id if self.first_bad_id is None else min(self.first_bad_id, row_id)
+        if len(self.problems) < 20:
+            self.problems.append(f"row {row_id}: {problem}")
+
+
+async def verify(
+    conn: asyncpg.Connection, since: datetime | None = None, until: datetime | None = None
+) -> Verification:
+    """Recompute every chain from the database. In a time range, each chain's first row in range is trusted."""
+    result = Verification()
+    heads = {r["chain_id"]: r for r in await conn.fetch(QUERIES["chain_heads"])}
+    columns = ", ".join(("id", *COLUMNS))
+    query = (
+        f"SELECT {columns} FROM routing_log WHERE ($1::timestamptz IS NULL OR received_at >= $1)"
+        " AND ($2::timestamptz IS NULL OR received_at < $2) ORDER BY chain_id, seq"
+    )
+    previous: asyncpg.Record | None = None
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        async for row in conn.cursor(query, since, until, prefetch=2000):
+            result.rows += 1
+            if previous is not None and previous["chain_id"] != row["chain_id"]:
+                _check_head(result, previous, heads, until)
+                previous = None
+            if previous is not None:
+                if row["seq"] != previous["seq"] + 1:
+                    result.bad(row["id"], f"seq {row['seq']} follows {previous['seq']}: rows are missing")
+                elif row["prev_hash"] != previous["hash"]:
+                    result.bad(row["id"], "prev_hash does not match the previous row")
+            elif since is None and (row["seq"] != 1 or row["prev_hash"] != GENESIS):
+                result.bad(row["id"], "the chain does not start at its first row: rows are missing")
+            if content_hash(row["prev_hash"], dict(row)) != row["hash"]:
+                result.bad(row["id"], "content does not match its hash: the row was changed")
+            previous = row
+        if previous is not None:
+            _check_head(result, previous, heads, until)
+    return result
+
+
+def _check_head(result: Verification, last: asyncpg.Record, heads: dict[Any, asyncpg.Record], until: Any) -> None:
+    head = heads.get(last["chain_id"])
+    if head is None:
+        result.bad(last["id"], "the chain has no recorded head")
+    elif until is None and (head["last_seq"] != last["seq"] or head["last_hash"] != last["hash"]):
+        result.bad(last["id"], f"the chain's head is seq {head['last_seq']}, the last row is {last['seq']}")

@@ -1,0 +1,234 @@
+"""Message routing through the hub (transport_and_format.asciidoc, Message Routing), with real test parties."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+
+import httpx
+import pytest
+
+from tests.conftest import Hub, unique_party_id
+
+LOCATION = {
+    "country_code": "NL",
+    "party_id": "X",
+    "id": "LOC1",
+    "publish": True,
+    "last_updated": "2026-11-25T09:00:00Z",
+}
+
+
+def _roles(role: str, country: str = "NL") -> tuple[str, str, str]:
+    return (role, country, unique_party_id())
+
+
+@pytest.fixture
+def cpo_and_emsp(connect_party):  # type: ignore[no-untyped-def]
+    cpo = connect_party(_roles("CPO"), name="CPO")
+    emsp = connect_party(_roles("EMSP"), name="eMSP")
+    return cpo, emsp
+
+
+def party_key(party) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    return (party.roles[0][1], party.roles[0][2])
+
+
+def test_direct_push_reaches_the_receiver_with_its_token_a_new_request_id_and_the_same_correlation(
+    hub: Hub, cpo_and_emsp
+) -> None:
+    cpo, emsp = cpo_and_emsp
+    cc, pid = party_key(cpo)
+    raw = json.dumps(LOCATION | {"party_id": pid, "note": "1.50"}, separators=(",", ":")).encode()
+    answer = cpo.call(
+        hub.base,
+        "PUT",
+        f"receiver/locations/{cc}/{pid}/LOC1?x=1",
+        to=party_key(emsp),
+        content=raw,
+        headers={"Content-Type": "application/json", "X-Request-ID": "req-1", "X-Correlation-ID": "c-1"},
+    )
+    assert answer.status_code == 200 and answer.json()["status_code"] == 1000
+    [got] = emsp.functional()
+    assert (got.method, got.path, got.query) == ("PUT", f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/LOC1", "x=1")
+    assert got.body == raw  # byte for byte
+    assert got.headers["Authorization"] == "Token " + base64.b64encode(emsp.token_b.encode()).decode()
+    assert got.headers["X-Correlation-ID"] == "c-1"
+    assert got.headers["X-Request-ID"] not in ("req-1", "")
+    assert (got.headers["OCPI-to-party-id"], got.headers["OCPI-from-party-id"]) == (party_key(emsp)[1], pid)
+    # The caller's answer: its own X-Request-ID, routing headers swapped.
+    assert answer.headers["X-Request-ID"] == "req-1" and answer.headers["X-Correlation-ID"] == "c-1"
+    assert answer.headers["OCPI-to-party-id"] == pid
+    assert answer.headers["OCPI-from-party-id"] == party_key(emsp)[1]
+
+
+# (module, hub interface, method, path suffix, sender role) for every method and URL shape of OCPI 2.2.1
+EVERY_ROUTE = [
+    ("locations", "receiver", "PUT", "/{cc}/{pid}/LOC1", "CPO"),
+    ("locations", "receiver", "PUT", "/{cc}/{pid}/LOC1/EVSE1", "CPO"),
+    ("locations", "receiver", "PATCH", "/{cc}/{pid}/LOC1/EVSE1/1", "CPO"),
+    ("locations", "receiver", "GET", "/{cc}/{pid}/LOC1", "CPO"),
+    ("locations", "sender", "GET", "", "EMSP"),
+    ("locations", "sender", "GET", "/LOC1/EVSE1/1", "EMSP"),
+    ("sessions", "receiver", "PUT", "/{cc}/{pid}/S1", "CPO"),
+    ("sessions", "receiver", "PATCH", "/{cc}/{pid}/S1", "CPO"),
+    ("sessions", "receiver", "GET", "/{cc}/{pid}/S1", "CPO"),
+    ("sessions", "sender", "GET", "?date_from=2026-01-01T00:00:00Z", "EMSP"),
+    ("sessions", "sender", "PUT", "/S1/charging_preferences", "EMSP"),
+    ("cdrs", "receiver", "POST", "", "CPO"),
+    ("cdrs", "sender", "GET", "", "EMSP"),
+    ("tariffs", "receiver", "PUT", "/{cc}/{pid}/T1", "CPO"),
+    ("tariffs", "receiver", "DELETE", "/{cc}/{pid}/T1", "CPO"),
+    ("tariffs", "receiver", "GET", "/{cc}/{pid}/T1", "CPO"),
+    ("tariffs", "sender", "GET", "", "EMSP"),
+    ("tokens", "receiver", "PUT", "/{cc}/{pid}/TOK1?type=RFID", "EMSP"),
+    ("tokens", "receiver", "PATCH", "/{cc}/{pid}/TOK1", "EMSP"),
+    ("tokens", "receiver", "GET", "/{cc}/{pid}/TOK1", "EMSP"),
+    ("tokens", "sender", "GET", "", "CPO"),
+    ("tokens", "sender", "POST", "/TOK1/authorize?type=RFID", "CPO"),
+    ("commands", "receiver", "POST", "/START_SESSION", "EMSP"),
+    ("commands", "receiver", "POST", "/STOP_SESSION", "EMSP"),
+    ("commands", "receiver", "POST", "/RESERVE_NOW", "EMSP"),
+    ("commands", "receiver", "POST", "/CANCEL_RESERVATION", "EMSP"),
+    ("commands", "receiver", "POST", "/UNLOCK_CONNECTOR", "EMSP"),
+    ("chargingprofiles", "receiver", "GET", "/S1?duration=900&response_url=https://scsp.example/r/1", "SCSP"),
+    ("chargingprofiles", "receiver", "PUT", "/S1", "SCSP"),
+    ("chargingprofiles", "receiver", "DELETE", "/S1?response_url=https://scsp.example/r/2", "SCSP"),
+    ("chargingprofiles", "sender", "PUT", "/S1", "CPO"),
+]
+
+
+@pytest.mark.parametrize(("module", "interface", "method", "suffix", "role"), EVERY_ROUTE)
+def test_every_module_method_and_url_shape_is_relayed(
+    hub: Hub, connect_party, db, module: str, interface: str, method: str, suffix: str, role: str
+) -> None:
+    sender = connect_party(_roles(role), name=f"{role} sender")
+    other_role = "CPO" if role != "CPO" else "EMSP"
+    everything = {m: ["SENDER", "RECEIVER"] for m in ("cdrs", "chargingprofiles", "commands", "locations",
+                                                        "sessions", "tariffs", "tokens")}  # fmt: skip
+    receiver = connect_party(_roles(other_role), name=f"{other_role} receiver", modules=everything)
+    cc, pid = party_key(sender)
+    path = f"{interface}/{module}{suffix.format(cc=cc, pid=pid)}"
+    body = {"response_url": "https://emsp.example/cmd/1", "location_id": "LOC1", "id": "X"} if method != "GET" else None
+    if method == "DELETE":
+        body = None
+    request_id = str(uuid.uuid4())
+    answer = sender.call(
+        hub.base, method, path, to=party_key(receiver), body=body, headers={"X-Request-ID": request_id}
+    )
+    assert answer.status_code in (200, 201), answer.text
+    assert answer.json()["status_code"] == 1000, answer.text
+    [got] = receiver.functional()
+    expected_path, _, expected_query = f"/ocpi/2.2.1/{module}/{interface}{suffix.format(cc=cc, pid=pid)}".partition("?")
+    assert (got.method, got.path) == (method, expected_path)
+    if "response_url" not in expected_query:
+        assert got.query == expected_query
+    [row] = db.run(db.fetch("SELECT * FROM routing_log WHERE request_id = $1", request_id))
+    assert (row["module"], row["interface"], row["method"], row["routing"]) == (module, interface, method, "direct")
+    assert (row["from_party_id"], row["to_party_id"], row["http_status"]) == (
+        pid,
+        party_key(receiver)[1],
+        answer.status_code,
+    )
+
+
+def test_spoofed_from_header_is_rejected_and_nothing_is_forwarded(hub: Hub, cpo_and_emsp, db) -> None:
+    cpo, emsp = cpo_and_emsp
+    answer = cpo.call(
+        hub.base,
+        "GET",
+        "sender/locations",
+        to=party_key(emsp),
+        from_=party_key(emsp),
+        headers={"X-Request-ID": "spoof-1"},
+    )
+    assert answer.json()["status_code"] == 2001
+    assert "not a party of the calling platform" in answer.json()["status_message"]
+    assert emsp.functional() == []
+    [row] = db.run(db.fetch("SELECT routing, ocpi_status_code FROM routing_log WHERE request_id = 'spoof-1'"))
+    assert (row["routing"], row["ocpi_status_code"]) == ("rejected", 2001)
+
+
+def test_unknown_receiver_answers_4001(hub: Hub, cpo_and_emsp) -> None:
+    cpo, _ = cpo_and_emsp
+    answer = cpo.call(hub.base, "GET", "sender/locations", to=("ZZ", "ZZZ"))
+    assert answer.json()["status_code"] == 4001
+    assert "ZZ-ZZZ" in answer.json()["status_message"]
+
+
+def test_unreachable_receiver_answers_4003_at_once(hub: Hub, cpo_and_emsp) -> None:
+    cpo, emsp = cpo_and_emsp
+    emsp.stop()
+    started = time.monotonic()
+    answer = cpo.call(
+        hub.base,
+        "PUT",
+        f"receiver/locations/{party_key(cpo)[0]}/{party_key(cpo)[1]}/L9",
+        to=party_key(emsp),
+        body=LOCATION,
+    )
+    assert answer.json()["status_code"] == 4003
+    assert time.monotonic() - started < 2
+
+
+def test_slow_receiver_answers_4002_after_the_forward_timeout(hub: Hub, connect_party) -> None:
+    cpo = connect_party(_roles("CPO"))
+    slow = connect_party(_roles("EMSP"), delay_s=3.0)
+    started = time.monotonic()
+    answer = cpo.call(
+        hub.base, "GET", f"receiver/locations/{party_key(cpo)[0]}/{party_key(cpo)[1]}/L1", to=party_key(slow)
+    )
+    assert answer.json()["status_code"] == 4002
+    assert 1.9 < time.monotonic() - started < 3.0  # the test hub's OCPI_HUB_FORWARD_TIMEOUT_S is 2
+
+
+def test_receiver_without_the_module_interface_answers_a_clear_error(hub: Hub, connect_party) -> None:
+    emsp = connect_party(_roles("EMSP"))
+    only_locations = connect_party(_roles("CPO"), modules={"locations": ["SENDER"]})
+    answer = emsp.call(
+        hub.base,
+        "POST",
+        "receiver/commands/START_SESSION",
+        to=party_key(only_locations),
+        body={"response_url": "https://x/y", "location_id": "L"},
+    )
+    assert answer.json()["status_code"] == 4000
+    assert "does not implement the commands RECEIVER interface" in answer.json()["status_message"]
+
+
+def test_receiver_errors_and_non_ocpi_bodies_are_relayed_unchanged(hub: Hub, cpo_and_emsp) -> None:
+    cpo, emsp = cpo_and_emsp
+    cc, pid = party_key(cpo)
+    emsp.canned[("GET", f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/GONE")] = (
+        404,
+        b'{"status_code":2003,"status_message":"Unknown location","timestamp":"2026-11-25T10:00:00Z"}',
+        {},
+    )
+    emsp.canned[("GET", f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/HTML")] = (
+        502,
+        b"<html>Bad Gateway</html>",
+        {"Content-Type": "text/html"},
+    )
+    unknown = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/GONE", to=party_key(emsp))
+    assert unknown.status_code == 404 and unknown.json()["status_code"] == 2003
+    html = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/HTML", to=party_key(emsp))
+    assert (html.status_code, html.content, html.headers["content-type"]) == (
+        502,
+        b"<html>Bad Gateway</html>",
+        "text/html",
+    )
+
+
+def test_request_without_a_registered_token_is_refused_and_logged(hub: Hub, db) -> None:
+    answer = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/locations", headers={"X-Request-ID": "anon-1"})
+    assert answer.status_code == 401
+    [row] = db.run(db.fetch("SELECT routing, http_status FROM routing_log WHERE request_id = 'anon-1'"))
+    assert (row["routing"], row["http_status"]) == ("rejected", 401)
+
+
+def test_unknown_module_answers_404_and_is_logged(hub: Hub, cpo_and_emsp) -> None:
+    cpo, _ = cpo_and_emsp
+    answer = cpo.call(hub.base, "GET", "sender/parkings")
+    assert answer.status_code == 404 and answer.json()["status_code"] == 2000

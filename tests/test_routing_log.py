@@ -1,0 +1,150 @@
+"""The routing log: a row per exchange, committed before the answer, group-committed, hash-chained, searchable."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import zlib
+from datetime import UTC, datetime
+
+import asyncpg
+import httpx
+import pytest
+
+from storage.migrate import migrate
+from storage.routing_log import LogEntry, RoutingLogWriter, verify
+from tests.conftest import Hub
+from tests.test_routing import LOCATION, _roles, party_key
+
+
+def test_each_relayed_request_leaves_one_row_with_its_bodies_and_no_tokens(hub: Hub, connect_party, db) -> None:
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    cc, pid = party_key(cpo)
+    answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp), body=LOCATION,
+                      headers={"X-Request-ID": "row-1", "X-Correlation-ID": "row-corr"})  # fmt: skip
+    # Strict mode: the row is committed before the answer, so it is there the moment the answer is.
+    [row] = db.run(db.fetch("SELECT * FROM routing_log WHERE request_id = 'row-1'"))
+    assert row["correlation_id"] == "row-corr"
+    assert row["forwarded_request_id"] == emsp.functional()[0].headers["X-Request-ID"]
+    assert (row["from_country_code"], row["from_party_id"], row["to_party_id"]) == (cc, pid, party_key(emsp)[1])
+    assert (row["module"], row["interface"], row["method"], row["routing"]) == ("locations", "receiver", "PUT",
+                                                                                "direct")  # fmt: skip
+    assert (row["http_status"], row["ocpi_status_code"]) == (200, 1000) and row["duration_ms"] > 0
+    assert zlib.decompress(row["request_body"]) == emsp.functional()[0].body
+    assert zlib.decompress(row["response_body"]) == answer.content
+    assert len(row["hash"]) == 32 and len(row["prev_hash"]) == 32
+    everything = str(dict(row))
+    for secret in (cpo.hub_token, emsp.token_b, "Authorization", "authorization"):
+        assert secret not in everything
+
+
+def test_rejected_requests_leave_a_row_too(hub: Hub, connect_party, db) -> None:
+    cpo = connect_party(_roles("CPO"))
+    for n, (path, to) in enumerate([("sender/locations", ("ZZ", "ZZZ")), ("sender/nothing", None)]):
+        cpo.call(hub.base, "GET", path, to=to, headers={"X-Request-ID": f"rejected-{n}"})
+    rows = db.run(db.fetch("SELECT request_id, routing, ocpi_status_code, http_status, error FROM routing_log "
+                           "WHERE request_id LIKE 'rejected-%' ORDER BY request_id"))  # fmt: skip
+    assert [(r["routing"], r["ocpi_status_code"], r["http_status"]) for r in rows] == [
+        ("rejected", 4001, 200),
+        ("rejected", 2000, 404),
+    ]
+    assert all(r["error"] for r in rows)
+
+
+def test_admin_search_by_correlation_id_pages_with_a_cursor_without_gaps(hub: Hub, connect_party) -> None:
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    cc, pid = party_key(cpo)
+    correlation = str(uuid.uuid4())
+    for n in range(7):
+        cpo.call(
+            hub.base,
+            "GET",
+            f"receiver/locations/{cc}/{pid}/L{n}",
+            to=party_key(emsp),
+            headers={"X-Correlation-ID": correlation, "X-Request-ID": f"{correlation}-{n}"},
+        )
+    found, cursor = [], None
+    with hub.admin() as admin:
+        while True:
+            page = admin.get("/admin/api/routing-log", params={"correlation_id": correlation, "limit": 3}
+                             | ({"cursor": cursor} if cursor else {})).json()  # fmt: skip
+            found += [item["request_id"] for item in page["items"]]
+            if not (cursor := page["next_cursor"]):
+                break
+        assert sorted(found) == [f"{correlation}-{n}" for n in range(7)] and len(set(found)) == 7
+        by_request = admin.get("/admin/api/routing-log", params={"request_id": f"{correlation}-3"}).json()
+        assert [i["path"] for i in by_request["items"]] == [f"/ocpi/2.2.1/receiver/locations/{cc}/{pid}/L3"]
+        assert admin.get("/admin/api/routing-log", params={"cursor": "%%%"}).status_code == 400
+        assert httpx.get(f"{hub.base}/admin/api/routing-log").status_code == 401
+        verdict = admin.get("/admin/api/routing-log/verify").json()
+    assert verdict["ok"] is True and verdict["rows"] > 7 and verdict["first_bad_id"] is None
+
+
+def _entry(n: int) -> LogEntry:
+    return LogEntry(received_at=datetime.now(UTC), request_id=f"r{n}", correlation_id="c", module="locations",
+                    method="PUT", path=f"/ocpi/2.2.1/receiver/locations/NL/ABC/L{n}", routing="direct",
+                    http_status=200, duration_ms=1.5, request_headers={"content-type": "application/json"},
+                    request_body=b'{"id": "L%d"}' % n)  # fmt: skip
+
+
+def _written_log(database_url: str, rows: int) -> RoutingLogWriter:
+    async def write() -> RoutingLogWriter:
+        conn = await asyncpg.connect(database_url)
+        await migrate(conn)
+        await conn.close()
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        writer = RoutingLogWriter(pool, body_cap=1024)
+        async with writer.running():
+            await asyncio.gather(*(writer.record(_entry(n)) for n in range(rows)))
+        await pool.close()
+        return writer
+
+    return asyncio.run(write())
+
+
+def _verify(database_url: str, tamper: str | None = None):  # type: ignore[no-untyped-def]
+    async def check():  # type: ignore[no-untyped-def]
+        conn = await asyncpg.connect(database_url)
+        try:
+            if tamper:
+                await conn.execute(tamper)
+            return await verify(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(check())
+
+
+def test_concurrent_rows_are_group_committed_and_all_written(empty_database: str) -> None:
+    writer = _written_log(empty_database, 300)
+    assert writer.rows == 300
+    assert writer.batches < 300  # rows in flight share a transaction
+    result = _verify(empty_database)
+    assert (result.ok, result.rows) == (True, 300)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "bad_row"),
+    [
+        ("UPDATE routing_log SET http_status = 500 WHERE request_id = 'r17'", "r17"),
+        ("UPDATE routing_log SET request_body = NULL WHERE request_id = 'r5'", "r5"),
+        ("DELETE FROM routing_log WHERE request_id = 'r10'", "r11"),
+        ("DELETE FROM routing_log WHERE seq = (SELECT max(seq) FROM routing_log)", "r28"),
+        ("DELETE FROM routing_log WHERE seq = 1", "r1"),
+    ],
+)
+def test_verify_detects_an_edited_or_deleted_row(empty_database: str, tamper: str, bad_row: str) -> None:
+    _written_log(empty_database, 30)
+    assert _verify(empty_database).ok
+    result = _verify(empty_database, tamper)
+    assert result.ok is False and result.problems
+
+    async def bad_request_id() -> str:
+        conn = await asyncpg.connect(empty_database)
+        try:
+            return await conn.fetchval("SELECT request_id FROM routing_log WHERE id = $1", result.first_bad_id)
+        finally:
+            await conn.close()
+
+    # rows are chained in the order record() was called: r0 is seq 1
+    assert asyncio.run(bad_request_id()) == bad_row

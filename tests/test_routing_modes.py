@@ -1,0 +1,195 @@
+"""Broadcast push, open routing and the URLs the hub rewrites (response_url, paging Link, CDR Location)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import OUTPUT, Hub, Services, hub_env, start_hub, unique_party_id
+from tests.parties import token_header
+from tests.test_routing import LOCATION, _roles, party_key
+
+
+def _wait_for(condition, timeout: float = 5.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_broadcast_push_reaches_every_party_of_the_opposite_role_and_logs_each_copy(
+    hub: Hub, connect_party, db
+) -> None:
+    cpo = connect_party(_roles("CPO"))
+    emsps = [connect_party(_roles("EMSP")) for _ in range(2)]
+    other = connect_party(_roles("OTHER"))
+    fellow_cpo = connect_party(_roles("CPO"))
+    cc, pid = party_key(cpo)
+    body = LOCATION | {"party_id": pid}
+    answer = cpo.call(
+        hub.base,
+        "PUT",
+        f"receiver/locations/{cc}/{pid}/LOC1",
+        to=("NL", "HUB"),
+        body=body,
+        headers={"X-Request-ID": "bcast-1"},
+    )
+    assert answer.json()["status_code"] == 1000
+    assert answer.headers["OCPI-from-party-id"] == "HUB" and answer.headers["OCPI-to-party-id"] == pid
+    for receiver in [*emsps, other]:
+        [got] = _wait_for(receiver.functional)
+        assert got.path == f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/LOC1"  # the owner stays in the URL
+        assert (got.headers["OCPI-from-party-id"], got.headers["OCPI-to-party-id"]) == ("HUB", receiver.roles[0][2])
+        assert json.loads(got.body) == body
+    assert fellow_cpo.functional() == []
+    query = "SELECT routing, to_party_id, from_party_id, http_status FROM routing_log WHERE request_id = 'bcast-1'"
+    rows = _wait_for(lambda: (found := db.run(db.fetch(query))) and len(found) >= 4 and found)
+    assert [(r["routing"], r["to_party_id"]) for r in rows if r["from_party_id"] == pid] == [("broadcast", "HUB")]
+    copies = {r["to_party_id"]: r["http_status"] for r in rows if r["from_party_id"] == "HUB"}
+    assert {p.roles[0][2] for p in [*emsps, other]} <= set(copies)
+    assert all(copies[p.roles[0][2]] == 200 for p in [*emsps, other])
+
+
+def test_broadcast_is_refused_for_sessions_and_cdrs(hub: Hub, connect_party) -> None:
+    cpo = connect_party(_roles("CPO"))
+    cc, pid = party_key(cpo)
+    answer = cpo.call(hub.base, "PUT", f"receiver/sessions/{cc}/{pid}/S1", to=("NL", "HUB"), body={"id": "S1"})
+    assert answer.json()["status_code"] == 2001
+    assert "broadcast push is not allowed for sessions" in answer.json()["status_message"]
+
+
+def test_open_routing_sends_a_command_to_the_owner_of_its_location(hub: Hub, connect_party) -> None:
+    cpo, other_cpo = connect_party(_roles("CPO")), connect_party(_roles("CPO"))
+    emsp = connect_party(_roles("EMSP"))
+    cc, pid = party_key(cpo)
+    location_id = f"LOC-{unique_party_id()}"
+    cpo.call(
+        hub.base,
+        "PUT",
+        f"receiver/locations/{cc}/{pid}/{location_id}",
+        to=party_key(emsp),
+        body=LOCATION | {"id": location_id},
+    )
+    time.sleep(0.2)  # the owner index is written in batches
+    answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION",
+                       body={"response_url": "https://emsp.example/cmd/9", "location_id": location_id,
+                             "token": {"uid": "T"}})  # fmt: skip
+    assert answer.json()["status_code"] == 1000, answer.text
+    assert [r.path for r in cpo.functional()] == ["/ocpi/2.2.1/commands/receiver/START_SESSION"]
+    assert other_cpo.functional() == []
+
+
+def test_open_routing_sends_a_real_time_authorization_to_the_token_owner(hub: Hub, connect_party) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    cc, pid = party_key(emsp)
+    uid = f"TOK{unique_party_id()}"
+    emsp.call(hub.base, "PUT", f"receiver/tokens/{cc}/{pid}/{uid}", to=party_key(cpo), body={"uid": uid})
+    time.sleep(0.2)
+    answer = cpo.call(hub.base, "POST", f"sender/tokens/{uid}/authorize?type=RFID", body={})
+    assert answer.json()["status_code"] == 1000, answer.text
+    [got] = [r for r in emsp.functional() if r.path.endswith("/authorize")]
+    assert got.query == "type=RFID"
+
+
+def test_open_request_the_hub_cannot_place_answers_a_clear_error(hub: Hub, connect_party) -> None:
+    emsp = connect_party(_roles("EMSP"))
+    answer = emsp.call(
+        hub.base,
+        "POST",
+        "receiver/commands/START_SESSION",
+        body={"response_url": "https://x/y", "location_id": "NEVER-SEEN"},
+    )
+    assert answer.json()["status_code"] == 4001
+    assert "OCPI-to" in answer.json()["status_message"]
+
+
+def test_command_result_is_relayed_to_the_original_response_url_via_another_hub_process(
+    hub: Hub, connect_party, services: Services, tmp_path: Path
+) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    original = f"{emsp.base}/ocpi/2.2.1/commands/sender/START_SESSION/42"
+    answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo),
+                       body={"response_url": original, "location_id": "L1", "token": {"uid": "T1"}},
+                       headers={"X-Correlation-ID": "cmd-corr-1"})  # fmt: skip
+    assert answer.json()["data"] == {"result": "ACCEPTED", "timeout": 30}
+    [command] = cpo.functional()
+    replaced = json.loads(command.body)["response_url"]
+    assert replaced.startswith(f"{hub.base}/ocpi/2.2.1/results/") and "emsp" not in replaced
+    assert json.loads(command.body)["token"] == {"uid": "T1"}
+    # The CPO posts its result later, without routing headers, to another hub process behind the same URL.
+    second = start_hub(hub_env(services, tmp_path, OCPI_HUB_ADMIN_TOKEN=hub.admin_token), OUTPUT / "hub-3.log")
+    try:
+        result = httpx.post(replaced.replace(hub.base, second.base), headers=token_header(cpo.hub_token),
+                            json={"result": "ACCEPTED"})  # fmt: skip
+    finally:
+        second.stop()
+    assert result.json()["status_code"] == 1000, result.text
+    [delivered] = [r for r in emsp.functional() if r.path.endswith("/START_SESSION/42")]
+    assert json.loads(delivered.body) == {"result": "ACCEPTED"}
+    assert delivered.headers["X-Correlation-ID"] == "cmd-corr-1"
+    assert (delivered.headers["OCPI-from-party-id"], delivered.headers["OCPI-to-party-id"]) == (
+        party_key(cpo)[1],
+        party_key(emsp)[1],
+    )
+    # Nobody but the CPO that got the command may post to that URL.
+    stranger = httpx.post(replaced, headers=token_header(emsp.hub_token), json={"result": "REJECTED"})
+    assert stranger.status_code == 404
+
+
+def test_charging_profile_response_url_in_the_query_is_rewritten(hub: Hub, connect_party) -> None:
+    scsp, cpo = connect_party(_roles("SCSP")), connect_party(_roles("CPO"))
+    answer = scsp.call(
+        hub.base,
+        "GET",
+        "receiver/chargingprofiles/S1?duration=900&response_url=https://scsp.example/r",
+        to=party_key(cpo),
+    )
+    assert answer.json()["status_code"] == 1000
+    [got] = cpo.functional()
+    assert "duration=900" in got.query
+    assert "scsp.example" not in got.query and "results" in got.query
+
+
+def test_paging_links_lead_back_through_the_hub_to_the_end_without_gaps(hub: Hub, connect_party) -> None:
+    emsp = connect_party(_roles("EMSP"))
+    cpo = connect_party(_roles("CPO"), page_size=7)
+    cpo.objects["locations"] = [{"id": f"L{i:03d}"} for i in range(50)]
+    seen, url, pages = [], "sender/locations?limit=7", 0
+    while url:
+        answer = emsp.call(hub.base, "GET", url, to=party_key(cpo))
+        assert answer.json()["status_code"] == 1000, answer.text
+        assert answer.headers["X-Total-Count"] == "50" and answer.headers["X-Limit"] == "7"
+        seen += [o["id"] for o in answer.json()["data"]]
+        link = answer.headers.get("Link")
+        url = link.split(">")[0].lstrip("<") if link else None
+        assert url is None or (url.startswith(f"{hub.base}/ocpi/2.2.1/pages/") and cpo.base not in link)
+        pages += 1
+    assert seen == [f"L{i:03d}" for i in range(50)] and pages == 8
+    # The party's own query (offset/limit) reached it on every page.
+    assert [r.query for r in cpo.functional()][-1] == "limit=7&offset=49"
+
+
+def test_cdr_location_is_rewritten_and_leads_to_the_emsp(hub: Hub, connect_party) -> None:
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    answer = cpo.call(hub.base, "POST", "receiver/cdrs", to=party_key(emsp), body={"id": "CDR-77"})
+    assert answer.status_code == 201
+    location = answer.headers["Location"]
+    assert location.startswith(f"{hub.base}/ocpi/2.2.1/relayed-cdrs/")
+    fetched = cpo.call(hub.base, "GET", location)
+    assert fetched.json()["data"] == {"id": "CDR-77", "served_by": emsp.name}
+    assert emsp.functional()[-1].path == "/ocpi/2.2.1/cdrs/receiver/CDR-77"
+    assert cpo.call(hub.base, "GET", location.replace("relayed-cdrs/", "relayed-cdrs/x")).status_code == 404
+
+
+@pytest.mark.parametrize("to", [("NL", "HUB"), None])
+def test_get_all_on_a_receiver_interface_is_refused(hub: Hub, connect_party, to) -> None:  # type: ignore[no-untyped-def]
+    cpo = connect_party(_roles("CPO"))
+    cc, pid = party_key(cpo)
+    answer = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/L1", to=to)
+    assert answer.json()["status_code"] in (2001, 4001)

@@ -6,10 +6,11 @@ import logging
 import sys
 from typing import TextIO
 
+import msgspec
 import structlog
 
 
-def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:  # stream: a text file on bytes
     """JSON lines to stdout (the server), or to stderr for commands whose stdout is their answer."""
     stream = stream or sys.stdout
     numeric = logging.getLevelNamesMapping()[level.upper()]
@@ -18,10 +19,12 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # msgspec renders a line several times faster than json.dumps: it runs once per request.
+    encoder = msgspec.json.Encoder(enc_hook=repr)
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        processors=[*shared, structlog.processors.format_exc_info, lambda _, __, event: encoder.encode(event)],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.BytesLoggerFactory(stream.buffer),
         cache_logger_on_first_use=True,
     )
     # Libraries log through the standard library; render them the same way.

@@ -1,4 +1,4 @@
-"""The routing log: rows written with group commit (one COPY per batch of requests in flight), hash-chained.
+"""The routing log: rows written with group commit (one statement per batch of requests in flight), hash-chained.
 
 Strict mode (the default) answers a request only after its row is committed: `record()` waits for the batch.
 Async mode returns at once and trades that guarantee for latency. Either way one writer task per process
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator
@@ -38,6 +39,7 @@ CONTENT_COLUMNS = (
     "request_body_size", "response_body", "response_body_size",
 )  # fmt: skip
 COLUMNS = (*CONTENT_COLUMNS, "prev_hash", "hash")
+_SEQ = CONTENT_COLUMNS.index("seq")
 
 
 @dataclass(slots=True)
@@ -126,10 +128,8 @@ class RoutingLogWriter:
             return
         entry.waiter = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(entry)
-        try:
-            await asyncio.wait_for(asyncio.shield(entry.waiter), self._commit_timeout_s)
-        except TimeoutError:
-            raise LogUnavailable("the routing log could not commit this exchange in time") from None
+        # No timer per request: the writer itself fails the waiters of a batch it cannot commit in time.
+        await entry.waiter
 
     async def _run(self) -> None:
         while True:
@@ -137,14 +137,17 @@ class RoutingLogWriter:
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             records = [self._chained(entry) for entry in batch]
-            delay = 0.05
+            delay, give_up_at = 0.05, time.monotonic() + self._commit_timeout_s
             while True:
                 try:
                     await self._write(batch, records)
                     break
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    # Keep the rows (already chained) and retry: nothing accepted is dropped.
+                    # Keep the rows (already chained) and retry: nothing accepted is dropped. Callers waiting
+                    # longer than the commit timeout are told so; their rows are still written once it works.
                     log.error("routing_log_write_failed", error=str(exc), rows=len(batch), retry_in_s=delay)
+                    if time.monotonic() > give_up_at:
+                        _fail_waiters(batch)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
             self.batches += 1
@@ -174,21 +177,23 @@ class RoutingLogWriter:
         return zlib.compress(body[: self._body_cap], 1) if body else None
 
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
+        """The whole batch in one statement, so one round trip and one commit whatever the batch size."""
         locations = [
             (e.relayed_location[0], e.caller_platform_id, e.receiver_platform_id, e.from_country_code,
              e.from_party_id, e.to_country_code, e.to_party_id, e.module, e.relayed_location[1])
             for e in batch if e.relayed_location is not None
         ]  # fmt: skip
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.copy_records_to_table("routing_log", records=records, columns=COLUMNS)
-            await conn.execute(
-                QUERIES["advance_chain"],
-                self.chain_id,
-                records[-1][CONTENT_COLUMNS.index("seq")],
-                records[-1][-1],
-            )
-            if locations:
-                await conn.executemany(QUERIES["insert_relayed_location"], locations)
+        columns = [list(column) for column in zip(*records, strict=True)]
+        location_columns = [list(c) for c in zip(*locations, strict=True)] if locations else [[]] * 9
+        head = (self.chain_id, records[-1][_SEQ], records[-1][-1])
+        async with self._pool.acquire() as conn:
+            await conn.execute(QUERIES["append_routing_log"], *columns, *head, *location_columns)
+
+
+def _fail_waiters(batch: list[LogEntry]) -> None:
+    for entry in batch:
+        if entry.waiter is not None and not entry.waiter.done():
+            entry.waiter.set_exception(LogUnavailable("the routing log could not commit this exchange in time"))
 
 
 def _json(headers: dict[str, str] | None) -> str | None:

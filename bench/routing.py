@@ -1,0 +1,285 @@
+"""Routing benchmark: a fast receiver called directly and through the hub, side by side, in one run.
+
+    python -m bench.routing [--duration 10] [--connections 32 128] [--rate 2000]
+
+Starts a fast OCPI party (bench/receiver.py on granian), registers it and a sender at a fresh hub, then loads
+(a) the party directly and (b) the same push through the hub with wrk (saturation, at each connection count)
+and bench/paced_load.mjs (open loop, paced at --rate req/s), and prints requests/s, p50/p99 latency and
+routing-log rows committed per second. Uses OCPI_HUB_DATABASE_URL / OCPI_HUB_REDIS_URL when set (a throwaway database and key prefix), the
+embedded servers otherwise. Everything runs on this machine and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+# A location of the size of the spec's example (about 1.5 kB), written for this benchmark.
+LOCATION = {
+    "country_code": "NL", "party_id": "CPO", "id": "LOC1", "publish": True, "name": "Gent Zuid",
+    "address": "F.Rooseveltlaan 3A", "city": "Gent", "postal_code": "9000", "country": "BEL",
+    "coordinates": {"latitude": "51.047599", "longitude": "3.729944"}, "parking_type": "ON_STREET",
+    "evses": [{"uid": f"3256{n}", "evse_id": f"BE*BEC*E04123456{n}", "status": "AVAILABLE",
+               "capabilities": ["RESERVABLE"], "floor_level": "-1", "physical_reference": str(n),
+               "connectors": [{"id": "1", "standard": "IEC_62196_T2", "format": "CABLE", "power_type": "AC_3_PHASE",
+                               "max_voltage": 220, "max_amperage": 16, "tariff_ids": ["11"],
+                               "last_updated": "2015-03-16T10:10:02Z"}],
+               "last_updated": "2015-06-28T08:12:01Z"} for n in range(3)],
+    "operator": {"name": "BeCharged"}, "time_zone": "Europe/Brussels", "last_updated": "2015-06-29T20:39:09Z",
+}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(url, timeout=1)
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+@contextlib.contextmanager
+def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int = 0
+    rows_per_s: float | None = None
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(url: str, headers: dict[str, str], body: bytes, connections: int, duration: int, work: Path) -> Result:
+    script = work / "put.lua"
+    lines = ['wrk.method = "PUT"', f"wrk.body = {json.dumps(body.decode())}"]
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+    script.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{duration}s", "--latency", "-s",
+                          str(script), url], capture_output=True, text=True, check=True).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failed = int(errors.group(1)) if errors else 0
+    failed += sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
+    return Result(f"wrk -c{connections}", rps, _ms(*p50.groups()), _ms(*p99.groups()), failed)  # type: ignore[union-attr]
+
+
+def run_paced(url: str, headers: dict[str, str], body: bytes, rate: int, duration: int, work: Path) -> Result:
+    """bench/paced_load.mjs: one request every 1/rate s (hey -q fires its workers in bursts, see the script)."""
+    payload = work / "body.json"
+    payload.write_bytes(body)
+    out = subprocess.run(["node", str(ROOT / "bench" / "paced_load.mjs"), url, str(rate), str(duration), str(payload),
+                          json.dumps(headers)], capture_output=True, text=True, check=True).stdout  # fmt: skip
+    figures = json.loads(out)
+    return Result(f"paced {rate}/s", figures["rps"], figures["p50_ms"], figures["p99_ms"], figures["errors"])
+
+
+async def _sql(url: str, sql: str) -> object:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+def count_rows(database_url: str) -> int:
+    return int(asyncio.run(_sql(database_url, "SELECT count(*) FROM routing_log")))  # type: ignore[call-overload]
+
+
+def register(hub: str, admin_token: str, party_url: str, role: tuple[str, str, str]) -> str:
+    """Invite and register a party whose versions are served by the benchmark receiver; returns its token C."""
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    roles = [{"role": role[0], "country_code": role[1], "party_id": role[2]}]
+    token_a = httpx.post(f"{hub}/admin/api/invitations", headers=admin, json={"name": role[2], "roles": roles}
+                         ).json()["token_a"]  # fmt: skip
+    auth = {"Authorization": "Token " + base64.b64encode(token_a.encode()).decode()}
+    credentials = {"token": secrets.token_urlsafe(16), "url": f"{party_url}/ocpi/versions",
+                   "roles": [r | {"business_details": {"name": role[2]}} for r in roles]}  # fmt: skip
+    answer = httpx.post(f"{hub}/ocpi/2.2.1/credentials", headers=auth, json=credentials, timeout=30).json()
+    if answer["status_code"] != 1000:
+        raise RuntimeError(f"registration failed: {answer}")
+    return str(answer["data"]["token"])
+
+
+@contextlib.contextmanager
+def backing_services(work: Path) -> Iterator[tuple[str, str, str]]:
+    """(database URL, Redis URL, key prefix): a throwaway database on the configured server, or embedded ones."""
+    database_url, redis_url = os.environ.get("OCPI_HUB_DATABASE_URL"), os.environ.get("OCPI_HUB_REDIS_URL")
+    prefix = f"ocpi-hub-bench-{secrets.token_hex(4)}:"
+    with contextlib.ExitStack() as stack:
+        if database_url:
+            name = f"ocpi_hub_bench_{secrets.token_hex(4)}"
+            asyncio.run(_sql(database_url, f'CREATE DATABASE "{name}"'))
+            server = database_url
+            stack.callback(lambda: asyncio.run(_sql(server, f'DROP DATABASE "{name}" WITH (FORCE)')))
+            database_url = database_url.rsplit("/", 1)[0] + f"/{name}"
+        else:
+            from storage.embedded import EmbeddedPostgres
+
+            postgres = EmbeddedPostgres(work)
+            database_url = postgres.start()
+            stack.callback(postgres.stop)
+        if not redis_url:
+            from storage.embedded import EmbeddedValkey
+
+            valkey = EmbeddedValkey(work)
+            redis_url = valkey.start()
+            stack.callback(valkey.stop)
+        yield database_url, redis_url, prefix
+
+
+def bench_hub(  # type: ignore[no-untyped-def]
+    name: str,
+    workers: int,
+    mode: str,
+    server: str,
+    services: tuple[str, str, str],
+    receiver: str,
+    sender: str,
+    args,
+    work: Path,
+) -> list[Result]:
+    database_url, redis_url, prefix = services
+    port, admin_token = free_port(), secrets.token_urlsafe(16)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
+        "OCPI_HUB_DATABASE_URL": database_url, "OCPI_HUB_REDIS_URL": redis_url, "OCPI_HUB_REDIS_PREFIX": prefix,
+        "OCPI_HUB_DATA_DIR": str(work / "hub"), "OCPI_HUB_ADMIN_TOKEN": admin_token, "OCPI_HUB_LOG_MODE": mode,
+        "OCPI_HUB_PARTY_ID": "HUB", "OCPI_HUB_COUNTRY_CODE": "NL",
+    }  # fmt: skip
+    hub = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "hub.cli", "serve", "--port", str(port), "--workers", str(workers),
+               "--server", server]  # fmt: skip
+    with process(command, env, work / f"hub-{server}-{workers}-{mode}.log"):
+        wait_http(f"{hub}/ocpi/versions")
+        cpo_pid, emsp_pid = secrets.choice("ABCDEFGH") + "C" + secrets.choice("ABCDEFGH"), "E" + secrets.token_hex(1)
+        token = register(hub, admin_token, sender, ("CPO", "NL", cpo_pid.upper()))
+        register(hub, admin_token, receiver, ("EMSP", "NL", emsp_pid.upper()))
+        time.sleep(1.2)  # every worker has the new directory
+        headers = {"Authorization": "Token " + base64.b64encode(token.encode()).decode(),
+                   "Content-Type": "application/json", "OCPI-from-country-code": "NL",
+                   "OCPI-from-party-id": cpo_pid.upper(), "OCPI-to-country-code": "NL",
+                   "OCPI-to-party-id": emsp_pid.upper()}  # fmt: skip
+        body = json.dumps(LOCATION | {"party_id": cpo_pid.upper()}).encode()
+        url = f"{hub}/ocpi/2.2.1/receiver/locations/NL/{cpo_pid.upper()}/LOC1"
+        check = httpx.put(url, headers=headers, content=body).json()
+        if check.get("status_code") != 1000:
+            raise RuntimeError(f"the hub did not relay the benchmark request: {check}")
+        results = []
+        for connections in args.connections:
+            before, started = count_rows(database_url), time.monotonic()
+            result = run_wrk(url, headers, body, connections, args.duration, work)
+            time.sleep(0.5)  # async mode: let the last batch land before counting
+            result.rows_per_s = (count_rows(database_url) - before) / (time.monotonic() - started - 0.5)
+            result.name = f"{name}, {result.name}"
+            results.append(result)
+        paced = run_paced(url, headers, body, args.rate, args.duration, work)
+        paced.name = f"{name}, {paced.name}"
+        results.append(paced)
+        return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per load run (default 10)")
+    parser.add_argument("--connections", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--rate", type=int, default=2000, help="request rate of the paced run (default 2000)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="hub worker counts to measure")
+    parser.add_argument("--modes", nargs="+", default=["strict"], choices=["strict", "async"])
+    parser.add_argument("--servers", nargs="+", default=["uvicorn"], choices=["uvicorn", "granian"])
+    args = parser.parse_args()
+    for tool, package in (("wrk", "wrk"), ("node", "nodejs")):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench needs {tool}: apt-get install {package}")
+    work = Path(tempfile.mkdtemp(prefix="ocpi-hub-bench-"))
+    receiver_port, sender_port = free_port(), free_port()
+    receiver, sender = f"http://127.0.0.1:{receiver_port}", f"http://127.0.0.1:{sender_port}"
+    env = dict(os.environ)
+    granian = [sys.executable, "-m", "granian", "--interface", "rsgi", "--no-ws", "--log-level", "warning"]
+    try:
+        with (
+            process([*granian, "--port", str(receiver_port), "bench.receiver:app"], env, work / "receiver.log"),
+            process([*granian, "--port", str(sender_port), "bench.receiver:app"], env, work / "sender.log"),
+            backing_services(work) as services,
+        ):
+            wait_http(f"{receiver}/ocpi/versions")
+            wait_http(f"{sender}/ocpi/versions")
+            body = json.dumps(LOCATION).encode()
+            direct_url = f"{receiver}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1"
+            headers = {"Content-Type": "application/json", "Authorization": "Token eA=="}
+            results = []
+            for connections in args.connections:
+                result = run_wrk(direct_url, headers, body, connections, args.duration, work)
+                result.name = f"direct, {result.name}"
+                results.append(result)
+            direct_paced = run_paced(direct_url, headers, body, args.rate, args.duration, work)
+            direct_paced.name = f"direct, {direct_paced.name}"
+            results.append(direct_paced)
+            for server in args.servers:
+                for mode in args.modes:
+                    for workers in args.workers:
+                        name = f"hub {server} {workers} worker{'s' if workers > 1 else ''} {mode}"
+                        results += bench_hub(name, workers, mode, server, services, receiver, sender, args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nrouting benchmark: PUT of a {len(json.dumps(LOCATION))}-byte location, {args.duration}s per run, "
+          f"{os.cpu_count()} cores shared by load generator, receiver, hub, PostgreSQL and Redis\n")  # fmt: skip
+    print(f"| {'run':<44} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | {'log rows/s':>10} |")
+    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * 12}|")
+    for r in results:
+        rows = f"{r.rows_per_s:,.0f}" if r.rows_per_s is not None else "-"
+        print(f"| {r.name:<44} | {r.rps:>9,.0f} | {r.p50_ms:>7.2f} | {r.p99_ms:>7.2f} | {r.errors:>6} | {rows:>10} |")
+    paced = [r for r in results if "paced" in r.name]
+    for r in paced[1:]:
+        print(f"added by the hub at {args.rate}/s ({r.name.split(',')[0]}): p50 {r.p50_ms - paced[0].p50_ms:+.2f} ms, "
+              f"p99 {r.p99_ms - paced[0].p99_ms:+.2f} ms")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

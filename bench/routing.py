@@ -5,8 +5,8 @@
 Starts a fast OCPI party (bench/receiver.py on granian), registers it and a sender at a fresh hub, then loads
 (a) the party directly and (b) the same push through the hub with wrk (saturation, at each connection count)
 and bench/paced_load.mjs (open loop, paced at --rate req/s), and prints requests/s, p50/p99 latency and
-routing-log rows committed per second. Uses OCPI_HUB_DATABASE_URL / OCPI_HUB_REDIS_URL when set (a throwaway database and key prefix), the
-embedded servers otherwise. Everything runs on this machine and stops by itself.
+routing-log rows committed per second. Uses OCPI_HUB_DATABASE_URL / OCPI_HUB_REDIS_URL when set (a throwaway
+database and key prefix), the embedded servers otherwise. Everything runs on this machine and stops by itself.
 """
 
 from __future__ import annotations

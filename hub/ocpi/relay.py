@@ -94,7 +94,7 @@ class Relay:
         ids = scope["state"]
         entry = LogEntry(
             received_at=datetime.now(UTC), request_id=ids["request_id"], correlation_id=ids["correlation_id"],
-            module=path.split("/")[4] if path.count("/") >= 4 else "", method=scope["method"], path=path,
+            module=_module_of(path), method=scope["method"], path=path,
             query=scope["query_string"].decode("latin-1"), routing="rejected",
             request_headers={k: headers[k] for k in LOGGED_REQUEST_HEADERS if k in headers},
         )  # fmt: skip
@@ -105,6 +105,10 @@ class Relay:
         except OcpiError as exc:
             answer = self._hub_answer(exchange, exc.http_status, exc.status_code, exc.message)
             entry.error = exc.message
+        except Exception as exc:  # a bug of the hub: still an OCPI answer, and still a row in the log
+            log.exception("relay_failed", path=path)
+            answer = self._hub_answer(exchange, 500, 3000, "internal error of the hub; it has been logged")
+            entry.error = f"internal error: {exc!r}"
         entry.http_status, entry.response_body = answer.status, answer.body
         entry.response_headers = {k: v for k, v in answer.headers.items() if k != "content-type"} or None
         entry.ocpi_status_code = entry.ocpi_status_code or ocpi_status_of(answer.body)
@@ -243,8 +247,14 @@ class Relay:
             copy.ocpi_status_code = ocpi_status_of(answer.body)
         except OcpiError as exc:
             copy.http_status, copy.ocpi_status_code, copy.error = exc.http_status, exc.status_code, exc.message
+        except Exception as exc:
+            log.exception("broadcast_copy_failed", to=delivery.to.key)
+            copy.error = f"internal error: {exc!r}"
         copy.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        await self.state.routing_log.record(copy)
+        try:
+            await self.state.routing_log.record(copy)
+        except LogUnavailable:
+            log.error("broadcast_copy_not_logged_in_time", to=delivery.to.key, request_id=copy.request_id)
 
     def _hub_answer(self, exchange: Exchange, http_status: int, status_code: int, message: str | None) -> Answer:
         """An answer from the hub itself: OCPI-from is the hub, OCPI-to the caller's party when known."""
@@ -273,6 +283,14 @@ class Relay:
 def _from_header(headers: dict[str, str]) -> PartyKey | None:
     country, party = headers.get("ocpi-from-country-code"), headers.get("ocpi-from-party-id")
     return (country, party) if country and party else None
+
+
+def _module_of(path: str) -> str:
+    """The module a path names, for the log row of a request rejected before it was parsed."""
+    parts = path.split("/")
+    if len(parts) > 4 and parts[3] in ("sender", "receiver"):
+        return parts[4]
+    return parts[3] if len(parts) > 3 else ""
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

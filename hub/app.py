@@ -16,6 +16,7 @@ from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.types import Receive, Scope, Send
 
+from hub import client_info
 from hub.admin.api import admin_router
 from hub.auth import CredentialsTokenAuth
 from hub.envelope import render_ocpi_error
@@ -70,7 +71,11 @@ def create_app(settings: Settings | None = None) -> RequestContext:
                 routing_log=writer,
                 routing=routing,
             )
-            tasks = [asyncio.create_task(directory.watch()), asyncio.create_task(_flush_last_seen(app.state))]
+            tasks = [
+                asyncio.create_task(directory.watch()),
+                asyncio.create_task(_flush_last_seen(app.state)),
+                asyncio.create_task(client_info.run_pushes(app.state)),
+            ]
             log.info(
                 "hub_started",
                 public_url=settings.public_url,
@@ -98,6 +103,7 @@ def create_app(settings: Settings | None = None) -> RequestContext:
             credentials.register,
             credentials.update_credentials,
             credentials.unregister,
+            client_info.list_client_infos,
             admin_router(),
         ],
         state=State({"settings": settings, "last_seen": {}}),

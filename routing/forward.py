@@ -9,6 +9,7 @@ import asyncio
 from dataclasses import dataclass
 
 import aiohttp
+import msgspec
 
 from hub.errors import ForwardTimeout, ReceiverNotConnected
 
@@ -21,6 +22,21 @@ class Answer:
     status: int
     headers: dict[str, str]  # lower-case names, only RELAYED_RESPONSE_HEADERS
     body: bytes
+
+
+class _Status(msgspec.Struct):
+    status_code: int | None = None
+
+
+_status_decoder = msgspec.json.Decoder(_Status)
+
+
+def ocpi_status_of(body: bytes) -> int | None:
+    """The OCPI status_code of an answer, or None for a body that is no OCPI envelope (an HTML error page, say)."""
+    try:
+        return _status_decoder.decode(body).status_code
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def open_session(timeout_s: float, connections_per_party: int = 64) -> aiohttp.ClientSession:

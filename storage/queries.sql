@@ -12,9 +12,16 @@ WHERE r.status <> 'UNREGISTERED'
 INSERT INTO platform (name) VALUES ($1) RETURNING id;
 
 -- name: insert_party_roles
-INSERT INTO party_role (platform_id, role, country_code, party_id)
-SELECT $1, r, c, p FROM unnest($2::text[], $3::text[], $4::text[]) AS t(r, c, p)
-RETURNING id;
+-- New roles are PLANNED, and a new ClientInfo object is pushed to the connected parties.
+WITH inserted AS (
+    INSERT INTO party_role (platform_id, role, country_code, party_id)
+    SELECT $1, r, c, p FROM unnest($2::text[], $3::text[], $4::text[]) AS t(r, c, p)
+    RETURNING id, platform_id, role, country_code, party_id, status, status_changed_at
+), pushed AS (
+    INSERT INTO client_info_push (platform_id, role, country_code, party_id, status, last_updated)
+    SELECT platform_id, role, country_code, party_id, status, status_changed_at FROM inserted
+)
+SELECT id FROM inserted ORDER BY id;
 
 -- name: token_of_platform
 SELECT true FROM credentials_token WHERE token_hash = $1 AND platform_id = $2;
@@ -47,16 +54,31 @@ SELECT $1, i, r, u FROM unnest($2::text[], $3::text[], $4::text[]) AS t(i, r, u)
 ON CONFLICT (platform_id, identifier, interface_role) DO UPDATE SET url = excluded.url;
 
 -- name: connect_role
-UPDATE party_role SET status = 'CONNECTED', business_details = $2,
-       status_changed_at = CASE WHEN status = 'CONNECTED' THEN status_changed_at ELSE now() END
-WHERE id = $1;
+-- The role is CONNECTED; if that is a change, its ClientInfo is pushed.
+WITH old AS (
+    SELECT id, status FROM party_role WHERE id = $1 FOR UPDATE
+), changed AS (
+    UPDATE party_role r SET status = 'CONNECTED', business_details = $2,
+           status_changed_at = CASE WHEN old.status = 'CONNECTED' THEN r.status_changed_at ELSE now() END
+    FROM old WHERE r.id = old.id
+    RETURNING r.platform_id, r.role, r.country_code, r.party_id, r.status_changed_at, old.status AS was
+)
+INSERT INTO client_info_push (platform_id, role, country_code, party_id, status, last_updated)
+SELECT platform_id, role, country_code, party_id, 'CONNECTED', status_changed_at FROM changed
+WHERE was <> 'CONNECTED';
 
 -- name: unregister_platform
 UPDATE platform SET state = 'UNREGISTERED', token_b = NULL, unregistered_at = now() WHERE id = $1;
 
 -- name: unregister_roles
-UPDATE party_role SET status = 'UNREGISTERED', status_changed_at = now()
-WHERE platform_id = $1 AND status <> 'UNREGISTERED';
+-- mod_hub_client_info.asciidoc: an invalidated ClientInfo is pushed with status SUSPENDED.
+WITH changed AS (
+    UPDATE party_role SET status = 'UNREGISTERED', status_changed_at = now()
+    WHERE platform_id = $1 AND status <> 'UNREGISTERED'
+    RETURNING platform_id, role, country_code, party_id, status_changed_at
+)
+INSERT INTO client_info_push (platform_id, role, country_code, party_id, status, last_updated)
+SELECT platform_id, role, country_code, party_id, 'SUSPENDED', status_changed_at FROM changed;
 
 -- name: directory_platforms
 SELECT id, name, state, versions_url, version, version_url, token_b, token_encoding
@@ -128,3 +150,29 @@ WHERE ($1::text IS NULL OR request_id = $1)
   AND ($3::bigint IS NULL OR id < $3)
 ORDER BY id DESC
 LIMIT $4;
+
+-- name: client_infos
+-- The hub's ClientInfo list (mod_hub_client_info.asciidoc, Sender GET): every party but the caller's own, by
+-- last_updated; a role whose platform left the hub is SUSPENDED. Paginated with offset and limit.
+SELECT role, country_code, party_id,
+       CASE WHEN status = 'UNREGISTERED' THEN 'SUSPENDED' ELSE status END AS status,
+       status_changed_at AS last_updated
+FROM party_role
+WHERE platform_id <> $1
+  AND ($2::timestamptz IS NULL OR status_changed_at >= $2)
+  AND ($3::timestamptz IS NULL OR status_changed_at < $3)
+ORDER BY status_changed_at, id
+OFFSET $4 LIMIT $5;
+
+-- name: client_infos_total
+SELECT count(*) FROM party_role
+WHERE platform_id <> $1
+  AND ($2::timestamptz IS NULL OR status_changed_at >= $2)
+  AND ($3::timestamptz IS NULL OR status_changed_at < $3);
+
+-- name: claim_client_info_pushes
+SELECT id, platform_id, role, country_code, party_id, status, last_updated
+FROM client_info_push WHERE delivered_at IS NULL ORDER BY id LIMIT 50 FOR UPDATE SKIP LOCKED;
+
+-- name: client_info_pushed
+UPDATE client_info_push SET delivered_at = now() WHERE id = any($1::bigint[]);

@@ -226,7 +226,12 @@ class Party:
         return httpx.request(method, url, headers=sent, json=body, content=content, timeout=30)
 
     def functional(self) -> list[Received]:
-        return [r for r in self.received if r.path not in ("/ocpi/versions", "/ocpi/2.2.1", "/ocpi/2.2.1/credentials")]
+        """Requests of the functional modules (not versions, credentials or the hub's ClientInfo pushes)."""
+        configuration = ("/ocpi/versions", "/ocpi/2.2.1", "/ocpi/2.2.1/credentials")
+        return [r for r in self.received if r.path not in configuration and "/hubclientinfo/" not in r.path]
+
+    def client_infos(self) -> list[Received]:
+        return [r for r in self.received if "/hubclientinfo/" in r.path]
 
     def register_at(self, hub_versions_url: str, token_a: str) -> httpx.Response:
         """The whole credentials Sender side: GET versions and details with token A, POST our credentials."""
@@ -248,11 +253,12 @@ def _default_modules(roles: list[tuple[str, str, str]]) -> dict[str, list[str]]:
     if "CPO" in kinds:
         for m in ("cdrs", "locations", "sessions", "tariffs"):
             modules.setdefault(m, []).append("SENDER")
-        for m in ("commands", "tokens", "chargingprofiles"):
+        for m in ("commands", "tokens", "chargingprofiles", "hubclientinfo"):
             modules.setdefault(m, []).append("RECEIVER")
     if kinds & {"EMSP", "OTHER", "NSP", "NAP", "SCSP"}:
         for m in ("cdrs", "locations", "sessions", "tariffs", "hubclientinfo"):
-            modules.setdefault(m, []).append("RECEIVER")
+            if "RECEIVER" not in modules.get(m, []):
+                modules.setdefault(m, []).append("RECEIVER")
         for m in ("commands", "tokens"):
             modules.setdefault(m, []).append("SENDER")
     return modules

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -76,7 +77,8 @@ def kill_hard(pid: int) -> None:
     proc = psutil.Process(pid)
     procs = [proc, *proc.children(recursive=True)]
     for p in procs:
-        p.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):  # a backend may exit on its own meanwhile
+            p.kill()
     assert not embedded._survivors(procs, timeout=10)
 
 

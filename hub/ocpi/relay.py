@@ -27,7 +27,7 @@ from hub.ocpi.wire import Envelope
 from hub.party_api import authorization
 from routing import open_routing
 from routing.decide import Delivery, Route, decide
-from routing.forward import Answer, forward
+from routing.forward import Answer, forward, ocpi_status_of
 from routing.request import Incoming, PartyKey, parse
 from routing.rewrite import link_urls, response_url_of, rewrite_link_header, with_response_url
 from storage.directory import PartyRole, Platform
@@ -40,23 +40,10 @@ PREFIX = "/ocpi/2.2.1/"
 PAGES = "/ocpi/2.2.1/pages/"
 RESULTS = "/ocpi/2.2.1/results/"
 CDR_LOCATIONS = "/ocpi/2.2.1/relayed-cdrs/"
+CLIENT_INFO = "/ocpi/2.2.1/sender/hubclientinfo"
 LOGGED_REQUEST_HEADERS = ("content-type", "ocpi-to-country-code", "ocpi-to-party-id", "ocpi-from-country-code",
                           "ocpi-from-party-id", "x-request-id", "x-correlation-id")  # fmt: skip
 _envelope = msgspec.json.Encoder()
-
-
-class _Status(msgspec.Struct):
-    status_code: int | None = None
-
-
-_status_decoder = msgspec.json.Decoder(_Status)
-
-
-def ocpi_status_of(body: bytes) -> int | None:
-    try:
-        return _status_decoder.decode(body).status_code
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None  # not an OCPI answer (an HTML error page, say): relayed and logged as it is
 
 
 @dataclass(slots=True)
@@ -79,6 +66,8 @@ class Relay:
 
     @staticmethod
     def handles(path: str) -> bool:
+        if path.startswith(CLIENT_INFO):  # a configuration module the hub serves itself, not routed
+            return False
         return path.startswith(PREFIX) and path.split("/", 4)[3] in (
             "sender",
             "receiver",

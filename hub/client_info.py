@@ -1,0 +1,147 @@
+"""HubClientInfo (mod_hub_client_info.asciidoc): the hub's list of parties, and the push of every change.
+
+hubclientinfo is a configuration module: between a party and the hub, never routed, so neither the list nor
+the pushes carry OCPI-to/-from headers (transport_and_format.asciidoc, Message Routing Headers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+import msgspec
+import structlog
+from litestar import Request, Response, get
+from litestar.datastructures import State
+
+from hub.auth import Caller
+from hub.envelope import ocpi_response
+from hub.errors import InvalidParameters, OcpiError
+from hub.party_api import authorization
+from routing.forward import forward, ocpi_status_of
+from storage.directory import Platform
+from storage.routing_log import LogEntry, LogUnavailable
+from storage.sql import QUERIES
+
+log = structlog.get_logger()
+
+MAX_LIMIT = 1000
+PUSH_POLL_S = 1.0
+
+
+class ClientInfo(msgspec.Struct):
+    party_id: str
+    country_code: str
+    role: str
+    status: str
+    last_updated: str
+
+
+def _when(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _moment(name: str, raw: str | None) -> datetime | None:
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidParameters(f"{name} must be an OCPI DateTime such as 2026-11-25T10:00:00Z, got {raw!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@get("/ocpi/2.2.1/sender/hubclientinfo")
+async def list_client_infos(request: Request[Caller, str, State]) -> Response[bytes]:
+    """Every party but the caller's own, paginated (transport_and_format.asciidoc, Pagination)."""
+    params = request.query_params
+    date_from, date_to = _moment("date_from", params.get("date_from")), _moment("date_to", params.get("date_to"))
+    try:
+        offset, limit = int(params.get("offset", 0)), int(params.get("limit", MAX_LIMIT))
+    except ValueError:
+        raise InvalidParameters("offset and limit must be whole numbers") from None
+    if offset < 0 or limit < 1:
+        raise InvalidParameters("offset must be 0 or more and limit 1 or more")
+    limit = min(limit, MAX_LIMIT)
+    caller = request.user.platform.id
+    async with request.app.state.pool.acquire() as conn:
+        rows = await conn.fetch(QUERIES["client_infos"], caller, date_from, date_to, offset, limit)
+        total = await conn.fetchval(QUERIES["client_infos_total"], caller, date_from, date_to)
+    items = [ClientInfo(r["party_id"], r["country_code"], r["role"], r["status"], _when(r["last_updated"]))
+             for r in rows]  # fmt: skip
+    headers = {"X-Total-Count": str(total), "X-Limit": str(MAX_LIMIT)}
+    if offset + len(items) < total:
+        query = {k: v for k, v in params.items() if k not in ("offset", "limit")}
+        query |= {"offset": str(offset + len(items)), "limit": str(limit)}
+        url = f"{request.app.state.settings.public_url}/ocpi/2.2.1/sender/hubclientinfo?{urlencode(query)}"
+        headers["Link"] = f'<{url}>; rel="next"'
+    return ocpi_response(items, headers=headers)
+
+
+async def run_pushes(state: State) -> None:
+    """For the life of the process: deliver pending ClientInfo changes (any hub process may take them)."""
+    while True:
+        try:
+            delivered = await push_pending(state)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the database briefly away: the changes wait in client_info_push
+            log.warning("client_info_push_failed", error=str(exc))
+            delivered = 0
+        if not delivered:
+            await asyncio.sleep(PUSH_POLL_S)
+
+
+async def push_pending(state: State) -> int:
+    """PUT each pending change to every other connected party with a hubclientinfo RECEIVER; one attempt each."""
+    async with state.pool.acquire() as conn, conn.transaction():
+        changes = await conn.fetch(QUERIES["claim_client_info_pushes"])
+        for change in changes:
+            info = ClientInfo(change["party_id"], change["country_code"], change["role"], change["status"],
+                              _when(change["last_updated"]))  # fmt: skip
+            body = msgspec.json.encode(info)
+            recipients = [
+                p for p in state.directory.current.platforms.values()
+                if p.id != change["platform_id"] and p.state == "REGISTERED"
+                and p.endpoint("hubclientinfo", "RECEIVER") and any(r.status == "CONNECTED" for r in p.roles)
+            ]  # fmt: skip
+            await asyncio.gather(*(_put(state, p, info, body) for p in recipients))
+        if changes:
+            await conn.execute(QUERIES["client_info_pushed"], [c["id"] for c in changes])
+    return len(changes)
+
+
+async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) -> None:
+    """One push, logged as a routing-log row of its own (routing 'hub')."""
+    started = time.perf_counter()
+    url = f"{(platform.endpoint('hubclientinfo', 'RECEIVER') or '').rstrip('/')}/{info.country_code}/{info.party_id}"
+    to = next(r for r in platform.roles if r.status == "CONNECTED")
+    request_id = str(uuid.uuid4())
+    settings = state.settings
+    entry = LogEntry(
+        received_at=datetime.now(UTC), request_id=request_id, forwarded_request_id=request_id,
+        correlation_id=request_id, module="hubclientinfo", interface="receiver", method="PUT", path=url,
+        routing="hub", from_country_code=settings.country_code, from_party_id=settings.party_id,
+        to_country_code=to.country_code, to_party_id=to.party_id, receiver_platform_id=platform.id,
+        request_body=body,
+    )  # fmt: skip
+    headers = {
+        "Authorization": authorization(platform.token_b or "", platform.token_encoding),
+        "Content-Type": "application/json",
+        "X-Request-ID": request_id,
+        "X-Correlation-ID": request_id,
+    }
+    try:
+        answer = await forward(state.forward_session, "PUT", url, headers, body, settings.forward_timeout_s)
+        entry.http_status, entry.response_body = answer.status, answer.body
+        entry.ocpi_status_code = ocpi_status_of(answer.body)
+    except OcpiError as exc:
+        entry.http_status, entry.ocpi_status_code, entry.error = exc.http_status, exc.status_code, exc.message
+    entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    try:
+        await state.routing_log.record(entry)
+    except LogUnavailable:
+        log.error("client_info_push_not_logged_in_time", request_id=request_id)

@@ -1,0 +1,79 @@
+"""HubClientInfo: the hub's list of parties, and the ClientInfo pushes on every change of a party's status."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+
+import httpx
+
+from tests.conftest import Hub
+from tests.parties import token_header
+from tests.test_routing import _roles, party_key
+
+
+def _wait_for(condition, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def _pushes_about(party, about) -> list[dict]:  # type: ignore[no-untyped-def]
+    cc, pid = about
+    return [json.loads(r.body) for r in party.client_infos()
+            if r.method == "PUT" and r.path == f"/ocpi/2.2.1/hubclientinfo/receiver/{cc}/{pid}"]  # fmt: skip
+
+
+def test_every_status_change_is_pushed_to_the_other_connected_parties(hub: Hub, connect_party, start_party, db) -> None:
+    watcher = connect_party(_roles("EMSP"))
+    newcomer_roles = _roles("CPO", "DE")
+    newcomer = start_party(newcomer_roles)
+    key = party_key(newcomer)
+    token_a = hub.invite(newcomer.name, newcomer_roles)["token_a"]
+    assert _wait_for(lambda: [p["status"] for p in _pushes_about(watcher, key)] == ["PLANNED"])
+    newcomer.register_at(hub.versions_url, token_a)
+    assert _wait_for(lambda: [p["status"] for p in _pushes_about(watcher, key)] == ["PLANNED", "CONNECTED"])
+    httpx.delete(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(newcomer.hub_token))
+    pushes = _wait_for(lambda: (p := _pushes_about(watcher, key)) and len(p) == 3 and p)
+    assert [p["status"] for p in pushes] == ["PLANNED", "CONNECTED", "SUSPENDED"]
+    assert pushes[1] | {"last_updated": "x"} == {"party_id": key[1], "country_code": "DE", "role": "CPO",
+                                                 "status": "CONNECTED", "last_updated": "x"}  # fmt: skip
+    # A configuration module: the pushes carry no routing headers.
+    received = [r for r in watcher.client_infos() if r.path.endswith(f"/{key[0]}/{key[1]}")]
+    assert all("OCPI-to-party-id" not in r.headers and "OCPI-from-party-id" not in r.headers for r in received)
+    # The party itself is not told about its own status, and each push is a row of the routing log.
+    assert _pushes_about(newcomer, key) == []
+    rows = db.run(db.fetch(
+        "SELECT routing, module, method, http_status, to_party_id FROM routing_log WHERE module = 'hubclientinfo' "
+        "AND path LIKE $1", f"%/{key[0]}/{key[1]}"))  # fmt: skip
+    mine = [r for r in rows if r["to_party_id"] == party_key(watcher)[1]]
+    assert [(r["routing"], r["method"], r["http_status"]) for r in mine] == [("hub", "PUT", 200)] * 3
+
+
+def test_client_info_list_is_paginated_filtered_by_date_and_excludes_the_caller(hub: Hub, connect_party) -> None:
+    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    reader = connect_party(_roles("EMSP"))
+    others = [connect_party(_roles("CPO")) for _ in range(5)]
+    url, seen = f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo?limit=2&date_from={since}", []
+    while url:
+        answer = httpx.get(url, headers=token_header(reader.hub_token))
+        assert answer.status_code == 200 and answer.json()["status_code"] == 1000, answer.text
+        assert answer.headers["X-Total-Count"] == "5"
+        seen += answer.json()["data"]
+        url = answer.headers["Link"].split(">")[0].lstrip("<") if "Link" in answer.headers else None
+    assert sorted(i["party_id"] for i in seen) == sorted(p.roles[0][2] for p in others)
+    assert {i["status"] for i in seen} == {"CONNECTED"} and all(i["last_updated"].endswith("Z") for i in seen)
+    assert "OCPI-from-party-id" not in answer.headers
+
+
+def test_client_info_list_rejects_a_malformed_date_and_token_a(hub: Hub, connect_party) -> None:
+    reader = connect_party(_roles("EMSP"))
+    bad = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo?date_from=yesterday",
+                    headers=token_header(reader.hub_token))  # fmt: skip
+    assert bad.json()["status_code"] == 2001 and "date_from" in bad.json()["status_message"]
+    token_a = hub.invite("Not yet", _roles("CPO"))["token_a"]
+    assert httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", headers=token_header(token_a)).status_code == 401

@@ -27,6 +27,7 @@ from hub.request_context import RequestContext
 from hub.settings import Settings
 from routing.forward import open_session
 from storage.directory import DirectoryCache
+from storage.location_cache import LocationCache
 from storage.routing_log import RoutingLogWriter
 from storage.routing_state import RoutingState
 from storage.secrets import TokenBox
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> RequestContext:
                 forward_session=forward_session,
                 routing_log=writer,
                 routing=routing,
+                locations=LocationCache(redis_client, settings.redis_prefix),
             )
             tasks = [
                 asyncio.create_task(directory.watch()),

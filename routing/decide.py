@@ -8,10 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
+
 from hub.errors import HubError, InvalidParameters, ReceiverNotConnected, UnknownReceiver
 from routing.request import Incoming, PartyKey, party_text
 from storage.directory import Directory, PartyRole, Platform
 
+# Modules the hub answers GET All for itself, from its cache (transport_and_format.asciidoc, GET All via Hubs).
+HUB_SERVED = frozenset({"locations"})
+# Client Owned Objects pushed to a Receiver at /{country_code}/{party_id}/{object_id}[...]
+CLIENT_OWNED = frozenset({"locations", "sessions", "tariffs", "tokens"})
 # Modules whose objects a CPO owns and pushes; the others are pushed by eMSPs (tokens) or sent to CPOs.
 CPO_PUSHED = frozenset({"locations", "tariffs", "sessions", "cdrs"})
 # "Broadcast Push SHALL only be used with information that is meant to be sent to all other parties": not
@@ -53,10 +59,38 @@ def sender_of(incoming: Incoming, caller: Platform) -> PartyRole:
     return sender
 
 
+class _ObjectId(msgspec.Struct):
+    id: str | None = None
+    uid: str | None = None
+
+
+def check_client_owned(incoming: Incoming, sender: PartyRole) -> None:
+    """transport_and_format.asciidoc, Client Owned Object Push: the URL names the sender as owner, and a PUT's
+    body carries the id of its URL ("server implementations are advised to return ... 2001")."""
+    segments = incoming.segments
+    if incoming.interface != "receiver" or incoming.module not in CLIENT_OWNED or len(segments) < 3:
+        return
+    if (segments[0].upper(), segments[1].upper()) != sender.key:
+        raise InvalidParameters(
+            f"the object's owner in the URL ({segments[0]}-{segments[1]}) is not the sending party"
+            f" ({party_text(sender.key)})"
+        )
+    if incoming.method == "PUT":
+        try:
+            body = msgspec.json.decode(incoming.body, type=_ObjectId)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise InvalidParameters(f"the request body is not a valid OCPI object: {exc}") from None
+        # an EVSE is identified by uid, a token by uid, everything else by id
+        in_body = body.uid if (incoming.module == "tokens" or len(segments) == 4) else body.id
+        if in_body is not None and in_body != segments[-1]:
+            raise InvalidParameters(f"the id in the URL ({segments[-1]}) differs from the id in the body ({in_body})")
+
+
 def decide(
     incoming: Incoming, caller: Platform, directory: Directory, hub: PartyKey, open_hint: PartyKey | None = None
 ) -> Route:
     sender = sender_of(incoming, caller)
+    check_client_owned(incoming, sender)
     if incoming.to == hub:
         if incoming.method == "GET":
             if incoming.interface == "sender":
@@ -67,6 +101,8 @@ def decide(
         return Route("direct", sender, (delivery_to(incoming, directory, incoming.to),))
     if open_hint is not None:
         return Route("open", sender, (delivery_to(incoming, directory, open_hint),))
+    if incoming.method == "GET" and incoming.interface == "sender" and incoming.module in HUB_SERVED:
+        return Route("hub", sender)  # no OCPI-to on a list the hub keeps: GET All via the hub
     if incoming.method in PUSH_METHODS and incoming.interface == "receiver" and incoming.module not in NO_BROADCAST:
         # Open Routing Request: "the Hub can decide ... that it needs to be broadcasted"
         return broadcast(incoming, caller, sender, directory)

@@ -111,7 +111,9 @@ def test_every_module_method_and_url_shape_is_relayed(
     receiver = connect_party(_roles(other_role), name=f"{other_role} receiver", modules=everything)
     cc, pid = party_key(sender)
     path = f"{interface}/{module}{suffix.format(cc=cc, pid=pid)}"
-    body = {"response_url": "https://emsp.example/cmd/1", "location_id": "LOC1", "id": "X"} if method != "GET" else None
+    object_id = suffix.split("?")[0].rsplit("/", 1)[-1]  # a PUT's body carries the id of its URL
+    body = {"response_url": "https://emsp.example/cmd/1", "location_id": "LOC1", "id": object_id, "uid": object_id}
+    body = None if method == "GET" else body
     if method == "DELETE":
         body = None
     request_id = str(uuid.uuid4())
@@ -167,7 +169,7 @@ def test_unreachable_receiver_answers_4003_at_once(hub: Hub, cpo_and_emsp) -> No
         "PUT",
         f"receiver/locations/{party_key(cpo)[0]}/{party_key(cpo)[1]}/L9",
         to=party_key(emsp),
-        body=LOCATION,
+        body=LOCATION | {"id": "L9"},
     )
     assert answer.json()["status_code"] == 4003
     assert time.monotonic() - started < 2

@@ -21,8 +21,8 @@ from litestar.types import HTTPScope, Receive, Scope, Send
 
 from hub.auth import identify
 from hub.envelope import ocpi_timestamp
-from hub.errors import BodyTooLarge, HubError, NotFound, OcpiError, Unauthorized
-from hub.ocpi import relayed_urls
+from hub.errors import BodyTooLarge, NotFound, OcpiError, Unauthorized
+from hub.ocpi import hub_answers, relayed_urls
 from hub.ocpi.wire import Envelope
 from hub.party_api import authorization
 from routing import open_routing
@@ -74,6 +74,7 @@ class Relay:
             "pages",
             "results",
             "relayed-cdrs",
+            "snapshots",
         )
 
     async def __call__(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
@@ -121,6 +122,9 @@ class Relay:
         self.state.last_seen[caller.platform.id] = exchange.entry.received_at
         if path.startswith((PAGES, RESULTS, CDR_LOCATIONS)):
             return await relayed_urls.follow(self, exchange, path)
+        if path.startswith(hub_answers.SNAPSHOTS):
+            exchange.sender = next(iter(caller.platform.roles), None)
+            return await hub_answers.follow(self, exchange, path)
         return await self._relay_module(exchange, path)
 
     async def _relay_module(self, exchange: Exchange, path: str) -> Answer:
@@ -136,8 +140,9 @@ class Relay:
         entry.routing = route.kind
         entry.from_country_code, entry.from_party_id = route.sender.country_code, route.sender.party_id
         if route.kind == "hub":
-            raise HubError("GET All via the hub is not available on this hub yet: address one party with OCPI-to")
+            return await hub_answers.answer(self, exchange, incoming)
         if route.kind == "broadcast":
+            self._note_location(exchange, incoming)
             return self._broadcast(exchange, incoming, route)
         delivery = route.deliveries[0]
         body, query = incoming.body, incoming.query
@@ -151,6 +156,7 @@ class Relay:
                                        delivery.url.rstrip("/") + incoming.suffix, query, body)  # fmt: skip
         if 200 <= answer.status < 300:
             open_routing.note_seen(incoming, delivery, self.state.routing)
+            self._note_location(exchange, incoming)
         await self.rewrite_urls(exchange, answer, delivery, incoming.module, incoming.interface)
         return answer
 
@@ -244,6 +250,20 @@ class Relay:
             await self.state.routing_log.record(copy)
         except LogUnavailable:
             log.error("broadcast_copy_not_logged_in_time", to=delivery.to.key, request_id=copy.request_id)
+
+    def _note_location(self, exchange: Exchange, incoming: Incoming) -> None:
+        """A location PUT or PATCH that went through updates the cache, after the caller has its answer."""
+        segments = incoming.segments
+        pushed = incoming.module == "locations" and incoming.interface == "receiver"
+        if pushed and incoming.method in ("PUT", "PATCH") and len(segments) >= 3:
+            exchange.background.append(self._update_cache((segments[0], segments[1]), incoming))
+
+    async def _update_cache(self, owner: PartyKey, incoming: Incoming) -> None:
+        try:
+            if not await self.state.locations.apply(owner, incoming.method, incoming.segments[2:], incoming.body):
+                log.info("location_cache_skipped", path=incoming.path, reason="unknown parent or not an object")
+        except Exception as exc:  # a cache: the pull sync repairs what a failed update leaves behind
+            log.warning("location_cache_update_failed", path=incoming.path, error=str(exc))
 
     def _hub_answer(self, exchange: Exchange, http_status: int, status_code: int, message: str | None) -> Answer:
         """An answer from the hub itself: OCPI-from is the hub, OCPI-to the caller's party when known."""

@@ -1,0 +1,123 @@
+"""Location requests the hub answers itself, from its cache: GET All via the hub, and single objects.
+
+transport_and_format.asciidoc, GET All via Hubs: "The Hub can then combine objects from different connected
+parties and return them to the client", FROM = the hub. A GET All freezes its list in a snapshot, so a client
+walking the Link pages sees no object twice and misses none while the cache changes underneath.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode
+
+import msgspec
+
+from hub.envelope import ocpi_timestamp
+from hub.errors import InvalidParameters, NotFound, UnknownLocation
+from routing.forward import Answer
+from routing.request import Incoming
+from storage.location_cache import epoch
+
+if TYPE_CHECKING:
+    from hub.ocpi.relay import Exchange, Relay
+
+SNAPSHOTS = "/ocpi/2.2.1/snapshots/"
+MAX_LIMIT = 1000
+
+
+async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer:
+    if incoming.module != "locations":
+        raise NotFound(f"the hub keeps no {incoming.module}: address the owner with OCPI-to headers")
+    if incoming.segments:
+        return await _single(relay, exchange, incoming.segments)
+    params = dict(parse_qsl(incoming.query))
+    owner = _owner(params)
+    date_from, date_to = _epoch(params, "date_from"), _epoch(params, "date_to")
+    offset, limit = _window(params)
+    assert exchange.sender is not None
+    snapshot_id, _ = await relay.state.locations.snapshot(owner, date_from, date_to, exchange.sender.key)
+    return await page(relay, exchange, snapshot_id, offset, limit)
+
+
+async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
+    """GET of a snapshot's next page (the Link of a GET All)."""
+    if exchange.entry.method != "GET":
+        raise NotFound(f"{path} takes GET only")
+    exchange.entry.module, exchange.entry.interface, exchange.entry.routing = "locations", "sender", "hub"
+    offset, limit = _window(dict(parse_qsl(exchange.entry.query)))
+    return await page(relay, exchange, path.removeprefix(SNAPSHOTS).strip("/"), offset, limit)
+
+
+async def page(relay: Relay, exchange: Exchange, snapshot_id: str, offset: int, limit: int) -> Answer:
+    found = await relay.state.locations.page(snapshot_id, offset, limit)
+    if found is None:
+        docs, total = [], 0
+        if offset:
+            raise NotFound("this page list expired: start again with a GET All")
+    else:
+        docs, total = found
+    body = b'{"data":[' + b",".join(docs) + b'],"status_code":1000,"status_message":null,"timestamp":"'
+    body += ocpi_timestamp().encode() + b'"}'
+    headers = _from_hub(relay, exchange) | {"x-total-count": str(total), "x-limit": str(MAX_LIMIT)}
+    if offset + len(docs) < total:
+        query = urlencode({"offset": offset + len(docs), "limit": limit})
+        headers["link"] = f'<{relay.state.settings.public_url}{SNAPSHOTS}{snapshot_id}?{query}>; rel="next"'
+    return Answer(200, headers, body)
+
+
+async def _single(relay: Relay, exchange: Exchange, segments: list[str]) -> Answer:
+    """GET /{location_id}[/{evse_uid}[/{connector_id}]] from the cache; several owners of one id: ask for OCPI-to."""
+    found = await relay.state.locations.find(segments[0])
+    assert exchange.sender is not None
+    visible = [loc for owner, loc in found if loc.get("publish") is not False or owner == exchange.sender.key]
+    if len(visible) > 1:
+        raise InvalidParameters(f"several CPOs have a location {segments[0]}: address its owner with OCPI-to")
+    target: Any = visible[0] if visible else None
+    if target is not None and len(segments) > 1:
+        target = next((e for e in target.get("evses") or [] if e.get("uid") == segments[1]), None)
+    if target is not None and len(segments) > 2:
+        target = next((c for c in target.get("connectors") or [] if c.get("id") == segments[2]), None)
+    if target is None:
+        error = UnknownLocation(f"the hub knows no {'/'.join(segments)} among the locations it has seen")
+        error.http_status = 404  # status_codes.asciidoc: a GET of a resource that does not exist
+        raise error
+    body = msgspec.json.encode({"data": target, "status_code": 1000, "timestamp": ocpi_timestamp()})
+    return Answer(200, _from_hub(relay, exchange), body)
+
+
+def _from_hub(relay: Relay, exchange: Exchange) -> dict[str, str]:
+    settings = relay.state.settings
+    headers = {"content-type": "application/json", "ocpi-from-country-code": settings.country_code,
+               "ocpi-from-party-id": settings.party_id}  # fmt: skip
+    if exchange.sender is not None:
+        headers |= {"ocpi-to-country-code": exchange.sender.country_code, "ocpi-to-party-id": exchange.sender.party_id}
+    return headers
+
+
+def _owner(params: dict[str, str]) -> tuple[str, str] | None:
+    """The hub's own filter: ?country_code=NL&party_id=ABC for the locations of one CPO."""
+    country, party = params.get("country_code", ""), params.get("party_id", "")
+    if not country and not party:
+        return None
+    if len(country) != 2 or len(party) != 3:
+        raise InvalidParameters("country_code and party_id filter one owner: two and three characters")
+    return (country.upper(), party.upper())
+
+
+def _epoch(params: dict[str, str], name: str) -> float | None:
+    if name not in params:
+        return None
+    try:
+        return epoch(params[name])
+    except ValueError:
+        raise InvalidParameters(f"{name} must be an OCPI DateTime such as 2026-11-25T10:00:00Z") from None
+
+
+def _window(params: dict[str, str]) -> tuple[int, int]:
+    try:
+        offset, limit = int(params.get("offset", 0)), int(params.get("limit", MAX_LIMIT))
+    except ValueError:
+        raise InvalidParameters("offset and limit must be whole numbers") from None
+    if offset < 0 or limit < 1:
+        raise InvalidParameters("offset must be 0 or more and limit 1 or more")
+    return offset, min(limit, MAX_LIMIT)

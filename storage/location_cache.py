@@ -1,0 +1,186 @@
+"""Every CPO's locations in Redis: kept current by the pushes the hub relays and by pull sync, read by GET All.
+
+One JSON document per location (EVSEs and connectors inside it, as the CPO sent them), a sorted set per owner
+and one for all owners ordered by last_updated, and a set of the unpublished ones. Updates follow the Receiver
+rules of mod_locations.asciidoc: PUT replaces, PATCH changes only the fields sent, and a PUT or PATCH of an EVSE
+or connector "SHALL also set the new last_updated value on the parent" EVSE and Location. Redis is a cache: what
+is lost is fetched again from the CPOs by pull sync.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import redis.asyncio as redis
+from redis.exceptions import WatchError
+
+SNAPSHOT_TTL_S = 900  # a client walking the pages of one GET All gets the same list for this long
+
+_decode = msgspec.json.decode
+_encode = msgspec.json.encode
+
+
+def epoch(timestamp: str) -> float:
+    """types.asciidoc DateTime (UTC, 'Z' or no zone) as seconds since the epoch."""
+    text = timestamp.replace("Z", "+00:00")
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.fromisoformat(text + "+00:00")
+    return moment.timestamp()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _later(a: str | None, b: str | None) -> str | None:
+    if not a or not b:
+        return a or b
+    return a if epoch(a) >= epoch(b) else b
+
+
+class LocationCache:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self._redis = client
+        self._p = f"{prefix}locations:"
+
+    def _member(self, owner: tuple[str, str], location_id: str) -> str:
+        return f"{owner[0].upper()}/{owner[1].upper()}/{location_id}"
+
+    def _doc(self, member: str) -> str:
+        return f"{self._p}doc:{member}"
+
+    def _by_owner(self, owner: tuple[str, str]) -> str:
+        return f"{self._p}by-owner:{owner[0].upper()}/{owner[1].upper()}"
+
+    async def apply(self, owner: tuple[str, str], method: str, path: list[str], body: bytes) -> bool:
+        """A PUT or PATCH of /{location_id}[/{evse_uid}[/{connector_id}]] as relayed; False if it cannot apply."""
+        member = self._member(owner, path[0])
+        update = _decode(body)
+        if not isinstance(update, dict):
+            return False
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for _ in range(20):  # optimistic: another process changing the same location makes us retry
+                try:
+                    await pipe.watch(self._doc(member))
+                    current_raw = await pipe.get(self._doc(member))
+                    current = _decode(current_raw) if current_raw else None
+                    merged = _merged(current, method, path[1:], update)
+                    if merged is None:
+                        await pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    self._store(pipe, owner, member, merged)
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+        return False
+
+    async def put_many(self, owner: tuple[str, str], locations: list[dict[str, Any]]) -> None:
+        """Whole locations as a CPO's Sender listed them (pull sync)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for location in locations:
+                if isinstance(location, dict) and location.get("id") and location.get("last_updated"):
+                    self._store(pipe, owner, self._member(owner, str(location["id"])), location)
+            await pipe.execute()
+
+    def _store(self, pipe: Any, owner: tuple[str, str], member: str, location: dict[str, Any]) -> None:
+        score = epoch(location["last_updated"])
+        pipe.set(self._doc(member), _encode(location))
+        pipe.zadd(f"{self._p}all", {member: score})
+        pipe.zadd(self._by_owner(owner), {member: score})
+        if location.get("publish") is False:
+            pipe.sadd(f"{self._p}hidden", member)
+        else:
+            pipe.srem(f"{self._p}hidden", member)
+
+    async def get(self, owner: tuple[str, str], location_id: str) -> dict[str, Any] | None:
+        raw = await self._redis.get(self._doc(self._member(owner, location_id)))
+        return _decode(raw) if raw else None
+
+    async def find(self, location_id: str) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+        """The cached locations with this id, whoever owns them (ids are unique per CPO only)."""
+        found = []
+        async for key in self._redis.scan_iter(match=f"{self._p}doc:*/*/{location_id}", count=1000):
+            member = _text(key).removeprefix(f"{self._p}doc:")
+            country, party, _ = member.split("/", 2)
+            raw = await self._redis.get(key)
+            if raw:
+                found.append(((country, party), _decode(raw)))
+        return found
+
+    async def snapshot(
+        self, owner: tuple[str, str] | None, date_from: float | None, date_to: float | None, viewer: tuple[str, str]
+    ) -> tuple[str, int]:
+        """Freeze the list a GET All pages through: (snapshot id, total). Unpublished ones only for their owner."""
+        source = self._by_owner(owner) if owner else f"{self._p}all"
+        low = "-inf" if date_from is None else str(date_from)
+        high = "+inf" if date_to is None else f"({date_to}"  # date_to is exclusive
+        members = [_text(m) for m in await self._redis.zrangebyscore(source, low, high)]
+        hidden = {_text(m) for m in await self._redis.smembers(f"{self._p}hidden")}
+        if hidden:
+            mine = f"{viewer[0]}/{viewer[1]}/"
+            members = [m for m in members if m not in hidden or m.startswith(mine)]
+        snapshot_id = secrets.token_urlsafe(12)
+        key = f"{self._p}snapshot:{snapshot_id}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for start in range(0, len(members), 5000):
+                pipe.rpush(key, *members[start : start + 5000])
+            pipe.expire(key, SNAPSHOT_TTL_S)
+            await pipe.execute()
+        return snapshot_id, len(members)
+
+    async def page(self, snapshot_id: str, offset: int, limit: int) -> tuple[list[bytes], int] | None:
+        """Raw documents at offset..offset+limit of a snapshot, and its total; None once it expired."""
+        key = f"{self._p}snapshot:{snapshot_id}"
+        total = await self._redis.llen(key)
+        if total == 0:
+            return None
+        members = await self._redis.lrange(key, offset, offset + limit - 1)
+        docs = await self._redis.mget([self._doc(_text(m)) for m in members]) if members else []
+        return [d if isinstance(d, bytes) else d.encode() for d in docs if d], total
+
+    async def count(self) -> int:
+        return int(await self._redis.zcard(f"{self._p}all"))
+
+
+def _merged(current: dict[str, Any] | None, method: str, path: list[str], update: dict[str, Any]) -> dict | None:
+    """The location after a PUT or PATCH at path ([], [evse_uid] or [evse_uid, connector_id])."""
+    if not path:
+        if method == "PUT":
+            return update
+        return None if current is None else current | update  # PATCH: the fields sent, nothing else
+    if current is None:
+        return None  # an EVSE or connector of a location the hub has not seen: pull sync will bring it
+    location = dict(current)
+    evses = [dict(e) for e in location.get("evses") or []]
+    evse = next((e for e in evses if e.get("uid") == path[0]), None)
+    if len(path) == 1:
+        if method == "PUT":
+            evses = [e for e in evses if e.get("uid") != path[0]] + [update]
+        elif evse is None:
+            return None
+        else:
+            evse.update(update)
+        changed = update.get("last_updated")
+    else:
+        if evse is None:
+            return None
+        connectors = [dict(c) for c in evse.get("connectors") or []]
+        connector = next((c for c in connectors if c.get("id") == path[1]), None)
+        if method == "PUT":
+            connectors = [c for c in connectors if c.get("id") != path[1]] + [update]
+        elif connector is None:
+            return None
+        else:
+            connector.update(update)
+        evse["connectors"] = connectors
+        changed = update.get("last_updated")
+        evse["last_updated"] = _later(evse.get("last_updated"), changed)
+    location["evses"] = evses
+    location["last_updated"] = _later(location.get("last_updated"), changed)
+    return location

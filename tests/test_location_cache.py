@@ -1,0 +1,125 @@
+"""The hub's location cache: kept by relayed pushes, served by GET All via the hub, stable pages, visibility."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import Hub
+from tests.test_routing import _roles, party_key
+
+HUB = ("NL", "HUB")
+
+
+def _location(owner, location_id: str, updated: str, **extra) -> dict:  # type: ignore[no-untyped-def]
+    evse = {"uid": "E1", "status": "AVAILABLE", "last_updated": updated,
+            "connectors": [{"id": "1", "standard": "IEC_62196_T2", "last_updated": updated}]}  # fmt: skip
+    return {"country_code": owner[0], "party_id": owner[1], "id": location_id, "publish": True,
+            "evses": [evse], "last_updated": updated} | extra  # fmt: skip
+
+
+def _push(cpo, emsp, hub: Hub, method: str, suffix: str, body: dict):  # type: ignore[no-untyped-def]
+    cc, pid = party_key(cpo)
+    answer = cpo.call(hub.base, method, f"receiver/locations/{cc}/{pid}/{suffix}", to=party_key(emsp), body=body)
+    assert answer.json()["status_code"] == 1000, answer.text
+    return answer
+
+
+def _get(party, hub: Hub, path: str, to=HUB):  # type: ignore[no-untyped-def]
+    return party.call(hub.base, "GET", path, to=to)
+
+
+def _eventually(check, timeout: float = 5.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_pushes_fill_the_cache_with_patch_semantics_and_the_hub_answers_single_objects(hub: Hub, connect_party) -> None:
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    owner = party_key(cpo)
+    location_id = f"PATCH-{owner[1]}"
+    _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-25T08:00:00Z", name="Old"))
+    # a PATCH of one EVSE's status changes that status and last_updated (and the parent's), nothing else
+    _push(cpo, emsp, hub, "PATCH", f"{location_id}/E1", {"status": "CHARGING", "last_updated": "2026-11-25T09:00:00Z"})
+
+    def patched() -> dict:
+        answer = _get(emsp, hub, f"sender/locations/{location_id}")
+        assert answer.status_code == 200 and answer.json()["status_code"] == 1000, answer.text
+        data = answer.json()["data"]
+        assert data["evses"][0]["status"] == "CHARGING"
+        return answer
+
+    answer = _eventually(patched)
+    data = answer.json()["data"]
+    assert data["name"] == "Old" and data["last_updated"] == "2026-11-25T09:00:00Z"
+    assert data["evses"][0]["last_updated"] == "2026-11-25T09:00:00Z"
+    assert data["evses"][0]["connectors"] == [{"id": "1", "standard": "IEC_62196_T2",
+                                               "last_updated": "2026-11-25T08:00:00Z"}]  # fmt: skip
+    assert answer.headers["OCPI-from-party-id"] == "HUB"
+    connector = _get(emsp, hub, f"sender/locations/{location_id}/E1/1").json()["data"]
+    assert connector["standard"] == "IEC_62196_T2"
+    missing = _get(emsp, hub, f"sender/locations/{location_id}/E9")
+    assert (missing.status_code, missing.json()["status_code"]) == (404, 2003)
+    # the hub answered by itself: nothing reached the CPO
+    assert [r for r in cpo.functional() if r.method == "GET"] == []
+
+
+def test_get_all_via_the_hub_walks_every_location_once_while_the_cache_changes(hub: Hub, connect_party) -> None:
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    owner = party_key(cpo)
+    for n in range(25):
+        _push(cpo, emsp, hub, "PUT", f"W{n:02d}", _location(owner, f"W{n:02d}", f"2026-11-20T10:{n:02d}:00Z"))
+    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=10"
+    _eventually(lambda: _assert_total(emsp, hub, query, 25))
+    seen, url, pages = [], query, 0
+    while url:
+        answer = _get(emsp, hub, url)
+        assert answer.json()["status_code"] == 1000 and answer.headers["X-Total-Count"] == "25"
+        assert answer.headers["X-Limit"] == "1000"
+        seen += [loc["id"] for loc in answer.json()["data"]]
+        if pages == 0:  # the CPO updates an early location while the eMSP is walking the pages
+            _push(cpo, emsp, hub, "PATCH", "W00", {"name": "moved", "last_updated": "2026-11-25T11:00:00Z"})
+            time.sleep(0.2)
+        link = answer.headers.get("Link")
+        url = link.split(">")[0].lstrip("<") if link else None
+        pages += 1
+    assert seen == [f"W{n:02d}" for n in range(25)] and pages == 3
+    # date_from is inclusive, date_to exclusive
+    window = _get(emsp, hub, query + "&date_from=2026-11-20T10:05:00Z&date_to=2026-11-20T10:07:00Z").json()
+    assert [loc["id"] for loc in window["data"]] == ["W05", "W06"]
+
+
+def _assert_total(party, hub: Hub, query: str, total: int) -> None:  # type: ignore[no-untyped-def]
+    assert _get(party, hub, query).headers.get("X-Total-Count") == str(total)
+
+
+def test_unpublished_locations_are_shown_to_their_owner_only(hub: Hub, connect_party) -> None:
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    owner = party_key(cpo)
+    _push(cpo, emsp, hub, "PUT", "PUB", _location(owner, "PUB", "2026-11-21T10:00:00Z"))
+    _push(cpo, emsp, hub, "PUT", "HIDDEN", _location(owner, "HIDDEN", "2026-11-21T10:01:00Z", publish=False))
+    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}"
+    _eventually(lambda: _assert_total(cpo, hub, query, 2))
+    assert [loc["id"] for loc in _get(emsp, hub, query).json()["data"]] == ["PUB"]
+    assert _get(emsp, hub, "sender/locations/HIDDEN").status_code == 404
+    assert _get(cpo, hub, "sender/locations/HIDDEN").json()["data"]["id"] == "HIDDEN"
+
+
+@pytest.mark.parametrize(
+    ("suffix", "body", "complaint"),
+    [("{other}/LOC1", {"id": "LOC1"}, "is not the sending party"), ("{mine}/LOC1", {"id": "LOC2"}, "differs")],
+)
+def test_client_owned_push_must_name_its_sender_and_its_id(hub: Hub, connect_party, suffix, body, complaint) -> None:  # type: ignore[no-untyped-def]
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    mine = "/".join(party_key(cpo))
+    path = "receiver/locations/" + suffix.format(mine=mine, other="NL/ZZZ")
+    answer = cpo.call(hub.base, "PUT", path, to=party_key(emsp), body=body)
+    assert answer.json()["status_code"] == 2001 and complaint in answer.json()["status_message"]
+    assert emsp.functional() == []

@@ -26,6 +26,7 @@ from hub.ocpi.relay import Relay
 from hub.request_context import RequestContext
 from hub.settings import Settings
 from routing.forward import open_session
+from routing.pull_sync import PullSync, run_scheduled
 from storage.directory import DirectoryCache
 from storage.location_cache import LocationCache
 from storage.routing_log import RoutingLogWriter
@@ -72,11 +73,23 @@ def create_app(settings: Settings | None = None) -> RequestContext:
                 routing_log=writer,
                 routing=routing,
                 locations=LocationCache(redis_client, settings.redis_prefix),
+                location_sync_wake=asyncio.Event(),
             )
+            hub_party = (settings.country_code, settings.party_id)
+            sync = PullSync(http, app.state.locations, redis_client, settings.redis_prefix, hub_party, writer.record)
             tasks = [
                 asyncio.create_task(directory.watch()),
                 asyncio.create_task(_flush_last_seen(app.state)),
                 asyncio.create_task(client_info.run_pushes(app.state)),
+                asyncio.create_task(
+                    run_scheduled(
+                        sync,
+                        lambda: directory.current,
+                        app.state.location_sync_wake,
+                        settings.sync_interval_s,
+                        settings.sync_check_s,
+                    )
+                ),
             ]
             log.info(
                 "hub_started",

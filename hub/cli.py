@@ -22,6 +22,7 @@ COMMANDS_HELP = """commands:
   migrate   apply the database migrations and exit
   invite    create a platform with its roles and print its token A and the hub's versions URL
   connect   register the hub at a party that gave the hub a versions URL and a token A
+  sync      pull the CPOs' locations into the hub's cache: ocpi-hub sync locations [--party NL-ABC] [--full]
 """
 
 
@@ -62,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ROLE:CC:PARTY",
         help="a role it may register, e.g. CPO:NL:ABC (repeat for several)",
     )
+    sync = commands.add_parser("sync", help="pull every CPO's locations into the hub's cache (progress on stderr)")
+    sync.add_argument("what", choices=["locations"], help="what to sync")
+    sync.add_argument("--party", metavar="CC-PARTY", help="one CPO only, e.g. NL-ABC")
+    sync.add_argument("--full", action="store_true", help="everything, not only what changed since the last sync")
     connect = commands.add_parser("connect", help="register the hub at a party (the hub must be running)")
     connect.add_argument("--versions-url", required=True, help="the party's versions URL")
     connect.add_argument("--token-a", required=True, help="the token A the party gave the hub operator")
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _run(_invite, ready, args)
             if args.command == "connect":
                 return _run(_connect, ready, args)
+            if args.command == "sync":
+                return _run(_sync, ready, args)
             return 0
     except EmbeddedServiceError as exc:
         print(f"ocpi-hub: {exc}", file=sys.stderr)
@@ -198,6 +205,43 @@ async def _connect(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
             return 1
     print(msgspec.json.format(msgspec.json.encode(connected)).decode())
     return 0
+
+
+async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, redis_client: redis.Redis) -> int:
+    from routing.pull_sync import PullSync, cpo_parties
+    from storage.directory import load_directory
+    from storage.location_cache import LocationCache
+    from storage.routing_log import RoutingLogWriter
+    from storage.secrets import TokenBox
+
+    async with pool.acquire() as conn:
+        directory = await load_directory(conn, TokenBox(settings.secret_key or ""))
+    parties = cpo_parties(directory)
+    if args.party:
+        wanted = tuple(args.party.upper().split("-", 1))
+        parties = [(p, r) for p, r in parties if r.key == wanted]
+        if not parties:
+            print(f"ocpi-hub: no connected CPO {args.party} with a locations Sender", file=sys.stderr)
+            return 1
+
+    def progress(party: tuple[str, str], done: int, total: int | None) -> None:
+        print(f"\r{party[0]}-{party[1]}: {done}/{total if total is not None else '?'} locations", end="",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    writer = RoutingLogWriter(pool, body_cap=settings.log_body_max_bytes)
+    hub = (settings.country_code, settings.party_id)
+    async with httpx.AsyncClient(timeout=settings.forward_timeout_s) as http, writer.running():
+        sync = PullSync(http, LocationCache(redis_client, settings.redis_prefix), redis_client,
+                        settings.redis_prefix, hub, writer.record)  # fmt: skip
+        results = await sync.run(parties, full=args.full, progress=progress)
+    print(file=sys.stderr)
+    if results is None:
+        print("ocpi-hub: another hub process is syncing now; try again later", file=sys.stderr)
+        return 1
+    summary = [{"party": f"{r.party[0]}-{r.party[1]}", "locations": r.locations, "pages": r.pages, "full": r.full,
+                "error": r.error} for r in results]  # fmt: skip
+    print(msgspec.json.format(msgspec.json.encode(summary)).decode())
+    return 1 if any(r.error for r in results) else 0
 
 
 if __name__ == "__main__":

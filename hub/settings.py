@@ -37,6 +37,8 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("OCPI_HUB_MAX_BODY_BYTES", "10000000", "largest request body accepted (larger: HTTP 413)"),
     ("OCPI_HUB_LOG_MODE", "strict", "strict: a routing-log row is committed before the caller is answered; async: not"),
     ("OCPI_HUB_LOG_BODY_MAX_BYTES", "1048576", "bodies kept in the routing log are cut at this size"),
+    ("OCPI_HUB_SYNC_INTERVAL_S", "3600", "seconds between incremental pull syncs of every CPO's locations"),
+    ("OCPI_HUB_SYNC_CHECK_S", "10", "seconds between checks for CPOs never synced (new, or Redis lost its data)"),
     ("OCPI_HUB_REDIS_PREFIX", "ocpi-hub:", "prefix of every Redis key, so several hubs can share one Redis"),
     ("OCPI_HUB_LOG_LEVEL", "info", "debug, info, warning or error"),
 )
@@ -60,6 +62,8 @@ class Settings:
     forward_timeout_s: float
     max_body_bytes: int
     log_mode: str
+    sync_interval_s: float
+    sync_check_s: float
     log_body_max_bytes: int
     redis_prefix: str
     log_level: str
@@ -124,6 +128,8 @@ class Settings:
             forward_timeout_s=_number("OCPI_HUB_FORWARD_TIMEOUT_S", get("OCPI_HUB_FORWARD_TIMEOUT_S") or "30", float),
             max_body_bytes=int(_number("OCPI_HUB_MAX_BODY_BYTES", get("OCPI_HUB_MAX_BODY_BYTES") or "10000000", int)),
             log_mode=log_mode,
+            sync_interval_s=_number("OCPI_HUB_SYNC_INTERVAL_S", get("OCPI_HUB_SYNC_INTERVAL_S") or "3600", float),
+            sync_check_s=_number("OCPI_HUB_SYNC_CHECK_S", get("OCPI_HUB_SYNC_CHECK_S") or "10", float),
             log_body_max_bytes=int(
                 _number("OCPI_HUB_LOG_BODY_MAX_BYTES", get("OCPI_HUB_LOG_BODY_MAX_BYTES") or "1048576", int)
             ),

@@ -148,6 +148,7 @@ def hub_env(services: Services, data_dir: Path, **extra: str) -> dict[str, str]:
         OCPI_HUB_COUNTRY_CODE="NL",
         OCPI_HUB_PARTY_ID="HUB",
         OCPI_HUB_FORWARD_TIMEOUT_S="2",
+        OCPI_HUB_SYNC_CHECK_S="0.5",
     )
     env.update(extra)
     return env

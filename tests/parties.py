@@ -13,6 +13,7 @@ import secrets
 import socket
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -175,6 +176,9 @@ class Party:
     def _page(self, request: web.Request, module: str) -> web.Response:
         """A Sender's paginated list (transport_and_format.asciidoc, Pagination), its Link pointing at itself."""
         everything = self.objects.get(module, [])
+        if "date_from" in request.query:
+            since = _moment(request.query["date_from"])
+            everything = [o for o in everything if _moment(o.get("last_updated", "1970-01-01T00:00:00Z")) >= since]
         offset = int(request.query.get("offset", 0))
         limit = min(int(request.query.get("limit", self.page_size)), self.page_size)
         headers = {"X-Total-Count": str(len(everything)), "X-Limit": str(self.page_size)}
@@ -226,9 +230,24 @@ class Party:
         return httpx.request(method, url, headers=sent, json=body, content=content, timeout=30)
 
     def functional(self) -> list[Received]:
-        """Requests of the functional modules (not versions, credentials or the hub's ClientInfo pushes)."""
+        """Requests of the functional modules, but not versions, credentials, the hub's ClientInfo pushes or
+        the hub's own pull sync of locations."""
         configuration = ("/ocpi/versions", "/ocpi/2.2.1", "/ocpi/2.2.1/credentials")
-        return [r for r in self.received if r.path not in configuration and "/hubclientinfo/" not in r.path]
+        return [
+            r
+            for r in self.received
+            if r.path not in configuration and "/hubclientinfo/" not in r.path and r not in self.syncs()
+        ]
+
+    def syncs(self) -> list[Received]:
+        """The hub's pull sync: GETs of our locations Sender from the hub itself."""
+        return [
+            r
+            for r in self.received
+            if r.method == "GET"
+            and r.path == "/ocpi/2.2.1/locations/sender"
+            and r.headers.get("OCPI-from-party-id") == "HUB"
+        ]
 
     def client_infos(self) -> list[Received]:
         return [r for r in self.received if "/hubclientinfo/" in r.path]
@@ -245,6 +264,10 @@ class Party:
             self.hub_credentials = answer.json()["data"]
             self.hub_token = self.hub_credentials["token"]
         return answer
+
+
+def _moment(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _default_modules(roles: list[tuple[str, str, str]]) -> dict[str, list[str]]:

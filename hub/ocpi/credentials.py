@@ -111,6 +111,7 @@ async def _exchange(request: Request[Caller, str, State], *, expected_state: str
     except platforms.StaleExchange:
         raise Unauthorized("this token was used up by a concurrent credentials exchange") from None
     await state.directory.changed()
+    state.location_sync_wake.set()  # a new CPO's locations are pulled into the cache at once
     log.info(
         "platform_registered" if expected_state == "INVITED" else "platform_credentials_updated",
         platform_id=caller.platform.id,

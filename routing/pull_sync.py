@@ -1,0 +1,198 @@
+"""Pull sync: the hub fills its location cache from each CPO's locations Sender (control plane, httpx).
+
+mod_locations.asciidoc Sender GET, paginated per transport_and_format.asciidoc: the hub follows the Link headers
+to the last page, and afterwards asks only for what changed since the last successful sync (date_from), the two
+things OCPI clients most often get wrong. One hub process syncs at a time (a lock in Redis). Every page it asks
+for is a message the hub sends on its own, so each leaves a routing-log row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
+
+import httpx
+import msgspec
+import redis.asyncio as redis
+import structlog
+
+from hub.envelope import ocpi_timestamp
+from hub.party_api import authorization
+from storage.directory import Directory, PartyRole, Platform
+from storage.location_cache import LocationCache
+from storage.routing_log import LogEntry
+
+log = structlog.get_logger()
+
+_NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
+LOCK_TTL_S = 900
+RETRY_AFTER_FAILURE_S = 300  # a CPO whose Sender failed is not asked again before this
+
+
+class _Page(msgspec.Struct):
+    status_code: int
+    data: list[dict] | None = None  # type: ignore[type-arg]
+
+
+@dataclass
+class SyncResult:
+    party: tuple[str, str]
+    locations: int = 0
+    pages: int = 0
+    full: bool = True
+    error: str | None = None
+
+
+Progress = Callable[[tuple[str, str], int, int | None], None]
+Record = Callable[[LogEntry], Awaitable[None]]
+
+
+def cpo_parties(directory: Directory) -> list[tuple[Platform, PartyRole]]:
+    """Every connected CPO party whose platform has a locations Sender."""
+    return [
+        (platform, role)
+        for platform in directory.platforms.values()
+        if platform.state == "REGISTERED" and platform.endpoint("locations", "SENDER")
+        for role in platform.roles
+        if role.role == "CPO" and role.status == "CONNECTED"
+    ]
+
+
+class PullSync:
+    def __init__(
+        self, http: httpx.AsyncClient, cache: LocationCache, client: redis.Redis, prefix: str,
+        hub: tuple[str, str], record: Record | None = None,
+    ) -> None:  # fmt: skip
+        self._http, self._cache, self._redis, self._record = http, cache, client, record
+        self._prefix, self._hub = prefix, hub
+
+    def _synced_key(self, party: tuple[str, str]) -> str:
+        return f"{self._prefix}locations:synced:{party[0]}/{party[1]}"
+
+    def _failed_key(self, party: tuple[str, str]) -> str:
+        return f"{self._prefix}locations:sync-failed:{party[0]}/{party[1]}"
+
+    async def never_synced(self, parties: list[tuple[Platform, PartyRole]]) -> list[tuple[Platform, PartyRole]]:
+        """Parties with no successful sync in Redis: new ones, or all of them after Redis lost its data (but not
+        one whose Sender failed in the last RETRY_AFTER_FAILURE_S)."""
+        if not parties:
+            return []
+        synced = await self._redis.mget([self._synced_key(role.key) for _, role in parties])
+        failed = await self._redis.mget([self._failed_key(role.key) for _, role in parties])
+        return [party for party, ok, bad in zip(parties, synced, failed, strict=True) if ok is None and bad is None]
+
+    async def run(
+        self, parties: list[tuple[Platform, PartyRole]], *, full: bool = False, progress: Progress | None = None
+    ) -> list[SyncResult] | None:
+        """Sync the given parties; None if another process holds the sync lock."""
+        lock, token = f"{self._prefix}locations:sync-lock", secrets.token_hex(8)
+        if not await self._redis.set(lock, token, nx=True, ex=LOCK_TTL_S):
+            return None
+        try:
+            return [await self.sync_party(platform, role, full=full, progress=progress) for platform, role in parties]
+        finally:
+            if await self._redis.get(lock) == token.encode():
+                await self._redis.delete(lock)
+
+    async def sync_party(
+        self, platform: Platform, role: PartyRole, *, full: bool = False, progress: Progress | None = None
+    ) -> SyncResult:
+        party = role.key
+        since = None if full else await self._redis.get(self._synced_key(party))
+        # Objects changed while the sync runs are fetched again next time: the mark is the start, a bit early.
+        started = datetime.now(UTC) - timedelta(seconds=1)
+        result = SyncResult(party, full=since is None)
+        query = {"date_from": since.decode() if isinstance(since, bytes) else since} if since else {}
+        url: str | None = (platform.endpoint("locations", "SENDER") or "").rstrip("/")
+        url = f"{url}?{urlencode(query)}" if query else url
+        correlation = str(uuid.uuid4())
+        while url:
+            locations, url, total = await self._page(platform, role, url, correlation)
+            if locations is None:
+                result.error = "the CPO's locations Sender could not be read; see the routing log"
+                log.warning("location_sync_failed", party=f"{party[0]}-{party[1]}", pages=result.pages)
+                await self._redis.set(self._failed_key(party), "1", ex=RETRY_AFTER_FAILURE_S)
+                return result
+            # transport_and_format.asciidoc, Client Owned Object Pull: objects of another owner "may be ignored"
+            owned = [loc for loc in locations if _owner(loc) == party]
+            await self._cache.put_many(party, owned)
+            result.locations += len(owned)
+            result.pages += 1
+            if progress:
+                progress(party, result.locations, total)
+        await self._redis.set(self._synced_key(party), ocpi_timestamp(started))
+        log.info("location_sync_done", party=f"{party[0]}-{party[1]}", locations=result.locations,
+                 pages=result.pages, full=result.full)  # fmt: skip
+        return result
+
+    async def _page(
+        self, platform: Platform, role: PartyRole, url: str, correlation: str
+    ) -> tuple[list[dict] | None, str | None, int | None]:  # type: ignore[type-arg]
+        """One page: (its locations or None on failure, the next page's URL, X-Total-Count)."""
+        request_id = str(uuid.uuid4())
+        headers = {"Authorization": authorization(platform.token_b or "", platform.token_encoding),
+                   "X-Request-ID": request_id, "X-Correlation-ID": correlation,
+                   "OCPI-from-country-code": self._hub[0], "OCPI-from-party-id": self._hub[1],
+                   "OCPI-to-country-code": role.country_code, "OCPI-to-party-id": role.party_id}  # fmt: skip
+        started, entry = time.perf_counter(), LogEntry(
+            received_at=datetime.now(UTC), request_id=request_id, forwarded_request_id=request_id,
+            correlation_id=correlation, module="locations", interface="sender", method="GET",
+            path=httpx.URL(url).path, query=httpx.URL(url).query.decode(), routing="hub",
+            from_country_code=self._hub[0], from_party_id=self._hub[1], to_country_code=role.country_code,
+            to_party_id=role.party_id, receiver_platform_id=platform.id,
+        )  # fmt: skip
+        locations, next_url, total = None, None, None
+        try:
+            response = await self._http.get(url, headers=headers, follow_redirects=True)
+            entry.http_status, entry.response_body = response.status_code, response.content
+            page = msgspec.json.decode(response.content, type=_Page)
+            entry.ocpi_status_code = page.status_code
+            if response.status_code == 200 and page.status_code == 1000:
+                locations = page.data or []
+                if match := _NEXT.search(response.headers.get("link", "")):
+                    next_url = match.group(1)
+                count = response.headers.get("x-total-count", "")
+                total = int(count) if count.isdigit() else None
+        except (httpx.HTTPError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            entry.error = f"{type(exc).__name__}: {exc}"
+        entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        if self._record is not None:
+            await self._record(entry)
+        return locations, next_url, total
+
+
+def _owner(location: dict) -> tuple[str, str]:  # type: ignore[type-arg]
+    return (str(location.get("country_code", "")).upper(), str(location.get("party_id", "")).upper())
+
+
+async def run_scheduled(sync: PullSync, directory: Callable[[], Directory], wake: asyncio.Event,
+                        interval_s: float, check_s: float) -> None:  # fmt: skip
+    """For the life of the process: sync new parties at once (a registration sets `wake`), parties whose sync
+    marks vanished (Redis lost its data: the cache is rebuilt), and every party each interval_s."""
+    last_round = time.monotonic()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), check_s)
+        wake.clear()
+        try:
+            parties = cpo_parties(directory())
+            due = await sync.never_synced(parties)
+            if due:
+                log.info("location_sync_needed", parties=[f"{r.country_code}-{r.party_id}" for _, r in due],
+                         reason="never synced, or the cache lost its data")  # fmt: skip
+            if time.monotonic() - last_round >= interval_s:
+                due, last_round = parties, time.monotonic()
+            if due and await sync.run(due) is None:
+                log.info("location_sync_skipped", reason="another hub process is syncing")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis or a party briefly away: the next round tries again
+            log.warning("location_sync_round_failed", error=str(exc))

@@ -1,0 +1,90 @@
+"""Pull sync: the hub fills its location cache from each CPO's Sender, page by page, then incrementally."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import redis
+
+from tests.conftest import ROOT, Hub, Services
+from tests.test_routing import _roles, party_key
+
+HUB = ("NL", "HUB")
+
+
+def _locations(owner, count: int, updated: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [{"country_code": owner[0], "party_id": owner[1], "id": f"S{n:04d}", "publish": True,
+             "last_updated": updated} for n in range(count)]  # fmt: skip
+
+
+def _cached_total(reader, hub: Hub, owner) -> int:  # type: ignore[no-untyped-def]
+    answer = reader.call(hub.base, "GET", f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=1",
+                         to=HUB)  # fmt: skip
+    return int(answer.headers.get("X-Total-Count", 0))
+
+
+def _wait(condition, timeout: float = 15.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+    return found
+
+
+def test_a_new_cpo_is_pulled_across_every_page_then_synced_incrementally(hub: Hub, start_party, connect_party) -> None:
+    reader = connect_party(_roles("EMSP"))
+    roles = _roles("CPO")
+    cpo = start_party(roles, page_size=50)
+    owner = party_key(cpo)
+    cpo.objects["locations"] = _locations(owner, 300, "2026-11-01T00:00:00Z")
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    _wait(lambda: _cached_total(reader, hub, owner) == 300)
+    first = cpo.syncs()
+    assert len(first) == 6 and [r.query for r in first][1:] == [f"offset={n}&limit=50" for n in range(50, 300, 50)]
+    assert all(r.headers["OCPI-to-party-id"] == owner[1] for r in first)
+    # Incremental: only what changed since the last sync is asked for, and it lands in the cache.
+    fresh = (datetime.now(UTC) + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cpo.objects["locations"].append(_locations(owner, 301, fresh)[-1])
+    result = subprocess.run([sys.executable, "-m", "hub.cli", "sync", "locations", "--party", "-".join(owner)],
+                            env=hub.env, cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [summary] = json.loads(result.stdout)
+    assert summary == {"party": "-".join(owner), "locations": 1, "pages": 1, "full": False, "error": None}
+    assert "locations" in result.stderr  # the progress line
+    assert cpo.syncs()[-1].query.startswith("date_from=")
+    assert _cached_total(reader, hub, owner) == 301
+
+
+def test_the_cache_is_rebuilt_after_redis_lost_it(hub: Hub, services: Services, start_party, connect_party) -> None:
+    reader = connect_party(_roles("EMSP"))
+    roles = _roles("CPO")
+    cpo = start_party(roles)
+    owner = party_key(cpo)
+    cpo.objects["locations"] = _locations(owner, 12, "2026-11-02T00:00:00Z")
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    _wait(lambda: _cached_total(reader, hub, owner) == 12)
+    client = redis.Redis.from_url(services.redis_url)
+    for key in client.scan_iter(match=f"{services.redis_prefix}locations:*"):
+        client.delete(key)
+    client.close()
+    assert _cached_total(reader, hub, owner) == 0
+    _wait(lambda: _cached_total(reader, hub, owner) == 12)
+    assert "location_sync_needed" in hub.log()
+
+
+def test_a_failing_cpo_sender_is_logged_and_not_hammered(hub: Hub, start_party, connect_party, db) -> None:
+    roles = _roles("CPO")
+    cpo = start_party(roles)
+    owner = party_key(cpo)
+    cpo.canned[("GET", "/ocpi/2.2.1/locations/sender")] = (500, b"<html>down</html>", {})
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    _wait(lambda: cpo.syncs())
+    time.sleep(2)  # several sync checks later
+    assert len(cpo.syncs()) == 1
+    rows = db.run(db.fetch("SELECT routing, http_status, module FROM routing_log WHERE to_party_id = $1 "
+                           "AND routing = 'hub' AND module = 'locations'", owner[1]))  # fmt: skip
+    assert [(r["routing"], r["http_status"]) for r in rows] == [("hub", 500)]

@@ -27,6 +27,7 @@ from hub.request_context import RequestContext
 from hub.settings import Settings
 from routing.forward import open_session
 from routing.pull_sync import PullSync, run_scheduled
+from routing.still_alive import StillAlive
 from storage.directory import DirectoryCache
 from storage.location_cache import LocationCache
 from storage.routing_log import RoutingLogWriter
@@ -76,11 +77,16 @@ def create_app(settings: Settings | None = None) -> RequestContext:
                 location_sync_wake=asyncio.Event(),
             )
             hub_party = (settings.country_code, settings.party_id)
+            app.state.still_alive = StillAlive(
+                pool, redis_client, settings.redis_prefix, http, lambda: directory.current, hub_party, writer.record,
+                settings.still_alive_s, settings.offline_probe_s,
+            )  # fmt: skip
             sync = PullSync(http, app.state.locations, redis_client, settings.redis_prefix, hub_party, writer.record)
             tasks = [
                 asyncio.create_task(directory.watch()),
                 asyncio.create_task(_flush_last_seen(app.state)),
                 asyncio.create_task(client_info.run_pushes(app.state)),
+                asyncio.create_task(app.state.still_alive.run()),
                 asyncio.create_task(
                     run_scheduled(
                         sync,

@@ -140,6 +140,8 @@ async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) 
         entry.ocpi_status_code = ocpi_status_of(answer.body)
     except OcpiError as exc:
         entry.http_status, entry.ocpi_status_code, entry.error = exc.http_status, exc.status_code, exc.message
+        if exc.status_code in (4002, 4003):
+            state.still_alive.suspect(platform.id)
     entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
     try:
         await state.routing_log.record(entry)

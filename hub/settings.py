@@ -39,6 +39,8 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("OCPI_HUB_LOG_BODY_MAX_BYTES", "1048576", "bodies kept in the routing log are cut at this size"),
     ("OCPI_HUB_SYNC_INTERVAL_S", "3600", "seconds between incremental pull syncs of every CPO's locations"),
     ("OCPI_HUB_SYNC_CHECK_S", "10", "seconds between checks for CPOs never synced (new, or Redis lost its data)"),
+    ("OCPI_HUB_STILL_ALIVE_S", "300", "silence (s) after which the hub GETs a party's versions to see it is alive"),
+    ("OCPI_HUB_OFFLINE_PROBE_S", "30", "seconds between probes of an OFFLINE party (and after a failed forward)"),
     ("OCPI_HUB_REDIS_PREFIX", "ocpi-hub:", "prefix of every Redis key, so several hubs can share one Redis"),
     ("OCPI_HUB_LOG_LEVEL", "info", "debug, info, warning or error"),
 )
@@ -64,6 +66,8 @@ class Settings:
     log_mode: str
     sync_interval_s: float
     sync_check_s: float
+    still_alive_s: float
+    offline_probe_s: float
     log_body_max_bytes: int
     redis_prefix: str
     log_level: str
@@ -130,6 +134,8 @@ class Settings:
             log_mode=log_mode,
             sync_interval_s=_number("OCPI_HUB_SYNC_INTERVAL_S", get("OCPI_HUB_SYNC_INTERVAL_S") or "3600", float),
             sync_check_s=_number("OCPI_HUB_SYNC_CHECK_S", get("OCPI_HUB_SYNC_CHECK_S") or "10", float),
+            still_alive_s=_number("OCPI_HUB_STILL_ALIVE_S", get("OCPI_HUB_STILL_ALIVE_S") or "300", float),
+            offline_probe_s=_number("OCPI_HUB_OFFLINE_PROBE_S", get("OCPI_HUB_OFFLINE_PROBE_S") or "30", float),
             log_body_max_bytes=int(
                 _number("OCPI_HUB_LOG_BODY_MAX_BYTES", get("OCPI_HUB_LOG_BODY_MAX_BYTES") or "1048576", int)
             ),

@@ -117,6 +117,10 @@ def delivery_to(incoming: Incoming, directory: Directory, to: PartyKey) -> Deliv
     if platform is None:
         raise UnknownReceiver(f"unknown receiver {party_text(to)}: no such party is connected to this hub")
     role = next(r for r in platform.roles if r.key == to)
+    if role.status == "OFFLINE":  # mod_hub_client_info.asciidoc: "No requests can be sent"; fail fast, no queue
+        raise ReceiverNotConnected(
+            f"receiver {party_text(to)} is OFFLINE: it stopped answering the hub, which keeps probing it"
+        )
     if platform.state != "REGISTERED" or role.status != "CONNECTED":
         raise ReceiverNotConnected(f"receiver {party_text(to)} is not connected (status {role.status})")
     url = platform.endpoint(incoming.module, incoming.interface.upper())

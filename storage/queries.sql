@@ -176,3 +176,24 @@ FROM client_info_push WHERE delivered_at IS NULL ORDER BY id LIMIT 50 FOR UPDATE
 
 -- name: client_info_pushed
 UPDATE client_info_push SET delivered_at = now() WHERE id = any($1::bigint[]);
+
+-- name: silent_platforms
+-- mod_hub_client_info.asciidoc, Still alive check: connected platforms the hub has heard nothing from for $1 s.
+SELECT p.id FROM platform p
+WHERE p.state = 'REGISTERED'
+  AND coalesce(p.last_seen, p.registered_at) < now() - make_interval(secs => $1)
+  AND EXISTS (SELECT 1 FROM party_role r WHERE r.platform_id = p.id AND r.status = 'CONNECTED');
+
+-- name: set_platform_liveness
+-- A registered platform's roles go OFFLINE or back to CONNECTED together; each change is pushed as ClientInfo.
+WITH changed AS (
+    UPDATE party_role r SET status = $2, status_changed_at = now()
+    FROM platform p
+    WHERE p.id = $1 AND r.platform_id = p.id AND p.state = 'REGISTERED'
+      AND r.status IN ('CONNECTED', 'OFFLINE') AND r.status <> $2
+    RETURNING r.platform_id, r.role, r.country_code, r.party_id, r.status, r.status_changed_at
+), pushed AS (
+    INSERT INTO client_info_push (platform_id, role, country_code, party_id, status, last_updated)
+    SELECT platform_id, role, country_code, party_id, status, status_changed_at FROM changed
+)
+SELECT count(*) FROM changed;

@@ -91,6 +91,11 @@ class Party:
         self._runner = None
         self._loop.call_soon_threadsafe(self._loop.stop)
 
+    def resume(self) -> Party:
+        """Serve again on the same port after stop(): a party back from an outage."""
+        self._loop, self._started = asyncio.new_event_loop(), threading.Event()
+        return self.start()
+
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
         app = web.Application(client_max_size=20_000_000)

@@ -21,7 +21,7 @@ from litestar.types import HTTPScope, Receive, Scope, Send
 
 from hub.auth import identify
 from hub.envelope import ocpi_timestamp
-from hub.errors import BodyTooLarge, NotFound, OcpiError, Unauthorized
+from hub.errors import BodyTooLarge, ForwardTimeout, NotFound, OcpiError, ReceiverNotConnected, Unauthorized
 from hub.ocpi import hub_answers, relayed_urls
 from hub.ocpi.wire import Envelope
 from hub.party_api import authorization
@@ -120,6 +120,8 @@ class Relay:
         exchange.caller = caller.platform
         exchange.entry.caller_platform_id = caller.platform.id
         self.state.last_seen[caller.platform.id] = exchange.entry.received_at
+        if any(role.status == "OFFLINE" for role in caller.platform.roles):
+            self.state.still_alive.suspect(caller.platform.id)  # it is talking again: check its own server now
         if path.startswith((PAGES, RESULTS, CDR_LOCATIONS)):
             return await relayed_urls.follow(self, exchange, path)
         if path.startswith(hub_answers.SNAPSHOTS):
@@ -181,7 +183,12 @@ class Relay:
             headers["Content-Type"] = exchange.headers.get("content-type", "application/json")
         target = yarl.URL(f"{url}?{query}" if query else url, encoded=True)
         timeout = self.state.settings.forward_timeout_s
-        answer = await forward(self.state.forward_session, method, target, headers, body, timeout)  # type: ignore[arg-type]
+        try:
+            answer = await forward(self.state.forward_session, method, target, headers, body, timeout)  # type: ignore[arg-type]
+        except (ForwardTimeout, ReceiverNotConnected):
+            self.state.still_alive.suspect(platform.id)
+            raise
+        self.state.last_seen[platform.id] = datetime.now(UTC)  # a message received from it (still-alive)
         # A response carries the routing headers swapped; filled in even when the receiver sent none.
         answer.headers.update(
             {

@@ -1,0 +1,119 @@
+"""Still-alive: the hub notices parties that stopped answering and moves them between CONNECTED and OFFLINE.
+
+mod_hub_client_info.asciidoc, Still alive check: "the Hub should keep track of the time that has passed since the
+last message was received from a connected party. When this is longer then X minutes (when unsure, start with 5
+minutes) the Hub should send a: GET to the Version information endpoint." A forward that fails to connect or times
+out makes the hub probe at once. An OFFLINE party gets no requests ("No requests can be sent", answered 4003 at
+once by routing.decide) and is probed until it answers again. Each change is a ClientInfo push (client_info_push
+outbox, written in the same statement) and a directory change every hub process picks up.
+
+Probes are claimed in Redis (SET NX with an expiry), so hub processes sharing a Redis never probe one party twice
+in a probe interval, and any process may take any party: there is no leader to lose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import asyncpg
+import httpx
+import redis.asyncio as redis
+import structlog
+
+from hub.party_api import authorization
+from storage.directory import Directory, Platform, announce_change
+from storage.routing_log import LogEntry
+from storage.sql import QUERIES
+
+log = structlog.get_logger()
+
+Record = Callable[[LogEntry], Awaitable[None]]
+
+
+class StillAlive:
+    def __init__(
+        self, pool: asyncpg.Pool, client: redis.Redis, prefix: str, http: httpx.AsyncClient,
+        directory: Callable[[], Directory], hub: tuple[str, str], record: Record,
+        silence_s: float, probe_interval_s: float,
+    ) -> None:  # fmt: skip
+        self._pool, self._redis, self._prefix, self._http = pool, client, prefix, http
+        self._directory, self._hub, self._record = directory, hub, record
+        self.silence_s, self.probe_interval_s = silence_s, probe_interval_s
+        self._suspects: set[int] = set()
+        self._wake = asyncio.Event()
+
+    def suspect(self, platform_id: int) -> None:
+        """A forward to this platform failed (4002/4003), or an OFFLINE platform called: probe it now."""
+        if platform_id not in self._suspects:
+            self._suspects.add(platform_id)
+            self._wake.set()
+
+    async def run(self) -> None:
+        """For the life of the process: probe suspects at once, silent and OFFLINE platforms when due."""
+        round_s = max(0.2, min(10.0, self.silence_s / 4, self.probe_interval_s))
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), round_s)
+            self._wake.clear()
+            try:
+                await self.check_round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database or Redis briefly away: the next round tries again
+                log.warning("still_alive_round_failed", error=str(exc))
+
+    async def check_round(self) -> None:
+        directory = self._directory()
+        suspects, self._suspects = self._suspects, set()
+        async with self._pool.acquire() as conn:
+            silent = {r["id"] for r in await conn.fetch(QUERIES["silent_platforms"], self.silence_s)}
+        offline = {
+            p.id for p in directory.platforms.values()
+            if p.state == "REGISTERED" and any(r.status == "OFFLINE" for r in p.roles)
+        }  # fmt: skip
+        due = [directory.platforms[i] for i in suspects | silent | offline if i in directory.platforms]
+        claimed = [p for p in due if await self._claim(p)]
+        await asyncio.gather(*(self.probe(p) for p in claimed))
+
+    async def _claim(self, platform: Platform) -> bool:
+        key = f"{self._prefix}still-alive:probed:{platform.id}"
+        return bool(await self._redis.set(key, "1", nx=True, px=max(100, int(self.probe_interval_s * 1000))))
+
+    async def probe(self, platform: Platform) -> bool:
+        """GET the platform's versions endpoint with its token B; any HTTP answer below 500 means it is alive."""
+        request_id, started = str(uuid.uuid4()), time.perf_counter()
+        to = platform.roles[0] if platform.roles else None
+        entry = LogEntry(
+            received_at=datetime.now(UTC), request_id=request_id, forwarded_request_id=request_id,
+            correlation_id=request_id, module="versions", method="GET", path=platform.versions_url or "",
+            routing="hub", from_country_code=self._hub[0], from_party_id=self._hub[1],
+            to_country_code=to.country_code if to else None, to_party_id=to.party_id if to else None,
+            receiver_platform_id=platform.id,
+        )  # fmt: skip
+        headers = {"Authorization": authorization(platform.token_b or "", platform.token_encoding),
+                   "X-Request-ID": request_id, "X-Correlation-ID": request_id}  # fmt: skip
+        try:
+            response = await self._http.get(platform.versions_url or "", headers=headers, follow_redirects=True)
+            entry.http_status, entry.response_body = response.status_code, response.content
+            alive = response.status_code < 500
+        except httpx.HTTPError as exc:
+            entry.error, alive = f"{type(exc).__name__}: {exc}", False
+        entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        await self._record(entry)
+        await self.set_status(platform, "CONNECTED" if alive else "OFFLINE")
+        return alive
+
+    async def set_status(self, platform: Platform, status: str) -> None:
+        async with self._pool.acquire() as conn:
+            changed = await conn.fetchval(QUERIES["set_platform_liveness"], platform.id, status)
+            if status == "CONNECTED":
+                await conn.execute(QUERIES["touch_platforms"], [platform.id], [datetime.now(UTC)])
+        if changed:
+            log.warning("party_status_changed", platform=platform.name, status=status,
+                        parties=[f"{r.country_code}-{r.party_id}" for r in platform.roles])  # fmt: skip
+            await announce_change(self._redis, self._prefix)

@@ -1,0 +1,90 @@
+"""Still-alive: a party that stops answering goes OFFLINE (announced, failing fast) and comes back CONNECTED."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import OUTPUT, Hub, Services, hub_env, start_hub
+from tests.parties import Party
+from tests.test_hub_client_info import _pushes_about, _wait_for
+from tests.test_routing import _roles, party_key
+
+
+@pytest.fixture
+def probing_hub(services: Services, tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    silence = request.param
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_STILL_ALIVE_S=silence, OCPI_HUB_OFFLINE_PROBE_S="0.5",
+                  OCPI_HUB_FORWARD_TIMEOUT_S="20")  # fmt: skip
+    running = start_hub(env, OUTPUT / f"hub-still-alive-{silence}.log")
+    yield running
+    running.stop()
+
+
+def _connect(hub: Hub, start_party, role: str) -> Party:  # type: ignore[no-untyped-def]
+    roles = _roles(role)
+    party = start_party(roles)
+    answer = party.register_at(hub.versions_url, hub.invite(party.name, roles)["token_a"])
+    assert answer.json()["status_code"] == 1000, answer.text
+    return party
+
+
+def _status(hub: Hub, party: Party) -> str:
+    with hub.admin() as admin:
+        [item] = [i for i in admin.get("/admin/api/parties").json()["items"] if i["party_id"] == party.roles[0][2]]
+    return str(item["status"])
+
+
+def _statuses_pushed(watcher: Party, about: tuple[str, str], count: int) -> list[str]:
+    """The statuses of the ClientInfo pushes the watcher got about a party, once there are `count` of them."""
+    pushes = _wait_for(lambda: len(found := _pushes_about(watcher, about)) >= count and found)
+    return [p["status"] for p in pushes]
+
+
+def _versions_probes(party: Party) -> int:
+    return sum(1 for r in party.received if r.method == "GET" and r.path == "/ocpi/versions")
+
+
+@pytest.mark.parametrize("probing_hub", ["1"], indirect=True)
+def test_a_silent_party_is_probed_goes_offline_fails_fast_and_comes_back(probing_hub: Hub, start_party, db) -> None:
+    hub = probing_hub
+    watcher, cpo = _connect(hub, start_party, "EMSP"), _connect(hub, start_party, "CPO")
+    cc, pid = key = party_key(cpo)
+    # Still alive: after a second of silence the hub GETs the versions of a party that is up; it stays CONNECTED.
+    _wait_for(lambda: _versions_probes(cpo) >= 2)
+    assert _status(hub, cpo) == "CONNECTED"
+    registration = ["PLANNED", "CONNECTED"]
+    assert _statuses_pushed(watcher, key, 2) == registration
+    cpo.stop()
+    _wait_for(lambda: _status(hub, cpo) == "OFFLINE")
+    assert _statuses_pushed(watcher, key, 3) == [*registration, "OFFLINE"]
+    # No request can be sent to it: 4003 at once, naming the reason, not after the 20 s forward timeout.
+    answer = watcher.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=key,
+                          headers={"X-Request-ID": "to-offline"})  # fmt: skip
+    assert answer.json()["status_code"] == 4003 and "OFFLINE" in answer.json()["status_message"]
+    [row] = db.run(db.fetch("SELECT error, duration_ms FROM routing_log WHERE request_id = 'to-offline'"))
+    assert "OFFLINE" in row["error"] and row["duration_ms"] < 20_000
+    # The hub keeps probing; once the party answers again it is CONNECTED, announced, and reachable.
+    cpo.resume()
+    _wait_for(lambda: _status(hub, cpo) == "CONNECTED")
+    assert _statuses_pushed(watcher, key, 4) == [*registration, "OFFLINE", "CONNECTED"]
+    watcher.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=key, headers={"X-Request-ID": "back"})
+    assert [r.headers["X-Correlation-ID"] for r in cpo.functional()][-1:] and any(
+        r.path.endswith("/LOC1") for r in cpo.functional())  # fmt: skip
+    probes = db.run(db.fetch(
+        "SELECT http_status, error FROM routing_log WHERE module = 'versions' AND to_party_id = $1", pid))
+    assert any(p["error"] for p in probes) and any(p["http_status"] == 200 for p in probes)
+
+
+@pytest.mark.parametrize("probing_hub", ["300"], indirect=True)
+def test_a_failed_forward_makes_the_hub_probe_at_once(probing_hub: Hub, start_party) -> None:
+    hub = probing_hub
+    emsp, cpo = _connect(hub, start_party, "EMSP"), _connect(hub, start_party, "CPO")
+    cc, pid = key = party_key(cpo)
+    cpo.stop()
+    answer = emsp.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=key)
+    assert answer.json()["status_code"] == 4003 and "OFFLINE" not in answer.json()["status_message"]
+    # Within the test's wait, long before 300 s of silence would have found it.
+    _wait_for(lambda: _status(hub, cpo) == "OFFLINE")
+    assert _statuses_pushed(emsp, key, 3) == ["PLANNED", "CONNECTED", "OFFLINE"]

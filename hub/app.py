@@ -16,7 +16,7 @@ from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.types import Receive, Scope, Send
 
-from hub import client_info
+from hub import client_info, metrics
 from hub.admin.api import admin_router
 from hub.auth import CredentialsTokenAuth
 from hub.envelope import render_ocpi_error
@@ -38,6 +38,7 @@ from storage.sql import QUERIES
 log = structlog.get_logger()
 
 LAST_SEEN_FLUSH_S = 10.0
+OPERATOR_PATHS = ("^/health$", "^/ready$", "^/metrics$")  # for load balancers and Prometheus: no OCPI token
 
 
 def create_app(settings: Settings | None = None) -> RequestContext:
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> RequestContext:
             strict=settings.log_mode == "strict",
             commit_timeout_s=settings.forward_timeout_s,
         )
+        writer.on_commit = metrics.routing_log_committed
         async with writer.running(), RoutingState(redis_client, settings.redis_prefix).running() as routing:
             app.state.update(
                 pool=pool,
@@ -125,11 +127,14 @@ def create_app(settings: Settings | None = None) -> RequestContext:
             credentials.update_credentials,
             credentials.unregister,
             client_info.list_client_infos,
+            metrics.health,
+            metrics.ready,
+            metrics.metrics,
             admin_router(),
         ],
         state=State({"settings": settings, "last_seen": {}}),
         lifespan=[resources],
-        middleware=[DefineMiddleware(CredentialsTokenAuth, exclude=["^/admin/"])],
+        middleware=[DefineMiddleware(CredentialsTokenAuth, exclude=["^/admin/", *OPERATOR_PATHS])],
         exception_handlers={Exception: render_ocpi_error},
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ocpi-hub: configuration error: {exc}", file=sys.stderr)
         return 2
     from hub.logs import configure_logging
-    from hub.runtime import backing_services, migrate_database
+    from hub.runtime import backing_services, check_redis, migrate_database
     from storage.embedded import EmbeddedServiceError
 
     configure_logging(settings.log_level, sys.stdout if args.command == "serve" else sys.stderr)
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         with backing_services(settings) as ready:
             assert ready.database_url is not None
             asyncio.run(migrate_database(ready.database_url))
+            asyncio.run(check_redis(ready.redis_url or ""))
             if args.command == "serve":
                 return _serve(ready, args.host, args.port, args.workers, args.server)
             if args.command == "invite":
@@ -104,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError) as exc:
-        print(f"ocpi-hub: cannot use the database or Redis: {exc}", file=sys.stderr)
+        print(f"ocpi-hub: cannot use the database (OCPI_HUB_DATABASE_URL): {exc}", file=sys.stderr)
+        return 1
+    except redis.RedisError as exc:
+        print(f"ocpi-hub: cannot use Redis (OCPI_HUB_REDIS_URL): {exc}", file=sys.stderr)
         return 1
 
 
@@ -120,6 +125,12 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
         print(
             f"ocpi-hub: admin token (kept in {settings.data_dir / 'admin-token'}): {settings.admin_token}", flush=True
         )
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each worker counts in files of its own here; /metrics, whichever worker answers, sums them.
+        metrics_dir = settings.data_dir / f"metrics-{port}"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     print(f"ocpi-hub: serving {settings.versions_url} on {host}:{port} with {workers} worker(s)", flush=True)
     if server == "uvicorn":
         import uvicorn

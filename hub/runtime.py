@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import asyncpg
+import redis.asyncio as redis
 
 from hub.settings import Settings
 from storage.embedded import EmbeddedPostgres, EmbeddedValkey
@@ -27,6 +28,15 @@ def backing_services(settings: Settings) -> Iterator[Settings]:
             redis_url = valkey.start()
             stack.callback(valkey.stop)
         yield replace(settings, database_url=database_url, redis_url=redis_url)
+
+
+async def check_redis(redis_url: str) -> None:
+    """Fail at start with a clear message rather than on the first request."""
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
 
 
 async def migrate_database(database_url: str) -> list[str]:

@@ -25,6 +25,7 @@ import redis.asyncio as redis
 import structlog
 
 from hub.envelope import ocpi_timestamp
+from hub.metrics import LOCATION_SYNCS
 from hub.party_api import authorization
 from storage.directory import Directory, PartyRole, Platform
 from storage.location_cache import LocationCache
@@ -120,6 +121,7 @@ class PullSync:
                 result.error = "the CPO's locations Sender could not be read; see the routing log"
                 log.warning("location_sync_failed", party=f"{party[0]}-{party[1]}", pages=result.pages)
                 await self._redis.set(self._failed_key(party), "1", ex=RETRY_AFTER_FAILURE_S)
+                LOCATION_SYNCS.labels("failed", "full" if result.full else "incremental").inc()
                 return result
             # transport_and_format.asciidoc, Client Owned Object Pull: objects of another owner "may be ignored"
             owned = [loc for loc in locations if _owner(loc) == party]
@@ -129,6 +131,7 @@ class PullSync:
             if progress:
                 progress(party, result.locations, total)
         await self._redis.set(self._synced_key(party), ocpi_timestamp(started))
+        LOCATION_SYNCS.labels("ok", "full" if result.full else "incremental").inc()
         log.info("location_sync_done", party=f"{party[0]}-{party[1]}", locations=result.locations,
                  pages=result.pages, full=result.full)  # fmt: skip
         return result

@@ -14,7 +14,7 @@ import hashlib
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -109,6 +109,7 @@ class RoutingLogWriter:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.rows = 0
+        self.on_commit: Callable[[int, float], None] | None = None  # (rows, seconds) of each group commit
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[RoutingLogWriter]:
@@ -140,7 +141,10 @@ class RoutingLogWriter:
             delay, give_up_at = 0.05, time.monotonic() + self._commit_timeout_s
             while True:
                 try:
+                    started = time.perf_counter()
                     await self._write(batch, records)
+                    if self.on_commit is not None:
+                        self.on_commit(len(batch), time.perf_counter() - started)
                     break
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     # Keep the rows (already chained) and retry: nothing accepted is dropped. Callers waiting

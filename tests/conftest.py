@@ -242,15 +242,22 @@ def start_party() -> Iterator[Callable[..., Party]]:
         party.stop()
 
 
+def register_at_hub(
+    hub: Hub, start_party: Callable[..., Party], *roles: tuple[str, str, str], **options: object
+) -> Party:
+    """A test party invited by the operator of `hub` and registered there through the real handshake."""
+    party = start_party(*roles, **options)
+    answer = party.register_at(hub.versions_url, hub.invite(party.name, *roles)["token_a"])
+    assert answer.json()["status_code"] == 1000, answer.text
+    return party
+
+
 @pytest.fixture
 def connect_party(hub: Hub, start_party: Callable[..., Party]) -> Callable[..., Party]:
     """A test party invited by the operator and registered at the session's hub."""
 
     def connect(*roles: tuple[str, str, str], **options: object) -> Party:
-        party = start_party(*roles, **options)
-        answer = party.register_at(hub.versions_url, hub.invite(party.name, *roles)["token_a"])
-        assert answer.json()["status_code"] == 1000, answer.text
-        return party
+        return register_at_hub(hub, start_party, *roles, **options)
 
     return connect
 

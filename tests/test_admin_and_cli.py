@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, Hub, unique_party_id
-from tests.parties import token_header
+from tests.parties import free_port, token_header
 
 
 def _cli(hub: Hub, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -187,3 +187,21 @@ def test_help_documents_every_command_and_variable() -> None:
     result = subprocess.run([sys.executable, "-m", "hub.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
     for word in ("serve", "migrate", "invite", "connect", *(name for name, _, _ in VARIABLES)):
         assert word in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "message"),
+    [
+        ("OCPI_HUB_DATABASE_URL", "postgresql://postgres@127.0.0.1:{port}/x", "cannot use the database"),
+        ("OCPI_HUB_REDIS_URL", "redis://127.0.0.1:{port}/0", "cannot use Redis"),
+    ],
+)
+def test_unreachable_database_or_redis_stops_serve_with_a_clear_message(
+    hub: Hub, variable: str, url: str, message: str
+) -> None:
+    closed = free_port()  # nothing listens here
+    result = subprocess.run([sys.executable, "-m", "hub.cli", "serve", "--port", str(free_port())],
+                            env=hub.env | {variable: url.format(port=closed)}, cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 1
+    assert message in result.stderr and variable in result.stderr and "Traceback" not in result.stderr

@@ -98,6 +98,14 @@ def test_serve_with_two_workers_answers_on_both(services: Services, tmp_path: Pa
         codes = {httpx.get(hub.versions_url, headers=token_header(token_a)).status_code for _ in range(40)}
         assert codes == {200}
         assert hub.log().count("hub_started") == 2
+        # Metrics are summed over both workers, whichever of them answers the scrape.
+        for _ in range(40):
+            httpx.get(f"{hub.base}/ocpi/2.2.1/sender/locations", headers=token_header(token_a))
+        for _ in range(6):
+            text = httpx.get(f"{hub.base}/metrics").text
+            counted = [line for line in text.splitlines() if line.startswith("ocpi_hub_requests_total{")
+                       and 'routing="rejected"' in line]  # fmt: skip
+            assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 40
     finally:
         assert hub.stop() == 0
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import OUTPUT, Hub, Services, hub_env, start_hub
+from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
 from tests.parties import Party
 from tests.test_hub_client_info import _pushes_about, _wait_for
 from tests.test_routing import _roles, party_key
@@ -23,11 +23,7 @@ def probing_hub(services: Services, tmp_path: Path, request: pytest.FixtureReque
 
 
 def _connect(hub: Hub, start_party, role: str) -> Party:  # type: ignore[no-untyped-def]
-    roles = _roles(role)
-    party = start_party(roles)
-    answer = party.register_at(hub.versions_url, hub.invite(party.name, roles)["token_a"])
-    assert answer.json()["status_code"] == 1000, answer.text
-    return party
+    return register_at_hub(hub, start_party, _roles(role))
 
 
 def _status(hub: Hub, party: Party) -> str:

@@ -14,6 +14,7 @@ import msgspec
 
 from hub.envelope import ocpi_timestamp
 from hub.errors import InvalidParameters, NotFound, UnknownLocation
+from hub.metrics import CACHE_REQUESTS
 from routing.forward import Answer
 from routing.request import Incoming
 from storage.location_cache import epoch
@@ -56,6 +57,7 @@ async def page(relay: Relay, exchange: Exchange, snapshot_id: str, offset: int, 
             raise NotFound("this page list expired: start again with a GET All")
     else:
         docs, total = found
+    CACHE_REQUESTS.labels("hit" if found is not None else "miss").inc()
     body = b'{"data":[' + b",".join(docs) + b'],"status_code":1000,"status_message":null,"timestamp":"'
     body += ocpi_timestamp().encode() + b'"}'
     headers = _from_hub(relay, exchange) | {"x-total-count": str(total), "x-limit": str(MAX_LIMIT)}
@@ -78,9 +80,11 @@ async def _single(relay: Relay, exchange: Exchange, segments: list[str]) -> Answ
     if target is not None and len(segments) > 2:
         target = next((c for c in target.get("connectors") or [] if c.get("id") == segments[2]), None)
     if target is None:
+        CACHE_REQUESTS.labels("miss").inc()
         error = UnknownLocation(f"the hub knows no {'/'.join(segments)} among the locations it has seen")
         error.http_status = 404  # status_codes.asciidoc: a GET of a resource that does not exist
         raise error
+    CACHE_REQUESTS.labels("hit").inc()
     body = msgspec.json.encode({"data": target, "status_code": 1000, "timestamp": ocpi_timestamp()})
     return Answer(200, _from_hub(relay, exchange), body)
 

@@ -22,6 +22,7 @@ from litestar.types import HTTPScope, Receive, Scope, Send
 from hub.auth import identify
 from hub.envelope import ocpi_timestamp
 from hub.errors import BodyTooLarge, ForwardTimeout, NotFound, OcpiError, ReceiverNotConnected, Unauthorized
+from hub.metrics import FORWARD_SECONDS, count_request
 from hub.ocpi import hub_answers, relayed_urls
 from hub.ocpi.wire import Envelope
 from hub.party_api import authorization
@@ -110,6 +111,7 @@ class Relay:
         for task in exchange.background:
             self._spawn(task)
         await _send(send, answer)
+        count_request(entry.module, entry.method, entry.routing, entry.ocpi_status_code)
 
     async def _route(self, exchange: Exchange, path: str) -> Answer:
         caller = identify(self.state.directory.current, exchange.headers.get("authorization"))
@@ -183,11 +185,14 @@ class Relay:
             headers["Content-Type"] = exchange.headers.get("content-type", "application/json")
         target = yarl.URL(f"{url}?{query}" if query else url, encoded=True)
         timeout = self.state.settings.forward_timeout_s
+        started = time.perf_counter()
         try:
             answer = await forward(self.state.forward_session, method, target, headers, body, timeout)  # type: ignore[arg-type]
         except (ForwardTimeout, ReceiverNotConnected):
             self.state.still_alive.suspect(platform.id)
             raise
+        finally:
+            FORWARD_SECONDS.labels(f"{to.country_code}-{to.party_id}").observe(time.perf_counter() - started)
         self.state.last_seen[platform.id] = datetime.now(UTC)  # a message received from it (still-alive)
         # A response carries the routing headers swapped; filled in even when the receiver sent none.
         answer.headers.update(

@@ -1,0 +1,134 @@
+"""Prometheus metrics: what the hub counts, and the /metrics, /health and /ready endpoints that operators scrape.
+
+With several workers (`ocpi-hub serve --workers N`) each worker is a process of its own: the CLI points
+PROMETHEUS_MULTIPROC_DIR at a fresh directory, and /metrics, whichever worker answers it, sums them all. Party
+statuses are read from the directory at scrape time, so they are the same whichever worker answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+
+import msgspec
+from litestar import Request, Response, get
+from litestar.datastructures import State
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from storage.migrate import pending
+
+MODULES = frozenset(("cdrs", "chargingprofiles", "commands", "locations", "sessions", "tariffs", "tokens",
+                     "hubclientinfo", "versions"))  # fmt: skip
+
+REQUESTS = Counter(
+    "ocpi_hub_requests", "Functional requests the hub received, by module, method, routing kind and OCPI status",
+    ["module", "method", "routing", "ocpi_status"],
+)  # fmt: skip
+FORWARD_SECONDS = Histogram(
+    "ocpi_hub_forward_duration_seconds", "Time a receiving party took to answer a forwarded request", ["receiver"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)  # fmt: skip
+LOG_BATCH_ROWS = Histogram(
+    "ocpi_hub_routing_log_batch_rows", "Rows per routing-log group commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)  # fmt: skip
+LOG_COMMIT_SECONDS = Histogram(
+    "ocpi_hub_routing_log_commit_seconds", "Time of one routing-log group commit",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)  # fmt: skip
+CACHE_REQUESTS = Counter(
+    "ocpi_hub_location_cache_requests", "Location requests answered from the cache (hit) or not found there (miss)",
+    ["result"],
+)  # fmt: skip
+LOCATION_SYNCS = Counter(
+    "ocpi_hub_location_sync", "Pull syncs of a CPO's locations, by result and kind (full, incremental, rebuild)",
+    ["result", "kind"],
+)  # fmt: skip
+
+
+def count_request(module: str, method: str, routing: str, ocpi_status: int | None) -> None:
+    # Unknown module names come from the caller's path: folded into "other" so they cannot grow the label set.
+    REQUESTS.labels(module if module in MODULES else "other", method, routing, str(ocpi_status or "none")).inc()
+
+
+def routing_log_committed(rows: int, seconds: float) -> None:
+    LOG_BATCH_ROWS.observe(rows)
+    LOG_COMMIT_SECONDS.observe(seconds)
+
+
+class PartyStatusCollector(Collector):
+    """ocpi_hub_party_status{party, role, status} = 1 for every role the hub knows, from the directory."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("ocpi_hub_party_status", "Status of each connected role (1 = current status)",
+                                   labels=["party", "role", "status"])  # fmt: skip
+        for platform in self.state.directory.current.platforms.values():
+            for role in platform.roles:
+                family.add_metric([f"{role.country_code}-{role.party_id}", role.role, role.status], 1)
+        yield family
+
+
+def _registry(state: State) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    else:
+        from prometheus_client import REGISTRY
+
+        return _with_parties(REGISTRY, state)
+    return _with_parties(registry, state)
+
+
+def _with_parties(registry: CollectorRegistry, state: State) -> CollectorRegistry:
+    if not getattr(state, "party_status_collector", None):
+        state.party_status_collector = PartyStatusCollector(state)
+        registry.register(state.party_status_collector)
+    return registry
+
+
+@get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response[bytes]:
+    registry = request.app.state.get("metrics_registry")
+    if registry is None:
+        registry = request.app.state.metrics_registry = _registry(request.app.state)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@get("/health", include_in_schema=False)
+async def health() -> Response[bytes]:
+    """The process is up and serving (liveness); says nothing about PostgreSQL or Redis."""
+    return Response(b'{"status":"up"}', media_type="application/json")
+
+
+READY_TIMEOUT_S = 2.0
+_json = msgspec.json.Encoder()
+
+
+@get("/ready", include_in_schema=False)
+async def ready(request: Request) -> Response[bytes]:
+    """PostgreSQL and Redis answer and every migration is applied (readiness): 503 naming what is not."""
+    state = request.app.state
+    problems: list[str] = []
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            async with state.pool.acquire() as conn:
+                if missing := await pending(conn):
+                    problems.append(f"migrations not applied: {', '.join(missing)}")
+    except Exception as exc:
+        problems.append(f"PostgreSQL unreachable: {type(exc).__name__}: {exc}".rstrip(": "))
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await state.redis.ping()
+    except Exception as exc:
+        problems.append(f"Redis unreachable: {type(exc).__name__}: {exc}".rstrip(": "))
+    if problems:
+        return Response(_json.encode({"status": "not ready", "problems": problems}), status_code=503,
+                        media_type="application/json")  # fmt: skip
+    return Response(b'{"status":"ready"}', media_type="application/json")

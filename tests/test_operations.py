@@ -1,0 +1,185 @@
+"""Operations: health and readiness, Prometheus metrics, graceful shutdown under load, several hub instances."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from storage.embedded import EmbeddedPostgres
+from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
+from tests.test_pull_sync import _locations, _wait
+from tests.test_routing import LOCATION, _roles, party_key
+
+HUB = ("NL", "HUB")
+
+
+def _metric(hub: Hub, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`."""
+    text = httpx.get(f"{hub.base}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def test_health_ready_and_metrics_answer_without_a_token(hub: Hub) -> None:
+    assert httpx.get(f"{hub.base}/health").json() == {"status": "up"}
+    assert httpx.get(f"{hub.base}/ready").json() == {"status": "ready"}
+    answer = httpx.get(f"{hub.base}/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    assert "ocpi_hub_requests_total" in answer.text or "ocpi_hub_requests" in answer.text
+
+
+def test_metrics_move_with_traffic(hub: Hub, connect_party) -> None:
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    (cc, pid), receiver = party_key(cpo), "-".join(party_key(emsp))
+    pushed = {"module": "locations", "method": "PUT", "routing": "direct", "ocpi_status": "1000"}
+    before = {
+        "requests": _metric(hub, "ocpi_hub_requests_total", **pushed),
+        "forwards": _metric(hub, "ocpi_hub_forward_duration_seconds_count", receiver=receiver),
+        "rows": _metric(hub, "ocpi_hub_routing_log_batch_rows_sum"),
+        "commits": _metric(hub, "ocpi_hub_routing_log_commit_seconds_count"),
+        "misses": _metric(hub, "ocpi_hub_location_cache_requests_total", result="miss"),
+        "hits": _metric(hub, "ocpi_hub_location_cache_requests_total", result="hit"),
+    }
+    for n in range(3):
+        answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/M{n}", to=party_key(emsp),
+                          body=LOCATION | {"country_code": cc, "party_id": pid, "id": f"M{n}"})  # fmt: skip
+        assert answer.json()["status_code"] == 1000
+    emsp.call(hub.base, "GET", "sender/locations/NO-SUCH-LOCATION", to=HUB)
+    _wait(lambda: emsp.call(hub.base, "GET", "sender/locations/M0", to=HUB).json()["status_code"] == 1000)
+    assert _metric(hub, "ocpi_hub_requests_total", **pushed) >= before["requests"] + 3
+    assert _metric(hub, "ocpi_hub_forward_duration_seconds_count", receiver=receiver) == before["forwards"] + 3
+    assert _metric(hub, "ocpi_hub_routing_log_batch_rows_sum") >= before["rows"] + 5
+    assert _metric(hub, "ocpi_hub_routing_log_commit_seconds_count") > before["commits"]
+    assert _metric(hub, "ocpi_hub_location_cache_requests_total", result="miss") >= before["misses"] + 1
+    assert _metric(hub, "ocpi_hub_location_cache_requests_total", result="hit") >= before["hits"] + 1
+    assert _metric(hub, "ocpi_hub_party_status", party=f"{cc}-{pid}", role="CPO", status="CONNECTED") == 1
+
+
+def test_ready_flips_while_postgres_is_stopped_and_back(services: Services, tmp_path: Path) -> None:
+    postgres = EmbeddedPostgres(tmp_path / "pg")
+    url = postgres.start()
+    port = urlsplit(url).port
+    assert port is not None
+    hub = start_hub(hub_env(services, tmp_path / "hub") | {"OCPI_HUB_DATABASE_URL": url}, OUTPUT / "hub-ready.log")
+    try:
+        assert httpx.get(f"{hub.base}/ready").status_code == 200
+        postgres.stop()
+        answer = httpx.get(f"{hub.base}/ready", timeout=10)
+        assert answer.status_code == 503 and "PostgreSQL unreachable" in answer.json()["problems"][0]
+        assert httpx.get(f"{hub.base}/health").status_code == 200  # the process itself is fine
+        assert postgres._launch(port) is None  # the same server back on the same port
+        _wait(lambda: httpx.get(f"{hub.base}/ready", timeout=10).status_code == 200)
+    finally:
+        hub.stop()
+        postgres.stop()
+
+
+@pytest.mark.parametrize("log_mode", ["async", "strict"])
+def test_sigterm_under_load_finishes_in_flight_forwards_and_logs_every_answered_request(
+    services: Services, tmp_path: Path, start_party, db, log_mode: str
+) -> None:
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_LOG_MODE=log_mode)
+    hub = start_hub(env, OUTPUT / f"hub-term-{log_mode}.log")
+    try:
+        cpo = register_at_hub(hub, start_party, _roles("CPO"))
+        emsp = register_at_hub(hub, start_party, _roles("EMSP"), delay_s=0.2)  # forwards stay in flight a while
+        cc, pid = party_key(cpo)
+        answered: list[tuple[str, float]] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(timeout=30) as client:
+                while not stop.is_set():
+                    request_id = str(uuid.uuid4())
+                    try:
+                        answer = client.put(
+                            f"{hub.base}/ocpi/2.2.1/receiver/locations/{cc}/{pid}/T1",
+                            json=LOCATION | {"country_code": cc, "party_id": pid, "id": "T1"},
+                            headers={"Authorization": f"Token {cpo.hub_token}", "X-Request-ID": request_id,
+                                     "OCPI-to-country-code": party_key(emsp)[0],
+                                     "OCPI-to-party-id": party_key(emsp)[1]},
+                        )  # fmt: skip
+                    except httpx.HTTPError:
+                        return  # the hub stopped accepting: this request was never acknowledged
+                    if answer.json()["status_code"] == 1000:
+                        answered.append((request_id, time.monotonic()))
+
+        workers = [threading.Thread(target=load) for _ in range(12)]
+        for worker in workers:
+            worker.start()
+        _wait(lambda: len(answered) >= 40)
+        terminated_at = time.monotonic()
+        hub.process.send_signal(signal.SIGTERM)
+        assert hub.process.wait(60) == 0
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+    finally:
+        stop.set()
+        hub.stop()
+    ids = [request_id for request_id, _ in answered]
+    logged = {r["request_id"] for r in db.run(db.fetch(
+        "SELECT request_id FROM routing_log WHERE request_id = any($1::text[])", ids))}  # fmt: skip
+    assert logged == set(ids)
+    # Forwards in flight when SIGTERM came were finished and answered, not cut off.
+    assert any(at > terminated_at for _, at in answered)
+
+
+def test_a_second_instance_follows_paging_links_and_snapshots_of_the_first(
+    hub: Hub, services: Services, tmp_path: Path, connect_party, start_party
+) -> None:
+    other = start_hub(hub_env(services, tmp_path / "other"), OUTPUT / "hub-other.log")
+    try:
+        reader = connect_party(_roles("EMSP"))
+        roles = _roles("CPO")
+        cpo = start_party(roles, page_size=4)
+        owner = party_key(cpo)
+        cpo.objects["locations"] = _locations(owner, 10, "2026-11-01T00:00:00Z")  # there when the hub first pulls
+        cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+        # Relayed paging: every Link the first instance hands out works on the second.
+        first = reader.call(hub.base, "GET", "sender/locations", to=owner)
+        ids, url = [loc["id"] for loc in first.json()["data"]], first.headers.get("Link", "")
+        while url:
+            url = url.split(">")[0].lstrip("<").replace(hub.base, other.base)
+            page = reader.call(other.base, "GET", url)
+            assert page.json()["status_code"] == 1000, page.text
+            ids, url = ids + [loc["id"] for loc in page.json()["data"]], page.headers.get("Link", "")
+        assert sorted(ids) == sorted(loc["id"] for loc in cpo.objects["locations"])
+        # GET All via the hub: a snapshot taken on one instance is paged on the other.
+        _wait(lambda: reader.call(hub.base, "GET", f"sender/locations?country_code={owner[0]}&party_id={owner[1]}",
+                                  to=HUB).headers.get("X-Total-Count") == "10")  # fmt: skip
+        snapshot = reader.call(hub.base, "GET", f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=3",
+                               to=HUB)  # fmt: skip
+        cached, url = [loc["id"] for loc in snapshot.json()["data"]], snapshot.headers.get("Link", "")
+        while url:
+            page = reader.call(other.base, "GET", url.split(">")[0].lstrip("<").replace(hub.base, other.base))
+            cached, url = cached + [loc["id"] for loc in page.json()["data"]], page.headers.get("Link", "")
+        assert sorted(cached) == sorted(ids)
+    finally:
+        other.stop()
+
+
+def test_two_instances_pull_a_new_cpo_once(hub: Hub, services: Services, tmp_path: Path, start_party) -> None:
+    other = start_hub(hub_env(services, tmp_path / "other"), OUTPUT / "hub-other-sync.log")
+    try:
+        roles = _roles("CPO")
+        cpo = start_party(roles, page_size=10)
+        cpo.objects["locations"] = _locations(party_key(cpo), 30, "2026-11-01T00:00:00Z")
+        cpo.register_at(other.versions_url, other.invite(cpo.name, roles)["token_a"])
+        _wait(lambda: len(cpo.syncs()) >= 3)
+        time.sleep(3)  # both instances check every 0.5 s: a second sync would have started by now
+        assert [r.query for r in cpo.syncs()] == ["", "offset=10&limit=10", "offset=20&limit=10"]
+    finally:
+        other.stop()

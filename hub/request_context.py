@@ -15,6 +15,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger()
 
+PROBE_PATHS = frozenset(("/health", "/ready", "/metrics"))
+
 
 class RequestContext:
     def __init__(self, app: ASGIApp) -> None:
@@ -51,7 +53,8 @@ class RequestContext:
             try:
                 await self.app(scope, receive, send_with_ids)
             finally:
-                log.info(
+                # Probes and scrapes every few seconds would drown the requests that matter: debug level.
+                (log.debug if scope["path"] in PROBE_PATHS else log.info)(
                     "http_request",
                     method=scope.get("method"),
                     path=scope["path"],

@@ -1,0 +1,287 @@
+"""Checks of deploy/ that need no cluster: settings coverage, the Grafana queries (promtool), kustomize fallback."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEPLOY = Path(__file__).resolve().parent
+ROOT = DEPLOY.parent
+DASHBOARD = DEPLOY / "grafana" / "ocpi-hub-dashboard.json"
+
+# The metrics the hub exports on /metrics; every one must be on the dashboard.
+METRICS = (
+    "ocpi_hub_requests_total",
+    "ocpi_hub_forward_duration_seconds",
+    "ocpi_hub_routing_log_batch_rows",
+    "ocpi_hub_routing_log_commit_seconds",
+    "ocpi_hub_location_cache_requests_total",
+    "ocpi_hub_party_status",
+    "ocpi_hub_location_sync_total",
+)
+
+# Grafana's variables, as a Prometheus rule evaluation sees them (the test samples are one minute apart).
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h", "$job": ".*", "$receiver": ".*"}
+
+# Two hub instances (a, b) exporting counters that grow linearly, so every rate below is exact.
+_LABELS = 'job="ocpi-hub"'
+_SERIES = [
+    (
+        'ocpi_hub_requests_total{%s, instance="a", module="locations", method="GET", routing="direct", '
+        'ocpi_status="1000"}',
+        "0+30x10",
+    ),
+    (
+        'ocpi_hub_requests_total{%s, instance="b", module="locations", method="GET", routing="direct", '
+        'ocpi_status="1000"}',
+        "0+30x10",
+    ),
+    (
+        'ocpi_hub_requests_total{%s, instance="a", module="commands", method="POST", routing="open", '
+        'ocpi_status="2001"}',
+        "0+6x10",
+    ),
+    (
+        'ocpi_hub_requests_total{%s, instance="b", module="tariffs", method="PUT", routing="broadcast", '
+        'ocpi_status="3000"}',
+        "0+12x10",
+    ),
+    (
+        'ocpi_hub_requests_total{%s, instance="a", module="sessions", method="PUT", routing="rejected", '
+        'ocpi_status="4001"}',
+        "0+12x10",
+    ),
+    # 100 forwards a minute to NL-ABC: 50 within 50 ms, 40 more within 100 ms, the last 10 within 500 ms.
+    ('ocpi_hub_forward_duration_seconds_bucket{%s, instance="a", receiver="NL-ABC", le="0.05"}', "0+50x10"),
+    ('ocpi_hub_forward_duration_seconds_bucket{%s, instance="a", receiver="NL-ABC", le="0.1"}', "0+90x10"),
+    ('ocpi_hub_forward_duration_seconds_bucket{%s, instance="a", receiver="NL-ABC", le="0.5"}', "0+100x10"),
+    ('ocpi_hub_forward_duration_seconds_bucket{%s, instance="a", receiver="NL-ABC", le="+Inf"}', "0+100x10"),
+    ('ocpi_hub_forward_duration_seconds_count{%s, instance="a", receiver="NL-ABC"}', "0+100x10"),
+    ('ocpi_hub_forward_duration_seconds_sum{%s, instance="a", receiver="NL-ABC"}', "0+9x10"),
+    # 10 group commits a minute writing 120 rows: 2 of at most 1 row, 4 more of at most 10, 4 more of at most 50.
+    ('ocpi_hub_routing_log_batch_rows_bucket{%s, instance="a", le="1"}', "0+2x10"),
+    ('ocpi_hub_routing_log_batch_rows_bucket{%s, instance="a", le="10"}', "0+6x10"),
+    ('ocpi_hub_routing_log_batch_rows_bucket{%s, instance="a", le="50"}', "0+10x10"),
+    ('ocpi_hub_routing_log_batch_rows_bucket{%s, instance="a", le="+Inf"}', "0+10x10"),
+    ('ocpi_hub_routing_log_batch_rows_count{%s, instance="a"}', "0+10x10"),
+    ('ocpi_hub_routing_log_batch_rows_sum{%s, instance="a"}', "0+120x10"),
+    # Those 10 commits: 5 within 1 ms, the other 5 within 10 ms.
+    ('ocpi_hub_routing_log_commit_seconds_bucket{%s, instance="a", le="0.001"}', "0+5x10"),
+    ('ocpi_hub_routing_log_commit_seconds_bucket{%s, instance="a", le="0.01"}', "0+10x10"),
+    ('ocpi_hub_routing_log_commit_seconds_bucket{%s, instance="a", le="+Inf"}', "0+10x10"),
+    ('ocpi_hub_location_cache_requests_total{%s, instance="a", result="hit"}', "0+180x10"),
+    ('ocpi_hub_location_cache_requests_total{%s, instance="a", result="miss"}', "0+60x10"),
+    ('ocpi_hub_location_sync_total{%s, instance="a", result="ok", kind="incremental"}', "0+1x10"),
+    ('ocpi_hub_location_sync_total{%s, instance="b", result="ok", kind="full"}', "0+0x10"),
+    ('ocpi_hub_location_sync_total{%s, instance="a", result="failed", kind="incremental"}', "0+0x10"),
+    # Both instances report the same party status: the dashboard must not count a party twice.
+    *(
+        (f'ocpi_hub_party_status{{%s, instance="{i}", party="NL-ABC", role="CPO", status="{s}"}}', v)
+        for i in "ab"
+        for s, v in (("CONNECTED", "1x10"), ("OFFLINE", "0x10"))
+    ),
+    *(
+        (f'ocpi_hub_party_status{{%s, instance="{i}", party="DE-XYZ", role="EMSP", status="{s}"}}', v)
+        for i in "ab"
+        for s, v in (("CONNECTED", "0x10"), ("OFFLINE", "1x10"))
+    ),
+]
+
+# (panel title, refId) -> the samples that query must give at 10m on the series above, worked out by hand.
+EXPECTED: dict[tuple[str, str], list[tuple[str, float]]] = {
+    ("Requests/s", "A"): [("{}", 1.5)],  # (30 + 30 + 6 + 12 + 12) per minute
+    ("Error ratio", "A"): [("{}", 0.5 / 1.5)],
+    ("Request rate by module", "A"): [
+        ('{module="locations"}', 1.0),
+        ('{module="commands"}', 0.1),
+        ('{module="tariffs"}', 0.2),
+        ('{module="sessions"}', 0.2),
+    ],
+    ("Request rate by OCPI status", "A"): [
+        ('{ocpi_status="1000"}', 1.0),
+        ('{ocpi_status="2001"}', 0.1),
+        ('{ocpi_status="3000"}', 0.2),
+        ('{ocpi_status="4001"}', 0.2),
+    ],
+    ("Error rate", "A"): [("{}", 0.1)],
+    ("Error rate", "B"): [("{}", 0.2)],
+    ("Error rate", "C"): [("{}", 0.2)],
+    ("Error rate", "D"): [("{}", 0.5 / 1.5)],
+    # rank 50 of 100 ends the 50 ms bucket; rank 95 and 99 fall in (0.1, 0.5], which holds ranks 90..100.
+    ("Forward latency by receiver (all quantiles)", "A"): [('{receiver="NL-ABC"}', 0.05)],
+    ("Forward latency by receiver (all quantiles)", "B"): [('{receiver="NL-ABC"}', 0.1 + 0.4 * 5 / 10)],
+    ("Forward latency by receiver (all quantiles)", "C"): [('{receiver="NL-ABC"}', 0.1 + 0.4 * 9 / 10)],
+    ("Forward latency p95 by receiver", "A"): [('{receiver="NL-ABC"}', 0.3)],
+    ("Forwards/s by receiver", "A"): [('{receiver="NL-ABC"}', 100 / 60)],
+    # rank 5 of 10 falls in (1, 10], which holds ranks 2..6.
+    ("Routing-log batch size", "A"): [("{}", 1 + 9 * 3 / 4)],
+    ("Routing-log batch size", "D"): [("{}", 12.0)],
+    ("Routing-log commit latency", "A"): [("{}", 0.001)],
+    ("Routing-log commit latency", "C"): [("{}", 0.001 + 0.009 * 4.9 / 5)],
+    ("Routing-log rows and commits per second", "A"): [("{}", 2.0)],
+    ("Routing-log rows and commits per second", "B"): [("{}", 10 / 60)],
+    ("Location cache hit ratio", "A"): [("{}", 0.75)],
+    ("Location cache requests", "A"): [('{result="hit"}', 3.0), ('{result="miss"}', 1.0)],
+    ("Location sync results", "A"): [('{result="ok"}', 1.0), ('{result="failed"}', 0.0)],
+    ("Party roles by status", "A"): [('{status="CONNECTED"}', 1.0), ('{status="OFFLINE"}', 1.0)],
+    ("Parties not CONNECTED", "A"): [("{}", 1.0)],
+    ("Party roles not CONNECTED", "A"): [('{party="DE-XYZ", role="EMSP", status="OFFLINE"}', 1.0)],
+}
+
+
+def settings_coverage() -> list[str]:
+    """Problems: a setting of hub/settings.py missing from the Kubernetes config, or an unknown one in deploy/."""
+    tree = ast.parse((ROOT / "hub" / "settings.py").read_text(encoding="utf-8"))
+    variables = next(  # read, not imported: the check needs none of the hub's dependencies
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(node.target, ast.Name)
+        and node.target.id == "VARIABLES"
+        and node.value is not None
+    )
+    known = {name for name, _, _ in variables}
+    config = yaml.safe_load((DEPLOY / "kubernetes" / "configmap.yaml").read_text(encoding="utf-8"))["data"]
+    secret = yaml.safe_load((DEPLOY / "kubernetes" / "secret.yaml").read_text(encoding="utf-8"))["stringData"]
+    problems = [f"kubernetes: {name} is neither in configmap.yaml nor in secret.yaml"
+                for name in sorted(known - set(config) - set(secret))]  # fmt: skip
+    for path in (DEPLOY / "docker-compose.yml", DEPLOY / ".env.example", *sorted(DEPLOY.glob("kubernetes/*.yaml"))):
+        for name in sorted(set(re.findall(r"\bOCPI_HUB_[A-Z0-9_]+", path.read_text(encoding="utf-8")))):
+            if name not in known and name not in ("OCPI_HUB_IMAGE", "OCPI_HUB_PORT"):
+                problems.append(f"{path.relative_to(ROOT)}: {name} is not a setting of hub/settings.py")
+    return problems
+
+
+def _queries(dashboard: dict[str, Any]) -> dict[tuple[str, str], str]:
+    queries = {}
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            queries[(panel["title"], target["refId"])] = expr
+    return queries
+
+
+def dashboard_structure(dashboard: dict[str, Any]) -> list[str]:
+    problems = []
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    if len(ids) != len(set(ids)):
+        problems.append("dashboard: panel ids are not unique")
+    text = json.dumps(dashboard["panels"])
+    problems += [f"dashboard: no panel shows {metric}" for metric in METRICS if metric not in text]
+    queries = _queries(dashboard)
+    problems += [f"dashboard: no query {key} to test" for key in EXPECTED if key not in queries]
+    problems += [f"dashboard: {key} uses an unknown Grafana variable" for key, expr in queries.items() if "$" in expr]
+    return problems
+
+
+# promtool compares floats exactly: both sides are rounded the way PromQL's round() does it.
+_ROUND = 1e-9
+
+
+def _round(value: float) -> float:
+    return math.floor(value * (1.0 / _ROUND) + 0.5) / (1.0 / _ROUND)
+
+
+def dashboard_promql(dashboard: dict[str, Any], promtool: str) -> list[str]:
+    """Every query parses (promtool check rules); the ones in EXPECTED give the hand-computed values."""
+    queries = _queries(dashboard)
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard:panel:{i}", "expr": expr} for i, expr in enumerate(queries.values())],
+            }
+        ]
+    }
+    tests = {
+        "evaluation_interval": "1m",
+        "rule_files": ["rules.yml"],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": series % _LABELS, "values": values} for series, values in _SERIES],
+                "promql_expr_test": [
+                    {
+                        "expr": f"round({queries[key]}, {_ROUND})",
+                        "eval_time": "10m",
+                        "exp_samples": [{"labels": labels, "value": _round(value)} for labels, value in samples],
+                    }
+                    for key, samples in EXPECTED.items()
+                    if key in queries
+                ],
+            }
+        ],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "rules.yml").write_text(yaml.safe_dump(rules), encoding="utf-8")
+        Path(tmp, "test.yml").write_text(yaml.safe_dump(tests), encoding="utf-8")
+        problems = []
+        for command in ([promtool, "check", "rules", "rules.yml"], [promtool, "test", "rules", "test.yml"]):
+            done = subprocess.run(command, cwd=tmp, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                problems.append(f"dashboard: {' '.join(command[1:])} failed:\n{done.stdout}{done.stderr}")
+    return problems
+
+
+def exported_metrics(exposition: str) -> list[str]:
+    """Problems: a metric of the dashboard that a hub's /metrics output does not declare."""
+    declared = set(re.findall(r"^# TYPE (\w+) ", exposition, flags=re.MULTILINE))
+    return [f"/metrics: {metric} is not exported" for metric in METRICS if metric not in declared]
+
+
+def render_kustomization(directory: Path) -> str:
+    """What `kubectl kustomize` gives for this kustomization (namespace, labels, image), where kubectl is missing."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
+    labels = {k: v for entry in kustomization.get("labels", []) for k, v in entry["pairs"].items()}
+    images = {image["name"]: f"{image.get('newName', image['name'])}:{image['newTag']}"
+              for image in kustomization.get("images", [])}  # fmt: skip
+    documents = []
+    for resource in kustomization["resources"]:
+        for document in yaml.safe_load_all((directory / resource).read_text(encoding="utf-8")):
+            if document["kind"] != "Namespace":
+                document["metadata"]["namespace"] = kustomization["namespace"]
+            document["metadata"].setdefault("labels", {}).update(labels)
+            pod = document.get("spec", {}).get("template", {}).get("spec", {})
+            for container in pod.get("containers", []):
+                container["image"] = images.get(container["image"], container["image"])
+            documents.append(document)
+    return yaml.safe_dump_all(documents, sort_keys=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("check", choices=("settings", "dashboard", "metrics", "kustomize"))
+    parser.add_argument("--promtool", help="run the dashboard's queries through promtool test rules")
+    parser.add_argument("--exposition", type=Path, help="a hub's /metrics output, for the metrics check")
+    args = parser.parse_args(argv)
+    if args.check == "kustomize":
+        print(render_kustomization(DEPLOY / "kubernetes"), end="")
+        return 0
+    if args.check == "settings":
+        problems = settings_coverage()
+    elif args.check == "metrics":
+        problems = exported_metrics(args.exposition.read_text(encoding="utf-8"))
+    else:
+        dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+        problems = dashboard_structure(dashboard)
+        if args.promtool and not problems:
+            problems = dashboard_promql(dashboard, args.promtool)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

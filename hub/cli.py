@@ -22,6 +22,7 @@ COMMANDS_HELP = """commands:
   migrate   apply the database migrations and exit
   invite    create a platform with its roles and print its token A and the hub's versions URL
   connect   register the hub at a party that gave the hub a versions URL and a token A
+  demo      the hub with two demo CPOs and two demo eMSPs exchanging traffic, and the console to watch it
   sync      pull the CPOs' locations into the hub's cache: ocpi-hub sync locations [--party NL-ABC] [--full]
 """
 
@@ -53,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
         help="ASGI server: uvicorn with uvloop and httptools (default; measured faster for the hub's"
         " relay path, see bench/routing.py) or granian",
     )
+    demo = commands.add_parser(
+        "demo",
+        help="run the hub with demo parties that register and exchange traffic (data in ./.ocpi-hub-demo)",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    demo.add_argument("--interval", type=float, default=2.0, help="seconds between demo messages (default 2)")
     commands.add_parser("migrate", help="apply database migrations and exit")
     invite = commands.add_parser("invite", help="create a platform and print its token A (JSON)")
     invite.add_argument("--name", required=True, help="the platform's name, e.g. the company")
@@ -78,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         port = getattr(args, "port", 8080)
-        settings = Settings.from_env(host=getattr(args, "host", "127.0.0.1"), port=port).with_secrets()
+        env = dict(os.environ)
+        if args.command == "demo":  # the demo's data stays apart from a real hub's ./.ocpi-hub
+            env.setdefault("OCPI_HUB_DATA_DIR", ".ocpi-hub-demo")
+            env.setdefault("OCPI_HUB_LOG_LEVEL", "warning")
+        settings = Settings.from_env(env, host=getattr(args, "host", "127.0.0.1"), port=port).with_secrets()
     except SettingsError as exc:
         print(f"ocpi-hub: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -93,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(migrate_database(ready.database_url))
             if args.command == "serve":
                 return _serve(ready, args.host, args.port, args.workers, args.server)
+            if args.command == "demo":
+                return _demo(ready, args)
             if args.command == "invite":
                 return _run(_invite, ready, args)
             if args.command == "connect":
@@ -145,6 +159,18 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
         log_access=False,
     ).serve()
     return 0
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.demo.run import run_demo
+
+    if args.interval <= 0:
+        print("ocpi-hub: --interval must be a positive number of seconds", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run_demo(settings, args.host, args.port, args.interval))
+    except KeyboardInterrupt:  # Ctrl-C before the demo took over the signal: still a clean stop
+        return 0
 
 
 Command = Callable[[Settings, argparse.Namespace, asyncpg.Pool, redis.Redis], Coroutine[Any, Any, int]]

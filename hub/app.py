@@ -27,6 +27,7 @@ from hub.request_context import RequestContext
 from hub.settings import Settings
 from routing.forward import open_session
 from routing.pull_sync import PullSync, run_scheduled
+from storage import partitions
 from storage.directory import DirectoryCache
 from storage.location_cache import LocationCache
 from storage.routing_log import RoutingLogWriter
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None) -> RequestContext:
         token_box = TokenBox(settings.secret_key or "")
         directory = DirectoryCache(pool, redis_client, settings.redis_prefix, token_box)
         await directory.reload()
+        async with pool.acquire() as conn:
+            created = await partitions.ensure_partitions(conn, settings.log_partitions_ahead)
         writer = RoutingLogWriter(
             pool,
             body_cap=settings.log_body_max_bytes,
@@ -81,6 +84,7 @@ def create_app(settings: Settings | None = None) -> RequestContext:
                 asyncio.create_task(directory.watch()),
                 asyncio.create_task(_flush_last_seen(app.state)),
                 asyncio.create_task(client_info.run_pushes(app.state)),
+                asyncio.create_task(partitions.maintain(pool, settings.log_partitions_ahead)),
                 asyncio.create_task(
                     run_scheduled(
                         sync,
@@ -96,6 +100,7 @@ def create_app(settings: Settings | None = None) -> RequestContext:
                 public_url=settings.public_url,
                 platforms=len(directory.current.platforms),
                 log_chain=str(writer.chain_id),
+                partitions_created=created,
             )
             try:
                 yield

@@ -24,6 +24,8 @@ COMMANDS_HELP = """commands:
   connect   register the hub at a party that gave the hub a versions URL and a token A
   demo      the hub with two demo CPOs and two demo eMSPs exchanging traffic, and the console to watch it
   sync      pull the CPOs' locations into the hub's cache: ocpi-hub sync locations [--party NL-ABC] [--full]
+  auditor   read-only tokens of the auditor API: ocpi-hub auditor add NAME | list | remove NAME
+  retention drop routing-log partitions older than a period: ocpi-hub retention --keep 400d [--dry-run]
 """
 
 
@@ -75,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("what", choices=["locations"], help="what to sync")
     sync.add_argument("--party", metavar="CC-PARTY", help="one CPO only, e.g. NL-ABC")
     sync.add_argument("--full", action="store_true", help="everything, not only what changed since the last sync")
+    auditor = commands.add_parser("auditor", help="add, list or remove auditor tokens (read-only access to the log)")
+    auditor.add_argument("action", choices=["add", "list", "remove"], help="what to do")
+    auditor.add_argument("name", nargs="?", help="the auditor's name (add, remove)")
+    retention = commands.add_parser("retention", help="drop the routing log's monthly partitions older than --keep")
+    retention.add_argument("--keep", required=True, metavar="DAYS", help="how much to keep, e.g. 400d")
+    retention.add_argument("--dry-run", action="store_true", help="only list the partitions it would drop")
     connect = commands.add_parser("connect", help="register the hub at a party (the hub must be running)")
     connect.add_argument("--versions-url", required=True, help="the party's versions URL")
     connect.add_argument("--token-a", required=True, help="the token A the party gave the hub operator")
@@ -113,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
                 return _run(_connect, ready, args)
             if args.command == "sync":
                 return _run(_sync, ready, args)
+            if args.command == "auditor":
+                return _run(_auditor, ready, args)
+            if args.command == "retention":
+                return _run(_retention, ready, args)
             return 0
     except EmbeddedServiceError as exc:
         print(f"ocpi-hub: {exc}", file=sys.stderr)
@@ -268,6 +280,48 @@ async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
                 "error": r.error} for r in results]  # fmt: skip
     print(msgspec.json.format(msgspec.json.encode(summary)).decode())
     return 1 if any(r.error for r in results) else 0
+
+
+async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
+    from hub.admin import actors
+
+    if args.action != "list" and not (args.name or "").strip():
+        print(f"ocpi-hub: auditor {args.action} needs a NAME", file=sys.stderr)
+        return 2
+    async with pool.acquire() as conn:
+        if args.action == "list":
+            print(msgspec.json.format(msgspec.json.encode(await actors.list_auditors(conn))).decode())
+            return 0
+        if args.action == "remove":
+            if not await actors.remove_auditor(conn, args.name.strip()):
+                print(f"ocpi-hub: no auditor named {args.name.strip()!r}", file=sys.stderr)
+                return 1
+            print(msgspec.json.encode({"removed": args.name.strip()}).decode())
+            return 0
+        try:
+            token = await actors.add_auditor(conn, args.name.strip())
+        except actors.AuditorExists as exc:
+            print(f"ocpi-hub: {exc}", file=sys.stderr)
+            return 1
+    print(msgspec.json.format(msgspec.json.encode({"name": args.name.strip(), "token": token})).decode())
+    return 0
+
+
+async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
+    from datetime import UTC, datetime
+
+    from storage.partitions import drop_before, parse_keep
+
+    try:
+        cut = datetime.now(UTC) - parse_keep(args.keep)
+    except ValueError as exc:
+        print(f"ocpi-hub: {exc}", file=sys.stderr)
+        return 2
+    async with pool.acquire() as conn:
+        dropped = await drop_before(conn, cut, dry_run=args.dry_run)
+    summary = {"cut": cut, "dry_run": args.dry_run, "dropped": [p.name for p in dropped]}
+    print(msgspec.json.format(msgspec.json.encode(summary)).decode())
+    return 0
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ class _CsvLines:
         return line
 
 
-async def _rows(pool: asyncpg.Pool, search: Search, export_format: str) -> AsyncIterator[bytes]:
+async def export_rows(pool: asyncpg.Pool, search: Search, export_format: str) -> AsyncIterator[bytes]:
     sql, args = export_query(search)
     lines = _CsvLines()
     chunk = bytearray(lines.encode(LIST_COLUMNS) if export_format == "csv" else b"")
@@ -81,7 +81,7 @@ async def export_routing_log(request: Request) -> Stream:
         await record_action(conn, actor_of(request), "export", search.given | {"format": export_format})
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
     return Stream(
-        _rows(pool, search, export_format),
+        export_rows(pool, search, export_format),
         media_type=FORMATS[export_format],
         headers={"Content-Disposition": f'attachment; filename="routing-log-{stamp}.{export_format}"'},
     )

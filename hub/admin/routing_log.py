@@ -86,10 +86,17 @@ def _headers(value: str | None) -> dict[str, str]:
 async def routing_log_message(request: Request, row_id: int) -> Response[bytes]:
     """One message with both bodies decompressed (JSON as JSON when it parses, else text), headers and timings."""
     async with request.app.state.pool.acquire() as conn:
-        row = await conn.fetchrow(QUERIES["routing_log_message"], row_id)
+        message = await load_message(conn, row_id)
         await record_action(conn, actor_of(request), "view", {"id": row_id})
-    if row is None:
+    if message is None:
         raise AdminError(404, f"no routing-log row {row_id}")
+    return json_response(message)
+
+
+async def load_message(conn: asyncpg.Connection, row_id: int) -> dict[str, Any] | None:
+    row = await conn.fetchrow(QUERIES["routing_log_message"], row_id)
+    if row is None:
+        return None
     message = {name: row[name] for name in LIST_COLUMNS}
     message.update(
         prev_hash=row["prev_hash"].hex(),
@@ -98,17 +105,22 @@ async def routing_log_message(request: Request, row_id: int) -> Response[bytes]:
         response={"headers": _headers(row["response_headers"])}
         | _body(row["response_body"], row["response_body_size"]),
     )
-    return json_response(message)
+    return message
 
 
 @get("/routing-log/correlation/{correlation_id:str}", opt={READ_ONLY: True})
 async def routing_log_conversation(request: Request, correlation_id: str) -> Response[bytes]:
     """Every message of one X-Correlation-ID, in the order the hub received them."""
     async with request.app.state.pool.acquire() as conn:
-        rows = await conn.fetch(QUERIES["routing_log_correlation"], correlation_id, MAX_CONVERSATION + 1)
+        items, truncated = await load_conversation(conn, correlation_id)
         await record_action(conn, actor_of(request), "correlation", {"correlation_id": correlation_id})
-    items = [dict(row) for row in rows[:MAX_CONVERSATION]]
-    return json_response({"correlation_id": correlation_id, "items": items, "truncated": len(rows) > MAX_CONVERSATION})
+    return json_response({"correlation_id": correlation_id, "items": items, "truncated": truncated})
+
+
+async def load_conversation(conn: asyncpg.Connection, correlation_id: str) -> tuple[list[dict[str, Any]], bool]:
+    """The first MAX_CONVERSATION messages of one correlation id, oldest first, and whether there are more."""
+    rows = await conn.fetch(QUERIES["routing_log_correlation"], correlation_id, MAX_CONVERSATION + 1)
+    return [dict(row) for row in rows[:MAX_CONVERSATION]], len(rows) > MAX_CONVERSATION
 
 
 @get("/routing-log/verify", opt={READ_ONLY: True})

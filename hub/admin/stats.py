@@ -4,7 +4,9 @@ the error rate and the p50/p95/p99 duration."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import asyncpg
 from litestar import Request, Response, get
 
 from hub.admin.actors import READ_ONLY, actor_of, record_action
@@ -39,6 +41,15 @@ def _sql(bucket: str, where: str) -> str:
 @get("/stats", opt={READ_ONLY: True})
 async def stats(request: Request) -> Response[bytes]:
     params = query_params(request)
+    async with request.app.state.pool.acquire() as conn:
+        result = await compute_stats(conn, params)
+        await record_action(conn, actor_of(request), "stats", result.pop("given"))
+    return json_response(result)
+
+
+async def compute_stats(conn: asyncpg.Connection, params: dict[str, str]) -> dict[str, Any]:
+    """The stats of the filters in params (bucket, since, until and the search filters); AdminError if one is bad.
+    "given" holds the filters as the audit trail records them."""
     bucket = params.pop("bucket", "hour")
     if bucket not in BUCKETS:
         raise AdminError(400, f"bucket must be hour or day, got {bucket!r}")
@@ -48,10 +59,7 @@ async def stats(request: Request) -> Response[bytes]:
         search = parse_filters(params)
     except BadFilter as exc:
         raise AdminError(400, str(exc)) from None
-    where = full_where(search)
-    async with request.app.state.pool.acquire() as conn:
-        rows = await fetch_planned(conn, _sql(bucket, where), search.args)
-        await record_action(conn, actor_of(request), "stats", search.given | {"bucket": bucket})
+    rows = await fetch_planned(conn, _sql(bucket, full_where(search)), search.args)
     items = [dict(row) | {"error_rate": row["errors"] / row["messages"] if row["messages"] else 0.0} for row in rows]
-    return json_response({"bucket": bucket, "since": search.given["since"], "until": search.given.get("until"),
-                          "items": items})  # fmt: skip
+    return {"bucket": bucket, "since": search.given["since"], "until": search.given.get("until"), "items": items,
+            "given": search.given | {"bucket": bucket}}  # fmt: skip

@@ -83,20 +83,21 @@ def _receiver(party: DemoParty, request: web.Request, module: str, rest: list[st
         if request.method == "GET" and rest and rest[0] in party.received.get("cdrs", {}):
             return _ok(party.received["cdrs"][rest[0]])
         return _error(2000, "unknown CDR")
-    if len(rest) < 3:
+    depth = 2 if module == "hubclientinfo" else 3  # a ClientInfo is /{country_code}/{party_id}
+    if len(rest) < depth:
         return _error(2001, "expected /{country_code}/{party_id}/{id}", 400)
     stored = party.received.setdefault(module, {})
-    key = "/".join(rest[:3])
+    key = "/".join(rest[:depth])
     if request.method == "GET":
-        found = _nested(stored.get(key), rest[3:])
+        found = _nested(stored.get(key), rest[depth:])
         return _ok(found) if found is not None else _error(UNKNOWN.get(module, 2000), f"unknown {module} object")
     if not isinstance(document, dict):
         return _error(2001, "expected a JSON object", 400)
-    if request.method == "PUT" and len(rest) == 3:
+    if request.method == "PUT" and len(rest) == depth:
         stored[key] = document
     elif request.method in ("PUT", "PATCH"):
         target = stored.get(key)
-        nested = _nested(target, rest[3:]) if target is not None else None
+        nested = _nested(target, rest[depth:]) if target is not None else None
         if nested is None:
             return _error(UNKNOWN.get(module, 2000), f"unknown {module} object {'/'.join(rest)}")
         nested.update(document)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import uvicorn
 
+from hub.admin.actors import add_auditor, remove_auditor
 from hub.app import create_app
 from hub.demo.party import DemoParty
 from hub.demo.scenario import Demo, cast, opening, own_objects, trickle
@@ -60,7 +63,10 @@ async def run_demo(settings: Settings, host: str, port: int, interval_s: float) 
             await _register(settings, http, parties)
             demo = Demo(settings.public_url, http, parties, say, (settings.country_code, settings.party_id))
             say("\nTraffic through the hub (party -> receiver, what, OCPI status):")
-            sign_in = f"Sign in with the admin token: {settings.admin_token}"
+            sign_in = (
+                f"Sign in with this auditor token: {await _auditor_token(settings)}\n"
+                f"(the admin token, which may also invite parties, is in {_admin_token_source(settings)})"
+            )
             traffic = asyncio.create_task(_play(demo, interval_s, sign_in))
             await _first(traffic, stop)
     except DemoFailed as exc:
@@ -91,6 +97,20 @@ async def _play(demo: Demo, interval_s: float, sign_in: str) -> None:
         "Traffic keeps trickling in; Ctrl-C stops the hub, the demo parties and the embedded servers.\n"
     )
     await trickle(demo, interval_s)
+
+
+async def _auditor_token(settings: Settings) -> str:
+    """A fresh token of the auditor "demo" (read-only: the log, parties, traffic, verification)."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await remove_auditor(conn, "demo")
+        return await add_auditor(conn, "demo")
+    finally:
+        await conn.close()
+
+
+def _admin_token_source(settings: Settings) -> str:
+    return "OCPI_HUB_ADMIN_TOKEN" if os.environ.get("OCPI_HUB_ADMIN_TOKEN") else str(settings.data_dir / "admin-token")
 
 
 async def _first(traffic: asyncio.Task[None], stop: asyncio.Event) -> None:

@@ -19,6 +19,7 @@ from litestar.types import Receive, Scope, Send
 from hub import client_info
 from hub.admin.api import admin_router
 from hub.auth import CredentialsTokenAuth
+from hub.console import console_router, template_config
 from hub.envelope import render_ocpi_error
 from hub.logs import configure_logging
 from hub.ocpi import credentials, versions
@@ -125,13 +126,15 @@ def create_app(settings: Settings | None = None) -> RequestContext:
             credentials.unregister,
             client_info.list_client_infos,
             admin_router(),
+            *console_router(),
         ],
         state=State({"settings": settings, "last_seen": {}}),
         lifespan=[resources],
-        middleware=[DefineMiddleware(CredentialsTokenAuth, exclude=["^/admin/"])],
+        middleware=[DefineMiddleware(CredentialsTokenAuth, exclude=["^/admin/", "^/console"])],
         exception_handlers={Exception: render_ocpi_error},
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,
+        template_config=template_config(),
         logging_config=None,
     )
     relay = Relay(app.state)

@@ -31,6 +31,12 @@ class RunningDemo:
     auditor_token: str
     data_dir: Path
     output: list[str]
+    env: dict[str, str]
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Another `ocpi-hub` command on the demo's database (its embedded servers are reused while it runs)."""
+        return subprocess.run([sys.executable, "-m", "hub.cli", *args], env=self.env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
 
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=30)
@@ -87,4 +93,4 @@ def start_demo(env: dict[str, str], data_dir: Path, log: Path, interval_s: float
         process.kill()
         raise AssertionError(f"demo did not print the console URL within {timeout} s:\n" + "".join(output)) from None
     admin_token = env.get("OCPI_HUB_ADMIN_TOKEN") or (data_dir / "admin-token").read_text().strip()
-    return RunningDemo(process, base, admin_token, auditor, data_dir, output)
+    return RunningDemo(process, base, admin_token, auditor, data_dir, output, env)

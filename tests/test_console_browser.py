@@ -60,9 +60,10 @@ def page(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
-def shot(page: Page, name: str) -> None:
+def shot(page: Page, name: str, full_page: bool = True) -> None:
+    """A screenshot; full_page=False shows what a 1366x768 laptop shows without scrolling."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
 
 
 def sign_in(page: Page, demo: RunningDemo, token: str | None = None) -> None:
@@ -137,7 +138,7 @@ def test_an_auditor_cannot_reach_the_admins_invitation_page_but_the_admin_can(pa
 
 def test_filtering_by_party_and_module_shows_only_the_matching_rows(page: Page, demo: RunningDemo) -> None:
     sign_in(page, demo)
-    shot(page, "log")
+    shot(page, "log", full_page=False)
     everything = len(table_ids(page))
     page.fill("#f-party", "NL-ECO")
     page.select_option("#f-module", "locations")
@@ -150,7 +151,7 @@ def test_filtering_by_party_and_module_shows_only_the_matching_rows(page: Page, 
     for row in page.locator("#log-table tbody tr").all():
         cells = row.locator("td").all_inner_texts()
         assert "NL-ECO" in (cells[1], cells[2]) and cells[4] == "locations", cells
-    shot(page, "log-filtered")
+    shot(page, "log-filtered", full_page=False)
     # a bad filter value is explained on the page, not answered with a crash
     page.goto(f"{demo.base}/console/log?from_party=nonsense")
     assert "from_party must be a country code and party id" in page.inner_text(".errors")
@@ -170,7 +171,7 @@ def test_a_message_shows_request_and_response_and_its_conversation(page: Page, d
     assert "x-correlation-id" in page.inner_text("#request table.headers")
     shot(page, "message")
     # the CommandResult is part of the same conversation, one click away
-    page.locator("#conversation a", has_text=re.compile(r"\d{4}-\d\d-\d\d")).first.click()
+    page.locator("#conversation a", has_text=re.compile(r"\d\d-\d\d \d\d:")).first.click()
     assert json.loads(page.inner_text("#request pre.body")) == {"result": "ACCEPTED"}
     assert "results/" in page.inner_text("h1 + p")
 
@@ -238,3 +239,20 @@ def test_what_the_auditor_viewed_in_the_console_is_in_the_audit_trail(page: Page
     assert ("view", {"id": viewed, "via": "console"}) in mine
     assert ("search", {"module": "cdrs", "via": "console"}) in mine
     assert any(action == "console_sign_in" for action, _ in mine)
+
+
+def test_a_removed_auditor_is_signed_out_on_the_next_click_and_a_forged_cookie_is_refused(
+    page: Page, demo: RunningDemo
+) -> None:
+    added = demo.cli("auditor", "add", "carol")
+    assert added.returncode == 0, added.stderr
+    sign_in(page, demo, json.loads(added.stdout)["token"])
+    assert "carol" in page.inner_text(".who")
+    removed = demo.cli("auditor", "remove", "carol")
+    assert removed.returncode == 0, removed.stderr
+    page.goto(f"{demo.base}/console/parties")
+    assert "/console/sign-in" in page.url
+    assert page.context.cookies() == []  # the dead cookie was cleared
+    forged = httpx.get(f"{demo.base}/console/log", cookies={"ocpi_hub_console": demo.auditor_token},
+                       follow_redirects=False)  # fmt: skip
+    assert forged.status_code == 303 and forged.headers["location"].startswith("/console/sign-in")

@@ -30,10 +30,10 @@ def buckets_between(since: datetime, until: datetime, step: timedelta) -> list[B
 
 
 def _nice_ceiling(value: int) -> int:
-    for nice in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10000):
+    for nice in (2, 4, 10, 20, 40, 60, 100, 200, 400, 600, 1000, 2000, 4000, 6000, 10000):  # halves are whole
         if value <= nice:
             return nice
-    magnitude = 10 ** (len(str(value)) - 1)
+    magnitude = 2 * 10 ** (len(str(value)) - 1)
     return -(-value // magnitude) * magnitude
 
 

@@ -21,6 +21,11 @@ def when_short(moment: datetime | None) -> str:
     return when(moment)[5:] if moment is not None else "—"
 
 
+def short_path(path: str) -> str:
+    """A path under the hub's 2.2.1 prefix without it; a URL the hub called by itself stays whole."""
+    return path.removeprefix("/ocpi/2.2.1/")
+
+
 def ago(moment: datetime | None) -> str:
     if moment is None:
         return "never"
@@ -63,5 +68,5 @@ def party_status(status: str) -> str:
 
 def register(engine: JinjaTemplateEngine) -> None:
     env = engine.engine
-    env.filters.update(when=when, when_short=when_short, ago=ago, pretty=pretty, size=size)
+    env.filters.update(when=when, when_short=when_short, short_path=short_path, ago=ago, pretty=pretty, size=size)
     env.globals.update(party=party, outcome=outcome, party_status=party_status)

@@ -265,8 +265,10 @@ async def verify(
                     result.bad(row["id"], f"seq {row['seq']} follows {previous['seq']}: rows are missing")
                 elif row["seq"] == previous["seq"] + 1 and row["prev_hash"] != previous["hash"]:
                     result.bad(row["id"], "prev_hash does not match the previous row")
-            elif since is None and (row["seq"] != 1 or row["prev_hash"] != GENESIS) and (
-                dropped_before is None or dropped_before != row["prev_hash"]
+            elif (
+                since is None
+                and (row["seq"] != 1 or row["prev_hash"] != GENESIS)
+                and (dropped_before is None or dropped_before != row["prev_hash"])
             ):
                 result.bad(row["id"], "the chain does not start at its first row: rows are missing")
             if content_hash(row["prev_hash"], dict(row)) != row["hash"]:

@@ -59,6 +59,24 @@ def object_id_of(module: str, interface: str | None, path: str) -> str | None:
     return unquote(rest[position])[:255] if len(rest) > position else None
 
 
+class _Identified(msgspec.Struct):
+    id: str
+
+
+_identified = msgspec.json.Decoder(_Identified)
+
+
+def object_id_of_entry(entry: LogEntry) -> str | None:
+    """object_id_of its path; for a CDR pushed to a receiver (POST, no id in the path, mod_cdrs.asciidoc) the id in
+    its body, so that "did the CPO ever send us this CDR?" is one index lookup."""
+    if entry.module == "cdrs" and entry.method == "POST" and entry.interface == "receiver" and entry.request_body:
+        try:
+            return _identified.decode(entry.request_body).id[:255]
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+    return object_id_of(entry.module, entry.interface, entry.path)
+
+
 @dataclass(slots=True)
 class LogEntry:
     """One exchange as the hub saw it. Bodies are raw bytes here; the writer compresses and caps them."""
@@ -191,7 +209,7 @@ class RoutingLogWriter:
             if (party := values[name]) is not None:
                 values[name] = party.upper()
         prev_hash, self._last_hash = self._last_hash, content_hash(self._last_hash, values)
-        object_id = object_id_of(entry.module, entry.interface, entry.path)
+        object_id = object_id_of_entry(entry)
         return (*(values[name] for name in CONTENT_COLUMNS), prev_hash, self._last_hash, object_id)
 
     def _compressed(self, body: bytes) -> bytes | None:
@@ -265,8 +283,10 @@ async def verify(
                     result.bad(row["id"], f"seq {row['seq']} follows {previous['seq']}: rows are missing")
                 elif row["seq"] == previous["seq"] + 1 and row["prev_hash"] != previous["hash"]:
                     result.bad(row["id"], "prev_hash does not match the previous row")
-            elif since is None and (row["seq"] != 1 or row["prev_hash"] != GENESIS) and (
-                dropped_before is None or dropped_before != row["prev_hash"]
+            elif (
+                since is None
+                and (row["seq"] != 1 or row["prev_hash"] != GENESIS)
+                and (dropped_before is None or dropped_before != row["prev_hash"])
             ):
                 result.bad(row["id"], "the chain does not start at its first row: rows are missing")
             if content_hash(row["prev_hash"], dict(row)) != row["hash"]:

@@ -25,14 +25,20 @@ from storage.sql import QUERIES
 
 MAX_LIMIT = 500
 MAX_CONVERSATION = 1000
+SEARCH_TIMEOUT = "30s"
 _PAGE_PARAMS = frozenset({"limit", "cursor"})
 
 
 async def fetch_planned(conn: asyncpg.Connection, sql: str, args: list[Any]) -> list[asyncpg.Record]:
-    """Run a search planned for its actual values (see storage/log_search.py), in a read-only transaction."""
-    async with conn.transaction(readonly=True):
-        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        return await conn.fetch(sql, *args)
+    """Run a search planned for its actual values (see storage/log_search.py), in a read-only transaction, and
+    give up after SEARCH_TIMEOUT rather than hold a connection for a search no index can serve."""
+    try:
+        async with conn.transaction(readonly=True):
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            await conn.execute(f"SET LOCAL statement_timeout = '{SEARCH_TIMEOUT}'")
+            return await conn.fetch(sql, *args)
+    except asyncpg.QueryCanceledError:
+        raise AdminError(503, f"the search took longer than {SEARCH_TIMEOUT}: narrow it with since/until") from None
 
 
 def query_params(request: Request) -> dict[str, str]:
@@ -57,11 +63,11 @@ async def routing_log(request: Request) -> Response[bytes]:
     except BadFilter as exc:
         raise AdminError(400, str(exc)) from None
     limit = _limit(params.get("limit"))
+    recorded = search.given | ({"cursor": params["cursor"]} if cursor else {})
     sql, args = page_query(search, cursor, limit)
     async with request.app.state.pool.acquire() as conn:
+        await record_action(conn, actor_of(request), "search", recorded)
         rows = await fetch_planned(conn, sql, args)
-        await record_action(conn, actor_of(request), "search", search.given | ({"cursor": params["cursor"]}
-                                                                                if cursor else {}))  # fmt: skip
     items = [dict(row) for row in rows[:limit]]
     last = items[-1] if len(rows) > limit else None
     next_cursor = encode_cursor(last["received_at"], last["id"]) if last else None

@@ -10,6 +10,7 @@ from litestar import Request, get
 from litestar.response import Stream, Template
 
 from hub.admin.actors import record_action
+from hub.admin.api import AdminError
 from hub.admin.export import FORMATS, export_rows
 from hub.admin.routing_log import fetch_planned, load_conversation, load_message
 from hub.console.auth import actor
@@ -57,9 +58,13 @@ async def log_page(request: Request, cursor: str | None = None, limit: int = 100
         return Template("log.html", context=context, status_code=400)
     sql, args = page_query(search, after, limit)
     async with request.app.state.pool.acquire() as conn:
-        rows = await fetch_planned(conn, sql, args)
         await record_action(conn, actor(request), "search", search.given | {"via": "console"}
                             | ({"cursor": cursor} if cursor else {}))  # fmt: skip
+        try:
+            rows = await fetch_planned(conn, sql, args)
+        except AdminError as exc:  # the search ran out of time
+            context["error"] = exc.message
+            return Template("log.html", context=context, status_code=exc.status)
     context["rows"] = rows[:limit]
     keep = filters | ({"limit": str(limit)} if limit != 100 else {})
     context["query"] = urlencode(keep)

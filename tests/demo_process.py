@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import re
+import secrets
 import subprocess
 import sys
 import threading
@@ -16,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, hub_env
+from tests.conftest import ROOT, Services, _admin_sql, _with_database, hub_env
 from tests.parties import free_port
 
 READY = re.compile(r"Open the console: (http://\S+)/console")
@@ -48,10 +50,18 @@ class RunningDemo:
 
 
 def demo_env(request: pytest.FixtureRequest, data_dir: Path) -> dict[str, str]:
-    """The machine's servers (throwaway database and key prefix) when the environment names them; otherwise the
-    demo's own default: embedded PostgreSQL and Valkey under its data dir."""
+    """The machine's servers when the environment names them, with a database and key prefix of this demo's own
+    (its parties' ids are fixed); otherwise the demo's own default: embedded PostgreSQL and Valkey under its data
+    dir."""
     if os.environ.get("OCPI_HUB_DATABASE_URL"):
-        env = hub_env(request.getfixturevalue("services"), data_dir)
+        services: Services = request.getfixturevalue("services")
+        name = f"ocpi_hub_demo_{secrets.token_hex(6)}"
+        asyncio.run(_admin_sql(services.database_url, f'CREATE DATABASE "{name}"'))
+        drop = f'DROP DATABASE "{name}" WITH (FORCE)'
+        request.addfinalizer(lambda: asyncio.run(_admin_sql(services.database_url, drop)))
+        database_url = _with_database(services.database_url, name)
+        own = Services(database_url, services.redis_url, f"{services.redis_prefix}{name}:")
+        env = hub_env(own, data_dir)
         env.pop("OCPI_HUB_FORWARD_TIMEOUT_S")
         return env
     return {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {"OCPI_HUB_DATA_DIR": str(data_dir)}

@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import OUTPUT
 from tests.demo_process import RunningDemo, demo_env, start_demo
+from tests.parties import token_header
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = OUTPUT / "screenshots"
@@ -256,3 +257,23 @@ def test_a_removed_auditor_is_signed_out_on_the_next_click_and_a_forged_cookie_i
     forged = httpx.get(f"{demo.base}/console/log", cookies={"ocpi_hub_console": demo.auditor_token},
                        follow_redirects=False)  # fmt: skip
     assert forged.status_code == 303 and forged.headers["location"].startswith("/console/sign-in")
+
+
+def test_a_body_with_markup_is_shown_as_text_never_run(page: Page, demo: RunningDemo) -> None:
+    hub_tokens = json.loads((demo.data_dir / "demo-parties.json").read_text())
+    markup = "<script>window.pwned = 1</script><b>bold</b>"
+    location = {"country_code": "NL", "party_id": "ECO", "id": "XSS-1", "publish": True, "name": markup,
+                "last_updated": "2026-11-30T10:00:00Z"}  # fmt: skip
+    pushed = httpx.put(
+        f"{demo.base}/ocpi/2.2.1/receiver/locations/NL/ECO/XSS-1",
+        json=location,
+        headers=token_header(hub_tokens["NL-ECO"]) | {"OCPI-from-country-code": "NL", "OCPI-from-party-id": "ECO",
+                                                      "OCPI-to-country-code": "DE", "OCPI-to-party-id": "MFX"},
+    )  # fmt: skip
+    assert pushed.json()["status_code"] == 1000, pushed.text
+    sign_in(page, demo)
+    page.goto(f"{demo.base}/console/log?object_id=XSS-1")
+    page.locator("#log-table tbody tr a").first.click()
+    assert markup in page.inner_text("#request pre.body")
+    assert page.evaluate("window.pwned") is None
+    assert page.locator("#request pre.body b").count() == 0

@@ -102,3 +102,21 @@ def test_demo_registers_four_parties_exchanges_every_kind_of_message_and_stops_c
     for url in [demo.base, *party_urls]:
         assert _port_closed(url), f"{url} still answers after the demo stopped"
     assert _wait_until(lambda: not _processes_under(demo.data_dir)), "embedded servers still running"
+
+
+def test_a_second_demo_on_the_same_data_updates_its_parties_registrations(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "demo-data"
+    env = demo_env(request, data_dir)
+    for run, how in enumerate(("registered (invitation, credentials handshake)", "updated its registration")):
+        demo = start_demo(env, data_dir, OUTPUT / f"demo-again-{run}.log", interval_s=3600)
+        try:
+            assert "".join(demo.output).count(how) == 4, "".join(demo.output)
+            with demo.admin() as admin:
+                parties = admin.get("/admin/api/parties").json()["items"]
+            assert [p["status"] for p in parties] == ["CONNECTED"] * 4
+            demo.process.send_signal(signal.SIGINT)
+            assert demo.process.wait(60) == 0
+        finally:
+            demo.stop()

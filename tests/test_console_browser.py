@@ -240,6 +240,15 @@ def test_what_the_auditor_viewed_in_the_console_is_in_the_audit_trail(page: Page
     assert ("view", {"id": viewed, "via": "console"}) in mine
     assert ("search", {"module": "cdrs", "via": "console"}) in mine
     assert any(action == "console_sign_in" for action, _ in mine)
+    # the admin reads the same trail in the console; an auditor may not
+    answer = page.goto(f"{demo.base}/console/audit")
+    assert answer is not None and answer.status == 403
+    page.click("text=Sign out")
+    sign_in(page, demo, demo.admin_token)
+    page.click("nav >> text=Audit trail")
+    viewed_row = page.locator("#audit-table tbody tr", has_text=f"view #{viewed}").first
+    assert "demo" in viewed_row.inner_text() and "auditor" in viewed_row.inner_text()
+    shot(page, "audit-trail", full_page=False)
 
 
 def test_a_removed_auditor_is_signed_out_on_the_next_click_and_a_forged_cookie_is_refused(

@@ -1,7 +1,9 @@
-"""The console's other pages: parties, traffic charts, chain verification, and the admin's invitation form."""
+"""The console's other pages: parties, traffic charts, chain verification; for the admin the audit trail and
+invitations."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -20,6 +22,8 @@ from hub.console.charts import Bucket, bar_chart, buckets_between
 from storage.log_search import BadFilter, parse_time
 from storage.routing_log import verify
 from storage.sql import QUERIES
+
+AUDIT_PAGE = 100
 
 
 @get("/console")
@@ -108,6 +112,18 @@ async def verify_page(request: Request, since: str | None = None, until: str | N
         context["result"] = await verify(conn, start, end)
     context["checked_at"] = datetime.now(UTC)
     return Template("verify.html", context=context)
+
+
+@get("/console/audit")
+async def audit_page(request: Request, cursor: int | None = None) -> Template:
+    """Who did what on the routing log, through the API or this console (admin only, like the API's trail)."""
+    require_admin(request)
+    async with request.app.state.pool.acquire() as conn:
+        rows = await conn.fetch(QUERIES["audit_trail"], cursor, AUDIT_PAGE + 1)
+    entries = [dict(row) | {"parameters": json.loads(row["parameters"])} for row in rows[:AUDIT_PAGE]]
+    older = f"/console/audit?cursor={entries[-1]['id']}" if len(rows) > AUDIT_PAGE else None
+    return Template("audit.html", context={"page": "audit", "actor": actor(request), "entries": entries,
+                                           "older": older, "first": "/console/audit" if cursor else None})  # fmt: skip
 
 
 @get("/console/invite")

@@ -19,6 +19,7 @@ from litestar.types import Receive, Scope, Send
 from hub import client_info, metrics
 from hub.admin.api import admin_router
 from hub.auth import CredentialsTokenAuth
+from hub.console import console_router, template_config
 from hub.envelope import render_ocpi_error
 from hub.logs import configure_logging
 from hub.ocpi import credentials, versions
@@ -28,6 +29,7 @@ from hub.settings import Settings
 from routing.forward import open_session
 from routing.pull_sync import PullSync, run_scheduled
 from routing.still_alive import StillAlive
+from storage import partitions
 from storage.directory import DirectoryCache
 from storage.location_cache import LocationCache
 from storage.routing_log import RoutingLogWriter
@@ -58,6 +60,8 @@ def create_app(settings: Settings | None = None) -> RequestContext:
         token_box = TokenBox(settings.secret_key or "")
         directory = DirectoryCache(pool, redis_client, settings.redis_prefix, token_box)
         await directory.reload()
+        async with pool.acquire() as conn:
+            created = await partitions.ensure_partitions(conn, settings.log_partitions_ahead)
         writer = RoutingLogWriter(
             pool,
             body_cap=settings.log_body_max_bytes,
@@ -89,6 +93,7 @@ def create_app(settings: Settings | None = None) -> RequestContext:
                 asyncio.create_task(_flush_last_seen(app.state)),
                 asyncio.create_task(client_info.run_pushes(app.state)),
                 asyncio.create_task(app.state.still_alive.run()),
+                asyncio.create_task(partitions.maintain(pool, settings.log_partitions_ahead)),
                 asyncio.create_task(
                     run_scheduled(
                         sync,
@@ -104,6 +109,7 @@ def create_app(settings: Settings | None = None) -> RequestContext:
                 public_url=settings.public_url,
                 platforms=len(directory.current.platforms),
                 log_chain=str(writer.chain_id),
+                partitions_created=created,
             )
             try:
                 yield
@@ -131,13 +137,15 @@ def create_app(settings: Settings | None = None) -> RequestContext:
             metrics.ready,
             metrics.metrics,
             admin_router(),
+            *console_router(),
         ],
         state=State({"settings": settings, "last_seen": {}}),
         lifespan=[resources],
-        middleware=[DefineMiddleware(CredentialsTokenAuth, exclude=["^/admin/", *OPERATOR_PATHS])],
+        middleware=[DefineMiddleware(CredentialsTokenAuth, exclude=["^/admin/", "^/console", *OPERATOR_PATHS])],
         exception_handlers={Exception: render_ocpi_error},
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,
+        template_config=template_config(),
         logging_config=None,
     )
     relay = Relay(app.state)

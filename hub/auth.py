@@ -1,15 +1,13 @@
-"""Who is calling: the credentials token of an OCPI request, or the bearer token of the admin API."""
+"""Who is calling an OCPI endpoint: the credentials token (the admin API's bearer tokens: hub/admin/actors.py)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from litestar.connection import ASGIConnection
-from litestar.handlers import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from hub.errors import Unauthorized
@@ -62,11 +60,3 @@ class CredentialsTokenAuth(AbstractAuthenticationMiddleware):
             raise Unauthorized("token A is only valid for versions and credentials: register first")
         state.last_seen[caller.platform.id] = datetime.now(UTC)
         return AuthenticationResult(user=caller, auth=caller.token_kind)
-
-
-def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Guard of /admin/api: 'Authorization: Bearer <admin token>'."""
-    scheme, _sep, value = (connection.headers.get("authorization") or "").partition(" ")
-    expected: str = connection.app.state.settings.admin_token
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected.encode()):
-        raise Unauthorized("admin API: send 'Authorization: Bearer <admin token>'")

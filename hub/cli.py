@@ -23,7 +23,10 @@ COMMANDS_HELP = """commands:
   migrate   apply the database migrations and exit
   invite    create a platform with its roles and print its token A and the hub's versions URL
   connect   register the hub at a party that gave the hub a versions URL and a token A
+  demo      the hub with two demo CPOs and two demo eMSPs exchanging traffic, and the console to watch it
   sync      pull the CPOs' locations into the hub's cache: ocpi-hub sync locations [--party NL-ABC] [--full]
+  auditor   read-only tokens of the auditor API: ocpi-hub auditor add NAME | list | remove NAME
+  retention drop routing-log partitions older than a period: ocpi-hub retention --keep 400d [--dry-run]
 """
 
 
@@ -54,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
         help="ASGI server: uvicorn with uvloop and httptools (default; measured faster for the hub's"
         " relay path, see bench/routing.py) or granian",
     )
+    demo = commands.add_parser(
+        "demo",
+        help="run the hub with demo parties that register and exchange traffic (data in ./.ocpi-hub-demo)",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    demo.add_argument("--interval", type=float, default=2.0, help="seconds between demo messages (default 2)")
     commands.add_parser("migrate", help="apply database migrations and exit")
     invite = commands.add_parser("invite", help="create a platform and print its token A (JSON)")
     invite.add_argument("--name", required=True, help="the platform's name, e.g. the company")
@@ -68,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("what", choices=["locations"], help="what to sync")
     sync.add_argument("--party", metavar="CC-PARTY", help="one CPO only, e.g. NL-ABC")
     sync.add_argument("--full", action="store_true", help="everything, not only what changed since the last sync")
+    auditor = commands.add_parser("auditor", help="add, list or remove auditor tokens (read-only access to the log)")
+    auditor.add_argument("action", choices=["add", "list", "remove"], help="what to do")
+    auditor.add_argument("name", nargs="?", help="the auditor's name (add, remove)")
+    retention = commands.add_parser("retention", help="drop the routing log's monthly partitions older than --keep")
+    retention.add_argument("--keep", required=True, metavar="DAYS", help="how much to keep, e.g. 400d")
+    retention.add_argument("--dry-run", action="store_true", help="only list the partitions it would drop")
     connect = commands.add_parser("connect", help="register the hub at a party (the hub must be running)")
     connect.add_argument("--versions-url", required=True, help="the party's versions URL")
     connect.add_argument("--token-a", required=True, help="the token A the party gave the hub operator")
@@ -79,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         port = getattr(args, "port", 8080)
-        settings = Settings.from_env(host=getattr(args, "host", "127.0.0.1"), port=port).with_secrets()
+        env = dict(os.environ)
+        if args.command == "demo":  # the demo's data stays apart from a real hub's ./.ocpi-hub
+            env.setdefault("OCPI_HUB_DATA_DIR", ".ocpi-hub-demo")
+            env.setdefault("OCPI_HUB_LOG_LEVEL", "warning")
+        settings = Settings.from_env(env, host=getattr(args, "host", "127.0.0.1"), port=port).with_secrets()
     except SettingsError as exc:
         print(f"ocpi-hub: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -95,13 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(check_redis(ready.redis_url or ""))
             if args.command == "serve":
                 return _serve(ready, args.host, args.port, args.workers, args.server)
-            if args.command == "invite":
-                return _run(_invite, ready, args)
-            if args.command == "connect":
-                return _run(_connect, ready, args)
-            if args.command == "sync":
-                return _run(_sync, ready, args)
-            return 0
+            if args.command == "demo":
+                return _demo(ready, args)
+            command = {"invite": _invite, "connect": _connect, "sync": _sync, "auditor": _auditor,
+                       "retention": _retention}.get(args.command)  # fmt: skip
+            return _run(command, ready, args) if command else 0
     except EmbeddedServiceError as exc:
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 1
@@ -156,6 +174,18 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
         log_access=False,
     ).serve()
     return 0
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.demo.run import run_demo
+
+    if args.interval <= 0:
+        print("ocpi-hub: --interval must be a positive number of seconds", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run_demo(settings, args.host, args.port, args.interval))
+    except KeyboardInterrupt:  # Ctrl-C before the demo took over the signal: still a clean stop
+        return 0
 
 
 Command = Callable[[Settings, argparse.Namespace, asyncpg.Pool, redis.Redis], Coroutine[Any, Any, int]]
@@ -253,6 +283,48 @@ async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
                 "error": r.error} for r in results]  # fmt: skip
     print(msgspec.json.format(msgspec.json.encode(summary)).decode())
     return 1 if any(r.error for r in results) else 0
+
+
+async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
+    from hub.admin import actors
+
+    if args.action != "list" and not (args.name or "").strip():
+        print(f"ocpi-hub: auditor {args.action} needs a NAME", file=sys.stderr)
+        return 2
+    async with pool.acquire() as conn:
+        if args.action == "list":
+            print(msgspec.json.format(msgspec.json.encode(await actors.list_auditors(conn))).decode())
+            return 0
+        if args.action == "remove":
+            if not await actors.remove_auditor(conn, args.name.strip()):
+                print(f"ocpi-hub: no auditor named {args.name.strip()!r}", file=sys.stderr)
+                return 1
+            print(msgspec.json.encode({"removed": args.name.strip()}).decode())
+            return 0
+        try:
+            token = await actors.add_auditor(conn, args.name.strip())
+        except actors.AuditorExists as exc:
+            print(f"ocpi-hub: {exc}", file=sys.stderr)
+            return 1
+    print(msgspec.json.format(msgspec.json.encode({"name": args.name.strip(), "token": token})).decode())
+    return 0
+
+
+async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
+    from datetime import UTC, datetime
+
+    from storage.partitions import drop_before, parse_keep
+
+    try:
+        cut = datetime.now(UTC) - parse_keep(args.keep)
+    except ValueError as exc:
+        print(f"ocpi-hub: {exc}", file=sys.stderr)
+        return 2
+    async with pool.acquire() as conn:
+        dropped = await drop_before(conn, cut, dry_run=args.dry_run)
+    summary = {"cut": cut, "dry_run": args.dry_run, "dropped": [p.name for p in dropped]}
+    print(msgspec.json.format(msgspec.json.encode(summary)).decode())
+    return 0
 
 
 if __name__ == "__main__":

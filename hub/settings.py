@@ -37,6 +37,11 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("OCPI_HUB_MAX_BODY_BYTES", "10000000", "largest request body accepted (larger: HTTP 413)"),
     ("OCPI_HUB_LOG_MODE", "strict", "strict: a routing-log row is committed before the caller is answered; async: not"),
     ("OCPI_HUB_LOG_BODY_MAX_BYTES", "1048576", "bodies kept in the routing log are cut at this size"),
+    (
+        "OCPI_HUB_LOG_PARTITIONS_AHEAD",
+        "3",
+        "months of routing-log partitions the hub creates ahead (at start and daily)",
+    ),
     ("OCPI_HUB_SYNC_INTERVAL_S", "3600", "seconds between incremental pull syncs of every CPO's locations"),
     ("OCPI_HUB_SYNC_CHECK_S", "10", "seconds between checks for CPOs never synced (new, or Redis lost its data)"),
     ("OCPI_HUB_STILL_ALIVE_S", "300", "silence (s) after which the hub GETs a party's versions to see it is alive"),
@@ -69,6 +74,7 @@ class Settings:
     still_alive_s: float
     offline_probe_s: float
     log_body_max_bytes: int
+    log_partitions_ahead: int
     redis_prefix: str
     log_level: str
 
@@ -138,6 +144,9 @@ class Settings:
             offline_probe_s=_number("OCPI_HUB_OFFLINE_PROBE_S", get("OCPI_HUB_OFFLINE_PROBE_S") or "30", float),
             log_body_max_bytes=int(
                 _number("OCPI_HUB_LOG_BODY_MAX_BYTES", get("OCPI_HUB_LOG_BODY_MAX_BYTES") or "1048576", int)
+            ),
+            log_partitions_ahead=int(
+                _number("OCPI_HUB_LOG_PARTITIONS_AHEAD", get("OCPI_HUB_LOG_PARTITIONS_AHEAD") or "3", int)
             ),
             redis_prefix=get("OCPI_HUB_REDIS_PREFIX") or "ocpi-hub:",
             log_level=log_level,

@@ -116,40 +116,34 @@ SELECT * FROM relayed_location WHERE key = $1;
 
 -- name: append_routing_log
 -- One batch of the group commit in one statement (one round trip): the rows, column by column, the chain's new
--- head, and the CDR locations rewritten in this batch. Column order is storage.routing_log.COLUMNS.
+-- head, and the CDR locations rewritten in this batch. Column order is storage.routing_log.COLUMNS + object_id.
 WITH appended AS (
     INSERT INTO routing_log (
         received_at, chain_id, seq, request_id, forwarded_request_id, correlation_id, from_country_code,
         from_party_id, to_country_code, to_party_id, caller_platform_id, receiver_platform_id, module, interface,
         method, path, query, routing, http_status, ocpi_status_code, duration_ms, error, request_headers,
-        response_headers, request_body, request_body_size, response_body, response_body_size, prev_hash, hash)
+        response_headers, request_body, request_body_size, response_body, response_body_size, prev_hash, hash,
+        object_id)
     SELECT * FROM unnest(
         $1::timestamptz[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
         $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], $16::text[],
         $17::text[], $18::text[], $19::integer[], $20::integer[], $21::float8[], $22::text[], $23::jsonb[],
-        $24::jsonb[], $25::bytea[], $26::integer[], $27::bytea[], $28::integer[], $29::bytea[], $30::bytea[])
+        $24::jsonb[], $25::bytea[], $26::integer[], $27::bytea[], $28::integer[], $29::bytea[], $30::bytea[],
+        $31::text[])
 ), head AS (
-    INSERT INTO routing_log_chain (chain_id, last_seq, last_hash) VALUES ($31, $32, $33)
+    INSERT INTO routing_log_chain (chain_id, last_seq, last_hash) VALUES ($32, $33, $34)
     ON CONFLICT (chain_id) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash
 )
 INSERT INTO relayed_location (key, caller_platform_id, receiver_platform_id, from_country_code, from_party_id,
                               to_country_code, to_party_id, module, url)
-SELECT * FROM unnest($34::text[], $35::bigint[], $36::bigint[], $37::text[], $38::text[], $39::text[],
-                     $40::text[], $41::text[], $42::text[]);
+SELECT * FROM unnest($35::text[], $36::bigint[], $37::bigint[], $38::text[], $39::text[], $40::text[],
+                     $41::text[], $42::text[], $43::text[]);
 
 -- name: chain_heads
 SELECT chain_id, last_seq, last_hash FROM routing_log_chain;
 
--- name: search_routing_log
-SELECT id, received_at, request_id, forwarded_request_id, correlation_id, from_country_code, from_party_id,
-       to_country_code, to_party_id, module, interface, method, path, query, routing, http_status,
-       ocpi_status_code, duration_ms, error, chain_id, seq, prev_hash, hash
-FROM routing_log
-WHERE ($1::text IS NULL OR request_id = $1)
-  AND ($2::text IS NULL OR correlation_id = $2)
-  AND ($3::bigint IS NULL OR id < $3)
-ORDER BY id DESC
-LIMIT $4;
+-- name: chain_floors
+SELECT chain_id, seq, hash FROM routing_log_floor;
 
 -- name: client_infos
 -- The hub's ClientInfo list (mod_hub_client_info.asciidoc, Sender GET): every party but the caller's own, by
@@ -197,3 +191,36 @@ WITH changed AS (
     SELECT platform_id, role, country_code, party_id, status, status_changed_at FROM changed
 )
 SELECT count(*) FROM changed;
+
+-- name: auditor_by_token
+SELECT name FROM auditor WHERE token_hash = $1;
+
+-- name: insert_auditor
+INSERT INTO auditor (name, token_hash) VALUES ($1, $2);
+
+-- name: delete_auditor
+DELETE FROM auditor WHERE name = $1 RETURNING id;
+
+-- name: list_auditors
+SELECT name, created_at FROM auditor ORDER BY name;
+
+-- name: record_action
+INSERT INTO audit_trail (actor_kind, actor_name, action, parameters) VALUES ($1, $2, $3, $4::jsonb);
+
+-- name: audit_trail
+SELECT id, at, actor_kind, actor_name, action, parameters::text AS parameters
+FROM audit_trail
+WHERE ($1::bigint IS NULL OR id < $1)
+ORDER BY id DESC
+LIMIT $2;
+
+-- name: routing_log_message
+SELECT * FROM routing_log WHERE id = $1;
+
+-- name: routing_log_correlation
+SELECT id, received_at, request_id, forwarded_request_id, correlation_id, from_country_code, from_party_id,
+       to_country_code, to_party_id, module, interface, method, path, query, routing, http_status,
+       ocpi_status_code, duration_ms, error, object_id, request_body_size, response_body_size, chain_id, seq
+FROM routing_log WHERE correlation_id = $1
+ORDER BY received_at, id
+LIMIT $2;

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 import asyncpg
 import msgspec
@@ -40,6 +41,40 @@ CONTENT_COLUMNS = (
 )  # fmt: skip
 COLUMNS = (*CONTENT_COLUMNS, "prev_hash", "hash")
 _SEQ = CONTENT_COLUMNS.index("seq")
+_PARTY_COLUMNS = ("from_country_code", "from_party_id", "to_country_code", "to_party_id")
+# Modules whose paths name one object: receiver /{cc}/{pid}/{id}..., sender /{id}... (chargingprofiles: /{session_id})
+OBJECT_MODULES = frozenset({"cdrs", "chargingprofiles", "locations", "sessions", "tariffs", "tokens"})
+
+
+def object_id_of(module: str, interface: str | None, path: str) -> str | None:
+    """The location/session/cdr/token/tariff id a path names, found after the module's segment, or None."""
+    if module not in OBJECT_MODULES:
+        return None
+    segments = path.split("?", 1)[0].split("/")
+    try:
+        rest = [s for s in segments[segments.index(module) + 1 :] if s]
+    except ValueError:
+        return None
+    position = 2 if interface == "receiver" and module != "chargingprofiles" else 0
+    return unquote(rest[position])[:255] if len(rest) > position else None
+
+
+class _Identified(msgspec.Struct):
+    id: str
+
+
+_identified = msgspec.json.Decoder(_Identified)
+
+
+def object_id_of_entry(entry: LogEntry) -> str | None:
+    """object_id_of its path; for a CDR pushed to a receiver (POST, no id in the path, mod_cdrs.asciidoc) the id in
+    its body, so that "did the CPO ever send us this CDR?" is one index lookup."""
+    if entry.module == "cdrs" and entry.method == "POST" and entry.interface == "receiver" and entry.request_body:
+        try:
+            return _identified.decode(entry.request_body).id[:255]
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+    return object_id_of(entry.module, entry.interface, entry.path)
 
 
 @dataclass(slots=True)
@@ -174,8 +209,12 @@ class RoutingLogWriter:
             response_body=self._compressed(entry.response_body),
             response_body_size=len(entry.response_body),
         )
+        for name in _PARTY_COLUMNS:  # CiString: stored upper-cased so that a search finds every spelling
+            if (party := values[name]) is not None:
+                values[name] = party.upper()
         prev_hash, self._last_hash = self._last_hash, content_hash(self._last_hash, values)
-        return (*(values[name] for name in CONTENT_COLUMNS), prev_hash, self._last_hash)
+        object_id = object_id_of_entry(entry)
+        return (*(values[name] for name in CONTENT_COLUMNS), prev_hash, self._last_hash, object_id)
 
     def _compressed(self, body: bytes) -> bytes | None:
         return zlib.compress(body[: self._body_cap], 1) if body else None
@@ -189,7 +228,7 @@ class RoutingLogWriter:
         ]  # fmt: skip
         columns = [list(column) for column in zip(*records, strict=True)]
         location_columns = [list(c) for c in zip(*locations, strict=True)] if locations else [[]] * 9
-        head = (self.chain_id, records[-1][_SEQ], records[-1][-1])
+        head = (self.chain_id, records[-1][_SEQ], records[-1][len(COLUMNS) - 1])
         async with self._pool.acquire() as conn:
             await conn.execute(QUERIES["append_routing_log"], *columns, *head, *location_columns)
 
@@ -221,7 +260,11 @@ class Verification:
 async def verify(
     conn: asyncpg.Connection, since: datetime | None = None, until: datetime | None = None
 ) -> Verification:
-    """Recompute every chain from the database. In a time range, each chain's first row in range is trusted."""
+    """Recompute every chain from the database. In a time range, each chain's first row in range is trusted.
+
+    A chain may continue after rows dropped by retention: its row after such a gap must carry, as prev_hash, the
+    hash recorded for the dropped row before it in routing_log_floor.
+    """
     result = Verification()
     columns = ", ".join(("id", *COLUMNS))
     query = (
@@ -232,17 +275,23 @@ async def verify(
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         # Heads and rows come from one snapshot: a hub writing meanwhile must not look like a gap.
         heads = {r["chain_id"]: r for r in await conn.fetch(QUERIES["chain_heads"])}
+        floors = {(r["chain_id"], r["seq"]): r["hash"] for r in await conn.fetch(QUERIES["chain_floors"])}
         async for row in conn.cursor(query, since, until, prefetch=2000):
             result.rows += 1
             if previous is not None and previous["chain_id"] != row["chain_id"]:
                 _check_head(result, previous, heads, until)
                 previous = None
+            dropped_before = floors.get((row["chain_id"], row["seq"] - 1))
             if previous is not None:
-                if row["seq"] != previous["seq"] + 1:
+                if row["seq"] != previous["seq"] + 1 and dropped_before != row["prev_hash"]:
                     result.bad(row["id"], f"seq {row['seq']} follows {previous['seq']}: rows are missing")
-                elif row["prev_hash"] != previous["hash"]:
+                elif row["seq"] == previous["seq"] + 1 and row["prev_hash"] != previous["hash"]:
                     result.bad(row["id"], "prev_hash does not match the previous row")
-            elif since is None and (row["seq"] != 1 or row["prev_hash"] != GENESIS):
+            elif (
+                since is None
+                and (row["seq"] != 1 or row["prev_hash"] != GENESIS)
+                and (dropped_before is None or dropped_before != row["prev_hash"])
+            ):
                 result.bad(row["id"], "the chain does not start at its first row: rows are missing")
             if content_hash(row["prev_hash"], dict(row)) != row["hash"]:
                 result.bad(row["id"], "content does not match its hash: the row was changed")

@@ -1,4 +1,4 @@
-"""The operator's admin API under /admin/api: invitations (token A) and the list of parties."""
+"""The operator's admin API under /admin/api: invitations (token A), the list of parties, the auditor API."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
 
-from hub.auth import admin_guard
+from hub.admin.actors import READ_ONLY, actor_guard
 from hub.errors import OcpiError
 from hub.ocpi.wire import CountryCode, PartyId, Role
 from hub.settings import Settings
@@ -94,7 +94,7 @@ async def create_invitation(request: Request) -> Response[bytes]:
     return json_response(invitation, 201)
 
 
-@get("/parties")
+@get("/parties", opt={READ_ONLY: True})
 async def list_parties(request: Request) -> Response[bytes]:
     async with request.app.state.pool.acquire() as conn:
         rows = await conn.fetch(QUERIES["list_parties"])
@@ -112,12 +112,30 @@ def _render_admin_error(_: Request, exc: Exception) -> Response[bytes]:
 
 
 def admin_router() -> Router:
-    from hub.admin.routing_log import routing_log, verify_routing_log
+    from hub.admin.export import export_routing_log
+    from hub.admin.routing_log import (
+        audit_trail,
+        routing_log,
+        routing_log_conversation,
+        routing_log_message,
+        verify_routing_log,
+    )
+    from hub.admin.stats import stats
 
     return Router(
         path="/admin/api",
-        route_handlers=[create_invitation, list_parties, routing_log, verify_routing_log],
-        guards=[admin_guard],
+        route_handlers=[
+            create_invitation,
+            list_parties,
+            routing_log,
+            routing_log_message,
+            routing_log_conversation,
+            export_routing_log,
+            verify_routing_log,
+            stats,
+            audit_trail,
+        ],
+        guards=[actor_guard],
         exception_handlers={
             AdminError: _render_admin_error,
             OcpiError: _render_admin_error,

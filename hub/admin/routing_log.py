@@ -1,61 +1,159 @@
-"""The first slice of the auditor API: search the routing log by request or correlation id, verify its chain."""
+"""The auditor API on the routing log: search, one message, a conversation, verify; each call is audit-trailed."""
 
 from __future__ import annotations
 
-import base64
-from datetime import datetime
+import zlib
+from typing import Any
 
+import asyncpg
+import msgspec
 from litestar import Request, Response, get
 
+from hub.admin.actors import READ_ONLY, actor_of, record_action
 from hub.admin.api import AdminError, json_response
+from storage.log_search import (
+    LIST_COLUMNS,
+    BadFilter,
+    decode_cursor,
+    encode_cursor,
+    page_query,
+    parse_filters,
+    parse_time,
+)
 from storage.routing_log import verify
 from storage.sql import QUERIES
 
 MAX_LIMIT = 500
+MAX_CONVERSATION = 1000
+SEARCH_TIMEOUT = "30s"
+_PAGE_PARAMS = frozenset({"limit", "cursor"})
 
 
-def _cursor(value: str | None) -> int | None:
-    if not value:
-        return None
+async def fetch_planned(conn: asyncpg.Connection, sql: str, args: list[Any]) -> list[asyncpg.Record]:
+    """Run a search planned for its actual values (see storage/log_search.py), in a read-only transaction, and
+    give up after SEARCH_TIMEOUT rather than hold a connection for a search no index can serve."""
     try:
-        return int(base64.urlsafe_b64decode(value.encode() + b"==").decode())
-    except ValueError:
-        raise AdminError(400, "cursor is not one this API handed out") from None
+        async with conn.transaction(readonly=True):
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            await conn.execute(f"SET LOCAL statement_timeout = '{SEARCH_TIMEOUT}'")
+            return await conn.fetch(sql, *args)
+    except asyncpg.QueryCanceledError:
+        raise AdminError(503, f"the search took longer than {SEARCH_TIMEOUT}: narrow it with since/until") from None
 
 
-def _row(record: dict) -> dict:
-    item = dict(record)
-    for name in ("prev_hash", "hash"):
-        item[name] = item[name].hex()
-    item["chain_id"] = str(item["chain_id"])
-    return item
+def query_params(request: Request) -> dict[str, str]:
+    return {name: request.query_params[name] for name in request.query_params}
 
 
-@get("/routing-log")
-async def routing_log(
-    request: Request,
-    request_id: str | None = None,
-    correlation_id: str | None = None,
-    limit: int = 100,
-    cursor: str | None = None,
-) -> Response[bytes]:
-    """Newest first; next_cursor continues where this page ended (keyset pagination on the row id)."""
-    if not 1 <= limit <= MAX_LIMIT:
-        raise AdminError(400, f"limit must be between 1 and {MAX_LIMIT}")
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return 100
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise AdminError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw!r}")
+    return int(raw)
+
+
+@get("/routing-log", opt={READ_ONLY: True})
+async def routing_log(request: Request) -> Response[bytes]:
+    """Newest first; next_cursor continues where this page ended (keyset on received_at, id)."""
+    params = query_params(request)
+    try:
+        search = parse_filters(params, _PAGE_PARAMS)
+        cursor = decode_cursor(params["cursor"]) if params.get("cursor") else None
+    except BadFilter as exc:
+        raise AdminError(400, str(exc)) from None
+    limit = _limit(params.get("limit"))
+    recorded = search.given | ({"cursor": params["cursor"]} if cursor else {})
+    sql, args = page_query(search, cursor, limit)
     async with request.app.state.pool.acquire() as conn:
-        rows = await conn.fetch(QUERIES["search_routing_log"], request_id, correlation_id, _cursor(cursor), limit + 1)
-    more = len(rows) > limit
-    items = [_row(r) for r in rows[:limit]]
-    next_cursor = base64.urlsafe_b64encode(str(items[-1]["id"]).encode()).decode().rstrip("=") if more else None
+        await record_action(conn, actor_of(request), "search", recorded)
+        rows = await fetch_planned(conn, sql, args)
+    items = [dict(row) for row in rows[:limit]]
+    last = items[-1] if len(rows) > limit else None
+    next_cursor = encode_cursor(last["received_at"], last["id"]) if last else None
     return json_response({"items": items, "next_cursor": next_cursor})
 
 
-@get("/routing-log/verify")
-async def verify_routing_log(
-    request: Request, since: datetime | None = None, until: datetime | None = None
-) -> Response[bytes]:
+def _body(compressed: bytes | None, size: int) -> dict[str, Any]:
+    raw = zlib.decompress(compressed) if compressed else b""
+    body: Any
+    try:
+        body, kind = msgspec.json.decode(raw), "json"
+    except msgspec.DecodeError:
+        body, kind = raw.decode("utf-8", errors="replace"), "text"
+    return {"body": body if raw else None, "kind": kind if raw else "empty", "size": size, "truncated": len(raw) < size}
+
+
+def _headers(value: str | None) -> dict[str, str]:
+    return msgspec.json.decode(value) if value else {}
+
+
+@get("/routing-log/{row_id:int}", opt={READ_ONLY: True})
+async def routing_log_message(request: Request, row_id: int) -> Response[bytes]:
+    """One message with both bodies decompressed (JSON as JSON when it parses, else text), headers and timings."""
     async with request.app.state.pool.acquire() as conn:
+        message = await load_message(conn, row_id)
+        await record_action(conn, actor_of(request), "view", {"id": row_id})
+    if message is None:
+        raise AdminError(404, f"no routing-log row {row_id}")
+    return json_response(message)
+
+
+async def load_message(conn: asyncpg.Connection, row_id: int) -> dict[str, Any] | None:
+    row = await conn.fetchrow(QUERIES["routing_log_message"], row_id)
+    if row is None:
+        return None
+    message = {name: row[name] for name in LIST_COLUMNS}
+    message.update(
+        prev_hash=row["prev_hash"].hex(),
+        hash=row["hash"].hex(),
+        request={"headers": _headers(row["request_headers"])} | _body(row["request_body"], row["request_body_size"]),
+        response={"headers": _headers(row["response_headers"])}
+        | _body(row["response_body"], row["response_body_size"]),
+    )
+    return message
+
+
+@get("/routing-log/correlation/{correlation_id:str}", opt={READ_ONLY: True})
+async def routing_log_conversation(request: Request, correlation_id: str) -> Response[bytes]:
+    """Every message of one X-Correlation-ID, in the order the hub received them."""
+    async with request.app.state.pool.acquire() as conn:
+        items, truncated = await load_conversation(conn, correlation_id)
+        await record_action(conn, actor_of(request), "correlation", {"correlation_id": correlation_id})
+    return json_response({"correlation_id": correlation_id, "items": items, "truncated": truncated})
+
+
+async def load_conversation(conn: asyncpg.Connection, correlation_id: str) -> tuple[list[dict[str, Any]], bool]:
+    """The first MAX_CONVERSATION messages of one correlation id, oldest first, and whether there are more."""
+    rows = await conn.fetch(QUERIES["routing_log_correlation"], correlation_id, MAX_CONVERSATION + 1)
+    return [dict(row) for row in rows[:MAX_CONVERSATION]], len(rows) > MAX_CONVERSATION
+
+
+@get("/routing-log/verify", opt={READ_ONLY: True})
+async def verify_routing_log(request: Request) -> Response[bytes]:
+    """Recompute the hash chains, all of them or the rows of [since, until)."""
+    params = query_params(request)
+    try:
+        if unknown := sorted(set(params) - {"since", "until"}):
+            raise BadFilter(f"unknown parameter {unknown[0]}; verify takes since and until")
+        since = parse_time("since", params["since"]) if params.get("since") else None
+        until = parse_time("until", params["until"]) if params.get("until") else None
+    except BadFilter as exc:
+        raise AdminError(400, str(exc)) from None
+    async with request.app.state.pool.acquire() as conn:
+        await record_action(conn, actor_of(request), "verify", {k: v for k, v in params.items() if v})
         result = await verify(conn, since, until)
     return json_response(
         {"ok": result.ok, "rows": result.rows, "first_bad_id": result.first_bad_id, "problems": result.problems}
     )
+
+
+@get("/audit-trail")
+async def audit_trail(request: Request, limit: int = 100, cursor: int | None = None) -> Response[bytes]:
+    """Who did what on the routing log, newest first (admin only); next_cursor is the last id of the page."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise AdminError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    async with request.app.state.pool.acquire() as conn:
+        rows = await conn.fetch(QUERIES["audit_trail"], cursor, limit + 1)
+    items = [dict(row) | {"parameters": msgspec.json.decode(row["parameters"])} for row in rows[:limit]]
+    return json_response({"items": items, "next_cursor": items[-1]["id"] if len(rows) > limit else None})

@@ -1,0 +1,100 @@
+"""Who is calling the admin API: the admin token or an auditor token, resolved to an Actor; auditor tokens."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar.connection import ASGIConnection
+from litestar.exceptions import PermissionDeniedException
+from litestar.handlers import BaseRouteHandler
+
+from hub.errors import Unauthorized
+from storage.secrets import new_token, token_hash
+from storage.sql import QUERIES
+
+ADMIN = "admin"
+AUDITOR = "auditor"
+# Route handlers an auditor may call carry opt={READ_ONLY: True}; every other admin route needs the admin token.
+READ_ONLY = "auditor_may_read"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    name: str
+    kind: str  # ADMIN or AUDITOR
+
+
+class AuditorExists(Exception):
+    """An auditor of that name exists already."""
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an 'Authorization: Bearer <token>' header, or None."""
+    scheme, _sep, value = (header or "").strip().partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def resolve_actor(pool: asyncpg.Pool, admin_token: str, token: str | None) -> Actor | None:
+    """The admin or the auditor holding this bearer token, or None. Auditor tokens are looked up at each call, so a
+    removed auditor is refused at once on every hub process."""
+    if not token:
+        return None
+    if hmac.compare_digest(token.encode(), admin_token.encode()):
+        return Actor(ADMIN, ADMIN)
+    async with pool.acquire() as conn:
+        name = await conn.fetchval(QUERIES["auditor_by_token"], token_hash(token))
+    return Actor(name, AUDITOR) if name is not None else None
+
+
+async def actor_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """Guard of /admin/api: 'Authorization: Bearer <admin or auditor token>'; auditors may only read."""
+    state = connection.app.state
+    actor = await resolve_actor(
+        state.pool, state.settings.admin_token, bearer_token(connection.headers.get("authorization"))
+    )
+    if actor is None:
+        raise Unauthorized("admin API: send 'Authorization: Bearer <admin token or auditor token>'")
+    if actor.kind == AUDITOR and not handler.opt.get(READ_ONLY):
+        raise PermissionDeniedException(
+            detail=f"auditor {actor.name!r} may only read the routing log, parties, stats and verify;"
+            f" {connection.scope.get('method')} {connection.scope['path']} needs the admin token"
+        )
+    connection.scope["state"]["actor"] = actor
+
+
+def actor_of(connection: ASGIConnection) -> Actor:
+    actor: Actor = connection.scope["state"]["actor"]
+    return actor
+
+
+_encoder = msgspec.json.Encoder()
+
+
+async def record_action(conn: asyncpg.Connection, actor: Actor, action: str, parameters: dict[str, Any]) -> None:
+    """One row of the audit trail: who did what to the routing log, with which parameters."""
+    await conn.execute(QUERIES["record_action"], actor.kind, actor.name, action, _encoder.encode(parameters).decode())
+
+
+async def add_auditor(conn: asyncpg.Connection, name: str) -> str:
+    """A new auditor and its token (shown once, stored as SHA-256)."""
+    token = new_token()
+    try:
+        await conn.execute(QUERIES["insert_auditor"], name, token_hash(token))
+    except asyncpg.UniqueViolationError:
+        raise AuditorExists(f"an auditor named {name!r} exists already; remove it first to issue a new token") from None
+    return token
+
+
+async def remove_auditor(conn: asyncpg.Connection, name: str) -> bool:
+    return await conn.fetchval(QUERIES["delete_auditor"], name) is not None
+
+
+async def list_auditors(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    return [
+        {"name": r["name"], "created_at": r["created_at"].isoformat()}
+        for r in await conn.fetch(QUERIES["list_auditors"])
+    ]

@@ -1,0 +1,51 @@
+"""The web console at /console: server-rendered pages over the auditor API's queries, signed in with a token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from litestar import Request, Response, Router
+from litestar.exceptions import HTTPException
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+HERE = Path(__file__).parent
+
+
+def template_config() -> TemplateConfig[JinjaTemplateEngine]:
+    from hub.console.views import register
+
+    return TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine, engine_callback=register)
+
+
+def _problem(request: Request, exc: Exception) -> Response[Any]:
+    """An error on a console page is a page too, not the OCPI envelope the rest of the hub answers with."""
+    if isinstance(exc, PermissionError):
+        heading, message, status = "Not for auditors", str(exc), 403
+    elif isinstance(exc, HTTPException):
+        heading, message, status = "Cannot show this page", str(exc.detail), exc.status_code
+    else:
+        raise exc
+    context = {"actor": request.scope["state"].get("actor"), "heading": heading, "message": message}
+    return Template("problem.html", context=context, status_code=status)
+
+
+def console_router() -> list[Router]:
+    from hub.console import auth, log_pages, other_pages
+
+    pages = Router(
+        path="/",
+        route_handlers=[
+            auth.sign_in_page, auth.sign_in, auth.sign_out, other_pages.home, log_pages.log_page,
+            log_pages.export_download, log_pages.message_page, other_pages.parties_page, other_pages.stats_page,
+            other_pages.verify_page, other_pages.audit_page, other_pages.invite_page, other_pages.invite_party,
+        ],
+        before_request=auth.require_actor,
+        exception_handlers={PermissionError: _problem, HTTPException: _problem},
+        include_in_schema=False,
+    )  # fmt: skip
+    static = create_static_files_router(path="/console/static", directories=[HERE / "static"], include_in_schema=False)
+    return [pages, static]

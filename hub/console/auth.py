@@ -1,0 +1,86 @@
+"""Signing in to the console with an admin or auditor token, signing out, and the check before every page."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from litestar import Request, Response, get, post
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+from litestar.response import Redirect, Template
+
+from hub.admin.actors import ADMIN, Actor, record_action, resolve_actor
+from hub.console.session import COOKIE, expired_cookie, session_cookie, token_of
+
+SIGN_IN = "/console/sign-in"
+PUBLIC = frozenset({SIGN_IN, "/console/sign-out"})
+
+
+def _secure(request: Request) -> bool:
+    return request.app.state.settings.public_url.startswith("https://")
+
+
+def _next(target: str | None) -> str:
+    """Where to go after signing in: a console page of this hub only, never another site."""
+    if target and target.startswith("/console/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/console/log"
+
+
+async def require_actor(request: Request) -> Response[Any] | None:
+    """Before every console page: the signed-in actor in request.state.actor, or a redirect to the sign-in page."""
+    if request.scope["path"] in PUBLIC or request.scope["path"].startswith("/console/static/"):
+        return None
+    state = request.app.state
+    token = token_of(state.settings.secret_key, request.cookies.get(COOKIE))
+    actor = await resolve_actor(state.pool, state.settings.admin_token, token)
+    if actor is None:
+        here = request.scope["path"] + (f"?{request.scope['query_string'].decode()}" if request.scope["query_string"]
+                                         else "")  # fmt: skip
+        redirect = Redirect(f"{SIGN_IN}?next={quote(here, safe='')}", status_code=303)
+        if token is not None:  # a token that no longer works (auditor removed, admin token changed)
+            redirect.set_cookie(expired_cookie(_secure(request)))
+        return redirect
+    request.scope["state"]["actor"] = actor
+    return None
+
+
+def actor(request: Request) -> Actor:
+    found: Actor = request.scope["state"]["actor"]
+    return found
+
+
+def require_admin(request: Request) -> None:
+    if actor(request).kind != ADMIN:
+        raise PermissionError("this page is for the hub's admin; auditors can read the log, parties and traffic")
+
+
+@get(SIGN_IN)
+async def sign_in_page(request: Request, next: str | None = None) -> Template:
+    return Template("sign_in.html", context={"next": _next(next), "error": None, "actor": None})
+
+
+@post(SIGN_IN, status_code=303)
+async def sign_in(
+    request: Request, data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+) -> Response[Any]:
+    state = request.app.state
+    token = (data.get("token") or "").strip()
+    who = await resolve_actor(state.pool, state.settings.admin_token, token)
+    if who is None:
+        context = {"next": _next(data.get("next")), "actor": None,
+                   "error": "That is not an admin or auditor token of this hub."}  # fmt: skip
+        return Template("sign_in.html", context=context, status_code=401)
+    async with state.pool.acquire() as conn:
+        await record_action(conn, who, "console_sign_in", {"via": "console"})
+    redirect = Redirect(_next(data.get("next")), status_code=303)
+    redirect.set_cookie(session_cookie(state.settings.secret_key, token, _secure(request)))
+    return redirect
+
+
+@post("/console/sign-out", status_code=303)
+async def sign_out(request: Request) -> Redirect:
+    redirect = Redirect(SIGN_IN, status_code=303)
+    redirect.set_cookie(expired_cookie(_secure(request)))
+    return redirect

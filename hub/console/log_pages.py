@@ -1,0 +1,115 @@
+"""The console's routing-log pages: the filtered table with keyset pages, one message, and the export download."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from litestar import Request, get
+from litestar.response import Stream, Template
+
+from hub.admin.actors import record_action
+from hub.admin.api import AdminError
+from hub.admin.export import FORMATS, export_rows
+from hub.admin.routing_log import fetch_planned, load_conversation, load_message
+from hub.console.auth import actor
+from storage.log_search import FILTER_NAMES, BadFilter, decode_cursor, encode_cursor, page_query, parse_filters
+from storage.sql import QUERIES
+
+PAGE_SIZES = (50, 100, 200)
+MODULES = ("cdrs", "chargingprofiles", "commands", "credentials", "hubclientinfo", "locations", "sessions", "tariffs",
+           "tokens")  # fmt: skip
+# (name, label, placeholder) of each filter field, in the order the form shows them
+FIELDS = (
+    ("party", "Party (either side)", "NL-ECO"), ("from_party", "From", "NL-ECO"), ("to_party", "To", "DE-MFX"),
+    ("module", "Module", ""), ("method", "Method", ""), ("routing", "Routing", ""),
+    ("object_id", "Object id", "location, session, CDR or token id"),
+    ("http_status", "HTTP status", "404"), ("ocpi_status", "OCPI status", "2004"),
+    ("request_id", "Request id", "X-Request-ID"), ("correlation_id", "Correlation id", "X-Correlation-ID"),
+    ("since", "Since (UTC)", "2026-01-31T12:00"), ("until", "Until (UTC)", "2026-02-01T00:00"),
+)  # fmt: skip
+CHOICES = {
+    "module": MODULES,
+    "method": ("GET", "POST", "PUT", "PATCH", "DELETE"),
+    "routing": ("direct", "broadcast", "open", "hub", "rejected"),
+}
+
+
+def _filters(request: Request) -> dict[str, str]:
+    """The filters the form sent, without the empty ones (a blank field is no filter)."""
+    given = request.query_params
+    return {name: given[name].strip() for name in given if name in FILTER_NAMES and given[name].strip()}
+
+
+@get("/console/log")
+async def log_page(request: Request, cursor: str | None = None, limit: int = 100) -> Template:
+    filters = _filters(request)
+    limit = limit if limit in PAGE_SIZES else 100
+    context: dict[str, Any] = {"page": "log", "actor": actor(request), "filters": filters, "fields": FIELDS,
+                               "parties": await party_choices(request),
+                               "choices": CHOICES, "limit": limit, "sizes": PAGE_SIZES, "rows": [], "error": None,
+                               "next_url": None, "first_url": None}  # fmt: skip
+    try:
+        search = parse_filters(filters)
+        after = decode_cursor(cursor) if cursor else None
+    except BadFilter as exc:
+        context["error"] = str(exc)
+        return Template("log.html", context=context, status_code=400)
+    sql, args = page_query(search, after, limit)
+    async with request.app.state.pool.acquire() as conn:
+        await record_action(conn, actor(request), "search", search.given | {"via": "console"}
+                            | ({"cursor": cursor} if cursor else {}))  # fmt: skip
+        try:
+            rows = await fetch_planned(conn, sql, args)
+        except AdminError as exc:  # the search ran out of time
+            context["error"] = exc.message
+            return Template("log.html", context=context, status_code=exc.status)
+    context["rows"] = rows[:limit]
+    keep = filters | ({"limit": str(limit)} if limit != 100 else {})
+    context["query"] = urlencode(keep)
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        context["next_url"] = "/console/log?" + urlencode(keep | {"cursor": encode_cursor(last["received_at"],
+                                                                                          last["id"])})  # fmt: skip
+    if cursor:
+        context["first_url"] = "/console/log?" + urlencode(keep)
+    return Template("log.html", context=context)
+
+
+@get("/console/log/{row_id:int}")
+async def message_page(request: Request, row_id: int) -> Template:
+    async with request.app.state.pool.acquire() as conn:
+        message = await load_message(conn, row_id)
+        await record_action(conn, actor(request), "view", {"id": row_id, "via": "console"})
+        conversation = (await load_conversation(conn, message["correlation_id"]))[0] if message else []
+    if message is None:
+        return Template("problem.html", status_code=404, context={
+            "actor": actor(request), "heading": "No such message",
+            "message": f"The routing log has no row {row_id}."})  # fmt: skip
+    context = {"page": "log", "actor": actor(request), "m": message, "conversation": conversation}
+    return Template("message.html", context=context)
+
+
+@get("/console/log/export")
+async def export_download(request: Request, format: str = "csv") -> Stream | Template:
+    filters = _filters(request)
+    try:
+        if format not in FORMATS:
+            raise BadFilter(f"format must be ndjson or csv, got {format!r}")
+        search = parse_filters(filters)
+    except BadFilter as exc:
+        return Template("problem.html", status_code=400, context={
+            "actor": actor(request), "heading": "Cannot export", "message": str(exc)})  # fmt: skip
+    pool = request.app.state.pool
+    async with pool.acquire() as conn:
+        await record_action(conn, actor(request), "export", search.given | {"format": format, "via": "console"})
+    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+    return Stream(export_rows(pool, search, format), media_type=FORMATS[format],
+                  headers={"Content-Disposition": f'attachment; filename="routing-log-{stamp}.{format}"'})  # fmt: skip
+
+
+async def party_choices(request: Request) -> list[str]:
+    async with request.app.state.pool.acquire() as conn:
+        rows = await conn.fetch(QUERIES["list_parties"])
+    return sorted({f"{r['country_code'].upper()}-{r['party_id'].upper()}" for r in rows})

@@ -1,0 +1,157 @@
+"""The console's other pages: parties, traffic charts, chain verification; for the admin the audit trail and
+invitations."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, get, post
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+from litestar.response import Redirect, Template
+
+from hub.admin.actors import record_action
+from hub.admin.api import AdminError, InvitationIn, invite
+from hub.admin.stats import BUCKETS, compute_stats
+from hub.console.auth import actor, require_admin
+from hub.console.charts import Bucket, bar_chart, buckets_between
+from storage.log_search import BadFilter, parse_time
+from storage.routing_log import verify
+from storage.sql import QUERIES
+
+AUDIT_PAGE = 100
+
+
+@get("/console")
+async def home() -> Redirect:
+    return Redirect("/console/log", status_code=303)
+
+
+@get("/console/parties")
+async def parties_page(request: Request) -> Template:
+    async with request.app.state.pool.acquire() as conn:
+        rows = await conn.fetch(QUERIES["list_parties"])
+    counts: dict[str, int] = defaultdict(int)
+    for row in rows:
+        counts[row["status"]] += 1
+    return Template("parties.html", context={"page": "parties", "actor": actor(request), "rows": rows,
+                                             "counts": dict(counts)})  # fmt: skip
+
+
+@get("/console/stats")
+async def stats_page(request: Request, bucket: str = "hour", party: str | None = None) -> Template:
+    bucket = bucket if bucket in BUCKETS else "hour"
+    params = {"bucket": bucket} | ({"party": party} if party else {})
+    context: dict[str, Any] = {"page": "stats", "actor": actor(request), "bucket": bucket, "party": party or "",
+                               "charts": [], "modules": [], "error": None}  # fmt: skip
+    async with request.app.state.pool.acquire() as conn:
+        try:
+            result = await compute_stats(conn, dict(params))
+        except AdminError as exc:
+            context["error"] = exc.message
+            return Template("stats.html", context=context, status_code=400)
+        await record_action(conn, actor(request), "stats", params | {"via": "console"})
+    step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
+    since = parse_time("since", result["since"])
+    start = since.replace(minute=0, second=0, microsecond=0)
+    if bucket == "day":
+        start = start.replace(hour=0)
+    span = buckets_between(start, datetime.now(UTC), step)
+    per_party: dict[str, dict[datetime, Bucket]] = defaultdict(lambda: {b.start: Bucket(b.start) for b in span})
+    totals: dict[str, dict[str, Any]] = defaultdict(lambda: {"sent": 0, "received": 0, "errors": 0, "p95": 0.0,
+                                                             "p99": 0.0})  # fmt: skip
+    modules: dict[str, dict[str, Any]] = defaultdict(lambda: {"messages": 0, "errors": 0, "p95": 0.0, "p99": 0.0})
+    for item in result["items"]:
+        name = item["party"].upper()
+        if party and name != party.upper():
+            continue  # the other side of the selected party's messages
+        slot = per_party[name].get(item["bucket"])
+        if slot is not None:
+            slot.messages += item["messages"]
+            slot.errors += item["errors"]
+        total = totals[name]
+        total[item["direction"]] += item["messages"]
+        total["errors"] += item["errors"]
+        total["p95"], total["p99"] = max(total["p95"], item["p95_ms"]), max(total["p99"], item["p99_ms"])
+        if party:
+            module = modules[f"{item['module']} ({item['direction']})"]
+            module["messages"] += item["messages"]
+            module["errors"] += item["errors"]
+            module["p95"], module["p99"] = max(module["p95"], item["p95_ms"]), max(module["p99"], item["p99_ms"])
+    label_every, label_format = (4, "%H:%M") if bucket == "hour" else (5, "%d %b")
+    for name in sorted(per_party):
+        chart = bar_chart(list(per_party[name].values()), label_every, label_format, f"traffic of {name}")
+        context["charts"].append({"party": name, "svg": chart, "totals": totals[name]})
+    settings = request.app.state.settings
+    context["hub_party"] = f"{settings.country_code}-{settings.party_id}"
+    context["modules"] = sorted(modules.items())
+    context["span"] = "last 24 hours, per hour" if bucket == "hour" else "last 31 days, per day"
+    return Template("stats.html", context=context)
+
+
+@get("/console/verify")
+async def verify_page(request: Request, since: str | None = None, until: str | None = None,
+                      run: bool = False) -> Template:  # fmt: skip
+    context: dict[str, Any] = {"page": "verify", "actor": actor(request), "since": since or "", "until": until or "",
+                               "result": None, "error": None}  # fmt: skip
+    if not run:
+        return Template("verify.html", context=context)
+    try:
+        start = parse_time("since", since) if since else None
+        end = parse_time("until", until) if until else None
+    except BadFilter as exc:
+        context["error"] = str(exc)
+        return Template("verify.html", context=context, status_code=400)
+    async with request.app.state.pool.acquire() as conn:
+        given = {k: v for k, v in (("since", since), ("until", until)) if v}
+        await record_action(conn, actor(request), "verify", given | {"via": "console"})
+        context["result"] = await verify(conn, start, end)
+    context["checked_at"] = datetime.now(UTC)
+    return Template("verify.html", context=context)
+
+
+@get("/console/audit")
+async def audit_page(request: Request, cursor: int | None = None) -> Template:
+    """Who did what on the routing log, through the API or this console (admin only, like the API's trail)."""
+    require_admin(request)
+    async with request.app.state.pool.acquire() as conn:
+        rows = await conn.fetch(QUERIES["audit_trail"], cursor, AUDIT_PAGE + 1)
+    entries = [dict(row) | {"parameters": json.loads(row["parameters"])} for row in rows[:AUDIT_PAGE]]
+    older = f"/console/audit?cursor={entries[-1]['id']}" if len(rows) > AUDIT_PAGE else None
+    return Template("audit.html", context={"page": "audit", "actor": actor(request), "entries": entries,
+                                           "older": older, "first": "/console/audit" if cursor else None})  # fmt: skip
+
+
+@get("/console/invite")
+async def invite_page(request: Request) -> Template:
+    require_admin(request)
+    return Template("invite.html", context={"page": "invite", "actor": actor(request), "form": {}, "error": None,
+                                            "invitation": None})  # fmt: skip
+
+
+@post("/console/invite", status_code=200)
+async def invite_party(
+    request: Request, data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+) -> Template:
+    require_admin(request)
+    context: dict[str, Any] = {"page": "invite", "actor": actor(request), "form": data, "error": None,
+                               "invitation": None}  # fmt: skip
+    state = request.app.state
+    try:
+        wanted = msgspec.convert({"name": data.get("name", "").strip(), "roles": [
+            {"role": data.get("role", ""), "country_code": data.get("country_code", "").strip(),
+             "party_id": data.get("party_id", "").strip()}]}, InvitationIn)  # fmt: skip
+        async with state.pool.acquire() as conn:
+            context["invitation"] = await invite(conn, state.settings, wanted)
+    except msgspec.ValidationError as exc:
+        context["error"] = f"Not a valid invitation: {exc}"
+    except AdminError as exc:
+        context["error"] = exc.message
+    if context["invitation"] is not None:
+        await state.directory.changed()
+        context["form"] = {}
+    return Template("invite.html", context=context, status_code=400 if context["error"] else 200)

@@ -1,0 +1,42 @@
+"""The console's sign-in cookie: the bearer token, encrypted and signed (Fernet), HttpOnly, SameSite=Strict.
+
+The cookie holds the token itself rather than who it belonged to, so each page resolves the actor again with the
+API's own function: a removed auditor is signed out on their next click, on every hub process.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from cryptography.fernet import Fernet, InvalidToken
+from litestar.datastructures import Cookie
+
+COOKIE = "ocpi_hub_console"
+LIFETIME_S = 12 * 3600
+
+
+def _fernet(secret_key: str) -> Fernet:
+    # A key of its own, derived from the hub's secret key: a console cookie never opens a stored party token.
+    derived = hashlib.sha256(b"ocpi-hub console session\0" + secret_key.encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(derived))
+
+
+def session_cookie(secret_key: str, token: str, secure: bool) -> Cookie:
+    value = _fernet(secret_key).encrypt(token.encode()).decode()
+    return Cookie(key=COOKIE, value=value, path="/console", httponly=True, samesite="strict", secure=secure,
+                  max_age=LIFETIME_S)  # fmt: skip
+
+
+def expired_cookie(secure: bool) -> Cookie:
+    return Cookie(key=COOKIE, value="", path="/console", httponly=True, samesite="strict", secure=secure, max_age=0)
+
+
+def token_of(secret_key: str, value: str | None) -> str | None:
+    """The token in a cookie this hub set less than LIFETIME_S ago, or None."""
+    if not value:
+        return None
+    try:
+        return _fernet(secret_key).decrypt(value.encode(), ttl=LIFETIME_S).decode()
+    except (InvalidToken, UnicodeDecodeError):
+        return None

@@ -1,0 +1,72 @@
+"""How the console shows values: times, parties, statuses, bodies; registered as Jinja filters and globals."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from litestar.plugins.jinja import JinjaTemplateEngine
+
+
+def when(moment: datetime | None) -> str:
+    """UTC with milliseconds: the routing log's times are compared across parties, never in local time."""
+    if moment is None:
+        return "—"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def when_short(moment: datetime | None) -> str:
+    """Month-day and time to the millisecond: enough to tell rows apart in a table."""
+    return when(moment)[5:] if moment is not None else "—"
+
+
+def short_path(path: str) -> str:
+    """A path under the hub's 2.2.1 prefix without it; a URL the hub called by itself stays whole."""
+    return path.removeprefix("/ocpi/2.2.1/")
+
+
+def ago(moment: datetime | None) -> str:
+    if moment is None:
+        return "never"
+    seconds = int((datetime.now(UTC) - moment).total_seconds())
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{max(seconds, 0)} s ago"
+
+
+def party(country_code: str | None, party_id: str | None) -> str:
+    return f"{country_code}-{party_id}" if country_code and party_id else "—"
+
+
+def outcome(http_status: int | None, ocpi_status: int | None) -> str:
+    """CSS class of a row's result: ok, bad (an HTTP or OCPI error) or plain (no OCPI status to judge by)."""
+    if (http_status or 0) >= 400 or (ocpi_status is not None and not 1000 <= ocpi_status < 2000):
+        return "bad"
+    return "ok" if ocpi_status is not None else ""
+
+
+def pretty(body: Any) -> str:
+    if isinstance(body, str):
+        return body
+    return json.dumps(body, indent=2, ensure_ascii=False)
+
+
+def size(n: int | None) -> str:
+    if not n:
+        return "0 B"
+    for unit, scale in (("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def party_status(status: str) -> str:
+    return {"CONNECTED": "ok", "OFFLINE": "warn", "SUSPENDED": "warn", "UNREGISTERED": "bad"}.get(status, "")
+
+
+def register(engine: JinjaTemplateEngine) -> None:
+    env = engine.engine
+    env.filters.update(when=when, when_short=when_short, short_path=short_path, ago=ago, pretty=pretty, size=size)
+    env.globals.update(party=party, outcome=outcome, party_status=party_status)

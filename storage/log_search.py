@@ -1,0 +1,198 @@
+"""Routing-log searches: a whitelist of filters, each a static SQL fragment with bound parameters, and keyset pages.
+
+Each combination of filters gives its own SQL text, so PostgreSQL plans it for the indexes that fit (a generic
+"($1 IS NULL OR col = $1)" plan cannot use them), and the queries run with plan_cache_mode = force_custom_plan so
+that partial indexes (rare statuses, unusual routings) and skewed parties are planned with the actual values.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+ROUTINGS = frozenset({"direct", "broadcast", "open", "hub", "rejected"})
+_PARTY = re.compile(r"([A-Za-z]{2})-([A-Za-z0-9]{3})")
+_WORD = re.compile(r"[a-z0-9_]{1,40}")
+
+# The columns of a search result, an export row and a correlation item (bodies only in a single message).
+LIST_COLUMNS = (
+    "id", "received_at", "request_id", "forwarded_request_id", "correlation_id", "from_country_code",
+    "from_party_id", "to_country_code", "to_party_id", "module", "interface", "method", "path", "query", "routing",
+    "http_status", "ocpi_status_code", "duration_ms", "error", "object_id", "request_body_size",
+    "response_body_size", "chain_id", "seq",
+)  # fmt: skip
+_SELECT = ", ".join(LIST_COLUMNS)
+ORDER_NEWEST = "ORDER BY received_at DESC, id DESC"
+ORDER_OLDEST = "ORDER BY received_at, id"
+
+
+class BadFilter(ValueError):
+    """A filter value the API cannot use; the message names the parameter."""
+
+
+def _party(name: str, raw: str) -> list[Any]:
+    match = _PARTY.fullmatch(raw.strip())
+    if not match:
+        raise BadFilter(f"{name} must be a country code and party id such as NL-ABC, got {raw!r}")
+    return [match.group(1).upper(), match.group(2).upper()]
+
+
+def _text(name: str, raw: str) -> list[Any]:
+    if not raw or len(raw) > 255:
+        raise BadFilter(f"{name} must be 1 to 255 characters")
+    return [raw]
+
+
+def _word(name: str, raw: str) -> list[Any]:
+    if not _WORD.fullmatch(raw):
+        raise BadFilter(f"{name} must be a module name such as locations, got {raw!r}")
+    return [raw]
+
+
+def _choice(choices: frozenset[str], transform: Callable[[str], str]) -> Callable[[str, str], list[Any]]:
+    def parse(name: str, raw: str) -> list[Any]:
+        if transform(raw) not in choices:
+            raise BadFilter(f"{name} must be one of {', '.join(sorted(choices))}, got {raw!r}")
+        return [transform(raw)]
+
+    return parse
+
+
+def _integer(low: int, high: int) -> Callable[[str, str], list[Any]]:
+    def parse(name: str, raw: str) -> list[Any]:
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            raise BadFilter(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
+        return [int(raw)]
+
+    return parse
+
+
+def parse_time(name: str, raw: str) -> datetime:
+    """ISO 8601; without an offset the time is taken as UTC."""
+    try:
+        value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadFilter(f"{name} must be an ISO 8601 time such as 2026-01-31T12:00:00Z, got {raw!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _time(name: str, raw: str) -> list[Any]:
+    return [parse_time(name, raw)]
+
+
+# name -> (SQL fragment with {0}, {1}... for its parameters, parser). "party" is handled apart: see page_query.
+FILTERS: dict[str, tuple[str, Callable[[str, str], list[Any]]]] = {
+    "from_party": ("from_country_code = {0} AND from_party_id = {1}", _party),
+    "to_party": ("to_country_code = {0} AND to_party_id = {1}", _party),
+    "module": ("module = {0}", _word),
+    "method": ("method = {0}", _choice(METHODS, str.upper)),
+    "routing": ("routing = {0}", _choice(ROUTINGS, str.lower)),
+    "http_status": ("http_status = {0}", _integer(100, 599)),
+    "ocpi_status": ("ocpi_status_code = {0}", _integer(1000, 4999)),
+    # the id the caller sent, or the one the hub sent the receiver: either side of a dispute may hold it
+    "request_id": ("(request_id = {0} OR forwarded_request_id = {0})", _text),
+    "correlation_id": ("correlation_id = {0}", _text),
+    "object_id": ("object_id = {0}", _text),
+    "since": ("received_at >= {0}", _time),
+    "until": ("received_at < {0}", _time),
+}
+FILTER_NAMES = frozenset({*FILTERS, "party"})
+_FROM = "from_country_code = {0} AND from_party_id = {1}"
+_TO = "to_country_code = {0} AND to_party_id = {1}"
+_NOT_FROM = "(from_country_code, from_party_id) IS DISTINCT FROM ({0}, {1})"
+
+
+@dataclass
+class Search:
+    """Parsed filters: SQL fragments in a fixed order and their values, numbered as they are added."""
+
+    fragments: list[str] = field(default_factory=list)
+    args: list[Any] = field(default_factory=list)
+    party: list[Any] | None = None
+    given: dict[str, str] = field(default_factory=dict)
+
+    def bind(self, values: list[Any]) -> list[str]:
+        placeholders = [f"${len(self.args) + n + 1}" for n in range(len(values))]
+        self.args.extend(values)
+        return placeholders
+
+    def add(self, fragment: str, values: list[Any]) -> str:
+        return fragment.format(*self.bind(values))
+
+    def either_party(self) -> tuple[str, str, str]:
+        """(sent by, received by, not sent by) the party filter, sharing its two parameters."""
+        assert self.party is not None
+        placeholders = self.bind(self.party)
+        return _FROM.format(*placeholders), _TO.format(*placeholders), _NOT_FROM.format(*placeholders)
+
+    def where(self, *extra: str) -> str:
+        clauses = [*self.fragments, *extra]
+        return "WHERE " + " AND ".join(clauses) if clauses else ""
+
+
+def parse_filters(params: Mapping[str, str], allowed_extra: frozenset[str] = frozenset()) -> Search:
+    """Filters from query parameters; an unknown parameter or a bad value is BadFilter naming it."""
+    unknown = sorted(set(params) - FILTER_NAMES - allowed_extra)
+    if unknown:
+        raise BadFilter(f"unknown parameter {unknown[0]}; filters are {', '.join(sorted(FILTER_NAMES))}")
+    search = Search()
+    for name in sorted(FILTERS):  # a fixed order: the same filters always give the same SQL text
+        raw = params.get(name)
+        if raw is None or raw == "":
+            continue
+        fragment, parse = FILTERS[name]
+        search.fragments.append(search.add(fragment, parse(name, raw)))
+        search.given[name] = raw
+    if params.get("party"):
+        search.party = _party("party", params["party"])
+        search.given["party"] = params["party"]
+    return search
+
+
+def encode_cursor(received_at: datetime, row_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{received_at.isoformat()}|{row_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(value: str) -> tuple[datetime, int]:
+    try:
+        at, _, row_id = base64.urlsafe_b64decode(value.encode() + b"==").decode().partition("|")
+        return datetime.fromisoformat(at), int(row_id)
+    except ValueError:
+        raise BadFilter("cursor is not one this API handed out") from None
+
+
+def page_query(search: Search, cursor: tuple[datetime, int] | None, limit: int) -> tuple[str, list[Any]]:
+    """Newest first, the rows after the cursor's (received_at, id); limit + 1 rows tell whether there is more."""
+    extra = [search.add("(received_at, id) < ({0}, {1})", list(cursor))] if cursor else []
+    limit_param = search.add("{0}", [limit + 1])
+    if search.party is None:
+        return (
+            f"SELECT {_SELECT} FROM routing_log {search.where(*extra)} {ORDER_NEWEST} LIMIT {limit_param}",
+            search.args,
+        )
+    # Either side: two ordered index ranges (from-party, to-party) merged, rather than an OR the planner can only
+    # answer with a bitmap scan and a sort of every matching row.
+    sent, received, not_sent = search.either_party()
+    sides = [
+        f"(SELECT {_SELECT} FROM routing_log {search.where(*extra, clause)} {ORDER_NEWEST} LIMIT {limit_param})"
+        for clause in (sent, f"{received} AND {not_sent}")
+    ]
+    return f"SELECT * FROM ({' UNION ALL '.join(sides)}) AS either {ORDER_NEWEST} LIMIT {limit_param}", search.args
+
+
+def export_query(search: Search) -> tuple[str, list[Any]]:
+    """Every matching row, oldest first."""
+    return f"SELECT {_SELECT} FROM routing_log {full_where(search)} {ORDER_OLDEST}", search.args
+
+
+def full_where(search: Search) -> str:
+    """The WHERE clause of every filter, the party one as an OR (exports and stats read every matching row)."""
+    if search.party is None:
+        return search.where()
+    sent, received, _ = search.either_party()
+    return search.where(f"(({sent}) OR ({received}))")

@@ -1,0 +1,99 @@
+"""Routing-log rows for the auditor tests, written by the hub's own RoutingLogWriter (a real hash chain)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from storage.migrate import migrate
+from storage.routing_log import LogEntry, RoutingLogWriter, verify
+
+MODULES = ("locations", "sessions", "tokens", "cdrs", "commands", "tariffs")
+METHODS = ("GET", "PUT", "PATCH", "POST", "DELETE")
+ROUTINGS = ("direct", "broadcast", "open", "hub", "rejected")
+
+
+def varied_entries(start: datetime, count: int, parties: Sequence[tuple[str, str]], tag: str) -> list[LogEntry]:
+    """count rows a few seconds apart (every fifth pair at the same instant, to test ties in pagination), with
+    every module, method, routing, status and party combination cycling at different rates."""
+    entries = []
+    for n in range(count):
+        sender, receiver = parties[n % len(parties)], parties[(n // 2 + 1) % len(parties)]
+        module = MODULES[n % len(MODULES)]
+        if module in ("locations", "sessions", "tariffs"):
+            path = f"/ocpi/2.2.1/receiver/{module}/{sender[0]}/{sender[1]}/{tag}-OBJ{n % 9}"
+        elif module == "tokens":
+            path = f"/ocpi/2.2.1/sender/tokens/{tag}-OBJ{n % 9}/authorize"
+        else:
+            path = f"/ocpi/2.2.1/receiver/{module}"
+        entries.append(
+            LogEntry(
+                received_at=start + timedelta(seconds=n - (n % 5 == 1)),
+                request_id=f"{tag}-req-{n}",
+                forwarded_request_id=f"{tag}-fwd-{n}" if n % 3 else None,
+                correlation_id=f"{tag}-corr-{n % 4}",
+                module=module,
+                interface="sender" if module == "tokens" else "receiver",
+                method=METHODS[n % len(METHODS)],
+                path=path,
+                routing=ROUTINGS[n % 7 % len(ROUTINGS)],
+                http_status=(200, 200, 404, 200, 500)[n % 5],
+                ocpi_status_code=(1000, 2001, None, 1000, 3000, 1000)[n % 6],
+                duration_ms=float(n % 17) + 0.5,
+                from_country_code=sender[0],
+                from_party_id=sender[1],
+                to_country_code=receiver[0],
+                to_party_id=receiver[1],
+                request_headers={"content-type": "application/json"},
+                request_body=b'{"id": "%d", "n": %d}' % (n, n) if n % 2 else b"not json <%d>" % n,
+                response_body=b'{"status_code": 1000}',
+            )
+        )
+    return entries
+
+
+def object_of(entry: LogEntry) -> str | None:
+    """The object id the test put in the path (independent of storage.routing_log.object_id_of)."""
+    marker = entry.path.split("/")
+    found = [part for part in marker if "-OBJ" in part]
+    return found[0] if found else None
+
+
+def write(database_url: str, entries: Sequence[LogEntry]) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(database_url)
+        await migrate(conn)
+        await conn.close()
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        writer = RoutingLogWriter(pool, body_cap=4096)
+        async with writer.running():
+            # queued in the order given (gather starts them in order), so the chain follows that order
+            await asyncio.gather(*(writer.record(entry) for entry in entries))
+        await pool.close()
+
+    asyncio.run(run())
+
+
+def sql(database_url: str, statement: str, *args: object) -> list[asyncpg.Record]:
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await conn.fetch(statement, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def verified(database_url: str):  # type: ignore[no-untyped-def]
+    async def run():  # type: ignore[no-untyped-def]
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await verify(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

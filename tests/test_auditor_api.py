@@ -1,0 +1,280 @@
+"""The auditor API: every filter, keyset pages without gaps or duplicates, one message, a conversation, exports
+that parse back to the same rows, stats, and bad filter values answered 400 naming the parameter."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from storage.routing_log import LogEntry, object_id_of
+from tests.conftest import Hub, Services, unique_party_id
+from tests.log_rows import object_of, varied_entries, write
+
+# A window of its own, long before any row the session's other tests write, so each search here sees only its rows.
+WINDOW = datetime(2001, 3, 10, 12, 0, tzinfo=UTC)
+WINDOW_PARAMS = {"since": "2001-03-10T00:00:00Z", "until": "2001-03-11T00:00:00Z"}
+
+
+class Dataset:
+    def __init__(self, entries: list[LogEntry], parties: list[tuple[str, str]], tag: str) -> None:
+        self.entries, self.parties, self.tag = entries, parties, tag
+
+    def expected(self, keep: Callable[[LogEntry], bool]) -> list[str]:
+        """request ids of the matching rows, newest first (ties: the later written row first, as ids grow)."""
+        matching = [(e.received_at, n, e.request_id) for n, e in enumerate(self.entries) if keep(e)]
+        return [request_id for *_, request_id in sorted(matching, reverse=True)]
+
+
+@pytest.fixture(scope="module")
+def dataset(services: Services, hub: Hub) -> Dataset:
+    parties = [("QX", unique_party_id()), ("QX", unique_party_id()), ("QY", unique_party_id())]
+    tag = uuid.uuid4().hex[:8]
+    entries = varied_entries(WINDOW, 60, parties, tag)
+    write(services.database_url, entries)
+    return Dataset(entries, parties, tag)
+
+
+def _pages(admin: httpx.Client, params: dict[str, str], limit: int = 7) -> Iterator[list[dict]]:
+    cursor = None
+    while True:
+        answer = admin.get("/admin/api/routing-log", params=params | {"limit": str(limit)} | (
+            {"cursor": cursor} if cursor else {}))  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        yield page["items"]
+        if not (cursor := page["next_cursor"]):
+            return
+
+
+def _search(admin: httpx.Client, params: dict[str, str], limit: int = 7) -> list[str]:
+    found = [item["request_id"] for page in _pages(admin, WINDOW_PARAMS | params, limit) for item in page]
+    assert len(found) == len(set(found)), "a row was returned twice"
+    return found
+
+
+def _party(key: tuple[str, str]) -> str:
+    return f"{key[0]}-{key[1]}"
+
+
+def _involves(entry: LogEntry, party: tuple[str, str]) -> bool:
+    return party in ((entry.from_country_code, entry.from_party_id), (entry.to_country_code, entry.to_party_id))
+
+
+def test_every_filter_finds_exactly_its_rows_newest_first(hub: Hub, dataset: Dataset) -> None:
+    a, b, _ = dataset.parties
+    first = dataset.entries[4]
+    cases: list[tuple[dict[str, str], Callable[[LogEntry], bool]]] = [
+        ({}, lambda e: True),
+        ({"from_party": _party(a)}, lambda e: (e.from_country_code, e.from_party_id) == a),
+        ({"to_party": _party(b).lower()}, lambda e: (e.to_country_code, e.to_party_id) == b),
+        ({"party": _party(a)}, lambda e: _involves(e, a)),
+        ({"module": "tokens"}, lambda e: e.module == "tokens"),
+        ({"method": "patch"}, lambda e: e.method == "PATCH"),
+        ({"routing": "rejected"}, lambda e: e.routing == "rejected"),
+        ({"routing": "direct"}, lambda e: e.routing == "direct"),
+        ({"http_status": "404"}, lambda e: e.http_status == 404),
+        ({"http_status": "200"}, lambda e: e.http_status == 200),
+        ({"ocpi_status": "2001"}, lambda e: e.ocpi_status_code == 2001),
+        ({"ocpi_status": "1000"}, lambda e: e.ocpi_status_code == 1000),
+        ({"request_id": first.request_id}, lambda e: e is first),
+        ({"request_id": f"{dataset.tag}-fwd-5"}, lambda e: e.forwarded_request_id == f"{dataset.tag}-fwd-5"),
+        ({"correlation_id": f"{dataset.tag}-corr-2"}, lambda e: e.correlation_id == f"{dataset.tag}-corr-2"),
+        ({"object_id": f"{dataset.tag}-OBJ3"}, lambda e: object_of(e) == f"{dataset.tag}-OBJ3"),
+        ({"since": "2001-03-10T12:00:30Z"}, lambda e: e.received_at >= WINDOW + timedelta(seconds=30)),
+        ({"until": "2001-03-10T12:00:30"}, lambda e: e.received_at < WINDOW + timedelta(seconds=30)),
+        (
+            {"party": _party(b), "module": "locations", "method": "GET"},
+            lambda e: _involves(e, b) and e.module == "locations" and e.method == "GET",
+        ),
+        (
+            {"from_party": _party(a), "http_status": "500", "ocpi_status": "3000"},
+            lambda e: (
+                (e.from_country_code, e.from_party_id) == a and e.http_status == 500 and e.ocpi_status_code == 3000
+            ),
+        ),
+    ]
+    with hub.admin() as admin:
+        for params, keep in cases:
+            expected = dataset.expected(keep)
+            assert expected or params.get("http_status") == "500", params  # each case finds something
+            assert _search(admin, params) == expected, params
+
+
+@pytest.mark.parametrize("limit", [1, 4, 7, 500])
+def test_cursor_pages_cover_every_row_once_in_order_even_with_equal_times(hub: Hub, dataset: Dataset,
+                                                                          limit: int) -> None:  # fmt: skip
+    ties = [e.received_at for e in dataset.entries]
+    assert len(set(ties)) < len(ties)  # the data has rows received at the same instant
+    with hub.admin() as admin:
+        assert _search(admin, {}, limit) == dataset.expected(lambda e: True)
+        a = dataset.parties[0]
+        on_either_side = _search(admin, {"party": _party(a)}, limit)
+    assert on_either_side == dataset.expected(lambda e: _involves(e, a))
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"from_party": "NLABC"}, "from_party"),
+        ({"to_party": "N1-ABC"}, "to_party"),
+        ({"party": "NL-ABCD"}, "party"),
+        ({"module": "Loc ations"}, "module"),
+        ({"method": "FETCH"}, "method"),
+        ({"routing": "sideways"}, "routing"),
+        ({"http_status": "abc"}, "http_status"),
+        ({"http_status": "999"}, "http_status"),
+        ({"ocpi_status": "1"}, "ocpi_status"),
+        ({"since": "yesterday"}, "since"),
+        ({"until": "2001-13-01"}, "until"),
+        ({"request_id": "x" * 300}, "request_id"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "many"}, "limit"),
+        ({"cursor": "%%%"}, "cursor"),
+        ({"frm_party": "NL-ABC"}, "frm_party"),
+    ],
+)
+def test_a_bad_filter_value_answers_400_naming_the_parameter(hub: Hub, params: dict[str, str], named: str) -> None:
+    with hub.admin() as admin:
+        answer = admin.get("/admin/api/routing-log", params=params)
+        exported = admin.get("/admin/api/routing-log/export", params=params)
+    assert answer.status_code == 400 and named in answer.json()["error"], answer.text
+    if named not in ("limit", "cursor"):
+        assert exported.status_code == 400 and named in exported.json()["error"], exported.text
+
+
+def test_one_message_shows_both_bodies_headers_and_timings(hub: Hub, dataset: Dataset) -> None:
+    with hub.admin() as admin:
+        [json_row] = admin.get("/admin/api/routing-log", params={"request_id": f"{dataset.tag}-req-7"}).json()["items"]
+        [text_row] = admin.get("/admin/api/routing-log", params={"request_id": f"{dataset.tag}-req-8"}).json()["items"]
+        message = admin.get(f"/admin/api/routing-log/{json_row['id']}").json()
+        text = admin.get(f"/admin/api/routing-log/{text_row['id']}").json()
+        missing = admin.get("/admin/api/routing-log/999999999999")
+        not_a_number = admin.get("/admin/api/routing-log/abc")
+    assert message["request"] == {"headers": {"content-type": "application/json"}, "body": {"id": "7", "n": 7},
+                                  "kind": "json", "size": len(b'{"id": "7", "n": 7}'), "truncated": False}  # fmt: skip
+    assert message["response"]["body"] == {"status_code": 1000} and message["response"]["kind"] == "json"
+    assert message["duration_ms"] == 7.5 and message["received_at"].startswith("2001-03-10T12:00:07")
+    assert len(message["hash"]) == 64 and message["object_id"] == f"{dataset.tag}-OBJ7"
+    assert (text["request"]["kind"], text["request"]["body"]) == ("text", "not json <8>")
+    assert missing.status_code == 404 and "999999999999" in missing.json()["error"]
+    assert not_a_number.status_code in (400, 404)
+
+
+def test_a_conversation_lists_every_message_of_one_correlation_id_in_order(hub: Hub, dataset: Dataset) -> None:
+    correlation = f"{dataset.tag}-corr-1"
+    with hub.admin() as admin:
+        answer = admin.get(f"/admin/api/routing-log/correlation/{correlation}").json()
+    expected = list(reversed(dataset.expected(lambda e: e.correlation_id == correlation)))
+    assert [item["request_id"] for item in answer["items"]] == expected and answer["truncated"] is False
+
+
+def _export(admin: httpx.Client, params: dict[str, str]) -> httpx.Response:
+    answer = admin.get("/admin/api/routing-log/export", params=params)
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+@pytest.mark.parametrize("params", [{}, {"party": "first"}, {"module": "sessions", "method": "GET"}])
+def test_exports_in_ndjson_and_csv_parse_back_to_the_rows_of_the_search(hub: Hub, dataset: Dataset,
+                                                                        params: dict[str, str]) -> None:  # fmt: skip
+    if params.get("party"):
+        params = {"party": _party(dataset.parties[0])}
+    with hub.admin() as admin:
+        searched = [item for page in _pages(admin, WINDOW_PARAMS | params, 500) for item in page][::-1]
+        ndjson = _export(admin, WINDOW_PARAMS | params | {"format": "ndjson"})
+        as_csv = _export(admin, WINDOW_PARAMS | params | {"format": "csv"})
+    assert searched and ndjson.headers["content-type"].startswith("application/x-ndjson")
+    assert [json.loads(line) for line in ndjson.text.splitlines()] == searched
+    rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+    assert as_csv.headers["content-type"].startswith("text/csv") and len(rows) == len(searched)
+    for row, item in zip(rows, searched, strict=True):
+        assert datetime.fromisoformat(row.pop("received_at")) == datetime.fromisoformat(item.pop("received_at"))
+        assert row == {name: "" if value is None else str(value) for name, value in item.items()}
+
+
+def test_an_export_of_thousands_of_rows_is_streamed_in_chunks(hub: Hub, services: Services) -> None:
+    tag = uuid.uuid4().hex[:8]
+    start = datetime(2001, 5, 1, tzinfo=UTC)
+    write(services.database_url, varied_entries(start, 3000, [("QZ", unique_party_id())], tag))
+    params = {"since": "2001-05-01T00:00:00Z", "until": "2001-05-02T00:00:00Z", "format": "ndjson"}
+    with hub.admin() as admin, admin.stream("GET", "/admin/api/routing-log/export", params=params) as answer:
+        assert answer.headers.get("transfer-encoding") == "chunked" and "content-length" not in answer.headers
+        chunks = list(answer.iter_raw())
+    lines = b"".join(chunks).splitlines()
+    assert len(lines) == 3000 and len(chunks) > 1
+    # oldest first; rows 0 and 1 share a received_at, so the id decides
+    assert [json.loads(line)["request_id"] for line in lines[:3]] == [f"{tag}-req-{n}" for n in range(3)]
+
+
+def test_stats_count_messages_errors_and_duration_percentiles_per_party_module_and_hour(
+    hub: Hub, services: Services
+) -> None:
+    sender, receiver = ("QS", unique_party_id()), ("QT", unique_party_id())
+    start = datetime(2001, 7, 1, 10, 0, tzinfo=UTC)
+    entries = varied_entries(start, 40, [sender], uuid.uuid4().hex[:8])
+    for n, entry in enumerate(entries):
+        entry.module, entry.to_country_code, entry.to_party_id = "cdrs", *receiver
+        entry.received_at = start + timedelta(minutes=n * 2)  # 30 in the first hour, 10 in the second
+        entry.duration_ms = float(n + 1)
+    write(services.database_url, entries)
+    params = {"bucket": "hour", "since": "2001-07-01T00:00:00Z", "until": "2001-07-02T00:00:00Z",
+              "party": _party(sender)}  # fmt: skip
+    with hub.admin() as admin:
+        answer = admin.get("/admin/api/stats", params=params)
+        daily = admin.get("/admin/api/stats", params=params | {"bucket": "day"}).json()["items"]
+        assert admin.get("/admin/api/stats", params={"bucket": "minute"}).status_code == 400
+        assert admin.get("/admin/api/stats", params={"since": "soon"}).status_code == 400
+    assert answer.status_code == 200, answer.text
+    items = answer.json()["items"]
+    assert {(i["party"], i["direction"], i["module"]) for i in items} == {
+        (_party(sender), "sent", "cdrs"), (_party(receiver), "received", "cdrs")}  # fmt: skip
+    first_hour = [i for i in items if i["direction"] == "sent" and i["bucket"].startswith("2001-07-01T10")]
+    [hour] = first_hour
+    durations = [e.duration_ms for e in entries[:30]]
+    failed = [e for e in entries[:30] if e.http_status >= 400 or not 1000 <= (e.ocpi_status_code or 0) <= 1999]
+    assert (hour["messages"], hour["errors"]) == (30, len(failed))
+    assert hour["error_rate"] == pytest.approx(len(failed) / 30)
+    assert hour["p50_ms"] == pytest.approx(statistics.median(durations))
+    assert hour["p95_ms"] == pytest.approx(statistics.quantiles(durations, n=100, method="inclusive")[94])
+    assert hour["p99_ms"] == pytest.approx(statistics.quantiles(durations, n=100, method="inclusive")[98])
+    assert [i["messages"] for i in daily if i["direction"] == "sent"] == [40]
+
+
+@pytest.mark.parametrize(
+    ("module", "interface", "path", "expected"),
+    [
+        ("locations", "receiver", "/ocpi/2.2.1/receiver/locations/NL/ABC/LOC%201/EVSE1/1", "LOC 1"),
+        ("locations", "sender", "/ocpi/2.2.1/sender/locations/LOC2/EVSE1", "LOC2"),
+        ("locations", "sender", "/ocpi/cpo/2.2.1/locations/LOC3", "LOC3"),  # the hub's pull sync, a party's URL
+        ("locations", "sender", "/ocpi/2.2.1/sender/locations", None),
+        ("sessions", "sender", "/ocpi/2.2.1/sender/sessions/S1/charging_preferences", "S1"),
+        ("tokens", "sender", "/ocpi/2.2.1/sender/tokens/TOK1/authorize", "TOK1"),
+        ("tokens", "receiver", "/ocpi/2.2.1/receiver/tokens/NL/ABC/TOK2", "TOK2"),
+        ("tariffs", "receiver", "/ocpi/2.2.1/receiver/tariffs/NL/ABC", None),
+        ("chargingprofiles", "receiver", "/ocpi/2.2.1/receiver/chargingprofiles/S9", "S9"),
+        ("commands", "receiver", "/ocpi/2.2.1/receiver/commands/START_SESSION", None),
+        ("hubclientinfo", "receiver", "/ocpi/2.2/hubclientinfo/NL/ABC", None),
+    ],
+)
+def test_the_object_id_is_taken_from_the_path(module: str, interface: str, path: str, expected: str | None) -> None:
+    assert object_id_of(module, interface, path) == expected
+
+
+def test_a_pushed_cdr_is_found_by_the_id_in_its_body(hub: Hub, services: Services) -> None:
+    cdr_id = f"CDR-{uuid.uuid4().hex[:8]}"
+    body = json.dumps({"id": cdr_id, "total_cost": {"excl_vat": 1}}).encode()
+    entry = LogEntry(received_at=datetime.now(UTC), request_id=f"{cdr_id}-push", correlation_id=cdr_id,
+                     module="cdrs", interface="receiver", method="POST", path="/ocpi/2.2.1/receiver/cdrs",
+                     routing="direct", request_body=body)  # fmt: skip
+    write(services.database_url, [entry])
+    with hub.admin() as admin:
+        items = admin.get("/admin/api/routing-log", params={"object_id": cdr_id}).json()["items"]
+    assert [item["request_id"] for item in items] == [f"{cdr_id}-push"]

@@ -1,0 +1,84 @@
+"""Auditor tokens: `ocpi-hub auditor add`, read-only access, 403 on admin actions, every action audit-trailed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+
+from tests.conftest import ROOT, Hub
+
+
+def _cli(hub: Hub, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hub.cli", *args], env=hub.env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+
+
+def _auditor(hub: Hub, name: str) -> httpx.Client:
+    added = _cli(hub, "auditor", "add", name)
+    assert added.returncode == 0, added.stderr
+    answer = json.loads(added.stdout)
+    assert answer["name"] == name and len(answer["token"]) >= 32
+    return httpx.Client(base_url=hub.base, headers={"Authorization": f"Bearer {answer['token']}"}, timeout=30)
+
+
+def test_an_auditor_reads_the_log_parties_stats_and_verify(hub: Hub) -> None:
+    with _auditor(hub, "reader") as auditor:
+        for path in ("/admin/api/parties", "/admin/api/routing-log", "/admin/api/routing-log/verify",
+                     "/admin/api/stats", "/admin/api/routing-log/correlation/none",
+                     "/admin/api/routing-log/export?format=csv"):  # fmt: skip
+            answer = auditor.get(path)
+            assert answer.status_code == 200, (path, answer.text)
+
+
+def test_an_auditor_token_is_refused_on_admin_actions_with_403(hub: Hub) -> None:
+    with _auditor(hub, "nosy") as auditor:
+        roles = [{"role": "CPO", "country_code": "NL", "party_id": "XXX"}]
+        invitation = auditor.post("/admin/api/invitations", json={"name": "X", "roles": roles})
+        trail = auditor.get("/admin/api/audit-trail")
+    for answer in (invitation, trail):
+        assert answer.status_code == 403 and answer.headers["content-type"].startswith("application/json")
+        assert "auditor 'nosy' may only read" in answer.json()["error"] and "admin token" in answer.json()["error"]
+    with hub.admin() as admin:
+        parties = admin.get("/admin/api/parties").json()["items"]
+    assert not any(p["platform"] == "X" for p in parties)  # the refused invitation created nothing
+
+
+def test_auditor_names_are_unique_and_a_removed_auditor_is_refused_at_once(hub: Hub) -> None:
+    with _auditor(hub, "leaver") as auditor:
+        assert auditor.get("/admin/api/parties").status_code == 200
+        again = _cli(hub, "auditor", "add", "leaver")
+        assert again.returncode == 1 and "exists already" in again.stderr
+        assert "leaver" in [a["name"] for a in json.loads(_cli(hub, "auditor", "list").stdout)]
+        assert _cli(hub, "auditor", "remove", "leaver").returncode == 0
+        refused = auditor.get("/admin/api/parties")
+    assert refused.status_code == 401 and "auditor token" in refused.json()["error"]
+    assert _cli(hub, "auditor", "remove", "leaver").returncode == 1
+    assert _cli(hub, "auditor", "add").returncode == 2
+
+
+def test_every_auditor_and_admin_action_on_the_log_is_recorded_with_who_did_it(hub: Hub) -> None:
+    with _auditor(hub, "tracer") as auditor:
+        auditor.get("/admin/api/routing-log", params={"module": "cdrs", "http_status": "500"})
+        auditor.get("/admin/api/routing-log/1")
+        auditor.get("/admin/api/routing-log/correlation/dispute-42")
+        auditor.get("/admin/api/routing-log/export", params={"format": "csv", "party": "NL-ABC"})
+        auditor.get("/admin/api/routing-log/verify", params={"since": "2001-01-01T00:00:00Z"})
+        auditor.get("/admin/api/stats", params={"bucket": "day"})
+    with hub.admin() as admin:
+        admin.get("/admin/api/routing-log", params={"object_id": "LOC-9"})
+        trail = admin.get("/admin/api/audit-trail", params={"limit": 50}).json()["items"]
+    mine = [(t["action"], t["parameters"]) for t in reversed(trail) if t["actor_name"] == "tracer"]
+    assert all(t["actor_kind"] == "auditor" for t in trail if t["actor_name"] == "tracer")
+    assert mine == [
+        ("search", {"module": "cdrs", "http_status": "500"}),
+        ("view", {"id": 1}),
+        ("correlation", {"correlation_id": "dispute-42"}),
+        ("export", {"party": "NL-ABC", "format": "csv"}),
+        ("verify", {"since": "2001-01-01T00:00:00Z"}),
+        ("stats", {"since": mine[-1][1]["since"], "bucket": "day"}),
+    ]
+    admin_rows = [t for t in trail if t["actor_kind"] == "admin" and t["action"] == "search"]
+    assert admin_rows[0]["actor_name"] == "admin" and admin_rows[0]["parameters"] == {"object_id": "LOC-9"}

@@ -1,0 +1,152 @@
+"""The routing log's partitions: created ahead by the hub, a default partition that loses no row, the migration
+of an unpartitioned log, and `ocpi-hub retention` dropping whole old months while the chain stays verifiable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+
+from storage.migrate import migration_files
+from storage.routing_log import COLUMNS, CONTENT_COLUMNS, GENESIS, LogEntry, content_hash
+from tests.conftest import ROOT, Services, hub_env
+from tests.log_rows import sql, varied_entries, verified, write
+
+
+def _month(months_back: int, day: int = 10) -> datetime:
+    now = datetime.now(UTC)
+    index = now.year * 12 + now.month - 1 - months_back
+    return datetime(index // 12, index % 12 + 1, day, 12, 0, tzinfo=UTC)
+
+
+def _partition(at: datetime) -> str:
+    return f"routing_log_{at:%Y}m{at:%m}"
+
+
+def _retention(services: Services, database_url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = hub_env(services, tmp_path, OCPI_HUB_DATABASE_URL=database_url)
+    return subprocess.run([sys.executable, "-m", "hub.cli", "retention", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_the_hub_creates_this_months_and_the_next_months_partitions_at_start(hub, db) -> None:  # type: ignore[no-untyped-def]
+    names = {r["relname"] for r in db.run(db.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'routing_log'::regclass"))}  # fmt: skip
+    ahead = {_partition(_month(-n, 1)) for n in range(4)}  # OCPI_HUB_LOG_PARTITIONS_AHEAD defaults to 3
+    assert ahead <= names and "routing_log_default" in names
+    indexes = db.run(db.fetchval("SELECT count(*) FROM pg_indexes WHERE tablename = $1", _partition(_month(-3, 1))))
+    assert indexes == 13  # the partition created ahead has every index of the parent
+
+
+def test_rows_no_partition_covers_wait_in_the_default_partition_and_move_into_their_month(
+    empty_database: str,
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    write(empty_database, varied_entries(datetime(2001, 6, 3, tzinfo=UTC), 25, [("QD", "AAA")], tag))
+    where = "SELECT tableoid::regclass::text AS part, count(*) FROM routing_log GROUP BY 1"
+    assert [tuple(r) for r in sql(empty_database, where)] == [("routing_log_default", 25)]
+    [created] = sql(empty_database, "SELECT routing_log_add_partition('2001-06-20T00:00:00Z')")
+    assert created[0] == "routing_log_2001m06"
+    assert [tuple(r) for r in sql(empty_database, where)] == [("routing_log_2001m06", 25)]
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 25)
+
+
+def _old_rows(count: int) -> list[tuple]:
+    """Rows as the unpartitioned routing_log of migration 0002 held them, chained as the writer chained them."""
+    chain, prev, rows = uuid.uuid4(), GENESIS, []
+    for n in range(count):
+        month = (datetime(2025, 1, 20, tzinfo=UTC), datetime(2025, 2, 20, tzinfo=UTC))[n % 2]
+        values = dict.fromkeys(CONTENT_COLUMNS) | {
+            "received_at": month + timedelta(minutes=n), "chain_id": chain, "seq": n + 1, "request_id": f"old-{n}",
+            "correlation_id": "old", "module": "sessions", "interface": "receiver", "method": "PUT",
+            "path": f"/ocpi/2.2.1/receiver/sessions/NL/ABC/S{n}", "query": "", "routing": "direct",
+            "http_status": 200, "ocpi_status_code": 1000, "duration_ms": 2.5, "request_body_size": 0,
+            "response_body_size": 0, "from_country_code": "NL", "from_party_id": "ABC",
+        }  # fmt: skip
+        digest = content_hash(prev, values)
+        rows.append((*(values[c] for c in CONTENT_COLUMNS), prev, digest))
+        prev = digest
+    return rows
+
+
+def test_migrating_an_unpartitioned_log_keeps_every_row_its_id_and_its_chain(empty_database: str) -> None:
+    async def before_partitioning() -> None:
+        conn = await asyncpg.connect(empty_database)
+        try:
+            await conn.execute("CREATE TABLE schema_migration (version integer PRIMARY KEY, name text NOT NULL,"
+                               " applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
+            for version, name, text in migration_files():
+                if version <= 3:
+                    await conn.execute(text)
+                    await conn.execute("INSERT INTO schema_migration (version, name) VALUES ($1, $2)", version, name)
+            rows = _old_rows(30)
+            placeholders = ", ".join(f"${n + 1}" for n in range(len(COLUMNS)))
+            await conn.executemany(f"INSERT INTO routing_log ({', '.join(COLUMNS)}) VALUES ({placeholders})", rows)
+            await conn.execute(
+                "INSERT INTO routing_log_chain (chain_id, last_seq, last_hash) VALUES ($1, $2, $3)",
+                rows[-1][1], 30, rows[-1][-1],
+            )  # fmt: skip
+        finally:
+            await conn.close()
+
+    asyncio.run(before_partitioning())
+    ids_before = [tuple(r) for r in sql(empty_database, "SELECT id, request_id, hash FROM routing_log ORDER BY id")]
+    write(empty_database, [LogEntry(received_at=datetime.now(UTC), request_id="new-0", correlation_id="new",
+                                    module="tokens", method="GET", path="/ocpi/2.2.1/receiver/tokens/NL/ABC/T1",
+                                    interface="receiver", routing="direct")])  # fmt: skip
+    after = sql(empty_database, "SELECT id, request_id, hash, object_id, tableoid::regclass::text AS part"
+                                " FROM routing_log ORDER BY id")  # fmt: skip
+    assert [tuple(r)[:3] for r in after[:30]] == ids_before
+    assert after[0]["object_id"] == "S0" and after[30]["object_id"] == "T1"
+    assert after[30]["id"] > ids_before[-1][0]
+    assert {r["part"] for r in after[:30]} == {"routing_log_2025m01", "routing_log_2025m02"}
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 31), result.problems
+
+
+def test_retention_drops_whole_old_months_and_the_chain_verifies_from_the_first_remaining_row(
+    services: Services, empty_database: str, tmp_path: Path
+) -> None:
+    write(empty_database, [])  # the schema
+    old, older, recent = _month(20), _month(16), _month(2)
+    for month in (old, older, recent):
+        sql(empty_database, "SELECT routing_log_add_partition($1)", month)
+    # One chain whose rows jump between months (as a slow request received before a month's end does), and a row
+    # no partition covers: it waits in the default partition, which retention never touches.
+    times = [old, older, old, recent, older, datetime.now(UTC), datetime(2001, 1, 5, tzinfo=UTC), older, recent]
+    entries = varied_entries(old, len(times), [("QR", "AAA")], uuid.uuid4().hex[:8])
+    for n, (entry, at) in enumerate(zip(entries, times, strict=True)):
+        entry.received_at = at + timedelta(seconds=n)
+    write(empty_database, entries)
+    assert verified(empty_database).ok
+
+    dry = _retention(services, empty_database, tmp_path, "--keep", "400d", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["dropped"] == [_partition(old), _partition(older)]
+    assert sql(empty_database, "SELECT count(*) FROM routing_log")[0][0] == len(times)
+
+    done = _retention(services, empty_database, tmp_path, "--keep", "400d")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["dropped"] == [_partition(old), _partition(older)]
+    kept = [r["request_id"] for r in sql(empty_database, "SELECT request_id FROM routing_log ORDER BY seq")]
+    assert kept == [entries[n].request_id for n in (3, 5, 6, 8)]
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 4), result.problems
+    assert _retention(services, empty_database, tmp_path, "--keep", "400d").stdout.count("routing_log_") == 0
+
+    sql(empty_database, "DELETE FROM routing_log WHERE request_id = $1", entries[5].request_id)
+    assert verified(empty_database).ok is False
+
+
+def test_retention_wants_a_number_of_days(services: Services, empty_database: str, tmp_path: Path) -> None:
+    for keep in ("400", "1y", "0d", "-5d"):
+        answer = _retention(services, empty_database, tmp_path, f"--keep={keep}")
+        assert answer.returncode == 2 and "400d" in answer.stderr, (keep, answer.stderr)

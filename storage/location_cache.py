@@ -42,10 +42,43 @@ def _later(a: str | None, b: str | None) -> str | None:
     return a if epoch(a) >= epoch(b) else b
 
 
+# KEYS: the source sorted set, the set of unpublished members, the snapshot list.
+# ARGV: lowest score, highest score, the viewer's member prefix (its own unpublished ones stay), TTL in seconds.
+_SNAPSHOT = """
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])
+local filter = redis.call('SCARD', KEYS[2]) > 0
+local batch, total = {}, 0
+for _, m in ipairs(members) do
+  if not filter or string.sub(m, 1, #ARGV[3]) == ARGV[3] or redis.call('SISMEMBER', KEYS[2], m) == 0 then
+    batch[#batch + 1] = m
+    if #batch == 4000 then redis.call('RPUSH', KEYS[3], unpack(batch)); total = total + #batch; batch = {} end
+  end
+end
+if #batch > 0 then redis.call('RPUSH', KEYS[3], unpack(batch)); total = total + #batch end
+if total > 0 then redis.call('EXPIRE', KEYS[3], ARGV[4]) end
+return total
+"""
+# KEYS: the snapshot list. ARGV: first index, last index, the document key prefix. Returns {total, docs...}.
+_PAGE = """
+local total = redis.call('LLEN', KEYS[1])
+local page = {total}
+if total == 0 then return page end
+local members = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
+if #members == 0 then return page end
+local keys = {}
+for i, m in ipairs(members) do keys[i] = ARGV[3] .. m end
+local docs = redis.call('MGET', unpack(keys))
+for i = 1, #keys do page[i + 1] = docs[i] end
+return page
+"""
+
+
 class LocationCache:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self._redis = client
         self._p = f"{prefix}locations:"
+        self._snapshot = client.register_script(_SNAPSHOT)
+        self._page = client.register_script(_PAGE)
 
     def _member(self, owner: tuple[str, str], location_id: str) -> str:
         return f"{owner[0].upper()}/{owner[1].upper()}/{location_id}"
@@ -93,6 +126,7 @@ class LocationCache:
         pipe.set(self._doc(member), _encode(location))
         pipe.zadd(f"{self._p}all", {member: score})
         pipe.zadd(self._by_owner(owner), {member: score})
+        pipe.sadd(f"{self._p}id:{member.split('/', 2)[2]}", member)  # for single GETs by id, whoever the owner
         if location.get("publish") is False:
             pipe.sadd(f"{self._p}hidden", member)
         else:
@@ -104,44 +138,39 @@ class LocationCache:
 
     async def find(self, location_id: str) -> list[tuple[tuple[str, str], dict[str, Any]]]:
         """The cached locations with this id, whoever owns them (ids are unique per CPO only)."""
+        members = sorted(_text(m) for m in await self._redis.smembers(f"{self._p}id:{location_id}"))
+        if not members:  # a cache filled before this index existed
+            members = [_text(key).removeprefix(f"{self._p}doc:") async for key in
+                       self._redis.scan_iter(match=f"{self._p}doc:*/*/{location_id}", count=1000)]  # fmt: skip
+        docs = await self._redis.mget([self._doc(m) for m in members]) if members else []
         found = []
-        async for key in self._redis.scan_iter(match=f"{self._p}doc:*/*/{location_id}", count=1000):
-            member = _text(key).removeprefix(f"{self._p}doc:")
-            country, party, _ = member.split("/", 2)
-            raw = await self._redis.get(key)
+        for member, raw in zip(members, docs, strict=True):
             if raw:
+                country, party, _ = member.split("/", 2)
                 found.append(((country, party), _decode(raw)))
         return found
 
     async def snapshot(
         self, owner: tuple[str, str] | None, date_from: float | None, date_to: float | None, viewer: tuple[str, str]
     ) -> tuple[str, int]:
-        """Freeze the list a GET All pages through: (snapshot id, total). Unpublished ones only for their owner."""
+        """Freeze the list a GET All pages through: (snapshot id, total). Unpublished ones only for their owner.
+
+        Built inside Redis by one script: the ids never travel to the hub and back."""
         source = self._by_owner(owner) if owner else f"{self._p}all"
-        low = "-inf" if date_from is None else str(date_from)
-        high = "+inf" if date_to is None else f"({date_to}"  # date_to is exclusive
-        members = [_text(m) for m in await self._redis.zrangebyscore(source, low, high)]
-        hidden = {_text(m) for m in await self._redis.smembers(f"{self._p}hidden")}
-        if hidden:
-            mine = f"{viewer[0]}/{viewer[1]}/"
-            members = [m for m in members if m not in hidden or m.startswith(mine)]
+        low = "-inf" if date_from is None else repr(date_from)
+        high = "+inf" if date_to is None else f"({date_to!r}"  # date_to is exclusive
         snapshot_id = secrets.token_urlsafe(12)
-        key = f"{self._p}snapshot:{snapshot_id}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for start in range(0, len(members), 5000):
-                pipe.rpush(key, *members[start : start + 5000])
-            pipe.expire(key, SNAPSHOT_TTL_S)
-            await pipe.execute()
-        return snapshot_id, len(members)
+        keys = [source, f"{self._p}hidden", f"{self._p}snapshot:{snapshot_id}"]
+        total = await self._snapshot(keys=keys, args=[low, high, f"{viewer[0]}/{viewer[1]}/", SNAPSHOT_TTL_S])
+        return snapshot_id, int(total)
 
     async def page(self, snapshot_id: str, offset: int, limit: int) -> tuple[list[bytes], int] | None:
-        """Raw documents at offset..offset+limit of a snapshot, and its total; None once it expired."""
-        key = f"{self._p}snapshot:{snapshot_id}"
-        total = await self._redis.llen(key)
+        """Raw documents at offset..offset+limit of a snapshot, and its total; None once it expired (or empty)."""
+        found = await self._page(keys=[f"{self._p}snapshot:{snapshot_id}"],
+                                 args=[offset, offset + limit - 1, f"{self._p}doc:"])  # fmt: skip
+        total, docs = int(found[0]), found[1:]
         if total == 0:
             return None
-        members = await self._redis.lrange(key, offset, offset + limit - 1)
-        docs = await self._redis.mget([self._doc(_text(m)) for m in members]) if members else []
         return [d if isinstance(d, bytes) else d.encode() for d in docs if d], total
 
     async def count(self) -> int:

@@ -8,6 +8,7 @@ import os
 import queue
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -44,9 +45,14 @@ class RunningDemo:
         return httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=30)
 
     def stop(self) -> None:
+        """Ctrl-C, as a person would: the demo stops its parties, the hub and the embedded servers it started."""
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
 
 
 def demo_env(request: pytest.FixtureRequest, data_dir: Path) -> dict[str, str]:

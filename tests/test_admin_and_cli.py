@@ -114,8 +114,7 @@ def test_connect_registers_the_hub_at_a_party(hub: Hub, start_party, db) -> None
         "connect",
         "--versions-url",
         party.versions_url,
-        "--token-a",
-        party.token_a,
+        f"--token-a={party.token_a}",  # a token may start with '-': the = form keeps argparse from misreading it
         "--name",
         "Party That Invited Us",
     )
@@ -151,7 +150,7 @@ def test_connect_to_a_party_whose_ids_are_taken_undoes_the_registration(hub: Hub
     pid = unique_party_id()
     hub.invite("Owner", ("CPO", "DE", pid))
     party = start_party(("CPO", "DE", pid))
-    result = _cli(hub, "connect", "--versions-url", party.versions_url, "--token-a", party.token_a)
+    result = _cli(hub, "connect", "--versions-url", party.versions_url, f"--token-a={party.token_a}")
     assert result.returncode == 1
     assert f"DE-{pid}" in result.stderr
     assert party.hub_credentials is None  # the hub sent DELETE to undo its registration at the party

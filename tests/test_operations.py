@@ -80,6 +80,7 @@ def test_ready_flips_while_postgres_is_stopped_and_back(services: Services, tmp_
         assert answer.status_code == 503 and "PostgreSQL unreachable" in answer.json()["problems"][0]
         assert httpx.get(f"{hub.base}/health").status_code == 200  # the process itself is fine
         assert postgres._launch(port) is None  # the same server back on the same port
+        postgres.owned = True  # so that stop() below stops it again
         _wait(lambda: httpx.get(f"{hub.base}/ready", timeout=10).status_code == 200)
     finally:
         hub.stop()

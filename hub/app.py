@@ -69,7 +69,12 @@ def create_app(settings: Settings | None = None) -> RequestContext:
             commit_timeout_s=settings.forward_timeout_s,
         )
         writer.on_commit = metrics.routing_log_committed
-        async with writer.running(), RoutingState(redis_client, settings.redis_prefix).running() as routing:
+        locations = LocationCache(redis_client, settings.redis_prefix)
+        async with (
+            writer.running(),
+            RoutingState(redis_client, settings.redis_prefix).running() as routing,
+            locations.updating(),
+        ):
             app.state.update(
                 pool=pool,
                 redis=redis_client,
@@ -79,7 +84,7 @@ def create_app(settings: Settings | None = None) -> RequestContext:
                 forward_session=forward_session,
                 routing_log=writer,
                 routing=routing,
-                locations=LocationCache(redis_client, settings.redis_prefix),
+                locations=locations,
                 location_sync_wake=asyncio.Event(),
             )
             hub_party = (settings.country_code, settings.party_id)

@@ -9,13 +9,19 @@ is lost is fetched again from the CPOs by pull sync.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import msgspec
 import redis.asyncio as redis
+import structlog
 from redis.exceptions import WatchError
+
+log = structlog.get_logger()
 
 SNAPSHOT_TTL_S = 900  # a client walking the pages of one GET All gets the same list for this long
 
@@ -77,6 +83,7 @@ class LocationCache:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self._redis = client
         self._p = f"{prefix}locations:"
+        self._pending: asyncio.Queue[tuple[tuple[str, str], str, list[str], bytes]] = asyncio.Queue()
         self._snapshot = client.register_script(_SNAPSHOT)
         self._page = client.register_script(_PAGE)
 
@@ -89,12 +96,69 @@ class LocationCache:
     def _by_owner(self, owner: tuple[str, str]) -> str:
         return f"{self._p}by-owner:{owner[0].upper()}/{owner[1].upper()}"
 
-    async def apply(self, owner: tuple[str, str], method: str, path: list[str], body: bytes) -> bool:
-        """A PUT or PATCH of /{location_id}[/{evse_uid}[/{connector_id}]] as relayed; False if it cannot apply."""
-        member = self._member(owner, path[0])
-        update = _decode(body)
-        if not isinstance(update, dict):
-            return False
+    def submit(self, owner: tuple[str, str], method: str, path: list[str], body: bytes) -> None:
+        """A relayed PUT or PATCH of /{location_id}[/{evse_uid}[/{connector_id}]], applied soon by `updating()`."""
+        self._pending.put_nowait((owner, method, path, body))
+
+    @contextlib.asynccontextmanager
+    async def updating(self) -> AsyncIterator[LocationCache]:
+        """For the life of the process: apply submitted updates in order, many per Redis round trip."""
+        task = asyncio.create_task(self._apply_pending())
+        try:
+            yield self
+        finally:
+            await self._pending.join()  # what was relayed before shutdown is in the cache
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _apply_pending(self) -> None:
+        while True:
+            batch = [await self._pending.get()]
+            while not self._pending.empty():
+                batch.append(self._pending.get_nowait())
+            try:
+                await self.apply(batch)
+            except Exception as exc:  # a cache: pull sync repairs what a failed update leaves behind
+                log.warning("location_cache_update_failed", updates=len(batch), error=str(exc))
+            finally:
+                for _ in batch:
+                    self._pending.task_done()
+
+    async def apply(self, updates: list[tuple[tuple[str, str], str, list[str], bytes]]) -> int:
+        """Apply updates in order; whole-location PUTs in a row share one transaction. Returns how many applied."""
+        applied, whole = 0, []
+        for owner, method, path, body in updates:
+            try:
+                update = _decode(body)
+            except msgspec.DecodeError:
+                update = None
+            if not isinstance(update, dict):
+                log.info("location_cache_skipped", path=path, reason="the body is not a JSON object")
+                continue
+            member = self._member(owner, path[0])
+            if method == "PUT" and len(path) == 1:  # a whole location replaces what is there: nothing to read first
+                whole.append((owner, member, update))
+                continue
+            applied += await self._store_all(whole)
+            whole = []
+            if await self._merge(owner, member, method, path, update):
+                applied += 1
+            else:
+                log.info("location_cache_skipped", path=path, reason="its location or EVSE is not in the cache")
+        return applied + await self._store_all(whole)
+
+    async def _store_all(self, locations: list[tuple[tuple[str, str], str, dict[str, Any]]]) -> int:
+        if locations:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for owner, member, location in locations:
+                    self._store(pipe, owner, member, location)
+                await pipe.execute()
+        return len(locations)
+
+    async def _merge(
+        self, owner: tuple[str, str], member: str, method: str, path: list[str], update: dict[str, Any]
+    ) -> bool:
         async with self._redis.pipeline(transaction=True) as pipe:
             for _ in range(20):  # optimistic: another process changing the same location makes us retry
                 try:

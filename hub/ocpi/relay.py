@@ -264,18 +264,11 @@ class Relay:
             log.error("broadcast_copy_not_logged_in_time", to=delivery.to.key, request_id=copy.request_id)
 
     def _note_location(self, exchange: Exchange, incoming: Incoming) -> None:
-        """A location PUT or PATCH that went through updates the cache, after the caller has its answer."""
+        """A location PUT or PATCH that went through updates the cache (queued: off the caller's path)."""
         segments = incoming.segments
         pushed = incoming.module == "locations" and incoming.interface == "receiver"
         if pushed and incoming.method in ("PUT", "PATCH") and len(segments) >= 3:
-            exchange.background.append(self._update_cache((segments[0], segments[1]), incoming))
-
-    async def _update_cache(self, owner: PartyKey, incoming: Incoming) -> None:
-        try:
-            if not await self.state.locations.apply(owner, incoming.method, incoming.segments[2:], incoming.body):
-                log.info("location_cache_skipped", path=incoming.path, reason="unknown parent or not an object")
-        except Exception as exc:  # a cache: the pull sync repairs what a failed update leaves behind
-            log.warning("location_cache_update_failed", path=incoming.path, error=str(exc))
+            self.state.locations.submit((segments[0], segments[1]), incoming.method, segments[2:], incoming.body)
 
     def _hub_answer(self, exchange: Exchange, http_status: int, status_code: int, message: str | None) -> Answer:
         """An answer from the hub itself: OCPI-from is the hub, OCPI-to the caller's party when known."""

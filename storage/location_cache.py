@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -48,14 +48,22 @@ def _later(a: str | None, b: str | None) -> str | None:
     return a if epoch(a) >= epoch(b) else b
 
 
-# KEYS: the source sorted set, the set of unpublished members, the snapshot list.
-# ARGV: lowest score, highest score, the viewer's member prefix (its own unpublished ones stay), TTL in seconds.
+# KEYS: the source sorted set, the set of unpublished members, the snapshot list, the token owners (uid -> CC-PID).
+# ARGV: lowest score, highest score, the viewer's member prefix (its own unpublished ones stay), TTL in seconds,
+# the viewer as CC-PID, the key prefix of each unpublished location's publish_allowed_to token uids.
 _SNAPSHOT = """
+local function allowed(m)
+  for _, uid in ipairs(redis.call('SMEMBERS', ARGV[6] .. m)) do
+    if redis.call('HGET', KEYS[4], uid) == ARGV[5] then return true end
+  end
+  return false
+end
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])
 local filter = redis.call('SCARD', KEYS[2]) > 0
 local batch, total = {}, 0
 for _, m in ipairs(members) do
-  if not filter or string.sub(m, 1, #ARGV[3]) == ARGV[3] or redis.call('SISMEMBER', KEYS[2], m) == 0 then
+  if not filter or string.sub(m, 1, #ARGV[3]) == ARGV[3] or redis.call('SISMEMBER', KEYS[2], m) == 0
+     or allowed(m) then
     batch[#batch + 1] = m
     if #batch == 4000 then redis.call('RPUSH', KEYS[3], unpack(batch)); total = total + #batch; batch = {} end
   end
@@ -83,6 +91,7 @@ class LocationCache:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self._redis = client
         self._p = f"{prefix}locations:"
+        self._token_owners = f"{prefix}owners:tokens"  # kept by storage.routing_state from the token pushes relayed
         self._pending: asyncio.Queue[tuple[tuple[str, str], str, list[str], bytes]] = asyncio.Queue()
         self._snapshot = client.register_script(_SNAPSHOT)
         self._page = client.register_script(_PAGE)
@@ -191,8 +200,11 @@ class LocationCache:
         pipe.zadd(f"{self._p}all", {member: score})
         pipe.zadd(self._by_owner(owner), {member: score})
         pipe.sadd(f"{self._p}id:{member.split('/', 2)[2]}", member)  # for single GETs by id, whoever the owner
+        pipe.delete(f"{self._p}allowed:{member}")
         if location.get("publish") is False:
             pipe.sadd(f"{self._p}hidden", member)
+            if uids := _allowed_uids(location):
+                pipe.sadd(f"{self._p}allowed:{member}", *uids)
         else:
             pipe.srem(f"{self._p}hidden", member)
 
@@ -224,8 +236,10 @@ class LocationCache:
         low = "-inf" if date_from is None else repr(date_from)
         high = "+inf" if date_to is None else f"({date_to!r}"  # date_to is exclusive
         snapshot_id = secrets.token_urlsafe(12)
-        keys = [source, f"{self._p}hidden", f"{self._p}snapshot:{snapshot_id}"]
-        total = await self._snapshot(keys=keys, args=[low, high, f"{viewer[0]}/{viewer[1]}/", SNAPSHOT_TTL_S])
+        keys = [source, f"{self._p}hidden", f"{self._p}snapshot:{snapshot_id}", self._token_owners]
+        mine, allowed = f"{viewer[0]}/{viewer[1]}/", f"{self._p}allowed:"
+        args: list[str | int] = [low, high, mine, SNAPSHOT_TTL_S, f"{viewer[0]}-{viewer[1]}", allowed]
+        total = await self._snapshot(keys=keys, args=args)
         return snapshot_id, int(total)
 
     async def page(self, snapshot_id: str, offset: int, limit: int) -> tuple[list[bytes], int] | None:
@@ -239,6 +253,24 @@ class LocationCache:
 
     async def count(self) -> int:
         return int(await self._redis.zcard(f"{self._p}all"))
+
+
+def _allowed_uids(location: dict[str, Any]) -> list[str]:
+    """mod_locations.asciidoc, publish_allowed_to: the tokens (PublishTokenType) whose drivers may see it."""
+    allowed = location.get("publish_allowed_to")
+    return [str(t["uid"]) for t in allowed if isinstance(t, dict) and t.get("uid")] if isinstance(allowed, list) else []
+
+
+async def visible_to(location: dict[str, Any], owner: tuple[str, str], viewer: tuple[str, str],
+                     token_owner: Callable[[str], Awaitable[tuple[str, str] | None]]) -> bool:  # fmt: skip
+    """A location is shown to everyone, unless publish is false: then to its owner and the eMSPs of the tokens in
+    publish_allowed_to (the hub knows a token's eMSP from the token pushes it relayed)."""
+    if location.get("publish") is not False or owner == viewer:
+        return True
+    for uid in _allowed_uids(location):
+        if await token_owner(uid) == viewer:
+            return True
+    return False
 
 
 def _merged(current: dict[str, Any] | None, method: str, path: list[str], update: dict[str, Any]) -> dict | None:

@@ -112,6 +112,28 @@ def test_unpublished_locations_are_shown_to_their_owner_only(hub: Hub, connect_p
     assert _get(cpo, hub, "sender/locations/HIDDEN").json()["data"]["id"] == "HIDDEN"
 
 
+def test_unpublished_locations_are_shown_to_the_emsps_of_the_tokens_in_publish_allowed_to(
+    hub: Hub, connect_party
+) -> None:
+    cpo, fleet, other = connect_party(_roles("CPO")), connect_party(_roles("EMSP")), connect_party(_roles("EMSP"))
+    owner, (fcc, fpid) = party_key(cpo), party_key(fleet)
+    # The fleet operator's token reaches the CPO through the hub: the hub now knows whose token FLEET-1 is.
+    token = {"country_code": fcc, "party_id": fpid, "uid": "FLEET-1", "type": "RFID", "contract_id": "C1",
+             "issuer": "Fleet", "valid": True, "whitelist": "ALLOWED", "last_updated": "2026-11-21T09:00:00Z"}
+    assert fleet.call(hub.base, "PUT", f"receiver/tokens/{fcc}/{fpid}/FLEET-1", to=owner, body=token).json()[
+        "status_code"] == 1000  # fmt: skip
+    depot = _location(owner, "DEPOT", "2026-11-21T10:00:00Z", publish=False) | {
+        "publish_allowed_to": [{"uid": "FLEET-1", "type": "RFID"}]}  # fmt: skip
+    _push(cpo, fleet, hub, "PUT", "DEPOT", depot)
+    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}"
+    _eventually(lambda: _assert_total(cpo, hub, query, 1))
+    _eventually(lambda: _assert_total(fleet, hub, query, 1))
+    assert [loc["id"] for loc in _get(fleet, hub, query).json()["data"]] == ["DEPOT"]
+    assert _get(fleet, hub, "sender/locations/DEPOT").json()["data"]["id"] == "DEPOT"
+    assert _get(other, hub, query).json()["data"] == []
+    assert _get(other, hub, "sender/locations/DEPOT").status_code == 404
+
+
 @pytest.mark.parametrize(
     ("suffix", "body", "complaint"),
     [("{other}/LOC1", {"id": "LOC1"}, "is not the sending party"), ("{mine}/LOC1", {"id": "LOC2"}, "differs")],

@@ -184,3 +184,24 @@ def test_two_instances_pull_a_new_cpo_once(hub: Hub, services: Services, tmp_pat
         assert [r.query for r in cpo.syncs()] == ["", "offset=10&limit=10", "offset=20&limit=10"]
     finally:
         other.stop()
+
+
+def test_two_instances_probe_a_silent_party_once_per_probe_interval(
+    services: Services, tmp_path: Path, start_party
+) -> None:
+    # Both check for silent parties four times a second; a probe claims the party for 30 s in Redis.
+    env = {"OCPI_HUB_STILL_ALIVE_S": "1", "OCPI_HUB_OFFLINE_PROBE_S": "30"}
+    first = start_hub(hub_env(services, tmp_path / "first", **env), OUTPUT / "hub-probe-first.log")
+    second = start_hub(hub_env(services, tmp_path / "second", **env), OUTPUT / "hub-probe-second.log")
+    try:
+        party = register_at_hub(first, start_party, _roles("EMSP"))
+
+        def probes() -> int:  # the registration's own versions GET is the first
+            return sum(1 for r in party.received if r.method == "GET" and r.path == "/ocpi/versions") - 1
+
+        _wait(lambda: probes() >= 1)
+        time.sleep(3)  # a dozen more checks on each instance: none may probe again within the claim
+        assert probes() == 1
+    finally:
+        first.stop()
+        second.stop()

@@ -17,7 +17,7 @@ from hub.errors import InvalidParameters, NotFound, UnknownLocation
 from hub.metrics import CACHE_REQUESTS
 from routing.forward import Answer
 from routing.request import Incoming
-from storage.location_cache import epoch
+from storage.location_cache import epoch, visible_to
 
 if TYPE_CHECKING:
     from hub.ocpi.relay import Exchange, Relay
@@ -71,7 +71,9 @@ async def _single(relay: Relay, exchange: Exchange, segments: list[str]) -> Answ
     """GET /{location_id}[/{evse_uid}[/{connector_id}]] from the cache; several owners of one id: ask for OCPI-to."""
     found = await relay.state.locations.find(segments[0])
     assert exchange.sender is not None
-    visible = [loc for owner, loc in found if loc.get("publish") is not False or owner == exchange.sender.key]
+    viewer, routing = exchange.sender.key, relay.state.routing
+    visible = [loc for owner, loc in found
+               if await visible_to(loc, owner, viewer, lambda uid: routing.owner("tokens", uid))]  # fmt: skip
     if len(visible) > 1:
         raise InvalidParameters(f"several CPOs have a location {segments[0]}: address its owner with OCPI-to")
     target: Any = visible[0] if visible else None

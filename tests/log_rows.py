@@ -62,19 +62,22 @@ def object_of(entry: LogEntry) -> str | None:
     return found[0] if found else None
 
 
-def write(database_url: str, entries: Sequence[LogEntry]) -> None:
-    async def run() -> None:
+def write(database_url: str, entries: Sequence[LogEntry], body_cap: int = 4096) -> RoutingLogWriter:
+    """The entries written by a RoutingLogWriter of their own, all in flight at once (group commit)."""
+
+    async def run() -> RoutingLogWriter:
         conn = await asyncpg.connect(database_url)
         await migrate(conn)
         await conn.close()
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-        writer = RoutingLogWriter(pool, body_cap=4096)
+        writer = RoutingLogWriter(pool, body_cap=body_cap)
         async with writer.running():
             # queued in the order given (gather starts them in order), so the chain follows that order
             await asyncio.gather(*(writer.record(entry) for entry in entries))
         await pool.close()
+        return writer
 
-    asyncio.run(run())
+    return asyncio.run(run())
 
 
 def sql(database_url: str, statement: str, *args: object) -> list[asyncpg.Record]:

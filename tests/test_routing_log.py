@@ -11,9 +11,9 @@ import asyncpg
 import httpx
 import pytest
 
-from storage.migrate import migrate
 from storage.routing_log import LogEntry, RoutingLogWriter, verify
 from tests.conftest import Hub
+from tests.log_rows import write
 from tests.test_routing import LOCATION, _roles, party_key
 
 
@@ -88,18 +88,7 @@ def _entry(n: int) -> LogEntry:
 
 
 def _written_log(database_url: str, rows: int) -> RoutingLogWriter:
-    async def write() -> RoutingLogWriter:
-        conn = await asyncpg.connect(database_url)
-        await migrate(conn)
-        await conn.close()
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-        writer = RoutingLogWriter(pool, body_cap=1024)
-        async with writer.running():
-            await asyncio.gather(*(writer.record(_entry(n)) for n in range(rows)))
-        await pool.close()
-        return writer
-
-    return asyncio.run(write())
+    return write(database_url, [_entry(n) for n in range(rows)], body_cap=1024)
 
 
 def _verify(database_url: str, tamper: str | None = None):  # type: ignore[no-untyped-def]

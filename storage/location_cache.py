@@ -72,6 +72,22 @@ if #batch > 0 then redis.call('RPUSH', KEYS[3], unpack(batch)); total = total + 
 if total > 0 then redis.call('EXPIRE', KEYS[3], ARGV[4]) end
 return total
 """
+# KEYS: the document, the sorted sets of all and of the owner, the id index, the unpublished set, the allowed set.
+# ARGV: member, score (last_updated), the document, "1" if unpublished, the publish_allowed_to token uids.
+_STORE = """
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[6])
+if ARGV[4] == '1' then
+  redis.call('SADD', KEYS[5], ARGV[1])
+  if #ARGV > 4 then redis.call('SADD', KEYS[6], unpack(ARGV, 5)) end
+else
+  redis.call('SREM', KEYS[5], ARGV[1])
+end
+return 1
+"""
 # KEYS: the snapshot list. ARGV: first index, last index, the document key prefix. Returns {total, docs...}.
 _PAGE = """
 local total = redis.call('LLEN', KEYS[1])
@@ -94,6 +110,7 @@ class LocationCache:
         self._token_owners = f"{prefix}owners:tokens"  # kept by storage.routing_state from the token pushes relayed
         self._pending: asyncio.Queue[tuple[tuple[str, str], str, list[str], bytes]] = asyncio.Queue()
         self._snapshot = client.register_script(_SNAPSHOT)
+        self._store_script = client.register_script(_STORE)
         self._page = client.register_script(_PAGE)
 
     def _member(self, owner: tuple[str, str], location_id: str) -> str:
@@ -147,6 +164,9 @@ class LocationCache:
                 continue
             member = self._member(owner, path[0])
             if method == "PUT" and len(path) == 1:  # a whole location replaces what is there: nothing to read first
+                if not isinstance(update.get("last_updated"), str):
+                    log.info("location_cache_skipped", path=path, reason="a location without last_updated")
+                    continue
                 whole.append((owner, member, update))
                 continue
             applied += await self._store_all(whole)
@@ -158,10 +178,12 @@ class LocationCache:
         return applied + await self._store_all(whole)
 
     async def _store_all(self, locations: list[tuple[tuple[str, str], str, dict[str, Any]]]) -> int:
-        if locations:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for owner, member, location in locations:
-                    self._store(pipe, owner, member, location)
+        # PUTs replace: of several in a row for one location only the last is visible, so only it is stored.
+        last = {member: (owner, location) for owner, member, location in locations}
+        if last:
+            async with self._redis.pipeline(transaction=False) as pipe:  # each script is atomic on its own
+                for member, (owner, location) in last.items():
+                    await self._store(pipe, owner, member, location)
                 await pipe.execute()
         return len(locations)
 
@@ -179,7 +201,7 @@ class LocationCache:
                         await pipe.unwatch()
                         return False
                     pipe.multi()
-                    self._store(pipe, owner, member, merged)
+                    await self._store(pipe, owner, member, merged)
                     await pipe.execute()
                     return True
                 except WatchError:
@@ -191,22 +213,18 @@ class LocationCache:
         async with self._redis.pipeline(transaction=False) as pipe:
             for location in locations:
                 if isinstance(location, dict) and location.get("id") and location.get("last_updated"):
-                    self._store(pipe, owner, self._member(owner, str(location["id"])), location)
+                    await self._store(pipe, owner, self._member(owner, str(location["id"])), location)
             await pipe.execute()
 
-    def _store(self, pipe: Any, owner: tuple[str, str], member: str, location: dict[str, Any]) -> None:
-        score = epoch(location["last_updated"])
-        pipe.set(self._doc(member), _encode(location))
-        pipe.zadd(f"{self._p}all", {member: score})
-        pipe.zadd(self._by_owner(owner), {member: score})
-        pipe.sadd(f"{self._p}id:{member.split('/', 2)[2]}", member)  # for single GETs by id, whoever the owner
-        pipe.delete(f"{self._p}allowed:{member}")
-        if location.get("publish") is False:
-            pipe.sadd(f"{self._p}hidden", member)
-            if uids := _allowed_uids(location):
-                pipe.sadd(f"{self._p}allowed:{member}", *uids)
-        else:
-            pipe.srem(f"{self._p}hidden", member)
+    async def _store(self, pipe: Any, owner: tuple[str, str], member: str, location: dict[str, Any]) -> None:
+        """Queue the script that stores one location with its index entries (one command instead of six)."""
+        keys = [self._doc(member), f"{self._p}all", self._by_owner(owner), f"{self._p}id:{member.split('/', 2)[2]}",
+                f"{self._p}hidden", f"{self._p}allowed:{member}"]  # fmt: skip
+        hidden = location.get("publish") is False
+        args: list[str | float | bytes] = [member, epoch(location["last_updated"]), _encode(location),
+                                           "1" if hidden else "0"]
+        uids: list[str] = _allowed_uids(location) if hidden else []
+        await self._store_script(keys=keys, args=[*args, *uids], client=pipe)  # queued in the pipeline
 
     async def get(self, owner: tuple[str, str], location_id: str) -> dict[str, Any] | None:
         raw = await self._redis.get(self._doc(self._member(owner, location_id)))

@@ -185,9 +185,13 @@ def page_query(search: Search, cursor: tuple[datetime, int] | None, limit: int) 
     return f"SELECT * FROM ({' UNION ALL '.join(sides)}) AS either {ORDER_NEWEST} LIMIT {limit_param}", search.args
 
 
-def export_query(search: Search) -> tuple[str, list[Any]]:
-    """Every matching row, oldest first."""
-    return f"SELECT {_SELECT} FROM routing_log {full_where(search)} {ORDER_OLDEST}", search.args
+BODY_COLUMNS = ("request_headers", "response_headers", "request_body", "response_body")
+
+
+def export_query(search: Search, bodies: bool = False) -> tuple[str, list[Any]]:
+    """Every matching row, oldest first; with bodies, also the headers and the (compressed) bodies."""
+    columns = f"{_SELECT}, {', '.join(BODY_COLUMNS)}" if bodies else _SELECT
+    return f"SELECT {columns} FROM routing_log {full_where(search)} {ORDER_OLDEST}", search.args
 
 
 def full_where(search: Search) -> str:

@@ -200,6 +200,24 @@ def test_exports_in_ndjson_and_csv_parse_back_to_the_rows_of_the_search(hub: Hub
         assert row == {name: "" if value is None else str(value) for name, value in item.items()}
 
 
+def test_an_export_with_bodies_carries_headers_and_both_bodies_as_sent(hub: Hub, services: Services) -> None:
+    tag = uuid.uuid4().hex[:8]
+    entries = varied_entries(datetime(2001, 6, 1, tzinfo=UTC), 6, [("QB", unique_party_id())], tag)
+    write(services.database_url, entries)
+    params = {"since": "2001-06-01T00:00:00Z", "until": "2001-06-02T00:00:00Z"}
+    with hub.admin() as admin:
+        ndjson = [json.loads(line) for line in _export(admin, params | {"bodies": "true"}).text.splitlines()]
+        as_csv = list(csv.DictReader(io.StringIO(_export(admin, params | {"bodies": "true", "format": "csv"}).text)))
+        plain = json.loads(_export(admin, params).text.splitlines()[0])
+        refused = admin.get("/admin/api/routing-log/export", params=params | {"bodies": "yes"})
+    assert [r["request_body"] for r in ndjson] == [e.request_body.decode() for e in entries]
+    assert [r["response_body"] for r in as_csv] == [e.response_body.decode() for e in entries]
+    assert ndjson[0]["request_headers"] == {"content-type": "application/json"}
+    assert json.loads(as_csv[0]["request_headers"]) == {"content-type": "application/json"}
+    assert "request_body" not in plain  # bodies only when asked for
+    assert refused.status_code == 400 and "bodies" in refused.json()["error"]
+
+
 def test_an_export_of_thousands_of_rows_is_streamed_in_chunks(hub: Hub, services: Services) -> None:
     tag = uuid.uuid4().hex[:8]
     start = datetime(2001, 5, 1, tzinfo=UTC)

@@ -194,7 +194,7 @@ def test_pages_follow_the_keyset_cursor_without_gaps_or_repeats(page: Page, demo
     assert table_ids(page) == seen[:50]
 
 
-@pytest.mark.parametrize("export_format", ["csv", "ndjson"])
+@pytest.mark.parametrize("export_format", ["csv", "ndjson", "bodies"])
 def test_export_downloads_exactly_the_filtered_rows(page: Page, demo: RunningDemo, export_format: str) -> None:
     sign_in(page, demo)
     page.goto(f"{demo.base}/console/log?module=sessions")
@@ -210,6 +210,8 @@ def test_export_downloads_exactly_the_filtered_rows(page: Page, demo: RunningDem
     expected = sorted(r["id"] for r in api_items(demo, module="sessions"))
     assert [int(r["id"]) for r in rows] == expected and expected
     assert {r["module"] for r in rows} == {"sessions"}
+    if export_format == "bodies":  # the session objects themselves, as the CPO sent them
+        assert any(r["request_body"] and '"kwh"' in r["request_body"] for r in rows)
 
 
 def test_traffic_charts_and_chain_verification(page: Page, demo: RunningDemo) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import zlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -20,7 +21,7 @@ from litestar.response import Stream
 from hub.admin.actors import READ_ONLY, actor_of, record_action
 from hub.admin.api import AdminError
 from hub.admin.routing_log import query_params
-from storage.log_search import LIST_COLUMNS, BadFilter, Search, export_query, parse_filters
+from storage.log_search import BODY_COLUMNS, LIST_COLUMNS, BadFilter, Search, export_query, parse_filters
 
 CURSOR_ROWS = 2000
 FLUSH_BYTES = 256 * 1024
@@ -47,17 +48,32 @@ class _CsvLines:
         return line
 
 
-async def export_rows(pool: asyncpg.Pool, search: Search, export_format: str) -> AsyncIterator[bytes]:
-    sql, args = export_query(search)
+def _with_bodies(row: asyncpg.Record, headers_as_objects: bool) -> dict[str, Any]:
+    """The row with its bodies as text, as the parties sent them (cut at OCPI_HUB_LOG_BODY_MAX_BYTES)."""
+    item = dict(row)
+    for name in ("request_body", "response_body"):
+        item[name] = zlib.decompress(item[name]).decode("utf-8", errors="replace") if item[name] else None
+    if headers_as_objects:  # NDJSON: objects; CSV keeps the JSON text
+        for name in ("request_headers", "response_headers"):
+            item[name] = msgspec.json.decode(item[name]) if item[name] else None
+    return item
+
+
+async def export_rows(
+    pool: asyncpg.Pool, search: Search, export_format: str, bodies: bool = False
+) -> AsyncIterator[bytes]:
+    sql, args = export_query(search, bodies)
     lines = _CsvLines()
-    chunk = bytearray(lines.encode(LIST_COLUMNS) if export_format == "csv" else b"")
+    header = (*LIST_COLUMNS, *BODY_COLUMNS) if bodies else LIST_COLUMNS
+    chunk = bytearray(lines.encode(header) if export_format == "csv" else b"")
     async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         async for row in conn.cursor(sql, *args, prefetch=CURSOR_ROWS):
+            item = _with_bodies(row, export_format == "ndjson") if bodies else row
             if export_format == "csv":
-                chunk += lines.encode(tuple(row))
+                chunk += lines.encode(tuple(item.values()))
             else:
-                chunk += _encoder.encode(dict(row))
+                chunk += _encoder.encode(dict(item))
                 chunk += b"\n"
             if len(chunk) >= FLUSH_BYTES:
                 yield bytes(chunk)
@@ -72,16 +88,20 @@ async def export_routing_log(request: Request) -> Stream:
     export_format = params.pop("format", "ndjson")
     if export_format not in FORMATS:
         raise AdminError(400, f"format must be ndjson or csv, got {export_format!r}")
+    bodies = params.pop("bodies", "false")
+    if bodies not in ("true", "false"):
+        raise AdminError(400, f"bodies must be true or false, got {bodies!r}")
     try:
         search = parse_filters(params)
     except BadFilter as exc:
         raise AdminError(400, str(exc)) from None
     pool = request.app.state.pool
     async with pool.acquire() as conn:
-        await record_action(conn, actor_of(request), "export", search.given | {"format": export_format})
+        await record_action(conn, actor_of(request), "export",
+                            search.given | {"format": export_format, "bodies": bodies == "true"})  # fmt: skip
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
     return Stream(
-        export_rows(pool, search, export_format),
+        export_rows(pool, search, export_format, bodies == "true"),
         media_type=FORMATS[export_format],
         headers={"Content-Disposition": f'attachment; filename="routing-log-{stamp}.{export_format}"'},
     )

@@ -92,7 +92,7 @@ async def message_page(request: Request, row_id: int) -> Template:
 
 
 @get("/console/log/export")
-async def export_download(request: Request, format: str = "csv") -> Stream | Template:
+async def export_download(request: Request, format: str = "csv", bodies: bool = False) -> Stream | Template:
     filters = _filters(request)
     try:
         if format not in FORMATS:
@@ -103,9 +103,10 @@ async def export_download(request: Request, format: str = "csv") -> Stream | Tem
             "actor": actor(request), "heading": "Cannot export", "message": str(exc)})  # fmt: skip
     pool = request.app.state.pool
     async with pool.acquire() as conn:
-        await record_action(conn, actor(request), "export", search.given | {"format": format, "via": "console"})
+        await record_action(conn, actor(request), "export",
+                            search.given | {"format": format, "bodies": bodies, "via": "console"})  # fmt: skip
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
-    return Stream(export_rows(pool, search, format), media_type=FORMATS[format],
+    return Stream(export_rows(pool, search, format, bodies), media_type=FORMATS[format],
                   headers={"Content-Disposition": f'attachment; filename="routing-log-{stamp}.{format}"'})  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from redis.exceptions import WatchError
 
 log = structlog.get_logger()
 
+SNAPSHOTS_PER_VIEWER = 20  # GET Alls a party can walk at once; starting one more expires its oldest
 SNAPSHOT_TTL_S = 900  # a client walking the pages of one GET All gets the same list for this long
 
 _decode = msgspec.json.decode
@@ -48,9 +49,10 @@ def _later(a: str | None, b: str | None) -> str | None:
     return a if epoch(a) >= epoch(b) else b
 
 
-# KEYS: the source sorted set, the set of unpublished members, the snapshot list, the token owners (uid -> CC-PID).
-# ARGV: lowest score, highest score, the viewer's member prefix (its own unpublished ones stay), TTL in seconds,
-# the viewer as CC-PID, the key prefix of each unpublished location's publish_allowed_to token uids.
+# KEYS: the source sorted set, the set of unpublished members, the snapshot list, the token owners (uid -> CC-PID),
+# the viewer's list of snapshots. ARGV: lowest score, highest score, the viewer's member prefix (its own unpublished
+# ones stay), TTL in seconds, the viewer as CC-PID, the key prefix of each unpublished location's
+# publish_allowed_to token uids, how many snapshots a viewer keeps.
 _SNAPSHOT = """
 local function allowed(m)
   for _, uid in ipairs(redis.call('SMEMBERS', ARGV[6] .. m)) do
@@ -69,7 +71,15 @@ for _, m in ipairs(members) do
   end
 end
 if #batch > 0 then redis.call('RPUSH', KEYS[3], unpack(batch)); total = total + #batch end
-if total > 0 then redis.call('EXPIRE', KEYS[3], ARGV[4]) end
+if total > 0 then
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+  -- the viewer's live snapshots, newest first: beyond ARGV[7] the oldest are dropped, so that a client starting
+  -- GET All over and over cannot fill Redis
+  redis.call('LPUSH', KEYS[5], KEYS[3])
+  for _, old in ipairs(redis.call('LRANGE', KEYS[5], ARGV[7], -1)) do redis.call('DEL', old) end
+  redis.call('LTRIM', KEYS[5], 0, ARGV[7] - 1)
+  redis.call('EXPIRE', KEYS[5], ARGV[4])
+end
 return total
 """
 # KEYS: the document, the sorted sets of all and of the owner, the id index, the unpublished set, the allowed set.
@@ -254,9 +264,11 @@ class LocationCache:
         low = "-inf" if date_from is None else repr(date_from)
         high = "+inf" if date_to is None else f"({date_to!r}"  # date_to is exclusive
         snapshot_id = secrets.token_urlsafe(12)
-        keys = [source, f"{self._p}hidden", f"{self._p}snapshot:{snapshot_id}", self._token_owners]
+        keys = [source, f"{self._p}hidden", f"{self._p}snapshot:{snapshot_id}", self._token_owners,
+                f"{self._p}snapshots-of:{viewer[0]}/{viewer[1]}"]  # fmt: skip
         mine, allowed = f"{viewer[0]}/{viewer[1]}/", f"{self._p}allowed:"
-        args: list[str | int] = [low, high, mine, SNAPSHOT_TTL_S, f"{viewer[0]}-{viewer[1]}", allowed]
+        args: list[str | int] = [low, high, mine, SNAPSHOT_TTL_S, f"{viewer[0]}-{viewer[1]}", allowed,
+                                 SNAPSHOTS_PER_VIEWER]  # fmt: skip
         total = await self._snapshot(keys=keys, args=args)
         return snapshot_id, int(total)
 

@@ -145,3 +145,20 @@ def test_client_owned_push_must_name_its_sender_and_its_id(hub: Hub, connect_par
     answer = cpo.call(hub.base, "PUT", path, to=party_key(emsp), body=body)
     assert answer.json()["status_code"] == 2001 and complaint in answer.json()["status_message"]
     assert emsp.functional() == []
+
+
+def test_a_party_starting_get_all_again_and_again_keeps_only_its_latest_snapshots(hub: Hub, connect_party) -> None:
+    from storage.location_cache import SNAPSHOTS_PER_VIEWER
+
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    owner = party_key(cpo)
+    for location_id in ("S1", "S2"):
+        _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-21T10:00:00Z"))
+    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=1"
+    _eventually(lambda: _assert_total(emsp, hub, query, 2))
+    links = [_get(emsp, hub, query).headers["Link"].split(">")[0].lstrip("<")
+             for _ in range(SNAPSHOTS_PER_VIEWER + 1)]  # fmt: skip
+    expired = _get(emsp, hub, links[0])
+    assert expired.status_code == 404 and "expired" in expired.json()["status_message"]
+    for link in links[1:]:  # the latest ones still lead to the second page
+        assert [loc["id"] for loc in _get(emsp, hub, link).json()["data"]] == ["S2"]

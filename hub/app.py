@@ -24,7 +24,7 @@ from hub.envelope import render_ocpi_error
 from hub.logs import configure_logging
 from hub.ocpi import credentials, versions
 from hub.ocpi.relay import Relay
-from hub.request_context import RequestContext
+from hub.request_context import PROBE_PATHS, RequestContext
 from hub.settings import Settings
 from routing.forward import open_session
 from routing.pull_sync import PullSync, run_scheduled
@@ -40,7 +40,7 @@ from storage.sql import QUERIES
 log = structlog.get_logger()
 
 LAST_SEEN_FLUSH_S = 10.0
-OPERATOR_PATHS = ("^/health$", "^/ready$", "^/metrics$")  # for load balancers and Prometheus: no OCPI token
+_WITHOUT_OCPI_TOKEN = ["^/admin/", "^/console", *(f"^{path}$" for path in sorted(PROBE_PATHS))]
 
 
 def create_app(settings: Settings | None = None) -> RequestContext:
@@ -146,7 +146,7 @@ def create_app(settings: Settings | None = None) -> RequestContext:
         ],
         state=State({"settings": settings, "last_seen": {}}),
         lifespan=[resources],
-        middleware=[DefineMiddleware(CredentialsTokenAuth, exclude=["^/admin/", "^/console", *OPERATOR_PATHS])],
+        middleware=[DefineMiddleware(CredentialsTokenAuth, exclude=_WITHOUT_OCPI_TOKEN)],
         exception_handlers={Exception: render_ocpi_error},
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import msgspec
 from litestar import Request, Response, get
 from litestar.datastructures import State
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -76,20 +76,13 @@ class PartyStatusCollector(Collector):
 
 
 def _registry(state: State) -> CollectorRegistry:
-    registry = CollectorRegistry()
+    """The registry /metrics renders: every worker's files with several workers, else this process's counters."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
         MultiProcessCollector(registry)
     else:
-        from prometheus_client import REGISTRY
-
-        return _with_parties(REGISTRY, state)
-    return _with_parties(registry, state)
-
-
-def _with_parties(registry: CollectorRegistry, state: State) -> CollectorRegistry:
-    if not getattr(state, "party_status_collector", None):
-        state.party_status_collector = PartyStatusCollector(state)
-        registry.register(state.party_status_collector)
+        registry = REGISTRY
+    registry.register(PartyStatusCollector(state))
     return registry
 
 

@@ -15,7 +15,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger()
 
-PROBE_PATHS = frozenset(("/health", "/ready", "/metrics"))
+PROBE_PATHS = frozenset(("/health", "/ready", "/metrics"))  # load balancers and Prometheus: no OCPI token
 
 
 class RequestContext:

@@ -51,6 +51,9 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
 )
 
 
+_DEFAULTS = {name: default for name, default, _ in VARIABLES}
+
+
 class SettingsError(ValueError):
     """A setting has a value the hub cannot run with; the message names the variable."""
 
@@ -104,6 +107,10 @@ class Settings:
             value = env.get(name, "").strip()
             return value or None
 
+        def number(name: str, kind: type[int] | type[float]) -> float:
+            """A positive number, its default the one VARIABLES documents."""
+            return _number(name, get(name) or _DEFAULTS[name], kind)
+
         default_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         public_url = (get("OCPI_HUB_PUBLIC_URL") or f"http://{default_host}:{port}").rstrip("/")
         _check_url("OCPI_HUB_PUBLIC_URL", public_url, ("http", "https"))
@@ -135,19 +142,15 @@ class Settings:
             name=get("OCPI_HUB_NAME") or "ocpi-hub",
             admin_token=get("OCPI_HUB_ADMIN_TOKEN"),
             secret_key=get("OCPI_HUB_SECRET_KEY"),
-            forward_timeout_s=_number("OCPI_HUB_FORWARD_TIMEOUT_S", get("OCPI_HUB_FORWARD_TIMEOUT_S") or "30", float),
-            max_body_bytes=int(_number("OCPI_HUB_MAX_BODY_BYTES", get("OCPI_HUB_MAX_BODY_BYTES") or "10000000", int)),
+            forward_timeout_s=number("OCPI_HUB_FORWARD_TIMEOUT_S", float),
+            max_body_bytes=int(number("OCPI_HUB_MAX_BODY_BYTES", int)),
             log_mode=log_mode,
-            sync_interval_s=_number("OCPI_HUB_SYNC_INTERVAL_S", get("OCPI_HUB_SYNC_INTERVAL_S") or "3600", float),
-            sync_check_s=_number("OCPI_HUB_SYNC_CHECK_S", get("OCPI_HUB_SYNC_CHECK_S") or "10", float),
-            still_alive_s=_number("OCPI_HUB_STILL_ALIVE_S", get("OCPI_HUB_STILL_ALIVE_S") or "300", float),
-            offline_probe_s=_number("OCPI_HUB_OFFLINE_PROBE_S", get("OCPI_HUB_OFFLINE_PROBE_S") or "30", float),
-            log_body_max_bytes=int(
-                _number("OCPI_HUB_LOG_BODY_MAX_BYTES", get("OCPI_HUB_LOG_BODY_MAX_BYTES") or "1048576", int)
-            ),
-            log_partitions_ahead=int(
-                _number("OCPI_HUB_LOG_PARTITIONS_AHEAD", get("OCPI_HUB_LOG_PARTITIONS_AHEAD") or "3", int)
-            ),
+            sync_interval_s=number("OCPI_HUB_SYNC_INTERVAL_S", float),
+            sync_check_s=number("OCPI_HUB_SYNC_CHECK_S", float),
+            still_alive_s=number("OCPI_HUB_STILL_ALIVE_S", float),
+            offline_probe_s=number("OCPI_HUB_OFFLINE_PROBE_S", float),
+            log_body_max_bytes=int(number("OCPI_HUB_LOG_BODY_MAX_BYTES", int)),
+            log_partitions_ahead=int(number("OCPI_HUB_LOG_PARTITIONS_AHEAD", int)),
             redis_prefix=get("OCPI_HUB_REDIS_PREFIX") or "ocpi-hub:",
             log_level=log_level,
         )

@@ -236,10 +236,6 @@ class LocationCache:
         uids: list[str] = _allowed_uids(location) if hidden else []
         await self._store_script(keys=keys, args=[*args, *uids], client=pipe)  # queued in the pipeline
 
-    async def get(self, owner: tuple[str, str], location_id: str) -> dict[str, Any] | None:
-        raw = await self._redis.get(self._doc(self._member(owner, location_id)))
-        return _decode(raw) if raw else None
-
     async def find(self, location_id: str) -> list[tuple[tuple[str, str], dict[str, Any]]]:
         """The cached locations with this id, whoever owns them (ids are unique per CPO only)."""
         members = sorted(_text(m) for m in await self._redis.smembers(f"{self._p}id:{location_id}"))
@@ -280,9 +276,6 @@ class LocationCache:
         if total == 0:
             return None
         return [d if isinstance(d, bytes) else d.encode() for d in docs if d], total
-
-    async def count(self) -> int:
-        return int(await self._redis.zcard(f"{self._p}all"))
 
 
 def _allowed_uids(location: dict[str, Any]) -> list[str]:

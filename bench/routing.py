@@ -3,10 +3,12 @@
     python -m bench.routing [--duration 10] [--connections 32 128] [--rate 2000]
 
 Starts a fast OCPI party (bench/receiver.py on granian), registers it and a sender at a fresh hub, then loads
-(a) the party directly and (b) the same push through the hub with wrk (saturation, at each connection count)
-and bench/paced_load.mjs (open loop, paced at --rate req/s), and prints requests/s, p50/p99 latency and
-routing-log rows committed per second. Uses OCPI_HUB_DATABASE_URL / OCPI_HUB_REDIS_URL when set (a throwaway
-database and key prefix), the embedded servers otherwise. Everything runs on this machine and stops by itself.
+(a) the party directly, (b) the same push through bench/bare_relay.py (uvicorn + aiohttp + group commit with
+nothing of the hub: the floor of what this stack costs on this machine) and (c) the same push through the hub,
+with wrk (saturation, at each connection count) and bench/paced_load.mjs (open loop, paced at --rate req/s), and
+prints requests/s, p50/p99 latency and log rows committed per second. Uses OCPI_HUB_DATABASE_URL /
+OCPI_HUB_REDIS_URL when set (a throwaway database and key prefix), the embedded servers otherwise. Everything runs
+on this machine and stops by itself.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,8 +131,40 @@ async def _sql(url: str, sql: str) -> object:
         await conn.close()
 
 
-def count_rows(database_url: str) -> int:
-    return int(asyncio.run(_sql(database_url, "SELECT count(*) FROM routing_log")))  # type: ignore[call-overload]
+def count_rows(database_url: str, table: str = "routing_log") -> int:
+    return int(asyncio.run(_sql(database_url, f"SELECT count(*) FROM {table}")))  # type: ignore[call-overload]
+
+
+def load(name: str, url: str, headers: dict[str, str], body: bytes, args, work: Path, rows: Callable[[], int]):  # type: ignore[no-untyped-def]
+    """wrk at each connection count (with log rows committed per second), then the paced run."""
+    results = []
+    for connections in args.connections:
+        before, started = rows(), time.monotonic()
+        result = run_wrk(url, headers, body, connections, args.duration, work)
+        time.sleep(0.5)  # async mode: let the last batch land before counting
+        result.rows_per_s = (rows() - before) / (time.monotonic() - started - 0.5)
+        result.name = f"{name}, {result.name}"
+        results.append(result)
+    paced = run_paced(url, headers, body, args.rate, args.duration, work)
+    paced.name = f"{name}, {paced.name}"
+    results.append(paced)
+    return results
+
+
+def bench_bare(workers: int, database_url: str, receiver: str, args, work: Path) -> list[Result]:  # type: ignore[no-untyped-def]
+    """bench/bare_relay.py: uvicorn + aiohttp + group commit and nothing of the hub, as the floor of the table."""
+    port = free_port()
+    target = f"{receiver}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1"
+    env = dict(os.environ) | {"BARE_RELAY_TARGET": target, "BARE_RELAY_DATABASE_URL": database_url}
+    command = [sys.executable, "-m", "uvicorn", "--port", str(port), "--workers", str(workers), "--no-access-log",
+               "--log-level", "warning", "--loop", "uvloop", "--http", "httptools", "bench.bare_relay:app"]  # fmt: skip
+    name = f"bare relay {workers} worker{'s' if workers > 1 else ''} (no hub)"
+    with process(command, env, work / f"bare-{workers}.log"):
+        wait_http(f"http://127.0.0.1:{port}/ocpi/versions")
+        url = f"http://127.0.0.1:{port}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1"
+        headers = {"Content-Type": "application/json"}
+        return load(name, url, headers, json.dumps(LOCATION).encode(), args, work,
+                    lambda: count_rows(database_url, "bare_relay_log"))  # fmt: skip
 
 
 def register(hub: str, admin_token: str, party_url: str, role: tuple[str, str, str]) -> str:
@@ -211,18 +245,7 @@ def bench_hub(  # type: ignore[no-untyped-def]
         check = httpx.put(url, headers=headers, content=body).json()
         if check.get("status_code") != 1000:
             raise RuntimeError(f"the hub did not relay the benchmark request: {check}")
-        results = []
-        for connections in args.connections:
-            before, started = count_rows(database_url), time.monotonic()
-            result = run_wrk(url, headers, body, connections, args.duration, work)
-            time.sleep(0.5)  # async mode: let the last batch land before counting
-            result.rows_per_s = (count_rows(database_url) - before) / (time.monotonic() - started - 0.5)
-            result.name = f"{name}, {result.name}"
-            results.append(result)
-        paced = run_paced(url, headers, body, args.rate, args.duration, work)
-        paced.name = f"{name}, {paced.name}"
-        results.append(paced)
-        return results
+        return load(name, url, headers, body, args, work, lambda: count_rows(database_url))
 
 
 def main() -> None:
@@ -233,6 +256,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="hub worker counts to measure")
     parser.add_argument("--modes", nargs="+", default=["strict"], choices=["strict", "async"])
     parser.add_argument("--servers", nargs="+", default=["uvicorn"], choices=["uvicorn", "granian"])
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare relay (bench/bare_relay.py) rows")
     args = parser.parse_args()
     for tool, package in (("wrk", "wrk"), ("node", "nodejs")):
         if shutil.which(tool) is None:
@@ -261,6 +285,9 @@ def main() -> None:
             direct_paced = run_paced(direct_url, headers, body, args.rate, args.duration, work)
             direct_paced.name = f"direct, {direct_paced.name}"
             results.append(direct_paced)
+            if not args.no_bare:
+                for workers in args.workers:
+                    results += bench_bare(workers, services[0], receiver, args, work)
             for server in args.servers:
                 for mode in args.modes:
                     for workers in args.workers:
@@ -277,8 +304,8 @@ def main() -> None:
         print(f"| {r.name:<44} | {r.rps:>9,.0f} | {r.p50_ms:>7.2f} | {r.p99_ms:>7.2f} | {r.errors:>6} | {rows:>10} |")
     paced = [r for r in results if "paced" in r.name]
     for r in paced[1:]:
-        print(f"added by the hub at {args.rate}/s ({r.name.split(',')[0]}): p50 {r.p50_ms - paced[0].p50_ms:+.2f} ms, "
-              f"p99 {r.p99_ms - paced[0].p99_ms:+.2f} ms")  # fmt: skip
+        print(f"added over the direct call at {args.rate}/s ({r.name.split(',')[0]}): "
+              f"p50 {r.p50_ms - paced[0].p50_ms:+.2f} ms, p99 {r.p99_ms - paced[0].p99_ms:+.2f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":

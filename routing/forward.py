@@ -40,7 +40,7 @@ def ocpi_status_of(body: bytes) -> int | None:
 
 
 def open_session(timeout_s: float, connections_per_party: int = 64) -> aiohttp.ClientSession:
-    """The process-wide client session: keep-alive connections, a bounded pool per receiving host."""
+    """The process-wide client session: keep-alive connections, a bounded pool per receiving host, no cookies."""
     connector = aiohttp.TCPConnector(
         limit=0, limit_per_host=connections_per_party, keepalive_timeout=30, ttl_dns_cache=60
     )
@@ -49,6 +49,8 @@ def open_session(timeout_s: float, connections_per_party: int = 64) -> aiohttp.C
         timeout=aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 5.0)),
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
+        # One session serves every caller: a cookie one party sets must never ride along on another's request.
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 

@@ -65,10 +65,11 @@ class Party:
     delay_s: float = 0.0  # answer functional requests this late
     # (method, path) -> (HTTP status, raw body, extra headers): a canned answer instead of the default
     canned: dict[tuple[str, str], tuple[int, bytes, dict[str, str]]] = field(default_factory=dict)
+    host: str = "127.0.0.1"  # the name in its URLs ("localhost": a host name, as real parties have); serves 127.0.0.1
 
     def __post_init__(self) -> None:
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"http://{self.host}:{self.port}"
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._runner: web.AppRunner | None = None

@@ -223,6 +223,21 @@ def test_receiver_errors_and_non_ocpi_bodies_are_relayed_unchanged(hub: Hub, cpo
     )
 
 
+def test_a_cookie_a_receiver_sets_is_not_sent_on_later_requests(hub: Hub, cpo_and_emsp, connect_party) -> None:
+    # The hub forwards for every caller over one client session: a cookie must not carry over between requests.
+    # (Cookie jars ignore cookies of hosts given by IP address, so this receiver is reached by a host name.)
+    cpo = cpo_and_emsp[0]
+    emsp = connect_party(_roles("EMSP"), name="eMSP by name", host="localhost")
+    cc, pid = party_key(cpo)
+    path = f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/COOKIE"
+    ok = json.dumps({"status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}).encode()
+    emsp.canned[("GET", path)] = (200, ok, {"Set-Cookie": "session=abc; Path=/", "Content-Type": "application/json"})
+    for _ in range(2):
+        assert cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/COOKIE", to=party_key(emsp)).status_code == 200
+    received = [r for r in emsp.functional() if r.path == path]
+    assert len(received) == 2 and all("Cookie" not in r.headers for r in received)
+
+
 def test_request_without_a_registered_token_is_refused_and_logged(hub: Hub, db) -> None:
     answer = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/locations", headers={"X-Request-ID": "anon-1"})
     assert answer.status_code == 401

@@ -1,12 +1,12 @@
 """Routing benchmark: a fast receiver called directly and through the hub, side by side, in one run.
 
-    python -m bench.routing [--duration 10] [--connections 32 128] [--rate 2000]
+    python -m bench.routing [--duration 10] [--connections 32 128] [--rates 500 2000]
 
 Starts a fast OCPI party (bench/receiver.py on granian), registers it and a sender at a fresh hub, then loads
 (a) the party directly, (b) the same push through bench/bare_relay.py (uvicorn + aiohttp + group commit with
 nothing of the hub: the floor of what this stack costs on this machine) and (c) the same push through the hub,
-with wrk (saturation, at each connection count) and bench/paced_load.mjs (open loop, paced at --rate req/s), and
-prints requests/s, p50/p99 latency and log rows committed per second. Uses OCPI_HUB_DATABASE_URL /
+with wrk (saturation, at each connection count) and bench/paced_load.mjs (open loop, paced at each of --rates),
+and prints requests/s, p50/p99 latency and log rows committed per second. Uses OCPI_HUB_DATABASE_URL /
 OCPI_HUB_REDIS_URL when set (a throwaway database and key prefix), the embedded servers otherwise. Everything runs
 on this machine and stops by itself.
 """
@@ -145,9 +145,10 @@ def load(name: str, url: str, headers: dict[str, str], body: bytes, args, work: 
         result.rows_per_s = (rows() - before) / (time.monotonic() - started - 0.5)
         result.name = f"{name}, {result.name}"
         results.append(result)
-    paced = run_paced(url, headers, body, args.rate, args.duration, work)
-    paced.name = f"{name}, {paced.name}"
-    results.append(paced)
+    for rate in args.rates:
+        paced = run_paced(url, headers, body, rate, args.duration, work)
+        paced.name = f"{name}, {paced.name}"
+        results.append(paced)
     return results
 
 
@@ -252,7 +253,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per load run (default 10)")
     parser.add_argument("--connections", type=int, nargs="+", default=[32, 128])
-    parser.add_argument("--rate", type=int, default=2000, help="request rate of the paced run (default 2000)")
+    parser.add_argument("--rates", type=int, nargs="+", default=[500, 2000],
+                        help="request rates of the paced runs (default 500, below what this machine saturates at, "
+                        "and 2000, issue 4's figure)")  # fmt: skip
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="hub worker counts to measure")
     parser.add_argument("--modes", nargs="+", default=["strict"], choices=["strict", "async"])
     parser.add_argument("--servers", nargs="+", default=["uvicorn"], choices=["uvicorn", "granian"])
@@ -282,9 +285,10 @@ def main() -> None:
                 result = run_wrk(direct_url, headers, body, connections, args.duration, work)
                 result.name = f"direct, {result.name}"
                 results.append(result)
-            direct_paced = run_paced(direct_url, headers, body, args.rate, args.duration, work)
-            direct_paced.name = f"direct, {direct_paced.name}"
-            results.append(direct_paced)
+            for rate in args.rates:
+                direct_paced = run_paced(direct_url, headers, body, rate, args.duration, work)
+                direct_paced.name = f"direct, {direct_paced.name}"
+                results.append(direct_paced)
             if not args.no_bare:
                 for workers in args.workers:
                     results += bench_bare(workers, services[0], receiver, args, work)
@@ -295,6 +299,10 @@ def main() -> None:
                         results += bench_hub(name, workers, mode, server, services, receiver, sender, args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    print_table(results, args)
+
+
+def print_table(results: list[Result], args: argparse.Namespace) -> None:
     print(f"\nrouting benchmark: PUT of a {len(json.dumps(LOCATION))}-byte location, {args.duration}s per run, "
           f"{os.cpu_count()} cores shared by load generator, receiver, hub, PostgreSQL and Redis\n")  # fmt: skip
     print(f"| {'run':<44} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | {'log rows/s':>10} |")
@@ -302,10 +310,13 @@ def main() -> None:
     for r in results:
         rows = f"{r.rows_per_s:,.0f}" if r.rows_per_s is not None else "-"
         print(f"| {r.name:<44} | {r.rps:>9,.0f} | {r.p50_ms:>7.2f} | {r.p99_ms:>7.2f} | {r.errors:>6} | {rows:>10} |")
-    paced = [r for r in results if "paced" in r.name]
-    for r in paced[1:]:
-        print(f"added over the direct call at {args.rate}/s ({r.name.split(',')[0]}): "
-              f"p50 {r.p50_ms - paced[0].p50_ms:+.2f} ms, p99 {r.p99_ms - paced[0].p99_ms:+.2f} ms")  # fmt: skip
+    for rate in args.rates:
+        label = f"paced {rate}/s"
+        direct = next(r for r in results if r.name == f"direct, {label}")
+        for r in results:
+            if r.name.endswith(label) and r is not direct:
+                print(f"added over the direct call at {rate}/s ({r.name.split(',')[0]}): "
+                      f"p50 {r.p50_ms - direct.p50_ms:+.2f} ms, p99 {r.p99_ms - direct.p99_ms:+.2f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":

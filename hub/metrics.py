@@ -23,6 +23,7 @@ from storage.migrate import pending
 
 MODULES = frozenset(("cdrs", "chargingprofiles", "commands", "locations", "sessions", "tariffs", "tokens",
                      "hubclientinfo", "versions"))  # fmt: skip
+METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE"))
 
 REQUESTS = Counter(
     "ocpi_hub_requests", "Functional requests the hub received, by module, method, routing kind and OCPI status",
@@ -50,9 +51,28 @@ LOCATION_SYNCS = Counter(
 )  # fmt: skip
 
 
+# Children by label values, looked up once: labels() takes a lock and checks its arguments on every call.
+_request_counters: dict[tuple[str, str, str, int | None], Counter] = {}
+_forward_histograms: dict[str, Histogram] = {}
+
+
 def count_request(module: str, method: str, routing: str, ocpi_status: int | None) -> None:
-    # Unknown module names come from the caller's path: folded into "other" so they cannot grow the label set.
-    REQUESTS.labels(module if module in MODULES else "other", method, routing, str(ocpi_status or "none")).inc()
+    key = (module, method, routing, ocpi_status)
+    if (counter := _request_counters.get(key)) is None:
+        # Module names and methods come from the caller: unknown ones are folded into "other" so that they cannot
+        # grow the label set (nor this dict, but for the status codes receivers answer with).
+        labels = (module if module in MODULES else "other", method if method in METHODS else "other", routing,
+                  str(ocpi_status or "none"))  # fmt: skip
+        counter = REQUESTS.labels(*labels)
+        if len(_request_counters) < 10_000:
+            _request_counters[key] = counter
+    counter.inc()
+
+
+def observe_forward(receiver: str, seconds: float) -> None:
+    if (histogram := _forward_histograms.get(receiver)) is None:
+        histogram = _forward_histograms[receiver] = FORWARD_SECONDS.labels(receiver)  # one per connected party
+    histogram.observe(seconds)
 
 
 def routing_log_committed(rows: int, seconds: float) -> None:

@@ -26,9 +26,10 @@ def request_ids(headers: dict[str, str]) -> tuple[str, str]:
     return request_id, headers.get("x-correlation-id", "")[:255] or request_id
 
 
-def log_request(method: str, path: str, status: int | None, started: float) -> None:
-    # Probes and scrapes every few seconds would drown the requests that matter: debug level.
-    (log.debug if path in PROBE_PATHS else log.info)(
+def log_request(method: str, path: str, status: int | None, started: float, routine: bool = False) -> None:
+    # Probes and scrapes every few seconds, and routine relays (whose routing-log rows say more), would drown the
+    # requests that matter: debug level.
+    (log.debug if routine or path in PROBE_PATHS else log.info)(
         "http_request", method=method, path=path, status=status,
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
     )  # fmt: skip

@@ -67,6 +67,18 @@ def test_metrics_move_with_traffic(hub: Hub, connect_party) -> None:
     assert _metric(hub, "ocpi_hub_party_status", party=f"{cc}-{pid}", role="CPO", status="CONNECTED") == 1
 
 
+def test_methods_and_modules_callers_make_up_are_counted_as_other(hub: Hub, connect_party) -> None:
+    # Label values come from the caller: made-up ones must not grow the metrics without bound.
+    cpo = connect_party(_roles("CPO"))
+    folded = {"module": "other", "method": "other", "routing": "rejected"}
+    before = _metric(hub, "ocpi_hub_requests_total", **folded)
+    for n, method in enumerate(("PROPFIND", "MKCOL", "LOCK")):  # methods the HTTP parser knows, OCPI does not
+        assert cpo.call(hub.base, method, f"receiver/nosuchmodule{n}/x").status_code == 404
+    assert _metric(hub, "ocpi_hub_requests_total", **folded) == before + 3
+    text = httpx.get(f"{hub.base}/metrics").text
+    assert "PROPFIND" not in text and "nosuchmodule" not in text
+
+
 def test_ready_flips_while_postgres_is_stopped_and_back(services: Services, tmp_path: Path) -> None:
     postgres = EmbeddedPostgres(tmp_path / "pg")
     url = postgres.start()

@@ -22,7 +22,7 @@ from litestar.types import HTTPScope, Receive, Scope, Send
 from hub.auth import identify
 from hub.envelope import ocpi_timestamp
 from hub.errors import BodyTooLarge, ForwardTimeout, NotFound, OcpiError, ReceiverNotConnected, Unauthorized
-from hub.metrics import FORWARD_SECONDS, count_request
+from hub.metrics import count_request, observe_forward
 from hub.ocpi import hub_answers, relayed_urls
 from hub.ocpi.wire import Envelope
 from hub.party_api import authorization
@@ -116,7 +116,7 @@ class Relay:
         answer.headers["x-request-id"], answer.headers["x-correlation-id"] = request_id, entry.correlation_id
         await _send(send, answer)
         count_request(entry.module, entry.method, entry.routing, entry.ocpi_status_code)
-        log_request(entry.method, path, answer.status, started)
+        log_request(entry.method, path, answer.status, started, routine=entry.ocpi_status_code == 1000)
 
     async def _route(self, exchange: Exchange, path: str) -> Answer:
         caller = identify(self.state.directory.current, exchange.headers.get("authorization"))
@@ -197,7 +197,7 @@ class Relay:
             self.state.still_alive.suspect(platform.id)
             raise
         finally:
-            FORWARD_SECONDS.labels(f"{to.country_code}-{to.party_id}").observe(time.perf_counter() - started)
+            observe_forward(f"{to.country_code}-{to.party_id}", time.perf_counter() - started)
         self.state.last_seen[platform.id] = datetime.now(UTC)  # a message received from it (still-alive)
         # A response carries the routing headers swapped; filled in even when the receiver sent none.
         answer.headers.update(

@@ -15,26 +15,12 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 
+from storage.sql import QUERIES
+
 log = structlog.get_logger()
 
 MAINTENANCE_INTERVAL_S = 24 * 3600.0
-_LOCK = 0x0C914B0C  # the same lock routing_log_ensure_partitions() takes
 _DURATION = re.compile(r"(\d+)d")
-
-_PARTITIONS = """
-SELECT c.relname AS name,
-       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz AS lower,
-       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz AS upper
-FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-WHERE i.inhparent = 'routing_log'::regclass AND c.relname <> 'routing_log_default'
-ORDER BY lower"""
-
-# Dropped rows whose successor in their chain is not dropped with them: the hashes later rows continue from.
-_FLOOR = """
-INSERT INTO routing_log_floor (chain_id, seq, hash)
-SELECT d.chain_id, d.seq, d.hash FROM {0} AS d
-WHERE NOT EXISTS (SELECT 1 FROM {0} AS n WHERE n.chain_id = d.chain_id AND n.seq = d.seq + 1)
-ON CONFLICT (chain_id, seq) DO NOTHING"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +41,11 @@ def parse_keep(raw: str) -> timedelta:
 async def ensure_partitions(conn: asyncpg.Connection, months_ahead: int) -> list[str]:
     """This month's partition and the next months_ahead ones; the names of those created now."""
     async with conn.transaction():
-        return [r[0] for r in await conn.fetch("SELECT routing_log_ensure_partitions($1)", months_ahead)]
+        return [r[0] for r in await conn.fetch(QUERIES["ensure_routing_log_partitions"], months_ahead)]
 
 
 async def partitions(conn: asyncpg.Connection) -> list[Partition]:
-    return [Partition(r["name"], r["lower"], r["upper"]) for r in await conn.fetch(_PARTITIONS)]
+    return [Partition(r["name"], r["lower"], r["upper"]) for r in await conn.fetch(QUERIES["routing_log_partitions"])]
 
 
 async def drop_before(conn: asyncpg.Connection, cut: datetime, *, dry_run: bool = False) -> list[Partition]:
@@ -70,9 +56,9 @@ async def drop_before(conn: asyncpg.Connection, cut: datetime, *, dry_run: bool 
             break
         if not dry_run:
             async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
+                await conn.execute(QUERIES["lock_routing_log_partitions"])
                 name = '"' + partition.name.replace('"', '""') + '"'  # read from pg_class, quoted all the same
-                await conn.execute(_FLOOR.format(name))
+                await conn.execute(QUERIES["record_chain_floor"].format(partition=name))
                 await conn.execute(f"DROP TABLE {name}")
         log.info("routing_log_partition_dropped", partition=partition.name, dry_run=dry_run)
         dropped.append(partition)

@@ -224,3 +224,28 @@ SELECT id, received_at, request_id, forwarded_request_id, correlation_id, from_c
 FROM routing_log WHERE correlation_id = $1
 ORDER BY received_at, id
 LIMIT $2;
+
+-- name: routing_log_partitions
+-- The monthly partitions of routing_log with their bounds, oldest first (not the default partition).
+SELECT c.relname AS name,
+       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)'))[1]::timestamptz AS lower,
+       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz AS upper
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'routing_log'::regclass AND c.relname <> 'routing_log_default'
+ORDER BY lower;
+
+-- name: ensure_routing_log_partitions
+-- This month's partition and the next $1 ones (a function of migration 0005); returns the names it created.
+SELECT routing_log_ensure_partitions($1);
+
+-- name: lock_routing_log_partitions
+-- The lock routing_log_ensure_partitions() takes: retention and creation never run at the same time.
+SELECT pg_advisory_xact_lock(210848524);
+
+-- name: record_chain_floor
+-- Before a partition {partition} is dropped: its rows whose successor in their chain is not dropped with them,
+-- whose hashes later rows continue from. {partition} is a quoted table name read from pg_class.
+INSERT INTO routing_log_floor (chain_id, seq, hash)
+SELECT d.chain_id, d.seq, d.hash FROM {partition} AS d
+WHERE NOT EXISTS (SELECT 1 FROM {partition} AS n WHERE n.chain_id = d.chain_id AND n.seq = d.seq + 1)
+ON CONFLICT (chain_id, seq) DO NOTHING;

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
@@ -20,10 +19,10 @@ from litestar.datastructures import State
 from hub.auth import Caller
 from hub.envelope import ocpi_response
 from hub.errors import InvalidParameters, OcpiError
-from hub.party_api import authorization
+from hub.party_api import hub_request
 from routing.forward import forward, ocpi_status_of
 from storage.directory import Platform
-from storage.routing_log import LogEntry, LogUnavailable
+from storage.routing_log import LogUnavailable
 from storage.sql import QUERIES
 
 log = structlog.get_logger()
@@ -119,21 +118,9 @@ async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) 
     started = time.perf_counter()
     url = f"{(platform.endpoint('hubclientinfo', 'RECEIVER') or '').rstrip('/')}/{info.country_code}/{info.party_id}"
     to = next(r for r in platform.roles if r.status == "CONNECTED")
-    request_id = str(uuid.uuid4())
     settings = state.settings
-    entry = LogEntry(
-        received_at=datetime.now(UTC), request_id=request_id, forwarded_request_id=request_id,
-        correlation_id=request_id, module="hubclientinfo", interface="receiver", method="PUT", path=url,
-        routing="hub", from_country_code=settings.country_code, from_party_id=settings.party_id,
-        to_country_code=to.country_code, to_party_id=to.party_id, receiver_platform_id=platform.id,
-        request_body=body,
-    )  # fmt: skip
-    headers = {
-        "Authorization": authorization(platform.token_b or "", platform.token_encoding),
-        "Content-Type": "application/json",
-        "X-Request-ID": request_id,
-        "X-Correlation-ID": request_id,
-    }
+    hub = (settings.country_code, settings.party_id)
+    entry, headers = hub_request(hub, platform, to, "PUT", url, "hubclientinfo", interface="receiver", body=body)
     try:
         answer = await forward(state.forward_session, "PUT", url, headers, body, settings.forward_timeout_s)
         entry.http_status, entry.response_body = answer.status, answer.body
@@ -146,4 +133,4 @@ async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) 
     try:
         await state.routing_log.record(entry)
     except LogUnavailable:
-        log.error("client_info_push_not_logged_in_time", request_id=request_id)
+        log.error("client_info_push_not_logged_in_time", request_id=entry.request_id)

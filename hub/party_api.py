@@ -7,13 +7,18 @@ httpx errors are translated here, at this one boundary, into the OCPI errors the
 from __future__ import annotations
 
 import base64
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 
 from hub.errors import NoMatchingEndpoints, UnableToUseClientApi, UnsupportedVersion
 from hub.ocpi.wire import Credentials, CredentialsAnswer, Endpoint, Version, VersionDetails
+from storage.directory import PartyRole, Platform
+from storage.routing_log import LogEntry
 
 SUPPORTED_VERSION = "2.2.1"
 FUNCTIONAL_MODULES = frozenset(
@@ -30,6 +35,34 @@ def authorization(token: str, encoding: str = "base64") -> str:
     if encoding == "raw":
         return f"Token {token}"
     return "Token " + base64.b64encode(token.encode("utf-8")).decode("ascii")
+
+
+def hub_request(
+    hub: tuple[str, str], platform: Platform, to: PartyRole | None, method: str, url: str, module: str, *,
+    interface: str | None = None, correlation_id: str | None = None, body: bytes = b"", routing_headers: bool = False,
+) -> tuple[LogEntry, dict[str, str]]:
+    """A message the hub sends on its own (a still-alive probe, a pull-sync page, a ClientInfo push): its
+    routing-log row, routing 'hub' from the hub to the party, and its headers: the party's token B and a new
+    X-Request-ID, which is also the X-Correlation-ID unless the message continues a conversation. OCPI-to/from
+    only where the module takes them (transport_and_format.asciidoc: not on versions or hubclientinfo pushes)."""
+    request_id = str(uuid.uuid4())
+    correlation_id = correlation_id or request_id
+    where = urlsplit(url)
+    entry = LogEntry(
+        received_at=datetime.now(UTC), request_id=request_id, forwarded_request_id=request_id,
+        correlation_id=correlation_id, module=module, interface=interface, method=method,
+        path=where._replace(query="", fragment="").geturl(), query=where.query, routing="hub",
+        from_country_code=hub[0], from_party_id=hub[1], to_country_code=to.country_code if to else None,
+        to_party_id=to.party_id if to else None, receiver_platform_id=platform.id, request_body=body,
+    )  # fmt: skip
+    headers = {"Authorization": authorization(platform.token_b or "", platform.token_encoding),
+               "X-Request-ID": request_id, "X-Correlation-ID": correlation_id}  # fmt: skip
+    if body:
+        headers["Content-Type"] = "application/json"
+    if routing_headers and to is not None:
+        headers |= {"OCPI-from-country-code": hub[0], "OCPI-from-party-id": hub[1],
+                    "OCPI-to-country-code": to.country_code, "OCPI-to-party-id": to.party_id}  # fmt: skip
+    return entry, headers
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ import structlog
 
 from hub.envelope import ocpi_timestamp
 from hub.metrics import LOCATION_SYNCS
-from hub.party_api import authorization
+from hub.party_api import hub_request
 from storage.directory import Directory, PartyRole, Platform
 from storage.location_cache import LocationCache
 from storage.routing_log import LogEntry
@@ -140,18 +140,9 @@ class PullSync:
         self, platform: Platform, role: PartyRole, url: str, correlation: str
     ) -> tuple[list[dict] | None, str | None, int | None]:  # type: ignore[type-arg]
         """One page: (its locations or None on failure, the next page's URL, X-Total-Count)."""
-        request_id = str(uuid.uuid4())
-        headers = {"Authorization": authorization(platform.token_b or "", platform.token_encoding),
-                   "X-Request-ID": request_id, "X-Correlation-ID": correlation,
-                   "OCPI-from-country-code": self._hub[0], "OCPI-from-party-id": self._hub[1],
-                   "OCPI-to-country-code": role.country_code, "OCPI-to-party-id": role.party_id}  # fmt: skip
-        started, entry = time.perf_counter(), LogEntry(
-            received_at=datetime.now(UTC), request_id=request_id, forwarded_request_id=request_id,
-            correlation_id=correlation, module="locations", interface="sender", method="GET",
-            path=httpx.URL(url).path, query=httpx.URL(url).query.decode(), routing="hub",
-            from_country_code=self._hub[0], from_party_id=self._hub[1], to_country_code=role.country_code,
-            to_party_id=role.party_id, receiver_platform_id=platform.id,
-        )  # fmt: skip
+        started = time.perf_counter()
+        entry, headers = hub_request(self._hub, platform, role, "GET", url, "locations", interface="sender",
+                                     correlation_id=correlation, routing_headers=True)  # fmt: skip
         locations, next_url, total = None, None, None
         try:
             response = await self._http.get(url, headers=headers, follow_redirects=True)

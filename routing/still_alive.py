@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -25,7 +24,7 @@ import httpx
 import redis.asyncio as redis
 import structlog
 
-from hub.party_api import authorization
+from hub.party_api import hub_request
 from storage.directory import Directory, Platform, announce_change
 from storage.routing_log import LogEntry
 from storage.sql import QUERIES
@@ -86,17 +85,8 @@ class StillAlive:
 
     async def probe(self, platform: Platform) -> bool:
         """GET the platform's versions endpoint with its token B; any HTTP answer below 500 means it is alive."""
-        request_id, started = str(uuid.uuid4()), time.perf_counter()
-        to = platform.roles[0] if platform.roles else None
-        entry = LogEntry(
-            received_at=datetime.now(UTC), request_id=request_id, forwarded_request_id=request_id,
-            correlation_id=request_id, module="versions", method="GET", path=platform.versions_url or "",
-            routing="hub", from_country_code=self._hub[0], from_party_id=self._hub[1],
-            to_country_code=to.country_code if to else None, to_party_id=to.party_id if to else None,
-            receiver_platform_id=platform.id,
-        )  # fmt: skip
-        headers = {"Authorization": authorization(platform.token_b or "", platform.token_encoding),
-                   "X-Request-ID": request_id, "X-Correlation-ID": request_id}  # fmt: skip
+        started, to = time.perf_counter(), platform.roles[0] if platform.roles else None
+        entry, headers = hub_request(self._hub, platform, to, "GET", platform.versions_url or "", "versions")
         try:
             response = await self._http.get(platform.versions_url or "", headers=headers, follow_redirects=True)
             entry.http_status, entry.response_body = response.status_code, response.content

@@ -75,6 +75,8 @@ _identified = msgspec.json.Decoder(_Identified)
 def object_id_of_entry(entry: LogEntry) -> str | None:
     """object_id_of its path; for a CDR pushed to a receiver (POST, no id in the path, mod_cdrs.asciidoc) the id in
     its body, so that "did the CPO ever send us this CDR?" is one index lookup."""
+    if "://" in entry.path:  # a message of the hub's own, logged with the party's URL, shaped as the party likes
+        return None
     if entry.module == "cdrs" and entry.method == "POST" and entry.interface == "receiver" and entry.request_body:
         try:
             return _identified.decode(entry.request_body).id[:255]

@@ -35,7 +35,9 @@ def _wait(condition, timeout: float = 15.0):  # type: ignore[no-untyped-def]
     return found
 
 
-def test_a_new_cpo_is_pulled_across_every_page_then_synced_incrementally(hub: Hub, start_party, connect_party) -> None:
+def test_a_new_cpo_is_pulled_across_every_page_then_synced_incrementally(
+    hub: Hub, start_party, connect_party, db
+) -> None:
     reader = connect_party(_roles("EMSP"))
     roles = _roles("CPO")
     cpo = start_party(roles, page_size=50)
@@ -46,6 +48,11 @@ def test_a_new_cpo_is_pulled_across_every_page_then_synced_incrementally(hub: Hu
     first = cpo.syncs()
     assert len(first) == 6 and [r.query for r in first][1:] == [f"offset={n}&limit=50" for n in range(50, 300, 50)]
     assert all(r.headers["OCPI-to-party-id"] == owner[1] for r in first)
+    rows = db.run(db.fetch("SELECT path, query, object_id, correlation_id FROM routing_log WHERE to_party_id = $1 "
+                           "AND routing = 'hub' AND module = 'locations' ORDER BY id", owner[1]))  # fmt: skip
+    assert [r["query"] for r in rows] == [r.query for r in first]  # one row per page, the party's URL as called
+    assert {r["path"] for r in rows} == {f"{cpo.base}/ocpi/2.2.1/locations/sender"}
+    assert {r["object_id"] for r in rows} == {None} and len({r["correlation_id"] for r in rows}) == 1
     # Incremental: only what changed since the last sync is asked for, and it lands in the cache.
     fresh = (datetime.now(UTC) + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
     cpo.objects["locations"].append(_locations(owner, 301, fresh)[-1])

@@ -135,14 +135,18 @@ def count_rows(database_url: str, table: str = "routing_log") -> int:
     return int(asyncio.run(_sql(database_url, f"SELECT count(*) FROM {table}")))  # type: ignore[call-overload]
 
 
-def load(name: str, url: str, headers: dict[str, str], body: bytes, args, work: Path, rows: Callable[[], int]):  # type: ignore[no-untyped-def]
-    """wrk at each connection count (with log rows committed per second), then the paced run."""
+def load(
+    name: str, url: str, headers: dict[str, str], body: bytes, args: argparse.Namespace, work: Path,
+    rows: Callable[[], int] | None = None,
+) -> list[Result]:
+    """wrk at each connection count (with log rows committed per second when rows counts them), then paced runs."""
     results = []
     for connections in args.connections:
-        before, started = rows(), time.monotonic()
+        before, started = rows() if rows else 0, time.monotonic()
         result = run_wrk(url, headers, body, connections, args.duration, work)
-        time.sleep(0.5)  # async mode: let the last batch land before counting
-        result.rows_per_s = (rows() - before) / (time.monotonic() - started - 0.5)
+        if rows:
+            time.sleep(0.5)  # async mode: let the last batch land before counting
+            result.rows_per_s = (rows() - before) / (time.monotonic() - started - 0.5)
         result.name = f"{name}, {result.name}"
         results.append(result)
     for rate in args.rates:
@@ -280,15 +284,7 @@ def main() -> None:
             body = json.dumps(LOCATION).encode()
             direct_url = f"{receiver}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1"
             headers = {"Content-Type": "application/json", "Authorization": "Token eA=="}
-            results = []
-            for connections in args.connections:
-                result = run_wrk(direct_url, headers, body, connections, args.duration, work)
-                result.name = f"direct, {result.name}"
-                results.append(result)
-            for rate in args.rates:
-                direct_paced = run_paced(direct_url, headers, body, rate, args.duration, work)
-                direct_paced.name = f"direct, {direct_paced.name}"
-                results.append(direct_paced)
+            results = load("direct", direct_url, headers, body, args, work)
             if not args.no_bare:
                 for workers in args.workers:
                     results += bench_bare(workers, services[0], receiver, args, work)

@@ -136,7 +136,12 @@ def count_rows(database_url: str, table: str = "routing_log") -> int:
 
 
 def load(
-    name: str, url: str, headers: dict[str, str], body: bytes, args: argparse.Namespace, work: Path,
+    name: str,
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    args: argparse.Namespace,
+    work: Path,
     rows: Callable[[], int] | None = None,
 ) -> list[Result]:
     """wrk at each connection count (with log rows committed per second when rows counts them), then paced runs."""

@@ -142,6 +142,7 @@ class LogUnavailable(Exception):
 class RoutingLogWriter:
     def __init__(self, pool: asyncpg.Pool, *, body_cap: int, strict: bool = True, commit_timeout_s: float = 30.0):
         self._pool = pool
+        self._conn: Any = None  # held between batches: a pool's acquire and release cost a reset query each time
         self._body_cap = body_cap
         self.strict = strict
         self._commit_timeout_s = commit_timeout_s
@@ -164,6 +165,7 @@ class RoutingLogWriter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            await self._release_connection()
 
     async def record(self, entry: LogEntry) -> None:
         """Queue a row; in strict mode return only once it is committed."""
@@ -180,7 +182,9 @@ class RoutingLogWriter:
             batch = [await self._queue.get()]
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            records = [self._chained(entry) for entry in batch]
+            batch, records = self._chained_batch(batch)
+            if not batch:
+                continue
             delay, give_up_at = 0.05, time.monotonic() + self._commit_timeout_s
             while True:
                 try:
@@ -189,7 +193,7 @@ class RoutingLogWriter:
                     if self.on_commit is not None:
                         self.on_commit(len(batch), time.perf_counter() - started)
                     break
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except Exception as exc:  # whatever it is, a writer that stopped would leave every caller waiting
                     # Keep the rows (already chained) and retry: nothing accepted is dropped. Callers waiting
                     # longer than the commit timeout are told so; their rows are still written once it works.
                     log.error("routing_log_write_failed", error=str(exc), rows=len(batch), retry_in_s=delay)
@@ -204,13 +208,26 @@ class RoutingLogWriter:
                     entry.waiter.set_result(None)
                 self._queue.task_done()
 
+    def _chained_batch(self, batch: list[LogEntry]) -> tuple[list[LogEntry], list[tuple[Any, ...]]]:
+        """The rows of a batch, chained; a row that cannot be (a bug) is reported to its caller, not written."""
+        kept, records = [], []
+        for entry in batch:
+            try:
+                records.append(self._chained(entry))
+                kept.append(entry)
+            except Exception:
+                log.exception("routing_log_row_unwritable", request_id=entry.request_id, path=entry.path)
+                _fail_waiters([entry])
+                self._queue.task_done()
+        return kept, records
+
     def _chained(self, entry: LogEntry) -> tuple[Any, ...]:
         """The row's column values, prev_hash, hash and object_id. The hash is content_hash()'s, computed from what
         the writer knows of each column's type rather than by inspecting every value (this runs once per request)."""
-        self._seq += 1
+        seq = self._seq + 1  # the chain moves on only once the row is complete
         request_body, response_body = self._compressed(entry.request_body), self._compressed(entry.response_body)
         row = [getattr(entry, name, None) for name in CONTENT_COLUMNS]
-        row[_SEQ], row[_CHAIN_ID] = self._seq, self.chain_id
+        row[_SEQ], row[_CHAIN_ID] = seq, self.chain_id
         for i in _PARTY_INDEXES:  # CiString: stored upper-cased so that a search finds every spelling
             if (party := row[i]) is not None:
                 row[i] = party.upper()
@@ -224,8 +241,10 @@ class RoutingLogWriter:
         canonical[_RESPONSE_BODY] = hashlib.sha256(response_body).hexdigest() if response_body else None
         row[_REQUEST_HEADERS], row[_RESPONSE_HEADERS] = _json(entry.request_headers), _json(entry.response_headers)
         prev_hash = self._last_hash
-        self._last_hash = hashlib.sha256(prev_hash + _canonical.encode(canonical)).digest()
-        return (*row, prev_hash, self._last_hash, object_id_of_entry(entry))
+        row_hash = hashlib.sha256(prev_hash + _canonical.encode(canonical)).digest()
+        object_id = object_id_of_entry(entry)
+        self._seq, self._last_hash = seq, row_hash
+        return (*row, prev_hash, row_hash, object_id)
 
     def _compressed(self, body: bytes) -> bytes | None:
         return zlib.compress(body[: self._body_cap], 1) if body else None
@@ -240,8 +259,21 @@ class RoutingLogWriter:
         columns = [list(column) for column in zip(*records, strict=True)]
         location_columns = [list(c) for c in zip(*locations, strict=True)] if locations else [[]] * 9
         head = (self.chain_id, records[-1][_SEQ], records[-1][len(COLUMNS) - 1])
-        async with self._pool.acquire() as conn:
-            await conn.execute(QUERIES["append_routing_log"], *columns, *head, *location_columns)
+        if self._conn is not None and self._conn.is_closed():
+            await self._release_connection()
+        if self._conn is None:
+            self._conn = await self._pool.acquire()
+        try:
+            await self._conn.execute(QUERIES["append_routing_log"], *columns, *head, *location_columns)
+        except BaseException:
+            await self._release_connection()  # the pool checks it, or replaces a broken one, before it comes back
+            raise
+
+    async def _release_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
 
 
 def _fail_waiters(batch: list[LogEntry]) -> None:

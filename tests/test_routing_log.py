@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
-from storage.routing_log import LogEntry, RoutingLogWriter, verify
+from storage.routing_log import LogEntry, LogUnavailable, RoutingLogWriter, verify
 from tests.conftest import Hub
 from tests.log_rows import write
 from tests.test_routing import LOCATION, _roles, party_key
@@ -110,6 +110,50 @@ def test_concurrent_rows_are_group_committed_and_all_written(empty_database: str
     assert writer.batches < 300  # rows in flight share a transaction
     result = _verify(empty_database)
     assert (result.ok, result.rows) == (True, 300)
+
+
+def test_the_writer_reconnects_when_its_connection_is_killed_and_loses_no_row(empty_database: str) -> None:
+    # The writer keeps one connection between batches; PostgreSQL may drop it (restart, failover, idle kill).
+    _written_log(empty_database, 1)  # migrated, with a first chain
+
+    async def run() -> RoutingLogWriter:
+        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=3)
+        admin = await asyncpg.connect(empty_database)
+        writer = RoutingLogWriter(pool, body_cap=1024)
+        async with writer.running():
+            for n in range(1, 41):
+                await writer.record(_entry(n))
+                if n % 10 == 0:  # kill every backend of the writer's pool but the admin's own
+                    await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                        "WHERE datname = current_database() AND pid <> pg_backend_pid()")  # fmt: skip
+        await admin.close()
+        await pool.close()
+        return writer
+
+    writer = asyncio.run(asyncio.wait_for(run(), 60))  # a writer that died would leave record() waiting forever
+    assert writer.rows == 40
+    result = _verify(empty_database)
+    assert (result.ok, result.rows) == (True, 41)
+
+
+def test_a_row_that_cannot_be_written_fails_its_caller_and_the_log_goes_on(empty_database: str) -> None:
+    _written_log(empty_database, 1)
+    broken = _entry(1)
+    broken.request_headers = {"x-odd": object()}  # type: ignore[dict-item]  # a bug's way of making a row unwritable
+
+    async def run() -> list[object]:
+        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
+        writer = RoutingLogWriter(pool, body_cap=1024)
+        async with writer.running():
+            outcomes = await asyncio.gather(writer.record(broken), writer.record(_entry(2)), return_exceptions=True)
+            outcomes.append(await writer.record(_entry(3)))
+        await pool.close()
+        return outcomes
+
+    outcomes = asyncio.run(asyncio.wait_for(run(), 30))
+    assert isinstance(outcomes[0], LogUnavailable) and outcomes[1:] == [None, None]
+    result = _verify(empty_database)
+    assert (result.ok, result.rows) == (True, 3)
 
 
 @pytest.mark.parametrize(

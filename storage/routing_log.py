@@ -40,14 +40,8 @@ CONTENT_COLUMNS = (
     "request_body_size", "response_body", "response_body_size",
 )  # fmt: skip
 COLUMNS = (*CONTENT_COLUMNS, "prev_hash", "hash")
-_SEQ, _CHAIN_ID, _RECEIVED_AT = (CONTENT_COLUMNS.index(name) for name in ("seq", "chain_id", "received_at"))
-_REQUEST_HEADERS, _RESPONSE_HEADERS, _REQUEST_BODY, _REQUEST_BODY_SIZE, _RESPONSE_BODY, _RESPONSE_BODY_SIZE = (
-    CONTENT_COLUMNS.index(name) for name in ("request_headers", "response_headers", "request_body",
-                                             "request_body_size", "response_body", "response_body_size")
-)  # fmt: skip
-_PARTY_INDEXES = tuple(
-    CONTENT_COLUMNS.index(name) for name in ("from_country_code", "from_party_id", "to_country_code", "to_party_id")
-)
+_SEQ = CONTENT_COLUMNS.index("seq")
+_PARTY_COLUMNS = ("from_country_code", "from_party_id", "to_country_code", "to_party_id")
 # Modules whose paths name one object: receiver /{cc}/{pid}/{id}..., sender /{id}... (chargingprofiles: /{session_id})
 OBJECT_MODULES = frozenset({"cdrs", "chargingprofiles", "locations", "sessions", "tariffs", "tokens"})
 
@@ -220,29 +214,25 @@ class RoutingLogWriter:
         return kept, records
 
     def _chained(self, entry: LogEntry) -> tuple[Any, ...]:
-        """The row's column values, prev_hash, hash and object_id. The hash is content_hash()'s, computed from what
-        the writer knows of each column's type rather than by inspecting every value (this runs once per request)."""
         seq = self._seq + 1  # the chain moves on only once the row is complete
-        request_body, response_body = self._compressed(entry.request_body), self._compressed(entry.response_body)
-        row = [getattr(entry, name, None) for name in CONTENT_COLUMNS]
-        row[_SEQ], row[_CHAIN_ID] = seq, self.chain_id
-        for i in _PARTY_INDEXES:  # CiString: stored upper-cased so that a search finds every spelling
-            if (party := row[i]) is not None:
-                row[i] = party.upper()
-        row[_REQUEST_BODY], row[_REQUEST_BODY_SIZE] = request_body, len(entry.request_body)
-        row[_RESPONSE_BODY], row[_RESPONSE_BODY_SIZE] = response_body, len(entry.response_body)
-        canonical = row.copy()  # as content_hash() makes it: bodies by digest, headers as objects, time as ISO text
-        canonical[_RECEIVED_AT], canonical[_CHAIN_ID] = entry.received_at.isoformat(), str(self.chain_id)
-        canonical[_REQUEST_HEADERS] = entry.request_headers or None
-        canonical[_RESPONSE_HEADERS] = entry.response_headers or None
-        canonical[_REQUEST_BODY] = hashlib.sha256(request_body).hexdigest() if request_body else None
-        canonical[_RESPONSE_BODY] = hashlib.sha256(response_body).hexdigest() if response_body else None
-        row[_REQUEST_HEADERS], row[_RESPONSE_HEADERS] = _json(entry.request_headers), _json(entry.response_headers)
-        prev_hash = self._last_hash
-        row_hash = hashlib.sha256(prev_hash + _canonical.encode(canonical)).digest()
+        values = {name: getattr(entry, name, None) for name in CONTENT_COLUMNS}
+        values.update(
+            chain_id=self.chain_id,
+            seq=seq,
+            request_headers=_json(entry.request_headers),
+            response_headers=_json(entry.response_headers),
+            request_body=self._compressed(entry.request_body),
+            request_body_size=len(entry.request_body),
+            response_body=self._compressed(entry.response_body),
+            response_body_size=len(entry.response_body),
+        )
+        for name in _PARTY_COLUMNS:  # CiString: stored upper-cased so that a search finds every spelling
+            if (party := values[name]) is not None:
+                values[name] = party.upper()
+        row_hash = content_hash(self._last_hash, values)
         object_id = object_id_of_entry(entry)
-        self._seq, self._last_hash = seq, row_hash
-        return (*row, prev_hash, row_hash, object_id)
+        prev_hash, self._seq, self._last_hash = self._last_hash, seq, row_hash
+        return (*(values[name] for name in CONTENT_COLUMNS), prev_hash, row_hash, object_id)
 
     def _compressed(self, body: bytes) -> bytes | None:
         return zlib.compress(body[: self._body_cap], 1) if body else None

@@ -52,20 +52,17 @@ LOCATION_SYNCS = Counter(
 
 
 # Children by label values, looked up once: labels() takes a lock and checks its arguments on every call.
-_request_counters: dict[tuple[str, str, str, int | None], Counter] = {}
+_request_counters: dict[tuple[str, str, str, str], Counter] = {}
 _forward_histograms: dict[str, Histogram] = {}
 
 
 def count_request(module: str, method: str, routing: str, ocpi_status: int | None) -> None:
-    key = (module, method, routing, ocpi_status)
-    if (counter := _request_counters.get(key)) is None:
-        # Module names and methods come from the caller: unknown ones are folded into "other" so that they cannot
-        # grow the label set (nor this dict, but for the status codes receivers answer with).
-        labels = (module if module in MODULES else "other", method if method in METHODS else "other", routing,
-                  str(ocpi_status or "none"))  # fmt: skip
-        counter = REQUESTS.labels(*labels)
-        if len(_request_counters) < 10_000:
-            _request_counters[key] = counter
+    # Module names and methods come from the caller: unknown ones are folded into "other" so that they cannot grow
+    # the label set.
+    labels = (module if module in MODULES else "other", method if method in METHODS else "other", routing,
+              str(ocpi_status or "none"))  # fmt: skip
+    if (counter := _request_counters.get(labels)) is None:
+        counter = _request_counters[labels] = REQUESTS.labels(*labels)
     counter.inc()
 
 

@@ -26,6 +26,7 @@ from hub.logs import configure_logging
 from hub.ocpi import credentials, versions
 from hub.ocpi.relay import Relay
 from hub.request_context import PROBE_PATHS, RequestContext
+from hub.runtime import stop_background_tasks
 from hub.settings import Settings
 from routing.forward import open_session
 from routing.pull_sync import PullSync, run_scheduled
@@ -122,9 +123,7 @@ def create_app(settings: Settings | None = None) -> RequestContext:
                     yield
             finally:
                 await relay.drain()
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await stop_background_tasks(tasks)
                 await _write_last_seen(app.state)
         await forward_session.close()
         await http.aclose()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 import asyncpg
 import redis.asyncio as redis
+import structlog
 
 from hub.settings import Settings
 from storage.embedded import EmbeddedPostgres, EmbeddedValkey
 from storage.migrate import migrate
+
+log = structlog.get_logger()
 
 
 @contextlib.contextmanager
@@ -45,3 +49,20 @@ async def migrate_database(database_url: str) -> list[str]:
         return await migrate(conn)
     finally:
         await conn.close()
+
+
+async def stop_background_tasks(tasks: Iterable[asyncio.Task[None]], recancel_after_s: float = 0.5) -> None:
+    """Cancel the lifespan's background tasks and wait until every one has ended. A cancel can be lost inside a
+    client library (redis-py's asyncio client drops one that lands in a pipeline, redis/redis-py#2028): a task
+    still running after a moment is cancelled again, so shutdown never waits forever on one."""
+    pending = set(tasks)
+    for task in pending:
+        task.cancel()
+    while pending:
+        done, pending = await asyncio.wait(pending, timeout=recancel_after_s)
+        for task in done:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                log.error("background_task_failed", task=task.get_name(), error=repr(error))
+        for task in pending:
+            log.warning("background_task_ignored_a_cancel", task=task.get_name())
+            task.cancel()

@@ -73,18 +73,21 @@ class RoutingState:
 
     @contextlib.asynccontextmanager
     async def running(self, interval_s: float = 0.05) -> AsyncIterator[RoutingState]:
-        task = asyncio.create_task(self._flush_owners(interval_s))
+        # Stopped by an event, not by cancelling it: redis-py's asyncio client drops a cancel that lands inside a
+        # pipeline (redis/redis-py#2028), after which the task slept on forever and the hub never exited.
+        stop = asyncio.Event()
+        task = asyncio.create_task(self._flush_owners(interval_s, stop))
         try:
             yield self
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await self._write_owners()
+            stop.set()
+            await task
+            await self._write_owners()  # the notes of the last requests
 
-    async def _flush_owners(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
+    async def _flush_owners(self, interval_s: float, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
             try:
                 await self._write_owners()
             except Exception as exc:  # Redis briefly away: keep the notes and try again
@@ -99,6 +102,6 @@ class RoutingState:
                 for (module, object_id), owner in batch.items():
                     pipe.hset(f"{self._prefix}owners:{module}", object_id, owner)
                 await pipe.execute()
-        except Exception:
+        except BaseException:  # cancelled or failed: the notes stay for the next write
             self._owners = batch | self._owners
             raise

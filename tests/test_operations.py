@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hub.runtime import stop_background_tasks
 from storage.embedded import EmbeddedPostgres
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
 from tests.test_pull_sync import _locations, _wait
@@ -148,6 +150,30 @@ def test_sigterm_under_load_finishes_in_flight_forwards_and_logs_every_answered_
     assert logged == set(ids)
     # Forwards in flight when SIGTERM came were finished and answered, not cut off.
     assert any(at > terminated_at for _, at in answered)
+
+
+def test_shutdown_stops_a_background_task_that_swallowed_its_cancel() -> None:
+    # As redis-py's asyncio client may do when a cancel lands inside a pipeline (redis/redis-py#2028).
+    async def run() -> tuple[asyncio.Task[None], int]:
+        cancels = 0
+
+        async def stubborn() -> None:
+            nonlocal cancels
+            while True:
+                try:
+                    await asyncio.sleep(10)
+                except asyncio.CancelledError:
+                    cancels += 1
+                    if cancels > 1:
+                        raise
+
+        task = asyncio.create_task(stubborn(), name="stubborn")
+        await asyncio.sleep(0)
+        await asyncio.wait_for(stop_background_tasks([task], recancel_after_s=0.05), 5)
+        return task, cancels
+
+    task, cancels = asyncio.run(run())
+    assert task.cancelled() and cancels == 2
 
 
 def test_a_second_instance_follows_paging_links_and_snapshots_of_the_first(

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import random
+import secrets
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as redis
 
+from storage.routing_state import RoutingState
 from tests.conftest import OUTPUT, Hub, Services, hub_env, start_hub, unique_party_id
 from tests.parties import token_header
 from tests.test_routing import LOCATION, _roles, party_key
@@ -193,3 +199,31 @@ def test_get_all_on_a_receiver_interface_is_refused(hub: Hub, connect_party, to)
     cc, pid = party_key(cpo)
     answer = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/L1", to=to)
     assert answer.json()["status_code"] in (2001, 4001)
+
+
+def test_stopping_while_owner_notes_are_written_finishes_and_keeps_every_note(services: Services) -> None:
+    # redis-py drops a cancel that lands inside a pipeline (redis/redis-py#2028): a flusher stopped by cancelling it
+    # could go on sleeping forever and the hub never exit (seen: SIGTERM under load, the lifespan stuck here).
+    async def run() -> None:
+        client = redis.Redis.from_url(services.redis_url)
+        prefix = f"{services.redis_prefix}owners-{secrets.token_hex(4)}:"
+        noted = 0
+        try:
+            for round_ in range(20):
+                state = RoutingState(client, prefix)
+                async with contextlib.AsyncExitStack() as stack:
+                    await stack.enter_async_context(state.running(interval_s=0.0005))
+                    until = time.monotonic() + random.uniform(0.001, 0.02)
+                    while time.monotonic() < until:
+                        state.note_owner("locations", f"L{noted}", ("NL", f"R{round_}"))
+                        noted += 1
+                        await asyncio.sleep(0)
+                    closing = asyncio.ensure_future(stack.aclose())
+                    done, _ = await asyncio.wait({closing}, timeout=5)
+                    assert done, f"round {round_}: the owner-note flusher did not stop"
+            stored = await client.hgetall(f"{prefix}owners:locations")
+            assert len(stored) == noted
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())

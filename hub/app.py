@@ -15,7 +15,7 @@ import structlog
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
-from litestar.types import Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from hub import client_info, metrics
 from hub.admin.api import admin_router
@@ -45,7 +45,7 @@ LAST_SEEN_FLUSH_S = 10.0
 _WITHOUT_OCPI_TOKEN = ["^/admin/", "^/console", *(f"^{path}$" for path in sorted(PROBE_PATHS))]
 
 
-def create_app(settings: Settings | None = None) -> RequestContext:
+def create_app(settings: Settings | None = None) -> ASGIApp:
     """The hub as an ASGI app. Settings come from the environment unless given (the CLI resolves them first)."""
     settings = settings or Settings.from_env().with_secrets()
     database_url, redis_url = settings.database_url, settings.redis_url
@@ -156,14 +156,16 @@ def create_app(settings: Settings | None = None) -> RequestContext:
     )
     relay = Relay(app.state)
 
+    litestar = RequestContext(app)
+
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
         # Functional modules take the relay's raw path; versions, credentials and admin go through Litestar.
         if scope["type"] == "http" and relay.handles(scope["path"]):
             await relay(scope, receive, send)  # type: ignore[arg-type]
         else:
-            await app(scope, receive, send)
+            await litestar(scope, receive, send)
 
-    return RequestContext(dispatch)
+    return dispatch
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
-"""Outermost ASGI layer: X-Request-ID and X-Correlation-ID on every answer, bound to every log line of the request.
+"""X-Request-ID and X-Correlation-ID on every answer, bound to every log line of the request, and one access line.
 
 transport_and_format.asciidoc: the X-Request-ID of a request is echoed in its response; the X-Correlation-ID is kept
-through the whole chain. A caller that sends neither gets fresh ones.
+through the whole chain. A caller that sends neither gets fresh ones. RequestContext wraps Litestar's side of the
+hub (versions, credentials, admin, console, probes); the relay, the hot path, does the same itself with
+`request_ids` and `log_request`, saving a layer per request.
 """
 
 from __future__ import annotations
@@ -18,6 +20,21 @@ log = structlog.get_logger()
 PROBE_PATHS = frozenset(("/health", "/ready", "/metrics"))  # load balancers and Prometheus: no OCPI token
 
 
+def request_ids(headers: dict[str, str]) -> tuple[str, str]:
+    """(X-Request-ID, X-Correlation-ID) of a request, from its lower-cased headers; fresh ones where missing."""
+    request_id = headers.get("x-request-id", "")[:255] or str(uuid.uuid4())
+    return request_id, headers.get("x-correlation-id", "")[:255] or request_id
+
+
+def log_request(method: str, path: str, status: int | None, started: float, routine: bool = False) -> None:
+    # Probes and scrapes every few seconds, and routine relays (whose routing-log rows say more), would drown the
+    # requests that matter: debug level.
+    (log.debug if routine or path in PROBE_PATHS else log.info)(
+        "http_request", method=method, path=path, status=status,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    )  # fmt: skip
+
+
 class RequestContext:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -26,14 +43,10 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = correlation_id = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                request_id = value.decode("latin-1")[:255]
-            elif name == b"x-correlation-id":
-                correlation_id = value.decode("latin-1")[:255]
-        request_id = request_id or str(uuid.uuid4())
-        correlation_id = correlation_id or request_id
+        request_id, correlation_id = request_ids(
+            {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
+             if name in (b"x-request-id", b"x-correlation-id")}
+        )  # fmt: skip
         scope.setdefault("state", {}).update(request_id=request_id, correlation_id=correlation_id)
         extra = [
             (b"x-request-id", request_id.encode("latin-1")),
@@ -53,11 +66,4 @@ class RequestContext:
             try:
                 await self.app(scope, receive, send_with_ids)
             finally:
-                # Probes and scrapes every few seconds would drown the requests that matter: debug level.
-                (log.debug if scope["path"] in PROBE_PATHS else log.info)(
-                    "http_request",
-                    method=scope.get("method"),
-                    path=scope["path"],
-                    status=outcome["status"],
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                )
+                log_request(str(scope.get("method")), scope["path"], outcome["status"], started)

@@ -136,6 +136,7 @@ class LogUnavailable(Exception):
 class RoutingLogWriter:
     def __init__(self, pool: asyncpg.Pool, *, body_cap: int, strict: bool = True, commit_timeout_s: float = 30.0):
         self._pool = pool
+        self._conn: Any = None  # held between batches: a pool's acquire and release cost a reset query each time
         self._body_cap = body_cap
         self.strict = strict
         self._commit_timeout_s = commit_timeout_s
@@ -158,6 +159,7 @@ class RoutingLogWriter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            await self._release_connection()
 
     async def record(self, entry: LogEntry) -> None:
         """Queue a row; in strict mode return only once it is committed."""
@@ -247,8 +249,21 @@ class RoutingLogWriter:
         columns = [list(column) for column in zip(*records, strict=True)]
         location_columns = [list(c) for c in zip(*locations, strict=True)] if locations else [[]] * 9
         head = (self.chain_id, records[-1][_SEQ], records[-1][len(COLUMNS) - 1])
-        async with self._pool.acquire() as conn:
-            await conn.execute(QUERIES["append_routing_log"], *columns, *head, *location_columns)
+        if self._conn is not None and self._conn.is_closed():
+            await self._release_connection()
+        if self._conn is None:
+            self._conn = await self._pool.acquire()
+        try:
+            await self._conn.execute(QUERIES["append_routing_log"], *columns, *head, *location_columns)
+        except BaseException:
+            await self._release_connection()  # the pool checks it, or replaces a broken one, before it comes back
+            raise
+
+    async def _release_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
 
 
 def _fail_waiters(batch: list[LogEntry]) -> None:

@@ -238,6 +238,23 @@ def test_a_cookie_a_receiver_sets_is_not_sent_on_later_requests(hub: Hub, cpo_an
     assert len(received) == 2 and all("Cookie" not in r.headers for r in received)
 
 
+def test_the_access_line_of_a_relayed_request_is_debug_when_it_went_through_and_info_when_not(
+    hub: Hub, cpo_and_emsp
+) -> None:
+    cpo, emsp = cpo_and_emsp
+    cc, pid = party_key(cpo)
+    ids = {"went-through": party_key(emsp), "nowhere": ("NL", "ZZZ")}
+    for request_id, to in ids.items():
+        cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/LOC1", to=to, headers={"X-Request-ID": request_id})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and '"nowhere"' not in hub.log():
+        time.sleep(0.1)
+    lines = [json.loads(line) for line in hub.log().splitlines() if line.startswith("{")]
+    access = {line["request_id"]: line for line in lines if line.get("event") == "http_request"}
+    assert "went-through" not in access  # the hub runs at info level: its routing-log row is what tells
+    assert access["nowhere"]["status"] == 200 and access["nowhere"]["level"] == "info"
+
+
 def test_request_without_a_registered_token_is_refused_and_logged(hub: Hub, db) -> None:
     answer = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/locations", headers={"X-Request-ID": "anon-1"})
     assert answer.status_code == 401

@@ -113,7 +113,7 @@ def test_concurrent_rows_are_group_committed_and_all_written(empty_database: str
 
 
 def test_the_writer_reconnects_when_its_connection_is_killed_and_loses_no_row(empty_database: str) -> None:
-    # PostgreSQL may drop the writer's connections at any time (restart, failover, an idle-session kill).
+    # The writer keeps one connection between batches; PostgreSQL may drop it (restart, failover, idle kill).
     _written_log(empty_database, 1)  # migrated, with a first chain
 
     async def run() -> RoutingLogWriter:

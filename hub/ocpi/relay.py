@@ -26,6 +26,7 @@ from hub.metrics import count_request, observe_forward
 from hub.ocpi import hub_answers, relayed_urls
 from hub.ocpi.wire import Envelope
 from hub.party_api import authorization
+from hub.request_context import log_request, request_ids
 from routing import open_routing
 from routing.decide import Delivery, Route, decide
 from routing.forward import Answer, forward, ocpi_status_of
@@ -80,11 +81,13 @@ class Relay:
 
     async def __call__(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}  # lower-case
         path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
-        ids = scope["state"]
+        request_id, correlation_id = request_ids(headers)
+        # Every request runs in a task (and context) of its own: bound without unbinding, nothing leaks.
+        structlog.contextvars.bind_contextvars(request_id=request_id, correlation_id=correlation_id)
         entry = LogEntry(
-            received_at=datetime.now(UTC), request_id=ids["request_id"], correlation_id=ids["correlation_id"],
+            received_at=datetime.now(UTC), request_id=request_id, correlation_id=correlation_id,
             module=_module_of(path), method=scope["method"], path=path,
             query=scope["query_string"].decode("latin-1"), routing="rejected",
             request_headers={k: headers[k] for k in LOGGED_REQUEST_HEADERS if k in headers},
@@ -110,8 +113,10 @@ class Relay:
             answer = self._hub_answer(exchange, 200, 4000, f"{exc}; the exchange itself went through")
         for task in exchange.background:
             self._spawn(task)
+        answer.headers["x-request-id"], answer.headers["x-correlation-id"] = request_id, entry.correlation_id
         await _send(send, answer)
         count_request(entry.module, entry.method, entry.routing, entry.ocpi_status_code)
+        log_request(entry.method, path, answer.status, started, routine=entry.ocpi_status_code == 1000)
 
     async def _route(self, exchange: Exchange, path: str) -> Answer:
         caller = identify(self.state.directory.current, exchange.headers.get("authorization"))

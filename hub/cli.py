@@ -313,15 +313,19 @@ async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
 async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
     from datetime import UTC, datetime
 
-    from storage.partitions import drop_before, parse_keep
+    from storage.partitions import RoutingLogBusy, drop_before, parse_keep
 
     try:
         cut = datetime.now(UTC) - parse_keep(args.keep)
     except ValueError as exc:
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 2
-    async with pool.acquire() as conn:
-        dropped = await drop_before(conn, cut, dry_run=args.dry_run)
+    try:
+        async with pool.acquire() as conn:
+            dropped = await drop_before(conn, cut, dry_run=args.dry_run)
+    except RoutingLogBusy as exc:
+        print(f"ocpi-hub: {exc}", file=sys.stderr)
+        return 1
     summary = {"cut": cut, "dry_run": args.dry_run, "dropped": [p.name for p in dropped]}
     print(msgspec.json.format(msgspec.json.encode(summary)).decode())
     return 0

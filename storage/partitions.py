@@ -20,6 +20,7 @@ from storage.sql import QUERIES
 log = structlog.get_logger()
 
 MAINTENANCE_INTERVAL_S = 24 * 3600.0
+LOCK_TIMEOUT_S, LOCK_ATTEMPTS = 0.5, 8  # how long retention may hold up the hub's writes, and how often it tries
 _DURATION = re.compile(r"(\d+)d")
 
 
@@ -48,21 +49,54 @@ async def partitions(conn: asyncpg.Connection) -> list[Partition]:
     return [Partition(r["name"], r["lower"], r["upper"]) for r in await conn.fetch(QUERIES["routing_log_partitions"])]
 
 
-async def drop_before(conn: asyncpg.Connection, cut: datetime, *, dry_run: bool = False) -> list[Partition]:
-    """Drop every monthly partition whose rows are all older than cut, oldest first; never part of one."""
+class RoutingLogBusy(Exception):
+    """Retention could not get the lock a partition's DROP needs: long queries kept routing_log busy."""
+
+
+async def drop_before(
+    conn: asyncpg.Connection,
+    cut: datetime,
+    *,
+    dry_run: bool = False,
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
+    attempts: int = LOCK_ATTEMPTS,
+) -> list[Partition]:
+    """Drop every monthly partition whose rows are all older than cut, oldest first; never part of one.
+
+    Dropping a partition locks routing_log itself, and a lock request waits behind every query using the table and
+    stops every write queued after it (an auditor's long export would stall the hub's group commits). So each try
+    waits at most lock_timeout_s for its locks, then gives up and lets writes through; after `attempts` tries
+    RoutingLogBusy says so, and what was dropped before stays dropped.
+    """
     dropped = []
     for partition in await partitions(conn):
         if partition.upper > cut:
             break
         if not dry_run:
-            async with conn.transaction():
-                await conn.execute(QUERIES["lock_routing_log_partitions"])
-                name = '"' + partition.name.replace('"', '""') + '"'  # read from pg_class, quoted all the same
-                await conn.execute(QUERIES["record_chain_floor"].format(partition=name))
-                await conn.execute(f"DROP TABLE {name}")
+            await _drop(conn, partition, lock_timeout_s, attempts)
         log.info("routing_log_partition_dropped", partition=partition.name, dry_run=dry_run)
         dropped.append(partition)
     return dropped
+
+
+async def _drop(conn: asyncpg.Connection, partition: Partition, lock_timeout_s: float, attempts: int) -> None:
+    name = '"' + partition.name.replace('"', '""') + '"'  # read from pg_class, quoted all the same
+    for attempt in range(1, attempts + 1):
+        try:
+            async with conn.transaction():
+                await conn.execute(QUERIES["set_local_lock_timeout"], f"{round(lock_timeout_s * 1000)}ms")
+                await conn.execute(QUERIES["lock_routing_log_partitions"])
+                await conn.execute(QUERIES["record_chain_floor"].format(partition=name))
+                await conn.execute(f"DROP TABLE {name}")
+            return
+        except asyncpg.LockNotAvailableError:
+            log.warning("routing_log_partition_busy", partition=partition.name, attempt=attempt, attempts=attempts)
+            if attempt < attempts:
+                await asyncio.sleep(min(2.0**attempt * lock_timeout_s, 30.0))
+    raise RoutingLogBusy(
+        f"partition {partition.name} was not dropped: routing_log stayed busy (long queries such as exports hold it) "
+        f"for {attempts} tries of {lock_timeout_s:g} s each; run retention again later"
+    )
 
 
 async def maintain(pool: asyncpg.Pool, months_ahead: int, interval_s: float = MAINTENANCE_INTERVAL_S) -> None:

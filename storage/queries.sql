@@ -238,6 +238,10 @@ ORDER BY lower;
 -- This month's partition and the next $1 ones (a function of migration 0005); returns the names it created.
 SELECT routing_log_ensure_partitions($1);
 
+-- name: set_local_lock_timeout
+-- For the rest of this transaction, give up on a lock after $1 (e.g. '500ms') instead of waiting for it.
+SELECT set_config('lock_timeout', $1, true);
+
 -- name: lock_routing_log_partitions
 -- The lock routing_log_ensure_partitions() takes: retention and creation never run at the same time.
 SELECT pg_advisory_xact_lock(210848524);

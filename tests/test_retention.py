@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +15,8 @@ from pathlib import Path
 import asyncpg
 
 from storage.migrate import migration_files
-from storage.routing_log import COLUMNS, CONTENT_COLUMNS, GENESIS, LogEntry, content_hash
+from storage.partitions import RoutingLogBusy, drop_before
+from storage.routing_log import COLUMNS, CONTENT_COLUMNS, GENESIS, LogEntry, RoutingLogWriter, content_hash
 from tests.conftest import ROOT, Services, hub_env
 from tests.log_rows import sql, varied_entries, verified, write
 
@@ -150,3 +152,41 @@ def test_retention_wants_a_number_of_days(services: Services, empty_database: st
     for keep in ("400", "1y", "0d", "-5d"):
         answer = _retention(services, empty_database, tmp_path, f"--keep={keep}")
         assert answer.returncode == 2 and "400d" in answer.stderr, (keep, answer.stderr)
+
+
+def test_retention_gives_way_to_the_hubs_writes_while_a_long_query_holds_the_log(empty_database: str) -> None:
+    # A DROP waits for its lock behind every query on routing_log, and every write asked for after it waits too: an
+    # auditor's long export would stall the hub's commits for as long as it runs.
+    write(empty_database, [])  # the schema
+    sql(empty_database, "SELECT routing_log_add_partition($1)", _month(20))
+    old_rows = varied_entries(_month(20), 3, [("QR", "AAA")], uuid.uuid4().hex[:8])
+
+    async def run() -> tuple[float, Exception | None, list[str]]:
+        export, other = await asyncpg.connect(empty_database), await asyncpg.connect(empty_database)
+        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
+        writer = RoutingLogWriter(pool, body_cap=1024)
+        try:
+            async with writer.running():
+                await asyncio.gather(*(writer.record(entry) for entry in old_rows))
+                async with export.transaction():
+                    await export.fetch("SELECT count(*) FROM routing_log")  # holds the table until it ends
+                    cut = datetime.now(UTC) - timedelta(days=400)
+                    dropping = asyncio.create_task(drop_before(other, cut, lock_timeout_s=0.3, attempts=2))
+                    await asyncio.sleep(0.1)  # the DROP is waiting for its lock
+                    started = time.monotonic()
+                    await writer.record(varied_entries(datetime.now(UTC), 1, [("QR", "AAA")], "now")[0])
+                    waited = time.monotonic() - started
+                    busy = await asyncio.gather(dropping, return_exceptions=True)
+                    await asyncio.sleep(3)  # the export goes on a while after retention gave up
+                dropped = await drop_before(other, cut, lock_timeout_s=0.3, attempts=2)  # the export is over
+            return waited, busy[0], [p.name for p in dropped]
+        finally:
+            await pool.close()
+            await export.close()
+            await other.close()
+
+    waited, busy, dropped = asyncio.run(asyncio.wait_for(run(), 60))
+    assert waited < 1.5  # at most a lock timeout, not the whole export
+    assert isinstance(busy, RoutingLogBusy) and "run retention again later" in str(busy)
+    assert dropped == [_partition(_month(20))]
+    assert verified(empty_database).ok

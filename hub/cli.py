@@ -157,9 +157,10 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
         # in place that second signal is a no-op, so the embedded servers are stopped and the exit code is 0.
         for handled in (signal.SIGTERM, signal.SIGINT):
             signal.signal(handled, lambda *_: None)
+        # No proxy-header middleware: nothing reads the client's address or scheme (public_url says where we are).
         uvicorn.run("hub.app:create_app", factory=True, host=host, port=port, workers=workers, lifespan="on",
                     access_log=False, log_level="warning", loop="uvloop", http="httptools",
-                    timeout_graceful_shutdown=30)  # fmt: skip
+                    timeout_graceful_shutdown=30, proxy_headers=False)  # fmt: skip
         return 0
     from granian import Granian
     from granian.constants import Interfaces

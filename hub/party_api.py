@@ -7,7 +7,6 @@ httpx errors are translated here, at this one boundary, into the OCPI errors the
 from __future__ import annotations
 
 import base64
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -17,6 +16,7 @@ import msgspec
 
 from hub.errors import NoMatchingEndpoints, UnableToUseClientApi, UnsupportedVersion
 from hub.ocpi.wire import Credentials, CredentialsAnswer, Endpoint, Version, VersionDetails
+from hub.request_context import new_request_id
 from storage.directory import PartyRole, Platform
 from storage.routing_log import LogEntry
 
@@ -45,7 +45,7 @@ def hub_request(
     routing-log row, routing 'hub' from the hub to the party, and its headers: the party's token B and a new
     X-Request-ID, which is also the X-Correlation-ID unless the message continues a conversation. OCPI-to/from
     only where the module takes them (transport_and_format.asciidoc: not on versions or hubclientinfo pushes)."""
-    request_id = str(uuid.uuid4())
+    request_id = new_request_id()
     correlation_id = correlation_id or request_id
     where = urlsplit(url)
     entry = LogEntry(

@@ -9,7 +9,7 @@ hub (versions, credentials, admin, console, probes); the relay, the hot path, do
 from __future__ import annotations
 
 import time
-import uuid
+from random import getrandbits
 from typing import Any
 
 import structlog
@@ -20,9 +20,18 @@ log = structlog.get_logger()
 PROBE_PATHS = frozenset(("/health", "/ready", "/metrics"))  # load balancers and Prometheus: no OCPI token
 
 
+def new_request_id() -> str:
+    """A random (version 4) UUID in text form. A request id names a message and guards nothing, so it is drawn from
+    the fast generator rather than the OS (uuid.uuid4: a system call and an object, 3x the time; one or two a
+    request)."""
+    n = getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48) | (0x4000 << 64) | (0x8000 << 48)  # version, variant
+    text = f"{n:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def request_ids(headers: dict[str, str]) -> tuple[str, str]:
     """(X-Request-ID, X-Correlation-ID) of a request, from its lower-cased headers; fresh ones where missing."""
-    request_id = headers.get("x-request-id", "")[:255] or str(uuid.uuid4())
+    request_id = headers.get("x-request-id", "")[:255] or new_request_id()
     return request_id, headers.get("x-correlation-id", "")[:255] or request_id
 
 

@@ -14,7 +14,7 @@ import hashlib
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -112,20 +112,25 @@ class LogEntry:
     waiter: asyncio.Future[None] | None = field(default=None, repr=False)
 
 
-def content_hash(prev_hash: bytes, values: dict[str, Any]) -> bytes:
-    """SHA-256 over the previous hash and the row's content in a canonical JSON form (bytes by their digest)."""
-    canonical = []
-    for name in CONTENT_COLUMNS:
-        value = values[name]
-        if isinstance(value, bytes | bytearray | memoryview):
-            value = hashlib.sha256(value).hexdigest()
-        elif isinstance(value, datetime):
-            value = value.isoformat()
-        elif isinstance(value, uuid.UUID):
-            value = str(value)
-        elif name.endswith("_headers") and value is not None:
-            value = msgspec.json.decode(value) if isinstance(value, str | bytes) else value
-        canonical.append(value)
+# What content_hash turns into text before hashing, by position in CONTENT_COLUMNS (the columns' types are fixed).
+_RECEIVED_AT, _CHAIN_ID = CONTENT_COLUMNS.index("received_at"), CONTENT_COLUMNS.index("chain_id")
+_BODIES = tuple(CONTENT_COLUMNS.index(name) for name in ("request_body", "response_body"))
+_HEADERS = tuple(CONTENT_COLUMNS.index(name) for name in ("request_headers", "response_headers"))
+
+
+def content_hash(prev_hash: bytes, values: Mapping[str, Any]) -> bytes:
+    """SHA-256 over the previous hash and the row's content in a canonical JSON form: the columns in order, the
+    time in ISO 8601, the chain id as text, each stored (compressed) body by its SHA-256 in hex, the headers as a
+    JSON object (given as one, or as the JSON text the database returns)."""
+    canonical = [values[name] for name in CONTENT_COLUMNS]
+    canonical[_RECEIVED_AT] = canonical[_RECEIVED_AT].isoformat()
+    canonical[_CHAIN_ID] = str(canonical[_CHAIN_ID])
+    for at in _BODIES:
+        if (body := canonical[at]) is not None:
+            canonical[at] = hashlib.sha256(body).hexdigest()
+    for at in _HEADERS:
+        if isinstance(headers := canonical[at], str):
+            canonical[at] = msgspec.json.decode(headers)
     return hashlib.sha256(prev_hash + _canonical.encode(canonical)).digest()
 
 

@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
-from storage.routing_log import LogEntry, LogUnavailable, RoutingLogWriter, verify
+from storage.routing_log import LogEntry, LogUnavailable, RoutingLogWriter, content_hash, verify
 from tests.conftest import Hub
 from tests.log_rows import write
 from tests.test_routing import LOCATION, _roles, party_key
@@ -102,6 +102,24 @@ def _verify(database_url: str, tamper: str | None = None):  # type: ignore[no-un
             await conn.close()
 
     return asyncio.run(check())
+
+
+def test_the_hash_of_a_row_is_the_one_its_chain_was_written_with() -> None:
+    # Rows written by earlier releases must go on verifying: the canonical form a row is hashed in may not change.
+    row = dict(
+        received_at=datetime(2026, 12, 1, 4, 30, 0, 123456, tzinfo=UTC), chain_id=uuid.UUID(
+        "6a1e3f0c-2b9d-4c7e-8f00-1d2e3f405162"), seq=7, request_id="req-1", forwarded_request_id="fwd-1",
+        correlation_id="cor-1", from_country_code="NL", from_party_id="CPO", to_country_code="DE", to_party_id="EMS",
+        caller_platform_id=1, receiver_platform_id=2, module="locations", interface="receiver", method="PUT",
+        path="/ocpi/2.2.1/receiver/locations/NL/CPO/LOC1", query="", routing="direct", http_status=200,
+        ocpi_status_code=1000, duration_ms=1.25, error=None, request_headers='{"x-request-id": "req-1"}',
+        response_headers=None, request_body=zlib.compress(b"{}"), request_body_size=2, response_body=None,
+        response_body_size=0,
+    )  # fmt: skip
+    expected = "ff87fb1eb8543deb53cf25f502e5c66efd6138888a0fac58caff39cb1dd3c4be"
+    assert content_hash(bytes(32), row).hex() == expected
+    assert content_hash(bytes(32), row | {"request_headers": {"x-request-id": "req-1"}}).hex() == expected
+    assert content_hash(bytes(32), row | {"seq": 8}).hex() != expected
 
 
 def test_concurrent_rows_are_group_committed_and_all_written(empty_database: str) -> None:

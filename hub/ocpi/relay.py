@@ -26,7 +26,7 @@ from hub.metrics import count_request, observe_forward
 from hub.ocpi import hub_answers, relayed_urls
 from hub.ocpi.wire import Envelope
 from hub.party_api import authorization
-from hub.request_context import log_request, request_ids
+from hub.request_context import log_request, new_request_id, request_ids
 from routing import open_routing
 from routing.decide import Delivery, Route, decide
 from routing.forward import Answer, forward, ocpi_status_of
@@ -176,7 +176,7 @@ class Relay:
         entry, platform, to = exchange.entry, delivery.platform, delivery.to
         entry.to_country_code, entry.to_party_id = to.country_code, to.party_id
         entry.receiver_platform_id = platform.id
-        entry.forwarded_request_id = str(uuid.uuid4())
+        entry.forwarded_request_id = new_request_id()
         headers = {
             "Authorization": authorization(platform.token_b or "", platform.token_encoding),
             "X-Request-ID": entry.forwarded_request_id,

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -181,8 +182,10 @@ def register(hub: str, admin_token: str, party_url: str, role: tuple[str, str, s
     """Invite and register a party whose versions are served by the benchmark receiver; returns its token C."""
     admin = {"Authorization": f"Bearer {admin_token}"}
     roles = [{"role": role[0], "country_code": role[1], "party_id": role[2]}]
-    token_a = httpx.post(f"{hub}/admin/api/invitations", headers=admin, json={"name": role[2], "roles": roles}
-                         ).json()["token_a"]  # fmt: skip
+    invitation = httpx.post(f"{hub}/admin/api/invitations", headers=admin, json={"name": role[2], "roles": roles})
+    if invitation.status_code != 201:
+        raise RuntimeError(f"the invitation of {role} failed: {invitation.status_code} {invitation.text}")
+    token_a = invitation.json()["token_a"]
     auth = {"Authorization": "Token " + base64.b64encode(token_a.encode()).decode()}
     credentials = {"token": secrets.token_urlsafe(16), "url": f"{party_url}/ocpi/versions",
                    "roles": [r | {"business_details": {"name": role[2]}} for r in roles]}  # fmt: skip
@@ -219,6 +222,9 @@ def backing_services(work: Path) -> Iterator[tuple[str, str, str]]:
         yield database_url, redis_url, prefix
 
 
+_hub_runs = itertools.count(1)
+
+
 def bench_hub(  # type: ignore[no-untyped-def]
     name: str,
     workers: int,
@@ -242,7 +248,8 @@ def bench_hub(  # type: ignore[no-untyped-def]
                "--server", server]  # fmt: skip
     with process(command, env, work / f"hub-{server}-{workers}-{mode}.log"):
         wait_http(f"{hub}/ocpi/versions")
-        cpo_pid, emsp_pid = secrets.choice("ABCDEFGH") + "C" + secrets.choice("ABCDEFGH"), "E" + secrets.token_hex(1)
+        run = next(_hub_runs)  # the hubs of one benchmark share its database: each registers parties of its own
+        cpo_pid, emsp_pid = f"C{run:02X}", f"E{run:02X}"
         token = register(hub, admin_token, sender, ("CPO", "NL", cpo_pid.upper()))
         register(hub, admin_token, receiver, ("EMSP", "NL", emsp_pid.upper()))
         time.sleep(1.2)  # every worker has the new directory

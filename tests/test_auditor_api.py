@@ -3,17 +3,22 @@ that parse back to the same rows, stats, and bad filter values answered 400 nami
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import statistics
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import httpx
 import pytest
 
+from hub.admin.api import AdminError
+from hub.admin.routing_log import fetch_planned
 from storage.routing_log import LogEntry, object_id_of
 from tests.conftest import Hub, Services, unique_party_id
 from tests.log_rows import object_of, varied_entries, write
@@ -296,3 +301,21 @@ def test_a_pushed_cdr_is_found_by_the_id_in_its_body(hub: Hub, services: Service
     with hub.admin() as admin:
         items = admin.get("/admin/api/routing-log", params={"object_id": cdr_id}).json()["items"]
     assert [item["request_id"] for item in items] == [f"{cdr_id}-push"]
+
+
+def test_a_search_that_runs_too_long_is_stopped_and_answers_503_with_what_to_do(services: Services) -> None:
+    # A search that no index serves would hold a database connection for minutes: it is cancelled at the timeout.
+    async def run() -> AdminError:
+        conn = await asyncpg.connect(services.database_url)
+        try:
+            started = time.monotonic()
+            with pytest.raises(AdminError) as stopped:
+                await fetch_planned(conn, "SELECT pg_sleep(10)", [], timeout="200ms")
+            assert time.monotonic() - started < 5
+            assert await conn.fetchval("SELECT 1") == 1  # the connection is fit for the next search
+            return stopped.value
+        finally:
+            await conn.close()
+
+    error = asyncio.run(run())
+    assert error.status == 503 and "took longer than 200ms: narrow it with since/until" in error.message

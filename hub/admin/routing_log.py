@@ -29,16 +29,18 @@ SEARCH_TIMEOUT = "30s"
 _PAGE_PARAMS = frozenset({"limit", "cursor"})
 
 
-async def fetch_planned(conn: asyncpg.Connection, sql: str, args: list[Any]) -> list[asyncpg.Record]:
+async def fetch_planned(
+    conn: asyncpg.Connection, sql: str, args: list[Any], timeout: str = SEARCH_TIMEOUT
+) -> list[asyncpg.Record]:
     """Run a search planned for its actual values (see storage/log_search.py), in a read-only transaction, and
-    give up after SEARCH_TIMEOUT rather than hold a connection for a search no index can serve."""
+    give up after `timeout` rather than hold a connection for a search no index can serve."""
     try:
         async with conn.transaction(readonly=True):
             await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-            await conn.execute(f"SET LOCAL statement_timeout = '{SEARCH_TIMEOUT}'")
+            await conn.execute(f"SET LOCAL statement_timeout = '{timeout}'")
             return await conn.fetch(sql, *args)
     except asyncpg.QueryCanceledError:
-        raise AdminError(503, f"the search took longer than {SEARCH_TIMEOUT}: narrow it with since/until") from None
+        raise AdminError(503, f"the search took longer than {timeout}: narrow it with since/until") from None
 
 
 def query_params(request: Request) -> dict[str, str]:

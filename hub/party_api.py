@@ -1,4 +1,5 @@
-"""Calls to a party's versions, version details and credentials endpoints (the control plane, over httpx).
+"""Calls to a party's versions, version details and credentials endpoints (the control plane, over httpx), and
+`hub_request`: the routing-log row and headers of every message the hub sends on its own.
 
 httpx errors are translated here, at this one boundary, into the OCPI errors the credentials module answers with:
 3001 when the party's API cannot be used, 3002 when there is no common version, 3003 when endpoints are missing.

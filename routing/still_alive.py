@@ -86,9 +86,10 @@ class StillAlive:
     async def probe(self, platform: Platform) -> bool:
         """GET the platform's versions endpoint with its token B; any HTTP answer below 500 means it is alive."""
         started, to = time.perf_counter(), platform.roles[0] if platform.roles else None
-        entry, headers = hub_request(self._hub, platform, to, "GET", platform.versions_url or "", "versions")
+        versions_url = platform.versions_url or ""
+        entry, headers = hub_request(self._hub, platform, to, "GET", versions_url, "versions")
         try:
-            response = await self._http.get(platform.versions_url or "", headers=headers, follow_redirects=True)
+            response = await self._http.get(versions_url, headers=headers, follow_redirects=True)
             entry.http_status, entry.response_body = response.status_code, response.content
             alive = response.status_code < 500
         except httpx.HTTPError as exc:

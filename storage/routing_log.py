@@ -29,6 +29,8 @@ from storage.sql import QUERIES
 log = structlog.get_logger()
 
 GENESIS = bytes(32)
+MAX_BATCH_ROWS = 500  # rows chained and written per statement
+MAX_QUEUED_ROWS = 20_000  # async mode: rows waiting for the writer before callers wait for their commit
 _canonical = msgspec.json.Encoder(order="sorted")
 
 # Hashed and written in this order; id, prev_hash and hash are not part of the content.
@@ -139,8 +141,19 @@ class LogUnavailable(Exception):
 
 
 class RoutingLogWriter:
-    def __init__(self, pool: asyncpg.Pool, *, body_cap: int, strict: bool = True, commit_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        body_cap: int,
+        strict: bool = True,
+        commit_timeout_s: float = 30.0,
+        max_batch_rows: int = MAX_BATCH_ROWS,
+        max_queued_rows: int = MAX_QUEUED_ROWS,
+    ):
         self._pool = pool
+        self._max_batch_rows = max_batch_rows
+        self._max_queued_rows = max_queued_rows
         self._conn: Any = None  # held between batches: a pool's acquire and release cost a reset query each time
         self._body_cap = body_cap
         self.strict = strict
@@ -167,8 +180,10 @@ class RoutingLogWriter:
             await self._release_connection()
 
     async def record(self, entry: LogEntry) -> None:
-        """Queue a row; in strict mode return only once it is committed."""
-        if not self.strict:
+        """Queue a row; in strict mode return only once it is committed. In async mode too once the writer is
+        max_queued_rows behind (the database slower than the traffic): callers then slow down to the pace of the
+        commits instead of the queue growing without bound."""
+        if not self.strict and self._queue.qsize() < self._max_queued_rows:
             self._queue.put_nowait(entry)
             return
         entry.waiter = asyncio.get_running_loop().create_future()
@@ -179,7 +194,9 @@ class RoutingLogWriter:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            while not self._queue.empty():
+            # Capped: chaining a batch holds the event loop (~15 us a row), and a backlog of thousands of rows
+            # (async mode under load) would stall every request for tens of milliseconds.
+            while not self._queue.empty() and len(batch) < self._max_batch_rows:
                 batch.append(self._queue.get_nowait())
             batch, records = self._chained_batch(batch)
             if not batch:

@@ -154,6 +154,34 @@ def test_the_writer_reconnects_when_its_connection_is_killed_and_loses_no_row(em
     assert (result.ok, result.rows) == (True, 41)
 
 
+def test_async_mode_holds_callers_back_once_the_writer_falls_behind_and_loses_no_row(empty_database: str) -> None:
+    # A database slower than the traffic must not grow the queue without bound; big backlogs go in capped batches.
+    _written_log(empty_database, 1)
+
+    async def run() -> tuple[int, RoutingLogWriter]:
+        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
+        blocker = await asyncpg.connect(empty_database)
+        writer = RoutingLogWriter(pool, body_cap=1024, strict=False, max_queued_rows=5, max_batch_rows=3)
+        try:
+            async with writer.running():
+                async with blocker.transaction():
+                    await blocker.execute("LOCK TABLE routing_log_chain IN EXCLUSIVE MODE")  # commits stall
+                    calls = [asyncio.create_task(writer.record(_entry(n))) for n in range(1, 13)]
+                    await asyncio.sleep(0.5)
+                    answered_while_stalled = sum(call.done() for call in calls)
+                await asyncio.wait_for(asyncio.gather(*calls), 10)
+        finally:
+            await blocker.close()
+            await pool.close()
+        return answered_while_stalled, writer
+
+    answered_while_stalled, writer = asyncio.run(asyncio.wait_for(run(), 60))
+    assert answered_while_stalled == 5  # the queue's worth, answered at once; the rest waited for their commits
+    assert writer.rows == 12 and writer.batches >= 4
+    result = _verify(empty_database)
+    assert (result.ok, result.rows) == (True, 13)
+
+
 def test_a_row_that_cannot_be_written_fails_its_caller_and_the_log_goes_on(empty_database: str) -> None:
     _written_log(empty_database, 1)
     broken = _entry(1)

@@ -30,6 +30,7 @@ log = structlog.get_logger()
 
 GENESIS = bytes(32)
 MAX_BATCH_ROWS = 500  # rows chained and written per statement
+ASYNC_LINGER_S = 0.01  # async mode: rows gathered this long before a commit (fewer, larger commits)
 MAX_QUEUED_ROWS = 20_000  # async mode: rows waiting for the writer before callers wait for their commit
 _canonical = msgspec.json.Encoder(order="sorted")
 
@@ -194,6 +195,8 @@ class RoutingLogWriter:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if not self.strict:  # nobody waits for these commits: gather the rows of a few ms into one
+                await asyncio.sleep(ASYNC_LINGER_S)
             # Capped: chaining a batch holds the event loop (~15 us a row), and a backlog of thousands of rows
             # (async mode under load) would stall every request for tens of milliseconds.
             while not self._queue.empty() and len(batch) < self._max_batch_rows:

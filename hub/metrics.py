@@ -8,6 +8,7 @@ statuses are read from the directory at scrape time, so they are the same whiche
 from __future__ import annotations
 
 import asyncio
+import hmac
 import os
 from collections.abc import Iterator
 
@@ -105,6 +106,11 @@ def _registry(state: State) -> CollectorRegistry:
 
 @get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response[bytes]:
+    if (token := request.app.state.settings.metrics_token) is not None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return Response(b"/metrics needs the bearer token of OCPI_HUB_METRICS_TOKEN\n", status_code=401,
+                            media_type="text/plain", headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
     registry = request.app.state.get("metrics_registry")
     if registry is None:
         registry = request.app.state.metrics_registry = _registry(request.app.state)

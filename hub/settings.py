@@ -33,6 +33,11 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
         "(generated)",
         "Fernet key encrypting party tokens at rest; unset: generated in the data dir",
     ),
+    (
+        "OCPI_HUB_METRICS_TOKEN",
+        "(none)",
+        "bearer token Prometheus must send for /metrics (it names every party); unset: /metrics is open",
+    ),
     ("OCPI_HUB_FORWARD_TIMEOUT_S", "30", "seconds the hub waits for a party before answering 4002"),
     ("OCPI_HUB_MAX_BODY_BYTES", "10000000", "largest request body accepted (larger: HTTP 413)"),
     ("OCPI_HUB_LOG_MODE", "strict", "strict: a routing-log row is committed before the caller is answered; async: not"),
@@ -69,6 +74,7 @@ class Settings:
     name: str
     admin_token: str | None
     secret_key: str | None
+    metrics_token: str | None
     forward_timeout_s: float
     max_body_bytes: int
     log_mode: str
@@ -142,6 +148,7 @@ class Settings:
             name=get("OCPI_HUB_NAME") or "ocpi-hub",
             admin_token=get("OCPI_HUB_ADMIN_TOKEN"),
             secret_key=get("OCPI_HUB_SECRET_KEY"),
+            metrics_token=get("OCPI_HUB_METRICS_TOKEN"),
             forward_timeout_s=number("OCPI_HUB_FORWARD_TIMEOUT_S", float),
             max_body_bytes=int(number("OCPI_HUB_MAX_BODY_BYTES", int)),
             log_mode=log_mode,

@@ -42,6 +42,21 @@ def test_health_ready_and_metrics_answer_without_a_token(hub: Hub) -> None:
     assert "ocpi_hub_requests_total" in answer.text or "ocpi_hub_requests" in answer.text
 
 
+def test_metrics_with_a_token_set_answer_only_its_bearer(services: Services, tmp_path: Path) -> None:
+    token = "scrape-" + uuid.uuid4().hex
+    hub = start_hub(hub_env(services, tmp_path, OCPI_HUB_METRICS_TOKEN=token), OUTPUT / "hub-metrics-token.log")
+    try:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Token {token}"}):
+            refused = httpx.get(f"{hub.base}/metrics", headers=headers, timeout=10)
+            assert refused.status_code == 401 and "OCPI_HUB_METRICS_TOKEN" in refused.text
+            assert refused.headers["www-authenticate"] == "Bearer" and "ocpi_hub" not in refused.text
+        scraped = httpx.get(f"{hub.base}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert scraped.status_code == 200 and "ocpi_hub_party_status" in scraped.text
+        assert httpx.get(f"{hub.base}/health", timeout=10).status_code == 200  # probes stay open
+    finally:
+        hub.stop()
+
+
 def test_metrics_move_with_traffic(hub: Hub, connect_party) -> None:
     cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
     (cc, pid), receiver = party_key(cpo), "-".join(party_key(emsp))

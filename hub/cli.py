@@ -27,6 +27,7 @@ COMMANDS_HELP = """commands:
   sync      pull the CPOs' locations into the hub's cache: ocpi-hub sync locations [--party NL-ABC] [--full]
   auditor   read-only tokens of the auditor API: ocpi-hub auditor add NAME | list | remove NAME
   retention drop routing-log partitions older than a period: ocpi-hub retention --keep 400d [--dry-run]
+  verify    recompute the routing log's hash chains, no HTTP time limit: ocpi-hub verify [--since T] [--until T]
 """
 
 
@@ -84,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     retention = commands.add_parser("retention", help="drop the routing log's monthly partitions older than --keep")
     retention.add_argument("--keep", required=True, metavar="DAYS", help="how much to keep, e.g. 400d")
     retention.add_argument("--dry-run", action="store_true", help="only list the partitions it would drop")
+    verify = commands.add_parser(
+        "verify", help="recompute the routing log's hash chains; exit 1 if a row was changed, inserted or deleted"
+    )
+    verify.add_argument("--since", metavar="TIME", help="only rows received at or after TIME (ISO 8601)")
+    verify.add_argument("--until", metavar="TIME", help="only rows received before TIME (ISO 8601)")
     connect = commands.add_parser("connect", help="register the hub at a party (the hub must be running)")
     connect.add_argument("--versions-url", required=True, help="the party's versions URL")
     connect.add_argument("--token-a", required=True, help="the token A the party gave the hub operator")
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "demo":
                 return _demo(ready, args)
             command = {"invite": _invite, "connect": _connect, "sync": _sync, "auditor": _auditor,
-                       "retention": _retention}.get(args.command)  # fmt: skip
+                       "retention": _retention, "verify": _verify}.get(args.command)  # fmt: skip
             return _run(command, ready, args) if command else 0
     except EmbeddedServiceError as exc:
         print(f"ocpi-hub: {exc}", file=sys.stderr)
@@ -330,6 +336,27 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
     summary = {"cut": cut, "dry_run": args.dry_run, "dropped": [p.name for p in dropped]}
     print(msgspec.json.format(msgspec.json.encode(summary)).decode())
     return 0
+
+
+async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
+    """GET /admin/api/routing-log/verify without a request's time limits (a log of millions of rows takes minutes),
+    for cron and alerting: the same JSON on stdout, exit code 1 when the log does not verify."""
+    from hub.admin.actors import ADMIN, Actor, record_action
+    from storage.log_search import BadFilter, parse_time
+    from storage.routing_log import verify
+
+    given = {name: value for name in ("since", "until") if (value := getattr(args, name))}
+    try:
+        times = {name: parse_time(f"--{name}", value) for name, value in given.items()}
+    except BadFilter as exc:
+        print(f"ocpi-hub: {exc}", file=sys.stderr)
+        return 2
+    async with pool.acquire() as conn:
+        await record_action(conn, Actor("ocpi-hub verify", ADMIN), "verify", given)
+        result = await verify(conn, times.get("since"), times.get("until"))
+    answer = {"ok": result.ok, "rows": result.rows, "first_bad_id": result.first_bad_id, "problems": result.problems}
+    print(msgspec.json.format(msgspec.json.encode(answer)).decode())
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

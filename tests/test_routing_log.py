@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import uuid
 import zlib
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
 from storage.routing_log import LogEntry, LogUnavailable, RoutingLogWriter, content_hash, verify
-from tests.conftest import Hub
-from tests.log_rows import write
+from tests.conftest import ROOT, Hub, Services, hub_env
+from tests.log_rows import sql, write
 from tests.test_routing import LOCATION, _roles, party_key
 
 
@@ -227,3 +231,30 @@ def test_verify_detects_an_edited_or_deleted_row(empty_database: str, tamper: st
 
     # rows are chained in the order record() was called: r0 is seq 1
     assert asyncio.run(bad_request_id()) == bad_row
+
+
+def test_ocpi_hub_verify_checks_the_chains_from_the_command_line_and_fails_on_a_changed_row(
+    services: Services, empty_database: str, tmp_path: Path
+) -> None:
+    _written_log(empty_database, 5)
+
+    def verify_command(*args: str) -> subprocess.CompletedProcess[str]:
+        env = hub_env(services, tmp_path, OCPI_HUB_DATABASE_URL=empty_database)
+        return subprocess.run([sys.executable, "-m", "hub.cli", "verify", *args], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    good = verify_command()
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout) | {"problems": []} == {"ok": True, "rows": 5, "first_bad_id": None, "problems": []}
+    assert json.loads(verify_command("--since", "2000-01-01T00:00:00Z").stdout)["rows"] == 5
+
+    changed = sql(empty_database, "UPDATE routing_log SET http_status = 500 WHERE seq = 3 RETURNING id")[0]["id"]
+    bad = verify_command()
+    assert bad.returncode == 1
+    answer = json.loads(bad.stdout)
+    assert answer["ok"] is False and answer["first_bad_id"] == changed and "was changed" in answer["problems"][0]
+
+    wrong = verify_command("--since", "yesterday")
+    assert wrong.returncode == 2 and "--since must be an ISO 8601 time" in wrong.stderr
+    trail = sql(empty_database, "SELECT actor_kind, actor_name, action FROM audit_trail")
+    assert [tuple(row) for row in trail] == [("admin", "ocpi-hub verify", "verify")] * 3

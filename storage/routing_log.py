@@ -274,7 +274,7 @@ class RoutingLogWriter:
         columns = [list(column) for column in zip(*records, strict=True)]
         location_columns = [list(c) for c in zip(*locations, strict=True)] if locations else [[]] * 9
         head = (self.chain_id, records[-1][_SEQ], records[-1][len(COLUMNS) - 1])
-        if self._conn is not None and self._conn.is_closed():
+        if self._conn is not None and _closed(self._conn):
             await self._release_connection()
         if self._conn is None:
             self._conn = await self._pool.acquire()
@@ -289,6 +289,15 @@ class RoutingLogWriter:
         if conn is not None:
             with contextlib.suppress(Exception):
                 await self._pool.release(conn)
+
+
+def _closed(conn: Any) -> bool:
+    """A held pool connection the server closed. asyncpg takes such a connection back into its pool by itself,
+    after which its proxy refuses every call, is_closed() included: that too means closed."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
 
 
 def _fail_waiters(batch: list[LogEntry]) -> None:

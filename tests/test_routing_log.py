@@ -141,13 +141,15 @@ def test_the_writer_reconnects_when_its_connection_is_killed_and_loses_no_row(em
     async def run() -> RoutingLogWriter:
         pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=3)
         admin = await asyncpg.connect(empty_database)
-        writer = RoutingLogWriter(pool, body_cap=1024)
+        writer = RoutingLogWriter(pool, body_cap=1024, commit_timeout_s=5)  # a stuck writer fails the test in 5 s
         async with writer.running():
             for n in range(1, 41):
                 await writer.record(_entry(n))
                 if n % 10 == 0:  # kill every backend of the writer's pool but the admin's own
                     await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                         "WHERE datname = current_database() AND pid <> pg_backend_pid()")  # fmt: skip
+                if n % 20 == 0:  # asyncpg sees the connection go and takes it back from the writer on its own
+                    await asyncio.sleep(0.3)
         await admin.close()
         await pool.close()
         return writer

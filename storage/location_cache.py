@@ -23,6 +23,7 @@ from redis.exceptions import WatchError
 
 log = structlog.get_logger()
 
+UPDATE_LINGER_S, MAX_UPDATES_PER_BATCH = 0.01, 500  # relayed updates gathered per Redis round trip
 SNAPSHOTS_PER_VIEWER = 20  # GET Alls a party can walk at once; starting one more expires its oldest
 SNAPSHOT_TTL_S = 900  # a client walking the pages of one GET All gets the same list for this long
 
@@ -151,7 +152,10 @@ class LocationCache:
     async def _apply_pending(self) -> None:
         while True:
             batch = [await self._pending.get()]
-            while not self._pending.empty():
+            # The updates of a few ms share one Redis round trip (a cache: a GET may lag a push by that long), and
+            # a backlog goes in capped batches, since decoding one holds the event loop.
+            await asyncio.sleep(UPDATE_LINGER_S)
+            while not self._pending.empty() and len(batch) < MAX_UPDATES_PER_BATCH:
                 batch.append(self._pending.get_nowait())
             try:
                 await self.apply(batch)

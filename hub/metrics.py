@@ -20,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from hub.admin.actors import bearer_token
 from storage.migrate import pending
 
 MODULES = frozenset(("cdrs", "chargingprofiles", "commands", "locations", "sessions", "tariffs", "tokens",
@@ -107,8 +108,8 @@ def _registry(state: State) -> CollectorRegistry:
 @get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response[bytes]:
     if (token := request.app.state.settings.metrics_token) is not None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        given = bearer_token(request.headers.get("authorization"))
+        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
             return Response(b"/metrics needs the bearer token of OCPI_HUB_METRICS_TOKEN\n", status_code=401,
                             media_type="text/plain", headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
     registry = request.app.state.get("metrics_registry")

@@ -354,8 +354,7 @@ async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
     async with pool.acquire() as conn:
         await record_action(conn, Actor("ocpi-hub verify", ADMIN), "verify", given)
         result = await verify(conn, times.get("since"), times.get("until"))
-    answer = {"ok": result.ok, "rows": result.rows, "first_bad_id": result.first_bad_id, "problems": result.problems}
-    print(msgspec.json.format(msgspec.json.encode(answer)).decode())
+    print(msgspec.json.format(msgspec.json.encode(result)).decode())
     return 0 if result.ok else 1
 
 

@@ -145,9 +145,7 @@ async def verify_routing_log(request: Request) -> Response[bytes]:
     async with request.app.state.pool.acquire() as conn:
         await record_action(conn, actor_of(request), "verify", {k: v for k, v in params.items() if v})
         result = await verify(conn, since, until)
-    return json_response(
-        {"ok": result.ok, "rows": result.rows, "first_bad_id": result.first_bad_id, "problems": result.problems}
-    )
+    return json_response(result)  # {"ok", "rows", "first_bad_id", "problems"}
 
 
 @get("/audit-trail")

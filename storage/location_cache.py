@@ -21,6 +21,8 @@ import redis.asyncio as redis
 import structlog
 from redis.exceptions import WatchError
 
+from storage.batches import next_batch
+
 log = structlog.get_logger()
 
 UPDATE_LINGER_S, MAX_UPDATES_PER_BATCH = 0.01, 500  # relayed updates gathered per Redis round trip
@@ -151,12 +153,8 @@ class LocationCache:
 
     async def _apply_pending(self) -> None:
         while True:
-            batch = [await self._pending.get()]
-            # The updates of a few ms share one Redis round trip (a cache: a GET may lag a push by that long), and
-            # a backlog goes in capped batches, since decoding one holds the event loop.
-            await asyncio.sleep(UPDATE_LINGER_S)
-            while not self._pending.empty() and len(batch) < MAX_UPDATES_PER_BATCH:
-                batch.append(self._pending.get_nowait())
+            # The updates of a few ms share one Redis round trip (a cache: a GET may lag a push by that long).
+            batch = await next_batch(self._pending, MAX_UPDATES_PER_BATCH, UPDATE_LINGER_S)
             try:
                 await self.apply(batch)
             except Exception as exc:  # a cache: pull sync repairs what a failed update leaves behind

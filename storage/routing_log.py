@@ -24,6 +24,7 @@ import asyncpg
 import msgspec
 import structlog
 
+from storage.batches import next_batch
 from storage.sql import QUERIES
 
 log = structlog.get_logger()
@@ -194,13 +195,9 @@ class RoutingLogWriter:
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            if not self.strict:  # nobody waits for these commits: gather the rows of a few ms into one
-                await asyncio.sleep(ASYNC_LINGER_S)
-            # Capped: chaining a batch holds the event loop (~15 us a row), and a backlog of thousands of rows
-            # (async mode under load) would stall every request for tens of milliseconds.
-            while not self._queue.empty() and len(batch) < self._max_batch_rows:
-                batch.append(self._queue.get_nowait())
+            # Chaining holds the event loop ~15 us a row. In async mode nobody waits for the commits: the rows of a
+            # few ms share one.
+            batch = await next_batch(self._queue, self._max_batch_rows, 0.0 if self.strict else ASYNC_LINGER_S)
             batch, records = self._chained_batch(batch)
             if not batch:
                 continue

@@ -250,15 +250,15 @@ def bench_hub(  # type: ignore[no-untyped-def]
         wait_http(f"{hub}/ocpi/versions")
         run = next(_hub_runs)  # the hubs of one benchmark share its database: each registers parties of its own
         cpo_pid, emsp_pid = f"C{run:02X}", f"E{run:02X}"
-        token = register(hub, admin_token, sender, ("CPO", "NL", cpo_pid.upper()))
-        register(hub, admin_token, receiver, ("EMSP", "NL", emsp_pid.upper()))
+        token = register(hub, admin_token, sender, ("CPO", "NL", cpo_pid))
+        register(hub, admin_token, receiver, ("EMSP", "NL", emsp_pid))
         time.sleep(1.2)  # every worker has the new directory
         headers = {"Authorization": "Token " + base64.b64encode(token.encode()).decode(),
                    "Content-Type": "application/json", "OCPI-from-country-code": "NL",
-                   "OCPI-from-party-id": cpo_pid.upper(), "OCPI-to-country-code": "NL",
-                   "OCPI-to-party-id": emsp_pid.upper()}  # fmt: skip
-        body = json.dumps(LOCATION | {"party_id": cpo_pid.upper()}).encode()
-        url = f"{hub}/ocpi/2.2.1/receiver/locations/NL/{cpo_pid.upper()}/LOC1"
+                   "OCPI-from-party-id": cpo_pid, "OCPI-to-country-code": "NL",
+                   "OCPI-to-party-id": emsp_pid}  # fmt: skip
+        body = json.dumps(LOCATION | {"party_id": cpo_pid}).encode()
+        url = f"{hub}/ocpi/2.2.1/receiver/locations/NL/{cpo_pid}/LOC1"
         check = httpx.put(url, headers=headers, content=body).json()
         if check.get("status_code") != 1000:
             raise RuntimeError(f"the hub did not relay the benchmark request: {check}")

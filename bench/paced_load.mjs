@@ -14,6 +14,8 @@ const target = new URL(url);
 const total = Math.round(Number(rate) * Number(seconds));
 const latencies = [];
 let sent = 0, done = 0, errors = 0;
+const errorKinds = {}; // "HTTP 503" or "ECONNRESET": how many
+function failed(kind) { errors++; errorKinds[kind] = (errorKinds[kind] || 0) + 1; }
 const start = process.hrtime.bigint();
 
 function fire() {
@@ -24,12 +26,12 @@ function fire() {
       response.resume();
       response.on("end", () => {
         latencies.push(Number(process.hrtime.bigint() - began) / 1e6);
-        if (response.statusCode !== 200) errors++;
+        if (response.statusCode !== 200) failed(`HTTP ${response.statusCode}`);
         finish();
       });
     },
   );
-  request.on("error", () => { errors++; finish(); });
+  request.on("error", (error) => { failed(error.code || error.message); finish(); });
   request.end(body);
 }
 
@@ -39,7 +41,7 @@ function finish() {
     const elapsed = Number(process.hrtime.bigint() - start) / 1e9;
     latencies.sort((a, b) => a - b);
     const at = (q) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))];
-    console.log(JSON.stringify({ rps: done / elapsed, p50_ms: at(0.5), p99_ms: at(0.99), errors }));
+    console.log(JSON.stringify({ rps: done / elapsed, p50_ms: at(0.5), p99_ms: at(0.99), errors, error_kinds: errorKinds }));
     agent.destroy();
   }
 }

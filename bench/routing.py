@@ -6,9 +6,10 @@ Starts a fast OCPI party (bench/receiver.py on granian), registers it and a send
 (a) the party directly, (b) the same push through bench/bare_relay.py (uvicorn + aiohttp + group commit with
 nothing of the hub: the floor of what this stack costs on this machine) and (c) the same push through the hub,
 with wrk (saturation, at each connection count) and bench/paced_load.mjs (open loop, paced at each of --rates),
-and prints requests/s, p50/p99 latency and log rows committed per second. Uses OCPI_HUB_DATABASE_URL /
-OCPI_HUB_REDIS_URL when set (a throwaway database and key prefix), the embedded servers otherwise. Everything runs
-on this machine and stops by itself.
+and prints requests/s, p50/p99 latency, log rows committed per second and the CPU time the server's processes
+spent per request (steadier than the rates on a shared machine: time spent waiting for a core is not in it). Uses
+OCPI_HUB_DATABASE_URL / OCPI_HUB_REDIS_URL when set (a throwaway database and key prefix), the embedded servers
+otherwise. Everything runs on this machine and stops by itself.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import contextlib
 import itertools
 import json
@@ -25,12 +27,13 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -91,37 +94,58 @@ class Result:
     p99_ms: float
     errors: int = 0
     rows_per_s: float | None = None
+    requests: int = 0
+    cpu_us: float | None = None  # CPU time of the server's processes per request
+    p99_runs: list[float] = field(default_factory=list)  # paced: the p99 of each repeated run
+    baseline: Result | None = None  # paced: the direct runs made beside these
+    error_kinds: dict[str, int] = field(default_factory=dict)  # paced: "HTTP 500" or "ECONNRESET": how many
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its descendants (uvicorn's or granian's workers), from /proc."""
+    total, pending, tick = 0.0, [pid], os.sysconf("SC_CLK_TCK")
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+    return total
 
 
 def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(url: str, headers: dict[str, str], body: bytes, connections: int, duration: int, work: Path) -> Result:
+def run_wrk(target: Target, connections: int, duration: int, work: Path) -> Result:
     script = work / "put.lua"
-    lines = ['wrk.method = "PUT"', f"wrk.body = {json.dumps(body.decode())}"]
-    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+    lines = ['wrk.method = "PUT"', f"wrk.body = {json.dumps(target.body.decode())}"]
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in target.headers.items()]
     script.write_text("\n".join(lines) + "\n")
     out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{duration}s", "--latency", "-s",
-                          str(script), url], capture_output=True, text=True, check=True).stdout  # fmt: skip
+                          str(script), target.url], capture_output=True, text=True, check=True).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     failed = int(errors.group(1)) if errors else 0
     failed += sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
-    return Result(f"wrk -c{connections}", rps, _ms(*p50.groups()), _ms(*p99.groups()), failed)  # type: ignore[union-attr]
+    return Result(f"wrk -c{connections}", rps, _ms(*p50.groups()), _ms(*p99.groups()), failed, requests=requests)  # type: ignore[union-attr]
 
 
-def run_paced(url: str, headers: dict[str, str], body: bytes, rate: int, duration: int, work: Path) -> Result:
+def run_paced(target: Target, rate: int, duration: int, work: Path) -> Result:
     """bench/paced_load.mjs: one request every 1/rate s (hey -q fires its workers in bursts, see the script)."""
     payload = work / "body.json"
-    payload.write_bytes(body)
-    out = subprocess.run(["node", str(ROOT / "bench" / "paced_load.mjs"), url, str(rate), str(duration), str(payload),
-                          json.dumps(headers)], capture_output=True, text=True, check=True).stdout  # fmt: skip
+    payload.write_bytes(target.body)
+    out = subprocess.run(["node", str(ROOT / "bench" / "paced_load.mjs"), target.url, str(rate), str(duration),
+                          str(payload), json.dumps(target.headers)], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
     figures = json.loads(out)
-    return Result(f"paced {rate}/s", figures["rps"], figures["p50_ms"], figures["p99_ms"], figures["errors"])
+    return Result(f"paced {rate}/s", figures["rps"], figures["p50_ms"], figures["p99_ms"], figures["errors"],
+                  error_kinds=figures["error_kinds"])  # fmt: skip
 
 
 async def _sql(url: str, sql: str) -> object:
@@ -136,46 +160,77 @@ def count_rows(database_url: str, table: str = "routing_log") -> int:
     return int(asyncio.run(_sql(database_url, f"SELECT count(*) FROM {table}")))  # type: ignore[call-overload]
 
 
+@dataclass(frozen=True)
+class Target:
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
 def load(
     name: str,
-    url: str,
-    headers: dict[str, str],
-    body: bytes,
+    target: Target,
     args: argparse.Namespace,
     work: Path,
+    server: int,
     rows: Callable[[], int] | None = None,
+    direct: Target | None = None,
 ) -> list[Result]:
-    """wrk at each connection count (with log rows committed per second when rows counts them), then paced runs."""
+    """wrk at each connection count (with log rows committed per second when rows counts them), then paced runs;
+    each with the CPU time the server's processes (pid `server` and its workers) spent per request.
+
+    The paced runs are repeated --repeat times and reported as medians. With `direct`, each is preceded by the same
+    paced run against the receiver directly: the baseline of "added over the direct call" is then measured beside
+    it, on the machine as busy as it was then, rather than minutes earlier."""
     results = []
     for connections in args.connections:
-        before, started = rows() if rows else 0, time.monotonic()
-        result = run_wrk(url, headers, body, connections, args.duration, work)
+        before, started, cpu = rows() if rows else 0, time.monotonic(), cpu_seconds(server)
+        result = run_wrk(target, connections, args.duration, work)
         if rows:
             time.sleep(0.5)  # async mode: let the last batch land before counting
             result.rows_per_s = (rows() - before) / (time.monotonic() - started - 0.5)
+        result.cpu_us = (cpu_seconds(server) - cpu) * 1e6 / max(result.requests, 1)
         result.name = f"{name}, {result.name}"
         results.append(result)
     for rate in args.rates:
-        paced = run_paced(url, headers, body, rate, args.duration, work)
-        paced.name = f"{name}, {paced.name}"
+        runs, baselines = [], []
+        for _ in range(args.repeat):
+            if direct is not None:
+                baselines.append(run_paced(direct, rate, args.duration, work))
+            cpu = cpu_seconds(server)
+            runs.append(run_paced(target, rate, args.duration, work))
+            time.sleep(0.5 if rows else 0)
+            runs[-1].cpu_us = (cpu_seconds(server) - cpu) * 1e6 / (rate * args.duration)
+        paced = median(f"{name}, paced {rate}/s", runs)
+        paced.baseline = median(f"direct, paced {rate}/s", baselines) if baselines else None
         results.append(paced)
     return results
 
 
-def bench_bare(workers: int, database_url: str, receiver: str, args, work: Path) -> list[Result]:  # type: ignore[no-untyped-def]
+def median(name: str, runs: list[Result]) -> Result:
+    """The median of each figure over repeated runs (errors: their sum)."""
+    mid = statistics.median
+    cpus = [r.cpu_us for r in runs if r.cpu_us is not None]
+    kinds: collections.Counter[str] = collections.Counter()
+    for run in runs:
+        kinds.update(run.error_kinds)
+    return Result(name, mid([r.rps for r in runs]), mid([r.p50_ms for r in runs]), mid([r.p99_ms for r in runs]),
+                  sum(r.errors for r in runs), cpu_us=mid(cpus) if cpus else None,
+                  p99_runs=[r.p99_ms for r in runs], error_kinds=dict(kinds))  # fmt: skip
+
+
+def bench_bare(workers: int, database_url: str, receiver: str, direct: Target, args, work: Path) -> list[Result]:  # type: ignore[no-untyped-def]
     """bench/bare_relay.py: uvicorn + aiohttp + group commit and nothing of the hub, as the floor of the table."""
     port = free_port()
-    target = f"{receiver}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1"
-    env = dict(os.environ) | {"BARE_RELAY_TARGET": target, "BARE_RELAY_DATABASE_URL": database_url}
+    env = dict(os.environ) | {"BARE_RELAY_TARGET": direct.url, "BARE_RELAY_DATABASE_URL": database_url}
     command = [sys.executable, "-m", "uvicorn", "--port", str(port), "--workers", str(workers), "--no-access-log",
                "--log-level", "warning", "--loop", "uvloop", "--http", "httptools", "bench.bare_relay:app"]  # fmt: skip
     name = f"bare relay {workers} worker{'s' if workers > 1 else ''} (no hub)"
-    with process(command, env, work / f"bare-{workers}.log"):
+    with process(command, env, work / f"bare-{workers}.log") as relay:
         wait_http(f"http://127.0.0.1:{port}/ocpi/versions")
         url = f"http://127.0.0.1:{port}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1"
-        headers = {"Content-Type": "application/json"}
-        return load(name, url, headers, json.dumps(LOCATION).encode(), args, work,
-                    lambda: count_rows(database_url, "bare_relay_log"))  # fmt: skip
+        target = Target(url, {"Content-Type": "application/json"}, json.dumps(LOCATION).encode())
+        return load(name, target, args, work, relay.pid, lambda: count_rows(database_url, "bare_relay_log"), direct)
 
 
 def register(hub: str, admin_token: str, party_url: str, role: tuple[str, str, str]) -> str:
@@ -233,6 +288,7 @@ def bench_hub(  # type: ignore[no-untyped-def]
     services: tuple[str, str, str],
     receiver: str,
     sender: str,
+    direct: Target,
     args,
     work: Path,
 ) -> list[Result]:
@@ -246,7 +302,7 @@ def bench_hub(  # type: ignore[no-untyped-def]
     hub = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "hub.cli", "serve", "--port", str(port), "--workers", str(workers),
                "--server", server]  # fmt: skip
-    with process(command, env, work / f"hub-{server}-{workers}-{mode}.log"):
+    with process(command, env, work / f"hub-{server}-{workers}-{mode}.log") as hub_process:
         wait_http(f"{hub}/ocpi/versions")
         run = next(_hub_runs)  # the hubs of one benchmark share its database: each registers parties of its own
         cpo_pid, emsp_pid = f"C{run:02X}", f"E{run:02X}"
@@ -262,7 +318,8 @@ def bench_hub(  # type: ignore[no-untyped-def]
         check = httpx.put(url, headers=headers, content=body).json()
         if check.get("status_code") != 1000:
             raise RuntimeError(f"the hub did not relay the benchmark request: {check}")
-        return load(name, url, headers, body, args, work, lambda: count_rows(database_url))
+        target = Target(url, headers, body)
+        return load(name, target, args, work, hub_process.pid, lambda: count_rows(database_url), direct)
 
 
 def main() -> None:
@@ -272,6 +329,12 @@ def main() -> None:
     parser.add_argument("--rates", type=int, nargs="+", default=[500, 2000],
                         help="request rates of the paced runs (default 500, below what this machine saturates at, "
                         "and 2000, issue 4's figure)")  # fmt: skip
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="paced runs per rate, each beside a direct one; the table shows medians (default 3)",
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="hub worker counts to measure")
     parser.add_argument("--modes", nargs="+", default=["strict"], choices=["strict", "async"])
     parser.add_argument("--servers", nargs="+", default=["uvicorn"], choices=["uvicorn", "granian"])
@@ -287,24 +350,27 @@ def main() -> None:
     granian = [sys.executable, "-m", "granian", "--interface", "rsgi", "--no-ws", "--log-level", "warning"]
     try:
         with (
-            process([*granian, "--port", str(receiver_port), "bench.receiver:app"], env, work / "receiver.log"),
+            process(
+                [*granian, "--port", str(receiver_port), "bench.receiver:app"], env, work / "receiver.log"
+            ) as party,
             process([*granian, "--port", str(sender_port), "bench.receiver:app"], env, work / "sender.log"),
             backing_services(work) as services,
         ):
             wait_http(f"{receiver}/ocpi/versions")
             wait_http(f"{sender}/ocpi/versions")
-            body = json.dumps(LOCATION).encode()
-            direct_url = f"{receiver}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1"
-            headers = {"Content-Type": "application/json", "Authorization": "Token eA=="}
-            results = load("direct", direct_url, headers, body, args, work)
+            direct = Target(f"{receiver}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1",
+                            {"Content-Type": "application/json", "Authorization": "Token eA=="},
+                            json.dumps(LOCATION).encode())  # fmt: skip
+            results = load("direct", direct, args, work, party.pid)
             if not args.no_bare:
                 for workers in args.workers:
-                    results += bench_bare(workers, services[0], receiver, args, work)
+                    results += bench_bare(workers, services[0], receiver, direct, args, work)
             for server in args.servers:
                 for mode in args.modes:
                     for workers in args.workers:
                         name = f"hub {server} {workers} worker{'s' if workers > 1 else ''} {mode}"
-                        results += bench_hub(name, workers, mode, server, services, receiver, sender, args, work)
+                        results += bench_hub(name, workers, mode, server, services, receiver, sender, direct, args,
+                                             work)  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table(results, args)
@@ -313,18 +379,28 @@ def main() -> None:
 def print_table(results: list[Result], args: argparse.Namespace) -> None:
     print(f"\nrouting benchmark: PUT of a {len(json.dumps(LOCATION))}-byte location, {args.duration}s per run, "
           f"{os.cpu_count()} cores shared by load generator, receiver, hub, PostgreSQL and Redis\n")  # fmt: skip
-    print(f"| {'run':<44} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | {'log rows/s':>10} |")
-    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * 12}|")
+    print(f"| {'run':<44} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | {'log rows/s':>10} "
+          f"| {'CPU us/req':>10} |")  # fmt: skip
+    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * 12}|{'-' * 12}|")
     for r in results:
         rows = f"{r.rows_per_s:,.0f}" if r.rows_per_s is not None else "-"
-        print(f"| {r.name:<44} | {r.rps:>9,.0f} | {r.p50_ms:>7.2f} | {r.p99_ms:>7.2f} | {r.errors:>6} | {rows:>10} |")
-    for rate in args.rates:
-        label = f"paced {rate}/s"
-        direct = next(r for r in results if r.name == f"direct, {label}")
-        for r in results:
-            if r.name.endswith(label) and r is not direct:
-                print(f"added over the direct call at {rate}/s ({r.name.split(',')[0]}): "
-                      f"p50 {r.p50_ms - direct.p50_ms:+.2f} ms, p99 {r.p99_ms - direct.p99_ms:+.2f} ms")  # fmt: skip
+        cpu = f"{r.cpu_us:,.0f}" if r.cpu_us is not None else "-"
+        print(f"| {r.name:<44} | {r.rps:>9,.0f} | {r.p50_ms:>7.2f} | {r.p99_ms:>7.2f} | {r.errors:>6} | {rows:>10} "
+              f"| {cpu:>10} |")  # fmt: skip
+    for r in results:
+        if r.error_kinds:
+            print(f"errors of {r.name}: " + ", ".join(f"{kind} {n}" for kind, n in sorted(r.error_kinds.items())))
+    print(f"\npaced runs: the median of {args.repeat}, each run beside a direct one (p99 of each run in brackets)")
+    for r in results:
+        if r.baseline is not None:
+            base = r.baseline
+            print(f"added over the direct call at {r.name.split('paced ')[1]} ({r.name.split(',')[0]}): "
+                  f"p50 {r.p50_ms - base.p50_ms:+.2f} ms, p99 {r.p99_ms - base.p99_ms:+.2f} ms "
+                  f"[{_list(r.p99_runs)} over direct {_list(base.p99_runs)}]")  # fmt: skip
+
+
+def _list(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,12 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ),
     ("OCPI_HUB_FORWARD_TIMEOUT_S", "30", "seconds the hub waits for a party before answering 4002"),
     ("OCPI_HUB_MAX_BODY_BYTES", "10000000", "largest request body accepted (larger: HTTP 413)"),
+    (
+        "OCPI_HUB_KEEP_ALIVE_S",
+        "75",
+        "seconds an idle client connection stays open: longer than the parties' HTTP clients and a load balancer"
+        " in front keep theirs (often 60 s), so none sends a request on a connection the hub is closing",
+    ),
     ("OCPI_HUB_LOG_MODE", "strict", "strict: a routing-log row is committed before the caller is answered; async: not"),
     ("OCPI_HUB_LOG_BODY_MAX_BYTES", "1048576", "bodies kept in the routing log are cut at this size"),
     (
@@ -77,6 +83,7 @@ class Settings:
     metrics_token: str | None
     forward_timeout_s: float
     max_body_bytes: int
+    keep_alive_s: int
     log_mode: str
     sync_interval_s: float
     sync_check_s: float
@@ -151,6 +158,7 @@ class Settings:
             metrics_token=get("OCPI_HUB_METRICS_TOKEN"),
             forward_timeout_s=number("OCPI_HUB_FORWARD_TIMEOUT_S", float),
             max_body_bytes=int(number("OCPI_HUB_MAX_BODY_BYTES", int)),
+            keep_alive_s=int(number("OCPI_HUB_KEEP_ALIVE_S", int)),
             log_mode=log_mode,
             sync_interval_s=number("OCPI_HUB_SYNC_INTERVAL_S", float),
             sync_check_s=number("OCPI_HUB_SYNC_CHECK_S", float),
@@ -172,10 +180,11 @@ def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> None:
 
 
 def _number(name: str, raw: str, kind: type[int] | type[float]) -> float:
+    wanted = "a positive whole number" if kind is int else "a positive number"
     try:
         value = kind(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a positive number, got {raw!r}") from None
+        raise SettingsError(f"{name} must be {wanted}, got {raw!r}") from None
     if value <= 0:
-        raise SettingsError(f"{name} must be a positive number, got {raw!r}")
+        raise SettingsError(f"{name} must be {wanted}, got {raw!r}")
     return value

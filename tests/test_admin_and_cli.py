@@ -164,6 +164,7 @@ def test_connect_to_a_party_whose_ids_are_taken_undoes_the_registration(hub: Hub
         ("OCPI_HUB_PUBLIC_URL", "hub.example.com", "OCPI_HUB_PUBLIC_URL"),
         ("OCPI_HUB_DATABASE_URL", "mysql://x", "OCPI_HUB_DATABASE_URL"),
         ("OCPI_HUB_FORWARD_TIMEOUT_S", "soon", "positive number"),
+        ("OCPI_HUB_KEEP_ALIVE_S", "1.5", "OCPI_HUB_KEEP_ALIVE_S must be a positive whole number"),
         ("OCPI_HUB_SECRET_KEY", "short", "Fernet key"),
     ],
 )

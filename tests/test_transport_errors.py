@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import time
+from urllib.parse import urlsplit
+
 import httpx
 import pytest
 
@@ -34,6 +38,26 @@ def test_request_and_correlation_ids_are_echoed(hub: Hub, token_a: str) -> None:
     assert (answer.headers["X-Request-ID"], answer.headers["X-Correlation-ID"]) == ("req-123", "corr-456")
     unauthorised = httpx.get(hub.versions_url, headers={"X-Request-ID": "req-789"})
     assert unauthorised.headers["X-Request-ID"] == "req-789"
+
+
+def test_a_keep_alive_connection_idle_for_six_seconds_still_takes_a_request(hub: Hub) -> None:
+    # A party's pooled client, or a proxy, sends on a connection it kept idle. With uvicorn's default the hub would
+    # have closed it after 5 s and the request would fail on the reset (a PUT or POST is not retried).
+    where = urlsplit(hub.base)
+    connection = http.client.HTTPConnection(where.hostname or "", where.port, timeout=10)
+    try:
+        connection.request("GET", "/ocpi/versions")
+        first = connection.getresponse()
+        first.read()
+        socket = connection.sock
+        time.sleep(6)
+        connection.request("GET", "/ocpi/versions")
+        second = connection.getresponse()
+        second.read()
+        assert connection.sock is socket  # the same connection, not a new one
+        assert first.status == second.status == 401
+    finally:
+        connection.close()
 
 
 def test_request_without_ids_gets_fresh_ones(hub: Hub, token_a: str) -> None:

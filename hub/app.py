@@ -57,8 +57,9 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     async def resources(app: Litestar) -> AsyncIterator[None]:
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
         redis_client = redis.Redis.from_url(redis_url)
-        http = httpx.AsyncClient(timeout=httpx.Timeout(settings.forward_timeout_s, connect=5.0))
-        forward_session = open_session(settings.forward_timeout_s)
+        http = httpx.AsyncClient(timeout=httpx.Timeout(settings.forward_timeout_s, connect=5.0),
+                                 limits=httpx.Limits(keepalive_expiry=settings.party_keep_alive_s))  # fmt: skip
+        forward_session = open_session(settings.forward_timeout_s, settings.party_keep_alive_s)
         token_box = TokenBox(settings.secret_key or "")
         directory = DirectoryCache(pool, redis_client, settings.redis_prefix, token_box)
         await directory.reload()

@@ -39,6 +39,12 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
         "bearer token Prometheus must send for /metrics (it names every party); unset: /metrics is open",
     ),
     ("OCPI_HUB_FORWARD_TIMEOUT_S", "30", "seconds the hub waits for a party before answering 4002"),
+    (
+        "OCPI_HUB_PARTY_KEEP_ALIVE_S",
+        "4",
+        "seconds the hub reuses an idle connection to a party: below the 5 s after which uvicorn, Node.js and Apache"
+        " close theirs, so a POST or PATCH (never retried) does not go out on a connection the party is closing",
+    ),
     ("OCPI_HUB_MAX_BODY_BYTES", "10000000", "largest request body accepted (larger: HTTP 413)"),
     (
         "OCPI_HUB_KEEP_ALIVE_S",
@@ -82,6 +88,7 @@ class Settings:
     secret_key: str | None
     metrics_token: str | None
     forward_timeout_s: float
+    party_keep_alive_s: float
     max_body_bytes: int
     keep_alive_s: int
     log_mode: str
@@ -157,6 +164,7 @@ class Settings:
             secret_key=get("OCPI_HUB_SECRET_KEY"),
             metrics_token=get("OCPI_HUB_METRICS_TOKEN"),
             forward_timeout_s=number("OCPI_HUB_FORWARD_TIMEOUT_S", float),
+            party_keep_alive_s=number("OCPI_HUB_PARTY_KEEP_ALIVE_S", float),
             max_body_bytes=int(number("OCPI_HUB_MAX_BODY_BYTES", int)),
             keep_alive_s=int(number("OCPI_HUB_KEEP_ALIVE_S", int)),
             log_mode=log_mode,

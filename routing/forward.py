@@ -39,10 +39,13 @@ def ocpi_status_of(body: bytes) -> int | None:
         return None
 
 
-def open_session(timeout_s: float, connections_per_party: int = 64) -> aiohttp.ClientSession:
-    """The process-wide client session: keep-alive connections, a bounded pool per receiving host, no cookies."""
+def open_session(timeout_s: float, keep_alive_s: float, connections_per_party: int = 64) -> aiohttp.ClientSession:
+    """The process-wide client session: keep-alive connections, a bounded pool per receiving host, no cookies.
+
+    A connection idle for keep_alive_s is not used again: aiohttp resends a PUT or GET that met a connection the
+    party closed at that moment, but not a POST or PATCH, which would fail with 4003 though the party is up."""
     connector = aiohttp.TCPConnector(
-        limit=0, limit_per_host=connections_per_party, keepalive_timeout=30, ttl_dns_cache=60
+        limit=0, limit_per_host=connections_per_party, keepalive_timeout=keep_alive_s, ttl_dns_cache=60
     )
     return aiohttp.ClientSession(
         connector=connector,

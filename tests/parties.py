@@ -43,6 +43,7 @@ class Received:
     query: str
     headers: dict[str, str]
     body: bytes
+    client_port: int | None = None  # the TCP port it came from: which connection carried it
 
 
 @dataclass
@@ -137,7 +138,9 @@ class Party:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self.received.append(Received(request.method, request.path, request.query_string, dict(request.headers), body))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.received.append(Received(request.method, request.path, request.query_string, dict(request.headers), body,
+                                      peer[1] if peer else None))  # fmt: skip
         accepted = {self.token_b, self.token_a}
         presented = request.headers.get("Authorization", "").removeprefix("Token ")
         try:

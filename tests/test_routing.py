@@ -36,6 +36,33 @@ def party_key(party) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     return (party.roles[0][1], party.roles[0][2])
 
 
+def test_the_hub_reuses_a_connection_to_a_party_but_not_one_idle_longer_than_its_keep_alive(
+    hub: Hub, cpo_and_emsp
+) -> None:
+    # OCPI_HUB_PARTY_KEEP_ALIVE_S, 4 s: many parties' servers close an idle connection after 5 s, and a PATCH sent on
+    # one at that moment would fail (aiohttp resends a PUT, not a PATCH or POST).
+    cpo, emsp = cpo_and_emsp
+    cc, pid = party_key(cpo)
+    evse = {"status": "CHARGING", "last_updated": "2026-11-25T09:00:00Z"}
+
+    def patch() -> None:
+        answer = cpo.call(hub.base, "PATCH", f"receiver/locations/{cc}/{pid}/LOC1/EVSE1", to=party_key(emsp), body=evse)
+        assert answer.json()["status_code"] == 1000
+
+    heard = -1
+    while heard != len(emsp.received):  # the ClientInfo pushes that followed the registrations are done
+        heard = len(emsp.received)
+        time.sleep(1)
+    patch()
+    patch()
+    time.sleep(4.5)
+    patch()
+    assert [r.method for r in emsp.received[heard:]] == ["PATCH"] * 3  # nothing else used the connection
+    first, second, after_a_pause = (r.client_port for r in emsp.received[heard:])
+    assert first == second  # kept alive between requests
+    assert after_a_pause != first  # a new connection, not one the party may be closing
+
+
 def test_direct_push_reaches_the_receiver_with_its_token_a_new_request_id_and_the_same_correlation(
     hub: Hub, cpo_and_emsp
 ) -> None:

@@ -114,6 +114,22 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def machine_speed() -> float:
+    """ms for a fixed piece of pure Python (the best of five): how fast this shared machine ran at that moment, so
+    that tables of different runs or days can be told apart by it (lower is faster)."""
+
+    def work() -> int:
+        return sum(len(json.dumps(LOCATION)) for _ in range(200))
+
+    return min(timed(work) for _ in range(5)) * 1000
+
+
+def timed(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
 def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
@@ -343,6 +359,7 @@ def main() -> None:
     for tool, package in (("wrk", "wrk"), ("node", "nodejs")):
         if shutil.which(tool) is None:
             sys.exit(f"bench needs {tool}: apt-get install {package}")
+    speed_before = machine_speed()
     work = Path(tempfile.mkdtemp(prefix="ocpi-hub-bench-"))
     receiver_port, sender_port = free_port(), free_port()
     receiver, sender = f"http://127.0.0.1:{receiver_port}", f"http://127.0.0.1:{sender_port}"
@@ -374,6 +391,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table(results, args)
+    print(f"\nmachine speed: a fixed piece of Python took {speed_before:.1f} ms before the runs and "
+          f"{machine_speed():.1f} ms after them (lower is faster; compare tables by it)")  # fmt: skip
 
 
 def print_table(results: list[Result], args: argparse.Namespace) -> None:

@@ -165,7 +165,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
             signal.signal(handled, lambda *_: None)
         # No proxy-header middleware: nothing reads the client's address or scheme (public_url says where we are).
         # uvicorn closes an idle connection after 5 s by default, while a party's pooled client or a proxy may send
-        # on it at that very moment: a PUT or POST then fails with a reset, which clients do not retry.
+        # on it at that very moment: a POST or PATCH then fails with a reset, and clients do not resend those.
         uvicorn.run("hub.app:create_app", factory=True, host=host, port=port, workers=workers, lifespan="on",
                     access_log=False, log_level="warning", loop="uvloop", http="httptools",
                     timeout_keep_alive=settings.keep_alive_s, timeout_graceful_shutdown=30,

@@ -42,7 +42,7 @@ def test_request_and_correlation_ids_are_echoed(hub: Hub, token_a: str) -> None:
 
 def test_a_keep_alive_connection_idle_for_six_seconds_still_takes_a_request(hub: Hub) -> None:
     # A party's pooled client, or a proxy, sends on a connection it kept idle. With uvicorn's default the hub would
-    # have closed it after 5 s and the request would fail on the reset (a PUT or POST is not retried).
+    # have closed it after 5 s and the request would fail on the reset (a POST or PATCH is not resent).
     where = urlsplit(hub.base)
     connection = http.client.HTTPConnection(where.hostname or "", where.port, timeout=10)
     try:

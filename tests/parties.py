@@ -12,6 +12,7 @@ import json
 import secrets
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,6 +45,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     client_port: int | None = None  # the TCP port it came from: which connection carried it
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 @dataclass

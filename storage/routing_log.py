@@ -212,7 +212,10 @@ class RoutingLogWriter:
                 except Exception as exc:  # whatever it is, a writer that stopped would leave every caller waiting
                     # Keep the rows (already chained) and retry: nothing accepted is dropped. Callers waiting
                     # longer than the commit timeout are told so; their rows are still written once it works.
-                    log.error("routing_log_write_failed", error=str(exc), rows=len(batch), retry_in_s=delay)
+                    # With its kind: asyncpg's text alone can be cryptic ("cannot switch to state 12; another
+                    # operation (2) is in progress" is a connection the server closed, InternalClientError).
+                    log.error("routing_log_write_failed", error=f"{type(exc).__name__}: {exc}", rows=len(batch),
+                              retry_in_s=delay)  # fmt: skip
                     if time.monotonic() > give_up_at:
                         _fail_waiters(batch)
                     await asyncio.sleep(delay)

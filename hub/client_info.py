@@ -122,7 +122,8 @@ async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) 
     hub = (settings.country_code, settings.party_id)
     entry, headers = hub_request(hub, platform, to, "PUT", url, "hubclientinfo", interface="receiver", body=body)
     try:
-        answer = await forward(state.forward_session, "PUT", url, headers, body, settings.forward_timeout_s)
+        answer = await forward(state.forward_session, "PUT", url, headers, body, settings.forward_timeout_s,
+                               settings.max_body_bytes)  # fmt: skip
         entry.http_status, entry.response_body = answer.status, answer.body
         entry.ocpi_status_code = ocpi_status_of(answer.body)
     except OcpiError as exc:

@@ -115,6 +115,10 @@ class HubError(OcpiError):
     status_code = 4000
 
 
+class AnswerTooLarge(HubError):
+    """The receiver's answer is larger than the hub relays (OCPI_HUB_MAX_BODY_BYTES)."""
+
+
 class UnknownReceiver(HubError):
     """The TO address is unknown."""
 

@@ -45,7 +45,11 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
         "seconds the hub reuses an idle connection to a party: below the 5 s after which uvicorn, Node.js and Apache"
         " close theirs, so a POST or PATCH (never retried) does not go out on a connection the party is closing",
     ),
-    ("OCPI_HUB_MAX_BODY_BYTES", "10000000", "largest request body accepted (larger: HTTP 413)"),
+    (
+        "OCPI_HUB_MAX_BODY_BYTES",
+        "10000000",
+        "largest body the hub takes: a request's (larger: HTTP 413) or a party's answer (larger: OCPI 4000)",
+    ),
     (
         "OCPI_HUB_KEEP_ALIVE_S",
         "75",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import aiohttp
 import msgspec
 
-from hub.errors import ForwardTimeout, ReceiverNotConnected
+from hub.errors import AnswerTooLarge, ForwardTimeout, ReceiverNotConnected
 
 # Headers of the receiver's answer the hub passes on (Link and Location are rewritten by the relay).
 RELAYED_RESPONSE_HEADERS = ("content-type", "x-total-count", "x-limit", "link", "location")
@@ -58,13 +58,20 @@ def open_session(timeout_s: float, keep_alive_s: float, connections_per_party: i
 
 
 async def forward(
-    session: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], body: bytes, timeout_s: float
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    timeout_s: float,
+    max_bytes: int,
 ) -> Answer:
+    """The receiver's answer, at most max_bytes of it (decompressed): a larger one is AnswerTooLarge (4000)."""
     try:
         async with session.request(
             method, url, headers=headers, data=body or None, allow_redirects=True, max_redirects=3
         ) as response:
-            payload = await response.read()
+            payload = await _read(response, max_bytes, f"{method} {url}")
             relayed = {name: value for name in RELAYED_RESPONSE_HEADERS if (value := response.headers.get(name))}
             return Answer(response.status, relayed, payload)
     except TimeoutError:
@@ -73,3 +80,20 @@ async def forward(
         raise ReceiverNotConnected(f"{method} {url} failed: {exc or type(exc).__name__}") from None
     except asyncio.CancelledError:
         raise
+
+
+async def _read(response: aiohttp.ClientResponse, max_bytes: int, what: str) -> bytes:
+    too_large = f"{what} answered with more than {max_bytes} bytes, more than the hub relays (OCPI_HUB_MAX_BODY_BYTES)"
+    length, encoded = response.content_length, response.headers.get("content-encoding", "identity") != "identity"
+    if length is not None and not encoded:  # the usual answer: its size is known before reading it
+        if length > max_bytes:
+            raise AnswerTooLarge(too_large)
+        return await response.read()
+    # Chunked, or compressed (aiohttp inflates it: a few kB of gzip can become gigabytes): counted as it comes.
+    chunks, size = [], 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > max_bytes:
+            raise AnswerTooLarge(too_large)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -192,7 +192,8 @@ class Relay:
         timeout = self.state.settings.forward_timeout_s
         started = time.perf_counter()
         try:
-            answer = await forward(self.state.forward_session, method, target, headers, body, timeout)  # type: ignore[arg-type]
+            answer = await forward(self.state.forward_session, method, target, headers, body, timeout,  # type: ignore[arg-type]
+                                   self.state.settings.max_body_bytes)  # fmt: skip
         except (ForwardTimeout, ReceiverNotConnected):
             self.state.still_alive.suspect(platform.id)
             raise

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 
 import asyncpg
-import httpx
 import redis.asyncio as redis
 import structlog
 from litestar import Litestar
@@ -25,6 +24,7 @@ from hub.envelope import render_ocpi_error
 from hub.logs import configure_logging
 from hub.ocpi import credentials, versions
 from hub.ocpi.relay import Relay
+from hub.party_api import PartyClient
 from hub.request_context import PROBE_PATHS, RequestContext
 from hub.runtime import stop_background_tasks
 from hub.settings import Settings
@@ -57,8 +57,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     async def resources(app: Litestar) -> AsyncIterator[None]:
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
         redis_client = redis.Redis.from_url(redis_url)
-        http = httpx.AsyncClient(timeout=httpx.Timeout(settings.forward_timeout_s, connect=5.0),
-                                 limits=httpx.Limits(keepalive_expiry=settings.party_keep_alive_s))  # fmt: skip
+        http = PartyClient(settings)
         forward_session = open_session(settings.forward_timeout_s, settings.party_keep_alive_s)
         token_box = TokenBox(settings.secret_key or "")
         directory = DirectoryCache(pool, redis_client, settings.redis_prefix, token_box)

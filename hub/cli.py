@@ -16,6 +16,7 @@ import httpx
 import msgspec
 import redis.asyncio as redis
 
+from hub.party_api import PartyClient
 from hub.settings import VARIABLES, Settings, SettingsError
 
 COMMANDS_HELP = """commands:
@@ -246,7 +247,7 @@ async def _connect(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
         )
         return 2
     name = args.name or httpx.URL(args.versions_url).host
-    async with httpx.AsyncClient(timeout=settings.forward_timeout_s) as http:
+    async with PartyClient(settings) as http:
         try:
             connected = await connect_to_party(
                 settings, pool, redis_client, http, name=name, versions_url=args.versions_url, token_a=args.token_a
@@ -281,7 +282,7 @@ async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
 
     writer = RoutingLogWriter(pool, body_cap=settings.log_body_max_bytes)
     hub = (settings.country_code, settings.party_id)
-    async with httpx.AsyncClient(timeout=settings.forward_timeout_s) as http, writer.running():
+    async with PartyClient(settings) as http, writer.running():
         sync = PullSync(http, LocationCache(redis_client, settings.redis_prefix), redis_client,
                         settings.redis_prefix, hub, writer.record)  # fmt: skip
         results = await sync.run(parties, full=args.full, progress=progress)

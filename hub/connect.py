@@ -7,7 +7,6 @@ import contextlib
 from dataclasses import dataclass
 
 import asyncpg
-import httpx
 import msgspec
 import redis.asyncio as redis
 import structlog
@@ -39,7 +38,7 @@ async def connect_to_party(
     settings: Settings,
     pool: asyncpg.Pool,
     redis_client: redis.Redis,
-    http: httpx.AsyncClient,
+    http: party_api.PartyClient,
     *,
     name: str,
     versions_url: str,

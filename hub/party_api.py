@@ -10,16 +10,20 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 
-from hub.errors import NoMatchingEndpoints, UnableToUseClientApi, UnsupportedVersion
+from hub.errors import AnswerTooLarge, NoMatchingEndpoints, UnableToUseClientApi, UnsupportedVersion
 from hub.ocpi.wire import Credentials, CredentialsAnswer, Endpoint, Version, VersionDetails
 from hub.request_context import new_request_id
 from storage.directory import PartyRole, Platform
 from storage.routing_log import LogEntry
+
+if TYPE_CHECKING:
+    from hub.settings import Settings
 
 SUPPORTED_VERSION = "2.2.1"
 FUNCTIONAL_MODULES = frozenset(
@@ -29,6 +33,42 @@ FUNCTIONAL_MODULES = frozenset(
 _versions_decoder = msgspec.json.Decoder(list[Version])
 _details_decoder = msgspec.json.Decoder(VersionDetails)
 _credentials_decoder = msgspec.json.Decoder(CredentialsAnswer)
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A party's answer as the control plane read it: the body with any gzip undone."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+
+class PartyClient(httpx.AsyncClient):
+    """The control plane's client: httpx with the hub's timeouts and keep-alive, reading at most
+    OCPI_HUB_MAX_BODY_BYTES of an answer (a party's mistake, or a few kB of gzip that inflate to gigabytes, must not
+    take the hub's memory)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(timeout=httpx.Timeout(settings.forward_timeout_s, connect=5.0),
+                         limits=httpx.Limits(keepalive_expiry=settings.party_keep_alive_s))  # fmt: skip
+        self.max_answer_bytes = settings.max_body_bytes
+
+    async def fetch(self, method: str, url: str, headers: dict[str, str], content: bytes | None = None) -> Fetched:
+        """The answer, redirects followed; AnswerTooLarge (4000) once it is larger than the cap."""
+        async with self.stream(method, url, headers=headers, content=content, follow_redirects=True) as response:
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():  # decoded: the cap counts what the hub would hold
+                size += len(chunk)
+                if size > self.max_answer_bytes:
+                    raise AnswerTooLarge(f"{method} {url} answered with more than {self.max_answer_bytes} bytes, more"
+                                         " than the hub reads (OCPI_HUB_MAX_BODY_BYTES)")  # fmt: skip
+                chunks.append(chunk)
+        return Fetched(response.status_code, response.headers, b"".join(chunks))
 
 
 def authorization(token: str, encoding: str = "base64") -> str:
@@ -78,7 +118,7 @@ class Discovery:
         return next((e.url for e in self.endpoints if e.identifier == identifier), None)
 
 
-async def discover(client: httpx.AsyncClient, versions_url: str, token: str) -> Discovery:
+async def discover(client: PartyClient, versions_url: str, token: str) -> Discovery:
     """GET the party's versions, pick 2.2.1, GET its details and check the endpoints the hub needs."""
     versions = _data(await _call(client, "GET", versions_url, token), _versions_decoder, "versions", versions_url)
     chosen = next((v for v in versions if v.version == SUPPORTED_VERSION), None)
@@ -101,7 +141,7 @@ async def discover(client: httpx.AsyncClient, versions_url: str, token: str) -> 
 
 
 async def exchange_credentials(
-    client: httpx.AsyncClient, method: str, credentials_url: str, token: str, ours: Credentials
+    client: PartyClient, method: str, credentials_url: str, token: str, ours: Credentials
 ) -> Credentials:
     """POST (register) or PUT (update) our credentials at the party and return the party's."""
     response = await _call(client, method, credentials_url, token, body=msgspec.json.encode(ours))
@@ -115,28 +155,28 @@ async def exchange_credentials(
     return answer.data
 
 
-async def delete_credentials(client: httpx.AsyncClient, credentials_url: str, token: str) -> None:
+async def delete_credentials(client: PartyClient, credentials_url: str, token: str) -> None:
     await _call(client, "DELETE", credentials_url, token)
 
 
-async def _call(
-    client: httpx.AsyncClient, method: str, url: str, token: str, body: bytes | None = None
-) -> httpx.Response:
+async def _call(client: PartyClient, method: str, url: str, token: str, body: bytes | None = None) -> Fetched:
     headers = {"Authorization": authorization(token)}
     if body is not None:
         headers["Content-Type"] = "application/json"
     try:
-        response = await client.request(method, url, headers=headers, content=body, follow_redirects=True)
+        response = await client.fetch(method, url, headers, body)
     except httpx.TimeoutException:
         raise UnableToUseClientApi(f"{method} {url} timed out") from None
     except httpx.HTTPError as exc:
         raise UnableToUseClientApi(f"{method} {url} failed: {exc or type(exc).__name__}") from None
+    except AnswerTooLarge as exc:
+        raise UnableToUseClientApi(exc.message) from None
     if response.status_code >= 300:
         raise UnableToUseClientApi(f"{method} {url} answered HTTP {response.status_code}: {response.text[:200]}")
     return response
 
 
-def _data(response: httpx.Response, decoder: msgspec.json.Decoder, what: str, url: str):  # type: ignore[no-untyped-def]
+def _data(response: Fetched, decoder: msgspec.json.Decoder, what: str, url: str):  # type: ignore[no-untyped-def]
     """The envelope's data decoded; tolerant of parties that send the bare object instead of an envelope."""
     try:
         document = msgspec.json.decode(response.content)

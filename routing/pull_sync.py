@@ -25,8 +25,9 @@ import redis.asyncio as redis
 import structlog
 
 from hub.envelope import ocpi_timestamp
+from hub.errors import AnswerTooLarge
 from hub.metrics import LOCATION_SYNCS
-from hub.party_api import hub_request
+from hub.party_api import PartyClient, hub_request
 from storage.directory import Directory, PartyRole, Platform
 from storage.location_cache import LocationCache
 from storage.routing_log import LogEntry
@@ -69,7 +70,7 @@ def cpo_parties(directory: Directory) -> list[tuple[Platform, PartyRole]]:
 
 class PullSync:
     def __init__(
-        self, http: httpx.AsyncClient, cache: LocationCache, client: redis.Redis, prefix: str,
+        self, http: PartyClient, cache: LocationCache, client: redis.Redis, prefix: str,
         hub: tuple[str, str], record: Record | None = None,
     ) -> None:  # fmt: skip
         self._http, self._cache, self._redis, self._record = http, cache, client, record
@@ -145,7 +146,7 @@ class PullSync:
                                      correlation_id=correlation, routing_headers=True)  # fmt: skip
         locations, next_url, total = None, None, None
         try:
-            response = await self._http.get(url, headers=headers, follow_redirects=True)
+            response = await self._http.fetch("GET", url, headers)
             entry.http_status, entry.response_body = response.status_code, response.content
             page = msgspec.json.decode(response.content, type=_Page)
             entry.ocpi_status_code = page.status_code
@@ -155,7 +156,7 @@ class PullSync:
                     next_url = match.group(1)
                 count = response.headers.get("x-total-count", "")
                 total = int(count) if count.isdigit() else None
-        except (httpx.HTTPError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (httpx.HTTPError, AnswerTooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
             entry.error = f"{type(exc).__name__}: {exc}"
         entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         if self._record is not None:

@@ -24,7 +24,8 @@ import httpx
 import redis.asyncio as redis
 import structlog
 
-from hub.party_api import hub_request
+from hub.errors import AnswerTooLarge
+from hub.party_api import PartyClient, hub_request
 from storage.directory import Directory, Platform, announce_change
 from storage.routing_log import LogEntry
 from storage.sql import QUERIES
@@ -36,7 +37,7 @@ Record = Callable[[LogEntry], Awaitable[None]]
 
 class StillAlive:
     def __init__(
-        self, pool: asyncpg.Pool, client: redis.Redis, prefix: str, http: httpx.AsyncClient,
+        self, pool: asyncpg.Pool, client: redis.Redis, prefix: str, http: PartyClient,
         directory: Callable[[], Directory], hub: tuple[str, str], record: Record,
         silence_s: float, probe_interval_s: float,
     ) -> None:  # fmt: skip
@@ -89,11 +90,13 @@ class StillAlive:
         versions_url = platform.versions_url or ""
         entry, headers = hub_request(self._hub, platform, to, "GET", versions_url, "versions")
         try:
-            response = await self._http.get(versions_url, headers=headers, follow_redirects=True)
+            response = await self._http.fetch("GET", versions_url, headers)
             entry.http_status, entry.response_body = response.status_code, response.content
             alive = response.status_code < 500
         except httpx.HTTPError as exc:
             entry.error, alive = f"{type(exc).__name__}: {exc}", False
+        except AnswerTooLarge as exc:  # it answered, at length: alive
+            entry.error, alive = exc.message, True
         entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         await self._record(entry)
         await self.set_status(platform, "CONNECTED" if alive else "OFFLINE")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -95,3 +96,18 @@ def test_a_failing_cpo_sender_is_logged_and_not_hammered(hub: Hub, start_party, 
     rows = db.run(db.fetch("SELECT routing, http_status, module FROM routing_log WHERE to_party_id = $1 "
                            "AND routing = 'hub' AND module = 'locations'", owner[1]))  # fmt: skip
     assert [(r["routing"], r["http_status"]) for r in rows] == [("hub", 500)]
+
+
+def test_a_cpo_page_larger_than_the_hub_reads_is_logged_not_held(hub: Hub, start_party, db) -> None:
+    # 10 kB of gzip that httpx would inflate to 10 MB, more than the test hub reads (OCPI_HUB_MAX_BODY_BYTES).
+    roles = _roles("CPO")
+    cpo = start_party(roles)
+    owner = party_key(cpo)
+    page = b'{"data": [], "status_code": 1000, "note": "' + b"x" * 10_000_000 + b'"}'
+    cpo.canned[("GET", "/ocpi/2.2.1/locations/sender")] = (200, gzip.compress(page), {"Content-Encoding": "gzip"})
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    _wait(lambda: cpo.syncs())
+    query = "SELECT error FROM routing_log WHERE to_party_id = $1 AND routing = 'hub' AND module = 'locations'"
+    _wait(lambda: db.run(db.fetch(query, owner[1])))
+    [row] = db.run(db.fetch(query, owner[1]))
+    assert "AnswerTooLarge" in row["error"] and "more than 10000000 bytes" in row["error"]

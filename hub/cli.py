@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -138,6 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _raise_open_files_limit() -> None:
+    """Every connection is a file: a soft limit of 1,024 (a common default, Docker's among them) is reached by a few
+    hundred parties' kept-alive connections plus the hub's own to them. Raised to the hard limit, for the workers
+    too (they inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+    if soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def _serve(settings: Settings, host: str, port: int, workers: int, server: str) -> int:
     # Workers are separate processes: they read the resolved settings from the environment.
     os.environ.update(
@@ -156,6 +169,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    _raise_open_files_limit()
     print(f"ocpi-hub: serving {settings.versions_url} on {host}:{port} with {workers} worker(s)", flush=True)
     if server == "uvicorn":
         import uvicorn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import threading
 import time
@@ -53,6 +54,23 @@ def test_metrics_with_a_token_set_answer_only_its_bearer(services: Services, tmp
         scraped = httpx.get(f"{hub.base}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert scraped.status_code == 200 and "ocpi_hub_party_status" in scraped.text
         assert httpx.get(f"{hub.base}/health", timeout=10).status_code == 200  # probes stay open
+    finally:
+        hub.stop()
+
+
+def test_serve_raises_its_open_files_limit_to_the_hard_limit(services: Services, tmp_path: Path) -> None:
+    # Every kept-alive connection is a file: a soft limit of 1,024 (Docker's default) caps the parties a hub serves.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the hub started now
+    try:
+        hub = start_hub(hub_env(services, tmp_path), OUTPUT / "hub-open-files.log")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        limits = Path(f"/proc/{hub.process.pid}/limits").read_text()
+        row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        expected = hard if hard != resource.RLIM_INFINITY else 1_048_576
+        assert row.split()[3] == str(expected), row  # "Max open files  <soft>  <hard>  files"
     finally:
         hub.stop()
 

@@ -19,6 +19,7 @@ import msgspec
 from hub.errors import AnswerTooLarge, NoMatchingEndpoints, UnableToUseClientApi, UnsupportedVersion
 from hub.ocpi.wire import Credentials, CredentialsAnswer, Endpoint, Version, VersionDetails
 from hub.request_context import new_request_id
+from routing.forward import read_capped
 from storage.directory import PartyRole, Platform
 from storage.routing_log import LogEntry
 
@@ -61,14 +62,9 @@ class PartyClient(httpx.AsyncClient):
     async def fetch(self, method: str, url: str, headers: dict[str, str], content: bytes | None = None) -> Fetched:
         """The answer, redirects followed; AnswerTooLarge (4000) once it is larger than the cap."""
         async with self.stream(method, url, headers=headers, content=content, follow_redirects=True) as response:
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():  # decoded: the cap counts what the hub would hold
-                size += len(chunk)
-                if size > self.max_answer_bytes:
-                    raise AnswerTooLarge(f"{method} {url} answered with more than {self.max_answer_bytes} bytes, more"
-                                         " than the hub reads (OCPI_HUB_MAX_BODY_BYTES)")  # fmt: skip
-                chunks.append(chunk)
-        return Fetched(response.status_code, response.headers, b"".join(chunks))
+            # aiter_bytes undoes gzip: the cap counts what the hub would hold
+            body = await read_capped(response.aiter_bytes(), self.max_answer_bytes, f"{method} {url}")
+        return Fetched(response.status_code, response.headers, body)
 
 
 def authorization(token: str, encoding: str = "base64") -> str:

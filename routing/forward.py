@@ -1,11 +1,13 @@
 """Sends a request to a party over the one shared aiohttp session (the data plane's hot path).
 
-aiohttp's exceptions are translated here into the hub's: a timeout is 4002, any connection problem 4003.
+aiohttp's exceptions are translated here into the hub's: a timeout is 4002, any connection problem 4003. An answer
+larger than OCPI_HUB_MAX_BODY_BYTES is 4000 (`read_capped`, which the control plane's httpx client uses too).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -83,17 +85,27 @@ async def forward(
 
 
 async def _read(response: aiohttp.ClientResponse, max_bytes: int, what: str) -> bytes:
-    too_large = f"{what} answered with more than {max_bytes} bytes, more than the hub relays (OCPI_HUB_MAX_BODY_BYTES)"
     length, encoded = response.content_length, response.headers.get("content-encoding", "identity") != "identity"
     if length is not None and not encoded:  # the usual answer: its size is known before reading it
         if length > max_bytes:
-            raise AnswerTooLarge(too_large)
+            raise answer_too_large(what, max_bytes)
         return await response.read()
     # Chunked, or compressed (aiohttp inflates it: a few kB of gzip can become gigabytes): counted as it comes.
-    chunks, size = [], 0
-    async for chunk in response.content.iter_any():
+    return await read_capped(response.content.iter_any(), max_bytes, what)
+
+
+async def read_capped(chunks: AsyncIterable[bytes], max_bytes: int, what: str) -> bytes:
+    """An answer's body from its chunks (as decoded), or AnswerTooLarge once they add up to more than max_bytes."""
+    kept, size = [], 0
+    async for chunk in chunks:
         size += len(chunk)
         if size > max_bytes:
-            raise AnswerTooLarge(too_large)
-        chunks.append(chunk)
-    return b"".join(chunks)
+            raise answer_too_large(what, max_bytes)
+        kept.append(chunk)
+    return b"".join(kept)
+
+
+def answer_too_large(what: str, max_bytes: int) -> AnswerTooLarge:
+    return AnswerTooLarge(
+        f"{what} answered with more than {max_bytes} bytes, more than the hub takes (OCPI_HUB_MAX_BODY_BYTES)"
+    )

@@ -95,8 +95,11 @@ async def run_pushes(state: State) -> None:
 
 
 async def push_pending(state: State) -> int:
-    """PUT each pending change to every other connected party with a hubclientinfo RECEIVER; one attempt each."""
+    """PUT each pending change to every other connected party with a hubclientinfo RECEIVER; one attempt each, in
+    the order of the changes (one hub process at a time: another that holds the turn makes this one return 0)."""
     async with state.pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval(QUERIES["lock_client_info_pushes"]):
+            return 0
         changes = await conn.fetch(QUERIES["claim_client_info_pushes"])
         for change in changes:
             info = ClientInfo(change["party_id"], change["country_code"], change["role"], change["status"],

@@ -164,9 +164,14 @@ WHERE platform_id <> $1
   AND ($2::timestamptz IS NULL OR status_changed_at >= $2)
   AND ($3::timestamptz IS NULL OR status_changed_at < $3);
 
+-- name: lock_client_info_pushes
+-- One hub process pushes at a time, so that the changes reach every party in the order they happened: with two
+-- pushing side by side, a party could get CONNECTED and then the PLANNED that came before it. False: another has it.
+SELECT pg_try_advisory_xact_lock(210846855);  -- 0x0C914487
+
 -- name: claim_client_info_pushes
 SELECT id, platform_id, role, country_code, party_id, status, last_updated
-FROM client_info_push WHERE delivered_at IS NULL ORDER BY id LIMIT 50 FOR UPDATE SKIP LOCKED;
+FROM client_info_push WHERE delivered_at IS NULL ORDER BY id LIMIT 50 FOR UPDATE;
 
 -- name: client_info_pushed
 UPDATE client_info_push SET delivered_at = now() WHERE id = any($1::bigint[]);

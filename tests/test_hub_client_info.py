@@ -54,6 +54,27 @@ def test_every_status_change_is_pushed_to_the_other_connected_parties(hub: Hub, 
     assert [(r["routing"], r["method"], r["http_status"]) for r in mine] == [("hub", "PUT", 200)] * 3
 
 
+def test_one_hub_process_pushes_at_a_time_so_changes_arrive_in_their_order(
+    hub: Hub, connect_party, start_party, db
+) -> None:
+    # With two processes pushing side by side, a watcher could get CONNECTED and then the PLANNED before it (seen
+    # in CI). Pushing takes a turn (a transaction-scoped advisory lock); here the test holds the turn a while.
+    watcher = connect_party(_roles("EMSP"))
+    newcomer_roles = _roles("CPO")
+    newcomer = start_party(newcomer_roles)
+    key = party_key(newcomer)
+    db.run(db.execute("BEGIN"))
+    assert db.run(db.fetchval("SELECT pg_try_advisory_xact_lock(210846855)"))  # as storage/queries.sql takes it
+    try:
+        newcomer.register_at(hub.versions_url, hub.invite(newcomer.name, newcomer_roles)["token_a"])  # two changes
+        time.sleep(2.5)  # the hub looks for pending changes every second
+        assert _pushes_about(watcher, key) == []  # no hub process pushed while another had the turn
+    finally:
+        db.run(db.execute("COMMIT"))
+    pushes = _wait_for(lambda: len(found := _pushes_about(watcher, key)) >= 2 and found)
+    assert [p["status"] for p in pushes] == ["PLANNED", "CONNECTED"]
+
+
 def test_client_info_list_is_paginated_filtered_by_date_and_excludes_the_caller(hub: Hub, connect_party) -> None:
     since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     reader = connect_party(_roles("EMSP"))

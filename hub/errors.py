@@ -116,7 +116,7 @@ class HubError(OcpiError):
 
 
 class AnswerTooLarge(HubError):
-    """The receiver's answer is larger than the hub relays (OCPI_HUB_MAX_BODY_BYTES)."""
+    """A party's answer is larger than the hub takes (OCPI_HUB_MAX_BODY_BYTES)."""
 
 
 class UnknownReceiver(HubError):

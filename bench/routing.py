@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,13 +122,7 @@ def machine_speed() -> float:
     def work() -> int:
         return sum(len(json.dumps(LOCATION)) for _ in range(200))
 
-    return min(timed(work) for _ in range(5)) * 1000
-
-
-def timed(work: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    work()
-    return time.perf_counter() - started
+    return min(timeit.repeat(work, number=1, repeat=5)) * 1000
 
 
 def _ms(value: str, unit: str) -> float:

@@ -331,6 +331,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
 
 async def _send(send: Send, answer: Answer) -> None:
     headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers.items()]
+    headers.append((b"content-length", b"%d" % len(answer.body)))  # one write of the body, not chunked
     start: Any = {"type": "http.response.start", "status": answer.status, "headers": headers}
     await send(start)
     await send({"type": "http.response.body", "body": answer.body, "more_body": False})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from hub.errors import InvalidParameters, NotFound
 
@@ -30,7 +31,8 @@ class Incoming:
 
     @property
     def segments(self) -> list[str]:
-        return [s for s in self.suffix.split("/") if s]
+        """The suffix's segments percent-decoded: ids as the bodies spell them (a location "A B" is at .../A%20B)."""
+        return [unquote(s) for s in self.suffix.split("/") if s]
 
 
 def routing_party(headers: dict[str, str], direction: str) -> PartyKey | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import time
 import uuid
 import zlib
@@ -46,6 +47,11 @@ CONTENT_COLUMNS = (
 COLUMNS = (*CONTENT_COLUMNS, "prev_hash", "hash")
 _SEQ = CONTENT_COLUMNS.index("seq")
 _PARTY_COLUMNS = ("from_country_code", "from_party_id", "to_country_code", "to_party_id")
+_TEXT_COLUMNS = (
+    "request_id", "forwarded_request_id", "correlation_id", *_PARTY_COLUMNS, "module", "interface", "method", "path",
+    "query", "routing", "error",
+)  # fmt: skip
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # PostgreSQL text holds no NUL; UTF-8 has no lone surrogate
 # Modules whose paths name one object: receiver /{cc}/{pid}/{id}..., sender /{id}... (chargingprofiles: /{session_id})
 OBJECT_MODULES = frozenset({"cdrs", "chargingprofiles", "locations", "sessions", "tariffs", "tokens"})
 
@@ -198,34 +204,65 @@ class RoutingLogWriter:
             # Chaining holds the event loop ~15 us a row. In async mode nobody waits for the commits: the rows of a
             # few ms share one.
             batch = await next_batch(self._queue, self._max_batch_rows, 0.0 if self.strict else ASYNC_LINGER_S)
+            head = self._seq, self._last_hash
             batch, records = self._chained_batch(batch)
             if not batch:
                 continue
-            delay, give_up_at = 0.05, time.monotonic() + self._commit_timeout_s
-            while True:
-                try:
-                    started = time.perf_counter()
-                    await self._write(batch, records)
-                    if self.on_commit is not None:
-                        self.on_commit(len(batch), time.perf_counter() - started)
-                    break
-                except Exception as exc:  # whatever it is, a writer that stopped would leave every caller waiting
-                    # Keep the rows (already chained) and retry: nothing accepted is dropped. Callers waiting
-                    # longer than the commit timeout are told so; their rows are still written once it works.
-                    # With its kind: asyncpg's text alone can be cryptic ("cannot switch to state 12; another
-                    # operation (2) is in progress" is a connection the server closed, InternalClientError).
-                    log.error("routing_log_write_failed", error=f"{type(exc).__name__}: {exc}", rows=len(batch),
-                              retry_in_s=delay)  # fmt: skip
-                    if time.monotonic() > give_up_at:
-                        _fail_waiters(batch)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+            try:
+                await self._commit(batch, records)
+            except asyncpg.DataError as exc:
+                # A value the database refuses is refused on every retry, and every caller behind it would wait: the
+                # batch is chained and written again row by row, without the refused rows (a bug: _chained makes
+                # every text storable).
+                log.error("routing_log_batch_refused", error=f"{type(exc).__name__}: {exc}", rows=len(batch))
+                self._seq, self._last_hash = head
+                batch = await self._committed_one_by_one(batch)
             self.batches += 1
             self.rows += len(batch)
             for entry in batch:
                 if entry.waiter is not None and not entry.waiter.done():
                     entry.waiter.set_result(None)
                 self._queue.task_done()
+
+    async def _commit(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
+        delay, give_up_at = 0.05, time.monotonic() + self._commit_timeout_s
+        while True:
+            try:
+                started = time.perf_counter()
+                await self._write(batch, records)
+                if self.on_commit is not None:
+                    self.on_commit(len(batch), time.perf_counter() - started)
+                return
+            except asyncpg.DataError:
+                raise
+            except Exception as exc:  # whatever it is, a writer that stopped would leave every caller waiting
+                # Keep the rows (already chained) and retry: nothing accepted is dropped. Callers waiting
+                # longer than the commit timeout are told so; their rows are still written once it works.
+                # With its kind: asyncpg's text alone can be cryptic ("cannot switch to state 12; another
+                # operation (2) is in progress" is a connection the server closed, InternalClientError).
+                log.error("routing_log_write_failed", error=f"{type(exc).__name__}: {exc}", rows=len(batch),
+                          retry_in_s=delay)  # fmt: skip
+                if time.monotonic() > give_up_at:
+                    _fail_waiters(batch)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _committed_one_by_one(self, batch: list[LogEntry]) -> list[LogEntry]:
+        """The rows of a refused batch that the database takes, each in a commit of its own; a refused one is
+        reported to its caller, and the chain goes on from the row before it."""
+        committed = []
+        for entry in batch:
+            head = self._seq, self._last_hash
+            try:
+                await self._commit([entry], [self._chained(entry)])
+                committed.append(entry)
+            except asyncpg.DataError as exc:
+                log.error("routing_log_row_refused", error=f"{type(exc).__name__}: {exc}", request_id=entry.request_id,
+                          path=entry.path)  # fmt: skip
+                self._seq, self._last_hash = head
+                _fail_waiters([entry], "the routing log refused this exchange's row")
+                self._queue.task_done()
+        return committed
 
     def _chained_batch(self, batch: list[LogEntry]) -> tuple[list[LogEntry], list[tuple[Any, ...]]]:
         """The rows of a batch, chained; a row that cannot be (a bug) is reported to its caller, not written."""
@@ -253,11 +290,15 @@ class RoutingLogWriter:
             response_body=self._compressed(entry.response_body),
             response_body_size=len(entry.response_body),
         )
+        for name in _TEXT_COLUMNS:
+            if (text := values[name]) is not None:
+                values[name] = _stored(text)
         for name in _PARTY_COLUMNS:  # CiString: stored upper-cased so that a search finds every spelling
             if (party := values[name]) is not None:
                 values[name] = party.upper()
         row_hash = content_hash(self._last_hash, values)
-        object_id = object_id_of_entry(entry)
+        if (object_id := object_id_of_entry(entry)) is not None:
+            object_id = _stored(object_id)
         prev_hash, self._seq, self._last_hash = self._last_hash, seq, row_hash
         return (*(values[name] for name in CONTENT_COLUMNS), prev_hash, row_hash, object_id)
 
@@ -300,14 +341,23 @@ def _closed(conn: Any) -> bool:
         return True
 
 
-def _fail_waiters(batch: list[LogEntry]) -> None:
+_NOT_IN_TIME = "the routing log could not commit this exchange in time"
+
+
+def _fail_waiters(batch: list[LogEntry], reason: str = _NOT_IN_TIME) -> None:
     for entry in batch:
         if entry.waiter is not None and not entry.waiter.done():
-            entry.waiter.set_exception(LogUnavailable("the routing log could not commit this exchange in time"))
+            entry.waiter.set_exception(LogUnavailable(reason))
+
+
+def _stored(text: str) -> str:
+    """text as PostgreSQL can hold it: a NUL (an id "%00" in a path, "\\u0000" in a JSON body) or a lone surrogate
+    (a party's header bytes that were not UTF-8) becomes U+FFFD; anything else is stored as it came."""
+    return text if text.isascii() and "\x00" not in text else _UNSTORABLE.sub("\ufffd", text)
 
 
 def _json(headers: dict[str, str] | None) -> str | None:
-    return _canonical.encode(headers).decode() if headers else None
+    return _canonical.encode({name: _stored(value) for name, value in headers.items()}).decode() if headers else None
 
 
 @dataclass(slots=True)

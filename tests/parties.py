@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from aiohttp import web
@@ -178,7 +179,7 @@ class Party:
             return web.json_response(envelope({"result": "ACCEPTED", "timeout": 30}))
         if module == "cdrs" and request.method == "POST" and parts[4] == "receiver":
             cdr_id = json.loads(body or b"{}").get("id", "unknown")
-            location = f"{self.base}/ocpi/2.2.1/cdrs/receiver/{cdr_id}"
+            location = f"{self.base}/ocpi/2.2.1/cdrs/receiver/{quote(str(cdr_id), safe='')}"
             return web.json_response(envelope(None), status=201, headers={"Location": location})
         if request.method == "GET":
             return web.json_response(envelope({"id": rest[-1], "served_by": self.name}))

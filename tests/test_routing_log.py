@@ -55,6 +55,25 @@ def test_rejected_requests_leave_a_row_too(hub: Hub, connect_party, db) -> None:
     assert all(r["error"] for r in rows)
 
 
+def test_a_nul_character_in_an_id_is_logged_without_holding_up_the_log(hub: Hub, connect_party, db) -> None:
+    # PostgreSQL text holds no NUL: an id "%00" in a path, or "\\u0000" in a CDR's JSON id, once made the writer retry
+    # its batch forever, and every later caller waited for a commit that never came.
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    cc, pid = party_key(cpo)
+    pushed = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/A%00B", to=party_key(emsp),
+                      body=LOCATION | {"id": "A\x00B"}, headers={"X-Request-ID": "nul-1"})  # fmt: skip
+    cdr = cpo.call(hub.base, "POST", "receiver/cdrs", to=party_key(emsp), content=b'{"id": "C\\u0000D"}',
+                   headers={"X-Request-ID": "nul-2", "Content-Type": "application/json"})  # fmt: skip
+    after = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp), body=LOCATION,
+                     headers={"X-Request-ID": "nul-3"})  # fmt: skip
+    assert [a.json()["status_code"] for a in (pushed, cdr, after)] == [1000, 1000, 1000]
+    rows = db.run(db.fetch("SELECT request_id, path, object_id FROM routing_log WHERE request_id LIKE 'nul-%' "
+                           "ORDER BY request_id"))  # fmt: skip
+    assert [(r["request_id"], r["object_id"]) for r in rows] == [("nul-1", "A\ufffdB"), ("nul-2", "C\ufffdD"),
+                                                                 ("nul-3", "LOC1")]  # fmt: skip
+    assert rows[0]["path"].endswith("/A%00B")  # the path as it came, percent-encoded
+
+
 def test_admin_search_by_correlation_id_pages_with_a_cursor_without_gaps(hub: Hub, connect_party) -> None:
     cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
     cc, pid = party_key(cpo)
@@ -188,10 +207,19 @@ def test_async_mode_holds_callers_back_once_the_writer_falls_behind_and_loses_no
     assert (result.ok, result.rows) == (True, 13)
 
 
-def test_a_row_that_cannot_be_written_fails_its_caller_and_the_log_goes_on(empty_database: str) -> None:
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("request_headers", {"x-odd": object()}),  # a bug's way of making a row that cannot be chained
+        ("http_status", 2**40),  # ... or one the database refuses (out of its integer's range), on every retry
+    ],
+)
+def test_a_row_that_cannot_be_written_fails_its_caller_and_the_log_goes_on(
+    empty_database: str, field: str, value: object
+) -> None:
     _written_log(empty_database, 1)
     broken = _entry(1)
-    broken.request_headers = {"x-odd": object()}  # type: ignore[dict-item]  # a bug's way of making a row unwritable
+    setattr(broken, field, value)
 
     async def run() -> list[object]:
         pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)

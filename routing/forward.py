@@ -74,7 +74,8 @@ async def forward(
             method, url, headers=headers, data=body or None, allow_redirects=True, max_redirects=3
         ) as response:
             payload = await _read(response, max_bytes, f"{method} {url}")
-            relayed = {name: value for name in RELAYED_RESPONSE_HEADERS if (value := response.headers.get(name))}
+            got = response.headers
+            relayed = {name: _as_sent(value) for name in RELAYED_RESPONSE_HEADERS if (value := got.get(name))}
             return Answer(response.status, relayed, payload)
     except TimeoutError:
         raise ForwardTimeout(f"{method} {url} did not answer within {timeout_s:g} s") from None
@@ -82,6 +83,12 @@ async def forward(
         raise ReceiverNotConnected(f"{method} {url} failed: {exc or type(exc).__name__}") from None
     except asyncio.CancelledError:
         raise
+
+
+def _as_sent(value: str) -> str:
+    """A header value as the hub's server writes it (Latin-1) that gives back the receiver's bytes: aiohttp decodes
+    them as UTF-8 (what is not UTF-8 as surrogates), which the server could not write or would write changed."""
+    return value if value.isascii() else value.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
 async def _read(response: aiohttp.ClientResponse, max_bytes: int, what: str) -> bytes:

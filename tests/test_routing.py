@@ -275,6 +275,17 @@ def test_receiver_errors_and_non_ocpi_bodies_are_relayed_unchanged(hub: Hub, cpo
     )
 
 
+def test_a_receivers_header_bytes_that_are_not_ascii_are_relayed_as_they_came(hub: Hub, cpo_and_emsp) -> None:
+    cpo, emsp = cpo_and_emsp
+    cc, pid = party_key(cpo)
+    ok = json.dumps({"status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}).encode()
+    emsp.canned[("GET", f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/UTF8")] = (
+        200, ok, {"Content-Type": "application/json; title=Grüße"})  # fmt: skip
+    answer = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/UTF8", to=party_key(emsp))
+    assert answer.status_code == 200 and answer.content == ok
+    assert (b"content-type", "application/json; title=Grüße".encode()) in answer.headers.raw
+
+
 def test_a_cookie_a_receiver_sets_is_not_sent_on_later_requests(hub: Hub, cpo_and_emsp, connect_party) -> None:
     # The hub forwards for every caller over one client session: a cookie must not carry over between requests.
     # (Cookie jars ignore cookies of hosts given by IP address, so this receiver is reached by a host name.)

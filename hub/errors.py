@@ -85,6 +85,12 @@ class BodyTooLarge(ClientError):
     http_status = 413
 
 
+class BodyTooSlow(ClientError):
+    """The client announced a body and did not send all of it in time."""
+
+    http_status = 408
+
+
 class ServerError(OcpiError):
     """Generic server error."""
 

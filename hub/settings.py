@@ -38,7 +38,11 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
         "(none)",
         "bearer token Prometheus must send for /metrics (it names every party); unset: /metrics is open",
     ),
-    ("OCPI_HUB_FORWARD_TIMEOUT_S", "30", "seconds the hub waits for a party before answering 4002"),
+    (
+        "OCPI_HUB_FORWARD_TIMEOUT_S",
+        "30",
+        "seconds the hub waits for a party before answering 4002, and for a request's body before answering 408",
+    ),
     (
         "OCPI_HUB_PARTY_KEEP_ALIVE_S",
         "4",

@@ -21,7 +21,15 @@ from litestar.types import HTTPScope, Receive, Scope, Send
 
 from hub.auth import identify
 from hub.envelope import ocpi_timestamp
-from hub.errors import BodyTooLarge, ForwardTimeout, NotFound, OcpiError, ReceiverNotConnected, Unauthorized
+from hub.errors import (
+    BodyTooLarge,
+    BodyTooSlow,
+    ForwardTimeout,
+    NotFound,
+    OcpiError,
+    ReceiverNotConnected,
+    Unauthorized,
+)
 from hub.metrics import count_request, observe_forward
 from hub.ocpi import hub_answers, relayed_urls
 from hub.ocpi.wire import Envelope
@@ -65,6 +73,7 @@ class Relay:
     def __init__(self, state: State) -> None:
         self.state = state
         self.tasks: set[asyncio.Task[None]] = set()
+        self.bodies = BodyDeadlines(state.settings.forward_timeout_s)
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -94,7 +103,7 @@ class Relay:
         )  # fmt: skip
         exchange = Exchange(scope, headers, entry, started)
         try:
-            entry.request_body = await _read_body(receive, self.state.settings.max_body_bytes)
+            entry.request_body = await self.bodies.read(receive, self.state.settings.max_body_bytes)
             answer = await self._route(exchange, path)
         except OcpiError as exc:
             answer = self._hub_answer(exchange, exc.http_status, exc.status_code, exc.message)
@@ -311,6 +320,45 @@ def _module_of(path: str) -> str:
     if len(parts) > 4 and parts[3] in ("sender", "receiver"):
         return parts[4]
     return parts[3] if len(parts) > 3 else ""
+
+
+class BodyDeadlines:
+    """Request bodies must arrive within timeout_s, or the caller gets 408: a client that announces a body and
+    stops sending would otherwise hold its request (and its connection) forever. No timer per request: reads in
+    progress sit in a dict that a check once a second looks through, cancelling the reads past their deadline."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._reading: dict[asyncio.Task[Any], float] = {}  # request task -> deadline (loop time)
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._check: asyncio.TimerHandle | None = None
+
+    async def read(self, receive: Receive, limit: int) -> bytes:
+        task, loop = asyncio.current_task(), asyncio.get_running_loop()
+        assert task is not None
+        self._reading[task] = loop.time() + self.timeout_s
+        if self._check is None:
+            self._check = loop.call_later(1.0, self._cancel_late_reads)
+        try:
+            # Only `await receive()` suspends in here: a cancellation of the check always lands on one.
+            return await _read_body(receive, limit)
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            self._expired.discard(task)
+            task.uncancel()
+            raise BodyTooSlow(f"the request body did not arrive within {self.timeout_s:g} s") from None
+        finally:
+            del self._reading[task]
+
+    def _cancel_late_reads(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for task, deadline in self._reading.items():
+            if deadline <= now and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
+        self._check = loop.call_later(1.0, self._cancel_late_reads) if self._reading else None
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

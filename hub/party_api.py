@@ -75,8 +75,17 @@ def authorization(token: str, encoding: str = "base64") -> str:
 
 
 def hub_request(
-    hub: tuple[str, str], platform: Platform, to: PartyRole | None, method: str, url: str, module: str, *,
-    interface: str | None = None, correlation_id: str | None = None, body: bytes = b"", routing_headers: bool = False,
+    hub: tuple[str, str],
+    platform: Platform,
+    to: PartyRole | None,
+    method: str,
+    url: str,
+    module: str,
+    *,
+    interface: str | None = None,
+    correlation_id: str | None = None,
+    body: bytes = b"",
+    routing_headers: bool = False,
 ) -> tuple[LogEntry, dict[str, str]]:
     """A message the hub sends on its own (a still-alive probe, a pull-sync page, a ClientInfo push): its
     routing-log row, routing 'hub' from the hub to the party, and its headers: the party's token B and a new

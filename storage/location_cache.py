@@ -233,8 +233,12 @@ class LocationCache:
         keys = [self._doc(member), f"{self._p}all", self._by_owner(owner), f"{self._p}id:{member.split('/', 2)[2]}",
                 f"{self._p}hidden", f"{self._p}allowed:{member}"]  # fmt: skip
         hidden = location.get("publish") is False
-        args: list[str | float | bytes] = [member, epoch(location["last_updated"]), _encode(location),
-                                           "1" if hidden else "0"]
+        args: list[str | float | bytes] = [
+            member,
+            epoch(location["last_updated"]),
+            _encode(location),
+            "1" if hidden else "0",
+        ]
         uids: list[str] = _allowed_uids(location) if hidden else []
         await self._store_script(keys=keys, args=[*args, *uids], client=pipe)  # queued in the pipeline
 

@@ -118,8 +118,17 @@ def test_unpublished_locations_are_shown_to_the_emsps_of_the_tokens_in_publish_a
     cpo, fleet, other = connect_party(_roles("CPO")), connect_party(_roles("EMSP")), connect_party(_roles("EMSP"))
     owner, (fcc, fpid) = party_key(cpo), party_key(fleet)
     # The fleet operator's token reaches the CPO through the hub: the hub now knows whose token FLEET-1 is.
-    token = {"country_code": fcc, "party_id": fpid, "uid": "FLEET-1", "type": "RFID", "contract_id": "C1",
-             "issuer": "Fleet", "valid": True, "whitelist": "ALLOWED", "last_updated": "2026-11-21T09:00:00Z"}
+    token = {
+        "country_code": fcc,
+        "party_id": fpid,
+        "uid": "FLEET-1",
+        "type": "RFID",
+        "contract_id": "C1",
+        "issuer": "Fleet",
+        "valid": True,
+        "whitelist": "ALLOWED",
+        "last_updated": "2026-11-21T09:00:00Z",
+    }
     assert fleet.call(hub.base, "PUT", f"receiver/tokens/{fcc}/{fpid}/FLEET-1", to=owner, body=token).json()[
         "status_code"] == 1000  # fmt: skip
     depot = _location(owner, "DEPOT", "2026-11-21T10:00:00Z", publish=False) | {

@@ -345,11 +345,11 @@ class BodyDeadlines:
         except asyncio.CancelledError:
             if task not in self._expired:
                 raise
-            self._expired.discard(task)
             task.uncancel()
             raise BodyTooSlow(f"the request body did not arrive within {self.timeout_s:g} s") from None
         finally:
             del self._reading[task]
+            self._expired.discard(task)
 
     def _cancel_late_reads(self) -> None:
         loop = asyncio.get_running_loop()

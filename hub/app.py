@@ -162,6 +162,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         # Functional modules take the relay's raw path; versions, credentials and admin go through Litestar.
         if scope["type"] == "http" and relay.handles(scope["path"]):
             await relay(scope, receive, send)  # type: ignore[arg-type]
+        elif scope["type"] == "http":
+            await litestar(scope, relay.bodies.guarded(receive), send)
         else:
             await litestar(scope, receive, send)
 

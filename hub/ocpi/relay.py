@@ -103,7 +103,7 @@ class Relay:
         )  # fmt: skip
         exchange = Exchange(scope, headers, entry, started)
         try:
-            entry.request_body = await self.bodies.read(receive, self.state.settings.max_body_bytes)
+            entry.request_body = await _read_body(self.bodies.guarded(receive), self.state.settings.max_body_bytes)
             answer = await self._route(exchange, path)
         except OcpiError as exc:
             answer = self._hub_answer(exchange, exc.http_status, exc.status_code, exc.message)
@@ -323,25 +323,43 @@ def _module_of(path: str) -> str:
 
 
 class BodyDeadlines:
-    """Request bodies must arrive within timeout_s, or the caller gets 408: a client that announces a body and
-    stops sending would otherwise hold its request (and its connection) forever. No timer per request: reads in
-    progress sit in a dict that a check once a second looks through, cancelling the reads past their deadline."""
+    """A request's body must arrive within timeout_s, or the caller gets 408 (OCPI 2000): a client that announces a
+    body and stops sending would otherwise hold its request (and its connection) forever. No timer per request:
+    reads in progress sit in a dict that a check once a second looks through, cancelling the reads past their
+    deadline. For the relay and for Litestar's routes (credentials, admin) alike."""
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self._reading: dict[asyncio.Task[Any], float] = {}  # request task -> deadline (loop time)
+        self._reading: dict[asyncio.Task[Any], float] = {}  # request task -> its body's deadline (loop time)
         self._expired: set[asyncio.Task[Any]] = set()
         self._check: asyncio.TimerHandle | None = None
 
-    async def read(self, receive: Receive, limit: int) -> bytes:
-        task, loop = asyncio.current_task(), asyncio.get_running_loop()
+    def guarded(self, receive: Receive) -> Receive:
+        """receive, with a deadline on the request's body; once the body is in, receive as it is (a streaming
+        answer listens on it for the client's disconnect as long as it streams)."""
+        deadline: float | None = None
+        whole = False
+
+        async def receive_in_time() -> Any:
+            nonlocal deadline, whole
+            if whole:
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.timeout_s
+            message = await self._received(receive, deadline, loop)
+            whole = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        return receive_in_time
+
+    async def _received(self, receive: Receive, deadline: float, loop: asyncio.AbstractEventLoop) -> Any:
+        task = asyncio.current_task()
         assert task is not None
-        self._reading[task] = loop.time() + self.timeout_s
+        self._reading[task] = deadline
         if self._check is None:
             self._check = loop.call_later(1.0, self._cancel_late_reads)
         try:
-            # Only `await receive()` suspends in here: a cancellation of the check always lands on one.
-            return await _read_body(receive, limit)
+            return await receive()  # the one suspension point here: a cancellation of the check lands on it
         except asyncio.CancelledError:
             if task not in self._expired:
                 raise

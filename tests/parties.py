@@ -178,7 +178,13 @@ class Party:
         if module == "commands" and request.method == "POST" and parts[4] == "receiver":
             return web.json_response(envelope({"result": "ACCEPTED", "timeout": 30}))
         if module == "cdrs" and request.method == "POST" and parts[4] == "receiver":
-            cdr_id = json.loads(body or b"{}").get("id", "unknown")
+            try:
+                cdr = json.loads(body or b"{}")
+            except ValueError:
+                cdr = None
+            if not isinstance(cdr, dict):
+                return web.json_response(envelope(None, 2001, "a CDR is a JSON object"), status=400)
+            cdr_id = cdr.get("id", "unknown")
             location = f"{self.base}/ocpi/2.2.1/cdrs/receiver/{quote(str(cdr_id), safe='')}"
             return web.json_response(envelope(None), status=201, headers={"Location": location})
         if request.method == "GET":

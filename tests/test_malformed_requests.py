@@ -1,0 +1,168 @@
+"""Hundreds of malformed requests, made up from a fixed seed, over raw sockets at a hub of their own: every one gets
+an answer in time, none a 5xx, every OCPI one an OCPI envelope that says what was wrong, and the hub, its routing
+log and its chain go on working. Each bug this found (a NUL in an id that stalled the routing log, bodies that never
+came, a receiver's header bytes) has a test of its own as well; this one keeps looking for the next.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import re
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.conftest import Hub, Services, hub_env, register_at_hub, start_hub
+from tests.test_routing import LOCATION, _roles, party_key
+
+REQUESTS = 400
+# The URL shapes of mod_*.asciidoc as the hub serves them: /ocpi/2.2.1/{interface}/{module}/...
+SHAPES = [
+    ("GET", "sender/locations"), ("GET", "sender/locations/{loc}"), ("GET", "sender/locations/{loc}/{evse}/{con}"),
+    ("GET", "receiver/locations/{cc}/{pid}/{loc}"), ("PUT", "receiver/locations/{cc}/{pid}/{loc}"),
+    ("PATCH", "receiver/locations/{cc}/{pid}/{loc}/{evse}"),
+    ("PUT", "receiver/locations/{cc}/{pid}/{loc}/{evse}/{con}"),
+    ("GET", "sender/sessions"), ("PUT", "sender/sessions/{id}/charging_preferences"),
+    ("PUT", "receiver/sessions/{cc}/{pid}/{id}"), ("PATCH", "receiver/sessions/{cc}/{pid}/{id}"),
+    ("GET", "sender/cdrs"), ("POST", "receiver/cdrs"), ("GET", "sender/tariffs"),
+    ("PUT", "receiver/tariffs/{cc}/{pid}/{id}"), ("DELETE", "receiver/tariffs/{cc}/{pid}/{id}"),
+    ("GET", "sender/tokens"), ("POST", "sender/tokens/{id}/authorize"), ("PUT", "receiver/tokens/{cc}/{pid}/{id}"),
+    ("POST", "receiver/commands/{command}"), ("POST", "sender/commands/{command}/{id}"),
+    ("PUT", "receiver/chargingprofiles/{id}"), ("POST", "sender/chargingprofiles/{id}"),
+    ("GET", "sender/hubclientinfo"), ("GET", "credentials"), ("GET", "nonsense/here"),
+]  # fmt: skip
+ODD_SEGMENTS = ["%00", "%ff", "%2F", "..", "%25", "%zz", "a" * 300, "%C3%A9", "%20", "-1", "", "x" * 37, "FOO"]
+ODD_QUERIES = ["offset=-1", "limit=abc", "date_from=2020-13-45", "offset=" + "9" * 30, "type=%00", "limit=0", "&&"]
+ODD_BODIES = [
+    b"", b"{", b"null", b"[]", b'"x"', b"1e9999", b"\xff\xfe", b"[" * 100_000, b'{"a":' * 200 + b"1" + b"}" * 200,
+    b'{"id": "C\\u0000D", "response_url": "not a url"}', b'{"response_url": 5, "country_code": 5}',
+    b'{"x": "\\ud800"}', b'{"x": 1}trailing', json.dumps({"id": "x" * 100_000}).encode(),
+]  # fmt: skip
+
+
+@dataclass
+class Outcome:
+    request: bytes
+    answer: bytes | None  # None: nothing within the time a client waits
+
+
+def made_up_request(rng: random.Random, token: str, cpo: tuple[str, str], emsp: tuple[str, str]) -> bytes:
+    method, shape = rng.choice(SHAPES)
+    values = {"cc": cpo[0], "pid": cpo[1], "loc": "LOC1", "evse": "3256", "con": "1", "id": "X1",
+              "command": rng.choice(["START_SESSION", "STOP_SESSION", "RESERVE_NOW", "FOO"])}  # fmt: skip
+    values = {k: rng.choice(ODD_SEGMENTS) if rng.random() < 0.15 else v for k, v in values.items()}
+    target = "/ocpi/2.2.1/" + shape.format(**values)
+    if rng.random() < 0.25:
+        target += "?" + "&".join(rng.sample(ODD_QUERIES, rng.randint(1, 3)))
+    if rng.random() < 0.15:
+        method = rng.choice(["GET", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "TRACE"])
+    headers = {"Host": "hub", "Connection": "close"}
+    odd_tokens = ["Token ", "Bearer x", "Token %%%", "Token " + "A" * 5000, f"Token {token}"]  # the last: not base64
+    good_token = "Token " + base64.b64encode(token.encode()).decode()
+    headers["Authorization"] = good_token if rng.random() < 0.8 else rng.choice(odd_tokens)
+    for name, value in (("country-code", cpo[0]), ("party-id", cpo[1])):
+        headers[f"OCPI-from-{name}"] = value if rng.random() < 0.9 else rng.choice(["", "XX", "nl", "TOOLONG", "HUB"])
+    for name, value in (("country-code", emsp[0]), ("party-id", emsp[1])):
+        if rng.random() < 0.85:
+            headers[f"OCPI-to-{name}"] = value if rng.random() < 0.9 else rng.choice(["", "N", "HUB", "ZZZ", "1"])
+    if rng.random() < 0.2:
+        headers["X-Request-ID"] = rng.choice(["", "x" * 1000, "é"])
+    if rng.random() < 0.2:
+        headers["Content-Type"] = rng.choice(["text/plain", "application/json; charset=latin-1", ""])
+    if rng.random() < 0.05:
+        headers["Content-Encoding"] = rng.choice(["gzip", "br"])
+    body = rng.choice(ODD_BODIES) if rng.random() < 0.6 else json.dumps(LOCATION).encode()
+    body = b"" if method in ("GET", "HEAD") and rng.random() < 0.8 else body
+    framing = rng.random()
+    if framing < 0.05:  # announced, never sent in full: answered once the body deadline passes
+        headers["Content-Length"] = str(len(body) + 10)
+    elif framing < 0.1:
+        headers["Transfer-Encoding"] = "chunked"
+        body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+    elif body or method in ("POST", "PUT", "PATCH"):
+        headers["Content-Length"] = str(len(body))
+    head = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    return head.encode("latin-1", "replace") + body
+
+
+def exchange(port: int, request: bytes) -> Outcome:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        try:
+            client.sendall(request)
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+        except TimeoutError:
+            return Outcome(request, answer or None)
+        except ConnectionResetError:  # the server gave up on a request it could not parse
+            return Outcome(request, answer or b"")
+    return Outcome(request, answer)
+
+
+def problem_with(outcome: Outcome) -> str | None:
+    """What is wrong with an answer, or None: an OCPI request must get an answer, no 5xx, and an OCPI envelope."""
+    if outcome.answer is None:
+        return "no answer within 10 s"
+    if not outcome.answer:
+        return "closed without an answer"
+    head, _, body = outcome.answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if status >= 500:
+        return f"HTTP {status}"
+    if body == b"Invalid HTTP request received." or outcome.request.startswith(b"HEAD "):
+        return None  # uvicorn's own answer to what is not HTTP/1.1, before any OCPI; HEAD answers have no body
+    if outcome.request.startswith(b"OPTIONS ") and status == 204:
+        return None  # what the hub's routes allow, in the Allow header
+    if b"transfer-encoding: chunked" in head.lower():
+        body = body.split(b"\r\n", 1)[1].rsplit(b"\r\n0\r\n", 1)[0]
+    try:
+        envelope = json.loads(body)
+    except ValueError:
+        return f"HTTP {status} without an OCPI envelope: {body[:120]!r}"
+    if not isinstance(envelope, dict) or "status_code" not in envelope or "timestamp" not in envelope:
+        return f"HTTP {status} without an OCPI envelope: {body[:120]!r}"
+    if envelope["status_code"] != 1000 and not envelope.get("status_message"):
+        return f"OCPI {envelope['status_code']} without a message"
+    return None
+
+
+@pytest.fixture
+def own_hub(services: Services, empty_database: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A hub with a database and cache of its own: what the made-up requests push stays out of the other tests."""
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database,
+                  OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}malformed:")  # fmt: skip
+    running = start_hub(env, tmp_path / "hub.log")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_hundreds_of_malformed_requests_each_get_a_clear_answer_and_the_hub_goes_on(own_hub: Hub, start_party) -> None:
+    cpo = register_at_hub(own_hub, start_party, _roles("CPO"))
+    emsp = register_at_hub(own_hub, start_party, _roles("EMSP"))
+    rng = random.Random(20261202)
+    requests = [made_up_request(rng, cpo.hub_token or "", party_key(cpo), party_key(emsp)) for _ in range(REQUESTS)]
+    port = urlsplit(own_hub.base).port or 0
+    with ThreadPoolExecutor(16) as pool:  # concurrent, as parties are
+        outcomes = list(pool.map(lambda request: exchange(port, request), requests))
+    problems = [f"{p}: {o.request[:300]!r}" for o in outcomes if (p := problem_with(o))]
+    assert not problems, "\n".join(problems[:20])
+    relayed = sum(o.answer is not None and re.search(rb'"status_code": ?1000', o.answer) is not None for o in outcomes)
+    assert relayed > REQUESTS // 10, relayed  # the made-up requests also reach the receiver, not only the hub's checks
+    cc, pid = party_key(cpo)
+    good = cpo.call(own_hub.base, "PUT", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp), body=LOCATION)
+    assert good.json()["status_code"] == 1000
+    with own_hub.admin() as admin:
+        assert admin.get("/admin/api/routing-log/verify").json()["ok"] is True
+    for sign_of_trouble in ("Traceback", "relay_failed", "routing_log_write_failed", "routing_log_row"):
+        assert sign_of_trouble not in own_hub.log()
+    with httpx.Client() as client:  # and it still answers plainly
+        assert client.get(own_hub.versions_url).status_code == 401

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from storage.routing_log import stored_text
+
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 ROUTINGS = frozenset({"direct", "broadcast", "open", "hub", "rejected"})
 _PARTY = re.compile(r"([A-Za-z]{2})-([A-Za-z0-9]{3})")
@@ -65,7 +67,7 @@ def _choice(choices: frozenset[str], transform: Callable[[str], str]) -> Callabl
 
 def _integer(low: int, high: int) -> Callable[[str, str], list[Any]]:
     def parse(name: str, raw: str) -> list[Any]:
-        if not raw.isdigit() or not low <= int(raw) <= high:
+        if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
             raise BadFilter(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
         return [int(raw)]
 
@@ -78,7 +80,12 @@ def parse_time(name: str, raw: str) -> datetime:
         value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
     except ValueError:
         raise BadFilter(f"{name} must be an ISO 8601 time such as 2026-01-31T12:00:00Z, got {raw!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        value.astimezone(UTC)  # what the database compares: 9999-12-31T23:59:59-01:00 is past the year 9999
+    except OverflowError:
+        raise BadFilter(f"{name} is out of range in UTC, got {raw!r}") from None
+    return value
 
 
 def _time(name: str, raw: str) -> list[Any]:
@@ -141,6 +148,7 @@ def parse_filters(params: Mapping[str, str], allowed_extra: frozenset[str] = fro
     if unknown:
         raise BadFilter(f"unknown parameter {unknown[0]}; filters are {', '.join(sorted(FILTER_NAMES))}")
     search = Search()
+    params = {name: stored_text(value) for name, value in params.items()}  # "%00" finds what the log stored for it
     for name in sorted(FILTERS):  # a fixed order: the same filters always give the same SQL text
         raw = params.get(name)
         if raw is None or raw == "":

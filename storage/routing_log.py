@@ -292,13 +292,13 @@ class RoutingLogWriter:
         )
         for name in _TEXT_COLUMNS:
             if (text := values[name]) is not None:
-                values[name] = _stored(text)
+                values[name] = stored_text(text)
         for name in _PARTY_COLUMNS:  # CiString: stored upper-cased so that a search finds every spelling
             if (party := values[name]) is not None:
                 values[name] = party.upper()
         row_hash = content_hash(self._last_hash, values)
         if (object_id := object_id_of_entry(entry)) is not None:
-            object_id = _stored(object_id)
+            object_id = stored_text(object_id)
         prev_hash, self._seq, self._last_hash = self._last_hash, seq, row_hash
         return (*(values[name] for name in CONTENT_COLUMNS), prev_hash, row_hash, object_id)
 
@@ -350,14 +350,17 @@ def _fail_waiters(batch: list[LogEntry], reason: str = _NOT_IN_TIME) -> None:
             entry.waiter.set_exception(LogUnavailable(reason))
 
 
-def _stored(text: str) -> str:
+def stored_text(text: str) -> str:
     """text as PostgreSQL can hold it: a NUL (an id "%00" in a path, "\\u0000" in a JSON body) or a lone surrogate
-    (a party's header bytes that were not UTF-8) becomes U+FFFD; anything else is stored as it came."""
+    (a party's header bytes that were not UTF-8) becomes U+FFFD; anything else is stored as it came. A search
+    value goes through it too, so that it finds what was stored."""
     return text if text.isascii() and "\x00" not in text else _UNSTORABLE.sub("\ufffd", text)
 
 
 def _json(headers: dict[str, str] | None) -> str | None:
-    return _canonical.encode({name: _stored(value) for name, value in headers.items()}).decode() if headers else None
+    if not headers:
+        return None
+    return _canonical.encode({name: stored_text(value) for name, value in headers.items()}).decode()
 
 
 @dataclass(slots=True)

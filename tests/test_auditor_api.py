@@ -136,12 +136,16 @@ def test_cursor_pages_cover_every_row_once_in_order_even_with_equal_times(hub: H
         ({"routing": "sideways"}, "routing"),
         ({"http_status": "abc"}, "http_status"),
         ({"http_status": "999"}, "http_status"),
+        ({"http_status": "²"}, "http_status"),  # a digit to str.isdigit(), not to int()
+        ({"since": "9999-12-31T23:59:59-01:00"}, "since"),  # past the year 9999 in UTC
+        ({"until": "0001-01-01T00:00:00+01:00"}, "until"),
         ({"ocpi_status": "1"}, "ocpi_status"),
         ({"since": "yesterday"}, "since"),
         ({"until": "2001-13-01"}, "until"),
         ({"request_id": "x" * 300}, "request_id"),
         ({"limit": "0"}, "limit"),
         ({"limit": "many"}, "limit"),
+        ({"limit": "²"}, "limit"),
         ({"cursor": "%%%"}, "cursor"),
         ({"frm_party": "NL-ABC"}, "frm_party"),
     ],
@@ -153,6 +157,18 @@ def test_a_bad_filter_value_answers_400_naming_the_parameter(hub: Hub, params: d
     assert answer.status_code == 400 and named in answer.json()["error"], answer.text
     if named not in ("limit", "cursor"):
         assert exported.status_code == 400 and named in exported.json()["error"], exported.text
+
+
+def test_ids_beyond_a_bigint_or_holding_a_nul_are_answered_not_failed(hub: Hub) -> None:
+    with hub.admin() as admin:
+        assert admin.get(f"/admin/api/routing-log/{2**63}").status_code == 404
+        assert admin.get("/admin/api/audit-trail", params={"cursor": str(2**63)}).status_code == 400
+        conversation = admin.get("/admin/api/routing-log/correlation/a%00b")
+        searched = admin.get("/admin/api/routing-log", params={"request_id": "a\x00b"})
+        stats = admin.get("/admin/api/stats", params={"object_id": "a\x00b"})
+    assert conversation.status_code == 200 and conversation.json()["items"] == []
+    assert searched.status_code == 200 and searched.json()["items"] == []
+    assert stats.status_code == 200
 
 
 def test_one_message_shows_both_bodies_headers_and_timings(hub: Hub, dataset: Dataset) -> None:

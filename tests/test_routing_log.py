@@ -72,6 +72,9 @@ def test_a_nul_character_in_an_id_is_logged_without_holding_up_the_log(hub: Hub,
     assert [(r["request_id"], r["object_id"]) for r in rows] == [("nul-1", "A\ufffdB"), ("nul-2", "C\ufffdD"),
                                                                  ("nul-3", "LOC1")]  # fmt: skip
     assert rows[0]["path"].endswith("/A%00B")  # the path as it came, percent-encoded
+    with hub.admin() as admin:  # an auditor searching for the id as the party spelt it finds the row
+        found = admin.get("/admin/api/routing-log", params={"object_id": "A\x00B"}).json()["items"]
+    assert [row["request_id"] for row in found] == ["nul-1"]
 
 
 def test_admin_search_by_correlation_id_pages_with_a_cursor_without_gaps(hub: Hub, connect_party) -> None:

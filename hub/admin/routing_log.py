@@ -20,7 +20,7 @@ from storage.log_search import (
     parse_filters,
     parse_time,
 )
-from storage.routing_log import verify
+from storage.routing_log import stored_text, verify
 from storage.sql import QUERIES
 
 MAX_LIMIT = 500
@@ -44,13 +44,14 @@ async def fetch_planned(
 
 
 def query_params(request: Request) -> dict[str, str]:
-    return {name: request.query_params[name] for name in request.query_params}
+    """The query's parameters, as the audit trail can store them (no NUL)."""
+    return {name: stored_text(request.query_params[name]) for name in request.query_params}
 
 
 def _limit(raw: str | None) -> int:
     if raw is None:
         return 100
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise AdminError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw!r}")
     return int(raw)
 
@@ -102,6 +103,8 @@ async def routing_log_message(request: Request, row_id: int) -> Response[bytes]:
 
 
 async def load_message(conn: asyncpg.Connection, row_id: int) -> dict[str, Any] | None:
+    if not 0 < row_id < 2**63:  # no such row, and not a bigint either
+        return None
     row = await conn.fetchrow(QUERIES["routing_log_message"], row_id)
     if row is None:
         return None
@@ -119,6 +122,7 @@ async def load_message(conn: asyncpg.Connection, row_id: int) -> dict[str, Any] 
 @get("/routing-log/correlation/{correlation_id:str}", opt={READ_ONLY: True})
 async def routing_log_conversation(request: Request, correlation_id: str) -> Response[bytes]:
     """Every message of one X-Correlation-ID, in the order the hub received them."""
+    correlation_id = stored_text(correlation_id)
     async with request.app.state.pool.acquire() as conn:
         items, truncated = await load_conversation(conn, correlation_id)
         await record_action(conn, actor_of(request), "correlation", {"correlation_id": correlation_id})
@@ -153,6 +157,8 @@ async def audit_trail(request: Request, limit: int = 100, cursor: int | None = N
     """Who did what on the routing log, newest first (admin only); next_cursor is the last id of the page."""
     if not 1 <= limit <= MAX_LIMIT:
         raise AdminError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    if cursor is not None and not 0 < cursor < 2**63:
+        raise AdminError(400, f"cursor is not one this API handed out, got {cursor}")
     async with request.app.state.pool.acquire() as conn:
         rows = await conn.fetch(QUERIES["audit_trail"], cursor, limit + 1)
     items = [dict(row) | {"parameters": msgspec.json.decode(row["parameters"])} for row in rows[:limit]]

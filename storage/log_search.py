@@ -162,6 +162,11 @@ def parse_filters(params: Mapping[str, str], allowed_extra: frozenset[str] = fro
     return search
 
 
+def is_row_id(value: int) -> bool:
+    """Whether value can be the id of a row (a bigint from 1): a larger one would fail in the driver, not match."""
+    return 0 < value < 2**63
+
+
 def encode_cursor(received_at: datetime, row_id: int) -> str:
     return base64.urlsafe_b64encode(f"{received_at.isoformat()}|{row_id}".encode()).decode().rstrip("=")
 

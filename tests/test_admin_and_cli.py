@@ -75,6 +75,7 @@ def test_invitation_for_a_party_id_held_by_another_platform_answers_409(hub: Hub
         {"name": "x", "roles": [{"role": "CPO", "country_code": "NLD", "party_id": "ABC"}]},
         {"name": "x", "roles": [{"role": "HUB", "country_code": "NL", "party_id": "ABC"}]},
         {"name": "x", "roles": [{"role": "CPO", "country_code": "NL", "party_id": "ABC"}] * 2},
+        {"name": "a\x00b", "roles": [{"role": "CPO", "country_code": "NL", "party_id": "ABC"}]},  # PostgreSQL: no NUL
     ],
 )
 def test_invalid_invitation_answers_400(hub: Hub, body: dict) -> None:

@@ -20,6 +20,10 @@ def token_a(hub: Hub) -> str:
     return hub.invite("Bad Input Co", ("CPO", "NL", unique_party_id()))["token_a"]
 
 
+_CPO = {"role": "CPO", "country_code": "NL", "party_id": "ABC"}
+_WITH_ODD_LOGO = {"name": "x", "logo": {"url": "http://x/logo.png", "category": "\x00", "type": "png"}}
+
+
 def _is_envelope(body: dict) -> bool:
     return {"status_code", "timestamp"} <= set(body) and body["timestamp"].endswith("Z")
 
@@ -125,6 +129,9 @@ def test_malformed_json_answers_400_with_2001(hub: Hub, token_a: str) -> None:
         ),
         ({"token": "has space", "url": "http://x/versions", "roles": [{}]}, "token"),
         ({"token": "abc", "url": "ftp://x", "roles": [{}]}, "url"),
+        ({"token": "abc", "url": "http://x/\x00", "roles": [{}]}, "url"),
+        ({"token": "abc", "url": "http://x/v", "roles": [_CPO | {"business_details": {"name": "\x00"}}]}, "name"),
+        ({"token": "abc", "url": "http://x/v", "roles": [_CPO | {"business_details": _WITH_ODD_LOGO}]}, "category"),
         (
             {
                 "token": "abc",

@@ -26,7 +26,7 @@ class RoleIn(msgspec.Struct):
 
 
 class InvitationIn(msgspec.Struct):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
     roles: Annotated[list[RoleIn], msgspec.Meta(min_length=1)]
 
 

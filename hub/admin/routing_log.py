@@ -16,6 +16,7 @@ from storage.log_search import (
     BadFilter,
     decode_cursor,
     encode_cursor,
+    is_row_id,
     page_query,
     parse_filters,
     parse_time,
@@ -103,7 +104,7 @@ async def routing_log_message(request: Request, row_id: int) -> Response[bytes]:
 
 
 async def load_message(conn: asyncpg.Connection, row_id: int) -> dict[str, Any] | None:
-    if not 0 < row_id < 2**63:  # no such row, and not a bigint either
+    if not is_row_id(row_id):
         return None
     row = await conn.fetchrow(QUERIES["routing_log_message"], row_id)
     if row is None:
@@ -157,7 +158,7 @@ async def audit_trail(request: Request, limit: int = 100, cursor: int | None = N
     """Who did what on the routing log, newest first (admin only); next_cursor is the last id of the page."""
     if not 1 <= limit <= MAX_LIMIT:
         raise AdminError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
-    if cursor is not None and not 0 < cursor < 2**63:
+    if cursor is not None and not is_row_id(cursor):
         raise AdminError(400, f"cursor is not one this API handed out, got {cursor}")
     async with request.app.state.pool.acquire() as conn:
         rows = await conn.fetch(QUERIES["audit_trail"], cursor, limit + 1)

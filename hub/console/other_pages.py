@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, get, post
 from litestar.enums import RequestEncodingType
+from litestar.exceptions import HTTPException
 from litestar.params import Body
 from litestar.response import Redirect, Template
 
@@ -19,7 +20,7 @@ from hub.admin.api import AdminError, InvitationIn, invite
 from hub.admin.stats import BUCKETS, compute_stats
 from hub.console.auth import actor, require_admin
 from hub.console.charts import Bucket, bar_chart, buckets_between
-from storage.log_search import BadFilter, parse_time
+from storage.log_search import BadFilter, is_row_id, parse_time
 from storage.routing_log import verify
 from storage.sql import QUERIES
 
@@ -118,6 +119,8 @@ async def verify_page(request: Request, since: str | None = None, until: str | N
 async def audit_page(request: Request, cursor: int | None = None) -> Template:
     """Who did what on the routing log, through the API or this console (admin only, like the API's trail)."""
     require_admin(request)
+    if cursor is not None and not is_row_id(cursor):
+        raise HTTPException(status_code=400, detail=f"{cursor} is not a position in the audit trail")
     async with request.app.state.pool.acquire() as conn:
         rows = await conn.fetch(QUERIES["audit_trail"], cursor, AUDIT_PAGE + 1)
     entries = [dict(row) | {"parameters": json.loads(row["parameters"])} for row in rows[:AUDIT_PAGE]]

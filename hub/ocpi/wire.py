@@ -12,21 +12,24 @@ CountryCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{2}$")]
 PartyId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{3}$")]
 # credentials.asciidoc: token is string(64), printable non-whitespace ASCII (U+0021..U+007E)
 CredentialsToken = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}$")]
-Url = Annotated[str, msgspec.Meta(pattern=r"^https?://", max_length=255)]
+# No whitespace or control characters: a URL carries them percent-encoded (and PostgreSQL text holds no NUL)
+Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\x00-\x20\x7f]+$", max_length=255)]
+# Text a party sends that the hub stores and shows (its name, its logo's fields): no control characters
+Text = Annotated[str, msgspec.Meta(pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 class Image(msgspec.Struct, omit_defaults=True):
-    url: str
-    category: str
-    type: str
-    thumbnail: str | None = None
+    url: Text
+    category: Text
+    type: Text
+    thumbnail: Text | None = None
     width: int | None = None
     height: int | None = None
 
 
 class BusinessDetails(msgspec.Struct, omit_defaults=True):
-    name: Annotated[str, msgspec.Meta(max_length=100)]
-    website: str | None = None
+    name: Annotated[str, msgspec.Meta(max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")]
+    website: Text | None = None
     logo: Image | None = None
 
 
@@ -44,14 +47,14 @@ class Credentials(msgspec.Struct, omit_defaults=True):
 
 
 class Version(msgspec.Struct):
-    version: str
-    url: str
+    version: Text
+    url: Url
 
 
 class Endpoint(msgspec.Struct):
-    identifier: str
+    identifier: Text
     role: InterfaceRole
-    url: str
+    url: Url
 
 
 class VersionDetails(msgspec.Struct):

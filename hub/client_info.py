@@ -17,7 +17,7 @@ from litestar import Request, Response, get
 from litestar.datastructures import State
 
 from hub.auth import Caller
-from hub.envelope import ocpi_response
+from hub.envelope import ocpi_response, paging_window
 from hub.errors import InvalidParameters, OcpiError
 from hub.party_api import hub_request
 from routing.forward import forward, ocpi_status_of
@@ -48,9 +48,11 @@ def _moment(name: str, raw: str | None) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment.astimezone(UTC)  # 9999-12-31T23:59:59-01:00 is past the year 9999 in UTC: OverflowError
+    except (ValueError, OverflowError):
         raise InvalidParameters(f"{name} must be an OCPI DateTime such as 2026-11-25T10:00:00Z, got {raw!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment
 
 
 @get("/ocpi/2.2.1/sender/hubclientinfo")
@@ -58,13 +60,7 @@ async def list_client_infos(request: Request[Caller, str, State]) -> Response[by
     """Every party but the caller's own, paginated (transport_and_format.asciidoc, Pagination)."""
     params = request.query_params
     date_from, date_to = _moment("date_from", params.get("date_from")), _moment("date_to", params.get("date_to"))
-    try:
-        offset, limit = int(params.get("offset", 0)), int(params.get("limit", MAX_LIMIT))
-    except ValueError:
-        raise InvalidParameters("offset and limit must be whole numbers") from None
-    if offset < 0 or limit < 1:
-        raise InvalidParameters("offset must be 0 or more and limit 1 or more")
-    limit = min(limit, MAX_LIMIT)
+    offset, limit = paging_window(params, MAX_LIMIT)
     caller = request.user.platform.id
     async with request.app.state.pool.acquire() as conn:
         rows = await conn.fetch(QUERIES["client_infos"], caller, date_from, date_to, offset, limit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -18,6 +19,21 @@ log = structlog.get_logger()
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
+
+
+MAX_OFFSET = 2**31 - 1  # past any list the hub serves: a larger offset is an empty page, not an overflow
+
+
+def paging_window(params: Mapping[str, str], max_limit: int) -> tuple[int, int]:
+    """transport_and_format.asciidoc, Pagination: the offset and limit of a GET of a list the hub serves itself;
+    "if the client requests a limit higher than the server's maximum, the server caps it"."""
+    try:
+        offset, limit = int(params.get("offset", 0)), int(params.get("limit", max_limit))
+    except ValueError:
+        raise InvalidParameters("offset and limit must be whole numbers") from None
+    if offset < 0 or limit < 1:
+        raise InvalidParameters("offset must be 0 or more and limit 1 or more")
+    return min(offset, MAX_OFFSET), min(limit, max_limit)
 
 
 def ocpi_timestamp(moment: datetime | None = None) -> str:

@@ -99,8 +99,13 @@ def test_client_info_list_is_paginated_filtered_by_date_and_excludes_the_caller(
 
 def test_client_info_list_rejects_a_malformed_date_and_token_a(hub: Hub, connect_party) -> None:
     reader = connect_party(_roles("EMSP"))
-    bad = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo?date_from=yesterday",
+    for date in ("yesterday", "9999-12-31T23:59:59-01:00"):  # the second is past the year 9999 in UTC
+        bad = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo?date_from={date}",
+                        headers=token_header(reader.hub_token))  # fmt: skip
+        assert bad.json()["status_code"] == 2001 and "date_from" in bad.json()["status_message"]
+    # an offset past every list is an empty page (it used to overflow PostgreSQL's bigint: a 500)
+    far = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", params={"offset": str(10**30)},
                     headers=token_header(reader.hub_token))  # fmt: skip
-    assert bad.json()["status_code"] == 2001 and "date_from" in bad.json()["status_message"]
+    assert far.json()["status_code"] == 1000 and far.json()["data"] == [] and int(far.headers["X-Total-Count"]) > 0
     token_a = hub.invite("Not yet", _roles("CPO"))["token_a"]
     assert httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", headers=token_header(token_a)).status_code == 401

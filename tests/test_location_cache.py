@@ -91,6 +91,8 @@ def test_get_all_via_the_hub_walks_every_location_once_while_the_cache_changes(h
         url = link.split(">")[0].lstrip("<") if link else None
         pages += 1
     assert seen == [f"W{n:02d}" for n in range(25)] and pages == 3
+    far = _get(emsp, hub, query + f"&offset={10**30}")  # past every list: an empty page, not a Redis error
+    assert far.json()["status_code"] == 1000 and far.json()["data"] == [] and far.headers["X-Total-Count"] == "25"
     # date_from is inclusive, date_to exclusive
     window = _get(emsp, hub, query + "&date_from=2026-11-20T10:05:00Z&date_to=2026-11-20T10:07:00Z").json()
     assert [loc["id"] for loc in window["data"]] == ["W05", "W06"]

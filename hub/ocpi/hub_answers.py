@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 
-from hub.envelope import ocpi_timestamp
+from hub.envelope import ocpi_timestamp, paging_window
 from hub.errors import InvalidParameters, NotFound, UnknownLocation
 from hub.metrics import CACHE_REQUESTS
 from routing.forward import Answer
@@ -34,7 +34,7 @@ async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer
     params = dict(parse_qsl(incoming.query))
     owner = _owner(params)
     date_from, date_to = _epoch(params, "date_from"), _epoch(params, "date_to")
-    offset, limit = _window(params)
+    offset, limit = paging_window(params, MAX_LIMIT)
     assert exchange.sender is not None
     snapshot_id, _ = await relay.state.locations.snapshot(owner, date_from, date_to, exchange.sender.key)
     return await page(relay, exchange, snapshot_id, offset, limit)
@@ -45,7 +45,7 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     if exchange.entry.method != "GET":
         raise NotFound(f"{path} takes GET only")
     exchange.entry.module, exchange.entry.interface, exchange.entry.routing = "locations", "sender", "hub"
-    offset, limit = _window(dict(parse_qsl(exchange.entry.query)))
+    offset, limit = paging_window(dict(parse_qsl(exchange.entry.query)), MAX_LIMIT)
     return await page(relay, exchange, path.removeprefix(SNAPSHOTS).strip("/"), offset, limit)
 
 
@@ -117,13 +117,3 @@ def _epoch(params: dict[str, str], name: str) -> float | None:
         return epoch(params[name])
     except ValueError:
         raise InvalidParameters(f"{name} must be an OCPI DateTime such as 2026-11-25T10:00:00Z") from None
-
-
-def _window(params: dict[str, str]) -> tuple[int, int]:
-    try:
-        offset, limit = int(params.get("offset", 0)), int(params.get("limit", MAX_LIMIT))
-    except ValueError:
-        raise InvalidParameters("offset and limit must be whole numbers") from None
-    if offset < 0 or limit < 1:
-        raise InvalidParameters("offset must be 0 or more and limit 1 or more")
-    return offset, min(limit, MAX_LIMIT)

@@ -180,7 +180,7 @@ class Party:
         if module == "cdrs" and request.method == "POST" and parts[4] == "receiver":
             try:
                 cdr = json.loads(body or b"{}")
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested deeper than Python's json follows
                 cdr = None
             if not isinstance(cdr, dict):
                 return web.json_response(envelope(None, 2001, "a CDR is a JSON object"), status=400)
@@ -194,11 +194,13 @@ class Party:
     def _page(self, request: web.Request, module: str) -> web.Response:
         """A Sender's paginated list (transport_and_format.asciidoc, Pagination), its Link pointing at itself."""
         everything = self.objects.get(module, [])
-        if "date_from" in request.query:
-            since = _moment(request.query["date_from"])
-            everything = [o for o in everything if _moment(o.get("last_updated", "1970-01-01T00:00:00Z")) >= since]
-        offset = int(request.query.get("offset", 0))
-        limit = min(int(request.query.get("limit", self.page_size)), self.page_size)
+        try:
+            since = _moment(request.query.get("date_from", "1970-01-01T00:00:00Z"))
+            offset = int(request.query.get("offset", 0))
+            limit = min(int(request.query.get("limit", self.page_size)), self.page_size)
+        except ValueError as exc:
+            return web.json_response(envelope(None, 2001, f"bad paging parameter: {exc}"), status=400)
+        everything = [o for o in everything if _moment(o.get("last_updated", "1970-01-01T00:00:00Z")) >= since]
         headers = {"X-Total-Count": str(len(everything)), "X-Limit": str(self.page_size)}
         if offset + limit < len(everything):
             query = dict(request.query) | {"offset": str(offset + limit), "limit": str(limit)}

@@ -37,6 +37,8 @@ SHAPES = [
     ("POST", "receiver/commands/{command}"), ("POST", "sender/commands/{command}/{id}"),
     ("PUT", "receiver/chargingprofiles/{id}"), ("POST", "sender/chargingprofiles/{id}"),
     ("GET", "sender/hubclientinfo"), ("GET", "credentials"), ("GET", "nonsense/here"),
+    # the hub's own URLs that stand in for a party's: paging Links, response_urls, CDR Locations, location snapshots
+    ("GET", "pages/{id}"), ("POST", "results/{id}"), ("GET", "relayed-cdrs/{id}"), ("GET", "snapshots/{id}"),
 ]  # fmt: skip
 ODD_SEGMENTS = ["%00", "%ff", "%2F", "..", "%25", "%zz", "a" * 300, "%C3%A9", "%20", "-1", "", "x" * 37, "FOO"]
 ODD_QUERIES = ["offset=-1", "limit=abc", "date_from=2020-13-45", "offset=" + "9" * 30, "type=%00", "limit=0", "&&"]
@@ -57,11 +59,11 @@ def made_up_request(rng: random.Random, token: str, cpo: tuple[str, str], emsp: 
     method, shape = rng.choice(SHAPES)
     values = {"cc": cpo[0], "pid": cpo[1], "loc": "LOC1", "evse": "3256", "con": "1", "id": "X1",
               "command": rng.choice(["START_SESSION", "STOP_SESSION", "RESERVE_NOW", "FOO"])}  # fmt: skip
-    values = {k: rng.choice(ODD_SEGMENTS) if rng.random() < 0.15 else v for k, v in values.items()}
+    values = {k: rng.choice(ODD_SEGMENTS) if rng.random() < 0.08 else v for k, v in values.items()}
     target = "/ocpi/2.2.1/" + shape.format(**values)
     if rng.random() < 0.25:
         target += "?" + "&".join(rng.sample(ODD_QUERIES, rng.randint(1, 3)))
-    if rng.random() < 0.15:
+    if rng.random() < 0.15 and shape != "credentials":  # a DELETE of credentials would unregister the caller
         method = rng.choice(["GET", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "TRACE"])
     headers = {"Host": "hub", "Connection": "close"}
     odd_tokens = ["Token ", "Bearer x", "Token %%%", "Token " + "A" * 5000, f"Token {token}"]  # the last: not base64
@@ -78,7 +80,7 @@ def made_up_request(rng: random.Random, token: str, cpo: tuple[str, str], emsp: 
         headers["Content-Type"] = rng.choice(["text/plain", "application/json; charset=latin-1", ""])
     if rng.random() < 0.05:
         headers["Content-Encoding"] = rng.choice(["gzip", "br"])
-    body = rng.choice(ODD_BODIES) if rng.random() < 0.6 else json.dumps(LOCATION).encode()
+    body = rng.choice(ODD_BODIES) if rng.random() < 0.4 else json.dumps(LOCATION).encode()
     body = b"" if method in ("GET", "HEAD") and rng.random() < 0.8 else body
     framing = rng.random()
     if framing < 0.05:  # announced, never sent in full: answered once the body deadline passes
@@ -156,10 +158,10 @@ def test_hundreds_of_malformed_requests_each_get_a_clear_answer_and_the_hub_goes
     problems = [f"{p}: {o.request[:300]!r}" for o in outcomes if (p := problem_with(o))]
     assert not problems, "\n".join(problems[:20])
     relayed = sum(o.answer is not None and re.search(rb'"status_code": ?1000', o.answer) is not None for o in outcomes)
-    assert relayed > REQUESTS // 10, relayed  # the made-up requests also reach the receiver, not only the hub's checks
+    assert relayed > REQUESTS // 20, relayed  # the made-up requests also reach the receiver, not only the hub's checks
     cc, pid = party_key(cpo)
     good = cpo.call(own_hub.base, "PUT", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp), body=LOCATION)
-    assert good.json()["status_code"] == 1000
+    assert good.json()["status_code"] == 1000, good.text
     with own_hub.admin() as admin:
         assert admin.get("/admin/api/routing-log/verify").json()["ok"] is True
     for sign_of_trouble in ("Traceback", "relay_failed", "routing_log_write_failed", "routing_log_row"):

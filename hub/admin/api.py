@@ -12,7 +12,7 @@ from litestar.exceptions import HTTPException
 
 from hub.admin.actors import READ_ONLY, actor_guard
 from hub.errors import OcpiError
-from hub.ocpi.wire import CountryCode, PartyId, Role
+from hub.ocpi.wire import NO_CONTROL_CHARACTERS, CountryCode, PartyId, Role
 from hub.settings import Settings
 from storage import platforms
 from storage.secrets import new_token, token_hash
@@ -26,7 +26,7 @@ class RoleIn(msgspec.Struct):
 
 
 class InvitationIn(msgspec.Struct):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=NO_CONTROL_CHARACTERS)]
     roles: Annotated[list[RoleIn], msgspec.Meta(min_length=1)]
 
 

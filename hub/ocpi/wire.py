@@ -15,7 +15,8 @@ CredentialsToken = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}$")]
 # No whitespace or control characters: a URL carries them percent-encoded (and PostgreSQL text holds no NUL)
 Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\x00-\x20\x7f]+$", max_length=255)]
 # Text a party sends that the hub stores and shows (its name, its logo's fields): no control characters
-Text = Annotated[str, msgspec.Meta(pattern=r"^[^\x00-\x1f\x7f]*$")]
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+Text = Annotated[str, msgspec.Meta(pattern=NO_CONTROL_CHARACTERS)]
 
 
 class Image(msgspec.Struct, omit_defaults=True):
@@ -28,7 +29,7 @@ class Image(msgspec.Struct, omit_defaults=True):
 
 
 class BusinessDetails(msgspec.Struct, omit_defaults=True):
-    name: Annotated[str, msgspec.Meta(max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")]
+    name: Annotated[str, msgspec.Meta(max_length=100, pattern=NO_CONTROL_CHARACTERS)]
     website: Text | None = None
     logo: Image | None = None
 

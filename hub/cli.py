@@ -229,12 +229,19 @@ def _run(command: Command, settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(with_clients())
 
 
+def _role_parts(spec: str) -> list[str]:
+    parts = spec.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"{spec!r} has {len(parts)} part{'s' if len(parts) > 1 else ''}, not 3")
+    return parts
+
+
 async def _invite(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, redis_client: redis.Redis) -> int:
     from hub.admin.api import AdminError, InvitationIn, invite
     from storage.directory import announce_change
 
     try:
-        roles = [dict(zip(("role", "country_code", "party_id"), spec.split(":"), strict=True)) for spec in args.role]
+        roles = [dict(zip(("role", "country_code", "party_id"), _role_parts(spec), strict=True)) for spec in args.role]
         request = msgspec.convert({"name": args.name, "roles": roles}, InvitationIn)
     except (ValueError, msgspec.ValidationError) as exc:
         print(f"ocpi-hub: invalid --role (expected ROLE:CC:PARTY such as CPO:NL:ABC): {exc}", file=sys.stderr)
@@ -252,6 +259,7 @@ async def _invite(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
 
 async def _connect(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, redis_client: redis.Redis) -> int:
     from hub.connect import ConnectFailed, connect_to_party
+    from hub.ocpi.wire import usable_url
 
     if not os.environ.get("OCPI_HUB_PUBLIC_URL"):
         # The party calls the hub back at this URL while it handles the registration: a guess will not do.
@@ -259,6 +267,11 @@ async def _connect(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
             "ocpi-hub: connect needs OCPI_HUB_PUBLIC_URL, the URL at which the party reaches the running hub",
             file=sys.stderr,
         )
+        return 2
+    try:
+        usable_url("--versions-url", args.versions_url)
+    except ValueError as exc:
+        print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 2
     name = args.name or httpx.URL(args.versions_url).host
     async with PartyClient(settings) as http:

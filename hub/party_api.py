@@ -172,7 +172,7 @@ async def _call(client: PartyClient, method: str, url: str, token: str, body: by
         response = await client.fetch(method, url, headers, body)
     except httpx.TimeoutException:
         raise UnableToUseClientApi(f"{method} {url} timed out") from None
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL is not an HTTPError ("http://[::1")
         raise UnableToUseClientApi(f"{method} {url} failed: {exc or type(exc).__name__}") from None
     except AnswerTooLarge as exc:
         raise UnableToUseClientApi(exc.message) from None

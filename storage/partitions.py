@@ -22,6 +22,7 @@ log = structlog.get_logger()
 MAINTENANCE_INTERVAL_S = 24 * 3600.0
 LOCK_TIMEOUT_S, LOCK_ATTEMPTS = 0.5, 8  # how long retention may hold up the hub's writes, and how often it tries
 _DURATION = re.compile(r"(\d+)d")
+MAX_KEEP_DAYS = 36_500
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +33,10 @@ class Partition:
 
 
 def parse_keep(raw: str) -> timedelta:
-    """'400d' → 400 days; retention is counted in whole days."""
+    """'400d' → 400 days; retention is counted in whole days, a century at most (further back than any log)."""
     match = _DURATION.fullmatch(raw.strip())
-    if not match or int(match.group(1)) < 1:
-        raise ValueError(f"--keep must be a number of days such as 400d, got {raw!r}")
+    if not match or not 1 <= int(match.group(1)) <= MAX_KEEP_DAYS:
+        raise ValueError(f"--keep must be a number of days from 1d to {MAX_KEEP_DAYS}d such as 400d, got {raw!r}")
     return timedelta(days=int(match.group(1)))
 
 

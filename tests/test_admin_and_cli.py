@@ -104,7 +104,7 @@ def test_cli_invite_prints_the_same_json_and_the_running_hub_accepts_the_token(h
 def test_cli_invite_rejects_a_malformed_role(hub: Hub) -> None:
     result = _cli(hub, "invite", "--name", "x", "--role", "CPO-NL-ABC")
     assert result.returncode == 2
-    assert "ROLE:CC:PARTY" in result.stderr
+    assert "ROLE:CC:PARTY" in result.stderr and "'CPO-NL-ABC' has 1 part, not 3" in result.stderr
 
 
 def test_connect_registers_the_hub_at_a_party(hub: Hub, start_party, db) -> None:
@@ -145,6 +145,8 @@ def test_connect_with_a_wrong_token_a_fails_with_a_clear_message(hub: Hub, start
     result = _cli(hub, "connect", "--versions-url", party.versions_url, "--token-a", "wrong")
     assert result.returncode == 1
     assert "HTTP 401" in result.stderr
+    broken = _cli(hub, "connect", "--versions-url", "http://[::1", "--token-a", "a")  # once a traceback
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr and "Invalid IPv6 URL" in broken.stderr
 
 
 def test_connect_to_a_party_whose_ids_are_taken_undoes_the_registration(hub: Hub, start_party) -> None:

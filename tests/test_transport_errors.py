@@ -130,6 +130,8 @@ def test_malformed_json_answers_400_with_2001(hub: Hub, token_a: str) -> None:
         ({"token": "has space", "url": "http://x/versions", "roles": [{}]}, "token"),
         ({"token": "abc", "url": "ftp://x", "roles": [{}]}, "url"),
         ({"token": "abc", "url": "http://x/\x00", "roles": [{}]}, "url"),
+        ({"token": "abc", "url": "http://[::1", "roles": [_CPO | {"business_details": {"name": "x"}}]}, "url"),
+        ({"token": "abc", "url": "http://h:port/", "roles": [_CPO | {"business_details": {"name": "x"}}]}, "url"),
         ({"token": "abc", "url": "http://x/v", "roles": [_CPO | {"business_details": {"name": "\x00"}}]}, "name"),
         ({"token": "abc", "url": "http://x/v", "roles": [_CPO | {"business_details": _WITH_ODD_LOGO}]}, "category"),
         (

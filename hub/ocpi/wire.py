@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -14,6 +15,19 @@ PartyId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{3}$")]
 CredentialsToken = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}$")]
 # No whitespace or control characters: a URL carries them percent-encoded (and PostgreSQL text holds no NUL)
 Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\x00-\x20\x7f]+$", max_length=255)]
+
+
+def usable_url(name: str, url: str) -> None:
+    """What Url's pattern cannot see: a host, and a port that is a number ("http://[::1" or "http://h:x/" would
+    reach the HTTP clients and fail there, outside their error handling)."""
+    try:
+        parts = urlsplit(url)
+        if not parts.hostname or parts.port == 0:  # .port raises ValueError for one that is not 0 to 65535
+            raise ValueError("no host" if not parts.hostname else "port 0")
+    except ValueError as exc:
+        raise ValueError(f"{name} is not a URL the hub can call, got {url!r}: {exc}") from None
+
+
 # Text a party sends that the hub stores and shows (its name, its logo's fields): no control characters
 NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 Text = Annotated[str, msgspec.Meta(pattern=NO_CONTROL_CHARACTERS)]
@@ -46,16 +60,25 @@ class Credentials(msgspec.Struct, omit_defaults=True):
     url: Url
     roles: Annotated[list[CredentialsRole], msgspec.Meta(min_length=1)]
 
+    def __post_init__(self) -> None:
+        usable_url("url", self.url)
+
 
 class Version(msgspec.Struct):
     version: Text
     url: Url
+
+    def __post_init__(self) -> None:
+        usable_url("a version's url", self.url)
 
 
 class Endpoint(msgspec.Struct):
     identifier: Text
     role: InterfaceRole
     url: Url
+
+    def __post_init__(self) -> None:
+        usable_url(f"the {self.identifier} endpoint's url", self.url)
 
 
 class VersionDetails(msgspec.Struct):

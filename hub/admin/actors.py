@@ -13,6 +13,7 @@ from litestar.exceptions import PermissionDeniedException
 from litestar.handlers import BaseRouteHandler
 
 from hub.errors import Unauthorized
+from storage.routing_log import stored_text
 from storage.secrets import new_token, token_hash
 from storage.sql import QUERIES
 
@@ -75,8 +76,10 @@ _encoder = msgspec.json.Encoder()
 
 
 async def record_action(conn: asyncpg.Connection, actor: Actor, action: str, parameters: dict[str, Any]) -> None:
-    """One row of the audit trail: who did what to the routing log, with which parameters."""
-    await conn.execute(QUERIES["record_action"], actor.kind, actor.name, action, _encoder.encode(parameters).decode())
+    """One row of the audit trail: who did what to the routing log, with which parameters (text as jsonb holds it:
+    a NUL in a search value or cursor, which jsonb refuses, as the routing log stores it)."""
+    stored = {name: stored_text(value) if isinstance(value, str) else value for name, value in parameters.items()}
+    await conn.execute(QUERIES["record_action"], actor.kind, actor.name, action, _encoder.encode(stored).decode())
 
 
 async def add_auditor(conn: asyncpg.Connection, name: str) -> str:

@@ -45,8 +45,7 @@ async def fetch_planned(
 
 
 def query_params(request: Request) -> dict[str, str]:
-    """The query's parameters, as the audit trail can store them (no NUL)."""
-    return {name: stored_text(request.query_params[name]) for name in request.query_params}
+    return {name: request.query_params[name] for name in request.query_params}
 
 
 def _limit(raw: str | None) -> int:

@@ -66,7 +66,7 @@ def wait_http(url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
-            httpx.get(url, timeout=1)
+            httpx.get(url, timeout=5)
             return
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer")
@@ -244,18 +244,20 @@ def bench_bare(workers: int, database_url: str, receiver: str, direct: Target, a
         return load(name, target, args, work, relay.pid, lambda: count_rows(database_url, "bare_relay_log"), direct)
 
 
-def register(hub: str, admin_token: str, party_url: str, role: tuple[str, str, str]) -> str:
+def register(hub: str, admin_token: str, party_url: str, role: tuple[str, str, str], timeout: float = 30) -> str:
     """Invite and register a party whose versions are served by the benchmark receiver; returns its token C."""
     admin = {"Authorization": f"Bearer {admin_token}"}
     roles = [{"role": role[0], "country_code": role[1], "party_id": role[2]}]
-    invitation = httpx.post(f"{hub}/admin/api/invitations", headers=admin, json={"name": role[2], "roles": roles})
+    invitation = httpx.post(
+        f"{hub}/admin/api/invitations", headers=admin, json={"name": role[2], "roles": roles}, timeout=timeout
+    )
     if invitation.status_code != 201:
         raise RuntimeError(f"the invitation of {role} failed: {invitation.status_code} {invitation.text}")
     token_a = invitation.json()["token_a"]
     auth = {"Authorization": "Token " + base64.b64encode(token_a.encode()).decode()}
     credentials = {"token": secrets.token_urlsafe(16), "url": f"{party_url}/ocpi/versions",
                    "roles": [r | {"business_details": {"name": role[2]}} for r in roles]}  # fmt: skip
-    answer = httpx.post(f"{hub}/ocpi/2.2.1/credentials", headers=auth, json=credentials, timeout=30).json()
+    answer = httpx.post(f"{hub}/ocpi/2.2.1/credentials", headers=auth, json=credentials, timeout=timeout).json()
     if answer["status_code"] != 1000:
         raise RuntimeError(f"registration failed: {answer}")
     return str(answer["data"]["token"])

@@ -1,0 +1,170 @@
+"""CPU instructions per routed request, counted by valgrind: the hub beside the bare relay, steady on a busy machine.
+
+    python -m bench.instructions [--requests 1000] [--concurrency 8]
+
+bench/routing.py measures requests/s and latency, which on this shared 2-core machine move by 30% from one hour to
+the next with the code unchanged (its machine-speed line shows it). A change of a few per cent in the hub's own cost
+drowns in that. This benchmark counts instructions instead (valgrind --tool=callgrind), which do not depend on what
+else the machine is doing: the same code, requests and concurrency give the same count within a fraction of a per
+cent. It runs, one after the other, bench/bare_relay.py (uvicorn + aiohttp + group commit, none of the hub: the
+floor) and the hub in strict and async mode, each in one process under callgrind, sends --warmup requests, zeroes
+the counters, sends --requests more (the PUT of bench/routing.py, --concurrency at a time, so that group commits
+gather rows as under load) and reads the instructions the server process executed for them. The receiver,
+PostgreSQL and Redis run natively and are not counted. Needs valgrind (apt-get install valgrind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from bench.routing import LOCATION, Target, backing_services, free_port, process, register, wait_http
+
+VALGRIND = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--collect-jumps=no", "--trace-children=no"]
+
+
+@dataclass
+class Count:
+    name: str
+    instructions_per_request: float
+    seconds: float  # wall time of the counted requests under valgrind (about 50 times slower than native)
+
+
+async def _send(target: Target, requests: int, concurrency: int) -> None:
+    """Exactly `requests` PUTs, `concurrency` at a time; every answer must be an OCPI success."""
+    remaining = iter(range(requests))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+        async def worker() -> None:
+            for _ in remaining:
+                async with session.put(target.url, headers=target.headers, data=target.body) as response:
+                    answer = await response.read()
+                    if response.status != 200 or b'"status_code":1000' not in answer.replace(b" ", b""):
+                        raise RuntimeError(f"{target.url} answered {response.status} {answer[:200]!r}")
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def count(name: str, pid: int, out_file: Path, target: Target, args: argparse.Namespace) -> Count:
+    asyncio.run(_send(target, args.warmup, args.concurrency))
+    subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+    started = time.monotonic()
+    asyncio.run(_send(target, args.requests, args.concurrency))
+    seconds = time.monotonic() - started
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    dumps = sorted(out_file.parent.glob(out_file.name + ".*"), key=lambda p: p.stat().st_mtime)
+    totals = re.search(r"^(?:totals|summary): (\d+)", dumps[-1].read_text(), re.MULTILINE)
+    if totals is None:
+        raise RuntimeError(f"no totals in {dumps[-1]}")
+    if args.keep:  # for callgrind_annotate: which C functions (zlib, hashlib, the interpreter...) the count is made of
+        args.keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dumps[-1], args.keep / f"callgrind.{re.sub(r'[^a-z]+', '-', name.lower()).strip('-')}")
+    return Count(name, int(totals.group(1)) / args.requests, seconds)
+
+
+@contextlib.contextmanager
+def under_callgrind(command: list[str], env: dict[str, str], work: Path, tag: str) -> Iterator[tuple[int, Path]]:
+    out_file = work / f"callgrind.{tag}"
+    with process([*VALGRIND, f"--callgrind-out-file={out_file}", *command], env, work / f"{tag}.log") as proc:
+        yield proc.pid, out_file
+
+
+def bare(database_url: str, direct: Target, args: argparse.Namespace, work: Path) -> Count:
+    port = free_port()
+    env = dict(os.environ) | {"BARE_RELAY_TARGET": direct.url, "BARE_RELAY_DATABASE_URL": database_url}
+    command = [sys.executable, "-m", "uvicorn", "--port", str(port), "--no-access-log", "--log-level", "warning",
+               "--loop", "uvloop", "--http", "httptools", "bench.bare_relay:app"]  # fmt: skip
+    with under_callgrind(command, env, work, "bare") as (pid, out_file):
+        wait_http(f"http://127.0.0.1:{port}/ocpi/versions", timeout=300)
+        url = f"http://127.0.0.1:{port}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1"
+        target = Target(url, {"Content-Type": "application/json"}, json.dumps(LOCATION).encode())
+        return count("bare relay (no hub)", pid, out_file, target, args)
+
+
+def hub(mode: str, services: tuple[str, str, str], receiver: str, sender: str, args, work: Path) -> Count:  # type: ignore[no-untyped-def]
+    database_url, redis_url, prefix = services
+    port, admin_token = free_port(), secrets.token_urlsafe(16)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
+        "OCPI_HUB_DATABASE_URL": database_url, "OCPI_HUB_REDIS_URL": redis_url, "OCPI_HUB_REDIS_PREFIX": prefix,
+        "OCPI_HUB_DATA_DIR": str(work / "hub"), "OCPI_HUB_ADMIN_TOKEN": admin_token, "OCPI_HUB_LOG_MODE": mode,
+        "OCPI_HUB_PARTY_ID": "HUB", "OCPI_HUB_COUNTRY_CODE": "NL",
+    }  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "hub.cli", "serve", "--port", str(port), "--workers", "1"]
+    with under_callgrind(command, env, work, f"hub-{mode}") as (pid, out_file):
+        wait_http(f"{base}/ocpi/versions", timeout=300)
+        cpo, emsp = f"C{mode[:2].upper()}", f"E{mode[:2].upper()}"  # the runs share the database: parties of their own
+        token = register(base, admin_token, sender, ("CPO", "NL", cpo), timeout=120)
+        register(base, admin_token, receiver, ("EMSP", "NL", emsp), timeout=120)
+        time.sleep(1.5)  # the directory is reloaded
+        headers = {"Authorization": "Token " + base64.b64encode(token.encode()).decode(),
+                   "Content-Type": "application/json", "OCPI-from-country-code": "NL", "OCPI-from-party-id": cpo,
+                   "OCPI-to-country-code": "NL", "OCPI-to-party-id": emsp}  # fmt: skip
+        url = f"{base}/ocpi/2.2.1/receiver/locations/NL/{cpo}/LOC1"
+        target = Target(url, headers, json.dumps(LOCATION | {"party_id": cpo}).encode())
+        return count(f"hub, {mode} log", pid, out_file, target, args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000, help="requests counted per subject (default 1000)")
+    parser.add_argument("--warmup", type=int, default=300, help="requests sent before counting (default 300)")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    parser.add_argument("--keep", type=Path, help="copy each subject's callgrind dump into this directory")
+    parser.add_argument("--modes", nargs="+", default=["strict", "async"], choices=["strict", "async"])
+    args = parser.parse_args()
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench needs {tool}: apt-get install valgrind")
+    work = Path(tempfile.mkdtemp(prefix="ocpi-hub-instructions-"))
+    receiver_port, sender_port = free_port(), free_port()
+    receiver, sender = f"http://127.0.0.1:{receiver_port}", f"http://127.0.0.1:{sender_port}"
+    granian = [sys.executable, "-m", "granian", "--interface", "rsgi", "--no-ws", "--log-level", "warning"]
+    results: list[Count] = []
+    try:
+        with (
+            process([*granian, "--port", str(receiver_port), "bench.receiver:app"], dict(os.environ),
+                    work / "receiver.log"),
+            process([*granian, "--port", str(sender_port), "bench.receiver:app"], dict(os.environ),
+                    work / "sender.log"),
+            backing_services(work) as services,
+        ):  # fmt: skip
+            wait_http(f"{receiver}/ocpi/versions")
+            wait_http(f"{sender}/ocpi/versions")
+            direct = Target(f"{receiver}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1",
+                            {"Content-Type": "application/json", "Authorization": "Token eA=="},
+                            json.dumps(LOCATION).encode())  # fmt: skip
+            results.append(bare(services[0], direct, args, work))
+            for mode in args.modes:
+                results.append(hub(mode, services, receiver, sender, args, work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    floor = results[0].instructions_per_request
+    print(f"\ninstructions per routed request (valgrind callgrind, server process only), {args.requests} PUTs of a "
+          f"{len(json.dumps(LOCATION))}-byte location, {args.concurrency} in flight, after {args.warmup} "
+          "warm-up requests\n")  # fmt: skip
+    print(f"| {'run':<22} | {'instructions/request':>20} | {'over the bare relay':>19} | {'seconds':>7} |")
+    print(f"|{'-' * 24}|{'-' * 22}|{'-' * 21}|{'-' * 9}|")
+    for r in results:
+        over = r.instructions_per_request - floor
+        print(f"| {r.name:<22} | {r.instructions_per_request:>20,.0f} | {over:>+19,.0f} | {r.seconds:>7.1f} |")
+
+
+if __name__ == "__main__":
+    main()

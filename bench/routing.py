@@ -7,7 +7,8 @@ Starts a fast OCPI party (bench/receiver.py on granian), registers it and a send
 nothing of the hub: the floor of what this stack costs on this machine) and (c) the same push through the hub,
 with wrk (saturation, at each connection count) and bench/paced_load.mjs (open loop, paced at each of --rates),
 and prints requests/s, p50/p99 latency, log rows committed per second and the CPU time the server's processes
-spent per request (steadier than the rates on a shared machine: time spent waiting for a core is not in it). Uses
+spent per request (steadier than the rates on a shared machine: time spent waiting for a core is not in it), and, for
+the wrk runs, the CPU time every process on the machine spent per request (what caps the rate on 2 shared cores). Uses
 OCPI_HUB_DATABASE_URL / OCPI_HUB_REDIS_URL when set (a throwaway database and key prefix), the embedded servers
 otherwise. Everything runs on this machine and stops by itself.
 """
@@ -97,6 +98,7 @@ class Result:
     rows_per_s: float | None = None
     requests: int = 0
     cpu_us: float | None = None  # CPU time of the server's processes per request
+    machine_us: float | None = None  # wrk runs: CPU time of every process on the machine per request
     p99_runs: list[float] = field(default_factory=list)  # paced: the p99 of each repeated run
     baseline: Result | None = None  # paced: the direct runs made beside these
     error_kinds: dict[str, int] = field(default_factory=dict)  # paced: "HTTP 500" or "ECONNRESET": how many
@@ -113,6 +115,13 @@ def cpu_seconds(pid: int) -> float:
             for task in Path(f"/proc/{current}/task").iterdir():
                 pending += [int(child) for child in (task / "children").read_text().split()]
     return total
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time every process on the machine has spent (load generator, receiver, hub, PostgreSQL and Redis alike),
+    from /proc/stat: user, nice, system, irq, softirq and steal."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return sum(int(fields[i]) for i in (0, 1, 2, 5, 6, 7)) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_speed() -> float:
@@ -196,7 +205,9 @@ def load(
     results = []
     for connections in args.connections:
         before, started, cpu = rows() if rows else 0, time.monotonic(), cpu_seconds(server)
+        machine = machine_cpu_seconds()
         result = run_wrk(target, connections, args.duration, work)
+        result.machine_us = (machine_cpu_seconds() - machine) * 1e6 / max(result.requests, 1)
         if rows:
             time.sleep(0.5)  # async mode: let the last batch land before counting
             result.rows_per_s = (rows() - before) / (time.monotonic() - started - 0.5)
@@ -396,13 +407,18 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     print(f"\nrouting benchmark: PUT of a {len(json.dumps(LOCATION))}-byte location, {args.duration}s per run, "
           f"{os.cpu_count()} cores shared by load generator, receiver, hub, PostgreSQL and Redis\n")  # fmt: skip
     print(f"| {'run':<44} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | {'log rows/s':>10} "
-          f"| {'CPU us/req':>10} |")  # fmt: skip
-    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * 12}|{'-' * 12}|")
+          f"| {'CPU us/req':>10} | {'machine us/req':>14} |")  # fmt: skip
+    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * 12}|{'-' * 12}|{'-' * 16}|")
     for r in results:
         rows = f"{r.rows_per_s:,.0f}" if r.rows_per_s is not None else "-"
         cpu = f"{r.cpu_us:,.0f}" if r.cpu_us is not None else "-"
+        machine = f"{r.machine_us:,.0f}" if r.machine_us is not None else "-"
         print(f"| {r.name:<44} | {r.rps:>9,.0f} | {r.p50_ms:>7.2f} | {r.p99_ms:>7.2f} | {r.errors:>6} | {rows:>10} "
-              f"| {cpu:>10} |")  # fmt: skip
+              f"| {cpu:>10} | {machine:>14} |")  # fmt: skip
+    print("\nCPU us/req: the server's own processes (receiver, bare relay or hub workers); machine us/req: every "
+          f"process on the machine (wrk runs only). {os.cpu_count()} cores allow {os.cpu_count()} s of CPU per second: "
+          "a run whose machine us/req is N cannot go faster than "
+          f"{os.cpu_count()}e6 / N req/s.")  # fmt: skip
     for r in results:
         if r.error_kinds:
             print(f"errors of {r.name}: " + ", ".join(f"{kind} {n}" for kind, n in sorted(r.error_kinds.items())))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.routing import LOCATION, Target, backing_services, free_port, process, register, wait_http
+from bench.routing import LOCATION, Target, backing_services, free_port, hub_env, process, routed_push, wait_http
 
 VALGRIND = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--collect-jumps=no", "--trace-children=no"]
 
@@ -98,26 +97,14 @@ def bare(database_url: str, direct: Target, args: argparse.Namespace, work: Path
 
 
 def hub(mode: str, services: tuple[str, str, str], receiver: str, sender: str, args, work: Path) -> Count:  # type: ignore[no-untyped-def]
-    database_url, redis_url, prefix = services
     port, admin_token = free_port(), secrets.token_urlsafe(16)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
-        "OCPI_HUB_DATABASE_URL": database_url, "OCPI_HUB_REDIS_URL": redis_url, "OCPI_HUB_REDIS_PREFIX": prefix,
-        "OCPI_HUB_DATA_DIR": str(work / "hub"), "OCPI_HUB_ADMIN_TOKEN": admin_token, "OCPI_HUB_LOG_MODE": mode,
-        "OCPI_HUB_PARTY_ID": "HUB", "OCPI_HUB_COUNTRY_CODE": "NL",
-    }  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "hub.cli", "serve", "--port", str(port), "--workers", "1"]
-    with under_callgrind(command, env, work, f"hub-{mode}") as (pid, out_file):
+    with under_callgrind(command, hub_env(services, work, mode, admin_token), work, f"hub-{mode}") as (pid, out_file):
         wait_http(f"{base}/ocpi/versions", timeout=300)
-        cpo, emsp = f"C{mode[:2].upper()}", f"E{mode[:2].upper()}"  # the runs share the database: parties of their own
-        token = register(base, admin_token, sender, ("CPO", "NL", cpo), timeout=120)
-        register(base, admin_token, receiver, ("EMSP", "NL", emsp), timeout=120)
-        time.sleep(1.5)  # the directory is reloaded
-        headers = {"Authorization": "Token " + base64.b64encode(token.encode()).decode(),
-                   "Content-Type": "application/json", "OCPI-from-country-code": "NL", "OCPI-from-party-id": cpo,
-                   "OCPI-to-country-code": "NL", "OCPI-to-party-id": emsp}  # fmt: skip
-        url = f"{base}/ocpi/2.2.1/receiver/locations/NL/{cpo}/LOC1"
-        target = Target(url, headers, json.dumps(LOCATION | {"party_id": cpo}).encode())
+        # The runs share the database: each registers parties of its own.
+        parties = (f"C{mode[:2].upper()}", f"E{mode[:2].upper()}")
+        target = routed_push(base, admin_token, receiver, sender, parties, timeout=120)
         return count(f"hub, {mode} log", pid, out_file, target, args)
 
 

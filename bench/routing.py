@@ -304,6 +304,35 @@ def backing_services(work: Path) -> Iterator[tuple[str, str, str]]:
 _hub_runs = itertools.count(1)
 
 
+def hub_env(services: tuple[str, str, str], work: Path, mode: str, admin_token: str) -> dict[str, str]:
+    """The environment of a benchmark hub: the given database and Redis (with the run's key prefix), log mode."""
+    database_url, redis_url, prefix = services
+    return {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
+        "OCPI_HUB_DATABASE_URL": database_url, "OCPI_HUB_REDIS_URL": redis_url, "OCPI_HUB_REDIS_PREFIX": prefix,
+        "OCPI_HUB_DATA_DIR": str(work / "hub"), "OCPI_HUB_ADMIN_TOKEN": admin_token, "OCPI_HUB_LOG_MODE": mode,
+        "OCPI_HUB_PARTY_ID": "HUB", "OCPI_HUB_COUNTRY_CODE": "NL",
+    }  # fmt: skip
+
+
+def routed_push(hub: str, admin_token: str, receiver: str, sender: str, parties: tuple[str, str],
+                timeout: float = 30) -> Target:  # fmt: skip
+    """Registers a CPO (served by `sender`) and an eMSP (served by `receiver`) with the given party ids, and returns
+    the CPO's PUT of LOCATION to the eMSP through the hub, checked once."""
+    cpo, emsp = parties
+    token = register(hub, admin_token, sender, ("CPO", "NL", cpo), timeout)
+    register(hub, admin_token, receiver, ("EMSP", "NL", emsp), timeout)
+    time.sleep(1.2)  # every worker has the new directory
+    headers = {"Authorization": "Token " + base64.b64encode(token.encode()).decode(),
+               "Content-Type": "application/json", "OCPI-from-country-code": "NL", "OCPI-from-party-id": cpo,
+               "OCPI-to-country-code": "NL", "OCPI-to-party-id": emsp}  # fmt: skip
+    body = json.dumps(LOCATION | {"party_id": cpo}).encode()
+    url = f"{hub}/ocpi/2.2.1/receiver/locations/NL/{cpo}/LOC1"
+    check = httpx.put(url, headers=headers, content=body, timeout=timeout).json()
+    if check.get("status_code") != 1000:
+        raise RuntimeError(f"the hub did not relay the benchmark request: {check}")
+    return Target(url, headers, body)
+
+
 def bench_hub(  # type: ignore[no-untyped-def]
     name: str,
     workers: int,
@@ -316,33 +345,16 @@ def bench_hub(  # type: ignore[no-untyped-def]
     args,
     work: Path,
 ) -> list[Result]:
-    database_url, redis_url, prefix = services
     port, admin_token = free_port(), secrets.token_urlsafe(16)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
-        "OCPI_HUB_DATABASE_URL": database_url, "OCPI_HUB_REDIS_URL": redis_url, "OCPI_HUB_REDIS_PREFIX": prefix,
-        "OCPI_HUB_DATA_DIR": str(work / "hub"), "OCPI_HUB_ADMIN_TOKEN": admin_token, "OCPI_HUB_LOG_MODE": mode,
-        "OCPI_HUB_PARTY_ID": "HUB", "OCPI_HUB_COUNTRY_CODE": "NL",
-    }  # fmt: skip
+    env = hub_env(services, work, mode, admin_token)
     hub = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "hub.cli", "serve", "--port", str(port), "--workers", str(workers),
                "--server", server]  # fmt: skip
     with process(command, env, work / f"hub-{server}-{workers}-{mode}.log") as hub_process:
         wait_http(f"{hub}/ocpi/versions")
         run = next(_hub_runs)  # the hubs of one benchmark share its database: each registers parties of its own
-        cpo_pid, emsp_pid = f"C{run:02X}", f"E{run:02X}"
-        token = register(hub, admin_token, sender, ("CPO", "NL", cpo_pid))
-        register(hub, admin_token, receiver, ("EMSP", "NL", emsp_pid))
-        time.sleep(1.2)  # every worker has the new directory
-        headers = {"Authorization": "Token " + base64.b64encode(token.encode()).decode(),
-                   "Content-Type": "application/json", "OCPI-from-country-code": "NL",
-                   "OCPI-from-party-id": cpo_pid, "OCPI-to-country-code": "NL",
-                   "OCPI-to-party-id": emsp_pid}  # fmt: skip
-        body = json.dumps(LOCATION | {"party_id": cpo_pid}).encode()
-        url = f"{hub}/ocpi/2.2.1/receiver/locations/NL/{cpo_pid}/LOC1"
-        check = httpx.put(url, headers=headers, content=body).json()
-        if check.get("status_code") != 1000:
-            raise RuntimeError(f"the hub did not relay the benchmark request: {check}")
-        target = Target(url, headers, body)
+        target = routed_push(hub, admin_token, receiver, sender, (f"C{run:02X}", f"E{run:02X}"))
+        database_url = services[0]
         return load(name, target, args, work, hub_process.pid, lambda: count_rows(database_url), direct)
 
 

@@ -11,9 +11,11 @@ import asyncio
 import itertools
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -279,5 +281,28 @@ def empty_database(services: Services):  # type: ignore[no-untyped-def]
     asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's own tmp_path plugin reads --basetemp
 def pytest_configure(config: pytest.Config) -> None:
     OUTPUT.mkdir(exist_ok=True)
+    if config.option.basetemp is None:
+        # pytest's default root, /tmp/pytest-of-<user>, is shared by every run of that user, and each run that starts
+        # takes group and other permissions off it. The embedded PostgreSQL of a run in progress runs as a system user
+        # of its own and then loses its data directory ("PANIC: could not open file .../global/pg_control:
+        # Permission denied"). Each run gets a root of its own; it is removed when the run passed.
+        basetemp = Path(tempfile.mkdtemp(prefix="ocpi-hub-tests-"))
+        config.option.basetemp = str(basetemp)
+        config.add_cleanup(lambda: _remove_if_passed(config, basetemp))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_PASSED] = exitstatus == 0
+
+
+_PASSED = pytest.StashKey[bool]()
+
+
+def _remove_if_passed(config: pytest.Config, basetemp: Path) -> None:
+    if config.stash.get(_PASSED, False):
+        shutil.rmtree(basetemp, ignore_errors=True)
+    else:
+        print(f"\nthe failed run's temporary files (embedded servers' logs, hub data) are kept in {basetemp}")

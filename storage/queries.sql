@@ -115,8 +115,8 @@ WHERE platform.id = t.id AND (platform.last_seen IS NULL OR platform.last_seen <
 SELECT * FROM relayed_location WHERE key = $1;
 
 -- name: append_routing_log
--- One batch of the group commit in one statement (one round trip): the rows, column by column, the chain's new
--- head, and the CDR locations rewritten in this batch. Column order is storage.routing_log.COLUMNS + object_id.
+-- One batch of the group commit in one statement (one round trip): the rows, the chain's new head, and the CDR
+-- locations rewritten in this batch. Each row is a routing_log_entry (storage.routing_log.COLUMNS + object_id).
 WITH appended AS (
     INSERT INTO routing_log (
         received_at, chain_id, seq, request_id, forwarded_request_id, correlation_id, from_country_code,
@@ -124,20 +124,14 @@ WITH appended AS (
         method, path, query, routing, http_status, ocpi_status_code, duration_ms, error, request_headers,
         response_headers, request_body, request_body_size, response_body, response_body_size, prev_hash, hash,
         object_id)
-    SELECT * FROM unnest(
-        $1::timestamptz[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-        $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], $16::text[],
-        $17::text[], $18::text[], $19::integer[], $20::integer[], $21::float8[], $22::text[], $23::jsonb[],
-        $24::jsonb[], $25::bytea[], $26::integer[], $27::bytea[], $28::integer[], $29::bytea[], $30::bytea[],
-        $31::text[])
+    SELECT * FROM unnest($1::routing_log_entry[])
 ), head AS (
-    INSERT INTO routing_log_chain (chain_id, last_seq, last_hash) VALUES ($32, $33, $34)
+    INSERT INTO routing_log_chain (chain_id, last_seq, last_hash) VALUES ($2, $3, $4)
     ON CONFLICT (chain_id) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash
 )
 INSERT INTO relayed_location (key, caller_platform_id, receiver_platform_id, from_country_code, from_party_id,
                               to_country_code, to_party_id, module, url)
-SELECT * FROM unnest($35::text[], $36::bigint[], $37::bigint[], $38::text[], $39::text[], $40::text[],
-                     $41::text[], $42::text[], $43::text[]);
+SELECT * FROM unnest($5::relayed_location_entry[]);
 
 -- name: chain_heads
 SELECT chain_id, last_seq, last_hash FROM routing_log_chain;

@@ -306,21 +306,20 @@ class RoutingLogWriter:
         return zlib.compress(body[: self._body_cap], 1) if body else None
 
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
-        """The whole batch in one statement, so one round trip and one commit whatever the batch size."""
+        """The whole batch in one statement, so one round trip and one commit whatever the batch size: the rows as
+        one array of routing_log_entry records (migration 0006), the locations as one of relayed_location_entry."""
         locations = [
             (e.relayed_location[0], e.caller_platform_id, e.receiver_platform_id, e.from_country_code,
              e.from_party_id, e.to_country_code, e.to_party_id, e.module, e.relayed_location[1])
             for e in batch if e.relayed_location is not None
         ]  # fmt: skip
-        columns = [list(column) for column in zip(*records, strict=True)]
-        location_columns = [list(c) for c in zip(*locations, strict=True)] if locations else [[]] * 9
         head = (self.chain_id, records[-1][_SEQ], records[-1][len(COLUMNS) - 1])
         if self._conn is not None and _closed(self._conn):
             await self._release_connection()
         if self._conn is None:
             self._conn = await self._pool.acquire()
         try:
-            await self._conn.execute(QUERIES["append_routing_log"], *columns, *head, *location_columns)
+            await self._conn.execute(QUERIES["append_routing_log"], records, *head, locations)
         except BaseException:
             await self._release_connection()  # the pool checks it, or replaces a broken one, before it comes back
             raise

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
 import secrets
 import shutil
@@ -33,7 +32,18 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.routing import LOCATION, Target, backing_services, free_port, hub_env, process, routed_push, wait_http
+from bench.routing import (
+    LOCATION,
+    Target,
+    backing_services,
+    bare_relay,
+    bench_parties,
+    free_port,
+    hub_env,
+    process,
+    routed_push,
+    wait_http,
+)
 
 VALGRIND = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--collect-jumps=no", "--trace-children=no"]
 
@@ -85,15 +95,10 @@ def under_callgrind(command: list[str], env: dict[str, str], work: Path, tag: st
 
 
 def bare(database_url: str, direct: Target, args: argparse.Namespace, work: Path) -> Count:
-    port = free_port()
-    env = dict(os.environ) | {"BARE_RELAY_TARGET": direct.url, "BARE_RELAY_DATABASE_URL": database_url}
-    command = [sys.executable, "-m", "uvicorn", "--port", str(port), "--no-access-log", "--log-level", "warning",
-               "--loop", "uvloop", "--http", "httptools", "bench.bare_relay:app"]  # fmt: skip
-    with under_callgrind(command, env, work, "bare") as (pid, out_file):
-        wait_http(f"http://127.0.0.1:{port}/ocpi/versions", timeout=300)
-        url = f"http://127.0.0.1:{port}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1"
-        target = Target(url, {"Content-Type": "application/json"}, json.dumps(LOCATION).encode())
-        return count("bare relay (no hub)", pid, out_file, target, args)
+    launch = bare_relay(1, database_url, direct)  # 1 worker: uvicorn serves in the process callgrind counts
+    with under_callgrind(launch.command, launch.env, work, "bare") as (pid, out_file):
+        wait_http(f"{launch.base}/ocpi/versions", timeout=300)
+        return count("bare relay (no hub)", pid, out_file, launch.target, args)
 
 
 def hub(mode: str, services: tuple[str, str, str], receiver: str, sender: str, args, work: Path) -> Count:  # type: ignore[no-untyped-def]
@@ -120,26 +125,12 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"bench needs {tool}: apt-get install valgrind")
     work = Path(tempfile.mkdtemp(prefix="ocpi-hub-instructions-"))
-    receiver_port, sender_port = free_port(), free_port()
-    receiver, sender = f"http://127.0.0.1:{receiver_port}", f"http://127.0.0.1:{sender_port}"
-    granian = [sys.executable, "-m", "granian", "--interface", "rsgi", "--no-ws", "--log-level", "warning"]
     results: list[Count] = []
     try:
-        with (
-            process([*granian, "--port", str(receiver_port), "bench.receiver:app"], dict(os.environ),
-                    work / "receiver.log"),
-            process([*granian, "--port", str(sender_port), "bench.receiver:app"], dict(os.environ),
-                    work / "sender.log"),
-            backing_services(work) as services,
-        ):  # fmt: skip
-            wait_http(f"{receiver}/ocpi/versions")
-            wait_http(f"{sender}/ocpi/versions")
-            direct = Target(f"{receiver}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1",
-                            {"Content-Type": "application/json", "Authorization": "Token eA=="},
-                            json.dumps(LOCATION).encode())  # fmt: skip
-            results.append(bare(services[0], direct, args, work))
+        with bench_parties(work) as parties, backing_services(work) as services:
+            results.append(bare(services[0], parties.direct, args, work))
             for mode in args.modes:
-                results.append(hub(mode, services, receiver, sender, args, work))
+                results.append(hub(mode, services, parties.receiver, parties.sender, args, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     floor = results[0].instructions_per_request

@@ -37,6 +37,7 @@ import timeit
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import asyncpg
 import httpx
@@ -241,18 +242,60 @@ def median(name: str, runs: list[Result]) -> Result:
                   p99_runs=[r.p99_ms for r in runs], error_kinds=dict(kinds))  # fmt: skip
 
 
-def bench_bare(workers: int, database_url: str, receiver: str, direct: Target, args, work: Path) -> list[Result]:  # type: ignore[no-untyped-def]
-    """bench/bare_relay.py: uvicorn + aiohttp + group commit and nothing of the hub, as the floor of the table."""
+class BareRelay(NamedTuple):
+    command: list[str]
+    env: dict[str, str]
+    base: str
+    target: Target  # the benchmark's PUT, sent through it
+
+
+def bare_relay(workers: int, database_url: str, direct: Target) -> BareRelay:
+    """How to start bench/bare_relay.py on a free port in front of the receiver, and the PUT to send through it."""
     port = free_port()
     env = dict(os.environ) | {"BARE_RELAY_TARGET": direct.url, "BARE_RELAY_DATABASE_URL": database_url}
     command = [sys.executable, "-m", "uvicorn", "--port", str(port), "--workers", str(workers), "--no-access-log",
                "--log-level", "warning", "--loop", "uvloop", "--http", "httptools", "bench.bare_relay:app"]  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    url = f"{base}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1"
+    target = Target(url, {"Content-Type": "application/json"}, json.dumps(LOCATION).encode())
+    return BareRelay(command, env, base, target)
+
+
+def bench_bare(workers: int, database_url: str, direct: Target, args, work: Path) -> list[Result]:  # type: ignore[no-untyped-def]
+    """bench/bare_relay.py: uvicorn + aiohttp + group commit and nothing of the hub, as the floor of the table."""
+    launch = bare_relay(workers, database_url, direct)
     name = f"bare relay {workers} worker{'s' if workers > 1 else ''} (no hub)"
-    with process(command, env, work / f"bare-{workers}.log") as relay:
-        wait_http(f"http://127.0.0.1:{port}/ocpi/versions")
-        url = f"http://127.0.0.1:{port}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1"
-        target = Target(url, {"Content-Type": "application/json"}, json.dumps(LOCATION).encode())
-        return load(name, target, args, work, relay.pid, lambda: count_rows(database_url, "bare_relay_log"), direct)
+    with process(launch.command, launch.env, work / f"bare-{workers}.log") as relay:
+        wait_http(f"{launch.base}/ocpi/versions")
+        return load(name, launch.target, args, work, relay.pid, lambda: count_rows(database_url, "bare_relay_log"),
+                    direct)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Parties:
+    receiver: str  # base URLs of the two fast parties
+    sender: str
+    receiver_pid: int
+    direct: Target  # the benchmark's PUT, sent to the receiver directly
+
+
+@contextlib.contextmanager
+def bench_parties(work: Path) -> Iterator[Parties]:
+    """A receiving and a sending party (bench/receiver.py on granian), answering, for as long as the block runs."""
+    receiver_port, sender_port = free_port(), free_port()
+    receiver, sender = f"http://127.0.0.1:{receiver_port}", f"http://127.0.0.1:{sender_port}"
+    env = dict(os.environ)
+    granian = [sys.executable, "-m", "granian", "--interface", "rsgi", "--no-ws", "--log-level", "warning"]
+    with (
+        process([*granian, "--port", str(receiver_port), "bench.receiver:app"], env, work / "receiver.log") as party,
+        process([*granian, "--port", str(sender_port), "bench.receiver:app"], env, work / "sender.log"),
+    ):
+        wait_http(f"{receiver}/ocpi/versions")
+        wait_http(f"{sender}/ocpi/versions")
+        direct = Target(f"{receiver}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1",
+                        {"Content-Type": "application/json", "Authorization": "Token eA=="},
+                        json.dumps(LOCATION).encode())  # fmt: skip
+        yield Parties(receiver, sender, party.pid, direct)
 
 
 def register(hub: str, admin_token: str, party_url: str, role: tuple[str, str, str], timeout: float = 30) -> str:
@@ -381,33 +424,19 @@ def main() -> None:
             sys.exit(f"bench needs {tool}: apt-get install {package}")
     speed_before = machine_speed()
     work = Path(tempfile.mkdtemp(prefix="ocpi-hub-bench-"))
-    receiver_port, sender_port = free_port(), free_port()
-    receiver, sender = f"http://127.0.0.1:{receiver_port}", f"http://127.0.0.1:{sender_port}"
-    env = dict(os.environ)
-    granian = [sys.executable, "-m", "granian", "--interface", "rsgi", "--no-ws", "--log-level", "warning"]
     try:
-        with (
-            process(
-                [*granian, "--port", str(receiver_port), "bench.receiver:app"], env, work / "receiver.log"
-            ) as party,
-            process([*granian, "--port", str(sender_port), "bench.receiver:app"], env, work / "sender.log"),
-            backing_services(work) as services,
-        ):
-            wait_http(f"{receiver}/ocpi/versions")
-            wait_http(f"{sender}/ocpi/versions")
-            direct = Target(f"{receiver}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1",
-                            {"Content-Type": "application/json", "Authorization": "Token eA=="},
-                            json.dumps(LOCATION).encode())  # fmt: skip
-            results = load("direct", direct, args, work, party.pid)
+        with bench_parties(work) as parties, backing_services(work) as services:
+            direct = parties.direct
+            results = load("direct", direct, args, work, parties.receiver_pid)
             if not args.no_bare:
                 for workers in args.workers:
-                    results += bench_bare(workers, services[0], receiver, direct, args, work)
+                    results += bench_bare(workers, services[0], direct, args, work)
             for server in args.servers:
                 for mode in args.modes:
                     for workers in args.workers:
                         name = f"hub {server} {workers} worker{'s' if workers > 1 else ''} {mode}"
-                        results += bench_hub(name, workers, mode, server, services, receiver, sender, direct, args,
-                                             work)  # fmt: skip
+                        results += bench_hub(name, workers, mode, server, services, parties.receiver, parties.sender,
+                                             direct, args, work)  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table(results, args)

@@ -14,7 +14,7 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import redis.asyncio as redis
@@ -164,40 +164,50 @@ class LocationCache:
                     self._pending.task_done()
 
     async def apply(self, updates: list[tuple[tuple[str, str], str, list[str], bytes]]) -> int:
-        """Apply updates in order; whole-location PUTs in a row share one transaction. Returns how many applied."""
-        applied, whole = 0, []
+        """Apply updates in order; whole-location PUTs in a row share one Redis round trip. Returns how many
+        locations were stored."""
+        stored, whole = 0, []
         for owner, method, path, body in updates:
+            member = self._member(owner, path[0])
+            if method == "PUT" and len(path) == 1:  # a whole location replaces what is there: nothing to read first
+                whole.append((owner, member, path, body))
+                continue
+            stored += await self._store_all(whole)
+            whole = []
             try:
                 update = _decode(body)
             except msgspec.DecodeError:
                 update = None
             if not isinstance(update, dict):
                 log.info("location_cache_skipped", path=path, reason="the body is not a JSON object")
-                continue
-            member = self._member(owner, path[0])
-            if method == "PUT" and len(path) == 1:  # a whole location replaces what is there: nothing to read first
-                if not isinstance(update.get("last_updated"), str):
-                    log.info("location_cache_skipped", path=path, reason="a location without last_updated")
-                    continue
-                whole.append((owner, member, update))
-                continue
-            applied += await self._store_all(whole)
-            whole = []
-            if await self._merge(owner, member, method, path, update):
-                applied += 1
+            elif await self._merge(owner, member, method, path, update):
+                stored += 1
             else:
                 log.info("location_cache_skipped", path=path, reason="its location or EVSE is not in the cache")
-        return applied + await self._store_all(whole)
+        return stored + await self._store_all(whole)
 
-    async def _store_all(self, locations: list[tuple[tuple[str, str], str, dict[str, Any]]]) -> int:
-        # PUTs replace: of several in a row for one location only the last is visible, so only it is stored.
-        last = {member: (owner, location) for owner, member, location in locations}
-        if last:
+    async def _store_all(self, puts: list[tuple[tuple[str, str], str, list[str], bytes]]) -> int:
+        """Whole locations, stored as the CPO sent them. Of several PUTs of one location only the last valid one is
+        visible, so only it is read (newest first) and stored."""
+        latest: dict[str, tuple[tuple[str, str], bytes, _Index]] = {}
+        for owner, member, path, body in reversed(puts):
+            if member in latest:
+                continue
+            try:
+                head = _read_head(body)
+            except msgspec.DecodeError:
+                log.info("location_cache_skipped", path=path, reason="the body is not a JSON object")
+                continue
+            try:
+                latest[member] = (owner, body, _index(head.last_updated, head.publish, head.publish_allowed_to))
+            except ValueError as exc:
+                log.info("location_cache_skipped", path=path, reason=str(exc))
+        if latest:
             async with self._redis.pipeline(transaction=False) as pipe:  # each script is atomic on its own
-                for member, (owner, location) in last.items():
-                    await self._store(pipe, owner, member, location)
+                for member, (owner, body, index) in latest.items():
+                    await self._store(pipe, owner, member, body, index)
                 await pipe.execute()
-        return len(locations)
+        return len(latest)
 
     async def _merge(
         self, owner: tuple[str, str], member: str, method: str, path: list[str], update: dict[str, Any]
@@ -212,8 +222,9 @@ class LocationCache:
                     if merged is None:
                         await pipe.unwatch()
                         return False
+                    index = _index_of(merged)
                     pipe.multi()
-                    await self._store(pipe, owner, member, merged)
+                    await self._store(pipe, owner, member, _encode(merged), index)
                     await pipe.execute()
                     return True
                 except WatchError:
@@ -224,23 +235,22 @@ class LocationCache:
         """Whole locations as a CPO's Sender listed them (pull sync)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for location in locations:
-                if isinstance(location, dict) and location.get("id") and location.get("last_updated"):
-                    await self._store(pipe, owner, self._member(owner, str(location["id"])), location)
+                if not isinstance(location, dict) or not location.get("id"):
+                    continue
+                try:
+                    index = _index_of(location)
+                except ValueError as exc:
+                    log.info("location_cache_skipped", location_id=str(location["id"]), reason=str(exc))
+                    continue
+                await self._store(pipe, owner, self._member(owner, str(location["id"])), _encode(location), index)
             await pipe.execute()
 
-    async def _store(self, pipe: Any, owner: tuple[str, str], member: str, location: dict[str, Any]) -> None:
+    async def _store(self, pipe: Any, owner: tuple[str, str], member: str, document: bytes, index: _Index) -> None:
         """Queue the script that stores one location with its index entries (one command instead of six)."""
         keys = [self._doc(member), f"{self._p}all", self._by_owner(owner), f"{self._p}id:{member.split('/', 2)[2]}",
                 f"{self._p}hidden", f"{self._p}allowed:{member}"]  # fmt: skip
-        hidden = location.get("publish") is False
-        args: list[str | float | bytes] = [
-            member,
-            epoch(location["last_updated"]),
-            _encode(location),
-            "1" if hidden else "0",
-        ]
-        uids: list[str] = _allowed_uids(location) if hidden else []
-        await self._store_script(keys=keys, args=[*args, *uids], client=pipe)  # queued in the pipeline
+        args = [member, index.score, document, "1" if index.hidden else "0", *(index.allowed if index.hidden else ())]
+        await self._store_script(keys=keys, args=args, client=pipe)  # queued in the pipeline
 
     async def find(self, location_id: str) -> list[tuple[tuple[str, str], dict[str, Any]]]:
         """The cached locations with this id, whoever owns them (ids are unique per CPO only)."""
@@ -284,9 +294,44 @@ class LocationCache:
         return [d if isinstance(d, bytes) else d.encode() for d in docs if d], total
 
 
+class _Head(msgspec.Struct):
+    """What the cache reads of a pushed whole location; the document itself is stored as the CPO sent it."""
+
+    last_updated: Any = None
+    publish: Any = None
+    publish_allowed_to: Any = None
+
+
+_read_head = msgspec.json.Decoder(_Head).decode  # a body that is not one JSON object fails here
+
+
+class _Index(NamedTuple):
+    score: float  # last_updated, in seconds since the epoch
+    hidden: bool  # publish is false
+    allowed: list[str]  # the publish_allowed_to token uids
+
+
+def _index(last_updated: Any, publish: Any, publish_allowed_to: Any) -> _Index:
+    """A location's entries in the cache's indexes; ValueError when it has no valid last_updated."""
+    if not isinstance(last_updated, str):
+        raise ValueError("a location without last_updated")
+    try:
+        score = epoch(last_updated)
+    except ValueError:
+        raise ValueError(f"last_updated {last_updated[:40]!r} is not a DateTime") from None
+    return _Index(score, publish is False, _uids(publish_allowed_to))
+
+
+def _index_of(location: dict[str, Any]) -> _Index:
+    return _index(location.get("last_updated"), location.get("publish"), location.get("publish_allowed_to"))
+
+
 def _allowed_uids(location: dict[str, Any]) -> list[str]:
     """mod_locations.asciidoc, publish_allowed_to: the tokens (PublishTokenType) whose drivers may see it."""
-    allowed = location.get("publish_allowed_to")
+    return _uids(location.get("publish_allowed_to"))
+
+
+def _uids(allowed: Any) -> list[str]:
     return [str(t["uid"]) for t in allowed if isinstance(t, dict) and t.get("uid")] if isinstance(allowed, list) else []
 
 

@@ -173,3 +173,30 @@ def test_a_party_starting_get_all_again_and_again_keeps_only_its_latest_snapshot
     assert expired.status_code == 404 and "expired" in expired.json()["status_message"]
     for link in links[1:]:  # the latest ones still lead to the second page
         assert [loc["id"] for loc in _get(emsp, hub, link).json()["data"]] == ["S2"]
+
+
+def test_get_all_serves_a_pushed_location_as_the_cpo_sent_it_and_skips_one_without_a_valid_last_updated(
+    hub: Hub, connect_party
+) -> None:
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    owner = party_key(cpo)
+    cc, pid = owner
+    headers = {"Content-Type": "application/json"}
+    # the CPO's own spelling: key order, spaces, an escaped character; a hub never changes a field
+    sent = (f'{{ "id": "RAW1", "party_id": "{pid}", "country_code": "{cc}", "name": "Caf\\u00e9",'
+            ' "last_updated": "2026-11-21T10:00:00Z", "publish": true }').encode()  # fmt: skip
+    answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/RAW1", to=party_key(emsp), content=sent,
+                      headers=headers)  # fmt: skip
+    assert answer.json()["status_code"] == 1000, answer.text
+    for location_id, updated in (("BAD1", "yesterday"), ("BAD2", None)):
+        bad = _location(owner, location_id, "2026-11-21T10:00:00Z") | {"last_updated": updated}
+        _push(cpo, emsp, hub, "PUT", location_id, bad)  # relayed all the same: the cache is the hub's own business
+    # PUTs of one location in a row: the last one that can be cached is the one kept
+    _push(cpo, emsp, hub, "PUT", "RAW2", _location(owner, "RAW2", "2026-11-21T11:00:00Z", name="first"))
+    _push(cpo, emsp, hub, "PUT", "RAW2", _location(owner, "RAW2", "2026-11-21T12:00:00Z", name="second"))
+    _push(cpo, emsp, hub, "PUT", "RAW2", _location(owner, "RAW2", "never", name="third"))
+    query = f"sender/locations?country_code={cc}&party_id={pid}"
+    _eventually(lambda: _assert_total(emsp, hub, query, 2))
+    page = _get(emsp, hub, query)
+    assert sent in page.content
+    assert [(loc["id"], loc.get("name")) for loc in page.json()["data"]] == [("RAW1", "Café"), ("RAW2", "second")]

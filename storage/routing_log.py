@@ -35,6 +35,10 @@ MAX_BATCH_ROWS = 500  # rows chained and written per statement
 ASYNC_LINGER_S = 0.01  # async mode: rows gathered this long before a commit (fewer, larger commits)
 MAX_QUEUED_ROWS = 20_000  # async mode: rows waiting for the writer before callers wait for their commit
 _canonical = msgspec.json.Encoder(order="sorted")
+# A stored body is zlib-compressed, or, when shorter than SMALL_BODY_BYTES (compressing an OCPI answer of 90 bytes
+# saves 6 for 5 us of the hot path), RAW_BODY followed by the body itself. RFC 1950: a zlib stream's first byte
+# holds CM = 8 in its low bits, so it is never 0x00 and the two cannot be confused.
+SMALL_BODY_BYTES, RAW_BODY = 128, b"\x00"
 
 # Hashed and written in this order; id, prev_hash and hash are not part of the content.
 CONTENT_COLUMNS = (
@@ -303,7 +307,10 @@ class RoutingLogWriter:
         return (*(values[name] for name in CONTENT_COLUMNS), prev_hash, row_hash, object_id)
 
     def _compressed(self, body: bytes) -> bytes | None:
-        return zlib.compress(body[: self._body_cap], 1) if body else None
+        if not body:
+            return None
+        body = body[: self._body_cap]
+        return RAW_BODY + body if len(body) < SMALL_BODY_BYTES else zlib.compress(body, 1)
 
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
         """The whole batch in one statement, so one round trip and one commit whatever the batch size: the rows as
@@ -354,6 +361,13 @@ def stored_text(text: str) -> str:
     (a party's header bytes that were not UTF-8) becomes U+FFFD; anything else is stored as it came. A search
     value goes through it too, so that it finds what was stored."""
     return text if text.isascii() and "\x00" not in text else _UNSTORABLE.sub("\ufffd", text)
+
+
+def body_of(stored: bytes | None) -> bytes:
+    """A body as the routing log stored it, back as it was received (cut at the body cap)."""
+    if not stored:
+        return b""
+    return stored[1:] if stored[:1] == RAW_BODY else zlib.decompress(stored)
 
 
 def _json(headers: dict[str, str] | None) -> str | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import zlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -22,6 +21,7 @@ from hub.admin.actors import READ_ONLY, actor_of, record_action
 from hub.admin.api import AdminError
 from hub.admin.routing_log import query_params
 from storage.log_search import BODY_COLUMNS, LIST_COLUMNS, BadFilter, Search, export_query, parse_filters
+from storage.routing_log import body_of
 
 CURSOR_ROWS = 2000
 FLUSH_BYTES = 256 * 1024
@@ -52,7 +52,7 @@ def _with_bodies(row: asyncpg.Record, headers_as_objects: bool) -> dict[str, Any
     """The row with its bodies as text, as the parties sent them (cut at OCPI_HUB_LOG_BODY_MAX_BYTES)."""
     item = dict(row)
     for name in ("request_body", "response_body"):
-        item[name] = zlib.decompress(item[name]).decode("utf-8", errors="replace") if item[name] else None
+        item[name] = body_of(item[name]).decode("utf-8", errors="replace") if item[name] else None
     if headers_as_objects:  # NDJSON: objects; CSV keeps the JSON text
         for name in ("request_headers", "response_headers"):
             item[name] = msgspec.json.decode(item[name]) if item[name] else None

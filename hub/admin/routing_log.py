@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 import asyncpg
@@ -21,7 +20,7 @@ from storage.log_search import (
     parse_filters,
     parse_time,
 )
-from storage.routing_log import stored_text, verify
+from storage.routing_log import body_of, stored_text, verify
 from storage.sql import QUERIES
 
 MAX_LIMIT = 500
@@ -77,8 +76,8 @@ async def routing_log(request: Request) -> Response[bytes]:
     return json_response({"items": items, "next_cursor": next_cursor})
 
 
-def _body(compressed: bytes | None, size: int) -> dict[str, Any]:
-    raw = zlib.decompress(compressed) if compressed else b""
+def _body(stored: bytes | None, size: int) -> dict[str, Any]:
+    raw = body_of(stored)
     body: Any
     try:
         body, kind = msgspec.json.decode(raw), "json"

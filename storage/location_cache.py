@@ -180,7 +180,13 @@ class LocationCache:
                 update = None
             if not isinstance(update, dict):
                 log.info("location_cache_skipped", path=path, reason="the body is not a JSON object")
-            elif await self._merge(owner, member, method, path, update):
+                continue
+            try:
+                merged = await self._merge(owner, member, method, path, update)
+            except ValueError as exc:  # the location it would make has no valid last_updated
+                log.info("location_cache_skipped", path=path, reason=str(exc))
+                continue
+            if merged:
                 stored += 1
             else:
                 log.info("location_cache_skipped", path=path, reason="its location or EVSE is not in the cache")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 
 from tests.conftest import Hub
@@ -195,8 +196,15 @@ def test_get_all_serves_a_pushed_location_as_the_cpo_sent_it_and_skips_one_witho
     _push(cpo, emsp, hub, "PUT", "RAW2", _location(owner, "RAW2", "2026-11-21T11:00:00Z", name="first"))
     _push(cpo, emsp, hub, "PUT", "RAW2", _location(owner, "RAW2", "2026-11-21T12:00:00Z", name="second"))
     _push(cpo, emsp, hub, "PUT", "RAW2", _location(owner, "RAW2", "never", name="third"))
+    _push(cpo, emsp, hub, "PATCH", "RAW1", {"name": "not cached", "last_updated": "soon"})
+    _push(cpo, emsp, hub, "PATCH", "RAW2/E1", {"status": "CHARGING", "last_updated": "2026-11-21T13:00:00Z"})
     query = f"sender/locations?country_code={cc}&party_id={pid}"
-    _eventually(lambda: _assert_total(emsp, hub, query, 2))
-    page = _get(emsp, hub, query)
-    assert sent in page.content
+
+    def cached() -> httpx.Response:
+        page = _get(emsp, hub, query)
+        assert [loc["evses"][0]["status"] for loc in page.json()["data"] if loc["id"] == "RAW2"] == ["CHARGING"]
+        return page
+
+    page = _eventually(cached)
+    assert page.headers["X-Total-Count"] == "2" and sent in page.content
     assert [(loc["id"], loc.get("name")) for loc in page.json()["data"]] == [("RAW1", "Café"), ("RAW2", "second")]

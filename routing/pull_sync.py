@@ -41,7 +41,7 @@ RETRY_AFTER_FAILURE_S = 300  # a CPO whose Sender failed is not asked again befo
 
 class _Page(msgspec.Struct):
     status_code: int
-    data: list[dict] | None = None  # type: ignore[type-arg]
+    data: list[msgspec.Raw] | None = None  # each location as the CPO sent it
 
 
 @dataclass
@@ -124,10 +124,7 @@ class PullSync:
                 await self._redis.set(self._failed_key(party), "1", ex=RETRY_AFTER_FAILURE_S)
                 LOCATION_SYNCS.labels("failed", "full" if result.full else "incremental").inc()
                 return result
-            # transport_and_format.asciidoc, Client Owned Object Pull: objects of another owner "may be ignored"
-            owned = [loc for loc in locations if _owner(loc) == party]
-            await self._cache.put_many(party, owned)
-            result.locations += len(owned)
+            result.locations += await self._cache.put_many(party, locations)
             result.pages += 1
             if progress:
                 progress(party, result.locations, total)
@@ -139,7 +136,7 @@ class PullSync:
 
     async def _page(
         self, platform: Platform, role: PartyRole, url: str, correlation: str
-    ) -> tuple[list[dict] | None, str | None, int | None]:  # type: ignore[type-arg]
+    ) -> tuple[list[msgspec.Raw] | None, str | None, int | None]:
         """One page: (its locations or None on failure, the next page's URL, X-Total-Count)."""
         started = time.perf_counter()
         entry, headers = hub_request(self._hub, platform, role, "GET", url, "locations", interface="sender",
@@ -162,10 +159,6 @@ class PullSync:
         if self._record is not None:
             await self._record(entry)
         return locations, next_url, total
-
-
-def _owner(location: dict) -> tuple[str, str]:  # type: ignore[type-arg]
-    return (str(location.get("country_code", "")).upper(), str(location.get("party_id", "")).upper())
 
 
 async def run_scheduled(sync: PullSync, directory: Callable[[], Directory], wake: asyncio.Event,

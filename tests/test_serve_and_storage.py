@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import time
 from pathlib import Path
@@ -10,10 +11,12 @@ from pathlib import Path
 import asyncpg
 import httpx
 import psutil
+import pytest
 
 from storage.migrate import migrate, migration_files, pending
-from tests.conftest import OUTPUT, Hub, Services, hub_env, start_hub, unique_party_id
+from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
 from tests.parties import token_header
+from tests.test_routing import LOCATION, _roles, party_key
 
 
 def _processes_under(directory: Path) -> list[psutil.Process]:
@@ -106,6 +109,33 @@ def test_serve_with_two_workers_answers_on_both(services: Services, tmp_path: Pa
             counted = [line for line in text.splitlines() if line.startswith("ocpi_hub_requests_total{")
                        and 'routing="rejected"' in line]  # fmt: skip
             assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 40
+    finally:
+        assert hub.stop() == 0
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_either_server_relays_and_closes_a_client_connection_idle_for_keep_alive_s(
+    services: Services, tmp_path: Path, start_party, server: str
+) -> None:
+    env = hub_env(services, tmp_path, OCPI_HUB_KEEP_ALIVE_S="2")
+    hub = start_hub(env, OUTPUT / f"hub-{server}.log", "--server", server)
+    try:
+        cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
+        cc, pid = party_key(cpo)
+        pushed = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp), body=LOCATION)
+        assert pushed.json()["status_code"] == 1000, pushed.text
+        connection = http.client.HTTPConnection("127.0.0.1", int(hub.base.rsplit(":", 1)[1]), timeout=10)
+        try:
+            for idle in (0, 1.2):  # idle for less than OCPI_HUB_KEEP_ALIVE_S: the same connection takes a request
+                time.sleep(idle)
+                connection.request("GET", "/ocpi/versions")
+                answer = connection.getresponse()
+                assert answer.status == 401 and answer.read()
+            sock, started = connection.sock, time.monotonic()
+            assert sock.recv(1) == b""  # then closed by the hub, once idle for 2 s
+            assert 1.5 < time.monotonic() - started < 5
+        finally:
+            connection.close()
     finally:
         assert hub.stop() == 0
 

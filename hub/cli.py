@@ -182,8 +182,9 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
         # uvicorn closes an idle connection after 5 s by default, while a party's pooled client or a proxy may send
         # on it at that very moment: a POST or PATCH then fails with a reset, and clients do not resend those.
         # httptools, answering what does not parse as HTTP with an OCPI envelope instead of uvicorn's plain text.
+        # log_config=None: uvicorn's own lines (a warning on bytes that are not HTTP, say) are JSON lines as well.
         uvicorn.run("hub.app:create_app", factory=True, host=host, port=port, workers=workers, lifespan="on",
-                    access_log=False, log_level="warning", loop="uvloop",
+                    access_log=False, log_config=None, log_level="warning", loop="uvloop",
                     http="hub.http_protocol:OcpiHttpToolsProtocol", timeout_keep_alive=settings.keep_alive_s,
                     timeout_graceful_shutdown=30,
                     proxy_headers=False)  # fmt: skip
@@ -200,6 +201,8 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
         workers=workers,
         interface=Interfaces.ASGI,
         log_access=False,
+        # granian's own lines go to the hub's handler (JSON lines) instead of its "[INFO] ..." text
+        log_dictconfig={"version": 1, "loggers": {"_granian": {"handlers": [], "propagate": True}}},
         # granian's time to read a request's headers is also how long an idle keep-alive connection stays open
         http1_settings=HTTP1Settings(header_read_timeout=settings.keep_alive_s * 1000),
     ).serve()

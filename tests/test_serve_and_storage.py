@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import os
 import time
 from pathlib import Path
@@ -138,6 +139,8 @@ def test_either_server_relays_and_closes_a_client_connection_idle_for_keep_alive
             connection.close()
     finally:
         assert hub.stop() == 0
+    for line in hub.log().splitlines():  # the server's own lines are JSON lines too
+        assert line.startswith("ocpi-hub: ") or json.loads(line), line
 
 
 def test_migrations_apply_in_order_once_and_concurrently(empty_database: str) -> None:

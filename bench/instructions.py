@@ -41,6 +41,7 @@ from bench.routing import (
     free_port,
     hub_env,
     process,
+    require,
     routed_push,
     wait_http,
 )
@@ -121,9 +122,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="copy each subject's callgrind dump into this directory")
     parser.add_argument("--modes", nargs="+", default=["strict", "async"], choices=["strict", "async"])
     args = parser.parse_args()
-    for tool in ("valgrind", "callgrind_control"):
-        if shutil.which(tool) is None:
-            sys.exit(f"bench needs {tool}: apt-get install valgrind")
+    require("valgrind", "callgrind_control")
     work = Path(tempfile.mkdtemp(prefix="ocpi-hub-instructions-"))
     results: list[Count] = []
     try:

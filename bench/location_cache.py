@@ -32,7 +32,7 @@ from pathlib import Path
 import redis
 
 from bench.paging import Run, run_walkers, walk
-from bench.routing import ROOT, backing_services, free_port, process, register, wait_http
+from bench.routing import ROOT, backing_services, free_port, process, register, require, wait_http
 from hub.ocpi.hub_answers import MAX_LIMIT
 from storage.location_cache import SNAPSHOT_TTL_S
 
@@ -223,8 +223,7 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.page <= MAX_LIMIT or args.locations % args.page:
         sys.exit(f"--page must be 1..{MAX_LIMIT} and divide --locations, so that every page is full")
-    if shutil.which("wrk") is None:
-        sys.exit("bench needs wrk: apt-get install wrk")
+    require("wrk")
     facts = machine(os.environ.get("OCPI_HUB_REDIS_URL"))
     work = Path(tempfile.mkdtemp(prefix="ocpi-hub-bench-"))
     cpo_port, emsp_port = free_port(), free_port()

@@ -42,8 +42,10 @@ from bench.routing import (
     hub_env,
     machine_speed,
     median,
+    print_machine_speed,
     process,
     register,
+    require,
     routed_push,
     run_paced,
     wait_http,
@@ -69,9 +71,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each kind; the table shows medians")
     parser.add_argument("--workers", type=int, default=2, help="hub workers (default 2)")
     args = parser.parse_args()
-    for tool, package in (("wrk", "wrk"), ("node", "nodejs")):
-        if shutil.which(tool) is None:
-            sys.exit(f"bench needs {tool}: apt-get install {package}")
+    require("wrk", "node")
     speed_before = machine_speed()
     work = Path(tempfile.mkdtemp(prefix="ocpi-hub-bench-"))
     granian = [sys.executable, "-m", "granian", "--interface", "rsgi", "--no-ws", "--log-level", "warning"]
@@ -118,8 +118,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(results, args)
-    print(f"\nmachine speed: a fixed piece of Python took {speed_before:.1f} ms before the runs and "
-          f"{machine_speed():.1f} ms after them (lower is faster; compare tables by it)")  # fmt: skip
+    print_machine_speed(speed_before)
 
 
 def _pull_sync_done(services: tuple[str, str, str], party: str, timeout_s: float = 300) -> None:

@@ -135,6 +135,21 @@ def machine_speed() -> float:
     return min(timeit.repeat(work, number=1, repeat=5)) * 1000
 
 
+def print_machine_speed(before: float) -> None:
+    print(f"\nmachine speed: a fixed piece of Python took {before:.1f} ms before the runs and "
+          f"{machine_speed():.1f} ms after them (lower is faster; compare tables by it)")  # fmt: skip
+
+
+_PACKAGES = {"wrk": "wrk", "node": "nodejs", "valgrind": "valgrind", "callgrind_control": "valgrind"}
+
+
+def require(*tools: str) -> None:
+    """Exit, naming the Debian package to install, when a tool the benchmark runs is missing."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            sys.exit(f"bench needs {tool}: apt-get install {_PACKAGES[tool]}")
+
+
 def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
@@ -419,9 +434,7 @@ def main() -> None:
     parser.add_argument("--servers", nargs="+", default=["uvicorn"], choices=["uvicorn", "granian"])
     parser.add_argument("--no-bare", action="store_true", help="skip the bare relay (bench/bare_relay.py) rows")
     args = parser.parse_args()
-    for tool, package in (("wrk", "wrk"), ("node", "nodejs")):
-        if shutil.which(tool) is None:
-            sys.exit(f"bench needs {tool}: apt-get install {package}")
+    require("wrk", "node")
     speed_before = machine_speed()
     work = Path(tempfile.mkdtemp(prefix="ocpi-hub-bench-"))
     try:
@@ -440,8 +453,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table(results, args)
-    print(f"\nmachine speed: a fixed piece of Python took {speed_before:.1f} ms before the runs and "
-          f"{machine_speed():.1f} ms after them (lower is faster; compare tables by it)")  # fmt: skip
+    print_machine_speed(speed_before)
 
 
 def print_table(results: list[Result], args: argparse.Namespace) -> None:

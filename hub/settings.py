@@ -157,6 +157,9 @@ class Settings:
         log_mode = (get("OCPI_HUB_LOG_MODE") or "strict").lower()
         if log_mode not in ("strict", "async"):
             raise SettingsError(f"OCPI_HUB_LOG_MODE must be strict or async, got {log_mode!r}")
+        redis_prefix = get("OCPI_HUB_REDIS_PREFIX") or "ocpi-hub:"
+        if re.search(r"[*?\[\]\\]", redis_prefix):  # the hub finds keys under it by pattern (SCAN MATCH, SORT GET)
+            raise SettingsError(f"OCPI_HUB_REDIS_PREFIX must not contain * ? [ ] or \\, got {redis_prefix!r}")
         log_level = (get("OCPI_HUB_LOG_LEVEL") or "info").lower()
         if log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"OCPI_HUB_LOG_LEVEL must be debug, info, warning or error, got {log_level!r}")
@@ -182,7 +185,7 @@ class Settings:
             offline_probe_s=number("OCPI_HUB_OFFLINE_PROBE_S", float),
             log_body_max_bytes=int(number("OCPI_HUB_LOG_BODY_MAX_BYTES", int)),
             log_partitions_ahead=int(number("OCPI_HUB_LOG_PARTITIONS_AHEAD", int)),
-            redis_prefix=get("OCPI_HUB_REDIS_PREFIX") or "ocpi-hub:",
+            redis_prefix=redis_prefix,
             log_level=log_level,
         )
 

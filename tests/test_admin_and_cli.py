@@ -169,6 +169,7 @@ def test_connect_to_a_party_whose_ids_are_taken_undoes_the_registration(hub: Hub
         ("OCPI_HUB_FORWARD_TIMEOUT_S", "soon", "positive number"),
         ("OCPI_HUB_KEEP_ALIVE_S", "1.5", "OCPI_HUB_KEEP_ALIVE_S must be a positive whole number"),
         ("OCPI_HUB_SECRET_KEY", "short", "Fernet key"),
+        ("OCPI_HUB_REDIS_PREFIX", "hub*:", "OCPI_HUB_REDIS_PREFIX must not contain"),
     ],
 )
 def test_bad_settings_are_reported_without_a_traceback(hub: Hub, variable: str, value: str, message: str) -> None:

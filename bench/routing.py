@@ -439,6 +439,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ocpi-hub-bench-"))
     try:
         with bench_parties(work) as parties, backing_services(work) as services:
+            commits = asyncio.run(commit_latency(services[0], args.duration))
             direct = parties.direct
             results = load("direct", direct, args, work, parties.receiver_pid)
             if not args.no_bare:
@@ -453,7 +454,31 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table(results, args)
+    print(f"\n{commits}")
     print_machine_speed(speed_before)
+
+
+async def commit_latency(database_url: str, seconds: float) -> str:
+    """One-row commits, one every 2 ms for `seconds`, before any load: the floor under every strict-mode latency
+    (and the bare relay's), and the disk's tail, which a group commit can share but not hide."""
+    conn = await asyncpg.connect(database_url)
+    times: list[float] = []
+    try:
+        await conn.execute("CREATE TEMP TABLE commit_probe (id bigserial, body bytea)")
+        ends = time.monotonic() + seconds
+        while time.monotonic() < ends:
+            started = time.perf_counter()
+            await conn.execute("INSERT INTO commit_probe (body) VALUES ($1)", bytes(600))
+            times.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(0.002)
+        sync = await conn.fetchval("SHOW synchronous_commit")
+    finally:
+        await conn.close()
+    times.sort()
+    at = [times[min(len(times) - 1, int(len(times) * q))] for q in (0.5, 0.99, 0.999)]
+    return (f"PostgreSQL commits of one row on this machine, before the runs (synchronous_commit={sync}): p50 "
+            f"{at[0]:.2f} ms, p99 {at[1]:.2f}, p99.9 {at[2]:.2f}, max {times[-1]:.2f} over {len(times):,} commits; "
+            f"{sum(t > 50 for t in times)} took over 50 ms")  # fmt: skip
 
 
 def print_table(results: list[Result], args: argparse.Namespace) -> None:

@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("uvicorn", "granian"),
         default="uvicorn",
         help="ASGI server: uvicorn with uvloop and httptools (default; measured faster for the hub's"
-        " relay path, see bench/routing.py) or granian",
+        " relay path, see bench/routing.py) or granian (which answers bytes that are not HTTP with an empty 400)",
     )
     demo = commands.add_parser(
         "demo",

@@ -179,10 +179,10 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
         for handled in (signal.SIGTERM, signal.SIGINT):
             signal.signal(handled, lambda *_: None)
         # No proxy-header middleware: nothing reads the client's address or scheme (public_url says where we are).
-        # uvicorn closes an idle connection after 5 s by default, while a party's pooled client or a proxy may send
-        # on it at that very moment: a POST or PATCH then fails with a reset, and clients do not resend those.
-        # httptools, answering what does not parse as HTTP with an OCPI envelope instead of uvicorn's plain text.
-        # log_config=None: uvicorn's own lines (a warning on bytes that are not HTTP, say) are JSON lines as well.
+        # timeout_keep_alive: uvicorn closes an idle connection after 5 s by default, while a party's pooled client
+        # or a proxy may send on it at that very moment: a POST or PATCH then fails with a reset, and clients do
+        # not resend those. http: httptools, answering what does not parse as HTTP with an OCPI envelope instead of
+        # uvicorn's plain text. log_config=None: uvicorn's own lines (a warning about such bytes) are JSON lines too.
         uvicorn.run("hub.app:create_app", factory=True, host=host, port=port, workers=workers, lifespan="on",
                     access_log=False, log_config=None, log_level="warning", loop="uvloop",
                     http="hub.http_protocol:OcpiHttpToolsProtocol", timeout_keep_alive=settings.keep_alive_s,

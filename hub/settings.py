@@ -71,7 +71,11 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("OCPI_HUB_SYNC_CHECK_S", "10", "seconds between checks for CPOs never synced (new, or Redis lost its data)"),
     ("OCPI_HUB_STILL_ALIVE_S", "300", "silence (s) after which the hub GETs a party's versions to see it is alive"),
     ("OCPI_HUB_OFFLINE_PROBE_S", "30", "seconds between probes of an OFFLINE party (and after a failed forward)"),
-    ("OCPI_HUB_REDIS_PREFIX", "ocpi-hub:", "prefix of every Redis key, so several hubs can share one Redis"),
+    (
+        "OCPI_HUB_REDIS_PREFIX",
+        "ocpi-hub:",
+        "prefix of every Redis key, so several hubs can share one Redis; without * ? [ ] or \\ (key patterns)",
+    ),
     ("OCPI_HUB_LOG_LEVEL", "info", "debug, info, warning or error"),
 )
 

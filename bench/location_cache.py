@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,19 +58,6 @@ def measure(name: str, url: str, headers: dict[str, str], args: argparse.Namespa
     for run in runs:
         run.setup = name
     return runs
-
-
-@contextlib.contextmanager
-def keys_removed(redis_url: str, prefix: str) -> Iterator[redis.Redis]:
-    """A Redis client; afterwards every key under the benchmark's prefix is gone."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        batch = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        for start in range(0, len(batch), 1000):
-            client.unlink(*batch[start : start + 1000])
-        client.close()
 
 
 def cache_size(client: redis.Redis, prefix: str) -> tuple[int, int, int]:
@@ -126,7 +112,10 @@ def bench_hub(
     label = f"hub ({args.server}, {workers} worker{'s' if workers > 1 else ''})"
     stage = work / f"hub-{workers}"
     stage.mkdir()
-    with backing_services(stage) as (database_url, redis_url, prefix), keys_removed(redis_url, prefix) as client:
+    with (
+        backing_services(stage) as (database_url, redis_url, prefix),
+        contextlib.closing(redis.Redis.from_url(redis_url)) as client,
+    ):
         port, admin_token = free_port(), secrets.token_urlsafe(16)
         env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
             "OCPI_HUB_DATABASE_URL": database_url, "OCPI_HUB_REDIS_URL": redis_url, "OCPI_HUB_REDIS_PREFIX": prefix,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.routing import (
+from bench.harness import (
     LOCATION,
     Target,
     backing_services,

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import redis
 
+from bench.harness import ROOT, backing_services, free_port, process, register, require, wait_http
 from bench.paging import Run, run_walkers, walk
-from bench.routing import ROOT, backing_services, free_port, process, register, require, wait_http
 from hub.ocpi.hub_answers import MAX_LIMIT
 from storage.location_cache import SNAPSHOT_TTL_S
 

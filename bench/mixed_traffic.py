@@ -32,8 +32,7 @@ from pathlib import Path
 
 import redis
 
-from bench.paging import EXAMPLE, Run, run_walkers
-from bench.routing import (
+from bench.harness import (
     Result,
     backing_services,
     bench_parties,
@@ -50,6 +49,7 @@ from bench.routing import (
     run_paced,
     wait_http,
 )
+from bench.paging import EXAMPLE, Run, run_walkers
 
 
 @dataclass

@@ -29,7 +29,7 @@ import aiohttp
 import msgspec
 
 from bench import receiver
-from bench.routing import _ms
+from bench.harness import _ms
 
 MAX_LIMIT = 1000
 SENDER = "/ocpi/2.2.1/locations/sender"

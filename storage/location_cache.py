@@ -344,12 +344,8 @@ def _index_of(location: dict[str, Any]) -> _Index:
     return _index(location.get("last_updated"), location.get("publish"), location.get("publish_allowed_to"))
 
 
-def _allowed_uids(location: dict[str, Any]) -> list[str]:
-    """mod_locations.asciidoc, publish_allowed_to: the tokens (PublishTokenType) whose drivers may see it."""
-    return _uids(location.get("publish_allowed_to"))
-
-
 def _uids(allowed: Any) -> list[str]:
+    """mod_locations.asciidoc, publish_allowed_to: the tokens (PublishTokenType) whose drivers may see it."""
     return [str(t["uid"]) for t in allowed if isinstance(t, dict) and t.get("uid")] if isinstance(allowed, list) else []
 
 
@@ -359,7 +355,7 @@ async def visible_to(location: dict[str, Any], owner: tuple[str, str], viewer: t
     publish_allowed_to (the hub knows a token's eMSP from the token pushes it relayed)."""
     if location.get("publish") is not False or owner == viewer:
         return True
-    for uid in _allowed_uids(location):
+    for uid in _uids(location.get("publish_allowed_to")):
         if await token_owner(uid) == viewer:
             return True
     return False

@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 pool, redis_client, settings.redis_prefix, http, lambda: directory.current, hub_party, writer.record,
                 settings.still_alive_s, settings.offline_probe_s,
             )  # fmt: skip
+            relay.serve(app.state)
             sync = PullSync(http, app.state.locations, redis_client, settings.redis_prefix, hub_party, writer.record)
             tasks = [
                 asyncio.create_task(directory.watch()),
@@ -154,7 +155,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         template_config=template_config(),
         logging_config=None,
     )
-    relay = Relay(app.state)
+    relay = Relay(settings)
 
     litestar = RequestContext(app)
 

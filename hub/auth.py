@@ -25,16 +25,23 @@ class Caller:
     token: str
 
 
+KNOWN_HEADERS_MAX = 10_000  # headers remembered per directory: a caller padding its header cannot grow it further
+
+
 def identify(directory: Directory, header: str | None) -> Caller | None:
     """The caller behind an Authorization header: 'Token <base64(token)>', or the raw token of 2.1.1-era parties."""
     if not header:
         return None
+    if (known := directory.known_headers.get(header)) is not None:
+        return Caller(*known)
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "token" or not (value := value.strip()):
         return None
     for token in (_base64_decoded(value), value):
         if token is not None and (grant := directory.tokens.get(token_hash(token))) is not None:
-            return Caller(platform=grant[0], token_kind=grant[1], token=token)
+            if len(directory.known_headers) < KNOWN_HEADERS_MAX:
+                directory.known_headers[header] = (grant[0], grant[1], token)
+            return Caller(grant[0], grant[1], token)
     return None
 
 

@@ -9,11 +9,20 @@ from typing import TextIO
 import msgspec
 import structlog
 
+_debug = False
+
+
+def debug_enabled() -> bool:
+    """Whether debug lines are written: the hot path skips building the ones that would be dropped."""
+    return _debug
+
 
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:  # stream: a text file on bytes
     """JSON lines to stdout (the server), or to stderr for commands whose stdout is their answer."""
+    global _debug
     stream = stream or sys.stdout
     numeric = logging.getLevelNamesMapping()[level.upper()]
+    _debug = numeric <= logging.DEBUG
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -15,6 +15,8 @@ from typing import Any
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from hub.logs import debug_enabled
+
 log = structlog.get_logger()
 
 PROBE_PATHS = frozenset(("/health", "/ready", "/metrics"))  # load balancers and Prometheus: no OCPI token
@@ -38,7 +40,10 @@ def request_ids(headers: dict[str, str]) -> tuple[str, str]:
 def log_request(method: str, path: str, status: int | None, started: float, routine: bool = False) -> None:
     # Probes and scrapes every few seconds, and routine relays (whose routing-log rows say more), would drown the
     # requests that matter: debug level.
-    (log.debug if routine or path in PROBE_PATHS else log.info)(
+    routine = routine or path in PROBE_PATHS
+    if routine and not debug_enabled():
+        return
+    (log.debug if routine else log.info)(
         "http_request", method=method, path=path, status=status,
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
     )  # fmt: skip

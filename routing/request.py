@@ -28,11 +28,7 @@ class Incoming:
     suffix: str  # the path after /{interface}/{module}: "" or "/NL/ABC/LOC1"
     to: PartyKey | None
     from_: PartyKey | None
-
-    @property
-    def segments(self) -> list[str]:
-        """The suffix's segments percent-decoded: ids as the bodies spell them (a location "A B" is at .../A%20B)."""
-        return [unquote(s) for s in self.suffix.split("/") if s]
+    segments: list[str]  # the suffix's segments percent-decoded: ids as bodies spell them ("A B" is at .../A%20B)
 
 
 def routing_party(headers: dict[str, str], direction: str) -> PartyKey | None:
@@ -56,7 +52,7 @@ def parse(method: str, path: str, query: str, headers: dict[str, str], body: byt
     module = parts[4] if len(parts) > 4 else ""
     if interface not in INTERFACES or module not in MODULES:
         raise NotFound(f"the hub has no {interface or '?'} interface for module {module or '?'}: {method} {path}")
-    suffix = "/" + parts[5] if len(parts) > 5 else ""
+    suffix = ("/" + parts[5]).rstrip("/") if len(parts) > 5 else ""
     return Incoming(
         method=method,
         path=path,
@@ -65,9 +61,10 @@ def parse(method: str, path: str, query: str, headers: dict[str, str], body: byt
         body=body,
         interface=interface,
         module=module,
-        suffix=suffix.rstrip("/") if suffix != "/" else "",
+        suffix=suffix,
         to=routing_party(headers, "to"),
         from_=routing_party(headers, "from"),
+        segments=[unquote(s) for s in suffix.split("/") if s],
     )
 
 

@@ -72,6 +72,10 @@ class Directory:
     platforms: Mapping[int, Platform] = field(default_factory=dict)
     # (COUNTRY_CODE, PARTY_ID) upper-cased -> the platform holding it
     parties: Mapping[tuple[str, str], Platform] = field(default_factory=dict)
+    # Authorization header -> (platform, "A" | "C", token), filled by hub.auth.identify as callers are
+    # recognised: a header seen before costs one dict lookup, not a base64 decode and a SHA-256. Dropped with the
+    # directory on every reload, so a rotated or deleted token is forgotten with it.
+    known_headers: dict[str, tuple[Platform, str, str]] = field(default_factory=dict, compare=False, repr=False)
 
 
 async def load_directory(conn: asyncpg.Connection, box: TokenBox) -> Directory:

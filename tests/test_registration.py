@@ -158,6 +158,8 @@ def test_put_refetches_endpoints_and_rotates_token_c(hub: Hub, start_party, db) 
     party, token_a = _invited_party(hub, start_party, ("CPO", "NL", pid))
     party.register_at(hub.versions_url, token_a)
     old_c = party.hub_token
+    tariffs = f"{hub.base}/ocpi/2.2.1/sender/tariffs"  # the relay's path, which remembers the headers it recognised
+    assert httpx.get(tariffs, headers=token_header(old_c)).status_code != 401
     party.modules = {"locations": ["SENDER"], "tariffs": ["SENDER"]}
     party.token_b = "rotated-token-b-" + pid
     answer = httpx.put(_credentials_url(hub), headers=token_header(old_c), json=party.credentials(party.token_b))
@@ -165,6 +167,7 @@ def test_put_refetches_endpoints_and_rotates_token_c(hub: Hub, start_party, db) 
     new_c = answer.json()["data"]["token"]
     assert new_c != old_c
     assert httpx.get(hub.versions_url, headers=token_header(old_c)).status_code == 401
+    assert httpx.get(tariffs, headers=token_header(old_c)).status_code == 401
     assert httpx.get(hub.versions_url, headers=token_header(new_c)).status_code == 200
     stored = db.run(
         db.fetch(

@@ -36,7 +36,7 @@ async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer
     date_from, date_to = _epoch(params, "date_from"), _epoch(params, "date_to")
     offset, limit = paging_window(params, MAX_LIMIT)
     assert exchange.sender is not None
-    snapshot_id, _ = await relay.state.locations.snapshot(owner, date_from, date_to, exchange.sender.key)
+    snapshot_id, _ = await relay.locations.snapshot(owner, date_from, date_to, exchange.sender.key)
     return await page(relay, exchange, snapshot_id, offset, limit)
 
 
@@ -50,7 +50,8 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
 
 
 async def page(relay: Relay, exchange: Exchange, snapshot_id: str, offset: int, limit: int) -> Answer:
-    found = await relay.state.locations.page(snapshot_id, offset, limit)
+    found = await relay.locations.page(snapshot_id, offset, limit)
+    docs: list[bytes]
     if found is None:
         docs, total = [], 0
         if offset:
@@ -63,15 +64,15 @@ async def page(relay: Relay, exchange: Exchange, snapshot_id: str, offset: int, 
     headers = _from_hub(relay, exchange) | {"x-total-count": str(total), "x-limit": str(MAX_LIMIT)}
     if offset + len(docs) < total:
         query = urlencode({"offset": offset + len(docs), "limit": limit})
-        headers["link"] = f'<{relay.state.settings.public_url}{SNAPSHOTS}{snapshot_id}?{query}>; rel="next"'
+        headers["link"] = f'<{relay.settings.public_url}{SNAPSHOTS}{snapshot_id}?{query}>; rel="next"'
     return Answer(200, headers, body)
 
 
 async def _single(relay: Relay, exchange: Exchange, segments: list[str]) -> Answer:
     """GET /{location_id}[/{evse_uid}[/{connector_id}]] from the cache; several owners of one id: ask for OCPI-to."""
-    found = await relay.state.locations.find(segments[0])
+    found = await relay.locations.find(segments[0])
     assert exchange.sender is not None
-    viewer, routing = exchange.sender.key, relay.state.routing
+    viewer, routing = exchange.sender.key, relay.routing
     visible = [loc for owner, loc in found
                if await visible_to(loc, owner, viewer, lambda uid: routing.owner("tokens", uid))]  # fmt: skip
     if len(visible) > 1:
@@ -92,7 +93,7 @@ async def _single(relay: Relay, exchange: Exchange, segments: list[str]) -> Answ
 
 
 def _from_hub(relay: Relay, exchange: Exchange) -> dict[str, str]:
-    settings = relay.state.settings
+    settings = relay.settings
     headers = {"content-type": "application/json", "ocpi-from-country-code": settings.country_code,
                "ocpi-from-party-id": settings.party_id}  # fmt: skip
     if exchange.sender is not None:

@@ -35,7 +35,7 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     if "x-correlation-id" not in exchange.headers and relayed.correlation_id:
         # e.g. a CommandResult posted without one: it joins the conversation of the command
         entry.correlation_id = relayed.correlation_id
-    target = relay.state.directory.current.platforms.get(relayed.target_platform_id)
+    target = relay.directory.current.platforms.get(relayed.target_platform_id)
     to = next((r for r in target.roles if r.key == relayed.target_party), None) if target else None
     if target is None or to is None or target.state != "REGISTERED":
         raise ReceiverNotConnected(f"the party behind {path} is no longer connected")
@@ -53,8 +53,8 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
 
 async def _lookup(relay: Relay, kind: str, key: str) -> Relayed | None:
     if kind != "relayed-cdrs":
-        return await relay.state.routing.recall(kind, key)
-    async with relay.state.pool.acquire() as conn:
+        return await relay.routing.recall(kind, key)
+    async with relay.pool.acquire() as conn:
         row = await conn.fetchrow(QUERIES["relayed_location"], key)
     if row is None:
         return None

@@ -53,11 +53,6 @@ CONTENT_COLUMNS = (
 )  # fmt: skip
 COLUMNS = (*CONTENT_COLUMNS, "prev_hash", "hash")
 _SEQ = CONTENT_COLUMNS.index("seq")
-_PARTY_COLUMNS = ("from_country_code", "from_party_id", "to_country_code", "to_party_id")
-_TEXT_COLUMNS = (
-    "request_id", "forwarded_request_id", "correlation_id", *_PARTY_COLUMNS, "module", "interface", "method", "path",
-    "query", "routing", "error",
-)  # fmt: skip
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # PostgreSQL text holds no NUL; UTF-8 has no lone surrogate
 # Modules whose paths name one object: receiver /{cc}/{pid}/{id}..., sender /{id}... (chargingprofiles: /{session_id})
 OBJECT_MODULES = frozenset({"cdrs", "chargingprofiles", "locations", "sessions", "tariffs", "tokens"})
@@ -175,6 +170,7 @@ class RoutingLogWriter:
         self._commit_timeout_s = commit_timeout_s
         self._queue: asyncio.Queue[LogEntry] = asyncio.Queue()
         self.chain_id = uuid.uuid4()
+        self._chain_text = str(self.chain_id)
         self._seq = 0
         self._last_hash = GENESIS
         self._task: asyncio.Task[None] | None = None
@@ -286,23 +282,37 @@ class RoutingLogWriter:
 
     def _chained(self, entry: LogEntry) -> tuple[Any, ...]:
         seq = self._seq + 1  # the chain moves on only once the row is complete
-        values = {name: getattr(entry, name, None) for name in CONTENT_COLUMNS}
-        values.update(
-            chain_id=self.chain_id,
-            seq=seq,
-            request_headers=_json(entry.request_headers),
-            response_headers=_json(entry.response_headers),
-            request_body=stored_body(entry.request_body, self._body_cap),
-            request_body_size=len(entry.request_body),
-            response_body=stored_body(entry.response_body, self._body_cap),
-            response_body_size=len(entry.response_body),
-        )
-        for name in _TEXT_COLUMNS:
-            if (text := values[name]) is not None:
-                values[name] = stored_text(text)
-        for name in _PARTY_COLUMNS:  # CiString: stored upper-cased so that a search finds every spelling
-            if (party := values[name]) is not None:
-                values[name] = party.upper()
+        text, party = _text_or_none, _party_or_none
+        values = {
+            "received_at": entry.received_at,
+            "chain_id": self._chain_text,  # text, as the hash takes it; asyncpg parses it for the uuid column
+            "seq": seq,
+            "request_id": text(entry.request_id),
+            "forwarded_request_id": text(entry.forwarded_request_id),
+            "correlation_id": text(entry.correlation_id),
+            "from_country_code": party(entry.from_country_code),
+            "from_party_id": party(entry.from_party_id),
+            "to_country_code": party(entry.to_country_code),
+            "to_party_id": party(entry.to_party_id),
+            "caller_platform_id": entry.caller_platform_id,
+            "receiver_platform_id": entry.receiver_platform_id,
+            "module": text(entry.module),
+            "interface": text(entry.interface),
+            "method": text(entry.method),
+            "path": text(entry.path),
+            "query": text(entry.query),
+            "routing": text(entry.routing),
+            "http_status": entry.http_status,
+            "ocpi_status_code": entry.ocpi_status_code,
+            "duration_ms": entry.duration_ms,
+            "error": text(entry.error),
+            "request_headers": _json(entry.request_headers),
+            "response_headers": _json(entry.response_headers),
+            "request_body": stored_body(entry.request_body, self._body_cap),
+            "request_body_size": len(entry.request_body),
+            "response_body": stored_body(entry.response_body, self._body_cap),
+            "response_body_size": len(entry.response_body),
+        }
         row_hash = content_hash(self._last_hash, values)
         if (object_id := object_id_of_entry(entry)) is not None:
             object_id = stored_text(object_id)
@@ -358,6 +368,15 @@ def stored_text(text: str) -> str:
     (a party's header bytes that were not UTF-8) becomes U+FFFD; anything else is stored as it came. A search
     value goes through it too, so that it finds what was stored."""
     return text if text.isascii() and "\x00" not in text else _UNSTORABLE.sub("\ufffd", text)
+
+
+def _text_or_none(text: str | None) -> str | None:
+    return None if text is None else stored_text(text)
+
+
+def _party_or_none(party: str | None) -> str | None:
+    """A CiString party code, stored upper-cased so that a search finds every spelling."""
+    return None if party is None else stored_text(party).upper()
 
 
 def stored_body(body: bytes, cap: int) -> bytes | None:

@@ -46,7 +46,8 @@ async def _lifespan(receive: Any, send: Any) -> None:
             _state["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=64))
             _state["pool"] = pool = await asyncpg.create_pool(DATABASE_URL, min_size=1, max_size=4)
             await pool.execute(CREATE)
-            _state["queue"] = queue = asyncio.Queue()
+            queue: asyncio.Queue[tuple[str, bytes, asyncio.Future[None]]] = asyncio.Queue()
+            _state["queue"] = queue
             _state["writer"] = asyncio.create_task(_write_batches(pool, queue))
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":

@@ -90,6 +90,8 @@ class Result:
     requests: int = 0
     cpu_us: float | None = None  # CPU time of the server's processes per request
     machine_us: float | None = None  # wrk runs: CPU time of every process on the machine per request
+    receiver_us: float | None = None  # wrk runs: CPU time of the receiving party per request (a fixed piece of work)
+    postgres_us: float | None = None  # wrk runs: CPU time of PostgreSQL's processes per request
     p99_runs: list[float] = field(default_factory=list)  # paced: the p99 of each repeated run
     baseline: Result | None = None  # paced: the direct runs made beside these
     error_kinds: dict[str, int] = field(default_factory=dict)  # paced: "HTTP 500" or "ECONNRESET": how many
@@ -105,6 +107,17 @@ def cpu_seconds(pid: int) -> float:
             total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
             for task in Path(f"/proc/{current}/task").iterdir():
                 pending += [int(child) for child in (task / "children").read_text().split()]
+    return total
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of every PostgreSQL process on the machine (the server the benchmark writes to, embedded or not)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "comm").read_text().startswith("postgres"):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
 
@@ -201,9 +214,11 @@ def load(
     server: int,
     rows: Callable[[], int] | None = None,
     direct: Target | None = None,
+    receiver: int | None = None,
 ) -> list[Result]:
     """wrk at each connection count (with log rows committed per second when rows counts them), then paced runs;
-    each with the CPU time the server's processes (pid `server` and its workers) spent per request.
+    each with the CPU time the server's processes (pid `server` and its workers) spent per request. The wrk runs
+    also give the CPU time per request of the receiving party (pid `receiver`) and of PostgreSQL.
 
     The paced runs are repeated --repeat times and reported as medians. With `direct`, each is preceded by the same
     paced run against the receiver directly: the baseline of "added over the direct call" is then measured beside
@@ -211,9 +226,12 @@ def load(
     results = []
     for connections in args.connections:
         before, started, cpu = rows() if rows else 0, time.monotonic(), cpu_seconds(server)
-        machine = machine_cpu_seconds()
+        machine, postgres, party = machine_cpu_seconds(), postgres_cpu_seconds(), cpu_seconds(receiver or server)
         result = run_wrk(target, connections, args.duration, work)
-        result.machine_us = (machine_cpu_seconds() - machine) * 1e6 / max(result.requests, 1)
+        requests = max(result.requests, 1)
+        result.machine_us = (machine_cpu_seconds() - machine) * 1e6 / requests
+        result.postgres_us = (postgres_cpu_seconds() - postgres) * 1e6 / requests
+        result.receiver_us = (cpu_seconds(receiver or server) - party) * 1e6 / requests
         if rows:
             time.sleep(0.5)  # async mode: let the last batch land before counting
             result.rows_per_s = (rows() - before) / (time.monotonic() - started - 0.5)

@@ -25,14 +25,15 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import asyncpg
 
 from bench.harness import (
     LOCATION,
+    Parties,
     Result,
-    Target,
     backing_services,
     bare_relay,
     bench_parties,
@@ -49,14 +50,14 @@ from bench.harness import (
 )
 
 
-def bench_bare(workers: int, database_url: str, direct: Target, args, work: Path) -> list[Result]:  # type: ignore[no-untyped-def]
+def bench_bare(workers: int, database_url: str, parties: Parties, args, work: Path) -> list[Result]:  # type: ignore[no-untyped-def]
     """bench/bare_relay.py: uvicorn + aiohttp + group commit and nothing of the hub, as the floor of the table."""
-    launch = bare_relay(workers, database_url, direct)
+    launch = bare_relay(workers, database_url, parties.direct)
     name = f"bare relay {workers} worker{'s' if workers > 1 else ''} (no hub)"
     with process(launch.command, launch.env, work / f"bare-{workers}.log") as relay:
         wait_http(f"{launch.base}/ocpi/versions")
         return load(name, launch.target, args, work, relay.pid, lambda: count_rows(database_url, "bare_relay_log"),
-                    direct)  # fmt: skip
+                    parties.direct, parties.receiver_pid)  # fmt: skip
 
 
 _hub_runs = itertools.count(1)
@@ -68,9 +69,7 @@ def bench_hub(  # type: ignore[no-untyped-def]
     mode: str,
     server: str,
     services: tuple[str, str, str],
-    receiver: str,
-    sender: str,
-    direct: Target,
+    parties: Parties,
     args,
     work: Path,
 ) -> list[Result]:
@@ -82,9 +81,10 @@ def bench_hub(  # type: ignore[no-untyped-def]
     with process(command, env, work / f"hub-{server}-{workers}-{mode}.log") as hub_process:
         wait_http(f"{hub}/ocpi/versions")
         run = next(_hub_runs)  # the hubs of one benchmark share its database: each registers parties of its own
-        target = routed_push(hub, admin_token, receiver, sender, (f"C{run:02X}", f"E{run:02X}"))
+        target = routed_push(hub, admin_token, parties.receiver, parties.sender, (f"C{run:02X}", f"E{run:02X}"))
         database_url = services[0]
-        return load(name, target, args, work, hub_process.pid, lambda: count_rows(database_url), direct)
+        return load(name, target, args, work, hub_process.pid, lambda: count_rows(database_url), parties.direct,
+                    parties.receiver_pid)  # fmt: skip
 
 
 def main() -> None:
@@ -111,17 +111,15 @@ def main() -> None:
     try:
         with bench_parties(work) as parties, backing_services(work) as services:
             commits = asyncio.run(commit_latency(services[0], args.duration))
-            direct = parties.direct
-            results = load("direct", direct, args, work, parties.receiver_pid)
+            results = load("direct", parties.direct, args, work, parties.receiver_pid)
             if not args.no_bare:
                 for workers in args.workers:
-                    results += bench_bare(workers, services[0], direct, args, work)
+                    results += bench_bare(workers, services[0], parties, args, work)
             for server in args.servers:
                 for mode in args.modes:
                     for workers in args.workers:
                         name = f"hub {server} {workers} worker{'s' if workers > 1 else ''} {mode}"
-                        results += bench_hub(name, workers, mode, server, services, parties.receiver, parties.sender,
-                                             direct, args, work)  # fmt: skip
+                        results += bench_hub(name, workers, mode, server, services, parties, args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table(results, args)
@@ -152,22 +150,31 @@ async def commit_latency(database_url: str, seconds: float) -> str:
             f"{sum(t > 50 for t in times)} took over 50 ms")  # fmt: skip
 
 
+_COLUMNS = (("run", 44), ("req/s", 9), ("p50 ms", 7), ("p99 ms", 7), ("errors", 6), ("log rows/s", 10),
+            ("CPU us/req", 10), ("machine us/req", 14), ("receiver us/req", 15), ("PostgreSQL us/req", 17))  # fmt: skip
+
+
+def _row(cells: Iterable[str]) -> str:
+    """A markdown table row: the run's name to the left, figures to the right."""
+    aligned = (cell.ljust(width) if i == 0 else cell.rjust(width)
+               for i, (cell, (_, width)) in enumerate(zip(cells, _COLUMNS, strict=True)))  # fmt: skip
+    return "| " + " | ".join(aligned) + " |"
+
+
 def print_table(results: list[Result], args: argparse.Namespace) -> None:
     print(f"\nrouting benchmark: PUT of a {len(json.dumps(LOCATION))}-byte location, {args.duration}s per run, "
           f"{os.cpu_count()} cores shared by load generator, receiver, hub, PostgreSQL and Redis\n")  # fmt: skip
-    print(f"| {'run':<44} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | {'log rows/s':>10} "
-          f"| {'CPU us/req':>10} | {'machine us/req':>14} |")  # fmt: skip
-    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * 12}|{'-' * 12}|{'-' * 16}|")
+    print(_row(title for title, _ in _COLUMNS))
+    print("|" + "|".join("-" * (width + 2) for _, width in _COLUMNS) + "|")
     for r in results:
-        rows = f"{r.rows_per_s:,.0f}" if r.rows_per_s is not None else "-"
-        cpu = f"{r.cpu_us:,.0f}" if r.cpu_us is not None else "-"
-        machine = f"{r.machine_us:,.0f}" if r.machine_us is not None else "-"
-        print(f"| {r.name:<44} | {r.rps:>9,.0f} | {r.p50_ms:>7.2f} | {r.p99_ms:>7.2f} | {r.errors:>6} | {rows:>10} "
-              f"| {cpu:>10} | {machine:>14} |")  # fmt: skip
+        print(_row((r.name, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.errors),
+                    _figure(r.rows_per_s), _figure(r.cpu_us), _figure(r.machine_us), _figure(r.receiver_us),
+                    _figure(r.postgres_us))))  # fmt: skip
     print("\nCPU us/req: the server's own processes (receiver, bare relay or hub workers); machine us/req: every "
           f"process on the machine (wrk runs only). {os.cpu_count()} cores allow {os.cpu_count()} s of CPU per second: "
-          "a run whose machine us/req is N cannot go faster than "
-          f"{os.cpu_count()}e6 / N req/s.")  # fmt: skip
+          f"a run whose machine us/req is N cannot go faster than {os.cpu_count()}e6 / N req/s. Receiver and "
+          "PostgreSQL us/req (wrk runs): what the receiving party and the database spent on each request; the "
+          "receiver's own cost grows as its rate falls (fewer requests per wake-up).")  # fmt: skip
     for r in results:
         if r.error_kinds:
             print(f"errors of {r.name}: " + ", ".join(f"{kind} {n}" for kind, n in sorted(r.error_kinds.items())))
@@ -178,6 +185,10 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
             print(f"added over the direct call at {r.name.split('paced ')[1]} ({r.name.split(',')[0]}): "
                   f"p50 {r.p50_ms - base.p50_ms:+.2f} ms, p99 {r.p99_ms - base.p99_ms:+.2f} ms "
                   f"[{_list(r.p99_runs)} over direct {_list(base.p99_runs)}]")  # fmt: skip
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def _list(values: list[float]) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import statistics
 import sys
 import time
@@ -152,7 +153,7 @@ async def _measure(conn: asyncpg.Connection, sample: asyncpg.Record, newest: dat
         return f">{timeout_s:.0f} s" if seconds is None else f"{seconds * 1000:.1f} ms"
 
     for name, params in _searches(sample, newest):
-        results[f"first page: {name}"] = fmt(await _timed(lambda p=params: _page(conn, p), repeat, timeout_s))
+        results[f"first page: {name}"] = fmt(await _timed(functools.partial(_page, conn, params), repeat, timeout_s))
     first = await _page(conn, {"party": f"{sample['from_country_code']}-{sample['from_party_id']}"})
     if len(first) > 100:
         cursor = (first[99]["received_at"], first[99]["id"])

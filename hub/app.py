@@ -20,7 +20,6 @@ from hub import client_info, metrics
 from hub.admin.api import admin_router
 from hub.auth import CredentialsTokenAuth
 from hub.console import console_router, template_config
-from hub.deadlines import Deadlines
 from hub.envelope import render_ocpi_error
 from hub.logs import configure_logging
 from hub.ocpi import credentials, versions
@@ -29,7 +28,7 @@ from hub.party_api import PartyClient
 from hub.request_context import PROBE_PATHS, RequestContext
 from hub.runtime import stop_background_tasks
 from hub.settings import Settings
-from routing.forward import Forwarder
+from routing.forward import open_session
 from routing.pull_sync import PullSync, run_scheduled
 from routing.still_alive import StillAlive
 from storage import partitions
@@ -59,7 +58,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
         redis_client = redis.Redis.from_url(redis_url)
         http = PartyClient(settings)
-        forwarder = Forwarder(deadlines, settings.forward_timeout_s, settings.party_keep_alive_s)
+        forward_session = open_session(settings.forward_timeout_s, settings.party_keep_alive_s)
         token_box = TokenBox(settings.secret_key or "")
         directory = DirectoryCache(pool, redis_client, settings.redis_prefix, token_box)
         await directory.reload()
@@ -84,7 +83,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 http=http,
                 directory=directory,
                 token_box=token_box,
-                forwarder=forwarder,
+                forward_session=forward_session,
                 routing_log=writer,
                 routing=routing,
                 locations=locations,
@@ -127,7 +126,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 await relay.drain()
                 await stop_background_tasks(tasks)
                 await _write_last_seen(app.state)
-        await forwarder.close()
+        await forward_session.close()
         await http.aclose()
         await redis_client.aclose()
         await pool.close()
@@ -156,9 +155,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         template_config=template_config(),
         logging_config=None,
     )
-    # Deadlines on request bodies and forwards: a check 4 times per timeout, at least once a second.
-    deadlines = Deadlines(check_every_s=min(1.0, settings.forward_timeout_s / 4))
-    relay = Relay(settings, deadlines)
+    relay = Relay(settings)
 
     litestar = RequestContext(app)
 
@@ -167,7 +164,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         if scope["type"] == "http" and relay.handles(scope["path"]):
             await relay(scope, receive, send)  # type: ignore[arg-type]
         elif scope["type"] == "http":
-            await litestar(scope, deadlines.guarded(receive, settings.forward_timeout_s), send)
+            await litestar(scope, relay.bodies.guarded(receive), send)
         else:
             await litestar(scope, receive, send)
 

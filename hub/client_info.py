@@ -20,7 +20,7 @@ from hub.auth import Caller
 from hub.envelope import ocpi_response, paging_window
 from hub.errors import InvalidParameters, OcpiError
 from hub.party_api import hub_request
-from routing.forward import ocpi_status_of
+from routing.forward import forward, ocpi_status_of
 from storage.directory import Platform
 from storage.routing_log import LogUnavailable
 from storage.sql import QUERIES
@@ -121,7 +121,8 @@ async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) 
     hub = (settings.country_code, settings.party_id)
     entry, headers = hub_request(hub, platform, to, "PUT", url, "hubclientinfo", interface="receiver", body=body)
     try:
-        answer = await state.forwarder.send("PUT", url, headers, body, settings.max_body_bytes)
+        answer = await forward(state.forward_session, "PUT", url, headers, body, settings.forward_timeout_s,
+                               settings.max_body_bytes)  # fmt: skip
         entry.http_status, entry.response_body = answer.status, answer.body
         entry.ocpi_status_code = ocpi_status_of(answer.body)
     except OcpiError as exc:

@@ -6,19 +6,17 @@ larger than OCPI_HUB_MAX_BODY_BYTES is 4000 (`read_capped`, which the control pl
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 
 import aiohttp
 import msgspec
-from yarl import URL
 
-from hub.deadlines import Deadlines
 from hub.errors import AnswerTooLarge, ForwardTimeout, ReceiverNotConnected
 
 # Headers of the receiver's answer the hub passes on (Link and Location are rewritten by the relay).
 RELAYED_RESPONSE_HEADERS = ("content-type", "x-total-count", "x-limit", "link", "location")
-CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -43,57 +41,48 @@ def ocpi_status_of(body: bytes) -> int | None:
         return None
 
 
-class Forwarder:
-    """The data plane's one aiohttp session (keep-alive connections, a bounded pool per receiving host, no cookies)
-    and the deadline of every forward in flight on it.
+def open_session(timeout_s: float, keep_alive_s: float, connections_per_party: int = 64) -> aiohttp.ClientSession:
+    """The process-wide client session: keep-alive connections, a bounded pool per receiving host, no cookies.
 
     A connection idle for keep_alive_s is not used again: aiohttp resends a PUT or GET that met a connection the
     party closed at that moment, but not a POST or PATCH, which would fail with 4003 though the party is up."""
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=connections_per_party, keepalive_timeout=keep_alive_s, ttl_dns_cache=60
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 5.0)),
+        auto_decompress=True,
+        skip_auto_headers=("User-Agent",),
+        # One session serves every caller: a cookie one party sets must never ride along on another's request.
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
 
-    def __init__(self, deadlines: Deadlines, timeout_s: float, keep_alive_s: float, connections_per_party: int = 64):
-        self.timeout_s = timeout_s
-        self._deadlines = deadlines
-        connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=connections_per_party, keepalive_timeout=keep_alive_s, ttl_dns_cache=60
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            # No total timeout, which costs a timer per request: `send` keeps timeout_s through the deadlines.
-            timeout=aiohttp.ClientTimeout(total=None, connect=min(timeout_s, CONNECT_TIMEOUT_S)),
-            auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
-            # One session serves every caller: a cookie one party sets must never ride along on another's request.
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
 
-    async def send(self, method: str, url: str | URL, headers: dict[str, str], body: bytes, max_bytes: int) -> Answer:
-        """The receiver's answer within timeout_s (else 4002), at most max_bytes of it, decompressed (else 4000)."""
-
-        def too_late() -> Exception:
-            return ForwardTimeout(f"{method} {url} did not answer within {self.timeout_s:g} s")
-
-        exchange = self._exchange(method, url, headers, body, max_bytes)
-        return await self._deadlines.within(exchange, self.timeout_s, too_late)
-
-    async def _exchange(
-        self, method: str, url: str | URL, headers: dict[str, str], body: bytes, max_bytes: int
-    ) -> Answer:
-        try:
-            async with self.session.request(
-                method, url, headers=headers, data=body or None, allow_redirects=True, max_redirects=3
-            ) as response:
-                payload = await _read(response, max_bytes, f"{method} {url}")
-                got = response.headers
-                relayed = {name: _as_sent(value) for name in RELAYED_RESPONSE_HEADERS if (value := got.get(name))}
-                return Answer(response.status, relayed, payload)
-        except TimeoutError:  # aiohttp's connect timeout, the only one it keeps
-            connect_s = min(self.timeout_s, CONNECT_TIMEOUT_S)
-            raise ForwardTimeout(f"{method} {url}: no connection within {connect_s:g} s") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise ReceiverNotConnected(f"{method} {url} failed: {exc or type(exc).__name__}") from None
-
-    async def close(self) -> None:
-        await self.session.close()
+async def forward(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    timeout_s: float,
+    max_bytes: int,
+) -> Answer:
+    """The receiver's answer, at most max_bytes of it (decompressed): a larger one is AnswerTooLarge (4000)."""
+    try:
+        async with session.request(
+            method, url, headers=headers, data=body or None, allow_redirects=True, max_redirects=3
+        ) as response:
+            payload = await _read(response, max_bytes, f"{method} {url}")
+            got = response.headers
+            relayed = {name: _as_sent(value) for name in RELAYED_RESPONSE_HEADERS if (value := got.get(name))}
+            return Answer(response.status, relayed, payload)
+    except TimeoutError:
+        raise ForwardTimeout(f"{method} {url} did not answer within {timeout_s:g} s") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ReceiverNotConnected(f"{method} {url} failed: {exc or type(exc).__name__}") from None
+    except asyncio.CancelledError:
+        raise
 
 
 def _as_sent(value: str) -> str:

@@ -23,6 +23,7 @@ from hub.auth import identify
 from hub.envelope import ocpi_timestamp
 from hub.errors import (
     BodyTooLarge,
+    BodyTooSlow,
     ForwardTimeout,
     NotFound,
     OcpiError,
@@ -36,7 +37,7 @@ from hub.party_api import authorization
 from hub.request_context import log_request, new_request_id, request_ids
 from routing import open_routing
 from routing.decide import Delivery, Route, decide
-from routing.forward import Answer, ocpi_status_of
+from routing.forward import Answer, forward, ocpi_status_of
 from routing.request import Incoming, PartyKey, parse
 from routing.rewrite import link_urls, response_url_of, rewrite_link_header, with_response_url
 from storage.directory import PartyRole, Platform
@@ -44,11 +45,10 @@ from storage.routing_log import LogEntry, LogUnavailable
 from storage.routing_state import CALLBACK_TTL_S, PAGE_TTL_S, Relayed
 
 if TYPE_CHECKING:
+    import aiohttp
     import asyncpg
 
-    from hub.deadlines import Deadlines
     from hub.settings import Settings
-    from routing.forward import Forwarder
     from routing.still_alive import StillAlive
     from storage.directory import DirectoryCache
     from storage.location_cache import LocationCache
@@ -88,19 +88,19 @@ class Relay:
     routing_log: RoutingLogWriter
     routing: RoutingState
     locations: LocationCache
-    forwarder: Forwarder
+    forward_session: aiohttp.ClientSession
     still_alive: StillAlive
     last_seen: dict[int, datetime]  # platform id -> last message, written to the database in batches
 
-    def __init__(self, settings: Settings, deadlines: Deadlines) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.tasks: set[asyncio.Task[None]] = set()
-        self.deadlines = deadlines
+        self.bodies = BodyDeadlines(settings.forward_timeout_s)
 
     def serve(self, state: State) -> None:
         """Start relaying with the resources the lifespan put in the app's state."""
         self.pool, self.directory, self.routing_log = state.pool, state.directory, state.routing_log
-        self.routing, self.locations, self.forwarder = state.routing, state.locations, state.forwarder
+        self.routing, self.locations, self.forward_session = state.routing, state.locations, state.forward_session
         self.still_alive, self.last_seen = state.still_alive, state.last_seen
 
     @staticmethod
@@ -131,8 +131,7 @@ class Relay:
         )  # fmt: skip
         exchange = Exchange(scope, headers, entry, started)
         try:
-            body_in_time = self.deadlines.guarded(receive, self.settings.forward_timeout_s)
-            entry.request_body = await _read_body(body_in_time, self.settings.max_body_bytes)
+            entry.request_body = await _read_body(self.bodies.guarded(receive), self.settings.max_body_bytes)
             answer = await self._route(exchange, path)
         except OcpiError as exc:
             answer = self._hub_answer(exchange, exc.http_status, exc.status_code, exc.message)
@@ -227,9 +226,11 @@ class Relay:
         if body:
             headers["Content-Type"] = exchange.headers.get("content-type", "application/json")
         target = yarl.URL(f"{url}?{query}" if query else url, encoded=True)
+        timeout = self.settings.forward_timeout_s
         started = time.perf_counter()
         try:
-            answer = await self.forwarder.send(method, target, headers, body, self.settings.max_body_bytes)
+            answer = await forward(self.forward_session, method, target, headers, body, timeout,  # type: ignore[arg-type]
+                                   self.settings.max_body_bytes)  # fmt: skip
         except (ForwardTimeout, ReceiverNotConnected):
             self.still_alive.suspect(platform.id)
             raise
@@ -347,6 +348,63 @@ def _module_of(path: str) -> str:
     if len(parts) > 4 and parts[3] in ("sender", "receiver"):
         return parts[4]
     return parts[3] if len(parts) > 3 else ""
+
+
+class BodyDeadlines:
+    """A request's body must arrive within timeout_s, or the caller gets 408 (OCPI 2000): a client that announces a
+    body and stops sending would otherwise hold its request (and its connection) forever. No timer per request:
+    reads in progress sit in a dict that a check once a second looks through, cancelling the reads past their
+    deadline. For the relay and for Litestar's routes (credentials, admin) alike."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._reading: dict[asyncio.Task[Any], float] = {}  # request task -> its body's deadline (loop time)
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._check: asyncio.TimerHandle | None = None
+
+    def guarded(self, receive: Receive) -> Receive:
+        """receive, with a deadline on the request's body; once the body is in, receive as it is (a streaming
+        answer listens on it for the client's disconnect as long as it streams)."""
+        deadline: float | None = None
+        whole = False
+
+        async def receive_in_time() -> Any:
+            nonlocal deadline, whole
+            if whole:
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.timeout_s
+            message = await self._received(receive, deadline, loop)
+            whole = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        return receive_in_time
+
+    async def _received(self, receive: Receive, deadline: float, loop: asyncio.AbstractEventLoop) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        self._reading[task] = deadline
+        if self._check is None:
+            self._check = loop.call_later(1.0, self._cancel_late_reads)
+        try:
+            return await receive()  # the one suspension point here: a cancellation of the check lands on it
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            task.uncancel()
+            raise BodyTooSlow(f"the request body did not arrive within {self.timeout_s:g} s") from None
+        finally:
+            del self._reading[task]
+            self._expired.discard(task)
+
+    def _cancel_late_reads(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for task, deadline in self._reading.items():
+            if deadline <= now and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
+        self._check = loop.call_later(1.0, self._cancel_late_reads) if self._reading else None
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

@@ -90,21 +90,26 @@ class Result:
     requests: int = 0
     cpu_us: float | None = None  # CPU time of the server's processes per request
     machine_us: float | None = None  # wrk runs: CPU time of every process on the machine per request
-    receiver_us: float | None = None  # wrk runs: CPU time of the receiving party per request (a fixed piece of work)
+    receiver_us: float | None = None  # wrk runs: CPU time of the receiving party per request (grows as its rate falls)
     postgres_us: float | None = None  # wrk runs: CPU time of PostgreSQL's processes per request
     p99_runs: list[float] = field(default_factory=list)  # paced: the p99 of each repeated run
     baseline: Result | None = None  # paced: the direct runs made beside these
     error_kinds: dict[str, int] = field(default_factory=dict)  # paced: "HTTP 500" or "ECONNRESET": how many
 
 
+def _own_cpu_seconds(process: Path) -> float:
+    """User + system CPU time of one process, from its /proc directory."""
+    fields = (process / "stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and all its descendants (uvicorn's or granian's workers), from /proc."""
-    total, pending, tick = 0.0, [pid], os.sysconf("SC_CLK_TCK")
+    total, pending = 0.0, [pid]
     while pending:
         current = pending.pop()
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            total += _own_cpu_seconds(Path(f"/proc/{current}"))
             for task in Path(f"/proc/{current}/task").iterdir():
                 pending += [int(child) for child in (task / "children").read_text().split()]
     return total
@@ -112,12 +117,11 @@ def cpu_seconds(pid: int) -> float:
 
 def postgres_cpu_seconds() -> float:
     """CPU time of every PostgreSQL process on the machine (the server the benchmark writes to, embedded or not)."""
-    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    total = 0.0
     for entry in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
             if entry.name.isdigit() and (entry / "comm").read_text().startswith("postgres"):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / tick
+                total += _own_cpu_seconds(entry)
     return total
 
 

@@ -1,21 +1,26 @@
-"""uvicorn's HTTP/1.1 protocol (httptools), answering bytes that do not parse as HTTP with an OCPI envelope.
+"""uvicorn's HTTP/1.1 protocol (httptools), answering bytes that do not parse as HTTP with an OCPI envelope, and
+writing each response's head and body in one system call.
 
-uvicorn answers those itself, before any of the hub's code runs, with a text/plain 400 that a party's OCPI client
-cannot read. status_codes.asciidoc: errors of the transport layer get an HTTP error code "with the same envelope".
+uvicorn answers those bytes itself, before any of the hub's code runs, with a text/plain 400 that a party's OCPI
+client cannot read. status_codes.asciidoc: errors of the transport layer get an HTTP error code "with the same
+envelope".
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from typing import Any
 
 import msgspec
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from hub.envelope import ocpi_timestamp
 from hub.errors import ClientError
 from hub.ocpi.wire import Envelope
 
 _encoder = msgspec.json.Encoder()
+_JOINED_BODY_MAX = 64 * 1024  # a larger body is written after its head rather than copied behind it
 
 
 class OcpiHttpToolsProtocol(HttpToolsProtocol):
@@ -31,3 +36,50 @@ class OcpiHttpToolsProtocol(HttpToolsProtocol):
                  b"connection: close\r\n\r\n"]  # fmt: skip
         self.transport.write(b"".join(head) + body)
         self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()  # the new request's cycle; its task has not started yet
+        cycle = self.cycle
+        if cycle is not None and not isinstance(cycle.transport, HeadWithBody):
+            cycle.transport = HeadWithBody(cycle.transport, cycle)  # type: ignore[assignment]
+
+
+class HeadWithBody:
+    """The connection's transport as one response cycle writes to it. uvicorn writes a response's status line and
+    headers, then its body: two system calls and two TCP segments (the receiving side wakes up for each). Here the
+    head of a response with a Content-Length waits for the body's first write and goes out with it; a chunked
+    (streamed) response's head, an answer to HEAD and "100 Continue" go out at once, as before."""
+
+    __slots__ = ("_cycle", "_head_written", "_held", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
+        self._transport, self._cycle = transport, cycle
+        self._held: bytes | None = None
+        self._head_written = False
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            if len(data) <= _JOINED_BODY_MAX:
+                self._transport.write(held + data)
+                return
+            self._transport.write(held)
+        elif not self._head_written and self._cycle.response_started:
+            self._head_written = True
+            # uvicorn has decided on chunked encoding (None: Content-Length) before it writes the head
+            if not self._cycle.chunked_encoding and self._cycle.scope["method"] != "HEAD":
+                self._held = data  # uvicorn writes the body next, even an empty one
+                return
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._held is not None:  # the application failed between head and body: the head goes out, as before
+            held, self._held = self._held, None
+            self._transport.write(held)
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
 import json
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import uvicorn
 
+from hub.http_protocol import OcpiHttpToolsProtocol
 from tests.conftest import Hub, unique_party_id
-from tests.parties import token_header
+from tests.parties import free_port, token_header
 
 
 @pytest.fixture
@@ -243,3 +249,69 @@ def test_log_lines_are_json_with_the_request_id(hub: Hub, token_a: str) -> None:
     mine = [line for line in lines if line.get("request_id") == "log-me-42"]
     assert mine and mine[0]["event"] == "http_request" and mine[0]["path"] == "/ocpi/versions"
     assert any(line.get("logger") == "uvicorn.error" and line["level"] == "warning" for line in lines)
+
+
+@contextlib.contextmanager
+def _uvicorn_with_hub_protocol(app) -> Iterator[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    """uvicorn with the hub's HTTP protocol (as `ocpi-hub serve` runs it), serving `app` in a thread of its own."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=OcpiHttpToolsProtocol, loop="uvloop",
+                            lifespan="off", log_config=None)  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.started
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _first_read(address: tuple[str, int], request: bytes, then: bytes = b"") -> tuple[bytes, bytes]:
+    """What the first recv() gives, and the rest of the answer up to the connection's close."""
+    with socket.create_connection(address, timeout=10) as client:
+        client.sendall(request)
+        first = client.recv(65536)
+        if then:
+            client.sendall(then)
+        rest = b""
+        while chunk := client.recv(65536):
+            rest += chunk
+    return first, rest
+
+
+def test_a_response_head_waits_for_its_body_but_streamed_heads_and_100_continue_go_out_at_once() -> None:
+    # The app pauses 0.3 s between a response's head and its body. uvicorn writes a head as soon as it has it:
+    # two system calls and two segments a response, which the hub's protocol makes one for a Content-Length answer.
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return
+        request = await receive()
+        streamed = scope["path"] == "/streamed"
+        body = request.get("body", b"") or b"the body"
+        length = [] if streamed else [(b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": [*length, (b"connection", b"close")]})
+        await asyncio.sleep(0.3)
+        await send({"type": "http.response.body", "body": body})
+
+    with _uvicorn_with_hub_protocol(app) as address:
+        first, rest = _first_read(address, b"GET /whole HTTP/1.1\r\nHost: hub\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 200 OK\r\n") and first.endswith(b"\r\n\r\nthe body") and rest == b""
+
+        first, rest = _first_read(address, b"GET /streamed HTTP/1.1\r\nHost: hub\r\n\r\n")  # chunked: head at once
+        assert first.startswith(b"HTTP/1.1 200 OK\r\n") and first.endswith(b"\r\n\r\n")
+        assert b"transfer-encoding: chunked" in first and rest == b"8\r\nthe body\r\n0\r\n\r\n"
+
+        first, rest = _first_read(address, b"HEAD /whole HTTP/1.1\r\nHost: hub\r\n\r\n")  # no body will follow
+        assert first.startswith(b"HTTP/1.1 200 OK\r\n") and first.endswith(b"\r\n\r\n") and rest == b""
+
+        # A client that sends its body only after "100 Continue" gets it before the app has an answer
+        first, rest = _first_read(
+            address, b"PUT /whole HTTP/1.1\r\nHost: hub\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", b"hello"
+        )
+        assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+        assert rest.startswith(b"HTTP/1.1 200 OK\r\n") and rest.endswith(b"\r\n\r\nhello")

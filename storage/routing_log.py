@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import operator
 import re
 import time
 import uuid
@@ -52,6 +53,7 @@ CONTENT_COLUMNS = (
     "request_body_size", "response_body", "response_body_size",
 )  # fmt: skip
 COLUMNS = (*CONTENT_COLUMNS, "prev_hash", "hash")
+_in_column_order = operator.itemgetter(*CONTENT_COLUMNS)  # a row's content, as a tuple in CONTENT_COLUMNS' order
 _SEQ = CONTENT_COLUMNS.index("seq")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # PostgreSQL text holds no NUL; UTF-8 has no lone surrogate
 # Modules whose paths name one object: receiver /{cc}/{pid}/{id}..., sender /{id}... (chargingprofiles: /{session_id})
@@ -134,7 +136,7 @@ def content_hash(prev_hash: bytes, values: Mapping[str, Any]) -> bytes:
     """SHA-256 over the previous hash and the row's content in a canonical JSON form: the columns in order, the
     time in ISO 8601, the chain id as text, each stored (compressed) body by its SHA-256 in hex, the headers as a
     JSON object (given as one, or as the JSON text the database returns)."""
-    canonical = [values[name] for name in CONTENT_COLUMNS]
+    canonical = list(_in_column_order(values))
     canonical[_RECEIVED_AT] = canonical[_RECEIVED_AT].isoformat()
     canonical[_CHAIN_ID] = str(canonical[_CHAIN_ID])
     for at in _BODIES:
@@ -317,7 +319,7 @@ class RoutingLogWriter:
         if (object_id := object_id_of_entry(entry)) is not None:
             object_id = stored_text(object_id)
         prev_hash, self._seq, self._last_hash = self._last_hash, seq, row_hash
-        return (*(values[name] for name in CONTENT_COLUMNS), prev_hash, row_hash, object_id)
+        return (*_in_column_order(values), prev_hash, row_hash, object_id)
 
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
         """The whole batch in one statement, so one round trip and one commit whatever the batch size: the rows as

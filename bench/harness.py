@@ -32,6 +32,8 @@ import asyncpg
 import httpx
 import redis
 
+from storage.directory import PROPAGATION_S
+
 ROOT = Path(__file__).resolve().parent.parent
 # A location of the size of the spec's example (about 1.5 kB), written for this benchmark.
 LOCATION = {
@@ -328,6 +330,8 @@ def register(hub: str, admin_token: str, party_url: str, role: tuple[str, str, s
     auth = {"Authorization": "Token " + base64.b64encode(token_a.encode()).decode()}
     credentials = {"token": secrets.token_urlsafe(16), "url": f"{party_url}/ocpi/versions",
                    "roles": [r | {"business_details": {"name": role[2]}} for r in roles]}  # fmt: skip
+    # With several workers, the one that did not take the invitation knows token A once its directory reloads
+    time.sleep(PROPAGATION_S)
     answer = httpx.post(f"{hub}/ocpi/2.2.1/credentials", headers=auth, json=credentials, timeout=timeout).json()
     if answer["status_code"] != 1000:
         raise RuntimeError(f"registration failed: {answer}")
@@ -387,7 +391,7 @@ def routed_push(hub: str, admin_token: str, receiver: str, sender: str, parties:
     cpo, emsp = parties
     token = register(hub, admin_token, sender, ("CPO", "NL", cpo), timeout)
     register(hub, admin_token, receiver, ("EMSP", "NL", emsp), timeout)
-    time.sleep(1.2)  # every worker has the new directory
+    time.sleep(PROPAGATION_S)  # every worker has the new directory
     headers = {"Authorization": "Token " + base64.b64encode(token.encode()).decode(),
                "Content-Type": "application/json", "OCPI-from-country-code": "NL", "OCPI-from-party-id": cpo,
                "OCPI-to-country-code": "NL", "OCPI-to-party-id": emsp}  # fmt: skip

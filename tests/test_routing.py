@@ -341,7 +341,7 @@ def _objects_collected(hub: Hub) -> float:
 
 def test_routed_requests_leave_nothing_that_only_the_garbage_collector_can_free(hub: Hub, cpo_and_emsp) -> None:
     # hub/app.py lets the collector run only every 10,000 net allocations, which assumes that a request frees what
-    # it made by reference counting. A reference cycle left by each request (one did, for a day) makes the hub
+    # it made by reference counting. A reference cycle left by each request (ddf9d6c left one) makes the hub
     # collect every few hundred requests instead, for several ms each time, under load.
     cpo, emsp = cpo_and_emsp
     cc, pid = party_key(cpo)

@@ -7,11 +7,13 @@ import gzip
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Hub, unique_party_id
+from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
 from tests.parties import token_header
 
 LOCATION = {
@@ -339,11 +341,22 @@ def _objects_collected(hub: Hub) -> float:
                if line.startswith("python_gc_objects_collected_total{"))  # fmt: skip
 
 
-def test_routed_requests_leave_nothing_that_only_the_garbage_collector_can_free(hub: Hub, cpo_and_emsp) -> None:
+@pytest.fixture
+def hub_of_its_own(services: Services, tmp_path: Path) -> Iterator[Hub]:
+    """A hub with no other test's parties: the session's hub keeps probing parties whose servers have stopped."""
+    running = start_hub(hub_env(services, tmp_path / "hub"), OUTPUT / "hub-garbage.log")
+    yield running
+    running.stop()
+
+
+def test_routed_requests_leave_nothing_that_only_the_garbage_collector_can_free(
+    hub_of_its_own: Hub, start_party
+) -> None:
     # hub/app.py lets the collector run only every 10,000 net allocations, which assumes that a request frees what
     # it made by reference counting. A reference cycle left by each request (ddf9d6c left one) makes the hub
     # collect every few hundred requests instead, for several ms each time, under load.
-    cpo, emsp = cpo_and_emsp
+    hub = hub_of_its_own
+    cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
     cc, pid = party_key(cpo)
     headers = token_header(cpo.hub_token) | {"OCPI-from-country-code": cc, "OCPI-from-party-id": pid,
                                              "OCPI-to-country-code": party_key(emsp)[0],

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import gc
 import gzip
 import json
 import time
@@ -13,8 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hub.errors import ReceiverNotConnected
+from routing.forward import forward, open_session
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
-from tests.parties import token_header
+from tests.parties import free_port, token_header
 
 LOCATION = {
     "country_code": "NL",
@@ -371,3 +375,29 @@ def test_routed_requests_leave_nothing_that_only_the_garbage_collector_can_free(
             assert answer.json()["status_code"] == 1000
     freed = _objects_collected(hub) - before
     assert freed < requests / 10, f"the collector freed {freed:.0f} objects during {requests} routed requests"
+
+
+def test_a_refused_forward_leaves_nothing_that_only_the_garbage_collector_can_free() -> None:
+    # While a receiver is down every forward to it fails, and aiohttp keeps a refused connection's exception in a
+    # frame that the exception's own traceback holds: 75 objects a failure for the collector, before
+    # routing.forward released them.
+    async def refused_forwards(count: int) -> None:
+        session = open_session(2.0, 4.0)
+        try:
+            for _ in range(count):
+                with pytest.raises(ReceiverNotConnected):
+                    await forward(session, "PUT", f"http://127.0.0.1:{free_port()}/nobody", {}, b"{}", 2.0, 1000)
+        finally:
+            await session.close()
+
+    asyncio.run(refused_forwards(1))  # what the first use creates once (asyncio's and aiohttp's own state)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds is kept in gc.garbage rather than freed
+    try:
+        asyncio.run(refused_forwards(20))
+        gc.collect()
+        left = len(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left < 20, f"20 refused forwards left {left} objects that only the garbage collector could free"

@@ -60,8 +60,9 @@ async def connect_to_party(
     theirs = None
     try:
         theirs = await party_api.exchange_credentials(
-            http, "POST", credentials_url or "", token_a, hub_credentials(settings, token_for_party)
-        )
+            http, "POST", credentials_url or "", token_a, hub_credentials(settings, token_for_party),
+            first.token_encoding,
+        )  # fmt: skip
         claims = [platforms.RoleClaim(r.role, r.country_code, r.party_id) for r in theirs.roles]
         async with pool.acquire() as conn:
             role_ids = await platforms.claim_roles(conn, platform_id, claims, hub_party)
@@ -72,13 +73,14 @@ async def connect_to_party(
         if theirs is not None and credentials_url:
             # The party did register the hub: undo it, since the hub will not use that registration.
             with contextlib.suppress(OcpiError):
-                await party_api.delete_credentials(http, credentials_url, theirs.token)
+                await party_api.delete_credentials(http, credentials_url, theirs.token, first.token_encoding)
         raise ConnectFailed(f"registration at {versions_url} failed: {exc}") from None
     connection = platforms.Connection(
         versions_url=theirs.url,
         version=final.version,
         version_url=final.version_url,
         token_b_sealed=box.seal(theirs.token),
+        token_encoding=final.token_encoding,
         endpoints=list({(e.identifier, e.role): (e.identifier, e.role, e.url) for e in final.endpoints}.values()),
         roles=[
             (role_id, msgspec.to_builtins(r.business_details))
@@ -95,7 +97,8 @@ async def connect_to_party(
             new_token=token_hash(token_for_party),
         )
     await announce_change(redis_client, settings.redis_prefix)
-    log.info("hub_registered_at_party", platform_id=platform_id, platform=name, versions_url=versions_url)
+    log.info("hub_registered_at_party", platform_id=platform_id, platform=name, versions_url=versions_url,
+             token_encoding=final.token_encoding)  # fmt: skip
     return Connected(
         platform_id,
         name,

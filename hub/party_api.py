@@ -67,6 +67,10 @@ class PartyClient(httpx.AsyncClient):
         return Fetched(response.status_code, response.headers, body)
 
 
+class TokenRefused(UnableToUseClientApi):
+    """The party answered HTTP 401: it does not know the token, or not in the encoding it was sent in."""
+
+
 def authorization(token: str, encoding: str = "base64") -> str:
     """transport_and_format.asciidoc, Authorization header: 'Token ' + base64(UTF-8 token); raw for 2.1.1-era peers."""
     if encoding == "raw":
@@ -113,26 +117,43 @@ def hub_request(
 
 @dataclass(frozen=True, slots=True)
 class Discovery:
-    """A party's 2.2.1 version details as fetched with its token."""
+    """A party's 2.2.1 version details as fetched with its token, and how the party takes that token."""
 
     version: str
     version_url: str
     endpoints: list[Endpoint]
+    token_encoding: str  # "base64", or "raw" for a party that refused it Base64-encoded
 
     def url(self, identifier: str) -> str | None:
         return next((e.url for e in self.endpoints if e.identifier == identifier), None)
 
 
 async def discover(client: PartyClient, versions_url: str, token: str) -> Discovery:
-    """GET the party's versions, pick 2.2.1, GET its details and check the endpoints the hub needs."""
-    versions = _data(await _call(client, "GET", versions_url, token), _versions_decoder, "versions", versions_url)
+    """GET the party's versions, pick 2.2.1, GET its details and check the endpoints the hub needs.
+
+    The token goes Base64-encoded, as 2.2.1 requires; if the party answers 401, once more as it is. The way it
+    took is the party's token encoding, used for every later call to it (transport_and_format.asciidoc: with
+    non-encoding 2.1.1 and 2.2 implementations, "choose the right way ... by either trial and error or
+    configuration flags")."""
+    encoding = "base64"
+    try:
+        fetched = await _call(client, "GET", versions_url, token)
+    except TokenRefused as refused:
+        encoding = "raw"
+        try:
+            fetched = await _call(client, "GET", versions_url, token, encoding=encoding)
+        except TokenRefused:
+            raise UnableToUseClientApi(f"{refused.message}; sent raw (not Base64-encoded), the token was refused "
+                                       "as well") from None  # fmt: skip
+    versions = _data(fetched, _versions_decoder, "versions", versions_url)
     chosen = next((v for v in versions if v.version == SUPPORTED_VERSION), None)
     if chosen is None:
         offered = ", ".join(v.version for v in versions) or "none"
         raise UnsupportedVersion(
             f"no common OCPI version: the hub speaks {SUPPORTED_VERSION}, the party offers {offered}"
         )
-    details = _data(await _call(client, "GET", chosen.url, token), _details_decoder, "version details", chosen.url)
+    details = _data(await _call(client, "GET", chosen.url, token, encoding=encoding), _details_decoder,
+                    "version details", chosen.url)  # fmt: skip
     identifiers = {e.identifier for e in details.endpoints}
     if "credentials" not in identifiers:
         raise NoMatchingEndpoints(
@@ -142,14 +163,14 @@ async def discover(client: PartyClient, versions_url: str, token: str) -> Discov
     if not identifiers & FUNCTIONAL_MODULES:
         modules = ", ".join(sorted(FUNCTIONAL_MODULES))
         raise NoMatchingEndpoints(f"the party's {SUPPORTED_VERSION} details list no functional module ({modules})")
-    return Discovery(SUPPORTED_VERSION, chosen.url, details.endpoints)
+    return Discovery(SUPPORTED_VERSION, chosen.url, details.endpoints, encoding)
 
 
 async def exchange_credentials(
-    client: PartyClient, method: str, credentials_url: str, token: str, ours: Credentials
+    client: PartyClient, method: str, credentials_url: str, token: str, ours: Credentials, encoding: str = "base64"
 ) -> Credentials:
     """POST (register) or PUT (update) our credentials at the party and return the party's."""
-    response = await _call(client, method, credentials_url, token, body=msgspec.json.encode(ours))
+    response = await _call(client, method, credentials_url, token, body=msgspec.json.encode(ours), encoding=encoding)
     try:
         answer = _credentials_decoder.decode(response.content)
     except msgspec.DecodeError as exc:
@@ -160,12 +181,14 @@ async def exchange_credentials(
     return answer.data
 
 
-async def delete_credentials(client: PartyClient, credentials_url: str, token: str) -> None:
-    await _call(client, "DELETE", credentials_url, token)
+async def delete_credentials(client: PartyClient, credentials_url: str, token: str, encoding: str = "base64") -> None:
+    await _call(client, "DELETE", credentials_url, token, encoding=encoding)
 
 
-async def _call(client: PartyClient, method: str, url: str, token: str, body: bytes | None = None) -> Fetched:
-    headers = {"Authorization": authorization(token)}
+async def _call(
+    client: PartyClient, method: str, url: str, token: str, body: bytes | None = None, encoding: str = "base64"
+) -> Fetched:
+    headers = {"Authorization": authorization(token, encoding)}
     if body is not None:
         headers["Content-Type"] = "application/json"
     try:
@@ -176,6 +199,8 @@ async def _call(client: PartyClient, method: str, url: str, token: str, body: by
         raise UnableToUseClientApi(f"{method} {url} failed: {exc or type(exc).__name__}") from None
     except AnswerTooLarge as exc:
         raise UnableToUseClientApi(exc.message) from None
+    if response.status_code == 401:
+        raise TokenRefused(f"{method} {url} answered HTTP 401: {response.text[:200]}")
     if response.status_code >= 300:
         raise UnableToUseClientApi(f"{method} {url} answered HTTP {response.status_code}: {response.text[:200]}")
     return response

@@ -29,6 +29,7 @@ class Connection:
     version: str
     version_url: str
     token_b_sealed: bytes
+    token_encoding: str  # how the party takes token B in the Authorization header: "base64" or "raw"
     endpoints: Sequence[tuple[str, str, str]]  # (identifier, interface role, url)
     roles: Sequence[tuple[int, object]]  # (party_role id, the business details the party sent for it)
 
@@ -107,6 +108,7 @@ async def store_connection(
             connection.version,
             connection.version_url,
             connection.token_b_sealed,
+            connection.token_encoding,
         )
         await conn.execute(QUERIES["delete_endpoints"], platform_id)
         endpoints = connection.endpoints

@@ -42,7 +42,7 @@ WHERE platform_id = $1 AND status <> 'UNREGISTERED' ORDER BY id;
 -- name: store_connection
 -- The outcome of a credentials exchange (POST or PUT, either direction).
 UPDATE platform SET state = 'REGISTERED', versions_url = $2, version = $3, version_url = $4, token_b = $5,
-       registered_at = coalesce(registered_at, now()), last_seen = now()
+       token_encoding = $6, registered_at = coalesce(registered_at, now()), last_seen = now()
 WHERE id = $1;
 
 -- name: delete_endpoints
@@ -102,7 +102,7 @@ WHERE p.state <> 'UNREGISTERED';
 
 -- name: list_parties
 SELECT r.country_code, r.party_id, r.role, p.name AS platform, p.id AS platform_id, r.status,
-       p.registered_at, p.last_seen
+       p.registered_at, p.last_seen, p.token_encoding
 FROM party_role r JOIN platform p ON p.id = r.platform_id
 ORDER BY upper(r.country_code), upper(r.party_id), r.role, r.id;
 

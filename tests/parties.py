@@ -70,6 +70,8 @@ class Party:
     # (method, path) -> (HTTP status, raw body, extra headers): a canned answer instead of the default
     canned: dict[tuple[str, str], tuple[int, bytes, dict[str, str]]] = field(default_factory=dict)
     host: str = "127.0.0.1"  # the name in its URLs ("localhost": a host name, as real parties have); serves 127.0.0.1
+    # An OCPI 2.1.1-era implementation: sends its tokens raw, not Base64-encoded, and takes only raw ones.
+    raw_tokens: bool = False
 
     def __post_init__(self) -> None:
         self.port = free_port()
@@ -147,7 +149,7 @@ class Party:
         accepted = {self.token_b, self.token_a}
         presented = request.headers.get("Authorization", "").removeprefix("Token ")
         try:
-            presented = base64.b64decode(presented, validate=True).decode()
+            presented = presented if self.raw_tokens else base64.b64decode(presented, validate=True).decode()
         except ValueError:
             return web.json_response(envelope(None, 2000, "token not base64 encoded"), status=401)
         if presented not in accepted:
@@ -219,7 +221,7 @@ class Party:
         theirs = json.loads(body)
         # Like a real party, check the hub's versions with the token it gave us before answering.
         async with httpx.AsyncClient() as client:
-            answer = await client.get(theirs["url"], headers=token_header(theirs["token"]))
+            answer = await client.get(theirs["url"], headers=self.token_header(theirs["token"]))
         if answer.status_code != 200:
             return web.json_response(envelope(None, 3001, f"hub versions answered {answer.status_code}"))
         self.hub_credentials = theirs
@@ -228,6 +230,9 @@ class Party:
         return web.json_response(envelope(self.credentials(self.token_b)))
 
     # ---- calling the hub ----
+    def token_header(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Token {token}"} if self.raw_tokens else token_header(token)
+
     def call(
         self,
         hub_base: str,
@@ -241,7 +246,7 @@ class Party:
         content: bytes | None = None,
     ) -> httpx.Response:
         """A functional request through the hub: path relative to /ocpi/2.2.1/, routing headers from the arguments."""
-        sent = token_header(self.hub_token or "") | (headers or {})
+        sent = self.token_header(self.hub_token or "") | (headers or {})
         sender = from_ or (self.roles[0][1], self.roles[0][2])
         sent |= {"OCPI-from-country-code": sender[0], "OCPI-from-party-id": sender[1]}
         if to:
@@ -275,11 +280,12 @@ class Party:
     def register_at(self, hub_versions_url: str, token_a: str) -> httpx.Response:
         """The whole credentials Sender side: GET versions and details with token A, POST our credentials."""
         with httpx.Client(timeout=30) as client:
-            versions = client.get(hub_versions_url, headers=token_header(token_a)).json()["data"]
+            sent = self.token_header(token_a)
+            versions = client.get(hub_versions_url, headers=sent).json()["data"]
             details_url = next(v["url"] for v in versions if v["version"] == "2.2.1")
-            details = client.get(details_url, headers=token_header(token_a)).json()["data"]
+            details = client.get(details_url, headers=sent).json()["data"]
             credentials_url = next(e["url"] for e in details["endpoints"] if e["identifier"] == "credentials")
-            answer = client.post(credentials_url, headers=token_header(token_a), json=self.credentials(self.token_b))
+            answer = client.post(credentials_url, headers=sent, json=self.credentials(self.token_b))
         if answer.status_code == 200 and answer.json()["status_code"] == 1000:
             self.hub_credentials = answer.json()["data"]
             self.hub_token = self.hub_credentials["token"]

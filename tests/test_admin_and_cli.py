@@ -43,6 +43,7 @@ def test_invitation_answers_token_a_and_versions_url(hub: Hub) -> None:
         "status": "PLANNED",
         "registered_at": None,
         "last_seen": None,
+        "token_encoding": "base64",
     }
 
 

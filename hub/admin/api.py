@@ -47,6 +47,7 @@ class Party(msgspec.Struct):
     status: str
     registered_at: datetime | None
     last_seen: datetime | None
+    token_encoding: str  # how the hub sends this platform its token: "base64", or "raw" (an OCPI 2.1.1-era party)
 
 
 class AdminError(Exception):

@@ -95,6 +95,7 @@ async def _exchange(request: Request[Caller, str, State], *, expected_state: str
         version=discovery.version,
         version_url=discovery.version_url,
         token_b_sealed=state.token_box.seal(theirs.token),
+        token_encoding=discovery.token_encoding,
         endpoints=list({(e.identifier, e.role): (e.identifier, e.role, e.url) for e in discovery.endpoints}.values()),
         roles=roles,
     )
@@ -117,5 +118,6 @@ async def _exchange(request: Request[Caller, str, State], *, expected_state: str
         platform_id=caller.platform.id,
         platform=caller.platform.name,
         endpoints=len(connection.endpoints),
+        token_encoding=discovery.token_encoding,
     )
     return ocpi_response(hub_credentials(state.settings, token_c))

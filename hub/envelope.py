@@ -11,7 +11,7 @@ import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
-from hub.errors import InvalidParameters, MalformedBody, OcpiError
+from hub.errors import NESTED_TOO_DEEPLY, InvalidParameters, MalformedBody, OcpiError
 from hub.ocpi.wire import Envelope
 
 log = structlog.get_logger()
@@ -65,6 +65,8 @@ async def decode_body(request: Request, kind: type[T]) -> T:
         msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedBody(f"the request body is not valid JSON: {NESTED_TOO_DEEPLY}") from None
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:

@@ -13,6 +13,10 @@ transport layer (no valid JSON, no such resource, no credentials) get an HTTP er
 
 from __future__ import annotations
 
+# What JSON nested deeper than Python's recursion limit is called in an answer: msgspec refuses it with a
+# RecursionError, which is not a DecodeError, so every decode of a party's JSON catches that as well.
+NESTED_TOO_DEEPLY = "the JSON is nested too deeply (over about 1,000 levels; an OCPI object has a few)"
+
 
 class OcpiError(Exception):
     """Base of every error the hub answers with an OCPI envelope."""

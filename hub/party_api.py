@@ -173,7 +173,7 @@ async def exchange_credentials(
     response = await _call(client, method, credentials_url, token, body=msgspec.json.encode(ours), encoding=encoding)
     try:
         answer = _credentials_decoder.decode(response.content)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise UnableToUseClientApi(f"{method} {credentials_url} answered with no valid credentials: {exc}") from None
     if answer.status_code != 1000 or answer.data is None:
         reason = f"OCPI status {answer.status_code} {answer.status_message or ''}".strip()
@@ -212,5 +212,5 @@ def _data(response: Fetched, decoder: msgspec.json.Decoder, what: str, url: str)
         document = msgspec.json.decode(response.content)
         payload = document.get("data", document) if isinstance(document, dict) else document
         return decoder.decode(msgspec.json.encode(payload))
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise UnableToUseClientApi(f"GET {url} answered no usable {what}: {exc}") from None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from hub.errors import HubError, InvalidParameters, ReceiverNotConnected, UnknownReceiver
+from hub.errors import NESTED_TOO_DEEPLY, HubError, InvalidParameters, ReceiverNotConnected, UnknownReceiver
 from routing.request import Incoming, PartyKey, party_text
 from storage.directory import Directory, PartyRole, Platform
 
@@ -78,8 +78,10 @@ def check_client_owned(incoming: Incoming, sender: PartyRole) -> None:
     if incoming.method == "PUT":
         try:
             body = msgspec.json.decode(incoming.body, type=_ObjectId)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except msgspec.DecodeError as exc:  # ValidationError too: it is a DecodeError
             raise InvalidParameters(f"the request body is not a valid OCPI object: {exc}") from None
+        except RecursionError:
+            raise InvalidParameters(f"the request body is not a valid OCPI object: {NESTED_TOO_DEEPLY}") from None
         # an EVSE is identified by uid, a token by uid, everything else by id
         in_body = body.uid if (incoming.module == "tokens" or len(segments) == 4) else body.id
         if in_body is not None and in_body != segments[-1]:

@@ -42,7 +42,7 @@ _COMMAND_TARGET = {
 def _body_fields(body: bytes) -> _CommandFields:
     try:
         return _fields.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, RecursionError):
         return _CommandFields()
 
 

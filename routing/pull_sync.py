@@ -153,7 +153,7 @@ class PullSync:
                     next_url = match.group(1)
                 count = response.headers.get("x-total-count", "")
                 total = int(count) if count.isascii() and count.isdigit() else None
-        except (httpx.HTTPError, AnswerTooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (httpx.HTTPError, AnswerTooLarge, msgspec.DecodeError, RecursionError) as exc:
             entry.error = f"{type(exc).__name__}: {exc}"
         entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         if self._record is not None:

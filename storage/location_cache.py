@@ -162,7 +162,7 @@ class LocationCache:
             whole = []
             try:
                 update = _decode(body)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 update = None
             if not isinstance(update, dict):
                 log.info("location_cache_skipped", path=path, reason="the body is not a JSON object")
@@ -256,7 +256,10 @@ class LocationCache:
         for member, raw in zip(members, docs, strict=True):
             if raw:
                 country, party, _ = member.split("/", 2)
-                found.append(((country, party), _decode(raw)))
+                try:
+                    found.append(((country, party), _decode(raw)))
+                except RecursionError:  # stored, just, from a shallower stack: as good as not cached
+                    log.warning("location_cache_unreadable", location=member, reason="nested too deeply")
         return found
 
     async def snapshot(
@@ -316,7 +319,7 @@ def _whole_location(document: bytes | msgspec.Raw) -> tuple[_Head, _Index]:
         # msgspec does not check the UTF-8 of the fields it skips: one bad byte would spoil every GET All page it
         # is served on
         str(document, "utf-8")
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         raise ValueError("the body is not a JSON object") from None
     except UnicodeDecodeError:
         raise ValueError("the body is not UTF-8") from None

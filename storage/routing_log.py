@@ -88,7 +88,7 @@ def object_id_of_entry(entry: LogEntry) -> str | None:
     if entry.module == "cdrs" and entry.method == "POST" and entry.interface == "receiver" and entry.request_body:
         try:
             return _identified.decode(entry.request_body).id[:255]
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, RecursionError):  # the row is written all the same, without an object id
             return None
     return object_id_of(entry.module, entry.interface, entry.path)
 

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import Hub, Services, hub_env, register_at_hub, start_hub
+from tests.parties import token_header
 from tests.test_routing import LOCATION, _roles, party_key
 
 REQUESTS = 400
@@ -41,11 +42,14 @@ SHAPES = [
     ("GET", "pages/{id}"), ("POST", "results/{id}"), ("GET", "relayed-cdrs/{id}"), ("GET", "snapshots/{id}"),
 ]  # fmt: skip
 ODD_SEGMENTS = ["%00", "%ff", "%2F", "..", "%25", "%zz", "a" * 300, "%C3%A9", "%20", "-1", "", "x" * 37, "FOO"]
+# An object whose JSON nests deeper than Python's recursion limit: msgspec refuses it with a RecursionError, not a
+# DecodeError (a 500 of the hub before 2026-12-03, wherever the hub looked into a body or an answer).
+DEEP = b'{"id": "LOC1", "response_url": "http://127.0.0.1:9/r", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
 ODD_QUERIES = ["offset=-1", "limit=abc", "date_from=2020-13-45", "offset=" + "9" * 30, "type=%00", "limit=0", "&&"]
 ODD_BODIES = [
     b"", b"{", b"null", b"[]", b'"x"', b"1e9999", b"\xff\xfe", b"[" * 100_000, b'{"a":' * 200 + b"1" + b"}" * 200,
     b'{"id": "C\\u0000D", "response_url": "not a url"}', b'{"response_url": 5, "country_code": 5}',
-    b'{"x": "\\ud800"}', b'{"x": 1}trailing', json.dumps({"id": "x" * 100_000}).encode(),
+    b'{"x": "\\ud800"}', b'{"x": 1}trailing', json.dumps({"id": "x" * 100_000}).encode(), DEEP,
 ]  # fmt: skip
 
 
@@ -168,3 +172,49 @@ def test_hundreds_of_malformed_requests_each_get_a_clear_answer_and_the_hub_goes
         assert sign_of_trouble not in own_hub.log()
     with httpx.Client() as client:  # and it still answers plainly
         assert client.get(own_hub.versions_url).status_code == 401
+
+
+def test_json_nested_too_deeply_gets_a_clear_answer_and_its_row_wherever_it_arrives(hub: Hub, start_party, db) -> None:
+    cpo = register_at_hub(hub, start_party, _roles("CPO"))
+    emsp = register_at_hub(hub, start_party, _roles("EMSP"))
+    (cc, pid), to_emsp, to_cpo = party_key(cpo), party_key(emsp), party_key(cpo)
+
+    def sent(party, method: str, path: str, request_id: str, **options) -> httpx.Response:  # type: ignore[no-untyped-def]
+        answer = party.call(hub.base, method, path, content=DEEP, headers={"X-Request-ID": request_id,
+                            "Content-Type": "application/json"}, **options)  # fmt: skip
+        assert answer.status_code < 500, answer.text
+        rows = db.run(db.fetch("SELECT ocpi_status_code FROM routing_log WHERE request_id = $1", request_id))
+        assert len(rows) == 1, request_id  # logged like any other exchange
+        return answer
+
+    # Where the hub reads the body itself, the caller is told what is wrong with it, and nothing is forwarded.
+    for method, path, request_id, to in (
+        ("PUT", f"receiver/locations/{cc}/{pid}/LOC1", "deep-location", to_emsp),  # the id in the body is checked
+        ("POST", "receiver/commands/START_SESSION", "deep-command", to_cpo),  # its response_url is replaced
+    ):
+        party = cpo if to == to_emsp else emsp
+        answer = sent(party, method, path, request_id, to=to)
+        assert answer.json()["status_code"] == 2001 and "nested too deeply" in answer.json()["status_message"]
+    # Open routing (no OCPI-to): the body cannot tell the hub where to go, and the hub says so.
+    answer = sent(emsp, "POST", "receiver/commands/START_SESSION", "deep-open-command")
+    assert answer.json()["status_code"] != 1000 and answer.json()["status_message"]
+    assert not [r for r in cpo.functional() if r.body == DEEP]
+    # A body the hub only relays reaches the receiver, whose own answer comes back; its row holds the body.
+    answer = sent(cpo, "POST", "receiver/cdrs", "deep-cdr", to=to_emsp)
+    assert answer.status_code == 400 and answer.json()["status_code"] == 2001  # the test party's own verdict
+    assert [r.body for r in emsp.functional()][-1] == DEEP
+    # A receiver's answer nested too deeply is relayed as it came; the log has no OCPI status for it.
+    emsp.canned[("GET", "/ocpi/2.2.1/tokens/sender/T1")] = (200, DEEP, {"Content-Type": "application/json"})
+    answer = cpo.call(hub.base, "GET", "sender/tokens/T1", to=to_emsp, headers={"X-Request-ID": "deep-answer"})
+    assert answer.status_code == 200 and answer.content == DEEP
+    [row] = db.run(db.fetch("SELECT id, ocpi_status_code FROM routing_log WHERE request_id = 'deep-answer'"))
+    assert row["ocpi_status_code"] is None
+    # The auditor can open both messages (the body shown as text).
+    with hub.admin() as admin:
+        message = admin.get(f"/admin/api/routing-log/{row['id']}")
+        assert message.status_code == 200 and message.json()["response"]["kind"] == "text"
+    # A credentials update nested too deeply: HTTP 400, and the platform keeps its token.
+    answer = httpx.put(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(emsp.hub_token or ""), content=DEEP)
+    assert answer.status_code == 400 and "nested too deeply" in answer.json()["status_message"]
+    assert emsp.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=to_cpo).json()["status_code"] == 1000
+    assert "relay_failed" not in hub.log() and "Traceback" not in hub.log()

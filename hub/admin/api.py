@@ -86,7 +86,7 @@ def json_response(payload: object, status: int = 200) -> Response[bytes]:
 async def create_invitation(request: Request) -> Response[bytes]:
     try:
         body = msgspec.json.decode(await request.body(), type=InvitationIn)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise AdminError(400, f"invalid invitation: {exc}") from None
     state = request.app.state
     async with state.pool.acquire() as conn:

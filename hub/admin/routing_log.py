@@ -81,7 +81,7 @@ def _body(stored: bytes | None, size: int) -> dict[str, Any]:
     body: Any
     try:
         body, kind = msgspec.json.decode(raw), "json"
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         body, kind = raw.decode("utf-8", errors="replace"), "text"
     return {"body": body if raw else None, "kind": kind if raw else "empty", "size": size, "truncated": len(raw) < size}
 

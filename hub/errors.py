@@ -13,8 +13,8 @@ transport layer (no valid JSON, no such resource, no credentials) get an HTTP er
 
 from __future__ import annotations
 
-# What JSON nested deeper than Python's recursion limit is called in an answer: msgspec refuses it with a
-# RecursionError, which is not a DecodeError, so every decode of a party's JSON catches that as well.
+# How the hub's answers name JSON nested deeper than Python's recursion limit. msgspec refuses such JSON with a
+# RecursionError, which is not a DecodeError: every decode of JSON a party sent catches both.
 NESTED_TOO_DEEPLY = "the JSON is nested too deeply (over about 1,000 levels; an OCPI object has a few)"
 
 

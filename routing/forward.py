@@ -38,7 +38,7 @@ def ocpi_status_of(body: bytes) -> int | None:
     """The OCPI status_code of an answer, or None for a body that is no OCPI envelope (an HTML error page, say)."""
     try:
         return _status_decoder.decode(body).status_code
-    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply (hub.errors)
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: hub.errors.NESTED_TOO_DEEPLY
         return None
 
 

@@ -7,6 +7,7 @@ httpx errors are translated here, at this one boundary, into the OCPI errors the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,19 +53,27 @@ class Fetched:
 class PartyClient(httpx.AsyncClient):
     """The control plane's client: httpx with the hub's timeouts and keep-alive, reading at most
     OCPI_HUB_MAX_BODY_BYTES of an answer (a party's mistake, or a few kB of gzip that inflate to gigabytes, must not
-    take the hub's memory)."""
+    take the hub's memory), each answer whole within OCPI_HUB_FORWARD_TIMEOUT_S."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(timeout=httpx.Timeout(settings.forward_timeout_s, connect=5.0),
                          limits=httpx.Limits(keepalive_expiry=settings.party_keep_alive_s))  # fmt: skip
         self.max_answer_bytes = settings.max_body_bytes
+        self.answer_timeout_s = settings.forward_timeout_s
 
     async def fetch(self, method: str, url: str, headers: dict[str, str], content: bytes | None = None) -> Fetched:
-        """The answer, redirects followed; AnswerTooLarge (4000) once it is larger than the cap."""
-        async with self.stream(method, url, headers=headers, content=content, follow_redirects=True) as response:
-            # aiter_bytes undoes gzip: the cap counts what the hub would hold
-            body = await read_capped(response.aiter_bytes(), self.max_answer_bytes, f"{method} {url}")
-        return Fetched(response.status_code, response.headers, body)
+        """The answer, redirects followed; AnswerTooLarge (4000) once it is larger than the cap, httpx.ReadTimeout
+        once it took longer than the timeout. httpx's own timeouts count per read: a party sending a byte now and
+        then would hold the call, and the still-alive round or location sync waiting for it, for ever."""
+        try:
+            async with asyncio.timeout(self.answer_timeout_s):
+                async with self.stream(method, url, headers=headers, content=content, follow_redirects=True) as answer:
+                    # aiter_bytes undoes gzip: the cap counts what the hub would hold
+                    body = await read_capped(answer.aiter_bytes(), self.max_answer_bytes, f"{method} {url}")
+        except TimeoutError:
+            late = f"{method} {url} did not answer in full within {self.answer_timeout_s:g} s"
+            raise httpx.ReadTimeout(late) from None
+        return Fetched(answer.status_code, answer.headers, body)
 
 
 class TokenRefused(UnableToUseClientApi):

@@ -41,7 +41,8 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     (
         "OCPI_HUB_FORWARD_TIMEOUT_S",
         "30",
-        "seconds the hub waits for a party before answering 4002, and for a request's body before answering 408",
+        "seconds the hub waits for a party's whole answer (a forward: then 4002; a probe, a location sync page, a "
+        "registration step: then failed), and for a request's body before answering 408",
     ),
     (
         "OCPI_HUB_PARTY_KEEP_ALIVE_S",

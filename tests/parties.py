@@ -72,6 +72,9 @@ class Party:
     host: str = "127.0.0.1"  # the name in its URLs ("localhost": a host name, as real parties have); serves 127.0.0.1
     # An OCPI 2.1.1-era implementation: sends its tokens raw, not Base64-encoded, and takes only raw ones.
     raw_tokens: bool = False
+    # Paths answered a byte at a time and never finished (until the party stops): each byte comes well within any
+    # timeout per read, so only a deadline on the whole answer ends such a call.
+    drip: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.port = free_port()
@@ -79,6 +82,7 @@ class Party:
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._runner: web.AppRunner | None = None
+        self._stopping = False
 
     # ---- serving ----
     @property
@@ -92,6 +96,7 @@ class Party:
         return self
 
     def stop(self) -> None:
+        self._stopping = True  # ends the answers it is dripping
         if self._runner is None or self._loop.is_closed() or not self._loop.is_running():
             return
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
@@ -101,6 +106,7 @@ class Party:
     def resume(self) -> Party:
         """Serve again on the same port after stop(): a party back from an outage."""
         self._loop, self._started = asyncio.new_event_loop(), threading.Event()
+        self._stopping = False
         return self.start()
 
     def _serve(self) -> None:
@@ -141,7 +147,7 @@ class Party:
             ],
         }
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         peer = request.transport.get_extra_info("peername") if request.transport else None
         self.received.append(Received(request.method, request.path, request.query_string, dict(request.headers), body,
@@ -154,6 +160,8 @@ class Party:
             return web.json_response(envelope(None, 2000, "token not base64 encoded"), status=401)
         if presented not in accepted:
             return web.json_response(envelope(None, 2000, "unknown token"), status=401)
+        if request.path in self.drip:
+            return await self._drip(request)
         if request.path == "/ocpi/versions":
             if self.versions_status != 200:
                 return web.Response(status=self.versions_status, text="versions broken")
@@ -163,6 +171,18 @@ class Party:
         if request.path == "/ocpi/2.2.1/credentials":
             return await self._credentials(request, body)
         return await self._module(request, body)
+
+    async def _drip(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"data": [')
+        while not self._stopping:
+            await asyncio.sleep(0.2)
+            try:
+                await response.write(b" ")
+            except ConnectionResetError:  # the caller gave up
+                break
+        return response
 
     async def _module(self, request: web.Request, body: bytes) -> web.Response:
         """A functional endpoint /ocpi/2.2.1/{module}/{sender|receiver}/...: canned answer, list, or plain success."""

@@ -1,5 +1,5 @@
-"""uvicorn's HTTP/1.1 protocol (httptools), answering bytes that do not parse as HTTP with an OCPI envelope, and
-writing each response's head and body in one system call.
+"""uvicorn's HTTP/1.1 protocol (httptools), answering bytes that do not parse as HTTP with an OCPI envelope, writing
+each response's head and body in one system call, and closing a connection whose request head does not come.
 
 uvicorn answers those bytes itself, before any of the hub's code runs, with a text/plain 400 that a party's OCPI
 client cannot read. status_codes.asciidoc: errors of the transport layer get an HTTP error code "with the same
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import weakref
 from typing import Any
 
 import msgspec
@@ -24,24 +25,78 @@ _JOINED_BODY_MAX = 64 * 1024  # a larger body is written after its head rather t
 
 
 class OcpiHttpToolsProtocol(HttpToolsProtocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        HeadDeadlines.watch(self)
+
     def send_400_response(self, msg: str) -> None:
         # uvicorn calls this from its `except httptools.HttpParserError`: the parser's own words say what was wrong.
         parser_error = sys.exc_info()[1]
         detail = str(parser_error) if parser_error is not None and str(parser_error) else msg.rstrip(".")
+        self._refuse(b"400 Bad Request", f"not a valid HTTP/1.1 request: {detail}")
+
+    def _refuse(self, status: bytes, message: str) -> None:
+        """Answer with an OCPI envelope and close: what came on this connection cannot be read as a request."""
         body = _encoder.encode(Envelope(status_code=ClientError.status_code, timestamp=ocpi_timestamp(),
-                                        status_message=f"not a valid HTTP/1.1 request: {detail}"))  # fmt: skip
-        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+                                        status_message=message))  # fmt: skip
+        head = [b"HTTP/1.1 %s\r\n" % status]
         head += [b"%s: %s\r\n" % (name, value) for name, value in self.server_state.default_headers]
         head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
                  b"connection: close\r\n\r\n"]  # fmt: skip
         self.transport.write(b"".join(head) + body)
         self.transport.close()
 
+    def waits_for_head(self) -> bool:
+        """No request in progress and not idle under uvicorn's keep-alive timer: silent since it opened, or in the
+        middle of a request's head (a byte of it cancelled the timer)."""
+        cycle = self.cycle
+        return ((cycle is None or cycle.response_complete) and self.timeout_keep_alive_task is None
+                and not self.transport.is_closing())  # fmt: skip
+
     def on_headers_complete(self) -> None:
         super().on_headers_complete()  # the new request's cycle; its task has not started yet
         cycle = self.cycle
         if cycle is not None and not isinstance(cycle.transport, HeadWithBody):
             cycle.transport = HeadWithBody(cycle.transport, cycle)  # type: ignore[assignment]
+
+
+class HeadDeadlines:
+    """A request's head (request line and headers) must be in within timeout_keep_alive (OCPI_HUB_KEEP_ALIVE_S) of
+    the connection opening, or of the previous answer: uvicorn waits for ever on a connection that sends nothing,
+    or a byte now and then, and each holds a socket and a file descriptor (granian takes the same limit as its
+    header_read_timeout). No timer per request or connection: once a second the connections are looked through,
+    and one that has been waiting for a head as long gets a 408 and is closed."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[OcpiHttpToolsProtocol, tuple[object, float]] = {}  # -> (its cycle then, since when)
+        self._check: asyncio.TimerHandle | None = None
+
+    @staticmethod
+    def watch(protocol: OcpiHttpToolsProtocol) -> None:
+        """Look through the connections of the protocol's event loop once a second while it has any."""
+        heads = _heads.get(protocol.loop) or _heads.setdefault(protocol.loop, HeadDeadlines())
+        if heads._check is None:
+            heads._check = protocol.loop.call_later(1.0, heads._look, protocol.loop, protocol.connections)
+
+    def _look(self, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        now = loop.time()
+        waiting: dict[OcpiHttpToolsProtocol, tuple[object, float]] = {}
+        for protocol in list(connections):  # uvicorn's set of the server's open connections
+            if not isinstance(protocol, OcpiHttpToolsProtocol) or not protocol.waits_for_head():
+                continue
+            cycle, since = self._waiting.get(protocol, (protocol.cycle, now))
+            if cycle is not protocol.cycle:  # it answered a request since: a new wait
+                since = now
+            if now - since >= protocol.timeout_keep_alive:
+                limit = protocol.timeout_keep_alive
+                protocol._refuse(b"408 Request Timeout", f"no complete request head arrived within {limit:g} s")
+            else:
+                waiting[protocol] = (protocol.cycle, since)
+        self._waiting = waiting
+        self._check = loop.call_later(1.0, self._look, loop, connections) if connections else None
+
+
+_heads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HeadDeadlines] = weakref.WeakKeyDictionary()
 
 
 class HeadWithBody:

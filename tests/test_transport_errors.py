@@ -253,11 +253,11 @@ def test_log_lines_are_json_with_the_request_id(hub: Hub, token_a: str) -> None:
 
 
 @contextlib.contextmanager
-def _uvicorn_with_hub_protocol(app) -> Iterator[tuple[str, int]]:  # type: ignore[no-untyped-def]
+def _uvicorn_with_hub_protocol(app, **options) -> Iterator[tuple[str, int]]:  # type: ignore[no-untyped-def]
     """uvicorn with the hub's HTTP protocol (as `ocpi-hub serve` runs it), serving `app` in a thread of its own."""
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, http=OcpiHttpToolsProtocol, loop="uvloop",
-                            lifespan="off", log_config=None)  # fmt: skip
+                            lifespan="off", log_config=None, **options)  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -330,3 +330,51 @@ def _collector_off() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+async def _hello(scope, receive, send):  # type: ignore[no-untyped-def]
+    if scope["type"] == "http":
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+
+def _answer_while_trickling(client: socket.socket, trickle: bytes, every_s: float, give_up_s: float) -> bytes:
+    """Send `trickle` a byte every every_s until the server answers and closes; what it answered."""
+    client.settimeout(every_s)
+    answer, ends = b"", time.monotonic() + give_up_s
+    for byte in (trickle[i : i + 1] for i in range(len(trickle))):
+        assert time.monotonic() < ends, f"no answer within {give_up_s} s"
+        with contextlib.suppress(OSError):  # the server closed: what it said is read below
+            client.sendall(byte)
+        with contextlib.suppress(TimeoutError):
+            while chunk := client.recv(65536):
+                answer += chunk
+            return answer  # closed
+    raise AssertionError("trickled everything without an answer")
+
+
+def test_a_request_head_that_does_not_come_is_answered_408_and_its_connection_closed() -> None:
+    # uvicorn waits for ever for a request's head: a connection that sends nothing, or a byte now and then, holds
+    # its socket and file descriptor. The hub's protocol answers 408 once one has waited timeout_keep_alive (the
+    # hub's OCPI_HUB_KEEP_ALIVE_S; 2 s here).
+    with _uvicorn_with_hub_protocol(_hello, timeout_keep_alive=2) as address:
+        with socket.create_connection(address, timeout=10) as silent:
+            started = time.monotonic()
+            answer = b""
+            while chunk := silent.recv(65536):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 408") and 1.5 < time.monotonic() - started < 4.5
+        with socket.create_connection(address) as trickling:
+            started = time.monotonic()
+            answer = _answer_while_trickling(trickling, b"GET / HTTP/1.1\r\nHost: hub\r\nX-Slow: " + b"a" * 100, 0.2, 8)
+            assert answer.startswith(b"HTTP/1.1 408") and 1.5 < time.monotonic() - started < 4.5
+        envelope = json.loads(answer.partition(b"\r\n\r\n")[2])
+        assert _is_envelope(envelope) and envelope["status_code"] == 2000
+        assert envelope["status_message"] == "no complete request head arrived within 2 s"
+        # A kept-alive connection whose requests come, slowly, is left alone: each one gets its answer.
+        with socket.create_connection(address, timeout=10) as steady:
+            for _ in range(6):
+                steady.sendall(b"GET / HTTP/1.1\r\nHost: hub\r\n\r\n")
+                assert steady.recv(65536).startswith(b"HTTP/1.1 200 OK")
+                time.sleep(1.2)

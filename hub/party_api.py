@@ -7,13 +7,13 @@ httpx errors are translated here, at this one boundary, into the OCPI errors the
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 import msgspec
 
@@ -64,9 +64,12 @@ class PartyClient(httpx.AsyncClient):
     async def fetch(self, method: str, url: str, headers: dict[str, str], content: bytes | None = None) -> Fetched:
         """The answer, redirects followed; AnswerTooLarge (4000) once it is larger than the cap, httpx.ReadTimeout
         once it took longer than the timeout. httpx's own timeouts count per read: a party sending a byte now and
-        then would hold the call, and the still-alive round or location sync waiting for it, for ever."""
+        then would hold the call, and the still-alive round or location sync waiting for it, for ever. An anyio
+        deadline, not asyncio.timeout: httpcore shields parts of its work from cancellation with anyio, and with
+        asyncio.timeout here CI saw a still-alive round stall and its task ignore the shutdown's cancel; an anyio
+        scope delivers its cancellation again until the scope ends."""
         try:
-            async with asyncio.timeout(self.answer_timeout_s):
+            with anyio.fail_after(self.answer_timeout_s):
                 async with self.stream(method, url, headers=headers, content=content, follow_redirects=True) as answer:
                     # aiter_bytes undoes gzip: the cap counts what the hub would hold
                     body = await read_capped(answer.aiter_bytes(), self.max_answer_bytes, f"{method} {url}")

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Hub, Services, hub_env, register_at_hub, start_hub
-from tests.parties import Party
 from tests.test_hub_client_info import _wait_for
 from tests.test_location_cache import HUB, _location
 from tests.test_routing import _roles, party_key
+from tests.test_still_alive import _status, _versions_probes
 
 TIMEOUT_S = 2
 
@@ -32,16 +32,6 @@ def impatient_hub(services: Services, empty_database: str, tmp_path: Path):  # t
     running.stop()
 
 
-def _status(hub: Hub, party: Party) -> str:
-    with hub.admin() as admin:
-        [item] = [i for i in admin.get("/admin/api/parties").json()["items"] if i["party_id"] == party.roles[0][2]]
-    return str(item["status"])
-
-
-def _versions_gets(party: Party) -> int:
-    return sum(1 for r in party.received if r.method == "GET" and r.path == "/ocpi/versions")
-
-
 def test_a_party_dripping_its_versions_goes_offline_and_the_other_parties_are_still_probed(
     impatient_hub: Hub, start_party
 ) -> None:
@@ -49,8 +39,8 @@ def test_a_party_dripping_its_versions_goes_offline_and_the_other_parties_are_st
     dripping = register_at_hub(hub, start_party, _roles("CPO"))
     other = register_at_hub(hub, start_party, _roles("CPO"))
     dripping.drip.add("/ocpi/versions")
-    probed = _versions_gets(dripping)
-    _wait_for(lambda: _versions_gets(dripping) > probed)  # a probe is reading the endless answer now
+    probed = _versions_probes(dripping)
+    _wait_for(lambda: _versions_probes(dripping) > probed)  # a probe is reading the endless answer now
     other.stop()
     # The other party's outage is noticed although a probe of the dripping one is under way ...
     _wait_for(lambda: _status(hub, other) == "OFFLINE", timeout=4 * TIMEOUT_S)
@@ -65,8 +55,7 @@ def test_a_party_dripping_its_versions_goes_offline_and_the_other_parties_are_st
 def test_a_cpo_dripping_its_locations_does_not_hold_up_the_sync_of_the_next(impatient_hub: Hub, start_party) -> None:
     hub = impatient_hub
     emsp = register_at_hub(hub, start_party, _roles("EMSP"))
-    dripping = start_party(_roles("CPO"), drip={"/ocpi/2.2.1/locations/sender"})
-    register_at_hub(hub, lambda *roles, **options: dripping, *dripping.roles)
+    dripping = register_at_hub(hub, start_party, _roles("CPO"), drip={"/ocpi/2.2.1/locations/sender"})
     _wait_for(lambda: any(r.path == "/ocpi/2.2.1/locations/sender" for r in dripping.received))  # its sync started
     roles = _roles("CPO")
     owner = (roles[1], roles[2])

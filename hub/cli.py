@@ -9,6 +9,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run the hub with demo parties that register and exchange traffic (data in ./.ocpi-hub-demo)",
     )
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    demo.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    demo.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0: any free port)")
     demo.add_argument("--interval", type=float, default=2.0, help="seconds between demo messages (default 2)")
     commands.add_parser("migrate", help="apply database migrations and exit")
     invite = commands.add_parser("invite", help="create a platform and print its token A (JSON)")
@@ -102,6 +103,35 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    listening = None
+    if args.command == "demo":  # its port first: a port in use fails at once, not after the embedded servers start
+        try:
+            listening = _listen(args.host, args.port)
+        except OSError as exc:
+            print(f"ocpi-hub: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        args.port = listening.getsockname()[1]  # --port 0: the free port the system gave
+    try:
+        return _main(args, listening)
+    finally:
+        if listening is not None:
+            listening.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
     try:
         port = getattr(args, "port", 8080)
         env = dict(os.environ)
@@ -124,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(check_redis(ready.redis_url or ""))
             if args.command == "serve":
                 return _serve(ready, args.host, args.port, args.workers, args.server)
-            if args.command == "demo":
-                return _demo(ready, args)
+            if listening is not None:
+                return _demo(ready, args, listening)
             command = {"invite": _invite, "connect": _connect, "sync": _sync, "auditor": _auditor,
                        "retention": _retention, "verify": _verify}.get(args.command)  # fmt: skip
             return _run(command, ready, args) if command else 0
@@ -209,14 +239,14 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
     return 0
 
 
-def _demo(settings: Settings, args: argparse.Namespace) -> int:
+def _demo(settings: Settings, args: argparse.Namespace, listening: socket.socket) -> int:
     from hub.demo.run import run_demo
 
     if args.interval <= 0:
         print("ocpi-hub: --interval must be a positive number of seconds", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(run_demo(settings, args.host, args.port, args.interval))
+        return asyncio.run(run_demo(settings, listening, args.interval))
     except KeyboardInterrupt:  # Ctrl-C before the demo took over the signal: still a clean stop
         return 0
 

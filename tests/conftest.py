@@ -156,8 +156,22 @@ def hub_env(services: Services, data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+class PortTaken(RuntimeError):
+    """The port free_port() gave was bound by someone else before the server got to it."""
+
+
+def lost_the_port(output: str) -> bool:
+    return "address already in use" in output
+
+
 def start_hub(env: dict[str, str], log_path: Path, *args: str, timeout: float = 60) -> Hub:
-    port = free_port()
+    try:
+        return _start_hub_on(free_port(), env, log_path, *args, timeout=timeout)
+    except PortTaken:  # free_port() only finds a port that was free: one retry with a fresh one
+        return _start_hub_on(free_port(), env, log_path, *args, timeout=timeout)
+
+
+def _start_hub_on(port: int, env: dict[str, str], log_path: Path, *args: str, timeout: float) -> Hub:
     env = {"OCPI_HUB_PUBLIC_URL": f"http://127.0.0.1:{port}"} | env
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
@@ -172,7 +186,8 @@ def start_hub(env: dict[str, str], log_path: Path, *args: str, timeout: float = 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"hub exited with {process.returncode}:\n{hub.log()}")
+            problem = PortTaken if lost_the_port(hub.log()) else RuntimeError
+            raise problem(f"hub exited with {process.returncode}:\n{hub.log()}")
         try:
             if httpx.get(hub.versions_url, timeout=1).status_code == 401:
                 return hub

@@ -20,7 +20,6 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, Services, _admin_sql, _with_database, hub_env
-from tests.parties import free_port
 
 READY = re.compile(r"Open the console: (http://\S+)/console")
 AUDITOR = re.compile(r"auditor token: (\S+)")
@@ -85,9 +84,8 @@ def _reader(process: subprocess.Popen[str], lines: queue.Queue[str | None], log:
 
 def start_demo(env: dict[str, str], data_dir: Path, log: Path, interval_s: float, timeout: float = 120) -> RunningDemo:
     """Starts the demo and returns once it printed the console URL, i.e. once its opening traffic went through."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hub.cli", "demo", "--port", str(port), "--interval", str(interval_s)],
+    process = subprocess.Popen(  # port 0: the demo binds a free port itself, before anything else, and prints its URL
+        [sys.executable, "-m", "hub.cli", "demo", "--port", "0", "--interval", str(interval_s)],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     lines: queue.Queue[str | None] = queue.Queue()

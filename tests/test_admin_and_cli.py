@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -210,3 +213,21 @@ def test_unreachable_database_or_redis_stops_serve_with_a_clear_message(
                             text=True, timeout=60)  # fmt: skip
     assert result.returncode == 1
     assert message in result.stderr and variable in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_on_a_port_in_use_says_so_at_once_and_starts_nothing(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    data_dir = tmp_path / "demo-data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {"OCPI_HUB_DATA_DIR": str(data_dir)}
+    try:
+        result = subprocess.run([sys.executable, "-m", "hub.cli", "demo", "--port", str(port)], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+    finally:
+        taken.close()
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not data_dir.exists()  # no embedded server started, no secret written

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,11 +36,12 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-async def run_demo(settings: Settings, host: str, port: int, interval_s: float) -> int:
+async def run_demo(settings: Settings, listening: socket.socket, interval_s: float) -> int:
+    """Serves the hub on `listening`, a socket the CLI bound before anything else started."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    server = _Server(uvicorn.Config(create_app(settings), host=host, port=port, lifespan="on", access_log=False,
-                                    log_level="warning", timeout_graceful_shutdown=10))  # fmt: skip
+    server = _Server(uvicorn.Config(create_app(settings), lifespan="on", access_log=False, log_level="warning",
+                                    timeout_graceful_shutdown=10))  # fmt: skip
 
     def interrupted() -> None:
         if stop.is_set():
@@ -48,7 +50,7 @@ async def run_demo(settings: Settings, host: str, port: int, interval_s: float) 
 
     for handled in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(handled, interrupted)
-    hub_task = asyncio.create_task(server.serve())
+    hub_task = asyncio.create_task(server.serve(sockets=[listening]))
     parties = cast()
     traffic: asyncio.Task[None] | None = None
     try:
@@ -122,7 +124,7 @@ async def _first(traffic: asyncio.Task[None], stop: asyncio.Event) -> None:
 async def _until_serving(server: uvicorn.Server, hub_task: asyncio.Task[None], stop: asyncio.Event) -> None:
     while not server.started:
         if hub_task.done():
-            raise DemoFailed("the hub did not start (is the port in use?)")
+            raise DemoFailed("the hub did not start")
         if stop.is_set():
             return
         await asyncio.sleep(0.05)

@@ -67,7 +67,8 @@ class Party:
     objects: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # module -> objects its Sender lists
     page_size: int = 10
     delay_s: float = 0.0  # answer functional requests this late
-    # (method, path) -> (HTTP status, raw body, extra headers): a canned answer instead of the default
+    # (method, path) -> (HTTP status, raw body, extra headers): a canned answer instead of the default, for a
+    # functional path or the versions and 2.2.1 details
     canned: dict[tuple[str, str], tuple[int, bytes, dict[str, str]]] = field(default_factory=dict)
     host: str = "127.0.0.1"  # the name in its URLs ("localhost": a host name, as real parties have); serves 127.0.0.1
     # An OCPI 2.1.1-era implementation: sends its tokens raw, not Base64-encoded, and takes only raw ones.
@@ -162,6 +163,8 @@ class Party:
             return web.json_response(envelope(None, 2000, "unknown token"), status=401)
         if request.path in self.drip:
             return await self._drip(request)
+        if request.path in ("/ocpi/versions", "/ocpi/2.2.1") and (request.method, request.path) in self.canned:
+            return self._canned(request)
         if request.path == "/ocpi/versions":
             if self.versions_status != 200:
                 return web.Response(status=self.versions_status, text="versions broken")
@@ -184,13 +187,16 @@ class Party:
                 break
         return response
 
+    def _canned(self, request: web.Request) -> web.Response:
+        status, raw, headers = self.canned[(request.method, request.path)]
+        return web.Response(status=status, body=raw, headers=headers)
+
     async def _module(self, request: web.Request, body: bytes) -> web.Response:
         """A functional endpoint /ocpi/2.2.1/{module}/{sender|receiver}/...: canned answer, list, or plain success."""
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        if (canned := self.canned.get((request.method, request.path))) is not None:
-            status, raw, headers = canned
-            return web.Response(status=status, body=raw, headers=headers)
+        if (request.method, request.path) in self.canned:
+            return self._canned(request)
         parts = request.path.split("/")  # ["", "ocpi", "2.2.1", module, interface, ...]
         if len(parts) < 5 or parts[3] not in ALL_MODULES:
             return web.json_response(envelope(None, 2000, f"no such endpoint {request.path}"), status=404)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import httpx
+import pytest
 
 from tests.conftest import Hub, unique_party_id
 from tests.parties import Party, free_port, token_header
@@ -120,6 +121,33 @@ def test_party_versions_answering_an_http_error_gives_3001(hub: Hub, start_party
     answer = party.register_at(hub.versions_url, token_a).json()
     assert answer["status_code"] == 3001
     assert "HTTP 500" in answer["status_message"]
+
+
+NESTED_TOO_DEEPLY = b"[" * 5000 + b"]" * 5000
+
+
+@pytest.mark.parametrize(
+    ("path", "answer", "said"),
+    [
+        ("/ocpi/versions", b"<html>down for maintenance</html>", "answered no usable versions"),
+        ("/ocpi/versions", b'{"data": {"version": "2.2.1"}}', "answered no usable versions"),
+        ("/ocpi/versions", b'{"data": ' + NESTED_TOO_DEEPLY + b"}", "answered no usable versions"),
+        ("/ocpi/2.2.1", b'{"data": {"version": "2.2.1", "endpoints": "all"}}', "answered no usable version details"),
+        ("/ocpi/2.2.1", NESTED_TOO_DEEPLY, "answered no usable version details"),
+    ],
+    ids=["not-json", "wrong-shape", "nested-too-deeply", "details-wrong-shape", "details-nested-too-deeply"],
+)
+def test_party_versions_or_details_the_hub_cannot_use_give_3001_saying_what_was_wrong(
+    hub: Hub, start_party, path: str, answer: bytes, said: str
+) -> None:
+    canned = {("GET", path): (200, answer, {"Content-Type": "application/json"})}
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()), canned=canned)
+    registration = party.register_at(hub.versions_url, token_a)
+    assert registration.status_code == 200
+    assert registration.json()["status_code"] == 3001
+    assert f"GET {party.base}{path} {said}" in registration.json()["status_message"]
+    # Nothing was registered: token A still works for a second attempt.
+    assert httpx.get(hub.versions_url, headers=token_header(token_a)).status_code == 200
 
 
 def test_party_with_a_wrong_token_b_gives_3001(hub: Hub, start_party) -> None:

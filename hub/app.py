@@ -97,11 +97,11 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             relay.serve(app.state)
             sync = PullSync(http, app.state.locations, redis_client, settings.redis_prefix, hub_party, writer.record)
             tasks = [
-                asyncio.create_task(directory.watch()),
-                asyncio.create_task(_flush_last_seen(app.state)),
-                asyncio.create_task(client_info.run_pushes(app.state)),
-                asyncio.create_task(app.state.still_alive.run()),
-                asyncio.create_task(partitions.maintain(pool, settings.log_partitions_ahead)),
+                asyncio.create_task(directory.watch(), name="directory_watch"),
+                asyncio.create_task(_flush_last_seen(app.state), name="last_seen_flush"),
+                asyncio.create_task(client_info.run_pushes(app.state), name="client_info_pushes"),
+                asyncio.create_task(app.state.still_alive.run(), name="still_alive"),
+                asyncio.create_task(partitions.maintain(pool, settings.log_partitions_ahead), name="log_partitions"),
                 asyncio.create_task(
                     run_scheduled(
                         sync,
@@ -109,7 +109,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                         app.state.location_sync_wake,
                         settings.sync_interval_s,
                         settings.sync_check_s,
-                    )
+                    ),
+                    name="pull_sync",
                 ),
             ]
             log.info(

@@ -167,8 +167,9 @@ async def run_scheduled(sync: PullSync, directory: Callable[[], Directory], wake
     marks vanished (Redis lost its data: the cache is rebuilt), and every party each interval_s."""
     last_round = time.monotonic()
     while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), check_s)
+        with contextlib.suppress(TimeoutError):  # asyncio.timeout: see StillAlive.run
+            async with asyncio.timeout(check_s):
+                await wake.wait()
         wake.clear()
         try:
             parties = cpo_parties(directory())

@@ -57,8 +57,11 @@ class StillAlive:
         """For the life of the process: probe suspects at once, silent and OFFLINE platforms when due."""
         round_s = max(0.2, min(10.0, self.silence_s / 4, self.probe_interval_s))
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel that comes as the event is set,
+            # and the loop went on after the hub's shutdown had cancelled it
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), round_s)
+                async with asyncio.timeout(round_s):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.check_round()

@@ -128,7 +128,7 @@ class LocationCache:
     @contextlib.asynccontextmanager
     async def updating(self) -> AsyncIterator[LocationCache]:
         """For the life of the process: apply submitted updates in order, many per Redis round trip."""
-        task = asyncio.create_task(self._apply_pending())
+        task = asyncio.create_task(self._apply_pending(), name="location_cache_updates")
         try:
             yield self
         finally:

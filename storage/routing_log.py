@@ -182,7 +182,7 @@ class RoutingLogWriter:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[RoutingLogWriter]:
-        self._task = asyncio.create_task(self._run())
+        self._task = asyncio.create_task(self._run(), name="routing_log_writer")
         try:
             yield self
         finally:

@@ -76,7 +76,7 @@ class RoutingState:
         # Stopped by an event, not by cancelling it: redis-py's asyncio client drops a cancel that lands inside a
         # pipeline (redis/redis-py#2028), after which the task slept on forever and the hub never exited.
         stop = asyncio.Event()
-        task = asyncio.create_task(self._flush_owners(interval_s, stop))
+        task = asyncio.create_task(self._flush_owners(interval_s, stop), name="routing_state_owners")
         try:
             yield self
         finally:
@@ -86,8 +86,9 @@ class RoutingState:
 
     async def _flush_owners(self, interval_s: float, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval_s)
+            with contextlib.suppress(TimeoutError):  # not wait_for, which in Python 3.11 can drop a cancel
+                async with asyncio.timeout(interval_s):
+                    await stop.wait()
             try:
                 await self._write_owners()
             except Exception as exc:  # Redis briefly away: keep the notes and try again

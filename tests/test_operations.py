@@ -11,12 +11,21 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import pytest
+import redis.asyncio as redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from hub.party_api import PartyClient
 from hub.runtime import stop_background_tasks
+from hub.settings import Settings
+from routing.pull_sync import PullSync, run_scheduled
+from routing.still_alive import StillAlive
+from storage.directory import Directory
 from storage.embedded import EmbeddedPostgres
+from storage.location_cache import LocationCache
+from storage.routing_log import LogEntry
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
 from tests.test_pull_sync import _locations, _wait
 from tests.test_routing import LOCATION, _roles, party_key
@@ -207,6 +216,45 @@ def test_shutdown_stops_a_background_task_that_swallowed_its_cancel() -> None:
 
     task, cancels = asyncio.run(run())
     assert task.cancelled() and cancels == 2
+
+
+def test_still_alive_and_location_sync_loops_end_on_the_first_cancel_even_when_woken_at_that_moment(
+    hub: Hub, services: Services
+) -> None:
+    # At shutdown a failed forward (waking the still-alive loop) or a registration (waking the sync loop) can come
+    # with the cancel; Python 3.11's asyncio.wait_for then dropped the cancel and the loop went on.
+    async def record(entry: LogEntry) -> None:
+        raise AssertionError("nothing is probed: the directory is empty")
+
+    async def run() -> list[str]:
+        pool = await asyncpg.create_pool(services.database_url, min_size=1, max_size=2)
+        client = redis.Redis.from_url(services.redis_url)
+        prefix, went_on = services.redis_prefix, []
+        try:
+            async with PartyClient(Settings.from_env(hub.env)) as http:
+                still_alive = StillAlive(pool, client, prefix, http, Directory, HUB, record, 300, 30)
+                sync = PullSync(http, LocationCache(client, prefix), client, prefix, HUB, record)
+                wake = asyncio.Event()
+                loops = {
+                    "still_alive": (still_alive.run, lambda: still_alive.suspect(1)),
+                    "pull_sync": (lambda: run_scheduled(sync, Directory, wake, 3600, 30), wake.set),
+                }
+                for name, (loop, wake_it) in loops.items():
+                    for _ in range(5):
+                        task = asyncio.create_task(loop())
+                        await asyncio.sleep(0.05)  # waiting for its next round
+                        wake_it()
+                        task.cancel()
+                        done, _ = await asyncio.wait({task}, timeout=2)
+                        if not done:
+                            went_on.append(name)
+                            await stop_background_tasks([task], recancel_after_s=0.1)
+        finally:
+            await client.aclose()
+            await pool.close()
+        return went_on
+
+    assert asyncio.run(run()) == []
 
 
 def test_a_second_instance_follows_paging_links_and_snapshots_of_the_first(

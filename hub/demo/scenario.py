@@ -202,7 +202,8 @@ async def charge(demo: Demo, emsp: DemoParty, cpo: DemoParty, token_uid: str, mi
                             to=cpo, body=body)  # fmt: skip
     if reply.status_code != 1000 or (reply.data or {}).get("result") != "ACCEPTED":
         return
-    command = await asyncio.wait_for(cpo.commands.get(), 10)
+    async with asyncio.timeout(10):  # not wait_for, which in Python 3.11 can drop the Ctrl-C's cancel
+        command = await cpo.commands.get()
     await asyncio.sleep(0.3)  # the charge point takes a moment
     await demo.send(cpo, "POST", command.body["response_url"], "CommandResult ACCEPTED to the response_url",
                     body=p.command_result("ACCEPTED"), correlation_id=command.correlation_id)  # fmt: skip

@@ -17,7 +17,7 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
@@ -217,8 +217,8 @@ class RoutingLogWriter:
                 await self._commit(batch, records)
             except asyncpg.DataError as exc:
                 # A value the database refuses is refused on every retry, and every caller behind it would wait: the
-                # batch is chained and written again row by row, without the refused rows (a bug: _chained makes
-                # every text storable).
+                # batch is chained and written again row by row, a refused row as _bare (a bug: _chained makes every
+                # text storable, forward.OcpiStatusCode keeps a party's status code within the column).
                 log.error("routing_log_batch_refused", error=f"{type(exc).__name__}: {exc}", rows=len(batch))
                 self._seq, self._last_hash = head
                 batch = await self._committed_one_by_one(batch)
@@ -253,21 +253,32 @@ class RoutingLogWriter:
                 delay = min(delay * 2, 2.0)
 
     async def _committed_one_by_one(self, batch: list[LogEntry]) -> list[LogEntry]:
-        """The rows of a refused batch that the database takes, each in a commit of its own; a refused one is
-        reported to its caller, and the chain goes on from the row before it."""
+        """The rows of a refused batch, each in a commit of its own; a row the database refuses is written _bare,
+        and only if that is refused too is its caller told so."""
         committed = []
         for entry in batch:
-            head = self._seq, self._last_hash
-            try:
-                await self._commit([entry], [self._chained(entry)])
+            refused = await self._committed_alone(entry)
+            if refused is not None:
+                refused = await self._committed_alone(_bare(entry, refused))
+            if refused is None:
                 committed.append(entry)
-            except asyncpg.DataError as exc:
-                log.error("routing_log_row_refused", error=f"{type(exc).__name__}: {exc}", request_id=entry.request_id,
-                          path=entry.path)  # fmt: skip
-                self._seq, self._last_hash = head
+            else:
                 _fail_waiters([entry], "the routing log refused this exchange's row")
                 self._queue.task_done()
         return committed
+
+    async def _committed_alone(self, entry: LogEntry) -> str | None:
+        """None once the row is committed; what the database said if it refused it (the chain then goes on from
+        the row before)."""
+        head = self._seq, self._last_hash
+        try:
+            await self._commit([entry], [self._chained(entry)])
+            return None
+        except asyncpg.DataError as exc:
+            self._seq, self._last_hash = head
+            refused = f"{type(exc).__name__}: {exc}"
+            log.error("routing_log_row_refused", error=refused, request_id=entry.request_id, path=entry.path)
+            return refused
 
     def _chained_batch(self, batch: list[LogEntry]) -> tuple[list[LogEntry], list[tuple[Any, ...]]]:
         """The rows of a batch, chained; a row that cannot be (a bug) is reported to its caller, not written."""
@@ -357,6 +368,17 @@ def _closed(conn: Any) -> bool:
 
 
 _NOT_IN_TIME = "the routing log could not commit this exchange in time"
+
+
+def _bare(entry: LogEntry, refused: str) -> LogEntry:
+    """A row the database refused, without the values a party chose (bodies, headers, OCPI status): its exchange
+    still has its row, which says what is missing and why. A relayed CDR Location stays: the caller holds its URL."""
+    return replace(
+        entry, ocpi_status_code=None, request_headers=None, response_headers=None, request_body=b"",
+        response_body=b"",
+        error=f"{entry.error + '; ' if entry.error else ''}stored without its bodies, headers and OCPI status code: "
+        f"the database refused the row ({refused})"[:2000],
+    )  # fmt: skip
 
 
 def _fail_waiters(batch: list[LogEntry], reason: str = _NOT_IN_TIME) -> None:

@@ -250,6 +250,35 @@ def test_a_row_that_cannot_be_written_fails_its_caller_and_the_log_goes_on(
     assert (result.ok, result.rows) == (True, 3)
 
 
+def test_a_row_refused_for_a_value_a_party_chose_is_stored_without_it_saying_why(empty_database: str) -> None:
+    _written_log(empty_database, 1)
+    refused = _entry(1)
+    refused.ocpi_status_code = 2**40  # a bug's way past forward.OcpiStatusCode: out of the column's integer range
+    refused.response_body = b'{"status_code": 1099511627776}'
+
+    async def run() -> list[object]:
+        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
+        writer = RoutingLogWriter(pool, body_cap=1024)
+        async with writer.running():
+            outcomes = await asyncio.gather(writer.record(refused), writer.record(_entry(2)), return_exceptions=True)
+        await pool.close()
+        return outcomes
+
+    assert asyncio.run(asyncio.wait_for(run(), 30)) == [None, None]  # both callers get their answer
+    [row] = sql(empty_database, "SELECT * FROM routing_log WHERE request_id = 'r1'")
+    assert (row["path"], row["http_status"], row["routing"]) == (
+        "/ocpi/2.2.1/receiver/locations/NL/ABC/L1",
+        200,
+        "direct",
+    )
+    assert row["ocpi_status_code"] is None and row["request_body"] is None and row["response_body"] is None
+    assert row["request_headers"] is None
+    assert "stored without its bodies, headers and OCPI status code" in row["error"]
+    assert "out of int32 range" in row["error"]
+    result = _verify(empty_database)
+    assert (result.ok, result.rows) == (True, 3)
+
+
 @pytest.mark.parametrize(
     ("tamper", "bad_row"),
     [

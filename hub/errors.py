@@ -129,6 +129,10 @@ class AnswerTooLarge(HubError):
     """A party's answer is larger than the hub takes (OCPI_HUB_MAX_BODY_BYTES)."""
 
 
+class AnswerNotRelayable(HubError):
+    """A party answered with an HTTP status no HTTP server can send on (one outside 200-599)."""
+
+
 class UnknownReceiver(HubError):
     """The TO address is unknown."""
 

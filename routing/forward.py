@@ -1,20 +1,23 @@
 """Sends a request to a party over the one shared aiohttp session (the data plane's hot path).
 
 aiohttp's exceptions are translated here into the hub's: a timeout is 4002, any connection problem 4003. An answer
-larger than OCPI_HUB_MAX_BODY_BYTES is 4000 (`read_capped`, which the control plane's httpx client uses too).
+larger than OCPI_HUB_MAX_BODY_BYTES is 4000 (`read_capped`, which the control plane's httpx client uses too), and
+so is one with a status that is no HTTP status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import traceback
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
+from typing import Annotated
 
 import aiohttp
 import msgspec
 
-from hub.errors import AnswerTooLarge, ForwardTimeout, ReceiverNotConnected
+from hub.errors import AnswerNotRelayable, AnswerTooLarge, ForwardTimeout, ReceiverNotConnected
 
 # Headers of the receiver's answer the hub passes on (Link and Location are rewritten by the relay).
 RELAYED_RESPONSE_HEADERS = ("content-type", "x-total-count", "x-limit", "link", "location")
@@ -25,10 +28,18 @@ class Answer:
     status: int
     headers: dict[str, str]  # lower-case names, only RELAYED_RESPONSE_HEADERS
     body: bytes
+    # RELAYED_RESPONSE_HEADERS the party sent with characters HTTP does not allow in a value: not relayed
+    unwritable: tuple[str, ...] = ()
+
+
+# A party's OCPI status_code as the routing log's integer column holds it: a larger number is no status code.
+OcpiStatusCode = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+# What an HTTP/1.1 server must not write in a header value (uvicorn refuses it, dropping the connection).
+_UNWRITABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class _Status(msgspec.Struct):
-    status_code: int | None = None
+    status_code: OcpiStatusCode | None = None
 
 
 _status_decoder = msgspec.json.Decoder(_Status)
@@ -69,15 +80,22 @@ async def forward(
     timeout_s: float,
     max_bytes: int,
 ) -> Answer:
-    """The receiver's answer, at most max_bytes of it (decompressed): a larger one is AnswerTooLarge (4000)."""
+    """The receiver's answer, at most max_bytes of it (decompressed): a larger one is AnswerTooLarge (4000), one
+    with a status outside 200-599 AnswerNotRelayable (4000)."""
     try:
         async with session.request(
             method, url, headers=headers, data=body or None, allow_redirects=True, max_redirects=3
         ) as response:
+            if not 200 <= response.status <= 599:  # aiohttp takes any three digits, and passes a 101 on
+                raise AnswerNotRelayable(f"{method} {url} answered with HTTP status {response.status}, which is no "
+                                         "status the hub can relay")  # fmt: skip
             payload = await _read(response, max_bytes, f"{method} {url}")
             got = response.headers
             relayed = {name: _as_sent(value) for name in RELAYED_RESPONSE_HEADERS if (value := got.get(name))}
-            return Answer(response.status, relayed, payload)
+            unwritable = tuple(name for name, value in relayed.items() if _UNWRITABLE.search(value))
+            for name in unwritable:
+                del relayed[name]
+            return Answer(response.status, relayed, payload, unwritable)
     except TimeoutError:
         raise ForwardTimeout(f"{method} {url} did not answer within {timeout_s:g} s") from None
     except (aiohttp.ClientError, OSError) as exc:

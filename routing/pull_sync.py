@@ -28,6 +28,7 @@ from hub.envelope import ocpi_timestamp
 from hub.errors import AnswerTooLarge
 from hub.metrics import LOCATION_SYNCS
 from hub.party_api import PartyClient, hub_request
+from routing.forward import OcpiStatusCode
 from storage.directory import Directory, PartyRole, Platform
 from storage.location_cache import LocationCache
 from storage.routing_log import LogEntry
@@ -40,7 +41,7 @@ RETRY_AFTER_FAILURE_S = 300  # a CPO whose Sender failed is not asked again befo
 
 
 class _Page(msgspec.Struct):
-    status_code: int
+    status_code: OcpiStatusCode
     data: list[msgspec.Raw] | None = None  # each location as the CPO sent it
 
 

@@ -24,6 +24,9 @@ from aiohttp import web
 ALL_MODULES = ("cdrs", "chargingprofiles", "commands", "hubclientinfo", "locations", "sessions", "tariffs", "tokens")
 
 
+RAW = 0  # Party.canned: an answer sent as raw bytes
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -68,7 +71,8 @@ class Party:
     page_size: int = 10
     delay_s: float = 0.0  # answer functional requests this late
     # (method, path) -> (HTTP status, raw body, extra headers): a canned answer instead of the default, for a
-    # functional path or the versions and 2.2.1 details
+    # functional path or the versions and 2.2.1 details; with status RAW, the body is the whole answer as it goes
+    # on the wire (status line and headers included), and the connection is closed after it
     canned: dict[tuple[str, str], tuple[int, bytes, dict[str, str]]] = field(default_factory=dict)
     host: str = "127.0.0.1"  # the name in its URLs ("localhost": a host name, as real parties have); serves 127.0.0.1
     # An OCPI 2.1.1-era implementation: sends its tokens raw, not Base64-encoded, and takes only raw ones.
@@ -189,6 +193,9 @@ class Party:
 
     def _canned(self, request: web.Request) -> web.Response:
         status, raw, headers = self.canned[(request.method, request.path)]
+        if status == RAW and request.transport is not None:  # bytes aiohttp would refuse to write: sent as they are
+            request.transport.write(raw)
+            request.transport.close()  # aiohttp then finds it closed and writes nothing of its own
         return web.Response(status=status, body=raw, headers=headers)
 
     async def _module(self, request: web.Request, body: bytes) -> web.Response:

@@ -18,7 +18,7 @@ import pytest
 from hub.errors import ReceiverNotConnected
 from routing.forward import forward, open_session
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
-from tests.parties import free_port, token_header
+from tests.parties import RAW, free_port, token_header
 
 LOCATION = {
     "country_code": "NL",
@@ -291,6 +291,50 @@ def test_a_receivers_header_bytes_that_are_not_ascii_are_relayed_as_they_came(hu
     answer = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/UTF8", to=party_key(emsp))
     assert answer.status_code == 200 and answer.content == ok
     assert (b"content-type", "application/json; title=Grüße".encode()) in answer.headers.raw
+
+
+def test_a_receivers_answer_that_http_cannot_carry_gets_a_clear_answer_and_its_row(hub: Hub, cpo_and_emsp, db) -> None:
+    # Found by sending broken answers through the hub: uvicorn refused to write the first two (the caller's
+    # connection dropped with no answer), and the routing log refused the third's row.
+    cpo, emsp = cpo_and_emsp
+    cc, pid = party_key(cpo)
+    ok = json.dumps({"status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}).encode()
+    huge = b'{"status_code": 123456789012345678901234567890, "timestamp": "2026-11-25T10:00:00Z"}'
+    answers = {
+        "S999": (999, ok, {}),
+        "CTRL": (
+            RAW,
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLink: <http://x/\x7f>; rel=next\r\n"
+            b"X-Total-Count: 1\x7f\r\nX-Limit: 10\r\nContent-Length: %d\r\n\r\n%s" % (len(ok), ok),
+            {},
+        ),
+        "HUGE": (200, huge, {}),
+    }
+    rows = {}
+    for name, canned in answers.items():
+        emsp.canned[("GET", f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/{name}")] = canned
+        rows[name] = request_id = str(uuid.uuid4())
+        answers[name] = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/{name}", to=party_key(emsp),
+                                 headers={"X-Request-ID": request_id})  # type: ignore[assignment]  # fmt: skip
+    wrong_status, controls, huge_status = answers["S999"], answers["CTRL"], answers["HUGE"]
+    assert (wrong_status.status_code, wrong_status.json()["status_code"]) == (200, 4000)  # type: ignore[union-attr]
+    assert "answered with HTTP status 999" in wrong_status.json()["status_message"]  # type: ignore[union-attr]
+    assert controls.status_code == 200 and controls.content == ok  # type: ignore[union-attr]
+    assert "link" not in controls.headers and "x-total-count" not in controls.headers  # type: ignore[union-attr]
+    assert controls.headers["x-limit"] == "10"  # type: ignore[union-attr]
+    assert huge_status.status_code == 200 and huge_status.content == huge  # type: ignore[union-attr]
+    logged = {
+        name: db.run(db.fetch("SELECT * FROM routing_log WHERE request_id = $1", request_id))
+        for name, request_id in rows.items()
+    }
+    [row] = logged["S999"]
+    assert (row["http_status"], row["ocpi_status_code"]) == (200, 4000) and "HTTP status 999" in row["error"]
+    [row] = logged["CTRL"]
+    assert row["error"] == (
+        "the receiver's x-total-count, link headers held characters HTTP does not allow in a header; relayed without"
+    )
+    [row] = logged["HUGE"]
+    assert (row["http_status"], row["ocpi_status_code"], row["error"]) == (200, None, None)
 
 
 def test_a_cookie_a_receiver_sets_is_not_sent_on_later_requests(hub: Hub, cpo_and_emsp, connect_party) -> None:

@@ -237,6 +237,9 @@ class Relay:
         finally:
             observe_forward(f"{to.country_code}-{to.party_id}", time.perf_counter() - started)
         self.last_seen[platform.id] = datetime.now(UTC)  # a message received from it (still-alive)
+        if answer.unwritable:
+            names = f"{', '.join(answer.unwritable)} header{'s' if len(answer.unwritable) > 1 else ''}"
+            entry.error = f"the receiver's {names} held characters HTTP does not allow in a header; relayed without"
         # A response carries the routing headers swapped; filled in even when the receiver sent none.
         answer.headers.update(
             {

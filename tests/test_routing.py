@@ -193,6 +193,17 @@ def test_spoofed_from_header_is_rejected_and_nothing_is_forwarded(hub: Hub, cpo_
     assert (row["routing"], row["ocpi_status_code"]) == ("rejected", 2001)
 
 
+def test_a_malformed_routing_header_is_named_as_the_caller_wrote_it_and_cut_short(hub: Hub, cpo_and_emsp) -> None:
+    auth = token_header(cpo_and_emsp[0].hub_token)
+    url = f"{hub.base}/ocpi/2.2.1/sender/locations"
+    accented = httpx.get(url, headers=auth | {"OCPI-to-country-code": "NL", "OCPI-to-party-id": "café".encode()})
+    long = httpx.get(url, headers=auth | {"OCPI-to-country-code": "NL", "OCPI-to-party-id": "X" * 5000})
+    for answer in (accented, long):
+        assert (answer.status_code, answer.json()["status_code"]) == (200, 2001)
+    assert accented.json()["status_message"].endswith("got 'NL' and 'café'")
+    assert long.json()["status_message"].endswith(f"got 'NL' and '{'X' * 16}...'")
+
+
 def test_unknown_receiver_answers_4001(hub: Hub, cpo_and_emsp) -> None:
     cpo, _ = cpo_and_emsp
     answer = cpo.call(hub.base, "GET", "sender/locations", to=("ZZ", "ZZZ"))

@@ -42,6 +42,7 @@ from storage.sql import QUERIES
 log = structlog.get_logger()
 
 LAST_SEEN_FLUSH_S = 10.0
+REDIS_TIMEOUT_S = 5.0  # connecting to Redis, and each read of an answer
 _WITHOUT_OCPI_TOKEN = ["^/admin/", "^/console", *(f"^{path}$" for path in sorted(PROBE_PATHS))]
 
 
@@ -56,7 +57,9 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
-        redis_client = redis.Redis.from_url(redis_url)
+        # Redis answers in well under a millisecond: one that takes seconds is away, and a request must not wait on it
+        redis_client = redis.Redis.from_url(redis_url, socket_connect_timeout=REDIS_TIMEOUT_S,
+                                            socket_timeout=REDIS_TIMEOUT_S)  # fmt: skip
         http = PartyClient(settings)
         forward_session = open_session(settings.forward_timeout_s, settings.party_keep_alive_s)
         token_box = TokenBox(settings.secret_key or "")

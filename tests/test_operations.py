@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import signal
 import threading
@@ -23,7 +24,7 @@ from hub.settings import Settings
 from routing.pull_sync import PullSync, run_scheduled
 from routing.still_alive import StillAlive
 from storage.directory import Directory
-from storage.embedded import EmbeddedPostgres
+from storage.embedded import EmbeddedPostgres, EmbeddedValkey
 from storage.location_cache import LocationCache
 from storage.routing_log import LogEntry
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
@@ -141,6 +142,57 @@ def test_ready_flips_while_postgres_is_stopped_and_back(services: Services, tmp_
     finally:
         hub.stop()
         postgres.stop()
+
+
+def test_while_redis_is_away_requests_that_need_it_get_a_clear_4000_and_the_rest_go_through(
+    services: Services, tmp_path: Path, start_party, db
+) -> None:
+    valkey = EmbeddedValkey(tmp_path / "valkey")
+    port = urlsplit(url := valkey.start()).port
+    assert port is not None
+    hub = start_hub(hub_env(services, tmp_path / "hub") | {"OCPI_HUB_REDIS_URL": url}, OUTPUT / "hub-no-redis.log")
+    try:
+        cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
+        cc, pid = party_key(cpo)
+        command = {"response_url": "https://emsp.example/cmd/1", "location_id": "L1", "token": {"uid": "T"}}
+        valkey.stop()
+        # a command's response_url is replaced by a hub URL kept in Redis: it cannot be relayed now
+        refused = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), body=command,
+                            headers={"X-Request-ID": "cmd-without-redis"})  # fmt: skip
+        assert refused.status_code == 200 and refused.json()["status_code"] == 4000
+        message = refused.json()["status_message"]
+        assert message.startswith("the hub's routing state (Redis) is unavailable (ConnectionError")
+        assert message.endswith("; nothing was forwarded")
+        assert cpo.functional() == []
+        [row] = db.run(
+            db.fetch("SELECT ocpi_status_code, error FROM routing_log WHERE request_id = 'cmd-without-redis'")
+        )
+        assert (row["ocpi_status_code"], row["error"]) == (4000, message)
+        # a push needs no Redis on its way: it goes through
+        pushed = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L1", to=party_key(emsp),
+                          body=LOCATION | {"id": "L1"})  # fmt: skip
+        assert pushed.json()["status_code"] == 1000
+        assert valkey._launch(port) is None  # the same server back on the same port
+        valkey.owned = True  # so that stop() below stops it again
+        again = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), body=command)
+        assert again.json()["status_code"] == 1000, again.text
+        assert [r.path for r in cpo.functional()] == ["/ocpi/2.2.1/commands/receiver/START_SESSION"]
+        # a Redis that hangs (here: stopped by a signal) costs a request REDIS_TIMEOUT_S (5 s), not for ever
+        frozen = valkey._live_pid()
+        assert frozen is not None
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            hung = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), body=command)
+            took = time.monotonic() - started
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+        assert hung.json()["status_code"] == 4000 and "(TimeoutError" in hung.json()["status_message"]
+        assert 4 < took < 20
+        assert "Traceback" not in hub.log()
+    finally:
+        hub.stop()
+        valkey.stop()
 
 
 @pytest.mark.parametrize("log_mode", ["async", "strict"])

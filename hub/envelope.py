@@ -11,7 +11,7 @@ import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
-from hub.errors import NESTED_TOO_DEEPLY, InvalidParameters, MalformedBody, OcpiError
+from hub.errors import NESTED_TOO_DEEPLY, OUTAGES, InvalidParameters, MalformedBody, OcpiError, unavailable
 from hub.ocpi.wire import Envelope
 
 log = structlog.get_logger()
@@ -90,6 +90,10 @@ def render_ocpi_error(request: Request, exc: Exception) -> Response:
             http_status=status,
             headers=exc.headers,
         )
+    if isinstance(exc, OUTAGES):  # a restart or failover, not a bug: no traceback, and a status that says retry
+        message = unavailable(exc)
+        log.error("service_unavailable", error=message, path=request.url.path)
+        return ocpi_response(None, status_code=3000, message=f"{message}; try again shortly", http_status=503)
     log.exception("unhandled_error", path=request.url.path, error=repr(exc))
     return ocpi_response(
         None, status_code=3000, message="internal error of the hub; it has been logged", http_status=500

@@ -9,9 +9,15 @@ transport layer (no valid JSON, no such resource, no credentials) get an HTTP er
     │                       MethodNotAllowed (HTTP 405), MalformedBody (HTTP 400), BodyTooLarge (HTTP 413)
     ├── ServerError 3000 ── UnableToUseClientApi 3001, UnsupportedVersion 3002, NoMatchingEndpoints 3003
     └── HubError 4000 ───── UnknownReceiver 4001, ForwardTimeout 4002, ReceiverNotConnected 4003
+
+PostgreSQL or Redis away (OUTAGES, `unavailable`) is no bug of the hub: the relay answers it with 4000, the
+other routes with HTTP 503, each naming the server and the error.
 """
 
 from __future__ import annotations
+
+import asyncpg
+import redis
 
 # How the hub's answers name JSON nested deeper than Python's recursion limit. msgspec refuses such JSON with a
 # RecursionError, which is not a DecodeError: every decode of JSON a party sent catches both.
@@ -149,3 +155,22 @@ class ReceiverNotConnected(HubError):
     """The receiving party is not connected or cannot be reached."""
 
     status_code = 4003
+
+
+# What the drivers raise when their server is away (stopped, restarting, unreachable, not answering), as opposed
+# to a query or command the server refused.
+OUTAGES = (
+    OSError,  # asyncpg connecting: refused, reset, unreachable
+    asyncpg.PostgresConnectionError,  # the connection broke during a query
+    asyncpg.CannotConnectNowError,  # starting up or shutting down
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+)
+
+
+def unavailable(exc: BaseException) -> str:
+    """What to tell a caller when one of OUTAGES came: which server is away, and what its driver said."""
+    service = "Redis" if isinstance(exc, redis.RedisError) else "PostgreSQL"  # redis-py wraps its OSErrors
+    return f"the hub's {service} is unavailable ({type(exc).__name__}: {exc})"

@@ -28,6 +28,7 @@ from storage.embedded import EmbeddedPostgres, EmbeddedValkey
 from storage.location_cache import LocationCache
 from storage.routing_log import LogEntry
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
+from tests.parties import token_header
 from tests.test_pull_sync import _locations, _wait
 from tests.test_routing import LOCATION, _roles, party_key
 
@@ -124,18 +125,30 @@ def test_methods_and_modules_callers_make_up_are_counted_as_other(hub: Hub, conn
     assert "PROPFIND" not in text and "nosuchmodule" not in text
 
 
-def test_ready_flips_while_postgres_is_stopped_and_back(services: Services, tmp_path: Path) -> None:
+def test_while_postgres_is_away_ready_flips_and_routes_that_need_it_answer_503_saying_so(
+    services: Services, tmp_path: Path, start_party
+) -> None:
     postgres = EmbeddedPostgres(tmp_path / "pg")
     url = postgres.start()
     port = urlsplit(url).port
     assert port is not None
     hub = start_hub(hub_env(services, tmp_path / "hub") | {"OCPI_HUB_DATABASE_URL": url}, OUTPUT / "hub-ready.log")
     try:
+        party = register_at_hub(hub, start_party, _roles("CPO"))
         assert httpx.get(f"{hub.base}/ready").status_code == 200
         postgres.stop()
         answer = httpx.get(f"{hub.base}/ready", timeout=10)
         assert answer.status_code == 503 and "PostgreSQL unreachable" in answer.json()["problems"][0]
         assert httpx.get(f"{hub.base}/health").status_code == 200  # the process itself is fine
+        with hub.admin() as admin:
+            parties = admin.get("/admin/api/parties")
+        assert parties.status_code == 503
+        assert parties.json()["error"].startswith("the hub's PostgreSQL is unavailable (")
+        infos = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", headers=token_header(party.hub_token or ""))
+        assert (infos.status_code, infos.json()["status_code"]) == (503, 3000)
+        assert infos.json()["status_message"].startswith("the hub's PostgreSQL is unavailable (")
+        assert infos.json()["status_message"].endswith("; try again shortly")
+        assert "Traceback" not in hub.log()
         assert postgres._launch(port) is None  # the same server back on the same port
         postgres.owned = True  # so that stop() below stops it again
         _wait(lambda: httpx.get(f"{hub.base}/ready", timeout=10).status_code == 200)
@@ -161,7 +174,7 @@ def test_while_redis_is_away_requests_that_need_it_get_a_clear_4000_and_the_rest
                             headers={"X-Request-ID": "cmd-without-redis"})  # fmt: skip
         assert refused.status_code == 200 and refused.json()["status_code"] == 4000
         message = refused.json()["status_message"]
-        assert message.startswith("the hub's routing state (Redis) is unavailable (ConnectionError")
+        assert message.startswith("the hub's Redis is unavailable (ConnectionError")
         assert message.endswith("; nothing was forwarded")
         assert cpo.functional() == []
         [row] = db.run(

@@ -7,16 +7,19 @@ from typing import Annotated
 
 import asyncpg
 import msgspec
+import structlog
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
 
 from hub.admin.actors import READ_ONLY, actor_guard
-from hub.errors import OcpiError
+from hub.errors import OUTAGES, OcpiError, unavailable
 from hub.ocpi.wire import NO_CONTROL_CHARACTERS, CountryCode, PartyId, Role
 from hub.settings import Settings
 from storage import platforms
 from storage.secrets import new_token, token_hash
 from storage.sql import QUERIES
+
+log = structlog.get_logger()
 
 
 class RoleIn(msgspec.Struct):
@@ -102,13 +105,16 @@ async def list_parties(request: Request) -> Response[bytes]:
     return json_response({"items": [Party(**dict(row)) for row in rows]})
 
 
-def _render_admin_error(_: Request, exc: Exception) -> Response[bytes]:
+def _render_admin_error(request: Request, exc: Exception) -> Response[bytes]:
     if isinstance(exc, AdminError):
         return json_response({"error": exc.message}, exc.status)
     if isinstance(exc, OcpiError):
         return json_response({"error": exc.message}, exc.http_status if exc.http_status != 200 else 400)
     if isinstance(exc, HTTPException):
         return json_response({"error": str(exc.detail)}, exc.status_code)
+    if isinstance(exc, OUTAGES):
+        log.error("service_unavailable", error=unavailable(exc), path=request.url.path)
+        return json_response({"error": f"{unavailable(exc)}; try again shortly"}, 503)
     raise exc
 
 
@@ -141,5 +147,6 @@ def admin_router() -> Router:
             AdminError: _render_admin_error,
             OcpiError: _render_admin_error,
             HTTPException: _render_admin_error,
+            **dict.fromkeys(OUTAGES, _render_admin_error),
         },
     )

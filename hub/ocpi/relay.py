@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import redis
 import structlog
 import yarl
 from litestar.datastructures import State
@@ -23,6 +22,7 @@ from litestar.types import HTTPScope, Receive, Scope, Send
 from hub.auth import identify
 from hub.envelope import ocpi_timestamp
 from hub.errors import (
+    OUTAGES,
     BodyTooLarge,
     BodyTooSlow,
     ForwardTimeout,
@@ -30,6 +30,7 @@ from hub.errors import (
     OcpiError,
     ReceiverNotConnected,
     Unauthorized,
+    unavailable,
 )
 from hub.metrics import count_request, observe_forward
 from hub.ocpi import hub_answers, relayed_urls
@@ -137,11 +138,11 @@ class Relay:
         except OcpiError as exc:
             answer = self._hub_answer(exchange, exc.http_status, exc.status_code, exc.message)
             entry.error = exc.message
-        except redis.RedisError as exc:  # Redis away (restarting, failing over): not a bug, and said as it is
-            went = "the receiver did get the request" if entry.forwarded_request_id else "nothing was forwarded"
-            entry.error = f"the hub's routing state (Redis) is unavailable ({type(exc).__name__}: {exc}); {went}"
+        except OUTAGES as exc:  # PostgreSQL or Redis away (restarting, failing over): no bug, and said as it is
+            went = "the receiver did get it" if entry.forwarded_request_id else "nothing was forwarded"
+            entry.error = f"{unavailable(exc)}; {went}"
             answer = self._hub_answer(exchange, 200, 4000, entry.error)
-            log.error("routing_state_unavailable", error=f"{type(exc).__name__}: {exc}", path=path)
+            log.error("service_unavailable", error=entry.error, path=path)
         except Exception as exc:  # a bug of the hub: still an OCPI answer, and still a row in the log
             log.exception("relay_failed", path=path)
             answer = self._hub_answer(exchange, 500, 3000, "internal error of the hub; it has been logged")

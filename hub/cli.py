@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "serve", help="run the hub", epilog=_variables_help(), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0: any free port)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument(
         "--server",
@@ -104,13 +104,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     listening = None
-    if args.command == "demo":  # its port first: a port in use fails at once, not after the embedded servers start
+    if args.command in ("serve", "demo"):  # the port first: one in use fails at once, before anything starts
         try:
             listening = _listen(args.host, args.port)
         except OSError as exc:
             print(f"ocpi-hub: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
             return 1
         args.port = listening.getsockname()[1]  # --port 0: the free port the system gave
+        if args.command == "serve":  # uvicorn or granian binds it again itself, in this process or in its workers
+            listening.close()
+            listening = None
     try:
         return _main(args, listening)
     finally:

@@ -161,7 +161,7 @@ class PortTaken(RuntimeError):
 
 
 def lost_the_port(output: str) -> bool:
-    return "address already in use" in output
+    return "address already in use" in output.lower()
 
 
 def start_hub(env: dict[str, str], log_path: Path, *args: str, timeout: float = 60) -> Hub:

@@ -215,7 +215,8 @@ def test_unreachable_database_or_redis_stops_serve_with_a_clear_message(
     assert message in result.stderr and variable in result.stderr and "Traceback" not in result.stderr
 
 
-def test_demo_on_a_port_in_use_says_so_at_once_and_starts_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_a_port_in_use_is_said_at_once_and_nothing_starts(tmp_path: Path, command: str) -> None:
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -223,7 +224,7 @@ def test_demo_on_a_port_in_use_says_so_at_once_and_starts_nothing(tmp_path: Path
     data_dir = tmp_path / "demo-data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {"OCPI_HUB_DATA_DIR": str(data_dir)}
     try:
-        result = subprocess.run([sys.executable, "-m", "hub.cli", "demo", "--port", str(port)], env=env, cwd=ROOT,
+        result = subprocess.run([sys.executable, "-m", "hub.cli", command, "--port", str(port)], env=env, cwd=ROOT,
                                 capture_output=True, text=True, timeout=60)  # fmt: skip
     finally:
         taken.close()

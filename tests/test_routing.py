@@ -311,7 +311,7 @@ def test_a_receivers_answer_that_http_cannot_carry_gets_a_clear_answer_and_its_r
     cc, pid = party_key(cpo)
     ok = json.dumps({"status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}).encode()
     huge = b'{"status_code": 123456789012345678901234567890, "timestamp": "2026-11-25T10:00:00Z"}'
-    answers = {
+    canned = {
         "S999": (999, ok, {}),
         "CTRL": (
             RAW,
@@ -321,23 +321,20 @@ def test_a_receivers_answer_that_http_cannot_carry_gets_a_clear_answer_and_its_r
         ),
         "HUGE": (200, huge, {}),
     }
-    rows = {}
-    for name, canned in answers.items():
-        emsp.canned[("GET", f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/{name}")] = canned
-        rows[name] = request_id = str(uuid.uuid4())
+    answers, logged = {}, {}
+    for name, answer in canned.items():
+        emsp.canned[("GET", f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/{name}")] = answer
+        request_id = str(uuid.uuid4())
         answers[name] = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/{name}", to=party_key(emsp),
-                                 headers={"X-Request-ID": request_id})  # type: ignore[assignment]  # fmt: skip
+                                 headers={"X-Request-ID": request_id})  # fmt: skip
+        logged[name] = db.run(db.fetch("SELECT * FROM routing_log WHERE request_id = $1", request_id))
     wrong_status, controls, huge_status = answers["S999"], answers["CTRL"], answers["HUGE"]
-    assert (wrong_status.status_code, wrong_status.json()["status_code"]) == (200, 4000)  # type: ignore[union-attr]
-    assert "answered with HTTP status 999" in wrong_status.json()["status_message"]  # type: ignore[union-attr]
-    assert controls.status_code == 200 and controls.content == ok  # type: ignore[union-attr]
-    assert "link" not in controls.headers and "x-total-count" not in controls.headers  # type: ignore[union-attr]
-    assert controls.headers["x-limit"] == "10"  # type: ignore[union-attr]
-    assert huge_status.status_code == 200 and huge_status.content == huge  # type: ignore[union-attr]
-    logged = {
-        name: db.run(db.fetch("SELECT * FROM routing_log WHERE request_id = $1", request_id))
-        for name, request_id in rows.items()
-    }
+    assert (wrong_status.status_code, wrong_status.json()["status_code"]) == (200, 4000)
+    assert "answered with HTTP status 999" in wrong_status.json()["status_message"]
+    assert controls.status_code == 200 and controls.content == ok
+    assert "link" not in controls.headers and "x-total-count" not in controls.headers
+    assert controls.headers["x-limit"] == "10"
+    assert huge_status.status_code == 200 and huge_status.content == huge
     [row] = logged["S999"]
     assert (row["http_status"], row["ocpi_status_code"]) == (200, 4000) and "HTTP status 999" in row["error"]
     [row] = logged["CTRL"]

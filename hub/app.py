@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 
 import asyncpg
-import redis.asyncio as redis
 import structlog
 from litestar import Litestar
 from litestar.datastructures import State
@@ -26,7 +25,7 @@ from hub.ocpi import credentials, versions
 from hub.ocpi.relay import Relay
 from hub.party_api import PartyClient
 from hub.request_context import PROBE_PATHS, RequestContext
-from hub.runtime import stop_background_tasks
+from hub.runtime import open_redis, stop_background_tasks
 from hub.settings import Settings
 from routing.forward import open_session
 from routing.pull_sync import PullSync, run_scheduled
@@ -42,7 +41,6 @@ from storage.sql import QUERIES
 log = structlog.get_logger()
 
 LAST_SEEN_FLUSH_S = 10.0
-REDIS_TIMEOUT_S = 5.0  # connecting to Redis, and each read of an answer
 _WITHOUT_OCPI_TOKEN = ["^/admin/", "^/console", *(f"^{path}$" for path in sorted(PROBE_PATHS))]
 
 
@@ -57,9 +55,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
-        # Redis answers in well under a millisecond: one that takes seconds is away, and a request must not wait on it
-        redis_client = redis.Redis.from_url(redis_url, socket_connect_timeout=REDIS_TIMEOUT_S,
-                                            socket_timeout=REDIS_TIMEOUT_S)  # fmt: skip
+        redis_client = open_redis(redis_url)
         http = PartyClient(settings)
         forward_session = open_session(settings.forward_timeout_s, settings.party_keep_alive_s)
         token_box = TokenBox(settings.secret_key or "")

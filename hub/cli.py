@@ -258,9 +258,11 @@ Command = Callable[[Settings, argparse.Namespace, asyncpg.Pool, redis.Redis], Co
 
 
 def _run(command: Command, settings: Settings, args: argparse.Namespace) -> int:
+    from hub.runtime import open_redis
+
     async def with_clients() -> int:
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
-        redis_client = redis.Redis.from_url(settings.redis_url or "")
+        redis_client = open_redis(settings.redis_url or "")
         try:
             return await command(settings, args, pool, redis_client)
         finally:

@@ -34,9 +34,18 @@ def backing_services(settings: Settings) -> Iterator[Settings]:
         yield replace(settings, database_url=database_url, redis_url=redis_url)
 
 
+REDIS_TIMEOUT_S = 5.0  # connecting to Redis, and each read of an answer
+
+
+def open_redis(redis_url: str) -> redis.Redis:
+    """The hub's Redis client. Redis answers in well under a millisecond: one that takes seconds is away, and
+    nothing the hub does must wait on it for longer."""
+    return redis.Redis.from_url(redis_url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S)
+
+
 async def check_redis(redis_url: str) -> None:
     """Fail at start with a clear message rather than on the first request."""
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
+    client = open_redis(redis_url)
     try:
         await client.ping()
     finally:

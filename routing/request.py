@@ -40,12 +40,12 @@ def routing_party(headers: dict[str, str], direction: str) -> PartyKey | None:
     if not _COUNTRY.fullmatch(country) or not _PARTY.fullmatch(party):
         raise InvalidParameters(
             f"OCPI-{direction}-country-code and OCPI-{direction}-party-id must be two letters and three letters or"
-            f" digits, got {_as_sent(country)!r} and {_as_sent(party)!r}"
+            f" digits, got {_as_written(country)!r} and {_as_written(party)!r}"
         )
     return (country.upper(), party.upper())
 
 
-def _as_sent(value: str, at_most: int = 16) -> str:
+def _as_written(value: str, at_most: int = 16) -> str:
     """A header value for a message: its bytes read as UTF-8, as the caller most likely meant them, and cut short."""
     shown = value.encode("latin-1").decode("utf-8", "replace")
     return shown if len(shown) <= at_most else shown[:at_most] + "..."

@@ -113,8 +113,9 @@ def _render_admin_error(request: Request, exc: Exception) -> Response[bytes]:
     if isinstance(exc, HTTPException):
         return json_response({"error": str(exc.detail)}, exc.status_code)
     if isinstance(exc, OUTAGES):
-        log.error("service_unavailable", error=unavailable(exc), path=request.url.path)
-        return json_response({"error": f"{unavailable(exc)}; try again shortly"}, 503)
+        message = unavailable(exc)
+        log.error("service_unavailable", error=message, path=request.url.path)
+        return json_response({"error": f"{message}; try again shortly"}, 503)
     raise exc
 
 

@@ -411,6 +411,8 @@ def test_routed_requests_leave_nothing_that_only_the_garbage_collector_can_free(
     # hub/app.py lets the collector run only every 10,000 net allocations, which assumes that a request frees what
     # it made by reference counting. A reference cycle left by each request (ddf9d6c left one) makes the hub
     # collect every few hundred requests instead, for several ms each time, under load.
+    # What the collector may free during the loop without any request at fault: the two registrations' httpx
+    # exchanges and the Redis connections' set-up leave about 400 objects once (385 were freed in one CI run).
     hub = hub_of_its_own
     cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
     cc, pid = party_key(cpo)
@@ -418,7 +420,7 @@ def test_routed_requests_leave_nothing_that_only_the_garbage_collector_can_free(
                                              "OCPI-to-country-code": party_key(emsp)[0],
                                              "OCPI-to-party-id": party_key(emsp)[1]}  # fmt: skip
     body = json.dumps(LOCATION | {"party_id": pid}).encode()
-    requests = 1500  # a cycle of 7 objects a request or more would force at least one collection
+    requests = 3000  # a cycle of 4 objects a request leaves 12,000: at most 10,000 can wait uncollected at the end
     before = _objects_collected(hub)
     with httpx.Client(timeout=30) as client:
         for _ in range(requests):
@@ -426,7 +428,7 @@ def test_routed_requests_leave_nothing_that_only_the_garbage_collector_can_free(
                                 content=body)  # fmt: skip
             assert answer.json()["status_code"] == 1000
     freed = _objects_collected(hub) - before
-    assert freed < requests / 10, f"the collector freed {freed:.0f} objects during {requests} routed requests"
+    assert freed < 1000, f"the collector freed {freed:.0f} objects during {requests} routed requests"
 
 
 def test_a_refused_forward_leaves_nothing_that_only_the_garbage_collector_can_free() -> None:

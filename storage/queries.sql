@@ -133,6 +133,10 @@ INSERT INTO relayed_location (key, caller_platform_id, receiver_platform_id, fro
                               to_country_code, to_party_id, module, url)
 SELECT * FROM unnest($5::relayed_location_entry[]);
 
+-- name: routing_log_chain_last_seq
+-- The routing log writer, after a failed write: whether that write's batch was committed all the same.
+SELECT last_seq FROM routing_log_chain WHERE chain_id = $1;
+
 -- name: chain_heads
 SELECT chain_id, last_seq, last_hash FROM routing_log_chain;
 

@@ -36,6 +36,10 @@ GENESIS = bytes(32)
 MAX_BATCH_ROWS = 500  # rows chained and written per statement
 ASYNC_LINGER_S = 0.01  # async mode: rows gathered this long before a commit (fewer, larger commits)
 MAX_QUEUED_ROWS = 20_000  # async mode: rows waiting for the writer before callers wait for their commit
+# A batch's write (connection included) taking longer is given up and tried again on a new connection: a server
+# that stopped answering (frozen, its disk stalled, the network gone) would otherwise hold the writer, and every
+# row behind it, for as long as TCP keeps the connection open. A healthy commit of 500 rows takes milliseconds.
+WRITE_TIMEOUT_S = 10.0
 _canonical = msgspec.json.Encoder(order="sorted")
 # A stored body is a zlib stream (RFC 1950; written by ISA-L at level 1, which any zlib reads: 0.4 ms for 1 MB of
 # locations where zlib takes 2.9, at the same size), or, when shorter than SMALL_BODY_BYTES (compressing an OCPI
@@ -160,6 +164,7 @@ class RoutingLogWriter:
         body_cap: int,
         strict: bool = True,
         commit_timeout_s: float = 30.0,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
         max_batch_rows: int = MAX_BATCH_ROWS,
         max_queued_rows: int = MAX_QUEUED_ROWS,
     ):
@@ -170,6 +175,7 @@ class RoutingLogWriter:
         self._body_cap = body_cap
         self.strict = strict
         self._commit_timeout_s = commit_timeout_s
+        self._write_timeout_s = write_timeout_s
         self._queue: asyncio.Queue[LogEntry] = asyncio.Queue()
         self.chain_id = uuid.uuid4()
         self._chain_text = str(self.chain_id)
@@ -230,27 +236,36 @@ class RoutingLogWriter:
                 self._queue.task_done()
 
     async def _commit(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
-        delay, give_up_at = 0.05, time.monotonic() + self._commit_timeout_s
-        while True:
-            try:
-                started = time.perf_counter()
-                await self._write(batch, records)
-                if self.on_commit is not None:
-                    self.on_commit(len(batch), time.perf_counter() - started)
-                return
-            except asyncpg.DataError:
-                raise
-            except Exception as exc:  # whatever it is, a writer that stopped would leave every caller waiting
-                # Keep the rows (already chained) and retry: nothing accepted is dropped. Callers waiting
-                # longer than the commit timeout are told so; their rows are still written once it works.
-                # With its kind: asyncpg's text alone can be cryptic ("cannot switch to state 12; another
-                # operation (2) is in progress" is a connection the server closed, InternalClientError).
-                log.error("routing_log_write_failed", error=f"{type(exc).__name__}: {exc}", rows=len(batch),
-                          retry_in_s=delay)  # fmt: skip
-                if time.monotonic() > give_up_at:
-                    _fail_waiters(batch)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        # Callers waiting longer than the commit timeout are told so, even while a write hangs; their rows are
+        # still written once it works. One timer per batch, cancelled by the commit.
+        loop = asyncio.get_running_loop()
+        late = loop.call_at(loop.time() + self._commit_timeout_s, _fail_waiters, batch)
+        delay, failed = 0.05, False
+        try:
+            while True:
+                try:
+                    started = time.perf_counter()
+                    # After a failed write the batch may have been committed all the same (the connection went,
+                    # or the write was given up, after the server committed): its chain head tells.
+                    if not (failed and await self._committed_already(records)):
+                        await self._write(batch, records)
+                    if self.on_commit is not None:
+                        self.on_commit(len(batch), time.perf_counter() - started)
+                    return
+                except asyncpg.DataError:
+                    raise
+                except Exception as exc:  # whatever it is, a writer that stopped would leave every caller waiting
+                    # Keep the rows (already chained) and retry: nothing accepted is dropped. With its kind:
+                    # asyncpg's text alone can be cryptic ("cannot switch to state 12; another operation (2) is
+                    # in progress" is a connection the server closed, InternalClientError), and a write given up
+                    # after WRITE_TIMEOUT_S is a bare TimeoutError.
+                    log.error("routing_log_write_failed", error=f"{type(exc).__name__}: {exc}".rstrip(": "),
+                              rows=len(batch), retry_in_s=delay)  # fmt: skip
+                    failed = True
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        finally:
+            late.cancel()
 
     async def _committed_one_by_one(self, batch: list[LogEntry]) -> list[LogEntry]:
         """The rows of a refused batch, each in a commit of its own; a row the database refuses is written _bare,
@@ -341,20 +356,34 @@ class RoutingLogWriter:
             for e in batch if e.relayed_location is not None
         ]  # fmt: skip
         head = (self.chain_id, records[-1][_SEQ], records[-1][len(COLUMNS) - 1])
-        if self._conn is not None and _closed(self._conn):
-            await self._release_connection()
-        if self._conn is None:
-            self._conn = await self._pool.acquire()
+        await self._on_connection("execute", QUERIES["append_routing_log"], records, *head, locations)
+
+    async def _committed_already(self, records: list[tuple[Any, ...]]) -> bool:
+        last_seq = await self._on_connection("fetchval", QUERIES["routing_log_chain_last_seq"], self.chain_id)
+        return last_seq is not None and last_seq >= records[-1][_SEQ]
+
+    async def _on_connection(self, method: str, query: str, *args: Any) -> Any:
+        """One statement on the writer's connection, which is taken from the pool when there is none; given up
+        after write_timeout_s, and then, as after any failure, the connection is closed and left to the pool."""
         try:
-            await self._conn.execute(QUERIES["append_routing_log"], records, *head, locations)
+            async with asyncio.timeout(self._write_timeout_s):
+                if self._conn is not None and _closed(self._conn):
+                    await self._release_connection()
+                if self._conn is None:
+                    self._conn = await self._pool.acquire()
+                return await getattr(self._conn, method)(query, *args)
         except BaseException:
-            await self._release_connection()  # the pool checks it, or replaces a broken one, before it comes back
+            await self._release_connection(broken=True)
             raise
 
-    async def _release_connection(self) -> None:
+    async def _release_connection(self, broken: bool = False) -> None:
+        # A connection a statement failed or was given up on may be waiting for an answer that never comes: closed,
+        # not reset (a reset is one more statement to a server that may not answer); the pool opens a new one.
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
+                if broken:
+                    conn.terminate()
                 await self._pool.release(conn)
 
 

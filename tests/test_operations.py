@@ -157,6 +157,74 @@ def test_while_postgres_is_away_ready_flips_and_routes_that_need_it_answer_503_s
         postgres.stop()
 
 
+def _server_processes(pid: int) -> list[int]:
+    """A server's process and every process it started (PostgreSQL: a backend per connection, its workers)."""
+    parents = {int(p.name): int(p.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
+               for p in Path("/proc").iterdir() if p.name.isdigit() and p.joinpath("stat").exists()}  # fmt: skip
+    family, grown = {pid}, True
+    while grown:
+        children = {child for child, parent in parents.items() if parent in family} - family
+        family |= children
+        grown = bool(children)
+    return sorted(family)
+
+
+def test_while_postgres_hangs_callers_are_answered_in_time_and_their_rows_are_written_once_it_answers(
+    services: Services, tmp_path: Path, start_party
+) -> None:
+    # A PostgreSQL that stops answering without closing anything (here: every one of its processes stopped by a
+    # signal; in production a stalled disk or a lost network) held every routed request for as long as TCP kept
+    # the writer's connection: the caller never got an answer.
+    postgres = EmbeddedPostgres(tmp_path / "pg")
+    url = postgres.start()
+    hub = start_hub(hub_env(services, tmp_path / "hub") | {"OCPI_HUB_DATABASE_URL": url}, OUTPUT / "hub-pg-hung.log")
+    try:
+        cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
+        cc, pid = party_key(cpo)
+
+        def push(request_id: str) -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L1", to=party_key(emsp),
+                              body=LOCATION | {"id": "L1"}, headers={"X-Request-ID": request_id})  # fmt: skip
+            return answer, time.monotonic() - started
+
+        postmaster = postgres._live_pid()
+        assert postmaster is not None
+        frozen = _server_processes(postmaster)
+        for process in frozen:
+            os.kill(process, signal.SIGSTOP)
+        try:
+            hung, took = push("while-postgres-hangs")
+        finally:
+            for process in frozen:
+                os.kill(process, signal.SIGCONT)
+        # the commit timeout is OCPI_HUB_FORWARD_TIMEOUT_S (2 s in the tests)
+        assert 1.5 < took < 10
+        assert hung.status_code == 200 and hung.json()["status_code"] == 4000
+        assert hung.json()["status_message"] == ("the routing log could not commit this exchange in time; "
+                                                 "the exchange itself went through")  # fmt: skip
+        assert [r.path for r in emsp.functional()] == [f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/L1"]
+        after, _ = push("after-postgres-answers-again")
+        assert after.json()["status_code"] == 1000
+
+        async def rows() -> list[str]:
+            conn = await asyncpg.connect(url)
+            try:
+                found = await conn.fetch("SELECT request_id FROM routing_log WHERE request_id LIKE '%postgres%' "
+                                         "ORDER BY id")  # fmt: skip
+                return [row["request_id"] for row in found]
+            finally:
+                await conn.close()
+
+        assert asyncio.run(rows()) == ["while-postgres-hangs", "after-postgres-answers-again"]
+        with hub.admin() as admin:
+            assert admin.get("/admin/api/routing-log/verify").json()["ok"] is True
+        assert "Traceback" not in hub.log()
+    finally:
+        hub.stop()
+        postgres.stop()
+
+
 def test_while_redis_is_away_requests_that_need_it_get_a_clear_4000_and_the_rest_go_through(
     services: Services, tmp_path: Path, start_party, db
 ) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
+import time
 import uuid
 import zlib
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -191,6 +194,77 @@ def test_the_writer_reconnects_when_its_connection_is_killed_and_loses_no_row(em
     assert writer.rows == 40
     result = _verify(empty_database)
     assert (result.ok, result.rows) == (True, 41)
+
+
+class _CuttingProxy:
+    """A TCP proxy to PostgreSQL that can go silent in one direction on the connections it has open, as a network
+    that loses the way back, or a server that stopped reading, does: nothing is closed, nothing arrives."""
+
+    def __init__(self, database_url: str) -> None:
+        self.target = urlsplit(database_url)
+        self.silenced: set[str] = set()
+        self._open: list[set[str]] = []  # per connection: the directions silenced on it
+
+    async def start(self) -> str:
+        server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.server = server
+        port = server.sockets[0].getsockname()[1]
+        return self.target._replace(netloc=f"{self.target.username}@127.0.0.1:{port}").geturl()
+
+    def silence(self, direction: str) -> None:  # "answers" or "requests", on every connection open now
+        for connection in self._open:
+            connection.add(direction)
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(self.target.hostname, self.target.port)
+        silenced: set[str] = set()
+        self._open.append(silenced)
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str) -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    if direction not in silenced:
+                        writer.write(data)
+                        await writer.drain()
+            writer.close()
+
+        await asyncio.gather(pump(client_reader, server_writer, "requests"),
+                             pump(server_reader, client_writer, "answers"))  # fmt: skip
+
+
+@pytest.mark.parametrize("lost", ["answers", "requests"])
+def test_a_write_the_database_never_answers_is_given_up_and_its_rows_are_written_once(
+    empty_database: str, lost: str
+) -> None:
+    # A server that stops answering (frozen, its disk stalled, the network gone) held the writer and every caller
+    # behind it for as long as TCP kept the connection. Now the write is given up after write_timeout_s and tried
+    # on a new connection; when only the answer was lost, the batch is committed already and is not written twice
+    # (the retry used to fail on the chain's unique seq for ever).
+    _written_log(empty_database, 1)
+
+    async def run() -> tuple[list[float], RoutingLogWriter]:
+        proxy = _CuttingProxy(empty_database)
+        pool = await asyncpg.create_pool(await proxy.start(), min_size=1, max_size=2)
+        writer = RoutingLogWriter(pool, body_cap=1024, commit_timeout_s=10, write_timeout_s=1)
+        took = []
+        try:
+            async with writer.running():
+                for n in (1, 2, 3):
+                    if n == 2:
+                        proxy.silence(lost)
+                    started = time.monotonic()
+                    await writer.record(_entry(n))
+                    took.append(time.monotonic() - started)
+        finally:
+            await pool.close()
+            proxy.server.close()
+        return took, writer
+
+    took, writer = asyncio.run(asyncio.wait_for(run(), 60))
+    assert took[1] > 1 and took[1] < 5 and took[0] < 1 and took[2] < 1
+    assert writer.rows == 3
+    result = _verify(empty_database)
+    assert (result.ok, result.rows) == (True, 4)
 
 
 def test_async_mode_holds_callers_back_once_the_writer_falls_behind_and_loses_no_row(empty_database: str) -> None:

@@ -307,6 +307,13 @@ def pytest_configure(config: pytest.Config) -> None:
         basetemp = Path(tempfile.mkdtemp(prefix="ocpi-hub-tests-"))
         config.option.basetemp = str(basetemp)
         config.add_cleanup(lambda: _remove_if_passed(config, basetemp))
+    # A run stopped by SIGTERM (a CI job's time limit, `timeout`) ends as Ctrl-C does, through every fixture's
+    # teardown: Python's default would exit at once and leave the embedded servers and hubs it started running.
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

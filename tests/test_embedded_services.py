@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import redis
 
 import storage.embedded as embedded
 from storage.embedded import EmbeddedPostgres, EmbeddedServiceError, EmbeddedValkey
+from tests.conftest import ROOT
 
 Server = EmbeddedPostgres | EmbeddedValkey
 
@@ -263,3 +266,38 @@ def test_valkey_stale_pidfile_is_ignored(data_dir: Path, track: Callable[[Server
     with redis.Redis.from_url(restarted.start()) as client:
         assert client.ping()
     assert restarted.owned
+
+
+def test_a_test_run_stopped_by_sigterm_stops_the_servers_and_the_hub_it_started(tmp_path: Path) -> None:
+    # A CI job's time limit, or `timeout`, ends a run with SIGTERM. Python's default exit skipped every fixture's
+    # teardown and left the run's embedded PostgreSQL and Valkey, and its hubs, running (seen here).
+    basetemp = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")}  # its own embedded servers
+
+    def started_by_the_run() -> dict[str, list[psutil.Process]]:
+        found: dict[str, list[psutil.Process]] = {"servers": [], "hubs": []}
+        for proc in psutil.process_iter(["cwd"]):
+            with contextlib.suppress(psutil.Error):
+                if proc.info["cwd"] and Path(proc.info["cwd"]).is_relative_to(basetemp):
+                    found["servers"].append(proc)
+                elif proc.environ().get("OCPI_HUB_DATA_DIR", "").startswith(str(basetemp)):
+                    found["hubs"].append(proc)
+        return found
+
+    test = "tests/test_routing.py::test_routed_requests_leave_nothing_that_only_the_garbage_collector_can_free"
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={basetemp}",
+                            test], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not all(started_by_the_run().values()):  # the servers and a hub, as the test is under way
+            assert run.poll() is None and time.monotonic() < deadline, "the run ended before its hub started"
+            time.sleep(0.1)
+        run.send_signal(signal.SIGTERM)
+        output = run.communicate(timeout=60)[0].decode()
+        assert "KeyboardInterrupt: stopped by SIGTERM" in output
+        assert started_by_the_run() == {"servers": [], "hubs": []}
+    finally:
+        run.kill()
+        for proc in [p for procs in started_by_the_run().values() for p in procs]:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()

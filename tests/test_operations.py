@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
+import psutil
 import pytest
 import redis.asyncio as redis
 from prometheus_client.parser import text_string_to_metric_families
@@ -159,14 +160,7 @@ def test_while_postgres_is_away_ready_flips_and_routes_that_need_it_answer_503_s
 
 def _server_processes(pid: int) -> list[int]:
     """A server's process and every process it started (PostgreSQL: a backend per connection, its workers)."""
-    parents = {int(p.name): int(p.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
-               for p in Path("/proc").iterdir() if p.name.isdigit() and p.joinpath("stat").exists()}  # fmt: skip
-    family, grown = {pid}, True
-    while grown:
-        children = {child for child, parent in parents.items() if parent in family} - family
-        family |= children
-        grown = bool(children)
-    return sorted(family)
+    return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
 
 
 def test_while_postgres_hangs_callers_are_answered_in_time_and_their_rows_are_written_once_it_answers(

@@ -8,7 +8,6 @@ import gc
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 
-import asyncpg
 import structlog
 from litestar import Litestar
 from litestar.datastructures import State
@@ -25,7 +24,7 @@ from hub.ocpi import credentials, versions
 from hub.ocpi.relay import Relay
 from hub.party_api import PartyClient
 from hub.request_context import PROBE_PATHS, RequestContext
-from hub.runtime import open_redis, stop_background_tasks
+from hub.runtime import open_database, open_redis, stop_background_tasks
 from hub.settings import Settings
 from routing.forward import open_session
 from routing.pull_sync import PullSync, run_scheduled
@@ -54,7 +53,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
 
     @contextlib.asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
+        pool = await open_database(database_url, max_size=10)
         redis_client = open_redis(redis_url)
         http = PartyClient(settings)
         forward_session = open_session(settings.forward_timeout_s, settings.party_keep_alive_s)

@@ -167,10 +167,13 @@ OUTAGES = (
     asyncpg.CrashShutdownError,
     redis.ConnectionError,
     redis.TimeoutError,
+    TimeoutError,  # asyncpg: no answer within hub.runtime.DATABASE_TIMEOUT_S (an OSError too, named for the reader)
 )
 
 
 def unavailable(exc: BaseException) -> str:
     """What to tell a caller when one of OUTAGES came: which server is away, and what its driver said."""
     service = "Redis" if isinstance(exc, redis.RedisError) else "PostgreSQL"  # redis-py wraps its OSErrors
-    return f"the hub's {service} is unavailable ({type(exc).__name__}: {exc})"
+    # asyncpg's timeouts (hub.runtime.DATABASE_TIMEOUT_S) are TimeoutErrors that say nothing
+    said = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else "")
+    return f"the hub's {service} is unavailable ({type(exc).__name__}{': ' if said else ''}{said})"

@@ -35,6 +35,18 @@ def backing_services(settings: Settings) -> Iterator[Settings]:
 
 
 REDIS_TIMEOUT_S = 5.0  # connecting to Redis, and each read of an answer
+# Connecting to PostgreSQL, and each statement of the hub's own pool unless it says otherwise (the auditor's
+# searches, exports and verifications do): what a party's request waits at most for a server that stopped answering.
+DATABASE_TIMEOUT_S = 10.0
+AUDIT_QUERY_TIMEOUT_S = 300.0  # one fetch of an auditor's export or verification: a big log takes a while
+
+
+async def open_database(database_url: str, max_size: int) -> asyncpg.Pool:
+    """The hub's PostgreSQL pool. asyncpg waits 60 s to connect and for ever for an answer by default: a server
+    that stopped answering without closing anything (frozen, a stalled disk, a lost network) would hold every
+    request that needs it."""
+    return await asyncpg.create_pool(database_url, min_size=1, max_size=max_size, timeout=DATABASE_TIMEOUT_S,
+                                     command_timeout=DATABASE_TIMEOUT_S)  # fmt: skip
 
 
 def open_redis(redis_url: str) -> redis.Redis:

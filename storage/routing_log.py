@@ -468,9 +468,13 @@ class Verification:
 
 
 async def verify(
-    conn: asyncpg.Connection, since: datetime | None = None, until: datetime | None = None
+    conn: asyncpg.Connection,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    timeout: float | None = None,
 ) -> Verification:
     """Recompute every chain from the database. In a time range, each chain's first row in range is trusted.
+    timeout bounds each statement (a fetch of the rows), where the connection's own bound would be too short.
 
     A chain may continue after rows dropped by retention: its row after such a gap must carry, as prev_hash, the
     hash recorded for the dropped row before it in routing_log_floor.
@@ -484,9 +488,11 @@ async def verify(
     previous: asyncpg.Record | None = None
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         # Heads and rows come from one snapshot: a hub writing meanwhile must not look like a gap.
-        heads = {r["chain_id"]: r for r in await conn.fetch(QUERIES["chain_heads"])}
-        floors = {(r["chain_id"], r["seq"]): r["hash"] for r in await conn.fetch(QUERIES["chain_floors"])}
-        async for row in conn.cursor(query, since, until, prefetch=2000):
+        heads = {r["chain_id"]: r for r in await conn.fetch(QUERIES["chain_heads"], timeout=timeout)}
+        floors = {
+            (r["chain_id"], r["seq"]): r["hash"] for r in await conn.fetch(QUERIES["chain_floors"], timeout=timeout)
+        }
+        async for row in conn.cursor(query, since, until, prefetch=2000, timeout=timeout):
             result.rows += 1
             if previous is not None and previous["chain_id"] != row["chain_id"]:
                 _check_head(result, previous, heads, until)

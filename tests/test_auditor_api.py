@@ -329,7 +329,7 @@ def test_a_search_that_runs_too_long_is_stopped_and_answers_503_with_what_to_do(
         try:
             started = time.monotonic()
             with pytest.raises(AdminError) as stopped:
-                await fetch_planned(conn, "SELECT pg_sleep(10)", [], timeout="200ms")
+                await fetch_planned(conn, "SELECT pg_sleep(10)", [], timeout_s=0.2)
             assert time.monotonic() - started < 5
             assert await conn.fetchval("SELECT 1") == 1  # the connection is fit for the next search
             return stopped.value
@@ -337,4 +337,4 @@ def test_a_search_that_runs_too_long_is_stopped_and_answers_503_with_what_to_do(
             await conn.close()
 
     error = asyncio.run(run())
-    assert error.status == 503 and "took longer than 200ms: narrow it with since/until" in error.message
+    assert error.status == 503 and "took longer than 0.2 s: narrow it with since/until" in error.message

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import resource
 import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -168,7 +170,7 @@ def test_while_postgres_hangs_callers_are_answered_in_time_and_their_rows_are_wr
 ) -> None:
     # A PostgreSQL that stops answering without closing anything (here: every one of its processes stopped by a
     # signal; in production a stalled disk or a lost network) held every routed request for as long as TCP kept
-    # the writer's connection: the caller never got an answer.
+    # the writer's connection, and every request that reads PostgreSQL for as long as that connection lasted.
     postgres = EmbeddedPostgres(tmp_path / "pg")
     url = postgres.start()
     hub = start_hub(hub_env(services, tmp_path / "hub") | {"OCPI_HUB_DATABASE_URL": url}, OUTPUT / "hub-pg-hung.log")
@@ -176,11 +178,17 @@ def test_while_postgres_hangs_callers_are_answered_in_time_and_their_rows_are_wr
         cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
         cc, pid = party_key(cpo)
 
-        def push(request_id: str) -> tuple[httpx.Response, float]:
+        def push(request_id: str) -> httpx.Response:
+            return cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L1", to=party_key(emsp),
+                            body=LOCATION | {"id": "L1"}, headers={"X-Request-ID": request_id})  # fmt: skip
+
+        def client_infos() -> httpx.Response:  # a party's request the hub answers from PostgreSQL
+            return httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", headers=token_header(emsp.hub_token or ""),
+                             timeout=60)  # fmt: skip
+
+        def timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
             started = time.monotonic()
-            answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L1", to=party_key(emsp),
-                              body=LOCATION | {"id": "L1"}, headers={"X-Request-ID": request_id})  # fmt: skip
-            return answer, time.monotonic() - started
+            return call(), time.monotonic() - started
 
         postmaster = postgres._live_pid()
         assert postmaster is not None
@@ -188,17 +196,24 @@ def test_while_postgres_hangs_callers_are_answered_in_time_and_their_rows_are_wr
         for process in frozen:
             os.kill(process, signal.SIGSTOP)
         try:
-            hung, took = push("while-postgres-hangs")
+            with concurrent.futures.ThreadPoolExecutor() as threads:
+                infos = threads.submit(timed, client_infos)
+                hung, took = timed(lambda: push("while-postgres-hangs"))
+                infos_answer, infos_took = infos.result()
         finally:
             for process in frozen:
                 os.kill(process, signal.SIGCONT)
+        # hub.runtime.DATABASE_TIMEOUT_S: 10 s
+        assert 9 < infos_took < 30 and (infos_answer.status_code, infos_answer.json()["status_code"]) == (503, 3000)
+        assert infos_answer.json()["status_message"] == ("the hub's PostgreSQL is unavailable (TimeoutError: no "
+                                                         "answer in time); try again shortly")  # fmt: skip
         # the commit timeout is OCPI_HUB_FORWARD_TIMEOUT_S (2 s in the tests)
         assert 1.5 < took < 10
         assert hung.status_code == 200 and hung.json()["status_code"] == 4000
         assert hung.json()["status_message"] == ("the routing log could not commit this exchange in time; "
                                                  "the exchange itself went through")  # fmt: skip
         assert [r.path for r in emsp.functional()] == [f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/L1"]
-        after, _ = push("after-postgres-answers-again")
+        after = push("after-postgres-answers-again")
         assert after.json()["status_code"] == 1000
 
         async def rows() -> list[str]:

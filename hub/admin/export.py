@@ -20,6 +20,7 @@ from litestar.response import Stream
 from hub.admin.actors import READ_ONLY, actor_of, record_action
 from hub.admin.api import AdminError
 from hub.admin.routing_log import query_params
+from hub.runtime import AUDIT_QUERY_TIMEOUT_S
 from storage.log_search import BODY_COLUMNS, LIST_COLUMNS, BadFilter, Search, export_query, parse_filters
 from storage.routing_log import body_of
 
@@ -68,7 +69,7 @@ async def export_rows(
     chunk = bytearray(lines.encode(header) if export_format == "csv" else b"")
     async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        async for row in conn.cursor(sql, *args, prefetch=CURSOR_ROWS):
+        async for row in conn.cursor(sql, *args, prefetch=CURSOR_ROWS, timeout=AUDIT_QUERY_TIMEOUT_S):
             item = _with_bodies(row, export_format == "ndjson") if bodies else row
             if export_format == "csv":
                 chunk += lines.encode(tuple(item.values()))

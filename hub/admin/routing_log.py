@@ -10,6 +10,7 @@ from litestar import Request, Response, get
 
 from hub.admin.actors import READ_ONLY, actor_of, record_action
 from hub.admin.api import AdminError, json_response
+from hub.runtime import AUDIT_QUERY_TIMEOUT_S, DATABASE_TIMEOUT_S
 from storage.log_search import (
     LIST_COLUMNS,
     BadFilter,
@@ -25,22 +26,23 @@ from storage.sql import QUERIES
 
 MAX_LIMIT = 500
 MAX_CONVERSATION = 1000
-SEARCH_TIMEOUT = "30s"
+SEARCH_TIMEOUT_S = 30
 _PAGE_PARAMS = frozenset({"limit", "cursor"})
 
 
 async def fetch_planned(
-    conn: asyncpg.Connection, sql: str, args: list[Any], timeout: str = SEARCH_TIMEOUT
+    conn: asyncpg.Connection, sql: str, args: list[Any], timeout_s: float = SEARCH_TIMEOUT_S
 ) -> list[asyncpg.Record]:
     """Run a search planned for its actual values (see storage/log_search.py), in a read-only transaction, and
-    give up after `timeout` rather than hold a connection for a search no index can serve."""
+    have the server give up after timeout_s rather than hold a connection for a search no index can serve
+    (the client waits a little longer, so that the server's reason is the one the auditor reads)."""
     try:
         async with conn.transaction(readonly=True):
             await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-            await conn.execute(f"SET LOCAL statement_timeout = '{timeout}'")
-            return await conn.fetch(sql, *args)
+            await conn.execute(f"SET LOCAL statement_timeout = '{round(timeout_s * 1000)}ms'")
+            return await conn.fetch(sql, *args, timeout=timeout_s + DATABASE_TIMEOUT_S)
     except asyncpg.QueryCanceledError:
-        raise AdminError(503, f"the search took longer than {timeout}: narrow it with since/until") from None
+        raise AdminError(503, f"the search took longer than {timeout_s:g} s: narrow it with since/until") from None
 
 
 def query_params(request: Request) -> dict[str, str]:
@@ -147,7 +149,7 @@ async def verify_routing_log(request: Request) -> Response[bytes]:
         raise AdminError(400, str(exc)) from None
     async with request.app.state.pool.acquire() as conn:
         await record_action(conn, actor_of(request), "verify", {k: v for k, v in params.items() if v})
-        result = await verify(conn, since, until)
+        result = await verify(conn, since, until, AUDIT_QUERY_TIMEOUT_S)
     return json_response(result)  # {"ok", "rows", "first_bad_id", "problems"}
 
 

@@ -20,6 +20,7 @@ from hub.admin.api import AdminError, InvitationIn, invite
 from hub.admin.stats import BUCKETS, compute_stats
 from hub.console.auth import actor, require_admin
 from hub.console.charts import Bucket, bar_chart, buckets_between
+from hub.runtime import AUDIT_QUERY_TIMEOUT_S
 from storage.log_search import BadFilter, is_row_id, parse_time
 from storage.routing_log import verify
 from storage.sql import QUERIES
@@ -110,7 +111,7 @@ async def verify_page(request: Request, since: str | None = None, until: str | N
     async with request.app.state.pool.acquire() as conn:
         given = {k: v for k, v in (("since", since), ("until", until)) if v}
         await record_action(conn, actor(request), "verify", given | {"via": "console"})
-        context["result"] = await verify(conn, start, end)
+        context["result"] = await verify(conn, start, end, AUDIT_QUERY_TIMEOUT_S)
     context["checked_at"] = datetime.now(UTC)
     return Template("verify.html", context=context)
 

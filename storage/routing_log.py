@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import operator
 import re
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -40,6 +41,7 @@ MAX_QUEUED_ROWS = 20_000  # async mode: rows waiting for the writer before calle
 # that stopped answering (frozen, its disk stalled, the network gone) would otherwise hold the writer, and every
 # row behind it, for as long as TCP keeps the connection open. A healthy commit of 500 rows takes milliseconds.
 WRITE_TIMEOUT_S = 10.0
+OVERDUE_CHECK_S = 0.5  # while a batch is not committed in time: how often its callers' deadlines are looked at
 _canonical = msgspec.json.Encoder(order="sorted")
 # A stored body is a zlib stream (RFC 1950; written by ISA-L at level 1, which any zlib reads: 0.4 ms for 1 MB of
 # locations where zlib takes 2.9, at the same size), or, when shorter than SMALL_BODY_BYTES (compressing an OCPI
@@ -128,6 +130,7 @@ class LogEntry:
     # (key, url) of a CDR Location the hub rewrote; stored in relayed_location in the same transaction
     relayed_location: tuple[str, str] | None = None
     waiter: asyncio.Future[None] | None = field(default=None, repr=False)
+    waiting_since: float = field(default=0.0, repr=False)  # the event loop's time when the caller began to wait
 
 
 # What content_hash turns into text before hashing, by position in CONTENT_COLUMNS (the columns' types are fixed).
@@ -182,6 +185,7 @@ class RoutingLogWriter:
         self._seq = 0
         self._last_hash = GENESIS
         self._task: asyncio.Task[None] | None = None
+        self._late: asyncio.TimerHandle | None = None
         self.batches = 0
         self.rows = 0
         self.on_commit: Callable[[int, float], None] | None = None  # (rows, seconds) of each group commit
@@ -205,9 +209,10 @@ class RoutingLogWriter:
         if not self.strict and self._queue.qsize() < self._max_queued_rows:
             self._queue.put_nowait(entry)
             return
-        entry.waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        entry.waiter, entry.waiting_since = loop.create_future(), loop.time()
         self._queue.put_nowait(entry)
-        # No timer per request: the writer itself fails the waiters of a batch it cannot commit in time.
+        # No timer per request: the writer itself fails the waiters it cannot commit for in time (_fail_overdue).
         await entry.waiter
 
     async def _run(self) -> None:
@@ -239,7 +244,7 @@ class RoutingLogWriter:
         # Callers waiting longer than the commit timeout are told so, even while a write hangs; their rows are
         # still written once it works. One timer per batch, cancelled by the commit.
         loop = asyncio.get_running_loop()
-        late = loop.call_at(loop.time() + self._commit_timeout_s, _fail_waiters, batch)
+        self._late = loop.call_at(loop.time() + self._commit_timeout_s, self._fail_overdue, batch)
         delay, failed = 0.05, False
         try:
             while True:
@@ -265,7 +270,17 @@ class RoutingLogWriter:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
         finally:
-            late.cancel()
+            self._late.cancel()
+
+    def _fail_overdue(self, batch: list[LogEntry]) -> None:
+        """While a batch is not committed: fail the waiters that have waited longer than the commit timeout, in the
+        batch and queued behind it (those would otherwise wait for as long as the database is away), and look
+        again every OVERDUE_CHECK_S until the commit."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() - self._commit_timeout_s
+        queued: Iterable[LogEntry] = self._queue._queue  # type: ignore[attr-defined]  # asyncio.Queue's deque, read only
+        _fail_waiters([e for e in itertools.chain(batch, queued) if e.waiter is not None and e.waiting_since <= due])
+        self._late = loop.call_later(OVERDUE_CHECK_S, self._fail_overdue, batch)
 
     async def _committed_one_by_one(self, batch: list[LogEntry]) -> list[LogEntry]:
         """The rows of a refused batch, each in a commit of its own; a row the database refuses is written _bare,

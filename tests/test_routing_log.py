@@ -267,6 +267,44 @@ def test_a_write_the_database_never_answers_is_given_up_and_its_rows_are_written
     assert (result.ok, result.rows) == (True, 4)
 
 
+def test_callers_queued_behind_a_batch_that_cannot_commit_are_told_in_time_too(empty_database: str) -> None:
+    # Only the waiters of the batch being written had a deadline: a caller whose row queued behind it waited for
+    # as long as the database was away.
+    _written_log(empty_database, 1)
+
+    async def run() -> tuple[list[object], list[float]]:
+        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
+        blocker = await asyncpg.connect(empty_database)
+        writer = RoutingLogWriter(pool, body_cap=1024, commit_timeout_s=1, write_timeout_s=30)
+
+        async def call(n: int) -> tuple[object, float]:
+            started = time.monotonic()
+            try:
+                return await writer.record(_entry(n)), time.monotonic() - started
+            except LogUnavailable as exc:
+                return exc, time.monotonic() - started
+
+        try:
+            async with writer.running():
+                async with blocker.transaction():
+                    await blocker.execute("LOCK TABLE routing_log_chain IN EXCLUSIVE MODE")  # commits stall
+                    first = asyncio.create_task(call(1))
+                    await asyncio.sleep(0.5)
+                    behind = [asyncio.create_task(call(n)) for n in (2, 3)]
+                    await asyncio.sleep(2.5)
+                    answered = [task.result() for task in (first, *behind) if task.done()]
+        finally:
+            await blocker.close()
+            await pool.close()
+        return [outcome for outcome, _ in answered], [took for _, took in answered]
+
+    outcomes, took = asyncio.run(asyncio.wait_for(run(), 60))
+    assert len(outcomes) == 3 and all(isinstance(outcome, LogUnavailable) for outcome in outcomes)
+    assert all(1 <= t < 2 for t in took), took  # each at its own deadline, while the database still held them
+    result = _verify(empty_database)
+    assert (result.ok, result.rows) == (True, 4)  # and every row written once it could be
+
+
 def test_async_mode_holds_callers_back_once_the_writer_falls_behind_and_loses_no_row(empty_database: str) -> None:
     # A database slower than the traffic must not grow the queue without bound; big backlogs go in capped batches.
     _written_log(empty_database, 1)

@@ -19,12 +19,13 @@ from hub.admin.api import admin_router
 from hub.auth import CredentialsTokenAuth
 from hub.console import console_router, template_config
 from hub.envelope import render_ocpi_error
+from hub.errors import OUTAGES, unavailable
 from hub.logs import configure_logging
 from hub.ocpi import credentials, versions
 from hub.ocpi.relay import Relay
 from hub.party_api import PartyClient
 from hub.request_context import PROBE_PATHS, RequestContext
-from hub.runtime import open_database, open_redis, stop_background_tasks
+from hub.runtime import DATABASE_TIMEOUT_S, open_database, open_redis, stop_background_tasks
 from hub.settings import Settings
 from routing.forward import open_session
 from routing.pull_sync import PullSync, run_scheduled
@@ -67,6 +68,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             body_cap=settings.log_body_max_bytes,
             strict=settings.log_mode == "strict",
             commit_timeout_s=settings.forward_timeout_s,
+            spool_dir=settings.data_dir / "routing-log-spool",
+            drain_timeout_s=settings.forward_timeout_s,
         )
         writer.on_commit = metrics.routing_log_committed
         locations = LocationCache(redis_client, settings.redis_prefix)
@@ -124,11 +127,18 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             finally:
                 await relay.drain()
                 await stop_background_tasks(tasks)
-                await _write_last_seen(app.state)
+                try:
+                    await _write_last_seen(app.state)
+                except OUTAGES as exc:  # a party's last_seen is a hint, not a record: not worth waiting for
+                    log.warning("last_seen_not_written", error=unavailable(exc))
         await forward_session.close()
         await http.aclose()
         await redis_client.aclose()
-        await pool.close()
+        try:
+            async with asyncio.timeout(DATABASE_TIMEOUT_S):  # closing talks to the server, which may not answer
+                await pool.close()
+        except TimeoutError:
+            pool.terminate()
 
     app = Litestar(
         route_handlers=[

@@ -13,7 +13,11 @@ async def next_batch(queue: asyncio.Queue[Item], limit: int, linger_s: float = 0
     since working one off holds the event loop, and a backlog would stall every request for as long."""
     batch = [await queue.get()]
     if linger_s:
-        await asyncio.sleep(linger_s)
+        try:
+            await asyncio.sleep(linger_s)
+        except asyncio.CancelledError:  # the writer stops: what it took is back in the queue, for whoever drains it
+            queue.put_nowait(batch[0])
+            raise
     while len(batch) < limit and not queue.empty():
         batch.append(queue.get_nowait())
     return batch

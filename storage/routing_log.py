@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import itertools
 import operator
+import os
 import re
 import time
 import uuid
@@ -20,6 +21,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -41,6 +43,9 @@ MAX_QUEUED_ROWS = 20_000  # async mode: rows waiting for the writer before calle
 # that stopped answering (frozen, its disk stalled, the network gone) would otherwise hold the writer, and every
 # row behind it, for as long as TCP keeps the connection open. A healthy commit of 500 rows takes milliseconds.
 WRITE_TIMEOUT_S = 10.0
+# Rows a writer could not commit before it closed, kept as they were chained (msgpack: datetimes and bytes as such).
+SPOOL_SUFFIX = ".routing-log-spool"
+_spool_encoder, _spool_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
 OVERDUE_CHECK_S = 0.5  # while a batch is not committed in time: how often its callers' deadlines are looked at
 _canonical = msgspec.json.Encoder(order="sorted")
 # A stored body is a zlib stream (RFC 1950; written by ISA-L at level 1, which any zlib reads: 0.4 ms for 1 MB of
@@ -170,6 +175,8 @@ class RoutingLogWriter:
         write_timeout_s: float = WRITE_TIMEOUT_S,
         max_batch_rows: int = MAX_BATCH_ROWS,
         max_queued_rows: int = MAX_QUEUED_ROWS,
+        spool_dir: Path | None = None,
+        drain_timeout_s: float = 30.0,
     ):
         self._pool = pool
         self._max_batch_rows = max_batch_rows
@@ -186,21 +193,32 @@ class RoutingLogWriter:
         self._last_hash = GENESIS
         self._task: asyncio.Task[None] | None = None
         self._late: asyncio.TimerHandle | None = None
+        self._in_flight: tuple[list[LogEntry], list[tuple[Any, ...]]] | None = None  # the batch being committed
+        self._spool_dir = spool_dir
+        self._drain_timeout_s = drain_timeout_s
         self.batches = 0
         self.rows = 0
         self.on_commit: Callable[[int, float], None] | None = None  # (rows, seconds) of each group commit
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[RoutingLogWriter]:
+        """Writes rows while open. Every accepted row is written before it closes, or, when the database does not
+        take them within drain_timeout_s (away, frozen), kept in spool_dir: the next writer to open there writes
+        them first, in their own chain, as they were chained."""
+        if self._spool_dir is not None:
+            await self._write_spooled()
         self._task = asyncio.create_task(self._run(), name="routing_log_writer")
         try:
             yield self
         finally:
-            await self._queue.join()  # every accepted row is written before the process stops
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._drain_timeout_s):
+                    await self._queue.join()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            await self._release_connection()
+            spooled = self._spool_unwritten()
+            await self._release_connection(broken=spooled > 0)
 
     async def record(self, entry: LogEntry) -> None:
         """Queue a row; in strict mode return only once it is committed. In async mode too once the writer is
@@ -245,6 +263,7 @@ class RoutingLogWriter:
         # still written once it works. One timer per batch, cancelled by the commit.
         loop = asyncio.get_running_loop()
         self._late = loop.call_at(loop.time() + self._commit_timeout_s, self._fail_overdue, batch)
+        self._in_flight = batch, records
         delay, failed = 0.05, False
         try:
             while True:
@@ -254,6 +273,7 @@ class RoutingLogWriter:
                     # or the write was given up, after the server committed): its chain head tells.
                     if not (failed and await self._committed_already(records)):
                         await self._write(batch, records)
+                    self._in_flight = None
                     if self.on_commit is not None:
                         self.on_commit(len(batch), time.perf_counter() - started)
                     return
@@ -365,17 +385,79 @@ class RoutingLogWriter:
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
         """The whole batch in one statement, so one round trip and one commit whatever the batch size: the rows as
         one array of routing_log_entry records (migration 0006), the locations as one of relayed_location_entry."""
-        locations = [
-            (e.relayed_location[0], e.caller_platform_id, e.receiver_platform_id, e.from_country_code,
-             e.from_party_id, e.to_country_code, e.to_party_id, e.module, e.relayed_location[1])
-            for e in batch if e.relayed_location is not None
-        ]  # fmt: skip
-        head = (self.chain_id, records[-1][_SEQ], records[-1][len(COLUMNS) - 1])
+        await self._append(self.chain_id, records, _locations(batch))
+
+    async def _append(
+        self, chain_id: uuid.UUID, records: list[tuple[Any, ...]], locations: list[tuple[Any, ...]]
+    ) -> None:
+        head = (chain_id, records[-1][_SEQ], records[-1][len(COLUMNS) - 1])
         await self._on_connection("execute", QUERIES["append_routing_log"], records, *head, locations)
 
-    async def _committed_already(self, records: list[tuple[Any, ...]]) -> bool:
-        last_seq = await self._on_connection("fetchval", QUERIES["routing_log_chain_last_seq"], self.chain_id)
+    async def _committed_already(self, records: list[tuple[Any, ...]], chain_id: uuid.UUID | None = None) -> bool:
+        last_seq = await self._on_connection(
+            "fetchval", QUERIES["routing_log_chain_last_seq"], chain_id or self.chain_id
+        )
         return last_seq is not None and last_seq >= records[-1][_SEQ]
+
+    def _spool_unwritten(self) -> int:
+        """At close: the rows not committed (the batch in flight, as it was chained, then the queued ones, chained
+        now) into a file of spool_dir; their number. Without a spool_dir they are counted and lost, loudly."""
+        parts, waiting = [], []
+        if self._in_flight is not None:
+            batch, records = self._in_flight
+            parts.append({"records": records, "locations": _locations(batch)})
+            waiting += batch
+        queued = []
+        while not self._queue.empty():
+            queued.append(self._queue.get_nowait())
+        queued, records = self._chained_batch(queued)
+        if queued:
+            parts.append({"records": records, "locations": _locations(queued)})
+            waiting += queued
+        rows = sum(len(part["records"]) for part in parts)
+        if not rows:
+            return 0
+        if self._spool_dir is None:
+            log.error("routing_log_rows_lost", rows=rows, chain_id=self._chain_text)
+            _fail_waiters(waiting, "the hub stopped before the routing log could commit this exchange")
+            return rows
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        path = self._spool_dir / f"{self._chain_text}{SPOOL_SUFFIX}"
+        temporary = path.with_suffix(".partial")
+        with temporary.open("wb") as file:
+            file.write(_spool_encoder.encode({"chain_id": self._chain_text, "parts": parts}))
+            file.flush()
+            os.fsync(file.fileno())
+        temporary.rename(path)
+        log.error("routing_log_rows_spooled", rows=rows, path=str(path))
+        _fail_waiters(waiting, "the hub stopped before the routing log could commit this exchange; the row is "
+                               "kept on disk and written when the hub starts again")  # fmt: skip
+        return rows
+
+    async def _write_spooled(self) -> None:
+        """The rows an earlier writer kept in spool_dir, each file claimed by renaming it (several workers share
+        a data dir); a part the database has already (committed as its answer was lost) is not written again."""
+        assert self._spool_dir is not None
+        for path in sorted(self._spool_dir.glob(f"*{SPOOL_SUFFIX}")):
+            claimed = path.with_suffix(f".{os.getpid()}")
+            try:
+                path.rename(claimed)
+            except FileNotFoundError:
+                continue  # another worker took it
+            try:
+                spooled = _spool_decoder.decode(claimed.read_bytes())
+                chain_id, written = uuid.UUID(spooled["chain_id"]), 0
+                for part in spooled["parts"]:
+                    records = [tuple(record) for record in part["records"]]
+                    if not await self._committed_already(records, chain_id):
+                        await self._append(chain_id, records, [tuple(loc) for loc in part["locations"]])
+                        written += len(records)
+            except Exception as exc:  # the database away again, or a damaged file: kept for the next start
+                claimed.rename(path)
+                log.error("routing_log_spool_not_written", path=str(path), error=f"{type(exc).__name__}: {exc}")
+                continue
+            claimed.unlink()
+            log.warning("routing_log_spool_written", path=str(path), rows=written)
 
     async def _on_connection(self, method: str, query: str, *args: Any) -> Any:
         """One statement on the writer's connection, which is taken from the pool when there is none; given up
@@ -400,6 +482,15 @@ class RoutingLogWriter:
                 if broken:
                     conn.terminate()
                 await self._pool.release(conn)
+
+
+def _locations(batch: list[LogEntry]) -> list[tuple[Any, ...]]:
+    """The CDR Locations a batch's rows rewrote, as relayed_location_entry records."""
+    return [
+        (e.relayed_location[0], e.caller_platform_id, e.receiver_platform_id, e.from_country_code, e.from_party_id,
+         e.to_country_code, e.to_party_id, e.module, e.relayed_location[1])
+        for e in batch if e.relayed_location is not None
+    ]  # fmt: skip
 
 
 def _closed(conn: Any) -> bool:

@@ -234,6 +234,59 @@ def test_while_postgres_hangs_callers_are_answered_in_time_and_their_rows_are_wr
         postgres.stop()
 
 
+def test_a_hub_stopped_while_postgres_is_away_keeps_its_unwritten_rows_and_the_next_start_writes_them(
+    services: Services, tmp_path: Path, start_party
+) -> None:
+    # Shutdown waited for every accepted row to be committed: with PostgreSQL away a SIGTERM never ended, and the
+    # SIGKILL that follows (a supervisor's, Kubernetes') lost the rows of exchanges that had gone through.
+    postgres = EmbeddedPostgres(tmp_path / "pg")
+    url = postgres.start()
+    data_dir = tmp_path / "hub"
+    hub = start_hub(hub_env(services, data_dir) | {"OCPI_HUB_DATABASE_URL": url}, OUTPUT / "hub-spool.log")
+    try:
+        cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
+        cc, pid = party_key(cpo)
+        postgres.stop()
+
+        def push(n: int) -> httpx.Response:
+            return cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L{n}", to=party_key(emsp),
+                            body=LOCATION | {"id": f"L{n}"}, headers={"X-Request-ID": f"while-away-{n}"})  # fmt: skip
+
+        with concurrent.futures.ThreadPoolExecutor() as threads:
+            answers = list(threads.map(push, range(3)))
+        assert [a.json()["status_code"] for a in answers] == [4000] * 3  # not committed in time, but relayed
+        assert len(emsp.functional()) == 3
+        started = time.monotonic()
+        assert hub.stop() == 0
+        assert time.monotonic() - started < 20
+        assert '"rows":3' in hub.log() and "routing_log_rows_spooled" in hub.log()
+        assert list((data_dir / "routing-log-spool").iterdir()) != []
+    finally:
+        hub.stop()
+    url = postgres.start()
+    again = start_hub(hub_env(services, data_dir) | {"OCPI_HUB_DATABASE_URL": url}, OUTPUT / "hub-spool-2.log")
+    try:
+        assert "routing_log_spool_written" in again.log()
+        assert list((data_dir / "routing-log-spool").iterdir()) == []
+
+        async def rows() -> list[str]:
+            conn = await asyncpg.connect(url)
+            try:
+                found = await conn.fetch("SELECT request_id FROM routing_log WHERE request_id LIKE 'while-away-%'")
+                return sorted(row["request_id"] for row in found)
+            finally:
+                await conn.close()
+
+        assert asyncio.run(rows()) == ["while-away-0", "while-away-1", "while-away-2"]
+        with again.admin() as admin:
+            verdict = admin.get("/admin/api/routing-log/verify").json()
+        assert verdict["ok"] is True, verdict
+        assert "Traceback" not in again.log()
+    finally:
+        again.stop()
+        postgres.stop()
+
+
 def test_while_redis_is_away_requests_that_need_it_get_a_clear_4000_and_the_rest_go_through(
     services: Services, tmp_path: Path, start_party, db
 ) -> None:

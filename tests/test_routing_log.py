@@ -267,6 +267,48 @@ def test_a_write_the_database_never_answers_is_given_up_and_its_rows_are_written
     assert (result.ok, result.rows) == (True, 4)
 
 
+def test_rows_not_committed_when_the_writer_closes_are_spooled_and_written_once_by_the_next_writer(
+    empty_database: str, tmp_path: Path
+) -> None:
+    # The batch in flight at close may have been committed with its answer lost: the next writer must not write it
+    # twice, and must write the rows queued behind it, in the chain they were given.
+    _written_log(empty_database, 1)
+    spool = tmp_path / "spool"
+
+    async def stop_while_answers_are_lost() -> list[object]:
+        proxy = _CuttingProxy(empty_database)
+        pool = await asyncpg.create_pool(await proxy.start(), min_size=1, max_size=2)
+        writer = RoutingLogWriter(pool, body_cap=1024, write_timeout_s=30, spool_dir=spool, drain_timeout_s=1)
+        try:
+            async with writer.running():
+                await writer.record(_entry(1))
+                proxy.silence("answers")
+                calls = [asyncio.create_task(writer.record(_entry(2)))]
+                await asyncio.sleep(0.3)  # entry 2 is in flight, entry 3 queued behind it
+                calls.append(asyncio.create_task(writer.record(_entry(3))))
+                await asyncio.sleep(0.1)
+        finally:
+            proxy.server.close()
+            pool.terminate()
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    async def start_again() -> RoutingLogWriter:
+        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
+        writer = RoutingLogWriter(pool, body_cap=1024, spool_dir=spool)
+        async with writer.running():
+            await writer.record(_entry(4))
+        await pool.close()
+        return writer
+
+    outcomes = asyncio.run(asyncio.wait_for(stop_while_answers_are_lost(), 60))
+    assert all(isinstance(outcome, LogUnavailable) for outcome in outcomes)
+    assert [path.suffix for path in spool.iterdir()] == [".routing-log-spool"]
+    asyncio.run(asyncio.wait_for(start_again(), 60))
+    assert list(spool.iterdir()) == []
+    result = _verify(empty_database)
+    assert (result.ok, result.rows) == (True, 5)  # the first row, 1, 2 (once), 3 and 4
+
+
 def test_callers_queued_behind_a_batch_that_cannot_commit_are_told_in_time_too(empty_database: str) -> None:
     # Only the waiters of the batch being written had a deadline: a caller whose row queued behind it waited for
     # as long as the database was away.
@@ -285,14 +327,13 @@ def test_callers_queued_behind_a_batch_that_cannot_commit_are_told_in_time_too(e
                 return exc, time.monotonic() - started
 
         try:
-            async with writer.running():
-                async with blocker.transaction():
-                    await blocker.execute("LOCK TABLE routing_log_chain IN EXCLUSIVE MODE")  # commits stall
-                    first = asyncio.create_task(call(1))
-                    await asyncio.sleep(0.5)
-                    behind = [asyncio.create_task(call(n)) for n in (2, 3)]
-                    await asyncio.sleep(2.5)
-                    answered = [task.result() for task in (first, *behind) if task.done()]
+            async with writer.running(), blocker.transaction():
+                await blocker.execute("LOCK TABLE routing_log_chain IN EXCLUSIVE MODE")  # commits stall
+                first = asyncio.create_task(call(1))
+                await asyncio.sleep(0.5)
+                behind = [asyncio.create_task(call(n)) for n in (2, 3)]
+                await asyncio.sleep(2.5)
+                answered = [task.result() for task in (first, *behind) if task.done()]
         finally:
             await blocker.close()
             await pool.close()

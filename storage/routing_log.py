@@ -417,18 +417,21 @@ class RoutingLogWriter:
         rows = sum(len(part["records"]) for part in parts)
         if not rows:
             return 0
-        if self._spool_dir is None:
-            log.error("routing_log_rows_lost", rows=rows, chain_id=self._chain_text)
+        try:
+            if self._spool_dir is None:
+                raise OSError("the writer has no spool dir")
+            self._spool_dir.mkdir(parents=True, exist_ok=True)
+            path = self._spool_dir / f"{self._chain_text}{SPOOL_SUFFIX}"
+            temporary = path.with_suffix(".partial")
+            with temporary.open("wb") as file:
+                file.write(_spool_encoder.encode({"chain_id": self._chain_text, "parts": parts}))
+                file.flush()
+                os.fsync(file.fileno())
+            temporary.rename(path)
+        except OSError as exc:  # a full or read-only disk: said, with what is lost
+            log.error("routing_log_rows_lost", rows=rows, chain_id=self._chain_text, error=str(exc))
             _fail_waiters(waiting, "the hub stopped before the routing log could commit this exchange")
             return rows
-        self._spool_dir.mkdir(parents=True, exist_ok=True)
-        path = self._spool_dir / f"{self._chain_text}{SPOOL_SUFFIX}"
-        temporary = path.with_suffix(".partial")
-        with temporary.open("wb") as file:
-            file.write(_spool_encoder.encode({"chain_id": self._chain_text, "parts": parts}))
-            file.flush()
-            os.fsync(file.fileno())
-        temporary.rename(path)
         log.error("routing_log_rows_spooled", rows=rows, path=str(path))
         _fail_waiters(waiting, "the hub stopped before the routing log could commit this exchange; the row is "
                                "kept on disk and written when the hub starts again")  # fmt: skip

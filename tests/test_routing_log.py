@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 import pytest
+import structlog
 
 from storage.routing_log import (
     RAW_BODY,
@@ -307,6 +308,33 @@ def test_rows_not_committed_when_the_writer_closes_are_spooled_and_written_once_
     assert list(spool.iterdir()) == []
     result = _verify(empty_database)
     assert (result.ok, result.rows) == (True, 5)  # the first row, 1, 2 (once), 3 and 4
+
+
+def test_a_writer_that_cannot_spool_its_rows_still_closes_and_says_how_many_were_lost(
+    empty_database: str, tmp_path: Path
+) -> None:
+    _written_log(empty_database, 1)
+    (tmp_path / "file").write_text("")
+
+    async def close_with_rows_left() -> None:
+        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
+        blocker = await asyncpg.connect(empty_database)
+        spool = tmp_path / "file" / "spool"  # under a file: mkdir fails, as on a full or read-only disk
+        writer = RoutingLogWriter(pool, body_cap=1024, strict=False, spool_dir=spool, drain_timeout_s=0.5)
+        try:
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE routing_log_chain IN EXCLUSIVE MODE")  # commits stall
+                async with writer.running():
+                    for n in (1, 2):
+                        await writer.record(_entry(n))
+        finally:
+            await blocker.close()
+            pool.terminate()
+
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(asyncio.wait_for(close_with_rows_left(), 30))
+    [lost] = [entry for entry in logs if entry["event"] == "routing_log_rows_lost"]
+    assert lost["rows"] == 2 and "Not a directory" in lost["error"]
 
 
 def test_callers_queued_behind_a_batch_that_cannot_commit_are_told_in_time_too(empty_database: str) -> None:

@@ -41,6 +41,9 @@ from storage.sql import QUERIES
 log = structlog.get_logger()
 
 LAST_SEEN_FLUSH_S = 10.0
+# At shutdown, after the requests in flight (up to 30 s): how long the last routing-log rows may take to commit
+# before they are kept on disk instead. Ample for a database that answers; within the grace periods of deploy/.
+LOG_DRAIN_S = 5.0
 _WITHOUT_OCPI_TOKEN = ["^/admin/", "^/console", *(f"^{path}$" for path in sorted(PROBE_PATHS))]
 
 
@@ -69,7 +72,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             strict=settings.log_mode == "strict",
             commit_timeout_s=settings.forward_timeout_s,
             spool_dir=settings.data_dir / "routing-log-spool",
-            drain_timeout_s=settings.forward_timeout_s,
+            drain_timeout_s=LOG_DRAIN_S,
         )
         writer.on_commit = metrics.routing_log_committed
         locations = LocationCache(redis_client, settings.redis_prefix)

@@ -115,27 +115,9 @@ WHERE platform.id = t.id AND (platform.last_seen IS NULL OR platform.last_seen <
 SELECT * FROM relayed_location WHERE key = $1;
 
 -- name: append_routing_log
--- One batch of the group commit in one statement (one round trip): the rows, the chain's new head, and the CDR
--- locations rewritten in this batch. Each row is a routing_log_entry (storage.routing_log.COLUMNS + object_id).
-WITH appended AS (
-    INSERT INTO routing_log (
-        received_at, chain_id, seq, request_id, forwarded_request_id, correlation_id, from_country_code,
-        from_party_id, to_country_code, to_party_id, caller_platform_id, receiver_platform_id, module, interface,
-        method, path, query, routing, http_status, ocpi_status_code, duration_ms, error, request_headers,
-        response_headers, request_body, request_body_size, response_body, response_body_size, prev_hash, hash,
-        object_id)
-    SELECT * FROM unnest($1::routing_log_entry[])
-), head AS (
-    INSERT INTO routing_log_chain (chain_id, last_seq, last_hash) VALUES ($2, $3, $4)
-    ON CONFLICT (chain_id) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash
-)
-INSERT INTO relayed_location (key, caller_platform_id, receiver_platform_id, from_country_code, from_party_id,
-                              to_country_code, to_party_id, module, url)
-SELECT * FROM unnest($5::relayed_location_entry[]);
-
--- name: routing_log_chain_last_seq
--- The routing log writer, after a failed write: whether that write's batch was committed all the same.
-SELECT last_seq FROM routing_log_chain WHERE chain_id = $1;
+-- One batch of the group commit in one call (migration 0008): false, and nothing written, when the chain's head
+-- shows the batch in already. Each row is a routing_log_entry (storage.routing_log.COLUMNS + object_id).
+SELECT append_routing_log($1::routing_log_entry[], $2, $3, $4, $5::relayed_location_entry[]);
 
 -- name: chain_heads
 SELECT chain_id, last_seq, last_hash FROM routing_log_chain;

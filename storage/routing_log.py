@@ -264,15 +264,15 @@ class RoutingLogWriter:
         loop = asyncio.get_running_loop()
         self._late = loop.call_at(loop.time() + self._commit_timeout_s, self._fail_overdue, batch)
         self._in_flight = batch, records
-        delay, failed = 0.05, False
+        delay = 0.05
         try:
             while True:
                 try:
                     started = time.perf_counter()
-                    # After a failed write the batch may have been committed all the same (the connection went,
-                    # or the write was given up, after the server committed): its chain head tells.
-                    if not (failed and await self._committed_already(records)):
-                        await self._write(batch, records)
+                    # After a failed write the batch may be in all the same (the connection went, or the write was
+                    # given up, after the server committed, or the server runs it later): append_routing_log then
+                    # writes nothing.
+                    await self._write(batch, records)
                     self._in_flight = None
                     if self.on_commit is not None:
                         self.on_commit(len(batch), time.perf_counter() - started)
@@ -286,7 +286,6 @@ class RoutingLogWriter:
                     # after WRITE_TIMEOUT_S is a bare TimeoutError.
                     log.error("routing_log_write_failed", error=f"{type(exc).__name__}: {exc}".rstrip(": "),
                               rows=len(batch), retry_in_s=delay)  # fmt: skip
-                    failed = True
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
         finally:
@@ -389,15 +388,10 @@ class RoutingLogWriter:
 
     async def _append(
         self, chain_id: uuid.UUID, records: list[tuple[Any, ...]], locations: list[tuple[Any, ...]]
-    ) -> None:
+    ) -> bool:
+        """The batch appended to its chain; False if the chain had it already (nothing is written then)."""
         head = (chain_id, records[-1][_SEQ], records[-1][len(COLUMNS) - 1])
-        await self._on_connection("execute", QUERIES["append_routing_log"], records, *head, locations)
-
-    async def _committed_already(self, records: list[tuple[Any, ...]], chain_id: uuid.UUID | None = None) -> bool:
-        last_seq = await self._on_connection(
-            "fetchval", QUERIES["routing_log_chain_last_seq"], chain_id or self.chain_id
-        )
-        return last_seq is not None and last_seq >= records[-1][_SEQ]
+        return bool(await self._on_connection("fetchval", QUERIES["append_routing_log"], records, *head, locations))
 
     def _spool_unwritten(self) -> int:
         """At close: the rows not committed (the batch in flight, as it was chained, then the queued ones, chained
@@ -452,8 +446,7 @@ class RoutingLogWriter:
                 chain_id, written = uuid.UUID(spooled["chain_id"]), 0
                 for part in spooled["parts"]:
                     records = [tuple(record) for record in part["records"]]
-                    if not await self._committed_already(records, chain_id):
-                        await self._append(chain_id, records, [tuple(loc) for loc in part["locations"]])
+                    if await self._append(chain_id, records, [tuple(loc) for loc in part["locations"]]):
                         written += len(records)
             except Exception as exc:  # the database away again, or a damaged file: kept for the next start
                 claimed.rename(path)

@@ -382,8 +382,9 @@ class RoutingLogWriter:
         return (*_in_column_order(values), prev_hash, row_hash, object_id)
 
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
-        """The whole batch in one statement, so one round trip and one commit whatever the batch size: the rows as
-        one array of routing_log_entry records (migration 0006), the locations as one of relayed_location_entry."""
+        """The whole batch in one call (append_routing_log, migration 0008), so one round trip and one commit
+        whatever the batch size: the rows as one array of routing_log_entry records (migration 0006), the locations
+        as one of relayed_location_entry."""
         await self._append(self.chain_id, records, _locations(batch))
 
     async def _append(

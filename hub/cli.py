@@ -417,7 +417,7 @@ async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
     for cron and alerting: the same JSON on stdout, exit code 1 when the log does not verify."""
     from hub.admin.actors import ADMIN, Actor, record_action
     from storage.log_search import BadFilter, parse_time
-    from storage.routing_log import verify
+    from storage.log_verify import verify
 
     given = {name: value for name in ("since", "until") if (value := getattr(args, name))}
     try:

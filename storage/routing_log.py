@@ -3,7 +3,7 @@
 Strict mode (the default) answers a request only after its row is committed: `record()` waits for the batch.
 Async mode returns at once and trades that guarantee for latency. Either way one writer task per process
 takes every row waiting in its queue, chains them (prev_hash, hash) and writes them in one transaction,
-together with the chain's head, so an edited, inserted or deleted row is detectable by `verify()`.
+together with the chain's head, so an edited, inserted or deleted row is detectable by `storage.log_verify.verify()`.
 """
 
 from __future__ import annotations
@@ -390,9 +390,20 @@ class RoutingLogWriter:
     async def _append(
         self, chain_id: uuid.UUID, records: list[tuple[Any, ...]], locations: list[tuple[Any, ...]]
     ) -> bool:
-        """The batch appended to its chain; False if the chain had it already (nothing is written then)."""
+        """The batch appended to its chain; False if the chain had it already (nothing is written then). On the
+        writer's connection, taken from the pool when there is none; given up after write_timeout_s, and then, as
+        after any failure, the connection is closed and left to the pool."""
         head = (chain_id, records[-1][_SEQ], records[-1][len(COLUMNS) - 1])
-        return bool(await self._on_connection("fetchval", QUERIES["append_routing_log"], records, *head, locations))
+        try:
+            async with asyncio.timeout(self._write_timeout_s):
+                if self._conn is not None and _closed(self._conn):
+                    await self._release_connection()
+                if self._conn is None:
+                    self._conn = await self._pool.acquire()
+                return bool(await self._conn.fetchval(QUERIES["append_routing_log"], records, *head, locations))
+        except BaseException:
+            await self._release_connection(broken=True)
+            raise
 
     def _spool_unwritten(self) -> int:
         """At close: the rows not committed (the batch in flight, as it was chained, then the queued ones, chained
@@ -455,20 +466,6 @@ class RoutingLogWriter:
                 continue
             claimed.unlink()
             log.warning("routing_log_spool_written", path=str(path), rows=written)
-
-    async def _on_connection(self, method: str, query: str, *args: Any) -> Any:
-        """One statement on the writer's connection, which is taken from the pool when there is none; given up
-        after write_timeout_s, and then, as after any failure, the connection is closed and left to the pool."""
-        try:
-            async with asyncio.timeout(self._write_timeout_s):
-                if self._conn is not None and _closed(self._conn):
-                    await self._release_connection()
-                if self._conn is None:
-                    self._conn = await self._pool.acquire()
-                return await getattr(self._conn, method)(query, *args)
-        except BaseException:
-            await self._release_connection(broken=True)
-            raise
 
     async def _release_connection(self, broken: bool = False) -> None:
         # A connection a statement failed or was given up on may be waiting for an answer that never comes: closed,
@@ -554,75 +551,3 @@ def _json(headers: dict[str, str] | None) -> str | None:
     if not headers:
         return None
     return _canonical.encode({name: stored_text(value) for name, value in headers.items()}).decode()
-
-
-@dataclass(slots=True)
-class Verification:
-    ok: bool = True
-    rows: int = 0
-    first_bad_id: int | None = None
-    problems: list[str] = field(default_factory=list)
-
-    def bad(self, row_id: int, problem: str) -> None:
-        self.ok = False
-        self.first_bad_id = row_id if self.first_bad_id is None else min(self.first_bad_id, row_id)
-        if len(self.problems) < 20:
-            self.problems.append(f"row {row_id}: {problem}")
-
-
-async def verify(
-    conn: asyncpg.Connection,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    timeout: float | None = None,
-) -> Verification:
-    """Recompute every chain from the database. In a time range, each chain's first row in range is trusted.
-    timeout bounds each statement (a fetch of the rows), where the connection's own bound would be too short.
-
-    A chain may continue after rows dropped by retention: its row after such a gap must carry, as prev_hash, the
-    hash recorded for the dropped row before it in routing_log_floor.
-    """
-    result = Verification()
-    columns = ", ".join(("id", *COLUMNS))
-    query = (
-        f"SELECT {columns} FROM routing_log WHERE ($1::timestamptz IS NULL OR received_at >= $1)"
-        " AND ($2::timestamptz IS NULL OR received_at < $2) ORDER BY chain_id, seq"
-    )
-    previous: asyncpg.Record | None = None
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        # Heads and rows come from one snapshot: a hub writing meanwhile must not look like a gap.
-        heads = {r["chain_id"]: r for r in await conn.fetch(QUERIES["chain_heads"], timeout=timeout)}
-        floors = {
-            (r["chain_id"], r["seq"]): r["hash"] for r in await conn.fetch(QUERIES["chain_floors"], timeout=timeout)
-        }
-        async for row in conn.cursor(query, since, until, prefetch=2000, timeout=timeout):
-            result.rows += 1
-            if previous is not None and previous["chain_id"] != row["chain_id"]:
-                _check_head(result, previous, heads, until)
-                previous = None
-            dropped_before = floors.get((row["chain_id"], row["seq"] - 1))
-            if previous is not None:
-                if row["seq"] != previous["seq"] + 1 and dropped_before != row["prev_hash"]:
-                    result.bad(row["id"], f"seq {row['seq']} follows {previous['seq']}: rows are missing")
-                elif row["seq"] == previous["seq"] + 1 and row["prev_hash"] != previous["hash"]:
-                    result.bad(row["id"], "prev_hash does not match the previous row")
-            elif (
-                since is None
-                and (row["seq"] != 1 or row["prev_hash"] != GENESIS)
-                and (dropped_before is None or dropped_before != row["prev_hash"])
-            ):
-                result.bad(row["id"], "the chain does not start at its first row: rows are missing")
-            if content_hash(row["prev_hash"], dict(row)) != row["hash"]:
-                result.bad(row["id"], "content does not match its hash: the row was changed")
-            previous = row
-        if previous is not None:
-            _check_head(result, previous, heads, until)
-    return result
-
-
-def _check_head(result: Verification, last: asyncpg.Record, heads: dict[Any, asyncpg.Record], until: Any) -> None:
-    head = heads.get(last["chain_id"])
-    if head is None:
-        result.bad(last["id"], "the chain has no recorded head")
-    elif until is None and (head["last_seq"] != last["seq"] or head["last_hash"] != last["hash"]):
-        result.bad(last["id"], f"the chain's head is seq {head['last_seq']}, the last row is {last['seq']}")

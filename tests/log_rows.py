@@ -8,8 +8,9 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from storage.log_verify import verify
 from storage.migrate import migrate
-from storage.routing_log import LogEntry, RoutingLogWriter, verify
+from storage.routing_log import LogEntry, RoutingLogWriter
 
 MODULES = ("locations", "sessions", "tokens", "cdrs", "commands", "tariffs")
 METHODS = ("GET", "PUT", "PATCH", "POST", "DELETE")

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import structlog
 
+from storage.log_verify import verify
 from storage.routing_log import (
     RAW_BODY,
     SMALL_BODY_BYTES,
@@ -26,7 +27,6 @@ from storage.routing_log import (
     LogUnavailable,
     RoutingLogWriter,
     content_hash,
-    verify,
 )
 from tests.conftest import ROOT, Hub, Services, hub_env
 from tests.log_rows import sql, write

@@ -21,7 +21,8 @@ from storage.log_search import (
     parse_filters,
     parse_time,
 )
-from storage.routing_log import body_of, stored_text, verify
+from storage.log_verify import verify
+from storage.routing_log import body_of, stored_text
 from storage.sql import QUERIES
 
 MAX_LIMIT = 500

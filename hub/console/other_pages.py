@@ -22,7 +22,7 @@ from hub.console.auth import actor, require_admin
 from hub.console.charts import Bucket, bar_chart, buckets_between
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S
 from storage.log_search import BadFilter, is_row_id, parse_time
-from storage.routing_log import verify
+from storage.log_verify import verify
 from storage.sql import QUERIES
 
 AUDIT_PAGE = 100

@@ -160,6 +160,20 @@ def test_while_postgres_is_away_ready_flips_and_routes_that_need_it_answer_503_s
         postgres.stop()
 
 
+def _logged_request_ids(database_url: str, like: str) -> list[str]:
+    """The request_id of every routing-log row matching a LIKE pattern, in the order they were written."""
+
+    async def fetch() -> list[str]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            found = await conn.fetch("SELECT request_id FROM routing_log WHERE request_id LIKE $1 ORDER BY id", like)
+            return [row["request_id"] for row in found]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
 def _server_processes(pid: int) -> list[int]:
     """A server's process and every process it started (PostgreSQL: a backend per connection, its workers)."""
     return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
@@ -215,17 +229,7 @@ def test_while_postgres_hangs_callers_are_answered_in_time_and_their_rows_are_wr
         assert [r.path for r in emsp.functional()] == [f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/L1"]
         after = push("after-postgres-answers-again")
         assert after.json()["status_code"] == 1000
-
-        async def rows() -> list[str]:
-            conn = await asyncpg.connect(url)
-            try:
-                found = await conn.fetch("SELECT request_id FROM routing_log WHERE request_id LIKE '%postgres%' "
-                                         "ORDER BY id")  # fmt: skip
-                return [row["request_id"] for row in found]
-            finally:
-                await conn.close()
-
-        assert asyncio.run(rows()) == ["while-postgres-hangs", "after-postgres-answers-again"]
+        assert _logged_request_ids(url, "%postgres%") == ["while-postgres-hangs", "after-postgres-answers-again"]
         with hub.admin() as admin:
             assert admin.get("/admin/api/routing-log/verify").json()["ok"] is True
         assert "Traceback" not in hub.log()
@@ -268,16 +272,7 @@ def test_a_hub_stopped_while_postgres_is_away_keeps_its_unwritten_rows_and_the_n
     try:
         assert "routing_log_spool_written" in again.log()
         assert list((data_dir / "routing-log-spool").iterdir()) == []
-
-        async def rows() -> list[str]:
-            conn = await asyncpg.connect(url)
-            try:
-                found = await conn.fetch("SELECT request_id FROM routing_log WHERE request_id LIKE 'while-away-%'")
-                return sorted(row["request_id"] for row in found)
-            finally:
-                await conn.close()
-
-        assert asyncio.run(rows()) == ["while-away-0", "while-away-1", "while-away-2"]
+        assert sorted(_logged_request_ids(url, "while-away-%")) == ["while-away-0", "while-away-1", "while-away-2"]
         with again.admin() as admin:
             verdict = admin.get("/admin/api/routing-log/verify").json()
         assert verdict["ok"] is True, verdict

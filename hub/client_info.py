@@ -17,7 +17,7 @@ from litestar import Request, Response, get
 from litestar.datastructures import State
 
 from hub.auth import Caller
-from hub.envelope import ocpi_response, paging_window
+from hub.envelope import ocpi_response, ocpi_timestamp, paging_window
 from hub.errors import InvalidParameters, OcpiError
 from hub.party_api import hub_request
 from routing.forward import forward, ocpi_status_of
@@ -40,7 +40,8 @@ class ClientInfo(msgspec.Struct):
 
 
 def _when(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # types.asciidoc DateTime: "All timestamps are formatted as string(25)": milliseconds at most, not microseconds
+    return ocpi_timestamp(value.astimezone(UTC))
 
 
 def _moment(name: str, raw: str | None) -> datetime | None:

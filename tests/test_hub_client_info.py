@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime
 
@@ -11,6 +12,9 @@ import httpx
 from tests.conftest import Hub
 from tests.parties import token_header
 from tests.test_routing import _roles, party_key
+
+# types.asciidoc DateTime: string(25), RFC 3339 in UTC, at most milliseconds ("2015-06-29T20:39:09.123Z")
+OCPI_DATETIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,3})?Z")
 
 
 def _wait_for(condition, timeout: float = 10.0):  # type: ignore[no-untyped-def]
@@ -40,6 +44,7 @@ def test_every_status_change_is_pushed_to_the_other_connected_parties(hub: Hub, 
     httpx.delete(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(newcomer.hub_token))
     pushes = _wait_for(lambda: (p := _pushes_about(watcher, key)) and len(p) == 3 and p)
     assert [p["status"] for p in pushes] == ["PLANNED", "CONNECTED", "SUSPENDED"]
+    assert all(OCPI_DATETIME.fullmatch(p["last_updated"]) for p in pushes), pushes
     assert pushes[1] | {"last_updated": "x"} == {"party_id": key[1], "country_code": "DE", "role": "CPO",
                                                  "status": "CONNECTED", "last_updated": "x"}  # fmt: skip
     # A configuration module: the pushes carry no routing headers.
@@ -93,7 +98,8 @@ def test_client_info_list_is_paginated_filtered_by_date_and_excludes_the_caller(
     assert totals == {str(len(seen))} and len({(i["country_code"], i["party_id"]) for i in seen}) == len(seen)
     assert sorted(i["party_id"] for i in ours) == sorted(p.roles[0][2] for p in others)
     assert reader.roles[0][2] not in {i["party_id"] for i in seen}
-    assert {i["status"] for i in ours} == {"CONNECTED"} and all(i["last_updated"].endswith("Z") for i in seen)
+    assert {i["status"] for i in ours} == {"CONNECTED"}
+    assert all(OCPI_DATETIME.fullmatch(i["last_updated"]) for i in seen), seen
     assert "OCPI-from-party-id" not in answer.headers
 
 

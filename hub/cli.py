@@ -361,7 +361,7 @@ async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
         print("ocpi-hub: another hub process is syncing now; try again later", file=sys.stderr)
         return 1
     summary = [{"party": f"{r.party[0]}-{r.party[1]}", "locations": r.locations, "pages": r.pages, "full": r.full,
-                "error": r.error} for r in results]  # fmt: skip
+                "removed": r.removed, "error": r.error} for r in results]  # fmt: skip
     print(msgspec.json.format(msgspec.json.encode(summary)).decode())
     return 1 if any(r.error for r in results) else 0
 

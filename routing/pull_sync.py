@@ -51,6 +51,7 @@ class SyncResult:
     locations: int = 0
     pages: int = 0
     full: bool = True
+    removed: int = 0  # cached locations a full sync no longer found in the CPO's list
     error: str | None = None
 
 
@@ -113,6 +114,11 @@ class PullSync:
         # Objects changed while the sync runs are fetched again next time: the mark is the start, a bit early.
         started = datetime.now(UTC) - timedelta(seconds=1)
         result = SyncResult(party, full=since is None)
+        # mod_locations.asciidoc: "the response data provided by all the pages together is the new truth. Any old
+        # information not contained in any of the pages needs to be considered no longer valid." What was cached
+        # before a full sync and is not in its pages goes; what a push adds while it runs stays.
+        cached_before = await self._cache.location_ids(party) if result.full else set()
+        listed: set[str] = set()
         query = {"date_from": since.decode() if isinstance(since, bytes) else since} if since else {}
         url: str | None = (platform.endpoint("locations", "SENDER") or "").rstrip("/")
         url = f"{url}?{urlencode(query)}" if query else url
@@ -125,14 +131,18 @@ class PullSync:
                 await self._redis.set(self._failed_key(party), "1", ex=RETRY_AFTER_FAILURE_S)
                 LOCATION_SYNCS.labels("failed", "full" if result.full else "incremental").inc()
                 return result
-            result.locations += await self._cache.put_many(party, locations)
+            stored = await self._cache.put_many(party, locations)
+            result.locations += len(stored)
+            listed.update(stored)
             result.pages += 1
             if progress:
                 progress(party, result.locations, total)
+        if gone := cached_before - listed:
+            result.removed = await self._cache.forget(party, gone)
         await self._redis.set(self._synced_key(party), ocpi_timestamp(started))
         LOCATION_SYNCS.labels("ok", "full" if result.full else "incremental").inc()
         log.info("location_sync_done", party=f"{party[0]}-{party[1]}", locations=result.locations,
-                 pages=result.pages, full=result.full)  # fmt: skip
+                 pages=result.pages, full=result.full, removed=result.removed)  # fmt: skip
         return result
 
     async def _page(

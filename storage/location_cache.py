@@ -101,6 +101,20 @@ else
 end
 return 1
 """
+# KEYS: the sorted sets of all and of the owner, the unpublished set. ARGV: the key prefix of documents, id index
+# entries and allowed sets, then the members to forget.
+_FORGET = """
+for i = 2, #ARGV do
+  local m = ARGV[i]
+  local id = string.match(m, '^[^/]*/[^/]*/(.*)$')
+  redis.call('DEL', ARGV[1] .. 'doc:' .. m, ARGV[1] .. 'allowed:' .. m)
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('ZREM', KEYS[2], m)
+  redis.call('SREM', KEYS[3], m)
+  redis.call('SREM', ARGV[1] .. 'id:' .. id, m)
+end
+return #ARGV - 1
+"""
 
 
 class LocationCache:
@@ -111,6 +125,7 @@ class LocationCache:
         self._pending: asyncio.Queue[tuple[tuple[str, str], str, list[str], bytes]] = asyncio.Queue()
         self._snapshot = client.register_script(_SNAPSHOT)
         self._store_script = client.register_script(_STORE)
+        self._forget_script = client.register_script(_FORGET)
 
     def _member(self, owner: tuple[str, str], location_id: str) -> str:
         return f"{owner[0].upper()}/{owner[1].upper()}/{location_id}"
@@ -218,11 +233,11 @@ class LocationCache:
                     continue
         return False
 
-    async def put_many(self, owner: tuple[str, str], locations: list[msgspec.Raw]) -> int:
+    async def put_many(self, owner: tuple[str, str], locations: list[msgspec.Raw]) -> list[str]:
         """Whole locations as a CPO's Sender listed them (pull sync), each stored as the CPO sent it. Only the owner's
         own are taken (transport_and_format.asciidoc, Client Owned Object Pull: objects of another owner "may be
-        ignored"). Returns how many were stored."""
-        stored = 0
+        ignored"). Returns the ids of those stored."""
+        stored = []
         async with self._redis.pipeline(transaction=False) as pipe:
             for raw in locations:
                 try:
@@ -234,9 +249,23 @@ class LocationCache:
                 if not isinstance(head.id, str) or not head.id or listed_by != owner:
                     continue
                 await self._store(pipe, owner, self._member(owner, head.id), bytes(raw), index)
-                stored += 1
+                stored.append(head.id)
             await pipe.execute()
         return stored
+
+    async def location_ids(self, owner: tuple[str, str]) -> set[str]:
+        """The ids of the owner's cached locations."""
+        start = len(self._member(owner, ""))
+        return {_text(member)[start:] for member in await self._redis.zrange(self._by_owner(owner), 0, -1)}
+
+    async def forget(self, owner: tuple[str, str], location_ids: set[str]) -> int:
+        """Remove these locations of the owner, with their index entries; returns how many there were."""
+        members = [self._member(owner, location_id) for location_id in sorted(location_ids)]
+        keys = [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden"]
+        forgotten = 0
+        for start in range(0, len(members), 1000):  # one script call at a time holds Redis a few ms at most
+            forgotten += int(await self._forget_script(keys=keys, args=[self._p, *members[start : start + 1000]]))
+        return forgotten
 
     async def _store(self, pipe: Any, owner: tuple[str, str], member: str, document: bytes, index: _Index) -> None:
         """Queue the script that stores one location with its index entries (one command instead of six)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import subprocess
@@ -61,7 +62,8 @@ def test_a_new_cpo_is_pulled_across_every_page_then_synced_incrementally(
                             env=hub.env, cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
     [summary] = json.loads(result.stdout)
-    assert summary == {"party": "-".join(owner), "locations": 1, "pages": 1, "full": False, "error": None}
+    assert summary == {"party": "-".join(owner), "locations": 1, "pages": 1, "full": False, "removed": 0,
+                       "error": None}  # fmt: skip
     assert "locations" in result.stderr  # the progress line
     assert cpo.syncs()[-1].query.startswith("date_from=")
     assert _cached_total(reader, hub, owner) == 301
@@ -84,6 +86,48 @@ def test_pulled_locations_are_cached_as_the_cpo_listed_them_without_foreign_or_u
     assert [loc["id"] for loc in page.json()["data"]] == ["S0000", "S0001"]
     # the test party writes JSON with spaces (json.dumps): the hub serves those bytes, not its own encoding
     assert json.dumps(listed[0]).encode() in page.content
+
+
+def test_a_full_sync_drops_the_cached_locations_the_cpo_no_longer_lists(
+    hub: Hub, services: Services, start_party, connect_party
+) -> None:
+    # mod_locations.asciidoc: all the pages together are "the new truth"; what is not in them is no longer valid
+    reader = connect_party(_roles("EMSP"))
+    roles = _roles("CPO")
+    cpo = start_party(roles)
+    owner = party_key(cpo)
+    cpo.objects["locations"] = _locations(owner, 5, "2026-11-01T00:00:00Z")
+    for location in cpo.objects["locations"]:  # ids of its own: a GET by id alone is refused when several CPOs match
+        location["id"] = f"{owner[1]}-{location['id']}"
+    cpo.objects["locations"][3]["publish"] = False  # in the unpublished index too
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    _wait(lambda: _cached_total(reader, hub, owner) == 4)  # S0003 is not shown to the reader
+    gone = (f"{owner[1]}-S0001", f"{owner[1]}-S0003")
+    cpo.objects["locations"] = [loc for loc in cpo.objects["locations"] if loc["id"] not in gone]
+    # An incremental sync cannot tell what went: it keeps everything.
+    sync = [sys.executable, "-m", "hub.cli", "sync", "locations", "--party", "-".join(owner)]
+    result = subprocess.run(sync, env=hub.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and json.loads(result.stdout)[0]["removed"] == 0, result.stderr
+    assert _cached_total(reader, hub, owner) == 4
+    result = subprocess.run([*sync, "--full"], env=hub.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0] | {"pages": 0} == {"party": "-".join(owner), "locations": 3, "pages": 0,
+                                                          "full": True, "removed": 2, "error": None}  # fmt: skip
+    page = reader.call(hub.base, "GET", f"sender/locations?country_code={owner[0]}&party_id={owner[1]}", to=HUB)
+    assert [loc["id"] for loc in page.json()["data"]] == [f"{owner[1]}-S000{n}" for n in (0, 2, 4)]
+    assert int(page.headers["X-Total-Count"]) == 3
+    lost = reader.call(hub.base, "GET", f"sender/locations/{gone[0]}", to=HUB)
+    assert lost.json()["status_code"] != 1000 and lost.json().get("data") is None, lost.text
+    kept = reader.call(hub.base, "GET", f"sender/locations/{owner[1]}-S0002", to=HUB)
+    assert kept.json()["status_code"] == 1000 and kept.json()["data"]["id"] == f"{owner[1]}-S0002"
+    with contextlib.closing(redis.Redis.from_url(services.redis_url)) as client:  # no index entry is left behind
+        members = [f"{owner[0]}/{owner[1]}/{location_id}" for location_id in gone]
+        keys = [key.decode() for key in client.scan_iter(match=f"{services.redis_prefix}locations:*")]
+        assert not [key for key in keys if any(location_id in key for location_id in gone)]
+        sets = [key for key in keys if client.type(key) == b"set"]
+        assert not [key for key in sets for member in members if client.sismember(key, member)]
+        sorted_sets = [key for key in keys if client.type(key) == b"zset"]
+        assert not [key for key in sorted_sets for member in members if client.zscore(key, member) is not None]
 
 
 def test_the_cache_is_rebuilt_after_redis_lost_it(hub: Hub, services: Services, start_party, connect_party) -> None:

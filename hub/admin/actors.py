@@ -76,8 +76,8 @@ _encoder = msgspec.json.Encoder()
 
 
 async def record_action(conn: asyncpg.Connection, actor: Actor, action: str, parameters: dict[str, Any]) -> None:
-    """One row of the audit trail: who did what to the routing log, with which parameters (text as jsonb holds it:
-    a NUL in a search value or cursor, which jsonb refuses, as the routing log stores it)."""
+    """One row of the audit trail: who did what to the routing log or to a platform, with which parameters (text
+    as jsonb holds it: a NUL in a search value or cursor, which jsonb refuses, as the routing log stores it)."""
     stored = {name: stored_text(value) if isinstance(value, str) else value for name, value in parameters.items()}
     await conn.execute(QUERIES["record_action"], actor.kind, actor.name, action, _encoder.encode(stored).decode())
 

@@ -75,14 +75,15 @@ def test_open_routing_sends_a_command_to_the_owner_of_its_location(hub: Hub, con
     emsp = connect_party(_roles("EMSP"))
     cc, pid = party_key(cpo)
     location_id = f"LOC-{unique_party_id()}"
-    cpo.call(
-        hub.base,
-        "PUT",
-        f"receiver/locations/{cc}/{pid}/{location_id}",
-        to=party_key(emsp),
-        body=LOCATION | {"id": location_id},
-    )
-    time.sleep(0.2)  # the owner index is written in batches
+    for _ in range(2):  # its owner seen again: still the one owner
+        cpo.call(
+            hub.base,
+            "PUT",
+            f"receiver/locations/{cc}/{pid}/{location_id}",
+            to=party_key(emsp),
+            body=LOCATION | {"id": location_id},
+        )
+        time.sleep(0.2)  # the owner index is written in batches
     answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION",
                        body={"response_url": "https://emsp.example/cmd/9", "location_id": location_id,
                              "token": {"uid": "T"}})  # fmt: skip
@@ -113,6 +114,70 @@ def test_open_request_the_hub_cannot_place_answers_a_clear_error(hub: Hub, conne
     )
     assert answer.json()["status_code"] == 4001
     assert "OCPI-to" in answer.json()["status_message"]
+
+
+def test_open_routing_refuses_a_location_id_two_cpos_have_and_forwards_nothing(hub: Hub, connect_party, db) -> None:
+    # Location.id is unique "within the CPO's platform" only: the hub must not guess which CPO is meant.
+    cpos, emsp = [connect_party(_roles("CPO")) for _ in range(2)], connect_party(_roles("EMSP"))
+    location_id = f"LOC1-{unique_party_id()}"
+    for cpo in cpos:
+        cc, pid = party_key(cpo)
+        answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/{location_id}", to=party_key(emsp),
+                          body=LOCATION | {"id": location_id, "party_id": pid})  # fmt: skip
+        assert answer.json()["status_code"] == 1000, answer.text
+        time.sleep(0.2)  # the owner index is written in batches: the second owner arrives in a batch of its own
+    request_id = f"ambiguous-{location_id}"
+    answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", headers={"X-Request-ID": request_id},
+                       body={"response_url": "https://emsp.example/cmd/1", "location_id": location_id,
+                             "token": {"uid": "T"}})  # fmt: skip
+    assert answer.json()["status_code"] == 4001, answer.text
+    message = answer.json()["status_message"]
+    assert f"location {location_id} belongs to several parties" in message
+    assert all(f"{cc}-{pid}" in message for cc, pid in map(party_key, cpos))
+    assert "OCPI-to-country-code and OCPI-to-party-id" in message
+    assert [cpo.functional() for cpo in cpos] == [[], []]
+    query = "SELECT routing, to_party_id, ocpi_status_code FROM routing_log WHERE request_id = $1"
+    rows = _wait_for(lambda: db.run(db.fetch(query, request_id)))
+    assert [tuple(row) for row in rows] == [("rejected", None, 4001)]
+
+
+def test_open_routing_refuses_an_authorization_of_a_token_uid_two_emsps_have(hub: Hub, connect_party) -> None:
+    emsps, cpo = [connect_party(_roles("EMSP")) for _ in range(2)], connect_party(_roles("CPO"))
+    uid = f"TOK{unique_party_id()}"
+    for emsp in emsps:
+        cc, pid = party_key(emsp)
+        emsp.call(hub.base, "PUT", f"receiver/tokens/{cc}/{pid}/{uid}", to=party_key(cpo), body={"uid": uid})
+    time.sleep(0.2)  # both owners may also land in one batch of the owner index
+    answer = cpo.call(hub.base, "POST", f"sender/tokens/{uid}/authorize?type=RFID", body={})
+    assert answer.json()["status_code"] == 4001, answer.text
+    assert f"token {uid} belongs to several parties" in answer.json()["status_message"]
+    assert [emsp.functional() for emsp in emsps] == [[], []]
+
+
+def test_an_owner_seen_again_stays_the_one_owner_and_another_makes_the_id_ambiguous(services: Services) -> None:
+    async def run() -> None:
+        client = redis.Redis.from_url(services.redis_url)
+        state = RoutingState(client, f"{services.redis_prefix}owners-{secrets.token_hex(4)}:")
+        try:
+            async with state.running(interval_s=0.01):
+                state.note_owner("locations", "LOC1", ("NL", "AAA"))
+                state.note_owner("locations", "LOC1", ("NL", "AAA"))
+                await asyncio.sleep(0.1)
+                state.note_owner("locations", "LOC1", ("NL", "AAA"))
+                await asyncio.sleep(0.1)
+                assert await state.owners("locations", "LOC1") == [("NL", "AAA")]
+                assert await state.owner("locations", "LOC1") == ("NL", "AAA")
+                state.note_owner("locations", "LOC1", ("DE", "BBB"))
+                assert await state.owners("locations", "LOC1") == [("DE", "BBB"), ("NL", "AAA")]  # not yet written
+                await asyncio.sleep(0.1)
+                state.note_owner("locations", "LOC1", ("NL", "AAA"))
+                await asyncio.sleep(0.1)
+                assert await state.owners("locations", "LOC1") == [("DE", "BBB"), ("NL", "AAA")]
+                assert await state.owner("locations", "LOC1") is None
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
 
 
 def test_command_result_is_relayed_to_the_original_response_url_via_another_hub_process(

@@ -8,10 +8,12 @@ import json
 import random
 import secrets
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+import redis as redis_sync
 import redis.asyncio as redis
 
 from storage.routing_state import RoutingState
@@ -211,6 +213,44 @@ def test_command_result_is_relayed_to_the_original_response_url_via_another_hub_
     # Nobody but the CPO that got the command may post to that URL.
     stranger = httpx.post(replaced, headers=token_header(emsp.hub_token), json={"result": "REJECTED"})
     assert stranger.status_code == 404
+
+
+DAY_S = 24 * 3600
+
+
+@pytest.mark.parametrize(
+    ("command", "expiry_date", "kept_s"),
+    [
+        # mod_commands: the CPO cancels a reservation by posting CANCELED_RESERVATION to the RESERVE_NOW's
+        # response_url, at any time before expiry_date: kept until then and a day
+        ("RESERVE_NOW", 5 * DAY_S, 6 * DAY_S),
+        ("RESERVE_NOW", "9999-12-31T23:59:59Z", 90 * DAY_S),  # capped
+        ("RESERVE_NOW", "next Tuesday", 2 * DAY_S),  # the CPO judges the command; the hub keeps its default
+        ("RESERVE_NOW", None, 2 * DAY_S),
+        ("START_SESSION", None, 2 * DAY_S),
+    ],
+    ids=["reserve-5-days", "reserve-year-9999", "reserve-unparsable-expiry", "reserve-no-expiry", "start-session"],
+)
+def test_a_command_response_url_is_kept_until_its_reservation_ends(  # type: ignore[no-untyped-def]
+    hub: Hub, connect_party, services: Services, command, expiry_date, kept_s
+) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    body = {"response_url": "https://emsp.example/cmd/7", "location_id": "L1", "token": {"uid": "T1"},
+            "reservation_id": "R1"}  # fmt: skip
+    if isinstance(expiry_date, int):
+        expiry_date = datetime.fromtimestamp(time.time() + expiry_date, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if expiry_date is not None:
+        body["expiry_date"] = expiry_date
+    answer = emsp.call(hub.base, "POST", f"receiver/commands/{command}", to=party_key(cpo), body=body)
+    assert answer.json()["status_code"] == 1000, answer.text
+    [got] = cpo.functional()
+    key = json.loads(got.body)["response_url"].rsplit("/", 1)[1]
+    client = redis_sync.Redis.from_url(services.redis_url)
+    try:
+        ttl = client.ttl(f"{services.redis_prefix}results:{key}")
+    finally:
+        client.close()
+    assert kept_s - 120 <= ttl <= kept_s
 
 
 def test_charging_profile_response_url_in_the_query_is_rewritten(hub: Hub, connect_party) -> None:

@@ -3,16 +3,21 @@
 transport_and_format.asciidoc, Open Routing Request: "When a Hub has the intelligence to route messages based on
 the content of the request ... the 'OCPI-to-' headers can be omitted". The hub knows the owner of a location,
 session, token or reservation once a push or command for it has been routed, and the eMSP of a session or CDR
-from its cdr_token.
+from its cdr_token. Ids are unique per party only: an id seen with several owners is refused, never guessed.
 """
 
 from __future__ import annotations
 
 import msgspec
 
+from hub.errors import UnknownReceiver
 from routing.decide import Delivery
-from routing.request import Incoming, PartyKey
+from routing.request import Incoming, PartyKey, party_text
 from storage.routing_state import RoutingState
+
+# owner index -> what its ids name, for the message that asks for OCPI-to
+_OBJECT = {"locations": "location", "sessions": "session", "session-receivers": "session", "tokens": "token",
+           "reservations": "reservation"}  # fmt: skip
 
 
 class _Party(msgspec.Struct):
@@ -53,19 +58,32 @@ async def open_hint(incoming: Incoming, state: RoutingState) -> PartyKey | None:
         if incoming.module == "commands" and segments:
             field, owner_module = _COMMAND_TARGET.get(segments[0].upper(), (None, ""))
             object_id = getattr(_body_fields(incoming.body), field) if field else None
-            return await state.owner(owner_module, object_id) if object_id else None
+            return await _owner(state, owner_module, object_id) if object_id else None
         if incoming.module == "chargingprofiles" and segments:
-            return await state.owner("sessions", segments[0])
+            return await _owner(state, "sessions", segments[0])
         if incoming.module in ("sessions", "cdrs") and incoming.method in ("POST", "PUT"):
             token = _body_fields(incoming.body).cdr_token  # the eMSP whose token charged
             return (token.country_code.upper(), token.party_id.upper()) if token else None
         if incoming.module == "sessions" and incoming.method == "PATCH" and len(segments) >= 3:
-            return await state.owner("session-receivers", segments[2])
+            return await _owner(state, "session-receivers", segments[2])
         return None
     if segments and incoming.module in ("locations", "sessions", "tokens"):
         # Sender interface: GET /{location_id}, PUT /{session_id}/charging_preferences, POST /{token_uid}/authorize
-        return await state.owner(incoming.module, segments[0])
+        return await _owner(state, incoming.module, segments[0])
     return None
+
+
+async def _owner(state: RoutingState, module: str, object_id: str) -> PartyKey | None:
+    """The one party seen with the id; several: refused, since ids are unique per party only (mod_commands: a
+    location_id names a "Location (belonging to the CPO this request is sent to)")."""
+    owners = await state.owners(module, object_id)
+    if len(owners) > 1:
+        raise UnknownReceiver(
+            f"no OCPI-to headers, and {_OBJECT.get(module, 'object')} {object_id} belongs to several parties"
+            f" ({', '.join(party_text(owner) for owner in owners)}): send OCPI-to-country-code and OCPI-to-party-id"
+            " to say which one"
+        )
+    return owners[0] if owners else None
 
 
 def note_seen(incoming: Incoming, delivery: Delivery, state: RoutingState) -> None:

@@ -7,6 +7,7 @@ Hubs); a response_url is replaced in the raw bytes where its JSON form can be fo
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from urllib.parse import parse_qsl, urlencode
 
@@ -14,13 +15,24 @@ import msgspec
 
 from hub.errors import NESTED_TOO_DEEPLY, InvalidParameters
 from routing.request import Incoming
+from storage.location_cache import epoch
+from storage.routing_state import CALLBACK_TTL_S
 
 _LINK = re.compile(r"<([^>]*)>")
 _encode = msgspec.json.encode
 
+RESERVATION_MARGIN_S = 24 * 3600  # a CANCELED_RESERVATION posted at the very end of the reservation, or a bit late
+# ReserveNow.expiry_date has no upper bound: a reservation a year ahead (or in 9999) must not pin a key for ever.
+# Past this, the CPO's cancellation gets a 404 from the hub, as any result does once its callback expired.
+MAX_CALLBACK_TTL_S = 90 * 24 * 3600
+
 
 class _WithResponseUrl(msgspec.Struct):
     response_url: str | None = None
+
+
+class _ReserveNow(msgspec.Struct):
+    expiry_date: str | None = None
 
 
 def response_url_of(incoming: Incoming) -> str | None:
@@ -38,6 +50,21 @@ def response_url_of(incoming: Incoming) -> str | None:
                 raise InvalidParameters("the response_url query parameter is required")
             return found
     return None
+
+
+def callback_ttl_s(incoming: Incoming) -> int:
+    """How long the hub keeps a relayed response_url: CALLBACK_TTL_S, and a RESERVE_NOW's until its expiry_date
+    and a day, capped. mod_commands: "To Cancel a reservation the CPO call the Senders interface with the same URL
+    as was given by the Sender (eMSP) when the RESERVE_NOW command was send", at any time until the reservation ends."""
+    segments = incoming.segments
+    if incoming.module != "commands" or not segments or segments[0].upper() != "RESERVE_NOW":
+        return CALLBACK_TTL_S
+    try:
+        expiry_date = msgspec.json.decode(incoming.body, type=_ReserveNow).expiry_date
+        ends_in = epoch(expiry_date) - time.time() if expiry_date else 0.0
+    except (msgspec.DecodeError, RecursionError, ValueError, OverflowError):
+        return CALLBACK_TTL_S  # not the hub's to refuse: the CPO judges the command, the callback keeps the default
+    return int(min(max(CALLBACK_TTL_S, ends_in + RESERVATION_MARGIN_S), MAX_CALLBACK_TTL_S))
 
 
 def _from_body(body: bytes, *, required: bool) -> str | None:

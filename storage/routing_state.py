@@ -2,6 +2,10 @@
 
 Nothing here lives in process memory, so a command result or a "next page" request works whichever hub process
 behind the load balancer receives it. Callbacks and pages expire; owners are a hint for open routing.
+
+An object id is unique only within its owner's platform (mod_locations.asciidoc: Location.id "uniquely identifies
+the location within the CPO's platform"), so the owner index keeps every party seen with an id: one hash per
+module, id -> "CC-PID" or, once a second owner shows up, "CC-PID,CC-PID" (open routing then refuses to guess).
 """
 
 from __future__ import annotations
@@ -37,6 +41,20 @@ class Relayed(msgspec.Struct, frozen=True):
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Relayed)
 
+# KEYS: a module's owners hash. ARGV: object id, owner (CC-PID), object id, owner, ... An owner is added to the
+# id's list unless it is there already: a party pushing its own object again does not make the id ambiguous.
+_ADD_OWNERS = """
+for i = 1, #ARGV, 2 do
+  local known = redis.call('HGET', KEYS[1], ARGV[i])
+  if not known then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  elseif not string.find(',' .. known .. ',', ',' .. ARGV[i + 1] .. ',', 1, true) then
+    redis.call('HSET', KEYS[1], ARGV[i], known .. ',' .. ARGV[i + 1])
+  end
+end
+return 1
+"""
+
 
 def new_key() -> str:
     return secrets.token_urlsafe(18)
@@ -46,8 +64,9 @@ class RoutingState:
     def __init__(self, redis_client: redis.Redis, prefix: str) -> None:
         self._redis = redis_client
         self._prefix = prefix
-        self._owners: dict[tuple[str, str], str] = {}
+        self._owners: dict[tuple[str, str], set[str]] = {}  # (module, object id) -> owners noted since the last write
         self._owners_flushed = asyncio.Event()
+        self._add_owners = redis_client.register_script(_ADD_OWNERS)
 
     async def remember(self, kind: str, relayed: Relayed, ttl_s: int) -> str:
         key = new_key()
@@ -60,16 +79,20 @@ class RoutingState:
 
     def note_owner(self, module: str, object_id: str, owner: tuple[str, str]) -> None:
         """Remember who owns an object seen in passing; written to Redis in batches, off the request path."""
-        self._owners[(module, object_id)] = f"{owner[0]}-{owner[1]}"
+        self._owners.setdefault((module, object_id), set()).add(f"{owner[0]}-{owner[1]}")
+
+    async def owners(self, module: str, object_id: str) -> list[tuple[str, str]]:
+        """Every party seen owning the object, sorted: more than one means the id alone does not tell. One HGET."""
+        found = await self._redis.hget(f"{self._prefix}owners:{module}", object_id)
+        texts = set(self._owners.get((module, object_id), ()))
+        if found:
+            texts.update((found.decode() if isinstance(found, bytes) else found).split(","))
+        return sorted(_party(text) for text in texts)
 
     async def owner(self, module: str, object_id: str) -> tuple[str, str] | None:
-        pending = self._owners.get((module, object_id))
-        found = pending or await self._redis.hget(f"{self._prefix}owners:{module}", object_id)
-        if not found:
-            return None
-        text = found.decode() if isinstance(found, bytes) else found
-        country, _, party = text.partition("-")
-        return (country, party)
+        """The one owner of the object, or None if none or several were seen."""
+        found = await self.owners(module, object_id)
+        return found[0] if len(found) == 1 else None
 
     @contextlib.asynccontextmanager
     async def running(self, interval_s: float = 0.05) -> AsyncIterator[RoutingState]:
@@ -98,11 +121,20 @@ class RoutingState:
         if not self._owners:
             return
         batch, self._owners = self._owners, {}
+        by_module: dict[str, list[str]] = {}
+        for (module, object_id), owners in batch.items():
+            by_module.setdefault(module, []).extend(x for owner in owners for x in (object_id, owner))
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for (module, object_id), owner in batch.items():
-                    pipe.hset(f"{self._prefix}owners:{module}", object_id, owner)
+                for module, args in by_module.items():
+                    await self._add_owners(keys=[f"{self._prefix}owners:{module}"], args=args, client=pipe)
                 await pipe.execute()
         except BaseException:  # cancelled or failed: the notes stay for the next write
-            self._owners = batch | self._owners
+            for key, owners in batch.items():
+                self._owners.setdefault(key, set()).update(owners)
             raise
+
+
+def _party(text: str) -> tuple[str, str]:
+    country, _, party = text.partition("-")
+    return (country, party)

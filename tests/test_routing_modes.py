@@ -8,10 +8,12 @@ import json
 import random
 import secrets
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+import redis as redis_sync
 import redis.asyncio as redis
 
 from storage.routing_state import RoutingState
@@ -75,14 +77,15 @@ def test_open_routing_sends_a_command_to_the_owner_of_its_location(hub: Hub, con
     emsp = connect_party(_roles("EMSP"))
     cc, pid = party_key(cpo)
     location_id = f"LOC-{unique_party_id()}"
-    cpo.call(
-        hub.base,
-        "PUT",
-        f"receiver/locations/{cc}/{pid}/{location_id}",
-        to=party_key(emsp),
-        body=LOCATION | {"id": location_id},
-    )
-    time.sleep(0.2)  # the owner index is written in batches
+    for _ in range(2):  # its owner seen again: still the one owner
+        cpo.call(
+            hub.base,
+            "PUT",
+            f"receiver/locations/{cc}/{pid}/{location_id}",
+            to=party_key(emsp),
+            body=LOCATION | {"id": location_id},
+        )
+        time.sleep(0.2)  # the owner index is written in batches
     answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION",
                        body={"response_url": "https://emsp.example/cmd/9", "location_id": location_id,
                              "token": {"uid": "T"}})  # fmt: skip
@@ -113,6 +116,70 @@ def test_open_request_the_hub_cannot_place_answers_a_clear_error(hub: Hub, conne
     )
     assert answer.json()["status_code"] == 4001
     assert "OCPI-to" in answer.json()["status_message"]
+
+
+def test_open_routing_refuses_a_location_id_two_cpos_have_and_forwards_nothing(hub: Hub, connect_party, db) -> None:
+    # Location.id is unique "within the CPO's platform" only: the hub must not guess which CPO is meant.
+    cpos, emsp = [connect_party(_roles("CPO")) for _ in range(2)], connect_party(_roles("EMSP"))
+    location_id = f"LOC1-{unique_party_id()}"
+    for cpo in cpos:
+        cc, pid = party_key(cpo)
+        answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/{location_id}", to=party_key(emsp),
+                          body=LOCATION | {"id": location_id, "party_id": pid})  # fmt: skip
+        assert answer.json()["status_code"] == 1000, answer.text
+        time.sleep(0.2)  # the owner index is written in batches: the second owner arrives in a batch of its own
+    request_id = f"ambiguous-{location_id}"
+    answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", headers={"X-Request-ID": request_id},
+                       body={"response_url": "https://emsp.example/cmd/1", "location_id": location_id,
+                             "token": {"uid": "T"}})  # fmt: skip
+    assert answer.json()["status_code"] == 4001, answer.text
+    message = answer.json()["status_message"]
+    assert f"location {location_id} belongs to several parties" in message
+    assert all(f"{cc}-{pid}" in message for cc, pid in map(party_key, cpos))
+    assert "OCPI-to-country-code and OCPI-to-party-id" in message
+    assert [cpo.functional() for cpo in cpos] == [[], []]
+    query = "SELECT routing, to_party_id, ocpi_status_code FROM routing_log WHERE request_id = $1"
+    rows = _wait_for(lambda: db.run(db.fetch(query, request_id)))
+    assert [tuple(row) for row in rows] == [("rejected", None, 4001)]
+
+
+def test_open_routing_refuses_an_authorization_of_a_token_uid_two_emsps_have(hub: Hub, connect_party) -> None:
+    emsps, cpo = [connect_party(_roles("EMSP")) for _ in range(2)], connect_party(_roles("CPO"))
+    uid = f"TOK{unique_party_id()}"
+    for emsp in emsps:
+        cc, pid = party_key(emsp)
+        emsp.call(hub.base, "PUT", f"receiver/tokens/{cc}/{pid}/{uid}", to=party_key(cpo), body={"uid": uid})
+    time.sleep(0.2)  # both owners may also land in one batch of the owner index
+    answer = cpo.call(hub.base, "POST", f"sender/tokens/{uid}/authorize?type=RFID", body={})
+    assert answer.json()["status_code"] == 4001, answer.text
+    assert f"token {uid} belongs to several parties" in answer.json()["status_message"]
+    assert [emsp.functional() for emsp in emsps] == [[], []]
+
+
+def test_an_owner_seen_again_stays_the_one_owner_and_another_makes_the_id_ambiguous(services: Services) -> None:
+    async def run() -> None:
+        client = redis.Redis.from_url(services.redis_url)
+        state = RoutingState(client, f"{services.redis_prefix}owners-{secrets.token_hex(4)}:")
+        try:
+            async with state.running(interval_s=0.01):
+                state.note_owner("locations", "LOC1", ("NL", "AAA"))
+                state.note_owner("locations", "LOC1", ("NL", "AAA"))
+                await asyncio.sleep(0.1)
+                state.note_owner("locations", "LOC1", ("NL", "AAA"))
+                await asyncio.sleep(0.1)
+                assert await state.owners("locations", "LOC1") == [("NL", "AAA")]
+                assert await state.owner("locations", "LOC1") == ("NL", "AAA")
+                state.note_owner("locations", "LOC1", ("DE", "BBB"))
+                assert await state.owners("locations", "LOC1") == [("DE", "BBB"), ("NL", "AAA")]  # not yet written
+                await asyncio.sleep(0.1)
+                state.note_owner("locations", "LOC1", ("NL", "AAA"))
+                await asyncio.sleep(0.1)
+                assert await state.owners("locations", "LOC1") == [("DE", "BBB"), ("NL", "AAA")]
+                assert await state.owner("locations", "LOC1") is None
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
 
 
 def test_command_result_is_relayed_to_the_original_response_url_via_another_hub_process(
@@ -146,6 +213,44 @@ def test_command_result_is_relayed_to_the_original_response_url_via_another_hub_
     # Nobody but the CPO that got the command may post to that URL.
     stranger = httpx.post(replaced, headers=token_header(emsp.hub_token), json={"result": "REJECTED"})
     assert stranger.status_code == 404
+
+
+DAY_S = 24 * 3600
+
+
+@pytest.mark.parametrize(
+    ("command", "expiry_date", "kept_s"),
+    [
+        # mod_commands: the CPO cancels a reservation by posting CANCELED_RESERVATION to the RESERVE_NOW's
+        # response_url, at any time before expiry_date: kept until then and a day
+        ("RESERVE_NOW", 5 * DAY_S, 6 * DAY_S),
+        ("RESERVE_NOW", "9999-12-31T23:59:59Z", 90 * DAY_S),  # capped
+        ("RESERVE_NOW", "next Tuesday", 2 * DAY_S),  # the CPO judges the command; the hub keeps its default
+        ("RESERVE_NOW", None, 2 * DAY_S),
+        ("START_SESSION", None, 2 * DAY_S),
+    ],
+    ids=["reserve-5-days", "reserve-year-9999", "reserve-unparsable-expiry", "reserve-no-expiry", "start-session"],
+)
+def test_a_command_response_url_is_kept_until_its_reservation_ends(  # type: ignore[no-untyped-def]
+    hub: Hub, connect_party, services: Services, command, expiry_date, kept_s
+) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    body = {"response_url": "https://emsp.example/cmd/7", "location_id": "L1", "token": {"uid": "T1"},
+            "reservation_id": "R1"}  # fmt: skip
+    if isinstance(expiry_date, int):
+        expiry_date = datetime.fromtimestamp(time.time() + expiry_date, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if expiry_date is not None:
+        body["expiry_date"] = expiry_date
+    answer = emsp.call(hub.base, "POST", f"receiver/commands/{command}", to=party_key(cpo), body=body)
+    assert answer.json()["status_code"] == 1000, answer.text
+    [got] = cpo.functional()
+    key = json.loads(got.body)["response_url"].rsplit("/", 1)[1]
+    client = redis_sync.Redis.from_url(services.redis_url)
+    try:
+        ttl = client.ttl(f"{services.redis_prefix}results:{key}")
+    finally:
+        client.close()
+    assert kept_s - 120 <= ttl <= kept_s
 
 
 def test_charging_profile_response_url_in_the_query_is_rewritten(hub: Hub, connect_party) -> None:

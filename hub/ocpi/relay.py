@@ -41,10 +41,10 @@ from routing import open_routing
 from routing.decide import Delivery, Route, decide
 from routing.forward import Answer, forward, ocpi_status_of
 from routing.request import Incoming, PartyKey, parse
-from routing.rewrite import link_urls, response_url_of, rewrite_link_header, with_response_url
+from routing.rewrite import callback_ttl_s, link_urls, response_url_of, rewrite_link_header, with_response_url
 from storage.directory import PartyRole, Platform
 from storage.routing_log import LogEntry, LogUnavailable
-from storage.routing_state import CALLBACK_TTL_S, PAGE_TTL_S, Relayed
+from storage.routing_state import PAGE_TTL_S, Relayed
 
 if TYPE_CHECKING:
     import aiohttp
@@ -203,7 +203,7 @@ class Relay:
             key = await self.routing.remember("results", Relayed(
                 url=callback_url, module=incoming.module, interface="sender", caller_platform_id=delivery.platform.id,
                 target_platform_id=caller.id, caller_party=delivery.to.key, target_party=route.sender.key,
-                correlation_id=entry.correlation_id), CALLBACK_TTL_S)  # fmt: skip
+                correlation_id=entry.correlation_id), callback_ttl_s(incoming))  # fmt: skip
             body, query = with_response_url(incoming, callback_url, f"{self.settings.public_url}{RESULTS}{key}")
         answer = await self.call_party(exchange, delivery, route.sender, incoming.method,
                                        delivery.url.rstrip("/") + incoming.suffix, query, body)  # fmt: skip

@@ -189,6 +189,33 @@ def test_party_without_any_functional_module_answers_3003(hub: Hub, start_party)
     assert answer["status_code"] == 3003
 
 
+def test_a_credentials_endpoint_listed_with_a_party_role_registers_and_other_such_endpoints_are_left_out(
+    hub: Hub, start_party, db
+) -> None:
+    # version_information_endpoint.asciidoc: "disregard the value of the role property of the Endpoint object for
+    # other platforms' credentials modules". A role "CPO" elsewhere says no interface: that endpoint is left out.
+    pid = unique_party_id()
+    modules = {"locations": ["SENDER"], "tariffs": ["CPO"]}
+    party, token_a = _invited_party(
+        hub, start_party, ("CPO", "NL", pid), name=f"Older CPO {pid}", credentials_role="CPO", modules=modules
+    )
+    answer = party.register_at(hub.versions_url, token_a).json()
+    assert answer["status_code"] == 1000, answer
+    stored = db.run(
+        db.fetch(
+            "SELECT e.identifier, e.interface_role FROM platform_endpoint e JOIN party_role r "
+            "ON r.platform_id = e.platform_id WHERE r.party_id = $1 ORDER BY 1",
+            pid,
+        )
+    )
+    assert [(e["identifier"], e["interface_role"]) for e in stored] == [
+        ("credentials", "SENDER"),
+        ("locations", "SENDER"),
+    ]
+    ignored = [line for line in hub.log().splitlines() if "party_endpoint_ignored" in line and party.name in line]
+    assert ignored and "tariffs" in ignored[-1]
+
+
 def test_put_refetches_endpoints_and_rotates_token_c(hub: Hub, start_party, db) -> None:
     pid = unique_party_id()
     party, token_a = _invited_party(hub, start_party, ("CPO", "NL", pid))

@@ -16,9 +16,10 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 import msgspec
+import structlog
 
 from hub.errors import AnswerTooLarge, NoMatchingEndpoints, UnableToUseClientApi, UnsupportedVersion
-from hub.ocpi.wire import Credentials, CredentialsAnswer, Endpoint, Version, VersionDetails
+from hub.ocpi.wire import INTERFACE_ROLES, Credentials, CredentialsAnswer, Endpoint, Version, VersionDetails
 from hub.request_context import new_request_id
 from routing.forward import read_capped
 from storage.directory import PartyRole, Platform
@@ -26,6 +27,8 @@ from storage.routing_log import LogEntry
 
 if TYPE_CHECKING:
     from hub.settings import Settings
+
+log = structlog.get_logger()
 
 SUPPORTED_VERSION = "2.2.1"
 FUNCTIONAL_MODULES = frozenset(
@@ -140,7 +143,7 @@ class Discovery:
         return next((e.url for e in self.endpoints if e.identifier == identifier), None)
 
 
-async def discover(client: PartyClient, versions_url: str, token: str) -> Discovery:
+async def discover(client: PartyClient, versions_url: str, token: str, *, party: str) -> Discovery:
     """GET the party's versions, pick 2.2.1, GET its details and check the endpoints the hub needs.
 
     The token goes Base64-encoded, as 2.2.1 requires; if the party answers 401, once more as it is. The way it
@@ -166,7 +169,8 @@ async def discover(client: PartyClient, versions_url: str, token: str) -> Discov
         )
     details = _data(await _call(client, "GET", chosen.url, token, encoding=encoding), _details_decoder,
                     "version details", chosen.url)  # fmt: skip
-    identifiers = {e.identifier for e in details.endpoints}
+    endpoints = _usable_endpoints(details.endpoints, party)
+    identifiers = {e.identifier for e in endpoints}
     if "credentials" not in identifiers:
         raise NoMatchingEndpoints(
             f"the party's {SUPPORTED_VERSION} details at {chosen.url} list no credentials endpoint"
@@ -175,7 +179,24 @@ async def discover(client: PartyClient, versions_url: str, token: str) -> Discov
     if not identifiers & FUNCTIONAL_MODULES:
         modules = ", ".join(sorted(FUNCTIONAL_MODULES))
         raise NoMatchingEndpoints(f"the party's {SUPPORTED_VERSION} details list no functional module ({modules})")
-    return Discovery(SUPPORTED_VERSION, chosen.url, details.endpoints, encoding)
+    return Discovery(SUPPORTED_VERSION, chosen.url, endpoints, encoding)
+
+
+def _usable_endpoints(listed: list[Endpoint], party: str) -> list[Endpoint]:
+    """The endpoints with a role of SENDER or RECEIVER. The credentials endpoint whatever its role (stored as SENDER):
+    version_information_endpoint.asciidoc advises "to disregard the value of the role property of the Endpoint
+    object for other platforms' credentials modules". Any other endpoint with another role ("CPO", left over from
+    older versions) is left out, since the hub cannot tell which interface it is."""
+    usable = []
+    for endpoint in listed:
+        if endpoint.role in INTERFACE_ROLES:
+            usable.append(endpoint)
+        elif endpoint.identifier == "credentials":
+            usable.append(msgspec.structs.replace(endpoint, role="SENDER"))
+        else:
+            log.warning("party_endpoint_ignored", party=party, module=endpoint.identifier, role=endpoint.role,
+                        url=endpoint.url, reason="its role is neither SENDER nor RECEIVER")  # fmt: skip
+    return usable
 
 
 async def exchange_credentials(

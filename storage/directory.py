@@ -3,7 +3,8 @@
 Authentication and routing read only this snapshot, so a request costs no database round trip. A change
 (registration, rotation, unregistration, invitation) bumps a generation counter in Redis and publishes it;
 every process reloads on the message, and polls the counter as a fallback, so a revoked token stops working
-everywhere within a second.
+everywhere within a second. A token a process does not know makes it check the counter once before refusing it,
+so a token issued by another process works everywhere at once.
 """
 
 from __future__ import annotations
@@ -125,13 +126,36 @@ class DirectoryCache:
         self._channel = f"{prefix}{CHANNEL}"
         self._seen_generation: int | None = None
         self._lock = asyncio.Lock()
+        self._check_lock = asyncio.Lock()
+        self._checks_begun = 0
 
-    async def reload(self) -> None:
+    async def reload(self, unless_seen: int | None = None) -> None:
+        """Load the directory again; not if a reload that has finished meanwhile already saw generation unless_seen
+        (equal, not at least: a Redis that lost its data starts counting again from 0)."""
         async with self._lock:
+            if unless_seen is not None and self._seen_generation == unless_seen:
+                return
             generation = await self._redis.get(self._generation_key)
             async with self._pool.acquire() as conn:
                 self.current = await load_directory(conn, self._box)
             self._seen_generation = int(generation or 0)
+
+    async def catch_up(self) -> None:
+        """Before a token this process does not know is refused: reload if another process changed the directory and
+        this one has not reloaded yet (the token may be one issued a moment ago). Single flight: one Redis GET at a
+        time, shared by every caller that arrived before it began, so a flood of unknown tokens costs one GET per
+        round, and a reload happens only when the generation moved."""
+        arrived_after = self._checks_begun
+        async with self._check_lock:
+            if self._checks_begun > arrived_after:
+                return  # a check that began after this caller arrived has finished: it would have seen the change
+            self._checks_begun += 1
+            try:
+                generation = int(await self._redis.get(self._generation_key) or 0)
+                if generation != self._seen_generation:
+                    await self.reload(unless_seen=generation)
+            except Exception as exc:  # Redis or PostgreSQL briefly away: answer from the last snapshot
+                log.warning("directory_catch_up_failed", error=str(exc))
 
     async def changed(self) -> None:
         """Call after committing a change: reload here at once, and tell every other process."""
@@ -146,9 +170,9 @@ class DirectoryCache:
             while True:
                 try:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_INTERVAL_S)
-                    generation = await self._redis.get(self._generation_key)
-                    if message is not None or int(generation or 0) != self._seen_generation:
-                        await self.reload()
+                    generation = int(await self._redis.get(self._generation_key) or 0)
+                    if message is not None or generation != self._seen_generation:
+                        await self.reload(unless_seen=generation)  # not again if catch_up() just loaded it
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # Redis or PostgreSQL briefly away: keep serving the last snapshot

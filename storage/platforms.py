@@ -95,7 +95,8 @@ async def store_connection(
     presented_token: bytes,
     new_token: bytes,
 ) -> None:
-    """Record a credentials exchange (POST or PUT): endpoints replaced, roles connected, the party's token rotated."""
+    """Record a credentials exchange (POST or PUT): endpoints replaced, the listed roles connected and the others
+    back to PLANNED, the party's token rotated."""
     async with conn.transaction():
         platform = await conn.fetchrow(QUERIES["lock_platform"], platform_id)
         still_valid = await conn.fetchval(QUERIES["token_of_platform"], presented_token, platform_id)
@@ -122,6 +123,7 @@ async def store_connection(
         for role_id, business_details in connection.roles:
             details = msgspec.json.encode(business_details).decode() if business_details else None
             await conn.execute(QUERIES["connect_role"], role_id, details)
+        await conn.execute(QUERIES["plan_unlisted_roles"], platform_id, [role_id for role_id, _ in connection.roles])
         await conn.execute(QUERIES["delete_tokens"], platform_id)
         await conn.execute(QUERIES["insert_token"], new_token, platform_id, "C")
 

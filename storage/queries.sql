@@ -67,6 +67,17 @@ INSERT INTO client_info_push (platform_id, role, country_code, party_id, status,
 SELECT platform_id, role, country_code, party_id, 'CONNECTED', status_changed_at FROM changed
 WHERE was <> 'CONNECTED';
 
+-- name: plan_unlisted_roles
+-- credentials.asciidoc: roles is the "List of the roles this party provides": a held role the platform no longer
+-- lists goes back to PLANNED, as before its registration, so nothing is routed to it; the change is pushed.
+WITH changed AS (
+    UPDATE party_role SET status = 'PLANNED', status_changed_at = now()
+    WHERE platform_id = $1 AND id <> all($2::bigint[]) AND status NOT IN ('PLANNED', 'UNREGISTERED')
+    RETURNING platform_id, role, country_code, party_id, status_changed_at
+)
+INSERT INTO client_info_push (platform_id, role, country_code, party_id, status, last_updated)
+SELECT platform_id, role, country_code, party_id, 'PLANNED', status_changed_at FROM changed;
+
 -- name: unregister_platform
 UPDATE platform SET state = 'UNREGISTERED', token_b = NULL, unregistered_at = now() WHERE id = $1;
 

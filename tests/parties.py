@@ -62,6 +62,7 @@ class Party:
     modules: dict[str, list[str]] = field(default_factory=dict)  # identifier -> interface roles; default by role
     versions_status: int = 200  # an HTTP error status here makes the versions endpoint fail
     omit_credentials_endpoint: bool = False
+    credentials_role: str = "SENDER"  # the role its version details give its credentials endpoint
     token_b: str = field(default_factory=lambda: secrets.token_urlsafe(24))  # the hub calls us with it
     token_a: str = field(default_factory=lambda: secrets.token_urlsafe(24))  # for the hub's `connect`
     received: list[Received] = field(default_factory=list)
@@ -129,7 +130,13 @@ class Party:
         found = (
             []
             if self.omit_credentials_endpoint
-            else [{"identifier": "credentials", "role": "SENDER", "url": f"{self.base}/ocpi/2.2.1/credentials"}]
+            else [
+                {
+                    "identifier": "credentials",
+                    "role": self.credentials_role,
+                    "url": f"{self.base}/ocpi/2.2.1/credentials",
+                }
+            ]
         )
         for identifier, interfaces in modules.items():
             for interface in interfaces:

@@ -115,3 +115,42 @@ def test_client_info_list_rejects_a_malformed_date_and_token_a(hub: Hub, connect
     assert far.json()["status_code"] == 1000 and far.json()["data"] == [] and int(far.headers["X-Total-Count"]) > 0
     token_a = hub.invite("Not yet", _roles("CPO"))["token_a"]
     assert httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", headers=token_header(token_a)).status_code == 401
+
+
+def test_a_role_left_out_of_a_credentials_put_is_planned_again_pushed_and_no_longer_routed(
+    hub: Hub, connect_party
+) -> None:
+    # credentials.asciidoc: roles is the "List of the roles this party provides", and a PUT updates it.
+    watcher = connect_party(_roles("EMSP"))
+    kept, dropped = _roles("CPO"), _roles("CPO")
+    platform = connect_party(kept, dropped)
+    assert _wait_for(lambda: [p["status"] for p in _pushes_about(watcher, dropped[1:])] == ["PLANNED", "CONNECTED"])
+
+    def put_credentials(*roles: tuple[str, str, str]) -> dict:
+        platform.roles = list(roles)
+        answer = httpx.put(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(platform.hub_token or ""),
+                           json=platform.credentials(platform.token_b)).json()  # fmt: skip
+        if answer["status_code"] == 1000:
+            platform.hub_token = answer["data"]["token"]
+        return answer
+
+    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert put_credentials(kept)["status_code"] == 1000
+    assert _wait_for(lambda: [p["status"] for p in _pushes_about(watcher, dropped[1:])][2:] == ["PLANNED"])
+    refused = watcher.call(hub.base, "GET", "sender/locations", to=dropped[1:]).json()
+    assert refused["status_code"] == 4003 and "PLANNED" in refused["status_message"], refused
+    assert platform.functional() == []  # not forwarded
+    listed = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", params={"date_from": since},
+                       headers=token_header(watcher.hub_token or "")).json()["data"]  # fmt: skip
+    assert [(i["party_id"], i["status"]) for i in listed if i["party_id"] in (kept[2], dropped[2])] == [
+        (dropped[2], "PLANNED")
+    ]
+    assert watcher.call(hub.base, "GET", "sender/locations", to=kept[1:]).json()["status_code"] == 1000
+    assert [r.headers["OCPI-to-party-id"] for r in platform.functional()] == [kept[2]]
+    # Listed again, the role is CONNECTED again; a role the operator never granted is still refused with 2001.
+    assert put_credentials(kept, dropped)["status_code"] == 1000
+    assert _wait_for(lambda: [p["status"] for p in _pushes_about(watcher, dropped[1:])][3:] == ["CONNECTED"])
+    assert watcher.call(hub.base, "GET", "sender/locations", to=dropped[1:]).json()["status_code"] == 1000
+    foreign = _roles("CPO")
+    refused = put_credentials(kept, foreign)
+    assert refused["status_code"] == 2001 and f"CPO NL-{foreign[2]}" in refused["status_message"], refused

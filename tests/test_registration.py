@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 import pytest
+import redis.asyncio as redis
 
-from tests.conftest import Hub, unique_party_id
+from storage.directory import DirectoryCache, announce_change
+from storage.secrets import TokenBox
+from tests.conftest import OUTPUT, Hub, Services, hub_env, start_hub, unique_party_id
 from tests.parties import Party, free_port, token_header
 
 
@@ -181,6 +189,33 @@ def test_party_without_any_functional_module_answers_3003(hub: Hub, start_party)
     assert answer["status_code"] == 3003
 
 
+def test_a_credentials_endpoint_listed_with_a_party_role_registers_and_other_such_endpoints_are_left_out(
+    hub: Hub, start_party, db
+) -> None:
+    # version_information_endpoint.asciidoc: "disregard the value of the role property of the Endpoint object for
+    # other platforms' credentials modules". A role "CPO" elsewhere says no interface: that endpoint is left out.
+    pid = unique_party_id()
+    modules = {"locations": ["SENDER"], "tariffs": ["CPO"]}
+    party, token_a = _invited_party(
+        hub, start_party, ("CPO", "NL", pid), name=f"Older CPO {pid}", credentials_role="CPO", modules=modules
+    )
+    answer = party.register_at(hub.versions_url, token_a).json()
+    assert answer["status_code"] == 1000, answer
+    stored = db.run(
+        db.fetch(
+            "SELECT e.identifier, e.interface_role FROM platform_endpoint e JOIN party_role r "
+            "ON r.platform_id = e.platform_id WHERE r.party_id = $1 ORDER BY 1",
+            pid,
+        )
+    )
+    assert [(e["identifier"], e["interface_role"]) for e in stored] == [
+        ("credentials", "SENDER"),
+        ("locations", "SENDER"),
+    ]
+    ignored = [line for line in hub.log().splitlines() if "party_endpoint_ignored" in line and party.name in line]
+    assert ignored and "tariffs" in ignored[-1]
+
+
 def test_put_refetches_endpoints_and_rotates_token_c(hub: Hub, start_party, db) -> None:
     pid = unique_party_id()
     party, token_a = _invited_party(hub, start_party, ("CPO", "NL", pid))
@@ -208,6 +243,113 @@ def test_put_refetches_endpoints_and_rotates_token_c(hub: Hub, start_party, db) 
     # The hub fetched the endpoints again with the new token B (ClientInfo pushes about others may come after).
     last = [r for r in party.received if r.method == "GET" and r.path == "/ocpi/2.2.1"][-1]
     assert last.headers["Authorization"] == "Token " + base64.b64encode(party.token_b.encode()).decode()
+
+
+class _SlowLink:
+    """A TCP relay on 127.0.0.1 that holds each chunk sent to the server for delay_s: a database further away."""
+
+    def __init__(self, url: str, delay_s: float) -> None:
+        self.target, self.delay_s = urlsplit(url), delay_s
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
+        ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._relay, "127.0.0.1", 0))
+        ready.set()
+        self.loop.run_forever()
+
+    def url(self) -> str:
+        port = self.server.sockets[0].getsockname()[1]
+        return urlunsplit(self.target._replace(netloc=self.target.netloc.replace(f":{self.target.port}", f":{port}")))
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.target.hostname, self.target.port)
+        await asyncio.gather(self._pipe(reader, up_writer, self.delay_s), self._pipe(up_reader, writer, 0))
+
+    @staticmethod
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, delay_s: float) -> None:
+        try:
+            while chunk := await source.read(65536):
+                await asyncio.sleep(delay_s)
+                sink.write(chunk)
+                await sink.drain()
+        except ConnectionError:
+            pass
+        finally:
+            sink.close()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def test_a_new_token_c_works_at_once_on_every_hub_process(
+    hub: Hub, services: Services, tmp_path: Path, start_party
+) -> None:
+    # Each process authenticates from its own copy of the directory, reloaded when another announces a change. The
+    # other process here reaches PostgreSQL over a slower link, so its reload lags the announcement by a few tenths
+    # of a second: a token C issued by the first process must not be refused meanwhile.
+    link = _SlowLink(services.database_url, delay_s=0.03)
+    other = start_hub(hub_env(services, tmp_path / "other", OCPI_HUB_DATABASE_URL=link.url()),
+                      OUTPUT / "hub-other-token-c.log")  # fmt: skip
+    try:
+        refused = []
+        for _ in range(20):
+            party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
+            assert party.register_at(hub.versions_url, token_a).json()["status_code"] == 1000
+            at_once = httpx.get(_credentials_url(other), headers=token_header(party.hub_token or ""))
+            if at_once.status_code != 200:
+                refused.append(at_once.text)
+        assert refused == []
+    finally:
+        other.stop()
+        link.close()
+
+
+def test_a_flood_of_unknown_tokens_costs_one_generation_check_at_a_time_and_a_reload_only_after_a_change(
+    hub: Hub, services: Services, tmp_path: Path
+) -> None:
+    # hub: the session's hub has migrated the database the directory is loaded from
+    async def flood(cache: DirectoryCache) -> None:
+        await asyncio.gather(*(cache.catch_up() for _ in range(200)))
+
+    async def run() -> tuple[int, int, int, int]:
+        pool = await asyncpg.create_pool(services.database_url, min_size=1, max_size=4)
+        client = redis.Redis.from_url(services.redis_url)
+        prefix = f"{services.redis_prefix}flood:"  # a generation counter no other test moves
+        cache = DirectoryCache(pool, client, prefix, TokenBox(hub_env(services, tmp_path)["OCPI_HUB_SECRET_KEY"]))
+        try:
+            await cache.reload()
+            gets, reloads = 0, 0
+            real_get, real_reload = client.get, cache.reload
+
+            async def counted_get(key):  # type: ignore[no-untyped-def]
+                nonlocal gets
+                gets += 1
+                return await real_get(key)
+
+            async def counted_reload(unless_seen: int | None = None) -> None:
+                nonlocal reloads
+                reloads += 1
+                await real_reload(unless_seen)
+
+            client.get, cache.reload = counted_get, counted_reload  # type: ignore[method-assign]
+            await flood(cache)
+            unchanged = (gets, reloads)
+            gets, reloads = 0, 0
+            await announce_change(client, prefix)
+            await flood(cache)
+            return (*unchanged, gets, reloads)
+        finally:
+            await client.aclose()
+            await pool.close()
+
+    gets, reloads, gets_after_change, reloads_after_change = asyncio.run(run())
+    # The first caller's check; the 199 that arrived while it ran share the next one. A reload only after a change
+    # (it reads the counter once more itself), and the second check finds the directory up to date.
+    assert (gets, reloads) == (2, 0)
+    assert (gets_after_change, reloads_after_change) == (3, 1)
 
 
 def test_delete_unregisters_and_token_c_stops_working(hub: Hub, start_party) -> None:

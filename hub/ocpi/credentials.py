@@ -88,7 +88,7 @@ async def _exchange(request: Request[Caller, str, State], *, expected_state: str
     theirs = await decode_body(request, Credentials)
     async with state.pool.acquire() as conn:
         roles = match_roles(theirs.roles, await platforms.held_roles(conn, caller.platform.id))
-    discovery = await party_api.discover(state.http, theirs.url, theirs.token)
+    discovery = await party_api.discover(state.http, theirs.url, theirs.token, party=caller.platform.name)
     token_c = new_token()
     connection = platforms.Connection(
         versions_url=theirs.url,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import msgspec
 
 Role = Literal["CPO", "EMSP", "HUB", "NAP", "NSP", "OTHER", "SCSP"]
 InterfaceRole = Literal["SENDER", "RECEIVER"]
+INTERFACE_ROLES = frozenset(get_args(InterfaceRole))
 CountryCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{2}$")]
 PartyId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{3}$")]
 # credentials.asciidoc: token is string(64), printable non-whitespace ASCII (U+0021..U+007E)
@@ -74,7 +75,8 @@ class Version(msgspec.Struct):
 
 class Endpoint(msgspec.Struct):
     identifier: Text
-    role: InterfaceRole
+    # An InterfaceRole; as a party sent it, any text ("CPO" from before 2.2): hub.party_api.discover sorts it out
+    role: Text
     url: Url
 
     def __post_init__(self) -> None:

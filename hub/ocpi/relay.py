@@ -163,7 +163,11 @@ class Relay:
         log_request(entry.method, path, answer.status, started, routine=entry.ocpi_status_code == 1000)
 
     async def _route(self, exchange: Exchange, path: str) -> Answer:
-        caller = identify(self.directory.current, exchange.headers.get("authorization"))
+        header = exchange.headers.get("authorization")
+        caller = identify(self.directory.current, header)
+        if caller is None and header:
+            await self.directory.catch_up()  # a token C another hub process issued a moment ago
+            caller = identify(self.directory.current, header)
         if caller is None:
             raise Unauthorized("missing or unknown credentials token")
         if caller.token_kind != "C":

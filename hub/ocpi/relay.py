@@ -40,7 +40,7 @@ from hub.request_context import log_request, new_request_id, request_ids
 from routing import open_routing
 from routing.decide import Delivery, Route, decide
 from routing.forward import Answer, forward, ocpi_status_of
-from routing.request import Incoming, PartyKey, parse
+from routing.request import Incoming, PartyKey, endpoint_url, parse
 from routing.rewrite import link_urls, response_url_of, rewrite_link_header, with_response_url
 from storage.directory import PartyRole, Platform
 from storage.routing_log import LogEntry, LogUnavailable
@@ -206,7 +206,7 @@ class Relay:
                 correlation_id=entry.correlation_id), CALLBACK_TTL_S)  # fmt: skip
             body, query = with_response_url(incoming, callback_url, f"{self.settings.public_url}{RESULTS}{key}")
         answer = await self.call_party(exchange, delivery, route.sender, incoming.method,
-                                       delivery.url.rstrip("/") + incoming.suffix, query, body)  # fmt: skip
+                                       endpoint_url(delivery.url, incoming.suffix), query, body)  # fmt: skip
         if 200 <= answer.status < 300:
             open_routing.note_seen(incoming, delivery, self.routing)
             self._note_location(exchange, incoming)
@@ -260,7 +260,7 @@ class Relay:
         return answer
 
     async def rewrite_urls(self, exchange: Exchange, answer: Answer, delivery: Delivery, module: str, interface: str):  # type: ignore[no-untyped-def]
-        """Paging Links and a CDR's Location lead back through the hub, to the same party."""
+        """Paging Links and a CDR's Location lead back through the hub, to the same party; no other Location."""
         caller, sender, entry = exchange.caller, exchange.sender, exchange.entry
         assert caller is not None and sender is not None
         if link := answer.headers.get("link"):
@@ -273,7 +273,11 @@ class Relay:
             answer.headers["link"] = rewrite_link_header(
                 link, lambda url: f"{self.settings.public_url}{PAGES}{keys[url]}"
             )
-        if (location := answer.headers.get("location")) and module == "cdrs" and entry.method == "POST":
+        # Only a CDR POST's 2xx answer carries a Location the caller can use (mod_cdrs.asciidoc), rewritten to lead
+        # back through the hub. Any other (a 3xx's target, which the hub does not follow) names a URL at the
+        # receiver, which the caller's hub token does not open and the hub does not rewrite: not relayed.
+        location = answer.headers.pop("location", None)
+        if location and module == "cdrs" and entry.method == "POST" and 200 <= answer.status < 300:
             key = uuid.uuid4().hex
             entry.relayed_location = (key, location)
             answer.headers["location"] = f"{self.settings.public_url}{CDR_LOCATIONS}{key}"
@@ -300,7 +304,7 @@ class Relay:
         hub = PartyRole("HUB", self.settings.country_code, self.settings.party_id, "CONNECTED", None)
         copy_exchange = Exchange(exchange.scope, exchange.headers, copy, started, exchange.caller, hub)
         try:
-            url = delivery.url.rstrip("/") + incoming.suffix
+            url = endpoint_url(delivery.url, incoming.suffix)
             answer = await self.call_party(copy_exchange, delivery, hub, incoming.method, url, incoming.query,
                                            incoming.body)  # fmt: skip
             copy.http_status, copy.response_body = answer.status, answer.body

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from hub.errors import NESTED_TOO_DEEPLY, HubError, InvalidParameters, ReceiverNotConnected, UnknownReceiver
+from hub.errors import HubError, InvalidParameters, ReceiverNotConnected, UnknownReceiver, check_json, decoded
 from routing.request import Incoming, PartyKey, party_text
 from storage.directory import Directory, PartyRole, Platform
 
@@ -76,12 +76,7 @@ def check_client_owned(incoming: Incoming, sender: PartyRole) -> None:
             f" ({party_text(sender.key)})"
         )
     if incoming.method == "PUT":
-        try:
-            body = msgspec.json.decode(incoming.body, type=_ObjectId)
-        except msgspec.DecodeError as exc:  # ValidationError too: it is a DecodeError
-            raise InvalidParameters(f"the request body is not a valid OCPI object: {exc}") from None
-        except RecursionError:
-            raise InvalidParameters(f"the request body is not a valid OCPI object: {NESTED_TOO_DEEPLY}") from None
+        body = decoded(incoming.body, _ObjectId, "the request body is not a valid OCPI object")
         # an EVSE is identified by uid, a token by uid, everything else by id
         in_body = body.uid if (incoming.module == "tokens" or len(segments) == 4) else body.id
         if in_body is not None and in_body != segments[-1]:
@@ -139,6 +134,8 @@ def broadcast(incoming: Incoming, caller: Platform, sender: PartyRole, directory
         raise InvalidParameters(f"broadcast push is not allowed for {incoming.module}: address one receiver")
     if incoming.method not in PUSH_METHODS or incoming.interface != "receiver":
         raise InvalidParameters("broadcast push is only for POST, PUT, PATCH and DELETE on a Receiver interface")
+    if incoming.body or incoming.method != "DELETE":  # the hub answers for every copy: none goes out broken
+        check_json(incoming.body)
     # "Other" behaves as an eMSP: it receives CPO broadcasts, and its own broadcasts go to CPOs only.
     cpo_push = incoming.module in CPO_PUSHED
     deliveries = []

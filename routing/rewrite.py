@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 
-from hub.errors import NESTED_TOO_DEEPLY, InvalidParameters
+from hub.errors import InvalidParameters, decoded
 from routing.request import Incoming
 
 _LINK = re.compile(r"<([^>]*)>")
@@ -41,14 +41,7 @@ def response_url_of(incoming: Incoming) -> str | None:
 
 
 def _from_body(body: bytes, *, required: bool) -> str | None:
-    try:
-        found = msgspec.json.decode(body, type=_WithResponseUrl).response_url
-    except msgspec.ValidationError as exc:
-        raise InvalidParameters(f"invalid request body: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise InvalidParameters(f"the request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidParameters(f"the request body is not valid JSON: {NESTED_TOO_DEEPLY}") from None
+    found = decoded(body, _WithResponseUrl, "invalid request body").response_url
     if required and not found:
         raise InvalidParameters("response_url is required in the request body")
     return found

@@ -407,6 +407,32 @@ def test_a_redirect_from_a_receiver_is_relayed_not_followed(hub: Hub, cpo_and_em
     assert [(r.method, r.path) for r in emsp.functional()] == [("POST", "/ocpi/2.2.1/cdrs/receiver")]
 
 
+@pytest.mark.parametrize(
+    ("sender_role", "method", "path", "body"),
+    [
+        ("CPO", "PUT", "receiver/tariffs/{cc}/{pid}/T1", b'{"id": "T1", "currency": '),  # the id is checked
+        ("CPO", "PUT", "receiver/tariffs/{cc}/{pid}/T1", b'{"id": 5, "currency": '),  # wrong type, then no JSON
+        ("EMSP", "POST", "receiver/commands/START_SESSION", b'{"response_url": "http://x/r", '),  # it is replaced
+    ],
+)
+def test_a_body_the_hub_reads_that_is_no_json_answers_400_and_nothing_is_forwarded(
+    hub: Hub, cpo_and_emsp, db, sender_role: str, method: str, path: str, body: bytes
+) -> None:
+    # status_codes.asciidoc: "When a message does not contain a valid JSON string, the HTTP error 400 - Bad request
+    # MUST be returned."
+    cpo, emsp = cpo_and_emsp
+    sender, receiver = (cpo, emsp) if sender_role == "CPO" else (emsp, cpo)
+    cc, pid = party_key(sender)
+    request_id = str(uuid.uuid4())
+    answer = sender.call(hub.base, method, path.format(cc=cc, pid=pid), to=party_key(receiver), content=body,
+                         headers={"X-Request-ID": request_id, "Content-Type": "application/json"})  # fmt: skip
+    assert answer.status_code == 400 and answer.json()["status_code"] == 2001, answer.text
+    assert "not valid JSON" in answer.json()["status_message"]
+    assert receiver.functional() == []
+    rows = db.run(db.fetch("SELECT routing, http_status FROM routing_log WHERE request_id = $1", request_id))
+    assert [(r["routing"], r["http_status"]) for r in rows] == [("rejected", 400)]
+
+
 def test_request_without_a_registered_token_is_refused_and_logged(hub: Hub, db) -> None:
     answer = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/locations", headers={"X-Request-ID": "anon-1"})
     assert answer.status_code == 401

@@ -227,3 +227,16 @@ def test_stopping_while_owner_notes_are_written_finishes_and_keeps_every_note(se
             await client.aclose()
 
     asyncio.run(run())
+
+
+def test_a_broadcast_whose_body_is_no_json_answers_400_and_no_party_gets_a_copy(hub: Hub, connect_party, db) -> None:
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    cc, pid = party_key(cpo)
+    answer = cpo.call(hub.base, "PATCH", f"receiver/locations/{cc}/{pid}/LOC1", to=("NL", "HUB"), content=b"{",
+                      headers={"X-Request-ID": "bcast-no-json", "Content-Type": "application/json"})  # fmt: skip
+    assert answer.status_code == 400 and answer.json()["status_code"] == 2001, answer.text
+    assert "not valid JSON" in answer.json()["status_message"]
+    query = "SELECT routing, http_status FROM routing_log WHERE request_id = 'bcast-no-json'"
+    time.sleep(0.5)  # copies would go out right after the answer
+    assert [(r["routing"], r["http_status"]) for r in db.run(db.fetch(query))] == [("rejected", 400)]
+    assert emsp.functional() == []

@@ -190,6 +190,7 @@ class Relay:
         hint = await open_routing.open_hint(incoming, self.routing) if incoming.to is None else None
         route = decide(incoming, caller, self.directory.current, hub, hint)
         exchange.sender = route.sender
+        callback_url = response_url_of(incoming)  # a body it is read from that is no JSON: rejected, as in decide
         entry.routing = route.kind
         entry.from_country_code, entry.from_party_id = route.sender.country_code, route.sender.party_id
         if route.kind == "hub":
@@ -199,7 +200,7 @@ class Relay:
             return self._broadcast(exchange, incoming, route)
         delivery = route.deliveries[0]
         body, query = incoming.body, incoming.query
-        if (callback_url := response_url_of(incoming)) is not None:
+        if callback_url is not None:
             key = await self.routing.remember("results", Relayed(
                 url=callback_url, module=incoming.module, interface="sender", caller_platform_id=delivery.platform.id,
                 target_platform_id=caller.id, caller_party=delivery.to.key, target_party=route.sender.key,

@@ -10,7 +10,15 @@ from dataclasses import dataclass
 
 import msgspec
 
-from hub.errors import HubError, InvalidParameters, ReceiverNotConnected, UnknownReceiver, check_json, decoded
+from hub.errors import (
+    ClientError,
+    HubError,
+    InvalidParameters,
+    ReceiverNotConnected,
+    UnknownReceiver,
+    check_json,
+    decoded,
+)
 from routing.request import Incoming, PartyKey, party_text
 from storage.directory import Directory, PartyRole, Platform
 
@@ -91,15 +99,16 @@ def decide(
     if incoming.to == hub:
         if incoming.method == "GET":
             if incoming.interface == "sender":
-                return Route("hub", sender)
+                return served_by_hub(incoming, sender)
             raise InvalidParameters("a GET addressed to the hub must use a Sender interface (GET All via Hubs)")
         return broadcast(incoming, caller, sender, directory)
     if incoming.to is not None:
         return Route("direct", sender, (delivery_to(incoming, directory, incoming.to),))
     if open_hint is not None:
         return Route("open", sender, (delivery_to(incoming, directory, open_hint),))
-    if incoming.method == "GET" and incoming.interface == "sender" and incoming.module in HUB_SERVED:
-        return Route("hub", sender)  # no OCPI-to on a list the hub keeps: GET All via the hub
+    for_the_hub = incoming.module in HUB_SERVED or not incoming.segments  # its own objects, or any GET All
+    if incoming.method == "GET" and incoming.interface == "sender" and for_the_hub:
+        return served_by_hub(incoming, sender)
     if incoming.method in PUSH_METHODS and incoming.interface == "receiver" and incoming.module not in NO_BROADCAST:
         # Open Routing Request: "the Hub can decide ... that it needs to be broadcasted"
         return broadcast(incoming, caller, sender, directory)
@@ -107,6 +116,18 @@ def decide(
         f"no OCPI-to headers and the hub cannot tell the receiver of {incoming.method} {incoming.path} from what it"
         " has seen: send OCPI-to-country-code and OCPI-to-party-id"
     )
+
+
+def served_by_hub(incoming: Incoming, sender: PartyRole) -> Route:
+    """GET All via Hubs: the hub answers for the modules it keeps. For the others it does not combine the parties'
+    objects ("The Hub can then combine", transport_and_format.asciidoc): an OCPI error, not a transport 404, as
+    the hub advertises every module's Sender interface."""
+    if incoming.module not in HUB_SERVED:
+        raise ClientError(
+            f"the hub answers GET All itself for {', '.join(sorted(HUB_SERVED))} only, not {incoming.module}: address"
+            " the party that holds them with OCPI-to-country-code and OCPI-to-party-id"
+        )
+    return Route("hub", sender)
 
 
 def delivery_to(incoming: Incoming, directory: Directory, to: PartyKey) -> Delivery:

@@ -240,3 +240,21 @@ def test_a_broadcast_whose_body_is_no_json_answers_400_and_no_party_gets_a_copy(
     time.sleep(0.5)  # copies would go out right after the answer
     assert [(r["routing"], r["http_status"]) for r in db.run(db.fetch(query))] == [("rejected", 400)]
     assert emsp.functional() == []
+
+
+@pytest.mark.parametrize("to", [("NL", "HUB"), None])
+@pytest.mark.parametrize("module", ["tariffs", "cdrs"])
+def test_get_all_via_the_hub_of_a_module_it_does_not_combine_answers_an_ocpi_error(
+    hub: Hub, connect_party, db, module: str, to
+) -> None:  # type: ignore[no-untyped-def]
+    # transport_and_format.asciidoc, GET All via Hubs: the hub advertises every Sender interface; for a module whose
+    # objects it does not combine it answers in the OCPI envelope, not with a transport 404.
+    emsp = connect_party(_roles("EMSP"))
+    request_id = f"get-all-{module}-{secrets.token_hex(4)}"
+    answer = emsp.call(hub.base, "GET", f"sender/{module}?limit=10", to=to, headers={"X-Request-ID": request_id})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status_code"] == 2000
+    assert "locations only" in answer.json()["status_message"] and "OCPI-to" in answer.json()["status_message"]
+    assert answer.headers["OCPI-from-party-id"] == "HUB"
+    rows = db.run(db.fetch("SELECT routing, http_status FROM routing_log WHERE request_id = $1", request_id))
+    assert [(r["routing"], r["http_status"]) for r in rows] == [("rejected", 200)]

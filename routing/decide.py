@@ -26,7 +26,7 @@ from storage.directory import Directory, PartyRole, Platform
 HUB_SERVED = frozenset({"locations"})
 # Client Owned Objects pushed to a Receiver at /{country_code}/{party_id}/{object_id}[...]
 CLIENT_OWNED = frozenset({"locations", "sessions", "tariffs", "tokens"})
-# Modules whose objects a CPO owns and pushes; the others are pushed by eMSPs (tokens) or sent to CPOs.
+# Modules whose objects a CPO owns and pushes: what a party id that is both CPO and eMSP broadcasts as a CPO.
 CPO_PUSHED = frozenset({"locations", "tariffs", "sessions", "cdrs"})
 # "Broadcast Push SHALL only be used with information that is meant to be sent to all other parties": not
 # sessions and CDRs (the spec's examples), nor commands and charging profiles, which address one session.
@@ -157,8 +157,7 @@ def broadcast(incoming: Incoming, caller: Platform, sender: PartyRole, directory
         raise InvalidParameters("broadcast push is only for POST, PUT, PATCH and DELETE on a Receiver interface")
     if incoming.body or incoming.method != "DELETE":  # the hub answers for every copy: none goes out broken
         check_json(incoming.body)
-    # "Other" behaves as an eMSP: it receives CPO broadcasts, and its own broadcasts go to CPOs only.
-    cpo_push = incoming.module in CPO_PUSHED
+    to_cpos = broadcasts_to_cpos(incoming, caller, sender)
     deliveries = []
     for platform in directory.platforms.values():
         if platform.id == caller.id or platform.state != "REGISTERED":
@@ -168,8 +167,20 @@ def broadcast(incoming: Incoming, caller: Platform, sender: PartyRole, directory
             continue
         seen: set[PartyKey] = set()
         for role in platform.roles:
-            opposite = (role.role not in ("CPO", "HUB")) if cpo_push else role.role == "CPO"
+            opposite = role.role == "CPO" if to_cpos else role.role not in ("CPO", "HUB")
             if opposite and role.status == "CONNECTED" and role.key not in seen:
                 seen.add(role.key)
                 deliveries.append(Delivery(platform, role, url))
     return Route("broadcast", sender, tuple(deliveries))
+
+
+def broadcasts_to_cpos(incoming: Incoming, caller: Platform, sender: PartyRole) -> bool:
+    """Whether a broadcast goes to the CPOs or to the others. transport_and_format.asciidoc, Broadcast Push: to the
+    "opposite role", "CPO pushing information to all eMSPs and NSPs, eMSP pushing information to all CPOs. (The
+    role "Other" is seen as an eMSP type of role ... Messages from "Other" are only sent to CPOs and not to eMSPs
+    though.)": a CPO's go to every eMSP-type role, every other role's to the CPOs. A party id that is both CPO and
+    another role on its platform (OCPI-from cannot tell them apart) pushes what the module says it owns."""
+    roles = {role.role for role in caller.roles if role.key == sender.key}
+    if "CPO" in roles and len(roles) > 1:
+        return incoming.module not in CPO_PUSHED
+    return "CPO" not in roles

@@ -258,3 +258,25 @@ def test_get_all_via_the_hub_of_a_module_it_does_not_combine_answers_an_ocpi_err
     assert answer.headers["OCPI-from-party-id"] == "HUB"
     rows = db.run(db.fetch("SELECT routing, http_status FROM routing_log WHERE request_id = $1", request_id))
     assert [(r["routing"], r["http_status"]) for r in rows] == [("rejected", 200)]
+
+
+def test_a_broadcast_from_other_reaches_the_cpos_and_not_the_emsps_whatever_the_module(
+    hub: Hub, connect_party, db
+) -> None:
+    # transport_and_format.asciidoc, Broadcast Push: "Messages from "Other" are only sent to CPOs and not to eMSPs
+    # though." Recipients follow the sender's role; the module only decides who implements its Receiver interface.
+    every_receiver = {m: ["SENDER", "RECEIVER"] for m in ("locations", "tariffs", "tokens")}
+    other = connect_party(_roles("OTHER"))
+    cpo = connect_party(_roles("CPO"), modules=every_receiver)
+    emsp = connect_party(_roles("EMSP"), modules=every_receiver)
+    cc, pid = party_key(other)
+    request_id = f"bcast-other-{pid}"
+    answer = other.call(hub.base, "PUT", f"receiver/tariffs/{cc}/{pid}/T1", to=("NL", "HUB"),
+                        body={"id": "T1", "currency": "EUR"}, headers={"X-Request-ID": request_id})  # fmt: skip
+    assert answer.json()["status_code"] == 1000, answer.text
+    [got] = _wait_for(cpo.functional)
+    assert got.path == f"/ocpi/2.2.1/tariffs/receiver/{cc}/{pid}/T1"
+    query = "SELECT to_party_id FROM routing_log WHERE request_id = $1 AND from_party_id = 'HUB'"
+    copies = _wait_for(lambda: {r["to_party_id"] for r in db.run(db.fetch(query, request_id))})
+    time.sleep(0.5)  # every copy goes out at once: had the eMSP been one, it would be here by now
+    assert party_key(cpo)[1] in copies and emsp.functional() == []

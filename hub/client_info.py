@@ -21,6 +21,7 @@ from hub.envelope import ocpi_response, ocpi_timestamp, paging_window
 from hub.errors import InvalidParameters, OcpiError
 from hub.party_api import hub_request
 from routing.forward import forward, ocpi_status_of
+from routing.request import endpoint_url
 from storage.directory import Platform
 from storage.routing_log import LogUnavailable
 from storage.sql import QUERIES
@@ -116,7 +117,7 @@ async def push_pending(state: State) -> int:
 async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) -> None:
     """One push, logged as a routing-log row of its own (routing 'hub')."""
     started = time.perf_counter()
-    url = f"{(platform.endpoint('hubclientinfo', 'RECEIVER') or '').rstrip('/')}/{info.country_code}/{info.party_id}"
+    url = endpoint_url(platform.endpoint("hubclientinfo", "RECEIVER") or "", f"/{info.country_code}/{info.party_id}")
     to = next(r for r in platform.roles if r.status == "CONNECTED")
     settings = state.settings
     hub = (settings.country_code, settings.party_id)

@@ -11,7 +11,7 @@ import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
-from hub.errors import NESTED_TOO_DEEPLY, OUTAGES, InvalidParameters, MalformedBody, OcpiError, unavailable
+from hub.errors import OUTAGES, InvalidParameters, OcpiError, decoded, unavailable
 from hub.ocpi.wire import Envelope
 
 log = structlog.get_logger()
@@ -61,16 +61,7 @@ async def decode_body(request: Request, kind: type[T]) -> T:
     raw = await request.body()
     if not raw.strip():
         raise InvalidParameters("the request body is empty; a JSON object is required")
-    try:
-        msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise MalformedBody(f"the request body is not valid JSON: {NESTED_TOO_DEEPLY}") from None
-    try:
-        return msgspec.json.decode(raw, type=kind)
-    except msgspec.ValidationError as exc:
-        raise InvalidParameters(f"invalid {kind.__name__} object: {exc}") from None
+    return decoded(raw, kind, f"invalid {kind.__name__} object")
 
 
 _HTTP_TO_OCPI = {400: 2001, 401: 2000, 404: 2000, 405: 2000, 413: 2000}

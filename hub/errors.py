@@ -11,13 +11,19 @@ transport layer (no valid JSON, no such resource, no credentials) get an HTTP er
     └── HubError 4000 ───── UnknownReceiver 4001, ForwardTimeout 4002, ReceiverNotConnected 4003
 
 PostgreSQL or Redis away (OUTAGES, `unavailable`) is no bug of the hub: the relay answers it with 4000, the
-other routes with HTTP 503, each naming the server and the error.
+other routes with HTTP 503, each naming the server and the error. A body the hub reads itself goes through
+`decoded` or `check_json`, which translate msgspec's errors into MalformedBody (no JSON) or InvalidParameters.
 """
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import asyncpg
+import msgspec
 import redis
+
+T = TypeVar("T")
 
 # How the hub's answers name JSON nested deeper than Python's recursion limit. msgspec refuses such JSON with a
 # RecursionError, which is not a DecodeError: every decode of JSON a party sent catches both.
@@ -87,6 +93,29 @@ class MalformedBody(InvalidParameters):
     """The body is not valid JSON (status_codes.asciidoc: HTTP 400)."""
 
     http_status = 400
+
+
+def decoded(raw: bytes, kind: type[T], what: str) -> T:
+    """A request body as `kind`: MalformedBody (HTTP 400) for one that is no valid JSON (status_codes.asciidoc:
+    "When a message does not contain a valid JSON string, the HTTP error 400 - Bad request MUST be returned"),
+    InvalidParameters ("{what}: ...", HTTP 200) for valid JSON that is not a `kind`."""
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        check_json(raw)  # decoding stops at the first value of the wrong type: what follows may be no JSON at all
+        raise InvalidParameters(f"{what}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedBody(f"the request body is not valid JSON: {NESTED_TOO_DEEPLY}") from None
+
+
+def check_json(raw: bytes) -> None:
+    """MalformedBody unless raw is one valid JSON value (checked without building it, or recursing)."""
+    try:
+        msgspec.json.decode(raw, type=msgspec.Raw)
+    except msgspec.DecodeError as exc:
+        raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
 
 
 class BodyTooLarge(ClientError):

@@ -10,7 +10,15 @@ from dataclasses import dataclass
 
 import msgspec
 
-from hub.errors import NESTED_TOO_DEEPLY, HubError, InvalidParameters, ReceiverNotConnected, UnknownReceiver
+from hub.errors import (
+    ClientError,
+    HubError,
+    InvalidParameters,
+    ReceiverNotConnected,
+    UnknownReceiver,
+    check_json,
+    decoded,
+)
 from routing.request import Incoming, PartyKey, party_text
 from storage.directory import Directory, PartyRole, Platform
 
@@ -18,7 +26,7 @@ from storage.directory import Directory, PartyRole, Platform
 HUB_SERVED = frozenset({"locations"})
 # Client Owned Objects pushed to a Receiver at /{country_code}/{party_id}/{object_id}[...]
 CLIENT_OWNED = frozenset({"locations", "sessions", "tariffs", "tokens"})
-# Modules whose objects a CPO owns and pushes; the others are pushed by eMSPs (tokens) or sent to CPOs.
+# Modules whose objects a CPO owns and pushes: what a party id that is both CPO and eMSP broadcasts as a CPO.
 CPO_PUSHED = frozenset({"locations", "tariffs", "sessions", "cdrs"})
 # "Broadcast Push SHALL only be used with information that is meant to be sent to all other parties": not
 # sessions and CDRs (the spec's examples), nor commands and charging profiles, which address one session.
@@ -76,12 +84,7 @@ def check_client_owned(incoming: Incoming, sender: PartyRole) -> None:
             f" ({party_text(sender.key)})"
         )
     if incoming.method == "PUT":
-        try:
-            body = msgspec.json.decode(incoming.body, type=_ObjectId)
-        except msgspec.DecodeError as exc:  # ValidationError too: it is a DecodeError
-            raise InvalidParameters(f"the request body is not a valid OCPI object: {exc}") from None
-        except RecursionError:
-            raise InvalidParameters(f"the request body is not a valid OCPI object: {NESTED_TOO_DEEPLY}") from None
+        body = decoded(incoming.body, _ObjectId, "the request body is not a valid OCPI object")
         # an EVSE is identified by uid, a token by uid, everything else by id
         in_body = body.uid if (incoming.module == "tokens" or len(segments) == 4) else body.id
         if in_body is not None and in_body != segments[-1]:
@@ -96,15 +99,16 @@ def decide(
     if incoming.to == hub:
         if incoming.method == "GET":
             if incoming.interface == "sender":
-                return Route("hub", sender)
+                return served_by_hub(incoming, sender)
             raise InvalidParameters("a GET addressed to the hub must use a Sender interface (GET All via Hubs)")
         return broadcast(incoming, caller, sender, directory)
     if incoming.to is not None:
         return Route("direct", sender, (delivery_to(incoming, directory, incoming.to),))
     if open_hint is not None:
         return Route("open", sender, (delivery_to(incoming, directory, open_hint),))
-    if incoming.method == "GET" and incoming.interface == "sender" and incoming.module in HUB_SERVED:
-        return Route("hub", sender)  # no OCPI-to on a list the hub keeps: GET All via the hub
+    for_the_hub = incoming.module in HUB_SERVED or not incoming.segments  # its own objects, or any GET All
+    if incoming.method == "GET" and incoming.interface == "sender" and for_the_hub:
+        return served_by_hub(incoming, sender)
     if incoming.method in PUSH_METHODS and incoming.interface == "receiver" and incoming.module not in NO_BROADCAST:
         # Open Routing Request: "the Hub can decide ... that it needs to be broadcasted"
         return broadcast(incoming, caller, sender, directory)
@@ -112,6 +116,18 @@ def decide(
         f"no OCPI-to headers and the hub cannot tell the receiver of {incoming.method} {incoming.path} from what it"
         " has seen: send OCPI-to-country-code and OCPI-to-party-id"
     )
+
+
+def served_by_hub(incoming: Incoming, sender: PartyRole) -> Route:
+    """GET All via Hubs: the hub answers for the modules it keeps. For the others it does not combine the parties'
+    objects ("The Hub can then combine", transport_and_format.asciidoc): an OCPI error, not a transport 404, as
+    the hub advertises every module's Sender interface."""
+    if incoming.module not in HUB_SERVED:
+        raise ClientError(
+            f"the hub answers GET All itself for {', '.join(sorted(HUB_SERVED))} only, not {incoming.module}: address"
+            " the party that holds them with OCPI-to-country-code and OCPI-to-party-id"
+        )
+    return Route("hub", sender)
 
 
 def delivery_to(incoming: Incoming, directory: Directory, to: PartyKey) -> Delivery:
@@ -139,8 +155,9 @@ def broadcast(incoming: Incoming, caller: Platform, sender: PartyRole, directory
         raise InvalidParameters(f"broadcast push is not allowed for {incoming.module}: address one receiver")
     if incoming.method not in PUSH_METHODS or incoming.interface != "receiver":
         raise InvalidParameters("broadcast push is only for POST, PUT, PATCH and DELETE on a Receiver interface")
-    # "Other" behaves as an eMSP: it receives CPO broadcasts, and its own broadcasts go to CPOs only.
-    cpo_push = incoming.module in CPO_PUSHED
+    if incoming.body or incoming.method != "DELETE":  # the hub answers for every copy: none goes out broken
+        check_json(incoming.body)
+    to_cpos = broadcasts_to_cpos(incoming, caller, sender)
     deliveries = []
     for platform in directory.platforms.values():
         if platform.id == caller.id or platform.state != "REGISTERED":
@@ -150,8 +167,20 @@ def broadcast(incoming: Incoming, caller: Platform, sender: PartyRole, directory
             continue
         seen: set[PartyKey] = set()
         for role in platform.roles:
-            opposite = (role.role not in ("CPO", "HUB")) if cpo_push else role.role == "CPO"
+            opposite = role.role == "CPO" if to_cpos else role.role not in ("CPO", "HUB")
             if opposite and role.status == "CONNECTED" and role.key not in seen:
                 seen.add(role.key)
                 deliveries.append(Delivery(platform, role, url))
     return Route("broadcast", sender, tuple(deliveries))
+
+
+def broadcasts_to_cpos(incoming: Incoming, caller: Platform, sender: PartyRole) -> bool:
+    """Whether a broadcast goes to the CPOs or to the others. transport_and_format.asciidoc, Broadcast Push: to the
+    "opposite role", "CPO pushing information to all eMSPs and NSPs, eMSP pushing information to all CPOs. (The
+    role "Other" is seen as an eMSP type of role ... Messages from "Other" are only sent to CPOs and not to eMSPs
+    though.)": a CPO's go to every eMSP-type role, every other role's to the CPOs. A party id that is both CPO and
+    another role on its platform (OCPI-from cannot tell them apart) pushes what the module says it owns."""
+    roles = {role.role for role in caller.roles if role.key == sender.key}
+    if "CPO" in roles and len(roles) > 1:
+        return incoming.module not in CPO_PUSHED
+    return "CPO" not in roles

@@ -83,9 +83,9 @@ async def forward(
     """The receiver's answer, at most max_bytes of it (decompressed): a larger one is AnswerTooLarge (4000), one
     with a status outside 200-599 AnswerNotRelayable (4000)."""
     try:
-        async with session.request(
-            method, url, headers=headers, data=body or None, allow_redirects=True, max_redirects=3
-        ) as response:
+        # Redirects are not followed: a hub relays the receiver's answer, a 3xx included (aiohttp would turn a POST
+        # redirected with 301/302 into a GET without its body, sent somewhere the hub was not asked to send it).
+        async with session.request(method, url, headers=headers, data=body or None, allow_redirects=False) as response:
             if not 200 <= response.status <= 599:  # aiohttp takes any three digits, and passes a 101 on
                 raise AnswerNotRelayable(f"{method} {url} answered with HTTP status {response.status}, which is no "
                                          "status the hub can relay")  # fmt: skip

@@ -120,7 +120,8 @@ class PullSync:
         cached_before = await self._cache.location_ids(party) if result.full else set()
         listed: set[str] = set()
         query = {"date_from": since.decode() if isinstance(since, bytes) else since} if since else {}
-        url: str | None = (platform.endpoint("locations", "SENDER") or "").rstrip("/")
+        # The endpoint as registered, slash and all: `{locations_endpoint_url}?date_from=...`
+        url: str | None = platform.endpoint("locations", "SENDER") or ""
         url = f"{url}?{urlencode(query)}" if query else url
         correlation = str(uuid.uuid4())
         while url:

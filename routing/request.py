@@ -74,5 +74,14 @@ def parse(method: str, path: str, query: str, headers: dict[str, str], body: byt
     )
 
 
+def endpoint_url(endpoint: str, suffix: str) -> str:
+    """Where a request goes at a party's endpoint: the URL as the party registered it when there is no suffix
+    (mod_cdrs.asciidoc: `{cdr_endpoint_url}`, e.g. `.../cdrs/`, a GET All `{..._endpoint_url}?date_from=...`),
+    else endpoint and suffix joined with exactly one slash, whether or not the endpoint ends with one."""
+    if not suffix:
+        return endpoint
+    return f"{endpoint.rstrip('/')}/{suffix.lstrip('/')}"
+
+
 def party_text(key: PartyKey | None) -> str:
     return f"{key[0]}-{key[1]}" if key else "?"

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 
-from hub.errors import NESTED_TOO_DEEPLY, InvalidParameters
+from hub.errors import InvalidParameters, decoded
 from routing.request import Incoming
 from storage.location_cache import epoch
 from storage.routing_state import CALLBACK_TTL_S
@@ -68,14 +68,7 @@ def callback_ttl_s(incoming: Incoming) -> int:
 
 
 def _from_body(body: bytes, *, required: bool) -> str | None:
-    try:
-        found = msgspec.json.decode(body, type=_WithResponseUrl).response_url
-    except msgspec.ValidationError as exc:
-        raise InvalidParameters(f"invalid request body: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise InvalidParameters(f"the request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidParameters(f"the request body is not valid JSON: {NESTED_TOO_DEEPLY}") from None
+    found = decoded(body, _WithResponseUrl, "invalid request body").response_url
     if required and not found:
         raise InvalidParameters("response_url is required in the request body")
     return found

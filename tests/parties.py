@@ -81,6 +81,8 @@ class Party:
     # Paths answered a byte at a time and never finished (until the party stops): each byte comes well within any
     # timeout per read, so only a deadline on the whole answer ends such a call.
     drip: set[str] = field(default_factory=set)
+    # Module endpoints registered with a trailing slash (".../cdrs/receiver/"), as many real parties do.
+    trailing_slash: bool = False
 
     def __post_init__(self) -> None:
         self.port = free_port()
@@ -144,7 +146,8 @@ class Party:
                     {
                         "identifier": identifier,
                         "role": interface,
-                        "url": f"{self.base}/ocpi/2.2.1/{identifier}/{interface.lower()}",
+                        "url": f"{self.base}/ocpi/2.2.1/{identifier}/{interface.lower()}"
+                        + ("/" if self.trailing_slash else ""),
                     }
                 )
         return found
@@ -214,7 +217,7 @@ class Party:
         parts = request.path.split("/")  # ["", "ocpi", "2.2.1", module, interface, ...]
         if len(parts) < 5 or parts[3] not in ALL_MODULES:
             return web.json_response(envelope(None, 2000, f"no such endpoint {request.path}"), status=404)
-        module, rest = parts[3], parts[5:]
+        module, rest = parts[3], [part for part in parts[5:] if part]  # ".../cdrs/receiver/" is the endpoint
         if request.method == "GET" and not rest:
             return self._page(request, module)
         if module == "commands" and request.method == "POST" and parts[4] == "receiver":

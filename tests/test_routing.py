@@ -377,6 +377,62 @@ def test_the_access_line_of_a_relayed_request_is_debug_when_it_went_through_and_
     assert access["nowhere"]["status"] == 200 and access["nowhere"]["level"] == "info"
 
 
+def test_an_endpoint_registered_with_a_trailing_slash_is_called_at_exactly_that_url(hub: Hub, connect_party) -> None:
+    # mod_cdrs.asciidoc: a CDR is POSTed to `{cdr_endpoint_url}`, e.g. https://www.server.com/ocpi/2.2.1/cdrs/
+    cpo = connect_party(_roles("CPO"))
+    emsp = connect_party(_roles("EMSP"), trailing_slash=True)
+    cc, pid = party_key(cpo)
+    cdr = json.dumps({"id": "CDR-1", "total_cost": {"excl_vat": 1.5}}).encode()
+    posted = cpo.call(hub.base, "POST", "receiver/cdrs", to=party_key(emsp), content=cdr,
+                      headers={"Content-Type": "application/json"})  # fmt: skip
+    assert posted.status_code == 201, posted.text
+    put = cpo.call(hub.base, "PUT", f"receiver/tariffs/{cc}/{pid}/T1", to=party_key(emsp), body={"id": "T1"})
+    assert put.json()["status_code"] == 1000
+    got = emsp.functional()
+    assert [(r.method, r.path) for r in got] == [
+        ("POST", "/ocpi/2.2.1/cdrs/receiver/"),
+        ("PUT", f"/ocpi/2.2.1/tariffs/receiver/{cc}/{pid}/T1"),  # one slash between endpoint and suffix
+    ]
+    assert got[0].body == cdr
+
+
+def test_a_redirect_from_a_receiver_is_relayed_not_followed(hub: Hub, cpo_and_emsp) -> None:
+    # aiohttp would turn a POST redirected with 301 into a GET without its body; the hub relays the answer instead.
+    cpo, emsp = cpo_and_emsp
+    moved = f"{emsp.base}/ocpi/2.2.1/cdrs/receiver/elsewhere"
+    emsp.canned[("POST", "/ocpi/2.2.1/cdrs/receiver")] = (301, b"moved", {"Location": moved})
+    answer = cpo.call(hub.base, "POST", "receiver/cdrs", to=party_key(emsp), body={"id": "CDR-2"})
+    assert (answer.status_code, answer.content) == (301, b"moved")
+    assert "Location" not in answer.headers  # a URL at the receiver, not one through the hub: not relayed
+    assert [(r.method, r.path) for r in emsp.functional()] == [("POST", "/ocpi/2.2.1/cdrs/receiver")]
+
+
+@pytest.mark.parametrize(
+    ("sender_role", "method", "path", "body"),
+    [
+        ("CPO", "PUT", "receiver/tariffs/{cc}/{pid}/T1", b'{"id": "T1", "currency": '),  # the id is checked
+        ("CPO", "PUT", "receiver/tariffs/{cc}/{pid}/T1", b'{"id": 5, "currency": '),  # wrong type, then no JSON
+        ("EMSP", "POST", "receiver/commands/START_SESSION", b'{"response_url": "http://x/r", '),  # it is replaced
+    ],
+)
+def test_a_body_the_hub_reads_that_is_no_json_answers_400_and_nothing_is_forwarded(
+    hub: Hub, cpo_and_emsp, db, sender_role: str, method: str, path: str, body: bytes
+) -> None:
+    # status_codes.asciidoc: "When a message does not contain a valid JSON string, the HTTP error 400 - Bad request
+    # MUST be returned."
+    cpo, emsp = cpo_and_emsp
+    sender, receiver = (cpo, emsp) if sender_role == "CPO" else (emsp, cpo)
+    cc, pid = party_key(sender)
+    request_id = str(uuid.uuid4())
+    answer = sender.call(hub.base, method, path.format(cc=cc, pid=pid), to=party_key(receiver), content=body,
+                         headers={"X-Request-ID": request_id, "Content-Type": "application/json"})  # fmt: skip
+    assert answer.status_code == 400 and answer.json()["status_code"] == 2001, answer.text
+    assert "not valid JSON" in answer.json()["status_message"]
+    assert receiver.functional() == []
+    rows = db.run(db.fetch("SELECT routing, http_status FROM routing_log WHERE request_id = $1", request_id))
+    assert [(r["routing"], r["http_status"]) for r in rows] == [("rejected", 400)]
+
+
 def test_request_without_a_registered_token_is_refused_and_logged(hub: Hub, db) -> None:
     answer = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/locations", headers={"X-Request-ID": "anon-1"})
     assert answer.status_code == 401

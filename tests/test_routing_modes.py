@@ -332,3 +332,56 @@ def test_stopping_while_owner_notes_are_written_finishes_and_keeps_every_note(se
             await client.aclose()
 
     asyncio.run(run())
+
+
+def test_a_broadcast_whose_body_is_no_json_answers_400_and_no_party_gets_a_copy(hub: Hub, connect_party, db) -> None:
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    cc, pid = party_key(cpo)
+    answer = cpo.call(hub.base, "PATCH", f"receiver/locations/{cc}/{pid}/LOC1", to=("NL", "HUB"), content=b"{",
+                      headers={"X-Request-ID": "bcast-no-json", "Content-Type": "application/json"})  # fmt: skip
+    assert answer.status_code == 400 and answer.json()["status_code"] == 2001, answer.text
+    assert "not valid JSON" in answer.json()["status_message"]
+    query = "SELECT routing, http_status FROM routing_log WHERE request_id = 'bcast-no-json'"
+    time.sleep(0.5)  # copies would go out right after the answer
+    assert [(r["routing"], r["http_status"]) for r in db.run(db.fetch(query))] == [("rejected", 400)]
+    assert emsp.functional() == []
+
+
+@pytest.mark.parametrize("to", [("NL", "HUB"), None])
+@pytest.mark.parametrize("module", ["tariffs", "cdrs"])
+def test_get_all_via_the_hub_of_a_module_it_does_not_combine_answers_an_ocpi_error(
+    hub: Hub, connect_party, db, module: str, to
+) -> None:  # type: ignore[no-untyped-def]
+    # transport_and_format.asciidoc, GET All via Hubs: the hub advertises every Sender interface; for a module whose
+    # objects it does not combine it answers in the OCPI envelope, not with a transport 404.
+    emsp = connect_party(_roles("EMSP"))
+    request_id = f"get-all-{module}-{secrets.token_hex(4)}"
+    answer = emsp.call(hub.base, "GET", f"sender/{module}?limit=10", to=to, headers={"X-Request-ID": request_id})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status_code"] == 2000
+    assert "locations only" in answer.json()["status_message"] and "OCPI-to" in answer.json()["status_message"]
+    assert answer.headers["OCPI-from-party-id"] == "HUB"
+    rows = db.run(db.fetch("SELECT routing, http_status FROM routing_log WHERE request_id = $1", request_id))
+    assert [(r["routing"], r["http_status"]) for r in rows] == [("rejected", 200)]
+
+
+def test_a_broadcast_from_other_reaches_the_cpos_and_not_the_emsps_whatever_the_module(
+    hub: Hub, connect_party, db
+) -> None:
+    # transport_and_format.asciidoc, Broadcast Push: "Messages from "Other" are only sent to CPOs and not to eMSPs
+    # though." Recipients follow the sender's role; the module only decides who implements its Receiver interface.
+    every_receiver = {m: ["SENDER", "RECEIVER"] for m in ("locations", "tariffs", "tokens")}
+    other = connect_party(_roles("OTHER"))
+    cpo = connect_party(_roles("CPO"), modules=every_receiver)
+    emsp = connect_party(_roles("EMSP"), modules=every_receiver)
+    cc, pid = party_key(other)
+    request_id = f"bcast-other-{pid}"
+    answer = other.call(hub.base, "PUT", f"receiver/tariffs/{cc}/{pid}/T1", to=("NL", "HUB"),
+                        body={"id": "T1", "currency": "EUR"}, headers={"X-Request-ID": request_id})  # fmt: skip
+    assert answer.json()["status_code"] == 1000, answer.text
+    [got] = _wait_for(cpo.functional)
+    assert got.path == f"/ocpi/2.2.1/tariffs/receiver/{cc}/{pid}/T1"
+    query = "SELECT to_party_id FROM routing_log WHERE request_id = $1 AND from_party_id = 'HUB'"
+    copies = _wait_for(lambda: {r["to_party_id"] for r in db.run(db.fetch(query, request_id))})
+    time.sleep(0.5)  # every copy goes out at once: had the eMSP been one, it would be here by now
+    assert party_key(cpo)[1] in copies and emsp.functional() == []

@@ -27,8 +27,7 @@ MAX_LIMIT = 1000
 
 
 async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer:
-    if incoming.module != "locations":
-        raise NotFound(f"the hub keeps no {incoming.module}: address the owner with OCPI-to headers")
+    """A locations GET addressed to the hub (routing.decide.served_by_hub)."""
     if incoming.segments:
         return await _single(relay, exchange, incoming.segments)
     params = dict(parse_qsl(incoming.query))

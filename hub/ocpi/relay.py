@@ -40,7 +40,7 @@ from hub.request_context import log_request, new_request_id, request_ids
 from routing import open_routing
 from routing.decide import Delivery, Route, decide
 from routing.forward import Answer, forward, ocpi_status_of
-from routing.request import Incoming, PartyKey, parse
+from routing.request import Incoming, PartyKey, endpoint_url, parse
 from routing.rewrite import callback_ttl_s, link_urls, response_url_of, rewrite_link_header, with_response_url
 from storage.directory import PartyRole, Platform
 from storage.routing_log import LogEntry, LogUnavailable
@@ -194,6 +194,7 @@ class Relay:
         hint = await open_routing.open_hint(incoming, self.routing) if incoming.to is None else None
         route = decide(incoming, caller, self.directory.current, hub, hint)
         exchange.sender = route.sender
+        callback_url = response_url_of(incoming)  # a body it is read from that is no JSON: rejected, as in decide
         entry.routing = route.kind
         entry.from_country_code, entry.from_party_id = route.sender.country_code, route.sender.party_id
         if route.kind == "hub":
@@ -203,14 +204,14 @@ class Relay:
             return self._broadcast(exchange, incoming, route)
         delivery = route.deliveries[0]
         body, query = incoming.body, incoming.query
-        if (callback_url := response_url_of(incoming)) is not None:
+        if callback_url is not None:
             key = await self.routing.remember("results", Relayed(
                 url=callback_url, module=incoming.module, interface="sender", caller_platform_id=delivery.platform.id,
                 target_platform_id=caller.id, caller_party=delivery.to.key, target_party=route.sender.key,
                 correlation_id=entry.correlation_id), callback_ttl_s(incoming))  # fmt: skip
             body, query = with_response_url(incoming, callback_url, f"{self.settings.public_url}{RESULTS}{key}")
         answer = await self.call_party(exchange, delivery, route.sender, incoming.method,
-                                       delivery.url.rstrip("/") + incoming.suffix, query, body)  # fmt: skip
+                                       endpoint_url(delivery.url, incoming.suffix), query, body)  # fmt: skip
         if 200 <= answer.status < 300:
             open_routing.note_seen(incoming, delivery, self.routing)
             self._note_location(exchange, incoming)
@@ -264,7 +265,7 @@ class Relay:
         return answer
 
     async def rewrite_urls(self, exchange: Exchange, answer: Answer, delivery: Delivery, module: str, interface: str):  # type: ignore[no-untyped-def]
-        """Paging Links and a CDR's Location lead back through the hub, to the same party."""
+        """Paging Links and a CDR's Location lead back through the hub, to the same party; no other Location."""
         caller, sender, entry = exchange.caller, exchange.sender, exchange.entry
         assert caller is not None and sender is not None
         if link := answer.headers.get("link"):
@@ -277,7 +278,11 @@ class Relay:
             answer.headers["link"] = rewrite_link_header(
                 link, lambda url: f"{self.settings.public_url}{PAGES}{keys[url]}"
             )
-        if (location := answer.headers.get("location")) and module == "cdrs" and entry.method == "POST":
+        # Only a CDR POST's 2xx answer carries a Location the caller can use (mod_cdrs.asciidoc), rewritten to lead
+        # back through the hub. Any other (a 3xx's target, which the hub does not follow) names a URL at the
+        # receiver, which the caller's hub token does not open and the hub does not rewrite: not relayed.
+        location = answer.headers.pop("location", None)
+        if location and module == "cdrs" and entry.method == "POST" and 200 <= answer.status < 300:
             key = uuid.uuid4().hex
             entry.relayed_location = (key, location)
             answer.headers["location"] = f"{self.settings.public_url}{CDR_LOCATIONS}{key}"
@@ -304,7 +309,7 @@ class Relay:
         hub = PartyRole("HUB", self.settings.country_code, self.settings.party_id, "CONNECTED", None)
         copy_exchange = Exchange(exchange.scope, exchange.headers, copy, started, exchange.caller, hub)
         try:
-            url = delivery.url.rstrip("/") + incoming.suffix
+            url = endpoint_url(delivery.url, incoming.suffix)
             answer = await self.call_party(copy_exchange, delivery, hub, incoming.method, url, incoming.query,
                                            incoming.body)  # fmt: skip
             copy.http_status, copy.response_body = answer.status, answer.body

@@ -46,8 +46,7 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     entry.from_country_code, entry.from_party_id = sender.country_code, sender.party_id
     delivery = Delivery(target, to, relayed.url)
     answer = await relay.call_party(exchange, delivery, sender, entry.method, relayed.url, "", entry.request_body)
-    if kind == "pages":
-        await relay.rewrite_urls(exchange, answer, delivery, relayed.module, relayed.interface)
+    await relay.rewrite_urls(exchange, answer, delivery, relayed.module, relayed.interface)
     return answer
 
 

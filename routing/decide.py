@@ -64,6 +64,11 @@ def sender_of(incoming: Incoming, caller: Platform) -> PartyRole:
             f"OCPI-from {party_text(incoming.from_)} is not a party of the calling platform "
             f"(its parties: {', '.join(sorted(party_text(k) for k in parties))})"
         )
+    if sender.status == "PLANNED":  # invited, but not among the roles of the platform's credentials
+        raise InvalidParameters(
+            f"OCPI-from {party_text(incoming.from_)} is not among the roles of this platform's credentials (status "
+            "PLANNED): a credentials PUT listing it lets it send"
+        )
     return sender
 
 

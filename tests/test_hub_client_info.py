@@ -140,6 +140,10 @@ def test_a_role_left_out_of_a_credentials_put_is_planned_again_pushed_and_no_lon
     refused = watcher.call(hub.base, "GET", "sender/locations", to=dropped[1:]).json()
     assert refused["status_code"] == 4003 and "PLANNED" in refused["status_message"], refused
     assert platform.functional() == []  # not forwarded
+    # Nor can the platform send as it any more (it still holds it, from its invitation).
+    spoofed = platform.call(hub.base, "GET", "sender/tokens", from_=dropped[1:], to=watcher.roles[0][1:]).json()
+    assert spoofed["status_code"] == 2001 and "status PLANNED" in spoofed["status_message"], spoofed
+    assert watcher.functional() == []
     listed = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", params={"date_from": since},
                        headers=token_header(watcher.hub_token or "")).json()["data"]  # fmt: skip
     assert [(i["party_id"], i["status"]) for i in listed if i["party_id"] in (kept[2], dropped[2])] == [

@@ -106,6 +106,18 @@ def test_open_routing_sends_a_real_time_authorization_to_the_token_owner(hub: Hu
     assert got.query == "type=RFID"
 
 
+def test_a_token_broadcast_makes_its_emsp_the_receiver_of_open_authorizations(hub: Hub, connect_party) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    cc, pid = party_key(emsp)
+    uid = f"TOK{unique_party_id()}"
+    pushed = emsp.call(hub.base, "PUT", f"receiver/tokens/{cc}/{pid}/{uid}", to=("NL", "HUB"), body={"uid": uid})
+    assert pushed.json()["status_code"] == 1000, pushed.text
+    assert _wait_for(lambda: [r for r in cpo.functional() if r.path.endswith(uid)])  # the copy went out
+    answer = _wait_for(lambda: (a := cpo.call(hub.base, "POST", f"sender/tokens/{uid}/authorize", body={})).json()
+                       ["status_code"] == 1000 and a)  # fmt: skip
+    assert [r.path for r in emsp.functional() if r.path.endswith(f"/{uid}/authorize")], answer.text
+
+
 def test_open_request_the_hub_cannot_place_answers_a_clear_error(hub: Hub, connect_party) -> None:
     emsp = connect_party(_roles("EMSP"))
     answer = emsp.call(

@@ -200,6 +200,8 @@ class Relay:
         if route.kind == "hub":
             return await hub_answers.answer(self, exchange, incoming)
         if route.kind == "broadcast":
+            if route.deliveries:  # the URL names the owner (checked in decide): a token's eMSP for open routing
+                open_routing.note_seen(incoming, route.deliveries[0], self.routing)
             self._note_location(exchange, incoming)
             return self._broadcast(exchange, incoming, route)
         delivery = route.deliveries[0]

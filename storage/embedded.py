@@ -182,7 +182,11 @@ class _EmbeddedServer(abc.ABC):
     def _start_new(self) -> int:
         for attempt in (1, 2):
             port = _free_port()
-            problem = self._launch(port)
+            try:
+                problem = self._launch(port)
+            except BaseException:  # interrupted while it starts (SIGTERM, Ctrl-C): not left running either
+                self._halt()
+                raise
             if problem is None:
                 return port
             self._halt()  # never leave a half-started server behind

@@ -51,26 +51,26 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     redis_url = os.environ.get("OCPI_HUB_REDIS_URL")
     prefix = f"ocpi-hub-test-{secrets.token_hex(4)}:"
     stops = []
-    if database_url:
-        server_url, throwaway = database_url, f"ocpi_hub_test_{secrets.token_hex(6)}"
-        asyncio.run(_admin_sql(server_url, f'CREATE DATABASE "{throwaway}"'))
-        stops.append(lambda: asyncio.run(_admin_sql(server_url, f'DROP DATABASE "{throwaway}" WITH (FORCE)')))
-        database_url = _with_database(server_url, throwaway)
-    else:
-        from storage.embedded import EmbeddedPostgres
+    try:  # what started is stopped even when the run is stopped while the rest starts (SIGTERM, Ctrl-C)
+        if database_url:
+            server_url, throwaway = database_url, f"ocpi_hub_test_{secrets.token_hex(6)}"
+            asyncio.run(_admin_sql(server_url, f'CREATE DATABASE "{throwaway}"'))
+            stops.append(lambda: asyncio.run(_admin_sql(server_url, f'DROP DATABASE "{throwaway}" WITH (FORCE)')))
+            database_url = _with_database(server_url, throwaway)
+        else:
+            from storage.embedded import EmbeddedPostgres
 
-        postgres = EmbeddedPostgres(_embedded_dir(tmp_path_factory))
-        database_url = postgres.start()
-        stops.append(postgres.stop)
-    if redis_url:
-        stops.append(lambda: _delete_prefix(redis_url, prefix))
-    else:
-        from storage.embedded import EmbeddedValkey
+            postgres = EmbeddedPostgres(_embedded_dir(tmp_path_factory))
+            database_url = postgres.start()
+            stops.append(postgres.stop)
+        if redis_url:
+            stops.append(lambda: _delete_prefix(redis_url, prefix))
+        else:
+            from storage.embedded import EmbeddedValkey
 
-        valkey = EmbeddedValkey(_embedded_dir(tmp_path_factory))
-        redis_url = valkey.start()
-        stops.append(valkey.stop)
-    try:
+            valkey = EmbeddedValkey(_embedded_dir(tmp_path_factory))
+            redis_url = valkey.start()
+            stops.append(valkey.stop)
         yield Services(database_url, redis_url, prefix)
     finally:
         for stop in reversed(stops):
@@ -183,19 +183,22 @@ def _start_hub_on(port: int, env: dict[str, str], log_path: Path, *args: str, ti
             cwd=ROOT,
         )
     hub = Hub(f"http://127.0.0.1:{port}", env.get("OCPI_HUB_ADMIN_TOKEN", ""), process, env, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            problem = PortTaken if lost_the_port(hub.log()) else RuntimeError
-            raise problem(f"hub exited with {process.returncode}:\n{hub.log()}")
-        try:
-            if httpx.get(hub.versions_url, timeout=1).status_code == 401:
-                return hub
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    hub.stop()
-    raise RuntimeError(f"hub did not answer within {timeout}s:\n{hub.log()}")
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                problem = PortTaken if lost_the_port(hub.log()) else RuntimeError
+                raise problem(f"hub exited with {process.returncode}:\n{hub.log()}")
+            try:
+                if httpx.get(hub.versions_url, timeout=1).status_code == 401:
+                    return hub
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"hub did not answer within {timeout}s:\n{hub.log()}")
+    except BaseException:  # no answer, or the run stopped (SIGTERM, Ctrl-C) while it started: no hub left behind
+        hub.stop()
+        raise
 
 
 @pytest.fixture(scope="session")

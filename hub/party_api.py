@@ -65,15 +65,19 @@ class PartyClient(httpx.AsyncClient):
         self.answer_timeout_s = settings.forward_timeout_s
 
     async def fetch(self, method: str, url: str, headers: dict[str, str], content: bytes | None = None) -> Fetched:
-        """The answer, redirects followed; AnswerTooLarge (4000) once it is larger than the cap, httpx.ReadTimeout
-        once it took longer than the timeout. httpx's own timeouts count per read: a party sending a byte now and
-        then would hold the call, and the still-alive round or location sync waiting for it, for ever. An anyio
-        deadline, not asyncio.timeout: httpcore shields parts of its work from cancellation with anyio, and with
+        """The answer, a GET's redirects followed; AnswerTooLarge (4000) once it is larger than the cap,
+        httpx.ReadTimeout once it took longer than the timeout. httpx's own timeouts count per read: a party sending a
+        byte now and then would hold the call, and the still-alive round or location sync waiting for it, for ever. An
+        anyio deadline, not asyncio.timeout: httpcore shields parts of its work from cancellation with anyio, and with
         asyncio.timeout 250 concurrent calls with a 0.3 s deadline ran for up to 2.7 s (CI saw a still-alive round
         stall); an anyio scope delivers its cancellation again until the scope ends."""
+        # Only a GET's: httpx, like browsers, turns a POST or PUT redirected with 301/302 into a body-less GET, so
+        # a credentials exchange would "succeed" with the wrong call; such an answer is an error of its own instead.
         try:
             with anyio.fail_after(self.answer_timeout_s):
-                async with self.stream(method, url, headers=headers, content=content, follow_redirects=True) as answer:
+                async with self.stream(
+                    method, url, headers=headers, content=content, follow_redirects=method == "GET"
+                ) as answer:
                     # aiter_bytes undoes gzip: the cap counts what the hub would hold
                     body = await read_capped(answer.aiter_bytes(), self.max_answer_bytes, f"{method} {url}")
         except TimeoutError:

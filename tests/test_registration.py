@@ -410,3 +410,19 @@ def test_party_ids_are_matched_case_insensitively(hub: Hub, start_party) -> None
 def test_raw_token_header_of_older_parties_is_accepted(hub: Hub, start_party) -> None:
     _, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
     assert httpx.get(hub.versions_url, headers={"Authorization": f"Token {token_a}"}).status_code == 200
+
+
+def test_the_hub_does_not_follow_a_redirect_of_a_credentials_call_it_makes(hub: Hub, start_party) -> None:
+    # httpx, like browsers, would send a DELETE redirected with 301 on to the new URL (and turn a POST into a GET):
+    # a call the party never asked for. The hub says what the party answered instead.
+    pid = unique_party_id()
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", pid))
+    assert party.register_at(hub.versions_url, token_a).json()["status_code"] == 1000
+    moved = f"{party.base}/ocpi/2.2.1/elsewhere"
+    party.canned[("DELETE", "/ocpi/2.2.1/credentials")] = (301, b"moved", {"Location": moved})
+    with hub.admin() as admin:
+        items = admin.get("/admin/api/parties").json()["items"]
+        platform_id = next(i["platform_id"] for i in items if i["party_id"] == pid)
+        answer = admin.delete(f"/admin/api/parties/{platform_id}").json()
+    assert answer["party_told"] is False and "answered HTTP 301" in answer["party_answer"], answer
+    assert [r.path for r in party.received if r.path.endswith("/elsewhere")] == []

@@ -13,7 +13,7 @@ import structlog
 
 from hub import party_api
 from hub.errors import OcpiError
-from hub.ocpi.credentials import hub_credentials
+from hub.ocpi.credentials import connection_of, hub_credentials
 from hub.settings import Settings
 from storage import platforms
 from storage.directory import PROPAGATION_S, announce_change
@@ -75,18 +75,10 @@ async def connect_to_party(
             with contextlib.suppress(OcpiError):
                 await party_api.delete_credentials(http, credentials_url, theirs.token, first.token_encoding)
         raise ConnectFailed(f"registration at {versions_url} failed: {exc}") from None
-    connection = platforms.Connection(
-        versions_url=theirs.url,
-        version=final.version,
-        version_url=final.version_url,
-        token_b_sealed=box.seal(theirs.token),
-        token_encoding=final.token_encoding,
-        endpoints=list({(e.identifier, e.role): (e.identifier, e.role, e.url) for e in final.endpoints}.values()),
-        roles=[
-            (role_id, msgspec.to_builtins(r.business_details))
-            for role_id, r in zip(role_ids, theirs.roles, strict=True)
-        ],
-    )
+    roles = [
+        (role_id, msgspec.to_builtins(r.business_details)) for role_id, r in zip(role_ids, theirs.roles, strict=True)
+    ]
+    connection = connection_of(box, theirs, final, roles)
     async with pool.acquire() as conn:
         await platforms.store_connection(
             conn,

@@ -208,6 +208,11 @@ async def exchange_credentials(
 ) -> Credentials:
     """POST (register) or PUT (update) our credentials at the party and return the party's."""
     response = await _call(client, method, credentials_url, token, body=msgspec.json.encode(ours), encoding=encoding)
+    return credentials_in(response, method, credentials_url)
+
+
+def credentials_in(response: Fetched, method: str, credentials_url: str) -> Credentials:
+    """The party's credentials in its answer to the hub's POST or PUT; UnableToUseClientApi when it refused."""
     try:
         answer = _credentials_decoder.decode(response.content)
     except (msgspec.DecodeError, RecursionError) as exc:

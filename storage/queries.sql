@@ -32,6 +32,10 @@ INSERT INTO credentials_token (token_hash, platform_id, kind) VALUES ($1, $2, $3
 -- name: delete_tokens
 DELETE FROM credentials_token WHERE platform_id = $1;
 
+-- name: delete_token
+-- A token C issued for a credentials rotation that did not complete.
+DELETE FROM credentials_token WHERE token_hash = $1;
+
 -- name: lock_platform
 SELECT id, name, state FROM platform WHERE id = $1 FOR UPDATE;
 

@@ -72,8 +72,8 @@ class Party:
     page_size: int = 10
     delay_s: float = 0.0  # answer functional requests this late
     # (method, path) -> (HTTP status, raw body, extra headers): a canned answer instead of the default, for a
-    # functional path or the versions and 2.2.1 details; with status RAW, the body is the whole answer as it goes
-    # on the wire (status line and headers included), and the connection is closed after it
+    # functional path, the versions and 2.2.1 details, or the credentials endpoint; with status RAW, the body is the
+    # whole answer as it goes on the wire (status line and headers included), and the connection is closed after it
     canned: dict[tuple[str, str], tuple[int, bytes, dict[str, str]]] = field(default_factory=dict)
     host: str = "127.0.0.1"  # the name in its URLs ("localhost": a host name, as real parties have); serves 127.0.0.1
     # An OCPI 2.1.1-era implementation: sends its tokens raw, not Base64-encoded, and takes only raw ones.
@@ -255,7 +255,8 @@ class Party:
         return web.json_response(envelope(everything[offset : offset + limit]), headers=headers)
 
     async def _credentials(self, request: web.Request, body: bytes) -> web.Response:
-        """The party as credentials Receiver: the hub registers itself here (`ocpi-hub connect`)."""
+        """The party as credentials Receiver: the hub registers itself here (`ocpi-hub connect`), or renews the
+        tokens (PUT)."""
         if (request.method, request.path) in self.canned:
             return self._canned(request)
         if request.method == "DELETE":

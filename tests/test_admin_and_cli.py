@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from storage.routing_log import body_of
 from tests.conftest import ROOT, Hub, unique_party_id
-from tests.parties import free_port, token_header
+from tests.parties import envelope, free_port, token_header
 from tests.test_hub_client_info import _pushes_about, _wait_for
 from tests.test_routing import _roles, party_key
 
@@ -292,3 +293,134 @@ def test_an_auditor_cannot_take_a_platform_off_the_hub(hub: Hub) -> None:
                           headers={"Authorization": f"Bearer {token}"})  # fmt: skip
     assert answer.status_code == 403
     assert httpx.get(hub.versions_url, headers=token_header(invitation["token_a"])).status_code == 200
+
+
+def _rotate(hub: Hub, platform_id: int) -> httpx.Response:
+    with hub.admin() as admin:
+        return admin.post(f"/admin/api/parties/{platform_id}/credentials")
+
+
+def _rotations(hub: Hub, platform_id: int) -> list[dict]:
+    with hub.admin() as admin:
+        trail = admin.get("/admin/api/audit-trail").json()["items"]
+    return [t["parameters"] for t in trail if t["action"] == "rotate_credentials"
+            and t["parameters"]["platform_id"] == platform_id]  # fmt: skip
+
+
+def _credentials_messages(db, party_id: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    rows = db.run(db.fetch("SELECT routing, module, method, http_status, ocpi_status_code, error, request_body, "
+                           "response_body FROM routing_log WHERE module = 'credentials' AND to_party_id = $1",
+                           party_id))  # fmt: skip
+    return [dict(r) for r in rows]
+
+
+def _tokens_of(db, platform_id: int) -> int:  # type: ignore[no-untyped-def]
+    return db.run(db.fetchval("SELECT count(*) FROM credentials_token WHERE platform_id = $1", platform_id))
+
+
+def test_the_operator_rotates_a_platforms_tokens_and_both_sides_use_only_the_new_ones(
+    hub: Hub, connect_party, db
+) -> None:
+    emsp = connect_party(_roles("EMSP"))
+    cpo = connect_party(_roles("CPO"))
+    key = party_key(cpo)
+    platform_id = _platform_id(hub, key)
+    old_hub_token, old_token_b = cpo.hub_token, cpo.token_b
+    answer = _rotate(hub, platform_id)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() | {"version": None, "endpoints": None} == {
+        "platform_id": platform_id, "name": cpo.name, "rotated": True, "version": None, "endpoints": None,
+        "token_encoding": "base64"}  # fmt: skip
+    # credentials.asciidoc, PUT: the hub sent its credentials with a new token C, authenticated with the old token B,
+    # and the party answered with a new token B.
+    [put] = [r for r in cpo.received if (r.method, r.path) == ("PUT", "/ocpi/2.2.1/credentials")]
+    assert put.headers["Authorization"] == token_header(old_token_b)["Authorization"]
+    assert cpo.hub_token not in (None, old_hub_token) and cpo.token_b != old_token_b
+    # The party reaches the hub with the new token C only.
+    for token, status in ((old_hub_token, 401), (cpo.hub_token, 200)):
+        assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token)).status_code == status
+    cc, pid = key
+    pushed = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp))
+    assert pushed.status_code == 200 and pushed.json()["status_code"] == 1000, pushed.text
+    # The hub reaches the party with its new token B (the party takes no other).
+    pulled = emsp.call(hub.base, "GET", "sender/locations", to=key)
+    assert pulled.status_code == 200 and pulled.json()["status_code"] == 1000, pulled.text
+    assert cpo.functional()[-1].headers["Authorization"] == token_header(cpo.token_b)["Authorization"]
+    assert _tokens_of(db, platform_id) == 1
+    [message] = _credentials_messages(db, pid)
+    assert (message["routing"], message["method"], message["http_status"], message["ocpi_status_code"]) == (
+        "hub", "PUT", 200, 1000)  # fmt: skip
+    assert _rotations(hub, platform_id) == [{"platform_id": platform_id, "name": cpo.name}]
+    # No token in the answer, the routing log (auditors read it) or the hub's log.
+    logged = (body_of(message["request_body"]) + body_of(message["response_body"])).decode()
+    assert logged.count('"token":"(not logged)"') == 2  # the hub's credentials and the party's answer
+    seen = answer.text + hub.log() + logged
+    assert not [t for t in (old_hub_token, cpo.hub_token, old_token_b, cpo.token_b) if t and t in seen]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "said"),
+    [
+        (200, json.dumps(envelope(None, 2000, "no rotation today")).encode(), "no rotation today"),
+        (503, b"<html>down for maintenance</html>", "HTTP 503"),
+    ],
+)
+def test_a_party_refusing_the_rotation_keeps_the_old_tokens_and_the_operator_hears_why(
+    hub: Hub, connect_party, db, status: int, body: bytes, said: str
+) -> None:
+    emsp = connect_party(_roles("EMSP"))
+    cpo = connect_party(_roles("CPO"), canned={("PUT", "/ocpi/2.2.1/credentials"): (status, body, {})})
+    key = party_key(cpo)
+    platform_id = _platform_id(hub, key)
+    old_hub_token, old_token_b = cpo.hub_token, cpo.token_b
+    answer = _rotate(hub, platform_id)
+    assert answer.status_code == 502, answer.text
+    error = answer.json()["error"]
+    assert said in error and "PUT" in error and "old tokens still work" in error
+    # Nothing half-done: the new token C is gone, both old tokens work both ways.
+    assert (cpo.hub_token, cpo.token_b) == (old_hub_token, old_token_b)
+    assert _tokens_of(db, platform_id) == 1
+    cc, pid = key
+    pushed = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp))
+    assert pushed.status_code == 200 and pushed.json()["status_code"] == 1000, pushed.text
+    pulled = emsp.call(hub.base, "GET", "sender/locations", to=key)
+    assert pulled.status_code == 200 and pulled.json()["status_code"] == 1000, pulled.text
+    [message] = _credentials_messages(db, pid)
+    assert (message["method"], message["http_status"]) == ("PUT", status) and said in message["error"]
+    [rotation] = _rotations(hub, platform_id)
+    assert said in rotation["failed"]
+
+
+def test_a_rotation_whose_new_token_b_cannot_fetch_the_endpoints_is_undone(hub: Hub, connect_party, db) -> None:
+    cpo = connect_party(_roles("CPO"))
+    platform_id = _platform_id(hub, party_key(cpo))
+    old_hub_token = cpo.hub_token
+    cpo.versions_status = 500  # the party takes the PUT, then its versions endpoint fails
+    answer = _rotate(hub, platform_id)
+    assert answer.status_code == 502, answer.text
+    error = answer.json()["error"]
+    assert "credentials it answered are unusable" in error and "HTTP 500" in error and "check with the party" in error
+    assert _tokens_of(db, platform_id) == 1
+    assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(old_hub_token)).status_code == 200
+    assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(cpo.hub_token)).status_code == 401
+
+
+def test_only_a_registered_platform_has_its_credentials_rotated(hub: Hub) -> None:
+    invitation = hub.invite("Not yet here", ("CPO", "NL", unique_party_id()))
+    invited = _rotate(hub, invitation["platform_id"])
+    assert invited.status_code == 409 and "not registered yet" in invited.json()["error"]
+    unknown = _rotate(hub, 999999999)
+    assert unknown.status_code == 404 and "no platform 999999999" in unknown.json()["error"]
+    assert httpx.get(hub.versions_url, headers=token_header(invitation["token_a"])).status_code == 200
+
+
+def test_an_auditor_cannot_rotate_a_platforms_credentials(hub: Hub, connect_party) -> None:
+    cpo = connect_party(_roles("CPO"))
+    platform_id = _platform_id(hub, party_key(cpo))
+    old_hub_token = cpo.hub_token
+    token = json.loads(_cli(hub, "auditor", "add", f"auditor-{unique_party_id()}").stdout)["token"]
+    answer = httpx.post(f"{hub.base}/admin/api/parties/{platform_id}/credentials",
+                        headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    assert answer.status_code == 403
+    assert cpo.hub_token == old_hub_token
+    assert not [r for r in cpo.received if (r.method, r.path) == ("PUT", "/ocpi/2.2.1/credentials")]

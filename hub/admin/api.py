@@ -1,29 +1,22 @@
-"""The operator's admin API under /admin/api: invitations (token A), the list of parties, taking a platform off the
-hub, the auditor API."""
+"""The operator's admin API under /admin/api: invitations (token A), the list of parties, the auditor API; the
+actions on a platform's credentials are in hub/admin/credentials.py."""
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Annotated
 
 import asyncpg
-import httpx
 import msgspec
 import structlog
-from litestar import Request, Response, Router, delete, get, post
-from litestar.datastructures import State
+from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
 
-from hub.admin.actors import READ_ONLY, actor_guard, actor_of, record_action
-from hub.errors import OUTAGES, AnswerTooLarge, OcpiError, unavailable
+from hub.admin.actors import READ_ONLY, actor_guard
+from hub.errors import OUTAGES, OcpiError, unavailable
 from hub.ocpi.wire import NO_CONTROL_CHARACTERS, CountryCode, PartyId, Role
-from hub.party_api import hub_request
 from hub.settings import Settings
-from routing.forward import ocpi_status_of
 from storage import platforms
-from storage.directory import Platform
-from storage.routing_log import LogUnavailable
 from storage.secrets import new_token, token_hash
 from storage.sql import QUERIES
 
@@ -113,68 +106,6 @@ async def list_parties(request: Request) -> Response[bytes]:
     return json_response({"items": [Party(**dict(row)) for row in rows]})
 
 
-class Unregistered(msgspec.Struct):
-    platform_id: int
-    name: str
-    was: str  # the platform's state before: INVITED or REGISTERED
-    party_told: bool | None  # None: an invitation never used, there was no party to tell
-    party_answer: str | None  # what went wrong telling the party, if anything
-
-
-@delete("/parties/{platform_id:int}", status_code=200)
-async def unregister_platform(request: Request, platform_id: int) -> Response[bytes]:
-    """The operator takes a platform off the hub (an invitation not used yet is withdrawn the same way).
-
-    Its tokens stop working on every hub process, its roles are pushed as SUSPENDED to the other parties, its party
-    ids are free for a new invitation, and a registered party is told with a DELETE on its own credentials endpoint
-    (credentials.asciidoc, Unregistering: "Both parties must end any automated communication"). The hub's side is
-    done first: a party that does not answer cannot keep itself on the hub."""
-    state = request.app.state
-    known = state.directory.current.platforms.get(platform_id)  # its token B, to tell the party
-    async with state.pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(QUERIES["lock_platform"], platform_id)
-        if row is None or row["state"] == "UNREGISTERED":
-            raise AdminError(404, f"no platform {platform_id} is on the hub (never invited, or unregistered already)")
-        await platforms.unregister(conn, platform_id)
-        await record_action(conn, actor_of(request), "unregister_platform", {"platform_id": platform_id,
-                                                                             "name": row["name"]})  # fmt: skip
-    await state.directory.changed()
-    told, answer = None, None
-    if row["state"] == "REGISTERED":
-        answer = await _tell_party(state, known) if known is not None else "the hub did not know its token B"
-        told = answer is None
-    log.info("platform_unregistered_by_operator", platform_id=platform_id, platform=row["name"], party_told=told,
-             party_answer=answer)  # fmt: skip
-    return json_response(Unregistered(platform_id, row["name"], row["state"], told, answer))
-
-
-async def _tell_party(state: State, platform: Platform) -> str | None:
-    """DELETE on the party's credentials endpoint with its token B, a routing-log row of its own; None when the
-    party took it, else what went wrong."""
-    url = platform.endpoint("credentials", "SENDER") or platform.endpoint("credentials", "RECEIVER")
-    if not url:
-        return "its version details list no credentials endpoint"
-    settings = state.settings
-    to = platform.roles[0] if platform.roles else None
-    entry, headers = hub_request((settings.country_code, settings.party_id), platform, to, "DELETE", url,
-                                 "credentials")  # fmt: skip
-    started = time.perf_counter()
-    try:
-        response = await state.http.fetch("DELETE", url, headers)
-        entry.http_status, entry.response_body = response.status_code, response.content
-        entry.ocpi_status_code = ocpi_status_of(response.content)
-        if response.status_code != 200 or entry.ocpi_status_code != 1000:
-            entry.error = f"DELETE {url} answered HTTP {response.status_code}, OCPI status {entry.ocpi_status_code}"
-    except (httpx.HTTPError, httpx.InvalidURL, AnswerTooLarge) as exc:
-        entry.error = f"DELETE {url} failed: {type(exc).__name__}: {exc}"
-    entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-    try:
-        await state.routing_log.record(entry)
-    except LogUnavailable:
-        log.error("credentials_delete_not_logged_in_time", request_id=entry.request_id)
-    return entry.error
-
-
 def _render_admin_error(request: Request, exc: Exception) -> Response[bytes]:
     if isinstance(exc, AdminError):
         return json_response({"error": exc.message}, exc.status)
@@ -190,6 +121,7 @@ def _render_admin_error(request: Request, exc: Exception) -> Response[bytes]:
 
 
 def admin_router() -> Router:
+    from hub.admin.credentials import rotate_credentials, unregister_platform
     from hub.admin.export import export_routing_log
     from hub.admin.routing_log import (
         audit_trail,
@@ -206,6 +138,7 @@ def admin_router() -> Router:
             create_invitation,
             list_parties,
             unregister_platform,
+            rotate_credentials,
             routing_log,
             routing_log_message,
             routing_log_conversation,

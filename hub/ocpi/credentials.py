@@ -17,7 +17,7 @@ from hub.errors import InvalidParameters, MethodNotAllowed, Unauthorized
 from hub.ocpi.wire import BusinessDetails, Credentials, CredentialsRole
 from hub.settings import Settings
 from storage import platforms
-from storage.secrets import new_token, token_hash
+from storage.secrets import TokenBox, new_token, token_hash
 
 log = structlog.get_logger()
 
@@ -47,6 +47,21 @@ def match_roles(claimed: Sequence[CredentialsRole], held: Sequence[asyncpg.Recor
             f"roles not granted to this platform by the hub operator: {', '.join(foreign)} (granted: {granted})"
         )
     return list(matched.items())
+
+
+def connection_of(
+    box: TokenBox, theirs: Credentials, discovery: party_api.Discovery, roles: Sequence[tuple[int, object]]
+) -> platforms.Connection:
+    """What an exchange leaves to store: the party's token B sealed, the endpoints its 2.2.1 details list."""
+    return platforms.Connection(
+        versions_url=theirs.url,
+        version=discovery.version,
+        version_url=discovery.version_url,
+        token_b_sealed=box.seal(theirs.token),
+        token_encoding=discovery.token_encoding,
+        endpoints=list({(e.identifier, e.role): (e.identifier, e.role, e.url) for e in discovery.endpoints}.values()),
+        roles=roles,
+    )
 
 
 @get("/ocpi/2.2.1/credentials")
@@ -90,15 +105,7 @@ async def _exchange(request: Request[Caller, str, State], *, expected_state: str
         roles = match_roles(theirs.roles, await platforms.held_roles(conn, caller.platform.id))
     discovery = await party_api.discover(state.http, theirs.url, theirs.token, party=caller.platform.name)
     token_c = new_token()
-    connection = platforms.Connection(
-        versions_url=theirs.url,
-        version=discovery.version,
-        version_url=discovery.version_url,
-        token_b_sealed=state.token_box.seal(theirs.token),
-        token_encoding=discovery.token_encoding,
-        endpoints=list({(e.identifier, e.role): (e.identifier, e.role, e.url) for e in discovery.endpoints}.values()),
-        roles=roles,
-    )
+    connection = connection_of(state.token_box, theirs, discovery, roles)
     try:
         async with state.pool.acquire() as conn:
             await platforms.store_connection(

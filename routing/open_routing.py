@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from hub.errors import UnknownReceiver
+from hub.errors import UnknownReceiver, decoded
 from routing.decide import Delivery
 from routing.request import Incoming, PartyKey, party_text
 from storage.routing_state import RoutingState
@@ -51,18 +51,24 @@ def _body_fields(body: bytes) -> _CommandFields:
         return _CommandFields()
 
 
+def _routing_fields(body: bytes) -> _CommandFields:
+    """The fields an open request is routed by: a body that is no JSON is HTTP 400, as where else the hub reads one
+    (the request has not gone anywhere yet; after a routing, note_seen takes what it can)."""
+    return decoded(body, _CommandFields, "the request body is not a valid OCPI object")
+
+
 async def open_hint(incoming: Incoming, state: RoutingState) -> PartyKey | None:
     """The party an open request should go to, or None if the hub cannot tell."""
     segments = incoming.segments
     if incoming.interface == "receiver":
         if incoming.module == "commands" and segments:
             field, owner_module = _COMMAND_TARGET.get(segments[0].upper(), (None, ""))
-            object_id = getattr(_body_fields(incoming.body), field) if field else None
+            object_id = getattr(_routing_fields(incoming.body), field) if field else None
             return await _owner(state, owner_module, object_id) if object_id else None
         if incoming.module == "chargingprofiles" and segments:
             return await _owner(state, "sessions", segments[0])
         if incoming.module in ("sessions", "cdrs") and incoming.method in ("POST", "PUT"):
-            token = _body_fields(incoming.body).cdr_token  # the eMSP whose token charged
+            token = _routing_fields(incoming.body).cdr_token  # the eMSP whose token charged
             return (token.country_code.upper(), token.party_id.upper()) if token else None
         if incoming.module == "sessions" and incoming.method == "PATCH" and len(segments) >= 3:
             return await _owner(state, "session-receivers", segments[2])

@@ -128,6 +128,10 @@ def test_open_request_the_hub_cannot_place_answers_a_clear_error(hub: Hub, conne
     )
     assert answer.json()["status_code"] == 4001
     assert "OCPI-to" in answer.json()["status_message"]
+    # The hub reads an open request's body to route it: one that is no JSON is HTTP 400 (status_codes.asciidoc).
+    broken = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", content=b'{"location_id": "LOC1", ')
+    assert (broken.status_code, broken.json()["status_code"]) == (400, 2001), broken.text
+    assert "not valid JSON" in broken.json()["status_message"]
 
 
 def test_open_routing_refuses_a_location_id_two_cpos_have_and_forwards_nothing(hub: Hub, connect_party, db) -> None:

@@ -78,19 +78,13 @@ class PullSync:
         self._http, self._cache, self._redis, self._record = http, cache, client, record
         self._prefix, self._hub = prefix, hub
 
-    def _synced_key(self, party: tuple[str, str]) -> str:
-        return f"{self._prefix}locations:synced:{party[0]}/{party[1]}"
-
-    def _failed_key(self, party: tuple[str, str]) -> str:
-        return f"{self._prefix}locations:sync-failed:{party[0]}/{party[1]}"
-
     async def never_synced(self, parties: list[tuple[Platform, PartyRole]]) -> list[tuple[Platform, PartyRole]]:
         """Parties with no successful sync in Redis: new ones, or all of them after Redis lost its data (but not
         one whose Sender failed in the last RETRY_AFTER_FAILURE_S)."""
         if not parties:
             return []
-        synced = await self._redis.mget([self._synced_key(role.key) for _, role in parties])
-        failed = await self._redis.mget([self._failed_key(role.key) for _, role in parties])
+        synced = await self._redis.mget([self._cache.synced_key(role.key) for _, role in parties])
+        failed = await self._redis.mget([self._cache.sync_failed_key(role.key) for _, role in parties])
         return [party for party, ok, bad in zip(parties, synced, failed, strict=True) if ok is None and bad is None]
 
     async def run(
@@ -110,7 +104,7 @@ class PullSync:
         self, platform: Platform, role: PartyRole, *, full: bool = False, progress: Progress | None = None
     ) -> SyncResult:
         party = role.key
-        since = None if full else await self._redis.get(self._synced_key(party))
+        since = None if full else await self._redis.get(self._cache.synced_key(party))
         # Objects changed while the sync runs are fetched again next time: the mark is the start, a bit early.
         started = datetime.now(UTC) - timedelta(seconds=1)
         result = SyncResult(party, full=since is None)
@@ -129,7 +123,7 @@ class PullSync:
             if locations is None:
                 result.error = "the CPO's locations Sender could not be read; see the routing log"
                 log.warning("location_sync_failed", party=f"{party[0]}-{party[1]}", pages=result.pages)
-                await self._redis.set(self._failed_key(party), "1", ex=RETRY_AFTER_FAILURE_S)
+                await self._redis.set(self._cache.sync_failed_key(party), "1", ex=RETRY_AFTER_FAILURE_S)
                 LOCATION_SYNCS.labels("failed", "full" if result.full else "incremental").inc()
                 return result
             stored = await self._cache.put_many(party, locations)
@@ -140,7 +134,7 @@ class PullSync:
                 progress(party, result.locations, total)
         if gone := cached_before - listed:
             result.removed = await self._cache.forget(party, gone)
-        await self._redis.set(self._synced_key(party), ocpi_timestamp(started))
+        await self._redis.set(self._cache.synced_key(party), ocpi_timestamp(started))
         LOCATION_SYNCS.labels("ok", "full" if result.full else "incremental").inc()
         log.info("location_sync_done", party=f"{party[0]}-{party[1]}", locations=result.locations,
                  pages=result.pages, full=result.full, removed=result.removed)  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -257,6 +257,26 @@ class LocationCache:
         """The ids of the owner's cached locations."""
         start = len(self._member(owner, ""))
         return {_text(member)[start:] for member in await self._redis.zrange(self._by_owner(owner), 0, -1)}
+
+    def synced_key(self, owner: tuple[str, str]) -> str:
+        """Pull sync's mark of the owner: when its last successful sync began (absent: the next one is full)."""
+        return f"{self._p}synced:{owner[0]}/{owner[1]}"
+
+    def sync_failed_key(self, owner: tuple[str, str]) -> str:
+        """Pull sync's mark of an owner whose Sender failed: not asked again while it lasts."""
+        return f"{self._p}sync-failed:{owner[0]}/{owner[1]}"
+
+    async def forget_owners(self, owners: Iterable[tuple[str, str]]) -> None:
+        """CPOs that left the hub: their locations are no longer offered, and should one come back, its first sync
+        is a full one. Best effort: the platform has left whatever Redis says (a failure is logged)."""
+        for owner in owners:
+            try:
+                forgotten = await self.forget(owner, await self.location_ids(owner))
+                await self._redis.delete(self.synced_key(owner), self.sync_failed_key(owner))
+            except redis.RedisError as exc:
+                log.warning("location_cache_not_cleared", owner=f"{owner[0]}-{owner[1]}", error=str(exc))
+            else:
+                log.info("location_cache_cleared", owner=f"{owner[0]}-{owner[1]}", locations=forgotten)
 
     async def forget(self, owner: tuple[str, str], location_ids: set[str]) -> int:
         """Remove these locations of the owner, with their index entries; returns how many there were."""

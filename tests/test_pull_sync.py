@@ -10,9 +10,11 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import redis
 
 from tests.conftest import ROOT, Hub, Services
+from tests.parties import token_header
 from tests.test_routing import _roles, party_key
 
 HUB = ("NL", "HUB")
@@ -128,6 +130,26 @@ def test_a_full_sync_drops_the_cached_locations_the_cpo_no_longer_lists(
         assert not [key for key in sets for member in members if client.sismember(key, member)]
         sorted_sets = [key for key in keys if client.type(key) == b"zset"]
         assert not [key for key in sorted_sets for member in members if client.zscore(key, member) is not None]
+
+
+def test_a_cpo_that_leaves_the_hub_is_no_longer_offered_and_comes_back_with_a_full_sync(
+    hub: Hub, start_party, connect_party
+) -> None:
+    reader = connect_party(_roles("EMSP"))
+    roles = _roles("CPO")
+    cpo = start_party(roles)
+    owner = party_key(cpo)
+    cpo.objects["locations"] = _locations(owner, 3, "2026-11-01T00:00:00Z")
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    _wait(lambda: _cached_total(reader, hub, owner) == 3)
+    left = httpx.delete(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(cpo.hub_token or ""))
+    assert left.json()["status_code"] == 1000, left.text
+    assert _cached_total(reader, hub, owner) == 0
+    # Invited again (its party id is free), it registers anew: its first sync is a full one, not "since" its last.
+    syncs_before = len(cpo.syncs())
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    _wait(lambda: _cached_total(reader, hub, owner) == 3)
+    assert [r.query for r in cpo.syncs()[syncs_before:]][:1] == [""]
 
 
 def test_the_cache_is_rebuilt_after_redis_lost_it(hub: Hub, services: Services, start_party, connect_party) -> None:

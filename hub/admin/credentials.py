@@ -82,6 +82,8 @@ async def unregister_platform(request: Request, platform_id: int) -> Response[by
         await record_action(conn, actor_of(request), "unregister_platform", {"platform_id": platform_id,
                                                                              "name": row["name"]})  # fmt: skip
     await state.directory.changed()
+    if known is not None:
+        await state.locations.forget_owners(role.key for role in known.roles if role.role == "CPO")
     told, answer = None, None
     if row["state"] == "REGISTERED":
         answer = await _tell_party(state, known) if known is not None else "the hub did not know its token B"

@@ -111,11 +111,13 @@ def decoded(raw: bytes, kind: type[T], what: str) -> T:
 
 
 def check_json(raw: bytes) -> None:
-    """MalformedBody unless raw is one valid JSON value (checked without building it, or recursing)."""
+    """MalformedBody unless raw is one valid JSON value (checked without building it)."""
     try:
         msgspec.json.decode(raw, type=msgspec.Raw)
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedBody(f"the request body is not valid JSON: {NESTED_TOO_DEEPLY}") from None
 
 
 class BodyTooLarge(ClientError):

@@ -31,6 +31,17 @@ def _cached_total(reader, hub: Hub, owner) -> int:  # type: ignore[no-untyped-de
     return int(answer.headers.get("X-Total-Count", 0))
 
 
+def _registered_cpo(hub: Hub, start_party, locations, **options):  # type: ignore[no-untyped-def]
+    """A CPO party whose Sender lists locations(its own party), invited and registered at the hub, which then pulls
+    them; (the party, its country code and party id)."""
+    roles = _roles("CPO")
+    cpo = start_party(roles, **options)
+    owner = party_key(cpo)
+    cpo.objects["locations"] = locations(owner)
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    return cpo, owner
+
+
 def _wait(condition, timeout: float = 15.0):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not (found := condition()):
@@ -43,11 +54,8 @@ def test_a_new_cpo_is_pulled_across_every_page_then_synced_incrementally(
     hub: Hub, start_party, connect_party, db
 ) -> None:
     reader = connect_party(_roles("EMSP"))
-    roles = _roles("CPO")
-    cpo = start_party(roles, page_size=50)
-    owner = party_key(cpo)
-    cpo.objects["locations"] = _locations(owner, 300, "2026-11-01T00:00:00Z")
-    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    cpo, owner = _registered_cpo(hub, start_party, lambda me: _locations(me, 300, "2026-11-01T00:00:00Z"),
+                                 page_size=50)  # fmt: skip
     _wait(lambda: _cached_total(reader, hub, owner) == 300)
     first = cpo.syncs()
     assert len(first) == 6 and [r.query for r in first][1:] == [f"offset={n}&limit=50" for n in range(50, 300, 50)]
@@ -95,14 +103,15 @@ def test_a_full_sync_drops_the_cached_locations_the_cpo_no_longer_lists(
 ) -> None:
     # mod_locations.asciidoc: all the pages together are "the new truth"; what is not in them is no longer valid
     reader = connect_party(_roles("EMSP"))
-    roles = _roles("CPO")
-    cpo = start_party(roles)
-    owner = party_key(cpo)
-    cpo.objects["locations"] = _locations(owner, 5, "2026-11-01T00:00:00Z")
-    for location in cpo.objects["locations"]:  # ids of its own: a GET by id alone is refused when several CPOs match
-        location["id"] = f"{owner[1]}-{location['id']}"
-    cpo.objects["locations"][3]["publish"] = False  # in the unpublished index too
-    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+
+    def listed(me: tuple[str, str]) -> list[dict]:
+        locations = _locations(me, 5, "2026-11-01T00:00:00Z")
+        for location in locations:  # ids of its own: a GET by id alone is refused when several CPOs have it
+            location["id"] = f"{me[1]}-{location['id']}"
+        locations[3]["publish"] = False  # in the unpublished index too
+        return locations
+
+    cpo, owner = _registered_cpo(hub, start_party, listed)
     _wait(lambda: _cached_total(reader, hub, owner) == 4)  # S0003 is not shown to the reader
     gone = (f"{owner[1]}-S0001", f"{owner[1]}-S0003")
     cpo.objects["locations"] = [loc for loc in cpo.objects["locations"] if loc["id"] not in gone]
@@ -136,29 +145,21 @@ def test_a_cpo_that_leaves_the_hub_is_no_longer_offered_and_comes_back_with_a_fu
     hub: Hub, start_party, connect_party
 ) -> None:
     reader = connect_party(_roles("EMSP"))
-    roles = _roles("CPO")
-    cpo = start_party(roles)
-    owner = party_key(cpo)
-    cpo.objects["locations"] = _locations(owner, 3, "2026-11-01T00:00:00Z")
-    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    cpo, owner = _registered_cpo(hub, start_party, lambda me: _locations(me, 3, "2026-11-01T00:00:00Z"))
     _wait(lambda: _cached_total(reader, hub, owner) == 3)
     left = httpx.delete(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(cpo.hub_token or ""))
     assert left.json()["status_code"] == 1000, left.text
     assert _cached_total(reader, hub, owner) == 0
     # Invited again (its party id is free), it registers anew: its first sync is a full one, not "since" its last.
     syncs_before = len(cpo.syncs())
-    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, *cpo.roles)["token_a"])
     _wait(lambda: _cached_total(reader, hub, owner) == 3)
     assert [r.query for r in cpo.syncs()[syncs_before:]][:1] == [""]
 
 
 def test_the_cache_is_rebuilt_after_redis_lost_it(hub: Hub, services: Services, start_party, connect_party) -> None:
     reader = connect_party(_roles("EMSP"))
-    roles = _roles("CPO")
-    cpo = start_party(roles)
-    owner = party_key(cpo)
-    cpo.objects["locations"] = _locations(owner, 12, "2026-11-02T00:00:00Z")
-    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    cpo, owner = _registered_cpo(hub, start_party, lambda me: _locations(me, 12, "2026-11-02T00:00:00Z"))
     _wait(lambda: _cached_total(reader, hub, owner) == 12)
     syncs_before = len(cpo.syncs())
     client = redis.Redis.from_url(services.redis_url)

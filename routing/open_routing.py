@@ -71,7 +71,7 @@ async def open_hint(incoming: Incoming, state: RoutingState) -> PartyKey | None:
             token = _routing_fields(incoming.body).cdr_token  # the eMSP whose token charged
             return (token.country_code.upper(), token.party_id.upper()) if token else None
         if incoming.module == "sessions" and incoming.method == "PATCH" and len(segments) >= 3:
-            return await _owner(state, "session-receivers", segments[2])
+            return await _owner(state, "session-receivers", _session_of(segments))
         return None
     if segments and incoming.module in ("locations", "sessions", "tokens"):
         # Sender interface: GET /{location_id}, PUT /{session_id}/charging_preferences, POST /{token_uid}/authorize
@@ -103,8 +103,14 @@ def note_seen(incoming: Incoming, delivery: Delivery, state: RoutingState) -> No
         # Client Owned Object push: /{country_code}/{party_id}/{object_id}
         state.note_owner(incoming.module, segments[2], (segments[0].upper(), segments[1].upper()))
         if incoming.module == "sessions":
-            state.note_owner("session-receivers", segments[2], delivery.to.key)
+            state.note_owner("session-receivers", _session_of(segments), delivery.to.key)
     elif incoming.module == "commands" and segments and segments[0].upper() == "RESERVE_NOW":
         reservation = _body_fields(incoming.body).reservation_id
         if reservation:
             state.note_owner("reservations", reservation, delivery.to.key)
+
+
+def _session_of(segments: list[str]) -> str:
+    """A session as the index of its receivers knows it: its CPO and its id (/{country_code}/{party_id}/{id}), since
+    ids are unique per CPO only and the URL of a session's PATCH names its CPO."""
+    return f"{segments[0].upper()}/{segments[1].upper()}/{segments[2]}"

@@ -118,6 +118,26 @@ def test_a_token_broadcast_makes_its_emsp_the_receiver_of_open_authorizations(hu
     assert [r.path for r in emsp.functional() if r.path.endswith(f"/{uid}/authorize")], answer.text
 
 
+def test_an_open_session_patch_goes_to_the_emsp_of_that_cpos_session_though_another_cpo_uses_its_id(
+    hub: Hub, connect_party
+) -> None:
+    # Session ids are unique per CPO only; a PATCH's URL names the CPO, so the hub can tell the two sessions apart.
+    pairs = [(connect_party(_roles("CPO")), connect_party(_roles("EMSP"))) for _ in range(2)]
+    session_id = f"S-{unique_party_id()}"
+    for cpo, emsp in pairs:
+        cc, pid = party_key(cpo)
+        put = cpo.call(hub.base, "PUT", f"receiver/sessions/{cc}/{pid}/{session_id}", to=party_key(emsp),
+                       body={"id": session_id, "country_code": cc, "party_id": pid})  # fmt: skip
+        assert put.json()["status_code"] == 1000, put.text
+    time.sleep(0.2)  # the owner index is written in batches
+    (cpo, emsp), (_, other_emsp) = pairs
+    cc, pid = party_key(cpo)
+    patched = cpo.call(hub.base, "PATCH", f"receiver/sessions/{cc}/{pid}/{session_id}", body={"kwh": 1.5})
+    assert patched.json()["status_code"] == 1000, patched.text
+    assert [r.method for r in emsp.functional()] == ["PUT", "PATCH"]
+    assert [r.method for r in other_emsp.functional()] == ["PUT"]
+
+
 def test_open_request_the_hub_cannot_place_answers_a_clear_error(hub: Hub, connect_party) -> None:
     emsp = connect_party(_roles("EMSP"))
     answer = emsp.call(

@@ -117,7 +117,7 @@ WHERE p.state <> 'UNREGISTERED';
 
 -- name: list_parties
 SELECT r.country_code, r.party_id, r.role, p.name AS platform, p.id AS platform_id, r.status,
-       p.registered_at, p.last_seen, p.token_encoding
+       p.registered_at, p.last_seen, p.token_encoding, p.state AS platform_state
 FROM party_role r JOIN platform p ON p.id = r.platform_id
 ORDER BY upper(r.country_code), upper(r.party_id), r.role, r.id;
 

@@ -292,3 +292,82 @@ def test_a_body_with_markup_is_shown_as_text_never_run(page: Page, demo: Running
     assert markup in page.inner_text("#request pre.body")
     assert page.evaluate("window.pwned") is None
     assert page.locator("#request pre.body b").count() == 0
+
+
+def _platform_of(demo: RunningDemo, key: str) -> dict:
+    with demo.admin() as admin:
+        parties = admin.get("/admin/api/parties").json()["items"]
+    return next(p for p in parties if f"{p['country_code']}-{p['party_id']}" == key)
+
+
+def _operator_actions(demo: RunningDemo) -> list[tuple[str, str, dict]]:
+    with demo.admin() as admin:
+        trail = admin.get("/admin/api/audit-trail", params={"limit": 200}).json()["items"]
+    return [(e["actor_kind"], e["action"], e["parameters"]) for e in trail
+            if e["action"] in ("unregister_platform", "rotate_credentials")]  # fmt: skip
+
+
+def test_an_auditors_post_of_a_platform_action_is_refused_and_nothing_happens(demo: RunningDemo) -> None:
+    target = _platform_of(demo, "NL-ECO")
+    with httpx.Client(base_url=demo.base, follow_redirects=False, timeout=30) as auditor:
+        signed_in = auditor.post("/console/sign-in", data={"token": demo.auditor_token, "next": "/console/parties"})
+        assert signed_in.status_code == 303
+        for action in ("take-off", "renew"):
+            url = f"/console/parties/{target['platform_id']}/{action}"
+            assert auditor.get(url).status_code == 403
+            posted = auditor.post(url, data={"confirm": "yes"})
+            assert posted.status_code == 403 and "Not for auditors" in posted.text
+    assert _platform_of(demo, "NL-ECO")["status"] == target["status"] != "UNREGISTERED"
+    assert _operator_actions(demo) == []
+
+
+def test_the_admin_renews_a_platforms_tokens_and_takes_another_off_the_hub_from_the_parties_page(
+    page: Page, demo: RunningDemo
+) -> None:
+    old_tokens = json.loads((demo.data_dir / "demo-parties.json").read_text())
+    sign_in(page, demo, demo.admin_token)
+    page.goto(f"{demo.base}/console/parties")
+    page.locator("#parties-table tbody tr", has_text="NL-EVD").locator("text=Renew tokens").click()
+    assert "PUTs its credentials to the party" in page.inner_text("#confirm-form")
+    page.click("#confirm-form button[type=submit]")  # not ticked: the browser does not send the form
+    assert page.url.endswith("/renew") and page.locator("#outcome").count() == 0
+    cookie = {c["name"]: c["value"] for c in page.context.cookies()}
+    unconfirmed = httpx.post(page.url, cookies=cookie, data={}, follow_redirects=False)  # a form without the box
+    assert unconfirmed.status_code == 400 and "nothing was done" in unconfirmed.text
+    assert _operator_actions(demo) == []
+    page.check("#confirm")
+    page.click("#confirm-form button[type=submit]")
+    assert "rotated" in page.inner_text("#outcome"), page.inner_text("main")
+    shot(page, "renew-tokens", full_page=False)
+    # the demo party took the hub's new token C (and keeps it for the demo's next run); the old one is dead
+    hub_tokens = json.loads((demo.data_dir / "demo-parties.json").read_text())
+    assert hub_tokens["NL-EVD"] != old_tokens["NL-EVD"]
+    for token, status in ((hub_tokens["NL-EVD"], 200), (old_tokens["NL-EVD"], 401)):
+        assert httpx.get(f"{demo.base}/ocpi/versions", headers=token_header(token)).status_code == status
+    assert _platform_of(demo, "NL-EVD")["status"] == "CONNECTED"
+
+    page.goto(f"{demo.base}/console/parties")
+    page.locator("#parties-table tbody tr", has_text="BE-VLT").locator("text=Take off the hub").click()
+    assert "party ids become free" in page.inner_text("#confirm-form")
+    page.check("#confirm")
+    page.click("#confirm-form button[type=submit]")
+    assert "The party was told and took it" in page.inner_text("#outcome"), page.inner_text("main")
+    page.goto(f"{demo.base}/console/parties")
+    gone = page.locator("#parties-table tbody tr", has_text="BE-VLT")
+    assert "UNREGISTERED" in gone.inner_text() and gone.locator("a.action").count() == 0
+    assert _platform_of(demo, "BE-VLT")["status"] == "UNREGISTERED"
+
+    actions = [(action, parameters) for kind, action, parameters in _operator_actions(demo) if kind == "admin"]
+    assert ("rotate_credentials", {"platform_id": _platform_of(demo, "NL-EVD")["platform_id"],
+                                   "name": "EV Drive", "via": "console"}) in actions  # fmt: skip
+    assert ("unregister_platform", {"platform_id": _platform_of(demo, "BE-VLT")["platform_id"],
+                                    "name": "Voltera Belgium", "via": "console"}) in actions  # fmt: skip
+    page.click("nav >> text=Audit trail")
+    for action in ("rotate_credentials", "unregister_platform"):
+        assert "via=console" in page.locator("#audit-table tbody tr", has_text=action).first.inner_text()
+
+    page.click("text=Sign out")
+    sign_in(page, demo)
+    page.goto(f"{demo.base}/console/parties")
+    assert page.locator("#parties-table a.action").count() == 0
+    assert page.locator("text=Renew tokens").count() == 0 and page.locator("text=Take off the hub").count() == 0

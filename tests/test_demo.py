@@ -120,3 +120,33 @@ def test_a_second_demo_on_the_same_data_updates_its_parties_registrations(
             assert demo.process.wait(60) == 0
         finally:
             demo.stop()
+
+
+def test_a_party_whose_tokens_were_renewed_or_that_was_taken_off_the_hub_comes_back_on_the_next_run(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "demo-data"
+    env = demo_env(request, data_dir)
+    demo = start_demo(env, data_dir, OUTPUT / "demo-operator-0.log", interval_s=3600)
+    try:
+        with demo.admin() as admin:
+            ids = {f"{p['country_code']}-{p['party_id']}": p["platform_id"]
+                   for p in admin.get("/admin/api/parties").json()["items"]}  # fmt: skip
+            rotated = admin.post(f"/admin/api/parties/{ids['NL-EVD']}/credentials")
+            assert rotated.status_code == 200 and rotated.json()["rotated"], rotated.text
+            taken_off = admin.delete(f"/admin/api/parties/{ids['BE-VLT']}")
+            assert taken_off.status_code == 200 and taken_off.json()["party_told"], taken_off.text
+        demo.process.send_signal(signal.SIGINT)
+        assert demo.process.wait(60) == 0
+    finally:
+        demo.stop()
+    demo = start_demo(env, data_dir, OUTPUT / "demo-operator-1.log", interval_s=3600)
+    try:
+        output = "".join(demo.output)
+        assert output.count("updated its registration") == 3, output  # NL-EVD with the hub's renewed token
+        assert re.search(r"BE-VLT +Voltera Belgium +registered \(invitation", output), output  # its ids were free
+        with demo.admin() as admin:
+            parties = admin.get("/admin/api/parties").json()["items"]
+        assert sorted(p["status"] for p in parties) == ["CONNECTED"] * 4 + ["UNREGISTERED"]
+    finally:
+        demo.stop()

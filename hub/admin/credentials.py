@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -16,7 +16,7 @@ from litestar import Request, Response, delete, post
 from litestar.datastructures import State
 
 from hub import party_api
-from hub.admin.actors import actor_of, record_action
+from hub.admin.actors import Actor, actor_of, record_action
 from hub.admin.api import AdminError, json_response
 from hub.errors import AnswerTooLarge, OcpiError
 from hub.ocpi.credentials import connection_of, hub_credentials, match_roles
@@ -66,21 +66,26 @@ class _Said(msgspec.Struct):
 
 @delete("/parties/{platform_id:int}", status_code=200)
 async def unregister_platform(request: Request, platform_id: int) -> Response[bytes]:
-    """The operator takes a platform off the hub (an invitation not used yet is withdrawn the same way).
+    """The operator takes a platform off the hub (an invitation not used yet is withdrawn the same way)."""
+    return json_response(await take_off_hub(request.app.state, actor_of(request), platform_id))
+
+
+async def take_off_hub(state: State, actor: Actor, platform_id: int, via: str | None = None) -> Unregistered:
+    """Takes a platform off the hub, for the admin API and the console (via: where the operator acted, for the audit
+    trail).
 
     Its tokens stop working on every hub process, its roles are pushed as SUSPENDED to the other parties, its party
     ids are free for a new invitation, and a registered party is told with a DELETE on its own credentials endpoint
     (credentials.asciidoc, Unregistering: "Both parties must end any automated communication"). The hub's side is
     done first: a party that does not answer cannot keep itself on the hub."""
-    state = request.app.state
     known = state.directory.current.platforms.get(platform_id)  # its token B, to tell the party
     async with state.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(QUERIES["lock_platform"], platform_id)
         if row is None or row["state"] == "UNREGISTERED":
             raise AdminError(404, f"no platform {platform_id} is on the hub (never invited, or unregistered already)")
         await platforms.unregister(conn, platform_id)
-        await record_action(conn, actor_of(request), "unregister_platform", {"platform_id": platform_id,
-                                                                             "name": row["name"]})  # fmt: skip
+        await record_action(conn, actor, "unregister_platform", {"platform_id": platform_id, "name": row["name"]}
+                            | _via(via))  # fmt: skip
     await state.directory.changed()
     if known is not None:
         await state.locations.forget_owners(role.key for role in known.roles if role.role == "CPO")
@@ -90,7 +95,11 @@ async def unregister_platform(request: Request, platform_id: int) -> Response[by
         told = answer is None
     log.info("platform_unregistered_by_operator", platform_id=platform_id, platform=row["name"], party_told=told,
              party_answer=answer)  # fmt: skip
-    return json_response(Unregistered(platform_id, row["name"], row["state"], told, answer))
+    return Unregistered(platform_id, row["name"], row["state"], told, answer)
+
+
+def _via(via: str | None) -> dict[str, str]:
+    return {"via": via} if via else {}
 
 
 async def _tell_party(state: State, platform: Platform) -> str | None:
@@ -104,20 +113,26 @@ async def _tell_party(state: State, platform: Platform) -> str | None:
 
 @post("/parties/{platform_id:int}/credentials", status_code=200)
 async def rotate_credentials(request: Request, platform_id: int) -> Response[bytes]:
-    """The operator has the hub renew a registered platform's tokens both ways, by a PUT of the hub's credentials to
-    the party (credentials.asciidoc, Updating the credentials: "When one of the connecting platforms suspects that a
-    credentials token is compromised, that platform SHALL initiate a credentials token update as soon as possible").
+    """The operator has the hub renew a registered platform's tokens both ways."""
+    return json_response(await rotate(request.app.state, actor_of(request), platform_id))
+
+
+async def rotate(state: State, actor: Actor, platform_id: int, via: str | None = None) -> Rotated:
+    """Renews a registered platform's tokens both ways by a PUT of the hub's credentials to the party, for the admin
+    API and the console (credentials.asciidoc, Updating the credentials: "When one of the connecting platforms
+    suspects that a credentials token is compromised, that platform SHALL initiate a credentials token update as soon
+    as possible").
 
     The new token C works beside the old one while the party handles the PUT (it may call the hub with it before it
     answers). Once the party's new token B has fetched its endpoints again, one transaction stores that token B and
     the endpoints and leaves only the new token C. If a step fails, the new token C is withdrawn and the old tokens
-    stay: 502, saying which step failed and what the party said."""
-    state = request.app.state
+    stay: AdminError 502, saying which step failed and what the party said (409 if the platform changed meanwhile)."""
     token_c = new_token()
     async with state.pool.acquire() as conn, conn.transaction():
         name = await _registered(conn, platform_id)
         await conn.execute(QUERIES["insert_token"], token_hash(token_c), platform_id, "C")
     await state.directory.changed()  # every hub process takes the new token C before the party can use it
+    audited = {"platform_id": platform_id, "name": name} | _via(via)
     try:
         connection = await _exchange(state, platform_id, token_c)
         async with state.pool.acquire() as conn, conn.transaction():
@@ -126,18 +141,15 @@ async def rotate_credentials(request: Request, platform_id: int) -> Response[byt
             await platforms.store_connection(
                 conn, platform_id, connection, expected_state="REGISTERED", presented_token=new_c, new_token=new_c
             )
-            await record_action(
-                conn, actor_of(request), "rotate_credentials", {"platform_id": platform_id, "name": name}
-            )
+            await record_action(conn, actor, "rotate_credentials", audited)
     except (PartyFailed, platforms.StaleExchange) as exc:
-        await _withdraw(state, request, platform_id, name, token_c, str(exc))
+        await _withdraw(state, actor, audited, token_c, str(exc))
         raise _rotation_error(platform_id, exc) from None
     finally:
         await state.directory.changed()
     log.info("platform_credentials_rotated_by_operator", platform_id=platform_id, platform=name,
              endpoints=len(connection.endpoints), token_encoding=connection.token_encoding)  # fmt: skip
-    return json_response(Rotated(platform_id, name, True, connection.version, len(connection.endpoints),
-                                 connection.token_encoding))  # fmt: skip
+    return Rotated(platform_id, name, True, connection.version, len(connection.endpoints), connection.token_encoding)
 
 
 def _rotation_error(platform_id: int, exc: Exception) -> AdminError:
@@ -186,13 +198,13 @@ def _their_credentials(answer: Fetched, url: str) -> Credentials:
     return party_api.credentials_in(answer, "PUT", url)
 
 
-async def _withdraw(state: State, request: Request, platform_id: int, name: str, token_c: str, reason: str) -> None:
+async def _withdraw(state: State, actor: Actor, audited: dict[str, Any], token_c: str, reason: str) -> None:
     """The rotation failed: the new token C goes, the old tokens stay; the attempt is in the audit trail."""
     async with state.pool.acquire() as conn, conn.transaction():
         await conn.execute(QUERIES["delete_token"], token_hash(token_c))
-        await record_action(conn, actor_of(request), "rotate_credentials", {"platform_id": platform_id, "name": name,
-                                                                            "failed": reason})  # fmt: skip
-    log.warning("platform_credentials_rotation_failed", platform_id=platform_id, platform=name, reason=reason)
+        await record_action(conn, actor, "rotate_credentials", audited | {"failed": reason})
+    log.warning("platform_credentials_rotation_failed", platform_id=audited["platform_id"], platform=audited["name"],
+                reason=reason)  # fmt: skip
 
 
 async def _message_party(

@@ -34,7 +34,7 @@ def _problem(request: Request, exc: Exception) -> Response[Any]:
 
 
 def console_router() -> list[Router]:
-    from hub.console import auth, log_pages, other_pages
+    from hub.console import auth, log_pages, other_pages, platform_actions
 
     pages = Router(
         path="/",
@@ -42,6 +42,7 @@ def console_router() -> list[Router]:
             auth.sign_in_page, auth.sign_in, auth.sign_out, other_pages.home, log_pages.log_page,
             log_pages.export_download, log_pages.message_page, other_pages.parties_page, other_pages.stats_page,
             other_pages.verify_page, other_pages.audit_page, other_pages.invite_page, other_pages.invite_party,
+            platform_actions.confirm_page, platform_actions.act,
         ],
         before_request=auth.require_actor,
         exception_handlers={PermissionError: _problem, HTTPException: _problem},

@@ -40,7 +40,7 @@ def _presented(header: str) -> str:
 
 async def handle(party: DemoParty, request: web.Request) -> web.Response:
     party.requests_served += 1
-    if _presented(request.headers.get("Authorization", "")) != party.token_b:
+    if not party.accepts(_presented(request.headers.get("Authorization", ""))):
         return _error(2000, "unknown token", 401)
     details = "/ocpi/2.2.1"
     if request.path == "/ocpi/versions":
@@ -48,9 +48,7 @@ async def handle(party: DemoParty, request: web.Request) -> web.Response:
     if request.path == details:
         return _ok({"version": "2.2.1", "endpoints": party.endpoints()})
     if request.path == f"{details}/credentials":
-        if request.method != "GET":
-            return _error(2000, "this demo party registers at the hub; it does not take registrations", 405)
-        return _ok(party.credentials())
+        return await _credentials(party, request)
     parts = request.path.removeprefix(f"{details}/").split("/")
     if len(parts) < 2 or parts[1].upper() != _interface(party, parts[0]):
         return _error(2000, f"no such endpoint {request.path}")
@@ -63,6 +61,28 @@ async def handle(party: DemoParty, request: web.Request) -> web.Response:
     if parts[1] == "sender":
         return _sender(party, request, module, rest, document)
     return _receiver(party, request, module, rest, document)
+
+
+async def _credentials(party: DemoParty, request: web.Request) -> web.Response:
+    """credentials.asciidoc, the party's side: GET its credentials; PUT from the hub, which renews the tokens both
+    ways (keep the hub's new token, answer with a new token B of ours); DELETE, the hub ends the connection."""
+    if request.method == "GET":
+        return _ok(party.credentials())
+    if request.method == "POST":
+        return _error(2000, "this demo party registers at the hub; it does not take registrations", 405)
+    if party.hub_token is None:
+        return _error(2000, "not registered with this hub", 405)
+    if request.method == "DELETE":
+        party.forget_hub()
+        return _ok()
+    try:
+        document = json.loads(await request.read())
+    except ValueError:
+        return _error(2001, "body is not JSON", 400)
+    if request.method != "PUT" or not isinstance(document, dict) or not isinstance(document.get("token"), str):
+        return _error(2001, "PUT the hub's credentials, with its new token", 400)
+    party.renew_tokens(document["token"])
+    return _ok(party.credentials())
 
 
 def _interface(party: DemoParty, module: str) -> str | None:

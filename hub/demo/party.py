@@ -6,7 +6,9 @@ import asyncio
 import base64
 import secrets
 import socket
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ MODULES = {
     "EMSP": {"locations": "RECEIVER", "sessions": "RECEIVER", "cdrs": "RECEIVER", "tariffs": "RECEIVER",
              "commands": "SENDER", "tokens": "SENDER", "hubclientinfo": "RECEIVER"},
 }  # fmt: skip
+OLD_TOKEN_GRACE_S = 10.0
 
 
 def token_header(token: str) -> dict[str, str]:
@@ -66,6 +69,32 @@ class DemoParty:
     commands: asyncio.Queue[Command] = field(default_factory=asyncio.Queue)  # a CPO's accepted commands
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # an eMSP's CommandResults by response id
     requests_served: int = 0
+    old_token_b: str | None = None  # for a moment after a renewal, while the hub switches to the new token B
+    old_token_until: float = 0.0
+    remember: Callable[[DemoParty], None] | None = None  # keeps the hub token for the next run of the demo
+
+    def accepts(self, token: str) -> bool:
+        """Our token B, or the one before it for a few seconds after the hub renewed the tokens: requests the hub
+        relays while it finishes the renewal still carry that one."""
+        if token == self.token_b:
+            return True
+        return self.old_token_b is not None and token == self.old_token_b and time.monotonic() < self.old_token_until
+
+    def renew_tokens(self, hub_token: str) -> None:
+        """The hub PUT its credentials (credentials.asciidoc, Updating): its new token from now on, a new token B."""
+        self.hub_token = hub_token
+        self.old_token_b, self.token_b = self.token_b, secrets.token_urlsafe(24)
+        self.old_token_until = time.monotonic() + OLD_TOKEN_GRACE_S
+        if self.remember is not None:
+            self.remember(self)
+
+    def forget_hub(self) -> None:
+        """The hub DELETEd our credentials (credentials.asciidoc, Unregistering): no more calls to it, and no token
+        of ours works for it any more."""
+        self.hub_token = None
+        self.old_token_b, self.token_b = None, secrets.token_urlsafe(24)
+        if self.remember is not None:
+            self.remember(self)
 
     def __post_init__(self) -> None:
         self._socket = socket.socket()

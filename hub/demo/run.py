@@ -160,7 +160,19 @@ async def _register(settings: Settings, http: httpx.AsyncClient, parties: list[D
             raise DemoFailed(f"{label} could not register: {reply.status_code} {reply.data}")
         saved[label] = party.hub_token or ""
         _save(saved_path, saved)
+        party.remember = lambda changed, label=label: _remember(saved_path, label, changed.hub_token)
         say(f"  {party.label:<11} {party.name:<22} {how}, serves {party.versions_url}")
+
+
+def _remember(path: Path, label: str, hub_token: str | None) -> None:
+    """The hub renewed a party's tokens, or took it off the hub, while the demo ran: the next run PUTs with the new
+    token, or registers the party again."""
+    saved = _load(path)
+    if hub_token is None:
+        saved.pop(label, None)
+    else:
+        saved[label] = hub_token
+    _save(path, saved)
 
 
 def _load(path: Path) -> dict[str, str]:

@@ -57,6 +57,11 @@ class Demo:
     def emsps(self) -> list[DemoParty]:
         return [party for party in self.parties if party.role == "EMSP"]
 
+    @staticmethod
+    def connected(parties: list[DemoParty]) -> list[DemoParty]:
+        """Those still on the hub: the operator may take a party off the hub while the demo runs."""
+        return [party for party in parties if party.hub_token is not None]
+
     async def send(
         self,
         party: DemoParty,
@@ -138,8 +143,11 @@ async def trickle(demo: Demo, interval_s: float) -> None:
     while True:
         await asyncio.sleep(random.uniform(0.5, 1.5) * interval_s)
         [(_, action)] = random.choices(actions, weights)
+        cpos, emsps = demo.connected(demo.cpos), demo.connected(demo.emsps)
+        if not cpos or not emsps:
+            continue  # the operator took every CPO or every eMSP off the hub
         try:
-            await action(random.choice(demo.cpos), random.choice(demo.emsps))
+            await action(random.choice(cpos), random.choice(emsps))
         except httpx.HTTPError as exc:
             demo.say(f"  (request failed: {exc!r})")
 

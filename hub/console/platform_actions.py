@@ -1,0 +1,69 @@
+"""The admin's actions on a platform from the Parties page: take it off the hub, renew its tokens; each behind a
+confirmation page, each calling the same function as the admin API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, get, post
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import NotFoundException
+from litestar.params import Body
+from litestar.response import Template
+
+from hub.admin.api import AdminError
+from hub.admin.credentials import rotate, take_off_hub
+from hub.console.auth import actor, require_admin
+from storage.sql import QUERIES
+
+# action in the URL -> the platform states it applies to, and its heading
+ACTIONS = {
+    "take-off": (("INVITED", "REGISTERED"), "Take off the hub"),
+    "renew": (("REGISTERED",), "Renew tokens"),
+}
+
+
+@get("/console/parties/{platform_id:int}/{action:str}")
+async def confirm_page(request: Request, platform_id: int, action: str) -> Template:
+    """What the action will do, and a form that needs a ticked box to do it: no single accidental click acts."""
+    require_admin(request)
+    return Template("platform_action.html", context=await _context(request, platform_id, action))
+
+
+@post("/console/parties/{platform_id:int}/{action:str}", status_code=200)
+async def act(
+    request: Request,
+    platform_id: int,
+    action: str,
+    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Template:
+    require_admin(request)
+    context = await _context(request, platform_id, action)
+    if data.get("confirm") != "yes":
+        context["error"] = "Tick the box to confirm; nothing was done."
+        return Template("platform_action.html", context=context, status_code=400)
+    state, who = request.app.state, actor(request)
+    outcome: dict[str, Any]
+    try:
+        if action == "take-off":
+            outcome = {"unregistered": await take_off_hub(state, who, platform_id, via="console")}
+        else:
+            outcome = {"rotated": await rotate(state, who, platform_id, via="console")}
+    except AdminError as exc:
+        context["error"] = exc.message
+        return Template("platform_action.html", context=context, status_code=exc.status)
+    # the platform as it is now (taken off the hub: UNREGISTERED), with what happened
+    return Template("platform_action.html", context=await _context(request, platform_id, action) | outcome)
+
+
+async def _context(request: Request, platform_id: int, action: str) -> dict[str, Any]:
+    if action not in ACTIONS:
+        raise NotFoundException(f"no action {action!r} on a platform")
+    async with request.app.state.pool.acquire() as conn:
+        roles = [row for row in await conn.fetch(QUERIES["list_parties"]) if row["platform_id"] == platform_id]
+    if not roles:
+        raise NotFoundException(f"no platform {platform_id} was ever invited to this hub")
+    applies_to, heading = ACTIONS[action]
+    return {"page": "parties", "actor": actor(request), "action": action, "heading": heading, "roles": roles,
+            "platform": roles[0], "available": roles[0]["platform_state"] in applies_to, "error": None,
+            "unregistered": None, "rotated": None}  # fmt: skip

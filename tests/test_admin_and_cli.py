@@ -51,6 +51,12 @@ def test_invitation_answers_token_a_and_versions_url(hub: Hub) -> None:
         "last_seen": None,
         "token_encoding": "base64",
     }
+    # The operator's action is in the audit trail: who invited whom with which roles, never the token A.
+    with hub.admin() as admin:
+        trail = admin.get("/admin/api/audit-trail").json()["items"]
+    [entry] = [t for t in trail if t["action"] == "invite" and t["parameters"]["platform_id"] == item["platform_id"]]
+    assert entry["parameters"] == {"platform_id": item["platform_id"], "name": "Fresh CPO", "roles": [f"CPO NL-{pid}"]}
+    assert entry["actor_kind"] == "admin" and invitation["token_a"] not in json.dumps(trail)
 
 
 def test_invitation_for_a_party_id_held_by_another_platform_answers_409(hub: Hub) -> None:

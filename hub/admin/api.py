@@ -4,7 +4,7 @@ actions on a platform's credentials are in hub/admin/credentials.py."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 import msgspec
@@ -12,7 +12,7 @@ import structlog
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
 
-from hub.admin.actors import READ_ONLY, actor_guard
+from hub.admin.actors import READ_ONLY, actor_guard, actor_of, record_action
 from hub.errors import OUTAGES, OcpiError, unavailable
 from hub.ocpi.wire import NO_CONTROL_CHARACTERS, CountryCode, PartyId, Role
 from hub.settings import Settings
@@ -93,10 +93,17 @@ async def create_invitation(request: Request) -> Response[bytes]:
     except (msgspec.DecodeError, RecursionError) as exc:
         raise AdminError(400, f"invalid invitation: {exc}") from None
     state = request.app.state
-    async with state.pool.acquire() as conn:
+    async with state.pool.acquire() as conn, conn.transaction():
         invitation = await invite(conn, state.settings, body)
+        await record_action(conn, actor_of(request), "invite", invited(invitation))
     await state.directory.changed()
     return json_response(invitation, 201)
+
+
+def invited(invitation: Invitation) -> dict[str, Any]:
+    """An invitation as the audit trail records it: who may register with which roles, never its token A."""
+    roles = [f"{r.role} {r.country_code.upper()}-{r.party_id.upper()}" for r in invitation.roles]
+    return {"platform_id": invitation.platform_id, "name": invitation.name, "roles": roles}
 
 
 @get("/parties", opt={READ_ONLY: True})

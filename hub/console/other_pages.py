@@ -16,7 +16,7 @@ from litestar.params import Body
 from litestar.response import Redirect, Template
 
 from hub.admin.actors import record_action
-from hub.admin.api import AdminError, InvitationIn, invite
+from hub.admin.api import AdminError, InvitationIn, invite, invited
 from hub.admin.stats import BUCKETS, compute_stats
 from hub.console.auth import actor, require_admin
 from hub.console.charts import Bucket, bar_chart, buckets_between
@@ -149,8 +149,9 @@ async def invite_party(
         wanted = msgspec.convert({"name": data.get("name", "").strip(), "roles": [
             {"role": data.get("role", ""), "country_code": data.get("country_code", "").strip(),
              "party_id": data.get("party_id", "").strip()}]}, InvitationIn)  # fmt: skip
-        async with state.pool.acquire() as conn:
+        async with state.pool.acquire() as conn, conn.transaction():
             context["invitation"] = await invite(conn, state.settings, wanted)
+            await record_action(conn, actor(request), "invite", invited(context["invitation"]) | {"via": "console"})
     except msgspec.ValidationError as exc:
         context["error"] = f"Not a valid invitation: {exc}"
     except AdminError as exc:

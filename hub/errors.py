@@ -104,20 +104,21 @@ def decoded(raw: bytes, kind: type[T], what: str) -> T:
     except msgspec.ValidationError as exc:
         check_json(raw)  # decoding stops at the first value of the wrong type: what follows may be no JSON at all
         raise InvalidParameters(f"{what}: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise MalformedBody(f"the request body is not valid JSON: {NESTED_TOO_DEEPLY}") from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise _not_json(exc) from None
 
 
 def check_json(raw: bytes) -> None:
     """MalformedBody unless raw is one valid JSON value (checked without building it)."""
     try:
         msgspec.json.decode(raw, type=msgspec.Raw)
-    except msgspec.DecodeError as exc:
-        raise MalformedBody(f"the request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise MalformedBody(f"the request body is not valid JSON: {NESTED_TOO_DEEPLY}") from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise _not_json(exc) from None
+
+
+def _not_json(exc: Exception) -> MalformedBody:
+    why = NESTED_TOO_DEEPLY if isinstance(exc, RecursionError) else exc
+    return MalformedBody(f"the request body is not valid JSON: {why}")
 
 
 class BodyTooLarge(ClientError):

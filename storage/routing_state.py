@@ -65,7 +65,6 @@ class RoutingState:
         self._redis = redis_client
         self._prefix = prefix
         self._owners: dict[tuple[str, str], set[str]] = {}  # (module, object id) -> owners noted since the last write
-        self._owners_flushed = asyncio.Event()
         self._add_owners = redis_client.register_script(_ADD_OWNERS)
 
     async def remember(self, kind: str, relayed: Relayed, ttl_s: int) -> str:

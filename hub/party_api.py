@@ -23,7 +23,7 @@ from hub.ocpi.wire import INTERFACE_ROLES, Credentials, CredentialsAnswer, Endpo
 from hub.request_context import new_request_id
 from routing.forward import read_capped
 from storage.directory import PartyRole, Platform
-from storage.routing_log import LogEntry
+from storage.log_row import LogEntry
 
 if TYPE_CHECKING:
     from hub.settings import Settings

@@ -31,7 +31,7 @@ from hub.party_api import PartyClient, hub_request
 from routing.forward import OcpiStatusCode
 from storage.directory import Directory, PartyRole, Platform
 from storage.location_cache import LocationCache
-from storage.routing_log import LogEntry
+from storage.log_row import LogEntry
 
 log = structlog.get_logger()
 

@@ -27,7 +27,7 @@ import structlog
 from hub.errors import AnswerTooLarge
 from hub.party_api import PartyClient, hub_request
 from storage.directory import Directory, Platform, announce_change
-from storage.routing_log import LogEntry
+from storage.log_row import LogEntry
 from storage.sql import QUERIES
 
 log = structlog.get_logger()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from storage.routing_log import stored_text
+from storage.log_row import stored_text
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 ROUTINGS = frozenset({"direct", "broadcast", "open", "hub", "rejected"})

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from storage.routing_log import COLUMNS, GENESIS, content_hash
+from storage.log_row import COLUMNS, GENESIS, content_hash
 from storage.sql import QUERIES
 
 

@@ -10,32 +10,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
-import operator
 import os
-import re
 import time
 import uuid
-import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import asyncpg
 import msgspec
 import structlog
-from isal import isal_zlib
 
 from storage.batches import next_batch
+from storage.log_row import (
+    COLUMNS,
+    CONTENT_COLUMNS,
+    GENESIS,
+    LogEntry,
+    content_hash,
+    in_column_order,
+    object_id_of_entry,
+    row_content,
+    stored_text,
+)
 from storage.sql import QUERIES
 
 log = structlog.get_logger()
 
-GENESIS = bytes(32)
+_SEQ = CONTENT_COLUMNS.index("seq")
+
 MAX_BATCH_ROWS = 500  # rows chained and written per statement
 ASYNC_LINGER_S = 0.01  # async mode: rows gathered this long before a commit (fewer, larger commits)
 MAX_QUEUED_ROWS = 20_000  # async mode: rows waiting for the writer before callers wait for their commit
@@ -47,117 +52,6 @@ WRITE_TIMEOUT_S = 10.0
 SPOOL_SUFFIX = ".routing-log-spool"
 _spool_encoder, _spool_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
 OVERDUE_CHECK_S = 0.5  # while a batch is not committed in time: how often its callers' deadlines are looked at
-_canonical = msgspec.json.Encoder(order="sorted")
-# A stored body is a zlib stream (RFC 1950; written by ISA-L at level 1, which any zlib reads: 0.4 ms for 1 MB of
-# locations where zlib takes 2.9, at the same size), or, when shorter than SMALL_BODY_BYTES (compressing an OCPI
-# answer of 93 bytes saves 6 for 4.5 us of the hot path, ISA-L or zlib alike), RAW_BODY followed by the body
-# itself. A zlib stream's first byte holds CM = 8 in its low bits, so it is never 0x00 and the two cannot be
-# confused.
-SMALL_BODY_BYTES, RAW_BODY = 128, b"\x00"
-
-# Hashed and written in this order; id, prev_hash and hash are not part of the content.
-CONTENT_COLUMNS = (
-    "received_at", "chain_id", "seq", "request_id", "forwarded_request_id", "correlation_id",
-    "from_country_code", "from_party_id", "to_country_code", "to_party_id", "caller_platform_id",
-    "receiver_platform_id", "module", "interface", "method", "path", "query", "routing", "http_status",
-    "ocpi_status_code", "duration_ms", "error", "request_headers", "response_headers", "request_body",
-    "request_body_size", "response_body", "response_body_size",
-)  # fmt: skip
-COLUMNS = (*CONTENT_COLUMNS, "prev_hash", "hash")
-_in_column_order = operator.itemgetter(*CONTENT_COLUMNS)  # a row's content, as a tuple in CONTENT_COLUMNS' order
-_SEQ = CONTENT_COLUMNS.index("seq")
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # PostgreSQL text holds no NUL; UTF-8 has no lone surrogate
-# Modules whose paths name one object: receiver /{cc}/{pid}/{id}..., sender /{id}... (chargingprofiles: /{session_id})
-OBJECT_MODULES = frozenset({"cdrs", "chargingprofiles", "locations", "sessions", "tariffs", "tokens"})
-
-
-def object_id_of(module: str, interface: str | None, path: str) -> str | None:
-    """The location/session/cdr/token/tariff id a path names, found after the module's segment, or None."""
-    if module not in OBJECT_MODULES:
-        return None
-    segments = path.split("?", 1)[0].split("/")
-    try:
-        rest = [s for s in segments[segments.index(module) + 1 :] if s]
-    except ValueError:
-        return None
-    position = 2 if interface == "receiver" and module != "chargingprofiles" else 0
-    return unquote(rest[position])[:255] if len(rest) > position else None
-
-
-class _Identified(msgspec.Struct):
-    id: str
-
-
-_identified = msgspec.json.Decoder(_Identified)
-
-
-def object_id_of_entry(entry: LogEntry) -> str | None:
-    """object_id_of its path; for a CDR pushed to a receiver (POST, no id in the path, mod_cdrs.asciidoc) the id in
-    its body, so that "did the CPO ever send us this CDR?" is one index lookup."""
-    if "://" in entry.path:  # a message of the hub's own, logged with the party's URL, shaped as the party likes
-        return None
-    if entry.module == "cdrs" and entry.method == "POST" and entry.interface == "receiver" and entry.request_body:
-        try:
-            return _identified.decode(entry.request_body).id[:255]
-        except (msgspec.DecodeError, RecursionError):  # the row is written all the same, without an object id
-            return None
-    return object_id_of(entry.module, entry.interface, entry.path)
-
-
-@dataclass(slots=True)
-class LogEntry:
-    """One exchange as the hub saw it. Bodies are raw bytes here; the writer compresses and caps them."""
-
-    received_at: datetime
-    request_id: str
-    correlation_id: str
-    module: str
-    method: str
-    path: str
-    routing: str
-    http_status: int = 0
-    duration_ms: float = 0.0
-    forwarded_request_id: str | None = None
-    query: str = ""
-    interface: str | None = None
-    from_country_code: str | None = None
-    from_party_id: str | None = None
-    to_country_code: str | None = None
-    to_party_id: str | None = None
-    caller_platform_id: int | None = None
-    receiver_platform_id: int | None = None
-    ocpi_status_code: int | None = None
-    error: str | None = None
-    request_headers: dict[str, str] | None = None
-    response_headers: dict[str, str] | None = None
-    request_body: bytes = b""
-    response_body: bytes = b""
-    # (key, url) of a CDR Location the hub rewrote; stored in relayed_location in the same transaction
-    relayed_location: tuple[str, str] | None = None
-    waiter: asyncio.Future[None] | None = field(default=None, repr=False)
-    waiting_since: float = field(default=0.0, repr=False)  # the event loop's time when the caller began to wait
-
-
-# What content_hash turns into text before hashing, by position in CONTENT_COLUMNS (the columns' types are fixed).
-_RECEIVED_AT, _CHAIN_ID = CONTENT_COLUMNS.index("received_at"), CONTENT_COLUMNS.index("chain_id")
-_BODIES = tuple(CONTENT_COLUMNS.index(name) for name in ("request_body", "response_body"))
-_HEADERS = tuple(CONTENT_COLUMNS.index(name) for name in ("request_headers", "response_headers"))
-
-
-def content_hash(prev_hash: bytes, values: Mapping[str, Any]) -> bytes:
-    """SHA-256 over the previous hash and the row's content in a canonical JSON form: the columns in order, the
-    time in ISO 8601, the chain id as text, each stored (compressed) body by its SHA-256 in hex, the headers as a
-    JSON object (given as one, or as the JSON text the database returns)."""
-    canonical = list(_in_column_order(values))
-    canonical[_RECEIVED_AT] = canonical[_RECEIVED_AT].isoformat()
-    canonical[_CHAIN_ID] = str(canonical[_CHAIN_ID])
-    for at in _BODIES:
-        if (body := canonical[at]) is not None:
-            canonical[at] = hashlib.sha256(body).hexdigest()
-    for at in _HEADERS:
-        if isinstance(headers := canonical[at], str):
-            canonical[at] = msgspec.json.decode(headers)
-    return hashlib.sha256(prev_hash + _canonical.encode(canonical)).digest()
 
 
 class LogUnavailable(Exception):
@@ -344,42 +238,12 @@ class RoutingLogWriter:
 
     def _chained(self, entry: LogEntry) -> tuple[Any, ...]:
         seq = self._seq + 1  # the chain moves on only once the row is complete
-        text, party = _text_or_none, _party_or_none
-        values = {
-            "received_at": entry.received_at,
-            "chain_id": self._chain_text,  # text, as the hash takes it; asyncpg parses it for the uuid column
-            "seq": seq,
-            "request_id": text(entry.request_id),
-            "forwarded_request_id": text(entry.forwarded_request_id),
-            "correlation_id": text(entry.correlation_id),
-            "from_country_code": party(entry.from_country_code),
-            "from_party_id": party(entry.from_party_id),
-            "to_country_code": party(entry.to_country_code),
-            "to_party_id": party(entry.to_party_id),
-            "caller_platform_id": entry.caller_platform_id,
-            "receiver_platform_id": entry.receiver_platform_id,
-            "module": text(entry.module),
-            "interface": text(entry.interface),
-            "method": text(entry.method),
-            "path": text(entry.path),
-            "query": text(entry.query),
-            "routing": text(entry.routing),
-            "http_status": entry.http_status,
-            "ocpi_status_code": entry.ocpi_status_code,
-            "duration_ms": entry.duration_ms,
-            "error": text(entry.error),
-            "request_headers": _json(entry.request_headers),
-            "response_headers": _json(entry.response_headers),
-            "request_body": stored_body(entry.request_body, self._body_cap),
-            "request_body_size": len(entry.request_body),
-            "response_body": stored_body(entry.response_body, self._body_cap),
-            "response_body_size": len(entry.response_body),
-        }
+        values = row_content(entry, self._chain_text, seq, self._body_cap)
         row_hash = content_hash(self._last_hash, values)
         if (object_id := object_id_of_entry(entry)) is not None:
             object_id = stored_text(object_id)
         prev_hash, self._seq, self._last_hash = self._last_hash, seq, row_hash
-        return (*_in_column_order(values), prev_hash, row_hash, object_id)
+        return (*in_column_order(values), prev_hash, row_hash, object_id)
 
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
         """The whole batch in one call (append_routing_log, migration 0008), so one round trip and one commit
@@ -514,40 +378,3 @@ def _fail_waiters(batch: list[LogEntry], reason: str = _NOT_IN_TIME) -> None:
     for entry in batch:
         if entry.waiter is not None and not entry.waiter.done():
             entry.waiter.set_exception(LogUnavailable(reason))
-
-
-def stored_text(text: str) -> str:
-    """text as PostgreSQL can hold it: a NUL (an id "%00" in a path, "\\u0000" in a JSON body) or a lone surrogate
-    (a party's header bytes that were not UTF-8) becomes U+FFFD; anything else is stored as it came. A search
-    value goes through it too, so that it finds what was stored."""
-    return text if text.isascii() and "\x00" not in text else _UNSTORABLE.sub("\ufffd", text)
-
-
-def _text_or_none(text: str | None) -> str | None:
-    return None if text is None else stored_text(text)
-
-
-def _party_or_none(party: str | None) -> str | None:
-    """A CiString party code, stored upper-cased so that a search finds every spelling."""
-    return None if party is None else stored_text(party).upper()
-
-
-def stored_body(body: bytes, cap: int) -> bytes | None:
-    """A body as the routing log stores it: cut at cap, then compressed, or marked as raw when short."""
-    if not body:
-        return None
-    body = body[:cap]
-    return RAW_BODY + body if len(body) < SMALL_BODY_BYTES else isal_zlib.compress(body, 1)
-
-
-def body_of(stored: bytes | None) -> bytes:
-    """A body as the routing log stored it, back as it was received (cut at the body cap)."""
-    if not stored:
-        return b""
-    return stored[1:] if stored[:1] == RAW_BODY else zlib.decompress(stored)
-
-
-def _json(headers: dict[str, str] | None) -> str | None:
-    if not headers:
-        return None
-    return _canonical.encode({name: stored_text(value) for name, value in headers.items()}).decode()

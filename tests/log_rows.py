@@ -8,9 +8,10 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from storage.log_row import LogEntry
 from storage.log_verify import verify
 from storage.migrate import migrate
-from storage.routing_log import LogEntry, RoutingLogWriter
+from storage.routing_log import RoutingLogWriter
 
 MODULES = ("locations", "sessions", "tokens", "cdrs", "commands", "tariffs")
 METHODS = ("GET", "PUT", "PATCH", "POST", "DELETE")
@@ -57,7 +58,7 @@ def varied_entries(start: datetime, count: int, parties: Sequence[tuple[str, str
 
 
 def object_of(entry: LogEntry) -> str | None:
-    """The object id the test put in the path (independent of storage.routing_log.object_id_of)."""
+    """The object id the test put in the path (independent of storage.log_row.object_id_of)."""
     marker = entry.path.split("/")
     found = [part for part in marker if "-OBJ" in part]
     return found[0] if found else None

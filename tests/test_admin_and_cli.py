@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from storage.routing_log import body_of
+from storage.log_row import body_of
 from tests.conftest import ROOT, Hub, unique_party_id
 from tests.parties import envelope, free_port, token_header
 from tests.test_hub_client_info import _pushes_about, _wait_for

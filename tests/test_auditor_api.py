@@ -19,7 +19,7 @@ import pytest
 
 from hub.admin.api import AdminError
 from hub.admin.routing_log import fetch_planned
-from storage.routing_log import LogEntry, object_id_of
+from storage.log_row import LogEntry, object_id_of
 from tests.conftest import Hub, Services, unique_party_id
 from tests.log_rows import object_of, varied_entries, write
 

@@ -29,7 +29,7 @@ from routing.still_alive import StillAlive
 from storage.directory import Directory
 from storage.embedded import EmbeddedPostgres, EmbeddedValkey
 from storage.location_cache import LocationCache
-from storage.routing_log import LogEntry
+from storage.log_row import LogEntry
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
 from tests.parties import token_header
 from tests.test_pull_sync import _locations, _wait

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import asyncpg
 
+from storage.log_row import COLUMNS, CONTENT_COLUMNS, GENESIS, LogEntry, content_hash
 from storage.migrate import migration_files
 from storage.partitions import RoutingLogBusy, drop_before
-from storage.routing_log import COLUMNS, CONTENT_COLUMNS, GENESIS, LogEntry, RoutingLogWriter, content_hash
+from storage.routing_log import RoutingLogWriter
 from tests.conftest import ROOT, Services, hub_env
 from tests.log_rows import sql, varied_entries, verified, write
 

@@ -19,15 +19,9 @@ import httpx
 import pytest
 import structlog
 
+from storage.log_row import RAW_BODY, SMALL_BODY_BYTES, LogEntry, content_hash
 from storage.log_verify import verify
-from storage.routing_log import (
-    RAW_BODY,
-    SMALL_BODY_BYTES,
-    LogEntry,
-    LogUnavailable,
-    RoutingLogWriter,
-    content_hash,
-)
+from storage.routing_log import LogUnavailable, RoutingLogWriter
 from tests.conftest import ROOT, Hub, Services, hub_env
 from tests.log_rows import sql, write
 from tests.test_routing import LOCATION, _roles, party_key

@@ -13,7 +13,7 @@ from litestar.exceptions import PermissionDeniedException
 from litestar.handlers import BaseRouteHandler
 
 from hub.errors import Unauthorized
-from storage.routing_log import stored_text
+from storage.log_row import stored_text
 from storage.secrets import new_token, token_hash
 from storage.sql import QUERIES
 

@@ -21,8 +21,8 @@ from hub.admin.actors import READ_ONLY, actor_of, record_action
 from hub.admin.api import AdminError
 from hub.admin.routing_log import query_params
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S
+from storage.log_row import body_of
 from storage.log_search import BODY_COLUMNS, LIST_COLUMNS, BadFilter, Search, export_query, parse_filters
-from storage.routing_log import body_of
 
 CURSOR_ROWS = 2000
 FLUSH_BYTES = 256 * 1024

@@ -11,6 +11,7 @@ from litestar import Request, Response, get
 from hub.admin.actors import READ_ONLY, actor_of, record_action
 from hub.admin.api import AdminError, json_response
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S, DATABASE_TIMEOUT_S
+from storage.log_row import body_of, stored_text
 from storage.log_search import (
     LIST_COLUMNS,
     BadFilter,
@@ -22,7 +23,6 @@ from storage.log_search import (
     parse_time,
 )
 from storage.log_verify import verify
-from storage.routing_log import body_of, stored_text
 from storage.sql import QUERIES
 
 MAX_LIMIT = 500

@@ -43,7 +43,8 @@ from routing.forward import Answer, forward, ocpi_status_of
 from routing.request import Incoming, PartyKey, endpoint_url, parse
 from routing.rewrite import callback_ttl_s, link_urls, response_url_of, rewrite_link_header, with_response_url
 from storage.directory import PartyRole, Platform
-from storage.routing_log import LogEntry, LogUnavailable
+from storage.log_row import LogEntry
+from storage.routing_log import LogUnavailable
 from storage.routing_state import PAGE_TTL_S, Relayed
 
 if TYPE_CHECKING:

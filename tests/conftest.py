@@ -283,6 +283,14 @@ def connect_party(hub: Hub, start_party: Callable[..., Party]) -> Callable[..., 
 
 
 @pytest.fixture
+def cpo_and_emsp(connect_party: Callable[..., Party]) -> tuple[Party, Party]:
+    """A CPO and an eMSP, each a platform of its own registered at the session's hub."""
+    cpo = connect_party(("CPO", "NL", unique_party_id()), name="CPO")
+    emsp = connect_party(("EMSP", "NL", unique_party_id()), name="eMSP")
+    return cpo, emsp
+
+
+@pytest.fixture
 def empty_database(services: Services):  # type: ignore[no-untyped-def]
     """A database of its own on the test server, dropped afterwards."""
     name = f"scratch_{secrets.token_hex(6)}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -93,10 +93,27 @@ def sql(database_url: str, statement: str, *args: object) -> list[asyncpg.Record
     return asyncio.run(run())
 
 
-def verified(database_url: str):  # type: ignore[no-untyped-def]
+def numbered_entry(n: int) -> LogEntry:
+    """A pushed location's row, request_id "r{n}"."""
+    return LogEntry(received_at=datetime.now(UTC), request_id=f"r{n}", correlation_id="c", module="locations",
+                    method="PUT", path=f"/ocpi/2.2.1/receiver/locations/NL/ABC/L{n}", routing="direct",
+                    http_status=200, duration_ms=1.5, request_headers={"content-type": "application/json"},
+                    request_body=b'{"id": "L%d"}' % n)  # fmt: skip
+
+
+def numbered_log(database_url: str, rows: int) -> RoutingLogWriter:
+    """rows numbered rows (r0, r1, ...) written in that order: r0 is seq 1 of a new chain."""
+    return write(database_url, [numbered_entry(n) for n in range(rows)], body_cap=1024)
+
+
+def verified(database_url: str, tamper: str | None = None):  # type: ignore[no-untyped-def]
+    """storage.log_verify's verdict on the database, after the statement tamper if one is given."""
+
     async def run():  # type: ignore[no-untyped-def]
         conn = await asyncpg.connect(database_url)
         try:
+            if tamper:
+                await conn.execute(tamper)
             return await verify(conn)
         finally:
             await conn.close()

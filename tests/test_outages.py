@@ -1,0 +1,228 @@
+"""Outages of the hub's own servers: PostgreSQL away or hanging, Redis away. Callers get a clear answer in time,
+requests that do not need the server go through, and no accepted routing-log row is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+import psutil
+
+from storage.embedded import EmbeddedPostgres, EmbeddedValkey
+from tests.conftest import OUTPUT, Services, hub_env, register_at_hub, start_hub
+from tests.parties import token_header
+from tests.test_pull_sync import _wait
+from tests.test_routing import LOCATION, _roles, party_key
+
+
+def test_while_postgres_is_away_ready_flips_and_routes_that_need_it_answer_503_saying_so(
+    services: Services, tmp_path: Path, start_party
+) -> None:
+    postgres = EmbeddedPostgres(tmp_path / "pg")
+    url = postgres.start()
+    port = urlsplit(url).port
+    assert port is not None
+    hub = start_hub(hub_env(services, tmp_path / "hub") | {"OCPI_HUB_DATABASE_URL": url}, OUTPUT / "hub-ready.log")
+    try:
+        party = register_at_hub(hub, start_party, _roles("CPO"))
+        assert httpx.get(f"{hub.base}/ready").status_code == 200
+        postgres.stop()
+        answer = httpx.get(f"{hub.base}/ready", timeout=10)
+        assert answer.status_code == 503 and "PostgreSQL unreachable" in answer.json()["problems"][0]
+        assert httpx.get(f"{hub.base}/health").status_code == 200  # the process itself is fine
+        with hub.admin() as admin:
+            parties = admin.get("/admin/api/parties")
+        assert parties.status_code == 503
+        assert parties.json()["error"].startswith("the hub's PostgreSQL is unavailable (")
+        infos = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", headers=token_header(party.hub_token or ""))
+        assert (infos.status_code, infos.json()["status_code"]) == (503, 3000)
+        assert infos.json()["status_message"].startswith("the hub's PostgreSQL is unavailable (")
+        assert infos.json()["status_message"].endswith("; try again shortly")
+        assert "Traceback" not in hub.log()
+        assert postgres._launch(port) is None  # the same server back on the same port
+        postgres.owned = True  # so that stop() below stops it again
+        _wait(lambda: httpx.get(f"{hub.base}/ready", timeout=10).status_code == 200)
+    finally:
+        hub.stop()
+        postgres.stop()
+
+
+def _logged_request_ids(database_url: str, like: str) -> list[str]:
+    """The request_id of every routing-log row matching a LIKE pattern, in the order they were written."""
+
+    async def fetch() -> list[str]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            found = await conn.fetch("SELECT request_id FROM routing_log WHERE request_id LIKE $1 ORDER BY id", like)
+            return [row["request_id"] for row in found]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def _server_processes(pid: int) -> list[int]:
+    """A server's process and every process it started (PostgreSQL: a backend per connection, its workers)."""
+    return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+
+
+def test_while_postgres_hangs_callers_are_answered_in_time_and_their_rows_are_written_once_it_answers(
+    services: Services, tmp_path: Path, start_party
+) -> None:
+    # A PostgreSQL that stops answering without closing anything (here: every one of its processes stopped by a
+    # signal; in production a stalled disk or a lost network) held every routed request for as long as TCP kept
+    # the writer's connection, and every request that reads PostgreSQL for as long as that connection lasted.
+    postgres = EmbeddedPostgres(tmp_path / "pg")
+    url = postgres.start()
+    hub = start_hub(hub_env(services, tmp_path / "hub") | {"OCPI_HUB_DATABASE_URL": url}, OUTPUT / "hub-pg-hung.log")
+    try:
+        cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
+        cc, pid = party_key(cpo)
+
+        def push(request_id: str) -> httpx.Response:
+            return cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L1", to=party_key(emsp),
+                            body=LOCATION | {"id": "L1"}, headers={"X-Request-ID": request_id})  # fmt: skip
+
+        def client_infos() -> httpx.Response:  # a party's request the hub answers from PostgreSQL
+            return httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", headers=token_header(emsp.hub_token or ""),
+                             timeout=60)  # fmt: skip
+
+        def timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            return call(), time.monotonic() - started
+
+        postmaster = postgres._live_pid()
+        assert postmaster is not None
+        frozen = _server_processes(postmaster)
+        for process in frozen:
+            os.kill(process, signal.SIGSTOP)
+        try:
+            with concurrent.futures.ThreadPoolExecutor() as threads:
+                infos = threads.submit(timed, client_infos)
+                hung, took = timed(lambda: push("while-postgres-hangs"))
+                infos_answer, infos_took = infos.result()
+        finally:
+            for process in frozen:
+                os.kill(process, signal.SIGCONT)
+        # hub.runtime.DATABASE_TIMEOUT_S: 10 s
+        assert 9 < infos_took < 30 and (infos_answer.status_code, infos_answer.json()["status_code"]) == (503, 3000)
+        assert infos_answer.json()["status_message"] == ("the hub's PostgreSQL is unavailable (TimeoutError: no "
+                                                         "answer in time); try again shortly")  # fmt: skip
+        # the commit timeout is OCPI_HUB_FORWARD_TIMEOUT_S (2 s in the tests)
+        assert 1.5 < took < 10
+        assert hung.status_code == 200 and hung.json()["status_code"] == 4000
+        assert hung.json()["status_message"] == ("the routing log could not commit this exchange in time; "
+                                                 "the exchange itself went through")  # fmt: skip
+        assert [r.path for r in emsp.functional()] == [f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/L1"]
+        after = push("after-postgres-answers-again")
+        assert after.json()["status_code"] == 1000
+        assert _logged_request_ids(url, "%postgres%") == ["while-postgres-hangs", "after-postgres-answers-again"]
+        with hub.admin() as admin:
+            assert admin.get("/admin/api/routing-log/verify").json()["ok"] is True
+        assert "Traceback" not in hub.log()
+    finally:
+        hub.stop()
+        postgres.stop()
+
+
+def test_a_hub_stopped_while_postgres_is_away_keeps_its_unwritten_rows_and_the_next_start_writes_them(
+    services: Services, tmp_path: Path, start_party
+) -> None:
+    # Shutdown waited for every accepted row to be committed: with PostgreSQL away a SIGTERM never ended, and the
+    # SIGKILL that follows (a supervisor's, Kubernetes') lost the rows of exchanges that had gone through.
+    postgres = EmbeddedPostgres(tmp_path / "pg")
+    url = postgres.start()
+    data_dir = tmp_path / "hub"
+    hub = start_hub(hub_env(services, data_dir) | {"OCPI_HUB_DATABASE_URL": url}, OUTPUT / "hub-spool.log")
+    try:
+        cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
+        cc, pid = party_key(cpo)
+        postgres.stop()
+
+        def push(n: int) -> httpx.Response:
+            return cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L{n}", to=party_key(emsp),
+                            body=LOCATION | {"id": f"L{n}"}, headers={"X-Request-ID": f"while-away-{n}"})  # fmt: skip
+
+        with concurrent.futures.ThreadPoolExecutor() as threads:
+            answers = list(threads.map(push, range(3)))
+        assert [a.json()["status_code"] for a in answers] == [4000] * 3  # not committed in time, but relayed
+        assert len(emsp.functional()) == 3
+        started = time.monotonic()
+        assert hub.stop() == 0
+        assert time.monotonic() - started < 20
+        assert '"rows":3' in hub.log() and "routing_log_rows_spooled" in hub.log()
+        assert list((data_dir / "routing-log-spool").iterdir()) != []
+    finally:
+        hub.stop()
+    url = postgres.start()
+    again = start_hub(hub_env(services, data_dir) | {"OCPI_HUB_DATABASE_URL": url}, OUTPUT / "hub-spool-2.log")
+    try:
+        assert "routing_log_spool_written" in again.log()
+        assert list((data_dir / "routing-log-spool").iterdir()) == []
+        assert sorted(_logged_request_ids(url, "while-away-%")) == ["while-away-0", "while-away-1", "while-away-2"]
+        with again.admin() as admin:
+            verdict = admin.get("/admin/api/routing-log/verify").json()
+        assert verdict["ok"] is True, verdict
+        assert "Traceback" not in again.log()
+    finally:
+        again.stop()
+        postgres.stop()
+
+
+def test_while_redis_is_away_requests_that_need_it_get_a_clear_4000_and_the_rest_go_through(
+    services: Services, tmp_path: Path, start_party, db
+) -> None:
+    valkey = EmbeddedValkey(tmp_path / "valkey")
+    port = urlsplit(url := valkey.start()).port
+    assert port is not None
+    hub = start_hub(hub_env(services, tmp_path / "hub") | {"OCPI_HUB_REDIS_URL": url}, OUTPUT / "hub-no-redis.log")
+    try:
+        cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
+        cc, pid = party_key(cpo)
+        command = {"response_url": "https://emsp.example/cmd/1", "location_id": "L1", "token": {"uid": "T"}}
+        valkey.stop()
+        # a command's response_url is replaced by a hub URL kept in Redis: it cannot be relayed now
+        refused = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), body=command,
+                            headers={"X-Request-ID": "cmd-without-redis"})  # fmt: skip
+        assert refused.status_code == 200 and refused.json()["status_code"] == 4000
+        message = refused.json()["status_message"]
+        assert message.startswith("the hub's Redis is unavailable (ConnectionError")
+        assert message.endswith("; nothing was forwarded")
+        assert cpo.functional() == []
+        [row] = db.run(
+            db.fetch("SELECT ocpi_status_code, error FROM routing_log WHERE request_id = 'cmd-without-redis'")
+        )
+        assert (row["ocpi_status_code"], row["error"]) == (4000, message)
+        # a push needs no Redis on its way: it goes through
+        pushed = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L1", to=party_key(emsp),
+                          body=LOCATION | {"id": "L1"})  # fmt: skip
+        assert pushed.json()["status_code"] == 1000
+        assert valkey._launch(port) is None  # the same server back on the same port
+        valkey.owned = True  # so that stop() below stops it again
+        again = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), body=command)
+        assert again.json()["status_code"] == 1000, again.text
+        assert [r.path for r in cpo.functional()] == ["/ocpi/2.2.1/commands/receiver/START_SESSION"]
+        # a Redis that hangs (here: stopped by a signal) costs a request REDIS_TIMEOUT_S (5 s), not for ever
+        frozen = valkey._live_pid()
+        assert frozen is not None
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            hung = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), body=command)
+            took = time.monotonic() - started
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+        assert hung.json()["status_code"] == 4000 and "(TimeoutError" in hung.json()["status_message"]
+        assert 4 < took < 20
+        assert "Traceback" not in hub.log()
+    finally:
+        hub.stop()
+        valkey.stop()

@@ -1,0 +1,112 @@
+"""What a receiver answers, relayed to the caller as it came: OCPI errors, bodies that are no OCPI, odd header
+bytes, answers HTTP cannot carry, cookies and redirects, none of which the hub acts on."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from tests.conftest import Hub
+from tests.parties import RAW
+from tests.test_routing import _roles, party_key
+
+
+def test_receiver_errors_and_non_ocpi_bodies_are_relayed_unchanged(hub: Hub, cpo_and_emsp) -> None:
+    cpo, emsp = cpo_and_emsp
+    cc, pid = party_key(cpo)
+    emsp.canned[("GET", f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/GONE")] = (
+        404,
+        b'{"status_code":2003,"status_message":"Unknown location","timestamp":"2026-11-25T10:00:00Z"}',
+        {},
+    )
+    emsp.canned[("GET", f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/HTML")] = (
+        502,
+        b"<html>Bad Gateway</html>",
+        {"Content-Type": "text/html"},
+    )
+    unknown = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/GONE", to=party_key(emsp))
+    assert unknown.status_code == 404 and unknown.json()["status_code"] == 2003
+    html = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/HTML", to=party_key(emsp))
+    assert (html.status_code, html.content, html.headers["content-type"]) == (
+        502,
+        b"<html>Bad Gateway</html>",
+        "text/html",
+    )
+
+
+def test_a_receivers_header_bytes_that_are_not_ascii_are_relayed_as_they_came(hub: Hub, cpo_and_emsp) -> None:
+    cpo, emsp = cpo_and_emsp
+    cc, pid = party_key(cpo)
+    ok = json.dumps({"status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}).encode()
+    emsp.canned[("GET", f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/UTF8")] = (
+        200, ok, {"Content-Type": "application/json; title=Grüße"})  # fmt: skip
+    answer = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/UTF8", to=party_key(emsp))
+    assert answer.status_code == 200 and answer.content == ok
+    assert (b"content-type", "application/json; title=Grüße".encode()) in answer.headers.raw
+
+
+def test_a_receivers_answer_that_http_cannot_carry_gets_a_clear_answer_and_its_row(hub: Hub, cpo_and_emsp, db) -> None:
+    # Found by sending broken answers through the hub: uvicorn refused to write the first two (the caller's
+    # connection dropped with no answer), and the routing log refused the third's row.
+    cpo, emsp = cpo_and_emsp
+    cc, pid = party_key(cpo)
+    ok = json.dumps({"status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}).encode()
+    huge = b'{"status_code": 123456789012345678901234567890, "timestamp": "2026-11-25T10:00:00Z"}'
+    canned = {
+        "S999": (999, ok, {}),
+        "CTRL": (
+            RAW,
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLink: <http://x/\x7f>; rel=next\r\n"
+            b"X-Total-Count: 1\x7f\r\nX-Limit: 10\r\nContent-Length: %d\r\n\r\n%s" % (len(ok), ok),
+            {},
+        ),
+        "HUGE": (200, huge, {}),
+    }
+    answers, logged = {}, {}
+    for name, answer in canned.items():
+        emsp.canned[("GET", f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/{name}")] = answer
+        request_id = str(uuid.uuid4())
+        answers[name] = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/{name}", to=party_key(emsp),
+                                 headers={"X-Request-ID": request_id})  # fmt: skip
+        logged[name] = db.run(db.fetch("SELECT * FROM routing_log WHERE request_id = $1", request_id))
+    wrong_status, controls, huge_status = answers["S999"], answers["CTRL"], answers["HUGE"]
+    assert (wrong_status.status_code, wrong_status.json()["status_code"]) == (200, 4000)
+    assert "answered with HTTP status 999" in wrong_status.json()["status_message"]
+    assert controls.status_code == 200 and controls.content == ok
+    assert "link" not in controls.headers and "x-total-count" not in controls.headers
+    assert controls.headers["x-limit"] == "10"
+    assert huge_status.status_code == 200 and huge_status.content == huge
+    [row] = logged["S999"]
+    assert (row["http_status"], row["ocpi_status_code"]) == (200, 4000) and "HTTP status 999" in row["error"]
+    [row] = logged["CTRL"]
+    assert row["error"] == (
+        "the receiver's x-total-count, link headers held characters HTTP does not allow in a header; relayed without"
+    )
+    [row] = logged["HUGE"]
+    assert (row["http_status"], row["ocpi_status_code"], row["error"]) == (200, None, None)
+
+
+def test_a_cookie_a_receiver_sets_is_not_sent_on_later_requests(hub: Hub, cpo_and_emsp, connect_party) -> None:
+    # The hub forwards for every caller over one client session: a cookie must not carry over between requests.
+    # (Cookie jars ignore cookies of hosts given by IP address, so this receiver is reached by a host name.)
+    cpo = cpo_and_emsp[0]
+    emsp = connect_party(_roles("EMSP"), name="eMSP by name", host="localhost")
+    cc, pid = party_key(cpo)
+    path = f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/COOKIE"
+    ok = json.dumps({"status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}).encode()
+    emsp.canned[("GET", path)] = (200, ok, {"Set-Cookie": "session=abc; Path=/", "Content-Type": "application/json"})
+    for _ in range(2):
+        assert cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/COOKIE", to=party_key(emsp)).status_code == 200
+    received = [r for r in emsp.functional() if r.path == path]
+    assert len(received) == 2 and all("Cookie" not in r.headers for r in received)
+
+
+def test_a_redirect_from_a_receiver_is_relayed_not_followed(hub: Hub, cpo_and_emsp) -> None:
+    # aiohttp would turn a POST redirected with 301 into a GET without its body; the hub relays the answer instead.
+    cpo, emsp = cpo_and_emsp
+    moved = f"{emsp.base}/ocpi/2.2.1/cdrs/receiver/elsewhere"
+    emsp.canned[("POST", "/ocpi/2.2.1/cdrs/receiver")] = (301, b"moved", {"Location": moved})
+    answer = cpo.call(hub.base, "POST", "receiver/cdrs", to=party_key(emsp), body={"id": "CDR-2"})
+    assert (answer.status_code, answer.content) == (301, b"moved")
+    assert "Location" not in answer.headers  # a URL at the receiver, not one through the hub: not relayed
+    assert [(r.method, r.path) for r in emsp.functional()] == [("POST", "/ocpi/2.2.1/cdrs/receiver")]

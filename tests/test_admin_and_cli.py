@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import socket
@@ -112,6 +113,22 @@ def test_cli_invite_prints_the_same_json_and_the_running_hub_accepts_the_token(h
     while httpx.get(hub.versions_url, headers=token_header(invitation["token_a"])).status_code != 200:
         assert time.monotonic() < deadline, "the running hub did not accept the new token A"
         time.sleep(0.05)
+
+
+def test_a_cli_invitation_is_in_the_audit_trail_as_the_command_lines_never_with_its_token_a(hub: Hub) -> None:
+    pid = unique_party_id()
+    result = _cli(hub, "invite", "--name", "CLI Audited", "--role", f"CPO:NL:{pid}")
+    assert result.returncode == 0, result.stderr
+    invitation = json.loads(result.stdout)
+    with hub.admin() as admin:
+        trail = admin.get("/admin/api/audit-trail").json()["items"]
+    [entry] = [
+        t for t in trail if t["action"] == "invite" and t["parameters"]["platform_id"] == invitation["platform_id"]
+    ]
+    assert entry["parameters"] == {"platform_id": invitation["platform_id"], "name": "CLI Audited",
+                                   "roles": [f"CPO NL-{pid}"], "via": "cli"}  # fmt: skip
+    assert (entry["actor_kind"], entry["actor_name"]) == ("admin", f"ocpi-hub invite ({getpass.getuser()})")
+    assert invitation["token_a"] not in json.dumps(trail)
 
 
 def test_cli_invite_rejects_a_malformed_role(hub: Hub) -> None:

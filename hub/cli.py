@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import os
 import resource
 import shutil
@@ -280,7 +281,8 @@ def _role_parts(spec: str) -> list[str]:
 
 
 async def _invite(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, redis_client: redis.Redis) -> int:
-    from hub.admin.api import AdminError, InvitationIn, invite
+    from hub.admin.actors import ADMIN, Actor, record_action
+    from hub.admin.api import AdminError, InvitationIn, invite, invited
     from storage.directory import announce_change
 
     try:
@@ -290,14 +292,25 @@ async def _invite(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
         print(f"ocpi-hub: invalid --role (expected ROLE:CC:PARTY such as CPO:NL:ABC): {exc}", file=sys.stderr)
         return 2
     try:
-        async with pool.acquire() as conn:
+        async with pool.acquire() as conn, conn.transaction():
             invitation = await invite(conn, settings, request)
+            # as the admin API and the console record theirs; a shell holds no admin token: the actor is the OS user
+            await record_action(conn, Actor(f"ocpi-hub invite ({_os_user()})", ADMIN), "invite",
+                                invited(invitation) | {"via": "cli"})  # fmt: skip
     except AdminError as exc:
         print(f"ocpi-hub: {exc.message}", file=sys.stderr)
         return 1
     await announce_change(redis_client, settings.redis_prefix)
     print(msgspec.json.format(msgspec.json.encode(invitation)).decode())
     return 0
+
+
+def _os_user() -> str:
+    """Who ran the command, for the audit trail: the login name, or the user id when the system has no name for it."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # KeyError until Python 3.13: a uid with no passwd entry, as in some containers
+        return f"uid {os.getuid()}"
 
 
 async def _connect(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, redis_client: redis.Redis) -> int:

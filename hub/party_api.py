@@ -217,9 +217,11 @@ def credentials_in(response: Fetched, method: str, credentials_url: str) -> Cred
         answer = _credentials_decoder.decode(response.content)
     except (msgspec.DecodeError, RecursionError) as exc:
         raise UnableToUseClientApi(f"{method} {credentials_url} answered with no valid credentials: {exc}") from None
-    if answer.status_code != 1000 or answer.data is None:
+    if answer.status_code != 1000:
         reason = f"OCPI status {answer.status_code} {answer.status_message or ''}".strip()
         raise UnableToUseClientApi(f"{method} {credentials_url} was refused: {reason}")
+    if answer.data is None:
+        raise UnableToUseClientApi(f"{method} {credentials_url} answered OCPI status 1000 with no credentials")
     return answer.data
 
 

@@ -98,10 +98,7 @@ async def store_connection(
     """Record a credentials exchange (POST or PUT): endpoints replaced, the listed roles connected and the others
     back to PLANNED, the party's token rotated."""
     async with conn.transaction():
-        platform = await conn.fetchrow(QUERIES["lock_platform"], platform_id)
-        still_valid = await conn.fetchval(QUERIES["token_of_platform"], presented_token, platform_id)
-        if platform is None or platform["state"] != expected_state or not still_valid:
-            raise StaleExchange(f"platform {platform_id} is no longer {expected_state}")
+        await _lock_unchanged(conn, platform_id, expected_state, presented_token)
         await conn.execute(
             QUERIES["store_connection"],
             platform_id,
@@ -126,6 +123,26 @@ async def store_connection(
         await conn.execute(QUERIES["plan_unlisted_roles"], platform_id, [role_id for role_id, _ in connection.roles])
         await conn.execute(QUERIES["delete_tokens"], platform_id)
         await conn.execute(QUERIES["insert_token"], new_token, platform_id, "C")
+
+
+async def switch_rotated_tokens(
+    conn: asyncpg.Connection, platform_id: int, token_b_sealed: bytes | None, new_token: bytes
+) -> None:
+    """A rotation the party took but the hub could not finish: from now on the party calls with the new token C
+    only, and is called with its new token B (token_b_sealed; None: its answer held none, the old one stays). The
+    endpoints and roles stay as they were. StaleExchange if the platform left REGISTERED or the new token C is gone."""
+    async with conn.transaction():
+        await _lock_unchanged(conn, platform_id, "REGISTERED", new_token)
+        await conn.execute(QUERIES["switch_rotated_tokens"], platform_id, token_b_sealed, new_token)
+
+
+async def _lock_unchanged(conn: asyncpg.Connection, platform_id: int, expected_state: str, token: bytes) -> None:
+    """Locks the platform until the transaction ends; StaleExchange unless it is in expected_state and the token
+    used for the exchange is still one of its own."""
+    platform = await conn.fetchrow(QUERIES["lock_platform"], platform_id)
+    still_valid = await conn.fetchval(QUERIES["token_of_platform"], token, platform_id)
+    if platform is None or platform["state"] != expected_state or not still_valid:
+        raise StaleExchange(f"platform {platform_id} is no longer {expected_state}")
 
 
 async def held_roles(conn: asyncpg.Connection, platform_id: int) -> list[asyncpg.Record]:

@@ -49,6 +49,14 @@ UPDATE platform SET state = 'REGISTERED', versions_url = $2, version = $3, versi
        token_encoding = $6, registered_at = coalesce(registered_at, now()), last_seen = now()
 WHERE id = $1;
 
+-- name: switch_rotated_tokens
+-- A rotation the party took that the hub could not finish: the party's new token B ($2; NULL keeps the old one)
+-- and, of the hub's tokens C, only the new one ($3). Endpoints, version and roles stay as they were.
+WITH token_b AS (
+    UPDATE platform SET token_b = coalesce($2, token_b) WHERE id = $1
+)
+DELETE FROM credentials_token WHERE platform_id = $1 AND kind = 'C' AND token_hash <> $3;
+
 -- name: delete_endpoints
 DELETE FROM platform_endpoint WHERE platform_id = $1;
 

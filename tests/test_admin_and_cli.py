@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import socket
@@ -112,6 +113,22 @@ def test_cli_invite_prints_the_same_json_and_the_running_hub_accepts_the_token(h
     while httpx.get(hub.versions_url, headers=token_header(invitation["token_a"])).status_code != 200:
         assert time.monotonic() < deadline, "the running hub did not accept the new token A"
         time.sleep(0.05)
+
+
+def test_a_cli_invitation_is_in_the_audit_trail_as_the_command_lines_never_with_its_token_a(hub: Hub) -> None:
+    pid = unique_party_id()
+    result = _cli(hub, "invite", "--name", "CLI Audited", "--role", f"CPO:NL:{pid}")
+    assert result.returncode == 0, result.stderr
+    invitation = json.loads(result.stdout)
+    with hub.admin() as admin:
+        trail = admin.get("/admin/api/audit-trail").json()["items"]
+    [entry] = [
+        t for t in trail if t["action"] == "invite" and t["parameters"]["platform_id"] == invitation["platform_id"]
+    ]
+    assert entry["parameters"] == {"platform_id": invitation["platform_id"], "name": "CLI Audited",
+                                   "roles": [f"CPO NL-{pid}"], "via": "cli"}  # fmt: skip
+    assert (entry["actor_kind"], entry["actor_name"]) == ("admin", f"ocpi-hub invite ({getpass.getuser()})")
+    assert invitation["token_a"] not in json.dumps(trail)
 
 
 def test_cli_invite_rejects_a_malformed_role(hub: Hub) -> None:
@@ -397,18 +414,48 @@ def test_a_party_refusing_the_rotation_keeps_the_old_tokens_and_the_operator_hea
     assert said in rotation["failed"]
 
 
-def test_a_rotation_whose_new_token_b_cannot_fetch_the_endpoints_is_undone(hub: Hub, connect_party, db) -> None:
-    cpo = connect_party(_roles("CPO"))
-    platform_id = _platform_id(hub, party_key(cpo))
-    old_hub_token = cpo.hub_token
-    cpo.versions_status = 500  # the party takes the PUT, then its versions endpoint fails
+@pytest.mark.parametrize(
+    ("canned", "token_b", "why"),
+    [  # the party takes the PUT, then its versions endpoint fails for its new token B
+        ({}, "new", "fetching its endpoints with its new token B failed: GET"),
+        # it answers HTTP 200, OCPI 1000, but no credentials object: it took the PUT, its token B is unknown
+        ({("PUT", "/ocpi/2.2.1/credentials"): (200, json.dumps(envelope("thanks")).encode(), {})}, "old",
+         "its answer held no credentials the hub can read"),
+    ],
+    ids=["new-token-b-cannot-fetch-the-endpoints", "no-credentials-in-the-answer"],
+)  # fmt: skip
+def test_a_rotation_the_party_took_but_the_hub_could_not_finish_does_not_lock_the_party_out(
+    hub: Hub, connect_party, db, canned: dict, token_b: str, why: str
+) -> None:
+    emsp = connect_party(_roles("EMSP"))
+    cpo = connect_party(_roles("CPO"), canned=canned)
+    key = party_key(cpo)
+    platform_id = _platform_id(hub, key)
+    old_hub_token, old_token_b = cpo.hub_token, cpo.token_b
+    cpo.versions_status = 500
     answer = _rotate(hub, platform_id)
     assert answer.status_code == 502, answer.text
-    error = answer.json()["error"]
-    assert "credentials it answered are unusable" in error and "HTTP 500" in error and "check with the party" in error
+    switched = {"new": "to the new token C and to the party's new token B",
+                "old": "to the new token C and keeps calling the party with its old token B"}[token_b]  # fmt: skip
+    assert f"the party took the PUT; the hub switched {switched}; but {why}" in answer.json()["error"]
+    assert answer.json()["error"].endswith("; the endpoints from before are kept; check with the party")
+    # credentials.asciidoc, PUT: the party took the new token C and uses it from now on; the old one is dead.
+    [put] = [r for r in cpo.received if (r.method, r.path) == ("PUT", "/ocpi/2.2.1/credentials")]
+    cpo.hub_token = json.loads(put.body)["token"]
+    for token, status in ((old_hub_token, 401), (cpo.hub_token, 200)):
+        assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token)).status_code == status
     assert _tokens_of(db, platform_id) == 1
-    assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(old_hub_token)).status_code == 200
-    assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(cpo.hub_token)).status_code == 401
+    cc, pid = key
+    pushed = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp))
+    assert pushed.status_code == 200 and pushed.json()["status_code"] == 1000, pushed.text
+    # The hub reaches the party at the endpoints from before, with the token B the party expects now.
+    assert (cpo.token_b != old_token_b) == (token_b == "new")
+    pulled = emsp.call(hub.base, "GET", "sender/locations", to=key)
+    assert pulled.status_code == 200 and pulled.json()["status_code"] == 1000, pulled.text
+    assert cpo.functional()[-1].headers["Authorization"] == token_header(cpo.token_b)["Authorization"]
+    [rotation] = _rotations(hub, platform_id)
+    assert rotation["failed"].startswith(f"the party took the PUT, but {why}")
+    assert rotation["kept"] == f"the new token C, the party's {token_b} token B, the endpoints and roles from before"
 
 
 def test_only_a_registered_platform_has_its_credentials_rotated(hub: Hub) -> None:

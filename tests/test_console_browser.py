@@ -11,6 +11,7 @@ import io
 import json
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -44,13 +45,20 @@ def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         running.stop()
 
 
-@pytest.fixture(scope="module")
-def browser(demo: RunningDemo) -> Iterator[Browser]:
-    # after the demo: Playwright's sync API keeps an event loop running, and the services fixture needs none
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    """Headless Chromium. Start it after the hub or demo a test needs: Playwright's sync API keeps an event loop
+    running, and fixtures that use asyncio (services, db) cannot run beside it."""
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="module")
+def browser(demo: RunningDemo) -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

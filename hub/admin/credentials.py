@@ -56,8 +56,14 @@ class PartyFailed(Exception):
     """A message to the party's credentials endpoint did not go through; the message says what went wrong."""
 
 
-class UnusableAnswer(PartyFailed):
-    """The party took the hub's PUT, but the credentials it answered cannot be used."""
+class TakenButFailed(PartyFailed):
+    """The party took the hub's PUT (HTTP 200, OCPI 1000), but a later step failed; the message says which. The party
+    now calls with the new token C and expects its new token B (credentials.asciidoc, Updating), so the hub keeps
+    them: token_b is the party's new token B, or None when its answer held none the hub could read."""
+
+    def __init__(self, message: str, token_b: str | None = None) -> None:
+        super().__init__(message)
+        self.token_b = token_b
 
 
 class _Said(msgspec.Struct):
@@ -125,8 +131,10 @@ async def rotate(state: State, actor: Actor, platform_id: int, via: str | None =
 
     The new token C works beside the old one while the party handles the PUT (it may call the hub with it before it
     answers). Once the party's new token B has fetched its endpoints again, one transaction stores that token B and
-    the endpoints and leaves only the new token C. If a step fails, the new token C is withdrawn and the old tokens
-    stay: AdminError 502, saying which step failed and what the party said (409 if the platform changed meanwhile)."""
+    the endpoints and leaves only the new token C. If the PUT does not go through, the new token C is withdrawn and
+    the old tokens stay. If the party took it but a later step fails, the hub keeps the new token C only and the
+    party's new token B, if it could read one, with the endpoints and roles from before. Either way AdminError 502,
+    saying which step failed and what the party said (409 if the platform changed meanwhile)."""
     token_c = new_token()
     async with state.pool.acquire() as conn, conn.transaction():
         name = await _registered(conn, platform_id)
@@ -134,7 +142,13 @@ async def rotate(state: State, actor: Actor, platform_id: int, via: str | None =
     await state.directory.changed()  # every hub process takes the new token C before the party can use it
     audited = {"platform_id": platform_id, "name": name} | _via(via)
     try:
-        connection = await _exchange(state, platform_id, token_c)
+        try:
+            connection = await _exchange(state, platform_id, token_c)
+        except TakenButFailed as taken:
+            # credentials.asciidoc, PUT: "If successful, the server must generate a new credentials token for the
+            # client and respond with the client's updated credentials": the party took it, it holds the new token C
+            await _keep_new_tokens(state, actor, audited, token_c, taken)
+            raise _rotation_error(platform_id, taken) from None
         async with state.pool.acquire() as conn, conn.transaction():
             # the new token C must still be there: a PUT of the party's own, or its DELETE, would have dropped it
             new_c = token_hash(token_c)
@@ -156,10 +170,13 @@ def _rotation_error(platform_id: int, exc: Exception) -> AdminError:
     if isinstance(exc, platforms.StaleExchange):
         return AdminError(409, f"platform {platform_id} changed during the rotation (it updated its credentials "
                                "itself, or left the hub); the hub abandoned the rotation")  # fmt: skip
-    kept = "nothing was rotated, the old tokens still work"
-    if isinstance(exc, UnusableAnswer):
-        kept = "the hub kept the old tokens, but the party may have switched to the new ones: check with the party"
-    return AdminError(502, f"rotating the credentials of platform {platform_id} failed: {exc}; {kept}")
+    failed = f"rotating the credentials of platform {platform_id} failed"
+    if isinstance(exc, TakenButFailed):
+        switched = ("the new token C and to the party's new token B" if exc.token_b
+                    else "the new token C and keeps calling the party with its old token B")  # fmt: skip
+        return AdminError(502, f"{failed}: the party took the PUT; the hub switched to {switched}; but {exc}; the "
+                               "endpoints from before are kept; check with the party")  # fmt: skip
+    return AdminError(502, f"{failed}: {exc}; nothing was rotated, the old tokens still work")
 
 
 async def _registered(conn: asyncpg.Connection, platform_id: int) -> str:
@@ -186,10 +203,13 @@ async def _exchange(state: State, platform_id: int, token_c: str) -> platforms.C
     try:
         async with state.pool.acquire() as conn:
             roles = match_roles(theirs.roles, await platforms.held_roles(conn, platform_id))
+    except OcpiError as exc:
+        raise TakenButFailed(f"the roles it answered do not match: {exc.message}", theirs.token) from None
+    try:
         discovery = await party_api.discover(state.http, theirs.url, theirs.token, party=platform.name)
     except OcpiError as exc:
-        raise UnusableAnswer(
-            f"the party took the PUT, but the credentials it answered are unusable: {exc.message}"
+        raise TakenButFailed(
+            f"fetching its endpoints with its new token B failed: {exc.message}", theirs.token
         ) from None
     return connection_of(state.token_box, theirs, discovery, roles)
 
@@ -198,11 +218,29 @@ def _their_credentials(answer: Fetched, url: str) -> Credentials:
     return party_api.credentials_in(answer, "PUT", url)
 
 
+async def _keep_new_tokens(
+    state: State, actor: Actor, audited: dict[str, Any], token_c: str, taken: TakenButFailed
+) -> None:
+    """The party took the PUT, a later step failed: the new token C stays alone, the party's new token B (if any)
+    replaces the old one, the endpoints and roles stay; the outcome is in the audit trail. StaleExchange if the
+    platform changed meanwhile."""
+    sealed = state.token_box.seal(taken.token_b) if taken.token_b else None
+    token_b = "the party's new token B" if taken.token_b else "the party's old token B"
+    async with state.pool.acquire() as conn, conn.transaction():
+        await platforms.switch_rotated_tokens(conn, audited["platform_id"], sealed, token_hash(token_c))
+        await record_action(conn, actor, "rotate_credentials", audited | {
+            "failed": f"the party took the PUT, but {taken}",
+            "kept": f"the new token C, {token_b}, the endpoints and roles from before"})  # fmt: skip
+    log.warning("platform_credentials_rotation_unfinished", platform_id=audited["platform_id"],
+                platform=audited["name"], reason=str(taken), new_token_b=bool(taken.token_b))  # fmt: skip
+
+
 async def _withdraw(state: State, actor: Actor, audited: dict[str, Any], token_c: str, reason: str) -> None:
-    """The rotation failed: the new token C goes, the old tokens stay; the attempt is in the audit trail."""
+    """The rotation failed before the party took it: the new token C goes, the old tokens stay; the attempt is in the
+    audit trail."""
     async with state.pool.acquire() as conn, conn.transaction():
         await conn.execute(QUERIES["delete_token"], token_hash(token_c))
-        await record_action(conn, actor, "rotate_credentials", audited | {"failed": reason})
+        await record_action(conn, actor, "rotate_credentials", audited | {"failed": reason, "kept": "the old tokens"})
     log.warning("platform_credentials_rotation_failed", platform_id=audited["platform_id"], platform=audited["name"],
                 reason=reason)  # fmt: skip
 
@@ -211,8 +249,8 @@ async def _message_party(
     state: State, platform: Platform, method: str, read: Callable[[Fetched, str], T], body: bytes = b""
 ) -> T:
     """method on the party's credentials endpoint with its token B, as a routing-log row of its own (routing 'hub',
-    tokens hidden); what read makes of an answer HTTP 200, OCPI 1000. PartyFailed saying what went wrong otherwise,
-    or when read raises an OcpiError."""
+    tokens hidden); what read makes of an answer HTTP 200, OCPI 1000. PartyFailed saying what went wrong otherwise;
+    TakenButFailed when the party took the message but read raises an OcpiError on its answer."""
     url = platform.endpoint("credentials", "SENDER") or platform.endpoint("credentials", "RECEIVER")
     if not url:
         raise PartyFailed("its version details list no credentials endpoint")
@@ -223,6 +261,7 @@ async def _message_party(
     entry.request_body = _tokens_hidden(body)
     started = time.perf_counter()
     result: tuple[T] | None = None
+    taken = False
     try:
         response = await state.http.fetch(method, url, headers, body or None)
         entry.http_status, entry.response_body = response.status_code, _tokens_hidden(response.content)
@@ -235,12 +274,14 @@ async def _message_party(
     except (httpx.HTTPError, httpx.InvalidURL, AnswerTooLarge) as exc:
         entry.error = f"{method} {url} failed: {type(exc).__name__}: {exc}"
     except OcpiError as exc:
-        entry.error = exc.message
+        entry.error, taken = exc.message, True
     entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
     try:
         await state.routing_log.record(entry)
     except LogUnavailable:
         log.error("credentials_message_not_logged_in_time", request_id=entry.request_id, method=method)
+    if taken:
+        raise TakenButFailed(f"its answer held no credentials the hub can read: {entry.error}")
     if result is None:
         raise PartyFailed(entry.error or f"{method} {url} failed")
     return result[0]

@@ -1,0 +1,67 @@
+"""The admin's platform actions in the console, in headless Chromium, against the session's hub and test parties
+that answer as the test needs: what the admin sees when a party refuses."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import Hub
+from tests.parties import envelope, token_header
+from tests.test_console_browser import Browser, Page, chromium, shot
+from tests.test_console_browser import pytestmark as needs_chromium
+from tests.test_routing import _roles, party_key
+
+pytestmark = needs_chromium
+
+
+@pytest.fixture(scope="module")
+def browser(hub: Hub) -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    yield context.new_page()
+    context.close()
+
+
+def _sign_in_as_admin(page: Page, hub: Hub) -> None:
+    page.goto(f"{hub.base}/console/sign-in")
+    page.fill("#token", hub.admin_token)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r".*/console/log.*"))
+
+
+def test_the_admin_sees_on_the_page_that_the_party_refused_the_renewal_and_what_it_said(
+    page: Page, hub: Hub, connect_party
+) -> None:
+    refusal = json.dumps(envelope(None, 2000, "no rotation today")).encode()
+    cpo = connect_party(_roles("CPO"), name="Refuses Renewal",
+                        canned={("PUT", "/ocpi/2.2.1/credentials"): (200, refusal, {})})  # fmt: skip
+    key = "-".join(party_key(cpo))
+    old_hub_token = cpo.hub_token
+    _sign_in_as_admin(page, hub)
+    page.goto(f"{hub.base}/console/parties")
+    page.locator("#parties-table tbody tr", has_text=key).locator("text=Renew tokens").click()
+    page.check("#confirm")
+    page.click("#confirm-form button[type=submit]")
+    outcome = page.locator("#outcome")
+    assert outcome.get_attribute("class") == "errors" and outcome.get_attribute("role") == "alert"
+    said = outcome.inner_text()
+    assert "PUT" in said and 'OCPI status 2000: "no rotation today"' in said, said
+    assert "nothing was rotated, the old tokens still work" in said
+    shot(page, "renew-tokens-refused", full_page=False)
+    # as the page says: the party's token still works, and it was asked exactly once
+    assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(old_hub_token)).status_code == 200
+    assert len([r for r in cpo.received if (r.method, r.path) == ("PUT", "/ocpi/2.2.1/credentials")]) == 1
+    page.click("nav >> text=Audit trail")
+    attempt = page.locator("#audit-table tbody tr", has_text="Refuses Renewal").first.inner_text()
+    assert "rotate_credentials" in attempt and "no rotation today" in attempt, attempt
+    assert "kept=the old tokens" in attempt and "via=console" in attempt

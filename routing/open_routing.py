@@ -4,15 +4,19 @@ transport_and_format.asciidoc, Open Routing Request: "When a Hub has the intelli
 the content of the request ... the 'OCPI-to-' headers can be omitted". The hub knows the owner of a location,
 session, token or reservation once a push or command for it has been routed, and the eMSP of a session or CDR
 from its cdr_token. Ids are unique per party only: an id seen with several owners is refused, never guessed.
+A token push also notes the token's fields, which the location cache's publish_allowed_to matches.
 """
 
 from __future__ import annotations
+
+from urllib.parse import parse_qsl
 
 import msgspec
 
 from hub.errors import UnknownReceiver, decoded
 from routing.decide import Delivery
 from routing.request import Incoming, PartyKey, party_text
+from storage.publish_tokens import read_sent, token_type
 from storage.routing_state import RoutingState
 
 # owner index -> what its ids name, for the message that asks for OCPI-to
@@ -101,7 +105,12 @@ def note_seen(incoming: Incoming, delivery: Delivery, state: RoutingState) -> No
         and incoming.module in ("locations", "sessions", "tokens")
     ):
         # Client Owned Object push: /{country_code}/{party_id}/{object_id}
-        state.note_owner(incoming.module, segments[2], (segments[0].upper(), segments[1].upper()))
+        owner = (segments[0].upper(), segments[1].upper())
+        state.note_owner(incoming.module, segments[2], owner)
+        if incoming.module == "tokens" and incoming.method in ("PUT", "PATCH"):  # for publish_allowed_to
+            sent = read_sent(incoming.body)
+            type_ = token_type(sent, dict(parse_qsl(incoming.query)).get("type"))
+            state.note_token(owner, segments[2], type_, sent, whole=incoming.method == "PUT")
         if incoming.module == "sessions":
             state.note_owner("session-receivers", _session_of(segments), delivery.to.key)
     elif incoming.module == "commands" and segments and segments[0].upper() == "RESERVE_NOW":

@@ -1,10 +1,11 @@
 """Every CPO's locations in Redis: kept current by the pushes the hub relays and by pull sync, read by GET All.
 
 One JSON document per location (EVSEs and connectors inside it, as the CPO sent them), a sorted set per owner
-and one for all owners ordered by last_updated, and a set of the unpublished ones. Updates follow the Receiver
-rules of mod_locations.asciidoc: PUT replaces, PATCH changes only the fields sent, and a PUT or PATCH of an EVSE
-or connector "SHALL also set the new last_updated value on the parent" EVSE and Location. Redis is a cache: what
-is lost is fetched again from the CPOs by pull sync.
+and one for all owners ordered by last_updated, a set of the unpublished ones and, per unpublished location, the
+keys of its publish_allowed_to entries in the index of relayed tokens (storage.publish_tokens). Updates follow the
+Receiver rules of mod_locations.asciidoc: PUT replaces, PATCH changes only the fields sent, and a PUT or PATCH of an
+EVSE or connector "SHALL also set the new last_updated value on the parent" EVSE and Location. Redis is a cache:
+what is lost is fetched again from the CPOs by pull sync.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import structlog
 from redis.exceptions import WatchError
 
 from storage.batches import next_batch
+from storage.publish_tokens import entry_keys
 
 log = structlog.get_logger()
 
@@ -52,14 +54,15 @@ def _later(a: str | None, b: str | None) -> str | None:
     return a if epoch(a) >= epoch(b) else b
 
 
-# KEYS: the source sorted set, the set of unpublished members, the snapshot list, the token owners (uid -> CC-PID),
-# the viewer's list of snapshots. ARGV: lowest score, highest score, the viewer's member prefix (its own unpublished
-# ones stay), TTL in seconds, the viewer as CC-PID, the key prefix of each unpublished location's
-# publish_allowed_to token uids, how many snapshots a viewer keeps.
+# KEYS: the source sorted set, the set of unpublished members, the snapshot list, the index of relayed tokens (a
+# publish_allowed_to entry's key -> "CC-PID[,CC-PID...]"), the viewer's list of snapshots. ARGV: lowest score,
+# highest score, the viewer's member prefix (its own unpublished ones stay), TTL in seconds, the viewer as
+# ",CC-PID,", the key prefix of each unpublished location's set of entry keys, how many snapshots a viewer keeps.
 _SNAPSHOT = """
 local function allowed(m)
-  for _, uid in ipairs(redis.call('SMEMBERS', ARGV[6] .. m)) do
-    if redis.call('HGET', KEYS[4], uid) == ARGV[5] then return true end
+  for _, key in ipairs(redis.call('SMEMBERS', ARGV[6] .. m)) do
+    local owners = redis.call('HGET', KEYS[4], key)
+    if owners and string.find(',' .. owners .. ',', ARGV[5], 1, true) then return true end
   end
   return false
 end
@@ -86,7 +89,7 @@ end
 return total
 """
 # KEYS: the document, the sorted sets of all and of the owner, the id index, the unpublished set, the allowed set.
-# ARGV: member, score (last_updated), the document, "1" if unpublished, the publish_allowed_to token uids.
+# ARGV: member, score (last_updated), the document, "1" if unpublished, the keys of its publish_allowed_to entries.
 _STORE = """
 redis.call('SET', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
@@ -95,7 +98,8 @@ redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('DEL', KEYS[6])
 if ARGV[4] == '1' then
   redis.call('SADD', KEYS[5], ARGV[1])
-  if #ARGV > 4 then redis.call('SADD', KEYS[6], unpack(ARGV, 5)) end
+  -- a thousand at a time: unpack has a limit
+  for i = 5, #ARGV, 1000 do redis.call('SADD', KEYS[6], unpack(ARGV, i, math.min(i + 999, #ARGV))) end
 else
   redis.call('SREM', KEYS[5], ARGV[1])
 end
@@ -121,7 +125,7 @@ class LocationCache:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self._redis = client
         self._p = f"{prefix}locations:"
-        self._token_owners = f"{prefix}owners:tokens"  # kept by storage.routing_state from the token pushes relayed
+        self._publish_tokens = f"{prefix}owners:publish-tokens"  # kept by storage.routing_state (publish_tokens)
         self._pending: asyncio.Queue[tuple[tuple[str, str], str, list[str], bytes]] = asyncio.Queue()
         self._snapshot = client.register_script(_SNAPSHOT)
         self._store_script = client.register_script(_STORE)
@@ -321,10 +325,10 @@ class LocationCache:
         low = "-inf" if date_from is None else repr(date_from)
         high = "+inf" if date_to is None else f"({date_to!r}"  # date_to is exclusive
         snapshot_id = secrets.token_urlsafe(12)
-        keys = [source, f"{self._p}hidden", f"{self._p}snapshot:{snapshot_id}", self._token_owners,
+        keys = [source, f"{self._p}hidden", f"{self._p}snapshot:{snapshot_id}", self._publish_tokens,
                 f"{self._p}snapshots-of:{viewer[0]}/{viewer[1]}"]  # fmt: skip
         mine, allowed = f"{viewer[0]}/{viewer[1]}/", f"{self._p}allowed:"
-        args: list[str | int] = [low, high, mine, SNAPSHOT_TTL_S, f"{viewer[0]}-{viewer[1]}", allowed,
+        args: list[str | int] = [low, high, mine, SNAPSHOT_TTL_S, f",{viewer[0]}-{viewer[1]},", allowed,
                                  SNAPSHOTS_PER_VIEWER]  # fmt: skip
         total = await self._snapshot(keys=keys, args=args)
         return snapshot_id, int(total)
@@ -378,7 +382,7 @@ def _whole_location(document: bytes | msgspec.Raw) -> tuple[_Head, _Index]:
 class _Index(NamedTuple):
     score: float  # last_updated, in seconds since the epoch
     hidden: bool  # publish is false
-    allowed: list[str]  # the publish_allowed_to token uids
+    allowed: list[str]  # the keys of the publish_allowed_to entries (storage.publish_tokens)
 
 
 def _index(last_updated: Any, publish: Any, publish_allowed_to: Any) -> _Index:
@@ -389,26 +393,22 @@ def _index(last_updated: Any, publish: Any, publish_allowed_to: Any) -> _Index:
         score = epoch(last_updated)
     except ValueError:
         raise ValueError(f"last_updated {last_updated[:40]!r} is not a DateTime") from None
-    return _Index(score, publish is False, _uids(publish_allowed_to))
+    return _Index(score, publish is False, entry_keys(publish_allowed_to))
 
 
 def _index_of(location: dict[str, Any]) -> _Index:
     return _index(location.get("last_updated"), location.get("publish"), location.get("publish_allowed_to"))
 
 
-def _uids(allowed: Any) -> list[str]:
-    """mod_locations.asciidoc, publish_allowed_to: the tokens (PublishTokenType) whose drivers may see it."""
-    return [str(t["uid"]) for t in allowed if isinstance(t, dict) and t.get("uid")] if isinstance(allowed, list) else []
-
-
 async def visible_to(location: dict[str, Any], owner: tuple[str, str], viewer: tuple[str, str],
-                     token_owner: Callable[[str], Awaitable[tuple[str, str] | None]]) -> bool:  # fmt: skip
-    """A location is shown to everyone, unless publish is false: then to its owner and the eMSPs of the tokens in
-    publish_allowed_to (the hub knows a token's eMSP from the token pushes it relayed)."""
+                     token_owners: Callable[[str], Awaitable[list[tuple[str, str]]]]) -> bool:  # fmt: skip
+    """A location is shown to everyone, unless publish is false: then to its owner and the eMSPs of the tokens that
+    match an entry of publish_allowed_to (the hub knows them from the token pushes it relayed), one of several
+    eMSPs with such tokens as well as the only one."""
     if location.get("publish") is not False or owner == viewer:
         return True
-    for uid in _uids(location.get("publish_allowed_to")):
-        if await token_owner(uid) == viewer:
+    for key in entry_keys(location.get("publish_allowed_to")):
+        if viewer in await token_owners(key):
             return True
     return False
 

@@ -6,6 +6,7 @@ behind the load balancer receives it. Callbacks and pages expire; owners are a h
 An object id is unique only within its owner's platform (mod_locations.asciidoc: Location.id "uniquely identifies
 the location within the CPO's platform"), so the owner index keeps every party seen with an id: one hash per
 module, id -> "CC-PID" or, once a second owner shows up, "CC-PID,CC-PID" (open routing then refuses to guess).
+Relayed tokens are also indexed by the fields a location's publish_allowed_to can name (storage.publish_tokens).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import AsyncIterator
 import msgspec
 import redis.asyncio as redis
 import structlog
+
+from storage.publish_tokens import Known, Sent, after, identity, read_known, token_keys, write_known
 
 log = structlog.get_logger()
 
@@ -56,6 +59,10 @@ return 1
 """
 
 
+_Token = tuple[str, str, str]  # a relayed token: its owner (CC-PID), uid and type, upper-cased
+OWNERS_PER_SCRIPT = 5000  # one script call holds Redis a few ms at most
+
+
 def new_key() -> str:
     return secrets.token_urlsafe(18)
 
@@ -65,6 +72,8 @@ class RoutingState:
         self._redis = redis_client
         self._prefix = prefix
         self._owners: dict[tuple[str, str], set[str]] = {}  # (module, object id) -> owners noted since the last write
+        self._tokens: dict[_Token, list[tuple[Sent, bool]]] = {}  # pushes noted since the last write
+        self._token_fields = f"{prefix}token-fields"
         self._add_owners = redis_client.register_script(_ADD_OWNERS)
 
     async def remember(self, kind: str, relayed: Relayed, ttl_s: int) -> str:
@@ -79,6 +88,11 @@ class RoutingState:
     def note_owner(self, module: str, object_id: str, owner: tuple[str, str]) -> None:
         """Remember who owns an object seen in passing; written to Redis in batches, off the request path."""
         self._owners.setdefault((module, object_id), set()).add(f"{owner[0]}-{owner[1]}")
+
+    def note_token(self, owner: tuple[str, str], uid: str, type_: str, sent: Sent, whole: bool) -> None:
+        """Remember a token pushed to a CPO (a PUT if whole, else a PATCH), for publish_allowed_to; written with the
+        owners, off the request path."""
+        self._tokens.setdefault((f"{owner[0]}-{owner[1]}", uid.upper(), type_), []).append((sent, whole))
 
     async def owners(self, module: str, object_id: str) -> list[tuple[str, str]]:
         """Every party seen owning the object, sorted: more than one means the id alone does not tell. One HGET."""
@@ -117,21 +131,49 @@ class RoutingState:
                 log.warning("owner_index_write_failed", error=str(exc))
 
     async def _write_owners(self) -> None:
-        if not self._owners:
+        if not self._owners and not self._tokens:
             return
         batch, self._owners = self._owners, {}
+        tokens, self._tokens = self._tokens, {}
         by_module: dict[str, list[str]] = {}
         for (module, object_id), owners in batch.items():
             by_module.setdefault(module, []).extend(x for owner in owners for x in (object_id, owner))
         try:
+            changed = await self._changed_tokens(tokens)
+            for (owner, uid, type_), known in changed.items():
+                keys = token_keys(uid, type_, known)
+                by_module.setdefault("publish-tokens", []).extend(x for key in keys for x in (key, owner))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for module, args in by_module.items():
-                    await self._add_owners(keys=[f"{self._prefix}owners:{module}"], args=args, client=pipe)
+                    index, step = f"{self._prefix}owners:{module}", 2 * OWNERS_PER_SCRIPT
+                    for start in range(0, len(args), step):
+                        await self._add_owners(keys=[index], args=args[start : start + step], client=pipe)
+                if changed:  # last: fields written before their keys would hide the keys from the next try
+                    pipe.hset(self._token_fields, items=[x for token, known in changed.items()
+                                                         for x in (identity(*token), write_known(known))])  # fmt: skip
                 await pipe.execute()
         except BaseException:  # cancelled or failed: the notes stay for the next write
             for key, owners in batch.items():
                 self._owners.setdefault(key, set()).update(owners)
+            for token, pushes in tokens.items():
+                self._tokens[token] = pushes + self._tokens.get(token, [])
             raise
+
+    async def _changed_tokens(self, tokens: dict[_Token, list[tuple[Sent, bool]]]) -> dict[_Token, Known]:
+        """The fields of each pushed token after its pushes, where they changed: a PATCH's unsent fields are the ones
+        last known. One HMGET; a token pushed again as it was costs no more writes."""
+        if not tokens:
+            return {}
+        stored = await self._redis.hmget(self._token_fields, [identity(*token) for token in tokens])
+        changed: dict[_Token, Known] = {}
+        for token, raw in zip(tokens, stored, strict=True):
+            before = read_known(raw)
+            known = before
+            for sent, whole in tokens[token]:
+                known = after(known, sent, whole)
+            if known is not None and known != before:
+                changed[token] = known
+        return changed
 
 
 def _party(text: str) -> tuple[str, str]:

@@ -73,7 +73,7 @@ async def _single(relay: Relay, exchange: Exchange, segments: list[str]) -> Answ
     assert exchange.sender is not None
     viewer, routing = exchange.sender.key, relay.routing
     visible = [loc for owner, loc in found
-               if await visible_to(loc, owner, viewer, lambda uid: routing.owner("tokens", uid))]  # fmt: skip
+               if await visible_to(loc, owner, viewer, lambda key: routing.owners("publish-tokens", key))]  # fmt: skip
     if len(visible) > 1:
         raise InvalidParameters(f"several CPOs have a location {segments[0]}: address its owner with OCPI-to")
     target: Any = visible[0] if visible else None

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 import structlog
 
+from storage.log_row import LogEntry
 from storage.routing_log import LogUnavailable, RoutingLogWriter
 from tests.log_rows import numbered_entry, numbered_log, sql, verified
 
@@ -294,6 +295,23 @@ def test_async_mode_holds_callers_back_once_the_writer_falls_behind_and_loses_no
     assert (result.ok, result.rows) == (True, 13)
 
 
+def _recorded(database_url: str, together: list[LogEntry], then: LogEntry | None = None) -> list[object]:
+    """What record() gave each of the entries recorded together (in flight at once), then the one recorded after
+    them: None, or the exception it raised."""
+
+    async def run() -> list[object]:
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        writer = RoutingLogWriter(pool, body_cap=1024)
+        async with writer.running():
+            outcomes = await asyncio.gather(*(writer.record(entry) for entry in together), return_exceptions=True)
+            if then is not None:
+                outcomes.append(await writer.record(then))
+        await pool.close()
+        return outcomes
+
+    return asyncio.run(asyncio.wait_for(run(), 30))
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -307,18 +325,7 @@ def test_a_row_that_cannot_be_written_fails_its_caller_and_the_log_goes_on(
     numbered_log(empty_database, 1)
     broken = numbered_entry(1)
     setattr(broken, field, value)
-
-    async def run() -> list[object]:
-        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
-        writer = RoutingLogWriter(pool, body_cap=1024)
-        async with writer.running():
-            calls = (writer.record(broken), writer.record(numbered_entry(2)))
-            outcomes = await asyncio.gather(*calls, return_exceptions=True)
-            outcomes.append(await writer.record(numbered_entry(3)))
-        await pool.close()
-        return outcomes
-
-    outcomes = asyncio.run(asyncio.wait_for(run(), 30))
+    outcomes = _recorded(empty_database, [broken, numbered_entry(2)], then=numbered_entry(3))
     assert isinstance(outcomes[0], LogUnavailable) and outcomes[1:] == [None, None]
     result = verified(empty_database)
     assert (result.ok, result.rows) == (True, 3)
@@ -329,17 +336,7 @@ def test_a_row_refused_for_a_value_a_party_chose_is_stored_without_it_saying_why
     refused = numbered_entry(1)
     refused.ocpi_status_code = 2**40  # a bug's way past forward.OcpiStatusCode: out of the column's integer range
     refused.response_body = b'{"status_code": 1099511627776}'
-
-    async def run() -> list[object]:
-        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
-        writer = RoutingLogWriter(pool, body_cap=1024)
-        async with writer.running():
-            calls = (writer.record(refused), writer.record(numbered_entry(2)))
-            outcomes = await asyncio.gather(*calls, return_exceptions=True)
-        await pool.close()
-        return outcomes
-
-    assert asyncio.run(asyncio.wait_for(run(), 30)) == [None, None]  # both callers get their answer
+    assert _recorded(empty_database, [refused, numbered_entry(2)]) == [None, None]  # both callers get their answer
     [row] = sql(empty_database, "SELECT * FROM routing_log WHERE request_id = 'r1'")
     assert (row["path"], row["http_status"], row["routing"]) == (
         "/ocpi/2.2.1/receiver/locations/NL/ABC/L1",

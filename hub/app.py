@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         locations = LocationCache(redis_client, settings.redis_prefix)
         async with (
             writer.running(),
-            RoutingState(redis_client, settings.redis_prefix).running() as routing,
+            RoutingState(redis_client, settings.redis_prefix, settings.owner_index_period_s).running() as routing,
             locations.updating(),
         ):
             app.state.update(

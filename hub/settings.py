@@ -73,6 +73,17 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("OCPI_HUB_SYNC_CHECK_S", "10", "seconds between checks for CPOs never synced (new, or Redis lost its data)"),
     ("OCPI_HUB_STILL_ALIVE_S", "300", "silence (s) after which the hub GETs a party's versions to see it is alive"),
     ("OCPI_HUB_OFFLINE_PROBE_S", "30", "seconds between probes of an OFFLINE party (and after a failed forward)"),
+    # A session may last days, its last PATCH (status COMPLETED, total_cost) comes after it ends, and every PUT or
+    # PATCH relayed notes its owners again. A reservation is noted once, at its RESERVE_NOW (mod_commands:
+    # expiry_date, "The Date/Time when this reservation ends"), and CANCEL_RESERVATION may come until then. 45 days:
+    # an owner is found for 45 to 90 days, 90 being the longest the hub keeps a RESERVE_NOW's response_url
+    # (routing.rewrite.MAX_CALLBACK_TTL_S); a reservation longer than 45 days may need OCPI-to to be cancelled.
+    (
+        "OCPI_HUB_OWNER_INDEX_PERIOD_S",
+        "3888000",
+        "seconds per period of the owner index of sessions and reservations (not of locations or tokens): open"
+        " routing finds an owner for one to two periods after it last saw it; default 45 days",
+    ),
     (
         "OCPI_HUB_REDIS_PREFIX",
         "ocpi-hub:",
@@ -110,6 +121,7 @@ class Settings:
     sync_check_s: float
     still_alive_s: float
     offline_probe_s: float
+    owner_index_period_s: float
     log_body_max_bytes: int
     log_partitions_ahead: int
     redis_prefix: str
@@ -189,6 +201,7 @@ class Settings:
             sync_check_s=number("OCPI_HUB_SYNC_CHECK_S", float),
             still_alive_s=number("OCPI_HUB_STILL_ALIVE_S", float),
             offline_probe_s=number("OCPI_HUB_OFFLINE_PROBE_S", float),
+            owner_index_period_s=number("OCPI_HUB_OWNER_INDEX_PERIOD_S", float),
             log_body_max_bytes=int(number("OCPI_HUB_LOG_BODY_MAX_BYTES", int)),
             log_partitions_ahead=int(number("OCPI_HUB_LOG_PARTITIONS_AHEAD", int)),
             redis_prefix=redis_prefix,

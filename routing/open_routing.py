@@ -2,9 +2,10 @@
 
 transport_and_format.asciidoc, Open Routing Request: "When a Hub has the intelligence to route messages based on
 the content of the request ... the 'OCPI-to-' headers can be omitted". The hub knows the owner of a location,
-session, token or reservation once a push or command for it has been routed, and the eMSP of a session or CDR
-from its cdr_token. Ids are unique per party only: an id seen with several owners is refused, never guessed.
-A token push also notes the token's fields, which the location cache's publish_allowed_to matches.
+session, token or reservation once a push or command for it has been routed (of a session or reservation for one to
+two OCPI_HUB_OWNER_INDEX_PERIOD_S after it was last seen), and the eMSP of a session or CDR from its cdr_token. Ids
+are unique per party only: an id seen with several owners is refused, never guessed. A token push also notes the
+token's fields, which the location cache's publish_allowed_to matches.
 """
 
 from __future__ import annotations

@@ -7,13 +7,22 @@ An object id is unique only within its owner's platform (mod_locations.asciidoc:
 the location within the CPO's platform"), so the owner index keeps every party seen with an id: one hash per
 module, id -> "CC-PID" or, once a second owner shows up, "CC-PID,CC-PID" (open routing then refuses to guess).
 Relayed tokens are also indexed by the fields a location's publish_allowed_to can name (storage.publish_tokens).
+
+Sessions and reservations end, and a hub sees millions of them: their owners are kept per period (a generation,
+`owners:{module}:{period number}`). A note goes to the current period's hash; a lookup reads the current and the
+previous one and merges them, so an id seen again stays found, an id with an owner in each is still ambiguous, and
+one unseen for two periods is forgotten. Locations and tokens keep one hash for ever: their number is bounded by
+the objects that exist, and a location or token pushed once may be used unchanged for years (a START_SESSION on a
+location never updated since, an authorize of a card issued long ago), so they must not fall out of the index.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -26,6 +35,13 @@ log = structlog.get_logger()
 
 CALLBACK_TTL_S = 48 * 3600  # mod_commands: results may arrive long after the CommandResponse's timeout
 PAGE_TTL_S = 24 * 3600  # a client crawling a long list pauses between pages
+
+# Their owners are found for one to two periods (OCPI_HUB_OWNER_INDEX_PERIOD_S) after they were last seen.
+EXPIRING_OWNERS = ("sessions", "session-receivers", "reservations")
+# A hash past its two periods is unlinked by the hub (freed off Redis's main thread); its EXPIRE, this much later,
+# is for when no hub runs. A hash of millions of fields deleted by expiry would stall Redis for a moment.
+_EXPIRE_MARGIN_S = 3600.0
+_MERGE_CHUNK = 1000
 
 
 class Relayed(msgspec.Struct, frozen=True):
@@ -44,10 +60,11 @@ class Relayed(msgspec.Struct, frozen=True):
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Relayed)
 
-# KEYS: a module's owners hash. ARGV: object id, owner (CC-PID), object id, owner, ... An owner is added to the
-# id's list unless it is there already: a party pushing its own object again does not make the id ambiguous.
+# KEYS: a module's owners hash. ARGV: ms to keep the hash (0: for ever), object id, owner (CC-PID), object id, owner,
+# ... An owner is added to the id's list unless it is there already: a party pushing its own object again does not
+# make the id ambiguous.
 _ADD_OWNERS = """
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local known = redis.call('HGET', KEYS[1], ARGV[i])
   if not known then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
@@ -55,7 +72,34 @@ for i = 1, #ARGV, 2 do
     redis.call('HSET', KEYS[1], ARGV[i], known .. ',' .. ARGV[i + 1])
   end
 end
+if ARGV[1] ~= '0' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
 return 1
+"""
+
+# KEYS: a module's owners hash of the current period and of the previous one. ARGV: an object id. Both in one round
+# trip (a script, not a pipeline: redis-py drops a cancel that lands inside a pipeline, redis/redis-py#2028).
+_OWNERS_OF = "return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1])}"
+
+# KEYS: a module's owners hash as a hub before periods kept it, the current period's, a key of this process's own.
+# ARGV: ms to keep what is taken over. Returns 0: nothing to take over, 1: it is now the current period's hash,
+# 2: moved to the process's own key, to be merged into the current period's. Atomic: of hubs starting at once, one
+# takes the hash over, and a hub of the old version still writing it (a rolling upgrade) loses nothing.
+_TAKE_OVER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local into = KEYS[3]
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  into = KEYS[2]
+end
+redis.call('RENAME', KEYS[1], into)
+redis.call('PEXPIRE', into, ARGV[1])
+if into == KEYS[2] then
+  return 1
+end
+return 2
 """
 
 
@@ -68,13 +112,16 @@ def new_key() -> str:
 
 
 class RoutingState:
-    def __init__(self, redis_client: redis.Redis, prefix: str) -> None:
+    def __init__(self, redis_client: redis.Redis, prefix: str, owners_period_s: float) -> None:
         self._redis = redis_client
         self._prefix = prefix
+        self._period_s = owners_period_s
         self._owners: dict[tuple[str, str], set[str]] = {}  # (module, object id) -> owners noted since the last write
         self._tokens: dict[_Token, list[tuple[Sent, bool]]] = {}  # pushes noted since the last write
         self._token_fields = f"{prefix}token-fields"
         self._add_owners = redis_client.register_script(_ADD_OWNERS)
+        self._owners_of = redis_client.register_script(_OWNERS_OF)
+        self._take_over = redis_client.register_script(_TAKE_OVER)
 
     async def remember(self, kind: str, relayed: Relayed, ttl_s: int) -> str:
         key = new_key()
@@ -95,17 +142,35 @@ class RoutingState:
         self._tokens.setdefault((f"{owner[0]}-{owner[1]}", uid.upper(), type_), []).append((sent, whole))
 
     async def owners(self, module: str, object_id: str) -> list[tuple[str, str]]:
-        """Every party seen owning the object, sorted: more than one means the id alone does not tell. One HGET."""
-        found = await self._redis.hget(f"{self._prefix}owners:{module}", object_id)
+        """Every party seen owning the object, sorted: more than one means the id alone does not tell. One round
+        trip: an HGET, or for sessions and reservations a script reading this period's hash and the previous one."""
         texts = set(self._owners.get((module, object_id), ()))
-        if found:
-            texts.update((found.decode() if isinstance(found, bytes) else found).split(","))
+        if module in EXPIRING_OWNERS:
+            period = self._period()
+            keys = [self._owners_key(module, period), self._owners_key(module, period - 1)]
+            found = await self._owners_of(keys=keys, args=[object_id])
+        else:
+            found = [await self._redis.hget(self._owners_key(module), object_id)]
+        for owners in found:
+            if owners:
+                texts.update(_text(owners).split(","))
         return sorted(_party(text) for text in texts)
 
     async def owner(self, module: str, object_id: str) -> tuple[str, str] | None:
         """The one owner of the object, or None if none or several were seen."""
         found = await self.owners(module, object_id)
         return found[0] if len(found) == 1 else None
+
+    def _period(self) -> int:
+        return int(time.time() // self._period_s)
+
+    def _kept_ms(self, period: int) -> int:
+        """How long to keep a period's owners hash: it is read until the next period ends."""
+        ends = (period + 2) * self._period_s + min(self._period_s, _EXPIRE_MARGIN_S)
+        return max(1, math.ceil((ends - time.time()) * 1000))
+
+    def _owners_key(self, module: str, period: int | None = None) -> str:
+        return f"{self._prefix}owners:{module}" if period is None else f"{self._prefix}owners:{module}:{period}"
 
     @contextlib.asynccontextmanager
     async def running(self, interval_s: float = 0.05) -> AsyncIterator[RoutingState]:
@@ -121,14 +186,18 @@ class RoutingState:
             await self._write_owners()  # the notes of the last requests
 
     async def _flush_owners(self, interval_s: float, stop: asyncio.Event) -> None:
+        seen_period = None
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):  # not wait_for, which in Python 3.11 can drop a cancel
-                async with asyncio.timeout(interval_s):
-                    await stop.wait()
             try:
+                if (period := self._period()) != seen_period:  # at start, before the first write, and once a period
+                    await self._begin_period(period)
+                    seen_period = period
                 await self._write_owners()
             except Exception as exc:  # Redis briefly away: keep the notes and try again
                 log.warning("owner_index_write_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):  # not wait_for, which in Python 3.11 can drop a cancel
+                async with asyncio.timeout(interval_s):
+                    await stop.wait()
 
     async def _write_owners(self) -> None:
         if not self._owners and not self._tokens:
@@ -138,6 +207,7 @@ class RoutingState:
         by_module: dict[str, list[str]] = {}
         for (module, object_id), owners in batch.items():
             by_module.setdefault(module, []).extend(x for owner in owners for x in (object_id, owner))
+        period = self._period()
         try:
             changed = await self._changed_tokens(tokens)
             for (owner, uid, type_), known in changed.items():
@@ -145,16 +215,20 @@ class RoutingState:
                 by_module.setdefault("publish-tokens", []).extend(x for key in keys for x in (key, owner))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for module, args in by_module.items():
-                    index, step = f"{self._prefix}owners:{module}", 2 * OWNERS_PER_SCRIPT
+                    if module in EXPIRING_OWNERS:
+                        key, kept_ms = self._owners_key(module, period), self._kept_ms(period)
+                    else:
+                        key, kept_ms = self._owners_key(module), 0
+                    step = 2 * OWNERS_PER_SCRIPT
                     for start in range(0, len(args), step):
-                        await self._add_owners(keys=[index], args=args[start : start + step], client=pipe)
+                        await self._add_owners(keys=[key], args=[kept_ms, *args[start : start + step]], client=pipe)
                 if changed:  # last: fields written before their keys would hide the keys from the next try
                     pipe.hset(self._token_fields, items=[x for token, known in changed.items()
                                                          for x in (identity(*token), write_known(known))])  # fmt: skip
                 await pipe.execute()
         except BaseException:  # cancelled or failed: the notes stay for the next write
-            for key, owners in batch.items():
-                self._owners.setdefault(key, set()).update(owners)
+            for noted, owners in batch.items():
+                self._owners.setdefault(noted, set()).update(owners)
             for token, pushes in tokens.items():
                 self._tokens[token] = pushes + self._tokens.get(token, [])
             raise
@@ -174,6 +248,37 @@ class RoutingState:
             if known is not None and known != before:
                 changed[token] = known
         return changed
+
+    async def _begin_period(self, period: int) -> None:
+        """Unlink the hashes of the period no longer read, and take over the owners a hub before periods kept in one
+        hash without expiry: at start, which an upgrade needs, and once a period, for what a hub of the old version
+        still running wrote since (a rolling upgrade)."""
+        await self._redis.unlink(*(self._owners_key(module, period - 2) for module in EXPIRING_OWNERS))
+        for module in EXPIRING_OWNERS:
+            current = self._owners_key(module, period)
+            taken = f"{self._prefix}owners:{module}:taken-over:{new_key()}"
+            how = await self._take_over(keys=[self._owners_key(module), current, taken], args=[self._kept_ms(period)])
+            if how == 2:  # the current period has owners already: merge, a chunk at a time, not blocking Redis
+                await self._merge_owners(taken, current, period)
+            if how:
+                log.info("owner_index_taken_over", module=module, merged=how == 2)
+
+    async def _merge_owners(self, source: str, into: str, period: int) -> None:
+        cursor = 0
+        while True:
+            cursor, entries = await self._redis.hscan(source, cursor, count=_MERGE_CHUNK)
+            assert isinstance(entries, dict)  # fields and values, as no_values was not asked for
+            args = [x for object_id, owners in entries.items() for owner in _text(owners).split(",")
+                    for x in (_text(object_id), owner)]  # fmt: skip
+            if args:
+                await self._add_owners(keys=[into], args=[self._kept_ms(period), *args])
+            if not cursor:
+                break
+        await self._redis.unlink(source)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _party(text: str) -> tuple[str, str]:

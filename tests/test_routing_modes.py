@@ -195,7 +195,7 @@ def test_open_routing_refuses_an_authorization_of_a_token_uid_two_emsps_have(hub
 def test_an_owner_seen_again_stays_the_one_owner_and_another_makes_the_id_ambiguous(services: Services) -> None:
     async def run() -> None:
         client = redis.Redis.from_url(services.redis_url)
-        state = RoutingState(client, f"{services.redis_prefix}owners-{secrets.token_hex(4)}:")
+        state = RoutingState(client, f"{services.redis_prefix}owners-{secrets.token_hex(4)}:", owners_period_s=3600)
         try:
             async with state.running(interval_s=0.01):
                 state.note_owner("locations", "LOC1", ("NL", "AAA"))
@@ -351,7 +351,7 @@ def test_stopping_while_owner_notes_are_written_finishes_and_keeps_every_note(se
         noted = 0
         try:
             for round_ in range(20):
-                state = RoutingState(client, prefix)
+                state = RoutingState(client, prefix, owners_period_s=3600)
                 async with contextlib.AsyncExitStack() as stack:
                     await stack.enter_async_context(state.running(interval_s=0.0005))
                     until = time.monotonic() + random.uniform(0.001, 0.02)

@@ -415,17 +415,19 @@ def test_a_party_refusing_the_rotation_keeps_the_old_tokens_and_the_operator_hea
 
 
 @pytest.mark.parametrize(
-    ("canned", "token_b", "why"),
+    ("canned", "claims", "token_b", "why"),
     [  # the party takes the PUT, then its versions endpoint fails for its new token B
-        ({}, "new", "fetching its endpoints with its new token B failed: GET"),
+        ({}, [], "new", "fetching its endpoints with its new token B failed: GET"),
         # it answers HTTP 200, OCPI 1000, but no credentials object: it took the PUT, its token B is unknown
-        ({("PUT", "/ocpi/2.2.1/credentials"): (200, json.dumps(envelope("thanks")).encode(), {})}, "old",
+        ({("PUT", "/ocpi/2.2.1/credentials"): (200, json.dumps(envelope("thanks")).encode(), {})}, [], "old",
          "its answer held no credentials the hub can read"),
+        # its credentials claim a role the operator never granted it
+        ({}, [("EMSP", "NL", "ZZZ")], "new", "the roles it answered do not match: roles not granted to this platform"),
     ],
-    ids=["new-token-b-cannot-fetch-the-endpoints", "no-credentials-in-the-answer"],
+    ids=["new-token-b-cannot-fetch-the-endpoints", "no-credentials-in-the-answer", "roles-not-granted"],
 )  # fmt: skip
 def test_a_rotation_the_party_took_but_the_hub_could_not_finish_does_not_lock_the_party_out(
-    hub: Hub, connect_party, db, canned: dict, token_b: str, why: str
+    hub: Hub, connect_party, db, canned: dict, claims: list, token_b: str, why: str
 ) -> None:
     emsp = connect_party(_roles("EMSP"))
     cpo = connect_party(_roles("CPO"), canned=canned)
@@ -433,6 +435,7 @@ def test_a_rotation_the_party_took_but_the_hub_could_not_finish_does_not_lock_th
     platform_id = _platform_id(hub, key)
     old_hub_token, old_token_b = cpo.hub_token, cpo.token_b
     cpo.versions_status = 500
+    cpo.roles += claims  # what its credentials answer to the hub's PUT lists
     answer = _rotate(hub, platform_id)
     assert answer.status_code == 502, answer.text
     switched = {"new": "to the new token C and to the party's new token B",

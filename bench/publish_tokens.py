@@ -1,10 +1,10 @@
-"""Redis bytes per relayed token for publish_allowed_to: storage.publish_tokens against the format before it.
+"""Redis bytes per relayed token for publish_allowed_to: storage.publish_tokens against a first design.
 
     python -m bench.publish_tokens [--tokens 20000] [--per-group 2]
 
 Writes --tokens tokens of ten eMSPs three ways (uid + issuer; + visual_number; + visual_number + group_id, --per-group
 tokens to a group, a card and its key fob by default) into a throwaway key prefix, once as the hub writes them now
-(storage.publish_tokens's write script, TOKENS_PER_SCRIPT a call) and once as the previous format did (every
+(storage.publish_tokens's write script, TOKENS_PER_SCRIPT a call) and once as a first design did (every
 combination of a token's fields a PublishToken entry can set, up to 14 keys, in `owners:publish-tokens`, and a JSON
 record in `token-fields`; its writer is copied here), and prints MEMORY USAGE (SAMPLES 0: every field counted) of
 each hash divided by the tokens, side by side, and how long a write script call held Redis. Uses OCPI_HUB_REDIS_URL
@@ -49,7 +49,7 @@ def write_now(client: redis.Redis, prefix: str, made: list[tuple[str, str, str, 
     args = [x for owner, uid, type_, fields in made for x in token_args(owner, uid, type_, [(fields, True)])]
     for start in range(0, len(args), 5 * TOKENS_PER_SCRIPT):
         began = time.perf_counter()
-        write(keys=index_keys(prefix), args=["0", *args[start : start + 5 * TOKENS_PER_SCRIPT]])
+        write(keys=index_keys(prefix), args=args[start : start + 5 * TOKENS_PER_SCRIPT])
         longest = max(longest, (time.perf_counter() - began) * 1000)
     return longest
 

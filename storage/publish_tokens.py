@@ -23,10 +23,10 @@ script merges it into the record and moves the token's counts from its old value
 token is matched by its current fields (moved to another group, it no longer sees its old group's locations).
 
 Redis bytes per token (MEMORY USAGE of the hashes, `python -m bench.publish_tokens`: 20,000 tokens of ten eMSPs,
-Redis 7.0), against the previous format, which wrote each token under every combination of its fields an entry can
+Redis 7.0), against a first design, which wrote each token under every combination of its fields an entry can
 set (up to 14 keys, `owners:publish-tokens`) and kept a JSON record of it (`token-fields`):
 
-                                               now    previous (combinations + record)
+                                               now    first design (combinations + record)
     uid + issuer                             101 B      215 + 140 =   355 B
     + visual_number                          218 B      628 + 156 =   784 B
     + visual_number + group_id, 2 a group    301 B    1,392 + 156 = 1,548 B
@@ -34,19 +34,16 @@ set (up to 14 keys, `owners:publish-tokens`) and kept a JSON record of it (`toke
 
 `owners:tokens` (uid -> owners, for open routing: about 77 B a token) comes on top in both, and is not read here.
 
-Upgrade: the previous format's hashes (`owners:publish-tokens`, `token-fields`) are taken over at start (and once an
-owner index period, for a hub of the old version still running): its records are rewritten in this format where
-this one has none for the token, its combinations dropped.
+Tokens relayed by a hub before this index (which kept only their uid, in `owners:tokens`) are matched once their
+eMSP pushes them again.
 """
 
 from __future__ import annotations
 
 import re
-import secrets
 from typing import Any
 
 import msgspec
-import redis.asyncio as redis
 
 _ENTRY_FIELDS = ("uid", "type", "visual_number", "issuer", "group_id")
 _UNIT, _RECORD = "\x1f", "\x1e"
@@ -175,10 +172,9 @@ end
 # KEYS: records, visual numbers, groups. ARGV: the entries, the viewer. 1 if the viewer may see the location.
 ALLOWED_LUA = MATCH_LUA + "return allowed(ARGV[1], ARGV[2], KEYS[1], KEYS[2], KEYS[3]) and 1 or 0\n"
 
-# KEYS: records, visual numbers, groups. ARGV: "1" to write only tokens without a record (a take-over), then five per
-# token (token_args). A token's counts move with it from its old values to its new ones; at 0 a combination goes.
-# Returns how many records changed. A token written again as it is changes nothing: a retried write counts nothing
-# twice.
+# KEYS: records, visual numbers, groups. ARGV: five per token (token_args). A token's counts move with it from its
+# old values to its new ones; at 0 a combination goes. Returns how many records changed. A token written again as it
+# is changes nothing: a retried write counts nothing twice.
 WRITE_LUA = (
     _HELPERS_LUA
     + r"""
@@ -204,75 +200,30 @@ local function by_group(owner, kind, f)
   if f[3] ~= '' then return owner .. '\31' .. f[3], kind .. '\31' .. f[2] end
 end
 local changed = 0
-for i = 2, #ARGV, 5 do
+for i = 1, #ARGV, 5 do
   local token, sent = ARGV[i], ARGV[i + 1]
   local known = redis.call('HGET', KEYS[1], token)
-  if not (known and ARGV[1] == '1') then
-    local was = known and split(known, 3) or {'', '', ''}
-    local now = {}
-    for j = 1, 3 do
-      if string.sub(sent, j, j) == '1' then now[j] = ARGV[i + 1 + j] else now[j] = was[j] end
-    end
-    local record = table.concat(now, '\31')
-    if record ~= known then
-      redis.call('HSET', KEYS[1], token, record)
-      local owner, _, kind = unpack(split(token, 3))
-      local old_field, old = by_visual_number(owner, kind, was)
-      local new_field, new = by_visual_number(owner, kind, now)
-      move(KEYS[2], old_field, old, new_field, new)
-      old_field, old = by_group(owner, kind, was)
-      new_field, new = by_group(owner, kind, now)
-      move(KEYS[3], old_field, old, new_field, new)
-      changed = changed + 1
-    end
+  local was = known and split(known, 3) or {'', '', ''}
+  local now = {}
+  for j = 1, 3 do
+    if string.sub(sent, j, j) == '1' then now[j] = ARGV[i + 1 + j] else now[j] = was[j] end
+  end
+  local record = table.concat(now, '\31')
+  if record ~= known then
+    redis.call('HSET', KEYS[1], token, record)
+    local owner, _, kind = unpack(split(token, 3))
+    local old_field, old = by_visual_number(owner, kind, was)
+    local new_field, new = by_visual_number(owner, kind, now)
+    move(KEYS[2], old_field, old, new_field, new)
+    old_field, old = by_group(owner, kind, was)
+    new_field, new = by_group(owner, kind, now)
+    move(KEYS[3], old_field, old, new_field, new)
+    changed = changed + 1
   end
 end
 return changed
 """
 )
-
-# KEYS: the previous format's records, the key to take them to. ARGV: ms to keep them there. 1 if there were any.
-_TAKE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('RENAME', KEYS[1], KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
-return 1
-"""
-_TAKEN_KEPT_MS = 24 * 3600 * 1000  # should the hub taking them over stop before it is done
-_previous = msgspec.json.Decoder(tuple[str, str, str]).decode
-_previous_fields = msgspec.json.Decoder(tuple[Any, Any, Any]).decode
-
-
-async def take_over_previous(client: redis.Redis, prefix: str, chunk: int = 500) -> int:
-    """Tokens a hub before this format indexed: its records (`{prefix}token-fields`, JSON `["CC-PID","UID","TYPE"]`
-    -> `[visual_number, issuer, group_id]`) are written in this format where this one has no record of the token (a
-    push relayed since is newer), and its hash of field combinations (`owners:publish-tokens`) is unlinked. Atomic
-    take-over: of hubs starting at once, one does it. Returns how many tokens were taken over."""
-    await client.unlink(f"{prefix}owners:publish-tokens")
-    taken = f"{prefix}token-fields:taken-over:{secrets.token_urlsafe(12)}"
-    if not await client.register_script(_TAKE)(keys=[f"{prefix}token-fields", taken], args=[_TAKEN_KEPT_MS]):
-        return 0
-    write, cursor, written = client.register_script(WRITE_LUA), 0, 0
-    while True:
-        cursor, records = await client.hscan(taken, cursor, count=chunk)
-        assert isinstance(records, dict)  # fields and values, as no_values was not asked for
-        args = [x for token, fields in records.items() for x in _taken_over(token, fields)]
-        if args:
-            written += int(await write(keys=index_keys(prefix), args=["1", *args]))
-        if not cursor:
-            break
-    await client.unlink(taken)
-    return written
-
-
-def _taken_over(token: bytes | str, fields: bytes | str) -> list[str]:
-    """A record of the previous format as the write script's arguments; none if it is not one."""
-    try:
-        owner, uid, type_ = _previous(token)
-        visual_number, issuer, group_id = _previous_fields(fields)
-    except msgspec.DecodeError:
-        return []
-    return token_args(owner, uid, type_, [(Sent(visual_number=visual_number, issuer=issuer, group_id=group_id), True)])
 
 
 def _value(value: Any) -> str:

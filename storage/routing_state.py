@@ -29,7 +29,7 @@ import msgspec
 import redis.asyncio as redis
 import structlog
 
-from storage.publish_tokens import WRITE_LUA, Sent, index_keys, take_over_previous, token_args
+from storage.publish_tokens import WRITE_LUA, Sent, index_keys, token_args
 
 log = structlog.get_logger()
 
@@ -226,7 +226,7 @@ class RoutingState:
                 step = 5 * TOKENS_PER_SCRIPT
                 for start in range(0, len(publish_args), step):
                     chunk = publish_args[start : start + step]
-                    await self._write_tokens(keys=self._publish_keys, args=["0", *chunk], client=pipe)
+                    await self._write_tokens(keys=self._publish_keys, args=chunk, client=pipe)
                 await pipe.execute()
         except BaseException:  # cancelled or failed: the notes stay for the next write
             for noted, owners in batch.items():
@@ -237,9 +237,8 @@ class RoutingState:
 
     async def _begin_period(self, period: int) -> None:
         """Unlink the hashes of the period no longer read, and take over the owners a hub before periods kept in one
-        hash without expiry and the tokens a hub before storage.publish_tokens's format kept: at start, which an
-        upgrade needs, and once a period, for what a hub of the old version still running wrote since (a rolling
-        upgrade)."""
+        hash without expiry: at start, which an upgrade needs, and once a period, for what a hub of the old version
+        still running wrote since (a rolling upgrade)."""
         await self._redis.unlink(*(self._owners_key(module, period - 2) for module in EXPIRING_OWNERS))
         for module in EXPIRING_OWNERS:
             current = self._owners_key(module, period)
@@ -249,8 +248,6 @@ class RoutingState:
                 await self._merge_owners(taken, current, period)
             if how:
                 log.info("owner_index_taken_over", module=module, merged=how == 2)
-        if tokens := await take_over_previous(self._redis, self._prefix):
-            log.info("publish_tokens_taken_over", tokens=tokens)
 
     async def _merge_owners(self, source: str, into: str, period: int) -> None:
         cursor = 0

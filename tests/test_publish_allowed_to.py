@@ -128,37 +128,29 @@ def test_a_token_moved_to_another_group_sees_its_new_groups_location_and_no_long
     _eventually(lambda: _assert_hidden(fleet, hub, owner, old_depot))
 
 
-def test_the_tokens_and_unpublished_locations_a_hub_of_the_previous_format_kept_are_taken_over_at_start(
+def test_the_unpublished_locations_a_hub_before_this_index_cached_get_their_entries_at_start(
     services: Services,
 ) -> None:
     prefix = f"{services.redis_prefix}publish-{secrets.token_hex(4)}:"
     old_hub = redis_sync.Redis.from_url(services.redis_url, decode_responses=True)
-    document = {"id": "L1", "country_code": "NL", "party_id": "CPO", "publish": False,
-                "publish_allowed_to": [{"group_id": "Depot"}], "last_updated": "2026-12-01T10:00:00Z"}  # fmt: skip
-
-    def previous_format() -> None:
-        old_hub.hset(f"{prefix}token-fields", mapping={
-            '["NL-FLT","CARD1","RFID"]': '["V1","Fleet Co","depot"]',
-            '["NL-NEW","CARD2","RFID"]': '[null,null,"DEPOT"]',  # pushed again since, through a hub of this version
-        })  # fmt: skip
-        old_hub.hset(f"{prefix}owners:publish-tokens", '[null,"RFID",null,null,"DEPOT"]', "NL-FLT,NL-NEW")
-        old_hub.set(f"{prefix}locations:doc:NL/CPO/L1", json.dumps(document))
-        old_hub.zadd(f"{prefix}locations:all", {"NL/CPO/L1": 1764583200})
-        old_hub.sadd(f"{prefix}locations:hidden", "NL/CPO/L1")
-        old_hub.sadd(f"{prefix}locations:allowed:NL/CPO/L1", '[null,"RFID",null,null,"DEPOT"]')
+    document = {"id": "L1", "country_code": "NL", "party_id": "CPO", "publish": False, "last_updated":
+                "2026-12-01T10:00:00Z", "publish_allowed_to": [{"uid": "CARD1", "type": "RFID"}]}  # fmt: skip
+    # as the hub before this index cached it: the document, and a set of its entries' token uids
+    old_hub.set(f"{prefix}locations:doc:NL/CPO/L1", json.dumps(document))
+    old_hub.zadd(f"{prefix}locations:all", {"NL/CPO/L1": 1764583200})
+    old_hub.sadd(f"{prefix}locations:hidden", "NL/CPO/L1")
+    old_hub.sadd(f"{prefix}locations:allowed:NL/CPO/L1", "CARD1")
 
     async def run() -> None:
         client = redis.Redis.from_url(services.redis_url)
         try:
             state = RoutingState(client, prefix, 3600.0)
             async with state.running(interval_s=0.01):
-                state.note_token(("NL", "NEW"), "CARD2", "RFID", Sent(group_id="ELSEWHERE"), whole=False)
-            previous_format()
+                state.note_token(("NL", "FLT"), "CARD1", "RFID", Sent(issuer="Fleet Co"), whole=True)
             cache = LocationCache(client, prefix)
-            async with RoutingState(client, prefix, 3600.0).running(interval_s=0.01), cache.updating():
-                await until_gone(client, f"{prefix}token-fields*", f"{prefix}owners:publish-tokens",
-                                 f"{prefix}locations:allowed:*")  # fmt: skip
-                for viewer, shown in ((("NL", "FLT"), 1), (("NL", "NEW"), 0), (("NL", "OTH"), 0)):
+            async with cache.updating():
+                await until_gone(client, f"{prefix}locations:allowed:*")
+                for viewer, shown in ((("NL", "FLT"), 1), (("NL", "OTH"), 0)):
                     assert (await cache.snapshot(None, None, None, viewer))[1] == shown, viewer
                     assert await cache.visible_to(document, ("NL", "CPO"), viewer) == bool(shown), viewer
         finally:

@@ -1,11 +1,11 @@
 """Every CPO's locations in Redis: kept current by the pushes the hub relays and by pull sync, read by GET All.
 
 One JSON document per location (EVSEs and connectors inside it, as the CPO sent them), a sorted set per owner
-and one for all owners ordered by last_updated, a set of the unpublished ones and, per unpublished location, the
-keys of its publish_allowed_to entries in the index of relayed tokens (storage.publish_tokens). Updates follow the
-Receiver rules of mod_locations.asciidoc: PUT replaces, PATCH changes only the fields sent, and a PUT or PATCH of an
-EVSE or connector "SHALL also set the new last_updated value on the parent" EVSE and Location. Redis is a cache:
-what is lost is fetched again from the CPOs by pull sync.
+and one for all owners ordered by last_updated, a set of the unpublished ones and, per unpublished location, its
+publish_allowed_to entries as storage.publish_tokens's matcher reads them (one string). Updates follow the Receiver
+rules of mod_locations.asciidoc: PUT replaces, PATCH changes only the fields sent, and a PUT or PATCH of an EVSE or
+connector "SHALL also set the new last_updated value on the parent" EVSE and Location. Redis is a cache: what is
+lost is fetched again from the CPOs by pull sync.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -23,7 +23,7 @@ import structlog
 from redis.exceptions import WatchError
 
 from storage.batches import next_batch
-from storage.publish_tokens import entry_keys
+from storage.publish_tokens import ALLOWED_LUA, MATCH_LUA, index_keys, publish_entries
 
 log = structlog.get_logger()
 
@@ -54,24 +54,24 @@ def _later(a: str | None, b: str | None) -> str | None:
     return a if epoch(a) >= epoch(b) else b
 
 
-# KEYS: the source sorted set, the set of unpublished members, the snapshot list, the index of relayed tokens (a
-# publish_allowed_to entry's key -> "CC-PID[,CC-PID...]"), the viewer's list of snapshots. ARGV: lowest score,
-# highest score, the viewer's member prefix (its own unpublished ones stay), TTL in seconds, the viewer as
-# ",CC-PID,", the key prefix of each unpublished location's set of entry keys, how many snapshots a viewer keeps.
-_SNAPSHOT = """
-local function allowed(m)
-  for _, key in ipairs(redis.call('SMEMBERS', ARGV[6] .. m)) do
-    local owners = redis.call('HGET', KEYS[4], key)
-    if owners and string.find(',' .. owners .. ',', ARGV[5], 1, true) then return true end
-  end
-  return false
+# KEYS: the source sorted set, the set of unpublished members, the snapshot list, the viewer's list of snapshots, the
+# relayed tokens' hashes (storage.publish_tokens). ARGV: lowest score, highest score, the viewer's member prefix (its
+# own unpublished ones stay), TTL in seconds, the viewer as CC-PID, the key prefix of each unpublished location's
+# entries, how many snapshots a viewer keeps. A location without entries (cached by a hub before they were kept,
+# until `_derive_entries` is done) is its owner's only.
+_SNAPSHOT = (
+    MATCH_LUA
+    + """
+local function shown(m)
+  local entries = redis.call('GET', ARGV[6] .. m)
+  return entries and allowed(entries, ARGV[5], KEYS[5], KEYS[6], KEYS[7])
 end
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])
 local filter = redis.call('SCARD', KEYS[2]) > 0
 local batch, total = {}, 0
 for _, m in ipairs(members) do
   if not filter or string.sub(m, 1, #ARGV[3]) == ARGV[3] or redis.call('SISMEMBER', KEYS[2], m) == 0
-     or allowed(m) then
+     or shown(m) then
     batch[#batch + 1] = m
     if #batch == 4000 then redis.call('RPUSH', KEYS[3], unpack(batch)); total = total + #batch; batch = {} end
   end
@@ -81,37 +81,37 @@ if total > 0 then
   redis.call('EXPIRE', KEYS[3], ARGV[4])
   -- the viewer's live snapshots, newest first: beyond ARGV[7] the oldest are dropped, so that a client starting
   -- GET All over and over cannot fill Redis
-  redis.call('LPUSH', KEYS[5], KEYS[3])
-  for _, old in ipairs(redis.call('LRANGE', KEYS[5], ARGV[7], -1)) do redis.call('DEL', old) end
-  redis.call('LTRIM', KEYS[5], 0, ARGV[7] - 1)
-  redis.call('EXPIRE', KEYS[5], ARGV[4])
+  redis.call('LPUSH', KEYS[4], KEYS[3])
+  for _, old in ipairs(redis.call('LRANGE', KEYS[4], ARGV[7], -1)) do redis.call('DEL', old) end
+  redis.call('LTRIM', KEYS[4], 0, ARGV[7] - 1)
+  redis.call('EXPIRE', KEYS[4], ARGV[4])
 end
 return total
 """
-# KEYS: the document, the sorted sets of all and of the owner, the id index, the unpublished set, the allowed set.
-# ARGV: member, score (last_updated), the document, "1" if unpublished, the keys of its publish_allowed_to entries.
+)
+# KEYS: the document, the sorted sets of all and of the owner, the id index, the unpublished set, the entries.
+# ARGV: member, score (last_updated), the document, "1" if unpublished, its publish_allowed_to entries.
 _STORE = """
 redis.call('SET', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('DEL', KEYS[6])
 if ARGV[4] == '1' then
   redis.call('SADD', KEYS[5], ARGV[1])
-  -- a thousand at a time: unpack has a limit
-  for i = 5, #ARGV, 1000 do redis.call('SADD', KEYS[6], unpack(ARGV, i, math.min(i + 999, #ARGV))) end
+  redis.call('SET', KEYS[6], ARGV[5])
 else
   redis.call('SREM', KEYS[5], ARGV[1])
+  redis.call('DEL', KEYS[6])
 end
 return 1
 """
 # KEYS: the sorted sets of all and of the owner, the unpublished set. ARGV: the key prefix of documents, id index
-# entries and allowed sets, then the members to forget.
+# entries and publish_allowed_to entries, then the members to forget.
 _FORGET = """
 for i = 2, #ARGV do
   local m = ARGV[i]
   local id = string.match(m, '^[^/]*/[^/]*/(.*)$')
-  redis.call('DEL', ARGV[1] .. 'doc:' .. m, ARGV[1] .. 'allowed:' .. m)
+  redis.call('DEL', ARGV[1] .. 'doc:' .. m, ARGV[1] .. 'publish-to:' .. m)
   redis.call('ZREM', KEYS[1], m)
   redis.call('ZREM', KEYS[2], m)
   redis.call('SREM', KEYS[3], m)
@@ -119,23 +119,35 @@ for i = 2, #ARGV do
 end
 return #ARGV - 1
 """
+# KEYS: the unpublished set, a location's entries. ARGV: the location's member, its entries. Written only if it is
+# still unpublished and was not stored since (a store writes them itself).
+_DERIVED = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
 
 
 class LocationCache:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self._redis = client
         self._p = f"{prefix}locations:"
-        self._publish_tokens = f"{prefix}owners:publish-tokens"  # kept by storage.routing_state (publish_tokens)
+        self._publish_tokens = index_keys(prefix)  # kept by storage.routing_state
         self._pending: asyncio.Queue[tuple[tuple[str, str], str, list[str], bytes]] = asyncio.Queue()
         self._snapshot = client.register_script(_SNAPSHOT)
         self._store_script = client.register_script(_STORE)
         self._forget_script = client.register_script(_FORGET)
+        self._derived = client.register_script(_DERIVED)
+        self._allowed = client.register_script(ALLOWED_LUA)
 
     def _member(self, owner: tuple[str, str], location_id: str) -> str:
         return f"{owner[0].upper()}/{owner[1].upper()}/{location_id}"
 
     def _doc(self, member: str) -> str:
         return f"{self._p}doc:{member}"
+
+    def _entries(self, member: str) -> str:
+        return f"{self._p}publish-to:{member}"
 
     def _by_owner(self, owner: tuple[str, str]) -> str:
         return f"{self._p}by-owner:{owner[0].upper()}/{owner[1].upper()}"
@@ -148,13 +160,50 @@ class LocationCache:
     async def updating(self) -> AsyncIterator[LocationCache]:
         """For the life of the process: apply submitted updates in order, many per Redis round trip."""
         task = asyncio.create_task(self._apply_pending(), name="location_cache_updates")
+        deriving = asyncio.create_task(self._derive_entries(), name="location_cache_publish_entries")
         try:
             yield self
         finally:
             await self._pending.join()  # what was relayed before shutdown is in the cache
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for each in (task, deriving):
+                each.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await each
+
+    async def _derive_entries(self, chunk: int = 500) -> None:
+        """At start: the unpublished locations a hub before this version cached kept the index keys of their entries
+        (`allowed:{member}`, dropped here); their entries are derived from their cached documents. Until then they
+        are shown to their owner only."""
+        cursor, derived = 0, 0
+        try:
+            while True:
+                cursor, members = await self._redis.sscan(f"{self._p}hidden", cursor, count=chunk)
+                derived += await self._derive_lacking([_text(member) for member in members])
+                if not cursor:
+                    break
+        except redis.RedisError as exc:  # shown to their owners only until the next start
+            log.warning("location_publish_entries_not_derived", error=str(exc))
+        if derived:
+            log.info("location_publish_entries_derived", locations=derived)
+
+    async def _derive_lacking(self, members: list[str]) -> int:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.exists(self._entries(member))
+            kept = await pipe.execute()
+        lacking = [member for member, has in zip(members, kept, strict=True) if not has]
+        docs = await self._redis.mget([self._doc(member) for member in lacking]) if lacking else []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for member, raw in zip(lacking, docs, strict=True):
+                try:
+                    entries = publish_entries(_read_head(raw).publish_allowed_to) if raw else ""
+                except (msgspec.DecodeError, RecursionError):
+                    entries = ""
+                keys = [f"{self._p}hidden", self._entries(member)]
+                await self._derived(keys=keys, args=[member, entries], client=pipe)
+            if members:  # after the entries: once they are gone, the entries are there
+                pipe.unlink(*(f"{self._p}allowed:{member}" for member in members))
+            return sum((await pipe.execute())[: len(lacking)])
 
     async def _apply_pending(self) -> None:
         while True:
@@ -294,8 +343,8 @@ class LocationCache:
     async def _store(self, pipe: Any, owner: tuple[str, str], member: str, document: bytes, index: _Index) -> None:
         """Queue the script that stores one location with its index entries (one command instead of six)."""
         keys = [self._doc(member), f"{self._p}all", self._by_owner(owner), f"{self._p}id:{member.split('/', 2)[2]}",
-                f"{self._p}hidden", f"{self._p}allowed:{member}"]  # fmt: skip
-        args = [member, index.score, document, "1" if index.hidden else "0", *(index.allowed if index.hidden else ())]
+                f"{self._p}hidden", self._entries(member)]  # fmt: skip
+        args: list[bytes | str | float] = [member, index.score, document, "1" if index.hidden else "0", index.entries]
         await self._store_script(keys=keys, args=args, client=pipe)  # queued in the pipeline
 
     async def find(self, location_id: str) -> list[tuple[tuple[str, str], dict[str, Any]]]:
@@ -315,6 +364,18 @@ class LocationCache:
                     log.warning("location_cache_unreadable", location=member, reason="nested too deeply")
         return found
 
+    async def visible_to(self, location: dict[str, Any], owner: tuple[str, str], viewer: tuple[str, str]) -> bool:
+        """A location is shown to everyone, unless publish is false: then to its owner and the eMSPs of the tokens that
+        match an entry of publish_allowed_to (the hub knows them from the token pushes it relayed), one of several
+        eMSPs with such tokens as well as the only one. The entries come from the document read, not its index."""
+        if location.get("publish") is not False or owner == viewer:
+            return True
+        entries = publish_entries(location.get("publish_allowed_to"))
+        return (
+            bool(entries)
+            and await self._allowed(keys=self._publish_tokens, args=[entries, f"{viewer[0]}-{viewer[1]}"]) == 1
+        )
+
     async def snapshot(
         self, owner: tuple[str, str] | None, date_from: float | None, date_to: float | None, viewer: tuple[str, str]
     ) -> tuple[str, int]:
@@ -325,11 +386,10 @@ class LocationCache:
         low = "-inf" if date_from is None else repr(date_from)
         high = "+inf" if date_to is None else f"({date_to!r}"  # date_to is exclusive
         snapshot_id = secrets.token_urlsafe(12)
-        keys = [source, f"{self._p}hidden", f"{self._p}snapshot:{snapshot_id}", self._publish_tokens,
-                f"{self._p}snapshots-of:{viewer[0]}/{viewer[1]}"]  # fmt: skip
-        mine, allowed = f"{viewer[0]}/{viewer[1]}/", f"{self._p}allowed:"
-        args: list[str | int] = [low, high, mine, SNAPSHOT_TTL_S, f",{viewer[0]}-{viewer[1]},", allowed,
-                                 SNAPSHOTS_PER_VIEWER]  # fmt: skip
+        keys = [source, f"{self._p}hidden", f"{self._p}snapshot:{snapshot_id}",
+                f"{self._p}snapshots-of:{viewer[0]}/{viewer[1]}", *self._publish_tokens]  # fmt: skip
+        args: list[str | int] = [low, high, f"{viewer[0]}/{viewer[1]}/", SNAPSHOT_TTL_S, f"{viewer[0]}-{viewer[1]}",
+                                 self._entries(""), SNAPSHOTS_PER_VIEWER]  # fmt: skip
         total = await self._snapshot(keys=keys, args=args)
         return snapshot_id, int(total)
 
@@ -382,7 +442,7 @@ def _whole_location(document: bytes | msgspec.Raw) -> tuple[_Head, _Index]:
 class _Index(NamedTuple):
     score: float  # last_updated, in seconds since the epoch
     hidden: bool  # publish is false
-    allowed: list[str]  # the keys of the publish_allowed_to entries (storage.publish_tokens)
+    entries: str  # of publish_allowed_to when hidden, as storage.publish_tokens's matcher reads them
 
 
 def _index(last_updated: Any, publish: Any, publish_allowed_to: Any) -> _Index:
@@ -393,24 +453,12 @@ def _index(last_updated: Any, publish: Any, publish_allowed_to: Any) -> _Index:
         score = epoch(last_updated)
     except ValueError:
         raise ValueError(f"last_updated {last_updated[:40]!r} is not a DateTime") from None
-    return _Index(score, publish is False, entry_keys(publish_allowed_to))
+    hidden = publish is False
+    return _Index(score, hidden, publish_entries(publish_allowed_to) if hidden else "")
 
 
 def _index_of(location: dict[str, Any]) -> _Index:
     return _index(location.get("last_updated"), location.get("publish"), location.get("publish_allowed_to"))
-
-
-async def visible_to(location: dict[str, Any], owner: tuple[str, str], viewer: tuple[str, str],
-                     token_owners: Callable[[str], Awaitable[list[tuple[str, str]]]]) -> bool:  # fmt: skip
-    """A location is shown to everyone, unless publish is false: then to its owner and the eMSPs of the tokens that
-    match an entry of publish_allowed_to (the hub knows them from the token pushes it relayed), one of several
-    eMSPs with such tokens as well as the only one."""
-    if location.get("publish") is not False or owner == viewer:
-        return True
-    for key in entry_keys(location.get("publish_allowed_to")):
-        if viewer in await token_owners(key):
-            return True
-    return False
 
 
 def _merged(current: dict[str, Any] | None, method: str, path: list[str], update: dict[str, Any]) -> dict | None:

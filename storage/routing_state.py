@@ -6,7 +6,7 @@ behind the load balancer receives it. Callbacks and pages expire; owners are a h
 An object id is unique only within its owner's platform (mod_locations.asciidoc: Location.id "uniquely identifies
 the location within the CPO's platform"), so the owner index keeps every party seen with an id: one hash per
 module, id -> "CC-PID" or, once a second owner shows up, "CC-PID,CC-PID" (open routing then refuses to guess).
-Relayed tokens are also indexed by the fields a location's publish_allowed_to can name (storage.publish_tokens).
+Relayed tokens are also kept as a location's publish_allowed_to names them (storage.publish_tokens).
 
 Sessions and reservations end, and a hub sees millions of them: their owners are kept per period (a generation,
 `owners:{module}:{period number}`). A note goes to the current period's hash; a lookup reads the current and the
@@ -29,7 +29,7 @@ import msgspec
 import redis.asyncio as redis
 import structlog
 
-from storage.publish_tokens import Known, Sent, after, identity, read_known, token_keys, write_known
+from storage.publish_tokens import WRITE_LUA, Sent, index_keys, token_args
 
 log = structlog.get_logger()
 
@@ -105,6 +105,7 @@ return 2
 
 _Token = tuple[str, str, str]  # a relayed token: its owner (CC-PID), uid and type, upper-cased
 OWNERS_PER_SCRIPT = 5000  # one script call holds Redis a few ms at most
+TOKENS_PER_SCRIPT = 100  # each a few reads and writes: a few ms a call (bench/publish_tokens.py)
 
 
 def new_key() -> str:
@@ -118,10 +119,11 @@ class RoutingState:
         self._period_s = owners_period_s
         self._owners: dict[tuple[str, str], set[str]] = {}  # (module, object id) -> owners noted since the last write
         self._tokens: dict[_Token, list[tuple[Sent, bool]]] = {}  # pushes noted since the last write
-        self._token_fields = f"{prefix}token-fields"
+        self._publish_keys = index_keys(prefix)
         self._add_owners = redis_client.register_script(_ADD_OWNERS)
         self._owners_of = redis_client.register_script(_OWNERS_OF)
         self._take_over = redis_client.register_script(_TAKE_OVER)
+        self._write_tokens = redis_client.register_script(WRITE_LUA)
 
     async def remember(self, kind: str, relayed: Relayed, ttl_s: int) -> str:
         key = new_key()
@@ -208,11 +210,10 @@ class RoutingState:
         for (module, object_id), owners in batch.items():
             by_module.setdefault(module, []).extend(x for owner in owners for x in (object_id, owner))
         period = self._period()
+        publish_args = [
+            x for (owner, uid, type_), pushes in tokens.items() for x in token_args(owner, uid, type_, pushes)
+        ]
         try:
-            changed = await self._changed_tokens(tokens)
-            for (owner, uid, type_), known in changed.items():
-                keys = token_keys(uid, type_, known)
-                by_module.setdefault("publish-tokens", []).extend(x for key in keys for x in (key, owner))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for module, args in by_module.items():
                     if module in EXPIRING_OWNERS:
@@ -222,9 +223,10 @@ class RoutingState:
                     step = 2 * OWNERS_PER_SCRIPT
                     for start in range(0, len(args), step):
                         await self._add_owners(keys=[key], args=[kept_ms, *args[start : start + step]], client=pipe)
-                if changed:  # last: fields written before their keys would hide the keys from the next try
-                    pipe.hset(self._token_fields, items=[x for token, known in changed.items()
-                                                         for x in (identity(*token), write_known(known))])  # fmt: skip
+                step = 5 * TOKENS_PER_SCRIPT
+                for start in range(0, len(publish_args), step):
+                    chunk = publish_args[start : start + step]
+                    await self._write_tokens(keys=self._publish_keys, args=chunk, client=pipe)
                 await pipe.execute()
         except BaseException:  # cancelled or failed: the notes stay for the next write
             for noted, owners in batch.items():
@@ -232,22 +234,6 @@ class RoutingState:
             for token, pushes in tokens.items():
                 self._tokens[token] = pushes + self._tokens.get(token, [])
             raise
-
-    async def _changed_tokens(self, tokens: dict[_Token, list[tuple[Sent, bool]]]) -> dict[_Token, Known]:
-        """The fields of each pushed token after its pushes, where they changed: a PATCH's unsent fields are the ones
-        last known. One HMGET; a token pushed again as it was costs no more writes."""
-        if not tokens:
-            return {}
-        stored = await self._redis.hmget(self._token_fields, [identity(*token) for token in tokens])
-        changed: dict[_Token, Known] = {}
-        for token, raw in zip(tokens, stored, strict=True):
-            before = read_known(raw)
-            known = before
-            for sent, whole in tokens[token]:
-                known = after(known, sent, whole)
-            if known is not None and known != before:
-                changed[token] = known
-        return changed
 
     async def _begin_period(self, period: int) -> None:
         """Unlink the hashes of the period no longer read, and take over the owners a hub before periods kept in one

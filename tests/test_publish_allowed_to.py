@@ -3,8 +3,19 @@ entry in every field the entry sets (mod_locations.asciidoc, PublishTokenType), 
 
 from __future__ import annotations
 
-from tests.conftest import Hub, unique_party_id
+import asyncio
+import json
+import secrets
+
+import redis as redis_sync
+import redis.asyncio as redis
+
+from storage.location_cache import LocationCache
+from storage.publish_tokens import Sent
+from storage.routing_state import RoutingState
+from tests.conftest import Hub, Services, unique_party_id
 from tests.test_location_cache import _eventually, _get, _location, _push
+from tests.test_owner_expiry import until_gone
 from tests.test_routing import _roles, party_key
 
 HUB = ("NL", "HUB")
@@ -41,6 +52,10 @@ def _hide(cpo, emsp, hub: Hub, location_id: str, allowed_to: list[dict]) -> tupl
 
 def _assert_shown(party, hub: Hub, owner: tuple[str, str], location_id: str) -> None:  # type: ignore[no-untyped-def]
     assert _shown(party, hub, owner, location_id)
+
+
+def _assert_hidden(party, hub: Hub, owner: tuple[str, str], location_id: str) -> None:  # type: ignore[no-untyped-def]
+    assert not _shown(party, hub, owner, location_id)
 
 
 def test_an_emsp_sharing_a_token_uid_with_another_emsp_is_shown_what_its_token_may_see(hub: Hub, connect_party) -> None:
@@ -94,3 +109,54 @@ def test_a_token_patch_is_matched_together_with_the_fields_its_token_had(hub: Hu
     location_id = f"TEAM-{party_key(cpo)[1]}"
     owner = _hide(cpo, fleet, hub, location_id, [{"visual_number": f"V{n}", "issuer": "Fleet Co", "group_id": group}])
     _eventually(lambda: _assert_shown(fleet, hub, owner, location_id))
+
+
+def test_a_token_moved_to_another_group_sees_its_new_groups_location_and_no_longer_its_old_ones(
+    hub: Hub, connect_party
+) -> None:
+    cpo, fleet = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    n = unique_party_id()
+    uid, old_group, new_group = f"M{n}", f"OLD{n}", f"NEW{n}"
+    _push_token(fleet, cpo, hub, uid, group_id=old_group)
+    old_depot, new_depot = f"OLD-{party_key(cpo)[1]}", f"NEW-{party_key(cpo)[1]}"
+    owner = _hide(cpo, fleet, hub, old_depot, [{"group_id": old_group}])
+    _hide(cpo, fleet, hub, new_depot, [{"group_id": new_group, "issuer": "Fleet Co"}])
+    _eventually(lambda: _assert_shown(fleet, hub, owner, old_depot))
+    assert not _shown(fleet, hub, owner, new_depot)
+    _push_token(fleet, cpo, hub, uid, method="PATCH", group_id=new_group)
+    _eventually(lambda: _assert_shown(fleet, hub, owner, new_depot))
+    _eventually(lambda: _assert_hidden(fleet, hub, owner, old_depot))
+
+
+def test_the_unpublished_locations_a_hub_before_this_index_cached_get_their_entries_at_start(
+    services: Services,
+) -> None:
+    prefix = f"{services.redis_prefix}publish-{secrets.token_hex(4)}:"
+    old_hub = redis_sync.Redis.from_url(services.redis_url, decode_responses=True)
+    document = {"id": "L1", "country_code": "NL", "party_id": "CPO", "publish": False, "last_updated":
+                "2026-12-01T10:00:00Z", "publish_allowed_to": [{"uid": "CARD1", "type": "RFID"}]}  # fmt: skip
+    # as the hub before this index cached it: the document, and a set of its entries' token uids
+    old_hub.set(f"{prefix}locations:doc:NL/CPO/L1", json.dumps(document))
+    old_hub.zadd(f"{prefix}locations:all", {"NL/CPO/L1": 1764583200})
+    old_hub.sadd(f"{prefix}locations:hidden", "NL/CPO/L1")
+    old_hub.sadd(f"{prefix}locations:allowed:NL/CPO/L1", "CARD1")
+
+    async def run() -> None:
+        client = redis.Redis.from_url(services.redis_url)
+        try:
+            state = RoutingState(client, prefix, 3600.0)
+            async with state.running(interval_s=0.01):
+                state.note_token(("NL", "FLT"), "CARD1", "RFID", Sent(issuer="Fleet Co"), whole=True)
+            cache = LocationCache(client, prefix)
+            async with cache.updating():
+                await until_gone(client, f"{prefix}locations:allowed:*")
+                for viewer, shown in ((("NL", "FLT"), 1), (("NL", "OTH"), 0)):
+                    assert (await cache.snapshot(None, None, None, viewer))[1] == shown, viewer
+                    assert await cache.visible_to(document, ("NL", "CPO"), viewer) == bool(shown), viewer
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        old_hub.close()

@@ -17,7 +17,7 @@ from hub.errors import InvalidParameters, NotFound, UnknownLocation
 from hub.metrics import CACHE_REQUESTS
 from routing.forward import Answer
 from routing.request import Incoming
-from storage.location_cache import epoch, visible_to
+from storage.location_cache import epoch
 
 if TYPE_CHECKING:
     from hub.ocpi.relay import Exchange, Relay
@@ -71,9 +71,7 @@ async def _single(relay: Relay, exchange: Exchange, segments: list[str]) -> Answ
     """GET /{location_id}[/{evse_uid}[/{connector_id}]] from the cache; several owners of one id: ask for OCPI-to."""
     found = await relay.locations.find(segments[0])
     assert exchange.sender is not None
-    viewer, routing = exchange.sender.key, relay.routing
-    visible = [loc for owner, loc in found
-               if await visible_to(loc, owner, viewer, lambda key: routing.owners("publish-tokens", key))]  # fmt: skip
+    visible = [loc for owner, loc in found if await relay.locations.visible_to(loc, owner, exchange.sender.key)]
     if len(visible) > 1:
         raise InvalidParameters(f"several CPOs have a location {segments[0]}: address its owner with OCPI-to")
     target: Any = visible[0] if visible else None

@@ -438,6 +438,11 @@ def _keyed(location_id: str) -> str:
     return location_id.upper()
 
 
+def same_id(value: Any, object_id: str) -> bool:
+    """Whether an EVSE's uid or a connector's id in a document is this one: CiString(36)s, like Location.id."""
+    return isinstance(value, str) and value.upper() == object_id.upper()
+
+
 def _owner_part(owner: tuple[str, str]) -> str:
     return f"{owner[0].upper()}/{owner[1].upper()}/"
 
@@ -510,10 +515,10 @@ def _merged(current: dict[str, Any] | None, method: str, path: list[str], update
         return None  # an EVSE or connector of a location the hub has not seen: pull sync will bring it
     location = dict(current)
     evses = [dict(e) for e in location.get("evses") or []]
-    evse = next((e for e in evses if e.get("uid") == path[0]), None)
+    evse = next((e for e in evses if same_id(e.get("uid"), path[0])), None)
     if len(path) == 1:
         if method == "PUT":
-            evses = [e for e in evses if e.get("uid") != path[0]] + [update]
+            evses = [e for e in evses if not same_id(e.get("uid"), path[0])] + [update]
         elif evse is None:
             return None
         else:
@@ -523,9 +528,9 @@ def _merged(current: dict[str, Any] | None, method: str, path: list[str], update
         if evse is None:
             return None
         connectors = [dict(c) for c in evse.get("connectors") or []]
-        connector = next((c for c in connectors if c.get("id") == path[1]), None)
+        connector = next((c for c in connectors if same_id(c.get("id"), path[1])), None)
         if method == "PUT":
-            connectors = [c for c in connectors if c.get("id") != path[1]] + [update]
+            connectors = [c for c in connectors if not same_id(c.get("id"), path[1])] + [update]
         elif connector is None:
             return None
         else:

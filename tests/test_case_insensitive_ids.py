@@ -113,6 +113,27 @@ def test_the_location_cache_merges_a_patch_of_loc1_into_LOC1_lists_it_once_and_f
     _eventually(listed([(location_id.lower(), "again")]))
 
 
+def test_an_evse_and_a_connector_are_changed_and_found_in_any_case_in_the_location_cache(
+    hub: Hub, connect_party
+) -> None:
+    # mod_locations.asciidoc: EVSE.uid and Connector.id are CiString(36) too
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    owner = party_key(cpo)
+    location_id = f"EV-{owner[1]}"
+    _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-25T08:00:00Z"))  # EVSE E1
+    _push(cpo, emsp, hub, "PATCH", f"{location_id}/e1", {"status": "CHARGING", "last_updated": "2026-11-25T09:00:00Z"})
+    connector = {"id": "1", "standard": "CHADEMO", "last_updated": "2026-11-25T10:00:00Z"}
+    _push(cpo, emsp, hub, "PUT", f"{location_id}/e1/1", connector)
+
+    def changed() -> None:
+        [evse] = _get(emsp, hub, f"sender/locations/{location_id}").json()["data"]["evses"]
+        assert (evse["uid"], evse["status"], evse["connectors"]) == ("E1", "CHARGING", [connector]), evse
+
+    _eventually(changed)
+    found = _get(emsp, hub, f"sender/locations/{location_id}/e1/1")
+    assert found.json()["data"] == connector, found.text
+
+
 def test_a_location_an_earlier_hub_cached_under_its_id_in_lower_case_moves_on_a_patch_and_a_full_sync(
     hub: Hub, services: Services, start_party, connect_party
 ) -> None:

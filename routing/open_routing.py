@@ -4,8 +4,9 @@ transport_and_format.asciidoc, Open Routing Request: "When a Hub has the intelli
 the content of the request ... the 'OCPI-to-' headers can be omitted". The hub knows the owner of a location,
 session, token or reservation once a push or command for it has been routed (of a session or reservation for one to
 two OCPI_HUB_OWNER_INDEX_PERIOD_S after it was last seen), and the eMSP of a session or CDR from its cdr_token. Ids
-are unique per party only: an id seen with several owners is refused, never guessed. A token push also notes the
-token's fields, which the location cache's publish_allowed_to matches.
+are unique per party only: an id seen with several owners is refused, never guessed. Ids are CiStrings, matched in
+any case (storage.routing_state). A token push also notes the token's fields, which the location cache's
+publish_allowed_to matches.
 """
 
 from __future__ import annotations

@@ -110,7 +110,8 @@ class PullSync:
         result = SyncResult(party, full=since is None)
         # mod_locations.asciidoc: "the response data provided by all the pages together is the new truth. Any old
         # information not contained in any of the pages needs to be considered no longer valid." What was cached
-        # before a full sync and is not in its pages goes; what a push adds while it runs stays.
+        # before a full sync and is not in its pages goes; what a push adds while it runs stays. Both are ids as the
+        # cache keys them (upper-cased, a CiString): a location an earlier hub keyed by its id as sent goes as well.
         cached_before = await self._cache.location_ids(party) if result.full else set()
         listed: set[str] = set()
         query = {"date_from": since.decode() if isinstance(since, bytes) else since} if since else {}

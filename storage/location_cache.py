@@ -6,6 +6,12 @@ publish_allowed_to entries as storage.publish_tokens's matcher reads them (one s
 rules of mod_locations.asciidoc: PUT replaces, PATCH changes only the fields sent, and a PUT or PATCH of an EVSE or
 connector "SHALL also set the new last_updated value on the parent" EVSE and Location. Redis is a cache: what is
 lost is fetched again from the CPOs by pull sync.
+
+A location is keyed by its owner and its id upper-cased (`CC/PID/LOC1`, the member of the sets, and `id:LOC1`), since a
+Location.id is a CiString: a PATCH of `loc1` changes the location pushed as `LOC1`. Its document stays as the CPO sent
+it. A hub before this keyed it by the id as sent: such a member moves to its upper-cased key when the location is
+stored again under that spelling (a PUT, a PATCH, a pull); a full sync leaves none, since no id it lists is keyed so
+(each is replaced by the location as listed, or dropped); until then a single GET finds it in any case.
 """
 
 from __future__ import annotations
@@ -106,18 +112,19 @@ end
 return 1
 """
 # KEYS: the sorted sets of all and of the owner, the unpublished set. ARGV: the key prefix of documents, id index
-# entries and publish_allowed_to entries, then the members to forget.
+# entries and publish_allowed_to entries, then the members to forget. Returns how many were cached.
 _FORGET = """
+local forgotten = 0
 for i = 2, #ARGV do
   local m = ARGV[i]
   local id = string.match(m, '^[^/]*/[^/]*/(.*)$')
   redis.call('DEL', ARGV[1] .. 'doc:' .. m, ARGV[1] .. 'publish-to:' .. m)
-  redis.call('ZREM', KEYS[1], m)
+  forgotten = forgotten + redis.call('ZREM', KEYS[1], m)
   redis.call('ZREM', KEYS[2], m)
   redis.call('SREM', KEYS[3], m)
   redis.call('SREM', ARGV[1] .. 'id:' .. id, m)
 end
-return #ARGV - 1
+return forgotten
 """
 # KEYS: the unpublished set, a location's entries. ARGV: the location's member, its entries. Written only if it is
 # still unpublished and was not stored since (a store writes them itself).
@@ -141,7 +148,11 @@ class LocationCache:
         self._allowed = client.register_script(ALLOWED_LUA)
 
     def _member(self, owner: tuple[str, str], location_id: str) -> str:
-        return f"{owner[0].upper()}/{owner[1].upper()}/{location_id}"
+        return _owner_part(owner) + _keyed(location_id)
+
+    def _earlier_member(self, owner: tuple[str, str], location_id: str) -> str | None:
+        """The member a hub before ids were upper-cased gave the location, if not the same."""
+        return None if location_id == _keyed(location_id) else _owner_part(owner) + location_id
 
     def _doc(self, member: str) -> str:
         return f"{self._p}doc:{member}"
@@ -222,9 +233,8 @@ class LocationCache:
         locations were stored."""
         stored, whole = 0, []
         for owner, method, path, body in updates:
-            member = self._member(owner, path[0])
             if method == "PUT" and len(path) == 1:  # a whole location replaces what is there: nothing to read first
-                whole.append((owner, member, path, body))
+                whole.append((owner, path, body))
                 continue
             stored += await self._store_all(whole)
             whole = []
@@ -236,7 +246,7 @@ class LocationCache:
                 log.info("location_cache_skipped", path=path, reason="the body is not a JSON object")
                 continue
             try:
-                merged = await self._merge(owner, member, method, path, update)
+                merged = await self._merge(owner, method, path, update)
             except ValueError as exc:  # the location it would make has no valid last_updated
                 log.info("location_cache_skipped", path=path, reason=str(exc))
                 continue
@@ -246,32 +256,35 @@ class LocationCache:
                 log.info("location_cache_skipped", path=path, reason="its location or EVSE is not in the cache")
         return stored + await self._store_all(whole)
 
-    async def _store_all(self, puts: list[tuple[tuple[str, str], str, list[str], bytes]]) -> int:
-        """Whole locations, stored as the CPO sent them. Of several PUTs of one location only the last valid one is
-        visible, so only it is read (newest first) and stored."""
-        latest: dict[str, tuple[tuple[str, str], bytes, _Index]] = {}
-        for owner, member, path, body in reversed(puts):
+    async def _store_all(self, puts: list[tuple[tuple[str, str], list[str], bytes]]) -> int:
+        """Whole locations, stored as the CPO sent them. Of several PUTs of one location (in whatever case) only the
+        last valid one is visible, so only it is read (newest first) and stored."""
+        latest: dict[str, tuple[tuple[str, str], str, bytes, _Index]] = {}
+        for owner, path, body in reversed(puts):
+            member = self._member(owner, path[0])
             if member in latest:
                 continue
             try:
-                latest[member] = (owner, body, _whole_location(body)[1])
+                latest[member] = (owner, path[0], body, _whole_location(body)[1])
             except ValueError as exc:
                 log.info("location_cache_skipped", path=path, reason=str(exc))
         if latest:
             async with self._redis.pipeline(transaction=False) as pipe:  # each script is atomic on its own
-                for member, (owner, body, index) in latest.items():
-                    await self._store(pipe, owner, member, body, index)
+                for owner, location_id, body, index in latest.values():
+                    await self._store(pipe, owner, location_id, body, index)
                 await pipe.execute()
         return len(latest)
 
-    async def _merge(
-        self, owner: tuple[str, str], member: str, method: str, path: list[str], update: dict[str, Any]
-    ) -> bool:
+    async def _merge(self, owner: tuple[str, str], method: str, path: list[str], update: dict[str, Any]) -> bool:
+        # the location's document, or the one a hub before ids were upper-cased kept under the id as sent
+        docs = [self._doc(m) for m in (self._member(owner, path[0]), self._earlier_member(owner, path[0])) if m]
         async with self._redis.pipeline(transaction=True) as pipe:
             for _ in range(20):  # optimistic: another process changing the same location makes us retry
                 try:
-                    await pipe.watch(self._doc(member))
-                    current_raw = await pipe.get(self._doc(member))
+                    await pipe.watch(*docs)
+                    current_raw = None
+                    for doc in docs:
+                        current_raw = current_raw or await pipe.get(doc)
                     current = _decode(current_raw) if current_raw else None
                     merged = _merged(current, method, path[1:], update)
                     if merged is None:
@@ -279,7 +292,7 @@ class LocationCache:
                         return False
                     index = _index_of(merged)
                     pipe.multi()
-                    await self._store(pipe, owner, member, _encode(merged), index)
+                    await self._store(pipe, owner, path[0], _encode(merged), index)
                     await pipe.execute()
                     return True
                 except WatchError:
@@ -289,7 +302,7 @@ class LocationCache:
     async def put_many(self, owner: tuple[str, str], locations: list[msgspec.Raw]) -> list[str]:
         """Whole locations as a CPO's Sender listed them (pull sync), each stored as the CPO sent it. Only the owner's
         own are taken (transport_and_format.asciidoc, Client Owned Object Pull: objects of another owner "may be
-        ignored"). Returns the ids of those stored."""
+        ignored"). Returns the ids of those stored, as the cache keys them (see location_ids)."""
         stored = []
         async with self._redis.pipeline(transaction=False) as pipe:
             for raw in locations:
@@ -301,14 +314,14 @@ class LocationCache:
                 listed_by = (str(head.country_code or "").upper(), str(head.party_id or "").upper())
                 if not isinstance(head.id, str) or not head.id or listed_by != owner:
                     continue
-                await self._store(pipe, owner, self._member(owner, head.id), bytes(raw), index)
-                stored.append(head.id)
+                await self._store(pipe, owner, head.id, bytes(raw), index)
+                stored.append(_keyed(head.id))
             await pipe.execute()
         return stored
 
     async def location_ids(self, owner: tuple[str, str]) -> set[str]:
-        """The ids of the owner's cached locations."""
-        start = len(self._member(owner, ""))
+        """The ids the owner's cached locations are keyed by: upper-cased, or as sent by a hub before ids were."""
+        start = len(_owner_part(owner))
         return {_text(member)[start:] for member in await self._redis.zrange(self._by_owner(owner), 0, -1)}
 
     def synced_key(self, owner: tuple[str, str]) -> str:
@@ -332,27 +345,36 @@ class LocationCache:
                 log.info("location_cache_cleared", owner=f"{owner[0]}-{owner[1]}", locations=forgotten)
 
     async def forget(self, owner: tuple[str, str], location_ids: set[str]) -> int:
-        """Remove these locations of the owner, with their index entries; returns how many there were."""
-        members = [self._member(owner, location_id) for location_id in sorted(location_ids)]
-        keys = [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden"]
+        """Remove these locations of the owner, with their index entries; returns how many there were. The ids are
+        taken as the cache keys them (location_ids): a location keyed as sent by an earlier hub can be removed."""
+        members = [_owner_part(owner) + location_id for location_id in sorted(location_ids)]
         forgotten = 0
         for start in range(0, len(members), 1000):  # one script call at a time holds Redis a few ms at most
-            forgotten += int(await self._forget_script(keys=keys, args=[self._p, *members[start : start + 1000]]))
+            args = [self._p, *members[start : start + 1000]]
+            forgotten += int(await self._forget_script(keys=self._forget_keys(owner), args=args))
         return forgotten
 
-    async def _store(self, pipe: Any, owner: tuple[str, str], member: str, document: bytes, index: _Index) -> None:
-        """Queue the script that stores one location with its index entries (one command instead of six)."""
+    def _forget_keys(self, owner: tuple[str, str]) -> list[str]:
+        return [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden"]
+
+    async def _store(self, pipe: Any, owner: tuple[str, str], location_id: str, document: bytes, index: _Index) -> None:
+        """Queue the script that stores one location with its index entries (one command instead of six), after
+        the one that drops the member an earlier hub gave it under its id as sent."""
+        member = self._member(owner, location_id)
+        if earlier := self._earlier_member(owner, location_id):
+            await self._forget_script(keys=self._forget_keys(owner), args=[self._p, earlier], client=pipe)
         keys = [self._doc(member), f"{self._p}all", self._by_owner(owner), f"{self._p}id:{member.split('/', 2)[2]}",
                 f"{self._p}hidden", self._entries(member)]  # fmt: skip
         args: list[bytes | str | float] = [member, index.score, document, "1" if index.hidden else "0", index.entries]
         await self._store_script(keys=keys, args=args, client=pipe)  # queued in the pipeline
 
     async def find(self, location_id: str) -> list[tuple[tuple[str, str], dict[str, Any]]]:
-        """The cached locations with this id, whoever owns them (ids are unique per CPO only)."""
-        members = sorted(_text(m) for m in await self._redis.smembers(f"{self._p}id:{location_id}"))
-        if not members:  # a cache filled before this index existed
+        """The cached locations with this id in any case, whoever owns them (ids are unique per CPO only)."""
+        members = sorted(_text(m) for m in await self._redis.smembers(f"{self._p}id:{_keyed(location_id)}"))
+        if not members:  # a cache filled before this index existed, or before ids were upper-cased
+            pattern = f"{self._p}doc:*/*/{_any_case(location_id)}"
             members = [_text(key).removeprefix(f"{self._p}doc:") async for key in
-                       self._redis.scan_iter(match=f"{self._p}doc:*/*/{location_id}", count=1000)]  # fmt: skip
+                       self._redis.scan_iter(match=pattern, count=1000)]  # fmt: skip
         docs = await self._redis.mget([self._doc(m) for m in members]) if members else []
         found = []
         for member, raw in zip(members, docs, strict=True):
@@ -408,6 +430,28 @@ class LocationCache:
         if not total:
             return None
         return [d if isinstance(d, bytes) else d.encode() for d in docs if d], int(total)
+
+
+def _keyed(location_id: str) -> str:
+    # types.asciidoc: "CiString: Case Insensitive String. Only printable ASCII allowed." (Location.id is a
+    # CiString(36)): upper-cased in the keys, as sent in the document
+    return location_id.upper()
+
+
+def same_id(value: Any, object_id: str) -> bool:
+    """Whether an EVSE's uid or a connector's id in a document is this one: CiString(36)s, like Location.id."""
+    return isinstance(value, str) and value.upper() == object_id.upper()
+
+
+def _owner_part(owner: tuple[str, str]) -> str:
+    return f"{owner[0].upper()}/{owner[1].upper()}/"
+
+
+def _any_case(text: str) -> str:
+    """A SCAN pattern matching the text in any case, none of its characters read as a wildcard."""
+    return "".join(
+        f"[{c.lower()}{c.upper()}]" if c.isascii() and c.isalpha() else f"\\{c}" if c in "*?[]\\" else c for c in text
+    )
 
 
 class _Head(msgspec.Struct):
@@ -471,10 +515,10 @@ def _merged(current: dict[str, Any] | None, method: str, path: list[str], update
         return None  # an EVSE or connector of a location the hub has not seen: pull sync will bring it
     location = dict(current)
     evses = [dict(e) for e in location.get("evses") or []]
-    evse = next((e for e in evses if e.get("uid") == path[0]), None)
+    evse = next((e for e in evses if same_id(e.get("uid"), path[0])), None)
     if len(path) == 1:
         if method == "PUT":
-            evses = [e for e in evses if e.get("uid") != path[0]] + [update]
+            evses = [e for e in evses if not same_id(e.get("uid"), path[0])] + [update]
         elif evse is None:
             return None
         else:
@@ -484,9 +528,9 @@ def _merged(current: dict[str, Any] | None, method: str, path: list[str], update
         if evse is None:
             return None
         connectors = [dict(c) for c in evse.get("connectors") or []]
-        connector = next((c for c in connectors if c.get("id") == path[1]), None)
+        connector = next((c for c in connectors if same_id(c.get("id"), path[1])), None)
         if method == "PUT":
-            connectors = [c for c in connectors if c.get("id") != path[1]] + [update]
+            connectors = [c for c in connectors if not same_id(c.get("id"), path[1])] + [update]
         elif connector is None:
             return None
         else:

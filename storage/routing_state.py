@@ -14,6 +14,11 @@ previous one and merges them, so an id seen again stays found, an id with an own
 one unseen for two periods is forgotten. Locations and tokens keep one hash for ever: their number is bounded by
 the objects that exist, and a location or token pushed once may be used unchanged for years (a START_SESSION on a
 location never updated since, an authorize of a card issued long ago), so they must not fall out of the index.
+
+Object ids are CiStrings (types.asciidoc), so the index keeps them upper-cased, however they were sent: a token pushed
+as `abc123` is found for an authorize of `ABC123`. A hub before this kept them as sent; a lookup reads that spelling
+too, so such an entry is still found when asked for in the case it was noted in, and in any case once noted again:
+sessions and reservations age out with their periods, locations and tokens are noted upper-cased on their next push.
 """
 
 from __future__ import annotations
@@ -78,9 +83,18 @@ end
 return 1
 """
 
-# KEYS: a module's owners hash of the current period and of the previous one. ARGV: an object id. Both in one round
-# trip (a script, not a pipeline: redis-py drops a cancel that lands inside a pipeline, redis/redis-py#2028).
-_OWNERS_OF = "return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1])}"
+# KEYS: a module's owners hash of the current period and of the previous one. ARGV: an object id's fields (upper-cased,
+# and as an earlier hub noted it). All in one round trip (a script, not a pipeline: redis-py drops a cancel that lands
+# inside a pipeline, redis/redis-py#2028).
+_OWNERS_OF = """
+local found = {}
+for _, key in ipairs(KEYS) do
+  for _, field in ipairs(ARGV) do
+    found[#found + 1] = redis.call('HGET', key, field)
+  end
+end
+return found
+"""
 
 # KEYS: a module's owners hash as a hub before periods kept it, the current period's, a key of this process's own.
 # ARGV: ms to keep what is taken over. Returns 0: nothing to take over, 1: it is now the current period's hash,
@@ -136,7 +150,7 @@ class RoutingState:
 
     def note_owner(self, module: str, object_id: str, owner: tuple[str, str]) -> None:
         """Remember who owns an object seen in passing; written to Redis in batches, off the request path."""
-        self._owners.setdefault((module, object_id), set()).add(f"{owner[0]}-{owner[1]}")
+        self._owners.setdefault((module, _indexed(object_id)), set()).add(f"{owner[0]}-{owner[1]}")
 
     def note_token(self, owner: tuple[str, str], uid: str, type_: str, sent: Sent, whole: bool) -> None:
         """Remember a token pushed to a CPO (a PUT if whole, else a PATCH), for publish_allowed_to; written with the
@@ -145,14 +159,16 @@ class RoutingState:
 
     async def owners(self, module: str, object_id: str) -> list[tuple[str, str]]:
         """Every party seen owning the object, sorted: more than one means the id alone does not tell. One round
-        trip: an HGET, or for sessions and reservations a script reading this period's hash and the previous one."""
-        texts = set(self._owners.get((module, object_id), ()))
+        trip: an HMGET, or for sessions and reservations a script reading this period's hash and the previous one."""
+        indexed = _indexed(object_id)
+        texts = set(self._owners.get((module, indexed), ()))
+        fields = [indexed] if indexed == object_id else [indexed, object_id]  # and as an earlier hub noted it
         if module in EXPIRING_OWNERS:
             period = self._period()
             keys = [self._owners_key(module, period), self._owners_key(module, period - 1)]
-            found = await self._owners_of(keys=keys, args=[object_id])
+            found = await self._owners_of(keys=keys, args=fields)
         else:
-            found = [await self._redis.hget(self._owners_key(module), object_id)]
+            found = await self._redis.hmget(self._owners_key(module), fields)
         for owners in found:
             if owners:
                 texts.update(_text(owners).split(","))
@@ -261,6 +277,12 @@ class RoutingState:
             if not cursor:
                 break
         await self._redis.unlink(source)
+
+
+def _indexed(object_id: str) -> str:
+    # types.asciidoc: "CiString: Case Insensitive String. Only printable ASCII allowed." (Location.id, Session.id,
+    # Token.uid and ReserveNow.reservation_id are CiString(36))
+    return object_id.upper()
 
 
 def _text(value: bytes | str) -> str:

@@ -17,7 +17,7 @@ from hub.errors import InvalidParameters, NotFound, UnknownLocation
 from hub.metrics import CACHE_REQUESTS
 from routing.forward import Answer
 from routing.request import Incoming
-from storage.location_cache import epoch
+from storage.location_cache import epoch, same_id
 
 if TYPE_CHECKING:
     from hub.ocpi.relay import Exchange, Relay
@@ -76,9 +76,9 @@ async def _single(relay: Relay, exchange: Exchange, segments: list[str]) -> Answ
         raise InvalidParameters(f"several CPOs have a location {segments[0]}: address its owner with OCPI-to")
     target: Any = visible[0] if visible else None
     if target is not None and len(segments) > 1:
-        target = next((e for e in target.get("evses") or [] if e.get("uid") == segments[1]), None)
+        target = next((e for e in target.get("evses") or [] if same_id(e.get("uid"), segments[1])), None)
     if target is not None and len(segments) > 2:
-        target = next((c for c in target.get("connectors") or [] if c.get("id") == segments[2]), None)
+        target = next((c for c in target.get("connectors") or [] if same_id(c.get("id"), segments[2])), None)
     if target is None:
         CACHE_REQUESTS.labels("miss").inc()
         error = UnknownLocation(f"the hub knows no {'/'.join(segments)} among the locations it has seen")

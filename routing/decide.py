@@ -92,7 +92,8 @@ def check_client_owned(incoming: Incoming, sender: PartyRole) -> None:
         body = decoded(incoming.body, _ObjectId, "the request body is not a valid OCPI object")
         # an EVSE is identified by uid, a token by uid, everything else by id
         in_body = body.uid if (incoming.module == "tokens" or len(segments) == 4) else body.id
-        if in_body is not None and in_body != segments[-1]:
+        # types.asciidoc: "CiString: Case Insensitive String" (the ids of all client-owned objects are CiStrings)
+        if in_body is not None and in_body.upper() != segments[-1].upper():
             raise InvalidParameters(f"the id in the URL ({segments[-1]}) differs from the id in the body ({in_body})")
 
 

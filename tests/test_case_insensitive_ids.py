@@ -50,6 +50,22 @@ def test_a_token_pushed_in_lower_case_is_found_by_an_open_authorize_in_upper_cas
     assert got.path.endswith(f"/{uid.upper()}/authorize")  # relayed as the CPO asked
 
 
+def test_a_put_whose_body_names_its_url_id_in_another_case_goes_through_and_another_id_does_not(
+    hub: Hub, connect_party
+) -> None:
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    owner = party_key(cpo)
+    location_id = f"loc1-{owner[1].lower()}"
+    url = f"receiver/locations/{owner[0]}/{owner[1]}/{location_id}"
+    same = cpo.call(
+        hub.base, "PUT", url, to=party_key(emsp), body=_location(owner, location_id.upper(), "2026-11-25T08:00:00Z")
+    )
+    assert _status(same) == 1000, same.text
+    other = cpo.call(hub.base, "PUT", url, to=party_key(emsp), body=_location(owner, "LOC2", "2026-11-25T08:00:00Z"))
+    assert _status(other) == 2001 and "differs from the id in the body (LOC2)" in other.text
+    assert len([r for r in emsp.functional() if r.method == "PUT"]) == 1  # the second was not forwarded
+
+
 def test_a_location_pushed_as_loc1_receives_a_start_session_naming_LOC1_without_ocpi_to(
     hub: Hub, connect_party
 ) -> None:

@@ -11,7 +11,8 @@ A location is keyed by its owner and its id upper-cased (`CC/PID/LOC1`, the memb
 Location.id is a CiString: a PATCH of `loc1` changes the location pushed as `LOC1`. Its document stays as the CPO sent
 it. A hub before this keyed it by the id as sent: such a member moves to its upper-cased key when the location is
 stored again under that spelling (a PUT, a PATCH, a pull); a full sync leaves none, since no id it lists is keyed so
-(each is replaced by the location as listed, or dropped); until then a single GET finds it in any case.
+(each is replaced by the location as listed, or dropped); until then a single GET finds it in any case, once
+`_index_ids` has put it in the id index under its upper-cased id (at the first start after the upgrade).
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ for i = 2, #ARGV do
   redis.call('ZREM', KEYS[2], m)
   redis.call('SREM', KEYS[3], m)
   redis.call('SREM', ARGV[1] .. 'id:' .. id, m)
+  redis.call('SREM', ARGV[1] .. 'id:' .. string.upper(id), m)
 end
 return forgotten
 """
@@ -172,11 +174,12 @@ class LocationCache:
         """For the life of the process: apply submitted updates in order, many per Redis round trip."""
         task = asyncio.create_task(self._apply_pending(), name="location_cache_updates")
         deriving = asyncio.create_task(self._derive_entries(), name="location_cache_publish_entries")
+        indexing = asyncio.create_task(self._index_ids(), name="location_cache_id_index")
         try:
             yield self
         finally:
             await self._pending.join()  # what was relayed before shutdown is in the cache
-            for each in (task, deriving):
+            for each in (task, deriving, indexing):
                 each.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await each
@@ -196,6 +199,31 @@ class LocationCache:
             log.warning("location_publish_entries_not_derived", error=str(exc))
         if derived:
             log.info("location_publish_entries_derived", locations=derived)
+
+    async def _index_ids(self, chunk: int = 1000) -> None:
+        """Once per cache: every cached location in the id index under its upper-cased id, which `find` reads alone.
+        A hub before ids were upper-cased indexed them as sent (and one before the index, not at all); until this
+        is done (a moment at the first start after the upgrade), such a location is not found by a single GET."""
+        done = f"{self._p}ids-indexed-upper-cased"
+        try:
+            if await self._redis.exists(done):
+                return
+            indexed, cursor = 0, 0
+            while True:
+                cursor, scored = await self._redis.zscan(f"{self._p}all", cursor, count=chunk)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for member, _ in scored:
+                        member = _text(member)
+                        pipe.sadd(f"{self._p}id:{_keyed(member.split('/', 2)[2])}", member)
+                    indexed += sum(await pipe.execute())
+                if not cursor:
+                    break
+            await self._redis.set(done, "1")
+        except redis.RedisError as exc:  # done at the next start
+            log.warning("location_id_index_not_built", error=str(exc))
+            return
+        if indexed:
+            log.info("location_id_index_built", locations=indexed)
 
     async def _derive_lacking(self, members: list[str]) -> int:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -371,10 +399,6 @@ class LocationCache:
     async def find(self, location_id: str) -> list[tuple[tuple[str, str], dict[str, Any]]]:
         """The cached locations with this id in any case, whoever owns them (ids are unique per CPO only)."""
         members = sorted(_text(m) for m in await self._redis.smembers(f"{self._p}id:{_keyed(location_id)}"))
-        if not members:  # a cache filled before this index existed, or before ids were upper-cased
-            pattern = f"{self._p}doc:*/*/{_any_case(location_id)}"
-            members = [_text(key).removeprefix(f"{self._p}doc:") async for key in
-                       self._redis.scan_iter(match=pattern, count=1000)]  # fmt: skip
         docs = await self._redis.mget([self._doc(m) for m in members]) if members else []
         found = []
         for member, raw in zip(members, docs, strict=True):
@@ -445,13 +469,6 @@ def same_id(value: Any, object_id: str) -> bool:
 
 def _owner_part(owner: tuple[str, str]) -> str:
     return f"{owner[0].upper()}/{owner[1].upper()}/"
-
-
-def _any_case(text: str) -> str:
-    """A SCAN pattern matching the text in any case, none of its characters read as a wildcard."""
-    return "".join(
-        f"[{c.lower()}{c.upper()}]" if c.isascii() and c.isalpha() else f"\\{c}" if c in "*?[]\\" else c for c in text
-    )
 
 
 class _Head(msgspec.Struct):

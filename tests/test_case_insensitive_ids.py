@@ -16,7 +16,7 @@ import time
 import redis as redis_sync
 import redis.asyncio as redis
 
-from storage.location_cache import epoch
+from storage.location_cache import LocationCache, epoch
 from storage.routing_state import RoutingState
 from tests.conftest import ROOT, Hub, Services
 from tests.test_location_cache import _eventually, _get, _location, _push
@@ -170,8 +170,6 @@ def test_a_location_an_earlier_hub_cached_under_its_id_in_lower_case_moves_on_a_
             client.zadd(f"{prefix}all", {member: score})
             client.zadd(by_owner, {member: score})
             client.sadd(f"{prefix}id:{location_id}", member)
-        found = _get(reader, hub, f"sender/locations/{listed_id.upper()}")
-        assert (_status(found), found.json()["data"]["name"]) == (1000, "old"), found.text  # in any case meanwhile
         # A PATCH in the spelling it was cached in changes it, and moves it to its upper-cased key.
         _push(cpo, reader, hub, "PATCH", patched_id, {"name": "patched", "last_updated": "2026-11-02T00:00:00Z"})
         _eventually(lambda: _assert_members(client, by_owner, part, [gone_id, listed_id, patched_id.upper()]))
@@ -220,6 +218,43 @@ def test_the_owner_index_matches_ids_in_any_case_and_finds_those_an_earlier_hub_
                     assert await state.owners(module, object_id) == [("NL", "NEW")]
                 assert await state.owners("tokens", "tok-old") == [("NL", "OLD")]
                 assert await state.owners("session-receivers", "NL/CPO/s-old") == [("NL", "OLD")]
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_the_locations_an_earlier_hub_cached_are_found_in_any_case_once_a_hub_has_started(services: Services) -> None:
+    prefix = f"{services.redis_prefix}ids-{secrets.token_hex(4)}:"
+    lower = {"id": "loc1", "country_code": "NL", "party_id": "CPO", "last_updated": "2026-11-01T00:00:00Z"}
+    unindexed = lower | {"id": "Loc2"}
+    with contextlib.closing(redis_sync.Redis.from_url(services.redis_url)) as old_hub:
+        for location, indexed in ((lower, True), (unindexed, False)):  # the id as sent; an older hub kept no id index
+            member = f"NL/CPO/{location['id']}"
+            old_hub.set(f"{prefix}locations:doc:{member}", json.dumps(location))
+            old_hub.zadd(f"{prefix}locations:all", {member: epoch(location["last_updated"])})
+            if indexed:
+                old_hub.sadd(f"{prefix}locations:id:{location['id']}", member)
+
+    async def run() -> None:
+        client = redis.Redis.from_url(services.redis_url)
+        try:
+            cache = LocationCache(client, prefix)
+            async with cache.updating():
+                for _ in range(100):
+                    if await client.exists(f"{prefix}locations:ids-indexed-upper-cased"):
+                        break
+                    await asyncio.sleep(0.05)
+                for asked, location in (("LOC1", lower), ("loc1", lower), ("lOC2", unindexed)):
+                    assert await cache.find(asked) == [(("NL", "CPO"), location)], asked
+                # an id the cache does not hold costs one lookup, not a scan of Redis's keyspace
+                scans = (await client.info("commandstats")).get("cmdstat_scan", {}).get("calls", 0)
+                for n in range(50):
+                    assert await cache.find(f"LOC3-{n}") == []
+                assert (await client.info("commandstats")).get("cmdstat_scan", {}).get("calls", 0) - scans < 25
+                await cache.forget(("NL", "CPO"), {"loc1"})  # as a full sync forgets it: out of both id sets
+                assert await cache.find("LOC1") == []
+                assert not await client.exists(f"{prefix}locations:id:LOC1", f"{prefix}locations:id:loc1")
         finally:
             await client.aclose()
 

@@ -15,7 +15,7 @@ import msgspec
 
 from hub.errors import InvalidParameters, decoded
 from routing.request import Incoming
-from storage.location_cache import epoch
+from storage.location_document import epoch
 from storage.routing_state import CALLBACK_TTL_S
 
 _LINK = re.compile(r"<([^>]*)>")

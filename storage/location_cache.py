@@ -3,9 +3,8 @@
 One JSON document per location (EVSEs and connectors inside it, as the CPO sent them), a sorted set per owner
 and one for all owners ordered by last_updated, a set of the unpublished ones and, per unpublished location, its
 publish_allowed_to entries as storage.publish_tokens's matcher reads them (one string). Updates follow the Receiver
-rules of mod_locations.asciidoc: PUT replaces, PATCH changes only the fields sent, and a PUT or PATCH of an EVSE or
-connector "SHALL also set the new last_updated value on the parent" EVSE and Location. Redis is a cache: what is
-lost is fetched again from the CPOs by pull sync.
+rules of mod_locations.asciidoc (storage.location_document). Redis is a cache: what is lost is fetched again from the
+CPOs by pull sync.
 
 A location is keyed by its owner and its id upper-cased (`CC/PID/LOC1`, the member of the sets, and `id:LOC1`), since a
 Location.id is a CiString: a PATCH of `loc1` changes the location pushed as `LOC1`. Its document stays as the CPO sent
@@ -21,8 +20,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterable
-from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 import redis.asyncio as redis
@@ -30,6 +28,7 @@ import structlog
 from redis.exceptions import WatchError
 
 from storage.batches import next_batch
+from storage.location_document import Index, index_of, read_head, updated, whole_location
 from storage.publish_tokens import ALLOWED_LUA, MATCH_LUA, index_keys, publish_entries
 
 log = structlog.get_logger()
@@ -42,23 +41,8 @@ _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 
 
-def epoch(timestamp: str) -> float:
-    """types.asciidoc DateTime (UTC, 'Z' or no zone) as seconds since the epoch."""
-    text = timestamp.replace("Z", "+00:00")
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.fromisoformat(text + "+00:00")
-    return moment.timestamp()
-
-
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _later(a: str | None, b: str | None) -> str | None:
-    if not a or not b:
-        return a or b
-    return a if epoch(a) >= epoch(b) else b
 
 
 # KEYS: the source sorted set, the set of unpublished members, the snapshot list, the viewer's list of snapshots, the
@@ -235,7 +219,7 @@ class LocationCache:
         async with self._redis.pipeline(transaction=False) as pipe:
             for member, raw in zip(lacking, docs, strict=True):
                 try:
-                    entries = publish_entries(_read_head(raw).publish_allowed_to) if raw else ""
+                    entries = publish_entries(read_head(raw).publish_allowed_to) if raw else ""
                 except (msgspec.DecodeError, RecursionError):
                     entries = ""
                 keys = [f"{self._p}hidden", self._entries(member)]
@@ -287,13 +271,13 @@ class LocationCache:
     async def _store_all(self, puts: list[tuple[tuple[str, str], list[str], bytes]]) -> int:
         """Whole locations, stored as the CPO sent them. Of several PUTs of one location (in whatever case) only the
         last valid one is visible, so only it is read (newest first) and stored."""
-        latest: dict[str, tuple[tuple[str, str], str, bytes, _Index]] = {}
+        latest: dict[str, tuple[tuple[str, str], str, bytes, Index]] = {}
         for owner, path, body in reversed(puts):
             member = self._member(owner, path[0])
             if member in latest:
                 continue
             try:
-                latest[member] = (owner, path[0], body, _whole_location(body)[1])
+                latest[member] = (owner, path[0], body, whole_location(body)[1])
             except ValueError as exc:
                 log.info("location_cache_skipped", path=path, reason=str(exc))
         if latest:
@@ -314,11 +298,11 @@ class LocationCache:
                     for doc in docs:
                         current_raw = current_raw or await pipe.get(doc)
                     current = _decode(current_raw) if current_raw else None
-                    merged = _merged(current, method, path[1:], update)
+                    merged = updated(current, method, path[1:], update)
                     if merged is None:
                         await pipe.unwatch()
                         return False
-                    index = _index_of(merged)
+                    index = index_of(merged)
                     pipe.multi()
                     await self._store(pipe, owner, path[0], _encode(merged), index)
                     await pipe.execute()
@@ -335,7 +319,7 @@ class LocationCache:
         async with self._redis.pipeline(transaction=False) as pipe:
             for raw in locations:
                 try:
-                    head, index = _whole_location(raw)
+                    head, index = whole_location(raw)
                 except ValueError as exc:
                     log.info("location_cache_skipped", owner=owner, reason=str(exc))
                     continue
@@ -385,7 +369,7 @@ class LocationCache:
     def _forget_keys(self, owner: tuple[str, str]) -> list[str]:
         return [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden"]
 
-    async def _store(self, pipe: Any, owner: tuple[str, str], location_id: str, document: bytes, index: _Index) -> None:
+    async def _store(self, pipe: Any, owner: tuple[str, str], location_id: str, document: bytes, index: Index) -> None:
         """Queue the script that stores one location with its index entries (one command instead of six), after
         the one that drops the member an earlier hub gave it under its id as sent."""
         member = self._member(owner, location_id)
@@ -462,99 +446,5 @@ def _keyed(location_id: str) -> str:
     return location_id.upper()
 
 
-def same_id(value: Any, object_id: str) -> bool:
-    """Whether an EVSE's uid or a connector's id in a document is this one: CiString(36)s, like Location.id."""
-    return isinstance(value, str) and value.upper() == object_id.upper()
-
-
 def _owner_part(owner: tuple[str, str]) -> str:
     return f"{owner[0].upper()}/{owner[1].upper()}/"
-
-
-class _Head(msgspec.Struct):
-    """What the cache reads of a whole location; the document itself is stored as the CPO sent it."""
-
-    id: Any = None
-    country_code: Any = None
-    party_id: Any = None
-    last_updated: Any = None
-    publish: Any = None
-    publish_allowed_to: Any = None
-
-
-_read_head = msgspec.json.Decoder(_Head).decode
-
-
-def _whole_location(document: bytes | msgspec.Raw) -> tuple[_Head, _Index]:
-    """What a whole location is cached by, and its index entries; ValueError, saying why, when it cannot be cached
-    as it came."""
-    try:
-        head = _read_head(document)
-        # msgspec does not check the UTF-8 of the fields it skips: one bad byte would spoil every GET All page it
-        # is served on
-        str(document, "utf-8")
-    except (msgspec.DecodeError, RecursionError):
-        raise ValueError("the body is not a JSON object") from None
-    except UnicodeDecodeError:
-        raise ValueError("the body is not UTF-8") from None
-    return head, _index(head.last_updated, head.publish, head.publish_allowed_to)
-
-
-class _Index(NamedTuple):
-    score: float  # last_updated, in seconds since the epoch
-    hidden: bool  # publish is false
-    entries: str  # of publish_allowed_to when hidden, as storage.publish_tokens's matcher reads them
-
-
-def _index(last_updated: Any, publish: Any, publish_allowed_to: Any) -> _Index:
-    """A location's entries in the cache's indexes; ValueError when it has no valid last_updated."""
-    if not isinstance(last_updated, str):
-        raise ValueError("a location without last_updated")
-    try:
-        score = epoch(last_updated)
-    except ValueError:
-        raise ValueError(f"last_updated {last_updated[:40]!r} is not a DateTime") from None
-    hidden = publish is False
-    return _Index(score, hidden, publish_entries(publish_allowed_to) if hidden else "")
-
-
-def _index_of(location: dict[str, Any]) -> _Index:
-    return _index(location.get("last_updated"), location.get("publish"), location.get("publish_allowed_to"))
-
-
-def _merged(current: dict[str, Any] | None, method: str, path: list[str], update: dict[str, Any]) -> dict | None:
-    """The location after a PUT or PATCH at path ([], [evse_uid] or [evse_uid, connector_id])."""
-    if not path:
-        if method == "PUT":
-            return update
-        return None if current is None else current | update  # PATCH: the fields sent, nothing else
-    if current is None:
-        return None  # an EVSE or connector of a location the hub has not seen: pull sync will bring it
-    location = dict(current)
-    evses = [dict(e) for e in location.get("evses") or []]
-    evse = next((e for e in evses if same_id(e.get("uid"), path[0])), None)
-    if len(path) == 1:
-        if method == "PUT":
-            evses = [e for e in evses if not same_id(e.get("uid"), path[0])] + [update]
-        elif evse is None:
-            return None
-        else:
-            evse.update(update)
-        changed = update.get("last_updated")
-    else:
-        if evse is None:
-            return None
-        connectors = [dict(c) for c in evse.get("connectors") or []]
-        connector = next((c for c in connectors if same_id(c.get("id"), path[1])), None)
-        if method == "PUT":
-            connectors = [c for c in connectors if not same_id(c.get("id"), path[1])] + [update]
-        elif connector is None:
-            return None
-        else:
-            connector.update(update)
-        evse["connectors"] = connectors
-        changed = update.get("last_updated")
-        evse["last_updated"] = _later(evse.get("last_updated"), changed)
-    location["evses"] = evses
-    location["last_updated"] = _later(location.get("last_updated"), changed)
-    return location

@@ -16,7 +16,8 @@ import time
 import redis as redis_sync
 import redis.asyncio as redis
 
-from storage.location_cache import LocationCache, epoch
+from storage.location_cache import LocationCache
+from storage.location_document import epoch
 from storage.routing_state import RoutingState
 from tests.conftest import ROOT, Hub, Services
 from tests.test_location_cache import _eventually, _get, _location, _push

@@ -17,7 +17,7 @@ from hub.errors import InvalidParameters, NotFound, UnknownLocation
 from hub.metrics import CACHE_REQUESTS
 from routing.forward import Answer
 from routing.request import Incoming
-from storage.location_cache import epoch, same_id
+from storage.location_document import epoch, same_id
 
 if TYPE_CHECKING:
     from hub.ocpi.relay import Exchange, Relay

@@ -1,0 +1,124 @@
+"""A location document as the cache reads and changes it: what it is indexed by, and the Receiver rules of
+mod_locations.asciidoc for a PUT or PATCH of a location, an EVSE or a connector.
+
+PUT replaces, PATCH changes only the fields sent, and a PUT or PATCH of an EVSE or connector "SHALL also set the new
+last_updated value on the parent" EVSE and Location. The document itself is kept as the CPO sent it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import msgspec
+
+from storage.publish_tokens import publish_entries
+
+
+def epoch(timestamp: str) -> float:
+    """types.asciidoc DateTime (UTC, 'Z' or no zone) as seconds since the epoch."""
+    text = timestamp.replace("Z", "+00:00")
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.fromisoformat(text + "+00:00")
+    return moment.timestamp()
+
+
+def same_id(value: Any, object_id: str) -> bool:
+    """Whether an EVSE's uid or a connector's id in a document is this one: CiString(36)s, like Location.id."""
+    return isinstance(value, str) and value.upper() == object_id.upper()
+
+
+class Head(msgspec.Struct):
+    """What the cache reads of a whole location; the document itself is stored as the CPO sent it."""
+
+    id: Any = None
+    country_code: Any = None
+    party_id: Any = None
+    last_updated: Any = None
+    publish: Any = None
+    publish_allowed_to: Any = None
+
+
+read_head = msgspec.json.Decoder(Head).decode
+
+
+def whole_location(document: bytes | msgspec.Raw) -> tuple[Head, Index]:
+    """What a whole location is cached by, and its index entries; ValueError, saying why, when it cannot be cached
+    as it came."""
+    try:
+        head = read_head(document)
+        # msgspec does not check the UTF-8 of the fields it skips: one bad byte would spoil every GET All page it
+        # is served on
+        str(document, "utf-8")
+    except (msgspec.DecodeError, RecursionError):
+        raise ValueError("the body is not a JSON object") from None
+    except UnicodeDecodeError:
+        raise ValueError("the body is not UTF-8") from None
+    return head, index(head.last_updated, head.publish, head.publish_allowed_to)
+
+
+class Index(NamedTuple):
+    score: float  # last_updated, in seconds since the epoch
+    hidden: bool  # publish is false
+    entries: str  # of publish_allowed_to when hidden, as storage.publish_tokens's matcher reads them
+
+
+def index(last_updated: Any, publish: Any, publish_allowed_to: Any) -> Index:
+    """A location's entries in the cache's indexes; ValueError when it has no valid last_updated."""
+    if not isinstance(last_updated, str):
+        raise ValueError("a location without last_updated")
+    try:
+        score = epoch(last_updated)
+    except ValueError:
+        raise ValueError(f"last_updated {last_updated[:40]!r} is not a DateTime") from None
+    hidden = publish is False
+    return Index(score, hidden, publish_entries(publish_allowed_to) if hidden else "")
+
+
+def index_of(location: dict[str, Any]) -> Index:
+    return index(location.get("last_updated"), location.get("publish"), location.get("publish_allowed_to"))
+
+
+def updated(current: dict[str, Any] | None, method: str, path: list[str], update: dict[str, Any]) -> dict | None:
+    """The location after a PUT or PATCH at path ([], [evse_uid] or [evse_uid, connector_id])."""
+    if not path:
+        if method == "PUT":
+            return update
+        return None if current is None else current | update  # PATCH: the fields sent, nothing else
+    if current is None:
+        return None  # an EVSE or connector of a location the hub has not seen: pull sync will bring it
+    location = dict(current)
+    evses = [dict(e) for e in location.get("evses") or []]
+    evse = next((e for e in evses if same_id(e.get("uid"), path[0])), None)
+    if len(path) == 1:
+        if method == "PUT":
+            evses = [e for e in evses if not same_id(e.get("uid"), path[0])] + [update]
+        elif evse is None:
+            return None
+        else:
+            evse.update(update)
+        changed = update.get("last_updated")
+    else:
+        if evse is None:
+            return None
+        connectors = [dict(c) for c in evse.get("connectors") or []]
+        connector = next((c for c in connectors if same_id(c.get("id"), path[1])), None)
+        if method == "PUT":
+            connectors = [c for c in connectors if not same_id(c.get("id"), path[1])] + [update]
+        elif connector is None:
+            return None
+        else:
+            connector.update(update)
+        evse["connectors"] = connectors
+        changed = update.get("last_updated")
+        evse["last_updated"] = _later(evse.get("last_updated"), changed)
+    location["evses"] = evses
+    location["last_updated"] = _later(location.get("last_updated"), changed)
+    return location
+
+
+def _later(a: str | None, b: str | None) -> str | None:
+    if not a or not b:
+        return a or b
+    return a if epoch(a) >= epoch(b) else b

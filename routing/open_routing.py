@@ -4,13 +4,14 @@ transport_and_format.asciidoc, Open Routing Request: "When a Hub has the intelli
 the content of the request ... the 'OCPI-to-' headers can be omitted". The hub knows the owner of a location,
 session, token or reservation once a push or command for it has been routed (of a session or reservation for one to
 two OCPI_HUB_OWNER_INDEX_PERIOD_S after it was last seen), and the eMSP of a session or CDR from its cdr_token. Ids
-are unique per party only: an id seen with several owners is refused, never guessed. Ids are CiStrings, matched in
-any case (storage.routing_state). A token push also notes the token's fields, which the location cache's
-publish_allowed_to matches.
+are unique per party only: an id seen with several owners on the hub is refused, never guessed; a party no longer on
+the hub is no owner. Ids are CiStrings, matched in any case (storage.routing_state). A token push also notes the
+token's fields, which the location cache's publish_allowed_to matches.
 """
 
 from __future__ import annotations
 
+from collections.abc import Container
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -63,32 +64,33 @@ def _routing_fields(body: bytes) -> _CommandFields:
     return decoded(body, _CommandFields, "the request body is not a valid OCPI object")
 
 
-async def open_hint(incoming: Incoming, state: RoutingState) -> PartyKey | None:
-    """The party an open request should go to, or None if the hub cannot tell."""
+async def open_hint(incoming: Incoming, state: RoutingState, on_hub: Container[PartyKey]) -> PartyKey | None:
+    """The party an open request should go to, or None if the hub cannot tell. Only parties on the hub now count
+    (on_hub): one that left, or was taken off, still owns its ids in the index but is no owner to route to."""
     segments = incoming.segments
     if incoming.interface == "receiver":
         if incoming.module == "commands" and segments:
             field, owner_module = _COMMAND_TARGET.get(segments[0].upper(), (None, ""))
             object_id = getattr(_routing_fields(incoming.body), field) if field else None
-            return await _owner(state, owner_module, object_id) if object_id else None
+            return await _owner(state, on_hub, owner_module, object_id) if object_id else None
         if incoming.module == "chargingprofiles" and segments:
-            return await _owner(state, "sessions", segments[0])
+            return await _owner(state, on_hub, "sessions", segments[0])
         if incoming.module in ("sessions", "cdrs") and incoming.method in ("POST", "PUT"):
             token = _routing_fields(incoming.body).cdr_token  # the eMSP whose token charged
             return (token.country_code.upper(), token.party_id.upper()) if token else None
         if incoming.module == "sessions" and incoming.method == "PATCH" and len(segments) >= 3:
-            return await _owner(state, "session-receivers", _session_of(segments))
+            return await _owner(state, on_hub, "session-receivers", _session_of(segments))
         return None
     if segments and incoming.module in ("locations", "sessions", "tokens"):
         # Sender interface: GET /{location_id}, PUT /{session_id}/charging_preferences, POST /{token_uid}/authorize
-        return await _owner(state, incoming.module, segments[0])
+        return await _owner(state, on_hub, incoming.module, segments[0])
     return None
 
 
-async def _owner(state: RoutingState, module: str, object_id: str) -> PartyKey | None:
-    """The one party seen with the id; several: refused, since ids are unique per party only (mod_commands: a
-    location_id names a "Location (belonging to the CPO this request is sent to)")."""
-    owners = await state.owners(module, object_id)
+async def _owner(state: RoutingState, on_hub: Container[PartyKey], module: str, object_id: str) -> PartyKey | None:
+    """The one party on the hub seen with the id; several: refused, since ids are unique per party only (mod_commands:
+    a location_id names a "Location (belonging to the CPO this request is sent to)")."""
+    owners = [owner for owner in await state.owners(module, object_id) if owner in on_hub]
     if len(owners) > 1:
         raise UnknownReceiver(
             f"no OCPI-to headers, and {_OBJECT.get(module, 'object')} {object_id} belongs to several parties"

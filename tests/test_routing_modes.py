@@ -179,6 +179,31 @@ def test_open_routing_refuses_a_location_id_two_cpos_have_and_forwards_nothing(h
     assert [tuple(row) for row in rows] == [("rejected", None, 4001)]
 
 
+def test_a_location_id_a_cpo_that_left_the_hub_also_had_is_routed_to_the_cpo_still_on_it(
+    hub: Hub, connect_party
+) -> None:
+    # The owner index keeps what it saw; a party taken off the hub owns nothing to route to any more.
+    gone, staying = connect_party(_roles("CPO")), connect_party(_roles("CPO"))
+    emsp = connect_party(_roles("EMSP"))
+    location_id = f"LOC1-{unique_party_id()}"
+    for cpo in (gone, staying):
+        cc, pid = party_key(cpo)
+        answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/{location_id}", to=party_key(emsp),
+                          body=LOCATION | {"id": location_id, "party_id": pid})  # fmt: skip
+        assert answer.json()["status_code"] == 1000, answer.text
+        time.sleep(0.2)  # each owner in a batch of its own
+    with hub.admin() as admin:
+        [platform] = [p for p in admin.get("/admin/api/parties").json()["items"] if p["party_id"] == party_key(gone)[1]]
+        assert admin.delete(f"/admin/api/parties/{platform['platform_id']}").status_code == 200
+    body = {"response_url": "https://emsp.example/cmd/1", "location_id": location_id, "token": {"uid": "T"}}
+    answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", body=body)
+    assert answer.json()["status_code"] == 1000, answer.text
+    assert [r.path for r in staying.functional() if "commands" in r.path] == [
+        "/ocpi/2.2.1/commands/receiver/START_SESSION"
+    ]
+    assert not [r for r in gone.functional() if "commands" in r.path]
+
+
 def test_open_routing_refuses_an_authorization_of_a_token_uid_two_emsps_have(hub: Hub, connect_party) -> None:
     emsps, cpo = [connect_party(_roles("EMSP")) for _ in range(2)], connect_party(_roles("CPO"))
     uid = f"TOK{unique_party_id()}"

@@ -28,6 +28,7 @@ import structlog
 from redis.exceptions import WatchError
 
 from storage.batches import next_batch
+from storage.directory import PartyRole
 from storage.location_document import Index, index_of, read_head, updated, whole_location
 from storage.publish_tokens import ALLOWED_LUA, MATCH_LUA, index_keys, publish_entries
 
@@ -344,10 +345,11 @@ class LocationCache:
         """Pull sync's mark of an owner whose Sender failed: not asked again while it lasts."""
         return f"{self._p}sync-failed:{owner[0]}/{owner[1]}"
 
-    async def forget_owners(self, owners: Iterable[tuple[str, str]]) -> None:
-        """CPOs that left the hub: their locations are no longer offered, and should one come back, its first sync
-        is a full one. Best effort: the platform has left whatever Redis says (a failure is logged)."""
-        for owner in owners:
+    async def forget_platform(self, roles: Iterable[PartyRole]) -> None:
+        """A platform that left the hub: the locations of its CPO roles are no longer offered, and should one come
+        back, its first sync is a full one. Best effort: the platform has left whatever Redis says (a failure is
+        logged)."""
+        for owner in (role.key for role in roles if role.role == "CPO"):
             try:
                 forgotten = await self.forget(owner, await self.location_ids(owner))
                 await self._redis.delete(self.synced_key(owner), self.sync_failed_key(owner))

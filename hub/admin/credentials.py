@@ -94,7 +94,7 @@ async def take_off_hub(state: State, actor: Actor, platform_id: int, via: str | 
                             | _via(via))  # fmt: skip
     await state.directory.changed()
     if known is not None:
-        await state.locations.forget_owners(role.key for role in known.roles if role.role == "CPO")
+        await state.locations.forget_platform(known.roles)
     told, answer = None, None
     if row["state"] == "REGISTERED":
         answer = await _tell_party(state, known) if known is not None else "the hub did not know its token B"

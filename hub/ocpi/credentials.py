@@ -92,7 +92,7 @@ async def unregister(request: Request[Caller, str, State]) -> Response[bytes]:
     async with state.pool.acquire() as conn:
         await platforms.unregister(conn, caller.platform.id)
     await state.directory.changed()
-    await state.locations.forget_owners(role.key for role in caller.platform.roles if role.role == "CPO")
+    await state.locations.forget_platform(caller.platform.roles)
     log.info("platform_unregistered", platform_id=caller.platform.id, platform=caller.platform.name)
     return ocpi_response(None)
 

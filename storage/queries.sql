@@ -124,9 +124,11 @@ FROM credentials_token t JOIN platform p ON p.id = t.platform_id
 WHERE p.state <> 'UNREGISTERED';
 
 -- name: list_parties
+-- Every platform's roles, or one platform's ($1; NULL: all).
 SELECT r.country_code, r.party_id, r.role, p.name AS platform, p.id AS platform_id, r.status,
        p.registered_at, p.last_seen, p.token_encoding, p.state AS platform_state
 FROM party_role r JOIN platform p ON p.id = r.platform_id
+WHERE $1::bigint IS NULL OR p.id = $1
 ORDER BY upper(r.country_code), upper(r.party_id), r.role, r.id;
 
 -- name: touch_platforms

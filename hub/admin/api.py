@@ -109,7 +109,7 @@ def invited(invitation: Invitation) -> dict[str, Any]:
 @get("/parties", opt={READ_ONLY: True})
 async def list_parties(request: Request) -> Response[bytes]:
     async with request.app.state.pool.acquire() as conn:
-        rows = await conn.fetch(QUERIES["list_parties"])
+        rows = await conn.fetch(QUERIES["list_parties"], None)
     # the row holds more than the answer (platform_state, for the console's actions): convert skips it
     return json_response({"items": [msgspec.convert(dict(row), Party) for row in rows]})
 

@@ -112,5 +112,5 @@ async def export_download(request: Request, format: str = "csv", bodies: bool = 
 
 async def party_choices(request: Request) -> list[str]:
     async with request.app.state.pool.acquire() as conn:
-        rows = await conn.fetch(QUERIES["list_parties"])
+        rows = await conn.fetch(QUERIES["list_parties"], None)
     return sorted({f"{r['country_code'].upper()}-{r['party_id'].upper()}" for r in rows})

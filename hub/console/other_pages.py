@@ -36,7 +36,7 @@ async def home() -> Redirect:
 @get("/console/parties")
 async def parties_page(request: Request) -> Template:
     async with request.app.state.pool.acquire() as conn:
-        rows = await conn.fetch(QUERIES["list_parties"])
+        rows = await conn.fetch(QUERIES["list_parties"], None)
     counts: dict[str, int] = defaultdict(int)
     for row in rows:
         counts[row["status"]] += 1

@@ -60,7 +60,7 @@ async def _context(request: Request, platform_id: int, action: str) -> dict[str,
     if action not in ACTIONS:
         raise NotFoundException(f"no action {action!r} on a platform")
     async with request.app.state.pool.acquire() as conn:
-        roles = [row for row in await conn.fetch(QUERIES["list_parties"]) if row["platform_id"] == platform_id]
+        roles = await conn.fetch(QUERIES["list_parties"], platform_id)
     if not roles:
         raise NotFoundException(f"no platform {platform_id} was ever invited to this hub")
     applies_to, heading = ACTIONS[action]

@@ -10,6 +10,8 @@ from dataclasses import replace
 import asyncpg
 import redis.asyncio as redis
 import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from hub.settings import Settings
 from storage.embedded import EmbeddedPostgres, EmbeddedValkey
@@ -51,8 +53,19 @@ async def open_database(database_url: str, max_size: int) -> asyncpg.Pool:
 
 def open_redis(redis_url: str) -> redis.Redis:
     """The hub's Redis client. Redis answers in well under a millisecond: one that takes seconds is away, and
-    nothing the hub does must wait on it for longer."""
-    return redis.Redis.from_url(redis_url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S)
+    nothing the hub does must wait on it for longer.
+
+    A command that finds its pooled connection broken (Redis restarted or failed over since the connection was last
+    used) is sent once more on a new connection: without that, every idle connection in the pool failed one request
+    with 4000 after Redis was back. Only a broken connection is retried, never a timeout (a hung Redis costs a request
+    REDIS_TIMEOUT_S once, not twice); what the hub sends is safe to send twice (SET, ZADD, SADD, HSET of the same
+    values, scripts written to be repeated)."""
+    return redis.Redis.from_url(
+        redis_url,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        socket_timeout=REDIS_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+    )
 
 
 async def check_redis(redis_url: str) -> None:

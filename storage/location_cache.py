@@ -58,6 +58,7 @@ local function shown(m)
   local entries = redis.call('GET', ARGV[6] .. m)
   return entries and allowed(entries, ARGV[5], KEYS[5], KEYS[6], KEYS[7])
 end
+redis.call('DEL', KEYS[3])  -- a new snapshot: empty, also when a broken connection made the client send it again
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])
 local filter = redis.call('SCARD', KEYS[2]) > 0
 local batch, total = {}, 0

@@ -58,8 +58,10 @@ def open_redis(redis_url: str) -> redis.Redis:
     A command that finds its pooled connection broken (Redis restarted or failed over since the connection was last
     used) is sent once more on a new connection: without that, every idle connection in the pool failed one request
     with 4000 after Redis was back. Only a broken connection is retried, never a timeout (a hung Redis costs a request
-    REDIS_TIMEOUT_S once, not twice); what the hub sends is safe to send twice (SET, ZADD, SADD, HSET of the same
-    values, scripts written to be repeated)."""
+    REDIS_TIMEOUT_S once, not twice). What the hub sends may run twice when the first try ran and only its answer
+    was lost: SET, ZADD, SADD and HSET of the same values and its scripts come to the same; a second INCR or PUBLISH
+    of the directory's generation costs a reload; a SET NX that ran reads as not taken, which skips one probe or
+    pull sync until its lock expires."""
     return redis.Redis.from_url(
         redis_url,
         socket_connect_timeout=REDIS_TIMEOUT_S,

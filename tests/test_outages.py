@@ -1,10 +1,11 @@
-"""Outages of the hub's own servers: PostgreSQL away or hanging, Redis away. Callers get a clear answer in time,
-requests that do not need the server go through, and no accepted routing-log row is lost."""
+"""Outages of the hub's own servers: PostgreSQL away or hanging, Redis away or restarted. Callers get a clear answer
+in time, requests that do not need the server go through, and no accepted routing-log row is lost."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import os
 import signal
 import time
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 import psutil
+import redis
 
 from storage.embedded import EmbeddedPostgres, EmbeddedValkey
 from tests.conftest import OUTPUT, Services, hub_env, register_at_hub, start_hub
@@ -222,6 +224,110 @@ def test_while_redis_is_away_requests_that_need_it_get_a_clear_4000_and_the_rest
             os.kill(frozen, signal.SIGCONT)
         assert hung.json()["status_code"] == 4000 and "(TimeoutError" in hung.json()["status_message"]
         assert 4 < took < 20
+        assert "Traceback" not in hub.log()
+    finally:
+        hub.stop()
+        valkey.stop()
+
+
+def _hub_redis_connections(redis_url: str) -> int:
+    """How many connections the hub's Redis pool holds: every client of that Redis but the hub's pub/sub watcher
+    and the one asking."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return sum(1 for c in client.client_list() if "P" not in c["flags"]) - 1
+    finally:
+        client.close()
+
+
+def _subscribers(redis_url: str, channel: str) -> int:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        [(_, count)] = client.pubsub_numsub(channel)
+        return int(count)
+    finally:
+        client.close()
+
+
+def test_after_redis_restarts_every_request_goes_through_though_the_pool_held_connections_to_the_old_server(
+    services: Services, tmp_path: Path, start_party, db
+) -> None:
+    # After Redis restarted (or failed over), every connection idle in the hub's pool was a socket to the old server,
+    # and each request that took one failed with 4000 (ConnectionError: Connection closed by server) though Redis
+    # was back. Requests that read Redis: a GET All the hub answers from its location cache (a script and a
+    # pipeline), and an open command (its owner looked up, its response_url kept under a new key).
+    valkey = EmbeddedValkey(tmp_path / "valkey")
+    port = urlsplit(url := valkey.start()).port
+    assert port is not None
+    hub = start_hub(hub_env(services, tmp_path / "hub") | {"OCPI_HUB_REDIS_URL": url}, OUTPUT / "hub-redis-restart.log")
+    try:
+        cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
+        cc, pid = party_key(cpo)
+        locations = [LOCATION | {"country_code": cc, "party_id": pid, "id": f"R{n}",
+                                 "last_updated": f"2026-11-25T09:0{n}:00Z"} for n in range(4)]  # fmt: skip
+        cpo.objects["locations"] = locations[:3]  # the hub's pull sync of the CPO finds what it pushes
+
+        def push(location: dict) -> None:
+            answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/{location['id']}", to=party_key(emsp),
+                              body=location)  # fmt: skip
+            assert answer.json()["status_code"] == 1000, answer.text
+
+        def get_all(request_id: str) -> list[str]:
+            answer = emsp.call(hub.base, "GET", f"sender/locations?country_code={cc}&party_id={pid}",
+                               to=("NL", "HUB"), headers={"X-Request-ID": request_id})  # fmt: skip
+            assert (answer.status_code, answer.json()["status_code"]) == (200, 1000), (request_id, answer.text)
+            return [location["id"] for location in answer.json()["data"]]
+
+        def open_command(request_id: str, location_id: str = "R1") -> None:
+            body = {"response_url": f"https://emsp.example/{request_id}", "location_id": location_id,
+                    "token": {"uid": "T"}}  # fmt: skip
+            answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", body=body,
+                               headers={"X-Request-ID": request_id})  # fmt: skip
+            assert (answer.status_code, answer.json()["status_code"]) == (200, 1000), (request_id, answer.text)
+            assert answer.json()["data"] == {"result": "ACCEPTED", "timeout": 30}
+
+        def goes_through(request_id: str) -> None:
+            if request_id.endswith("all"):
+                assert get_all(request_id) == ["R0", "R1", "R2"]
+            else:
+                open_command(request_id)
+
+        for location in locations[:3]:
+            push(location)
+        _wait(lambda: get_all("warm-up") == ["R0", "R1", "R2"])
+        time.sleep(0.2)  # the owner index is written in batches
+        with concurrent.futures.ThreadPoolExecutor(16) as threads:
+            list(threads.map(goes_through, [f"warm-up-{n}-{kind}" for n in range(16) for kind in ("all", "cmd")]))
+        held = _hub_redis_connections(url)
+        assert held >= 3
+        valkey.stop()
+        assert valkey._launch(port) is None  # the same server back on the same port, its data kept
+        valkey.owned = True  # so that stop() below stops it again
+        at_once = [f"after-restart-{n}-{kind}" for n in range(held + 2) for kind in ("all", "cmd")]
+        with concurrent.futures.ThreadPoolExecutor(len(at_once)) as threads:
+            list(threads.map(goes_through, at_once))
+        one_by_one = [f"after-restart-then-{n}-{kind}" for n in range(held + 2) for kind in ("all", "cmd")]
+        for request_id in one_by_one:
+            goes_through(request_id)
+        rows = db.run(db.fetch("SELECT request_id, ocpi_status_code FROM routing_log "
+                               "WHERE request_id LIKE 'after-restart-%'"))  # fmt: skip
+        assert sorted((r["request_id"], r["ocpi_status_code"]) for r in rows) == sorted(
+            (request_id, 1000) for request_id in at_once + one_by_one
+        )
+        # each command reached the CPO once, with a response_url of the hub's
+        forwarded = [r for r in cpo.functional() if r.headers["X-Correlation-ID"].startswith("after-restart-")]
+        assert sorted(r.headers["X-Correlation-ID"] for r in forwarded) == sorted(
+            request_id for request_id in at_once + one_by_one if request_id.endswith("cmd")
+        )
+        assert all(json.loads(r.body)["response_url"].startswith(f"{hub.base}/ocpi/2.2.1/results/") for r in forwarded)
+        # what runs beside the requests came through too: the directory's watcher listens again, and a push now
+        # reaches the location cache and the owner index
+        _wait(lambda: _subscribers(url, f"{services.redis_prefix}directory:changed") == 1)
+        cpo.objects["locations"] = locations
+        push(locations[3])
+        _wait(lambda: get_all("pushed-after-restart") == ["R0", "R1", "R2", "R3"])
+        time.sleep(0.2)  # the owner index is written in batches
+        open_command("command-after-restart", "R3")
         assert "Traceback" not in hub.log()
     finally:
         hub.stop()

@@ -31,6 +31,7 @@ from routing.forward import open_session
 from routing.pull_sync import PullSync, run_scheduled
 from routing.still_alive import StillAlive
 from storage import partitions
+from storage.departed import Departures
 from storage.directory import DirectoryCache
 from storage.location_cache import LocationCache
 from storage.routing_log import RoutingLogWriter
@@ -81,6 +82,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             RoutingState(redis_client, settings.redis_prefix, settings.owner_index_period_s).running() as routing,
             locations.updating(),
         ):
+            departures = Departures(pool, redis_client, settings.redis_prefix, routing, locations,
+                                    settings.forward_timeout_s)  # fmt: skip
             app.state.update(
                 pool=pool,
                 redis=redis_client,
@@ -91,6 +94,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 routing_log=writer,
                 routing=routing,
                 locations=locations,
+                departures=departures,
                 location_sync_wake=asyncio.Event(),
             )
             hub_party = (settings.country_code, settings.party_id)
@@ -106,6 +110,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 asyncio.create_task(client_info.run_pushes(app.state), name="client_info_pushes"),
                 asyncio.create_task(app.state.still_alive.run(), name="still_alive"),
                 asyncio.create_task(partitions.maintain(pool, settings.log_partitions_ahead), name="log_partitions"),
+                asyncio.create_task(departures.run(), name="departed_parties"),
                 asyncio.create_task(
                     run_scheduled(
                         sync,

@@ -31,6 +31,15 @@ GENERATION_KEY = "directory:generation"
 CHANNEL = "directory:changed"
 
 
+# The first line of a script whose removal holds only in the directory it was decided in (KEYS[1]: the generation key,
+# ARGV[1]: the generation read before that decision, "0" if none): -1, and nothing done, if it changed since.
+UNCHANGED_LUA = "if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return -1 end\n"
+
+
+class DirectoryChanged(Exception):
+    """A removal guarded by UNCHANGED_LUA did nothing: the directory changed since the generation it was given."""
+
+
 async def announce_change(redis_client: redis.Redis, prefix: str) -> None:
     """Tell every hub process sharing this Redis that the platform registry changed (after the commit)."""
     generation = await redis_client.incr(f"{prefix}{GENERATION_KEY}")

@@ -28,7 +28,7 @@ import structlog
 from redis.exceptions import WatchError
 
 from storage.batches import next_batch
-from storage.directory import PartyRole
+from storage.directory import DirectoryChanged, PartyRole
 from storage.location_document import Index, index_of, read_head, updated, whole_location
 from storage.publish_tokens import ALLOWED_LUA, MATCH_LUA, index_keys, publish_entries
 
@@ -98,11 +98,18 @@ else
 end
 return 1
 """
-# KEYS: the sorted sets of all and of the owner, the unpublished set. ARGV: the key prefix of documents, id index
-# entries and publish_allowed_to entries, then the members to forget. Returns how many were cached.
+# KEYS: the sorted sets of all and of the owner, the unpublished set, and for a CPO that left the hub the directory's
+# generation. ARGV: the key prefix of documents, id index entries and publish_allowed_to entries, for a CPO that left
+# the generation its cleanup read (as storage.directory.UNCHANGED_LUA: -1 if it changed), then the members to forget.
+# Returns how many were cached.
 _FORGET = """
+local first = 2
+if KEYS[4] then
+  if (redis.call('GET', KEYS[4]) or '0') ~= ARGV[2] then return -1 end
+  first = 3
+end
 local forgotten = 0
-for i = 2, #ARGV do
+for i = first, #ARGV do
   local m = ARGV[i]
   local id = string.match(m, '^[^/]*/[^/]*/(.*)$')
   redis.call('DEL', ARGV[1] .. 'doc:' .. m, ARGV[1] .. 'publish-to:' .. m)
@@ -359,14 +366,23 @@ class LocationCache:
             else:
                 log.info("location_cache_cleared", owner=f"{owner[0]}-{owner[1]}", locations=forgotten)
 
-    async def forget(self, owner: tuple[str, str], location_ids: set[str]) -> int:
+    async def forget(
+        self, owner: tuple[str, str], location_ids: set[str], unchanged: tuple[str, str] | None = None
+    ) -> int:
         """Remove these locations of the owner, with their index entries; returns how many there were. The ids are
-        taken as the cache keys them (location_ids): a location keyed as sent by an earlier hub can be removed."""
+        taken as the cache keys them (location_ids): a location keyed as sent by an earlier hub can be removed.
+        unchanged: (the directory's generation key, the generation read) for a CPO that left the hub: each chunk is
+        removed only while the directory is that one, else DirectoryChanged (storage.departed)."""
         members = [_owner_part(owner) + location_id for location_id in sorted(location_ids)]
+        keys, fence = self._forget_keys(owner), []
+        if unchanged:
+            keys, fence = [*keys, unchanged[0]], [unchanged[1]]
         forgotten = 0
         for start in range(0, len(members), 1000):  # one script call at a time holds Redis a few ms at most
-            args = [self._p, *members[start : start + 1000]]
-            forgotten += int(await self._forget_script(keys=self._forget_keys(owner), args=args))
+            args = [self._p, *fence, *members[start : start + 1000]]
+            if (count := int(await self._forget_script(keys=keys, args=args))) < 0:
+                raise DirectoryChanged(f"the directory changed while {owner[0]}-{owner[1]}'s locations were forgotten")
+            forgotten += count
         return forgotten
 
     def _forget_keys(self, owner: tuple[str, str]) -> list[str]:

@@ -55,6 +55,11 @@ def index_keys(prefix: str) -> list[str]:
     return [f"{prefix}publish-to:tokens", f"{prefix}publish-to:visual-numbers", f"{prefix}publish-to:groups"]
 
 
+def owner_fields(owner: str) -> str:
+    """The start of every field the three hashes keep of an owner's (CC-PID) tokens."""
+    return owner + _UNIT
+
+
 class Sent(msgspec.Struct):
     """What the hub reads of a relayed Token body; UNSET: not in the body (a PATCH leaves that field as it was)."""
 

@@ -39,6 +39,13 @@ DELETE FROM credentials_token WHERE token_hash = $1;
 -- name: lock_platform
 SELECT id, name, state FROM platform WHERE id = $1 FOR UPDATE;
 
+-- name: party_registered
+-- Whether a registered platform holds a role with this country code and party id.
+SELECT EXISTS (
+    SELECT 1 FROM party_role r JOIN platform p ON p.id = r.platform_id
+    WHERE p.state = 'REGISTERED' AND r.status <> 'UNREGISTERED'
+      AND upper(r.country_code) = upper($1) AND upper(r.party_id) = upper($2));
+
 -- name: platform_roles
 SELECT id, role, country_code, party_id, status FROM party_role
 WHERE platform_id = $1 AND status <> 'UNREGISTERED' ORDER BY id;

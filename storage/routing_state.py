@@ -179,6 +179,14 @@ class RoutingState:
         found = await self.owners(module, object_id)
         return found[0] if len(found) == 1 else None
 
+    def owner_keys(self) -> list[tuple[str, str]]:
+        """(module, hash) of every owner hash a lookup reads now: for sessions and reservations, this period's and
+        the previous one's."""
+        period = self._period()
+        return [(module, self._owners_key(module)) for module in ("locations", "tokens")] + [
+            (module, self._owners_key(module, p)) for module in EXPIRING_OWNERS for p in (period, period - 1)
+        ]
+
     def _period(self) -> int:
         return int(time.time() // self._period_s)
 

@@ -95,6 +95,7 @@ async def take_off_hub(state: State, actor: Actor, platform_id: int, via: str | 
     await state.directory.changed()
     if known is not None:
         await state.locations.forget_platform(known.roles)
+        await state.departures.left(known.roles)  # its routing entries go in the background
     told, answer = None, None
     if row["state"] == "REGISTERED":
         answer = await _tell_party(state, known) if known is not None else "the hub did not know its token B"

@@ -93,6 +93,7 @@ async def unregister(request: Request[Caller, str, State]) -> Response[bytes]:
         await platforms.unregister(conn, caller.platform.id)
     await state.directory.changed()
     await state.locations.forget_platform(caller.platform.roles)
+    await state.departures.left(caller.platform.roles)  # its routing entries go in the background
     log.info("platform_unregistered", platform_id=caller.platform.id, platform=caller.platform.name)
     return ocpi_response(None)
 

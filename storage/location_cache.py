@@ -8,10 +8,13 @@ CPOs by pull sync.
 
 A location is keyed by its owner and its id upper-cased (`CC/PID/LOC1`, the member of the sets, and `id:LOC1`), since a
 Location.id is a CiString: a PATCH of `loc1` changes the location pushed as `LOC1`. Its document stays as the CPO sent
-it. A hub before this keyed it by the id as sent: such a member moves to its upper-cased key when the location is
-stored again under that spelling (a PUT, a PATCH, a pull); a full sync leaves none, since no id it lists is keyed so
-(each is replaced by the location as listed, or dropped); until then a single GET finds it in any case, once
-`_index_ids` has put it in the id index under its upper-cased id (at the first start after the upgrade).
+it.
+
+What earlier hubs cached is brought up to this version once per cache, at the first start after the upgrade
+(storage.location_upgrades): a location a hub before ids were upper-cased keyed by its id as sent (`CC/PID/loc1`) moves
+to its upper-cased key. Until its move (a moment), such a location is found by a single GET only if the hub version
+before this one indexed it under its upper-cased id (its start-up pass did), a PATCH of it is not applied (pull sync
+brings it back), and a PUT of it is listed beside it by GET All until the move keeps the newer of the two.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from redis.exceptions import WatchError
 
 from storage.batches import next_batch
 from storage.directory import DirectoryChanged, PartyRole
-from storage.location_document import Index, index_of, read_head, updated, whole_location
+from storage.location_document import Index, index_of, updated, whole_location
+from storage.location_upgrades import upgrade
 from storage.publish_tokens import ALLOWED_LUA, MATCH_LUA, index_keys, publish_entries
 
 log = structlog.get_logger()
@@ -50,7 +54,7 @@ def _text(value: Any) -> str:
 # relayed tokens' hashes (storage.publish_tokens). ARGV: lowest score, highest score, the viewer's member prefix (its
 # own unpublished ones stay), TTL in seconds, the viewer as CC-PID, the key prefix of each unpublished location's
 # entries, how many snapshots a viewer keeps. A location without entries (cached by a hub before they were kept,
-# until `_derive_entries` is done) is its owner's only.
+# until storage.location_upgrades derived them) is its owner's only.
 _SNAPSHOT = (
     MATCH_LUA
     + """
@@ -121,33 +125,21 @@ for i = first, #ARGV do
 end
 return forgotten
 """
-# KEYS: the unpublished set, a location's entries. ARGV: the location's member, its entries. Written only if it is
-# still unpublished and was not stored since (a store writes them itself).
-_DERIVED = """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('SET', KEYS[2], ARGV[2])
-return 1
-"""
 
 
 class LocationCache:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self._redis = client
-        self._p = f"{prefix}locations:"
+        self._prefix, self._p = prefix, f"{prefix}locations:"
         self._publish_tokens = index_keys(prefix)  # kept by storage.routing_state
         self._pending: asyncio.Queue[tuple[tuple[str, str], str, list[str], bytes]] = asyncio.Queue()
         self._snapshot = client.register_script(_SNAPSHOT)
         self._store_script = client.register_script(_STORE)
         self._forget_script = client.register_script(_FORGET)
-        self._derived = client.register_script(_DERIVED)
         self._allowed = client.register_script(ALLOWED_LUA)
 
     def _member(self, owner: tuple[str, str], location_id: str) -> str:
         return _owner_part(owner) + _keyed(location_id)
-
-    def _earlier_member(self, owner: tuple[str, str], location_id: str) -> str | None:
-        """The member a hub before ids were upper-cased gave the location, if not the same."""
-        return None if location_id == _keyed(location_id) else _owner_part(owner) + location_id
 
     def _doc(self, member: str) -> str:
         return f"{self._p}doc:{member}"
@@ -164,78 +156,18 @@ class LocationCache:
 
     @contextlib.asynccontextmanager
     async def updating(self) -> AsyncIterator[LocationCache]:
-        """For the life of the process: apply submitted updates in order, many per Redis round trip."""
+        """For the life of the process: apply submitted updates in order, many per Redis round trip; at start, bring
+        what earlier hubs cached up to this version (storage.location_upgrades)."""
         task = asyncio.create_task(self._apply_pending(), name="location_cache_updates")
-        deriving = asyncio.create_task(self._derive_entries(), name="location_cache_publish_entries")
-        indexing = asyncio.create_task(self._index_ids(), name="location_cache_id_index")
+        upgrading = asyncio.create_task(upgrade(self._redis, self._prefix), name="location_cache_upgrade")
         try:
             yield self
         finally:
             await self._pending.join()  # what was relayed before shutdown is in the cache
-            for each in (task, deriving, indexing):
+            for each in (task, upgrading):
                 each.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await each
-
-    async def _derive_entries(self, chunk: int = 500) -> None:
-        """At start: the unpublished locations a hub before this version cached kept the index keys of their entries
-        (`allowed:{member}`, dropped here); their entries are derived from their cached documents. Until then they
-        are shown to their owner only."""
-        cursor, derived = 0, 0
-        try:
-            while True:
-                cursor, members = await self._redis.sscan(f"{self._p}hidden", cursor, count=chunk)
-                derived += await self._derive_lacking([_text(member) for member in members])
-                if not cursor:
-                    break
-        except redis.RedisError as exc:  # shown to their owners only until the next start
-            log.warning("location_publish_entries_not_derived", error=str(exc))
-        if derived:
-            log.info("location_publish_entries_derived", locations=derived)
-
-    async def _index_ids(self, chunk: int = 1000) -> None:
-        """Once per cache: every cached location in the id index under its upper-cased id, which `find` reads alone.
-        A hub before ids were upper-cased indexed them as sent (and one before the index, not at all); until this
-        is done (a moment at the first start after the upgrade), such a location is not found by a single GET."""
-        done = f"{self._p}ids-indexed-upper-cased"
-        try:
-            if await self._redis.exists(done):
-                return
-            indexed, cursor = 0, 0
-            while True:
-                cursor, scored = await self._redis.zscan(f"{self._p}all", cursor, count=chunk)
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for member, _ in scored:
-                        member = _text(member)
-                        pipe.sadd(f"{self._p}id:{_keyed(member.split('/', 2)[2])}", member)
-                    indexed += sum(await pipe.execute())
-                if not cursor:
-                    break
-            await self._redis.set(done, "1")
-        except redis.RedisError as exc:  # done at the next start
-            log.warning("location_id_index_not_built", error=str(exc))
-            return
-        if indexed:
-            log.info("location_id_index_built", locations=indexed)
-
-    async def _derive_lacking(self, members: list[str]) -> int:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for member in members:
-                pipe.exists(self._entries(member))
-            kept = await pipe.execute()
-        lacking = [member for member, has in zip(members, kept, strict=True) if not has]
-        docs = await self._redis.mget([self._doc(member) for member in lacking]) if lacking else []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for member, raw in zip(lacking, docs, strict=True):
-                try:
-                    entries = publish_entries(read_head(raw).publish_allowed_to) if raw else ""
-                except (msgspec.DecodeError, RecursionError):
-                    entries = ""
-                keys = [f"{self._p}hidden", self._entries(member)]
-                await self._derived(keys=keys, args=[member, entries], client=pipe)
-            if members:  # after the entries: once they are gone, the entries are there
-                pipe.unlink(*(f"{self._p}allowed:{member}" for member in members))
-            return sum((await pipe.execute())[: len(lacking)])
 
     async def _apply_pending(self) -> None:
         while True:
@@ -297,15 +229,12 @@ class LocationCache:
         return len(latest)
 
     async def _merge(self, owner: tuple[str, str], method: str, path: list[str], update: dict[str, Any]) -> bool:
-        # the location's document, or the one a hub before ids were upper-cased kept under the id as sent
-        docs = [self._doc(m) for m in (self._member(owner, path[0]), self._earlier_member(owner, path[0])) if m]
+        doc = self._doc(self._member(owner, path[0]))
         async with self._redis.pipeline(transaction=True) as pipe:
             for _ in range(20):  # optimistic: another process changing the same location makes us retry
                 try:
-                    await pipe.watch(*docs)
-                    current_raw = None
-                    for doc in docs:
-                        current_raw = current_raw or await pipe.get(doc)
+                    await pipe.watch(doc)
+                    current_raw = await pipe.get(doc)
                     current = _decode(current_raw) if current_raw else None
                     merged = updated(current, method, path[1:], update)
                     if merged is None:
@@ -341,7 +270,8 @@ class LocationCache:
         return stored
 
     async def location_ids(self, owner: tuple[str, str]) -> set[str]:
-        """The ids the owner's cached locations are keyed by: upper-cased, or as sent by a hub before ids were."""
+        """The ids the owner's cached locations are keyed by: upper-cased (until storage.location_upgrades moved
+        them, as sent for those a hub before ids were upper-cased cached)."""
         start = len(_owner_part(owner))
         return {_text(member)[start:] for member in await self._redis.zrange(self._by_owner(owner), 0, -1)}
 
@@ -389,11 +319,8 @@ class LocationCache:
         return [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden"]
 
     async def _store(self, pipe: Any, owner: tuple[str, str], location_id: str, document: bytes, index: Index) -> None:
-        """Queue the script that stores one location with its index entries (one command instead of six), after
-        the one that drops the member an earlier hub gave it under its id as sent."""
+        """Queue the script that stores one location with its index entries (one command instead of six)."""
         member = self._member(owner, location_id)
-        if earlier := self._earlier_member(owner, location_id):
-            await self._forget_script(keys=self._forget_keys(owner), args=[self._p, earlier], client=pipe)
         keys = [self._doc(member), f"{self._p}all", self._by_owner(owner), f"{self._p}id:{member.split('/', 2)[2]}",
                 f"{self._p}hidden", self._entries(member)]  # fmt: skip
         args: list[bytes | str | float] = [member, index.score, document, "1" if index.hidden else "0", index.entries]

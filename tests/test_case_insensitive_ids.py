@@ -7,21 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
-import subprocess
-import sys
-import time
 
 import redis as redis_sync
 import redis.asyncio as redis
 
-from storage.location_cache import LocationCache
-from storage.location_document import epoch
 from storage.routing_state import RoutingState
-from tests.conftest import ROOT, Hub, Services
+from tests.conftest import Hub, Services
 from tests.test_location_cache import _eventually, _get, _location, _push
-from tests.test_pull_sync import _registered_cpo, _wait
 from tests.test_routing import _roles, party_key
 
 
@@ -151,55 +144,6 @@ def test_an_evse_and_a_connector_are_changed_and_found_in_any_case_in_the_locati
     assert found.json()["data"] == connector, found.text
 
 
-def test_a_location_an_earlier_hub_cached_under_its_id_in_lower_case_moves_on_a_patch_and_a_full_sync(
-    hub: Hub, services: Services, start_party, connect_party
-) -> None:
-    reader = connect_party(_roles("EMSP"))
-    cpo, owner = _registered_cpo(hub, start_party, lambda me: [])
-    _wait(lambda: cpo.syncs())  # its first, full sync: nothing to cache
-    time.sleep(0.5)
-    suffix = owner[1].lower()
-    listed_id, patched_id, gone_id = f"loc1-{suffix}", f"pat1-{suffix}", f"gone1-{suffix}"
-    prefix, part = f"{services.redis_prefix}locations:", f"{owner[0]}/{owner[1]}/"
-    by_owner = f"{prefix}by-owner:{owner[0]}/{owner[1]}"
-    old = {location_id: _location(owner, location_id, "2026-11-01T00:00:00Z", name="old")
-           for location_id in (listed_id, patched_id, gone_id)}  # fmt: skip
-    with contextlib.closing(redis_sync.Redis.from_url(services.redis_url, decode_responses=True)) as client:
-        for location_id, location in old.items():  # as a hub before ids were upper-cased kept them: the id as sent
-            member, score = part + location_id, epoch(location["last_updated"])
-            client.set(f"{prefix}doc:{member}", json.dumps(location))
-            client.zadd(f"{prefix}all", {member: score})
-            client.zadd(by_owner, {member: score})
-            client.sadd(f"{prefix}id:{location_id}", member)
-        # A PATCH in the spelling it was cached in changes it, and moves it to its upper-cased key.
-        _push(cpo, reader, hub, "PATCH", patched_id, {"name": "patched", "last_updated": "2026-11-02T00:00:00Z"})
-        _eventually(lambda: _assert_members(client, by_owner, part, [gone_id, listed_id, patched_id.upper()]))
-        patched = _get(reader, hub, f"sender/locations/{patched_id}").json()["data"]
-        assert (patched["name"], patched["evses"]) == ("patched", old[patched_id]["evses"])  # merged into what it was
-        later = {"last_updated": "2026-11-02T00:00:00Z"}
-        cpo.objects["locations"] = [
-            old[listed_id] | later | {"name": "new"},
-            old[patched_id] | later | {"name": "patched"},
-        ]
-        sync = [sys.executable, "-m", "hub.cli", "sync", "locations", "--party", "-".join(owner), "--full"]
-        result = subprocess.run(sync, env=hub.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-        [summary] = json.loads(result.stdout)
-        assert (summary["locations"], summary["removed"]) == (2, 1), summary  # the one no longer listed
-        _assert_members(client, by_owner, part, [listed_id.upper(), patched_id.upper()])
-        assert not [m for m in client.zrange(f"{prefix}all", 0, -1) if m.startswith(part) and not m.isupper()]
-        legacy = [key for key in client.scan_iter(match=f"{prefix}*") if any(i in key for i in old)]
-        assert legacy == [], legacy  # no document, index entry or id index of a lower-case key left
-    page = _get(reader, hub, f"sender/locations?country_code={owner[0]}&party_id={owner[1]}")
-    assert [(loc["id"], loc["name"]) for loc in page.json()["data"]] == [(listed_id, "new"), (patched_id, "patched")]
-    found = _get(reader, hub, f"sender/locations/{listed_id.upper()}")
-    assert found.json()["data"]["name"] == "new", found.text
-
-
-def _assert_members(client, key: str, part: str, ids: list[str]) -> None:  # type: ignore[no-untyped-def]
-    assert sorted(client.zrange(key, 0, -1)) == sorted(part + location_id for location_id in ids)
-
-
 def test_the_owner_index_matches_ids_in_any_case_and_finds_those_an_earlier_hub_kept_in_their_own(
     services: Services,
 ) -> None:
@@ -219,43 +163,6 @@ def test_the_owner_index_matches_ids_in_any_case_and_finds_those_an_earlier_hub_
                     assert await state.owners(module, object_id) == [("NL", "NEW")]
                 assert await state.owners("tokens", "tok-old") == [("NL", "OLD")]
                 assert await state.owners("session-receivers", "NL/CPO/s-old") == [("NL", "OLD")]
-        finally:
-            await client.aclose()
-
-    asyncio.run(run())
-
-
-def test_the_locations_an_earlier_hub_cached_are_found_in_any_case_once_a_hub_has_started(services: Services) -> None:
-    prefix = f"{services.redis_prefix}ids-{secrets.token_hex(4)}:"
-    lower = {"id": "loc1", "country_code": "NL", "party_id": "CPO", "last_updated": "2026-11-01T00:00:00Z"}
-    unindexed = lower | {"id": "Loc2"}
-    with contextlib.closing(redis_sync.Redis.from_url(services.redis_url)) as old_hub:
-        for location, indexed in ((lower, True), (unindexed, False)):  # the id as sent; an older hub kept no id index
-            member = f"NL/CPO/{location['id']}"
-            old_hub.set(f"{prefix}locations:doc:{member}", json.dumps(location))
-            old_hub.zadd(f"{prefix}locations:all", {member: epoch(location["last_updated"])})
-            if indexed:
-                old_hub.sadd(f"{prefix}locations:id:{location['id']}", member)
-
-    async def run() -> None:
-        client = redis.Redis.from_url(services.redis_url)
-        try:
-            cache = LocationCache(client, prefix)
-            async with cache.updating():
-                for _ in range(100):
-                    if await client.exists(f"{prefix}locations:ids-indexed-upper-cased"):
-                        break
-                    await asyncio.sleep(0.05)
-                for asked, location in (("LOC1", lower), ("loc1", lower), ("lOC2", unindexed)):
-                    assert await cache.find(asked) == [(("NL", "CPO"), location)], asked
-                # an id the cache does not hold costs one lookup, not a scan of Redis's keyspace
-                scans = (await client.info("commandstats")).get("cmdstat_scan", {}).get("calls", 0)
-                for n in range(50):
-                    assert await cache.find(f"LOC3-{n}") == []
-                assert (await client.info("commandstats")).get("cmdstat_scan", {}).get("calls", 0) - scans < 25
-                await cache.forget(("NL", "CPO"), {"loc1"})  # as a full sync forgets it: out of both id sets
-                assert await cache.find("LOC1") == []
-                assert not await client.exists(f"{prefix}locations:id:LOC1", f"{prefix}locations:id:loc1")
         finally:
             await client.aclose()
 

@@ -1,0 +1,144 @@
+"""What earlier hubs left in the location cache, brought up to this version once per cache by the first hub to start.
+
+Each pass runs once per cache, behind a marker key set only when it completed: a pass that failed (logged) runs again
+at the next start, and the passes after it wait for that. Hub processes starting at once against one Redis may run a
+pass together: it changes each location atomically (a script), and a change already made is not made again. The
+passes, in the order the formats changed:
+
+- publish-entries: a hub before publish_allowed_to entries kept, per unpublished location, a set of its entries' token
+  uids (`allowed:{member}`, dropped here); its entries are derived from its cached document. Until then it is shown
+  to its owner only.
+- upper-cased-ids: a hub before ids were upper-cased keyed a location by its id as sent (`CC/PID/loc1`, indexed under
+  `id:loc1`, or by a hub before the id index not at all). Each moves to its upper-cased key, document, sets, entries
+  and id index; where the cache holds both spellings of one location, the newer document (last_updated) stays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import redis.asyncio as redis
+import structlog
+from redis.commands.core import AsyncScript
+
+from storage.location_document import read_head
+from storage.publish_tokens import publish_entries
+
+log = structlog.get_logger()
+
+# KEYS: the unpublished set, a location's entries. ARGV: the location's member, its entries. Written only if it is
+# still unpublished and was not stored since (a store writes them itself).
+_DERIVED = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+# KEYS: the sorted set of all, the unpublished set. ARGV: the key prefix, a member of all. Indexes it under its
+# upper-cased id; a member keyed by the id as sent moves to its upper-cased one (document, sorted sets of all and of
+# its owner, unpublished set, entries), unless that one is cached too and not older (the score is last_updated).
+# Returns 1 if it moved.
+_UPPER_CASED = """
+local p, old = ARGV[1], ARGV[2]
+local new = string.upper(old)
+local owner, id = string.match(new, '^([^/]*/[^/]*)/(.*)$')
+if not id then return 0 end  -- not a member this cache writes: left alone rather than failing the pass
+local moved = 0
+if old ~= new then
+  local by_owner = p .. 'by-owner:' .. owner
+  local old_score, new_score = redis.call('ZSCORE', KEYS[1], old), redis.call('ZSCORE', KEYS[1], new)
+  if old_score and redis.call('EXISTS', p .. 'doc:' .. old) == 1
+     and (not new_score or tonumber(old_score) > tonumber(new_score)) then
+    redis.call('RENAME', p .. 'doc:' .. old, p .. 'doc:' .. new)
+    redis.call('ZADD', KEYS[1], old_score, new)
+    redis.call('ZADD', by_owner, old_score, new)
+    if redis.call('SISMEMBER', KEYS[2], old) == 1 then
+      redis.call('SADD', KEYS[2], new)
+    else
+      redis.call('SREM', KEYS[2], new)
+    end
+    if redis.call('EXISTS', p .. 'publish-to:' .. old) == 1 then
+      redis.call('RENAME', p .. 'publish-to:' .. old, p .. 'publish-to:' .. new)
+    else
+      redis.call('DEL', p .. 'publish-to:' .. new)
+    end
+    moved = 1
+  end
+  redis.call('DEL', p .. 'doc:' .. old, p .. 'publish-to:' .. old)
+  redis.call('ZREM', KEYS[1], old)
+  redis.call('ZREM', by_owner, old)
+  redis.call('SREM', KEYS[2], old)
+  redis.call('SREM', p .. 'id:' .. string.match(old, '^[^/]*/[^/]*/(.*)$'), old)
+  redis.call('SREM', p .. 'id:' .. id, old)
+end
+if redis.call('ZSCORE', KEYS[1], new) then redis.call('SADD', p .. 'id:' .. id, new) end
+return moved
+"""
+
+
+async def upgrade(client: redis.Redis, prefix: str) -> list[str]:
+    """Run, in order, the passes this cache has not completed yet; returns those that completed now."""
+    p = f"{prefix}locations:"
+    done = []
+    for name, upgrade_pass in (("publish-entries", _derive_entries), ("upper-cased-ids", _upper_case)):
+        marker = f"{p}upgraded:{name}"
+        try:
+            if await client.exists(marker):
+                continue
+            locations = await upgrade_pass(client, p)
+            await client.set(marker, "1")
+        except redis.RedisError as exc:
+            log.warning("location_cache_upgrade_failed", upgrade=name, error=str(exc))
+            break
+        log.info("location_cache_upgraded", upgrade=name, locations=locations)
+        done.append(name)
+    return done
+
+
+async def _derive_entries(client: redis.Redis, p: str, chunk: int = 500) -> int:
+    """Entries for the unpublished locations that lack them; returns how many got them."""
+    derived_script = client.register_script(_DERIVED)
+    cursor, derived = 0, 0
+    while True:
+        cursor, members = await client.sscan(f"{p}hidden", cursor, count=chunk)
+        derived += await _derive_lacking(client, p, derived_script, [_text(member) for member in members])
+        if not cursor:
+            return derived
+
+
+async def _derive_lacking(client: redis.Redis, p: str, derived_script: AsyncScript, members: list[str]) -> int:
+    async with client.pipeline(transaction=False) as pipe:
+        for member in members:
+            pipe.exists(f"{p}publish-to:{member}")
+        kept = await pipe.execute()
+    lacking = [member for member, has in zip(members, kept, strict=True) if not has]
+    docs = await client.mget([f"{p}doc:{member}" for member in lacking]) if lacking else []
+    async with client.pipeline(transaction=False) as pipe:
+        for member, raw in zip(lacking, docs, strict=True):
+            try:
+                entries = publish_entries(read_head(raw).publish_allowed_to) if raw else ""
+            except (msgspec.DecodeError, RecursionError):
+                entries = ""
+            keys = [f"{p}hidden", f"{p}publish-to:{member}"]
+            await derived_script(keys=keys, args=[member, entries], client=pipe)
+        if members:  # after the entries: once they are gone, the entries are there
+            pipe.unlink(*(f"{p}allowed:{member}" for member in members))
+        return sum((await pipe.execute())[: len(lacking)])
+
+
+async def _upper_case(client: redis.Redis, p: str, chunk: int = 1000) -> int:
+    """Every cached location keyed and indexed by its upper-cased id; returns how many moved."""
+    upper_cased = client.register_script(_UPPER_CASED)
+    moved, cursor = 0, 0
+    while True:
+        cursor, scored = await client.zscan(f"{p}all", cursor, count=chunk)
+        async with client.pipeline(transaction=False) as pipe:
+            for member, _ in scored:
+                await upper_cased(keys=[f"{p}all", f"{p}hidden"], args=[p, _text(member)], client=pipe)
+            moved += sum(await pipe.execute())
+        if not cursor:
+            return moved
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

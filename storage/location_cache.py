@@ -28,13 +28,15 @@ from typing import Any
 import msgspec
 import redis.asyncio as redis
 import structlog
-from redis.exceptions import WatchError
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError, WatchError
 
 from storage.batches import next_batch
 from storage.directory import DirectoryChanged, PartyRole
 from storage.location_document import Index, index_of, updated, whole_location
 from storage.location_upgrades import upgrade
 from storage.publish_tokens import ALLOWED_LUA, MATCH_LUA, index_keys, publish_entries
+from storage.redis_scripts import executed, load, queue_script
 
 log = structlog.get_logger()
 
@@ -221,11 +223,9 @@ class LocationCache:
                 latest[member] = (owner, path[0], body, whole_location(body)[1])
             except ValueError as exc:
                 log.info("location_cache_skipped", path=path, reason=str(exc))
-        if latest:
-            async with self._redis.pipeline(transaction=False) as pipe:  # each script is atomic on its own
-                for owner, location_id, body, index in latest.values():
-                    await self._store(pipe, owner, location_id, body, index)
-                await pipe.execute()
+        if latest:  # each script is atomic on its own
+            await self._store_many([(owner, location_id, body, index) for owner, location_id, body, index
+                                    in latest.values()])  # fmt: skip
         return len(latest)
 
     async def _merge(self, owner: tuple[str, str], method: str, path: list[str], update: dict[str, Any]) -> bool:
@@ -242,32 +242,31 @@ class LocationCache:
                         return False
                     index = index_of(merged)
                     pipe.multi()
-                    await self._store(pipe, owner, path[0], _encode(merged), index)
+                    self._queue_store(pipe, owner, path[0], _encode(merged), index)
                     await pipe.execute()
                     return True
                 except WatchError:
                     continue
+                except NoScriptError:  # a Redis that lost its scripts (storage.redis_scripts): loaded, then again
+                    await load(self._redis, [self._store_script])
         return False
 
     async def put_many(self, owner: tuple[str, str], locations: list[msgspec.Raw]) -> list[str]:
         """Whole locations as a CPO's Sender listed them (pull sync), each stored as the CPO sent it. Only the owner's
         own are taken (transport_and_format.asciidoc, Client Owned Object Pull: objects of another owner "may be
         ignored"). Returns the ids of those stored, as the cache keys them (see location_ids)."""
-        stored = []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for raw in locations:
-                try:
-                    head, index = whole_location(raw)
-                except ValueError as exc:
-                    log.info("location_cache_skipped", owner=owner, reason=str(exc))
-                    continue
-                listed_by = (str(head.country_code or "").upper(), str(head.party_id or "").upper())
-                if not isinstance(head.id, str) or not head.id or listed_by != owner:
-                    continue
-                await self._store(pipe, owner, head.id, bytes(raw), index)
-                stored.append(_keyed(head.id))
-            await pipe.execute()
-        return stored
+        taken = []
+        for raw in locations:
+            try:
+                head, index = whole_location(raw)
+            except ValueError as exc:
+                log.info("location_cache_skipped", owner=owner, reason=str(exc))
+                continue
+            listed_by = (str(head.country_code or "").upper(), str(head.party_id or "").upper())
+            if isinstance(head.id, str) and head.id and listed_by == owner:
+                taken.append((owner, head.id, bytes(raw), index))
+        await self._store_many(taken)
+        return [_keyed(location_id) for _, location_id, _, _ in taken]
 
     async def location_ids(self, owner: tuple[str, str]) -> set[str]:
         """The ids the owner's cached locations are keyed by: upper-cased (until storage.location_upgrades moved
@@ -318,13 +317,25 @@ class LocationCache:
     def _forget_keys(self, owner: tuple[str, str]) -> list[str]:
         return [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden"]
 
-    async def _store(self, pipe: Any, owner: tuple[str, str], location_id: str, document: bytes, index: Index) -> None:
+    async def _store_many(self, locations: list[tuple[tuple[str, str], str, bytes, Index]]) -> None:
+        """(owner, id, document, index) of whole locations, stored in one pipeline."""
+        if not locations:
+            return
+
+        def queue(pipe: Pipeline) -> None:
+            for owner, location_id, document, index in locations:
+                self._queue_store(pipe, owner, location_id, document, index)
+
+        await executed(self._redis, queue, [self._store_script])
+
+    def _queue_store(self, pipe: Pipeline, owner: tuple[str, str], location_id: str, document: bytes,
+                     index: Index) -> None:  # fmt: skip
         """Queue the script that stores one location with its index entries (one command instead of six)."""
         member = self._member(owner, location_id)
         keys = [self._doc(member), f"{self._p}all", self._by_owner(owner), f"{self._p}id:{member.split('/', 2)[2]}",
                 f"{self._p}hidden", self._entries(member)]  # fmt: skip
         args: list[bytes | str | float] = [member, index.score, document, "1" if index.hidden else "0", index.entries]
-        await self._store_script(keys=keys, args=args, client=pipe)  # queued in the pipeline
+        queue_script(pipe, self._store_script, keys, args)
 
     async def find(self, location_id: str) -> list[tuple[tuple[str, str], dict[str, Any]]]:
         """The cached locations with this id in any case, whoever owns them (ids are unique per CPO only)."""

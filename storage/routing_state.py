@@ -33,8 +33,10 @@ from collections.abc import AsyncIterator
 import msgspec
 import redis.asyncio as redis
 import structlog
+from redis.asyncio.client import Pipeline
 
 from storage.publish_tokens import WRITE_LUA, Sent, index_keys, token_args
+from storage.redis_scripts import executed, queue_script
 
 log = structlog.get_logger()
 
@@ -237,21 +239,22 @@ class RoutingState:
         publish_args = [
             x for (owner, uid, type_), pushes in tokens.items() for x in token_args(owner, uid, type_, pushes)
         ]
+
+        def queue(pipe: Pipeline) -> None:
+            for module, args in by_module.items():
+                if module in EXPIRING_OWNERS:
+                    key, kept_ms = self._owners_key(module, period), self._kept_ms(period)
+                else:
+                    key, kept_ms = self._owners_key(module), 0
+                step = 2 * OWNERS_PER_SCRIPT
+                for start in range(0, len(args), step):
+                    queue_script(pipe, self._add_owners, [key], [kept_ms, *args[start : start + step]])
+            step = 5 * TOKENS_PER_SCRIPT
+            for start in range(0, len(publish_args), step):
+                queue_script(pipe, self._write_tokens, self._publish_keys, publish_args[start : start + step])
+
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for module, args in by_module.items():
-                    if module in EXPIRING_OWNERS:
-                        key, kept_ms = self._owners_key(module, period), self._kept_ms(period)
-                    else:
-                        key, kept_ms = self._owners_key(module), 0
-                    step = 2 * OWNERS_PER_SCRIPT
-                    for start in range(0, len(args), step):
-                        await self._add_owners(keys=[key], args=[kept_ms, *args[start : start + step]], client=pipe)
-                step = 5 * TOKENS_PER_SCRIPT
-                for start in range(0, len(publish_args), step):
-                    chunk = publish_args[start : start + step]
-                    await self._write_tokens(keys=self._publish_keys, args=chunk, client=pipe)
-                await pipe.execute()
+            await executed(self._redis, queue, (self._add_owners, self._write_tokens))
         except BaseException:  # cancelled or failed: the notes stay for the next write
             for noted, owners in batch.items():
                 self._owners.setdefault(noted, set()).update(owners)

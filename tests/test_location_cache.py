@@ -6,8 +6,9 @@ import time
 
 import httpx
 import pytest
+import redis
 
-from tests.conftest import Hub
+from tests.conftest import Hub, Services
 from tests.test_routing import _roles, party_key
 
 HUB = ("NL", "HUB")
@@ -213,3 +214,30 @@ def test_get_all_serves_a_pushed_location_as_the_cpo_sent_it_and_skips_one_witho
     page = _eventually(cached)
     assert page.headers["X-Total-Count"] == "2" and sent in page.content
     assert [(loc["id"], loc.get("name")) for loc in page.json()["data"]] == [("RAW1", "Café"), ("RAW2", "second")]
+
+
+def test_a_redis_that_lost_its_scripts_still_caches_relayed_locations_and_notes_their_owners(
+    hub: Hub, connect_party, services: Services
+) -> None:
+    # The cache's and the owner index's pipelines send their scripts by SHA1 alone; a Redis restarted or failed over
+    # has none (SCRIPT FLUSH here): they are loaded again and the batch is written all the same.
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    owner = party_key(cpo)
+    location_id = f"FLUSHED-{owner[1]}"
+    with redis.Redis.from_url(services.redis_url) as client:
+        client.script_flush()
+    _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-25T08:00:00Z", name="Kept"))
+
+    def cached() -> None:
+        answer = _get(emsp, hub, f"sender/locations/{location_id}")
+        assert answer.json()["status_code"] == 1000 and answer.json()["data"]["name"] == "Kept", answer.text
+
+    def routed_to_its_owner() -> None:  # the owner index: a command without OCPI-to finds the location's CPO
+        answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION",
+                           body={"response_url": "https://emsp.example/cmd/1", "location_id": location_id,
+                                 "token": {"uid": "T"}})  # fmt: skip
+        assert answer.json()["status_code"] == 1000, answer.text
+
+    _eventually(cached)
+    _eventually(routed_to_its_owner)
+    assert [r.path for r in cpo.functional() if r.method == "POST"] == ["/ocpi/2.2.1/commands/receiver/START_SESSION"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -179,15 +180,32 @@ def test_a_hub_stopped_while_postgres_is_away_keeps_its_unwritten_rows_and_the_n
         postgres.stop()
 
 
+@contextlib.contextmanager
+def _hub_on_its_own_redis(services: Services, tmp_path: Path, start_party, log_name: str):  # type: ignore[no-untyped-def]
+    """A hub on a Valkey of its own, which the test may stop and start, with a CPO and an eMSP registered:
+    (hub, valkey, its URL, cpo, emsp)."""
+    valkey = EmbeddedValkey(tmp_path / "valkey")
+    url = valkey.start()
+    hub = start_hub(hub_env(services, tmp_path / "hub") | {"OCPI_HUB_REDIS_URL": url}, OUTPUT / log_name)
+    try:
+        cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
+        yield hub, valkey, url, cpo, emsp
+    finally:
+        hub.stop()
+        valkey.stop()
+
+
+def _start_again(valkey: EmbeddedValkey, url: str) -> None:
+    """The same server back on the same port, its data kept."""
+    port = urlsplit(url).port
+    assert port is not None and valkey._launch(port) is None
+    valkey.owned = True  # so that stop() stops it again
+
+
 def test_while_redis_is_away_requests_that_need_it_get_a_clear_4000_and_the_rest_go_through(
     services: Services, tmp_path: Path, start_party, db
 ) -> None:
-    valkey = EmbeddedValkey(tmp_path / "valkey")
-    port = urlsplit(url := valkey.start()).port
-    assert port is not None
-    hub = start_hub(hub_env(services, tmp_path / "hub") | {"OCPI_HUB_REDIS_URL": url}, OUTPUT / "hub-no-redis.log")
-    try:
-        cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
+    with _hub_on_its_own_redis(services, tmp_path, start_party, "hub-no-redis.log") as (hub, valkey, url, cpo, emsp):
         cc, pid = party_key(cpo)
         command = {"response_url": "https://emsp.example/cmd/1", "location_id": "L1", "token": {"uid": "T"}}
         valkey.stop()
@@ -207,8 +225,7 @@ def test_while_redis_is_away_requests_that_need_it_get_a_clear_4000_and_the_rest
         pushed = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L1", to=party_key(emsp),
                           body=LOCATION | {"id": "L1"})  # fmt: skip
         assert pushed.json()["status_code"] == 1000
-        assert valkey._launch(port) is None  # the same server back on the same port
-        valkey.owned = True  # so that stop() below stops it again
+        _start_again(valkey, url)
         again = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), body=command)
         assert again.json()["status_code"] == 1000, again.text
         assert [r.path for r in cpo.functional()] == ["/ocpi/2.2.1/commands/receiver/START_SESSION"]
@@ -225,9 +242,6 @@ def test_while_redis_is_away_requests_that_need_it_get_a_clear_4000_and_the_rest
         assert hung.json()["status_code"] == 4000 and "(TimeoutError" in hung.json()["status_message"]
         assert 4 < took < 20
         assert "Traceback" not in hub.log()
-    finally:
-        hub.stop()
-        valkey.stop()
 
 
 def _hub_redis_connections(redis_url: str) -> int:
@@ -256,12 +270,13 @@ def test_after_redis_restarts_every_request_goes_through_though_the_pool_held_co
     # and each request that took one failed with 4000 (ConnectionError: Connection closed by server) though Redis
     # was back. Requests that read Redis: a GET All the hub answers from its location cache (a script and a
     # pipeline), and an open command (its owner looked up, its response_url kept under a new key).
-    valkey = EmbeddedValkey(tmp_path / "valkey")
-    port = urlsplit(url := valkey.start()).port
-    assert port is not None
-    hub = start_hub(hub_env(services, tmp_path / "hub") | {"OCPI_HUB_REDIS_URL": url}, OUTPUT / "hub-redis-restart.log")
-    try:
-        cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
+    with _hub_on_its_own_redis(services, tmp_path, start_party, "hub-redis-restart.log") as (
+        hub,
+        valkey,
+        url,
+        cpo,
+        emsp,
+    ):
         cc, pid = party_key(cpo)
         locations = [LOCATION | {"country_code": cc, "party_id": pid, "id": f"R{n}",
                                  "last_updated": f"2026-11-25T09:0{n}:00Z"} for n in range(4)]  # fmt: skip
@@ -301,8 +316,7 @@ def test_after_redis_restarts_every_request_goes_through_though_the_pool_held_co
         held = _hub_redis_connections(url)
         assert held >= 3
         valkey.stop()
-        assert valkey._launch(port) is None  # the same server back on the same port, its data kept
-        valkey.owned = True  # so that stop() below stops it again
+        _start_again(valkey, url)
         at_once = [f"after-restart-{n}-{kind}" for n in range(held + 2) for kind in ("all", "cmd")]
         with concurrent.futures.ThreadPoolExecutor(len(at_once)) as threads:
             list(threads.map(goes_through, at_once))
@@ -329,6 +343,3 @@ def test_after_redis_restarts_every_request_goes_through_though_the_pool_held_co
         time.sleep(0.2)  # the owner index is written in batches
         open_command("command-after-restart", "R3")
         assert "Traceback" not in hub.log()
-    finally:
-        hub.stop()
-        valkey.stop()

@@ -54,10 +54,11 @@ def bench_bare(workers: int, database_url: str, parties: Parties, args, work: Pa
     """bench/bare_relay.py: uvicorn + aiohttp + group commit and nothing of the hub, as the floor of the table."""
     launch = bare_relay(workers, database_url, parties.direct)
     name = f"bare relay {workers} worker{'s' if workers > 1 else ''} (no hub)"
-    with process(launch.command, launch.env, work / f"bare-{workers}.log") as relay:
+    with process(launch.command, launch.env, log := work / f"bare-{workers}.log") as relay:
         wait_http(f"{launch.base}/ocpi/versions")
-        return load(name, launch.target, args, work, relay.pid, lambda: count_rows(database_url, "bare_relay_log"),
-                    parties.direct, parties.receiver_pid)  # fmt: skip
+        results = load(name, launch.target, args, work, relay.pid, lambda: count_rows(database_url, "bare_relay_log"),
+                       parties.direct, parties.receiver_pid)  # fmt: skip
+    return _said_why(results, log)
 
 
 _hub_runs = itertools.count(1)
@@ -78,13 +79,27 @@ def bench_hub(  # type: ignore[no-untyped-def]
     hub = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "hub.cli", "serve", "--port", str(port), "--workers", str(workers),
                "--server", server]  # fmt: skip
-    with process(command, env, work / f"hub-{server}-{workers}-{mode}.log") as hub_process:
+    with process(command, env, log := work / f"hub-{server}-{workers}-{mode}.log") as hub_process:
         wait_http(f"{hub}/ocpi/versions")
         run = next(_hub_runs)  # the hubs of one benchmark share its database: each registers parties of its own
         target = routed_push(hub, admin_token, parties.receiver, parties.sender, (f"C{run:02X}", f"E{run:02X}"))
         database_url = services[0]
-        return load(name, target, args, work, hub_process.pid, lambda: count_rows(database_url), parties.direct,
-                    parties.receiver_pid)  # fmt: skip
+        results = load(name, target, args, work, hub_process.pid, lambda: count_rows(database_url), parties.direct,
+                       parties.receiver_pid)  # fmt: skip
+    return _said_why(results, log)
+
+
+def _said_why(results: list[Result], log: Path, lines: int = 20) -> list[Result]:
+    """Runs with errors: the last lines the server wrote of what went wrong (its log goes with the run's files)."""
+    if any(r.errors for r in results):
+        said = [line for line in log.read_text(errors="replace").splitlines() if _is_trouble(line)]
+        print(f"\n{log.name}: {len(said)} error lines, the last {min(lines, len(said))}:", *said[-lines:],
+              sep="\n", file=sys.stderr)  # fmt: skip
+    return results
+
+
+def _is_trouble(line: str) -> bool:
+    return any(word in line for word in ("Error", "error", "Exception", "Traceback", '"level":"warning"'))
 
 
 def main() -> None:

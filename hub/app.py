@@ -15,6 +15,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from hub import client_info, metrics
+from hub.admin import endpoints
 from hub.admin.api import admin_router
 from hub.auth import CredentialsTokenAuth
 from hub.console import console_router, template_config
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 asyncio.create_task(_flush_last_seen(app.state), name="last_seen_flush"),
                 asyncio.create_task(client_info.run_pushes(app.state), name="client_info_pushes"),
                 asyncio.create_task(app.state.still_alive.run(), name="still_alive"),
+                asyncio.create_task(endpoints.run_refreshes(app.state), name="endpoints_refresh"),
                 asyncio.create_task(partitions.maintain(pool, settings.log_partitions_ahead), name="log_partitions"),
                 asyncio.create_task(departures.run(), name="departed_parties"),
                 asyncio.create_task(

@@ -72,7 +72,12 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("OCPI_HUB_SYNC_INTERVAL_S", "3600", "seconds between incremental pull syncs of every CPO's locations"),
     ("OCPI_HUB_SYNC_CHECK_S", "10", "seconds between checks for CPOs never synced (new, or Redis lost its data)"),
     ("OCPI_HUB_STILL_ALIVE_S", "300", "silence (s) after which the hub GETs a party's versions to see it is alive"),
-    ("OCPI_HUB_OFFLINE_PROBE_S", "30", "seconds between probes of an OFFLINE party (and after a failed forward)"),
+    (
+        "OCPI_HUB_OFFLINE_PROBE_S",
+        "30",
+        "seconds between probes of an OFFLINE party (and after a failed forward); also the first wait before fetching"
+        " again the endpoints a rotation could not fetch, doubled after each failure, at most an hour",
+    ),
     # A session may last days, its last PATCH (status COMPLETED, total_cost) comes after it ends, and every PUT or
     # PATCH relayed notes its owners again. A reservation is noted once, at its RESERVE_NOW (mod_commands:
     # expiry_date, "The Date/Time when this reservation ends"), and CANCEL_RESERVATION may come until then. 45 days:

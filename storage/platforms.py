@@ -108,15 +108,7 @@ async def store_connection(
             connection.token_b_sealed,
             connection.token_encoding,
         )
-        await conn.execute(QUERIES["delete_endpoints"], platform_id)
-        endpoints = connection.endpoints
-        await conn.execute(
-            QUERIES["insert_endpoints"],
-            platform_id,
-            [e[0] for e in endpoints],
-            [e[1] for e in endpoints],
-            [e[2] for e in endpoints],
-        )
+        await _replace_endpoints(conn, platform_id, connection.endpoints)
         for role_id, business_details in connection.roles:
             details = msgspec.json.encode(business_details).decode() if business_details else None
             await conn.execute(QUERIES["connect_role"], role_id, details)
@@ -125,15 +117,50 @@ async def store_connection(
         await conn.execute(QUERIES["insert_token"], new_token, platform_id, "C")
 
 
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """What a party's answer to a rotation it took held, as far as the hub could read it."""
+
+    token_b_sealed: bytes | None  # its new token B; None: its answer held none the hub could read
+    versions_url: str | None  # the versions URL it named; None: as token_b_sealed
+    reason: str  # why the hub could not finish the rotation
+    retry_in_s: float  # when the hub first tries again to fetch the endpoints with that token B from that URL
+
+
 async def switch_rotated_tokens(
-    conn: asyncpg.Connection, platform_id: int, token_b_sealed: bytes | None, new_token: bytes
+    conn: asyncpg.Connection, platform_id: int, answered: Answered, new_token: bytes
 ) -> None:
     """A rotation the party took but the hub could not finish: from now on the party calls with the new token C
-    only, and is called with its new token B (token_b_sealed; None: its answer held none, the old one stays). The
-    endpoints and roles stay as they were. StaleExchange if the platform left REGISTERED or the new token C is gone."""
+    only, and is called with its new token B at the versions URL it named (with neither read from its answer, the
+    old ones stay). The endpoints, version and roles stay as they were, and with a new token B their refresh is
+    pending. StaleExchange if the platform left REGISTERED or the new token C is gone."""
     async with conn.transaction():
         await _lock_unchanged(conn, platform_id, "REGISTERED", new_token)
-        await conn.execute(QUERIES["switch_rotated_tokens"], platform_id, token_b_sealed, new_token)
+        await conn.execute(QUERIES["switch_rotated_tokens"], platform_id, answered.token_b_sealed, new_token,
+                           answered.versions_url, answered.retry_in_s, answered.reason)  # fmt: skip
+
+
+async def store_refreshed_endpoints(conn: asyncpg.Connection, platform_id: int, connection: Connection) -> bool:
+    """The version and endpoints fetched again from the platform's versions URL with its token B (both as stored, and
+    named in connection) replace the stored ones; its roles and tokens stay. False, and nothing stored, if its
+    versions URL or token B changed meanwhile (its own PUT, or another rotation, fetched endpoints of their own)."""
+    async with conn.transaction():
+        stored = await conn.fetchval(
+            QUERIES["store_refreshed_endpoints"], platform_id, connection.versions_url, connection.token_b_sealed,
+            connection.version, connection.version_url, connection.token_encoding,
+        )  # fmt: skip
+        if stored is None:
+            return False
+        await _replace_endpoints(conn, platform_id, connection.endpoints)
+    return True
+
+
+async def _replace_endpoints(
+    conn: asyncpg.Connection, platform_id: int, endpoints: Sequence[tuple[str, str, str]]
+) -> None:
+    await conn.execute(QUERIES["delete_endpoints"], platform_id)
+    await conn.execute(QUERIES["insert_endpoints"], platform_id, [e[0] for e in endpoints], [e[1] for e in endpoints],
+                       [e[2] for e in endpoints])  # fmt: skip
 
 
 async def _lock_unchanged(conn: asyncpg.Connection, platform_id: int, expected_state: str, token: bytes) -> None:

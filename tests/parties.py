@@ -83,6 +83,10 @@ class Party:
     drip: set[str] = field(default_factory=set)
     # Module endpoints registered with a trailing slash (".../cdrs/receiver/"), as many real parties do.
     trailing_slash: bool = False
+    # A path prefix ("/v2") the party moved its API under: its versions, details and credentials name URLs below it.
+    # It still answers at the old paths too, as a party does while its partners move over; received keeps each path
+    # as it came, so a test sees which URL the hub called.
+    moved_to: str = ""
 
     def __post_init__(self) -> None:
         self.port = free_port()
@@ -95,7 +99,7 @@ class Party:
     # ---- serving ----
     @property
     def versions_url(self) -> str:
-        return f"{self.base}/ocpi/versions"
+        return f"{self.base}{self.moved_to}/ocpi/versions"
 
     def start(self) -> Party:
         threading.Thread(target=self._serve, daemon=True).start()
@@ -136,7 +140,7 @@ class Party:
                 {
                     "identifier": "credentials",
                     "role": self.credentials_role,
-                    "url": f"{self.base}/ocpi/2.2.1/credentials",
+                    "url": f"{self.base}{self.moved_to}/ocpi/2.2.1/credentials",
                 }
             ]
         )
@@ -146,7 +150,7 @@ class Party:
                     {
                         "identifier": identifier,
                         "role": interface,
-                        "url": f"{self.base}/ocpi/2.2.1/{identifier}/{interface.lower()}"
+                        "url": f"{self.base}{self.moved_to}/ocpi/2.2.1/{identifier}/{interface.lower()}"
                         + ("/" if self.trailing_slash else ""),
                     }
                 )
@@ -177,17 +181,24 @@ class Party:
             return web.json_response(envelope(None, 2000, "unknown token"), status=401)
         if request.path in self.drip:
             return await self._drip(request)
-        if request.path in ("/ocpi/versions", "/ocpi/2.2.1") and (request.method, request.path) in self.canned:
+        path = self._unmoved(request.path)
+        if path in ("/ocpi/versions", "/ocpi/2.2.1") and (request.method, request.path) in self.canned:
             return self._canned(request)
-        if request.path == "/ocpi/versions":
+        if path == "/ocpi/versions":
             if self.versions_status != 200:
                 return web.Response(status=self.versions_status, text="versions broken")
-            return web.json_response(envelope([{"version": v, "url": f"{self.base}/ocpi/{v}"} for v in self.versions]))
-        if request.path == "/ocpi/2.2.1":
+            return web.json_response(
+                envelope([{"version": v, "url": f"{self.base}{self.moved_to}/ocpi/{v}"} for v in self.versions])
+            )
+        if path == "/ocpi/2.2.1":
             return web.json_response(envelope({"version": "2.2.1", "endpoints": self.endpoints()}))
-        if request.path == "/ocpi/2.2.1/credentials":
+        if path == "/ocpi/2.2.1/credentials":
             return await self._credentials(request, body)
         return await self._module(request, body)
+
+    def _unmoved(self, path: str) -> str:
+        """The path as the party's handlers know it: without the prefix it moved its API under."""
+        return path.removeprefix(self.moved_to) if self.moved_to and path.startswith(f"{self.moved_to}/") else path
 
     async def _drip(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -214,7 +225,7 @@ class Party:
             await asyncio.sleep(self.delay_s)
         if (request.method, request.path) in self.canned:
             return self._canned(request)
-        parts = request.path.split("/")  # ["", "ocpi", "2.2.1", module, interface, ...]
+        parts = self._unmoved(request.path).split("/")  # ["", "ocpi", "2.2.1", module, interface, ...]
         if len(parts) < 5 or parts[3] not in ALL_MODULES:
             return web.json_response(envelope(None, 2000, f"no such endpoint {request.path}"), status=404)
         module, rest = parts[3], [part for part in parts[5:] if part]  # ".../cdrs/receiver/" is the endpoint
@@ -307,7 +318,7 @@ class Party:
         return [
             r
             for r in self.received
-            if r.path not in configuration and "/hubclientinfo/" not in r.path and r not in self.syncs()
+            if self._unmoved(r.path) not in configuration and "/hubclientinfo/" not in r.path and r not in self.syncs()
         ]
 
     def syncs(self) -> list[Received]:
@@ -316,7 +327,7 @@ class Party:
             r
             for r in self.received
             if r.method == "GET"
-            and r.path == "/ocpi/2.2.1/locations/sender"
+            and self._unmoved(r.path) == "/ocpi/2.2.1/locations/sender"
             and r.headers.get("OCPI-from-party-id") == "HUB"
         ]
 

@@ -15,7 +15,7 @@ import pytest
 
 from storage.log_row import body_of
 from tests.conftest import ROOT, Hub, unique_party_id
-from tests.parties import envelope, free_port, token_header
+from tests.parties import Party, envelope, free_port, token_header
 from tests.test_hub_client_info import _pushes_about, _wait_for
 from tests.test_routing import _roles, party_key
 
@@ -441,7 +441,10 @@ def test_a_rotation_the_party_took_but_the_hub_could_not_finish_does_not_lock_th
     switched = {"new": "to the new token C and to the party's new token B",
                 "old": "to the new token C and keeps calling the party with its old token B"}[token_b]  # fmt: skip
     assert f"the party took the PUT; the hub switched {switched}; but {why}" in answer.json()["error"]
-    assert answer.json()["error"].endswith("; the endpoints from before are kept; check with the party")
+    kept = {"new": "the hub keeps the endpoints from before, until it fetches them again with the new token B (it "
+                   "tries again on its own)",
+            "old": "the endpoints from before are kept"}[token_b]  # fmt: skip
+    assert answer.json()["error"].endswith(f"; {kept}; check with the party")
     # credentials.asciidoc, PUT: the party took the new token C and uses it from now on; the old one is dead.
     [put] = [r for r in cpo.received if (r.method, r.path) == ("PUT", "/ocpi/2.2.1/credentials")]
     cpo.hub_token = json.loads(put.body)["token"]
@@ -458,7 +461,86 @@ def test_a_rotation_the_party_took_but_the_hub_could_not_finish_does_not_lock_th
     assert cpo.functional()[-1].headers["Authorization"] == token_header(cpo.token_b)["Authorization"]
     [rotation] = _rotations(hub, platform_id)
     assert rotation["failed"].startswith(f"the party took the PUT, but {why}")
-    assert rotation["kept"] == f"the new token C, the party's {token_b} token B, the endpoints and roles from before"
+    until = " until the endpoints are fetched again" if token_b == "new" else ""
+    kept_in_trail = f"the new token C, the party's {token_b} token B, the endpoints and roles from before{until}"
+    assert rotation["kept"] == kept_in_trail
+
+
+def _stored_platform(db, platform_id: int) -> tuple[str, str, list[str]]:  # type: ignore[no-untyped-def]
+    """The versions URL, version and endpoint URLs the hub holds for a platform."""
+    row = db.run(db.fetchrow("SELECT versions_url, version FROM platform WHERE id = $1", platform_id))
+    urls = db.run(db.fetch("SELECT url FROM platform_endpoint WHERE platform_id = $1 ORDER BY url", platform_id))
+    return row["versions_url"], row["version"], [u["url"] for u in urls]
+
+
+def _moves_its_api(party: Party) -> None:
+    """The party names its versions at a new URL, under /v2, from its next credentials answer on; that URL answers
+    404 until the test lifts it (the new deployment not up yet). The old paths keep working."""
+    party.moved_to = "/v2"
+    party.canned[("GET", "/v2/ocpi/versions")] = (404, b"not deployed yet", {})
+
+
+def test_a_rotation_answered_with_a_new_versions_url_keeps_that_url_when_its_endpoints_cannot_be_fetched(
+    hub: Hub, connect_party, db
+) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    key = party_key(cpo)
+    platform_id = _platform_id(hub, key)
+    old_url, version, endpoints = _stored_platform(db, platform_id)
+    _moves_its_api(cpo)
+    answer = _rotate(hub, platform_id)
+    assert answer.status_code == 502, answer.text
+    new_url = cpo.versions_url
+    assert new_url != old_url and "answered HTTP 404" in answer.json()["error"]
+    assert answer.json()["error"].endswith(
+        f"; the hub keeps the new versions URL the party named ({new_url}) and the endpoints from before, until it "
+        "fetches them again with the new token B (it tries again on its own); check with the party")  # fmt: skip
+    [rotation] = _rotations(hub, platform_id)
+    assert rotation["kept"] == (f"the new token C, the party's new token B, the new versions URL it named "
+                                f"({new_url}), the endpoints and roles from before until the endpoints are fetched "
+                                "again")  # fmt: skip
+    # The party's versions are where it said; the hub routes on the endpoints from before meanwhile.
+    assert _stored_platform(db, platform_id) == (new_url, version, endpoints)
+    pulled = emsp.call(hub.base, "GET", "sender/locations", to=key)
+    assert pulled.status_code == 200 and pulled.json()["status_code"] == 1000, pulled.text
+    assert cpo.functional()[-1].path == "/ocpi/2.2.1/locations/sender"
+    assert cpo.functional()[-1].headers["Authorization"] == token_header(cpo.token_b)["Authorization"]
+
+
+def test_the_operator_has_the_hub_fetch_the_endpoints_again_from_the_versions_url_a_rotation_kept(
+    hub: Hub, connect_party, db
+) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    key = party_key(cpo)
+    platform_id = _platform_id(hub, key)
+    _moves_its_api(cpo)
+    assert _rotate(hub, platform_id).status_code == 502
+    new_url, _, endpoints = _stored_platform(db, platform_id)
+    with hub.admin() as admin:
+        failed = admin.post(f"/admin/api/parties/{platform_id}/endpoints")
+        assert failed.status_code == 502, failed.text
+        assert failed.json()["error"].startswith(f"fetching the endpoints of platform {platform_id} from {new_url} "
+                                                 f"failed: GET {new_url} answered HTTP 404")  # fmt: skip
+        assert failed.json()["error"].endswith("; the hub keeps the endpoints from before; it tries again on its own")
+        assert _stored_platform(db, platform_id)[2] == endpoints
+        del cpo.canned[("GET", "/v2/ocpi/versions")]  # the party's new deployment is up
+        refreshed = admin.post(f"/admin/api/parties/{platform_id}/endpoints")
+        assert refreshed.status_code == 200, refreshed.text
+        assert refreshed.json() == {"platform_id": platform_id, "name": cpo.name, "versions_url": new_url,
+                                    "version": "2.2.1", "endpoints": len(endpoints),
+                                    "token_encoding": "base64"}  # fmt: skip
+        trail = admin.get("/admin/api/audit-trail").json()["items"]
+    assert all(url.startswith(f"{cpo.base}/v2/") for url in _stored_platform(db, platform_id)[2])
+    pulled = emsp.call(hub.base, "GET", "sender/locations", to=key)
+    assert pulled.status_code == 200 and pulled.json()["status_code"] == 1000, pulled.text
+    assert cpo.functional()[-1].path == "/v2/ocpi/2.2.1/locations/sender"
+    done, tried = [(t["actor_kind"], t["parameters"]) for t in trail if t["action"] == "refresh_endpoints"
+                   and t["parameters"]["platform_id"] == platform_id][:2]  # fmt: skip
+    assert done == ("admin", {"platform_id": platform_id, "name": cpo.name, "versions_url": new_url,
+                              "version": "2.2.1", "endpoints": len(endpoints)})  # fmt: skip
+    assert tried[1]["kept"] == "the endpoints from before" and "HTTP 404" in tried[1]["failed"]
+    # Nothing is pending any more: the rotation's refresh is done.
+    assert db.run(db.fetchval("SELECT endpoints_refresh_due FROM platform WHERE id = $1", platform_id)) is None
 
 
 def test_only_a_registered_platform_has_its_credentials_rotated(hub: Hub) -> None:

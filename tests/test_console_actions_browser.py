@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import Hub
 from tests.parties import envelope, token_header
+from tests.test_admin_and_cli import _moves_its_api
 from tests.test_console_browser import Browser, Page, chromium, shot
 from tests.test_console_browser import pytestmark as needs_chromium
 from tests.test_routing import _roles, party_key
@@ -65,3 +66,44 @@ def test_the_admin_sees_on_the_page_that_the_party_refused_the_renewal_and_what_
     attempt = page.locator("#audit-table tbody tr", has_text="Refuses Renewal").first.inner_text()
     assert "rotate_credentials" in attempt and "no rotation today" in attempt, attempt
     assert "kept=the old tokens" in attempt and "via=console" in attempt
+
+
+def test_the_admin_sees_the_endpoints_a_rotation_left_from_before_with_the_reason_and_has_them_fetched_again(
+    page: Page, hub: Hub, connect_party
+) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"), name="Moves Its API")
+    key = "-".join(party_key(cpo))
+    _moves_its_api(cpo)
+    _sign_in_as_admin(page, hub)
+    page.goto(f"{hub.base}/console/parties")
+    row = page.locator("#parties-table tbody tr", has_text=key)
+    row.locator("text=Renew tokens").click()
+    page.check("#confirm")
+    page.click("#confirm-form button[type=submit]")
+    said = page.locator("#outcome").inner_text()
+    assert f"the hub keeps the new versions URL the party named ({cpo.versions_url})" in said, said
+    # The Parties page flags the platform; its endpoints page lists the endpoints the hub routes on, and why.
+    page.goto(f"{hub.base}/console/parties")
+    flag = row.locator(".endpoints-from-before")
+    assert flag.inner_text() == "endpoints from before" and "HTTP 404" in (flag.get_attribute("title") or "")
+    row.locator("a.action", has_text="Endpoints").click()
+    why = page.locator("#endpoints-from-before").inner_text()
+    assert f"from {cpo.versions_url} with the party's token B" in why and "HTTP 404: not deployed yet" in why, why
+    urls = page.locator("#endpoints-table td.mono").all_inner_texts()
+    assert urls and all(url.startswith(f"{cpo.base}/ocpi/2.2.1/") for url in urls), urls
+    shot(page, "endpoints-from-before", full_page=False)
+    del cpo.canned[("GET", "/v2/ocpi/versions")]  # the party's new deployment is up
+    page.check("#confirm")
+    page.click("#confirm-form button[type=submit]")
+    done = page.locator("#outcome").inner_text()
+    assert f"again from {cpo.versions_url} (OCPI 2.2.1)" in done, done
+    assert page.locator("#endpoints-from-before").count() == 0
+    urls = page.locator("#endpoints-table td.mono").all_inner_texts()
+    assert urls and all(url.startswith(f"{cpo.base}/v2/ocpi/2.2.1/") for url in urls), urls
+    pulled = emsp.call(hub.base, "GET", "sender/locations", to=party_key(cpo))
+    assert pulled.json()["status_code"] == 1000 and cpo.functional()[-1].path == "/v2/ocpi/2.2.1/locations/sender"
+    page.goto(f"{hub.base}/console/parties")
+    assert row.locator(".endpoints-from-before").count() == 0
+    page.click("nav >> text=Audit trail")
+    refreshed = page.locator("#audit-table tbody tr", has_text="refresh_endpoints").first.inner_text()
+    assert "Moves Its API" in refreshed and "via=console" in refreshed, refreshed

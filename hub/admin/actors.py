@@ -19,6 +19,7 @@ from storage.sql import QUERIES
 
 ADMIN = "admin"
 AUDITOR = "auditor"
+HUB = "hub"  # the hub itself, acting on its own (the audit trail's actor of an endpoints refresh nobody asked for)
 # Route handlers an auditor may call carry opt={READ_ONLY: True}; every other admin route needs the admin token.
 READ_ONLY = "auditor_may_read"
 

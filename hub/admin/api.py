@@ -130,6 +130,7 @@ def _render_admin_error(request: Request, exc: Exception) -> Response[bytes]:
 
 def admin_router() -> Router:
     from hub.admin.credentials import rotate_credentials, unregister_platform
+    from hub.admin.endpoints import refresh_endpoints
     from hub.admin.export import export_routing_log
     from hub.admin.routing_log import (
         audit_trail,
@@ -147,6 +148,7 @@ def admin_router() -> Router:
             list_parties,
             unregister_platform,
             rotate_credentials,
+            refresh_endpoints,
             routing_log,
             routing_log_message,
             routing_log_conversation,

@@ -18,6 +18,7 @@ from litestar.datastructures import State
 from hub import party_api
 from hub.admin.actors import Actor, actor_of, record_action
 from hub.admin.api import AdminError, json_response
+from hub.admin.endpoints import retry_in_s
 from hub.errors import AnswerTooLarge, OcpiError
 from hub.ocpi.credentials import connection_of, hub_credentials, match_roles
 from hub.ocpi.wire import Credentials
@@ -59,11 +60,12 @@ class PartyFailed(Exception):
 class TakenButFailed(PartyFailed):
     """The party took the hub's PUT (HTTP 200, OCPI 1000), but a later step failed; the message says which. The party
     now calls with the new token C and expects its new token B (credentials.asciidoc, Updating), so the hub keeps
-    them: token_b is the party's new token B, or None when its answer held none the hub could read."""
+    them: token_b is the party's new token B, or None when its answer held none the hub could read; versions_url the
+    versions URL its answer named when that is not the one the hub had (the party says its versions are there now)."""
 
-    def __init__(self, message: str, token_b: str | None = None) -> None:
+    def __init__(self, message: str, token_b: str | None = None, versions_url: str | None = None) -> None:
         super().__init__(message)
-        self.token_b = token_b
+        self.token_b, self.versions_url = token_b, versions_url
 
 
 class _Said(msgspec.Struct):
@@ -134,8 +136,9 @@ async def rotate(state: State, actor: Actor, platform_id: int, via: str | None =
     answers). Once the party's new token B has fetched its endpoints again, one transaction stores that token B and
     the endpoints and leaves only the new token C. If the PUT does not go through, the new token C is withdrawn and
     the old tokens stay. If the party took it but a later step fails, the hub keeps the new token C only and the
-    party's new token B, if it could read one, with the endpoints and roles from before. Either way AdminError 502,
-    saying which step failed and what the party said (409 if the platform changed meanwhile)."""
+    party's new token B and versions URL, if it could read them, with the endpoints and roles from before until it
+    fetches the endpoints again (hub/admin/endpoints.py). Either way AdminError 502, saying which step failed and what
+    the party said (409 if the platform changed meanwhile)."""
     token_c = new_token()
     async with state.pool.acquire() as conn, conn.transaction():
         name = await _registered(conn, platform_id)
@@ -175,9 +178,17 @@ def _rotation_error(platform_id: int, exc: Exception) -> AdminError:
     if isinstance(exc, TakenButFailed):
         switched = ("the new token C and to the party's new token B" if exc.token_b
                     else "the new token C and keeps calling the party with its old token B")  # fmt: skip
-        return AdminError(502, f"{failed}: the party took the PUT; the hub switched to {switched}; but {exc}; the "
-                               "endpoints from before are kept; check with the party")  # fmt: skip
+        return AdminError(502, f"{failed}: the party took the PUT; the hub switched to {switched}; but {exc}; "
+                               f"{_endpoints_kept(exc)}; check with the party")  # fmt: skip
     return AdminError(502, f"{failed}: {exc}; nothing was rotated, the old tokens still work")
+
+
+def _endpoints_kept(taken: TakenButFailed) -> str:
+    if not taken.token_b:
+        return "the endpoints from before are kept"
+    url = f"the new versions URL the party named ({taken.versions_url}) and " if taken.versions_url else ""
+    again = "until it fetches them again with the new token B (it tries again on its own)"
+    return f"the hub keeps {url}the endpoints from before, {again}"
 
 
 async def _registered(conn: asyncpg.Connection, platform_id: int) -> str:
@@ -201,16 +212,17 @@ async def _exchange(state: State, platform_id: int, token_c: str) -> platforms.C
         raise platforms.StaleExchange(f"platform {platform_id} is no longer registered")
     ours = msgspec.json.encode(hub_credentials(state.settings, token_c))
     theirs = await _message_party(state, platform, "PUT", _their_credentials, ours)
+    moved_to = theirs.url if theirs.url != platform.versions_url else None
     try:
         async with state.pool.acquire() as conn:
             roles = match_roles(theirs.roles, await platforms.held_roles(conn, platform_id))
     except OcpiError as exc:
-        raise TakenButFailed(f"the roles it answered do not match: {exc.message}", theirs.token) from None
+        raise TakenButFailed(f"the roles it answered do not match: {exc.message}", theirs.token, moved_to) from None
     try:
         discovery = await party_api.discover(state.http, theirs.url, theirs.token, party=platform.name)
     except OcpiError as exc:
         raise TakenButFailed(
-            f"fetching its endpoints with its new token B failed: {exc.message}", theirs.token
+            f"fetching its endpoints with its new token B failed: {exc.message}", theirs.token, moved_to
         ) from None
     return connection_of(state.token_box, theirs, discovery, roles)
 
@@ -222,18 +234,22 @@ def _their_credentials(answer: Fetched, url: str) -> Credentials:
 async def _keep_new_tokens(
     state: State, actor: Actor, audited: dict[str, Any], token_c: str, taken: TakenButFailed
 ) -> None:
-    """The party took the PUT, a later step failed: the new token C stays alone, the party's new token B (if any)
-    replaces the old one, the endpoints and roles stay; the outcome is in the audit trail. StaleExchange if the
-    platform changed meanwhile."""
+    """The party took the PUT, a later step failed: the new token C stays alone, the party's new token B and versions
+    URL (if any) replace the old ones, the endpoints and roles stay until the endpoints are fetched again; the outcome
+    is in the audit trail. StaleExchange if the platform changed meanwhile."""
     sealed = state.token_box.seal(taken.token_b) if taken.token_b else None
-    token_b = "the party's new token B" if taken.token_b else "the party's old token B"
+    answered = platforms.Answered(sealed, taken.versions_url, f"the party took the PUT, but {taken}",
+                                  retry_in_s(state.settings, failures=1))  # fmt: skip
+    kept = "the new token C, the party's new token B" if taken.token_b else "the new token C, the party's old token B"
+    if taken.versions_url:
+        kept += f", the new versions URL it named ({taken.versions_url})"
+    kept += ", the endpoints and roles from before" + (" until the endpoints are fetched again" if sealed else "")
     async with state.pool.acquire() as conn, conn.transaction():
-        await platforms.switch_rotated_tokens(conn, audited["platform_id"], sealed, token_hash(token_c))
-        await record_action(conn, actor, "rotate_credentials", audited | {
-            "failed": f"the party took the PUT, but {taken}",
-            "kept": f"the new token C, {token_b}, the endpoints and roles from before"})  # fmt: skip
+        await platforms.switch_rotated_tokens(conn, audited["platform_id"], answered, token_hash(token_c))
+        await record_action(conn, actor, "rotate_credentials", audited | {"failed": answered.reason, "kept": kept})
     log.warning("platform_credentials_rotation_unfinished", platform_id=audited["platform_id"],
-                platform=audited["name"], reason=str(taken), new_token_b=bool(taken.token_b))  # fmt: skip
+                platform=audited["name"], reason=str(taken), new_token_b=bool(taken.token_b),
+                new_versions_url=taken.versions_url)  # fmt: skip
 
 
 async def _withdraw(state: State, actor: Actor, audited: dict[str, Any], token_c: str, reason: str) -> None:

@@ -1,5 +1,5 @@
-"""The admin's actions on a platform from the Parties page: take it off the hub, renew its tokens; each behind a
-confirmation page, each calling the same function as the admin API."""
+"""The admin's actions on a platform from the Parties page: take it off the hub, renew its tokens, fetch its endpoints
+again; each behind a confirmation page, each calling the same function as the admin API."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from litestar.response import Template
 
 from hub.admin.api import AdminError
 from hub.admin.credentials import rotate, take_off_hub
+from hub.admin.endpoints import refresh_now
 from hub.console.auth import actor, require_admin
 from storage.sql import QUERIES
 
@@ -20,6 +21,7 @@ from storage.sql import QUERIES
 ACTIONS = {
     "take-off": (("INVITED", "REGISTERED"), "Take off the hub"),
     "renew": (("REGISTERED",), "Renew tokens"),
+    "endpoints": (("REGISTERED",), "Refresh endpoints"),
 }
 
 
@@ -47,10 +49,12 @@ async def act(
     try:
         if action == "take-off":
             outcome = {"unregistered": await take_off_hub(state, who, platform_id, via="console")}
-        else:
+        elif action == "renew":
             outcome = {"rotated": await rotate(state, who, platform_id, via="console")}
-    except AdminError as exc:
-        context["error"] = exc.message
+        else:
+            outcome = {"refreshed": await refresh_now(state, who, platform_id, via="console")}
+    except AdminError as exc:  # the platform as it is now (a rotation the party took: its new versions URL), and why
+        context = await _context(request, platform_id, action) | {"error": exc.message}
         return Template("platform_action.html", context=context, status_code=exc.status)
     # the platform as it is now (taken off the hub: UNREGISTERED), with what happened
     return Template("platform_action.html", context=await _context(request, platform_id, action) | outcome)
@@ -61,9 +65,13 @@ async def _context(request: Request, platform_id: int, action: str) -> dict[str,
         raise NotFoundException(f"no action {action!r} on a platform")
     async with request.app.state.pool.acquire() as conn:
         roles = await conn.fetch(QUERIES["list_parties"], platform_id)
+        # the endpoints the hub routes on, and why they are from before a rotation if they are
+        source = await conn.fetchrow(QUERIES["endpoints_source"], platform_id) if action == "endpoints" else None
+        endpoints = await conn.fetch(QUERIES["platform_endpoints"], platform_id) if source else []
     if not roles:
         raise NotFoundException(f"no platform {platform_id} was ever invited to this hub")
     applies_to, heading = ACTIONS[action]
     return {"page": "parties", "actor": actor(request), "action": action, "heading": heading, "roles": roles,
             "platform": roles[0], "available": roles[0]["platform_state"] in applies_to, "error": None,
-            "unregistered": None, "rotated": None}  # fmt: skip
+            "unregistered": None, "rotated": None, "refreshed": None, "source": source,
+            "endpoints": endpoints}  # fmt: skip

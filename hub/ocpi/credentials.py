@@ -59,9 +59,14 @@ def connection_of(
         version_url=discovery.version_url,
         token_b_sealed=box.seal(theirs.token),
         token_encoding=discovery.token_encoding,
-        endpoints=list({(e.identifier, e.role): (e.identifier, e.role, e.url) for e in discovery.endpoints}.values()),
+        endpoints=endpoint_rows(discovery),
         roles=roles,
     )
+
+
+def endpoint_rows(discovery: party_api.Discovery) -> list[tuple[str, str, str]]:
+    """(identifier, interface role, url) of each endpoint the party listed; the last one where it listed one twice."""
+    return list({(e.identifier, e.role): (e.identifier, e.role, e.url) for e in discovery.endpoints}.values())
 
 
 @get("/ocpi/2.2.1/credentials")

@@ -104,7 +104,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 settings.still_alive_s, settings.offline_probe_s,
             )  # fmt: skip
             relay.serve(app.state)
-            sync = PullSync(http, app.state.locations, redis_client, settings.redis_prefix, hub_party, writer.record)
+            sync = PullSync(http, app.state.locations, redis_client, settings.redis_prefix, hub_party, writer.record,
+                            directory=lambda: directory.current)  # fmt: skip
             tasks = [
                 asyncio.create_task(directory.watch(), name="directory_watch"),
                 asyncio.create_task(_flush_last_seen(app.state), name="last_seen_flush"),

@@ -4,6 +4,13 @@ mod_locations.asciidoc Sender GET, paginated per transport_and_format.asciidoc: 
 to the last page, and afterwards asks only for what changed since the last successful sync (date_from), the two
 things OCPI clients most often get wrong. One hub process syncs at a time (a lock in Redis). Every page it asks
 for is a message the hub sends on its own, so each leaves a routing-log row.
+
+A CPO may leave the hub (its credentials DELETE, or the operator takes its platform off) while its sync fetches
+pages: given the live directory, the sync asks it before storing each page and before marking the CPO synced, and
+stops there, so the cache does not fill again with the locations of a party no longer on the hub. What it stored
+before is forgotten by the departure itself (LocationCache.forget_platform); a page stored in the moment between
+the check and the departure, or by a hub process whose directory had not caught up yet, by the departed party's
+cleanup (storage.departed), which begins later than either.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ class SyncResult:
 
 Progress = Callable[[tuple[str, str], int, int | None], None]
 Record = Callable[[LogEntry], Awaitable[None]]
+LEFT_THE_HUB = "the CPO left the hub during the sync; nothing more was stored"
 
 
 def cpo_parties(directory: Directory) -> list[tuple[Platform, PartyRole]]:
@@ -71,12 +79,15 @@ def cpo_parties(directory: Directory) -> list[tuple[Platform, PartyRole]]:
 
 
 class PullSync:
+    """directory: the live directory, asked whether a party being synced is still on the hub; None (the CLI's
+    one-off sync, which has no live directory) asks nothing."""
+
     def __init__(
         self, http: PartyClient, cache: LocationCache, client: redis.Redis, prefix: str,
-        hub: tuple[str, str], record: Record | None = None,
+        hub: tuple[str, str], record: Record | None = None, directory: Callable[[], Directory] | None = None,
     ) -> None:  # fmt: skip
         self._http, self._cache, self._redis, self._record = http, cache, client, record
-        self._prefix, self._hub = prefix, hub
+        self._prefix, self._hub, self._directory = prefix, hub, directory
 
     async def never_synced(self, parties: list[tuple[Platform, PartyRole]]) -> list[tuple[Platform, PartyRole]]:
         """Parties with no successful sync in Redis: new ones, or all of them after Redis lost its data (but not
@@ -127,6 +138,8 @@ class PullSync:
                 await self._redis.set(self._cache.sync_failed_key(party), "1", ex=RETRY_AFTER_FAILURE_S)
                 LOCATION_SYNCS.labels("failed", "full" if result.full else "incremental").inc()
                 return result
+            if self._left(platform, role):
+                return self._stopped(result)
             stored = await self._cache.put_many(party, locations)
             result.locations += len(stored)
             listed.update(stored)
@@ -135,10 +148,27 @@ class PullSync:
                 progress(party, result.locations, total)
         if gone := cached_before - listed:
             result.removed = await self._cache.forget(party, gone)
+        if self._left(platform, role):  # else the party id, registered again, would first be synced only since now
+            return self._stopped(result)
         await self._redis.set(self._cache.synced_key(party), ocpi_timestamp(started))
         LOCATION_SYNCS.labels("ok", "full" if result.full else "incremental").inc()
         log.info("location_sync_done", party=f"{party[0]}-{party[1]}", locations=result.locations,
                  pages=result.pages, full=result.full, removed=result.removed)  # fmt: skip
+        return result
+
+    def _left(self, platform: Platform, role: PartyRole) -> bool:
+        """Whether the party is no longer on the hub: its platform gone from the directory (unregistered), or no
+        longer holding this CPO role. A platform registering the same party id again is another platform."""
+        if self._directory is None:
+            return False
+        current = self._directory().platforms.get(platform.id)
+        return current is None or not any(r.role == role.role and r.key == role.key for r in current.roles)
+
+    def _stopped(self, result: SyncResult) -> SyncResult:
+        result.error = LEFT_THE_HUB
+        log.info("location_sync_stopped", party=f"{result.party[0]}-{result.party[1]}", reason="the party left the hub",
+                 locations=result.locations, pages=result.pages)  # fmt: skip
+        LOCATION_SYNCS.labels("stopped", "full" if result.full else "incremental").inc()
         return result
 
     async def _page(

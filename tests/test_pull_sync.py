@@ -11,10 +11,12 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 import redis
 
 from tests.conftest import ROOT, Hub, Services
 from tests.parties import token_header
+from tests.test_departed_party import _leave, _take_off
 from tests.test_routing import _roles, party_key
 
 HUB = ("NL", "HUB")
@@ -155,6 +157,53 @@ def test_a_cpo_that_leaves_the_hub_is_no_longer_offered_and_comes_back_with_a_fu
     cpo.register_at(hub.versions_url, hub.invite(cpo.name, *cpo.roles)["token_a"])
     _wait(lambda: _cached_total(reader, hub, owner) == 3)
     assert [r.query for r in cpo.syncs()[syncs_before:]][:1] == [""]
+
+
+def _sync_ended(hub: Hub, owner) -> dict | None:  # type: ignore[no-untyped-def]
+    """The hub's log line saying the owner's sync ended, done or stopped; None while it runs."""
+    events = ("location_sync_done", "location_sync_stopped")
+    lines = [json.loads(line) for line in hub.log().splitlines() if any(event in line for event in events)]
+    return next((line for line in lines if line.get("party") == f"{owner[0]}-{owner[1]}"), None)
+
+
+def _cached_entries(client: redis.Redis, prefix: str, owner) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every key of the location cache, and every member of its sets and sorted sets, naming one of the owner's
+    locations (members are "CC/PID/id")."""
+    member = f"{owner[0]}/{owner[1]}/"
+    found = []
+    for key in (k.decode() for k in client.scan_iter(match=f"{prefix}locations:*")):
+        kind = client.type(key)
+        if member in key:
+            found.append(key)
+        elif kind == b"set":
+            found += [f"{key} {m.decode()}" for m in client.sscan_iter(key, match=f"{member}*")]
+        elif kind == b"zset":
+            found += [f"{key} {m.decode()}" for m, _ in client.zscan_iter(key, match=f"{member}*")]
+    return found
+
+
+@pytest.mark.parametrize(
+    "leave",
+    [lambda cpo, hub: _leave(cpo, hub), lambda cpo, hub: _take_off(hub, party_key(cpo))],
+    ids=["credentials_delete", "operator_takes_it_off"],
+)
+def test_a_cpo_that_leaves_during_its_sync_has_nothing_more_cached_and_is_not_marked_synced(
+    hub: Hub, services: Services, start_party, connect_party, leave
+) -> None:
+    reader = connect_party(_roles("EMSP"))
+    # 12 pages of 2, each answered 0.5 s late: a sync of 6 s, longer than the departed party's cleanup takes to begin
+    # (about 4 s after the departure at the test hub), so a page stored after it would stay for ever.
+    cpo, owner = _registered_cpo(hub, start_party, lambda me: _locations(me, 24, "2026-11-01T00:00:00Z"),
+                                 page_size=2, delay_s=0.5)  # fmt: skip
+    _wait(lambda: len(cpo.syncs()) >= 2 and _cached_total(reader, hub, owner) == 2, 30)  # page 2 asked for
+    leave(cpo, hub)
+    ended = _wait(lambda: _sync_ended(hub, owner), 30)
+    assert _cached_total(reader, hub, owner) == 0
+    with contextlib.closing(redis.Redis.from_url(services.redis_url)) as client:
+        assert _cached_entries(client, services.redis_prefix, owner) == []
+        assert client.get(f"{services.redis_prefix}locations:synced:{owner[0]}/{owner[1]}") is None
+    assert len(cpo.syncs()) < 12  # it stopped asking, too
+    assert ended["event"] == "location_sync_stopped" and ended["reason"] == "the party left the hub", ended
 
 
 def test_the_cache_is_rebuilt_after_redis_lost_it(hub: Hub, services: Services, start_party, connect_party) -> None:

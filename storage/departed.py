@@ -83,6 +83,8 @@ end
 return changed
 """
 )
+# KEYS: the directory's generation, then keys to delete. ARGV: the generation read. Returns how many were there.
+_DELETE = UNCHANGED_LUA + "return redis.call('DEL', unpack(KEYS, 2))\n"
 # KEYS: the departures to clean up. ARGV: a party, when it left (ms). Done unless it left again since.
 _DONE = """
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('ZREM', KEYS[1], ARGV[1]) end
@@ -108,6 +110,7 @@ class Departures:
         self._wake = asyncio.Event()
         self._remove = client.register_script(_REMOVE)
         self._done = client.register_script(_DONE)
+        self._delete = client.register_script(_DELETE)
 
     async def left(self, roles: Iterable[PartyRole]) -> None:
         """A platform left the hub: its parties are cleaned up after delay_s, by this process, or by the next hub to
@@ -210,9 +213,14 @@ class Departures:
 
     async def _forget_locations(self, party: PartyKey, generation: str) -> int:
         """The locations still cached for a CPO that left (LocationCache.forget_platform forgot those cached then):
-        an update relayed before it left and applied after, a page of a sync that was under way."""
+        an update relayed before it left and applied after, a page of a sync that was under way; and that sync's
+        marks, so that a platform registering the party id later starts with a full sync."""
         ids = await self._locations.location_ids(party)
-        return await self._locations.forget(party, ids, (self._generation, generation)) if ids else 0
+        forgotten = await self._locations.forget(party, ids, (self._generation, generation)) if ids else 0
+        marks = [self._locations.synced_key(party), self._locations.sync_failed_key(party)]
+        if int(await self._delete(keys=[self._generation, *marks], args=[generation])) < 0:
+            raise DirectoryChanged(f"the directory changed while {_text(party)}'s sync marks were deleted")
+        return forgotten
 
 
 class _Fence:

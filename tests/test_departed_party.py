@@ -208,11 +208,16 @@ def test_a_location_stored_after_its_cpo_left_is_forgotten_with_its_publish_allo
 
     asyncio.run(store_late())
     assert indexes.get(f"{services.redis_prefix}locations:publish-to:{member}") == "T1\x1f\x1f\x1f\x1f"
+    # and the mark of a sync that was under way, set just after: a later platform of this party id starts with a full
+    # sync, not an incremental one from that date
+    synced = f"{services.redis_prefix}locations:synced:{owner[0]}/{owner[1]}"
+    indexes.set(synced, "2026-11-21T10:00:00Z")
 
     def gone() -> None:
         assert not indexes.exists(f"{services.redis_prefix}locations:publish-to:{member}")
         assert not indexes.exists(f"{services.redis_prefix}locations:doc:{member}")
         assert indexes.zscore(f"{services.redis_prefix}locations:all", member) is None
+        assert not indexes.exists(synced)
 
     _eventually(gone, CLEANED_WITHIN_S)
     assert _cleaned(hub, owner)["cached_locations"] == 1

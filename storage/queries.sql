@@ -175,10 +175,10 @@ WHERE p.state <> 'UNREGISTERED';
 
 -- name: list_parties
 -- Every platform's roles, or one platform's ($1; NULL: all); endpoints_from_before: why its endpoints are from before
--- a rotation the hub could not finish (NULL: they are not).
+-- a rotation the hub could not finish (NULL: they are not), endpoints_next_try: when it fetches them again.
 SELECT r.country_code, r.party_id, r.role, p.name AS platform, p.id AS platform_id, r.status,
        p.registered_at, p.last_seen, p.token_encoding, p.state AS platform_state,
-       p.endpoints_refresh_error AS endpoints_from_before
+       p.endpoints_refresh_error AS endpoints_from_before, p.endpoints_refresh_due AS endpoints_next_try
 FROM party_role r JOIN platform p ON p.id = r.platform_id
 WHERE $1::bigint IS NULL OR p.id = $1
 ORDER BY upper(r.country_code), upper(r.party_id), r.role, r.id;

@@ -51,6 +51,8 @@ def test_invitation_answers_token_a_and_versions_url(hub: Hub) -> None:
         "registered_at": None,
         "last_seen": None,
         "token_encoding": "base64",
+        "endpoints_from_before": None,
+        "endpoints_next_try": None,
     }
     # The operator's action is in the audit trail: who invited whom with which roles, never the token A.
     with hub.admin() as admin:
@@ -501,6 +503,13 @@ def test_a_rotation_answered_with_a_new_versions_url_keeps_that_url_when_its_end
                                 "again")  # fmt: skip
     # The party's versions are where it said; the hub routes on the endpoints from before meanwhile.
     assert _stored_platform(db, platform_id) == (new_url, version, endpoints)
+    # and the operator's API says so, as the console does, with when the hub fetches them again
+    with hub.admin() as admin:
+        items = admin.get("/admin/api/parties").json()["items"]
+    [listed] = [i for i in items if i["platform_id"] == platform_id]
+    assert "answered HTTP 404" in listed["endpoints_from_before"] and listed["endpoints_next_try"], listed
+    [other] = [i for i in items if (i["country_code"], i["party_id"]) == party_key(emsp)]
+    assert (other["endpoints_from_before"], other["endpoints_next_try"]) == (None, None), other
     pulled = emsp.call(hub.base, "GET", "sender/locations", to=key)
     assert pulled.status_code == 200 and pulled.json()["status_code"] == 1000, pulled.text
     assert cpo.functional()[-1].path == "/ocpi/2.2.1/locations/sender"

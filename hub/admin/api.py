@@ -52,6 +52,10 @@ class Party(msgspec.Struct):
     registered_at: datetime | None
     last_seen: datetime | None
     token_encoding: str  # how the hub sends this platform its token: "base64", or "raw" (an OCPI 2.1.1-era party)
+    # Why the hub routes on endpoints from before a rotation it could not finish (None: it does not), and when it
+    # fetches them again on its own (hub/admin/endpoints.py).
+    endpoints_from_before: str | None = None
+    endpoints_next_try: datetime | None = None
 
 
 class AdminError(Exception):

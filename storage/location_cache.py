@@ -223,9 +223,7 @@ class LocationCache:
                 latest[member] = (owner, path[0], body, whole_location(body)[1])
             except ValueError as exc:
                 log.info("location_cache_skipped", path=path, reason=str(exc))
-        if latest:  # each script is atomic on its own
-            await self._store_many([(owner, location_id, body, index) for owner, location_id, body, index
-                                    in latest.values()])  # fmt: skip
+        await self._store_many(list(latest.values()))  # each script is atomic on its own
         return len(latest)
 
     async def _merge(self, owner: tuple[str, str], method: str, path: list[str], update: dict[str, Any]) -> bool:

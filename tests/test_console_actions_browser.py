@@ -12,9 +12,9 @@ import pytest
 
 from tests.conftest import Hub
 from tests.parties import envelope, token_header
-from tests.test_admin_and_cli import _moves_its_api
 from tests.test_console_browser import Browser, Page, chromium, shot
 from tests.test_console_browser import pytestmark as needs_chromium
+from tests.test_credentials_rotation import _moves_its_api
 from tests.test_routing import _roles, party_key
 
 pytestmark = needs_chromium

@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
 from tests.parties import Party
-from tests.test_admin_and_cli import _moves_its_api, _platform_id
+from tests.test_admin_and_cli import _platform_id
+from tests.test_credentials_rotation import _moves_its_api
 from tests.test_hub_client_info import _wait_for
 from tests.test_routing import _roles, party_key
 

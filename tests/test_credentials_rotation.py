@@ -1,0 +1,268 @@
+"""The operator renews a platform's credentials both ways (credentials.asciidoc, Updating), and the hub fetches a
+platform's endpoints again after a rotation it could not finish: the admin API's side."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from storage.log_row import body_of
+from tests.conftest import Hub, unique_party_id
+from tests.parties import Party, envelope, token_header
+from tests.test_admin_and_cli import _cli, _platform_id
+from tests.test_routing import _roles, party_key
+
+
+def _rotate(hub: Hub, platform_id: int) -> httpx.Response:
+    with hub.admin() as admin:
+        return admin.post(f"/admin/api/parties/{platform_id}/credentials")
+
+
+def _rotations(hub: Hub, platform_id: int) -> list[dict]:
+    with hub.admin() as admin:
+        trail = admin.get("/admin/api/audit-trail").json()["items"]
+    return [t["parameters"] for t in trail if t["action"] == "rotate_credentials"
+            and t["parameters"]["platform_id"] == platform_id]  # fmt: skip
+
+
+def _credentials_messages(db, party_id: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    rows = db.run(db.fetch("SELECT routing, module, method, http_status, ocpi_status_code, error, request_body, "
+                           "response_body FROM routing_log WHERE module = 'credentials' AND to_party_id = $1",
+                           party_id))  # fmt: skip
+    return [dict(r) for r in rows]
+
+
+def _tokens_of(db, platform_id: int) -> int:  # type: ignore[no-untyped-def]
+    return db.run(db.fetchval("SELECT count(*) FROM credentials_token WHERE platform_id = $1", platform_id))
+
+
+def test_the_operator_rotates_a_platforms_tokens_and_both_sides_use_only_the_new_ones(
+    hub: Hub, connect_party, db
+) -> None:
+    emsp = connect_party(_roles("EMSP"))
+    cpo = connect_party(_roles("CPO"))
+    key = party_key(cpo)
+    platform_id = _platform_id(hub, key)
+    old_hub_token, old_token_b = cpo.hub_token, cpo.token_b
+    answer = _rotate(hub, platform_id)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() | {"version": None, "endpoints": None} == {
+        "platform_id": platform_id, "name": cpo.name, "rotated": True, "version": None, "endpoints": None,
+        "token_encoding": "base64"}  # fmt: skip
+    # credentials.asciidoc, PUT: the hub sent its credentials with a new token C, authenticated with the old token B,
+    # and the party answered with a new token B.
+    [put] = [r for r in cpo.received if (r.method, r.path) == ("PUT", "/ocpi/2.2.1/credentials")]
+    assert put.headers["Authorization"] == token_header(old_token_b)["Authorization"]
+    assert cpo.hub_token not in (None, old_hub_token) and cpo.token_b != old_token_b
+    # The party reaches the hub with the new token C only.
+    for token, status in ((old_hub_token, 401), (cpo.hub_token, 200)):
+        assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token)).status_code == status
+    cc, pid = key
+    pushed = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp))
+    assert pushed.status_code == 200 and pushed.json()["status_code"] == 1000, pushed.text
+    # The hub reaches the party with its new token B (the party takes no other).
+    pulled = emsp.call(hub.base, "GET", "sender/locations", to=key)
+    assert pulled.status_code == 200 and pulled.json()["status_code"] == 1000, pulled.text
+    assert cpo.functional()[-1].headers["Authorization"] == token_header(cpo.token_b)["Authorization"]
+    assert _tokens_of(db, platform_id) == 1
+    [message] = _credentials_messages(db, pid)
+    assert (message["routing"], message["method"], message["http_status"], message["ocpi_status_code"]) == (
+        "hub", "PUT", 200, 1000)  # fmt: skip
+    assert _rotations(hub, platform_id) == [{"platform_id": platform_id, "name": cpo.name}]
+    # No token in the answer, the routing log (auditors read it) or the hub's log.
+    logged = (body_of(message["request_body"]) + body_of(message["response_body"])).decode()
+    assert logged.count('"token":"(not logged)"') == 2  # the hub's credentials and the party's answer
+    seen = answer.text + hub.log() + logged
+    assert not [t for t in (old_hub_token, cpo.hub_token, old_token_b, cpo.token_b) if t and t in seen]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "said"),
+    [
+        (200, json.dumps(envelope(None, 2000, "no rotation today")).encode(), "no rotation today"),
+        (503, b"<html>down for maintenance</html>", "HTTP 503"),
+    ],
+)
+def test_a_party_refusing_the_rotation_keeps_the_old_tokens_and_the_operator_hears_why(
+    hub: Hub, connect_party, db, status: int, body: bytes, said: str
+) -> None:
+    emsp = connect_party(_roles("EMSP"))
+    cpo = connect_party(_roles("CPO"), canned={("PUT", "/ocpi/2.2.1/credentials"): (status, body, {})})
+    key = party_key(cpo)
+    platform_id = _platform_id(hub, key)
+    old_hub_token, old_token_b = cpo.hub_token, cpo.token_b
+    answer = _rotate(hub, platform_id)
+    assert answer.status_code == 502, answer.text
+    error = answer.json()["error"]
+    assert said in error and "PUT" in error and "old tokens still work" in error
+    # Nothing half-done: the new token C is gone, both old tokens work both ways.
+    assert (cpo.hub_token, cpo.token_b) == (old_hub_token, old_token_b)
+    assert _tokens_of(db, platform_id) == 1
+    cc, pid = key
+    pushed = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp))
+    assert pushed.status_code == 200 and pushed.json()["status_code"] == 1000, pushed.text
+    pulled = emsp.call(hub.base, "GET", "sender/locations", to=key)
+    assert pulled.status_code == 200 and pulled.json()["status_code"] == 1000, pulled.text
+    [message] = _credentials_messages(db, pid)
+    assert (message["method"], message["http_status"]) == ("PUT", status) and said in message["error"]
+    [rotation] = _rotations(hub, platform_id)
+    assert said in rotation["failed"]
+
+
+@pytest.mark.parametrize(
+    ("canned", "claims", "token_b", "why"),
+    [  # the party takes the PUT, then its versions endpoint fails for its new token B
+        ({}, [], "new", "fetching its endpoints with its new token B failed: GET"),
+        # it answers HTTP 200, OCPI 1000, but no credentials object: it took the PUT, its token B is unknown
+        ({("PUT", "/ocpi/2.2.1/credentials"): (200, json.dumps(envelope("thanks")).encode(), {})}, [], "old",
+         "its answer held no credentials the hub can read"),
+        # its credentials claim a role the operator never granted it
+        ({}, [("EMSP", "NL", "ZZZ")], "new", "the roles it answered do not match: roles not granted to this platform"),
+    ],
+    ids=["new-token-b-cannot-fetch-the-endpoints", "no-credentials-in-the-answer", "roles-not-granted"],
+)  # fmt: skip
+def test_a_rotation_the_party_took_but_the_hub_could_not_finish_does_not_lock_the_party_out(
+    hub: Hub, connect_party, db, canned: dict, claims: list, token_b: str, why: str
+) -> None:
+    emsp = connect_party(_roles("EMSP"))
+    cpo = connect_party(_roles("CPO"), canned=canned)
+    key = party_key(cpo)
+    platform_id = _platform_id(hub, key)
+    old_hub_token, old_token_b = cpo.hub_token, cpo.token_b
+    cpo.versions_status = 500
+    cpo.roles += claims  # what its credentials answer to the hub's PUT lists
+    answer = _rotate(hub, platform_id)
+    assert answer.status_code == 502, answer.text
+    switched = {"new": "to the new token C and to the party's new token B",
+                "old": "to the new token C and keeps calling the party with its old token B"}[token_b]  # fmt: skip
+    assert f"the party took the PUT; the hub switched {switched}; but {why}" in answer.json()["error"]
+    kept = {"new": "the hub keeps the endpoints from before, until it fetches them again with the new token B (it "
+                   "tries again on its own)",
+            "old": "the endpoints from before are kept"}[token_b]  # fmt: skip
+    assert answer.json()["error"].endswith(f"; {kept}; check with the party")
+    # credentials.asciidoc, PUT: the party took the new token C and uses it from now on; the old one is dead.
+    [put] = [r for r in cpo.received if (r.method, r.path) == ("PUT", "/ocpi/2.2.1/credentials")]
+    cpo.hub_token = json.loads(put.body)["token"]
+    for token, status in ((old_hub_token, 401), (cpo.hub_token, 200)):
+        assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token)).status_code == status
+    assert _tokens_of(db, platform_id) == 1
+    cc, pid = key
+    pushed = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp))
+    assert pushed.status_code == 200 and pushed.json()["status_code"] == 1000, pushed.text
+    # The hub reaches the party at the endpoints from before, with the token B the party expects now.
+    assert (cpo.token_b != old_token_b) == (token_b == "new")
+    pulled = emsp.call(hub.base, "GET", "sender/locations", to=key)
+    assert pulled.status_code == 200 and pulled.json()["status_code"] == 1000, pulled.text
+    assert cpo.functional()[-1].headers["Authorization"] == token_header(cpo.token_b)["Authorization"]
+    [rotation] = _rotations(hub, platform_id)
+    assert rotation["failed"].startswith(f"the party took the PUT, but {why}")
+    until = " until the endpoints are fetched again" if token_b == "new" else ""
+    kept_in_trail = f"the new token C, the party's {token_b} token B, the endpoints and roles from before{until}"
+    assert rotation["kept"] == kept_in_trail
+
+
+def _stored_platform(db, platform_id: int) -> tuple[str, str, list[str]]:  # type: ignore[no-untyped-def]
+    """The versions URL, version and endpoint URLs the hub holds for a platform."""
+    row = db.run(db.fetchrow("SELECT versions_url, version FROM platform WHERE id = $1", platform_id))
+    urls = db.run(db.fetch("SELECT url FROM platform_endpoint WHERE platform_id = $1 ORDER BY url", platform_id))
+    return row["versions_url"], row["version"], [u["url"] for u in urls]
+
+
+def _moves_its_api(party: Party) -> None:
+    """The party names its versions at a new URL, under /v2, from its next credentials answer on; that URL answers
+    404 until the test lifts it (the new deployment not up yet). The old paths keep working."""
+    party.moved_to = "/v2"
+    party.canned[("GET", "/v2/ocpi/versions")] = (404, b"not deployed yet", {})
+
+
+def test_a_rotation_answered_with_a_new_versions_url_keeps_that_url_when_its_endpoints_cannot_be_fetched(
+    hub: Hub, connect_party, db
+) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    key = party_key(cpo)
+    platform_id = _platform_id(hub, key)
+    old_url, version, endpoints = _stored_platform(db, platform_id)
+    _moves_its_api(cpo)
+    answer = _rotate(hub, platform_id)
+    assert answer.status_code == 502, answer.text
+    new_url = cpo.versions_url
+    assert new_url != old_url and "answered HTTP 404" in answer.json()["error"]
+    assert answer.json()["error"].endswith(
+        f"; the hub keeps the new versions URL the party named ({new_url}) and the endpoints from before, until it "
+        "fetches them again with the new token B (it tries again on its own); check with the party")  # fmt: skip
+    [rotation] = _rotations(hub, platform_id)
+    assert rotation["kept"] == (f"the new token C, the party's new token B, the new versions URL it named "
+                                f"({new_url}), the endpoints and roles from before until the endpoints are fetched "
+                                "again")  # fmt: skip
+    # The party's versions are where it said; the hub routes on the endpoints from before meanwhile.
+    assert _stored_platform(db, platform_id) == (new_url, version, endpoints)
+    # and the operator's API says so, as the console does, with when the hub fetches them again
+    with hub.admin() as admin:
+        items = admin.get("/admin/api/parties").json()["items"]
+    [listed] = [i for i in items if i["platform_id"] == platform_id]
+    assert "answered HTTP 404" in listed["endpoints_from_before"] and listed["endpoints_next_try"], listed
+    [other] = [i for i in items if (i["country_code"], i["party_id"]) == party_key(emsp)]
+    assert (other["endpoints_from_before"], other["endpoints_next_try"]) == (None, None), other
+    pulled = emsp.call(hub.base, "GET", "sender/locations", to=key)
+    assert pulled.status_code == 200 and pulled.json()["status_code"] == 1000, pulled.text
+    assert cpo.functional()[-1].path == "/ocpi/2.2.1/locations/sender"
+    assert cpo.functional()[-1].headers["Authorization"] == token_header(cpo.token_b)["Authorization"]
+
+
+def test_the_operator_has_the_hub_fetch_the_endpoints_again_from_the_versions_url_a_rotation_kept(
+    hub: Hub, connect_party, db
+) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    key = party_key(cpo)
+    platform_id = _platform_id(hub, key)
+    _moves_its_api(cpo)
+    assert _rotate(hub, platform_id).status_code == 502
+    new_url, _, endpoints = _stored_platform(db, platform_id)
+    with hub.admin() as admin:
+        failed = admin.post(f"/admin/api/parties/{platform_id}/endpoints")
+        assert failed.status_code == 502, failed.text
+        assert failed.json()["error"].startswith(f"fetching the endpoints of platform {platform_id} from {new_url} "
+                                                 f"failed: GET {new_url} answered HTTP 404")  # fmt: skip
+        assert failed.json()["error"].endswith("; the hub keeps the endpoints from before; it tries again on its own")
+        assert _stored_platform(db, platform_id)[2] == endpoints
+        del cpo.canned[("GET", "/v2/ocpi/versions")]  # the party's new deployment is up
+        refreshed = admin.post(f"/admin/api/parties/{platform_id}/endpoints")
+        assert refreshed.status_code == 200, refreshed.text
+        assert refreshed.json() == {"platform_id": platform_id, "name": cpo.name, "versions_url": new_url,
+                                    "version": "2.2.1", "endpoints": len(endpoints),
+                                    "token_encoding": "base64"}  # fmt: skip
+        trail = admin.get("/admin/api/audit-trail").json()["items"]
+    assert all(url.startswith(f"{cpo.base}/v2/") for url in _stored_platform(db, platform_id)[2])
+    pulled = emsp.call(hub.base, "GET", "sender/locations", to=key)
+    assert pulled.status_code == 200 and pulled.json()["status_code"] == 1000, pulled.text
+    assert cpo.functional()[-1].path == "/v2/ocpi/2.2.1/locations/sender"
+    done, tried = [(t["actor_kind"], t["parameters"]) for t in trail if t["action"] == "refresh_endpoints"
+                   and t["parameters"]["platform_id"] == platform_id][:2]  # fmt: skip
+    assert done == ("admin", {"platform_id": platform_id, "name": cpo.name, "versions_url": new_url,
+                              "version": "2.2.1", "endpoints": len(endpoints)})  # fmt: skip
+    assert tried[1]["kept"] == "the endpoints from before" and "HTTP 404" in tried[1]["failed"]
+    # Nothing is pending any more: the rotation's refresh is done.
+    assert db.run(db.fetchval("SELECT endpoints_refresh_due FROM platform WHERE id = $1", platform_id)) is None
+
+
+def test_only_a_registered_platform_has_its_credentials_rotated(hub: Hub) -> None:
+    invitation = hub.invite("Not yet here", ("CPO", "NL", unique_party_id()))
+    invited = _rotate(hub, invitation["platform_id"])
+    assert invited.status_code == 409 and "not registered yet" in invited.json()["error"]
+    unknown = _rotate(hub, 999999999)
+    assert unknown.status_code == 404 and "no platform 999999999" in unknown.json()["error"]
+    assert httpx.get(hub.versions_url, headers=token_header(invitation["token_a"])).status_code == 200
+
+
+def test_an_auditor_cannot_rotate_a_platforms_credentials(hub: Hub, connect_party) -> None:
+    cpo = connect_party(_roles("CPO"))
+    platform_id = _platform_id(hub, party_key(cpo))
+    old_hub_token = cpo.hub_token
+    token = json.loads(_cli(hub, "auditor", "add", f"auditor-{unique_party_id()}").stdout)["token"]
+    answer = httpx.post(f"{hub.base}/admin/api/parties/{platform_id}/credentials",
+                        headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    assert answer.status_code == 403
+    assert cpo.hub_token == old_hub_token
+    assert not [r for r in cpo.received if (r.method, r.path) == ("PUT", "/ocpi/2.2.1/credentials")]

@@ -11,6 +11,9 @@ passes, in the order the formats changed:
 - upper-cased-ids: a hub before ids were upper-cased keyed a location by its id as sent (`CC/PID/loc1`, indexed under
   `id:loc1`, or by a hub before the id index not at all). Each moves to its upper-cased key, document, sets, entries
   and id index; where the cache holds both spellings of one location, the newer document (last_updated) stays.
+
+Markers of earlier versions' passes (RETIRED), which no hub of this version reads, are removed once every pass has
+completed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from storage.location_document import read_head
 from storage.publish_tokens import publish_entries
 
 log = structlog.get_logger()
+
+PASSES = ("publish-entries", "upper-cased-ids")
+# the last version's marker of its own start-up pass over ids, which the upper-cased-ids pass does again in full
+RETIRED = ("ids-indexed-upper-cased",)
 
 # KEYS: the unpublished set, a location's entries. ARGV: the location's member, its entries. Written only if it is
 # still unpublished and was not stored since (a store writes them itself).
@@ -79,8 +86,8 @@ return moved
 async def upgrade(client: redis.Redis, prefix: str) -> list[str]:
     """Run, in order, the passes this cache has not completed yet; returns those that completed now."""
     p = f"{prefix}locations:"
-    done = []
-    for name, upgrade_pass in (("publish-entries", _derive_entries), ("upper-cased-ids", _upper_case)):
+    done: list[str] = []
+    for name, upgrade_pass in zip(PASSES, (_derive_entries, _upper_case), strict=True):
         marker = f"{p}upgraded:{name}"
         try:
             if await client.exists(marker):
@@ -89,9 +96,13 @@ async def upgrade(client: redis.Redis, prefix: str) -> list[str]:
             await client.set(marker, "1")
         except redis.RedisError as exc:
             log.warning("location_cache_upgrade_failed", upgrade=name, error=str(exc))
-            break
+            return done
         log.info("location_cache_upgraded", upgrade=name, locations=locations)
         done.append(name)
+    try:
+        await client.unlink(*(f"{p}{marker}" for marker in RETIRED))
+    except redis.RedisError as exc:  # a dead key left for the next start
+        log.warning("location_cache_retired_markers_kept", error=str(exc))
     return done
 
 

@@ -135,6 +135,7 @@ def test_a_cache_kept_under_ids_as_sent_is_upper_cased_at_start_and_the_newer_of
         assert members == {f"NL/CPO/LOC{n}" for n in range(1, 5)}, members
         named = [key.split(":", 1)[1] for key in keys if key.startswith(("doc:", "publish-to:", "id:"))]
         assert [name for name in named if name != name.upper()] == [], named
+        assert "ids-indexed-upper-cased" not in keys  # the last version's marker: no hub reads it any more
 
     _run(services, test)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -20,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import msgspec
 import structlog
 
+from storage import log_spool
 from storage.batches import next_batch
 from storage.log_row import (
     COLUMNS,
@@ -48,9 +47,6 @@ MAX_QUEUED_ROWS = 20_000  # async mode: rows waiting for the writer before calle
 # that stopped answering (frozen, its disk stalled, the network gone) would otherwise hold the writer, and every
 # row behind it, for as long as TCP keeps the connection open. A healthy commit of 500 rows takes milliseconds.
 WRITE_TIMEOUT_S = 10.0
-# Rows a writer could not commit before it closed, kept as they were chained (msgpack: datetimes and bytes as such).
-SPOOL_SUFFIX = ".routing-log-spool"
-_spool_encoder, _spool_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
 OVERDUE_CHECK_S = 0.5  # while a batch is not committed in time: how often its callers' deadlines are looked at
 
 
@@ -100,7 +96,7 @@ class RoutingLogWriter:
         take them within drain_timeout_s (away, frozen), kept in spool_dir: the next writer to open there writes
         them first, in their own chain, as they were chained."""
         if self._spool_dir is not None:
-            await self._write_spooled()
+            await log_spool.write_spooled(self._spool_dir, self._append)
         self._task = asyncio.create_task(self._run(), name="routing_log_writer")
         try:
             yield self
@@ -290,14 +286,7 @@ class RoutingLogWriter:
         try:
             if self._spool_dir is None:
                 raise OSError("the writer has no spool dir")
-            self._spool_dir.mkdir(parents=True, exist_ok=True)
-            path = self._spool_dir / f"{self._chain_text}{SPOOL_SUFFIX}"
-            temporary = path.with_suffix(".partial")
-            with temporary.open("wb") as file:
-                file.write(_spool_encoder.encode({"chain_id": self._chain_text, "parts": parts}))
-                file.flush()
-                os.fsync(file.fileno())
-            temporary.rename(path)
+            path = log_spool.save(self._spool_dir, self._chain_text, parts)
         except OSError as exc:  # a full or read-only disk: said, with what is lost
             log.error("routing_log_rows_lost", rows=rows, chain_id=self._chain_text, error=str(exc))
             _fail_waiters(waiting, "the hub stopped before the routing log could commit this exchange")
@@ -306,30 +295,6 @@ class RoutingLogWriter:
         _fail_waiters(waiting, "the hub stopped before the routing log could commit this exchange; the row is "
                                "kept on disk and written when the hub starts again")  # fmt: skip
         return rows
-
-    async def _write_spooled(self) -> None:
-        """The rows an earlier writer kept in spool_dir, each file claimed by renaming it (several workers share
-        a data dir); a part the database has already (committed as its answer was lost) is not written again."""
-        assert self._spool_dir is not None
-        for path in sorted(self._spool_dir.glob(f"*{SPOOL_SUFFIX}")):
-            claimed = path.with_suffix(f".{os.getpid()}")
-            try:
-                path.rename(claimed)
-            except FileNotFoundError:
-                continue  # another worker took it
-            try:
-                spooled = _spool_decoder.decode(claimed.read_bytes())
-                chain_id, written = uuid.UUID(spooled["chain_id"]), 0
-                for part in spooled["parts"]:
-                    records = [tuple(record) for record in part["records"]]
-                    if await self._append(chain_id, records, [tuple(loc) for loc in part["locations"]]):
-                        written += len(records)
-            except Exception as exc:  # the database away again, or a damaged file: kept for the next start
-                claimed.rename(path)
-                log.error("routing_log_spool_not_written", path=str(path), error=f"{type(exc).__name__}: {exc}")
-                continue
-            claimed.unlink()
-            log.warning("routing_log_spool_written", path=str(path), rows=written)
 
     async def _release_connection(self, broken: bool = False) -> None:
         # A connection a statement failed or was given up on may be waiting for an answer that never comes: closed,

@@ -19,8 +19,9 @@ import psutil
 import pytest
 import redis
 
-import storage.embedded as embedded
+import storage.embedded.server as embedded
 from storage.embedded import EmbeddedPostgres, EmbeddedServiceError, EmbeddedValkey
+from storage.embedded.postgres import PG_SYSTEM_USER
 from tests.conftest import ROOT
 
 Server = EmbeddedPostgres | EmbeddedValkey
@@ -82,7 +83,7 @@ def kill_hard(pid: int) -> None:
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):  # a backend may exit on its own meanwhile
             p.kill()
-    assert not embedded._survivors(procs, timeout=10)
+    assert not embedded.survivors(procs, timeout=10)
 
 
 def test_postgres_starts_and_accepts_queries(data_dir: Path, track: Callable[[Server], Server]) -> None:
@@ -95,7 +96,7 @@ def test_postgres_starts_and_accepts_queries(data_dir: Path, track: Callable[[Se
     assert sql(dsn, "SHOW server_encoding") == "UTF8"
     if os.geteuid() == 0:
         pid = int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
-        assert psutil.Process(pid).username() == embedded.PG_SYSTEM_USER
+        assert psutil.Process(pid).username() == PG_SYSTEM_USER
 
 
 def test_postgres_restart_reuses_existing_cluster(data_dir: Path, track: Callable[[Server], Server]) -> None:

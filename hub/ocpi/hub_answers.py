@@ -20,7 +20,8 @@ from routing.request import Incoming
 from storage.location_document import epoch, same_id
 
 if TYPE_CHECKING:
-    from hub.ocpi.relay import Exchange, Relay
+    from hub.ocpi.exchange import Exchange
+    from hub.ocpi.relay import Relay
 
 SNAPSHOTS = "/ocpi/2.2.1/snapshots/"
 MAX_LIMIT = 1000

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,35 +15,28 @@ import msgspec
 import structlog
 import yarl
 from litestar.datastructures import State
-from litestar.types import HTTPScope, Receive, Scope, Send
+from litestar.types import HTTPScope, Receive, Send
 
 from hub.auth import identify
 from hub.envelope import ocpi_timestamp
-from hub.errors import (
-    OUTAGES,
-    BodyTooLarge,
-    BodyTooSlow,
-    ForwardTimeout,
-    NotFound,
-    OcpiError,
-    ReceiverNotConnected,
-    Unauthorized,
-    unavailable,
-)
+from hub.errors import OUTAGES, ForwardTimeout, OcpiError, ReceiverNotConnected, Unauthorized, unavailable
 from hub.metrics import count_request, observe_forward
-from hub.ocpi import hub_answers, relayed_urls
+from hub.ocpi import broadcast, hub_answers, relayed_urls
+from hub.ocpi.exchange import Exchange
+from hub.ocpi.relayed_urls import CDR_LOCATIONS, PAGES, RESULTS
 from hub.ocpi.wire import Envelope
 from hub.party_api import authorization
+from hub.request_body import BodyDeadlines, read_body
 from hub.request_context import log_request, new_request_id, request_ids
 from routing import open_routing
-from routing.decide import Delivery, Route, decide
+from routing.decide import Delivery, decide
 from routing.forward import Answer, forward, ocpi_status_of
 from routing.request import Incoming, PartyKey, endpoint_url, parse
-from routing.rewrite import callback_ttl_s, link_urls, response_url_of, rewrite_link_header, with_response_url
-from storage.directory import PartyRole, Platform
+from routing.rewrite import callback_ttl_s, response_url_of, with_response_url
+from storage.directory import PartyRole
 from storage.log_row import LogEntry
 from storage.routing_log import LogUnavailable
-from storage.routing_state import PAGE_TTL_S, Relayed
+from storage.routing_state import Relayed
 
 if TYPE_CHECKING:
     import aiohttp
@@ -61,26 +52,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 PREFIX = "/ocpi/2.2.1/"
-PAGES = "/ocpi/2.2.1/pages/"
-RESULTS = "/ocpi/2.2.1/results/"
-CDR_LOCATIONS = "/ocpi/2.2.1/relayed-cdrs/"
 CLIENT_INFO = "/ocpi/2.2.1/sender/hubclientinfo"
 LOGGED_REQUEST_HEADERS = ("content-type", "ocpi-to-country-code", "ocpi-to-party-id", "ocpi-from-country-code",
                           "ocpi-from-party-id", "x-request-id", "x-correlation-id")  # fmt: skip
 _envelope = msgspec.json.Encoder()
-
-
-@dataclass(slots=True)
-class Exchange:
-    """One request in flight: what arrived, who sent it, and the log row it becomes."""
-
-    scope: Scope
-    headers: dict[str, str]
-    entry: LogEntry
-    started: float
-    caller: Platform | None = None
-    sender: PartyRole | None = None
-    background: list[Any] = field(default_factory=list)
 
 
 class Relay:
@@ -134,19 +109,19 @@ class Relay:
         )  # fmt: skip
         exchange = Exchange(scope, headers, entry, started)
         try:
-            entry.request_body = await _read_body(self.bodies.guarded(receive), self.settings.max_body_bytes)
+            entry.request_body = await read_body(self.bodies.guarded(receive), self.settings.max_body_bytes)
             answer = await self._route(exchange, path)
         except OcpiError as exc:
-            answer = self._hub_answer(exchange, exc.http_status, exc.status_code, exc.message)
+            answer = self.hub_answer(exchange, exc.http_status, exc.status_code, exc.message)
             entry.error = exc.message
         except OUTAGES as exc:  # PostgreSQL or Redis away (restarting, failing over): no bug, and said as it is
             went = "the receiver did get it" if entry.forwarded_request_id else "nothing was forwarded"
             entry.error = f"{unavailable(exc)}; {went}"
-            answer = self._hub_answer(exchange, 200, 4000, entry.error)
+            answer = self.hub_answer(exchange, 200, 4000, entry.error)
             log.error("service_unavailable", error=entry.error, path=path)
         except Exception as exc:  # a bug of the hub: still an OCPI answer, and still a row in the log
             log.exception("relay_failed", path=path)
-            answer = self._hub_answer(exchange, 500, 3000, "internal error of the hub; it has been logged")
+            answer = self.hub_answer(exchange, 500, 3000, "internal error of the hub; it has been logged")
             entry.error = f"internal error: {exc!r}"
         entry.http_status, entry.response_body = answer.status, answer.body
         entry.response_headers = {k: v for k, v in answer.headers.items() if k != "content-type"} or None
@@ -155,7 +130,7 @@ class Relay:
         try:
             await self.routing_log.record(entry)
         except LogUnavailable as exc:
-            answer = self._hub_answer(exchange, 200, 4000, f"{exc}; the exchange itself went through")
+            answer = self.hub_answer(exchange, 200, 4000, f"{exc}; the exchange itself went through")
         for task in exchange.background:
             self._spawn(task)
         answer.headers["x-request-id"], answer.headers["x-correlation-id"] = request_id, entry.correlation_id
@@ -206,7 +181,7 @@ class Relay:
             if route.deliveries:  # the URL names the owner (checked in decide): a token's eMSP for open routing
                 open_routing.note_seen(incoming, route.deliveries[0], self.routing)
             self._note_location(exchange, incoming)
-            return self._broadcast(exchange, incoming, route)
+            return broadcast.push(self, exchange, incoming, route)
         delivery = route.deliveries[0]
         body, query = incoming.body, incoming.query
         if callback_url is not None:
@@ -220,7 +195,7 @@ class Relay:
         if 200 <= answer.status < 300:
             open_routing.note_seen(incoming, delivery, self.routing)
             self._note_location(exchange, incoming)
-        await self.rewrite_urls(exchange, answer, delivery, incoming.module, incoming.interface)
+        await relayed_urls.rewrite(self, exchange, answer, delivery, incoming.module, incoming.interface)
         return answer
 
     async def call_party(
@@ -269,67 +244,6 @@ class Relay:
         answer.headers.setdefault("content-type", "application/json")
         return answer
 
-    async def rewrite_urls(self, exchange: Exchange, answer: Answer, delivery: Delivery, module: str, interface: str):  # type: ignore[no-untyped-def]
-        """Paging Links and a CDR's Location lead back through the hub, to the same party; no other Location."""
-        caller, sender, entry = exchange.caller, exchange.sender, exchange.entry
-        assert caller is not None and sender is not None
-        if link := answer.headers.get("link"):
-            keys: dict[str, str] = {}
-            for url in link_urls(link):
-                keys[url] = await self.routing.remember("pages", Relayed(
-                    url=url, module=module, interface=interface, caller_platform_id=caller.id,
-                    target_platform_id=delivery.platform.id, caller_party=sender.key, target_party=delivery.to.key,
-                    correlation_id=entry.correlation_id), PAGE_TTL_S)  # fmt: skip
-            answer.headers["link"] = rewrite_link_header(
-                link, lambda url: f"{self.settings.public_url}{PAGES}{keys[url]}"
-            )
-        # Only a CDR POST's 2xx answer carries a Location the caller can use (mod_cdrs.asciidoc), rewritten to lead
-        # back through the hub. Any other (a 3xx's target, which the hub does not follow) names a URL at the
-        # receiver, which the caller's hub token does not open and the hub does not rewrite: not relayed.
-        location = answer.headers.pop("location", None)
-        if location and module == "cdrs" and entry.method == "POST" and 200 <= answer.status < 300:
-            key = uuid.uuid4().hex
-            entry.relayed_location = (key, location)
-            answer.headers["location"] = f"{self.settings.public_url}{CDR_LOCATIONS}{key}"
-
-    def _broadcast(self, exchange: Exchange, incoming: Incoming, route: Route) -> Answer:
-        """Answer the caller now; deliver a copy to every recipient after the caller's row is committed."""
-        settings = self.settings
-        entry = exchange.entry
-        entry.to_country_code, entry.to_party_id = settings.country_code, settings.party_id
-        for delivery in route.deliveries:
-            copy = LogEntry(
-                received_at=datetime.now(UTC), request_id=entry.request_id, correlation_id=entry.correlation_id,
-                module=incoming.module, interface=incoming.interface, method=incoming.method, path=incoming.path,
-                query=incoming.query, routing="broadcast", caller_platform_id=entry.caller_platform_id,
-                from_country_code=settings.country_code, from_party_id=settings.party_id, request_body=incoming.body,
-            )  # fmt: skip
-            exchange.background.append(self._deliver_copy(exchange, copy, delivery, incoming))
-        message = f"broadcast to {len(route.deliveries)} part{'y' if len(route.deliveries) == 1 else 'ies'}"
-        return self._hub_answer(exchange, 200, 1000, message)
-
-    async def _deliver_copy(self, exchange: Exchange, copy: LogEntry, delivery: Delivery, incoming: Incoming) -> None:
-        """One broadcast copy, sent FROM the hub (transport_and_format.asciidoc, Broadcast Push), logged as a row."""
-        started = time.perf_counter()
-        hub = PartyRole("HUB", self.settings.country_code, self.settings.party_id, "CONNECTED", None)
-        copy_exchange = Exchange(exchange.scope, exchange.headers, copy, started, exchange.caller, hub)
-        try:
-            url = endpoint_url(delivery.url, incoming.suffix)
-            answer = await self.call_party(copy_exchange, delivery, hub, incoming.method, url, incoming.query,
-                                           incoming.body)  # fmt: skip
-            copy.http_status, copy.response_body = answer.status, answer.body
-            copy.ocpi_status_code = ocpi_status_of(answer.body)
-        except OcpiError as exc:
-            copy.http_status, copy.ocpi_status_code, copy.error = exc.http_status, exc.status_code, exc.message
-        except Exception as exc:
-            log.exception("broadcast_copy_failed", to=delivery.to.key)
-            copy.error = f"internal error: {exc!r}"
-        copy.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        try:
-            await self.routing_log.record(copy)
-        except LogUnavailable:
-            log.error("broadcast_copy_not_logged_in_time", to=delivery.to.key, request_id=copy.request_id)
-
     def _note_location(self, exchange: Exchange, incoming: Incoming) -> None:
         """A location PUT or PATCH that went through updates the cache (queued: off the caller's path)."""
         segments = incoming.segments
@@ -337,7 +251,7 @@ class Relay:
         if pushed and incoming.method in ("PUT", "PATCH") and len(segments) >= 3:
             self.locations.submit((segments[0], segments[1]), incoming.method, segments[2:], incoming.body)
 
-    def _hub_answer(self, exchange: Exchange, http_status: int, status_code: int, message: str | None) -> Answer:
+    def hub_answer(self, exchange: Exchange, http_status: int, status_code: int, message: str | None) -> Answer:
         """An answer from the hub itself: OCPI-from is the hub, OCPI-to the caller's party when known."""
         settings = self.settings
         body = _envelope.encode(Envelope(status_code=status_code, timestamp=ocpi_timestamp(), status_message=message))
@@ -372,79 +286,6 @@ def _module_of(path: str) -> str:
     if len(parts) > 4 and parts[3] in ("sender", "receiver"):
         return parts[4]
     return parts[3] if len(parts) > 3 else ""
-
-
-class BodyDeadlines:
-    """A request's body must arrive within timeout_s, or the caller gets 408 (OCPI 2000): a client that announces a
-    body and stops sending would otherwise hold its request (and its connection) forever. No timer per request:
-    reads in progress sit in a dict that a check once a second looks through, cancelling the reads past their
-    deadline. For the relay and for Litestar's routes (credentials, admin) alike."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-        self._reading: dict[asyncio.Task[Any], float] = {}  # request task -> its body's deadline (loop time)
-        self._expired: set[asyncio.Task[Any]] = set()
-        self._check: asyncio.TimerHandle | None = None
-
-    def guarded(self, receive: Receive) -> Receive:
-        """receive, with a deadline on the request's body; once the body is in, receive as it is (a streaming
-        answer listens on it for the client's disconnect as long as it streams)."""
-        deadline: float | None = None
-        whole = False
-
-        async def receive_in_time() -> Any:
-            nonlocal deadline, whole
-            if whole:
-                return await receive()
-            loop = asyncio.get_running_loop()
-            deadline = deadline or loop.time() + self.timeout_s
-            message = await self._received(receive, deadline, loop)
-            whole = message["type"] != "http.request" or not message.get("more_body", False)
-            return message
-
-        return receive_in_time
-
-    async def _received(self, receive: Receive, deadline: float, loop: asyncio.AbstractEventLoop) -> Any:
-        task = asyncio.current_task()
-        assert task is not None
-        self._reading[task] = deadline
-        if self._check is None:
-            self._check = loop.call_later(1.0, self._cancel_late_reads)
-        try:
-            return await receive()  # the one suspension point here: a cancellation of the check lands on it
-        except asyncio.CancelledError:
-            if task not in self._expired:
-                raise
-            task.uncancel()
-            raise BodyTooSlow(f"the request body did not arrive within {self.timeout_s:g} s") from None
-        finally:
-            del self._reading[task]
-            self._expired.discard(task)
-
-    def _cancel_late_reads(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for task, deadline in self._reading.items():
-            if deadline <= now and task not in self._expired:
-                self._expired.add(task)
-                task.cancel()
-        self._check = loop.call_later(1.0, self._cancel_late_reads) if self._reading else None
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message: Any = await receive()
-        if message["type"] == "http.disconnect":
-            raise NotFound("the client went away before sending its whole request")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body too large: the hub accepts at most {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def _send(send: Send, answer: Answer) -> None:

@@ -1,23 +1,30 @@
 """Hub URLs that stand for a party's URL: a paging Link, a response_url for results, a relayed CDR's Location.
 
-Each leads back to the party behind it, for the platform it was handed to only; the state behind them lives in
-Redis (pages, results) or PostgreSQL (CDR locations), so any hub process can follow them.
+An answer's Link and Location are rewritten to them here as it passes through (a request's response_url as the
+relay forwards it). Each leads back to the party behind it, for the platform it was handed to only; the state
+behind them lives in Redis (pages, results) or PostgreSQL (CDR locations), so any hub process can follow them.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING
 
 from hub.errors import MethodNotAllowed, NotFound, ReceiverNotConnected
 from routing.decide import Delivery
 from routing.forward import Answer
+from routing.rewrite import link_urls, rewrite_link_header
 from storage.directory import PartyRole
-from storage.routing_state import Relayed
+from storage.routing_state import PAGE_TTL_S, Relayed
 from storage.sql import QUERIES
 
 if TYPE_CHECKING:
-    from hub.ocpi.relay import Exchange, Relay
+    from hub.ocpi.exchange import Exchange
+    from hub.ocpi.relay import Relay
 
+PAGES = "/ocpi/2.2.1/pages/"
+RESULTS = "/ocpi/2.2.1/results/"
+CDR_LOCATIONS = "/ocpi/2.2.1/relayed-cdrs/"
 _KINDS = {"pages": "GET", "results": "POST", "relayed-cdrs": "GET"}
 
 
@@ -46,8 +53,32 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     entry.from_country_code, entry.from_party_id = sender.country_code, sender.party_id
     delivery = Delivery(target, to, relayed.url)
     answer = await relay.call_party(exchange, delivery, sender, entry.method, relayed.url, "", entry.request_body)
-    await relay.rewrite_urls(exchange, answer, delivery, relayed.module, relayed.interface)
+    await rewrite(relay, exchange, answer, delivery, relayed.module, relayed.interface)
     return answer
+
+
+async def rewrite(
+    relay: Relay, exchange: Exchange, answer: Answer, delivery: Delivery, module: str, interface: str
+) -> None:
+    """Paging Links and a CDR's Location lead back through the hub, to the same party; no other Location."""
+    caller, sender, entry = exchange.caller, exchange.sender, exchange.entry
+    assert caller is not None and sender is not None
+    if link := answer.headers.get("link"):
+        keys: dict[str, str] = {}
+        for url in link_urls(link):
+            keys[url] = await relay.routing.remember("pages", Relayed(
+                url=url, module=module, interface=interface, caller_platform_id=caller.id,
+                target_platform_id=delivery.platform.id, caller_party=sender.key, target_party=delivery.to.key,
+                correlation_id=entry.correlation_id), PAGE_TTL_S)  # fmt: skip
+        answer.headers["link"] = rewrite_link_header(link, lambda url: f"{relay.settings.public_url}{PAGES}{keys[url]}")
+    # Only a CDR POST's 2xx answer carries a Location the caller can use (mod_cdrs.asciidoc), rewritten to lead
+    # back through the hub. Any other (a 3xx's target, which the hub does not follow) names a URL at the
+    # receiver, which the caller's hub token does not open and the hub does not rewrite: not relayed.
+    location = answer.headers.pop("location", None)
+    if location and module == "cdrs" and entry.method == "POST" and 200 <= answer.status < 300:
+        key = uuid.uuid4().hex
+        entry.relayed_location = (key, location)
+        answer.headers["location"] = f"{relay.settings.public_url}{CDR_LOCATIONS}{key}"
 
 
 async def _lookup(relay: Relay, kind: str, key: str) -> Relayed | None:

@@ -1,0 +1,213 @@
+"""The one-off operator commands of `ocpi-hub` (invite, connect, sync, auditor, retention, verify), run on a pool."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import redis.asyncio as redis
+
+from hub.party_api import PartyClient
+from hub.settings import Settings
+
+Command = Callable[[Settings, argparse.Namespace, asyncpg.Pool, redis.Redis], Coroutine[Any, Any, int]]
+
+
+def run(command: Command, settings: Settings, args: argparse.Namespace) -> int:
+    """The command, with a pool and a Redis client of its own, closed when it returns."""
+    from hub.runtime import open_redis
+
+    async def with_clients() -> int:
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+        redis_client = open_redis(settings.redis_url or "")
+        try:
+            return await command(settings, args, pool, redis_client)
+        finally:
+            await redis_client.aclose()
+            await pool.close()
+
+    return asyncio.run(with_clients())
+
+
+def _role_parts(spec: str) -> list[str]:
+    parts = spec.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"{spec!r} has {len(parts)} part{'s' if len(parts) > 1 else ''}, not 3")
+    return parts
+
+
+async def _invite(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, redis_client: redis.Redis) -> int:
+    from hub.admin.actors import ADMIN, Actor, record_action
+    from hub.admin.api import AdminError, InvitationIn, invite, invited
+    from storage.directory import announce_change
+
+    try:
+        roles = [dict(zip(("role", "country_code", "party_id"), _role_parts(spec), strict=True)) for spec in args.role]
+        request = msgspec.convert({"name": args.name, "roles": roles}, InvitationIn)
+    except (ValueError, msgspec.ValidationError) as exc:
+        print(f"ocpi-hub: invalid --role (expected ROLE:CC:PARTY such as CPO:NL:ABC): {exc}", file=sys.stderr)
+        return 2
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            invitation = await invite(conn, settings, request)
+            # as the admin API and the console record theirs; a shell holds no admin token: the actor is the OS user
+            await record_action(conn, Actor(f"ocpi-hub invite ({_os_user()})", ADMIN), "invite",
+                                invited(invitation) | {"via": "cli"})  # fmt: skip
+    except AdminError as exc:
+        print(f"ocpi-hub: {exc.message}", file=sys.stderr)
+        return 1
+    await announce_change(redis_client, settings.redis_prefix)
+    print(msgspec.json.format(msgspec.json.encode(invitation)).decode())
+    return 0
+
+
+def _os_user() -> str:
+    """Who ran the command, for the audit trail: the login name, or the user id when the system has no name for it."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # KeyError until Python 3.13: a uid with no passwd entry, as in some containers
+        return f"uid {os.getuid()}"
+
+
+async def _connect(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, redis_client: redis.Redis) -> int:
+    from hub.connect import ConnectFailed, connect_to_party
+    from hub.ocpi.wire import usable_url
+
+    if not os.environ.get("OCPI_HUB_PUBLIC_URL"):
+        # The party calls the hub back at this URL while it handles the registration: a guess will not do.
+        print(
+            "ocpi-hub: connect needs OCPI_HUB_PUBLIC_URL, the URL at which the party reaches the running hub",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        usable_url("--versions-url", args.versions_url)
+    except ValueError as exc:
+        print(f"ocpi-hub: {exc}", file=sys.stderr)
+        return 2
+    name = args.name or httpx.URL(args.versions_url).host
+    async with PartyClient(settings) as http:
+        try:
+            connected = await connect_to_party(
+                settings, pool, redis_client, http, name=name, versions_url=args.versions_url, token_a=args.token_a
+            )
+        except ConnectFailed as exc:
+            print(f"ocpi-hub: {exc}", file=sys.stderr)
+            return 1
+    print(msgspec.json.format(msgspec.json.encode(connected)).decode())
+    return 0
+
+
+async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, redis_client: redis.Redis) -> int:
+    from routing.pull_sync import PullSync, cpo_parties
+    from storage.directory import load_directory
+    from storage.location_cache import LocationCache
+    from storage.routing_log import RoutingLogWriter
+    from storage.secrets import TokenBox
+
+    async with pool.acquire() as conn:
+        directory = await load_directory(conn, TokenBox(settings.secret_key or ""))
+    parties = cpo_parties(directory)
+    if args.party:
+        wanted = tuple(args.party.upper().split("-", 1))
+        parties = [(p, r) for p, r in parties if r.key == wanted]
+        if not parties:
+            print(f"ocpi-hub: no connected CPO {args.party} with a locations Sender", file=sys.stderr)
+            return 1
+
+    def progress(party: tuple[str, str], done: int, total: int | None) -> None:
+        print(f"\r{party[0]}-{party[1]}: {done}/{total if total is not None else '?'} locations", end="",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    writer = RoutingLogWriter(pool, body_cap=settings.log_body_max_bytes)
+    hub = (settings.country_code, settings.party_id)
+    async with PartyClient(settings) as http, writer.running():
+        sync = PullSync(http, LocationCache(redis_client, settings.redis_prefix), redis_client,
+                        settings.redis_prefix, hub, writer.record)  # fmt: skip
+        results = await sync.run(parties, full=args.full, progress=progress)
+    print(file=sys.stderr)
+    if results is None:
+        print("ocpi-hub: another hub process is syncing now; try again later", file=sys.stderr)
+        return 1
+    summary = [{"party": f"{r.party[0]}-{r.party[1]}", "locations": r.locations, "pages": r.pages, "full": r.full,
+                "removed": r.removed, "error": r.error} for r in results]  # fmt: skip
+    print(msgspec.json.format(msgspec.json.encode(summary)).decode())
+    return 1 if any(r.error for r in results) else 0
+
+
+async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
+    from hub.admin import actors
+
+    if args.action != "list" and not (args.name or "").strip():
+        print(f"ocpi-hub: auditor {args.action} needs a NAME", file=sys.stderr)
+        return 2
+    async with pool.acquire() as conn:
+        if args.action == "list":
+            print(msgspec.json.format(msgspec.json.encode(await actors.list_auditors(conn))).decode())
+            return 0
+        if args.action == "remove":
+            if not await actors.remove_auditor(conn, args.name.strip()):
+                print(f"ocpi-hub: no auditor named {args.name.strip()!r}", file=sys.stderr)
+                return 1
+            print(msgspec.json.encode({"removed": args.name.strip()}).decode())
+            return 0
+        try:
+            token = await actors.add_auditor(conn, args.name.strip())
+        except actors.AuditorExists as exc:
+            print(f"ocpi-hub: {exc}", file=sys.stderr)
+            return 1
+    print(msgspec.json.format(msgspec.json.encode({"name": args.name.strip(), "token": token})).decode())
+    return 0
+
+
+async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
+    from datetime import UTC, datetime
+
+    from storage.partitions import RoutingLogBusy, drop_before, parse_keep
+
+    try:
+        cut = datetime.now(UTC) - parse_keep(args.keep)
+    except ValueError as exc:
+        print(f"ocpi-hub: {exc}", file=sys.stderr)
+        return 2
+    try:
+        async with pool.acquire() as conn:
+            dropped = await drop_before(conn, cut, dry_run=args.dry_run)
+    except RoutingLogBusy as exc:
+        print(f"ocpi-hub: {exc}", file=sys.stderr)
+        return 1
+    summary = {"cut": cut, "dry_run": args.dry_run, "dropped": [p.name for p in dropped]}
+    print(msgspec.json.format(msgspec.json.encode(summary)).decode())
+    return 0
+
+
+async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
+    """GET /admin/api/routing-log/verify without a request's time limits (a log of millions of rows takes minutes),
+    for cron and alerting: the same JSON on stdout, exit code 1 when the log does not verify."""
+    from hub.admin.actors import ADMIN, Actor, record_action
+    from storage.log_search import BadFilter, parse_time
+    from storage.log_verify import verify
+
+    given = {name: value for name in ("since", "until") if (value := getattr(args, name))}
+    try:
+        times = {name: parse_time(f"--{name}", value) for name, value in given.items()}
+    except BadFilter as exc:
+        print(f"ocpi-hub: {exc}", file=sys.stderr)
+        return 2
+    async with pool.acquire() as conn:
+        await record_action(conn, Actor("ocpi-hub verify", ADMIN), "verify", given)
+        result = await verify(conn, times.get("since"), times.get("until"))
+    print(msgspec.json.format(msgspec.json.encode(result)).decode())
+    return 0 if result.ok else 1
+
+
+COMMANDS: dict[str, Command] = {"invite": _invite, "connect": _connect, "sync": _sync, "auditor": _auditor,
+                                "retention": _retention, "verify": _verify}  # fmt: skip

@@ -1,0 +1,65 @@
+"""Broadcast push: the hub answers the caller, then sends every recipient a copy FROM the hub, each logged as a row."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import structlog
+
+from hub.errors import OcpiError
+from hub.ocpi.exchange import Exchange
+from routing.decide import Delivery, Route
+from routing.forward import Answer, ocpi_status_of
+from routing.request import Incoming, endpoint_url
+from storage.directory import PartyRole
+from storage.log_row import LogEntry
+from storage.routing_log import LogUnavailable
+
+if TYPE_CHECKING:
+    from hub.ocpi.relay import Relay
+
+log = structlog.get_logger()
+
+
+def push(relay: Relay, exchange: Exchange, incoming: Incoming, route: Route) -> Answer:
+    """Answer the caller now; deliver a copy to every recipient after the caller's row is committed."""
+    settings = relay.settings
+    entry = exchange.entry
+    entry.to_country_code, entry.to_party_id = settings.country_code, settings.party_id
+    for delivery in route.deliveries:
+        copy = LogEntry(
+            received_at=datetime.now(UTC), request_id=entry.request_id, correlation_id=entry.correlation_id,
+            module=incoming.module, interface=incoming.interface, method=incoming.method, path=incoming.path,
+            query=incoming.query, routing="broadcast", caller_platform_id=entry.caller_platform_id,
+            from_country_code=settings.country_code, from_party_id=settings.party_id, request_body=incoming.body,
+        )  # fmt: skip
+        exchange.background.append(_deliver_copy(relay, exchange, copy, delivery, incoming))
+    message = f"broadcast to {len(route.deliveries)} part{'y' if len(route.deliveries) == 1 else 'ies'}"
+    return relay.hub_answer(exchange, 200, 1000, message)
+
+
+async def _deliver_copy(
+    relay: Relay, exchange: Exchange, copy: LogEntry, delivery: Delivery, incoming: Incoming
+) -> None:
+    """One broadcast copy, sent FROM the hub (transport_and_format.asciidoc, Broadcast Push), logged as a row."""
+    started = time.perf_counter()
+    hub = PartyRole("HUB", relay.settings.country_code, relay.settings.party_id, "CONNECTED", None)
+    copy_exchange = Exchange(exchange.scope, exchange.headers, copy, started, exchange.caller, hub)
+    try:
+        url = endpoint_url(delivery.url, incoming.suffix)
+        answer = await relay.call_party(copy_exchange, delivery, hub, incoming.method, url, incoming.query,
+                                        incoming.body)  # fmt: skip
+        copy.http_status, copy.response_body = answer.status, answer.body
+        copy.ocpi_status_code = ocpi_status_of(answer.body)
+    except OcpiError as exc:
+        copy.http_status, copy.ocpi_status_code, copy.error = exc.http_status, exc.status_code, exc.message
+    except Exception as exc:
+        log.exception("broadcast_copy_failed", to=delivery.to.key)
+        copy.error = f"internal error: {exc!r}"
+    copy.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    try:
+        await relay.routing_log.record(copy)
+    except LogUnavailable:
+        log.error("broadcast_copy_not_logged_in_time", to=delivery.to.key, request_id=copy.request_id)

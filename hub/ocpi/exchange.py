@@ -1,0 +1,24 @@
+"""One request in flight through the relay, as each of its steps (relay, broadcast, hub answers, hub URLs) sees it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from litestar.types import Scope
+
+from storage.directory import PartyRole, Platform
+from storage.log_row import LogEntry
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request in flight: what arrived, who sent it, and the log row it becomes."""
+
+    scope: Scope
+    headers: dict[str, str]
+    entry: LogEntry
+    started: float
+    caller: Platform | None = None
+    sender: PartyRole | None = None
+    background: list[Any] = field(default_factory=list)

@@ -1,0 +1,83 @@
+"""Reading a request's body: within a deadline (the relay and Litestar's routes alike) and a size limit (the relay)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from litestar.types import Receive
+
+from hub.errors import BodyTooLarge, BodyTooSlow, NotFound
+
+
+class BodyDeadlines:
+    """A request's body must arrive within timeout_s, or the caller gets 408 (OCPI 2000): a client that announces a
+    body and stops sending would otherwise hold its request (and its connection) forever. No timer per request:
+    reads in progress sit in a dict that a check once a second looks through, cancelling the reads past their
+    deadline. For the relay and for Litestar's routes (credentials, admin) alike."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._reading: dict[asyncio.Task[Any], float] = {}  # request task -> its body's deadline (loop time)
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._check: asyncio.TimerHandle | None = None
+
+    def guarded(self, receive: Receive) -> Receive:
+        """receive, with a deadline on the request's body; once the body is in, receive as it is (a streaming
+        answer listens on it for the client's disconnect as long as it streams)."""
+        deadline: float | None = None
+        whole = False
+
+        async def receive_in_time() -> Any:
+            nonlocal deadline, whole
+            if whole:
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.timeout_s
+            message = await self._received(receive, deadline, loop)
+            whole = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        return receive_in_time
+
+    async def _received(self, receive: Receive, deadline: float, loop: asyncio.AbstractEventLoop) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        self._reading[task] = deadline
+        if self._check is None:
+            self._check = loop.call_later(1.0, self._cancel_late_reads)
+        try:
+            return await receive()  # the one suspension point here: a cancellation of the check lands on it
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            task.uncancel()
+            raise BodyTooSlow(f"the request body did not arrive within {self.timeout_s:g} s") from None
+        finally:
+            del self._reading[task]
+            self._expired.discard(task)
+
+    def _cancel_late_reads(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for task, deadline in self._reading.items():
+            if deadline <= now and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
+        self._check = loop.call_later(1.0, self._cancel_late_reads) if self._reading else None
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message: Any = await receive()
+        if message["type"] == "http.disconnect":
+            raise NotFound("the client went away before sending its whole request")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body too large: the hub accepts at most {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

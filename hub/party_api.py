@@ -211,8 +211,16 @@ async def exchange_credentials(
     return credentials_in(response, method, credentials_url)
 
 
+async def read_credentials(
+    client: PartyClient, credentials_url: str, token: str, encoding: str = "base64"
+) -> Credentials:
+    """GET the party's credentials (credentials.asciidoc, GET: "Retrieves the credentials object to access the
+    server's platform"), which list the roles it provides."""
+    return credentials_in(await _call(client, "GET", credentials_url, token, encoding=encoding), "GET", credentials_url)
+
+
 def credentials_in(response: Fetched, method: str, credentials_url: str) -> Credentials:
-    """The party's credentials in its answer to the hub's POST or PUT; UnableToUseClientApi when it refused."""
+    """The party's credentials in its answer to the hub's POST, PUT or GET; UnableToUseClientApi when it refused."""
     try:
         answer = _credentials_decoder.decode(response.content)
     except (msgspec.DecodeError, RecursionError) as exc:

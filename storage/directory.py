@@ -137,6 +137,7 @@ class DirectoryCache:
         self._lock = asyncio.Lock()
         self._check_lock = asyncio.Lock()
         self._checks_begun = 0
+        self._reloaded = asyncio.Event()
 
     async def reload(self, unless_seen: int | None = None) -> None:
         """Load the directory again; not if a reload that has finished meanwhile already saw generation unless_seen
@@ -148,6 +149,14 @@ class DirectoryCache:
             async with self._pool.acquire() as conn:
                 self.current = await load_directory(conn, self._box)
             self._seen_generation = int(generation or 0)
+            self._reloaded.set()  # wakes whoever waits for this reload, and the next reload gets an event of its own
+            self._reloaded = asyncio.Event()
+
+    def next_reload(self) -> asyncio.Event:
+        """Set once this process has loaded the directory again, after a change by any process: a background task
+        sleeps on it to look again at what such a change may have scheduled (hub/admin/endpoints.py). Take it before
+        reading what the change would alter, so a change that comes in between is not missed."""
+        return self._reloaded
 
     async def catch_up(self) -> None:
         """Before a token this process does not know is refused: reload if another process changed the directory and

@@ -109,10 +109,7 @@ async def store_connection(
             connection.token_encoding,
         )
         await _replace_endpoints(conn, platform_id, connection.endpoints)
-        for role_id, business_details in connection.roles:
-            details = msgspec.json.encode(business_details).decode() if business_details else None
-            await conn.execute(QUERIES["connect_role"], role_id, details)
-        await conn.execute(QUERIES["plan_unlisted_roles"], platform_id, [role_id for role_id, _ in connection.roles])
+        await _store_roles(conn, platform_id, connection.roles)
         await conn.execute(QUERIES["delete_tokens"], platform_id)
         await conn.execute(QUERIES["insert_token"], new_token, platform_id, "C")
 
@@ -125,6 +122,7 @@ class Answered:
     versions_url: str | None  # the versions URL it named; None: as token_b_sealed
     reason: str  # why the hub could not finish the rotation
     retry_in_s: float  # when the hub first tries again to fetch the endpoints with that token B from that URL
+    checks_roles: bool = False  # the roles it answered did not match: the refresh reads and checks them again
 
 
 async def switch_rotated_tokens(
@@ -137,12 +135,16 @@ async def switch_rotated_tokens(
     async with conn.transaction():
         await _lock_unchanged(conn, platform_id, "REGISTERED", new_token)
         await conn.execute(QUERIES["switch_rotated_tokens"], platform_id, answered.token_b_sealed, new_token,
-                           answered.versions_url, answered.retry_in_s, answered.reason)  # fmt: skip
+                           answered.versions_url, answered.retry_in_s, answered.reason,
+                           answered.checks_roles)  # fmt: skip
 
 
-async def store_refreshed_endpoints(conn: asyncpg.Connection, platform_id: int, connection: Connection) -> bool:
+async def store_refreshed_endpoints(
+    conn: asyncpg.Connection, platform_id: int, connection: Connection, *, with_roles: bool = False
+) -> bool:
     """The version and endpoints fetched again from the platform's versions URL with its token B (both as stored, and
-    named in connection) replace the stored ones; its roles and tokens stay. False, and nothing stored, if its
+    named in connection) replace the stored ones; its tokens stay, and its roles too unless with_roles (the roles the
+    party's credentials list, checked: stored as a credentials exchange stores them). False, and nothing stored, if its
     versions URL or token B changed meanwhile (its own PUT, or another rotation, fetched endpoints of their own)."""
     async with conn.transaction():
         stored = await conn.fetchval(
@@ -152,7 +154,17 @@ async def store_refreshed_endpoints(conn: asyncpg.Connection, platform_id: int, 
         if stored is None:
             return False
         await _replace_endpoints(conn, platform_id, connection.endpoints)
+        if with_roles:
+            await _store_roles(conn, platform_id, connection.roles)
     return True
+
+
+async def _store_roles(conn: asyncpg.Connection, platform_id: int, roles: Sequence[tuple[int, object]]) -> None:
+    """The roles the party listed are connected, with the business details it sent; the others go back to PLANNED."""
+    for role_id, business_details in roles:
+        details = msgspec.json.encode(business_details).decode() if business_details else None
+        await conn.execute(QUERIES["connect_role"], role_id, details)
+    await conn.execute(QUERIES["plan_unlisted_roles"], platform_id, [role_id for role_id, _ in roles])
 
 
 async def _replace_endpoints(

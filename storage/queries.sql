@@ -51,58 +51,80 @@ SELECT id, role, country_code, party_id, status FROM party_role
 WHERE platform_id = $1 AND status <> 'UNREGISTERED' ORDER BY id;
 
 -- name: store_connection
--- The outcome of a credentials exchange (POST or PUT, either direction): the endpoints were just fetched, so no
--- refresh of them is pending.
+-- The outcome of a credentials exchange (POST or PUT, either direction): the endpoints and roles were just fetched,
+-- so no refresh of them is pending.
 UPDATE platform SET state = 'REGISTERED', versions_url = $2, version = $3, version_url = $4, token_b = $5,
        token_encoding = $6, registered_at = coalesce(registered_at, now()), last_seen = now(),
-       endpoints_refresh_due = NULL, endpoints_refresh_failures = 0, endpoints_refresh_error = NULL
+       endpoints_refresh_due = NULL, endpoints_refresh_failures = 0, endpoints_refresh_error = NULL,
+       endpoints_refresh_claimed_until = NULL, endpoints_refresh_checks_roles = false
 WHERE id = $1;
 
 -- name: switch_rotated_tokens
 -- A rotation the party took that the hub could not finish: the party's new token B ($2; NULL keeps the old one)
 -- and the versions URL it answered ($4, NULL: keeps the old one) and, of the hub's tokens C, only the new one ($3).
 -- Endpoints, version and roles stay as they were; with a new token B their refresh is due in $5 s, the rotation
--- counting as its first failed try, for the reason $6.
+-- counting as its first failed try, for the reason $6, and it checks the roles the party lists if $7 (the roles it
+-- answered did not match). A try under way with the old token B no longer holds the refresh: its outcome is ignored.
 WITH token_b AS (
     UPDATE platform SET token_b = coalesce($2, token_b), versions_url = coalesce($4, versions_url),
            endpoints_refresh_due = CASE WHEN $2 IS NULL THEN endpoints_refresh_due
                                         ELSE now() + make_interval(secs => $5) END,
            endpoints_refresh_failures = CASE WHEN $2 IS NULL THEN endpoints_refresh_failures ELSE 1 END,
-           endpoints_refresh_error = CASE WHEN $2 IS NULL THEN endpoints_refresh_error ELSE $6 END
+           endpoints_refresh_error = CASE WHEN $2 IS NULL THEN endpoints_refresh_error ELSE $6 END,
+           endpoints_refresh_claimed_until = CASE WHEN $2 IS NULL THEN endpoints_refresh_claimed_until END,
+           endpoints_refresh_checks_roles = CASE WHEN $2 IS NULL THEN endpoints_refresh_checks_roles ELSE $7 END
     WHERE id = $1
 )
 DELETE FROM credentials_token WHERE platform_id = $1 AND kind = 'C' AND token_hash <> $3;
 
+-- name: next_endpoints_refresh
+-- Seconds until the earliest pending endpoints refresh that no hub process holds is due (0 or less: due now; NULL:
+-- none pending): how long the refresh loop may sleep. One row from the partial index on endpoints_refresh_due.
+SELECT extract(epoch FROM min(greatest(endpoints_refresh_due, endpoints_refresh_claimed_until)) - now())::float8
+FROM platform WHERE state = 'REGISTERED' AND endpoints_refresh_due IS NOT NULL;
+
 -- name: claim_endpoints_refreshes
--- The registered platforms whose endpoints refresh is due, taken by this hub process: their next try is pushed
--- back by $1 s (longer than a try takes), so no other process takes them meanwhile, and one that stopped while
--- trying is stood in for once that time has passed.
-UPDATE platform SET endpoints_refresh_due = now() + make_interval(secs => $1)
+-- The registered platforms whose endpoints refresh is due, taken by this hub process for $1 s (longer than a try
+-- takes), so no other process takes them meanwhile, and one that stopped while trying is stood in for once that time
+-- has passed. When it is due stays as it was: the outcome of the try sets the next one.
+UPDATE platform SET endpoints_refresh_claimed_until = now() + make_interval(secs => $1)
 WHERE state = 'REGISTERED' AND endpoints_refresh_due <= now()
-RETURNING id, name, versions_url, token_b, endpoints_refresh_failures;
+  AND (endpoints_refresh_claimed_until IS NULL OR endpoints_refresh_claimed_until <= now())
+RETURNING id, name, versions_url, token_b, endpoints_refresh_failures, endpoints_refresh_checks_roles;
 
 -- name: endpoints_source
--- Where and with which token the hub fetches a platform's endpoints, and whether a refresh of them is pending.
+-- Where and with which token the hub fetches a platform's endpoints, whether a refresh of them is pending (and must
+-- check the roles the party lists), and whether a hub process is trying it now.
 SELECT id, name, state, versions_url, version, token_b, endpoints_refresh_due, endpoints_refresh_failures,
-       endpoints_refresh_error
+       endpoints_refresh_error, endpoints_refresh_checks_roles,
+       coalesce(endpoints_refresh_claimed_until > now(), false) AS endpoints_refresh_trying_now
 FROM platform WHERE id = $1;
 
 -- name: store_refreshed_endpoints
 -- The version and endpoints fetched again from versions URL $2 with token B $3 (sealed, as read before the fetch):
 -- stored only if the platform still has that URL and token (a credentials exchange meanwhile fetched its own).
 UPDATE platform SET version = $4, version_url = $5, token_encoding = $6, endpoints_refresh_due = NULL,
-       endpoints_refresh_failures = 0, endpoints_refresh_error = NULL
+       endpoints_refresh_failures = 0, endpoints_refresh_error = NULL, endpoints_refresh_claimed_until = NULL,
+       endpoints_refresh_checks_roles = false
 WHERE id = $1 AND state = 'REGISTERED' AND versions_url = $2 AND token_b = $3
 RETURNING id;
 
 -- name: endpoints_refresh_failed
--- A pending refresh that failed again, for the reason $2: the next try in $3 s. Not if nothing is pending (an
--- operator's refresh of endpoints that were not from before), or the fetch used a versions URL $4 or token B $5 the
--- platform no longer has (a credentials exchange meanwhile set its own).
+-- A pending refresh the hub tried on its own failed again, for the reason $2: the next try in $3 s, and the process
+-- lets go of it. Not if nothing is pending, or the fetch used a versions URL $4 or token B $5 the platform no longer
+-- has (a credentials exchange meanwhile set its own).
 UPDATE platform SET endpoints_refresh_due = now() + make_interval(secs => $3),
-       endpoints_refresh_failures = endpoints_refresh_failures + 1, endpoints_refresh_error = $2
+       endpoints_refresh_failures = endpoints_refresh_failures + 1, endpoints_refresh_error = $2,
+       endpoints_refresh_claimed_until = NULL
 WHERE id = $1 AND endpoints_refresh_due IS NOT NULL AND versions_url = $4 AND token_b = $5
 RETURNING endpoints_refresh_failures;
+
+-- name: operator_endpoints_refresh_failed
+-- A pending refresh the operator asked for failed, for the reason $2: only why is kept (the console shows the last
+-- reason); its schedule, and the failures it counts, stay as they were. The same conditions as endpoints_refresh_failed.
+UPDATE platform SET endpoints_refresh_error = $2
+WHERE id = $1 AND endpoints_refresh_due IS NOT NULL AND versions_url = $3 AND token_b = $4
+RETURNING endpoints_refresh_due;
 
 -- name: platform_endpoints
 SELECT identifier, interface_role, url FROM platform_endpoint WHERE platform_id = $1 ORDER BY identifier, interface_role;
@@ -175,10 +197,15 @@ WHERE p.state <> 'UNREGISTERED';
 
 -- name: list_parties
 -- Every platform's roles, or one platform's ($1; NULL: all); endpoints_from_before: why its endpoints are from before
--- a rotation the hub could not finish (NULL: they are not), endpoints_next_try: when it fetches them again.
+-- a rotation the hub could not finish (NULL: they are not), endpoints_trying_now: a hub process is fetching them
+-- again, endpoints_next_try: when it does that next otherwise (NULL while it is trying: the try's outcome sets it).
 SELECT r.country_code, r.party_id, r.role, p.name AS platform, p.id AS platform_id, r.status,
        p.registered_at, p.last_seen, p.token_encoding, p.state AS platform_state,
-       p.endpoints_refresh_error AS endpoints_from_before, p.endpoints_refresh_due AS endpoints_next_try
+       p.endpoints_refresh_error AS endpoints_from_before,
+       coalesce(p.endpoints_refresh_due IS NOT NULL AND p.endpoints_refresh_claimed_until > now(), false)
+           AS endpoints_trying_now,
+       CASE WHEN p.endpoints_refresh_claimed_until > now() THEN NULL ELSE p.endpoints_refresh_due END
+           AS endpoints_next_try
 FROM party_role r JOIN platform p ON p.id = r.platform_id
 WHERE $1::bigint IS NULL OR p.id = $1
 ORDER BY upper(r.country_code), upper(r.party_id), r.role, r.id;

@@ -52,6 +52,7 @@ def test_invitation_answers_token_a_and_versions_url(hub: Hub) -> None:
         "last_seen": None,
         "token_encoding": "base64",
         "endpoints_from_before": None,
+        "endpoints_trying_now": False,
         "endpoints_next_try": None,
     }
     # The operator's action is in the audit trail: who invited whom with which roles, never the token A.

@@ -34,6 +34,22 @@ def _credentials_messages(db, party_id: str) -> list[dict]:  # type: ignore[no-u
     return [dict(r) for r in rows]
 
 
+def _listed(hub: Hub, platform_id: int) -> dict:
+    """The platform's first role as GET /admin/api/parties lists it."""
+    with hub.admin() as admin:
+        items = admin.get("/admin/api/parties").json()["items"]
+    return next(i for i in items if i["platform_id"] == platform_id)
+
+
+def console_page(hub: Hub, path: str) -> str:
+    """A console page as the signed-in admin sees it: its HTML, each run of white space one space."""
+    with httpx.Client(base_url=hub.base, timeout=30) as console:
+        assert console.post("/console/sign-in", data={"token": hub.admin_token}).status_code == 303
+        page = console.get(path)
+    assert page.status_code == 200, page.text
+    return " ".join(page.text.split())
+
+
 def _tokens_of(db, platform_id: int) -> int:  # type: ignore[no-untyped-def]
     return db.run(db.fetchval("SELECT count(*) FROM credentials_token WHERE platform_id = $1", platform_id))
 
@@ -138,8 +154,10 @@ def test_a_rotation_the_party_took_but_the_hub_could_not_finish_does_not_lock_th
     switched = {"new": "to the new token C and to the party's new token B",
                 "old": "to the new token C and keeps calling the party with its old token B"}[token_b]  # fmt: skip
     assert f"the party took the PUT; the hub switched {switched}; but {why}" in answer.json()["error"]
-    kept = {"new": "the hub keeps the endpoints from before, until it fetches them again with the new token B (it "
-                   "tries again on its own)",
+    # after roles it does not hold, the hub finishes the rotation only once the roles the party lists match
+    roles = " and finds the roles the party lists match" if claims else ""
+    kept = {"new": f"the hub keeps the endpoints from before, until it fetches them again with the new token B{roles} "
+                   "(it tries again on its own)",
             "old": "the endpoints from before are kept"}[token_b]  # fmt: skip
     assert answer.json()["error"].endswith(f"; {kept}; check with the party")
     # credentials.asciidoc, PUT: the party took the new token C and uses it from now on; the old one is dead.
@@ -159,6 +177,7 @@ def test_a_rotation_the_party_took_but_the_hub_could_not_finish_does_not_lock_th
     [rotation] = _rotations(hub, platform_id)
     assert rotation["failed"].startswith(f"the party took the PUT, but {why}")
     until = " until the endpoints are fetched again" if token_b == "new" else ""
+    until += " and the roles the party lists match" if claims else ""
     kept_in_trail = f"the new token C, the party's {token_b} token B, the endpoints and roles from before{until}"
     assert rotation["kept"] == kept_in_trail
 
@@ -225,7 +244,8 @@ def test_the_operator_has_the_hub_fetch_the_endpoints_again_from_the_versions_ur
         assert failed.status_code == 502, failed.text
         assert failed.json()["error"].startswith(f"fetching the endpoints of platform {platform_id} from {new_url} "
                                                  f"failed: GET {new_url} answered HTTP 404")  # fmt: skip
-        assert failed.json()["error"].endswith("; the hub keeps the endpoints from before; it tries again on its own")
+        assert "; the hub keeps the endpoints from before; it tries again on its own, as scheduled before: at " in (
+            failed.json()["error"])  # fmt: skip
         assert _stored_platform(db, platform_id)[2] == endpoints
         del cpo.canned[("GET", "/v2/ocpi/versions")]  # the party's new deployment is up
         refreshed = admin.post(f"/admin/api/parties/{platform_id}/endpoints")
@@ -245,6 +265,38 @@ def test_the_operator_has_the_hub_fetch_the_endpoints_again_from_the_versions_ur
     assert tried[1]["kept"] == "the endpoints from before" and "HTTP 404" in tried[1]["failed"]
     # Nothing is pending any more: the rotation's refresh is done.
     assert db.run(db.fetchval("SELECT endpoints_refresh_due FROM platform WHERE id = $1", platform_id)) is None
+
+
+def test_an_operators_failed_refresh_shows_why_and_leaves_the_hubs_own_schedule_as_it_was(
+    hub: Hub, connect_party, db
+) -> None:
+    cpo = connect_party(_roles("CPO"))
+    platform_id = _platform_id(hub, party_key(cpo))
+    _moves_its_api(cpo)
+    assert _rotate(hub, platform_id).status_code == 502
+    scheduled = _listed(hub, platform_id)
+    assert "HTTP 404" in scheduled["endpoints_from_before"] and scheduled["endpoints_next_try"], scheduled
+    cpo.canned[("GET", "/v2/ocpi/versions")] = (503, b"still deploying", {})
+    with hub.admin() as admin:
+        failed = admin.post(f"/admin/api/parties/{platform_id}/endpoints")
+        assert failed.status_code == 502, failed.text
+        trail = admin.get("/admin/api/audit-trail").json()["items"]
+    # Why it failed is the operator's try's reason now; when the hub tries on its own, and its backoff, stay.
+    next_try = scheduled["endpoints_next_try"]
+    listed = _listed(hub, platform_id)
+    assert (listed["endpoints_next_try"], listed.get("endpoints_trying_now")) == (next_try, False), listed
+    failures = db.run(db.fetchval("SELECT endpoints_refresh_failures FROM platform WHERE id = $1", platform_id))
+    assert failures == 1  # the rotation's
+    assert "HTTP 503: still deploying" in listed["endpoints_from_before"], listed
+    at = next_try[:19].replace("T", " ") + " UTC"
+    assert failed.json()["error"].endswith(f"; it tries again on its own, as scheduled before: at {at}")
+    page = console_page(hub, f"/console/parties/{platform_id}/endpoints")
+    assert "(1 try of its own failed). The last try said: GET" in page and "HTTP 503: still deploying" in page
+    assert f'<span id="endpoints-next-try">next try at {next_try[:19].replace("T", " ")}.' in page
+    [tried] = [t for t in trail if t["action"] == "refresh_endpoints" and t["parameters"]["platform_id"] == platform_id]
+    assert (tried["actor_kind"], tried["parameters"]["kept"], tried["parameters"]["next_try"]) == (
+        "admin", "the endpoints from before", at)  # fmt: skip
+    assert "HTTP 503" in tried["parameters"]["failed"]
 
 
 def test_only_a_registered_platform_has_its_credentials_rotated(hub: Hub) -> None:

@@ -3,17 +3,20 @@ own, from the versions URL the party named, and routes on the endpoints from bef
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
-from tests.parties import Party
+from tests.parties import Party, token_header
 from tests.test_admin_and_cli import _platform_id
-from tests.test_credentials_rotation import _moves_its_api
+from tests.test_credentials_rotation import _listed, _moves_its_api, _rotate, console_page
 from tests.test_hub_client_info import _wait_for
 from tests.test_routing import _roles, party_key
 
@@ -83,3 +86,120 @@ def test_a_rotation_whose_new_versions_url_fails_at_first_ends_with_its_endpoint
     versions = [r for r in cpo.received if r.method == "GET" and r.path.endswith("/ocpi/versions") and r.at > rotated]
     assert [r.path for r in versions if r.path == "/ocpi/versions"] == []
     assert any("X-Request-ID" in r.headers for r in versions), "no still-alive probe came in the test's time"
+
+
+def _versions_fetched_at(party: Party, path: str, since: float) -> list[float]:
+    """When the hub fetched the party's versions at path to refresh its endpoints: its still-alive probes, which GET
+    the same URL, carry an X-Request-ID, the control plane's fetches do not."""
+    return [r.at for r in party.received
+            if (r.method, r.path) == ("GET", path) and r.at > since and "X-Request-ID" not in r.headers]  # fmt: skip
+
+
+def test_while_the_hub_tries_a_refresh_the_api_and_the_console_say_it_is_trying_now(
+    two_hubs: tuple[Hub, Hub], start_party
+) -> None:
+    first, _ = two_hubs
+    cpo = register_at_hub(first, start_party, _roles("CPO"))
+    platform_id = _platform_id(first, party_key(cpo))
+    _moves_its_api(cpo)
+    assert _rotate(first, platform_id).status_code == 502
+    # The new deployment answers a byte now and then and never finishes: each try takes the hub's 2 s timeout.
+    dripping = time.monotonic()
+    cpo.drip.add("/v2/ocpi/versions")
+    _wait_for(lambda: _versions_fetched_at(cpo, "/v2/ocpi/versions", dripping))
+    during = _listed(first, platform_id)
+    page = console_page(first, f"/console/parties/{platform_id}/endpoints")
+    assert (during["endpoints_next_try"], during.get("endpoints_trying_now")) == (None, True), during
+    assert '<span id="endpoints-next-try">trying now</span>' in page
+    # Once it failed, the next try is the backoff's (1 s after the second failure), not the time a try may take.
+    events = lambda: _events(two_hubs, "platform_endpoints_refresh_failed", platform_id)  # noqa: E731
+    [failed] = _wait_for(lambda: [e for e in events() if e["reason"].endswith("timed out")])
+    after = _listed(first, platform_id)
+    assert (failed["next_try_in_s"], after["endpoints_trying_now"]) == (1.0, False), (failed, after)
+    next_try = datetime.fromisoformat(after["endpoints_next_try"])
+    assert (next_try - datetime.now(UTC)).total_seconds() <= 1.0, after
+
+
+def test_a_rotation_answered_with_roles_not_granted_ends_only_once_the_roles_the_party_lists_match(
+    two_hubs: tuple[Hub, Hub], start_party, empty_database: str
+) -> None:
+    first, second = two_hubs
+    cpo = register_at_hub(first, start_party, _roles("CPO"))
+    platform_id = _platform_id(first, party_key(cpo))
+    granted, (cc, pid) = list(cpo.roles), party_key(cpo)
+    cpo.roles += [("EMSP", "NL", "ZZZ")]  # what its credentials list, in its answer to the PUT and on a GET
+    answer = _rotate(second, platform_id)
+    assert answer.status_code == 502 and "the roles it answered do not match" in answer.json()["error"], answer.text
+    # The hub fetches the endpoints again on its own with the new token B, and reads the party's credentials
+    # (credentials.asciidoc, GET): the roles they list still do not match, so nothing is finished.
+    [failed, *_] = _wait_for(lambda: _events(two_hubs, "platform_endpoints_refresh_failed", platform_id))
+    credentials_url = f"{cpo.base}/ocpi/2.2.1/credentials"
+    assert failed["reason"] == (
+        f"its endpoints were fetched, but the roles its credentials list (GET {credentials_url}) do not match: roles "
+        f"not granted to this platform by the hub operator: EMSP NL-ZZZ (granted: CPO {cc}-{pid})")  # fmt: skip
+    [read] = [r for r in cpo.received if (r.method, r.path) == ("GET", "/ocpi/2.2.1/credentials")][:1]
+    assert read.headers["Authorization"] == token_header(cpo.token_b)["Authorization"]
+    listed = _listed(first, platform_id)
+    assert "the roles its credentials list" in listed["endpoints_from_before"], listed
+    assert listed["endpoints_next_try"] or listed["endpoints_trying_now"], listed
+    page = console_page(second, f"/console/parties/{platform_id}/endpoints")
+    assert "the roles the party lists must match too" in page and "roles not granted to this platform" in page
+    assert _refreshes(first, platform_id) == []
+    # The party lists the roles it holds, and names itself anew: the next try stores both, as the rotation would have.
+    cpo.name, cpo.roles = "Renamed Party", granted
+    [refreshed] = _wait_for(lambda: _refreshes(first, platform_id), timeout=15)
+    assert (refreshed["actor_kind"], refreshed["parameters"]) == ("hub", {
+        "platform_id": platform_id, "name": "Test Party", "versions_url": cpo.versions_url, "version": "2.2.1",
+        "endpoints": len(cpo.endpoints()), "roles": [f"CPO {cc}-{pid}"]})  # fmt: skip
+    listed = _listed(first, platform_id)
+    assert (listed["endpoints_from_before"], listed["endpoints_next_try"], listed["endpoints_trying_now"]) == (
+        None, None, False)  # fmt: skip
+    details = asyncio.run(_fetchval(empty_database, "SELECT business_details FROM party_role WHERE platform_id = $1",
+                                    platform_id))  # fmt: skip
+    assert json.loads(details) == {"name": "Renamed Party CPO"}
+
+
+async def _fetchval(database_url: str, sql: str, *args: object) -> object:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+def test_a_refresh_one_process_schedules_is_tried_within_a_second_by_hubs_that_were_idle(
+    two_hubs: tuple[Hub, Hub], start_party
+) -> None:
+    first, second = two_hubs
+    cpo = register_at_hub(first, start_party, _roles("CPO"))
+    platform_id = _platform_id(first, party_key(cpo))
+    _moves_its_api(cpo)
+    time.sleep(1)  # nothing pending: both processes sleep until the directory changes, or for a minute
+    assert _rotate(second, platform_id).status_code == 502
+    rotated = time.monotonic()
+    # The first try is due OCPI_HUB_OFFLINE_PROBE_S (0.5 s) after the rotation, which woke every process's loop.
+    [tried, *_] = _wait_for(lambda: _versions_fetched_at(cpo, "/v2/ocpi/versions", rotated), timeout=5)
+    assert tried - rotated < 1.5
+
+
+def _platform_scans(database_url: str) -> int:
+    sql = "SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'platform'"
+    return int(asyncio.run(_fetchval(database_url, sql)))  # type: ignore[call-overload]
+
+
+def test_an_idle_hub_does_not_ask_the_database_for_due_refreshes_every_second(
+    services: Services, empty_database: str, tmp_path: Path, start_party
+) -> None:
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database,
+                  OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}idle:")  # fmt: skip
+    hub = start_hub(env, OUTPUT / "hub-idle.log")
+    try:
+        register_at_hub(hub, start_party, _roles("CPO"))  # a platform on the hub, no refresh of it pending
+        time.sleep(2)  # what the registration read is counted (PostgreSQL counts a backend's reads within a second)
+        before = _platform_scans(empty_database)
+        time.sleep(6)
+        # Each read of the platform table counts: once a second by the refresh loop would be 6 or more; the
+        # still-alive round reads it once every 10 s here.
+        assert _platform_scans(empty_database) - before <= 2
+    finally:
+        hub.stop()

@@ -52,9 +52,11 @@ class Party(msgspec.Struct):
     registered_at: datetime | None
     last_seen: datetime | None
     token_encoding: str  # how the hub sends this platform its token: "base64", or "raw" (an OCPI 2.1.1-era party)
-    # Why the hub routes on endpoints from before a rotation it could not finish (None: it does not), and when it
-    # fetches them again on its own (hub/admin/endpoints.py).
+    # Why the hub routes on endpoints from before a rotation it could not finish (None: it does not; the reason of the
+    # last try, the operator's too), whether a hub process is fetching them again now, and when it fetches them again
+    # on its own otherwise (None while it tries: the outcome sets the next try) (hub/admin/endpoints.py).
     endpoints_from_before: str | None = None
+    endpoints_trying_now: bool = False
     endpoints_next_try: datetime | None = None
 
 

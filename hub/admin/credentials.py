@@ -61,11 +61,20 @@ class TakenButFailed(PartyFailed):
     """The party took the hub's PUT (HTTP 200, OCPI 1000), but a later step failed; the message says which. The party
     now calls with the new token C and expects its new token B (credentials.asciidoc, Updating), so the hub keeps
     them: token_b is the party's new token B, or None when its answer held none the hub could read; versions_url the
-    versions URL its answer named when that is not the one the hub had (the party says its versions are there now)."""
+    versions URL its answer named when that is not the one the hub had (the party says its versions are there now);
+    roles_unmatched when the roles it answered are not the platform's, so the refresh that finishes the rotation must
+    find the roles the party lists matching before it does (hub/admin/endpoints.py)."""
 
-    def __init__(self, message: str, token_b: str | None = None, versions_url: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        token_b: str | None = None,
+        versions_url: str | None = None,
+        *,
+        roles_unmatched: bool = False,
+    ) -> None:
         super().__init__(message)
-        self.token_b, self.versions_url = token_b, versions_url
+        self.token_b, self.versions_url, self.roles_unmatched = token_b, versions_url, roles_unmatched
 
 
 class _Said(msgspec.Struct):
@@ -187,7 +196,8 @@ def _endpoints_kept(taken: TakenButFailed) -> str:
     if not taken.token_b:
         return "the endpoints from before are kept"
     url = f"the new versions URL the party named ({taken.versions_url}) and " if taken.versions_url else ""
-    again = "until it fetches them again with the new token B (it tries again on its own)"
+    roles = " and finds the roles the party lists match" if taken.roles_unmatched else ""
+    again = f"until it fetches them again with the new token B{roles} (it tries again on its own)"
     return f"the hub keeps {url}the endpoints from before, {again}"
 
 
@@ -217,7 +227,8 @@ async def _exchange(state: State, platform_id: int, token_c: str) -> platforms.C
         async with state.pool.acquire() as conn:
             roles = match_roles(theirs.roles, await platforms.held_roles(conn, platform_id))
     except OcpiError as exc:
-        raise TakenButFailed(f"the roles it answered do not match: {exc.message}", theirs.token, moved_to) from None
+        raise TakenButFailed(f"the roles it answered do not match: {exc.message}", theirs.token, moved_to,
+                             roles_unmatched=True) from None  # fmt: skip
     try:
         discovery = await party_api.discover(state.http, theirs.url, theirs.token, party=platform.name)
     except OcpiError as exc:
@@ -239,11 +250,14 @@ async def _keep_new_tokens(
     is in the audit trail. StaleExchange if the platform changed meanwhile."""
     sealed = state.token_box.seal(taken.token_b) if taken.token_b else None
     answered = platforms.Answered(sealed, taken.versions_url, f"the party took the PUT, but {taken}",
-                                  retry_in_s(state.settings, failures=1))  # fmt: skip
+                                  retry_in_s(state.settings, failures=1), taken.roles_unmatched)  # fmt: skip
     kept = "the new token C, the party's new token B" if taken.token_b else "the new token C, the party's old token B"
     if taken.versions_url:
         kept += f", the new versions URL it named ({taken.versions_url})"
-    kept += ", the endpoints and roles from before" + (" until the endpoints are fetched again" if sealed else "")
+    until = " until the endpoints are fetched again" if sealed else ""
+    if sealed and taken.roles_unmatched:
+        until += " and the roles the party lists match"
+    kept += ", the endpoints and roles from before" + until
     async with state.pool.acquire() as conn, conn.transaction():
         await platforms.switch_rotated_tokens(conn, audited["platform_id"], answered, token_hash(token_c))
         await record_action(conn, actor, "rotate_credentials", audited | {"failed": answered.reason, "kept": kept})

@@ -4,15 +4,27 @@ could not finish, and when the operator asks (admin API and console).
 Such a rotation leaves the party's new token B and the versions URL it named beside the endpoints fetched before
 (hub/admin/credentials.py, TakenButFailed). The hub routes on those until a fetch with that token from that URL works
 (credentials.asciidoc, Changing endpoints for the current version: after a PUT "the other platform will fetch and
-store the corresponding set of endpoints"). Any hub process may take a due refresh: taking it pushes its next try
-back in the database, so no two processes try one platform at once, and one that stops while trying is stood in for.
-A failed try comes again after OCPI_HUB_OFFLINE_PROBE_S, doubled for each failure before, at most an hour apart.
+store the corresponding set of endpoints"). If the party answered that rotation with roles the platform does not hold,
+the refresh also GETs the party's credentials and finishes only when the roles they list pass the check of a
+credentials exchange (match_roles), and then stores them as the rotation would have; until then it fails for that
+reason, and the platform's roles stay as they were.
+
+Schedule: endpoints_refresh_due is when the hub tries next. Any hub process may take a due refresh; it holds it
+(endpoints_refresh_claimed_until, longer than a try takes) while it tries, so no two processes try one platform at
+once and one that stops while trying is stood in for, without moving when it is due. A failed try comes again after
+OCPI_HUB_OFFLINE_PROBE_S, doubled for each failure before, at most an hour apart. A try the operator asks for does not
+count: if it fails, only why is kept (the console shows it), the schedule stays.
+
+Each process sleeps until the earliest due refresh, at most LONGEST_SLEEP_S, and wakes early when the directory
+changes (a rotation that leaves a refresh pending changes it, and every process reloads it), so an idle hub asks the
+database once a minute, not once a second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -25,7 +37,7 @@ from hub import party_api
 from hub.admin.actors import HUB, Actor, actor_of, record_action
 from hub.admin.api import AdminError, json_response
 from hub.errors import OcpiError
-from hub.ocpi.credentials import endpoint_rows
+from hub.ocpi.credentials import endpoint_rows, match_roles
 from hub.settings import Settings
 from storage import platforms
 from storage.sql import QUERIES
@@ -33,8 +45,9 @@ from storage.sql import QUERIES
 log = structlog.get_logger()
 
 ON_ITS_OWN = Actor("hub", HUB)  # who refreshed, in the audit trail, when no operator asked
-POLL_S = 1.0
 LONGEST_WAIT_S = 3600.0
+LONGEST_SLEEP_S = 60.0  # the safety net: a wake-up missed (Redis away) delays a due refresh by at most this much
+AFTER_ERROR_S = 1.0  # the database briefly away: look again soon
 
 
 class Refreshed(msgspec.Struct):
@@ -47,7 +60,7 @@ class Refreshed(msgspec.Struct):
 
 
 class RefreshFailed(Exception):
-    """The party's endpoints could not be fetched; the message says why."""
+    """The party's endpoints could not be fetched, or the roles it lists do not match; the message says why."""
 
 
 def retry_in_s(settings: Settings, failures: int) -> float:
@@ -56,59 +69,101 @@ def retry_in_s(settings: Settings, failures: int) -> float:
 
 
 async def run_refreshes(state: State) -> None:
-    """For the life of the process: fetch again the endpoints of each platform whose refresh is due."""
-    # a claim holds a platform for longer than a try can take: versions twice (Base64, then raw) and details
-    held_s = 3 * state.settings.forward_timeout_s + 5
+    """For the life of the process: fetch again the endpoints of each platform whose refresh is due, sleeping in
+    between until the next one is due or the directory changes."""
+    # a claim holds a platform for longer than a try can take: versions twice (Base64, then raw), details, credentials
+    held_s = 4 * state.settings.forward_timeout_s + 5
     while True:
+        reloaded = state.directory.next_reload()  # before the schedule is read: a change meanwhile wakes the sleep
         try:
-            async with state.pool.acquire() as conn:
-                due = await conn.fetch(QUERIES["claim_endpoints_refreshes"], held_s)
-            outcomes = await asyncio.gather(*(_try(state, source) for source in due), return_exceptions=True)
-            for source, outcome in zip(due, outcomes, strict=True):
-                if isinstance(outcome, Exception):  # the database briefly away: the claim runs out, and it is due
-                    log.warning("platform_endpoints_refresh_interrupted", platform_id=source["id"], error=str(outcome))
+            wait_s = await _round(state, held_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the database briefly away: the refreshes stay due
             log.warning("endpoints_refresh_round_failed", error=str(exc))
-        await asyncio.sleep(POLL_S)
+            wait_s = AFTER_ERROR_S
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):  # not wait_for, which in Python 3.11 can drop a cancel
+                async with asyncio.timeout(min(wait_s, LONGEST_SLEEP_S)):
+                    await reloaded.wait()
+
+
+async def _round(state: State, held_s: float) -> float:
+    """Tries the refreshes due now, if any; how long to sleep before the next round (0: at once, the tries just
+    changed the schedule)."""
+    async with state.pool.acquire() as conn:
+        due_in_s: float | None = await conn.fetchval(QUERIES["next_endpoints_refresh"])
+        if due_in_s is None or due_in_s > 0:
+            return LONGEST_SLEEP_S if due_in_s is None else due_in_s
+        due = await conn.fetch(QUERIES["claim_endpoints_refreshes"], held_s)
+    outcomes = await asyncio.gather(*(_try(state, source) for source in due), return_exceptions=True)
+    for source, outcome in zip(due, outcomes, strict=True):
+        if isinstance(outcome, Exception):  # the database briefly away: the claim runs out, and it is due
+            log.warning("platform_endpoints_refresh_interrupted", platform_id=source["id"], error=str(outcome))
+    return 0.0
 
 
 async def _try(state: State, source: asyncpg.Record) -> None:
-    with contextlib.suppress(RefreshFailed):  # logged, and tried again later
+    """A refresh the hub tries on its own; a failure is logged, and tried again later."""
+    try:
         await refresh(state, ON_ITS_OWN, source)
+    except RefreshFailed as failed:
+        await _failed(state, source, str(failed))
 
 
 async def refresh(state: State, actor: Actor, source: asyncpg.Record, via: str | None = None) -> Refreshed | None:
-    """Fetch the platform's endpoints from its versions URL with its token B (as source read them, before the fetch)
-    and store them with a row in the audit trail; every hub process routes on them within a second. RefreshFailed,
-    saying why, when the fetch failed: a log line, and a pending refresh is tried again later. None when the platform's
-    versions URL or token B changed meanwhile: whatever changed them fetched endpoints of its own."""
+    """Fetch the platform's endpoints from its versions URL with its token B (as source read them, before the fetch),
+    check the roles its credentials list if the pending refresh must, and store them with a row in the audit trail;
+    every hub process routes on them within a second. RefreshFailed, saying why, when the fetch or the roles check
+    failed. None when the platform's versions URL or token B changed meanwhile: whatever changed them fetched endpoints
+    of their own."""
     platform_id, name, url = source["id"], source["name"], source["versions_url"]
+    roles: list[tuple[int, object]] = []
+    listed: list[str] = []  # the roles checked, as the audit trail names them; none unless the refresh must check them
     try:
         token_b = state.token_box.open(source["token_b"])
         discovery = await party_api.discover(state.http, url, token_b, party=name)
+        if source["endpoints_refresh_checks_roles"]:
+            roles, listed = await _checked_roles(state, source, discovery, token_b)
     except (OcpiError, ValueError) as exc:
-        reason = exc.message if isinstance(exc, OcpiError) else str(exc)
-        await _failed(state, source, reason)
-        raise RefreshFailed(reason) from None
+        raise RefreshFailed(exc.message if isinstance(exc, OcpiError) else str(exc)) from None
     connection = platforms.Connection(url, discovery.version, discovery.version_url, source["token_b"],
-                                      discovery.token_encoding, endpoint_rows(discovery), ())  # fmt: skip
+                                      discovery.token_encoding, endpoint_rows(discovery), roles)  # fmt: skip
     audited = {"platform_id": platform_id, "name": name, "versions_url": url, "version": discovery.version,
-               "endpoints": len(connection.endpoints)} | ({"via": via} if via else {})  # fmt: skip
+               "endpoints": len(connection.endpoints)} | ({"roles": listed} if listed else {})  # fmt: skip
+    audited |= {"via": via} if via else {}
     async with state.pool.acquire() as conn, conn.transaction():
-        if not await platforms.store_refreshed_endpoints(conn, platform_id, connection):
+        if not await platforms.store_refreshed_endpoints(conn, platform_id, connection, with_roles=bool(listed)):
             log.info("platform_endpoints_refresh_superseded", platform_id=platform_id, platform=name)
             return None
         await record_action(conn, actor, "refresh_endpoints", audited)
     await state.directory.changed()
     log.info("platform_endpoints_refreshed", platform_id=platform_id, platform=name, versions_url=url,
-             endpoints=len(connection.endpoints), by=actor.name)  # fmt: skip
+             endpoints=len(connection.endpoints), roles=listed or None, by=actor.name)  # fmt: skip
     return Refreshed(platform_id, name, url, discovery.version, len(connection.endpoints), discovery.token_encoding)
 
 
+async def _checked_roles(
+    state: State, source: asyncpg.Record, discovery: party_api.Discovery, token_b: str
+) -> tuple[list[tuple[int, object]], list[str]]:
+    """The roles the party's credentials list (GET on its credentials endpoint, as just fetched, with its token B),
+    each one the platform holds: the rule of a credentials exchange (match_roles); and their names for the audit trail.
+    RefreshFailed otherwise."""
+    url = discovery.url("credentials") or ""  # discover() makes sure there is one
+    theirs = await party_api.read_credentials(state.http, url, token_b, discovery.token_encoding)
+    async with state.pool.acquire() as conn:
+        held = await platforms.held_roles(conn, source["id"])
+    try:
+        roles = match_roles(theirs.roles, held)
+    except OcpiError as exc:
+        raise RefreshFailed(f"its endpoints were fetched, but the roles its credentials list (GET {url}) do not "
+                            f"match: {exc.message}") from None  # fmt: skip
+    return roles, [f"{c.role} {c.country_code.upper()}-{c.party_id.upper()}" for c in theirs.roles]
+
+
 async def _failed(state: State, source: asyncpg.Record, reason: str) -> None:
-    """A failed fetch: a pending refresh is due again later, with why it failed (the console shows it)."""
+    """A failed try of the hub's own: the refresh is due again later, one failure more, with why it failed (the
+    console shows it)."""
     wait_s = retry_in_s(state.settings, source["endpoints_refresh_failures"] + 1)
     async with state.pool.acquire() as conn:
         failures = await conn.fetchval(QUERIES["endpoints_refresh_failed"], source["id"], reason, wait_s,
@@ -127,7 +182,8 @@ async def refresh_endpoints(request: Request, platform_id: int) -> Response[byte
 
 async def refresh_now(state: State, actor: Actor, platform_id: int, via: str | None = None) -> Refreshed:
     """A refresh the operator asked for, from the admin API or the console (via). AdminError 404 or 409 for a platform
-    not registered (or changed meanwhile); 502 saying why the fetch failed, the endpoints from before kept."""
+    not registered (or changed meanwhile); 502 saying why the fetch failed, the endpoints from before kept, and a
+    pending refresh still due when it was: the operator's try is not one of the hub's own, whose failures space them."""
     async with state.pool.acquire() as conn:
         source = await conn.fetchrow(QUERIES["endpoints_source"], platform_id)
     if source is None or source["state"] == "UNREGISTERED":
@@ -140,12 +196,22 @@ async def refresh_now(state: State, actor: Actor, platform_id: int, via: str | N
         refreshed = await refresh(state, actor, source, via)
     except RefreshFailed as failed:
         kept = "the endpoints from before"
-        async with state.pool.acquire() as conn:
-            await record_action(conn, actor, "refresh_endpoints", audited | {"failed": str(failed), "kept": kept})
-        pending = "; it tries again on its own" if source["endpoints_refresh_due"] else ""
+        async with state.pool.acquire() as conn, conn.transaction():
+            next_try = await conn.fetchval(QUERIES["operator_endpoints_refresh_failed"], platform_id, str(failed),
+                                           source["versions_url"], source["token_b"])  # fmt: skip
+            await record_action(conn, actor, "refresh_endpoints", audited | {"failed": str(failed), "kept": kept}
+                                | ({"next_try": _at(next_try)} if next_try else {}))  # fmt: skip
+        log.warning("platform_endpoints_refresh_by_operator_failed", platform_id=platform_id, platform=source["name"],
+                    versions_url=source["versions_url"], reason=str(failed), by=actor.name,
+                    next_try=_at(next_try) if next_try else None)  # fmt: skip
+        pending = f"; it tries again on its own, as scheduled before: at {_at(next_try)}" if next_try else ""
         raise AdminError(502, f"fetching the endpoints of platform {platform_id} from {source['versions_url']} "
                               f"failed: {failed}; the hub keeps {kept}{pending}") from None  # fmt: skip
     if refreshed is None:
         raise AdminError(409, f"platform {platform_id} changed during the refresh (its credentials were updated "
                               "meanwhile, with endpoints of their own); nothing was stored")  # fmt: skip
     return refreshed
+
+
+def _at(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")

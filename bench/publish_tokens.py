@@ -23,6 +23,7 @@ from itertools import product
 
 import redis
 
+from storage.directory import GENERATION_KEY
 from storage.publish_tokens import WRITE_LUA, Sent, index_keys, token_args
 from storage.routing_state import TOKENS_PER_SCRIPT
 
@@ -46,10 +47,11 @@ def tokens(count: int, profile: int, per_group: int) -> list[tuple[str, str, str
 def write_now(client: redis.Redis, prefix: str, made: list[tuple[str, str, str, Sent]]) -> float:
     """As the hub writes them; returns the longest script call, in ms."""
     write, longest = client.register_script(WRITE_LUA), 0.0
+    keys = [f"{prefix}{GENERATION_KEY}", *index_keys(prefix)]  # unguarded by the directory: '' for its generation
     args = [x for owner, uid, type_, fields in made for x in token_args(owner, uid, type_, [(fields, True)])]
     for start in range(0, len(args), 5 * TOKENS_PER_SCRIPT):
         began = time.perf_counter()
-        write(keys=index_keys(prefix), args=args[start : start + 5 * TOKENS_PER_SCRIPT])
+        write(keys=keys, args=["", *args[start : start + 5 * TOKENS_PER_SCRIPT]])
         longest = max(longest, (time.perf_counter() - began) * 1000)
     return longest
 

@@ -77,12 +77,10 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             drain_timeout_s=LOG_DRAIN_S,
         )
         writer.on_commit = metrics.routing_log_committed
-        locations = LocationCache(redis_client, settings.redis_prefix)
-        async with (
-            writer.running(),
-            RoutingState(redis_client, settings.redis_prefix, settings.owner_index_period_s).running() as routing,
-            locations.updating(),
-        ):
+        # both write only what names parties the directory holds: nothing brings a departed party back
+        locations = LocationCache(redis_client, settings.redis_prefix, directory)
+        routing = RoutingState(redis_client, settings.redis_prefix, settings.owner_index_period_s, directory)
+        async with writer.running(), routing.running(), locations.updating():
             departures = Departures(pool, redis_client, settings.redis_prefix, routing, locations,
                                     settings.forward_timeout_s)  # fmt: skip
             app.state.update(

@@ -31,13 +31,14 @@ GENERATION_KEY = "directory:generation"
 CHANNEL = "directory:changed"
 
 
-# The first line of a script whose removal holds only in the directory it was decided in (KEYS[1]: the generation key,
-# ARGV[1]: the generation read before that decision, "0" if none): -1, and nothing done, if it changed since.
-UNCHANGED_LUA = "if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return -1 end\n"
+# The first line of a script whose write holds only in the directory it was decided in (KEYS[1]: the generation key,
+# ARGV[1]: the generation read before that decision, "0" if none; '' for a write no directory guards): -1, and nothing
+# done, if it changed since.
+UNCHANGED_LUA = "if ARGV[1] ~= '' and (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return -1 end\n"
 
 
 class DirectoryChanged(Exception):
-    """A removal guarded by UNCHANGED_LUA did nothing: the directory changed since the generation it was given."""
+    """A write guarded by UNCHANGED_LUA did nothing: the directory changed since the generation it was given."""
 
 
 async def announce_change(redis_client: redis.Redis, prefix: str) -> None:
@@ -86,6 +87,11 @@ class Directory:
     # recognised: a header seen before costs one dict lookup, not a base64 decode and a SHA-256. Dropped with the
     # directory on every reload, so a rotated or deleted token is forgotten with it.
     known_headers: dict[str, tuple[Platform, str, str]] = field(default_factory=dict, compare=False, repr=False)
+
+    def holds(self, party: tuple[str, str]) -> bool:
+        """Whether a registered platform holds the party (upper-cased): an invited one has pushed nothing yet."""
+        platform = self.parties.get(party)
+        return platform is not None and platform.state == "REGISTERED"
 
 
 async def load_directory(conn: asyncpg.Connection, box: TokenBox) -> Directory:
@@ -157,6 +163,14 @@ class DirectoryCache:
         sleeps on it to look again at what such a change may have scheduled (hub/admin/endpoints.py). Take it before
         reading what the change would alter, so a change that comes in between is not missed."""
         return self._reloaded
+
+    def fence(self) -> tuple[Directory, str]:
+        """This process's directory and the generation it was loaded in, for a write that must not bring back a party
+        that left the hub (storage.departed): it names only parties the directory holds, in a script that begins with
+        UNCHANGED_LUA given that generation. Made before the departure was announced, the write is there for the
+        departure's cleanup to take out; after it, it is refused, and made again once catch_up() has loaded the
+        directory without the party."""
+        return self.current, str(self._seen_generation or 0)
 
     async def catch_up(self) -> None:
         """Before a token this process does not know is refused: reload if another process changed the directory and

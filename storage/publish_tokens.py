@@ -45,6 +45,8 @@ from typing import Any
 
 import msgspec
 
+from storage.directory import UNCHANGED_LUA
+
 _ENTRY_FIELDS = ("uid", "type", "visual_number", "issuer", "group_id")
 _UNIT, _RECORD = "\x1f", "\x1e"
 _SEPARATORS = re.compile("[\x1d-\x1f]")
@@ -177,11 +179,13 @@ end
 # KEYS: records, visual numbers, groups. ARGV: the entries, the viewer. 1 if the viewer may see the location.
 ALLOWED_LUA = MATCH_LUA + "return allowed(ARGV[1], ARGV[2], KEYS[1], KEYS[2], KEYS[3]) and 1 or 0\n"
 
-# KEYS: records, visual numbers, groups. ARGV: five per token (token_args). A token's counts move with it from its
-# old values to its new ones; at 0 a combination goes. Returns how many records changed. A token written again as it
-# is changes nothing: a retried write counts nothing twice.
+# KEYS: the directory's generation, records, visual numbers, groups. ARGV: the generation the tokens' owners were found
+# on the hub in ('' for an unguarded write; storage.directory.UNCHANGED_LUA: -1 if it changed), then five per token
+# (token_args). A token's counts move with it from its old values to its new ones; at 0 a combination goes. Returns
+# how many records changed. A token written again as it is changes nothing: a retried write counts nothing twice.
 WRITE_LUA = (
-    _HELPERS_LUA
+    UNCHANGED_LUA
+    + _HELPERS_LUA
     + r"""
 local function count(hash, field, combination, by)
   local kept, found = {}, false
@@ -205,9 +209,9 @@ local function by_group(owner, kind, f)
   if f[3] ~= '' then return owner .. '\31' .. f[3], kind .. '\31' .. f[2] end
 end
 local changed = 0
-for i = 1, #ARGV, 5 do
+for i = 2, #ARGV, 5 do
   local token, sent = ARGV[i], ARGV[i + 1]
-  local known = redis.call('HGET', KEYS[1], token)
+  local known = redis.call('HGET', KEYS[2], token)
   local was = known and split(known, 3) or {'', '', ''}
   local now = {}
   for j = 1, 3 do
@@ -215,14 +219,14 @@ for i = 1, #ARGV, 5 do
   end
   local record = table.concat(now, '\31')
   if record ~= known then
-    redis.call('HSET', KEYS[1], token, record)
+    redis.call('HSET', KEYS[2], token, record)
     local owner, _, kind = unpack(split(token, 3))
     local old_field, old = by_visual_number(owner, kind, was)
     local new_field, new = by_visual_number(owner, kind, now)
-    move(KEYS[2], old_field, old, new_field, new)
+    move(KEYS[3], old_field, old, new_field, new)
     old_field, old = by_group(owner, kind, was)
     new_field, new = by_group(owner, kind, now)
-    move(KEYS[3], old_field, old, new_field, new)
+    move(KEYS[4], old_field, old, new_field, new)
     changed = changed + 1
   end
 end

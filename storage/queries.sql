@@ -39,12 +39,12 @@ DELETE FROM credentials_token WHERE token_hash = $1;
 -- name: lock_platform
 SELECT id, name, state FROM platform WHERE id = $1 FOR UPDATE;
 
--- name: party_registered
--- Whether a registered platform holds a role with this country code and party id.
-SELECT EXISTS (
-    SELECT 1 FROM party_role r JOIN platform p ON p.id = r.platform_id
-    WHERE p.state = 'REGISTERED' AND r.status <> 'UNREGISTERED'
-      AND upper(r.country_code) = upper($1) AND upper(r.party_id) = upper($2));
+-- name: registered_parties
+-- Which of these parties ('CC-PID', upper-cased) a registered platform holds a role of.
+SELECT DISTINCT upper(r.country_code) || '-' || upper(r.party_id) AS party
+FROM party_role r JOIN platform p ON p.id = r.platform_id
+WHERE p.state = 'REGISTERED' AND r.status <> 'UNREGISTERED'
+  AND upper(r.country_code) || '-' || upper(r.party_id) = any($1::text[]);
 
 -- name: platform_roles
 SELECT id, role, country_code, party_id, status FROM party_role

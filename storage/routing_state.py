@@ -19,6 +19,12 @@ Object ids are CiStrings (types.asciidoc), so the index keeps them upper-cased, 
 as `abc123` is found for an authorize of `ABC123`. A hub before this kept them as sent; a lookup reads that spelling
 too, so such an entry is still found when asked for in the case it was noted in, and in any case once noted again:
 sessions and reservations age out with their periods, locations and tokens are noted upper-cased on their next push.
+
+Notes are written some ms after the request, or, Redis away, once it is back: a party that left the hub meanwhile must
+not get entries back after its cleanup (storage.departed) has run. So, given the process's directory, a write keeps
+only the notes of parties it holds, and its scripts are refused once the directory's generation moved on
+(DirectoryCache.fence): the notes are then kept, the directory caught up, and they go in the next write, less those
+of a party that left.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import redis.asyncio as redis
 import structlog
 from redis.asyncio.client import Pipeline
 
+from storage.directory import GENERATION_KEY, UNCHANGED_LUA, Directory, DirectoryCache
 from storage.publish_tokens import WRITE_LUA, Sent, index_keys, token_args
 from storage.redis_scripts import executed, queue_script
 
@@ -67,23 +74,27 @@ class Relayed(msgspec.Struct, frozen=True):
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Relayed)
 
-# KEYS: a module's owners hash. ARGV: ms to keep the hash (0: for ever), object id, owner (CC-PID), object id, owner,
-# ... An owner is added to the id's list unless it is there already: a party pushing its own object again does not
-# make the id ambiguous.
-_ADD_OWNERS = """
-for i = 2, #ARGV, 2 do
-  local known = redis.call('HGET', KEYS[1], ARGV[i])
+# KEYS: the directory's generation, a module's owners hash. ARGV: the generation the owners were found on the hub in
+# ('' for an unguarded write; UNCHANGED_LUA: -1 if it changed), ms to keep the hash (0: for ever), object id, owner
+# (CC-PID), object id, owner, ... An owner is added to the id's list unless it is there already: a party pushing its
+# own object again does not make the id ambiguous.
+_ADD_OWNERS = (
+    UNCHANGED_LUA
+    + """
+for i = 3, #ARGV, 2 do
+  local known = redis.call('HGET', KEYS[2], ARGV[i])
   if not known then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   elseif not string.find(',' .. known .. ',', ',' .. ARGV[i + 1] .. ',', 1, true) then
-    redis.call('HSET', KEYS[1], ARGV[i], known .. ',' .. ARGV[i + 1])
+    redis.call('HSET', KEYS[2], ARGV[i], known .. ',' .. ARGV[i + 1])
   end
 end
-if ARGV[1] ~= '0' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+if ARGV[2] ~= '0' then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
 return 1
 """
+)
 
 # KEYS: a module's owners hash of the current period and of the previous one. ARGV: an object id's fields (upper-cased,
 # and as an earlier hub noted it). All in one round trip (a script, not a pipeline: redis-py drops a cancel that lands
@@ -129,10 +140,14 @@ def new_key() -> str:
 
 
 class RoutingState:
-    def __init__(self, redis_client: redis.Redis, prefix: str, owners_period_s: float) -> None:
+    """directory: this process's, which notes must name parties of (none: every note is written, unguarded)."""
+
+    def __init__(self, redis_client: redis.Redis, prefix: str, owners_period_s: float,
+                 directory: DirectoryCache | None = None) -> None:  # fmt: skip
         self._redis = redis_client
         self._prefix = prefix
         self._period_s = owners_period_s
+        self._directory, self._generation_key = directory, f"{prefix}{GENERATION_KEY}"
         self._owners: dict[tuple[str, str], set[str]] = {}  # (module, object id) -> owners noted since the last write
         self._tokens: dict[_Token, list[tuple[Sent, bool]]] = {}  # pushes noted since the last write
         self._publish_keys = index_keys(prefix)
@@ -232,6 +247,9 @@ class RoutingState:
             return
         batch, self._owners = self._owners, {}
         tokens, self._tokens = self._tokens, {}
+        directory, generation = self._directory.fence() if self._directory else (None, "")
+        if directory is not None:
+            batch, tokens = _on_hub(directory, batch, tokens)
         by_module: dict[str, list[str]] = {}
         for (module, object_id), owners in batch.items():
             by_module.setdefault(module, []).extend(x for owner in owners for x in (object_id, owner))
@@ -248,19 +266,28 @@ class RoutingState:
                     key, kept_ms = self._owners_key(module), 0
                 step = 2 * OWNERS_PER_SCRIPT
                 for start in range(0, len(args), step):
-                    queue_script(pipe, self._add_owners, [key], [kept_ms, *args[start : start + step]])
+                    queue_script(pipe, self._add_owners, [self._generation_key, key],
+                                 [generation, kept_ms, *args[start : start + step]])  # fmt: skip
             step = 5 * TOKENS_PER_SCRIPT
             for start in range(0, len(publish_args), step):
-                queue_script(pipe, self._write_tokens, self._publish_keys, publish_args[start : start + step])
+                queue_script(pipe, self._write_tokens, [self._generation_key, *self._publish_keys],
+                             [generation, *publish_args[start : start + step]])  # fmt: skip
 
         try:
-            await executed(self._redis, queue, (self._add_owners, self._write_tokens))
+            replies = await executed(self._redis, queue, (self._add_owners, self._write_tokens))
         except BaseException:  # cancelled or failed: the notes stay for the next write
-            for noted, owners in batch.items():
-                self._owners.setdefault(noted, set()).update(owners)
-            for token, pushes in tokens.items():
-                self._tokens[token] = pushes + self._tokens.get(token, [])
+            self._keep(batch, tokens)
             raise
+        if self._directory and -1 in replies:  # the directory changed since: again (each script comes to the same)
+            self._keep(batch, tokens)
+            await self._directory.catch_up()
+
+    def _keep(self, batch: dict[tuple[str, str], set[str]], tokens: dict[_Token, list[tuple[Sent, bool]]]) -> None:
+        """Notes not written, for the next write, before those noted since."""
+        for noted, owners in batch.items():
+            self._owners.setdefault(noted, set()).update(owners)
+        for token, pushes in tokens.items():
+            self._tokens[token] = pushes + self._tokens.get(token, [])
 
     async def _begin_period(self, period: int) -> None:
         """Unlink the hashes of the period no longer read, and take over the owners a hub before periods kept in one
@@ -283,11 +310,27 @@ class RoutingState:
             assert isinstance(entries, dict)  # fields and values, as no_values was not asked for
             args = [x for object_id, owners in entries.items() for owner in _text(owners).split(",")
                     for x in (_text(object_id), owner)]  # fmt: skip
-            if args:
-                await self._add_owners(keys=[into], args=[self._kept_ms(period), *args])
+            if args:  # entries there already: unguarded
+                await self._add_owners(keys=[self._generation_key, into], args=["", self._kept_ms(period), *args])
             if not cursor:
                 break
         await self._redis.unlink(source)
+
+
+def _on_hub(directory: Directory, batch: dict[tuple[str, str], set[str]], tokens: dict[_Token, list[tuple[Sent, bool]]]
+            ) -> tuple[dict[tuple[str, str], set[str]], dict[_Token, list[tuple[Sent, bool]]]]:  # fmt: skip
+    """The notes naming only parties the directory holds: a session's receivers are kept by its CPO too."""
+    owners: dict[tuple[str, str], set[str]] = {}
+    for (module, object_id), noted in batch.items():
+        country, _, rest = object_id.partition("/")  # a session's receivers: "CC/PID/id" (open_routing._session_of)
+        if module == "session-receivers" and not directory.holds((country, rest.partition("/")[0])):
+            continue
+        if held := {owner for owner in noted if directory.holds(_party(owner))}:
+            owners[(module, object_id)] = held
+    held_tokens = {token: pushes for token, pushes in tokens.items() if directory.holds(_party(token[0]))}
+    if dropped := len(batch) - len(owners) + len(tokens) - len(held_tokens):
+        log.info("owner_notes_dropped", notes=dropped, reason="a party they name is no longer on the hub")
+    return owners, held_tokens
 
 
 def _indexed(object_id: str) -> str:

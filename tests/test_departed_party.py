@@ -51,7 +51,7 @@ def _owners(client: redis_sync.Redis, prefix: str, pattern: str, field: str) -> 
 def _cleaned(hub: Hub, party: tuple[str, str], event: str = "departed_party_cleaned") -> dict:
     """The hub's log line saying what the cleanup of the party did."""
     lines = [json.loads(line) for line in hub.log().splitlines() if event in line]
-    found = [line for line in lines if line.get("party") == f"{party[0]}-{party[1]}"]
+    found = [line for line in lines if line.get("event") == event and line.get("party") == f"{party[0]}-{party[1]}"]
     assert len(found) == 1, found
     return found[0]
 

@@ -1,0 +1,119 @@
+"""What a hub process noted of a party's last requests and wrote late, its Redis frozen meanwhile, does not bring the
+party's routing entries back once the party left the hub and was cleaned up after."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import redis as redis_sync
+
+from tests.conftest import OUTPUT, Hub, Services, hub_env, start_hub
+from tests.parties import token_header
+from tests.test_departed_party import CLEANED_WITHIN_S, _assert_len, _cleaned, _leave, _naming, _put
+from tests.test_location_cache import _eventually
+from tests.test_routing import _roles, party_key
+
+
+class _FreezingProxy:
+    """A TCP proxy to Redis that can freeze as a Redis (or the network to it) does: what its clients send meanwhile,
+    on the connections they have and on new ones, is held, and reaches Redis once it thaws, as from a server that
+    went on after a pause. Answers pass as they come."""
+
+    def __init__(self, redis_url: str) -> None:
+        target = urlsplit(redis_url)
+        self._target = (target.hostname or "127.0.0.1", target.port or 6379)
+        self._thawed = threading.Event()
+        self._thawed.set()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._sockets: list[socket.socket] = [self._listener]
+        self.url = target._replace(netloc=f"127.0.0.1:{self._listener.getsockname()[1]}").geturl()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self._thawed.set()
+
+    def close(self) -> None:
+        self._thawed.set()
+        for each in self._sockets:
+            with contextlib.suppress(OSError):
+                each.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+                server = socket.create_connection(self._target)
+            except OSError:
+                return
+            self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, to: socket.socket, requests: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if requests:
+                    self._thawed.wait()
+                to.sendall(data)
+        with contextlib.suppress(OSError):
+            to.shutdown(socket.SHUT_WR)
+
+
+def test_what_a_hub_process_wrote_late_while_its_redis_was_frozen_does_not_bring_a_departed_party_back(
+    hub: Hub, services: Services, connect_party, tmp_path: Path
+) -> None:
+    cpo_role, emsp_role = _roles("CPO"), _roles("EMSP")
+    leaving = connect_party(cpo_role, emsp_role)  # one platform, a CPO and an eMSP
+    gone_cpo, gone_emsp = cpo_role[1:], emsp_role[1:]
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    prefix, suffix = services.redis_prefix, gone_cpo[1]
+    location_id, session_id, uid, staying_id = (f"{kind}-{suffix}" for kind in ("L", "S", "T", "STAYING"))
+    proxy = _FreezingProxy(services.redis_url)
+    client = redis_sync.Redis.from_url(services.redis_url, decode_responses=True)
+    # a second hub process, as behind a load balancer, whose way to Redis the test freezes
+    other = start_hub(hub_env(services, tmp_path / "hub") | {"OCPI_HUB_REDIS_URL": proxy.url},
+                      OUTPUT / "hub-frozen-redis.log")  # fmt: skip
+    try:
+        proxy.freeze()
+        # the departing platform's last pushes: relayed (a push needs no Redis on its way), their owners, token and
+        # location noted for later, while its writes of them hang and are held on their way to Redis
+        _put(leaving, other, "locations", gone_cpo, location_id, party_key(emsp))
+        _put(leaving, other, "sessions", gone_cpo, session_id, party_key(emsp))
+        _put(leaving, other, "tokens", gone_emsp, uid, party_key(cpo))
+        _leave(leaving, hub)
+        _eventually(lambda: [_cleaned(hub, gone_cpo), _cleaned(hub, gone_emsp)], CLEANED_WITHIN_S)
+        # and Redis stays frozen until the other process gave up its writes (REDIS_TIMEOUT_S), keeping the notes
+        _eventually(lambda: _assert_logged(other, "owner_index_write_failed"), 30)
+        _eventually(lambda: _assert_logged(other, "location_cache_update_failed"), 30)
+
+        proxy.thaw()  # the held writes reach Redis now, after the cleanup, and the notes are written again
+        _eventually(lambda: _assert_refused(other, leaving.hub_token or ""), 30)  # the other process knows it left
+        _put(cpo, other, "locations", party_key(cpo), staying_id, party_key(emsp))  # a later write goes through
+        staying = f"{prefix}locations:doc:{party_key(cpo)[0]}/{party_key(cpo)[1]}/{staying_id}"
+        _eventually(lambda: _assert_len(_naming(client, prefix, party_key(cpo)), 1), 30)
+        _eventually(lambda: _assert_len([staying] if client.exists(staying) else [], 1), 30)
+
+        assert _naming(client, prefix, gone_cpo) + _naming(client, prefix, gone_emsp) == []
+        assert client.zscore(f"{prefix}locations:all", f"{gone_cpo[0]}/{gone_cpo[1]}/{location_id}") is None
+        assert not client.exists(f"{prefix}locations:doc:{gone_cpo[0]}/{gone_cpo[1]}/{location_id}")
+    finally:
+        other.stop()
+        proxy.close()
+        client.close()
+
+
+def _assert_refused(hub: Hub, token: str) -> None:
+    answer = httpx.get(hub.versions_url, headers=token_header(token))
+    assert answer.status_code == 401, answer.text
+
+
+def _assert_logged(hub: Hub, event: str) -> None:
+    assert f'"event":"{event}"' in hub.log()

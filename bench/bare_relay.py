@@ -45,7 +45,11 @@ async def _lifespan(receive: Any, send: Any) -> None:
         if message["type"] == "lifespan.startup":
             _state["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=64))
             _state["pool"] = pool = await asyncpg.create_pool(DATABASE_URL, min_size=1, max_size=4)
-            await pool.execute(CREATE)
+            async with pool.acquire() as conn, conn.transaction():
+                # Two workers' CREATE TABLE IF NOT EXISTS at once can fail on the catalog's unique index; a worker
+                # whose start failed would serve without its writer (uvicorn runs with --lifespan on, so it says so).
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('bare_relay_log'))")
+                await conn.execute(CREATE)
             queue: asyncio.Queue[tuple[str, bytes, asyncio.Future[None]]] = asyncio.Queue()
             _state["queue"] = queue
             _state["writer"] = asyncio.create_task(_write_batches(pool, queue))

@@ -283,7 +283,8 @@ def bare_relay(workers: int, database_url: str, direct: Target) -> BareRelay:
     port = free_port()
     env = dict(os.environ) | {"BARE_RELAY_TARGET": direct.url, "BARE_RELAY_DATABASE_URL": database_url}
     command = [sys.executable, "-m", "uvicorn", "--port", str(port), "--workers", str(workers), "--no-access-log",
-               "--log-level", "warning", "--loop", "uvloop", "--http", "httptools", "bench.bare_relay:app"]  # fmt: skip
+               "--log-level", "warning", "--loop", "uvloop", "--http", "httptools", "--lifespan", "on",
+               "bench.bare_relay:app"]  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     url = f"{base}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1"
     target = Target(url, {"Content-Type": "application/json"}, json.dumps(LOCATION).encode())

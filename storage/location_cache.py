@@ -108,7 +108,7 @@ class LocationCache(LocationWriter):
 
     def __init__(self, client: redis.Redis, prefix: str, directory: DirectoryCache | None = None) -> None:
         super().__init__(client, prefix, directory)
-        self._publish_tokens = index_keys(prefix)  # kept by storage.routing_state
+        self._publish_tokens = index_keys(prefix)  # kept by storage.owner_index
         self._snapshot = client.register_script(_SNAPSHOT)
         self._forget_script = client.register_script(_FORGET)
         self._allowed = client.register_script(ALLOWED_LUA)

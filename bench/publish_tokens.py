@@ -24,8 +24,8 @@ from itertools import product
 import redis
 
 from storage.directory import GENERATION_KEY
+from storage.owner_index import TOKENS_PER_SCRIPT
 from storage.publish_tokens import WRITE_LUA, Sent, index_keys, token_args
-from storage.routing_state import TOKENS_PER_SCRIPT
 
 PROFILES = ("uid + issuer", "+ visual_number", "+ visual_number + group_id")
 

@@ -5,7 +5,7 @@ the content of the request ... the 'OCPI-to-' headers can be omitted". The hub k
 session, token or reservation once a push or command for it has been routed (of a session or reservation for one to
 two OCPI_HUB_OWNER_INDEX_PERIOD_S after it was last seen), and the eMSP of a session or CDR from its cdr_token. Ids
 are unique per party only: an id seen with several owners on the hub is refused, never guessed; a party no longer on
-the hub is no owner. Ids are CiStrings, matched in any case (storage.routing_state). A token push also notes the
+the hub is no owner. Ids are CiStrings, matched in any case (storage.owner_index). A token push also notes the
 token's fields, which the location cache's publish_allowed_to matches.
 """
 

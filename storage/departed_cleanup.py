@@ -1,6 +1,6 @@
 """One cleanup of the routing indexes in Redis after parties that left the hub: one pass per hash for all of them.
 
-What goes: in the owner hashes (storage.routing_state: locations, tokens, and this period's and the previous one's of
+What goes: in the owner hashes (storage.owner_index: locations, tokens, and this period's and the previous one's of
 sessions, session receivers and reservations) a departed party leaves an entry's owners and the others stay; the
 session receivers it noted as a session's CPO, its token records, visual numbers and groups (storage.publish_tokens)
 and the locations it still has cached, with their publish_allowed_to entries and its pull-sync marks, go whole.

@@ -23,9 +23,8 @@ import structlog
 
 from storage import log_spool
 from storage.batches import next_batch
+from storage.log_connection import LogConnection
 from storage.log_row import (
-    COLUMNS,
-    CONTENT_COLUMNS,
     GENESIS,
     LogEntry,
     content_hash,
@@ -34,11 +33,8 @@ from storage.log_row import (
     row_content,
     stored_text,
 )
-from storage.sql import QUERIES
 
 log = structlog.get_logger()
-
-_SEQ = CONTENT_COLUMNS.index("seq")
 
 MAX_BATCH_ROWS = 500  # rows chained and written per statement
 ASYNC_LINGER_S = 0.01  # async mode: rows gathered this long before a commit (fewer, larger commits)
@@ -68,14 +64,12 @@ class RoutingLogWriter:
         spool_dir: Path | None = None,
         drain_timeout_s: float = 30.0,
     ):
-        self._pool = pool
         self._max_batch_rows = max_batch_rows
         self._max_queued_rows = max_queued_rows
-        self._conn: Any = None  # held between batches: a pool's acquire and release cost a reset query each time
+        self._connection = LogConnection(pool, write_timeout_s)
         self._body_cap = body_cap
         self.strict = strict
         self._commit_timeout_s = commit_timeout_s
-        self._write_timeout_s = write_timeout_s
         self._queue: asyncio.Queue[LogEntry] = asyncio.Queue()
         self.chain_id = uuid.uuid4()
         self._chain_text = str(self.chain_id)
@@ -96,7 +90,7 @@ class RoutingLogWriter:
         take them within drain_timeout_s (away, frozen), kept in spool_dir: the next writer to open there writes
         them first, in their own chain, as they were chained."""
         if self._spool_dir is not None:
-            await log_spool.write_spooled(self._spool_dir, self._append)
+            await log_spool.write_spooled(self._spool_dir, self._connection.append)
         self._task = asyncio.create_task(self._run(), name="routing_log_writer")
         try:
             yield self
@@ -108,7 +102,7 @@ class RoutingLogWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             spooled = self._spool_unwritten()
-            await self._release_connection(broken=spooled > 0)
+            await self._connection.release(broken=spooled > 0)
 
     async def record(self, entry: LogEntry) -> None:
         """Queue a row; in strict mode return only once it is committed. In async mode too once the writer is
@@ -245,25 +239,7 @@ class RoutingLogWriter:
         """The whole batch in one call (append_routing_log, migration 0008), so one round trip and one commit
         whatever the batch size: the rows as one array of routing_log_entry records (migration 0006), the locations
         as one of relayed_location_entry."""
-        await self._append(self.chain_id, records, _locations(batch))
-
-    async def _append(
-        self, chain_id: uuid.UUID, records: list[tuple[Any, ...]], locations: list[tuple[Any, ...]]
-    ) -> bool:
-        """The batch appended to its chain; False if the chain had it already (nothing is written then). On the
-        writer's connection, taken from the pool when there is none; given up after write_timeout_s, and then, as
-        after any failure, the connection is closed and left to the pool."""
-        head = (chain_id, records[-1][_SEQ], records[-1][len(COLUMNS) - 1])
-        try:
-            async with asyncio.timeout(self._write_timeout_s):
-                if self._conn is not None and _closed(self._conn):
-                    await self._release_connection()
-                if self._conn is None:
-                    self._conn = await self._pool.acquire()
-                return bool(await self._conn.fetchval(QUERIES["append_routing_log"], records, *head, locations))
-        except BaseException:
-            await self._release_connection(broken=True)
-            raise
+        await self._connection.append(self.chain_id, records, _locations(batch))
 
     def _spool_unwritten(self) -> int:
         """At close: the rows not committed (the batch in flight, as it was chained, then the queued ones, chained
@@ -296,16 +272,6 @@ class RoutingLogWriter:
                                "kept on disk and written when the hub starts again")  # fmt: skip
         return rows
 
-    async def _release_connection(self, broken: bool = False) -> None:
-        # A connection a statement failed or was given up on may be waiting for an answer that never comes: closed,
-        # not reset (a reset is one more statement to a server that may not answer); the pool opens a new one.
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                if broken:
-                    conn.terminate()
-                await self._pool.release(conn)
-
 
 def _locations(batch: list[LogEntry]) -> list[tuple[Any, ...]]:
     """The CDR Locations a batch's rows rewrote, as relayed_location_entry records."""
@@ -314,15 +280,6 @@ def _locations(batch: list[LogEntry]) -> list[tuple[Any, ...]]:
          e.to_country_code, e.to_party_id, e.module, e.relayed_location[1])
         for e in batch if e.relayed_location is not None
     ]  # fmt: skip
-
-
-def _closed(conn: Any) -> bool:
-    """A held pool connection the server closed. asyncpg takes such a connection back into its pool by itself,
-    after which its proxy refuses every call, is_closed() included: that too means closed."""
-    try:
-        return bool(conn.is_closed())
-    except asyncpg.InterfaceError:
-        return True
 
 
 _NOT_IN_TIME = "the routing log could not commit this exchange in time"

@@ -1,5 +1,5 @@
 """The operator's admin API under /admin/api: invitations (token A), the list of parties, the auditor API; the
-actions on a platform's credentials are in hub/admin/credentials.py."""
+actions on a platform's credentials are in hub/admin/unregistering.py and hub/admin/rotation.py."""
 
 from __future__ import annotations
 
@@ -135,9 +135,9 @@ def _render_admin_error(request: Request, exc: Exception) -> Response[bytes]:
 
 
 def admin_router() -> Router:
-    from hub.admin.credentials import rotate_credentials, unregister_platform
     from hub.admin.endpoints import refresh_endpoints
     from hub.admin.export import export_routing_log
+    from hub.admin.rotation import rotate_credentials
     from hub.admin.routing_log import (
         audit_trail,
         routing_log,
@@ -146,6 +146,7 @@ def admin_router() -> Router:
         verify_routing_log,
     )
     from hub.admin.stats import stats
+    from hub.admin.unregistering import unregister_platform
 
     return Router(
         path="/admin/api",

@@ -12,8 +12,9 @@ from litestar.params import Body
 from litestar.response import Template
 
 from hub.admin.api import AdminError
-from hub.admin.credentials import rotate, take_off_hub
 from hub.admin.endpoints import refresh_now
+from hub.admin.rotation import rotate
+from hub.admin.unregistering import take_off_hub
 from hub.console.auth import actor, require_admin
 from storage.sql import QUERIES
 

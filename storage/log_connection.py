@@ -1,0 +1,61 @@
+"""The routing log writer's database connection: held between batches, closed and left to the pool after a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any
+
+import asyncpg
+
+from storage.log_row import COLUMNS, CONTENT_COLUMNS
+from storage.sql import QUERIES
+
+_SEQ = CONTENT_COLUMNS.index("seq")
+
+
+class LogConnection:
+    """The connection of one RoutingLogWriter; write_timeout_s bounds each append, taking the connection included."""
+
+    def __init__(self, pool: asyncpg.Pool, write_timeout_s: float) -> None:
+        self._pool = pool
+        self._conn: Any = None  # held between batches: a pool's acquire and release cost a reset query each time
+        self._write_timeout_s = write_timeout_s
+
+    async def append(
+        self, chain_id: uuid.UUID, records: list[tuple[Any, ...]], locations: list[tuple[Any, ...]]
+    ) -> bool:
+        """The batch appended to its chain; False if the chain had it already (nothing is written then). On the
+        writer's connection, taken from the pool when there is none; given up after write_timeout_s, and then, as
+        after any failure, the connection is closed and left to the pool."""
+        head = (chain_id, records[-1][_SEQ], records[-1][len(COLUMNS) - 1])
+        try:
+            async with asyncio.timeout(self._write_timeout_s):
+                if self._conn is not None and _closed(self._conn):
+                    await self.release()
+                if self._conn is None:
+                    self._conn = await self._pool.acquire()
+                return bool(await self._conn.fetchval(QUERIES["append_routing_log"], records, *head, locations))
+        except BaseException:
+            await self.release(broken=True)
+            raise
+
+    async def release(self, broken: bool = False) -> None:
+        # A connection a statement failed or was given up on may be waiting for an answer that never comes: closed,
+        # not reset (a reset is one more statement to a server that may not answer); the pool opens a new one.
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                if broken:
+                    conn.terminate()
+                await self._pool.release(conn)
+
+
+def _closed(conn: Any) -> bool:
+    """A held pool connection the server closed. asyncpg takes such a connection back into its pool by itself,
+    after which its proxy refuses every call, is_closed() included: that too means closed."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True

@@ -89,6 +89,12 @@ class MethodNotAllowed(ClientError):
     http_status = 405
 
 
+class MalformedHeader(InvalidParameters):
+    """A header the hub cannot take as it is (HTTP 400)."""
+
+    http_status = 400
+
+
 class MalformedBody(InvalidParameters):
     """The body is not valid JSON (status_codes.asciidoc: HTTP 400)."""
 

@@ -15,11 +15,15 @@ from typing import Any
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from hub.errors import MalformedHeader
 from hub.logs import debug_enabled
 
 log = structlog.get_logger()
 
 PROBE_PATHS = frozenset(("/health", "/ready", "/metrics"))  # load balancers and Prometheus: no OCPI token
+# The longest X-Request-ID / X-Correlation-ID a routed request may carry: the routing log indexes and searches them
+# (a B-tree entry has a size limit), and a UUID, which the specification advises, has 36 characters.
+MAX_ID_LENGTH = 255
 
 
 def new_request_id() -> str:
@@ -32,9 +36,20 @@ def new_request_id() -> str:
 
 
 def request_ids(headers: dict[str, str]) -> tuple[str, str]:
-    """(X-Request-ID, X-Correlation-ID) of a request, from its lower-cased headers; fresh ones where missing."""
-    request_id = headers.get("x-request-id", "")[:255] or new_request_id()
-    return request_id, headers.get("x-correlation-id", "")[:255] or request_id
+    """(X-Request-ID, X-Correlation-ID) of a request, from its lower-cased headers, as sent (echoed as they came:
+    transport_and_format.asciidoc, "the response to this request SHALL contain the same ID"); fresh ones where
+    missing."""
+    request_id = headers.get("x-request-id", "") or new_request_id()
+    return request_id, headers.get("x-correlation-id", "") or request_id
+
+
+def check_ids(request_id: str, correlation_id: str) -> None:
+    """A routed request's ids must fit the routing log: a longer one is refused, not cut (a cut X-Correlation-ID
+    would no longer match the rest of its chain at the parties)."""
+    for name, value in (("X-Request-ID", request_id), ("X-Correlation-ID", correlation_id)):
+        if len(value) > MAX_ID_LENGTH:
+            raise MalformedHeader(f"{name} has {len(value)} characters; the hub takes at most {MAX_ID_LENGTH} (a UUID, "
+                                  "which OCPI advises, has 36)")  # fmt: skip
 
 
 def log_request(method: str, path: str, status: int | None, started: float, routine: bool = False) -> None:

@@ -186,6 +186,38 @@ def test_spoofed_from_header_is_rejected_and_nothing_is_forwarded(hub: Hub, cpo_
     assert (row["routing"], row["ocpi_status_code"]) == ("rejected", 2001)
 
 
+def test_request_and_correlation_ids_are_echoed_whole_and_one_longer_than_the_log_takes_is_refused_not_cut(
+    hub: Hub, cpo_and_emsp, db
+) -> None:
+    cpo, emsp = cpo_and_emsp
+    cc, pid = party_key(cpo)
+    path = f"receiver/locations/{cc}/{pid}/LOC1"
+    longest, too_long = "c" * 255, "r" * 256
+    answer = cpo.call(hub.base, "PUT", path, to=party_key(emsp), body=LOCATION | {"party_id": pid},
+                      headers={"X-Request-ID": "a" * 255, "X-Correlation-ID": longest})  # fmt: skip
+    assert answer.json()["status_code"] == 1000
+    assert (answer.headers["X-Request-ID"], answer.headers["X-Correlation-ID"]) == ("a" * 255, longest)
+    [got] = emsp.functional()
+    assert got.headers["X-Correlation-ID"] == longest  # the chain's id reaches the receiver as the caller sent it
+
+    refused = [({"X-Request-ID": too_long}, "X-Request-ID"),
+               ({"X-Request-ID": "long-correlation", "X-Correlation-ID": "c" * 300}, "X-Correlation-ID")]  # fmt: skip
+    for headers, named in refused:
+        answer = cpo.call(hub.base, "PUT", path, to=party_key(emsp), body=LOCATION | {"party_id": pid}, headers=headers)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["status_code"] == 2001
+        assert f"{named} has {len(headers[named])} characters" in answer.json()["status_message"]
+        # echoed as sent, though refused (transport_and_format.asciidoc: "the response ... SHALL contain the same ID")
+        assert answer.headers["X-Request-ID"] == headers["X-Request-ID"]
+        assert answer.headers["X-Correlation-ID"] == headers.get("X-Correlation-ID", headers["X-Request-ID"])
+    assert len(emsp.functional()) == 1  # nothing forwarded
+    rows = db.run(db.fetch("SELECT request_id, routing, http_status, error, request_headers FROM routing_log "
+                           "WHERE request_id IN ($1, 'long-correlation') ORDER BY id", too_long[:255]))  # fmt: skip
+    assert [(r["routing"], r["http_status"]) for r in rows] == [("rejected", 400), ("rejected", 400)]
+    assert "X-Request-ID has 256 characters" in rows[0]["error"]
+    assert json.loads(rows[0]["request_headers"])["x-request-id"] == too_long  # the whole header, in the row
+
+
 def test_a_malformed_routing_header_is_named_as_the_caller_wrote_it_and_cut_short(hub: Hub, cpo_and_emsp) -> None:
     auth = token_header(cpo_and_emsp[0].hub_token)
     url = f"{hub.base}/ocpi/2.2.1/sender/locations"

@@ -27,7 +27,7 @@ from hub.ocpi.relayed_urls import CDR_LOCATIONS, PAGES, RESULTS
 from hub.ocpi.wire import Envelope
 from hub.party_api import authorization
 from hub.request_body import BodyDeadlines, read_body
-from hub.request_context import log_request, new_request_id, request_ids
+from hub.request_context import MAX_ID_LENGTH, check_ids, log_request, new_request_id, request_ids
 from routing import open_routing
 from routing.decide import Delivery, decide
 from routing.forward import Answer, forward, ocpi_status_of
@@ -102,7 +102,8 @@ class Relay:
         # Every request runs in a task (and context) of its own: bound without unbinding, nothing leaks.
         structlog.contextvars.bind_contextvars(request_id=request_id, correlation_id=correlation_id)
         entry = LogEntry(
-            received_at=datetime.now(UTC), request_id=request_id, correlation_id=correlation_id,
+            received_at=datetime.now(UTC), request_id=request_id[:MAX_ID_LENGTH],
+            correlation_id=correlation_id[:MAX_ID_LENGTH],
             module=_module_of(path), method=scope["method"], path=path,
             query=scope["query_string"].decode("latin-1"), routing="rejected",
             request_headers={k: headers[k] for k in LOGGED_REQUEST_HEADERS if k in headers},
@@ -110,6 +111,7 @@ class Relay:
         exchange = Exchange(scope, headers, entry, started)
         try:
             entry.request_body = await read_body(self.bodies.guarded(receive), self.settings.max_body_bytes)
+            check_ids(request_id, correlation_id)
             answer = await self._route(exchange, path)
         except OcpiError as exc:
             answer = self.hub_answer(exchange, exc.http_status, exc.status_code, exc.message)
@@ -133,7 +135,7 @@ class Relay:
             answer = self.hub_answer(exchange, 200, 4000, f"{exc}; the exchange itself went through")
         for task in exchange.background:
             self._spawn(task)
-        answer.headers["x-request-id"], answer.headers["x-correlation-id"] = request_id, entry.correlation_id
+        answer.headers["x-request-id"], answer.headers["x-correlation-id"] = request_id, correlation_id
         await _send(send, answer)
         count_request(entry.module, entry.method, entry.routing, entry.ocpi_status_code)
         log_request(entry.method, path, answer.status, started, routine=entry.ocpi_status_code == 1000)

@@ -26,7 +26,7 @@ import structlog
 
 from hub.errors import AnswerTooLarge
 from hub.party_api import PartyClient, hub_request
-from storage.directory import Directory, Platform, announce_change
+from storage.directory import DirectoryCache, Platform
 from storage.log_row import LogEntry
 from storage.sql import QUERIES
 
@@ -38,7 +38,7 @@ Record = Callable[[LogEntry], Awaitable[None]]
 class StillAlive:
     def __init__(
         self, pool: asyncpg.Pool, client: redis.Redis, prefix: str, http: PartyClient,
-        directory: Callable[[], Directory], hub: tuple[str, str], record: Record,
+        directory: DirectoryCache, hub: tuple[str, str], record: Record,
         silence_s: float, probe_interval_s: float,
     ) -> None:  # fmt: skip
         self._pool, self._redis, self._prefix, self._http = pool, client, prefix, http
@@ -71,7 +71,7 @@ class StillAlive:
                 log.warning("still_alive_round_failed", error=str(exc))
 
     async def check_round(self) -> None:
-        directory = self._directory()
+        directory = self._directory.current
         suspects, self._suspects = self._suspects, set()
         async with self._pool.acquire() as conn:
             silent = {r["id"] for r in await conn.fetch(QUERIES["silent_platforms"], self.silence_s)}
@@ -113,4 +113,4 @@ class StillAlive:
         if changed:
             log.warning("party_status_changed", platform=platform.name, status=status,
                         parties=[f"{r.country_code}-{r.party_id}" for r in platform.roles])  # fmt: skip
-            await announce_change(self._redis, self._prefix)
+            await self._directory.changed()  # reloaded here at once: this process pushes the change without delay

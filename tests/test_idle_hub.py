@@ -105,3 +105,23 @@ def test_a_change_made_on_one_of_two_idle_hub_processes_is_pushed_within_a_secon
     )
     assert done.returncode == 0, done.stderr
     assert _pushed_after_s(watcher, (cc, pid)) < 1
+
+
+def test_an_idle_hub_asks_the_database_for_silent_platforms_only_when_the_next_is_due(
+    services: Services, empty_database: str, tmp_path: Path, start_party
+) -> None:
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database, OCPI_HUB_STILL_ALIVE_S="12",
+                  OCPI_HUB_OFFLINE_PROBE_S="0.5",
+                  OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}idle-alive:")  # fmt: skip
+    hub = start_hub(env, OUTPUT / "hub-idle-still-alive.log")
+    try:
+        cpo = register_at_hub(hub, start_party, _roles("CPO"))  # the registration wakes the check, asleep till then
+        registered = time.monotonic()
+        # Each read of the platform table counts: a check every probe interval (0.5 s) would be 12 or more.
+        assert _reads_while_idle(empty_database, "platform", 6) <= 2
+        # Silent for 12 s since it registered: probed then, not before, and not much later.
+        [probe] = _wait_for(lambda: [r for r in cpo.received if r.method == "GET" and r.path == "/ocpi/versions"
+                                     and r.at > registered], timeout=15)  # fmt: skip
+        assert 11 < probe.at - registered < 13.5
+    finally:
+        hub.stop()

@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             )
             hub_party = (settings.country_code, settings.party_id)
             app.state.still_alive = StillAlive(
-                pool, redis_client, settings.redis_prefix, http, lambda: directory.current, hub_party, writer.record,
+                pool, redis_client, settings.redis_prefix, http, directory, hub_party, writer.record,
                 settings.still_alive_s, settings.offline_probe_s,
             )  # fmt: skip
             relay.serve(app.state)

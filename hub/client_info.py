@@ -2,11 +2,17 @@
 
 hubclientinfo is a configuration module: between a party and the hub, never routed, so neither the list nor
 the pushes carry OCPI-to/-from headers (transport_and_format.asciidoc, Message Routing Headers).
+
+Every change that queues a push (client_info_push, written in the statement that makes the change) also changes the
+directory, which every hub process then loads again: the process that made it at once, the others on its announcement.
+So each process sleeps until its directory is reloaded, at most LONGEST_SLEEP_S, and an idle hub asks the database for
+pending pushes once a minute, not once a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 from urllib.parse import urlencode
@@ -29,7 +35,9 @@ from storage.sql import QUERIES
 log = structlog.get_logger()
 
 MAX_LIMIT = 1000
-PUSH_POLL_S = 1.0
+LONGEST_SLEEP_S = 60.0  # the safety net: a wake-up missed (Redis away) delays a push by at most this much
+TURN_TAKEN_S = 1.0  # another process is pushing: look again soon, in case it stops before it took this change
+AFTER_ERROR_S = 1.0  # the database briefly away: look again soon
 
 
 class ClientInfo(msgspec.Struct):
@@ -79,25 +87,32 @@ async def list_client_infos(request: Request[Caller, str, State]) -> Response[by
 
 
 async def run_pushes(state: State) -> None:
-    """For the life of the process: deliver pending ClientInfo changes (any hub process may take them)."""
+    """For the life of the process: deliver pending ClientInfo changes (any hub process may take them), sleeping in
+    between until the directory changes."""
     while True:
+        reloaded = state.directory.next_reload()  # before looking: a change queued meanwhile wakes the sleep
         try:
-            delivered = await push_pending(state)
+            pushed = await push_pending(state)
+            # some pushed: at once again, more may be pending than one claim takes
+            wait_s = TURN_TAKEN_S if pushed is None else 0.0 if pushed else LONGEST_SLEEP_S
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the database briefly away: the changes wait in client_info_push
             log.warning("client_info_push_failed", error=str(exc))
-            delivered = 0
-        if not delivered:
-            await asyncio.sleep(PUSH_POLL_S)
+            wait_s = AFTER_ERROR_S
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):  # not wait_for, which in Python 3.11 can drop a cancel
+                async with asyncio.timeout(wait_s):
+                    await reloaded.wait()
 
 
-async def push_pending(state: State) -> int:
+async def push_pending(state: State) -> int | None:
     """PUT each pending change to every other connected party with a hubclientinfo RECEIVER; one attempt each, in
-    the order of the changes (one hub process at a time: another that holds the turn makes this one return 0)."""
+    the order of the changes; how many changes were pushed. One hub process at a time: None when another holds the
+    turn."""
     async with state.pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval(QUERIES["lock_client_info_pushes"]):
-            return 0
+            return None
         changes = await conn.fetch(QUERIES["claim_client_info_pushes"])
         for change in changes:
             info = ClientInfo(change["party_id"], change["country_code"], change["role"], change["status"],

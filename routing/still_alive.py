@@ -9,12 +9,16 @@ outbox, written in the same statement) and a directory change every hub process 
 
 Probes are claimed in Redis (SET NX with an expiry), so hub processes sharing a Redis never probe one party twice
 in a probe interval, and any process may take any party: there is no leader to lose.
+
+Each process sleeps until the next connected platform will have been silent that long (its last message, as the
+database has it, plus the silence window), at most LONGEST_SLEEP_S; while a platform is due (OFFLINE, silent, or just
+probed), a probe interval. A suspect wakes it at once, and so does a directory change (a platform that registers is
+silent one window later, however short). An idle hub asks the database once a minute, not every few seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -26,7 +30,7 @@ import structlog
 
 from hub.errors import AnswerTooLarge
 from hub.party_api import PartyClient, hub_request
-from storage.directory import Directory, Platform, announce_change
+from storage.directory import DirectoryCache, Platform
 from storage.log_row import LogEntry
 from storage.sql import QUERIES
 
@@ -34,11 +38,15 @@ log = structlog.get_logger()
 
 Record = Callable[[LogEntry], Awaitable[None]]
 
+LONGEST_SLEEP_S = 60.0  # the safety net: a wake-up missed (Redis away) delays a probe by at most this much
+SHORTEST_SLEEP_S = 0.2  # however short the probe interval: no busier than this
+AFTER_ERROR_S = 1.0  # the database or Redis briefly away: look again soon
+
 
 class StillAlive:
     def __init__(
         self, pool: asyncpg.Pool, client: redis.Redis, prefix: str, http: PartyClient,
-        directory: Callable[[], Directory], hub: tuple[str, str], record: Record,
+        directory: DirectoryCache, hub: tuple[str, str], record: Record,
         silence_s: float, probe_interval_s: float,
     ) -> None:  # fmt: skip
         self._pool, self._redis, self._prefix, self._http = pool, client, prefix, http
@@ -55,33 +63,47 @@ class StillAlive:
 
     async def run(self) -> None:
         """For the life of the process: probe suspects at once, silent and OFFLINE platforms when due."""
-        round_s = max(0.2, min(10.0, self.silence_s / 4, self.probe_interval_s))
         while True:
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel that comes as the event is set,
-            # and the loop went on after the hub's shutdown had cancelled it
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(round_s):
-                    await self._wake.wait()
-            self._wake.clear()
+            reloaded = self._directory.next_reload()  # before the round reads: a change meanwhile cuts the sleep short
+            self._wake.clear()  # before the round takes the suspects: one that comes meanwhile cuts it short too
             try:
-                await self.check_round()
+                wait_s = await self.check_round()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database or Redis briefly away: the next round tries again
                 log.warning("still_alive_round_failed", error=str(exc))
+                wait_s = AFTER_ERROR_S
+            await self._sleep(wait_s, reloaded)
 
-    async def check_round(self) -> None:
-        directory = self._directory()
+    async def _sleep(self, wait_s: float, reloaded: asyncio.Event) -> None:
+        """Until a suspect, a directory change, or wait_s. asyncio.wait, not wait_for: Python 3.11's wait_for drops a
+        cancel that comes as an event is set, and the loop went on after the hub's shutdown had cancelled it."""
+        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(reloaded.wait())]
+        try:
+            await asyncio.wait(waits, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    async def check_round(self) -> float:
+        """Probe the platforms due now (suspects, silent ones, OFFLINE ones) that no process probed within a probe
+        interval; how long until the next round."""
+        directory = self._directory.current
         suspects, self._suspects = self._suspects, set()
         async with self._pool.acquire() as conn:
-            silent = {r["id"] for r in await conn.fetch(QUERIES["silent_platforms"], self.silence_s)}
+            found = await conn.fetchrow(QUERIES["silent_platforms"], self.silence_s)
         offline = {
             p.id for p in directory.platforms.values()
             if p.state == "REGISTERED" and any(r.status == "OFFLINE" for r in p.roles)
         }  # fmt: skip
-        due = [directory.platforms[i] for i in suspects | silent | offline if i in directory.platforms]
+        due = [directory.platforms[i] for i in suspects | set(found["silent"]) | offline if i in directory.platforms]
         claimed = [p for p in due if await self._claim(p)]
         await asyncio.gather(*(self.probe(p) for p in claimed))
+        next_in_s = found["next_in_s"]
+        wait_s = LONGEST_SLEEP_S if next_in_s is None else min(LONGEST_SLEEP_S, next_in_s)
+        # due again once the claims run out: OFFLINE ones are probed until they answer, and one probed meanwhile by
+        # another process (or by this one) is no longer silent by then, or OFFLINE
+        return max(SHORTEST_SLEEP_S, min(wait_s, self.probe_interval_s) if due else wait_s)
 
     async def _claim(self, platform: Platform) -> bool:
         key = f"{self._prefix}still-alive:probed:{platform.id}"
@@ -113,4 +135,4 @@ class StillAlive:
         if changed:
             log.warning("party_status_changed", platform=platform.name, status=status,
                         parties=[f"{r.country_code}-{r.party_id}" for r in platform.roles])  # fmt: skip
-            await announce_change(self._redis, self._prefix)
+            await self._directory.changed()  # reloaded here at once: this process pushes the change without delay

@@ -160,8 +160,9 @@ class DirectoryCache:
 
     def next_reload(self) -> asyncio.Event:
         """Set once this process has loaded the directory again, after a change by any process: a background task
-        sleeps on it to look again at what such a change may have scheduled (hub/admin/endpoints.py). Take it before
-        reading what the change would alter, so a change that comes in between is not missed."""
+        sleeps on it to look again at what such a change may have scheduled (hub/admin/endpoints.py) or queued
+        (hub/client_info.py). Take it before reading what the change would alter, so a change that comes in between is
+        not missed."""
         return self._reloaded
 
     def fence(self) -> tuple[Directory, str]:

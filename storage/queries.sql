@@ -261,11 +261,16 @@ FROM client_info_push WHERE delivered_at IS NULL ORDER BY id LIMIT 50 FOR UPDATE
 UPDATE client_info_push SET delivered_at = now() WHERE id = any($1::bigint[]);
 
 -- name: silent_platforms
--- mod_hub_client_info.asciidoc, Still alive check: connected platforms the hub has heard nothing from for $1 s.
-SELECT p.id FROM platform p
-WHERE p.state = 'REGISTERED'
-  AND coalesce(p.last_seen, p.registered_at) < now() - make_interval(secs => $1)
-  AND EXISTS (SELECT 1 FROM party_role r WHERE r.platform_id = p.id AND r.status = 'CONNECTED');
+-- mod_hub_client_info.asciidoc, Still alive check: the connected platforms the hub has heard nothing from for $1 s
+-- (silent), and in how many seconds the next of the others will have been silent that long (NULL: none will).
+SELECT coalesce(array_agg(id) FILTER (WHERE silent_at < now()), '{}') AS silent,
+       extract(epoch FROM min(silent_at) FILTER (WHERE silent_at >= now()) - now())::float8 AS next_in_s
+FROM (
+    SELECT p.id, coalesce(p.last_seen, p.registered_at) + make_interval(secs => $1) AS silent_at
+    FROM platform p
+    WHERE p.state = 'REGISTERED'
+      AND EXISTS (SELECT 1 FROM party_role r WHERE r.platform_id = p.id AND r.status = 'CONNECTED')
+) connected;
 
 -- name: set_platform_liveness
 -- A registered platform's roles go OFFLINE or back to CONNECTED together; each change is pushed as ClientInfo.

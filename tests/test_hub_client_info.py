@@ -72,7 +72,7 @@ def test_one_hub_process_pushes_at_a_time_so_changes_arrive_in_their_order(
     assert db.run(db.fetchval("SELECT pg_try_advisory_xact_lock(210846855)"))  # as storage/queries.sql takes it
     try:
         newcomer.register_at(hub.versions_url, hub.invite(newcomer.name, newcomer_roles)["token_a"])  # two changes
-        time.sleep(2.5)  # the hub looks for pending changes every second
+        time.sleep(2.5)  # while the turn is taken, a hub with pending changes looks again every second
         assert _pushes_about(watcher, key) == []  # no hub process pushed while another had the turn
     finally:
         db.run(db.execute("COMMIT"))

@@ -21,9 +21,10 @@ from hub.runtime import stop_background_tasks
 from hub.settings import Settings
 from routing.pull_sync import PullSync, run_scheduled
 from routing.still_alive import StillAlive
-from storage.directory import Directory
+from storage.directory import Directory, DirectoryCache
 from storage.location_cache import LocationCache
 from storage.log_row import LogEntry
+from storage.secrets import TokenBox
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
 from tests.test_pull_sync import _locations, _wait
 from tests.test_routing import LOCATION, _roles, party_key
@@ -210,7 +211,8 @@ def test_still_alive_and_location_sync_loops_end_on_the_first_cancel_even_when_w
         prefix, went_on = services.redis_prefix, []
         try:
             async with PartyClient(Settings.from_env(hub.env)) as http:
-                still_alive = StillAlive(pool, client, prefix, http, Directory, HUB, record, 300, 30)
+                nothing = DirectoryCache(pool, client, prefix, TokenBox(TokenBox.generate_key()))  # never loaded
+                still_alive = StillAlive(pool, client, prefix, http, nothing, HUB, record, 300, 30)
                 sync = PullSync(http, LocationCache(client, prefix), client, prefix, HUB, record)
                 wake = asyncio.Event()
                 loops = {

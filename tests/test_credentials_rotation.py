@@ -261,7 +261,8 @@ def test_the_operator_has_the_hub_fetch_the_endpoints_again_from_the_versions_ur
     done, tried = [(t["actor_kind"], t["parameters"]) for t in trail if t["action"] == "refresh_endpoints"
                    and t["parameters"]["platform_id"] == platform_id][:2]  # fmt: skip
     assert done == ("admin", {"platform_id": platform_id, "name": cpo.name, "versions_url": new_url,
-                              "version": "2.2.1", "endpoints": len(endpoints)})  # fmt: skip
+                              "version": "2.2.1", "endpoints": len(endpoints),
+                              "roles": [f"CPO {key[0]}-{key[1]}"]})  # fmt: skip
     assert tried[1]["kept"] == "the endpoints from before" and "HTTP 404" in tried[1]["failed"]
     # Nothing is pending any more: the rotation's refresh is done.
     assert db.run(db.fetchval("SELECT endpoints_refresh_due FROM platform WHERE id = $1", platform_id)) is None

@@ -75,9 +75,10 @@ def test_a_rotation_whose_new_versions_url_fails_at_first_ends_with_its_endpoint
     del cpo.canned[("GET", "/v2/ocpi/versions")]  # the party's new deployment is up
     [refreshed] = _wait_for(lambda: _refreshes(first, platform_id), timeout=15)
     done = time.monotonic()
+    (role, cc, pid), *_ = cpo.roles
     assert (refreshed["actor_kind"], refreshed["parameters"]) == ("hub", {
         "platform_id": platform_id, "name": cpo.name, "versions_url": cpo.versions_url, "version": "2.2.1",
-        "endpoints": len(cpo.endpoints())})  # fmt: skip
+        "endpoints": len(cpo.endpoints()), "roles": [f"{role} {cc}-{pid}"]})  # fmt: skip
     # Every hub process routes on the new endpoints within a second, as after any other directory change.
     for hub in two_hubs:
         _wait_for(lambda hub=hub: _routed_to(hub, emsp, cpo) == "/v2/ocpi/2.2.1/locations/sender", timeout=3)
@@ -157,6 +158,51 @@ def test_a_rotation_answered_with_roles_not_granted_ends_only_once_the_roles_the
     details = asyncio.run(_fetchval(empty_database, "SELECT business_details FROM party_role WHERE platform_id = $1",
                                     platform_id))  # fmt: skip
     assert json.loads(details) == {"name": "Renamed Party CPO"}
+
+
+def _roles_stored(database_url: str, platform_id: int) -> list[tuple[str, str, object]]:
+    """(party id, status, business details) of each of the platform's roles, in the order they were granted."""
+    sql = "SELECT party_id, status, business_details FROM party_role WHERE platform_id = $1 ORDER BY id"
+    rows = asyncio.run(_fetch(database_url, sql, platform_id))
+    return [(r["party_id"], r["status"], r["business_details"] and json.loads(r["business_details"])) for r in rows]
+
+
+def test_a_refresh_after_a_failed_endpoints_fetch_stores_the_roles_and_business_details_the_party_lists_now(
+    two_hubs: tuple[Hub, Hub], start_party, empty_database: str
+) -> None:
+    first, _ = two_hubs
+    kept, given_up = _roles("CPO"), _roles("CPO")
+    cpo = register_at_hub(first, start_party, kept, given_up)
+    platform_id = _platform_id(first, party_key(cpo))
+    _moves_its_api(cpo)
+    answer = _rotate(first, platform_id)  # its answer lists the roles it holds: only the endpoints fail
+    assert answer.status_code == 502 and "fetching its endpoints" in answer.json()["error"], answer.text
+    # Since then the party renamed itself, gave up one of its party ids and lists one the operator never granted:
+    # the hub reads that in its credentials (credentials.asciidoc, GET) and stores nothing of the refresh.
+    cpo.name, cpo.roles = "Renamed Party", [kept, ("EMSP", "NL", "ZZZ")]
+    del cpo.canned[("GET", "/v2/ocpi/versions")]
+    not_granted = "roles not granted to this platform by the hub operator: EMSP NL-ZZZ"
+    _wait_for(lambda: [e for e in _events(two_hubs, "platform_endpoints_refresh_failed", platform_id)
+                       if not_granted in e["reason"]])  # fmt: skip
+    before = {"name": "Test Party CPO"}
+    assert _roles_stored(empty_database, platform_id) == [(kept[2], "CONNECTED", before),
+                                                          (given_up[2], "CONNECTED", before)]  # fmt: skip
+    assert _refreshes(first, platform_id) == [] and _listed(first, platform_id)["endpoints_from_before"]
+    # Once it lists only roles it holds, the refresh stores them as a credentials exchange would: the one it lists
+    # with its new business details, the one it gave up back to PLANNED.
+    cpo.roles = [kept]
+    [refreshed] = _wait_for(lambda: _refreshes(first, platform_id), timeout=15)
+    assert refreshed["parameters"]["roles"] == [f"CPO {kept[1]}-{kept[2]}"], refreshed
+    assert _roles_stored(empty_database, platform_id) == [(kept[2], "CONNECTED", {"name": "Renamed Party CPO"}),
+                                                          (given_up[2], "PLANNED", before)]  # fmt: skip
+
+
+async def _fetch(database_url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
 
 
 async def _fetchval(database_url: str, sql: str, *args: object) -> object:

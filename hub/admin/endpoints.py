@@ -4,10 +4,11 @@ could not finish, and when the operator asks (admin API and console).
 Such a rotation leaves the party's new token B and the versions URL it named beside the endpoints fetched before
 (hub/admin/credentials.py, TakenButFailed). The hub routes on those until a fetch with that token from that URL works
 (credentials.asciidoc, Changing endpoints for the current version: after a PUT "the other platform will fetch and
-store the corresponding set of endpoints"). If the party answered that rotation with roles the platform does not hold,
-the refresh also GETs the party's credentials and finishes only when the roles they list pass the check of a
-credentials exchange (match_roles), and then stores them as the rotation would have; until then it fails for that
-reason, and the platform's roles stay as they were.
+store the corresponding set of endpoints"). Every refresh also GETs the party's credentials (credentials.asciidoc, GET:
+they contain "extra information about the server such as its business details") and finishes only when the roles they
+list pass the check of a credentials exchange (match_roles); it then stores those roles and their business details as
+the rotation would have: the party may have changed them in its answer to the hub's PUT, which the unfinished rotation
+did not store, or since. Until they pass, it fails for that reason, and the platform's roles stay as they were.
 
 Schedule: endpoints_refresh_due is when the hub tries next. Any hub process may take a due refresh; it holds it
 (endpoints_refresh_claimed_until, longer than a try takes) while it tries, so no two processes try one platform at
@@ -113,33 +114,30 @@ async def _try(state: State, source: asyncpg.Record) -> None:
 
 async def refresh(state: State, actor: Actor, source: asyncpg.Record, via: str | None = None) -> Refreshed | None:
     """Fetch the platform's endpoints from its versions URL with its token B (as source read them, before the fetch),
-    check the roles its credentials list if the pending refresh must, and store them with a row in the audit trail;
+    check the roles its credentials list, and store both with a row in the audit trail;
     every hub process routes on them within a second. RefreshFailed, saying why, when the fetch or the roles check
     failed. None when the platform's versions URL or token B changed meanwhile: whatever changed them fetched endpoints
     of their own."""
     platform_id, name, url = source["id"], source["name"], source["versions_url"]
-    roles: list[tuple[int, object]] = []
-    listed: list[str] = []  # the roles checked, as the audit trail names them; none unless the refresh must check them
     try:
         token_b = state.token_box.open(source["token_b"])
         discovery = await party_api.discover(state.http, url, token_b, party=name)
-        if source["endpoints_refresh_checks_roles"]:
-            roles, listed = await _checked_roles(state, source, discovery, token_b)
+        roles, listed = await _checked_roles(state, source, discovery, token_b)
     except (OcpiError, ValueError) as exc:
         raise RefreshFailed(exc.message if isinstance(exc, OcpiError) else str(exc)) from None
     connection = platforms.Connection(url, discovery.version, discovery.version_url, source["token_b"],
                                       discovery.token_encoding, endpoint_rows(discovery), roles)  # fmt: skip
     audited = {"platform_id": platform_id, "name": name, "versions_url": url, "version": discovery.version,
-               "endpoints": len(connection.endpoints)} | ({"roles": listed} if listed else {})  # fmt: skip
+               "endpoints": len(connection.endpoints), "roles": listed}  # fmt: skip
     audited |= {"via": via} if via else {}
     async with state.pool.acquire() as conn, conn.transaction():
-        if not await platforms.store_refreshed_endpoints(conn, platform_id, connection, with_roles=bool(listed)):
+        if not await platforms.store_refreshed_endpoints(conn, platform_id, connection):
             log.info("platform_endpoints_refresh_superseded", platform_id=platform_id, platform=name)
             return None
         await record_action(conn, actor, "refresh_endpoints", audited)
     await state.directory.changed()
     log.info("platform_endpoints_refreshed", platform_id=platform_id, platform=name, versions_url=url,
-             endpoints=len(connection.endpoints), roles=listed or None, by=actor.name)  # fmt: skip
+             endpoints=len(connection.endpoints), roles=listed, by=actor.name)  # fmt: skip
     return Refreshed(platform_id, name, url, discovery.version, len(connection.endpoints), discovery.token_encoding)
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from storage.log_row import body_of
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
-from tests.parties import Party, token_header
+from tests.parties import Party, Received, token_header
 from tests.test_admin_and_cli import _platform_id
 from tests.test_credentials_rotation import _listed, _moves_its_api, _rotate, console_page
 from tests.test_hub_client_info import _wait_for
@@ -86,14 +87,65 @@ def test_a_rotation_whose_new_versions_url_fails_at_first_ends_with_its_endpoint
     # Nothing went to the old versions URL after the rotation: neither the refresh nor the still-alive probes.
     versions = [r for r in cpo.received if r.method == "GET" and r.path.endswith("/ocpi/versions") and r.at > rotated]
     assert [r.path for r in versions if r.path == "/ocpi/versions"] == []
-    assert any("X-Request-ID" in r.headers for r in versions), "no still-alive probe came in the test's time"
+    assert any(_probe(r) for r in versions), "no still-alive probe came in the test's time"
+
+
+def _probe(received: Received) -> bool:
+    """A still-alive probe is a conversation of one message; the calls of a refresh are one conversation together."""
+    request_id = received.headers.get("X-Request-ID")
+    return request_id is not None and request_id == received.headers.get("X-Correlation-ID")
 
 
 def _versions_fetched_at(party: Party, path: str, since: float) -> list[float]:
-    """When the hub fetched the party's versions at path to refresh its endpoints: its still-alive probes, which GET
-    the same URL, carry an X-Request-ID, the control plane's fetches do not."""
+    """When the hub fetched the party's versions at path to refresh its endpoints (not to probe it)."""
     return [r.at for r in party.received
-            if (r.method, r.path) == ("GET", path) and r.at > since and "X-Request-ID" not in r.headers]  # fmt: skip
+            if (r.method, r.path) == ("GET", path) and r.at > since and not _probe(r)]  # fmt: skip
+
+
+def _own_messages(database_url: str, platform_id: int) -> list[dict]:
+    """The routing-log rows of the hub's own calls to the platform's versions and credentials endpoints in
+    conversations of more than one message: its endpoints refreshes (a still-alive probe is one of its own)."""
+    sql = ("SELECT request_id, correlation_id, module, method, path, routing, from_country_code, from_party_id, "
+           "to_country_code, to_party_id, http_status, ocpi_status_code, duration_ms, error, request_headers, "
+           "response_headers, response_body FROM routing_log WHERE receiver_platform_id = $1 AND routing = 'hub' "
+           "AND module IN ('versions', 'credentials') AND request_id <> correlation_id "
+           "ORDER BY received_at, id")  # fmt: skip
+    return [dict(r) | {"response_body": body_of(r["response_body"]).decode()}
+            for r in asyncio.run(_fetch(database_url, sql, platform_id))]  # fmt: skip
+
+
+def test_every_call_of_a_refresh_is_a_routing_log_row_of_the_hubs_own_without_its_tokens(
+    two_hubs: tuple[Hub, Hub], start_party, empty_database: str
+) -> None:
+    first, _ = two_hubs
+    cpo = register_at_hub(first, start_party, _roles("CPO"))
+    platform_id = _platform_id(first, party_key(cpo))
+    _moves_its_api(cpo)
+    assert _rotate(first, platform_id).status_code == 502
+    [failed, *_] = _wait_for(lambda: _own_messages(empty_database, platform_id))
+    del cpo.canned[("GET", "/v2/ocpi/versions")]
+    _wait_for(lambda: _refreshes(first, platform_id), timeout=15)
+    # issue 4, rule 9: each message the hub sends on its own is a row, routing 'hub', from the hub to the party
+    (_, cc, pid), base = cpo.roles[0], f"{cpo.base}/v2/ocpi"
+    rows = _own_messages(empty_database, platform_id)
+    assert {(r["routing"], r["from_country_code"], r["from_party_id"], r["to_country_code"], r["to_party_id"])
+            for r in rows} == {("hub", "NL", "HUB", cc, pid)}  # fmt: skip
+    assert (failed["module"], failed["method"], failed["path"], failed["http_status"]) == (
+        "versions", "GET", f"{base}/versions", 404)  # fmt: skip
+    assert failed["error"].startswith(f"GET {base}/versions answered HTTP 404"), failed
+    # The refresh that worked: its versions, its 2.2.1 details and its credentials, one conversation.
+    done = [r for r in rows if r["correlation_id"] == rows[-1]["correlation_id"]]
+    assert [(r["module"], r["path"], r["http_status"], r["ocpi_status_code"], r["error"]) for r in done] == [
+        ("versions", f"{base}/versions", 200, 1000, None), ("versions", f"{base}/2.2.1", 200, 1000, None),
+        ("credentials", f"{base}/2.2.1/credentials", 200, 1000, None)]  # fmt: skip
+    assert all(r["duration_ms"] > 0 for r in rows)
+    # The party got each with the row's X-Request-ID, and the refresh's X-Correlation-ID.
+    sent = {(r.headers.get("X-Request-ID"), r.headers.get("X-Correlation-ID")) for r in cpo.received}
+    assert {(r["request_id"], r["correlation_id"]) for r in rows} <= sent
+    # No token: no headers in the rows, the party's token B hidden in its credentials.
+    assert {(r["request_headers"], r["response_headers"]) for r in rows} == {(None, None)}
+    assert json.loads(done[-1]["response_body"])["data"]["token"] == "(not logged)"
+    assert not [r for r in rows if cpo.token_b in json.dumps(r, default=str)]
 
 
 def test_while_the_hub_tries_a_refresh_the_api_and_the_console_say_it_is_trying_now(

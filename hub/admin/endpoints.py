@@ -39,6 +39,7 @@ from hub.admin.actors import HUB, Actor, actor_of, record_action
 from hub.admin.api import AdminError, json_response
 from hub.errors import OcpiError
 from hub.ocpi.credentials import endpoint_rows, match_roles
+from hub.own_messages import Trace
 from hub.settings import Settings
 from storage import platforms
 from storage.sql import QUERIES
@@ -114,15 +115,20 @@ async def _try(state: State, source: asyncpg.Record) -> None:
 
 async def refresh(state: State, actor: Actor, source: asyncpg.Record, via: str | None = None) -> Refreshed | None:
     """Fetch the platform's endpoints from its versions URL with its token B (as source read them, before the fetch),
-    check the roles its credentials list, and store both with a row in the audit trail;
-    every hub process routes on them within a second. RefreshFailed, saying why, when the fetch or the roles check
-    failed. None when the platform's versions URL or token B changed meanwhile: whatever changed them fetched endpoints
-    of their own."""
+    check the roles its credentials list, and store both with a row in the audit trail; every hub process routes on
+    them within a second. Each call to the party is a message of the hub's own, a routing-log row, all of one refresh
+    in one conversation. RefreshFailed, saying why, when the fetch or the roles check failed. None when the platform's
+    versions URL or token B changed meanwhile: whatever changed them fetched endpoints of their own."""
     platform_id, name, url = source["id"], source["name"], source["versions_url"]
+    async with state.pool.acquire() as conn:
+        held = await platforms.held_roles(conn, platform_id)
+    settings = state.settings
+    to = (held[0]["country_code"], held[0]["party_id"]) if held else None
+    trace = Trace((settings.country_code, settings.party_id), platform_id, to, state.routing_log.record)
     try:
         token_b = state.token_box.open(source["token_b"])
-        discovery = await party_api.discover(state.http, url, token_b, party=name)
-        roles, listed = await _checked_roles(state, source, discovery, token_b)
+        discovery = await party_api.discover(state.http, url, token_b, party=name, trace=trace)
+        roles, listed = await _checked_roles(state, held, discovery, token_b, trace)
     except (OcpiError, ValueError) as exc:
         raise RefreshFailed(exc.message if isinstance(exc, OcpiError) else str(exc)) from None
     connection = platforms.Connection(url, discovery.version, discovery.version_url, source["token_b"],
@@ -142,15 +148,13 @@ async def refresh(state: State, actor: Actor, source: asyncpg.Record, via: str |
 
 
 async def _checked_roles(
-    state: State, source: asyncpg.Record, discovery: party_api.Discovery, token_b: str
+    state: State, held: list[asyncpg.Record], discovery: party_api.Discovery, token_b: str, trace: Trace
 ) -> tuple[list[tuple[int, object]], list[str]]:
     """The roles the party's credentials list (GET on its credentials endpoint, as just fetched, with its token B),
     each one the platform holds: the rule of a credentials exchange (match_roles); and their names for the audit trail.
     RefreshFailed otherwise."""
     url = discovery.url("credentials") or ""  # discover() makes sure there is one
-    theirs = await party_api.read_credentials(state.http, url, token_b, discovery.token_encoding)
-    async with state.pool.acquire() as conn:
-        held = await platforms.held_roles(conn, source["id"])
+    theirs = await party_api.read_credentials(state.http, url, token_b, discovery.token_encoding, trace)
     try:
         roles = match_roles(theirs.roles, held)
     except OcpiError as exc:

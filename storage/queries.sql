@@ -93,11 +93,25 @@ WHERE state = 'REGISTERED' AND endpoints_refresh_due <= now()
   AND (endpoints_refresh_claimed_until IS NULL OR endpoints_refresh_claimed_until <= now())
 RETURNING id, name, versions_url, token_b, endpoints_refresh_failures;
 
+-- name: claim_endpoints_refresh
+-- A refresh of platform $1's endpoints the operator asked for, taken by this hub process for $2 s as
+-- claim_endpoints_refreshes takes a due one, whether or not one is pending or due: no row if the platform is not
+-- registered, or another process holds it now (a try of the hub's own, or another operator's).
+UPDATE platform SET endpoints_refresh_claimed_until = now() + make_interval(secs => $2)
+WHERE id = $1 AND state = 'REGISTERED'
+  AND (endpoints_refresh_claimed_until IS NULL OR endpoints_refresh_claimed_until <= now())
+RETURNING id, name, versions_url, token_b, endpoints_refresh_claimed_until;
+
+-- name: release_endpoints_refresh
+-- The operator's refresh of platform $1 is over and stored nothing: its claim, taken until $2, goes (not a later one
+-- another process took once it had run out).
+UPDATE platform SET endpoints_refresh_claimed_until = NULL WHERE id = $1 AND endpoints_refresh_claimed_until = $2;
+
 -- name: endpoints_source
 -- Where and with which token the hub fetches a platform's endpoints, whether a refresh of them is pending (and the
--- rotation that left it was answered with roles not granted), and whether a hub process is trying it now.
+-- rotation that left it was answered with roles not granted), and whether a hub process is trying it now, until when.
 SELECT id, name, state, versions_url, version, token_b, endpoints_refresh_due, endpoints_refresh_failures,
-       endpoints_refresh_error, endpoints_refresh_checks_roles,
+       endpoints_refresh_error, endpoints_refresh_checks_roles, endpoints_refresh_claimed_until,
        coalesce(endpoints_refresh_claimed_until > now(), false) AS endpoints_refresh_trying_now
 FROM platform WHERE id = $1;
 

@@ -41,12 +41,13 @@ def _listed(hub: Hub, platform_id: int) -> dict:
     return next(i for i in items if i["platform_id"] == platform_id)
 
 
-def console_page(hub: Hub, path: str) -> str:
-    """A console page as the signed-in admin sees it: its HTML, each run of white space one space."""
+def console_page(hub: Hub, path: str, form: dict[str, str] | None = None, status: int = 200) -> str:
+    """A console page as the signed-in admin sees it (after posting form to it, if given): its HTML, each run of white
+    space one space."""
     with httpx.Client(base_url=hub.base, timeout=30) as console:
         assert console.post("/console/sign-in", data={"token": hub.admin_token}).status_code == 303
-        page = console.get(path)
-    assert page.status_code == 200, page.text
+        page = console.post(path, data=form) if form else console.get(path)
+    assert page.status_code == status, page.text
     return " ".join(page.text.split())
 
 

@@ -7,10 +7,12 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from storage.log_row import body_of
@@ -263,6 +265,66 @@ async def _fetchval(database_url: str, sql: str, *args: object) -> object:
         return await conn.fetchval(sql, *args)
     finally:
         await conn.close()
+
+
+def _claim_set(database_url: str, platform_id: int, until: str) -> datetime | None:
+    """The platform's refresh held until the SQL expression until; what it holds now."""
+    column = "endpoints_refresh_claimed_until"
+    sql = f"UPDATE platform SET {column} = {until} WHERE id = $1 RETURNING {column}"
+    return asyncio.run(_fetchval(database_url, sql, platform_id))  # type: ignore[return-value]
+
+
+def _refresh(hub: Hub, platform_id: int) -> httpx.Response:
+    with hub.admin() as admin:
+        return admin.post(f"/admin/api/parties/{platform_id}/endpoints")
+
+
+def test_the_operator_hears_a_refresh_is_under_way_while_a_hub_process_holds_it_and_nothing_is_fetched(
+    two_hubs: tuple[Hub, Hub], start_party, empty_database: str
+) -> None:
+    first, _ = two_hubs
+    cpo = register_at_hub(first, start_party, _roles("CPO"))
+    platform_id = _platform_id(first, party_key(cpo))
+    # A hub process holds the platform's refresh (a try of its own, say) for the next 30 s.
+    until = _claim_set(empty_database, platform_id, "now() + interval '30 seconds'")
+    asked = time.monotonic()
+    answer = _refresh(first, platform_id)
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"] == (
+        f"a refresh of the endpoints of platform {platform_id} is under way (one of the hub's own tries, or another "
+        "operator's, on one of the hub's processes); nothing was done. It holds the refresh until "
+        f"{until:%Y-%m-%d %H:%M:%S} UTC at the latest; its outcome shows on the platform's Endpoints page: ask again "
+        "after that if you still need to")  # fmt: skip
+    page = console_page(first, f"/console/parties/{platform_id}/endpoints", form={"confirm": "yes"}, status=409)
+    assert "is under way" in page and f"{until:%Y-%m-%d %H:%M:%S} UTC at the latest" in page
+    assert _versions_fetched_at(cpo, "/ocpi/versions", asked) == [] and _refreshes(first, platform_id) == []
+    # Once the claim is gone the operator's refresh goes through, and lets go of the claim it took.
+    _claim_set(empty_database, platform_id, "NULL")
+    assert _refresh(first, platform_id).status_code == 200
+    assert _claim_set(empty_database, platform_id, "endpoints_refresh_claimed_until") is None
+
+
+def test_an_operators_refresh_on_one_hub_process_holds_off_another_until_it_ends(
+    two_hubs: tuple[Hub, Hub], start_party
+) -> None:
+    first, second = two_hubs
+    cpo = register_at_hub(first, start_party, _roles("CPO"))
+    platform_id = _platform_id(first, party_key(cpo))
+    # The party's versions answer a byte now and then and never finish: the refresh takes the hub's 2 s timeout.
+    cpo.drip.add("/ocpi/versions")
+    asked = time.monotonic()
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(_refresh, first, platform_id)
+        _wait_for(lambda: _versions_fetched_at(cpo, "/ocpi/versions", asked))
+        meanwhile = _refresh(second, platform_id)  # another operator, on the other process
+        assert meanwhile.status_code == 409 and "is under way" in meanwhile.json()["error"], meanwhile.text
+        assert len(_versions_fetched_at(cpo, "/ocpi/versions", asked)) == 1  # the second one fetched nothing
+        failed = slow.result()
+    assert failed.status_code == 502 and "timed out" in failed.json()["error"], failed.text
+    # The failed refresh let go of its claim: the next one goes through at once.
+    cpo.drip.discard("/ocpi/versions")
+    again = _refresh(second, platform_id)
+    assert again.status_code == 200, again.text
 
 
 def test_a_refresh_one_process_schedules_is_tried_within_a_second_by_hubs_that_were_idle(

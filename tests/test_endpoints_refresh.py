@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +41,17 @@ def two_hubs(services: Services, empty_database: str, tmp_path: Path) -> Iterato
         first.stop()
 
 
+def _registered(
+    hub: Hub, start_party: Callable[..., Party], *roles: tuple[str, str, str], moving_its_api: bool = False
+) -> tuple[Party, int]:
+    """A party holding roles, invited and registered at hub through the real handshake, and its platform id; with
+    moving_its_api, one that names a new versions URL in its next credentials answer (_moves_its_api)."""
+    party = register_at_hub(hub, start_party, *roles)
+    if moving_its_api:
+        _moves_its_api(party)
+    return party, _platform_id(hub, party_key(party))
+
+
 def _events(hubs: tuple[Hub, ...], event: str, platform_id: int) -> list[dict]:
     lines = (json.loads(line) for hub in hubs for line in hub.log().splitlines() if line.startswith("{"))
     return [e for e in lines if e.get("event") == event and e.get("platform_id") == platform_id]
@@ -63,9 +74,8 @@ def test_a_rotation_whose_new_versions_url_fails_at_first_ends_with_its_endpoint
     two_hubs: tuple[Hub, Hub], start_party
 ) -> None:
     first, second = two_hubs
-    emsp, cpo = register_at_hub(first, start_party, _roles("EMSP")), register_at_hub(first, start_party, _roles("CPO"))
-    platform_id = _platform_id(first, party_key(cpo))
-    _moves_its_api(cpo)
+    emsp = register_at_hub(first, start_party, _roles("EMSP"))
+    cpo, platform_id = _registered(first, start_party, _roles("CPO"), moving_its_api=True)
     rotated = time.monotonic()
     with second.admin() as admin:  # registered on one process, rotated on the other
         assert admin.post(f"/admin/api/parties/{platform_id}/credentials").status_code == 502
@@ -120,9 +130,7 @@ def test_every_call_of_a_refresh_is_a_routing_log_row_of_the_hubs_own_without_it
     two_hubs: tuple[Hub, Hub], start_party, empty_database: str
 ) -> None:
     first, _ = two_hubs
-    cpo = register_at_hub(first, start_party, _roles("CPO"))
-    platform_id = _platform_id(first, party_key(cpo))
-    _moves_its_api(cpo)
+    cpo, platform_id = _registered(first, start_party, _roles("CPO"), moving_its_api=True)
     assert _rotate(first, platform_id).status_code == 502
     [failed, *_] = _wait_for(lambda: _own_messages(empty_database, platform_id))
     del cpo.canned[("GET", "/v2/ocpi/versions")]
@@ -154,9 +162,7 @@ def test_while_the_hub_tries_a_refresh_the_api_and_the_console_say_it_is_trying_
     two_hubs: tuple[Hub, Hub], start_party
 ) -> None:
     first, _ = two_hubs
-    cpo = register_at_hub(first, start_party, _roles("CPO"))
-    platform_id = _platform_id(first, party_key(cpo))
-    _moves_its_api(cpo)
+    cpo, platform_id = _registered(first, start_party, _roles("CPO"), moving_its_api=True)
     assert _rotate(first, platform_id).status_code == 502
     # The new deployment answers a byte now and then and never finishes: each try takes the hub's 2 s timeout.
     dripping = time.monotonic()
@@ -179,8 +185,7 @@ def test_a_rotation_answered_with_roles_not_granted_ends_only_once_the_roles_the
     two_hubs: tuple[Hub, Hub], start_party, empty_database: str
 ) -> None:
     first, second = two_hubs
-    cpo = register_at_hub(first, start_party, _roles("CPO"))
-    platform_id = _platform_id(first, party_key(cpo))
+    cpo, platform_id = _registered(first, start_party, _roles("CPO"))
     granted, (cc, pid) = list(cpo.roles), party_key(cpo)
     cpo.roles += [("EMSP", "NL", "ZZZ")]  # what its credentials list, in its answer to the PUT and on a GET
     answer = _rotate(second, platform_id)
@@ -226,9 +231,7 @@ def test_a_refresh_after_a_failed_endpoints_fetch_stores_the_roles_and_business_
 ) -> None:
     first, _ = two_hubs
     kept, given_up = _roles("CPO"), _roles("CPO")
-    cpo = register_at_hub(first, start_party, kept, given_up)
-    platform_id = _platform_id(first, party_key(cpo))
-    _moves_its_api(cpo)
+    cpo, platform_id = _registered(first, start_party, kept, given_up, moving_its_api=True)
     answer = _rotate(first, platform_id)  # its answer lists the roles it holds: only the endpoints fail
     assert answer.status_code == 502 and "fetching its endpoints" in answer.json()["error"], answer.text
     # Since then the party renamed itself, gave up one of its party ids and lists one the operator never granted:
@@ -283,8 +286,7 @@ def test_the_operator_hears_a_refresh_is_under_way_while_a_hub_process_holds_it_
     two_hubs: tuple[Hub, Hub], start_party, empty_database: str
 ) -> None:
     first, _ = two_hubs
-    cpo = register_at_hub(first, start_party, _roles("CPO"))
-    platform_id = _platform_id(first, party_key(cpo))
+    cpo, platform_id = _registered(first, start_party, _roles("CPO"))
     # A hub process holds the platform's refresh (a try of its own, say) for the next 30 s.
     until = _claim_set(empty_database, platform_id, "now() + interval '30 seconds'")
     asked = time.monotonic()
@@ -308,8 +310,7 @@ def test_an_operators_refresh_on_one_hub_process_holds_off_another_until_it_ends
     two_hubs: tuple[Hub, Hub], start_party
 ) -> None:
     first, second = two_hubs
-    cpo = register_at_hub(first, start_party, _roles("CPO"))
-    platform_id = _platform_id(first, party_key(cpo))
+    cpo, platform_id = _registered(first, start_party, _roles("CPO"))
     # The party's versions answer a byte now and then and never finish: the refresh takes the hub's 2 s timeout.
     cpo.drip.add("/ocpi/versions")
     asked = time.monotonic()
@@ -331,9 +332,7 @@ def test_a_refresh_one_process_schedules_is_tried_within_a_second_by_hubs_that_w
     two_hubs: tuple[Hub, Hub], start_party
 ) -> None:
     first, second = two_hubs
-    cpo = register_at_hub(first, start_party, _roles("CPO"))
-    platform_id = _platform_id(first, party_key(cpo))
-    _moves_its_api(cpo)
+    cpo, platform_id = _registered(first, start_party, _roles("CPO"), moving_its_api=True)
     time.sleep(1)  # nothing pending: both processes sleep until the directory changes, or for a minute
     assert _rotate(second, platform_id).status_code == 502
     rotated = time.monotonic()

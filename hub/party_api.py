@@ -1,5 +1,5 @@
 """Calls to a party's versions, version details and credentials endpoints (the control plane, over httpx), and
-`hub_request`: the routing-log row and headers of every message the hub sends on its own.
+`hub_request`: the routing-log row and headers of a message the hub sends on its own.
 
 httpx errors are translated here, at this one boundary, into the OCPI errors the credentials module answers with:
 3001 when the party's API cannot be used, 3002 when there is no common version, 3003 when endpoints are missing.
@@ -8,10 +8,9 @@ httpx errors are translated here, at this one boundary, into the OCPI errors the
 from __future__ import annotations
 
 import base64
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -20,6 +19,7 @@ import structlog
 
 from hub.errors import AnswerTooLarge, NoMatchingEndpoints, UnableToUseClientApi, UnsupportedVersion
 from hub.ocpi.wire import INTERFACE_ROLES, Credentials, CredentialsAnswer, Endpoint, Version, VersionDetails
+from hub.own_messages import Trace, own_entry
 from hub.request_context import new_request_id
 from routing.forward import read_capped
 from storage.directory import PartyRole, Platform
@@ -116,14 +116,8 @@ def hub_request(
     only where the module takes them (transport_and_format.asciidoc: not on versions or hubclientinfo pushes)."""
     request_id = new_request_id()
     correlation_id = correlation_id or request_id
-    where = urlsplit(url)
-    entry = LogEntry(
-        received_at=datetime.now(UTC), request_id=request_id, forwarded_request_id=request_id,
-        correlation_id=correlation_id, module=module, interface=interface, method=method,
-        path=where._replace(query="", fragment="").geturl(), query=where.query, routing="hub",
-        from_country_code=hub[0], from_party_id=hub[1], to_country_code=to.country_code if to else None,
-        to_party_id=to.party_id if to else None, receiver_platform_id=platform.id, request_body=body,
-    )  # fmt: skip
+    entry = own_entry(hub, platform.id, (to.country_code, to.party_id) if to else None, method, url, module,
+                      request_id=request_id, correlation_id=correlation_id, interface=interface, body=body)  # fmt: skip
     headers = {"Authorization": authorization(platform.token_b or "", platform.token_encoding),
                "X-Request-ID": request_id, "X-Correlation-ID": correlation_id}  # fmt: skip
     if body:
@@ -147,8 +141,11 @@ class Discovery:
         return next((e.url for e in self.endpoints if e.identifier == identifier), None)
 
 
-async def discover(client: PartyClient, versions_url: str, token: str, *, party: str) -> Discovery:
-    """GET the party's versions, pick 2.2.1, GET its details and check the endpoints the hub needs.
+async def discover(
+    client: PartyClient, versions_url: str, token: str, *, party: str, trace: Trace | None = None
+) -> Discovery:
+    """GET the party's versions, pick 2.2.1, GET its details and check the endpoints the hub needs; each GET a
+    routing-log row of trace's if one is given.
 
     The token goes Base64-encoded, as 2.2.1 requires; if the party answers 401, once more as it is. The way it
     took is the party's token encoding, used for every later call to it (transport_and_format.asciidoc: with
@@ -156,11 +153,11 @@ async def discover(client: PartyClient, versions_url: str, token: str, *, party:
     configuration flags")."""
     encoding = "base64"
     try:
-        fetched = await _call(client, "GET", versions_url, token)
+        fetched = await _call(client, "GET", versions_url, token, trace=trace, module="versions")
     except TokenRefused as refused:
         encoding = "raw"
         try:
-            fetched = await _call(client, "GET", versions_url, token, encoding=encoding)
+            fetched = await _call(client, "GET", versions_url, token, encoding=encoding, trace=trace, module="versions")
         except TokenRefused:
             raise UnableToUseClientApi(f"{refused.message}; sent raw (not Base64-encoded), the token was refused "
                                        "as well") from None  # fmt: skip
@@ -171,8 +168,8 @@ async def discover(client: PartyClient, versions_url: str, token: str, *, party:
         raise UnsupportedVersion(
             f"no common OCPI version: the hub speaks {SUPPORTED_VERSION}, the party offers {offered}"
         )
-    details = _data(await _call(client, "GET", chosen.url, token, encoding=encoding), _details_decoder,
-                    "version details", chosen.url)  # fmt: skip
+    answer = await _call(client, "GET", chosen.url, token, encoding=encoding, trace=trace, module="versions")
+    details = _data(answer, _details_decoder, "version details", chosen.url)
     endpoints = _usable_endpoints(details.endpoints, party)
     identifiers = {e.identifier for e in endpoints}
     if "credentials" not in identifiers:
@@ -212,11 +209,12 @@ async def exchange_credentials(
 
 
 async def read_credentials(
-    client: PartyClient, credentials_url: str, token: str, encoding: str = "base64"
+    client: PartyClient, credentials_url: str, token: str, encoding: str = "base64", trace: Trace | None = None
 ) -> Credentials:
     """GET the party's credentials (credentials.asciidoc, GET: "Retrieves the credentials object to access the
-    server's platform"), which list the roles it provides."""
-    return credentials_in(await _call(client, "GET", credentials_url, token, encoding=encoding), "GET", credentials_url)
+    server's platform"), which list the roles it provides; a routing-log row of trace's if one is given."""
+    answer = await _call(client, "GET", credentials_url, token, encoding=encoding, trace=trace, module="credentials")
+    return credentials_in(answer, "GET", credentials_url)
 
 
 def credentials_in(response: Fetched, method: str, credentials_url: str) -> Credentials:
@@ -238,19 +236,40 @@ async def delete_credentials(client: PartyClient, credentials_url: str, token: s
 
 
 async def _call(
-    client: PartyClient, method: str, url: str, token: str, body: bytes | None = None, encoding: str = "base64"
-) -> Fetched:
+    client: PartyClient, method: str, url: str, token: str, body: bytes | None = None, encoding: str = "base64",
+    *, trace: Trace | None = None, module: str = "",
+) -> Fetched:  # fmt: skip
+    """The party's answer below HTTP 300; UnableToUseClientApi (TokenRefused for HTTP 401) saying why otherwise. With a
+    trace, the call is a row of it, naming module."""
     headers = {"Authorization": authorization(token, encoding)}
     if body is not None:
         headers["Content-Type"] = "application/json"
+    if trace is None:
+        return _accepted(await _fetch(client, method, url, headers, body), method, url)
+    entry, started, error = trace.start(method, url, module, headers), time.perf_counter(), None
     try:
-        response = await client.fetch(method, url, headers, body)
+        response = await _fetch(client, method, url, headers, body)
+        trace.answered(entry, response.status_code, response.content)
+        return _accepted(response, method, url)
+    except UnableToUseClientApi as exc:
+        error = exc.message
+        raise
+    finally:
+        await trace.finish(entry, started, error)
+
+
+async def _fetch(client: PartyClient, method: str, url: str, headers: dict[str, str], body: bytes | None) -> Fetched:
+    try:
+        return await client.fetch(method, url, headers, body)
     except httpx.TimeoutException:
         raise UnableToUseClientApi(f"{method} {url} timed out") from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL is not an HTTPError ("http://[::1")
         raise UnableToUseClientApi(f"{method} {url} failed: {exc or type(exc).__name__}") from None
     except AnswerTooLarge as exc:
         raise UnableToUseClientApi(exc.message) from None
+
+
+def _accepted(response: Fetched, method: str, url: str) -> Fetched:
     if response.status_code == 401:
         raise TokenRefused(f"{method} {url} answered HTTP 401: {response.text[:200]}")
     if response.status_code >= 300:

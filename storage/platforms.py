@@ -122,7 +122,7 @@ class Answered:
     versions_url: str | None  # the versions URL it named; None: as token_b_sealed
     reason: str  # why the hub could not finish the rotation
     retry_in_s: float  # when the hub first tries again to fetch the endpoints with that token B from that URL
-    checks_roles: bool = False  # the roles it answered did not match: the refresh reads and checks them again
+    checks_roles: bool = False  # the roles it answered did not match (the console says so while the refresh is due)
 
 
 async def switch_rotated_tokens(
@@ -139,13 +139,11 @@ async def switch_rotated_tokens(
                            answered.checks_roles)  # fmt: skip
 
 
-async def store_refreshed_endpoints(
-    conn: asyncpg.Connection, platform_id: int, connection: Connection, *, with_roles: bool = False
-) -> bool:
+async def store_refreshed_endpoints(conn: asyncpg.Connection, platform_id: int, connection: Connection) -> bool:
     """The version and endpoints fetched again from the platform's versions URL with its token B (both as stored, and
-    named in connection) replace the stored ones; its tokens stay, and its roles too unless with_roles (the roles the
-    party's credentials list, checked: stored as a credentials exchange stores them). False, and nothing stored, if its
-    versions URL or token B changed meanwhile (its own PUT, or another rotation, fetched endpoints of their own)."""
+    named in connection) replace the stored ones, and the roles the party's credentials list (checked) are stored as a
+    credentials exchange stores them; its tokens stay. False, and nothing stored, if its versions URL or token B changed
+    meanwhile (its own PUT, or another rotation, fetched endpoints of their own)."""
     async with conn.transaction():
         stored = await conn.fetchval(
             QUERIES["store_refreshed_endpoints"], platform_id, connection.versions_url, connection.token_b_sealed,
@@ -154,8 +152,7 @@ async def store_refreshed_endpoints(
         if stored is None:
             return False
         await _replace_endpoints(conn, platform_id, connection.endpoints)
-        if with_roles:
-            await _store_roles(conn, platform_id, connection.roles)
+        await _store_roles(conn, platform_id, connection.roles)
     return True
 
 

@@ -63,8 +63,9 @@ WHERE id = $1;
 -- A rotation the party took that the hub could not finish: the party's new token B ($2; NULL keeps the old one)
 -- and the versions URL it answered ($4, NULL: keeps the old one) and, of the hub's tokens C, only the new one ($3).
 -- Endpoints, version and roles stay as they were; with a new token B their refresh is due in $5 s, the rotation
--- counting as its first failed try, for the reason $6, and it checks the roles the party lists if $7 (the roles it
--- answered did not match). A try under way with the old token B no longer holds the refresh: its outcome is ignored.
+-- counting as its first failed try, for the reason $6; $7: the roles it answered did not match (the console says the
+-- roles the party lists must match too; every refresh checks them). A try under way with the old token B no longer
+-- holds the refresh: its outcome is ignored.
 WITH token_b AS (
     UPDATE platform SET token_b = coalesce($2, token_b), versions_url = coalesce($4, versions_url),
            endpoints_refresh_due = CASE WHEN $2 IS NULL THEN endpoints_refresh_due
@@ -90,13 +91,27 @@ FROM platform WHERE state = 'REGISTERED' AND endpoints_refresh_due IS NOT NULL;
 UPDATE platform SET endpoints_refresh_claimed_until = now() + make_interval(secs => $1)
 WHERE state = 'REGISTERED' AND endpoints_refresh_due <= now()
   AND (endpoints_refresh_claimed_until IS NULL OR endpoints_refresh_claimed_until <= now())
-RETURNING id, name, versions_url, token_b, endpoints_refresh_failures, endpoints_refresh_checks_roles;
+RETURNING id, name, versions_url, token_b, endpoints_refresh_failures;
+
+-- name: claim_endpoints_refresh
+-- A refresh of platform $1's endpoints the operator asked for, taken by this hub process for $2 s as
+-- claim_endpoints_refreshes takes a due one, whether or not one is pending or due: no row if the platform is not
+-- registered, or another process holds it now (a try of the hub's own, or another operator's).
+UPDATE platform SET endpoints_refresh_claimed_until = now() + make_interval(secs => $2)
+WHERE id = $1 AND state = 'REGISTERED'
+  AND (endpoints_refresh_claimed_until IS NULL OR endpoints_refresh_claimed_until <= now())
+RETURNING id, name, versions_url, token_b, endpoints_refresh_claimed_until;
+
+-- name: release_endpoints_refresh
+-- The operator's refresh of platform $1 is over and stored nothing: its claim, taken until $2, goes (not a later one
+-- another process took once it had run out).
+UPDATE platform SET endpoints_refresh_claimed_until = NULL WHERE id = $1 AND endpoints_refresh_claimed_until = $2;
 
 -- name: endpoints_source
--- Where and with which token the hub fetches a platform's endpoints, whether a refresh of them is pending (and must
--- check the roles the party lists), and whether a hub process is trying it now.
+-- Where and with which token the hub fetches a platform's endpoints, whether a refresh of them is pending (and the
+-- rotation that left it was answered with roles not granted), and whether a hub process is trying it now, until when.
 SELECT id, name, state, versions_url, version, token_b, endpoints_refresh_due, endpoints_refresh_failures,
-       endpoints_refresh_error, endpoints_refresh_checks_roles,
+       endpoints_refresh_error, endpoints_refresh_checks_roles, endpoints_refresh_claimed_until,
        coalesce(endpoints_refresh_claimed_until > now(), false) AS endpoints_refresh_trying_now
 FROM platform WHERE id = $1;
 

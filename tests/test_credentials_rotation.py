@@ -41,12 +41,13 @@ def _listed(hub: Hub, platform_id: int) -> dict:
     return next(i for i in items if i["platform_id"] == platform_id)
 
 
-def console_page(hub: Hub, path: str) -> str:
-    """A console page as the signed-in admin sees it: its HTML, each run of white space one space."""
+def console_page(hub: Hub, path: str, form: dict[str, str] | None = None, status: int = 200) -> str:
+    """A console page as the signed-in admin sees it (after posting form to it, if given): its HTML, each run of white
+    space one space."""
     with httpx.Client(base_url=hub.base, timeout=30) as console:
         assert console.post("/console/sign-in", data={"token": hub.admin_token}).status_code == 303
-        page = console.get(path)
-    assert page.status_code == 200, page.text
+        page = console.post(path, data=form) if form else console.get(path)
+    assert page.status_code == status, page.text
     return " ".join(page.text.split())
 
 
@@ -261,7 +262,8 @@ def test_the_operator_has_the_hub_fetch_the_endpoints_again_from_the_versions_ur
     done, tried = [(t["actor_kind"], t["parameters"]) for t in trail if t["action"] == "refresh_endpoints"
                    and t["parameters"]["platform_id"] == platform_id][:2]  # fmt: skip
     assert done == ("admin", {"platform_id": platform_id, "name": cpo.name, "versions_url": new_url,
-                              "version": "2.2.1", "endpoints": len(endpoints)})  # fmt: skip
+                              "version": "2.2.1", "endpoints": len(endpoints),
+                              "roles": [f"CPO {key[0]}-{key[1]}"]})  # fmt: skip
     assert tried[1]["kept"] == "the endpoints from before" and "HTTP 404" in tried[1]["failed"]
     # Nothing is pending any more: the rotation's refresh is done.
     assert db.run(db.fetchval("SELECT endpoints_refresh_due FROM platform WHERE id = $1", platform_id)) is None

@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
+from storage.log_row import body_of
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
-from tests.parties import Party, token_header
+from tests.parties import Party, Received, token_header
 from tests.test_admin_and_cli import _platform_id
 from tests.test_credentials_rotation import _listed, _moves_its_api, _rotate, console_page
 from tests.test_hub_client_info import _wait_for
@@ -36,6 +39,17 @@ def two_hubs(services: Services, empty_database: str, tmp_path: Path) -> Iterato
             second.stop()
     finally:
         first.stop()
+
+
+def _registered(
+    hub: Hub, start_party: Callable[..., Party], *roles: tuple[str, str, str], moving_its_api: bool = False
+) -> tuple[Party, int]:
+    """A party holding roles, invited and registered at hub through the real handshake, and its platform id; with
+    moving_its_api, one that names a new versions URL in its next credentials answer (_moves_its_api)."""
+    party = register_at_hub(hub, start_party, *roles)
+    if moving_its_api:
+        _moves_its_api(party)
+    return party, _platform_id(hub, party_key(party))
 
 
 def _events(hubs: tuple[Hub, ...], event: str, platform_id: int) -> list[dict]:
@@ -60,9 +74,8 @@ def test_a_rotation_whose_new_versions_url_fails_at_first_ends_with_its_endpoint
     two_hubs: tuple[Hub, Hub], start_party
 ) -> None:
     first, second = two_hubs
-    emsp, cpo = register_at_hub(first, start_party, _roles("EMSP")), register_at_hub(first, start_party, _roles("CPO"))
-    platform_id = _platform_id(first, party_key(cpo))
-    _moves_its_api(cpo)
+    emsp = register_at_hub(first, start_party, _roles("EMSP"))
+    cpo, platform_id = _registered(first, start_party, _roles("CPO"), moving_its_api=True)
     rotated = time.monotonic()
     with second.admin() as admin:  # registered on one process, rotated on the other
         assert admin.post(f"/admin/api/parties/{platform_id}/credentials").status_code == 502
@@ -75,9 +88,10 @@ def test_a_rotation_whose_new_versions_url_fails_at_first_ends_with_its_endpoint
     del cpo.canned[("GET", "/v2/ocpi/versions")]  # the party's new deployment is up
     [refreshed] = _wait_for(lambda: _refreshes(first, platform_id), timeout=15)
     done = time.monotonic()
+    (role, cc, pid), *_ = cpo.roles
     assert (refreshed["actor_kind"], refreshed["parameters"]) == ("hub", {
         "platform_id": platform_id, "name": cpo.name, "versions_url": cpo.versions_url, "version": "2.2.1",
-        "endpoints": len(cpo.endpoints())})  # fmt: skip
+        "endpoints": len(cpo.endpoints()), "roles": [f"{role} {cc}-{pid}"]})  # fmt: skip
     # Every hub process routes on the new endpoints within a second, as after any other directory change.
     for hub in two_hubs:
         _wait_for(lambda hub=hub: _routed_to(hub, emsp, cpo) == "/v2/ocpi/2.2.1/locations/sender", timeout=3)
@@ -85,23 +99,70 @@ def test_a_rotation_whose_new_versions_url_fails_at_first_ends_with_its_endpoint
     # Nothing went to the old versions URL after the rotation: neither the refresh nor the still-alive probes.
     versions = [r for r in cpo.received if r.method == "GET" and r.path.endswith("/ocpi/versions") and r.at > rotated]
     assert [r.path for r in versions if r.path == "/ocpi/versions"] == []
-    assert any("X-Request-ID" in r.headers for r in versions), "no still-alive probe came in the test's time"
+    assert any(_probe(r) for r in versions), "no still-alive probe came in the test's time"
+
+
+def _probe(received: Received) -> bool:
+    """A still-alive probe is a conversation of one message; the calls of a refresh are one conversation together."""
+    request_id = received.headers.get("X-Request-ID")
+    return request_id is not None and request_id == received.headers.get("X-Correlation-ID")
 
 
 def _versions_fetched_at(party: Party, path: str, since: float) -> list[float]:
-    """When the hub fetched the party's versions at path to refresh its endpoints: its still-alive probes, which GET
-    the same URL, carry an X-Request-ID, the control plane's fetches do not."""
+    """When the hub fetched the party's versions at path to refresh its endpoints (not to probe it)."""
     return [r.at for r in party.received
-            if (r.method, r.path) == ("GET", path) and r.at > since and "X-Request-ID" not in r.headers]  # fmt: skip
+            if (r.method, r.path) == ("GET", path) and r.at > since and not _probe(r)]  # fmt: skip
+
+
+def _own_messages(database_url: str, platform_id: int) -> list[dict]:
+    """The routing-log rows of the hub's own calls to the platform's versions and credentials endpoints in
+    conversations of more than one message: its endpoints refreshes (a still-alive probe is one of its own)."""
+    sql = ("SELECT request_id, correlation_id, module, method, path, routing, from_country_code, from_party_id, "
+           "to_country_code, to_party_id, http_status, ocpi_status_code, duration_ms, error, request_headers, "
+           "response_headers, response_body FROM routing_log WHERE receiver_platform_id = $1 AND routing = 'hub' "
+           "AND module IN ('versions', 'credentials') AND request_id <> correlation_id "
+           "ORDER BY received_at, id")  # fmt: skip
+    return [dict(r) | {"response_body": body_of(r["response_body"]).decode()}
+            for r in asyncio.run(_fetch(database_url, sql, platform_id))]  # fmt: skip
+
+
+def test_every_call_of_a_refresh_is_a_routing_log_row_of_the_hubs_own_without_its_tokens(
+    two_hubs: tuple[Hub, Hub], start_party, empty_database: str
+) -> None:
+    first, _ = two_hubs
+    cpo, platform_id = _registered(first, start_party, _roles("CPO"), moving_its_api=True)
+    assert _rotate(first, platform_id).status_code == 502
+    [failed, *_] = _wait_for(lambda: _own_messages(empty_database, platform_id))
+    del cpo.canned[("GET", "/v2/ocpi/versions")]
+    _wait_for(lambda: _refreshes(first, platform_id), timeout=15)
+    # issue 4, rule 9: each message the hub sends on its own is a row, routing 'hub', from the hub to the party
+    (_, cc, pid), base = cpo.roles[0], f"{cpo.base}/v2/ocpi"
+    rows = _own_messages(empty_database, platform_id)
+    assert {(r["routing"], r["from_country_code"], r["from_party_id"], r["to_country_code"], r["to_party_id"])
+            for r in rows} == {("hub", "NL", "HUB", cc, pid)}  # fmt: skip
+    assert (failed["module"], failed["method"], failed["path"], failed["http_status"]) == (
+        "versions", "GET", f"{base}/versions", 404)  # fmt: skip
+    assert failed["error"].startswith(f"GET {base}/versions answered HTTP 404"), failed
+    # The refresh that worked: its versions, its 2.2.1 details and its credentials, one conversation.
+    done = [r for r in rows if r["correlation_id"] == rows[-1]["correlation_id"]]
+    assert [(r["module"], r["path"], r["http_status"], r["ocpi_status_code"], r["error"]) for r in done] == [
+        ("versions", f"{base}/versions", 200, 1000, None), ("versions", f"{base}/2.2.1", 200, 1000, None),
+        ("credentials", f"{base}/2.2.1/credentials", 200, 1000, None)]  # fmt: skip
+    assert all(r["duration_ms"] > 0 for r in rows)
+    # The party got each with the row's X-Request-ID, and the refresh's X-Correlation-ID.
+    sent = {(r.headers.get("X-Request-ID"), r.headers.get("X-Correlation-ID")) for r in cpo.received}
+    assert {(r["request_id"], r["correlation_id"]) for r in rows} <= sent
+    # No token: no headers in the rows, the party's token B hidden in its credentials.
+    assert {(r["request_headers"], r["response_headers"]) for r in rows} == {(None, None)}
+    assert json.loads(done[-1]["response_body"])["data"]["token"] == "(not logged)"
+    assert not [r for r in rows if cpo.token_b in json.dumps(r, default=str)]
 
 
 def test_while_the_hub_tries_a_refresh_the_api_and_the_console_say_it_is_trying_now(
     two_hubs: tuple[Hub, Hub], start_party
 ) -> None:
     first, _ = two_hubs
-    cpo = register_at_hub(first, start_party, _roles("CPO"))
-    platform_id = _platform_id(first, party_key(cpo))
-    _moves_its_api(cpo)
+    cpo, platform_id = _registered(first, start_party, _roles("CPO"), moving_its_api=True)
     assert _rotate(first, platform_id).status_code == 502
     # The new deployment answers a byte now and then and never finishes: each try takes the hub's 2 s timeout.
     dripping = time.monotonic()
@@ -124,8 +185,7 @@ def test_a_rotation_answered_with_roles_not_granted_ends_only_once_the_roles_the
     two_hubs: tuple[Hub, Hub], start_party, empty_database: str
 ) -> None:
     first, second = two_hubs
-    cpo = register_at_hub(first, start_party, _roles("CPO"))
-    platform_id = _platform_id(first, party_key(cpo))
+    cpo, platform_id = _registered(first, start_party, _roles("CPO"))
     granted, (cc, pid) = list(cpo.roles), party_key(cpo)
     cpo.roles += [("EMSP", "NL", "ZZZ")]  # what its credentials list, in its answer to the PUT and on a GET
     answer = _rotate(second, platform_id)
@@ -159,6 +219,49 @@ def test_a_rotation_answered_with_roles_not_granted_ends_only_once_the_roles_the
     assert json.loads(details) == {"name": "Renamed Party CPO"}
 
 
+def _roles_stored(database_url: str, platform_id: int) -> list[tuple[str, str, object]]:
+    """(party id, status, business details) of each of the platform's roles, in the order they were granted."""
+    sql = "SELECT party_id, status, business_details FROM party_role WHERE platform_id = $1 ORDER BY id"
+    rows = asyncio.run(_fetch(database_url, sql, platform_id))
+    return [(r["party_id"], r["status"], r["business_details"] and json.loads(r["business_details"])) for r in rows]
+
+
+def test_a_refresh_after_a_failed_endpoints_fetch_stores_the_roles_and_business_details_the_party_lists_now(
+    two_hubs: tuple[Hub, Hub], start_party, empty_database: str
+) -> None:
+    first, _ = two_hubs
+    kept, given_up = _roles("CPO"), _roles("CPO")
+    cpo, platform_id = _registered(first, start_party, kept, given_up, moving_its_api=True)
+    answer = _rotate(first, platform_id)  # its answer lists the roles it holds: only the endpoints fail
+    assert answer.status_code == 502 and "fetching its endpoints" in answer.json()["error"], answer.text
+    # Since then the party renamed itself, gave up one of its party ids and lists one the operator never granted:
+    # the hub reads that in its credentials (credentials.asciidoc, GET) and stores nothing of the refresh.
+    cpo.name, cpo.roles = "Renamed Party", [kept, ("EMSP", "NL", "ZZZ")]
+    del cpo.canned[("GET", "/v2/ocpi/versions")]
+    not_granted = "roles not granted to this platform by the hub operator: EMSP NL-ZZZ"
+    _wait_for(lambda: [e for e in _events(two_hubs, "platform_endpoints_refresh_failed", platform_id)
+                       if not_granted in e["reason"]])  # fmt: skip
+    before = {"name": "Test Party CPO"}
+    assert _roles_stored(empty_database, platform_id) == [(kept[2], "CONNECTED", before),
+                                                          (given_up[2], "CONNECTED", before)]  # fmt: skip
+    assert _refreshes(first, platform_id) == [] and _listed(first, platform_id)["endpoints_from_before"]
+    # Once it lists only roles it holds, the refresh stores them as a credentials exchange would: the one it lists
+    # with its new business details, the one it gave up back to PLANNED.
+    cpo.roles = [kept]
+    [refreshed] = _wait_for(lambda: _refreshes(first, platform_id), timeout=15)
+    assert refreshed["parameters"]["roles"] == [f"CPO {kept[1]}-{kept[2]}"], refreshed
+    assert _roles_stored(empty_database, platform_id) == [(kept[2], "CONNECTED", {"name": "Renamed Party CPO"}),
+                                                          (given_up[2], "PLANNED", before)]  # fmt: skip
+
+
+async def _fetch(database_url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
 async def _fetchval(database_url: str, sql: str, *args: object) -> object:
     conn = await asyncpg.connect(database_url)
     try:
@@ -167,13 +270,69 @@ async def _fetchval(database_url: str, sql: str, *args: object) -> object:
         await conn.close()
 
 
+def _claim_set(database_url: str, platform_id: int, until: str) -> datetime | None:
+    """The platform's refresh held until the SQL expression until; what it holds now."""
+    column = "endpoints_refresh_claimed_until"
+    sql = f"UPDATE platform SET {column} = {until} WHERE id = $1 RETURNING {column}"
+    return asyncio.run(_fetchval(database_url, sql, platform_id))  # type: ignore[return-value]
+
+
+def _refresh(hub: Hub, platform_id: int) -> httpx.Response:
+    with hub.admin() as admin:
+        return admin.post(f"/admin/api/parties/{platform_id}/endpoints")
+
+
+def test_the_operator_hears_a_refresh_is_under_way_while_a_hub_process_holds_it_and_nothing_is_fetched(
+    two_hubs: tuple[Hub, Hub], start_party, empty_database: str
+) -> None:
+    first, _ = two_hubs
+    cpo, platform_id = _registered(first, start_party, _roles("CPO"))
+    # A hub process holds the platform's refresh (a try of its own, say) for the next 30 s.
+    until = _claim_set(empty_database, platform_id, "now() + interval '30 seconds'")
+    asked = time.monotonic()
+    answer = _refresh(first, platform_id)
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"] == (
+        f"a refresh of the endpoints of platform {platform_id} is under way (one of the hub's own tries, or another "
+        "operator's, on one of the hub's processes); nothing was done. It holds the refresh until "
+        f"{until:%Y-%m-%d %H:%M:%S} UTC at the latest; its outcome shows on the platform's Endpoints page: ask again "
+        "after that if you still need to")  # fmt: skip
+    page = console_page(first, f"/console/parties/{platform_id}/endpoints", form={"confirm": "yes"}, status=409)
+    assert "is under way" in page and f"{until:%Y-%m-%d %H:%M:%S} UTC at the latest" in page
+    assert _versions_fetched_at(cpo, "/ocpi/versions", asked) == [] and _refreshes(first, platform_id) == []
+    # Once the claim is gone the operator's refresh goes through, and lets go of the claim it took.
+    _claim_set(empty_database, platform_id, "NULL")
+    assert _refresh(first, platform_id).status_code == 200
+    assert _claim_set(empty_database, platform_id, "endpoints_refresh_claimed_until") is None
+
+
+def test_an_operators_refresh_on_one_hub_process_holds_off_another_until_it_ends(
+    two_hubs: tuple[Hub, Hub], start_party
+) -> None:
+    first, second = two_hubs
+    cpo, platform_id = _registered(first, start_party, _roles("CPO"))
+    # The party's versions answer a byte now and then and never finish: the refresh takes the hub's 2 s timeout.
+    cpo.drip.add("/ocpi/versions")
+    asked = time.monotonic()
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(_refresh, first, platform_id)
+        _wait_for(lambda: _versions_fetched_at(cpo, "/ocpi/versions", asked))
+        meanwhile = _refresh(second, platform_id)  # another operator, on the other process
+        assert meanwhile.status_code == 409 and "is under way" in meanwhile.json()["error"], meanwhile.text
+        assert len(_versions_fetched_at(cpo, "/ocpi/versions", asked)) == 1  # the second one fetched nothing
+        failed = slow.result()
+    assert failed.status_code == 502 and "timed out" in failed.json()["error"], failed.text
+    # The failed refresh let go of its claim: the next one goes through at once.
+    cpo.drip.discard("/ocpi/versions")
+    again = _refresh(second, platform_id)
+    assert again.status_code == 200, again.text
+
+
 def test_a_refresh_one_process_schedules_is_tried_within_a_second_by_hubs_that_were_idle(
     two_hubs: tuple[Hub, Hub], start_party
 ) -> None:
     first, second = two_hubs
-    cpo = register_at_hub(first, start_party, _roles("CPO"))
-    platform_id = _platform_id(first, party_key(cpo))
-    _moves_its_api(cpo)
+    cpo, platform_id = _registered(first, start_party, _roles("CPO"), moving_its_api=True)
     time.sleep(1)  # nothing pending: both processes sleep until the directory changes, or for a minute
     assert _rotate(second, platform_id).status_code == 502
     rotated = time.monotonic()

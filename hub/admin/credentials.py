@@ -15,6 +15,7 @@ import structlog
 from litestar.datastructures import State
 
 from hub.errors import AnswerTooLarge, OcpiError
+from hub.own_messages import tokens_hidden
 from hub.party_api import Fetched, hub_request
 from routing.forward import ocpi_status_of
 from storage.directory import Platform
@@ -23,7 +24,6 @@ from storage.routing_log import LogUnavailable
 log = structlog.get_logger()
 
 T = TypeVar("T")
-HIDDEN = "(not logged)"  # in place of a credentials token in the routing log, which auditors read
 
 
 class PartyFailed(Exception):
@@ -71,13 +71,13 @@ async def message_party(
     to = platform.roles[0] if platform.roles else None
     entry, headers = hub_request((settings.country_code, settings.party_id), platform, to, method, url,
                                  "credentials", body=body)  # fmt: skip
-    entry.request_body = _tokens_hidden(body)
+    entry.request_body = tokens_hidden(body)
     started = time.perf_counter()
     result: tuple[T] | None = None
     taken = False
     try:
         response = await state.http.fetch(method, url, headers, body or None)
-        entry.http_status, entry.response_body = response.status_code, _tokens_hidden(response.content)
+        entry.http_status, entry.response_body = response.status_code, tokens_hidden(response.content)
         entry.ocpi_status_code = ocpi_status_of(response.content)
         if response.status_code != 200 or entry.ocpi_status_code != 1000:
             entry.error = (f"{method} {url} answered HTTP {response.status_code}, OCPI status "
@@ -98,21 +98,6 @@ async def message_party(
     if result is None:
         raise PartyFailed(entry.error or f"{method} {url} failed")
     return result[0]
-
-
-def _tokens_hidden(body: bytes) -> bytes:
-    """The body as the routing log keeps it: the token of a credentials object (the hub's in its PUT, the party's in
-    its answer) replaced, since auditors read the log and these tokens are the keys to both platforms."""
-    try:
-        document = msgspec.json.decode(body)
-    except (msgspec.DecodeError, RecursionError):
-        return body
-    hidden = False
-    for credentials in (document, document.get("data") if isinstance(document, dict) else None):
-        if isinstance(credentials, dict) and "token" in credentials:
-            credentials["token"] = HIDDEN
-            hidden = True
-    return msgspec.json.encode(document) if hidden else body
 
 
 def _what_it_said(body: bytes) -> str:

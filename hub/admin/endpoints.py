@@ -4,16 +4,19 @@ could not finish, and when the operator asks (admin API and console).
 Such a rotation leaves the party's new token B and the versions URL it named beside the endpoints fetched before
 (hub/admin/credentials.py, TakenButFailed). The hub routes on those until a fetch with that token from that URL works
 (credentials.asciidoc, Changing endpoints for the current version: after a PUT "the other platform will fetch and
-store the corresponding set of endpoints"). If the party answered that rotation with roles the platform does not hold,
-the refresh also GETs the party's credentials and finishes only when the roles they list pass the check of a
-credentials exchange (match_roles), and then stores them as the rotation would have; until then it fails for that
-reason, and the platform's roles stay as they were.
+store the corresponding set of endpoints"). Every refresh also GETs the party's credentials (credentials.asciidoc, GET:
+they contain "extra information about the server such as its business details") and finishes only when the roles they
+list pass the check of a credentials exchange (match_roles); it then stores those roles and their business details as
+the rotation would have: the party may have changed them in its answer to the hub's PUT, which the unfinished rotation
+did not store, or since. Until they pass, it fails for that reason, and the platform's roles stay as they were.
 
 Schedule: endpoints_refresh_due is when the hub tries next. Any hub process may take a due refresh; it holds it
 (endpoints_refresh_claimed_until, longer than a try takes) while it tries, so no two processes try one platform at
 once and one that stops while trying is stood in for, without moving when it is due. A failed try comes again after
-OCPI_HUB_OFFLINE_PROBE_S, doubled for each failure before, at most an hour apart. A try the operator asks for does not
-count: if it fails, only why is kept (the console shows it), the schedule stays.
+OCPI_HUB_OFFLINE_PROBE_S, doubled for each failure before, at most an hour apart. A try the operator asks for holds
+the refresh the same way (while another process holds it, the operator hears so, with until when, and nothing is
+done: a second fetch at the same moment would race the first one's writes), but does not count: if it fails, only why
+is kept (the console shows it), the schedule stays.
 
 Each process sleeps until the earliest due refresh, at most LONGEST_SLEEP_S, and wakes early when the directory
 changes (a rotation that leaves a refresh pending changes it, and every process reloads it), so an idle hub asks the
@@ -38,6 +41,7 @@ from hub.admin.actors import HUB, Actor, actor_of, record_action
 from hub.admin.api import AdminError, json_response
 from hub.errors import OcpiError
 from hub.ocpi.credentials import endpoint_rows, match_roles
+from hub.own_messages import Trace
 from hub.settings import Settings
 from storage import platforms
 from storage.sql import QUERIES
@@ -63,6 +67,12 @@ class RefreshFailed(Exception):
     """The party's endpoints could not be fetched, or the roles it lists do not match; the message says why."""
 
 
+def claim_s(settings: Settings) -> float:
+    """How long a try holds a platform's refresh: longer than it can take, versions twice (Base64, then raw), details,
+    credentials, each within OCPI_HUB_FORWARD_TIMEOUT_S."""
+    return 4 * settings.forward_timeout_s + 5
+
+
 def retry_in_s(settings: Settings, failures: int) -> float:
     """How long after its failures-th failed fetch of a platform's endpoints the hub tries again."""
     return min(max(LONGEST_WAIT_S, settings.offline_probe_s), settings.offline_probe_s * 2 ** min(failures - 1, 20))
@@ -71,8 +81,7 @@ def retry_in_s(settings: Settings, failures: int) -> float:
 async def run_refreshes(state: State) -> None:
     """For the life of the process: fetch again the endpoints of each platform whose refresh is due, sleeping in
     between until the next one is due or the directory changes."""
-    # a claim holds a platform for longer than a try can take: versions twice (Base64, then raw), details, credentials
-    held_s = 4 * state.settings.forward_timeout_s + 5
+    held_s = claim_s(state.settings)
     while True:
         reloaded = state.directory.next_reload()  # before the schedule is read: a change meanwhile wakes the sleep
         try:
@@ -113,46 +122,46 @@ async def _try(state: State, source: asyncpg.Record) -> None:
 
 async def refresh(state: State, actor: Actor, source: asyncpg.Record, via: str | None = None) -> Refreshed | None:
     """Fetch the platform's endpoints from its versions URL with its token B (as source read them, before the fetch),
-    check the roles its credentials list if the pending refresh must, and store them with a row in the audit trail;
-    every hub process routes on them within a second. RefreshFailed, saying why, when the fetch or the roles check
-    failed. None when the platform's versions URL or token B changed meanwhile: whatever changed them fetched endpoints
-    of their own."""
+    check the roles its credentials list, and store both with a row in the audit trail; every hub process routes on
+    them within a second. Each call to the party is a message of the hub's own, a routing-log row, all of one refresh
+    in one conversation. RefreshFailed, saying why, when the fetch or the roles check failed. None when the platform's
+    versions URL or token B changed meanwhile: whatever changed them fetched endpoints of their own."""
     platform_id, name, url = source["id"], source["name"], source["versions_url"]
-    roles: list[tuple[int, object]] = []
-    listed: list[str] = []  # the roles checked, as the audit trail names them; none unless the refresh must check them
+    async with state.pool.acquire() as conn:
+        held = await platforms.held_roles(conn, platform_id)
+    settings = state.settings
+    to = (held[0]["country_code"], held[0]["party_id"]) if held else None
+    trace = Trace((settings.country_code, settings.party_id), platform_id, to, state.routing_log.record)
     try:
         token_b = state.token_box.open(source["token_b"])
-        discovery = await party_api.discover(state.http, url, token_b, party=name)
-        if source["endpoints_refresh_checks_roles"]:
-            roles, listed = await _checked_roles(state, source, discovery, token_b)
+        discovery = await party_api.discover(state.http, url, token_b, party=name, trace=trace)
+        roles, listed = await _checked_roles(state, held, discovery, token_b, trace)
     except (OcpiError, ValueError) as exc:
         raise RefreshFailed(exc.message if isinstance(exc, OcpiError) else str(exc)) from None
     connection = platforms.Connection(url, discovery.version, discovery.version_url, source["token_b"],
                                       discovery.token_encoding, endpoint_rows(discovery), roles)  # fmt: skip
     audited = {"platform_id": platform_id, "name": name, "versions_url": url, "version": discovery.version,
-               "endpoints": len(connection.endpoints)} | ({"roles": listed} if listed else {})  # fmt: skip
+               "endpoints": len(connection.endpoints), "roles": listed}  # fmt: skip
     audited |= {"via": via} if via else {}
     async with state.pool.acquire() as conn, conn.transaction():
-        if not await platforms.store_refreshed_endpoints(conn, platform_id, connection, with_roles=bool(listed)):
+        if not await platforms.store_refreshed_endpoints(conn, platform_id, connection):
             log.info("platform_endpoints_refresh_superseded", platform_id=platform_id, platform=name)
             return None
         await record_action(conn, actor, "refresh_endpoints", audited)
     await state.directory.changed()
     log.info("platform_endpoints_refreshed", platform_id=platform_id, platform=name, versions_url=url,
-             endpoints=len(connection.endpoints), roles=listed or None, by=actor.name)  # fmt: skip
+             endpoints=len(connection.endpoints), roles=listed, by=actor.name)  # fmt: skip
     return Refreshed(platform_id, name, url, discovery.version, len(connection.endpoints), discovery.token_encoding)
 
 
 async def _checked_roles(
-    state: State, source: asyncpg.Record, discovery: party_api.Discovery, token_b: str
+    state: State, held: list[asyncpg.Record], discovery: party_api.Discovery, token_b: str, trace: Trace
 ) -> tuple[list[tuple[int, object]], list[str]]:
     """The roles the party's credentials list (GET on its credentials endpoint, as just fetched, with its token B),
     each one the platform holds: the rule of a credentials exchange (match_roles); and their names for the audit trail.
     RefreshFailed otherwise."""
     url = discovery.url("credentials") or ""  # discover() makes sure there is one
-    theirs = await party_api.read_credentials(state.http, url, token_b, discovery.token_encoding)
-    async with state.pool.acquire() as conn:
-        held = await platforms.held_roles(conn, source["id"])
+    theirs = await party_api.read_credentials(state.http, url, token_b, discovery.token_encoding, trace)
     try:
         roles = match_roles(theirs.roles, held)
     except OcpiError as exc:
@@ -181,15 +190,16 @@ async def refresh_endpoints(request: Request, platform_id: int) -> Response[byte
 
 
 async def refresh_now(state: State, actor: Actor, platform_id: int, via: str | None = None) -> Refreshed:
-    """A refresh the operator asked for, from the admin API or the console (via). AdminError 404 or 409 for a platform
-    not registered (or changed meanwhile); 502 saying why the fetch failed, the endpoints from before kept, and a
+    """A refresh the operator asked for, from the admin API or the console (via). It holds the platform's refresh as a
+    try of the hub's own does, so no other hub process fetches the same endpoints and writes them at the same time.
+    AdminError 404 or 409 for a platform not registered (or changed meanwhile); 409 while another process holds the
+    refresh, saying until when at the latest; 502 saying why the fetch failed, the endpoints from before kept, and a
     pending refresh still due when it was: the operator's try is not one of the hub's own, whose failures space them."""
     async with state.pool.acquire() as conn:
-        source = await conn.fetchrow(QUERIES["endpoints_source"], platform_id)
-    if source is None or source["state"] == "UNREGISTERED":
-        raise AdminError(404, f"no platform {platform_id} is on the hub (never invited, or unregistered already)")
-    if source["state"] != "REGISTERED":
-        raise AdminError(409, f"platform {platform_id} has not registered yet: it has no endpoints to fetch")
+        source = await conn.fetchrow(QUERIES["claim_endpoints_refresh"], platform_id, claim_s(state.settings))
+        if source is None:
+            raise _not_claimed(platform_id, await conn.fetchrow(QUERIES["endpoints_source"], platform_id))
+    claimed_until = source["endpoints_refresh_claimed_until"]
     audited: dict[str, Any] = {"platform_id": platform_id, "name": source["name"], "versions_url":
                                source["versions_url"]} | ({"via": via} if via else {})  # fmt: skip
     try:
@@ -201,6 +211,7 @@ async def refresh_now(state: State, actor: Actor, platform_id: int, via: str | N
                                            source["versions_url"], source["token_b"])  # fmt: skip
             await record_action(conn, actor, "refresh_endpoints", audited | {"failed": str(failed), "kept": kept}
                                 | ({"next_try": _at(next_try)} if next_try else {}))  # fmt: skip
+            await conn.execute(QUERIES["release_endpoints_refresh"], platform_id, claimed_until)
         log.warning("platform_endpoints_refresh_by_operator_failed", platform_id=platform_id, platform=source["name"],
                     versions_url=source["versions_url"], reason=str(failed), by=actor.name,
                     next_try=_at(next_try) if next_try else None)  # fmt: skip
@@ -208,9 +219,27 @@ async def refresh_now(state: State, actor: Actor, platform_id: int, via: str | N
         raise AdminError(502, f"fetching the endpoints of platform {platform_id} from {source['versions_url']} "
                               f"failed: {failed}; the hub keeps {kept}{pending}") from None  # fmt: skip
     if refreshed is None:
+        async with state.pool.acquire() as conn:
+            await conn.execute(QUERIES["release_endpoints_refresh"], platform_id, claimed_until)
         raise AdminError(409, f"platform {platform_id} changed during the refresh (its credentials were updated "
                               "meanwhile, with endpoints of their own); nothing was stored")  # fmt: skip
     return refreshed
+
+
+def _not_claimed(platform_id: int, source: asyncpg.Record | None) -> AdminError:
+    """Why the operator's refresh could not take the platform's refresh."""
+    if source is None or source["state"] == "UNREGISTERED":
+        return AdminError(404, f"no platform {platform_id} is on the hub (never invited, or unregistered already)")
+    if source["state"] != "REGISTERED":
+        return AdminError(409, f"platform {platform_id} has not registered yet: it has no endpoints to fetch")
+    if not source["endpoints_refresh_trying_now"]:  # it ended between the two reads
+        return AdminError(409, f"a refresh of the endpoints of platform {platform_id} ended just now; nothing was "
+                               "done: see its outcome on the platform's Endpoints page, or ask again")  # fmt: skip
+    return AdminError(409, f"a refresh of the endpoints of platform {platform_id} is under way (one of the hub's own "
+                           "tries, or another operator's, on one of the hub's processes); nothing was done. It holds "
+                           f"the refresh until {_at(source['endpoints_refresh_claimed_until'])} at the latest; its "
+                           "outcome shows on the platform's Endpoints page: ask again after that if you still need "
+                           "to")  # fmt: skip
 
 
 def _at(moment: datetime) -> str:

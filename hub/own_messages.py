@@ -1,0 +1,100 @@
+"""The routing-log rows of the messages the hub sends on its own: one row per message and recipient, routing 'hub',
+from the hub's party to the recipient's, without its Authorization header or any credentials token (auditors read
+the log, and those tokens are the keys to both platforms)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import msgspec
+import structlog
+
+from hub.request_context import new_request_id
+from routing.forward import ocpi_status_of
+from storage.log_row import LogEntry
+from storage.routing_log import LogUnavailable
+
+log = structlog.get_logger()
+
+HIDDEN = "(not logged)"  # in place of a credentials token in the routing log
+
+
+def own_entry(
+    hub: tuple[str, str],
+    platform_id: int,
+    to: tuple[str, str] | None,
+    method: str,
+    url: str,
+    module: str,
+    *,
+    request_id: str,
+    correlation_id: str,
+    interface: str | None = None,
+    body: bytes = b"",
+) -> LogEntry:
+    """The row of a message of the hub's own to platform platform_id, addressed to its party to (country code, party
+    id): the party's URL as its path, the query apart; no headers."""
+    where = urlsplit(url)
+    return LogEntry(
+        received_at=datetime.now(UTC), request_id=request_id, forwarded_request_id=request_id,
+        correlation_id=correlation_id, module=module, interface=interface, method=method,
+        path=where._replace(query="", fragment="").geturl(), query=where.query, routing="hub",
+        from_country_code=hub[0], from_party_id=hub[1], to_country_code=to[0] if to else None,
+        to_party_id=to[1] if to else None, receiver_platform_id=platform_id, request_body=body,
+    )  # fmt: skip
+
+
+def tokens_hidden(body: bytes) -> bytes:
+    """The body as the routing log keeps it: the token of a credentials object (the hub's in its PUT, the party's in
+    its answer) replaced."""
+    try:
+        document = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return body
+    hidden = False
+    for credentials in (document, document.get("data") if isinstance(document, dict) else None):
+        if isinstance(credentials, dict) and "token" in credentials:
+            credentials["token"] = HIDDEN
+            hidden = True
+    return msgspec.json.encode(document) if hidden else body
+
+
+@dataclass(slots=True)
+class Trace:
+    """The rows of a task of the hub's own that makes several calls to one platform over the control plane (an
+    endpoints refresh: its versions, version details and credentials GETs): a row per call, each with an X-Request-ID
+    of its own, all in one conversation (one X-Correlation-ID), so an auditor finds the task's calls together."""
+
+    hub: tuple[str, str]
+    platform_id: int
+    to: tuple[str, str] | None  # the recipient's party: (country code, party id) of one of the platform's roles
+    record: Callable[[LogEntry], Awaitable[None]]
+    correlation_id: str = field(default_factory=new_request_id)
+
+    def start(self, method: str, url: str, module: str, headers: dict[str, str]) -> LogEntry:
+        """The row of a call about to go out; its headers gain the call's X-Request-ID and the X-Correlation-ID."""
+        entry = own_entry(self.hub, self.platform_id, self.to, method, url, module, request_id=new_request_id(),
+                          correlation_id=self.correlation_id)  # fmt: skip
+        headers |= {"X-Request-ID": entry.request_id, "X-Correlation-ID": self.correlation_id}
+        return entry
+
+    @staticmethod
+    def answered(entry: LogEntry, http_status: int, body: bytes) -> None:
+        """The party's answer in the row, any credentials token in it hidden."""
+        entry.http_status, entry.response_body = http_status, tokens_hidden(body)
+        entry.ocpi_status_code = ocpi_status_of(body)
+
+    async def finish(self, entry: LogEntry, started: float, error: str | None = None) -> None:
+        """The row written, with how long the call took since started (time.perf_counter()) and, if it failed, why. A
+        routing log that cannot take it in time is logged, not raised: the call is over, and its outcome stands."""
+        entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        entry.error = error
+        try:
+            await self.record(entry)
+        except LogUnavailable:
+            log.error("own_message_not_logged_in_time", request_id=entry.request_id, method=entry.method,
+                      module=entry.module, platform_id=self.platform_id)  # fmt: skip

@@ -140,7 +140,7 @@ class PullSync:
                 return result
             if self._left(platform, role):
                 return self._stopped(result)
-            stored = await self._cache.put_many(party, locations)
+            stored = await self._cache.put_many(party, platform.id, locations)
             result.locations += len(stored)
             listed.update(stored)
             result.pages += 1

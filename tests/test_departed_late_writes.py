@@ -1,9 +1,12 @@
-"""What a hub process noted of a party's last requests and wrote late, its Redis frozen meanwhile, does not bring the
-party's routing entries back once the party left the hub and was cleaned up after."""
+"""What a hub process noted of a party's last requests and wrote late does not bring the party's routing entries back
+once the party left the hub and was cleaned up after (its Redis frozen meanwhile), nor give them to a new platform that
+registered the party id since."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import secrets
 import socket
 import threading
 from pathlib import Path
@@ -12,7 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 import redis as redis_sync
 
-from tests.conftest import OUTPUT, Hub, Services, hub_env, start_hub
+from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
 from tests.parties import token_header
 from tests.test_departed_party import CLEANED_WITHIN_S, _assert_len, _cleaned, _leave, _naming, _put
 from tests.test_location_cache import _eventually
@@ -115,5 +118,62 @@ def _assert_refused(hub: Hub, token: str) -> None:
     assert answer.status_code == 401, answer.text
 
 
+def _assert(condition: bool) -> None:
+    assert condition
+
+
 def _assert_logged(hub: Hub, event: str) -> None:
     assert f'"event":"{event}"' in hub.log()
+
+
+def test_what_a_departed_platform_pushed_is_not_noted_as_the_new_platforms_that_registered_its_party_ids_since(
+    services: Services, start_party, tmp_path: Path
+) -> None:
+    prefix = f"{services.redis_prefix}again-{secrets.token_hex(3)}:"
+    # a hub of its own, whose forwards wait long enough for the receivers to hold the pushes as long as the test needs
+    hub = start_hub(hub_env(services, tmp_path / "hub", OCPI_HUB_REDIS_PREFIX=prefix, OCPI_HUB_FORWARD_TIMEOUT_S="60"),
+                    OUTPUT / "hub-registered-again.log")  # fmt: skip
+    client = redis_sync.Redis.from_url(services.redis_url, decode_responses=True)
+    answering = threading.Event()
+    try:
+        roles = (_roles("CPO"), _roles("EMSP"))
+        leaving = register_at_hub(hub, start_party, *roles)  # one platform, a CPO and an eMSP
+        gone_cpo, gone_emsp = roles[0][1:], roles[1][1:]
+        emsp = register_at_hub(hub, start_party, _roles("EMSP"), held=answering)
+        cpo = register_at_hub(hub, start_party, _roles("CPO"), held=answering)
+        suffix = gone_cpo[1]
+        location_id, session_id, uid, later_id, later_uid = (f"{kind}-{suffix}" for kind in ("L", "S", "T", "L2", "T2"))
+        with concurrent.futures.ThreadPoolExecutor() as threads:
+            # the departing platform's last pushes, relayed and held by their receivers: the hub notes them once
+            # they are answered, after the platform left and a new one registered its party ids
+            pushes = [threads.submit(_put, leaving, hub, "locations", gone_cpo, location_id, party_key(emsp)),
+                      threads.submit(_put, leaving, hub, "sessions", gone_cpo, session_id, party_key(emsp)),
+                      threads.submit(_put, leaving, hub, "tokens", gone_emsp, uid, party_key(cpo))]  # fmt: skip
+            _eventually(lambda: _assert_len(emsp.functional() + cpo.functional(), 3), 30)
+            _leave(leaving, hub)
+            again = register_at_hub(hub, start_party, *roles)
+            answering.set()
+            for push in pushes:
+                push.result()
+        # the new platform's own pushes: noted after those, so once they are in, those were written or dropped
+        _put(again, hub, "locations", gone_cpo, later_id, party_key(emsp))
+        _put(again, hub, "tokens", gone_emsp, later_uid, party_key(cpo))
+        doc = f"{prefix}locations:doc:{gone_cpo[0]}/{gone_cpo[1]}/"
+        _eventually(lambda: _assert(client.exists(f"{doc}{later_id}") == 1), 30)
+        _eventually(lambda: _assert(client.hget(f"{prefix}owners:tokens", later_uid) is not None), 30)
+
+        assert _naming(client, prefix, gone_cpo) == [("owners:locations", later_id)]
+        token_owner = f"{gone_emsp[0]}-{gone_emsp[1]}\x1f"
+        assert [field for _, field in _naming(client, prefix, gone_emsp)] == [
+            later_uid, f"{token_owner}FLEET", f"{token_owner}{later_uid}\x1fRFID", f"{token_owner}VN-{later_uid}"
+        ]  # fmt: skip
+        assert not client.exists(f"{doc}{location_id}")
+        started = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION",
+                            body={"response_url": "https://emsp.example/cmd/1", "location_id": location_id,
+                                  "token": {"uid": "T"}})  # fmt: skip
+        assert started.json()["status_code"] == 4001, started.text  # not routed to the new platform
+        assert [r.method for r in again.functional()] == []
+    finally:
+        answering.set()
+        hub.stop()
+        client.close()

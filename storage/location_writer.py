@@ -58,6 +58,17 @@ return 1
 )
 
 
+# KEYS: the directory's generation, a pull-sync mark. ARGV: the generation the owner was found on the hub in ('' for an
+# unguarded write; UNCHANGED_LUA: -1 if it changed), the value, seconds to keep it (0: for ever).
+_MARK = (
+    UNCHANGED_LUA
+    + """
+if ARGV[3] == '0' then redis.call('SET', KEYS[2], ARGV[2]) else redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
+return 1
+"""
+)
+
+
 Update = tuple[tuple[str, str], int, str, list[str], bytes]  # owner, its platform's id, method, path, body
 _Whole = tuple[tuple[str, str], int, str, bytes, Index]  # a whole location to store: owner, platform id, id, doc, index
 
@@ -71,6 +82,7 @@ class LocationWriter:
         self._directory, self._generation_key = directory, f"{prefix}{GENERATION_KEY}"
         self._pending: asyncio.Queue[Update] = asyncio.Queue()
         self._store_script = client.register_script(_STORE)
+        self._mark_script = client.register_script(_MARK)
 
     def _member(self, owner: tuple[str, str], location_id: str) -> str:
         return owner_part(owner) + keyed(location_id)
@@ -224,6 +236,19 @@ class LocationWriter:
             await self._caught_up()  # the directory changed since it was read: again, as it is now
         log.warning("location_cache_skipped", locations=len(locations), reason="the directory kept changing")
         return stored
+
+    async def mark(self, key: str, owner: tuple[str, str], platform_id: int, value: str, ex_s: int = 0) -> bool:
+        """Set a pull-sync mark of the owner's (LocationCache.synced_key, sync_failed_key) for ex_s seconds (0: for
+        ever) while that platform holds it, fenced as a store is: a mark set after the departed party's cleanup deleted
+        it would make a platform registering its id later start with an incremental sync. Whether it was set."""
+        for _ in range(_STORE_TRIES):
+            directory, generation = self._fence()
+            if not _holds(directory, owner, platform_id):
+                return False
+            if await self._mark_script(keys=[self._generation_key, key], args=[generation, value, ex_s]) != -1:
+                return True
+            await self._caught_up()  # the directory changed since it was read: again, as it is now
+        return False
 
     def _fence(self) -> tuple[Directory | None, str]:
         return self._directory.fence() if self._directory else (None, "")

@@ -261,7 +261,8 @@ class OwnerIndex:
     async def _begin_period(self, period: int) -> None:
         """Unlink the hashes of the period no longer read, and take over the owners a hub before periods kept in one
         hash without expiry: at start, which an upgrade needs, and once a period, for what a hub of the old version
-        still running wrote since (a rolling upgrade)."""
+        still running wrote since (a rolling upgrade). Unfenced (storage.departed): it moves entries there already,
+        which the periods then expire."""
         await self._redis.unlink(*(self._owners_key(module, period - 2) for module in EXPIRING_OWNERS))
         for module in EXPIRING_OWNERS:
             current = self._owners_key(module, period)

@@ -25,11 +25,13 @@ from tests.test_routing import _roles, party_key
 class _FreezingProxy:
     """A TCP proxy to Redis that can freeze as a Redis (or the network to it) does: what its clients send meanwhile,
     on the connections they have and on new ones, is held, and reaches Redis once it thaws, as from a server that
-    went on after a pause. Answers pass as they come."""
+    went on after a pause, or never, once it is closed. Answers pass as they come. freeze_after: it freezes by itself
+    right after a request holding these bytes went through."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, freeze_after: bytes | None = None) -> None:
         target = urlsplit(redis_url)
         self._target = (target.hostname or "127.0.0.1", target.port or 6379)
+        self._freeze_after = freeze_after
         self._thawed = threading.Event()
         self._thawed.set()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -43,11 +45,16 @@ class _FreezingProxy:
     def thaw(self) -> None:
         self._thawed.set()
 
+    @property
+    def frozen(self) -> bool:
+        return not self._thawed.is_set()
+
     def close(self) -> None:
-        self._thawed.set()
-        for each in self._sockets:
+        for each in self._sockets:  # before the held requests are let go: they go nowhere
             with contextlib.suppress(OSError):
-                each.close()
+                each.shutdown(socket.SHUT_RDWR)  # wakes the threads waiting on it
+            each.close()
+        self._thawed.set()
 
     def _accept(self) -> None:
         while True:
@@ -66,6 +73,8 @@ class _FreezingProxy:
                 if requests:
                     self._thawed.wait()
                 to.sendall(data)
+                if requests and self._freeze_after is not None and self._freeze_after in data:
+                    self.freeze()
         with contextlib.suppress(OSError):
             to.shutdown(socket.SHUT_WR)
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Self
@@ -40,6 +39,7 @@ import structlog
 from redis.asyncio.client import Pipeline
 
 from storage.directory import GENERATION_KEY, UNCHANGED_LUA, Directory, DirectoryCache
+from storage.owner_upgrades import take_over
 from storage.publish_tokens import WRITE_LUA, Sent, index_keys, token_args
 from storage.redis_scripts import executed, queue_script
 
@@ -50,7 +50,6 @@ EXPIRING_OWNERS = ("sessions", "session-receivers", "reservations")
 # A hash past its two periods is unlinked by the hub (freed off Redis's main thread); its EXPIRE, this much later,
 # is for when no hub runs. A hash of millions of fields deleted by expiry would stall Redis for a moment.
 _EXPIRE_MARGIN_S = 3600.0
-_MERGE_CHUNK = 1000
 
 # KEYS: the directory's generation, a module's owners hash. ARGV: the generation the owners were found on the hub in
 # ('' for an unguarded write; UNCHANGED_LUA: -1 if it changed), ms to keep the hash (0: for ever), object id, owner
@@ -87,26 +86,6 @@ end
 return found
 """
 
-# KEYS: a module's owners hash as a hub before periods kept it, the current period's, a key of this process's own.
-# ARGV: ms to keep what is taken over. Returns 0: nothing to take over, 1: it is now the current period's hash,
-# 2: moved to the process's own key, to be merged into the current period's. Atomic: of hubs starting at once, one
-# takes the hash over, and a hub of the old version still writing it (a rolling upgrade) loses nothing.
-_TAKE_OVER = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-local into = KEYS[3]
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  into = KEYS[2]
-end
-redis.call('RENAME', KEYS[1], into)
-redis.call('PEXPIRE', into, ARGV[1])
-if into == KEYS[2] then
-  return 1
-end
-return 2
-"""
-
 
 # The parties a note names, each with the id of the platform it was seen on (Directory.holds).
 Seen = tuple[tuple[tuple[str, str], int], ...]
@@ -130,7 +109,6 @@ class OwnerIndex:
         self._publish_keys = index_keys(prefix)
         self._add_owners = redis_client.register_script(_ADD_OWNERS)
         self._owners_of = redis_client.register_script(_OWNERS_OF)
-        self._take_over = redis_client.register_script(_TAKE_OVER)
         self._write_tokens = redis_client.register_script(WRITE_LUA)
 
     def note_owner(self, module: str, object_id: str, owner: tuple[str, str], seen: Seen) -> None:
@@ -189,7 +167,7 @@ class OwnerIndex:
         # Stopped by an event, not by cancelling it: redis-py's asyncio client drops a cancel that lands inside a
         # pipeline (redis/redis-py#2028), after which the task slept on forever and the hub never exited.
         stop = asyncio.Event()
-        task = asyncio.create_task(self._flush_owners(interval_s, stop), name="routing_state_owners")
+        task = asyncio.create_task(self._flush_owners(interval_s, stop), name="owner_index_writer")
         try:
             yield self
         finally:
@@ -259,32 +237,12 @@ class OwnerIndex:
             self._tokens[token] = pushes + self._tokens.get(token, [])
 
     async def _begin_period(self, period: int) -> None:
-        """Unlink the hashes of the period no longer read, and take over the owners a hub before periods kept in one
-        hash without expiry: at start, which an upgrade needs, and once a period, for what a hub of the old version
-        still running wrote since (a rolling upgrade). Unfenced (storage.departed): it moves entries there already,
-        which the periods then expire."""
+        """Unlink the hashes of the period no longer read, and take over what a hub before periods kept
+        (storage.owner_upgrades)."""
         await self._redis.unlink(*(self._owners_key(module, period - 2) for module in EXPIRING_OWNERS))
         for module in EXPIRING_OWNERS:
-            current = self._owners_key(module, period)
-            taken = f"{self._prefix}owners:{module}:taken-over:{secrets.token_urlsafe(18)}"
-            how = await self._take_over(keys=[self._owners_key(module), current, taken], args=[self._kept_ms(period)])
-            if how == 2:  # the current period has owners already: merge, a chunk at a time, not blocking Redis
-                await self._merge_owners(taken, current, period)
-            if how:
-                log.info("owner_index_taken_over", module=module, merged=how == 2)
-
-    async def _merge_owners(self, source: str, into: str, period: int) -> None:
-        cursor = 0
-        while True:
-            cursor, entries = await self._redis.hscan(source, cursor, count=_MERGE_CHUNK)
-            assert isinstance(entries, dict)  # fields and values, as no_values was not asked for
-            args = [x for object_id, owners in entries.items() for owner in _text(owners).split(",")
-                    for x in (_text(object_id), owner)]  # fmt: skip
-            if args:  # entries there already: unguarded
-                await self._add_owners(keys=[self._generation_key, into], args=["", self._kept_ms(period), *args])
-            if not cursor:
-                break
-        await self._redis.unlink(source)
+            await take_over(self._redis, module, self._owners_key(module), self._owners_key(module, period),
+                            self._kept_ms(period), self._add_owners, self._generation_key)  # fmt: skip
 
 
 def _on_hub(directory: Directory, batch: _Noted, tokens: dict[_Token, list[tuple[Sent, bool]]]

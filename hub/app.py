@@ -77,7 +77,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             drain_timeout_s=LOG_DRAIN_S,
         )
         writer.on_commit = metrics.routing_log_committed
-        # both write only what names parties the directory holds: nothing brings a departed party back
+        # both write only what names parties the directory holds on the platforms they were seen on: nothing brings a
+        # departed party back, or gives its id's next platform what the old one sent
         locations = LocationCache(redis_client, settings.redis_prefix, directory)
         routing = RoutingState(redis_client, settings.redis_prefix, settings.owner_index_period_s, directory)
         async with writer.running(), routing.running(), locations.updating():

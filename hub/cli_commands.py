@@ -107,15 +107,16 @@ async def _connect(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
 
 
 async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, redis_client: redis.Redis) -> int:
+    from hub.runtime import stop_background_tasks
     from routing.pull_sync import PullSync, cpo_parties
-    from storage.directory import load_directory
+    from storage.directory import DirectoryCache
     from storage.location_cache import LocationCache
     from storage.routing_log import RoutingLogWriter
     from storage.secrets import TokenBox
 
-    async with pool.acquire() as conn:
-        directory = await load_directory(conn, TokenBox(settings.secret_key or ""))
-    parties = cpo_parties(directory)
+    directory = DirectoryCache(pool, redis_client, settings.redis_prefix, TokenBox(settings.secret_key or ""))
+    await directory.reload()
+    parties = cpo_parties(directory.current)
     if args.party:
         wanted = tuple(args.party.upper().split("-", 1))
         parties = [(p, r) for p, r in parties if r.key == wanted]
@@ -129,10 +130,17 @@ async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
 
     writer = RoutingLogWriter(pool, body_cap=settings.log_body_max_bytes)
     hub = (settings.country_code, settings.party_id)
-    async with PartyClient(settings) as http, writer.running():
-        sync = PullSync(http, LocationCache(redis_client, settings.redis_prefix), redis_client,
-                        settings.redis_prefix, hub, writer.record)  # fmt: skip
-        results = await sync.run(parties, full=args.full, progress=progress)
+    # As a hub process's sync: stopped for a CPO that leaves meanwhile, its pages and marks fenced by the directory
+    # (storage.location_writer), which it watches for as long, so that nothing it writes brings a departed party back.
+    watching = asyncio.create_task(directory.watch(), name="directory_watch")
+    try:
+        async with PartyClient(settings) as http, writer.running():
+            cache = LocationCache(redis_client, settings.redis_prefix, directory)
+            sync = PullSync(http, cache, redis_client, settings.redis_prefix, hub, writer.record,
+                            directory=lambda: directory.current)  # fmt: skip
+            results = await sync.run(parties, full=args.full, progress=progress)
+    finally:
+        await stop_background_tasks([watching])
     print(file=sys.stderr)
     if results is None:
         print("ocpi-hub: another hub process is syncing now; try again later", file=sys.stderr)

@@ -19,6 +19,7 @@ import msgspec
 from hub.errors import UnknownReceiver, decoded
 from routing.decide import Delivery
 from routing.request import Incoming, PartyKey, party_text
+from storage.directory import Platform
 from storage.publish_tokens import read_sent, token_type
 from storage.routing_state import RoutingState
 
@@ -100,27 +101,31 @@ async def _owner(state: RoutingState, on_hub: Container[PartyKey], module: str, 
     return owners[0] if owners else None
 
 
-def note_seen(incoming: Incoming, delivery: Delivery, state: RoutingState) -> None:
-    """After a successful routing, remember owners for later open requests."""
+def note_seen(incoming: Incoming, caller: Platform, delivery: Delivery, state: RoutingState) -> None:
+    """After a successful routing, remember owners for later open requests, with the platforms they were seen on: a
+    note written after its party left and its id was registered again by another platform is not that one's."""
     segments = incoming.segments
+    receiver = ((delivery.to.key, delivery.platform.id),)
     if (
         incoming.interface == "receiver"
         and len(segments) >= 3
         and incoming.module in ("locations", "sessions", "tokens")
     ):
-        # Client Owned Object push: /{country_code}/{party_id}/{object_id}
+        # Client Owned Object push: /{country_code}/{party_id}/{object_id}, the owner a party of the caller's
+        # (routing.decide.check_client_owned)
         owner = (segments[0].upper(), segments[1].upper())
-        state.note_owner(incoming.module, segments[2], owner)
+        pushed_by = ((owner, caller.id),)
+        state.note_owner(incoming.module, segments[2], owner, pushed_by)
         if incoming.module == "tokens" and incoming.method in ("PUT", "PATCH"):  # for publish_allowed_to
             sent = read_sent(incoming.body)
             type_ = token_type(sent, dict(parse_qsl(incoming.query)).get("type"))
-            state.note_token(owner, segments[2], type_, sent, whole=incoming.method == "PUT")
+            state.note_token(owner, segments[2], type_, sent, incoming.method == "PUT", pushed_by)
         if incoming.module == "sessions":
-            state.note_owner("session-receivers", _session_of(segments), delivery.to.key)
+            state.note_owner("session-receivers", _session_of(segments), delivery.to.key, pushed_by + receiver)
     elif incoming.module == "commands" and segments and segments[0].upper() == "RESERVE_NOW":
         reservation = _body_fields(incoming.body).reservation_id
         if reservation:
-            state.note_owner("reservations", reservation, delivery.to.key)
+            state.note_owner("reservations", reservation, delivery.to.key, receiver)
 
 
 def _session_of(segments: list[str]) -> str:

@@ -7,10 +7,12 @@ for is a message the hub sends on its own, so each leaves a routing-log row.
 
 A CPO may leave the hub (its credentials DELETE, or the operator takes its platform off) while its sync fetches
 pages: given the live directory, the sync asks it before storing each page and before marking the CPO synced, and
-stops there, so the cache does not fill again with the locations of a party no longer on the hub. What it stored
+stops there, so the cache does not fill again with the locations of a party no longer on the hub. Its pages and marks
+are written as the request path's writes are, fenced by the directory's generation for the platform the party was
+listed by (storage.location_writer), also by `ocpi-hub sync`, which watches the directory as a hub process does: what
+a page or mark would bring back after the departed party's cleanup (storage.departed) is refused. What it stored
 before is forgotten by the departure itself (LocationCache.forget_platform); a page stored in the moment between
-the check and the departure, or by a hub process whose directory had not caught up yet, by the departed party's
-cleanup (storage.departed), which begins later than either.
+the check and the departure, by the departed party's cleanup, which begins later.
 """
 
 from __future__ import annotations
@@ -79,8 +81,7 @@ def cpo_parties(directory: Directory) -> list[tuple[Platform, PartyRole]]:
 
 
 class PullSync:
-    """directory: the live directory, asked whether a party being synced is still on the hub; None (the CLI's
-    one-off sync, which has no live directory) asks nothing."""
+    """directory: the live directory, asked whether a party being synced is still on the hub (None asks nothing)."""
 
     def __init__(
         self, http: PartyClient, cache: LocationCache, client: redis.Redis, prefix: str,
@@ -135,22 +136,25 @@ class PullSync:
             if locations is None:
                 result.error = "the CPO's locations Sender could not be read; see the routing log"
                 log.warning("location_sync_failed", party=f"{party[0]}-{party[1]}", pages=result.pages)
-                await self._redis.set(self._cache.sync_failed_key(party), "1", ex=RETRY_AFTER_FAILURE_S)
+                failed = self._cache.sync_failed_key(party)
+                await self._cache.mark(failed, party, platform.id, "1", RETRY_AFTER_FAILURE_S)
                 LOCATION_SYNCS.labels("failed", "full" if result.full else "incremental").inc()
                 return result
             if self._left(platform, role):
                 return self._stopped(result)
-            stored = await self._cache.put_many(party, locations)
+            stored = await self._cache.put_many(party, platform.id, locations)
             result.locations += len(stored)
             listed.update(stored)
             result.pages += 1
             if progress:
                 progress(party, result.locations, total)
+        if self._left(platform, role):  # not forgetting what a platform registering the party id since pushed
+            return self._stopped(result)
         if gone := cached_before - listed:
             result.removed = await self._cache.forget(party, gone)
-        if self._left(platform, role):  # else the party id, registered again, would first be synced only since now
+        # not once it left: a platform registering the party id again would first be synced only since now
+        if not await self._cache.mark(self._cache.synced_key(party), party, platform.id, ocpi_timestamp(started)):
             return self._stopped(result)
-        await self._redis.set(self._cache.synced_key(party), ocpi_timestamp(started))
         LOCATION_SYNCS.labels("ok", "full" if result.full else "incremental").inc()
         log.info("location_sync_done", party=f"{party[0]}-{party[1]}", locations=result.locations,
                  pages=result.pages, full=result.full, removed=result.removed)  # fmt: skip

@@ -8,8 +8,9 @@ parties goes (storage.departed_cleanup says which, and how a party id registered
 Off the request path: the DELETE answers at once, and the cleanup begins delay_s later (the directory's PROPAGATION_S,
 a forward, and a margin), when no hub process relays for the party any more. What a process noted of the party's
 requests may be written later still (the owner index's notes, the location cache's updates, held back while Redis was
-away), but it names only parties the process's directory holds, and is written only in the directory generation it
-was decided in (DirectoryCache.fence): once the departure is announced, nothing names the party again, however late.
+away), but it names only parties the process's directory holds on the platform they were seen on, and is written only
+in the directory generation it was decided in (DirectoryCache.fence): once the departure is announced, nothing names
+the party again, however late, nor gives a platform registering its id later what the old one sent.
 
 The departure is noted in Redis (`departed-parties`, party -> when it left), and one hub at a time cleans up: the one
 that claims `departed-parties:claim` (SET NX, for CLAIM_TTL_S, which the cleanup extends as it goes) cleans up every

@@ -88,10 +88,11 @@ class Directory:
     # directory on every reload, so a rotated or deleted token is forgotten with it.
     known_headers: dict[str, tuple[Platform, str, str]] = field(default_factory=dict, compare=False, repr=False)
 
-    def holds(self, party: tuple[str, str]) -> bool:
-        """Whether a registered platform holds the party (upper-cased): an invited one has pushed nothing yet."""
+    def holds(self, party: tuple[str, str], platform_id: int) -> bool:
+        """Whether the platform holds the party (upper-cased) and is registered (an invited one has pushed nothing
+        yet): a party id that left and was registered again by another platform is not the one seen before."""
         platform = self.parties.get(party)
-        return platform is not None and platform.state == "REGISTERED"
+        return platform is not None and platform.id == platform_id and platform.state == "REGISTERED"
 
 
 async def load_directory(conn: asyncpg.Connection, box: TokenBox) -> Directory:
@@ -167,10 +168,10 @@ class DirectoryCache:
 
     def fence(self) -> tuple[Directory, str]:
         """This process's directory and the generation it was loaded in, for a write that must not bring back a party
-        that left the hub (storage.departed): it names only parties the directory holds, in a script that begins with
-        UNCHANGED_LUA given that generation. Made before the departure was announced, the write is there for the
-        departure's cleanup to take out; after it, it is refused, and made again once catch_up() has loaded the
-        directory without the party."""
+        that left the hub (storage.departed): it names only parties the directory holds on the platform they were seen
+        on (Directory.holds), in a script that begins with UNCHANGED_LUA given that generation. Made before the
+        departure was announced, the write is there for the departure's cleanup to take out; after it, it is refused,
+        and made again once catch_up() has loaded the directory without the party, or with its id on a new platform."""
         return self.current, str(self._seen_generation or 0)
 
     async def catch_up(self) -> None:

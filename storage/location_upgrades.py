@@ -84,7 +84,9 @@ return moved
 
 
 async def upgrade(client: redis.Redis, prefix: str) -> list[str]:
-    """Run, in order, the passes this cache has not completed yet; returns those that completed now."""
+    """Run, in order, the passes this cache has not completed yet; returns those that completed now. Unfenced by the
+    directory (storage.departed): each script changes only a location still cached, which a departed CPO's cleanup
+    removes whole, so none brings one back."""
     p = f"{prefix}locations:"
     done: list[str] = []
     for name, upgrade_pass in zip(PASSES, (_derive_entries, _upper_case), strict=True):

@@ -1,9 +1,10 @@
 """The location cache's writes: relayed PUTs and PATCHes applied a batch per Redis round trip, pull sync's pages stored.
 
 An update is applied a few ms after it was relayed, or, Redis slow or away, later: its CPO may have left the hub by
-then, and its cleanup (storage.departed) have run. So, given the process's directory, only the locations of CPOs it
-holds are stored, by scripts refused once the directory's generation moved on (DirectoryCache.fence); a refused one is
-tried again once the directory has caught up.
+then, and its cleanup (storage.departed) have run, or its party id been registered again by another platform. So an
+update carries the platform that pushed it, and, given the process's directory, only the locations of CPOs it holds on
+that platform are stored, by scripts refused once the directory's generation moved on (DirectoryCache.fence); a
+refused one is tried again once the directory has caught up.
 """
 
 from __future__ import annotations
@@ -57,7 +58,19 @@ return 1
 )
 
 
-_Whole = tuple[tuple[str, str], str, bytes, Index]  # a whole location to store: (owner, id, document, index)
+# KEYS: the directory's generation, a pull-sync mark. ARGV: the generation the owner was found on the hub in ('' for an
+# unguarded write; UNCHANGED_LUA: -1 if it changed), the value, seconds to keep it (0: for ever).
+_MARK = (
+    UNCHANGED_LUA
+    + """
+if ARGV[3] == '0' then redis.call('SET', KEYS[2], ARGV[2]) else redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
+return 1
+"""
+)
+
+
+Update = tuple[tuple[str, str], int, str, list[str], bytes]  # owner, its platform's id, method, path, body
+_Whole = tuple[tuple[str, str], int, str, bytes, Index]  # a whole location to store: owner, platform id, id, doc, index
 
 
 class LocationWriter:
@@ -67,8 +80,9 @@ class LocationWriter:
         self._redis = client
         self._prefix, self._p = prefix, f"{prefix}locations:"
         self._directory, self._generation_key = directory, f"{prefix}{GENERATION_KEY}"
-        self._pending: asyncio.Queue[tuple[tuple[str, str], str, list[str], bytes]] = asyncio.Queue()
+        self._pending: asyncio.Queue[Update] = asyncio.Queue()
         self._store_script = client.register_script(_STORE)
+        self._mark_script = client.register_script(_MARK)
 
     def _member(self, owner: tuple[str, str], location_id: str) -> str:
         return owner_part(owner) + keyed(location_id)
@@ -82,9 +96,10 @@ class LocationWriter:
     def _by_owner(self, owner: tuple[str, str]) -> str:
         return f"{self._p}by-owner:{owner[0].upper()}/{owner[1].upper()}"
 
-    def submit(self, owner: tuple[str, str], method: str, path: list[str], body: bytes) -> None:
-        """A relayed PUT or PATCH of /{location_id}[/{evse_uid}[/{connector_id}]], applied soon by `updating()`."""
-        self._pending.put_nowait((owner, method, path, body))
+    def submit(self, owner: tuple[str, str], platform_id: int, method: str, path: list[str], body: bytes) -> None:
+        """A relayed PUT or PATCH of /{location_id}[/{evse_uid}[/{connector_id}]] by the owner on that platform,
+        applied soon by `updating()`."""
+        self._pending.put_nowait((owner, platform_id, method, path, body))
 
     @contextlib.asynccontextmanager
     async def updating(self) -> AsyncIterator[Self]:
@@ -113,13 +128,13 @@ class LocationWriter:
                 for _ in batch:
                     self._pending.task_done()
 
-    async def apply(self, updates: list[tuple[tuple[str, str], str, list[str], bytes]]) -> int:
+    async def apply(self, updates: list[Update]) -> int:
         """Apply updates in order; whole-location PUTs in a row share one Redis round trip. Returns how many
         locations were stored."""
         stored, whole = 0, []
-        for owner, method, path, body in updates:
+        for owner, platform_id, method, path, body in updates:
             if method == "PUT" and len(path) == 1:  # a whole location replaces what is there: nothing to read first
-                whole.append((owner, path, body))
+                whole.append((owner, platform_id, path, body))
                 continue
             stored += await self._store_all(whole)
             whole = []
@@ -131,7 +146,7 @@ class LocationWriter:
                 log.info("location_cache_skipped", path=path, reason="the body is not a JSON object")
                 continue
             try:
-                skipped = await self._merge(owner, method, path, update)
+                skipped = await self._merge(owner, platform_id, method, path, update)
             except ValueError as exc:  # the location it would make has no valid last_updated
                 skipped = str(exc)
             if skipped:
@@ -140,28 +155,29 @@ class LocationWriter:
                 stored += 1
         return stored + await self._store_all(whole)
 
-    async def _store_all(self, puts: list[tuple[tuple[str, str], list[str], bytes]]) -> int:
+    async def _store_all(self, puts: list[tuple[tuple[str, str], int, list[str], bytes]]) -> int:
         """Whole locations, stored as the CPO sent them. Of several PUTs of one location (in whatever case) only the
         last valid one is visible, so only it is read (newest first) and stored."""
         latest: dict[str, _Whole] = {}
-        for owner, path, body in reversed(puts):
+        for owner, platform_id, path, body in reversed(puts):
             member = self._member(owner, path[0])
             if member in latest:
                 continue
             try:
-                latest[member] = (owner, path[0], body, whole_location(body)[1])
+                latest[member] = (owner, platform_id, path[0], body, whole_location(body)[1])
             except ValueError as exc:
                 log.info("location_cache_skipped", path=path, reason=str(exc))
         return len(await self._store_many(list(latest.values())))  # each script is atomic on its own
 
-    async def _merge(self, owner: tuple[str, str], method: str, path: list[str], update: dict[str, Any]) -> str | None:
+    async def _merge(self, owner: tuple[str, str], platform_id: int, method: str, path: list[str],
+                     update: dict[str, Any]) -> str | None:  # fmt: skip
         """A PATCH, or a PUT of an EVSE or connector, applied to the cached location: None, else why it was not."""
         doc = self._doc(self._member(owner, path[0]))
         async with self._redis.pipeline(transaction=True) as pipe:
             for _ in range(20):  # optimistic: another process changing the same location makes us retry
                 try:
                     directory, generation = self._fence()
-                    if not _holds(directory, owner):
+                    if not _holds(directory, owner, platform_id):
                         return "its CPO is no longer on the hub"
                     await pipe.watch(doc)
                     current_raw = await pipe.get(doc)
@@ -182,10 +198,10 @@ class LocationWriter:
                     await load(self._redis, [self._store_script])
         return "it kept changing while it was applied"
 
-    async def put_many(self, owner: tuple[str, str], locations: list[msgspec.Raw]) -> list[str]:
-        """Whole locations as a CPO's Sender listed them (pull sync), each stored as the CPO sent it. Only the owner's
-        own are taken (transport_and_format.asciidoc, Client Owned Object Pull: objects of another owner "may be
-        ignored"). Returns the ids of those stored, as the cache keys them (see location_ids)."""
+    async def put_many(self, owner: tuple[str, str], platform_id: int, locations: list[msgspec.Raw]) -> list[str]:
+        """Whole locations as the Sender of a CPO on that platform listed them (pull sync), each stored as the CPO sent
+        it. Only the owner's own are taken (transport_and_format.asciidoc, Client Owned Object Pull: objects of another
+        owner "may be ignored"). Returns the ids of those stored, as the cache keys them (see location_ids)."""
         taken = []
         for raw in locations:
             try:
@@ -195,22 +211,22 @@ class LocationWriter:
                 continue
             listed_by = (str(head.country_code or "").upper(), str(head.party_id or "").upper())
             if isinstance(head.id, str) and head.id and listed_by == owner:
-                taken.append((owner, head.id, bytes(raw), index))
-        return [keyed(location_id) for _, location_id, _, _ in await self._store_many(taken)]
+                taken.append((owner, platform_id, head.id, bytes(raw), index))
+        return [keyed(location_id) for _, _, location_id, _, _ in await self._store_many(taken)]
 
     async def _store_many(self, locations: list[_Whole]) -> list[_Whole]:
         """Whole locations, stored in one pipeline: those of CPOs on the hub, which it returns."""
         stored: list[_Whole] = []
         for _ in range(_STORE_TRIES):
             directory, generation = self._fence()
-            if len(kept := [each for each in locations if _holds(directory, each[0])]) < len(locations):
+            if len(kept := [each for each in locations if _holds(directory, each[0], each[1])]) < len(locations):
                 log.info("location_cache_skipped", locations=len(locations) - len(kept),
                          reason="their CPO is no longer on the hub")  # fmt: skip
             if not kept:
                 return stored
 
             def queue(pipe: Pipeline, kept: list[_Whole] = kept, generation: str = generation) -> None:
-                for owner, location_id, document, index in kept:
+                for owner, _, location_id, document, index in kept:
                     self._queue_store(pipe, owner, location_id, document, index, generation)
 
             replies = await executed(self._redis, queue, [self._store_script])
@@ -220,6 +236,19 @@ class LocationWriter:
             await self._caught_up()  # the directory changed since it was read: again, as it is now
         log.warning("location_cache_skipped", locations=len(locations), reason="the directory kept changing")
         return stored
+
+    async def mark(self, key: str, owner: tuple[str, str], platform_id: int, value: str, ex_s: int = 0) -> bool:
+        """Set a pull-sync mark of the owner's (LocationCache.synced_key, sync_failed_key) for ex_s seconds (0: for
+        ever) while that platform holds it, fenced as a store is: a mark set after the departed party's cleanup deleted
+        it would make a platform registering its id later start with an incremental sync. Whether it was set."""
+        for _ in range(_STORE_TRIES):
+            directory, generation = self._fence()
+            if not _holds(directory, owner, platform_id):
+                return False
+            if await self._mark_script(keys=[self._generation_key, key], args=[generation, value, ex_s]) != -1:
+                return True
+            await self._caught_up()  # the directory changed since it was read: again, as it is now
+        return False
 
     def _fence(self) -> tuple[Directory | None, str]:
         return self._directory.fence() if self._directory else (None, "")
@@ -246,9 +275,9 @@ def keyed(location_id: str) -> str:
     return location_id.upper()
 
 
-def _holds(directory: Directory | None, owner: tuple[str, str]) -> bool:
-    """Whether a location of the owner may be stored: given no directory, always."""
-    return directory is None or directory.holds((owner[0].upper(), owner[1].upper()))
+def _holds(directory: Directory | None, owner: tuple[str, str], platform_id: int) -> bool:
+    """Whether a location of the owner, pushed or listed by that platform, may be stored: given no directory, always."""
+    return directory is None or directory.holds((owner[0].upper(), owner[1].upper()), platform_id)
 
 
 def owner_part(owner: tuple[str, str]) -> str:

@@ -18,10 +18,11 @@ too, so such an entry is still found when asked for in the case it was noted in,
 sessions and reservations age out with their periods, locations and tokens are noted upper-cased on their next push.
 
 Notes are written some ms after the request, or, Redis away, once it is back: a party that left the hub meanwhile must
-not get entries back after its cleanup (storage.departed) has run. So, given the process's directory, a write keeps
-only the notes of parties it holds, and its scripts are refused once the directory's generation moved on
-(DirectoryCache.fence): the notes are then kept, the directory caught up, and they go in the next write, less those
-of a party that left.
+not get entries back after its cleanup (storage.departed) has run, and one whose id a new platform registered since
+must not get the old platform's. So a note carries the platforms the parties it names were seen on, and, given the
+process's directory, a write keeps only the notes of parties it holds on those platforms; its scripts are refused once
+the directory's generation moved on (DirectoryCache.fence): the notes are then kept, the directory caught up, and they
+go in the next write, less those of a party that left.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Self
@@ -39,6 +39,7 @@ import structlog
 from redis.asyncio.client import Pipeline
 
 from storage.directory import GENERATION_KEY, UNCHANGED_LUA, Directory, DirectoryCache
+from storage.owner_upgrades import take_over
 from storage.publish_tokens import WRITE_LUA, Sent, index_keys, token_args
 from storage.redis_scripts import executed, queue_script
 
@@ -49,7 +50,6 @@ EXPIRING_OWNERS = ("sessions", "session-receivers", "reservations")
 # A hash past its two periods is unlinked by the hub (freed off Redis's main thread); its EXPIRE, this much later,
 # is for when no hub runs. A hash of millions of fields deleted by expiry would stall Redis for a moment.
 _EXPIRE_MARGIN_S = 3600.0
-_MERGE_CHUNK = 1000
 
 # KEYS: the directory's generation, a module's owners hash. ARGV: the generation the owners were found on the hub in
 # ('' for an unguarded write; UNCHANGED_LUA: -1 if it changed), ms to keep the hash (0: for ever), object id, owner
@@ -86,28 +86,11 @@ end
 return found
 """
 
-# KEYS: a module's owners hash as a hub before periods kept it, the current period's, a key of this process's own.
-# ARGV: ms to keep what is taken over. Returns 0: nothing to take over, 1: it is now the current period's hash,
-# 2: moved to the process's own key, to be merged into the current period's. Atomic: of hubs starting at once, one
-# takes the hash over, and a hub of the old version still writing it (a rolling upgrade) loses nothing.
-_TAKE_OVER = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-local into = KEYS[3]
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  into = KEYS[2]
-end
-redis.call('RENAME', KEYS[1], into)
-redis.call('PEXPIRE', into, ARGV[1])
-if into == KEYS[2] then
-  return 1
-end
-return 2
-"""
 
-
-_Token = tuple[str, str, str]  # a relayed token: its owner (CC-PID), uid and type, upper-cased
+# The parties a note names, each with the id of the platform it was seen on (Directory.holds).
+Seen = tuple[tuple[tuple[str, str], int], ...]
+_Token = tuple[str, str, str, Seen]  # a relayed token: its owner (CC-PID), uid and type, upper-cased; where it was seen
+_Noted = dict[tuple[str, str], set[tuple[str, Seen]]]  # (module, object id) -> owners (CC-PID) and where each was seen
 OWNERS_PER_SCRIPT = 5000  # one script call holds Redis a few ms at most
 TOKENS_PER_SCRIPT = 100  # each a few reads and writes: a few ms a call (bench/publish_tokens.py)
 
@@ -121,28 +104,28 @@ class OwnerIndex:
         self._prefix = prefix
         self._period_s = owners_period_s
         self._directory, self._generation_key = directory, f"{prefix}{GENERATION_KEY}"
-        self._owners: dict[tuple[str, str], set[str]] = {}  # (module, object id) -> owners noted since the last write
+        self._owners: _Noted = {}  # noted since the last write
         self._tokens: dict[_Token, list[tuple[Sent, bool]]] = {}  # pushes noted since the last write
         self._publish_keys = index_keys(prefix)
         self._add_owners = redis_client.register_script(_ADD_OWNERS)
         self._owners_of = redis_client.register_script(_OWNERS_OF)
-        self._take_over = redis_client.register_script(_TAKE_OVER)
         self._write_tokens = redis_client.register_script(WRITE_LUA)
 
-    def note_owner(self, module: str, object_id: str, owner: tuple[str, str]) -> None:
-        """Remember who owns an object seen in passing; written to Redis in batches, off the request path."""
-        self._owners.setdefault((module, _indexed(object_id)), set()).add(f"{owner[0]}-{owner[1]}")
+    def note_owner(self, module: str, object_id: str, owner: tuple[str, str], seen: Seen) -> None:
+        """Remember who owns an object seen in passing, and the platforms of the parties the note names (the owner,
+        a session's CPO); written to Redis in batches, off the request path."""
+        self._owners.setdefault((module, _indexed(object_id)), set()).add((f"{owner[0]}-{owner[1]}", seen))
 
-    def note_token(self, owner: tuple[str, str], uid: str, type_: str, sent: Sent, whole: bool) -> None:
+    def note_token(self, owner: tuple[str, str], uid: str, type_: str, sent: Sent, whole: bool, seen: Seen) -> None:
         """Remember a token pushed to a CPO (a PUT if whole, else a PATCH), for publish_allowed_to; written with the
         owners, off the request path."""
-        self._tokens.setdefault((f"{owner[0]}-{owner[1]}", uid.upper(), type_), []).append((sent, whole))
+        self._tokens.setdefault((f"{owner[0]}-{owner[1]}", uid.upper(), type_, seen), []).append((sent, whole))
 
     async def owners(self, module: str, object_id: str) -> list[tuple[str, str]]:
         """Every party seen owning the object, sorted: more than one means the id alone does not tell. One round
         trip: an HMGET, or for sessions and reservations a script reading this period's hash and the previous one."""
         indexed = _indexed(object_id)
-        texts = set(self._owners.get((module, indexed), ()))
+        texts = {owner for owner, _ in self._owners.get((module, indexed), ())}
         fields = [indexed] if indexed == object_id else [indexed, object_id]  # and as an earlier hub noted it
         if module in EXPIRING_OWNERS:
             period = self._period()
@@ -184,7 +167,7 @@ class OwnerIndex:
         # Stopped by an event, not by cancelling it: redis-py's asyncio client drops a cancel that lands inside a
         # pipeline (redis/redis-py#2028), after which the task slept on forever and the hub never exited.
         stop = asyncio.Event()
-        task = asyncio.create_task(self._flush_owners(interval_s, stop), name="routing_state_owners")
+        task = asyncio.create_task(self._flush_owners(interval_s, stop), name="owner_index_writer")
         try:
             yield self
         finally:
@@ -215,11 +198,11 @@ class OwnerIndex:
         if directory is not None:
             batch, tokens = _on_hub(directory, batch, tokens)
         by_module: dict[str, list[str]] = {}
-        for (module, object_id), owners in batch.items():
-            by_module.setdefault(module, []).extend(x for owner in owners for x in (object_id, owner))
+        for (module, object_id), noted in batch.items():
+            by_module.setdefault(module, []).extend(x for owner in {o for o, _ in noted} for x in (object_id, owner))
         period = self._period()
         publish_args = [
-            x for (owner, uid, type_), pushes in tokens.items() for x in token_args(owner, uid, type_, pushes)
+            x for (owner, uid, type_, _), pushes in tokens.items() for x in token_args(owner, uid, type_, pushes)
         ]
 
         def queue(pipe: Pipeline) -> None:
@@ -246,7 +229,7 @@ class OwnerIndex:
             self._keep(batch, tokens)
             await self._directory.catch_up()
 
-    def _keep(self, batch: dict[tuple[str, str], set[str]], tokens: dict[_Token, list[tuple[Sent, bool]]]) -> None:
+    def _keep(self, batch: _Noted, tokens: dict[_Token, list[tuple[Sent, bool]]]) -> None:
         """Notes not written, for the next write, before those noted since."""
         for noted, owners in batch.items():
             self._owners.setdefault(noted, set()).update(owners)
@@ -254,47 +237,29 @@ class OwnerIndex:
             self._tokens[token] = pushes + self._tokens.get(token, [])
 
     async def _begin_period(self, period: int) -> None:
-        """Unlink the hashes of the period no longer read, and take over the owners a hub before periods kept in one
-        hash without expiry: at start, which an upgrade needs, and once a period, for what a hub of the old version
-        still running wrote since (a rolling upgrade)."""
+        """Unlink the hashes of the period no longer read, and take over what a hub before periods kept
+        (storage.owner_upgrades)."""
         await self._redis.unlink(*(self._owners_key(module, period - 2) for module in EXPIRING_OWNERS))
         for module in EXPIRING_OWNERS:
-            current = self._owners_key(module, period)
-            taken = f"{self._prefix}owners:{module}:taken-over:{secrets.token_urlsafe(18)}"
-            how = await self._take_over(keys=[self._owners_key(module), current, taken], args=[self._kept_ms(period)])
-            if how == 2:  # the current period has owners already: merge, a chunk at a time, not blocking Redis
-                await self._merge_owners(taken, current, period)
-            if how:
-                log.info("owner_index_taken_over", module=module, merged=how == 2)
-
-    async def _merge_owners(self, source: str, into: str, period: int) -> None:
-        cursor = 0
-        while True:
-            cursor, entries = await self._redis.hscan(source, cursor, count=_MERGE_CHUNK)
-            assert isinstance(entries, dict)  # fields and values, as no_values was not asked for
-            args = [x for object_id, owners in entries.items() for owner in _text(owners).split(",")
-                    for x in (_text(object_id), owner)]  # fmt: skip
-            if args:  # entries there already: unguarded
-                await self._add_owners(keys=[self._generation_key, into], args=["", self._kept_ms(period), *args])
-            if not cursor:
-                break
-        await self._redis.unlink(source)
+            await take_over(self._redis, module, self._owners_key(module), self._owners_key(module, period),
+                            self._kept_ms(period), self._add_owners, self._generation_key)  # fmt: skip
 
 
-def _on_hub(directory: Directory, batch: dict[tuple[str, str], set[str]], tokens: dict[_Token, list[tuple[Sent, bool]]]
-            ) -> tuple[dict[tuple[str, str], set[str]], dict[_Token, list[tuple[Sent, bool]]]]:  # fmt: skip
-    """The notes naming only parties the directory holds: a session's receivers are kept by its CPO too."""
-    owners: dict[tuple[str, str], set[str]] = {}
-    for (module, object_id), noted in batch.items():
-        country, _, rest = object_id.partition("/")  # a session's receivers: "CC/PID/id" (open_routing._session_of)
-        if module == "session-receivers" and not directory.holds((country, rest.partition("/")[0])):
-            continue
-        if held := {owner for owner in noted if directory.holds(_party(owner))}:
-            owners[(module, object_id)] = held
-    held_tokens = {token: pushes for token, pushes in tokens.items() if directory.holds(_party(token[0]))}
+def _on_hub(directory: Directory, batch: _Noted, tokens: dict[_Token, list[tuple[Sent, bool]]]
+            ) -> tuple[_Noted, dict[_Token, list[tuple[Sent, bool]]]]:  # fmt: skip
+    """The notes naming only parties the directory holds on the platforms they were seen on."""
+    owners: _Noted = {}
+    for key, noted in batch.items():
+        if held := {(owner, seen) for owner, seen in noted if _held(directory, seen)}:
+            owners[key] = held
+    held_tokens = {token: pushes for token, pushes in tokens.items() if _held(directory, token[3])}
     if dropped := len(batch) - len(owners) + len(tokens) - len(held_tokens):
         log.info("owner_notes_dropped", notes=dropped, reason="a party they name is no longer on the hub")
     return owners, held_tokens
+
+
+def _held(directory: Directory, seen: Seen) -> bool:
+    return all(directory.holds(party, platform_id) for party, platform_id in seen)
 
 
 def _indexed(object_id: str) -> str:

@@ -71,6 +71,7 @@ class Party:
     objects: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # module -> objects its Sender lists
     page_size: int = 10
     delay_s: float = 0.0  # answer functional requests this late
+    held: threading.Event | None = None  # answer functional requests only once it is set (a minute at most)
     # (method, path) -> (HTTP status, raw body, extra headers): a canned answer instead of the default, for a
     # functional path, the versions and 2.2.1 details, or the credentials endpoint; with status RAW, the body is the
     # whole answer as it goes on the wire (status line and headers included), and the connection is closed after it
@@ -223,6 +224,8 @@ class Party:
         """A functional endpoint /ocpi/2.2.1/{module}/{sender|receiver}/...: canned answer, list, or plain success."""
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if self.held is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.held.wait, 60)
         if (request.method, request.path) in self.canned:
             return self._canned(request)
         parts = self._unmoved(request.path).split("/")  # ["", "ocpi", "2.2.1", module, interface, ...]

@@ -156,8 +156,8 @@ def test_the_owner_index_matches_ids_in_any_case_and_finds_those_an_earlier_hub_
         client = redis.Redis.from_url(services.redis_url)
         try:
             async with RoutingState(client, prefix, owners_period_s=3600.0).running(interval_s=0.01) as state:
-                state.note_owner("tokens", "tok-new", ("NL", "NEW"))
-                state.note_owner("session-receivers", "NL/CPO/s-new", ("NL", "NEW"))
+                state.note_owner("tokens", "tok-new", ("NL", "NEW"), ())
+                state.note_owner("session-receivers", "NL/CPO/s-new", ("NL", "NEW"), ())
                 await asyncio.sleep(0.1)
                 for module, object_id in (("tokens", "TOK-NEW"), ("session-receivers", "NL/CPO/S-New")):
                     assert await state.owners(module, object_id) == [("NL", "NEW")]

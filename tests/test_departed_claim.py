@@ -13,6 +13,7 @@ import redis as redis_sync
 
 from storage.departed import CLAIM_TTL_S
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
+from tests.test_departed_late_writes import _FreezingProxy
 from tests.test_departed_party import CLEANED_WITHIN_S, _leave, _put
 from tests.test_location_cache import _eventually
 from tests.test_routing import _roles, party_key
@@ -26,7 +27,7 @@ def _events(hub: Hub, party: tuple[str, str]) -> list[dict]:
 
 def _departed(services: Services, start_party, env: dict[str, str], log: str):  # type: ignore[no-untyped-def]
     """A hub on env, a CPO registered there, its location pushed and noted, the CPO's platform left: (hub, CPO key,
-    the location's owner entry as a (hash, field))."""
+    the location's owner entry as a (hash, field)). The entry is looked for in Redis as env's prefix names it."""
     first = start_hub(env, OUTPUT / log)
     try:
         cpo, emsp = (register_at_hub(first, start_party, _roles(role)) for role in ("CPO", "EMSP"))
@@ -35,7 +36,7 @@ def _departed(services: Services, start_party, env: dict[str, str], log: str):  
         entry = (f"{env['OCPI_HUB_REDIS_PREFIX']}owners:locations", f"L-{owner[1]}")
         client = redis_sync.Redis.from_url(services.redis_url)
         try:
-            _eventually(lambda: _assert(client.hget(*entry) is not None))
+            _eventually(lambda: _assert(client.hget(*entry) is not None), 30)
         finally:
             client.close()
         _leave(cpo, first)
@@ -85,21 +86,21 @@ def test_the_cleanup_of_a_hub_stopped_while_cleaning_up_is_taken_over_once_its_c
     prefix = f"{services.redis_prefix}claim-{secrets.token_hex(3)}:"
     claim, pending = f"{prefix}departed-parties:claim", f"{prefix}departed-parties"
     client = redis_sync.Redis.from_url(services.redis_url)
-    env = hub_env(services, tmp_path / "first", OCPI_HUB_REDIS_PREFIX=prefix)
+    # the first hub's way to Redis freezes as soon as it claimed the cleanup: nothing it sends after reaches Redis,
+    # so it is stopped with the claim taken and the cleanup begun, however fast the cleanup would have been
+    proxy = _FreezingProxy(services.redis_url, freeze_after=b"departed-parties:claim")
+    env = hub_env(services, tmp_path / "first", OCPI_HUB_REDIS_PREFIX=prefix, OCPI_HUB_REDIS_URL=proxy.url)
     try:
         first, owner, entry = _departed(services, start_party, env, "hub-claim-stopped.log")
         try:
-            # other parties' owner entries, so many that the cleanup takes a moment
-            for start in range(0, 300_000, 10_000):
-                client.hset(entry[0], mapping={f"X{n}": "NL-ZZZ" for n in range(start, start + 10_000)})
-            deadline = time.monotonic() + CLEANED_WITHIN_S
-            while not client.exists(claim) and time.monotonic() < deadline:  # its cleanup began: it takes ~0.5 s
-                time.sleep(0.005)
+            client.hset(entry[0], mapping={f"X{n}": "NL-ZZZ" for n in range(1000)})  # other parties' owner entries
+            _eventually(lambda: _assert(proxy.frozen and client.exists(claim) == 1), CLEANED_WITHIN_S)
+            runs_out = time.time() + client.pttl(claim) / 1000
             first.process.kill()  # as a crash, or a SIGKILL after a grace period, stops it: the claim stays
             first.process.wait()
-            runs_out = time.time() + client.pttl(claim) / 1000
         finally:
             first.stop()
+            proxy.close()
         assert runs_out > time.time() and client.zscore(pending, f"{owner[0]}-{owner[1]}") is not None
 
         second = start_hub(hub_env(services, tmp_path / "second", OCPI_HUB_REDIS_PREFIX=prefix),
@@ -107,15 +108,20 @@ def test_the_cleanup_of_a_hub_stopped_while_cleaning_up_is_taken_over_once_its_c
         try:
             _eventually(lambda: _assert(client.zscore(pending, f"{owner[0]}-{owner[1]}") is None),
                         CLAIM_TTL_S + CLEANED_WITHIN_S)  # fmt: skip
-            [cleaned] = _events(second, owner)
+            [cleaned] = _eventually(lambda: _one(_events(second, owner)), 30)
             assert cleaned["event"] == "departed_party_cleaned"
             assert _moment(cleaned["timestamp"]) > runs_out - 0.1  # not while the stopped hub's claim held
             assert client.hget(*entry) is None and client.hget(entry[0], "X1") == b"NL-ZZZ"
         finally:
             second.stop()
     finally:
-        client.delete(f"{prefix}owners:locations")  # not left for the end of the session: it is large
+        client.delete(f"{prefix}owners:locations")
         client.close()
+
+
+def _one(events: list[dict]) -> list[dict]:
+    assert len(events) == 1, events
+    return events
 
 
 def _moment(timestamp: str) -> float:

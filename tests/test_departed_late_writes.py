@@ -1,9 +1,12 @@
-"""What a hub process noted of a party's last requests and wrote late, its Redis frozen meanwhile, does not bring the
-party's routing entries back once the party left the hub and was cleaned up after."""
+"""What a hub process noted of a party's last requests and wrote late does not bring the party's routing entries back
+once the party left the hub and was cleaned up after (its Redis frozen meanwhile), nor give them to a new platform that
+registered the party id since."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import secrets
 import socket
 import threading
 from pathlib import Path
@@ -12,7 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 import redis as redis_sync
 
-from tests.conftest import OUTPUT, Hub, Services, hub_env, start_hub
+from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
 from tests.parties import token_header
 from tests.test_departed_party import CLEANED_WITHIN_S, _assert_len, _cleaned, _leave, _naming, _put
 from tests.test_location_cache import _eventually
@@ -22,11 +25,13 @@ from tests.test_routing import _roles, party_key
 class _FreezingProxy:
     """A TCP proxy to Redis that can freeze as a Redis (or the network to it) does: what its clients send meanwhile,
     on the connections they have and on new ones, is held, and reaches Redis once it thaws, as from a server that
-    went on after a pause. Answers pass as they come."""
+    went on after a pause, or never, once it is closed. Answers pass as they come. freeze_after: it freezes by itself
+    right after a request holding these bytes went through."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, freeze_after: bytes | None = None) -> None:
         target = urlsplit(redis_url)
         self._target = (target.hostname or "127.0.0.1", target.port or 6379)
+        self._freeze_after = freeze_after
         self._thawed = threading.Event()
         self._thawed.set()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -40,11 +45,16 @@ class _FreezingProxy:
     def thaw(self) -> None:
         self._thawed.set()
 
+    @property
+    def frozen(self) -> bool:
+        return not self._thawed.is_set()
+
     def close(self) -> None:
-        self._thawed.set()
-        for each in self._sockets:
+        for each in self._sockets:  # before the held requests are let go: they go nowhere
             with contextlib.suppress(OSError):
-                each.close()
+                each.shutdown(socket.SHUT_RDWR)  # wakes the threads waiting on it
+            each.close()
+        self._thawed.set()
 
     def _accept(self) -> None:
         while True:
@@ -63,6 +73,8 @@ class _FreezingProxy:
                 if requests:
                     self._thawed.wait()
                 to.sendall(data)
+                if requests and self._freeze_after is not None and self._freeze_after in data:
+                    self.freeze()
         with contextlib.suppress(OSError):
             to.shutdown(socket.SHUT_WR)
 
@@ -115,5 +127,62 @@ def _assert_refused(hub: Hub, token: str) -> None:
     assert answer.status_code == 401, answer.text
 
 
+def _assert(condition: bool) -> None:
+    assert condition
+
+
 def _assert_logged(hub: Hub, event: str) -> None:
     assert f'"event":"{event}"' in hub.log()
+
+
+def test_what_a_departed_platform_pushed_is_not_noted_as_the_new_platforms_that_registered_its_party_ids_since(
+    services: Services, start_party, tmp_path: Path
+) -> None:
+    prefix = f"{services.redis_prefix}again-{secrets.token_hex(3)}:"
+    # a hub of its own, whose forwards wait long enough for the receivers to hold the pushes as long as the test needs
+    hub = start_hub(hub_env(services, tmp_path / "hub", OCPI_HUB_REDIS_PREFIX=prefix, OCPI_HUB_FORWARD_TIMEOUT_S="60"),
+                    OUTPUT / "hub-registered-again.log")  # fmt: skip
+    client = redis_sync.Redis.from_url(services.redis_url, decode_responses=True)
+    answering = threading.Event()
+    try:
+        roles = (_roles("CPO"), _roles("EMSP"))
+        leaving = register_at_hub(hub, start_party, *roles)  # one platform, a CPO and an eMSP
+        gone_cpo, gone_emsp = roles[0][1:], roles[1][1:]
+        emsp = register_at_hub(hub, start_party, _roles("EMSP"), held=answering)
+        cpo = register_at_hub(hub, start_party, _roles("CPO"), held=answering)
+        suffix = gone_cpo[1]
+        location_id, session_id, uid, later_id, later_uid = (f"{kind}-{suffix}" for kind in ("L", "S", "T", "L2", "T2"))
+        with concurrent.futures.ThreadPoolExecutor() as threads:
+            # the departing platform's last pushes, relayed and held by their receivers: the hub notes them once
+            # they are answered, after the platform left and a new one registered its party ids
+            pushes = [threads.submit(_put, leaving, hub, "locations", gone_cpo, location_id, party_key(emsp)),
+                      threads.submit(_put, leaving, hub, "sessions", gone_cpo, session_id, party_key(emsp)),
+                      threads.submit(_put, leaving, hub, "tokens", gone_emsp, uid, party_key(cpo))]  # fmt: skip
+            _eventually(lambda: _assert_len(emsp.functional() + cpo.functional(), 3), 30)
+            _leave(leaving, hub)
+            again = register_at_hub(hub, start_party, *roles)
+            answering.set()
+            for push in pushes:
+                push.result()
+        # the new platform's own pushes: noted after those, so once they are in, those were written or dropped
+        _put(again, hub, "locations", gone_cpo, later_id, party_key(emsp))
+        _put(again, hub, "tokens", gone_emsp, later_uid, party_key(cpo))
+        doc = f"{prefix}locations:doc:{gone_cpo[0]}/{gone_cpo[1]}/"
+        _eventually(lambda: _assert(client.exists(f"{doc}{later_id}") == 1), 30)
+        _eventually(lambda: _assert(client.hget(f"{prefix}owners:tokens", later_uid) is not None), 30)
+
+        assert _naming(client, prefix, gone_cpo) == [("owners:locations", later_id)]
+        token_owner = f"{gone_emsp[0]}-{gone_emsp[1]}\x1f"
+        assert [field for _, field in _naming(client, prefix, gone_emsp)] == [
+            later_uid, f"{token_owner}FLEET", f"{token_owner}{later_uid}\x1fRFID", f"{token_owner}VN-{later_uid}"
+        ]  # fmt: skip
+        assert not client.exists(f"{doc}{location_id}")
+        started = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION",
+                            body={"response_url": "https://emsp.example/cmd/1", "location_id": location_id,
+                                  "token": {"uid": "T"}})  # fmt: skip
+        assert started.json()["status_code"] == 4001, started.text  # not routed to the new platform
+        assert [r.method for r in again.functional()] == []
+    finally:
+        answering.set()
+        hub.stop()
+        client.close()

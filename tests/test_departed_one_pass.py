@@ -57,13 +57,13 @@ async def _clean_up(url: str, database_url: str) -> tuple[int, int, dict[str, di
         routing, locations = RoutingState(client, PREFIX, 3600.0), LocationCache(client, PREFIX)
         async with routing.running(interval_s=0.01):
             for party in [*LEAVING, STAYING]:
-                routing.note_owner("locations", f"L-{party[1]}", party)
-                routing.note_owner("locations", "SHARED", party)
-                routing.note_owner("tokens", f"T-{party[1]}", party)
-                routing.note_owner("sessions", f"S-{party[1]}", party)
-                routing.note_owner("session-receivers", f"{party[0]}/{party[1]}/S-{party[1]}", STAYING)
+                routing.note_owner("locations", f"L-{party[1]}", party, ())
+                routing.note_owner("locations", "SHARED", party, ())
+                routing.note_owner("tokens", f"T-{party[1]}", party, ())
+                routing.note_owner("sessions", f"S-{party[1]}", party, ())
+                routing.note_owner("session-receivers", f"{party[0]}/{party[1]}/S-{party[1]}", STAYING, ())
                 routing.note_token(party, f"T-{party[1]}", "RFID", Sent(visual_number=f"VN-{party[1]}", group_id="G"),
-                                   whole=True)  # fmt: skip
+                                   whole=True, seen=())  # fmt: skip
         platform = await conn.fetchval("INSERT INTO platform (name, state) VALUES ('again', 'REGISTERED') RETURNING id")
         await conn.execute("INSERT INTO party_role (platform_id, role, country_code, party_id, status) "
                            "VALUES ($1, 'CPO', $2, $3, 'CONNECTED')", platform, *AGAIN)  # fmt: skip

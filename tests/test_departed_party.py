@@ -201,7 +201,7 @@ def test_a_location_stored_after_its_cpo_left_is_forgotten_with_its_publish_allo
     async def store_late() -> None:  # as an update relayed just before it left, applied by the hub just after
         client = redis.Redis.from_url(services.redis_url)
         try:
-            await LocationCache(client, services.redis_prefix).apply([(owner, "PUT", [location_id],
+            await LocationCache(client, services.redis_prefix).apply([(owner, 0, "PUT", [location_id],
                                                                        json.dumps(location).encode())])  # fmt: skip
         finally:
             await client.aclose()
@@ -258,7 +258,7 @@ def test_a_departed_cpos_locations_are_not_forgotten_once_the_directory_changed(
         cache = LocationCache(client, prefix)
         try:
             body = json.dumps(_location(owner, "L1", "2026-11-21T10:00:00Z")).encode()
-            await cache.apply([(owner, "PUT", ["L1"], body)])
+            await cache.apply([(owner, 0, "PUT", ["L1"], body)])
             await client.set(generation, "8")  # a platform registered since the cleanup read generation 7
             with pytest.raises(DirectoryChanged):
                 await cache.forget(owner, {"L1"}, (generation, "7"))

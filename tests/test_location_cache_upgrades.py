@@ -48,7 +48,7 @@ def _as_an_earlier_hub_cached(
 
 
 async def _cached_as_now(client: redis.Redis, prefix: str, *locations: dict) -> None:
-    await LocationCache(client, prefix).put_many(OWNER, [msgspec.Raw(json.dumps(loc).encode()) for loc in locations])
+    await LocationCache(client, prefix).put_many(OWNER, 0, [msgspec.Raw(json.dumps(loc).encode()) for loc in locations])
 
 
 async def _until_upgraded(client: redis.Redis, prefix: str) -> None:
@@ -182,9 +182,9 @@ def test_a_store_after_the_upgrade_neither_reads_nor_drops_another_spelling_of_i
             _as_an_earlier_hub_cached(old_hub, prefix, legacy, "loc1")
             await old_hub.execute()
         patch = {"name": "patched", "last_updated": "2026-11-02T00:00:00Z"}
-        assert await cache.apply([(OWNER, "PATCH", ["loc1"], json.dumps(patch).encode())]) == 0  # not cached as LOC1
+        assert await cache.apply([(OWNER, 0, "PATCH", ["loc1"], json.dumps(patch).encode())]) == 0  # not cached as LOC1
         put = _location(OWNER, "loc1", "2026-11-03T00:00:00Z", name="put")
-        assert await cache.apply([(OWNER, "PUT", ["loc1"], json.dumps(put).encode())]) == 1
+        assert await cache.apply([(OWNER, 0, "PUT", ["loc1"], json.dumps(put).encode())]) == 1
         assert await client.zrange(f"{p}by-owner:NL/CPO", 0, -1) == [b"NL/CPO/loc1", b"NL/CPO/LOC1"]
         assert json.loads(await client.get(f"{p}doc:NL/CPO/loc1"))["name"] == "legacy"
         assert await cache.find("LOC1") == [(OWNER, put)]

@@ -119,8 +119,8 @@ def test_an_owner_unseen_for_two_periods_is_forgotten_and_its_hash_expires(servi
             async with RoutingState(client, prefix, owners_period_s=period_s).running(interval_s=0.01) as state:
                 await asyncio.sleep(period_start(period_s))
                 period = int(time.time() // period_s)
-                state.note_owner("reservations", "R1", ("NL", "CPO"))
-                state.note_owner("locations", "L1", ("NL", "CPO"))
+                state.note_owner("reservations", "R1", ("NL", "CPO"), ())
+                state.note_owner("locations", "L1", ("NL", "CPO"), ())
                 await asyncio.sleep(0.1)
                 assert await state.owners("reservations", "R1") == [("NL", "CPO")]
                 assert 0 < await client.pttl(f"{prefix}owners:reservations:{period}") <= 3 * period_s * 1000

@@ -146,7 +146,7 @@ def test_the_unpublished_locations_a_hub_before_this_index_cached_get_their_entr
         try:
             state = RoutingState(client, prefix, 3600.0)
             async with state.running(interval_s=0.01):
-                state.note_token(("NL", "FLT"), "CARD1", "RFID", Sent(issuer="Fleet Co"), whole=True)
+                state.note_token(("NL", "FLT"), "CARD1", "RFID", Sent(issuer="Fleet Co"), whole=True, seen=())
             cache = LocationCache(client, prefix)
             async with cache.updating():
                 await until_gone(client, f"{prefix}locations:allowed:*")

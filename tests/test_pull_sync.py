@@ -7,6 +7,7 @@ import gzip
 import json
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -14,9 +15,11 @@ import httpx
 import pytest
 import redis
 
+from routing.pull_sync import LEFT_THE_HUB
 from tests.conftest import ROOT, Hub, Services
 from tests.parties import token_header
-from tests.test_departed_party import _leave, _take_off
+from tests.test_departed_party import CLEANED_WITHIN_S, _cleaned, _leave, _take_off
+from tests.test_location_cache import _eventually
 from tests.test_routing import _roles, party_key
 
 HUB = ("NL", "HUB")
@@ -204,6 +207,36 @@ def test_a_cpo_that_leaves_during_its_sync_has_nothing_more_cached_and_is_not_ma
         assert client.get(f"{services.redis_prefix}locations:synced:{owner[0]}/{owner[1]}") is None
     assert len(cpo.syncs()) < 12  # it stopped asking, too
     assert ended["event"] == "location_sync_stopped" and ended["reason"] == "the party left the hub", ended
+
+
+def test_a_cli_sync_of_a_cpo_that_left_meanwhile_brings_nothing_back_after_its_cleanup(
+    hub: Hub, services: Services, start_party, connect_party
+) -> None:
+    reader = connect_party(_roles("EMSP"))
+    answering = threading.Event()
+    answering.set()
+    cpo, owner = _registered_cpo(hub, start_party, lambda me: _locations(me, 4, "2026-11-01T00:00:00Z"), page_size=2,
+                                 held=answering)  # fmt: skip
+    _wait(lambda: _cached_total(reader, hub, owner) == 4 and _sync_ended(hub, owner), 30)  # the hub's own sync
+    answering.clear()  # the CPO's Sender holds its next answers
+    syncs_before = len(cpo.syncs())
+    # a forward timeout of 60 s: the CLI waits for the held page as long as the test needs
+    command = [sys.executable, "-m", "hub.cli", "sync", "locations", "--party", "-".join(owner), "--full"]
+    sync = subprocess.Popen(command, env=hub.env | {"OCPI_HUB_FORWARD_TIMEOUT_S": "60"}, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        _wait(lambda: len(cpo.syncs()) > syncs_before, 30)  # the CLI asked for the first page
+        _leave(cpo, hub)
+        _eventually(lambda: _cleaned(hub, owner), CLEANED_WITHIN_S)  # and the departed CPO's cleanup ran
+    finally:
+        answering.set()
+        out, err = sync.communicate(timeout=60)
+    assert sync.returncode == 1, err
+    [summary] = json.loads(out)
+    assert summary["error"] == LEFT_THE_HUB and summary["locations"] == 0, summary
+    with contextlib.closing(redis.Redis.from_url(services.redis_url)) as client:
+        assert _cached_entries(client, services.redis_prefix, owner) == []
+        assert client.get(f"{services.redis_prefix}locations:synced:{owner[0]}/{owner[1]}") is None
 
 
 def test_the_cache_is_rebuilt_after_redis_lost_it(hub: Hub, services: Services, start_party, connect_party) -> None:

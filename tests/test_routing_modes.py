@@ -223,17 +223,17 @@ def test_an_owner_seen_again_stays_the_one_owner_and_another_makes_the_id_ambigu
         state = RoutingState(client, f"{services.redis_prefix}owners-{secrets.token_hex(4)}:", owners_period_s=3600)
         try:
             async with state.running(interval_s=0.01):
-                state.note_owner("locations", "LOC1", ("NL", "AAA"))
-                state.note_owner("locations", "LOC1", ("NL", "AAA"))
+                state.note_owner("locations", "LOC1", ("NL", "AAA"), ())
+                state.note_owner("locations", "LOC1", ("NL", "AAA"), ())
                 await asyncio.sleep(0.1)
-                state.note_owner("locations", "LOC1", ("NL", "AAA"))
+                state.note_owner("locations", "LOC1", ("NL", "AAA"), ())
                 await asyncio.sleep(0.1)
                 assert await state.owners("locations", "LOC1") == [("NL", "AAA")]
                 assert await state.owner("locations", "LOC1") == ("NL", "AAA")
-                state.note_owner("locations", "LOC1", ("DE", "BBB"))
+                state.note_owner("locations", "LOC1", ("DE", "BBB"), ())
                 assert await state.owners("locations", "LOC1") == [("DE", "BBB"), ("NL", "AAA")]  # not yet written
                 await asyncio.sleep(0.1)
-                state.note_owner("locations", "LOC1", ("NL", "AAA"))
+                state.note_owner("locations", "LOC1", ("NL", "AAA"), ())
                 await asyncio.sleep(0.1)
                 assert await state.owners("locations", "LOC1") == [("DE", "BBB"), ("NL", "AAA")]
                 assert await state.owner("locations", "LOC1") is None
@@ -381,7 +381,7 @@ def test_stopping_while_owner_notes_are_written_finishes_and_keeps_every_note(se
                     await stack.enter_async_context(state.running(interval_s=0.0005))
                     until = time.monotonic() + random.uniform(0.001, 0.02)
                     while time.monotonic() < until:
-                        state.note_owner("locations", f"L{noted}", ("NL", f"R{round_}"))
+                        state.note_owner("locations", f"L{noted}", ("NL", f"R{round_}"), ())
                         noted += 1
                         await asyncio.sleep(0)
                     closing = asyncio.ensure_future(stack.aclose())

@@ -181,7 +181,7 @@ class Relay:
             return await hub_answers.answer(self, exchange, incoming)
         if route.kind == "broadcast":
             if route.deliveries:  # the URL names the owner (checked in decide): a token's eMSP for open routing
-                open_routing.note_seen(incoming, route.deliveries[0], self.routing)
+                open_routing.note_seen(incoming, caller, route.deliveries[0], self.routing)
             self._note_location(exchange, incoming)
             return broadcast.push(self, exchange, incoming, route)
         delivery = route.deliveries[0]
@@ -195,7 +195,7 @@ class Relay:
         answer = await self.call_party(exchange, delivery, route.sender, incoming.method,
                                        endpoint_url(delivery.url, incoming.suffix), query, body)  # fmt: skip
         if 200 <= answer.status < 300:
-            open_routing.note_seen(incoming, delivery, self.routing)
+            open_routing.note_seen(incoming, caller, delivery, self.routing)
             self._note_location(exchange, incoming)
         await relayed_urls.rewrite(self, exchange, answer, delivery, incoming.module, incoming.interface)
         return answer
@@ -247,11 +247,12 @@ class Relay:
         return answer
 
     def _note_location(self, exchange: Exchange, incoming: Incoming) -> None:
-        """A location PUT or PATCH that went through updates the cache (queued: off the caller's path)."""
-        segments = incoming.segments
+        """A location PUT or PATCH that went through updates the cache (queued: off the caller's path), as the caller's:
+        the URL names one of its parties (routing.decide.check_client_owned)."""
+        segments, caller = incoming.segments, exchange.caller
         pushed = incoming.module == "locations" and incoming.interface == "receiver"
-        if pushed and incoming.method in ("PUT", "PATCH") and len(segments) >= 3:
-            self.locations.submit((segments[0], segments[1]), incoming.method, segments[2:], incoming.body)
+        if pushed and caller and incoming.method in ("PUT", "PATCH") and len(segments) >= 3:
+            self.locations.submit((segments[0], segments[1]), caller.id, incoming.method, segments[2:], incoming.body)
 
     def hub_answer(self, exchange: Exchange, http_status: int, status_code: int, message: str | None) -> Answer:
         """An answer from the hub itself: OCPI-from is the hub, OCPI-to the caller's party when known."""

@@ -8,6 +8,7 @@ data dir. Either way two test runs can share the machine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import secrets
@@ -162,6 +163,20 @@ class PortTaken(RuntimeError):
 
 def lost_the_port(output: str) -> bool:
     return "address already in use" in output.lower()
+
+
+@contextlib.contextmanager
+def two_hub_processes(env: dict[str, str], data_dir: Path, log_name: str) -> Iterator[tuple[Hub, Hub]]:
+    """Two hub processes on one environment (the second with a data directory of its own), stopped afterwards."""
+    first = start_hub(env, OUTPUT / f"{log_name}.log")
+    try:
+        second = start_hub(env | {"OCPI_HUB_DATA_DIR": str(data_dir)}, OUTPUT / f"{log_name}-2.log")
+        try:
+            yield first, second
+        finally:
+            second.stop()
+    finally:
+        first.stop()
 
 
 def start_hub(env: dict[str, str], log_path: Path, *args: str, timeout: float = 60) -> Hub:

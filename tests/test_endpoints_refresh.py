@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from storage.log_row import body_of
-from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
+from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub, two_hub_processes
 from tests.parties import Party, Received, token_header
 from tests.test_admin_and_cli import _platform_id
 from tests.test_credentials_rotation import _listed, _moves_its_api, _rotate, console_page
@@ -30,15 +30,8 @@ def two_hubs(services: Services, empty_database: str, tmp_path: Path) -> Iterato
     a failed fetch again after 0.5 s and probing a party silent for a second."""
     env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database, OCPI_HUB_OFFLINE_PROBE_S="0.5",
                   OCPI_HUB_STILL_ALIVE_S="1", OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}refresh:")  # fmt: skip
-    first = start_hub(env, OUTPUT / "hub-endpoints-refresh.log")
-    try:
-        second = start_hub(env | {"OCPI_HUB_DATA_DIR": str(tmp_path / "hub-2")}, OUTPUT / "hub-endpoints-refresh-2.log")
-        try:
-            yield first, second
-        finally:
-            second.stop()
-    finally:
-        first.stop()
+    with two_hub_processes(env, tmp_path / "hub-2", "hub-endpoints-refresh") as hubs:
+        yield hubs
 
 
 def _registered(

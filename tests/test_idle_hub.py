@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.conftest import OUTPUT, ROOT, Hub, Services, hub_env, register_at_hub, start_hub
+from tests.conftest import OUTPUT, ROOT, Hub, Services, hub_env, register_at_hub, start_hub, two_hub_processes
 from tests.parties import Party
 from tests.test_hub_client_info import _wait_for
 from tests.test_routing import _roles
@@ -48,15 +48,8 @@ def two_hubs(services: Services, empty_database: str, tmp_path: Path) -> Iterato
     """Two hub processes with a database and cache of their own: no other test's hub reads or changes them."""
     env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database,
                   OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}idle-two:")  # fmt: skip
-    first = start_hub(env, OUTPUT / "hub-idle-1.log")
-    try:
-        second = start_hub(env | {"OCPI_HUB_DATA_DIR": str(tmp_path / "hub-2")}, OUTPUT / "hub-idle-2.log")
-        try:
-            yield first, second
-        finally:
-            second.stop()
-    finally:
-        first.stop()
+    with two_hub_processes(env, tmp_path / "hub-2", "hub-idle") as hubs:
+        yield hubs
 
 
 def test_an_idle_hub_does_not_ask_the_database_for_pending_client_info_pushes_every_second(

@@ -48,7 +48,7 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
         "OCPI_HUB_PARTY_KEEP_ALIVE_S",
         "4",
         "seconds the hub reuses an idle connection to a party: below the 5 s after which uvicorn, Node.js and Apache"
-        " close theirs, so a POST or PATCH (never retried) does not go out on a connection the party is closing",
+        " close theirs, so no request (never sent twice) goes out on a connection the party is closing",
     ),
     (
         "OCPI_HUB_MAX_BODY_BYTES",

@@ -56,12 +56,12 @@ def ocpi_status_of(body: bytes) -> int | None:
 def open_session(timeout_s: float, keep_alive_s: float, connections_per_party: int = 64) -> aiohttp.ClientSession:
     """The process-wide client session: keep-alive connections, a bounded pool per receiving host, no cookies.
 
-    A connection idle for keep_alive_s is not used again: aiohttp resends a PUT or GET that met a connection the
-    party closed at that moment, but not a POST or PATCH, which would fail with 4003 though the party is up."""
+    A connection idle for keep_alive_s is not used again, so that no request goes out on a connection the party is
+    closing: one that did would fail with 4003 though the party is up, since nothing is sent twice (below)."""
     connector = aiohttp.TCPConnector(
         limit=0, limit_per_host=connections_per_party, keepalive_timeout=keep_alive_s, ttl_dns_cache=60
     )
-    return aiohttp.ClientSession(
+    session = aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 5.0)),
         auto_decompress=True,
@@ -69,6 +69,11 @@ def open_session(timeout_s: float, keep_alive_s: float, connections_per_party: i
         # One session serves every caller: a cookie one party sets must never ride along on another's request.
         cookie_jar=aiohttp.DummyCookieJar(),
     )
+    # aiohttp sends a GET, PUT or DELETE once more when the connection drops before the answer, though the party may
+    # have taken the first: it would get the request twice with one routing-log row. transport_and_format.asciidoc,
+    # Offline behaviour: a failed request is not retried; the caller gets 4003 and the row says what happened.
+    session._retry_connection = False  # no public switch (aiohttp 3.14); tests/test_receiver_answers.py checks it
+    return session
 
 
 async def forward(

@@ -110,3 +110,22 @@ def test_a_redirect_from_a_receiver_is_relayed_not_followed(hub: Hub, cpo_and_em
     assert (answer.status_code, answer.content) == (301, b"moved")
     assert "Location" not in answer.headers  # a URL at the receiver, not one through the hub: not relayed
     assert [(r.method, r.path) for r in emsp.functional()] == [("POST", "/ocpi/2.2.1/cdrs/receiver")]
+
+
+def test_a_request_whose_connection_drops_before_the_answer_is_not_sent_again(hub: Hub, cpo_and_emsp, db) -> None:
+    # aiohttp resends a GET, PUT or DELETE over a new connection when the first drops before its answer: the party
+    # got two requests where the routing log has one. transport_and_format.asciidoc, Offline behaviour: no retry.
+    cpo, emsp = cpo_and_emsp
+    cc, pid = party_key(cpo)
+    tariff = f"tariffs/{cc}/{pid}/DROP"
+    for method, path, body in [("PUT", tariff, {"id": "DROP"}), ("GET", tariff, None), ("DELETE", tariff, None),
+                               ("POST", "cdrs", {"id": "DROP"})]:  # fmt: skip
+        at_party = f"/ocpi/2.2.1/{path.replace('/', '/receiver/', 1) if '/' in path else path + '/receiver'}"
+        emsp.canned[(method, at_party)] = (RAW, b"", {})  # read, then the connection closed with no answer
+        request_id = str(uuid.uuid4())
+        answer = cpo.call(hub.base, method, f"receiver/{path}", to=party_key(emsp), body=body,
+                          headers={"X-Request-ID": request_id})  # fmt: skip
+        assert answer.json()["status_code"] == 4003, (method, answer.text)
+        assert [(r.method, r.path) for r in emsp.functional()].count((method, at_party)) == 1, method
+        [row] = db.run(db.fetch("SELECT ocpi_status_code, error FROM routing_log WHERE request_id = $1", request_id))
+        assert row["ocpi_status_code"] == 4003 and row["error"], (method, dict(row))

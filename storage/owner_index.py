@@ -242,7 +242,7 @@ class OwnerIndex:
         await self._redis.unlink(*(self._owners_key(module, period - 2) for module in EXPIRING_OWNERS))
         for module in EXPIRING_OWNERS:
             await take_over(self._redis, module, self._owners_key(module), self._owners_key(module, period),
-                            self._kept_ms(period), self._add_owners, self._generation_key)  # fmt: skip
+                            self._kept_ms(period), self._add_owners, self._generation_key, self._directory)  # fmt: skip
 
 
 def _on_hub(directory: Directory, batch: _Noted, tokens: dict[_Token, list[tuple[Sent, bool]]]

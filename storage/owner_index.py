@@ -253,7 +253,10 @@ def _on_hub(directory: Directory, batch: _Noted, tokens: dict[_Token, list[tuple
         if held := {(owner, seen) for owner, seen in noted if _held(directory, seen)}:
             owners[key] = held
     held_tokens = {token: pushes for token, pushes in tokens.items() if _held(directory, token[3])}
-    if dropped := len(batch) - len(owners) + len(tokens) - len(held_tokens):
+    # every owner noted of an object, and every push of a token, is a note: an object keeps the owners still held
+    dropped = sum(len(noted) - len(owners.get(key, ())) for key, noted in batch.items())
+    dropped += sum(len(pushes) for token, pushes in tokens.items() if token not in held_tokens)
+    if dropped:
         log.info("owner_notes_dropped", notes=dropped, reason="a party they name is no longer on the hub")
     return owners, held_tokens
 

@@ -10,7 +10,8 @@ pages: given the live directory, the sync asks it before storing each page and b
 stops there, so the cache does not fill again with the locations of a party no longer on the hub. Its pages and marks
 are written as the request path's writes are, fenced by the directory's generation for the platform the party was
 listed by (storage.location_writer), also by `ocpi-hub sync`, which watches the directory as a hub process does: what
-a page or mark would bring back after the departed party's cleanup (storage.departed) is refused. What it stored
+a page or mark would bring back after the departed party's cleanup (storage.departed) is refused, and so is a full
+sync's removal of what the CPO no longer listed once its party id is another platform's. What it stored
 before is forgotten by the departure itself (LocationCache.forget_platform); a page stored in the moment between
 the check and the departure, by the departed party's cleanup, which begins later.
 """
@@ -148,10 +149,13 @@ class PullSync:
             result.pages += 1
             if progress:
                 progress(party, result.locations, total)
-        if self._left(platform, role):  # not forgetting what a platform registering the party id since pushed
+        if self._left(platform, role):
             return self._stopped(result)
         if gone := cached_before - listed:
-            result.removed = await self._cache.forget(party, gone)
+            # fenced inside the scripts that remove them: what a platform registering the party id since pushed stays
+            if (removed := await self._cache.forget_unlisted(party, platform.id, gone)) is None:
+                return self._stopped(result)
+            result.removed = removed
         # not once it left: a platform registering the party id again would first be synced only since now
         if not await self._cache.mark(self._cache.synced_key(party), party, platform.id, ocpi_timestamp(started)):
             return self._stopped(result)

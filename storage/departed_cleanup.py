@@ -3,7 +3,8 @@
 What goes: in the owner hashes (storage.owner_index: locations, tokens, and this period's and the previous one's of
 sessions, session receivers and reservations) a departed party leaves an entry's owners and the others stay; the
 session receivers it noted as a session's CPO, its token records, visual numbers and groups (storage.publish_tokens)
-and the locations it still has cached, with their publish_allowed_to entries and its pull-sync marks, go whole.
+and the locations it still has cached, with their publish_allowed_to entries and its pull-sync marks, go whole. The
+owner hash of a hub before periods is not swept: its take-over keeps only owners on the hub (storage.owner_upgrades).
 
 The hashes are large and are read with HSCAN a chunk at a time, once for every party that left (a platform with many
 party ids, or several platforms leaving together): each chunk's entries naming any of them are removed by one script,

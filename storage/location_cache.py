@@ -30,7 +30,7 @@ import redis.asyncio as redis
 import structlog
 
 from storage.directory import UNCHANGED_LUA, DirectoryCache, DirectoryChanged, PartyRole
-from storage.location_writer import LocationWriter, keyed, owner_part
+from storage.location_writer import STORE_TRIES, LocationWriter, keyed, owner_part
 from storage.publish_tokens import ALLOWED_LUA, MATCH_LUA, index_keys, publish_entries
 
 log = structlog.get_logger()
@@ -156,6 +156,22 @@ class LocationCache(LocationWriter):
                 raise DirectoryChanged(f"the directory changed while {owner[0]}-{owner[1]}'s locations were forgotten")
             forgotten += count
         return forgotten
+
+    async def forget_unlisted(self, owner: tuple[str, str], platform_id: int, location_ids: set[str]) -> int | None:
+        """Pull sync's removal of the owner's locations a full sync of that platform's Sender no longer listed, fenced
+        as its pages are stored (storage.location_writer): only while the directory holds the owner on that platform,
+        checked inside each script, so that a platform registering the party id since keeps what it pushed, however
+        late the sync gets here. How many there were; None once the directory no longer holds it there."""
+        for _ in range(STORE_TRIES):
+            directory, generation = self._fence()
+            if directory is not None and not directory.holds((owner[0].upper(), owner[1].upper()), platform_id):
+                return None
+            try:
+                return await self.forget(owner, location_ids, (self._generation_key, generation))
+            except DirectoryChanged:  # again, as the directory is now (the chunks removed before go uncounted)
+                await self._caught_up()
+        log.warning("location_cache_not_cleared", owner=f"{owner[0]}-{owner[1]}", reason="the directory kept changing")
+        return 0
 
     def _forget_keys(self, owner: tuple[str, str]) -> list[str]:
         return [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden"]

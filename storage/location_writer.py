@@ -29,7 +29,7 @@ from storage.redis_scripts import executed, load, queue_script
 log = structlog.get_logger()
 
 UPDATE_LINGER_S, MAX_UPDATES_PER_BATCH = 0.01, 500  # relayed updates gathered per Redis round trip
-_STORE_TRIES = 5  # a store refused as the directory changes that often meanwhile is given up (pull sync repairs it)
+STORE_TRIES = 5  # a store refused as the directory changes that often meanwhile is given up (pull sync repairs it)
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
@@ -217,7 +217,7 @@ class LocationWriter:
     async def _store_many(self, locations: list[_Whole]) -> list[_Whole]:
         """Whole locations, stored in one pipeline: those of CPOs on the hub, which it returns."""
         stored: list[_Whole] = []
-        for _ in range(_STORE_TRIES):
+        for _ in range(STORE_TRIES):
             directory, generation = self._fence()
             if len(kept := [each for each in locations if _holds(directory, each[0], each[1])]) < len(locations):
                 log.info("location_cache_skipped", locations=len(locations) - len(kept),
@@ -241,7 +241,7 @@ class LocationWriter:
         """Set a pull-sync mark of the owner's (LocationCache.synced_key, sync_failed_key) for ex_s seconds (0: for
         ever) while that platform holds it, fenced as a store is: a mark set after the departed party's cleanup deleted
         it would make a platform registering its id later start with an incremental sync. Whether it was set."""
-        for _ in range(_STORE_TRIES):
+        for _ in range(STORE_TRIES):
             directory, generation = self._fence()
             if not _holds(directory, owner, platform_id):
                 return False

@@ -242,7 +242,7 @@ class OwnerIndex:
         await self._redis.unlink(*(self._owners_key(module, period - 2) for module in EXPIRING_OWNERS))
         for module in EXPIRING_OWNERS:
             await take_over(self._redis, module, self._owners_key(module), self._owners_key(module, period),
-                            self._kept_ms(period), self._add_owners, self._generation_key)  # fmt: skip
+                            self._kept_ms(period), self._add_owners, self._generation_key, self._directory)  # fmt: skip
 
 
 def _on_hub(directory: Directory, batch: _Noted, tokens: dict[_Token, list[tuple[Sent, bool]]]
@@ -253,7 +253,10 @@ def _on_hub(directory: Directory, batch: _Noted, tokens: dict[_Token, list[tuple
         if held := {(owner, seen) for owner, seen in noted if _held(directory, seen)}:
             owners[key] = held
     held_tokens = {token: pushes for token, pushes in tokens.items() if _held(directory, token[3])}
-    if dropped := len(batch) - len(owners) + len(tokens) - len(held_tokens):
+    # every owner noted of an object, and every push of a token, is a note: an object keeps the owners still held
+    dropped = sum(len(noted) - len(owners.get(key, ())) for key, noted in batch.items())
+    dropped += sum(len(pushes) for token, pushes in tokens.items() if token not in held_tokens)
+    if dropped:
         log.info("owner_notes_dropped", notes=dropped, reason="a party they name is no longer on the hub")
     return owners, held_tokens
 

@@ -8,11 +8,15 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 
+import asyncpg
 import pytest
 import redis as redis_sync
 import redis.asyncio as redis
 
+from storage.directory import DirectoryCache, announce_change
+from storage.migrate import migrate
 from storage.routing_state import RoutingState
+from storage.secrets import TokenBox
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
 from tests.parties import Party
 
@@ -155,7 +159,8 @@ def test_the_owner_hash_of_a_hub_without_periods_is_taken_over_by_one_of_two_hub
                     await stack.enter_async_context(RoutingState(client, prefix, period_s).running(interval_s=0.01))
                     for _ in range(2)
                 ]
-                await until_gone(client, f"{prefix}owners:sessions", f"{prefix}owners:reservations")
+                await until_gone(client, f"{prefix}owners:sessions", f"{prefix}owners:reservations",
+                                 f"{prefix}owners:*:taken-over:*")  # fmt: skip
                 for state in states:
                     assert await state.owners("sessions", "S1") == [("NL", "AAA")]
                     assert await state.owners("sessions", "S2") == [("DE", "BBB"), ("NL", "AAA")]  # still refused
@@ -177,5 +182,48 @@ def test_the_owner_hash_of_a_hub_without_periods_is_taken_over_by_one_of_two_hub
 
     try:
         asyncio.run(run())
+    finally:
+        old_hub.close()
+
+
+def test_the_take_over_of_a_hub_without_periods_leaves_out_the_owners_that_left_the_hub(
+    services: Services, empty_database: str
+) -> None:
+    # A hub of the old version, still running in a rolling upgrade, neither fences its notes nor cleans up after
+    # departed parties: what it noted of a party that left must not reach the hashes this version reads.
+    prefix = f"{services.redis_prefix}owners-{secrets.token_hex(4)}:"
+    period_s = 3600.0
+    old_hub = redis_sync.Redis.from_url(services.redis_url, decode_responses=True)
+    old_hub.hset(f"{prefix}owners:sessions", mapping={"S1": "NL-GON", "S2": "NL-STY,NL-GON", "S3": "nl-sty"})
+
+    async def run() -> int:
+        conn = await asyncpg.connect(empty_database)
+        await migrate(conn)
+        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
+        client = redis.Redis.from_url(services.redis_url)
+        try:
+            ids: dict[str, int] = {}
+            for party_id in ("STY", "GON"):
+                ids[party_id] = await conn.fetchval(
+                    "INSERT INTO platform (name, state) VALUES ($1, 'REGISTERED') RETURNING id", party_id
+                )
+                await conn.execute("INSERT INTO party_role (platform_id, role, country_code, party_id, status) "
+                                   "VALUES ($1, 'CPO', 'NL', $2, 'CONNECTED')", ids[party_id], party_id)  # fmt: skip
+            directory = DirectoryCache(pool, client, prefix, TokenBox(TokenBox.generate_key()))
+            await directory.reload()  # NL-GON on the hub
+            # NL-GON's platform leaves, and the process takes the hash over before its directory reloaded
+            await conn.execute("UPDATE platform SET state = 'UNREGISTERED' WHERE id = $1", ids["GON"])
+            await announce_change(client, prefix)
+            async with RoutingState(client, prefix, period_s, directory).running(interval_s=0.01):
+                await until_gone(client, f"{prefix}owners:sessions", f"{prefix}owners:sessions:taken-over:*")
+            return int(time.time() // period_s)
+        finally:
+            await client.aclose()
+            await pool.close()
+            await conn.close()
+
+    try:
+        period = asyncio.run(asyncio.wait_for(run(), 30))
+        assert old_hub.hgetall(f"{prefix}owners:sessions:{period}") == {"S2": "NL-STY", "S3": "nl-sty"}
     finally:
         old_hub.close()

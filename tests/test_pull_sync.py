@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import json
@@ -11,11 +12,18 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import httpx
 import pytest
 import redis
+import redis.asyncio as aioredis
 
-from routing.pull_sync import LEFT_THE_HUB
+from hub.party_api import PartyClient
+from hub.settings import Settings
+from routing.pull_sync import LEFT_THE_HUB, PullSync, SyncResult
+from storage.directory import DirectoryCache
+from storage.location_cache import LocationCache
+from storage.secrets import TokenBox
 from tests.conftest import ROOT, Hub, Services
 from tests.parties import token_header
 from tests.test_departed_party import CLEANED_WITHIN_S, _cleaned, _leave, _take_off
@@ -237,6 +245,48 @@ def test_a_cli_sync_of_a_cpo_that_left_meanwhile_brings_nothing_back_after_its_c
     with contextlib.closing(redis.Redis.from_url(services.redis_url)) as client:
         assert _cached_entries(client, services.redis_prefix, owner) == []
         assert client.get(f"{services.redis_prefix}locations:synced:{owner[0]}/{owner[1]}") is None
+
+
+def test_a_full_sync_ending_after_its_cpo_left_keeps_the_locations_of_the_platform_holding_its_party_id_now(
+    hub: Hub, services: Services, start_party, connect_party
+) -> None:
+    reader = connect_party(_roles("EMSP"))
+    roles = _roles("CPO")
+    old = start_party(roles)
+    owner = party_key(old)
+    old.objects["locations"] = _locations(owner, 1, "2026-11-01T00:00:00Z")
+    old.register_at(hub.versions_url, hub.invite(old.name, roles)["token_a"])
+    _wait(lambda: _cached_total(reader, hub, owner) == 1)
+    settings = Settings.from_env(hub.env)
+
+    async def run() -> SyncResult:
+        pool = await asyncpg.create_pool(services.database_url, min_size=1, max_size=2)
+        client = aioredis.Redis.from_url(services.redis_url)
+        try:
+            # a sync process whose directory is the one from before the CPO left: one that has not reloaded yet (up to
+            # PROPAGATION_S after a change), or whose check that the CPO is still there came just before it left
+            directory = DirectoryCache(pool, client, services.redis_prefix, TokenBox(settings.secret_key or ""))
+            await directory.reload()
+            platform = directory.current.parties[owner]
+            [role] = [each for each in platform.roles if each.key == owner]
+            old.objects["locations"] = []  # the old platform no longer lists its location
+            await asyncio.to_thread(_leave, old, hub)
+            new = start_party(roles)  # a new platform registers the party id and has a location of that id
+            new.objects["locations"] = _locations(owner, 1, "2026-11-02T00:00:00Z")
+            await asyncio.to_thread(new.register_at, hub.versions_url, hub.invite(new.name, roles)["token_a"])
+            await asyncio.to_thread(_wait, lambda: new.syncs() and _cached_total(reader, hub, owner) == 1)
+            async with PartyClient(settings) as http:
+                sync = PullSync(http, LocationCache(client, services.redis_prefix, directory), client,
+                                services.redis_prefix, HUB, directory=lambda: directory.current)  # fmt: skip
+                return await sync.sync_party(platform, role, full=True)
+        finally:
+            await client.aclose()
+            await pool.close()
+
+    result = asyncio.run(asyncio.wait_for(run(), 60))
+    assert result.error == LEFT_THE_HUB and result.removed == 0, result
+    page = reader.call(hub.base, "GET", f"sender/locations?country_code={owner[0]}&party_id={owner[1]}", to=HUB)
+    assert [loc["last_updated"] for loc in page.json()["data"]] == ["2026-11-02T00:00:00Z"]  # the new platform's
 
 
 def test_the_cache_is_rebuilt_after_redis_lost_it(hub: Hub, services: Services, start_party, connect_party) -> None:

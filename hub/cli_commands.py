@@ -80,6 +80,7 @@ def _os_user() -> str:
 async def _connect(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, redis_client: redis.Redis) -> int:
     from hub.connect import ConnectFailed, connect_to_party
     from hub.ocpi.wire import usable_url
+    from storage.routing_log import RoutingLogWriter
 
     if not os.environ.get("OCPI_HUB_PUBLIC_URL"):
         # The party calls the hub back at this URL while it handles the registration: a guess will not do.
@@ -94,11 +95,13 @@ async def _connect(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 2
     name = args.name or httpx.URL(args.versions_url).host
-    async with PartyClient(settings) as http:
+    # as `ocpi-hub sync`: a writer of its own, in a chain of its own, for the hub's calls to the party
+    writer = RoutingLogWriter(pool, body_cap=settings.log_body_max_bytes)
+    async with PartyClient(settings) as http, writer.running():
         try:
-            connected = await connect_to_party(
-                settings, pool, redis_client, http, name=name, versions_url=args.versions_url, token_a=args.token_a
-            )
+            connected = await connect_to_party(settings, pool, redis_client, http, name=name,
+                                               versions_url=args.versions_url, token_a=args.token_a,
+                                               record=writer.record)  # fmt: skip
         except ConnectFailed as exc:
             print(f"ocpi-hub: {exc}", file=sys.stderr)
             return 1

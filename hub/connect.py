@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -14,9 +15,11 @@ import structlog
 from hub import party_api
 from hub.errors import OcpiError
 from hub.ocpi.credentials import connection_of, hub_credentials
+from hub.own_messages import Trace
 from hub.settings import Settings
 from storage import platforms
 from storage.directory import PROPAGATION_S, announce_change
+from storage.log_row import LogEntry
 from storage.secrets import TokenBox, new_token, token_hash
 
 log = structlog.get_logger()
@@ -43,11 +46,14 @@ async def connect_to_party(
     name: str,
     versions_url: str,
     token_a: str,
+    record: Callable[[LogEntry], Awaitable[None]],
 ) -> Connected:
+    """Registers the hub at the party; each call to it a routing-log row (record), all in one conversation."""
     box = TokenBox(settings.secret_key or "")
     hub_party = (settings.country_code, settings.party_id)
+    trace = Trace(hub_party, None, None, record)  # the platform and its parties are known only as they are told
     try:
-        first = await party_api.discover(http, versions_url, token_a, party=name)
+        first = await party_api.discover(http, versions_url, token_a, party=name, trace=trace)
     except OcpiError as exc:
         raise ConnectFailed(f"reading the party's versions with token A failed ({exc.status_code}): {exc}") from None
     credentials_url = first.url("credentials")
@@ -55,25 +61,27 @@ async def connect_to_party(
     token_for_party = new_token()
     async with pool.acquire() as conn:
         platform_id = await platforms.create_platform(conn, name, [], token_hash(token_for_party), hub_party)
+    trace.platform_id = platform_id
     await announce_change(redis_client, settings.redis_prefix)
     await asyncio.sleep(PROPAGATION_S)  # every running hub process must know the token before the party calls back
     theirs = None
     try:
         theirs = await party_api.exchange_credentials(
             http, "POST", credentials_url or "", token_a, hub_credentials(settings, token_for_party),
-            first.token_encoding,
+            first.token_encoding, trace,
         )  # fmt: skip
+        trace.to = (theirs.roles[0].country_code, theirs.roles[0].party_id) if theirs.roles else None
         claims = [platforms.RoleClaim(r.role, r.country_code, r.party_id) for r in theirs.roles]
         async with pool.acquire() as conn:
             role_ids = await platforms.claim_roles(conn, platform_id, claims, hub_party)
         # The endpoints are fetched again with the party's new token: that proves the token works.
-        final = await party_api.discover(http, theirs.url, theirs.token, party=name)
+        final = await party_api.discover(http, theirs.url, theirs.token, party=name, trace=trace)
     except (OcpiError, platforms.PartyTaken) as exc:
         await _abandon(pool, redis_client, settings, platform_id)
         if theirs is not None and credentials_url:
             # The party did register the hub: undo it, since the hub will not use that registration.
             with contextlib.suppress(OcpiError):
-                await party_api.delete_credentials(http, credentials_url, theirs.token, first.token_encoding)
+                await party_api.delete_credentials(http, credentials_url, theirs.token, first.token_encoding, trace)
         raise ConnectFailed(f"registration at {versions_url} failed: {exc}") from None
     roles = [
         (role_id, msgspec.to_builtins(r.business_details)) for role_id, r in zip(role_ids, theirs.roles, strict=True)

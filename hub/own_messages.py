@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import msgspec
@@ -18,6 +19,9 @@ from routing.forward import ocpi_status_of
 from storage.log_row import LogEntry
 from storage.routing_log import LogUnavailable
 
+if TYPE_CHECKING:
+    from storage.directory import Platform
+
 log = structlog.get_logger()
 
 HIDDEN = "(not logged)"  # in place of a credentials token in the routing log
@@ -25,7 +29,7 @@ HIDDEN = "(not logged)"  # in place of a credentials token in the routing log
 
 def own_entry(
     hub: tuple[str, str],
-    platform_id: int,
+    platform_id: int | None,
     to: tuple[str, str] | None,
     method: str,
     url: str,
@@ -66,19 +70,31 @@ def tokens_hidden(body: bytes) -> bytes:
 @dataclass(slots=True)
 class Trace:
     """The rows of a task of the hub's own that makes several calls to one platform over the control plane (an
-    endpoints refresh: its versions, version details and credentials GETs): a row per call, each with an X-Request-ID
-    of its own, all in one conversation (one X-Correlation-ID), so an auditor finds the task's calls together."""
+    endpoints refresh, a party's registration or credentials update, a rotation, `ocpi-hub connect`: their versions,
+    version details and credentials calls): a row per call, each with an X-Request-ID of its own, all in one
+    conversation (one X-Correlation-ID), so an auditor finds the task's calls together."""
 
     hub: tuple[str, str]
-    platform_id: int
+    platform_id: int | None  # None until the platform is on the hub (`ocpi-hub connect` reads the versions first)
     to: tuple[str, str] | None  # the recipient's party: (country code, party id) of one of the platform's roles
     record: Callable[[LogEntry], Awaitable[None]]
     correlation_id: str = field(default_factory=new_request_id)
 
-    def start(self, method: str, url: str, module: str, headers: dict[str, str]) -> LogEntry:
-        """The row of a call about to go out; its headers gain the call's X-Request-ID and the X-Correlation-ID."""
+    @classmethod
+    def to_platform(
+        cls, hub: tuple[str, str], platform: Platform, record: Callable[[LogEntry], Awaitable[None]],
+        correlation_id: str | None = None,
+    ) -> Trace:  # fmt: skip
+        """The trace of calls to a platform the directory holds, each addressed to its first party; in the
+        conversation correlation_id if given, else a new one."""
+        to = (platform.roles[0].country_code, platform.roles[0].party_id) if platform.roles else None
+        return cls(hub, platform.id, to, record, correlation_id or new_request_id())
+
+    def start(self, method: str, url: str, module: str, headers: dict[str, str], body: bytes | None = None) -> LogEntry:
+        """The row of a call about to go out, any credentials token in its body hidden; its headers gain the call's
+        X-Request-ID and the X-Correlation-ID."""
         entry = own_entry(self.hub, self.platform_id, self.to, method, url, module, request_id=new_request_id(),
-                          correlation_id=self.correlation_id)  # fmt: skip
+                          correlation_id=self.correlation_id, body=tokens_hidden(body) if body else b"")  # fmt: skip
         headers |= {"X-Request-ID": entry.request_id, "X-Correlation-ID": self.correlation_id}
         return entry
 

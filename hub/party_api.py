@@ -201,10 +201,13 @@ def _usable_endpoints(listed: list[Endpoint], party: str) -> list[Endpoint]:
 
 
 async def exchange_credentials(
-    client: PartyClient, method: str, credentials_url: str, token: str, ours: Credentials, encoding: str = "base64"
-) -> Credentials:
-    """POST (register) or PUT (update) our credentials at the party and return the party's."""
-    response = await _call(client, method, credentials_url, token, body=msgspec.json.encode(ours), encoding=encoding)
+    client: PartyClient, method: str, credentials_url: str, token: str, ours: Credentials, encoding: str = "base64",
+    trace: Trace | None = None,
+) -> Credentials:  # fmt: skip
+    """POST (register) or PUT (update) our credentials at the party and return the party's; a routing-log row of
+    trace's if one is given."""
+    response = await _call(client, method, credentials_url, token, body=msgspec.json.encode(ours), encoding=encoding,
+                           trace=trace, module="credentials")  # fmt: skip
     return credentials_in(response, method, credentials_url)
 
 
@@ -231,8 +234,10 @@ def credentials_in(response: Fetched, method: str, credentials_url: str) -> Cred
     return answer.data
 
 
-async def delete_credentials(client: PartyClient, credentials_url: str, token: str, encoding: str = "base64") -> None:
-    await _call(client, "DELETE", credentials_url, token, encoding=encoding)
+async def delete_credentials(
+    client: PartyClient, credentials_url: str, token: str, encoding: str = "base64", trace: Trace | None = None
+) -> None:
+    await _call(client, "DELETE", credentials_url, token, encoding=encoding, trace=trace, module="credentials")
 
 
 async def _call(
@@ -246,7 +251,7 @@ async def _call(
         headers["Content-Type"] = "application/json"
     if trace is None:
         return _accepted(await _fetch(client, method, url, headers, body), method, url)
-    entry, started, error = trace.start(method, url, module, headers), time.perf_counter(), None
+    entry, started, error = trace.start(method, url, module, headers, body), time.perf_counter(), None
     try:
         response = await _fetch(client, method, url, headers, body)
         trace.answered(entry, response.status_code, response.content)

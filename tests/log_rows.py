@@ -1,14 +1,16 @@
-"""Routing-log rows for the auditor tests, written by the hub's own RoutingLogWriter (a real hash chain)."""
+"""Routing-log rows for the auditor tests, written by the hub's own RoutingLogWriter (a real hash chain), and the rows
+of the hub's own messages as the tests of its control-plane flows read them back."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
-from storage.log_row import LogEntry
+from storage.log_row import LogEntry, body_of
 from storage.log_verify import verify
 from storage.migrate import migrate
 from storage.routing_log import RoutingLogWriter
@@ -119,3 +121,38 @@ def verified(database_url: str, tamper: str | None = None):  # type: ignore[no-u
             await conn.close()
 
     return asyncio.run(run())
+
+
+def own_conversation(db, correlation_id: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """The routing-log rows of one X-Correlation-ID (db: the tests' Db), oldest first, bodies back as text."""
+    sql = ("SELECT request_id, correlation_id, module, method, path, routing, from_country_code, from_party_id, "
+           "to_country_code, to_party_id, receiver_platform_id, http_status, ocpi_status_code, error, request_headers, "
+           "response_headers, request_body, response_body FROM routing_log WHERE correlation_id = $1 "
+           "ORDER BY received_at, id")  # fmt: skip
+    rows = db.run(db.fetch(sql, correlation_id))
+    return [dict(r) | {"request_body": body_of(r["request_body"]).decode(),
+                       "response_body": body_of(r["response_body"]).decode()} for r in rows]  # fmt: skip
+
+
+def calls_of(rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """(module, method, path, HTTP status, receiver platform, to) of each row of the hub's own, as tests list them."""
+    return [(r["module"], r["method"], r["path"], r["http_status"], r["receiver_platform_id"],
+             (r["to_country_code"], r["to_party_id"]) if r["to_party_id"] else None) for r in rows]  # fmt: skip
+
+
+def own_messages_wrong(rows: Sequence[dict[str, Any]], received: Sequence[Any], *tokens: str | None) -> str:
+    """What makes rows not the hub's own messages as the party received them (received: its Received requests): each
+    from the hub, routing 'hub', with a request id of its own that the party got with the row's correlation id, no
+    headers kept and none of tokens anywhere; "" when nothing does."""
+    ids = [r["request_id"] for r in rows]
+    if {(r["routing"], r["from_country_code"], r["from_party_id"]) for r in rows} != {("hub", "NL", "HUB")}:
+        return "not all from the hub, routing 'hub'"
+    if len(set(ids)) != len(ids) or {r["correlation_id"] for r in rows} & set(ids):
+        return f"request ids not each a call's own: {ids}"
+    got = {(r.headers.get("X-Request-ID"), r.headers.get("X-Correlation-ID")) for r in received}
+    if not {(r["request_id"], r["correlation_id"]) for r in rows} <= got:
+        return "the party did not receive each row's ids"
+    if {(r["request_headers"], r["response_headers"]) for r in rows} != {(None, None)}:
+        return "headers kept"
+    dump = repr(rows)
+    return ", ".join(f"token {t[:4]}... logged" for t in tokens if t and t in dump)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, Hub, unique_party_id
+from tests.log_rows import calls_of, own_conversation, own_messages_wrong
 from tests.parties import free_port, token_header
 from tests.test_hub_client_info import _pushes_about, _wait_for
 from tests.test_routing import _roles, party_key
@@ -190,6 +191,47 @@ def test_connect_to_a_party_whose_ids_are_taken_undoes_the_registration(hub: Hub
     assert result.returncode == 1
     assert f"DE-{pid}" in result.stderr
     assert party.hub_credentials is None  # the hub sent DELETE to undo its registration at the party
+
+
+def test_every_call_connect_makes_is_a_routing_log_row_in_one_conversation_without_its_tokens(
+    hub: Hub, start_party, db
+) -> None:
+    pid = unique_party_id()
+    party = start_party(("CPO", "DE", pid))
+    token_a = party.token_a
+    result = _cli(hub, "connect", "--versions-url", party.versions_url, f"--token-a={token_a}")
+    assert result.returncode == 0, result.stderr + result.stdout
+    platform_id, base = json.loads(result.stdout)["platform_id"], f"{party.base}/ocpi"
+    rows = own_conversation(db, party.received[0].headers["X-Correlation-ID"])
+    # with token A: versions and details before the platform is on the hub, the POST before the party named its roles;
+    # then versions and details with the party's token, to its party
+    assert calls_of(rows) == [
+        ("versions", "GET", f"{base}/versions", 200, None, None), ("versions", "GET", f"{base}/2.2.1", 200, None, None),
+        ("credentials", "POST", f"{base}/2.2.1/credentials", 200, platform_id, None),
+        ("versions", "GET", f"{base}/versions", 200, platform_id, ("DE", pid)),
+        ("versions", "GET", f"{base}/2.2.1", 200, platform_id, ("DE", pid)),
+    ]  # fmt: skip
+    assert own_messages_wrong(rows, party.received, token_a, party.token_b, party.hub_token) == ""
+    posted = rows[2]
+    assert json.loads(posted["request_body"])["token"] == json.loads(posted["response_body"])["data"]["token"] == (
+        "(not logged)")  # fmt: skip
+    with hub.admin() as admin:  # the command's rows are a chain of its own
+        assert admin.get("/admin/api/routing-log/verify").json()["ok"] is True
+
+
+def test_the_delete_undoing_a_failed_connect_is_a_routing_log_row_of_its_conversation(
+    hub: Hub, start_party, db
+) -> None:
+    pid = unique_party_id()
+    hub.invite("Owner", ("CPO", "DE", pid))
+    party = start_party(("CPO", "DE", pid))
+    assert _cli(hub, "connect", "--versions-url", party.versions_url, f"--token-a={party.token_a}").returncode == 1
+    rows = own_conversation(db, party.received[0].headers["X-Correlation-ID"])
+    assert [(r["module"], r["method"], r["http_status"]) for r in rows] == [
+        ("versions", "GET", 200), ("versions", "GET", 200), ("credentials", "POST", 200), ("credentials", "DELETE", 200)
+    ]  # fmt: skip
+    assert calls_of(rows)[-1][-1] == ("DE", pid)
+    assert own_messages_wrong(rows, party.received, party.token_a, party.token_b) == ""
 
 
 @pytest.mark.parametrize(

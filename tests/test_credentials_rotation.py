@@ -10,6 +10,7 @@ import pytest
 
 from storage.log_row import body_of
 from tests.conftest import Hub, unique_party_id
+from tests.log_rows import calls_of, own_conversation, own_messages_wrong
 from tests.parties import Party, envelope, token_header
 from tests.test_admin_and_cli import _cli, _platform_id
 from tests.test_routing import _roles, party_key
@@ -93,6 +94,26 @@ def test_the_operator_rotates_a_platforms_tokens_and_both_sides_use_only_the_new
     assert logged.count('"token":"(not logged)"') == 2  # the hub's credentials and the party's answer
     seen = answer.text + hub.log() + logged
     assert not [t for t in (old_hub_token, cpo.hub_token, old_token_b, cpo.token_b) if t and t in seen]
+
+
+def test_every_call_of_a_rotation_is_a_routing_log_row_in_one_conversation_without_its_tokens(
+    hub: Hub, connect_party, db
+) -> None:
+    cpo = connect_party(_roles("CPO"))
+    (cc, pid), old_tokens = party_key(cpo), (cpo.hub_token, cpo.token_b)
+    platform_id = _platform_id(hub, (cc, pid))
+    assert _rotate(hub, platform_id).status_code == 200
+    # the PUT of the hub's credentials, then the versions and details read with the party's new token B
+    [put] = [r for r in cpo.received if r.method == "PUT"]
+    rows = own_conversation(db, put.headers["X-Correlation-ID"])
+    assert calls_of(rows) == [
+        ("credentials", "PUT", f"{cpo.base}/ocpi/2.2.1/credentials", 200, platform_id, (cc, pid)),
+        ("versions", "GET", f"{cpo.base}/ocpi/versions", 200, platform_id, (cc, pid)),
+        ("versions", "GET", f"{cpo.base}/ocpi/2.2.1", 200, platform_id, (cc, pid)),
+    ]
+    assert own_messages_wrong(rows, cpo.received, *old_tokens, cpo.hub_token, cpo.token_b) == ""
+    assert json.loads(rows[0]["request_body"])["token"] == json.loads(rows[0]["response_body"])["data"]["token"] == (
+        "(not logged)")  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,7 +17,9 @@ import redis.asyncio as redis
 from storage.directory import DirectoryCache, announce_change
 from storage.secrets import TokenBox
 from tests.conftest import OUTPUT, Hub, Services, hub_env, start_hub, unique_party_id
+from tests.log_rows import calls_of, own_conversation, own_messages_wrong
 from tests.parties import Party, free_port, token_header
+from tests.test_admin_and_cli import _platform_id
 
 
 def _invited_party(hub: Hub, start_party, *roles: tuple[str, str, str], **options) -> tuple[Party, str]:
@@ -80,6 +83,39 @@ def test_registration_fetches_party_endpoints_with_token_b_and_answers_hub_crede
     for table in ("credentials_token", "platform"):
         dump = str(db.run(db.fetch(f"SELECT * FROM {table}")))
         assert token_c not in dump and token_a not in dump
+
+
+def test_the_hubs_calls_while_a_party_registers_or_updates_are_routing_log_rows_in_the_partys_conversation(
+    hub: Hub, start_party, db
+) -> None:
+    pid = unique_party_id()
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", pid))
+    tokens = [token_a, party.token_b]
+    for method, token in (("POST", token_a), ("PUT", None)):
+        correlation_id = f"{method.lower()}-{pid}-{uuid.uuid4()}"
+        sent = token_header(token or party.hub_token or "") | {"X-Correlation-ID": correlation_id}
+        answer = httpx.request(method, _credentials_url(hub), headers=sent, json=party.credentials(party.token_b))
+        assert answer.status_code == 200 and answer.json()["status_code"] == 1000, answer.text
+        party.hub_token = answer.json()["data"]["token"]
+        tokens.append(party.hub_token)
+        rows = own_conversation(db, correlation_id)
+        platform_id = _platform_id(hub, ("NL", pid))
+        # the versions and details the hub read with token B before it answered, in the party's conversation
+        assert calls_of(rows) == [
+            ("versions", "GET", f"{party.base}/ocpi/versions", 200, platform_id, ("NL", pid)),
+            ("versions", "GET", f"{party.base}/ocpi/2.2.1", 200, platform_id, ("NL", pid)),
+        ]
+        assert own_messages_wrong(rows, party.received, *tokens) == ""
+    with hub.admin() as admin:
+        assert admin.get("/admin/api/routing-log/verify").json()["ok"] is True
+
+
+def test_a_registration_with_a_correlation_id_too_long_for_the_routing_log_is_refused(hub: Hub, start_party) -> None:
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
+    sent = token_header(token_a) | {"X-Correlation-ID": "c" * 256}
+    answer = httpx.post(_credentials_url(hub), headers=sent, json=party.credentials(party.token_b))
+    assert (answer.status_code, answer.json()["status_code"]) == (400, 2001)
+    assert "X-Correlation-ID" in answer.json()["status_message"] and party.received == []
 
 
 def test_token_a_stops_working_after_registration(hub: Hub, start_party) -> None:

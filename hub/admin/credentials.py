@@ -59,18 +59,24 @@ def audited_via(via: str | None) -> dict[str, str]:
 
 
 async def message_party(
-    state: State, platform: Platform, method: str, read: Callable[[Fetched, str], T], body: bytes = b""
+    state: State,
+    platform: Platform,
+    method: str,
+    read: Callable[[Fetched, str], T],
+    body: bytes = b"",
+    correlation_id: str | None = None,
 ) -> T:
     """method on the party's credentials endpoint with its token B, as a routing-log row of its own (routing 'hub',
-    tokens hidden); what read makes of an answer HTTP 200, OCPI 1000. PartyFailed saying what went wrong otherwise;
-    TakenButFailed when the party took the message but read raises an OcpiError on its answer."""
+    tokens hidden), in the conversation correlation_id if given; what read makes of an answer HTTP 200, OCPI 1000.
+    PartyFailed saying what went wrong otherwise; TakenButFailed when the party took the message but read raises an
+    OcpiError on its answer."""
     url = platform.endpoint("credentials", "SENDER") or platform.endpoint("credentials", "RECEIVER")
     if not url:
         raise PartyFailed("its version details list no credentials endpoint")
     settings = state.settings
     to = platform.roles[0] if platform.roles else None
     entry, headers = hub_request((settings.country_code, settings.party_id), platform, to, method, url,
-                                 "credentials", body=body)  # fmt: skip
+                                 "credentials", correlation_id=correlation_id, body=body)  # fmt: skip
     entry.request_body = tokens_hidden(body)
     started = time.perf_counter()
     result: tuple[T] | None = None

@@ -18,6 +18,7 @@ from hub.admin.endpoints import retry_in_s
 from hub.errors import OcpiError
 from hub.ocpi.credentials import connection_of, hub_credentials, match_roles
 from hub.ocpi.wire import Credentials
+from hub.own_messages import Trace
 from hub.party_api import Fetched
 from storage import platforms
 from storage.secrets import new_token, token_hash
@@ -126,8 +127,11 @@ async def _exchange(state: State, platform_id: int, token_c: str) -> platforms.C
     platform = state.directory.current.platforms.get(platform_id)
     if platform is None or not platform.token_b:
         raise platforms.StaleExchange(f"platform {platform_id} is no longer registered")
-    ours = msgspec.json.encode(hub_credentials(state.settings, token_c))
-    theirs = await message_party(state, platform, "PUT", _their_credentials, ours)
+    settings = state.settings
+    # the PUT and the fetch with the new token B are one conversation: an auditor finds the rotation's calls together
+    trace = Trace.to_platform((settings.country_code, settings.party_id), platform, state.routing_log.record)
+    ours = msgspec.json.encode(hub_credentials(settings, token_c))
+    theirs = await message_party(state, platform, "PUT", _their_credentials, ours, trace.correlation_id)
     moved_to = theirs.url if theirs.url != platform.versions_url else None
     try:
         async with state.pool.acquire() as conn:
@@ -136,7 +140,7 @@ async def _exchange(state: State, platform_id: int, token_c: str) -> platforms.C
         raise TakenButFailed(f"the roles it answered do not match: {exc.message}", theirs.token, moved_to,
                              roles_unmatched=True) from None  # fmt: skip
     try:
-        discovery = await party_api.discover(state.http, theirs.url, theirs.token, party=platform.name)
+        discovery = await party_api.discover(state.http, theirs.url, theirs.token, party=platform.name, trace=trace)
     except OcpiError as exc:
         raise TakenButFailed(
             f"fetching its endpoints with its new token B failed: {exc.message}", theirs.token, moved_to

@@ -362,3 +362,25 @@ def test_an_idle_hub_does_not_ask_the_database_for_due_refreshes_every_second(
         assert _platform_scans(empty_database) - before <= 2
     finally:
         hub.stop()
+
+
+def test_a_refresh_that_came_due_while_an_operators_failing_try_held_it_is_tried_as_soon_as_that_try_fails(
+    two_hubs: tuple[Hub, Hub], start_party
+) -> None:
+    first, second = two_hubs
+    cpo, platform_id = _registered(first, start_party, _roles("CPO"), moving_its_api=True)
+    assert _rotate(second, platform_id).status_code == 502
+    [failed, *_] = _wait_for(lambda: _events(two_hubs, "platform_endpoints_refresh_failed", platform_id))
+    assert failed["next_try_in_s"] < 2  # due again while the operator's try below holds the refresh
+    # The new deployment answers its versions, but its version details drip: the operator's try takes the hub's 2 s
+    # forward timeout, and holds the refresh for the whole of it.
+    del cpo.canned[("GET", "/v2/ocpi/versions")]
+    cpo.drip.add("/v2/ocpi/2.2.1")
+    asked = time.monotonic()
+    answer = _refresh(first, platform_id)
+    answered = time.monotonic()
+    assert answer.status_code == 502 and "it tries again on its own" in answer.json()["error"], answer.text
+    # The hub's own try follows at once on one of the processes, not once the operator's claim would have run out.
+    [operators, ours, *_] = _wait_for(lambda: _versions_fetched_at(cpo, "/v2/ocpi/versions", asked)[1:] and
+                                      _versions_fetched_at(cpo, "/v2/ocpi/versions", asked), timeout=15)  # fmt: skip
+    assert operators < answered and ours - answered < 1.0, (operators - asked, ours - answered)

@@ -212,6 +212,8 @@ async def refresh_now(state: State, actor: Actor, platform_id: int, via: str | N
             await record_action(conn, actor, "refresh_endpoints", audited | {"failed": str(failed), "kept": kept}
                                 | ({"next_try": _at(next_try)} if next_try else {}))  # fmt: skip
             await conn.execute(QUERIES["release_endpoints_refresh"], platform_id, claimed_until)
+        if next_try:  # a pending refresh, due perhaps while this try held it: every process's loop looks again now
+            await state.directory.changed()
         log.warning("platform_endpoints_refresh_by_operator_failed", platform_id=platform_id, platform=source["name"],
                     versions_url=source["versions_url"], reason=str(failed), by=actor.name,
                     next_try=_at(next_try) if next_try else None)  # fmt: skip

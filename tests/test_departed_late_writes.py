@@ -13,18 +13,16 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import asyncpg
 import httpx
 import redis as redis_sync
-import redis.asyncio as redis
 import structlog
 
 from storage.directory import DirectoryCache
-from storage.migrate import migrate
 from storage.publish_tokens import Sent
 from storage.routing_state import RoutingState
 from storage.secrets import TokenBox
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
+from tests.hub_storage import hub_storage, registered_platform
 from tests.parties import token_header
 from tests.test_departed_party import CLEANED_WITHIN_S, _assert_len, _cleaned, _leave, _naming, _put
 from tests.test_location_cache import _eventually
@@ -204,27 +202,16 @@ def test_the_owner_notes_dropped_for_naming_a_departed_party_are_counted_one_by_
     staying, gone = ("NL", "STY"), ("NL", "GON")
 
     async def note_and_write() -> None:
-        conn = await asyncpg.connect(empty_database)
-        await migrate(conn)
-        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
-        client = redis.Redis.from_url(services.redis_url)
-        try:
-            platform = await conn.fetchval("INSERT INTO platform (name, state) VALUES ('staying', 'REGISTERED') "
-                                           "RETURNING id")  # fmt: skip
-            await conn.execute("INSERT INTO party_role (platform_id, role, country_code, party_id, status) "
-                               "VALUES ($1, 'CPO', $2, $3, 'CONNECTED')", platform, *staying)  # fmt: skip
-            directory = DirectoryCache(pool, client, prefix, TokenBox(TokenBox.generate_key()))
+        async with hub_storage(empty_database, services.redis_url) as storage:
+            platform = await registered_platform(storage.conn, "staying", staying)
+            directory = DirectoryCache(storage.pool, storage.redis, prefix, TokenBox(TokenBox.generate_key()))
             await directory.reload()  # the gone party's platform (id platform + 1) has left the hub
-            async with RoutingState(client, prefix, 3600.0, directory).running(interval_s=0.01) as routing:
+            async with RoutingState(storage.redis, prefix, 3600.0, directory).running(interval_s=0.01) as routing:
                 routing.note_owner("locations", "SHARED", staying, ((staying, platform),))
                 routing.note_owner("locations", "SHARED", gone, ((gone, platform + 1),))  # an object kept, one note not
                 routing.note_owner("sessions", "S1", gone, ((gone, platform + 1),))
                 for whole in (True, False):  # a token's PUT and PATCH: two notes of one token
                     routing.note_token(gone, "T1", "RFID", Sent(visual_number="VN"), whole, ((gone, platform + 1),))
-        finally:
-            await client.aclose()
-            await pool.close()
-            await conn.close()
 
     with structlog.testing.capture_logs() as logs:
         asyncio.run(asyncio.wait_for(note_and_write(), 30))

@@ -6,16 +6,13 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-import asyncpg
-import redis.asyncio as redis
-
 from storage.departed import Departures
 from storage.directory import PartyRole
 from storage.embedded import EmbeddedValkey
 from storage.location_cache import LocationCache
-from storage.migrate import migrate
 from storage.publish_tokens import Sent, index_keys
 from storage.routing_state import RoutingState
+from tests.hub_storage import hub_storage, registered_platform
 
 PREFIX = "hub:"
 LEAVING = [("NL", f"D{n}X") for n in range(1, 6)]  # one platform's party ids
@@ -49,12 +46,8 @@ def test_a_platform_with_several_party_ids_is_cleaned_up_in_one_hscan_pass_per_h
 async def _clean_up(url: str, database_url: str) -> tuple[int, int, dict[str, dict[str, str]]]:
     """Note the parties' entries as the hub does, let the platform leave, wait for its cleanup: (HSCANs it sent, hashes
     there are, what the hashes hold afterwards)."""
-    conn = await asyncpg.connect(database_url)
-    await migrate(conn)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    client = redis.Redis.from_url(url, decode_responses=True)
-    try:
-        routing, locations = RoutingState(client, PREFIX, 3600.0), LocationCache(client, PREFIX)
+    async with hub_storage(database_url, url, decode_responses=True) as storage:
+        routing, locations = RoutingState(storage.redis, PREFIX, 3600.0), LocationCache(storage.redis, PREFIX)
         async with routing.running(interval_s=0.01):
             for party in [*LEAVING, STAYING]:
                 routing.note_owner("locations", f"L-{party[1]}", party, ())
@@ -64,29 +57,22 @@ async def _clean_up(url: str, database_url: str) -> tuple[int, int, dict[str, di
                 routing.note_owner("session-receivers", f"{party[0]}/{party[1]}/S-{party[1]}", STAYING, ())
                 routing.note_token(party, f"T-{party[1]}", "RFID", Sent(visual_number=f"VN-{party[1]}", group_id="G"),
                                    whole=True, seen=())  # fmt: skip
-        platform = await conn.fetchval("INSERT INTO platform (name, state) VALUES ('again', 'REGISTERED') RETURNING id")
-        await conn.execute("INSERT INTO party_role (platform_id, role, country_code, party_id, status) "
-                           "VALUES ($1, 'CPO', $2, $3, 'CONNECTED')", platform, *AGAIN)  # fmt: skip
-
-        departures = Departures(pool, client, PREFIX, routing, locations, forward_timeout_s=0)
-        await client.config_resetstat()
+        await registered_platform(storage.conn, "again", AGAIN)
+        departures = Departures(storage.pool, storage.redis, PREFIX, routing, locations, forward_timeout_s=0)
+        await storage.redis.config_resetstat()
         running = asyncio.create_task(departures.run())
         await departures.left([PartyRole("CPO", cc, pid, "CONNECTED", None) for cc, pid in LEAVING])
-        while await client.zcard(f"{PREFIX}departed-parties"):
+        while await storage.redis.zcard(f"{PREFIX}departed-parties"):
             await asyncio.sleep(0.1)
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
-        hscans = (await client.info("commandstats"))["cmdstat_hscan"]["calls"]
+        hscans = (await storage.redis.info("commandstats"))["cmdstat_hscan"]["calls"]
         names = {
             "owners:locations": f"{PREFIX}owners:locations",
             "owners:tokens": f"{PREFIX}owners:tokens",
             "session-receivers": next(key for module, key in routing.owner_keys() if module == "session-receivers"),
             "publish-to:tokens": index_keys(PREFIX)[0],
         }
-        entries = {name: await client.hgetall(key) for name, key in names.items()}
+        entries = {name: await storage.redis.hgetall(key) for name, key in names.items()}
         return hscans, len(routing.owner_keys()) + len(index_keys(PREFIX)), entries
-    finally:
-        await client.aclose()
-        await pool.close()
-        await conn.close()

@@ -8,16 +8,15 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 
-import asyncpg
 import pytest
 import redis as redis_sync
 import redis.asyncio as redis
 
 from storage.directory import DirectoryCache, announce_change
-from storage.migrate import migrate
 from storage.routing_state import RoutingState
 from storage.secrets import TokenBox
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
+from tests.hub_storage import hub_storage, registered_platform
 from tests.parties import Party
 
 PERIOD_S = 3.0  # the test hub's OCPI_HUB_OWNER_INDEX_PERIOD_S: long enough for a few requests at a period's start
@@ -197,30 +196,17 @@ def test_the_take_over_of_a_hub_without_periods_leaves_out_the_owners_that_left_
     old_hub.hset(f"{prefix}owners:sessions", mapping={"S1": "NL-GON", "S2": "NL-STY,NL-GON", "S3": "nl-sty"})
 
     async def run() -> int:
-        conn = await asyncpg.connect(empty_database)
-        await migrate(conn)
-        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
-        client = redis.Redis.from_url(services.redis_url)
-        try:
-            ids: dict[str, int] = {}
-            for party_id in ("STY", "GON"):
-                ids[party_id] = await conn.fetchval(
-                    "INSERT INTO platform (name, state) VALUES ($1, 'REGISTERED') RETURNING id", party_id
-                )
-                await conn.execute("INSERT INTO party_role (platform_id, role, country_code, party_id, status) "
-                                   "VALUES ($1, 'CPO', 'NL', $2, 'CONNECTED')", ids[party_id], party_id)  # fmt: skip
-            directory = DirectoryCache(pool, client, prefix, TokenBox(TokenBox.generate_key()))
+        async with hub_storage(empty_database, services.redis_url) as storage:
+            ids = {party_id: await registered_platform(storage.conn, party_id, ("NL", party_id))
+                   for party_id in ("STY", "GON")}  # fmt: skip
+            directory = DirectoryCache(storage.pool, storage.redis, prefix, TokenBox(TokenBox.generate_key()))
             await directory.reload()  # NL-GON on the hub
             # NL-GON's platform leaves, and the process takes the hash over before its directory reloaded
-            await conn.execute("UPDATE platform SET state = 'UNREGISTERED' WHERE id = $1", ids["GON"])
-            await announce_change(client, prefix)
-            async with RoutingState(client, prefix, period_s, directory).running(interval_s=0.01):
-                await until_gone(client, f"{prefix}owners:sessions", f"{prefix}owners:sessions:taken-over:*")
+            await storage.conn.execute("UPDATE platform SET state = 'UNREGISTERED' WHERE id = $1", ids["GON"])
+            await announce_change(storage.redis, prefix)
+            async with RoutingState(storage.redis, prefix, period_s, directory).running(interval_s=0.01):
+                await until_gone(storage.redis, f"{prefix}owners:sessions", f"{prefix}owners:sessions:taken-over:*")
             return int(time.time() // period_s)
-        finally:
-            await client.aclose()
-            await pool.close()
-            await conn.close()
 
     try:
         period = asyncio.run(asyncio.wait_for(run(), 30))

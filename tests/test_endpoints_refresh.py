@@ -45,6 +45,15 @@ def _registered(
     return party, _platform_id(hub, party_key(party))
 
 
+def _rotation_pending(registered_on: Hub, rotated_on: Hub, start_party: Callable[..., Party]) -> tuple[Party, int]:
+    """A CPO registered at one hub process, rotated on another (or the same): it names a new versions URL that answers
+    404 (_moves_its_api), so the rotation ends 502 and a refresh of its endpoints is pending; the CPO and its
+    platform id."""
+    cpo, platform_id = _registered(registered_on, start_party, _roles("CPO"), moving_its_api=True)
+    assert _rotate(rotated_on, platform_id).status_code == 502
+    return cpo, platform_id
+
+
 def _events(hubs: tuple[Hub, ...], event: str, platform_id: int) -> list[dict]:
     lines = (json.loads(line) for hub in hubs for line in hub.log().splitlines() if line.startswith("{"))
     return [e for e in lines if e.get("event") == event and e.get("platform_id") == platform_id]
@@ -124,8 +133,7 @@ def test_every_call_of_a_refresh_is_a_routing_log_row_of_the_hubs_own_without_it
     two_hubs: tuple[Hub, Hub], start_party, empty_database: str
 ) -> None:
     first, _ = two_hubs
-    cpo, platform_id = _registered(first, start_party, _roles("CPO"), moving_its_api=True)
-    assert _rotate(first, platform_id).status_code == 502
+    cpo, platform_id = _rotation_pending(first, first, start_party)
 
     def refresh_failures() -> list[dict]:  # not the rotation's own failed fetch, in the conversation of its PUT
         rows = _own_messages(empty_database, platform_id)
@@ -162,8 +170,7 @@ def test_while_the_hub_tries_a_refresh_the_api_and_the_console_say_it_is_trying_
     two_hubs: tuple[Hub, Hub], start_party
 ) -> None:
     first, _ = two_hubs
-    cpo, platform_id = _registered(first, start_party, _roles("CPO"), moving_its_api=True)
-    assert _rotate(first, platform_id).status_code == 502
+    cpo, platform_id = _rotation_pending(first, first, start_party)
     # The new deployment answers a byte now and then and never finishes: each try takes the hub's 2 s timeout.
     dripping = time.monotonic()
     cpo.drip.add("/v2/ocpi/versions")
@@ -368,8 +375,7 @@ def test_a_refresh_that_came_due_while_an_operators_failing_try_held_it_is_tried
     two_hubs: tuple[Hub, Hub], start_party
 ) -> None:
     first, second = two_hubs
-    cpo, platform_id = _registered(first, start_party, _roles("CPO"), moving_its_api=True)
-    assert _rotate(second, platform_id).status_code == 502
+    cpo, platform_id = _rotation_pending(first, second, start_party)
     [failed, *_] = _wait_for(lambda: _events(two_hubs, "platform_endpoints_refresh_failed", platform_id))
     assert failed["next_try_in_s"] < 2  # due again while the operator's try below holds the refresh
     # The new deployment answers its versions, but its version details drip: the operator's try takes the hub's 2 s

@@ -107,36 +107,55 @@ async def run_pushes(state: State) -> None:
 
 
 async def push_pending(state: State) -> int | None:
-    """PUT each pending change to every other connected party with a hubclientinfo RECEIVER; one attempt each, in
-    the order of the changes; how many changes were pushed. One hub process at a time: None when another holds the
-    turn."""
+    """PUT each pending change to every other connected party with a hubclientinfo RECEIVER; one attempt each; how
+    many changes were pushed. Each party gets the changes in their order, one after the other, and the parties are
+    pushed to side by side, so a slow or unreachable party delays only its own pushes, not every other party's. One
+    hub process at a time: None when another holds the turn."""
     async with state.pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval(QUERIES["lock_client_info_pushes"]):
             return None
         changes = await conn.fetch(QUERIES["claim_client_info_pushes"])
-        for change in changes:
-            info = ClientInfo(change["party_id"], change["country_code"], change["role"], change["status"],
-                              _when(change["last_updated"]))  # fmt: skip
-            body = msgspec.json.encode(info)
-            recipients = [
-                p for p in state.directory.current.platforms.values()
-                if p.id != change["platform_id"] and p.state == "REGISTERED"
-                and p.endpoint("hubclientinfo", "RECEIVER") and any(r.status == "CONNECTED" for r in p.roles)
-            ]  # fmt: skip
-            await asyncio.gather(*(_put(state, p, info, body) for p in recipients))
-        if changes:
-            await conn.execute(QUERIES["client_info_pushed"], [c["id"] for c in changes])
+        if not changes:
+            return 0
+        infos = [ClientInfo(c["party_id"], c["country_code"], c["role"], c["status"], _when(c["last_updated"]))
+                 for c in changes]  # fmt: skip
+        pushes = [(c["platform_id"], info, msgspec.json.encode(info)) for c, info in zip(changes, infos, strict=True)]
+        recipients = [
+            p for p in state.directory.current.platforms.values()
+            if p.state == "REGISTERED" and p.endpoint("hubclientinfo", "RECEIVER")
+            and any(r.status == "CONNECTED" for r in p.roles)
+        ]  # fmt: skip
+        await asyncio.gather(*(_push_in_order(state, p, pushes) for p in recipients))
+        await conn.execute(QUERIES["client_info_pushed"], [c["id"] for c in changes])
     return len(changes)
 
 
-async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) -> None:
-    """One push, logged as a routing-log row of its own (routing 'hub')."""
+async def _push_in_order(state: State, platform: Platform, pushes: list[tuple[int, ClientInfo, bytes]]) -> None:
+    """The changes to one party, each once its previous one is answered: the last one it gets is the status now. Not
+    the changes of its own platform: a party is not told its own status. Once a push finds the party unreachable or
+    too slow, the rest are not sent: each would hold this turn, and every party's next pushes, for as long again (the
+    still-alive check probes the party; it can GET the list when it is back)."""
+    mine = [(info, body) for about, info, body in pushes if about != platform.id]
+    for n, (info, body) in enumerate(mine):
+        if not await _put(state, platform, info, body):
+            if skipped := mine[n + 1 :]:
+                about = [f"{i.country_code}-{i.party_id} {i.role} {i.status}" for i, _ in skipped]
+                log.warning("client_info_pushes_skipped", platform_id=platform.id, platform=platform.name,
+                            pushes=len(skipped), about=about,
+                            why="the push before found the party unreachable or too slow")  # fmt: skip
+            return
+
+
+async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) -> bool:
+    """One push, logged as a routing-log row of its own (routing 'hub'); False when the party could not be reached or
+    did not answer in time."""
     started = time.perf_counter()
     url = endpoint_url(platform.endpoint("hubclientinfo", "RECEIVER") or "", f"/{info.country_code}/{info.party_id}")
     to = next(r for r in platform.roles if r.status == "CONNECTED")
     settings = state.settings
     hub = (settings.country_code, settings.party_id)
     entry, headers = hub_request(hub, platform, to, "PUT", url, "hubclientinfo", interface="receiver", body=body)
+    unanswered = False
     try:
         answer = await forward(state.forward_session, "PUT", url, headers, body, settings.forward_timeout_s,
                                settings.max_body_bytes)  # fmt: skip
@@ -144,10 +163,12 @@ async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) 
         entry.ocpi_status_code = ocpi_status_of(answer.body)
     except OcpiError as exc:
         entry.http_status, entry.ocpi_status_code, entry.error = exc.http_status, exc.status_code, exc.message
-        if exc.status_code in (4002, 4003):
+        unanswered = exc.status_code in (4002, 4003)
+        if unanswered:
             state.still_alive.suspect(platform.id)
     entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
     try:
         await state.routing_log.record(entry)
     except LogUnavailable:
         log.error("client_info_push_not_logged_in_time", request_id=entry.request_id)
+    return not unanswered

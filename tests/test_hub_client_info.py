@@ -89,6 +89,34 @@ def test_one_hub_process_pushes_at_a_time_so_changes_arrive_in_their_order(
     assert [p["status"] for p in pushes] == ["PLANNED", "CONNECTED"]
 
 
+def test_a_party_too_slow_for_a_push_holds_up_no_other_partys_pushes_and_is_not_sent_the_rest_of_that_round(
+    hub: Hub, connect_party, start_party, db
+) -> None:
+    fast, slow = connect_party(_roles("EMSP")), connect_party(_roles("EMSP"))
+    newcomer_roles = _roles("CPO")
+    newcomer = start_party(newcomer_roles)
+    key = party_key(newcomer)
+    slow.drip.add(f"/ocpi/2.2.1/hubclientinfo/receiver/{key[0]}/{key[1]}")  # never answers: the hub's 2 s timeout
+    db.run(db.execute("BEGIN"))
+    # The test holds the push turn while the newcomer is invited and registers: one round pushes both changes.
+    assert _wait_for(lambda: db.run(db.fetchval("SELECT pg_try_advisory_xact_lock(210846855)")))
+    try:
+        newcomer.register_at(hub.versions_url, hub.invite(newcomer.name, newcomer_roles)["token_a"])
+    finally:
+        db.run(db.execute("COMMIT"))
+    pushes = _wait_for(lambda: len(found := _pushes_about(fast, key)) >= 2 and found)
+    assert [p["status"] for p in pushes] == ["PLANNED", "CONNECTED"]
+    # Both came at once: the fast party did not wait for the slow one's timeout between them.
+    arrived = [r.at for r in fast.client_infos() if r.path.endswith(f"/{key[0]}/{key[1]}")]
+    assert arrived[1] - arrived[0] < 0.5, arrived
+    # The slow party got the first push only: the round did not spend a second timeout on it.
+    _wait_for(lambda: _push_rows(db, key, to=party_key(slow)), timeout=5)  # written once the push timed out
+    time.sleep(1.0)  # a second push would have come by now
+    assert [p["status"] for p in _pushes_about(slow, key)] == ["PLANNED"]
+    assert len(_push_rows(db, key, to=party_key(slow))) == 1
+    assert [r["http_status"] for r in _push_rows(db, key, to=party_key(fast))] == [200, 200]
+
+
 def test_client_info_list_is_paginated_filtered_by_date_and_excludes_the_caller(hub: Hub, connect_party) -> None:
     since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     reader = connect_party(_roles("EMSP"))

@@ -1,7 +1,8 @@
 """A fast OCPI party for benchmarks: an RSGI app on granian answering every functional request at once.
 
 It serves its versions and 2.2.1 details (every module, both interfaces) so it can register at the hub, and
-answers anything else with a fixed OCPI success envelope, so the hub, not the party, is what gets measured.
+answers anything else with a fixed OCPI success envelope, so the hub, not the party, is what gets measured. Under
+/p/{n}/ it plays party n, with its URLs under that path: one process can be hundreds of parties.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ async def app(scope, protocol) -> None:  # type: ignore[no-untyped-def]
     if scope.proto != "http":
         return
     await protocol()  # read the body, as a real party would
-    base = f"http://{scope.authority or scope.headers.get('host')}"
-    if scope.path == "/ocpi/versions":
+    base, path = f"http://{scope.authority or scope.headers.get('host')}", scope.path
+    if path.startswith("/p/"):  # one of many parties this process plays (bench/many_parties.py): /p/{n}/ocpi/...
+        prefix, _, rest = path[3:].partition("/")
+        base, path = f"{base}/p/{prefix}", f"/{rest}"
+    if path == "/ocpi/versions":
         protocol.response_bytes(200, JSON, _envelope([{"version": "2.2.1", "url": f"{base}/ocpi/2.2.1"}]))
-    elif scope.path == "/ocpi/2.2.1":
+    elif path == "/ocpi/2.2.1":
         endpoints = [{"identifier": "credentials", "role": "SENDER", "url": f"{base}/ocpi/2.2.1/credentials"}]
         endpoints += [
             {"identifier": m, "role": r, "url": f"{base}/ocpi/2.2.1/{m}/{r.lower()}"}

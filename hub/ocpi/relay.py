@@ -33,6 +33,7 @@ from routing.decide import Delivery, decide
 from routing.forward import Answer, forward, ocpi_status_of
 from routing.request import Incoming, PartyKey, endpoint_url, parse
 from routing.rewrite import callback_ttl_s, response_url_of, with_response_url
+from routing.shapes import check_shape
 from storage.directory import PartyRole
 from storage.log_row import LogEntry
 from storage.routing_log import LogUnavailable
@@ -167,6 +168,7 @@ class Relay:
         assert caller is not None
         incoming = parse(entry.method, path, entry.query, exchange.headers, entry.request_body)
         entry.interface = incoming.interface
+        check_shape(incoming)
         settings = self.settings
         hub = (settings.country_code, settings.party_id)
         hint = None

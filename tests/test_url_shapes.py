@@ -1,0 +1,97 @@
+"""The methods and URL shapes of mod_*.asciidoc (Interfaces and endpoints): any other is refused by the hub and
+reaches no party. The shapes the spec defines are relayed: tests/test_routing.py, EVERY_ROUTE."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.conftest import Hub
+from tests.test_routing import _roles, party_key
+
+EVERY_INTERFACE = {m: ["SENDER", "RECEIVER"] for m in ("cdrs", "chargingprofiles", "commands", "locations",
+                                                         "sessions", "tariffs", "tokens")}  # fmt: skip
+
+
+def _refused(hub: Hub, connect_party, db, method: str, path: str, role: str):  # type: ignore[no-untyped-def]
+    """Send method path from a party of role to a party of the other role that implements every interface; the
+    hub's answer, after checking that the receiver got nothing and the log row says rejected."""
+    sender = connect_party(_roles(role))
+    receiver = connect_party(_roles("EMSP" if role == "CPO" else "CPO"), modules=EVERY_INTERFACE)
+    cc, pid = party_key(sender)
+    path = path.format(cc=cc, pid=pid)
+    object_id = path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]  # a PUT's body names its URL's id
+    body = {"response_url": "https://x.example/r/1", "location_id": "LOC1", "id": object_id, "uid": object_id}
+    request_id = str(uuid.uuid4())
+    answer = sender.call(hub.base, method, path, to=party_key(receiver), headers={"X-Request-ID": request_id},
+                         body=None if method in ("GET", "DELETE", "OPTIONS") else body)  # fmt: skip
+    assert receiver.functional() == []
+    [row] = db.run(db.fetch("SELECT routing, http_status FROM routing_log WHERE request_id = $1", request_id))
+    assert (row["routing"], row["http_status"]) == ("rejected", answer.status_code)
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("role", "method", "path"),
+    [
+        # mod_locations.asciidoc, Receiver: "DELETE | n/a (use PATCH to update the status to REMOVED)"
+        ("CPO", "DELETE", "receiver/locations/{cc}/{pid}/LOC1"),
+        ("CPO", "POST", "receiver/locations/{cc}/{pid}/LOC1"),
+        ("CPO", "POST", "receiver/sessions/{cc}/{pid}/S1"),
+        ("CPO", "DELETE", "receiver/sessions/{cc}/{pid}/S1"),
+        ("CPO", "PUT", "receiver/cdrs/CDR1"),  # "n/a (CDRs cannot be replaced)"
+        ("CPO", "PATCH", "receiver/tariffs/{cc}/{pid}/T1"),
+        ("EMSP", "DELETE", "receiver/tokens/{cc}/{pid}/TOK1"),  # "n/a, (Use PUT, Tokens cannot be removed)"
+        ("EMSP", "GET", "receiver/commands/START_SESSION"),
+        ("EMSP", "PATCH", "receiver/chargingprofiles/S1"),
+        ("EMSP", "POST", "sender/locations"),
+        ("EMSP", "PATCH", "sender/sessions/S1/charging_preferences"),
+        ("EMSP", "DELETE", "sender/tariffs"),
+        ("EMSP", "POST", "sender/cdrs"),
+        ("CPO", "PUT", "sender/tokens/TOK1/authorize"),
+        ("CPO", "GET", "sender/commands/START_SESSION/1"),
+        ("CPO", "GET", "sender/chargingprofiles/S1"),
+        ("EMSP", "OPTIONS", "sender/locations"),
+    ],
+)
+def test_a_method_the_interface_does_not_define_answers_405_and_is_not_forwarded(
+    hub: Hub, connect_party, db, role: str, method: str, path: str
+) -> None:
+    answer = _refused(hub, connect_party, db, method, path, role)
+    assert answer.status_code == 405 and answer.json()["status_code"] == 2000, answer.text
+    assert f"{method} is not defined for the" in answer.json()["status_message"]
+
+
+@pytest.mark.parametrize(
+    ("role", "method", "path"),
+    [
+        ("CPO", "PUT", "receiver/locations/{cc}/{pid}"),  # no location_id
+        ("CPO", "PATCH", "receiver/locations/{cc}/{pid}/LOC1/EVSE1/1/more"),
+        ("CPO", "PUT", "receiver/sessions/{cc}/{pid}/S1/charging_preferences"),
+        ("CPO", "GET", "receiver/cdrs"),  # a list GET of a Receiver interface
+        ("CPO", "POST", "receiver/cdrs/CDR1"),  # a CDR is POSTed to {cdr_endpoint_url}
+        ("CPO", "PUT", "receiver/tariffs/{cc}/{pid}/T1/elements"),
+        ("EMSP", "GET", "receiver/tokens/{cc}/{pid}"),
+        ("EMSP", "POST", "receiver/commands"),
+        ("EMSP", "POST", "receiver/commands/SELF_DESTRUCT"),
+        ("EMSP", "POST", "receiver/commands/START_SESSION/1"),
+        ("EMSP", "PUT", "receiver/chargingprofiles"),
+        ("EMSP", "DELETE", "receiver/chargingprofiles/S1/all?response_url=https://x.example/r/2"),
+        ("EMSP", "GET", "sender/locations/LOC1/EVSE1/1/more"),
+        ("EMSP", "PUT", "sender/sessions/S1"),
+        ("EMSP", "PUT", "sender/sessions/S1/preferences"),
+        ("EMSP", "GET", "sender/cdrs/CDR1"),
+        ("EMSP", "GET", "sender/tariffs/T1"),
+        ("CPO", "GET", "sender/tokens/TOK1"),
+        ("CPO", "POST", "sender/tokens/TOK1"),  # "The /authorize is required for the real-time authorize request."
+        ("CPO", "POST", "sender/tokens/TOK1/authorise"),
+        ("CPO", "PUT", "sender/chargingprofiles/S1/active"),
+    ],
+)
+def test_a_url_the_interface_does_not_define_answers_404_and_is_not_forwarded(
+    hub: Hub, connect_party, db, role: str, method: str, path: str
+) -> None:
+    answer = _refused(hub, connect_party, db, method, path, role)
+    assert answer.status_code == 404 and answer.json()["status_code"] == 2000, answer.text
+    assert "is no URL of the" in answer.json()["status_message"]

@@ -7,11 +7,13 @@ OCPI handler of the receiver: the hub answers it itself (HTTP 405 or 404, OCPI 2
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from hub.errors import MethodNotAllowed, NotFound
 from routing.request import Incoming
 
+_PARTS = re.compile(r"[/\\]")
 COMMANDS = frozenset({"CANCEL_RESERVATION", "RESERVE_NOW", "START_SESSION", "STOP_SESSION", "UNLOCK_CONNECTOR"})
 
 
@@ -66,6 +68,10 @@ def check_shape(incoming: Incoming) -> None:
         raise MethodNotAllowed(
             f"{incoming.method} is not defined for the {interface} of OCPI 2.2.1: it takes {', '.join(methods)}"
         )
+    if "//" in incoming.suffix or any(part in (".", "..") for s in incoming.segments for part in _PARTS.split(s)):
+        # RFC 3986, 5.2.4: a party's server or proxy resolves dot segments, often after decoding %2E and %2F, to
+        # another of its URLs (.../locations/sender/../../credentials), which the hub would call with its token
+        raise NotFound(f"{incoming.method} {incoming.path} holds an empty segment or a dot segment ('.', '..')")
     if not shape.fits(incoming.segments):
         raise NotFound(
             f"{incoming.method} {incoming.path} is no URL of the {interface}: it takes {incoming.method}"

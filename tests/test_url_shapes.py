@@ -3,7 +3,10 @@ reaches no party. The shapes the spec defines are relayed: tests/test_routing.py
 
 from __future__ import annotations
 
+import http.client
+import json
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -95,3 +98,43 @@ def test_a_url_the_interface_does_not_define_answers_404_and_is_not_forwarded(
     answer = _refused(hub, connect_party, db, method, path, role)
     assert answer.status_code == 404 and answer.json()["status_code"] == 2000, answer.text
     assert "is no URL of the" in answer.json()["status_message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "sender/locations/../../credentials"),  # the receiver's credentials, with the hub's token to it
+        ("GET", "sender/locations/%2E%2E/%2e%2E/credentials"),
+        ("GET", "sender/locations/..%2F..%2Fcredentials"),
+        ("GET", "sender/locations/LOC1/./EVSE1"),
+        ("GET", "receiver/tokens/{cc}/{pid}/.."),
+        ("POST", "sender/commands/..%5C..%5Ccredentials"),
+        ("GET", "receiver/tokens/{cc}/{pid}//TOK1"),
+        ("POST", "sender/tokens//TOK1/authorize"),
+    ],
+)
+def test_a_url_with_a_dot_or_empty_segment_answers_404_and_is_not_forwarded(
+    hub: Hub, connect_party, db, method: str, path: str
+) -> None:
+    emsp = connect_party(_roles("EMSP"))
+    cpo = connect_party(_roles("CPO"), modules=EVERY_INTERFACE)
+    sender, receiver = (cpo, emsp) if path.startswith("sender/tokens") else (emsp, cpo)
+    cc, pid = party_key(sender)
+    request_id = str(uuid.uuid4())
+    headers = sender.token_header(sender.hub_token or "") | {
+        "OCPI-from-country-code": cc, "OCPI-from-party-id": pid, "OCPI-to-country-code": party_key(receiver)[0],
+        "OCPI-to-party-id": party_key(receiver)[1], "X-Request-ID": request_id, "Content-Type": "application/json",
+    }  # fmt: skip
+    base = urlsplit(hub.base)
+    connection = http.client.HTTPConnection(base.hostname or "", base.port, timeout=30)  # sends the path as written
+    try:
+        connection.request(method, f"/ocpi/2.2.1/{path.format(cc=cc, pid=pid)}", body=b"{}", headers=headers)
+        response = connection.getresponse()
+        status, answer = response.status, json.loads(response.read())
+    finally:
+        connection.close()
+    assert status == 404 and answer["status_code"] == 2000, answer
+    assert "dot segment" in answer["status_message"]
+    assert receiver.functional() == []
+    [row] = db.run(db.fetch("SELECT routing, http_status FROM routing_log WHERE request_id = $1", request_id))
+    assert (row["routing"], row["http_status"]) == ("rejected", 404)

@@ -138,3 +138,23 @@ def test_a_url_with_a_dot_or_empty_segment_answers_404_and_is_not_forwarded(
     assert receiver.functional() == []
     [row] = db.run(db.fetch("SELECT routing, http_status FROM routing_log WHERE request_id = $1", request_id))
     assert (row["routing"], row["http_status"]) == ("rejected", 404)
+
+
+def test_an_encoded_id_a_lower_case_owner_and_a_trailing_slash_reach_the_receiver_at_the_url_the_spec_defines(
+    hub: Hub, connect_party
+) -> None:
+    # types.asciidoc: country_code and party_id are CiStrings; the hub matches them in any case and forwards the URL
+    # as the caller wrote it, ids percent-encoded, and the query unchanged, after the receiver's endpoint URL.
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    cc, pid = party_key(cpo)[0].lower(), party_key(cpo)[1].lower()
+    to = (party_key(emsp)[0].lower(), party_key(emsp)[1].lower())
+    put = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/LOC%201/EVSE%2F1/", to=to, from_=(cc, pid),
+                   body={"uid": "EVSE/1"})  # fmt: skip
+    assert put.json()["status_code"] == 1000, put.text
+    token = emsp.call(hub.base, "GET", f"receiver/tokens/{to[0]}/{to[1]}/TOK%2B1?type=APP_USER&x=a%26b", to=(cc, pid))
+    assert token.json()["status_code"] == 1000, token.text
+    [got] = emsp.functional()
+    assert got.raw_path == f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/LOC%201/EVSE%2F1"
+    assert (got.headers["OCPI-to-party-id"], got.headers["OCPI-from-party-id"]) == (to[1].upper(), pid.upper())
+    [got] = cpo.functional()
+    assert got.raw_path == f"/ocpi/2.2.1/tokens/receiver/{to[0]}/{to[1]}/TOK%2B1?type=APP_USER&x=a%26b"

@@ -158,3 +158,16 @@ def test_an_encoded_id_a_lower_case_owner_and_a_trailing_slash_reach_the_receive
     assert (got.headers["OCPI-to-party-id"], got.headers["OCPI-from-party-id"]) == (to[1].upper(), pid.upper())
     [got] = cpo.functional()
     assert got.raw_path == f"/ocpi/2.2.1/tokens/receiver/{to[0]}/{to[1]}/TOK%2B1?type=APP_USER&x=a%26b"
+
+
+def test_a_real_time_authorization_without_location_references_is_relayed_without_a_body(
+    hub: Hub, connect_party
+) -> None:
+    # mod_tokens.asciidoc, POST {tokens_endpoint_url}{token_uid}/authorize[?type={type}]: "an optional
+    # LocationReferences object can be given"
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    answer = cpo.call(hub.base, "POST", "sender/tokens/TOK1/authorize", to=party_key(emsp))
+    assert answer.json()["status_code"] == 1000, answer.text
+    [got] = emsp.functional()
+    assert (got.method, got.raw_path, got.body) == ("POST", "/ocpi/2.2.1/tokens/sender/TOK1/authorize", b"")
+    assert "Content-Type" not in got.headers

@@ -66,7 +66,8 @@ def check_shape(incoming: Incoming) -> None:
     shape = methods.get(incoming.method)
     if shape is None:
         raise MethodNotAllowed(
-            f"{incoming.method} is not defined for the {interface} of OCPI 2.2.1: it takes {', '.join(methods)}"
+            f"{incoming.method} is not defined for the {interface} of OCPI 2.2.1: it takes {', '.join(methods)}",
+            tuple(methods),
         )
     if "//" in incoming.suffix or any(part in (".", "..") for s in incoming.segments for part in _PARTS.split(s)):
         # RFC 3986, 5.2.4: a party's server or proxy resolves dot segments, often after decoding %2E and %2F, to

@@ -64,6 +64,8 @@ def test_a_method_the_interface_does_not_define_answers_405_and_is_not_forwarded
     answer = _refused(hub, connect_party, db, method, path, role)
     assert answer.status_code == 405 and answer.json()["status_code"] == 2000, answer.text
     assert f"{method} is not defined for the" in answer.json()["status_message"]
+    allowed = answer.headers["Allow"].split(", ")  # RFC 9110, 15.5.6: a 405 names the methods the resource takes
+    assert allowed and method not in allowed and set(allowed) <= {"GET", "POST", "PUT", "PATCH", "DELETE"}
 
 
 @pytest.mark.parametrize(

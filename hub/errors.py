@@ -84,9 +84,14 @@ class NotFound(ClientError):
 
 
 class MethodNotAllowed(ClientError):
-    """The method is not allowed here or in this registration state (credentials.asciidoc: HTTP 405)."""
+    """The method is not allowed here or in this registration state (credentials.asciidoc: HTTP 405); `allow`
+    names the methods that are, for the Allow header RFC 9110 asks of a 405."""
 
     http_status = 405
+
+    def __init__(self, message: str, allow: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.allow = ", ".join(allow)
 
 
 class MalformedHeader(InvalidParameters):

@@ -65,7 +65,9 @@ def open_session(timeout_s: float, keep_alive_s: float, connections_per_party: i
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 5.0)),
         auto_decompress=True,
-        skip_auto_headers=("User-Agent",),
+        # transport_and_format.asciidoc: Content-Type application/json on a request with a body (the relay sets it);
+        # without one "the Content-Type header MAY be omitted": not aiohttp's application/octet-stream on a POST
+        skip_auto_headers=("User-Agent", "Content-Type"),
         # One session serves every caller: a cookie one party sets must never ride along on another's request.
         cookie_jar=aiohttp.DummyCookieJar(),
     )

@@ -79,7 +79,7 @@ async def open_hint(incoming: Incoming, state: RoutingState, on_hub: Container[P
         if incoming.module in ("sessions", "cdrs") and incoming.method in ("POST", "PUT"):
             token = _routing_fields(incoming.body).cdr_token  # the eMSP whose token charged
             return (token.country_code.upper(), token.party_id.upper()) if token else None
-        if incoming.module == "sessions" and incoming.method == "PATCH" and len(segments) >= 3:
+        if incoming.module == "sessions" and incoming.method in ("GET", "PATCH") and len(segments) >= 3:
             return await _owner(state, on_hub, "session-receivers", _session_of(segments))
         return None
     if segments and incoming.module in ("locations", "sessions", "tokens"):

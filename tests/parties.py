@@ -50,6 +50,7 @@ class Received:
     body: bytes
     client_port: int | None = None  # the TCP port it came from: which connection carried it
     at: float = field(default_factory=time.monotonic)  # when it arrived
+    raw_path: str = ""  # as it came on the request line: percent-encoding kept, and the query
 
 
 @dataclass
@@ -171,7 +172,7 @@ class Party:
         body = await request.read()
         peer = request.transport.get_extra_info("peername") if request.transport else None
         self.received.append(Received(request.method, request.path, request.query_string, dict(request.headers), body,
-                                      peer[1] if peer else None))  # fmt: skip
+                                      peer[1] if peer else None, raw_path=request.raw_path))  # fmt: skip
         accepted = {self.token_b, self.token_a}
         presented = request.headers.get("Authorization", "").removeprefix("Token ")
         try:

@@ -204,8 +204,8 @@ def test_json_nested_too_deeply_gets_a_clear_answer_and_its_row_wherever_it_arri
     assert answer.status_code == 400 and answer.json()["status_code"] == 2001  # the test party's own verdict
     assert [r.body for r in emsp.functional()][-1] == DEEP
     # A receiver's answer nested too deeply is relayed as it came; the log has no OCPI status for it.
-    emsp.canned[("GET", "/ocpi/2.2.1/tokens/sender/T1")] = (200, DEEP, {"Content-Type": "application/json"})
-    answer = cpo.call(hub.base, "GET", "sender/tokens/T1", to=to_emsp, headers={"X-Request-ID": "deep-answer"})
+    emsp.canned[("GET", "/ocpi/2.2.1/tokens/sender")] = (200, DEEP, {"Content-Type": "application/json"})
+    answer = cpo.call(hub.base, "GET", "sender/tokens", to=to_emsp, headers={"X-Request-ID": "deep-answer"})
     assert answer.status_code == 200 and answer.content == DEEP
     [row] = db.run(db.fetch("SELECT id, ocpi_status_code FROM routing_log WHERE request_id = 'deep-answer'"))
     assert row["ocpi_status_code"] is None

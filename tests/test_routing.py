@@ -97,30 +97,49 @@ def test_direct_push_reaches_the_receiver_with_its_token_a_new_request_id_and_th
     assert answer.headers["OCPI-from-party-id"] == party_key(emsp)[1]
 
 
-# (module, hub interface, method, path suffix, sender role) for every method and URL shape of OCPI 2.2.1
+PAGING = "date_from=2026-01-01T00:00:00Z&date_to=2026-12-01T00:00:00Z&offset=10&limit=5"
+# (module, hub interface, method, path suffix, sender role) for every method and URL shape of OCPI 2.2.1 (each
+# interface's other methods and URLs are refused: tests/test_url_shapes.py)
 EVERY_ROUTE = [
     ("locations", "receiver", "PUT", "/{cc}/{pid}/LOC1", "CPO"),
     ("locations", "receiver", "PUT", "/{cc}/{pid}/LOC1/EVSE1", "CPO"),
     ("locations", "receiver", "PATCH", "/{cc}/{pid}/LOC1/EVSE1/1", "CPO"),
+    ("locations", "receiver", "PUT", "/{cc}/{pid}/LOC1/EVSE1/1", "CPO"),
+    ("locations", "receiver", "PATCH", "/{cc}/{pid}/LOC1", "CPO"),
+    ("locations", "receiver", "PATCH", "/{cc}/{pid}/LOC1/EVSE1", "CPO"),
     ("locations", "receiver", "GET", "/{cc}/{pid}/LOC1", "CPO"),
+    ("locations", "receiver", "GET", "/{cc}/{pid}/LOC1/EVSE1", "CPO"),
+    ("locations", "receiver", "GET", "/{cc}/{pid}/LOC1/EVSE1/1", "CPO"),
     ("locations", "sender", "GET", "", "EMSP"),
+    ("locations", "sender", "GET", f"?{PAGING}", "EMSP"),
+    ("locations", "sender", "GET", "/LOC1", "EMSP"),
+    ("locations", "sender", "GET", "/LOC1/EVSE1", "EMSP"),
     ("locations", "sender", "GET", "/LOC1/EVSE1/1", "EMSP"),
     ("sessions", "receiver", "PUT", "/{cc}/{pid}/S1", "CPO"),
     ("sessions", "receiver", "PATCH", "/{cc}/{pid}/S1", "CPO"),
     ("sessions", "receiver", "GET", "/{cc}/{pid}/S1", "CPO"),
     ("sessions", "sender", "GET", "?date_from=2026-01-01T00:00:00Z", "EMSP"),
+    ("sessions", "sender", "GET", f"?{PAGING}", "EMSP"),
     ("sessions", "sender", "PUT", "/S1/charging_preferences", "EMSP"),
     ("cdrs", "receiver", "POST", "", "CPO"),
+    ("cdrs", "receiver", "GET", "/CDR1", "CPO"),  # "No structure defined": the Location its POST answered with
     ("cdrs", "sender", "GET", "", "EMSP"),
+    ("cdrs", "sender", "GET", f"?{PAGING}", "EMSP"),
     ("tariffs", "receiver", "PUT", "/{cc}/{pid}/T1", "CPO"),
     ("tariffs", "receiver", "DELETE", "/{cc}/{pid}/T1", "CPO"),
     ("tariffs", "receiver", "GET", "/{cc}/{pid}/T1", "CPO"),
     ("tariffs", "sender", "GET", "", "EMSP"),
+    ("tariffs", "sender", "GET", f"?{PAGING}", "EMSP"),
     ("tokens", "receiver", "PUT", "/{cc}/{pid}/TOK1?type=RFID", "EMSP"),
+    ("tokens", "receiver", "PUT", "/{cc}/{pid}/TOK1", "EMSP"),
     ("tokens", "receiver", "PATCH", "/{cc}/{pid}/TOK1", "EMSP"),
+    ("tokens", "receiver", "PATCH", "/{cc}/{pid}/TOK1?type=APP_USER", "EMSP"),
     ("tokens", "receiver", "GET", "/{cc}/{pid}/TOK1", "EMSP"),
+    ("tokens", "receiver", "GET", "/{cc}/{pid}/TOK1?type=AD_HOC_USER", "EMSP"),
     ("tokens", "sender", "GET", "", "CPO"),
+    ("tokens", "sender", "GET", f"?{PAGING}", "CPO"),
     ("tokens", "sender", "POST", "/TOK1/authorize?type=RFID", "CPO"),
+    ("tokens", "sender", "POST", "/TOK1/authorize", "CPO"),
     ("commands", "receiver", "POST", "/START_SESSION", "EMSP"),
     ("commands", "receiver", "POST", "/STOP_SESSION", "EMSP"),
     ("commands", "receiver", "POST", "/RESERVE_NOW", "EMSP"),
@@ -129,6 +148,8 @@ EVERY_ROUTE = [
     ("chargingprofiles", "receiver", "GET", "/S1?duration=900&response_url=https://scsp.example/r/1", "SCSP"),
     ("chargingprofiles", "receiver", "PUT", "/S1", "SCSP"),
     ("chargingprofiles", "receiver", "DELETE", "/S1?response_url=https://scsp.example/r/2", "SCSP"),
+    ("commands", "sender", "POST", "/START_SESSION/1", "CPO"),  # a result posted to the URL the eMSP handed out
+    ("chargingprofiles", "sender", "POST", "/results/1", "CPO"),
     ("chargingprofiles", "sender", "PUT", "/S1", "CPO"),
 ]
 

@@ -140,6 +140,22 @@ def test_an_open_session_patch_goes_to_the_emsp_of_that_cpos_session_though_anot
     assert [r.method for r in other_emsp.functional()] == ["PUT"]
 
 
+def test_an_open_session_get_goes_to_the_emsp_the_session_was_pushed_to(hub: Hub, connect_party) -> None:
+    # transport_and_format.asciidoc: "Open Routing Requests are possible for GET (Not GET ALL), POST, PUT, PATCH and
+    # DELETE": the hub knows the receiver of a session it relayed, for a GET as for a PATCH.
+    cpo, emsp, other_emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP")), connect_party(_roles("EMSP"))
+    cc, pid = party_key(cpo)
+    session_id = f"S-{unique_party_id()}"
+    put = cpo.call(hub.base, "PUT", f"receiver/sessions/{cc}/{pid}/{session_id}", to=party_key(emsp),
+                   body={"id": session_id, "country_code": cc, "party_id": pid})  # fmt: skip
+    assert put.json()["status_code"] == 1000, put.text
+    answer = _wait_for(lambda: (a := cpo.call(hub.base, "GET", f"receiver/sessions/{cc}/{pid}/{session_id}")).json()
+                       ["status_code"] == 1000 and a)  # fmt: skip
+    assert answer.headers["OCPI-from-party-id"] == party_key(emsp)[1]
+    assert [r.method for r in emsp.functional()] == ["PUT", "GET"]
+    assert other_emsp.functional() == []
+
+
 def test_open_request_the_hub_cannot_place_answers_a_clear_error(hub: Hub, connect_party) -> None:
     emsp = connect_party(_roles("EMSP"))
     answer = emsp.call(

@@ -33,6 +33,7 @@ from routing.decide import Delivery, decide
 from routing.forward import Answer, forward, ocpi_status_of
 from routing.request import Incoming, PartyKey, endpoint_url, parse
 from routing.rewrite import callback_ttl_s, response_url_of, with_response_url
+from routing.shapes import check_shape
 from storage.directory import PartyRole
 from storage.log_row import LogEntry
 from storage.routing_log import LogUnavailable
@@ -116,6 +117,8 @@ class Relay:
         except OcpiError as exc:
             answer = self.hub_answer(exchange, exc.http_status, exc.status_code, exc.message)
             entry.error = exc.message
+            if allow := getattr(exc, "allow", ""):  # a MethodNotAllowed's
+                answer.headers["allow"] = allow
         except OUTAGES as exc:  # PostgreSQL or Redis away (restarting, failing over): no bug, and said as it is
             went = "the receiver did get it" if entry.forwarded_request_id else "nothing was forwarded"
             entry.error = f"{unavailable(exc)}; {went}"
@@ -167,6 +170,7 @@ class Relay:
         assert caller is not None
         incoming = parse(entry.method, path, entry.query, exchange.headers, entry.request_body)
         entry.interface = incoming.interface
+        check_shape(incoming)
         settings = self.settings
         hub = (settings.country_code, settings.party_id)
         hint = None

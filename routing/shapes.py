@@ -1,0 +1,80 @@
+"""The methods and URL shapes OCPI 2.2.1 defines for each interface of a functional module; the others are refused.
+
+mod_*.asciidoc, Interfaces and endpoints: each interface lists the methods it takes ("n/a" for the others) and the
+endpoint structure of each, after the party's endpoint URL. A request of another method or shape would reach no
+OCPI handler of the receiver: the hub answers it itself (HTTP 405 or 404, OCPI 2000) and forwards nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hub.errors import MethodNotAllowed, NotFound
+from routing.request import Incoming
+
+_PARTS = re.compile(r"[/\\]")
+COMMANDS = frozenset({"CANCEL_RESERVATION", "RESERVE_NOW", "START_SESSION", "STOP_SESSION", "UNLOCK_CONNECTOR"})
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    text: str  # the endpoint structure as the spec writes it, after the endpoint URL
+    fewest: int  # path segments after the endpoint URL
+    most: int
+    last: str | None = None  # a fixed last segment: /{token_uid}/authorize
+    first_of: frozenset[str] | None = None  # the values the first segment takes: a CommandType (case-insensitive)
+
+    def fits(self, segments: list[str]) -> bool:
+        if not self.fewest <= len(segments) <= self.most:
+            return False
+        if self.last is not None and segments[-1] != self.last:
+            return False
+        return self.first_of is None or segments[0].upper() in self.first_of
+
+
+LIST = Shape("[?date_from=...&date_to=...&offset=...&limit=...]", 0, 0)
+OBJECT = Shape("/{country_code}/{party_id}/{object_id}", 3, 3)
+# "No structure defined. This is open to the eMSP to define": a response_url, or the URL a CDR POST answered with
+HANDED_OUT = Shape("/... (the URL the party handed out)", 0, 64)
+PREFERENCES = Shape("/{session_id}/charging_preferences", 2, 2, "charging_preferences")
+
+SHAPES: dict[tuple[str, str], dict[str, Shape]] = {
+    ("locations", "receiver"): dict.fromkeys(
+        ("GET", "PUT", "PATCH"), Shape("/{country_code}/{party_id}/{location_id}[/{evse_uid}[/{connector_id}]]", 3, 5)
+    ),
+    ("locations", "sender"): {"GET": Shape("[/{location_id}[/{evse_uid}[/{connector_id}]]]", 0, 3)},
+    ("sessions", "receiver"): dict.fromkeys(("GET", "PUT", "PATCH"), OBJECT),
+    ("sessions", "sender"): {"GET": LIST, "PUT": PREFERENCES},
+    ("cdrs", "receiver"): {"GET": Shape("/... (the Location its POST answered with)", 1, 64), "POST": Shape("", 0, 0)},
+    ("cdrs", "sender"): {"GET": LIST},
+    ("tariffs", "receiver"): dict.fromkeys(("GET", "PUT", "DELETE"), OBJECT),
+    ("tariffs", "sender"): {"GET": LIST},
+    ("tokens", "receiver"): dict.fromkeys(("GET", "PUT", "PATCH"), OBJECT),
+    ("tokens", "sender"): {"GET": LIST, "POST": Shape("/{token_uid}/authorize[?type=...]", 2, 2, "authorize")},
+    ("commands", "receiver"): {"POST": Shape(f"/{{command}} ({', '.join(sorted(COMMANDS))})", 1, 1, None, COMMANDS)},
+    ("commands", "sender"): {"POST": HANDED_OUT},
+    ("chargingprofiles", "receiver"): dict.fromkeys(("GET", "PUT", "DELETE"), Shape("/{session_id}", 1, 1)),
+    ("chargingprofiles", "sender"): {"POST": HANDED_OUT, "PUT": Shape("/{session_id}", 1, 1)},
+}
+
+
+def check_shape(incoming: Incoming) -> None:
+    """MethodNotAllowed for a method the interface marks n/a, NotFound for a path it does not define."""
+    interface = f"{incoming.module} {incoming.interface.capitalize()} interface"
+    methods = SHAPES[(incoming.module, incoming.interface)]
+    shape = methods.get(incoming.method)
+    if shape is None:
+        raise MethodNotAllowed(
+            f"{incoming.method} is not defined for the {interface} of OCPI 2.2.1: it takes {', '.join(methods)}",
+            tuple(methods),
+        )
+    if "//" in incoming.suffix or any(part in (".", "..") for s in incoming.segments for part in _PARTS.split(s)):
+        # RFC 3986, 5.2.4: a party's server or proxy resolves dot segments, often after decoding %2E and %2F, to
+        # another of its URLs (.../locations/sender/../../credentials), which the hub would call with its token
+        raise NotFound(f"{incoming.method} {incoming.path} holds an empty segment or a dot segment ('.', '..')")
+    if not shape.fits(incoming.segments):
+        raise NotFound(
+            f"{incoming.method} {incoming.path} is no URL of the {interface}: it takes {incoming.method}"
+            f" {{{incoming.module}_endpoint_url}}{shape.text}"
+        )

@@ -194,6 +194,17 @@ def test_credentials_with_wrong_types_answer_2001_naming_the_field(hub: Hub, tok
     assert complaint in answer.json()["status_message"]
 
 
+@pytest.mark.parametrize("host", ["xn--", "xn--a", "a\u200db"])
+def test_a_versions_url_whose_host_is_no_valid_idna_name_answers_2001_naming_the_url(hub: Hub, host: str) -> None:
+    # The HTTP client raised idna's error, which is no HTTP error, when the hub fetched the party's versions: a 500.
+    role = {"role": "CPO", "country_code": "NL", "party_id": unique_party_id(), "business_details": {"name": "x"}}
+    token_a = hub.invite("Odd Host Co", (role["role"], role["country_code"], role["party_id"]))["token_a"]
+    body = {"token": "abc", "url": f"http://{host}/versions", "roles": [role]}
+    answer = httpx.post(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token_a), json=body)
+    assert answer.status_code == 200 and answer.json()["status_code"] == 2001, answer.text
+    assert "url" in answer.json()["status_message"]
+
+
 def test_empty_body_answers_2001(hub: Hub, token_a: str) -> None:
     answer = httpx.post(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token_a))
     assert answer.json()["status_code"] == 2001

@@ -14,6 +14,7 @@ import weakref
 from typing import Any
 
 import msgspec
+from httptools import HttpParserCallbackError, HttpParserError
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from hub.envelope import ocpi_timestamp
@@ -30,8 +31,12 @@ class OcpiHttpToolsProtocol(HttpToolsProtocol):
         HeadDeadlines.watch(self)
 
     def send_400_response(self, msg: str) -> None:
-        # uvicorn calls this from its `except httptools.HttpParserError`: the parser's own words say what was wrong.
+        # uvicorn calls this from its `except httptools.HttpParserError`: the parser's own words say what was wrong,
+        # or, when a callback refused the request ("User callback error"), the words of the parser's error it raised
+        # (uvicorn's URL parsing: "url is too long").
         parser_error = sys.exc_info()[1]
+        if isinstance(parser_error, HttpParserCallbackError) and isinstance(parser_error.__context__, HttpParserError):
+            parser_error = parser_error.__context__
         detail = str(parser_error) if parser_error is not None and str(parser_error) else msg.rstrip(".")
         self._refuse(b"400 Bad Request", f"not a valid HTTP/1.1 request: {detail}")
 

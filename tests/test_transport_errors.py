@@ -79,6 +79,8 @@ def test_a_keep_alive_connection_idle_for_six_seconds_still_takes_a_request(hub:
         (b"PUT /ocpi/2.2.1/receiver/locations HTTP/1.1\r\nHost: hub\r\nContent-Length: x\r\n\r\n", "content-length"),
         (b"GET /ocpi/versions HTTP/1.1\r\nHost hub\r\n\r\n", "header"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "method"),  # a TLS ClientHello sent to plain HTTP
+        # the parser's complaint was "User callback error": uvicorn's URL parsing, in a callback, refused it
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: hub\r\n\r\n", "url is too long"),
     ],
 )
 def test_bytes_that_are_not_http_get_a_400_with_an_ocpi_body_saying_so(

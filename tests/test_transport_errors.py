@@ -352,11 +352,13 @@ async def _hello(scope, receive, send):  # type: ignore[no-untyped-def]
         await send({"type": "http.response.body", "body": b"hello"})
 
 
-def _answer_while_trickling(client: socket.socket, trickle: bytes, every_s: float, give_up_s: float) -> bytes:
-    """Send `trickle` a byte every every_s until the server answers and closes; what it answered."""
+def _answer_while_trickling(
+    client: socket.socket, trickle: bytes, every_s: float, give_up_s: float, piece: int = 1
+) -> bytes:
+    """Send `trickle` a piece (a byte) every every_s until the server answers and closes; what it answered."""
     client.settimeout(every_s)
     answer, ends = b"", time.monotonic() + give_up_s
-    for byte in (trickle[i : i + 1] for i in range(len(trickle))):
+    for byte in (trickle[i : i + piece] for i in range(0, len(trickle), piece)):
         assert time.monotonic() < ends, f"no answer within {give_up_s} s"
         with contextlib.suppress(OSError):  # the server closed: what it said is read below
             client.sendall(byte)
@@ -391,3 +393,26 @@ def test_a_request_head_that_does_not_come_is_answered_408_and_its_connection_cl
                 steady.sendall(b"GET / HTTP/1.1\r\nHost: hub\r\n\r\n")
                 assert steady.recv(65536).startswith(b"HTTP/1.1 200 OK")
                 time.sleep(1.2)
+
+
+def test_a_request_head_over_64_kib_is_answered_431_at_once_while_smaller_ones_are_served() -> None:
+    # httptools copies a header's value whole for every read that adds to it: one client sending an endless header
+    # held the worker's event loop (other requests waited 6 s once it had sent 140 MB) and grew its memory, until the
+    # head deadline (OCPI_HUB_KEEP_ALIVE_S, 75 s by default) ended it.
+    with _uvicorn_with_hub_protocol(_hello, timeout_keep_alive=30) as address:
+        with socket.create_connection(address) as padding:
+            started = time.monotonic()
+            head = b"GET / HTTP/1.1\r\nHost: hub\r\nX-Padding: " + b"a" * (4 << 20)
+            answer = _answer_while_trickling(padding, head, 0.05, 20, piece=64 * 1024)
+            assert answer.startswith(b"HTTP/1.1 431 ") and time.monotonic() - started < 2
+        envelope = json.loads(answer.partition(b"\r\n\r\n")[2])
+        assert _is_envelope(envelope) and envelope["status_code"] == 2000
+        assert envelope["status_message"] == "the request line and headers are larger than the 64 KiB the hub takes"
+        # A head of 60 KB that comes in many reads, and a small head with a large body in one write, are served.
+        with socket.create_connection(address) as client:
+            head = b"GET / HTTP/1.1\r\nConnection: close\r\nAuthorization: Token " + b"A" * 60_000 + b"\r\n\r\n"
+            assert _answer_while_trickling(client, head, 0.01, 10, piece=4096).startswith(b"HTTP/1.1 200 OK")
+        with socket.create_connection(address, timeout=10) as client:
+            body = b"x" * (4 << 20)
+            client.sendall(b"PUT / HTTP/1.1\r\nHost: hub\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            assert client.recv(65536).startswith(b"HTTP/1.1 200 OK")

@@ -21,6 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from hub.envelope import ocpi_timestamp
 from hub.errors import ClientError
 from hub.ocpi.wire import Envelope
+from hub.request_body import REFUSED
 
 _encoder = msgspec.json.Encoder()
 _JOINED_BODY_MAX = 64 * 1024  # a larger body is written after its head rather than copied behind it
@@ -63,7 +64,13 @@ class OcpiHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(b"400 Bad Request", f"not a valid HTTP/1.1 request: {detail}")
 
     def _refuse(self, status: bytes, message: str) -> None:
-        """Answer with an OCPI envelope and close: what came on this connection cannot be read as a request."""
+        """Answer with an OCPI envelope and close: what came on this connection cannot be read as a request. A request
+        whose body was being read learns why it ends (its routing-log row holds this answer)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            refused = ClientError(message)
+            refused.http_status = int(status.split(b" ", 1)[0])
+            cycle.scope[REFUSED] = refused  # type: ignore[literal-required]
         body = _encoder.encode(Envelope(status_code=ClientError.status_code, timestamp=ocpi_timestamp(),
                                         status_message=message))  # fmt: skip
         head = [b"HTTP/1.1 %s\r\n" % status]

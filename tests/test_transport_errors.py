@@ -134,6 +134,26 @@ def test_a_body_that_stops_coming_is_answered_408_within_the_timeout(
     assert httpx.get(hub.versions_url).status_code == 401  # and the hub goes on answering
 
 
+def test_a_body_the_parser_refuses_is_logged_with_the_400_the_caller_got(hub: Hub, db) -> None:
+    # The protocol answers a chunk size that is not hex and closes; the relay, reading the body, saw only the
+    # disconnect and logged a 404 "the client went away" that nobody was sent.
+    where = urlsplit(hub.base)
+    with socket.create_connection((where.hostname, where.port), timeout=10) as client:
+        client.sendall(b"PUT /ocpi/2.2.1/receiver/locations/NL/ABC/L1 HTTP/1.1\r\nHost: hub\r\nX-Request-ID: bad-chunk"
+                       b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"id\"\r\nzz\r\n")  # fmt: skip
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    message = json.loads(answer.partition(b"\r\n\r\n")[2])["status_message"]
+    assert message.startswith("not a valid HTTP/1.1 request: ")
+    deadline, rows = time.monotonic() + 5, []
+    while not rows and time.monotonic() < deadline:  # written once the relay has seen the connection close
+        rows = db.run(db.fetch("SELECT http_status, error FROM routing_log WHERE request_id = 'bad-chunk'"))
+        time.sleep(0.05)
+    assert [(r["http_status"], r["error"]) for r in rows] == [(400, message)]
+
+
 def test_request_without_ids_gets_fresh_ones(hub: Hub, token_a: str) -> None:
     answer = httpx.get(hub.versions_url, headers=token_header(token_a))
     assert len(answer.headers["X-Request-ID"]) == 36

@@ -110,7 +110,7 @@ class Relay:
         )  # fmt: skip
         exchange = Exchange(scope, headers, entry, started)
         try:
-            entry.request_body = await read_body(self.bodies.guarded(receive), self.settings.max_body_bytes)
+            entry.request_body = await read_body(self.bodies.guarded(receive), self.settings.max_body_bytes, scope)
             check_ids(request_id, correlation_id)
             if len(headers) < len(cast("list[tuple[bytes, bytes]]", scope["headers"])):  # a name came twice
                 check_repeated(scope["headers"])

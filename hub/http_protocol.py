@@ -1,5 +1,6 @@
 """uvicorn's HTTP/1.1 protocol (httptools), answering bytes that do not parse as HTTP with an OCPI envelope, writing
-each response's head and body in one system call, and closing a connection whose request head does not come.
+each response's head and body in one system call, and closing a connection whose request head does not come or
+grows past HEAD_MAX_BYTES.
 
 uvicorn answers those bytes itself, before any of the hub's code runs, with a text/plain 400 that a party's OCPI
 client cannot read. status_codes.asciidoc: errors of the transport layer get an HTTP error code "with the same
@@ -14,29 +15,62 @@ import weakref
 from typing import Any
 
 import msgspec
+from httptools import HttpParserCallbackError, HttpParserError
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from hub.envelope import ocpi_timestamp
 from hub.errors import ClientError
 from hub.ocpi.wire import Envelope
+from hub.request_body import REFUSED
 
 _encoder = msgspec.json.Encoder()
 _JOINED_BODY_MAX = 64 * 1024  # a larger body is written after its head rather than copied behind it
+# A request's line and headers (nginx takes 8 KiB a line, Node.js 16 KiB in all): httptools copies a header's value
+# whole for every read that adds to it, so one client sending an endless header held the worker's event loop.
+HEAD_MAX_BYTES = 64 * 1024
 
 
 class OcpiHttpToolsProtocol(HttpToolsProtocol):
+    # Bytes of the request head in progress, counted from the read after the one it began in (that read may hold the
+    # end of the previous request too); None between requests and once the head is complete.
+    _head_bytes: int | None = None
+    _head_began = False  # in the read being parsed
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         HeadDeadlines.watch(self)
 
+    def data_received(self, data: bytes) -> None:
+        self._head_began = False
+        super().data_received(data)
+        if self._head_bytes is not None and not self._head_began:  # all of this read belongs to an unfinished head
+            self._head_bytes += len(data)
+            if self._head_bytes > HEAD_MAX_BYTES and not self.transport.is_closing():
+                message = f"the request line and headers are larger than the {HEAD_MAX_BYTES // 1024} KiB the hub takes"
+                self._refuse(b"431 Request Header Fields Too Large", message)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes, self._head_began = 0, True
+
     def send_400_response(self, msg: str) -> None:
-        # uvicorn calls this from its `except httptools.HttpParserError`: the parser's own words say what was wrong.
+        # uvicorn calls this from its `except httptools.HttpParserError`: the parser's own words say what was wrong,
+        # or, when a callback refused the request ("User callback error"), the words of the parser's error it raised
+        # (uvicorn's URL parsing: "url is too long").
         parser_error = sys.exc_info()[1]
+        if isinstance(parser_error, HttpParserCallbackError) and isinstance(parser_error.__context__, HttpParserError):
+            parser_error = parser_error.__context__
         detail = str(parser_error) if parser_error is not None and str(parser_error) else msg.rstrip(".")
         self._refuse(b"400 Bad Request", f"not a valid HTTP/1.1 request: {detail}")
 
     def _refuse(self, status: bytes, message: str) -> None:
-        """Answer with an OCPI envelope and close: what came on this connection cannot be read as a request."""
+        """Answer with an OCPI envelope and close: what came on this connection cannot be read as a request. A request
+        whose body was being read learns why it ends (its routing-log row holds this answer)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            refused = ClientError(message)
+            refused.http_status = int(status.split(b" ", 1)[0])
+            cycle.scope[REFUSED] = refused  # type: ignore[literal-required]
         body = _encoder.encode(Envelope(status_code=ClientError.status_code, timestamp=ocpi_timestamp(),
                                         status_message=message))  # fmt: skip
         head = [b"HTTP/1.1 %s\r\n" % status]
@@ -54,6 +88,7 @@ class OcpiHttpToolsProtocol(HttpToolsProtocol):
                 and not self.transport.is_closing())  # fmt: skip
 
     def on_headers_complete(self) -> None:
+        self._head_bytes = None
         super().on_headers_complete()  # the new request's cycle; its task has not started yet
         cycle = self.cycle
         if cycle is not None and not isinstance(cycle.transport, HeadWithBody):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from litestar.types import Receive
+from litestar.types import Receive, Scope
 
-from hub.errors import BodyTooLarge, BodyTooSlow, NotFound
+from hub.errors import BodyTooLarge, BodyTooSlow, NotFound, OcpiError
+
+# scope key: the error the server's protocol answered a request with when it could not read the request's body
+REFUSED = "ocpi_hub.refused"
 
 
 class BodyDeadlines:
@@ -67,12 +70,14 @@ class BodyDeadlines:
         self._check = loop.call_later(1.0, self._cancel_late_reads) if self._reading else None
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
+async def read_body(receive: Receive, limit: int, scope: Scope) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
         message: Any = await receive()
         if message["type"] == "http.disconnect":
+            if isinstance(refused := scope.get(REFUSED), OcpiError):  # what hub/http_protocol.py answered and why
+                raise refused
             raise NotFound("the client went away before sending its whole request")
         chunk = message.get("body", b"")
         size += len(chunk)

@@ -9,6 +9,7 @@ hub (versions, credentials, admin, console, probes); the relay, the hot path, do
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from random import getrandbits
 from typing import Any
 
@@ -50,6 +51,35 @@ def check_ids(request_id: str, correlation_id: str) -> None:
         if len(value) > MAX_ID_LENGTH:
             raise MalformedHeader(f"{name} has {len(value)} characters; the hub takes at most {MAX_ID_LENGTH} (a UUID, "
                                   "which OCPI advises, has 36)")  # fmt: skip
+
+
+# Headers whose one value decides where a request goes, who sends it, or how it is logged: as the spec names them
+SINGLE_VALUED = {
+    name.lower().encode(): name
+    for name in ("Authorization", "OCPI-to-country-code", "OCPI-to-party-id", "OCPI-from-country-code",
+                 "OCPI-from-party-id", "X-Request-ID", "X-Correlation-ID")
+}  # fmt: skip
+
+
+def check_repeated(headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """A header of SINGLE_VALUED that comes more than once with different values is refused, not taken by position
+    (RFC 9110, section 5.3: only a list-valued field may come in several lines). The caller checks first that some name
+    comes twice: its dict of the headers is shorter than the list."""
+    values: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        if name in SINGLE_VALUED:
+            values.setdefault(name, []).append(value)
+    for name, given in values.items():
+        if len(set(given)) > 1:
+            shown = ", ".join(repr(_shown(value)) for value in given[:3])
+            raise MalformedHeader(f"{SINGLE_VALUED[name]} came {len(given)} times with different values ({shown}): the "
+                                  "hub cannot tell which one is meant")  # fmt: skip
+
+
+def _shown(value: bytes, at_most: int = 16) -> str:
+    """A header value for a message: its bytes read as UTF-8, as the caller most likely meant them, and cut short."""
+    text = value.decode("utf-8", "replace")
+    return text if len(text) <= at_most else text[:at_most] + "..."
 
 
 def log_request(method: str, path: str, status: int | None, started: float, routine: bool = False) -> None:

@@ -172,11 +172,18 @@ def encode_cursor(received_at: datetime, row_id: int) -> str:
 
 
 def decode_cursor(value: str) -> tuple[datetime, int]:
+    """The (received_at, id) a cursor holds; BadFilter for one this API cannot have handed out, among them values the
+    database cannot take (a row id past a bigint, a time outside the years 1 to 9999 in UTC)."""
     try:
         at, _, row_id = base64.urlsafe_b64decode(value.encode() + b"==").decode().partition("|")
-        return datetime.fromisoformat(at), int(row_id)
-    except ValueError:
+        received_at, row = datetime.fromisoformat(at), int(row_id)
+        received_at = received_at if received_at.tzinfo else received_at.replace(tzinfo=UTC)
+        received_at.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise BadFilter("cursor is not one this API handed out") from None
+    if not is_row_id(row):
+        raise BadFilter("cursor is not one this API handed out")
+    return received_at, row
 
 
 def page_query(search: Search, cursor: tuple[datetime, int] | None, limit: int) -> tuple[str, list[Any]]:

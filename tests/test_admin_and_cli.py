@@ -361,3 +361,22 @@ def test_an_auditor_cannot_take_a_platform_off_the_hub(hub: Hub) -> None:
                           headers={"Authorization": f"Bearer {token}"})  # fmt: skip
     assert answer.status_code == 403
     assert httpx.get(hub.versions_url, headers=token_header(invitation["token_a"])).status_code == 200
+
+
+def test_a_platform_id_past_a_bigint_is_answered_404_by_the_admin_api_and_the_console(hub: Hub) -> None:
+    # The driver refused the id when the query ran (DataError: value out of int64 range): an internal error.
+    huge = 2**63
+    with hub.admin() as admin:
+        answers = [
+            admin.post(f"/admin/api/parties/{huge}/endpoints"),
+            admin.post(f"/admin/api/parties/{huge}/credentials"),
+            admin.delete(f"/admin/api/parties/{huge}"),
+        ]
+    for answer in answers:
+        assert answer.status_code == 404 and f"no platform {huge}" in answer.json()["error"], answer.text
+    with httpx.Client(base_url=hub.base) as console:
+        console.post("/console/sign-in", data={"token": hub.admin_token})
+        for action in ("take-off", "renew", "endpoints"):
+            page = console.get(f"/console/parties/{huge}/{action}")
+            acted = console.post(f"/console/parties/{huge}/{action}", data={"confirm": "yes"})
+            assert page.status_code == acted.status_code == 404, (page.text, acted.text)

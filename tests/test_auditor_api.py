@@ -4,6 +4,7 @@ that parse back to the same rows, stats, and bad filter values answered 400 nami
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import io
 import json
@@ -172,6 +173,21 @@ def test_ids_beyond_a_bigint_or_holding_a_nul_are_answered_not_failed(hub: Hub, 
     assert conversation.status_code == 200 and conversation.json()["items"] == []
     assert searched.status_code == 200 and searched.json()["items"] == []
     assert stats.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "inside",
+    [
+        f"2026-01-01T00:00:00+00:00|{2**63}",  # past a bigint: the driver refused it, a 500
+        "9999-12-31T23:59:59-01:00|1",  # past the year 9999 in UTC
+        "0001-01-01T00:00:00+01:00|1",  # before the year 1 in UTC
+    ],
+)
+def test_a_cursor_made_up_out_of_range_answers_400_naming_it(hub: Hub, inside: str) -> None:
+    cursor = base64.urlsafe_b64encode(inside.encode()).decode().rstrip("=")
+    with hub.admin() as admin:
+        answer = admin.get("/admin/api/routing-log", params={"cursor": cursor})
+    assert answer.status_code == 400 and "cursor" in answer.json()["error"], answer.text
 
 
 def test_one_message_shows_both_bodies_headers_and_timings(hub: Hub, dataset: Dataset) -> None:

@@ -250,6 +250,30 @@ def test_a_malformed_routing_header_is_named_as_the_caller_wrote_it_and_cut_shor
     assert long.json()["status_message"].endswith(f"got 'NL' and '{'X' * 16}...'")
 
 
+def test_a_routing_header_sent_twice_with_different_values_is_refused_and_logged(hub: Hub, cpo_and_emsp, db) -> None:
+    # The hub took the last of the two: the request went to whichever party the last OCPI-to-party-id named.
+    cpo, emsp = cpo_and_emsp
+    (from_cc, from_pid), (to_cc, to_pid) = party_key(emsp), party_key(cpo)
+    url = f"{hub.base}/ocpi/2.2.1/sender/locations"
+
+    def sent(request_id: str, *repeated: tuple[str, str]) -> httpx.Response:
+        headers = [*token_header(emsp.hub_token or "").items(), ("X-Request-ID", request_id),
+                   ("OCPI-from-country-code", from_cc), ("OCPI-from-party-id", from_pid),
+                   ("OCPI-to-country-code", to_cc), *repeated]  # fmt: skip
+        return httpx.get(url, headers=headers)
+
+    answer = sent("twice-to", ("OCPI-to-party-id", "ZZZ"), ("OCPI-to-party-id", to_pid))
+    assert (answer.status_code, answer.json()["status_code"]) == (400, 2001), answer.text
+    assert answer.json()["status_message"] == (f"OCPI-to-party-id came 2 times with different values ('ZZZ', "
+                                               f"'{to_pid}'): the hub cannot tell which one is meant")  # fmt: skip
+    assert cpo.functional() == []  # nothing forwarded
+    [row] = db.run(db.fetch("SELECT routing, http_status FROM routing_log WHERE request_id = 'twice-to'"))
+    assert (row["routing"], row["http_status"]) == ("rejected", 400)
+    # The same value twice (a proxy that repeats a header) is that value.
+    same = sent("twice-the-same", ("OCPI-to-party-id", to_pid), ("OCPI-to-party-id", to_pid))
+    assert same.json()["status_code"] == 1000 and len(cpo.functional()) == 1
+
+
 def test_unknown_receiver_answers_4001(hub: Hub, cpo_and_emsp) -> None:
     cpo, _ = cpo_and_emsp
     answer = cpo.call(hub.base, "GET", "sender/locations", to=("ZZ", "ZZZ"))

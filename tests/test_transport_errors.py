@@ -79,6 +79,8 @@ def test_a_keep_alive_connection_idle_for_six_seconds_still_takes_a_request(hub:
         (b"PUT /ocpi/2.2.1/receiver/locations HTTP/1.1\r\nHost: hub\r\nContent-Length: x\r\n\r\n", "content-length"),
         (b"GET /ocpi/versions HTTP/1.1\r\nHost hub\r\n\r\n", "header"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "method"),  # a TLS ClientHello sent to plain HTTP
+        # the parser's complaint was "User callback error": uvicorn's URL parsing, in a callback, refused it
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: hub\r\n\r\n", "url is too long"),
     ],
 )
 def test_bytes_that_are_not_http_get_a_400_with_an_ocpi_body_saying_so(
@@ -130,6 +132,26 @@ def test_a_body_that_stops_coming_is_answered_408_within_the_timeout(
         [row] = db.run(db.fetch("SELECT http_status, error FROM routing_log WHERE request_id = $1", request_id))
         assert (row["http_status"], row["error"]) == (408, envelope["status_message"])
     assert httpx.get(hub.versions_url).status_code == 401  # and the hub goes on answering
+
+
+def test_a_body_the_parser_refuses_is_logged_with_the_400_the_caller_got(hub: Hub, db) -> None:
+    # The protocol answers a chunk size that is not hex and closes; the relay, reading the body, saw only the
+    # disconnect and logged a 404 "the client went away" that nobody was sent.
+    where = urlsplit(hub.base)
+    with socket.create_connection((where.hostname, where.port), timeout=10) as client:
+        client.sendall(b"PUT /ocpi/2.2.1/receiver/locations/NL/ABC/L1 HTTP/1.1\r\nHost: hub\r\nX-Request-ID: bad-chunk"
+                       b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"id\"\r\nzz\r\n")  # fmt: skip
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    message = json.loads(answer.partition(b"\r\n\r\n")[2])["status_message"]
+    assert message.startswith("not a valid HTTP/1.1 request: ")
+    deadline, rows = time.monotonic() + 5, []
+    while not rows and time.monotonic() < deadline:  # written once the relay has seen the connection close
+        rows = db.run(db.fetch("SELECT http_status, error FROM routing_log WHERE request_id = 'bad-chunk'"))
+        time.sleep(0.05)
+    assert [(r["http_status"], r["error"]) for r in rows] == [(400, message)]
 
 
 def test_request_without_ids_gets_fresh_ones(hub: Hub, token_a: str) -> None:
@@ -192,6 +214,17 @@ def test_credentials_with_wrong_types_answer_2001_naming_the_field(hub: Hub, tok
     assert answer.status_code == 200  # status_codes.asciidoc: valid JSON reaches the OCPI layer
     assert answer.json()["status_code"] == 2001
     assert complaint in answer.json()["status_message"]
+
+
+@pytest.mark.parametrize("host", ["xn--", "xn--a", "a\u200db"])
+def test_a_versions_url_whose_host_is_no_valid_idna_name_answers_2001_naming_the_url(hub: Hub, host: str) -> None:
+    # The HTTP client raised idna's error, which is no HTTP error, when the hub fetched the party's versions: a 500.
+    role = {"role": "CPO", "country_code": "NL", "party_id": unique_party_id(), "business_details": {"name": "x"}}
+    token_a = hub.invite("Odd Host Co", (role["role"], role["country_code"], role["party_id"]))["token_a"]
+    body = {"token": "abc", "url": f"http://{host}/versions", "roles": [role]}
+    answer = httpx.post(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token_a), json=body)
+    assert answer.status_code == 200 and answer.json()["status_code"] == 2001, answer.text
+    assert "url" in answer.json()["status_message"]
 
 
 def test_empty_body_answers_2001(hub: Hub, token_a: str) -> None:
@@ -339,11 +372,13 @@ async def _hello(scope, receive, send):  # type: ignore[no-untyped-def]
         await send({"type": "http.response.body", "body": b"hello"})
 
 
-def _answer_while_trickling(client: socket.socket, trickle: bytes, every_s: float, give_up_s: float) -> bytes:
-    """Send `trickle` a byte every every_s until the server answers and closes; what it answered."""
+def _answer_while_trickling(
+    client: socket.socket, trickle: bytes, every_s: float, give_up_s: float, piece: int = 1
+) -> bytes:
+    """Send `trickle` a piece (a byte) every every_s until the server answers and closes; what it answered."""
     client.settimeout(every_s)
     answer, ends = b"", time.monotonic() + give_up_s
-    for byte in (trickle[i : i + 1] for i in range(len(trickle))):
+    for byte in (trickle[i : i + piece] for i in range(0, len(trickle), piece)):
         assert time.monotonic() < ends, f"no answer within {give_up_s} s"
         with contextlib.suppress(OSError):  # the server closed: what it said is read below
             client.sendall(byte)
@@ -378,3 +413,26 @@ def test_a_request_head_that_does_not_come_is_answered_408_and_its_connection_cl
                 steady.sendall(b"GET / HTTP/1.1\r\nHost: hub\r\n\r\n")
                 assert steady.recv(65536).startswith(b"HTTP/1.1 200 OK")
                 time.sleep(1.2)
+
+
+def test_a_request_head_over_64_kib_is_answered_431_at_once_while_smaller_ones_are_served() -> None:
+    # httptools copies a header's value whole for every read that adds to it: one client sending an endless header
+    # held the worker's event loop (other requests waited 6 s once it had sent 140 MB) and grew its memory, until the
+    # head deadline (OCPI_HUB_KEEP_ALIVE_S, 75 s by default) ended it.
+    with _uvicorn_with_hub_protocol(_hello, timeout_keep_alive=30) as address:
+        with socket.create_connection(address) as padding:
+            started = time.monotonic()
+            head = b"GET / HTTP/1.1\r\nHost: hub\r\nX-Padding: " + b"a" * (4 << 20)
+            answer = _answer_while_trickling(padding, head, 0.05, 20, piece=64 * 1024)
+            assert answer.startswith(b"HTTP/1.1 431 ") and time.monotonic() - started < 2
+        envelope = json.loads(answer.partition(b"\r\n\r\n")[2])
+        assert _is_envelope(envelope) and envelope["status_code"] == 2000
+        assert envelope["status_message"] == "the request line and headers are larger than the 64 KiB the hub takes"
+        # A head of 60 KB that comes in many reads, and a small head with a large body in one write, are served.
+        with socket.create_connection(address) as client:
+            head = b"GET / HTTP/1.1\r\nConnection: close\r\nAuthorization: Token " + b"A" * 60_000 + b"\r\n\r\n"
+            assert _answer_while_trickling(client, head, 0.01, 10, piece=4096).startswith(b"HTTP/1.1 200 OK")
+        with socket.create_connection(address, timeout=10) as client:
+            body = b"x" * (4 << 20)
+            client.sendall(b"PUT / HTTP/1.1\r\nHost: hub\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            assert client.recv(65536).startswith(b"HTTP/1.1 200 OK")

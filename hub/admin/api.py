@@ -17,6 +17,7 @@ from hub.errors import OUTAGES, OcpiError, unavailable
 from hub.ocpi.wire import NO_CONTROL_CHARACTERS, CountryCode, PartyId, Role
 from hub.settings import Settings
 from storage import platforms
+from storage.log_search import is_row_id
 from storage.secrets import new_token, token_hash
 from storage.sql import QUERIES
 
@@ -65,6 +66,13 @@ class AdminError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def check_platform_id(platform_id: int) -> None:
+    """AdminError 404 for an id no platform can have: a bigint from 1 (a larger one would fail in the driver, not
+    find nothing)."""
+    if not is_row_id(platform_id):
+        raise AdminError(404, f"no platform {platform_id} is on the hub (never invited, or unregistered already)")
 
 
 _encoder = msgspec.json.Encoder()

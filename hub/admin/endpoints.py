@@ -38,7 +38,7 @@ from litestar.datastructures import State
 
 from hub import party_api
 from hub.admin.actors import HUB, Actor, actor_of, record_action
-from hub.admin.api import AdminError, json_response
+from hub.admin.api import AdminError, check_platform_id, json_response
 from hub.errors import OcpiError
 from hub.ocpi.credentials import endpoint_rows, match_roles
 from hub.own_messages import Trace
@@ -195,6 +195,7 @@ async def refresh_now(state: State, actor: Actor, platform_id: int, via: str | N
     AdminError 404 or 409 for a platform not registered (or changed meanwhile); 409 while another process holds the
     refresh, saying until when at the latest; 502 saying why the fetch failed, the endpoints from before kept, and a
     pending refresh still due when it was: the operator's try is not one of the hub's own, whose failures space them."""
+    check_platform_id(platform_id)
     async with state.pool.acquire() as conn:
         source = await conn.fetchrow(QUERIES["claim_endpoints_refresh"], platform_id, claim_s(state.settings))
         if source is None:

@@ -12,7 +12,7 @@ from litestar.datastructures import State
 
 from hub import party_api
 from hub.admin.actors import Actor, actor_of, record_action
-from hub.admin.api import AdminError, json_response
+from hub.admin.api import AdminError, check_platform_id, json_response
 from hub.admin.credentials import PartyFailed, TakenButFailed, audited_via, message_party
 from hub.admin.endpoints import retry_in_s
 from hub.errors import OcpiError
@@ -55,6 +55,7 @@ async def rotate(state: State, actor: Actor, platform_id: int, via: str | None =
     party's new token B and versions URL, if it could read them, with the endpoints and roles from before until it
     fetches the endpoints again (hub/admin/endpoints.py). Either way AdminError 502, saying which step failed and what
     the party said (409 if the platform changed meanwhile)."""
+    check_platform_id(platform_id)
     token_c = new_token()
     async with state.pool.acquire() as conn, conn.transaction():
         name = await _registered(conn, platform_id)

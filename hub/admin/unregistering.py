@@ -8,7 +8,7 @@ from litestar import Request, Response, delete
 from litestar.datastructures import State
 
 from hub.admin.actors import Actor, actor_of, record_action
-from hub.admin.api import AdminError, json_response
+from hub.admin.api import AdminError, check_platform_id, json_response
 from hub.admin.credentials import PartyFailed, audited_via, message_party
 from storage import platforms
 from storage.directory import Platform
@@ -39,6 +39,7 @@ async def take_off_hub(state: State, actor: Actor, platform_id: int, via: str | 
     ids are free for a new invitation, and a registered party is told with a DELETE on its own credentials endpoint
     (credentials.asciidoc, Unregistering: "Both parties must end any automated communication"). The hub's side is
     done first: a party that does not answer cannot keep itself on the hub."""
+    check_platform_id(platform_id)
     known = state.directory.current.platforms.get(platform_id)  # its token B, to tell the party
     async with state.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(QUERIES["lock_platform"], platform_id)

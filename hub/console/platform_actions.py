@@ -16,6 +16,7 @@ from hub.admin.endpoints import refresh_now
 from hub.admin.rotation import rotate
 from hub.admin.unregistering import take_off_hub
 from hub.console.auth import actor, require_admin
+from storage.log_search import is_row_id
 from storage.sql import QUERIES
 
 # action in the URL -> the platform states it applies to, and its heading
@@ -64,6 +65,8 @@ async def act(
 async def _context(request: Request, platform_id: int, action: str) -> dict[str, Any]:
     if action not in ACTIONS:
         raise NotFoundException(f"no action {action!r} on a platform")
+    if not is_row_id(platform_id):  # a larger one would fail in the driver
+        raise NotFoundException(f"no platform {platform_id} was ever invited to this hub")
     async with request.app.state.pool.acquire() as conn:
         roles = await conn.fetch(QUERIES["list_parties"], platform_id)
         # the endpoints the hub routes on, and why they are from before a rotation if they are

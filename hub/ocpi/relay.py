@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 import structlog
@@ -27,7 +27,7 @@ from hub.ocpi.relayed_urls import CDR_LOCATIONS, PAGES, RESULTS
 from hub.ocpi.wire import Envelope
 from hub.party_api import authorization
 from hub.request_body import BodyDeadlines, read_body
-from hub.request_context import MAX_ID_LENGTH, check_ids, log_request, new_request_id, request_ids
+from hub.request_context import MAX_ID_LENGTH, check_ids, check_repeated, log_request, new_request_id, request_ids
 from routing import open_routing
 from routing.decide import Delivery, decide
 from routing.forward import Answer, forward, ocpi_status_of
@@ -111,8 +111,10 @@ class Relay:
         )  # fmt: skip
         exchange = Exchange(scope, headers, entry, started)
         try:
-            entry.request_body = await read_body(self.bodies.guarded(receive), self.settings.max_body_bytes)
+            entry.request_body = await read_body(self.bodies.guarded(receive), self.settings.max_body_bytes, scope)
             check_ids(request_id, correlation_id)
+            if len(headers) < len(cast("list[tuple[bytes, bytes]]", scope["headers"])):  # a name came twice
+                check_repeated(scope["headers"])
             answer = await self._route(exchange, path)
         except OcpiError as exc:
             answer = self.hub_answer(exchange, exc.http_status, exc.status_code, exc.message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
+import httpx
 import msgspec
 
 Role = Literal["CPO", "EMSP", "HUB", "NAP", "NSP", "OTHER", "SCSP"]
@@ -19,13 +20,15 @@ Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\x00-\x20\x7f]+$", max_l
 
 
 def usable_url(name: str, url: str) -> None:
-    """What Url's pattern cannot see: a host, and a port that is a number ("http://[::1" or "http://h:x/" would
-    reach the HTTP clients and fail there, outside their error handling)."""
+    """What Url's pattern cannot see: a host, a port that is a number, and a host name that IDNA can read
+    ("http://[::1", "http://h:x/" or "http://xn--/" would reach the HTTP clients and fail there, outside their error
+    handling)."""
     try:
         parts = urlsplit(url)
         if not parts.hostname or parts.port == 0:  # .port raises ValueError for one that is not 0 to 65535
             raise ValueError("no host" if not parts.hostname else "port 0")
-    except ValueError as exc:
+        httpx.URL(url).host  # noqa: B018 - decoding the host is the check: idna's error is a UnicodeError
+    except (ValueError, httpx.InvalidURL) as exc:
         raise ValueError(f"{name} is not a URL the hub can call, got {url!r}: {exc}") from None
 
 

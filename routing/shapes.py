@@ -61,20 +61,24 @@ SHAPES: dict[tuple[str, str], dict[str, Shape]] = {
 
 def check_shape(incoming: Incoming) -> None:
     """MethodNotAllowed for a method the interface marks n/a, NotFound for a path it does not define."""
-    interface = f"{incoming.module} {incoming.interface.capitalize()} interface"
     methods = SHAPES[(incoming.module, incoming.interface)]
     shape = methods.get(incoming.method)
     if shape is None:
         raise MethodNotAllowed(
-            f"{incoming.method} is not defined for the {interface} of OCPI 2.2.1: it takes {', '.join(methods)}",
+            f"{incoming.method} is not defined for the {_interface(incoming)} of OCPI 2.2.1: it takes "
+            f"{', '.join(methods)}",
             tuple(methods),
         )
-    if "//" in incoming.suffix or any(part in (".", "..") for s in incoming.segments for part in _PARTS.split(s)):
+    if "//" in incoming.suffix or any("." in s and {".", ".."} & set(_PARTS.split(s)) for s in incoming.segments):
         # RFC 3986, 5.2.4: a party's server or proxy resolves dot segments, often after decoding %2E and %2F, to
         # another of its URLs (.../locations/sender/../../credentials), which the hub would call with its token
         raise NotFound(f"{incoming.method} {incoming.path} holds an empty segment or a dot segment ('.', '..')")
     if not shape.fits(incoming.segments):
         raise NotFound(
-            f"{incoming.method} {incoming.path} is no URL of the {interface}: it takes {incoming.method}"
+            f"{incoming.method} {incoming.path} is no URL of the {_interface(incoming)}: it takes {incoming.method}"
             f" {{{incoming.module}_endpoint_url}}{shape.text}"
         )
+
+
+def _interface(incoming: Incoming) -> str:
+    return f"{incoming.module} {incoming.interface.capitalize()} interface"

@@ -182,6 +182,10 @@ class AnswerNotRelayable(HubError):
     """A party answered with an HTTP status no HTTP server can send on (one outside 200-599)."""
 
 
+class AnswerUnreadable(HubError):
+    """A party answered with bytes the hub cannot read as an HTTP answer: it did get the request."""
+
+
 class UnknownReceiver(HubError):
     """The TO address is unknown."""
 

@@ -17,7 +17,7 @@ from typing import Annotated
 import aiohttp
 import msgspec
 
-from hub.errors import AnswerNotRelayable, AnswerTooLarge, ForwardTimeout, ReceiverNotConnected
+from hub.errors import AnswerNotRelayable, AnswerTooLarge, AnswerUnreadable, ForwardTimeout, ReceiverNotConnected
 
 # Headers of the receiver's answer the hub passes on (Link and Location are rewritten by the relay).
 RELAYED_RESPONSE_HEADERS = ("content-type", "x-total-count", "x-limit", "link", "location")
@@ -105,11 +105,19 @@ async def forward(
             return Answer(response.status, relayed, payload, unwritable)
     except TimeoutError:
         raise ForwardTimeout(f"{method} {url} did not answer within {timeout_s:g} s") from None
+    except aiohttp.ClientResponseError as exc:  # what came back does not parse as HTTP (redirects are not followed)
+        # Not 4003, "unable to reach the receiving party": told that, a sender would send a CDR or a command again.
+        raise AnswerUnreadable(f"{method} {url}: the receiver got the request, but the hub could not read its answer "
+                               f"as HTTP ({_cut(exc.message)})") from None  # fmt: skip
     except (aiohttp.ClientError, OSError) as exc:
         _release_frames(exc)
         raise ReceiverNotConnected(f"{method} {url} failed: {exc or type(exc).__name__}") from None
     except asyncio.CancelledError:
         raise
+
+
+def _cut(text: str, at_most: int = 200) -> str:
+    return text if len(text) <= at_most else f"{text[:at_most]}..."
 
 
 def _release_frames(exc: BaseException) -> None:

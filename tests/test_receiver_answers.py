@@ -129,3 +129,28 @@ def test_a_request_whose_connection_drops_before_the_answer_is_not_sent_again(hu
         assert [(r.method, r.path) for r in emsp.functional()].count((method, at_party)) == 1, method
         [row] = db.run(db.fetch("SELECT ocpi_status_code, error FROM routing_log WHERE request_id = $1", request_id))
         assert row["ocpi_status_code"] == 4003 and row["error"], (method, dict(row))
+
+
+def test_a_receivers_answer_the_hub_cannot_parse_is_a_4000_that_says_the_receiver_got_the_request(
+    hub: Hub, cpo_and_emsp, db
+) -> None:
+    # Not 4003 ("unable to reach the receiving party"): a sender told that would send the CDR or the command again.
+    cpo, emsp = cpo_and_emsp
+    cc, pid = party_key(cpo)
+    ok = b'{"status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}'
+    broken = {
+        "LONGHEAD": b"HTTP/1.1 201 Created\r\nLocation: http://emsp.example/%s\r\nContent-Length: %d\r\n\r\n%s"
+        % (b"x" * 100_000, len(ok), ok),
+        "BADSTATUS": b"HTTP/1.1 2x0 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(ok), ok),
+    }
+    for name, raw in broken.items():
+        emsp.canned[("PUT", f"/ocpi/2.2.1/tariffs/receiver/{cc}/{pid}/{name}")] = (RAW, raw, {})
+        request_id = str(uuid.uuid4())
+        answer = cpo.call(hub.base, "PUT", f"receiver/tariffs/{cc}/{pid}/{name}", to=party_key(emsp),
+                          body={"id": name}, headers={"X-Request-ID": request_id})  # fmt: skip
+        assert answer.json()["status_code"] == 4000, (name, answer.text)
+        message = answer.json()["status_message"]
+        assert "the receiver got the request" in message and "could not read" in message, (name, message)
+        assert [r.path for r in emsp.functional()].count(f"/ocpi/2.2.1/tariffs/receiver/{cc}/{pid}/{name}") == 1
+        [row] = db.run(db.fetch("SELECT ocpi_status_code, error FROM routing_log WHERE request_id = $1", request_id))
+        assert row["ocpi_status_code"] == 4000 and row["error"] == message, (name, dict(row))

@@ -27,13 +27,20 @@ MAX_OFFSET = 2**31 - 1  # past any list the hub serves: a larger offset is an em
 def paging_window(params: Mapping[str, str], max_limit: int) -> tuple[int, int]:
     """transport_and_format.asciidoc, Pagination: the offset and limit of a GET of a list the hub serves itself;
     "if the client requests a limit higher than the server's maximum, the server caps it"."""
-    try:
-        offset, limit = int(params.get("offset", 0)), int(params.get("limit", max_limit))
-    except ValueError:
-        raise InvalidParameters("offset and limit must be whole numbers") from None
+    offset, limit = _whole_number(params, "offset", 0), _whole_number(params, "limit", max_limit)
     if offset < 0 or limit < 1:
         raise InvalidParameters("offset must be 0 or more and limit 1 or more")
     return min(offset, MAX_OFFSET), min(limit, max_limit)
+
+
+def _whole_number(params: Mapping[str, str], name: str, default: int) -> int:
+    """A paging parameter: ASCII digits only (int() would also read "1_000", " 5", "+1" and other scripts' digits)."""
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 4000:  # int() refuses more than 4300 digits
+        raise InvalidParameters(f"{name} must be a whole number written in the digits 0-9, got {raw[:40]!r}")
+    return int(raw)
 
 
 def ocpi_timestamp(moment: datetime | None = None) -> str:

@@ -141,7 +141,7 @@ def test_client_info_list_is_paginated_filtered_by_date_and_excludes_the_caller(
 
 
 def test_client_info_list_rejects_a_malformed_date_and_token_a(hub: Hub, connect_party) -> None:
-    reader = connect_party(_roles("EMSP"))
+    reader, _ = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))  # one party on the list at least
     for date in ("yesterday", "9999-12-31T23:59:59-01:00"):  # the second is past the year 9999 in UTC
         bad = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo?date_from={date}",
                         headers=token_header(reader.hub_token))  # fmt: skip
@@ -150,6 +150,12 @@ def test_client_info_list_rejects_a_malformed_date_and_token_a(hub: Hub, connect
     far = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", params={"offset": str(10**30)},
                     headers=token_header(reader.hub_token))  # fmt: skip
     assert far.json()["status_code"] == 1000 and far.json()["data"] == [] and int(far.headers["X-Total-Count"]) > 0
+    # offset and limit are digits 0-9, not what else Python's int() reads (1_000, a space, an Arabic-Indic three)
+    for name, value in [("limit", "1_0"), ("offset", " 5"), ("limit", "\u0663"), ("offset", "+1")]:
+        bad = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", params={name: value},
+                        headers=token_header(reader.hub_token))  # fmt: skip
+        assert bad.json()["status_code"] == 2001, (name, value, bad.text)  # as a malformed date_from
+        assert f"{name} must be a whole number" in bad.json()["status_message"], bad.text
     token_a = hub.invite("Not yet", _roles("CPO"))["token_a"]
     assert httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", headers=token_header(token_a)).status_code == 401
 

@@ -70,6 +70,15 @@ class BodyDeadlines:
         self._check = loop.call_later(1.0, self._cancel_late_reads) if self._reading else None
 
 
+def refuse_announced(headers: dict[str, str], limit: int) -> None:
+    """For a client waiting for 100 Continue (which the server sends once the body is asked for): BodyTooLarge now
+    when the Content-Length it announced is over the limit. RFC 9110, 10.1.1: a server that will refuse the request
+    answers with a final status code instead, so the body is not sent for nothing."""
+    announced = headers.get("content-length", "")
+    if announced.isdigit() and int(announced) > limit:
+        raise BodyTooLarge(f"request body too large: it announced {announced} bytes, the hub accepts at most {limit}")
+
+
 async def read_body(receive: Receive, limit: int, scope: Scope) -> bytes:
     chunks: list[bytes] = []
     size = 0

@@ -246,6 +246,30 @@ def test_oversized_body_answers_413(hub: Hub, token_a: str) -> None:
     assert "too large" in answer.json()["status_message"]
 
 
+def test_a_body_announced_too_large_is_refused_413_before_the_hub_asks_for_it_with_100_continue(
+    hub: Hub, cpo_and_emsp, db
+) -> None:
+    # RFC 9110, 10.1.1: a server that will refuse the request answers with a final status instead of 100 Continue,
+    # so the client does not send 11 MB for nothing.
+    cpo, emsp = cpo_and_emsp
+    (_, cc, pid), (_, to_cc, to_pid) = cpo.roles[0], emsp.roles[0]
+    head = (f"PUT /ocpi/2.2.1/receiver/locations/{cc}/{pid}/LOC1 HTTP/1.1\r\nHost: hub\r\n"
+            f"Authorization: {token_header(cpo.hub_token)['Authorization']}\r\nContent-Type: application/json\r\n"
+            f"OCPI-from-country-code: {cc}\r\nOCPI-from-party-id: {pid}\r\nOCPI-to-country-code: {to_cc}\r\n"
+            f"OCPI-to-party-id: {to_pid}\r\nX-Request-ID: expect-{pid}\r\nExpect: 100-continue\r\n"
+            "Content-Length: 11000000\r\n\r\n")  # fmt: skip
+    parts = urlsplit(hub.base)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as client:
+        client.sendall(head.encode())
+        answer = client.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    envelope = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert envelope["status_code"] == 2000 and "too large" in envelope["status_message"], envelope
+    assert emsp.functional() == []
+    [row] = db.run(db.fetch("SELECT http_status FROM routing_log WHERE request_id = $1", f"expect-{pid}"))
+    assert row["http_status"] == 413
+
+
 def test_unknown_path_answers_404_with_an_ocpi_body(hub: Hub) -> None:
     answer = httpx.get(f"{hub.base}/ocpi/2.2.1/nonsense/here")
     assert answer.status_code in (401, 404)

@@ -127,6 +127,18 @@ def check_json(raw: bytes) -> None:
         raise _not_json(exc) from None
 
 
+def check_utf8(raw: bytes) -> None:
+    """MalformedBody unless raw is UTF-8 (RFC 8259, 8.1: JSON exchanged between systems "MUST be encoded using UTF-8");
+    msgspec does not look at the bytes of the fields it skips, and a relayed body is mostly not decoded at all."""
+    if raw.isascii():  # nearly every body: no copy made
+        return
+    try:
+        str(raw, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedBody(f"the request body is not valid JSON: it is not UTF-8 (byte {exc.start} is "
+                            f"0x{raw[exc.start]:02x})") from None  # fmt: skip
+
+
 def _not_json(exc: Exception) -> MalformedBody:
     why = NESTED_TOO_DEEPLY if isinstance(exc, RecursionError) else exc
     return MalformedBody(f"the request body is not valid JSON: {why}")

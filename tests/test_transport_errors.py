@@ -10,6 +10,7 @@ import json
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -253,10 +254,11 @@ def test_a_body_announced_too_large_is_refused_413_before_the_hub_asks_for_it_wi
     # so the client does not send 11 MB for nothing.
     cpo, emsp = cpo_and_emsp
     (_, cc, pid), (_, to_cc, to_pid) = cpo.roles[0], emsp.roles[0]
+    request_id = str(uuid.uuid4())
     head = (f"PUT /ocpi/2.2.1/receiver/locations/{cc}/{pid}/LOC1 HTTP/1.1\r\nHost: hub\r\n"
             f"Authorization: {token_header(cpo.hub_token)['Authorization']}\r\nContent-Type: application/json\r\n"
             f"OCPI-from-country-code: {cc}\r\nOCPI-from-party-id: {pid}\r\nOCPI-to-country-code: {to_cc}\r\n"
-            f"OCPI-to-party-id: {to_pid}\r\nX-Request-ID: expect-{pid}\r\nExpect: 100-continue\r\n"
+            f"OCPI-to-party-id: {to_pid}\r\nX-Request-ID: {request_id}\r\nExpect: 100-continue\r\n"
             "Content-Length: 11000000\r\n\r\n")  # fmt: skip
     parts = urlsplit(hub.base)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as client:
@@ -266,8 +268,28 @@ def test_a_body_announced_too_large_is_refused_413_before_the_hub_asks_for_it_wi
     envelope = json.loads(answer.partition(b"\r\n\r\n")[2])
     assert envelope["status_code"] == 2000 and "too large" in envelope["status_message"], envelope
     assert emsp.functional() == []
-    [row] = db.run(db.fetch("SELECT http_status FROM routing_log WHERE request_id = $1", f"expect-{pid}"))
+    [row] = db.run(db.fetch("SELECT http_status FROM routing_log WHERE request_id = $1", request_id))
     assert row["http_status"] == 413
+
+
+def test_a_relayed_body_that_is_not_utf8_answers_400_naming_the_byte_and_is_not_forwarded(
+    hub: Hub, cpo_and_emsp, db
+) -> None:
+    # The location cache refused such a location while its receivers got it: RFC 8259, 8.1, JSON is UTF-8.
+    cpo, emsp = cpo_and_emsp
+    (_, cc, pid), (_, to_cc, to_pid) = cpo.roles[0], emsp.roles[0]
+    latin1 = json.dumps(
+        {"country_code": cc, "party_id": pid, "id": "LOC1", "name": "Stra\u00dfe"}, ensure_ascii=False
+    ).encode("latin-1")
+    for method, path, body in [("PUT", f"receiver/locations/{cc}/{pid}/LOC1", latin1),
+                               ("PUT", f"receiver/tariffs/{cc}/{pid}/T1", b'{"id": "T1", "x": "\xff"}')]:  # fmt: skip
+        answer = cpo.call(hub.base, method, path, to=(to_cc, to_pid), content=body,
+                          headers={"X-Request-ID": (request_id := str(uuid.uuid4()))})  # fmt: skip
+        assert (answer.status_code, answer.json()["status_code"]) == (400, 2001), answer.text
+        assert "is not UTF-8" in answer.json()["status_message"], answer.text
+        [row] = db.run(db.fetch("SELECT routing, http_status FROM routing_log WHERE request_id = $1", request_id))
+        assert (row["routing"], row["http_status"]) == ("rejected", 400)
+    assert emsp.functional() == []
 
 
 def test_unknown_path_answers_404_with_an_ocpi_body(hub: Hub) -> None:

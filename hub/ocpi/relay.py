@@ -19,7 +19,7 @@ from litestar.types import HTTPScope, Receive, Send
 
 from hub.auth import identify
 from hub.envelope import ocpi_timestamp
-from hub.errors import OUTAGES, ForwardTimeout, OcpiError, ReceiverNotConnected, Unauthorized, unavailable
+from hub.errors import OUTAGES, ForwardTimeout, OcpiError, ReceiverNotConnected, Unauthorized, check_utf8, unavailable
 from hub.metrics import count_request, observe_forward
 from hub.ocpi import broadcast, hub_answers, relayed_urls
 from hub.ocpi.exchange import Exchange
@@ -114,6 +114,7 @@ class Relay:
             if "expect" in headers:  # 100-continue: uvicorn sends it on the first receive()
                 refuse_announced(headers, self.settings.max_body_bytes)
             entry.request_body = await read_body(self.bodies.guarded(receive), self.settings.max_body_bytes, scope)
+            check_utf8(entry.request_body)  # what the hub forwards, caches and logs is JSON text, all of it
             check_ids(request_id, correlation_id)
             if len(headers) < len(cast("list[tuple[bytes, bytes]]", scope["headers"])):  # a name came twice
                 check_repeated(scope["headers"])

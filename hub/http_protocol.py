@@ -15,6 +15,7 @@ import weakref
 from typing import Any
 
 import msgspec
+import structlog
 from httptools import HttpParserCallbackError, HttpParserError
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -22,6 +23,8 @@ from hub.envelope import ocpi_timestamp
 from hub.errors import ClientError
 from hub.ocpi.wire import Envelope
 from hub.request_body import REFUSED
+
+log = structlog.get_logger()
 
 _encoder = msgspec.json.Encoder()
 _JOINED_BODY_MAX = 64 * 1024  # a larger body is written after its head rather than copied behind it
@@ -36,9 +39,19 @@ class OcpiHttpToolsProtocol(HttpToolsProtocol):
     _head_bytes: int | None = None
     _head_began = False  # in the read being parsed
 
+    _stalled_since: float | None = None  # when the transport paused our writes (the client not reading), until resumed
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         HeadDeadlines.watch(self)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._stalled_since = self.loop.time()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stalled_since = None
 
     def data_received(self, data: bytes) -> None:
         self._head_began = False
@@ -100,10 +113,15 @@ class HeadDeadlines:
     the connection opening, or of the previous answer: uvicorn waits for ever on a connection that sends nothing,
     or a byte now and then, and each holds a socket and a file descriptor (granian takes the same limit as its
     header_read_timeout). No timer per request or connection: once a second the connections are looked through,
-    and one that has been waiting for a head as long gets a 408 and is closed."""
+    and one that has been waiting for a head as long gets a 408 and is closed.
+
+    The same limit holds for an answer the client stopped reading: once the transport has paused the writes (its
+    buffer full) and the client has read nothing of it for as long, the connection is dropped. uvicorn would keep
+    the answer in memory for as long as the client stays; a slow client that keeps reading is not cut off."""
 
     def __init__(self) -> None:
         self._waiting: dict[OcpiHttpToolsProtocol, tuple[object, float]] = {}  # -> (its cycle then, since when)
+        self._stalled: dict[OcpiHttpToolsProtocol, tuple[int, float]] = {}  # -> (bytes left to write, since when)
         self._check: asyncio.TimerHandle | None = None
 
     @staticmethod
@@ -116,8 +134,22 @@ class HeadDeadlines:
     def _look(self, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
         now = loop.time()
         waiting: dict[OcpiHttpToolsProtocol, tuple[object, float]] = {}
+        stalled: dict[OcpiHttpToolsProtocol, tuple[int, float]] = {}
         for protocol in list(connections):  # uvicorn's set of the server's open connections
-            if not isinstance(protocol, OcpiHttpToolsProtocol) or not protocol.waits_for_head():
+            if not isinstance(protocol, OcpiHttpToolsProtocol):
+                continue
+            # (closing included: uvicorn closes an idle keep-alive connection gracefully, after its buffer is out)
+            if protocol._stalled_since is not None:
+                buffered = protocol.transport.get_write_buffer_size()
+                left, since = self._stalled.get(protocol, (buffered, protocol._stalled_since))
+                since = since if buffered >= left else now  # it read some since the last look: a new wait
+                if now - since >= protocol.timeout_keep_alive:
+                    log.warning("answer_not_read", stalled_s=round(now - since, 1), buffered_bytes=buffered,
+                                peer=_peer(protocol.transport))  # fmt: skip
+                    protocol.transport.abort()  # nothing more can be sent: it is not reading
+                    continue
+                stalled[protocol] = (buffered, since)
+            if not protocol.waits_for_head():
                 continue
             cycle, since = self._waiting.get(protocol, (protocol.cycle, now))
             if cycle is not protocol.cycle:  # it answered a request since: a new wait
@@ -127,8 +159,13 @@ class HeadDeadlines:
                 protocol._refuse(b"408 Request Timeout", f"no complete request head arrived within {limit:g} s")
             else:
                 waiting[protocol] = (protocol.cycle, since)
-        self._waiting = waiting
+        self._waiting, self._stalled = waiting, stalled
         self._check = loop.call_later(1.0, self._look, loop, connections) if connections else None
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if peer else "?"
 
 
 _heads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HeadDeadlines] = weakref.WeakKeyDictionary()

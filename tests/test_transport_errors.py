@@ -411,6 +411,40 @@ def _collector_off() -> Iterator[None]:
         gc.enable()
 
 
+def test_an_answer_the_client_stops_reading_is_dropped_after_the_keep_alive_timeout_not_held_for_ever() -> None:
+    # uvicorn kept such an answer in the connection's write buffer (here 64 MB) for as long as the client stayed.
+    body = b"x" * (64 << 20)
+
+    async def large(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "http":
+            await receive()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"%d" % len(body))]})  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
+
+    with _uvicorn_with_hub_protocol(large, timeout_keep_alive=2) as address:
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            client.connect(address)
+            client.sendall(b"GET / HTTP/1.1\r\nHost: hub\r\n\r\n")
+            assert client.recv(1024).startswith(b"HTTP/1.1 200 OK")
+            time.sleep(5.5)  # not reading: its writes pause, and end 2 s after the last progress (looked at each s)
+            client.settimeout(5)
+            received = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := client.recv(1 << 20):
+                    received += len(chunk)
+            assert received < len(body) // 2, received  # what was in flight, then the connection ended
+        # A client that reads slowly but keeps reading gets all of it, though that takes longer than the 2 s.
+        with socket.create_connection(address, timeout=5) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
+            started, received = time.monotonic(), 0
+            while chunk := client.recv(1 << 20):
+                received += len(chunk)
+                time.sleep(0.04)  # at most 25 MB/s: about 3 s for the 64 MB
+            assert received > len(body) and time.monotonic() - started > 2.5
+
+
 async def _hello(scope, receive, send):  # type: ignore[no-untyped-def]
     if scope["type"] == "http":
         await receive()

@@ -58,9 +58,10 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     (
         "OCPI_HUB_KEEP_ALIVE_S",
         "75",
-        "seconds an idle client connection stays open, and the most a client may take to send a request's line and"
-        " headers: longer than the parties' HTTP clients and a load balancer in front keep theirs (often 60 s), so"
-        " none sends a request on a connection the hub is closing",
+        "seconds an idle client connection stays open, the most a client may take to send a request's line and"
+        " headers, and the most it may go without reading any of an answer: longer than the parties' HTTP clients and"
+        " a load balancer in front keep theirs (often 60 s), so none sends a request on a connection the hub is"
+        " closing",
     ),
     ("OCPI_HUB_LOG_MODE", "strict", "strict: a routing-log row is committed before the caller is answered; async: not"),
     ("OCPI_HUB_LOG_BODY_MAX_BYTES", "1048576", "bodies kept in the routing log are cut at this size"),

@@ -139,6 +139,7 @@ def test_post_when_already_registered_answers_405(hub: Hub, start_party) -> None
     assert again.status_code == 405
     assert again.json()["status_code"] == 2000
     assert "already registered" in again.json()["status_message"]
+    assert again.headers["Allow"] == "GET, PUT, DELETE"  # RFC 9110, 15.5.6: a 405 names the methods that are allowed
 
 
 def test_put_and_delete_before_registration_answer_405(hub: Hub, start_party) -> None:
@@ -147,6 +148,7 @@ def test_put_and_delete_before_registration_answer_405(hub: Hub, start_party) ->
     delete = httpx.delete(_credentials_url(hub), headers=token_header(token_a))
     assert (put.status_code, delete.status_code) == (405, 405)
     assert "not registered" in put.json()["status_message"]
+    assert put.headers["Allow"] == delete.headers["Allow"] == "GET, POST"
 
 
 def test_unreachable_party_api_answers_3001(hub: Hub, start_party) -> None:

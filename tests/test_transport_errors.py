@@ -312,6 +312,7 @@ def test_wrong_method_answers_405_with_an_ocpi_body(hub: Hub, token_a: str) -> N
     answer = httpx.patch(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token_a), json={})
     assert answer.status_code == 405
     assert _is_envelope(answer.json())
+    assert set(answer.headers["Allow"].split(", ")) >= {"GET", "POST", "PUT", "DELETE"}
 
 
 def test_log_lines_are_json_with_the_request_id(hub: Hub, token_a: str) -> None:

@@ -173,3 +173,13 @@ def test_a_real_time_authorization_without_location_references_is_relayed_withou
     [got] = emsp.functional()
     assert (got.method, got.raw_path, got.body) == ("POST", "/ocpi/2.2.1/tokens/sender/TOK1/authorize", b"")
     assert "Content-Type" not in got.headers
+
+
+def test_a_wrong_method_on_the_hubs_own_result_page_and_cdr_urls_answers_405_naming_the_one_they_take(
+    hub: Hub, connect_party
+) -> None:
+    party = connect_party(_roles("CPO"))
+    for method, path, takes in [("GET", "results/x", "POST"), ("POST", "pages/x", "GET"),
+                                ("DELETE", "relayed-cdrs/x", "GET")]:  # fmt: skip
+        answer = party.call(hub.base, method, path)
+        assert (answer.status_code, answer.headers.get("Allow")) == (405, takes), (method, path, answer.text)

@@ -71,6 +71,11 @@ def endpoint_rows(discovery: party_api.Discovery) -> list[tuple[str, str, str]]:
     return list({(e.identifier, e.role): (e.identifier, e.role, e.url) for e in discovery.endpoints}.values())
 
 
+# The methods of the credentials endpoint a platform may use with its token A (invited) and C (registered): the Allow
+# header of the 405 for the others (RFC 9110, 15.5.6)
+INVITED_TAKES, REGISTERED_TAKES = ("GET", "POST"), ("GET", "PUT", "DELETE")
+
+
 @get("/ocpi/2.2.1/credentials")
 async def read_credentials(request: Request[Caller, str, State]) -> Response[bytes]:
     return ocpi_response(hub_credentials(request.app.state.settings, request.user.token))
@@ -79,14 +84,16 @@ async def read_credentials(request: Request[Caller, str, State]) -> Response[byt
 @post("/ocpi/2.2.1/credentials")
 async def register(request: Request[Caller, str, State]) -> Response[bytes]:
     if request.user.token_kind != "A":
-        raise MethodNotAllowed("this platform is already registered: PUT updates its credentials, DELETE unregisters")
+        raise MethodNotAllowed(
+            "this platform is already registered: PUT updates its credentials, DELETE unregisters", REGISTERED_TAKES
+        )
     return await _exchange(request, expected_state="INVITED")
 
 
 @put("/ocpi/2.2.1/credentials")
 async def update_credentials(request: Request[Caller, str, State]) -> Response[bytes]:
     if request.user.token_kind != "C":
-        raise MethodNotAllowed("this platform is not registered yet: POST its credentials first")
+        raise MethodNotAllowed("this platform is not registered yet: POST its credentials first", INVITED_TAKES)
     return await _exchange(request, expected_state="REGISTERED")
 
 
@@ -94,7 +101,7 @@ async def update_credentials(request: Request[Caller, str, State]) -> Response[b
 async def unregister(request: Request[Caller, str, State]) -> Response[bytes]:
     caller = request.user
     if caller.token_kind != "C":
-        raise MethodNotAllowed("this platform is not registered, so it cannot unregister")
+        raise MethodNotAllowed("this platform is not registered, so it cannot unregister", INVITED_TAKES)
     state = request.app.state
     async with state.pool.acquire() as conn:
         await platforms.unregister(conn, caller.platform.id)

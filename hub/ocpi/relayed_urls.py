@@ -34,7 +34,7 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     kind, _, key = path.removeprefix("/ocpi/2.2.1/").partition("/")
     entry.module = kind
     if entry.method != _KINDS[kind]:
-        raise MethodNotAllowed(f"{path} takes {_KINDS[kind]} only")
+        raise MethodNotAllowed(f"{path} takes {_KINDS[kind]} only", (_KINDS[kind],))
     relayed = await _lookup(relay, kind, key.strip("/"))
     if relayed is None or relayed.caller_platform_id != caller.id:
         raise NotFound(f"{path} is unknown, expired, or not yours")

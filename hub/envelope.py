@@ -77,9 +77,8 @@ _HTTP_TO_OCPI = {400: 2001, 401: 2000, 404: 2000, 405: 2000, 413: 2000}
 def render_ocpi_error(request: Request, exc: Exception) -> Response:
     """Exception handler for the whole app: every error leaves as an OCPI envelope, never as a bare 500."""
     if isinstance(exc, OcpiError):
-        allow = getattr(exc, "allow", "")  # a MethodNotAllowed's: RFC 9110, 15.5.6, a 405 names what is allowed
         return ocpi_response(None, status_code=exc.status_code, message=exc.message, http_status=exc.http_status,
-                             headers={"Allow": allow} if allow else None)  # fmt: skip
+                             headers={"Allow": exc.allow} if exc.allow else None)  # fmt: skip
     if isinstance(exc, HTTPException):
         message = _litestar_message(request, exc)
         status = exc.status_code

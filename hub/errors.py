@@ -35,6 +35,7 @@ class OcpiError(Exception):
 
     status_code = 3000
     http_status = 200
+    allow = ""  # a 405's Allow header (MethodNotAllowed): whoever renders the error sends it when set
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -75,7 +75,7 @@ def refuse_announced(headers: dict[str, str], limit: int) -> None:
     when the Content-Length it announced is over the limit. RFC 9110, 10.1.1: a server that will refuse the request
     answers with a final status code instead, so the body is not sent for nothing."""
     announced = headers.get("content-length", "")
-    if announced.isdigit() and int(announced) > limit:
+    if announced.isascii() and announced.isdigit() and int(announced) > limit:
         raise BodyTooLarge(f"request body too large: it announced {announced} bytes, the hub accepts at most {limit}")
 
 

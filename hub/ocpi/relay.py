@@ -122,8 +122,8 @@ class Relay:
         except OcpiError as exc:
             answer = self.hub_answer(exchange, exc.http_status, exc.status_code, exc.message)
             entry.error = exc.message
-            if allow := getattr(exc, "allow", ""):  # a MethodNotAllowed's
-                answer.headers["allow"] = allow
+            if exc.allow:  # RFC 9110, 15.5.6: a 405 names the methods that are allowed
+                answer.headers["allow"] = exc.allow
         except OUTAGES as exc:  # PostgreSQL or Redis away (restarting, failing over): no bug, and said as it is
             went = "the receiver did get it" if entry.forwarded_request_id else "nothing was forwarded"
             entry.error = f"{unavailable(exc)}; {went}"

@@ -47,6 +47,7 @@ from bench.harness import (
     machine_speed,
     print_machine_speed,
     process,
+    register,
     wait_http,
 )
 
@@ -111,19 +112,6 @@ async def _count(database_url: str, sql: str) -> int:
         await conn.close()
 
 
-async def _cpo_token(client: httpx.AsyncClient, hub: str, admin: dict[str, str], party_base: str) -> str:
-    """The CPO's token C (the first party registered), by registering it here rather than through _register."""
-    roles = [{"role": "CPO", "country_code": "NL", "party_id": "CPO"}]
-    invitation = await client.post(f"{hub}/admin/api/invitations", headers=admin, json={"name": "CPO", "roles": roles})
-    invitation.raise_for_status()
-    await asyncio.sleep(PROPAGATION_S)
-    credentials = {"token": secrets.token_urlsafe(16), "url": f"{party_base}/p/0/ocpi/versions",
-                   "roles": [r | {"business_details": {"name": "CPO"}} for r in roles]}  # fmt: skip
-    answer = await client.post(f"{hub}/ocpi/2.2.1/credentials", json=credentials,
-                               headers={"Authorization": _token(invitation.json()["token_a"])})  # fmt: skip
-    return str(answer.json()["data"]["token"])
-
-
 async def _broadcasts(client: httpx.AsyncClient, hub: str, token_c: str, times: int) -> list[float]:
     """The CPO's tariff PUT to the hub's own party id (a broadcast), times, one after the other: each answer's ms."""
     headers = {"Authorization": _token(token_c), "Content-Type": "application/json",
@@ -156,11 +144,11 @@ async def _direct_fan_out(party_base: str, parties: range, times: int) -> float:
         return len(parties) * times / (time.monotonic() - started)
 
 
-async def bench(hub: str, hub_pid: int, admin_token: str, database_url: str, party_base: str, args) -> list[str]:  # type: ignore[no-untyped-def]
+async def bench(hub: str, hub_pid: int, admin_token: str, token_c: str, database_url: str, party_base: str,
+                args) -> list[str]:  # type: ignore[no-untyped-def]  # fmt: skip
     admin = {"Authorization": f"Bearer {admin_token}"}
     rows = []
     async with httpx.AsyncClient(timeout=120) as client:
-        token_c = await _cpo_token(client, hub, admin, party_base)
         registered = 0
         for target in args.parties:
             pushes_before = await _count(
@@ -211,7 +199,10 @@ def main() -> None:
             command = [sys.executable, "-m", "hub.cli", "serve", "--port", str(hub_port), "--workers", "2"]
             with process(command, env, work / "hub.log") as hub_process:
                 wait_http(f"{hub}/ocpi/versions")
-                rows = asyncio.run(bench(hub, hub_process.pid, admin_token, services[0], party_base, args))
+                token_c = register(
+                    hub, admin_token, f"{party_base}/p/0", ("CPO", "NL", "CPO")
+                )  # the broadcasts' sender
+                rows = asyncio.run(bench(hub, hub_process.pid, admin_token, token_c, services[0], party_base, args))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(

@@ -147,16 +147,18 @@ async def commit_latency(database_url: str, seconds: float) -> str:
     (and the bare relay's), and the disk's tail, which a group commit can share but not hide."""
     conn = await asyncpg.connect(database_url)
     times: list[float] = []
+    table = f"commit_probe_{secrets.token_hex(4)}"  # not a TEMP table: its commits write no WAL, so wait for no disk
     try:
-        await conn.execute("CREATE TEMP TABLE commit_probe (id bigserial, body bytea)")
+        await conn.execute(f"CREATE TABLE {table} (id bigserial, body bytea)")
         ends = time.monotonic() + seconds
         while time.monotonic() < ends:
             started = time.perf_counter()
-            await conn.execute("INSERT INTO commit_probe (body) VALUES ($1)", bytes(600))
+            await conn.execute(f"INSERT INTO {table} (body) VALUES ($1)", bytes(600))
             times.append((time.perf_counter() - started) * 1000)
             await asyncio.sleep(0.002)
         sync = await conn.fetchval("SHOW synchronous_commit")
     finally:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")
         await conn.close()
     times.sort()
     at = [times[min(len(times) - 1, int(len(times) * q))] for q in (0.5, 0.99, 0.999)]

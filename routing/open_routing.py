@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from hub.errors import UnknownReceiver, decoded
-from routing.decide import Delivery
+from routing.decide import Delivery, sender_of
 from routing.request import Incoming, PartyKey, party_text
 from storage.directory import Platform
 from storage.publish_tokens import read_sent, token_type
@@ -25,7 +25,7 @@ from storage.routing_state import RoutingState
 
 # owner index -> what its ids name, for the message that asks for OCPI-to
 _OBJECT = {"locations": "location", "sessions": "session", "session-receivers": "session", "tokens": "token",
-           "reservations": "reservation"}  # fmt: skip
+           "reservations": "reservation", "chargingprofile-senders": "session"}  # fmt: skip
 
 
 class _Party(msgspec.Struct):
@@ -65,7 +65,9 @@ def _routing_fields(body: bytes) -> _CommandFields:
     return decoded(body, _CommandFields, "the request body is not a valid OCPI object")
 
 
-async def open_hint(incoming: Incoming, state: RoutingState, on_hub: Container[PartyKey]) -> PartyKey | None:
+async def open_hint(
+    incoming: Incoming, caller: Platform, state: RoutingState, on_hub: Container[PartyKey]
+) -> PartyKey | None:
     """The party an open request should go to, or None if the hub cannot tell. Only parties on the hub now count
     (on_hub): one that left, or was taken off, still owns its ids in the index but is no owner to route to."""
     segments = incoming.segments
@@ -85,6 +87,11 @@ async def open_hint(incoming: Incoming, state: RoutingState, on_hub: Container[P
     if segments and incoming.module in ("locations", "sessions", "tokens"):
         # Sender interface: GET /{location_id}, PUT /{session_id}/charging_preferences, POST /{token_uid}/authorize
         return await _owner(state, on_hub, incoming.module, segments[0])
+    if segments and incoming.module == "chargingprofiles" and incoming.method == "PUT":
+        # mod_charging_profiles.asciidoc, Sender PUT: the CPO "SHALL ONLY call this interface for any session where
+        # the Sender has at least once successfully called the charging profile Receiver PUT interface"
+        cpo = sender_of(incoming, caller).key
+        return await _owner(state, on_hub, "chargingprofile-senders", _session_of([*cpo, segments[0]]))
     return None
 
 
@@ -122,6 +129,16 @@ def note_seen(incoming: Incoming, caller: Platform, delivery: Delivery, state: R
             state.note_token(owner, segments[2], type_, sent, incoming.method == "PUT", pushed_by)
         if incoming.module == "sessions":
             state.note_owner("session-receivers", _session_of(segments), delivery.to.key, pushed_by + receiver)
+    elif (
+        incoming.module == "chargingprofiles"
+        and incoming.interface == "receiver"
+        and incoming.method == "PUT"
+        and segments
+    ):
+        # SetChargingProfile: its Sender is who the CPO's updates of the session's ActiveChargingProfile go to
+        setter = ((sender_of(incoming, caller).key, caller.id),)
+        session = _session_of([*delivery.to.key, segments[0]])
+        state.note_owner("chargingprofile-senders", session, setter[0][0], setter + receiver)
     elif incoming.module == "commands" and segments and segments[0].upper() == "RESERVE_NOW":
         reservation = _body_fields(incoming.body).reservation_id
         if reservation:
@@ -129,6 +146,7 @@ def note_seen(incoming: Incoming, caller: Platform, delivery: Delivery, state: R
 
 
 def _session_of(segments: list[str]) -> str:
-    """A session as the index of its receivers knows it: its CPO and its id (/{country_code}/{party_id}/{id}), since
-    ids are unique per CPO only and the URL of a session's PATCH names its CPO."""
+    """A session as the indexes of its receivers and its charging profiles' Senders know it: its CPO and its id
+    (/{country_code}/{party_id}/{id}), since ids are unique per CPO only and the URL of a session's PATCH names its
+    CPO."""
     return f"{segments[0].upper()}/{segments[1].upper()}/{segments[2]}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, unquote_plus
 
 import msgspec
 
@@ -77,8 +77,10 @@ def _from_body(body: bytes, *, required: bool) -> str | None:
 def with_response_url(incoming: Incoming, original: str, replacement: str) -> tuple[bytes, str]:
     """(body, query) with the response_url replaced by the hub's own."""
     if incoming.module == "chargingprofiles" and incoming.method in ("GET", "DELETE"):
-        pairs = [(k, replacement if k == "response_url" else v) for k, v in parse_qsl(incoming.query, True)]
-        return incoming.body, urlencode(pairs)
+        # Only the response_url's value changes: the other parameters go on as the caller wrote them.
+        replaced = f"response_url={quote(replacement, safe='')}"
+        parts = [replaced if _query_name(part) == "response_url" else part for part in incoming.query.split("&")]
+        return incoming.body, "&".join(parts)
     encoded = _encode(original)
     if incoming.body.count(encoded) == 1:
         return incoming.body.replace(encoded, _encode(replacement)), incoming.query
@@ -86,6 +88,10 @@ def with_response_url(incoming: Incoming, original: str, replacement: str) -> tu
     document = msgspec.json.decode(incoming.body)
     document["response_url"] = replacement
     return _encode(document), incoming.query
+
+
+def _query_name(part: str) -> str:
+    return unquote_plus(part.partition("=")[0])
 
 
 def link_urls(value: str) -> list[str]:

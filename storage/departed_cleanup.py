@@ -38,6 +38,7 @@ import structlog
 
 from storage.directory import GENERATION_KEY, UNCHANGED_LUA, DirectoryChanged
 from storage.location_cache import LocationCache
+from storage.owner_index import KEYED_BY_SESSION
 from storage.publish_tokens import index_keys, owner_fields
 from storage.routing_state import RoutingState
 from storage.sql import QUERIES
@@ -138,7 +139,7 @@ class Cleanup:
     def _indexes(self) -> list[_Index]:
         indexes = []
         for module, key in self._routing.owner_keys():
-            fields = _session_fields if module == "session-receivers" else _no_fields
+            fields = _session_fields if module in KEYED_BY_SESSION else _no_fields
             indexes.append(_Index(module.replace("-", "_"), key, True, fields))
         names = ("publish_tokens", "publish_visual_numbers", "publish_groups")
         for name, key in zip(names, index_keys(self._prefix), strict=True):

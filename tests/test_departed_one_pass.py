@@ -34,11 +34,13 @@ def test_a_platform_with_several_party_ids_is_cleaned_up_in_one_hscan_pass_per_h
         assert f"L-{pid}" not in entries["owners:locations"]
         assert f"T-{pid}" not in entries["owners:tokens"]
         assert f"{cc}/{pid}/S-{pid}" not in entries["session-receivers"]
+        assert f"{cc}/{pid}/S-{pid}" not in entries["chargingprofile-senders"]
         assert not any(field.startswith(f"{cc}-{pid}\x1f") for field in entries["publish-to:tokens"])
     for cc, pid in (AGAIN, STAYING):  # a party id held again keeps its new entries, the others are not touched
         assert entries["owners:locations"][f"L-{pid}"] == f"{cc}-{pid}"
         assert entries["owners:tokens"][f"T-{pid}"] == f"{cc}-{pid}"
         assert entries["session-receivers"][f"{cc}/{pid}/S-{pid}"] == "NL-STY"
+        assert entries["chargingprofile-senders"][f"{cc}/{pid}/S-{pid}"] == "NL-STY"
         assert entries["publish-to:tokens"][f"{cc}-{pid}\x1fT-{pid}\x1fRFID"] == f"VN-{pid}\x1f\x1fG"
     assert sorted(entries["owners:locations"]["SHARED"].split(",")) == ["NL-D5X", "NL-STY"]  # an id they all had
 
@@ -55,6 +57,7 @@ async def _clean_up(url: str, database_url: str) -> tuple[int, int, dict[str, di
                 routing.note_owner("tokens", f"T-{party[1]}", party, ())
                 routing.note_owner("sessions", f"S-{party[1]}", party, ())
                 routing.note_owner("session-receivers", f"{party[0]}/{party[1]}/S-{party[1]}", STAYING, ())
+                routing.note_owner("chargingprofile-senders", f"{party[0]}/{party[1]}/S-{party[1]}", STAYING, ())
                 routing.note_token(party, f"T-{party[1]}", "RFID", Sent(visual_number=f"VN-{party[1]}", group_id="G"),
                                    whole=True, seen=())  # fmt: skip
         await registered_platform(storage.conn, "again", AGAIN)
@@ -71,7 +74,10 @@ async def _clean_up(url: str, database_url: str) -> tuple[int, int, dict[str, di
         names = {
             "owners:locations": f"{PREFIX}owners:locations",
             "owners:tokens": f"{PREFIX}owners:tokens",
-            "session-receivers": next(key for module, key in routing.owner_keys() if module == "session-receivers"),
+            **{
+                module: next(key for m, key in routing.owner_keys() if m == module)
+                for module in ("session-receivers", "chargingprofile-senders")
+            },
             "publish-to:tokens": index_keys(PREFIX)[0],
         }
         entries = {name: await storage.redis.hgetall(key) for name, key in names.items()}

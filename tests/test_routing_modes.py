@@ -332,18 +332,55 @@ def test_a_command_response_url_is_kept_until_its_reservation_ends(  # type: ign
     assert kept_s - 120 <= ttl <= kept_s
 
 
-def test_charging_profile_response_url_in_the_query_is_rewritten(hub: Hub, connect_party) -> None:
+def test_charging_profile_response_url_in_the_query_is_rewritten_and_the_rest_of_the_query_kept_as_written(
+    hub: Hub, connect_party
+) -> None:
     scsp, cpo = connect_party(_roles("SCSP")), connect_party(_roles("CPO"))
+    # The parameters the hub has no reason to touch reach the CPO as the SCSP wrote them (a re-encoding would turn
+    # "%7E" into "~" and "a%20b" into "a+b"): bodies and queries pass through, but for the response_url.
     answer = scsp.call(
         hub.base,
         "GET",
-        "receiver/chargingprofiles/S1?duration=900&response_url=https://scsp.example/r",
+        "receiver/chargingprofiles/S1?duration=900&response_url=https://scsp.example/r%3Fid%3D7&x=%7Ea%20b",
         to=party_key(cpo),
     )
     assert answer.json()["status_code"] == 1000
     [got] = cpo.functional()
-    assert "duration=900" in got.query
-    assert "scsp.example" not in got.query and "results" in got.query
+    duration, response_url, extra = got.raw_path.partition("?")[2].split("&")
+    assert (duration, extra) == ("duration=900", "x=%7Ea%20b")
+    assert response_url.startswith("response_url=") and "scsp.example" not in got.query and "results" in got.query
+
+
+def test_an_open_active_charging_profile_update_goes_to_the_party_that_set_a_profile_on_that_cpos_session(
+    hub: Hub, connect_party
+) -> None:
+    # mod_charging_profiles.asciidoc, Sender PUT: the CPO calls it only for a session whose Sender "has at least once
+    # successfully called the charging profile Receiver PUT interface", so that Sender is the receiver.
+    senders = {"modules": {"chargingprofiles": ["SENDER"]}}
+    scsp, emsp = connect_party(_roles("SCSP"), **senders), connect_party(_roles("EMSP"), **senders)
+    cpo, other_cpo = connect_party(_roles("CPO")), connect_party(_roles("CPO"))
+    session_id = f"S-{unique_party_id()}"
+    profile = {"charging_profile": {"charging_rate_unit": "W"}, "response_url": "https://scsp.example/r/1"}
+    put = scsp.call(hub.base, "PUT", f"receiver/chargingprofiles/{session_id}", to=party_key(cpo), body=profile)
+    assert put.json()["status_code"] == 1000, put.text
+    update = {"start_date_time": "2026-12-04T10:00:00Z", "charging_profile": {"charging_rate_unit": "W"}}
+    answer = _wait_for(lambda: (a := cpo.call(hub.base, "PUT", f"sender/chargingprofiles/{session_id}",
+                                              body=update)).json()["status_code"] == 1000 and a)  # fmt: skip
+    assert answer.headers["OCPI-from-party-id"] == party_key(scsp)[1]
+    [got] = scsp.functional()
+    assert (got.method, got.path.endswith(f"/{session_id}"), json.loads(got.body)) == ("PUT", True, update)
+    # Another CPO's session of the same id had no profile set by anyone: the hub cannot tell, and says so.
+    unknown = other_cpo.call(hub.base, "PUT", f"sender/chargingprofiles/{session_id}", body=update)
+    assert unknown.json()["status_code"] == 4001 and "OCPI-to" in unknown.json()["status_message"], unknown.text
+    # Once a second Sender set a profile on the session, an update could be for either: refused, both named.
+    put = emsp.call(hub.base, "PUT", f"receiver/chargingprofiles/{session_id}", to=party_key(cpo), body=profile)
+    assert put.json()["status_code"] == 1000, put.text
+    refused = _wait_for(lambda: (a := cpo.call(hub.base, "PUT", f"sender/chargingprofiles/{session_id}",
+                                               body=update)).json()["status_code"] == 4001 and a)  # fmt: skip
+    assert "several parties" in refused.json()["status_message"] and party_key(emsp)[1] in refused.text
+    seen_by_scsp = len(scsp.functional())  # an update sent before the second Sender's note was written reached it
+    again = cpo.call(hub.base, "PUT", f"sender/chargingprofiles/{session_id}", body=update)
+    assert again.json()["status_code"] == 4001 and len(scsp.functional()) == seen_by_scsp and emsp.functional() == []
 
 
 def test_paging_links_lead_back_through_the_hub_to_the_end_without_gaps(hub: Hub, connect_party) -> None:

@@ -45,9 +45,19 @@ def response_url_of(incoming: Incoming) -> str | None:
         if incoming.method == "PUT":
             return _from_body(incoming.body, required=True)
         if incoming.method in ("GET", "DELETE"):
-            found = dict(parse_qsl(incoming.query)).get("response_url")
+            params = dict(parse_qsl(incoming.query))
+            found = params.get("response_url")
             if not found:
                 raise InvalidParameters("the response_url query parameter is required")
+            duration = params.get("duration", "")
+            if incoming.method == "GET" and not (duration.isascii() and duration.isdigit()):
+                # mod_charging_profiles.asciidoc, GET: "duration | int | yes | Length of the requested
+                # ActiveChargingProfile in seconds"
+                got = f", got {duration[:32]!r}" if duration else ""
+                raise InvalidParameters(
+                    "the duration query parameter, the length of the requested ActiveChargingProfile in whole seconds,"
+                    f" is required{got}"
+                )
             return found
     return None
 

@@ -351,6 +351,20 @@ def test_charging_profile_response_url_in_the_query_is_rewritten_and_the_rest_of
     assert response_url.startswith("response_url=") and "scsp.example" not in got.query and "results" in got.query
 
 
+def test_a_charging_profile_get_without_a_duration_in_whole_seconds_is_refused_and_not_forwarded(
+    hub: Hub, connect_party
+) -> None:
+    # mod_charging_profiles.asciidoc, GET {session_id}?duration={duration}&response_url={url}: duration, int, required.
+    scsp, cpo = connect_party(_roles("SCSP")), connect_party(_roles("CPO"))
+    for query, said in (("response_url=https://scsp.example/r", "is required"),
+                        ("duration=15m&response_url=https://scsp.example/r", "is required, got '15m'"),
+                        ("duration=-900&response_url=https://scsp.example/r", "is required, got '-900'")):  # fmt: skip
+        answer = scsp.call(hub.base, "GET", f"receiver/chargingprofiles/S1?{query}", to=party_key(cpo))
+        assert answer.json()["status_code"] == 2001, answer.text
+        assert answer.json()["status_message"].startswith("the duration query parameter") and said in answer.text
+    assert cpo.functional() == []
+
+
 def test_an_open_active_charging_profile_update_goes_to_the_party_that_set_a_profile_on_that_cpos_session(
     hub: Hub, connect_party
 ) -> None:

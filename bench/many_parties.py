@@ -57,6 +57,7 @@ TARIFF = {
 }  # fmt: skip
 AT_ONCE = 16  # registrations in flight
 PUSHES = "SELECT count(*) FROM routing_log WHERE module = 'hubclientinfo'"
+COPIES = "SELECT count(*) FROM routing_log WHERE routing = 'broadcast' AND from_party_id = 'HUB'"  # broadcast copies
 
 
 def _token(raw: str) -> str:
@@ -151,26 +152,21 @@ async def bench(hub: str, hub_pid: int, admin_token: str, token_c: str, database
     async with httpx.AsyncClient(timeout=120) as client:
         registered = 0
         for target in args.parties:
-            pushes_before = await _count(
-                database_url, "SELECT count(*) FROM routing_log WHERE module = 'hubclientinfo'"
-            )
+            pushes_before = await _count(database_url, PUSHES)
             cpu = cpu_seconds(hub_pid)
             new = [(n, "EMSP", f"{n:03X}") for n in range(registered + 1, target + 1)]
             took = await _register(client, hub, admin, new, party_base)
             settled = took + await _until(database_url, "SELECT (count(*) = 0)::int FROM client_info_push "
                                                         "WHERE delivered_at IS NULL", 1)  # fmt: skip
-            pushes = await _count(database_url, PUSHES)
-            pushes -= pushes_before
+            pushes = await _count(database_url, PUSHES) - pushes_before
             push_cpu = (cpu_seconds(hub_pid) - cpu) * 1e6 / max(pushes, 1)
             registered = target
             await asyncio.sleep(1)  # the workers' directories hold every party
-            copies_before = await _count(database_url, "SELECT count(*) FROM routing_log WHERE routing = 'broadcast' "
-                                                       "AND from_party_id = 'HUB'")  # fmt: skip
+            copies_before = await _count(database_url, COPIES)
             cpu, started = cpu_seconds(hub_pid), time.monotonic()
             answered = await _broadcasts(client, hub, token_c, args.broadcasts)
             expected = copies_before + registered * args.broadcasts
-            await _until(database_url, "SELECT count(*) FROM routing_log WHERE routing = 'broadcast' "
-                                       "AND from_party_id = 'HUB'", expected)  # fmt: skip
+            await _until(database_url, COPIES, expected)
             hub_copies_s = registered * args.broadcasts / (time.monotonic() - started)
             copy_cpu = (cpu_seconds(hub_pid) - cpu) * 1e6 / (registered * args.broadcasts)
             direct_s = await _direct_fan_out(party_base, range(1, registered + 1), args.broadcasts)

@@ -136,9 +136,9 @@ def note_seen(incoming: Incoming, caller: Platform, delivery: Delivery, state: R
         and segments
     ):
         # SetChargingProfile: its Sender is who the CPO's updates of the session's ActiveChargingProfile go to
-        setter = ((sender_of(incoming, caller).key, caller.id),)
+        sender = sender_of(incoming, caller).key
         session = _session_of([*delivery.to.key, segments[0]])
-        state.note_owner("chargingprofile-senders", session, setter[0][0], setter + receiver)
+        state.note_owner("chargingprofile-senders", session, sender, ((sender, caller.id), *receiver))
     elif incoming.module == "commands" and segments and segments[0].upper() == "RESERVE_NOW":
         reservation = _body_fields(incoming.body).reservation_id
         if reservation:

@@ -1,0 +1,265 @@
+"""Open routing (no OCPI-to headers): the owner index the hub keeps of what passed through it, and the receivers it
+finds there or refuses to guess."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import secrets
+import time
+
+import redis.asyncio as redis
+
+from storage.routing_state import RoutingState
+from tests.conftest import Hub, Services, unique_party_id
+from tests.test_routing import LOCATION, _roles, party_key
+from tests.test_routing_modes import _wait_for
+
+
+def test_open_routing_sends_a_command_to_the_owner_of_its_location(hub: Hub, connect_party) -> None:
+    cpo, other_cpo = connect_party(_roles("CPO")), connect_party(_roles("CPO"))
+    emsp = connect_party(_roles("EMSP"))
+    cc, pid = party_key(cpo)
+    location_id = f"LOC-{unique_party_id()}"
+    for _ in range(2):  # its owner seen again: still the one owner
+        cpo.call(
+            hub.base,
+            "PUT",
+            f"receiver/locations/{cc}/{pid}/{location_id}",
+            to=party_key(emsp),
+            body=LOCATION | {"id": location_id},
+        )
+        time.sleep(0.2)  # the owner index is written in batches
+    answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION",
+                       body={"response_url": "https://emsp.example/cmd/9", "location_id": location_id,
+                             "token": {"uid": "T"}})  # fmt: skip
+    assert answer.json()["status_code"] == 1000, answer.text
+    assert [r.path for r in cpo.functional()] == ["/ocpi/2.2.1/commands/receiver/START_SESSION"]
+    assert other_cpo.functional() == []
+
+
+def test_open_routing_sends_a_real_time_authorization_to_the_token_owner(hub: Hub, connect_party) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    cc, pid = party_key(emsp)
+    uid = f"TOK{unique_party_id()}"
+    emsp.call(hub.base, "PUT", f"receiver/tokens/{cc}/{pid}/{uid}", to=party_key(cpo), body={"uid": uid})
+    time.sleep(0.2)
+    answer = cpo.call(hub.base, "POST", f"sender/tokens/{uid}/authorize?type=RFID", body={})
+    assert answer.json()["status_code"] == 1000, answer.text
+    [got] = [r for r in emsp.functional() if r.path.endswith("/authorize")]
+    assert got.query == "type=RFID"
+
+
+def test_a_token_broadcast_makes_its_emsp_the_receiver_of_open_authorizations(hub: Hub, connect_party) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    cc, pid = party_key(emsp)
+    uid = f"TOK{unique_party_id()}"
+    pushed = emsp.call(hub.base, "PUT", f"receiver/tokens/{cc}/{pid}/{uid}", to=("NL", "HUB"), body={"uid": uid})
+    assert pushed.json()["status_code"] == 1000, pushed.text
+    assert _wait_for(lambda: [r for r in cpo.functional() if r.path.endswith(uid)])  # the copy went out
+    answer = _wait_for(lambda: (a := cpo.call(hub.base, "POST", f"sender/tokens/{uid}/authorize", body={})).json()
+                       ["status_code"] == 1000 and a)  # fmt: skip
+    assert [r.path for r in emsp.functional() if r.path.endswith(f"/{uid}/authorize")], answer.text
+
+
+def test_an_open_session_patch_goes_to_the_emsp_of_that_cpos_session_though_another_cpo_uses_its_id(
+    hub: Hub, connect_party
+) -> None:
+    # Session ids are unique per CPO only; a PATCH's URL names the CPO, so the hub can tell the two sessions apart.
+    pairs = [(connect_party(_roles("CPO")), connect_party(_roles("EMSP"))) for _ in range(2)]
+    session_id = f"S-{unique_party_id()}"
+    for cpo, emsp in pairs:
+        cc, pid = party_key(cpo)
+        put = cpo.call(hub.base, "PUT", f"receiver/sessions/{cc}/{pid}/{session_id}", to=party_key(emsp),
+                       body={"id": session_id, "country_code": cc, "party_id": pid})  # fmt: skip
+        assert put.json()["status_code"] == 1000, put.text
+    time.sleep(0.2)  # the owner index is written in batches
+    (cpo, emsp), (_, other_emsp) = pairs
+    cc, pid = party_key(cpo)
+    patched = cpo.call(hub.base, "PATCH", f"receiver/sessions/{cc}/{pid}/{session_id}", body={"kwh": 1.5})
+    assert patched.json()["status_code"] == 1000, patched.text
+    assert [r.method for r in emsp.functional()] == ["PUT", "PATCH"]
+    assert [r.method for r in other_emsp.functional()] == ["PUT"]
+
+
+def test_an_open_session_get_goes_to_the_emsp_the_session_was_pushed_to(hub: Hub, connect_party) -> None:
+    # transport_and_format.asciidoc: "Open Routing Requests are possible for GET (Not GET ALL), POST, PUT, PATCH and
+    # DELETE": the hub knows the receiver of a session it relayed, for a GET as for a PATCH.
+    cpo, emsp, other_emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP")), connect_party(_roles("EMSP"))
+    cc, pid = party_key(cpo)
+    session_id = f"S-{unique_party_id()}"
+    put = cpo.call(hub.base, "PUT", f"receiver/sessions/{cc}/{pid}/{session_id}", to=party_key(emsp),
+                   body={"id": session_id, "country_code": cc, "party_id": pid})  # fmt: skip
+    assert put.json()["status_code"] == 1000, put.text
+    answer = _wait_for(lambda: (a := cpo.call(hub.base, "GET", f"receiver/sessions/{cc}/{pid}/{session_id}")).json()
+                       ["status_code"] == 1000 and a)  # fmt: skip
+    assert answer.headers["OCPI-from-party-id"] == party_key(emsp)[1]
+    assert [r.method for r in emsp.functional()] == ["PUT", "GET"]
+    assert other_emsp.functional() == []
+
+
+def test_open_request_the_hub_cannot_place_answers_a_clear_error(hub: Hub, connect_party) -> None:
+    emsp = connect_party(_roles("EMSP"))
+    answer = emsp.call(
+        hub.base,
+        "POST",
+        "receiver/commands/START_SESSION",
+        body={"response_url": "https://x/y", "location_id": "NEVER-SEEN"},
+    )
+    assert answer.json()["status_code"] == 4001
+    assert "OCPI-to" in answer.json()["status_message"]
+    # The hub reads an open request's body to route it: one that is no JSON is HTTP 400 (status_codes.asciidoc).
+    broken = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", content=b'{"location_id": "LOC1", ')
+    assert (broken.status_code, broken.json()["status_code"]) == (400, 2001), broken.text
+    assert "not valid JSON" in broken.json()["status_message"]
+
+
+def test_open_routing_refuses_a_location_id_two_cpos_have_and_forwards_nothing(hub: Hub, connect_party, db) -> None:
+    # Location.id is unique "within the CPO's platform" only: the hub must not guess which CPO is meant.
+    cpos, emsp = [connect_party(_roles("CPO")) for _ in range(2)], connect_party(_roles("EMSP"))
+    location_id = f"LOC1-{unique_party_id()}"
+    for cpo in cpos:
+        cc, pid = party_key(cpo)
+        answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/{location_id}", to=party_key(emsp),
+                          body=LOCATION | {"id": location_id, "party_id": pid})  # fmt: skip
+        assert answer.json()["status_code"] == 1000, answer.text
+        time.sleep(0.2)  # the owner index is written in batches: the second owner arrives in a batch of its own
+    request_id = f"ambiguous-{location_id}"
+    answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", headers={"X-Request-ID": request_id},
+                       body={"response_url": "https://emsp.example/cmd/1", "location_id": location_id,
+                             "token": {"uid": "T"}})  # fmt: skip
+    assert answer.json()["status_code"] == 4001, answer.text
+    message = answer.json()["status_message"]
+    assert f"location {location_id} belongs to several parties" in message
+    assert all(f"{cc}-{pid}" in message for cc, pid in map(party_key, cpos))
+    assert "OCPI-to-country-code and OCPI-to-party-id" in message
+    assert [cpo.functional() for cpo in cpos] == [[], []]
+    query = "SELECT routing, to_party_id, ocpi_status_code FROM routing_log WHERE request_id = $1"
+    rows = _wait_for(lambda: db.run(db.fetch(query, request_id)))
+    assert [tuple(row) for row in rows] == [("rejected", None, 4001)]
+
+
+def test_a_location_id_a_cpo_that_left_the_hub_also_had_is_routed_to_the_cpo_still_on_it(
+    hub: Hub, connect_party
+) -> None:
+    # The owner index keeps what it saw; a party taken off the hub owns nothing to route to any more.
+    gone, staying = connect_party(_roles("CPO")), connect_party(_roles("CPO"))
+    emsp = connect_party(_roles("EMSP"))
+    location_id = f"LOC1-{unique_party_id()}"
+    for cpo in (gone, staying):
+        cc, pid = party_key(cpo)
+        answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/{location_id}", to=party_key(emsp),
+                          body=LOCATION | {"id": location_id, "party_id": pid})  # fmt: skip
+        assert answer.json()["status_code"] == 1000, answer.text
+        time.sleep(0.2)  # each owner in a batch of its own
+    with hub.admin() as admin:
+        [platform] = [p for p in admin.get("/admin/api/parties").json()["items"] if p["party_id"] == party_key(gone)[1]]
+        assert admin.delete(f"/admin/api/parties/{platform['platform_id']}").status_code == 200
+    body = {"response_url": "https://emsp.example/cmd/1", "location_id": location_id, "token": {"uid": "T"}}
+    answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", body=body)
+    assert answer.json()["status_code"] == 1000, answer.text
+    assert [r.path for r in staying.functional() if "commands" in r.path] == [
+        "/ocpi/2.2.1/commands/receiver/START_SESSION"
+    ]
+    assert not [r for r in gone.functional() if "commands" in r.path]
+
+
+def test_open_routing_refuses_an_authorization_of_a_token_uid_two_emsps_have(hub: Hub, connect_party) -> None:
+    emsps, cpo = [connect_party(_roles("EMSP")) for _ in range(2)], connect_party(_roles("CPO"))
+    uid = f"TOK{unique_party_id()}"
+    for emsp in emsps:
+        cc, pid = party_key(emsp)
+        emsp.call(hub.base, "PUT", f"receiver/tokens/{cc}/{pid}/{uid}", to=party_key(cpo), body={"uid": uid})
+    time.sleep(0.2)  # both owners may also land in one batch of the owner index
+    answer = cpo.call(hub.base, "POST", f"sender/tokens/{uid}/authorize?type=RFID", body={})
+    assert answer.json()["status_code"] == 4001, answer.text
+    assert f"token {uid} belongs to several parties" in answer.json()["status_message"]
+    assert [emsp.functional() for emsp in emsps] == [[], []]
+
+
+def test_an_owner_seen_again_stays_the_one_owner_and_another_makes_the_id_ambiguous(services: Services) -> None:
+    async def run() -> None:
+        client = redis.Redis.from_url(services.redis_url)
+        state = RoutingState(client, f"{services.redis_prefix}owners-{secrets.token_hex(4)}:", owners_period_s=3600)
+        try:
+            async with state.running(interval_s=0.01):
+                state.note_owner("locations", "LOC1", ("NL", "AAA"), ())
+                state.note_owner("locations", "LOC1", ("NL", "AAA"), ())
+                await asyncio.sleep(0.1)
+                state.note_owner("locations", "LOC1", ("NL", "AAA"), ())
+                await asyncio.sleep(0.1)
+                assert await state.owners("locations", "LOC1") == [("NL", "AAA")]
+                assert await state.owner("locations", "LOC1") == ("NL", "AAA")
+                state.note_owner("locations", "LOC1", ("DE", "BBB"), ())
+                assert await state.owners("locations", "LOC1") == [("DE", "BBB"), ("NL", "AAA")]  # not yet written
+                await asyncio.sleep(0.1)
+                state.note_owner("locations", "LOC1", ("NL", "AAA"), ())
+                await asyncio.sleep(0.1)
+                assert await state.owners("locations", "LOC1") == [("DE", "BBB"), ("NL", "AAA")]
+                assert await state.owner("locations", "LOC1") is None
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_an_open_active_charging_profile_update_goes_to_the_party_that_set_a_profile_on_that_cpos_session(
+    hub: Hub, connect_party
+) -> None:
+    # mod_charging_profiles.asciidoc, Sender PUT: the CPO calls it only for a session whose Sender "has at least once
+    # successfully called the charging profile Receiver PUT interface", so that Sender is the receiver.
+    senders = {"modules": {"chargingprofiles": ["SENDER"]}}
+    scsp, emsp = connect_party(_roles("SCSP"), **senders), connect_party(_roles("EMSP"), **senders)
+    cpo, other_cpo = connect_party(_roles("CPO")), connect_party(_roles("CPO"))
+    session_id = f"S-{unique_party_id()}"
+    profile = {"charging_profile": {"charging_rate_unit": "W"}, "response_url": "https://scsp.example/r/1"}
+    put = scsp.call(hub.base, "PUT", f"receiver/chargingprofiles/{session_id}", to=party_key(cpo), body=profile)
+    assert put.json()["status_code"] == 1000, put.text
+    update = {"start_date_time": "2026-12-04T10:00:00Z", "charging_profile": {"charging_rate_unit": "W"}}
+    answer = _wait_for(lambda: (a := cpo.call(hub.base, "PUT", f"sender/chargingprofiles/{session_id}",
+                                              body=update)).json()["status_code"] == 1000 and a)  # fmt: skip
+    assert answer.headers["OCPI-from-party-id"] == party_key(scsp)[1]
+    [got] = scsp.functional()
+    assert (got.method, got.path.endswith(f"/{session_id}"), json.loads(got.body)) == ("PUT", True, update)
+    # Another CPO's session of the same id had no profile set by anyone: the hub cannot tell, and says so.
+    unknown = other_cpo.call(hub.base, "PUT", f"sender/chargingprofiles/{session_id}", body=update)
+    assert unknown.json()["status_code"] == 4001 and "OCPI-to" in unknown.json()["status_message"], unknown.text
+    # Once a second Sender set a profile on the session, an update could be for either: refused, both named.
+    put = emsp.call(hub.base, "PUT", f"receiver/chargingprofiles/{session_id}", to=party_key(cpo), body=profile)
+    assert put.json()["status_code"] == 1000, put.text
+    refused = _wait_for(lambda: (a := cpo.call(hub.base, "PUT", f"sender/chargingprofiles/{session_id}",
+                                               body=update)).json()["status_code"] == 4001 and a)  # fmt: skip
+    assert "several parties" in refused.json()["status_message"] and party_key(emsp)[1] in refused.text
+    seen_by_scsp = len(scsp.functional())  # an update sent before the second Sender's note was written reached it
+    again = cpo.call(hub.base, "PUT", f"sender/chargingprofiles/{session_id}", body=update)
+    assert again.json()["status_code"] == 4001 and len(scsp.functional()) == seen_by_scsp and emsp.functional() == []
+
+
+def test_stopping_while_owner_notes_are_written_finishes_and_keeps_every_note(services: Services) -> None:
+    # redis-py drops a cancel that lands inside a pipeline (redis/redis-py#2028): a flusher stopped by cancelling it
+    # could go on sleeping forever and the hub never exit (seen: SIGTERM under load, the lifespan stuck here).
+    async def run() -> None:
+        client = redis.Redis.from_url(services.redis_url)
+        prefix = f"{services.redis_prefix}owners-{secrets.token_hex(4)}:"
+        noted = 0
+        try:
+            for round_ in range(20):
+                state = RoutingState(client, prefix, owners_period_s=3600)
+                async with contextlib.AsyncExitStack() as stack:
+                    await stack.enter_async_context(state.running(interval_s=0.0005))
+                    until = time.monotonic() + random.uniform(0.001, 0.02)
+                    while time.monotonic() < until:
+                        state.note_owner("locations", f"L{noted}", ("NL", f"R{round_}"), ())
+                        noted += 1
+                        await asyncio.sleep(0)
+                    closing = asyncio.ensure_future(stack.aclose())
+                    done, _ = await asyncio.wait({closing}, timeout=5)
+                    assert done, f"round {round_}: the owner-note flusher did not stop"
+            stored = await client.hgetall(f"{prefix}owners:locations")
+            assert len(stored) == noted
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())

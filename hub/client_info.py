@@ -110,23 +110,32 @@ async def push_pending(state: State) -> int | None:
     """PUT each pending change to every other connected party with a hubclientinfo RECEIVER; one attempt each; how
     many changes were pushed. Each party gets the changes in their order, one after the other, and the parties are
     pushed to side by side, so a slow or unreachable party delays only its own pushes, not every other party's. One
-    hub process at a time: None when another holds the turn."""
-    async with state.pool.acquire() as conn, conn.transaction():
-        if not await conn.fetchval(QUERIES["lock_client_info_pushes"]):
+    hub process at a time: None when another holds the turn.
+
+    The turn is a lock of the connection's session, not of a transaction: no transaction stays open while the parties
+    are called, which may take OCPI_HUB_FORWARD_TIMEOUT_S and more (a database's idle_in_transaction_session_timeout
+    would end it, and the round's pushes would all be sent again). A process that dies mid-round loses its
+    connection, and with it the turn; its changes are still pending, so the next turn pushes them."""
+    async with state.pool.acquire() as conn:
+        if not await conn.fetchval(QUERIES["take_client_info_push_turn"]):
             return None
-        changes = await conn.fetch(QUERIES["claim_client_info_pushes"])
-        if not changes:
-            return 0
-        infos = [ClientInfo(c["party_id"], c["country_code"], c["role"], c["status"], _when(c["last_updated"]))
-                 for c in changes]  # fmt: skip
-        pushes = [(c["platform_id"], info, msgspec.json.encode(info)) for c, info in zip(changes, infos, strict=True)]
-        recipients = [
-            p for p in state.directory.current.platforms.values()
-            if p.state == "REGISTERED" and p.endpoint("hubclientinfo", "RECEIVER")
-            and any(r.status == "CONNECTED" for r in p.roles)
-        ]  # fmt: skip
-        await asyncio.gather(*(_push_in_order(state, p, pushes) for p in recipients))
-        await conn.execute(QUERIES["client_info_pushed"], [c["id"] for c in changes])
+        try:
+            changes = await conn.fetch(QUERIES["pending_client_info_pushes"])
+            if not changes:
+                return 0
+            infos = [ClientInfo(c["party_id"], c["country_code"], c["role"], c["status"], _when(c["last_updated"]))
+                     for c in changes]  # fmt: skip
+            pushes = [(c["platform_id"], info, msgspec.json.encode(info))
+                      for c, info in zip(changes, infos, strict=True)]  # fmt: skip
+            recipients = [
+                p for p in state.directory.current.platforms.values()
+                if p.state == "REGISTERED" and p.endpoint("hubclientinfo", "RECEIVER")
+                and any(r.status == "CONNECTED" for r in p.roles)
+            ]  # fmt: skip
+            await asyncio.gather(*(_push_in_order(state, p, pushes) for p in recipients))
+            await conn.execute(QUERIES["client_info_pushed"], [c["id"] for c in changes])
+        finally:  # the turn ends with the round, not whenever the pool next resets this connection
+            await conn.execute(QUERIES["end_client_info_push_turn"])
     return len(changes)
 
 

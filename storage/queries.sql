@@ -263,14 +263,19 @@ WHERE platform_id <> $1
   AND ($2::timestamptz IS NULL OR status_changed_at >= $2)
   AND ($3::timestamptz IS NULL OR status_changed_at < $3);
 
--- name: lock_client_info_pushes
+-- name: take_client_info_push_turn
 -- One hub process pushes at a time, so that the changes reach every party in the order they happened: with two
 -- pushing side by side, a party could get CONNECTED and then the PLANNED that came before it. False: another has it.
-SELECT pg_try_advisory_xact_lock(210846855);  -- 0x0C914487
+-- A lock of the session, held across the pushes with no transaction open; end_client_info_push_turn gives it back.
+SELECT pg_try_advisory_lock(210846855);  -- 0x0C914487
 
--- name: claim_client_info_pushes
+-- name: end_client_info_push_turn
+SELECT pg_advisory_unlock(210846855);
+
+-- name: pending_client_info_pushes
+-- The turn's holder is the only reader that marks them delivered: no row lock is needed.
 SELECT id, platform_id, role, country_code, party_id, status, last_updated
-FROM client_info_push WHERE delivered_at IS NULL ORDER BY id LIMIT 50 FOR UPDATE;
+FROM client_info_push WHERE delivered_at IS NULL ORDER BY id LIMIT 50;
 
 -- name: client_info_pushed
 UPDATE client_info_push SET delivered_at = now() WHERE id = any($1::bigint[]);

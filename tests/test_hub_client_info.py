@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 
-from tests.conftest import Hub
+from tests.conftest import Db, Hub, Services, _admin_sql, hub_env, register_at_hub, start_hub
 from tests.parties import token_header
 from tests.test_routing import _roles, party_key
 
@@ -71,7 +73,7 @@ def test_one_hub_process_pushes_at_a_time_so_changes_arrive_in_their_order(
     hub: Hub, connect_party, start_party, db
 ) -> None:
     # With two processes pushing side by side, a watcher could get CONNECTED and then the PLANNED before it (seen
-    # in CI). Pushing takes a turn (a transaction-scoped advisory lock); here the test holds the turn a while.
+    # in CI). Pushing takes a turn (an advisory lock); here the test holds the turn a while.
     watcher = connect_party(_roles("EMSP"))
     newcomer_roles = _roles("CPO")
     newcomer = start_party(newcomer_roles)
@@ -115,6 +117,37 @@ def test_a_party_too_slow_for_a_push_holds_up_no_other_partys_pushes_and_is_not_
     assert [p["status"] for p in _pushes_about(slow, key)] == ["PLANNED"]
     assert len(_push_rows(db, key, to=party_key(slow))) == 1
     assert [r["http_status"] for r in _push_rows(db, key, to=party_key(fast))] == [200, 200]
+
+
+def test_a_push_answered_after_the_databases_idle_in_transaction_timeout_is_delivered_once(
+    services: Services, empty_database: str, tmp_path: Path, start_party
+) -> None:
+    # Many operators cap idle transactions (idle_in_transaction_session_timeout). A push round must not hold one open
+    # while it waits for the parties: the database would end it, and every push of the round would be sent again.
+    database = empty_database.rsplit("/", 1)[1]
+    asyncio.run(
+        _admin_sql(empty_database, f'ALTER DATABASE "{database}" SET idle_in_transaction_session_timeout = 1000')
+    )
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database,
+                  OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}idle-tx-{tmp_path.name}:",
+                  OCPI_HUB_FORWARD_TIMEOUT_S="8")  # fmt: skip
+    hub = start_hub(env, tmp_path / "hub.log")
+    try:
+        watcher = register_at_hub(hub, start_party, _roles("EMSP"), delay_s=2.0)  # answers each push after 2 s
+        newcomer = register_at_hub(hub, start_party, _roles("CPO"))
+        key = party_key(newcomer)
+        assert _wait_for(lambda: [p["status"] for p in _pushes_about(watcher, key)] == ["PLANNED", "CONNECTED"],
+                         timeout=20)  # fmt: skip
+        time.sleep(3.0)  # a round that failed to mark its pushes delivered would send them again within this
+        assert [p["status"] for p in _pushes_about(watcher, key)] == ["PLANNED", "CONNECTED"]
+        own = Db(empty_database)
+        try:
+            assert own.run(own.fetchval("SELECT count(*) FROM client_info_push WHERE delivered_at IS NULL")) == 0
+        finally:
+            own.close()
+    finally:
+        hub.stop()
+    assert "client_info_push_failed" not in hub.log()
 
 
 def test_client_info_list_is_paginated_filtered_by_date_and_excludes_the_caller(hub: Hub, connect_party) -> None:

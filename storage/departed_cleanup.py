@@ -125,9 +125,8 @@ class Cleanup:
             await self._sweep(index, fence, removed, keep)
         for party in list(fence.parties):
             await keep()
-            forgotten = await fence.holding(functools.partial(self._forget_locations, party))
-            if forgotten is not None:
-                removed[party]["cached_locations"] = forgotten
+            removed[party]["cached_locations"] = 0
+            await fence.holding(functools.partial(self._forget_locations, party, removed))
         for party, counts in removed.items():
             if party in fence.parties:
                 log.info("departed_party_cleaned", party=_text(party), **counts)
@@ -176,18 +175,24 @@ class Cleanup:
         for party, count in zip(parties, changed, strict=True):
             removed[party][index.name] += int(count)
 
-    async def _forget_locations(self, party: PartyKey, generation: str, parties: list[PartyKey]) -> int:
+    async def _forget_locations(self, party: PartyKey, removed: dict[PartyKey, dict[str, int]], generation: str,
+                                parties: list[PartyKey]) -> None:  # fmt: skip
         """The locations still cached for a CPO that left (LocationCache.forget_platform forgot those cached then):
         an update relayed before it left and applied after, a page of a sync that was under way; and that sync's
-        marks, so that a platform registering the party id later starts with a full sync."""
+        marks, so that a platform registering the party id later starts with a full sync. Each location removed is
+        counted, also by a try the directory's change cut short."""
         if party not in parties:  # held again since
-            return 0
-        ids = await self._locations.location_ids(party)
-        forgotten = await self._locations.forget(party, ids, (self._generation, generation)) if ids else 0
+            return
+        if ids := await self._locations.location_ids(party):
+            try:
+                removed[party]["cached_locations"] += await self._locations.forget(
+                    party, ids, (self._generation, generation))  # fmt: skip
+            except DirectoryChanged as changed:
+                removed[party]["cached_locations"] += changed.done
+                raise
         marks = [self._locations.synced_key(party), self._locations.sync_failed_key(party)]
         if int(await self._delete(keys=[self._generation, *marks], args=[generation])) < 0:
             raise DirectoryChanged(f"the directory changed while {_text(party)}'s sync marks were deleted")
-        return forgotten
 
 
 class _Fence:

@@ -38,7 +38,12 @@ UNCHANGED_LUA = "if ARGV[1] ~= '' and (redis.call('GET', KEYS[1]) or '0') ~= ARG
 
 
 class DirectoryChanged(Exception):
-    """A write guarded by UNCHANGED_LUA did nothing: the directory changed since the generation it was given."""
+    """A write guarded by UNCHANGED_LUA did nothing: the directory changed since the generation it was given. done:
+    how much a write in several steps had done before that (e.g. locations removed by the chunks before)."""
+
+    def __init__(self, message: str, done: int = 0) -> None:
+        super().__init__(message)
+        self.done = done
 
 
 async def announce_change(redis_client: redis.Redis, prefix: str) -> None:

@@ -153,7 +153,8 @@ class LocationCache(LocationWriter):
         for start in range(0, len(members), 1000):  # one script call at a time holds Redis a few ms at most
             args = [unchanged[1] if unchanged else "", self._p, *members[start : start + 1000]]
             if (count := int(await self._forget_script(keys=keys, args=args))) < 0:
-                raise DirectoryChanged(f"the directory changed while {owner[0]}-{owner[1]}'s locations were forgotten")
+                raise DirectoryChanged(f"the directory changed while {owner[0]}-{owner[1]}'s locations were forgotten",
+                                       forgotten)  # fmt: skip
             forgotten += count
         return forgotten
 
@@ -162,16 +163,18 @@ class LocationCache(LocationWriter):
         as its pages are stored (storage.location_writer): only while the directory holds the owner on that platform,
         checked inside each script, so that a platform registering the party id since keeps what it pushed, however
         late the sync gets here. How many there were; None once the directory no longer holds it there."""
+        removed = 0  # by the chunks of the tries before: a try removes only what is still cached
         for _ in range(STORE_TRIES):
             directory, generation = self._fence()
             if directory is not None and not directory.holds((owner[0].upper(), owner[1].upper()), platform_id):
                 return None
             try:
-                return await self.forget(owner, location_ids, (self._generation_key, generation))
-            except DirectoryChanged:  # again, as the directory is now (the chunks removed before go uncounted)
+                return removed + await self.forget(owner, location_ids, (self._generation_key, generation))
+            except DirectoryChanged as changed:  # again, as the directory is now
+                removed += changed.done
                 await self._caught_up()
         log.warning("location_cache_not_cleared", owner=f"{owner[0]}-{owner[1]}", reason="the directory kept changing")
-        return 0
+        return removed
 
     def _forget_keys(self, owner: tuple[str, str]) -> list[str]:
         return [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden"]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import secrets
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -21,10 +23,11 @@ import redis.asyncio as aioredis
 from hub.party_api import PartyClient
 from hub.settings import Settings
 from routing.pull_sync import LEFT_THE_HUB, PullSync, SyncResult
-from storage.directory import DirectoryCache
+from storage.directory import DirectoryCache, announce_change
 from storage.location_cache import LocationCache
 from storage.secrets import TokenBox
 from tests.conftest import ROOT, Hub, Services
+from tests.hub_storage import hub_storage, registered_platform
 from tests.parties import token_header
 from tests.test_departed_party import CLEANED_WITHIN_S, _cleaned, _leave, _take_off
 from tests.test_location_cache import _eventually
@@ -330,3 +333,39 @@ def test_a_cpo_page_larger_than_the_hub_reads_is_logged_not_held(hub: Hub, start
     _wait(lambda: db.run(db.fetch(query, owner[1])))
     [row] = db.run(db.fetch(query, owner[1]))
     assert "AnswerTooLarge" in row["error"] and "more than 10000000 bytes" in row["error"]
+
+
+def test_a_full_syncs_removal_counts_every_location_it_removed_when_the_directory_changed_midway(
+    services: Services, empty_database: str
+) -> None:
+    # The removal goes a chunk of 1,000 at a time, each only while the directory is as read; a change between two
+    # chunks (any platform registering) makes it read the directory again and go on with what is still cached.
+    prefix = f"{services.redis_prefix}removed-{secrets.token_hex(3)}:"
+    owner = ("NL", "RMV")
+
+    async def remove_while_the_directory_changes() -> tuple[int | None, set[str]]:
+        async with hub_storage(empty_database, services.redis_url) as storage:
+            platform = await registered_platform(storage.conn, "cpo", owner)
+            directory = DirectoryCache(storage.pool, storage.redis, prefix, TokenBox(TokenBox.generate_key()))
+            await directory.reload()
+            cache = LocationCache(storage.redis, prefix, directory)
+            listed = [msgspec.Raw(json.dumps(loc).encode()) for loc in _locations(owner, 2500, "2026-11-01T00:00:00Z")]
+            stored = await cache.put_many(owner, platform, listed)
+            assert len(stored) == 2500
+            forget_chunk, chunks = cache._forget_script, 0
+
+            async def then_a_registration(**call: list) -> int:
+                nonlocal chunks
+                chunks += 1
+                reply = await forget_chunk(**call)
+                if chunks == 1:
+                    await announce_change(storage.redis, prefix)
+                return reply
+
+            cache._forget_script = then_a_registration  # type: ignore[assignment]
+            removed = await cache.forget_unlisted(owner, platform, set(stored))
+            assert chunks == 5  # the first; the second, refused; then all three again, the first of them empty now
+            return removed, await cache.location_ids(owner)
+
+    removed, left = asyncio.run(asyncio.wait_for(remove_while_the_directory_changes(), 30))
+    assert left == set() and removed == 2500

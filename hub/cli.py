@@ -26,7 +26,8 @@ COMMANDS_HELP = """commands:
   demo      the hub with two demo CPOs and two demo eMSPs exchanging traffic, and the console to watch it
   sync      pull the CPOs' locations into the hub's cache: ocpi-hub sync locations [--party NL-ABC] [--full]
   auditor   read-only tokens of the auditor API: ocpi-hub auditor add NAME | list | remove NAME
-  retention drop routing-log partitions older than a period: ocpi-hub retention --keep 400d [--dry-run]
+  retention drop routing-log partitions (and delivered ClientInfo changes) older than a period:
+            ocpi-hub retention --keep 400d [--dry-run]
   verify    recompute the routing log's hash chains, no HTTP time limit: ocpi-hub verify [--since T] [--until T]
 """
 
@@ -82,7 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     auditor = commands.add_parser("auditor", help="add, list or remove auditor tokens (read-only access to the log)")
     auditor.add_argument("action", choices=["add", "list", "remove"], help="what to do")
     auditor.add_argument("name", nargs="?", help="the auditor's name (add, remove)")
-    retention = commands.add_parser("retention", help="drop the routing log's monthly partitions older than --keep")
+    retention = commands.add_parser(
+        "retention",
+        help="drop the routing log's monthly partitions, and the ClientInfo changes delivered, before --keep",
+    )
     retention.add_argument("--keep", required=True, metavar="DAYS", help="how much to keep, e.g. 400d")
     retention.add_argument("--dry-run", action="store_true", help="only list the partitions it would drop")
     verify = commands.add_parser(

@@ -183,19 +183,23 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
     from datetime import UTC, datetime
 
     from storage.partitions import RoutingLogBusy, drop_before, parse_keep
+    from storage.sql import QUERIES
 
     try:
         cut = datetime.now(UTC) - parse_keep(args.keep)
     except ValueError as exc:
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 2
-    try:
-        async with pool.acquire() as conn:
+    async with pool.acquire() as conn:
+        query = "client_info_pushes_delivered_before" if args.dry_run else "delete_client_info_pushes_delivered_before"
+        pushes = await conn.fetchval(QUERIES[query], cut)
+        try:
             dropped = await drop_before(conn, cut, dry_run=args.dry_run)
-    except RoutingLogBusy as exc:
-        print(f"ocpi-hub: {exc}", file=sys.stderr)
-        return 1
-    summary = {"cut": cut, "dry_run": args.dry_run, "dropped": [p.name for p in dropped]}
+        except RoutingLogBusy as exc:
+            print(f"ocpi-hub: {exc} ({pushes} delivered ClientInfo changes deleted)", file=sys.stderr)
+            return 1
+    summary = {"cut": cut, "dry_run": args.dry_run, "dropped": [p.name for p in dropped],
+               "client_info_changes_deleted": pushes}  # fmt: skip
     print(msgspec.json.format(msgspec.json.encode(summary)).decode())
     return 0
 

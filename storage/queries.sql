@@ -280,6 +280,15 @@ FROM client_info_push WHERE delivered_at IS NULL ORDER BY id LIMIT 50;
 -- name: client_info_pushed
 UPDATE client_info_push SET delivered_at = now() WHERE id = any($1::bigint[]);
 
+-- name: delete_client_info_pushes_delivered_before
+-- Retention: the ClientInfo changes delivered before the cut. Each push one made is a row of the routing log, kept
+-- as long as its month is; a change not yet delivered stays, however old.
+WITH gone AS (DELETE FROM client_info_push WHERE delivered_at < $1 RETURNING 1)
+SELECT count(*) FROM gone;
+
+-- name: client_info_pushes_delivered_before
+SELECT count(*) FROM client_info_push WHERE delivered_at < $1;
+
 -- name: silent_platforms
 -- mod_hub_client_info.asciidoc, Still alive check: the connected platforms the hub has heard nothing from for $1 s
 -- (silent), and in how many seconds the next of the others will have been silent that long (NULL: none will).

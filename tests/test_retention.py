@@ -149,6 +149,32 @@ def test_retention_drops_whole_old_months_and_the_chain_verifies_from_the_first_
     assert verified(empty_database).ok is False
 
 
+def test_retention_deletes_the_clientinfo_changes_delivered_before_the_cut_and_keeps_those_not_yet_delivered(
+    services: Services, empty_database: str, tmp_path: Path
+) -> None:
+    write(empty_database, [])  # the schema
+    [platform] = sql(empty_database, "INSERT INTO platform (name, state) VALUES ('p', 'REGISTERED') RETURNING id")
+    now = datetime.now(UTC)
+    changes = {"delivered long ago": (now - timedelta(days=500), now - timedelta(days=500)),
+               "delivered lately": (now - timedelta(days=500), now - timedelta(days=10)),
+               "never delivered": (now - timedelta(days=500), None)}  # fmt: skip
+    for party_id, (created, delivered) in changes.items():
+        sql(empty_database, "INSERT INTO client_info_push (platform_id, role, country_code, party_id, status, "
+            "last_updated, created_at, delivered_at) VALUES ($1, 'CPO', 'NL', $2, 'CONNECTED', $3, $3, $4)",
+            platform["id"], party_id, created, delivered)  # fmt: skip
+
+    def left() -> list[str]:
+        return [r[0] for r in sql(empty_database, "SELECT party_id FROM client_info_push ORDER BY id")]
+
+    dry = _retention(services, empty_database, tmp_path, "--keep", "400d", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["client_info_changes_deleted"] == 1 and len(left()) == 3
+    done = _retention(services, empty_database, tmp_path, "--keep", "400d")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["client_info_changes_deleted"] == 1
+    assert left() == ["delivered lately", "never delivered"]
+
+
 def test_retention_wants_a_number_of_days(services: Services, empty_database: str, tmp_path: Path) -> None:
     for keep in ("400", "1y", "0d", "-5d", "99999999999999d"):  # the last once overflowed: a traceback
         answer = _retention(services, empty_database, tmp_path, f"--keep={keep}")

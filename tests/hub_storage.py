@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as redis
 
+from storage.directory import announce_change
+from storage.location_cache import LocationCache
 from storage.migrate import migrate
 
 
@@ -43,3 +45,19 @@ async def registered_platform(conn: asyncpg.Connection, name: str, *parties: tup
         await conn.execute("INSERT INTO party_role (platform_id, role, country_code, party_id, status) "
                            "VALUES ($1, 'CPO', $2, $3, 'CONNECTED')", platform_id, country_code, party_id)  # fmt: skip
     return platform_id
+
+
+def registration_after_the_first_chunk(cache: LocationCache, client: redis.Redis, prefix: str) -> list[int]:
+    """Have the directory change (a platform registering, announced) right after the cache's first chunk of a
+    removal (LocationCache.forget) went through; the list returned counts the chunks sent, refused ones included."""
+    forget_chunk, chunks = cache._forget_script, [0]
+
+    async def then_a_registration(**call: list) -> int:
+        chunks[0] += 1
+        reply = await forget_chunk(**call)
+        if chunks[0] == 1:
+            await announce_change(client, prefix)
+        return int(reply)
+
+    cache._forget_script = then_a_registration  # type: ignore[assignment]
+    return chunks

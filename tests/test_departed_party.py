@@ -14,11 +14,11 @@ import redis as redis_sync
 import redis.asyncio as redis
 
 from storage.departed_cleanup import Cleanup
-from storage.directory import GENERATION_KEY, DirectoryChanged, announce_change
+from storage.directory import GENERATION_KEY, DirectoryChanged
 from storage.location_cache import LocationCache
 from storage.routing_state import RoutingState
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
-from tests.hub_storage import hub_storage
+from tests.hub_storage import hub_storage, registration_after_the_first_chunk
 from tests.parties import Party, token_header
 from tests.test_location_cache import _eventually, _location, _push
 from tests.test_routing import _roles, party_key
@@ -282,28 +282,19 @@ def test_a_departed_cpos_cached_locations_are_all_counted_when_the_directory_cha
     prefix = f"{services.redis_prefix}departed-count-{time.monotonic_ns()}:"
     party = ("NL", "CNT")
 
-    async def clean_while_the_directory_changes() -> tuple[int, set[str], int]:
+    async def clean_while_the_directory_changes() -> tuple[int, set[str], list[int]]:
         async with hub_storage(empty_database, services.redis_url) as storage:
             routing, locations = RoutingState(storage.redis, prefix, 3600.0), LocationCache(storage.redis, prefix)
             cached = [json.dumps(_location(party, f"L{n}", "2026-11-21T10:00:00Z")).encode() for n in range(2500)]
             assert len(await locations.put_many(party, 0, [msgspec.Raw(doc) for doc in cached])) == 2500
-            forget_chunk, chunks = locations._forget_script, 0
-
-            async def then_a_registration(**call: list) -> int:
-                nonlocal chunks
-                chunks += 1
-                reply = await forget_chunk(**call)
-                if chunks == 1:
-                    await announce_change(storage.redis, prefix)
-                return reply
+            chunks = registration_after_the_first_chunk(locations, storage.redis, prefix)
 
             async def keep() -> None:
                 pass
 
-            locations._forget_script = then_a_registration  # type: ignore[assignment]
             counts = await Cleanup(storage.pool, storage.redis, prefix, routing, locations).clean([party], keep)
             return (counts[party] or {})["cached_locations"], await locations.location_ids(party), chunks
 
     counted, left, chunks = asyncio.run(asyncio.wait_for(clean_while_the_directory_changes(), 30))
-    assert left == set() and chunks == 4  # the first; the second, refused; then the 1,500 left, in two
+    assert left == set() and chunks == [4]  # the first; the second, refused; then the 1,500 left, in two
     assert counted == 2500

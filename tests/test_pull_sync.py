@@ -23,11 +23,11 @@ import redis.asyncio as aioredis
 from hub.party_api import PartyClient
 from hub.settings import Settings
 from routing.pull_sync import LEFT_THE_HUB, PullSync, SyncResult
-from storage.directory import DirectoryCache, announce_change
+from storage.directory import DirectoryCache
 from storage.location_cache import LocationCache
 from storage.secrets import TokenBox
 from tests.conftest import ROOT, Hub, Services
-from tests.hub_storage import hub_storage, registered_platform
+from tests.hub_storage import hub_storage, registered_platform, registration_after_the_first_chunk
 from tests.parties import token_header
 from tests.test_departed_party import CLEANED_WITHIN_S, _cleaned, _leave, _take_off
 from tests.test_location_cache import _eventually
@@ -352,19 +352,9 @@ def test_a_full_syncs_removal_counts_every_location_it_removed_when_the_director
             listed = [msgspec.Raw(json.dumps(loc).encode()) for loc in _locations(owner, 2500, "2026-11-01T00:00:00Z")]
             stored = await cache.put_many(owner, platform, listed)
             assert len(stored) == 2500
-            forget_chunk, chunks = cache._forget_script, 0
-
-            async def then_a_registration(**call: list) -> int:
-                nonlocal chunks
-                chunks += 1
-                reply = await forget_chunk(**call)
-                if chunks == 1:
-                    await announce_change(storage.redis, prefix)
-                return reply
-
-            cache._forget_script = then_a_registration  # type: ignore[assignment]
+            chunks = registration_after_the_first_chunk(cache, storage.redis, prefix)
             removed = await cache.forget_unlisted(owner, platform, set(stored))
-            assert chunks == 5  # the first; the second, refused; then all three again, the first of them empty now
+            assert chunks == [5]  # the first; the second, refused; then all three again, the first of them empty now
             return removed, await cache.location_ids(owner)
 
     removed, left = asyncio.run(asyncio.wait_for(remove_while_the_directory_changes(), 30))

@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         help="drop the routing log's monthly partitions, and the ClientInfo changes delivered, before --keep",
     )
     retention.add_argument("--keep", required=True, metavar="DAYS", help="how much to keep, e.g. 400d")
-    retention.add_argument("--dry-run", action="store_true", help="only list the partitions it would drop")
+    retention.add_argument("--dry-run", action="store_true", help="only say what it would drop and delete")
     verify = commands.add_parser(
         "verify", help="recompute the routing log's hash chains; exit 1 if a row was changed, inserted or deleted"
     )

@@ -26,8 +26,8 @@ COMMANDS_HELP = """commands:
   demo      the hub with two demo CPOs and two demo eMSPs exchanging traffic, and the console to watch it
   sync      pull the CPOs' locations into the hub's cache: ocpi-hub sync locations [--party NL-ABC] [--full]
   auditor   read-only tokens of the auditor API: ocpi-hub auditor add NAME | list | remove NAME
-  retention drop routing-log partitions (and delivered ClientInfo changes) older than a period:
-            ocpi-hub retention --keep 400d [--dry-run]
+  retention drop routing-log partitions older than a period, and what the hub keeps beside them (delivered
+            ClientInfo changes, relayed CDR URLs): ocpi-hub retention --keep 400d [--dry-run]
   verify    recompute the routing log's hash chains, no HTTP time limit: ocpi-hub verify [--since T] [--until T]
 """
 
@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     auditor.add_argument("name", nargs="?", help="the auditor's name (add, remove)")
     retention = commands.add_parser(
         "retention",
-        help="drop the routing log's monthly partitions, and the ClientInfo changes delivered, before --keep",
+        help="drop the routing log's monthly partitions before --keep, and what the hub keeps beside them",
     )
     retention.add_argument("--keep", required=True, metavar="DAYS", help="how much to keep, e.g. 400d")
     retention.add_argument("--dry-run", action="store_true", help="only say what it would drop and delete")

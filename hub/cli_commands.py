@@ -190,16 +190,18 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
     except ValueError as exc:
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 2
+    deleted = {}  # beside the log: what the hub keeps of the exchanges before the cut (dry run: would delete)
     async with pool.acquire() as conn:
-        query = "client_info_pushes_delivered_before" if args.dry_run else "delete_client_info_pushes_delivered_before"
-        pushes = await conn.fetchval(QUERIES[query], cut)
+        for name, query in (("client_info_changes", "client_info_pushes_delivered_before"),
+                            ("relayed_cdr_locations", "relayed_cdr_locations_before")):  # fmt: skip
+            deleted[name] = await conn.fetchval(QUERIES[query if args.dry_run else f"delete_{query}"], cut)
         try:
             dropped = await drop_before(conn, cut, dry_run=args.dry_run)
         except RoutingLogBusy as exc:
-            print(f"ocpi-hub: {exc} ({pushes} delivered ClientInfo changes deleted)", file=sys.stderr)
+            done = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in deleted.items())
+            print(f"ocpi-hub: {exc} (deleted before it: {done})", file=sys.stderr)
             return 1
-    summary = {"cut": cut, "dry_run": args.dry_run, "dropped": [p.name for p in dropped],
-               "client_info_changes_deleted": pushes}  # fmt: skip
+    summary = {"cut": cut, "dry_run": args.dry_run, "dropped": [p.name for p in dropped], "deleted": deleted}
     print(msgspec.json.format(msgspec.json.encode(summary)).decode())
     return 0
 

@@ -289,6 +289,16 @@ SELECT count(*) FROM gone;
 -- name: client_info_pushes_delivered_before
 SELECT count(*) FROM client_info_push WHERE delivered_at < $1;
 
+-- name: delete_relayed_cdr_locations_before
+-- Retention: the hub URLs of CDRs relayed before the cut (a CPO's GET of one is then answered "unknown, expired");
+-- their POSTs' rows go with their months. Read in full, once per run: the table has no index on created_at, which
+-- every CDR POST would pay for.
+WITH gone AS (DELETE FROM relayed_location WHERE created_at < $1 RETURNING 1)
+SELECT count(*) FROM gone;
+
+-- name: relayed_cdr_locations_before
+SELECT count(*) FROM relayed_location WHERE created_at < $1;
+
 -- name: silent_platforms
 -- mod_hub_client_info.asciidoc, Still alive check: the connected platforms the hub has heard nothing from for $1 s
 -- (silent), and in how many seconds the next of the others will have been silent that long (NULL: none will).

@@ -149,7 +149,7 @@ def test_retention_drops_whole_old_months_and_the_chain_verifies_from_the_first_
     assert verified(empty_database).ok is False
 
 
-def test_retention_deletes_the_clientinfo_changes_delivered_before_the_cut_and_keeps_those_not_yet_delivered(
+def test_retention_deletes_delivered_clientinfo_changes_and_relayed_cdr_urls_from_before_the_cut(
     services: Services, empty_database: str, tmp_path: Path
 ) -> None:
     write(empty_database, [])  # the schema
@@ -162,17 +162,23 @@ def test_retention_deletes_the_clientinfo_changes_delivered_before_the_cut_and_k
         sql(empty_database, "INSERT INTO client_info_push (platform_id, role, country_code, party_id, status, "
             "last_updated, created_at, delivered_at) VALUES ($1, 'CPO', 'NL', $2, 'CONNECTED', $3, $3, $4)",
             platform["id"], party_id, created, delivered)  # fmt: skip
+    for key, days in (("old-cdr", 500), ("recent-cdr", 10)):  # a CDR POST's Location, as the hub relayed it
+        sql(empty_database, "INSERT INTO relayed_location VALUES ($1, $2, $2, 'NL', 'CPO', 'NL', 'MSP', 'cdrs', "
+            "'http://cpo.example/cdrs/1', $3)", key, platform["id"], now - timedelta(days=days))  # fmt: skip
 
-    def left() -> list[str]:
-        return [r[0] for r in sql(empty_database, "SELECT party_id FROM client_info_push ORDER BY id")]
+    def left() -> tuple[list[str], list[str]]:
+        return ([r[0] for r in sql(empty_database, "SELECT party_id FROM client_info_push ORDER BY id")],
+                [r[0] for r in sql(empty_database, "SELECT key FROM relayed_location ORDER BY key")])  # fmt: skip
 
+    before = left()
     dry = _retention(services, empty_database, tmp_path, "--keep", "400d", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert json.loads(dry.stdout)["client_info_changes_deleted"] == 1 and len(left()) == 3
+    assert json.loads(dry.stdout)["deleted"] == {"client_info_changes": 1, "relayed_cdr_locations": 1}
+    assert left() == before
     done = _retention(services, empty_database, tmp_path, "--keep", "400d")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["client_info_changes_deleted"] == 1
-    assert left() == ["delivered lately", "never delivered"]
+    assert json.loads(done.stdout)["deleted"] == {"client_info_changes": 1, "relayed_cdr_locations": 1}
+    assert left() == (["delivered lately", "never delivered"], ["recent-cdr"])
 
 
 def test_retention_wants_a_number_of_days(services: Services, empty_database: str, tmp_path: Path) -> None:

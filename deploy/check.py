@@ -253,7 +253,9 @@ def render_kustomization(directory: Path) -> str:
             if document["kind"] != "Namespace":
                 document["metadata"]["namespace"] = kustomization["namespace"]
             document["metadata"].setdefault("labels", {}).update(labels)
-            pod = document.get("spec", {}).get("template", {}).get("spec", {})
+            spec = document.get("spec", {})
+            spec = spec.get("jobTemplate", {}).get("spec", spec)  # a CronJob's pods are one level further down
+            pod = spec.get("template", {}).get("spec", {})
             for container in pod.get("containers", []):
                 container["image"] = images.get(container["image"], container["image"])
             documents.append(document)

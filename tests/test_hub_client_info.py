@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -11,7 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import Db, Hub, Services, _admin_sql, hub_env, register_at_hub, start_hub
+from tests.conftest import Hub, Services, hub_env, register_at_hub, start_hub
+from tests.log_rows import sql
 from tests.parties import token_header
 from tests.test_routing import _roles, party_key
 
@@ -125,9 +125,7 @@ def test_a_push_answered_after_the_databases_idle_in_transaction_timeout_is_deli
     # Many operators cap idle transactions (idle_in_transaction_session_timeout). A push round must not hold one open
     # while it waits for the parties: the database would end it, and every push of the round would be sent again.
     database = empty_database.rsplit("/", 1)[1]
-    asyncio.run(
-        _admin_sql(empty_database, f'ALTER DATABASE "{database}" SET idle_in_transaction_session_timeout = 1000')
-    )
+    sql(empty_database, f'ALTER DATABASE "{database}" SET idle_in_transaction_session_timeout = 1000')
     env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database,
                   OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}idle-tx-{tmp_path.name}:",
                   OCPI_HUB_FORWARD_TIMEOUT_S="8")  # fmt: skip
@@ -140,11 +138,7 @@ def test_a_push_answered_after_the_databases_idle_in_transaction_timeout_is_deli
                          timeout=20)  # fmt: skip
         time.sleep(3.0)  # a round that failed to mark its pushes delivered would send them again within this
         assert [p["status"] for p in _pushes_about(watcher, key)] == ["PLANNED", "CONNECTED"]
-        own = Db(empty_database)
-        try:
-            assert own.run(own.fetchval("SELECT count(*) FROM client_info_push WHERE delivered_at IS NULL")) == 0
-        finally:
-            own.close()
+        assert sql(empty_database, "SELECT count(*) FROM client_info_push WHERE delivered_at IS NULL")[0][0] == 0
     finally:
         hub.stop()
     assert "client_info_push_failed" not in hub.log()

@@ -34,13 +34,20 @@ def paging_window(params: Mapping[str, str], max_limit: int) -> tuple[int, int]:
 
 
 def _whole_number(params: Mapping[str, str], name: str, default: int) -> int:
-    """A paging parameter: ASCII digits only (int() would also read "1_000", " 5", "+1" and other scripts' digits)."""
+    """A paging parameter, in the digits 0-9 alone."""
     raw = params.get(name)
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 4000:  # int() refuses more than 4300 digits
+    value = whole_number(raw)
+    if value is None:
         raise InvalidParameters(f"{name} must be a whole number written in the digits 0-9, got {raw[:40]!r}")
-    return int(raw)
+    return value
+
+
+def whole_number(raw: str) -> int | None:
+    """The value of a number sent as text, if it is written in the digits 0-9 alone (int() would also read "1_000",
+    " 5", "+1" and other scripts' digits, and raise on more than 4,300 digits); None otherwise."""
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 4000 else None
 
 
 def ocpi_timestamp(moment: datetime | None = None) -> str:

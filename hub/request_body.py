@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar.types import Receive, Scope
 
+from hub.envelope import whole_number
 from hub.errors import BodyTooLarge, BodyTooSlow, NotFound, OcpiError
 
 # scope key: the error the server's protocol answered a request with when it could not read the request's body
@@ -74,8 +75,8 @@ def refuse_announced(headers: dict[str, str], limit: int) -> None:
     """For a client waiting for 100 Continue (which the server sends once the body is asked for): BodyTooLarge now
     when the Content-Length it announced is over the limit. RFC 9110, 10.1.1: a server that will refuse the request
     answers with a final status code instead, so the body is not sent for nothing."""
-    announced = headers.get("content-length", "")
-    if announced.isascii() and announced.isdigit() and int(announced) > limit:
+    announced = whole_number(headers.get("content-length", ""))
+    if announced is not None and announced > limit:
         raise BodyTooLarge(f"request body too large: it announced {announced} bytes, the hub accepts at most {limit}")
 
 

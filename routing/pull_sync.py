@@ -34,7 +34,7 @@ import msgspec
 import redis.asyncio as redis
 import structlog
 
-from hub.envelope import ocpi_timestamp
+from hub.envelope import ocpi_timestamp, whole_number
 from hub.errors import AnswerTooLarge
 from hub.metrics import LOCATION_SYNCS
 from hub.party_api import PartyClient, hub_request
@@ -196,8 +196,7 @@ class PullSync:
                 locations = page.data or []
                 if match := _NEXT.search(response.headers.get("link", "")):
                     next_url = match.group(1)
-                count = response.headers.get("x-total-count", "")
-                total = int(count) if count.isascii() and count.isdigit() else None
+                total = whole_number(response.headers.get("x-total-count", ""))
         except (httpx.HTTPError, AnswerTooLarge, msgspec.DecodeError, RecursionError) as exc:
             entry.error = f"{type(exc).__name__}: {exc}"
         entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)

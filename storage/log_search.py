@@ -67,8 +67,9 @@ def _choice(choices: frozenset[str], transform: Callable[[str], str]) -> Callabl
 
 def _integer(low: int, high: int) -> Callable[[str, str], list[Any]]:
     def parse(name: str, raw: str) -> list[Any]:
-        if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-            raise BadFilter(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
+        # digits 0-9 alone; no more than a bigint has (int() raises on more than 4,300)
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 19) or not low <= int(raw) <= high:
+            raise BadFilter(f"{name} must be a whole number from {low} to {high}, got {raw[:40]!r}")
         return [int(raw)]
 
     return parse

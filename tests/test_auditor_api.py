@@ -141,12 +141,15 @@ def test_cursor_pages_cover_every_row_once_in_order_even_with_equal_times(hub: H
         ({"since": "9999-12-31T23:59:59-01:00"}, "since"),  # past the year 9999 in UTC
         ({"until": "0001-01-01T00:00:00+01:00"}, "until"),
         ({"ocpi_status": "1"}, "ocpi_status"),
+        ({"ocpi_status": "1" * 5000}, "ocpi_status"),  # int() raises past 4,300 digits: it was a 500
+        ({"http_status": "2" * 5000}, "http_status"),
         ({"since": "yesterday"}, "since"),
         ({"until": "2001-13-01"}, "until"),
         ({"request_id": "x" * 300}, "request_id"),
         ({"limit": "0"}, "limit"),
         ({"limit": "many"}, "limit"),
         ({"limit": "²"}, "limit"),
+        ({"limit": "1" * 5000}, "limit"),
         ({"cursor": "%%%"}, "cursor"),
         ({"frm_party": "NL-ABC"}, "frm_party"),
     ],
@@ -155,9 +158,11 @@ def test_a_bad_filter_value_answers_400_naming_the_parameter(hub: Hub, params: d
     with hub.admin() as admin:
         answer = admin.get("/admin/api/routing-log", params=params)
         exported = admin.get("/admin/api/routing-log/export", params=params)
+        stats = admin.get("/admin/api/stats", params=params)
     assert answer.status_code == 400 and named in answer.json()["error"], answer.text
     if named not in ("limit", "cursor"):
         assert exported.status_code == 400 and named in exported.json()["error"], exported.text
+        assert stats.status_code == 400 and named in stats.json()["error"], stats.text
 
 
 def test_ids_beyond_a_bigint_or_holding_a_nul_are_answered_not_failed(hub: Hub, dataset: Dataset) -> None:

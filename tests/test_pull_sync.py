@@ -335,6 +335,23 @@ def test_a_cpo_page_larger_than_the_hub_reads_is_logged_not_held(hub: Hub, start
     assert "AnswerTooLarge" in row["error"] and "more than 10000000 bytes" in row["error"]
 
 
+def test_a_cpo_page_with_a_total_count_too_long_for_a_number_is_still_cached(
+    hub: Hub, start_party, connect_party
+) -> None:
+    # X-Total-Count only feeds the progress line; int() of 5,000 digits raised and ended the CPO's sync
+    reader = connect_party(_roles("EMSP"))
+    roles = _roles("CPO")
+    cpo = start_party(roles)
+    owner = party_key(cpo)
+    page = json.dumps({"data": _locations(owner, 2, "2026-11-01T00:00:00Z"), "status_code": 1000,
+                       "timestamp": "2026-11-01T00:00:00Z"}).encode()  # fmt: skip
+    total = {"Content-Type": "application/json", "X-Total-Count": "9" * 5000}
+    cpo.canned[("GET", "/ocpi/2.2.1/locations/sender")] = (200, page, total)
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    _wait(lambda: _cached_total(reader, hub, owner) == 2)
+    assert "Traceback" not in hub.log()
+
+
 def test_a_full_syncs_removal_counts_every_location_it_removed_when_the_directory_changed_midway(
     services: Services, empty_database: str
 ) -> None:

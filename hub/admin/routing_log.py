@@ -10,6 +10,7 @@ from litestar import Request, Response, get
 
 from hub.admin.actors import READ_ONLY, actor_of, record_action
 from hub.admin.api import AdminError, json_response
+from hub.envelope import whole_number
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S, DATABASE_TIMEOUT_S
 from storage.log_row import body_of, stored_text
 from storage.log_search import (
@@ -53,9 +54,10 @@ def query_params(request: Request) -> dict[str, str]:
 def _limit(raw: str | None) -> int:
     if raw is None:
         return 100
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise AdminError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw!r}")
-    return int(raw)
+    limit = whole_number(raw)
+    if limit is None or not 1 <= limit <= MAX_LIMIT:
+        raise AdminError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw[:40]!r}")
+    return limit
 
 
 @get("/routing-log", opt={READ_ONLY: True})

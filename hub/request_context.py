@@ -46,11 +46,17 @@ def request_ids(headers: dict[str, str]) -> tuple[str, str]:
 
 def check_ids(request_id: str, correlation_id: str) -> None:
     """A routed request's ids must fit the routing log: a longer one is refused, not cut (a cut X-Correlation-ID
-    would no longer match the rest of its chain at the parties)."""
+    would no longer match the rest of its chain at the parties). They must be printable ASCII too: the hub sends the
+    X-Correlation-ID on to the parties, and its HTTP clients write nothing else into a header as it came (aiohttp
+    would send other bytes, httpx fails)."""
     for name, value in (("X-Request-ID", request_id), ("X-Correlation-ID", correlation_id)):
         if len(value) > MAX_ID_LENGTH:
             raise MalformedHeader(f"{name} has {len(value)} characters; the hub takes at most {MAX_ID_LENGTH} (a UUID, "
                                   "which OCPI advises, has 36)")  # fmt: skip
+        if not (value.isascii() and value.isprintable()):
+            raise MalformedHeader(f"{name} {_shown(value.encode('latin-1'), 40)!r} holds characters other than "
+                                  "printable ASCII, which the hub cannot pass on to the parties as they came (a UUID, "
+                                  "which OCPI advises, has none)")  # fmt: skip
 
 
 # Headers whose one value decides where a request goes, who sends it, or how it is logged: as the spec names them

@@ -218,3 +218,37 @@ def test_json_nested_too_deeply_gets_a_clear_answer_and_its_row_wherever_it_arri
     assert answer.status_code == 400 and "nested too deeply" in answer.json()["status_message"]
     assert emsp.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=to_cpo).json()["status_code"] == 1000
     assert "relay_failed" not in hub.log() and "Traceback" not in hub.log()
+
+
+def test_ids_other_than_printable_ascii_are_refused_on_a_relayed_request_and_a_registration(
+    hub: Hub, start_party, db
+) -> None:
+    cpo = register_at_hub(hub, start_party, _roles("CPO"))
+    emsp = register_at_hub(hub, start_party, _roles("EMSP"))
+    cc, pid = party_key(cpo)
+    url = f"{hub.base}/ocpi/2.2.1/receiver/locations/{cc}/{pid}/LOC1"
+    routing = {"OCPI-from-country-code": cc, "OCPI-from-party-id": pid, "OCPI-to-country-code": party_key(emsp)[0],
+               "OCPI-to-party-id": party_key(emsp)[1], "Content-Type": "application/json"}  # fmt: skip
+    body = json.dumps(LOCATION | {"party_id": pid}).encode()
+    # aiohttp would have sent the receiver other bytes than the caller's; a tab is no part of an id either
+    for request_id, correlation_id in (("accented", "café".encode()), ("tabbed", b"a\tb")):
+        ids = {"X-Request-ID": request_id, "X-Correlation-ID": correlation_id}
+        answer = httpx.put(url, headers=token_header(cpo.hub_token or "") | routing | ids, content=body)
+        assert (answer.status_code, answer.json()["status_code"]) == (400, 2001), answer.text
+        assert "X-Correlation-ID" in answer.json()["status_message"] and "printable ASCII" in answer.text
+        [row] = db.run(db.fetch("SELECT routing FROM routing_log WHERE request_id = $1", request_id))
+        assert row["routing"] == "rejected"
+    assert emsp.functional() == []
+    # A registration: httpx refused to send such an id on to the party, and the hub answered HTTP 500.
+    roles = _roles("EMSP")
+    party = start_party(roles)
+    token_a = hub.invite(party.name, roles)["token_a"]
+    answer = httpx.post(
+        f"{hub.base}/ocpi/2.2.1/credentials",
+        json=party.credentials(party.token_b),
+        headers=token_header(token_a) | {"X-Correlation-ID": "café".encode()},
+    )  # type: ignore[operator]
+    assert (answer.status_code, answer.json()["status_code"]) == (400, 2001), answer.text
+    assert "X-Correlation-ID 'café'" in answer.json()["status_message"]
+    assert party.register_at(hub.versions_url, token_a).json()["status_code"] == 1000  # token A is still good
+    assert "Traceback" not in hub.log()

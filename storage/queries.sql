@@ -272,6 +272,15 @@ SELECT pg_try_advisory_lock(210846855);  -- 0x0C914487
 -- name: end_client_info_push_turn
 SELECT pg_advisory_unlock(210846855);
 
+-- name: take_rotation_turn
+-- One rotation of a platform's credentials at a time, whichever hub process runs it ($1: the platform id). A lock of
+-- the session, held while the party is called, with no transaction open; end_rotation_turn gives it back. False:
+-- another rotation of that platform holds it.
+SELECT pg_try_advisory_lock(hashtextextended('rotate_credentials', $1::bigint));
+
+-- name: end_rotation_turn
+SELECT pg_advisory_unlock(hashtextextended('rotate_credentials', $1::bigint));
+
 -- name: pending_client_info_pushes
 -- The turn's holder is the only reader that marks them delivered: no row lock is needed.
 SELECT id, platform_id, role, country_code, party_id, status, last_updated

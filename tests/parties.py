@@ -72,6 +72,7 @@ class Party:
     objects: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # module -> objects its Sender lists
     page_size: int = 10
     delay_s: float = 0.0  # answer functional requests this late
+    credentials_delay_s: float = 0.0  # take the hub's credentials POST or PUT this late
     held: threading.Event | None = None  # answer functional requests only once it is set (a minute at most)
     # (method, path) -> (HTTP status, raw body, extra headers): a canned answer instead of the default, for a
     # functional path, the versions and 2.2.1 details, or the credentials endpoint; with status RAW, the body is the
@@ -279,6 +280,8 @@ class Party:
             return web.json_response(envelope(None))
         if request.method not in ("POST", "PUT"):
             return web.json_response(envelope(self.credentials(self.token_b)))
+        if self.credentials_delay_s:
+            await asyncio.sleep(self.credentials_delay_s)
         theirs = json.loads(body)
         # Like a real party, check the hub's versions with the token it gave us before answering.
         async with httpx.AsyncClient() as client:

@@ -4,6 +4,8 @@ platform's endpoints again after a rotation it could not finish: the admin API's
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -202,6 +204,29 @@ def test_a_rotation_the_party_took_but_the_hub_could_not_finish_does_not_lock_th
     until += " and the roles the party lists match" if claims else ""
     kept_in_trail = f"the new token C, the party's {token_b} token B, the endpoints and roles from before{until}"
     assert rotation["kept"] == kept_in_trail
+
+
+def test_a_second_rotation_while_one_runs_is_refused_and_the_party_is_not_locked_out(hub: Hub, connect_party) -> None:
+    # Both used to PUT new credentials to the party; it took them one after the other, and the hub kept the tokens of
+    # the one it replaced: the party's token C and the hub's token B were refused both ways.
+    emsp = connect_party(_roles("EMSP"))
+    cpo = connect_party(_roles("CPO"), credentials_delay_s=1.0)
+    platform_id = _platform_id(hub, party_key(cpo))
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_rotate, hub, platform_id)
+        time.sleep(0.3)  # the first is waiting for the party's answer
+        second = pool.submit(_rotate, hub, platform_id)
+        answers = [first.result(), second.result()]
+    assert answers[0].status_code == 200, answers[0].text
+    assert answers[1].status_code == 409 and "being rotated already" in answers[1].json()["error"]
+    assert len([r for r in cpo.received if (r.method, r.path) == ("PUT", "/ocpi/2.2.1/credentials")]) == 1
+    for _ in range(2):  # both ways with the new tokens, and the turn was given back: a rotation after it goes through
+        assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(cpo.hub_token or "")).status_code \
+            == 200  # fmt: skip
+        cc, pid = party_key(cpo)
+        relayed = emsp.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=party_key(cpo))
+        assert relayed.json()["status_code"] == 1000, relayed.text
+        assert _rotate(hub, platform_id).status_code == 200
 
 
 def _stored_platform(db, platform_id: int) -> tuple[str, str, list[str]]:  # type: ignore[no-untyped-def]

@@ -54,8 +54,23 @@ async def rotate(state: State, actor: Actor, platform_id: int, via: str | None =
     the old tokens stay. If the party took it but a later step fails, the hub keeps the new token C only and the
     party's new token B and versions URL, if it could read them, with the endpoints and roles from before until it
     fetches the endpoints again (hub/admin/endpoints.py). Either way AdminError 502, saying which step failed and what
-    the party said (409 if the platform changed meanwhile)."""
+    the party said (409 if the platform changed meanwhile).
+
+    One rotation of a platform at a time, across hub processes (409 to another meanwhile): the party would take
+    two PUTs one after the other, and the hub would be left holding the tokens of the one the party replaced, locked
+    out both ways (an operator's double click did it)."""
     check_platform_id(platform_id)
+    async with state.pool.acquire() as turn:
+        if not await turn.fetchval(QUERIES["take_rotation_turn"], platform_id):
+            raise AdminError(409, f"the credentials of platform {platform_id} are being rotated already, by another "
+                                  "request; see its outcome in the audit trail before rotating again")  # fmt: skip
+        try:
+            return await _rotate(state, actor, platform_id, via)
+        finally:  # given back with the rotation, not whenever the pool next resets this connection
+            await turn.execute(QUERIES["end_rotation_turn"], platform_id)
+
+
+async def _rotate(state: State, actor: Actor, platform_id: int, via: str | None) -> Rotated:
     token_c = new_token()
     async with state.pool.acquire() as conn, conn.transaction():
         name = await _registered(conn, platform_id)

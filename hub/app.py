@@ -7,18 +7,19 @@ import contextlib
 import gc
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
+from typing import Any
 
 import structlog
-from litestar import Litestar
+from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from hub import client_info, metrics
 from hub.admin import endpoints
-from hub.admin.api import admin_router
+from hub.admin.api import admin_router, render_admin_error
 from hub.auth import CredentialsTokenAuth
-from hub.console import console_router, template_config
+from hub.console import console_router, problem_page, template_config
 from hub.envelope import render_ocpi_error
 from hub.errors import OUTAGES, unavailable
 from hub.logs import configure_logging
@@ -168,7 +169,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         state=State({"settings": settings, "last_seen": {}}),
         lifespan=[resources],
         middleware=[DefineMiddleware(CredentialsTokenAuth, exclude=_WITHOUT_OCPI_TOKEN)],
-        exception_handlers={Exception: render_ocpi_error},
+        exception_handlers={Exception: render_error},
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,
         template_config=template_config(),
@@ -188,6 +189,19 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             await litestar(scope, receive, send)
 
     return dispatch
+
+
+def render_error(request: Request, exc: Exception) -> Response[Any]:
+    """Every error the hub's Litestar side raises, in the shape of the part its path belongs to: a page of the
+    console, the admin API's JSON, an OCPI envelope everywhere else. One handler for the whole app, by path: Litestar
+    raises a wrong URL's 404 or a wrong method's 405 before any router is chosen, and a router's own handlers never
+    see those."""
+    path = request.scope["path"]
+    if path == "/console" or path.startswith("/console/"):
+        return problem_page(request, exc)
+    if path.startswith("/admin/"):
+        return render_admin_error(request, exc)
+    return render_ocpi_error(request, exc)
 
 
 @contextlib.contextmanager

@@ -87,7 +87,7 @@ def render_ocpi_error(request: Request, exc: Exception) -> Response:
         return ocpi_response(None, status_code=exc.status_code, message=exc.message, http_status=exc.http_status,
                              headers={"Allow": exc.allow} if exc.allow else None)  # fmt: skip
     if isinstance(exc, HTTPException):
-        message = _litestar_message(request, exc)
+        message = http_error_message(request, exc)
         status = exc.status_code
         return ocpi_response(
             None,
@@ -106,7 +106,8 @@ def render_ocpi_error(request: Request, exc: Exception) -> Response:
     )
 
 
-def _litestar_message(request: Request, exc: HTTPException) -> str:
+def http_error_message(request: Request, exc: HTTPException) -> str:
+    """What an HTTP error Litestar raised means, for the caller: its detail says only "Not Found" to a wrong URL."""
     if exc.status_code == 404:
         return f"no such endpoint: {request.method} {request.url.path}"
     if exc.status_code == 405:

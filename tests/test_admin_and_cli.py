@@ -380,3 +380,21 @@ def test_a_platform_id_past_a_bigint_is_answered_404_by_the_admin_api_and_the_co
             page = console.get(f"/console/parties/{huge}/{action}")
             acted = console.post(f"/console/parties/{huge}/{action}", data={"confirm": "yes"})
             assert page.status_code == acted.status_code == 404, (page.text, acted.text)
+
+
+def test_a_wrong_url_or_method_is_answered_in_the_shape_of_the_part_of_the_hub_it_was_meant_for(hub: Hub) -> None:
+    # Litestar raises these before a router is chosen: the console and the admin API answered with OCPI envelopes.
+    with hub.admin() as admin:
+        missing, wrong_method = admin.get("/admin/api/nope"), admin.put("/admin/api/parties")
+    assert (missing.status_code, missing.json()) == (404, {"error": "no such endpoint: GET /admin/api/nope"})
+    assert (wrong_method.status_code, wrong_method.json()) == (
+        405, {"error": "method PUT is not allowed on /admin/api/parties"})  # fmt: skip
+    with httpx.Client(base_url=hub.base, timeout=30) as console:
+        assert console.post("/console/sign-in", data={"token": hub.admin_token}).status_code == 303
+        for method, path, status in (("GET", "/console/nope", 404), ("GET", "/console/log/abc", 404),
+                                     ("GET", "/console/sign-out", 405)):  # fmt: skip
+            page = console.request(method, path)
+            assert page.status_code == status and page.headers["content-type"].startswith("text/html"), page.text
+            assert "Cannot show this page" in page.text and path in page.text
+    ocpi = httpx.get(f"{hub.base}/ocpi/2.2.1/nope", timeout=30)
+    assert (ocpi.status_code, ocpi.json()["status_code"]) == (404, 2000)

@@ -13,6 +13,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
 
 from hub.admin.actors import READ_ONLY, actor_guard, actor_of, record_action
+from hub.envelope import http_error_message
 from hub.errors import OUTAGES, OcpiError, unavailable
 from hub.ocpi.wire import NO_CONTROL_CHARACTERS, CountryCode, PartyId, Role
 from hub.settings import Settings
@@ -96,8 +97,8 @@ async def invite(conn: asyncpg.Connection, settings: Settings, request: Invitati
     return Invitation(token_a, settings.versions_url, platform_id, request.name, request.roles)
 
 
-def json_response(payload: object, status: int = 200) -> Response[bytes]:
-    return Response(_encoder.encode(payload), status_code=status, media_type="application/json")
+def json_response(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(_encoder.encode(payload), status_code=status, media_type="application/json", headers=headers)
 
 
 @post("/invitations")
@@ -128,18 +129,20 @@ async def list_parties(request: Request) -> Response[bytes]:
     return json_response({"items": [msgspec.convert(dict(row), Party) for row in rows]})
 
 
-def _render_admin_error(request: Request, exc: Exception) -> Response[bytes]:
+def render_admin_error(request: Request, exc: Exception) -> Response[bytes]:
+    """An error of the admin API as its JSON, {"error": ...}, whatever raised it (hub.app.render_error)."""
     if isinstance(exc, AdminError):
         return json_response({"error": exc.message}, exc.status)
     if isinstance(exc, OcpiError):
         return json_response({"error": exc.message}, exc.http_status if exc.http_status != 200 else 400)
     if isinstance(exc, HTTPException):
-        return json_response({"error": str(exc.detail)}, exc.status_code)
+        return json_response({"error": http_error_message(request, exc)}, exc.status_code, exc.headers)
     if isinstance(exc, OUTAGES):
         message = unavailable(exc)
         log.error("service_unavailable", error=message, path=request.url.path)
         return json_response({"error": f"{message}; try again shortly"}, 503)
-    raise exc
+    log.exception("unhandled_error", path=request.url.path, error=repr(exc))
+    return json_response({"error": "internal error of the hub; it has been logged"}, 500)
 
 
 def admin_router() -> Router:
@@ -173,10 +176,4 @@ def admin_router() -> Router:
             audit_trail,
         ],
         guards=[actor_guard],
-        exception_handlers={
-            AdminError: _render_admin_error,
-            OcpiError: _render_admin_error,
-            HTTPException: _render_admin_error,
-            **dict.fromkeys(OUTAGES, _render_admin_error),
-        },
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import structlog
 from litestar import Request, Response, Router
 from litestar.exceptions import HTTPException
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -12,7 +13,11 @@ from litestar.response import Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
+from hub.envelope import http_error_message
+from hub.errors import OUTAGES, unavailable
+
 HERE = Path(__file__).parent
+log = structlog.get_logger()
 
 
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
@@ -21,14 +26,20 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     return TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine, engine_callback=register)
 
 
-def _problem(request: Request, exc: Exception) -> Response[Any]:
-    """An error on a console page is a page too, not the OCPI envelope the rest of the hub answers with."""
+def problem_page(request: Request, exc: Exception) -> Response[Any]:
+    """An error on a console page is a page too, not the OCPI envelope the rest of the hub answers with, whatever
+    raised it (hub.app.render_error)."""
     if isinstance(exc, PermissionError):
         heading, message, status = "Not for auditors", str(exc), 403
     elif isinstance(exc, HTTPException):
-        heading, message, status = "Cannot show this page", str(exc.detail), exc.status_code
+        heading, message, status = "Cannot show this page", http_error_message(request, exc), exc.status_code
+    elif isinstance(exc, OUTAGES):
+        message = unavailable(exc)
+        log.error("service_unavailable", error=message, path=request.url.path)
+        heading, message, status = "The hub's database or Redis is away", f"{message}; try again shortly", 503
     else:
-        raise exc
+        log.exception("unhandled_error", path=request.url.path, error=repr(exc))
+        heading, message, status = "Something went wrong", "An internal error of the hub; it has been logged.", 500
     context = {"actor": request.scope["state"].get("actor"), "heading": heading, "message": message}
     return Template("problem.html", context=context, status_code=status)
 
@@ -45,7 +56,6 @@ def console_router() -> list[Router]:
             platform_actions.confirm_page, platform_actions.act,
         ],
         before_request=auth.require_actor,
-        exception_handlers={PermissionError: _problem, HTTPException: _problem},
         include_in_schema=False,
     )  # fmt: skip
     static = create_static_files_router(path="/console/static", directories=[HERE / "static"], include_in_schema=False)

@@ -118,6 +118,19 @@ def test_a_registration_with_a_correlation_id_too_long_for_the_routing_log_is_re
     assert "X-Correlation-ID" in answer.json()["status_message"] and party.received == []
 
 
+def test_credentials_holding_the_hubs_own_token_or_versions_url_are_refused(hub: Hub, start_party) -> None:
+    # The hub took both and registered with itself: a party calling itself, on a token B the hub had just dropped.
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
+    mine = party.credentials(party.token_b)
+    hubs_own = {"token": token_a, "url": hub.versions_url}
+    for given, named in ((hubs_own, "token"), ({"token": token_a}, "token"), ({"url": hub.versions_url}, "url")):
+        answer = httpx.post(_credentials_url(hub), headers=token_header(token_a), json=mine | given)
+        assert (answer.status_code, answer.json()["status_code"]) == (200, 2001), answer.text  # as for roles
+        assert f"the credentials' {named}" in answer.json()["status_message"]
+    assert party.received == []
+    assert party.register_at(hub.versions_url, token_a).json()["status_code"] == 1000  # token A is still good
+
+
 def test_token_a_stops_working_after_registration(hub: Hub, start_party) -> None:
     party, token_a = _invited_party(hub, start_party, ("EMSP", "DE", unique_party_id()))
     assert party.register_at(hub.versions_url, token_a).json()["status_code"] == 1000

@@ -112,11 +112,24 @@ async def unregister(request: Request[Caller, str, State]) -> Response[bytes]:
     return ocpi_response(None)
 
 
+def _check_not_the_hubs_own(state: State, theirs: Credentials) -> None:
+    """credentials.asciidoc, Credentials object: token is what the hub is to call the party's platform with, url the
+    platform's versions endpoint. One of the hub's own there (a party's set-up handed back) would have the hub
+    register with itself, calling itself on the party's behalf: refused, saying which."""
+    if state.directory.current.tokens.get(token_hash(theirs.token)) is not None:
+        raise InvalidParameters("the credentials' token is one the hub issued; send the token the hub is to use when "
+                                "it calls your platform (token B)")  # fmt: skip
+    if theirs.url.startswith(f"{state.settings.public_url}/ocpi/"):
+        raise InvalidParameters(f"the credentials' url {theirs.url} is the hub's own; send your platform's versions "
+                                "URL")  # fmt: skip
+
+
 async def _exchange(request: Request[Caller, str, State], *, expected_state: str) -> Response[bytes]:
     """POST and PUT alike: fetch the party's endpoints with its token B, store them, answer with a new token C."""
     caller = request.user
     state = request.app.state
     theirs = await decode_body(request, Credentials)
+    _check_not_the_hubs_own(state, theirs)
     async with state.pool.acquire() as conn:
         roles = match_roles(theirs.roles, await platforms.held_roles(conn, caller.platform.id))
     check_ids(request.state.request_id, request.state.correlation_id)  # the correlation id goes in the routing log

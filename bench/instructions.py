@@ -45,6 +45,7 @@ from bench.harness import (
     routed_push,
     wait_http,
 )
+from bench.hub_without import PARTS
 
 VALGRIND = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--collect-jumps=no", "--trace-children=no"]
 
@@ -102,16 +103,26 @@ def bare(database_url: str, direct: Target, args: argparse.Namespace, work: Path
         return count("bare relay (no hub)", pid, out_file, launch.target, args)
 
 
-def hub(mode: str, services: tuple[str, str, str], receiver: str, sender: str, args, work: Path) -> Count:  # type: ignore[no-untyped-def]
+def hub(mode: str, services: tuple[str, str, str], receiver: str, sender: str, args, work: Path,  # type: ignore[no-untyped-def]
+        without: list[str] | None = None, tag: str = "") -> Count:  # fmt: skip
+    """The hub in one process under callgrind; without: the parts of bench/hub_without.py switched off."""
     port, admin_token = free_port(), secrets.token_urlsafe(16)
     base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "hub.cli", "serve", "--port", str(port), "--workers", "1"]
-    with under_callgrind(command, hub_env(services, work, mode, admin_token), work, f"hub-{mode}") as (pid, out_file):
+    serve = ["serve", "--port", str(port), "--workers", "1"]  # 1 worker: uvicorn serves in the counted process
+    command = [sys.executable, "-m", "bench.hub_without", ",".join(without), "--", *serve] if without else \
+        [sys.executable, "-m", "hub.cli", *serve]  # fmt: skip
+    tag = tag or mode[:2].upper()
+    env, label = hub_env(services, work, mode, admin_token), f"hub-{mode}-{tag.lower()}"
+    with under_callgrind(command, env, work, label) as (pid, out_file):
         wait_http(f"{base}/ocpi/versions", timeout=300)
         # The runs share the database: each registers parties of its own.
-        parties = (f"C{mode[:2].upper()}", f"E{mode[:2].upper()}")
-        target = routed_push(base, admin_token, receiver, sender, parties, timeout=120)
-        return count(f"hub, {mode} log", pid, out_file, target, args)
+        target = routed_push(base, admin_token, receiver, sender, (f"C{tag}", f"E{tag}"), timeout=120)
+        name = f"hub, {mode} log" + (f", without {_named(without)}" if without else "")
+        return count(name, pid, out_file, target, args)
+
+
+def _named(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else f"all {len(parts)} parts"
 
 
 def main() -> None:
@@ -121,7 +132,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     parser.add_argument("--keep", type=Path, help="copy each subject's callgrind dump into this directory")
     parser.add_argument("--modes", nargs="+", default=["strict", "async"], choices=["strict", "async"])
+    parser.add_argument("--without", nargs="+", default=[], choices=list(PARTS), metavar="PART",
+                        help="also count the strict hub with each of these parts switched off (bench/hub_without.py), "
+                        f"and with all of them: {', '.join(PARTS)}")  # fmt: skip
     args = parser.parse_args()
+    if args.without and "strict" not in args.modes:
+        parser.error("--without compares with the strict hub: keep strict in --modes")
     require("valgrind", "callgrind_control")
     work = Path(tempfile.mkdtemp(prefix="ocpi-hub-instructions-"))
     results: list[Count] = []
@@ -130,17 +146,29 @@ def main() -> None:
             results.append(bare(services[0], parties.direct, args, work))
             for mode in args.modes:
                 results.append(hub(mode, services, parties.receiver, parties.sender, args, work))
+            strict = next(r for r in results if r.name == "hub, strict log") if args.without else None
+            offs = [[part] for part in args.without] + ([args.without] if len(args.without) > 1 else [])
+            for i, parts in enumerate(offs):
+                results.append(hub("strict", services, parties.receiver, parties.sender, args, work, parts, f"{i:02d}"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     floor = results[0].instructions_per_request
     print(f"\ninstructions per routed request (valgrind callgrind, server process only), {args.requests} PUTs of a "
           f"{len(json.dumps(LOCATION))}-byte location, {args.concurrency} in flight, after {args.warmup} "
           "warm-up requests\n")  # fmt: skip
-    print(f"| {'run':<22} | {'instructions/request':>20} | {'over the bare relay':>19} | {'seconds':>7} |")
-    print(f"|{'-' * 24}|{'-' * 22}|{'-' * 21}|{'-' * 9}|")
+    width = max(len(r.name) for r in results)
+    print(f"| {'run':<{width}} | {'instructions/request':>20} | {'over the bare relay':>19} | {'seconds':>7} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 22}|{'-' * 21}|{'-' * 9}|")
     for r in results:
         over = r.instructions_per_request - floor
-        print(f"| {r.name:<22} | {r.instructions_per_request:>20,.0f} | {over:>+19,.0f} | {r.seconds:>7.1f} |")
+        print(f"| {r.name:<{width}} | {r.instructions_per_request:>20,.0f} | {over:>+19,.0f} | {r.seconds:>7.1f} |")
+    if strict is not None:  # what each part costs: the strict hub's count less the count without it
+        print("\nwhat a part costs a routed request (the strict hub less the hub without it):\n")
+        for r, parts in zip(results[-len(offs) :], offs, strict=True):
+            named = _named(parts)
+            cost = strict.instructions_per_request - r.instructions_per_request
+            what = PARTS[parts[0]][0] if len(parts) == 1 else "all of the above"
+            print(f"  {named:<{width - 10}} {cost:>+10,.0f}  ({what})")
 
 
 if __name__ == "__main__":

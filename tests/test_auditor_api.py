@@ -239,7 +239,7 @@ def test_exports_in_ndjson_and_csv_parse_back_to_the_rows_of_the_search(hub: Hub
     assert searched and ndjson.headers["content-type"].startswith("application/x-ndjson")
     assert [json.loads(line) for line in ndjson.text.splitlines()] == searched
     rows = list(csv.DictReader(io.StringIO(as_csv.text)))
-    assert as_csv.headers["content-type"].startswith("text/csv") and len(rows) == len(searched)
+    assert as_csv.headers["content-type"] == "text/csv; charset=utf-8" and len(rows) == len(searched)
     for row, item in zip(rows, searched, strict=True):
         assert datetime.fromisoformat(row.pop("received_at")) == datetime.fromisoformat(item.pop("received_at"))
         assert row == {name: "" if value is None else str(value) for name, value in item.items()}

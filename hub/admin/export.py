@@ -26,7 +26,7 @@ from storage.log_search import BODY_COLUMNS, LIST_COLUMNS, BadFilter, Search, ex
 
 CURSOR_ROWS = 2000
 FLUSH_BYTES = 256 * 1024
-FORMATS = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+FORMATS = {"ndjson": "application/x-ndjson", "csv": "text/csv"}  # Litestar adds "; charset=utf-8" to text/*
 _encoder = msgspec.json.Encoder()
 
 

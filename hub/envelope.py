@@ -96,14 +96,20 @@ def render_ocpi_error(request: Request, exc: Exception) -> Response:
             http_status=status,
             headers=exc.headers,
         )
-    if isinstance(exc, OUTAGES):  # a restart or failover, not a bug: no traceback, and a status that says retry
+    status, message = logged_unexpected(request, exc)
+    return ocpi_response(None, status_code=3000, message=message, http_status=status)
+
+
+def logged_unexpected(request: Request, exc: Exception) -> tuple[int, str]:
+    """An error no answer shape knows, logged, as (HTTP status, what the caller is told), for the OCPI envelope, the
+    admin API's JSON and the console's page alike: PostgreSQL or Redis away (a restart or failover, not a bug: no
+    traceback, and a status that says retry), else a bug of the hub."""
+    if isinstance(exc, OUTAGES):
         message = unavailable(exc)
         log.error("service_unavailable", error=message, path=request.url.path)
-        return ocpi_response(None, status_code=3000, message=f"{message}; try again shortly", http_status=503)
+        return 503, f"{message}; try again shortly"
     log.exception("unhandled_error", path=request.url.path, error=repr(exc))
-    return ocpi_response(
-        None, status_code=3000, message="internal error of the hub; it has been logged", http_status=500
-    )
+    return 500, "internal error of the hub; it has been logged"
 
 
 def http_error_message(request: Request, exc: HTTPException) -> str:

@@ -13,8 +13,8 @@ from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
 
 from hub.admin.actors import READ_ONLY, actor_guard, actor_of, record_action
-from hub.envelope import http_error_message
-from hub.errors import OUTAGES, OcpiError, unavailable
+from hub.envelope import http_error_message, logged_unexpected
+from hub.errors import OcpiError
 from hub.ocpi.wire import NO_CONTROL_CHARACTERS, CountryCode, PartyId, Role
 from hub.settings import Settings
 from storage import platforms
@@ -137,12 +137,8 @@ def render_admin_error(request: Request, exc: Exception) -> Response[bytes]:
         return json_response({"error": exc.message}, exc.http_status if exc.http_status != 200 else 400)
     if isinstance(exc, HTTPException):
         return json_response({"error": http_error_message(request, exc)}, exc.status_code, exc.headers)
-    if isinstance(exc, OUTAGES):
-        message = unavailable(exc)
-        log.error("service_unavailable", error=message, path=request.url.path)
-        return json_response({"error": f"{message}; try again shortly"}, 503)
-    log.exception("unhandled_error", path=request.url.path, error=repr(exc))
-    return json_response({"error": "internal error of the hub; it has been logged"}, 500)
+    status, message = logged_unexpected(request, exc)
+    return json_response({"error": message}, status)
 
 
 def admin_router() -> Router:

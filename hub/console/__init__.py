@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import structlog
 from litestar import Request, Response, Router
 from litestar.exceptions import HTTPException
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -13,11 +12,9 @@ from litestar.response import Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from hub.envelope import http_error_message
-from hub.errors import OUTAGES, unavailable
+from hub.envelope import http_error_message, logged_unexpected
 
 HERE = Path(__file__).parent
-log = structlog.get_logger()
 
 
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
@@ -33,13 +30,12 @@ def problem_page(request: Request, exc: Exception) -> Response[Any]:
         heading, message, status = "Not for auditors", str(exc), 403
     elif isinstance(exc, HTTPException):
         heading, message, status = "Cannot show this page", http_error_message(request, exc), exc.status_code
-    elif isinstance(exc, OUTAGES):
-        message = unavailable(exc)
-        log.error("service_unavailable", error=message, path=request.url.path)
-        heading, message, status = "The hub's database or Redis is away", f"{message}; try again shortly", 503
     else:
-        log.exception("unhandled_error", path=request.url.path, error=repr(exc))
-        heading, message, status = "Something went wrong", "An internal error of the hub; it has been logged.", 500
+        status, message = logged_unexpected(request, exc)
+        if status == 503:
+            heading = "The hub's database or Redis is away"
+        else:
+            heading, message = "Something went wrong", "An internal error of the hub; it has been logged."
     context = {"actor": request.scope["state"].get("actor"), "heading": heading, "message": message}
     return Template("problem.html", context=context, status_code=status)
 

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import asyncpg
 import msgspec
-import structlog
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
 
@@ -21,8 +20,6 @@ from storage import platforms
 from storage.log_search import is_row_id
 from storage.secrets import new_token, token_hash
 from storage.sql import QUERIES
-
-log = structlog.get_logger()
 
 
 class RoleIn(msgspec.Struct):

@@ -27,10 +27,22 @@ ALL_MODULES = ("cdrs", "chargingprofiles", "commands", "hubclientinfo", "locatio
 RAW = 0  # Party.canned: an answer sent as raw bytes
 
 
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free now that this test run has not handed out before. The session's hub keeps the URLs of parties that
+    have stopped, and goes on probing them and pushing them ClientInfo: a party started later on such a port would get
+    calls meant for another (the kernel hands out a port it gave before many times in a run)."""
+    with _HANDED_OUT_LOCK:
+        while True:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port: int = sock.getsockname()[1]
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
 
 
 def token_header(token: str) -> dict[str, str]:

@@ -45,8 +45,9 @@ def test_a_party_that_takes_its_token_raw_is_registered_and_called_with_it_raw(h
     [row] = db.run(db.fetch("SELECT http_status, ocpi_status_code FROM routing_log WHERE request_id = 'raw'"))
     assert (row["http_status"], row["ocpi_status_code"]) == (200, 1000)
     # Everything the hub sent it after that first trial carried the token raw: probes, pushes and the forward alike.
-    sent = [r.headers["Authorization"] for r in legacy.received[legacy.received.index(first) + 1 :]]
-    assert len(sent) >= 4 and set(sent) == {_raw(legacy.token_b)}
+    after = legacy.received[legacy.received.index(first) + 1 :]
+    sent = [r.headers["Authorization"] for r in after]
+    assert len(sent) >= 4 and set(sent) == {_raw(legacy.token_b)}, [(r.method, r.path, r.headers) for r in after]
     pushes = db.run(db.fetch("SELECT http_status FROM routing_log WHERE module = 'hubclientinfo' AND to_party_id = $1",
                              pid))  # fmt: skip
     assert pushes and {p["http_status"] for p in pushes} == {200}

@@ -53,7 +53,9 @@ async def connect_to_party(
     hub_party = (settings.country_code, settings.party_id)
     trace = Trace(hub_party, None, None, record)  # the platform and its parties are known only as they are told
     try:
-        first = await party_api.discover(http, versions_url, token_a, party=name, trace=trace)
+        first = await party_api.discover(
+            http, versions_url, token_a, party=name, hub_url=settings.public_url, trace=trace
+        )
     except OcpiError as exc:
         raise ConnectFailed(f"reading the party's versions with token A failed ({exc.status_code}): {exc}") from None
     credentials_url = first.url("credentials")
@@ -75,7 +77,9 @@ async def connect_to_party(
         async with pool.acquire() as conn:
             role_ids = await platforms.claim_roles(conn, platform_id, claims, hub_party)
         # The endpoints are fetched again with the party's new token: that proves the token works.
-        final = await party_api.discover(http, theirs.url, theirs.token, party=name, trace=trace)
+        final = await party_api.discover(
+            http, theirs.url, theirs.token, party=name, hub_url=settings.public_url, trace=trace
+        )
     except (OcpiError, platforms.PartyTaken) as exc:
         await _abandon(pool, redis_client, settings, platform_id)
         if theirs is not None and credentials_url:

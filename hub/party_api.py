@@ -142,7 +142,7 @@ class Discovery:
 
 
 async def discover(
-    client: PartyClient, versions_url: str, token: str, *, party: str, trace: Trace | None = None
+    client: PartyClient, versions_url: str, token: str, *, party: str, hub_url: str, trace: Trace | None = None
 ) -> Discovery:
     """GET the party's versions, pick 2.2.1, GET its details and check the endpoints the hub needs; each GET a
     routing-log row of trace's if one is given.
@@ -150,7 +150,11 @@ async def discover(
     The token goes Base64-encoded, as 2.2.1 requires; if the party answers 401, once more as it is. The way it
     took is the party's token encoding, used for every later call to it (transport_and_format.asciidoc: with
     non-encoding 2.1.1 and 2.2 implementations, "choose the right way ... by either trial and error or
-    configuration flags")."""
+    configuration flags").
+
+    hub_url is the hub's public URL: a URL under it among the party's would have the hub call itself in the party's
+    name, so discovery stops there, saying which."""
+    _check_not_the_hubs("versions URL", versions_url, hub_url)
     encoding = "base64"
     try:
         fetched = await _call(client, "GET", versions_url, token, trace=trace, module="versions")
@@ -168,9 +172,12 @@ async def discover(
         raise UnsupportedVersion(
             f"no common OCPI version: the hub speaks {SUPPORTED_VERSION}, the party offers {offered}"
         )
+    _check_not_the_hubs(f"{SUPPORTED_VERSION} version details URL", chosen.url, hub_url)
     answer = await _call(client, "GET", chosen.url, token, encoding=encoding, trace=trace, module="versions")
     details = _data(answer, _details_decoder, "version details", chosen.url)
     endpoints = _usable_endpoints(details.endpoints, party)
+    for endpoint in endpoints:
+        _check_not_the_hubs(f"{endpoint.identifier} {endpoint.role} endpoint", endpoint.url, hub_url)
     identifiers = {e.identifier for e in endpoints}
     if "credentials" not in identifiers:
         raise NoMatchingEndpoints(
@@ -181,6 +188,13 @@ async def discover(
         modules = ", ".join(sorted(FUNCTIONAL_MODULES))
         raise NoMatchingEndpoints(f"the party's {SUPPORTED_VERSION} details list no functional module ({modules})")
     return Discovery(SUPPORTED_VERSION, chosen.url, endpoints, encoding)
+
+
+def _check_not_the_hubs(what: str, url: str, hub_url: str) -> None:
+    """UnableToUseClientApi when url is one of the hub's own (a set-up copied from the hub's, or a party behind the hub
+    by mistake): the hub would forward to itself, with a token that is not one of its own."""
+    if url.lower() == hub_url.lower() or url.lower().startswith(f"{hub_url.lower()}/"):
+        raise UnableToUseClientApi(f"the party's {what} {url} is the hub's own; it must lead to the party's platform")
 
 
 def _usable_endpoints(listed: list[Endpoint], party: str) -> list[Endpoint]:

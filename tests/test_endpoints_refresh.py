@@ -390,3 +390,31 @@ def test_a_refresh_that_came_due_while_an_operators_failing_try_held_it_is_tried
     [operators, ours, *_] = _wait_for(lambda: _versions_fetched_at(cpo, "/v2/ocpi/versions", asked)[1:] and
                                       _versions_fetched_at(cpo, "/v2/ocpi/versions", asked), timeout=15)  # fmt: skip
     assert operators < answered and ours - answered < 1.0, (operators - asked, ours - answered)
+
+
+def test_endpoints_under_the_hubs_own_url_are_refused_at_registration_and_at_a_refresh(hub: Hub, start_party) -> None:
+    # Taken, the hub would forward requests for the party to itself, in the party's name and with its token B.
+    def listing_the_hubs_locations(party: Party) -> None:
+        endpoints = [e for e in party.endpoints() if e["identifier"] != "locations"]
+        endpoints.append(
+            {"identifier": "locations", "role": "SENDER", "url": f"{hub.base}/ocpi/2.2.1/sender/locations"}
+        )
+        details = json.dumps({"data": {"version": "2.2.1", "endpoints": endpoints}, "status_code": 1000,
+                              "timestamp": "2026-12-04T10:00:00Z"}).encode()  # fmt: skip
+        party.canned[("GET", "/ocpi/2.2.1")] = (200, details, {"Content-Type": "application/json"})
+
+    newcomer = start_party(_roles("CPO"))
+    listing_the_hubs_locations(newcomer)
+    answer = newcomer.register_at(hub.versions_url, hub.invite(newcomer.name, newcomer.roles[0])["token_a"]).json()
+    assert answer["status_code"] == 3001, answer
+    assert (
+        f"locations SENDER endpoint {hub.base}/ocpi/2.2.1/sender/locations is the hub's own" in answer["status_message"]
+    )
+    # A registered CPO whose details list one later: the refresh fails saying why, and its own endpoints stay.
+    emsp = register_at_hub(hub, start_party, _roles("EMSP"))
+    cpo, platform_id = _registered(hub, start_party, _roles("CPO"))
+    listing_the_hubs_locations(cpo)
+    with hub.admin() as admin:
+        refreshed = admin.post(f"/admin/api/parties/{platform_id}/endpoints")
+    assert refreshed.status_code == 502 and "is the hub's own" in refreshed.json()["error"], refreshed.text
+    assert _routed_to(hub, emsp, cpo) == "/ocpi/2.2.1/locations/sender"

@@ -134,7 +134,9 @@ async def refresh(state: State, actor: Actor, source: asyncpg.Record, via: str |
     trace = Trace((settings.country_code, settings.party_id), platform_id, to, state.routing_log.record)
     try:
         token_b = state.token_box.open(source["token_b"])
-        discovery = await party_api.discover(state.http, url, token_b, party=name, trace=trace)
+        discovery = await party_api.discover(
+            state.http, url, token_b, party=name, hub_url=settings.public_url, trace=trace
+        )
         roles, listed = await _checked_roles(state, held, discovery, token_b, trace)
     except (OcpiError, ValueError) as exc:
         raise RefreshFailed(exc.message if isinstance(exc, OcpiError) else str(exc)) from None

@@ -156,7 +156,9 @@ async def _exchange(state: State, platform_id: int, token_c: str) -> platforms.C
         raise TakenButFailed(f"the roles it answered do not match: {exc.message}", theirs.token, moved_to,
                              roles_unmatched=True) from None  # fmt: skip
     try:
-        discovery = await party_api.discover(state.http, theirs.url, theirs.token, party=platform.name, trace=trace)
+        discovery = await party_api.discover(
+            state.http, theirs.url, theirs.token, party=platform.name, hub_url=settings.public_url, trace=trace
+        )
     except OcpiError as exc:
         raise TakenButFailed(
             f"fetching its endpoints with its new token B failed: {exc.message}", theirs.token, moved_to

@@ -136,7 +136,9 @@ async def _exchange(request: Request[Caller, str, State], *, expected_state: str
     # The hub's calls while it handles the party's POST or PUT are part of that conversation: its X-Correlation-ID.
     trace = Trace.to_platform((state.settings.country_code, state.settings.party_id), caller.platform,
                               state.routing_log.record, request.state.correlation_id)  # fmt: skip
-    discovery = await party_api.discover(state.http, theirs.url, theirs.token, party=caller.platform.name, trace=trace)
+    discovery = await party_api.discover(
+        state.http, theirs.url, theirs.token, party=caller.platform.name, hub_url=state.settings.public_url, trace=trace
+    )
     token_c = new_token()
     connection = connection_of(state.token_box, theirs, discovery, roles)
     try:

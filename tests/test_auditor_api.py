@@ -221,6 +221,20 @@ def test_a_conversation_lists_every_message_of_one_correlation_id_in_order(hub: 
     assert [item["request_id"] for item in answer["items"]] == expected and answer["truncated"] is False
 
 
+def test_a_correlation_id_holding_slashes_is_found_by_its_percent_encoded_form(hub: Hub, services: Services) -> None:
+    # Routing would split such an id at each "/" (%2F decoded) and strip one at its end.
+    tag = uuid.uuid4().hex[:8]
+    entries = varied_entries(WINDOW, 3, [("QX", unique_party_id())], tag)
+    for entry in entries:
+        entry.correlation_id = f"{tag}/dispute/42/"
+    write(services.database_url, entries)
+    with hub.admin() as admin:
+        answer = admin.get(f"/admin/api/routing-log/correlation/{tag}%2Fdispute%2F42%2F").json()
+        stripped = admin.get(f"/admin/api/routing-log/correlation/{tag}/dispute/42").json()
+    assert answer["correlation_id"] == f"{tag}/dispute/42/" and len(answer["items"]) == 3
+    assert stripped["correlation_id"] == f"{tag}/dispute/42" and stripped["items"] == []
+
+
 def _export(admin: httpx.Client, params: dict[str, str]) -> httpx.Response:
     answer = admin.get("/admin/api/routing-log/export", params=params)
     assert answer.status_code == 200, answer.text

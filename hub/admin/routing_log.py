@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 import asyncpg
 import msgspec
@@ -123,10 +124,12 @@ async def load_message(conn: asyncpg.Connection, row_id: int) -> dict[str, Any] 
     return message
 
 
-@get("/routing-log/correlation/{correlation_id:str}", opt={READ_ONLY: True})
-async def routing_log_conversation(request: Request, correlation_id: str) -> Response[bytes]:
-    """Every message of one X-Correlation-ID, in the order the hub received them."""
-    correlation_id = stored_text(correlation_id)
+@get("/routing-log/correlation/{correlation_id:path}", opt={READ_ONLY: True})
+async def routing_log_conversation(request: Request) -> Response[bytes]:
+    """Every message of one X-Correlation-ID, in the order the hub received them. The id is read from the path as
+    sent, percent-decoded: one may hold a "/" (sent as %2F) or end with one, which routing would strip."""
+    raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
+    correlation_id = stored_text(unquote(raw_path.decode("latin-1").split("/routing-log/correlation/", 1)[1]))
     async with request.app.state.pool.acquire() as conn:
         items, truncated = await load_conversation(conn, correlation_id)
         await record_action(conn, actor_of(request), "correlation", {"correlation_id": correlation_id})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -297,10 +297,19 @@ def _accepted(response: Fetched, method: str, url: str) -> Fetched:
 
 
 def _data(response: Fetched, decoder: msgspec.json.Decoder, what: str, url: str):  # type: ignore[no-untyped-def]
-    """The envelope's data decoded; tolerant of parties that send the bare object instead of an envelope."""
+    """The envelope's data decoded; tolerant of parties that send the bare object instead of an envelope, or another
+    status code beside usable data. Where the data is not usable, an OCPI status other than 1000 is the reason given:
+    the party said why."""
+    document: Any = None
     try:
         document = msgspec.json.decode(response.content)
         payload = document.get("data", document) if isinstance(document, dict) else document
         return decoder.decode(msgspec.json.encode(payload))
     except (msgspec.DecodeError, RecursionError) as exc:
+        envelope = document if isinstance(document, dict) else {}
+        status = envelope.get("status_code")
+        if isinstance(status, int) and status != 1000:
+            message = envelope.get("status_message")
+            reason = f"OCPI status {status} {message if isinstance(message, str) else ''}".strip()
+            raise UnableToUseClientApi(f"GET {url} was refused: {reason}") from None
         raise UnableToUseClientApi(f"GET {url} answered no usable {what}: {exc}") from None

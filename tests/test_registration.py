@@ -193,8 +193,9 @@ NESTED_TOO_DEEPLY = b"[" * 5000 + b"]" * 5000
         ("/ocpi/versions", b'{"data": ' + NESTED_TOO_DEEPLY + b"}", "answered no usable versions"),
         ("/ocpi/2.2.1", b'{"data": {"version": "2.2.1", "endpoints": "all"}}', "answered no usable version details"),
         ("/ocpi/2.2.1", NESTED_TOO_DEEPLY, "answered no usable version details"),
+        ("/ocpi/2.2.1", b'{"status_code": 3000, "status_message": "down"}', "was refused: OCPI status 3000 down"),
     ],
-    ids=["not-json", "wrong-shape", "nested-too-deeply", "details-wrong-shape", "details-nested-too-deeply"],
+    ids=["not-json", "wrong-shape", "nested-too-deeply", "details-wrong-shape", "details-nested-too-deeply", "refused"],
 )
 def test_party_versions_or_details_the_hub_cannot_use_give_3001_saying_what_was_wrong(
     hub: Hub, start_party, path: str, answer: bytes, said: str

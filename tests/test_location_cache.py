@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import secrets
 import time
 
 import httpx
+import msgspec
 import pytest
 import redis
 
+from storage.location_cache import LocationCache
 from tests.conftest import Hub, Services
 from tests.test_routing import _roles, party_key
 
@@ -98,6 +103,29 @@ def test_get_all_via_the_hub_walks_every_location_once_while_the_cache_changes(h
     # date_from is inclusive, date_to exclusive
     window = _get(emsp, hub, query + "&date_from=2026-11-20T10:05:00Z&date_to=2026-11-20T10:07:00Z").json()
     assert [loc["id"] for loc in window["data"]] == ["W05", "W06"]
+
+
+def test_a_page_reads_on_past_locations_gone_since_the_snapshot_and_the_next_begins_after_them(
+    services: Services,
+) -> None:
+    # The next page began at offset + the locations found: a page whose locations had all gone since the GET All (their
+    # CPO left) linked to itself for ever, and a page with a gap had the next one repeat locations.
+    owner, prefix = ("NL", "GAP"), f"{services.redis_prefix}gaps-{secrets.token_hex(4)}:"
+
+    async def pages() -> list[tuple[list[str], int, int] | None]:
+        client = redis.asyncio.Redis.from_url(services.redis_url)
+        try:
+            cache = LocationCache(client, prefix)
+            locations = [_location(owner, f"G{n}", f"2026-11-20T10:0{n}:00Z") for n in range(6)]
+            await cache.put_many(owner, 0, [msgspec.Raw(json.dumps(loc).encode()) for loc in locations])
+            snapshot_id, _ = await cache.snapshot(owner, None, None, owner)
+            await client.delete(*(f"{prefix}locations:doc:NL/GAP/G{n}" for n in (1, 2, 3, 5)))
+            found = [await cache.page(snapshot_id, offset, 2) for offset in (0, 5)]
+            return [(sorted(json.loads(d)["id"] for d in p[0]), p[1], p[2]) if p else None for p in found]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(pages()) == [(["G0", "G4"], 5, 6), ([], 6, 6)]
 
 
 def _assert_total(party, hub: Hub, query: str, total: int) -> None:  # type: ignore[no-untyped-def]

@@ -126,7 +126,7 @@ def test_a_cache_kept_under_ids_as_sent_is_upper_cased_at_start_and_the_newer_of
                 assert await cache.find(asked) == [(OWNER, location)], asked
             snapshot_id, total = await cache.snapshot(OWNER, None, None, OWNER)
             page = await cache.page(snapshot_id, 0, 10)
-            assert page and total == 4
+            assert page and total == 4 and page[1:] == (4, 4)
             listed = sorted((loc["id"], loc["name"]) for loc in map(json.loads, page[0]))
             assert listed == [("LOC2", "newer"), ("loc1", "only"), ("loc3", "newer"), ("loc4", "newer")]
             assert (await cache.snapshot(None, None, None, ("NL", "OTH")))[1] == 3  # LOC3 is unpublished now

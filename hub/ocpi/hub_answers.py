@@ -53,17 +53,17 @@ async def page(relay: Relay, exchange: Exchange, snapshot_id: str, offset: int, 
     found = await relay.locations.page(snapshot_id, offset, limit)
     docs: list[bytes]
     if found is None:
-        docs, total = [], 0
+        docs, next_offset, total = [], 0, 0
         if offset:
             raise NotFound("this page list expired: start again with a GET All")
     else:
-        docs, total = found
+        docs, next_offset, total = found
     CACHE_REQUESTS.labels("hit" if found is not None else "miss").inc()
     body = b'{"data":[' + b",".join(docs) + b'],"status_code":1000,"status_message":null,"timestamp":"'
     body += ocpi_timestamp().encode() + b'"}'
     headers = _from_hub(relay, exchange) | {"x-total-count": str(total), "x-limit": str(MAX_LIMIT)}
-    if offset + len(docs) < total:
-        query = urlencode({"offset": offset + len(docs), "limit": limit})
+    if next_offset < total:
+        query = urlencode({"offset": next_offset, "limit": limit})
         headers["link"] = f'<{relay.settings.public_url}{SNAPSHOTS}{snapshot_id}?{query}>; rel="next"'
     return Answer(200, headers, body)
 

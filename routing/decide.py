@@ -75,11 +75,16 @@ def sender_of(incoming: Incoming, caller: Platform) -> PartyRole:
 class _ObjectId(msgspec.Struct):
     id: str | None = None
     uid: str | None = None
+    country_code: str | None = None
+    party_id: str | None = None
 
 
 def check_client_owned(incoming: Incoming, sender: PartyRole) -> None:
     """transport_and_format.asciidoc, Client Owned Object Push: the URL names the sender as owner, and a PUT's
-    body carries the id of its URL ("server implementations are advised to return ... 2001")."""
+    body carries the id of its URL ("server implementations are advised to return ... 2001"). The owner a
+    location, session, tariff or token names in its body is the URL's too (mod_locations.asciidoc, PUT: "SHALL be
+    the same value as the country_code in the Location object being pushed"; alike in the other modules): GET All
+    via the hub tells the owner by the body's country_code and party_id."""
     segments = incoming.segments
     if incoming.interface != "receiver" or incoming.module not in CLIENT_OWNED or len(segments) < 3:
         return
@@ -88,13 +93,20 @@ def check_client_owned(incoming: Incoming, sender: PartyRole) -> None:
             f"the object's owner in the URL ({segments[0]}-{segments[1]}) is not the sending party"
             f" ({party_text(sender.key)})"
         )
-    if incoming.method == "PUT":
+    whole_object = len(segments) == 3  # not one of a location's EVSEs or connectors, which name no owner
+    if incoming.method == "PUT" or (incoming.method == "PATCH" and whole_object):
         body = decoded(incoming.body, _ObjectId, "the request body is not a valid OCPI object")
         # an EVSE is identified by uid, a token by uid, everything else by id
         in_body = body.uid if (incoming.module == "tokens" or len(segments) == 4) else body.id
         # types.asciidoc: "CiString: Case Insensitive String" (the ids of all client-owned objects are CiStrings)
-        if in_body is not None and in_body.upper() != segments[-1].upper():
+        if incoming.method == "PUT" and in_body is not None and in_body.upper() != segments[-1].upper():
             raise InvalidParameters(f"the id in the URL ({segments[-1]}) differs from the id in the body ({in_body})")
+        if whole_object:
+            for name, in_url, named in (("country_code", segments[0], body.country_code),
+                                        ("party_id", segments[1], body.party_id)):  # fmt: skip
+                if named is not None and named.upper() != in_url.upper():
+                    raise InvalidParameters(f"the {name} in the URL ({in_url}) differs from the one in the body "
+                                            f"({named})")  # fmt: skip
 
 
 def decide(

@@ -176,14 +176,22 @@ def test_unpublished_locations_are_shown_to_the_emsps_of_the_tokens_in_publish_a
 
 
 @pytest.mark.parametrize(
-    ("suffix", "body", "complaint"),
-    [("{other}/LOC1", {"id": "LOC1"}, "is not the sending party"), ("{mine}/LOC1", {"id": "LOC2"}, "differs")],
+    ("method", "suffix", "body", "complaint"),
+    [
+        ("PUT", "{other}/LOC1", {"id": "LOC1"}, "is not the sending party"),
+        ("PUT", "{mine}/LOC1", {"id": "LOC2"}, "the id in the URL"),
+        # cached as the URL's owner's, it would be served in GET All as the body's (found by a spec review)
+        ("PUT", "{mine}/LOC1", {"id": "LOC1", "country_code": "FR", "party_id": "TOT"}, "the country_code in the URL"),
+        ("PATCH", "{mine}/LOC1", {"party_id": "TOT"}, "the party_id in the URL"),
+    ],
 )
-def test_client_owned_push_must_name_its_sender_and_its_id(hub: Hub, connect_party, suffix, body, complaint) -> None:  # type: ignore[no-untyped-def]
+def test_client_owned_push_must_name_its_sender_as_owner_and_its_id(  # type: ignore[no-untyped-def]
+    hub: Hub, connect_party, method, suffix, body, complaint
+) -> None:
     cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
     mine = "/".join(party_key(cpo))
     path = "receiver/locations/" + suffix.format(mine=mine, other="NL/ZZZ")
-    answer = cpo.call(hub.base, "PUT", path, to=party_key(emsp), body=body)
+    answer = cpo.call(hub.base, method, path, to=party_key(emsp), body=body)
     assert answer.json()["status_code"] == 2001 and complaint in answer.json()["status_message"]
     assert emsp.functional() == []
 

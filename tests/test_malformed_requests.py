@@ -164,7 +164,13 @@ def test_hundreds_of_malformed_requests_each_get_a_clear_answer_and_the_hub_goes
     relayed = sum(o.answer is not None and re.search(rb'"status_code": ?1000', o.answer) is not None for o in outcomes)
     assert relayed > REQUESTS // 20, relayed  # the made-up requests also reach the receiver, not only the hub's checks
     cc, pid = party_key(cpo)
-    good = cpo.call(own_hub.base, "PUT", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp), body=LOCATION)
+    good = cpo.call(
+        own_hub.base,
+        "PUT",
+        f"receiver/locations/{cc}/{pid}/LOC1",
+        to=party_key(emsp),
+        body=LOCATION | {"party_id": pid},
+    )
     assert good.json()["status_code"] == 1000, good.text
     with own_hub.admin() as admin:
         assert admin.get("/admin/api/routing-log/verify").json()["ok"] is True

@@ -29,7 +29,7 @@ def test_open_routing_sends_a_command_to_the_owner_of_its_location(hub: Hub, con
             "PUT",
             f"receiver/locations/{cc}/{pid}/{location_id}",
             to=party_key(emsp),
-            body=LOCATION | {"id": location_id},
+            body=LOCATION | {"id": location_id, "party_id": pid},
         )
         time.sleep(0.2)  # the owner index is written in batches
     answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION",

@@ -92,7 +92,8 @@ def test_while_postgres_hangs_callers_are_answered_in_time_and_their_rows_are_wr
 
         def push(request_id: str) -> httpx.Response:
             return cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L1", to=party_key(emsp),
-                            body=LOCATION | {"id": "L1"}, headers={"X-Request-ID": request_id})  # fmt: skip
+                            body=LOCATION | {"id": "L1", "party_id": pid},
+                            headers={"X-Request-ID": request_id})  # fmt: skip
 
         def client_infos() -> httpx.Response:  # a party's request the hub answers from PostgreSQL
             return httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", headers=token_header(emsp.hub_token or ""),
@@ -152,7 +153,8 @@ def test_a_hub_stopped_while_postgres_is_away_keeps_its_unwritten_rows_and_the_n
 
         def push(n: int) -> httpx.Response:
             return cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L{n}", to=party_key(emsp),
-                            body=LOCATION | {"id": f"L{n}"}, headers={"X-Request-ID": f"while-away-{n}"})  # fmt: skip
+                            body=LOCATION | {"id": f"L{n}", "party_id": pid},
+                            headers={"X-Request-ID": f"while-away-{n}"})  # fmt: skip
 
         with concurrent.futures.ThreadPoolExecutor() as threads:
             answers = list(threads.map(push, range(3)))
@@ -223,7 +225,7 @@ def test_while_redis_is_away_requests_that_need_it_get_a_clear_4000_and_the_rest
         assert (row["ocpi_status_code"], row["error"]) == (4000, message)
         # a push needs no Redis on its way: it goes through
         pushed = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L1", to=party_key(emsp),
-                          body=LOCATION | {"id": "L1"})  # fmt: skip
+                          body=LOCATION | {"id": "L1", "party_id": pid})  # fmt: skip
         assert pushed.json()["status_code"] == 1000
         _start_again(valkey, url)
         again = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), body=command)

@@ -290,7 +290,7 @@ def test_unreachable_receiver_answers_4003_at_once(hub: Hub, cpo_and_emsp) -> No
         "PUT",
         f"receiver/locations/{party_key(cpo)[0]}/{party_key(cpo)[1]}/L9",
         to=party_key(emsp),
-        body=LOCATION | {"id": "L9"},
+        body=LOCATION | {"id": "L9", "party_id": party_key(cpo)[1]},
     )
     assert answer.json()["status_code"] == 4003
     assert time.monotonic() - started < 2

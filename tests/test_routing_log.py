@@ -24,7 +24,7 @@ from tests.test_routing import LOCATION, _roles, party_key
 def test_each_relayed_request_leaves_one_row_with_its_bodies_and_no_tokens(hub: Hub, connect_party, db) -> None:
     cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
     cc, pid = party_key(cpo)
-    location = LOCATION | {"name": "Parking garage at the central station, level -2, bays 14 to 20"}
+    location = LOCATION | {"party_id": pid, "name": "Parking garage at the central station, level -2, bays 14 to 20"}
     answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp), body=location,
                       headers={"X-Request-ID": "row-1", "X-Correlation-ID": "row-corr"})  # fmt: skip
     # Strict mode: the row is committed before the answer, so it is there the moment the answer is.
@@ -64,11 +64,11 @@ def test_a_nul_character_in_an_id_is_logged_without_holding_up_the_log(hub: Hub,
     cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
     cc, pid = party_key(cpo)
     pushed = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/A%00B", to=party_key(emsp),
-                      body=LOCATION | {"id": "A\x00B"}, headers={"X-Request-ID": "nul-1"})  # fmt: skip
+                      body=LOCATION | {"id": "A\x00B", "party_id": pid}, headers={"X-Request-ID": "nul-1"})  # fmt: skip
     cdr = cpo.call(hub.base, "POST", "receiver/cdrs", to=party_key(emsp), content=b'{"id": "C\\u0000D"}',
                    headers={"X-Request-ID": "nul-2", "Content-Type": "application/json"})  # fmt: skip
-    after = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp), body=LOCATION,
-                     headers={"X-Request-ID": "nul-3"})  # fmt: skip
+    after = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp),
+                     body=LOCATION | {"party_id": pid}, headers={"X-Request-ID": "nul-3"})  # fmt: skip
     assert [a.json()["status_code"] for a in (pushed, cdr, after)] == [1000, 1000, 1000]
     rows = db.run(db.fetch("SELECT request_id, path, object_id FROM routing_log WHERE request_id LIKE 'nul-%' "
                            "ORDER BY request_id"))  # fmt: skip

@@ -125,7 +125,13 @@ def test_either_server_relays_and_closes_a_client_connection_idle_for_keep_alive
     try:
         cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
         cc, pid = party_key(cpo)
-        pushed = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp), body=LOCATION)
+        pushed = cpo.call(
+            hub.base,
+            "PUT",
+            f"receiver/locations/{cc}/{pid}/LOC1",
+            to=party_key(emsp),
+            body=LOCATION | {"party_id": pid},
+        )
         assert pushed.json()["status_code"] == 1000, pushed.text
         connection = http.client.HTTPConnection("127.0.0.1", int(hub.base.rsplit(":", 1)[1]), timeout=10)
         try:

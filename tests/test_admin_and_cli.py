@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -398,3 +399,19 @@ def test_a_wrong_url_or_method_is_answered_in_the_shape_of_the_part_of_the_hub_i
             assert "Cannot show this page" in page.text and path in page.text
     ocpi = httpx.get(f"{hub.base}/ocpi/2.2.1/nope", timeout=30)
     assert (ocpi.status_code, ocpi.json()["status_code"]) == (404, 2000)
+
+
+def test_a_party_id_registered_again_is_listed_once_as_it_is_now(hub: Hub, connect_party) -> None:
+    # The list held the SUSPENDED ClientInfo of the platform that left beside the new one's CONNECTED (found by a
+    # walkthrough): a party reading it could not tell which holds.
+    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    reader, role = connect_party(_roles("EMSP")), _roles("CPO")
+    first = connect_party(role)
+    with hub.admin() as admin:
+        assert admin.delete(f"/admin/api/parties/{_platform_id(hub, party_key(first))}").status_code == 200
+    connect_party(role)  # the same party id, on a platform of its own
+    listed = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", params={"date_from": since},
+                       headers=token_header(reader.hub_token))  # fmt: skip
+    about = [i for i in listed.json()["data"] if i["party_id"] == role[2]]
+    assert [i["status"] for i in about] == ["CONNECTED"], about
+    assert listed.headers["X-Total-Count"] == str(len(listed.json()["data"]))

@@ -203,8 +203,10 @@ def test_spoofed_from_header_is_rejected_and_nothing_is_forwarded(hub: Hub, cpo_
     assert answer.json()["status_code"] == 2001
     assert "not a party of the calling platform" in answer.json()["status_message"]
     assert emsp.functional() == []
-    [row] = db.run(db.fetch("SELECT routing, ocpi_status_code FROM routing_log WHERE request_id = 'spoof-1'"))
+    [row] = db.run(db.fetch("SELECT * FROM routing_log WHERE request_id = 'spoof-1'"))
     assert (row["routing"], row["ocpi_status_code"]) == ("rejected", 2001)
+    # found under the party that sent it, addressed as it was; what it claimed is in its headers
+    assert _parties_of(row) == (party_key(cpo), party_key(emsp)), row
 
 
 def test_request_and_correlation_ids_are_echoed_whole_and_one_longer_than_the_log_takes_is_refused_not_cut(
@@ -274,11 +276,17 @@ def test_a_routing_header_sent_twice_with_different_values_is_refused_and_logged
     assert same.json()["status_code"] == 1000 and len(cpo.functional()) == 1
 
 
-def test_unknown_receiver_answers_4001(hub: Hub, cpo_and_emsp) -> None:
+def test_unknown_receiver_answers_4001(hub: Hub, cpo_and_emsp, db) -> None:
     cpo, _ = cpo_and_emsp
-    answer = cpo.call(hub.base, "GET", "sender/locations", to=("ZZ", "ZZZ"))
+    answer = cpo.call(hub.base, "GET", "sender/locations", to=("ZZ", "ZZZ"), headers={"X-Request-ID": "nobody-1"})
     assert answer.json()["status_code"] == 4001
     assert "ZZ-ZZZ" in answer.json()["status_message"]
+    [row] = db.run(db.fetch("SELECT * FROM routing_log WHERE request_id = 'nobody-1'"))
+    assert _parties_of(row) == (party_key(cpo), ("ZZ", "ZZZ")), row
+
+
+def _parties_of(row) -> tuple[tuple[str, str], tuple[str, str]]:  # type: ignore[no-untyped-def]
+    return (row["from_country_code"], row["from_party_id"]), (row["to_country_code"], row["to_party_id"])
 
 
 def test_unreachable_receiver_answers_4003_at_once(hub: Hub, cpo_and_emsp) -> None:

@@ -34,7 +34,7 @@ from routing.forward import Answer, forward, ocpi_status_of
 from routing.request import Incoming, PartyKey, endpoint_url, parse
 from routing.rewrite import callback_ttl_s, response_url_of, with_response_url
 from routing.shapes import check_shape
-from storage.directory import PartyRole
+from storage.directory import PartyRole, Platform
 from storage.log_row import LogEntry
 from storage.routing_log import LogUnavailable
 from storage.routing_state import Relayed
@@ -133,6 +133,8 @@ class Relay:
             log.exception("relay_failed", path=path)
             answer = self.hub_answer(exchange, 500, 3000, "internal error of the hub; it has been logged")
             entry.error = f"internal error: {exc!r}"
+        if entry.from_country_code is None and exchange.caller is not None:  # refused before it was routed
+            _name_the_caller(entry, exchange.caller, headers)
         entry.http_status, entry.response_body = answer.status, answer.body
         entry.response_headers = {k: v for k, v in answer.headers.items() if k != "content-type"} or None
         entry.ocpi_status_code = entry.ocpi_status_code or ocpi_status_of(answer.body)
@@ -175,6 +177,8 @@ class Relay:
         assert caller is not None
         incoming = parse(entry.method, path, entry.query, exchange.headers, entry.request_body)
         entry.interface = incoming.interface
+        if incoming.to is not None:  # as addressed, for the row of a request refused below (an unknown receiver)
+            entry.to_country_code, entry.to_party_id = incoming.to
         check_shape(incoming)
         settings = self.settings
         hub = (settings.country_code, settings.party_id)
@@ -298,6 +302,16 @@ def _module_of(path: str) -> str:
     if len(parts) > 4 and parts[3] in ("sender", "receiver"):
         return parts[4]
     return parts[3] if len(parts) > 3 else ""
+
+
+def _name_the_caller(entry: LogEntry, platform: Platform, headers: dict[str, str]) -> None:
+    """The from of the row of a request refused before it was routed (a foreign OCPI-from, an unknown receiver, a
+    malformed body): the calling platform's party its OCPI-from headers name, else its first, so that an auditor
+    finds the row under the party that sent it. What it claimed stays in the row's request headers."""
+    claimed = (headers.get("ocpi-from-country-code", "").upper(), headers.get("ocpi-from-party-id", "").upper())
+    party = next((r for r in platform.roles if r.key == claimed), None) or next(iter(platform.roles), None)
+    if party is not None:
+        entry.from_country_code, entry.from_party_id = party.country_code, party.party_id
 
 
 async def _send(send: Send, answer: Answer) -> None:

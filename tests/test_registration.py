@@ -110,6 +110,14 @@ def test_the_hubs_calls_while_a_party_registers_or_updates_are_routing_log_rows_
         assert admin.get("/admin/api/routing-log/verify").json()["ok"] is True
 
 
+def test_a_credentials_body_that_is_empty_or_no_json_is_answered_http_400(hub: Hub, start_party) -> None:
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
+    for body in (b"", b" \n", b"{"):  # an empty one was answered HTTP 200 (found by a spec review)
+        answer = httpx.post(_credentials_url(hub), headers=token_header(token_a), content=body)
+        assert (answer.status_code, answer.json()["status_code"]) == (400, 2001), answer.text
+    assert party.received == []
+
+
 def test_a_registration_with_a_correlation_id_too_long_for_the_routing_log_is_refused(hub: Hub, start_party) -> None:
     party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
     sent = token_header(token_a) | {"X-Correlation-ID": "c" * 256}

@@ -199,6 +199,11 @@ class AnswerUnreadable(HubError):
     """A party answered with bytes the hub cannot read as an HTTP answer: it did get the request."""
 
 
+class ReceiverRefusedHub(HubError):
+    """The receiver answered HTTP 401 to the hub's token B: relayed as it came, the caller would take it for a refusal
+    of its own token at the hub."""
+
+
 class UnknownReceiver(HubError):
     """The TO address is unknown."""
 

@@ -1,5 +1,6 @@
 """What a receiver answers, relayed to the caller as it came: OCPI errors, bodies that are no OCPI, odd header
-bytes, answers HTTP cannot carry, cookies and redirects, none of which the hub acts on."""
+bytes, answers HTTP cannot carry, cookies and redirects, none of which the hub acts on; but for a refusal of the
+hub's own token, which is the hub's to answer."""
 
 from __future__ import annotations
 
@@ -84,6 +85,21 @@ def test_a_receivers_answer_that_http_cannot_carry_gets_a_clear_answer_and_its_r
     )
     [row] = logged["HUGE"]
     assert (row["http_status"], row["ocpi_status_code"], row["error"]) == (200, None, None)
+
+
+def test_a_receiver_refusing_the_hubs_token_is_answered_4000_not_passed_on_as_a_401(hub: Hub, cpo_and_emsp, db) -> None:
+    # Relayed as it came, the 401 told the caller its own token at the hub was refused (found by a spec review).
+    cpo, emsp = cpo_and_emsp
+    cc, pid = party_key(cpo)
+    emsp.token_b, request_id = "a token the hub does not have", str(uuid.uuid4())
+    answer = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/L1", to=party_key(emsp),
+                      headers={"X-Request-ID": request_id})  # fmt: skip
+    assert (answer.status_code, answer.json()["status_code"]) == (200, 4000), answer.text
+    assert f"{party_key(emsp)[0]}-{party_key(emsp)[1]} refused the hub's credentials (HTTP 401)" in answer.text
+    [row] = db.run(db.fetch("SELECT * FROM routing_log WHERE request_id = $1", request_id))
+    assert (row["http_status"], row["ocpi_status_code"]) == (200, 4000) and "HTTP 401" in row["error"]
+    assert row["forwarded_request_id"] is not None  # it did reach the receiver
+    assert "receiver_refused_hub_token" in hub.log()  # for the operator
 
 
 def test_a_cookie_a_receiver_sets_is_not_sent_on_later_requests(hub: Hub, cpo_and_emsp, connect_party) -> None:

@@ -19,7 +19,16 @@ from litestar.types import HTTPScope, Receive, Send
 
 from hub.auth import identify
 from hub.envelope import ocpi_timestamp
-from hub.errors import OUTAGES, ForwardTimeout, OcpiError, ReceiverNotConnected, Unauthorized, check_utf8, unavailable
+from hub.errors import (
+    OUTAGES,
+    ForwardTimeout,
+    OcpiError,
+    ReceiverNotConnected,
+    ReceiverRefusedHub,
+    Unauthorized,
+    check_utf8,
+    unavailable,
+)
 from hub.metrics import count_request, observe_forward
 from hub.ocpi import broadcast, hub_answers, relayed_urls
 from hub.ocpi.exchange import Exchange
@@ -244,6 +253,15 @@ class Relay:
         finally:
             observe_forward(f"{to.country_code}-{to.party_id}", time.perf_counter() - started)
         self.last_seen[platform.id] = datetime.now(UTC)  # a message received from it (still-alive)
+        if answer.status == 401:
+            # transport_and_format.asciidoc: a 401 says the caller's token "doesn't match any known party"; the caller
+            # gave the hub a good one, so this one is the hub's to answer, and the operator's to look into
+            log.error("receiver_refused_hub_token", platform_id=platform.id, platform=platform.name,
+                      party=f"{to.country_code}-{to.party_id}", path=exchange.entry.path)  # fmt: skip
+            raise ReceiverRefusedHub(
+                f"{to.country_code}-{to.party_id} refused the hub's credentials (HTTP 401) and did not take the "
+                "request; the hub operator has been told"
+            )
         if answer.unwritable:
             names = f"{', '.join(answer.unwritable)} header{'s' if len(answer.unwritable) > 1 else ''}"
             entry.error = f"the receiver's {names} held characters HTTP does not allow in a header; relayed without"

@@ -141,7 +141,10 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
         if args.command == "demo":  # the demo's data stays apart from a real hub's ./.ocpi-hub
             env.setdefault("OCPI_HUB_DATA_DIR", ".ocpi-hub-demo")
             env.setdefault("OCPI_HUB_LOG_LEVEL", "warning")
-        settings = Settings.from_env(env, host=getattr(args, "host", "127.0.0.1"), port=port).with_secrets()
+        settings = Settings.from_env(env, host=getattr(args, "host", "127.0.0.1"), port=port)
+        if args.command not in ("serve", "demo"):
+            settings = _of_the_running_hub(settings, env, args.command)
+        settings = settings.with_secrets()
     except SettingsError as exc:
         print(f"ocpi-hub: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -172,6 +175,27 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
         return 1
 
 
+PUBLIC_URL_FILE = "public-url"  # in the data dir: the URL the last `ocpi-hub serve` there serves at
+
+
+def _of_the_running_hub(settings: Settings, env: dict[str, str], command: str) -> Settings:
+    """The settings of a command that works beside `ocpi-hub serve` (invite, sync, verify, connect...): that hub's
+    storage, which it does not create (run elsewhere, it would start a new embedded PostgreSQL of its own and hand
+    out tokens of a hub that is not running), and the URL that hub serves at, recorded in the data dir by serve,
+    unless OCPI_HUB_PUBLIC_URL names one (an invitation's versions_url, the URL connect gives the party)."""
+    if settings.database_url is None and not (settings.data_dir / "postgres" / "PG_VERSION").is_file():
+        raise SettingsError(
+            f"`ocpi-hub {command}` found no hub in {settings.data_dir} (no embedded PostgreSQL there, and "
+            "OCPI_HUB_DATABASE_URL is not set): run it in the directory `ocpi-hub serve` runs in, or set "
+            "OCPI_HUB_DATA_DIR, or the database and Redis URLs, to the running hub's"
+        )
+    recorded = settings.data_dir / PUBLIC_URL_FILE
+    if env.get("OCPI_HUB_PUBLIC_URL", "").strip() or not recorded.is_file():
+        return settings
+    env["OCPI_HUB_PUBLIC_URL"] = os.environ["OCPI_HUB_PUBLIC_URL"] = recorded.read_text().strip()
+    return Settings.from_env(env)
+
+
 def _raise_open_files_limit() -> None:
     """Every connection is a file: a soft limit of 1,024 (a common default, Docker's among them) is reached by a few
     hundred parties' kept-alive connections plus the hub's own to them. Raised to the hard limit, for the workers
@@ -191,6 +215,9 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
         OCPI_HUB_PUBLIC_URL=settings.public_url,
         OCPI_HUB_DATA_DIR=str(settings.data_dir),
     )
+    with contextlib.suppress(OSError):  # for the commands beside it; a read-only data dir stops nothing
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        (settings.data_dir / PUBLIC_URL_FILE).write_text(settings.public_url + "\n")
     if not os.environ.get("OCPI_HUB_ADMIN_TOKEN"):
         print(
             f"ocpi-hub: admin token (kept in {settings.data_dir / 'admin-token'}): {settings.admin_token}", flush=True

@@ -22,10 +22,11 @@ from tests.test_hub_client_info import _pushes_about, _wait_for
 from tests.test_routing import _roles, party_key
 
 
-def _cli(hub: Hub, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hub.cli", *args], env=hub.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
+def _cli(
+    hub: Hub, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hub.cli", *args], env=hub.env if env is None else env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
 def test_admin_api_requires_the_admin_token(hub: Hub) -> None:
@@ -106,10 +107,13 @@ def test_invalid_invitation_answers_400(hub: Hub, body: dict) -> None:
 
 def test_cli_invite_prints_the_same_json_and_the_running_hub_accepts_the_token(hub: Hub) -> None:
     pid = unique_party_id()
-    result = _cli(hub, "invite", "--name", "CLI Co", "--role", f"CPO:NL:{pid}", "--role", f"EMSP:NL:{pid}")
+    # Without OCPI_HUB_PUBLIC_URL: the URL the running hub serves at, recorded by `ocpi-hub serve` in its data dir
+    # (a walkthrough got http://127.0.0.1:8080 from a hub serving on another port).
+    env = {k: v for k, v in hub.env.items() if k != "OCPI_HUB_PUBLIC_URL"}
+    result = _cli(hub, "invite", "--name", "CLI Co", "--role", f"CPO:NL:{pid}", "--role", f"EMSP:NL:{pid}", env=env)
     assert result.returncode == 0, result.stderr
     invitation = json.loads(result.stdout)
-    assert set(invitation) >= {"token_a", "versions_url"}
+    assert set(invitation) >= {"token_a", "versions_url"} and invitation["versions_url"] == hub.versions_url
     assert [r["role"] for r in invitation["roles"]] == ["CPO", "EMSP"]
     # The running hub learns of the new token within a second (directory change announced through Redis).
     import time
@@ -134,6 +138,15 @@ def test_a_cli_invitation_is_in_the_audit_trail_as_the_command_lines_never_with_
                                    "roles": [f"CPO NL-{pid}"], "via": "cli"}  # fmt: skip
     assert (entry["actor_kind"], entry["actor_name"]) == ("admin", f"ocpi-hub invite ({getpass.getuser()})")
     assert invitation["token_a"] not in json.dumps(trail)
+
+
+def test_a_cli_command_run_where_no_hub_is_says_so_and_starts_no_database(hub: Hub, tmp_path: Path) -> None:
+    # It started an embedded PostgreSQL of its own there, and handed out a token A of a hub that was not running.
+    env = {k: v for k, v in hub.env.items() if k not in ("OCPI_HUB_DATABASE_URL", "OCPI_HUB_REDIS_URL")}
+    result = _cli(hub, "invite", "--name", "x", "--role", "CPO:NL:ABC",
+                  env=env | {"OCPI_HUB_DATA_DIR": str(tmp_path / "nothing")})  # fmt: skip
+    assert result.returncode == 2 and f"found no hub in {tmp_path / 'nothing'}" in result.stderr, result.stderr
+    assert not (tmp_path / "nothing").exists() and result.stdout == ""
 
 
 def test_cli_invite_rejects_a_malformed_role(hub: Hub) -> None:

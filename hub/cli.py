@@ -50,8 +50,8 @@ def _parser() -> argparse.ArgumentParser:
         "serve", help="run the hub", epilog=_variables_help(), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0: any free port)")
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--port", type=_port, default=8080, help="port to listen on (default 8080; 0: any free port)")
+    serve.add_argument("--workers", type=_workers, default=1, help="worker processes (default 1)")
     serve.add_argument(
         "--server",
         choices=("uvicorn", "granian"),
@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run the hub with demo parties that register and exchange traffic (data in ./.ocpi-hub-demo)",
     )
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    demo.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0: any free port)")
+    demo.add_argument("--port", type=_port, default=8080, help="port to listen on (default 8080; 0: any free port)")
     demo.add_argument("--interval", type=float, default=2.0, help="seconds between demo messages (default 2)")
     commands.add_parser("migrate", help="apply database migrations and exit")
     invite = commands.add_parser("invite", help="create a platform and print its token A (JSON)")
@@ -99,6 +99,20 @@ def _parser() -> argparse.ArgumentParser:
     connect.add_argument("--token-a", required=True, help="the token A the party gave the hub operator")
     connect.add_argument("--name", help="the platform's name (default: the versions URL's host)")
     return parser
+
+
+def _port(raw: str) -> int:
+    """A TCP port, 0 to 65535: a value out of range was a traceback of bind()'s."""
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 5 or int(raw) > 65535:
+        raise argparse.ArgumentTypeError(f"{raw!r} is no port: a whole number from 0 (any free port) to 65535")
+    return int(raw)
+
+
+def _workers(raw: str) -> int:
+    """1 or more: 0 was taken, said "with 0 worker(s)" and served with one."""
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 4 or int(raw) < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} is no number of worker processes: a whole number, 1 or more")
+    return int(raw)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -300,6 +300,14 @@ def test_unreachable_database_or_redis_stops_serve_with_a_clear_message(
     assert message in result.stderr and variable in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("given", [["--port", "99999"], ["--port", "-1"], ["--workers", "0"]])
+def test_serve_refuses_a_port_or_worker_count_out_of_range_saying_so(hub: Hub, given: list[str]) -> None:
+    # a traceback of bind()'s for the port; "with 0 worker(s)" and one worker for --workers 0
+    result = _cli(hub, "serve", *given, timeout=30)
+    assert result.returncode == 2 and f"argument {given[0]}: '{given[1]}' is no" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("command", ["serve", "demo"])
 def test_a_port_in_use_is_said_at_once_and_nothing_starts(tmp_path: Path, command: str) -> None:
     taken = socket.socket()

@@ -197,7 +197,10 @@ def _of_the_running_hub(settings: Settings, env: dict[str, str], command: str) -
     storage, which it does not create (run elsewhere, it would start a new embedded PostgreSQL of its own and hand
     out tokens of a hub that is not running), and the URL that hub serves at, recorded in the data dir by serve,
     unless OCPI_HUB_PUBLIC_URL names one (an invitation's versions_url, the URL connect gives the party)."""
-    if settings.database_url is None and not (settings.data_dir / "postgres" / "PG_VERSION").is_file():
+    from storage.embedded.postgres import EmbeddedPostgres
+
+    embedded = settings.database_url is None and EmbeddedPostgres.not_installed is None  # else start() says why not
+    if embedded and not (EmbeddedPostgres(settings.data_dir).pgdata / "PG_VERSION").is_file():
         raise SettingsError(
             f"`ocpi-hub {command}` found no hub in {settings.data_dir} (no embedded PostgreSQL there, and "
             "OCPI_HUB_DATABASE_URL is not set): run it in the directory `ocpi-hub serve` runs in, or set "

@@ -12,10 +12,11 @@ WHERE r.status <> 'UNREGISTERED'
 INSERT INTO platform (name) VALUES ($1) RETURNING id;
 
 -- name: insert_party_roles
--- New roles are PLANNED, and a new ClientInfo object is pushed to the connected parties.
+-- New roles are PLANNED, and a new ClientInfo object is pushed to the connected parties. Country code and party id
+-- in capitals, however typed (CiStrings, matched in any case; published as stored: migration 0011).
 WITH inserted AS (
     INSERT INTO party_role (platform_id, role, country_code, party_id)
-    SELECT $1, r, c, p FROM unnest($2::text[], $3::text[], $4::text[]) AS t(r, c, p)
+    SELECT $1, r, upper(c), upper(p) FROM unnest($2::text[], $3::text[], $4::text[]) AS t(r, c, p)
     RETURNING id, platform_id, role, country_code, party_id, status, status_changed_at
 ), pushed AS (
     INSERT INTO client_info_push (platform_id, role, country_code, party_id, status, last_updated)

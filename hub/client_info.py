@@ -77,7 +77,7 @@ async def list_client_infos(request: Request[Caller, str, State]) -> Response[by
         total = await conn.fetchval(QUERIES["client_infos_total"], caller, date_from, date_to)
     items = [ClientInfo(r["party_id"], r["country_code"], r["role"], r["status"], _when(r["last_updated"]))
              for r in rows]  # fmt: skip
-    headers = {"X-Total-Count": str(total), "X-Limit": str(MAX_LIMIT)}
+    headers = {"X-Total-Count": str(total), "X-Limit": str(limit)}  # the limit applied: hub.envelope.paging_window
     if offset + len(items) < total:
         query = {k: v for k, v in params.items() if k not in ("offset", "limit")}
         query |= {"offset": str(offset + len(items)), "limit": str(limit)}

@@ -25,8 +25,11 @@ MAX_OFFSET = 2**31 - 1  # past any list the hub serves: a larger offset is an em
 
 
 def paging_window(params: Mapping[str, str], max_limit: int) -> tuple[int, int]:
-    """transport_and_format.asciidoc, Pagination: the offset and limit of a GET of a list the hub serves itself;
-    "if the client requests a limit higher than the server's maximum, the server caps it"."""
+    """transport_and_format.asciidoc, Pagination: the offset and limit of a GET of a list the hub serves itself, the
+    limit capped at the hub's maximum. The limit is also the page's X-Limit, "the maximum number of objects that the
+    server can return" for the request (with limit=2000 and a maximum of 100: "The X-Limit HTTP header should be set
+    to 100"); the maximum alone, for a smaller limit asked, would have a client stepping its offset by X-Limit skip
+    objects."""
     offset, limit = _whole_number(params, "offset", 0), _whole_number(params, "limit", max_limit)
     if offset < 0 or limit < 1:
         raise InvalidParameters("offset must be 0 or more and limit 1 or more")

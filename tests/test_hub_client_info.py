@@ -155,6 +155,7 @@ def test_client_info_list_is_paginated_filtered_by_date_and_excludes_the_caller(
         answer = httpx.get(url, headers=token_header(reader.hub_token))
         assert answer.status_code == 200 and answer.json()["status_code"] == 1000, answer.text
         totals.add(answer.headers["X-Total-Count"])
+        assert answer.headers["X-Limit"] == "2"  # the limit applied, not the hub's maximum
         seen += answer.json()["data"]
         url = answer.headers["Link"].split(">")[0].lstrip("<") if "Link" in answer.headers else None
     # Parties of earlier tests may change status in the window (the still-alive check): they may be listed too.
@@ -165,6 +166,8 @@ def test_client_info_list_is_paginated_filtered_by_date_and_excludes_the_caller(
     assert {i["status"] for i in ours} == {"CONNECTED"}
     assert all(OCPI_DATETIME.fullmatch(i["last_updated"]) for i in seen), seen
     assert "OCPI-from-party-id" not in answer.headers
+    capped = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo?limit=5000", headers=token_header(reader.hub_token))
+    assert capped.headers["X-Limit"] == "1000"  # "X-Limit HTTP header should be set to 100 as well", at a max of 100
 
 
 def test_client_info_list_rejects_a_malformed_date_and_token_a(hub: Hub, connect_party) -> None:

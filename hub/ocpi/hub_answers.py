@@ -61,7 +61,7 @@ async def page(relay: Relay, exchange: Exchange, snapshot_id: str, offset: int, 
     CACHE_REQUESTS.labels("hit" if found is not None else "miss").inc()
     body = b'{"data":[' + b",".join(docs) + b'],"status_code":1000,"status_message":null,"timestamp":"'
     body += ocpi_timestamp().encode() + b'"}'
-    headers = _from_hub(relay, exchange) | {"x-total-count": str(total), "x-limit": str(MAX_LIMIT)}
+    headers = _from_hub(relay, exchange) | {"x-total-count": str(total), "x-limit": str(limit)}
     if next_offset < total:
         query = urlencode({"offset": next_offset, "limit": limit})
         headers["link"] = f'<{relay.settings.public_url}{SNAPSHOTS}{snapshot_id}?{query}>; rel="next"'

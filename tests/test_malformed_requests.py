@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import Hub, Services, hub_env, register_at_hub, start_hub
 from tests.parties import token_header
-from tests.test_routing import LOCATION, _roles, party_key
+from tests.test_routing import LOCATION, _roles, party_key, push_location
 
 REQUESTS = 400
 # The URL shapes of mod_*.asciidoc as the hub serves them: /ocpi/2.2.1/{interface}/{module}/...
@@ -163,14 +163,7 @@ def test_hundreds_of_malformed_requests_each_get_a_clear_answer_and_the_hub_goes
     assert not problems, "\n".join(problems[:20])
     relayed = sum(o.answer is not None and re.search(rb'"status_code": ?1000', o.answer) is not None for o in outcomes)
     assert relayed > REQUESTS // 20, relayed  # the made-up requests also reach the receiver, not only the hub's checks
-    cc, pid = party_key(cpo)
-    good = cpo.call(
-        own_hub.base,
-        "PUT",
-        f"receiver/locations/{cc}/{pid}/LOC1",
-        to=party_key(emsp),
-        body=LOCATION | {"party_id": pid},
-    )
+    good = push_location(cpo, own_hub.base, party_key(emsp))
     assert good.json()["status_code"] == 1000, good.text
     with own_hub.admin() as admin:
         assert admin.get("/admin/api/routing-log/verify").json()["ok"] is True

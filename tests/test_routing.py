@@ -29,6 +29,12 @@ LOCATION = {
 }
 
 
+def push_location(cpo, base: str, to: tuple[str, str]) -> httpx.Response:  # type: ignore[no-untyped-def]
+    """The CPO's PUT of LOCATION, as its own, to `to` through the hub at base."""
+    cc, pid = party_key(cpo)
+    return cpo.call(base, "PUT", f"receiver/locations/{cc}/{pid}/LOC1", to=to, body=LOCATION | {"party_id": pid})
+
+
 def _roles(role: str, country: str = "NL") -> tuple[str, str, str]:
     return (role, country, unique_party_id())
 

@@ -19,7 +19,7 @@ import pytest
 from storage.migrate import migrate, migration_files, pending
 from tests.conftest import OUTPUT, ROOT, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
 from tests.parties import token_header
-from tests.test_routing import LOCATION, _roles, party_key
+from tests.test_routing import _roles, party_key, push_location
 
 
 def _processes_under(directory: Path) -> list[psutil.Process]:
@@ -124,14 +124,7 @@ def test_either_server_relays_and_closes_a_client_connection_idle_for_keep_alive
     hub = start_hub(env, OUTPUT / f"hub-{server}.log", "--server", server)
     try:
         cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
-        cc, pid = party_key(cpo)
-        pushed = cpo.call(
-            hub.base,
-            "PUT",
-            f"receiver/locations/{cc}/{pid}/LOC1",
-            to=party_key(emsp),
-            body=LOCATION | {"party_id": pid},
-        )
+        pushed = push_location(cpo, hub.base, party_key(emsp))
         assert pushed.json()["status_code"] == 1000, pushed.text
         connection = http.client.HTTPConnection("127.0.0.1", int(hub.base.rsplit(":", 1)[1]), timeout=10)
         try:

@@ -51,8 +51,10 @@ async def verify(
         floors = {
             (r["chain_id"], r["seq"]): r["hash"] for r in await conn.fetch(QUERIES["chain_floors"], timeout=timeout)
         }
+        seen: set[Any] = set()  # the chains that have rows
         async for row in conn.cursor(query, since, until, prefetch=2000, timeout=timeout):
             result.rows += 1
+            seen.add(row["chain_id"])
             if previous is not None and previous["chain_id"] != row["chain_id"]:
                 _check_head(result, previous, heads, until)
                 previous = None
@@ -73,7 +75,23 @@ async def verify(
             previous = row
         if previous is not None:
             _check_head(result, previous, heads, until)
+        if since is None and until is None:
+            _check_heads_without_rows(result, heads, seen, floors)
     return result
+
+
+def _check_heads_without_rows(
+    result: Verification, heads: dict[Any, asyncpg.Record], seen: set[Any], floors: dict[tuple[Any, int], bytes]
+) -> None:
+    """A chain whose head is recorded but none of whose rows are left: every row was deleted, unless retention dropped
+    them all (its floor then holds the head's row)."""
+    for chain_id, head in heads.items():
+        dropped_whole = floors.get((chain_id, head["last_seq"])) == head["last_hash"]
+        if chain_id not in seen and head["last_seq"] > 0 and not dropped_whole:
+            result.ok = False
+            if len(result.problems) < 20:
+                result.problems.append(f"chain {chain_id}: its head is seq {head['last_seq']}, and none of its rows "
+                                       "is left: rows are missing")  # fmt: skip
 
 
 def _check_head(result: Verification, last: asyncpg.Record, heads: dict[Any, asyncpg.Record], until: Any) -> None:

@@ -154,6 +154,18 @@ def test_verify_detects_an_edited_or_deleted_row(empty_database: str, tamper: st
     assert asyncio.run(bad_request_id()) == bad_row
 
 
+def test_verify_detects_a_chain_all_of_whose_rows_were_deleted_but_not_one_retention_dropped(
+    empty_database: str,
+) -> None:
+    # A chain with no rows left was never looked at: a process's whole chain could go unseen (found by an auditor's
+    # walkthrough). Retention dropping a whole chain leaves its last row's hash as a floor.
+    chain = numbered_log(empty_database, 3).chain_id
+    gone = verified(empty_database, f"DELETE FROM routing_log WHERE chain_id = '{chain}'")
+    assert gone.ok is False and f"chain {chain}: its head is seq 3, and none of its rows is left" in gone.problems[0]
+    assert verified(empty_database, "INSERT INTO routing_log_floor (chain_id, seq, hash) SELECT chain_id, last_seq, "
+                                    "last_hash FROM routing_log_chain").ok  # fmt: skip
+
+
 def test_ocpi_hub_verify_checks_the_chains_from_the_command_line_and_fails_on_a_changed_row(
     services: Services, empty_database: str, tmp_path: Path
 ) -> None:

@@ -277,6 +277,18 @@ def test_an_export_with_bodies_carries_headers_and_both_bodies_as_sent(hub: Hub,
     assert refused.status_code == 400 and "bodies" in refused.json()["error"]
 
 
+def test_a_csv_export_keeps_a_spreadsheet_from_taking_a_party_value_for_a_formula(hub: Hub, services: Services) -> None:
+    # A party's X-Request-ID =HYPERLINK(...) was a live formula in the auditor's spreadsheet (found by a walkthrough).
+    tag = uuid.uuid4().hex[:8]
+    [entry] = varied_entries(datetime(2001, 7, 1, tzinfo=UTC), 1, [("QF", unique_party_id())], tag)
+    entry.request_id, entry.error = f'=HYPERLINK("http://evil.example/","{tag}")', "-1+2"
+    write(services.database_url, [entry])
+    params = {"since": "2001-07-01T00:00:00Z", "until": "2001-07-02T00:00:00Z", "format": "csv"}
+    with hub.admin() as admin:
+        [row] = [r for r in csv.DictReader(io.StringIO(_export(admin, params).text)) if tag in r["request_id"]]
+    assert row["request_id"] == "'" + entry.request_id and row["error"] == "'-1+2"
+
+
 def test_an_export_of_thousands_of_rows_is_streamed_in_chunks(hub: Hub, services: Services) -> None:
     tag = uuid.uuid4().hex[:8]
     start = datetime(2001, 5, 1, tzinfo=UTC)

@@ -30,9 +30,16 @@ FORMATS = {"ndjson": "application/x-ndjson", "csv": "text/csv"}  # Litestar adds
 _encoder = msgspec.json.Encoder()
 
 
+# A cell a spreadsheet would take for a formula (OWASP, CSV injection): a party chooses many of the values (its ids, a
+# path, an error it caused), and auditors open the export in spreadsheets.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
+    if isinstance(value, str):
+        return "'" + value if value.startswith(_FORMULA_START) else value  # shown as text, the quote marking it
     return value.isoformat() if isinstance(value, datetime) else value
 
 

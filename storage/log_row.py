@@ -74,7 +74,15 @@ def object_id_of_entry(entry: LogEntry) -> str | None:
             return _identified.decode(entry.request_body).id[:255]
         except (msgspec.DecodeError, RecursionError):  # the row is written all the same, without an object id
             return None
-    return object_id_of(entry.module, entry.interface, entry.path)
+    return object_id_of(entry.module, entry.interface or _interface_in(entry.path, entry.module), entry.path)
+
+
+def _interface_in(path: str, module: str) -> str | None:
+    """The interface a hub path names before its module (/ocpi/2.2.1/receiver/sessions/...): for the row of a request
+    refused before it was parsed (an unknown token), whose interface is not known."""
+    segments = path.split("?", 1)[0].split("/")
+    at = segments.index(module) if module in segments else 0
+    return segments[at - 1] if at > 0 and segments[at - 1] in ("sender", "receiver") else None
 
 
 @dataclass(slots=True)

@@ -50,6 +50,11 @@ def _text(name: str, raw: str) -> list[Any]:
     return [raw]
 
 
+def _object_id(name: str, raw: str) -> list[Any]:
+    """An object id is a CiString: stored upper-cased (storage.routing_log), and as sent by hubs before that."""
+    return [*_text(name, raw), raw.upper()]
+
+
 def _word(name: str, raw: str) -> list[Any]:
     if not _WORD.fullmatch(raw):
         raise BadFilter(f"{name} must be a module name such as locations, got {raw!r}")
@@ -105,7 +110,7 @@ FILTERS: dict[str, tuple[str, Callable[[str, str], list[Any]]]] = {
     # the id the caller sent, or the one the hub sent the receiver: either side of a dispute may hold it
     "request_id": ("(request_id = {0} OR forwarded_request_id = {0})", _text),
     "correlation_id": ("correlation_id = {0}", _text),
-    "object_id": ("object_id = {0}", _text),
+    "object_id": ("object_id IN ({0}, {1})", _object_id),
     "since": ("received_at >= {0}", _time),
     "until": ("received_at < {0}", _time),
 }

@@ -231,7 +231,7 @@ class RoutingLogWriter:
         values = row_content(entry, self._chain_text, seq, self._body_cap)
         row_hash = content_hash(self._last_hash, values)
         if (object_id := object_id_of_entry(entry)) is not None:
-            object_id = stored_text(object_id)
+            object_id = stored_text(object_id).upper()  # a CiString: searched upper-cased (storage.log_search)
         prev_hash, self._seq, self._last_hash = self._last_hash, seq, row_hash
         return (*in_column_order(values), prev_hash, row_hash, object_id)
 

@@ -20,7 +20,7 @@ import pytest
 
 from hub.admin.api import AdminError
 from hub.admin.routing_log import fetch_planned
-from storage.log_row import LogEntry, object_id_of
+from storage.log_row import LogEntry, object_id_of, object_id_of_entry
 from tests.conftest import Hub, Services, unique_party_id
 from tests.log_rows import object_of, varied_entries, write
 
@@ -94,6 +94,8 @@ def test_every_filter_finds_exactly_its_rows_newest_first(hub: Hub, dataset: Dat
         ({"request_id": f"{dataset.tag}-fwd-5"}, lambda e: e.forwarded_request_id == f"{dataset.tag}-fwd-5"),
         ({"correlation_id": f"{dataset.tag}-corr-2"}, lambda e: e.correlation_id == f"{dataset.tag}-corr-2"),
         ({"object_id": f"{dataset.tag}-OBJ3"}, lambda e: object_of(e) == f"{dataset.tag}-OBJ3"),
+        # a CiString: found in any case, as the hub routes it (it was searched as sent: found by a walkthrough)
+        ({"object_id": f"{dataset.tag}-obj3".upper()}, lambda e: object_of(e) == f"{dataset.tag}-OBJ3"),
         ({"since": "2001-03-10T12:00:30Z"}, lambda e: e.received_at >= WINDOW + timedelta(seconds=30)),
         ({"until": "2001-03-10T12:00:30"}, lambda e: e.received_at < WINDOW + timedelta(seconds=30)),
         (
@@ -207,7 +209,7 @@ def test_one_message_shows_both_bodies_headers_and_timings(hub: Hub, dataset: Da
                                   "kind": "json", "size": len(b'{"id": "7", "n": 7}'), "truncated": False}  # fmt: skip
     assert message["response"]["body"] == {"status_code": 1000} and message["response"]["kind"] == "json"
     assert message["duration_ms"] == 7.5 and message["received_at"].startswith("2001-03-10T12:00:07")
-    assert len(message["hash"]) == 64 and message["object_id"] == f"{dataset.tag}-OBJ7"
+    assert len(message["hash"]) == 64 and message["object_id"] == f"{dataset.tag}-OBJ7".upper()
     assert (text["request"]["kind"], text["request"]["body"]) == ("text", "not json <8>")
     assert missing.status_code == 404 and "999999999999" in missing.json()["error"]
     assert not_a_number.status_code in (400, 404)
@@ -355,6 +357,14 @@ def test_stats_count_messages_errors_and_duration_percentiles_per_party_module_a
 )
 def test_the_object_id_is_taken_from_the_path(module: str, interface: str, path: str, expected: str | None) -> None:
     assert object_id_of(module, interface, path) == expected
+
+
+def test_the_object_id_of_a_request_refused_before_it_was_parsed_is_read_from_its_path() -> None:
+    # A bad token: the interface was not known, so the first segment after the module was taken, "NL" (found by a
+    # walkthrough); a party saying "the hub refused our X1" could not be checked by id.
+    entry = LogEntry(received_at=WINDOW, request_id="r", correlation_id="c", module="sessions", method="PUT",
+                     path="/ocpi/2.2.1/receiver/sessions/NL/ECO/X1", routing="rejected")  # fmt: skip
+    assert entry.interface is None and object_id_of_entry(entry) == "X1"
 
 
 def test_a_pushed_cdr_is_found_by_the_id_in_its_body(hub: Hub, services: Services) -> None:

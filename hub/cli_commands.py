@@ -160,6 +160,8 @@ async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
     if args.action != "list" and not (args.name or "").strip():
         print(f"ocpi-hub: auditor {args.action} needs a NAME", file=sys.stderr)
         return 2
+    # who may read the routing log is part of its audit trail, as the reading itself is
+    who = actors.Actor(f"ocpi-hub auditor ({_os_user()})", actors.ADMIN)
     async with pool.acquire() as conn:
         if args.action == "list":
             print(msgspec.json.format(msgspec.json.encode(await actors.list_auditors(conn))).decode())
@@ -168,6 +170,7 @@ async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
             if not await actors.remove_auditor(conn, args.name.strip()):
                 print(f"ocpi-hub: no auditor named {args.name.strip()!r}", file=sys.stderr)
                 return 1
+            await actors.record_action(conn, who, "remove_auditor", {"name": args.name.strip(), "via": "cli"})
             print(msgspec.json.encode({"removed": args.name.strip()}).decode())
             return 0
         try:
@@ -175,6 +178,7 @@ async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
         except actors.AuditorExists as exc:
             print(f"ocpi-hub: {exc}", file=sys.stderr)
             return 1
+        await actors.record_action(conn, who, "add_auditor", {"name": args.name.strip(), "via": "cli"})
     print(msgspec.json.format(msgspec.json.encode({"name": args.name.strip(), "token": token})).decode())
     return 0
 
@@ -182,6 +186,7 @@ async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
 async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
     from datetime import UTC, datetime
 
+    from hub.admin.actors import ADMIN, Actor, record_action
     from storage.partitions import RoutingLogBusy, drop_before, parse_keep
     from storage.sql import QUERIES
 
@@ -191,19 +196,27 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 2
     deleted = {}  # beside the log: what the hub keeps of the exchanges before the cut (dry run: would delete)
+    who = Actor(f"ocpi-hub retention ({_os_user()})", ADMIN)
     async with pool.acquire() as conn:
         for name, query in (("client_info_changes", "client_info_pushes_delivered_before"),
                             ("relayed_cdr_locations", "relayed_cdr_locations_before")):  # fmt: skip
             deleted[name] = await conn.fetchval(QUERIES[query if args.dry_run else f"delete_{query}"], cut)
+        done = {"keep": args.keep, "cut": cut.isoformat(), "dry_run": args.dry_run, "deleted": deleted}
         try:
             dropped = await drop_before(conn, cut, dry_run=args.dry_run)
         except RoutingLogBusy as exc:
-            done = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in deleted.items())
-            print(f"ocpi-hub: {exc} (deleted before it: {done})", file=sys.stderr)
+            await record_action(conn, who, "retention", done | {"error": str(exc)})  # what it deleted, why no more
+            print(f"ocpi-hub: {exc} (deleted before it: {_counted(deleted)})", file=sys.stderr)
             return 1
+        # what was dropped of the routing log is part of its audit trail: verify explains the gaps by its floors
+        await record_action(conn, who, "retention", done | {"dropped": [p.name for p in dropped]})
     summary = {"cut": cut, "dry_run": args.dry_run, "dropped": [p.name for p in dropped], "deleted": deleted}
     print(msgspec.json.format(msgspec.json.encode(summary)).decode())
     return 0
+
+
+def _counted(deleted: dict[str, int]) -> str:
+    return ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in deleted.items())
 
 
 async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
@@ -211,7 +224,7 @@ async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
     for cron and alerting: the same JSON on stdout, exit code 1 when the log does not verify."""
     from hub.admin.actors import ADMIN, Actor, record_action
     from storage.log_search import BadFilter, parse_time
-    from storage.log_verify import verify
+    from storage.log_verify import outcome, verify
 
     given = {name: value for name in ("since", "until") if (value := getattr(args, name))}
     try:
@@ -220,8 +233,8 @@ async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 2
     async with pool.acquire() as conn:
-        await record_action(conn, Actor("ocpi-hub verify", ADMIN), "verify", given)
         result = await verify(conn, times.get("since"), times.get("until"))
+        await record_action(conn, Actor(f"ocpi-hub verify ({_os_user()})", ADMIN), "verify", given | outcome(result))
     print(msgspec.json.format(msgspec.json.encode(result)).decode())
     return 0 if result.ok else 1
 

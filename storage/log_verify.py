@@ -26,6 +26,11 @@ class Verification:
             self.problems.append(f"row {row_id}: {problem}")
 
 
+def outcome(result: Verification) -> dict[str, Any]:
+    """What the audit trail keeps of a verification: a failure later put right by a restore leaves its trace."""
+    return {"ok": result.ok, "rows": result.rows, "first_bad_id": result.first_bad_id}
+
+
 async def verify(
     conn: asyncpg.Connection,
     since: datetime | None = None,

@@ -174,6 +174,8 @@ def test_ids_beyond_a_bigint_or_holding_a_nul_are_answered_not_failed(hub: Hub, 
         assert admin.get("/admin/api/routing-log", params={"limit": "1", "cursor": cursor + "\x00"}).status_code == 200
         assert admin.get(f"/admin/api/routing-log/{2**63}").status_code == 404
         assert admin.get("/admin/api/audit-trail", params={"cursor": str(2**63)}).status_code == 400
+        unknown = admin.get("/admin/api/audit-trail", params={"actor": "x"})  # was 200, unfiltered
+        assert unknown.status_code == 400 and "unknown parameter actor" in unknown.json()["error"]
         conversation = admin.get("/admin/api/routing-log/correlation/a%00b")
         searched = admin.get("/admin/api/routing-log", params={"request_id": "a\x00b"})
         stats = admin.get("/admin/api/stats", params={"object_id": "a\x00b"})

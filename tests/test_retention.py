@@ -144,6 +144,11 @@ def test_retention_drops_whole_old_months_and_the_chain_verifies_from_the_first_
     result = verified(empty_database)
     assert (result.ok, result.rows) == (True, 4), result.problems
     assert _retention(services, empty_database, tmp_path, "--keep", "400d").stdout.count("routing_log_") == 0
+    # what each run dropped is in the audit trail, with who ran it (it was not: found by an auditor's walkthrough)
+    trail = sql(empty_database, "SELECT actor_name, parameters FROM audit_trail WHERE action = 'retention' ORDER BY id")
+    assert [json.loads(t["parameters"])["dropped"] for t in trail] == [[_partition(old), _partition(older)]] * 2 + [[]]
+    assert [json.loads(t["parameters"])["dry_run"] for t in trail] == [True, False, False]
+    assert trail[0]["actor_name"].startswith("ocpi-hub retention (")
 
     sql(empty_database, "DELETE FROM routing_log WHERE request_id = $1", entries[5].request_id)
     assert verified(empty_database).ok is False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import subprocess
 import sys
@@ -189,5 +190,6 @@ def test_ocpi_hub_verify_checks_the_chains_from_the_command_line_and_fails_on_a_
 
     wrong = verify_command("--since", "yesterday")
     assert wrong.returncode == 2 and "--since must be an ISO 8601 time" in wrong.stderr
-    trail = sql(empty_database, "SELECT actor_kind, actor_name, action FROM audit_trail")
-    assert [tuple(row) for row in trail] == [("admin", "ocpi-hub verify", "verify")] * 3
+    trail = sql(empty_database, "SELECT actor_kind, actor_name, action, parameters FROM audit_trail ORDER BY id")
+    assert [tuple(row)[:3] for row in trail] == [("admin", f"ocpi-hub verify ({getpass.getuser()})", "verify")] * 3
+    assert json.loads(trail[-1]["parameters"]) == {"ok": False, "rows": 5, "first_bad_id": changed}  # its outcome

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 from urllib.parse import unquote
 
@@ -24,7 +25,7 @@ from storage.log_search import (
     parse_filters,
     parse_time,
 )
-from storage.log_verify import verify
+from storage.log_verify import outcome, verify
 from storage.sql import QUERIES
 
 MAX_LIMIT = 500
@@ -154,14 +155,22 @@ async def verify_routing_log(request: Request) -> Response[bytes]:
     except BadFilter as exc:
         raise AdminError(400, str(exc)) from None
     async with request.app.state.pool.acquire() as conn:
-        await record_action(conn, actor_of(request), "verify", {k: v for k, v in params.items() if v})
-        result = await verify(conn, since, until, AUDIT_QUERY_TIMEOUT_S)
+        given = {k: v for k, v in params.items() if v}
+        try:
+            result = await verify(conn, since, until, AUDIT_QUERY_TIMEOUT_S)
+        except Exception as exc:  # the attempt is in the trail all the same
+            with contextlib.suppress(Exception):
+                await record_action(conn, actor_of(request), "verify", given | {"error": type(exc).__name__})
+            raise
+        await record_action(conn, actor_of(request), "verify", given | outcome(result))
     return json_response(result)  # {"ok", "rows", "first_bad_id", "problems"}
 
 
 @get("/audit-trail")
 async def audit_trail(request: Request, limit: int = 100, cursor: int | None = None) -> Response[bytes]:
     """Who did what on the routing log, newest first (admin only); next_cursor is the last id of the page."""
+    if unknown := sorted(set(request.query_params) - {"limit", "cursor"}):
+        raise AdminError(400, f"unknown parameter {unknown[0]}; the audit trail takes limit and cursor")
     if not 1 <= limit <= MAX_LIMIT:
         raise AdminError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
     if cursor is not None and not is_row_id(cursor):

@@ -21,10 +21,12 @@ ROUTINGS = frozenset({"direct", "broadcast", "open", "hub", "rejected"})
 _PARTY = re.compile(r"([A-Za-z]{2})-([A-Za-z0-9]{3})")
 _WORD = re.compile(r"[a-z0-9_]{1,40}")
 
-# The columns of a search result, an export row and a correlation item (bodies only in a single message).
+# The columns of a search result, an export row and a correlation item (bodies only in a single message). The
+# platform ids tell apart two platforms that held one party id one after the other (GET /admin/api/parties names them).
 LIST_COLUMNS = (
     "id", "received_at", "request_id", "forwarded_request_id", "correlation_id", "from_country_code",
-    "from_party_id", "to_country_code", "to_party_id", "module", "interface", "method", "path", "query", "routing",
+    "from_party_id", "to_country_code", "to_party_id", "caller_platform_id", "receiver_platform_id", "module",
+    "interface", "method", "path", "query", "routing",
     "http_status", "ocpi_status_code", "duration_ms", "error", "object_id", "request_body_size",
     "response_body_size", "chain_id", "seq",
 )  # fmt: skip

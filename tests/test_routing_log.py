@@ -104,6 +104,11 @@ def test_admin_search_by_correlation_id_pages_with_a_cursor_without_gaps(hub: Hu
         assert sorted(found) == [f"{correlation}-{n}" for n in range(7)] and len(set(found)) == 7
         by_request = admin.get("/admin/api/routing-log", params={"request_id": f"{correlation}-3"}).json()
         assert [i["path"] for i in by_request["items"]] == [f"/ocpi/2.2.1/receiver/locations/{cc}/{pid}/L3"]
+        # which platforms: a party id held by two platforms one after the other is told apart (an auditor's ask)
+        platforms = {i["party_id"]: i["platform_id"] for i in admin.get("/admin/api/parties").json()["items"]}
+        [item] = by_request["items"]
+        expected = (platforms[pid], platforms[party_key(emsp)[1]])
+        assert (item["caller_platform_id"], item["receiver_platform_id"]) == expected
         assert admin.get("/admin/api/routing-log", params={"cursor": "%%%"}).status_code == 400
         assert httpx.get(f"{hub.base}/admin/api/routing-log").status_code == 401
         verdict = admin.get("/admin/api/routing-log/verify").json()

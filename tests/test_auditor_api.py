@@ -23,6 +23,7 @@ from hub.admin.routing_log import fetch_planned
 from storage.log_row import LogEntry, object_id_of, object_id_of_entry
 from tests.conftest import Hub, Services, unique_party_id
 from tests.log_rows import object_of, varied_entries, write
+from tests.test_credentials_rotation import console_page
 
 # A window of its own, long before any row the session's other tests write, so each search here sees only its rows.
 WINDOW = datetime(2001, 3, 10, 12, 0, tzinfo=UTC)
@@ -208,7 +209,8 @@ def test_one_message_shows_both_bodies_headers_and_timings(hub: Hub, dataset: Da
         missing = admin.get("/admin/api/routing-log/999999999999")
         not_a_number = admin.get("/admin/api/routing-log/abc")
     assert message["request"] == {"headers": {"content-type": "application/json"}, "body": {"id": "7", "n": 7},
-                                  "kind": "json", "size": len(b'{"id": "7", "n": 7}'), "truncated": False}  # fmt: skip
+                                  "text": '{"id": "7", "n": 7}', "kind": "json", "size": len(b'{"id": "7", "n": 7}'),
+                                  "truncated": False}  # fmt: skip
     assert message["response"]["body"] == {"status_code": 1000} and message["response"]["kind"] == "json"
     assert message["duration_ms"] == 7.5 and message["received_at"].startswith("2001-03-10T12:00:07")
     assert len(message["hash"]) == 64 and message["object_id"] == f"{dataset.tag}-OBJ7".upper()
@@ -279,6 +281,22 @@ def test_an_export_with_bodies_carries_headers_and_both_bodies_as_sent(hub: Hub,
     assert json.loads(as_csv[0]["request_headers"]) == {"content-type": "application/json"}
     assert "request_body" not in plain  # bodies only when asked for
     assert refused.status_code == 400 and "bodies" in refused.json()["error"]
+
+
+def test_a_message_is_shown_as_the_party_sent_it_where_its_json_value_would_differ(
+    hub: Hub, services: Services
+) -> None:
+    # The console showed the decoded value: the first kwh gone, 10.50 as 10.5, 1e2 as 100.0 (an auditor's walkthrough).
+    tag, sent = uuid.uuid4().hex[:8], b'{"kwh": 10.50, "kwh": 99, "total_cost": {"excl_vat": 1e2}}'
+    [entry] = varied_entries(datetime(2001, 8, 1, tzinfo=UTC), 1, [("QS", unique_party_id())], tag)
+    entry.request_body = sent
+    write(services.database_url, [entry])
+    with hub.admin() as admin:
+        [row] = admin.get("/admin/api/routing-log", params={"request_id": entry.request_id}).json()["items"]
+        message = admin.get(f"/admin/api/routing-log/{row['id']}").json()
+    assert message["request"]["text"] == sent.decode() and message["request"]["kind"] == "json"
+    page = console_page(hub, f"/console/log/{row['id']}")
+    assert "&#34;kwh&#34;: 10.50, &#34;kwh&#34;: 99, &#34;total_cost&#34;: { &#34;excl_vat&#34;: 1e2 }" in page, page
 
 
 def test_a_csv_export_keeps_a_spreadsheet_from_taking_a_party_value_for_a_formula(hub: Hub, services: Services) -> None:

@@ -84,13 +84,17 @@ async def routing_log(request: Request) -> Response[bytes]:
 
 
 def _body(stored: bytes | None, size: int) -> dict[str, Any]:
+    """body: the JSON as a value (or the text); text: the body as it was sent. A value drops what a party may dispute:
+    a key sent twice keeps its last value, 10.50 becomes 10.5 and 1e2 100.0."""
     raw = body_of(stored)
     body: Any
+    text = raw.decode("utf-8", errors="replace")
     try:
         body, kind = msgspec.json.decode(raw), "json"
     except (msgspec.DecodeError, RecursionError):
-        body, kind = raw.decode("utf-8", errors="replace"), "text"
-    return {"body": body if raw else None, "kind": kind if raw else "empty", "size": size, "truncated": len(raw) < size}
+        body, kind = text, "text"
+    return {"body": body if raw else None, "text": text if raw else None, "kind": kind if raw else "empty",
+            "size": size, "truncated": len(raw) < size}  # fmt: skip
 
 
 def _headers(value: str | None) -> dict[str, str]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from litestar.plugins.jinja import JinjaTemplateEngine
 
 
@@ -47,10 +47,12 @@ def outcome(http_status: int | None, ocpi_status: int | None) -> str:
     return "ok" if ocpi_status is not None else ""
 
 
-def pretty(body: Any) -> str:
-    if isinstance(body, str):
-        return body
-    return json.dumps(body, indent=2, ensure_ascii=False)
+def pretty(side: dict[str, Any]) -> str:
+    """A body as it was sent, JSON indented: msgspec.json.format changes only the whitespace between tokens, so a key
+    sent twice, 10.50 and 1e2 are shown as the party wrote them (a decoded value would not)."""
+    if side["kind"] != "json":
+        return str(side["text"])
+    return msgspec.json.format(side["text"].encode(), indent=2).decode()
 
 
 def size(n: int | None) -> str:

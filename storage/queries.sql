@@ -216,7 +216,7 @@ WHERE p.state <> 'UNREGISTERED';
 -- a rotation the hub could not finish (NULL: they are not), endpoints_trying_now: a hub process is fetching them
 -- again, endpoints_next_try: when it does that next otherwise (NULL while it is trying: the try's outcome sets it).
 SELECT r.country_code, r.party_id, r.role, p.name AS platform, p.id AS platform_id, r.status,
-       p.registered_at, p.last_seen, p.token_encoding, p.state AS platform_state,
+       r.status_changed_at AS status_since, p.registered_at, p.last_seen, p.token_encoding, p.state AS platform_state,
        p.endpoints_refresh_error AS endpoints_from_before,
        coalesce(p.endpoints_refresh_due IS NOT NULL AND p.endpoints_refresh_claimed_until > now(), false)
            AS endpoints_trying_now,

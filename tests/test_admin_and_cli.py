@@ -52,6 +52,7 @@ def test_invitation_answers_token_a_and_versions_url(hub: Hub) -> None:
         "platform": "Fresh CPO",
         "platform_id": invitation["platform_id"],
         "status": "PLANNED",
+        "status_since": item["status_since"],
         "registered_at": None,
         "last_seen": None,
         "token_encoding": "base64",
@@ -340,6 +341,7 @@ def test_the_operator_takes_a_platform_off_the_hub_and_the_party_is_told(hub: Hu
     key = party_key(cpo)
     platform_id = _platform_id(hub, key)
     with hub.admin() as admin:
+        before = datetime.now(UTC)
         answer = admin.delete(f"/admin/api/parties/{platform_id}")
         assert answer.status_code == 200, answer.text
         assert answer.json() == {"platform_id": platform_id, "name": cpo.name, "was": "REGISTERED",
@@ -347,6 +349,9 @@ def test_the_operator_takes_a_platform_off_the_hub_and_the_party_is_told(hub: Hu
         again = admin.delete(f"/admin/api/parties/{platform_id}")
         assert again.status_code == 404 and "unregistered already" in again.json()["error"]
         trail = admin.get("/admin/api/audit-trail").json()["items"]
+        [left] = [i for i in admin.get("/admin/api/parties").json()["items"] if i["platform_id"] == platform_id]
+    # when it left, for an auditor asking (an UNREGISTERED role showed no time: found by a walkthrough)
+    assert left["status"] == "UNREGISTERED" and datetime.fromisoformat(left["status_since"]) >= before
     assert next(t["parameters"] for t in trail if t["action"] == "unregister_platform") == {
         "platform_id": platform_id, "name": cpo.name}  # fmt: skip
     # credentials.asciidoc: "Both parties must end any automated communication": the party heard it, with token B

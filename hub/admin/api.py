@@ -48,6 +48,7 @@ class Party(msgspec.Struct):
     platform: str
     platform_id: int
     status: str
+    status_since: datetime  # when the role took its status: when a platform that left left, for one
     registered_at: datetime | None
     last_seen: datetime | None
     token_encoding: str  # how the hub sends this platform its token: "base64", or "raw" (an OCPI 2.1.1-era party)

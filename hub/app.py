@@ -23,7 +23,7 @@ from hub.console import console_router, problem_page, template_config
 from hub.envelope import render_ocpi_error
 from hub.errors import OUTAGES, unavailable
 from hub.logs import configure_logging
-from hub.ocpi import credentials, versions
+from hub.ocpi import credentials, credentials_log, versions
 from hub.ocpi.relay import Relay
 from hub.party_api import PartyClient
 from hub.request_context import PROBE_PATHS, RequestContext
@@ -183,6 +183,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         # Functional modules take the relay's raw path; versions, credentials and admin go through Litestar.
         if scope["type"] == "http" and relay.handles(scope["path"]):
             await relay(scope, receive, send)  # type: ignore[arg-type]
+        elif scope["type"] == "http" and credentials_log.is_credentials(scope["path"]):
+            await credentials_log.logged(litestar, app.state, scope, relay.bodies.guarded(receive), send)  # type: ignore[arg-type]
         elif scope["type"] == "http":
             await litestar(scope, relay.bodies.guarded(receive), send)
         else:

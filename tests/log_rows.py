@@ -126,7 +126,8 @@ def verified(database_url: str, tamper: str | None = None):  # type: ignore[no-u
 def own_conversation(db, correlation_id: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     """The routing-log rows of one X-Correlation-ID (db: the tests' Db), oldest first, bodies back as text."""
     sql = ("SELECT request_id, correlation_id, module, method, path, routing, from_country_code, from_party_id, "
-           "to_country_code, to_party_id, receiver_platform_id, http_status, ocpi_status_code, error, request_headers, "
+           "to_country_code, to_party_id, caller_platform_id, receiver_platform_id, http_status, ocpi_status_code, "
+           "error, request_headers, "
            "response_headers, request_body, response_body FROM routing_log WHERE correlation_id = $1 "
            "ORDER BY received_at, id")  # fmt: skip
     rows = db.run(db.fetch(sql, correlation_id))

@@ -98,8 +98,14 @@ def test_the_hubs_calls_while_a_party_registers_or_updates_are_routing_log_rows_
         assert answer.status_code == 200 and answer.json()["status_code"] == 1000, answer.text
         party.hub_token = answer.json()["data"]["token"]
         tokens.append(party.hub_token)
-        rows = own_conversation(db, correlation_id)
+        [own, *rows] = own_conversation(db, correlation_id)
         platform_id = _platform_id(hub, ("NL", pid))
+        # the party's own request first, from its party to the hub, its token and the hub's hidden (an auditor asked
+        # when a party registered, and when one left on its own DELETE: neither had a row)
+        assert (own["module"], own["method"], own["routing"], own["http_status"], own["ocpi_status_code"]) == (
+            "credentials", method, "hub", 200, 1000)  # fmt: skip
+        assert (own["from_party_id"], own["to_party_id"]) == (pid, "HUB") and own["caller_platform_id"] == platform_id
+        assert all(token not in str(own) for token in tokens) and '"token":"(not logged)"' in own["response_body"]
         # the versions and details the hub read with token B before it answered, in the party's conversation
         assert calls_of(rows) == [
             ("versions", "GET", f"{party.base}/ocpi/versions", 200, platform_id, ("NL", pid)),
@@ -419,12 +425,14 @@ def test_delete_unregisters_and_token_c_stops_working(hub: Hub, start_party) -> 
     pid = unique_party_id()
     party, token_a = _invited_party(hub, start_party, ("EMSP", "BE", pid))
     party.register_at(hub.versions_url, token_a)
-    answer = httpx.delete(_credentials_url(hub), headers=token_header(party.hub_token))
+    answer = httpx.delete(_credentials_url(hub), headers=token_header(party.hub_token) | {"X-Request-ID": f"bye-{pid}"})
     assert (answer.status_code, answer.json()["status_code"]) == (200, 1000)
     assert httpx.get(_credentials_url(hub), headers=token_header(party.hub_token)).status_code == 401
     with hub.admin() as admin:
         items = [i for i in admin.get("/admin/api/parties").json()["items"] if i["party_id"] == pid]
+        [row] = admin.get("/admin/api/routing-log", params={"request_id": f"bye-{pid}"}).json()["items"]
     assert [i["status"] for i in items] == ["UNREGISTERED"]
+    assert (row["method"], row["from_party_id"], row["caller_platform_id"]) == ("DELETE", pid, items[0]["platform_id"])
     # The party id is free again for a new invitation.
     hub.invite("Successor", ("EMSP", "BE", pid))
 

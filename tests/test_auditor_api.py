@@ -299,6 +299,20 @@ def test_a_message_is_shown_as_the_party_sent_it_where_its_json_value_would_diff
     assert "&#34;kwh&#34;: 10.50, &#34;kwh&#34;: 99, &#34;total_cost&#34;: { &#34;excl_vat&#34;: 1e2 }" in page, page
 
 
+def test_the_console_keeps_a_versions_filter_and_says_when_a_conversation_is_cut(hub: Hub, services: Services) -> None:
+    # Its module list lacked versions, so the next Filter click dropped it; a conversation over 1,000 messages was
+    # cut without a word (both found by an auditor's walkthrough).
+    tag = uuid.uuid4().hex[:8]
+    entries = varied_entries(datetime(2001, 9, 1, tzinfo=UTC), 1001, [("QV", unique_party_id())], tag)
+    for entry in entries:
+        entry.correlation_id = f"{tag}-long"
+    write(services.database_url, entries)
+    with hub.admin() as admin:
+        [row] = admin.get("/admin/api/routing-log", params={"request_id": entries[0].request_id}).json()["items"]
+    assert "Only the first 1000 messages are shown" in console_page(hub, f"/console/log/{row['id']}")
+    assert '<option value="versions" selected>versions</option>' in console_page(hub, "/console/log?module=versions")
+
+
 def test_a_csv_export_keeps_a_spreadsheet_from_taking_a_party_value_for_a_formula(hub: Hub, services: Services) -> None:
     # A party's X-Request-ID =HYPERLINK(...) was a live formula in the auditor's spreadsheet (found by a walkthrough).
     tag = uuid.uuid4().hex[:8]

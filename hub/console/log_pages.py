@@ -19,7 +19,7 @@ from storage.sql import QUERIES
 
 PAGE_SIZES = (50, 100, 200)
 MODULES = ("cdrs", "chargingprofiles", "commands", "credentials", "hubclientinfo", "locations", "sessions", "tariffs",
-           "tokens")  # fmt: skip
+           "tokens", "versions")  # fmt: skip
 # (name, label, placeholder) of each filter field, in the order the form shows them
 FIELDS = (
     ("party", "Party (either side)", "NL-ECO"), ("from_party", "From", "NL-ECO"), ("to_party", "To", "DE-MFX"),
@@ -82,12 +82,12 @@ async def message_page(request: Request, row_id: int) -> Template:
     async with request.app.state.pool.acquire() as conn:
         message = await load_message(conn, row_id)
         await record_action(conn, actor(request), "view", {"id": row_id, "via": "console"})
-        conversation = (await load_conversation(conn, message["correlation_id"]))[0] if message else []
+        conversation, more = await load_conversation(conn, message["correlation_id"]) if message else ([], False)
     if message is None:
         return Template("problem.html", status_code=404, context={
             "actor": actor(request), "heading": "No such message",
             "message": f"The routing log has no row {row_id}."})  # fmt: skip
-    context = {"page": "log", "actor": actor(request), "m": message, "conversation": conversation}
+    context = {"page": "log", "actor": actor(request), "m": message, "conversation": conversation, "more": more}
     return Template("message.html", context=context)
 
 

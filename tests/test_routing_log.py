@@ -109,6 +109,9 @@ def test_admin_search_by_correlation_id_pages_with_a_cursor_without_gaps(hub: Hu
         [item] = by_request["items"]
         expected = (platforms[pid], platforms[party_key(emsp)[1]])
         assert (item["caller_platform_id"], item["receiver_platform_id"]) == expected
+        for platform_id, found in ((expected[0], 7), (expected[1], 7), (max(platforms.values()) + 1, 0)):
+            on = admin.get("/admin/api/routing-log", params={"correlation_id": correlation, "platform": platform_id})
+            assert len(on.json()["items"]) == found, on.text
         assert admin.get("/admin/api/routing-log", params={"cursor": "%%%"}).status_code == 400
         assert httpx.get(f"{hub.base}/admin/api/routing-log").status_code == 401
         verdict = admin.get("/admin/api/routing-log/verify").json()

@@ -8,7 +8,7 @@ import getpass
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
@@ -17,6 +17,9 @@ import redis.asyncio as redis
 
 from hub.party_api import PartyClient
 from hub.settings import Settings
+
+if TYPE_CHECKING:
+    from hub.admin.actors import Actor
 
 Command = Callable[[Settings, argparse.Namespace, asyncpg.Pool, redis.Redis], Coroutine[Any, Any, int]]
 
@@ -45,7 +48,7 @@ def _role_parts(spec: str) -> list[str]:
 
 
 async def _invite(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, redis_client: redis.Redis) -> int:
-    from hub.admin.actors import ADMIN, Actor, record_action
+    from hub.admin.actors import record_action
     from hub.admin.api import AdminError, InvitationIn, invite, invited
     from storage.directory import announce_change
 
@@ -58,9 +61,8 @@ async def _invite(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
     try:
         async with pool.acquire() as conn, conn.transaction():
             invitation = await invite(conn, settings, request)
-            # as the admin API and the console record theirs; a shell holds no admin token: the actor is the OS user
-            await record_action(conn, Actor(f"ocpi-hub invite ({_os_user()})", ADMIN), "invite",
-                                invited(invitation) | {"via": "cli"})  # fmt: skip
+            # as the admin API and the console record theirs
+            await record_action(conn, _operator("invite"), "invite", invited(invitation) | {"via": "cli"})
     except AdminError as exc:
         print(f"ocpi-hub: {exc.message}", file=sys.stderr)
         return 1
@@ -69,12 +71,16 @@ async def _invite(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
     return 0
 
 
-def _os_user() -> str:
-    """Who ran the command, for the audit trail: the login name, or the user id when the system has no name for it."""
+def _operator(command: str) -> Actor:
+    """The audit trail's actor of a command: a shell holds no admin token, so the admin is named by the command and
+    who ran it, the login name, or the user id when the system has no name for it."""
+    from hub.admin.actors import ADMIN, Actor
+
     try:
-        return getpass.getuser()
+        user = getpass.getuser()
     except (OSError, KeyError):  # KeyError until Python 3.13: a uid with no passwd entry, as in some containers
-        return f"uid {os.getuid()}"
+        user = f"uid {os.getuid()}"
+    return Actor(f"ocpi-hub {command} ({user})", ADMIN)
 
 
 async def _connect(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, redis_client: redis.Redis) -> int:
@@ -161,7 +167,7 @@ async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
         print(f"ocpi-hub: auditor {args.action} needs a NAME", file=sys.stderr)
         return 2
     # who may read the routing log is part of its audit trail, as the reading itself is
-    who = actors.Actor(f"ocpi-hub auditor ({_os_user()})", actors.ADMIN)
+    who = _operator("auditor")
     async with pool.acquire() as conn:
         if args.action == "list":
             print(msgspec.json.format(msgspec.json.encode(await actors.list_auditors(conn))).decode())
@@ -186,7 +192,7 @@ async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
 async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
     from datetime import UTC, datetime
 
-    from hub.admin.actors import ADMIN, Actor, record_action
+    from hub.admin.actors import record_action
     from storage.partitions import RoutingLogBusy, drop_before, parse_keep
     from storage.sql import QUERIES
 
@@ -196,7 +202,7 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 2
     deleted = {}  # beside the log: what the hub keeps of the exchanges before the cut (dry run: would delete)
-    who = Actor(f"ocpi-hub retention ({_os_user()})", ADMIN)
+    who = _operator("retention")
     async with pool.acquire() as conn:
         for name, query in (("client_info_changes", "client_info_pushes_delivered_before"),
                             ("relayed_cdr_locations", "relayed_cdr_locations_before")):  # fmt: skip
@@ -206,7 +212,8 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
             dropped = await drop_before(conn, cut, dry_run=args.dry_run)
         except RoutingLogBusy as exc:
             await record_action(conn, who, "retention", done | {"error": str(exc)})  # what it deleted, why no more
-            print(f"ocpi-hub: {exc} (deleted before it: {_counted(deleted)})", file=sys.stderr)
+            counted = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in deleted.items())
+            print(f"ocpi-hub: {exc} (deleted before it: {counted})", file=sys.stderr)
             return 1
         # what was dropped of the routing log is part of its audit trail: verify explains the gaps by its floors
         await record_action(conn, who, "retention", done | {"dropped": [p.name for p in dropped]})
@@ -215,14 +222,10 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
     return 0
 
 
-def _counted(deleted: dict[str, int]) -> str:
-    return ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in deleted.items())
-
-
 async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
     """GET /admin/api/routing-log/verify without a request's time limits (a log of millions of rows takes minutes),
     for cron and alerting: the same JSON on stdout, exit code 1 when the log does not verify."""
-    from hub.admin.actors import ADMIN, Actor, record_action
+    from hub.admin.actors import record_action
     from storage.log_search import BadFilter, parse_time
     from storage.log_verify import outcome, verify
 
@@ -234,7 +237,7 @@ async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
         return 2
     async with pool.acquire() as conn:
         result = await verify(conn, times.get("since"), times.get("until"))
-        await record_action(conn, Actor(f"ocpi-hub verify ({_os_user()})", ADMIN), "verify", given | outcome(result))
+        await record_action(conn, _operator("verify"), "verify", given | outcome(result))
     print(msgspec.json.format(msgspec.json.encode(result)).decode())
     return 0 if result.ok else 1
 

@@ -17,6 +17,7 @@ import structlog
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage, Send
 
 from hub.auth import identify
+from hub.ocpi.relay import LOGGED_REQUEST_HEADERS, name_the_caller
 from hub.own_messages import tokens_hidden
 from hub.request_context import MAX_ID_LENGTH, request_ids
 from routing.forward import ocpi_status_of
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 PATH = "/ocpi/2.2.1/credentials"
-_LOGGED_HEADERS = ("content-type", "x-request-id", "x-correlation-id")  # never Authorization
 
 
 def is_credentials(path: str) -> bool:
@@ -64,14 +64,12 @@ async def logged(inner: ASGIApp, state: State, scope: HTTPScope, receive: Receiv
             correlation_id=correlation_id[:MAX_ID_LENGTH], module="credentials", method=scope["method"],
             path=scope["path"], routing="hub", http_status=start["status"], ocpi_status_code=ocpi_status_of(body),
             to_country_code=state.settings.country_code, to_party_id=state.settings.party_id,
-            request_headers={k: headers[k] for k in _LOGGED_HEADERS if k in headers},
+            request_headers={k: headers[k] for k in LOGGED_REQUEST_HEADERS if k in headers},
             request_body=tokens_hidden(b"".join(sent)), response_body=tokens_hidden(body),
         )  # fmt: skip
         if caller is not None:
             entry.caller_platform_id = caller.platform.id
-            if caller.platform.roles:
-                entry.from_country_code = caller.platform.roles[0].country_code
-                entry.from_party_id = caller.platform.roles[0].party_id
+            name_the_caller(entry, caller.platform, headers)
         entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         try:
             await state.routing_log.record(entry)

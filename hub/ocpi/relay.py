@@ -143,7 +143,7 @@ class Relay:
             answer = self.hub_answer(exchange, 500, 3000, "internal error of the hub; it has been logged")
             entry.error = f"internal error: {exc!r}"
         if entry.from_country_code is None and exchange.caller is not None:  # refused before it was routed
-            _name_the_caller(entry, exchange.caller, headers)
+            name_the_caller(entry, exchange.caller, headers)
         entry.http_status, entry.response_body = answer.status, answer.body
         entry.response_headers = {k: v for k, v in answer.headers.items() if k != "content-type"} or None
         entry.ocpi_status_code = entry.ocpi_status_code or ocpi_status_of(answer.body)
@@ -322,10 +322,11 @@ def _module_of(path: str) -> str:
     return parts[3] if len(parts) > 3 else ""
 
 
-def _name_the_caller(entry: LogEntry, platform: Platform, headers: dict[str, str]) -> None:
-    """The from of the row of a request refused before it was routed (a foreign OCPI-from, an unknown receiver, a
-    malformed body): the calling platform's party its OCPI-from headers name, else its first, so that an auditor
-    finds the row under the party that sent it. What it claimed stays in the row's request headers."""
+def name_the_caller(entry: LogEntry, platform: Platform, headers: dict[str, str]) -> None:
+    """The from of a row no route named a sender for (a request refused before it was routed: a foreign OCPI-from, an
+    unknown receiver, a malformed body; a party's own credentials request): the calling platform's party its
+    OCPI-from headers name, else its first, so that an auditor finds the row under the party that sent it. What it
+    claimed stays in the row's request headers."""
     claimed = (headers.get("ocpi-from-country-code", "").upper(), headers.get("ocpi-from-party-id", "").upper())
     party = next((r for r in platform.roles if r.key == claimed), None) or next(iter(platform.roles), None)
     if party is not None:

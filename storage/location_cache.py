@@ -233,7 +233,6 @@ class LocationCache(LocationWriter):
         documents or the snapshot ends, so that the next page starts after everything this one read."""
         snapshot = f"{self._p}snapshot:{snapshot_id}"
         docs: list[bytes] = []
-        total = None
         while True:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.llen(snapshot)

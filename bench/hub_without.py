@@ -44,8 +44,8 @@ PARTS: dict[str, tuple[str, list[tuple[ModuleType | type, str, Any]]]] = {
         [(storage.routing_log.RoutingLogWriter, "record", _committed_at_once)],
     ),
     "chain-hash": (
-        "rows written with a zero hash (SHA-256 of bodies and content skipped)",
-        [(storage.routing_log, "content_hash", lambda _prev, _values: bytes(32))],
+        "rows written with a zero hash (SHA-256 of bodies, HMAC of content skipped)",
+        [(storage.routing_log, "row_hash", lambda _key, _prev, _values: bytes(32))],
     ),
     "body-compression": (
         "bodies stored as they came, uncompressed",

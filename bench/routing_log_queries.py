@@ -27,6 +27,7 @@ import asyncpg
 from hub.admin.export import _CsvLines
 from storage.log_search import page_query, parse_filters
 from storage.migrate import migrate
+from storage.secrets import TokenBox
 from storage.sql import QUERIES
 
 DATABASE = "ocpi_bench_log"
@@ -205,7 +206,7 @@ async def main(args: argparse.Namespace) -> None:
     url = args.database_url.rsplit("/", 1)[0] + f"/{DATABASE}"
     conn = await asyncpg.connect(url, command_timeout=None)
     try:
-        await migrate(conn)
+        await migrate(conn, TokenBox.generate_key())  # a database of its own: any key
         await conn.execute("SET maintenance_work_mem = '512MB'")
         indexes = await conn.fetch(
             "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'routing_log' AND indexname <> $1",

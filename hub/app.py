@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             created = await partitions.ensure_partitions(conn, settings.log_partitions_ahead)
         writer = RoutingLogWriter(
             pool,
+            key=settings.routing_log_key,
             body_cap=settings.log_body_max_bytes,
             strict=settings.log_mode == "strict",
             commit_timeout_s=settings.forward_timeout_s,

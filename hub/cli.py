@@ -165,12 +165,13 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
     from hub.logs import configure_logging
     from hub.runtime import backing_services, check_redis, migrate_database
     from storage.embedded import EmbeddedServiceError
+    from storage.migrate import MigrationRefused
 
     configure_logging(settings.log_level, sys.stdout if args.command == "serve" else sys.stderr)
     try:
         with backing_services(settings) as ready:
             assert ready.database_url is not None
-            asyncio.run(migrate_database(ready.database_url))
+            asyncio.run(migrate_database(ready.database_url, settings.secret_key or ""))
             asyncio.run(check_redis(ready.redis_url or ""))
             if args.command == "serve":
                 return _serve(ready, args.host, args.port, args.workers, args.server)
@@ -178,7 +179,7 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
                 return _demo(ready, args, listening)
             command = COMMANDS.get(args.command)
             return run(command, ready, args) if command else 0
-    except EmbeddedServiceError as exc:
+    except (EmbeddedServiceError, MigrationRefused) as exc:
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError) as exc:

@@ -102,7 +102,7 @@ async def _connect(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
         return 2
     name = args.name or httpx.URL(args.versions_url).host
     # as `ocpi-hub sync`: a writer of its own, in a chain of its own, for the hub's calls to the party
-    writer = RoutingLogWriter(pool, body_cap=settings.log_body_max_bytes)
+    writer = RoutingLogWriter(pool, key=settings.routing_log_key, body_cap=settings.log_body_max_bytes)
     async with PartyClient(settings) as http, writer.running():
         try:
             connected = await connect_to_party(settings, pool, redis_client, http, name=name,
@@ -137,7 +137,7 @@ async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
         print(f"\r{party[0]}-{party[1]}: {done}/{total if total is not None else '?'} locations", end="",
               file=sys.stderr, flush=True)  # fmt: skip
 
-    writer = RoutingLogWriter(pool, body_cap=settings.log_body_max_bytes)
+    writer = RoutingLogWriter(pool, key=settings.routing_log_key, body_cap=settings.log_body_max_bytes)
     hub = (settings.country_code, settings.party_id)
     # As a hub process's sync: stopped for a CPO that leaves meanwhile, its pages and marks fenced by the directory
     # (storage.location_writer), which it watches for as long, so that nothing it writes brings a departed party back.
@@ -209,7 +209,7 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
             deleted[name] = await conn.fetchval(QUERIES[query if args.dry_run else f"delete_{query}"], cut)
         done = {"keep": args.keep, "cut": cut.isoformat(), "dry_run": args.dry_run, "deleted": deleted}
         try:
-            dropped = await drop_before(conn, cut, dry_run=args.dry_run)
+            dropped = await drop_before(conn, cut, key=settings.routing_log_key, dry_run=args.dry_run)
         except RoutingLogBusy as exc:
             await record_action(conn, who, "retention", done | {"error": str(exc)})  # what it deleted, why no more
             counted = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in deleted.items())
@@ -236,7 +236,7 @@ async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 2
     async with pool.acquire() as conn:
-        result = await verify(conn, times.get("since"), times.get("until"))
+        result = await verify(conn, settings.routing_log_key, times.get("since"), times.get("until"))
         await record_action(conn, _operator("verify"), "verify", given | outcome(result))
     print(msgspec.json.format(msgspec.json.encode(result)).decode())
     return 0 if result.ok else 1

@@ -79,10 +79,10 @@ async def check_redis(redis_url: str) -> None:
         await client.aclose()
 
 
-async def migrate_database(database_url: str) -> list[str]:
+async def migrate_database(database_url: str, secret_key: str) -> list[str]:
     conn = await asyncpg.connect(database_url)
     try:
-        return await migrate(conn)
+        return await migrate(conn, secret_key)
     finally:
         await conn.close()
 

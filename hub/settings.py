@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from storage.secrets import TokenBox, new_token, read_or_create
+from storage.secrets import TokenBox, new_token, read_or_create, routing_log_key
 
 # name, default, meaning: the single source for `ocpi-hub --help` and the README table.
 VARIABLES: tuple[tuple[str, str, str], ...] = (
@@ -140,6 +140,13 @@ class Settings:
     @property
     def details_url(self) -> str:
         return f"{self.public_url}/ocpi/2.2.1"
+
+    @property
+    def routing_log_key(self) -> bytes:
+        """The routing log's chain key (storage.secrets.routing_log_key); after with_secrets."""
+        if self.secret_key is None:
+            raise SettingsError("no secret key: Settings.with_secrets() was not called")
+        return routing_log_key(self.secret_key)
 
     def with_secrets(self) -> Settings:
         """Fill in the admin token and secret key from the data dir, generating them on first start."""

@@ -1,15 +1,22 @@
-"""A routing-log row: its columns, what an exchange becomes in them, and the content hash that chains the rows.
+"""A routing-log row: its columns, what an exchange becomes in them, and the keyed hash that chains the rows.
 
 storage.routing_log writes rows, storage.log_verify recomputes their hashes, the auditor API reads their bodies
 back; all three take the row's form from here.
+
+A row's hash is an HMAC-SHA-256 under a key derived from OCPI_HUB_SECRET_KEY (storage.secrets.routing_log_key), so
+that someone who can write to the database but does not hold the key cannot change a row and recompute its chain.
+Chains written before keyed hashes (plain SHA-256, legacy_hash) were sealed when the hub was upgraded (migration
+0012 and storage.migrate): their last row's hash, MAC'd, so that none of their rows can change either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import operator
 import re
+import uuid
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,7 +45,10 @@ CONTENT_COLUMNS = (
     "request_body_size", "response_body", "response_body_size",
 )  # fmt: skip
 COLUMNS = (*CONTENT_COLUMNS, "prev_hash", "hash")
+# A keyed hash covers the object id too (written after the hash columns): an auditor finds rows by it.
+KEYED_CONTENT_COLUMNS = (*CONTENT_COLUMNS, "object_id")
 in_column_order = operator.itemgetter(*CONTENT_COLUMNS)  # a row's content, as a tuple in CONTENT_COLUMNS' order
+_in_keyed_order = operator.itemgetter(*KEYED_CONTENT_COLUMNS)
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # PostgreSQL text holds no NUL; UTF-8 has no lone surrogate
 # Modules whose paths name one object: receiver /{cc}/{pid}/{id}..., sender /{id}... (chargingprofiles: /{session_id})
 OBJECT_MODULES = frozenset({"cdrs", "chargingprofiles", "locations", "sessions", "tariffs", "tokens"})
@@ -125,11 +135,22 @@ _BODIES = tuple(CONTENT_COLUMNS.index(name) for name in ("request_body", "respon
 _HEADERS = tuple(CONTENT_COLUMNS.index(name) for name in ("request_headers", "response_headers"))
 
 
-def content_hash(prev_hash: bytes, values: Mapping[str, Any]) -> bytes:
-    """SHA-256 over the previous hash and the row's content in a canonical JSON form: the columns in order, the
-    time in ISO 8601, the chain id as text, each stored (compressed) body by its SHA-256 in hex, the headers as a
-    JSON object (given as one, or as the JSON text the database returns)."""
-    canonical = list(in_column_order(values))
+def row_hash(key: bytes, prev_hash: bytes, values: Mapping[str, Any]) -> bytes:
+    """HMAC-SHA-256 under key over the previous hash and the row's content (KEYED_CONTENT_COLUMNS) in the canonical
+    form of legacy_hash."""
+    return hmac.digest(key, prev_hash + _canonical.encode(_canonical_content(_in_keyed_order(values))), "sha256")
+
+
+def legacy_hash(prev_hash: bytes, values: Mapping[str, Any]) -> bytes:
+    """The hash of a row of a chain written before keyed hashes: SHA-256 over the previous hash and the row's content
+    (CONTENT_COLUMNS) in a canonical JSON form: the columns in order, the time in ISO 8601, the chain id as text, each
+    stored (compressed) body by its SHA-256 in hex, the headers as a JSON object (given as one, or as the JSON text
+    the database returns)."""
+    return hashlib.sha256(prev_hash + _canonical.encode(_canonical_content(in_column_order(values)))).digest()
+
+
+def _canonical_content(content: tuple[Any, ...]) -> list[Any]:
+    canonical = list(content)
     canonical[_RECEIVED_AT] = canonical[_RECEIVED_AT].isoformat()
     canonical[_CHAIN_ID] = str(canonical[_CHAIN_ID])
     for at in _BODIES:
@@ -138,7 +159,13 @@ def content_hash(prev_hash: bytes, values: Mapping[str, Any]) -> bytes:
     for at in _HEADERS:
         if isinstance(headers := canonical[at], str):
             canonical[at] = msgspec.json.decode(headers)
-    return hashlib.sha256(prev_hash + _canonical.encode(canonical)).digest()
+    return canonical
+
+
+def mark_mac(key: bytes, kind: bytes, chain_id: uuid.UUID, seq: int, hash_: bytes) -> bytes:
+    """The MAC of a mark a chain is checked against: b"floor" (the hash of a row retention dropped, which the next
+    row continues from) or b"sealed" (the last row of a chain written before keyed hashes)."""
+    return hmac.digest(key, kind + b"\0" + chain_id.bytes + seq.to_bytes(8, "big") + hash_, "sha256")
 
 
 def row_content(entry: LogEntry, chain_text: str, seq: int, body_cap: int) -> dict[str, Any]:

@@ -1,14 +1,20 @@
-"""Verifying the routing log: every hash chain recomputed from the database, as written by storage.routing_log."""
+"""Verifying the routing log: every hash chain recomputed from the database, as written by storage.routing_log.
+
+A chain's rows are checked with the keyed hash (storage.log_row.row_hash), or, for a chain sealed when the hub was
+upgraded to keyed hashes (storage.migrate), with the plain SHA-256 it was written with, up to its sealed last row. A
+seal or a retention floor whose MAC does not verify is reported and not used.
+"""
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from storage.log_row import COLUMNS, GENESIS, content_hash
+from storage.log_row import COLUMNS, GENESIS, legacy_hash, mark_mac, row_hash
 from storage.sql import QUERIES
 
 
@@ -33,18 +39,20 @@ def outcome(result: Verification) -> dict[str, Any]:
 
 async def verify(
     conn: asyncpg.Connection,
+    key: bytes,
     since: datetime | None = None,
     until: datetime | None = None,
     timeout: float | None = None,
 ) -> Verification:
-    """Recompute every chain from the database. In a time range, each chain's first row in range is trusted.
-    timeout bounds each statement (a fetch of the rows), where the connection's own bound would be too short.
+    """Recompute every chain from the database with the routing log's key. In a time range, each chain's first row in
+    range is trusted. timeout bounds each statement (a fetch of the rows), where the connection's own bound would be
+    too short.
 
     A chain may continue after rows dropped by retention: its row after such a gap must carry, as prev_hash, the
     hash recorded for the dropped row before it in routing_log_floor.
     """
     result = Verification()
-    columns = ", ".join(("id", *COLUMNS))
+    columns = ", ".join(("id", *COLUMNS, "object_id"))
     query = (
         f"SELECT {columns} FROM routing_log WHERE ($1::timestamptz IS NULL OR received_at >= $1)"
         " AND ($2::timestamptz IS NULL OR received_at < $2) ORDER BY chain_id, seq"
@@ -53,9 +61,10 @@ async def verify(
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         # Heads and rows come from one snapshot: a hub writing meanwhile must not look like a gap.
         heads = {r["chain_id"]: r for r in await conn.fetch(QUERIES["chain_heads"], timeout=timeout)}
-        floors = {
-            (r["chain_id"], r["seq"]): r["hash"] for r in await conn.fetch(QUERIES["chain_floors"], timeout=timeout)
-        }
+        sealed = _marks(result, key, b"sealed", await conn.fetch(QUERIES["sealed_chains"], timeout=timeout))
+        heads.update(sealed)  # an unkeyed chain ends where it was sealed, whatever its head says now
+        recorded_floors = await conn.fetch(QUERIES["chain_floors"], timeout=timeout)
+        floors = {at: floor["hash"] for at, floor in _marks(result, key, b"floor", recorded_floors).items()}
         seen: set[Any] = set()  # the chains that have rows
         async for row in conn.cursor(query, since, until, prefetch=2000, timeout=timeout):
             result.rows += 1
@@ -75,14 +84,41 @@ async def verify(
                 and (dropped_before is None or dropped_before != row["prev_hash"])
             ):
                 result.bad(row["id"], "the chain does not start at its first row: rows are missing")
-            if content_hash(row["prev_hash"], dict(row)) != row["hash"]:
-                result.bad(row["id"], "content does not match its hash: the row was changed")
+            _check_content(result, row, key, sealed.get(row["chain_id"]))
             previous = row
         if previous is not None:
             _check_head(result, previous, heads, until)
         if since is None and until is None:
             _check_heads_without_rows(result, heads, seen, floors)
     return result
+
+
+def _check_content(result: Verification, row: asyncpg.Record, key: bytes, seal: asyncpg.Record | None) -> None:
+    """The row's hash: keyed, or for a chain sealed at the upgrade to keyed hashes, as it was written up to its seal."""
+    if seal is None:
+        if row_hash(key, row["prev_hash"], row) != row["hash"]:
+            result.bad(row["id"], "content does not match its hash: the row was changed (or the hub's "
+                                  "OCPI_HUB_SECRET_KEY is not the one it was written with)")  # fmt: skip
+    elif row["seq"] > seal["last_seq"]:
+        result.bad(row["id"], f"a row after seq {seal['last_seq']}, where its chain of unkeyed hashes was sealed: "
+                              "written later, by something other than this hub")  # fmt: skip
+    elif legacy_hash(row["prev_hash"], row) != row["hash"]:
+        result.bad(row["id"], "content does not match its hash: the row was changed")
+
+
+def _marks(result: Verification, key: bytes, kind: bytes, records: list[asyncpg.Record]) -> dict[Any, Any]:
+    """The seals (by chain id) or floors (by chain id and seq) whose MAC verifies; the others are reported."""
+    good: dict[Any, Any] = {}
+    for record in records:
+        chain_id, seq, hash_ = record["chain_id"], record[1], record[2]
+        if record["mac"] is not None and hmac.compare_digest(record["mac"], mark_mac(key, kind, chain_id, seq, hash_)):
+            good[chain_id if kind == b"sealed" else (chain_id, seq)] = record
+            continue
+        result.ok = False
+        if len(result.problems) < 20:
+            what = "its seal" if kind == b"sealed" else f"the retention floor at seq {seq}"
+            result.problems.append(f"chain {chain_id}: {what} does not verify: it was not written by this hub")
+    return good
 
 
 def _check_heads_without_rows(
@@ -103,5 +139,8 @@ def _check_head(result: Verification, last: asyncpg.Record, heads: dict[Any, asy
     head = heads.get(last["chain_id"])
     if head is None:
         result.bad(last["id"], "the chain has no recorded head")
-    elif until is None and (head["last_seq"] != last["seq"] or head["last_hash"] != last["hash"]):
+    elif until is None and head["last_seq"] != last["seq"]:
         result.bad(last["id"], f"the chain's head is seq {head['last_seq']}, the last row is {last['seq']}")
+    elif until is None and head["last_hash"] != last["hash"]:
+        result.bad(last["id"], f"the chain's last row, seq {last['seq']}, is not the one its head records: rows were "
+                               "rewritten")  # fmt: skip

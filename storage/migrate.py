@@ -1,4 +1,5 @@
-"""Applies the numbered SQL files in storage/migrations once each, in order, under an advisory lock."""
+"""Applies the numbered SQL files in storage/migrations once each, in order, under an advisory lock; a file that
+needs the hub's keys has a Python half, run in the same transaction."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from importlib.resources import files
 
 import asyncpg
 import structlog
+
+from storage.log_row import mark_mac
+from storage.secrets import TokenBox, routing_log_key
 
 log = structlog.get_logger()
 
@@ -31,8 +35,46 @@ def migration_files() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Bring the schema up to date; returns the names of the files applied now."""
+class MigrationRefused(Exception):
+    """A migration that would do harm with what it was given: nothing of it is applied."""
+
+
+async def _seal_unkeyed_chains(conn: asyncpg.Connection, secret_key: str) -> None:
+    """0012's Python half: every chain written so far has unkeyed hashes (storage.log_row.legacy_hash). Its head and
+    its retention floors are MAC'd now, in the migration's transaction, so that none of its rows, and none of the
+    gaps retention left, can be changed later without the key. A chain sealed later than this would take whatever
+    someone had written into the database meanwhile, so nothing else ever seals one. Sealed under another key than
+    the hub's, they would never verify: a key that does not open the stored tokens is refused."""
+    sample = await conn.fetchval("SELECT token_b FROM platform WHERE token_b IS NOT NULL LIMIT 1")
+    try:
+        box = TokenBox(secret_key)
+        if sample is not None:
+            box.open(sample)
+    except ValueError:
+        raise MigrationRefused(
+            "OCPI_HUB_SECRET_KEY does not open the party tokens stored in this database, so it is not the key the "
+            "hub wrote them with; migration 0012 seals the routing log's chains under it. Set the hub's key and "
+            "migrate again"
+        ) from None
+    log_key = routing_log_key(secret_key)
+    heads = await conn.fetch("SELECT chain_id, last_seq, last_hash FROM routing_log_chain")
+    await conn.executemany(
+        "INSERT INTO routing_log_sealed_chain (chain_id, last_seq, last_hash, mac) VALUES ($1, $2, $3, $4)",
+        [(h["chain_id"], h["last_seq"], h["last_hash"], mark_mac(log_key, b"sealed", *h.values())) for h in heads],
+    )
+    floors = await conn.fetch("SELECT chain_id, seq, hash FROM routing_log_floor")
+    await conn.executemany(
+        "UPDATE routing_log_floor SET mac = $4 WHERE chain_id = $1 AND seq = $2 AND hash = $3",
+        [(f["chain_id"], f["seq"], f["hash"], mark_mac(log_key, b"floor", *f.values())) for f in floors],
+    )
+    log.info("routing_log_chains_sealed", chains=len(heads), floors=len(floors))
+
+
+_PYTHON_HALF = {12: _seal_unkeyed_chains}
+
+
+async def migrate(conn: asyncpg.Connection, secret_key: str) -> list[str]:
+    """Bring the schema up to date; returns the names of the files applied now. secret_key: OCPI_HUB_SECRET_KEY."""
     applied_now = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
@@ -43,6 +85,8 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
                 continue
             async with conn.transaction():
                 await conn.execute(sql)
+                if (python_half := _PYTHON_HALF.get(version)) is not None:
+                    await python_half(conn, secret_key)
                 await conn.execute("INSERT INTO schema_migration (version, name) VALUES ($1, $2)", version, name)
             log.info("migration_applied", migration=name)
             applied_now.append(name)

@@ -1,8 +1,8 @@
 """The routing log's monthly partitions: created ahead of time, and dropped whole by retention.
 
 Dropping a partition records, per chain, the hash of each dropped row whose successor stays (routing_log_floor),
-so that verify() continues every chain from its first remaining row. The default partition is never dropped: a
-row no month covered stays until an operator looks at it.
+MAC'd with the routing log's key, so that verify() continues every chain from its first remaining row. The default
+partition is never dropped: a row no month covered stays until an operator looks at it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 
+from storage.log_row import mark_mac
 from storage.sql import QUERIES
 
 log = structlog.get_logger()
@@ -58,6 +59,7 @@ async def drop_before(
     conn: asyncpg.Connection,
     cut: datetime,
     *,
+    key: bytes,
     dry_run: bool = False,
     lock_timeout_s: float = LOCK_TIMEOUT_S,
     attempts: int = LOCK_ATTEMPTS,
@@ -67,27 +69,32 @@ async def drop_before(
     Dropping a partition locks routing_log itself, and a lock request waits behind every query using the table and
     stops every write queued after it (an auditor's long export would stall the hub's group commits). So each try
     waits at most lock_timeout_s for its locks, then gives up and lets writes through; after `attempts` tries
-    RoutingLogBusy says so, and what was dropped before stays dropped.
+    RoutingLogBusy says so, and what was dropped before stays dropped. key: the routing log's, for the floors.
     """
     dropped = []
     for partition in await partitions(conn):
         if partition.upper > cut:
             break
         if not dry_run:
-            await _drop(conn, partition, lock_timeout_s, attempts)
+            await _drop(conn, partition, key, lock_timeout_s, attempts)
         log.info("routing_log_partition_dropped", partition=partition.name, dry_run=dry_run)
         dropped.append(partition)
     return dropped
 
 
-async def _drop(conn: asyncpg.Connection, partition: Partition, lock_timeout_s: float, attempts: int) -> None:
+async def _drop(
+    conn: asyncpg.Connection, partition: Partition, key: bytes, lock_timeout_s: float, attempts: int
+) -> None:
     name = '"' + partition.name.replace('"', '""') + '"'  # read from pg_class, quoted all the same
     for attempt in range(1, attempts + 1):
         try:
             async with conn.transaction():
                 await conn.execute(QUERIES["set_local_lock_timeout"], f"{round(lock_timeout_s * 1000)}ms")
                 await conn.execute(QUERIES["lock_routing_log_partitions"])
-                await conn.execute(QUERIES["record_chain_floor"].format(partition=name))
+                floors = await conn.fetch(QUERIES["chain_floors_in_partition"].format(partition=name))
+                await conn.executemany(QUERIES["record_chain_floor"], [
+                    (f["chain_id"], f["seq"], f["hash"], mark_mac(key, b"floor", *f.values())) for f in floors
+                ])  # fmt: skip
                 await conn.execute(f"DROP TABLE {name}")
             return
         except asyncpg.LockNotAvailableError:

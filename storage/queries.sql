@@ -243,7 +243,11 @@ SELECT append_routing_log($1::routing_log_entry[], $2, $3, $4, $5::relayed_locat
 SELECT chain_id, last_seq, last_hash FROM routing_log_chain;
 
 -- name: chain_floors
-SELECT chain_id, seq, hash FROM routing_log_floor;
+SELECT chain_id, seq, hash, mac FROM routing_log_floor;
+
+-- name: sealed_chains
+-- The chains of unkeyed hashes, each with its last row when it was sealed (migration 0012).
+SELECT chain_id, last_seq, last_hash, mac FROM routing_log_sealed_chain;
 
 -- name: client_infos
 -- The hub's ClientInfo list (mod_hub_client_info.asciidoc, Sender GET): every party but the caller's own, by
@@ -398,10 +402,13 @@ SELECT set_config('lock_timeout', $1, true);
 -- The lock routing_log_ensure_partitions() takes: retention and creation never run at the same time.
 SELECT pg_advisory_xact_lock(210848524);
 
--- name: record_chain_floor
+-- name: chain_floors_in_partition
 -- Before a partition {partition} is dropped: its rows whose successor in their chain is not dropped with them,
 -- whose hashes later rows continue from. {partition} is a quoted table name read from pg_class.
-INSERT INTO routing_log_floor (chain_id, seq, hash)
 SELECT d.chain_id, d.seq, d.hash FROM {partition} AS d
-WHERE NOT EXISTS (SELECT 1 FROM {partition} AS n WHERE n.chain_id = d.chain_id AND n.seq = d.seq + 1)
+WHERE NOT EXISTS (SELECT 1 FROM {partition} AS n WHERE n.chain_id = d.chain_id AND n.seq = d.seq + 1);
+
+-- name: record_chain_floor
+-- A floor of chain_floors_in_partition, with its MAC (storage.log_row.mark_mac).
+INSERT INTO routing_log_floor (chain_id, seq, hash, mac) VALUES ($1, $2, $3, $4)
 ON CONFLICT (chain_id, seq) DO NOTHING;

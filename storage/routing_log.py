@@ -2,8 +2,9 @@
 
 Strict mode (the default) answers a request only after its row is committed: `record()` waits for the batch.
 Async mode returns at once and trades that guarantee for latency. Either way one writer task per process
-takes every row waiting in its queue, chains them (prev_hash, hash) and writes them in one transaction,
-together with the chain's head, so an edited, inserted or deleted row is detectable by `storage.log_verify.verify()`.
+takes every row waiting in its queue, chains them (prev_hash, hash: keyed, storage.log_row.row_hash) and writes them
+in one transaction, together with the chain's head, so an edited, inserted or deleted row is detectable by
+`storage.log_verify.verify()`.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from storage.log_connection import LogConnection
 from storage.log_row import (
     GENESIS,
     LogEntry,
-    content_hash,
     in_column_order,
     object_id_of_entry,
     row_content,
+    row_hash,
     stored_text,
 )
 
@@ -55,6 +56,7 @@ class RoutingLogWriter:
         self,
         pool: asyncpg.Pool,
         *,
+        key: bytes,
         body_cap: int,
         strict: bool = True,
         commit_timeout_s: float = 30.0,
@@ -67,6 +69,7 @@ class RoutingLogWriter:
         self._max_batch_rows = max_batch_rows
         self._max_queued_rows = max_queued_rows
         self._connection = LogConnection(pool, write_timeout_s)
+        self._key = key  # the chain's (storage.secrets.routing_log_key)
         self._body_cap = body_cap
         self.strict = strict
         self._commit_timeout_s = commit_timeout_s
@@ -91,6 +94,8 @@ class RoutingLogWriter:
         them first, in their own chain, as they were chained."""
         if self._spool_dir is not None:
             await log_spool.write_spooled(self._spool_dir, self._connection.append)
+        # in the hub's own log, apart from the database: a chain deleted whole with its head is still known to have been
+        log.info("routing_log_chain_started", chain_id=self._chain_text)
         self._task = asyncio.create_task(self._run(), name="routing_log_writer")
         try:
             yield self
@@ -229,11 +234,12 @@ class RoutingLogWriter:
     def _chained(self, entry: LogEntry) -> tuple[Any, ...]:
         seq = self._seq + 1  # the chain moves on only once the row is complete
         values = row_content(entry, self._chain_text, seq, self._body_cap)
-        row_hash = content_hash(self._last_hash, values)
         if (object_id := object_id_of_entry(entry)) is not None:
             object_id = stored_text(object_id).upper()  # a CiString: searched upper-cased (storage.log_search)
-        prev_hash, self._seq, self._last_hash = self._last_hash, seq, row_hash
-        return (*in_column_order(values), prev_hash, row_hash, object_id)
+        values["object_id"] = object_id
+        hashed = row_hash(self._key, self._last_hash, values)
+        prev_hash, self._seq, self._last_hash = self._last_hash, seq, hashed
+        return (*in_column_order(values), prev_hash, hashed, object_id)
 
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
         """The whole batch in one call (append_routing_log, migration 0008), so one round trip and one commit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import secrets
 from collections.abc import Callable
@@ -18,6 +19,12 @@ def new_token() -> str:
 
 def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def routing_log_key(secret_key: str) -> bytes:
+    """The key of the routing log's hash chains (storage.log_row.row_hash), derived from OCPI_HUB_SECRET_KEY: every
+    hub process sharing a database has it, and nothing else needs it."""
+    return hmac.digest(secret_key.encode("utf-8"), b"ocpi-hub routing log chain", "sha256")
 
 
 def read_or_create(path: Path, make: Callable[[], str]) -> str:

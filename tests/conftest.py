@@ -28,6 +28,7 @@ import httpx
 import pytest
 import redis
 
+from storage.secrets import routing_log_key
 from tests.parties import Party, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,6 +140,10 @@ class Hub:
         return self.process.returncode
 
 
+SECRET_KEY = "zQ0m3yq0kTqfX7b1x8mKpU0m4HnJ0u2yR3Xc6cYHq2Y="  # every test hub's OCPI_HUB_SECRET_KEY
+LOG_KEY = routing_log_key(SECRET_KEY)  # so the rows tests write themselves verify at a test hub too
+
+
 def hub_env(services: Services, data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")}
     env.update(
@@ -147,7 +152,7 @@ def hub_env(services: Services, data_dir: Path, **extra: str) -> dict[str, str]:
         OCPI_HUB_REDIS_PREFIX=services.redis_prefix,
         OCPI_HUB_DATA_DIR=str(data_dir),
         OCPI_HUB_ADMIN_TOKEN=secrets.token_urlsafe(16),
-        OCPI_HUB_SECRET_KEY="zQ0m3yq0kTqfX7b1x8mKpU0m4HnJ0u2yR3Xc6cYHq2Y=",
+        OCPI_HUB_SECRET_KEY=SECRET_KEY,
         OCPI_HUB_COUNTRY_CODE="NL",
         OCPI_HUB_PARTY_ID="HUB",
         OCPI_HUB_FORWARD_TIMEOUT_S="2",

@@ -13,6 +13,7 @@ import redis.asyncio as redis
 from storage.directory import announce_change
 from storage.location_cache import LocationCache
 from storage.migrate import migrate
+from tests.conftest import SECRET_KEY
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Storage:
 @contextlib.asynccontextmanager
 async def hub_storage(database_url: str, redis_url: str, decode_responses: bool = False) -> AsyncIterator[Storage]:
     conn = await asyncpg.connect(database_url)
-    await migrate(conn)
+    await migrate(conn, SECRET_KEY)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     client = redis.Redis.from_url(redis_url, decode_responses=decode_responses)
     try:

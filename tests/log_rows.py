@@ -14,6 +14,7 @@ from storage.log_row import LogEntry, body_of
 from storage.log_verify import verify
 from storage.migrate import migrate
 from storage.routing_log import RoutingLogWriter
+from tests.conftest import LOG_KEY, SECRET_KEY
 
 MODULES = ("locations", "sessions", "tokens", "cdrs", "commands", "tariffs")
 METHODS = ("GET", "PUT", "PATCH", "POST", "DELETE")
@@ -71,10 +72,10 @@ def write(database_url: str, entries: Sequence[LogEntry], body_cap: int = 4096) 
 
     async def run() -> RoutingLogWriter:
         conn = await asyncpg.connect(database_url)
-        await migrate(conn)
+        await migrate(conn, SECRET_KEY)
         await conn.close()
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-        writer = RoutingLogWriter(pool, body_cap=body_cap)
+        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=body_cap)
         async with writer.running():
             # queued in the order given (gather starts them in order), so the chain follows that order
             await asyncio.gather(*(writer.record(entry) for entry in entries))
@@ -116,7 +117,7 @@ def verified(database_url: str, tamper: str | None = None):  # type: ignore[no-u
         try:
             if tamper:
                 await conn.execute(tamper)
-            return await verify(conn)
+            return await verify(conn, LOG_KEY)
         finally:
             await conn.close()
 

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import asyncpg
 
-from storage.log_row import COLUMNS, CONTENT_COLUMNS, GENESIS, LogEntry, content_hash
+from storage.log_row import COLUMNS, CONTENT_COLUMNS, GENESIS, LogEntry, legacy_hash
 from storage.migrate import migration_files
 from storage.partitions import RoutingLogBusy, drop_before
 from storage.routing_log import RoutingLogWriter
-from tests.conftest import ROOT, Services, hub_env
+from storage.secrets import TokenBox
+from tests.conftest import LOG_KEY, ROOT, SECRET_KEY, Services, hub_env
 from tests.log_rows import sql, varied_entries, verified, write
 
 
@@ -74,33 +75,42 @@ def _old_rows(count: int) -> list[tuple]:
             "http_status": 200, "ocpi_status_code": 1000, "duration_ms": 2.5, "request_body_size": 0,
             "response_body_size": 0, "from_country_code": "NL", "from_party_id": "ABC",
         }  # fmt: skip
-        digest = content_hash(prev, values)
+        digest = legacy_hash(prev, values)
         rows.append((*(values[c] for c in CONTENT_COLUMNS), prev, digest))
         prev = digest
     return rows
 
 
-def test_migrating_an_unpartitioned_log_keeps_every_row_its_id_and_its_chain(empty_database: str) -> None:
-    async def before_partitioning() -> None:
-        conn = await asyncpg.connect(empty_database)
+_INSERT_ROW = (
+    f"INSERT INTO routing_log ({', '.join(COLUMNS)}) VALUES ({', '.join(f'${n + 1}' for n in range(len(COLUMNS)))})"
+)
+
+
+def _written_by_an_earlier_release(database_url: str, schema_version: int, rows: list[tuple]) -> None:
+    """The database as a release with the migrations up to schema_version left it, holding one chain of rows."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(database_url)
         try:
             await conn.execute("CREATE TABLE schema_migration (version integer PRIMARY KEY, name text NOT NULL,"
                                " applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
             for version, name, text in migration_files():
-                if version <= 3:
+                if version <= schema_version:
                     await conn.execute(text)
                     await conn.execute("INSERT INTO schema_migration (version, name) VALUES ($1, $2)", version, name)
-            rows = _old_rows(30)
-            placeholders = ", ".join(f"${n + 1}" for n in range(len(COLUMNS)))
-            await conn.executemany(f"INSERT INTO routing_log ({', '.join(COLUMNS)}) VALUES ({placeholders})", rows)
+            await conn.executemany(_INSERT_ROW, rows)
             await conn.execute(
                 "INSERT INTO routing_log_chain (chain_id, last_seq, last_hash) VALUES ($1, $2, $3)",
-                rows[-1][1], 30, rows[-1][-1],
+                rows[-1][1], len(rows), rows[-1][-1],
             )  # fmt: skip
         finally:
             await conn.close()
 
-    asyncio.run(before_partitioning())
+    asyncio.run(run())
+
+
+def test_migrating_an_unpartitioned_log_keeps_every_row_its_id_and_its_chain(empty_database: str) -> None:
+    _written_by_an_earlier_release(empty_database, 3, _old_rows(30))
     ids_before = [tuple(r) for r in sql(empty_database, "SELECT id, request_id, hash FROM routing_log ORDER BY id")]
     write(empty_database, [LogEntry(received_at=datetime.now(UTC), request_id="new-0", correlation_id="new",
                                     module="tokens", method="GET", path="/ocpi/2.2.1/receiver/tokens/NL/ABC/T1",
@@ -113,6 +123,59 @@ def test_migrating_an_unpartitioned_log_keeps_every_row_its_id_and_its_chain(emp
     assert {r["part"] for r in after[:30]} == {"routing_log_2025m01", "routing_log_2025m02"}
     result = verified(empty_database)
     assert (result.ok, result.rows) == (True, 31), result.problems
+
+
+def test_a_chain_of_unkeyed_hashes_is_sealed_at_the_upgrade_so_its_rows_cannot_be_rewritten_either(
+    empty_database: str,
+) -> None:
+    # Rows from before keyed hashes verify as they were written, up to their chain's last row when the hub was
+    # upgraded; a row added after it, or an edit with the plain SHA-256 chain recomputed after it, no longer passes.
+    rows = _old_rows(9)
+    _written_by_an_earlier_release(empty_database, 11, rows[:8])
+    write(empty_database, [])  # the upgrade: 0012 seals the chain
+    assert verified(empty_database).ok
+    [sealed] = sql(empty_database, "SELECT chain_id, last_seq, last_hash FROM routing_log_sealed_chain")
+    assert tuple(sealed) == (rows[0][1], 8, rows[7][-1])
+
+    sql(empty_database, _INSERT_ROW, *rows[8])  # as the earlier release would have chained it
+    sql(empty_database, "UPDATE routing_log_chain SET last_seq = 9, last_hash = $1", rows[8][-1])
+    added = verified(empty_database)
+    assert added.ok is False and "a row after seq 8, where its chain of unkeyed hashes was sealed" in added.problems[0]
+    sql(empty_database, "DELETE FROM routing_log WHERE seq = 9")
+    sql(empty_database, "UPDATE routing_log_chain SET last_seq = 8, last_hash = $1", rows[7][-1])
+    assert verified(empty_database).ok
+
+    stored = sql(empty_database, f"SELECT id, {', '.join(COLUMNS)} FROM routing_log ORDER BY seq")
+    prev = stored[3]["prev_hash"]
+    for row in stored[3:]:  # seq 4 says 500, and every hash from there on is recomputed, the head's too
+        values = dict(row) | ({"http_status": 500} if row["seq"] == 4 else {})
+        digest = legacy_hash(prev, values)
+        sql(empty_database, "UPDATE routing_log SET http_status = $2, prev_hash = $3, hash = $4 WHERE id = $1",
+            row["id"], values["http_status"], prev, digest)  # fmt: skip
+        prev = digest
+    sql(empty_database, "UPDATE routing_log_chain SET last_hash = $1", prev)
+    rewritten = verified(empty_database)
+    assert rewritten.ok is False and "rows were rewritten" in rewritten.problems[0], rewritten.problems
+
+
+def test_the_upgrade_to_keyed_hashes_refuses_a_secret_key_that_does_not_open_the_stored_tokens(
+    services: Services, empty_database: str, tmp_path: Path
+) -> None:
+    # Sealed under another key than the hub's, the chains of before could never verify again.
+    _written_by_an_earlier_release(empty_database, 11, _old_rows(3))
+    sql(empty_database, "INSERT INTO platform (name, token_b) VALUES ('a CPO', $1)", TokenBox(SECRET_KEY).seal("b"))
+
+    def migrate_with(secret_key: str) -> subprocess.CompletedProcess[str]:
+        env = hub_env(services, tmp_path, OCPI_HUB_DATABASE_URL=empty_database, OCPI_HUB_SECRET_KEY=secret_key)
+        return subprocess.run([sys.executable, "-m", "hub.cli", "migrate"], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+
+    refused = migrate_with(TokenBox.generate_key())
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert "OCPI_HUB_SECRET_KEY does not open the party tokens stored in this database" in refused.stderr
+    assert sql(empty_database, "SELECT to_regclass('routing_log_sealed_chain') IS NULL AS absent")[0]["absent"]
+    assert migrate_with(SECRET_KEY).returncode == 0
+    assert verified(empty_database).ok and len(sql(empty_database, "SELECT * FROM routing_log_sealed_chain")) == 1
 
 
 def test_retention_drops_whole_old_months_and_the_chain_verifies_from_the_first_remaining_row(
@@ -202,21 +265,22 @@ def test_retention_gives_way_to_the_hubs_writes_while_a_long_query_holds_the_log
     async def run() -> tuple[float, Exception | None, list[str]]:
         export, other = await asyncpg.connect(empty_database), await asyncpg.connect(empty_database)
         pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
-        writer = RoutingLogWriter(pool, body_cap=1024)
+        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024)
         try:
             async with writer.running():
                 await asyncio.gather(*(writer.record(entry) for entry in old_rows))
                 async with export.transaction():
                     await export.fetch("SELECT count(*) FROM routing_log")  # holds the table until it ends
                     cut = datetime.now(UTC) - timedelta(days=400)
-                    dropping = asyncio.create_task(drop_before(other, cut, lock_timeout_s=0.3, attempts=2))
+                    dropping = asyncio.create_task(drop_before(other, cut, key=LOG_KEY, lock_timeout_s=0.3, attempts=2))
                     await asyncio.sleep(0.1)  # the DROP is waiting for its lock
                     started = time.monotonic()
                     await writer.record(varied_entries(datetime.now(UTC), 1, [("QR", "AAA")], "now")[0])
                     waited = time.monotonic() - started
                     busy = await asyncio.gather(dropping, return_exceptions=True)
                     await asyncio.sleep(3)  # the export goes on a while after retention gave up
-                dropped = await drop_before(other, cut, lock_timeout_s=0.3, attempts=2)  # the export is over
+                # the export is over
+                dropped = await drop_before(other, cut, key=LOG_KEY, lock_timeout_s=0.3, attempts=2)
             return waited, busy[0], [p.name for p in dropped]
         finally:
             await pool.close()

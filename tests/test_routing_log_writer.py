@@ -15,6 +15,7 @@ import structlog
 
 from storage.log_row import LogEntry
 from storage.routing_log import LogUnavailable, RoutingLogWriter
+from tests.conftest import LOG_KEY
 from tests.log_rows import numbered_entry, numbered_log, sql, verified
 
 
@@ -33,7 +34,8 @@ def test_the_writer_reconnects_when_its_connection_is_killed_and_loses_no_row(em
     async def run() -> RoutingLogWriter:
         pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=3)
         admin = await asyncpg.connect(empty_database)
-        writer = RoutingLogWriter(pool, body_cap=1024, commit_timeout_s=5)  # a stuck writer fails the test in 5 s
+        # a stuck writer fails the test in 5 s
+        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, commit_timeout_s=5)
         async with writer.running():
             for n in range(1, 41):
                 await writer.record(numbered_entry(n))
@@ -108,7 +110,7 @@ def test_a_write_the_server_runs_after_it_was_given_up_and_retried_is_not_writte
     async def run() -> None:
         proxy = _CuttingProxy(empty_database)
         pool = await asyncpg.create_pool(await proxy.start(), min_size=1, max_size=2)
-        writer = RoutingLogWriter(pool, body_cap=1024, commit_timeout_s=10, write_timeout_s=1)
+        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, commit_timeout_s=10, write_timeout_s=1)
         try:
             async with writer.running():
                 await writer.record(numbered_entry(1))
@@ -139,7 +141,7 @@ def test_a_write_the_database_never_answers_is_given_up_and_its_rows_are_written
     async def run() -> tuple[list[float], RoutingLogWriter]:
         proxy = _CuttingProxy(empty_database)
         pool = await asyncpg.create_pool(await proxy.start(), min_size=1, max_size=2)
-        writer = RoutingLogWriter(pool, body_cap=1024, commit_timeout_s=10, write_timeout_s=1)
+        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, commit_timeout_s=10, write_timeout_s=1)
         took = []
         try:
             async with writer.running():
@@ -172,7 +174,8 @@ def test_rows_not_committed_when_the_writer_closes_are_spooled_and_written_once_
     async def stop_while_answers_are_lost() -> list[object]:
         proxy = _CuttingProxy(empty_database)
         pool = await asyncpg.create_pool(await proxy.start(), min_size=1, max_size=2)
-        writer = RoutingLogWriter(pool, body_cap=1024, write_timeout_s=30, spool_dir=spool, drain_timeout_s=1)
+        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, write_timeout_s=30, spool_dir=spool,
+                                  drain_timeout_s=1)  # fmt: skip
         try:
             async with writer.running():
                 await writer.record(numbered_entry(1))
@@ -188,7 +191,7 @@ def test_rows_not_committed_when_the_writer_closes_are_spooled_and_written_once_
 
     async def start_again() -> RoutingLogWriter:
         pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
-        writer = RoutingLogWriter(pool, body_cap=1024, spool_dir=spool)
+        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, spool_dir=spool)
         async with writer.running():
             await writer.record(numbered_entry(4))
         await pool.close()
@@ -213,7 +216,7 @@ def test_a_writer_that_cannot_spool_its_rows_still_closes_and_says_how_many_were
         pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
         blocker = await asyncpg.connect(empty_database)
         spool = tmp_path / "file" / "spool"  # under a file: mkdir fails, as on a full or read-only disk
-        writer = RoutingLogWriter(pool, body_cap=1024, strict=False, spool_dir=spool, drain_timeout_s=0.5)
+        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, strict=False, spool_dir=spool, drain_timeout_s=0.5)
         try:
             async with blocker.transaction():
                 await blocker.execute("LOCK TABLE routing_log_chain IN EXCLUSIVE MODE")  # commits stall
@@ -238,7 +241,7 @@ def test_callers_queued_behind_a_batch_that_cannot_commit_are_told_in_time_too(e
     async def run() -> tuple[list[object], list[float]]:
         pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
         blocker = await asyncpg.connect(empty_database)
-        writer = RoutingLogWriter(pool, body_cap=1024, commit_timeout_s=1, write_timeout_s=30)
+        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, commit_timeout_s=1, write_timeout_s=30)
 
         async def call(n: int) -> tuple[object, float]:
             started = time.monotonic()
@@ -274,7 +277,7 @@ def test_async_mode_holds_callers_back_once_the_writer_falls_behind_and_loses_no
     async def run() -> tuple[int, RoutingLogWriter]:
         pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
         blocker = await asyncpg.connect(empty_database)
-        writer = RoutingLogWriter(pool, body_cap=1024, strict=False, max_queued_rows=5, max_batch_rows=3)
+        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, strict=False, max_queued_rows=5, max_batch_rows=3)
         try:
             async with writer.running():
                 async with blocker.transaction():
@@ -301,7 +304,7 @@ def _recorded(database_url: str, together: list[LogEntry], then: LogEntry | None
 
     async def run() -> list[object]:
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-        writer = RoutingLogWriter(pool, body_cap=1024)
+        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024)
         async with writer.running():
             outcomes = await asyncio.gather(*(writer.record(entry) for entry in together), return_exceptions=True)
             if then is not None:

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from storage.migrate import migrate, migration_files, pending
-from tests.conftest import OUTPUT, ROOT, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
+from tests.conftest import OUTPUT, ROOT, SECRET_KEY, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
 from tests.parties import token_header
 from tests.test_routing import _roles, party_key, push_location
 
@@ -170,11 +170,11 @@ def test_migrations_apply_in_order_once_and_concurrently(empty_database: str) ->
         connections = [await asyncpg.connect(empty_database) for _ in range(3)]
         try:
             assert await pending(connections[0]) == [name for _, name, _ in migration_files()]
-            results = await asyncio.gather(*(migrate(conn) for conn in connections))
+            results = await asyncio.gather(*(migrate(conn, SECRET_KEY) for conn in connections))
             applied = [name for result in results for name in result]
             assert sorted(applied) == sorted(name for _, name, _ in migration_files())  # each applied exactly once
             assert await pending(connections[0]) == []
-            assert await migrate(connections[0]) == []
+            assert await migrate(connections[0], SECRET_KEY) == []
             tables = {
                 r["tablename"]
                 for r in await connections[0].fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")

@@ -161,7 +161,8 @@ async def verify_routing_log(request: Request) -> Response[bytes]:
     async with request.app.state.pool.acquire() as conn:
         given = {k: v for k, v in params.items() if v}
         try:
-            result = await verify(conn, since, until, AUDIT_QUERY_TIMEOUT_S)
+            key = request.app.state.settings.routing_log_key
+            result = await verify(conn, key, since, until, AUDIT_QUERY_TIMEOUT_S)
         except Exception as exc:  # the attempt is in the trail all the same
             with contextlib.suppress(Exception):
                 await record_action(conn, actor_of(request), "verify", given | {"error": type(exc).__name__})

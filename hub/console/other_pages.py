@@ -111,7 +111,8 @@ async def verify_page(request: Request, since: str | None = None, until: str | N
     async with request.app.state.pool.acquire() as conn:
         given = {k: v for k, v in (("since", since), ("until", until)) if v}
         await record_action(conn, actor(request), "verify", given | {"via": "console"})
-        context["result"] = await verify(conn, start, end, AUDIT_QUERY_TIMEOUT_S)
+        key = request.app.state.settings.routing_log_key
+        context["result"] = await verify(conn, key, start, end, AUDIT_QUERY_TIMEOUT_S)
     context["checked_at"] = datetime.now(UTC)
     return Template("verify.html", context=context)
 

@@ -71,17 +71,35 @@ class _Identified(msgspec.Struct):
     id: str
 
 
-_identified = msgspec.json.Decoder(_Identified)
+class _CommandObjects(msgspec.Struct):
+    location_id: str | None = None
+    session_id: str | None = None
+    reservation_id: str | None = None
+
+
+_identified, _command_objects = msgspec.json.Decoder(_Identified), msgspec.json.Decoder(_CommandObjects)
+# What a command acts on (mod_commands.asciidoc, its request objects): a STOP_SESSION's session, a reservation, the
+# location a session is started or a connector unlocked at.
+_COMMAND_OBJECT = {"START_SESSION": "location_id", "UNLOCK_CONNECTOR": "location_id", "STOP_SESSION": "session_id",
+                   "RESERVE_NOW": "reservation_id", "CANCEL_RESERVATION": "reservation_id"}  # fmt: skip
 
 
 def object_id_of_entry(entry: LogEntry) -> str | None:
-    """object_id_of its path; for a CDR pushed to a receiver (POST, no id in the path, mod_cdrs.asciidoc) the id in
-    its body, so that "did the CPO ever send us this CDR?" is one index lookup."""
+    """The id a row is found by: the one the hub knows of it (a command's result: its command's), else object_id_of
+    its path; from the body where the path names none: a CDR pushed to a receiver (POST, mod_cdrs.asciidoc), so that
+    "did the CPO ever send us this CDR?" is one index lookup, and a command, by what it acts on."""
+    if entry.object_id is not None:
+        return entry.object_id
     if "://" in entry.path:  # a message of the hub's own, logged with the party's URL, shaped as the party likes
         return None
-    if entry.module == "cdrs" and entry.method == "POST" and entry.interface == "receiver" and entry.request_body:
+    if entry.method == "POST" and entry.interface == "receiver" and entry.request_body:
         try:
-            return _identified.decode(entry.request_body).id[:255]
+            if entry.module == "cdrs":
+                return _identified.decode(entry.request_body).id[:255]
+            command = entry.path.rstrip("/").rpartition("/")[2].upper()
+            if entry.module == "commands" and (field := _COMMAND_OBJECT.get(command)):
+                found = getattr(_command_objects.decode(entry.request_body), field)
+                return found[:255] if found else None
         except (msgspec.DecodeError, RecursionError):  # the row is written all the same, without an object id
             return None
     return object_id_of(entry.module, entry.interface or _interface_in(entry.path, entry.module), entry.path)
@@ -125,6 +143,7 @@ class LogEntry:
     response_body: bytes = b""
     # (key, url) of a CDR Location the hub rewrote; stored in relayed_location in the same transaction
     relayed_location: tuple[str, str] | None = None
+    object_id: str | None = None  # where the hub knows it and object_id_of_entry could not tell it (a result's)
     waiter: asyncio.Future[None] | None = field(default=None, repr=False)
     waiting_since: float = field(default=0.0, repr=False)  # the event loop's time when the caller began to wait
 

@@ -29,6 +29,7 @@ class Relayed(msgspec.Struct, frozen=True):
     caller_party: tuple[str, str]  # OCPI-from of the relayed call
     target_party: tuple[str, str]  # OCPI-to of the relayed call
     correlation_id: str
+    object_id: str | None = None  # the routing-log object id of the request that handed the URL out
 
 
 _encoder = msgspec.json.Encoder()

@@ -103,6 +103,38 @@ def test_command_result_is_relayed_to_the_original_response_url_via_another_hub_
     assert stranger.status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "acts_on"),
+    [
+        ("receiver/commands/STOP_SESSION", {"session_id": "{id}"}, "session"),
+        ("receiver/commands/RESERVE_NOW", {"reservation_id": "{id}", "location_id": "L1"}, "reservation"),
+        ("receiver/chargingprofiles/{id}", {"charging_profile": {"charging_rate_unit": "W"}}, "session"),
+    ],
+    ids=["stop-session", "reserve-now", "charging-profile"],
+)
+def test_a_request_and_its_asynchronous_result_are_found_by_what_it_acts_on_whatever_correlation_id_the_result_has(
+    hub: Hub, connect_party, path: str, body: dict, acts_on: str
+) -> None:
+    # An auditor with a disputed session or reservation finds the command about it, and its result: a CPO that posts
+    # the result with an X-Correlation-ID of its own puts it in another conversation.
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    object_id = f"{acts_on}-{secrets.token_hex(4)}"
+    module = path.split("/")[1]
+    callback = f"{emsp.base}/ocpi/2.2.1/{module}/sender/{object_id}"
+    body = json.loads(json.dumps(body).replace("{id}", object_id)) | {"response_url": callback}
+    sent = emsp.call(hub.base, "PUT" if "chargingprofiles" in path else "POST", path.replace("{id}", object_id),
+                     to=party_key(cpo), body=body, headers={"X-Request-ID": f"{object_id}-request"})  # fmt: skip
+    assert sent.json()["status_code"] == 1000, sent.text
+    [forwarded] = cpo.functional()
+    result = httpx.post(json.loads(forwarded.body)["response_url"], json={"result": "ACCEPTED"},
+                        headers=token_header(cpo.hub_token) | {"X-Request-ID": f"{object_id}-result",
+                                                               "X-Correlation-ID": "the-cpo-s-own"})  # fmt: skip
+    assert result.json()["status_code"] == 1000, result.text
+    with hub.admin() as admin:
+        found = admin.get("/admin/api/routing-log", params={"object_id": object_id}).json()["items"]
+    assert sorted(item["request_id"] for item in found) == [f"{object_id}-request", f"{object_id}-result"]
+
+
 DAY_S = 24 * 3600
 
 

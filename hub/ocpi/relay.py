@@ -44,7 +44,7 @@ from routing.request import Incoming, PartyKey, endpoint_url, parse
 from routing.rewrite import callback_ttl_s, response_url_of, with_response_url
 from routing.shapes import check_shape
 from storage.directory import PartyRole, Platform
-from storage.log_row import LogEntry
+from storage.log_row import LogEntry, object_id_of_entry
 from storage.routing_log import LogUnavailable
 from storage.routing_state import Relayed
 
@@ -212,7 +212,8 @@ class Relay:
             key = await self.routing.remember("results", Relayed(
                 url=callback_url, module=incoming.module, interface="sender", caller_platform_id=delivery.platform.id,
                 target_platform_id=caller.id, caller_party=delivery.to.key, target_party=route.sender.key,
-                correlation_id=entry.correlation_id), callback_ttl_s(incoming))  # fmt: skip
+                correlation_id=entry.correlation_id, object_id=object_id_of_entry(entry)),
+                callback_ttl_s(incoming))  # fmt: skip
             body, query = with_response_url(incoming, callback_url, f"{self.settings.public_url}{RESULTS}{key}")
         answer = await self.call_party(exchange, delivery, route.sender, incoming.method,
                                        endpoint_url(delivery.url, incoming.suffix), query, body)  # fmt: skip

@@ -29,6 +29,8 @@ COMMANDS_HELP = """commands:
   retention drop routing-log partitions older than a period, and what the hub keeps beside them (delivered
             ClientInfo changes, relayed CDR URLs): ocpi-hub retention --keep 400d [--dry-run]
   verify    recompute the routing log's hash chains, no HTTP time limit: ocpi-hub verify [--since T] [--until T]
+            [--heads FILE]
+  heads     print every hash chain's head, to keep outside the database: ocpi-hub heads > heads.json
 """
 
 
@@ -94,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--since", metavar="TIME", help="only rows received at or after TIME (ISO 8601)")
     verify.add_argument("--until", metavar="TIME", help="only rows received before TIME (ISO 8601)")
+    verify.add_argument("--heads", metavar="FILE", help="heads ocpi-hub heads printed earlier: each row still there")
+    commands.add_parser("heads", help="print every hash chain's head, to keep outside the database for verify --heads")
     connect = commands.add_parser("connect", help="register the hub at a party (the hub must be running)")
     connect.add_argument("--versions-url", required=True, help="the party's versions URL")
     connect.add_argument("--token-a", required=True, help="the token A the party gave the hub operator")

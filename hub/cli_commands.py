@@ -8,6 +8,7 @@ import getpass
 import os
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -227,20 +228,38 @@ async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
     for cron and alerting: the same JSON on stdout, exit code 1 when the log does not verify."""
     from hub.admin.actors import record_action
     from storage.log_search import BadFilter, parse_time
-    from storage.log_verify import outcome, verify
+    from storage.log_verify import Heads, outcome, verify
 
-    given = {name: value for name in ("since", "until") if (value := getattr(args, name))}
+    given: dict[str, Any] = {name: value for name in ("since", "until") if (value := getattr(args, name))}
     try:
         times = {name: parse_time(f"--{name}", value) for name, value in given.items()}
+        saved = msgspec.json.decode(Path(args.heads).read_bytes(), type=Heads) if args.heads else None
     except BadFilter as exc:
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 2
+    except (OSError, msgspec.DecodeError, RecursionError) as exc:
+        print(f"ocpi-hub: --heads {args.heads}: not heads as ocpi-hub heads prints them: {exc}", file=sys.stderr)
+        return 2
+    if saved is not None:
+        given |= {"heads_taken_at": saved.taken_at.isoformat(), "heads": len(saved.chains)}
     async with pool.acquire() as conn:
-        result = await verify(conn, settings.routing_log_key, times.get("since"), times.get("until"))
+        result = await verify(conn, settings.routing_log_key, times.get("since"), times.get("until"), saved=saved)
         await record_action(conn, _operator("verify"), "verify", given | outcome(result))
     print(msgspec.json.format(msgspec.json.encode(result)).decode())
     return 0 if result.ok else 1
 
 
+async def _heads(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
+    """GET /admin/api/routing-log/heads: kept outside the database, a later verify --heads shows rows deleted since."""
+    from hub.admin.actors import record_action
+    from storage.log_verify import current_heads
+
+    async with pool.acquire() as conn:
+        heads = await current_heads(conn)
+        await record_action(conn, _operator("heads"), "heads", {"chains": len(heads.chains)})
+    print(msgspec.json.format(msgspec.json.encode(heads)).decode())
+    return 0
+
+
 COMMANDS: dict[str, Command] = {"invite": _invite, "connect": _connect, "sync": _sync, "auditor": _auditor,
-                                "retention": _retention, "verify": _verify}  # fmt: skip
+                                "retention": _retention, "verify": _verify, "heads": _heads}  # fmt: skip

@@ -3,16 +3,21 @@
 A chain's rows are checked with the keyed hash (storage.log_row.row_hash), or, for a chain sealed when the hub was
 upgraded to keyed hashes (storage.migrate), with the plain SHA-256 it was written with, up to its sealed last row. A
 seal or a retention floor whose MAC does not verify is reported and not used.
+
+What no key shows is a chain's newest rows deleted together with its head, or a whole chain with its head: the heads
+(current_heads), kept outside the database, show that later (verify's saved).
 """
 
 from __future__ import annotations
 
 import hmac
+import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import asyncpg
+import msgspec
 
 from storage.log_row import COLUMNS, GENESIS, legacy_hash, mark_mac, row_hash
 from storage.sql import QUERIES
@@ -24,12 +29,35 @@ class Verification:
     rows: int = 0
     first_bad_id: int | None = None
     problems: list[str] = field(default_factory=list)
+    heads_checked: int | None = None  # of the heads saved earlier, when given
 
     def bad(self, row_id: int, problem: str) -> None:
-        self.ok = False
         self.first_bad_id = row_id if self.first_bad_id is None else min(self.first_bad_id, row_id)
+        self.wrong(f"row {row_id}: {problem}")
+
+    def wrong(self, problem: str) -> None:
+        self.ok = False
         if len(self.problems) < 20:
-            self.problems.append(f"row {row_id}: {problem}")
+            self.problems.append(problem)
+
+
+class ChainHead(msgspec.Struct, frozen=True):
+    chain_id: uuid.UUID
+    last_seq: int
+    last_hash: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]  # hex, as the auditor API shows hashes
+
+
+class Heads(msgspec.Struct):
+    """Every chain's head at a time. Kept outside the database (GET /admin/api/routing-log/heads, ocpi-hub heads),
+    given to a later verify, they show rows deleted from the end of a chain, or a whole chain, since."""
+
+    taken_at: datetime
+    chains: list[ChainHead]
+
+
+async def current_heads(conn: asyncpg.Connection) -> Heads:
+    rows = await conn.fetch(QUERIES["chain_heads"])
+    return Heads(datetime.now(UTC), [ChainHead(r["chain_id"], r["last_seq"], r["last_hash"].hex()) for r in rows])
 
 
 def outcome(result: Verification) -> dict[str, Any]:
@@ -43,13 +71,15 @@ async def verify(
     since: datetime | None = None,
     until: datetime | None = None,
     timeout: float | None = None,
+    saved: Heads | None = None,
 ) -> Verification:
     """Recompute every chain from the database with the routing log's key. In a time range, each chain's first row in
     range is trusted. timeout bounds each statement (a fetch of the rows), where the connection's own bound would be
     too short.
 
     A chain may continue after rows dropped by retention: its row after such a gap must carry, as prev_hash, the
-    hash recorded for the dropped row before it in routing_log_floor.
+    hash recorded for the dropped row before it in routing_log_floor. saved: heads taken earlier, each of whose rows
+    must still be there as it was, unless retention dropped it.
     """
     result = Verification()
     columns = ", ".join(("id", *COLUMNS, "object_id"))
@@ -90,7 +120,35 @@ async def verify(
             _check_head(result, previous, heads, until)
         if since is None and until is None:
             _check_heads_without_rows(result, heads, seen, floors)
+        if saved is not None:
+            await _check_saved_heads(conn, result, saved, floors, timeout)
     return result
+
+
+async def _check_saved_heads(
+    conn: asyncpg.Connection,
+    result: Verification,
+    saved: Heads,
+    floors: dict[tuple[Any, int], bytes],
+    timeout: float | None,
+) -> None:
+    """Each saved head's row is still there with its hash, or retention dropped it: a floor holds it, or one further
+    on in its chain (retention drops rows in the order their chain was written, give or take a month)."""
+    chains, seqs = [h.chain_id for h in saved.chains], [h.last_seq for h in saved.chains]
+    found = {(r["chain_id"], r["seq"]): r for r in await conn.fetch(QUERIES["rows_at"], chains, seqs, timeout=timeout)}
+    dropped_up_to: dict[Any, int] = {}
+    for chain_id, seq in floors:
+        dropped_up_to[chain_id] = max(seq, dropped_up_to.get(chain_id, 0))
+    taken = saved.taken_at.isoformat()
+    for head in saved.chains:
+        row = found.get((head.chain_id, head.last_seq))
+        if row is not None and row["hash"].hex() != head.last_hash:
+            result.bad(row["id"], f"seq {head.last_seq} of chain {head.chain_id} is not the row it was at {taken}: "
+                                  "the chain was rewritten")  # fmt: skip
+        elif row is None and dropped_up_to.get(head.chain_id, 0) < head.last_seq:
+            result.wrong(f"chain {head.chain_id}: its row seq {head.last_seq}, the chain's last at {taken}, is gone "
+                         "and retention did not drop it: rows were deleted")  # fmt: skip
+    result.heads_checked = len(saved.chains)
 
 
 def _check_content(result: Verification, row: asyncpg.Record, key: bytes, seal: asyncpg.Record | None) -> None:
@@ -114,10 +172,8 @@ def _marks(result: Verification, key: bytes, kind: bytes, records: list[asyncpg.
         if record["mac"] is not None and hmac.compare_digest(record["mac"], mark_mac(key, kind, chain_id, seq, hash_)):
             good[chain_id if kind == b"sealed" else (chain_id, seq)] = record
             continue
-        result.ok = False
-        if len(result.problems) < 20:
-            what = "its seal" if kind == b"sealed" else f"the retention floor at seq {seq}"
-            result.problems.append(f"chain {chain_id}: {what} does not verify: it was not written by this hub")
+        what = "its seal" if kind == b"sealed" else f"the retention floor at seq {seq}"
+        result.wrong(f"chain {chain_id}: {what} does not verify: it was not written by this hub")
     return good
 
 
@@ -129,10 +185,8 @@ def _check_heads_without_rows(
     for chain_id, head in heads.items():
         dropped_whole = floors.get((chain_id, head["last_seq"])) == head["last_hash"]
         if chain_id not in seen and head["last_seq"] > 0 and not dropped_whole:
-            result.ok = False
-            if len(result.problems) < 20:
-                result.problems.append(f"chain {chain_id}: its head is seq {head['last_seq']}, and none of its rows "
-                                       "is left: rows are missing")  # fmt: skip
+            result.wrong(f"chain {chain_id}: its head is seq {head['last_seq']}, and none of its rows is left: rows "
+                         "are missing")  # fmt: skip
 
 
 def _check_head(result: Verification, last: asyncpg.Record, heads: dict[Any, asyncpg.Record], until: Any) -> None:

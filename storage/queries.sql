@@ -245,6 +245,11 @@ SELECT chain_id, last_seq, last_hash FROM routing_log_chain;
 -- name: chain_floors
 SELECT chain_id, seq, hash, mac FROM routing_log_floor;
 
+-- name: rows_at
+-- The rows at (chain_id, seq) pairs given as two arrays: the heads an auditor saved, checked by verify.
+SELECT r.id, r.chain_id, r.seq, r.hash FROM routing_log AS r
+JOIN unnest($1::uuid[], $2::bigint[]) AS saved (chain_id, seq) ON r.chain_id = saved.chain_id AND r.seq = saved.seq;
+
 -- name: sealed_chains
 -- The chains of unkeyed hashes, each with its last row when it was sealed (migration 0012).
 SELECT chain_id, last_seq, last_hash, mac FROM routing_log_sealed_chain;

@@ -6,10 +6,12 @@ import getpass
 import json
 import subprocess
 import sys
+import uuid
 
 import httpx
 
-from tests.conftest import ROOT, Hub
+from tests.conftest import ROOT, Hub, Services
+from tests.log_rows import numbered_entry, write
 
 
 def _cli(hub: Hub, *args: str) -> subprocess.CompletedProcess[str]:
@@ -87,3 +89,19 @@ def test_every_auditor_and_admin_action_on_the_log_is_recorded_with_who_did_it(h
     # who may read the log is in the trail too, with the operator's OS user
     added = [t for t in trail if t["action"] == "add_auditor" and t["parameters"]["name"] == "tracer"]
     assert [t["actor_name"] for t in added] == [f"ocpi-hub auditor ({getpass.getuser()})"]
+
+
+def test_an_auditor_keeps_the_heads_and_posts_them_to_verify_later(hub: Hub, services: Services) -> None:
+    write(services.database_url, [numbered_entry(1)])  # a chain at least, whatever ran before
+    with _auditor(hub, "keeper") as auditor:
+        heads = auditor.get("/admin/api/routing-log/heads").json()
+        assert heads["chains"] and all(len(c["last_hash"]) == 64 for c in heads["chains"])
+        checked = auditor.post("/admin/api/routing-log/verify", json=heads)
+        assert checked.status_code == 200 and checked.json()["heads_checked"] == len(heads["chains"]), checked.text
+        made_up = str(uuid.uuid4())
+        heads["chains"].append({"chain_id": made_up, "last_seq": 7, "last_hash": "ab" * 32})
+        gone = auditor.post("/admin/api/routing-log/verify", json=heads).json()
+        assert gone["ok"] is False and f"chain {made_up}: its row seq 7" in " ".join(gone["problems"])
+        for body, said in ((b"[]", "the body is not heads"), (b'{"taken_at": "x", "chains": []}', "taken_at")):
+            wrong = auditor.post("/admin/api/routing-log/verify", content=body)
+            assert wrong.status_code == 400 and said in wrong.json()["error"], wrong.text

@@ -237,6 +237,17 @@ def test_traffic_charts_and_chain_verification(page: Page, demo: RunningDemo) ->
     page.click("#verify-run")
     assert "Chain intact" in page.inner_text("#verify-result")
     shot(page, "verify")
+    # the heads, downloaded now and pasted in later, are checked too
+    with page.expect_download() as download:
+        page.click("#heads-download")
+    saved = Path(download.value.path() or "").read_text()
+    chains = len(json.loads(saved)["chains"])
+    page.fill("#v-heads", saved)
+    page.click("#verify-heads")
+    assert f"Every row up to the {chains} saved head" in page.inner_text("#verify-result")
+    page.fill("#v-heads", '{"chains": "no"}')
+    page.click("#verify-heads")
+    assert "These are not heads as the download gives them" in page.inner_text("[role=alert]")
 
 
 def test_what_the_auditor_viewed_in_the_console_is_in_the_audit_trail(page: Page, demo: RunningDemo) -> None:

@@ -242,7 +242,8 @@ def test_ocpi_hub_verify_checks_the_chains_from_the_command_line_and_fails_on_a_
 
     good = verify_command()
     assert good.returncode == 0, good.stderr
-    assert json.loads(good.stdout) | {"problems": []} == {"ok": True, "rows": 5, "first_bad_id": None, "problems": []}
+    assert json.loads(good.stdout) | {"problems": []} == {"ok": True, "rows": 5, "first_bad_id": None, "problems": [],
+                                                          "heads_checked": None}  # fmt: skip
     assert json.loads(verify_command("--since", "2000-01-01T00:00:00Z").stdout)["rows"] == 5
 
     changed = sql(empty_database, "UPDATE routing_log SET http_status = 500 WHERE seq = 3 RETURNING id")[0]["id"]
@@ -256,3 +257,44 @@ def test_ocpi_hub_verify_checks_the_chains_from_the_command_line_and_fails_on_a_
     trail = sql(empty_database, "SELECT actor_kind, actor_name, action, parameters FROM audit_trail ORDER BY id")
     assert [tuple(row)[:3] for row in trail] == [("admin", f"ocpi-hub verify ({getpass.getuser()})", "verify")] * 3
     assert json.loads(trail[-1]["parameters"]) == {"ok": False, "rows": 5, "first_bad_id": changed}  # its outcome
+
+
+def test_heads_kept_outside_the_database_show_a_chains_newest_rows_or_a_whole_chain_deleted_since(
+    services: Services, empty_database: str, tmp_path: Path
+) -> None:
+    # What no key shows: rows deleted from the end of a chain with its head moved back, or a chain with its head.
+    truncated, deleted = numbered_log(empty_database, 5).chain_id, numbered_log(empty_database, 3).chain_id
+    env = hub_env(services, tmp_path, OCPI_HUB_DATABASE_URL=empty_database)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hub.cli", *args], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+
+    heads = tmp_path / "heads.json"
+    heads.write_text(cli("heads").stdout)
+    saved = {c["chain_id"]: c for c in json.loads(heads.read_text())["chains"]}
+    assert {chain_id: c["last_seq"] for chain_id, c in saved.items()} == {str(truncated): 5, str(deleted): 3}
+    assert json.loads(cli("verify", "--heads", str(heads)).stdout) | {"problems": []} == {
+        "ok": True, "rows": 8, "first_bad_id": None, "problems": [], "heads_checked": 2}  # fmt: skip
+
+    sql(empty_database, "DELETE FROM routing_log WHERE chain_id = $1 AND seq > 3", truncated)
+    sql(empty_database, "UPDATE routing_log_chain SET last_seq = 3, last_hash = (SELECT hash FROM routing_log WHERE "
+                        "chain_id = $1 AND seq = 3) WHERE chain_id = $1", truncated)  # fmt: skip
+    sql(empty_database, "DELETE FROM routing_log WHERE chain_id = $1", deleted)
+    sql(empty_database, "DELETE FROM routing_log_chain WHERE chain_id = $1", deleted)
+    assert cli("verify").returncode == 0  # the chains left are whole
+    checked = cli("verify", "--heads", str(heads))
+    assert checked.returncode == 1
+    problems = json.loads(checked.stdout)["problems"]
+    assert [p.split(":")[0] for p in problems] == [f"chain {truncated}", f"chain {deleted}"]
+    assert all("is gone and retention did not drop it: rows were deleted" in p for p in problems)
+
+    # Retention dropping a chain whole leaves a floor at its last row: that head is accounted for.
+    last_hash = bytes.fromhex(saved[str(deleted)]["last_hash"])
+    sql(empty_database, "INSERT INTO routing_log_floor (chain_id, seq, hash, mac) VALUES ($1, 3, $2, $3)", deleted,
+        last_hash, mark_mac(LOG_KEY, b"floor", deleted, 3, last_hash))  # fmt: skip
+    assert [p.split(":")[0] for p in json.loads(cli("verify", "--heads", str(heads)).stdout)["problems"]] == [
+        f"chain {truncated}"]  # fmt: skip
+    heads.write_text("{}")
+    wrong = cli("verify", "--heads", str(heads))
+    assert wrong.returncode == 2 and "not heads as ocpi-hub heads prints them" in wrong.stderr

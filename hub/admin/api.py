@@ -147,6 +147,7 @@ def admin_router() -> Router:
         audit_trail,
         routing_log,
         routing_log_conversation,
+        routing_log_heads,
         routing_log_message,
         verify_routing_log,
     )
@@ -165,6 +166,7 @@ def admin_router() -> Router:
             routing_log_message,
             routing_log_conversation,
             export_routing_log,
+            routing_log_heads,
             verify_routing_log,
             stats,
             audit_trail,

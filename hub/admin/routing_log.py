@@ -8,7 +8,7 @@ from urllib.parse import unquote
 
 import asyncpg
 import msgspec
-from litestar import Request, Response, get
+from litestar import Request, Response, get, route
 
 from hub.admin.actors import READ_ONLY, actor_of, record_action
 from hub.admin.api import AdminError, json_response
@@ -25,7 +25,7 @@ from storage.log_search import (
     parse_filters,
     parse_time,
 )
-from storage.log_verify import outcome, verify
+from storage.log_verify import Heads, current_heads, outcome, verify
 from storage.sql import QUERIES
 
 MAX_LIMIT = 500
@@ -147,9 +147,19 @@ async def load_conversation(conn: asyncpg.Connection, correlation_id: str) -> tu
     return [dict(row) for row in rows[:MAX_CONVERSATION]], len(rows) > MAX_CONVERSATION
 
 
-@get("/routing-log/verify", opt={READ_ONLY: True})
+@get("/routing-log/heads", opt={READ_ONLY: True})
+async def routing_log_heads(request: Request) -> Response[bytes]:
+    """Every chain's head now, for the auditor to keep outside the database and POST to verify later."""
+    async with request.app.state.pool.acquire() as conn:
+        heads = await current_heads(conn)
+        await record_action(conn, actor_of(request), "heads", {"chains": len(heads.chains)})
+    return json_response(heads)
+
+
+@route("/routing-log/verify", http_method=["GET", "POST"], opt={READ_ONLY: True})
 async def verify_routing_log(request: Request) -> Response[bytes]:
-    """Recompute the hash chains, all of them or the rows of [since, until)."""
+    """Recompute the hash chains, all of them or the rows of [since, until); a POST's body: heads taken earlier
+    (GET /routing-log/heads), each of whose rows must still be there."""
     params = query_params(request)
     try:
         if unknown := sorted(set(params) - {"since", "until"}):
@@ -158,17 +168,27 @@ async def verify_routing_log(request: Request) -> Response[bytes]:
         until = parse_time("until", params["until"]) if params.get("until") else None
     except BadFilter as exc:
         raise AdminError(400, str(exc)) from None
+    saved = await _saved_heads(request) if request.method == "POST" else None
     async with request.app.state.pool.acquire() as conn:
-        given = {k: v for k, v in params.items() if v}
+        given: dict[str, Any] = {k: v for k, v in params.items() if v}
+        if saved is not None:
+            given |= {"heads_taken_at": saved.taken_at.isoformat(), "heads": len(saved.chains)}
         try:
             key = request.app.state.settings.routing_log_key
-            result = await verify(conn, key, since, until, AUDIT_QUERY_TIMEOUT_S)
+            result = await verify(conn, key, since, until, AUDIT_QUERY_TIMEOUT_S, saved)
         except Exception as exc:  # the attempt is in the trail all the same
             with contextlib.suppress(Exception):
                 await record_action(conn, actor_of(request), "verify", given | {"error": type(exc).__name__})
             raise
         await record_action(conn, actor_of(request), "verify", given | outcome(result))
-    return json_response(result)  # {"ok", "rows", "first_bad_id", "problems"}
+    return json_response(result)  # {"ok", "rows", "first_bad_id", "problems", "heads_checked"}
+
+
+async def _saved_heads(request: Request) -> Heads:
+    try:
+        return msgspec.json.decode(await request.body(), type=Heads)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise AdminError(400, f"the body is not heads as GET /admin/api/routing-log/heads gives them: {exc}") from None
 
 
 @get("/audit-trail")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, get, post
+from litestar import Request, Response, get, post
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException
 from litestar.params import Body
@@ -22,7 +22,7 @@ from hub.console.auth import actor, require_admin
 from hub.console.charts import Bucket, bar_chart, buckets_between
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S
 from storage.log_search import BadFilter, is_row_id, parse_time
-from storage.log_verify import verify
+from storage.log_verify import Heads, current_heads, verify
 from storage.sql import QUERIES
 
 AUDIT_PAGE = 100
@@ -98,23 +98,52 @@ async def stats_page(request: Request, bucket: str = "hour", party: str | None =
 @get("/console/verify")
 async def verify_page(request: Request, since: str | None = None, until: str | None = None,
                       run: bool = False) -> Template:  # fmt: skip
-    context: dict[str, Any] = {"page": "verify", "actor": actor(request), "since": since or "", "until": until or "",
-                               "result": None, "error": None}  # fmt: skip
+    return await _verified(request, since or "", until or "", "", run)
+
+
+@post("/console/verify", status_code=200)
+async def verify_with_heads(
+    request: Request, data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+) -> Template:
+    """The same, with heads saved earlier (a download of /console/heads) pasted in: each of their rows still there."""
+    return await _verified(request, data.get("since", ""), data.get("until", ""), data.get("heads", "").strip(), True)
+
+
+async def _verified(request: Request, since: str, until: str, heads: str, run: bool) -> Template:
+    context: dict[str, Any] = {"page": "verify", "actor": actor(request), "since": since, "until": until,
+                               "heads": heads, "result": None, "error": None}  # fmt: skip
     if not run:
         return Template("verify.html", context=context)
     try:
         start = parse_time("since", since) if since else None
         end = parse_time("until", until) if until else None
+        saved = msgspec.json.decode(heads, type=Heads) if heads else None
     except BadFilter as exc:
         context["error"] = str(exc)
         return Template("verify.html", context=context, status_code=400)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        context["error"] = f"These are not heads as the download gives them: {exc}"
+        return Template("verify.html", context=context, status_code=400)
     async with request.app.state.pool.acquire() as conn:
-        given = {k: v for k, v in (("since", since), ("until", until)) if v}
+        given: dict[str, Any] = {k: v for k, v in (("since", since), ("until", until)) if v}
+        if saved is not None:
+            given |= {"heads_taken_at": saved.taken_at.isoformat(), "heads": len(saved.chains)}
         await record_action(conn, actor(request), "verify", given | {"via": "console"})
         key = request.app.state.settings.routing_log_key
-        context["result"] = await verify(conn, key, start, end, AUDIT_QUERY_TIMEOUT_S)
+        context["result"] = await verify(conn, key, start, end, AUDIT_QUERY_TIMEOUT_S, saved)
     context["checked_at"] = datetime.now(UTC)
     return Template("verify.html", context=context)
+
+
+@get("/console/heads")
+async def heads_download(request: Request) -> Response[bytes]:
+    """Every chain's head now, as a file to keep outside the database and paste into the verify page later."""
+    async with request.app.state.pool.acquire() as conn:
+        heads = await current_heads(conn)
+        await record_action(conn, actor(request), "heads", {"chains": len(heads.chains), "via": "console"})
+    name = f"ocpi-hub-heads-{heads.taken_at:%Y-%m-%dT%H%M%SZ}.json"
+    return Response(msgspec.json.format(msgspec.json.encode(heads)), media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})  # fmt: skip
 
 
 @get("/console/audit")

@@ -11,6 +11,7 @@ import structlog
 
 from storage.log_row import mark_mac
 from storage.secrets import TokenBox, routing_log_key
+from storage.sql import QUERIES
 
 log = structlog.get_logger()
 
@@ -59,7 +60,7 @@ async def _seal_unkeyed_chains(conn: asyncpg.Connection, secret_key: str) -> Non
     log_key = routing_log_key(secret_key)
     heads = await conn.fetch("SELECT chain_id, last_seq, last_hash FROM routing_log_chain")
     await conn.executemany(
-        "INSERT INTO routing_log_sealed_chain (chain_id, last_seq, last_hash, mac) VALUES ($1, $2, $3, $4)",
+        QUERIES["seal_chain"],
         [(h["chain_id"], h["last_seq"], h["last_hash"], mark_mac(log_key, b"sealed", *h.values())) for h in heads],
     )
     floors = await conn.fetch("SELECT chain_id, seq, hash FROM routing_log_floor")

@@ -250,6 +250,14 @@ SELECT chain_id, seq, hash, mac FROM routing_log_floor;
 SELECT r.id, r.chain_id, r.seq, r.hash FROM routing_log AS r
 JOIN unnest($1::uuid[], $2::bigint[]) AS saved (chain_id, seq) ON r.chain_id = saved.chain_id AND r.seq = saved.seq;
 
+-- name: seal_chain
+-- A chain of unkeyed hashes sealed at its last row (storage.migrate, and a spooled chain storage.routing_log writes
+-- later, which moves an earlier seal on).
+INSERT INTO routing_log_sealed_chain (chain_id, last_seq, last_hash, mac) VALUES ($1, $2, $3, $4)
+ON CONFLICT (chain_id) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash, mac = excluded.mac,
+    sealed_at = now()
+WHERE routing_log_sealed_chain.last_seq < excluded.last_seq;
+
 -- name: sealed_chains
 -- The chains of unkeyed hashes, each with its last row when it was sealed (migration 0012).
 SELECT chain_id, last_seq, last_hash, mac FROM routing_log_sealed_chain;

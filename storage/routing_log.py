@@ -29,11 +29,13 @@ from storage.log_row import (
     GENESIS,
     LogEntry,
     in_column_order,
+    mark_mac,
     object_id_of_entry,
     row_content,
     row_hash,
     stored_text,
 )
+from storage.sql import QUERIES
 
 log = structlog.get_logger()
 
@@ -68,6 +70,7 @@ class RoutingLogWriter:
     ):
         self._max_batch_rows = max_batch_rows
         self._max_queued_rows = max_queued_rows
+        self._pool = pool  # for the seal of a spooled chain of unkeyed hashes, once
         self._connection = LogConnection(pool, write_timeout_s)
         self._key = key  # the chain's (storage.secrets.routing_log_key)
         self._body_cap = body_cap
@@ -93,7 +96,7 @@ class RoutingLogWriter:
         take them within drain_timeout_s (away, frozen), kept in spool_dir: the next writer to open there writes
         them first, in their own chain, as they were chained."""
         if self._spool_dir is not None:
-            await log_spool.write_spooled(self._spool_dir, self._connection.append)
+            await log_spool.write_spooled(self._spool_dir, self._connection.append, self._seal)
         # in the hub's own log, apart from the database: a chain deleted whole with its head is still known to have been
         log.info("routing_log_chain_started", chain_id=self._chain_text)
         self._task = asyncio.create_task(self._run(), name="routing_log_writer")
@@ -246,6 +249,14 @@ class RoutingLogWriter:
         whatever the batch size: the rows as one array of routing_log_entry records (migration 0006), the locations
         as one of relayed_location_entry."""
         await self._connection.append(self.chain_id, records, _locations(batch))
+
+    async def _seal(self, chain_id: uuid.UUID, last_seq: int, last_hash: bytes) -> None:
+        """A chain of unkeyed hashes spooled by a hub before keyed hashes, written now: sealed where it ends (as
+        migration 0012 sealed the chains in the database), so that it verifies as it was chained."""
+        mac = mark_mac(self._key, b"sealed", chain_id, last_seq, last_hash)
+        async with self._pool.acquire() as conn:
+            await conn.execute(QUERIES["seal_chain"], chain_id, last_seq, last_hash, mac)
+        log.warning("routing_log_spooled_chain_sealed", chain_id=str(chain_id), last_seq=last_seq)
 
     def _spool_unwritten(self) -> int:
         """At close: the rows not committed (the batch in flight, as it was chained, then the queued ones, chained

@@ -13,8 +13,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import msgspec
 
 from storage.log_row import COLUMNS, CONTENT_COLUMNS, GENESIS, LogEntry, legacy_hash
+from storage.log_spool import SPOOL_SUFFIX
 from storage.migrate import migration_files
 from storage.partitions import RoutingLogBusy, drop_before
 from storage.routing_log import RoutingLogWriter
@@ -156,6 +158,34 @@ def test_a_chain_of_unkeyed_hashes_is_sealed_at_the_upgrade_so_its_rows_cannot_b
     sql(empty_database, "UPDATE routing_log_chain SET last_hash = $1", prev)
     rewritten = verified(empty_database)
     assert rewritten.ok is False and "rows were rewritten" in rewritten.problems[0], rewritten.problems
+
+
+def test_rows_a_hub_before_keyed_hashes_spooled_are_written_after_the_upgrade_and_their_chain_sealed_on(
+    empty_database: str, tmp_path: Path
+) -> None:
+    # The database was away when that hub stopped: rows 4 and 5 of its chain waited in its spool, hashed as it chained
+    # them, while the upgrade sealed the chain at row 3.
+    rows = _old_rows(5)
+    _written_by_an_earlier_release(empty_database, 11, rows[:3])
+    write(empty_database, [])  # the upgrade
+    chain_id = rows[0][1]
+    spooled = {"chain_id": str(chain_id), "parts": [{"records": [(*row, None) for row in rows[3:]], "locations": []}]}
+    (tmp_path / f"{chain_id}{SPOOL_SUFFIX}").write_bytes(msgspec.msgpack.encode(spooled))
+
+    async def start_with_the_spool() -> None:
+        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
+        try:
+            async with RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, spool_dir=tmp_path).running():
+                pass
+        finally:
+            await pool.close()
+
+    asyncio.run(start_with_the_spool())
+    assert not list(tmp_path.iterdir())  # written
+    assert [r["seq"] for r in sql(empty_database, "SELECT seq FROM routing_log ORDER BY seq")] == [1, 2, 3, 4, 5]
+    assert tuple(sql(empty_database, "SELECT last_seq, last_hash FROM routing_log_sealed_chain")[0]) == (5, rows[4][-1])
+    result = verified(empty_database)
+    assert result.ok, result.problems
 
 
 def test_the_upgrade_to_keyed_hashes_refuses_a_secret_key_that_does_not_open_the_stored_tokens(

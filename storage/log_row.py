@@ -45,8 +45,8 @@ CONTENT_COLUMNS = (
     "request_body_size", "response_body", "response_body_size",
 )  # fmt: skip
 COLUMNS = (*CONTENT_COLUMNS, "prev_hash", "hash")
-# A keyed hash covers the object id too (written after the hash columns): an auditor finds rows by it.
-KEYED_CONTENT_COLUMNS = (*CONTENT_COLUMNS, "object_id")
+# A keyed hash covers the object id and the listed ids too (written after the hash columns): auditors find rows by them.
+KEYED_CONTENT_COLUMNS = (*CONTENT_COLUMNS, "object_id", "listed_ids")
 in_column_order = operator.itemgetter(*CONTENT_COLUMNS)  # a row's content, as a tuple in CONTENT_COLUMNS' order
 _in_keyed_order = operator.itemgetter(*KEYED_CONTENT_COLUMNS)
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # PostgreSQL text holds no NUL; UTF-8 has no lone surrogate
@@ -103,6 +103,32 @@ def object_id_of_entry(entry: LogEntry) -> str | None:
         except (msgspec.DecodeError, RecursionError):  # the row is written all the same, without an object id
             return None
     return object_id_of(entry.module, entry.interface or _interface_in(entry.path, entry.module), entry.path)
+
+
+class _ListedObject(msgspec.Struct):
+    id: str | None = None
+    uid: str | None = None  # a Token's
+
+
+class _ListAnswer(msgspec.Struct):
+    data: list[_ListedObject]
+
+
+_list_answer = msgspec.json.Decoder(_ListAnswer)
+LISTED_MODULES = frozenset({"cdrs", "sessions", "tokens", "tariffs"})  # the ids a dispute is about (not locations)
+MAX_LISTED_IDS = 1000
+
+
+def listed_ids_of_entry(entry: LogEntry) -> list[str] | None:
+    """The ids of the objects a Sender's list answer names (a GET of cdrs, sessions, tokens or tariffs with an array
+    as its data), at most MAX_LISTED_IDS; None for any other row."""
+    if entry.module not in LISTED_MODULES or entry.method != "GET" or not 200 <= entry.http_status < 300:
+        return None
+    try:
+        listed = _list_answer.decode(entry.response_body).data
+    except (msgspec.DecodeError, RecursionError):  # a single object, an error, not JSON: nothing listed
+        return None
+    return [(found.id or found.uid or "")[:255] for found in listed[:MAX_LISTED_IDS] if found.id or found.uid]
 
 
 def _interface_in(path: str, module: str) -> str | None:

@@ -53,12 +53,13 @@ async def write_spooled(spool_dir: Path, append: Append, seal: Seal) -> None:
         try:
             spooled = _decoder.decode(claimed.read_bytes())
             chain_id, written = uuid.UUID(spooled["chain_id"]), 0
-            records = []
+            records, keyed = [], spooled.get("keyed", False)
             for part in spooled["parts"]:
-                records = [tuple(record) for record in part["records"]]
+                # a record of before keyed hashes ends at object_id; listed_ids came with them
+                records = [tuple(record) if keyed else (*record, None) for record in part["records"]]
                 if await append(chain_id, records, [tuple(loc) for loc in part["locations"]]):
                     written += len(records)
-            if not spooled.get("keyed") and records:
+            if not keyed and records:
                 await seal(chain_id, records[-1][_SEQ], records[-1][_HASH])
         except Exception as exc:  # the database away again, or a damaged file: kept for the next start
             claimed.rename(path)

@@ -82,7 +82,7 @@ async def verify(
     must still be there as it was, unless retention dropped it.
     """
     result = Verification()
-    columns = ", ".join(("id", *COLUMNS, "object_id"))
+    columns = ", ".join(("id", *COLUMNS, "object_id", "listed_ids"))
     query = (
         f"SELECT {columns} FROM routing_log WHERE ($1::timestamptz IS NULL OR received_at >= $1)"
         " AND ($2::timestamptz IS NULL OR received_at < $2) ORDER BY chain_id, seq"

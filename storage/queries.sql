@@ -236,7 +236,7 @@ SELECT * FROM relayed_location WHERE key = $1;
 
 -- name: append_routing_log
 -- One batch of the group commit in one call (migration 0008): false, and nothing written, when the chain's head
--- shows the batch in already. Each row is a routing_log_entry (storage.routing_log.COLUMNS + object_id).
+-- shows the batch in already. Each row is a routing_log_entry (storage.routing_log.COLUMNS, object_id, listed_ids).
 SELECT append_routing_log($1::routing_log_entry[], $2, $3, $4, $5::relayed_location_entry[]);
 
 -- name: chain_heads

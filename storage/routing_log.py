@@ -29,6 +29,7 @@ from storage.log_row import (
     GENESIS,
     LogEntry,
     in_column_order,
+    listed_ids_of_entry,
     mark_mac,
     object_id_of_entry,
     row_content,
@@ -239,10 +240,12 @@ class RoutingLogWriter:
         values = row_content(entry, self._chain_text, seq, self._body_cap)
         if (object_id := object_id_of_entry(entry)) is not None:
             object_id = stored_text(object_id).upper()  # a CiString: searched upper-cased (storage.log_search)
-        values["object_id"] = object_id
+        if (listed_ids := listed_ids_of_entry(entry)) is not None:
+            listed_ids = [stored_text(found).upper() for found in listed_ids]  # CiStrings, as object_id
+        values["object_id"], values["listed_ids"] = object_id, listed_ids
         hashed = row_hash(self._key, self._last_hash, values)
         prev_hash, self._seq, self._last_hash = self._last_hash, seq, hashed
-        return (*in_column_order(values), prev_hash, hashed, object_id)
+        return (*in_column_order(values), prev_hash, hashed, object_id, listed_ids)
 
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
         """The whole batch in one call (append_routing_log, migration 0008), so one round trip and one commit

@@ -24,6 +24,7 @@ from storage.log_row import LogEntry, object_id_of, object_id_of_entry
 from tests.conftest import Hub, Services, unique_party_id
 from tests.log_rows import object_of, varied_entries, write
 from tests.test_credentials_rotation import console_page
+from tests.test_routing import party_key
 
 # A window of its own, long before any row the session's other tests write, so each search here sees only its rows.
 WINDOW = datetime(2001, 3, 10, 12, 0, tzinfo=UTC)
@@ -429,3 +430,23 @@ def test_a_search_that_runs_too_long_is_stopped_and_answers_503_with_what_to_do(
 
     error = asyncio.run(run())
     assert error.status == 503 and "took longer than 0.2 s: narrow it with since/until" in error.message
+
+
+def test_the_cdrs_and_tokens_a_list_answer_named_are_found_by_their_ids(hub: Hub, connect_party) -> None:
+    # "Did the eMSP ever get CDR X?": pulled in a list, it is in the answer of a GET, not in a path.
+    tag = uuid.uuid4().hex[:6]
+    cdrs = [{"id": f"cdr-{tag}-{n}", "last_updated": "2026-12-01T00:00:00Z"} for n in range(3)]
+    tokens = [{"uid": f"tok-{tag}", "last_updated": "2026-12-01T00:00:00Z"}]
+    cpo = connect_party(("CPO", "NL", unique_party_id()), objects={"cdrs": cdrs})
+    emsp = connect_party(("EMSP", "NL", unique_party_id()), objects={"tokens": tokens})
+    pulls = [(emsp, "sender/cdrs", cpo, f"{tag}-cdrs"), (cpo, "sender/tokens", emsp, f"{tag}-tokens")]
+    for caller, path, sender, request_id in pulls:
+        answer = caller.call(hub.base, "GET", path, to=party_key(sender), headers={"X-Request-ID": request_id})
+        assert answer.json()["status_code"] == 1000, answer.text
+    with hub.admin() as admin:
+        for listed, request_id in ((f"CDR-{tag}-1", f"{tag}-cdrs"), (f"tok-{tag}", f"{tag}-tokens")):
+            found = admin.get("/admin/api/routing-log", params={"listed_id": listed}).json()["items"]
+            assert [item["request_id"] for item in found] == [request_id], (listed, found)
+        [row] = admin.get("/admin/api/routing-log", params={"request_id": f"{tag}-cdrs"}).json()["items"]
+        message = admin.get(f"/admin/api/routing-log/{row['id']}").json()
+        assert message["listed_ids"] == [c["id"].upper() for c in cdrs]

@@ -139,11 +139,11 @@ def test_the_hash_of_a_row_is_the_one_its_chain_was_written_with() -> None:
     assert legacy_hash(bytes(32), row).hex() == expected
     assert legacy_hash(bytes(32), row | {"request_headers": {"x-request-id": "req-1"}}).hex() == expected
     assert legacy_hash(bytes(32), row | {"seq": 8}).hex() != expected
-    row["object_id"] = "LOC1"
-    keyed = "e0eea5c9592f496a3842a362f47d062a78c1185f47c57dfce8199cdde718e31f"
+    row["object_id"], row["listed_ids"] = "LOC1", None
+    keyed = "015417b45da786d204173ed34a6c4e909d60c365e3cb159a7a4a84e2df9710bb"
     assert row_hash(b"k" * 32, bytes(32), row).hex() == keyed
     assert row_hash(b"k" * 32, bytes(32), row | {"request_headers": {"x-request-id": "req-1"}}).hex() == keyed
-    for other in ({"seq": 8}, {"object_id": "LOC2"}):
+    for other in ({"seq": 8}, {"object_id": "LOC2"}, {"listed_ids": ["CDR1"]}):
         assert row_hash(b"k" * 32, bytes(32), row | other).hex() != keyed
     assert row_hash(b"j" * 32, bytes(32), row).hex() != keyed
 
@@ -201,7 +201,7 @@ def test_someone_who_can_write_to_the_database_cannot_rewrite_a_chain_without_th
     empty_database: str, rehash: Callable[[bytes, dict[str, Any]], bytes]
 ) -> None:
     numbered_log(empty_database, 6)
-    rows = sql(empty_database, f"SELECT id, {', '.join(COLUMNS)}, object_id FROM routing_log ORDER BY seq")
+    rows = sql(empty_database, f"SELECT id, {', '.join(COLUMNS)}, object_id, listed_ids FROM routing_log ORDER BY seq")
     edits = {3: {"http_status": 500}, 4: {"object_id": "L999"}}  # by seq: an outcome, what an auditor searches by
     prev = rows[0]["hash"]
     for row in rows[1:]:  # each hash from seq 2 on recomputed, and the head

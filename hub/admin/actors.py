@@ -62,7 +62,7 @@ async def actor_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> 
         raise Unauthorized("admin API: send 'Authorization: Bearer <admin token or auditor token>'")
     if actor.kind == AUDITOR and not handler.opt.get(READ_ONLY):
         raise PermissionDeniedException(
-            detail=f"auditor {actor.name!r} may only read the routing log, parties, stats and verify;"
+            detail=f"auditor {actor.name!r} may only read the routing log, parties, stats, the heads and verify;"
             f" {connection.scope.get('method')} {connection.scope['path']} needs the admin token"
         )
     connection.scope["state"]["actor"] = actor

@@ -24,7 +24,8 @@ MODULES = ("cdrs", "chargingprofiles", "commands", "credentials", "hubclientinfo
 FIELDS = (
     ("party", "Party (either side)", "NL-ECO"), ("from_party", "From", "NL-ECO"), ("to_party", "To", "DE-MFX"),
     ("module", "Module", ""), ("method", "Method", ""), ("routing", "Routing", ""),
-    ("object_id", "Object id", "location, session, CDR or token id"), ("platform", "Platform id", "either side"),
+    ("object_id", "Object id", "location, session, CDR or token id"),
+    ("listed_id", "Listed id", "a CDR, session or token a list named"), ("platform", "Platform id", "either side"),
     ("http_status", "HTTP status", "404"), ("ocpi_status", "OCPI status", "2004"),
     ("request_id", "Request id", "X-Request-ID"), ("correlation_id", "Correlation id", "X-Correlation-ID"),
     ("since", "Since (UTC)", "2026-01-31T12:00"), ("until", "Until (UTC)", "2026-02-01T00:00"),

@@ -28,9 +28,10 @@ LIST_COLUMNS = (
     "from_party_id", "to_country_code", "to_party_id", "caller_platform_id", "receiver_platform_id", "module",
     "interface", "method", "path", "query", "routing",
     "http_status", "ocpi_status_code", "duration_ms", "error", "object_id", "request_body_size",
-    "response_body_size", "chain_id", "seq",
+    "response_body_size", "chain_id", "seq", "hash",
 )  # fmt: skip
-_SELECT = ", ".join(LIST_COLUMNS)
+# the hash in hex, as the message view shows it: an export keeps it, and a row showing another one later was changed
+_SELECT = ", ".join("encode(hash, 'hex') AS hash" if name == "hash" else name for name in LIST_COLUMNS)
 ORDER_NEWEST = "ORDER BY received_at DESC, id DESC"
 ORDER_OLDEST = "ORDER BY received_at, id"
 

@@ -389,7 +389,8 @@ SELECT * FROM routing_log WHERE id = $1;
 SELECT id, received_at, request_id, forwarded_request_id, correlation_id, from_country_code, from_party_id,
        to_country_code, to_party_id, caller_platform_id, receiver_platform_id, module, interface, method, path,
        query, routing, http_status,
-       ocpi_status_code, duration_ms, error, object_id, request_body_size, response_body_size, chain_id, seq
+       ocpi_status_code, duration_ms, error, object_id, request_body_size, response_body_size, chain_id, seq,
+       encode(hash, 'hex') AS hash
 FROM routing_log WHERE correlation_id = $1
 ORDER BY received_at, id
 LIMIT $2;

@@ -194,7 +194,7 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
     from datetime import UTC, datetime
 
     from hub.admin.actors import record_action
-    from storage.partitions import RoutingLogBusy, drop_before, parse_keep
+    from storage.partitions import RoutingLogBusy, RoutingLogUnverified, drop_before, parse_keep
     from storage.sql import QUERIES
 
     try:
@@ -211,7 +211,7 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
         done = {"keep": args.keep, "cut": cut.isoformat(), "dry_run": args.dry_run, "deleted": deleted}
         try:
             dropped = await drop_before(conn, cut, key=settings.routing_log_key, dry_run=args.dry_run)
-        except RoutingLogBusy as exc:
+        except (RoutingLogBusy, RoutingLogUnverified) as exc:
             await record_action(conn, who, "retention", done | {"error": str(exc)})  # what it deleted, why no more
             counted = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in deleted.items())
             print(f"ocpi-hub: {exc} (deleted before it: {counted})", file=sys.stderr)

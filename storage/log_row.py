@@ -207,10 +207,19 @@ def _canonical_content(content: tuple[Any, ...]) -> list[Any]:
     return canonical
 
 
-def mark_mac(key: bytes, kind: bytes, chain_id: uuid.UUID, seq: int, hash_: bytes) -> bytes:
-    """The MAC of a mark a chain is checked against: b"floor" (the hash of a row retention dropped, which the next
-    row continues from) or b"sealed" (the last row of a chain written before keyed hashes)."""
-    return hmac.digest(key, kind + b"\0" + chain_id.bytes + seq.to_bytes(8, "big") + hash_, "sha256")
+def mark_mac(
+    key: bytes, kind: bytes, chain_id: uuid.UUID, seq: int, hash_: bytes, prev_hash: bytes | None = None
+) -> bytes:
+    """The MAC of a mark a chain is checked against: b"floor" (a row retention dropped: its hash, which the next row
+    continues from, and its prev_hash, the hash of the row before) or b"sealed" (the last row of a chain written
+    before keyed hashes). seq as a bigint holds it (an out-of-range one cannot verify)."""
+    try:
+        packed = seq.to_bytes(8, "big", signed=True)
+    except OverflowError:
+        packed = b"out of range"
+    # each with its length: neither can pass for the other
+    hashes = b"".join(len(h).to_bytes(4, "big") + h for h in (hash_, prev_hash or b""))
+    return hmac.digest(key, kind + b"\0" + chain_id.bytes + packed + hashes, "sha256")
 
 
 def row_content(entry: LogEntry, chain_text: str, seq: int, body_cap: int) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class Verification:
 
 class ChainHead(msgspec.Struct, frozen=True):
     chain_id: uuid.UUID
-    last_seq: int
+    last_seq: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]  # a bigint
     last_hash: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]  # hex, as the auditor API shows hashes
 
 
@@ -85,7 +85,7 @@ async def verify(
     columns = ", ".join(("id", *COLUMNS, "object_id", "listed_ids"))
     query = (
         f"SELECT {columns} FROM routing_log WHERE ($1::timestamptz IS NULL OR received_at >= $1)"
-        " AND ($2::timestamptz IS NULL OR received_at < $2) ORDER BY chain_id, seq"
+        " AND ($2::timestamptz IS NULL OR received_at < $2) ORDER BY chain_id, seq, id"
     )
     previous: asyncpg.Record | None = None
     async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -93,19 +93,26 @@ async def verify(
         heads = {r["chain_id"]: r for r in await conn.fetch(QUERIES["chain_heads"], timeout=timeout)}
         sealed = _marks(result, key, b"sealed", await conn.fetch(QUERIES["sealed_chains"], timeout=timeout))
         heads.update(sealed)  # an unkeyed chain ends where it was sealed, whatever its head says now
+        # (chain_id, seq) -> (hash, prev_hash) of each row retention dropped and kept a floor of
         recorded_floors = await conn.fetch(QUERIES["chain_floors"], timeout=timeout)
-        floors = {at: floor["hash"] for at, floor in _marks(result, key, b"floor", recorded_floors).items()}
+        floors = {at: (f["hash"], f["prev_hash"]) for at, f in _marks(result, key, b"floor", recorded_floors).items()}
         seen: set[Any] = set()  # the chains that have rows
         async for row in conn.cursor(query, since, until, prefetch=2000, timeout=timeout):
             result.rows += 1
             seen.add(row["chain_id"])
             if previous is not None and previous["chain_id"] != row["chain_id"]:
-                _check_head(result, previous, heads, until)
+                _check_head(result, previous, heads, floors, until)
                 previous = None
-            dropped_before = floors.get((row["chain_id"], row["seq"] - 1))
+            dropped_before = floors.get((row["chain_id"], row["seq"] - 1), (None, None))[0]
             if previous is not None:
+                dropped_after = floors.get((row["chain_id"], previous["seq"] + 1), (None, None))[1]
+                if row["seq"] == previous["seq"]:
+                    result.bad(row["id"], f"a second row at seq {row['seq']}: a row was inserted")
+                    continue
                 if row["seq"] != previous["seq"] + 1 and dropped_before != row["prev_hash"]:
                     result.bad(row["id"], f"seq {row['seq']} follows {previous['seq']}: rows are missing")
+                elif row["seq"] != previous["seq"] + 1 and dropped_after not in (None, previous["hash"]):
+                    result.bad(previous["id"], "not the row retention saw before the rows it dropped: it was changed")
                 elif row["seq"] == previous["seq"] + 1 and row["prev_hash"] != previous["hash"]:
                     result.bad(row["id"], "prev_hash does not match the previous row")
             elif (
@@ -114,14 +121,15 @@ async def verify(
                 and (dropped_before is None or dropped_before != row["prev_hash"])
             ):
                 result.bad(row["id"], "the chain does not start at its first row: rows are missing")
-            _check_content(result, row, key, sealed.get(row["chain_id"]))
+            _check_content(result, row, key, sealed)
             previous = row
         if previous is not None:
-            _check_head(result, previous, heads, until)
+            _check_head(result, previous, heads, floors, until)
         if since is None and until is None:
             _check_heads_without_rows(result, heads, seen, floors)
         if saved is not None:
-            await _check_saved_heads(conn, result, saved, floors, timeout)
+            ranged = since is not None or until is not None  # rows out of range were not checked above
+            await _check_saved_heads(conn, result, saved, heads, floors, (key, sealed) if ranged else None, timeout)
     return result
 
 
@@ -129,38 +137,67 @@ async def _check_saved_heads(
     conn: asyncpg.Connection,
     result: Verification,
     saved: Heads,
-    floors: dict[tuple[Any, int], bytes],
+    heads: dict[Any, asyncpg.Record],
+    floors: dict[tuple[Any, int], tuple[bytes, bytes | None]],
+    unchecked: tuple[bytes, dict[Any, asyncpg.Record]] | None,
     timeout: float | None,
 ) -> None:
-    """Each saved head's row is still there with its hash, or retention dropped it: a floor holds it, or one further
-    on in its chain (retention drops rows in the order their chain was written, give or take a month)."""
+    """Each saved head's row is still there with its hash (checked here when the range left it out: unchecked holds
+    the key and the seals then), or retention dropped it: a floor holds it, or one further on in its chain (rows
+    jump months around a month's end) while the chain's head has not gone back before it."""
     chains, seqs = [h.chain_id for h in saved.chains], [h.last_seq for h in saved.chains]
-    found = {(r["chain_id"], r["seq"]): r for r in await conn.fetch(QUERIES["rows_at"], chains, seqs, timeout=timeout)}
+    found: dict[tuple[Any, int], list[asyncpg.Record]] = {}
+    for row in await conn.fetch(QUERIES["rows_at"], chains, seqs, timeout=timeout):
+        found.setdefault((row["chain_id"], row["seq"]), []).append(row)
     dropped_up_to: dict[Any, int] = {}
     for chain_id, seq in floors:
         dropped_up_to[chain_id] = max(seq, dropped_up_to.get(chain_id, 0))
     taken = saved.taken_at.isoformat()
     for head in saved.chains:
-        row = found.get((head.chain_id, head.last_seq))
-        if row is not None and row["hash"].hex() != head.last_hash:
-            result.bad(row["id"], f"seq {head.last_seq} of chain {head.chain_id} is not the row it was at {taken}: "
-                                  "the chain was rewritten")  # fmt: skip
-        elif row is None and dropped_up_to.get(head.chain_id, 0) < head.last_seq:
+        at = (head.chain_id, head.last_seq)
+        rows = found.get(at, [])
+        for row in rows:
+            if row["hash"].hex() != head.last_hash or (unchecked and not row_verifies(*unchecked, row)):
+                result.bad(row["id"], f"seq {head.last_seq} of chain {head.chain_id} is not the row it was at "
+                                      f"{taken}: the chain was rewritten")  # fmt: skip
+        if len(rows) > 1:
+            result.wrong(f"chain {head.chain_id}: {len(rows)} rows at seq {head.last_seq}: a row was inserted")
+        current = heads.get(head.chain_id)
+        dropped_it = floors.get(at, (None,))[0] == bytes.fromhex(head.last_hash) or (
+            dropped_up_to.get(head.chain_id, 0) >= head.last_seq
+            and current is not None
+            and current["last_seq"] >= head.last_seq
+        )
+        if not rows and not dropped_it:
             result.wrong(f"chain {head.chain_id}: its row seq {head.last_seq}, the chain's last at {taken}, is gone "
                          "and retention did not drop it: rows were deleted")  # fmt: skip
     result.heads_checked = len(saved.chains)
 
 
-def _check_content(result: Verification, row: asyncpg.Record, key: bytes, seal: asyncpg.Record | None) -> None:
-    """The row's hash: keyed, or for a chain sealed at the upgrade to keyed hashes, as it was written up to its seal."""
+def row_verifies(key: bytes, sealed: dict[Any, asyncpg.Record], row: asyncpg.Record) -> bool:
+    """Whether a row (every column of COLUMNS, object_id and listed_ids) matches its hash: keyed, or for a chain sealed
+    at the upgrade to keyed hashes (sealed: the seals whose MAC verifies, by chain id), as written, up to its seal.
+    Content no hash can be computed of (headers nested deeper than a decoder follows) does not."""
+    seal = sealed.get(row["chain_id"])
+    try:
+        if seal is None:
+            return hmac.compare_digest(row_hash(key, row["prev_hash"], row), row["hash"])
+        return row["seq"] <= seal["last_seq"] and legacy_hash(row["prev_hash"], row) == row["hash"]
+    except (ValueError, TypeError, AttributeError, RecursionError, OverflowError):
+        return False
+
+
+def _check_content(result: Verification, row: asyncpg.Record, key: bytes, sealed: dict[Any, asyncpg.Record]) -> None:
+    if row_verifies(key, sealed, row):
+        return
+    seal = sealed.get(row["chain_id"])
     if seal is None:
-        if row_hash(key, row["prev_hash"], row) != row["hash"]:
-            result.bad(row["id"], "content does not match its hash: the row was changed (or the hub's "
-                                  "OCPI_HUB_SECRET_KEY is not the one it was written with)")  # fmt: skip
+        result.bad(row["id"], "content does not match its hash: the row was changed (or the hub's "
+                              "OCPI_HUB_SECRET_KEY is not the one it was written with)")  # fmt: skip
     elif row["seq"] > seal["last_seq"]:
         result.bad(row["id"], f"a row after seq {seal['last_seq']}, where its chain of unkeyed hashes was sealed: "
                               "written later, by something other than this hub")  # fmt: skip
-    elif legacy_hash(row["prev_hash"], row) != row["hash"]:
+    else:
         result.bad(row["id"], "content does not match its hash: the row was changed")
 
 
@@ -168,8 +205,9 @@ def _marks(result: Verification, key: bytes, kind: bytes, records: list[asyncpg.
     """The seals (by chain id) or floors (by chain id and seq) whose MAC verifies; the others are reported."""
     good: dict[Any, Any] = {}
     for record in records:
-        chain_id, seq, hash_ = record["chain_id"], record[1], record[2]
-        if record["mac"] is not None and hmac.compare_digest(record["mac"], mark_mac(key, kind, chain_id, seq, hash_)):
+        chain_id, seq, hash_ = record["chain_id"], record[1], record[2]  # seq, hash: last_seq, last_hash of a seal
+        expected = mark_mac(key, kind, chain_id, seq, hash_, record["prev_hash"] if kind == b"floor" else None)
+        if record["mac"] is not None and hmac.compare_digest(record["mac"], expected):
             good[chain_id if kind == b"sealed" else (chain_id, seq)] = record
             continue
         what = "its seal" if kind == b"sealed" else f"the retention floor at seq {seq}"
@@ -178,23 +216,40 @@ def _marks(result: Verification, key: bytes, kind: bytes, records: list[asyncpg.
 
 
 def _check_heads_without_rows(
-    result: Verification, heads: dict[Any, asyncpg.Record], seen: set[Any], floors: dict[tuple[Any, int], bytes]
+    result: Verification,
+    heads: dict[Any, asyncpg.Record],
+    seen: set[Any],
+    floors: dict[tuple[Any, int], tuple[bytes, bytes | None]],
 ) -> None:
     """A chain whose head is recorded but none of whose rows are left: every row was deleted, unless retention dropped
     them all (its floor then holds the head's row)."""
     for chain_id, head in heads.items():
-        dropped_whole = floors.get((chain_id, head["last_seq"])) == head["last_hash"]
+        dropped_whole = floors.get((chain_id, head["last_seq"]), (None,))[0] == head["last_hash"]
         if chain_id not in seen and head["last_seq"] > 0 and not dropped_whole:
             result.wrong(f"chain {chain_id}: its head is seq {head['last_seq']}, and none of its rows is left: rows "
                          "are missing")  # fmt: skip
 
 
-def _check_head(result: Verification, last: asyncpg.Record, heads: dict[Any, asyncpg.Record], until: Any) -> None:
+def _check_head(
+    result: Verification,
+    last: asyncpg.Record,
+    heads: dict[Any, asyncpg.Record],
+    floors: dict[tuple[Any, int], tuple[bytes, bytes | None]],
+    until: Any,
+) -> None:
     head = heads.get(last["chain_id"])
     if head is None:
         result.bad(last["id"], "the chain has no recorded head")
-    elif until is None and head["last_seq"] != last["seq"]:
+        return
+    if until is not None or (head["last_seq"], head["last_hash"]) == (last["seq"], last["hash"]):
+        return
+    # retention dropped the chain's newest rows (a slow request's row, received a month before the ones chained
+    # before it): their floors hold the head's row and the one after the last row left
+    after_last = floors.get((last["chain_id"], last["seq"] + 1), (None, None))[1]
+    if floors.get((last["chain_id"], head["last_seq"]), (None,))[0] == head["last_hash"] and after_last == last["hash"]:
+        return
+    if head["last_seq"] != last["seq"]:
         result.bad(last["id"], f"the chain's head is seq {head['last_seq']}, the last row is {last['seq']}")
-    elif until is None and head["last_hash"] != last["hash"]:
+    else:
         result.bad(last["id"], f"the chain's last row, seq {last['seq']}, is not the one its head records: rows were "
                                "rewritten")  # fmt: skip

@@ -16,6 +16,7 @@ import asyncpg
 import structlog
 
 from storage.log_row import mark_mac
+from storage.log_verify import row_verifies
 from storage.sql import QUERIES
 
 log = structlog.get_logger()
@@ -55,6 +56,10 @@ class RoutingLogBusy(Exception):
     """Retention could not get the lock a partition's DROP needs: long queries kept routing_log busy."""
 
 
+class RoutingLogUnverified(Exception):
+    """A row retention would keep a floor of does not match its hash: retention vouches for no row it cannot check."""
+
+
 async def drop_before(
     conn: asyncpg.Connection,
     cut: datetime,
@@ -91,10 +96,7 @@ async def _drop(
             async with conn.transaction():
                 await conn.execute(QUERIES["set_local_lock_timeout"], f"{round(lock_timeout_s * 1000)}ms")
                 await conn.execute(QUERIES["lock_routing_log_partitions"])
-                floors = await conn.fetch(QUERIES["chain_floors_in_partition"].format(partition=name))
-                await conn.executemany(QUERIES["record_chain_floor"], [
-                    (f["chain_id"], f["seq"], f["hash"], mark_mac(key, b"floor", *f.values())) for f in floors
-                ])  # fmt: skip
+                await _record_floors(conn, name, partition.name, key)
                 await conn.execute(f"DROP TABLE {name}")
             return
         except asyncpg.LockNotAvailableError:
@@ -105,6 +107,24 @@ async def _drop(
         f"partition {partition.name} was not dropped: routing_log stayed busy (long queries such as exports hold it) "
         f"for {attempts} tries of {lock_timeout_s:g} s each; run retention again later"
     )
+
+
+async def _record_floors(conn: asyncpg.Connection, quoted: str, partition: str, key: bytes) -> None:
+    """The floors of a partition about to go, each checked against its hash first: MAC'd, a floor says retention saw
+    that row, so one made of a row planted in the partition would hide rows deleted from its chain."""
+    floors = await conn.fetch(QUERIES["chain_floors_in_partition"].format(partition=quoted))
+    sealed = {s["chain_id"]: s for s in await conn.fetch(QUERIES["sealed_chains"])}
+    sealed = {c: s for c, s in sealed.items() if s["mac"] == mark_mac(key, b"sealed", c, s["last_seq"], s["last_hash"])}
+    if unverified := [f for f in floors if not row_verifies(key, sealed, f)]:
+        raise RoutingLogUnverified(
+            f"partition {partition} was not dropped: {len(unverified)} of its rows do not match their hashes (row "
+            f"{unverified[0]['id']} of chain {unverified[0]['chain_id']}, seq {unverified[0]['seq']}, first); run "
+            "ocpi-hub verify and have them looked into"
+        )
+    await conn.executemany(QUERIES["record_chain_floor"], [
+        (f["chain_id"], f["seq"], f["hash"], f["prev_hash"],
+         mark_mac(key, b"floor", f["chain_id"], f["seq"], f["hash"], f["prev_hash"])) for f in floors
+    ])  # fmt: skip
 
 
 async def maintain(pool: asyncpg.Pool, months_ahead: int, interval_s: float = MAINTENANCE_INTERVAL_S) -> None:

@@ -243,11 +243,11 @@ SELECT append_routing_log($1::routing_log_entry[], $2, $3, $4, $5::relayed_locat
 SELECT chain_id, last_seq, last_hash FROM routing_log_chain;
 
 -- name: chain_floors
-SELECT chain_id, seq, hash, mac FROM routing_log_floor;
+SELECT chain_id, seq, hash, prev_hash, mac FROM routing_log_floor;
 
 -- name: rows_at
 -- The rows at (chain_id, seq) pairs given as two arrays: the heads an auditor saved, checked by verify.
-SELECT r.id, r.chain_id, r.seq, r.hash FROM routing_log AS r
+SELECT r.* FROM routing_log AS r
 JOIN unnest($1::uuid[], $2::bigint[]) AS saved (chain_id, seq) ON r.chain_id = saved.chain_id AND r.seq = saved.seq;
 
 -- name: seal_chain
@@ -257,6 +257,9 @@ INSERT INTO routing_log_sealed_chain (chain_id, last_seq, last_hash, mac) VALUES
 ON CONFLICT (chain_id) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash, mac = excluded.mac,
     sealed_at = now()
 WHERE routing_log_sealed_chain.last_seq < excluded.last_seq;
+
+-- name: hashes_at
+SELECT hash FROM routing_log WHERE chain_id = $1 AND seq = $2;
 
 -- name: sealed_chains
 -- The chains of unkeyed hashes, each with its last row when it was sealed (migration 0012).
@@ -417,12 +420,14 @@ SELECT set_config('lock_timeout', $1, true);
 SELECT pg_advisory_xact_lock(210848524);
 
 -- name: chain_floors_in_partition
--- Before a partition {partition} is dropped: its rows whose successor in their chain is not dropped with them,
--- whose hashes later rows continue from. {partition} is a quoted table name read from pg_class.
-SELECT d.chain_id, d.seq, d.hash FROM {partition} AS d
-WHERE NOT EXISTS (SELECT 1 FROM {partition} AS n WHERE n.chain_id = d.chain_id AND n.seq = d.seq + 1);
+-- Before a partition {partition} is dropped: its rows whose successor in their chain is not dropped with them (later
+-- rows continue from their hashes), or whose predecessor is not (their prev_hash pins it), whole, for retention to
+-- check before it vouches for them. {partition} is a quoted table name read from pg_class.
+SELECT d.* FROM {partition} AS d
+WHERE NOT EXISTS (SELECT 1 FROM {partition} AS n WHERE n.chain_id = d.chain_id AND n.seq = d.seq + 1)
+   OR NOT EXISTS (SELECT 1 FROM {partition} AS p WHERE p.chain_id = d.chain_id AND p.seq = d.seq - 1);
 
 -- name: record_chain_floor
 -- A floor of chain_floors_in_partition, with its MAC (storage.log_row.mark_mac).
-INSERT INTO routing_log_floor (chain_id, seq, hash, mac) VALUES ($1, $2, $3, $4)
+INSERT INTO routing_log_floor (chain_id, seq, hash, prev_hash, mac) VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (chain_id, seq) DO NOTHING;

@@ -257,7 +257,12 @@ class RoutingLogWriter:
         """A chain of unkeyed hashes spooled by a hub before keyed hashes, written now: sealed where it ends (as
         migration 0012 sealed the chains in the database), so that it verifies as it was chained."""
         mac = mark_mac(self._key, b"sealed", chain_id, last_seq, last_hash)
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # only the spool's own last row, as the spool has it: a head someone moved on made the appends skip rows
+            if [r["hash"] for r in await conn.fetch(QUERIES["hashes_at"], chain_id, last_seq)] != [last_hash]:
+                log.error("routing_log_spooled_chain_not_sealed", chain_id=str(chain_id), last_seq=last_seq,
+                          error="the database does not hold the spool's last row as the spool has it")  # fmt: skip
+                return
             await conn.execute(QUERIES["seal_chain"], chain_id, last_seq, last_hash, mac)
         log.warning("routing_log_spooled_chain_sealed", chain_id=str(chain_id), last_seq=last_seq)
 

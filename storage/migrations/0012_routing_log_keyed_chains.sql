@@ -5,7 +5,10 @@
 --   Python half (storage.migrate) in this transaction. Such a chain verifies with the old hash as long as it still
 --   ends at that row: a changed row would change every hash after it, up to the sealed one.
 -- * routing_log_floor.mac: the MAC of each retention floor (the hash of a dropped row that the next row continues
---   from), so that a floor written by anything but retention cannot hide rows deleted from a chain.
+--   from), so that a floor written by anything but retention cannot hide rows deleted from a chain; and
+--   routing_log_floor.prev_hash, the dropped row's own prev_hash: retention now also keeps a floor for a dropped row
+--   whose predecessor stays, which pins that predecessor (a row of an unkeyed chain between two dropped rows
+--   could otherwise be replaced). Floors from before the upgrade have none, and are MAC'd as they are.
 CREATE TABLE routing_log_sealed_chain (
     chain_id    uuid PRIMARY KEY,
     last_seq    bigint NOT NULL,
@@ -16,5 +19,5 @@ CREATE TABLE routing_log_sealed_chain (
 COMMENT ON TABLE routing_log_sealed_chain IS
     'The chains written before keyed hashes, each with its last row when the hub was upgraded, MAC''d';
 
-ALTER TABLE routing_log_floor ADD COLUMN mac bytea;
+ALTER TABLE routing_log_floor ADD COLUMN mac bytea, ADD COLUMN prev_hash bytea;
 COMMENT ON COLUMN routing_log_floor.mac IS 'HMAC-SHA-256 of the floor under the routing log''s key';

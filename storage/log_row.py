@@ -105,16 +105,16 @@ def object_id_of_entry(entry: LogEntry) -> str | None:
     return object_id_of(entry.module, entry.interface or _interface_in(entry.path, entry.module), entry.path)
 
 
-class _ListedObject(msgspec.Struct):
+class _Listed(msgspec.Struct):
     id: str | None = None
-    uid: str | None = None  # a Token's
+    uid: str | None = None  # a Token's id
 
 
 class _ListAnswer(msgspec.Struct):
-    data: list[_ListedObject]
+    data: list[msgspec.Raw]  # each object decoded on its own: one a party got wrong costs only its own id
 
 
-_list_answer = msgspec.json.Decoder(_ListAnswer)
+_list_answer, _listed = msgspec.json.Decoder(_ListAnswer), msgspec.json.Decoder(_Listed)
 LISTED_MODULES = frozenset({"cdrs", "sessions", "tokens", "tariffs"})  # the ids a dispute is about (not locations)
 MAX_LISTED_IDS = 1000
 
@@ -128,7 +128,15 @@ def listed_ids_of_entry(entry: LogEntry) -> list[str] | None:
         listed = _list_answer.decode(entry.response_body).data
     except (msgspec.DecodeError, RecursionError):  # a single object, an error, not JSON: nothing listed
         return None
-    return [(found.id or found.uid or "")[:255] for found in listed[:MAX_LISTED_IDS] if found.id or found.uid]
+    ids = []
+    for raw in listed[:MAX_LISTED_IDS]:
+        try:
+            found = _listed.decode(raw)
+        except (msgspec.DecodeError, RecursionError):
+            continue
+        if found_id := (found.uid if entry.module == "tokens" else found.id):
+            ids.append(found_id[:255])
+    return ids
 
 
 def _interface_in(path: str, module: str) -> str | None:
@@ -207,19 +215,35 @@ def _canonical_content(content: tuple[Any, ...]) -> list[Any]:
     return canonical
 
 
-def mark_mac(
-    key: bytes, kind: bytes, chain_id: uuid.UUID, seq: int, hash_: bytes, prev_hash: bytes | None = None
+def seal_mac(key: bytes, chain_id: uuid.UUID, last_seq: int, last_hash: bytes) -> bytes:
+    """The MAC of a seal: the last row of a chain written before keyed hashes, when the hub was upgraded."""
+    return _mark_mac(key, b"sealed", chain_id, last_seq, last_hash)
+
+
+def floor_mac(
+    key: bytes,
+    chain_id: uuid.UUID,
+    seq: int,
+    hash_: bytes,
+    prev_hash: bytes | None,
+    next_apart: bool | None,
+    prev_apart: bool | None,
 ) -> bytes:
-    """The MAC of a mark a chain is checked against: b"floor" (a row retention dropped: its hash, which the next row
-    continues from, and its prev_hash, the hash of the row before) or b"sealed" (the last row of a chain written
-    before keyed hashes). seq as a bigint holds it (an out-of-range one cannot verify)."""
+    """The MAC of a retention floor: a row retention dropped, its hash (which the next row continues from), its
+    prev_hash (the hash of the row before), and whether the rows after and before it were not dropped with it (None:
+    a floor from before the upgrade, which kept only the hash)."""
+    flags = b"" if next_apart is None or prev_apart is None else bytes((next_apart, prev_apart))
+    return _mark_mac(key, b"floor", chain_id, seq, hash_, prev_hash, flags)
+
+
+def _mark_mac(key: bytes, kind: bytes, chain_id: uuid.UUID, seq: int, *parts: bytes | None) -> bytes:
     try:
         packed = seq.to_bytes(8, "big", signed=True)
-    except OverflowError:
+    except OverflowError:  # not a bigint: cannot verify
         packed = b"out of range"
-    # each with its length: neither can pass for the other
-    hashes = b"".join(len(h).to_bytes(4, "big") + h for h in (hash_, prev_hash or b""))
-    return hmac.digest(key, kind + b"\0" + chain_id.bytes + packed + hashes, "sha256")
+    # each part with its length, so that none can pass for another
+    joined = b"".join(len(part or b"").to_bytes(4, "big") + (part or b"") for part in parts)
+    return hmac.digest(key, kind + b"\0" + chain_id.bytes + packed + joined, "sha256")
 
 
 def row_content(entry: LogEntry, chain_text: str, seq: int, body_cap: int) -> dict[str, Any]:

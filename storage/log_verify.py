@@ -10,6 +10,7 @@ What no key shows is a chain's newest rows deleted together with its head, or a 
 
 from __future__ import annotations
 
+import bisect
 import hmac
 import uuid
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 
-from storage.log_row import COLUMNS, GENESIS, legacy_hash, mark_mac, row_hash
+from storage.log_row import COLUMNS, GENESIS, floor_mac, legacy_hash, row_hash, seal_mac
 from storage.sql import QUERIES
 
 
@@ -65,6 +66,17 @@ def outcome(result: Verification) -> dict[str, Any]:
     return {"ok": result.ok, "rows": result.rows, "first_bad_id": result.first_bad_id}
 
 
+_ROW_COLUMNS = ", ".join(f"r.{name}" for name in ("id", *COLUMNS, "object_id", "listed_ids"))
+_EVERY_ROW = f"SELECT {_ROW_COLUMNS} FROM routing_log AS r ORDER BY r.chain_id, r.seq, r.id"
+# The rows of each chain from seq lo to hi: a time range picks the stretch of each chain it covers (rows are chained in
+# the order they are written, not received: a slow request's row comes after rows received later than it).
+_ROWS_IN_STRETCHES = (
+    f"SELECT {_ROW_COLUMNS} FROM routing_log AS r"
+    " JOIN unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS stretch (chain_id, lo, hi)"
+    " ON r.chain_id = stretch.chain_id AND r.seq BETWEEN stretch.lo AND stretch.hi ORDER BY r.chain_id, r.seq, r.id"
+)
+
+
 async def verify(
     conn: asyncpg.Connection,
     key: bytes,
@@ -73,64 +85,115 @@ async def verify(
     timeout: float | None = None,
     saved: Heads | None = None,
 ) -> Verification:
-    """Recompute every chain from the database with the routing log's key. In a time range, each chain's first row in
-    range is trusted. timeout bounds each statement (a fetch of the rows), where the connection's own bound would be
-    too short.
+    """Recompute every chain from the database with the routing log's key. In a time range, the stretch of each chain
+    from its first row received in it to its last (to its head without until), the first row trusted (without
+    since, from the chain's start). timeout bounds each statement (a fetch of the rows), where the connection's own
+    bound would be too short.
 
-    A chain may continue after rows dropped by retention: its row after such a gap must carry, as prev_hash, the
-    hash recorded for the dropped row before it in routing_log_floor. saved: heads taken earlier, each of whose rows
-    must still be there as it was, unless retention dropped it.
+    A chain may continue after rows dropped by retention: its floors (routing_log_floor) say which, and hold the
+    hashes the rows kept on either side must match. saved: heads taken earlier, each of whose rows must still be
+    there as it was, unless retention dropped it.
     """
     result = Verification()
-    columns = ", ".join(("id", *COLUMNS, "object_id", "listed_ids"))
-    query = (
-        f"SELECT {columns} FROM routing_log WHERE ($1::timestamptz IS NULL OR received_at >= $1)"
-        " AND ($2::timestamptz IS NULL OR received_at < $2) ORDER BY chain_id, seq, id"
-    )
+    ranged = since is not None or until is not None
     previous: asyncpg.Record | None = None
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         # Heads and rows come from one snapshot: a hub writing meanwhile must not look like a gap.
         heads = {r["chain_id"]: r for r in await conn.fetch(QUERIES["chain_heads"], timeout=timeout)}
-        sealed = _marks(result, key, b"sealed", await conn.fetch(QUERIES["sealed_chains"], timeout=timeout))
+        sealed = _marks(result, key, await conn.fetch(QUERIES["sealed_chains"], timeout=timeout), seals=True)
         heads.update(sealed)  # an unkeyed chain ends where it was sealed, whatever its head says now
-        # (chain_id, seq) -> (hash, prev_hash) of each row retention dropped and kept a floor of
-        recorded_floors = await conn.fetch(QUERIES["chain_floors"], timeout=timeout)
-        floors = {at: (f["hash"], f["prev_hash"]) for at, f in _marks(result, key, b"floor", recorded_floors).items()}
+        floors = _Floors(_marks(result, key, await conn.fetch(QUERIES["chain_floors"], timeout=timeout)))
+        if ranged:
+            stretches = await conn.fetch(QUERIES["chain_stretches"], since, until, timeout=timeout)
+            chains = [s["chain_id"] for s in stretches]
+            lows = [1 if since is None else s["lo"] for s in stretches]
+            highs = [s["hi"] if until is not None else max(s["hi"], _head_seq(heads, s["chain_id"])) for s in stretches]
+            rows = conn.cursor(_ROWS_IN_STRETCHES, chains, lows, highs, prefetch=2000, timeout=timeout)
+        else:
+            rows = conn.cursor(_EVERY_ROW, prefetch=2000, timeout=timeout)
         seen: set[Any] = set()  # the chains that have rows
-        async for row in conn.cursor(query, since, until, prefetch=2000, timeout=timeout):
+        async for row in rows:
             result.rows += 1
             seen.add(row["chain_id"])
             if previous is not None and previous["chain_id"] != row["chain_id"]:
                 _check_head(result, previous, heads, floors, until)
                 previous = None
-            dropped_before = floors.get((row["chain_id"], row["seq"] - 1), (None, None))[0]
-            if previous is not None:
-                dropped_after = floors.get((row["chain_id"], previous["seq"] + 1), (None, None))[1]
-                if row["seq"] == previous["seq"]:
-                    result.bad(row["id"], f"a second row at seq {row['seq']}: a row was inserted")
-                    continue
-                if row["seq"] != previous["seq"] + 1 and dropped_before != row["prev_hash"]:
-                    result.bad(row["id"], f"seq {row['seq']} follows {previous['seq']}: rows are missing")
-                elif row["seq"] != previous["seq"] + 1 and dropped_after not in (None, previous["hash"]):
-                    result.bad(previous["id"], "not the row retention saw before the rows it dropped: it was changed")
-                elif row["seq"] == previous["seq"] + 1 and row["prev_hash"] != previous["hash"]:
-                    result.bad(row["id"], "prev_hash does not match the previous row")
-            elif (
-                since is None
-                and (row["seq"] != 1 or row["prev_hash"] != GENESIS)
-                and (dropped_before is None or dropped_before != row["prev_hash"])
-            ):
-                result.bad(row["id"], "the chain does not start at its first row: rows are missing")
+            if previous is not None and row["seq"] == previous["seq"]:
+                result.bad(row["id"], f"a second row at seq {row['seq']}: a row was inserted")
+                continue
+            _check_link(result, previous, row, floors, since is not None)
             _check_content(result, row, key, sealed)
             previous = row
         if previous is not None:
             _check_head(result, previous, heads, floors, until)
-        if since is None and until is None:
+        if not ranged:
             _check_heads_without_rows(result, heads, seen, floors)
-        if saved is not None:
-            ranged = since is not None or until is not None  # rows out of range were not checked above
+        if saved is not None:  # rows out of a range were not checked above
             await _check_saved_heads(conn, result, saved, heads, floors, (key, sealed) if ranged else None, timeout)
     return result
+
+
+def _head_seq(heads: dict[Any, asyncpg.Record], chain_id: Any) -> int:
+    head = heads.get(chain_id)
+    return int(head["last_seq"]) if head is not None else 0
+
+
+class _Floors:
+    """The retention floors whose MAC verifies, by chain: what verify knows of the rows retention dropped."""
+
+    def __init__(self, marks: dict[Any, asyncpg.Record]) -> None:
+        self._at: dict[tuple[Any, int], asyncpg.Record] = marks
+        by_chain: dict[Any, list[int]] = {}
+        for chain_id, seq in marks:
+            by_chain.setdefault(chain_id, []).append(seq)
+        self._seqs = {chain_id: sorted(seqs) for chain_id, seqs in by_chain.items()}
+
+    def at(self, chain_id: Any, seq: int) -> asyncpg.Record | None:
+        return self._at.get((chain_id, seq))
+
+    def highest(self, chain_id: Any) -> int:
+        seqs = self._seqs.get(chain_id)
+        return seqs[-1] if seqs else 0
+
+    def dropped_between(self, chain_id: Any, after: tuple[int, bytes], before: tuple[int, bytes]) -> bool:
+        """Whether retention dropped every row between after and before, (seq, hash) of the rows on either side (seq 0
+        and GENESIS before a chain's first row; for a chain's end, its head's seq + 1 and hash): the floors next to
+        them hold their hashes, and each floor that says a neighbour was not dropped with it has that neighbour's
+        floor beside it, or that neighbour is after or before. Floors from before the upgrade say no more than the
+        hash the row after them continues from."""
+        (low, low_hash), (high, high_prev_hash) = after, before
+        first, last = self.at(chain_id, low + 1), self.at(chain_id, high - 1)
+        if last is None or last["hash"] != high_prev_hash:
+            return False
+        if last["next_apart"] is None:  # a floor of before the upgrade
+            return True
+        if first is None or first["prev_hash"] != low_hash:
+            return False
+        seqs = self._seqs[chain_id]
+        for seq in seqs[bisect.bisect_right(seqs, low) : bisect.bisect_left(seqs, high)]:
+            floor = self._at[(chain_id, seq)]
+            if floor["next_apart"] and seq + 1 < high and (chain_id, seq + 1) not in self._at:
+                return False
+            if floor["prev_apart"] and seq - 1 > low and (chain_id, seq - 1) not in self._at:
+                return False
+        return True
+
+
+def _check_link(
+    result: Verification, previous: asyncpg.Record | None, row: asyncpg.Record, floors: _Floors, trust_first: bool
+) -> None:
+    """The row continues the one before it: the next seq with its hash as prev_hash, or after rows retention dropped."""
+    chain_id, seq = row["chain_id"], row["seq"]
+    if previous is None:
+        if trust_first or (seq == 1 and row["prev_hash"] == GENESIS):
+            return
+        if not floors.dropped_between(chain_id, (0, GENESIS), (seq, row["prev_hash"])):
+            result.bad(row["id"], "the chain does not start at its first row: rows are missing")
+    elif seq == previous["seq"] + 1:
+        if row["prev_hash"] != previous["hash"]:
+            result.bad(row["id"], "prev_hash does not match the previous row")
+    elif not floors.dropped_between(chain_id, (previous["seq"], previous["hash"]), (seq, row["prev_hash"])):
+        result.bad(row["id"], f"seq {seq} follows {previous['seq']}: rows are missing")
 
 
 async def _check_saved_heads(
@@ -138,35 +201,29 @@ async def _check_saved_heads(
     result: Verification,
     saved: Heads,
     heads: dict[Any, asyncpg.Record],
-    floors: dict[tuple[Any, int], tuple[bytes, bytes | None]],
+    floors: _Floors,
     unchecked: tuple[bytes, dict[Any, asyncpg.Record]] | None,
     timeout: float | None,
 ) -> None:
-    """Each saved head's row is still there with its hash (checked here when the range left it out: unchecked holds
-    the key and the seals then), or retention dropped it: a floor holds it, or one further on in its chain (rows
+    """Each saved head's row is still there with its hash (checked here when a range left it out: unchecked holds
+    the key and the seals then), or retention dropped it: its floor holds it, or one further on in its chain (rows
     jump months around a month's end) while the chain's head has not gone back before it."""
     chains, seqs = [h.chain_id for h in saved.chains], [h.last_seq for h in saved.chains]
     found: dict[tuple[Any, int], list[asyncpg.Record]] = {}
     for row in await conn.fetch(QUERIES["rows_at"], chains, seqs, timeout=timeout):
         found.setdefault((row["chain_id"], row["seq"]), []).append(row)
-    dropped_up_to: dict[Any, int] = {}
-    for chain_id, seq in floors:
-        dropped_up_to[chain_id] = max(seq, dropped_up_to.get(chain_id, 0))
     taken = saved.taken_at.isoformat()
     for head in saved.chains:
-        at = (head.chain_id, head.last_seq)
-        rows = found.get(at, [])
+        rows = found.get((head.chain_id, head.last_seq), [])
         for row in rows:
             if row["hash"].hex() != head.last_hash or (unchecked and not row_verifies(*unchecked, row)):
                 result.bad(row["id"], f"seq {head.last_seq} of chain {head.chain_id} is not the row it was at "
                                       f"{taken}: the chain was rewritten")  # fmt: skip
         if len(rows) > 1:
             result.wrong(f"chain {head.chain_id}: {len(rows)} rows at seq {head.last_seq}: a row was inserted")
-        current = heads.get(head.chain_id)
-        dropped_it = floors.get(at, (None,))[0] == bytes.fromhex(head.last_hash) or (
-            dropped_up_to.get(head.chain_id, 0) >= head.last_seq
-            and current is not None
-            and current["last_seq"] >= head.last_seq
+        floor = floors.at(head.chain_id, head.last_seq)
+        dropped_it = (floor is not None and floor["hash"].hex() == head.last_hash) or (
+            floors.highest(head.chain_id) >= head.last_seq and _head_seq(heads, head.chain_id) >= head.last_seq
         )
         if not rows and not dropped_it:
             result.wrong(f"chain {head.chain_id}: its row seq {head.last_seq}, the chain's last at {taken}, is gone "
@@ -176,13 +233,15 @@ async def _check_saved_heads(
 
 def row_verifies(key: bytes, sealed: dict[Any, asyncpg.Record], row: asyncpg.Record) -> bool:
     """Whether a row (every column of COLUMNS, object_id and listed_ids) matches its hash: keyed, or for a chain sealed
-    at the upgrade to keyed hashes (sealed: the seals whose MAC verifies, by chain id), as written, up to its seal.
-    Content no hash can be computed of (headers nested deeper than a decoder follows) does not."""
+    at the upgrade to keyed hashes (sealed: the seals whose MAC verifies, by chain id), as written, up to its seal,
+    and with no listed_ids (which came after it). Content no hash can be computed of (headers nested deeper than a
+    decoder follows) does not."""
     seal = sealed.get(row["chain_id"])
     try:
         if seal is None:
             return hmac.compare_digest(row_hash(key, row["prev_hash"], row), row["hash"])
-        return row["seq"] <= seal["last_seq"] and legacy_hash(row["prev_hash"], row) == row["hash"]
+        unkeyed = row["seq"] <= seal["last_seq"] and row["listed_ids"] is None
+        return unkeyed and legacy_hash(row["prev_hash"], row) == row["hash"]
     except (ValueError, TypeError, AttributeError, RecursionError, OverflowError):
         return False
 
@@ -201,52 +260,51 @@ def _check_content(result: Verification, row: asyncpg.Record, key: bytes, sealed
         result.bad(row["id"], "content does not match its hash: the row was changed")
 
 
-def _marks(result: Verification, key: bytes, kind: bytes, records: list[asyncpg.Record]) -> dict[Any, Any]:
+def _marks(result: Verification, key: bytes, records: list[asyncpg.Record], seals: bool = False) -> dict[Any, Any]:
     """The seals (by chain id) or floors (by chain id and seq) whose MAC verifies; the others are reported."""
     good: dict[Any, Any] = {}
     for record in records:
-        chain_id, seq, hash_ = record["chain_id"], record[1], record[2]  # seq, hash: last_seq, last_hash of a seal
-        expected = mark_mac(key, kind, chain_id, seq, hash_, record["prev_hash"] if kind == b"floor" else None)
+        chain_id = record["chain_id"]
+        if seals:
+            seq, what = record["last_seq"], "its seal"
+            expected = seal_mac(key, chain_id, seq, record["last_hash"])
+        else:
+            seq, what = record["seq"], f"the retention floor at seq {record['seq']}"
+            expected = floor_mac(key, chain_id, seq, record["hash"], record["prev_hash"], record["next_apart"],
+                                 record["prev_apart"])  # fmt: skip
         if record["mac"] is not None and hmac.compare_digest(record["mac"], expected):
-            good[chain_id if kind == b"sealed" else (chain_id, seq)] = record
-            continue
-        what = "its seal" if kind == b"sealed" else f"the retention floor at seq {seq}"
-        result.wrong(f"chain {chain_id}: {what} does not verify: it was not written by this hub")
+            good[chain_id if seals else (chain_id, seq)] = record
+        else:
+            result.wrong(f"chain {chain_id}: {what} does not verify: it was not written by this hub")
     return good
 
 
 def _check_heads_without_rows(
-    result: Verification,
-    heads: dict[Any, asyncpg.Record],
-    seen: set[Any],
-    floors: dict[tuple[Any, int], tuple[bytes, bytes | None]],
+    result: Verification, heads: dict[Any, asyncpg.Record], seen: set[Any], floors: _Floors
 ) -> None:
     """A chain whose head is recorded but none of whose rows are left: every row was deleted, unless retention dropped
-    them all (its floor then holds the head's row)."""
+    them all."""
     for chain_id, head in heads.items():
-        dropped_whole = floors.get((chain_id, head["last_seq"]), (None,))[0] == head["last_hash"]
-        if chain_id not in seen and head["last_seq"] > 0 and not dropped_whole:
+        if chain_id in seen or head["last_seq"] <= 0:
+            continue
+        if not floors.dropped_between(chain_id, (0, GENESIS), (head["last_seq"] + 1, head["last_hash"])):
             result.wrong(f"chain {chain_id}: its head is seq {head['last_seq']}, and none of its rows is left: rows "
                          "are missing")  # fmt: skip
 
 
 def _check_head(
-    result: Verification,
-    last: asyncpg.Record,
-    heads: dict[Any, asyncpg.Record],
-    floors: dict[tuple[Any, int], tuple[bytes, bytes | None]],
-    until: Any,
+    result: Verification, last: asyncpg.Record, heads: dict[Any, asyncpg.Record], floors: _Floors, until: Any
 ) -> None:
+    """The chain's last row is its head's, or retention dropped the rows after it (a slow request's row, received a
+    month before the ones chained before it)."""
     head = heads.get(last["chain_id"])
     if head is None:
         result.bad(last["id"], "the chain has no recorded head")
         return
     if until is not None or (head["last_seq"], head["last_hash"]) == (last["seq"], last["hash"]):
         return
-    # retention dropped the chain's newest rows (a slow request's row, received a month before the ones chained
-    # before it): their floors hold the head's row and the one after the last row left
-    after_last = floors.get((last["chain_id"], last["seq"] + 1), (None, None))[1]
-    if floors.get((last["chain_id"], head["last_seq"]), (None,))[0] == head["last_hash"] and after_last == last["hash"]:
+    after, end = (last["seq"], last["hash"]), (head["last_seq"] + 1, head["last_hash"])
+    if head["last_seq"] > last["seq"] and floors.dropped_between(last["chain_id"], after, end):
         return
     if head["last_seq"] != last["seq"]:
         result.bad(last["id"], f"the chain's head is seq {head['last_seq']}, the last row is {last['seq']}")

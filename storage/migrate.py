@@ -9,7 +9,7 @@ from importlib.resources import files
 import asyncpg
 import structlog
 
-from storage.log_row import mark_mac
+from storage.log_row import floor_mac, seal_mac
 from storage.secrets import TokenBox, routing_log_key
 from storage.sql import QUERIES
 
@@ -61,12 +61,20 @@ async def _seal_unkeyed_chains(conn: asyncpg.Connection, secret_key: str) -> Non
     heads = await conn.fetch("SELECT chain_id, last_seq, last_hash FROM routing_log_chain")
     await conn.executemany(
         QUERIES["seal_chain"],
-        [(h["chain_id"], h["last_seq"], h["last_hash"], mark_mac(log_key, b"sealed", *h.values())) for h in heads],
+        [(h["chain_id"], h["last_seq"], h["last_hash"], seal_mac(log_key, *h.values())) for h in heads],
     )
     floors = await conn.fetch("SELECT chain_id, seq, hash FROM routing_log_floor")
     await conn.executemany(
         "UPDATE routing_log_floor SET mac = $4 WHERE chain_id = $1 AND seq = $2 AND hash = $3",
-        [(f["chain_id"], f["seq"], f["hash"], mark_mac(log_key, b"floor", *f.values())) for f in floors],
+        [
+            (
+                f["chain_id"],
+                f["seq"],
+                f["hash"],
+                floor_mac(log_key, f["chain_id"], f["seq"], f["hash"], None, None, None),
+            )
+            for f in floors
+        ],
     )
     log.info("routing_log_chains_sealed", chains=len(heads), floors=len(floors))
 

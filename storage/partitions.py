@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 
-from storage.log_row import mark_mac
+from storage.log_row import floor_mac, seal_mac
 from storage.log_verify import row_verifies
 from storage.sql import QUERIES
 
@@ -114,17 +114,15 @@ async def _record_floors(conn: asyncpg.Connection, quoted: str, partition: str, 
     that row, so one made of a row planted in the partition would hide rows deleted from its chain."""
     floors = await conn.fetch(QUERIES["chain_floors_in_partition"].format(partition=quoted))
     sealed = {s["chain_id"]: s for s in await conn.fetch(QUERIES["sealed_chains"])}
-    sealed = {c: s for c, s in sealed.items() if s["mac"] == mark_mac(key, b"sealed", c, s["last_seq"], s["last_hash"])}
+    sealed = {c: s for c, s in sealed.items() if s["mac"] == seal_mac(key, c, s["last_seq"], s["last_hash"])}
     if unverified := [f for f in floors if not row_verifies(key, sealed, f)]:
         raise RoutingLogUnverified(
             f"partition {partition} was not dropped: {len(unverified)} of its rows do not match their hashes (row "
             f"{unverified[0]['id']} of chain {unverified[0]['chain_id']}, seq {unverified[0]['seq']}, first); run "
             "ocpi-hub verify and have them looked into"
         )
-    await conn.executemany(QUERIES["record_chain_floor"], [
-        (f["chain_id"], f["seq"], f["hash"], f["prev_hash"],
-         mark_mac(key, b"floor", f["chain_id"], f["seq"], f["hash"], f["prev_hash"])) for f in floors
-    ])  # fmt: skip
+    marks = [(f["chain_id"], f["seq"], f["hash"], f["prev_hash"], f["next_apart"], f["prev_apart"]) for f in floors]
+    await conn.executemany(QUERIES["record_chain_floor"], [(*mark, floor_mac(key, *mark)) for mark in marks])
 
 
 async def maintain(pool: asyncpg.Pool, months_ahead: int, interval_s: float = MAINTENANCE_INTERVAL_S) -> None:

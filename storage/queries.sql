@@ -243,7 +243,13 @@ SELECT append_routing_log($1::routing_log_entry[], $2, $3, $4, $5::relayed_locat
 SELECT chain_id, last_seq, last_hash FROM routing_log_chain;
 
 -- name: chain_floors
-SELECT chain_id, seq, hash, prev_hash, mac FROM routing_log_floor;
+SELECT chain_id, seq, hash, prev_hash, next_apart, prev_apart, mac FROM routing_log_floor;
+
+-- name: chain_stretches
+-- For a verify of a time range: each chain's lowest and highest seq received in it ($1, $2: since and until, or null).
+SELECT chain_id, min(seq) AS lo, max(seq) AS hi FROM routing_log
+WHERE ($1::timestamptz IS NULL OR received_at >= $1) AND ($2::timestamptz IS NULL OR received_at < $2)
+GROUP BY chain_id;
 
 -- name: rows_at
 -- The rows at (chain_id, seq) pairs given as two arrays: the heads an auditor saved, checked by verify.
@@ -423,11 +429,15 @@ SELECT pg_advisory_xact_lock(210848524);
 -- Before a partition {partition} is dropped: its rows whose successor in their chain is not dropped with them (later
 -- rows continue from their hashes), or whose predecessor is not (their prev_hash pins it), whole, for retention to
 -- check before it vouches for them. {partition} is a quoted table name read from pg_class.
-SELECT d.* FROM {partition} AS d
-WHERE NOT EXISTS (SELECT 1 FROM {partition} AS n WHERE n.chain_id = d.chain_id AND n.seq = d.seq + 1)
-   OR NOT EXISTS (SELECT 1 FROM {partition} AS p WHERE p.chain_id = d.chain_id AND p.seq = d.seq - 1);
+SELECT * FROM (
+    SELECT d.*,
+           NOT EXISTS (SELECT 1 FROM {partition} AS n WHERE n.chain_id = d.chain_id AND n.seq = d.seq + 1) AS next_apart,
+           NOT EXISTS (SELECT 1 FROM {partition} AS p WHERE p.chain_id = d.chain_id AND p.seq = d.seq - 1) AS prev_apart
+    FROM {partition} AS d
+) AS candidate WHERE next_apart OR prev_apart;
 
 -- name: record_chain_floor
 -- A floor of chain_floors_in_partition, with its MAC (storage.log_row.mark_mac).
-INSERT INTO routing_log_floor (chain_id, seq, hash, prev_hash, mac) VALUES ($1, $2, $3, $4, $5)
+INSERT INTO routing_log_floor (chain_id, seq, hash, prev_hash, next_apart, prev_apart, mac)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (chain_id, seq) DO NOTHING;

@@ -30,10 +30,10 @@ from storage.log_row import (
     LogEntry,
     in_column_order,
     listed_ids_of_entry,
-    mark_mac,
     object_id_of_entry,
     row_content,
     row_hash,
+    seal_mac,
     stored_text,
 )
 from storage.sql import QUERIES
@@ -256,7 +256,7 @@ class RoutingLogWriter:
     async def _seal(self, chain_id: uuid.UUID, last_seq: int, last_hash: bytes) -> None:
         """A chain of unkeyed hashes spooled by a hub before keyed hashes, written now: sealed where it ends (as
         migration 0012 sealed the chains in the database), so that it verifies as it was chained."""
-        mac = mark_mac(self._key, b"sealed", chain_id, last_seq, last_hash)
+        mac = seal_mac(self._key, chain_id, last_seq, last_hash)
         async with self._pool.acquire() as conn, conn.transaction():
             # only the spool's own last row, as the spool has it: a head someone moved on made the appends skip rows
             if [r["hash"] for r in await conn.fetch(QUERIES["hashes_at"], chain_id, last_seq)] != [last_hash]:

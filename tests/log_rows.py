@@ -4,13 +4,14 @@ of the hub's own messages as the tests of its control-plane flows read them back
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from storage.log_row import LogEntry, body_of
+from storage.log_row import COLUMNS, LogEntry, body_of, legacy_hash
 from storage.log_verify import verify
 from storage.migrate import migrate
 from storage.routing_log import RoutingLogWriter
@@ -158,3 +159,20 @@ def own_messages_wrong(rows: Sequence[dict[str, Any]], received: Sequence[Any], 
         return "headers kept"
     dump = repr(rows)
     return ", ".join(f"token {t[:4]}... logged" for t in tokens if t and t in dump)
+
+
+def unkeyed_chain(months: list[datetime]) -> list[tuple[Any, ...]]:
+    """A chain as a hub before keyed hashes wrote it, a row in each month given."""
+    chain, prev, rows = uuid.uuid4(), bytes(32), []
+    for n, month in enumerate(months):
+        values = dict.fromkeys(COLUMNS) | {
+            "received_at": month + timedelta(minutes=n), "chain_id": chain, "seq": n + 1, "request_id": f"old-{n}",
+            "correlation_id": "old", "module": "sessions", "interface": "receiver", "method": "PUT",
+            "path": f"/ocpi/2.2.1/receiver/sessions/NL/ABC/S{n}", "query": "", "routing": "direct",
+            "http_status": 200, "ocpi_status_code": 1000, "duration_ms": 2.5, "request_body_size": 0,
+            "response_body_size": 0, "from_country_code": "NL", "from_party_id": "ABC",
+        }  # fmt: skip
+        values["prev_hash"], values["hash"] = prev, legacy_hash(prev, values)
+        rows.append(tuple(values[c] for c in COLUMNS))
+        prev = values["hash"]
+    return rows

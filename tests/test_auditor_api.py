@@ -20,7 +20,7 @@ import pytest
 
 from hub.admin.api import AdminError
 from hub.admin.routing_log import fetch_planned
-from storage.log_row import LogEntry, object_id_of, object_id_of_entry
+from storage.log_row import LogEntry, listed_ids_of_entry, object_id_of, object_id_of_entry
 from tests.conftest import Hub, Services, unique_party_id
 from tests.log_rows import object_of, varied_entries, write
 from tests.test_credentials_rotation import console_page
@@ -450,3 +450,27 @@ def test_the_cdrs_and_tokens_a_list_answer_named_are_found_by_their_ids(hub: Hub
         [row] = admin.get("/admin/api/routing-log", params={"request_id": f"{tag}-cdrs"}).json()["items"]
         message = admin.get(f"/admin/api/routing-log/{row['id']}").json()
         assert message["listed_ids"] == [c["id"].upper() for c in cdrs]
+
+
+@pytest.mark.parametrize(
+    ("module", "status", "body", "listed"),
+    [
+        ("cdrs", 200, b'{"data": [{"id": "C1"}, {"id": 7}, null, [], {"id": "C2"}]}', ["C1", "C2"]),
+        # a lone surrogate escape stops msgspec reading the whole answer (it says "truncated"): nothing listed
+        ("cdrs", 200, b'{"data": [{"id": "C1"}, {"id": "\\ud800"}]}', None),
+        ("tokens", 200, b'{"data": [{"uid": "T1", "id": "not-a-token-id"}, {"id": "T2"}]}', ["T1"]),
+        ("cdrs", 200, b'{"data": {"id": "C1"}}', None),  # one object: its path names it
+        ("cdrs", 200, b'{"data": null}', None),
+        ("cdrs", 200, b"<html>", None),
+        ("cdrs", 404, b'{"data": [{"id": "C1"}]}', None),
+        ("locations", 200, b'{"data": [{"id": "L1"}]}', None),  # not kept: pages large, disputes rare
+    ],
+    ids=["bad-elements-skipped", "lone-surrogate", "token-uid", "object", "null", "not-json", "error", "locations"],
+)
+def test_the_ids_a_list_answer_names_are_read_from_each_object_on_its_own(
+    module: str, status: int, body: bytes, listed: list[str] | None
+) -> None:
+    entry = LogEntry(received_at=datetime.now(UTC), request_id="r", correlation_id="c", module=module, method="GET",
+                     path=f"/ocpi/2.2.1/sender/{module}", routing="direct", http_status=status,
+                     response_body=body)  # fmt: skip
+    assert listed_ids_of_entry(entry) == listed

@@ -15,8 +15,9 @@ import pytest
 from storage.log_row import COLUMNS, legacy_hash
 from storage.log_verify import ChainHead, Heads, Verification, current_heads, verify
 from storage.partitions import RoutingLogUnverified, drop_before
+from tests import test_verify_on_healthy_logs as healthy
 from tests.conftest import LOG_KEY
-from tests.log_rows import numbered_entry, numbered_log, sql, write
+from tests.log_rows import numbered_entry, numbered_log, sql, unkeyed_chain, write
 from tests.test_retention import _INSERT_ROW, _written_by_an_earlier_release
 
 OLD_MONTH = datetime(2020, 1, 15, tzinfo=UTC)
@@ -53,23 +54,6 @@ def _rows(url: str, chain_id: uuid.UUID) -> dict[int, asyncpg.Record]:
     return {r["seq"]: r for r in sql(url, "SELECT * FROM routing_log WHERE chain_id = $1", chain_id)}
 
 
-def _unkeyed_chain(months: list[datetime]) -> list[tuple[Any, ...]]:
-    """A chain as a hub before keyed hashes wrote it, a row in each month given."""
-    chain, prev, rows = uuid.uuid4(), bytes(32), []
-    for n, month in enumerate(months):
-        values = dict.fromkeys(COLUMNS) | {
-            "received_at": month + timedelta(minutes=n), "chain_id": chain, "seq": n + 1, "request_id": f"old-{n}",
-            "correlation_id": "old", "module": "sessions", "interface": "receiver", "method": "PUT",
-            "path": f"/ocpi/2.2.1/receiver/sessions/NL/ABC/S{n}", "query": "", "routing": "direct",
-            "http_status": 200, "ocpi_status_code": 1000, "duration_ms": 2.5, "request_body_size": 0,
-            "response_body_size": 0, "from_country_code": "NL", "from_party_id": "ABC",
-        }  # fmt: skip
-        values["prev_hash"], values["hash"] = prev, legacy_hash(prev, values)
-        rows.append(tuple(values[c] for c in COLUMNS))
-        prev = values["hash"]
-    return rows
-
-
 def test_retention_vouches_for_no_row_that_does_not_match_its_hash(empty_database: str) -> None:
     # A row planted in the month retention drops next, at seq 6 with the hash row 7 continues from: its floor would
     # hide rows 3 to 6 deleted later.
@@ -104,7 +88,7 @@ def test_a_row_of_an_unkeyed_chain_between_two_dropped_rows_cannot_be_replaced(
 ) -> None:
     # Rows jump months around a month's end: retention drops seq 1, 3, 5, 7 and keeps 2, 4, 6, 8. Unkeyed, row 4 could
     # be made up anew with the floor at 3 as its prev_hash; the floor at 5 keeps the hash of the row before it.
-    _written_by_an_earlier_release(empty_database, 11, _unkeyed_chain([JAN, FEB] * 4))
+    _written_by_an_earlier_release(empty_database, 11, unkeyed_chain([JAN, FEB] * 4))
     write(empty_database, [])  # the upgrade seals the chain at seq 8
     for month in (JAN, FEB):
         sql(empty_database, "SELECT routing_log_add_partition($1)", month)
@@ -186,3 +170,43 @@ def test_a_saved_head_out_of_a_bigints_range_is_refused_when_read() -> None:
            b' "last_hash": "%s"}]}' % (str(uuid.uuid4()).encode(), b"0" * 64)  # fmt: skip
     with pytest.raises(msgspec.ValidationError, match="last_seq"):
         msgspec.json.decode(body, type=Heads)
+
+
+def _boundary_chain(url: str, last_in_jan: bool) -> uuid.UUID:
+    """A chain around January's end: 1-5 January, 6 received in January but chained after 5, 7-9 February, 10 again
+    a slow January one, then (unless last_in_jan) 11-12 February."""
+    healthy._months(url, healthy.JAN, healthy.FEB, healthy.MAR)
+    end = healthy.JAN + timedelta(days=30, hours=23, minutes=59)
+    feb = healthy.FEB + timedelta(seconds=1)
+    times = [end] * 5 + [end] + [feb] * 3 + [end] + ([] if last_in_jan else [feb, feb])
+    times = [t + timedelta(milliseconds=n) for n, t in enumerate(times)]
+    chain = write(url, healthy._entries(times)).chain_id
+    assert _verify(url).ok
+    _retention(url, healthy.FEB)  # January dropped: floors at 5 (chain start side), 6 and 10
+    result = _verify(url)
+    assert result.ok, result.problems
+    return chain
+
+
+def test_rows_deleted_between_two_retention_floors_are_found(empty_database: str) -> None:
+    chain = _boundary_chain(empty_database, last_in_jan=False)
+    sql(empty_database, "DELETE FROM routing_log WHERE chain_id = $1 AND seq BETWEEN 7 AND 9", chain)
+    result = _verify(empty_database)
+    assert result.ok is False, "rows 7-9 deleted, verify says ok"
+
+
+def test_rows_deleted_between_a_floor_and_a_dropped_head_are_found(empty_database: str) -> None:
+    chain = _boundary_chain(empty_database, last_in_jan=True)
+    sql(empty_database, "DELETE FROM routing_log WHERE chain_id = $1 AND seq BETWEEN 7 AND 9", chain)
+    result = _verify(empty_database)
+    assert result.ok is False, "rows 7-9 deleted, verify says ok"
+
+
+def test_listed_ids_given_to_a_row_of_before_the_upgrade_are_found(empty_database: str) -> None:
+    _written_by_an_earlier_release(empty_database, 11, unkeyed_chain([healthy.JAN, healthy.FEB, healthy.MAR]))
+    write(empty_database, [])  # upgrade: chain sealed
+    assert _verify(empty_database).ok
+    sql(empty_database, "UPDATE routing_log SET listed_ids = '{CDR-X}' WHERE seq = 2")  # it came after that row
+    assert sql(empty_database, "SELECT count(*) FROM routing_log WHERE listed_ids @> '{CDR-X}'")[0][0] == 1
+    result = _verify(empty_database)
+    assert result.ok is False, "listed_ids of a pre-upgrade row changed, verify says ok"

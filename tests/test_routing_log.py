@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
-from storage.log_row import COLUMNS, RAW_BODY, SMALL_BODY_BYTES, legacy_hash, mark_mac, row_hash
+from storage.log_row import COLUMNS, RAW_BODY, SMALL_BODY_BYTES, floor_mac, legacy_hash, row_hash
 from tests.conftest import LOG_KEY, ROOT, Hub, Services, hub_env
 from tests.log_rows import numbered_log, sql, verified
 from tests.test_routing import LOCATION, _roles, party_key
@@ -184,7 +184,7 @@ def test_verify_detects_a_chain_all_of_whose_rows_were_deleted_but_not_one_reten
     gone = verified(empty_database, f"DELETE FROM routing_log WHERE chain_id = '{chain}'")
     assert gone.ok is False and f"chain {chain}: its head is seq 3, and none of its rows is left" in gone.problems[0]
     [head] = sql(empty_database, "SELECT chain_id, last_seq, last_hash FROM routing_log_chain")
-    mac = mark_mac(LOG_KEY, b"floor", *head.values())
+    mac = floor_mac(LOG_KEY, *head.values(), None, None, None)  # as a floor of before the upgrade
     sql(empty_database, "INSERT INTO routing_log_floor (chain_id, seq, hash, mac) VALUES ($1, $2, $3, $4)", *head, mac)
     assert verified(empty_database).ok
 
@@ -223,7 +223,7 @@ def test_a_floor_not_written_by_retention_does_not_hide_rows_deleted_from_a_chai
     [gone] = sql(empty_database, "DELETE FROM routing_log WHERE seq = 3 RETURNING chain_id, seq, hash")
     assert verified(empty_database).ok is False
     floor = "INSERT INTO routing_log_floor (chain_id, seq, hash, mac) VALUES ($1, $2, $3, $4)"
-    sql(empty_database, floor, *gone, mark_mac(b"a guessed key".ljust(32), b"floor", *gone.values()))
+    sql(empty_database, floor, *gone, floor_mac(b"a guessed key".ljust(32), *gone.values(), None, None, None))
     result = verified(empty_database)
     assert result.ok is False
     assert f"chain {gone['chain_id']}: the retention floor at seq 3 does not verify" in result.problems[0]
@@ -292,7 +292,7 @@ def test_heads_kept_outside_the_database_show_a_chains_newest_rows_or_a_whole_ch
     # Retention dropping a chain whole leaves a floor at its last row: that head is accounted for.
     last_hash = bytes.fromhex(saved[str(deleted)]["last_hash"])
     sql(empty_database, "INSERT INTO routing_log_floor (chain_id, seq, hash, mac) VALUES ($1, 3, $2, $3)", deleted,
-        last_hash, mark_mac(LOG_KEY, b"floor", deleted, 3, last_hash))  # fmt: skip
+        last_hash, floor_mac(LOG_KEY, deleted, 3, last_hash, None, None, None))  # fmt: skip
     assert [p.split(":")[0] for p in json.loads(cli("verify", "--heads", str(heads)).stdout)["problems"]] == [
         f"chain {truncated}"]  # fmt: skip
     heads.write_text("{}")

@@ -5,10 +5,11 @@
 --   Python half (storage.migrate) in this transaction. Such a chain verifies with the old hash as long as it still
 --   ends at that row: a changed row would change every hash after it, up to the sealed one.
 -- * routing_log_floor.mac: the MAC of each retention floor (the hash of a dropped row that the next row continues
---   from), so that a floor written by anything but retention cannot hide rows deleted from a chain; and
---   routing_log_floor.prev_hash, the dropped row's own prev_hash: retention now also keeps a floor for a dropped row
---   whose predecessor stays, which pins that predecessor (a row of an unkeyed chain between two dropped rows
---   could otherwise be replaced). Floors from before the upgrade have none, and are MAC'd as they are.
+--   from), so that a floor written by anything but retention cannot hide rows deleted from a chain. Retention now
+--   also keeps a floor of a dropped row whose predecessor was not dropped with it, and each floor says which of its
+--   neighbours were not dropped with it (next_apart, prev_apart) and keeps the row's prev_hash, which pins the row
+--   before it: verify then knows which rows of a gap retention dropped, and which must still be there. Floors from
+--   before the upgrade have none of these, and are MAC'd as they are.
 CREATE TABLE routing_log_sealed_chain (
     chain_id    uuid PRIMARY KEY,
     last_seq    bigint NOT NULL,
@@ -19,5 +20,6 @@ CREATE TABLE routing_log_sealed_chain (
 COMMENT ON TABLE routing_log_sealed_chain IS
     'The chains written before keyed hashes, each with its last row when the hub was upgraded, MAC''d';
 
-ALTER TABLE routing_log_floor ADD COLUMN mac bytea, ADD COLUMN prev_hash bytea;
+ALTER TABLE routing_log_floor ADD COLUMN mac bytea, ADD COLUMN prev_hash bytea, ADD COLUMN next_apart boolean,
+    ADD COLUMN prev_apart boolean;
 COMMENT ON COLUMN routing_log_floor.mac IS 'HMAC-SHA-256 of the floor under the routing log''s key';

@@ -175,7 +175,8 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
     try:
         with backing_services(settings) as ready:
             assert ready.database_url is not None
-            asyncio.run(migrate_database(ready.database_url, settings.secret_key or ""))
+            applies = args.command in ("serve", "demo", "migrate")
+            asyncio.run(migrate_database(ready.database_url, settings.secret_key or "", applies))
             asyncio.run(check_redis(ready.redis_url or ""))
             if args.command == "serve":
                 return _serve(ready, args.host, args.port, args.workers, args.server)

@@ -237,7 +237,10 @@ async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
     except BadFilter as exc:
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 2
-    except (OSError, msgspec.DecodeError, RecursionError) as exc:
+    except OSError as exc:
+        print(f"ocpi-hub: cannot read --heads {args.heads}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except (msgspec.DecodeError, RecursionError) as exc:
         print(f"ocpi-hub: --heads {args.heads}: not heads as ocpi-hub heads prints them: {exc}", file=sys.stderr)
         return 2
     if saved is not None:

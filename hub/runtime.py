@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 
 from hub.settings import Settings
 from storage.embedded import EmbeddedPostgres, EmbeddedValkey
-from storage.migrate import migrate
+from storage.migrate import MigrationRefused, check_secret_key, migrate, migration_files, pending
 
 log = structlog.get_logger()
 
@@ -79,10 +79,25 @@ async def check_redis(redis_url: str) -> None:
         await client.aclose()
 
 
-async def migrate_database(database_url: str, secret_key: str) -> list[str]:
+async def migrate_database(database_url: str, secret_key: str, apply: bool) -> list[str]:
+    """The migrations applied now (apply: serve, demo and migrate), or, for any other command, MigrationRefused when
+    some are pending: a migration may change what running hubs of the previous version can write, so it is applied
+    as deploy/README.md says, never by the way. Either way MigrationRefused for another secret key than the hub's."""
     conn = await asyncpg.connect(database_url)
     try:
-        return await migrate(conn, secret_key)
+        if apply:
+            applied = await migrate(conn, secret_key)
+        elif waiting := await pending(conn):
+            if len(waiting) == len(migration_files()):
+                raise MigrationRefused("the database holds no hub yet: run ocpi-hub migrate (or serve) first")
+            raise MigrationRefused(
+                f"the database lacks migration {', '.join(waiting)}; this command applies none: run ocpi-hub migrate "
+                "first (see deploy/README.md, Upgrades, on stopping the running hubs for it)"
+            )
+        else:
+            applied = []
+        await check_secret_key(conn, secret_key, "this command would misread the routing log's hashes and the tokens")
+        return applied
     finally:
         await conn.close()
 

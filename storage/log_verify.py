@@ -254,8 +254,9 @@ def _check_content(result: Verification, row: asyncpg.Record, key: bytes, sealed
         result.bad(row["id"], "content does not match its hash: the row was changed (or the hub's "
                               "OCPI_HUB_SECRET_KEY is not the one it was written with)")  # fmt: skip
     elif row["seq"] > seal["last_seq"]:
-        result.bad(row["id"], f"a row after seq {seal['last_seq']}, where its chain of unkeyed hashes was sealed: "
-                              "written later, by something other than this hub")  # fmt: skip
+        result.bad(row["id"], f"a row after seq {seal['last_seq']}, where its chain of unkeyed hashes was sealed at "
+                              "the upgrade to keyed hashes: written later, by a hub of the previous version still "
+                              "running then, or by something other than a hub")  # fmt: skip
     else:
         result.bad(row["id"], "content does not match its hash: the row was changed")
 

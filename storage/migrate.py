@@ -46,17 +46,7 @@ async def _seal_unkeyed_chains(conn: asyncpg.Connection, secret_key: str) -> Non
     gaps retention left, can be changed later without the key. A chain sealed later than this would take whatever
     someone had written into the database meanwhile, so nothing else ever seals one. Sealed under another key than
     the hub's, they would never verify: a key that does not open the stored tokens is refused."""
-    sample = await conn.fetchval("SELECT token_b FROM platform WHERE token_b IS NOT NULL LIMIT 1")
-    try:
-        box = TokenBox(secret_key)
-        if sample is not None:
-            box.open(sample)
-    except ValueError:
-        raise MigrationRefused(
-            "OCPI_HUB_SECRET_KEY does not open the party tokens stored in this database, so it is not the key the "
-            "hub wrote them with; migration 0012 seals the routing log's chains under it. Set the hub's key and "
-            "migrate again"
-        ) from None
+    await check_secret_key(conn, secret_key, "migration 0012 would seal the routing log's chains under it")
     log_key = routing_log_key(secret_key)
     heads = await conn.fetch("SELECT chain_id, last_seq, last_hash FROM routing_log_chain")
     await conn.executemany(
@@ -80,6 +70,22 @@ async def _seal_unkeyed_chains(conn: asyncpg.Connection, secret_key: str) -> Non
 
 
 _PYTHON_HALF = {12: _seal_unkeyed_chains}
+
+
+async def check_secret_key(conn: asyncpg.Connection, secret_key: str, harm: str) -> None:
+    """MigrationRefused, saying harm, unless secret_key opens the party tokens stored in the database (if any): a hub
+    with another key could not call the parties, and would find every keyed routing-log row changed."""
+    sample = await conn.fetchval("SELECT token_b FROM platform WHERE token_b IS NOT NULL LIMIT 1")
+    try:
+        box = TokenBox(secret_key)
+        if sample is not None:
+            box.open(sample)
+    except ValueError:
+        raise MigrationRefused(
+            f"OCPI_HUB_SECRET_KEY does not open the party tokens stored in this database, so it is not the key the hub "
+            f"wrote them with, and {harm}. Set the hub's key (a hub started without one generated it in its data dir, "
+            "OCPI_HUB_DATA_DIR, as secret.key)"
+        ) from None
 
 
 async def migrate(conn: asyncpg.Connection, secret_key: str) -> list[str]:

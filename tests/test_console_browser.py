@@ -248,6 +248,10 @@ def test_traffic_charts_and_chain_verification(page: Page, demo: RunningDemo) ->
     page.fill("#v-heads", '{"chains": "no"}')
     page.click("#verify-heads")
     assert "These are not heads as the download gives them" in page.inner_text("[role=alert]")
+    with demo.admin() as admin:  # each verify is in the audit trail with its outcome, as the API's
+        trail = admin.get("/admin/api/audit-trail", params={"limit": 50}).json()["items"]
+    verified = [e["parameters"] for e in trail if e["action"] == "verify" and e["actor_name"] == "demo"]
+    assert {"ok": True, "heads": chains, "via": "console"}.items() <= verified[0].items(), verified
 
 
 def test_what_the_auditor_viewed_in_the_console_is_in_the_audit_trail(page: Page, demo: RunningDemo) -> None:

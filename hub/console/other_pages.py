@@ -3,6 +3,7 @@ invitations."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from hub.console.auth import actor, require_admin
 from hub.console.charts import Bucket, bar_chart, buckets_between
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S
 from storage.log_search import BadFilter, is_row_id, parse_time
-from storage.log_verify import Heads, current_heads, verify
+from storage.log_verify import Heads, current_heads, outcome, verify
 from storage.sql import QUERIES
 
 AUDIT_PAGE = 100
@@ -128,9 +129,14 @@ async def _verified(request: Request, since: str, until: str, heads: str, run: b
         given: dict[str, Any] = {k: v for k, v in (("since", since), ("until", until)) if v}
         if saved is not None:
             given |= {"heads_taken_at": saved.taken_at.isoformat(), "heads": len(saved.chains)}
-        await record_action(conn, actor(request), "verify", given | {"via": "console"})
-        key = request.app.state.settings.routing_log_key
-        context["result"] = await verify(conn, key, start, end, AUDIT_QUERY_TIMEOUT_S, saved)
+        key, given = request.app.state.settings.routing_log_key, given | {"via": "console"}
+        try:
+            context["result"] = result = await verify(conn, key, start, end, AUDIT_QUERY_TIMEOUT_S, saved)
+        except Exception as exc:  # the attempt is in the trail all the same
+            with contextlib.suppress(Exception):
+                await record_action(conn, actor(request), "verify", given | {"error": type(exc).__name__})
+            raise
+        await record_action(conn, actor(request), "verify", given | outcome(result))
     context["checked_at"] = datetime.now(UTC)
     return Template("verify.html", context=context)
 

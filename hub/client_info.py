@@ -74,9 +74,9 @@ async def list_client_infos(request: Request[Caller, str, State]) -> Response[by
     caller = request.user.platform.id
     async with request.app.state.pool.acquire() as conn:
         rows = await conn.fetch(QUERIES["client_infos"], caller, date_from, date_to, offset, limit)
-        total = await conn.fetchval(QUERIES["client_infos_total"], caller, date_from, date_to)
+    total = rows[0]["total"]
     items = [ClientInfo(r["party_id"], r["country_code"], r["role"], r["status"], _when(r["last_updated"]))
-             for r in rows]  # fmt: skip
+             for r in rows if r["role"] is not None]  # fmt: skip
     headers = {"X-Total-Count": str(total), "X-Limit": str(limit)}  # the limit applied: hub.envelope.paging_window
     if offset + len(items) < total:
         query = {k: v for k, v in params.items() if k not in ("offset", "limit")}

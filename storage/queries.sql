@@ -275,28 +275,24 @@ SELECT chain_id, last_seq, last_hash, mac FROM routing_log_sealed_chain;
 -- The hub's ClientInfo list (mod_hub_client_info.asciidoc, Sender GET): every party but the caller's own, by
 -- last_updated; a role whose platform left the hub is SUSPENDED. One ClientInfo per role and party: a party id that
 -- left and was registered again (by another platform, or invited anew) is listed as it is now, not also as it was.
--- Paginated with offset and limit.
-SELECT role, country_code, party_id,
-       CASE WHEN status = 'UNREGISTERED' THEN 'SUSPENDED' ELSE status END AS status,
-       status_changed_at AS last_updated
-FROM party_role r
-WHERE platform_id <> $1
-  AND ($2::timestamptz IS NULL OR status_changed_at >= $2)
-  AND ($3::timestamptz IS NULL OR status_changed_at < $3)
-  AND NOT EXISTS (SELECT 1 FROM party_role later
-                  WHERE later.role = r.role AND upper(later.country_code) = upper(r.country_code)
-                    AND upper(later.party_id) = upper(r.party_id) AND later.id > r.id)
-ORDER BY status_changed_at, id
-OFFSET $4 LIMIT $5;
-
--- name: client_infos_total
-SELECT count(*) FROM party_role r
-WHERE platform_id <> $1
-  AND ($2::timestamptz IS NULL OR status_changed_at >= $2)
-  AND ($3::timestamptz IS NULL OR status_changed_at < $3)
-  AND NOT EXISTS (SELECT 1 FROM party_role later
-                  WHERE later.role = r.role AND upper(later.country_code) = upper(r.country_code)
-                    AND upper(later.party_id) = upper(r.party_id) AND later.id > r.id);
+-- Paginated with offset and limit, in one round trip: the page's rows each with the total, or, past the last page,
+-- one row holding only the total.
+WITH listed AS (
+    SELECT id, role, country_code, party_id,
+           CASE WHEN status = 'UNREGISTERED' THEN 'SUSPENDED' ELSE status END AS status,
+           status_changed_at AS last_updated
+    FROM party_role r
+    WHERE platform_id <> $1
+      AND ($2::timestamptz IS NULL OR status_changed_at >= $2)
+      AND ($3::timestamptz IS NULL OR status_changed_at < $3)
+      AND NOT EXISTS (SELECT 1 FROM party_role later
+                      WHERE later.role = r.role AND upper(later.country_code) = upper(r.country_code)
+                        AND upper(later.party_id) = upper(r.party_id) AND later.id > r.id)
+)
+SELECT counted.total, page.role, page.country_code, page.party_id, page.status, page.last_updated
+FROM (SELECT count(*) AS total FROM listed) AS counted
+LEFT JOIN LATERAL (SELECT * FROM listed ORDER BY last_updated, id OFFSET $4 LIMIT $5) AS page ON true
+ORDER BY page.last_updated, page.id;
 
 -- name: take_client_info_push_turn
 -- One hub process pushes at a time, so that the changes reach every party in the order they happened: with two

@@ -213,10 +213,9 @@ def _of_the_running_hub(settings: Settings, env: dict[str, str], command: str) -
             "OCPI_HUB_DATA_DIR, or the database and Redis URLs, to the running hub's"
         )
     recorded = settings.data_dir / PUBLIC_URL_FILE
-    if env.get("OCPI_HUB_PUBLIC_URL", "").strip() or not recorded.is_file():
+    if settings.public_url_known or not recorded.is_file():
         return settings
-    env["OCPI_HUB_PUBLIC_URL"] = os.environ["OCPI_HUB_PUBLIC_URL"] = recorded.read_text().strip()
-    return Settings.from_env(env)
+    return Settings.from_env(env | {"OCPI_HUB_PUBLIC_URL": recorded.read_text().strip()})
 
 
 def _raise_open_files_limit() -> None:

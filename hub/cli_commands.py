@@ -89,7 +89,7 @@ async def _connect(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
     from hub.ocpi.wire import usable_url
     from storage.routing_log import RoutingLogWriter
 
-    if not os.environ.get("OCPI_HUB_PUBLIC_URL"):
+    if not settings.public_url_known:
         # The party calls the hub back at this URL while it handles the registration: a guess will not do.
         print(
             "ocpi-hub: connect needs OCPI_HUB_PUBLIC_URL, the URL at which the party reaches the running hub",

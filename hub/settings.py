@@ -132,6 +132,8 @@ class Settings:
     log_partitions_ahead: int
     redis_prefix: str
     log_level: str
+    # OCPI_HUB_PUBLIC_URL was given, or a command beside serve read it from serve's data dir: public_url is not a guess
+    public_url_known: bool = False
 
     @property
     def versions_url(self) -> str:
@@ -199,6 +201,7 @@ class Settings:
             redis_url=get("OCPI_HUB_REDIS_URL"),
             data_dir=Path(get("OCPI_HUB_DATA_DIR") or ".ocpi-hub").absolute(),
             public_url=public_url,
+            public_url_known=bool(get("OCPI_HUB_PUBLIC_URL")),
             country_code=country_code,
             party_id=party_id,
             name=get("OCPI_HUB_NAME") or "ocpi-hub",

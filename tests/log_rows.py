@@ -13,7 +13,7 @@ import asyncpg
 
 from storage.log_row import COLUMNS, LogEntry, body_of, legacy_hash
 from storage.log_verify import verify
-from storage.migrate import migrate
+from storage.migrate import migrate, migration_files
 from storage.routing_log import RoutingLogWriter
 from tests.conftest import LOG_KEY, SECRET_KEY
 
@@ -176,3 +176,26 @@ def unkeyed_chain(months: list[datetime]) -> list[tuple[Any, ...]]:
         rows.append(tuple(values[c] for c in COLUMNS))
         prev = values["hash"]
     return rows
+
+
+def run_on(database_url: str, work: Any) -> Any:
+    """work(conn) on a connection of its own, run to its end."""
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+async def migrate_up_to(conn: asyncpg.Connection, version: int) -> None:
+    """The schema as the migrations up to version left it, as a release before the later ones did."""
+    await conn.execute("CREATE TABLE schema_migration (version integer PRIMARY KEY, name text NOT NULL,"
+                       " applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
+    for number, name, text in migration_files():
+        if number <= version:
+            await conn.execute(text)
+            await conn.execute("INSERT INTO schema_migration (version, name) VALUES ($1, $2)", number, name)

@@ -3,7 +3,6 @@ what verify and retention make of it (found by a review of the keyed chains)."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,30 +16,19 @@ from storage.log_verify import ChainHead, Heads, Verification, current_heads, ve
 from storage.partitions import RoutingLogUnverified, drop_before
 from tests import test_verify_on_healthy_logs as healthy
 from tests.conftest import LOG_KEY
-from tests.log_rows import numbered_entry, numbered_log, sql, unkeyed_chain, write
+from tests.log_rows import numbered_entry, numbered_log, run_on, sql, unkeyed_chain, write
 from tests.test_retention import _INSERT_ROW, _written_by_an_earlier_release
 
 OLD_MONTH = datetime(2020, 1, 15, tzinfo=UTC)
 JAN, FEB = datetime(2025, 1, 5, tzinfo=UTC), datetime(2025, 2, 5, tzinfo=UTC)
 
 
-def _run(url: str, work: Any) -> Any:
-    async def run() -> Any:
-        conn = await asyncpg.connect(url)
-        try:
-            return await work(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
-
-
 def _verify(url: str, since: datetime | None = None, saved: Heads | None = None) -> Verification:
-    return _run(url, lambda conn: verify(conn, LOG_KEY, since, None, saved=saved))
+    return run_on(url, lambda conn: verify(conn, LOG_KEY, since, None, saved=saved))
 
 
 def _retention(url: str, cut: datetime = datetime(2021, 1, 1, tzinfo=UTC)) -> list[Any]:
-    return _run(url, lambda conn: drop_before(conn, cut, key=LOG_KEY))
+    return run_on(url, lambda conn: drop_before(conn, cut, key=LOG_KEY))
 
 
 def _plant(url: str, chain_id: uuid.UUID, seq: int, hash_: bytes, at: datetime = OLD_MONTH) -> None:
@@ -108,7 +96,7 @@ def test_a_saved_head_is_not_matched_by_a_row_out_of_a_ranged_verify_that_does_n
     empty_database: str,
 ) -> None:
     chain = numbered_log(empty_database, 10).chain_id
-    saved = _run(empty_database, current_heads)
+    saved = run_on(empty_database, current_heads)
     rows = _rows(empty_database, chain)
     sql(empty_database, "DELETE FROM routing_log WHERE chain_id = $1 AND seq > 5", chain)
     sql(empty_database, "UPDATE routing_log_chain SET last_seq = 5, last_hash = $2 WHERE chain_id = $1", chain,

@@ -15,14 +15,13 @@ from pathlib import Path
 import asyncpg
 import msgspec
 
-from storage.log_row import COLUMNS, CONTENT_COLUMNS, GENESIS, LogEntry, legacy_hash
+from storage.log_row import COLUMNS, LogEntry, legacy_hash
 from storage.log_spool import SPOOL_SUFFIX
-from storage.migrate import migration_files
 from storage.partitions import RoutingLogBusy, drop_before
 from storage.routing_log import RoutingLogWriter
 from storage.secrets import TokenBox
 from tests.conftest import LOG_KEY, ROOT, SECRET_KEY, Services, hub_env
-from tests.log_rows import sql, varied_entries, verified, write
+from tests.log_rows import migrate_up_to, sql, unkeyed_chain, varied_entries, verified, write
 
 
 def _month(months_back: int, day: int = 10) -> datetime:
@@ -66,21 +65,9 @@ def test_rows_no_partition_covers_wait_in_the_default_partition_and_move_into_th
 
 
 def _old_rows(count: int) -> list[tuple]:
-    """Rows as the unpartitioned routing_log of migration 0002 held them, chained as the writer chained them."""
-    chain, prev, rows = uuid.uuid4(), GENESIS, []
-    for n in range(count):
-        month = (datetime(2025, 1, 20, tzinfo=UTC), datetime(2025, 2, 20, tzinfo=UTC))[n % 2]
-        values = dict.fromkeys(CONTENT_COLUMNS) | {
-            "received_at": month + timedelta(minutes=n), "chain_id": chain, "seq": n + 1, "request_id": f"old-{n}",
-            "correlation_id": "old", "module": "sessions", "interface": "receiver", "method": "PUT",
-            "path": f"/ocpi/2.2.1/receiver/sessions/NL/ABC/S{n}", "query": "", "routing": "direct",
-            "http_status": 200, "ocpi_status_code": 1000, "duration_ms": 2.5, "request_body_size": 0,
-            "response_body_size": 0, "from_country_code": "NL", "from_party_id": "ABC",
-        }  # fmt: skip
-        digest = legacy_hash(prev, values)
-        rows.append((*(values[c] for c in CONTENT_COLUMNS), prev, digest))
-        prev = digest
-    return rows
+    """Rows as a release before keyed hashes chained them, alternating between January and February 2025."""
+    return unkeyed_chain([(datetime(2025, 1, 20, tzinfo=UTC), datetime(2025, 2, 20, tzinfo=UTC))[n % 2]
+                          for n in range(count)])  # fmt: skip
 
 
 _INSERT_ROW = (
@@ -94,12 +81,7 @@ def _written_by_an_earlier_release(database_url: str, schema_version: int, rows:
     async def run() -> None:
         conn = await asyncpg.connect(database_url)
         try:
-            await conn.execute("CREATE TABLE schema_migration (version integer PRIMARY KEY, name text NOT NULL,"
-                               " applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
-            for version, name, text in migration_files():
-                if version <= schema_version:
-                    await conn.execute(text)
-                    await conn.execute("INSERT INTO schema_migration (version, name) VALUES ($1, $2)", version, name)
+            await migrate_up_to(conn, schema_version)
             await conn.executemany(_INSERT_ROW, rows)
             await conn.execute(
                 "INSERT INTO routing_log_chain (chain_id, last_seq, last_hash) VALUES ($1, $2, $3)",

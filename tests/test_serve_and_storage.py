@@ -19,6 +19,7 @@ import pytest
 from storage.migrate import migrate, migration_files, pending
 from storage.secrets import TokenBox
 from tests.conftest import OUTPUT, ROOT, SECRET_KEY, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
+from tests.log_rows import migrate_up_to, run_on
 from tests.parties import token_header
 from tests.test_routing import _roles, party_key, push_location
 
@@ -203,7 +204,7 @@ def test_only_serve_and_migrate_apply_migrations_and_a_wrong_secret_key_is_refus
 
     verify = cli("verify")
     assert verify.returncode == 1 and "the database holds no hub yet: run ocpi-hub migrate" in verify.stderr
-    asyncio.run(_migrate_up_to(empty_database, 11))
+    run_on(empty_database, lambda conn: migrate_up_to(conn, 11))
     verify = cli("verify")
     assert verify.returncode == 1 and "lacks migration 0012_routing_log_keyed_chains.sql" in verify.stderr
     assert "run ocpi-hub migrate first" in verify.stderr and "Traceback" not in verify.stderr
@@ -212,28 +213,7 @@ def test_only_serve_and_migrate_apply_migrations_and_a_wrong_secret_key_is_refus
     assert invited.returncode == 0, invited.stderr
     # an invitation stores no token B yet: a registered platform's is what a key must open
     register = "UPDATE platform SET token_b = $1"
-    asyncio.run(_execute(empty_database, register, TokenBox(SECRET_KEY).seal("token-b")))
+    run_on(empty_database, lambda conn: conn.execute(register, TokenBox(SECRET_KEY).seal("token-b")))
     wrong = cli("verify", OCPI_HUB_SECRET_KEY=TokenBox.generate_key())
     assert wrong.returncode == 1 and "OCPI_HUB_SECRET_KEY does not open the party tokens stored" in wrong.stderr
     assert "secret.key" in wrong.stderr
-
-
-async def _migrate_up_to(database_url: str, version: int) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute("CREATE TABLE schema_migration (version integer PRIMARY KEY, name text NOT NULL,"
-                           " applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
-        for number, name, text in migration_files():
-            if number <= version:
-                await conn.execute(text)
-                await conn.execute("INSERT INTO schema_migration (version, name) VALUES ($1, $2)", number, name)
-    finally:
-        await conn.close()
-
-
-async def _execute(database_url: str, statement: str, *args: object) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(statement, *args)
-    finally:
-        await conn.close()

@@ -4,7 +4,6 @@ a review of the keyed chains)."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,30 +15,19 @@ from storage.migrate import migrate
 from storage.partitions import drop_before
 from storage.routing_log import RoutingLogWriter
 from tests.conftest import LOG_KEY, SECRET_KEY
-from tests.log_rows import numbered_entry, sql, unkeyed_chain, write
+from tests.log_rows import numbered_entry, run_on, sql, unkeyed_chain, write
 
 JAN, FEB, MAR, APR, MAY = (datetime(2025, m, 1, tzinfo=UTC) for m in (1, 2, 3, 4, 5))
-
-
-def _run(url: str, work: Any) -> Any:
-    async def run() -> Any:
-        conn = await asyncpg.connect(url)
-        try:
-            return await work(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def _verify(
     url: str, since: datetime | None = None, until: datetime | None = None, saved: Heads | None = None
 ) -> Verification:
-    return _run(url, lambda conn: verify(conn, LOG_KEY, since, until, saved=saved))
+    return run_on(url, lambda conn: verify(conn, LOG_KEY, since, until, saved=saved))
 
 
 def _retention(url: str, cut: datetime) -> list[Any]:
-    return _run(url, lambda conn: drop_before(conn, cut, key=LOG_KEY))
+    return run_on(url, lambda conn: drop_before(conn, cut, key=LOG_KEY))
 
 
 def _entries(times: list[datetime], tag: str = "x") -> list[LogEntry]:
@@ -104,7 +92,7 @@ def test_several_chains_some_dropped_whole_verify_with_saved_heads(empty_databas
     write(empty_database, _entries([JAN, JAN + d, FEB, JAN + d], "a"))  # chain a ends in Jan (slow row)
     write(empty_database, _entries([JAN, JAN], "b"))  # chain b only January
     write(empty_database, _entries([FEB, JAN + d, FEB + d, MAR, FEB + d], "c"))
-    saved = _run(empty_database, current_heads)
+    saved = run_on(empty_database, current_heads)
     for cut in (FEB, MAR):
         _retention(empty_database, cut)
         result = _verify(empty_database, saved=saved)
@@ -128,7 +116,7 @@ def test_saved_heads_verify_after_retention_dropped_their_rows_while_the_chain_w
         await pool.close()
         return first, second
 
-    first, second = _run(empty_database, work)
+    first, second = run_on(empty_database, work)
     for cut in (FEB, MAR):
         _retention(empty_database, cut)
         for saved in (first, second):

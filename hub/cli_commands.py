@@ -226,11 +226,11 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
 async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
     """GET /admin/api/routing-log/verify without a request's time limits (a log of millions of rows takes minutes),
     for cron and alerting: the same JSON on stdout, exit code 1 when the log does not verify."""
-    from hub.admin.actors import record_action
+    from hub.admin.routing_log import recorded_verify
     from storage.log_search import BadFilter, parse_time
-    from storage.log_verify import Heads, outcome, verify
+    from storage.log_verify import Heads
 
-    given: dict[str, Any] = {name: value for name in ("since", "until") if (value := getattr(args, name))}
+    given = {name: value for name in ("since", "until") if (value := getattr(args, name))}
     try:
         times = {name: parse_time(f"--{name}", value) for name, value in given.items()}
         saved = msgspec.json.decode(Path(args.heads).read_bytes(), type=Heads) if args.heads else None
@@ -243,23 +243,19 @@ async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
     except (msgspec.DecodeError, RecursionError) as exc:
         print(f"ocpi-hub: --heads {args.heads}: not heads as ocpi-hub heads prints them: {exc}", file=sys.stderr)
         return 2
-    if saved is not None:
-        given |= {"heads_taken_at": saved.taken_at.isoformat(), "heads": len(saved.chains)}
-    async with pool.acquire() as conn:
-        result = await verify(conn, settings.routing_log_key, times.get("since"), times.get("until"), saved=saved)
-        await record_action(conn, _operator("verify"), "verify", given | outcome(result))
+    window = (times.get("since"), times.get("until"))
+    async with pool.acquire() as conn:  # no time limit here: the point of the command
+        result = await recorded_verify(conn, settings.routing_log_key, _operator("verify"), given, window, saved, None)
     print(msgspec.json.format(msgspec.json.encode(result)).decode())
     return 0 if result.ok else 1
 
 
 async def _heads(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
     """GET /admin/api/routing-log/heads: kept outside the database, a later verify --heads shows rows deleted since."""
-    from hub.admin.actors import record_action
-    from storage.log_verify import current_heads
+    from hub.admin.routing_log import recorded_heads
 
     async with pool.acquire() as conn:
-        heads = await current_heads(conn)
-        await record_action(conn, _operator("heads"), "heads", {"chains": len(heads.chains)})
+        heads = await recorded_heads(conn, _operator("heads"), {})
     print(msgspec.json.format(msgspec.json.encode(heads)).decode())
     return 0
 

@@ -261,6 +261,11 @@ def _check_content(result: Verification, row: asyncpg.Record, key: bytes, sealed
         result.bad(row["id"], "content does not match its hash: the row was changed")
 
 
+def verified_seals(key: bytes, records: list[asyncpg.Record]) -> dict[Any, asyncpg.Record]:
+    """The seals (QUERIES["sealed_chains"]) whose MAC verifies, by chain id, as verify takes them, for row_verifies."""
+    return _marks(Verification(), key, records, seals=True)
+
+
 def _marks(result: Verification, key: bytes, records: list[asyncpg.Record], seals: bool = False) -> dict[Any, Any]:
     """The seals (by chain id) or floors (by chain id and seq) whose MAC verifies; the others are reported."""
     good: dict[Any, Any] = {}

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 
-from storage.log_row import floor_mac, seal_mac
-from storage.log_verify import row_verifies
+from storage.log_row import floor_mac
+from storage.log_verify import row_verifies, verified_seals
 from storage.sql import QUERIES
 
 log = structlog.get_logger()
@@ -113,8 +113,7 @@ async def _record_floors(conn: asyncpg.Connection, quoted: str, partition: str, 
     """The floors of a partition about to go, each checked against its hash first: MAC'd, a floor says retention saw
     that row, so one made of a row planted in the partition would hide rows deleted from its chain."""
     floors = await conn.fetch(QUERIES["chain_floors_in_partition"].format(partition=quoted))
-    sealed = {s["chain_id"]: s for s in await conn.fetch(QUERIES["sealed_chains"])}
-    sealed = {c: s for c, s in sealed.items() if s["mac"] == seal_mac(key, c, s["last_seq"], s["last_hash"])}
+    sealed = verified_seals(key, await conn.fetch(QUERIES["sealed_chains"]))
     if unverified := [f for f in floors if not row_verifies(key, sealed, f)]:
         raise RoutingLogUnverified(
             f"partition {partition} was not dropped: {len(unverified)} of its rows do not match their hashes (row "

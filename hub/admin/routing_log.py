@@ -10,7 +10,7 @@ import asyncpg
 import msgspec
 from litestar import Request, Response, get, route
 
-from hub.admin.actors import READ_ONLY, actor_of, record_action
+from hub.admin.actors import READ_ONLY, Actor, actor_of, record_action
 from hub.admin.api import AdminError, json_response
 from hub.envelope import whole_number
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S, DATABASE_TIMEOUT_S
@@ -25,7 +25,7 @@ from storage.log_search import (
     parse_filters,
     parse_time,
 )
-from storage.log_verify import Heads, current_heads, outcome, verify
+from storage.log_verify import Heads, Verification, current_heads, outcome, verify
 from storage.sql import QUERIES
 
 MAX_LIMIT = 500
@@ -148,12 +148,42 @@ async def load_conversation(conn: asyncpg.Connection, correlation_id: str) -> tu
     return [dict(row) for row in rows[:MAX_CONVERSATION]], len(rows) > MAX_CONVERSATION
 
 
+async def recorded_heads(conn: asyncpg.Connection, who: Actor, given: dict[str, Any]) -> Heads:
+    """Every chain's head now, the taking of them in the audit trail (API, console and CLI alike)."""
+    heads = await current_heads(conn)
+    await record_action(conn, who, "heads", {"chains": len(heads.chains)} | given)
+    return heads
+
+
+async def recorded_verify(
+    conn: asyncpg.Connection,
+    key: bytes,
+    who: Actor,
+    given: dict[str, Any],
+    window: tuple[Any, Any],
+    saved: Heads | None,
+    timeout: float | None = AUDIT_QUERY_TIMEOUT_S,
+) -> Verification:
+    """storage.log_verify.verify of window (since, until), in the audit trail with given, the heads it was given (when
+    taken, how many) and its outcome, or what stopped it: a failure later put right leaves its trace (API, console and
+    CLI alike)."""
+    if saved is not None:
+        given = given | {"heads_taken_at": saved.taken_at.isoformat(), "heads": len(saved.chains)}
+    try:
+        result = await verify(conn, key, *window, timeout, saved)
+    except Exception as exc:  # the attempt is in the trail all the same
+        with contextlib.suppress(Exception):
+            await record_action(conn, who, "verify", given | {"error": type(exc).__name__})
+        raise
+    await record_action(conn, who, "verify", given | outcome(result))
+    return result
+
+
 @get("/routing-log/heads", opt={READ_ONLY: True})
 async def routing_log_heads(request: Request) -> Response[bytes]:
     """Every chain's head now, for the auditor to keep outside the database and POST to verify later."""
     async with request.app.state.pool.acquire() as conn:
-        heads = await current_heads(conn)
-        await record_action(conn, actor_of(request), "heads", {"chains": len(heads.chains)})
+        heads = await recorded_heads(conn, actor_of(request), {})
     return json_response(heads)
 
 
@@ -170,18 +200,10 @@ async def verify_routing_log(request: Request) -> Response[bytes]:
     except BadFilter as exc:
         raise AdminError(400, str(exc)) from None
     saved = await _saved_heads(request) if request.method == "POST" else None
+    given = {k: v for k, v in params.items() if v}
     async with request.app.state.pool.acquire() as conn:
-        given: dict[str, Any] = {k: v for k, v in params.items() if v}
-        if saved is not None:
-            given |= {"heads_taken_at": saved.taken_at.isoformat(), "heads": len(saved.chains)}
-        try:
-            key = request.app.state.settings.routing_log_key
-            result = await verify(conn, key, since, until, AUDIT_QUERY_TIMEOUT_S, saved)
-        except Exception as exc:  # the attempt is in the trail all the same
-            with contextlib.suppress(Exception):
-                await record_action(conn, actor_of(request), "verify", given | {"error": type(exc).__name__})
-            raise
-        await record_action(conn, actor_of(request), "verify", given | outcome(result))
+        key = request.app.state.settings.routing_log_key
+        result = await recorded_verify(conn, key, actor_of(request), given, (since, until), saved)
     return json_response(result)  # {"ok", "rows", "first_bad_id", "problems", "heads_checked"}
 
 

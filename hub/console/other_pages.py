@@ -3,7 +3,6 @@ invitations."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -18,12 +17,12 @@ from litestar.response import Redirect, Template
 
 from hub.admin.actors import record_action
 from hub.admin.api import AdminError, InvitationIn, invite, invited
+from hub.admin.routing_log import recorded_heads, recorded_verify
 from hub.admin.stats import BUCKETS, compute_stats
 from hub.console.auth import actor, require_admin
 from hub.console.charts import Bucket, bar_chart, buckets_between
-from hub.runtime import AUDIT_QUERY_TIMEOUT_S
 from storage.log_search import BadFilter, is_row_id, parse_time
-from storage.log_verify import Heads, current_heads, outcome, verify
+from storage.log_verify import Heads
 from storage.sql import QUERIES
 
 AUDIT_PAGE = 100
@@ -125,18 +124,10 @@ async def _verified(request: Request, since: str, until: str, heads: str, run: b
     except (msgspec.DecodeError, RecursionError) as exc:
         context["error"] = f"These are not heads as the download gives them: {exc}"
         return Template("verify.html", context=context, status_code=400)
+    given = {k: v for k, v in (("since", since), ("until", until)) if v} | {"via": "console"}
     async with request.app.state.pool.acquire() as conn:
-        given: dict[str, Any] = {k: v for k, v in (("since", since), ("until", until)) if v}
-        if saved is not None:
-            given |= {"heads_taken_at": saved.taken_at.isoformat(), "heads": len(saved.chains)}
-        key, given = request.app.state.settings.routing_log_key, given | {"via": "console"}
-        try:
-            context["result"] = result = await verify(conn, key, start, end, AUDIT_QUERY_TIMEOUT_S, saved)
-        except Exception as exc:  # the attempt is in the trail all the same
-            with contextlib.suppress(Exception):
-                await record_action(conn, actor(request), "verify", given | {"error": type(exc).__name__})
-            raise
-        await record_action(conn, actor(request), "verify", given | outcome(result))
+        key = request.app.state.settings.routing_log_key
+        context["result"] = await recorded_verify(conn, key, actor(request), given, (start, end), saved)
     context["checked_at"] = datetime.now(UTC)
     return Template("verify.html", context=context)
 
@@ -145,8 +136,7 @@ async def _verified(request: Request, since: str, until: str, heads: str, run: b
 async def heads_download(request: Request) -> Response[bytes]:
     """Every chain's head now, as a file to keep outside the database and paste into the verify page later."""
     async with request.app.state.pool.acquire() as conn:
-        heads = await current_heads(conn)
-        await record_action(conn, actor(request), "heads", {"chains": len(heads.chains), "via": "console"})
+        heads = await recorded_heads(conn, actor(request), {"via": "console"})
     name = f"ocpi-hub-heads-{heads.taken_at:%Y-%m-%dT%H%M%SZ}.json"
     return Response(msgspec.json.format(msgspec.json.encode(heads)), media_type="application/json",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})  # fmt: skip

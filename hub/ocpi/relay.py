@@ -209,10 +209,11 @@ class Relay:
         delivery = route.deliveries[0]
         body, query = incoming.body, incoming.query
         if callback_url is not None:
+            entry.object_id = object_id_of_entry(entry)  # read once: the writer takes it from the entry
             key = await self.routing.remember("results", Relayed(
                 url=callback_url, module=incoming.module, interface="sender", caller_platform_id=delivery.platform.id,
                 target_platform_id=caller.id, caller_party=delivery.to.key, target_party=route.sender.key,
-                correlation_id=entry.correlation_id, object_id=object_id_of_entry(entry)),
+                correlation_id=entry.correlation_id, object_id=entry.object_id),
                 callback_ttl_s(incoming))  # fmt: skip
             body, query = with_response_url(incoming, callback_url, f"{self.settings.public_url}{RESULTS}{key}")
         answer = await self.call_party(exchange, delivery, route.sender, incoming.method,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 import structlog
@@ -41,29 +43,48 @@ def save(spool_dir: Path, chain_id: str, parts: list[dict[str, Any]]) -> Path:
 
 
 async def write_spooled(spool_dir: Path, append: Append, seal: Seal) -> None:
-    """The rows an earlier writer kept in spool_dir, each file claimed by renaming it (several workers share
-    a data dir); a part the database has already (committed as its answer was lost) is not written again. Rows a
-    hub from before keyed hashes spooled are hashed as it chained them: their chain is sealed at the last of them."""
-    for path in sorted(spool_dir.glob(f"*{SPOOL_SUFFIX}")):
-        claimed = path.with_suffix(f".{os.getpid()}")
-        try:
-            path.rename(claimed)
-        except FileNotFoundError:
-            continue  # another worker took it
-        try:
-            spooled = _decoder.decode(claimed.read_bytes())
-            chain_id, written = uuid.UUID(spooled["chain_id"]), 0
-            records, keyed = [], spooled.get("keyed", False)
-            for part in spooled["parts"]:
-                # a record of before keyed hashes ends at object_id; listed_ids came with them
-                records = [tuple(record) if keyed else (*record, None) for record in part["records"]]
-                if await append(chain_id, records, [tuple(loc) for loc in part["locations"]]):
-                    written += len(records)
-            if not keyed and records:
-                await seal(chain_id, records[-1][_SEQ], records[-1][_HASH])
-        except Exception as exc:  # the database away again, or a damaged file: kept for the next start
-            claimed.rename(path)
-            log.error("routing_log_spool_not_written", path=str(path), error=f"{type(exc).__name__}: {exc}")
-            continue
-        claimed.unlink()
+    """The rows an earlier writer kept in spool_dir, each file claimed by a lock on it (several workers share a data
+    dir; a lock goes with the process that held it, so a file whose writer died is taken by the next); a part the
+    database has already (committed as its answer was lost, or by a writer that died halfway) is not written again.
+    Rows a hub from before keyed hashes spooled are hashed as it chained them: their chain is sealed at the last of
+    them."""
+    # "{chain}.{pid}": a file a hub before locks claimed by renaming it, left where its process died
+    for path in sorted([*spool_dir.glob(f"*{SPOOL_SUFFIX}"), *spool_dir.glob("*.[0-9]*")]):
+        with _claimed(path) as claimed:
+            if claimed is None:
+                continue  # another worker has it, or has written it
+            try:
+                written = await _write_spool_file(claimed.read(), append, seal)
+            except Exception as exc:  # the database away again, or a damaged file: kept for the next start
+                log.error("routing_log_spool_not_written", path=str(path), error=f"{type(exc).__name__}: {exc}")
+                continue
+            path.unlink()  # under the lock: no other worker reads it once it is written
         log.warning("routing_log_spool_written", path=str(path), rows=written)
+
+
+@contextlib.contextmanager
+def _claimed(path: Path) -> Iterator[BinaryIO | None]:
+    """The file at path, open and locked for this process alone; None if another holds it, or it is gone."""
+    with contextlib.ExitStack() as held:
+        try:
+            file = held.enter_context(path.open("rb"))
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # locked after a writer unlinked it: no longer there to write
+            taken = os.stat(path).st_ino == os.fstat(file.fileno()).st_ino
+        except (FileNotFoundError, BlockingIOError):
+            taken = False
+        yield file if taken else None
+
+
+async def _write_spool_file(content: bytes, append: Append, seal: Seal) -> int:
+    spooled = _decoder.decode(content)
+    chain_id, written = uuid.UUID(spooled["chain_id"]), 0
+    records, keyed = [], spooled.get("keyed", False)
+    for part in spooled["parts"]:
+        # a record of before keyed hashes ends at object_id; listed_ids came with them
+        records = [tuple(record) if keyed else (*record, None) for record in part["records"]]
+        if await append(chain_id, records, [tuple(loc) for loc in part["locations"]]):
+            written += len(records)
+    if not keyed and records:
+        await seal(chain_id, records[-1][_SEQ], records[-1][_HASH])
+    return written

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -163,6 +165,36 @@ def test_a_write_the_database_never_answers_is_given_up_and_its_rows_are_written
     assert (result.ok, result.rows) == (True, 4)
 
 
+async def _stop_while_answers_are_lost(database_url: str, spool: Path) -> list[object]:
+    """A writer closed while the database's answers are lost: entry 1 committed, entry 2 in flight (committed with
+    its answer lost), entry 3 queued behind it; 2 and 3 end in a spool file. What the two callers got."""
+    proxy = _CuttingProxy(database_url)
+    pool = await asyncpg.create_pool(await proxy.start(), min_size=1, max_size=2)
+    writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, write_timeout_s=30, spool_dir=spool,
+                              drain_timeout_s=1)  # fmt: skip
+    try:
+        async with writer.running():
+            await writer.record(numbered_entry(1))
+            proxy.silence("answers")
+            calls = [asyncio.create_task(writer.record(numbered_entry(2)))]
+            await asyncio.sleep(0.3)  # entry 2 is in flight, entry 3 queued behind it
+            calls.append(asyncio.create_task(writer.record(numbered_entry(3))))
+            await asyncio.sleep(0.1)
+    finally:
+        proxy.server.close()
+        pool.terminate()
+    return list(await asyncio.gather(*calls, return_exceptions=True))
+
+
+async def _start_again(database_url: str, spool: Path, n: int) -> None:
+    """A writer opened on spool, as a hub starting on the same data dir, recording entry n."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, spool_dir=spool)
+    async with writer.running():
+        await writer.record(numbered_entry(n))
+    await pool.close()
+
+
 def test_rows_not_committed_when_the_writer_closes_are_spooled_and_written_once_by_the_next_writer(
     empty_database: str, tmp_path: Path
 ) -> None:
@@ -170,40 +202,55 @@ def test_rows_not_committed_when_the_writer_closes_are_spooled_and_written_once_
     # twice, and must write the rows queued behind it, in the chain they were given.
     numbered_log(empty_database, 1)
     spool = tmp_path / "spool"
-
-    async def stop_while_answers_are_lost() -> list[object]:
-        proxy = _CuttingProxy(empty_database)
-        pool = await asyncpg.create_pool(await proxy.start(), min_size=1, max_size=2)
-        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, write_timeout_s=30, spool_dir=spool,
-                                  drain_timeout_s=1)  # fmt: skip
-        try:
-            async with writer.running():
-                await writer.record(numbered_entry(1))
-                proxy.silence("answers")
-                calls = [asyncio.create_task(writer.record(numbered_entry(2)))]
-                await asyncio.sleep(0.3)  # entry 2 is in flight, entry 3 queued behind it
-                calls.append(asyncio.create_task(writer.record(numbered_entry(3))))
-                await asyncio.sleep(0.1)
-        finally:
-            proxy.server.close()
-            pool.terminate()
-        return list(await asyncio.gather(*calls, return_exceptions=True))
-
-    async def start_again() -> RoutingLogWriter:
-        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
-        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, spool_dir=spool)
-        async with writer.running():
-            await writer.record(numbered_entry(4))
-        await pool.close()
-        return writer
-
-    outcomes = asyncio.run(asyncio.wait_for(stop_while_answers_are_lost(), 60))
+    outcomes = asyncio.run(asyncio.wait_for(_stop_while_answers_are_lost(empty_database, spool), 60))
     assert all(isinstance(outcome, LogUnavailable) for outcome in outcomes)
     assert [path.suffix for path in spool.iterdir()] == [".routing-log-spool"]
-    asyncio.run(asyncio.wait_for(start_again(), 60))
+    asyncio.run(asyncio.wait_for(_start_again(empty_database, spool, 4), 60))
     assert list(spool.iterdir()) == []
     result = verified(empty_database)
     assert (result.ok, result.rows) == (True, 5)  # the first row, 1, 2 (once), 3 and 4
+
+
+def test_a_spool_file_held_by_a_live_worker_is_left_to_it_and_taken_by_the_next_writer_once_that_worker_died(
+    empty_database: str, tmp_path: Path
+) -> None:
+    # Workers sharing a data dir claim a spool file by a lock on it. A claim that outlived its process (the hub
+    # before renamed the file to "{chain}.{pid}") kept the rows off the database for good.
+    numbered_log(empty_database, 1)
+    spool = tmp_path / "spool"
+    asyncio.run(asyncio.wait_for(_stop_while_answers_are_lost(empty_database, spool), 60))
+    [path] = spool.iterdir()
+    holder = subprocess.Popen(  # a worker busy writing the file
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'rb'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        asyncio.run(asyncio.wait_for(_start_again(empty_database, spool, 4), 60))
+        assert list(spool.iterdir()) == [path]  # left to the worker holding it
+        assert verified(empty_database).rows == 4  # the first row, 1, 2 (committed as its answer was lost), 4
+    finally:
+        holder.kill()
+        holder.wait()
+    asyncio.run(asyncio.wait_for(_start_again(empty_database, spool, 5), 60))  # the worker died: its lock is gone
+    assert list(spool.iterdir()) == []
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 6)  # 3 came in with the file, 2 not twice
+
+
+def test_a_spool_file_a_hub_before_locks_claimed_and_died_with_is_written_by_the_next_writer(
+    empty_database: str, tmp_path: Path
+) -> None:
+    numbered_log(empty_database, 1)
+    spool = tmp_path / "spool"
+    asyncio.run(asyncio.wait_for(_stop_while_answers_are_lost(empty_database, spool), 60))
+    [path] = spool.iterdir()
+    path.rename(path.with_suffix(".4242"))  # claimed by that hub's process 4242, which died writing it
+    asyncio.run(asyncio.wait_for(_start_again(empty_database, spool, 4), 60))
+    assert list(spool.iterdir()) == []
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 5)
 
 
 def test_a_writer_that_cannot_spool_its_rows_still_closes_and_says_how_many_were_lost(

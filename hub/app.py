@@ -17,6 +17,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from hub import client_info, metrics
 from hub.admin import endpoints
+from hub.admin.actors import identify_admin_caller
 from hub.admin.api import admin_router, render_admin_error
 from hub.auth import CredentialsTokenAuth
 from hub.console import console_router, problem_page, template_config
@@ -187,6 +188,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         elif scope["type"] == "http" and credentials_log.is_credentials(scope["path"]):
             await credentials_log.logged(litestar, app.state, scope, relay.bodies.guarded(receive), send)  # type: ignore[arg-type]
         elif scope["type"] == "http":
+            if scope["path"].startswith("/admin/api"):
+                await identify_admin_caller(app.state, scope)
             await litestar(scope, relay.bodies.guarded(receive), send)
         else:
             await litestar(scope, receive, send)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from dataclasses import dataclass
 from typing import Any
@@ -9,10 +10,12 @@ from typing import Any
 import asyncpg
 import msgspec
 from litestar.connection import ASGIConnection
+from litestar.datastructures import State
 from litestar.exceptions import PermissionDeniedException
 from litestar.handlers import BaseRouteHandler
+from litestar.types import Scope
 
-from hub.errors import Unauthorized
+from hub.errors import OUTAGES, Unauthorized
 from storage.log_row import stored_text
 from storage.secrets import new_token, token_hash
 from storage.sql import QUERIES
@@ -52,14 +55,29 @@ async def resolve_actor(pool: asyncpg.Pool, admin_token: str, token: str | None)
     return Actor(name, AUDITOR) if name is not None else None
 
 
+UNAUTHORIZED = "admin API: send 'Authorization: Bearer <admin token or auditor token>'"
+
+
+async def identify_admin_caller(state: State, scope: Scope) -> None:
+    """/admin/api: who calls, found before Litestar picks a route, and kept in the scope (None: the token is no one's).
+    Litestar answers a wrong URL or method (404, 405) before any guard; render_admin_error answers those 401 to a caller
+    without a token, who should learn only that it needs one, not what the API has. Left out of the scope when the
+    database cannot tell now: actor_guard asks again, and its error says why."""
+    header = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+    with contextlib.suppress(*OUTAGES):
+        actor = await resolve_actor(state.pool, state.settings.admin_token, bearer_token(header.decode("latin-1")))
+        scope.setdefault("state", {})["actor"] = actor
+
+
 async def actor_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     """Guard of /admin/api: 'Authorization: Bearer <admin or auditor token>'; auditors may only read."""
     state = connection.app.state
-    actor = await resolve_actor(
+    known = connection.scope["state"]
+    actor = known["actor"] if "actor" in known else await resolve_actor(
         state.pool, state.settings.admin_token, bearer_token(connection.headers.get("authorization"))
-    )
+    )  # fmt: skip
     if actor is None:
-        raise Unauthorized("admin API: send 'Authorization: Bearer <admin token or auditor token>'")
+        raise Unauthorized(UNAUTHORIZED)
     if actor.kind == AUDITOR and not handler.opt.get(READ_ONLY):
         raise PermissionDeniedException(
             detail=f"auditor {actor.name!r} may only read the routing log, parties, stats, the heads and verify;"

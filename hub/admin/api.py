@@ -11,7 +11,7 @@ import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
 
-from hub.admin.actors import READ_ONLY, actor_guard, actor_of, record_action
+from hub.admin.actors import READ_ONLY, UNAUTHORIZED, actor_guard, actor_of, record_action
 from hub.envelope import http_error_message, logged_unexpected
 from hub.errors import OcpiError
 from hub.ocpi.wire import NO_CONTROL_CHARACTERS, CountryCode, PartyId, Role
@@ -134,6 +134,12 @@ def render_admin_error(request: Request, exc: Exception) -> Response[bytes]:
     if isinstance(exc, OcpiError):
         return json_response({"error": exc.message}, exc.http_status if exc.http_status != 200 else 400)
     if isinstance(exc, HTTPException):
+        if (
+            exc.status_code in (404, 405)
+            and "actor" in request.scope["state"]
+            and request.scope["state"]["actor"] is None
+        ):
+            return json_response({"error": UNAUTHORIZED}, 401)  # raised before the guard (identify_admin_caller)
         return json_response({"error": http_error_message(request, exc)}, exc.status_code, exc.headers)
     status, message = logged_unexpected(request, exc)
     return json_response({"error": message}, status)

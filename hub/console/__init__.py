@@ -13,6 +13,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from hub.envelope import http_error_message, logged_unexpected
+from hub.errors import OUTAGES
 
 HERE = Path(__file__).parent
 
@@ -32,7 +33,7 @@ def problem_page(request: Request, exc: Exception) -> Response[Any]:
         heading, message, status = "Cannot show this page", http_error_message(request, exc), exc.status_code
     else:
         status, message = logged_unexpected(request, exc)
-        if status == 503:
+        if isinstance(exc, OUTAGES):
             heading = "The hub's database or Redis is away"
         else:
             heading, message = "Something went wrong", "An internal error of the hub; it has been logged."

@@ -171,7 +171,7 @@ async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) 
         entry.http_status, entry.response_body = answer.status, answer.body
         entry.ocpi_status_code = ocpi_status_of(answer.body)
     except OcpiError as exc:
-        entry.http_status, entry.ocpi_status_code, entry.error = exc.http_status, exc.status_code, exc.message
+        entry.http_status, entry.ocpi_status_code, entry.error = exc.http_status, exc.status_code, exc.detail
         unanswered = exc.status_code in (4002, 4003)
         if unanswered:
             state.still_alive.suspect(platform.id)

@@ -37,9 +37,12 @@ class OcpiError(Exception):
     http_status = 200
     allow = ""  # a 405's Allow header (MethodNotAllowed): whoever renders the error sends it when set
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # for the routing log and the hub's own log only, where it says more than the caller may read (a receiver's
+        # own URL, which the hub keeps from the other parties)
+        self.detail = detail or message
 
 
 class ClientError(OcpiError):

@@ -89,14 +89,15 @@ async def forward(
 ) -> Answer:
     """The receiver's answer, at most max_bytes of it (decompressed): a larger one is AnswerTooLarge (4000), one
     with a status outside 200-599 AnswerNotRelayable (4000)."""
+    sent = f"{method} {url}"  # for the routing log (OcpiError.detail), not for the caller: a receiver's own URL
     try:
         # Redirects are not followed: a hub relays the receiver's answer, a 3xx included (aiohttp would turn a POST
         # redirected with 301/302 into a GET without its body, sent somewhere the hub was not asked to send it).
         async with session.request(method, url, headers=headers, data=body or None, allow_redirects=False) as response:
             if not 200 <= response.status <= 599:  # aiohttp takes any three digits, and passes a 101 on
-                raise AnswerNotRelayable(f"{method} {url} answered with HTTP status {response.status}, which is no "
-                                         "status the hub can relay")  # fmt: skip
-            payload = await _read(response, max_bytes, f"{method} {url}")
+                told = f"the receiver answered with HTTP status {response.status}, which is no status the hub can relay"
+                raise AnswerNotRelayable(told, f"{sent}: {told}")
+            payload = await _read(response, max_bytes, sent)
             got = response.headers
             relayed = {name: _as_sent(value) for name in RELAYED_RESPONSE_HEADERS if (value := got.get(name))}
             unwritable = tuple(name for name, value in relayed.items() if _UNWRITABLE.search(value))
@@ -104,14 +105,16 @@ async def forward(
                 del relayed[name]
             return Answer(response.status, relayed, payload, unwritable)
     except TimeoutError:
-        raise ForwardTimeout(f"{method} {url} did not answer within {timeout_s:g} s") from None
+        told = f"the receiver did not answer within {timeout_s:g} s"
+        raise ForwardTimeout(told, f"{sent}: {told}") from None
     except aiohttp.ClientResponseError as exc:  # what came back does not parse as HTTP (redirects are not followed)
         # Not 4003, "unable to reach the receiving party": told that, a sender would send a CDR or a command again.
-        raise AnswerUnreadable(f"{method} {url}: the receiver got the request, but the hub could not read its answer "
-                               f"as HTTP ({_cut(exc.message)})") from None  # fmt: skip
+        told = "the receiver got the request, but the hub could not read its answer as HTTP"
+        raise AnswerUnreadable(told, f"{sent}: {told} ({_cut(exc.message)})") from None
     except (aiohttp.ClientError, OSError) as exc:
         _release_frames(exc)
-        raise ReceiverNotConnected(f"{method} {url} failed: {exc or type(exc).__name__}") from None
+        told = f"the hub could not reach the receiver ({type(exc).__name__})"
+        raise ReceiverNotConnected(told, f"{sent} failed: {exc or type(exc).__name__}") from None
     except asyncio.CancelledError:
         raise
 
@@ -165,6 +168,5 @@ async def read_capped(chunks: AsyncIterable[bytes], max_bytes: int, what: str) -
 
 
 def answer_too_large(what: str, max_bytes: int) -> AnswerTooLarge:
-    return AnswerTooLarge(
-        f"{what} answered with more than {max_bytes} bytes, more than the hub takes (OCPI_HUB_MAX_BODY_BYTES)"
-    )
+    told = f"the answer was larger than {max_bytes} bytes, more than the hub takes (OCPI_HUB_MAX_BODY_BYTES)"
+    return AnswerTooLarge(told, f"{what}: {told}")

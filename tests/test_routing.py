@@ -295,7 +295,10 @@ def _parties_of(row) -> tuple[tuple[str, str], tuple[str, str]]:  # type: ignore
     return (row["from_country_code"], row["from_party_id"]), (row["to_country_code"], row["to_party_id"])
 
 
-def test_unreachable_receiver_answers_4003_at_once(hub: Hub, cpo_and_emsp) -> None:
+def test_unreachable_receiver_answers_4003_at_once_without_its_address_which_the_routing_log_keeps(
+    hub: Hub, cpo_and_emsp, db
+) -> None:
+    # The hub keeps a party's own URLs from the others (Link, Location, response_url): its errors said them.
     cpo, emsp = cpo_and_emsp
     emsp.stop()
     started = time.monotonic()
@@ -308,6 +311,9 @@ def test_unreachable_receiver_answers_4003_at_once(hub: Hub, cpo_and_emsp) -> No
     )
     assert answer.json()["status_code"] == 4003
     assert time.monotonic() - started < 2
+    assert emsp.base not in answer.text and "could not reach the receiver" in answer.json()["status_message"]
+    [row] = db.run(db.fetch("SELECT error FROM routing_log WHERE request_id = $1", answer.headers["x-request-id"]))
+    assert f"PUT {emsp.base}/ocpi/2.2.1/locations/" in row["error"]
 
 
 def test_slow_receiver_answers_4002_after_the_forward_timeout(hub: Hub, connect_party) -> None:
@@ -334,7 +340,7 @@ def test_an_answer_larger_than_the_hub_relays_is_a_clear_4000_not_a_hub_out_of_m
     emsp.canned[("GET", f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/HUGE")] = (200, raw, headers)
     answer = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/HUGE", to=party_key(emsp))
     assert answer.status_code == 200 and answer.json()["status_code"] == 4000
-    assert "answered with more than 10000000 bytes" in answer.json()["status_message"]
+    assert "larger than 10000000 bytes" in answer.json()["status_message"] and emsp.base not in answer.text
     assert "OCPI_HUB_MAX_BODY_BYTES" in answer.json()["status_message"]
     fine = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp))
     assert fine.json()["status_code"] == 1000  # the receiver is not marked unreachable for it

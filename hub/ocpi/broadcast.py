@@ -54,7 +54,7 @@ async def _deliver_copy(
         copy.http_status, copy.response_body = answer.status, answer.body
         copy.ocpi_status_code = ocpi_status_of(answer.body)
     except OcpiError as exc:
-        copy.http_status, copy.ocpi_status_code, copy.error = exc.http_status, exc.status_code, exc.message
+        copy.http_status, copy.ocpi_status_code, copy.error = exc.http_status, exc.status_code, exc.detail
     except Exception as exc:
         log.exception("broadcast_copy_failed", to=delivery.to.key)
         copy.error = f"internal error: {exc!r}"

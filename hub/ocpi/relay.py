@@ -130,7 +130,7 @@ class Relay:
             answer = await self._route(exchange, path)
         except OcpiError as exc:
             answer = self.hub_answer(exchange, exc.http_status, exc.status_code, exc.message)
-            entry.error = exc.message
+            entry.error = exc.detail
             if exc.allow:  # RFC 9110, 15.5.6: a 405 names the methods that are allowed
                 answer.headers["allow"] = exc.allow
         except OUTAGES as exc:  # PostgreSQL or Redis away (restarting, failing over): no bug, and said as it is

@@ -63,6 +63,7 @@ class PartyClient(httpx.AsyncClient):
                          limits=httpx.Limits(keepalive_expiry=settings.party_keep_alive_s))  # fmt: skip
         self.max_answer_bytes = settings.max_body_bytes
         self.answer_timeout_s = settings.forward_timeout_s
+        self.hub_url = settings.public_url  # a URL under it is never a party's (routing.rewrite.why_not_callable)
 
     async def fetch(self, method: str, url: str, headers: dict[str, str], content: bytes | None = None) -> Fetched:
         """The answer, a GET's redirects followed; AnswerTooLarge (4000) once it is larger than the cap,

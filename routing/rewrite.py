@@ -9,12 +9,14 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from urllib.parse import parse_qsl, quote, unquote_plus
+from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
 import msgspec
 
 from hub.errors import InvalidParameters, decoded
+from hub.ocpi.wire import usable_url
 from routing.request import Incoming
+from storage.directory import Platform
 from storage.location_document import epoch
 from storage.routing_state import CALLBACK_TTL_S
 
@@ -102,6 +104,32 @@ def with_response_url(incoming: Incoming, original: str, replacement: str) -> tu
 
 def _query_name(part: str) -> str:
     return unquote_plus(part.partition("=")[0])
+
+
+def why_not_callable(url: str, platform: Platform, hub_url: str) -> str | None:
+    """Why the hub will not call url later for platform (a response_url a caller gave, a Link or a CDR Location a
+    receiver's answer held), or None. The hub calls such a URL with the platform's token B and relays what comes
+    back: only a URL at a host the platform registered (the scheme, host and port of its versions URL or of one of its
+    endpoints), and none of the hub's own, or any party could have the hub fetch what the network behind it holds
+    (the hub's /metrics, another party's internal service) and read the answer."""
+    try:
+        usable_url("it", url)
+    except ValueError as exc:
+        return str(exc)
+    if url.lower() == hub_url.lower() or url.lower().startswith(f"{hub_url.lower()}/"):
+        return "it is the hub's own"
+    registered = {_origin(u) for u in (platform.versions_url, platform.version_url, *platform.endpoints.values()) if u}
+    if _origin(url) not in registered:
+        hosts = ", ".join(sorted(f"{scheme}://{host}:{port}" for scheme, host, port in registered))
+        return f"it is at none of the hosts {platform.name!r} registered ({hosts})"
+    return None
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    """Scheme, host and port of a URL usable_url took (its port a number, its host there)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
 
 
 def link_urls(value: str) -> list[str]:

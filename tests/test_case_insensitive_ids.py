@@ -67,7 +67,7 @@ def test_a_location_pushed_as_loc1_receives_a_start_session_naming_LOC1_without_
     owner = party_key(cpo)
     location_id = f"loc1-{owner[1].lower()}"
     _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-25T08:00:00Z"))
-    body = {"response_url": "https://emsp.example/cmd/1", "location_id": location_id.upper(), "token": {"uid": "T"}}
+    body = {"response_url": f"{emsp.base}/cmd/1", "location_id": location_id.upper(), "token": {"uid": "T"}}
     _routed(lambda: emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", body=body))
     assert [r.path for r in cpo.functional() if "commands" in r.path] == ["/ocpi/2.2.1/commands/receiver/START_SESSION"]
 
@@ -87,11 +87,11 @@ def test_a_session_pushed_as_S1_finds_its_emsp_for_an_open_patch_of_s1(hub: Hub,
 def test_a_reservation_made_as_r1_is_cancelled_as_R1_without_ocpi_to(hub: Hub, connect_party) -> None:
     cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
     reservation_id = f"r1-{party_key(emsp)[1].lower()}"
-    reserve = {"response_url": "https://emsp.example/cmd/2", "token": {"uid": "T"}, "location_id": "L",
+    reserve = {"response_url": f"{emsp.base}/cmd/2", "token": {"uid": "T"}, "location_id": "L",
                "expiry_date": "2026-11-25T10:00:00Z", "reservation_id": reservation_id}  # fmt: skip
     made = emsp.call(hub.base, "POST", "receiver/commands/RESERVE_NOW", to=party_key(cpo), body=reserve)
     assert _status(made) == 1000, made.text
-    cancel = {"response_url": "https://emsp.example/cmd/3", "reservation_id": reservation_id.upper()}
+    cancel = {"response_url": f"{emsp.base}/cmd/3", "reservation_id": reservation_id.upper()}
     _routed(lambda: emsp.call(hub.base, "POST", "receiver/commands/CANCEL_RESERVATION", body=cancel))
     assert [r.path.rsplit("/", 1)[1] for r in cpo.functional()] == ["RESERVE_NOW", "CANCEL_RESERVATION"]
 

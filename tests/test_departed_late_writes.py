@@ -185,7 +185,7 @@ def test_what_a_departed_platform_pushed_is_not_noted_as_the_new_platforms_that_
         ]  # fmt: skip
         assert not client.exists(f"{doc}{location_id}")
         started = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION",
-                            body={"response_url": "https://emsp.example/cmd/1", "location_id": location_id,
+                            body={"response_url": f"{emsp.base}/cmd/1", "location_id": location_id,
                                   "token": {"uid": "T"}})  # fmt: skip
         assert started.json()["status_code"] == 4001, started.text  # not routed to the new platform
         assert [r.method for r in again.functional()] == []

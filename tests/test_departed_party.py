@@ -106,7 +106,7 @@ def test_a_platform_that_leaves_loses_its_index_entries_and_the_parties_sharing_
     for sender, owner in ((leaving, gone_emsp), (emsp, party_key(emsp))):
         _put(sender, hub, "tokens", owner, uid, party_key(cpo))
     reserved = emsp.call(hub.base, "POST", "receiver/commands/RESERVE_NOW", to=gone_cpo,
-                         body={"response_url": "https://emsp.example/r/1", "reservation_id": reservation,
+                         body={"response_url": f"{emsp.base}/r/1", "reservation_id": reservation,
                                "location_id": location_id, "expiry_date": "2026-11-21T12:00:00Z",
                                "token": _token(party_key(emsp), uid)})  # fmt: skip
     assert reserved.json()["status_code"] == 1000, reserved.text
@@ -155,7 +155,7 @@ def test_a_platform_registering_a_departed_party_id_is_not_routed_by_the_old_pla
 
     new = register_at_hub(hub, start_party, role)
     started = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION",
-                        body={"response_url": "https://emsp.example/cmd/1", "location_id": location_id,
+                        body={"response_url": f"{emsp.base}/cmd/1", "location_id": location_id,
                               "token": {"uid": "T"}})  # fmt: skip
     assert started.json()["status_code"] == 4001, started.text
     patched = new.call(hub.base, "PATCH", f"receiver/sessions/{owner[0]}/{owner[1]}/{session_id}", body={"kwh": 2})
@@ -184,7 +184,7 @@ def test_a_party_id_registered_again_before_its_cleanup_ran_keeps_the_new_platfo
         ("owners:locations", location_id), ("owners:locations", later_id)
     ]  # fmt: skip
     started = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION",
-                        body={"response_url": "https://emsp.example/cmd/1", "location_id": later_id,
+                        body={"response_url": f"{emsp.base}/cmd/1", "location_id": later_id,
                               "token": {"uid": "T"}})  # fmt: skip
     assert started.json()["status_code"] == 1000, started.text
     assert [r.path for r in new.functional()] == ["/ocpi/2.2.1/commands/receiver/START_SESSION"]

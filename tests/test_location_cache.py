@@ -271,7 +271,7 @@ def test_a_redis_that_lost_its_scripts_still_caches_relayed_locations_and_notes_
 
     def routed_to_its_owner() -> None:  # the owner index: a command without OCPI-to finds the location's CPO
         answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION",
-                           body={"response_url": "https://emsp.example/cmd/1", "location_id": location_id,
+                           body={"response_url": f"{emsp.base}/cmd/1", "location_id": location_id,
                                  "token": {"uid": "T"}})  # fmt: skip
         assert answer.json()["status_code"] == 1000, answer.text
 

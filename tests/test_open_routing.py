@@ -33,7 +33,7 @@ def test_open_routing_sends_a_command_to_the_owner_of_its_location(hub: Hub, con
         )
         time.sleep(0.2)  # the owner index is written in batches
     answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION",
-                       body={"response_url": "https://emsp.example/cmd/9", "location_id": location_id,
+                       body={"response_url": f"{emsp.base}/cmd/9", "location_id": location_id,
                              "token": {"uid": "T"}})  # fmt: skip
     assert answer.json()["status_code"] == 1000, answer.text
     assert [r.path for r in cpo.functional()] == ["/ocpi/2.2.1/commands/receiver/START_SESSION"]
@@ -128,7 +128,7 @@ def test_open_routing_refuses_a_location_id_two_cpos_have_and_forwards_nothing(h
         time.sleep(0.2)  # the owner index is written in batches: the second owner arrives in a batch of its own
     request_id = f"ambiguous-{location_id}"
     answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", headers={"X-Request-ID": request_id},
-                       body={"response_url": "https://emsp.example/cmd/1", "location_id": location_id,
+                       body={"response_url": f"{emsp.base}/cmd/1", "location_id": location_id,
                              "token": {"uid": "T"}})  # fmt: skip
     assert answer.json()["status_code"] == 4001, answer.text
     message = answer.json()["status_message"]
@@ -157,7 +157,7 @@ def test_a_location_id_a_cpo_that_left_the_hub_also_had_is_routed_to_the_cpo_sti
     with hub.admin() as admin:
         [platform] = [p for p in admin.get("/admin/api/parties").json()["items"] if p["party_id"] == party_key(gone)[1]]
         assert admin.delete(f"/admin/api/parties/{platform['platform_id']}").status_code == 200
-    body = {"response_url": "https://emsp.example/cmd/1", "location_id": location_id, "token": {"uid": "T"}}
+    body = {"response_url": f"{emsp.base}/cmd/1", "location_id": location_id, "token": {"uid": "T"}}
     answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", body=body)
     assert answer.json()["status_code"] == 1000, answer.text
     assert [r.path for r in staying.functional() if "commands" in r.path] == [
@@ -214,7 +214,7 @@ def test_an_open_active_charging_profile_update_goes_to_the_party_that_set_a_pro
     scsp, emsp = connect_party(_roles("SCSP"), **senders), connect_party(_roles("EMSP"), **senders)
     cpo, other_cpo = connect_party(_roles("CPO")), connect_party(_roles("CPO"))
     session_id = f"S-{unique_party_id()}"
-    profile = {"charging_profile": {"charging_rate_unit": "W"}, "response_url": "https://scsp.example/r/1"}
+    profile = {"charging_profile": {"charging_rate_unit": "W"}, "response_url": f"{scsp.base}/r/1"}
     put = scsp.call(hub.base, "PUT", f"receiver/chargingprofiles/{session_id}", to=party_key(cpo), body=profile)
     assert put.json()["status_code"] == 1000, put.text
     update = {"start_date_time": "2026-12-04T10:00:00Z", "charging_profile": {"charging_rate_unit": "W"}}
@@ -227,6 +227,7 @@ def test_an_open_active_charging_profile_update_goes_to_the_party_that_set_a_pro
     unknown = other_cpo.call(hub.base, "PUT", f"sender/chargingprofiles/{session_id}", body=update)
     assert unknown.json()["status_code"] == 4001 and "OCPI-to" in unknown.json()["status_message"], unknown.text
     # Once a second Sender set a profile on the session, an update could be for either: refused, both named.
+    profile["response_url"] = f"{emsp.base}/r/1"
     put = emsp.call(hub.base, "PUT", f"receiver/chargingprofiles/{session_id}", to=party_key(cpo), body=profile)
     assert put.json()["status_code"] == 1000, put.text
     refused = _wait_for(lambda: (a := cpo.call(hub.base, "PUT", f"sender/chargingprofiles/{session_id}",

@@ -209,7 +209,7 @@ def test_while_redis_is_away_requests_that_need_it_get_a_clear_4000_and_the_rest
 ) -> None:
     with _hub_on_its_own_redis(services, tmp_path, start_party, "hub-no-redis.log") as (hub, valkey, url, cpo, emsp):
         cc, pid = party_key(cpo)
-        command = {"response_url": "https://emsp.example/cmd/1", "location_id": "L1", "token": {"uid": "T"}}
+        command = {"response_url": f"{emsp.base}/cmd/1", "location_id": "L1", "token": {"uid": "T"}}
         valkey.stop()
         # a command's response_url is replaced by a hub URL kept in Redis: it cannot be relayed now
         refused = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), body=command,
@@ -296,7 +296,7 @@ def test_after_redis_restarts_every_request_goes_through_though_the_pool_held_co
             return [location["id"] for location in answer.json()["data"]]
 
         def open_command(request_id: str, location_id: str = "R1") -> None:
-            body = {"response_url": f"https://emsp.example/{request_id}", "location_id": location_id,
+            body = {"response_url": f"{emsp.base}/{request_id}", "location_id": location_id,
                     "token": {"uid": "T"}}  # fmt: skip
             answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", body=body,
                                headers={"X-Request-ID": request_id})  # fmt: skip

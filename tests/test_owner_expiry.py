@@ -93,7 +93,7 @@ def test_a_session_id_two_cpos_pushed_in_consecutive_periods_is_ambiguous_until_
         assert put.json()["status_code"] == 1000, put.text
 
     def stop_session() -> dict:
-        body = {"response_url": "https://emsp.example/cmd/1", "session_id": session_id}
+        body = {"response_url": f"{emsp.base}/cmd/1", "session_id": session_id}
         return emsp.call(short_period_hub.base, "POST", "receiver/commands/STOP_SESSION", body=body).json()
 
     time.sleep(period_start(PERIOD_S))

@@ -332,7 +332,25 @@ def test_a_cpo_page_larger_than_the_hub_reads_is_logged_not_held(hub: Hub, start
     query = "SELECT error FROM routing_log WHERE to_party_id = $1 AND routing = 'hub' AND module = 'locations'"
     _wait(lambda: db.run(db.fetch(query, owner[1])))
     [row] = db.run(db.fetch(query, owner[1]))
-    assert "AnswerTooLarge" in row["error"] and "more than 10000000 bytes" in row["error"]
+    assert "AnswerTooLarge" in row["error"] and "larger than 10000000 bytes" in row["error"]
+
+
+def test_a_cpo_page_whose_link_leads_off_the_cpos_hosts_ends_the_sync_as_failed_not_followed(
+    hub: Hub, start_party, db
+) -> None:
+    # Followed, it had the hub fetch any URL with the CPO's token B (its own /metrics, a service behind it) and cache
+    # what came back; taken as the last page instead, a full sync would drop every location past it.
+    roles = _roles("CPO")
+    cpo = start_party(roles)
+    owner = party_key(cpo)
+    page = json.dumps({"data": _locations(owner, 2, "2026-11-25T10:00:00Z"), "status_code": 1000}).encode()
+    link = f'<{hub.base}/metrics>; rel="next"'
+    cpo.canned[("GET", "/ocpi/2.2.1/locations/sender")] = (200, page, {"Link": link, "X-Total-Count": "5"})
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    query = "SELECT error FROM routing_log WHERE to_party_id = $1 AND routing = 'hub' AND module = 'locations'"
+    [row] = _wait(lambda: db.run(db.fetch(query, owner[1])))
+    assert row["error"].startswith(f"its Link to the next page is not followed: '{hub.base}/metrics': it is the hub's")
+    assert len(cpo.syncs()) == 1  # no second page asked of anyone
 
 
 def test_a_cpo_page_with_a_total_count_too_long_for_a_number_is_still_cached(

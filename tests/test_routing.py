@@ -151,9 +151,9 @@ EVERY_ROUTE = [
     ("commands", "receiver", "POST", "/RESERVE_NOW", "EMSP"),
     ("commands", "receiver", "POST", "/CANCEL_RESERVATION", "EMSP"),
     ("commands", "receiver", "POST", "/UNLOCK_CONNECTOR", "EMSP"),
-    ("chargingprofiles", "receiver", "GET", "/S1?duration=900&response_url=https://scsp.example/r/1", "SCSP"),
+    ("chargingprofiles", "receiver", "GET", "/S1?duration=900&response_url={base}/r/1", "SCSP"),
     ("chargingprofiles", "receiver", "PUT", "/S1", "SCSP"),
-    ("chargingprofiles", "receiver", "DELETE", "/S1?response_url=https://scsp.example/r/2", "SCSP"),
+    ("chargingprofiles", "receiver", "DELETE", "/S1?response_url={base}/r/2", "SCSP"),
     ("commands", "sender", "POST", "/START_SESSION/1", "CPO"),  # a result posted to the URL the eMSP handed out
     ("chargingprofiles", "sender", "POST", "/results/1", "CPO"),
     ("chargingprofiles", "sender", "PUT", "/S1", "CPO"),
@@ -170,9 +170,9 @@ def test_every_module_method_and_url_shape_is_relayed(
                                                         "sessions", "tariffs", "tokens")}  # fmt: skip
     receiver = connect_party(_roles(other_role), name=f"{other_role} receiver", modules=everything)
     cc, pid = party_key(sender)
-    path = f"{interface}/{module}{suffix.format(cc=cc, pid=pid)}"
+    path = f"{interface}/{module}{suffix.format(cc=cc, pid=pid, base=sender.base)}"
     object_id = suffix.split("?")[0].rsplit("/", 1)[-1]  # a PUT's body carries the id of its URL
-    body = {"response_url": "https://emsp.example/cmd/1", "location_id": "LOC1", "id": object_id, "uid": object_id}
+    body = {"response_url": f"{sender.base}/cmd/1", "location_id": "LOC1", "id": object_id, "uid": object_id}
     body = None if method == "GET" else body
     if method == "DELETE":
         body = None
@@ -183,7 +183,9 @@ def test_every_module_method_and_url_shape_is_relayed(
     assert answer.status_code in (200, 201), answer.text
     assert answer.json()["status_code"] == 1000, answer.text
     [got] = receiver.functional()
-    expected_path, _, expected_query = f"/ocpi/2.2.1/{module}/{interface}{suffix.format(cc=cc, pid=pid)}".partition("?")
+    expected_path, _, expected_query = (
+        f"/ocpi/2.2.1/{module}/{interface}{suffix.format(cc=cc, pid=pid, base=sender.base)}".partition("?")
+    )
     assert (got.method, got.path) == (method, expected_path)
     if "response_url" not in expected_query:
         assert got.query == expected_query

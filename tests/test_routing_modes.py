@@ -155,7 +155,7 @@ def test_a_command_response_url_is_kept_until_its_reservation_ends(  # type: ign
     hub: Hub, connect_party, services: Services, command, expiry_date, kept_s
 ) -> None:
     emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
-    body = {"response_url": "https://emsp.example/cmd/7", "location_id": "L1", "token": {"uid": "T1"},
+    body = {"response_url": f"{emsp.base}/cmd/7", "location_id": "L1", "token": {"uid": "T1"},
             "reservation_id": "R1"}  # fmt: skip
     if isinstance(expiry_date, int):
         expiry_date = datetime.fromtimestamp(time.time() + expiry_date, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -182,14 +182,14 @@ def test_charging_profile_response_url_in_the_query_is_rewritten_and_the_rest_of
     answer = scsp.call(
         hub.base,
         "GET",
-        "receiver/chargingprofiles/S1?duration=900&response_url=https://scsp.example/r%3Fid%3D7&x=%7Ea%20b",
+        f"receiver/chargingprofiles/S1?duration=900&response_url={scsp.base}/r%3Fid%3D7&x=%7Ea%20b",
         to=party_key(cpo),
     )
     assert answer.json()["status_code"] == 1000
     [got] = cpo.functional()
     duration, response_url, extra = got.raw_path.partition("?")[2].split("&")
     assert (duration, extra) == ("duration=900", "x=%7Ea%20b")
-    assert response_url.startswith("response_url=") and "scsp.example" not in got.query and "results" in got.query
+    assert response_url.startswith("response_url=") and scsp.base not in got.query and "results" in got.query
 
 
 def test_a_charging_profile_get_without_a_duration_in_whole_seconds_is_refused_and_not_forwarded(

@@ -22,6 +22,7 @@ from hub.envelope import ocpi_timestamp
 from hub.errors import (
     OUTAGES,
     ForwardTimeout,
+    InvalidParameters,
     OcpiError,
     ReceiverNotConnected,
     ReceiverRefusedHub,
@@ -41,7 +42,7 @@ from routing import open_routing
 from routing.decide import Delivery, decide
 from routing.forward import Answer, forward, ocpi_status_of
 from routing.request import Incoming, PartyKey, endpoint_url, parse
-from routing.rewrite import callback_ttl_s, response_url_of, with_response_url
+from routing.rewrite import callback_ttl_s, response_url_of, why_not_callable, with_response_url
 from routing.shapes import check_shape
 from storage.directory import PartyRole, Platform
 from storage.log_row import LogEntry, object_id_of_entry
@@ -197,6 +198,8 @@ class Relay:
         route = decide(incoming, caller, self.directory.current, hub, hint)
         exchange.sender = route.sender
         callback_url = response_url_of(incoming)  # a body it is read from that is no JSON: rejected, as in decide
+        if callback_url is not None and (why := why_not_callable(callback_url, caller, settings.public_url)):
+            raise InvalidParameters(f"response_url is refused: {why}")
         entry.routing = route.kind
         entry.from_country_code, entry.from_party_id = route.sender.country_code, route.sender.party_id
         if route.kind == "hub":

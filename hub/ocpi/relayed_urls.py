@@ -10,10 +10,12 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-from hub.errors import MethodNotAllowed, NotFound, ReceiverNotConnected
+import structlog
+
+from hub.errors import HubError, MethodNotAllowed, NotFound, ReceiverNotConnected
 from routing.decide import Delivery
 from routing.forward import Answer
-from routing.rewrite import link_urls, rewrite_link_header
+from routing.rewrite import link_urls, rewrite_link_header, why_not_callable
 from storage.directory import PartyRole
 from storage.routing_state import PAGE_TTL_S, Relayed
 from storage.sql import QUERIES
@@ -26,6 +28,8 @@ PAGES = "/ocpi/2.2.1/pages/"
 RESULTS = "/ocpi/2.2.1/results/"
 CDR_LOCATIONS = "/ocpi/2.2.1/relayed-cdrs/"
 _KINDS = {"pages": "GET", "results": "POST", "relayed-cdrs": "GET"}
+
+log = structlog.get_logger()
 
 
 async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
@@ -53,6 +57,8 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     sender = sender or PartyRole("", relayed.caller_party[0], relayed.caller_party[1], "CONNECTED", None)
     exchange.sender = sender
     entry.from_country_code, entry.from_party_id = sender.country_code, sender.party_id
+    if why := why_not_callable(relayed.url, target, relay.settings.public_url):  # kept before the hub checked them
+        raise HubError(f"the party behind {path} gave a URL the hub does not call", f"{relayed.url}: {why}")
     delivery = Delivery(target, to, relayed.url)
     answer = await relay.call_party(exchange, delivery, sender, entry.method, relayed.url, "", entry.request_body)
     await rewrite(relay, exchange, answer, delivery, relayed.module, relayed.interface)
@@ -65,7 +71,9 @@ async def rewrite(
     """Paging Links and a CDR's Location lead back through the hub, to the same party; no other Location."""
     caller, sender, entry = exchange.caller, exchange.sender, exchange.entry
     assert caller is not None and sender is not None
-    if link := answer.headers.get("link"):
+    if (link := answer.headers.get("link")) and _refused(relay, exchange, delivery, "link", link_urls(link)):
+        del answer.headers["link"]
+    elif link:
         keys: dict[str, str] = {}
         for url in link_urls(link):
             keys[url] = await relay.routing.remember("pages", Relayed(
@@ -78,9 +86,26 @@ async def rewrite(
     # receiver, which the caller's hub token does not open and the hub does not rewrite: not relayed.
     location = answer.headers.pop("location", None)
     if location and module == "cdrs" and entry.method == "POST" and 200 <= answer.status < 300:
+        if _refused(relay, exchange, delivery, "location", [location]):
+            return
         key = uuid.uuid4().hex
         entry.relayed_location = (key, location)
         answer.headers["location"] = f"{relay.settings.public_url}{CDR_LOCATIONS}{key}"
+
+
+def _refused(relay: Relay, exchange: Exchange, delivery: Delivery, header: str, urls: list[str]) -> bool:
+    """Whether a URL of the receiver's Link or Location is one the hub will not call (routing.rewrite.why_not_callable):
+    the header is then not relayed, which the routing log's row and the hub's log say, with why."""
+    refused = [
+        (url, why) for url in urls if (why := why_not_callable(url, delivery.platform, relay.settings.public_url))
+    ]
+    if not refused:
+        return False
+    url, why = refused[0]
+    exchange.entry.error = f"the receiver's {header.title()} header was not relayed: {url[:200]!r}: {why}"
+    log.warning("party_url_refused", header=header, party=f"{delivery.to.country_code}-{delivery.to.party_id}",
+                url=url[:200], reason=why)  # fmt: skip
+    return True
 
 
 async def _lookup(relay: Relay, kind: str, key: str) -> Relayed | None:

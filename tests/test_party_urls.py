@@ -1,0 +1,83 @@
+"""URLs a party hands the hub to call later (a response_url, a paging Link, a CDR Location): only at a host that
+party registered, never the hub's own, and never one the hub cannot call. Found by a party developer's walkthrough:
+a Link to the hub's /metrics or to another party's private service was followed and its answer relayed, and a
+response_url or Link with port 99999 gave HTTP 500."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import Hub
+from tests.parties import free_port
+from tests.test_routing import _roles, party_key
+
+_ENVELOPE = b'{"data": [], "status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}'
+
+
+def _elsewhere(hub: Hub, other_party_base: str) -> dict[str, str]:
+    return {
+        "the hub's own metrics": f"{hub.base}/metrics",
+        "another party's host": f"{other_party_base}/private/state",
+        "a host nobody registered": f"http://127.0.0.1:{free_port()}/x",
+        "a port out of range": "http://127.0.0.1:99999/x",
+        "no URL at all": "not a url",
+    }
+
+
+@pytest.mark.parametrize(
+    "where", ["the hub's own metrics", "another party's host", "a host nobody registered", "a port out of range",
+              "no URL at all"],
+)  # fmt: skip
+def test_a_response_url_at_a_host_the_caller_did_not_register_is_refused_with_2001_and_nothing_is_forwarded(
+    hub: Hub, connect_party, db, where: str
+) -> None:
+    emsp, cpo, bystander = connect_party(_roles("EMSP")), connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    response_url = _elsewhere(hub, bystander.base)[where]
+    answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo),
+                       body={"response_url": response_url, "location_id": "L1", "token": {"uid": "T1"}})  # fmt: skip
+    assert (answer.status_code, answer.json()["status_code"]) == (200, 2001), answer.text
+    assert answer.json()["status_message"].startswith("response_url is refused: it ")
+    assert cpo.functional() == []
+    [row] = db.run(db.fetch("SELECT ocpi_status_code, error FROM routing_log WHERE request_id = $1",
+                            answer.headers["x-request-id"]))  # fmt: skip
+    assert row["ocpi_status_code"] == 2001 and "response_url is refused" in row["error"]
+
+
+def test_a_response_url_at_the_callers_own_host_is_relayed_as_before(hub: Hub, connect_party) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    body = {"response_url": f"{emsp.base}/callbacks/9", "location_id": "L1", "token": {"uid": "T1"}}
+    answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), body=body)
+    assert answer.json()["status_code"] == 1000
+    [command] = cpo.functional()
+    assert json.loads(command.body)["response_url"].startswith(f"{hub.base}/ocpi/2.2.1/results/")
+
+
+@pytest.mark.parametrize(
+    "where", ["the hub's own metrics", "another party's host", "a host nobody registered", "a port out of range"]
+)
+def test_a_receivers_link_the_hub_will_not_follow_is_not_relayed_and_the_routing_log_says_why(
+    hub: Hub, connect_party, db, where: str
+) -> None:
+    emsp, cpo, bystander = connect_party(_roles("EMSP")), connect_party(_roles("CPO")), connect_party(_roles("CPO"))
+    link = f'<{_elsewhere(hub, bystander.base)[where]}>; rel="next"'
+    cpo.canned[("GET", "/ocpi/2.2.1/tariffs/sender")] = (200, _ENVELOPE, {"Link": link, "X-Total-Count": "80"})
+    answer = emsp.call(hub.base, "GET", "sender/tariffs", to=party_key(cpo))
+    assert (answer.status_code, answer.json()["status_code"]) == (200, 1000), answer.text
+    assert "link" not in answer.headers and answer.headers["x-total-count"] == "80"
+    [row] = db.run(db.fetch("SELECT error FROM routing_log WHERE request_id = $1", answer.headers["x-request-id"]))
+    assert row["error"].startswith("the receiver's Link header was not relayed: "), row["error"]
+    assert bystander.functional() == []
+
+
+def test_a_cdr_location_at_a_host_the_receiver_did_not_register_is_not_relayed(hub: Hub, connect_party, db) -> None:
+    cpo, emsp, bystander = connect_party(_roles("CPO")), connect_party(_roles("EMSP")), connect_party(_roles("EMSP"))
+    created = b'{"status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}'
+    location = f"{bystander.base}/ocpi/2.2.1/cdrs/receiver/CDR-1"  # a URL of another party
+    emsp.canned[("POST", "/ocpi/2.2.1/cdrs/receiver")] = (201, created, {"Location": location})
+    answer = cpo.call(hub.base, "POST", "receiver/cdrs", to=party_key(emsp), body={"id": "CDR-1"})
+    assert (answer.status_code, answer.json()["status_code"]) == (201, 1000)
+    assert "location" not in answer.headers
+    [row] = db.run(db.fetch("SELECT error FROM routing_log WHERE request_id = $1", answer.headers["x-request-id"]))
+    assert row["error"].startswith("the receiver's Location header was not relayed: ")

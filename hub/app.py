@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
@@ -132,6 +133,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 public_url=settings.public_url,
                 platforms=len(directory.current.platforms),
                 log_chain=str(writer.chain_id),
+                pid=os.getpid(),  # a worker restarted after it died starts with a pid of its own
                 partitions_created=created,
             )
             try:

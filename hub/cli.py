@@ -254,6 +254,8 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
     print(f"ocpi-hub: serving {settings.versions_url} on {host}:{port} with {workers} worker(s)", flush=True)
     if server == "uvicorn":
         import uvicorn
+        from uvicorn.server import STARTUP_FAILURE
+        from uvicorn.supervisors.multiprocess import Multiprocess
 
         # uvicorn shuts down gracefully on SIGTERM/SIGINT and then raises the signal again; with these handlers
         # in place that second signal is a no-op, so the embedded servers are stopped and the exit code is 0.
@@ -264,11 +266,26 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
         # or a proxy may send on it at that very moment: a POST or PATCH then fails with a reset, and clients do
         # not resend those. http: httptools, answering what does not parse as HTTP with an OCPI envelope instead of
         # uvicorn's plain text. log_config=None: uvicorn's own lines (a warning about such bytes) are JSON lines too.
-        uvicorn.run("hub.app:create_app", factory=True, host=host, port=port, workers=workers, lifespan="on",
-                    access_log=False, log_config=None, log_level="warning", loop="uvloop",
-                    http="hub.http_protocol:OcpiHttpToolsProtocol", timeout_keep_alive=settings.keep_alive_s,
-                    timeout_graceful_shutdown=30,
-                    proxy_headers=False)  # fmt: skip
+        config = uvicorn.Config(
+            "hub.app:create_app", factory=True, host=host, port=port, workers=workers, lifespan="on",
+            access_log=False, log_config=None, log_level="warning", loop="uvloop",
+            http="hub.http_protocol:OcpiHttpToolsProtocol", timeout_keep_alive=settings.keep_alive_s,
+            timeout_graceful_shutdown=30, proxy_headers=False,
+        )  # fmt: skip
+        if workers == 1:
+            worker = uvicorn.Server(config)
+            worker.run()
+            return 0 if worker.started else STARTUP_FAILURE  # as uvicorn.run
+        # uvicorn.run's own path for several workers, but for what it leaves out: a worker uvicorn restarted after it
+        # died that then fails to start (as while PostgreSQL is away) has uvicorn stop every worker and return as from
+        # a shutdown asked for; exit 0 would be taken as one by a supervisor restarting only on failure
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor.run()
+        if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+            print(
+                "ocpi-hub: stopped, since a worker could not start (see the lines above)", file=sys.stderr, flush=True
+            )
+            return 1
         return 0
     from granian import Granian
     from granian.constants import Interfaces

@@ -42,6 +42,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _exception_in_one_line,
                 structlog.processors.JSONRenderer(),
             ],
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
@@ -51,3 +52,15 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     root.handlers[:] = [handler]
     root.setLevel(numeric)
     logging.getLogger("httpx").setLevel(max(numeric, logging.WARNING))  # one line per control-plane call is noise
+
+
+def _exception_in_one_line(logger: object, name: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """A library's warning about an exception (asyncpg's pool retrying while PostgreSQL is away) says which in one
+    line, not as its exc_info tuple of reprs ("<traceback object at 0x...>"); an error (uvicorn's "Exception in ASGI
+    application": a bug) keeps its traceback, formatted."""
+    exc_info = event.get("exc_info")
+    if name in ("debug", "info", "warning") and isinstance(exc_info, tuple) and exc_info[1] is not None:
+        del event["exc_info"]
+        event["error"] = f"{type(exc_info[1]).__name__}: {exc_info[1]}"
+        return event
+    return structlog.processors.format_exc_info(logger, name, event)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -99,7 +100,7 @@ class RoutingLogWriter:
         if self._spool_dir is not None:
             await log_spool.write_spooled(self._spool_dir, self._connection.append, self._seal)
         # in the hub's own log, apart from the database: a chain deleted whole with its head is still known to have been
-        log.info("routing_log_chain_started", chain_id=self._chain_text)
+        log.info("routing_log_chain_started", chain_id=self._chain_text, pid=os.getpid())  # the process it is of
         self._task = asyncio.create_task(self._run(), name="routing_log_writer")
         try:
             yield self

@@ -182,6 +182,30 @@ def test_a_hub_stopped_while_postgres_is_away_keeps_its_unwritten_rows_and_the_n
         postgres.stop()
 
 
+def test_a_hub_of_two_workers_exits_1_not_0_when_a_worker_that_died_cannot_start_again_while_postgres_is_away(
+    services: Services, tmp_path: Path
+) -> None:
+    # uvicorn restarts a worker that died; one that then fails to start makes it stop every worker and return as from
+    # a SIGTERM. The hub exited 0: a supervisor restarting only on failure left it down (an operator's drill).
+    postgres = EmbeddedPostgres(tmp_path / "pg")
+    url = postgres.start()
+    hub = start_hub(hub_env(services, tmp_path / "hub") | {"OCPI_HUB_DATABASE_URL": url}, OUTPUT / "hub-workers.log",
+                    "--workers", "2")  # fmt: skip
+    try:
+        workers = [child for child in psutil.Process(hub.process.pid).children()
+                   if "spawn_main" in " ".join(child.cmdline())]  # fmt: skip
+        assert len(workers) == 2
+        postgres.stop()
+        workers[0].kill()
+        assert hub.process.wait(60) == 1
+        assert "a worker could not start" in hub.log()
+        # asyncpg's pool, retrying meanwhile, said which error in a tuple of reprs: "<traceback object at 0x...>"
+        assert "<traceback object" not in hub.log() and '"error": "ConnectionRefusedError: ' in hub.log()
+    finally:
+        hub.stop()
+        postgres.stop()
+
+
 @contextlib.contextmanager
 def _hub_on_its_own_redis(services: Services, tmp_path: Path, start_party, log_name: str):  # type: ignore[no-untyped-def]
     """A hub on a Valkey of its own, which the test may stop and start, with a CPO and an eMSP registered:

@@ -180,6 +180,7 @@ class LogEntry:
     object_id: str | None = None  # where the hub knows it and object_id_of_entry could not tell it (a result's)
     waiter: asyncio.Future[None] | None = field(default=None, repr=False)
     waiting_since: float = field(default=0.0, repr=False)  # the event loop's time when the caller began to wait
+    chained: bool = field(default=False, repr=False)  # its row's content is fixed: hashed into the writer's chain
 
 
 # What content_hash turns into text before hashing, by position in CONTENT_COLUMNS (the columns' types are fixed).

@@ -246,6 +246,7 @@ class RoutingLogWriter:
         values["object_id"], values["listed_ids"] = object_id, listed_ids
         hashed = row_hash(self._key, self._last_hash, values)
         prev_hash, self._seq, self._last_hash = self._last_hash, seq, hashed
+        entry.chained = True
         return (*in_column_order(values), prev_hash, hashed, object_id, listed_ids)
 
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:

@@ -60,12 +60,16 @@ def test_while_postgres_is_away_ready_flips_and_routes_that_need_it_answer_503_s
 
 def _logged_request_ids(database_url: str, like: str) -> list[str]:
     """The request_id of every routing-log row matching a LIKE pattern, in the order they were written."""
+    return [row["request_id"] for row in _logged_rows(database_url, like)]
 
-    async def fetch() -> list[str]:
+
+def _logged_rows(database_url: str, like: str) -> list[asyncpg.Record]:
+    """Every routing-log row whose request_id matches a LIKE pattern, in the order they were written."""
+
+    async def fetch() -> list[asyncpg.Record]:
         conn = await asyncpg.connect(database_url)
         try:
-            found = await conn.fetch("SELECT request_id FROM routing_log WHERE request_id LIKE $1 ORDER BY id", like)
-            return [row["request_id"] for row in found]
+            return await conn.fetch("SELECT * FROM routing_log WHERE request_id LIKE $1 ORDER BY id", like)
         finally:
             await conn.close()
 
@@ -156,8 +160,9 @@ def test_a_hub_stopped_while_postgres_is_away_keeps_its_unwritten_rows_and_the_n
                             body=LOCATION | {"id": f"L{n}", "party_id": pid},
                             headers={"X-Request-ID": f"while-away-{n}"})  # fmt: skip
 
+        answers = [push(0)]  # its row is the batch being written, retried until the database is back
         with concurrent.futures.ThreadPoolExecutor() as threads:
-            answers = list(threads.map(push, range(3)))
+            answers += list(threads.map(push, range(1, 3)))  # theirs queued behind it
         assert [a.json()["status_code"] for a in answers] == [4000] * 3  # not committed in time, but relayed
         assert len(emsp.functional()) == 3
         started = time.monotonic()
@@ -172,7 +177,13 @@ def test_a_hub_stopped_while_postgres_is_away_keeps_its_unwritten_rows_and_the_n
     try:
         assert "routing_log_spool_written" in again.log()
         assert list((data_dir / "routing-log-spool").iterdir()) == []
-        assert sorted(_logged_request_ids(url, "while-away-%")) == ["while-away-0", "while-away-1", "while-away-2"]
+        rows = sorted(_logged_rows(url, "while-away-%"), key=lambda row: row["request_id"])
+        assert [row["request_id"] for row in rows] == ["while-away-0", "while-away-1", "while-away-2"]
+        # An auditor reads what the callers got: the queued rows say 4000 (they said the receiver's 1000); the one
+        # whose content its hash had fixed already still says 1000, and the hub's log says it was not so answered.
+        assert [row["ocpi_status_code"] for row in rows] == [1000, 4000, 4000]
+        assert all("the caller was answered 4000 after 2." in row["error"] for row in rows[1:]), rows
+        assert '"routing_log_row_not_as_answered"' in hub.log() and '"request_id":"while-away-0"' in hub.log()
         with again.admin() as admin:
             verdict = admin.get("/admin/api/routing-log/verify").json()
         assert verdict["ok"] is True, verdict

@@ -152,7 +152,13 @@ class Relay:
         try:
             await self.routing_log.record(entry)
         except LogUnavailable as exc:
-            answer = self.hub_answer(exchange, 200, 4000, f"{exc}; the exchange itself went through")
+            told = f"{exc}; the exchange itself went through"
+            answer = self.hub_answer(exchange, 200, 4000, told)
+            late = f"the caller was answered 4000 after {time.perf_counter() - started:.1f} s instead: {told}"
+            if not entry.chained:  # still queued (the database away): its row says what the caller got
+                entry.ocpi_status_code, entry.error = 4000, f"{entry.error}; {late}" if entry.error else late
+            else:  # in the batch being written, its content fixed by its hash: said here at least
+                log.error("routing_log_row_not_as_answered", request_id=request_id, error=late)
         for task in exchange.background:
             self._spawn(task)
         answer.headers["x-request-id"], answer.headers["x-correlation-id"] = request_id, correlation_id

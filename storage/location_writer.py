@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Self
 
@@ -29,6 +30,9 @@ from storage.redis_scripts import executed, load, queue_script
 log = structlog.get_logger()
 
 UPDATE_LINGER_S, MAX_UPDATES_PER_BATCH = 0.01, 500  # relayed updates gathered per Redis round trip
+# While Redis is away, relayed location updates wait for it, in order, up to this many (a few hours of a busy CPO's
+# EVSE statuses); past it the oldest go, and pull sync repairs what they would have changed at its next round.
+MAX_HELD_UPDATES = 50_000
 STORE_TRIES = 5  # a store refused as the directory changes that often meanwhile is given up (pull sync repairs it)
 
 _decode = msgspec.json.decode
@@ -81,6 +85,8 @@ class LocationWriter:
         self._prefix, self._p = prefix, f"{prefix}locations:"
         self._directory, self._generation_key = directory, f"{prefix}{GENERATION_KEY}"
         self._pending: asyncio.Queue[Update] = asyncio.Queue()
+        self._stopping = False  # set at shutdown: a Redis still away then is not waited for
+        self.dropped = 0  # updates given up (Redis away at shutdown, or more held than MAX_HELD_UPDATES)
         self._store_script = client.register_script(_STORE)
         self._mark_script = client.register_script(_MARK)
 
@@ -99,6 +105,9 @@ class LocationWriter:
     def submit(self, owner: tuple[str, str], platform_id: int, method: str, path: list[str], body: bytes) -> None:
         """A relayed PUT or PATCH of /{location_id}[/{evse_uid}[/{connector_id}]] by the owner on that platform,
         applied soon by `updating()`."""
+        if self._pending.qsize() >= MAX_HELD_UPDATES:  # Redis away for long: the oldest go
+            self._given_up([self._pending.get_nowait()], "more updates held than MAX_HELD_UPDATES while Redis is away")
+            self._pending.task_done()
         self._pending.put_nowait((owner, platform_id, method, path, body))
 
     @contextlib.asynccontextmanager
@@ -110,7 +119,8 @@ class LocationWriter:
         try:
             yield self
         finally:
-            await self._pending.join()  # what was relayed before shutdown is in the cache
+            self._stopping = True
+            await self._pending.join()  # what was relayed before shutdown is in the cache, unless Redis is away
             for each in (task, upgrading):
                 each.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -121,12 +131,40 @@ class LocationWriter:
             # The updates of a few ms share one Redis round trip (a cache: a GET may lag a push by that long).
             batch = await next_batch(self._pending, MAX_UPDATES_PER_BATCH, UPDATE_LINGER_S)
             try:
-                await self.apply(batch)
-            except Exception as exc:  # a cache: pull sync repairs what a failed update leaves behind
-                log.warning("location_cache_update_failed", updates=len(batch), error=str(exc))
+                await self._applied_once_redis_answers(batch)
+            except Exception as exc:  # a bug: pull sync repairs what the update would have changed
+                log.exception("location_cache_update_failed", updates=len(batch), error=str(exc))
             finally:
                 for _ in batch:
                     self._pending.task_done()
+
+    async def _applied_once_redis_answers(self, batch: list[Update]) -> None:
+        """The batch applied; while Redis is away (stopped, restarting, failing over) tried again, in order, with the
+        updates behind it held: a GET via the hub once Redis is back must not miss a status relayed meanwhile."""
+        delay, failed_since = 0.05, None
+        while True:
+            try:
+                await self.apply(batch)
+                if failed_since is not None:
+                    log.warning("location_cache_updates_resumed", after_s=round(time.monotonic() - failed_since, 1),
+                                held=self._pending.qsize() + len(batch))  # fmt: skip
+                return
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if self._stopping:
+                    self._given_up(batch, f"Redis away at shutdown: {type(exc).__name__}: {exc}")
+                    return
+                if failed_since is None:  # once per outage, not once per try
+                    failed_since = time.monotonic()
+                    log.warning("location_cache_updates_held", error=f"{type(exc).__name__}: {exc}",
+                                held=self._pending.qsize() + len(batch))  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _given_up(self, updates: list[Update], why: str) -> None:
+        self.dropped += len(updates)
+        log.warning("location_cache_updates_dropped", updates=len(updates), reason=why,
+                    locations=sorted({f"{o[0]}-{o[1]}/{path[0]}" for o, _, _, path, _ in updates})[:20],
+                    repaired_by="the next pull sync of their CPOs")  # fmt: skip
 
     async def apply(self, updates: list[Update]) -> int:
         """Apply updates in order; whole-location PUTs in a row share one Redis round trip. Returns how many

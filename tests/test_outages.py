@@ -262,7 +262,12 @@ def test_while_redis_is_away_requests_that_need_it_get_a_clear_4000_and_the_rest
         pushed = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L1", to=party_key(emsp),
                           body=LOCATION | {"id": "L1", "party_id": pid})  # fmt: skip
         assert pushed.json()["status_code"] == 1000
+        _wait(lambda: '"location_cache_updates_held"' in hub.log())  # its cache update: tried, kept for later
         _start_again(valkey, url)
+        # held, not dropped: the hub's cache has it once Redis is back (it was lost until the next pull sync)
+        _wait(lambda: '"location_cache_updates_resumed"' in hub.log())
+        got = emsp.call(hub.base, "GET", "sender/locations/L1", to=("NL", "HUB"))
+        assert got.json()["status_code"] == 1000 and got.json()["data"]["id"] == "L1", got.text
         again = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), body=command)
         assert again.json()["status_code"] == 1000, again.text
         assert [r.path for r in cpo.functional()] == ["/ocpi/2.2.1/commands/receiver/START_SESSION"]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hub.errors import MethodNotAllowed, NotFound
+import msgspec
+
+from hub.errors import InvalidParameters, MethodNotAllowed, NotFound, decoded
 from routing.request import Incoming
 
 _PARTS = re.compile(r"[/\\]")
@@ -77,6 +79,26 @@ def check_shape(incoming: Incoming) -> None:
         raise NotFound(
             f"{incoming.method} {incoming.path} is no URL of the {_interface(incoming)}: it takes {incoming.method}"
             f" {{{incoming.module}_endpoint_url}}{shape.text}"
+        )
+
+
+class _Patch(msgspec.Struct):
+    last_updated: str | None = None
+
+
+# mod_locations, mod_sessions and mod_tokens.asciidoc: "Any request to the PATCH method SHALL contain the last_updated
+# field." (a PATCH without it would change an object whose last_updated stays as it was: a party pulling with
+# date_from never sees the change, nor does the hub's own location cache)
+_PATCHED_WITH_LAST_UPDATED = frozenset({"locations", "sessions", "tokens"})
+
+
+def check_patch(incoming: Incoming) -> None:
+    """InvalidParameters (2001) for a PATCH of a module whose PATCH SHALL carry last_updated, without it."""
+    if incoming.method != "PATCH" or incoming.module not in _PATCHED_WITH_LAST_UPDATED:
+        return
+    if decoded(incoming.body, _Patch, "invalid PATCH body").last_updated is None:
+        raise InvalidParameters(
+            f"a PATCH of {incoming.module} SHALL contain the last_updated field (mod_{incoming.module}.asciidoc)"
         )
 
 

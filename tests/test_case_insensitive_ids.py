@@ -80,7 +80,7 @@ def test_a_session_pushed_as_S1_finds_its_emsp_for_an_open_patch_of_s1(hub: Hub,
                    body={"id": session_id, "country_code": cc, "party_id": pid})  # fmt: skip
     assert _status(put) == 1000, put.text
     patch = f"receiver/sessions/{cc.lower()}/{pid.lower()}/{session_id.lower()}"
-    _routed(lambda: cpo.call(hub.base, "PATCH", patch, body={"kwh": 1}))
+    _routed(lambda: cpo.call(hub.base, "PATCH", patch, body={"kwh": 1, "last_updated": "2026-11-25T10:00:00Z"}))
     assert [r.method for r in emsp.functional() if "sessions" in r.path] == ["PUT", "PATCH"]
 
 

@@ -158,7 +158,12 @@ def test_a_platform_registering_a_departed_party_id_is_not_routed_by_the_old_pla
                         body={"response_url": f"{emsp.base}/cmd/1", "location_id": location_id,
                               "token": {"uid": "T"}})  # fmt: skip
     assert started.json()["status_code"] == 4001, started.text
-    patched = new.call(hub.base, "PATCH", f"receiver/sessions/{owner[0]}/{owner[1]}/{session_id}", body={"kwh": 2})
+    patched = new.call(
+        hub.base,
+        "PATCH",
+        f"receiver/sessions/{owner[0]}/{owner[1]}/{session_id}",
+        body={"kwh": 2, "last_updated": "2026-11-25T10:00:00Z"},
+    )
     assert patched.json()["status_code"] == 4001, patched.text
     assert new.functional() == []
     assert [r.method for r in emsp.functional()] == ["PUT", "PUT"]  # the old platform's pushes only

@@ -78,7 +78,12 @@ def test_an_open_session_patch_goes_to_the_emsp_of_that_cpos_session_though_anot
     time.sleep(0.2)  # the owner index is written in batches
     (cpo, emsp), (_, other_emsp) = pairs
     cc, pid = party_key(cpo)
-    patched = cpo.call(hub.base, "PATCH", f"receiver/sessions/{cc}/{pid}/{session_id}", body={"kwh": 1.5})
+    patched = cpo.call(
+        hub.base,
+        "PATCH",
+        f"receiver/sessions/{cc}/{pid}/{session_id}",
+        body={"kwh": 1.5, "last_updated": "2026-11-25T10:00:00Z"},
+    )
     assert patched.json()["status_code"] == 1000, patched.text
     assert [r.method for r in emsp.functional()] == ["PUT", "PATCH"]
     assert [r.method for r in other_emsp.functional()] == ["PUT"]

@@ -62,7 +62,12 @@ def test_an_open_session_patch_finds_its_emsp_in_the_next_period_and_not_once_un
     patched, unseen = f"S-{secrets.token_hex(4)}", f"S-{secrets.token_hex(4)}"
 
     def patch(session_id: str) -> int:
-        answer = cpo.call(short_period_hub.base, "PATCH", f"receiver/sessions/{cc}/{pid}/{session_id}", body={"kwh": 1})
+        answer = cpo.call(
+            short_period_hub.base,
+            "PATCH",
+            f"receiver/sessions/{cc}/{pid}/{session_id}",
+            body={"kwh": 1, "last_updated": "2026-11-25T10:00:00Z"},
+        )
         return answer.json()["status_code"]
 
     time.sleep(period_start(PERIOD_S))

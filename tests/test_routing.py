@@ -174,6 +174,8 @@ def test_every_module_method_and_url_shape_is_relayed(
     object_id = suffix.split("?")[0].rsplit("/", 1)[-1]  # a PUT's body carries the id of its URL
     body = {"response_url": f"{sender.base}/cmd/1", "location_id": "LOC1", "id": object_id, "uid": object_id}
     body = None if method == "GET" else body
+    if method == "PATCH":  # mod_locations, mod_sessions, mod_tokens: a PATCH SHALL contain last_updated
+        body = {"last_updated": "2026-11-25T10:00:00Z"}
     if method == "DELETE":
         body = None
     request_id = str(uuid.uuid4())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -183,3 +184,37 @@ def test_a_wrong_method_on_the_hubs_own_result_page_and_cdr_urls_answers_405_nam
                                 ("DELETE", "relayed-cdrs/x", "GET")]:  # fmt: skip
         answer = party.call(hub.base, method, path)
         assert (answer.status_code, answer.headers.get("Allow")) == (405, takes), (method, path, answer.text)
+
+
+@pytest.mark.parametrize(
+    ("path", "role", "to_hub"),
+    [
+        ("receiver/locations/{cc}/{pid}/LOC1/EVSE1", "CPO", False),
+        ("receiver/locations/{cc}/{pid}/LOC1/EVSE1", "CPO", True),  # a broadcast, which the hub itself answers
+        ("receiver/sessions/{cc}/{pid}/S1", "CPO", False),
+        ("receiver/tokens/{cc}/{pid}/TOK1", "EMSP", False),
+    ],
+    ids=["location-direct", "location-broadcast", "session", "token"],
+)
+def test_a_patch_without_last_updated_is_refused_with_2001_and_reaches_nobody(
+    hub: Hub, connect_party, db, path: str, role: str, to_hub: bool
+) -> None:
+    # mod_locations, mod_sessions, mod_tokens: "Any request to the PATCH method SHALL contain the last_updated field."
+    # Relayed, the change reached the parties and the hub's cache with the object's last_updated as it was: a party
+    # pulling with date_from never saw it (a party developer's walkthrough).
+    sender = connect_party(_roles(role))
+    receiver = connect_party(_roles("EMSP" if role == "CPO" else "CPO"), modules=EVERY_INTERFACE)
+    cc, pid = party_key(sender)
+    to = ("NL", "HUB") if to_hub else party_key(receiver)
+    for body in ({"status": "OUTOFORDER"}, {"status": "OUTOFORDER", "last_updated": None}):
+        answer = sender.call(hub.base, "PATCH", path.format(cc=cc, pid=pid), to=to, body=body)
+        assert (answer.status_code, answer.json()["status_code"]) == (200, 2001), answer.text
+        assert "SHALL contain the last_updated field" in answer.json()["status_message"]
+    assert receiver.functional() == []
+    patched = sender.call(hub.base, "PATCH", path.format(cc=cc, pid=pid), to=to,
+                          body={"status": "OUTOFORDER", "last_updated": "2026-12-05T10:00:00Z"})  # fmt: skip
+    assert patched.json()["status_code"] == 1000, patched.text
+    deadline = time.monotonic() + 5  # a broadcast's copies go out after the hub answered
+    while not receiver.functional() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [r.method for r in receiver.functional()] == ["PATCH"]

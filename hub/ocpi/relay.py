@@ -43,7 +43,7 @@ from routing.decide import Delivery, decide
 from routing.forward import Answer, forward, ocpi_status_of
 from routing.request import Incoming, PartyKey, endpoint_url, parse
 from routing.rewrite import callback_ttl_s, response_url_of, why_not_callable, with_response_url
-from routing.shapes import check_shape
+from routing.shapes import check_patch, check_shape
 from storage.directory import PartyRole, Platform
 from storage.log_row import LogEntry, object_id_of_entry
 from storage.routing_log import LogUnavailable
@@ -196,6 +196,7 @@ class Relay:
         if incoming.to is not None:  # as addressed, for the row of a request refused below (an unknown receiver)
             entry.to_country_code, entry.to_party_id = incoming.to
         check_shape(incoming)
+        check_patch(incoming)
         settings = self.settings
         hub = (settings.country_code, settings.party_id)
         hint = None

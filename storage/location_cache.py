@@ -214,13 +214,18 @@ class LocationCache(LocationWriter):
         source = self._by_owner(owner) if owner else f"{self._p}all"
         low = "-inf" if date_from is None else repr(date_from)
         high = "+inf" if date_to is None else f"({date_to!r}"  # date_to is exclusive
-        snapshot_id = secrets.token_urlsafe(12)
-        keys = [source, f"{self._p}hidden", f"{self._p}snapshot:{snapshot_id}",
+        # the viewer in the id and its key: hub_answers.follow pages it for a platform holding that party only
+        snapshot_id = f"{viewer[0]}{viewer[1]}".upper() + secrets.token_urlsafe(12)  # a country code 2, a party id 3
+        keys = [source, f"{self._p}hidden", self._snapshot_key(snapshot_id),
                 f"{self._p}snapshots-of:{viewer[0]}/{viewer[1]}", *self._publish_tokens]  # fmt: skip
         args: list[str | int] = [low, high, f"{viewer[0]}/{viewer[1]}/", SNAPSHOT_TTL_S, f"{viewer[0]}-{viewer[1]}",
                                  self._entries(""), SNAPSHOTS_PER_VIEWER]  # fmt: skip
         total = await self._snapshot(keys=keys, args=args)
         return snapshot_id, int(total)
+
+    def _snapshot_key(self, snapshot_id: str) -> str:
+        country_code, party_id = snapshot_viewer(snapshot_id)
+        return f"{self._p}snapshot:{country_code}/{party_id}/{snapshot_id[5:]}"
 
     async def page(self, snapshot_id: str, offset: int, limit: int) -> tuple[list[bytes], int, int] | None:
         """Up to limit raw documents of a snapshot from offset on, the offset of the next page, and the snapshot's
@@ -231,7 +236,7 @@ class LocationCache(LocationWriter):
         the same took 5.7, copying every document into Lua and back. A document gone since the snapshot (its CPO
         left, or no longer lists it) is None, and left out: the page reads on past it until it holds limit
         documents or the snapshot ends, so that the next page starts after everything this one read."""
-        snapshot = f"{self._p}snapshot:{snapshot_id}"
+        snapshot = self._snapshot_key(snapshot_id)
         docs: list[bytes] = []
         while True:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -244,3 +249,8 @@ class LocationCache(LocationWriter):
             offset += len(read)
             if len(docs) >= limit or not read or offset >= total:
                 return docs, offset, int(total)
+
+
+def snapshot_viewer(snapshot_id: str) -> tuple[str, str]:
+    """The party a snapshot was taken for, as its id begins: country code, party id."""
+    return snapshot_id[:2], snapshot_id[2:5]

@@ -283,3 +283,27 @@ def test_a_redis_that_lost_its_scripts_still_caches_relayed_locations_and_notes_
     _eventually(cached)
     _eventually(routed_to_its_owner)
     assert [r.path for r in cpo.functional() if r.method == "POST"] == ["/ocpi/2.2.1/commands/receiver/START_SESSION"]
+
+
+def test_a_get_all_snapshot_link_pages_for_the_party_it_was_taken_for_only(hub: Hub, connect_party) -> None:
+    # A snapshot is filtered for its party (publish_allowed_to); its Link opened to any other platform that had it,
+    # unlike the hub's pages and results links (a party developer's walkthrough).
+    cpo, emsp, other = connect_party(_roles("CPO")), connect_party(_roles("EMSP")), connect_party(_roles("EMSP"))
+    owner = party_key(cpo)
+    for n in range(3):
+        _push(
+            cpo,
+            emsp,
+            hub,
+            "PUT",
+            f"SNAP{n}-{owner[1]}",
+            _location(owner, f"SNAP{n}-{owner[1]}", "2026-11-25T08:00:00Z"),
+        )
+    first = _get(emsp, hub, f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=1")
+    link = first.headers["Link"].split(">")[0].lstrip("<")
+    assert link.startswith(f"{hub.base}/ocpi/2.2.1/snapshots/")
+    for stranger in (other, cpo):
+        refused = stranger.call(hub.base, "GET", link)
+        assert refused.status_code == 404 and "not yours" in refused.json()["status_message"], refused.text
+    followed = emsp.call(hub.base, "GET", link)
+    assert followed.json()["status_code"] == 1000 and len(followed.json()["data"]) == 1

@@ -17,6 +17,7 @@ from hub.errors import InvalidParameters, NotFound, UnknownLocation
 from hub.metrics import CACHE_REQUESTS
 from routing.forward import Answer
 from routing.request import Incoming
+from storage.location_cache import snapshot_viewer
 from storage.location_document import epoch, same_id
 
 if TYPE_CHECKING:
@@ -46,7 +47,13 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
         raise NotFound(f"{path} takes GET only")
     exchange.entry.module, exchange.entry.interface, exchange.entry.routing = "locations", "sender", "hub"
     offset, limit = paging_window(dict(parse_qsl(exchange.entry.query)), MAX_LIMIT)
-    return await page(relay, exchange, path.removeprefix(SNAPSHOTS).strip("/"), offset, limit)
+    snapshot_id = path.removeprefix(SNAPSHOTS).strip("/")
+    caller = exchange.caller
+    assert caller is not None
+    # taken for one party, filtered for it (publish_allowed_to): no other platform reads it, as pages and results
+    if not any(role.key == snapshot_viewer(snapshot_id) for role in caller.roles):
+        raise NotFound(f"{path} is unknown, expired, or not yours")
+    return await page(relay, exchange, snapshot_id, offset, limit)
 
 
 async def page(relay: Relay, exchange: Exchange, snapshot_id: str, offset: int, limit: int) -> Answer:

@@ -255,7 +255,8 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
     if server == "uvicorn":
         import uvicorn
         from uvicorn.server import STARTUP_FAILURE
-        from uvicorn.supervisors.multiprocess import Multiprocess
+
+        from hub.supervisor import Supervisor
 
         # uvicorn shuts down gracefully on SIGTERM/SIGINT and then raises the signal again; with these handlers
         # in place that second signal is a no-op, so the embedded servers are stopped and the exit code is 0.
@@ -276,12 +277,9 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
             worker = uvicorn.Server(config)
             worker.run()
             return 0 if worker.started else STARTUP_FAILURE  # as uvicorn.run
-        # uvicorn.run's own path for several workers, but for what it leaves out: a worker uvicorn restarted after it
-        # died that then fails to start (as while PostgreSQL is away) has uvicorn stop every worker and return as from
-        # a shutdown asked for; exit 0 would be taken as one by a supervisor restarting only on failure
-        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor = Supervisor(config, sockets=[config.bind_socket()])  # uvicorn.run's own path for several workers
         supervisor.run()
-        if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        if supervisor.stopped_by_a_failed_start:  # exit 0 would be taken for a shutdown asked for
             print(
                 "ocpi-hub: stopped, since a worker could not start (see the lines above)", file=sys.stderr, flush=True
             )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import http.client
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -116,6 +118,29 @@ def test_serve_with_two_workers_answers_on_both(services: Services, tmp_path: Pa
             assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 40
     finally:
         assert hub.stop() == 0
+
+
+def test_two_workers_told_to_stop_refuse_new_connections_at_once_and_finish_the_requests_in_flight(
+    services: Services, tmp_path: Path, start_party
+) -> None:
+    # uvicorn's parent held the listening socket open while its workers finished (up to 30 s): a new connection was
+    # queued and never answered, where a client or a load balancer should be refused and try another instance.
+    hub = start_hub(hub_env(services, tmp_path), OUTPUT / "hub-stopping.log", "--workers", "2")
+    try:
+        cpo = register_at_hub(hub, start_party, _roles("CPO"))
+        slow = register_at_hub(hub, start_party, _roles("EMSP"), delay_s=1.9)  # the tests' forward timeout is 2 s
+        time.sleep(1.1)  # both workers know both parties
+        with concurrent.futures.ThreadPoolExecutor() as threads:
+            in_flight = threads.submit(push_location, cpo, hub.base, party_key(slow))
+            _wait_until(lambda: bool(slow.functional()), 5)
+            hub.process.send_signal(signal.SIGTERM)
+            time.sleep(0.8)  # uvicorn's supervisor looks at its signals every 0.5 s
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"{hub.base}/health", timeout=2)
+            assert in_flight.result().json()["status_code"] == 1000
+        assert hub.process.wait(30) == 0
+    finally:
+        hub.stop()
 
 
 @pytest.mark.parametrize("server", ["uvicorn", "granian"])

@@ -1,0 +1,30 @@
+"""uvicorn's supervisor of several workers (`serve --workers N`), stopping as a load balancer needs it to."""
+
+from __future__ import annotations
+
+from uvicorn.server import STARTUP_FAILURE
+from uvicorn.supervisors.multiprocess import Multiprocess
+
+
+class Supervisor(Multiprocess):
+    """Also closes its own copy of the listening socket when told to stop. It held it open while the workers finished
+    their requests (up to 30 s): a new connection was taken into the socket's backlog and never answered, where it
+    should be refused at once, for a client or a load balancer to try another instance."""
+
+    def handle_term(self) -> None:
+        super().handle_term()
+        self._stop_listening()
+
+    def handle_int(self) -> None:
+        super().handle_int()
+        self._stop_listening()
+
+    def _stop_listening(self) -> None:
+        for sock in self.sockets:
+            sock.close()  # the workers close theirs as their shutdown begins
+
+    @property
+    def stopped_by_a_failed_start(self) -> bool:
+        """Whether it stopped since a worker it started again, after that one died, failed to start (as while
+        PostgreSQL is away): uvicorn then stops every worker and returns as from a shutdown asked for."""
+        return any(process.exitcode == STARTUP_FAILURE for process in self.processes)

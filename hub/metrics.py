@@ -133,13 +133,19 @@ async def ready(request: Request) -> Response[bytes]:
     """PostgreSQL and Redis answer and every migration is applied (readiness): 503 naming what is not."""
     state = request.app.state
     problems: list[str] = []
+    conn = None
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
-            async with state.pool.acquire() as conn:
-                if missing := await pending(conn):
-                    problems.append(f"migrations not applied: {', '.join(missing)}")
+            conn = await state.pool.acquire()
+            if missing := await pending(conn):
+                problems.append(f"migrations not applied: {', '.join(missing)}")
     except Exception as exc:
         problems.append(f"PostgreSQL unreachable: {type(exc).__name__}: {exc}".rstrip(": "))
+        if conn is not None:  # given back as it is, its reset would wait on a server that stopped answering (10 s)
+            conn.terminate()
+    finally:
+        if conn is not None:
+            await state.pool.release(conn)
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             await state.redis.ping()

@@ -140,6 +140,9 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 with _settled_garbage_collector():
                     yield
             finally:
+                # the requests in flight are answered (uvicorn waited for them); what is left: broadcast copies, the
+                # last routing-log rows (or their spool file), the background loops
+                log.info("hub_stopping", pid=os.getpid())
                 await relay.drain()
                 await stop_background_tasks(tasks)
                 try:
@@ -154,6 +157,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 await pool.close()
         except TimeoutError:
             pool.terminate()
+        log.info("hub_stopped", pid=os.getpid())
 
     app = Litestar(
         route_handlers=[

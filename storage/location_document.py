@@ -17,7 +17,7 @@ from storage.publish_tokens import publish_entries
 
 def epoch(timestamp: str) -> float:
     """types.asciidoc DateTime (UTC, 'Z' or no zone) as seconds since the epoch."""
-    text = timestamp.replace("Z", "+00:00")
+    text = timestamp.upper().replace("Z", "+00:00")  # RFC 3339, 5.6: "t" and "z" may be lower case
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.fromisoformat(text + "+00:00")

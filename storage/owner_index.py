@@ -178,15 +178,20 @@ class OwnerIndex:
             await self._write_owners()  # the notes of the last requests
 
     async def _flush_owners(self, interval_s: float, stop: asyncio.Event) -> None:
-        seen_period = None
+        seen_period, failing_since = None, None
         while not stop.is_set():
             try:
                 if (period := self._period()) != seen_period:  # at start, before the first write, and once a period
                     await self._begin_period(period)
                     seen_period = period
                 await self._write_owners()
-            except Exception as exc:  # Redis briefly away: keep the notes and try again
-                log.warning("owner_index_write_failed", error=str(exc))
+                if failing_since is not None:
+                    log.warning("owner_index_writes_resumed", after_s=round(time.monotonic() - failing_since, 1))
+                    failing_since = None
+            except Exception as exc:  # Redis briefly away: keep the notes and try again; said once, not every try
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("owner_index_write_failed", error=str(exc), retrying_every_s=interval_s)
             with contextlib.suppress(TimeoutError):  # not wait_for, which in Python 3.11 can drop a cancel
                 async with asyncio.timeout(interval_s):
                     await stop.wait()

@@ -82,7 +82,8 @@ async def drop_before(
             break
         if not dry_run:
             await _drop(conn, partition, key, lock_timeout_s, attempts)
-        log.info("routing_log_partition_dropped", partition=partition.name, dry_run=dry_run)
+        log.info("routing_log_partition_would_drop" if dry_run else "routing_log_partition_dropped",
+                 partition=partition.name)  # fmt: skip
         dropped.append(partition)
     return dropped
 

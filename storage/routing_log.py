@@ -179,7 +179,7 @@ class RoutingLogWriter:
                     # in progress" is a connection the server closed, InternalClientError), and a write given up
                     # after WRITE_TIMEOUT_S is a bare TimeoutError.
                     log.error("routing_log_write_failed", error=f"{type(exc).__name__}: {exc}".rstrip(": "),
-                              rows=len(batch), retry_in_s=delay)  # fmt: skip
+                              rows=len(batch), queued=self._queue.qsize(), retry_in_s=delay)  # fmt: skip
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
         finally:

@@ -103,6 +103,9 @@ def test_get_all_via_the_hub_walks_every_location_once_while_the_cache_changes(h
     # date_from is inclusive, date_to exclusive
     window = _get(emsp, hub, query + "&date_from=2026-11-20T10:05:00Z&date_to=2026-11-20T10:07:00Z").json()
     assert [loc["id"] for loc in window["data"]] == ["W05", "W06"]
+    # RFC 3339, 5.6: "T" and "Z" may be written lower case (a party developer's walkthrough got 2001)
+    lower = _get(emsp, hub, query + "&date_from=2026-11-20t10:05:00z&date_to=2026-11-20t10:07:00z").json()
+    assert [loc["id"] for loc in lower["data"]] == ["W05", "W06"], lower
 
 
 def test_a_page_reads_on_past_locations_gone_since_the_snapshot_and_the_next_begins_after_them(

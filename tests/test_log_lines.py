@@ -1,0 +1,30 @@
+"""The hub's log lines as an operator reads them: JSON, one line each, what a library logs included."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+_LOGGED = """
+import logging
+from hub.logs import configure_logging
+configure_logging("info")
+try:
+    raise ConnectionRefusedError(111, "Connection refused")
+except ConnectionRefusedError:
+    logging.getLogger("asyncpg.pool").warning("Failed to restore the pool connection floor; retrying", exc_info=True)
+    logging.getLogger("uvicorn.error").error("Exception in ASGI application", exc_info=True)
+"""
+
+
+def test_a_librarys_warning_names_its_exception_in_one_line_and_an_error_keeps_its_traceback() -> None:
+    # asyncpg's pool, retrying while PostgreSQL was away, logged exc_info as a tuple of reprs, "<traceback object at
+    # 0x...>" included (an operator's drill); a bug's error (uvicorn's) must keep what locates it.
+    done = subprocess.run([sys.executable, "-c", _LOGGED], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    warning, error = (json.loads(line) for line in done.stdout.splitlines())
+    assert warning["error"] == "ConnectionRefusedError: [Errno 111] Connection refused" and "exc_info" not in warning
+    assert error["exception"].startswith("Traceback (most recent call last):") and "exc_info" not in error
+    assert "<traceback object" not in done.stdout

@@ -195,6 +195,15 @@ async def _start_again(database_url: str, spool: Path, n: int) -> None:
     await pool.close()
 
 
+def _spooled(database_url: str, tmp_path: Path) -> tuple[Path, Path]:
+    """A log of one row, then a writer closed with two rows in a spool file: (the spool dir, the file)."""
+    numbered_log(database_url, 1)
+    spool = tmp_path / "spool"
+    asyncio.run(asyncio.wait_for(_stop_while_answers_are_lost(database_url, spool), 60))
+    [path] = spool.iterdir()
+    return spool, path
+
+
 def test_rows_not_committed_when_the_writer_closes_are_spooled_and_written_once_by_the_next_writer(
     empty_database: str, tmp_path: Path
 ) -> None:
@@ -216,10 +225,7 @@ def test_a_spool_file_held_by_a_live_worker_is_left_to_it_and_taken_by_the_next_
 ) -> None:
     # Workers sharing a data dir claim a spool file by a lock on it. A claim that outlived its process (the hub
     # before renamed the file to "{chain}.{pid}") kept the rows off the database for good.
-    numbered_log(empty_database, 1)
-    spool = tmp_path / "spool"
-    asyncio.run(asyncio.wait_for(_stop_while_answers_are_lost(empty_database, spool), 60))
-    [path] = spool.iterdir()
+    spool, path = _spooled(empty_database, tmp_path)
     holder = subprocess.Popen(  # a worker busy writing the file
         [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'rb'); "
                                "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(path)],
@@ -242,10 +248,7 @@ def test_a_spool_file_held_by_a_live_worker_is_left_to_it_and_taken_by_the_next_
 def test_a_spool_file_a_hub_before_locks_claimed_and_died_with_is_written_by_the_next_writer(
     empty_database: str, tmp_path: Path
 ) -> None:
-    numbered_log(empty_database, 1)
-    spool = tmp_path / "spool"
-    asyncio.run(asyncio.wait_for(_stop_while_answers_are_lost(empty_database, spool), 60))
-    [path] = spool.iterdir()
+    spool, path = _spooled(empty_database, tmp_path)
     path.rename(path.with_suffix(".4242"))  # claimed by that hub's process 4242, which died writing it
     asyncio.run(asyncio.wait_for(_start_again(empty_database, spool, 4), 60))
     assert list(spool.iterdir()) == []

@@ -6,12 +6,15 @@ Hubs); a response_url is replaced in the raw bytes where its JSON form can be fo
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
-from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_plus
 
+import httpx
 import msgspec
+import yarl
 
 from hub.errors import InvalidParameters, decoded
 from hub.ocpi.wire import usable_url
@@ -116,20 +119,32 @@ def why_not_callable(url: str, platform: Platform, hub_url: str) -> str | None:
         usable_url("it", url)
     except ValueError as exc:
         return str(exc)
+    try:
+        origin = _origin(url)
+    except ValueError as exc:
+        return f"it is not a URL the hub can call, got {url!r}: {exc}"
     if url.lower() == hub_url.lower() or url.lower().startswith(f"{hub_url.lower()}/"):
         return "it is the hub's own"
-    registered = {_origin(u) for u in (platform.versions_url, platform.version_url, *platform.endpoints.values()) if u}
-    if _origin(url) not in registered:
+    registered = set()
+    for registered_url in (platform.versions_url, platform.version_url, *platform.endpoints.values()):
+        with contextlib.suppress(ValueError):  # one the hub cannot call anyway
+            registered.add(_origin(registered_url or ""))
+    if origin not in registered:
         hosts = ", ".join(sorted(f"{scheme}://{host}:{port}" for scheme, host, port in registered))
         return f"it is at none of the hosts {platform.name!r} registered ({hosts})"
     return None
 
 
 def _origin(url: str) -> tuple[str, str, int]:
-    """Scheme, host and port of a URL usable_url took (its port a number, its host there)."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
+    """Scheme, host and port of a URL as the clients that call it read it: aiohttp (yarl) on the data plane, httpx on
+    the control plane. ValueError where they read it differently ("http://a\\@b/": a host for one, none for the
+    other), or either cannot."""
+    called = yarl.URL(url)  # raises ValueError for what it refuses, as aiohttp would on the call
+    other = httpx.URL(url)
+    scheme, host, port = called.scheme.lower(), (called.host or "").lower(), called.port
+    if (host, port) != ((other.host or "").lower(), other.port or (443 if scheme == "https" else 80)):
+        raise ValueError(f"its host is read as {called.host}:{called.port} by one HTTP client, {other.host} by another")
+    return scheme, host, port or (443 if scheme == "https" else 80)
 
 
 def link_urls(value: str) -> list[str]:

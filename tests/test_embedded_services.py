@@ -18,6 +18,7 @@ import asyncpg
 import psutil
 import pytest
 import redis
+import structlog
 
 import storage.embedded.server as embedded
 from storage.embedded import EmbeddedPostgres, EmbeddedServiceError, EmbeddedValkey
@@ -182,6 +183,26 @@ def test_postgres_starts_after_crash_leaving_stale_pidfile(data_dir: Path, track
     restarted = track(EmbeddedPostgres(data_dir))
     assert sql(restarted.start(), "SELECT v FROM kept") == 7  # committed data survives crash recovery
     assert restarted.owned
+
+
+def test_a_postgres_that_does_not_stop_is_stopped_harder_each_step_said(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Frozen (every process stopped: a stalled disk, a lost mount), it took 94 s to stop with no line at all: an
+    # operator took the hub for hung (an operator's drill).
+    monkeypatch.setattr("storage.embedded.postgres.STOP_TIMEOUT", 2.0)
+    server = EmbeddedPostgres(data_dir)
+    server.start()
+    postmaster = server._live_pid()
+    assert postmaster is not None
+    frozen = [postmaster, *(child.pid for child in psutil.Process(postmaster).children(recursive=True))]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    with structlog.testing.capture_logs() as logs:
+        server.stop()
+    assert [entry.get("next") for entry in logs if entry["event"] == "embedded_postgres_slow_to_stop"] == [
+        "pg_ctl stop -m immediate", "killed"]  # fmt: skip
+    assert not [pid for pid in frozen if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
 
 
 def test_failed_postgres_start_reports_log_and_leaves_nothing_running(

@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import structlog
 
 from storage.embedded.server import START_TIMEOUT, STOP_TIMEOUT, EmbeddedServer, EmbeddedServiceError, kill, read_pid
+
+log = structlog.get_logger()
 
 _NOT_INSTALLED: str | None = None
 try:
@@ -160,20 +163,17 @@ class EmbeddedPostgres(EmbeddedServer):
         return None if self._answers(port) else f"no connection to 127.0.0.1:{port} after pg_ctl start"
 
     def _halt(self) -> None:
-        for mode in ("fast", "immediate"):
+        # fast: sessions ended, a checkpoint; immediate: no checkpoint (recovery at the next start), for a server too
+        # busy or stuck for fast (a stalled disk, stopped processes); then killed. Each step said, so that a slow stop
+        # is not taken for a hang.
+        for mode, waits_s in (("fast", STOP_TIMEOUT), ("immediate", STOP_TIMEOUT / 3)):
             if self._live_pid() is None:
                 return
-            self._run(
-                "pg_ctl",
-                "stop",
-                "-D",
-                str(self.pgdata),
-                "-m",
-                mode,
-                "-w",
-                "-t",
-                str(int(STOP_TIMEOUT)),
-                timeout=STOP_TIMEOUT + 10,
-            )
+            if mode != "fast":
+                log.warning("embedded_postgres_slow_to_stop", data_dir=str(self.pgdata), waited_s=STOP_TIMEOUT,
+                            next=f"pg_ctl stop -m {mode}")  # fmt: skip
+            self._run("pg_ctl", "stop", "-D", str(self.pgdata), "-m", mode, "-w", "-t", str(int(waits_s)),
+                      timeout=waits_s + 10)  # fmt: skip
         if (pid := self._live_pid()) is not None:
+            log.warning("embedded_postgres_slow_to_stop", data_dir=str(self.pgdata), next="killed")
             kill(pid)

@@ -22,6 +22,7 @@ from hub.ocpi.wire import INTERFACE_ROLES, Credentials, CredentialsAnswer, Endpo
 from hub.own_messages import Trace, own_entry
 from hub.request_context import new_request_id
 from routing.forward import read_capped
+from routing.rewrite import same_host
 from storage.directory import PartyRole, Platform
 from storage.log_row import LogEntry
 
@@ -65,19 +66,23 @@ class PartyClient(httpx.AsyncClient):
         self.answer_timeout_s = settings.forward_timeout_s
         self.hub_url = settings.public_url  # a URL under it is never a party's (routing.rewrite.why_not_callable)
 
-    async def fetch(self, method: str, url: str, headers: dict[str, str], content: bytes | None = None) -> Fetched:
-        """The answer, a GET's redirects followed; AnswerTooLarge (4000) once it is larger than the cap,
-        httpx.ReadTimeout once it took longer than the timeout. httpx's own timeouts count per read: a party sending a
-        byte now and then would hold the call, and the still-alive round or location sync waiting for it, for ever. An
-        anyio deadline, not asyncio.timeout: httpcore shields parts of its work from cancellation with anyio, and with
-        asyncio.timeout 250 concurrent calls with a 0.3 s deadline ran for up to 2.7 s (CI saw a still-alive round
-        stall); an anyio scope delivers its cancellation again until the scope ends."""
+    async def fetch(
+        self, method: str, url: str, headers: dict[str, str], content: bytes | None = None, *, redirects: bool = True
+    ) -> Fetched:
+        """The answer, a GET's redirects followed (unless redirects is False: a URL a party gave, whose redirect
+        would lead where routing.rewrite.why_not_callable did not look); AnswerTooLarge (4000) once it is larger
+        than the cap, httpx.ReadTimeout once it took longer than the timeout. httpx's own timeouts count per
+        read: a party sending a byte now and then would hold the call, and the still-alive round or location
+        sync waiting for it, for ever. An anyio deadline, not asyncio.timeout: httpcore shields parts of its
+        work from cancellation with anyio, and with asyncio.timeout 250 concurrent calls with a 0.3 s deadline
+        ran for up to 2.7 s (CI saw a still-alive round stall); an anyio scope delivers its cancellation again
+        until the scope ends."""
         # Only a GET's: httpx, like browsers, turns a POST or PUT redirected with 301/302 into a body-less GET, so
         # a credentials exchange would "succeed" with the wrong call; such an answer is an error of its own instead.
         try:
             with anyio.fail_after(self.answer_timeout_s):
                 async with self.stream(
-                    method, url, headers=headers, content=content, follow_redirects=method == "GET"
+                    method, url, headers=headers, content=content, follow_redirects=redirects and method == "GET"
                 ) as answer:
                     # aiter_bytes undoes gzip: the cap counts what the hub would hold
                     body = await read_capped(answer.aiter_bytes(), self.max_answer_bytes, f"{method} {url}")
@@ -194,7 +199,8 @@ async def discover(
 def _check_not_the_hubs(what: str, url: str, hub_url: str) -> None:
     """UnableToUseClientApi when url is one of the hub's own (a set-up copied from the hub's, or a party behind the hub
     by mistake): the hub would forward to itself, with a token that is not one of its own."""
-    if url.lower() == hub_url.lower() or url.lower().startswith(f"{hub_url.lower()}/"):
+    # parsed, not as text: "http://hub:0443/", "https://HUB.:443/" and the like are the hub's too
+    if url.lower() == hub_url.lower() or url.lower().startswith(f"{hub_url.lower()}/") or same_host(url, hub_url):
         raise UnableToUseClientApi(f"the party's {what} {url} is the hub's own; it must lead to the party's platform")
 
 

@@ -111,7 +111,7 @@ async def forward(
         # Not 4003, "unable to reach the receiving party": told that, a sender would send a CDR or a command again.
         told = "the receiver got the request, but the hub could not read its answer as HTTP"
         raise AnswerUnreadable(told, f"{sent}: {told} ({_cut(exc.message)})") from None
-    except (aiohttp.ClientError, OSError) as exc:
+    except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: a URL aiohttp will not call (a backstop)
         _release_frames(exc)
         told = f"the hub could not reach the receiver ({type(exc).__name__})"
         raise ReceiverNotConnected(told, f"{sent} failed: {exc or type(exc).__name__}") from None

@@ -123,8 +123,8 @@ def why_not_callable(url: str, platform: Platform, hub_url: str) -> str | None:
         origin = _origin(url)
     except ValueError as exc:
         return f"it is not a URL the hub can call, got {url!r}: {exc}"
-    if url.lower() == hub_url.lower() or url.lower().startswith(f"{hub_url.lower()}/"):
-        return "it is the hub's own"
+    if origin == _origin(hub_url):  # parsed, not as text: "http://hub:0443", "https://HUB.:443/", "http://u@hub/"
+        return "it is at the hub's own host"
     registered = set()
     for registered_url in (platform.versions_url, platform.version_url, *platform.endpoints.values()):
         with contextlib.suppress(ValueError):  # one the hub cannot call anyway
@@ -141,10 +141,21 @@ def _origin(url: str) -> tuple[str, str, int]:
     other), or either cannot."""
     called = yarl.URL(url)  # raises ValueError for what it refuses, as aiohttp would on the call
     other = httpx.URL(url)
-    scheme, host, port = called.scheme.lower(), (called.host or "").lower(), called.port
-    if (host, port) != ((other.host or "").lower(), other.port or (443 if scheme == "https" else 80)):
+    if called.user is not None or called.password is not None or other.userinfo:
+        raise ValueError("it holds a user name or password, where the hub sends its own Authorization")
+    scheme, host, port = called.scheme.lower(), (called.host or "").lower().rstrip("."), called.port
+    if (host, port) != ((other.host or "").lower().rstrip("."), other.port or (443 if scheme == "https" else 80)):
         raise ValueError(f"its host is read as {called.host}:{called.port} by one HTTP client, {other.host} by another")
     return scheme, host, port or (443 if scheme == "https" else 80)
+
+
+def same_host(url: str, other_url: str) -> bool:
+    """Whether two URLs are at the same scheme, host and port as HTTP clients read them (False if either is no URL
+    they can call)."""
+    try:
+        return _origin(url) == _origin(other_url)
+    except ValueError:
+        return False
 
 
 def link_urls(value: str) -> list[str]:

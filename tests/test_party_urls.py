@@ -6,11 +6,12 @@ response_url or Link with port 99999 gave HTTP 500."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from tests.conftest import Hub
-from tests.parties import free_port
+from tests.parties import envelope, free_port
 from tests.test_routing import _roles, party_key
 
 _ENVELOPE = b'{"data": [], "status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}'
@@ -23,6 +24,7 @@ def _elsewhere(hub: Hub, other_party_base: str, own_base: str) -> dict[str, str]
         "a host nobody registered": f"http://127.0.0.1:{free_port()}/x",
         "a port out of range": "http://127.0.0.1:99999/x",
         "no URL at all": "not a url",
+        "a user name in it": own_base.replace("http://", "http://user:secret@") + "/x",  # aiohttp: HTTP 500
         # the party's own host for Python's urlsplit; for aiohttp, none (it refuses a backslash there), for a
         # WHATWG parser the hub's
         "a host two parsers read apart": f"http://{hub.base.removeprefix('http://')}\\@{own_base.removeprefix('http://')}/x",
@@ -31,7 +33,7 @@ def _elsewhere(hub: Hub, other_party_base: str, own_base: str) -> dict[str, str]
 
 @pytest.mark.parametrize(
     "where", ["the hub's own metrics", "another party's host", "a host nobody registered", "a port out of range",
-              "no URL at all", "a host two parsers read apart"],
+              "no URL at all", "a host two parsers read apart", "a user name in it"],
 )  # fmt: skip
 def test_a_response_url_at_a_host_the_caller_did_not_register_is_refused_with_2001_and_nothing_is_forwarded(
     hub: Hub, connect_party, db, where: str
@@ -59,7 +61,7 @@ def test_a_response_url_at_the_callers_own_host_is_relayed_as_before(hub: Hub, c
 
 @pytest.mark.parametrize(
     "where", ["the hub's own metrics", "another party's host", "a host nobody registered", "a port out of range",
-              "a host two parsers read apart"],
+              "a host two parsers read apart", "a user name in it"],
 )  # fmt: skip
 def test_a_receivers_link_the_hub_will_not_follow_is_not_relayed_and_the_routing_log_says_why(
     hub: Hub, connect_party, db, where: str
@@ -85,3 +87,36 @@ def test_a_cdr_location_at_a_host_the_receiver_did_not_register_is_not_relayed(h
     assert "location" not in answer.headers
     [row] = db.run(db.fetch("SELECT error FROM routing_log WHERE request_id = $1", answer.headers["x-request-id"]))
     assert row["error"].startswith("the receiver's Location header was not relayed: ")
+
+
+def test_a_party_listing_an_endpoint_at_the_hubs_own_host_written_otherwise_is_not_registered(
+    hub: Hub, start_party
+) -> None:
+    # "http://127.0.0.1:0PORT" is the hub's host and port as any client reads it, not as text: listed as an endpoint,
+    # it made the hub's own /metrics a URL the party could hand the hub in a Link (a security review).
+    party = start_party(_roles("CPO"))
+    host, port = hub.base.rsplit(":", 1)
+    alias = f"{host}:0{port}"
+    extra = {"identifier": "hubclientinfo", "role": "RECEIVER", "url": f"{alias}/anything"}
+    details = envelope({"version": "2.2.1", "endpoints": [*party.endpoints(), extra]})
+    party.canned[("GET", "/ocpi/2.2.1")] = (200, json.dumps(details).encode(), {"Content-Type": "application/json"})
+    answer = party.register_at(hub.versions_url, hub.invite(party.name, party.roles[0])["token_a"])
+    assert answer.json()["status_code"] == 3001 and "is the hub's own" in answer.json()["status_message"], answer.text
+
+
+def test_a_pull_sync_page_that_redirects_is_not_followed(hub: Hub, start_party, connect_party) -> None:
+    # Its Link is checked; where a redirect of it leads was not, and the hub went there (a security review).
+    bystander = connect_party(_roles("EMSP"))
+    roles = _roles("CPO")
+    cpo = start_party(roles)
+    page = json.dumps({"data": [], "status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}).encode()
+    link = f'<{cpo.base}/ocpi/2.2.1/locations/sender/page2>; rel="next"'
+    cpo.canned[("GET", "/ocpi/2.2.1/locations/sender")] = (200, page, {"Link": link})
+    cpo.canned[("GET", "/ocpi/2.2.1/locations/sender/page2")] = (302, b"", {"Location": f"{bystander.base}/internal"})
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    deadline = time.monotonic() + 10
+    while not [r for r in cpo.received if r.path.endswith("/page2")] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    assert [r.path for r in cpo.received if r.path.endswith("/page2")]
+    assert [r.path for r in bystander.received if r.path == "/internal"] == []

@@ -27,6 +27,8 @@ def usable_url(name: str, url: str) -> None:
         parts = urlsplit(url)
         if not parts.hostname or parts.port == 0:  # .port raises ValueError for one that is not 0 to 65535
             raise ValueError("no host" if not parts.hostname else "port 0")
+        if parts.username is not None or parts.password is not None:  # aiohttp refuses them beside Authorization
+            raise ValueError("a user name or password in it")
         httpx.URL(url).host  # noqa: B018 - decoding the host is the check: idna's error is a UnicodeError
     except (ValueError, httpx.InvalidURL) as exc:
         raise ValueError(f"{name} is not a URL the hub can call, got {url!r}: {exc}") from None

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
@@ -194,7 +195,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         elif scope["type"] == "http" and credentials_log.is_credentials(scope["path"]):
             await credentials_log.logged(litestar, app.state, scope, relay.bodies.guarded(receive), send)  # type: ignore[arg-type]
         elif scope["type"] == "http":
-            if scope["path"].startswith("/admin/api"):
+            if _as_routed(scope["path"]).startswith("/admin/api"):
                 await identify_admin_caller(app.state, scope)
             await litestar(scope, relay.bodies.guarded(receive), send)
         else:
@@ -208,12 +209,20 @@ def render_error(request: Request, exc: Exception) -> Response[Any]:
     console, the admin API's JSON, an OCPI envelope everywhere else. One handler for the whole app, by path: Litestar
     raises a wrong URL's 404 or a wrong method's 405 before any router is chosen, and a router's own handlers never
     see those."""
-    path = request.scope["path"]
+    path = _as_routed(request.scope["path"])
     if path == "/console" or path.startswith("/console/"):
         return problem_page(request, exc)
     if path.startswith("/admin/"):
         return render_admin_error(request, exc)
     return render_ocpi_error(request, exc)
+
+
+def _as_routed(path: str) -> str:
+    """A path as Litestar routes it: "//admin/api/parties" reaches the admin API too."""
+    return _SLASHES.sub("/", path)
+
+
+_SLASHES = re.compile("/{2,}")
 
 
 @contextlib.contextmanager

@@ -134,12 +134,10 @@ def render_admin_error(request: Request, exc: Exception) -> Response[bytes]:
     if isinstance(exc, OcpiError):
         return json_response({"error": exc.message}, exc.http_status if exc.http_status != 200 else 400)
     if isinstance(exc, HTTPException):
-        if (
-            exc.status_code in (404, 405)
-            and "actor" in request.scope["state"]
-            and request.scope["state"]["actor"] is None
-        ):
-            return json_response({"error": UNAUTHORIZED}, 401)  # raised before the guard (identify_admin_caller)
+        if exc.status_code in (404, 405) and request.scope["state"].get("actor") is None:
+            # raised before the guard, for a caller not known to be an admin or auditor (identify_admin_caller; with
+            # the database away, not known either): 401, whatever the URL or method
+            return json_response({"error": UNAUTHORIZED}, 401)
         return json_response({"error": http_error_message(request, exc)}, exc.status_code, exc.headers)
     status, message = logged_unexpected(request, exc)
     return json_response({"error": message}, status)

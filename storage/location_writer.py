@@ -30,9 +30,9 @@ from storage.redis_scripts import executed, load, queue_script
 log = structlog.get_logger()
 
 UPDATE_LINGER_S, MAX_UPDATES_PER_BATCH = 0.01, 500  # relayed updates gathered per Redis round trip
-# While Redis is away, relayed location updates wait for it, in order, up to this many (a few hours of a busy CPO's
+# While Redis is away, relayed location updates wait for it, in order, up to this many (an hour of a busy CPO's
 # EVSE statuses); past it the oldest go, and pull sync repairs what they would have changed at its next round.
-MAX_HELD_UPDATES = 50_000
+MAX_HELD_UPDATES = 10_000
 STORE_TRIES = 5  # a store refused as the directory changes that often meanwhile is given up (pull sync repairs it)
 
 _decode = msgspec.json.decode
@@ -150,8 +150,11 @@ class LocationWriter:
                                 held=self._pending.qsize() + len(batch))  # fmt: skip
                 return
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                if self._stopping:
-                    self._given_up(batch, f"Redis away at shutdown: {type(exc).__name__}: {exc}")
+                if self._stopping:  # all of them at once: a Redis that hangs costs a try each (REDIS_TIMEOUT_S)
+                    held = [self._pending.get_nowait() for _ in range(self._pending.qsize())]
+                    self._given_up(batch + held, f"Redis away at shutdown: {type(exc).__name__}: {exc}")
+                    for _ in held:
+                        self._pending.task_done()
                     return
                 if failed_since is None:  # once per outage, not once per try
                     failed_since = time.monotonic()

@@ -24,6 +24,7 @@ from storage.location_document import epoch
 from storage.routing_state import CALLBACK_TTL_S
 
 _LINK = re.compile(r"<([^>]*)>")
+_URI = re.compile(r"^[\x21-\x7e]+$")  # RFC 3986: printable ASCII; a space, a control or a non-ASCII character is not
 _encode = msgspec.json.encode
 
 RESERVATION_MARGIN_S = 24 * 3600  # a CANCELED_RESERVATION posted at the very end of the reservation, or a bit late
@@ -115,6 +116,8 @@ def why_not_callable(url: str, platform: Platform, hub_url: str) -> str | None:
     back: only a URL at a host the platform registered (the scheme, host and port of its versions URL or of one of its
     endpoints), and none of the hub's own, or any party could have the hub fetch what the network behind it holds
     (the hub's /metrics, another party's internal service) and read the answer."""
+    if not _URI.match(url):  # the hub sends it as written (call_party: encoded): it would go out as no URI at all
+        return f"it is not a URL the hub can call, got {url[:200]!r}: a character in it must be percent-encoded"
     try:
         usable_url("it", url)
     except ValueError as exc:

@@ -25,6 +25,7 @@ def _elsewhere(hub: Hub, other_party_base: str, own_base: str) -> dict[str, str]
         "a port out of range": "http://127.0.0.1:99999/x",
         "no URL at all": "not a url",
         "a user name in it": own_base.replace("http://", "http://user:secret@") + "/x",  # aiohttp: HTTP 500
+        "a space in it": f"{own_base}/a b",  # sent as written: "GET /a b HTTP/1.1"
         # the party's own host for Python's urlsplit; for aiohttp, none (it refuses a backslash there), for a
         # WHATWG parser the hub's
         "a host two parsers read apart": f"http://{hub.base.removeprefix('http://')}\\@{own_base.removeprefix('http://')}/x",
@@ -33,7 +34,7 @@ def _elsewhere(hub: Hub, other_party_base: str, own_base: str) -> dict[str, str]
 
 @pytest.mark.parametrize(
     "where", ["the hub's own metrics", "another party's host", "a host nobody registered", "a port out of range",
-              "no URL at all", "a host two parsers read apart", "a user name in it"],
+              "no URL at all", "a host two parsers read apart", "a user name in it", "a space in it"],
 )  # fmt: skip
 def test_a_response_url_at_a_host_the_caller_did_not_register_is_refused_with_2001_and_nothing_is_forwarded(
     hub: Hub, connect_party, db, where: str
@@ -61,7 +62,7 @@ def test_a_response_url_at_the_callers_own_host_is_relayed_as_before(hub: Hub, c
 
 @pytest.mark.parametrize(
     "where", ["the hub's own metrics", "another party's host", "a host nobody registered", "a port out of range",
-              "a host two parsers read apart", "a user name in it"],
+              "a host two parsers read apart", "a user name in it", "a space in it"],
 )  # fmt: skip
 def test_a_receivers_link_the_hub_will_not_follow_is_not_relayed_and_the_routing_log_says_why(
     hub: Hub, connect_party, db, where: str

@@ -1,11 +1,14 @@
 """What a receiver answers, relayed to the caller as it came: OCPI errors, bodies that are no OCPI, odd header
 bytes, answers HTTP cannot carry, cookies and redirects, none of which the hub acts on; but for a refusal of the
-hub's own token, which is the hub's to answer."""
+hub's own token, which is the hub's to answer, and an answer larger than the hub takes."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import uuid
+
+import pytest
 
 from tests.conftest import Hub
 from tests.parties import RAW
@@ -172,3 +175,22 @@ def test_a_receivers_answer_the_hub_cannot_parse_is_a_4000_that_says_the_receive
         # the routing log says which URL, and what the parser saw; the caller, not the receiver's own address
         assert emsp.base not in answer.text and row["error"].startswith(f"PUT {emsp.base}/"), (name, answer.text)
         assert row["ocpi_status_code"] == 4000 and message in row["error"], (name, dict(row))
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_an_answer_larger_than_the_hub_relays_is_a_clear_4000_not_a_hub_out_of_memory(
+    hub: Hub, cpo_and_emsp, encoding: str
+) -> None:
+    # The test hub takes bodies of 10,000,000 bytes at most (OCPI_HUB_MAX_BODY_BYTES), its parties' answers too.
+    # gzip: 10 kB on the wire that aiohttp would inflate to 10 MB; it is counted as it is inflated.
+    cpo, emsp = cpo_and_emsp
+    cc, pid = party_key(cpo)
+    huge = b'{"data": "' + b"x" * 10_000_000 + b'", "status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}'
+    raw, headers = (gzip.compress(huge), {"Content-Encoding": "gzip"}) if encoding == "gzip" else (huge, {})
+    emsp.canned[("GET", f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/HUGE")] = (200, raw, headers)
+    answer = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/HUGE", to=party_key(emsp))
+    assert answer.status_code == 200 and answer.json()["status_code"] == 4000
+    assert "larger than 10000000 bytes" in answer.json()["status_message"] and emsp.base not in answer.text
+    assert "OCPI_HUB_MAX_BODY_BYTES" in answer.json()["status_message"]
+    fine = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp))
+    assert fine.json()["status_code"] == 1000  # the receiver is not marked unreachable for it

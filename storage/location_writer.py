@@ -87,6 +87,7 @@ class LocationWriter:
         self._pending: asyncio.Queue[Update] = asyncio.Queue()
         self._stopping = False  # set at shutdown: a Redis still away then is not waited for
         self.dropped = 0  # updates given up (Redis away at shutdown, or more held than MAX_HELD_UPDATES)
+        self._over_cap = False  # MAX_HELD_UPDATES reached in this outage (and said)
         self._store_script = client.register_script(_STORE)
         self._mark_script = client.register_script(_MARK)
 
@@ -105,9 +106,15 @@ class LocationWriter:
     def submit(self, owner: tuple[str, str], platform_id: int, method: str, path: list[str], body: bytes) -> None:
         """A relayed PUT or PATCH of /{location_id}[/{evse_uid}[/{connector_id}]] by the owner on that platform,
         applied soon by `updating()`."""
-        if self._pending.qsize() >= MAX_HELD_UPDATES:  # Redis away for long: the oldest go
-            self._given_up([self._pending.get_nowait()], "more updates held than MAX_HELD_UPDATES while Redis is away")
+        if self._pending.qsize() >= MAX_HELD_UPDATES:  # Redis away for long: the oldest go, said once an outage
+            oldest = self._pending.get_nowait()
             self._pending.task_done()
+            if self._over_cap:
+                self.dropped += 1
+            else:
+                self._over_cap = True
+                self._given_up([oldest], "more updates held than MAX_HELD_UPDATES while Redis is away; each further "
+                                         "update takes the place of the oldest until it is back")  # fmt: skip
         self._pending.put_nowait((owner, platform_id, method, path, body))
 
     @contextlib.asynccontextmanager
@@ -147,7 +154,8 @@ class LocationWriter:
                 await self.apply(batch)
                 if failed_since is not None:
                     log.warning("location_cache_updates_resumed", after_s=round(time.monotonic() - failed_since, 1),
-                                held=self._pending.qsize() + len(batch))  # fmt: skip
+                                held=self._pending.qsize() + len(batch), dropped=self.dropped)  # fmt: skip
+                    self._over_cap = False
                 return
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if self._stopping:  # all of them at once: a Redis that hangs costs a try each (REDIS_TIMEOUT_S)

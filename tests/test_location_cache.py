@@ -11,6 +11,7 @@ import httpx
 import msgspec
 import pytest
 import redis
+import structlog
 
 from hub.runtime import REDIS_TIMEOUT_S, open_redis
 from storage.location_cache import LocationCache
@@ -334,3 +335,20 @@ def test_updates_held_for_a_redis_that_does_not_answer_are_given_up_all_at_once_
 
     took, dropped = asyncio.run(asyncio.wait_for(stop_with_updates_held(), 60))
     assert dropped == 2000 and took < 2 * REDIS_TIMEOUT_S + 3, took
+
+
+def test_past_max_held_updates_the_oldest_go_and_that_is_logged_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # While Redis is away each update past the cap takes the oldest's place; a warning for each filled the log.
+    monkeypatch.setattr("storage.location_writer.MAX_HELD_UPDATES", 5)
+
+    async def submit_twelve() -> tuple[int, list[bytes], list[str]]:
+        cache = LocationCache(open_redis("redis://127.0.0.1:1/0"), "held:")  # never asked: nothing is applied here
+        with structlog.testing.capture_logs() as logs:
+            for n in range(12):
+                cache.submit(("NL", "CPO"), 0, "PATCH", [f"L{n}"], f"{n}".encode())
+        held = [cache._pending.get_nowait()[4] for _ in range(cache._pending.qsize())]
+        return cache.dropped, held, [entry["event"] for entry in logs]
+
+    dropped, held, events = asyncio.run(submit_twelve())
+    assert (dropped, held) == (7, [b"7", b"8", b"9", b"10", b"11"])
+    assert events == ["location_cache_updates_dropped"]

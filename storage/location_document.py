@@ -3,6 +3,11 @@ mod_locations.asciidoc for a PUT or PATCH of a location, an EVSE or a connector.
 
 PUT replaces, PATCH changes only the fields sent, and a PUT or PATCH of an EVSE or connector "SHALL also set the new
 last_updated value on the parent" EVSE and Location. The document itself is kept as the CPO sent it.
+
+An update older than the object it changes (its last_updated before the cached one's) is not applied: it reached the
+cache after a newer one, as updates relayed by different hub processes can, above all those held while Redis was away.
+Applied, it would put back an EVSE status the CPO has since changed. A location's last_updated is that of its latest
+change, its EVSEs' and connectors' included (the rule above), so the comparison is with the object the URL names.
 """
 
 from __future__ import annotations
@@ -80,42 +85,67 @@ def index_of(location: dict[str, Any]) -> Index:
     return index(location.get("last_updated"), location.get("publish"), location.get("publish_allowed_to"))
 
 
+class Superseded(ValueError):
+    """An update older than the cached object it changes."""
+
+
 def updated(current: dict[str, Any] | None, method: str, path: list[str], update: dict[str, Any]) -> dict | None:
-    """The location after a PUT or PATCH at path ([], [evse_uid] or [evse_uid, connector_id])."""
+    """The location after a PUT or PATCH at path ([], [evse_uid] or [evse_uid, connector_id]); Superseded when the
+    cached object at path is newer than the update."""
     if not path:
         if method == "PUT":
-            return update
-        return None if current is None else current | update  # PATCH: the fields sent, nothing else
+            return update  # whole locations are compared as they are stored (storage.location_writer)
+        if current is None:
+            return None
+        _not_older(update, current, "location")
+        return current | update  # PATCH: the fields sent, nothing else
     if current is None:
         return None  # an EVSE or connector of a location the hub has not seen: pull sync will bring it
     location = dict(current)
+    changed = update.get("last_updated")
     evses = [dict(e) for e in location.get("evses") or []]
-    evse = next((e for e in evses if same_id(e.get("uid"), path[0])), None)
     if len(path) == 1:
-        if method == "PUT":
-            evses = [e for e in evses if not same_id(e.get("uid"), path[0])] + [update]
-        elif evse is None:
+        if (evses := _changed(evses, "uid", path[0], method, update, "EVSE")) is None:
             return None
-        else:
-            evse.update(update)
-        changed = update.get("last_updated")
     else:
+        evse = next((e for e in evses if same_id(e.get("uid"), path[0])), None)
         if evse is None:
             return None
         connectors = [dict(c) for c in evse.get("connectors") or []]
-        connector = next((c for c in connectors if same_id(c.get("id"), path[1])), None)
-        if method == "PUT":
-            connectors = [c for c in connectors if not same_id(c.get("id"), path[1])] + [update]
-        elif connector is None:
+        if (connectors := _changed(connectors, "id", path[1], method, update, "connector")) is None:
             return None
-        else:
-            connector.update(update)
         evse["connectors"] = connectors
-        changed = update.get("last_updated")
         evse["last_updated"] = _later(evse.get("last_updated"), changed)
     location["evses"] = evses
     location["last_updated"] = _later(location.get("last_updated"), changed)
     return location
+
+
+def _changed(objects: list[dict], key: str, object_id: str, method: str, update: dict[str, Any],
+             what: str) -> list[dict] | None:  # fmt: skip
+    """The EVSEs or connectors after a PUT or PATCH of the one whose `key` is object_id (a PATCH of one not there:
+    None); Superseded when that one is newer than the update."""
+    current = next((each for each in objects if same_id(each.get(key), object_id)), None)
+    if current is not None:
+        _not_older(update, current, what)
+    if method == "PUT":
+        return [each for each in objects if each is not current] + [update]
+    if current is None:
+        return None
+    current.update(update)
+    return objects
+
+
+def _not_older(update: dict[str, Any], cached: dict[str, Any], what: str) -> None:
+    """Superseded when the cached object's last_updated is later than the update's (either missing or not a DateTime:
+    nothing to compare, the update applies)."""
+    try:
+        newer = epoch(cached["last_updated"]) > epoch(update["last_updated"])
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return
+    if newer:
+        raise Superseded(f"older than the cached {what} (last_updated {update['last_updated']} before "
+                         f"{cached['last_updated']})")  # fmt: skip
 
 
 def _later(a: str | None, b: str | None) -> str | None:

@@ -42,10 +42,12 @@ _encode = msgspec.json.encode
 # KEYS: the directory's generation, the document, the sorted sets of all and of the owner, the id index, the
 # unpublished set, the entries. ARGV: the generation the owner was found on the hub in ('' for an unguarded store;
 # UNCHANGED_LUA: -1 if it changed), member, score (last_updated), the document, "1" if unpublished, its
-# publish_allowed_to entries.
+# publish_allowed_to entries. Returns 1, or 0 when the cached location is newer (storage.location_document): kept.
 _STORE = (
     UNCHANGED_LUA
     + """
+local cached = redis.call('ZSCORE', KEYS[4], ARGV[2])
+if cached and tonumber(cached) > tonumber(ARGV[3]) then return 0 end
 redis.call('SET', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
@@ -216,7 +218,7 @@ class LocationWriter:
                 latest[member] = (owner, platform_id, path[0], body, whole_location(body)[1])
             except ValueError as exc:
                 log.info("location_cache_skipped", path=path, reason=str(exc))
-        return len(await self._store_many(list(latest.values())))  # each script is atomic on its own
+        return len((await self._store_many(list(latest.values())))[0])  # each script is atomic on its own
 
     async def _merge(self, owner: tuple[str, str], platform_id: int, method: str, path: list[str],
                      update: dict[str, Any]) -> str | None:  # fmt: skip
@@ -261,30 +263,38 @@ class LocationWriter:
             listed_by = (str(head.country_code or "").upper(), str(head.party_id or "").upper())
             if isinstance(head.id, str) and head.id and listed_by == owner:
                 taken.append((owner, platform_id, head.id, bytes(raw), index))
-        return [keyed(location_id) for _, _, location_id, _, _ in await self._store_many(taken)]
+        stored, newer_cached = await self._store_many(taken)
+        return [keyed(location_id) for _, _, location_id, _, _ in stored + newer_cached]
 
-    async def _store_many(self, locations: list[_Whole]) -> list[_Whole]:
-        """Whole locations, stored in one pipeline: those of CPOs on the hub, which it returns."""
+    async def _store_many(self, locations: list[_Whole]) -> tuple[list[_Whole], list[_Whole]]:
+        """Whole locations, stored in one pipeline: those of CPOs on the hub. Returns those stored, and those not
+        stored because the cache holds a newer version of them."""
         stored: list[_Whole] = []
+        newer_cached: list[_Whole] = []
         for _ in range(STORE_TRIES):
             directory, generation = self._fence()
             if len(kept := [each for each in locations if _holds(directory, each[0], each[1])]) < len(locations):
                 log.info("location_cache_skipped", locations=len(locations) - len(kept),
                          reason="their CPO is no longer on the hub")  # fmt: skip
             if not kept:
-                return stored
+                break
 
             def queue(pipe: Pipeline, kept: list[_Whole] = kept, generation: str = generation) -> None:
                 for owner, _, location_id, document, index in kept:
                     self._queue_store(pipe, owner, location_id, document, index, generation)
 
             replies = await executed(self._redis, queue, [self._store_script])
-            stored += [each for each, reply in zip(kept, replies, strict=True) if reply != -1]
+            stored += [each for each, reply in zip(kept, replies, strict=True) if reply == 1]
+            newer_cached += [each for each, reply in zip(kept, replies, strict=True) if reply == 0]
             if not (locations := [each for each, reply in zip(kept, replies, strict=True) if reply == -1]):
-                return stored
+                break
             await self._caught_up()  # the directory changed since it was read: again, as it is now
-        log.warning("location_cache_skipped", locations=len(locations), reason="the directory kept changing")
-        return stored
+        else:
+            log.warning("location_cache_skipped", locations=len(locations), reason="the directory kept changing")
+        if newer_cached:
+            names = [f"{owner[0]}-{owner[1]}/{location_id}" for owner, _, location_id, _, _ in newer_cached]
+            log.info("location_cache_skipped", reason="older than the cached location", locations=names[:20])
+        return stored, newer_cached
 
     async def mark(self, key: str, owner: tuple[str, str], platform_id: int, value: str, ex_s: int = 0) -> bool:
         """Set a pull-sync mark of the owner's (LocationCache.synced_key, sync_failed_key) for ex_s seconds (0: for

@@ -39,7 +39,7 @@ from hub.errors import AnswerTooLarge
 from hub.metrics import LOCATION_SYNCS
 from hub.party_api import PartyClient, hub_request
 from routing.forward import OcpiStatusCode
-from routing.rewrite import why_not_callable
+from routing.rewrite import resolved, why_not_callable
 from storage.directory import Directory, PartyRole, Platform
 from storage.location_cache import LocationCache
 from storage.log_row import LogEntry
@@ -197,7 +197,7 @@ class PullSync:
             if response.status_code == 200 and page.status_code == 1000:
                 locations = page.data or []
                 if match := _NEXT.search(response.headers.get("link", "")):
-                    next_url = match.group(1)
+                    next_url = resolved(match.group(1), url)
                     if why := why_not_callable(next_url, platform, self._http.hub_url):
                         # a failed sync, kept for a later one: taken as the last page, it would drop the rest
                         entry.error = f"its Link to the next page is not followed: {next_url[:200]!r}: {why}"

@@ -11,7 +11,7 @@ import functools
 import re
 import time
 from collections.abc import Callable
-from urllib.parse import parse_qsl, quote, unquote_plus
+from urllib.parse import parse_qsl, quote, unquote_plus, urljoin, urlsplit
 
 import httpx
 import msgspec
@@ -172,6 +172,18 @@ def same_host(url: str, other_url: str) -> bool:
 
 def link_urls(value: str) -> list[str]:
     return _LINK.findall(value)
+
+
+def resolved(url: str, called_url: str) -> str:
+    """A URL a receiver's answer gave, resolved against the URL the hub called when it is relative: RFC 8288, 3.2
+    ("If the URI-Reference is relative, parsers MUST resolve it as per [RFC3986], Section 5") for a Link, RFC 9110,
+    10.2.2 for a Location. An absolute one stays as written."""
+    try:
+        if urlsplit(url).scheme:
+            return url
+    except ValueError:  # no URL at all: why_not_callable says so
+        return url
+    return urljoin(called_url, url)
 
 
 def rewrite_link_header(value: str, replace: Callable[[str], str]) -> str:

@@ -103,19 +103,22 @@ def updated(current: dict[str, Any] | None, method: str, path: list[str], update
         return None  # an EVSE or connector of a location the hub has not seen: pull sync will bring it
     location = dict(current)
     changed = update.get("last_updated")
-    evses = [dict(e) for e in location.get("evses") or []]
+    listed = [dict(e) for e in location.get("evses") or []]
+    evses: list[dict] | None = listed
     if len(path) == 1:
-        if (evses := _changed(evses, "uid", path[0], method, update, "EVSE")) is None:
-            return None
+        evses = _changed(listed, "uid", path[0], method, update, "EVSE")
     else:
-        evse = next((e for e in evses if same_id(e.get("uid"), path[0])), None)
+        evse = next((e for e in listed if same_id(e.get("uid"), path[0])), None)
         if evse is None:
             return None
-        connectors = [dict(c) for c in evse.get("connectors") or []]
-        if (connectors := _changed(connectors, "id", path[1], method, update, "connector")) is None:
+        connectors = _changed([dict(c) for c in evse.get("connectors") or []], "id", path[1], method, update,
+                              "connector")  # fmt: skip
+        if connectors is None:
             return None
         evse["connectors"] = connectors
         evse["last_updated"] = _later(evse.get("last_updated"), changed)
+    if evses is None:
+        return None
     location["evses"] = evses
     location["last_updated"] = _later(location.get("last_updated"), changed)
     return location

@@ -121,3 +121,41 @@ def test_a_pull_sync_page_that_redirects_is_not_followed(hub: Hub, start_party, 
     time.sleep(0.5)
     assert [r.path for r in cpo.received if r.path.endswith("/page2")]
     assert [r.path for r in bystander.received if r.path == "/internal"] == []
+
+
+def test_a_receivers_relative_link_and_cdr_location_are_taken_relative_to_the_url_the_hub_called(
+    hub: Hub, connect_party
+) -> None:
+    # RFC 8288 3.2 and RFC 9110 10.2.2 allow them; the hub dropped them as no URL it could call
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    links = '</ocpi/2.2.1/tariffs/sender?offset=50&limit=50>; rel="next", <?offset=100&limit=50>; rel="last"'
+    cpo.canned[("GET", "/ocpi/2.2.1/tariffs/sender")] = (200, _ENVELOPE, {"Link": links})
+    answer = emsp.call(hub.base, "GET", "sender/tariffs?limit=50", to=party_key(cpo))
+    relayed = answer.headers["link"]
+    assert relayed.count(f"{hub.base}/ocpi/2.2.1/pages/") == 2 and 'rel="last"' in relayed, relayed
+    for url in [part.split(">")[0].lstrip(" ,<") for part in relayed.split(",")]:
+        assert emsp.call(hub.base, "GET", url).json()["status_code"] == 1000
+    assert [(r.path, r.query) for r in cpo.functional()] == [
+        ("/ocpi/2.2.1/tariffs/sender", "limit=50"),
+        ("/ocpi/2.2.1/tariffs/sender", "offset=50&limit=50"),
+        ("/ocpi/2.2.1/tariffs/sender", "offset=100&limit=50"),
+    ]
+    created = b'{"status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}'
+    emsp.canned[("POST", "/ocpi/2.2.1/cdrs/receiver")] = (201, created, {"Location": "receiver/CDR-1"})
+    answer = cpo.call(hub.base, "POST", "receiver/cdrs", to=party_key(emsp), body={"id": "CDR-1"})
+    assert answer.headers["location"].startswith(f"{hub.base}/ocpi/2.2.1/relayed-cdrs/"), answer.headers
+    cpo.call(hub.base, "GET", answer.headers["location"])
+    assert [r.path for r in emsp.functional()][-1] == "/ocpi/2.2.1/cdrs/receiver/CDR-1"
+
+
+def test_a_pull_sync_pages_relative_link_is_followed_at_the_cpos_host(hub: Hub, start_party) -> None:
+    roles = _roles("CPO")
+    cpo = start_party(roles)
+    page = json.dumps({"data": [], "status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}).encode()
+    cpo.canned[("GET", "/ocpi/2.2.1/locations/sender")] = (200, page, {"Link": '<sender/page2>; rel="next"'})
+    cpo.canned[("GET", "/ocpi/2.2.1/locations/sender/page2")] = (200, page, {})
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    deadline = time.monotonic() + 10
+    while not [r for r in cpo.received if r.path.endswith("/page2")] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [r.path for r in cpo.received if r.path.endswith("/page2")] == ["/ocpi/2.2.1/locations/sender/page2"]

@@ -226,12 +226,13 @@ class Relay:
                 correlation_id=entry.correlation_id, object_id=entry.object_id),
                 callback_ttl_s(incoming))  # fmt: skip
             body, query = with_response_url(incoming, callback_url, f"{self.settings.public_url}{RESULTS}{key}")
-        answer = await self.call_party(exchange, delivery, route.sender, incoming.method,
-                                       endpoint_url(delivery.url, incoming.suffix), query, body)  # fmt: skip
+        url = endpoint_url(delivery.url, incoming.suffix)
+        answer = await self.call_party(exchange, delivery, route.sender, incoming.method, url, query, body)
         if 200 <= answer.status < 300:
             open_routing.note_seen(incoming, caller, delivery, self.routing)
             self._note_location(exchange, incoming)
-        await relayed_urls.rewrite(self, exchange, answer, delivery, incoming.module, incoming.interface)
+        called = f"{url}?{query}" if query else url
+        await relayed_urls.rewrite(self, exchange, answer, delivery, called, incoming.module, incoming.interface)
         return answer
 
     async def call_party(

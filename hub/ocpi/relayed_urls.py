@@ -15,7 +15,7 @@ import structlog
 from hub.errors import HubError, MethodNotAllowed, NotFound, ReceiverNotConnected
 from routing.decide import Delivery
 from routing.forward import Answer
-from routing.rewrite import link_urls, rewrite_link_header, why_not_callable
+from routing.rewrite import link_urls, resolved, rewrite_link_header, why_not_callable
 from storage.directory import PartyRole
 from storage.routing_state import PAGE_TTL_S, Relayed
 from storage.sql import QUERIES
@@ -61,23 +61,26 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
         raise HubError(f"the party behind {path} gave a URL the hub does not call", f"{relayed.url}: {why}")
     delivery = Delivery(target, to, relayed.url)
     answer = await relay.call_party(exchange, delivery, sender, entry.method, relayed.url, "", entry.request_body)
-    await rewrite(relay, exchange, answer, delivery, relayed.module, relayed.interface)
+    await rewrite(relay, exchange, answer, delivery, relayed.url, relayed.module, relayed.interface)
     return answer
 
 
 async def rewrite(
-    relay: Relay, exchange: Exchange, answer: Answer, delivery: Delivery, module: str, interface: str
+    relay: Relay, exchange: Exchange, answer: Answer, delivery: Delivery, called_url: str, module: str, interface: str
 ) -> None:
-    """Paging Links and a CDR's Location lead back through the hub, to the same party; no other Location."""
+    """Paging Links and a CDR's Location lead back through the hub, to the same party; no other Location. A relative
+    one is taken as relative to called_url, the URL the hub called."""
     caller, sender, entry = exchange.caller, exchange.sender, exchange.entry
     assert caller is not None and sender is not None
-    if (link := answer.headers.get("link")) and _refused(relay, exchange, delivery, "link", link_urls(link)):
+    link = answer.headers.get("link")
+    urls = {url: resolved(url, called_url) for url in link_urls(link)} if link else {}
+    if link and _refused(relay, exchange, delivery, "link", list(urls.values())):
         del answer.headers["link"]
     elif link:
         keys: dict[str, str] = {}
-        for url in link_urls(link):
+        for url, absolute in urls.items():
             keys[url] = await relay.routing.remember("pages", Relayed(
-                url=url, module=module, interface=interface, caller_platform_id=caller.id,
+                url=absolute, module=module, interface=interface, caller_platform_id=caller.id,
                 target_platform_id=delivery.platform.id, caller_party=sender.key, target_party=delivery.to.key,
                 correlation_id=entry.correlation_id), PAGE_TTL_S)  # fmt: skip
         answer.headers["link"] = rewrite_link_header(link, lambda url: f"{relay.settings.public_url}{PAGES}{keys[url]}")
@@ -86,6 +89,7 @@ async def rewrite(
     # receiver, which the caller's hub token does not open and the hub does not rewrite: not relayed.
     location = answer.headers.pop("location", None)
     if location and module == "cdrs" and entry.method == "POST" and 200 <= answer.status < 300:
+        location = resolved(location, called_url)
         if _refused(relay, exchange, delivery, "location", [location]):
             return
         key = uuid.uuid4().hex

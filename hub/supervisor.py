@@ -11,11 +11,15 @@ class Supervisor(Multiprocess):
     their requests (up to 30 s): a new connection was taken into the socket's backlog and never answered, where it
     should be refused at once, for a client or a load balancer to try another instance."""
 
+    asked_to_stop = False  # by SIGTERM or SIGINT
+
     def handle_term(self) -> None:
+        self.asked_to_stop = True
         super().handle_term()
         self._stop_listening()
 
     def handle_int(self) -> None:
+        self.asked_to_stop = True
         super().handle_int()
         self._stop_listening()
 
@@ -26,5 +30,6 @@ class Supervisor(Multiprocess):
     @property
     def stopped_by_a_failed_start(self) -> bool:
         """Whether it stopped since a worker it started again, after that one died, failed to start (as while
-        PostgreSQL is away): uvicorn then stops every worker and returns as from a shutdown asked for."""
-        return any(process.exitcode == STARTUP_FAILURE for process in self.processes)
+        PostgreSQL is away): uvicorn then stops every worker and returns as from a shutdown asked for. Not when it was
+        asked to stop: a worker still starting then exits as one that failed to start."""
+        return not self.asked_to_stop and any(process.exitcode == STARTUP_FAILURE for process in self.processes)

@@ -221,6 +221,39 @@ def test_a_hub_of_two_workers_exits_1_not_0_when_a_worker_that_died_cannot_start
         postgres.stop()
 
 
+def test_a_hub_of_two_workers_told_to_stop_while_a_worker_is_starting_exits_0(
+    services: Services, tmp_path: Path
+) -> None:
+    # The worker still starting (here: waiting for a frozen PostgreSQL) then exits as one that failed to start; the
+    # hub took that for a failed start and exited 1, which a supervisor restarting on failure would act on.
+    postgres = EmbeddedPostgres(tmp_path / "pg")
+    url = postgres.start()
+    env = hub_env(services, tmp_path / "hub") | {"OCPI_HUB_DATABASE_URL": url}
+    hub = start_hub(env, OUTPUT / "hub-stopped-while-starting.log", "--workers", "2")
+    postmaster = postgres._live_pid()
+    assert postmaster is not None
+    frozen = _server_processes(postmaster)
+    try:
+        supervisor = psutil.Process(hub.process.pid)
+        [first, _] = [child for child in supervisor.children() if "spawn_main" in " ".join(child.cmdline())]
+        for process in frozen:
+            os.kill(process, signal.SIGSTOP)
+        first.kill()
+        deadline = time.monotonic() + 10
+        while first.pid in [child.pid for child in supervisor.children()] or len(supervisor.children()) < 2:
+            assert time.monotonic() < deadline, "the worker was not started again"
+            time.sleep(0.1)
+        time.sleep(1)  # its start waits for PostgreSQL
+        hub.process.send_signal(signal.SIGTERM)
+        assert hub.process.wait(60) == 0, hub.log()[-2000:]
+        assert "a worker could not start" not in hub.log()
+    finally:
+        for process in frozen:
+            os.kill(process, signal.SIGCONT)
+        hub.stop()
+        postgres.stop()
+
+
 @contextlib.contextmanager
 def _hub_on_its_own_redis(services: Services, tmp_path: Path, start_party, log_name: str):  # type: ignore[no-untyped-def]
     """A hub on a Valkey of its own, which the test may stop and start, with a CPO and an eMSP registered:

@@ -1,6 +1,7 @@
 """Sends a request to a party over the one shared aiohttp session (the data plane's hot path).
 
-aiohttp's exceptions are translated here into the hub's: a timeout is 4002, any connection problem 4003. An answer
+aiohttp's exceptions are translated here into the hub's: a timeout is 4002, a connection problem before the answer
+4003, an answer that does not parse as HTTP or breaks off 4000 (the receiver got the request). An answer
 larger than OCPI_HUB_MAX_BODY_BYTES is 4000 (`read_capped`, which the control plane's httpx client uses too), and
 so is one with a status that is no HTTP status.
 """
@@ -97,7 +98,13 @@ async def forward(
             if not 200 <= response.status <= 599:  # aiohttp takes any three digits, and passes a 101 on
                 told = f"the receiver answered with HTTP status {response.status}, which is no status the hub can relay"
                 raise AnswerNotRelayable(told, f"{sent}: {told}")
-            payload = await _read(response, max_bytes, sent)
+            try:
+                payload = await _read(response, max_bytes, sent)
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
+                # Its status line came: the receiver got the request (not 4003, below), and its answer broke off.
+                _release_frames(exc)
+                told = "the receiver got the request, but the hub could not read its answer: it broke off early"
+                raise AnswerUnreadable(told, f"{sent}: {told} ({type(exc).__name__}: {_cut(str(exc))})") from None
             got = response.headers
             relayed = {name: _as_sent(value) for name in RELAYED_RESPONSE_HEADERS if (value := got.get(name))}
             unwritable = tuple(name for name, value in relayed.items() if _UNWRITABLE.search(value))

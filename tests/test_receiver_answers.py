@@ -161,6 +161,9 @@ def test_a_receivers_answer_the_hub_cannot_parse_is_a_4000_that_says_the_receive
         "LONGHEAD": b"HTTP/1.1 201 Created\r\nLocation: http://emsp.example/%s\r\nContent-Length: %d\r\n\r\n%s"
         % (b"x" * 100_000, len(ok), ok),
         "BADSTATUS": b"HTTP/1.1 2x0 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(ok), ok),
+        # the connection closed before the end of its body: it was 4003, "could not reach the receiver" (a walkthrough)
+        "CUTSHORT": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + ok[:20],
+        "CHUNKSCUT": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n14\r\n" + ok[:20] + b"\r\n",
     }
     for name, raw in broken.items():
         emsp.canned[("PUT", f"/ocpi/2.2.1/tariffs/receiver/{cc}/{pid}/{name}")] = (RAW, raw, {})

@@ -64,30 +64,46 @@ def test_a_response_url_at_the_callers_own_host_is_relayed_as_before(hub: Hub, c
     "where", ["the hub's own metrics", "another party's host", "a host nobody registered", "a port out of range",
               "a host two parsers read apart", "a user name in it", "a space in it"],
 )  # fmt: skip
-def test_a_receivers_link_the_hub_will_not_follow_is_not_relayed_and_the_routing_log_says_why(
+def test_a_receivers_link_the_hub_will_not_follow_is_relayed_and_following_it_is_refused_with_4000(
     hub: Hub, connect_party, db, where: str
 ) -> None:
+    # Dropped, it told the caller it had the last page: a GET All taken as complete drops what it did not get
+    # (a spec review). Relayed, the caller finds out at the next page, and the routing log says why at each step.
     emsp, cpo, bystander = connect_party(_roles("EMSP")), connect_party(_roles("CPO")), connect_party(_roles("CPO"))
-    link = f'<{_elsewhere(hub, bystander.base, cpo.base)[where]}>; rel="next"'
-    cpo.canned[("GET", "/ocpi/2.2.1/tariffs/sender")] = (200, _ENVELOPE, {"Link": link, "X-Total-Count": "80"})
+    url = _elsewhere(hub, bystander.base, cpo.base)[where]
+    cpo.canned[("GET", "/ocpi/2.2.1/tariffs/sender")] = (200, _ENVELOPE, {"Link": f'<{url}>; rel="next"',
+                                                                          "X-Total-Count": "80"})  # fmt: skip
     answer = emsp.call(hub.base, "GET", "sender/tariffs", to=party_key(cpo))
     assert (answer.status_code, answer.json()["status_code"]) == (200, 1000), answer.text
-    assert "link" not in answer.headers and answer.headers["x-total-count"] == "80"
+    assert answer.headers["link"].startswith(f"<{hub.base}/ocpi/2.2.1/pages/"), answer.headers
+    assert answer.headers["x-total-count"] == "80"
     [row] = db.run(db.fetch("SELECT error FROM routing_log WHERE request_id = $1", answer.headers["x-request-id"]))
-    assert row["error"].startswith("the receiver's Link header was not relayed: "), row["error"]
-    assert bystander.functional() == []
+    assert row["error"].startswith("the receiver's Link header leads to a URL the hub will not call"), row["error"]
+    following = emsp.call(hub.base, "GET", answer.headers["link"][1:].split(">")[0])
+    assert (following.status_code, following.json()["status_code"]) == (200, 4000), following.text
+    assert "gave a URL for this that the hub does not call" in following.json()["status_message"]
+    assert bystander.base not in following.text and cpo.base not in following.text
+    [row] = db.run(db.fetch("SELECT ocpi_status_code, error FROM routing_log WHERE request_id = $1",
+                            following.headers["x-request-id"]))  # fmt: skip
+    assert row["ocpi_status_code"] == 4000 and row["error"].startswith(url[:50]), dict(row)
+    assert bystander.functional() == [] and [r.query for r in cpo.functional()] == [""]
 
 
-def test_a_cdr_location_at_a_host_the_receiver_did_not_register_is_not_relayed(hub: Hub, connect_party, db) -> None:
+def test_a_cdr_location_at_a_host_the_receiver_did_not_register_is_relayed_and_following_it_is_refused(
+    hub: Hub, connect_party, db
+) -> None:
     cpo, emsp, bystander = connect_party(_roles("CPO")), connect_party(_roles("EMSP")), connect_party(_roles("EMSP"))
     created = b'{"status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}'
     location = f"{bystander.base}/ocpi/2.2.1/cdrs/receiver/CDR-1"  # a URL of another party
     emsp.canned[("POST", "/ocpi/2.2.1/cdrs/receiver")] = (201, created, {"Location": location})
     answer = cpo.call(hub.base, "POST", "receiver/cdrs", to=party_key(emsp), body={"id": "CDR-1"})
     assert (answer.status_code, answer.json()["status_code"]) == (201, 1000)
-    assert "location" not in answer.headers
+    # mod_cdrs.asciidoc: the Location header is required in the answer to a CDR POST
+    assert answer.headers["location"].startswith(f"{hub.base}/ocpi/2.2.1/relayed-cdrs/")
     [row] = db.run(db.fetch("SELECT error FROM routing_log WHERE request_id = $1", answer.headers["x-request-id"]))
-    assert row["error"].startswith("the receiver's Location header was not relayed: ")
+    assert row["error"].startswith("the receiver's Location header leads to a URL the hub will not call")
+    following = cpo.call(hub.base, "GET", answer.headers["location"])
+    assert following.json()["status_code"] == 4000 and bystander.functional() == []
 
 
 def test_a_party_listing_an_endpoint_at_the_hubs_own_host_written_otherwise_is_not_registered(

@@ -57,8 +57,10 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     sender = sender or PartyRole("", relayed.caller_party[0], relayed.caller_party[1], "CONNECTED", None)
     exchange.sender = sender
     entry.from_country_code, entry.from_party_id = sender.country_code, sender.party_id
-    if why := why_not_callable(relayed.url, target, relay.settings.public_url):  # kept before the hub checked them
-        raise HubError(f"the party behind {path} gave a URL the hub does not call", f"{relayed.url}: {why}")
+    if why := why_not_callable(relayed.url, target, relay.settings.public_url):  # said when it was relayed (rewrite)
+        # the caller is not told the receiver's URL or hosts (its routing-log row is)
+        raise HubError(f"{to.country_code}-{to.party_id} gave a URL for this that the hub does not call: not at a host "
+                       f"it registered, or no URL the hub can call", f"{relayed.url[:200]}: {why}")  # fmt: skip
     delivery = Delivery(target, to, relayed.url)
     answer = await relay.call_party(exchange, delivery, sender, entry.method, relayed.url, "", entry.request_body)
     await rewrite(relay, exchange, answer, delivery, relayed.url, relayed.module, relayed.interface)
@@ -69,14 +71,15 @@ async def rewrite(
     relay: Relay, exchange: Exchange, answer: Answer, delivery: Delivery, called_url: str, module: str, interface: str
 ) -> None:
     """Paging Links and a CDR's Location lead back through the hub, to the same party; no other Location. A relative
-    one is taken as relative to called_url, the URL the hub called."""
+    one is taken as relative to called_url, the URL the hub called. One the hub will not call is rewritten all the
+    same, and following it is refused (follow): dropped, a Link would tell the caller it has the last page (and of
+    a GET All, that what it did not get is gone: mod_locations.asciidoc), and a CDR POST's answer needs its
+    Location (mod_cdrs.asciidoc)."""
     caller, sender, entry = exchange.caller, exchange.sender, exchange.entry
     assert caller is not None and sender is not None
-    link = answer.headers.get("link")
-    urls = {url: resolved(url, called_url) for url in link_urls(link)} if link else {}
-    if link and _refused(relay, exchange, delivery, "link", list(urls.values())):
-        del answer.headers["link"]
-    elif link:
+    if link := answer.headers.get("link"):
+        urls = {url: resolved(url, called_url) for url in link_urls(link)}
+        _note_refused(relay, exchange, delivery, "link", list(urls.values()))
         keys: dict[str, str] = {}
         for url, absolute in urls.items():
             keys[url] = await relay.routing.remember("pages", Relayed(
@@ -90,26 +93,25 @@ async def rewrite(
     location = answer.headers.pop("location", None)
     if location and module == "cdrs" and entry.method == "POST" and 200 <= answer.status < 300:
         location = resolved(location, called_url)
-        if _refused(relay, exchange, delivery, "location", [location]):
-            return
+        _note_refused(relay, exchange, delivery, "location", [location])
         key = uuid.uuid4().hex
         entry.relayed_location = (key, location)
         answer.headers["location"] = f"{relay.settings.public_url}{CDR_LOCATIONS}{key}"
 
 
-def _refused(relay: Relay, exchange: Exchange, delivery: Delivery, header: str, urls: list[str]) -> bool:
-    """Whether a URL of the receiver's Link or Location is one the hub will not call (routing.rewrite.why_not_callable):
-    the header is then not relayed, which the routing log's row and the hub's log say, with why."""
+def _note_refused(relay: Relay, exchange: Exchange, delivery: Delivery, header: str, urls: list[str]) -> None:
+    """A URL of the receiver's Link or Location the hub will not call (routing.rewrite.why_not_callable) is said in
+    the routing log's row and the hub's log, with why, when it is relayed, not only when it is followed."""
     refused = [
         (url, why) for url in urls if (why := why_not_callable(url, delivery.platform, relay.settings.public_url))
     ]
     if not refused:
-        return False
+        return
     url, why = refused[0]
-    exchange.entry.error = f"the receiver's {header.title()} header was not relayed: {url[:200]!r}: {why}"
+    exchange.entry.error = (f"the receiver's {header.title()} header leads to a URL the hub will not call, and "
+                            f"following it is refused: {url[:200]!r}: {why}")  # fmt: skip
     log.warning("party_url_refused", header=header, party=f"{delivery.to.country_code}-{delivery.to.party_id}",
                 url=url[:200], reason=why)  # fmt: skip
-    return True
 
 
 async def _lookup(relay: Relay, kind: str, key: str) -> Relayed | None:

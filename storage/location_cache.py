@@ -36,7 +36,8 @@ from storage.publish_tokens import ALLOWED_LUA, MATCH_LUA, index_keys, publish_e
 log = structlog.get_logger()
 
 SNAPSHOTS_PER_VIEWER = 20  # GET Alls a party can walk at once; starting one more expires its oldest
-SNAPSHOT_TTL_S = 900  # a client walking the pages of one GET All gets the same list for this long
+# a client walking the pages of one GET All gets the same list until it has not read a page for this long
+SNAPSHOT_TTL_S = 900
 
 _decode = msgspec.json.decode
 
@@ -216,8 +217,8 @@ class LocationCache(LocationWriter):
         high = "+inf" if date_to is None else f"({date_to!r}"  # date_to is exclusive
         # the viewer in the id and its key: hub_answers.follow pages it for a platform holding that party only
         snapshot_id = f"{viewer[0]}{viewer[1]}".upper() + secrets.token_urlsafe(12)  # a country code 2, a party id 3
-        keys = [source, f"{self._p}hidden", self._snapshot_key(snapshot_id),
-                f"{self._p}snapshots-of:{viewer[0]}/{viewer[1]}", *self._publish_tokens]  # fmt: skip
+        keys = [source, f"{self._p}hidden", self._snapshot_key(snapshot_id), self._snapshots_of(snapshot_id),
+                *self._publish_tokens]  # fmt: skip
         args: list[str | int] = [low, high, f"{viewer[0]}/{viewer[1]}/", SNAPSHOT_TTL_S, f"{viewer[0]}-{viewer[1]}",
                                  self._entries(""), SNAPSHOTS_PER_VIEWER]  # fmt: skip
         total = await self._snapshot(keys=keys, args=args)
@@ -227,6 +228,11 @@ class LocationCache(LocationWriter):
         country_code, party_id = snapshot_viewer(snapshot_id)
         return f"{self._p}snapshot:{country_code}/{party_id}/{snapshot_id[5:]}"
 
+    def _snapshots_of(self, snapshot_id: str) -> str:
+        """The list of the live snapshots of the party a snapshot was taken for (SNAPSHOTS_PER_VIEWER)."""
+        country_code, party_id = snapshot_viewer(snapshot_id)
+        return f"{self._p}snapshots-of:{country_code}/{party_id}"
+
     async def page(self, snapshot_id: str, offset: int, limit: int) -> tuple[list[bytes], int, int] | None:
         """Up to limit raw documents of a snapshot from offset on, the offset of the next page, and the snapshot's
         total; None once it expired (or empty).
@@ -235,14 +241,20 @@ class LocationCache(LocationWriter):
         each member's document inside Redis in one command: 2.5 ms for 1,000 locations, where a Lua script doing
         the same took 5.7, copying every document into Lua and back. A document gone since the snapshot (its CPO
         left, or no longer lists it) is None, and left out: the page reads on past it until it holds limit
-        documents or the snapshot ends, so that the next page starts after everything this one read."""
+        documents or the snapshot ends, so that the next page starts after everything this one read.
+
+        A page read keeps the snapshot for SNAPSHOT_TTL_S more: a client walking a large cache slowly is not cut off
+        at a fixed time after its GET All began (transport_and_format.asciidoc: "the client does not have to retry
+        any requests")."""
         snapshot = self._snapshot_key(snapshot_id)
         docs: list[bytes] = []
         while True:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.llen(snapshot)
                 pipe.sort(snapshot, start=offset, num=limit - len(docs), by="nosort", get=[f"{self._p}doc:*"])
-                total, read = await pipe.execute()
+                pipe.expire(snapshot, SNAPSHOT_TTL_S)
+                pipe.expire(self._snapshots_of(snapshot_id), SNAPSHOT_TTL_S)
+                total, read, _, _ = await pipe.execute()
             if not total:
                 return None
             docs += [d if isinstance(d, bytes) else d.encode() for d in read if d]

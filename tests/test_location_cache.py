@@ -223,6 +223,36 @@ def test_a_party_starting_get_all_again_and_again_keeps_only_its_latest_snapshot
         assert [loc["id"] for loc in _get(emsp, hub, link).json()["data"]] == ["S2"]
 
 
+def test_a_get_all_snapshot_lasts_while_its_pages_are_read_not_a_fixed_time_after_it_began(
+    hub: Hub, connect_party
+) -> None:
+    # It expired SNAPSHOT_TTL_S after the GET All however actively it was paged: a slow importer of a large cache was
+    # cut off with 404 (a spec review).
+    import redis as sync_redis
+
+    from storage.location_cache import SNAPSHOT_TTL_S
+
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    owner = party_key(cpo)
+    for location_id in ("T1", "T2", "T3"):
+        _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-21T10:00:00Z"))
+    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=1"
+    _eventually(lambda: _assert_total(emsp, hub, query, 3))
+    link = _get(emsp, hub, query).headers["Link"].split(">")[0].lstrip("<")
+    viewer, snapshot_id = "/".join(party_key(emsp)), link.split("/snapshots/")[1].split("?")[0]
+    keys = [f"{hub.env['OCPI_HUB_REDIS_PREFIX']}locations:{name}"
+            for name in (f"snapshot:{viewer}/{snapshot_id[5:]}", f"snapshots-of:{viewer}")]  # fmt: skip
+    client = sync_redis.Redis.from_url(hub.env["OCPI_HUB_REDIS_URL"])
+    try:
+        for key in keys:
+            assert client.expire(key, 5)  # as if the GET All began SNAPSHOT_TTL_S - 5 s ago
+        page = _get(emsp, hub, link)
+        assert [loc["id"] for loc in page.json()["data"]] == ["T2"]
+        assert [client.ttl(key) > SNAPSHOT_TTL_S - 60 for key in keys] == [True, True]
+    finally:
+        client.close()
+
+
 def test_get_all_serves_a_pushed_location_as_the_cpo_sent_it_and_skips_one_without_a_valid_last_updated(
     hub: Hub, connect_party
 ) -> None:

@@ -11,7 +11,7 @@ token's fields, which the location cache's publish_allowed_to matches.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Awaitable, Callable, Container, Iterable
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -66,16 +66,28 @@ def _routing_fields(body: bytes) -> _CommandFields:
 
 
 async def open_hint(
-    incoming: Incoming, caller: Platform, state: RoutingState, on_hub: Container[PartyKey]
+    incoming: Incoming,
+    caller: Platform,
+    state: RoutingState,
+    on_hub: Container[PartyKey],
+    cached_owners: Callable[[str], Awaitable[list[PartyKey]]],
 ) -> PartyKey | None:
     """The party an open request should go to, or None if the hub cannot tell. Only parties on the hub now count
-    (on_hub): one that left, or was taken off, still owns its ids in the index but is no owner to route to."""
+    (on_hub): one that left, or was taken off, still owns its ids in the index but is no owner to route to.
+    cached_owners: the CPOs of the location cache's locations with an id (storage.location_cache)."""
     segments = incoming.segments
     if incoming.interface == "receiver":
         if incoming.module == "commands" and segments:
             field, owner_module = _COMMAND_TARGET.get(segments[0].upper(), (None, ""))
             object_id = getattr(_routing_fields(incoming.body), field) if field else None
-            return await _owner(state, on_hub, owner_module, object_id) if object_id else None
+            if not object_id:
+                return None
+            owner = await _owner(state, on_hub, owner_module, object_id)
+            if owner is None and owner_module == "locations":
+                # a location the hub knows from pull sync alone (a CPO that does not push): served by GET All via
+                # the hub, then commanded without OCPI-to
+                owner = _only(await cached_owners(object_id), on_hub, owner_module, object_id)
+            return owner
         if incoming.module == "chargingprofiles" and segments:
             return await _owner(state, on_hub, "sessions", segments[0])
         if incoming.module in ("sessions", "cdrs") and incoming.method in ("POST", "PUT"):
@@ -96,9 +108,13 @@ async def open_hint(
 
 
 async def _owner(state: RoutingState, on_hub: Container[PartyKey], module: str, object_id: str) -> PartyKey | None:
+    return _only(await state.owners(module, object_id), on_hub, module, object_id)
+
+
+def _only(seen_with: Iterable[PartyKey], on_hub: Container[PartyKey], module: str, object_id: str) -> PartyKey | None:
     """The one party on the hub seen with the id; several: refused, since ids are unique per party only (mod_commands:
     a location_id names a "Location (belonging to the CPO this request is sent to)")."""
-    owners = [owner for owner in await state.owners(module, object_id) if owner in on_hub]
+    owners = [owner for owner in seen_with if owner in on_hub]
     if len(owners) > 1:
         raise UnknownReceiver(
             f"no OCPI-to headers, and {_OBJECT.get(module, 'object')} {object_id} belongs to several parties"

@@ -180,6 +180,11 @@ class LocationCache(LocationWriter):
     def _forget_keys(self, owner: tuple[str, str]) -> list[str]:
         return [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden"]
 
+    async def owners_of(self, location_id: str) -> list[tuple[str, str]]:
+        """The CPOs of the cached locations with this id in any case (ids are unique per CPO only)."""
+        members = await self._redis.smembers(f"{self._p}id:{keyed(location_id)}")
+        return sorted({(country, party) for country, party, _ in (_text(m).split("/", 2) for m in members)})
+
     async def find(self, location_id: str) -> list[tuple[tuple[str, str], dict[str, Any]]]:
         """The cached locations with this id in any case, whoever owns them (ids are unique per CPO only)."""
         members = sorted(_text(m) for m in await self._redis.smembers(f"{self._p}id:{keyed(location_id)}"))

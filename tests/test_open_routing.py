@@ -40,6 +40,26 @@ def test_open_routing_sends_a_command_to_the_owner_of_its_location(hub: Hub, con
     assert other_cpo.functional() == []
 
 
+def test_open_routing_sends_a_command_for_a_location_the_hub_only_pulled_to_its_cpo(
+    hub: Hub, start_party, connect_party
+) -> None:
+    # A CPO that does not push: its locations reach the hub by pull sync alone, and an eMSP that found one by GET All
+    # via the hub was told the hub could not tell the receiver of its START_SESSION (an eMSP developer's walkthrough).
+    from tests.test_pull_sync import _cached_total, _locations, _registered_cpo, _wait
+
+    emsp, other_cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    cpo, owner = _registered_cpo(hub, start_party, lambda me: _locations(me, 2, "2026-11-01T00:00:00Z"))
+    _wait(lambda: _cached_total(emsp, hub, owner) == 2)
+    commands = ("START_SESSION", "RESERVE_NOW", "UNLOCK_CONNECTOR")
+    for command in commands:
+        answer = emsp.call(hub.base, "POST", f"receiver/commands/{command}",
+                           body={"response_url": f"{emsp.base}/cmd/9", "location_id": "s0001",
+                                 "token": {"uid": "T"}})  # fmt: skip
+        assert answer.json()["status_code"] == 1000, answer.text
+    assert [r.path for r in cpo.functional()] == [f"/ocpi/2.2.1/commands/receiver/{command}" for command in commands]
+    assert other_cpo.functional() == []
+
+
 def test_open_routing_sends_a_real_time_authorization_to_the_token_owner(hub: Hub, connect_party) -> None:
     emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
     cc, pid = party_key(emsp)

@@ -201,7 +201,8 @@ class Relay:
         hub = (settings.country_code, settings.party_id)
         hint = None
         if incoming.to is None:
-            hint = await open_routing.open_hint(incoming, caller, self.routing, self.directory.current.parties)
+            hint = await open_routing.open_hint(incoming, caller, self.routing, self.directory.current.parties,
+                                                self.locations.owners_of)  # fmt: skip
         route = decide(incoming, caller, self.directory.current, hub, hint)
         exchange.sender = route.sender
         callback_url = response_url_of(incoming)  # a body it is read from that is no JSON: rejected, as in decide

@@ -86,9 +86,9 @@ async def verify(
     saved: Heads | None = None,
 ) -> Verification:
     """Recompute every chain from the database with the routing log's key. In a time range, the stretch of each chain
-    from its first row received in it to its last (to its head without until), the first row trusted (without
-    since, from the chain's start). timeout bounds each statement (a fetch of the rows), where the connection's own
-    bound would be too short.
+    from the row before its first row received in it to the row after its last (QUERIES["chain_stretches"]; without
+    since, from the chain's start, without until, to its head), the first row's own link trusted. timeout bounds each
+    statement (a fetch of the rows), where the connection's own bound would be too short.
 
     A chain may continue after rows dropped by retention: its floors (routing_log_floor) say which, and hold the
     hashes the rows kept on either side must match. saved: heads taken earlier, each of whose rows must still be
@@ -103,11 +103,19 @@ async def verify(
         sealed = _marks(result, key, await conn.fetch(QUERIES["sealed_chains"], timeout=timeout), seals=True)
         heads.update(sealed)  # an unkeyed chain ends where it was sealed, whatever its head says now
         floors = _Floors(_marks(result, key, await conn.fetch(QUERIES["chain_floors"], timeout=timeout)))
+        trusted: set[Any] = set()  # the chains whose first row checked is the one before the range: not its link
+        cut: set[Any] = set()  # the chains checked up to the row after the range, not to their head
         if ranged:
-            stretches = await conn.fetch(QUERIES["chain_stretches"], since, until, timeout=timeout)
-            chains = [s["chain_id"] for s in stretches]
-            lows = [1 if since is None else s["lo"] for s in stretches]
-            highs = [s["hi"] if until is not None else max(s["hi"], _head_seq(heads, s["chain_id"])) for s in stretches]
+            chains, lows, highs = [], [], []
+            for stretch in await conn.fetch(QUERIES["chain_stretches"], since, until, timeout=timeout):
+                chain_id, prev_seq, next_seq = stretch["chain_id"], stretch["prev_seq"], stretch["next_seq"]
+                if since is not None and prev_seq is not None:
+                    trusted.add(chain_id)
+                if until is not None and next_seq is not None:
+                    cut.add(chain_id)
+                chains.append(chain_id)
+                lows.append(prev_seq if chain_id in trusted else 1)
+                highs.append(next_seq if chain_id in cut else 2**63 - 1)
             rows = conn.cursor(_ROWS_IN_STRETCHES, chains, lows, highs, prefetch=2000, timeout=timeout)
         else:
             rows = conn.cursor(_EVERY_ROW, prefetch=2000, timeout=timeout)
@@ -116,18 +124,24 @@ async def verify(
             result.rows += 1
             seen.add(row["chain_id"])
             if previous is not None and previous["chain_id"] != row["chain_id"]:
-                _check_head(result, previous, heads, floors, until)
+                _check_head(result, previous, heads, floors, previous["chain_id"] in cut)
                 previous = None
-            if previous is not None and row["seq"] == previous["seq"]:
-                result.bad(row["id"], f"a second row at seq {row['seq']}: a row was inserted")
-                continue
-            _check_link(result, previous, row, floors, since is not None)
             _check_content(result, row, key, sealed)
+            if previous is not None and row["seq"] == previous["seq"]:
+                # both named: the one inserted may be either (the id is no part of the hash)
+                result.bad(row["id"], f"rows {previous['id']} and {row['id']} are both at seq {row['seq']} of chain "
+                                      f"{row['chain_id']}: one of them was inserted")  # fmt: skip
+                continue
+            _check_link(result, previous, row, floors, row["chain_id"] in trusted)
+            if previous is not None and row["id"] < previous["id"]:
+                # ids are given as rows are written, so they rise along a chain: its id is no part of a row's hash,
+                # and auditors cite rows by it
+                result.bad(row["id"], f"its id is below {previous['id']}, that of seq {previous['seq']} before it in "
+                                      "its chain: rows were renumbered")  # fmt: skip
             previous = row
         if previous is not None:
-            _check_head(result, previous, heads, floors, until)
-        if not ranged:
-            _check_heads_without_rows(result, heads, seen, floors)
+            _check_head(result, previous, heads, floors, previous["chain_id"] in cut)
+        _check_heads_without_rows(result, heads, seen, floors)
         if saved is not None:  # rows out of a range were not checked above
             await _check_saved_heads(conn, result, saved, heads, floors, (key, sealed) if ranged else None, timeout)
     return result
@@ -208,12 +222,13 @@ async def _check_saved_heads(
     """Each saved head's row is still there with its hash (checked here when a range left it out: unchecked holds
     the key and the seals then), or retention dropped it: its floor holds it, or one further on in its chain (rows
     jump months around a month's end) while the chain's head has not gone back before it."""
-    chains, seqs = [h.chain_id for h in saved.chains], [h.last_seq for h in saved.chains]
+    given = list(dict.fromkeys(saved.chains))  # a chain listed twice (two files of heads put together) is one head
+    at = sorted({(h.chain_id, h.last_seq) for h in given})
     found: dict[tuple[Any, int], list[asyncpg.Record]] = {}
-    for row in await conn.fetch(QUERIES["rows_at"], chains, seqs, timeout=timeout):
+    for row in await conn.fetch(QUERIES["rows_at"], [c for c, _ in at], [s for _, s in at], timeout=timeout):
         found.setdefault((row["chain_id"], row["seq"]), []).append(row)
     taken = saved.taken_at.isoformat()
-    for head in saved.chains:
+    for head in given:
         rows = found.get((head.chain_id, head.last_seq), [])
         for row in rows:
             if row["hash"].hex() != head.last_hash or (unchecked and not row_verifies(*unchecked, row)):
@@ -228,7 +243,7 @@ async def _check_saved_heads(
         if not rows and not dropped_it:
             result.wrong(f"chain {head.chain_id}: its row seq {head.last_seq}, the chain's last at {taken}, is gone "
                          "and retention did not drop it: rows were deleted")  # fmt: skip
-    result.heads_checked = len(saved.chains)
+    result.heads_checked = len(given)
 
 
 def row_verifies(key: bytes, sealed: dict[Any, asyncpg.Record], row: asyncpg.Record) -> bool:
@@ -299,15 +314,16 @@ def _check_heads_without_rows(
 
 
 def _check_head(
-    result: Verification, last: asyncpg.Record, heads: dict[Any, asyncpg.Record], floors: _Floors, until: Any
+    result: Verification, last: asyncpg.Record, heads: dict[Any, asyncpg.Record], floors: _Floors, cut: bool
 ) -> None:
     """The chain's last row is its head's, or retention dropped the rows after it (a slow request's row, received a
-    month before the ones chained before it)."""
+    month before the ones chained before it). cut: the last row checked is the one after a time range, not the
+    chain's last."""
     head = heads.get(last["chain_id"])
     if head is None:
         result.bad(last["id"], "the chain has no recorded head")
         return
-    if until is not None or (head["last_seq"], head["last_hash"]) == (last["seq"], last["hash"]):
+    if cut or (head["last_seq"], head["last_hash"]) == (last["seq"], last["hash"]):
         return
     after, end = (last["seq"], last["hash"]), (head["last_seq"] + 1, head["last_hash"])
     if head["last_seq"] > last["seq"] and floors.dropped_between(last["chain_id"], after, end):

@@ -67,7 +67,7 @@ def test_a_copy_of_a_row_is_found_even_right_after_a_retention_floor(empty_datab
     sql(empty_database, f"INSERT INTO routing_log ({columns}) SELECT {columns} FROM routing_log WHERE chain_id = $1 "
                         "AND seq = 4", chain)  # fmt: skip
     result = _verify(empty_database)
-    assert result.ok is False and "a second row at seq 4: a row was inserted" in result.problems[0]
+    assert result.ok is False and "are both at seq 4 of chain" in result.problems[0], result.problems
 
 
 @pytest.mark.parametrize("move_genuine", [True, False], ids=["genuine-read-last", "genuine-read-first"])
@@ -103,7 +103,7 @@ def test_a_saved_head_is_not_matched_by_a_row_out_of_a_ranged_verify_that_does_n
         rows[5]["hash"])  # fmt: skip
     _plant(empty_database, chain, 10, rows[10]["hash"], at=datetime(2001, 1, 1, tzinfo=UTC))
     result = _verify(empty_database, since=datetime.now(UTC) - timedelta(hours=1), saved=saved)
-    assert result.ok is False and f"seq 10 of chain {chain} is not the row it was at" in result.problems[0]
+    assert result.ok is False and f"seq 10 of chain {chain} is not the row it was at" in " ".join(result.problems)
 
 
 def test_a_saved_head_is_reported_when_its_chain_went_back_before_it_past_a_floor(empty_database: str) -> None:

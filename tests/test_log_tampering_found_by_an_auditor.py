@@ -1,0 +1,98 @@
+"""Tampering an auditor's walkthrough found verify blind to: the first or last row of a verified time range deleted, a
+range's rows of one chain all deleted, rows renumbered or their ids swapped, a copy inserted at a row's seq; and a
+false alarm on saved heads that list a chain twice."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from storage.log_verify import Heads, Verification, current_heads, verify
+from tests.conftest import LOG_KEY
+from tests.log_rows import numbered_entry, numbered_log, run_on, sql, write
+
+T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+
+
+def _log_a_second_apart(url: str, rows: int = 20) -> None:
+    """r0 ... r{rows-1}, one chain, r{n} received at T0 + n s."""
+    entries = [numbered_entry(n) for n in range(rows)]
+    for n, entry in enumerate(entries):
+        entry.received_at = T0 + timedelta(seconds=n)
+    write(url, entries)
+
+
+def _verify(url: str, since: datetime | None = None, until: datetime | None = None,
+            saved: Heads | None = None) -> Verification:  # fmt: skip
+    return run_on(url, lambda conn: verify(conn, LOG_KEY, since, until, saved=saved))
+
+
+def _id_of(url: str, request_id: str) -> int:
+    return sql(url, "SELECT id FROM routing_log WHERE request_id = $1", request_id)[0]["id"]
+
+
+@pytest.mark.parametrize(
+    ("deleted", "named"), [("r5", "r6"), ("r9", "r10"), ("r5', 'r6', 'r7', 'r8', 'r9", "r10")],
+    ids=["the range's first row", "the range's last row", "every row of the range"],
+)  # fmt: skip
+def test_a_ranged_verify_finds_a_row_deleted_at_either_end_of_its_range(
+    empty_database: str, deleted: str, named: str
+) -> None:
+    _log_a_second_apart(empty_database)
+    since, until = T0 + timedelta(seconds=5), T0 + timedelta(seconds=10)  # r5 ... r9
+    assert _verify(empty_database, since, until).ok
+    named_id = _id_of(empty_database, named)
+    sql(empty_database, f"DELETE FROM routing_log WHERE request_id IN ('{deleted}')")
+    result = _verify(empty_database, since, until)
+    assert not result.ok and result.first_bad_id == named_id and "rows are missing" in result.problems[0], result
+    assert _verify(empty_database, T0 + timedelta(seconds=12), until=None).ok  # a range after it is still ok
+    assert _verify(empty_database, until=T0 + timedelta(seconds=3)).ok
+
+
+def test_a_ranged_verify_checks_the_rows_next_to_the_range_not_whole_chains(empty_database: str) -> None:
+    _log_a_second_apart(empty_database)
+    result = _verify(empty_database, T0 + timedelta(seconds=5), T0 + timedelta(seconds=10))
+    assert result.ok and result.rows == 5 + 2, result  # r4 and r10 beside r5 ... r9
+
+
+def _renumber(url: str, request_id: str, new_id: int) -> None:
+    sql(url, "UPDATE routing_log SET id = $1 WHERE request_id = $2", new_id, request_id)
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["one row renumbered", "two rows' ids swapped"])
+def test_verify_finds_rows_renumbered_whose_content_is_unchanged(empty_database: str, swap: bool) -> None:
+    # A row's id is no part of its hash, and auditors cite rows by it (first_bad_id, the console's links).
+    _log_a_second_apart(empty_database)
+    first, second = _id_of(empty_database, "r3"), _id_of(empty_database, "r12")
+    if swap:
+        _renumber(empty_database, "r3", -1)
+        _renumber(empty_database, "r12", first)
+        _renumber(empty_database, "r3", second)
+    else:
+        _renumber(empty_database, "r3", first + 100_000)
+    result = _verify(empty_database)
+    assert not result.ok and "rows were renumbered" in " ".join(result.problems), result
+
+
+def test_verify_names_both_rows_at_a_seq_one_was_inserted_at_and_checks_each(empty_database: str) -> None:
+    numbered_log(empty_database, 10)
+    original = _id_of(empty_database, "r4")
+    copied = "request_id, received_at, chain_id, seq, correlation_id, module, method, path, routing, duration_ms"
+    sql(empty_database, f"INSERT INTO routing_log (id, {copied}, http_status, prev_hash, hash) SELECT 0, {copied}, "
+                        "403, prev_hash, hash FROM routing_log WHERE request_id = 'r4'")  # fmt: skip
+    result = _verify(empty_database)
+    assert not result.ok and result.first_bad_id == 0
+    said = " ".join(result.problems)
+    assert f"rows 0 and {original} are both at seq 5" in said and "row 0: content does not match" in said, said
+    assert f"row {original}: content" not in said  # the genuine row verifies
+
+
+def test_saved_heads_that_list_a_chain_twice_are_checked_once_not_a_false_alarm(empty_database: str) -> None:
+    numbered_log(empty_database, 5)
+    heads = run_on(empty_database, current_heads)
+    twice = Heads(heads.taken_at, heads.chains + heads.chains)
+    result = _verify(empty_database, saved=twice)
+    assert result.ok and result.heads_checked == len(heads.chains), result
+    ranged = _verify(empty_database, since=datetime.now(UTC) - timedelta(hours=1), saved=twice)
+    assert ranged.ok, ranged

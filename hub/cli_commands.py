@@ -227,12 +227,13 @@ async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
     """GET /admin/api/routing-log/verify without a request's time limits (a log of millions of rows takes minutes),
     for cron and alerting: the same JSON on stdout, exit code 1 when the log does not verify."""
     from hub.admin.routing_log import recorded_verify
-    from storage.log_search import BadFilter, parse_time
+    from storage.log_search import BadFilter, check_range, parse_time
     from storage.log_verify import Heads
 
     given = {name: value for name in ("since", "until") if (value := getattr(args, name))}
     try:
         times = {name: parse_time(f"--{name}", value) for name, value in given.items()}
+        check_range(times.get("since"), times.get("until"))
         saved = msgspec.json.decode(Path(args.heads).read_bytes(), type=Heads) if args.heads else None
     except BadFilter as exc:
         print(f"ocpi-hub: {exc}", file=sys.stderr)

@@ -172,7 +172,15 @@ def parse_filters(params: Mapping[str, str], allowed_extra: frozenset[str] = fro
     if params.get("party"):
         search.party = _party("party", params["party"])
         search.given["party"] = params["party"]
+    if params.get("since") and params.get("until"):
+        check_range(parse_time("since", params["since"]), parse_time("until", params["until"]))
     return search
+
+
+def check_range(since: datetime | None, until: datetime | None) -> None:
+    """BadFilter for a range that holds no time: an answer of nothing would read as "nothing happened then"."""
+    if since is not None and until is not None and since >= until:
+        raise BadFilter(f"since ({since.isoformat()}) is not before until ({until.isoformat()}): the range is empty")
 
 
 def is_row_id(value: int) -> bool:

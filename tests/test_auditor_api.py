@@ -156,6 +156,7 @@ def test_cursor_pages_cover_every_row_once_in_order_even_with_equal_times(hub: H
         ({"limit": "1" * 5000}, "limit"),
         ({"cursor": "%%%"}, "cursor"),
         ({"frm_party": "NL-ABC"}, "frm_party"),
+        ({"since": "2026-12-06T00:00:00Z", "until": "2026-12-01T00:00:00Z"}, "is not before until"),  # no 200 of none
     ],
 )
 def test_a_bad_filter_value_answers_400_naming_the_parameter(hub: Hub, params: dict[str, str], named: str) -> None:
@@ -167,6 +168,21 @@ def test_a_bad_filter_value_answers_400_naming_the_parameter(hub: Hub, params: d
     if named not in ("limit", "cursor"):
         assert exported.status_code == 400 and named in exported.json()["error"], exported.text
         assert stats.status_code == 400 and named in stats.json()["error"], stats.text
+
+
+def test_a_parameter_given_twice_or_a_range_the_wrong_way_round_answers_400_not_a_part_of_the_answer(hub: Hub) -> None:
+    # module=sessions&module=cdrs answered the sessions alone, as if complete (an auditor's walkthrough)
+    twice = [("module", "sessions"), ("module", "cdrs")]
+    with hub.admin() as admin:
+        for path in ("routing-log", "routing-log/export", "stats", "routing-log/verify"):
+            params = twice if path != "routing-log/verify" else [("since", "2026-12-01"), ("since", "2026-12-02")]
+            answer = admin.get(f"/admin/api/{path}", params=params)
+            assert answer.status_code == 400 and "given more than once" in answer.json()["error"], (path, answer.text)
+        inverted = admin.get("/admin/api/routing-log/verify", params={"since": "2026-12-06", "until": "2026-12-01"})
+        assert inverted.status_code == 400 and "is not before until" in inverted.json()["error"], inverted.text
+        # stats without since: the span before until, not before now
+        earlier = admin.get("/admin/api/stats", params={"until": "2026-01-01T00:00:00Z"})
+        assert earlier.status_code == 200 and earlier.json()["since"].startswith("2025-12-31T00:00:00"), earlier.text
 
 
 def test_ids_beyond_a_bigint_or_holding_a_nul_are_answered_not_failed(hub: Hub, dataset: Dataset) -> None:

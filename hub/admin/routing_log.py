@@ -18,6 +18,7 @@ from storage.log_row import body_of, stored_text
 from storage.log_search import (
     LIST_COLUMNS,
     BadFilter,
+    check_range,
     decode_cursor,
     encode_cursor,
     is_row_id,
@@ -50,7 +51,14 @@ async def fetch_planned(
 
 
 def query_params(request: Request) -> dict[str, str]:
-    return {name: request.query_params[name] for name in request.query_params}
+    """The query parameters, each given once: one given twice (module=sessions&module=cdrs) is refused, where taking
+    the first would answer a search the auditor did not ask for as if it were complete."""
+    params: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name in params:
+            raise AdminError(400, f"{name} is given more than once: give each parameter once (one search per value)")
+        params[name] = value
+    return params
 
 
 def _limit(raw: str | None) -> int:
@@ -197,6 +205,7 @@ async def verify_routing_log(request: Request) -> Response[bytes]:
             raise BadFilter(f"unknown parameter {unknown[0]}; verify takes since and until")
         since = parse_time("since", params["since"]) if params.get("since") else None
         until = parse_time("until", params["until"]) if params.get("until") else None
+        check_range(since, until)
     except BadFilter as exc:
         raise AdminError(400, str(exc)) from None
     saved = await _saved_heads(request) if request.method == "POST" else None

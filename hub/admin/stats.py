@@ -12,7 +12,7 @@ from litestar import Request, Response, get
 from hub.admin.actors import READ_ONLY, actor_of, record_action
 from hub.admin.api import AdminError, json_response
 from hub.admin.routing_log import fetch_planned, query_params
-from storage.log_search import BadFilter, full_where, parse_filters
+from storage.log_search import BadFilter, full_where, parse_filters, parse_time
 
 BUCKETS = {"hour": timedelta(days=1), "day": timedelta(days=31)}  # the default span of each bucket size
 # An error: an HTTP error, or an OCPI status outside 1xxx (no OCPI status at all included).
@@ -53,9 +53,10 @@ async def compute_stats(conn: asyncpg.Connection, params: dict[str, str]) -> dic
     bucket = params.pop("bucket", "hour")
     if bucket not in BUCKETS:
         raise AdminError(400, f"bucket must be hour or day, got {bucket!r}")
-    if not params.get("since"):
-        params["since"] = (datetime.now(UTC) - BUCKETS[bucket]).isoformat()
     try:
+        if not params.get("since"):  # the span before until, or before now
+            end = parse_time("until", params["until"]) if params.get("until") else datetime.now(UTC)
+            params["since"] = (end - BUCKETS[bucket]).isoformat()
         search = parse_filters(params)
     except BadFilter as exc:
         raise AdminError(400, str(exc)) from None

@@ -21,7 +21,7 @@ from hub.admin.routing_log import recorded_heads, recorded_verify
 from hub.admin.stats import BUCKETS, compute_stats
 from hub.console.auth import actor, require_admin
 from hub.console.charts import Bucket, bar_chart, buckets_between
-from storage.log_search import BadFilter, is_row_id, parse_time
+from storage.log_search import BadFilter, check_range, is_row_id, parse_time
 from storage.log_verify import Heads
 from storage.sql import QUERIES
 
@@ -117,6 +117,7 @@ async def _verified(request: Request, since: str, until: str, heads: str, run: b
     try:
         start = parse_time("since", since) if since else None
         end = parse_time("until", until) if until else None
+        check_range(start, end)
         saved = msgspec.json.decode(heads, type=Heads) if heads else None
     except BadFilter as exc:
         context["error"] = str(exc)

@@ -77,7 +77,13 @@ class _CommandObjects(msgspec.Struct):
     reservation_id: str | None = None
 
 
+class _OneObject(msgspec.Struct):
+    data: _Identified
+
+
 _identified, _command_objects = msgspec.json.Decoder(_Identified), msgspec.json.Decoder(_CommandObjects)
+_one_object = msgspec.json.Decoder(_OneObject)
+RELAYED_CDRS = "/ocpi/2.2.1/relayed-cdrs/"  # the hub URL of a CDR an eMSP created (hub.ocpi.relayed_urls)
 # What a command acts on (mod_commands.asciidoc, its request objects): a STOP_SESSION's session, a reservation, the
 # location a session is started or a connector unlocked at.
 _COMMAND_OBJECT = {"START_SESSION": "location_id", "UNLOCK_CONNECTOR": "location_id", "STOP_SESSION": "session_id",
@@ -87,11 +93,17 @@ _COMMAND_OBJECT = {"START_SESSION": "location_id", "UNLOCK_CONNECTOR": "location
 def object_id_of_entry(entry: LogEntry) -> str | None:
     """The id a row is found by: the one the hub knows of it (a command's result: its command's), else object_id_of
     its path; from the body where the path names none: a CDR pushed to a receiver (POST, mod_cdrs.asciidoc), so that
-    "did the CPO ever send us this CDR?" is one index lookup, and a command, by what it acts on."""
+    "did the CPO ever send us this CDR?" is one index lookup, a command, by what it acts on, and a CDR fetched at the
+    Location the hub gave its POST, by the id in the answer."""
     if entry.object_id is not None:
         return entry.object_id
     if "://" in entry.path:  # a message of the hub's own, logged with the party's URL, shaped as the party likes
         return None
+    if entry.path.startswith(RELAYED_CDRS) and entry.response_body and 200 <= entry.http_status < 300:
+        try:  # the GET of a CDR whose POST's Location the hub rewrote: found by the CDR's id, as its POST is
+            return _one_object.decode(entry.response_body).data.id[:255]
+        except (msgspec.DecodeError, RecursionError):
+            return None
     if entry.method == "POST" and entry.interface == "receiver" and entry.request_body:
         try:
             if entry.module == "cdrs":

@@ -298,3 +298,19 @@ def test_heads_kept_outside_the_database_show_a_chains_newest_rows_or_a_whole_ch
     heads.write_text("{}")
     wrong = cli("verify", "--heads", str(heads))
     assert wrong.returncode == 2 and "not heads as ocpi-hub heads prints them" in wrong.stderr
+
+
+def test_a_cdr_fetched_at_the_location_the_hub_gave_its_post_is_found_by_the_cdrs_id(
+    hub: Hub, connect_party, db
+) -> None:
+    # A dispute over a CDR searched by its id found the POST alone, not the CPO's later GET of it (an auditor's
+    # walkthrough): that row's path is the hub's URL, which names no CDR.
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    cdr_id = f"CDR-{uuid.uuid4().hex[:8]}"
+    posted = cpo.call(hub.base, "POST", "receiver/cdrs", to=party_key(emsp), body={"id": cdr_id})
+    fetched = cpo.call(hub.base, "GET", posted.headers["location"])
+    assert fetched.json()["data"]["id"] == cdr_id
+    found = "SELECT request_id, method FROM routing_log WHERE object_id = upper($1) ORDER BY id"  # ids: upper-cased
+    rows = db.run(db.fetch(found, cdr_id))
+    assert [(r["request_id"], r["method"]) for r in rows] == [
+        (posted.headers["x-request-id"], "POST"), (fetched.headers["x-request-id"], "GET")]  # fmt: skip

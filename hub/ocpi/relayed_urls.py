@@ -17,6 +17,7 @@ from routing.decide import Delivery
 from routing.forward import Answer
 from routing.rewrite import link_urls, resolved, rewrite_link_header, why_not_callable
 from storage.directory import PartyRole
+from storage.log_row import RELAYED_CDRS
 from storage.routing_state import PAGE_TTL_S, Relayed
 from storage.sql import QUERIES
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 PAGES = "/ocpi/2.2.1/pages/"
 RESULTS = "/ocpi/2.2.1/results/"
-CDR_LOCATIONS = "/ocpi/2.2.1/relayed-cdrs/"
+CDR_LOCATIONS = RELAYED_CDRS
 _KINDS = {"pages": "GET", "results": "POST", "relayed-cdrs": "GET"}
 
 log = structlog.get_logger()

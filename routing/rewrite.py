@@ -111,6 +111,19 @@ def _query_name(part: str) -> str:
     return unquote_plus(part.partition("=")[0])
 
 
+def with_query(url: str, query: str) -> str:
+    """url with the parameters of query in place of its own of the same names, the rest of its own kept in their order,
+    all as written: a client following a paging Link with its own offset or limit (transport_and_format.asciidoc,
+    Pagination: "redo the previous GET with the offset lowered by 1") asks the receiver for just that."""
+    given = [part for part in query.split("&") if part]
+    if not given:
+        return url
+    base, _, own = url.partition("?")
+    names = {_query_name(part) for part in given}
+    kept = [part for part in own.split("&") if part and _query_name(part) not in names]
+    return f"{base}?{'&'.join(kept + given)}"
+
+
 def why_not_callable(url: str, platform: Platform, hub_url: str) -> str | None:
     """Why the hub will not call url later for platform (a response_url a caller gave, a Link or a CDR Location a
     receiver's answer held), or None. The hub calls such a URL with the platform's token B and relays what comes

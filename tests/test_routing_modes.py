@@ -225,6 +225,20 @@ def test_paging_links_lead_back_through_the_hub_to_the_end_without_gaps(hub: Hub
     assert [r.query for r in cpo.functional()][-1] == "limit=7&offset=49"
 
 
+def test_a_paging_link_followed_with_an_offset_or_limit_of_the_callers_asks_the_receiver_for_those(
+    hub: Hub, connect_party
+) -> None:
+    # They were dropped: the page at the Link's own offset came back (an eMSP developer's walkthrough).
+    emsp = connect_party(_roles("EMSP"))
+    cpo = connect_party(_roles("CPO"), page_size=10)
+    cpo.objects["locations"] = [{"id": f"L{i:03d}"} for i in range(30)]
+    link = emsp.call(hub.base, "GET", "sender/locations?limit=10", to=party_key(cpo)).headers["Link"]
+    url = link.split(">")[0].lstrip("<")
+    lowered = emsp.call(hub.base, "GET", f"{url}?offset=9")
+    assert [o["id"] for o in lowered.json()["data"]][:2] == ["L009", "L010"], lowered.text
+    assert [r.query for r in cpo.functional()][-1] == "limit=10&offset=9"
+
+
 def test_cdr_location_is_rewritten_and_leads_to_the_emsp(hub: Hub, connect_party) -> None:
     cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
     answer = cpo.call(hub.base, "POST", "receiver/cdrs", to=party_key(emsp), body={"id": "CDR-77"})

@@ -15,7 +15,7 @@ import structlog
 from hub.errors import HubError, MethodNotAllowed, NotFound, ReceiverNotConnected
 from routing.decide import Delivery
 from routing.forward import Answer
-from routing.rewrite import link_urls, resolved, rewrite_link_header, why_not_callable
+from routing.rewrite import link_urls, resolved, rewrite_link_header, why_not_callable, with_query
 from storage.directory import PartyRole
 from storage.log_row import RELAYED_CDRS
 from storage.routing_state import PAGE_TTL_S, Relayed
@@ -58,13 +58,14 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     sender = sender or PartyRole("", relayed.caller_party[0], relayed.caller_party[1], "CONNECTED", None)
     exchange.sender = sender
     entry.from_country_code, entry.from_party_id = sender.country_code, sender.party_id
-    if why := why_not_callable(relayed.url, target, relay.settings.public_url):  # said when it was relayed (rewrite)
+    url = with_query(relayed.url, entry.query) if kind == "pages" else relayed.url
+    if why := why_not_callable(url, target, relay.settings.public_url):  # said when it was relayed (rewrite)
         # the caller is not told the receiver's URL or hosts (its routing-log row is)
         raise HubError(f"{to.country_code}-{to.party_id} gave a URL for this that the hub does not call: not at a host "
-                       f"it registered, or no URL the hub can call", f"{relayed.url[:200]}: {why}")  # fmt: skip
+                       f"it registered, or no URL the hub can call", f"{url[:200]}: {why}")  # fmt: skip
     delivery = Delivery(target, to, relayed.url)
-    answer = await relay.call_party(exchange, delivery, sender, entry.method, relayed.url, "", entry.request_body)
-    await rewrite(relay, exchange, answer, delivery, relayed.url, relayed.module, relayed.interface)
+    answer = await relay.call_party(exchange, delivery, sender, entry.method, url, "", entry.request_body)
+    await rewrite(relay, exchange, answer, delivery, url, relayed.module, relayed.interface)
     return answer
 
 

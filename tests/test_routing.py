@@ -211,6 +211,7 @@ def test_spoofed_from_header_is_rejected_and_nothing_is_forwarded(hub: Hub, cpo_
     )
     assert answer.json()["status_code"] == 2001
     assert "not a party of the calling platform" in answer.json()["status_message"]
+    assert "ocpi-to-party-id" not in answer.headers  # not addressed to the party it claimed to be, another's
     assert emsp.functional() == []
     [row] = db.run(db.fetch("SELECT * FROM routing_log WHERE request_id = 'spoof-1'"))
     assert (row["routing"], row["ocpi_status_code"]) == ("rejected", 2001)

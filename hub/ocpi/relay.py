@@ -305,7 +305,7 @@ class Relay:
         body = _envelope.encode(Envelope(status_code=status_code, timestamp=ocpi_timestamp(), status_message=message))
         headers = {"content-type": "application/json", "ocpi-from-country-code": settings.country_code,
                    "ocpi-from-party-id": settings.party_id}  # fmt: skip
-        to = exchange.sender.key if exchange.sender else _from_header(exchange.headers)
+        to = exchange.sender.key if exchange.sender else _callers_own(exchange)
         if to:
             headers |= {"ocpi-to-country-code": to[0], "ocpi-to-party-id": to[1]}
         if exchange.entry.routing == "rejected" or status_code != 1000:
@@ -323,9 +323,15 @@ class Relay:
             await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-def _from_header(headers: dict[str, str]) -> PartyKey | None:
+def _callers_own(exchange: Exchange) -> PartyKey | None:
+    """The party the OCPI-from headers name, if it is one of the caller's: an answer refusing a request that claimed
+    another platform's party is not addressed to that party."""
+    headers, caller = exchange.headers, exchange.caller
     country, party = headers.get("ocpi-from-country-code"), headers.get("ocpi-from-party-id")
-    return (country, party) if country and party else None
+    if not (country and party and caller):
+        return None
+    key = (country.upper(), party.upper())
+    return key if any(role.key == key for role in caller.roles) else None
 
 
 def _module_of(path: str) -> str:

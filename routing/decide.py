@@ -161,9 +161,13 @@ def delivery_to(incoming: Incoming, directory: Directory, to: PartyKey) -> Deliv
         raise ReceiverNotConnected(f"receiver {party_text(to)} is not connected (status {role.status})")
     url = platform.endpoint(incoming.module, incoming.interface.upper())
     if url is None:
-        raise HubError(
-            f"receiver {party_text(to)} does not implement the {incoming.module} {incoming.interface.upper()} interface"
-        )
+        module, interface = incoming.module, incoming.interface
+        told = f"receiver {party_text(to)} does not implement the {module} {interface.upper()} interface"
+        other = "receiver" if interface == "sender" else "sender"
+        if platform.endpoint(module, other.upper()) is not None:
+            # the hub's URLs name the interface of the party addressed: a CPO's commands are at /receiver/commands
+            told += f"; it implements the {other.upper()} one, which the hub's /ocpi/2.2.1/{other}/{module} reaches"
+        raise HubError(told)
     return Delivery(platform, role, url)
 
 

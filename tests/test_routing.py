@@ -343,6 +343,11 @@ def test_receiver_without_the_module_interface_answers_a_clear_error(hub: Hub, c
     )
     assert answer.json()["status_code"] == 4000
     assert "does not implement the commands RECEIVER interface" in answer.json()["status_message"]
+    # one that asks a CPO's Sender for what its Receiver has is told where it is (an eMSP developer's walkthrough)
+    cc, pid = party_key(emsp)
+    pushed = emsp.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/L1", to=party_key(only_locations))
+    assert pushed.json()["status_message"].endswith("the SENDER one, which the hub's /ocpi/2.2.1/sender/locations "
+                                                    "reaches"), pushed.text  # fmt: skip
 
 
 def test_the_access_line_of_a_relayed_request_is_debug_when_it_went_through_and_info_when_not(

@@ -27,11 +27,11 @@ LIST_COLUMNS = (
     "id", "received_at", "request_id", "forwarded_request_id", "correlation_id", "from_country_code",
     "from_party_id", "to_country_code", "to_party_id", "caller_platform_id", "receiver_platform_id", "module",
     "interface", "method", "path", "query", "routing",
-    "http_status", "ocpi_status_code", "duration_ms", "error", "object_id", "request_body_size",
-    "response_body_size", "chain_id", "seq", "hash",
+    "http_status", "ocpi_status_code", "duration_ms", "error", "object_id", "listed_ids", "request_body_size",
+    "response_body_size", "chain_id", "seq", "prev_hash", "hash",
 )  # fmt: skip
 # the hash in hex, as the message view shows it: an export keeps it, and a row showing another one later was changed
-_SELECT = ", ".join("encode(hash, 'hex') AS hash" if name == "hash" else name for name in LIST_COLUMNS)
+_SELECT = ", ".join(f"encode({name}, 'hex') AS {name}" if name.endswith("hash") else name for name in LIST_COLUMNS)
 ORDER_NEWEST = "ORDER BY received_at DESC, id DESC"
 ORDER_OLDEST = "ORDER BY received_at, id"
 

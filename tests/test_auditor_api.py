@@ -465,7 +465,11 @@ def test_the_cdrs_and_tokens_a_list_answer_named_are_found_by_their_ids(hub: Hub
             assert [item["request_id"] for item in found] == [request_id], (listed, found)
         [row] = admin.get("/admin/api/routing-log", params={"request_id": f"{tag}-cdrs"}).json()["items"]
         message = admin.get(f"/admin/api/routing-log/{row['id']}").json()
-        assert message["listed_ids"] == [c["id"].upper() for c in cdrs]
+        assert message["listed_ids"] == row["listed_ids"] == [c["id"].upper() for c in cdrs]
+        # exports carry them too, and prev_hash, for an answer to "did the eMSP get CDR X" kept outside the hub
+        exported = admin.get("/admin/api/routing-log/export", params={"request_id": f"{tag}-cdrs", "format": "csv"})
+        [line] = list(csv.DictReader(io.StringIO(exported.text)))
+        assert json.loads(line["listed_ids"]) == message["listed_ids"] and line["prev_hash"] == message["prev_hash"]
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,8 @@ def _csv_value(value: Any) -> Any:
         return ""
     if isinstance(value, str):
         return "'" + value if value.startswith(_FORMULA_START) else value  # shown as text, the quote marking it
+    if isinstance(value, list):  # listed_ids: the ids as a JSON array in one cell
+        return _encoder.encode(value).decode()
     return value.isoformat() if isinstance(value, datetime) else value
 
 

@@ -194,6 +194,9 @@ def test_ids_beyond_a_bigint_or_holding_a_nul_are_answered_not_failed(hub: Hub, 
         assert admin.get("/admin/api/audit-trail", params={"cursor": str(2**63)}).status_code == 400
         unknown = admin.get("/admin/api/audit-trail", params={"actor": "x"})  # was 200, unfiltered
         assert unknown.status_code == 400 and "unknown parameter actor" in unknown.json()["error"]
+        for name, value in (("cursor", "zz"), ("limit", "abc")):  # Litestar's "Validation failed for GET ..."
+            bad = admin.get("/admin/api/audit-trail", params={name: value})
+            assert bad.status_code == 400 and bad.json()["error"].startswith(name), bad.text
         conversation = admin.get("/admin/api/routing-log/correlation/a%00b")
         searched = admin.get("/admin/api/routing-log", params={"request_id": "a\x00b"})
         stats = admin.get("/admin/api/stats", params={"object_id": "a\x00b"})

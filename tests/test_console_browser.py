@@ -178,6 +178,8 @@ def test_a_message_shows_request_and_response_and_its_conversation(page: Page, d
     assert request_body["token"]["type"] == "RFID"
     assert response_body["data"] == {"result": "ACCEPTED", "timeout": 30}
     assert "x-correlation-id" in page.inner_text("#request table.headers")
+    # both hashes whole, to hold against an export or a heads file (the first 32 digits, and a tooltip, were shown)
+    assert [len(h) for h in page.locator("dd.hash").all_inner_texts()] == [64, 64]
     shot(page, "message")
     # the CommandResult is part of the same conversation, one click away
     page.locator("#conversation a", has_text=re.compile(r"\d\d-\d\d \d\d:")).first.click()

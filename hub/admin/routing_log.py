@@ -223,14 +223,15 @@ async def _saved_heads(request: Request) -> Heads:
 
 
 @get("/audit-trail")
-async def audit_trail(request: Request, limit: int = 100, cursor: int | None = None) -> Response[bytes]:
+async def audit_trail(request: Request) -> Response[bytes]:
     """Who did what on the routing log, newest first (admin only); next_cursor is the last id of the page."""
-    if unknown := sorted(set(request.query_params) - {"limit", "cursor"}):
+    params = query_params(request)
+    if unknown := sorted(set(params) - {"limit", "cursor"}):
         raise AdminError(400, f"unknown parameter {unknown[0]}; the audit trail takes limit and cursor")
-    if not 1 <= limit <= MAX_LIMIT:
-        raise AdminError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
-    if cursor is not None and not is_row_id(cursor):
-        raise AdminError(400, f"cursor is not one this API handed out, got {cursor}")
+    limit = _limit(params.get("limit"))
+    cursor = whole_number(params["cursor"]) if params.get("cursor") else None
+    if params.get("cursor") and (cursor is None or not is_row_id(cursor)):
+        raise AdminError(400, f"cursor is not one this API handed out, got {params['cursor'][:40]!r}")
     async with request.app.state.pool.acquire() as conn:
         rows = await conn.fetch(QUERIES["audit_trail"], cursor, limit + 1)
     items = [dict(row) | {"parameters": msgspec.json.decode(row["parameters"])} for row in rows[:limit]]

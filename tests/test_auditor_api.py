@@ -197,6 +197,9 @@ def test_ids_beyond_a_bigint_or_holding_a_nul_are_answered_not_failed(hub: Hub, 
         for name, value in (("cursor", "zz"), ("limit", "abc")):  # Litestar's "Validation failed for GET ..."
             bad = admin.get("/admin/api/audit-trail", params={name: value})
             assert bad.status_code == 400 and bad.json()["error"].startswith(name), bad.text
+        for path in ("routing-log/1", "routing-log/correlation/c", "routing-log/heads", "parties"):  # were ignored
+            ignored = admin.get(f"/admin/api/{path}", params={"module": "cdrs"})
+            assert ignored.status_code == 400 and "unknown parameter module" in ignored.json()["error"], path
         conversation = admin.get("/admin/api/routing-log/correlation/a%00b")
         searched = admin.get("/admin/api/routing-log", params={"request_id": "a\x00b"})
         stats = admin.get("/admin/api/stats", params={"object_id": "a\x00b"})

@@ -67,6 +67,13 @@ class AdminError(Exception):
         self.message = message
 
 
+def takes_no_parameters(request: Request) -> None:
+    """AdminError 400 for a query parameter on an endpoint that takes none: ignored, a filter the caller meant to apply
+    would look applied."""
+    if unknown := sorted(request.query_params):
+        raise AdminError(400, f"unknown parameter {unknown[0]}; {request.url.path} takes no query parameters")
+
+
 def check_platform_id(platform_id: int) -> None:
     """AdminError 404 for an id no platform can have: a bigint from 1 (a larger one would fail in the driver, not
     find nothing)."""
@@ -121,6 +128,7 @@ def invited(invitation: Invitation) -> dict[str, Any]:
 
 @get("/parties", opt={READ_ONLY: True})
 async def list_parties(request: Request) -> Response[bytes]:
+    takes_no_parameters(request)
     async with request.app.state.pool.acquire() as conn:
         rows = await conn.fetch(QUERIES["list_parties"], None)
     # the row holds more than the answer (platform_state, for the console's actions): convert skips it

@@ -11,7 +11,7 @@ import msgspec
 from litestar import Request, Response, get, route
 
 from hub.admin.actors import READ_ONLY, Actor, actor_of, record_action
-from hub.admin.api import AdminError, json_response
+from hub.admin.api import AdminError, json_response, takes_no_parameters
 from hub.envelope import whole_number
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S, DATABASE_TIMEOUT_S
 from storage.log_row import body_of, stored_text
@@ -112,6 +112,7 @@ def _headers(value: str | None) -> dict[str, str]:
 @get("/routing-log/{row_id:int}", opt={READ_ONLY: True})
 async def routing_log_message(request: Request, row_id: int) -> Response[bytes]:
     """One message with both bodies decompressed (JSON as JSON when it parses, else text), headers and timings."""
+    takes_no_parameters(request)
     async with request.app.state.pool.acquire() as conn:
         message = await load_message(conn, row_id)
         await record_action(conn, actor_of(request), "view", {"id": row_id})
@@ -141,6 +142,7 @@ async def load_message(conn: asyncpg.Connection, row_id: int) -> dict[str, Any] 
 async def routing_log_conversation(request: Request) -> Response[bytes]:
     """Every message of one X-Correlation-ID, in the order the hub received them. The id is read from the path as
     sent, percent-decoded: one may hold a "/" (sent as %2F) or end with one, which routing would strip."""
+    takes_no_parameters(request)
     raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
     correlation_id = stored_text(unquote(raw_path.decode("latin-1").split("/routing-log/correlation/", 1)[1]))
     async with request.app.state.pool.acquire() as conn:
@@ -189,6 +191,7 @@ async def recorded_verify(
 @get("/routing-log/heads", opt={READ_ONLY: True})
 async def routing_log_heads(request: Request) -> Response[bytes]:
     """Every chain's head now, for the auditor to keep outside the database and POST to verify later."""
+    takes_no_parameters(request)
     async with request.app.state.pool.acquire() as conn:
         heads = await recorded_heads(conn, actor_of(request), {})
     return json_response(heads)

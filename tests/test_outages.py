@@ -198,27 +198,35 @@ def test_a_hub_stopped_while_postgres_is_away_keeps_its_unwritten_rows_and_the_n
         postgres.stop()
 
 
+@contextlib.contextmanager
+def _two_workers_on_their_own_postgres(services: Services, tmp_path: Path, log_name: str):  # type: ignore[no-untyped-def]
+    """A hub of two workers on an embedded PostgreSQL of its own, which the test may stop or freeze:
+    (hub, postgres, the workers)."""
+    postgres = EmbeddedPostgres(tmp_path / "pg")
+    url = postgres.start()
+    hub = start_hub(hub_env(services, tmp_path / "hub") | {"OCPI_HUB_DATABASE_URL": url}, OUTPUT / log_name,
+                    "--workers", "2")  # fmt: skip
+    try:
+        workers = [child for child in psutil.Process(hub.process.pid).children()
+                   if "spawn_main" in " ".join(child.cmdline())]  # fmt: skip
+        assert len(workers) == 2
+        yield hub, postgres, workers
+    finally:
+        hub.stop()
+        postgres.stop()
+
+
 def test_a_hub_of_two_workers_exits_1_not_0_when_a_worker_that_died_cannot_start_again_while_postgres_is_away(
     services: Services, tmp_path: Path
 ) -> None:
     # uvicorn restarts a worker that died; one that then fails to start makes it stop every worker and return as from
     # a SIGTERM. The hub exited 0: a supervisor restarting only on failure left it down (an operator's drill).
-    postgres = EmbeddedPostgres(tmp_path / "pg")
-    url = postgres.start()
-    env = hub_env(services, tmp_path / "hub") | {"OCPI_HUB_DATABASE_URL": url}
-    hub = start_hub(env, OUTPUT / "hub-worker-died.log", "--workers", "2")
-    try:
-        workers = [child for child in psutil.Process(hub.process.pid).children()
-                   if "spawn_main" in " ".join(child.cmdline())]  # fmt: skip
-        assert len(workers) == 2
+    with _two_workers_on_their_own_postgres(services, tmp_path, "hub-worker-died.log") as (hub, postgres, workers):
         postgres.stop()
         workers[0].kill()
         assert hub.process.wait(60) == 1
         assert "a worker could not start" in hub.log()
         assert "<traceback object" not in hub.log()  # asyncpg's pool retrying meanwhile: tests/test_log_lines.py
-    finally:
-        hub.stop()
-        postgres.stop()
 
 
 def test_a_hub_of_two_workers_told_to_stop_while_a_worker_is_starting_exits_0(
@@ -226,32 +234,26 @@ def test_a_hub_of_two_workers_told_to_stop_while_a_worker_is_starting_exits_0(
 ) -> None:
     # The worker still starting (here: waiting for a frozen PostgreSQL) then exits as one that failed to start; the
     # hub took that for a failed start and exited 1, which a supervisor restarting on failure would act on.
-    postgres = EmbeddedPostgres(tmp_path / "pg")
-    url = postgres.start()
-    env = hub_env(services, tmp_path / "hub") | {"OCPI_HUB_DATABASE_URL": url}
-    hub = start_hub(env, OUTPUT / "hub-stopped-while-starting.log", "--workers", "2")
-    postmaster = postgres._live_pid()
-    assert postmaster is not None
-    frozen = _server_processes(postmaster)
-    try:
-        supervisor = psutil.Process(hub.process.pid)
-        [first, _] = [child for child in supervisor.children() if "spawn_main" in " ".join(child.cmdline())]
-        for process in frozen:
-            os.kill(process, signal.SIGSTOP)
-        first.kill()
-        deadline = time.monotonic() + 10
-        while first.pid in [child.pid for child in supervisor.children()] or len(supervisor.children()) < 2:
-            assert time.monotonic() < deadline, "the worker was not started again"
-            time.sleep(0.1)
-        time.sleep(1)  # its start waits for PostgreSQL
-        hub.process.send_signal(signal.SIGTERM)
-        assert hub.process.wait(60) == 0, hub.log()[-2000:]
-        assert "a worker could not start" not in hub.log()
-    finally:
-        for process in frozen:
-            os.kill(process, signal.SIGCONT)
-        hub.stop()
-        postgres.stop()
+    log_name = "hub-stopped-while-starting.log"
+    with _two_workers_on_their_own_postgres(services, tmp_path, log_name) as (hub, postgres, workers):
+        postmaster = postgres._live_pid()
+        assert postmaster is not None
+        frozen = _server_processes(postmaster)
+        try:
+            for process in frozen:
+                os.kill(process, signal.SIGSTOP)
+            workers[0].kill()
+            supervisor, deadline = psutil.Process(hub.process.pid), time.monotonic() + 10
+            while workers[0].pid in [child.pid for child in supervisor.children()] or len(supervisor.children()) < 2:
+                assert time.monotonic() < deadline, "the worker was not started again"
+                time.sleep(0.1)
+            time.sleep(1)  # its start waits for PostgreSQL
+            hub.process.send_signal(signal.SIGTERM)
+            assert hub.process.wait(60) == 0, hub.log()[-2000:]
+            assert "a worker could not start" not in hub.log()
+        finally:
+            for process in frozen:
+                os.kill(process, signal.SIGCONT)
 
 
 @contextlib.contextmanager

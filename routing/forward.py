@@ -100,6 +100,8 @@ async def forward(
                 raise AnswerNotRelayable(told, f"{sent}: {told}")
             try:
                 payload = await _read(response, max_bytes, sent)
+            except TimeoutError:  # an OSError too: a receiver too slow with its body is 4002, as one without an answer
+                raise
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
                 # Its status line came: the receiver got the request (not 4003, below), and its answer broke off.
                 _release_frames(exc)

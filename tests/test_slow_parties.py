@@ -68,3 +68,16 @@ def test_a_cpo_dripping_its_locations_does_not_hold_up_the_sync_of_the_next(impa
 
     # The next CPO registered is synced within the dripping one's timeout and a round of the sync loop.
     _wait_for(served, timeout=4 * TIMEOUT_S)
+
+
+def test_a_receiver_dripping_the_body_of_its_answer_is_a_4002_timeout_not_a_broken_answer(
+    hub: Hub, connect_party
+) -> None:
+    # Reading a body that never ends raised TimeoutError, an OSError too, which the check for an answer broken off
+    # took for that (4000), and the receiver was not suspected of being offline (found by a ClientInfo push test).
+    cpo = connect_party(_roles("CPO"))
+    cc, pid = party_key(cpo)
+    emsp = connect_party(_roles("EMSP"), drip={f"/ocpi/2.2.1/tariffs/receiver/{cc}/{pid}/T1"})
+    answer = cpo.call(hub.base, "GET", f"receiver/tariffs/{cc}/{pid}/T1", to=party_key(emsp))
+    assert answer.json()["status_code"] == 4002, answer.text
+    assert "did not answer within" in answer.json()["status_message"]

@@ -106,14 +106,19 @@ async def verify_with_heads(
     request: Request, data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 ) -> Template:
     """The same, with heads saved earlier (a download of /console/heads) pasted in: each of their rows still there."""
-    return await _verified(request, data.get("since", ""), data.get("until", ""), data.get("heads", "").strip(), True)
+    heads = data.get("heads", "").strip()
+    return await _verified(request, data.get("since", ""), data.get("until", ""), heads, True, heads_given=True)
 
 
-async def _verified(request: Request, since: str, until: str, heads: str, run: bool) -> Template:
+async def _verified(request: Request, since: str, until: str, heads: str, run: bool,
+                    heads_given: bool = False) -> Template:  # fmt: skip
     context: dict[str, Any] = {"page": "verify", "actor": actor(request), "since": since, "until": until,
                                "heads": heads, "result": None, "error": None}  # fmt: skip
     if not run:
         return Template("verify.html", context=context)
+    if heads_given and not heads:  # a plain verify here would read as one against heads
+        context["error"] = "No heads were pasted: nothing was checked. Paste a heads file, or use Verify now."
+        return Template("verify.html", context=context, status_code=400)
     try:
         start = parse_time("since", since) if since else None
         end = parse_time("until", until) if until else None

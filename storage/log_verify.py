@@ -141,7 +141,8 @@ async def verify(
             previous = row
         if previous is not None:
             _check_head(result, previous, heads, floors, previous["chain_id"] in cut)
-        _check_heads_without_rows(result, heads, seen, floors)
+        if not ranged:  # in a range, the chains with rows in it
+            _check_heads_without_rows(result, heads, seen, floors)
         if saved is not None:  # rows out of a range were not checked above
             await _check_saved_heads(conn, result, saved, heads, floors, (key, sealed) if ranged else None, timeout)
     return result

@@ -246,32 +246,19 @@ SELECT chain_id, last_seq, last_hash FROM routing_log_chain;
 SELECT chain_id, seq, hash, prev_hash, next_apart, prev_apart, mac FROM routing_log_floor;
 
 -- name: chain_stretches
--- For a verify of a time range ($1, $2: since and until, or null), what to check of each chain (those with a head, and
--- those with rows in the range): its rows received in the range, from the lowest seq (lo) to the highest (hi), and
--- the rows next to them by seq (prev_seq, next_seq; null: from the chain's start, to its head), so that a deleted first
--- or last row of the range leaves a gap between rows that are checked. Of a chain without rows in the range, its
--- last row received before it and its first after it: every row chained between them was received in the range (one
--- of a higher seq than the last received before since was received after it, one of a lower seq than the first
--- received from until on before that), so a gap between them is rows deleted. Each lookup reads one chain's rows.
+-- For a verify of a time range ($1, $2: since and until, or null): each chain's lowest and highest seq received in it
+-- (lo, hi), and the seqs of the rows next to them (prev_seq, next_seq; null: none), whose links to the range's first
+-- and last rows are checked too, so that a deleted first or last row of the range leaves a gap between rows checked.
+-- Each neighbour is one step of the (chain_id, seq) index.
 WITH inside AS (
     SELECT chain_id, min(seq) AS lo, max(seq) AS hi FROM routing_log
     WHERE ($1::timestamptz IS NULL OR received_at >= $1) AND ($2::timestamptz IS NULL OR received_at < $2)
     GROUP BY chain_id
-), chains AS (
-    SELECT chain_id, lo, hi FROM inside
-    UNION ALL
-    SELECT chain_id, NULL, NULL FROM routing_log_chain WHERE chain_id NOT IN (SELECT chain_id FROM inside)
 )
-SELECT c.chain_id, c.lo, c.hi,
-    CASE WHEN c.lo IS NOT NULL
-        THEN (SELECT max(r.seq) FROM routing_log AS r WHERE r.chain_id = c.chain_id AND r.seq < c.lo)
-        ELSE (SELECT max(r.seq) FROM routing_log AS r WHERE r.chain_id = c.chain_id AND r.received_at < $1)
-    END AS prev_seq,
-    CASE WHEN c.hi IS NOT NULL
-        THEN (SELECT min(r.seq) FROM routing_log AS r WHERE r.chain_id = c.chain_id AND r.seq > c.hi)
-        ELSE (SELECT min(r.seq) FROM routing_log AS r WHERE r.chain_id = c.chain_id AND r.received_at >= $2)
-    END AS next_seq
-FROM chains AS c;
+SELECT i.chain_id, i.lo, i.hi,
+    (SELECT max(r.seq) FROM routing_log AS r WHERE r.chain_id = i.chain_id AND r.seq < i.lo) AS prev_seq,
+    (SELECT min(r.seq) FROM routing_log AS r WHERE r.chain_id = i.chain_id AND r.seq > i.hi) AS next_seq
+FROM inside AS i;
 
 -- name: rows_at
 -- The rows at (chain_id, seq) pairs given as two arrays: the heads an auditor saved, checked by verify.

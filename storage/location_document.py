@@ -7,17 +7,22 @@ last_updated value on the parent" EVSE and Location. The document itself is kept
 An update older than the object it changes (its last_updated before the cached one's) is not applied: it reached the
 cache after a newer one, as updates relayed by different hub processes can, above all those held while Redis was away.
 Applied, it would put back an EVSE status the CPO has since changed. A location's last_updated is that of its latest
-change, its EVSEs' and connectors' included (the rule above), so the comparison is with the object the URL names.
+change, its EVSEs' and connectors' included (the rule above), so the comparison is with the object the URL names. A
+cached last_updated more than FUTURE_SKEW_S ahead of the hub's clock orders nothing: it would keep the CPO's every
+update out until then.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import msgspec
 
 from storage.publish_tokens import publish_entries
+
+FUTURE_SKEW_S = 300  # how far a cached last_updated may be ahead of this clock and still order updates
 
 
 def epoch(timestamp: str) -> float:
@@ -27,6 +32,13 @@ def epoch(timestamp: str) -> float:
     if moment.tzinfo is None:
         moment = moment.fromisoformat(text + "+00:00")
     return moment.timestamp()
+
+
+def trusted_until() -> float:
+    """The latest cached last_updated that keeps an older update out: one further in the future than a clock may be
+    off (a CPO's local time sent as UTC, a bug) would keep every genuine update out until then; past it, the update
+    applies, as it did before updates were compared."""
+    return time.time() + FUTURE_SKEW_S
 
 
 def same_id(value: Any, object_id: str) -> bool:
@@ -141,10 +153,11 @@ def _changed(objects: list[dict], key: str, object_id: str, method: str, update:
 
 def _not_older(update: dict[str, Any], cached: dict[str, Any], what: str) -> None:
     """Superseded when the cached object's last_updated is later than the update's (either missing or not a DateTime:
-    nothing to compare, the update applies)."""
+    nothing to compare, the update applies), and not in the future (trusted_until())."""
     try:
-        newer = epoch(cached["last_updated"]) > epoch(update["last_updated"])
-    except (KeyError, TypeError, AttributeError, ValueError):
+        cached_at = epoch(cached["last_updated"])
+        newer = trusted_until() >= cached_at > epoch(update["last_updated"])
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError):
         return
     if newer:
         raise Superseded(f"older than the cached {what} (last_updated {update['last_updated']} before "

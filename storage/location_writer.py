@@ -23,7 +23,7 @@ from redis.exceptions import NoScriptError, WatchError
 
 from storage.batches import next_batch
 from storage.directory import GENERATION_KEY, UNCHANGED_LUA, Directory, DirectoryCache
-from storage.location_document import Index, index_of, updated, whole_location
+from storage.location_document import Index, index_of, trusted_until, updated, whole_location
 from storage.location_upgrades import upgrade
 from storage.redis_scripts import executed, load, queue_script
 
@@ -42,12 +42,13 @@ _encode = msgspec.json.encode
 # KEYS: the directory's generation, the document, the sorted sets of all and of the owner, the id index, the
 # unpublished set, the entries. ARGV: the generation the owner was found on the hub in ('' for an unguarded store;
 # UNCHANGED_LUA: -1 if it changed), member, score (last_updated), the document, "1" if unpublished, its
-# publish_allowed_to entries. Returns 1, or 0 when the cached location is newer (storage.location_document): kept.
+# publish_allowed_to entries, the latest cached score that keeps an older location out (trusted_until). Returns 1,
+# or 0 when the cached location is newer (storage.location_document): kept.
 _STORE = (
     UNCHANGED_LUA
     + """
-local cached = redis.call('ZSCORE', KEYS[4], ARGV[2])
-if cached and tonumber(cached) > tonumber(ARGV[3]) then return 0 end
+local cached = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[2]))
+if cached and cached > tonumber(ARGV[3]) and cached <= tonumber(ARGV[7]) then return 0 end
 redis.call('SET', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
@@ -324,7 +325,7 @@ class LocationWriter:
         keys = [self._generation_key, self._doc(member), f"{self._p}all", self._by_owner(owner),
                 f"{self._p}id:{member.split('/', 2)[2]}", f"{self._p}hidden", self._entries(member)]  # fmt: skip
         args: list[bytes | str | float] = [generation, member, index.score, document, "1" if index.hidden else "0",
-                                           index.entries]  # fmt: skip
+                                           index.entries, trusted_until()]  # fmt: skip
         queue_script(pipe, self._store_script, keys, args)
 
 

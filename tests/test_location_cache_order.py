@@ -91,3 +91,17 @@ def test_a_whole_location_older_than_the_cached_one_is_kept_out_and_pull_sync_st
         assert await _cached(cache) == same_time
 
     _run(services, test)
+
+
+def test_a_cached_last_updated_far_in_the_future_keeps_no_genuine_update_out(services: Services) -> None:
+    # A CPO's local time sent as UTC, or a bug, would otherwise freeze its location in the cache until then.
+    async def test(client: redis.Redis, prefix: str) -> None:
+        cache = LocationCache(client, prefix)
+        ahead = "2099-01-01T00:00:00Z"
+        await cache.apply([_update("PUT", ["LOC1"], _location(OWNER, "LOC1", ahead, name="ahead"))])
+        assert await cache.apply([_update("PATCH", ["LOC1", "E1"], {"status": "CHARGING", "last_updated": T1})]) == 1
+        assert (await _cached(cache))["evses"][0]["status"] == "CHARGING"
+        assert await cache.apply([_update("PUT", ["LOC1"], _location(OWNER, "LOC1", T2, name="genuine"))]) == 1
+        assert (await _cached(cache))["name"] == "genuine"
+
+    _run(services, test)

@@ -190,7 +190,8 @@ def link_urls(value: str) -> list[str]:
 def resolved(url: str, called_url: str) -> str:
     """A URL a receiver's answer gave, resolved against the URL the hub called when it is relative: RFC 8288, 3.2
     ("If the URI-Reference is relative, parsers MUST resolve it as per [RFC3986], Section 5") for a Link, RFC 9110,
-    10.2.2 for a Location. An absolute one stays as written."""
+    10.2.2 for a Location. An absolute one stays as written, its fragment left out."""
+    url = url.partition("#")[0]  # a fragment is the client's, never sent: "<#1>", "<#2>"... would be one URL each
     try:
         if urlsplit(url).scheme:
             return url

@@ -140,7 +140,8 @@ class Party:
         asyncio.set_event_loop(self._loop)
         app = web.Application(client_max_size=20_000_000)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        # a request line as long as the hub's server takes (a long query a test sends through it), not aiohttp's 8 KiB
+        self._runner = web.AppRunner(app, access_log=None, max_line_size=65_536)
         self._loop.run_until_complete(self._runner.setup())
         self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
         self._started.set()

@@ -175,3 +175,26 @@ def test_a_pull_sync_pages_relative_link_is_followed_at_the_cpos_host(hub: Hub, 
     while not [r for r in cpo.received if r.path.endswith("/page2")] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [r.path for r in cpo.received if r.path.endswith("/page2")] == ["/ocpi/2.2.1/locations/sender/page2"]
+
+
+def test_a_link_of_more_urls_than_a_page_has_relations_or_of_an_endless_url_is_not_kept(
+    hub: Hub, connect_party, db
+) -> None:
+    # Each URL of a Link is kept in Redis for a day: "<#0>, <#1>, ... <#1315>", each resolved against a call with a
+    # 60 KB query, was 79 MB from one answer (a security review).
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    many = ", ".join(f'<?offset={n}>; rel="next"' for n in range(9))
+    cpo.canned[("GET", "/ocpi/2.2.1/tariffs/sender")] = (200, _ENVELOPE, {"Link": many})
+    answer = emsp.call(hub.base, "GET", "sender/tariffs?pad=" + "x" * 20_000, to=party_key(cpo))
+    assert answer.status_code == 200 and "link" not in answer.headers, (answer.status_code, answer.text[:300])
+    [row] = db.run(db.fetch("SELECT error FROM routing_log WHERE request_id = $1", answer.headers["x-request-id"]))
+    assert row["error"] == "the receiver's Link header was not relayed: it names 9 URLs, more than the 8 the hub keeps"
+    cpo.canned[("GET", "/ocpi/2.2.1/tariffs/sender")] = (200, _ENVELOPE, {"Link": '<#1>; rel="next"'})
+    answer = emsp.call(hub.base, "GET", "sender/tariffs?pad=" + "x" * 20_000, to=party_key(cpo))
+    assert "link" not in answer.headers  # the URL called, its fragment left out: 20,000 characters and more
+    [row] = db.run(db.fetch("SELECT error FROM routing_log WHERE request_id = $1", answer.headers["x-request-id"]))
+    assert "characters long, more than the 8192 the hub keeps" in row["error"], row["error"]
+    cpo.canned[("GET", "/ocpi/2.2.1/tariffs/sender")] = (200, _ENVELOPE, {"Link": '<#1>, <#2>; rel="next"'})
+    answer = emsp.call(hub.base, "GET", "sender/tariffs?offset=0", to=party_key(cpo))
+    first, second = [part.split(">")[0].lstrip(" ,<") for part in answer.headers["link"].split(",")]
+    assert first == second  # one URL, kept once

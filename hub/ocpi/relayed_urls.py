@@ -29,6 +29,7 @@ PAGES = "/ocpi/2.2.1/pages/"
 RESULTS = "/ocpi/2.2.1/results/"
 CDR_LOCATIONS = RELAYED_CDRS
 _KINDS = {"pages": "GET", "results": "POST", "relayed-cdrs": "GET"}
+MAX_LINK_URLS, MAX_URL_CHARS = 8, 8192  # of a receiver's Link or Location, as the hub keeps them
 
 log = structlog.get_logger()
 
@@ -79,26 +80,50 @@ async def rewrite(
     Location (mod_cdrs.asciidoc)."""
     caller, sender, entry = exchange.caller, exchange.sender, exchange.entry
     assert caller is not None and sender is not None
-    if link := answer.headers.get("link"):
-        urls = {url: resolved(url, called_url) for url in link_urls(link)}
+    link = answer.headers.get("link")
+    written = link_urls(link) if link else []
+    urls = {url: resolved(url, called_url) for url in written}
+    if link and (why := _too_much([urls[url] for url in written])):  # each is kept in Redis for PAGE_TTL_S
+        del answer.headers["link"]
+        entry.error = f"the receiver's Link header was not relayed: {why}"
+        log.warning("party_url_refused", header="link", party=f"{delivery.to.country_code}-{delivery.to.party_id}",
+                    reason=why)  # fmt: skip
+    elif link:
         _note_refused(relay, exchange, delivery, "link", list(urls.values()))
         keys: dict[str, str] = {}
-        for url, absolute in urls.items():
-            keys[url] = await relay.routing.remember("pages", Relayed(
+        for absolute in dict.fromkeys(urls.values()):
+            keys[absolute] = await relay.routing.remember("pages", Relayed(
                 url=absolute, module=module, interface=interface, caller_platform_id=caller.id,
                 target_platform_id=delivery.platform.id, caller_party=sender.key, target_party=delivery.to.key,
                 correlation_id=entry.correlation_id), PAGE_TTL_S)  # fmt: skip
-        answer.headers["link"] = rewrite_link_header(link, lambda url: f"{relay.settings.public_url}{PAGES}{keys[url]}")
+        answer.headers["link"] = rewrite_link_header(
+            link, lambda url: f"{relay.settings.public_url}{PAGES}{keys[urls[url]]}"
+        )
     # Only a CDR POST's 2xx answer carries a Location the caller can use (mod_cdrs.asciidoc), rewritten to lead
     # back through the hub. Any other (a 3xx's target, which the hub does not follow) names a URL at the
     # receiver, which the caller's hub token does not open and the hub does not rewrite: not relayed.
     location = answer.headers.pop("location", None)
     if location and module == "cdrs" and entry.method == "POST" and 200 <= answer.status < 300:
         location = resolved(location, called_url)
+        if why := _too_much([location]):
+            entry.error = f"the receiver's Location header was not relayed: {why}"
+            return
         _note_refused(relay, exchange, delivery, "location", [location])
         key = uuid.uuid4().hex
         entry.relayed_location = (key, location)
         answer.headers["location"] = f"{relay.settings.public_url}{CDR_LOCATIONS}{key}"
+
+
+def _too_much(urls: list[str]) -> str | None:
+    """Why the hub does not keep the URLs of an answer's Link or Location (each is kept for a later call, a Link's in
+    Redis for PAGE_TTL_S, and written again as a hub URL), or None: a Link of more URLs than a page has relations
+    (next, prev, first, last...), or a URL longer than any a party needs, as a relative reference resolved against a
+    long query makes."""
+    if len(urls) > MAX_LINK_URLS:
+        return f"it names {len(urls)} URLs, more than the {MAX_LINK_URLS} the hub keeps"
+    if longest := max((len(url) for url in urls if len(url) > MAX_URL_CHARS), default=0):
+        return f"a URL in it is {longest} characters long, more than the {MAX_URL_CHARS} the hub keeps"
+    return None
 
 
 def _note_refused(relay: Relay, exchange: Exchange, delivery: Delivery, header: str, urls: list[str]) -> None:

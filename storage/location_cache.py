@@ -180,10 +180,11 @@ class LocationCache(LocationWriter):
     def _forget_keys(self, owner: tuple[str, str]) -> list[str]:
         return [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden"]
 
-    async def owners_of(self, location_id: str) -> list[tuple[str, str]]:
-        """The CPOs of the cached locations with this id in any case (ids are unique per CPO only)."""
-        members = await self._redis.smembers(f"{self._p}id:{keyed(location_id)}")
-        return sorted({(country, party) for country, party, _ in (_text(m).split("/", 2) for m in members)})
+    async def owners_seen_by(self, location_id: str, viewer: tuple[str, str]) -> list[tuple[str, str]]:
+        """The CPOs of the cached locations with this id in any case (ids are unique per CPO only) that the viewer may
+        see (visible_to): a command routed by an unpublished location would tell an eMSP it exists, and whose it is."""
+        return [owner for owner, location in await self.find(location_id)
+                if await self.visible_to(location, owner, viewer)]  # fmt: skip
 
     async def find(self, location_id: str) -> list[tuple[tuple[str, str], dict[str, Any]]]:
         """The cached locations with this id in any case, whoever owns them (ids are unique per CPO only)."""

@@ -48,16 +48,33 @@ def test_open_routing_sends_a_command_for_a_location_the_hub_only_pulled_to_its_
     from tests.test_pull_sync import _cached_total, _locations, _registered_cpo, _wait
 
     emsp, other_cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
-    cpo, owner = _registered_cpo(hub, start_party, lambda me: _locations(me, 2, "2026-11-01T00:00:00Z"))
-    _wait(lambda: _cached_total(emsp, hub, owner) == 2)
+
+    def listed(me):  # type: ignore[no-untyped-def]
+        hidden = _locations(me, 3, "2026-11-01T00:00:00Z")[2] | {"publish": False}
+        return [*_locations(me, 2, "2026-11-01T00:00:00Z"), hidden]
+
+    cpo, owner = _registered_cpo(hub, start_party, listed)
+    _wait(lambda: _cached_total(cpo, hub, owner) == 3)
+
+    def command(name: str, location_id: str):  # type: ignore[no-untyped-def]
+        return emsp.call(hub.base, "POST", f"receiver/commands/{name}",
+                         body={"response_url": f"{emsp.base}/cmd/9", "location_id": location_id,
+                               "token": {"uid": "T"}})  # fmt: skip
+
     commands = ("START_SESSION", "RESERVE_NOW", "UNLOCK_CONNECTOR")
-    for command in commands:
-        answer = emsp.call(hub.base, "POST", f"receiver/commands/{command}",
-                           body={"response_url": f"{emsp.base}/cmd/9", "location_id": "s0001",
-                                 "token": {"uid": "T"}})  # fmt: skip
-        assert answer.json()["status_code"] == 1000, answer.text
-    assert [r.path for r in cpo.functional()] == [f"/ocpi/2.2.1/commands/receiver/{command}" for command in commands]
-    assert other_cpo.functional() == []
+    for name in commands:
+        assert command(name, "s0001").json()["status_code"] == 1000
+    assert [r.path for r in cpo.functional()] == [f"/ocpi/2.2.1/commands/receiver/{name}" for name in commands]
+    # an unpublished one this eMSP may not see is no owner it learns of (a security review)
+    assert command("START_SESSION", "S0002").json()["status_code"] == 4001
+    # another CPO pushing the same id makes it ambiguous, not that CPO's (a security review: it got the command)
+    oc, op = party_key(other_cpo)
+    other_cpo.call(hub.base, "PUT", f"receiver/locations/{oc}/{op}/S0000", to=party_key(emsp),
+                   body=LOCATION | {"id": "S0000", "country_code": oc, "party_id": op})  # fmt: skip
+    time.sleep(0.3)  # the owner index is written in batches
+    refused = command("START_SESSION", "S0000")
+    assert refused.json()["status_code"] == 4001 and "belongs to several parties" in refused.json()["status_message"]
+    assert other_cpo.functional() == [] and len(cpo.functional()) == 3
 
 
 def test_open_routing_sends_a_real_time_authorization_to_the_token_owner(hub: Hub, connect_party) -> None:

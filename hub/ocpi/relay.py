@@ -202,7 +202,7 @@ class Relay:
         hint = None
         if incoming.to is None:
             hint = await open_routing.open_hint(incoming, caller, self.routing, self.directory.current.parties,
-                                                self.locations.owners_of)  # fmt: skip
+                                                self.locations.owners_seen_by)  # fmt: skip
         route = decide(incoming, caller, self.directory.current, hub, hint)
         exchange.sender = route.sender
         callback_url = response_url_of(incoming)  # a body it is read from that is no JSON: rejected, as in decide

@@ -26,12 +26,18 @@ FUTURE_SKEW_S = 300  # how far a cached last_updated may be ahead of this clock 
 
 
 def epoch(timestamp: str) -> float:
-    """types.asciidoc DateTime (UTC, 'Z' or no zone) as seconds since the epoch."""
+    """types.asciidoc DateTime (UTC, 'Z' or no zone) as seconds since the epoch; ValueError for anything else (a
+    number, a DateTime out of range), as what a party sent is judged here."""
+    if not isinstance(timestamp, str):
+        raise ValueError(f"not a DateTime: {type(timestamp).__name__}")
     text = timestamp.upper().replace("Z", "+00:00")  # RFC 3339, 5.6: "t" and "z" may be lower case
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.fromisoformat(text + "+00:00")
-    return moment.timestamp()
+    try:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.fromisoformat(text + "+00:00")
+        return moment.timestamp()
+    except OverflowError:
+        raise ValueError(f"not a DateTime in range: {timestamp[:40]!r}") from None
 
 
 def trusted_until() -> float:

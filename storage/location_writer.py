@@ -199,8 +199,10 @@ class LocationWriter:
                 continue
             try:
                 skipped = await self._merge(owner, platform_id, method, path, update)
-            except ValueError as exc:  # the location it would make has no valid last_updated
+            except ValueError as exc:  # the location it would make has no valid last_updated, or a newer is cached
                 skipped = str(exc)
+            except (TypeError, AttributeError) as exc:  # one party's odd document costs its own update, not the batch
+                skipped = f"the location or the update is not shaped as mod_locations defines it ({exc})"
             if skipped:
                 log.info("location_cache_skipped", path=path, reason=skipped)
             else:

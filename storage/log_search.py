@@ -27,11 +27,15 @@ LIST_COLUMNS = (
     "id", "received_at", "request_id", "forwarded_request_id", "correlation_id", "from_country_code",
     "from_party_id", "to_country_code", "to_party_id", "caller_platform_id", "receiver_platform_id", "module",
     "interface", "method", "path", "query", "routing",
-    "http_status", "ocpi_status_code", "duration_ms", "error", "object_id", "listed_ids", "request_body_size",
+    "http_status", "ocpi_status_code", "duration_ms", "error", "object_id", "request_body_size",
     "response_body_size", "chain_id", "seq", "prev_hash", "hash",
 )  # fmt: skip
+# An export's rows also name the ids a list answer held (up to 1,000 a row: not on a page of 500 search items; the
+# message view shows them too).
+EXPORT_COLUMNS = (*LIST_COLUMNS, "listed_ids")
 # the hash in hex, as the message view shows it: an export keeps it, and a row showing another one later was changed
 _SELECT = ", ".join(f"encode({name}, 'hex') AS {name}" if name.endswith("hash") else name for name in LIST_COLUMNS)
+_EXPORT_SELECT = f"{_SELECT}, listed_ids"
 ORDER_NEWEST = "ORDER BY received_at DESC, id DESC"
 ORDER_OLDEST = "ORDER BY received_at, id"
 
@@ -231,7 +235,7 @@ BODY_COLUMNS = ("request_headers", "response_headers", "request_body", "response
 
 def export_query(search: Search, bodies: bool = False) -> tuple[str, list[Any]]:
     """Every matching row, oldest first; with bodies, also the headers and the (compressed) bodies."""
-    columns = f"{_SELECT}, {', '.join(BODY_COLUMNS)}" if bodies else _SELECT
+    columns = f"{_EXPORT_SELECT}, {', '.join(BODY_COLUMNS)}" if bodies else _EXPORT_SELECT
     return f"SELECT {columns} FROM routing_log {full_where(search)} {ORDER_OLDEST}", search.args
 
 

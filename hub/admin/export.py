@@ -22,7 +22,7 @@ from hub.admin.api import AdminError
 from hub.admin.routing_log import query_params
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S
 from storage.log_row import body_of
-from storage.log_search import BODY_COLUMNS, LIST_COLUMNS, BadFilter, Search, export_query, parse_filters
+from storage.log_search import BODY_COLUMNS, EXPORT_COLUMNS, BadFilter, Search, export_query, parse_filters
 
 CURSOR_ROWS = 2000
 FLUSH_BYTES = 256 * 1024
@@ -74,7 +74,7 @@ async def export_rows(
 ) -> AsyncIterator[bytes]:
     sql, args = export_query(search, bodies)
     lines = _CsvLines()
-    header = (*LIST_COLUMNS, *BODY_COLUMNS) if bodies else LIST_COLUMNS
+    header = (*EXPORT_COLUMNS, *BODY_COLUMNS) if bodies else EXPORT_COLUMNS
     chunk = bytearray(lines.encode(header) if export_format == "csv" else b"")
     async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")

@@ -129,6 +129,7 @@ async def load_message(conn: asyncpg.Connection, row_id: int) -> dict[str, Any] 
         return None
     message = {name: row[name] for name in LIST_COLUMNS}
     message.update(
+        listed_ids=row["listed_ids"],
         prev_hash=row["prev_hash"].hex(),
         hash=row["hash"].hex(),
         request={"headers": _headers(row["request_headers"])} | _body(row["request_body"], row["request_body_size"]),

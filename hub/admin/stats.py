@@ -60,6 +60,8 @@ async def compute_stats(conn: asyncpg.Connection, params: dict[str, str]) -> dic
         search = parse_filters(params)
     except BadFilter as exc:
         raise AdminError(400, str(exc)) from None
+    except OverflowError:  # until in the year 1: no span before it
+        raise AdminError(400, f"until leaves no {bucket} before it, got {params['until'][:40]!r}: give since") from None
     rows = await fetch_planned(conn, _sql(bucket, full_where(search)), search.args)
     items = [dict(row) | {"error_rate": row["errors"] / row["messages"] if row["messages"] else 0.0} for row in rows]
     return {"bucket": bucket, "since": search.given["since"], "until": search.given.get("until"), "items": items,

@@ -114,10 +114,13 @@ def _query_name(part: str) -> str:
 def with_query(url: str, query: str) -> str:
     """url with the parameters of query in place of its own of the same names, the rest of its own kept in their order,
     all as written: a client following a paging Link with its own offset or limit (transport_and_format.asciidoc,
-    Pagination: "redo the previous GET with the offset lowered by 1") asks the receiver for just that."""
+    Pagination: "redo the previous GET with the offset lowered by 1") asks the receiver for just that, as it could
+    have with its own GET through the hub. InvalidParameters for a query that is no URI's."""
     given = [part for part in query.split("&") if part]
     if not given:
         return url
+    if not _URI.match(query):  # the caller's, not the receiver's: said to the caller as its own (2001)
+        raise InvalidParameters(f"the query {query[:100]!r} holds a character that must be percent-encoded")
     base, _, own = url.partition("?")
     names = {_query_name(part) for part in given}
     kept = [part for part in own.split("&") if part and _query_name(part) not in names]

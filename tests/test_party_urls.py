@@ -198,3 +198,14 @@ def test_a_link_of_more_urls_than_a_page_has_relations_or_of_an_endless_url_is_n
     answer = emsp.call(hub.base, "GET", "sender/tariffs?offset=0", to=party_key(cpo))
     first, second = [part.split(">")[0].lstrip(" ,<") for part in answer.headers["link"].split(",")]
     assert first == second  # one URL, kept once
+
+
+def test_a_callers_query_on_a_paging_link_replaces_the_links_own_and_one_that_is_no_uris_is_the_callers_error() -> None:
+    # under a server that lets such bytes through (h11, granian) it was a 4000 naming the receiver (a security review)
+    from hub.errors import InvalidParameters
+    from routing.rewrite import with_query
+
+    assert with_query("http://cpo/p?offset=10&limit=10", "offset=9") == "http://cpo/p?limit=10&offset=9"
+    assert with_query("http://cpo/p?offset=10", "") == "http://cpo/p?offset=10"
+    with pytest.raises(InvalidParameters, match="must be percent-encoded"):
+        with_query("http://cpo/p?offset=10", "offset=9&name=caf\u00e9")

@@ -164,6 +164,8 @@ def test_filtering_by_party_and_module_shows_only_the_matching_rows(page: Page, 
     # a bad filter value is explained on the page, not answered with a crash
     page.goto(f"{demo.base}/console/log?from_party=nonsense")
     assert "from_party must be a country code and party id" in page.inner_text(".errors")
+    page.goto(f"{demo.base}/console/log?module=locations&module=cdrs")  # was the first alone, as if complete
+    assert "module is given more than once" in page.inner_text(".errors") and table_ids(page) == []
 
 
 def test_a_message_shows_request_and_response_and_its_conversation(page: Page, demo: RunningDemo) -> None:

@@ -38,20 +38,31 @@ CHOICES = {
 
 
 def _filters(request: Request) -> dict[str, str]:
-    """The filters the form sent, without the empty ones (a blank field is no filter)."""
-    given = request.query_params
-    return {name: given[name].strip() for name in given if name in FILTER_NAMES and given[name].strip()}
+    """The filters the form sent, without the empty ones (a blank field is no filter); BadFilter for one given twice
+    (a hand-made URL), as the admin API answers it."""
+    filters: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name in FILTER_NAMES and value.strip():
+            if name in filters:
+                raise BadFilter(f"{name} is given more than once: give each filter once (one search per value)")
+            filters[name] = value.strip()
+    return filters
 
 
 @get("/console/log")
 async def log_page(request: Request, cursor: str | None = None, limit: int = 100) -> Template:
-    filters = _filters(request)
+    try:
+        filters, twice = _filters(request), None
+    except BadFilter as exc:
+        filters, twice = {}, str(exc)
     limit = limit if limit in PAGE_SIZES else 100
     context: dict[str, Any] = {"page": "log", "actor": actor(request), "filters": filters, "fields": FIELDS,
                                "parties": await party_choices(request),
                                "choices": CHOICES, "limit": limit, "sizes": PAGE_SIZES, "rows": [], "error": None,
                                "next_url": None, "first_url": None}  # fmt: skip
     try:
+        if twice:
+            raise BadFilter(twice)
         search = parse_filters(filters)
         after = decode_cursor(cursor) if cursor else None
     except BadFilter as exc:
@@ -94,8 +105,8 @@ async def message_page(request: Request, row_id: int) -> Template:
 
 @get("/console/log/export")
 async def export_download(request: Request, format: str = "csv", bodies: bool = False) -> Stream | Template:
-    filters = _filters(request)
     try:
+        filters = _filters(request)
         if format not in FORMATS:
             raise BadFilter(f"format must be ndjson or csv, got {format!r}")
         search = parse_filters(filters)

@@ -22,7 +22,7 @@ import msgspec
 
 from storage.publish_tokens import publish_entries
 
-FUTURE_SKEW_S = 300  # how far a cached last_updated may be ahead of this clock and still order updates
+FUTURE_SKEW_S = 60  # how far a cached last_updated may be ahead of this clock and still order updates
 
 
 def epoch(timestamp: str) -> float:

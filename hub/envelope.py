@@ -117,8 +117,12 @@ def logged_unexpected(request: Request, exc: Exception) -> tuple[int, str]:
 
 def http_error_message(request: Request, exc: HTTPException) -> str:
     """What an HTTP error Litestar raised means, for the caller: its detail says only "Not Found" to a wrong URL."""
-    if exc.status_code == 404:
-        return f"no such endpoint: {request.method} {request.url.path}"
+    if exc.status_code == 404:  # a handler's own ("no platform 999") says more than that
+        return (
+            exc.detail
+            if exc.detail and exc.detail != "Not Found"
+            else f"no such endpoint: {request.method} {request.url.path}"
+        )
     if exc.status_code == 405:
         return f"method {request.method} is not allowed on {request.url.path}"
     if exc.status_code == 413:

@@ -66,6 +66,8 @@ def test_the_admin_sees_on_the_page_that_the_party_refused_the_renewal_and_what_
     attempt = page.locator("#audit-table tbody tr", has_text="Refuses Renewal").first.inner_text()
     assert "rotate_credentials" in attempt and "no rotation today" in attempt, attempt
     assert "kept=the old tokens" in attempt and "via=console" in attempt
+    page.goto(f"{hub.base}/console/parties/999999999/take-off")  # said "no such endpoint" (an auditor's walkthrough)
+    assert "no platform 999999999 was ever invited to this hub" in page.inner_text("main")
 
 
 def test_the_admin_sees_the_endpoints_a_rotation_left_from_before_with_the_reason_and_has_them_fetched_again(

@@ -43,6 +43,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 _exception_in_one_line,
+                _traceback_as_exception,
                 structlog.processors.JSONRenderer(),
             ],
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
@@ -64,3 +65,19 @@ def _exception_in_one_line(logger: object, name: str, event: structlog.typing.Ev
         event["error"] = f"{type(exc_info[1]).__name__}: {exc_info[1]}"
         return event
     return structlog.processors.format_exc_info(logger, name, event)
+
+
+_TRACEBACK = "Traceback (most recent call last)"
+
+
+def _traceback_as_exception(logger: object, name: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """A traceback a library logs as its message (uvicorn: a worker whose start failed, with the app's lifespan
+    traceback as the text) goes where a traceback goes, "exception", with its last line as "error": the "event" of
+    the line is then a name to search for, not 60 lines of text."""
+    text = event.get("event")
+    if isinstance(text, str) and _TRACEBACK in text:
+        lines = [line.strip(" |+-") for line in text.splitlines()]
+        event["error"] = next((line for line in reversed(lines) if line), "")
+        event["exception"] = text
+        event["event"] = "lifespan_failed" if "lifespan" in text else "library_traceback"
+    return event

@@ -17,6 +17,9 @@ try:
 except ConnectionRefusedError:
     logging.getLogger("asyncpg.pool").warning("Failed to restore the pool connection floor; retrying", exc_info=True)
     logging.getLogger("uvicorn.error").error("Exception in ASGI application", exc_info=True)
+    import traceback
+    told = traceback.format_exc().replace("Traceback", "  + Exception Group Traceback")
+    logging.getLogger("uvicorn.error").error(told.replace("<string>", "litestar/_asgi/asgi_router.py, in lifespan"))
 """
 
 
@@ -24,7 +27,10 @@ def test_a_librarys_warning_names_its_exception_in_one_line_and_an_error_keeps_i
     # asyncpg's pool, retrying while PostgreSQL was away, logged exc_info as a tuple of reprs, "<traceback object at
     # 0x...>" included (an operator's drill); a bug's error (uvicorn's) must keep what locates it.
     done = subprocess.run([sys.executable, "-c", _LOGGED], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    warning, error = (json.loads(line) for line in done.stdout.splitlines())
+    warning, error, lifespan = (json.loads(line) for line in done.stdout.splitlines())
     assert warning["error"] == "ConnectionRefusedError: [Errno 111] Connection refused" and "exc_info" not in warning
     assert error["exception"].startswith("Traceback (most recent call last):") and "exc_info" not in error
     assert "<traceback object" not in done.stdout
+    # a worker that failed to start: uvicorn logs the lifespan's traceback as its message (an operator's drill)
+    assert lifespan["event"] == "lifespan_failed" and lifespan["exception"].lstrip(" +").startswith("Exception Group")
+    assert lifespan["error"] == "ConnectionRefusedError: [Errno 111] Connection refused", lifespan

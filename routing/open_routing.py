@@ -70,12 +70,12 @@ async def open_hint(
     caller: Platform,
     state: RoutingState,
     on_hub: Container[PartyKey],
-    cached_owners: Callable[[str, PartyKey], Awaitable[list[PartyKey]]],
+    cached_owners: Callable[[str, PartyKey], Awaitable[tuple[list[PartyKey], list[PartyKey]]]],
 ) -> PartyKey | None:
     """The party an open request should go to, or None if the hub cannot tell. Only parties on the hub now count
     (on_hub): one that left, or was taken off, still owns its ids in the index but is no owner to route to.
-    cached_owners(location_id, viewer): the CPOs of the location cache's locations with that id the viewer may see
-    (storage.location_cache)."""
+    cached_owners(location_id, viewer): the CPOs of the location cache's locations with that id, (those the viewer may
+    see, those it may not) (storage.location_cache)."""
     segments = incoming.segments
     if incoming.interface == "receiver":
         if incoming.module == "commands" and segments:
@@ -86,9 +86,10 @@ async def open_hint(
             seen_with = await state.owners(owner_module, object_id)
             if owner_module == "locations":
                 # also a location the hub knows from pull sync alone (a CPO that does not push), as GET All via the
-                # hub shows it to this eMSP: several owners, one pushed and one pulled, are refused as any several
-                viewer = sender_of(incoming, caller).key
-                seen_with = list(dict.fromkeys([*seen_with, *await cached_owners(object_id, viewer)]))
+                # hub shows it to this eMSP: several owners, one pushed and one pulled, are refused as any several;
+                # one it may not see is no owner it is routed to, nor told of
+                shown, hidden = await cached_owners(object_id, sender_of(incoming, caller).key)
+                seen_with = [o for o in dict.fromkeys([*seen_with, *shown]) if o not in hidden]
             return _only(seen_with, on_hub, owner_module, object_id)
         if incoming.module == "chargingprofiles" and segments:
             return await _owner(state, on_hub, "sessions", segments[0])

@@ -180,11 +180,17 @@ class LocationCache(LocationWriter):
     def _forget_keys(self, owner: tuple[str, str]) -> list[str]:
         return [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden"]
 
-    async def owners_seen_by(self, location_id: str, viewer: tuple[str, str]) -> list[tuple[str, str]]:
-        """The CPOs of the cached locations with this id in any case (ids are unique per CPO only) that the viewer may
-        see (visible_to): a command routed by an unpublished location would tell an eMSP it exists, and whose it is."""
-        return [owner for owner, location in await self.find(location_id)
-                if await self.visible_to(location, owner, viewer)]  # fmt: skip
+    async def owners_seen_by(
+        self, location_id: str, viewer: tuple[str, str]
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """The CPOs of the cached locations with this id in any case (ids are unique per CPO only): (those the viewer
+        may see, those it may not: visible_to). A command routed by an unpublished location would tell an eMSP that
+        it exists, and whose it is."""
+        shown: list[tuple[str, str]] = []
+        hidden: list[tuple[str, str]] = []
+        for owner, location in await self.find(location_id):
+            (shown if await self.visible_to(location, owner, viewer) else hidden).append(owner)
+        return shown, hidden
 
     async def find(self, location_id: str) -> list[tuple[tuple[str, str], dict[str, Any]]]:
         """The cached locations with this id in any case, whoever owns them (ids are unique per CPO only)."""

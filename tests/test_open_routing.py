@@ -75,6 +75,12 @@ def test_open_routing_sends_a_command_for_a_location_the_hub_only_pulled_to_its_
     refused = command("START_SESSION", "S0000")
     assert refused.json()["status_code"] == 4001 and "belongs to several parties" in refused.json()["status_message"]
     assert other_cpo.functional() == [] and len(cpo.functional()) == 3
+    # nor is an unpublished one pushed (the owner index does not know publish; the cache does)
+    other_cpo.call(hub.base, "PUT", f"receiver/locations/{oc}/{op}/HIDDEN1", to=party_key(emsp),
+                   body=LOCATION | {"id": "HIDDEN1", "country_code": oc, "party_id": op, "publish": False})  # fmt: skip
+    time.sleep(0.3)
+    assert command("START_SESSION", "HIDDEN1").json()["status_code"] == 4001
+    assert other_cpo.functional() == []
 
 
 def test_open_routing_sends_a_real_time_authorization_to_the_token_owner(hub: Hub, connect_party) -> None:

@@ -99,8 +99,13 @@ async def open_hint(
         if incoming.module == "sessions" and incoming.method in ("GET", "PATCH") and len(segments) >= 3:
             return await _owner(state, on_hub, "session-receivers", _session_of(segments))
         return None
-    if segments and incoming.module in ("locations", "sessions", "tokens"):
-        # Sender interface: GET /{location_id}, PUT /{session_id}/charging_preferences, POST /{token_uid}/authorize
+    if segments and incoming.module == "locations":
+        # Sender interface: GET /{location_id}, to the CPO that pushed it, unless the eMSP may not see it there
+        _, hidden = await cached_owners(segments[0], sender_of(incoming, caller).key)
+        seen_with = [owner for owner in await state.owners("locations", segments[0]) if owner not in hidden]
+        return _only(seen_with, on_hub, "locations", segments[0])
+    if segments and incoming.module in ("sessions", "tokens"):
+        # Sender interface: PUT /{session_id}/charging_preferences, POST /{token_uid}/authorize
         return await _owner(state, on_hub, incoming.module, segments[0])
     if segments and incoming.module == "chargingprofiles" and incoming.method == "PUT":
         # mod_charging_profiles.asciidoc, Sender PUT: the CPO "SHALL ONLY call this interface for any session where

@@ -147,6 +147,10 @@ def test_unpublished_locations_are_shown_to_their_owner_only(hub: Hub, connect_p
     assert [loc["id"] for loc in _get(emsp, hub, query).json()["data"]] == ["PUB"]
     assert _get(emsp, hub, "sender/locations/HIDDEN").status_code == 404
     assert _get(cpo, hub, "sender/locations/HIDDEN").json()["data"]["id"] == "HIDDEN"
+    # without OCPI-to, a pushed location goes to its CPO, unless the eMSP may not see it: then the cache answers
+    assert _get(emsp, hub, "sender/locations/PUB", to=None).json()["status_code"] == 1000
+    assert _get(emsp, hub, "sender/locations/HIDDEN", to=None).status_code == 404
+    assert [r.path for r in cpo.functional() if r.method == "GET"] == ["/ocpi/2.2.1/locations/sender/PUB"]
 
 
 def test_unpublished_locations_are_shown_to_the_emsps_of_the_tokens_in_publish_allowed_to(

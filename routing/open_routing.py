@@ -103,7 +103,7 @@ async def open_hint(
         # Sender interface: GET /{location_id}, to the CPO that pushed it, unless the eMSP may not see it there
         _, hidden = await cached_owners(segments[0], sender_of(incoming, caller).key)
         seen_with = [owner for owner in await state.owners("locations", segments[0]) if owner not in hidden]
-        return _only(seen_with, on_hub, "locations", segments[0])
+        return _only(seen_with, on_hub, "locations", segments[0], gone_said=False)  # else from the cache
     if segments and incoming.module in ("sessions", "tokens"):
         # Sender interface: PUT /{session_id}/charging_preferences, POST /{token_uid}/authorize
         return await _owner(state, on_hub, incoming.module, segments[0])
@@ -119,10 +119,18 @@ async def _owner(state: RoutingState, on_hub: Container[PartyKey], module: str, 
     return _only(await state.owners(module, object_id), on_hub, module, object_id)
 
 
-def _only(seen_with: Iterable[PartyKey], on_hub: Container[PartyKey], module: str, object_id: str) -> PartyKey | None:
+def _only(seen_with: Iterable[PartyKey], on_hub: Container[PartyKey], module: str, object_id: str,
+          gone_said: bool = True) -> PartyKey | None:  # fmt: skip
     """The one party on the hub seen with the id; several: refused, since ids are unique per party only (mod_commands:
-    a location_id names a "Location (belonging to the CPO this request is sent to)")."""
+    a location_id names a "Location (belonging to the CPO this request is sent to)"); none, but one that left the hub
+    until its entries are cleaned up (storage.departed): refused saying so, unless gone_said is False (None)."""
+    seen_with = list(seen_with)
     owners = [owner for owner in seen_with if owner in on_hub]
+    if not owners and seen_with and gone_said:  # not "cannot tell": the hub knows whose it was
+        raise UnknownReceiver(
+            f"no OCPI-to headers, and {_OBJECT.get(module, 'object')} {object_id} belonged to"
+            f" {', '.join(party_text(owner) for owner in seen_with)}, which is no longer connected to the hub"
+        )
     if len(owners) > 1:
         raise UnknownReceiver(
             f"no OCPI-to headers, and {_OBJECT.get(module, 'object')} {object_id} belongs to several parties"

@@ -49,9 +49,11 @@ def test_open_routing_sends_a_command_for_a_location_the_hub_only_pulled_to_its_
 
     emsp, other_cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
 
+    tag = unique_party_id()  # the hub is shared: another test's CPO may list S0001 too
+
     def listed(me):  # type: ignore[no-untyped-def]
-        hidden = _locations(me, 3, "2026-11-01T00:00:00Z")[2] | {"publish": False}
-        return [*_locations(me, 2, "2026-11-01T00:00:00Z"), hidden]
+        found = [loc | {"id": f"{loc['id']}-{tag}"} for loc in _locations(me, 3, "2026-11-01T00:00:00Z")]
+        return [*found[:2], found[2] | {"publish": False}]
 
     cpo, owner = _registered_cpo(hub, start_party, listed)
     _wait(lambda: _cached_total(cpo, hub, owner) == 3)
@@ -63,23 +65,24 @@ def test_open_routing_sends_a_command_for_a_location_the_hub_only_pulled_to_its_
 
     commands = ("START_SESSION", "RESERVE_NOW", "UNLOCK_CONNECTOR")
     for name in commands:
-        assert command(name, "s0001").json()["status_code"] == 1000
+        assert command(name, f"s0001-{tag}").json()["status_code"] == 1000
     assert [r.path for r in cpo.functional()] == [f"/ocpi/2.2.1/commands/receiver/{name}" for name in commands]
     # an unpublished one this eMSP may not see is no owner it learns of (a security review)
-    assert command("START_SESSION", "S0002").json()["status_code"] == 4001
+    assert command("START_SESSION", f"S0002-{tag}").json()["status_code"] == 4001
     # another CPO pushing the same id makes it ambiguous, not that CPO's (a security review: it got the command)
     oc, op = party_key(other_cpo)
-    other_cpo.call(hub.base, "PUT", f"receiver/locations/{oc}/{op}/S0000", to=party_key(emsp),
-                   body=LOCATION | {"id": "S0000", "country_code": oc, "party_id": op})  # fmt: skip
+    other_cpo.call(hub.base, "PUT", f"receiver/locations/{oc}/{op}/S0000-{tag}", to=party_key(emsp),
+                   body=LOCATION | {"id": f"S0000-{tag}", "country_code": oc, "party_id": op})  # fmt: skip
     time.sleep(0.3)  # the owner index is written in batches
-    refused = command("START_SESSION", "S0000")
+    refused = command("START_SESSION", f"S0000-{tag}")
     assert refused.json()["status_code"] == 4001 and "belongs to several parties" in refused.json()["status_message"]
     assert other_cpo.functional() == [] and len(cpo.functional()) == 3
     # nor is an unpublished one pushed (the owner index does not know publish; the cache does)
-    other_cpo.call(hub.base, "PUT", f"receiver/locations/{oc}/{op}/HIDDEN1", to=party_key(emsp),
-                   body=LOCATION | {"id": "HIDDEN1", "country_code": oc, "party_id": op, "publish": False})  # fmt: skip
+    other_cpo.call(hub.base, "PUT", f"receiver/locations/{oc}/{op}/HIDDEN-{tag}", to=party_key(emsp),
+                   body=LOCATION | {"id": f"HIDDEN-{tag}", "country_code": oc, "party_id": op,
+                                    "publish": False})  # fmt: skip
     time.sleep(0.3)
-    assert command("START_SESSION", "HIDDEN1").json()["status_code"] == 4001
+    assert command("START_SESSION", f"HIDDEN-{tag}").json()["status_code"] == 4001
     assert other_cpo.functional() == []
 
 
@@ -196,10 +199,10 @@ def test_a_location_id_a_cpo_that_left_the_hub_also_had_is_routed_to_the_cpo_sti
     gone, staying = connect_party(_roles("CPO")), connect_party(_roles("CPO"))
     emsp = connect_party(_roles("EMSP"))
     location_id = f"LOC1-{unique_party_id()}"
-    for cpo in (gone, staying):
+    for cpo, pushed in ((gone, location_id), (staying, location_id), (gone, f"{location_id}-ONLY")):
         cc, pid = party_key(cpo)
-        answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/{location_id}", to=party_key(emsp),
-                          body=LOCATION | {"id": location_id, "party_id": pid})  # fmt: skip
+        answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/{pushed}", to=party_key(emsp),
+                          body=LOCATION | {"id": pushed, "party_id": pid})  # fmt: skip
         assert answer.json()["status_code"] == 1000, answer.text
         time.sleep(0.2)  # each owner in a batch of its own
     with hub.admin() as admin:
@@ -212,6 +215,12 @@ def test_a_location_id_a_cpo_that_left_the_hub_also_had_is_routed_to_the_cpo_sti
         "/ocpi/2.2.1/commands/receiver/START_SESSION"
     ]
     assert not [r for r in gone.functional() if "commands" in r.path]
+    # an id only the party that left had: the caller is told so, not that the hub cannot tell (an eMSP's walkthrough)
+    only_gone = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION",
+                          body=body | {"location_id": f"{location_id}-ONLY"})  # fmt: skip
+    assert only_gone.json()["status_code"] == 4001, only_gone.text
+    assert only_gone.json()["status_message"].endswith(f"belonged to {'-'.join(party_key(gone))}, which is no longer "
+                                                       "connected to the hub"), only_gone.text  # fmt: skip
 
 
 def test_open_routing_refuses_an_authorization_of_a_token_uid_two_emsps_have(hub: Hub, connect_party) -> None:

@@ -83,13 +83,12 @@ async def open_hint(
             object_id = getattr(_routing_fields(incoming.body), field) if field else None
             if not object_id:
                 return None
-            seen_with = await state.owners(owner_module, object_id)
-            if owner_module == "locations":
-                # also a location the hub knows from pull sync alone (a CPO that does not push), as GET All via the
-                # hub shows it to this eMSP: several owners, one pushed and one pulled, are refused as any several;
-                # one it may not see is no owner it is routed to, nor told of
-                shown, hidden = await cached_owners(object_id, sender_of(incoming, caller).key)
-                seen_with = [o for o in dict.fromkeys([*seen_with, *shown]) if o not in hidden]
+            if owner_module != "locations":
+                return await _owner(state, on_hub, owner_module, object_id)
+            # also a location the hub knows from pull sync alone (a CPO that does not push), as GET All via the hub
+            # shows it to this eMSP: several owners, one pushed and one pulled, are refused as any several
+            viewer = sender_of(incoming, caller).key
+            seen_with = await _location_owners(state, cached_owners, object_id, viewer, pulled_too=True)
             return _only(seen_with, on_hub, owner_module, object_id)
         if incoming.module == "chargingprofiles" and segments:
             return await _owner(state, on_hub, "sessions", segments[0])
@@ -101,8 +100,8 @@ async def open_hint(
         return None
     if segments and incoming.module == "locations":
         # Sender interface: GET /{location_id}, to the CPO that pushed it, unless the eMSP may not see it there
-        _, hidden = await cached_owners(segments[0], sender_of(incoming, caller).key)
-        seen_with = [owner for owner in await state.owners("locations", segments[0]) if owner not in hidden]
+        viewer = sender_of(incoming, caller).key
+        seen_with = await _location_owners(state, cached_owners, segments[0], viewer, pulled_too=False)
         return _only(seen_with, on_hub, "locations", segments[0], gone_said=False)  # else from the cache
     if segments and incoming.module in ("sessions", "tokens"):
         # Sender interface: PUT /{session_id}/charging_preferences, POST /{token_uid}/authorize
@@ -113,6 +112,21 @@ async def open_hint(
         cpo = sender_of(incoming, caller).key
         return await _owner(state, on_hub, "chargingprofile-senders", _session_of([*cpo, segments[0]]))
     return None
+
+
+async def _location_owners(
+    state: RoutingState,
+    cached_owners: Callable[[str, PartyKey], Awaitable[tuple[list[PartyKey], list[PartyKey]]]],
+    location_id: str,
+    viewer: PartyKey,
+    pulled_too: bool,
+) -> list[PartyKey]:
+    """The CPOs seen pushing a location with that id and, pulled_too, those whose cached location with it the viewer
+    may see; never one whose cached location the viewer may not see (publish false): it is no owner the viewer is
+    routed to, nor told of."""
+    shown, hidden = await cached_owners(location_id, viewer)
+    seen_with = [*await state.owners("locations", location_id), *(shown if pulled_too else [])]
+    return [owner for owner in dict.fromkeys(seen_with) if owner not in hidden]
 
 
 async def _owner(state: RoutingState, on_hub: Container[PartyKey], module: str, object_id: str) -> PartyKey | None:

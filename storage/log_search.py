@@ -166,18 +166,19 @@ def parse_filters(params: Mapping[str, str], allowed_extra: frozenset[str] = fro
         raise BadFilter(f"unknown parameter {unknown[0]}; filters are {', '.join(sorted(FILTER_NAMES))}")
     search = Search()
     params = {name: stored_text(value) for name, value in params.items()}  # "%00" finds what the log stored for it
+    parsed: dict[str, list[Any]] = {}
     for name in sorted(FILTERS):  # a fixed order: the same filters always give the same SQL text
         raw = params.get(name)
         if raw is None or raw == "":
             continue
         fragment, parse = FILTERS[name]
-        search.fragments.append(search.add(fragment, parse(name, raw)))
+        parsed[name] = parse(name, raw)
+        search.fragments.append(search.add(fragment, parsed[name]))
         search.given[name] = raw
     if params.get("party"):
         search.party = _party("party", params["party"])
         search.given["party"] = params["party"]
-    if params.get("since") and params.get("until"):
-        check_range(parse_time("since", params["since"]), parse_time("until", params["until"]))
+    check_range(*(parsed[name][0] if name in parsed else None for name in ("since", "until")))
     return search
 
 

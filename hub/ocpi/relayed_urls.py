@@ -85,9 +85,7 @@ async def rewrite(
     urls = {url: resolved(url, called_url) for url in written}
     if link and (why := _too_much([urls[url] for url in written])):  # each is kept in Redis for PAGE_TTL_S
         del answer.headers["link"]
-        entry.error = f"the receiver's Link header was not relayed: {why}"
-        log.warning("party_url_refused", header="link", party=f"{delivery.to.country_code}-{delivery.to.party_id}",
-                    reason=why)  # fmt: skip
+        _refused(exchange, delivery, "link", f"the receiver's Link header was not relayed: {why}", why)
     elif link:
         _note_refused(relay, exchange, delivery, "link", list(urls.values()))
         keys: dict[str, str] = {}
@@ -135,10 +133,20 @@ def _note_refused(relay: Relay, exchange: Exchange, delivery: Delivery, header: 
     if not refused:
         return
     url, why = refused[0]
-    exchange.entry.error = (f"the receiver's {header.title()} header leads to a URL the hub will not call, and "
-                            f"following it is refused: {url[:200]!r}: {why}")  # fmt: skip
-    log.warning("party_url_refused", header=header, party=f"{delivery.to.country_code}-{delivery.to.party_id}",
-                url=url[:200], reason=why)  # fmt: skip
+    error = f"the receiver's {header.title()} header leads to a URL the hub will not call, and following it is refused"
+    _refused(exchange, delivery, header, f"{error}: {url[:200]!r}: {why}", why, url[:200])
+
+
+def _refused(exchange: Exchange, delivery: Delivery, header: str, error: str, why: str, url: str | None = None) -> None:
+    """The routing log's row and the hub's log say what the hub did with a receiver's Link or Location, and why."""
+    exchange.entry.error = error
+    log.warning(
+        "party_url_refused",
+        header=header,
+        party=f"{delivery.to.country_code}-{delivery.to.party_id}",
+        **({"url": url} if url is not None else {}),
+        reason=why,
+    )
 
 
 async def _lookup(relay: Relay, kind: str, key: str) -> Relayed | None:

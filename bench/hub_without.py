@@ -45,7 +45,7 @@ PARTS: dict[str, tuple[str, list[tuple[ModuleType | type, str, Any]]]] = {
     ),
     "chain-hash": (
         "rows written with a zero hash (SHA-256 of bodies, HMAC of content skipped)",
-        [(storage.routing_log, "row_hash", lambda _key, _prev, _values: bytes(32))],
+        [(storage.routing_log, "row_hash", lambda _key, _prev, _values, _row_id: bytes(32))],
     ),
     "body-compression": (
         "bodies stored as they came, uncompressed",

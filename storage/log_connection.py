@@ -24,19 +24,30 @@ class LogConnection:
         self._write_timeout_s = write_timeout_s
 
     async def append(
-        self, chain_id: uuid.UUID, records: list[tuple[Any, ...]], locations: list[tuple[Any, ...]]
-    ) -> bool:
-        """The batch appended to its chain; False if the chain had it already (nothing is written then). On the
-        writer's connection, taken from the pool when there is none; given up after write_timeout_s, and then, as
-        after any failure, the connection is closed and left to the pool."""
+        self, chain_id: uuid.UUID, records: list[tuple[Any, ...]], locations: list[tuple[Any, ...]], ids_wanted: int
+    ) -> tuple[bool, list[int]]:
+        """The batch appended to its chain, and ids_wanted ids reserved for the next rows; False if the chain had the
+        batch already (nothing is written then). On the writer's connection, taken from the pool when there is none;
+        given up after write_timeout_s, and then, as after any failure, the connection is closed and left to the
+        pool."""
         head = (chain_id, records[-1][_SEQ], records[-1][len(COLUMNS) - 1])
+        row = await self._fetchrow(QUERIES["append_routing_log"], records, *head, locations, ids_wanted)
+        return bool(row["appended"]), list(row["next_ids"])
+
+    async def reserve_ids(self, count: int, timeout_s: float) -> list[int]:
+        """count new row ids (migration 0014), within timeout_s."""
+        async with asyncio.timeout(timeout_s):
+            row = await self._fetchrow(QUERIES["reserve_routing_log_ids"], count)
+        return list(row[0])
+
+    async def _fetchrow(self, query: str, *args: Any) -> Any:
         try:
             async with asyncio.timeout(self._write_timeout_s):
                 if self._conn is not None and _closed(self._conn):
                     await self.release()
                 if self._conn is None:
                     self._conn = await self._pool.acquire()
-                return bool(await self._conn.fetchval(QUERIES["append_routing_log"], records, *head, locations))
+                return await self._conn.fetchrow(query, *args)
         except BaseException:
             await self.release(broken=True)
             raise

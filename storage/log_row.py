@@ -36,7 +36,8 @@ _canonical = msgspec.json.Encoder(order="sorted")
 # confused.
 SMALL_BODY_BYTES, RAW_BODY = 128, b"\x00"
 
-# Hashed and written in this order; id, prev_hash and hash are not part of the content.
+# Hashed and written in this order; id, prev_hash and hash are not part of the content (a keyed hash takes the id
+# after it: row_hash).
 CONTENT_COLUMNS = (
     "received_at", "chain_id", "seq", "request_id", "forwarded_request_id", "correlation_id",
     "from_country_code", "from_party_id", "to_country_code", "to_party_id", "caller_platform_id",
@@ -193,6 +194,7 @@ class LogEntry:
     waiter: asyncio.Future[None] | None = field(default=None, repr=False)
     waiting_since: float = field(default=0.0, repr=False)  # the event loop's time when the caller began to wait
     chained: bool = field(default=False, repr=False)  # its row's content is fixed: hashed into the writer's chain
+    row_id: int | None = field(default=None, repr=False)  # the id its row was hashed with, kept if chained again
 
 
 # What content_hash turns into text before hashing, by position in CONTENT_COLUMNS (the columns' types are fixed).
@@ -201,10 +203,24 @@ _BODIES = tuple(CONTENT_COLUMNS.index(name) for name in ("request_body", "respon
 _HEADERS = tuple(CONTENT_COLUMNS.index(name) for name in ("request_headers", "response_headers"))
 
 
-def row_hash(key: bytes, prev_hash: bytes, values: Mapping[str, Any]) -> bytes:
+def row_hash(key: bytes, prev_hash: bytes, values: Mapping[str, Any], row_id: int | None) -> bytes:
     """HMAC-SHA-256 under key over the previous hash and the row's content (KEYED_CONTENT_COLUMNS) in the canonical
-    form of legacy_hash."""
-    return hmac.digest(key, prev_hash + _canonical.encode(_canonical_content(_in_keyed_order(values))), "sha256")
+    form of legacy_hash, followed by the row's id where it was chosen before hashing (row_id; migration 0014)."""
+    content = _canonical_content(_in_keyed_order(values))
+    if row_id is not None:
+        content.append(row_id)
+    return hmac.digest(key, prev_hash + _canonical.encode(content), "sha256")
+
+
+def keyed_hash_matches(key: bytes, row: Mapping[str, Any]) -> bool:
+    """Whether a row as stored (its id, prev_hash and hash among its columns) matches its keyed hash: over its id, or,
+    for a row chained without one (written before migration 0014, or while no id could be reserved), over its content
+    alone. Either is keyed, so neither can be made to match a changed row, id included, without the key."""
+    content = _canonical_content(_in_keyed_order(row))
+    prev_hash, stored = row["prev_hash"], row["hash"]
+    if hmac.compare_digest(hmac.digest(key, prev_hash + _canonical.encode([*content, row["id"]]), "sha256"), stored):
+        return True
+    return hmac.compare_digest(hmac.digest(key, prev_hash + _canonical.encode(content), "sha256"), stored)
 
 
 def legacy_hash(prev_hash: bytes, values: Mapping[str, Any]) -> bytes:

@@ -21,11 +21,15 @@ log = structlog.get_logger()
 SPOOL_SUFFIX = ".routing-log-spool"
 _encoder, _decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
 
-# The writer's append: a batch of records and locations to its chain; False if the chain had it already.
-Append = Callable[[uuid.UUID, list[tuple[Any, ...]], list[tuple[Any, ...]]], Awaitable[bool]]
+# The writer's append (storage.log_connection): a batch of records and locations to its chain, and no ids reserved;
+# False if the chain had the batch already.
+Append = Callable[[uuid.UUID, list[tuple[Any, ...]], list[tuple[Any, ...]], int], Awaitable[tuple[bool, list[int]]]]
 # The writer's seal of a chain of unkeyed hashes at its last row (storage.log_row.legacy_hash): chain, seq, hash.
 Seal = Callable[[uuid.UUID, int, bytes], Awaitable[None]]
 _SEQ, _HASH = CONTENT_COLUMNS.index("seq"), len(COLUMNS) - 1  # in a record: its seq, its hash
+# A record's length: COLUMNS, then object_id, listed_ids and id. One spooled by an earlier version ends sooner: without
+# id (before migration 0014), or without listed_ids too (before keyed hashes); the missing values are None.
+_RECORD_LENGTH = len(COLUMNS) + 3
 
 
 def save(spool_dir: Path, chain_id: str, parts: list[dict[str, Any]]) -> Path:
@@ -81,9 +85,9 @@ async def _write_spool_file(content: bytes, append: Append, seal: Seal) -> int:
     chain_id, written = uuid.UUID(spooled["chain_id"]), 0
     records, keyed = [], spooled.get("keyed", False)
     for part in spooled["parts"]:
-        # a record of before keyed hashes ends at object_id; listed_ids came with them
-        records = [tuple(record) if keyed else (*record, None) for record in part["records"]]
-        if await append(chain_id, records, [tuple(loc) for loc in part["locations"]]):
+        records = [(*record, *(None,) * (_RECORD_LENGTH - len(record))) for record in part["records"]]
+        appended, _ = await append(chain_id, records, [tuple(loc) for loc in part["locations"]], 0)
+        if appended:
             written += len(records)
     if not keyed and records:
         await seal(chain_id, records[-1][_SEQ], records[-1][_HASH])

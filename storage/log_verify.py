@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 
-from storage.log_row import COLUMNS, GENESIS, floor_mac, legacy_hash, row_hash, seal_mac
+from storage.log_row import COLUMNS, GENESIS, floor_mac, keyed_hash_matches, legacy_hash, seal_mac
 from storage.sql import QUERIES
 
 
@@ -128,14 +128,14 @@ async def verify(
                 previous = None
             _check_content(result, row, key, sealed)
             if previous is not None and row["seq"] == previous["seq"]:
-                # both named: the one inserted may be either (the id is no part of the hash)
+                # both named: the one inserted may be either (a row chained without its id, or its copy)
                 result.bad(row["id"], f"rows {previous['id']} and {row['id']} are both at seq {row['seq']} of chain "
                                       f"{row['chain_id']}: one of them was inserted")  # fmt: skip
                 continue
             _check_link(result, previous, row, floors, row["chain_id"] in trusted)
             if previous is not None and row["id"] < previous["id"]:
-                # ids are given as rows are written, so they rise along a chain: its id is no part of a row's hash,
-                # and auditors cite rows by it
+                # ids are given as rows are written, so they rise along a chain: a row chained without its id (before
+                # migration 0014) has it in no hash, and auditors cite rows by it
                 result.bad(row["id"], f"its id is below {previous['id']}, that of seq {previous['seq']} before it in "
                                       "its chain: rows were renumbered")  # fmt: skip
             previous = row
@@ -248,14 +248,14 @@ async def _check_saved_heads(
 
 
 def row_verifies(key: bytes, sealed: dict[Any, asyncpg.Record], row: asyncpg.Record) -> bool:
-    """Whether a row (every column of COLUMNS, object_id and listed_ids) matches its hash: keyed, or for a chain sealed
-    at the upgrade to keyed hashes (sealed: the seals whose MAC verifies, by chain id), as written, up to its seal,
-    and with no listed_ids (which came after it). Content no hash can be computed of (headers nested deeper than a
-    decoder follows) does not."""
+    """Whether a row (its id, every column of COLUMNS, object_id and listed_ids) matches its hash: keyed, or for a
+    chain sealed at the upgrade to keyed hashes (sealed: the seals whose MAC verifies, by chain id), as written, up to
+    its seal, and with no listed_ids (which came after it). Content no hash can be computed of (headers nested deeper
+    than a decoder follows) does not."""
     seal = sealed.get(row["chain_id"])
     try:
         if seal is None:
-            return hmac.compare_digest(row_hash(key, row["prev_hash"], row), row["hash"])
+            return keyed_hash_matches(key, row)
         unkeyed = row["seq"] <= seal["last_seq"] and row["listed_ids"] is None
         return unkeyed and legacy_hash(row["prev_hash"], row) == row["hash"]
     except (ValueError, TypeError, AttributeError, RecursionError, OverflowError):

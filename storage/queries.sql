@@ -235,9 +235,15 @@ WHERE platform.id = t.id AND (platform.last_seen IS NULL OR platform.last_seen <
 SELECT * FROM relayed_location WHERE key = $1;
 
 -- name: append_routing_log
--- One batch of the group commit in one call (migration 0008): false, and nothing written, when the chain's head
--- shows the batch in already. Each row is a routing_log_entry (storage.routing_log.COLUMNS, object_id, listed_ids).
-SELECT append_routing_log($1::routing_log_entry[], $2, $3, $4, $5::relayed_location_entry[]);
+-- One batch of the group commit in one call (migrations 0008, 0014): appended false, and nothing written, when the
+-- chain's head shows the batch in already; next_ids, $6 ids reserved for the writer's next rows. Each row is a
+-- routing_log_row (storage.routing_log.COLUMNS, object_id, listed_ids, id).
+SELECT appended, next_ids FROM append_routing_log_rows($1::routing_log_row[], $2, $3, $4,
+                                                       $5::relayed_location_entry[], $6);
+
+-- name: reserve_routing_log_ids
+-- Ids for a writer's rows when it holds too few (its first batch, a batch larger than the ones before).
+SELECT ARRAY(SELECT nextval('routing_log_row_id') FROM generate_series(1, $1::integer));
 
 -- name: chain_heads
 SELECT chain_id, last_seq, last_hash FROM routing_log_chain;

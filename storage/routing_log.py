@@ -2,9 +2,9 @@
 
 Strict mode (the default) answers a request only after its row is committed: `record()` waits for the batch.
 Async mode returns at once and trades that guarantee for latency. Either way one writer task per process
-takes every row waiting in its queue, chains them (prev_hash, hash: keyed, storage.log_row.row_hash) and writes them
-in one transaction, together with the chain's head, so an edited, inserted or deleted row is detectable by
-`storage.log_verify.verify()`.
+takes every row waiting in its queue, chains them (prev_hash, hash: keyed, storage.log_row.row_hash, over the row's
+id too, taken from ids reserved ahead) and writes them in one transaction, together with the chain's head, so an
+edited, inserted, deleted or renumbered row is detectable by `storage.log_verify.verify()`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import itertools
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -49,6 +50,10 @@ MAX_QUEUED_ROWS = 20_000  # async mode: rows waiting for the writer before calle
 # row behind it, for as long as TCP keeps the connection open. A healthy commit of 500 rows takes milliseconds.
 WRITE_TIMEOUT_S = 10.0
 OVERDUE_CHECK_S = 0.5  # while a batch is not committed in time: how often its callers' deadlines are looked at
+# A row's id is chosen before it is hashed (migration 0014), from ids the append of the batch before reserved. Ids held
+# longer than this are let go: ids rise along a chain, and across chains they stay this close to the order of writing.
+IDS_KEPT_S = 60.0
+RESERVE_TIMEOUT_S = 1.0  # a reserve of ids the database does not give at once: the rows are chained without ids
 
 
 class LogUnavailable(Exception):
@@ -83,6 +88,8 @@ class RoutingLogWriter:
         self._chain_text = str(self.chain_id)
         self._seq = 0
         self._last_hash = GENESIS
+        self._ids: deque[int] = deque()  # reserved for the next rows, lowest first
+        self._ids_reserved_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._late: asyncio.TimerHandle | None = None
         self._in_flight: tuple[list[LogEntry], list[tuple[Any, ...]]] | None = None  # the batch being committed
@@ -132,6 +139,7 @@ class RoutingLogWriter:
             # Chaining holds the event loop ~15 us a row. In async mode nobody waits for the commits: the rows of a
             # few ms share one.
             batch = await next_batch(self._queue, self._max_batch_rows, 0.0 if self.strict else ASYNC_LINGER_S)
+            await self._reserve_ids(len(batch))
             head = self._seq, self._last_hash
             batch, records = self._chained_batch(batch)
             if not batch:
@@ -244,16 +252,40 @@ class RoutingLogWriter:
         if (listed_ids := listed_ids_of_entry(entry)) is not None:
             listed_ids = [stored_text(found).upper() for found in listed_ids]  # CiStrings, as object_id
         values["object_id"], values["listed_ids"] = object_id, listed_ids
-        hashed = row_hash(self._key, self._last_hash, values)
+        # the id reserved for it; a row chained again (a refused batch, row by row) keeps the one it was given
+        if entry.row_id is None and self._ids:
+            entry.row_id = self._ids.popleft()
+        hashed = row_hash(self._key, self._last_hash, values, entry.row_id)
         prev_hash, self._seq, self._last_hash = self._last_hash, seq, hashed
         entry.chained = True
-        return (*in_column_order(values), prev_hash, hashed, object_id, listed_ids)
+        return (*in_column_order(values), prev_hash, hashed, object_id, listed_ids, entry.row_id)
+
+    async def _reserve_ids(self, rows: int) -> None:
+        """Ids for the next rows, when the ids the last append reserved are too few or held too long. Without them
+        (the database away), rows are chained without ids, and the database gives theirs as it writes them."""
+        now = time.monotonic()
+        if now - self._ids_reserved_at > IDS_KEPT_S:
+            self._ids.clear()
+        if len(self._ids) >= rows:
+            return
+        try:
+            self._take_ids(await self._connection.reserve_ids(rows - len(self._ids), RESERVE_TIMEOUT_S))
+        except Exception as exc:  # the write that follows retries; its rows are hashed without their ids
+            log.warning("routing_log_ids_not_reserved", error=f"{type(exc).__name__}: {exc}".rstrip(": "), rows=rows)
+
+    def _take_ids(self, ids: list[int]) -> None:
+        self._ids.extend(sorted(ids))  # above those held: the database reserved them later
+        self._ids_reserved_at = time.monotonic()
 
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
-        """The whole batch in one call (append_routing_log, migration 0008), so one round trip and one commit
-        whatever the batch size: the rows as one array of routing_log_entry records (migration 0006), the locations
-        as one of relayed_location_entry."""
-        await self._connection.append(self.chain_id, records, _locations(batch))
+        """The whole batch in one call (append_routing_log_rows, migrations 0008 and 0014), so one round trip and one
+        commit whatever the batch size: the rows as one array of routing_log_row records, the locations as one of
+        relayed_location_entry; it reserves the ids of the next batches in the same call."""
+        # enough for batches up to four times this one's, so that a growing load seldom needs reserve_ids
+        wanted = max(0, min(self._max_batch_rows, len(batch) * 4 + 16) - len(self._ids))
+        _, next_ids = await self._connection.append(self.chain_id, records, _locations(batch), wanted)
+        if next_ids:
+            self._take_ids(next_ids)
 
     async def _seal(self, chain_id: uuid.UUID, last_seq: int, last_hash: bytes) -> None:
         """A chain of unkeyed hashes spooled by a hub before keyed hashes, written now: sealed where it ends (as

@@ -1,13 +1,15 @@
 """Tampering an auditor's walkthrough found verify blind to: the first or last row of a verified time range deleted,
-rows renumbered or their ids swapped, a copy inserted at a row's seq; and a false alarm on saved heads that list a
-chain twice."""
+rows renumbered or their ids swapped (within a chain, then across chains and into free ids, once ids were hashed), a
+copy inserted at a row's seq; and a false alarm on saved heads that list a chain twice."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from storage.log_row import CONTENT_COLUMNS, GENESIS, row_content, row_hash
 from storage.log_verify import Heads, Verification, current_heads, verify
 from tests.conftest import LOG_KEY
 from tests.log_rows import numbered_entry, numbered_log, run_on, sql, write
@@ -73,6 +75,48 @@ def test_verify_finds_rows_renumbered_whose_content_is_unchanged(empty_database:
         _renumber(empty_database, "r3", first + 100_000)
     result = _verify(empty_database)
     assert not result.ok and "rows were renumbered" in " ".join(result.problems), result
+
+
+@pytest.mark.parametrize("move", ["newest above", "swapped across chains"])
+def test_a_row_id_is_covered_by_its_hash_so_no_renumbering_passes(empty_database: str, move: str) -> None:
+    # Before migration 0014 verify could only check that ids rise along a chain: the newest row of a chain given a
+    # higher id, or two rows of chains written at the same moment swapping ids, kept that order and passed.
+    numbered_log(empty_database, 3)
+    write(empty_database, [numbered_entry(n) for n in range(3, 6)])  # a second chain, its ids above the first's
+    assert _verify(empty_database).ok
+    last_of_first, first_of_second = _id_of(empty_database, "r2"), _id_of(empty_database, "r3")
+    if move == "newest above":
+        moved = [first_of_second + 1_000]
+        _renumber(empty_database, "r5", moved[0])
+    else:
+        moved = [first_of_second, last_of_first]
+        _renumber(empty_database, "r2", -1)
+        _renumber(empty_database, "r3", last_of_first)
+        _renumber(empty_database, "r2", first_of_second)
+    result = _verify(empty_database)
+    said = " ".join(result.problems)
+    assert not result.ok and "renumbered" not in said, said  # ids still rise along each chain
+    for row_id in moved:
+        assert f"row {row_id}: content does not match its hash" in said, said
+
+
+def test_rows_an_instance_of_the_previous_version_writes_during_a_rolling_upgrade_verify(empty_database: str) -> None:
+    # 0014 leaves the old append beside the new one: rows chained without their ids, by a hub still running the version
+    # before, are written and verify as they were hashed (the id then checked by its order along the chain alone).
+    numbered_log(empty_database, 2)
+    chain, old = uuid.uuid4(), []
+    prev_hash = GENESIS
+    for seq, entry in enumerate([numbered_entry(n) for n in range(2, 5)], start=1):
+        values = row_content(entry, str(chain), seq, 1024) | {"object_id": f"L{seq + 1}", "listed_ids": None}
+        hashed = row_hash(LOG_KEY, prev_hash, values, None)
+        old.append((*(values[name] for name in CONTENT_COLUMNS), prev_hash, hashed, values["object_id"], None))
+        prev_hash = hashed
+    sql(empty_database, "SELECT append_routing_log($1::routing_log_entry[], $2, $3, $4, '{}')", old, chain, 3,
+        prev_hash)  # fmt: skip
+    result = _verify(empty_database)
+    assert result.ok and result.rows == 5, result
+    _renumber(empty_database, "r4", _id_of(empty_database, "r4") + 1_000)  # what such a row's hash cannot show
+    assert _verify(empty_database).ok
 
 
 def test_verify_names_both_rows_at_a_seq_one_was_inserted_at_and_checks_each(empty_database: str) -> None:

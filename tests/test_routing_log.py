@@ -18,7 +18,15 @@ import asyncpg
 import httpx
 import pytest
 
-from storage.log_row import COLUMNS, RAW_BODY, SMALL_BODY_BYTES, floor_mac, legacy_hash, row_hash
+from storage.log_row import (
+    COLUMNS,
+    RAW_BODY,
+    SMALL_BODY_BYTES,
+    floor_mac,
+    keyed_hash_matches,
+    legacy_hash,
+    row_hash,
+)
 from tests.conftest import LOG_KEY, ROOT, Hub, Services, hub_env
 from tests.log_rows import numbered_log, sql, verified
 from tests.test_routing import LOCATION, _roles, party_key
@@ -141,11 +149,19 @@ def test_the_hash_of_a_row_is_the_one_its_chain_was_written_with() -> None:
     assert legacy_hash(bytes(32), row | {"seq": 8}).hex() != expected
     row["object_id"], row["listed_ids"] = "LOC1", None
     keyed = "015417b45da786d204173ed34a6c4e909d60c365e3cb159a7a4a84e2df9710bb"
-    assert row_hash(b"k" * 32, bytes(32), row).hex() == keyed
-    assert row_hash(b"k" * 32, bytes(32), row | {"request_headers": {"x-request-id": "req-1"}}).hex() == keyed
+    assert row_hash(b"k" * 32, bytes(32), row, None).hex() == keyed  # before ids were hashed (migration 0014)
+    assert row_hash(b"k" * 32, bytes(32), row | {"request_headers": {"x-request-id": "req-1"}}, None).hex() == keyed
     for other in ({"seq": 8}, {"object_id": "LOC2"}, {"listed_ids": ["CDR1"]}):
-        assert row_hash(b"k" * 32, bytes(32), row | other).hex() != keyed
-    assert row_hash(b"j" * 32, bytes(32), row).hex() != keyed
+        assert row_hash(b"k" * 32, bytes(32), row | other, None).hex() != keyed
+    assert row_hash(b"j" * 32, bytes(32), row, None).hex() != keyed
+    with_id = "849d76348d0a5a51c7d0c83779c8e7e47faa741b60a7a0477181c7738eeae7f4"  # id 52 hashed too
+    assert row_hash(b"k" * 32, bytes(32), row, 52).hex() == with_id
+    assert row_hash(b"k" * 32, bytes(32), row, 53).hex() != with_id
+    for stored_id, matches in ((52, True), (53, False)):  # as verify reads a row: either form, under the key
+        assert keyed_hash_matches(b"k" * 32, row | {"id": stored_id, "prev_hash": bytes(32), "hash": bytes.fromhex(
+            with_id)}) is matches  # fmt: skip
+        assert keyed_hash_matches(b"k" * 32, row | {"id": stored_id, "prev_hash": bytes(32), "hash": bytes.fromhex(
+            keyed)})  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -193,7 +209,7 @@ def test_verify_detects_a_chain_all_of_whose_rows_were_deleted_but_not_one_reten
     "rehash",
     [
         lambda prev, values: legacy_hash(prev, values),  # the plain SHA-256 chain, which passed before keyed hashes
-        lambda prev, values: row_hash(b"a guessed key".ljust(32), prev, values),
+        lambda prev, values: row_hash(b"a guessed key".ljust(32), prev, values, values.get("id")),
     ],
     ids=["sha256", "guessed-key"],
 )

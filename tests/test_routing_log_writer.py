@@ -165,6 +165,38 @@ def test_a_write_the_database_never_answers_is_given_up_and_its_rows_are_written
     assert (result.ok, result.rows) == (True, 4)
 
 
+def test_rows_chained_while_no_ids_could_be_reserved_are_written_and_verify(empty_database: str) -> None:
+    # A row's id is chosen before it is hashed, from ids the database reserves (migration 0014). A writer that gets
+    # none in time (its first batch, the database not answering) chains the rows without ids and does not wait: the
+    # database gives their ids as it writes them, and the rows after them take reserved ids again.
+    numbered_log(empty_database, 1)
+
+    async def run() -> list[dict[str, object]]:
+        proxy = _CuttingProxy(empty_database)
+        pool = await asyncpg.create_pool(await proxy.start(), min_size=1, max_size=2)
+        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, commit_timeout_s=10, write_timeout_s=5)
+        try:
+            with structlog.testing.capture_logs() as said:
+                async with writer.running():
+                    proxy.silence("answers")  # on the pool's one connection: the ids are asked for on it
+                    await writer.record(numbered_entry(1))
+                    await writer.record(numbered_entry(2))
+        finally:
+            await pool.close()
+            proxy.server.close()
+        return said
+
+    said = asyncio.run(asyncio.wait_for(run(), 60))
+    assert [e["rows"] for e in said if e["event"] == "routing_log_ids_not_reserved"] == [1], said
+    assert not [e for e in said if e["event"] == "routing_log_write_failed"], said  # the write went on a new one
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 3)
+    ids = [
+        r["id"] for r in sql(empty_database, "SELECT id FROM routing_log WHERE request_id IN ('r1', 'r2') ORDER BY seq")
+    ]
+    assert ids == sorted(ids)
+
+
 async def _stop_while_answers_are_lost(database_url: str, spool: Path) -> list[object]:
     """A writer closed while the database's answers are lost: entry 1 committed, entry 2 in flight (committed with
     its answer lost), entry 3 queued behind it; 2 and 3 end in a spool file. What the two callers got."""

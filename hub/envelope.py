@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import msgspec
 import structlog
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, NotFoundException
 
 from hub.errors import OUTAGES, InvalidParameters, MalformedBody, OcpiError, decoded, unavailable
 from hub.ocpi.wire import Envelope
@@ -51,6 +51,16 @@ def whole_number(raw: str) -> int | None:
     """The value of a number sent as text, if it is written in the digits 0-9 alone (int() would also read "1_000",
     " 5", "+1" and other scripts' digits, and raise on more than 4,300 digits); None otherwise."""
     return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 4000 else None
+
+
+def path_number(raw: str) -> int:
+    """The id of a row or a platform as a URL's path names it, in the digits 0-9 alone. Litestar's `int` path type
+    reads it with int(): "٥٢", "+52" and "5_2" named row 52 where "abc" named nothing. Anything else is the 404 that
+    Litestar answers "abc" with (NotFoundException): no such URL."""
+    value = whole_number(raw)
+    if value is None:
+        raise NotFoundException()
+    return value
 
 
 def ocpi_timestamp(moment: datetime | None = None) -> str:

@@ -39,6 +39,7 @@ from litestar.datastructures import State
 from hub import party_api
 from hub.admin.actors import HUB, Actor, actor_of, record_action
 from hub.admin.api import AdminError, check_platform_id, json_response
+from hub.envelope import path_number
 from hub.errors import OcpiError
 from hub.ocpi.credentials import endpoint_rows, match_roles
 from hub.own_messages import Trace
@@ -185,10 +186,10 @@ async def _failed(state: State, source: asyncpg.Record, reason: str) -> None:
                 routing_on="the endpoints fetched before")  # fmt: skip
 
 
-@post("/parties/{platform_id:int}/endpoints", status_code=200)
-async def refresh_endpoints(request: Request, platform_id: int) -> Response[bytes]:
+@post("/parties/{platform_id:str}/endpoints", status_code=200)
+async def refresh_endpoints(request: Request, platform_id: str) -> Response[bytes]:
     """The operator has the hub fetch a registered platform's endpoints again, now."""
-    return json_response(await refresh_now(request.app.state, actor_of(request), platform_id))
+    return json_response(await refresh_now(request.app.state, actor_of(request), path_number(platform_id)))
 
 
 async def refresh_now(state: State, actor: Actor, platform_id: int, via: str | None = None) -> Refreshed:

@@ -15,6 +15,7 @@ from hub.admin.actors import Actor, actor_of, record_action
 from hub.admin.api import AdminError, check_platform_id, json_response
 from hub.admin.credentials import PartyFailed, TakenButFailed, audited_via, message_party
 from hub.admin.endpoints import retry_in_s
+from hub.envelope import path_number
 from hub.errors import OcpiError
 from hub.ocpi.credentials import connection_of, hub_credentials, match_roles
 from hub.ocpi.wire import Credentials
@@ -36,10 +37,10 @@ class Rotated(msgspec.Struct):
     token_encoding: str
 
 
-@post("/parties/{platform_id:int}/credentials", status_code=200)
-async def rotate_credentials(request: Request, platform_id: int) -> Response[bytes]:
+@post("/parties/{platform_id:str}/credentials", status_code=200)
+async def rotate_credentials(request: Request, platform_id: str) -> Response[bytes]:
     """The operator has the hub renew a registered platform's tokens both ways."""
-    return json_response(await rotate(request.app.state, actor_of(request), platform_id))
+    return json_response(await rotate(request.app.state, actor_of(request), path_number(platform_id)))
 
 
 async def rotate(state: State, actor: Actor, platform_id: int, via: str | None = None) -> Rotated:

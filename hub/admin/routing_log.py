@@ -12,7 +12,7 @@ from litestar import Request, Response, get, route
 
 from hub.admin.actors import READ_ONLY, Actor, actor_of, record_action
 from hub.admin.api import AdminError, json_response, takes_no_parameters
-from hub.envelope import whole_number
+from hub.envelope import path_number, whole_number
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S, DATABASE_TIMEOUT_S
 from storage.log_row import body_of, stored_text
 from storage.log_search import (
@@ -109,15 +109,16 @@ def _headers(value: str | None) -> dict[str, str]:
     return msgspec.json.decode(value) if value else {}
 
 
-@get("/routing-log/{row_id:int}", opt={READ_ONLY: True})
-async def routing_log_message(request: Request, row_id: int) -> Response[bytes]:
+@get("/routing-log/{row_id:str}", opt={READ_ONLY: True})
+async def routing_log_message(request: Request, row_id: str) -> Response[bytes]:
     """One message with both bodies decompressed (JSON as JSON when it parses, else text), headers and timings."""
+    number = path_number(row_id)
     takes_no_parameters(request)
     async with request.app.state.pool.acquire() as conn:
-        message = await load_message(conn, row_id)
-        await record_action(conn, actor_of(request), "view", {"id": row_id})
+        message = await load_message(conn, number)
+        await record_action(conn, actor_of(request), "view", {"id": number})
     if message is None:
-        raise AdminError(404, f"no routing-log row {row_id}")
+        raise AdminError(404, f"no routing-log row {number}")
     return json_response(message)
 
 

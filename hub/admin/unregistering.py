@@ -10,6 +10,7 @@ from litestar.datastructures import State
 from hub.admin.actors import Actor, actor_of, record_action
 from hub.admin.api import AdminError, check_platform_id, json_response
 from hub.admin.credentials import PartyFailed, audited_via, message_party
+from hub.envelope import path_number
 from storage import platforms
 from storage.directory import Platform
 from storage.sql import QUERIES
@@ -25,10 +26,10 @@ class Unregistered(msgspec.Struct):
     party_answer: str | None  # what went wrong telling the party, if anything
 
 
-@delete("/parties/{platform_id:int}", status_code=200)
-async def unregister_platform(request: Request, platform_id: int) -> Response[bytes]:
+@delete("/parties/{platform_id:str}", status_code=200)
+async def unregister_platform(request: Request, platform_id: str) -> Response[bytes]:
     """The operator takes a platform off the hub (an invitation not used yet is withdrawn the same way)."""
-    return json_response(await take_off_hub(request.app.state, actor_of(request), platform_id))
+    return json_response(await take_off_hub(request.app.state, actor_of(request), path_number(platform_id)))
 
 
 async def take_off_hub(state: State, actor: Actor, platform_id: int, via: str | None = None) -> Unregistered:

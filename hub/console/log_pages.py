@@ -14,6 +14,7 @@ from hub.admin.api import AdminError
 from hub.admin.export import FORMATS, export_rows
 from hub.admin.routing_log import fetch_planned, load_conversation, load_message
 from hub.console.auth import actor
+from hub.envelope import path_number
 from storage.log_search import FILTER_NAMES, BadFilter, decode_cursor, encode_cursor, page_query, parse_filters
 from storage.sql import QUERIES
 
@@ -89,16 +90,17 @@ async def log_page(request: Request, cursor: str | None = None, limit: int = 100
     return Template("log.html", context=context)
 
 
-@get("/console/log/{row_id:int}")
-async def message_page(request: Request, row_id: int) -> Template:
+@get("/console/log/{row_id:str}")
+async def message_page(request: Request, row_id: str) -> Template:
+    number = path_number(row_id)
     async with request.app.state.pool.acquire() as conn:
-        message = await load_message(conn, row_id)
-        await record_action(conn, actor(request), "view", {"id": row_id, "via": "console"})
+        message = await load_message(conn, number)
+        await record_action(conn, actor(request), "view", {"id": number, "via": "console"})
         conversation, more = await load_conversation(conn, message["correlation_id"]) if message else ([], False)
     if message is None:
         return Template("problem.html", status_code=404, context={
             "actor": actor(request), "heading": "No such message",
-            "message": f"The routing log has no row {row_id}."})  # fmt: skip
+            "message": f"The routing log has no row {number}."})  # fmt: skip
     context = {"page": "log", "actor": actor(request), "m": message, "conversation": conversation, "more": more}
     return Template("message.html", context=context)
 

@@ -16,6 +16,7 @@ from hub.admin.endpoints import refresh_now
 from hub.admin.rotation import rotate
 from hub.admin.unregistering import take_off_hub
 from hub.console.auth import actor, require_admin
+from hub.envelope import path_number
 from storage.log_search import is_row_id
 from storage.sql import QUERIES
 
@@ -27,22 +28,24 @@ ACTIONS = {
 }
 
 
-@get("/console/parties/{platform_id:int}/{action:str}")
-async def confirm_page(request: Request, platform_id: int, action: str) -> Template:
+@get("/console/parties/{platform_id:str}/{action:str}")
+async def confirm_page(request: Request, platform_id: str, action: str) -> Template:
     """What the action will do, and a form that needs a ticked box to do it: no single accidental click acts."""
+    number = path_number(platform_id)
     require_admin(request)
-    return Template("platform_action.html", context=await _context(request, platform_id, action))
+    return Template("platform_action.html", context=await _context(request, number, action))
 
 
-@post("/console/parties/{platform_id:int}/{action:str}", status_code=200)
+@post("/console/parties/{platform_id:str}/{action:str}", status_code=200)
 async def act(
     request: Request,
-    platform_id: int,
+    platform_id: str,
     action: str,
     data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Template:
+    number = path_number(platform_id)
     require_admin(request)
-    context = await _context(request, platform_id, action)
+    context = await _context(request, number, action)
     if data.get("confirm") != "yes":
         context["error"] = "Tick the box to confirm; nothing was done."
         return Template("platform_action.html", context=context, status_code=400)
@@ -50,16 +53,16 @@ async def act(
     outcome: dict[str, Any]
     try:
         if action == "take-off":
-            outcome = {"unregistered": await take_off_hub(state, who, platform_id, via="console")}
+            outcome = {"unregistered": await take_off_hub(state, who, number, via="console")}
         elif action == "renew":
-            outcome = {"rotated": await rotate(state, who, platform_id, via="console")}
+            outcome = {"rotated": await rotate(state, who, number, via="console")}
         else:
-            outcome = {"refreshed": await refresh_now(state, who, platform_id, via="console")}
+            outcome = {"refreshed": await refresh_now(state, who, number, via="console")}
     except AdminError as exc:  # the platform as it is now (a rotation the party took: its new versions URL), and why
-        context = await _context(request, platform_id, action) | {"error": exc.message}
+        context = await _context(request, number, action) | {"error": exc.message}
         return Template("platform_action.html", context=context, status_code=exc.status)
     # the platform as it is now (taken off the hub: UNREGISTERED), with what happened
-    return Template("platform_action.html", context=await _context(request, platform_id, action) | outcome)
+    return Template("platform_action.html", context=await _context(request, number, action) | outcome)
 
 
 async def _context(request: Request, platform_id: int, action: str) -> dict[str, Any]:

@@ -209,3 +209,31 @@ def test_a_callers_query_on_a_paging_link_replaces_the_links_own_and_one_that_is
     assert with_query("http://cpo/p?offset=10", "") == "http://cpo/p?offset=10"
     with pytest.raises(InvalidParameters, match="must be percent-encoded"):
         with_query("http://cpo/p?offset=10", "offset=9&name=caf\u00e9")
+
+
+def test_a_cdr_location_over_the_limits_is_said_in_the_row_and_the_hubs_log_as_a_link_is(
+    hub: Hub, connect_party, db
+) -> None:
+    # The Location's row said why it was not relayed, but the hub's log said nothing of it (an operator's complaint):
+    # a Link over the limits is said in both.
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    created = b'{"status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}'
+    emsp.canned[("POST", "/ocpi/2.2.1/cdrs/receiver")] = (201, created, {"Location": "#1"})
+    answer = cpo.call(hub.base, "POST", "receiver/cdrs?pad=" + "x" * 20_000, to=party_key(emsp), body={"id": "C1"})
+    cpo.canned[("GET", "/ocpi/2.2.1/tariffs/sender")] = (200, _ENVELOPE, {"Link": '<#1>; rel="next"'})
+    paged = emsp.call(hub.base, "GET", "sender/tariffs?pad=" + "x" * 20_000, to=party_key(cpo))
+    for header, relayed, receiver in (("location", answer, emsp), ("link", paged, cpo)):
+        assert relayed.json()["status_code"] == 1000 and header not in relayed.headers, relayed.headers
+        request_id = relayed.headers["x-request-id"]
+        [row] = db.run(db.fetch("SELECT error FROM routing_log WHERE request_id = $1", request_id))
+        assert row["error"].startswith(f"the receiver's {header.title()} header was not relayed: a URL in it is ")
+        deadline = time.monotonic() + 5
+        while not (logged := _logged(hub, "party_url_refused", request_id)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [(line["header"], line["party"]) for line in logged] == [(header, "-".join(party_key(receiver)))]
+        assert row["error"].endswith(logged[0]["reason"]) and "more than the 8192 the hub keeps" in logged[0]["reason"]
+
+
+def _logged(hub: Hub, event: str, request_id: str) -> list[dict]:
+    lines = (json.loads(line) for line in hub.log().splitlines() if line.startswith("{") and event in line)
+    return [line for line in lines if line.get("event") == event and line.get("request_id") == request_id]

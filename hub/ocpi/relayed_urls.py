@@ -104,7 +104,7 @@ async def rewrite(
     if location and module == "cdrs" and entry.method == "POST" and 200 <= answer.status < 300:
         location = resolved(location, called_url)
         if why := _too_much([location]):
-            entry.error = f"the receiver's Location header was not relayed: {why}"
+            _refused(exchange, delivery, "location", f"the receiver's Location header was not relayed: {why}", why)
             return
         _note_refused(relay, exchange, delivery, "location", [location])
         key = uuid.uuid4().hex

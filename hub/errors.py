@@ -110,6 +110,18 @@ class MalformedBody(InvalidParameters):
     http_status = 400
 
 
+def as_sent(value: bytes, at_most: int = 16) -> str:
+    """A header value for an error message, as the caller wrote it, cut short: its bytes read as UTF-8 when they are
+    UTF-8 (what most clients send), else as ISO-8859-1, as HTTP has read header bytes (RFC 9110, 5.5) and as Python's
+    http.client and requests send text. Read as UTF-8 alone, "café" sent in ISO-8859-1 was quoted with a replacement
+    character (U+FFFD) for the "é": not what the caller sent, and no clue to it."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = value.decode("latin-1")
+    return text if len(text) <= at_most else text[:at_most] + "..."
+
+
 def decoded(raw: bytes, kind: type[T], what: str) -> T:
     """A request body as `kind`: MalformedBody (HTTP 400) for one that is no valid JSON (status_codes.asciidoc:
     "When a message does not contain a valid JSON string, the HTTP error 400 - Bad request MUST be returned"),

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.errors import MalformedHeader
+from hub.errors import MalformedHeader, as_sent
 from hub.logs import debug_enabled
 
 log = structlog.get_logger()
@@ -54,7 +54,7 @@ def check_ids(request_id: str, correlation_id: str) -> None:
             raise MalformedHeader(f"{name} has {len(value)} characters; the hub takes at most {MAX_ID_LENGTH} (a UUID, "
                                   "which OCPI advises, has 36)")  # fmt: skip
         if not (value.isascii() and value.isprintable()):
-            raise MalformedHeader(f"{name} {_shown(value.encode('latin-1'), 40)!r} holds characters other than "
+            raise MalformedHeader(f"{name} {as_sent(value.encode('latin-1'), 40)!r} holds characters other than "
                                   "printable ASCII, which the hub cannot pass on to the parties as they came (a UUID, "
                                   "which OCPI advises, has none)")  # fmt: skip
 
@@ -77,15 +77,9 @@ def check_repeated(headers: Iterable[tuple[bytes, bytes]]) -> None:
             values.setdefault(name, []).append(value)
     for name, given in values.items():
         if len(set(given)) > 1:
-            shown = ", ".join(repr(_shown(value)) for value in given[:3])
+            shown = ", ".join(repr(as_sent(value)) for value in given[:3])
             raise MalformedHeader(f"{SINGLE_VALUED[name]} came {len(given)} times with different values ({shown}): the "
                                   "hub cannot tell which one is meant")  # fmt: skip
-
-
-def _shown(value: bytes, at_most: int = 16) -> str:
-    """A header value for a message: its bytes read as UTF-8, as the caller most likely meant them, and cut short."""
-    text = value.decode("utf-8", "replace")
-    return text if len(text) <= at_most else text[:at_most] + "..."
 
 
 def log_request(method: str, path: str, status: int | None, started: float, routine: bool = False) -> None:

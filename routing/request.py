@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from hub.errors import InvalidParameters, NotFound
+from hub.errors import InvalidParameters, NotFound, as_sent
 
 MODULES = frozenset({"cdrs", "chargingprofiles", "commands", "locations", "sessions", "tariffs", "tokens"})
 INTERFACES = frozenset({"sender", "receiver"})
@@ -40,15 +40,9 @@ def routing_party(headers: dict[str, str], direction: str) -> PartyKey | None:
     if not _COUNTRY.fullmatch(country) or not _PARTY.fullmatch(party):
         raise InvalidParameters(
             f"OCPI-{direction}-country-code and OCPI-{direction}-party-id must be two letters and three letters or"
-            f" digits, got {_as_written(country)!r} and {_as_written(party)!r}"
+            f" digits, got {as_sent(country.encode('latin-1'))!r} and {as_sent(party.encode('latin-1'))!r}"
         )
     return (country.upper(), party.upper())
-
-
-def _as_written(value: str, at_most: int = 16) -> str:
-    """A header value for a message: its bytes read as UTF-8, as the caller most likely meant them, and cut short."""
-    shown = value.encode("latin-1").decode("utf-8", "replace")
-    return shown if len(shown) <= at_most else shown[:at_most] + "..."
 
 
 def parse(method: str, path: str, query: str, headers: dict[str, str], body: bytes) -> Incoming:

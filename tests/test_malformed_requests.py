@@ -251,3 +251,30 @@ def test_ids_other_than_printable_ascii_are_refused_on_a_relayed_request_and_a_r
     assert "X-Correlation-ID 'café'" in answer.json()["status_message"]
     assert party.register_at(hub.versions_url, token_a).json()["status_code"] == 1000  # token A is still good
     assert "Traceback" not in hub.log()
+
+
+def test_a_header_value_sent_in_iso_8859_1_is_quoted_as_sent_not_with_replacement_characters(
+    hub: Hub, start_party
+) -> None:
+    # Python's http.client and requests send a str header in ISO-8859-1: the hub's message quoted "café" as "caf\ufffd",
+    # read as UTF-8 alone. UTF-8 is still read as UTF-8.
+    cpo = register_at_hub(hub, start_party, _roles("CPO"))
+    emsp = register_at_hub(hub, start_party, _roles("EMSP"))
+    (cc, pid), (to_cc, to_pid) = party_key(cpo), party_key(emsp)
+    url = f"{hub.base}/ocpi/2.2.1/receiver/locations/{cc}/{pid}/LOC1"
+    routing = {"OCPI-from-country-code": cc, "OCPI-from-party-id": pid, "OCPI-to-country-code": to_cc}
+    body = json.dumps(LOCATION | {"party_id": pid}).encode()
+
+    def refusal(*headers: tuple[str, str | bytes]) -> str:
+        sent = [*token_header(cpo.hub_token or "").items(), *routing.items(), *headers]
+        answer = httpx.put(url, headers=sent, content=body)  # type: ignore[arg-type]
+        assert answer.json()["status_code"] == 2001 and "\ufffd" not in answer.text, answer.text
+        return str(answer.json()["status_message"])
+
+    for encoding in ("latin-1", "utf-8"):
+        to_party, correlation_id = ("OCPI-to-party-id", to_pid), "café".encode(encoding)
+        assert refusal(to_party, ("X-Correlation-ID", correlation_id)).startswith("X-Correlation-ID 'café' holds ")
+        assert refusal(("OCPI-to-party-id", "çé1".encode(encoding))).endswith(f"got '{to_cc}' and 'çé1'")
+        twice = refusal(to_party, ("X-Correlation-ID", correlation_id), ("X-Correlation-ID", "cafe"))
+        assert twice.startswith("X-Correlation-ID came 2 times with different values ('café', 'cafe')"), twice
+    assert emsp.functional() == []

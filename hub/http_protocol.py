@@ -4,12 +4,13 @@ grows past HEAD_MAX_BYTES.
 
 uvicorn answers those bytes itself, before any of the hub's code runs, with a text/plain 400 that a party's OCPI
 client cannot read. status_codes.asciidoc: errors of the transport layer get an HTTP error code "with the same
-envelope".
+envelope". A request head for the admin API gets the admin API's JSON instead, as its other errors do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import weakref
 from typing import Any
@@ -31,6 +32,10 @@ _JOINED_BODY_MAX = 64 * 1024  # a larger body is written after its head rather t
 # A request's line and headers (nginx takes 8 KiB a line, Node.js 16 KiB in all): httptools copies a header's value
 # whole for every read that adds to it, so one client sending an endless header held the worker's event loop.
 HEAD_MAX_BYTES = 64 * 1024
+# The longest request target (path and query) httptools.parse_url takes, which uvicorn calls once the head is in: it
+# keeps offsets in 16 bits (MagicStack/httptools#142).
+URL_MAX_BYTES = 65_535
+_SLASHES = re.compile(rb"/{2,}")
 
 
 class OcpiHttpToolsProtocol(HttpToolsProtocol):
@@ -59,8 +64,7 @@ class OcpiHttpToolsProtocol(HttpToolsProtocol):
         if self._head_bytes is not None and not self._head_began:  # all of this read belongs to an unfinished head
             self._head_bytes += len(data)
             if self._head_bytes > HEAD_MAX_BYTES and not self.transport.is_closing():
-                message = f"the request line and headers are larger than the {HEAD_MAX_BYTES // 1024} KiB the hub takes"
-                self._refuse(b"431 Request Header Fields Too Large", message)
+                self._refuse_too_large()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -69,23 +73,40 @@ class OcpiHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         # uvicorn calls this from its `except httptools.HttpParserError`: the parser's own words say what was wrong,
         # or, when a callback refused the request ("User callback error"), the words of the parser's error it raised
-        # (uvicorn's URL parsing: "url is too long").
+        # (uvicorn's URL parsing, which refuses a URL over URL_MAX_BYTES: said as a 414).
+        if self._head_bytes is not None and len(self.url) > URL_MAX_BYTES:
+            self._refuse_too_large()
+            return
         parser_error = sys.exc_info()[1]
         if isinstance(parser_error, HttpParserCallbackError) and isinstance(parser_error.__context__, HttpParserError):
             parser_error = parser_error.__context__
         detail = str(parser_error) if parser_error is not None and str(parser_error) else msg.rstrip(".")
         self._refuse(b"400 Bad Request", f"not a valid HTTP/1.1 request: {detail}")
 
+    def _refuse_too_large(self) -> None:
+        """A request head too large to take: 414 when its URL alone is longer than URL_MAX_BYTES (RFC 9110, 15.5.15),
+        else 431 (RFC 6585, 5)."""
+        if len(self.url) > URL_MAX_BYTES:
+            message = f"the request's URL (path and query) is longer than the {URL_MAX_BYTES} bytes the hub takes"
+            self._refuse(b"414 URI Too Long", message)
+        else:
+            message = f"the request line and headers are larger than the {HEAD_MAX_BYTES // 1024} KiB the hub takes"
+            self._refuse(b"431 Request Header Fields Too Large", message)
+
     def _refuse(self, status: bytes, message: str) -> None:
-        """Answer with an OCPI envelope and close: what came on this connection cannot be read as a request. A request
-        whose body was being read learns why it ends (its routing-log row holds this answer)."""
+        """Answer with an OCPI envelope, or the admin API's JSON for a head that names its URL, and close: what came on
+        this connection cannot be read as a request. A request whose body was being read learns why it ends (its
+        routing-log row holds this answer)."""
         cycle = self.cycle
         if cycle is not None and not cycle.response_started:
             refused = ClientError(message)
             refused.http_status = int(status.split(b" ", 1)[0])
             cycle.scope[REFUSED] = refused  # type: ignore[literal-required]
-        body = _encoder.encode(Envelope(status_code=ClientError.status_code, timestamp=ocpi_timestamp(),
-                                        status_message=message))  # fmt: skip
+        if self._head_bytes is not None and _SLASHES.sub(b"/", self.url).startswith(b"/admin/"):  # as hub.app routes
+            body = _encoder.encode({"error": message})
+        else:
+            body = _encoder.encode(Envelope(status_code=ClientError.status_code, timestamp=ocpi_timestamp(),
+                                            status_message=message))  # fmt: skip
         head = [b"HTTP/1.1 %s\r\n" % status]
         head += [b"%s: %s\r\n" % (name, value) for name, value in self.server_state.default_headers]
         head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
@@ -101,8 +122,8 @@ class OcpiHttpToolsProtocol(HttpToolsProtocol):
                 and not self.transport.is_closing())  # fmt: skip
 
     def on_headers_complete(self) -> None:
-        self._head_bytes = None
         super().on_headers_complete()  # the new request's cycle; its task has not started yet
+        self._head_bytes = None  # after: a URL uvicorn refuses here is still the head's (send_400_response, _refuse)
         cycle = self.cycle
         if cycle is not None and not isinstance(cycle.transport, HeadWithBody):
             cycle.transport = HeadWithBody(cycle.transport, cycle)  # type: ignore[assignment]

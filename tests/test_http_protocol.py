@@ -205,3 +205,26 @@ def test_a_request_head_over_64_kib_is_answered_431_at_once_while_smaller_ones_a
             body = b"x" * (4 << 20)
             client.sendall(b"PUT / HTTP/1.1\r\nHost: hub\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             assert client.recv(65536).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_a_head_too_large_is_answered_414_for_its_url_alone_and_in_the_admin_apis_json_for_its_urls() -> None:
+    # A long URL that came in several reads was a 431 about the headers; to the admin API, an OCPI envelope.
+    too_long = "the request's URL (path and query) is longer than the 65535 bytes the hub takes"
+    too_large = "the request line and headers are larger than the 64 KiB the hub takes"
+    cases = [
+        (b"/ocpi/versions?q=" + b"a" * 100_000, b"", b"414", too_long),
+        (b"/admin/api/routing-log?q=" + b"a" * 100_000, b"", b"414", too_long),
+        (b"/admin/api/parties", b"X-Padding: " + b"a" * 100_000 + b"\r\n", b"431", too_large),
+    ]
+    with _uvicorn_with_hub_protocol(_hello, timeout_keep_alive=30) as address:
+        for url, padding, status, message in cases:
+            with socket.create_connection(address) as client:
+                head = b"GET " + url + b" HTTP/1.1\r\nHost: hub\r\n" + padding + b"\r\n"
+                answer = _answer_while_trickling(client, head, 0.05, 20, piece=16 * 1024)
+            status_line, _, body = answer.partition(b"\r\n\r\n")
+            assert status_line.startswith(b"HTTP/1.1 " + status + b" "), (url[:30], answer[:300])
+            said = json.loads(body)
+            if url.startswith(b"/admin/"):
+                assert said == {"error": message}, said
+            else:
+                assert _is_envelope(said) and (said["status_code"], said["status_message"]) == (2000, message), said

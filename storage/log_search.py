@@ -202,6 +202,8 @@ def decode_cursor(value: str) -> tuple[datetime, int]:
     database cannot take (a row id past a bigint, a time outside the years 1 to 9999 in UTC)."""
     try:
         at, _, row_id = base64.urlsafe_b64decode(value.encode() + b"==").decode().partition("|")
+        if not (row_id.isascii() and row_id.isdigit()):  # int() also reads other scripts' digits, a sign, "_"
+            raise ValueError(row_id)
         received_at, row = datetime.fromisoformat(at), int(row_id)
         received_at = received_at if received_at.tzinfo else received_at.replace(tzinfo=UTC)
         received_at.astimezone(UTC)

@@ -23,7 +23,7 @@ log = structlog.get_logger()
 
 MAINTENANCE_INTERVAL_S = 24 * 3600.0
 LOCK_TIMEOUT_S, LOCK_ATTEMPTS = 0.5, 8  # how long retention may hold up the hub's writes, and how often it tries
-_DURATION = re.compile(r"(\d+)d")
+_DURATION = re.compile(r"([0-9]+)d")  # ASCII digits alone: r"\d" also matches other scripts' digits
 MAX_KEEP_DAYS = 36_500
 
 

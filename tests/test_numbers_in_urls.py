@@ -1,14 +1,18 @@
 """A routing-log row's or a platform's id in a URL of the admin API or the console names it in the digits 0-9 alone:
 int() also reads other scripts' digits ("٥٢"), a sign and underscores, each of which named a row or platform that an
-id of letters ("abc") did not."""
+id of letters ("abc") did not. So do a search cursor's row id and retention's --keep."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 
+from storage.log_search import BadFilter, decode_cursor, encode_cursor
+from storage.partitions import parse_keep
 from tests.conftest import Hub, Services, unique_party_id
 from tests.log_rows import varied_entries, write
 from tests.parties import token_header
@@ -63,3 +67,19 @@ def test_a_platform_id_not_in_the_digits_0_to_9_takes_no_platform_off_the_hub(hu
             assert page.status_code == acted.status_code == 404, (written, page.text, acted.text)
     # still invited: its token A still opens the versions
     assert httpx.get(hub.versions_url, headers=token_header(invitation["token_a"])).status_code == 200
+
+
+def test_a_cursor_whose_row_id_is_not_in_the_digits_0_to_9_is_not_one_the_api_handed_out() -> None:
+    at = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    assert decode_cursor(encode_cursor(at, 52)) == (at, 52)
+    for row_id in _not_in_ascii_digits(52):
+        forged = base64.urlsafe_b64encode(f"{at.isoformat()}|{row_id}".encode()).decode().rstrip("=")
+        with pytest.raises(BadFilter, match="cursor is not one this API handed out"):
+            decode_cursor(forged)
+
+
+def test_retention_keeps_days_written_in_the_digits_0_to_9_alone() -> None:
+    assert parse_keep("400d").days == 400
+    for days in _not_in_ascii_digits(400):
+        with pytest.raises(ValueError):
+            parse_keep(f"{days}d")

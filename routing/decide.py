@@ -84,9 +84,16 @@ def check_client_owned(incoming: Incoming, sender: PartyRole) -> None:
     body carries the id of its URL ("server implementations are advised to return ... 2001"). The owner a
     location, session, tariff or token names in its body is the URL's too (mod_locations.asciidoc, PUT: "SHALL be
     the same value as the country_code in the Location object being pushed"; alike in the other modules): GET All
-    via the hub tells the owner by the body's country_code and party_id."""
+    via the hub tells the owner by the body's country_code and party_id. A CDR, POSTed with no owner in its URL, is
+    the sender's by its body (mod_cdrs.asciidoc: "country_code of the CPO that 'owns' this CDR")."""
     segments = incoming.segments
-    if incoming.interface != "receiver" or incoming.module not in CLIENT_OWNED or len(segments) < 3:
+    if incoming.interface != "receiver":
+        return
+    if incoming.module == "cdrs" and incoming.method == "POST":
+        cdr = decoded(incoming.body, _ObjectId, "the request body is not a valid OCPI object")
+        _check_owner(cdr, sender.key, "the sending party's", required=False)
+        return
+    if incoming.module not in CLIENT_OWNED or len(segments) < 3:
         return
     if (segments[0].upper(), segments[1].upper()) != sender.key:
         raise InvalidParameters(
@@ -101,12 +108,20 @@ def check_client_owned(incoming: Incoming, sender: PartyRole) -> None:
         # types.asciidoc: "CiString: Case Insensitive String" (the ids of all client-owned objects are CiStrings)
         if incoming.method == "PUT" and in_body is not None and in_body.upper() != segments[-1].upper():
             raise InvalidParameters(f"the id in the URL ({segments[-1]}) differs from the id in the body ({in_body})")
-        if whole_object:
-            for name, in_url, named in (("country_code", segments[0], body.country_code),
-                                        ("party_id", segments[1], body.party_id)):  # fmt: skip
-                if named is not None and named.upper() != in_url.upper():
-                    raise InvalidParameters(f"the {name} in the URL ({in_url}) differs from the one in the body "
-                                            f"({named})")  # fmt: skip
+        if whole_object:  # a PATCH carries only what changed; a location PUT is cached, and served as it came
+            required = incoming.method == "PUT" and incoming.module == "locations"
+            _check_owner(body, (segments[0], segments[1]), "the URL's", required)
+
+
+def _check_owner(body: _ObjectId, owner: PartyKey, whose: str, required: bool) -> None:
+    """The owner a whole object names in its body is owner. required: it names one, as a location PUT must (country_code
+    and party_id are required of every client-owned object, and a GET All via the hub hands on a cached location as it
+    came, which then says nothing of whose it is); the others are relayed for their receivers to judge, as before."""
+    for name, expected, named in (("country_code", owner[0], body.country_code), ("party_id", owner[1], body.party_id)):
+        if named is None and required:
+            raise InvalidParameters(f"the body names no {name}: the object's owner, {whose} {expected}, is required")
+        if named is not None and named.upper() != expected.upper():
+            raise InvalidParameters(f"the {name} in the body ({named}) differs from {whose} ({expected})")
 
 
 def decide(

@@ -171,7 +171,8 @@ def test_every_module_method_and_url_shape_is_relayed(
     cc, pid = party_key(sender)
     path = f"{interface}/{module}{suffix.format(cc=cc, pid=pid, base=sender.base)}"
     object_id = suffix.split("?")[0].rsplit("/", 1)[-1]  # a PUT's body carries the id of its URL
-    body = {"response_url": f"{sender.base}/cmd/1", "location_id": "LOC1", "id": object_id, "uid": object_id}
+    body = {"response_url": f"{sender.base}/cmd/1", "location_id": "LOC1", "id": object_id, "uid": object_id,
+            "country_code": cc, "party_id": pid}  # fmt: skip
     body = None if method == "GET" else body
     if method == "PATCH":  # mod_locations, mod_sessions, mod_tokens: a PATCH SHALL contain last_updated
         body = {"last_updated": "2026-11-25T10:00:00Z"}

@@ -7,6 +7,7 @@ routing-log row, rejected ones included, and in strict mode the row is committed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -41,10 +42,10 @@ from hub.request_context import MAX_ID_LENGTH, check_ids, check_repeated, log_re
 from routing import open_routing
 from routing.decide import Delivery, decide
 from routing.forward import Answer, forward, ocpi_status_of
-from routing.request import Incoming, PartyKey, endpoint_url, parse
+from routing.request import Incoming, PartyKey, endpoint_url, parse, routing_party
 from routing.rewrite import callback_ttl_s, response_url_of, why_not_callable, with_response_url
 from routing.shapes import check_patch, check_shape
-from storage.directory import PartyRole, Platform
+from storage.directory import Directory, PartyRole, Platform
 from storage.log_row import LogEntry, object_id_of_entry
 from storage.routing_log import LogUnavailable
 from storage.routing_state import Relayed
@@ -143,8 +144,8 @@ class Relay:
             log.exception("relay_failed", path=path)
             answer = self.hub_answer(exchange, 500, 3000, "internal error of the hub; it has been logged")
             entry.error = f"internal error: {exc!r}"
-        if entry.from_country_code is None and exchange.caller is not None:  # refused before it was routed
-            name_the_caller(entry, exchange.caller, headers)
+        if entry.from_country_code is None:  # refused before it was routed
+            name_the_parties(entry, exchange.caller, self.directory.current, headers)
         entry.http_status, entry.response_body = answer.status, answer.body
         entry.response_headers = {k: v for k, v in answer.headers.items() if k != "content-type"} or None
         entry.ocpi_status_code = entry.ocpi_status_code or ocpi_status_of(answer.body)
@@ -342,11 +343,24 @@ def _module_of(path: str) -> str:
     return parts[3] if len(parts) > 3 else ""
 
 
+def name_the_parties(entry: LogEntry, caller: Platform | None, directory: Directory, headers: dict[str, str]) -> None:
+    """The parties of a row no route named (a request refused before it was routed: a body too large, a malformed
+    header, a token A, a foreign OCPI-from, an unknown receiver, a malformed body; a party's own credentials request),
+    so that an auditor finds the row under the party that sent it and the one it was for: the calling platform's
+    party its OCPI-from headers name, else its first (a caller refused before it was authenticated, by its token),
+    and the receiver its OCPI-to headers address. What it claimed stays in the row's request headers."""
+    if caller is None and (known := identify(directory, headers.get("authorization"))) is not None:
+        caller = known.platform
+    if caller is not None:
+        entry.caller_platform_id = caller.id
+        name_the_caller(entry, caller, headers)
+    if entry.to_country_code is None:
+        with contextlib.suppress(InvalidParameters):  # not a party's codes: only in the request headers
+            entry.to_country_code, entry.to_party_id = routing_party(headers, "to") or (None, None)
+
+
 def name_the_caller(entry: LogEntry, platform: Platform, headers: dict[str, str]) -> None:
-    """The from of a row no route named a sender for (a request refused before it was routed: a foreign OCPI-from, an
-    unknown receiver, a malformed body; a party's own credentials request): the calling platform's party its
-    OCPI-from headers name, else its first, so that an auditor finds the row under the party that sent it. What it
-    claimed stays in the row's request headers."""
+    """The from of a row: the calling platform's party its OCPI-from headers name, else its first."""
     claimed = (headers.get("ocpi-from-country-code", "").upper(), headers.get("ocpi-from-party-id", "").upper())
     party = next((r for r in platform.roles if r.key == claimed), None) or next(iter(platform.roles), None)
     if party is not None:

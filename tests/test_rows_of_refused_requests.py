@@ -1,0 +1,70 @@
+"""A request refused before the hub routed it still leaves a row an auditor finds under the parties it was between:
+the caller its token names (and its OCPI-from party), and the receiver its OCPI-to headers address. Found by a CPO
+developer's walkthrough: the rows of a body too large (413) and of an X-Request-ID too long named nobody, though the
+caller had sent a valid token C; the row of an unknown token did not name the receiver it was for."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+import httpx
+
+from tests.conftest import Db, Hub
+from tests.parties import Party
+from tests.test_routing import _roles, party_key
+
+
+def _row(db: Db, correlation_id: str) -> dict[str, object]:
+    [row] = db.run(db.fetch("SELECT http_status, routing, caller_platform_id, from_country_code, from_party_id, "
+                            "to_country_code, to_party_id FROM routing_log WHERE correlation_id = $1",
+                            correlation_id))  # fmt: skip
+    return dict(row)
+
+
+def _put(hub: Hub, token: str, cpo: tuple[str, str], emsp: tuple[str, str], correlation_id: str,
+         content: bytes, **headers: str) -> httpx.Response:  # fmt: skip
+    """A location PUT from cpo to emsp with the token given, as sent: routing headers and all."""
+    (cc, pid), (to_cc, to_pid) = cpo, emsp
+    sent = {"Authorization": f"Token {base64.b64encode(token.encode()).decode()}", "Content-Type": "application/json",
+            "OCPI-from-country-code": cc, "OCPI-from-party-id": pid, "OCPI-to-country-code": to_cc,
+            "OCPI-to-party-id": to_pid, "X-Correlation-ID": correlation_id} | headers  # fmt: skip
+    return httpx.put(f"{hub.base}/ocpi/2.2.1/receiver/locations/{cc}/{pid}/LOC1", headers=sent, content=content,
+                     timeout=30)  # fmt: skip
+
+
+def test_a_request_refused_before_it_was_routed_names_its_caller_and_receiver_in_its_row(
+    cpo_and_emsp: tuple[Party, Party], hub: Hub, db: Db
+) -> None:
+    cpo, emsp = cpo_and_emsp
+    caller = db.run(db.fetchval("SELECT platform_id FROM party_role WHERE party_id = $1", party_key(cpo)[1]))
+    body = b'{"id": "LOC1"}'
+    refusals = [
+        ("a body too large", b" " * 10_000_001 + body, {}, 413),
+        ("an X-Request-ID too long", body, {"X-Request-ID": "r" * 300}, 400),
+    ]
+    for _, content, headers, status in refusals:
+        correlation_id = str(uuid.uuid4())
+        answer = _put(hub, cpo.hub_token or "", party_key(cpo), party_key(emsp), correlation_id, content, **headers)
+        assert answer.status_code == status, answer.text
+        assert _row(db, correlation_id) == {
+            "http_status": status, "routing": "rejected", "caller_platform_id": caller,
+            "from_country_code": "NL", "from_party_id": party_key(cpo)[1],
+            "to_country_code": "NL", "to_party_id": party_key(emsp)[1],
+        }  # fmt: skip
+    # an unknown token: no caller to name, but the receiver it was addressed to
+    correlation_id = str(uuid.uuid4())
+    assert _put(hub, "not-a-token", party_key(cpo), party_key(emsp), correlation_id, body).status_code == 401
+    assert _row(db, correlation_id) | {"http_status": 0} == {
+        "http_status": 0, "routing": "rejected", "caller_platform_id": None, "from_country_code": None,
+        "from_party_id": None, "to_country_code": "NL", "to_party_id": party_key(emsp)[1],
+    }  # fmt: skip
+    # a token A (invited, not registered): the platform it was given to
+    roles = _roles("CPO")
+    invited = hub.invite("invited CPO", roles)
+    correlation_id = str(uuid.uuid4())
+    assert _put(hub, invited["token_a"], roles[1:], party_key(emsp), correlation_id, body).status_code == 401
+    row = _row(db, correlation_id)
+    assert (row["caller_platform_id"], row["from_party_id"], row["to_party_id"]) == (
+        invited["platform_id"], roles[2], party_key(emsp)[1]), row  # fmt: skip
+    assert emsp.functional() == []

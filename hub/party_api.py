@@ -49,10 +49,6 @@ class Fetched:
     headers: httpx.Headers
     content: bytes
 
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", errors="replace")
-
 
 class PartyClient(httpx.AsyncClient):
     """The control plane's client: httpx with the hub's timeouts and keep-alive, reading at most
@@ -297,10 +293,27 @@ async def _fetch(client: PartyClient, method: str, url: str, headers: dict[str, 
 
 def _accepted(response: Fetched, method: str, url: str) -> Fetched:
     if response.status_code == 401:
-        raise TokenRefused(f"{method} {url} answered HTTP 401: {response.text[:200]}")
+        raise TokenRefused(f"{method} {url} answered HTTP 401: {_said(response)}")
     if response.status_code >= 300:
-        raise UnableToUseClientApi(f"{method} {url} answered HTTP {response.status_code}: {response.text[:200]}")
+        raise UnableToUseClientApi(f"{method} {url} answered HTTP {response.status_code}: {_said(response)}")
     return response
+
+
+def _said(refusal: Fetched) -> str:
+    """What a party's refusal says, for the message that names it: an OCPI envelope's status code and message, else
+    only what kind of body came. The hub calls whatever versions URL a party gives it (a holder of a token A too):
+    quoting the body of any answer would let a party read what an address behind the hub answers (an admin page, a
+    cloud metadata service's error), as the hub's own URL checks (routing.rewrite.why_not_callable) keep it from
+    doing through a response_url."""
+    try:
+        document = msgspec.json.decode(refusal.content)
+    except (msgspec.DecodeError, RecursionError):
+        document = None
+    if isinstance(document, dict) and isinstance(status := document.get("status_code"), int):
+        message = document.get("status_message")
+        return f"OCPI status {status} {message[:200] if isinstance(message, str) else ''}".rstrip()
+    kind = refusal.headers.get("content-type", "no content type")
+    return f"{len(refusal.content)} bytes of {kind[:100]}, not an OCPI answer"
 
 
 def _data(response: Fetched, decoder: msgspec.json.Decoder, what: str, url: str):  # type: ignore[no-untyped-def]

@@ -325,7 +325,7 @@ def test_an_operators_failed_refresh_shows_why_and_leaves_the_hubs_own_schedule_
     assert _rotate(hub, platform_id).status_code == 502
     scheduled = _listed(hub, platform_id)
     assert "HTTP 404" in scheduled["endpoints_from_before"] and scheduled["endpoints_next_try"], scheduled
-    cpo.canned[("GET", "/v2/ocpi/versions")] = (503, b"still deploying", {})
+    cpo.canned[("GET", "/v2/ocpi/versions")] = (503, b'{"status_code": 3000, "status_message": "still deploying"}', {})
     with hub.admin() as admin:
         failed = admin.post(f"/admin/api/parties/{platform_id}/endpoints")
         assert failed.status_code == 502, failed.text
@@ -336,11 +336,14 @@ def test_an_operators_failed_refresh_shows_why_and_leaves_the_hubs_own_schedule_
     assert (listed["endpoints_next_try"], listed.get("endpoints_trying_now")) == (next_try, False), listed
     failures = db.run(db.fetchval("SELECT endpoints_refresh_failures FROM platform WHERE id = $1", platform_id))
     assert failures == 1  # the rotation's
-    assert "HTTP 503: still deploying" in listed["endpoints_from_before"], listed
+    assert "HTTP 503: OCPI status 3000 still deploying" in listed["endpoints_from_before"], listed
     at = next_try[:19].replace("T", " ") + " UTC"
     assert failed.json()["error"].endswith(f"; it tries again on its own, as scheduled before: at {at}")
     page = console_page(hub, f"/console/parties/{platform_id}/endpoints")
-    assert "(1 try of its own failed). The last try said: GET" in page and "HTTP 503: still deploying" in page
+    assert (
+        "(1 try of its own failed). The last try said: GET" in page
+        and "HTTP 503: OCPI status 3000 still deploying" in page
+    )
     assert f'<span id="endpoints-next-try">next try at {next_try[:19].replace("T", " ")}.' in page
     [tried] = [t for t in trail if t["action"] == "refresh_endpoints" and t["parameters"]["platform_id"] == platform_id]
     assert (tried["actor_kind"], tried["parameters"]["kept"], tried["parameters"]["next_try"]) == (

@@ -1,0 +1,110 @@
+"""A registration the hub cannot complete with what the party's platform answers (unreachable, an HTTP error, versions
+or details it cannot use, a wrong token B, no common version, no credentials endpoint): an OCPI 3xxx saying what was
+wrong, nothing registered, token A still good."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import Hub, unique_party_id
+from tests.parties import free_port, token_header
+from tests.test_registration import _credentials_url, _invited_party
+
+
+def test_unreachable_party_api_answers_3001(hub: Hub, start_party) -> None:
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
+    credentials = party.credentials(party.token_b) | {"url": f"http://127.0.0.1:{free_port()}/ocpi/versions"}
+    answer = httpx.post(_credentials_url(hub), headers=token_header(token_a), json=credentials)
+    assert answer.status_code == 200
+    assert answer.json()["status_code"] == 3001
+    assert "/ocpi/versions" in answer.json()["status_message"]
+    # Nothing was registered: token A still works for a second attempt.
+    assert httpx.get(hub.versions_url, headers=token_header(token_a)).status_code == 200
+
+
+def test_party_versions_answering_an_http_error_gives_3001(hub: Hub, start_party) -> None:
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()), versions_status=500)
+    answer = party.register_at(hub.versions_url, token_a).json()
+    assert answer["status_code"] == 3001
+    assert "HTTP 500" in answer["status_message"]
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "content_type", "said"),
+    [
+        (
+            404,
+            b"<html>admin console: secret</html>",
+            "text/html",
+            "HTTP 404: 34 bytes of text/html, not an OCPI answer",
+        ),
+        (
+            503,
+            b'{"status_code": 3000, "status_message": "down"}',
+            "application/json",
+            "HTTP 503: OCPI status 3000 down",
+        ),
+    ],
+    ids=["any-page", "an-ocpi-refusal"],
+)
+def test_a_refusal_at_the_versions_url_is_told_by_its_ocpi_status_alone_not_by_what_the_page_says(
+    hub: Hub, start_party, status: int, answer: bytes, content_type: str, said: str
+) -> None:
+    # The hub calls whatever URL a holder of a token A gives it: quoted, the start of any answer let it read what an
+    # address behind the hub answers (found by a CPO developer's walkthrough: a local server's 404 page came back).
+    canned = {("GET", "/ocpi/versions"): (status, answer, {"Content-Type": content_type})}
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()), canned=canned)
+    message = party.register_at(hub.versions_url, token_a).json()["status_message"]
+    assert message == f"GET {party.base}/ocpi/versions answered {said}" and "secret" not in message
+
+
+NESTED_TOO_DEEPLY = b"[" * 5000 + b"]" * 5000
+
+
+@pytest.mark.parametrize(
+    ("path", "answer", "said"),
+    [
+        ("/ocpi/versions", b"<html>down for maintenance</html>", "answered no usable versions"),
+        ("/ocpi/versions", b'{"data": {"version": "2.2.1"}}', "answered no usable versions"),
+        ("/ocpi/versions", b'{"data": ' + NESTED_TOO_DEEPLY + b"}", "answered no usable versions"),
+        ("/ocpi/2.2.1", b'{"data": {"version": "2.2.1", "endpoints": "all"}}', "answered no usable version details"),
+        ("/ocpi/2.2.1", NESTED_TOO_DEEPLY, "answered no usable version details"),
+        ("/ocpi/2.2.1", b'{"status_code": 3000, "status_message": "down"}', "was refused: OCPI status 3000 down"),
+    ],
+    ids=["not-json", "wrong-shape", "nested-too-deeply", "details-wrong-shape", "details-nested-too-deeply", "refused"],
+)
+def test_party_versions_or_details_the_hub_cannot_use_give_3001_saying_what_was_wrong(
+    hub: Hub, start_party, path: str, answer: bytes, said: str
+) -> None:
+    canned = {("GET", path): (200, answer, {"Content-Type": "application/json"})}
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()), canned=canned)
+    registration = party.register_at(hub.versions_url, token_a)
+    assert registration.status_code == 200
+    assert registration.json()["status_code"] == 3001
+    assert f"GET {party.base}{path} {said}" in registration.json()["status_message"]
+    # Nothing was registered: token A still works for a second attempt.
+    assert httpx.get(hub.versions_url, headers=token_header(token_a)).status_code == 200
+
+
+def test_party_with_a_wrong_token_b_gives_3001(hub: Hub, start_party) -> None:
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
+    credentials = party.credentials("not-the-token-the-party-accepts")
+    answer = httpx.post(_credentials_url(hub), headers=token_header(token_a), json=credentials).json()
+    assert answer["status_code"] == 3001
+    assert "HTTP 401" in answer["status_message"]
+
+
+def test_no_common_version_answers_3002(hub: Hub, start_party) -> None:
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()), versions=["2.1.1", "2.2"])
+    answer = party.register_at(hub.versions_url, token_a).json()
+    assert answer["status_code"] == 3002
+    assert "2.1.1, 2.2" in answer["status_message"]
+
+
+def test_missing_credentials_endpoint_answers_3003(hub: Hub, start_party) -> None:
+    roles = ("CPO", "NL", unique_party_id())
+    party, token_a = _invited_party(hub, start_party, roles, omit_credentials_endpoint=True)
+    answer = party.register_at(hub.versions_url, token_a).json()
+    assert answer["status_code"] == 3003
+    assert "credentials" in answer["status_message"]

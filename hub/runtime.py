@@ -92,7 +92,7 @@ async def migrate_database(database_url: str, secret_key: str, apply: bool) -> l
                 raise MigrationRefused("the database holds no hub yet: run ocpi-hub migrate (or serve) first")
             raise MigrationRefused(
                 f"the database lacks migration {', '.join(waiting)}; this command applies none: run ocpi-hub migrate "
-                "first (see deploy/README.md, Upgrades, on stopping the running hubs for it)"
+                "first (see deploy/README.md, Upgrades: whether the running hubs must be stopped for it)"
             )
         else:
             applied = []

@@ -212,15 +212,17 @@ def row_hash(key: bytes, prev_hash: bytes, values: Mapping[str, Any], row_id: in
     return hmac.digest(key, prev_hash + _canonical.encode(content), "sha256")
 
 
-def keyed_hash_matches(key: bytes, row: Mapping[str, Any]) -> bool:
-    """Whether a row as stored (its id, prev_hash and hash among its columns) matches its keyed hash: over its id, or,
-    for a row chained without one (written before migration 0014, or while no id could be reserved), over its content
-    alone. Either is keyed, so neither can be made to match a changed row, id included, without the key."""
+def keyed_hash_covers_id(key: bytes, row: Mapping[str, Any]) -> bool | None:
+    """How a row as stored (its id, prev_hash and hash among its columns) matches its keyed hash: over its id (True),
+    over its content alone (False: written before migration 0014, or while no id could be reserved), or not at all
+    (None). Either form is keyed, so neither can be made to match a changed row, id included, without the key."""
     content = _canonical_content(_in_keyed_order(row))
     prev_hash, stored = row["prev_hash"], row["hash"]
     if hmac.compare_digest(hmac.digest(key, prev_hash + _canonical.encode([*content, row["id"]]), "sha256"), stored):
         return True
-    return hmac.compare_digest(hmac.digest(key, prev_hash + _canonical.encode(content), "sha256"), stored)
+    if hmac.compare_digest(hmac.digest(key, prev_hash + _canonical.encode(content), "sha256"), stored):
+        return False
+    return None
 
 
 def legacy_hash(prev_hash: bytes, values: Mapping[str, Any]) -> bytes:

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 
-from storage.log_row import COLUMNS, GENESIS, floor_mac, keyed_hash_matches, legacy_hash, seal_mac
+from storage.log_row import COLUMNS, GENESIS, floor_mac, keyed_hash_covers_id, legacy_hash, seal_mac
 from storage.sql import QUERIES
 
 
@@ -120,13 +120,15 @@ async def verify(
         else:
             rows = conn.cursor(_EVERY_ROW, prefetch=2000, timeout=timeout)
         seen: set[Any] = set()  # the chains that have rows
+        before: asyncpg.Record | None = None  # the row before previous in its chain
+        previous_covers_id: bool | None = None
         async for row in rows:
             result.rows += 1
             seen.add(row["chain_id"])
             if previous is not None and previous["chain_id"] != row["chain_id"]:
                 _check_head(result, previous, heads, floors, previous["chain_id"] in cut)
-                previous = None
-            _check_content(result, row, key, sealed)
+                previous = before = None
+            covers_id = _check_content(result, row, key, sealed)
             if previous is not None and row["seq"] == previous["seq"]:
                 # both named: the one inserted may be either (a row chained without its id, or its copy)
                 result.bad(row["id"], f"rows {previous['id']} and {row['id']} are both at seq {row['seq']} of chain "
@@ -134,11 +136,8 @@ async def verify(
                 continue
             _check_link(result, previous, row, floors, row["chain_id"] in trusted)
             if previous is not None and row["id"] < previous["id"]:
-                # ids are given as rows are written, so they rise along a chain: a row chained without its id (before
-                # migration 0014) has it in no hash, and auditors cite rows by it
-                result.bad(row["id"], f"its id is below {previous['id']}, that of seq {previous['seq']} before it in "
-                                      "its chain: rows were renumbered")  # fmt: skip
-            previous = row
+                _out_of_order(result, before, (previous, previous_covers_id), (row, covers_id))
+            before, previous, previous_covers_id = previous, row, covers_id
         if previous is not None:
             _check_head(result, previous, heads, floors, previous["chain_id"] in cut)
         if not ranged:  # in a range, the chains with rows in it
@@ -248,26 +247,55 @@ async def _check_saved_heads(
 
 
 def row_verifies(key: bytes, sealed: dict[Any, asyncpg.Record], row: asyncpg.Record) -> bool:
-    """Whether a row (its id, every column of COLUMNS, object_id and listed_ids) matches its hash: keyed, or for a
-    chain sealed at the upgrade to keyed hashes (sealed: the seals whose MAC verifies, by chain id), as written, up to
-    its seal, and with no listed_ids (which came after it). Content no hash can be computed of (headers nested deeper
-    than a decoder follows) does not."""
+    """Whether a row (its id, every column of COLUMNS, object_id and listed_ids) matches its hash (verified_form)."""
+    return verified_form(key, sealed, row) is not None
+
+
+def verified_form(key: bytes, sealed: dict[Any, asyncpg.Record], row: asyncpg.Record) -> bool | None:
+    """How a row matches its hash: keyed over its id (True) or its content alone (False; keyed_hash_covers_id), or
+    for a chain sealed at the upgrade to keyed hashes (sealed: the seals whose MAC verifies, by chain id), as written,
+    up to its seal, and with no listed_ids (which came after it) (False). None where it does not, or content no hash
+    can be computed of (headers nested deeper than a decoder follows)."""
     seal = sealed.get(row["chain_id"])
     try:
         if seal is None:
-            return keyed_hash_matches(key, row)
+            return keyed_hash_covers_id(key, row)
         unkeyed = row["seq"] <= seal["last_seq"] and row["listed_ids"] is None
-        return unkeyed and legacy_hash(row["prev_hash"], row) == row["hash"]
+        return False if unkeyed and legacy_hash(row["prev_hash"], row) == row["hash"] else None
     except (ValueError, TypeError, AttributeError, RecursionError, OverflowError):
-        return False
+        return None
 
 
-def _check_content(result: Verification, row: asyncpg.Record, key: bytes, sealed: dict[Any, asyncpg.Record]) -> None:
-    if row_verifies(key, sealed, row):
+def _out_of_order(
+    result: Verification,
+    before: asyncpg.Record | None,
+    previous: tuple[asyncpg.Record, bool | None],
+    row: tuple[asyncpg.Record, bool | None],
+) -> None:
+    """Ids are given as rows are written, so they rise with seq along a chain, and auditors cite rows by them. Of two
+    rows out of that order, named is the one renumbered: not one whose hash covers its id (that one shows as changed
+    if it was), else the one that does not fit between its neighbours. A row that does not match its hash at all is
+    named already (None)."""
+    (earlier, earlier_covers), (later, later_covers) = previous, row
+    if earlier_covers is None or later_covers is None or (earlier_covers and later_covers):
         return
+    if later_covers or (not earlier_covers and before is not None and before["id"] < later["id"]):
+        result.bad(earlier["id"], f"its id is above {later['id']}, that of seq {later['seq']} after it in its chain: "
+                                  "rows were renumbered")  # fmt: skip
+    else:
+        result.bad(later["id"], f"its id is below {earlier['id']}, that of seq {earlier['seq']} before it in its "
+                                "chain: rows were renumbered")  # fmt: skip
+
+
+def _check_content(
+    result: Verification, row: asyncpg.Record, key: bytes, sealed: dict[Any, asyncpg.Record]
+) -> bool | None:
+    """Whether the row's hash covers its id (verified_form), None when the row does not match it (reported)."""
+    if (covers_id := verified_form(key, sealed, row)) is not None:
+        return covers_id
     seal = sealed.get(row["chain_id"])
     if seal is None:
-        result.bad(row["id"], "content does not match its hash: the row was changed (or the hub's "
+        result.bad(row["id"], "content does not match its hash: the row was changed or renumbered (or the hub's "
                               "OCPI_HUB_SECRET_KEY is not the one it was written with)")  # fmt: skip
     elif row["seq"] > seal["last_seq"]:
         result.bad(row["id"], f"a row after seq {seal['last_seq']}, where its chain of unkeyed hashes was sealed at "
@@ -275,6 +303,7 @@ def _check_content(result: Verification, row: asyncpg.Record, key: bytes, sealed
                               "running then, or by something other than a hub")  # fmt: skip
     else:
         result.bad(row["id"], "content does not match its hash: the row was changed")
+    return None
 
 
 def verified_seals(key: bytes, records: list[asyncpg.Record]) -> dict[Any, asyncpg.Record]:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from storage.log_row import CONTENT_COLUMNS, GENESIS, row_content, row_hash
+from storage.log_row import CONTENT_COLUMNS, GENESIS, LogEntry, row_content, row_hash
 from storage.log_verify import Heads, Verification, current_heads, verify
 from tests.conftest import LOG_KEY
 from tests.log_rows import numbered_entry, numbered_log, run_on, sql, write
@@ -62,19 +62,43 @@ def _renumber(url: str, request_id: str, new_id: int) -> None:
     sql(url, "UPDATE routing_log SET id = $1 WHERE request_id = $2", new_id, request_id)
 
 
+def _write_as_before_0014(url: str, entries: list[LogEntry]) -> None:
+    """entries in a chain of their own as a hub of the version before migration 0014 writes them (0014 leaves its
+    append beside the new one, for a rolling upgrade): hashed without their ids, which the database gives."""
+    write(url, [])  # migrated
+    chain, records, prev_hash = uuid.uuid4(), [], GENESIS
+    for seq, entry in enumerate(entries, start=1):
+        values = row_content(entry, str(chain), seq, 1024) | {"object_id": entry.path.rsplit("/", 1)[-1].upper(),
+                                                                "listed_ids": None}  # fmt: skip
+        hashed = row_hash(LOG_KEY, prev_hash, values, None)
+        records.append((*(values[name] for name in CONTENT_COLUMNS), prev_hash, hashed, values["object_id"], None))
+        prev_hash = hashed
+    sql(url, "SELECT append_routing_log($1::routing_log_entry[], $2, $3, $4, '{}')", records, chain, len(records),
+        prev_hash)  # fmt: skip
+
+
 @pytest.mark.parametrize("swap", [False, True], ids=["one row renumbered", "two rows' ids swapped"])
-def test_verify_finds_rows_renumbered_whose_content_is_unchanged(empty_database: str, swap: bool) -> None:
-    # A row's id is no part of its hash, and auditors cite rows by it (first_bad_id, the console's links).
-    _log_a_second_apart(empty_database)
+def test_verify_finds_rows_renumbered_whose_hash_does_not_cover_their_id_by_their_order(
+    empty_database: str, swap: bool
+) -> None:
+    # Rows written before migration 0014 have their id in no hash, and auditors cite rows by it (first_bad_id, the
+    # console's links): ids rise along a chain, and verify names the rows out of that order (found by an operator's
+    # walkthrough: it named the innocent row after the one moved).
+    _write_as_before_0014(empty_database, [numbered_entry(n) for n in range(20)])
+    assert _verify(empty_database).ok
     first, second = _id_of(empty_database, "r3"), _id_of(empty_database, "r12")
     if swap:
         _renumber(empty_database, "r3", -1)
         _renumber(empty_database, "r12", first)
         _renumber(empty_database, "r3", second)
+        named = {first, second}
     else:
         _renumber(empty_database, "r3", first + 100_000)
+        named = {first + 100_000}
     result = _verify(empty_database)
     assert not result.ok and "rows were renumbered" in " ".join(result.problems), result
+    assert {int(problem.split(":")[0].removeprefix("row ")) for problem in result.problems} == named, result
+    assert result.first_bad_id == min(named)
 
 
 @pytest.mark.parametrize("move", ["newest above", "swapped across chains"])
@@ -95,7 +119,7 @@ def test_a_row_id_is_covered_by_its_hash_so_no_renumbering_passes(empty_database
         _renumber(empty_database, "r2", first_of_second)
     result = _verify(empty_database)
     said = " ".join(result.problems)
-    assert not result.ok and "renumbered" not in said, said  # ids still rise along each chain
+    assert not result.ok and "rows were renumbered" not in said, said  # ids still rise along each chain
     for row_id in moved:
         assert f"row {row_id}: content does not match its hash" in said, said
 
@@ -104,15 +128,7 @@ def test_rows_an_instance_of_the_previous_version_writes_during_a_rolling_upgrad
     # 0014 leaves the old append beside the new one: rows chained without their ids, by a hub still running the version
     # before, are written and verify as they were hashed (the id then checked by its order along the chain alone).
     numbered_log(empty_database, 2)
-    chain, old = uuid.uuid4(), []
-    prev_hash = GENESIS
-    for seq, entry in enumerate([numbered_entry(n) for n in range(2, 5)], start=1):
-        values = row_content(entry, str(chain), seq, 1024) | {"object_id": f"L{seq + 1}", "listed_ids": None}
-        hashed = row_hash(LOG_KEY, prev_hash, values, None)
-        old.append((*(values[name] for name in CONTENT_COLUMNS), prev_hash, hashed, values["object_id"], None))
-        prev_hash = hashed
-    sql(empty_database, "SELECT append_routing_log($1::routing_log_entry[], $2, $3, $4, '{}')", old, chain, 3,
-        prev_hash)  # fmt: skip
+    _write_as_before_0014(empty_database, [numbered_entry(n) for n in range(2, 5)])
     result = _verify(empty_database)
     assert result.ok and result.rows == 5, result
     _renumber(empty_database, "r4", _id_of(empty_database, "r4") + 1_000)  # what such a row's hash cannot show

@@ -6,7 +6,8 @@ transport layer (no valid JSON, no such resource, no credentials) get an HTTP er
     OcpiError
     ├── ClientError 2000 ── InvalidParameters 2001, NotEnoughInformation 2002, UnknownLocation 2003,
     │                       UnknownToken 2004, Unauthorized (HTTP 401), NotFound (HTTP 404),
-    │                       MethodNotAllowed (HTTP 405), MalformedBody (HTTP 400), BodyTooLarge (HTTP 413)
+    │                       MethodNotAllowed (HTTP 405), MalformedBody (HTTP 400), BodyTooLarge (HTTP 413),
+    │                       EncodedBody (HTTP 415)
     ├── ServerError 3000 ── UnableToUseClientApi 3001, UnsupportedVersion 3002, NoMatchingEndpoints 3003
     └── HubError 4000 ───── UnknownReceiver 4001, ForwardTimeout 4002, ReceiverNotConnected 4003
 
@@ -164,6 +165,12 @@ class BodyTooLarge(ClientError):
     """The body is larger than the hub accepts."""
 
     http_status = 413
+
+
+class EncodedBody(ClientError):
+    """A request body with a content coding (gzip) the hub does not undo (RFC 9110, 15.5.16: HTTP 415)."""
+
+    http_status = 415
 
 
 class BodyTooSlow(ClientError):

@@ -8,7 +8,7 @@ from typing import Any
 from litestar.types import Receive, Scope
 
 from hub.envelope import whole_number
-from hub.errors import BodyTooLarge, BodyTooSlow, NotFound, OcpiError
+from hub.errors import BodyTooLarge, BodyTooSlow, EncodedBody, NotFound, OcpiError
 
 # scope key: the error the server's protocol answered a request with when it could not read the request's body
 REFUSED = "ocpi_hub.refused"
@@ -78,6 +78,16 @@ def refuse_announced(headers: dict[str, str], limit: int) -> None:
     announced = whole_number(headers.get("content-length", ""))
     if announced is not None and announced > limit:
         raise BodyTooLarge(f"request body too large: it announced {announced} bytes, the hub accepts at most {limit}")
+
+
+def refuse_encoded(headers: dict[str, str]) -> None:
+    """EncodedBody for a request body sent with a content coding: the hub checks, caches, logs and forwards a body as
+    the JSON text it is, and no OCPI module compresses what it sends (only parties' answers come gzipped, and the
+    hub undoes that). Read as it came, a gzipped body was refused as "not UTF-8 (byte 1 is 0x8b)"."""
+    coding = headers.get("content-encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        raise EncodedBody(f"the request body is sent with Content-Encoding {coding[:40]!r}: the hub takes request "
+                          "bodies uncompressed")  # fmt: skip
 
 
 async def read_body(receive: Receive, limit: int, scope: Scope) -> bytes:

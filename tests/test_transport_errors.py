@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import socket
@@ -304,6 +305,26 @@ def test_a_relayed_body_that_is_not_utf8_answers_400_naming_the_byte_and_is_not_
         [row] = db.run(db.fetch("SELECT routing, http_status FROM routing_log WHERE request_id = $1", request_id))
         assert (row["routing"], row["http_status"]) == ("rejected", 400)
     assert emsp.functional() == []
+
+
+def test_a_compressed_request_body_is_answered_415_saying_so_and_is_not_forwarded(hub: Hub, cpo_and_emsp, db) -> None:
+    # Found by a CPO developer's walkthrough: a gzipped PUT was refused as "not UTF-8 (byte 1 is 0x8b)".
+    cpo, emsp = cpo_and_emsp
+    (_, cc, pid), (_, to_cc, to_pid) = cpo.roles[0], emsp.roles[0]
+    body = gzip.compress(json.dumps({"country_code": cc, "party_id": pid, "id": "LOC1"}).encode())
+    request_id = str(uuid.uuid4())
+    answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/LOC1", to=(to_cc, to_pid), content=body,
+                      headers={"Content-Encoding": "gzip", "X-Request-ID": request_id})  # fmt: skip
+    assert (answer.status_code, answer.json()["status_code"]) == (415, 2000), answer.text
+    said = "the request body is sent with Content-Encoding 'gzip': the hub takes request bodies uncompressed"
+    assert answer.json()["status_message"] == said
+    [row] = db.run(db.fetch("SELECT routing, http_status, from_party_id FROM routing_log WHERE request_id = $1",
+                            request_id))  # fmt: skip
+    assert (row["routing"], row["http_status"], row["from_party_id"]) == ("rejected", 415, pid)
+    identity = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/LOC1", to=(to_cc, to_pid),
+                        content=gzip.decompress(body), headers={"Content-Encoding": "identity"})  # fmt: skip
+    assert identity.json()["status_code"] == 1000, identity.text
+    assert len(emsp.functional()) == 1
 
 
 def test_unknown_path_answers_404_with_an_ocpi_body(hub: Hub) -> None:

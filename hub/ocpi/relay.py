@@ -37,7 +37,7 @@ from hub.ocpi.exchange import Exchange
 from hub.ocpi.relayed_urls import CDR_LOCATIONS, PAGES, RESULTS
 from hub.ocpi.wire import Envelope
 from hub.party_api import authorization
-from hub.request_body import BodyDeadlines, read_body, refuse_announced
+from hub.request_body import BodyDeadlines, read_body, refuse_announced, refuse_encoded
 from hub.request_context import MAX_ID_LENGTH, check_ids, check_repeated, log_request, new_request_id, request_ids
 from routing import open_routing
 from routing.decide import Delivery, decide
@@ -124,6 +124,8 @@ class Relay:
         try:
             if "expect" in headers:  # 100-continue: uvicorn sends it on the first receive()
                 refuse_announced(headers, self.settings.max_body_bytes)
+            if "content-encoding" in headers:
+                refuse_encoded(headers)
             entry.request_body = await read_body(self.bodies.guarded(receive), self.settings.max_body_bytes, scope)
             check_utf8(entry.request_body)  # what the hub forwards, caches and logs is JSON text, all of it
             check_ids(request_id, correlation_id)

@@ -41,6 +41,9 @@ Record = Callable[[LogEntry], Awaitable[None]]
 LONGEST_SLEEP_S = 60.0  # the safety net: a wake-up missed (Redis away) delays a probe by at most this much
 SHORTEST_SLEEP_S = 0.2  # however short the probe interval: no busier than this
 AFTER_ERROR_S = 1.0  # the database or Redis briefly away: look again soon
+# A suspect (a forward that failed) is probed though the party was probed within a probe interval, which may have
+# been before it went away, but no more than once in this long by all hub processes together.
+SUSPECT_CLAIM_S = 2.0
 
 
 class StillAlive:
@@ -97,17 +100,26 @@ class StillAlive:
             if p.state == "REGISTERED" and any(r.status == "OFFLINE" for r in p.roles)
         }  # fmt: skip
         due = [directory.platforms[i] for i in suspects | set(found["silent"]) | offline if i in directory.platforms]
-        claimed = [p for p in due if await self._claim(p)]
+        claimed = [p for p in due if await self._claim(p, suspected=p.id in suspects)]
+        # a suspect probed a moment ago, by this process or another, is probed again once that claim runs out: the
+        # forward that failed since may have been the first sign it went away
+        self._suspects |= suspects.intersection(p.id for p in due) - {p.id for p in claimed}
         await asyncio.gather(*(self.probe(p) for p in claimed))
         next_in_s = found["next_in_s"]
         wait_s = LONGEST_SLEEP_S if next_in_s is None else min(LONGEST_SLEEP_S, next_in_s)
+        if self._suspects:
+            wait_s = min(wait_s, SUSPECT_CLAIM_S)
         # due again once the claims run out: OFFLINE ones are probed until they answer, and one probed meanwhile by
         # another process (or by this one) is no longer silent by then, or OFFLINE
         return max(SHORTEST_SLEEP_S, min(wait_s, self.probe_interval_s) if due else wait_s)
 
-    async def _claim(self, platform: Platform) -> bool:
-        key = f"{self._prefix}still-alive:probed:{platform.id}"
-        return bool(await self._redis.set(key, "1", nx=True, px=max(100, int(self.probe_interval_s * 1000))))
+    async def _claim(self, platform: Platform, suspected: bool) -> bool:
+        """This process's turn to probe the platform: none had it within a probe interval, or, for a suspect, within
+        SUSPECT_CLAIM_S (its last probe may have found it alive just before a forward failed to reach it)."""
+        kind, interval_s = ("suspected", min(SUSPECT_CLAIM_S, self.probe_interval_s)) if suspected else (
+            "probed", self.probe_interval_s)  # fmt: skip
+        key = f"{self._prefix}still-alive:{kind}:{platform.id}"
+        return bool(await self._redis.set(key, "1", nx=True, px=max(100, int(interval_s * 1000))))
 
     async def probe(self, platform: Platform) -> bool:
         """GET the platform's versions endpoint with its token B; any HTTP answer below 500 means it is alive."""

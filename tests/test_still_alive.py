@@ -104,3 +104,26 @@ def test_a_failed_forward_makes_the_hub_probe_at_once(probing_hub: Hub, start_pa
     # Within the test's wait, long before 300 s of silence would have found it.
     _wait_for(lambda: _status(hub, cpo) == "OFFLINE")
     assert _statuses_pushed(emsp, key, 3) == ["PLANNED", "CONNECTED", "OFFLINE"]
+
+
+def test_a_failed_forward_is_probed_at_once_though_a_probe_found_the_party_alive_a_moment_before(
+    services: Services, tmp_path: Path, start_party
+) -> None:
+    # Found by a CPO developer's walkthrough: a probe claims its party for OCPI_HUB_OFFLINE_PROBE_S (30 s by default)
+    # in every hub process; after a timeout's probe found the CPO alive, the CPO went down, and the forwards that then
+    # failed to connect were not probed "at once" (README): it stayed CONNECTED for half a minute.
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_STILL_ALIVE_S="300", OCPI_HUB_OFFLINE_PROBE_S="30",
+                  OCPI_HUB_FORWARD_TIMEOUT_S="1")  # fmt: skip
+    hub = start_hub(env, OUTPUT / "hub-still-alive-suspects.log")
+    try:
+        emsp, cpo = _connect(hub, start_party, "EMSP"), _connect(hub, start_party, "CPO")
+        cc, pid = key = party_key(cpo)
+        cpo.delay_s, probes = 2.0, _versions_probes(cpo)  # the registration's GET of its versions among them
+        assert emsp.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=key).json()["status_code"] == 4002
+        _wait_for(lambda: _versions_probes(cpo) > probes)  # alive: its versions answer at once
+        assert _status(hub, cpo) == "CONNECTED"
+        cpo.stop()
+        assert emsp.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=key).json()["status_code"] == 4003
+        _wait_for(lambda: _status(hub, cpo) == "OFFLINE", timeout=8)  # within a few seconds, not 30
+    finally:
+        hub.stop()

@@ -87,10 +87,11 @@ def test_a_silent_party_is_probed_goes_offline_fails_fast_and_comes_back(probing
     watcher.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=key, headers={"X-Request-ID": "back"})
     assert [r.headers["X-Correlation-ID"] for r in cpo.functional()][-1:] and any(
         r.path.endswith("/LOC1") for r in cpo.functional())  # fmt: skip
-    probes = db.run(
-        db.fetch("SELECT http_status, error FROM routing_log WHERE module = 'versions' AND to_party_id = $1", pid)
-    )
+    probes = db.run(db.fetch("SELECT http_status, ocpi_status_code, error FROM routing_log WHERE module = 'versions' "
+                             "AND to_party_id = $1", pid))  # fmt: skip
     assert any(p["error"] for p in probes) and any(p["http_status"] == 200 for p in probes)
+    # a probe's row has the OCPI status of the answer, as any other call's (found by a CPO developer's walkthrough)
+    assert all(p["ocpi_status_code"] == 1000 for p in probes if p["http_status"] == 200), probes
 
 
 @pytest.mark.parametrize("probing_hub", ["300"], indirect=True)

@@ -85,6 +85,7 @@ class Party:
     page_size: int = 10
     delay_s: float = 0.0  # answer functional requests this late
     credentials_delay_s: float = 0.0  # take the hub's credentials POST or PUT this late
+    keeps_token_b: bool = False  # answer a credentials PUT with the token B it had, not a new one
     held: threading.Event | None = None  # answer functional requests only once it is set (a minute at most)
     # (method, path) -> (HTTP status, raw body, extra headers): a canned answer instead of the default, for a
     # functional path, the versions and 2.2.1 details, or the credentials endpoint; with status RAW, the body is the
@@ -303,7 +304,8 @@ class Party:
             return web.json_response(envelope(None, 3001, f"hub versions answered {answer.status_code}"))
         self.hub_credentials = theirs
         self.hub_token = theirs["token"]
-        self.token_b = secrets.token_urlsafe(24)  # token C of this exchange: the hub calls us with it from now on
+        if not self.keeps_token_b:
+            self.token_b = secrets.token_urlsafe(24)  # token C of this exchange: the hub calls us with it from now on
         return web.json_response(envelope(self.credentials(self.token_b)))
 
     # ---- calling the hub ----

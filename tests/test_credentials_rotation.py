@@ -70,7 +70,7 @@ def test_the_operator_rotates_a_platforms_tokens_and_both_sides_use_only_the_new
     assert answer.status_code == 200, answer.text
     assert answer.json() | {"version": None, "endpoints": None} == {
         "platform_id": platform_id, "name": cpo.name, "rotated": True, "version": None, "endpoints": None,
-        "token_encoding": "base64"}  # fmt: skip
+        "token_encoding": "base64", "token_b_renewed": True}  # fmt: skip
     # credentials.asciidoc, PUT: the hub sent its credentials with a new token C, authenticated with the old token B,
     # and the party answered with a new token B.
     [put] = [r for r in cpo.received if (r.method, r.path) == ("PUT", "/ocpi/2.2.1/credentials")]
@@ -96,6 +96,19 @@ def test_the_operator_rotates_a_platforms_tokens_and_both_sides_use_only_the_new
     assert logged.count('"token":"(not logged)"') == 2  # the hub's credentials and the party's answer
     seen = answer.text + hub.log() + logged
     assert not [t for t in (old_hub_token, cpo.hub_token, old_token_b, cpo.token_b) if t and t in seen]
+
+
+def test_a_rotation_the_party_answered_with_the_token_b_it_had_says_so(hub: Hub, connect_party) -> None:
+    # Found by a CPO developer's walkthrough: "rotated": true, and nothing else, though the party's token B, which a
+    # rotation after a leak of the hub's database is to end, still worked.
+    cpo = connect_party(_roles("CPO"), keeps_token_b=True)
+    platform_id = _platform_id(hub, party_key(cpo))
+    old_hub_token, token_b = cpo.hub_token, cpo.token_b
+    answer = _rotate(hub, platform_id)
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["rotated"], answer.json()["token_b_renewed"]) == (True, False)
+    assert cpo.token_b == token_b and cpo.hub_token != old_hub_token  # token C was renewed all the same
+    assert '"party_kept_its_token_b"' in hub.log()
 
 
 def test_every_call_of_a_rotation_is_a_routing_log_row_in_one_conversation_without_its_tokens(

@@ -35,6 +35,9 @@ class Rotated(msgspec.Struct):
     version: str
     endpoints: int  # the party's endpoints, fetched again with its new token B
     token_encoding: str
+    # whether the party answered another token B than the one the hub held: a party that keeps its token leaves a
+    # leaked one working, which the rotation (after a leak of the hub's database) was to end
+    token_b_renewed: bool
 
 
 @post("/parties/{platform_id:str}/credentials", status_code=200)
@@ -73,6 +76,8 @@ async def rotate(state: State, actor: Actor, platform_id: int, via: str | None =
 
 async def _rotate(state: State, actor: Actor, platform_id: int, via: str | None) -> Rotated:
     token_c = new_token()
+    held = state.directory.current.platforms.get(platform_id)
+    old_token_b = held.token_b if held is not None else None
     async with state.pool.acquire() as conn, conn.transaction():
         name = await _registered(conn, platform_id)
         await conn.execute(QUERIES["insert_token"], token_hash(token_c), platform_id, "C")
@@ -98,9 +103,14 @@ async def _rotate(state: State, actor: Actor, platform_id: int, via: str | None)
         raise _rotation_error(platform_id, exc) from None
     finally:
         await state.directory.changed()
+    renewed = state.token_box.open(connection.token_b_sealed) != old_token_b
     log.info("platform_credentials_rotated_by_operator", platform_id=platform_id, platform=name,
              endpoints=len(connection.endpoints), token_encoding=connection.token_encoding)  # fmt: skip
-    return Rotated(platform_id, name, True, connection.version, len(connection.endpoints), connection.token_encoding)
+    if not renewed:
+        log.warning("party_kept_its_token_b", platform_id=platform_id, platform=name,
+                    error="the party answered the token B the hub held: that token still works")  # fmt: skip
+    return Rotated(platform_id, name, True, connection.version, len(connection.endpoints), connection.token_encoding,
+                   renewed)  # fmt: skip
 
 
 def _rotation_error(platform_id: int, exc: Exception) -> AdminError:

@@ -139,6 +139,9 @@ def test_two_workers_told_to_stop_refuse_new_connections_at_once_and_finish_the_
                 httpx.get(f"{hub.base}/health", timeout=2)
             assert in_flight.result().json()["status_code"] == 1000
         assert hub.process.wait(30) == 0
+        # said as the stop begins, before the workers' own hub_stopping (an operator's walkthrough saw nothing for 28 s)
+        said = [line for line in hub.log().splitlines() if '"hub_stop_asked"' in line or '"hub_stopping"' in line]
+        assert '"hub_stop_asked"' in said[0] and '"signal":"SIGTERM"' in said[0].replace(" ", ""), said
     finally:
         hub.stop()
 

@@ -13,6 +13,7 @@ from storage.log_row import COLUMNS, CONTENT_COLUMNS
 from storage.sql import QUERIES
 
 _SEQ = CONTENT_COLUMNS.index("seq")
+CLIENT_CHECK_MS = 1000
 
 
 class LogConnection:
@@ -46,11 +47,26 @@ class LogConnection:
                 if self._conn is not None and _closed(self._conn):
                     await self.release()
                 if self._conn is None:
-                    self._conn = await self._pool.acquire()
+                    self._conn = await self._acquired()
                 return await self._conn.fetchrow(query, *args)
         except BaseException:
             await self.release(broken=True)
             raise
+
+    async def _acquired(self) -> Any:
+        """A pool connection whose server ends a statement once its client is gone: a write given up on (the
+        server stalled: a lock held, a disk frozen) and left on a closed connection otherwise waits on the server for
+        as long as the stall, one more backend per attempt, each holding a connection slot (found by an operator's
+        walkthrough: four of them after 30 s). PostgreSQL 14 and later check every CLIENT_CHECK_MS; the setting goes
+        with the connection's reset when it is given back."""
+        conn = await self._pool.acquire()
+        try:
+            if conn.get_server_version() >= (14,):
+                await conn.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
+        except BaseException:
+            await self._pool.release(conn)
+            raise
+        return conn
 
     async def release(self, broken: bool = False) -> None:
         # A connection a statement failed or was given up on may be waiting for an answer that never comes: closed,

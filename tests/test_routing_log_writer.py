@@ -197,6 +197,40 @@ def test_rows_chained_while_no_ids_could_be_reserved_are_written_and_verify(empt
     assert ids == sorted(ids)
 
 
+def test_writes_given_up_while_the_database_stalls_leave_no_backends_waiting_behind(empty_database: str) -> None:
+    # Found by an operator's walkthrough: with routing_log locked, each write given up on (every write_timeout_s) left
+    # its statement waiting on the server, one more backend and connection slot per attempt, all run once the lock
+    # went. The server now ends a statement whose client closed the connection (client_connection_check_interval).
+    numbered_log(empty_database, 1)
+
+    async def run() -> tuple[int, RoutingLogWriter]:
+        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=10)
+        admin = await asyncpg.connect(empty_database)
+        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, commit_timeout_s=30, write_timeout_s=1)
+        try:
+            async with writer.running():
+                locked = admin.transaction()
+                await locked.start()
+                await admin.execute("LOCK TABLE routing_log IN ACCESS EXCLUSIVE MODE")
+                waiting = asyncio.create_task(writer.record(numbered_entry(1)))
+                await asyncio.sleep(5.5)  # five writes given up on, each on a connection of its own
+                waiting_backends = await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")  # fmt: skip
+                await locked.rollback()
+                await asyncio.wait_for(waiting, 10)
+        finally:
+            await admin.close()
+            await pool.close()
+        return waiting_backends, writer
+
+    waiting_backends, writer = asyncio.run(asyncio.wait_for(run(), 60))
+    assert waiting_backends <= 2, waiting_backends  # the one of the attempt running now, and one ending
+    assert writer.rows == 1
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 2)  # written once
+
+
 async def _stop_while_answers_are_lost(database_url: str, spool: Path) -> list[object]:
     """A writer closed while the database's answers are lost: entry 1 committed, entry 2 in flight (committed with
     its answer lost), entry 3 queued behind it; 2 and 3 end in a spool file. What the two callers got."""

@@ -90,7 +90,10 @@ def test_the_admin_sees_the_endpoints_a_rotation_left_from_before_with_the_reaso
     assert flag.inner_text() == "endpoints from before" and "HTTP 404" in (flag.get_attribute("title") or "")
     row.locator("a.action", has_text="Endpoints").click()
     why = page.locator("#endpoints-from-before").inner_text()
-    assert f"from {cpo.versions_url} with the party's token B" in why and "HTTP 404: not deployed yet" in why, why
+    assert (
+        f"from {cpo.versions_url} with the party's token B" in why
+        and "HTTP 404: 29 bytes of text/html, not an OCPI answer" in why
+    ), why
     urls = page.locator("#endpoints-table td.mono").all_inner_texts()
     assert urls and all(url.startswith(f"{cpo.base}/ocpi/2.2.1/") for url in urls), urls
     shot(page, "endpoints-from-before", full_page=False)

@@ -254,7 +254,7 @@ def _moves_its_api(party: Party) -> None:
     """The party names its versions at a new URL, under /v2, from its next credentials answer on; that URL answers
     404 until the test lifts it (the new deployment not up yet). The old paths keep working."""
     party.moved_to = "/v2"
-    party.canned[("GET", "/v2/ocpi/versions")] = (404, b"not deployed yet", {})
+    party.canned[("GET", "/v2/ocpi/versions")] = (404, b"<html>not deployed yet</html>", {"Content-Type": "text/html"})
 
 
 def test_a_rotation_answered_with_a_new_versions_url_keeps_that_url_when_its_endpoints_cannot_be_fetched(

@@ -190,12 +190,17 @@ def test_unpublished_locations_are_shown_to_the_emsps_of_the_tokens_in_publish_a
         ("PUT", "{other}/LOC1", {"id": "LOC1"}, "is not the sending party"),
         ("PUT", "{mine}/LOC1", {"id": "LOC2"}, "the id in the URL"),
         # cached as the URL's owner's, it would be served in GET All as the body's (found by a spec review)
-        ("PUT", "{mine}/LOC1", {"id": "LOC1", "country_code": "FR", "party_id": "TOT"}, "the country_code in the URL"),
+        (
+            "PUT",
+            "{mine}/LOC1",
+            {"id": "LOC1", "country_code": "FR", "party_id": "TOT"},
+            "the country_code in the body (FR) differs from the URL's",
+        ),
         (
             "PATCH",
             "{mine}/LOC1",
             {"party_id": "TOT", "last_updated": "2026-11-25T10:00:00Z"},
-            "the party_id in the URL",
+            "the party_id in the body (TOT) differs from the URL's",
         ),
     ],
 )

@@ -8,9 +8,12 @@ import uuid
 from typing import Any
 
 import asyncpg
+import structlog
 
 from storage.log_row import COLUMNS, CONTENT_COLUMNS
 from storage.sql import QUERIES
+
+log = structlog.get_logger()
 
 _SEQ = CONTENT_COLUMNS.index("seq")
 CLIENT_CHECK_MS = 1000
@@ -23,6 +26,7 @@ class LogConnection:
         self._pool = pool
         self._conn: Any = None  # held between batches: a pool's acquire and release cost a reset query each time
         self._write_timeout_s = write_timeout_s
+        self._checks_client = True  # until the server refuses client_connection_check_interval
 
     async def append(
         self, chain_id: uuid.UUID, records: list[tuple[Any, ...]], locations: list[tuple[Any, ...]], ids_wanted: int
@@ -47,26 +51,26 @@ class LogConnection:
                 if self._conn is not None and _closed(self._conn):
                     await self.release()
                 if self._conn is None:
-                    self._conn = await self._acquired()
+                    await self._acquire()
                 return await self._conn.fetchrow(query, *args)
         except BaseException:
             await self.release(broken=True)
             raise
 
-    async def _acquired(self) -> Any:
-        """A pool connection whose server ends a statement once its client is gone: a write given up on (the
+    async def _acquire(self) -> None:
+        """A pool connection, held, whose server ends a statement once its client is gone: a write given up on (the
         server stalled: a lock held, a disk frozen) and left on a closed connection otherwise waits on the server for
         as long as the stall, one more backend per attempt, each holding a connection slot (found by an operator's
         walkthrough: four of them after 30 s). PostgreSQL 14 and later check every CLIENT_CHECK_MS; the setting goes
-        with the connection's reset when it is given back."""
-        conn = await self._pool.acquire()
-        try:
-            if conn.get_server_version() >= (14,):
+        with the connection's reset when it is given back. Held before it is set: a SET that fails or is given up
+        on closes the connection (the caller's handler), as any statement on it."""
+        self._conn = conn = await self._pool.acquire()
+        if self._checks_client and conn.get_server_version() >= (14,):
+            try:
                 await conn.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
-        except BaseException:
-            await self._pool.release(conn)
-            raise
-        return conn
+            except asyncpg.PostgresError as exc:  # a server that cannot check its clients' sockets (not Linux)
+                self._checks_client = False
+                log.warning("routing_log_client_check_unavailable", error=f"{type(exc).__name__}: {exc}")
 
     async def release(self, broken: bool = False) -> None:
         # A connection a statement failed or was given up on may be waiting for an answer that never comes: closed,

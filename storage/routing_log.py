@@ -93,6 +93,9 @@ class RoutingLogWriter:
         self._task: asyncio.Task[None] | None = None
         self._late: asyncio.TimerHandle | None = None
         self._in_flight: tuple[list[LogEntry], list[tuple[Any, ...]]] | None = None  # the batch being committed
+        # rows taken from the queue and neither committed nor in flight (waiting for ids, or for their turn in a
+        # refused batch written row by row): spooled at close with the queued ones
+        self._taken: list[LogEntry] = []
         self._spool_dir = spool_dir
         self._drain_timeout_s = drain_timeout_s
         self.batches = 0
@@ -139,9 +142,11 @@ class RoutingLogWriter:
             # Chaining holds the event loop ~15 us a row. In async mode nobody waits for the commits: the rows of a
             # few ms share one.
             batch = await next_batch(self._queue, self._max_batch_rows, 0.0 if self.strict else ASYNC_LINGER_S)
+            self._taken = batch
             await self._reserve_ids(len(batch))
             head = self._seq, self._last_hash
             batch, records = self._chained_batch(batch)
+            self._taken = []  # in flight from here on, with no await between
             if not batch:
                 continue
             try:
@@ -180,6 +185,7 @@ class RoutingLogWriter:
                         self.on_commit(len(batch), time.perf_counter() - started)
                     return
                 except asyncpg.DataError:
+                    self._in_flight = None  # refused, not in flight: written again row by row
                     raise
                 except Exception as exc:  # whatever it is, a writer that stopped would leave every caller waiting
                     # Keep the rows (already chained) and retry: nothing accepted is dropped. With its kind:
@@ -207,7 +213,8 @@ class RoutingLogWriter:
         """The rows of a refused batch, each in a commit of its own; a row the database refuses is written _bare,
         and only if that is refused too is its caller told so."""
         committed = []
-        for entry in batch:
+        for at, entry in enumerate(batch):
+            self._taken = batch[at + 1 :]
             refused = await self._committed_alone(entry)
             if refused is not None:
                 refused = await self._committed_alone(_bare(entry, refused))
@@ -216,6 +223,7 @@ class RoutingLogWriter:
             else:
                 _fail_waiters([entry], "the routing log refused this exchange's row")
                 self._queue.task_done()
+        self._taken = []
         return committed
 
     async def _committed_alone(self, entry: LogEntry) -> str | None:
@@ -308,7 +316,7 @@ class RoutingLogWriter:
             batch, records = self._in_flight
             parts.append({"records": records, "locations": _locations(batch)})
             waiting += batch
-        queued = []
+        queued, self._taken = self._taken, []
         while not self._queue.empty():
             queued.append(self._queue.get_nowait())
         queued, records = self._chained_batch(queued)

@@ -101,10 +101,12 @@ class StillAlive:
             if p.state == "REGISTERED" and any(r.status == "OFFLINE" for r in p.roles)
         }  # fmt: skip
         due = [directory.platforms[i] for i in suspects | set(found["silent"]) | offline if i in directory.platforms]
-        claimed = [p for p in due if await self._claim(p, suspected=p.id in suspects)]
-        # a suspect probed a moment ago, by this process or another, is probed again once that claim runs out: the
-        # forward that failed since may have been the first sign it went away
-        self._suspects |= suspects.intersection(p.id for p in due) - {p.id for p in claimed}
+        # A CONNECTED platform a forward failed to reach: probed though it was probed within a probe interval (that
+        # probe may have found it alive just before it went away), and again once a claim taken meanwhile runs out.
+        # An OFFLINE one that calls is probed every probe interval, as any OFFLINE one.
+        failed = suspects - offline
+        claimed = [p for p in due if await self._claim(p, suspected=p.id in failed)]
+        self._suspects |= failed.intersection(p.id for p in due) - {p.id for p in claimed}
         await asyncio.gather(*(self.probe(p) for p in claimed))
         next_in_s = found["next_in_s"]
         wait_s = LONGEST_SLEEP_S if next_in_s is None else min(LONGEST_SLEEP_S, next_in_s)
@@ -115,12 +117,17 @@ class StillAlive:
         return max(SHORTEST_SLEEP_S, min(wait_s, self.probe_interval_s) if due else wait_s)
 
     async def _claim(self, platform: Platform, suspected: bool) -> bool:
-        """This process's turn to probe the platform: none had it within a probe interval, or, for a suspect, within
-        SUSPECT_CLAIM_S (its last probe may have found it alive just before a forward failed to reach it)."""
-        kind, interval_s = ("suspected", min(SUSPECT_CLAIM_S, self.probe_interval_s)) if suspected else (
-            "probed", self.probe_interval_s)  # fmt: skip
-        key = f"{self._prefix}still-alive:{kind}:{platform.id}"
-        return bool(await self._redis.set(key, "1", nx=True, px=max(100, int(interval_s * 1000))))
+        """This process's turn to probe the platform: none had it within a probe interval, or, for a suspect (a
+        forward to it failed), within SUSPECT_CLAIM_S; a suspect's probe counts as the interval's probe too."""
+        probed = f"{self._prefix}still-alive:probed:{platform.id}"
+        interval_ms = max(100, int(self.probe_interval_s * 1000))
+        if not suspected:
+            return bool(await self._redis.set(probed, "1", nx=True, px=interval_ms))
+        short_ms = max(100, int(min(SUSPECT_CLAIM_S, self.probe_interval_s) * 1000))
+        if not await self._redis.set(f"{self._prefix}still-alive:suspected:{platform.id}", "1", nx=True, px=short_ms):
+            return False
+        await self._redis.set(probed, "1", px=interval_ms)
+        return True
 
     async def probe(self, platform: Platform) -> bool:
         """GET the platform's versions endpoint with its token B; any HTTP answer below 500 means it is alive."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -126,5 +127,31 @@ def test_a_failed_forward_is_probed_at_once_though_a_probe_found_the_party_alive
         cpo.stop()
         assert emsp.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=key).json()["status_code"] == 4003
         _wait_for(lambda: _status(hub, cpo) == "OFFLINE", timeout=8)  # within a few seconds, not 30
+    finally:
+        hub.stop()
+
+
+def test_an_offline_party_that_keeps_calling_is_probed_once_a_probe_interval_not_at_every_call(
+    services: Services, tmp_path: Path, start_party, db
+) -> None:  # type: ignore[no-untyped-def]
+    # From a review: an OFFLINE platform's calls make it a suspect ("it is talking again"), and suspects of a failed
+    # forward had been given a claim of 2 s: a CPO whose server is down but whose client keeps pushing was probed 15
+    # times as often as OCPI_HUB_OFFLINE_PROBE_S says.
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_STILL_ALIVE_S="300", OCPI_HUB_OFFLINE_PROBE_S="30",
+                  OCPI_HUB_FORWARD_TIMEOUT_S="2")  # fmt: skip
+    hub = start_hub(env, OUTPUT / "hub-still-alive-offline-callers.log")
+    try:
+        emsp, cpo = _connect(hub, start_party, "EMSP"), _connect(hub, start_party, "CPO")
+        cc, pid = key = party_key(cpo)
+        cpo.stop()
+        assert emsp.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=key).json()["status_code"] == 4003
+        _wait_for(lambda: _status(hub, cpo) == "OFFLINE")
+        query = "SELECT count(*) FROM routing_log WHERE module = 'versions' AND to_party_id = $1 AND error IS NOT NULL"
+        probes = db.run(db.fetchval(query, pid))
+        for n in range(12):  # its client still calls, for 6 s
+            cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L{n}", to=party_key(emsp),
+                     body={"id": f"L{n}", "country_code": cc, "party_id": pid})  # fmt: skip
+            time.sleep(0.5)
+        assert db.run(db.fetchval(query, pid)) - probes <= 1
     finally:
         hub.stop()

@@ -122,13 +122,17 @@ async def verify(
         seen: set[Any] = set()  # the chains that have rows
         before: asyncpg.Record | None = None  # the row before previous in its chain
         previous_covers_id: bool | None = None
+        unsettled: _OutOfOrder | None = None  # two rows out of id order, told apart by the row after them
         async for row in rows:
             result.rows += 1
             seen.add(row["chain_id"])
             if previous is not None and previous["chain_id"] != row["chain_id"]:
                 _check_head(result, previous, heads, floors, previous["chain_id"] in cut)
-                previous = before = None
+                _settle(result, unsettled, None)
+                unsettled = previous = before = None
             covers_id = _check_content(result, row, key, sealed)
+            _settle(result, unsettled, row)
+            unsettled = None
             if previous is not None and row["seq"] == previous["seq"]:
                 # both named: the one inserted may be either (a row chained without its id, or its copy)
                 result.bad(row["id"], f"rows {previous['id']} and {row['id']} are both at seq {row['seq']} of chain "
@@ -136,8 +140,9 @@ async def verify(
                 continue
             _check_link(result, previous, row, floors, row["chain_id"] in trusted)
             if previous is not None and row["id"] < previous["id"]:
-                _out_of_order(result, before, (previous, previous_covers_id), (row, covers_id))
+                unsettled = _out_of_order(result, before, (previous, previous_covers_id), (row, covers_id))
             before, previous, previous_covers_id = previous, row, covers_id
+        _settle(result, unsettled, None)
         if previous is not None:
             _check_head(result, previous, heads, floors, previous["chain_id"] in cut)
         if not ranged:  # in a range, the chains with rows in it
@@ -266,25 +271,58 @@ def verified_form(key: bytes, sealed: dict[Any, asyncpg.Record], row: asyncpg.Re
         return None
 
 
+@dataclass(slots=True)
+class _OutOfOrder:
+    before: asyncpg.Record | None  # the row before earlier in the chain, if any
+    earlier: asyncpg.Record
+    later: asyncpg.Record  # the row after earlier, with a lower id
+
+
 def _out_of_order(
     result: Verification,
     before: asyncpg.Record | None,
     previous: tuple[asyncpg.Record, bool | None],
     row: tuple[asyncpg.Record, bool | None],
-) -> None:
+) -> _OutOfOrder | None:
     """Ids are given as rows are written, so they rise with seq along a chain, and auditors cite rows by them. Of two
-    rows out of that order, named is the one renumbered: not one whose hash covers its id (that one shows as changed
-    if it was), else the one that does not fit between its neighbours. A row that does not match its hash at all is
-    named already (None)."""
+    rows out of that order, the one renumbered is named: not one whose hash covers its id (that one shows as changed
+    if it was); where neither hash covers its id, the pair is settled by the row after them (_settle). A row that does
+    not match its hash at all is named already (None)."""
     (earlier, earlier_covers), (later, later_covers) = previous, row
     if earlier_covers is None or later_covers is None or (earlier_covers and later_covers):
-        return
-    if later_covers or (not earlier_covers and before is not None and before["id"] < later["id"]):
-        result.bad(earlier["id"], f"its id is above {later['id']}, that of seq {later['seq']} after it in its chain: "
-                                  "rows were renumbered")  # fmt: skip
+        return None
+    if later_covers:
+        _renumbered(result, earlier, later, above=True)
+    elif earlier_covers:
+        _renumbered(result, later, earlier, above=False)
     else:
-        result.bad(later["id"], f"its id is below {earlier['id']}, that of seq {earlier['seq']} before it in its "
-                                "chain: rows were renumbered")  # fmt: skip
+        return _OutOfOrder(before, earlier, later)
+    return None
+
+
+def _settle(result: Verification, pair: _OutOfOrder | None, after: asyncpg.Record | None) -> None:
+    """Which of two rows out of id order, neither hash covering its id, was renumbered: the one whose id, had it been
+    given in order, could have lain between its neighbours' while the others' stay in order (an integer between
+    them); both when either could have (or neither: more than one was moved)."""
+    if pair is None:
+        return
+    before, earlier, later = pair.before, pair.earlier, pair.later
+    earlier_moved = before is None or (before["id"] < later["id"] and later["id"] - before["id"] >= 2)
+    later_moved = after is None or (earlier["id"] < after["id"] and after["id"] - earlier["id"] >= 2)
+    if earlier_moved == later_moved:
+        _renumbered(result, earlier, later, above=True, or_the_other=True)
+        _renumbered(result, later, earlier, above=False, or_the_other=True)
+    elif earlier_moved:
+        _renumbered(result, earlier, later, above=True)
+    else:
+        _renumbered(result, later, earlier, above=False)
+
+
+def _renumbered(result: Verification, row: Any, other: Any, above: bool, or_the_other: bool = False) -> None:
+    where = f"above {other['id']}, that of seq {other['seq']} after" if above else (
+        f"below {other['id']}, that of seq {other['seq']} before")  # fmt: skip
+    who = f"it or row {other['id']} was renumbered" if or_the_other else "rows were renumbered"
+    result.bad(row["id"], f"its id is {where} it in its chain: {who}")
 
 
 def _check_content(

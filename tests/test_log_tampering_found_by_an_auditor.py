@@ -101,6 +101,24 @@ def test_verify_finds_rows_renumbered_whose_hash_does_not_cover_their_id_by_thei
     assert result.first_bad_id == min(named)
 
 
+def test_verify_names_a_row_renumbered_into_the_gap_before_its_neighbour_not_the_neighbour(empty_database: str) -> None:
+    # From a review: ids ..., 2a+4, 2a+6, 2a+8, 2a+10, ... (gaps, as rows of several chains leave them) and seq 5 moved
+    # from 2a+8 to 2a+5. Judged by the row before alone, seq 4 (2a+6) was named, though no id between seq 3's and seq
+    # 5's was free for it to have come from; the row after tells: seq 5 was moved.
+    _write_as_before_0014(empty_database, [numbered_entry(n) for n in range(8)])
+    sql(empty_database, "UPDATE routing_log SET id = id * 2 + 1000000")  # the chain's ids spread out, still in order
+    sql(empty_database, "UPDATE routing_log SET id = id - 1000000")
+    assert _verify(empty_database).ok
+    moved_from, earlier = _id_of(empty_database, "r4"), _id_of(empty_database, "r3")
+    _renumber(empty_database, "r4", earlier - 1)
+    result = _verify(empty_database)
+    assert result.first_bad_id == earlier - 1 and len(result.problems) == 1, result
+    assert (
+        f"its id is below {earlier}, that of seq 4 before it in its chain: rows were renumbered" in result.problems[0]
+    )
+    assert moved_from == earlier + 2
+
+
 @pytest.mark.parametrize("move", ["newest above", "swapped across chains"])
 def test_a_row_id_is_covered_by_its_hash_so_no_renumbering_passes(empty_database: str, move: str) -> None:
     # Before migration 0014 verify could only check that ids rise along a chain: the newest row of a chain given a

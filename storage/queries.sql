@@ -38,7 +38,7 @@ DELETE FROM credentials_token WHERE platform_id = $1;
 DELETE FROM credentials_token WHERE token_hash = $1;
 
 -- name: lock_platform
-SELECT id, name, state FROM platform WHERE id = $1 FOR UPDATE;
+SELECT id, name, state, token_b FROM platform WHERE id = $1 FOR UPDATE;
 
 -- name: registered_parties
 -- Which of these parties ('CC-PID', upper-cased) a registered platform holds a role of.

@@ -76,10 +76,8 @@ async def rotate(state: State, actor: Actor, platform_id: int, via: str | None =
 
 async def _rotate(state: State, actor: Actor, platform_id: int, via: str | None) -> Rotated:
     token_c = new_token()
-    held = state.directory.current.platforms.get(platform_id)
-    old_token_b = held.token_b if held is not None else None
     async with state.pool.acquire() as conn, conn.transaction():
-        name = await _registered(conn, platform_id)
+        name, old_token_b = await _registered(conn, platform_id)
         await conn.execute(QUERIES["insert_token"], token_hash(token_c), platform_id, "C")
     await state.directory.changed()  # every hub process takes the new token C before the party can use it
     audited = {"platform_id": platform_id, "name": name} | audited_via(via)
@@ -103,7 +101,8 @@ async def _rotate(state: State, actor: Actor, platform_id: int, via: str | None)
         raise _rotation_error(platform_id, exc) from None
     finally:
         await state.directory.changed()
-    renewed = state.token_box.open(connection.token_b_sealed) != old_token_b
+    box = state.token_box  # sealed with a random IV each time: compared opened
+    renewed = old_token_b is None or box.open(connection.token_b_sealed) != box.open(old_token_b)
     log.info("platform_credentials_rotated_by_operator", platform_id=platform_id, platform=name,
              endpoints=len(connection.endpoints), token_encoding=connection.token_encoding)  # fmt: skip
     if not renewed:
@@ -135,8 +134,9 @@ def _endpoints_kept(taken: TakenButFailed) -> str:
     return f"the hub keeps {url}the endpoints from before, {again}"
 
 
-async def _registered(conn: asyncpg.Connection, platform_id: int) -> str:
-    """The name of the platform, locked until the transaction ends; AdminError unless it is registered."""
+async def _registered(conn: asyncpg.Connection, platform_id: int) -> tuple[str, bytes | None]:
+    """The name of the platform and its token B (sealed) as the database holds them, the platform locked until the
+    transaction ends; AdminError unless it is registered."""
     row = await conn.fetchrow(QUERIES["lock_platform"], platform_id)
     if row is None or row["state"] == "UNREGISTERED":
         raise AdminError(404, f"no platform {platform_id} is on the hub (never invited, or unregistered already)")
@@ -144,8 +144,7 @@ async def _registered(conn: asyncpg.Connection, platform_id: int) -> str:
         raise AdminError(
             409, f"platform {platform_id} has not registered yet: it holds only a token A, no token to rotate"
         )
-    name: str = row["name"]
-    return name
+    return row["name"], row["token_b"]
 
 
 async def _exchange(state: State, platform_id: int, token_c: str) -> platforms.Connection:

@@ -309,7 +309,8 @@ def _said(refusal: Fetched) -> str:
         document = msgspec.json.decode(refusal.content)
     except (msgspec.DecodeError, RecursionError):
         document = None
-    if isinstance(document, dict) and isinstance(status := document.get("status_code"), int):
+    status = document.get("status_code") if isinstance(document, dict) else None
+    if isinstance(status, int) and not isinstance(status, bool) and isinstance(document, dict):
         message = document.get("status_message")
         return f"OCPI status {status} {message[:200] if isinstance(message, str) else ''}".rstrip()
     kind = refusal.headers.get("content-type", "no content type")

@@ -282,8 +282,9 @@ class RoutingLogWriter:
             log.warning("routing_log_ids_not_reserved", error=f"{type(exc).__name__}: {exc}".rstrip(": "), rows=rows)
 
     def _take_ids(self, ids: list[int]) -> None:
+        if not self._ids:  # held since the oldest of them was reserved
+            self._ids_reserved_at = time.monotonic()
         self._ids.extend(sorted(ids))  # above those held: the database reserved them later
-        self._ids_reserved_at = time.monotonic()
 
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
         """The whole batch in one call (append_routing_log_rows, migrations 0008 and 0014), so one round trip and one

@@ -45,8 +45,14 @@ def test_party_versions_answering_an_http_error_gives_3001(hub: Hub, start_party
             "application/json",
             "HTTP 503: OCPI status 3000 down",
         ),
+        (
+            503,
+            b'{"status_code": true}',
+            "application/json",
+            "HTTP 503: 21 bytes of application/json, not an OCPI answer",
+        ),
     ],
-    ids=["any-page", "an-ocpi-refusal"],
+    ids=["any-page", "an-ocpi-refusal", "no-ocpi-status"],
 )
 def test_a_refusal_at_the_versions_url_is_told_by_its_ocpi_status_alone_not_by_what_the_page_says(
     hub: Hub, start_party, status: int, answer: bytes, content_type: str, said: str

@@ -124,9 +124,9 @@ class Relay:
         try:
             if "expect" in headers:  # 100-continue: uvicorn sends it on the first receive()
                 refuse_announced(headers, self.settings.max_body_bytes)
-            if "content-encoding" in headers:
-                refuse_encoded(headers)
             entry.request_body = await read_body(self.bodies.guarded(receive), self.settings.max_body_bytes, scope)
+            if entry.request_body and "content-encoding" in headers:  # a GET with the header and no body goes on
+                refuse_encoded(headers)
             check_utf8(entry.request_body)  # what the hub forwards, caches and logs is JSON text, all of it
             check_ids(request_id, correlation_id)
             if len(headers) < len(cast("list[tuple[bytes, bytes]]", scope["headers"])):  # a name came twice
@@ -350,12 +350,14 @@ def name_the_parties(entry: LogEntry, caller: Platform | None, directory: Direct
     header, a token A, a foreign OCPI-from, an unknown receiver, a malformed body; a party's own credentials request),
     so that an auditor finds the row under the party that sent it and the one it was for: the calling platform's
     party its OCPI-from headers name, else its first (a caller refused before it was authenticated, by its token),
-    and the receiver its OCPI-to headers address. What it claimed stays in the row's request headers."""
+    and the receiver its OCPI-to headers address. A caller no token names names nobody: a "to party" search would
+    find rows anyone could have made up. What it claimed stays in the row's request headers."""
     if caller is None and (known := identify(directory, headers.get("authorization"))) is not None:
         caller = known.platform
-    if caller is not None:
-        entry.caller_platform_id = caller.id
-        name_the_caller(entry, caller, headers)
+    if caller is None:  # whoever it is: what it addressed stays in the row's request headers alone
+        return
+    entry.caller_platform_id = caller.id
+    name_the_caller(entry, caller, headers)
     if entry.to_country_code is None:
         with contextlib.suppress(InvalidParameters):  # not a party's codes: only in the request headers
             entry.to_country_code, entry.to_party_id = routing_party(headers, "to") or (None, None)

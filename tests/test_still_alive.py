@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -108,17 +110,30 @@ def test_a_failed_forward_makes_the_hub_probe_at_once(probing_hub: Hub, start_pa
     assert _statuses_pushed(emsp, key, 3) == ["PLANNED", "CONNECTED", "OFFLINE"]
 
 
+@contextlib.contextmanager
+def _a_cpo_probed_every_30_s(
+    services: Services, tmp_path: Path, start_party, log: str
+) -> Iterator[  # type: ignore[no-untyped-def]
+    tuple[Hub, Party, Party]
+]:
+    """A hub of its own as deployed (still-alive after 300 s of silence, OFFLINE parties probed every 30 s; forwards
+    given up after 1 s), with an eMSP and a CPO registered: (hub, eMSP, CPO)."""
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_STILL_ALIVE_S="300", OCPI_HUB_OFFLINE_PROBE_S="30",
+                  OCPI_HUB_FORWARD_TIMEOUT_S="1")  # fmt: skip
+    hub = start_hub(env, OUTPUT / log)
+    try:
+        yield hub, _connect(hub, start_party, "EMSP"), _connect(hub, start_party, "CPO")
+    finally:
+        hub.stop()
+
+
 def test_a_failed_forward_is_probed_at_once_though_a_probe_found_the_party_alive_a_moment_before(
     services: Services, tmp_path: Path, start_party
 ) -> None:
     # Found by a CPO developer's walkthrough: a probe claims its party for OCPI_HUB_OFFLINE_PROBE_S (30 s by default)
     # in every hub process; after a timeout's probe found the CPO alive, the CPO went down, and the forwards that then
     # failed to connect were not probed "at once" (README): it stayed CONNECTED for half a minute.
-    env = hub_env(services, tmp_path / "hub", OCPI_HUB_STILL_ALIVE_S="300", OCPI_HUB_OFFLINE_PROBE_S="30",
-                  OCPI_HUB_FORWARD_TIMEOUT_S="1")  # fmt: skip
-    hub = start_hub(env, OUTPUT / "hub-still-alive-suspects.log")
-    try:
-        emsp, cpo = _connect(hub, start_party, "EMSP"), _connect(hub, start_party, "CPO")
+    with _a_cpo_probed_every_30_s(services, tmp_path, start_party, "hub-still-alive-suspects.log") as (hub, emsp, cpo):
         cc, pid = key = party_key(cpo)
         cpo.delay_s, probes = 2.0, _versions_probes(cpo)  # the registration's GET of its versions among them
         assert emsp.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=key).json()["status_code"] == 4002
@@ -127,8 +142,6 @@ def test_a_failed_forward_is_probed_at_once_though_a_probe_found_the_party_alive
         cpo.stop()
         assert emsp.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=key).json()["status_code"] == 4003
         _wait_for(lambda: _status(hub, cpo) == "OFFLINE", timeout=8)  # within a few seconds, not 30
-    finally:
-        hub.stop()
 
 
 def test_an_offline_party_that_keeps_calling_is_probed_once_a_probe_interval_not_at_every_call(
@@ -137,11 +150,8 @@ def test_an_offline_party_that_keeps_calling_is_probed_once_a_probe_interval_not
     # From a review: an OFFLINE platform's calls make it a suspect ("it is talking again"), and suspects of a failed
     # forward had been given a claim of 2 s: a CPO whose server is down but whose client keeps pushing was probed 15
     # times as often as OCPI_HUB_OFFLINE_PROBE_S says.
-    env = hub_env(services, tmp_path / "hub", OCPI_HUB_STILL_ALIVE_S="300", OCPI_HUB_OFFLINE_PROBE_S="30",
-                  OCPI_HUB_FORWARD_TIMEOUT_S="2")  # fmt: skip
-    hub = start_hub(env, OUTPUT / "hub-still-alive-offline-callers.log")
-    try:
-        emsp, cpo = _connect(hub, start_party, "EMSP"), _connect(hub, start_party, "CPO")
+    with _a_cpo_probed_every_30_s(services, tmp_path, start_party, "hub-still-alive-offline-callers.log") as (
+        hub, emsp, cpo):  # fmt: skip
         cc, pid = key = party_key(cpo)
         cpo.stop()
         assert emsp.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=key).json()["status_code"] == 4003
@@ -153,5 +163,3 @@ def test_an_offline_party_that_keeps_calling_is_probed_once_a_probe_interval_not
                      body={"id": f"L{n}", "country_code": cc, "party_id": pid})  # fmt: skip
             time.sleep(0.5)
         assert db.run(db.fetchval(query, pid)) - probes <= 1
-    finally:
-        hub.stop()

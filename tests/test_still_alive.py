@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -112,10 +112,8 @@ def test_a_failed_forward_makes_the_hub_probe_at_once(probing_hub: Hub, start_pa
 
 @contextlib.contextmanager
 def _a_cpo_probed_every_30_s(
-    services: Services, tmp_path: Path, start_party, log: str
-) -> Iterator[  # type: ignore[no-untyped-def]
-    tuple[Hub, Party, Party]
-]:
+    services: Services, tmp_path: Path, start_party: Callable[..., Party], log: str
+) -> Iterator[tuple[Hub, Party, Party]]:
     """A hub of its own as deployed (still-alive after 300 s of silence, OFFLINE parties probed every 30 s; forwards
     given up after 1 s), with an eMSP and a CPO registered: (hub, eMSP, CPO)."""
     env = hub_env(services, tmp_path / "hub", OCPI_HUB_STILL_ALIVE_S="300", OCPI_HUB_OFFLINE_PROBE_S="30",

@@ -207,9 +207,7 @@ def row_hash(key: bytes, prev_hash: bytes, values: Mapping[str, Any], row_id: in
     """HMAC-SHA-256 under key over the previous hash and the row's content (KEYED_CONTENT_COLUMNS) in the canonical
     form of legacy_hash, followed by the row's id where it was chosen before hashing (row_id; migration 0014)."""
     content = _canonical_content(_in_keyed_order(values))
-    if row_id is not None:
-        content.append(row_id)
-    return hmac.digest(key, prev_hash + _canonical.encode(content), "sha256")
+    return _keyed(key, prev_hash, content if row_id is None else [*content, row_id])
 
 
 def keyed_hash_covers_id(key: bytes, row: Mapping[str, Any]) -> bool | None:
@@ -218,11 +216,15 @@ def keyed_hash_covers_id(key: bytes, row: Mapping[str, Any]) -> bool | None:
     (None). Either form is keyed, so neither can be made to match a changed row, id included, without the key."""
     content = _canonical_content(_in_keyed_order(row))
     prev_hash, stored = row["prev_hash"], row["hash"]
-    if hmac.compare_digest(hmac.digest(key, prev_hash + _canonical.encode([*content, row["id"]]), "sha256"), stored):
+    if hmac.compare_digest(_keyed(key, prev_hash, [*content, row["id"]]), stored):
         return True
-    if hmac.compare_digest(hmac.digest(key, prev_hash + _canonical.encode(content), "sha256"), stored):
+    if hmac.compare_digest(_keyed(key, prev_hash, content), stored):
         return False
     return None
+
+
+def _keyed(key: bytes, prev_hash: bytes, content: list[Any]) -> bytes:
+    return hmac.digest(key, prev_hash + _canonical.encode(content), "sha256")
 
 
 def legacy_hash(prev_hash: bytes, values: Mapping[str, Any]) -> bytes:

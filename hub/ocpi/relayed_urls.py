@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from hub.errors import HubError, MethodNotAllowed, NotFound, ReceiverNotConnected
+from hub.errors import HubError, InvalidParameters, MethodNotAllowed, NotFound, ReceiverNotConnected
 from routing.decide import Delivery
 from routing.forward import Answer
+from routing.request import party_text, routing_party
 from routing.rewrite import link_urls, resolved, rewrite_link_header, why_not_callable, with_query
 from storage.directory import PartyRole
 from storage.log_row import RELAYED_CDRS
@@ -44,7 +45,7 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     relayed = await _lookup(relay, kind, key.strip("/"))
     if relayed is None or relayed.caller_platform_id != caller.id:
         raise NotFound(f"{path} is unknown, expired, or not yours")
-    entry.module, entry.interface, entry.routing = relayed.module, relayed.interface, "direct"
+    entry.module, entry.interface = relayed.module, relayed.interface
     if "x-correlation-id" not in exchange.headers and relayed.correlation_id:
         # e.g. a CommandResult posted without one: it joins the conversation of the command
         entry.correlation_id = relayed.correlation_id
@@ -52,6 +53,8 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     entry.object_id = relayed.object_id
     target = relay.directory.current.platforms.get(relayed.target_platform_id)
     to = next((r for r in target.roles if r.key == relayed.target_party), None) if target else None
+    _check_addressed(exchange, kind, relayed, to)
+    entry.routing = "direct"
     if target is None or to is None or target.state != "REGISTERED":
         raise ReceiverNotConnected(f"the party behind {path} is no longer connected")
     # Parties often post results without routing headers: the hub knows both ends and fills them in.
@@ -68,6 +71,23 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     answer = await relay.call_party(exchange, delivery, sender, entry.method, url, "", entry.request_body)
     await rewrite(relay, exchange, answer, delivery, url, relayed.module, relayed.interface)
     return answer
+
+
+def _check_addressed(exchange: Exchange, kind: str, relayed: Relayed, to: PartyRole | None) -> None:
+    """A hub URL leads to one party, the one it was handed out for: OCPI-to headers naming another say something
+    false (a result for a party that did not send the command), refused rather than delivered where the URL leads.
+    None at all is fine (open routing: the hub knows the receiver)."""
+    addressed = routing_party(exchange.headers, "to")
+    if addressed is None or addressed == relayed.target_party:
+        return
+    party = f"{to.country_code}-{to.party_id}" if to else party_text(relayed.target_party)
+    what = {"results": f"the result posted to this response_url is for {party}, which sent the request it answers",
+            "pages": f"this page is of the list of {party}",
+            "relayed-cdrs": f"this CDR is at {party}, to which it was posted"}[kind]  # fmt: skip
+    raise InvalidParameters(
+        f"{what}, but the OCPI-to headers name {party_text(addressed)}: nothing was forwarded; send it with OCPI-to "
+        f"{party}, or without OCPI-to headers"
+    )
 
 
 async def rewrite(

@@ -1,0 +1,67 @@
+"""A hub URL (a response_url for a result, a paging Link, a relayed CDR's Location) leads to the one party it was
+handed out for: OCPI-to headers naming another are refused, none at all are fine (open routing)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from tests.conftest import Hub
+from tests.test_routing import _roles, party_key
+
+RESULT_PATH = "/ocpi/2.2.1/commands/sender/R1"  # where the test eMSP answers 1000
+COMMAND = ("POST", "receiver/commands/START_SESSION", {"location_id": "L1", "token": {"uid": "T1"}})
+CHARGING_PROFILE = ("PUT", "receiver/chargingprofiles/S1", {"charging_profile": {"charging_rate_unit": "W"}})
+
+
+@pytest.mark.parametrize("request_", [COMMAND, CHARGING_PROFILE], ids=["command", "charging-profile"])
+@pytest.mark.parametrize("addressed", ["another-emsp", "the-hub"])
+def test_a_result_addressed_to_another_party_than_the_requester_is_refused_with_2001_and_not_forwarded(
+    hub: Hub, connect_party, db, request_: tuple[str, str, dict], addressed: str
+) -> None:
+    emsp, cpo, other_emsp = connect_party(_roles("EMSP")), connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    method, path, body = request_
+    response_url = f"{emsp.base}{RESULT_PATH}"
+    sent = emsp.call(hub.base, method, path, to=party_key(cpo), body=body | {"response_url": response_url})
+    assert sent.json()["status_code"] == 1000, sent.text
+    [forwarded] = cpo.functional()
+    response_url = json.loads(forwarded.body)["response_url"]  # the hub's
+    wrong = party_key(other_emsp) if addressed == "another-emsp" else ("NL", "HUB")
+    request_id = str(uuid.uuid4())
+    refused = cpo.call(hub.base, "POST", response_url, to=wrong, body={"result": "ACCEPTED"},
+                       headers={"X-Request-ID": request_id})  # fmt: skip
+    assert refused.json()["status_code"] == 2001, refused.text
+    emsp_name = "-".join(party_key(emsp))
+    assert refused.json()["status_message"] == (
+        f"the result posted to this response_url is for {emsp_name}, which sent the request it answers, but the "
+        f"OCPI-to headers name {'-'.join(wrong)}: nothing was forwarded; send it with OCPI-to {emsp_name}, or without "
+        "OCPI-to headers"
+    )
+    assert emsp.functional() == [] and other_emsp.functional() == []
+    [row] = db.run(db.fetch("SELECT routing, ocpi_status_code, forwarded_request_id FROM routing_log "
+                            "WHERE request_id = $1", request_id))  # fmt: skip
+    assert (row["routing"], row["ocpi_status_code"], row["forwarded_request_id"]) == ("rejected", 2001, None)
+    # Addressed to the requester (in any case: CiString), or not addressed at all, it goes through.
+    named = cpo.call(hub.base, "POST", response_url, to=tuple(p.lower() for p in party_key(emsp)),  # type: ignore[arg-type]
+                     body={"result": "ACCEPTED"})  # fmt: skip
+    assert named.json()["status_code"] == 1000, named.text
+    unnamed = cpo.call(hub.base, "POST", response_url, body={"result": "ACCEPTED"})
+    assert unnamed.json()["status_code"] == 1000, unnamed.text
+    assert [r.path for r in emsp.functional()] == [RESULT_PATH, RESULT_PATH]
+
+
+def test_a_paging_link_followed_with_ocpi_to_of_another_party_is_refused_and_not_forwarded(
+    hub: Hub, connect_party
+) -> None:
+    emsp, cpo, other_cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO")), connect_party(_roles("CPO"))
+    cpo.objects["locations"] = [{"id": f"L{i}"} for i in range(15)]
+    link = emsp.call(hub.base, "GET", "sender/locations", to=party_key(cpo)).headers["Link"]
+    url = link.split(">")[0].lstrip("<")
+    refused = emsp.call(hub.base, "GET", url, to=party_key(other_cpo))
+    assert refused.json()["status_code"] == 2001, refused.text
+    assert refused.json()["status_message"].startswith(f"this page is of the list of {'-'.join(party_key(cpo))}")
+    assert len(cpo.functional()) == 1 and other_cpo.functional() == []
+    page = emsp.call(hub.base, "GET", url, to=party_key(cpo)).json()["data"]
+    assert [o["id"] for o in page] == [f"L{i}" for i in range(10, 15)]

@@ -12,6 +12,7 @@ token's fields, which the location cache's publish_allowed_to matches.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Container, Iterable
+from typing import NoReturn
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -105,13 +106,26 @@ async def open_hint(
         return _only(seen_with, on_hub, "locations", segments[0], gone_said=False)  # else from the cache
     if segments and incoming.module in ("sessions", "tokens"):
         # Sender interface: PUT /{session_id}/charging_preferences, POST /{token_uid}/authorize
-        return await _owner(state, on_hub, incoming.module, segments[0])
+        owner = await _owner(state, on_hub, incoming.module, segments[0])
+        return owner if owner or incoming.module == "sessions" else _unpublished_token(segments[0])
     if segments and incoming.module == "chargingprofiles" and incoming.method == "PUT":
         # mod_charging_profiles.asciidoc, Sender PUT: the CPO "SHALL ONLY call this interface for any session where
         # the Sender has at least once successfully called the charging profile Receiver PUT interface"
         cpo = sender_of(incoming, caller).key
         return await _owner(state, on_hub, "chargingprofile-senders", _session_of([*cpo, segments[0]]))
     return None
+
+
+def _unpublished_token(uid: str) -> NoReturn:
+    """An open authorization of a token the hub has seen no eMSP publish: the hub cannot tell whose it is, which is not
+    the token being unknown (mod_tokens: "When an eMSP does not want to Push the full list of tokens to CPOs, the CPOs
+    will need to call the POST Authorize request to check if a Token is known by the eMSP")."""
+    # not the eMSP's 2004: status_codes.asciidoc, 4xxx "For errors that a Hub encounters while routing messages"
+    raise UnknownReceiver(
+        f"no OCPI-to headers, and no eMSP connected to the hub has published token {uid} through it, so the hub "
+        "cannot tell whose it is; an eMSP may authorize tokens it never publishes, so this does not mean the token is "
+        "unknown: send OCPI-to-country-code and OCPI-to-party-id to ask the eMSP it belongs to"
+    )
 
 
 async def _location_owners(

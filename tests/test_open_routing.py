@@ -98,6 +98,26 @@ def test_open_routing_sends_a_real_time_authorization_to_the_token_owner(hub: Hu
     assert got.query == "type=RFID"
 
 
+def test_an_open_authorization_of_a_token_no_emsp_published_answers_4001_not_2004_and_ocpi_to_reaches_its_emsp(
+    hub: Hub, connect_party
+) -> None:
+    # mod_tokens: "If the token is not known, the response SHALL contain the status code: 2004": the eMSP's answer. An
+    # eMSP may authorize tokens in real time without ever pushing them: the hub not knowing one is a routing failure.
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    uid = f"TOK{unique_party_id()}"
+    answer = cpo.call(hub.base, "POST", f"sender/tokens/{uid}/authorize", body={})
+    assert answer.json()["status_code"] == 4001, answer.text
+    assert answer.json()["status_message"] == (
+        f"no OCPI-to headers, and no eMSP connected to the hub has published token {uid} through it, so the hub cannot "
+        "tell whose it is; an eMSP may authorize tokens it never publishes, so this does not mean the token is "
+        "unknown: send OCPI-to-country-code and OCPI-to-party-id to ask the eMSP it belongs to"
+    )
+    assert emsp.functional() == []
+    addressed = cpo.call(hub.base, "POST", f"sender/tokens/{uid}/authorize", to=party_key(emsp), body={})
+    assert addressed.json()["status_code"] == 1000, addressed.text
+    assert [r.path for r in emsp.functional()] == [f"/ocpi/2.2.1/tokens/sender/{uid}/authorize"]
+
+
 def test_a_token_broadcast_makes_its_emsp_the_receiver_of_open_authorizations(hub: Hub, connect_party) -> None:
     emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
     cc, pid = party_key(emsp)

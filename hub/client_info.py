@@ -23,7 +23,7 @@ from litestar import Request, Response, get
 from litestar.datastructures import State
 
 from hub.auth import Caller
-from hub.envelope import ocpi_response, ocpi_timestamp, paging_window
+from hub.envelope import ocpi_response, ocpi_timestamp, paging_window, x_limit
 from hub.errors import InvalidParameters, OcpiError
 from hub.party_api import hub_request
 from routing.forward import forward, ocpi_status_of
@@ -77,8 +77,8 @@ async def list_client_infos(request: Request[Caller, str, State]) -> Response[by
     total = rows[0]["total"]
     items = [ClientInfo(r["party_id"], r["country_code"], r["role"], r["status"], _when(r["last_updated"]))
              for r in rows if r["role"] is not None]  # fmt: skip
-    headers = {"X-Total-Count": str(total), "X-Limit": str(limit)}  # the limit applied: hub.envelope.paging_window
-    if offset + len(items) < total:
+    headers = {"X-Total-Count": str(total), "X-Limit": str(x_limit(limit, MAX_LIMIT))}
+    if limit and offset + len(items) < total:  # limit=0 asks for no objects: no next page of none either
         query = {k: v for k, v in params.items() if k not in ("offset", "limit")}
         query |= {"offset": str(offset + len(items)), "limit": str(limit)}
         url = f"{request.app.state.settings.public_url}/ocpi/2.2.1/sender/hubclientinfo?{urlencode(query)}"

@@ -29,11 +29,17 @@ def paging_window(params: Mapping[str, str], max_limit: int) -> tuple[int, int]:
     limit capped at the hub's maximum. The limit is also the page's X-Limit, "the maximum number of objects that the
     server can return" for the request (with limit=2000 and a maximum of 100: "The X-Limit HTTP header should be set
     to 100"); the maximum alone, for a smaller limit asked, would have a client stepping its offset by X-Limit skip
-    objects."""
+    objects. limit=0 asks for no objects, only the page's headers (X-Total-Count): the spec sets no lower bound on
+    "The maximum number of objects to GET"."""
     offset, limit = _whole_number(params, "offset", 0), _whole_number(params, "limit", max_limit)
-    if offset < 0 or limit < 1:
-        raise InvalidParameters("offset must be 0 or more and limit 1 or more")
     return min(offset, MAX_OFFSET), min(limit, max_limit)
+
+
+def x_limit(limit: int, max_limit: int) -> int:
+    """A page's X-Limit, "The maximum number of objects that the server can return": the limit applied
+    (paging_window), or, for limit=0, the hub's maximum, since X-Limit "SHALL then still show the upper limit, not the
+    number of objects returned"."""
+    return limit or max_limit
 
 
 def _whole_number(params: Mapping[str, str], name: str, default: int) -> int:

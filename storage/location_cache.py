@@ -49,8 +49,8 @@ def _text(value: Any) -> str:
 # KEYS: the source sorted set, the set of unpublished members, the snapshot list, the viewer's list of snapshots, the
 # relayed tokens' hashes (storage.publish_tokens). ARGV: lowest score, highest score, the viewer's member prefix (its
 # own unpublished ones stay), TTL in seconds, the viewer as CC-PID, the key prefix of each unpublished location's
-# entries, how many snapshots a viewer keeps. A location without entries (cached by a hub before they were kept,
-# until storage.location_upgrades derived them) is its owner's only.
+# entries, how many snapshots a viewer keeps, 1 to keep the snapshot (else it is only counted). A location without
+# entries (cached by a hub before they were kept, until storage.location_upgrades derived them) is its owner's only.
 _SNAPSHOT = (
     MATCH_LUA
     + """
@@ -61,16 +61,17 @@ end
 redis.call('DEL', KEYS[3])  -- a new snapshot: empty, also when a broken connection made the client send it again
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])
 local filter = redis.call('SCARD', KEYS[2]) > 0
+local keep = ARGV[8] == '1'  -- else only counted: a GET All with limit=0 walks no pages
 local batch, total = {}, 0
 for _, m in ipairs(members) do
   if not filter or string.sub(m, 1, #ARGV[3]) == ARGV[3] or redis.call('SISMEMBER', KEYS[2], m) == 0
      or shown(m) then
-    batch[#batch + 1] = m
+    if keep then batch[#batch + 1] = m else total = total + 1 end
     if #batch == 4000 then redis.call('RPUSH', KEYS[3], unpack(batch)); total = total + #batch; batch = {} end
   end
 end
 if #batch > 0 then redis.call('RPUSH', KEYS[3], unpack(batch)); total = total + #batch end
-if total > 0 then
+if keep and total > 0 then
   redis.call('EXPIRE', KEYS[3], ARGV[4])
   -- the viewer's live snapshots, newest first: beyond ARGV[7] the oldest are dropped, so that a client starting
   -- GET All over and over cannot fill Redis
@@ -219,9 +220,16 @@ class LocationCache(LocationWriter):
         )
 
     async def snapshot(
-        self, owner: tuple[str, str] | None, date_from: float | None, date_to: float | None, viewer: tuple[str, str]
+        self,
+        owner: tuple[str, str] | None,
+        date_from: float | None,
+        date_to: float | None,
+        viewer: tuple[str, str],
+        keep: bool = True,
     ) -> tuple[str, int]:
-        """Freeze the list a GET All pages through: (snapshot id, total). Unpublished ones only for their owner.
+        """Freeze the list a GET All pages through: (snapshot id, total). Unpublished ones only for their owner. keep
+        False: only counted, nothing stored (a GET All with limit=0, which has no page to follow, takes no place among
+        the viewer's SNAPSHOTS_PER_VIEWER).
 
         Built inside Redis by one script: the ids never travel to the hub and back."""
         source = self._by_owner(owner) if owner else f"{self._p}all"
@@ -232,7 +240,7 @@ class LocationCache(LocationWriter):
         keys = [source, f"{self._p}hidden", self._snapshot_key(snapshot_id), self._snapshots_of(snapshot_id),
                 *self._publish_tokens]  # fmt: skip
         args: list[str | int] = [low, high, f"{viewer[0]}/{viewer[1]}/", SNAPSHOT_TTL_S, f"{viewer[0]}-{viewer[1]}",
-                                 self._entries(""), SNAPSHOTS_PER_VIEWER]  # fmt: skip
+                                 self._entries(""), SNAPSHOTS_PER_VIEWER, int(keep)]  # fmt: skip
         total = await self._snapshot(keys=keys, args=args)
         return snapshot_id, int(total)
 

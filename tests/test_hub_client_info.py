@@ -168,6 +168,10 @@ def test_client_info_list_is_paginated_filtered_by_date_and_excludes_the_caller(
     assert "OCPI-from-party-id" not in answer.headers
     capped = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo?limit=5000", headers=token_header(reader.hub_token))
     assert capped.headers["X-Limit"] == "1000"  # "X-Limit HTTP header should be set to 100 as well", at a max of 100
+    # limit=0: the total alone, X-Limit the upper limit "not the number of objects returned", no Link to more of none
+    counted = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo?limit=0", headers=token_header(reader.hub_token))
+    assert (counted.json()["status_code"], counted.json()["data"], counted.headers["X-Limit"]) == (1000, [], "1000")
+    assert int(counted.headers["X-Total-Count"]) >= len(others) and "Link" not in counted.headers
 
 
 def test_client_info_list_rejects_a_malformed_date_and_token_a(hub: Hub, connect_party) -> None:

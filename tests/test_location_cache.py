@@ -232,6 +232,37 @@ def test_a_party_starting_get_all_again_and_again_keeps_only_its_latest_snapshot
         assert [loc["id"] for loc in _get(emsp, hub, link).json()["data"]] == ["S2"]
 
 
+def test_get_all_with_limit_0_answers_the_total_alone_and_takes_no_snapshot_while_a_forwarded_one_keeps_its_limit(
+    hub: Hub, connect_party
+) -> None:
+    # transport_and_format.asciidoc, Pagination: limit is "The maximum number of objects to GET", with no lower bound;
+    # a client asks for 0 to learn X-Total-Count. X-Limit "SHALL then still show the upper limit, not the number of
+    # objects returned"; no Link, which would lead to the same empty page for ever.
+    from hub.ocpi.hub_answers import MAX_LIMIT
+    from storage.location_cache import SNAPSHOTS_PER_VIEWER
+
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    owner = party_key(cpo)
+    for location_id in ("Z1", "Z2", "Z3"):
+        _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-21T10:00:00Z"))
+    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}"
+    _eventually(lambda: _assert_total(emsp, hub, query, 3))
+    walking = _get(emsp, hub, f"{query}&limit=1").headers["Link"].split(">")[0].lstrip("<")
+    for _ in range(SNAPSHOTS_PER_VIEWER + 1):  # counting takes none of the party's snapshots' places
+        counted = _get(emsp, hub, f"{query}&limit=0")
+        assert (counted.status_code, counted.json()["status_code"], counted.json()["data"]) == (200, 1000, [])
+        assert (counted.headers["X-Total-Count"], counted.headers["X-Limit"]) == ("3", str(MAX_LIMIT))
+        assert "Link" not in counted.headers
+    assert [loc["id"] for loc in _get(emsp, hub, walking).json()["data"]] == ["Z2"]
+    # a snapshot's Link followed with limit=0: its total alone too
+    followed = _get(emsp, hub, f"{walking.split('?')[0]}?offset=1&limit=0")
+    assert (followed.json()["data"], followed.headers["X-Total-Count"], followed.headers.get("Link")) == ([], "3", None)
+    # a GET All forwarded to the CPO passes its limit on as it came
+    forwarded = emsp.call(hub.base, "GET", "sender/locations?limit=0", to=owner)
+    assert forwarded.json()["status_code"] == 1000, forwarded.text
+    assert [r.query for r in cpo.functional() if r.method == "GET"] == ["limit=0"]
+
+
 def test_a_get_all_snapshot_lasts_while_its_pages_are_read_not_a_fixed_time_after_it_began(
     hub: Hub, connect_party
 ) -> None:

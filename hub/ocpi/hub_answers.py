@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 
-from hub.envelope import ocpi_timestamp, paging_window
+from hub.envelope import ocpi_timestamp, paging_window, x_limit
 from hub.errors import InvalidParameters, NotFound, UnknownLocation
 from hub.metrics import CACHE_REQUESTS
 from routing.forward import Answer
@@ -37,6 +37,9 @@ async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer
     date_from, date_to = _epoch(params, "date_from"), _epoch(params, "date_to")
     offset, limit = paging_window(params, MAX_LIMIT)
     assert exchange.sender is not None
+    if not limit:  # X-Total-Count alone (hub.envelope.paging_window): counted, no snapshot kept to walk
+        _, total = await relay.locations.snapshot(owner, date_from, date_to, exchange.sender.key, keep=False)
+        return _listed(relay, exchange, [], total, limit, None)
     snapshot_id, _ = await relay.locations.snapshot(owner, date_from, date_to, exchange.sender.key)
     return await page(relay, exchange, snapshot_id, offset, limit)
 
@@ -66,12 +69,19 @@ async def page(relay: Relay, exchange: Exchange, snapshot_id: str, offset: int, 
     else:
         docs, next_offset, total = found
     CACHE_REQUESTS.labels("hit" if found is not None else "miss").inc()
+    link = None
+    if limit and next_offset < total:  # limit=0 asks for no objects: no next page of none either
+        query = urlencode({"offset": next_offset, "limit": limit})
+        link = f'<{relay.settings.public_url}{SNAPSHOTS}{snapshot_id}?{query}>; rel="next"'
+    return _listed(relay, exchange, docs, total, limit, link)
+
+
+def _listed(relay: Relay, exchange: Exchange, docs: list[bytes], total: int, limit: int, link: str | None) -> Answer:
     body = b'{"data":[' + b",".join(docs) + b'],"status_code":1000,"status_message":null,"timestamp":"'
     body += ocpi_timestamp().encode() + b'"}'
-    headers = _from_hub(relay, exchange) | {"x-total-count": str(total), "x-limit": str(limit)}
-    if next_offset < total:
-        query = urlencode({"offset": next_offset, "limit": limit})
-        headers["link"] = f'<{relay.settings.public_url}{SNAPSHOTS}{snapshot_id}?{query}>; rel="next"'
+    headers = _from_hub(relay, exchange) | {"x-total-count": str(total), "x-limit": str(x_limit(limit, MAX_LIMIT))}
+    if link:
+        headers["link"] = link
     return Answer(200, headers, body)
 
 

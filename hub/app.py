@@ -186,7 +186,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     )
     relay = Relay(settings)
 
-    litestar = RequestContext(app)
+    litestar = RequestContext(app, settings.hub_instance)
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
         # Functional modules take the relay's raw path; versions, credentials and admin go through Litestar.

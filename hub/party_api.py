@@ -20,7 +20,7 @@ import structlog
 from hub.errors import AnswerTooLarge, NoMatchingEndpoints, UnableToUseClientApi, UnsupportedVersion
 from hub.ocpi.wire import INTERFACE_ROLES, Credentials, CredentialsAnswer, Endpoint, Version, VersionDetails
 from hub.own_messages import Trace, own_entry
-from hub.request_context import new_request_id
+from hub.request_context import HUB_INSTANCE_HEADER, new_request_id
 from routing.forward import read_capped
 from routing.rewrite import same_host
 from storage.directory import PartyRole, Platform
@@ -61,6 +61,7 @@ class PartyClient(httpx.AsyncClient):
         self.max_answer_bytes = settings.max_body_bytes
         self.answer_timeout_s = settings.forward_timeout_s
         self.hub_url = settings.public_url  # a URL under it is never a party's (routing.rewrite.why_not_callable)
+        self.hub_instance = settings.hub_instance  # an answer marked with it is the hub's own, under any host name
 
     async def fetch(
         self, method: str, url: str, headers: dict[str, str], content: bytes | None = None, *, redirects: bool = True
@@ -267,12 +268,12 @@ async def _call(
     if body is not None:
         headers["Content-Type"] = "application/json"
     if trace is None:
-        return _accepted(await _fetch(client, method, url, headers, body), method, url)
+        return _accepted(client, await _fetch(client, method, url, headers, body), method, url)
     entry, started, error = trace.start(method, url, module, headers, body), time.perf_counter(), None
     try:
         response = await _fetch(client, method, url, headers, body)
         trace.answered(entry, response.status_code, response.content)
-        return _accepted(response, method, url)
+        return _accepted(client, response, method, url)
     except UnableToUseClientApi as exc:
         error = exc.message
         raise
@@ -291,7 +292,14 @@ async def _fetch(client: PartyClient, method: str, url: str, headers: dict[str, 
         raise UnableToUseClientApi(exc.message) from None
 
 
-def _accepted(response: Fetched, method: str, url: str) -> Fetched:
+def _accepted(client: PartyClient, response: Fetched, method: str, url: str) -> Fetched:
+    if client.hub_instance and response.headers.get(HUB_INSTANCE_HEADER) == client.hub_instance:
+        # the URL names the hub under a host name other than its public URL's (127.0.0.1 for localhost, an internal
+        # name): the hub called itself, and would answer itself 401 to a party's token, a puzzle to whoever reads it
+        raise UnableToUseClientApi(
+            f"{url} is the hub's own (the hub answered {method} {url} itself, under another name than {client.hub_url}"
+            "); it must lead to the party's platform"
+        )
     if response.status_code == 401:
         raise TokenRefused(f"{method} {url} answered HTTP 401: {_said(response)}")
     if response.status_code >= 300:

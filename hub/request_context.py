@@ -1,4 +1,5 @@
-"""X-Request-ID and X-Correlation-ID on every answer, bound to every log line of the request, and one access line.
+"""X-Request-ID and X-Correlation-ID on every answer, bound to every log line of the request, and one access line;
+the hub's own mark on the answers of its OCPI configuration modules (HUB_INSTANCE_HEADER).
 
 transport_and_format.asciidoc: the X-Request-ID of a request is echoed in its response; the X-Correlation-ID is kept
 through the whole chain. A caller that sends neither gets fresh ones. RequestContext wraps Litestar's side of the
@@ -25,6 +26,10 @@ PROBE_PATHS = frozenset(("/health", "/ready", "/metrics"))  # load balancers and
 # The longest X-Request-ID / X-Correlation-ID a routed request may carry: the routing log indexes and searches them
 # (a B-tree entry has a size limit), and a UUID, which the specification advises, has 36 characters.
 MAX_ID_LENGTH = 255
+# On the answers of the hub's versions, details, credentials and hubclientinfo routes: the control plane
+# (hub.party_api) finds a party's URL that names the hub under another host name (localhost for 127.0.0.1) by it, when
+# the hub calls itself.
+HUB_INSTANCE_HEADER = "x-ocpi-hub-instance"
 
 
 def new_request_id() -> str:
@@ -95,8 +100,9 @@ def log_request(method: str, path: str, status: int | None, started: float, rout
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, hub_instance: str | None = None) -> None:
         self.app = app
+        self.own = [(HUB_INSTANCE_HEADER.encode(), hub_instance.encode())] if hub_instance else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,6 +116,7 @@ class RequestContext:
         extra = [
             (b"x-request-id", request_id.encode("latin-1")),
             (b"x-correlation-id", correlation_id.encode("latin-1")),
+            *(self.own if scope["path"].startswith("/ocpi/") else ()),  # what the control plane calls, nothing else
         ]
         outcome: dict[str, Any] = {"status": None}
         started = time.perf_counter()

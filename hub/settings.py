@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from storage.secrets import TokenBox, new_token, read_or_create, routing_log_key
+from storage.secrets import TokenBox, hub_instance, new_token, read_or_create, routing_log_key
 
 # name, default, meaning: the single source for `ocpi-hub --help` and the README table.
 VARIABLES: tuple[tuple[str, str, str], ...] = (
@@ -149,6 +149,11 @@ class Settings:
         if self.secret_key is None:
             raise SettingsError("no secret key: Settings.with_secrets() was not called")
         return routing_log_key(self.secret_key)
+
+    @property
+    def hub_instance(self) -> str | None:
+        """The mark of this hub's own answers (storage.secrets.hub_instance); None before with_secrets."""
+        return hub_instance(self.secret_key) if self.secret_key else None
 
     def with_secrets(self) -> Settings:
         """Fill in the admin token and secret key from the data dir, generating them on first start."""

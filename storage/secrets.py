@@ -27,6 +27,12 @@ def routing_log_key(secret_key: str) -> bytes:
     return hmac.digest(secret_key.encode("utf-8"), b"ocpi-hub routing log chain", "sha256")
 
 
+def hub_instance(secret_key: str) -> str:
+    """The mark of this hub's own answers (hub.request_context.HUB_INSTANCE_HEADER), derived from OCPI_HUB_SECRET_KEY:
+    the same on every process of the hub, another on any other hub, and telling nothing of the key."""
+    return hmac.digest(secret_key.encode("utf-8"), b"ocpi-hub instance", "sha256")[:12].hex()
+
+
 def read_or_create(path: Path, make: Callable[[], str]) -> str:
     """The secret stored at path, created (mode 0600, atomically) on first use."""
     if path.exists():

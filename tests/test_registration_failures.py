@@ -114,3 +114,21 @@ def test_missing_credentials_endpoint_answers_3003(hub: Hub, start_party) -> Non
     answer = party.register_at(hub.versions_url, token_a).json()
     assert answer["status_code"] == 3003
     assert "credentials" in answer["status_message"]
+
+
+def test_a_versions_url_naming_the_hub_under_another_host_name_is_refused_as_the_hubs_own(
+    hub: Hub, start_party
+) -> None:
+    # A URL under the hub's public URL is refused before the hub calls it; one naming the hub by another name
+    # (localhost for 127.0.0.1) had the hub call itself with the party's token, answer itself 401 and report that.
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
+    assert "127.0.0.1" in hub.base
+    aliased = hub.versions_url.replace("127.0.0.1", "localhost")
+    answer = httpx.post(_credentials_url(hub), headers=token_header(token_a),
+                        json=party.credentials(party.token_b) | {"url": aliased}).json()  # fmt: skip
+    assert answer["status_code"] == 3001, answer
+    assert answer["status_message"] == (
+        f"{aliased} is the hub's own (the hub answered GET {aliased} itself, under another name than {hub.base}); it "
+        "must lead to the party's platform"
+    )
+    assert httpx.get(hub.versions_url, headers=token_header(token_a)).status_code == 200  # nothing registered

@@ -176,8 +176,11 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
         with backing_services(settings) as ready:
             assert ready.database_url is not None
             applies = args.command in ("serve", "demo", "migrate")
-            asyncio.run(migrate_database(ready.database_url, settings.secret_key or "", applies))
+            applied = asyncio.run(migrate_database(ready.database_url, settings.secret_key or "", applies))
             asyncio.run(check_redis(ready.redis_url or ""))
+            if args.command == "migrate":
+                print(_migrated(applied), flush=True)
+                return 0
             if args.command == "serve":
                 return _serve(ready, args.host, args.port, args.workers, args.server)
             if listening is not None:
@@ -193,6 +196,14 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
     except redis.RedisError as exc:
         print(f"ocpi-hub: cannot use Redis (OCPI_HUB_REDIS_URL): {exc}", file=sys.stderr)
         return 1
+
+
+def _migrated(applied: list[str]) -> str:
+    """What `ocpi-hub migrate` did, on stdout: a deploy script's output shows that it ran, and where the schema is."""
+    from storage.migrate import migration_files
+
+    done = f"applied {', '.join(applied)}" if applied else "no migration was pending"
+    return f"ocpi-hub: {done}; the database is up to date at migration {migration_files()[-1][1]}"
 
 
 PUBLIC_URL_FILE = "public-url"  # in the data dir: the URL the last `ocpi-hub serve` there serves at

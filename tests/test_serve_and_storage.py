@@ -245,3 +245,17 @@ def test_only_serve_and_migrate_apply_migrations_and_a_wrong_secret_key_is_refus
     wrong = cli("verify", OCPI_HUB_SECRET_KEY=TokenBox.generate_key())
     assert wrong.returncode == 1 and "OCPI_HUB_SECRET_KEY does not open the party tokens stored" in wrong.stderr
     assert "secret.key" in wrong.stderr
+
+
+def test_migrate_says_what_it_applied_and_that_the_database_is_up_to_date(
+    services: Services, empty_database: str, tmp_path: Path
+) -> None:
+    # A deploy script's output shows that the step ran, also when there was nothing to apply (it printed nothing).
+    env = hub_env(services, tmp_path, OCPI_HUB_DATABASE_URL=empty_database)
+    run_on(empty_database, lambda conn: migrate_up_to(conn, 11))
+    names = [name for version, name, _ in migration_files() if version > 11]
+    latest = f"the database is up to date at migration {names[-1]}\n"
+    for said in (f"ocpi-hub: applied {', '.join(names)}; {latest}", f"ocpi-hub: no migration was pending; {latest}"):
+        migrated = subprocess.run([sys.executable, "-m", "hub.cli", "migrate"], env=env, cwd=ROOT, capture_output=True,
+                                  text=True, timeout=120)  # fmt: skip
+        assert migrated.returncode == 0 and migrated.stdout == said, migrated.stdout + migrated.stderr

@@ -14,6 +14,7 @@ import sys
 
 import asyncpg
 import redis.asyncio as redis
+import structlog
 
 from hub.cli_commands import COMMANDS, run
 from hub.settings import VARIABLES, Settings, SettingsError
@@ -262,7 +263,9 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     _raise_open_files_limit()
-    print(f"ocpi-hub: serving {settings.versions_url} on {host}:{port} with {workers} worker(s)", flush=True)
+    # a JSON line as every other line of serve's, where the workers' hub_started follow
+    structlog.get_logger().info("hub_serving", versions_url=settings.versions_url, host=host, port=port,
+                                workers=workers, server=server)  # fmt: skip
     if server == "uvicorn":
         import uvicorn
         from uvicorn.server import STARTUP_FAILURE

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Hub
 
 _LOGGED = """
 import logging
@@ -34,3 +34,13 @@ def test_a_librarys_warning_names_its_exception_in_one_line_and_an_error_keeps_i
     # a worker that failed to start: uvicorn logs the lifespan's traceback as its message (an operator's drill)
     assert lifespan["event"] == "lifespan_failed" and lifespan["exception"].lstrip(" +").startswith("Exception Group")
     assert lifespan["error"] == "ConnectionRefusedError: [Errno 111] Connection refused", lifespan
+
+
+def test_serve_says_where_it_serves_in_a_json_line(hub: Hub) -> None:
+    # It was the one plain-text line among serve's JSON lines ("ocpi-hub: serving ... with 1 worker(s)").
+    lines = hub.log().splitlines()
+    [serving] = [json.loads(line) for line in lines if '"hub_serving"' in line]
+    assert not [line for line in lines if line.startswith("ocpi-hub: serving")]
+    del serving["timestamp"]
+    assert serving == {"event": "hub_serving", "level": "info", "versions_url": hub.versions_url, "host": "127.0.0.1",
+                       "port": int(hub.base.rsplit(":", 1)[1]), "workers": 1, "server": "uvicorn"}  # fmt: skip

@@ -121,7 +121,7 @@ def _workers(raw: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_keep_joined(sys.argv[1:] if argv is None else argv))
     listening = None
     if args.command in ("serve", "demo"):  # the port first: one in use fails at once, before anything starts
         try:
@@ -138,6 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if listening is not None:
             listening.close()
+
+
+def _keep_joined(argv: list[str]) -> list[str]:
+    """`--keep -5d` read as `--keep=-5d`: argparse takes "-5d" for an option (only "-5" looks like a number to it) and
+    said "expected one argument", where every other bad --keep gets the message saying what --keep takes."""
+    joined = list(argv)
+    for i in range(len(joined) - 1, 0, -1):
+        if joined[i - 1] == "--keep" and joined[i].startswith("-") and joined[i][1:2].isdigit():
+            joined[i - 1 : i + 1] = [f"--keep={joined[i]}"]
+    return joined
 
 
 def _listen(host: str, port: int) -> socket.socket:

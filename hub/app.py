@@ -164,10 +164,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         route_handlers=[
             versions.versions,
             versions.version_details,
-            credentials.read_credentials,
-            credentials.register,
-            credentials.update_credentials,
-            credentials.unregister,
+            *credentials.HANDLERS,
             client_info.list_client_infos,
             metrics.health,
             metrics.ready,

@@ -177,6 +177,14 @@ def test_put_and_delete_before_registration_answer_405(hub: Hub, start_party) ->
     assert put.headers["Allow"] == delete.headers["Allow"] == "GET, POST"
 
 
+def test_options_on_credentials_names_the_methods_its_405_names(hub: Hub) -> None:
+    # Litestar's OPTIONS answer named those of the path's first handler only: "GET, OPTIONS"
+    options, patch = httpx.options(_credentials_url(hub)), httpx.patch(_credentials_url(hub))
+    assert (options.status_code, patch.status_code) == (204, 405)
+    allowed = [set(answer.headers["Allow"].split(", ")) for answer in (options, patch)]
+    assert allowed == [{"GET", "POST", "PUT", "DELETE", "OPTIONS"}] * 2
+
+
 def test_party_without_any_functional_module_answers_3003(hub: Hub, start_party) -> None:
     party, token_a = _invited_party(
         hub, start_party, ("CPO", "NL", unique_party_id()), modules={"x-custom": ["SENDER"]}

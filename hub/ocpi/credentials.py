@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 import structlog
-from litestar import Request, Response, delete, get, post, put
+from litestar import HttpMethod, Request, Response, delete, get, post, put, route
 from litestar.datastructures import State
 
 from hub import party_api
@@ -74,6 +74,14 @@ def endpoint_rows(discovery: party_api.Discovery) -> list[tuple[str, str, str]]:
 # The methods of the credentials endpoint a platform may use with its token A (invited) and C (registered): the Allow
 # header of the 405 for the others (RFC 9110, 15.5.6)
 INVITED_TAKES, REGISTERED_TAKES = ("GET", "POST"), ("GET", "PUT", "DELETE")
+TAKES = tuple(dict.fromkeys(INVITED_TAKES + REGISTERED_TAKES))  # GET, POST, PUT, DELETE: the endpoint's methods
+
+
+@route("/ocpi/2.2.1/credentials", http_method=HttpMethod.OPTIONS)
+async def allowed_methods() -> Response[None]:
+    """The methods of the endpoint, as the Allow of Litestar's 405 names them. Litestar's own OPTIONS answer names
+    those of the first handler registered for a path only (GET: litestar-org/litestar#4169, fixed in Litestar 3)."""
+    return Response(None, status_code=204, headers={"Allow": ", ".join((*TAKES, "OPTIONS"))})
 
 
 @get("/ocpi/2.2.1/credentials")
@@ -163,3 +171,8 @@ async def _exchange(request: Request[Caller, str, State], *, expected_state: str
         token_encoding=discovery.token_encoding,
     )
     return ocpi_response(hub_credentials(state.settings, token_c))
+
+
+# allowed_methods first: registered after another handler of the path, it would clash with the OPTIONS handler
+# Litestar adds to that one ("Handler already registered for path ... and http method OPTIONS")
+HANDLERS = (allowed_methods, read_credentials, register, update_credentials, unregister)

@@ -245,8 +245,9 @@ def credentials_in(response: Fetched, method: str, credentials_url: str) -> Cred
     except (msgspec.DecodeError, RecursionError) as exc:
         raise UnableToUseClientApi(f"{method} {credentials_url} answered with no valid credentials: {exc}") from None
     if answer.status_code != 1000:
-        reason = f"OCPI status {answer.status_code} {answer.status_message or ''}".strip()
-        raise UnableToUseClientApi(f"{method} {credentials_url} was refused: {reason}")
+        raise UnableToUseClientApi(
+            f"{method} {credentials_url} was refused: {_status_said(answer.status_code, answer.status_message)}"
+        )
     if answer.data is None:
         raise UnableToUseClientApi(f"{method} {credentials_url} answered OCPI status 1000 with no credentials")
     return answer.data
@@ -317,12 +318,23 @@ def _said(refusal: Fetched) -> str:
         document = msgspec.json.decode(refusal.content)
     except (msgspec.DecodeError, RecursionError):
         document = None
-    status = document.get("status_code") if isinstance(document, dict) else None
-    if isinstance(status, int) and not isinstance(status, bool) and isinstance(document, dict):
-        message = document.get("status_message")
-        return f"OCPI status {status} {message[:200] if isinstance(message, str) else ''}".rstrip()
+    if (status := _status_of(document)) is not None:
+        return _status_said(status, document.get("status_message"))
     kind = refusal.headers.get("content-type", "no content type")
     return f"{len(refusal.content)} bytes of {kind[:100]}, not an OCPI answer"
+
+
+def _status_of(document: Any) -> int | None:
+    """The status code of a decoded OCPI envelope; None for anything else, JSON's true and false among them (a bool
+    is an int to Python)."""
+    status = document.get("status_code") if isinstance(document, dict) else None
+    return status if isinstance(status, int) and not isinstance(status, bool) else None
+
+
+def _status_said(status: int, message: object) -> str:
+    """'OCPI status N message', as the hub's messages name what a party's envelope said: its message cut, since the
+    hub calls whatever URLs a party gives it (_said)."""
+    return f"OCPI status {status} {message[:200] if isinstance(message, str) else ''}".rstrip()
 
 
 def _data(response: Fetched, decoder: msgspec.json.Decoder, what: str, url: str):  # type: ignore[no-untyped-def]
@@ -335,10 +347,7 @@ def _data(response: Fetched, decoder: msgspec.json.Decoder, what: str, url: str)
         payload = document.get("data", document) if isinstance(document, dict) else document
         return decoder.decode(msgspec.json.encode(payload))
     except (msgspec.DecodeError, RecursionError) as exc:
-        envelope = document if isinstance(document, dict) else {}
-        status = envelope.get("status_code")
-        if isinstance(status, int) and status != 1000:
-            message = envelope.get("status_message")
-            reason = f"OCPI status {status} {message if isinstance(message, str) else ''}".strip()
-            raise UnableToUseClientApi(f"GET {url} was refused: {reason}") from None
+        if (status := _status_of(document)) is not None and status != 1000:
+            said = _status_said(status, document.get("status_message"))
+            raise UnableToUseClientApi(f"GET {url} was refused: {said}") from None
         raise UnableToUseClientApi(f"GET {url} answered no usable {what}: {exc}") from None

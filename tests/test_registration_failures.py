@@ -77,8 +77,17 @@ NESTED_TOO_DEEPLY = b"[" * 5000 + b"]" * 5000
         ("/ocpi/2.2.1", b'{"data": {"version": "2.2.1", "endpoints": "all"}}', "answered no usable version details"),
         ("/ocpi/2.2.1", NESTED_TOO_DEEPLY, "answered no usable version details"),
         ("/ocpi/2.2.1", b'{"status_code": 3000, "status_message": "down"}', "was refused: OCPI status 3000 down"),
+        ("/ocpi/versions", b'{"status_code": true}', "answered no usable versions"),  # was "OCPI status True"
     ],
-    ids=["not-json", "wrong-shape", "nested-too-deeply", "details-wrong-shape", "details-nested-too-deeply", "refused"],
+    ids=[
+        "not-json",
+        "wrong-shape",
+        "nested-too-deeply",
+        "details-wrong-shape",
+        "details-nested-too-deeply",
+        "refused",
+        "status-code-true",
+    ],
 )
 def test_party_versions_or_details_the_hub_cannot_use_give_3001_saying_what_was_wrong(
     hub: Hub, start_party, path: str, answer: bytes, said: str
@@ -91,6 +100,15 @@ def test_party_versions_or_details_the_hub_cannot_use_give_3001_saying_what_was_
     assert f"GET {party.base}{path} {said}" in registration.json()["status_message"]
     # Nothing was registered: token A still works for a second attempt.
     assert httpx.get(hub.versions_url, headers=token_header(token_a)).status_code == 200
+
+
+def test_a_refusal_in_a_successful_answer_is_told_with_the_start_of_its_message(hub: Hub, start_party) -> None:
+    # as one with an HTTP error status is: the hub calls whatever URL a party gives it, so it quotes little of it
+    refusal = b'{"status_code": 3000, "status_message": "' + b"x" * 300 + b'"}'
+    canned = {("GET", "/ocpi/2.2.1"): (200, refusal, {"Content-Type": "application/json"})}
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()), canned=canned)
+    message = party.register_at(hub.versions_url, token_a).json()["status_message"]
+    assert message == f"GET {party.base}/ocpi/2.2.1 was refused: OCPI status 3000 {'x' * 200}"
 
 
 def test_party_with_a_wrong_token_b_gives_3001(hub: Hub, start_party) -> None:

@@ -29,8 +29,8 @@ import redis.asyncio as redis
 import structlog
 
 from hub.errors import AnswerTooLarge
+from hub.own_messages import Trace
 from hub.party_api import PartyClient, hub_request
-from routing.forward import ocpi_status_of
 from storage.directory import DirectoryCache, Platform
 from storage.log_row import LogEntry
 from storage.sql import QUERIES
@@ -136,8 +136,7 @@ class StillAlive:
         entry, headers = hub_request(self._hub, platform, to, "GET", versions_url, "versions")
         try:
             response = await self._http.fetch("GET", versions_url, headers)
-            entry.http_status, entry.response_body = response.status_code, response.content
-            entry.ocpi_status_code = ocpi_status_of(response.content)  # as the row of any other call's answer
+            Trace.answered(entry, response.status_code, response.content)  # as the row of any other call's answer
             alive = response.status_code < 500
         except httpx.HTTPError as exc:
             entry.error, alive = f"{type(exc).__name__}: {exc}", False

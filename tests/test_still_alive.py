@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from storage.log_row import body_of
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
 from tests.parties import Party
 from tests.test_hub_client_info import _pushes_about, _wait_for
@@ -161,3 +162,19 @@ def test_an_offline_party_that_keeps_calling_is_probed_once_a_probe_interval_not
                      body={"id": f"L{n}", "country_code": cc, "party_id": pid})  # fmt: skip
             time.sleep(0.5)
         assert db.run(db.fetchval(query, pid)) - probes <= 1
+
+
+@pytest.mark.parametrize("probing_hub", ["1"], indirect=True)
+def test_a_probes_row_hides_a_credentials_token_in_the_answer(probing_hub: Hub, start_party, db) -> None:
+    # as the row of any other call of the hub's own (hub/own_messages.py): auditors read the log
+    cpo = _connect(probing_hub, start_party, "CPO")
+    answer = b'{"status_code": 1000, "timestamp": "2026-01-01T00:00:00Z", "data": {"token": "a-party-secret"}}'
+    cpo.canned[("GET", "/ocpi/versions")] = (200, answer, {"Content-Type": "application/json"})
+    probes = "SELECT response_body FROM routing_log WHERE module = 'versions' AND to_party_id = $1"
+
+    def answers_with_a_token() -> list[str]:
+        bodies = [body_of(r["response_body"]).decode() for r in db.run(db.fetch(probes, cpo.roles[0][2]))]
+        return [body for body in bodies if '"token"' in body]
+
+    [answered, *_] = _wait_for(answers_with_a_token)
+    assert "a-party-secret" not in answered and '"token":"(not logged)"' in answered

@@ -121,6 +121,7 @@ class Relay:
             request_headers={k: headers[k] for k in LOGGED_REQUEST_HEADERS if k in headers},
         )  # fmt: skip
         exchange = Exchange(scope, headers, entry, started)
+        looked_up = False  # whether _route looked the caller up by its token: a refusal before that does it here
         try:
             if "expect" in headers:  # 100-continue: uvicorn sends it on the first receive()
                 refuse_announced(headers, self.settings.max_body_bytes)
@@ -131,6 +132,7 @@ class Relay:
             check_ids(request_id, correlation_id)
             if len(headers) < len(cast("list[tuple[bytes, bytes]]", scope["headers"])):  # a name came twice
                 check_repeated(scope["headers"])
+            looked_up = True
             answer = await self._route(exchange, path)
         except OcpiError as exc:
             answer = self.hub_answer(exchange, exc.http_status, exc.status_code, exc.message)
@@ -147,7 +149,7 @@ class Relay:
             answer = self.hub_answer(exchange, 500, 3000, "internal error of the hub; it has been logged")
             entry.error = f"internal error: {exc!r}"
         if entry.from_country_code is None:  # refused before it was routed
-            name_the_parties(entry, exchange.caller, self.directory.current, headers)
+            name_the_parties(entry, exchange.caller, self.directory.current, headers, look_up=not looked_up)
         entry.http_status, entry.response_body = answer.status, answer.body
         entry.response_headers = {k: v for k, v in answer.headers.items() if k != "content-type"} or None
         entry.ocpi_status_code = entry.ocpi_status_code or ocpi_status_of(answer.body)
@@ -177,7 +179,8 @@ class Relay:
             caller = identify(self.directory.current, header)
         if caller is None:
             raise Unauthorized("missing or unknown credentials token")
-        if caller.token_kind != "C":
+        if caller.token_kind != "C":  # the row names the platform it was given to, as found here
+            name_the_parties(exchange.entry, caller.platform, self.directory.current, exchange.headers)
             raise Unauthorized("token A is only valid for versions and credentials: register first")
         exchange.caller = caller.platform
         exchange.entry.caller_platform_id = caller.platform.id
@@ -345,14 +348,17 @@ def _module_of(path: str) -> str:
     return parts[3] if len(parts) > 3 else ""
 
 
-def name_the_parties(entry: LogEntry, caller: Platform | None, directory: Directory, headers: dict[str, str]) -> None:
+def name_the_parties(
+    entry: LogEntry, caller: Platform | None, directory: Directory, headers: dict[str, str], *, look_up: bool = False
+) -> None:
     """The parties of a row no route named (a request refused before it was routed: a body too large, a malformed
     header, a token A, a foreign OCPI-from, an unknown receiver, a malformed body; a party's own credentials request),
     so that an auditor finds the row under the party that sent it and the one it was for: the calling platform's
-    party its OCPI-from headers name, else its first (a caller refused before it was authenticated, by its token),
-    and the receiver its OCPI-to headers address. A caller no token names names nobody: a "to party" search would
-    find rows anyone could have made up. What it claimed stays in the row's request headers."""
-    if caller is None and (known := identify(directory, headers.get("authorization"))) is not None:
+    party its OCPI-from headers name, else its first (a caller refused before it was authenticated: by its token,
+    looked up here when look_up is set), and the receiver its OCPI-to headers address. A caller no token names names
+    nobody: a "to party" search would find rows anyone could have made up. What it claimed stays in the row's request
+    headers."""
+    if caller is None and look_up and (known := identify(directory, headers.get("authorization"))) is not None:
         caller = known.platform
     if caller is None:  # whoever it is: what it addressed stays in the row's request headers alone
         return

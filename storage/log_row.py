@@ -188,6 +188,8 @@ class LogEntry:
     response_headers: dict[str, str] | None = None
     request_body: bytes = b""
     response_body: bytes = b""
+    # the size of a request body the row keeps no more of (keep_request_body_size_only); None: request_body is it
+    request_body_size: int | None = None
     # (key, url) of a CDR Location the hub rewrote; stored in relayed_location in the same transaction
     relayed_location: tuple[str, str] | None = None
     object_id: str | None = None  # where the hub knows it and object_id_of_entry could not tell it (a result's)
@@ -195,6 +197,13 @@ class LogEntry:
     waiting_since: float = field(default=0.0, repr=False)  # the event loop's time when the caller began to wait
     chained: bool = field(default=False, repr=False)  # its row's content is fixed: hashed into the writer's chain
     row_id: int | None = field(default=None, repr=False)  # the id its row was hashed with, kept if chained again
+
+    def keep_request_body_size_only(self) -> None:
+        """The row of a caller no registered party's token names (none, an unknown one, a token A on a functional
+        module) keeps its request body's size and not the body: anyone could fill the log's disk with bodies, up to
+        the log's body cap a request. The size says what came; the path and headers say where to."""
+        if self.request_body:
+            self.request_body_size, self.request_body = len(self.request_body), b""
 
 
 # What content_hash turns into text before hashing, by position in CONTENT_COLUMNS (the columns' types are fixed).
@@ -309,7 +318,7 @@ def row_content(entry: LogEntry, chain_text: str, seq: int, body_cap: int) -> di
         "request_headers": _json(entry.request_headers),
         "response_headers": _json(entry.response_headers),
         "request_body": stored_body(entry.request_body, body_cap),
-        "request_body_size": len(entry.request_body),
+        "request_body_size": len(entry.request_body) if entry.request_body_size is None else entry.request_body_size,
         "response_body": stored_body(entry.response_body, body_cap),
         "response_body_size": len(entry.response_body),
     }

@@ -10,6 +10,7 @@ import uuid
 
 import httpx
 
+from storage.log_row import body_of
 from tests.conftest import Db, Hub
 from tests.parties import Party
 from tests.test_routing import _roles, party_key
@@ -22,13 +23,21 @@ def _row(db: Db, correlation_id: str) -> dict[str, object]:
     return dict(row)
 
 
-def _put(hub: Hub, token: str, cpo: tuple[str, str], emsp: tuple[str, str], correlation_id: str,
+def _put(hub: Hub, token: str | None, cpo: tuple[str, str], emsp: tuple[str, str], correlation_id: str,
          content: bytes, **headers: str) -> httpx.Response:  # fmt: skip
-    """A location PUT from cpo to emsp with the token given, as sent: routing headers and all."""
+    """A location PUT from cpo to emsp with the token given (None: no Authorization header), as sent: routing headers
+    and all."""
     (cc, pid), (to_cc, to_pid) = cpo, emsp
-    sent = {"Authorization": f"Token {base64.b64encode(token.encode()).decode()}", "Content-Type": "application/json",
-            "OCPI-from-country-code": cc, "OCPI-from-party-id": pid, "OCPI-to-country-code": to_cc,
-            "OCPI-to-party-id": to_pid, "X-Correlation-ID": correlation_id} | headers  # fmt: skip
+    sent = {
+        "Content-Type": "application/json",
+        "OCPI-from-country-code": cc,
+        "OCPI-from-party-id": pid,
+        "OCPI-to-country-code": to_cc,
+        "OCPI-to-party-id": to_pid,
+        "X-Correlation-ID": correlation_id,
+    } | headers
+    if token is not None:
+        sent["Authorization"] = f"Token {base64.b64encode(token.encode()).decode()}"
     return httpx.put(f"{hub.base}/ocpi/2.2.1/receiver/locations/{cc}/{pid}/LOC1", headers=sent, content=content,
                      timeout=30)  # fmt: skip
 
@@ -45,7 +54,7 @@ def test_a_request_refused_before_it_was_routed_names_its_caller_and_receiver_in
     ]
     for _, content, headers, status in refusals:
         correlation_id = str(uuid.uuid4())
-        answer = _put(hub, cpo.hub_token or "", party_key(cpo), party_key(emsp), correlation_id, content, **headers)
+        answer = _put(hub, cpo.hub_token, party_key(cpo), party_key(emsp), correlation_id, content, **headers)
         assert answer.status_code == status, answer.text
         assert _row(db, correlation_id) == {
             "http_status": status, "routing": "rejected", "caller_platform_id": caller,
@@ -68,3 +77,31 @@ def test_a_request_refused_before_it_was_routed_names_its_caller_and_receiver_in
     assert (row["caller_platform_id"], row["from_party_id"], row["to_party_id"]) == (
         invited["platform_id"], roles[2], party_key(emsp)[1]), row  # fmt: skip
     assert emsp.functional() == []
+
+
+def _body_kept(db: Db, correlation_id: str) -> tuple[bytes | None, int]:
+    [row] = db.run(db.fetch("SELECT request_body, request_body_size FROM routing_log WHERE correlation_id = $1",
+                            correlation_id))  # fmt: skip
+    return body_of(row["request_body"]) or None, row["request_body_size"]
+
+
+def test_the_row_of_a_caller_no_registered_partys_token_names_keeps_its_bodys_size_not_the_body(
+    cpo_and_emsp: tuple[Party, Party], hub: Hub, db: Db
+) -> None:
+    # a security review's point: anyone could fill the log's disk, a body up to the log's body cap a request
+    cpo, emsp = cpo_and_emsp
+    body = b'{"id": "LOC1", "name": "' + b"x" * 50_000 + b'"}'
+    token_a = hub.invite("invited CPO", _roles("CPO"))["token_a"]
+    long_id = {"X-Request-ID": "r" * 300}  # refused before the token is looked at
+    for token, headers, status in [(None, {}, 401), ("not-a-token", {}, 401), (token_a, {}, 401),
+                                   ("not-a-token", long_id, 400), (None, long_id, 400)]:  # fmt: skip
+        correlation_id = str(uuid.uuid4())
+        answer = _put(hub, token, party_key(cpo), party_key(emsp), correlation_id, body, **headers)
+        assert answer.status_code == status, answer.text
+        assert _body_kept(db, correlation_id) == (None, len(body)), (token, headers)
+    # a registered party's is kept, refused or not
+    for headers, status in [({}, 200), (long_id, 400)]:
+        correlation_id = str(uuid.uuid4())
+        answer = _put(hub, cpo.hub_token, party_key(cpo), party_key(emsp), correlation_id, body, **headers)
+        assert answer.status_code == status, answer.text
+        assert _body_kept(db, correlation_id) == (body, len(body))

@@ -70,6 +70,9 @@ async def logged(inner: ASGIApp, state: State, scope: HTTPScope, receive: Receiv
         if caller is not None:
             entry.caller_platform_id = caller.platform.id
             name_the_caller(entry, caller.platform, headers)
+        elif identify(state.directory.current, headers.get("authorization")) is None:  # nor one issued meanwhile
+            # refused before Litestar read the body; were it read, its row would keep its size only, as the relay's
+            entry.keep_request_body_size_only()
         entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         try:
             await state.routing_log.record(entry)

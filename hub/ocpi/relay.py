@@ -150,6 +150,8 @@ class Relay:
             entry.error = f"internal error: {exc!r}"
         if entry.from_country_code is None:  # refused before it was routed
             name_the_parties(entry, exchange.caller, self.directory.current, headers, look_up=not looked_up)
+        if exchange.caller is None and entry.request_body:  # refused before a token C was taken
+            _keep_registered_bodies(entry, self.directory.current, headers, look_up=not looked_up)
         entry.http_status, entry.response_body = answer.status, answer.body
         entry.response_headers = {k: v for k, v in answer.headers.items() if k != "content-type"} or None
         entry.ocpi_status_code = entry.ocpi_status_code or ocpi_status_of(answer.body)
@@ -367,6 +369,15 @@ def name_the_parties(
     if entry.to_country_code is None:
         with contextlib.suppress(InvalidParameters):  # not a party's codes: only in the request headers
             entry.to_country_code, entry.to_party_id = routing_party(headers, "to") or (None, None)
+
+
+def _keep_registered_bodies(entry: LogEntry, directory: Directory, headers: dict[str, str], *, look_up: bool) -> None:
+    """The row of a request no registered party's token C sent keeps its body's size, not the body: anyone could fill
+    the log's disk. _route refused its token (look_up False), or the request was refused before _route looked: then a
+    token C may still have sent it, looked up here."""
+    if look_up and (known := identify(directory, headers.get("authorization"))) is not None and known.token_kind == "C":
+        return
+    entry.keep_request_body_size_only()
 
 
 def name_the_caller(entry: LogEntry, platform: Platform, headers: dict[str, str]) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage, Send
+from litestar.utils.path import normalize_path
 
 from hub.auth import identify
 from hub.ocpi.relay import LOGGED_REQUEST_HEADERS, name_the_caller
@@ -33,7 +34,9 @@ PATH = "/ocpi/2.2.1/credentials"
 
 
 def is_credentials(path: str) -> bool:
-    return path.rstrip("/") == PATH
+    """Whether Litestar routes path to the credentials handlers: it takes "//ocpi/2.2.1//credentials/" for the
+    credentials path too (slashes doubled or trailing), and each path that reaches them has its rows."""
+    return "credentials" in path and normalize_path(path) == PATH
 
 
 async def logged(inner: ASGIApp, state: State, scope: HTTPScope, receive: Receive, send: Send) -> None:

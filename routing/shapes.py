@@ -16,6 +16,7 @@ from hub.errors import InvalidParameters, MethodNotAllowed, NotFound, decoded
 from routing.request import Incoming
 
 _PARTS = re.compile(r"[/\\]")
+_DOT_SEGMENTS = frozenset((".", ".."))
 COMMANDS = frozenset({"CANCEL_RESERVATION", "RESERVE_NOW", "START_SESSION", "STOP_SESSION", "UNLOCK_CONNECTOR"})
 
 
@@ -71,10 +72,11 @@ def check_shape(incoming: Incoming) -> None:
             f"{', '.join(methods)}",
             tuple(methods),
         )
-    if "//" in incoming.suffix or any("." in s and {".", ".."} & set(_PARTS.split(s)) for s in incoming.segments):
+    if "//" in incoming.suffix or any("." in s and _DOT_SEGMENTS & _parts(s) for s in incoming.segments):
         # RFC 3986, 5.2.4: a party's server or proxy resolves dot segments, often after decoding %2E and %2F, to
         # another of its URLs (.../locations/sender/../../credentials), which the hub would call with its token
-        raise NotFound(f"{incoming.method} {incoming.path} holds an empty segment or a dot segment ('.', '..')")
+        raise NotFound(f"{incoming.method} {incoming.path} holds an empty segment or a dot segment ('.', '..', or "
+                       "either with ';' parameters)")  # fmt: skip
     if not shape.fits(incoming.segments):
         raise NotFound(
             f"{incoming.method} {incoming.path} is no URL of the {_interface(incoming)}: it takes {incoming.method}"
@@ -102,6 +104,13 @@ def check_patch(incoming: Incoming) -> None:
             f"a PATCH of {incoming.module} SHALL contain the last_updated field (mod_{incoming.module}.asciidoc)"
         )
     # its value is the receiver's to judge, as a PUT's (relayed whatever it holds; the cache skips what it cannot date)
+
+
+def _parts(segment: str) -> set[str]:
+    """A decoded segment's parts as a server may take them: split at each slash or backslash, and each without its
+    parameters (RFC 3986, 3.3: ";" starts them; Tomcat drops them before it resolves dot segments, so that "..;" or
+    "..;a" climbs as ".." does)."""
+    return {part.partition(";")[0] for part in _PARTS.split(segment)}
 
 
 def _interface(incoming: Incoming) -> str:

@@ -110,6 +110,11 @@ def test_a_url_the_interface_does_not_define_answers_404_and_is_not_forwarded(
         ("GET", "sender/locations/%2E%2E/%2e%2E/credentials"),
         ("GET", "sender/locations/..%2F..%2Fcredentials"),
         ("GET", "sender/locations/LOC1/./EVSE1"),
+        # Tomcat drops a segment's ";" parameters before it resolves dot segments (a security review's point)
+        ("GET", "sender/locations/..;/..;/credentials"),
+        ("GET", "sender/locations/%2e%2e;/%2E%2E%3B/credentials"),
+        ("GET", "sender/locations/..;a/..;b=c/credentials"),
+        ("GET", "sender/locations/LOC1/.;x/EVSE1"),
         ("GET", "receiver/tokens/{cc}/{pid}/.."),
         ("POST", "sender/commands/..%5C..%5Ccredentials"),
         ("GET", "receiver/tokens/{cc}/{pid}//TOK1"),

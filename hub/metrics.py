@@ -53,16 +53,25 @@ LOCATION_SYNCS = Counter(
 )  # fmt: skip
 
 
+# status_codes.asciidoc: the codes the spec defines, and the ranges it reserves for custom codes (19xx, 29xx, 39xx,
+# 49xx), each counted under its range. Any other code a receiver answers is "other": a party must not be able to grow
+# the metrics without bound by answering made-up codes (the routing log keeps the code itself).
+_SPEC_STATUS_CODES = (1000, 2000, 2001, 2002, 2003, 2004, 3000, 3001, 3002, 3003, 4000, 4001, 4002, 4003)
+_STATUS_LABELS: dict[int | None, str] = (
+    {code: f"{code // 100}xx" for first in (1900, 2900, 3900, 4900) for code in range(first, first + 100)}
+    | {code: str(code) for code in _SPEC_STATUS_CODES}
+    | {None: "none"}
+)
 # Children by label values, looked up once: labels() takes a lock and checks its arguments on every call.
 _request_counters: dict[tuple[str, str, str, str], Counter] = {}
 _forward_histograms: dict[str, Histogram] = {}
 
 
 def count_request(module: str, method: str, routing: str, ocpi_status: int | None) -> None:
-    # Module names and methods come from the caller: unknown ones are folded into "other" so that they cannot grow
-    # the label set.
+    # Module names and methods come from the caller, OCPI status codes from the receiver: unknown ones are folded
+    # into "other" so that they cannot grow the label set.
     labels = (module if module in MODULES else "other", method if method in METHODS else "other", routing,
-              str(ocpi_status or "none"))  # fmt: skip
+              _STATUS_LABELS.get(ocpi_status, "other"))  # fmt: skip
     if (counter := _request_counters.get(labels)) is None:
         counter = _request_counters[labels] = REQUESTS.labels(*labels)
     counter.inc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import resource
 import signal
 import threading
@@ -26,6 +27,7 @@ from storage.location_cache import LocationCache
 from storage.log_row import LogEntry
 from storage.secrets import TokenBox
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
+from tests.parties import envelope
 from tests.test_pull_sync import _locations, _wait
 from tests.test_routing import LOCATION, _roles, party_key
 
@@ -120,6 +122,30 @@ def test_methods_and_modules_callers_make_up_are_counted_as_other(hub: Hub, conn
     assert _metric(hub, "ocpi_hub_requests_total", **folded) == before + 3
     text = httpx.get(f"{hub.base}/metrics").text
     assert "PROPFIND" not in text and "nosuchmodule" not in text
+
+
+def test_ocpi_status_codes_the_spec_does_not_define_are_counted_as_other(hub: Hub, connect_party, db) -> None:
+    # status_codes.asciidoc: a receiver's made-up codes must not grow the metrics without bound (a security review's
+    # point: 300 codes made 300 series); the codes of its custom ranges count under the range, the row keeps the code
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    cc, pid = party_key(cpo)
+    relayed = {"module": "tariffs", "method": "GET", "routing": "direct"}
+    before = {
+        label: _metric(hub, "ocpi_hub_requests_total", **relayed, ocpi_status=label) for label in ("other", "29xx")
+    }
+    codes = [100_000 + n for n in range(5)] + [0, 4004, 2950]
+    for n, code in enumerate(codes):
+        emsp.canned[("GET", f"/ocpi/2.2.1/tariffs/receiver/{cc}/{pid}/T{n}")] = (
+            200, json.dumps(envelope(None, code)).encode(), {"Content-Type": "application/json"})  # fmt: skip
+        request_id = str(uuid.uuid4())
+        answer = cpo.call(hub.base, "GET", f"receiver/tariffs/{cc}/{pid}/T{n}", to=party_key(emsp),
+                          headers={"X-Request-ID": request_id})  # fmt: skip
+        assert answer.json()["status_code"] == code
+        assert db.run(db.fetchval("SELECT ocpi_status_code FROM routing_log WHERE request_id = $1", request_id)) == code
+    assert _metric(hub, "ocpi_hub_requests_total", **relayed, ocpi_status="other") == before["other"] + 7
+    assert _metric(hub, "ocpi_hub_requests_total", **relayed, ocpi_status="29xx") == before["29xx"] + 1
+    text = httpx.get(f"{hub.base}/metrics").text
+    assert all(f'ocpi_status="{code}"' not in text for code in codes)
 
 
 @pytest.mark.parametrize("log_mode", ["async", "strict"])

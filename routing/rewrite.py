@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import re
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from storage.location_document import epoch
 from storage.routing_state import CALLBACK_TTL_S
 
 _LINK = re.compile(r"<([^>]*)>")
+_RESPONSE_URL_KEY = re.compile(rb'"response_url"[ \t\n\r]*:[ \t\n\r]*')  # RFC 8259: the whitespace JSON allows
 _URI = re.compile(r"^[\x21-\x7e]+$")  # RFC 3986: printable ASCII; a space, a control or a non-ASCII character is not
 _encode = msgspec.json.encode
 
@@ -100,11 +102,42 @@ def with_response_url(incoming: Incoming, original: str, replacement: str) -> tu
         return incoming.body, "&".join(parts)
     encoded = _encode(original)
     if incoming.body.count(encoded) == 1:
-        return incoming.body.replace(encoded, _encode(replacement)), incoming.query
-    # Escaped differently from msgspec's form (e.g. "\/"): re-encode the object, keys in their order.
+        body = incoming.body.replace(encoded, ours := _encode(replacement))
+        if not _plainly_the_response_url(body, ours):
+            _check_the_one_response_url(body, replacement)
+        return body, incoming.query
+    # Escaped differently from msgspec's form (e.g. "\/"): re-encode the object, keys in their order (a key sent
+    # twice, once: the hub's).
     document = msgspec.json.decode(incoming.body)
     document["response_url"] = replacement
     return _encode(document), incoming.query
+
+
+def _plainly_the_response_url(body: bytes, ours: bytes) -> bool:
+    """Whether body, with no escape anywhere (so that each key is as written and no string holds a quote), names
+    response_url once and ours is its value: the body of nearly every command, checked without decoding it again."""
+    if b"\\" in body or body.count(b'"response_url"') != 1:
+        return False
+    key = _RESPONSE_URL_KEY.search(body)
+    return key is not None and body.startswith(ours, key.end())
+
+
+def _check_the_one_response_url(body: bytes, replacement: str) -> None:
+    """InvalidParameters unless the object body holds one response_url, the hub's: a key sent twice (a receiver may
+    take the first, which the hub did not check) or a response_url escaped otherwise than another field holding
+    the same URL (the hub replaced that field) would give the receiver a URL the hub never checked."""
+    try:
+        pairs = json.loads(body, object_pairs_hook=list)  # each object's keys as sent, twice if sent twice
+    except (ValueError, RecursionError):
+        raise InvalidParameters("the request body is nested too deeply for the hub to check its response_url") from None
+    found = [value for key, value in pairs if key == "response_url"]
+    if len(found) != 1:
+        raise InvalidParameters(f"the request body holds response_url {len(found)} times: the receiver might take "
+                                "one the hub did not check; send it once")  # fmt: skip
+    if found[0] != replacement:
+        raise InvalidParameters("the request body holds the response_url's URL in another field too, escaped "
+                                "otherwise than the response_url, and the hub cannot tell which to replace with its "
+                                "own: write the URL alike in both")  # fmt: skip
 
 
 def _query_name(part: str) -> str:

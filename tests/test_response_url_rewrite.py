@@ -1,0 +1,54 @@
+"""The body the hub forwards with a command or charging profile holds one response_url, the hub's own, or the hub
+refuses the request (2001) and forwards nothing. Found by a security review: with the key sent twice, the first value
+reached the CPO unchecked; with the response_url escaped ("http:\\/\\/...") beside another field holding the plain
+URL, the hub rewrote that other field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import Hub
+from tests.test_routing import _roles, party_key
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ('{{"response_url": "http://169.254.169.254/x", "response_url": "{url}", "location_id": "L1"}}', "2 times"),
+        ('{{"response\\u005furl": "http://169.254.169.254/x", "response_url": "{url}"}}', "2 times"),
+        ('{{"response_url": "{escaped}", "note": "{url}", "location_id": "L1"}}', "in another field too"),
+    ],
+    ids=["key-twice", "key-twice-escaped", "escaped-beside-plain"],
+)
+def test_a_command_whose_forwarded_body_would_hold_a_response_url_not_the_hubs_is_refused(
+    hub: Hub, connect_party, body: str, said: str
+) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    url = f"{emsp.base}/ocpi/2.2.1/commands/sender/START_SESSION/1"
+    content = body.format(url=url, escaped=url.replace("/", "\\/")).encode()
+    answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), content=content,
+                       headers={"Content-Type": "application/json"})  # fmt: skip
+    assert (answer.status_code, answer.json()["status_code"]) == (200, 2001), answer.text
+    assert said in answer.json()["status_message"]
+    assert cpo.functional() == []
+
+
+def test_a_command_with_escapes_or_a_response_url_key_elsewhere_goes_on_with_the_hubs_response_url(
+    hub: Hub, connect_party
+) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    url = f"{emsp.base}/ocpi/2.2.1/commands/sender/START_SESSION/1"
+    escaped = url.replace("/", "\\/")
+    for body in [
+        f'{{"response_url": "{escaped}", "note": "{escaped}", "location_id": "L1"}}',  # escaped throughout
+        f'{{"note": "a \\"quote\\"", "response_url": "{url}", "location_id": "L1"}}',
+        f'{{"token": {{"response_url": "nested"}}, "response_url" :\n "{url}", "location_id": "L1"}}',
+    ]:
+        answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo),
+                           content=body.encode(), headers={"Content-Type": "application/json"})  # fmt: skip
+        assert answer.json()["status_code"] == 1000, (body, answer.text)
+        forwarded = json.loads(cpo.functional()[-1].body, object_pairs_hook=list)
+        [ours] = [value for key, value in forwarded if key == "response_url"]
+        assert ours.startswith(f"{hub.base}/ocpi/2.2.1/results/"), body

@@ -82,8 +82,10 @@ def check_repeated(headers: Iterable[tuple[bytes, bytes]]) -> None:
             values.setdefault(name, []).append(value)
     for name, given in values.items():
         if len(set(given)) > 1:
-            shown = ", ".join(repr(as_sent(value)) for value in given[:3])
-            raise MalformedHeader(f"{SINGLE_VALUED[name]} came {len(given)} times with different values ({shown}): the "
+            # a token's first characters are part of it: an Authorization's values are never quoted (the refusal is
+            # in the routing log too, which auditors read)
+            shown = "" if name == b"authorization" else f" ({', '.join(repr(as_sent(value)) for value in given[:3])})"
+            raise MalformedHeader(f"{SINGLE_VALUED[name]} came {len(given)} times with different values{shown}: the "
                                   "hub cannot tell which one is meant")  # fmt: skip
 
 

@@ -279,3 +279,16 @@ def test_a_header_value_sent_in_iso_8859_1_is_quoted_as_sent_not_with_replacemen
         twice = refusal(to_party, ("X-Correlation-ID", correlation_id), ("X-Correlation-ID", "cafe"))
         assert twice.startswith("X-Correlation-ID came 2 times with different values ('café', 'cafe')"), twice
     assert emsp.functional() == []
+
+
+def test_an_authorization_header_sent_twice_is_refused_without_quoting_either_token(hub: Hub, start_party, db) -> None:
+    # a security review's point: the refusal quoted the first 16 characters of each, "Token " and some of the token,
+    # in the answer and the routing log's error column
+    cpo = register_at_hub(hub, start_party, _roles("CPO"))
+    sent = [*token_header(cpo.hub_token or "").items(), *token_header("another-token-of-some-length").items(),
+            ("X-Request-ID", "authorization-twice")]  # fmt: skip
+    answer = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/locations", headers=sent)
+    said = "Authorization came 2 times with different values: the hub cannot tell which one is meant"
+    assert (answer.status_code, answer.json()["status_code"], answer.json()["status_message"]) == (400, 2001, said)
+    error = db.run(db.fetchval("SELECT error FROM routing_log WHERE request_id = 'authorization-twice'"))
+    assert error == said

@@ -148,10 +148,8 @@ class Relay:
             log.exception("relay_failed", path=path)
             answer = self.hub_answer(exchange, 500, 3000, "internal error of the hub; it has been logged")
             entry.error = f"internal error: {exc!r}"
-        if entry.from_country_code is None:  # refused before it was routed
-            name_the_parties(entry, exchange.caller, self.directory.current, headers, look_up=not looked_up)
-        if exchange.caller is None and entry.request_body:  # refused before a token C was taken
-            _keep_registered_bodies(entry, self.directory.current, headers, look_up=not looked_up)
+        if entry.from_country_code is None or exchange.caller is None:  # refused before it was routed
+            row_of_a_refusal(entry, exchange.caller, self.directory.current, headers, looked_up=looked_up)
         entry.http_status, entry.response_body = answer.status, answer.body
         entry.response_headers = {k: v for k, v in answer.headers.items() if k != "content-type"} or None
         entry.ocpi_status_code = entry.ocpi_status_code or ocpi_status_of(answer.body)
@@ -182,7 +180,7 @@ class Relay:
         if caller is None:
             raise Unauthorized("missing or unknown credentials token")
         if caller.token_kind != "C":  # the row names the platform it was given to, as found here
-            name_the_parties(exchange.entry, caller.platform, self.directory.current, exchange.headers)
+            name_the_parties(exchange.entry, caller.platform, exchange.headers)
             raise Unauthorized("token A is only valid for versions and credentials: register first")
         exchange.caller = caller.platform
         exchange.entry.caller_platform_id = caller.platform.id
@@ -350,18 +348,27 @@ def _module_of(path: str) -> str:
     return parts[3] if len(parts) > 3 else ""
 
 
-def name_the_parties(
-    entry: LogEntry, caller: Platform | None, directory: Directory, headers: dict[str, str], *, look_up: bool = False
+def row_of_a_refusal(
+    entry: LogEntry, caller: Platform | None, directory: Directory, headers: dict[str, str], *, looked_up: bool
 ) -> None:
+    """The row of a request refused before it was routed: its parties named (name_the_parties), and its body's size
+    kept, not the body, unless a registered party's token C sent it: anyone could fill the log's disk otherwise. A
+    caller is None here when _route refused its token (looked_up), or when the request was refused before _route looked
+    at it (a body too large, a malformed header): then its token is looked up here, once."""
+    known = identify(directory, headers.get("authorization")) if caller is None and not looked_up else None
+    if entry.from_country_code is None:
+        name_the_parties(entry, caller or (known.platform if known else None), headers)
+    if caller is None and entry.request_body and (known is None or known.token_kind != "C"):
+        entry.keep_request_body_size_only()
+
+
+def name_the_parties(entry: LogEntry, caller: Platform | None, headers: dict[str, str]) -> None:
     """The parties of a row no route named (a request refused before it was routed: a body too large, a malformed
     header, a token A, a foreign OCPI-from, an unknown receiver, a malformed body; a party's own credentials request),
     so that an auditor finds the row under the party that sent it and the one it was for: the calling platform's
-    party its OCPI-from headers name, else its first (a caller refused before it was authenticated: by its token,
-    looked up here when look_up is set), and the receiver its OCPI-to headers address. A caller no token names names
-    nobody: a "to party" search would find rows anyone could have made up. What it claimed stays in the row's request
-    headers."""
-    if caller is None and look_up and (known := identify(directory, headers.get("authorization"))) is not None:
-        caller = known.platform
+    party its OCPI-from headers name, else its first (a caller refused before it was authenticated, by its token), and
+    the receiver its OCPI-to headers address. A caller no token names names nobody: a "to party" search would find
+    rows anyone could have made up. What it claimed stays in the row's request headers."""
     if caller is None:  # whoever it is: what it addressed stays in the row's request headers alone
         return
     entry.caller_platform_id = caller.id
@@ -369,15 +376,6 @@ def name_the_parties(
     if entry.to_country_code is None:
         with contextlib.suppress(InvalidParameters):  # not a party's codes: only in the request headers
             entry.to_country_code, entry.to_party_id = routing_party(headers, "to") or (None, None)
-
-
-def _keep_registered_bodies(entry: LogEntry, directory: Directory, headers: dict[str, str], *, look_up: bool) -> None:
-    """The row of a request no registered party's token C sent keeps its body's size, not the body: anyone could fill
-    the log's disk. _route refused its token (look_up False), or the request was refused before _route looked: then a
-    token C may still have sent it, looked up here."""
-    if look_up and (known := identify(directory, headers.get("authorization"))) is not None and known.token_kind == "C":
-        return
-    entry.keep_request_body_size_only()
 
 
 def name_the_caller(entry: LogEntry, platform: Platform, headers: dict[str, str]) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import msgspec
 from litestar import Request, Response, get
 from litestar.datastructures import State
+from litestar.exceptions import NotFoundException
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -116,6 +117,10 @@ def _registry(state: State) -> CollectorRegistry:
 
 @get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response[bytes]:
+    if request.scope.get("raw_path", b"/metrics") != b"/metrics":
+        # only as written: a proxy that keeps /metrics off the public port (deploy/Caddyfile) matches that path, and
+        # Litestar would serve //metrics or /%6detrics here as well
+        raise NotFoundException()
     if (token := request.app.state.settings.metrics_token) is not None:
         given = bearer_token(request.headers.get("authorization"))
         if given is None or not hmac.compare_digest(given.encode(), token.encode()):

@@ -6,6 +6,7 @@ import asyncio
 import json
 import resource
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -51,6 +52,17 @@ def test_health_ready_and_metrics_answer_without_a_token(hub: Hub) -> None:
     answer = httpx.get(f"{hub.base}/metrics")
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
     assert "ocpi_hub_requests_total" in answer.text or "ocpi_hub_requests" in answer.text
+
+
+def test_metrics_are_served_only_at_the_path_a_proxy_blocks(hub: Hub) -> None:
+    # deploy/Caddyfile answers 404 for /metrics on the public port; other spellings of the path must not get round it
+    host, port = hub.base.removeprefix("http://").split(":")
+    for target in ("//metrics", "/%6detrics", "/metrics/", "/./metrics"):
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            status = conn.makefile("rb").readline()
+        assert status.split()[1] == b"404", (target, status)
+    assert httpx.get(f"{hub.base}/metrics", timeout=10).status_code == 200
 
 
 def test_metrics_with_a_token_set_answer_only_its_bearer(services: Services, tmp_path: Path) -> None:

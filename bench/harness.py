@@ -375,6 +375,9 @@ def remove_keys(redis_url: str, prefix: str) -> None:
             client.unlink(*keys[start : start + 1000])
 
 
+LOOPBACK = "127.0.0.0/8,::1/128"
+
+
 def hub_env(services: tuple[str, str, str], work: Path, mode: str, admin_token: str) -> dict[str, str]:
     """The environment of a benchmark hub: the given database and Redis (with the run's key prefix), log mode."""
     database_url, redis_url, prefix = services
@@ -382,6 +385,7 @@ def hub_env(services: tuple[str, str, str], work: Path, mode: str, admin_token: 
         "OCPI_HUB_DATABASE_URL": database_url, "OCPI_HUB_REDIS_URL": redis_url, "OCPI_HUB_REDIS_PREFIX": prefix,
         "OCPI_HUB_DATA_DIR": str(work / "hub"), "OCPI_HUB_ADMIN_TOKEN": admin_token, "OCPI_HUB_LOG_MODE": mode,
         "OCPI_HUB_PARTY_ID": "HUB", "OCPI_HUB_COUNTRY_CODE": "NL",
+        "OCPI_HUB_PARTY_NETWORKS_ALLOWED": LOOPBACK,  # the benchmark's parties serve on 127.0.0.1
     }  # fmt: skip
 
 

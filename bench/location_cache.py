@@ -30,7 +30,7 @@ from pathlib import Path
 
 import redis
 
-from bench.harness import ROOT, backing_services, free_port, process, register, require, wait_http
+from bench.harness import LOOPBACK, ROOT, backing_services, free_port, process, register, require, wait_http
 from bench.paging import Run, run_walkers, walk
 from hub.ocpi.hub_answers import MAX_LIMIT
 from storage.location_cache import SNAPSHOT_TTL_S
@@ -120,7 +120,7 @@ def bench_hub(
         env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
             "OCPI_HUB_DATABASE_URL": database_url, "OCPI_HUB_REDIS_URL": redis_url, "OCPI_HUB_REDIS_PREFIX": prefix,
             "OCPI_HUB_DATA_DIR": str(stage / "data"), "OCPI_HUB_ADMIN_TOKEN": admin_token,
-            "OCPI_HUB_COUNTRY_CODE": HUB[0], "OCPI_HUB_PARTY_ID": HUB[1],
+            "OCPI_HUB_COUNTRY_CODE": HUB[0], "OCPI_HUB_PARTY_ID": HUB[1], "OCPI_HUB_PARTY_NETWORKS_ALLOWED": LOOPBACK,
         }  # fmt: skip
         hub = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "hub.cli", "serve", "--port", str(port), "--workers", str(workers),

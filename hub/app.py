@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         pool = await open_database(database_url, max_size=10)
         redis_client = open_redis(redis_url)
         http = PartyClient(settings)
-        forward_session = open_session(settings.forward_timeout_s, settings.party_keep_alive_s)
+        forward_session = open_session(settings.forward_timeout_s, settings.party_keep_alive_s, http.party_addresses)
         token_box = TokenBox(settings.secret_key or "")
         directory = DirectoryCache(pool, redis_client, settings.redis_prefix, token_box)
         await directory.reload()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import resource
 import shutil
@@ -17,7 +18,7 @@ import redis.asyncio as redis
 import structlog
 
 from hub.cli_commands import COMMANDS, run
-from hub.settings import VARIABLES, Settings, SettingsError
+from hub.settings import LISTEN_ADDRESS, VARIABLES, Settings, SettingsError
 
 COMMANDS_HELP = """commands:
   serve     run the hub (starts embedded PostgreSQL/Valkey when no URLs are set)
@@ -170,8 +171,12 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
         if args.command == "demo":  # the demo's data stays apart from a real hub's ./.ocpi-hub
             env.setdefault("OCPI_HUB_DATA_DIR", ".ocpi-hub-demo")
             env.setdefault("OCPI_HUB_LOG_LEVEL", "warning")
+            # the demo's parties listen on 127.0.0.1, which a hub does not call parties at unless allowed
+            env.setdefault("OCPI_HUB_PARTY_NETWORKS_ALLOWED", "127.0.0.0/8,::1/128")
         settings = Settings.from_env(env, host=getattr(args, "host", "127.0.0.1"), port=port)
-        if args.command not in ("serve", "demo"):
+        if args.command in ("serve", "demo"):
+            settings = dataclasses.replace(settings, listen=(args.host, port))
+        else:
             settings = _of_the_running_hub(settings, env, args.command)
         settings = settings.with_secrets()
     except SettingsError as exc:
@@ -258,6 +263,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int, server: str) 
         OCPI_HUB_REDIS_URL=settings.redis_url or "",
         OCPI_HUB_PUBLIC_URL=settings.public_url,
         OCPI_HUB_DATA_DIR=str(settings.data_dir),
+        **{LISTEN_ADDRESS: f"{host}:{port}"},
     )
     with contextlib.suppress(OSError):  # for the commands beside it; a read-only data dir stops nothing
         settings.data_dir.mkdir(parents=True, exist_ok=True)

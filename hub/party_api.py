@@ -22,6 +22,7 @@ from hub.ocpi.wire import INTERFACE_ROLES, Credentials, CredentialsAnswer, Endpo
 from hub.own_messages import Trace, own_entry
 from hub.request_context import HUB_INSTANCE_HEADER, new_request_id
 from routing.forward import read_capped
+from routing.party_addresses import GuardedBackend, RefusedConnect, for_hub
 from routing.rewrite import same_host
 from storage.directory import PartyRole, Platform
 from storage.log_row import LogEntry
@@ -56,8 +57,13 @@ class PartyClient(httpx.AsyncClient):
     take the hub's memory), each answer whole within OCPI_HUB_FORWARD_TIMEOUT_S."""
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(timeout=httpx.Timeout(settings.forward_timeout_s, connect=5.0),
-                         limits=httpx.Limits(keepalive_expiry=settings.party_keep_alive_s))  # fmt: skip
+        self.party_addresses = for_hub(settings.party_networks_allowed, settings.listen)
+        transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(keepalive_expiry=settings.party_keep_alive_s))
+        # httpx has no public way to give its pool a network backend; every new connection (a redirect's too) goes
+        # through this one, which connects only to addresses the hub calls parties at (tests/test_party_addresses.py).
+        # Given a transport, httpx uses no HTTP_PROXY of the environment, which would connect where no check looks.
+        transport._pool._network_backend = GuardedBackend(self.party_addresses)
+        super().__init__(timeout=httpx.Timeout(settings.forward_timeout_s, connect=5.0), transport=transport)
         self.max_answer_bytes = settings.max_body_bytes
         self.answer_timeout_s = settings.forward_timeout_s
         self.hub_url = settings.public_url  # a URL under it is never a party's (routing.rewrite.why_not_callable)
@@ -158,6 +164,7 @@ async def discover(
     hub_url is the hub's public URL: a URL under it among the party's would have the hub call itself in the party's
     name, so discovery stops there, saying which."""
     _check_not_the_hubs("versions URL", versions_url, hub_url)
+    _check_address(client, "versions URL", versions_url)
     encoding = "base64"
     try:
         fetched = await _call(client, "GET", versions_url, token, trace=trace, module="versions")
@@ -176,11 +183,13 @@ async def discover(
             f"no common OCPI version: the hub speaks {SUPPORTED_VERSION}, the party offers {offered}"
         )
     _check_not_the_hubs(f"{SUPPORTED_VERSION} version details URL", chosen.url, hub_url)
+    _check_address(client, f"{SUPPORTED_VERSION} version details URL", chosen.url)
     answer = await _call(client, "GET", chosen.url, token, encoding=encoding, trace=trace, module="versions")
     details = _data(answer, _details_decoder, "version details", chosen.url)
     endpoints = _usable_endpoints(details.endpoints, party)
     for endpoint in endpoints:
         _check_not_the_hubs(f"{endpoint.identifier} {endpoint.role} endpoint", endpoint.url, hub_url)
+        _check_address(client, f"{endpoint.identifier} {endpoint.role} endpoint", endpoint.url)
     identifiers = {e.identifier for e in endpoints}
     if "credentials" not in identifiers:
         raise NoMatchingEndpoints(
@@ -199,6 +208,19 @@ def _check_not_the_hubs(what: str, url: str, hub_url: str) -> None:
     # parsed, not as text: "http://hub:0443/", "https://HUB.:443/" and the like are the hub's too
     if url.lower() == hub_url.lower() or url.lower().startswith(f"{hub_url.lower()}/") or same_host(url, hub_url):
         raise UnableToUseClientApi(f"the party's {what} {url} is the hub's own; it must lead to the party's platform")
+
+
+def _check_address(client: PartyClient, what: str, url: str) -> None:
+    """UnableToUseClientApi, before any call, when url's host is a literal address the hub does not call parties at
+    (routing.party_addresses); a host name is judged as the hub connects to it. The message is the same whether or
+    not anything answers there: the hub's answers must not make a holder of a token A a port scanner."""
+    try:
+        parsed = httpx.URL(url)
+        why = client.party_addresses.why_refused(parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80))
+    except httpx.InvalidURL:
+        return  # the call says why
+    if why:
+        raise UnableToUseClientApi(f"the party's {what} {url} is at {parsed.host}: {why}")
 
 
 def _usable_endpoints(listed: list[Endpoint], party: str) -> list[Endpoint]:
@@ -287,6 +309,10 @@ async def _fetch(client: PartyClient, method: str, url: str, headers: dict[str, 
         return await client.fetch(method, url, headers, body)
     except httpx.TimeoutException:
         raise UnableToUseClientApi(f"{method} {url} timed out") from None
+    except httpx.ConnectError as exc:
+        if isinstance(exc.__cause__, RefusedConnect):  # never tried: its host resolved to no address it may call
+            raise UnableToUseClientApi(f"{method} {url} was not called: {exc}") from None
+        raise UnableToUseClientApi(f"{method} {url} failed: {exc or type(exc).__name__}") from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL is not an HTTPError ("http://[::1")
         raise UnableToUseClientApi(f"{method} {url} failed: {exc or type(exc).__name__}") from None
     except AnswerTooLarge as exc:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from routing.party_addresses import Network, networks
 from storage.secrets import TokenBox, hub_instance, new_token, read_or_create, routing_log_key
 
 # name, default, meaning: the single source for `ocpi-hub --help` and the README table.
@@ -95,8 +96,17 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
         "ocpi-hub:",
         "prefix of every Redis key, so several hubs can share one Redis; without * ? [ ] or \\ (key patterns)",
     ),
+    (
+        "OCPI_HUB_PARTY_NETWORKS_ALLOWED",
+        "(none)",
+        "comma-separated CIDRs of non-public networks the hub may call parties in (e.g. 10.0.0.0/8, 127.0.0.1/32);"
+        " unset: parties only at public addresses, never loopback, private, link-local or CGNAT",
+    ),
     ("OCPI_HUB_LOG_LEVEL", "info", "debug, info, warning or error"),
 )
+# Not an operator's setting: `ocpi-hub serve` passes its --host and --port to its workers in it, so that they refuse
+# a party URL at the hub's own listening address (routing.party_addresses.for_hub).
+LISTEN_ADDRESS = "OCPI_HUB_LISTEN_ADDRESS"
 
 
 _DEFAULTS = {name: default for name, default, _ in VARIABLES}
@@ -132,6 +142,9 @@ class Settings:
     log_partitions_ahead: int
     redis_prefix: str
     log_level: str
+    party_networks_allowed: tuple[Network, ...] = ()
+    # host and port `ocpi-hub serve` (or demo) listens on; None for the commands beside it
+    listen: tuple[str, int] | None = None
     # OCPI_HUB_PUBLIC_URL was given, or a command beside serve read it from serve's data dir: public_url is not a guess
     public_url_known: bool = False
 
@@ -201,6 +214,10 @@ class Settings:
         log_level = (get("OCPI_HUB_LOG_LEVEL") or "info").lower()
         if log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"OCPI_HUB_LOG_LEVEL must be debug, info, warning or error, got {log_level!r}")
+        try:
+            party_networks_allowed = networks(get("OCPI_HUB_PARTY_NETWORKS_ALLOWED") or "")
+        except ValueError as exc:
+            raise SettingsError(f"OCPI_HUB_PARTY_NETWORKS_ALLOWED: {exc}") from None
         return cls(
             database_url=get("OCPI_HUB_DATABASE_URL"),
             redis_url=get("OCPI_HUB_REDIS_URL"),
@@ -227,7 +244,18 @@ class Settings:
             log_partitions_ahead=int(number("OCPI_HUB_LOG_PARTITIONS_AHEAD", int)),
             redis_prefix=redis_prefix,
             log_level=log_level,
+            party_networks_allowed=party_networks_allowed,
+            listen=_listen_address(get(LISTEN_ADDRESS)),
         )
+
+
+def _listen_address(raw: str | None) -> tuple[str, int] | None:
+    host, _, port = (raw or "").rpartition(":")
+    if not raw:
+        return None
+    if not host or not port.isdigit():
+        raise SettingsError(f"{LISTEN_ADDRESS} must be HOST:PORT (set by `ocpi-hub serve`), got {raw!r}")
+    return host, int(port)
 
 
 def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> None:

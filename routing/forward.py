@@ -19,6 +19,7 @@ import aiohttp
 import msgspec
 
 from hub.errors import AnswerNotRelayable, AnswerTooLarge, AnswerUnreadable, ForwardTimeout, ReceiverNotConnected
+from routing.party_addresses import ALLOWANCE, AddressRefused, PartyAddresses
 
 # Headers of the receiver's answer the hub passes on (Link and Location are rewritten by the relay).
 RELAYED_RESPONSE_HEADERS = ("content-type", "x-total-count", "x-limit", "link", "location")
@@ -54,14 +55,19 @@ def ocpi_status_of(body: bytes) -> int | None:
         return None
 
 
-def open_session(timeout_s: float, keep_alive_s: float, connections_per_party: int = 64) -> aiohttp.ClientSession:
-    """The process-wide client session: keep-alive connections, a bounded pool per receiving host, no cookies.
+def open_session(
+    timeout_s: float, keep_alive_s: float, addresses: PartyAddresses, connections_per_party: int = 64
+) -> aiohttp.ClientSession:
+    """The process-wide client session: keep-alive connections, a bounded pool per receiving host, no cookies, and
+    new connections only to the addresses the hub calls parties at.
 
     A connection idle for keep_alive_s is not used again, so that no request goes out on a connection the party is
     closing: one that did would fail with 4003 though the party is up, since nothing is sent twice (below)."""
     connector = aiohttp.TCPConnector(
-        limit=0, limit_per_host=connections_per_party, keepalive_timeout=keep_alive_s, ttl_dns_cache=60
-    )
+        limit=0, limit_per_host=connections_per_party, keepalive_timeout=keep_alive_s, ttl_dns_cache=60,
+        # each resolved address (a literal one too, which aiohttp does not resolve) as it is about to be connected to
+        socket_factory=addresses.socket_factory,
+    )  # fmt: skip
     session = aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 5.0)),
@@ -122,6 +128,9 @@ async def forward(
         raise AnswerUnreadable(told, f"{sent}: {told} ({_cut(exc.message)})") from None
     except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: a URL aiohttp will not call (a backstop)
         _release_frames(exc)
+        if isinstance(getattr(exc, "os_error", None), AddressRefused):  # not tried: a URL into the hub's network
+            told = f"the hub did not call the receiver: its address is not one the hub calls parties at ({ALLOWANCE})"
+            raise ReceiverNotConnected(told, f"{sent} was not called: {told}") from None
         told = f"the hub could not reach the receiver ({type(exc).__name__})"
         raise ReceiverNotConnected(told, f"{sent} failed: {exc or type(exc).__name__}") from None
     except asyncio.CancelledError:

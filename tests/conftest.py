@@ -144,6 +144,9 @@ SECRET_KEY = "zQ0m3yq0kTqfX7b1x8mKpU0m4HnJ0u2yR3Xc6cYHq2Y="  # every test hub's 
 LOG_KEY = routing_log_key(SECRET_KEY)  # so the rows tests write themselves verify at a test hub too
 
 
+LOOPBACK = "127.0.0.0/8,::1/128"
+
+
 def hub_env(services: Services, data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")}
     env.update(
@@ -157,6 +160,8 @@ def hub_env(services: Services, data_dir: Path, **extra: str) -> dict[str, str]:
         OCPI_HUB_PARTY_ID="HUB",
         OCPI_HUB_FORWARD_TIMEOUT_S="2",
         OCPI_HUB_SYNC_CHECK_S="0.5",
+        # the test parties serve on 127.0.0.1, which a hub calls parties at only when allowed
+        OCPI_HUB_PARTY_NETWORKS_ALLOWED=LOOPBACK,
     )
     env.update(extra)
     return env

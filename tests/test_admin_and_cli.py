@@ -285,6 +285,7 @@ def test_the_delete_undoing_a_failed_connect_is_a_routing_log_row_of_its_convers
         ("OCPI_HUB_KEEP_ALIVE_S", "1.5", "OCPI_HUB_KEEP_ALIVE_S must be a positive whole number"),
         ("OCPI_HUB_SECRET_KEY", "short", "Fernet key"),
         ("OCPI_HUB_REDIS_PREFIX", "hub*:", "OCPI_HUB_REDIS_PREFIX must not contain"),
+        ("OCPI_HUB_PARTY_NETWORKS_ALLOWED", "10.0.0.0/33", "OCPI_HUB_PARTY_NETWORKS_ALLOWED: '10.0.0.0/33' is no"),
     ],
 )
 def test_bad_settings_are_reported_without_a_traceback(hub: Hub, variable: str, value: str, message: str) -> None:

@@ -16,7 +16,8 @@ import pytest
 
 from hub.errors import ReceiverNotConnected
 from routing.forward import forward, open_session
-from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
+from routing.party_addresses import PartyAddresses, networks
+from tests.conftest import LOOPBACK, OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
 from tests.parties import free_port, token_header
 
 LOCATION = {
@@ -472,7 +473,7 @@ def test_a_refused_forward_leaves_nothing_that_only_the_garbage_collector_can_fr
     # frame that the exception's own traceback holds: 75 objects a failure for the collector, before
     # routing.forward released them.
     async def refused_forwards(count: int) -> None:
-        session = open_session(2.0, 4.0)
+        session = open_session(2.0, 4.0, PartyAddresses(networks(LOOPBACK)))
         try:
             for _ in range(count):
                 with pytest.raises(ReceiverNotConnected):

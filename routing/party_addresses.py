@@ -21,6 +21,7 @@ import httpcore
 
 ALLOWANCE = "OCPI_HUB_PARTY_NETWORKS_ALLOWED"
 NOT_PUBLIC = f"the hub calls a party only at a public address, or in a network the hub's operator allows ({ALLOWANCE})"
+HUB_ITSELF = "it is the address the hub itself listens on"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -87,7 +88,7 @@ class PartyAddresses:
         if address in _MAPPED:
             address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)  # the kernel connects to the IPv4 address
         if port == self.hub_port and (address.is_loopback or address.is_unspecified or address in self.hub_addresses):
-            return "it is the address the hub itself listens on"
+            return HUB_ITSELF
         if is_public(address) or any(address in network for network in self.allowed):
             return None
         return f"it is not a public address: {NOT_PUBLIC}"
@@ -154,7 +155,10 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             except OSError as exc:
                 raise httpcore.ConnectError(str(exc)) from None
             candidates = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        usable = [address for address in candidates if not self.policy.why_refused(address, port)]
+        refused = {address: self.policy.why_refused(address, port) for address in candidates}
+        usable = [address for address, why in refused.items() if not why]
+        if not usable and HUB_ITSELF in refused.values():  # known to whoever names it: nothing to hide
+            raise RefusedConnect(f"{host}:{port} is the hub itself: {HUB_ITSELF}")
         if not usable:
             raise RefusedConnect(f"{host} is at no address the hub calls parties at: {NOT_PUBLIC}")
         failed: httpcore.ConnectError | httpcore.ConnectTimeout | None = None

@@ -4,6 +4,12 @@ wrong, nothing registered, token A still good."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import socketserver
+import threading
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
@@ -137,16 +143,56 @@ def test_missing_credentials_endpoint_answers_3003(hub: Hub, start_party) -> Non
 def test_a_versions_url_naming_the_hub_under_another_host_name_is_refused_as_the_hubs_own(
     hub: Hub, start_party
 ) -> None:
-    # A URL under the hub's public URL is refused before the hub calls it; one naming the hub by another name
-    # (localhost for 127.0.0.1) had the hub call itself with the party's token, answer itself 401 and report that.
+    # A URL under the hub's public URL is refused before the hub calls it; one naming the hub by another name had the
+    # hub call itself with the party's token, answer itself 401 and report that. At the port the hub listens on it is
+    # refused before any call (routing.party_addresses); through a load balancer in front of it, by the hub's mark.
     party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
     assert "127.0.0.1" in hub.base
+    port = int(hub.base.rsplit(":", 1)[1])
     aliased = hub.versions_url.replace("127.0.0.1", "localhost")
     answer = httpx.post(_credentials_url(hub), headers=token_header(token_a),
                         json=party.credentials(party.token_b) | {"url": aliased}).json()  # fmt: skip
+    assert answer["status_code"] == 3001, answer
+    assert answer["status_message"] == (
+        f"GET {aliased} was not called: localhost:{port} is the hub itself: it is the address the hub itself listens on"
+    )
+    with _load_balancer(port) as balancer_port:
+        aliased = hub.versions_url.replace(f":{port}", f":{balancer_port}")
+        answer = httpx.post(_credentials_url(hub), headers=token_header(token_a),
+                            json=party.credentials(party.token_b) | {"url": aliased}).json()  # fmt: skip
     assert answer["status_code"] == 3001, answer
     assert answer["status_message"] == (
         f"{aliased} is the hub's own (the hub answered GET {aliased} itself, under another name than {hub.base}); it "
         "must lead to the party's platform"
     )
     assert httpx.get(hub.versions_url, headers=token_header(token_a)).status_code == 200  # nothing registered
+
+
+@contextlib.contextmanager
+def _load_balancer(hub_port: int) -> Iterator[int]:
+    """A TCP forwarder to the hub on a port of its own, as a load balancer in front of the hub is: the port it
+    listens on."""
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    class Forward(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            with socket.create_connection(("127.0.0.1", hub_port), timeout=30) as upstream:
+                back = threading.Thread(target=pump, args=(upstream, self.request), daemon=True)
+                back.start()
+                pump(self.request, upstream)
+                back.join(30)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Forward)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -37,7 +37,7 @@ def identify(directory: Directory, header: str | None) -> Caller | None:
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "token" or not (value := value.strip()):
         return None
-    for token in (_base64_decoded(value), value):
+    for token in (base64_decoded(value), value):
         if token is not None and (grant := directory.tokens.get(token_hash(token))) is not None:
             if len(directory.known_headers) < KNOWN_HEADERS_MAX:
                 directory.known_headers[header] = (grant[0], grant[1], token)
@@ -45,7 +45,8 @@ def identify(directory: Directory, header: str | None) -> Caller | None:
     return None
 
 
-def _base64_decoded(value: str) -> str | None:
+def base64_decoded(value: str) -> str | None:
+    """The text value is the Base64 encoding of, or None when it is none."""
     try:
         decoded = base64.b64decode(value, validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):

@@ -3,6 +3,7 @@ platform's endpoints again after a rotation it could not finish: the admin API's
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -109,6 +110,25 @@ def test_a_rotation_the_party_answered_with_the_token_b_it_had_says_so(hub: Hub,
     assert (answer.json()["rotated"], answer.json()["token_b_renewed"]) == (True, False)
     assert cpo.token_b == token_b and cpo.hub_token != old_hub_token  # token C was renewed all the same
     assert '"party_kept_its_token_b"' in hub.log()
+
+
+def test_a_rotation_answered_with_a_token_b_the_hub_issued_keeps_calling_the_party_with_its_old_token_b(
+    hub: Hub, connect_party
+) -> None:
+    # Security review, finding 6: sent raw, "Token base64(C)" is read by the hub as the platform holding token C.
+    emsp = connect_party(_roles("EMSP"))
+    cpo = connect_party(_roles("CPO"))
+    platform_id = _platform_id(hub, party_key(cpo))
+    encoded = base64.b64encode((emsp.hub_token or "").encode()).decode()
+    theirs = json.dumps(envelope(cpo.credentials(encoded))).encode()
+    cpo.canned[("PUT", "/ocpi/2.2.1/credentials")] = (200, theirs, {"Content-Type": "application/json"})
+    answer = _rotate(hub, platform_id)
+    assert answer.status_code == 502, answer.text
+    assert ("keeps calling the party with its old token B; but the token B it answered is one the hub issued"
+            in answer.json()["error"])  # fmt: skip
+    pulled = emsp.call(hub.base, "GET", "sender/locations", to=party_key(cpo))
+    assert pulled.status_code == 200 and pulled.json()["status_code"] == 1000, pulled.text
+    assert cpo.functional()[-1].headers["Authorization"] == token_header(cpo.token_b)["Authorization"]
 
 
 def test_every_call_of_a_rotation_is_a_routing_log_row_in_one_conversation_without_its_tokens(

@@ -144,6 +144,26 @@ def test_credentials_holding_the_hubs_own_token_or_versions_url_are_refused(hub:
     assert party.register_at(hub.versions_url, token_a).json()["status_code"] == 1000  # token A is still good
 
 
+def test_a_token_b_whose_base64_decoding_is_a_hub_token_is_refused_at_registration_and_in_a_put(
+    hub: Hub, start_party
+) -> None:
+    # Security review, finding 6: the party refuses its token B Base64-encoded, so the hub sends it raw, "Token
+    # base64(C1)", which the hub reads as another platform's token C1: the hub forwarded to itself in a loop.
+    other, other_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
+    assert other.register_at(hub.versions_url, other_a).json()["status_code"] == 1000
+    encoded_c1 = base64.b64encode((other.hub_token or "").encode()).decode()
+    party, token_a = _invited_party(hub, start_party, ("EMSP", "NL", unique_party_id()), raw_tokens=True)
+    answer = httpx.post(_credentials_url(hub), headers=token_header(token_a), json=party.credentials(encoded_c1))
+    assert (answer.status_code, answer.json()["status_code"]) == (200, 2001), answer.text
+    assert "the credentials' token is one the hub issued" in answer.json()["status_message"]
+    assert party.received == []
+    assert party.register_at(hub.versions_url, token_a).json()["status_code"] == 1000  # token A is still good
+    answer = httpx.put(_credentials_url(hub), headers=token_header(party.hub_token or ""),
+                       json=party.credentials(encoded_c1))  # fmt: skip
+    assert (answer.status_code, answer.json()["status_code"]) == (200, 2001), answer.text
+    assert "the credentials' token is one the hub issued" in answer.json()["status_message"]
+
+
 def test_token_a_stops_working_after_registration(hub: Hub, start_party) -> None:
     party, token_a = _invited_party(hub, start_party, ("EMSP", "DE", unique_party_id()))
     assert party.register_at(hub.versions_url, token_a).json()["status_code"] == 1000

@@ -17,7 +17,7 @@ from hub.admin.credentials import PartyFailed, TakenButFailed, audited_via, mess
 from hub.admin.endpoints import retry_in_s
 from hub.envelope import path_number
 from hub.errors import OcpiError
-from hub.ocpi.credentials import connection_of, hub_credentials, match_roles
+from hub.ocpi.credentials import connection_of, hub_credentials, issued_by_the_hub, match_roles
 from hub.ocpi.wire import Credentials
 from hub.own_messages import Trace
 from hub.party_api import Fetched
@@ -159,6 +159,9 @@ async def _exchange(state: State, platform_id: int, token_c: str) -> platforms.C
     ours = msgspec.json.encode(hub_credentials(settings, token_c))
     theirs = await message_party(state, platform, "PUT", _their_credentials, ours, trace.correlation_id)
     moved_to = theirs.url if theirs.url != platform.versions_url else None
+    if issued_by_the_hub(state.directory.current, theirs.token):  # as at registration (hub/ocpi/credentials.py)
+        raise TakenButFailed("the token B it answered is one the hub issued (as it is or Base64-encoded), which the "
+                             "hub does not call a party with", None, moved_to)  # fmt: skip
     try:
         async with state.pool.acquire() as conn:
             roles = match_roles(theirs.roles, await platforms.held_roles(conn, platform_id))

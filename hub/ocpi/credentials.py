@@ -11,7 +11,7 @@ from litestar import HttpMethod, Request, Response, delete, get, post, put, rout
 from litestar.datastructures import State
 
 from hub import party_api
-from hub.auth import Caller
+from hub.auth import Caller, base64_decoded
 from hub.envelope import decode_body, ocpi_response
 from hub.errors import InvalidParameters, MethodNotAllowed, Unauthorized
 from hub.ocpi.wire import BusinessDetails, Credentials, CredentialsRole
@@ -19,6 +19,7 @@ from hub.own_messages import Trace
 from hub.request_context import check_ids
 from hub.settings import Settings
 from storage import platforms
+from storage.directory import Directory
 from storage.secrets import TokenBox, new_token, token_hash
 
 log = structlog.get_logger()
@@ -120,13 +121,22 @@ async def unregister(request: Request[Caller, str, State]) -> Response[bytes]:
     return ocpi_response(None)
 
 
+def issued_by_the_hub(directory: Directory, token: str) -> bool:
+    """Whether a token a party hands the hub to call it with (its token B) would, sent as the hub sends it, be read by
+    the hub as one of its own: the token itself, or a token whose Base64 decoding is one. The hub sends a token B
+    Base64-encoded, or raw to a party that refused that (hub/party_api.py), and reads a header both ways
+    (hub/auth.py): a party's calls on such a token would come back to the hub as another platform's requests."""
+    decoded = base64_decoded(token)
+    return any(t is not None and directory.tokens.get(token_hash(t)) is not None for t in (token, decoded))
+
+
 def _check_not_the_hubs_own(state: State, theirs: Credentials) -> None:
     """credentials.asciidoc, Credentials object: token is what the hub is to call the party's platform with, url the
     platform's versions endpoint. One of the hub's own there (a party's set-up handed back) would have the hub
     register with itself, calling itself on the party's behalf: refused, saying which."""
-    if state.directory.current.tokens.get(token_hash(theirs.token)) is not None:
-        raise InvalidParameters("the credentials' token is one the hub issued; send the token the hub is to use when "
-                                "it calls your platform (token B)")  # fmt: skip
+    if issued_by_the_hub(state.directory.current, theirs.token):
+        raise InvalidParameters("the credentials' token is one the hub issued (as it is or Base64-encoded); send the "
+                                "token the hub is to use when it calls your platform (token B)")  # fmt: skip
     if theirs.url.startswith(f"{state.settings.public_url}/ocpi/"):
         raise InvalidParameters(f"the credentials' url {theirs.url} is the hub's own; send your platform's versions "
                                 "URL")  # fmt: skip

@@ -9,7 +9,7 @@ transport layer (no valid JSON, no such resource, no credentials) get an HTTP er
     │                       MethodNotAllowed (HTTP 405), MalformedBody (HTTP 400), BodyTooLarge (HTTP 413),
     │                       EncodedBody (HTTP 415)
     ├── ServerError 3000 ── UnableToUseClientApi 3001, UnsupportedVersion 3002, NoMatchingEndpoints 3003
-    └── HubError 4000 ───── UnknownReceiver 4001, ForwardTimeout 4002, ReceiverNotConnected 4003
+    └── HubError 4000 ───── ForwardingLoop 4000, UnknownReceiver 4001, ForwardTimeout 4002, ReceiverNotConnected 4003
 
 PostgreSQL or Redis away (OUTAGES, `unavailable`) is no bug of the hub: the relay answers it with 4000, the
 other routes with HTTP 503, each naming the server and the error. A body the hub reads itself goes through
@@ -224,6 +224,15 @@ class AnswerUnreadable(HubError):
 class ReceiverRefusedHub(HubError):
     """The receiver answered HTTP 401 to the hub's token B: relayed as it came, the caller would take it for a refusal
     of its own token at the hub."""
+
+
+class ForwardingLoop(HubError):
+    """A request that carries the hub's own loop marker (hub.request_context.LOOP_HEADER): the hub sent it, and it came
+    back to it; forwarded again, it would go round until the connections ran out."""
+
+    def __init__(self) -> None:
+        super().__init__("the request came back to the hub it left (a receiver's endpoint leads back to the hub); "
+                         "the hub does not forward it again")  # fmt: skip
 
 
 class UnknownReceiver(HubError):

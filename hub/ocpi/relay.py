@@ -22,6 +22,7 @@ from hub.auth import identify
 from hub.envelope import ocpi_timestamp
 from hub.errors import (
     OUTAGES,
+    ForwardingLoop,
     ForwardTimeout,
     InvalidParameters,
     OcpiError,
@@ -38,7 +39,17 @@ from hub.ocpi.relayed_urls import CDR_LOCATIONS, PAGES, RESULTS
 from hub.ocpi.wire import Envelope
 from hub.party_api import authorization
 from hub.request_body import BodyDeadlines, read_body, refuse_announced, refuse_encoded
-from hub.request_context import MAX_ID_LENGTH, check_ids, check_repeated, log_request, new_request_id, request_ids
+from hub.request_context import (
+    LOOP_HEADER,
+    LOOP_HEADER_KEY,
+    MAX_ID_LENGTH,
+    check_ids,
+    check_repeated,
+    log_request,
+    loop_marker,
+    new_request_id,
+    request_ids,
+)
 from routing import open_routing
 from routing.decide import Delivery, decide
 from routing.forward import Answer, forward, ocpi_status_of
@@ -86,6 +97,7 @@ class Relay:
         self.settings = settings
         self.tasks: set[asyncio.Task[None]] = set()
         self.bodies = BodyDeadlines(settings.forward_timeout_s)
+        self.loop_marker = loop_marker(settings.secret_key or "")
 
     def serve(self, state: State) -> None:
         """Start relaying with the resources the lifespan put in the app's state."""
@@ -123,8 +135,7 @@ class Relay:
         exchange = Exchange(scope, headers, entry, started)
         looked_up = False  # whether _route looked the caller up by its token: a refusal before that does it here
         try:
-            if "expect" in headers:  # 100-continue: uvicorn sends it on the first receive()
-                refuse_announced(headers, self.settings.max_body_bytes)
+            self._refuse_at_once(headers)
             entry.request_body = await read_body(self.bodies.guarded(receive), self.settings.max_body_bytes, scope)
             if entry.request_body and "content-encoding" in headers:  # a GET with the header and no body goes on
                 refuse_encoded(headers)
@@ -170,6 +181,14 @@ class Relay:
         await _send(send, answer)
         count_request(entry.module, entry.method, entry.routing, entry.ocpi_status_code)
         log_request(entry.method, path, answer.status, started, routine=entry.ocpi_status_code == 1000)
+
+    def _refuse_at_once(self, headers: dict[str, str]) -> None:
+        """What is refused before the body is read: a request this hub sent that came back to it, and one announcing a
+        body larger than the hub takes."""
+        if headers.get(LOOP_HEADER_KEY) == self.loop_marker:
+            raise ForwardingLoop
+        if "expect" in headers:  # 100-continue: uvicorn sends it on the first receive()
+            refuse_announced(headers, self.settings.max_body_bytes)
 
     async def _route(self, exchange: Exchange, path: str) -> Answer:
         header = exchange.headers.get("authorization")
@@ -258,6 +277,7 @@ class Relay:
             "OCPI-from-party-id": sender.party_id,
             "OCPI-to-country-code": to.country_code,
             "OCPI-to-party-id": to.party_id,
+            LOOP_HEADER: self.loop_marker,
         }
         if body:
             headers["Content-Type"] = exchange.headers.get("content-type", "application/json")

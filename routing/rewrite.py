@@ -34,6 +34,7 @@ RESERVATION_MARGIN_S = 24 * 3600  # a CANCELED_RESERVATION posted at the very en
 # ReserveNow.expiry_date has no upper bound: a reservation a year ahead (or in 9999) must not pin a key for ever.
 # Past this, the CPO's cancellation gets a 404 from the hub, as any result does once its callback expired.
 MAX_CALLBACK_TTL_S = 90 * 24 * 3600
+MAX_URL_LENGTH = 255  # types.asciidoc, URL: "a string(255) type"
 
 
 class _WithResponseUrl(msgspec.Struct):
@@ -45,7 +46,17 @@ class _ReserveNow(msgspec.Struct):
 
 
 def response_url_of(incoming: Incoming) -> str | None:
-    """The response_url the requester expects its asynchronous result at (mod_commands, mod_charging_profiles)."""
+    """The response_url the requester expects its asynchronous result at (mod_commands, mod_charging_profiles); one
+    longer than an OCPI URL is refused: the hub keeps it (in Redis, a RESERVE_NOW's for up to 90 days), and a 60 kB
+    one stored 65 kB a request (security review, finding 3)."""
+    found = _response_url_given(incoming)
+    if found is not None and len(found) > MAX_URL_LENGTH:
+        raise InvalidParameters(f"response_url has {len(found)} characters; an OCPI URL has at most {MAX_URL_LENGTH} "
+                                "(types.asciidoc, URL: string(255))")  # fmt: skip
+    return found
+
+
+def _response_url_given(incoming: Incoming) -> str | None:
     if incoming.interface != "receiver":
         return None
     if incoming.module == "commands" and incoming.method == "POST":

@@ -39,11 +39,32 @@ SNAPSHOTS_PER_VIEWER = 20  # GET Alls a party can walk at once; starting one mor
 # a client walking the pages of one GET All gets the same list until it has not read a page for this long
 SNAPSHOT_TTL_S = 900
 
+# The most bytes of documents a GET All page holds: it ends early, before the document that would pass this (one
+# document at least), and its Link leads on (transport_and_format.asciidoc, Pagination: X-Limit is the upper limit,
+# "fewer objects than this upper limit number will be returned"). 1,000 real locations are about 1.2 MB; a CPO's
+# few-MB documents made pages of 80 MB (security review, finding 3).
+PAGE_BYTES = 4_000_000
+
 _decode = msgspec.json.decode
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# KEYS: a snapshot list. ARGV: offset, how many members at most, the bytes left in the page, the documents' key prefix,
+# "1" when the page holds a document already. Returns how many members from offset on have documents that fit (a
+# member whose document is gone counts 0 bytes); the first of an empty page always fits. STRLEN reads no document.
+_FITTING = """
+local members = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[1] + ARGV[2] - 1)
+local budget, used, fit = tonumber(ARGV[3]), 0, 0
+for i, m in ipairs(members) do
+  used = used + redis.call('STRLEN', ARGV[4] .. m)
+  if used > budget and (i > 1 or ARGV[5] == '1') then break end
+  fit = i
+end
+return fit
+"""
 
 
 # KEYS: the source sorted set, the set of unpublished members, the snapshot list, the viewer's list of snapshots, the
@@ -112,6 +133,7 @@ class LocationCache(LocationWriter):
         super().__init__(client, prefix, directory)
         self._publish_tokens = index_keys(prefix)  # kept by storage.owner_index
         self._snapshot = client.register_script(_SNAPSHOT)
+        self._fitting = client.register_script(_FITTING)
         self._forget_script = client.register_script(_FORGET)
         self._allowed = client.register_script(ALLOWED_LUA)
 
@@ -254,32 +276,40 @@ class LocationCache(LocationWriter):
         return f"{self._p}snapshots-of:{country_code}/{party_id}"
 
     async def page(self, snapshot_id: str, offset: int, limit: int) -> tuple[list[bytes], int, int] | None:
-        """Up to limit raw documents of a snapshot from offset on, the offset of the next page, and the snapshot's
-        total; None once it expired (or empty).
+        """Up to limit raw documents of a snapshot from offset on, no more than PAGE_BYTES of them (one at least), the
+        offset of the next page, and the snapshot's total; None once it expired (or empty).
 
         SORT ... BY nosort (no sorting, the list's order) with LIMIT and GET reads the range of the snapshot and
         each member's document inside Redis in one command: 2.5 ms for 1,000 locations, where a Lua script doing
-        the same took 5.7, copying every document into Lua and back. A document gone since the snapshot (its CPO
-        left, or no longer lists it) is None, and left out: the page reads on past it until it holds limit
-        documents or the snapshot ends, so that the next page starts after everything this one read.
+        the same took 5.7, copying every document into Lua and back. A script before it counts how many of them fit
+        PAGE_BYTES by their lengths alone, so that no more are read than the page holds. A document gone since the
+        snapshot (its CPO left, or no longer lists it) is None, and left out: the page reads on past it until it holds
+        limit documents, its bytes are used up or the snapshot ends, so that the next page starts after everything
+        this one read.
 
         A page read keeps the snapshot for SNAPSHOT_TTL_S more: a client walking a large cache slowly is not cut off
         at a fixed time after its GET All began (transport_and_format.asciidoc: "the client does not have to retry
         any requests")."""
         snapshot = self._snapshot_key(snapshot_id)
         docs: list[bytes] = []
+        used = 0
         while True:
+            wanted = limit - len(docs)
+            args: list[str | int] = [offset, wanted, PAGE_BYTES - used, f"{self._p}doc:", "1" if docs else "0"]
+            fitting = int(await self._fitting(keys=[snapshot], args=args))
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.llen(snapshot)
-                pipe.sort(snapshot, start=offset, num=limit - len(docs), by="nosort", get=[f"{self._p}doc:*"])
+                pipe.sort(snapshot, start=offset, num=fitting, by="nosort", get=[f"{self._p}doc:*"])
                 pipe.expire(snapshot, SNAPSHOT_TTL_S)
                 pipe.expire(self._snapshots_of(snapshot_id), SNAPSHOT_TTL_S)
                 total, read, _, _ = await pipe.execute()
             if not total:
                 return None
-            docs += [d if isinstance(d, bytes) else d.encode() for d in read if d]
+            found = [d if isinstance(d, bytes) else d.encode() for d in read if d]
+            docs += found
+            used += sum(map(len, found))
             offset += len(read)
-            if len(docs) >= limit or not read or offset >= total:
+            if len(docs) >= limit or fitting < wanted or offset >= total:  # full, its bytes used up, or the end
                 return docs, offset, int(total)
 
 

@@ -23,6 +23,23 @@ import msgspec
 from storage.publish_tokens import publish_entries
 
 FUTURE_SKEW_S = 60  # how far a cached last_updated may be ahead of this clock and still order updates
+# The largest location document the cache keeps: one with many EVSEs is tens of kB (mod_locations.asciidoc's
+# examples), so this is far above any real one. A larger one is relayed all the same, but not cached (the cache keeps
+# the version before, if any): one CPO pushing a few MB per location filled Redis and made the hub build GET All pages
+# of 80 MB (security review, finding 3).
+MAX_DOCUMENT_BYTES = 1_000_000
+
+
+class TooLarge(ValueError):
+    """A location document larger than MAX_DOCUMENT_BYTES: not cached."""
+
+
+def too_large(document: bytes | msgspec.Raw) -> TooLarge | None:
+    """TooLarge, saying so, for a document larger than the cache keeps; None for any other."""
+    if len(document) <= MAX_DOCUMENT_BYTES:
+        return None
+    return TooLarge(f"the location is {len(document):,} bytes, more than the {MAX_DOCUMENT_BYTES:,} the hub's cache "
+                    "keeps; relayed, but the cache keeps its version before, if any")  # fmt: skip
 
 
 def epoch(timestamp: str) -> float:
@@ -68,7 +85,9 @@ read_head = msgspec.json.Decoder(Head).decode
 
 def whole_location(document: bytes | msgspec.Raw) -> tuple[Head, Index]:
     """What a whole location is cached by, and its index entries; ValueError, saying why, when it cannot be cached
-    as it came."""
+    as it came (TooLarge for one larger than the cache keeps)."""
+    if refused := too_large(document):
+        raise refused
     try:
         head = read_head(document)
         # msgspec does not check the UTF-8 of the fields it skips: one bad byte would spoil every GET All page it

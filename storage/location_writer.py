@@ -23,7 +23,15 @@ from redis.exceptions import NoScriptError, WatchError
 
 from storage.batches import next_batch
 from storage.directory import GENERATION_KEY, UNCHANGED_LUA, Directory, DirectoryCache
-from storage.location_document import Index, index_of, trusted_until, updated, whole_location
+from storage.location_document import (
+    Index,
+    TooLarge,
+    index_of,
+    too_large,
+    trusted_until,
+    updated,
+    whole_location,
+)
 from storage.location_upgrades import upgrade
 from storage.redis_scripts import executed, load, queue_script
 
@@ -197,14 +205,15 @@ class LocationWriter:
             if not isinstance(update, dict):
                 log.info("location_cache_skipped", path=path, reason="the body is not a JSON object")
                 continue
+            skipped: str | ValueError | None
             try:
                 skipped = await self._merge(owner, platform_id, method, path, update)
-            except ValueError as exc:  # the location it would make has no valid last_updated, or a newer is cached
-                skipped = str(exc)
+            except ValueError as exc:  # no valid last_updated, or too large, or a newer is cached
+                skipped = exc
             except (TypeError, AttributeError) as exc:  # one party's odd document costs its own update, not the batch
                 skipped = f"the location or the update is not shaped as mod_locations defines it ({exc})"
             if skipped:
-                log.info("location_cache_skipped", path=path, reason=skipped)
+                not_cached(skipped, path=path)
             else:
                 stored += 1
         return stored + await self._store_all(whole)
@@ -220,7 +229,7 @@ class LocationWriter:
             try:
                 latest[member] = (owner, platform_id, path[0], body, whole_location(body)[1])
             except ValueError as exc:
-                log.info("location_cache_skipped", path=path, reason=str(exc))
+                not_cached(exc, path=path)
         return len((await self._store_many(list(latest.values())))[0])  # each script is atomic on its own
 
     async def _merge(self, owner: tuple[str, str], platform_id: int, method: str, path: list[str],
@@ -240,9 +249,11 @@ class LocationWriter:
                     if merged is None:
                         await pipe.unwatch()
                         return "its location or EVSE is not in the cache"
-                    index = index_of(merged)
+                    index, document = index_of(merged), _encode(merged)
+                    if refused := too_large(document):  # PATCHes and EVSE PUTs add up
+                        raise refused
                     pipe.multi()
-                    self._queue_store(pipe, owner, path[0], _encode(merged), index, generation)
+                    self._queue_store(pipe, owner, path[0], document, index, generation)
                     if await pipe.execute() != [-1]:
                         return None
                     await self._caught_up()  # the directory changed since it was read: again, as it is now
@@ -261,7 +272,7 @@ class LocationWriter:
             try:
                 head, index = whole_location(raw)
             except ValueError as exc:
-                log.info("location_cache_skipped", owner=owner, reason=str(exc))
+                not_cached(exc, owner=owner)
                 continue
             listed_by = (str(head.country_code or "").upper(), str(head.party_id or "").upper())
             if isinstance(head.id, str) and head.id and listed_by == owner:
@@ -329,6 +340,15 @@ class LocationWriter:
         args: list[bytes | str | float] = [generation, member, index.score, document, "1" if index.hidden else "0",
                                            index.entries, trusted_until()]  # fmt: skip
         queue_script(pipe, self._store_script, keys, args)
+
+
+def not_cached(why: str | ValueError, **where: Any) -> None:
+    """Log why a location update or document was not cached: a warning for one too large (TooLarge), which the
+    operator may want to take up with its CPO; the ordinary reasons (a newer one cached, no last_updated) at info."""
+    if isinstance(why, TooLarge):
+        log.warning("location_cache_too_large", reason=str(why), **where)
+    else:
+        log.info("location_cache_skipped", reason=str(why), **where)
 
 
 def keyed(location_id: str) -> str:

@@ -57,6 +57,8 @@ from routing.request import Incoming, PartyKey, endpoint_url, parse, routing_par
 from routing.rewrite import callback_ttl_s, response_url_of, why_not_callable, with_response_url
 from routing.shapes import check_patch, check_shape
 from storage.directory import Directory, PartyRole, Platform
+from storage.location_document import too_large
+from storage.location_writer import not_cached
 from storage.log_row import LogEntry, object_id_of_entry
 from storage.routing_log import LogUnavailable
 from storage.routing_state import Relayed
@@ -323,6 +325,10 @@ class Relay:
         segments, caller = incoming.segments, exchange.caller
         pushed = incoming.module == "locations" and incoming.interface == "receiver"
         if pushed and caller and incoming.method in ("PUT", "PATCH") and len(segments) >= 3:
+            if incoming.method == "PUT" and len(segments) == 3 and (refused := too_large(incoming.body)):
+                exchange.entry.error = str(refused)  # the caller's row says so: its answer is the receiver's
+                not_cached(refused, path=segments)
+                return
             self.locations.submit((segments[0], segments[1]), caller.id, incoming.method, segments[2:], incoming.body)
 
     def hub_answer(self, exchange: Exchange, http_status: int, status_code: int, message: str | None) -> Answer:

@@ -23,6 +23,7 @@ from hub.admin.actors import identify_admin_caller
 from hub.admin.api import admin_router, render_admin_error
 from hub.auth import CredentialsTokenAuth
 from hub.console import console_router, problem_page, template_config
+from hub.console.headers import with_console_headers
 from hub.envelope import render_ocpi_error
 from hub.errors import OUTAGES, unavailable
 from hub.logs import configure_logging
@@ -192,8 +193,11 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         elif scope["type"] == "http" and credentials_log.is_credentials(scope["path"]):
             await credentials_log.logged(litestar, app.state, scope, relay.bodies.guarded(receive), send)  # type: ignore[arg-type]
         elif scope["type"] == "http":
-            if _as_routed(scope["path"]).startswith("/admin/api"):
+            routed = _as_routed(scope["path"])
+            if routed.startswith("/admin/api"):
                 await identify_admin_caller(app.state, scope)
+            elif routed == "/console" or routed.startswith("/console/"):
+                send = with_console_headers(routed, send)
             await litestar(scope, relay.bodies.guarded(receive), send)
         else:
             await litestar(scope, receive, send)

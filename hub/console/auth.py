@@ -5,13 +5,17 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import structlog
 from litestar import Request, Response, get, post
 from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Redirect, Template
 
 from hub.admin.actors import ADMIN, Actor, record_action, resolve_actor
+from hub.console.headers import foreign_origin
 from hub.console.session import COOKIE, expired_cookie, session_cookie, token_of
+
+log = structlog.get_logger()
 
 SIGN_IN = "/console/sign-in"
 PUBLIC = frozenset({SIGN_IN, "/console/sign-out"})
@@ -29,10 +33,20 @@ def _next(target: str | None) -> str:
 
 
 async def require_actor(request: Request) -> Response[Any] | None:
-    """Before every console page: the signed-in actor in request.state.actor, or a redirect to the sign-in page."""
+    """Before every console page: the signed-in actor in request.state.actor, or a redirect to the sign-in page; a
+    form posted from another site is refused (403)."""
+    state = request.app.state
+    origin = request.headers.get("origin")
+    if request.method == "POST" and foreign_origin(origin, request.headers.get("host"), state.settings.public_url):
+        message = (
+            f"This form was sent from {(origin or '')[:100]}, another site than this console: the hub takes console "
+            "forms from its own pages only. Open the console and try again there."
+        )
+        log.warning("console_form_from_another_site", path=request.scope["path"], origin=(origin or "")[:100])
+        context = {"actor": None, "heading": "Refused", "message": message}
+        return Template("problem.html", context=context, status_code=403)
     if request.scope["path"] in PUBLIC or request.scope["path"].startswith("/console/static/"):
         return None
-    state = request.app.state
     token = token_of(state.settings.secret_key, request.cookies.get(COOKIE))
     actor = await resolve_actor(state.pool, state.settings.admin_token, token)
     if actor is None:

@@ -106,7 +106,7 @@ def bare(database_url: str, direct: Target, args: argparse.Namespace, work: Path
 def hub(mode: str, services: tuple[str, str, str], receiver: str, sender: str, args, work: Path,  # type: ignore[no-untyped-def]
         without: list[str] | None = None, tag: str = "") -> Count:  # fmt: skip
     """The hub in one process under callgrind; without: the parts of bench/hub_without.py switched off."""
-    port, admin_token = free_port(), secrets.token_urlsafe(16)
+    port, admin_token = free_port(), secrets.token_urlsafe(32)
     base = f"http://127.0.0.1:{port}"
     serve = ["serve", "--port", str(port), "--workers", "1"]  # 1 worker: uvicorn serves in the counted process
     command = [sys.executable, "-m", "bench.hub_without", ",".join(without), "--", *serve] if without else \

@@ -116,7 +116,7 @@ def bench_hub(
         backing_services(stage) as (database_url, redis_url, prefix),
         contextlib.closing(redis.Redis.from_url(redis_url)) as client,
     ):
-        port, admin_token = free_port(), secrets.token_urlsafe(16)
+        port, admin_token = free_port(), secrets.token_urlsafe(32)
         env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
             "OCPI_HUB_DATABASE_URL": database_url, "OCPI_HUB_REDIS_URL": redis_url, "OCPI_HUB_REDIS_PREFIX": prefix,
             "OCPI_HUB_DATA_DIR": str(stage / "data"), "OCPI_HUB_ADMIN_TOKEN": admin_token,

@@ -185,7 +185,7 @@ def main() -> None:
     speed_before = machine_speed()
     work = Path(tempfile.mkdtemp(prefix="ocpi-hub-bench-"))
     try:
-        party_port, hub_port, admin_token = free_port(), free_port(), secrets.token_urlsafe(16)
+        party_port, hub_port, admin_token = free_port(), free_port(), secrets.token_urlsafe(32)
         party_base, hub = f"http://127.0.0.1:{party_port}", f"http://127.0.0.1:{hub_port}"
         granian = [sys.executable, "-m", "granian", "--interface", "rsgi", "--no-ws", "--log-level", "warning",
                    "--port", str(party_port), "bench.receiver:app"]  # fmt: skip

@@ -75,7 +75,7 @@ def main() -> None:
     speed_before = machine_speed()
     work = Path(tempfile.mkdtemp(prefix="ocpi-hub-bench-"))
     granian = [sys.executable, "-m", "granian", "--interface", "rsgi", "--no-ws", "--log-level", "warning"]
-    cpo_port, port, admin_token = free_port(), free_port(), secrets.token_urlsafe(16)
+    cpo_port, port, admin_token = free_port(), free_port(), secrets.token_urlsafe(32)
     cpo_url, hub = f"http://127.0.0.1:{cpo_port}", f"http://127.0.0.1:{port}"
     cpo_env = dict(os.environ) | {"BENCH_CPO": "NL-CPO", "BENCH_CPO_LOCATIONS": str(args.locations)}
     try:

@@ -74,7 +74,7 @@ def bench_hub(  # type: ignore[no-untyped-def]
     args,
     work: Path,
 ) -> list[Result]:
-    port, admin_token = free_port(), secrets.token_urlsafe(16)
+    port, admin_token = free_port(), secrets.token_urlsafe(32)
     env = hub_env(services, work, mode, admin_token)
     hub = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "hub.cli", "serve", "--port", str(port), "--workers", str(workers),

@@ -211,6 +211,8 @@ class Settings:
         redis_prefix = get("OCPI_HUB_REDIS_PREFIX") or "ocpi-hub:"
         if re.search(r"[*?\[\]\\]", redis_prefix):  # the hub finds keys under it by pattern (SCAN MATCH, SORT GET)
             raise SettingsError(f"OCPI_HUB_REDIS_PREFIX must not contain * ? [ ] or \\, got {redis_prefix!r}")
+        if (admin_token := get("OCPI_HUB_ADMIN_TOKEN")) is not None:
+            _check_admin_token(admin_token)
         log_level = (get("OCPI_HUB_LOG_LEVEL") or "info").lower()
         if log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"OCPI_HUB_LOG_LEVEL must be debug, info, warning or error, got {log_level!r}")
@@ -227,7 +229,7 @@ class Settings:
             country_code=country_code,
             party_id=party_id,
             name=get("OCPI_HUB_NAME") or "ocpi-hub",
-            admin_token=get("OCPI_HUB_ADMIN_TOKEN"),
+            admin_token=admin_token,
             secret_key=get("OCPI_HUB_SECRET_KEY"),
             metrics_token=get("OCPI_HUB_METRICS_TOKEN"),
             forward_timeout_s=number("OCPI_HUB_FORWARD_TIMEOUT_S", float),
@@ -256,6 +258,22 @@ def _listen_address(raw: str | None) -> tuple[str, int] | None:
     if not host or not port.isdigit():
         raise SettingsError(f"{LISTEN_ADDRESS} must be HOST:PORT (set by `ocpi-hub serve`), got {raw!r}")
     return host, int(port)
+
+
+# The admin token opens every platform's removal and the whole routing log: one a person would type, or one of deploy/'s
+# placeholders left in place, is refused at start (a generated one has 43 characters).
+MIN_ADMIN_TOKEN_LENGTH = 32
+PLACEHOLDER = "change-me"  # deploy/kubernetes/secret.yaml and deploy/.env.example: CHANGE-ME, CHANGE-ME-to-...
+
+
+def _check_admin_token(token: str) -> None:
+    if PLACEHOLDER in token.lower():
+        raise SettingsError("OCPI_HUB_ADMIN_TOKEN is still deploy/'s placeholder (CHANGE-ME): set a random one, e.g. "
+                            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")  # fmt: skip
+    if len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise SettingsError(f"OCPI_HUB_ADMIN_TOKEN has {len(token)} characters; it must have at least "
+                            f"{MIN_ADMIN_TOKEN_LENGTH} (a random one: python3 -c 'import secrets; "
+                            "print(secrets.token_urlsafe(32))')")  # fmt: skip
 
 
 def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> None:

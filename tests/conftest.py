@@ -154,7 +154,7 @@ def hub_env(services: Services, data_dir: Path, **extra: str) -> dict[str, str]:
         OCPI_HUB_REDIS_URL=services.redis_url,
         OCPI_HUB_REDIS_PREFIX=services.redis_prefix,
         OCPI_HUB_DATA_DIR=str(data_dir),
-        OCPI_HUB_ADMIN_TOKEN=secrets.token_urlsafe(16),
+        OCPI_HUB_ADMIN_TOKEN=secrets.token_urlsafe(32),
         OCPI_HUB_SECRET_KEY=SECRET_KEY,
         OCPI_HUB_COUNTRY_CODE="NL",
         OCPI_HUB_PARTY_ID="HUB",

@@ -286,6 +286,9 @@ def test_the_delete_undoing_a_failed_connect_is_a_routing_log_row_of_its_convers
         ("OCPI_HUB_SECRET_KEY", "short", "Fernet key"),
         ("OCPI_HUB_REDIS_PREFIX", "hub*:", "OCPI_HUB_REDIS_PREFIX must not contain"),
         ("OCPI_HUB_PARTY_NETWORKS_ALLOWED", "10.0.0.0/33", "OCPI_HUB_PARTY_NETWORKS_ALLOWED: '10.0.0.0/33' is no"),
+        ("OCPI_HUB_ADMIN_TOKEN", "x" * 31, "OCPI_HUB_ADMIN_TOKEN has 31 characters; it must have at least 32"),
+        ("OCPI_HUB_ADMIN_TOKEN", "CHANGE-ME", "OCPI_HUB_ADMIN_TOKEN is still deploy/'s placeholder"),
+        ("OCPI_HUB_ADMIN_TOKEN", "CHANGE-ME-" + "x" * 32, "OCPI_HUB_ADMIN_TOKEN is still deploy/'s placeholder"),
     ],
 )
 def test_bad_settings_are_reported_without_a_traceback(hub: Hub, variable: str, value: str, message: str) -> None:
@@ -299,6 +302,15 @@ def test_bad_settings_are_reported_without_a_traceback(hub: Hub, variable: str, 
     )
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_weak_admin_token_stops_serve_at_start_naming_the_variable(hub: Hub) -> None:
+    # Security review, finding 10: `x` and deploy/kubernetes/secret.yaml's CHANGE-ME opened the admin API.
+    for token in ("x", "CHANGE-ME"):
+        env = hub.env | {"OCPI_HUB_ADMIN_TOKEN": token}
+        result = subprocess.run([sys.executable, "-m", "hub.cli", "serve", "--port", "0"], cwd=ROOT, timeout=60,
+                                env=env, capture_output=True, text=True)  # fmt: skip
+        assert result.returncode == 2 and "OCPI_HUB_ADMIN_TOKEN" in result.stderr, result.stderr
 
 
 def test_help_documents_every_command_and_variable() -> None:

@@ -26,7 +26,7 @@ from hub.auth import Caller
 from hub.envelope import ocpi_response, ocpi_timestamp, paging_window, x_limit
 from hub.errors import InvalidParameters, OcpiError
 from hub.party_api import hub_request
-from hub.request_context import LOOP_HEADER, loop_marker
+from hub.request_context import HUB_INSTANCE_HEADER
 from routing.forward import forward, ocpi_status_of
 from routing.request import endpoint_url
 from storage.directory import Platform
@@ -165,7 +165,7 @@ async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) 
     settings = state.settings
     hub = (settings.country_code, settings.party_id)
     entry, headers = hub_request(hub, platform, to, "PUT", url, "hubclientinfo", interface="receiver", body=body)
-    headers[LOOP_HEADER] = loop_marker(settings.secret_key or "")
+    headers[HUB_INSTANCE_HEADER] = settings.hub_instance
     unanswered = False
     try:
         answer = await forward(state.forward_session, "PUT", url, headers, body, settings.forward_timeout_s,

@@ -227,8 +227,8 @@ class ReceiverRefusedHub(HubError):
 
 
 class ForwardingLoop(HubError):
-    """A request that carries the hub's own loop marker (hub.request_context.LOOP_HEADER): the hub sent it, and it came
-    back to it; forwarded again, it would go round until the connections ran out."""
+    """A request that carries the hub's own mark (hub.request_context.HUB_INSTANCE_HEADER): the hub sent it, and it
+    came back to it; forwarded again, it would go round until the connections ran out."""
 
     def __init__(self) -> None:
         super().__init__("the request came back to the hub it left (a receiver's endpoint leads back to the hub); "

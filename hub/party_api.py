@@ -20,7 +20,7 @@ import structlog
 from hub.errors import AnswerTooLarge, NoMatchingEndpoints, UnableToUseClientApi, UnsupportedVersion
 from hub.ocpi.wire import INTERFACE_ROLES, Credentials, CredentialsAnswer, Endpoint, Version, VersionDetails
 from hub.own_messages import Trace, own_entry
-from hub.request_context import HUB_INSTANCE_HEADER, LOOP_HEADER, loop_marker, new_request_id
+from hub.request_context import HUB_INSTANCE_HEADER, new_request_id
 from routing.forward import read_capped
 from routing.party_addresses import GuardedBackend, RefusedConnect, for_hub
 from routing.rewrite import same_host
@@ -64,7 +64,7 @@ class PartyClient(httpx.AsyncClient):
         # Given a transport, httpx uses no HTTP_PROXY of the environment, which would connect where no check looks.
         transport._pool._network_backend = GuardedBackend(self.party_addresses)
         super().__init__(timeout=httpx.Timeout(settings.forward_timeout_s, connect=5.0), transport=transport,
-                         headers={LOOP_HEADER: loop_marker(settings.secret_key or "")})  # fmt: skip
+                         headers={HUB_INSTANCE_HEADER: settings.hub_instance})  # fmt: skip
         self.max_answer_bytes = settings.max_body_bytes
         self.answer_timeout_s = settings.forward_timeout_s
         self.hub_url = settings.public_url  # a URL under it is never a party's (routing.rewrite.why_not_callable)

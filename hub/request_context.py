@@ -9,7 +9,6 @@ hub (versions, credentials, admin, console, probes); the relay, the hot path, do
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Iterable
 from random import getrandbits
@@ -27,24 +26,14 @@ PROBE_PATHS = frozenset(("/health", "/ready", "/metrics"))  # load balancers and
 # The longest X-Request-ID / X-Correlation-ID a routed request may carry: the routing log indexes and searches them
 # (a B-tree entry has a size limit), and a UUID, which the specification advises, has 36 characters.
 MAX_ID_LENGTH = 255
-# On the answers of the hub's versions, details, credentials and hubclientinfo routes: the control plane
-# (hub.party_api) finds a party's URL that names the hub under another host name (localhost for 127.0.0.1) by it, when
-# the hub calls itself.
+# The hub's mark (Settings.hub_instance: the same on every process of one hub, another on each hub, no secret), both
+# ways. On every request the hub sends (forwards, broadcast copies, its own messages): one that arrives carrying it
+# left this hub and came back (a party's endpoint that leads to the hub, a party passing on what it got), and is
+# refused at once (hub.errors.ForwardingLoop) rather than sent round again: a security review's loop made 65 hops of
+# one request, until the connections to the hub ran out. On the answers of the hub's versions, details, credentials
+# and hubclientinfo routes: the control plane (hub.party_api) tells by it that a party's URL names the hub under another
+# host name or through a proxy, when the hub calls itself.
 HUB_INSTANCE_HEADER = "x-ocpi-hub-instance"
-
-
-# The header the hub adds to every request it sends (forwards, broadcast copies, its own messages), its value this
-# hub's loop_marker: a request that arrives carrying it left this hub and came back (a party's endpoint that leads
-# to the hub, a party passing on what it got), and is refused at once (hub.errors.ForwardingLoop) rather than sent
-# round again: the review's loop made 65 hops of one request, until the connections to the hub ran out.
-LOOP_HEADER = "X-OCPI-Hub-Loop"
-LOOP_HEADER_KEY = LOOP_HEADER.lower()  # as the relay's dict of a request's headers holds it
-
-
-def loop_marker(secret_key: str) -> str:
-    """This hub's LOOP_HEADER value: the same on every process of one hub (they share OCPI_HUB_SECRET_KEY), another
-    on a hub with another key; a keyed digest, so the parties that see it learn nothing of the key."""
-    return hmac.digest(secret_key.encode("utf-8"), b"ocpi-hub forwarding loop marker", "sha256")[:16].hex()
 
 
 def new_request_id() -> str:

@@ -164,9 +164,9 @@ class Settings:
         return routing_log_key(self.secret_key)
 
     @property
-    def hub_instance(self) -> str | None:
-        """The mark of this hub's own answers (storage.secrets.hub_instance); None before with_secrets."""
-        return hub_instance(self.secret_key) if self.secret_key else None
+    def hub_instance(self) -> str:
+        """The hub's mark on the requests it sends and on its own answers (storage.secrets.hub_instance)."""
+        return hub_instance(self.secret_key or "")
 
     def with_secrets(self) -> Settings:
         """Fill in the admin token and secret key from the data dir, generating them on first start."""

@@ -28,8 +28,9 @@ def routing_log_key(secret_key: str) -> bytes:
 
 
 def hub_instance(secret_key: str) -> str:
-    """The mark of this hub's own answers (hub.request_context.HUB_INSTANCE_HEADER), derived from OCPI_HUB_SECRET_KEY:
-    the same on every process of the hub, another on any other hub, and telling nothing of the key."""
+    """The hub's mark on the requests it sends and on its own answers (hub.request_context.HUB_INSTANCE_HEADER),
+    derived from OCPI_HUB_SECRET_KEY: the same on every process of the hub, another on any other hub, and telling
+    nothing of the key."""
     return hmac.digest(secret_key.encode("utf-8"), b"ocpi-hub instance", "sha256")[:12].hex()
 
 

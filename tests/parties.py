@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import secrets
 import socket
+import socketserver
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -390,3 +393,33 @@ def _default_modules(roles: list[tuple[str, str, str]]) -> dict[str, list[str]]:
         for m in ("commands", "tokens"):
             modules.setdefault(m, []).append("SENDER")
     return modules
+
+
+@contextlib.contextmanager
+def tcp_forwarder(hub_port: int) -> Iterator[int]:
+    """A TCP forwarder to the hub on a port of its own, as a load balancer in front of the hub is (the hub refuses to
+    call the port it listens on itself): the forwarder's port."""
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    class Forward(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            with socket.create_connection(("127.0.0.1", hub_port), timeout=30) as upstream:
+                back = threading.Thread(target=pump, args=(upstream, self.request), daemon=True)
+                back.start()
+                pump(self.request, upstream)
+                back.join(30)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Forward)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -4,17 +4,11 @@ wrong, nothing registered, token A still good."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import socketserver
-import threading
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
 from tests.conftest import Hub, unique_party_id
-from tests.parties import free_port, token_header
+from tests.parties import free_port, tcp_forwarder, token_header
 from tests.test_registration import _credentials_url, _invited_party
 
 
@@ -156,7 +150,7 @@ def test_a_versions_url_naming_the_hub_under_another_host_name_is_refused_as_the
     assert answer["status_message"] == (
         f"GET {aliased} was not called: localhost:{port} is the hub itself: it is the address the hub itself listens on"
     )
-    with _load_balancer(port) as balancer_port:
+    with tcp_forwarder(port) as balancer_port:
         aliased = hub.versions_url.replace(f":{port}", f":{balancer_port}")
         answer = httpx.post(_credentials_url(hub), headers=token_header(token_a),
                             json=party.credentials(party.token_b) | {"url": aliased}).json()  # fmt: skip
@@ -166,33 +160,3 @@ def test_a_versions_url_naming_the_hub_under_another_host_name_is_refused_as_the
         "must lead to the party's platform"
     )
     assert httpx.get(hub.versions_url, headers=token_header(token_a)).status_code == 200  # nothing registered
-
-
-@contextlib.contextmanager
-def _load_balancer(hub_port: int) -> Iterator[int]:
-    """A TCP forwarder to the hub on a port of its own, as a load balancer in front of the hub is: the port it
-    listens on."""
-
-    def pump(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    class Forward(socketserver.BaseRequestHandler):
-        def handle(self) -> None:
-            with socket.create_connection(("127.0.0.1", hub_port), timeout=30) as upstream:
-                back = threading.Thread(target=pump, args=(upstream, self.request), daemon=True)
-                back.start()
-                pump(self.request, upstream)
-                back.join(30)
-
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Forward)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()

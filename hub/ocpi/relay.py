@@ -40,13 +40,11 @@ from hub.ocpi.wire import Envelope
 from hub.party_api import authorization
 from hub.request_body import BodyDeadlines, read_body, refuse_announced, refuse_encoded
 from hub.request_context import (
-    LOOP_HEADER,
-    LOOP_HEADER_KEY,
+    HUB_INSTANCE_HEADER,
     MAX_ID_LENGTH,
     check_ids,
     check_repeated,
     log_request,
-    loop_marker,
     new_request_id,
     request_ids,
 )
@@ -99,7 +97,7 @@ class Relay:
         self.settings = settings
         self.tasks: set[asyncio.Task[None]] = set()
         self.bodies = BodyDeadlines(settings.forward_timeout_s)
-        self.loop_marker = loop_marker(settings.secret_key or "")
+        self.hub_instance = settings.hub_instance  # hub.request_context.HUB_INSTANCE_HEADER
 
     def serve(self, state: State) -> None:
         """Start relaying with the resources the lifespan put in the app's state."""
@@ -187,7 +185,7 @@ class Relay:
     def _refuse_at_once(self, headers: dict[str, str]) -> None:
         """What is refused before the body is read: a request this hub sent that came back to it, and one announcing a
         body larger than the hub takes."""
-        if headers.get(LOOP_HEADER_KEY) == self.loop_marker:
+        if headers.get(HUB_INSTANCE_HEADER) == self.hub_instance:
             raise ForwardingLoop
         if "expect" in headers:  # 100-continue: uvicorn sends it on the first receive()
             refuse_announced(headers, self.settings.max_body_bytes)
@@ -279,7 +277,7 @@ class Relay:
             "OCPI-from-party-id": sender.party_id,
             "OCPI-to-country-code": to.country_code,
             "OCPI-to-party-id": to.party_id,
-            LOOP_HEADER: self.loop_marker,
+            HUB_INSTANCE_HEADER: self.hub_instance,
         }
         if body:
             headers["Content-Type"] = exchange.headers.get("content-type", "application/json")

@@ -29,14 +29,20 @@ class LogConnection:
         self._checks_client = True  # until the server refuses client_connection_check_interval
 
     async def append(
-        self, chain_id: uuid.UUID, records: list[tuple[Any, ...]], locations: list[tuple[Any, ...]], ids_wanted: int
+        self,
+        chain_id: uuid.UUID,
+        records: list[tuple[Any, ...]],
+        locations: list[tuple[Any, ...]],
+        amendments: list[tuple[Any, ...]],
+        ids_wanted: int,
     ) -> tuple[bool, list[int]]:
-        """The batch appended to its chain, and ids_wanted ids reserved for the next rows; False if the chain had the
-        batch already (nothing is written then). On the writer's connection, taken from the pool when there is none;
-        given up after write_timeout_s, and then, as after any failure, the connection is closed and left to the
-        pool."""
-        head = (chain_id, records[-1][_SEQ], records[-1][len(COLUMNS) - 1])
-        row = await self._fetchrow(QUERIES["append_routing_log"], records, *head, locations, ids_wanted)
+        """The batch appended to its chain with the amendments of rows committed before (migration 0015; rows: none
+        for amendments alone), and ids_wanted ids reserved for the next rows; False if the chain had the batch already
+        (no row is written then). On the writer's connection, taken from the pool when there is none; given up after
+        write_timeout_s, and then, as after any failure, the connection is closed and left to the pool."""
+        last = (records[-1][_SEQ], records[-1][len(COLUMNS) - 1]) if records else (None, None)
+        row = await self._fetchrow(QUERIES["append_routing_log"], records, chain_id, *last, locations, amendments,
+                                   ids_wanted)  # fmt: skip
         return bool(row["appended"]), list(row["next_ids"])
 
     async def reserve_ids(self, count: int, timeout_s: float) -> list[int]:

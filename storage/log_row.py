@@ -18,7 +18,7 @@ import operator
 import re
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -195,7 +195,8 @@ class LogEntry:
     object_id: str | None = None  # where the hub knows it and object_id_of_entry could not tell it (a result's)
     waiter: asyncio.Future[None] | None = field(default=None, repr=False)
     waiting_since: float = field(default=0.0, repr=False)  # the event loop's time when the caller began to wait
-    chained: bool = field(default=False, repr=False)  # its row's content is fixed: hashed into the writer's chain
+    # (seq, hash) of its row once chained: its content is fixed, hashed into the writer's chain (an amendment names it)
+    chained_at: tuple[int, bytes] | None = field(default=None, repr=False)
     row_id: int | None = field(default=None, repr=False)  # the id its row was hashed with, kept if chained again
 
     def keep_request_body_size_only(self) -> None:
@@ -234,6 +235,16 @@ def keyed_hash_covers_id(key: bytes, row: Mapping[str, Any]) -> bool | None:
 
 def _keyed(key: bytes, prev_hash: bytes, content: list[Any]) -> bytes:
     return hmac.digest(key, prev_hash + _canonical.encode(content), "sha256")
+
+
+def amendment_mac(key: bytes, row_hash: bytes, chain_id: uuid.UUID | str, seq: int, values: Sequence[Any]) -> bytes:
+    """The keyed hash of an amendment (migration 0015): over the amended row's hash (which covers its id), its place
+    in its chain, and the amendment's content, values: the row's received_at, http_status, ocpi_status_code, message,
+    answered_at. Marked as an amendment's, so that it can pass for no row's hash."""
+    received_at, http_status, ocpi_status_code, message, answered_at = values
+    content = ["answered_instead", str(chain_id), seq, received_at.isoformat(), http_status, ocpi_status_code,
+               message, answered_at.isoformat()]  # fmt: skip
+    return _keyed(key, row_hash, content)
 
 
 def legacy_hash(prev_hash: bytes, values: Mapping[str, Any]) -> bytes:

@@ -21,9 +21,10 @@ log = structlog.get_logger()
 SPOOL_SUFFIX = ".routing-log-spool"
 _encoder, _decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
 
-# The writer's append (storage.log_connection): a batch of records and locations to its chain, and no ids reserved;
-# False if the chain had the batch already.
-Append = Callable[[uuid.UUID, list[tuple[Any, ...]], list[tuple[Any, ...]], int], Awaitable[tuple[bool, list[int]]]]
+# The writer's append (storage.log_connection): a batch of records, locations and amendments to its chain, and no ids
+# reserved; False if the chain had the batch already.
+_Records = list[tuple[Any, ...]]
+Append = Callable[[uuid.UUID, _Records, _Records, _Records, int], Awaitable[tuple[bool, list[int]]]]
 # The writer's seal of a chain of unkeyed hashes at its last row (storage.log_row.legacy_hash): chain, seq, hash.
 Seal = Callable[[uuid.UUID, int, bytes], Awaitable[None]]
 _SEQ, _HASH = CONTENT_COLUMNS.index("seq"), len(COLUMNS) - 1  # in a record: its seq, its hash
@@ -33,8 +34,8 @@ _RECORD_LENGTH = len(COLUMNS) + 3
 
 
 def save(spool_dir: Path, chain_id: str, parts: list[dict[str, Any]]) -> Path:
-    """The parts of a chain (records and locations, as they were chained) in a file of spool_dir: written aside,
-    synced, then renamed, so a file there is whole."""
+    """The parts of a chain (records and locations, as they were chained; the amendments of its rows last, in a part
+    without rows) in a file of spool_dir: written aside, synced, then renamed, so a file there is whole."""
     spool_dir.mkdir(parents=True, exist_ok=True)
     path = spool_dir / f"{chain_id}{SPOOL_SUFFIX}"
     temporary = path.with_suffix(".partial")
@@ -85,8 +86,12 @@ async def _write_spool_file(content: bytes, append: Append, seal: Seal) -> int:
     chain_id, written = uuid.UUID(spooled["chain_id"]), 0
     records, keyed = [], spooled.get("keyed", False)
     for part in spooled["parts"]:
+        amendments = [tuple(amendment) for amendment in part.get("amendments", ())]  # migration 0015
+        if not part["records"] and amendments:
+            await append(chain_id, [], [], amendments, 0)
+            continue
         records = [(*record, *(None,) * (_RECORD_LENGTH - len(record))) for record in part["records"]]
-        appended, _ = await append(chain_id, records, [tuple(loc) for loc in part["locations"]], 0)
+        appended, _ = await append(chain_id, records, [tuple(loc) for loc in part["locations"]], amendments, 0)
         if appended:
             written += len(records)
     if not keyed and records:

@@ -235,11 +235,13 @@ WHERE platform.id = t.id AND (platform.last_seen IS NULL OR platform.last_seen <
 SELECT * FROM relayed_location WHERE key = $1;
 
 -- name: append_routing_log
--- One batch of the group commit in one call (migrations 0008, 0014): appended false, and nothing written, when the
--- chain's head shows the batch in already; next_ids, $6 ids reserved for the writer's next rows. Each row is a
--- routing_log_row (storage.routing_log.COLUMNS, object_id, listed_ids, id).
-SELECT appended, next_ids FROM append_routing_log_rows($1::routing_log_row[], $2, $3, $4,
-                                                       $5::relayed_location_entry[], $6);
+-- One batch of the group commit in one call (migrations 0008, 0014, 0015): appended false, and no row written, when
+-- the chain's head shows the batch in already (or it has none: amendments alone); next_ids, $7 ids reserved for the
+-- writer's next rows. Each row is a routing_log_row (storage.routing_log.COLUMNS, object_id, listed_ids, id); $6 the
+-- amendments of rows committed before, each written once.
+SELECT appended, next_ids FROM append_routing_log_batch($1::routing_log_row[], $2, $3, $4,
+                                                        $5::relayed_location_entry[],
+                                                        $6::routing_log_amendment_entry[], $7);
 
 -- name: reserve_routing_log_ids
 -- Ids for a writer's rows when it holds too few (its first batch, a batch larger than the ones before).
@@ -404,6 +406,27 @@ LIMIT $2;
 
 -- name: routing_log_message
 SELECT * FROM routing_log WHERE id = $1;
+
+-- name: routing_log_amendments
+-- The amendments (migration 0015) of the rows at (chain_id, seq) pairs given as two arrays: what their callers were
+-- answered instead.
+SELECT a.chain_id, a.seq, a.http_status, a.ocpi_status_code, a.message, a.answered_at
+FROM routing_log_amendment AS a
+JOIN unnest($1::uuid[], $2::bigint[]) AS shown (chain_id, seq) ON a.chain_id = shown.chain_id AND a.seq = shown.seq;
+
+-- name: every_amendment
+-- Every amendment, for verify (few: one per exchange whose commit timed out after its row was chained).
+SELECT chain_id, seq, row_received_at, http_status, ocpi_status_code, message, answered_at, mac
+FROM routing_log_amendment;
+
+-- name: delete_amendments_of_dropped_rows
+-- After retention dropped a partition of rows received before $1, in its transaction: the amendments of its rows,
+-- and any a retention of the previous version left when it dropped theirs (migration 0015).
+DELETE FROM routing_log_amendment AS a
+WHERE a.row_received_at < $1 AND NOT EXISTS (
+    SELECT 1 FROM routing_log AS r
+    WHERE r.chain_id = a.chain_id AND r.seq = a.seq AND r.received_at = a.row_received_at
+);
 
 -- name: routing_log_correlation
 SELECT id, received_at, request_id, forwarded_request_id, correlation_id, from_country_code, from_party_id,

@@ -5,6 +5,9 @@ Async mode returns at once and trades that guarantee for latency. Either way one
 takes every row waiting in its queue, chains them (prev_hash, hash: keyed, storage.log_row.row_hash, over the row's
 id too, taken from ids reserved ahead) and writes them in one transaction, together with the chain's head, so an
 edited, inserted, deleted or renumbered row is detectable by `storage.log_verify.verify()`.
+
+A row committed after its caller was answered otherwise (OCPI 4000: not committed in time) gets an amendment saying
+so (amend(), storage.log_amendment), written with a later batch, or alone when none comes.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ import structlog
 
 from storage import log_spool
 from storage.batches import next_batch
+from storage.log_amendment import Amendment, amendment_records
 from storage.log_connection import LogConnection
 from storage.log_row import (
     GENESIS,
@@ -83,7 +88,7 @@ class RoutingLogWriter:
         self._body_cap = body_cap
         self.strict = strict
         self._commit_timeout_s = commit_timeout_s
-        self._queue: asyncio.Queue[LogEntry] = asyncio.Queue()
+        self._queue: asyncio.Queue[LogEntry | Amendment] = asyncio.Queue()
         self.chain_id = uuid.uuid4()
         self._chain_text = str(self.chain_id)
         self._seq = 0
@@ -96,6 +101,7 @@ class RoutingLogWriter:
         # rows taken from the queue and neither committed nor in flight (waiting for ids, or for their turn in a
         # refused batch written row by row): spooled at close with the queued ones
         self._taken: list[LogEntry] = []
+        self._amending: list[Amendment] = []  # taken from the queue, written with the next commit (spooled at close)
         self._spool_dir = spool_dir
         self._drain_timeout_s = drain_timeout_s
         self.batches = 0
@@ -137,17 +143,28 @@ class RoutingLogWriter:
         # No timer per request: the writer itself fails the waiters it cannot commit for in time (_fail_overdue).
         await entry.waiter
 
+    def amend(self, entry: LogEntry, http_status: int, ocpi_status_code: int | None, message: str) -> None:
+        """Record that the caller of a chained row (its content fixed) was answered otherwise than the row says: the
+        amendment is written once the row is committed, with the next batch, or alone."""
+        if self._task is None or self._task.done():  # the writer has closed: only the hub's own log keeps it
+            log.error("routing_log_amendment_lost", request_id=entry.request_id, http_status=http_status,
+                      ocpi_status_code=ocpi_status_code, status_message=message)  # fmt: skip
+            return
+        self._queue.put_nowait(Amendment(entry, http_status, ocpi_status_code, message, datetime.now(UTC)))
+
     async def _run(self) -> None:
         while True:
             # Chaining holds the event loop ~15 us a row. In async mode nobody waits for the commits: the rows of a
             # few ms share one.
-            batch = await next_batch(self._queue, self._max_batch_rows, 0.0 if self.strict else ASYNC_LINGER_S)
+            taken = await next_batch(self._queue, self._max_batch_rows, 0.0 if self.strict else ASYNC_LINGER_S)
+            batch, self._amending = _rows_and_amendments(taken)  # amendments: of rows committed before these
             self._taken = batch
-            await self._reserve_ids(len(batch))
+            if batch:
+                await self._reserve_ids(len(batch))
             head = self._seq, self._last_hash
             batch, records = self._chained_batch(batch)
             self._taken = []  # in flight from here on, with no await between
-            if not batch:
+            if not batch and not self._amending:
                 continue
             try:
                 await self._commit(batch, records)
@@ -157,6 +174,7 @@ class RoutingLogWriter:
                 # text storable, forward.OcpiStatusCode keeps a party's status code within the column).
                 log.error("routing_log_batch_refused", error=f"{type(exc).__name__}: {exc}", rows=len(batch))
                 self._seq, self._last_hash = head
+                await self._amendments_alone()
                 batch = await self._committed_one_by_one(batch)
             self.batches += 1
             self.rows += len(batch)
@@ -181,6 +199,7 @@ class RoutingLogWriter:
                     # writes nothing.
                     await self._write(batch, records)
                     self._in_flight = None
+                    self._amended()
                     if self.on_commit is not None:
                         self.on_commit(len(batch), time.perf_counter() - started)
                     return
@@ -205,8 +224,9 @@ class RoutingLogWriter:
         again every OVERDUE_CHECK_S until the commit."""
         loop = asyncio.get_running_loop()
         due = loop.time() - self._commit_timeout_s
-        queued: Iterable[LogEntry] = self._queue._queue  # type: ignore[attr-defined]  # asyncio.Queue's deque, read only
-        _fail_waiters([e for e in itertools.chain(batch, queued) if e.waiter is not None and e.waiting_since <= due])
+        queued: Iterable[LogEntry | Amendment] = self._queue._queue  # type: ignore[attr-defined]  # asyncio.Queue's deque
+        _fail_waiters([e for e in itertools.chain(batch, queued)
+                       if isinstance(e, LogEntry) and e.waiter is not None and e.waiting_since <= due])  # fmt: skip
         self._late = loop.call_later(OVERDUE_CHECK_S, self._fail_overdue, batch)
 
     async def _committed_one_by_one(self, batch: list[LogEntry]) -> list[LogEntry]:
@@ -217,14 +237,37 @@ class RoutingLogWriter:
             self._taken = batch[at + 1 :]
             refused = await self._committed_alone(entry)
             if refused is not None:
-                refused = await self._committed_alone(_bare(entry, refused))
+                bare = _bare(entry, refused)
+                refused = await self._committed_alone(bare)
+                entry.chained_at = bare.chained_at  # as it is in the chain, for an amendment of it
             if refused is None:
                 committed.append(entry)
             else:
+                entry.chained_at = None  # not in the log: nothing to amend
                 _fail_waiters([entry], "the routing log refused this exchange's row")
                 self._queue.task_done()
         self._taken = []
         return committed
+
+    async def _amendments_alone(self) -> None:
+        """The amendments of a refused batch, committed without its rows; if they are refused too (a bug), they are
+        dropped, said in the hub's own log, rather than refused with every row they would ride along with."""
+        if not self._amending:
+            return
+        try:
+            await self._commit([], [])
+        except asyncpg.DataError as exc:
+            for amendment in self._amending:
+                log.error("routing_log_amendment_refused", error=f"{type(exc).__name__}: {exc}",
+                          request_id=amendment.entry.request_id, http_status=amendment.http_status,
+                          ocpi_status_code=amendment.ocpi_status_code, status_message=amendment.message)  # fmt: skip
+            self._amended()
+
+    def _amended(self) -> None:
+        """The amendments taken are written (or dropped): done."""
+        for _ in self._amending:
+            self._queue.task_done()
+        self._amending = []
 
     async def _committed_alone(self, entry: LogEntry) -> str | None:
         """None once the row is committed; what the database said if it refused it (the chain then goes on from
@@ -265,7 +308,7 @@ class RoutingLogWriter:
             entry.row_id = self._ids.popleft()
         hashed = row_hash(self._key, self._last_hash, values, entry.row_id)
         prev_hash, self._seq, self._last_hash = self._last_hash, seq, hashed
-        entry.chained = True
+        entry.chained_at = seq, hashed
         return (*in_column_order(values), prev_hash, hashed, object_id, listed_ids, entry.row_id)
 
     async def _reserve_ids(self, rows: int) -> None:
@@ -292,7 +335,10 @@ class RoutingLogWriter:
         relayed_location_entry; it reserves the ids of the next batches in the same call."""
         # enough for batches up to four times this one's, so that a growing load seldom needs reserve_ids
         wanted = max(0, min(self._max_batch_rows, len(batch) * 4 + 16) - len(self._ids))
-        _, next_ids = await self._connection.append(self.chain_id, records, _locations(batch), wanted)
+        amendments = amendment_records(self._key, self._chain_text, self._amending) if self._amending else []
+        if not records and not amendments:  # amendments of rows the database refused
+            return
+        _, next_ids = await self._connection.append(self.chain_id, records, _locations(batch), amendments, wanted)
         if next_ids:
             self._take_ids(next_ids)
 
@@ -311,34 +357,49 @@ class RoutingLogWriter:
 
     def _spool_unwritten(self) -> int:
         """At close: the rows not committed (the batch in flight, as it was chained, then the queued ones, chained
-        now) into a file of spool_dir; their number. Without a spool_dir they are counted and lost, loudly."""
+        now) into a file of spool_dir, and the amendments not written, in a last part of their own; how many of both.
+        Without a spool_dir they are counted and lost, loudly."""
         parts, waiting = [], []
-        if self._in_flight is not None:
+        if self._in_flight is not None and self._in_flight[1]:  # not amendments alone
             batch, records = self._in_flight
             parts.append({"records": records, "locations": _locations(batch)})
             waiting += batch
         queued, self._taken = self._taken, []
+        amending, self._amending = self._amending, []
         while not self._queue.empty():
-            queued.append(self._queue.get_nowait())
+            taken = self._queue.get_nowait()
+            (amending if isinstance(taken, Amendment) else queued).append(taken)  # type: ignore[arg-type]
         queued, records = self._chained_batch(queued)
         if queued:
             parts.append({"records": records, "locations": _locations(queued)})
             waiting += queued
+        # Alone in their part: a hub of the previous version (rolling upgrade) fails on a part without rows, keeping
+        # the file for this version, rather than writing the rows and dropping the amendments.
+        if amendments := amendment_records(self._key, self._chain_text, amending):
+            parts.append({"records": [], "locations": [], "amendments": amendments})
         rows = sum(len(part["records"]) for part in parts)
-        if not rows:
+        if not parts:
             return 0
         try:
             if self._spool_dir is None:
                 raise OSError("the writer has no spool dir")
             path = log_spool.save(self._spool_dir, self._chain_text, parts)
         except OSError as exc:  # a full or read-only disk: said, with what is lost
-            log.error("routing_log_rows_lost", rows=rows, chain_id=self._chain_text, error=str(exc))
+            log.error("routing_log_rows_lost", rows=rows, amendments=len(amendments), chain_id=self._chain_text,
+                      error=str(exc))  # fmt: skip
             _fail_waiters(waiting, "the hub stopped before the routing log could commit this exchange")
-            return rows
-        log.error("routing_log_rows_spooled", rows=rows, path=str(path))
+            return rows + len(amendments)
+        log.error("routing_log_rows_spooled", rows=rows, amendments=len(amendments), path=str(path))
         _fail_waiters(waiting, "the hub stopped before the routing log could commit this exchange; the row is "
                                "kept on disk and written when the hub starts again")  # fmt: skip
-        return rows
+        return rows + len(amendments)
+
+
+def _rows_and_amendments(taken: list[LogEntry | Amendment]) -> tuple[list[LogEntry], list[Amendment]]:
+    amendments = [item for item in taken if isinstance(item, Amendment)]
+    if not amendments:  # nearly always
+        return taken, []  # type: ignore[return-value]
+    return [item for item in taken if isinstance(item, LogEntry)], amendments
 
 
 def _locations(batch: list[LogEntry]) -> list[tuple[Any, ...]]:

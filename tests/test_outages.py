@@ -58,11 +58,6 @@ def test_while_postgres_is_away_ready_flips_and_routes_that_need_it_answer_503_s
         postgres.stop()
 
 
-def _logged_request_ids(database_url: str, like: str) -> list[str]:
-    """The request_id of every routing-log row matching a LIKE pattern, in the order they were written."""
-    return [row["request_id"] for row in _logged_rows(database_url, like)]
-
-
 def _logged_rows(database_url: str, like: str) -> list[asyncpg.Record]:
     """Every routing-log row whose request_id matches a LIKE pattern, in the order they were written."""
 
@@ -74,6 +69,20 @@ def _logged_rows(database_url: str, like: str) -> list[asyncpg.Record]:
             await conn.close()
 
     return asyncio.run(fetch())
+
+
+def _amended(database_url: str) -> dict[int, tuple[int, int, str]]:
+    """(HTTP status, OCPI status, message) each amended row's caller was answered instead, by row id."""
+
+    async def fetch() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await conn.fetch("SELECT r.id, a.http_status, a.ocpi_status_code, a.message FROM routing_log AS r "
+                                    "JOIN routing_log_amendment AS a USING (chain_id, seq)")  # fmt: skip
+        finally:
+            await conn.close()
+
+    return {row["id"]: (row["http_status"], row["ocpi_status_code"], row["message"]) for row in asyncio.run(fetch())}
 
 
 def _server_processes(pid: int) -> list[int]:
@@ -137,7 +146,11 @@ def test_while_postgres_hangs_callers_are_answered_in_time_and_their_rows_are_wr
         assert [r.path for r in emsp.functional()] == [f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/L1"]
         after = push("after-postgres-answers-again")
         assert after.json()["status_code"] == 1000
-        assert _logged_request_ids(url, "%postgres%") == ["while-postgres-hangs", "after-postgres-answers-again"]
+        logged = _logged_rows(url, "%postgres%")
+        assert [row["request_id"] for row in logged] == ["while-postgres-hangs", "after-postgres-answers-again"]
+        # committed as it was chained, the receiver's 1000, and amended with the 4000 its caller got
+        assert logged[0]["ocpi_status_code"] == 1000
+        assert _amended(url) == {logged[0]["id"]: (200, 4000, hung.json()["status_message"])}
         with hub.admin() as admin:
             assert admin.get("/admin/api/routing-log/verify").json()["ok"] is True
         assert "Traceback" not in hub.log()
@@ -185,10 +198,13 @@ def test_a_hub_stopped_while_postgres_is_away_keeps_its_unwritten_rows_and_the_n
         rows = sorted(_logged_rows(url, "while-away-%"), key=lambda row: row["request_id"])
         assert [row["request_id"] for row in rows] == ["while-away-0", "while-away-1", "while-away-2"]
         # An auditor reads what the callers got: the queued rows say 4000 (they said the receiver's 1000); the one
-        # whose content its hash had fixed already still says 1000, and the hub's log says it was not so answered.
+        # whose content its hash had fixed already still says 1000, and its amendment, spooled with it, says 4000.
         assert [row["ocpi_status_code"] for row in rows] == [1000, 4000, 4000]
         assert all("the caller was answered 4000 after 2." in row["error"] for row in rows[1:]), rows
         assert '"routing_log_row_not_as_answered"' in hub.log() and '"request_id":"while-away-0"' in hub.log()
+        amended = _amended(url)
+        assert list(amended) == [rows[0]["id"]]
+        assert amended[rows[0]["id"]] == (200, 4000, answers[0].json()["status_message"])
         with again.admin() as admin:
             verdict = admin.get("/admin/api/routing-log/verify").json()
         assert verdict["ok"] is True, verdict

@@ -171,9 +171,10 @@ class Relay:
             told = f"{exc}; the exchange itself went through"
             answer = self.hub_answer(exchange, 200, 4000, told)
             late = f"the caller was answered 4000 after {time.perf_counter() - started:.1f} s instead: {told}"
-            if not entry.chained:  # still queued (the database away): its row says what the caller got
+            if entry.chained_at is None:  # still queued (the database away): its row says what the caller got
                 entry.ocpi_status_code, entry.error = 4000, f"{entry.error}; {late}" if entry.error else late
-            else:  # in the batch being written, its content fixed by its hash: said here at least
+            else:  # in the batch being written, its content fixed by its hash: amended once it is committed
+                self.routing_log.amend(entry, answer.status, 4000, told)
                 log.error("routing_log_row_not_as_answered", request_id=request_id, error=late)
         for task in exchange.background:
             self._spawn(task)

@@ -1,0 +1,90 @@
+"""Amendments of routing-log rows (migration 0015): a row committed after its caller was answered OCPI 4000 (its commit
+did not finish in time) is kept with what the caller got instead, written once, spooled at a stop, MAC'd."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from storage.log_row import LogEntry
+from storage.routing_log import LogUnavailable, RoutingLogWriter
+from tests.conftest import LOG_KEY
+from tests.log_rows import numbered_entry, numbered_log, sql, verified
+
+TOLD = "the routing log could not commit this exchange in time; the exchange itself went through"
+
+
+async def _answered_4000_while_committed(
+    database_url: str,
+    spool: Path | None = None,
+    stalled_through_the_stop: bool = False,
+    received_at: datetime | None = None,
+) -> LogEntry:
+    """A row whose commit stalls (routing_log_chain locked) past its caller's deadline, amended as the relay amends it;
+    then the stall ends, before the writer stops or (stalled_through_the_stop) after: the row is spooled then."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=3)
+    blocker = await asyncpg.connect(database_url)
+    writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, commit_timeout_s=1, write_timeout_s=30,
+                              spool_dir=spool, drain_timeout_s=1)  # fmt: skip
+    entry = numbered_entry(1)
+    entry.received_at = received_at or entry.received_at
+    stall = blocker.transaction()
+    try:
+        async with writer.running():
+            await stall.start()
+            await blocker.execute("LOCK TABLE routing_log_chain IN EXCLUSIVE MODE")  # commits stall
+            with pytest.raises(LogUnavailable):
+                await writer.record(entry)
+            assert entry.chained_at is not None  # in the batch being committed: its content fixed by its hash
+            writer.amend(entry, 200, 4000, TOLD)
+            if not stalled_through_the_stop:
+                await stall.rollback()
+        if stalled_through_the_stop:
+            await stall.rollback()
+    finally:
+        await blocker.close()
+        await pool.close()
+    return entry
+
+
+def _amendments(database_url: str) -> list[tuple[object, ...]]:
+    rows = sql(database_url, "SELECT r.request_id, r.ocpi_status_code, a.http_status, a.ocpi_status_code, a.message,"
+                             " a.row_received_at = r.received_at FROM routing_log_amendment AS a"
+                             " JOIN routing_log AS r USING (chain_id, seq)")  # fmt: skip
+    return [tuple(row) for row in rows]
+
+
+def test_a_row_committed_after_its_caller_was_answered_4000_is_amended_with_that_answer(empty_database: str) -> None:
+    # Its row was committed as it was chained (no OCPI status of its own here: a relayed 1000 in the hub), while its
+    # caller got 4000 after the commit timeout: only the hub's own log said so.
+    numbered_log(empty_database, 1)
+    asyncio.run(asyncio.wait_for(_answered_4000_while_committed(empty_database), 60))
+    assert _amendments(empty_database) == [("r1", None, 200, 4000, TOLD, True)]
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 2), result.problems
+
+
+def test_an_amendment_not_written_when_the_writer_stops_is_spooled_and_written_by_the_next_writer(
+    empty_database: str, tmp_path: Path
+) -> None:
+    numbered_log(empty_database, 1)
+    spool = tmp_path / "spool"
+    asyncio.run(asyncio.wait_for(_answered_4000_while_committed(empty_database, spool, True), 60))
+    assert len(list(spool.iterdir())) == 1
+    assert _amendments(empty_database) == []
+
+    async def start_again() -> None:
+        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
+        async with RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, spool_dir=spool).running():
+            pass
+        await pool.close()
+
+    asyncio.run(asyncio.wait_for(start_again(), 60))
+    assert list(spool.iterdir()) == []
+    assert _amendments(empty_database) == [("r1", None, 200, 4000, TOLD, True)]
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 2), result.problems

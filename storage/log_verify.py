@@ -6,6 +6,10 @@ seal or a retention floor whose MAC does not verify is reported and not used.
 
 What no key shows is a chain's newest rows deleted together with its head, or a whole chain with its head: the heads
 (current_heads), kept outside the database, show that later (verify's saved).
+
+A row's amendment (what its caller was answered instead, migration 0015) is checked against its MAC, over the row's
+hash and place in its chain: an amendment changed, or moved to another row, is reported with that row. One deleted is
+not: nothing in a row says it had one (the hub's own log does: routing_log_row_not_as_answered).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import bisect
 import hmac
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -20,6 +25,7 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 
+from storage.log_amendment import amendment_verifies
 from storage.log_row import COLUMNS, GENESIS, floor_mac, keyed_hash_covers_id, legacy_hash, seal_mac
 from storage.sql import QUERIES
 
@@ -103,6 +109,8 @@ async def verify(
         sealed = _marks(result, key, await conn.fetch(QUERIES["sealed_chains"], timeout=timeout), seals=True)
         heads.update(sealed)  # an unkeyed chain ends where it was sealed, whatever its head says now
         floors = _Floors(_marks(result, key, await conn.fetch(QUERIES["chain_floors"], timeout=timeout)))
+        amendments = {(a["chain_id"], a["seq"]): a
+                      for a in await conn.fetch(QUERIES["every_amendment"], timeout=timeout)}  # fmt: skip
         trusted: set[Any] = set()  # the chains whose first row checked is the one before the range: not its link
         cut: set[Any] = set()  # the chains checked up to the row after the range, not to their head
         if ranged:
@@ -131,6 +139,7 @@ async def verify(
                 _settle(result, unsettled, None)
                 unsettled = previous = before = None
             covers_id = _check_content(result, row, key, sealed)
+            _check_amendment(result, row, amendments, key)
             _settle(result, unsettled, row)
             unsettled = None
             if previous is not None and row["seq"] == previous["seq"]:
@@ -147,9 +156,31 @@ async def verify(
             _check_head(result, previous, heads, floors, previous["chain_id"] in cut)
         if not ranged:  # in a range, the chains with rows in it
             _check_heads_without_rows(result, heads, seen, floors)
+            _check_amendments_without_rows(result, amendments.values(), floors)
         if saved is not None:  # rows out of a range were not checked above
             await _check_saved_heads(conn, result, saved, heads, floors, (key, sealed) if ranged else None, timeout)
     return result
+
+
+def _check_amendment(
+    result: Verification, row: asyncpg.Record, amendments: dict[tuple[Any, int], asyncpg.Record], key: bytes
+) -> None:
+    """The row's amendment, if it has one (taken from amendments: those left have no row checked)."""
+    if not amendments or (amendment := amendments.pop((row["chain_id"], row["seq"]), None)) is None:
+        return
+    if not amendment_verifies(key, row["hash"], amendment):
+        result.bad(row["id"], "its amendment (what its caller was answered instead) does not match its keyed hash: the "
+                              "amendment was changed, or moved here from another row")  # fmt: skip
+
+
+def _check_amendments_without_rows(result: Verification, left: Iterable[asyncpg.Record], floors: _Floors) -> None:
+    """Amendments whose row is not there, unless retention dropped it (as _check_saved_heads tells): a retention of the
+    version before amendments leaves them until the next retention deletes them."""
+    for amendment in left:
+        chain_id, seq = amendment["chain_id"], amendment["seq"]
+        if floors.highest(chain_id) < seq:
+            result.wrong(f"chain {chain_id}: an amendment of its row seq {seq}, which is not there: the row was "
+                         "deleted, or the amendment moved to a row that never was")  # fmt: skip
 
 
 def _head_seq(heads: dict[Any, asyncpg.Record], chain_id: Any) -> int:

@@ -1,8 +1,9 @@
 """The routing log's monthly partitions: created ahead of time, and dropped whole by retention.
 
 Dropping a partition records, per chain, the hash of each dropped row whose successor stays (routing_log_floor),
-MAC'd with the routing log's key, so that verify() continues every chain from its first remaining row. The default
-partition is never dropped: a row no month covered stays until an operator looks at it.
+MAC'd with the routing log's key, so that verify() continues every chain from its first remaining row, and deletes the
+amendments of the dropped rows (migration 0015). The default partition is never dropped: a row no month covered stays
+until an operator looks at it.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ async def _drop(
                 await conn.execute(QUERIES["lock_routing_log_partitions"])
                 await _record_floors(conn, name, partition.name, key)
                 await conn.execute(f"DROP TABLE {name}")
+                # no foreign key (it would refuse the DROP): the rows' amendments go in the same transaction
+                await conn.execute(QUERIES["delete_amendments_of_dropped_rows"], partition.upper)
             return
         except asyncpg.LockNotAvailableError:
             log.warning("routing_log_partition_busy", partition=partition.name, attempt=attempt, attempts=attempts)

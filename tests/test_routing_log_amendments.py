@@ -4,16 +4,17 @@ did not finish in time) is kept with what the caller got instead, written once, 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from storage.log_row import LogEntry
+from storage.partitions import drop_before
 from storage.routing_log import LogUnavailable, RoutingLogWriter
 from tests.conftest import LOG_KEY
-from tests.log_rows import numbered_entry, numbered_log, sql, verified
+from tests.log_rows import numbered_entry, numbered_log, run_on, sql, verified
 
 TOLD = "the routing log could not commit this exchange in time; the exchange itself went through"
 
@@ -88,3 +89,47 @@ def test_an_amendment_not_written_when_the_writer_stops_is_spooled_and_written_b
     assert _amendments(empty_database) == [("r1", None, 200, 4000, TOLD, True)]
     result = verified(empty_database)
     assert (result.ok, result.rows) == (True, 2), result.problems
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        "UPDATE routing_log_amendment SET ocpi_status_code = 1000",
+        "UPDATE routing_log_amendment SET message = 'answered as the row says'",
+        "UPDATE routing_log_amendment SET answered_at = answered_at - interval '1 minute'",
+        # moved to r0, the first writer's row (seq 1 too, in its own chain)
+        "UPDATE routing_log_amendment SET chain_id = (SELECT chain_id FROM routing_log WHERE request_id = 'r0')",
+    ],
+)
+def test_an_amendment_edited_or_moved_to_another_row_fails_verify_naming_that_row(
+    empty_database: str, tamper: str
+) -> None:
+    numbered_log(empty_database, 1)
+    asyncio.run(asyncio.wait_for(_answered_4000_while_committed(empty_database), 60))
+    [(amended_id, first_id)] = sql(empty_database, "SELECT max(id), min(id) FROM routing_log")
+    row_id = first_id if "SET chain_id" in tamper else amended_id
+    result = verified(empty_database, tamper)
+    assert (result.ok, result.first_bad_id) == (False, row_id)
+    assert result.problems == [f"row {row_id}: its amendment (what its caller was answered instead) does not match "
+                               "its keyed hash: the amendment was changed, or moved here from another row"]  # fmt: skip
+
+
+def test_an_amendment_whose_row_was_deleted_fails_verify(empty_database: str) -> None:
+    numbered_log(empty_database, 1)
+    asyncio.run(asyncio.wait_for(_answered_4000_while_committed(empty_database), 60))
+    result = verified(empty_database, "DELETE FROM routing_log WHERE request_id = 'r1'")
+    assert result.ok is False
+    assert any("an amendment of its row seq 1, which is not there" in problem for problem in result.problems)
+
+
+def test_retention_dropping_a_month_drops_the_amendments_of_its_rows(empty_database: str) -> None:
+    numbered_log(empty_database, 1)
+    old = datetime.now(UTC).replace(day=1, hour=12) - timedelta(days=500)
+    sql(empty_database, "SELECT routing_log_add_partition($1)", old)
+    asyncio.run(asyncio.wait_for(_answered_4000_while_committed(empty_database, received_at=old), 60))
+    assert len(_amendments(empty_database)) == 1
+    dropped = run_on(empty_database, lambda conn: drop_before(conn, old + timedelta(days=40), key=LOG_KEY))
+    assert len(dropped) == 1
+    assert sql(empty_database, "SELECT count(*) FROM routing_log_amendment")[0][0] == 0
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 1), result.problems

@@ -32,10 +32,17 @@ LIST_COLUMNS = (
 )  # fmt: skip
 # An export's rows also name the ids a list answer held (up to 1,000 a row: not on a page of 500 search items; the
 # message view shows them too).
-EXPORT_COLUMNS = (*LIST_COLUMNS, "listed_ids")
+EXPORT_COLUMNS = (*LIST_COLUMNS, "listed_ids", "answered_instead")
 # the hash in hex, as the message view shows it: an export keeps it, and a row showing another one later was changed
 _SELECT = ", ".join(f"encode({name}, 'hex') AS {name}" if name.endswith("hash") else name for name in LIST_COLUMNS)
-_EXPORT_SELECT = f"{_SELECT}, listed_ids"
+# What the row's caller was answered instead (migration 0015), as JSON text: an object in NDJSON, a cell in CSV.
+_ANSWERED_INSTEAD = (
+    "(SELECT json_build_object('http_status', a.http_status, 'ocpi_status_code', a.ocpi_status_code, 'status_message',"
+    " a.message, 'answered_at', to_char(a.answered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))::text"
+    " FROM routing_log_amendment AS a WHERE a.chain_id = routing_log.chain_id AND a.seq = routing_log.seq)"
+    " AS answered_instead"
+)
+_EXPORT_SELECT = f"{_SELECT}, listed_ids, {_ANSWERED_INSTEAD}"
 ORDER_NEWEST = "ORDER BY received_at DESC, id DESC"
 ORDER_OLDEST = "ORDER BY received_at, id"
 

@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,6 +23,7 @@ import redis
 from storage.embedded import EmbeddedPostgres, EmbeddedValkey
 from tests.conftest import OUTPUT, Services, hub_env, register_at_hub, start_hub
 from tests.parties import token_header
+from tests.test_credentials_rotation import console_page
 from tests.test_pull_sync import _wait
 from tests.test_routing import LOCATION, _roles, party_key
 
@@ -151,8 +153,22 @@ def test_while_postgres_hangs_callers_are_answered_in_time_and_their_rows_are_wr
         # committed as it was chained, the receiver's 1000, and amended with the 4000 its caller got
         assert logged[0]["ocpi_status_code"] == 1000
         assert _amended(url) == {logged[0]["id"]: (200, 4000, hung.json()["status_message"])}
+        told = {"http_status": 200, "ocpi_status_code": 4000, "status_message": hung.json()["status_message"]}
+        search = {"request_id": "while-postgres-hangs"}
         with hub.admin() as admin:
             assert admin.get("/admin/api/routing-log/verify").json()["ok"] is True
+            [item] = admin.get("/admin/api/routing-log", params=search).json()["items"]
+            message = admin.get(f"/admin/api/routing-log/{item['id']}").json()
+            [exported] = [json.loads(line) for line in admin.get("/admin/api/routing-log/export", params=search).text
+                          .splitlines()]  # fmt: skip
+        # shown with the row, whose own fields say what the receiver answered
+        for shown in (item, message, exported):
+            assert shown["ocpi_status_code"] == 1000
+            answered, received = shown["answered_instead"], datetime.fromisoformat(shown["received_at"])
+            assert received < datetime.fromisoformat(answered.pop("answered_at")) < datetime.now(UTC)
+            assert answered == told
+        page = console_page(hub, f"/console/log/{item['id']}")
+        assert "Answered instead</dt>" in page and "HTTP 200 · OCPI 4000 at" in page
         assert "Traceback" not in hub.log()
     finally:
         hub.stop()

@@ -58,9 +58,17 @@ class _CsvLines:
         return line
 
 
+def _as_object(row: asyncpg.Record) -> dict[str, Any]:
+    """An NDJSON row: its amendment (answered_instead) as an object."""
+    item = dict(row)
+    if item["answered_instead"] is not None:
+        item["answered_instead"] = msgspec.json.decode(item["answered_instead"])
+    return item
+
+
 def _with_bodies(row: asyncpg.Record, headers_as_objects: bool) -> dict[str, Any]:
     """The row with its bodies as text, as the parties sent them (cut at OCPI_HUB_LOG_BODY_MAX_BYTES)."""
-    item = dict(row)
+    item = _as_object(row) if headers_as_objects else dict(row)
     for name in ("request_body", "response_body"):
         item[name] = body_of(item[name]).decode("utf-8", errors="replace") if item[name] else None
     if headers_as_objects:  # NDJSON: objects; CSV keeps the JSON text
@@ -83,7 +91,7 @@ async def export_rows(
             if export_format == "csv":
                 chunk += lines.encode(tuple(item.values()))
             else:
-                chunk += _encoder.encode(dict(item))
+                chunk += _encoder.encode(item if bodies else _as_object(row))
                 chunk += b"\n"
             if len(chunk) >= FLUSH_BYTES:
                 yield bytes(chunk)

@@ -14,6 +14,7 @@ from hub.admin.actors import READ_ONLY, Actor, actor_of, record_action
 from hub.admin.api import AdminError, json_response, takes_no_parameters
 from hub.envelope import path_number, whole_number
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S, DATABASE_TIMEOUT_S
+from storage.log_amendment import answered_instead
 from storage.log_row import body_of, stored_text
 from storage.log_search import (
     LIST_COLUMNS,
@@ -85,10 +86,17 @@ async def routing_log(request: Request) -> Response[bytes]:
     async with request.app.state.pool.acquire() as conn:
         await record_action(conn, actor_of(request), "search", recorded)
         rows = await fetch_planned(conn, sql, args)
-    items = [dict(row) for row in rows[:limit]]
+        items = await with_amendments(conn, rows[:limit])
     last = items[-1] if len(rows) > limit else None
     next_cursor = encode_cursor(last["received_at"], last["id"]) if last else None
     return json_response({"items": items, "next_cursor": next_cursor})
+
+
+async def with_amendments(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    """The rows as items, each with answered_instead: what its caller was answered instead of what the row says
+    (storage.log_amendment), or None; the row's own fields as they are."""
+    amended = await answered_instead(conn, rows)
+    return [dict(row) | {"answered_instead": amended.get((row["chain_id"], row["seq"]))} for row in rows]
 
 
 def _body(stored: bytes | None, size: int) -> dict[str, Any]:
@@ -130,6 +138,7 @@ async def load_message(conn: asyncpg.Connection, row_id: int) -> dict[str, Any] 
         return None
     message = {name: row[name] for name in LIST_COLUMNS}
     message.update(
+        answered_instead=(await answered_instead(conn, [row])).get((row["chain_id"], row["seq"])),
         listed_ids=row["listed_ids"],
         prev_hash=row["prev_hash"].hex(),
         hash=row["hash"].hex(),
@@ -156,7 +165,7 @@ async def routing_log_conversation(request: Request) -> Response[bytes]:
 async def load_conversation(conn: asyncpg.Connection, correlation_id: str) -> tuple[list[dict[str, Any]], bool]:
     """The first MAX_CONVERSATION messages of one correlation id, oldest first, and whether there are more."""
     rows = await conn.fetch(QUERIES["routing_log_correlation"], correlation_id, MAX_CONVERSATION + 1)
-    return [dict(row) for row in rows[:MAX_CONVERSATION]], len(rows) > MAX_CONVERSATION
+    return await with_amendments(conn, rows[:MAX_CONVERSATION]), len(rows) > MAX_CONVERSATION
 
 
 async def recorded_heads(conn: asyncpg.Connection, who: Actor, given: dict[str, Any]) -> Heads:

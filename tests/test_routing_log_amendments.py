@@ -14,7 +14,7 @@ from storage.log_row import LogEntry
 from storage.partitions import drop_before
 from storage.routing_log import LogUnavailable, RoutingLogWriter
 from tests.conftest import LOG_KEY
-from tests.log_rows import numbered_entry, numbered_log, run_on, sql, verified
+from tests.log_rows import numbered_entry, numbered_log, run_on, sql, verified, write
 
 TOLD = "the routing log could not commit this exchange in time; the exchange itself went through"
 
@@ -130,6 +130,31 @@ def test_retention_dropping_a_month_drops_the_amendments_of_its_rows(empty_datab
     assert len(_amendments(empty_database)) == 1
     dropped = run_on(empty_database, lambda conn: drop_before(conn, old + timedelta(days=40), key=LOG_KEY))
     assert len(dropped) == 1
+    assert sql(empty_database, "SELECT count(*) FROM routing_log_amendment")[0][0] == 0
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 1), result.problems
+
+
+def test_amendments_a_retention_of_the_previous_version_left_behind_pass_verify_and_go_with_the_next_run(
+    empty_database: str,
+) -> None:
+    # The previous version (a rolling upgrade) drops partitions as before, and nothing drops the amendments of their
+    # rows: no foreign key holds them, so as not to refuse its DROP.
+    numbered_log(empty_database, 1)
+    older = datetime.now(UTC).replace(day=1, hour=12) - timedelta(days=600)
+    old = older + timedelta(days=40)
+    for month in (older, old):
+        sql(empty_database, "SELECT routing_log_add_partition($1)", month)
+    asyncio.run(asyncio.wait_for(_answered_4000_while_committed(empty_database, received_at=older), 60))
+    later = numbered_entry(2)
+    later.received_at = old
+    write(empty_database, [later])
+    [amendment] = sql(empty_database, "SELECT * FROM routing_log_amendment")
+    run_on(empty_database, lambda conn: drop_before(conn, older + timedelta(days=35), key=LOG_KEY))
+    sql(empty_database, "INSERT INTO routing_log_amendment VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", *amendment)
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 2), result.problems
+    run_on(empty_database, lambda conn: drop_before(conn, old + timedelta(days=35), key=LOG_KEY))
     assert sql(empty_database, "SELECT count(*) FROM routing_log_amendment")[0][0] == 0
     result = verified(empty_database)
     assert (result.ok, result.rows) == (True, 1), result.problems

@@ -176,7 +176,7 @@ class RoutingLogWriter:
                 self._seq, self._last_hash = head
                 await self._amendments_alone()
                 batch = await self._committed_one_by_one(batch)
-            self.batches += 1
+            self.batches += bool(batch)
             self.rows += len(batch)
             for entry in batch:
                 if entry.waiter is not None and not entry.waiter.done():
@@ -200,7 +200,7 @@ class RoutingLogWriter:
                     await self._write(batch, records)
                     self._in_flight = None
                     self._amended()
-                    if self.on_commit is not None:
+                    if self.on_commit is not None and batch:  # of rows: not of amendments alone
                         self.on_commit(len(batch), time.perf_counter() - started)
                     return
                 except asyncpg.DataError:
@@ -330,9 +330,10 @@ class RoutingLogWriter:
         self._ids.extend(sorted(ids))  # above those held: the database reserved them later
 
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
-        """The whole batch in one call (append_routing_log_rows, migrations 0008 and 0014), so one round trip and one
-        commit whatever the batch size: the rows as one array of routing_log_row records, the locations as one of
-        relayed_location_entry; it reserves the ids of the next batches in the same call."""
+        """The whole batch in one call (append_routing_log_batch, migrations 0008, 0014 and 0015), so one round trip
+        and one commit whatever the batch size: the rows as one array of routing_log_row records, the locations as one
+        of relayed_location_entry, the amendments taken (of rows committed before) as one of
+        routing_log_amendment_entry; it reserves the ids of the next batches in the same call."""
         # enough for batches up to four times this one's, so that a growing load seldom needs reserve_ids
         wanted = max(0, min(self._max_batch_rows, len(batch) * 4 + 16) - len(self._ids))
         amendments = amendment_records(self._key, self._chain_text, self._amending) if self._amending else []

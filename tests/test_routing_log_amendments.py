@@ -10,7 +10,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from storage.log_row import LogEntry
 from storage.partitions import drop_before
 from storage.routing_log import LogUnavailable, RoutingLogWriter
 from tests.conftest import LOG_KEY
@@ -24,7 +23,7 @@ async def _answered_4000_while_committed(
     spool: Path | None = None,
     stalled_through_the_stop: bool = False,
     received_at: datetime | None = None,
-) -> LogEntry:
+) -> RoutingLogWriter:
     """A row whose commit stalls (routing_log_chain locked) past its caller's deadline, amended as the relay amends it;
     then the stall ends, before the writer stops or (stalled_through_the_stop) after: the row is spooled then."""
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=3)
@@ -49,7 +48,7 @@ async def _answered_4000_while_committed(
     finally:
         await blocker.close()
         await pool.close()
-    return entry
+    return writer
 
 
 def _amendments(database_url: str) -> list[tuple[object, ...]]:
@@ -63,8 +62,9 @@ def test_a_row_committed_after_its_caller_was_answered_4000_is_amended_with_that
     # Its row was committed as it was chained (no OCPI status of its own here: a relayed 1000 in the hub), while its
     # caller got 4000 after the commit timeout: only the hub's own log said so.
     numbered_log(empty_database, 1)
-    asyncio.run(asyncio.wait_for(_answered_4000_while_committed(empty_database), 60))
+    writer = asyncio.run(asyncio.wait_for(_answered_4000_while_committed(empty_database), 60))
     assert _amendments(empty_database) == [("r1", None, 200, 4000, TOLD, True)]
+    assert (writer.batches, writer.rows) == (1, 1)  # written alone, the amendment is no batch of rows (metrics)
     result = verified(empty_database)
     assert (result.ok, result.rows) == (True, 2), result.problems
 

@@ -10,11 +10,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from storage.log_row import COLUMNS
 from storage.partitions import drop_before
 from storage.routing_log import LogUnavailable, RoutingLogWriter
 from tests.conftest import LOG_KEY
 from tests.log_rows import numbered_entry, numbered_log, run_on, sql, verified, write
 
+_HASH = COLUMNS.index("hash")  # in a record as the writer chains it
 TOLD = "the routing log could not commit this exchange in time; the exchange itself went through"
 
 
@@ -158,3 +160,24 @@ def test_amendments_a_retention_of_the_previous_version_left_behind_pass_verify_
     assert sql(empty_database, "SELECT count(*) FROM routing_log_amendment")[0][0] == 0
     result = verified(empty_database)
     assert (result.ok, result.rows) == (True, 1), result.problems
+
+
+def test_an_instance_of_the_previous_version_writes_through_0014s_function_beside_amended_rows(
+    empty_database: str,
+) -> None:
+    # Rolling upgrade: after migration 0015 an instance of the previous version still appends its batches with
+    # append_routing_log_rows (0014), which 0015 leaves as it was, while this version writes rows and amendments.
+    numbered_log(empty_database, 1)
+    asyncio.run(asyncio.wait_for(_answered_4000_while_committed(empty_database), 60))
+
+    async def append_as_the_previous_version(conn: asyncpg.Connection) -> None:
+        chaining = RoutingLogWriter(conn, key=LOG_KEY, body_cap=1024)  # its chaining alone: no pool used
+        records = [chaining._chained(numbered_entry(n)) for n in (7, 8)]
+        await conn.fetchrow("SELECT appended, next_ids FROM append_routing_log_rows($1::routing_log_row[], $2, $3, $4,"
+                            " $5::relayed_location_entry[], $6)", records, chaining.chain_id, 2, records[-1][_HASH],
+                            [], 4)  # fmt: skip
+
+    run_on(empty_database, append_as_the_previous_version)
+    assert len(_amendments(empty_database)) == 1
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 4), result.problems

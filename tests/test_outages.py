@@ -118,6 +118,10 @@ def test_while_postgres_hangs_callers_are_answered_in_time_and_their_rows_are_wr
             started = time.monotonic()
             return call(), time.monotonic() - started
 
+        # The registrations' own messages (the CPO told of the eMSP) written first: the push below is then alone in
+        # the batch being committed when PostgreSQL stops, its row chained, not queued behind theirs.
+        _wait(lambda: cpo.client_infos())
+        assert push("before-postgres-hangs").json()["status_code"] == 1000
         postmaster = postgres._live_pid()
         assert postmaster is not None
         frozen = _server_processes(postmaster)
@@ -145,14 +149,15 @@ def test_while_postgres_hangs_callers_are_answered_in_time_and_their_rows_are_wr
         assert hung.status_code == 200 and hung.json()["status_code"] == 4000
         assert hung.json()["status_message"] == ("the routing log could not commit this exchange in time; "
                                                  "the exchange itself went through")  # fmt: skip
-        assert [r.path for r in emsp.functional()] == [f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/L1"]
+        assert [r.path for r in emsp.functional()] == [f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/L1"] * 2
         after = push("after-postgres-answers-again")
         assert after.json()["status_code"] == 1000
         logged = _logged_rows(url, "%postgres%")
-        assert [row["request_id"] for row in logged] == ["while-postgres-hangs", "after-postgres-answers-again"]
+        assert [row["request_id"] for row in logged] == ["before-postgres-hangs", "while-postgres-hangs",
+                                                         "after-postgres-answers-again"]  # fmt: skip
         # committed as it was chained, the receiver's 1000, and amended with the 4000 its caller got
-        assert logged[0]["ocpi_status_code"] == 1000
-        assert _amended(url) == {logged[0]["id"]: (200, 4000, hung.json()["status_message"])}
+        assert logged[1]["ocpi_status_code"] == 1000
+        assert _amended(url) == {logged[1]["id"]: (200, 4000, hung.json()["status_message"])}
         told = {"http_status": 200, "ocpi_status_code": 4000, "status_message": hung.json()["status_message"]}
         search = {"request_id": "while-postgres-hangs"}
         with hub.admin() as admin:

@@ -102,6 +102,7 @@ class RoutingLogWriter:
         # refused batch written row by row): spooled at close with the queued ones
         self._taken: list[LogEntry] = []
         self._amending: list[Amendment] = []  # taken from the queue, written with the next commit (spooled at close)
+        self._closing: list[Amendment] | None = None  # made while the spool is written at close: spooled too
         self._spool_dir = spool_dir
         self._drain_timeout_s = drain_timeout_s
         self.batches = 0
@@ -127,7 +128,7 @@ class RoutingLogWriter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            spooled = self._spool_unwritten()
+            spooled = await self._spool_unwritten()
             await self._connection.release(broken=spooled > 0)
 
     async def record(self, entry: LogEntry) -> None:
@@ -146,6 +147,9 @@ class RoutingLogWriter:
     def amend(self, entry: LogEntry, http_status: int, ocpi_status_code: int | None, message: str) -> None:
         """Record that the caller of a chained row (its content fixed) was answered otherwise than the row says: the
         amendment is written once the row is committed, with the next batch, or alone."""
+        if self._closing is not None:
+            self._closing.append(Amendment(entry, http_status, ocpi_status_code, message, datetime.now(UTC)))
+            return
         if self._task is None or self._task.done():  # the writer has closed: only the hub's own log keeps it
             log.error("routing_log_amendment_lost", request_id=entry.request_id, http_status=http_status,
                       ocpi_status_code=ocpi_status_code, status_message=message)  # fmt: skip
@@ -356,7 +360,7 @@ class RoutingLogWriter:
             await conn.execute(QUERIES["seal_chain"], chain_id, last_seq, last_hash, mac)
         log.warning("routing_log_spooled_chain_sealed", chain_id=str(chain_id), last_seq=last_seq)
 
-    def _spool_unwritten(self) -> int:
+    async def _spool_unwritten(self) -> int:
         """At close: the rows not committed (the batch in flight, as it was chained, then the queued ones, chained
         now) into a file of spool_dir, and the amendments not written, in a last part of their own; how many of both.
         Without a spool_dir they are counted and lost, loudly."""
@@ -391,9 +395,30 @@ class RoutingLogWriter:
             _fail_waiters(waiting, "the hub stopped before the routing log could commit this exchange")
             return rows + len(amendments)
         log.error("routing_log_rows_spooled", rows=rows, amendments=len(amendments), path=str(path))
+        return rows + len(amendments) + await self._spool_amendments_of_failed(waiting, path.parent, parts)
+
+    async def _spool_amendments_of_failed(
+        self, waiting: list[LogEntry], spool_dir: Path, parts: list[dict[str, Any]]
+    ) -> int:
+        """The callers still waiting for the spooled rows are failed: those whose rows are chained amend them
+        (hub.ocpi.relay) before they are answered, at once, and their amendments join the spool file (saved again,
+        whole); how many."""
+        self._closing = []
         _fail_waiters(waiting, "the hub stopped before the routing log could commit this exchange; the row is "
                                "kept on disk and written when the hub starts again")  # fmt: skip
-        return rows + len(amendments)
+        await asyncio.sleep(0)  # the failed callers run up to their answer, amending as they go
+        closing, self._closing = self._closing, None
+        if not (amendments := amendment_records(self._key, self._chain_text, closing)):
+            return 0
+        parts.append({"records": [], "locations": [], "amendments": amendments})
+        try:
+            log_spool.save(spool_dir, self._chain_text, parts)
+        except OSError as exc:
+            log.error("routing_log_amendments_lost", amendments=len(amendments), chain_id=self._chain_text,
+                      error=str(exc))  # fmt: skip
+            return 0
+        log.error("routing_log_amendments_spooled", amendments=len(amendments), chain_id=self._chain_text)
+        return len(amendments)
 
 
 def _rows_and_amendments(taken: list[LogEntry | Amendment]) -> tuple[list[LogEntry], list[Amendment]]:

@@ -181,3 +181,52 @@ def test_an_instance_of_the_previous_version_writes_through_0014s_function_besid
     assert len(_amendments(empty_database)) == 1
     result = verified(empty_database)
     assert (result.ok, result.rows) == (True, 4), result.problems
+
+
+def test_a_caller_still_waiting_when_the_writer_stops_is_amended_in_the_spool_too(
+    empty_database: str, tmp_path: Path
+) -> None:
+    # A stop that comes before the commit timeout (a request still waiting when the hub's grace period ends) fails
+    # the waiters of the rows it spools: their callers are answered 4000 as the writer closes, their rows chained.
+    numbered_log(empty_database, 1)
+    spool = tmp_path / "spool"
+
+    async def stop_while_a_caller_waits() -> None:
+        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=3)
+        blocker = await asyncpg.connect(empty_database)
+        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, commit_timeout_s=60, write_timeout_s=30,
+                                  spool_dir=spool, drain_timeout_s=0.5)  # fmt: skip
+        entry = numbered_entry(1)
+
+        async def call_as_the_relay_does() -> None:
+            try:
+                await writer.record(entry)
+            except LogUnavailable as exc:
+                if entry.chained_at is not None:
+                    writer.amend(entry, 200, 4000, f"{exc}; the exchange itself went through")
+
+        try:
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE routing_log_chain IN EXCLUSIVE MODE")  # commits stall
+                async with writer.running():
+                    caller = asyncio.create_task(call_as_the_relay_does())
+                    await asyncio.sleep(0.3)
+                await caller
+        finally:
+            await blocker.close()
+            await pool.close()
+
+    asyncio.run(asyncio.wait_for(stop_while_a_caller_waits(), 60))
+
+    async def start_again() -> None:
+        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
+        async with RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, spool_dir=spool).running():
+            pass
+        await pool.close()
+
+    asyncio.run(asyncio.wait_for(start_again(), 60))
+    told = ("the hub stopped before the routing log could commit this exchange; the row is kept on disk and written "
+            "when the hub starts again; the exchange itself went through")  # fmt: skip
+    assert _amendments(empty_database) == [("r1", None, 200, 4000, told, True)]
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 2), result.problems

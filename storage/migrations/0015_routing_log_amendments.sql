@@ -51,8 +51,10 @@ BEGIN
         appended := false;
         next_ids := ARRAY(SELECT nextval('routing_log_row_id') FROM generate_series(1, ids_wanted));
     END IF;
-    INSERT INTO routing_log_amendment (chain_id, seq, row_received_at, http_status, ocpi_status_code, message,
-                                       answered_at, mac)
-    SELECT * FROM unnest(amendments)
-    ON CONFLICT (chain_id, seq) DO NOTHING;
+    IF cardinality(amendments) > 0 THEN  -- nearly every batch has none: no statement for them
+        INSERT INTO routing_log_amendment (chain_id, seq, row_received_at, http_status, ocpi_status_code, message,
+                                           answered_at, mac)
+        SELECT * FROM unnest(amendments)
+        ON CONFLICT (chain_id, seq) DO NOTHING;
+    END IF;
 END $$;

@@ -117,10 +117,10 @@ def with_response_url(incoming: Incoming, original: str, replacement: str) -> tu
         if not _plainly_the_response_url(body, ours):
             _check_the_one_response_url(body, replacement)
         return body, incoming.query
-    # Escaped differently from msgspec's form (e.g. "\/"): re-encode the object, keys in their order (a key sent
-    # twice, once: the hub's).
-    document = msgspec.json.decode(incoming.body)
-    document["response_url"] = replacement
+    # Escaped differently from msgspec's form (e.g. "\/"): the object written again, keys in their order (a key sent
+    # twice, once: the hub's), every other value as it came (Raw: 10.50 stays 10.50, not the float 10.5).
+    document = msgspec.json.decode(incoming.body, type=dict[str, msgspec.Raw])
+    document["response_url"] = msgspec.Raw(_encode(replacement))
     return _encode(document), incoming.query
 
 

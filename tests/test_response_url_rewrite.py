@@ -52,3 +52,11 @@ def test_a_command_with_escapes_or_a_response_url_key_elsewhere_goes_on_with_the
         forwarded = json.loads(cpo.functional()[-1].body, object_pairs_hook=list)
         [ours] = [value for key, value in forwarded if key == "response_url"]
         assert ours.startswith(f"{hub.base}/ocpi/2.2.1/results/"), body
+    # The response_url escaped otherwise than the hub writes it: the object is written again, every other value as the
+    # eMSP wrote it (a number 10.50 was forwarded as 10.5).
+    body = f'{{"response_url": "{escaped}", "price": 10.50, "token": {{"uid": "A", "n": 1.0}}, "location_id": "L1"}}'
+    answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), content=body.encode(),
+                       headers={"Content-Type": "application/json"})  # fmt: skip
+    assert answer.json()["status_code"] == 1000, answer.text
+    forwarded = cpo.functional()[-1].body
+    assert b'"price":10.50' in forwarded and b'"token":{"uid": "A", "n": 1.0}' in forwarded, forwarded

@@ -43,8 +43,8 @@ def new_key() -> str:
 class RoutingState(OwnerIndex):
     """Pending result callbacks and paging links (remember, recall) beside the owner index (storage.owner_index)."""
 
-    async def remember(self, kind: str, relayed: Relayed, ttl_s: int) -> str:
-        key = new_key()
+    async def remember(self, kind: str, relayed: Relayed, ttl_s: int, key: str | None = None) -> str:
+        key = key or new_key()
         await self._redis.set(f"{self._prefix}{kind}:{key}", _encoder.encode(relayed), ex=ttl_s)
         return key
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import redis as redis_sync
 
-from tests.conftest import Hub
+from tests.conftest import Hub, Services
 from tests.test_routing import _roles, party_key
 
 
@@ -23,9 +24,10 @@ from tests.test_routing import _roles, party_key
     ids=["key-twice", "key-twice-escaped", "escaped-beside-plain"],
 )
 def test_a_command_whose_forwarded_body_would_hold_a_response_url_not_the_hubs_is_refused(
-    hub: Hub, connect_party, body: str, said: str
+    hub: Hub, connect_party, services: Services, body: str, said: str
 ) -> None:
     emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    kept = _results_kept(services)
     url = f"{emsp.base}/ocpi/2.2.1/commands/sender/START_SESSION/1"
     content = body.format(url=url, escaped=url.replace("/", "\\/")).encode()
     answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), content=content,
@@ -33,6 +35,15 @@ def test_a_command_whose_forwarded_body_would_hold_a_response_url_not_the_hubs_i
     assert (answer.status_code, answer.json()["status_code"]) == (200, 2001), answer.text
     assert said in answer.json()["status_message"]
     assert cpo.functional() == []
+    assert _results_kept(services) == kept  # nothing kept for a result that cannot come
+
+
+def _results_kept(services: Services) -> int:
+    client = redis_sync.Redis.from_url(services.redis_url)
+    try:
+        return sum(1 for _ in client.scan_iter(f"{services.redis_prefix}results:*"))
+    finally:
+        client.close()
 
 
 def test_a_command_with_escapes_or_a_response_url_key_elsewhere_goes_on_with_the_hubs_response_url(

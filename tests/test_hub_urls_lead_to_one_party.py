@@ -52,6 +52,26 @@ def test_a_result_addressed_to_another_party_than_the_requester_is_refused_with_
     assert [r.path for r in emsp.functional()] == [RESULT_PATH, RESULT_PATH]
 
 
+def test_a_result_posted_with_ocpi_from_of_another_platform_is_refused_with_2001_and_not_forwarded(
+    hub: Hub, connect_party
+) -> None:
+    emsp, cpo, other_cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO")), connect_party(_roles("CPO"))
+    method, path, body = COMMAND
+    sent = emsp.call(
+        hub.base, method, path, to=party_key(cpo), body=body | {"response_url": f"{emsp.base}{RESULT_PATH}"}
+    )
+    assert sent.json()["status_code"] == 1000, sent.text
+    response_url = json.loads(cpo.functional()[0].body)["response_url"]  # the hub's
+    spoofed = cpo.call(hub.base, "POST", response_url, from_=party_key(other_cpo), body={"result": "ACCEPTED"})
+    assert spoofed.json()["status_code"] == 2001, spoofed.text
+    assert spoofed.json()["status_message"].startswith(
+        f"OCPI-from {'-'.join(party_key(other_cpo))} is not a party of the calling platform"
+    )
+    assert emsp.functional() == []
+    own = cpo.call(hub.base, "POST", response_url, body={"result": "ACCEPTED"})  # its own OCPI-from
+    assert own.json()["status_code"] == 1000, own.text
+
+
 def test_a_paging_link_followed_with_ocpi_to_of_another_party_is_refused_and_not_forwarded(
     hub: Hub, connect_party
 ) -> None:

@@ -17,7 +17,7 @@ from routing.decide import Delivery
 from routing.forward import Answer
 from routing.request import party_text, routing_party
 from routing.rewrite import link_urls, resolved, rewrite_link_header, why_not_callable, with_query
-from storage.directory import PartyRole
+from storage.directory import PartyRole, Platform
 from storage.log_row import RELAYED_CDRS
 from storage.routing_state import PAGE_TTL_S, Relayed
 from storage.sql import QUERIES
@@ -54,6 +54,7 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     target = relay.directory.current.platforms.get(relayed.target_platform_id)
     to = next((r for r in target.roles if r.key == relayed.target_party), None) if target else None
     _check_addressed(exchange, kind, relayed, to)
+    _check_sender(exchange, caller)
     entry.routing = "direct"
     if target is None or to is None or target.state != "REGISTERED":
         raise ReceiverNotConnected(f"the party behind {path} is no longer connected")
@@ -71,6 +72,17 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     answer = await relay.call_party(exchange, delivery, sender, entry.method, url, "", entry.request_body)
     await rewrite(relay, exchange, answer, delivery, url, relayed.module, relayed.interface)
     return answer
+
+
+def _check_sender(exchange: Exchange, caller: Platform) -> None:
+    """OCPI-from, where sent, names a party of the calling platform, as on every other request (routing.decide
+    sender_of); the hub fills in the party the URL was handed to whatever it names, but a foreign one is a spoof."""
+    claimed = routing_party(exchange.headers, "from")
+    if claimed is not None and all(role.key != claimed for role in caller.roles):
+        raise InvalidParameters(
+            f"OCPI-from {party_text(claimed)} is not a party of the calling platform (its parties: "
+            f"{', '.join(sorted(party_text(role.key) for role in caller.roles))}): nothing was forwarded"
+        )
 
 
 def _check_addressed(exchange: Exchange, kind: str, relayed: Relayed, to: PartyRole | None) -> None:

@@ -25,6 +25,20 @@ def _signed_in(hub: Hub) -> Iterator[httpx.Client]:
         yield console
 
 
+def test_a_signed_out_cookie_opens_nothing_even_sent_again(hub: Hub) -> None:
+    # Signing out expired the cookie in the browser only: a copy of it (a shared machine, a proxy's log) kept the
+    # admin's console open for the rest of its 12 hours.
+    with _signed_in(hub) as console:
+        cookie = console.cookies["ocpi_hub_console"]
+        assert console.get("/console/log").status_code == 200
+        assert console.post("/console/sign-out").status_code == 303
+    with httpx.Client(base_url=hub.base, timeout=30, cookies={"ocpi_hub_console": cookie}) as copy:
+        again = copy.get("/console/log")
+        assert again.status_code == 303 and again.headers["location"].startswith("/console/sign-in"), again.headers
+    with _signed_in(hub) as console:  # a new sign-in works as before
+        assert console.get("/console/log").status_code == 200
+
+
 def _assert_console_headers(answer: httpx.Response, cached: bool = False) -> None:
     for name, value in EVERY_ANSWER.items():
         assert answer.headers.get(name) == value, (answer.request.url, name, answer.headers)

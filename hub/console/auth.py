@@ -13,7 +13,7 @@ from litestar.response import Redirect, Template
 
 from hub.admin.actors import ADMIN, Actor, record_action, resolve_actor
 from hub.console.headers import foreign_origin
-from hub.console.session import COOKIE, expired_cookie, session_cookie, token_of
+from hub.console.session import COOKIE, LIFETIME_S, expired_cookie, session_cookie, signed_out_key, token_of
 
 log = structlog.get_logger()
 
@@ -47,7 +47,10 @@ async def require_actor(request: Request) -> Response[Any] | None:
         return Template("problem.html", context=context, status_code=403)
     if request.scope["path"] in PUBLIC or request.scope["path"].startswith("/console/static/"):
         return None
-    token = token_of(state.settings.secret_key, request.cookies.get(COOKIE))
+    cookie = request.cookies.get(COOKIE)
+    token = token_of(state.settings.secret_key, cookie)
+    if token is not None and cookie and await state.redis.exists(signed_out_key(state.settings.redis_prefix, cookie)):
+        token = None  # signed out: the cookie opens nothing any more, wherever it is sent from
     actor = await resolve_actor(state.pool, state.settings.admin_token, token)
     if actor is None:
         here = request.scope["path"] + (f"?{request.scope['query_string'].decode()}" if request.scope["query_string"]
@@ -95,6 +98,9 @@ async def sign_in(
 
 @post("/console/sign-out", status_code=303)
 async def sign_out(request: Request) -> Redirect:
+    state, cookie = request.app.state, request.cookies.get(COOKIE)
+    if cookie and token_of(state.settings.secret_key, cookie) is not None:  # one the hub set, still working
+        await state.redis.set(signed_out_key(state.settings.redis_prefix, cookie), 1, ex=LIFETIME_S)
     redirect = Redirect(SIGN_IN, status_code=303)
     redirect.set_cookie(expired_cookie(_secure(request)))
     return redirect

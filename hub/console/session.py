@@ -1,7 +1,9 @@
 """The console's sign-in cookie: the bearer token, encrypted and signed (Fernet), HttpOnly, SameSite=Strict.
 
 The cookie holds the token itself rather than who it belonged to, so each page resolves the actor again with the
-API's own function: a removed auditor is signed out on their next click, on every hub process.
+API's own function: a removed auditor is signed out on their next click, on every hub process. Signing out ends the
+cookie itself too, not only in the browser that signed out: its digest is kept in Redis for as long as the cookie
+would have worked (signed_out_key), so a copy of it (a shared machine, a proxy's log) opens nothing afterwards.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ def session_cookie(secret_key: str, token: str, secure: bool) -> Cookie:
 
 def expired_cookie(secure: bool) -> Cookie:
     return Cookie(key=COOKIE, value="", path="/console", httponly=True, samesite="strict", secure=secure, max_age=0)
+
+
+def signed_out_key(redis_prefix: str, value: str) -> str:
+    """The Redis key that marks a cookie signed out: its digest, never the cookie (which holds a token)."""
+    return f"{redis_prefix}console:signed-out:{hashlib.sha256(value.encode()).hexdigest()}"
 
 
 def token_of(secret_key: str, value: str | None) -> str | None:

@@ -24,13 +24,13 @@ from hub.admin.api import admin_router, render_admin_error
 from hub.auth import CredentialsTokenAuth
 from hub.console import console_router, problem_page, template_config
 from hub.console.headers import with_console_headers
-from hub.envelope import render_ocpi_error
-from hub.errors import OUTAGES, unavailable
+from hub.envelope import ocpi_response, render_ocpi_error
+from hub.errors import OUTAGES, ForwardingLoop, unavailable
 from hub.logs import configure_logging
 from hub.ocpi import credentials, credentials_log, versions
 from hub.ocpi.relay import Relay
 from hub.party_api import PartyClient
-from hub.request_context import PROBE_PATHS, RequestContext
+from hub.request_context import HUB_INSTANCE_HEADER, PROBE_PATHS, RequestContext
 from hub.runtime import DATABASE_TIMEOUT_S, open_database, open_redis, stop_background_tasks
 from hub.settings import Settings
 from routing.forward import open_session
@@ -185,11 +185,14 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     relay = Relay(settings)
 
     litestar = RequestContext(app, settings.hub_instance)
+    own_mark = (HUB_INSTANCE_HEADER.encode(), settings.hub_instance.encode())
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
         # Functional modules take the relay's raw path; versions, credentials and admin go through Litestar.
         if scope["type"] == "http" and relay.handles(scope["path"]):
             await relay(scope, receive, send)  # type: ignore[arg-type]
+        elif scope["type"] == "http" and own_mark in scope["headers"]:
+            await _came_back(scope, send, own_mark)
         elif scope["type"] == "http" and credentials_log.is_credentials(scope["path"]):
             await credentials_log.logged(litestar, app.state, scope, relay.bodies.guarded(receive), send)  # type: ignore[arg-type]
         elif scope["type"] == "http":
@@ -203,6 +206,18 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             await litestar(scope, receive, send)
 
     return dispatch
+
+
+async def _came_back(scope: Scope, send: Send, own_mark: tuple[bytes, bytes]) -> None:
+    """A request the hub sent that reached one of its own pages (/metrics, the admin API, the console, versions,
+    credentials): a party's URL leads to the hub under an address of its own the address policy does not know (a
+    host name, an interface's address). Refused, so that nothing of the hub is fetched and relayed to a party; the
+    answer carries the mark, so that the control plane says the URL is the hub's own (hub.party_api)."""
+    log.warning("request_came_back", path=scope["path"][:200])
+    body = bytes(ocpi_response(None, status_code=4000, message=ForwardingLoop().message).content)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), own_mark]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def render_error(request: Request, exc: Exception) -> Response[Any]:

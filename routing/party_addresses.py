@@ -87,7 +87,9 @@ class PartyAddresses:
             return None  # a name: judged once resolved
         if address in _MAPPED:
             address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)  # the kernel connects to the IPv4 address
-        if port == self.hub_port and (address.is_loopback or address.is_unspecified or address in self.hub_addresses):
+        if port == self.hub_port and (
+            address.is_loopback or address.is_unspecified or address in self.hub_addresses or _is_local(address)
+        ):
             return HUB_ITSELF
         if is_public(address) or any(address in network for network in self.allowed):
             return None
@@ -99,6 +101,17 @@ class PartyAddresses:
         if self.why_refused(sockaddr[0], sockaddr[1]):
             raise AddressRefused(f"the receiver's address is not one the hub calls parties at ({ALLOWANCE})")
         return socket.socket(family=family, type=kind, proto=proto)
+
+
+def _is_local(address: Address) -> bool:
+    """Whether address is one of this machine's own (a socket binds to it): an interface's address, which the host
+    name need not resolve to (Debian's /etc/hosts gives 127.0.1.1), public or not."""
+    with socket.socket(socket.AF_INET if address.version == 4 else socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError:
+            return False
+    return True
 
 
 def for_hub(allowed: tuple[Network, ...], listen: tuple[str, int] | None) -> PartyAddresses:

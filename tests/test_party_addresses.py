@@ -4,6 +4,7 @@ connect: a party's URL must not make the hub call into its own network (a securi
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from hub.errors import ReceiverNotConnected
 from hub.party_api import PartyClient
 from hub.settings import Settings, SettingsError
 from routing.forward import forward, open_session
-from routing.party_addresses import ALLOWANCE, PartyAddresses, RefusedConnect, networks
+from routing.party_addresses import ALLOWANCE, HUB_ITSELF, PartyAddresses, RefusedConnect, networks
 from tests.conftest import LOOPBACK
 
 NOT_PUBLIC = [
@@ -52,6 +53,21 @@ def test_the_hubs_own_listening_address_is_refused_even_in_an_allowed_network() 
     assert policy.why_refused("127.0.0.1", 8080) == "it is the address the hub itself listens on"
     assert policy.why_refused("::1", 8080) is not None
     assert policy.why_refused("127.0.0.1", 8081) is None
+
+
+def test_an_address_of_the_machines_own_interfaces_at_the_hubs_port_is_the_hub_itself() -> None:
+    # A hub listening on 0.0.0.0 knew its own addresses by its host name, which Debian's /etc/hosts resolves to
+    # 127.0.1.1: an endpoint at the interface's address and the hub's port read the hub's /metrics (a review found it).
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet sent: only the interface a route would use is chosen
+        except OSError:
+            pytest.skip("no IPv4 route on this machine")
+        interface = probe.getsockname()[0]
+    policy = PartyAddresses(networks("0.0.0.0/0"), 8080, frozenset())
+    assert policy.why_refused(interface, 8080) == HUB_ITSELF
+    assert policy.why_refused(interface, 8081) is None
+    assert policy.why_refused("192.0.2.1", 8080) is None  # not this machine's
 
 
 @pytest.mark.parametrize("value", ["10.0.0.0/33", "localhost", "10.0.0.0/8;", "fd00::/8,x"])

@@ -14,7 +14,7 @@ import pytest
 
 from routing.party_addresses import ALLOWANCE
 from tests.conftest import OUTPUT, Hub, Services, hub_env, start_hub, unique_party_id
-from tests.parties import envelope, free_port
+from tests.parties import envelope, free_port, tcp_forwarder
 from tests.test_routing import party_key
 
 
@@ -127,3 +127,23 @@ def test_a_forward_to_an_endpoint_at_the_hubs_own_listening_address_is_refused_w
     [row] = db.run(db.fetch("SELECT ocpi_status_code, error FROM routing_log WHERE request_id = $1",
                             answer.headers["x-request-id"]))  # fmt: skip
     assert row["ocpi_status_code"] == 4003 and "was not called" in row["error"] and ALLOWANCE in row["error"]
+
+
+def test_a_forward_that_reaches_the_hubs_own_pages_another_way_is_refused_and_relays_nothing_of_them(
+    hub: Hub, start_party, connect_party
+) -> None:
+    # An endpoint that leads to the hub by a way the address policy cannot know (a load balancer, a NAT, an
+    # interface's address): the hub's mark on the forward refuses it at /metrics as at the OCPI modules.
+    roles = ("CPO", "NL", unique_party_id())
+    cpo = start_party(roles)
+    with tcp_forwarder(int(hub.base.rsplit(":", 1)[1])) as forwarder_port:
+        extra = {"identifier": "tariffs", "role": "SENDER", "url": f"http://127.0.0.1:{forwarder_port}/metrics"}
+        details = envelope({"version": "2.2.1", "endpoints": [*cpo.endpoints(), extra]})
+        cpo.canned[("GET", "/ocpi/2.2.1")] = (200, json.dumps(details).encode(), {"Content-Type": "application/json"})
+        registered = cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+        assert registered.json()["status_code"] == 1000, registered.text
+        emsp = connect_party(("EMSP", "NL", unique_party_id()))
+        answer = emsp.call(hub.base, "GET", "sender/tariffs", to=party_key(cpo))
+    assert answer.json()["status_code"] == 4000, answer.text
+    assert "the request came back to the hub it left" in answer.json()["status_message"]
+    assert "ocpi_hub_requests_total" not in answer.text

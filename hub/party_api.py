@@ -62,6 +62,8 @@ class PartyClient(httpx.AsyncClient):
         # httpx has no public way to give its pool a network backend; every new connection (a redirect's too) goes
         # through this one, which connects only to addresses the hub calls parties at (tests/test_party_addresses.py).
         # Given a transport, httpx uses no HTTP_PROXY of the environment, which would connect where no check looks.
+        if not hasattr(transport._pool, "_network_backend"):  # an httpx/httpcore that renamed it: no unguarded start
+            raise RuntimeError("httpcore's pool has no _network_backend: the party address policy cannot be installed")
         transport._pool._network_backend = GuardedBackend(self.party_addresses)
         super().__init__(timeout=httpx.Timeout(settings.forward_timeout_s, connect=5.0), transport=transport,
                          headers={HUB_INSTANCE_HEADER: settings.hub_instance})  # fmt: skip

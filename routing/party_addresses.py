@@ -31,6 +31,9 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 _COMPATIBLE = ipaddress.ip_network("::/96")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Global by the registries, yet a cloud platform's own service on every VM: Azure's WireServer (and IMDS-like
+# endpoints), which answers a VM's unauthenticated requests. Never a party's.
+_PLATFORM_SERVICES = (ipaddress.ip_network("168.63.129.16/32"),)
 
 
 class AddressRefused(OSError):
@@ -68,7 +71,8 @@ def is_public(address: Address) -> bool:
     if (inside := _ipv4_inside(address)) is not None:
         return is_public(inside)
     site_local = address.version == 6 and address.is_site_local  # type: ignore[union-attr]
-    return address.is_global and not (address.is_multicast or address.is_reserved or site_local)
+    platform_service = any(address in network for network in _PLATFORM_SERVICES)
+    return address.is_global and not (address.is_multicast or address.is_reserved or site_local or platform_service)
 
 
 @dataclass(frozen=True, slots=True)

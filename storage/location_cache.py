@@ -291,6 +291,13 @@ class LocationCache(LocationWriter):
         at a fixed time after its GET All began (transport_and_format.asciidoc: "the client does not have to retry
         any requests")."""
         snapshot = self._snapshot_key(snapshot_id)
+        if limit < 1:  # its total alone (a followed Link with limit=0): LRANGE with no end would read it all
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.llen(snapshot)
+                pipe.expire(snapshot, SNAPSHOT_TTL_S)
+                pipe.expire(self._snapshots_of(snapshot_id), SNAPSHOT_TTL_S)
+                total, _, _ = await pipe.execute()
+            return ([], offset, int(total)) if total else None
         docs: list[bytes] = []
         used = 0
         while True:

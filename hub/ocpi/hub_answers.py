@@ -39,7 +39,7 @@ async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer
     assert exchange.sender is not None
     if not limit:  # X-Total-Count alone (hub.envelope.paging_window): counted, no snapshot kept to walk
         _, total = await relay.locations.snapshot(owner, date_from, date_to, exchange.sender.key, keep=False)
-        return _listed(relay, exchange, [], total, limit, None)
+        return _listed(relay, exchange, [], total, x_limit(limit, MAX_LIMIT), None)
     snapshot_id, _ = await relay.locations.snapshot(owner, date_from, date_to, exchange.sender.key)
     return await page(relay, exchange, snapshot_id, offset, limit)
 
@@ -69,17 +69,20 @@ async def page(relay: Relay, exchange: Exchange, snapshot_id: str, offset: int, 
     else:
         docs, next_offset, total = found
     CACHE_REQUESTS.labels("hit" if found is not None else "miss").inc()
-    link = None
+    link, most = None, x_limit(limit, MAX_LIMIT)
     if limit and next_offset < total:  # limit=0 asks for no objects: no next page of none either
         query = urlencode({"offset": next_offset, "limit": limit})
         link = f'<{relay.settings.public_url}{SNAPSHOTS}{snapshot_id}?{query}>; rel="next"'
-    return _listed(relay, exchange, docs, total, limit, link)
+        if len(docs) < limit:  # cut short by its bytes (PAGE_BYTES): a client stepping its offset by X-Limit skips none
+            most = len(docs)
+    return _listed(relay, exchange, docs, total, most, link)
 
 
-def _listed(relay: Relay, exchange: Exchange, docs: list[bytes], total: int, limit: int, link: str | None) -> Answer:
+def _listed(relay: Relay, exchange: Exchange, docs: list[bytes], total: int, most: int, link: str | None) -> Answer:
+    """A page of the cache; most: its X-Limit, "The maximum number of objects that the server can return"."""
     body = b'{"data":[' + b",".join(docs) + b'],"status_code":1000,"status_message":null,"timestamp":"'
     body += ocpi_timestamp().encode() + b'"}'
-    headers = _from_hub(relay, exchange) | {"x-total-count": str(total), "x-limit": str(x_limit(limit, MAX_LIMIT))}
+    headers = _from_hub(relay, exchange) | {"x-total-count": str(total), "x-limit": str(most)}
     if link:
         headers["link"] = link
     return Answer(200, headers, body)

@@ -109,7 +109,10 @@ def with_response_url(incoming: Incoming, original: str, replacement: str) -> tu
     if incoming.module == "chargingprofiles" and incoming.method in ("GET", "DELETE"):
         # Only the response_url's value changes: the other parameters go on as the caller wrote them.
         replaced = f"response_url={quote(replacement, safe='')}"
-        parts = [replaced if _query_name(part) == "response_url" else part for part in incoming.query.split("&")]
+        given = incoming.query.split("&")
+        if sum(_query_name(part).lower() == "response_url" for part in given) != 1:
+            raise InvalidParameters(_MORE_THAN_ONE)
+        parts = [replaced if _query_name(part) == "response_url" else part for part in given]
         return incoming.body, "&".join(parts)
     encoded = _encode(original)
     if incoming.body.count(encoded) == 1:
@@ -124,10 +127,16 @@ def with_response_url(incoming: Incoming, original: str, replacement: str) -> tu
     return _encode(document), incoming.query
 
 
+# A receiver may read names in any case (ASP.NET's JSON and query binding do), and take the first or the last.
+_MORE_THAN_ONE = (
+    "response_url more than once, in any case: the receiver might take one the hub did not check; send it once"
+)
+
+
 def _plainly_the_response_url(body: bytes, ours: bytes) -> bool:
     """Whether body, with no escape anywhere (so that each key is as written and no string holds a quote), names
     response_url once and ours is its value: the body of nearly every command, checked without decoding it again."""
-    if b"\\" in body or body.count(b'"response_url"') != 1:
+    if b"\\" in body or body.lower().count(b'"response_url"') != 1:
         return False
     key = _RESPONSE_URL_KEY.search(body)
     return key is not None and body.startswith(ours, key.end())
@@ -141,10 +150,9 @@ def _check_the_one_response_url(body: bytes, replacement: str) -> None:
         pairs = json.loads(body, object_pairs_hook=list)  # each object's keys as sent, twice if sent twice
     except (ValueError, RecursionError):
         raise InvalidParameters("the request body is nested too deeply for the hub to check its response_url") from None
-    found = [value for key, value in pairs if key == "response_url"]
+    found = [value for key, value in pairs if key.lower() == "response_url"]
     if len(found) != 1:
-        raise InvalidParameters(f"the request body holds response_url {len(found)} times: the receiver might take "
-                                "one the hub did not check; send it once")  # fmt: skip
+        raise InvalidParameters(f"the request body holds response_url {len(found)} times: {_MORE_THAN_ONE}")
     if found[0] != replacement:
         raise InvalidParameters("the request body holds the response_url's URL in another field too, escaped "
                                 "otherwise than the response_url, and the hub cannot tell which to replace with its "

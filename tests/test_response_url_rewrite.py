@@ -20,8 +20,9 @@ from tests.test_routing import _roles, party_key
         ('{{"response_url": "http://169.254.169.254/x", "response_url": "{url}", "location_id": "L1"}}', "2 times"),
         ('{{"response\\u005furl": "http://169.254.169.254/x", "response_url": "{url}"}}', "2 times"),
         ('{{"response_url": "{escaped}", "note": "{url}", "location_id": "L1"}}', "in another field too"),
+        ('{{"response_url": "{url}", "RESPONSE_URL": "http://169.254.169.254/x", "location_id": "L1"}}', "2 times"),
     ],
-    ids=["key-twice", "key-twice-escaped", "escaped-beside-plain"],
+    ids=["key-twice", "key-twice-escaped", "escaped-beside-plain", "key-twice-in-another-case"],
 )
 def test_a_command_whose_forwarded_body_would_hold_a_response_url_not_the_hubs_is_refused(
     hub: Hub, connect_party, services: Services, body: str, said: str
@@ -71,3 +72,17 @@ def test_a_command_with_escapes_or_a_response_url_key_elsewhere_goes_on_with_the
     assert answer.json()["status_code"] == 1000, answer.text
     forwarded = cpo.functional()[-1].body
     assert b'"price":10.50' in forwarded and b'"token":{"uid": "A", "n": 1.0}' in forwarded, forwarded
+
+
+def test_a_charging_profile_get_naming_response_url_twice_in_any_case_is_refused_and_not_forwarded(
+    hub: Hub, connect_party
+) -> None:
+    # ASP.NET binds ?RESPONSE_URL=...&response_url=... case-insensitively and takes the first: the one the hub did not
+    # replace with its own.
+    scsp, cpo = connect_party(_roles("SCSP")), connect_party(_roles("CPO"))
+    own = f"{scsp.base}/r"
+    query = f"duration=900&RESPONSE_URL=http://169.254.169.254/x&response_url={own}"
+    answer = scsp.call(hub.base, "GET", f"receiver/chargingprofiles/S1?{query}", to=party_key(cpo))
+    assert answer.json()["status_code"] == 2001, answer.text
+    assert "response_url more than once, in any case" in answer.json()["status_message"]
+    assert cpo.functional() == []

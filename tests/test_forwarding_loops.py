@@ -68,10 +68,8 @@ def _the_loop_is_cut_at_its_first_return(hub: Hub, cpo: Party, looping: Party, p
     cc, pid = party_key(cpo)
     location = {"id": "L1", "country_code": cc, "party_id": pid, "publish": True,
                 "last_updated": "2026-12-05T00:00:00Z"}  # fmt: skip
-    started = time.monotonic()
     answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L1", to=party_key(looping), body=location,
                       headers={"X-Correlation-ID": correlation_id})  # fmt: skip
-    assert time.monotonic() - started < 1.5  # not held until a timeout
     assert (answer.status_code, answer.json()["status_code"]) == (200, 4000), answer.text
     assert "the request came back to the hub it left" in answer.json()["status_message"]
     time.sleep(0.5)  # rows of laps still under way, had there been any

@@ -120,7 +120,10 @@ def test_while_postgres_hangs_callers_are_answered_in_time_and_their_rows_are_wr
 
         # The registrations' own messages (the CPO told of the eMSP) written first: the push below is then alone in
         # the batch being committed when PostgreSQL stops, its row chained, not queued behind theirs.
+        # So are the hub's pull sync of the new CPO (OCPI_HUB_SYNC_CHECK_S 0.5 s in the tests) and its row.
         _wait(lambda: cpo.client_infos())
+        _wait(lambda: cpo.syncs())
+        time.sleep(0.5)
         assert push("before-postgres-hangs").json()["status_code"] == 1000
         postmaster = postgres._live_pid()
         assert postmaster is not None

@@ -64,7 +64,7 @@ def test_a_versions_url_at_the_cloud_metadata_address_is_refused_without_a_conne
     started = time.monotonic()
     answer = httpx.post(f"{hub.base}/ocpi/2.2.1/credentials", headers=party.token_header(token_a), json=credentials)
     message = _refusal(answer)
-    assert "is at 169.254.169.254" in message and time.monotonic() - started < 1
+    assert "is at 169.254.169.254" in message and time.monotonic() - started < 4  # no connect attempt: 5 s
 
 
 def test_the_refusal_says_the_same_whether_or_not_anything_listens_at_the_address(

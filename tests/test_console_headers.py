@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import httpx
 
+from hub.console.headers import foreign_origin
 from tests.conftest import Hub, unique_party_id
 from tests.test_admin_and_cli import _platform_id
 
@@ -93,3 +94,13 @@ def test_a_console_form_posted_from_another_site_is_refused_and_does_nothing(hub
             taken = console.post("/console/invite", headers={"Origin": origin, "Host": addressed}, data=form)
             assert taken.status_code == 200, (origin, taken.text[:300])
             assert _platform_id(hub, ("NL", pid))
+
+
+def test_an_origin_is_the_consoles_whether_or_not_it_writes_the_default_port() -> None:
+    # Browsers leave :443 and :80 out of Origin (RFC 6454); a public URL written with it, behind a proxy that passes
+    # another Host, refused every console form, the sign-in included.
+    assert not foreign_origin("https://hub.example", "hub-1:8080", "https://hub.example:443")
+    assert not foreign_origin("https://hub.example:443", None, "https://hub.example")
+    assert not foreign_origin("http://hub.example", "hub.example:80", "http://10.0.0.5:8080")
+    assert foreign_origin("https://evil.example", "hub-1:8080", "https://hub.example:443")
+    assert foreign_origin("https://hub.example:8443", None, "https://hub.example")

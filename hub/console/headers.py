@@ -42,8 +42,18 @@ def foreign_origin(origin: str | None, host: str | None, public_url: str) -> boo
     foreign; SameSite=Strict keeps the sign-in cookie off other sites' requests, but not off a sibling subdomain's."""
     if not origin:
         return False
-    origin = origin.strip().lower()
+    origin = _without_default_port(origin.strip().lower())
     own = urlsplit(public_url)
-    if origin == f"{own.scheme}://{own.netloc}".lower():
+    if origin == _without_default_port(f"{own.scheme}://{own.netloc}".lower()):
         return False
-    return not (host and origin.partition("://")[2] == host.strip().lower())
+    return not (host and origin.partition("://")[2] == _without_default_port(f"{own.scheme}://{host.strip().lower()}")
+                .partition("://")[2])  # fmt: skip
+
+
+def _without_default_port(origin: str) -> str:
+    """scheme://host as a browser writes an Origin: without :443 for https or :80 for http (RFC 6454, 6.1), which a
+    public URL written https://hub.example:443 would otherwise never equal."""
+    for scheme, port in (("https://", ":443"), ("http://", ":80")):
+        if origin.startswith(scheme) and origin.endswith(port):
+            return origin.removesuffix(port)
+    return origin

@@ -4,6 +4,8 @@ did not finish in time) is kept with what the caller got instead, written once, 
 from __future__ import annotations
 
 import asyncio
+import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,8 +15,9 @@ import pytest
 from storage.log_row import COLUMNS
 from storage.partitions import drop_before
 from storage.routing_log import LogUnavailable, RoutingLogWriter
-from tests.conftest import LOG_KEY
+from tests.conftest import LOG_KEY, Hub, Services
 from tests.log_rows import numbered_entry, numbered_log, run_on, sql, verified, write
+from tests.test_credentials_rotation import console_page
 
 _HASH = COLUMNS.index("hash")  # in a record as the writer chains it
 TOLD = "the routing log could not commit this exchange in time; the exchange itself went through"
@@ -230,3 +233,32 @@ def test_a_caller_still_waiting_when_the_writer_stops_is_amended_in_the_spool_to
     assert _amendments(empty_database) == [("r1", None, 200, 4000, told, True)]
     result = verified(empty_database)
     assert (result.ok, result.rows) == (True, 2), result.problems
+
+
+def test_the_console_log_table_marks_an_amended_row_with_what_its_caller_was_answered(
+    hub: Hub, services: Services
+) -> None:
+    # An auditor scanning the table for a disputed exchange sees it there, not only on the message's own page.
+    correlation_id = f"amended-{uuid.uuid4()}"
+    amended, plain = numbered_entry(1), numbered_entry(2)
+    for entry in (amended, plain):
+        entry.correlation_id, entry.ocpi_status_code = correlation_id, 1000
+
+    async def amend_a_committed_row() -> None:  # as the relay amends it, in the hub's database, under its key
+        pool = await asyncpg.create_pool(services.database_url, min_size=1, max_size=2)
+        async with RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024).running() as writer:
+            await asyncio.gather(writer.record(amended), writer.record(plain))
+            writer.amend(amended, 200, 4000, TOLD)
+        await pool.close()
+
+    asyncio.run(asyncio.wait_for(amend_a_committed_row(), 60))
+    ids = {r["request_id"]: r["id"] for r in sql(services.database_url, "SELECT id, request_id FROM routing_log"
+                                                 " WHERE correlation_id = $1", correlation_id)}  # fmt: skip
+    page = console_page(hub, f"/console/log?correlation_id={correlation_id}")
+    rows = {int(row_id): kind for kind, row_id in re.findall(r'<tr class="([^"]*)" data-id="(\d+)">', page)}
+    assert rows == {ids["r1"]: "error amended", ids["r2"]: ""}
+    cells = re.findall(r'<td class="num"><span class="pill ([^"]*)"( title="[^"]*")?>([^<]*)</span>', page)
+    [(told_kind, title, told)] = [cell for cell in cells if cell[1]]
+    assert (told_kind, told) == ("bad amended", "1000→4000")
+    assert title.startswith(' title="Answered instead: HTTP 200 · OCPI 4000 at ') and f"UTC: {TOLD}." in title
+    assert ("ok", "", "1000") in cells

@@ -12,7 +12,7 @@ from litestar.response import Stream, Template
 from hub.admin.actors import record_action
 from hub.admin.api import AdminError
 from hub.admin.export import FORMATS, export_rows
-from hub.admin.routing_log import fetch_planned, load_conversation, load_message
+from hub.admin.routing_log import fetch_planned, load_conversation, load_message, with_amendments
 from hub.console.auth import actor
 from hub.envelope import path_number
 from storage.log_search import FILTER_NAMES, BadFilter, decode_cursor, encode_cursor, page_query, parse_filters
@@ -78,7 +78,8 @@ async def log_page(request: Request, cursor: str | None = None, limit: int = 100
         except AdminError as exc:  # the search ran out of time
             context["error"] = exc.message
             return Template("log.html", context=context, status_code=exc.status)
-    context["rows"] = rows[:limit]
+        # what the callers of amended rows were answered instead: one lookup by primary key for the page's rows
+        context["rows"] = await with_amendments(conn, rows[:limit])
     keep = filters | ({"limit": str(limit)} if limit != 100 else {})
     context["query"] = urlencode(keep)
     if len(rows) > limit:

@@ -28,6 +28,14 @@ class Amendment:
     answered_at: datetime
 
 
+def rows_and_amendments(taken: list[LogEntry | Amendment]) -> tuple[list[LogEntry], list[Amendment]]:
+    """What a writer took from its queue: the rows to chain, and the amendments (of rows committed before them)."""
+    amendments = [item for item in taken if isinstance(item, Amendment)]
+    if not amendments:  # nearly always
+        return taken, []  # type: ignore[return-value]
+    return [item for item in taken if isinstance(item, LogEntry)], amendments
+
+
 def amendment_records(key: bytes, chain_text: str, amendments: Iterable[Amendment]) -> list[tuple[Any, ...]]:
     """The amendments as routing_log_amendment_entry records, each MAC'd over its row as it was chained last (a row of
     a refused batch is chained again); none for a row that is not in the log (the database refused it)."""

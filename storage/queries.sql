@@ -274,7 +274,7 @@ SELECT r.* FROM routing_log AS r
 JOIN unnest($1::uuid[], $2::bigint[]) AS saved (chain_id, seq) ON r.chain_id = saved.chain_id AND r.seq = saved.seq;
 
 -- name: seal_chain
--- A chain of unkeyed hashes sealed at its last row (storage.migrate, and a spooled chain storage.routing_log writes
+-- A chain of unkeyed hashes sealed at its last row (storage.migrate, and a spooled chain storage.log_spool writes
 -- later, which moves an earlier seal on).
 INSERT INTO routing_log_sealed_chain (chain_id, last_seq, last_hash, mac) VALUES ($1, $2, $3, $4)
 ON CONFLICT (chain_id) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash, mac = excluded.mac,

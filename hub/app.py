@@ -33,6 +33,7 @@ from hub.party_api import PartyClient
 from hub.request_context import HUB_INSTANCE_HEADER, PROBE_PATHS, RequestContext
 from hub.runtime import DATABASE_TIMEOUT_S, open_database, open_redis, stop_background_tasks
 from hub.settings import Settings
+from routing.fair_share import CallerShares
 from routing.forward import open_session
 from routing.pull_sync import PullSync, run_scheduled
 from routing.still_alive import StillAlive
@@ -67,7 +68,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         pool = await open_database(database_url, max_size=10)
         redis_client = open_redis(redis_url)
         http = PartyClient(settings)
-        forward_session = open_session(settings.forward_timeout_s, settings.party_keep_alive_s, http.party_addresses)
+        forward_session = open_session(settings.forward_timeout_s, settings.party_keep_alive_s, http.party_addresses,
+                                       settings.party_connections)  # fmt: skip
         token_box = TokenBox(settings.secret_key or "")
         directory = DirectoryCache(pool, redis_client, settings.redis_prefix, token_box)
         await directory.reload()
@@ -97,6 +99,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 directory=directory,
                 token_box=token_box,
                 forward_session=forward_session,
+                forward_shares=CallerShares(settings.party_connections),
                 routing_log=writer,
                 routing=routing,
                 locations=locations,

@@ -27,6 +27,7 @@ from hub.envelope import ocpi_response, ocpi_timestamp, paging_window, x_limit
 from hub.errors import InvalidParameters, OcpiError
 from hub.party_api import hub_request
 from hub.request_context import HUB_INSTANCE_HEADER
+from routing.fair_share import HUB_ITSELF
 from routing.forward import forward, ocpi_status_of
 from routing.request import endpoint_url
 from storage.directory import Platform
@@ -168,8 +169,9 @@ async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) 
     headers[HUB_INSTANCE_HEADER] = settings.hub_instance
     unanswered = False
     try:
+        # the hub's own messages have a share of their own in the connections to the party (routing.fair_share)
         answer = await forward(state.forward_session, "PUT", url, headers, body, settings.forward_timeout_s,
-                               settings.max_body_bytes)  # fmt: skip
+                               settings.max_body_bytes, state.forward_shares, HUB_ITSELF)  # fmt: skip
         entry.http_status, entry.response_body = answer.status, answer.body
         entry.ocpi_status_code = ocpi_status_of(answer.body)
     except OcpiError as exc:

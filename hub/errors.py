@@ -9,7 +9,8 @@ transport layer (no valid JSON, no such resource, no credentials) get an HTTP er
     │                       MethodNotAllowed (HTTP 405), MalformedBody (HTTP 400), BodyTooLarge (HTTP 413),
     │                       EncodedBody (HTTP 415)
     ├── ServerError 3000 ── UnableToUseClientApi 3001, UnsupportedVersion 3002, NoMatchingEndpoints 3003
-    └── HubError 4000 ───── ForwardingLoop 4000, UnknownReceiver 4001, ForwardTimeout 4002, ReceiverNotConnected 4003
+    └── HubError 4000 ───── ForwardingLoop 4000, ShareInUse 4000, UnknownReceiver 4001, ForwardTimeout 4002,
+                            ReceiverNotConnected 4003
 
 PostgreSQL or Redis away (OUTAGES, `unavailable`) is no bug of the hub: the relay answers it with 4000, the
 other routes with HTTP 503, each naming the server and the error. A body the hub reads itself goes through
@@ -233,6 +234,11 @@ class ForwardingLoop(HubError):
     def __init__(self) -> None:
         super().__init__("the request came back to the hub it left (a receiver's endpoint leads back to the hub); "
                          "the hub does not forward it again")  # fmt: skip
+
+
+class ShareInUse(HubError):
+    """The caller had its whole share of the hub's connections to the receiver's server in flight for half the forward
+    deadline (routing.fair_share): the request was not forwarded. Not 4002, which says the message was forwarded."""
 
 
 class UnknownReceiver(HubError):

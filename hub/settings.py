@@ -42,14 +42,21 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     (
         "OCPI_HUB_FORWARD_TIMEOUT_S",
         "30",
-        "seconds the hub waits for a party's whole answer (a forward: then 4002; a probe, a location sync page, a "
-        "registration step: then failed), and for a request's body before answering 408",
+        "seconds the hub waits for a party's whole answer (a forward: then 4002, a request waiting for its platform's "
+        "share of the connections to the party included, which waits half of it at most, then 4000; a probe, a location"
+        " sync page, a registration step: then failed), and for a request's body before answering 408",
     ),
     (
         "OCPI_HUB_PARTY_KEEP_ALIVE_S",
         "4",
         "seconds the hub reuses an idle connection to a party: below the 5 s after which uvicorn, Node.js and Apache"
         " close theirs, so no request (never sent twice) goes out on a connection the party is closing",
+    ),
+    (
+        "OCPI_HUB_PARTY_CONNECTIONS",
+        "64",
+        "connections a hub process keeps at most to one party's server (host and port), for all callers; one calling"
+        " platform has at most half of them in flight there, and its requests beyond that wait for its own",
     ),
     (
         "OCPI_HUB_MAX_BODY_BYTES",
@@ -130,6 +137,7 @@ class Settings:
     metrics_token: str | None
     forward_timeout_s: float
     party_keep_alive_s: float
+    party_connections: int
     max_body_bytes: int
     keep_alive_s: int
     log_mode: str
@@ -234,6 +242,7 @@ class Settings:
             metrics_token=get("OCPI_HUB_METRICS_TOKEN"),
             forward_timeout_s=number("OCPI_HUB_FORWARD_TIMEOUT_S", float),
             party_keep_alive_s=number("OCPI_HUB_PARTY_KEEP_ALIVE_S", float),
+            party_connections=int(number("OCPI_HUB_PARTY_CONNECTIONS", int)),
             max_body_bytes=int(number("OCPI_HUB_MAX_BODY_BYTES", int)),
             keep_alive_s=int(number("OCPI_HUB_KEEP_ALIVE_S", int)),
             log_mode=log_mode,

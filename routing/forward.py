@@ -3,13 +3,15 @@
 aiohttp's exceptions are translated here into the hub's: a timeout is 4002, a connection problem before the answer
 4003, an answer that does not parse as HTTP or breaks off 4000 (the receiver got the request). An answer
 larger than OCPI_HUB_MAX_BODY_BYTES is 4000 (`read_capped`, which the control plane's httpx client uses too), and
-so is one with a status that is no HTTP status.
+so is one with a status that is no HTTP status. A request goes out in its caller's share of the connections to the
+receiver's server (routing.fair_share); one that found no slot of it in half its deadline is 4000, not forwarded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 import traceback
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
@@ -17,8 +19,17 @@ from typing import Annotated
 
 import aiohttp
 import msgspec
+import yarl
 
-from hub.errors import AnswerNotRelayable, AnswerTooLarge, AnswerUnreadable, ForwardTimeout, ReceiverNotConnected
+from hub.errors import (
+    AnswerNotRelayable,
+    AnswerTooLarge,
+    AnswerUnreadable,
+    ForwardTimeout,
+    ReceiverNotConnected,
+    ShareInUse,
+)
+from routing.fair_share import HUB_ITSELF, CallerShares, Key
 from routing.party_addresses import ALLOWANCE, AddressRefused, PartyAddresses
 
 # Headers of the receiver's answer the hub passes on (Link and Location are rewritten by the relay).
@@ -34,6 +45,9 @@ class Answer:
     unwritable: tuple[str, ...] = ()
 
 
+# The most a forward waits for a connection to the receiver (from aiohttp's pool, or a new one): a party not taking
+# connections is answered 4002 this soon.
+_CONNECT_S = 5.0
 # A party's OCPI status_code as the routing log's integer column holds it: a larger number is no status code.
 OcpiStatusCode = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
 # What an HTTP/1.1 server must not write in a header value (uvicorn refuses it, dropping the connection).
@@ -70,7 +84,7 @@ def open_session(
     )  # fmt: skip
     session = aiohttp.ClientSession(
         connector=connector,
-        timeout=aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 5.0)),
+        timeout=aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, _CONNECT_S)),
         auto_decompress=True,
         # transport_and_format.asciidoc: Content-Type application/json on a request with a body (the relay sets it);
         # without one "the Content-Type header MAY be omitted": not aiohttp's application/octet-stream on a POST
@@ -88,19 +102,68 @@ def open_session(
 async def forward(
     session: aiohttp.ClientSession,
     method: str,
-    url: str,
+    url: str | yarl.URL,
     headers: dict[str, str],
     body: bytes,
     timeout_s: float,
     max_bytes: int,
+    shares: CallerShares | None = None,
+    caller: int = HUB_ITSELF,
 ) -> Answer:
     """The receiver's answer, at most max_bytes of it (decompressed): a larger one is AnswerTooLarge (4000), one
-    with a status outside 200-599 AnswerNotRelayable (4000)."""
+    with a status outside 200-599 AnswerNotRelayable (4000). With shares (every forward but a test's), the request goes
+    out in the caller's share of the connections to the receiver's host (routing.fair_share), waiting for one of the
+    caller's own requests there to finish if it has all of its share in flight (_wait_for_share)."""
     sent = f"{method} {url}"  # for the routing log (OcpiError.detail), not for the caller: a receiver's own URL
+    if shares is None:
+        return await _exchange(session, method, url, headers, body, session.timeout, sent, max_bytes)
+    target = url if isinstance(url, yarl.URL) else yarl.URL(url)
+    key = (caller, target.raw_host, target.port)  # aiohttp's own limit counts per host and port (ConnectionKey)
+    timeout = session.timeout
+    if not shares.take(key):
+        timeout = await _wait_for_share(shares, key, timeout_s, sent)
+    try:
+        return await _exchange(session, method, url, headers, body, timeout, sent, max_bytes)
+    finally:
+        shares.give_back(key)
+
+
+async def _wait_for_share(shares: CallerShares, key: Key, timeout_s: float, sent: str) -> aiohttp.ClientTimeout:
+    """Wait, at most half of timeout_s, for a slot of the caller's share; the deadline left for the forward itself (half
+    of timeout_s at least), or ShareInUse: the request was not forwarded. All within timeout_s, as any forward. Had a
+    request waited the whole deadline, it would take the slot of one timing out ahead of it with next to nothing of
+    its own deadline left, and go to the receiver only to be answered 4002 (which says the receiver got it)."""
+    started = time.monotonic()
+    at_most = timeout_s / 2
+    try:
+        await shares.wait(key, at_most)
+    except TimeoutError:
+        many = f"{shares.share} request{'s' if shares.share > 1 else ''}"
+        told = (
+            f"not forwarded: for {at_most:g} s (half the hub's forward timeout) the calling platform had {many} in "
+            "flight to this receiver's server, the most the hub sends of one platform's there at once; send it again "
+            "once fewer are"
+        )
+        raise ShareInUse(told, f"{sent} {told}") from None
+    left = timeout_s - (time.monotonic() - started)
+    return aiohttp.ClientTimeout(total=left, connect=min(left, _CONNECT_S))
+
+
+async def _exchange(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str | yarl.URL,
+    headers: dict[str, str],
+    body: bytes,
+    timeout: aiohttp.ClientTimeout,
+    sent: str,
+    max_bytes: int,
+) -> Answer:
     try:
         # Redirects are not followed: a hub relays the receiver's answer, a 3xx included (aiohttp would turn a POST
         # redirected with 301/302 into a GET without its body, sent somewhere the hub was not asked to send it).
-        async with session.request(method, url, headers=headers, data=body or None, allow_redirects=False) as response:
+        async with session.request(method, url, headers=headers, data=body or None, allow_redirects=False,
+                                   timeout=timeout) as response:  # fmt: skip
             if not 200 <= response.status <= 599:  # aiohttp takes any three digits, and passes a 101 on
                 told = f"the receiver answered with HTTP status {response.status}, which is no status the hub can relay"
                 raise AnswerNotRelayable(told, f"{sent}: {told}")
@@ -120,7 +183,9 @@ async def forward(
                 del relayed[name]
             return Answer(response.status, relayed, payload, unwritable)
     except TimeoutError:
-        told = f"the receiver did not answer within {timeout_s:g} s"
+        told = f"the receiver did not answer within {round(timeout.total or 0, 1):g} s"
+        if timeout is not session.timeout:
+            told += ", what was left of the deadline after waiting for a slot of the caller's share"
         raise ForwardTimeout(told, f"{sent}: {told}") from None
     except aiohttp.ClientResponseError as exc:  # what came back does not parse as HTTP (redirects are not followed)
         # Not 4003, "unable to reach the receiving party": told that, a sender would send a CDR or a command again.

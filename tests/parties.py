@@ -90,6 +90,7 @@ class Party:
     credentials_delay_s: float = 0.0  # take the hub's credentials POST or PUT this late
     keeps_token_b: bool = False  # answer a credentials PUT with the token B it had, not a new one
     held: threading.Event | None = None  # answer functional requests only once it is set (a minute at most)
+    held_paths: tuple[str, ...] = ()  # with held: only the functional requests whose path starts with one of these
     # (method, path) -> (HTTP status, raw body, extra headers): a canned answer instead of the default, for a
     # functional path, the versions and 2.2.1 details, or the credentials endpoint; with status RAW, the body is the
     # whole answer as it goes on the wire (status line and headers included), and the connection is closed after it
@@ -243,7 +244,7 @@ class Party:
         """A functional endpoint /ocpi/2.2.1/{module}/{sender|receiver}/...: canned answer, list, or plain success."""
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        if self.held is not None:
+        if self.held is not None and (not self.held_paths or request.path.startswith(self.held_paths)):
             await asyncio.get_running_loop().run_in_executor(None, self.held.wait, 60)
         if (request.method, request.path) in self.canned:
             return self._canned(request)

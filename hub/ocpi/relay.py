@@ -28,6 +28,7 @@ from hub.errors import (
     OcpiError,
     ReceiverNotConnected,
     ReceiverRefusedHub,
+    ShareInUse,
     Unauthorized,
     check_utf8,
     unavailable,
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from hub.settings import Settings
+    from routing.fair_share import CallerShares
     from routing.still_alive import StillAlive
     from storage.directory import DirectoryCache
     from storage.location_cache import LocationCache
@@ -90,6 +92,7 @@ class Relay:
     routing: RoutingState
     locations: LocationCache
     forward_session: aiohttp.ClientSession
+    forward_shares: CallerShares
     still_alive: StillAlive
     last_seen: dict[int, datetime]  # platform id -> last message, written to the database in batches
 
@@ -103,6 +106,7 @@ class Relay:
         """Start relaying with the resources the lifespan put in the app's state."""
         self.pool, self.directory, self.routing_log = state.pool, state.directory, state.routing_log
         self.routing, self.locations, self.forward_session = state.routing, state.locations, state.forward_session
+        self.forward_shares = state.forward_shares
         self.still_alive, self.last_seen = state.still_alive, state.last_seen
 
     @staticmethod
@@ -267,7 +271,8 @@ class Relay:
         self, exchange: Exchange, delivery: Delivery, sender: PartyRole, method: str, url: str, query: str, body: bytes
     ) -> Answer:
         """Forward to the receiver with its token B, a new X-Request-ID and the same X-Correlation-ID."""
-        entry, platform, to = exchange.entry, delivery.platform, delivery.to
+        entry, platform, to, caller = exchange.entry, delivery.platform, delivery.to, exchange.caller
+        assert caller is not None  # every route has one: a broadcast copy's is the platform that pushed it
         entry.to_country_code, entry.to_party_id = to.country_code, to.party_id
         entry.receiver_platform_id = platform.id
         entry.forwarded_request_id = new_request_id()
@@ -287,10 +292,14 @@ class Relay:
         timeout = self.settings.forward_timeout_s
         started = time.perf_counter()
         try:
-            answer = await forward(self.forward_session, method, target, headers, body, timeout,  # type: ignore[arg-type]
-                                   self.settings.max_body_bytes)  # fmt: skip
+            # a broadcast copy counts in the share of the platform that pushed it (routing.fair_share)
+            answer = await forward(self.forward_session, method, target, headers, body, timeout,
+                                   self.settings.max_body_bytes, self.forward_shares, caller.id)  # fmt: skip
         except (ForwardTimeout, ReceiverNotConnected):
             self.still_alive.suspect(platform.id)
+            raise
+        except ShareInUse:  # the caller's own requests held every slot of its share: nothing went to the receiver
+            entry.forwarded_request_id = None
             raise
         finally:
             observe_forward(f"{to.country_code}-{to.party_id}", time.perf_counter() - started)

@@ -259,6 +259,12 @@ class ReceiverNotConnected(HubError):
     status_code = 4003
 
 
+class ReceiverNotCalled(ReceiverNotConnected):
+    """Not tried: the receiver's address is not one this hub process calls parties at (routing.party_addresses). Says
+    nothing of the party, which is not suspected offline for it: one instance set up without the operator's allowance
+    must not take the party off every instance (an upgrade walkthrough saw it)."""
+
+
 # What the drivers raise when their server is away (stopped, restarting, unreachable, not answering), as opposed
 # to a query or command the server refused.
 OUTAGES = (

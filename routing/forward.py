@@ -26,6 +26,7 @@ from hub.errors import (
     AnswerTooLarge,
     AnswerUnreadable,
     ForwardTimeout,
+    ReceiverNotCalled,
     ReceiverNotConnected,
     ShareInUse,
 )
@@ -195,7 +196,7 @@ async def _exchange(
         _release_frames(exc)
         if isinstance(getattr(exc, "os_error", None), AddressRefused):  # not tried: a URL into the hub's network
             told = f"the hub did not call the receiver: its address is not one the hub calls parties at ({ALLOWANCE})"
-            raise ReceiverNotConnected(told, f"{sent} was not called: {told}") from None
+            raise ReceiverNotCalled(told, f"{sent} was not called: {told}") from None
         told = f"the hub could not reach the receiver ({type(exc).__name__})"
         raise ReceiverNotConnected(told, f"{sent} failed: {exc or type(exc).__name__}") from None
     except asyncio.CancelledError:

@@ -31,6 +31,7 @@ import structlog
 from hub.errors import AnswerTooLarge
 from hub.own_messages import Trace
 from hub.party_api import PartyClient, hub_request
+from routing.party_addresses import ALLOWANCE, RefusedConnect
 from storage.directory import DirectoryCache, Platform
 from storage.log_row import LogEntry
 from storage.sql import QUERIES
@@ -130,8 +131,10 @@ class StillAlive:
         return True
 
     async def probe(self, platform: Platform) -> bool:
-        """GET the platform's versions endpoint with its token B; any HTTP answer below 500 means it is alive."""
+        """GET the platform's versions endpoint with its token B; any HTTP answer below 500 means it is alive. A
+        versions URL this process does not call (routing.party_addresses) leaves its status as it is: False."""
         started, to = time.perf_counter(), platform.roles[0] if platform.roles else None
+        alive: bool | None
         versions_url = platform.versions_url or ""
         entry, headers = hub_request(self._hub, platform, to, "GET", versions_url, "versions")
         try:
@@ -140,10 +143,18 @@ class StillAlive:
             alive = response.status_code < 500
         except httpx.HTTPError as exc:
             entry.error, alive = f"{type(exc).__name__}: {exc}", False
+            if isinstance(exc.__cause__, RefusedConnect):  # not called: no sign the party is away
+                alive = None
         except AnswerTooLarge as exc:  # it answered, at length: alive
             entry.error, alive = exc.message, True
         entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         await self._record(entry)
+        if alive is None:
+            # One process set up without the operator's allowance (OCPI_HUB_PARTY_NETWORKS_ALLOWED) must not take the
+            # party off every process of the hub: it says so in its own log instead.
+            log.error("party_address_not_allowed", platform=platform.name, url=versions_url[:200], setting=ALLOWANCE,
+                      error=entry.error)  # fmt: skip
+            return False
         await self.set_status(platform, "CONNECTED" if alive else "OFFLINE")
         return alive
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from routing.party_addresses import ALLOWANCE
-from tests.conftest import OUTPUT, Hub, Services, hub_env, start_hub, unique_party_id
+from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
 from tests.parties import envelope, free_port, tcp_forwarder
 from tests.test_routing import party_key
 
@@ -147,3 +147,33 @@ def test_a_forward_that_reaches_the_hubs_own_pages_another_way_is_refused_and_re
     assert answer.json()["status_code"] == 4000, answer.text
     assert "the request came back to the hub it left" in answer.json()["status_message"]
     assert "ocpi_hub_requests_total" not in answer.text
+
+
+def test_an_instance_without_the_allowance_leaves_the_parties_it_does_not_call_connected_on_every_instance(
+    services: Services, empty_database: str, tmp_path: Path, start_party
+) -> None:
+    # An upgrade walkthrough: one new instance started without OCPI_HUB_PARTY_NETWORKS_ALLOWED beside the old ones
+    # marked the parties at 127.0.0.1 OFFLINE for the whole hub within 2 s (its refused forward made them suspects,
+    # its refused probe took them for gone), and its own log never said why.
+    shared = {"OCPI_HUB_DATABASE_URL": empty_database, "OCPI_HUB_REDIS_PREFIX": f"{services.redis_prefix}upgrade:",
+              "OCPI_HUB_STILL_ALIVE_S": "1", "OCPI_HUB_OFFLINE_PROBE_S": "0.5"}  # fmt: skip
+    allowing = start_hub(hub_env(services, tmp_path / "allowing", **shared), OUTPUT / "hub-allowing.log")
+    strict_env = hub_env(services, tmp_path / "strict", **shared)
+    del strict_env[ALLOWANCE]
+    strict = None
+    try:
+        cpo = register_at_hub(allowing, start_party, ("CPO", "NL", unique_party_id()))
+        emsp = register_at_hub(allowing, start_party, ("EMSP", "NL", unique_party_id()))
+        strict = start_hub(strict_env, OUTPUT / "hub-strict.log")
+        refused = emsp.call(strict.base, "GET", "sender/locations", to=party_key(cpo))
+        assert refused.json()["status_code"] == 4003 and ALLOWANCE in refused.json()["status_message"], refused.text
+        time.sleep(4)  # the strict instance's probes of silent parties, every second here, and of a suspect
+        with allowing.admin() as admin:
+            statuses = {i["party_id"]: i["status"] for i in admin.get("/admin/api/parties").json()["items"]}
+        assert statuses == {cpo.roles[0][2]: "CONNECTED", emsp.roles[0][2]: "CONNECTED"}, statuses
+        assert emsp.call(allowing.base, "GET", "sender/locations", to=party_key(cpo)).json()["status_code"] == 1000
+        assert "party_address_not_allowed" in (OUTPUT / "hub-strict.log").read_text()
+    finally:
+        if strict is not None:
+            strict.stop()
+        allowing.stop()

@@ -26,6 +26,7 @@ from hub.errors import (
     ForwardTimeout,
     InvalidParameters,
     OcpiError,
+    ReceiverNotCalled,
     ReceiverNotConnected,
     ReceiverRefusedHub,
     ShareInUse,
@@ -52,6 +53,7 @@ from hub.request_context import (
 from routing import open_routing
 from routing.decide import Delivery, decide
 from routing.forward import Answer, forward, ocpi_status_of
+from routing.party_addresses import ALLOWANCE
 from routing.request import Incoming, PartyKey, endpoint_url, parse, routing_party
 from routing.rewrite import callback_ttl_s, response_url_of, why_not_callable, with_response_url
 from routing.shapes import check_patch, check_shape
@@ -101,6 +103,7 @@ class Relay:
         self.tasks: set[asyncio.Task[None]] = set()
         self.bodies = BodyDeadlines(settings.forward_timeout_s)
         self.hub_instance = settings.hub_instance  # hub.request_context.HUB_INSTANCE_HEADER
+        self.address_refusals_told: dict[int, float] = {}  # platform id -> when party_address_not_allowed was logged
 
     def serve(self, state: State) -> None:
         """Start relaying with the resources the lifespan put in the app's state."""
@@ -295,6 +298,11 @@ class Relay:
             # a broadcast copy counts in the share of the platform that pushed it (routing.fair_share)
             answer = await forward(self.forward_session, method, target, headers, body, timeout,
                                    self.settings.max_body_bytes, self.forward_shares, caller.id)  # fmt: skip
+        except ReceiverNotCalled:  # its address is not one this process calls: no sign the party is away
+            if time.monotonic() - self.address_refusals_told.get(platform.id, -60.0) >= 60:  # a line a minute at most
+                self.address_refusals_told[platform.id] = time.monotonic()
+                log.error("party_address_not_allowed", platform=platform.name, url=url[:200], setting=ALLOWANCE)
+            raise
         except (ForwardTimeout, ReceiverNotConnected):
             self.still_alive.suspect(platform.id)
             raise

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -35,11 +36,12 @@ from hub.runtime import DATABASE_TIMEOUT_S, open_database, open_redis, stop_back
 from hub.settings import Settings
 from routing.fair_share import CallerShares
 from routing.forward import open_session
+from routing.party_addresses import ALLOWANCE, PartyAddresses, refused_urls
 from routing.pull_sync import PullSync, run_scheduled
 from routing.still_alive import StillAlive
 from storage import partitions
 from storage.departed import Departures
-from storage.directory import DirectoryCache
+from storage.directory import DirectoryCache, Platform
 from storage.location_cache import LocationCache
 from storage.routing_log import RoutingLogWriter
 from storage.routing_state import RoutingState
@@ -73,6 +75,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         token_box = TokenBox(settings.secret_key or "")
         directory = DirectoryCache(pool, redis_client, settings.redis_prefix, token_box)
         await directory.reload()
+        _tell_party_address_policy(directory.current.platforms.values(), http.party_addresses)
         async with pool.acquire() as conn:
             created = await partitions.ensure_partitions(conn, settings.log_partitions_ahead)
         writer = RoutingLogWriter(
@@ -209,6 +212,22 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             await litestar(scope, receive, send)
 
     return dispatch
+
+
+def _tell_party_address_policy(platforms: Iterable[Platform], policy: PartyAddresses) -> None:
+    """At start, each registered party URL at an address this hub does not call (an upgrade walkthrough started a new
+    instance without the operator's allowance, and nothing it logged said why its forwards failed), and an allowance
+    that lets parties reach what it is there to keep from them."""
+    if any(net.prefixlen == 0 or _METADATA in net for net in policy.allowed if net.version == _METADATA.version):
+        log.warning("party_networks_allowed_too_broad", setting=ALLOWANCE, allowed=[str(n) for n in policy.allowed],
+                    why="it lets a party's URL reach the cloud's metadata service at 169.254.169.254")  # fmt: skip
+    for platform in platforms:
+        urls = [u for u in (platform.versions_url, platform.version_url, *platform.endpoints.values()) if u]
+        for url, why in refused_urls(dict.fromkeys(urls), policy) if platform.state == "REGISTERED" else ():
+            log.error("party_address_not_allowed", platform=platform.name, url=url[:200], why=why, setting=ALLOWANCE)
+
+
+_METADATA = ipaddress.ip_address("169.254.169.254")
 
 
 async def _came_back(scope: Scope, send: Send, own_mark: tuple[bytes, bytes]) -> None:

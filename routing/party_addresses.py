@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpcore
@@ -116,6 +118,22 @@ def _is_local(address: Address) -> bool:
         except OSError:
             return False
     return True
+
+
+def refused_urls(urls: Iterable[str], policy: PartyAddresses) -> list[tuple[str, str]]:
+    """(url, why) of each URL at a literal address the policy refuses: what a hub started with a narrower policy than
+    the parties were registered under (an upgrade, a changed allowance) will not call. Host names are judged when the
+    hub connects."""
+    refused = []
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            continue
+        if parts.hostname and (why := policy.why_refused(parts.hostname, port)):
+            refused.append((url, why))
+    return refused
 
 
 def for_hub(allowed: tuple[Network, ...], listen: tuple[str, int] | None) -> PartyAddresses:

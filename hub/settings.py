@@ -27,7 +27,7 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     (
         "OCPI_HUB_ADMIN_TOKEN",
         "(generated)",
-        "bearer token of the admin API; unset: generated once, kept in the data dir",
+        "bearer token of the admin API, at least 32 characters; unset: generated once, kept in the data dir",
     ),
     (
         "OCPI_HUB_SECRET_KEY",

@@ -110,12 +110,12 @@ async def write_spooled(spool_dir: Path, append: Append, pool: asyncpg.Pool, key
             if claimed is None:
                 continue  # another worker has it, or has written it
             try:
-                written = await _write_spool_file(claimed.read(), append, pool, key)
+                written, amended = await _write_spool_file(claimed.read(), append, pool, key)
             except Exception as exc:  # the database away again, or a damaged file: kept for the next start
                 log.error("routing_log_spool_not_written", path=str(path), error=f"{type(exc).__name__}: {exc}")
                 continue
             path.unlink()  # under the lock: no other worker reads it once it is written
-        log.warning("routing_log_spool_written", path=str(path), rows=written)
+        log.warning("routing_log_spool_written", path=str(path), rows=written, amendments=amended)
 
 
 @contextlib.contextmanager
@@ -132,12 +132,14 @@ def _claimed(path: Path) -> Iterator[BinaryIO | None]:
         yield file if taken else None
 
 
-async def _write_spool_file(content: bytes, append: Append, pool: asyncpg.Pool, key: bytes) -> int:
+async def _write_spool_file(content: bytes, append: Append, pool: asyncpg.Pool, key: bytes) -> tuple[int, int]:
+    """(rows written, amendments sent: the database keeps each once)."""
     spooled = _decoder.decode(content)
-    chain_id, written = uuid.UUID(spooled["chain_id"]), 0
+    chain_id, written, amended = uuid.UUID(spooled["chain_id"]), 0, 0
     records, keyed = [], spooled.get("keyed", False)
     for part in spooled["parts"]:
         amendments = [tuple(amendment) for amendment in part.get("amendments", ())]  # migration 0015
+        amended += len(amendments)
         if not part["records"] and amendments:
             await append(chain_id, [], [], amendments, 0)
             continue
@@ -147,7 +149,7 @@ async def _write_spool_file(content: bytes, append: Append, pool: asyncpg.Pool, 
             written += len(records)
     if not keyed and records:
         await _seal(pool, key, chain_id, records[-1][_SEQ], records[-1][_HASH])
-    return written
+    return written, amended
 
 
 async def _seal(pool: asyncpg.Pool, key: bytes, chain_id: uuid.UUID, last_seq: int, last_hash: bytes) -> None:

@@ -203,7 +203,10 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 failed = exc
         assert failed is not None
-        raise failed
+        try:
+            raise failed
+        finally:  # this frame holding the exception whose traceback holds the frame: a cycle for the collector
+            failed = None
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Any = None

@@ -105,19 +105,24 @@ def test_an_endpoint_at_a_literal_address_outside_the_allowance_is_refused_at_re
     assert "tariffs SENDER endpoint http://10.0.0.1/ocpi/2.2.1/tariffs is at 10.0.0.1" in _refusal(answer)
 
 
+def _registered_with_tariffs_at(hub: Hub, start_party, url: str):  # type: ignore[no-untyped-def]
+    """A CPO registered at the hub with its tariffs Sender endpoint at url."""
+    roles = ("CPO", "NL", unique_party_id())
+    cpo = start_party(roles)
+    extra = {"identifier": "tariffs", "role": "SENDER", "url": url}
+    details = envelope({"version": "2.2.1", "endpoints": [*cpo.endpoints(), extra]})
+    cpo.canned[("GET", "/ocpi/2.2.1")] = (200, json.dumps(details).encode(), {"Content-Type": "application/json"})
+    registered = cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    assert registered.json()["status_code"] == 1000, registered.text
+    return cpo
+
+
 def test_a_forward_to_an_endpoint_at_the_hubs_own_listening_address_is_refused_with_4003_and_logged(
     hub: Hub, start_party, connect_party, db
 ) -> None:
     # The review's repro: a CPO lists the hub's own /metrics (under another name than the hub's public URL) as its
     # tariffs Sender and addresses a GET to itself. The allowance covers 127.0.0.0/8; the hub's port does not pass.
-    roles = ("CPO", "NL", unique_party_id())
-    cpo = start_party(roles)
-    hub_port = hub.base.rsplit(":", 1)[1]
-    extra = {"identifier": "tariffs", "role": "SENDER", "url": f"http://localhost:{hub_port}/metrics"}
-    details = envelope({"version": "2.2.1", "endpoints": [*cpo.endpoints(), extra]})
-    cpo.canned[("GET", "/ocpi/2.2.1")] = (200, json.dumps(details).encode(), {"Content-Type": "application/json"})
-    registered = cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
-    assert registered.json()["status_code"] == 1000, registered.text
+    cpo = _registered_with_tariffs_at(hub, start_party, f"http://localhost:{hub.base.rsplit(':', 1)[1]}/metrics")
     emsp = connect_party(("EMSP", "NL", unique_party_id()))
 
     answer = emsp.call(hub.base, "GET", "sender/tariffs", to=party_key(cpo))
@@ -134,14 +139,8 @@ def test_a_forward_that_reaches_the_hubs_own_pages_another_way_is_refused_and_re
 ) -> None:
     # An endpoint that leads to the hub by a way the address policy cannot know (a load balancer, a NAT, an
     # interface's address): the hub's mark on the forward refuses it at /metrics as at the OCPI modules.
-    roles = ("CPO", "NL", unique_party_id())
-    cpo = start_party(roles)
     with tcp_forwarder(int(hub.base.rsplit(":", 1)[1])) as forwarder_port:
-        extra = {"identifier": "tariffs", "role": "SENDER", "url": f"http://127.0.0.1:{forwarder_port}/metrics"}
-        details = envelope({"version": "2.2.1", "endpoints": [*cpo.endpoints(), extra]})
-        cpo.canned[("GET", "/ocpi/2.2.1")] = (200, json.dumps(details).encode(), {"Content-Type": "application/json"})
-        registered = cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
-        assert registered.json()["status_code"] == 1000, registered.text
+        cpo = _registered_with_tariffs_at(hub, start_party, f"http://127.0.0.1:{forwarder_port}/metrics")
         emsp = connect_party(("EMSP", "NL", unique_party_id()))
         answer = emsp.call(hub.base, "GET", "sender/tariffs", to=party_key(cpo))
     assert answer.json()["status_code"] == 4000, answer.text

@@ -133,11 +133,16 @@ def test_retention_dropping_a_month_drops_the_amendments_of_its_rows(empty_datab
     sql(empty_database, "SELECT routing_log_add_partition($1)", old)
     asyncio.run(asyncio.wait_for(_answered_4000_while_committed(empty_database, received_at=old), 60))
     assert len(_amendments(empty_database)) == 1
-    dropped = run_on(empty_database, lambda conn: drop_before(conn, old + timedelta(days=40), key=LOG_KEY))
-    assert len(dropped) == 1
-    assert sql(empty_database, "SELECT count(*) FROM routing_log_amendment")[0][0] == 0
-    result = verified(empty_database)
-    assert (result.ok, result.rows) == (True, 1), result.problems
+    assert len(_retention_leaves_no_amendment(empty_database, old + timedelta(days=40), rows_left=1)) == 1
+
+
+def _retention_leaves_no_amendment(database: str, before: datetime, rows_left: int) -> list[str]:
+    """Retention before `before`: no amendment left, and verify ok on the rows_left; the partitions it dropped."""
+    dropped: list[str] = run_on(database, lambda conn: drop_before(conn, before, key=LOG_KEY))
+    assert sql(database, "SELECT count(*) FROM routing_log_amendment")[0][0] == 0
+    result = verified(database)
+    assert (result.ok, result.rows) == (True, rows_left), result.problems
+    return dropped
 
 
 def test_amendments_a_retention_of_the_previous_version_left_behind_pass_verify_and_go_with_the_next_run(
@@ -159,10 +164,7 @@ def test_amendments_a_retention_of_the_previous_version_left_behind_pass_verify_
     sql(empty_database, "INSERT INTO routing_log_amendment VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", *amendment)
     result = verified(empty_database)
     assert (result.ok, result.rows) == (True, 2), result.problems
-    run_on(empty_database, lambda conn: drop_before(conn, old + timedelta(days=35), key=LOG_KEY))
-    assert sql(empty_database, "SELECT count(*) FROM routing_log_amendment")[0][0] == 0
-    result = verified(empty_database)
-    assert (result.ok, result.rows) == (True, 1), result.problems
+    _retention_leaves_no_amendment(empty_database, old + timedelta(days=35), rows_left=1)
 
 
 def test_an_instance_of_the_previous_version_writes_through_0014s_function_beside_amended_rows(

@@ -218,9 +218,10 @@ def _tell_party_address_policy(platforms: Iterable[Platform], policy: PartyAddre
     """At start, each registered party URL at an address this hub does not call (an upgrade walkthrough started a new
     instance without the operator's allowance, and nothing it logged said why its forwards failed), and an allowance
     that lets parties reach what it is there to keep from them."""
-    if any(net.prefixlen == 0 or _METADATA in net for net in policy.allowed if net.version == _METADATA.version):
+    if any(net.prefixlen == 0 or (net.version == 4 and _METADATA in net) for net in policy.allowed):
         log.warning("party_networks_allowed_too_broad", setting=ALLOWANCE, allowed=[str(n) for n in policy.allowed],
-                    why="it lets a party's URL reach the cloud's metadata service at 169.254.169.254")  # fmt: skip
+                    why="it lets a party's URL reach a cloud's metadata service (169.254.169.254; fd00:ec2::254 within "
+                    "::/0) or any address of the hub's network")  # fmt: skip
     for platform in platforms:
         urls = [u for u in (platform.versions_url, platform.version_url, *platform.endpoints.values()) if u]
         for url, why in refused_urls(dict.fromkeys(urls), policy) if platform.state == "REGISTERED" else ():

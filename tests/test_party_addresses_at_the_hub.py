@@ -179,3 +179,13 @@ def test_an_instance_without_the_allowance_leaves_the_parties_it_does_not_call_c
         if strict is not None:
             strict.stop()
         allowing.stop()
+
+
+@pytest.mark.parametrize("allowed", ["0.0.0.0/0", "::/0", "169.254.0.0/16"])
+def test_an_allowance_that_reaches_a_metadata_service_is_warned_of_at_start(
+    services: Services, tmp_path: Path, allowed: str
+) -> None:
+    log_path = OUTPUT / "hub-too-broad.log"
+    running = start_hub(hub_env(services, tmp_path / "hub", **{ALLOWANCE: f"127.0.0.0/8,{allowed}"}), log_path)
+    running.stop()
+    assert "party_networks_allowed_too_broad" in log_path.read_text()

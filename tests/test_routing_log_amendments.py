@@ -63,6 +63,14 @@ def _amendments(database_url: str) -> list[tuple[object, ...]]:
     return [tuple(row) for row in rows]
 
 
+async def _started_again(database: str, spool: Path) -> None:
+    """A writer started on the spool a stopped one left, which it writes at its start, and stopped."""
+    pool = await asyncpg.create_pool(database, min_size=1, max_size=2)
+    async with RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, spool_dir=spool).running():
+        pass
+    await pool.close()
+
+
 def test_a_row_committed_after_its_caller_was_answered_4000_is_amended_with_that_answer(empty_database: str) -> None:
     # Its row was committed as it was chained (no OCPI status of its own here: a relayed 1000 in the hub), while its
     # caller got 4000 after the commit timeout: only the hub's own log said so.
@@ -83,13 +91,7 @@ def test_an_amendment_not_written_when_the_writer_stops_is_spooled_and_written_b
     assert len(list(spool.iterdir())) == 1
     assert _amendments(empty_database) == []
 
-    async def start_again() -> None:
-        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
-        async with RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, spool_dir=spool).running():
-            pass
-        await pool.close()
-
-    asyncio.run(asyncio.wait_for(start_again(), 60))
+    asyncio.run(asyncio.wait_for(_started_again(empty_database, spool), 60))
     assert list(spool.iterdir()) == []
     assert _amendments(empty_database) == [("r1", None, 200, 4000, TOLD, True)]
     result = verified(empty_database)
@@ -223,13 +225,7 @@ def test_a_caller_still_waiting_when_the_writer_stops_is_amended_in_the_spool_to
 
     asyncio.run(asyncio.wait_for(stop_while_a_caller_waits(), 60))
 
-    async def start_again() -> None:
-        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
-        async with RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, spool_dir=spool).running():
-            pass
-        await pool.close()
-
-    asyncio.run(asyncio.wait_for(start_again(), 60))
+    asyncio.run(asyncio.wait_for(_started_again(empty_database, spool), 60))
     told = ("the hub stopped before the routing log could commit this exchange; the row is kept on disk and written "
             "when the hub starts again; the exchange itself went through")  # fmt: skip
     assert _amendments(empty_database) == [("r1", None, 200, 4000, told, True)]

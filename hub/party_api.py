@@ -11,6 +11,7 @@ import base64
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -217,13 +218,8 @@ def _check_address(client: PartyClient, what: str, url: str) -> None:
     """UnableToUseClientApi, before any call, when url's host is a literal address the hub does not call parties at
     (routing.party_addresses); a host name is judged as the hub connects to it. The message is the same whether or
     not anything answers there: the hub's answers must not make a holder of a token A a port scanner."""
-    try:
-        parsed = httpx.URL(url)
-        why = client.party_addresses.why_refused(parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80))
-    except httpx.InvalidURL:
-        return  # the call says why
-    if why:
-        raise UnableToUseClientApi(f"the party's {what} {url} is at {parsed.host}: {why}")
+    if why := client.party_addresses.why_refused_url(url):
+        raise UnableToUseClientApi(f"the party's {what} {url} is at {urlsplit(url).hostname}: {why}")
 
 
 def _usable_endpoints(listed: list[Endpoint], party: str) -> list[Endpoint]:

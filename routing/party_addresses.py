@@ -101,6 +101,16 @@ class PartyAddresses:
             return None
         return f"it is not a public address: {NOT_PUBLIC}"
 
+    def why_refused_url(self, url: str) -> str | None:
+        """Why the hub will not call url, judged by its host when that is a literal address (a host name is judged
+        once resolved, as the hub connects), or None; None too for no URL the hub can call (the call says why)."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            return None
+        return self.why_refused(parts.hostname, port) if parts.hostname else None
+
     def socket_factory(self, addr_info: tuple[Any, ...]) -> socket.socket:
         """aiohttp's TCPConnector(socket_factory=...): the socket for one resolved address, or AddressRefused."""
         family, kind, proto, _, sockaddr = addr_info
@@ -124,16 +134,7 @@ def refused_urls(urls: Iterable[str], policy: PartyAddresses) -> list[tuple[str,
     """(url, why) of each URL at a literal address the policy refuses: what a hub started with a narrower policy than
     the parties were registered under (an upgrade, a changed allowance) will not call. Host names are judged when the
     hub connects."""
-    refused = []
-    for url in urls:
-        try:
-            parts = urlsplit(url)
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            continue
-        if parts.hostname and (why := policy.why_refused(parts.hostname, port)):
-            refused.append((url, why))
-    return refused
+    return [(url, why) for url in urls if (why := policy.why_refused_url(url))]
 
 
 def for_hub(allowed: tuple[Network, ...], listen: tuple[str, int] | None) -> PartyAddresses:

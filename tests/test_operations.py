@@ -115,6 +115,10 @@ def test_metrics_move_with_traffic(hub: Hub, connect_party) -> None:
         assert answer.json()["status_code"] == 1000
     emsp.call(hub.base, "GET", "sender/locations/NO-SUCH-LOCATION", to=HUB)
     _wait(lambda: emsp.call(hub.base, "GET", "sender/locations/M0", to=HUB).json()["status_code"] == 1000)
+    hits = _metric(hub, "ocpi_hub_location_cache_requests_total", result="hit")
+    counted = emsp.call(hub.base, "GET", "sender/locations?limit=0", to=HUB)  # the total alone: from the cache too
+    assert counted.headers["X-Total-Count"] == "3", counted.headers
+    assert _metric(hub, "ocpi_hub_location_cache_requests_total", result="hit") == hits + 1
     assert _metric(hub, "ocpi_hub_requests_total", **pushed) >= before["requests"] + 3
     assert _metric(hub, "ocpi_hub_forward_duration_seconds_count", receiver=receiver) == before["forwards"] + 3
     assert _metric(hub, "ocpi_hub_routing_log_batch_rows_sum") >= before["rows"] + 5

@@ -39,6 +39,7 @@ async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer
     assert exchange.sender is not None
     if not limit:  # X-Total-Count alone (hub.envelope.paging_window): counted, no snapshot kept to walk
         _, total = await relay.locations.snapshot(owner, date_from, date_to, exchange.sender.key, keep=False)
+        CACHE_REQUESTS.labels("hit").inc()  # answered from the cache as a page is, though it holds no objects
         return _listed(relay, exchange, [], total, x_limit(limit, MAX_LIMIT), None)
     snapshot_id, _ = await relay.locations.snapshot(owner, date_from, date_to, exchange.sender.key)
     return await page(relay, exchange, snapshot_id, offset, limit)

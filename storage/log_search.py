@@ -3,6 +3,9 @@
 Each combination of filters gives its own SQL text, so PostgreSQL plans it for the indexes that fit (a generic
 "($1 IS NULL OR col = $1)" plan cannot use them), and the queries run with plan_cache_mode = force_custom_plan so
 that partial indexes (rare statuses, unusual routings) and skewed parties are planned with the actual values.
+
+http_status and ocpi_status match what the caller was answered: a row's own status, or for an amended row (migration
+0015: its caller was answered 4000 while the row says what the receiver answered) its amendment's.
 """
 
 from __future__ import annotations
@@ -119,8 +122,6 @@ FILTERS: dict[str, tuple[str, Callable[[str, str], list[Any]]]] = {
     "module": ("module = {0}", _word),
     "method": ("method = {0}", _choice(METHODS, str.upper)),
     "routing": ("routing = {0}", _choice(ROUTINGS, str.lower)),
-    "http_status": ("http_status = {0}", _integer(100, 599)),
-    "ocpi_status": ("ocpi_status_code = {0}", _integer(1000, 4999)),
     # the id the caller sent, or the one the hub sent the receiver: either side of a dispute may hold it
     "request_id": ("(request_id = {0} OR forwarded_request_id = {0})", _text),
     "correlation_id": ("correlation_id = {0}", _text),
@@ -132,7 +133,14 @@ FILTERS: dict[str, tuple[str, Callable[[str, str], list[Any]]]] = {
     "since": ("received_at >= {0}", _time),
     "until": ("received_at < {0}", _time),
 }
-FILTER_NAMES = frozenset({*FILTERS, "party"})
+# What the caller was answered (handled apart: see Search.either_answer): the column of the row and of its amendment.
+ANSWERED: dict[str, tuple[str, Callable[[str, str], list[Any]]]] = {
+    "http_status": ("http_status", _integer(100, 599)),
+    "ocpi_status": ("ocpi_status_code", _integer(1000, 4999)),
+}
+FILTER_NAMES = frozenset({*FILTERS, *ANSWERED, "party"})
+# The row's amendment (migration 0015), in a clause on routing_log.
+_AMENDMENT = "routing_log_amendment AS a WHERE a.chain_id = routing_log.chain_id AND a.seq = routing_log.seq"
 _FROM = "from_country_code = {0} AND from_party_id = {1}"
 _TO = "to_country_code = {0} AND to_party_id = {1}"
 _NOT_FROM = "(from_country_code, from_party_id) IS DISTINCT FROM ({0}, {1})"
@@ -145,6 +153,7 @@ class Search:
     fragments: list[str] = field(default_factory=list)
     args: list[Any] = field(default_factory=list)
     party: list[Any] | None = None
+    answered: list[tuple[str, int]] = field(default_factory=list)  # (column, value) of the status filters
     given: dict[str, str] = field(default_factory=dict)
 
     def bind(self, values: list[Any]) -> list[str]:
@@ -160,6 +169,20 @@ class Search:
         assert self.party is not None
         placeholders = self.bind(self.party)
         return _FROM.format(*placeholders), _TO.format(*placeholders), _NOT_FROM.format(*placeholders)
+
+    def either_answer(self) -> tuple[str, str]:
+        """(as the row says, as its amendment says) the status filters, sharing their parameters: a row not amended
+        whose own status matches, or an amended row whose amendment's does. Apart (a page's merged ranges), the first
+        is an index range on the row's status with an anti-join on the amendment's key, the second a join from the few
+        amendments; ORed (stats, exports), a bitmap OR of the row's status and its received_at among the amendments'."""
+        matches = [(column, placeholder) for (column, _), placeholder in
+                   zip(self.answered, self.bind([value for _, value in self.answered]), strict=True)]  # fmt: skip
+        as_logged = " AND ".join([f"NOT EXISTS (SELECT 1 FROM {_AMENDMENT})",
+                                  *(f"{column} = {placeholder}" for column, placeholder in matches)])  # fmt: skip
+        amendment = " AND ".join(f"a.{column} = {placeholder}" for column, placeholder in matches)
+        amended = (f"received_at = ANY(ARRAY(SELECT a.row_received_at FROM routing_log_amendment AS a"
+                   f" WHERE {amendment})) AND EXISTS (SELECT 1 FROM {_AMENDMENT} AND {amendment})")  # fmt: skip
+        return as_logged, amended
 
     def where(self, *extra: str) -> str:
         clauses = [*self.fragments, *extra]
@@ -182,6 +205,11 @@ def parse_filters(params: Mapping[str, str], allowed_extra: frozenset[str] = fro
         parsed[name] = parse(name, raw)
         search.fragments.append(search.add(fragment, parsed[name]))
         search.given[name] = raw
+    for name in sorted(ANSWERED):
+        if raw := params.get(name):
+            column, parse = ANSWERED[name]
+            search.answered.append((column, parse(name, raw)[0]))
+            search.given[name] = raw
     if params.get("party"):
         search.party = _party("party", params["party"])
         search.given["party"] = params["party"]
@@ -225,19 +253,22 @@ def page_query(search: Search, cursor: tuple[datetime, int] | None, limit: int) 
     """Newest first, the rows after the cursor's (received_at, id); limit + 1 rows tell whether there is more."""
     extra = [search.add("(received_at, id) < ({0}, {1})", list(cursor))] if cursor else []
     limit_param = search.add("{0}", [limit + 1])
-    if search.party is None:
-        return (
-            f"SELECT {_SELECT} FROM routing_log {search.where(*extra)} {ORDER_NEWEST} LIMIT {limit_param}",
-            search.args,
-        )
-    # Either side: two ordered index ranges (from-party, to-party) merged, rather than an OR the planner can only
-    # answer with a bitmap scan and a sort of every matching row.
-    sent, received, not_sent = search.either_party()
-    sides = [
-        f"(SELECT {_SELECT} FROM routing_log {search.where(*extra, clause)} {ORDER_NEWEST} LIMIT {limit_param})"
-        for clause in (sent, f"{received} AND {not_sent}")
+    # Either side, either answer: ordered index ranges (from-party, to-party; the row's status, its amendment's)
+    # merged, rather than an OR the planner can only answer with a bitmap scan and a sort of every matching row.
+    sides: list[list[str]] = [[]]
+    if search.party is not None:
+        sent, received, not_sent = search.either_party()
+        sides = [[sent], [f"{received} AND {not_sent}"]]
+    answers: list[list[str]] = [[]] if not search.answered else [[answer] for answer in search.either_answer()]
+    branches = [
+        f"SELECT {_SELECT} FROM routing_log {search.where(*extra, *side, *answer)} {ORDER_NEWEST} LIMIT {limit_param}"
+        for side in sides
+        for answer in answers
     ]
-    return f"SELECT * FROM ({' UNION ALL '.join(sides)}) AS either {ORDER_NEWEST} LIMIT {limit_param}", search.args
+    if len(branches) == 1:
+        return branches[0], search.args
+    merged = " UNION ALL ".join(f"({branch})" for branch in branches)
+    return f"SELECT * FROM ({merged}) AS either {ORDER_NEWEST} LIMIT {limit_param}", search.args
 
 
 BODY_COLUMNS = ("request_headers", "response_headers", "request_body", "response_body")
@@ -250,8 +281,13 @@ def export_query(search: Search, bodies: bool = False) -> tuple[str, list[Any]]:
 
 
 def full_where(search: Search) -> str:
-    """The WHERE clause of every filter, the party one as an OR (exports and stats read every matching row)."""
-    if search.party is None:
-        return search.where()
-    sent, received, _ = search.either_party()
-    return search.where(f"(({sent}) OR ({received}))")
+    """The WHERE clause of every filter, the party and status ones as ORs (exports and stats read every matching
+    row)."""
+    either = []
+    if search.party is not None:
+        sent, received, _ = search.either_party()
+        either.append(f"(({sent}) OR ({received}))")
+    if search.answered:
+        as_logged, amended = search.either_answer()
+        either.append(f"(({as_logged}) OR ({amended}))")
+    return search.where(*either)

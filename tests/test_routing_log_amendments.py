@@ -4,6 +4,7 @@ did not finish in time) is kept with what the caller got instead, written once, 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ import pytest
 from storage.log_row import COLUMNS
 from storage.partitions import drop_before
 from storage.routing_log import LogUnavailable, RoutingLogWriter
-from tests.conftest import LOG_KEY, Hub, Services
+from tests.conftest import LOG_KEY, Hub, Services, unique_party_id
 from tests.log_rows import numbered_entry, numbered_log, run_on, sql, verified, write
 from tests.test_credentials_rotation import console_page
 
@@ -238,20 +239,7 @@ def test_the_console_log_table_marks_an_amended_row_with_what_its_caller_was_ans
 ) -> None:
     # An auditor scanning the table for a disputed exchange sees it there, not only on the message's own page.
     correlation_id = f"amended-{uuid.uuid4()}"
-    amended, plain = numbered_entry(1), numbered_entry(2)
-    for entry in (amended, plain):
-        entry.correlation_id, entry.ocpi_status_code = correlation_id, 1000
-
-    async def amend_a_committed_row() -> None:  # as the relay amends it, in the hub's database, under its key
-        pool = await asyncpg.create_pool(services.database_url, min_size=1, max_size=2)
-        async with RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024).running() as writer:
-            await asyncio.gather(writer.record(amended), writer.record(plain))
-            writer.amend(amended, 200, 4000, TOLD)
-        await pool.close()
-
-    asyncio.run(asyncio.wait_for(amend_a_committed_row(), 60))
-    ids = {r["request_id"]: r["id"] for r in sql(services.database_url, "SELECT id, request_id FROM routing_log"
-                                                 " WHERE correlation_id = $1", correlation_id)}  # fmt: skip
+    ids = _amended_in_the_hub(services.database_url, correlation_id, [1000, 1000])
     page = console_page(hub, f"/console/log?correlation_id={correlation_id}")
     rows = {int(row_id): kind for kind, row_id in re.findall(r'<tr class="([^"]*)" data-id="(\d+)">', page)}
     assert rows == {ids["r1"]: "error amended", ids["r2"]: ""}
@@ -260,3 +248,64 @@ def test_the_console_log_table_marks_an_amended_row_with_what_its_caller_was_ans
     assert (told_kind, told) == ("bad amended", "1000→4000")
     assert title.startswith(' title="Answered instead: HTTP 200 · OCPI 4000 at ') and f"UTC: {TOLD}." in title
     assert ("ok", "", "1000") in cells
+
+
+def _amended_in_the_hub(database: str, correlation_id: str, statuses: list[int], **fields: object) -> dict[str, int]:
+    """Rows r1, r2, ... of correlation_id, each with fields and its OCPI status of statuses, r1 amended as the relay
+    amends it (its caller answered 4000), written in the hub's database under its key; their ids by request id."""
+    entries = [numbered_entry(n) for n in range(1, len(statuses) + 1)]
+    for entry, status in zip(entries, statuses, strict=True):
+        entry.correlation_id, entry.ocpi_status_code = correlation_id, status
+        for name, value in fields.items():
+            setattr(entry, name, value)
+
+    async def amend_a_committed_row() -> None:
+        pool = await asyncpg.create_pool(database, min_size=1, max_size=2)
+        async with RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024).running() as writer:
+            for entry in entries:  # one at a time: ids and received_at rise with n
+                await writer.record(entry)
+            writer.amend(entries[0], 200, 4000, TOLD)
+        await pool.close()
+
+    asyncio.run(asyncio.wait_for(amend_a_committed_row(), 60))
+    found = sql(database, "SELECT id, request_id FROM routing_log WHERE correlation_id = $1", correlation_id)
+    return {row["request_id"]: row["id"] for row in found}
+
+
+def test_a_status_search_finds_an_amended_row_by_what_its_caller_was_answered_as_stats_and_exports_count_it(
+    hub: Hub, services: Services
+) -> None:
+    # r1's row says the receiver's 1000, its caller got 4000; r2 got the 1000 its row says; r3's row says 4000 itself.
+    # "Which requests were answered 4000?" finds r1 and r3, in a search, with either party too (merged index ranges),
+    # in an export and in stats; "which 1000?" finds r2 alone.
+    correlation_id, sender = f"answered-{uuid.uuid4()}", unique_party_id()
+    ids = _amended_in_the_hub(services.database_url, correlation_id, [1000, 1000, 4000], from_country_code="NL",
+                              from_party_id=sender)  # fmt: skip
+    scope = {"correlation_id": correlation_id}
+    with hub.admin() as admin:
+
+        def found(path: str, **params: str) -> list[str]:
+            answer = admin.get(f"/admin/api/{path}", params=scope | params)
+            assert answer.status_code == 200, answer.text
+            if path == "routing-log/export":
+                return [json.loads(line)["request_id"] for line in answer.text.splitlines()]
+            return [item["request_id"] for item in answer.json()["items"]]
+
+        def counted(**params: str) -> tuple[int, int]:
+            answer = admin.get("/admin/api/stats", params=scope | params)
+            assert answer.status_code == 200, answer.text
+            sent = [item for item in answer.json()["items"] if item["direction"] == "sent"]
+            return sum(item["messages"] for item in sent), sum(item["errors"] for item in sent)
+
+        for party in ({}, {"party": f"NL-{sender}"}):
+            assert found("routing-log", ocpi_status="4000", **party) == ["r3", "r1"]
+            assert found("routing-log", ocpi_status="4000", http_status="200", limit="1", **party) == ["r3"]
+            assert found("routing-log", ocpi_status="1000", **party) == ["r2"]
+            assert found("routing-log/export", ocpi_status="4000", **party) == ["r1", "r3"]
+            assert counted(ocpi_status="4000", **party) == (2, 2)
+            assert counted(ocpi_status="1000", **party) == (1, 0)
+            assert counted(**party) == (3, 2)  # the amended row is an error: its caller got 4000
+        amended = admin.get("/admin/api/routing-log", params=scope | {"ocpi_status": "4000"}).json()["items"][1]
+        assert (amended["ocpi_status_code"], amended["answered_instead"]["ocpi_status_code"]) == (1000, 4000)
+    page = console_page(hub, f"/console/log?correlation_id={correlation_id}&ocpi_status=4000")
+    assert sorted(int(i) for i in re.findall(r'<tr class="[^"]*" data-id="(\d+)">', page)) == [ids["r1"], ids["r3"]]

@@ -15,25 +15,30 @@ from hub.admin.routing_log import fetch_planned, query_params
 from storage.log_search import BadFilter, full_where, parse_filters, parse_time
 
 BUCKETS = {"hour": timedelta(days=1), "day": timedelta(days=31)}  # the default span of each bucket size
-# An error: an HTTP error, or an OCPI status outside 1xxx (no OCPI status at all included).
-_ERROR = "(http_status >= 400 OR coalesce(ocpi_status_code, 0) NOT BETWEEN 1000 AND 1999)"
+# An error: an HTTP error, or an OCPI status outside 1xxx (no OCPI status at all included), in what the caller was
+# answered: the row's status, or its amendment's (migration 0015), as the status filters read it (storage.log_search).
+_ERROR = "({0}http_status >= 400 OR coalesce({0}ocpi_status_code, 0) NOT BETWEEN 1000 AND 1999)"
 
 
 def _sql(bucket: str, where: str) -> str:
     # bucket is one of BUCKETS (checked), never a value from the request as such
     sides = " UNION ALL ".join(
         f"SELECT received_at, {side}_country_code || '-' || {side}_party_id AS party, '{direction}' AS direction,"
-        f" module, {_ERROR} AS failed, duration_ms FROM routing_log {where}"
+        f" module, {_ERROR.format('')} AS failed, duration_ms, chain_id, seq FROM routing_log {where}"
         f" {'AND' if where else 'WHERE'} {side}_party_id IS NOT NULL"
         for side, direction in (("from", "sent"), ("to", "received"))
     )
+    # amendments joined once, to the rows found (a hash join on the few of them), not looked up row by row
     return f"""
         SELECT date_trunc('{bucket}', received_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS bucket, party,
-               direction, module, count(*) AS messages, count(*) FILTER (WHERE failed) AS errors,
+               direction, module, count(*) AS messages,
+               count(*) FILTER (WHERE CASE WHEN a.chain_id IS NULL THEN failed ELSE {_ERROR.format("a.")} END)
+                   AS errors,
                percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50_ms,
                percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_ms,
                percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99_ms
         FROM ({sides}) AS sides
+        LEFT JOIN routing_log_amendment AS a ON a.chain_id = sides.chain_id AND a.seq = sides.seq
         GROUP BY 1, 2, 3, 4
         ORDER BY 1, 2, 3, 4"""
 

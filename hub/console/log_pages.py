@@ -27,7 +27,7 @@ FIELDS = (
     ("module", "Module", ""), ("method", "Method", ""), ("routing", "Routing", ""),
     ("object_id", "Object id", "location, session, CDR or token id"),
     ("listed_id", "Listed id", "a CDR, session or token a list named"), ("platform", "Platform id", "either side"),
-    ("http_status", "HTTP status", "404"), ("ocpi_status", "OCPI status", "2004"),
+    ("http_status", "HTTP status answered", "404"), ("ocpi_status", "OCPI status answered", "2004"),
     ("request_id", "Request id", "X-Request-ID"), ("correlation_id", "Correlation id", "X-Correlation-ID"),
     ("since", "Since (UTC)", "2026-01-31T12:00"), ("until", "Until (UTC)", "2026-02-01T00:00"),
 )  # fmt: skip

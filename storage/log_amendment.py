@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from storage.log_marks import Floors
 from storage.log_row import LogEntry, amendment_mac, stored_text
 from storage.sql import QUERIES
 
@@ -59,6 +60,31 @@ def amendment_verifies(key: bytes, row_hash: bytes, amendment: Mapping[str, Any]
     except (ValueError, TypeError, AttributeError):
         return False
     return amendment["mac"] is not None and hmac.compare_digest(amendment["mac"], expected)
+
+
+def check_amendment(
+    bad: Callable[[int, str], None], row: Mapping[str, Any], amendments: dict[tuple[Any, int], Any], key: bytes
+) -> None:
+    """For verify (storage.log_verify): the row's amendment, if it has one (taken from amendments, QUERIES
+    ["every_amendment"] by chain and seq: those left have no row checked), told to bad if it does not verify."""
+    if not amendments or (amendment := amendments.pop((row["chain_id"], row["seq"]), None)) is None:
+        return
+    if not amendment_verifies(key, row["hash"], amendment):
+        bad(row["id"], "its amendment (what its caller was answered instead) does not match its keyed hash: the "
+                       "amendment was changed, or moved here from another row")  # fmt: skip
+
+
+def check_amendments_without_rows(
+    wrong: Callable[[str], None], left: Iterable[Mapping[str, Any]], floors: Floors
+) -> None:
+    """For a full verify: the amendments whose row is not there, told to wrong, unless retention dropped it (as
+    verify's saved heads tell): a retention of the version before amendments leaves them until the next retention
+    deletes them."""
+    for amendment in left:
+        chain_id, seq = amendment["chain_id"], amendment["seq"]
+        if floors.highest(chain_id) < seq:
+            wrong(f"chain {chain_id}: an amendment of its row seq {seq}, which is not there: the row was deleted, or "
+                  "the amendment moved to a row that never was")  # fmt: skip
 
 
 async def answered_instead(conn: asyncpg.Connection, rows: Iterable[Mapping[str, Any]]) -> dict[Any, dict[str, Any]]:

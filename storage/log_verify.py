@@ -14,10 +14,7 @@ not: nothing in a row says it had one (the hub's own log does: routing_log_row_n
 
 from __future__ import annotations
 
-import bisect
-import hmac
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -25,8 +22,10 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 
-from storage.log_amendment import amendment_verifies
-from storage.log_row import COLUMNS, GENESIS, floor_mac, keyed_hash_covers_id, legacy_hash, seal_mac
+from storage.log_amendment import check_amendment, check_amendments_without_rows
+from storage.log_id_order import OutOfOrder, out_of_order, settle
+from storage.log_marks import Floors, verified_marks
+from storage.log_row import COLUMNS, GENESIS, keyed_hash_covers_id, legacy_hash
 from storage.sql import QUERIES
 
 
@@ -106,9 +105,10 @@ async def verify(
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         # Heads and rows come from one snapshot: a hub writing meanwhile must not look like a gap.
         heads = {r["chain_id"]: r for r in await conn.fetch(QUERIES["chain_heads"], timeout=timeout)}
-        sealed = _marks(result, key, await conn.fetch(QUERIES["sealed_chains"], timeout=timeout), seals=True)
+        seals = await conn.fetch(QUERIES["sealed_chains"], timeout=timeout)
+        sealed = verified_marks(result.wrong, key, seals, seals=True)
         heads.update(sealed)  # an unkeyed chain ends where it was sealed, whatever its head says now
-        floors = _Floors(_marks(result, key, await conn.fetch(QUERIES["chain_floors"], timeout=timeout)))
+        floors = Floors(verified_marks(result.wrong, key, await conn.fetch(QUERIES["chain_floors"], timeout=timeout)))
         amendments = {(a["chain_id"], a["seq"]): a
                       for a in await conn.fetch(QUERIES["every_amendment"], timeout=timeout)}  # fmt: skip
         trusted: set[Any] = set()  # the chains whose first row checked is the one before the range: not its link
@@ -130,17 +130,17 @@ async def verify(
         seen: set[Any] = set()  # the chains that have rows
         before: asyncpg.Record | None = None  # the row before previous in its chain
         previous_covers_id: bool | None = None
-        unsettled: _OutOfOrder | None = None  # two rows out of id order, told apart by the row after them
+        unsettled: OutOfOrder | None = None  # two rows out of id order, told apart by the row after them
         async for row in rows:
             result.rows += 1
             seen.add(row["chain_id"])
             if previous is not None and previous["chain_id"] != row["chain_id"]:
                 _check_head(result, previous, heads, floors, previous["chain_id"] in cut)
-                _settle(result, unsettled, None)
+                settle(result.bad, unsettled, None)
                 unsettled = previous = before = None
             covers_id = _check_content(result, row, key, sealed)
-            _check_amendment(result, row, amendments, key)
-            _settle(result, unsettled, row)
+            check_amendment(result.bad, row, amendments, key)
+            settle(result.bad, unsettled, row)
             unsettled = None
             if previous is not None and row["seq"] == previous["seq"]:
                 # both named: the one inserted may be either (a row chained without its id, or its copy)
@@ -149,38 +149,17 @@ async def verify(
                 continue
             _check_link(result, previous, row, floors, row["chain_id"] in trusted)
             if previous is not None and row["id"] < previous["id"]:
-                unsettled = _out_of_order(result, before, (previous, previous_covers_id), (row, covers_id))
+                unsettled = out_of_order(result.bad, before, (previous, previous_covers_id), (row, covers_id))
             before, previous, previous_covers_id = previous, row, covers_id
-        _settle(result, unsettled, None)
+        settle(result.bad, unsettled, None)
         if previous is not None:
             _check_head(result, previous, heads, floors, previous["chain_id"] in cut)
         if not ranged:  # in a range, the chains with rows in it
             _check_heads_without_rows(result, heads, seen, floors)
-            _check_amendments_without_rows(result, amendments.values(), floors)
+            check_amendments_without_rows(result.wrong, amendments.values(), floors)
         if saved is not None:  # rows out of a range were not checked above
             await _check_saved_heads(conn, result, saved, heads, floors, (key, sealed) if ranged else None, timeout)
     return result
-
-
-def _check_amendment(
-    result: Verification, row: asyncpg.Record, amendments: dict[tuple[Any, int], asyncpg.Record], key: bytes
-) -> None:
-    """The row's amendment, if it has one (taken from amendments: those left have no row checked)."""
-    if not amendments or (amendment := amendments.pop((row["chain_id"], row["seq"]), None)) is None:
-        return
-    if not amendment_verifies(key, row["hash"], amendment):
-        result.bad(row["id"], "its amendment (what its caller was answered instead) does not match its keyed hash: the "
-                              "amendment was changed, or moved here from another row")  # fmt: skip
-
-
-def _check_amendments_without_rows(result: Verification, left: Iterable[asyncpg.Record], floors: _Floors) -> None:
-    """Amendments whose row is not there, unless retention dropped it (as _check_saved_heads tells): a retention of the
-    version before amendments leaves them until the next retention deletes them."""
-    for amendment in left:
-        chain_id, seq = amendment["chain_id"], amendment["seq"]
-        if floors.highest(chain_id) < seq:
-            result.wrong(f"chain {chain_id}: an amendment of its row seq {seq}, which is not there: the row was "
-                         "deleted, or the amendment moved to a row that never was")  # fmt: skip
 
 
 def _head_seq(heads: dict[Any, asyncpg.Record], chain_id: Any) -> int:
@@ -188,49 +167,8 @@ def _head_seq(heads: dict[Any, asyncpg.Record], chain_id: Any) -> int:
     return int(head["last_seq"]) if head is not None else 0
 
 
-class _Floors:
-    """The retention floors whose MAC verifies, by chain: what verify knows of the rows retention dropped."""
-
-    def __init__(self, marks: dict[Any, asyncpg.Record]) -> None:
-        self._at: dict[tuple[Any, int], asyncpg.Record] = marks
-        by_chain: dict[Any, list[int]] = {}
-        for chain_id, seq in marks:
-            by_chain.setdefault(chain_id, []).append(seq)
-        self._seqs = {chain_id: sorted(seqs) for chain_id, seqs in by_chain.items()}
-
-    def at(self, chain_id: Any, seq: int) -> asyncpg.Record | None:
-        return self._at.get((chain_id, seq))
-
-    def highest(self, chain_id: Any) -> int:
-        seqs = self._seqs.get(chain_id)
-        return seqs[-1] if seqs else 0
-
-    def dropped_between(self, chain_id: Any, after: tuple[int, bytes], before: tuple[int, bytes]) -> bool:
-        """Whether retention dropped every row between after and before, (seq, hash) of the rows on either side (seq 0
-        and GENESIS before a chain's first row; for a chain's end, its head's seq + 1 and hash): the floors next to
-        them hold their hashes, and each floor that says a neighbour was not dropped with it has that neighbour's
-        floor beside it, or that neighbour is after or before. Floors from before the upgrade say no more than the
-        hash the row after them continues from."""
-        (low, low_hash), (high, high_prev_hash) = after, before
-        first, last = self.at(chain_id, low + 1), self.at(chain_id, high - 1)
-        if last is None or last["hash"] != high_prev_hash:
-            return False
-        if last["next_apart"] is None:  # a floor of before the upgrade
-            return True
-        if first is None or first["prev_hash"] != low_hash:
-            return False
-        seqs = self._seqs[chain_id]
-        for seq in seqs[bisect.bisect_right(seqs, low) : bisect.bisect_left(seqs, high)]:
-            floor = self._at[(chain_id, seq)]
-            if floor["next_apart"] and seq + 1 < high and (chain_id, seq + 1) not in self._at:
-                return False
-            if floor["prev_apart"] and seq - 1 > low and (chain_id, seq - 1) not in self._at:
-                return False
-        return True
-
-
 def _check_link(
-    result: Verification, previous: asyncpg.Record | None, row: asyncpg.Record, floors: _Floors, trust_first: bool
+    result: Verification, previous: asyncpg.Record | None, row: asyncpg.Record, floors: Floors, trust_first: bool
 ) -> None:
     """The row continues the one before it: the next seq with its hash as prev_hash, or after rows retention dropped."""
     chain_id, seq = row["chain_id"], row["seq"]
@@ -251,7 +189,7 @@ async def _check_saved_heads(
     result: Verification,
     saved: Heads,
     heads: dict[Any, asyncpg.Record],
-    floors: _Floors,
+    floors: Floors,
     unchecked: tuple[bytes, dict[Any, asyncpg.Record]] | None,
     timeout: float | None,
 ) -> None:
@@ -302,60 +240,6 @@ def verified_form(key: bytes, sealed: dict[Any, asyncpg.Record], row: asyncpg.Re
         return None
 
 
-@dataclass(slots=True)
-class _OutOfOrder:
-    before: asyncpg.Record | None  # the row before earlier in the chain, if any
-    earlier: asyncpg.Record
-    later: asyncpg.Record  # the row after earlier, with a lower id
-
-
-def _out_of_order(
-    result: Verification,
-    before: asyncpg.Record | None,
-    previous: tuple[asyncpg.Record, bool | None],
-    row: tuple[asyncpg.Record, bool | None],
-) -> _OutOfOrder | None:
-    """Ids are given as rows are written, so they rise with seq along a chain, and auditors cite rows by them. Of two
-    rows out of that order, the one renumbered is named: not one whose hash covers its id (that one shows as changed
-    if it was); where neither hash covers its id, the pair is settled by the row after them (_settle). A row that does
-    not match its hash at all is named already (None)."""
-    (earlier, earlier_covers), (later, later_covers) = previous, row
-    if earlier_covers is None or later_covers is None or (earlier_covers and later_covers):
-        return None
-    if later_covers:
-        _renumbered(result, earlier, later, above=True)
-    elif earlier_covers:
-        _renumbered(result, later, earlier, above=False)
-    else:
-        return _OutOfOrder(before, earlier, later)
-    return None
-
-
-def _settle(result: Verification, pair: _OutOfOrder | None, after: asyncpg.Record | None) -> None:
-    """Which of two rows out of id order, neither hash covering its id, was renumbered: the one whose id, had it been
-    given in order, could have lain between its neighbours' while the others' stay in order (an integer between
-    them); both when either could have (or neither: more than one was moved)."""
-    if pair is None:
-        return
-    before, earlier, later = pair.before, pair.earlier, pair.later
-    earlier_moved = before is None or (before["id"] < later["id"] and later["id"] - before["id"] >= 2)
-    later_moved = after is None or (earlier["id"] < after["id"] and after["id"] - earlier["id"] >= 2)
-    if earlier_moved == later_moved:
-        _renumbered(result, earlier, later, above=True, or_the_other=True)
-        _renumbered(result, later, earlier, above=False, or_the_other=True)
-    elif earlier_moved:
-        _renumbered(result, earlier, later, above=True)
-    else:
-        _renumbered(result, later, earlier, above=False)
-
-
-def _renumbered(result: Verification, row: Any, other: Any, above: bool, or_the_other: bool = False) -> None:
-    where = f"above {other['id']}, that of seq {other['seq']} after" if above else (
-        f"below {other['id']}, that of seq {other['seq']} before")  # fmt: skip
-    who = f"it or row {other['id']} was renumbered" if or_the_other else "rows were renumbered"
-    result.bad(row["id"], f"its id is {where} it in its chain: {who}")
-
-
 def _check_content(
     result: Verification, row: asyncpg.Record, key: bytes, sealed: dict[Any, asyncpg.Record]
 ) -> bool | None:
@@ -375,32 +259,8 @@ def _check_content(
     return None
 
 
-def verified_seals(key: bytes, records: list[asyncpg.Record]) -> dict[Any, asyncpg.Record]:
-    """The seals (QUERIES["sealed_chains"]) whose MAC verifies, by chain id, as verify takes them, for row_verifies."""
-    return _marks(Verification(), key, records, seals=True)
-
-
-def _marks(result: Verification, key: bytes, records: list[asyncpg.Record], seals: bool = False) -> dict[Any, Any]:
-    """The seals (by chain id) or floors (by chain id and seq) whose MAC verifies; the others are reported."""
-    good: dict[Any, Any] = {}
-    for record in records:
-        chain_id = record["chain_id"]
-        if seals:
-            seq, what = record["last_seq"], "its seal"
-            expected = seal_mac(key, chain_id, seq, record["last_hash"])
-        else:
-            seq, what = record["seq"], f"the retention floor at seq {record['seq']}"
-            expected = floor_mac(key, chain_id, seq, record["hash"], record["prev_hash"], record["next_apart"],
-                                 record["prev_apart"])  # fmt: skip
-        if record["mac"] is not None and hmac.compare_digest(record["mac"], expected):
-            good[chain_id if seals else (chain_id, seq)] = record
-        else:
-            result.wrong(f"chain {chain_id}: {what} does not verify: it was not written by this hub")
-    return good
-
-
 def _check_heads_without_rows(
-    result: Verification, heads: dict[Any, asyncpg.Record], seen: set[Any], floors: _Floors
+    result: Verification, heads: dict[Any, asyncpg.Record], seen: set[Any], floors: Floors
 ) -> None:
     """A chain whose head is recorded but none of whose rows are left: every row was deleted, unless retention dropped
     them all."""
@@ -413,7 +273,7 @@ def _check_heads_without_rows(
 
 
 def _check_head(
-    result: Verification, last: asyncpg.Record, heads: dict[Any, asyncpg.Record], floors: _Floors, cut: bool
+    result: Verification, last: asyncpg.Record, heads: dict[Any, asyncpg.Record], floors: Floors, cut: bool
 ) -> None:
     """The chain's last row is its head's, or retention dropped the rows after it (a slow request's row, received a
     month before the ones chained before it). cut: the last row checked is the one after a time range, not the

@@ -16,8 +16,9 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 
+from storage.log_marks import verified_seals
 from storage.log_row import floor_mac
-from storage.log_verify import row_verifies, verified_seals
+from storage.log_verify import row_verifies
 from storage.sql import QUERIES
 
 log = structlog.get_logger()

@@ -237,8 +237,9 @@ class ForwardingLoop(HubError):
 
 
 class ShareInUse(HubError):
-    """The caller had its whole share of the hub's connections to the receiver's server in flight for half the forward
-    deadline (routing.fair_share): the request was not forwarded. Not 4002, which says the message was forwarded."""
+    """For half the forward deadline, no connection to the receiver's server was free for the caller: its whole share
+    was in flight there, or all the hub's connections were (routing.fair_share). The request was not forwarded: not
+    4002, which says the message was forwarded."""
 
 
 class UnknownReceiver(HubError):

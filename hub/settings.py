@@ -42,8 +42,8 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     (
         "OCPI_HUB_FORWARD_TIMEOUT_S",
         "30",
-        "seconds the hub waits for a party's whole answer (a forward: then 4002, a request waiting for its platform's "
-        "share of the connections to the party included, which waits half of it at most, then 4000; a probe, a location"
+        "seconds the hub waits for a party's whole answer (a forward: then 4002, a request waiting for a connection to "
+        "the party included, which waits half of it at most, then 4000; a probe, a location"
         " sync page, a registration step: then failed), and for a request's body before answering 408",
     ),
     (
@@ -55,8 +55,9 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     (
         "OCPI_HUB_PARTY_CONNECTIONS",
         "64",
-        "connections a hub process keeps at most to one party's server (host and port), for all callers; one calling"
-        " platform has at most half of them in flight there, and its requests beyond that wait for its own",
+        "connections a hub process keeps at most to one party's server (host and port), for all callers; a calling"
+        " platform with fewer than 2 in flight there takes one whenever one is free, beyond that only while it has"
+        " fewer than half of them in flight and a quarter stay free (kept for the others), else its request waits",
     ),
     (
         "OCPI_HUB_MAX_BODY_BYTES",

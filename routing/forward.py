@@ -3,8 +3,8 @@
 aiohttp's exceptions are translated here into the hub's: a timeout is 4002, a connection problem before the answer
 4003, an answer that does not parse as HTTP or breaks off 4000 (the receiver got the request). An answer
 larger than OCPI_HUB_MAX_BODY_BYTES is 4000 (`read_capped`, which the control plane's httpx client uses too), and
-so is one with a status that is no HTTP status. A request goes out in its caller's share of the connections to the
-receiver's server (routing.fair_share); one that found no slot of it in half its deadline is 4000, not forwarded.
+so is one with a status that is no HTTP status. A request goes out on one of the hub's connections to the receiver's
+server that its caller may take (routing.fair_share); one that found none in half its deadline is 4000, not forwarded.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ class Answer:
     unwritable: tuple[str, ...] = ()
 
 
-# The most a forward waits for a connection to the receiver (from aiohttp's pool, or a new one): a party not taking
-# connections is answered 4002 this soon.
+# The most a forward waits for a new connection to the receiver (aiohttp's pool is never full when a forward reaches
+# it: routing.fair_share counts its connections first): a party not taking connections is answered 4002 this soon.
 _CONNECT_S = 5.0
 # A party's OCPI status_code as the routing log's integer column holds it: a larger number is no status code.
 OcpiStatusCode = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
@@ -113,13 +113,13 @@ async def forward(
 ) -> Answer:
     """The receiver's answer, at most max_bytes of it (decompressed): a larger one is AnswerTooLarge (4000), one
     with a status outside 200-599 AnswerNotRelayable (4000). With shares (every forward but a test's), the request goes
-    out in the caller's share of the connections to the receiver's host (routing.fair_share), waiting for one of the
-    caller's own requests there to finish if it has all of its share in flight (_wait_for_share)."""
+    out on a connection to the receiver's host that its caller may take (routing.fair_share), waiting for one if there
+    is none (_wait_for_share)."""
     sent = f"{method} {url}"  # for the routing log (OcpiError.detail), not for the caller: a receiver's own URL
     if shares is None:
         return await _exchange(session, method, url, headers, body, session.timeout, sent, max_bytes)
     target = url if isinstance(url, yarl.URL) else yarl.URL(url)
-    key = (caller, target.raw_host, target.port)  # aiohttp's own limit counts per host and port (ConnectionKey)
+    key = (caller, (target.raw_host, target.port))  # aiohttp's own limit counts per host and port (ConnectionKey)
     timeout = session.timeout
     if not shares.take(key):
         timeout = await _wait_for_share(shares, key, timeout_s, sent)
@@ -130,24 +130,44 @@ async def forward(
 
 
 async def _wait_for_share(shares: CallerShares, key: Key, timeout_s: float, sent: str) -> aiohttp.ClientTimeout:
-    """Wait, at most half of timeout_s, for a slot of the caller's share; the deadline left for the forward itself (half
-    of timeout_s at least), or ShareInUse: the request was not forwarded. All within timeout_s, as any forward. Had a
-    request waited the whole deadline, it would take the slot of one timing out ahead of it with next to nothing of
-    its own deadline left, and go to the receiver only to be answered 4002 (which says the receiver got it)."""
+    """Wait, at most half of timeout_s, for a connection the caller may take; the deadline left for the forward itself
+    (half of timeout_s at least), or ShareInUse: the request was not forwarded. All within timeout_s, as any forward.
+    Had a request waited the whole deadline, it would take the connection of one timing out ahead of it with next to
+    nothing of its own deadline left, and go to the receiver only to be answered 4002 (which says the receiver got
+    it)."""
     started = time.monotonic()
     at_most = timeout_s / 2
     try:
         await shares.wait(key, at_most)
     except TimeoutError:
-        many = f"{shares.share} request{'s' if shares.share > 1 else ''}"
-        told = (
-            f"not forwarded: for {at_most:g} s (half the hub's forward timeout) the calling platform had {many} in "
-            "flight to this receiver's server, the most the hub sends of one platform's there at once; send it again "
-            "once fewer are"
-        )
-        raise ShareInUse(told, f"{sent} {told}") from None
+        raise _not_forwarded(shares, key, at_most, sent) from None
     left = timeout_s - (time.monotonic() - started)
     return aiohttp.ClientTimeout(total=left, connect=min(left, _CONNECT_S))
+
+
+def _not_forwarded(shares: CallerShares, key: Key, at_most: float, sent: str) -> ShareInUse:
+    """Why a request waited in vain: its caller's share was in flight, or the connections to the server were."""
+    mine, everyone = shares.in_flight(key)
+    waited = f"for {at_most:g} s (half the hub's forward timeout)"
+    if mine >= shares.share:
+        many = f"{shares.share} request{'s' if shares.share > 1 else ''}"
+        told = (
+            f"not forwarded: {waited} the calling platform had {many} in flight to this receiver's server, the most "
+            "the hub sends of one platform's there at once; send it again once fewer are"
+        )
+    elif everyone >= shares.connections:
+        told = (
+            f"not forwarded: no connection to this receiver's server was free within {at_most:g} s (half the hub's "
+            f"forward timeout): all {shares.connections} the hub keeps there were in use; send it again later"
+        )
+    else:
+        told = (
+            f"not forwarded: no connection to this receiver's server was free for the calling platform within "
+            f"{at_most:g} s (half the hub's forward timeout): it had {mine} requests in flight there, and the hub "
+            f"keeps the last {shares.reserve} of its {shares.connections} connections there for platforms with fewer "
+            f"than {shares.floor}; send it again once fewer are"
+        )
+    return ShareInUse(told, f"{sent} {told}")
 
 
 async def _exchange(
@@ -186,7 +206,7 @@ async def _exchange(
     except TimeoutError:
         told = f"the receiver did not answer within {round(timeout.total or 0, 1):g} s"
         if timeout is not session.timeout:
-            told += ", what was left of the deadline after waiting for a slot of the caller's share"
+            told += ", what was left of the deadline after waiting for a connection to it"
         raise ForwardTimeout(told, f"{sent}: {told}") from None
     except aiohttp.ClientResponseError as exc:  # what came back does not parse as HTTP (redirects are not followed)
         # Not 4003, "unable to reach the receiving party": told that, a sender would send a CDR or a command again.

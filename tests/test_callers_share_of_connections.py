@@ -1,6 +1,7 @@
 """Each calling platform's share of a hub process's connections to one receiver (routing/fair_share.py): one eMSP's
-backlog of slow requests to a CPO does not hold up another eMSP's request to it, and the requests beyond its share
-wait for its own, at most half the forward timeout."""
+backlog of slow requests to a CPO does not hold up another eMSP's request to it, nor do two eMSPs' backlogs together
+hold up a third's; a request that may take no connection waits at most half the forward timeout, and is then answered
+as not forwarded."""
 
 from __future__ import annotations
 
@@ -43,6 +44,21 @@ def one_connection_share_hub(services: Services, empty_database: str, tmp_path: 
     """A hub of its own whose callers have one connection each to a party server (OCPI_HUB_PARTY_CONNECTIONS=2)."""
     yield from _hub_with(services, empty_database, tmp_path, OCPI_HUB_FORWARD_TIMEOUT_S="8",
                          OCPI_HUB_PARTY_CONNECTIONS="2")  # fmt: skip
+
+
+@pytest.fixture
+def two_connection_hub(services: Services, empty_database: str, tmp_path: Path) -> Iterator[Hub]:
+    """A hub of its own with two connections to a party server (OCPI_HUB_PARTY_CONNECTIONS=2): one per caller."""
+    yield from _hub_with(services, empty_database, tmp_path, OCPI_HUB_FORWARD_TIMEOUT_S="8",
+                         OCPI_HUB_PARTY_CONNECTIONS="2")  # fmt: skip
+
+
+@pytest.fixture
+def eight_connection_hub(services: Services, empty_database: str, tmp_path: Path) -> Iterator[Hub]:
+    """A hub of its own with eight connections to a party server: four at most for one caller, the last two kept for
+    callers with fewer than two in flight there."""
+    yield from _hub_with(services, empty_database, tmp_path, OCPI_HUB_FORWARD_TIMEOUT_S="20",
+                         OCPI_HUB_PARTY_CONNECTIONS="8")  # fmt: skip
 
 
 def _held_gets(cpo: Party) -> int:
@@ -124,11 +140,77 @@ def test_a_request_beyond_the_callers_share_waits_half_the_timeout_and_is_not_fo
     assert row["error"].startswith("GET http://127.0.0.1:") and "not forwarded" in row["error"]
 
 
+def test_a_request_that_found_no_connection_free_to_the_receiver_is_answered_as_not_forwarded(
+    two_connection_hub: Hub, start_party
+) -> None:
+    # Two eMSPs each had a slow request in flight to the CPO, all of the two connections there: a third eMSP's request
+    # waited for aiohttp's pool and was answered 4002 "the receiver did not answer within 5 s", though the CPO never
+    # got it. It is the hub's own wait now, for half the forward timeout, and says that nothing was forwarded.
+    hub, held = two_connection_hub, threading.Event()
+    cpo = register_at_hub(hub, start_party, _roles("CPO"), held=held, held_paths=(HELD,))
+    first, second, third = (register_at_hub(hub, start_party, _roles("EMSP")) for _ in range(3))
+    to, correlation = party_key(cpo), f"share-{uuid.uuid4()}"
+    sent = {"X-Correlation-ID": correlation}
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            slow = [pool.submit(emsp.call, hub.base, "GET", f"sender/locations/HELD{n}", to=to, headers=sent)
+                    for n, emsp in enumerate((first, second))]  # fmt: skip
+            _wait_for(lambda: _held_gets(cpo) == 2)
+            started = time.monotonic()
+            answer = third.call(hub.base, "GET", "sender/locations/L1", to=to, headers=sent)
+            waited = time.monotonic() - started
+            assert not any(request.done() for request in slow)
+        finally:
+            held.set()
+        assert [request.result().json()["status_code"] for request in slow] == [1000, 1000]
+    assert answer.json()["status_code"] == 4000, answer.text
+    told = answer.json()["status_message"]
+    assert told.startswith("not forwarded: no connection to this receiver's server was free within 4 s"), told
+    assert 3.5 < waited < 6, f"answered after {waited:.1f} s"
+    assert not any(r.path.endswith("/L1") for r in cpo.functional())  # the CPO never got it
+    [row] = [row for row in _rows(hub, correlation) if row["path"].endswith("/L1")]
+    assert row["ocpi_status_code"] == 4000 and row["forwarded_request_id"] is None
+    assert row["error"].startswith("GET http://127.0.0.1:")
+    assert "no connection to this receiver's server was free" in row["error"]
+
+
+def test_two_platforms_flooding_a_slow_receiver_leave_a_connection_for_a_third_that_is_answered_promptly(
+    eight_connection_hub: Hub, start_party
+) -> None:
+    # Each flooding eMSP had half the eight connections: together all of them, and the third eMSP's request waited
+    # for aiohttp's pool (4002 after 5 s). Beyond its first two, a platform takes one only while two more stay free.
+    hub, held = eight_connection_hub, threading.Event()
+    cpo = register_at_hub(hub, start_party, _roles("CPO"), held=held, held_paths=(HELD,))
+    flooders = [register_at_hub(hub, start_party, _roles("EMSP")) for _ in range(2)]
+    calm = register_at_hub(hub, start_party, _roles("EMSP"))
+    to, correlation = party_key(cpo), f"share-{uuid.uuid4()}"
+    sent = {"X-Correlation-ID": correlation}
+    with ThreadPoolExecutor(12) as pool:
+        try:
+            flood = [pool.submit(emsp.call, hub.base, "GET", f"sender/locations/HELD{n}", to=to, headers=sent)
+                     for n in range(6) for emsp in flooders]  # fmt: skip
+            _wait_for(lambda: _held_gets(cpo) >= 6, timeout=10)
+            time.sleep(1)  # the others had their time to reach the CPO: they wait at the hub
+            assert _held_gets(cpo) == 6  # four of one flooder's, two of the other's: two connections stay free
+            for n in range(3):
+                started = time.monotonic()
+                answer = calm.call(hub.base, "GET", f"sender/locations/L{n}", to=to, headers=sent)
+                took = time.monotonic() - started
+                assert answer.json()["status_code"] == 1000, answer.text
+                assert took < 2, f"the calm eMSP's GET took {took:.1f} s"
+            assert not any(request.done() for request in flood)
+        finally:
+            held.set()
+        answers = [request.result() for request in flood]
+    assert [a.json()["status_code"] for a in answers] == [1000] * 12  # each flooder's backlog went through in turn
+    assert _held_gets(cpo) == 12
+
+
 def test_the_shares_keep_no_entry_of_a_caller_without_requests_in_flight_and_lose_no_slot_to_a_cancelled_wait() -> None:
     # Many parties come and go: the shares hold entries only for requests in flight. A waiting request that gives up
     # (its deadline, or its caller gone) as its slot is handed to it passes the slot on, and one behind it gets it.
     async def run() -> None:
-        shares, key = CallerShares(4), (7, "cpo.example.com", 443)
+        shares, key = CallerShares(4), (7, ("cpo.example.com", 443))
         assert shares.share == 2
         assert shares.take(key) and shares.take(key) and not shares.take(key)
         with pytest.raises(TimeoutError):
@@ -151,8 +233,38 @@ def test_the_shares_keep_no_entry_of_a_caller_without_requests_in_flight_and_los
             shares.give_back(key)
         assert len(shares) == 0 and not shares._waiting
         for caller in range(1000):
-            assert shares.take((caller, "cpo.example.com", 443))
-            shares.give_back((caller, "cpo.example.com", 443))
+            assert shares.take((caller, ("cpo.example.com", 443)))
+            shares.give_back((caller, ("cpo.example.com", 443)))
         assert len(shares) == 0
+
+    asyncio.run(run())
+
+
+def test_callers_beyond_their_floor_leave_a_quarter_of_the_connections_free_and_are_served_in_turn() -> None:
+    async def run() -> None:
+        shares, server = CallerShares(8), ("cpo.example.com", 443)  # half: 4; a floor of 2; the last 2 kept
+        flooder, other, calm = ((caller, server) for caller in (1, 2, 3))
+        assert [shares.take(flooder) for _ in range(5)] == [True] * 4 + [False]  # its share
+        assert [shares.take(other) for _ in range(3)] == [True, True, False]  # its floor: 6 leave only 2 free
+        assert shares.take(calm) and shares.take(calm) and not shares.take(calm)  # below its floor: the last 2
+        waiting = [asyncio.create_task(shares.wait(key, 10)) for key in (flooder, other, other)]
+        await asyncio.sleep(0)
+        shares.give_back(calm)
+        shares.give_back(calm)  # 6 in flight again: none of the waiting may take one
+        await asyncio.sleep(0)
+        assert not any(wait.done() for wait in waiting)
+        assert shares.take(calm)  # a connection for calm at once, though the others wait
+        shares.give_back(calm)
+        shares.give_back(flooder)  # both may take it: the flooder's waited first
+        await asyncio.sleep(0)
+        assert [wait.done() for wait in waiting] == [True, False, False]
+        shares.give_back(flooder)  # the other's turn, though the flooder gave it back
+        await asyncio.sleep(0)
+        assert [wait.done() for wait in waiting] == [True, True, False]
+        assert shares.in_flight(flooder) == (3, 6) and shares.in_flight(other) == (3, 6)
+        waiting[2].cancel()
+        for key in (flooder,) * 3 + (other,) * 3:
+            shares.give_back(key)
+        assert len(shares) == 0 and not shares._waiting and not shares._per_server
 
     asyncio.run(run())

@@ -23,6 +23,7 @@ DASHBOARD = DEPLOY / "grafana" / "ocpi-hub-dashboard.json"
 METRICS = (
     "ocpi_hub_requests_total",
     "ocpi_hub_forward_duration_seconds",
+    "ocpi_hub_connection_wait_seconds",
     "ocpi_hub_routing_log_batch_rows",
     "ocpi_hub_routing_log_commit_seconds",
     "ocpi_hub_location_cache_requests_total",
@@ -68,6 +69,16 @@ _SERIES = [
     ('ocpi_hub_forward_duration_seconds_bucket{%s, instance="a", receiver="NL-ABC", le="+Inf"}', "0+100x10"),
     ('ocpi_hub_forward_duration_seconds_count{%s, instance="a", receiver="NL-ABC"}', "0+100x10"),
     ('ocpi_hub_forward_duration_seconds_sum{%s, instance="a", receiver="NL-ABC"}', "0+9x10"),
+    # 12 waits a minute for a connection: 9 then forwarded (6 for the caller's share, 3 for a connection), 3 not.
+    *(
+        (f'ocpi_hub_connection_wait_seconds_count{{%s, instance="{i}", waited_for="{w}", result="{r}"}}', v)
+        for i, w, r, v in (
+            ("a", "caller_share", "forwarded", "0+5x10"),
+            ("b", "caller_share", "forwarded", "0+1x10"),
+            ("a", "connections", "forwarded", "0+3x10"),
+            ("a", "connections", "not_forwarded", "0+3x10"),
+        )
+    ),
     # 10 group commits a minute writing 120 rows: 2 of at most 1 row, 4 more of at most 10, 4 more of at most 50.
     ('ocpi_hub_routing_log_batch_rows_bucket{%s, instance="a", le="1"}', "0+2x10"),
     ('ocpi_hub_routing_log_batch_rows_bucket{%s, instance="a", le="10"}', "0+6x10"),
@@ -123,6 +134,11 @@ EXPECTED: dict[tuple[str, str], list[tuple[str, float]]] = {
     ("Forward latency by receiver (all quantiles)", "C"): [('{receiver="NL-ABC"}', 0.1 + 0.4 * 9 / 10)],
     ("Forward latency p95 by receiver", "A"): [('{receiver="NL-ABC"}', 0.3)],
     ("Forwards/s by receiver", "A"): [('{receiver="NL-ABC"}', 100 / 60)],
+    ("Waits for a connection by what was waited for and result", "A"): [
+        ('{waited_for="caller_share", result="forwarded"}', 0.1),
+        ('{waited_for="connections", result="forwarded"}', 0.05),
+        ('{waited_for="connections", result="not_forwarded"}', 0.05),
+    ],
     # rank 5 of 10 falls in (1, 10], which holds ranks 2..6.
     ("Routing-log batch size", "A"): [("{}", 1 + 9 * 3 / 4)],
     ("Routing-log batch size", "D"): [("{}", 12.0)],

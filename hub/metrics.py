@@ -36,6 +36,13 @@ FORWARD_SECONDS = Histogram(
     "ocpi_hub_forward_duration_seconds", "Time a receiving party took to answer a forwarded request", ["receiver"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )  # fmt: skip
+CONNECTION_WAITS = Histogram(
+    "ocpi_hub_connection_wait_seconds",
+    "Time a request waited for a connection to its receiver's server (routing.fair_share), by what it waited for "
+    "(caller_share: its platform had half the connections there in flight; connections: none was free for it) and "
+    "whether it was then forwarded or answered 4000, not forwarded",
+    ["waited_for", "result"], buckets=(0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
+)  # fmt: skip
 LOG_BATCH_ROWS = Histogram(
     "ocpi_hub_routing_log_batch_rows", "Rows per routing-log group commit",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
@@ -66,6 +73,7 @@ _STATUS_LABELS: dict[int | None, str] = (
 # Children by label values, looked up once: labels() takes a lock and checks its arguments on every call.
 _request_counters: dict[tuple[str, str, str, str], Counter] = {}
 _forward_histograms: dict[str, Histogram] = {}
+_wait_histograms: dict[tuple[str, str], Histogram] = {}
 
 
 def count_request(module: str, method: str, routing: str, ocpi_status: int | None) -> None:
@@ -81,6 +89,13 @@ def count_request(module: str, method: str, routing: str, ocpi_status: int | Non
 def observe_forward(receiver: str, seconds: float) -> None:
     if (histogram := _forward_histograms.get(receiver)) is None:
         histogram = _forward_histograms[receiver] = FORWARD_SECONDS.labels(receiver)  # one per connected party
+    histogram.observe(seconds)
+
+
+def observe_connection_wait(waited_for: str, forwarded: bool, seconds: float) -> None:
+    labels = (waited_for, "forwarded" if forwarded else "not_forwarded")
+    if (histogram := _wait_histograms.get(labels)) is None:
+        histogram = _wait_histograms[labels] = CONNECTION_WAITS.labels(*labels)  # four at most
     histogram.observe(seconds)
 
 

@@ -30,6 +30,7 @@ from hub.errors import (
     ReceiverNotConnected,
     ShareInUse,
 )
+from hub.metrics import observe_connection_wait, observe_forward
 from routing.fair_share import HUB_ITSELF, CallerShares, Key
 from routing.party_addresses import ALLOWANCE, AddressRefused, PartyAddresses
 
@@ -110,11 +111,13 @@ async def forward(
     max_bytes: int,
     shares: CallerShares | None = None,
     caller: int = HUB_ITSELF,
+    receiver: str | None = None,
 ) -> Answer:
     """The receiver's answer, at most max_bytes of it (decompressed): a larger one is AnswerTooLarge (4000), one
     with a status outside 200-599 AnswerNotRelayable (4000). With shares (every forward but a test's), the request goes
     out on a connection to the receiver's host that its caller may take (routing.fair_share), waiting for one if there
-    is none (_wait_for_share)."""
+    is none (_wait_for_share). With receiver, the time of the exchange with the receiver (not of that wait) is
+    observed as ocpi_hub_forward_duration_seconds{receiver}."""
     sent = f"{method} {url}"  # for the routing log (OcpiError.detail), not for the caller: a receiver's own URL
     if shares is None:
         return await _exchange(session, method, url, headers, body, session.timeout, sent, max_bytes)
@@ -123,10 +126,13 @@ async def forward(
     timeout = session.timeout
     if not shares.take(key):
         timeout = await _wait_for_share(shares, key, timeout_s, sent)
+    started = time.perf_counter()
     try:
         return await _exchange(session, method, url, headers, body, timeout, sent, max_bytes)
     finally:
         shares.give_back(key)
+        if receiver is not None:
+            observe_forward(receiver, time.perf_counter() - started)
 
 
 async def _wait_for_share(shares: CallerShares, key: Key, timeout_s: float, sent: str) -> aiohttp.ClientTimeout:
@@ -137,11 +143,15 @@ async def _wait_for_share(shares: CallerShares, key: Key, timeout_s: float, sent
     it)."""
     started = time.monotonic()
     at_most = timeout_s / 2
+    waited_for = "caller_share" if shares.in_flight(key)[0] >= shares.share else "connections"
     try:
         await shares.wait(key, at_most)
     except TimeoutError:
+        observe_connection_wait(waited_for, False, time.monotonic() - started)
         raise _not_forwarded(shares, key, at_most, sent) from None
-    left = timeout_s - (time.monotonic() - started)
+    waited = time.monotonic() - started
+    observe_connection_wait(waited_for, True, waited)
+    left = timeout_s - waited
     return aiohttp.ClientTimeout(total=left, connect=min(left, _CONNECT_S))
 
 

@@ -20,6 +20,7 @@ from routing.fair_share import CallerShares
 from tests.conftest import Hub, Services, hub_env, register_at_hub, start_hub
 from tests.parties import Party
 from tests.test_hub_client_info import _wait_for
+from tests.test_operations import _metric
 from tests.test_routing import _roles, party_key
 
 HELD = "/ocpi/2.2.1/locations/sender/HELD"
@@ -138,6 +139,37 @@ def test_a_request_beyond_the_callers_share_waits_half_the_timeout_and_is_not_fo
     [row] = [row for row in _rows(hub, correlation) if row["path"].endswith("HELD2")]
     assert row["ocpi_status_code"] == 4000 and row["forwarded_request_id"] is None
     assert row["error"].startswith("GET http://127.0.0.1:") and "not forwarded" in row["error"]
+    # Its wait is a metric of its own, not a forward of the CPO's (which the first alone was).
+    receiver = "-".join(to)
+    assert _metric(hub, "ocpi_hub_forward_duration_seconds_count", receiver=receiver) == 1
+    waits = {"waited_for": "caller_share", "result": "not_forwarded"}
+    assert _metric(hub, "ocpi_hub_connection_wait_seconds_count", **waits) == 1
+    assert _metric(hub, "ocpi_hub_connection_wait_seconds_sum", **waits) >= 3.5
+
+
+def test_a_requests_forward_time_leaves_out_its_wait_for_a_connection(
+    one_connection_share_hub: Hub, start_party
+) -> None:
+    hub, held = one_connection_share_hub, threading.Event()
+    cpo = register_at_hub(hub, start_party, _roles("CPO"), held=held, held_paths=(HELD,))
+    emsp = register_at_hub(hub, start_party, _roles("EMSP"))
+    to = party_key(cpo)
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            first = pool.submit(emsp.call, hub.base, "GET", "sender/locations/HELD1", to=to)
+            _wait_for(lambda: _held_gets(cpo) == 1)
+            second = pool.submit(emsp.call, hub.base, "GET", "sender/locations/L1", to=to)
+            time.sleep(2)  # the second waits for the first's connection
+        finally:
+            held.set()
+        assert [request.result().json()["status_code"] for request in (first, second)] == [1000, 1000]
+    receiver = "-".join(to)
+    # The first took over 2 s, the second a moment once it had its connection: not the 2 s it waited for one.
+    assert _metric(hub, "ocpi_hub_forward_duration_seconds_count", receiver=receiver) == 2
+    assert _metric(hub, "ocpi_hub_forward_duration_seconds_bucket", receiver=receiver, le="1.0") == 1
+    waits = {"waited_for": "caller_share", "result": "forwarded"}
+    assert _metric(hub, "ocpi_hub_connection_wait_seconds_count", **waits) == 1
+    assert _metric(hub, "ocpi_hub_connection_wait_seconds_sum", **waits) >= 1.5
 
 
 def test_a_request_that_found_no_connection_free_to_the_receiver_is_answered_as_not_forwarded(
@@ -172,6 +204,8 @@ def test_a_request_that_found_no_connection_free_to_the_receiver_is_answered_as_
     assert row["ocpi_status_code"] == 4000 and row["forwarded_request_id"] is None
     assert row["error"].startswith("GET http://127.0.0.1:")
     assert "no connection to this receiver's server was free" in row["error"]
+    waits = {"waited_for": "connections", "result": "not_forwarded"}
+    assert _metric(hub, "ocpi_hub_connection_wait_seconds_count", **waits) == 1
 
 
 def test_two_platforms_flooding_a_slow_receiver_leave_a_connection_for_a_third_that_is_answered_promptly(

@@ -34,7 +34,7 @@ from hub.errors import (
     check_utf8,
     unavailable,
 )
-from hub.metrics import count_request, observe_forward
+from hub.metrics import count_request
 from hub.ocpi import broadcast, hub_answers, relayed_urls
 from hub.ocpi.exchange import Exchange
 from hub.ocpi.relayed_urls import CDR_LOCATIONS, PAGES, RESULTS
@@ -293,11 +293,11 @@ class Relay:
             headers["Content-Type"] = exchange.headers.get("content-type", "application/json")
         target = yarl.URL(f"{url}?{query}" if query else url, encoded=True)
         timeout = self.settings.forward_timeout_s
-        started = time.perf_counter()
         try:
             # a broadcast copy counts in the share of the platform that pushed it (routing.fair_share)
             answer = await forward(self.forward_session, method, target, headers, body, timeout,
-                                   self.settings.max_body_bytes, self.forward_shares, caller.id)  # fmt: skip
+                                   self.settings.max_body_bytes, self.forward_shares, caller.id,
+                                   f"{to.country_code}-{to.party_id}")  # fmt: skip
         except ReceiverNotCalled:  # its address is not one this process calls: no sign the party is away
             if time.monotonic() - self.address_refusals_told.get(platform.id, -60.0) >= 60:  # a line a minute at most
                 self.address_refusals_told[platform.id] = time.monotonic()
@@ -309,8 +309,6 @@ class Relay:
         except ShareInUse:  # the caller's own requests held every slot of its share: nothing went to the receiver
             entry.forwarded_request_id = None
             raise
-        finally:
-            observe_forward(f"{to.country_code}-{to.party_id}", time.perf_counter() - started)
         self.last_seen[platform.id] = datetime.now(UTC)  # a message received from it (still-alive)
         if answer.status == 401:
             # transport_and_format.asciidoc: a 401 says the caller's token "doesn't match any known party"; the caller

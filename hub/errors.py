@@ -9,8 +9,8 @@ transport layer (no valid JSON, no such resource, no credentials) get an HTTP er
     │                       MethodNotAllowed (HTTP 405), MalformedBody (HTTP 400), BodyTooLarge (HTTP 413),
     │                       EncodedBody (HTTP 415)
     ├── ServerError 3000 ── UnableToUseClientApi 3001, UnsupportedVersion 3002, NoMatchingEndpoints 3003
-    └── HubError 4000 ───── ForwardingLoop 4000, ShareInUse 4000, UnknownReceiver 4001, ForwardTimeout 4002,
-                            ReceiverNotConnected 4003
+    └── HubError 4000 ───── ForwardingLoop 4000, ShareInUse 4000, BroadcastsPending 4000, UnknownReceiver 4001,
+                            ForwardTimeout 4002, ReceiverNotConnected 4003
 
 PostgreSQL or Redis away (OUTAGES, `unavailable`) is no bug of the hub: the relay answers it with 4000, the
 other routes with HTTP 503, each naming the server and the error. A body the hub reads itself goes through
@@ -240,6 +240,11 @@ class ShareInUse(HubError):
     """For half the forward deadline, no connection to the receiver's server was free for the caller: its whole share
     was in flight there, or all the hub's connections were (routing.fair_share). The request was not forwarded: not
     4002, which says the message was forwarded."""
+
+
+class BroadcastsPending(HubError):
+    """The calling platform has as many broadcast copies still in delivery in this hub process as the hub keeps of
+    one platform's (hub.ocpi.broadcast): its broadcast is not forwarded, to any party."""
 
 
 class UnknownReceiver(HubError):

@@ -20,6 +20,7 @@ from routing.fair_share import CallerShares
 from tests.conftest import Hub, Services, hub_env, register_at_hub, start_hub
 from tests.parties import Party
 from tests.test_hub_client_info import _wait_for
+from tests.test_location_cache import HUB
 from tests.test_operations import _metric
 from tests.test_routing import _roles, party_key
 
@@ -238,6 +239,39 @@ def test_two_platforms_flooding_a_slow_receiver_leave_a_connection_for_a_third_t
         answers = [request.result() for request in flood]
     assert [a.json()["status_code"] for a in answers] == [1000] * 12  # each flooder's backlog went through in turn
     assert _held_gets(cpo) == 12
+
+
+def test_a_platforms_broadcasts_beyond_its_copies_in_delivery_are_refused_until_they_are_delivered(
+    two_connection_hub: Hub, start_party
+) -> None:
+    # Each copy of a broadcast was a task of its own, however many the pushing platform had still to deliver: answered
+    # at once, a platform could start them faster than a slow receiver took them, without bound. It has 64 times
+    # OCPI_HUB_PARTY_CONNECTIONS of them (128 here) in delivery at most in a hub process.
+    hub, held = two_connection_hub, threading.Event()
+    cpo = register_at_hub(hub, start_party, _roles("CPO"))
+    emsp = register_at_hub(hub, start_party, *(_roles("EMSP") for _ in range(8)), held=held,
+                           held_paths=("/ocpi/2.2.1/locations/receiver",))  # fmt: skip
+    cc, pid = party_key(cpo)
+
+    def push(n: int) -> httpx.Response:
+        return cpo.call(hub.base, "PATCH", f"receiver/locations/{cc}/{pid}/LOC{n}", to=HUB,
+                        body={"publish": True, "last_updated": "2026-12-05T08:00:00Z"},
+                        headers={"X-Correlation-ID": f"bcast-{n}-{pid}"})  # fmt: skip
+
+    try:
+        for n in range(16):  # 8 copies each: one goes out, the others wait for the CPO's share of the connection
+            assert push(n).json()["status_message"] == "broadcast to 8 parties"
+        refused = push(16)
+    finally:
+        held.set()
+    assert refused.json()["status_code"] == 4000, refused.text
+    told = refused.json()["status_message"]
+    assert told.startswith("not forwarded: the hub is still delivering 128 copies of this platform's broadcasts"), told
+    _wait_for(lambda: sum(r.path.startswith("/ocpi/2.2.1/locations/receiver") for r in emsp.functional()) == 128)
+    _wait_for(lambda: push(17).json()["status_code"] == 1000)  # once they are delivered
+    rows = _rows(hub, f"bcast-16-{pid}")
+    assert [(r["routing"], r["ocpi_status_code"], r["from_party_id"]) for r in rows] == [("broadcast", 4000, pid)]
+    assert "not forwarded" in rows[0]["error"]
 
 
 def test_the_shares_keep_no_entry_of_a_caller_without_requests_in_flight_and_lose_no_slot_to_a_cancelled_wait() -> None:

@@ -1,4 +1,12 @@
-"""Broadcast push: the hub answers the caller, then sends every recipient a copy FROM the hub, each logged as a row."""
+"""Broadcast push: the hub answers the caller, then sends every recipient a copy FROM the hub, each logged as a row.
+
+Each copy is a task, which goes out in the pushing platform's share of the connections to its receiver's server
+(routing.fair_share). Answered at once, a platform could start copies faster than slow receivers take them, without
+bound; so a hub process keeps at most COPIES_PER_CONNECTION times OCPI_HUB_PARTY_CONNECTIONS of one platform's copies
+in delivery (4,096 by default: 16 broadcasts a second to 50 parties, say, each delivered within 5 s), and refuses its
+broadcast beyond that with 4000, sent to no one. A broadcast to more parties than that goes when the platform has
+none in delivery. Counting them is a dict lookup and store per copy.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from hub.errors import OcpiError
+from hub.errors import BroadcastsPending, OcpiError
 from hub.ocpi.exchange import Exchange
 from routing.decide import Delivery, Route
 from routing.forward import Answer, ocpi_status_of
@@ -21,6 +29,20 @@ if TYPE_CHECKING:
     from hub.ocpi.relay import Relay
 
 log = structlog.get_logger()
+
+COPIES_PER_CONNECTION = 64
+
+
+def check_room(relay: Relay, caller: int, route: Route) -> None:
+    """BroadcastsPending if the calling platform's copies in delivery leave no room for this broadcast's."""
+    in_delivery = relay.broadcast_copies.get(caller, 0)
+    most = COPIES_PER_CONNECTION * relay.settings.party_connections
+    if in_delivery and in_delivery + len(route.deliveries) > most:
+        told = (
+            f"not forwarded: the hub is still delivering {in_delivery} copies of this platform's broadcasts, and keeps "
+            f"{most} in delivery at most; send it again once they are delivered"
+        )
+        raise BroadcastsPending(told)
 
 
 def push(relay: Relay, exchange: Exchange, incoming: Incoming, route: Route) -> Answer:
@@ -43,7 +65,21 @@ def push(relay: Relay, exchange: Exchange, incoming: Incoming, route: Route) -> 
 async def _deliver_copy(
     relay: Relay, exchange: Exchange, copy: LogEntry, delivery: Delivery, incoming: Incoming
 ) -> None:
-    """One broadcast copy, sent FROM the hub (transport_and_format.asciidoc, Broadcast Push), logged as a row."""
+    """One broadcast copy, sent FROM the hub (transport_and_format.asciidoc, Broadcast Push), logged as a row; counted
+    in its platform's copies in delivery while it runs (a task cancelled before it runs never counts)."""
+    counts, platform = relay.broadcast_copies, copy.caller_platform_id
+    assert platform is not None  # a broadcast's caller is authenticated
+    counts[platform] = counts.get(platform, 0) + 1
+    try:
+        await _deliver(relay, exchange, copy, delivery, incoming)
+    finally:
+        if left := counts[platform] - 1:
+            counts[platform] = left
+        else:
+            del counts[platform]
+
+
+async def _deliver(relay: Relay, exchange: Exchange, copy: LogEntry, delivery: Delivery, incoming: Incoming) -> None:
     started = time.perf_counter()
     hub = PartyRole("HUB", relay.settings.country_code, relay.settings.party_id, "CONNECTED", None)
     copy_exchange = Exchange(exchange.scope, exchange.headers, copy, started, exchange.caller, hub)

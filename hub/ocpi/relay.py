@@ -101,6 +101,7 @@ class Relay:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.tasks: set[asyncio.Task[None]] = set()
+        self.broadcast_copies: dict[int, int] = {}  # platform id -> its copies in delivery (hub.ocpi.broadcast)
         self.bodies = BodyDeadlines(settings.forward_timeout_s)
         self.hub_instance = settings.hub_instance  # hub.request_context.HUB_INSTANCE_HEADER
         self.address_refusals_told: dict[int, float] = {}  # platform id -> when party_address_not_allowed was logged
@@ -246,6 +247,7 @@ class Relay:
         if route.kind == "hub":
             return await hub_answers.answer(self, exchange, incoming)
         if route.kind == "broadcast":
+            broadcast.check_room(self, caller.id, route)  # before anything of it is noted
             if route.deliveries:  # the URL names the owner (checked in decide): a token's eMSP for open routing
                 open_routing.note_seen(incoming, caller, route.deliveries[0], self.routing)
             self._note_location(exchange, incoming)

@@ -17,6 +17,7 @@ import structlog
 
 import hub.ocpi.relay
 import routing.open_routing
+import storage.log_chain
 import storage.log_row
 import storage.routing_log
 from hub.cli import main
@@ -45,7 +46,7 @@ PARTS: dict[str, tuple[str, list[tuple[ModuleType | type, str, Any]]]] = {
     ),
     "chain-hash": (
         "rows written with a zero hash (SHA-256 of bodies, HMAC of content skipped)",
-        [(storage.routing_log, "row_hash", lambda _key, _prev, _values, _row_id: bytes(32))],
+        [(storage.log_chain, "row_hash", lambda _key, _prev, _values, _row_id: bytes(32))],
     ),
     "body-compression": (
         "bodies stored as they came, uncompressed",

@@ -31,7 +31,7 @@ from routing.fair_share import HUB_ITSELF
 from routing.forward import forward, ocpi_status_of
 from routing.request import endpoint_url
 from storage.directory import Platform
-from storage.routing_log import LogUnavailable
+from storage.log_waiters import LogUnavailable
 from storage.sql import QUERIES
 
 log = structlog.get_logger()

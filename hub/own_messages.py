@@ -17,7 +17,7 @@ import structlog
 from hub.request_context import new_request_id
 from routing.forward import ocpi_status_of
 from storage.log_row import LogEntry
-from storage.routing_log import LogUnavailable
+from storage.log_waiters import LogUnavailable
 
 if TYPE_CHECKING:
     from storage.directory import Platform

@@ -1,10 +1,9 @@
 """The routing log: rows written with group commit (one statement per batch of requests in flight), hash-chained.
 
-Strict mode (the default) answers a request only after its row is committed: `record()` waits for the batch.
-Async mode returns at once and trades that guarantee for latency. Either way one writer task per process
-takes every row waiting in its queue, chains them (prev_hash, hash: keyed, storage.log_row.row_hash, over the row's
-id too, taken from ids reserved ahead) and writes them in one transaction, together with the chain's head, so an
-edited, inserted, deleted or renumbered row is detectable by `storage.log_verify.verify()`.
+Strict mode (the default) answers a request only after its row is committed: `record()` waits for the batch
+(storage.log_waiters). Async mode returns at once and trades that guarantee for latency. Either way one writer task
+per process takes every row waiting in its queue, chains them (storage.log_chain) and writes them in one transaction,
+together with the chain's head.
 
 A row committed after its caller was answered otherwise (OCPI 4000: not committed in time) gets an amendment saying
 so (amend(), storage.log_amendment), written with a later batch, or alone when none comes.
@@ -14,12 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import replace
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,18 +26,11 @@ import structlog
 from storage import log_spool
 from storage.batches import next_batch
 from storage.log_amendment import Amendment, amendment_records, rows_and_amendments
+from storage.log_chain import LogChain, bare, location_records
 from storage.log_connection import LogConnection
 from storage.log_ids import ReservedIds
-from storage.log_row import (
-    GENESIS,
-    LogEntry,
-    in_column_order,
-    listed_ids_of_entry,
-    object_id_of_entry,
-    row_content,
-    row_hash,
-    stored_text,
-)
+from storage.log_row import LogEntry
+from storage.log_waiters import OverdueWaiters, answer_committed, fail_waiters, queued_until_committed
 
 log = structlog.get_logger()
 
@@ -52,11 +41,6 @@ MAX_QUEUED_ROWS = 20_000  # async mode: rows waiting for the writer before calle
 # that stopped answering (frozen, its disk stalled, the network gone) would otherwise hold the writer, and every
 # row behind it, for as long as TCP keeps the connection open. A healthy commit of 500 rows takes milliseconds.
 WRITE_TIMEOUT_S = 10.0
-OVERDUE_CHECK_S = 0.5  # while a batch is not committed in time: how often its callers' deadlines are looked at
-
-
-class LogUnavailable(Exception):
-    """The routing log could not commit a row in time (strict mode)."""
 
 
 class RoutingLogWriter:
@@ -78,18 +62,13 @@ class RoutingLogWriter:
         self._max_queued_rows = max_queued_rows
         self._pool = pool  # for the seal of a spooled chain of unkeyed hashes, once (storage.log_spool)
         self._connection = LogConnection(pool, write_timeout_s)
-        self._key = key  # the chain's (storage.secrets.routing_log_key)
-        self._body_cap = body_cap
         self.strict = strict
-        self._commit_timeout_s = commit_timeout_s
         self._queue: asyncio.Queue[LogEntry | Amendment] = asyncio.Queue()
-        self.chain_id = uuid.uuid4()
-        self._chain_text = str(self.chain_id)
-        self._seq = 0
-        self._last_hash = GENESIS
+        self._overdue = OverdueWaiters(self._queue, commit_timeout_s)
         self._ids = ReservedIds()  # for the next rows
+        self._chain = LogChain(key, body_cap, self._ids)
+        self.chain_id = self._chain.chain_id
         self._task: asyncio.Task[None] | None = None
-        self._late: asyncio.TimerHandle | None = None
         self._in_flight: tuple[list[LogEntry], list[tuple[Any, ...]]] | None = None  # the batch being committed
         # rows taken from the queue and neither committed nor in flight (waiting for ids, or for their turn in a
         # refused batch written row by row): spooled at close with the queued ones
@@ -108,9 +87,9 @@ class RoutingLogWriter:
         take them within drain_timeout_s (away, frozen), kept in spool_dir: the next writer to open there writes
         them first, in their own chain, as they were chained."""
         if self._spool_dir is not None:
-            await log_spool.write_spooled(self._spool_dir, self._connection.append, self._pool, self._key)
+            await log_spool.write_spooled(self._spool_dir, self._connection.append, self._pool, self._chain.key)
         # in the hub's own log, apart from the database: a chain deleted whole with its head is still known to have been
-        log.info("routing_log_chain_started", chain_id=self._chain_text, pid=os.getpid())  # the process it is of
+        log.info("routing_log_chain_started", chain_id=self._chain.text, pid=os.getpid())  # the process it is of
         self._task = asyncio.create_task(self._run(), name="routing_log_writer")
         try:
             yield self
@@ -131,11 +110,7 @@ class RoutingLogWriter:
         if not self.strict and self._queue.qsize() < self._max_queued_rows:
             self._queue.put_nowait(entry)
             return
-        loop = asyncio.get_running_loop()
-        entry.waiter, entry.waiting_since = loop.create_future(), loop.time()
-        self._queue.put_nowait(entry)
-        # No timer per request: the writer itself fails the waiters it cannot commit for in time (_fail_overdue).
-        await entry.waiter
+        await queued_until_committed(self._queue, entry)
 
     def amend(self, entry: LogEntry, http_status: int, ocpi_status_code: int | None, message: str) -> None:
         """Record that the caller of a chained row (its content fixed) was answered otherwise than the row says: the
@@ -151,14 +126,13 @@ class RoutingLogWriter:
 
     async def _run(self) -> None:
         while True:
-            # Chaining holds the event loop ~15 us a row. In async mode nobody waits for the commits: the rows of a
-            # few ms share one.
+            # In async mode nobody waits for the commits: the rows of a few ms share one (chaining holds the loop).
             taken = await next_batch(self._queue, self._max_batch_rows, 0.0 if self.strict else ASYNC_LINGER_S)
             batch, self._amending = rows_and_amendments(taken)  # amendments: of rows committed before these
             self._taken = batch
             if batch:
                 await self._ids.reserve(self._connection, len(batch))
-            head = self._seq, self._last_hash
+            head = self._chain.head
             batch, records = self._chained_batch(batch)
             self._taken = []  # in flight from here on, with no await between
             if not batch and not self._amending:
@@ -167,17 +141,16 @@ class RoutingLogWriter:
                 await self._commit(batch, records)
             except asyncpg.DataError as exc:
                 # A value the database refuses is refused on every retry, and every caller behind it would wait: the
-                # batch is chained and written again row by row, a refused row as _bare (a bug: _chained makes every
+                # batch is chained and written again row by row, a refused row bare (a bug: LogChain.link makes every
                 # text storable, forward.OcpiStatusCode keeps a party's status code within the column).
                 log.error("routing_log_batch_refused", error=f"{type(exc).__name__}: {exc}", rows=len(batch))
-                self._seq, self._last_hash = head
+                self._chain.rewind(head)
                 await self._amendments_alone()
                 batch = await self._committed_one_by_one(batch)
             self.batches += bool(batch)
             self.rows += len(batch)
             for entry in batch:
-                if entry.waiter is not None and not entry.waiter.done():
-                    entry.waiter.set_result(None)
+                answer_committed(entry)
                 self._queue.task_done()
 
     def _chained_batch(self, batch: list[LogEntry]) -> tuple[list[LogEntry], list[tuple[Any, ...]]]:
@@ -185,35 +158,18 @@ class RoutingLogWriter:
         kept, records = [], []
         for entry in batch:
             try:
-                records.append(self._chained(entry))
+                records.append(self._chain.link(entry))
                 kept.append(entry)
             except Exception:
                 log.exception("routing_log_row_unwritable", request_id=entry.request_id, path=entry.path)
-                _fail_waiters([entry])
+                fail_waiters([entry])
                 self._queue.task_done()
         return kept, records
 
-    def _chained(self, entry: LogEntry) -> tuple[Any, ...]:
-        seq = self._seq + 1  # the chain moves on only once the row is complete
-        values = row_content(entry, self._chain_text, seq, self._body_cap)
-        if (object_id := object_id_of_entry(entry)) is not None:
-            object_id = stored_text(object_id).upper()  # a CiString: searched upper-cased (storage.log_search)
-        if (listed_ids := listed_ids_of_entry(entry)) is not None:
-            listed_ids = [stored_text(found).upper() for found in listed_ids]  # CiStrings, as object_id
-        values["object_id"], values["listed_ids"] = object_id, listed_ids
-        # the id reserved for it; a row chained again (a refused batch, row by row) keeps the one it was given
-        if entry.row_id is None:
-            entry.row_id = self._ids.next()
-        hashed = row_hash(self._key, self._last_hash, values, entry.row_id)
-        prev_hash, self._seq, self._last_hash = self._last_hash, seq, hashed
-        entry.chained_at = seq, hashed
-        return (*in_column_order(values), prev_hash, hashed, object_id, listed_ids, entry.row_id)
-
     async def _commit(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
         # Callers waiting longer than the commit timeout are told so, even while a write hangs; their rows are
-        # still written once it works. One timer per batch, cancelled by the commit.
-        loop = asyncio.get_running_loop()
-        self._late = loop.call_at(loop.time() + self._commit_timeout_s, self._fail_overdue, batch)
+        # still written once it works.
+        self._overdue.watch(batch)
         self._in_flight = batch, records
         delay = 0.05
         try:
@@ -242,7 +198,7 @@ class RoutingLogWriter:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
         finally:
-            self._late.cancel()
+            self._overdue.stop()
 
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
         """The whole batch in one call (append_routing_log_batch, migrations 0008, 0014 and 0015), so one round trip
@@ -251,23 +207,12 @@ class RoutingLogWriter:
         routing_log_amendment_entry; it reserves the ids of the next batches in the same call."""
         # enough for batches up to four times this one's, so that a growing load seldom needs reserve_ids
         wanted = max(0, min(self._max_batch_rows, len(batch) * 4 + 16) - len(self._ids))
-        amendments = amendment_records(self._key, self._chain_text, self._amending) if self._amending else []
+        amendments = amendment_records(self._chain.key, self._chain.text, self._amending) if self._amending else []
         if not records and not amendments:  # amendments of rows the database refused
             return
-        _, next_ids = await self._connection.append(self.chain_id, records, _locations(batch), amendments, wanted)
+        _, next_ids = await self._connection.append(self.chain_id, records, location_records(batch), amendments, wanted)
         if next_ids:
             self._ids.add(next_ids)
-
-    def _fail_overdue(self, batch: list[LogEntry]) -> None:
-        """While a batch is not committed: fail the waiters that have waited longer than the commit timeout, in the
-        batch and queued behind it (those would otherwise wait for as long as the database is away), and look
-        again every OVERDUE_CHECK_S until the commit."""
-        loop = asyncio.get_running_loop()
-        due = loop.time() - self._commit_timeout_s
-        queued: Iterable[LogEntry | Amendment] = self._queue._queue  # type: ignore[attr-defined]  # asyncio.Queue's deque
-        _fail_waiters([e for e in itertools.chain(batch, queued)
-                       if isinstance(e, LogEntry) and e.waiter is not None and e.waiting_since <= due])  # fmt: skip
-        self._late = loop.call_later(OVERDUE_CHECK_S, self._fail_overdue, batch)
 
     def _amended(self) -> None:
         """The amendments taken are written (or dropped): done."""
@@ -290,21 +235,21 @@ class RoutingLogWriter:
             self._amended()
 
     async def _committed_one_by_one(self, batch: list[LogEntry]) -> list[LogEntry]:
-        """The rows of a refused batch, each in a commit of its own; a row the database refuses is written _bare,
+        """The rows of a refused batch, each in a commit of its own; a row the database refuses is written bare,
         and only if that is refused too is its caller told so."""
         committed = []
         for at, entry in enumerate(batch):
             self._taken = batch[at + 1 :]
             refused = await self._committed_alone(entry)
             if refused is not None:
-                bare = _bare(entry, refused)
-                refused = await self._committed_alone(bare)
-                entry.chained_at = bare.chained_at  # as it is in the chain, for an amendment of it
+                stripped = bare(entry, refused)
+                refused = await self._committed_alone(stripped)
+                entry.chained_at = stripped.chained_at  # as it is in the chain, for an amendment of it
             if refused is None:
                 committed.append(entry)
             else:
                 entry.chained_at = None  # not in the log: nothing to amend
-                _fail_waiters([entry], "the routing log refused this exchange's row")
+                fail_waiters([entry], "the routing log refused this exchange's row")
                 self._queue.task_done()
         self._taken = []
         return committed
@@ -312,12 +257,12 @@ class RoutingLogWriter:
     async def _committed_alone(self, entry: LogEntry) -> str | None:
         """None once the row is committed; what the database said if it refused it (the chain then goes on from
         the row before)."""
-        head = self._seq, self._last_hash
+        head = self._chain.head
         try:
-            await self._commit([entry], [self._chained(entry)])
+            await self._commit([entry], [self._chain.link(entry)])
             return None
         except asyncpg.DataError as exc:
-            self._seq, self._last_hash = head
+            self._chain.rewind(head)
             refused = f"{type(exc).__name__}: {exc}"
             log.error("routing_log_row_refused", error=refused, request_id=entry.request_id, path=entry.path)
             return refused
@@ -326,10 +271,10 @@ class RoutingLogWriter:
         """At close: the rows not committed (the batch in flight, as it was chained, then the queued ones, chained
         now) and the amendments not written, kept in spool_dir (storage.log_spool); how many of both. Without a
         spool_dir they are counted and lost, loudly."""
-        spool, waiting = log_spool.ClosingSpool(self._spool_dir, self._chain_text), []
+        spool, waiting = log_spool.ClosingSpool(self._spool_dir, self._chain.text), []
         if self._in_flight is not None and self._in_flight[1]:  # not amendments alone
             batch, records = self._in_flight
-            spool.add_rows(records, _locations(batch))
+            spool.add_rows(records, location_records(batch))
             waiting += batch
         queued, self._taken = self._taken, []
         amending, self._amending = self._amending, []
@@ -337,51 +282,22 @@ class RoutingLogWriter:
             taken = self._queue.get_nowait()
             (amending if isinstance(taken, Amendment) else queued).append(taken)  # type: ignore[arg-type]
         queued, records = self._chained_batch(queued)
-        spool.add_rows(records, _locations(queued))
+        spool.add_rows(records, location_records(queued))
         waiting += queued
-        spool.add_amendments(amendment_records(self._key, self._chain_text, amending))
+        spool.add_amendments(amendment_records(self._chain.key, self._chain.text, amending))
         if not spool.parts:
             return 0
         if not spool.save():
-            _fail_waiters(waiting, "the hub stopped before the routing log could commit this exchange")
+            fail_waiters(waiting, "the hub stopped before the routing log could commit this exchange")
             return spool.held
         # The callers still waiting for the spooled rows are failed: those whose rows are chained amend them
         # (hub.ocpi.relay) before they are answered, at once, and their amendments join the spool file.
         self._closing = []
-        _fail_waiters(waiting, "the hub stopped before the routing log could commit this exchange; the row is "
+        fail_waiters(waiting, "the hub stopped before the routing log could commit this exchange; the row is "
                                "kept on disk and written when the hub starts again")  # fmt: skip
         await asyncio.sleep(0)  # the failed callers run up to their answer, amending as they go
         closing, self._closing = self._closing, None
-        if amendments := amendment_records(self._key, self._chain_text, closing):
+        if amendments := amendment_records(self._chain.key, self._chain.text, closing):
             spool.add_amendments(amendments)
             spool.save()
         return spool.saved
-
-
-def _locations(batch: list[LogEntry]) -> list[tuple[Any, ...]]:
-    """The CDR Locations a batch's rows rewrote, as relayed_location_entry records."""
-    return [
-        (e.relayed_location[0], e.caller_platform_id, e.receiver_platform_id, e.from_country_code, e.from_party_id,
-         e.to_country_code, e.to_party_id, e.module, e.relayed_location[1])
-        for e in batch if e.relayed_location is not None
-    ]  # fmt: skip
-
-
-_NOT_IN_TIME = "the routing log could not commit this exchange in time"
-
-
-def _bare(entry: LogEntry, refused: str) -> LogEntry:
-    """A row the database refused, without the values a party chose (bodies, headers, OCPI status): its exchange
-    still has its row, which says what is missing and why. A relayed CDR Location stays: the caller holds its URL."""
-    return replace(
-        entry, ocpi_status_code=None, request_headers=None, response_headers=None, request_body=b"",
-        response_body=b"",
-        error=f"{entry.error + '; ' if entry.error else ''}stored without its bodies, headers and OCPI status code: "
-        f"the database refused the row ({refused})"[:2000],
-    )  # fmt: skip
-
-
-def _fail_waiters(batch: list[LogEntry], reason: str = _NOT_IN_TIME) -> None:
-    for entry in batch:
-        if entry.waiter is not None and not entry.waiter.done():
-            entry.waiter.set_exception(LogUnavailable(reason))

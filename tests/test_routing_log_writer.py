@@ -16,7 +16,8 @@ import pytest
 import structlog
 
 from storage.log_row import LogEntry
-from storage.routing_log import LogUnavailable, RoutingLogWriter
+from storage.log_waiters import LogUnavailable
+from storage.routing_log import RoutingLogWriter
 from tests.conftest import LOG_KEY
 from tests.log_rows import numbered_entry, numbered_log, sql, verified
 

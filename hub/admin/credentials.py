@@ -19,7 +19,7 @@ from hub.own_messages import tokens_hidden
 from hub.party_api import Fetched, hub_request
 from routing.forward import ocpi_status_of
 from storage.directory import Platform
-from storage.routing_log import LogUnavailable
+from storage.log_waiters import LogUnavailable
 
 log = structlog.get_logger()
 

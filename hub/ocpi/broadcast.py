@@ -23,7 +23,7 @@ from routing.forward import Answer, ocpi_status_of
 from routing.request import Incoming, endpoint_url
 from storage.directory import PartyRole
 from storage.log_row import LogEntry
-from storage.routing_log import LogUnavailable
+from storage.log_waiters import LogUnavailable
 
 if TYPE_CHECKING:
     from hub.ocpi.relay import Relay

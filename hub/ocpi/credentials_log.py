@@ -23,7 +23,7 @@ from hub.own_messages import tokens_hidden
 from hub.request_context import MAX_ID_LENGTH, request_ids
 from routing.forward import ocpi_status_of
 from storage.log_row import LogEntry
-from storage.routing_log import LogUnavailable
+from storage.log_waiters import LogUnavailable
 
 if TYPE_CHECKING:
     from litestar.datastructures import State

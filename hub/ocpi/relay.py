@@ -61,7 +61,7 @@ from storage.directory import Directory, PartyRole, Platform
 from storage.location_document import too_large
 from storage.location_writer import not_cached
 from storage.log_row import LogEntry, object_id_of_entry
-from storage.routing_log import LogUnavailable
+from storage.log_waiters import LogUnavailable
 from storage.routing_state import Relayed, new_key
 
 if TYPE_CHECKING:

@@ -16,7 +16,8 @@ to its upper-cased key. Until its move (a moment), such a location is found by a
 before this one indexed it under its upper-cased id (its start-up pass did), a PATCH of it is not applied (pull sync
 brings it back), and a PUT of it is listed beside it by GET All until the move keeps the newer of the two.
 
-Its writes (relayed updates, pull sync's pages) are storage.location_writer's; the reads and removals are here.
+Its writes are storage.location_writer's (relayed updates reach it through storage.location_updates, pull sync's
+pages directly); the reads and removals are here.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import redis.asyncio as redis
 import structlog
 
 from storage.directory import UNCHANGED_LUA, DirectoryCache, DirectoryChanged, PartyRole
-from storage.location_writer import STORE_TRIES, LocationWriter, keyed, owner_part
+from storage.location_updates import RelayedUpdates
+from storage.location_writer import STORE_TRIES, keyed, owner_part
 from storage.publish_tokens import ALLOWED_LUA, MATCH_LUA, index_keys, publish_entries
 
 log = structlog.get_logger()
@@ -126,8 +128,9 @@ return forgotten
 )
 
 
-class LocationCache(LocationWriter):
-    """The location cache: its writer's updates (storage.location_writer), and the reads and removals here."""
+class LocationCache(RelayedUpdates):
+    """The location cache: relayed updates (storage.location_updates) through its writer (storage.location_writer),
+    and the reads and removals here."""
 
     def __init__(self, client: redis.Redis, prefix: str, directory: DirectoryCache | None = None) -> None:
         super().__init__(client, prefix, directory)

@@ -414,7 +414,7 @@ def test_updates_held_for_a_redis_that_does_not_answer_are_given_up_all_at_once_
 
 def test_past_max_held_updates_the_oldest_go_and_that_is_logged_once(monkeypatch: pytest.MonkeyPatch) -> None:
     # While Redis is away each update past the cap takes the oldest's place; a warning for each filled the log.
-    monkeypatch.setattr("storage.location_writer.MAX_HELD_UPDATES", 5)
+    monkeypatch.setattr("storage.location_updates.MAX_HELD_UPDATES", 5)
 
     async def submit_twelve() -> tuple[int, list[bytes], list[str]]:
         cache = LocationCache(open_redis("redis://127.0.0.1:1/0"), "held:")  # never asked: nothing is applied here

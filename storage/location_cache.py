@@ -16,23 +16,22 @@ to its upper-cased key. Until its move (a moment), such a location is found by a
 before this one indexed it under its upper-cased id (its start-up pass did), a PATCH of it is not applied (pull sync
 brings it back), and a PUT of it is listed beside it by GET All until the move keeps the newer of the two.
 
-Its writes are storage.location_writer's (relayed updates reach it through storage.location_updates, pull sync's
-pages directly); the reads and removals are here.
+Its writes and removals are storage.location_writer's (relayed updates reach it through storage.location_updates, pull
+sync's pages directly); the reads, for GET All and single GETs via the hub and for open routing, are here.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 import redis.asyncio as redis
 import structlog
 
-from storage.directory import UNCHANGED_LUA, DirectoryCache, DirectoryChanged, PartyRole
+from storage.directory import DirectoryCache
 from storage.location_updates import RelayedUpdates
-from storage.location_writer import STORE_TRIES, keyed, owner_part
+from storage.location_writer import keyed, text_of
 from storage.publish_tokens import ALLOWED_LUA, MATCH_LUA, index_keys, publish_entries
 
 log = structlog.get_logger()
@@ -48,10 +47,6 @@ SNAPSHOT_TTL_S = 900
 PAGE_BYTES = 4_000_000
 
 _decode = msgspec.json.decode
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # KEYS: a snapshot list. ARGV: offset, how many members at most, the bytes left in the page, the documents' key prefix,
@@ -106,105 +101,18 @@ end
 return total
 """
 )
-# KEYS: the directory's generation, the sorted sets of all and of the owner, the unpublished set. ARGV: for a CPO that
-# left the hub the generation its cleanup read (UNCHANGED_LUA: -1 if it changed), else '', the key prefix of
-# documents, id index entries and publish_allowed_to entries, then the members to forget. Returns how many were cached.
-_FORGET = (
-    UNCHANGED_LUA
-    + """
-local forgotten = 0
-for i = 3, #ARGV do
-  local m = ARGV[i]
-  local id = string.match(m, '^[^/]*/[^/]*/(.*)$')
-  redis.call('DEL', ARGV[2] .. 'doc:' .. m, ARGV[2] .. 'publish-to:' .. m)
-  forgotten = forgotten + redis.call('ZREM', KEYS[2], m)
-  redis.call('ZREM', KEYS[3], m)
-  redis.call('SREM', KEYS[4], m)
-  redis.call('SREM', ARGV[2] .. 'id:' .. id, m)
-  redis.call('SREM', ARGV[2] .. 'id:' .. string.upper(id), m)
-end
-return forgotten
-"""
-)
 
 
 class LocationCache(RelayedUpdates):
     """The location cache: relayed updates (storage.location_updates) through its writer (storage.location_writer),
-    and the reads and removals here."""
+    and the reads here."""
 
     def __init__(self, client: redis.Redis, prefix: str, directory: DirectoryCache | None = None) -> None:
         super().__init__(client, prefix, directory)
         self._publish_tokens = index_keys(prefix)  # kept by storage.owner_index
         self._snapshot = client.register_script(_SNAPSHOT)
         self._fitting = client.register_script(_FITTING)
-        self._forget_script = client.register_script(_FORGET)
         self._allowed = client.register_script(ALLOWED_LUA)
-
-    async def location_ids(self, owner: tuple[str, str]) -> set[str]:
-        """The ids the owner's cached locations are keyed by: upper-cased (until storage.location_upgrades moved
-        them, as sent for those a hub before ids were upper-cased cached)."""
-        start = len(owner_part(owner))
-        return {_text(member)[start:] for member in await self._redis.zrange(self._by_owner(owner), 0, -1)}
-
-    def synced_key(self, owner: tuple[str, str]) -> str:
-        """Pull sync's mark of the owner: when its last successful sync began (absent: the next one is full)."""
-        return f"{self._p}synced:{owner[0]}/{owner[1]}"
-
-    def sync_failed_key(self, owner: tuple[str, str]) -> str:
-        """Pull sync's mark of an owner whose Sender failed: not asked again while it lasts."""
-        return f"{self._p}sync-failed:{owner[0]}/{owner[1]}"
-
-    async def forget_platform(self, roles: Iterable[PartyRole]) -> None:
-        """A platform that left the hub: the locations of its CPO roles are no longer offered, and should one come
-        back, its first sync is a full one. Best effort: the platform has left whatever Redis says (a failure is
-        logged)."""
-        for owner in (role.key for role in roles if role.role == "CPO"):
-            try:
-                forgotten = await self.forget(owner, await self.location_ids(owner))
-                await self._redis.delete(self.synced_key(owner), self.sync_failed_key(owner))
-            except redis.RedisError as exc:
-                log.warning("location_cache_not_cleared", owner=f"{owner[0]}-{owner[1]}", error=str(exc))
-            else:
-                log.info("location_cache_cleared", owner=f"{owner[0]}-{owner[1]}", locations=forgotten)
-
-    async def forget(
-        self, owner: tuple[str, str], location_ids: set[str], unchanged: tuple[str, str] | None = None
-    ) -> int:
-        """Remove these locations of the owner, with their index entries; returns how many there were. The ids are
-        taken as the cache keys them (location_ids): a location keyed as sent by an earlier hub can be removed.
-        unchanged: (the directory's generation key, the generation read) for a CPO that left the hub: each chunk is
-        removed only while the directory is that one, else DirectoryChanged (storage.departed)."""
-        members = [owner_part(owner) + location_id for location_id in sorted(location_ids)]
-        keys = [unchanged[0] if unchanged else self._generation_key, *self._forget_keys(owner)]
-        forgotten = 0
-        for start in range(0, len(members), 1000):  # one script call at a time holds Redis a few ms at most
-            args = [unchanged[1] if unchanged else "", self._p, *members[start : start + 1000]]
-            if (count := int(await self._forget_script(keys=keys, args=args))) < 0:
-                raise DirectoryChanged(f"the directory changed while {owner[0]}-{owner[1]}'s locations were forgotten",
-                                       forgotten)  # fmt: skip
-            forgotten += count
-        return forgotten
-
-    async def forget_unlisted(self, owner: tuple[str, str], platform_id: int, location_ids: set[str]) -> int | None:
-        """Pull sync's removal of the owner's locations a full sync of that platform's Sender no longer listed, fenced
-        as its pages are stored (storage.location_writer): only while the directory holds the owner on that platform,
-        checked inside each script, so that a platform registering the party id since keeps what it pushed, however
-        late the sync gets here. How many there were; None once the directory no longer holds it there."""
-        removed = 0  # by the chunks of the tries before: a try removes only what is still cached
-        for _ in range(STORE_TRIES):
-            directory, generation = self._fence()
-            if directory is not None and not directory.holds((owner[0].upper(), owner[1].upper()), platform_id):
-                return None
-            try:
-                return removed + await self.forget(owner, location_ids, (self._generation_key, generation))
-            except DirectoryChanged as changed:  # again, as the directory is now
-                removed += changed.done
-                await self._caught_up()
-        log.warning("location_cache_not_cleared", owner=f"{owner[0]}-{owner[1]}", reason="the directory kept changing")
-        return removed
-
-    def _forget_keys(self, owner: tuple[str, str]) -> list[str]:
-        return [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden"]
 
     async def owners_seen_by(
         self, location_id: str, viewer: tuple[str, str]
@@ -220,7 +128,7 @@ class LocationCache(RelayedUpdates):
 
     async def find(self, location_id: str) -> list[tuple[tuple[str, str], dict[str, Any]]]:
         """The cached locations with this id in any case, whoever owns them (ids are unique per CPO only)."""
-        members = sorted(_text(m) for m in await self._redis.smembers(f"{self._p}id:{keyed(location_id)}"))
+        members = sorted(text_of(m) for m in await self._redis.smembers(f"{self._p}id:{keyed(location_id)}"))
         docs = await self._redis.mget([self._doc(m) for m in members]) if members else []
         found = []
         for member, raw in zip(members, docs, strict=True):

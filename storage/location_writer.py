@@ -1,6 +1,7 @@
-"""The location cache's writes: whole locations stored and pull sync's marks set, fenced by the directory.
+"""The location cache's writes: whole locations stored, pull sync's marks set, a CPO's locations removed.
 
-Relayed updates reach it through storage.location_updates, pull sync's pages through put_many.
+Relayed updates reach it through storage.location_updates, pull sync's pages through put_many. Locations are
+removed when a CPO's Sender no longer lists them (forget_unlisted) or the CPO leaves the hub (forget_platform).
 
 An update is applied a few ms after it was relayed, or, Redis slow or away, later: its CPO may have left the hub by
 then, and its cleanup (storage.departed) have run, or its party id been registered again by another platform. So an
@@ -11,6 +12,7 @@ refused one is tried again once the directory has caught up.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -18,7 +20,7 @@ import redis.asyncio as redis
 import structlog
 from redis.asyncio.client import Pipeline
 
-from storage.directory import GENERATION_KEY, UNCHANGED_LUA, Directory, DirectoryCache
+from storage.directory import GENERATION_KEY, UNCHANGED_LUA, Directory, DirectoryCache, DirectoryChanged, PartyRole
 from storage.location_document import Index, TooLarge, trusted_until, whole_location
 from storage.redis_scripts import executed, queue_script
 
@@ -63,6 +65,28 @@ return 1
 )
 
 
+# KEYS: the directory's generation, the sorted sets of all and of the owner, the unpublished set. ARGV: for a CPO that
+# left the hub the generation its cleanup read (UNCHANGED_LUA: -1 if it changed), else '', the key prefix of
+# documents, id index entries and publish_allowed_to entries, then the members to forget. Returns how many were cached.
+_FORGET = (
+    UNCHANGED_LUA
+    + """
+local forgotten = 0
+for i = 3, #ARGV do
+  local m = ARGV[i]
+  local id = string.match(m, '^[^/]*/[^/]*/(.*)$')
+  redis.call('DEL', ARGV[2] .. 'doc:' .. m, ARGV[2] .. 'publish-to:' .. m)
+  forgotten = forgotten + redis.call('ZREM', KEYS[2], m)
+  redis.call('ZREM', KEYS[3], m)
+  redis.call('SREM', KEYS[4], m)
+  redis.call('SREM', ARGV[2] .. 'id:' .. id, m)
+  redis.call('SREM', ARGV[2] .. 'id:' .. string.upper(id), m)
+end
+return forgotten
+"""
+)
+
+
 # a whole location to store: owner, platform id, id, document, index
 WholeLocation = tuple[tuple[str, str], int, str, bytes, Index]
 
@@ -76,6 +100,7 @@ class LocationWriter:
         self._directory, self._generation_key = directory, f"{prefix}{GENERATION_KEY}"
         self._store_script = client.register_script(_STORE)
         self._mark_script = client.register_script(_MARK)
+        self._forget_script = client.register_script(_FORGET)
 
     def _member(self, owner: tuple[str, str], location_id: str) -> str:
         return owner_part(owner) + keyed(location_id)
@@ -137,7 +162,7 @@ class LocationWriter:
         return stored, newer_cached
 
     async def mark(self, key: str, owner: tuple[str, str], platform_id: int, value: str, ex_s: int = 0) -> bool:
-        """Set a pull-sync mark of the owner's (LocationCache.synced_key, sync_failed_key) for ex_s seconds (0: for
+        """Set a pull-sync mark of the owner's (synced_key, sync_failed_key) for ex_s seconds (0: for
         ever) while that platform holds it, fenced as a store is: a mark set after the departed party's cleanup deleted
         it would make a platform registering its id later start with an incremental sync. Whether it was set."""
         for _ in range(STORE_TRIES):
@@ -148,6 +173,72 @@ class LocationWriter:
                 return True
             await self._caught_up()  # the directory changed since it was read: again, as it is now
         return False
+
+    async def location_ids(self, owner: tuple[str, str]) -> set[str]:
+        """The ids the owner's cached locations are keyed by: upper-cased (until storage.location_upgrades moved
+        them, as sent for those a hub before ids were upper-cased cached)."""
+        start = len(owner_part(owner))
+        return {text_of(member)[start:] for member in await self._redis.zrange(self._by_owner(owner), 0, -1)}
+
+    def synced_key(self, owner: tuple[str, str]) -> str:
+        """Pull sync's mark of the owner: when its last successful sync began (absent: the next one is full)."""
+        return f"{self._p}synced:{owner[0]}/{owner[1]}"
+
+    def sync_failed_key(self, owner: tuple[str, str]) -> str:
+        """Pull sync's mark of an owner whose Sender failed: not asked again while it lasts."""
+        return f"{self._p}sync-failed:{owner[0]}/{owner[1]}"
+
+    async def forget_platform(self, roles: Iterable[PartyRole]) -> None:
+        """A platform that left the hub: the locations of its CPO roles are no longer offered, and should one come
+        back, its first sync is a full one. Best effort: the platform has left whatever Redis says (a failure is
+        logged)."""
+        for owner in (role.key for role in roles if role.role == "CPO"):
+            try:
+                forgotten = await self.forget(owner, await self.location_ids(owner))
+                await self._redis.delete(self.synced_key(owner), self.sync_failed_key(owner))
+            except redis.RedisError as exc:
+                log.warning("location_cache_not_cleared", owner=f"{owner[0]}-{owner[1]}", error=str(exc))
+            else:
+                log.info("location_cache_cleared", owner=f"{owner[0]}-{owner[1]}", locations=forgotten)
+
+    async def forget(
+        self, owner: tuple[str, str], location_ids: set[str], unchanged: tuple[str, str] | None = None
+    ) -> int:
+        """Remove these locations of the owner, with their index entries; returns how many there were. The ids are
+        taken as the cache keys them (location_ids): a location keyed as sent by an earlier hub can be removed.
+        unchanged: (the directory's generation key, the generation read) for a CPO that left the hub: each chunk is
+        removed only while the directory is that one, else DirectoryChanged (storage.departed)."""
+        members = [owner_part(owner) + location_id for location_id in sorted(location_ids)]
+        keys = [unchanged[0] if unchanged else self._generation_key, *self._forget_keys(owner)]
+        forgotten = 0
+        for start in range(0, len(members), 1000):  # one script call at a time holds Redis a few ms at most
+            args = [unchanged[1] if unchanged else "", self._p, *members[start : start + 1000]]
+            if (count := int(await self._forget_script(keys=keys, args=args))) < 0:
+                raise DirectoryChanged(f"the directory changed while {owner[0]}-{owner[1]}'s locations were forgotten",
+                                       forgotten)  # fmt: skip
+            forgotten += count
+        return forgotten
+
+    async def forget_unlisted(self, owner: tuple[str, str], platform_id: int, location_ids: set[str]) -> int | None:
+        """Pull sync's removal of the owner's locations a full sync of that platform's Sender no longer listed, fenced
+        as its pages are stored (put_many): only while the directory holds the owner on that platform,
+        checked inside each script, so that a platform registering the party id since keeps what it pushed, however
+        late the sync gets here. How many there were; None once the directory no longer holds it there."""
+        removed = 0  # by the chunks of the tries before: a try removes only what is still cached
+        for _ in range(STORE_TRIES):
+            directory, generation = self._fence()
+            if directory is not None and not directory.holds((owner[0].upper(), owner[1].upper()), platform_id):
+                return None
+            try:
+                return removed + await self.forget(owner, location_ids, (self._generation_key, generation))
+            except DirectoryChanged as changed:  # again, as the directory is now
+                removed += changed.done
+                await self._caught_up()
+        log.warning("location_cache_not_cleared", owner=f"{owner[0]}-{owner[1]}", reason="the directory kept changing")
+        return removed
+
+    def _forget_keys(self, owner: tuple[str, str]) -> list[str]:
+        return [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden"]
 
     def _fence(self) -> tuple[Directory | None, str]:
         return self._directory.fence() if self._directory else (None, "")
@@ -190,3 +281,7 @@ def holds(directory: Directory | None, owner: tuple[str, str], platform_id: int)
 
 def owner_part(owner: tuple[str, str]) -> str:
     return f"{owner[0].upper()}/{owner[1].upper()}/"
+
+
+def text_of(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -12,16 +12,8 @@ from dataclasses import replace
 from typing import Any
 
 from storage.log_ids import ReservedIds
-from storage.log_row import (
-    GENESIS,
-    LogEntry,
-    in_column_order,
-    listed_ids_of_entry,
-    object_id_of_entry,
-    row_content,
-    row_hash,
-    stored_text,
-)
+from storage.log_object_ids import listed_ids_of_entry, object_id_of_entry
+from storage.log_row import GENESIS, LogEntry, in_column_order, row_content, row_hash, stored_text
 
 
 class LogChain:

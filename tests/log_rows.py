@@ -62,7 +62,7 @@ def varied_entries(start: datetime, count: int, parties: Sequence[tuple[str, str
 
 
 def object_of(entry: LogEntry) -> str | None:
-    """The object id the test put in the path (independent of storage.log_row.object_id_of)."""
+    """The object id the test put in the path (independent of storage.log_object_ids.object_id_of)."""
     marker = entry.path.split("/")
     found = [part for part in marker if "-OBJ" in part]
     return found[0] if found else None

@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from storage.log_row import LogEntry, listed_ids_of_entry, object_id_of, object_id_of_entry
+from storage.log_object_ids import listed_ids_of_entry, object_id_of, object_id_of_entry
+from storage.log_row import LogEntry
 from tests.conftest import Hub, Services, unique_party_id
 from tests.log_rows import write
 from tests.test_routing import party_key

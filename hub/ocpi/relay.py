@@ -60,7 +60,8 @@ from routing.shapes import check_patch, check_shape
 from storage.directory import Directory, PartyRole, Platform
 from storage.location_document import too_large
 from storage.location_writer import not_cached
-from storage.log_row import LogEntry, object_id_of_entry
+from storage.log_object_ids import object_id_of_entry
+from storage.log_row import LogEntry
 from storage.log_waiters import LogUnavailable
 from storage.routing_state import Relayed, new_key
 

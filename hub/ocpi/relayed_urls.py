@@ -18,7 +18,7 @@ from routing.forward import Answer
 from routing.request import party_text, routing_party
 from routing.rewrite import link_urls, resolved, rewrite_link_header, why_not_callable, with_query
 from storage.directory import PartyRole, Platform
-from storage.log_row import RELAYED_CDRS
+from storage.log_object_ids import RELAYED_CDRS
 from storage.routing_state import PAGE_TTL_S, Relayed
 from storage.sql import QUERIES
 

@@ -12,6 +12,7 @@ MODULES = frozenset({"cdrs", "chargingprofiles", "commands", "locations", "sessi
 INTERFACES = frozenset({"sender", "receiver"})
 _COUNTRY = re.compile(r"[A-Za-z]{2}")
 _PARTY = re.compile(r"[A-Za-z0-9]{3}")
+SLASHES = re.compile("/{2,}")
 
 PartyKey = tuple[str, str]  # (COUNTRY_CODE, PARTY_ID) upper-cased
 
@@ -48,6 +49,12 @@ def routing_party(headers: dict[str, str], direction: str) -> PartyKey | None:
 def parse(method: str, path: str, query: str, headers: dict[str, str], body: bytes) -> Incoming:
     """Split /ocpi/2.2.1/{sender|receiver}/{module}/... into its parts; unknown interfaces or modules are 404."""
     parts = path.split("/", 5)  # ["", "ocpi", "2.2.1", interface, module, rest]
+    if "//" in path and SLASHES.sub("/", path).split("/", 5)[:5] != parts[:5]:
+        # what a party meant by it is a guess: the module's URL joined badly, or another URL altogether
+        raise NotFound(
+            f"{method} {path} holds an empty segment before the module: the hub's functional URLs are"
+            " /ocpi/2.2.1/{sender|receiver}/{module}, one slash between segments"
+        )
     interface = parts[3] if len(parts) > 3 else ""
     module = parts[4] if len(parts) > 4 else ""
     if interface not in INTERFACES or module not in MODULES:

@@ -54,7 +54,7 @@ from routing import open_routing
 from routing.decide import Delivery, decide
 from routing.forward import Answer, forward, ocpi_status_of
 from routing.party_addresses import ALLOWANCE
-from routing.request import Incoming, PartyKey, endpoint_url, parse, routing_party
+from routing.request import SLASHES, Incoming, PartyKey, endpoint_url, parse, routing_party
 from routing.rewrite import callback_ttl_s, response_url_of, why_not_callable, with_response_url
 from routing.shapes import check_patch, check_shape
 from storage.directory import Directory, PartyRole, Platform
@@ -116,6 +116,10 @@ class Relay:
 
     @staticmethod
     def handles(path: str) -> bool:
+        """Whether path is a functional module's: as Litestar would route it, so that one with an empty segment
+        ("/ocpi/2.2.1//sender/locations") is refused here, with its row (routing.request.parse)."""
+        if "//" in path:
+            path = SLASHES.sub("/", path)
         if path.startswith(CLIENT_INFO):  # a configuration module the hub serves itself, not routed
             return False
         return path.startswith(PREFIX) and path.split("/", 4)[3] in (
@@ -386,7 +390,7 @@ def _callers_own(exchange: Exchange) -> PartyKey | None:
 
 def _module_of(path: str) -> str:
     """The module a path names, for the log row of a request rejected before it was parsed."""
-    parts = path.split("/")
+    parts = (SLASHES.sub("/", path) if "//" in path else path).split("/")  # as Relay.handles read it
     if len(parts) > 4 and parts[3] in ("sender", "receiver"):
         return parts[4]
     return parts[3] if len(parts) > 3 else ""

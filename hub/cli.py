@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import importlib.metadata
 import os
 import resource
 import shutil
@@ -33,6 +34,7 @@ COMMANDS_HELP = """commands:
   verify    recompute the routing log's hash chains, no HTTP time limit: ocpi-hub verify [--since T] [--until T]
             [--heads FILE]
   heads     print every hash chain's head, to keep outside the database: ocpi-hub heads > heads.json
+  version   print the installed ocpi-hub's version (also: ocpi-hub --version)
 """
 
 
@@ -49,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=COMMANDS_HELP + "\n" + _variables_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve", help="run the hub", epilog=_variables_help(), formatter_class=argparse.RawDescriptionHelpFormatter
@@ -100,11 +103,20 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--until", metavar="TIME", help="only rows received before TIME (ISO 8601)")
     verify.add_argument("--heads", metavar="FILE", help="heads ocpi-hub heads printed earlier: each row still there")
     commands.add_parser("heads", help="print every hash chain's head, to keep outside the database for verify --heads")
+    commands.add_parser("version", help="print the installed ocpi-hub's version")
     connect = commands.add_parser("connect", help="register the hub at a party (the hub must be running)")
     connect.add_argument("--versions-url", required=True, help="the party's versions URL")
     connect.add_argument("--token-a", required=True, help="the token A the party gave the hub operator")
     connect.add_argument("--name", help="the platform's name (default: the versions URL's host)")
     return parser
+
+
+def _version() -> str:
+    """The version of the ocpi-hub package installed, as its metadata says (pyproject.toml when installed)."""
+    try:
+        return f"ocpi-hub {importlib.metadata.version('ocpi-hub')}"
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that pip did not install
+        return "ocpi-hub (not installed: no package metadata)"
 
 
 def _port(raw: str) -> int:
@@ -123,6 +135,9 @@ def _workers(raw: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_keep_joined(sys.argv[1:] if argv is None else argv))
+    if args.command == "version":
+        print(_version())
+        return 0
     listening = None
     if args.command in ("serve", "demo"):  # the port first: one in use fails at once, before anything starts
         try:

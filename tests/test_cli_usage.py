@@ -1,0 +1,31 @@
+"""The installed `ocpi-hub` console script: its version, and its usage when the command line names no command or an
+unknown one (what the operator's side commands do: tests/test_admin_and_cli.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+OCPI_HUB = str(Path(sys.executable).parent / "ocpi-hub")  # the console script pip installed beside the interpreter
+
+
+def _ran(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([OCPI_HUB, *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args", [("--version",), ("version",)])
+def test_version_prints_the_installed_package_version(args: tuple[str, ...]) -> None:
+    result = _ran(*args)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"ocpi-hub {version('ocpi-hub')}\n", "")
+
+
+@pytest.mark.parametrize("args", [(), ("frobnicate",), ("--frobnicate",)])
+def test_no_command_or_an_unknown_one_prints_usage_to_stderr_and_exits_2(args: tuple[str, ...]) -> None:
+    result = _ran(*args)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("usage: ocpi-hub ") and "Traceback" not in result.stderr
+    assert "ocpi-hub: error: " in result.stderr

@@ -104,3 +104,15 @@ def test_an_origin_is_the_consoles_whether_or_not_it_writes_the_default_port() -
     assert not foreign_origin("http://hub.example", "hub.example:80", "http://10.0.0.5:8080")
     assert foreign_origin("https://evil.example", "hub-1:8080", "https://hub.example:443")
     assert foreign_origin("https://hub.example:8443", None, "https://hub.example")
+
+
+def test_options_on_a_console_page_names_every_method_the_page_takes(hub: Hub) -> None:
+    # Litestar 2 answered OPTIONS on a path with a GET and a POST handler with the first one's methods alone.
+    pages = {"/console/sign-in": "GET, OPTIONS, POST", "/console/verify": "GET, OPTIONS, POST",
+             "/console/invite": "GET, OPTIONS, POST", "/console/parties/1/unregister": "GET, OPTIONS, POST",
+             "/console/log": "GET, OPTIONS", "/console/sign-out": "OPTIONS, POST"}  # fmt: skip
+    with _signed_in(hub) as console:
+        for path, allow in pages.items():
+            answer = console.options(path)
+            assert (answer.status_code, answer.headers.get("allow")) == (204, allow), (path, answer.headers)
+            _assert_console_headers(answer)

@@ -1,25 +1,21 @@
-"""The `ocpi-hub` command: its arguments, the backing services, serve and demo; one-offs in hub.cli_commands."""
+"""The `ocpi-hub` command: its arguments and backing services; serving in hub.serve, one-offs in hub.cli_commands."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import importlib.metadata
 import os
-import resource
-import shutil
-import signal
 import socket
 import sys
 
 import asyncpg
 import redis.asyncio as redis
-import structlog
 
 from hub.cli_commands import COMMANDS, run
-from hub.settings import LISTEN_ADDRESS, VARIABLES, Settings, SettingsError
+from hub.serve import PUBLIC_URL_FILE, serve
+from hub.settings import VARIABLES, Settings, SettingsError
 
 COMMANDS_HELP = """commands:
   serve     run the hub (starts embedded PostgreSQL/Valkey when no URLs are set)
@@ -213,7 +209,7 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
                 print(_migrated(applied), flush=True)
                 return 0
             if args.command == "serve":
-                return _serve(ready, args.host, args.port, args.workers, args.server)
+                return serve(ready, args.host, args.port, args.workers, args.server)
             if listening is not None:
                 return _demo(ready, args, listening)
             command = COMMANDS.get(args.command)
@@ -237,9 +233,6 @@ def _migrated(applied: list[str]) -> str:
     return f"ocpi-hub: {done}; the database is up to date at migration {migration_files()[-1][1]}"
 
 
-PUBLIC_URL_FILE = "public-url"  # in the data dir: the URL the last `ocpi-hub serve` there serves at
-
-
 def _of_the_running_hub(settings: Settings, env: dict[str, str], command: str) -> Settings:
     """The settings of a command that works beside `ocpi-hub serve` (invite, sync, verify, connect...): that hub's
     storage, which it does not create (run elsewhere, it would start a new embedded PostgreSQL of its own and hand
@@ -258,96 +251,6 @@ def _of_the_running_hub(settings: Settings, env: dict[str, str], command: str) -
     if settings.public_url_known or not recorded.is_file():
         return settings
     return Settings.from_env(env | {"OCPI_HUB_PUBLIC_URL": recorded.read_text().strip()})
-
-
-def _raise_open_files_limit() -> None:
-    """Every connection is a file: a soft limit of 1,024 (a common default, Docker's among them) is reached by a few
-    hundred parties' kept-alive connections plus the hub's own to them. Raised to the hard limit, for the workers
-    too (they inherit it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
-    if soft < wanted:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
-def _serve(settings: Settings, host: str, port: int, workers: int, server: str) -> int:
-    # Workers are separate processes: they read the resolved settings from the environment.
-    os.environ.update(
-        OCPI_HUB_DATABASE_URL=settings.database_url or "",
-        OCPI_HUB_REDIS_URL=settings.redis_url or "",
-        OCPI_HUB_PUBLIC_URL=settings.public_url,
-        OCPI_HUB_DATA_DIR=str(settings.data_dir),
-        **{LISTEN_ADDRESS: f"{host}:{port}"},
-    )
-    with contextlib.suppress(OSError):  # for the commands beside it; a read-only data dir stops nothing
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        (settings.data_dir / PUBLIC_URL_FILE).write_text(settings.public_url + "\n")
-    if not os.environ.get("OCPI_HUB_ADMIN_TOKEN"):
-        print(
-            f"ocpi-hub: admin token (kept in {settings.data_dir / 'admin-token'}): {settings.admin_token}", flush=True
-        )
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Each worker counts in files of its own here; /metrics, whichever worker answers, sums them.
-        metrics_dir = settings.data_dir / f"metrics-{port}"
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    _raise_open_files_limit()
-    # a JSON line as every other line of serve's, where the workers' hub_started follow
-    structlog.get_logger().info("hub_serving", versions_url=settings.versions_url, host=host, port=port,
-                                workers=workers, server=server)  # fmt: skip
-    if server == "uvicorn":
-        import uvicorn
-        from uvicorn.server import STARTUP_FAILURE
-
-        from hub.supervisor import Supervisor
-
-        # uvicorn shuts down gracefully on SIGTERM/SIGINT and then raises the signal again; with these handlers
-        # in place that second signal is a no-op, so the embedded servers are stopped and the exit code is 0.
-        for handled in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(handled, lambda *_: None)
-        # No proxy-header middleware: nothing reads the client's address or scheme (public_url says where we are).
-        # timeout_keep_alive: uvicorn closes an idle connection after 5 s by default, while a party's pooled client
-        # or a proxy may send on it at that very moment: a POST or PATCH then fails with a reset, and clients do
-        # not resend those. http: httptools, answering what does not parse as HTTP with an OCPI envelope instead of
-        # uvicorn's plain text. log_config=None: uvicorn's own lines (a warning about such bytes) are JSON lines too.
-        config = uvicorn.Config(
-            "hub.app:create_app", factory=True, host=host, port=port, workers=workers, lifespan="on",
-            access_log=False, log_config=None, log_level="warning", loop="uvloop",
-            http="hub.http_protocol:OcpiHttpToolsProtocol", timeout_keep_alive=settings.keep_alive_s,
-            timeout_graceful_shutdown=30, proxy_headers=False,
-        )  # fmt: skip
-        if workers == 1:
-            worker = uvicorn.Server(config)
-            worker.run()
-            return 0 if worker.started else STARTUP_FAILURE  # as uvicorn.run
-        supervisor = Supervisor(config, sockets=[config.bind_socket()])  # uvicorn.run's own path for several workers
-        supervisor.run()
-        if supervisor.stopped_by_a_failed_start:  # exit 0 would be taken for a shutdown asked for
-            print(
-                "ocpi-hub: stopped, since a worker could not start (see the lines above)", file=sys.stderr, flush=True
-            )
-            return 1
-        return 0
-    from granian import Granian
-    from granian.constants import Interfaces
-    from granian.http import HTTP1Settings
-
-    Granian(
-        "hub.app:create_app",
-        factory=True,
-        address=host,
-        port=port,
-        workers=workers,
-        interface=Interfaces.ASGI,
-        log_access=False,
-        # granian's own lines go to the hub's handler (JSON lines) instead of its "[INFO] ..." text
-        log_dictconfig={"version": 1, "loggers": {"_granian": {"handlers": [], "propagate": True}}},
-        # granian's time to read a request's headers is also how long an idle keep-alive connection stays open
-        http1_settings=HTTP1Settings(header_read_timeout=settings.keep_alive_s * 1000),
-    ).serve()
-    return 0
 
 
 def _demo(settings: Settings, args: argparse.Namespace, listening: socket.socket) -> int:

@@ -30,7 +30,7 @@ from hub.errors import OUTAGES, ForwardingLoop, unavailable
 from hub.logs import configure_logging
 from hub.ocpi import credentials, credentials_log, versions
 from hub.ocpi.relay import Relay
-from hub.party_api import PartyClient
+from hub.party_client import PartyClient
 from hub.request_context import HUB_INSTANCE_HEADER, PROBE_PATHS, RequestContext
 from hub.runtime import DATABASE_TIMEOUT_S, open_database, open_redis, stop_background_tasks
 from hub.settings import Settings

@@ -1,4 +1,5 @@
-"""Who is calling an OCPI endpoint: the credentials token (the admin API's bearer tokens: hub/admin/actors.py)."""
+"""The OCPI Authorization header: who is calling an OCPI endpoint, and what the hub sends a party (the admin API's
+bearer tokens: hub/admin/actors.py)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,13 @@ def base64_decoded(value: str) -> str | None:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
     return decoded if decoded.isprintable() else None
+
+
+def authorization(token: str, encoding: str = "base64") -> str:
+    """transport_and_format.asciidoc, Authorization header: 'Token ' + base64(UTF-8 token); raw for 2.1.1-era peers."""
+    if encoding == "raw":
+        return f"Token {token}"
+    return "Token " + base64.b64encode(token.encode("utf-8")).decode("ascii")
 
 
 class CredentialsTokenAuth(AbstractAuthenticationMiddleware):

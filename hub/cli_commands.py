@@ -16,7 +16,7 @@ import httpx
 import msgspec
 import redis.asyncio as redis
 
-from hub.party_api import PartyClient
+from hub.party_client import PartyClient
 from hub.settings import Settings
 
 if TYPE_CHECKING:

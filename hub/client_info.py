@@ -25,7 +25,7 @@ from litestar.datastructures import State
 from hub.auth import Caller
 from hub.envelope import ocpi_response, ocpi_timestamp, paging_window, x_limit
 from hub.errors import InvalidParameters, OcpiError
-from hub.party_api import hub_request
+from hub.own_messages import hub_request
 from hub.request_context import HUB_INSTANCE_HEADER
 from routing.fair_share import HUB_ITSELF
 from routing.forward import forward, ocpi_status_of

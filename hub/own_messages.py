@@ -1,6 +1,6 @@
-"""The routing-log rows of the messages the hub sends on its own: one row per message and recipient, routing 'hub',
-from the hub's party to the recipient's, without its Authorization header or any credentials token (auditors read
-the log, and those tokens are the keys to both platforms)."""
+"""The routing-log rows and headers of the messages the hub sends on its own: one row per message and recipient,
+routing 'hub', from the hub's party to the recipient's, without its Authorization header or any credentials token
+(auditors read the log, and those tokens are the keys to both platforms)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from urllib.parse import urlsplit
 import msgspec
 import structlog
 
+from hub.auth import authorization
 from hub.request_context import new_request_id
 from routing.forward import ocpi_status_of
 from storage.log_row import LogEntry
 from storage.log_waiters import LogUnavailable
 
 if TYPE_CHECKING:
-    from storage.directory import Platform
+    from storage.directory import PartyRole, Platform
 
 log = structlog.get_logger()
 
@@ -50,6 +51,37 @@ def own_entry(
         from_country_code=hub[0], from_party_id=hub[1], to_country_code=to[0] if to else None,
         to_party_id=to[1] if to else None, receiver_platform_id=platform_id, request_body=body,
     )  # fmt: skip
+
+
+def hub_request(
+    hub: tuple[str, str],
+    platform: Platform,
+    to: PartyRole | None,
+    method: str,
+    url: str,
+    module: str,
+    *,
+    interface: str | None = None,
+    correlation_id: str | None = None,
+    body: bytes = b"",
+    routing_headers: bool = False,
+) -> tuple[LogEntry, dict[str, str]]:
+    """A message the hub sends on its own (a still-alive probe, a pull-sync page, a ClientInfo push): its
+    routing-log row, routing 'hub' from the hub to the party, and its headers: the party's token B and a new
+    X-Request-ID, which is also the X-Correlation-ID unless the message continues a conversation. OCPI-to/from
+    only where the module takes them (transport_and_format.asciidoc: not on versions or hubclientinfo pushes)."""
+    request_id = new_request_id()
+    correlation_id = correlation_id or request_id
+    entry = own_entry(hub, platform.id, (to.country_code, to.party_id) if to else None, method, url, module,
+                      request_id=request_id, correlation_id=correlation_id, interface=interface, body=body)  # fmt: skip
+    headers = {"Authorization": authorization(platform.token_b or "", platform.token_encoding),
+               "X-Request-ID": request_id, "X-Correlation-ID": correlation_id}  # fmt: skip
+    if body:
+        headers["Content-Type"] = "application/json"
+    if routing_headers and to is not None:
+        headers |= {"OCPI-from-country-code": hub[0], "OCPI-from-party-id": hub[1],
+                    "OCPI-to-country-code": to.country_code, "OCPI-to-party-id": to.party_id}  # fmt: skip
+    return entry, headers
 
 
 def tokens_hidden(body: bytes) -> bytes:

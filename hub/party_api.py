@@ -1,5 +1,5 @@
-"""Calls to a party's versions, version details and credentials endpoints (the control plane, over httpx), and
-`hub_request`: the routing-log row and headers of a message the hub sends on its own.
+"""Calls to a party's versions, version details and credentials endpoints (the control plane, over
+hub.party_client.PartyClient).
 
 httpx errors are translated here, at this one boundary, into the OCPI errors the credentials module answers with:
 3001 when the party's API cannot be used, 3002 when there is no common version, 3003 when endpoints are missing.
@@ -7,29 +7,23 @@ httpx errors are translated here, at this one boundary, into the OCPI errors the
 
 from __future__ import annotations
 
-import base64
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
 import httpx
 import msgspec
 import structlog
 
+from hub.auth import authorization
 from hub.errors import AnswerTooLarge, NoMatchingEndpoints, UnableToUseClientApi, UnsupportedVersion
 from hub.ocpi.wire import INTERFACE_ROLES, Credentials, CredentialsAnswer, Endpoint, Version, VersionDetails
-from hub.own_messages import Trace, own_entry
-from hub.request_context import HUB_INSTANCE_HEADER, new_request_id
-from routing.forward import read_capped
-from routing.party_addresses import GuardedBackend, RefusedConnect, for_hub
+from hub.own_messages import Trace
+from hub.party_client import Fetched, PartyClient
+from hub.request_context import HUB_INSTANCE_HEADER
+from routing.party_addresses import RefusedConnect
 from routing.rewrite import same_host
-from storage.directory import PartyRole, Platform
-from storage.log_row import LogEntry
-
-if TYPE_CHECKING:
-    from hub.settings import Settings
 
 log = structlog.get_logger()
 
@@ -43,102 +37,8 @@ _details_decoder = msgspec.json.Decoder(VersionDetails)
 _credentials_decoder = msgspec.json.Decoder(CredentialsAnswer)
 
 
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    """A party's answer as the control plane read it: the body with any gzip undone."""
-
-    status_code: int
-    headers: httpx.Headers
-    content: bytes
-
-
-class PartyClient(httpx.AsyncClient):
-    """The control plane's client: httpx with the hub's timeouts and keep-alive, reading at most
-    OCPI_HUB_MAX_BODY_BYTES of an answer (a party's mistake, or a few kB of gzip that inflate to gigabytes, must not
-    take the hub's memory), each answer whole within OCPI_HUB_FORWARD_TIMEOUT_S."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.party_addresses = for_hub(settings.party_networks_allowed, settings.listen)
-        transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(keepalive_expiry=settings.party_keep_alive_s))
-        # httpx has no public way to give its pool a network backend; every new connection (a redirect's too) goes
-        # through this one, which connects only to addresses the hub calls parties at (tests/test_party_addresses.py).
-        # Given a transport, httpx uses no HTTP_PROXY of the environment, which would connect where no check looks.
-        if not hasattr(transport._pool, "_network_backend"):  # an httpx/httpcore that renamed it: no unguarded start
-            raise RuntimeError("httpcore's pool has no _network_backend: the party address policy cannot be installed")
-        transport._pool._network_backend = GuardedBackend(self.party_addresses)
-        super().__init__(timeout=httpx.Timeout(settings.forward_timeout_s, connect=5.0), transport=transport,
-                         headers={HUB_INSTANCE_HEADER: settings.hub_instance})  # fmt: skip
-        self.max_answer_bytes = settings.max_body_bytes
-        self.answer_timeout_s = settings.forward_timeout_s
-        self.hub_url = settings.public_url  # a URL under it is never a party's (routing.rewrite.why_not_callable)
-        self.hub_instance = settings.hub_instance  # an answer marked with it is the hub's own, under any host name
-
-    async def fetch(
-        self, method: str, url: str, headers: dict[str, str], content: bytes | None = None, *, redirects: bool = True
-    ) -> Fetched:
-        """The answer, a GET's redirects followed (unless redirects is False: a URL a party gave, whose redirect
-        would lead where routing.rewrite.why_not_callable did not look); AnswerTooLarge (4000) once it is larger
-        than the cap, httpx.ReadTimeout once it took longer than the timeout. httpx's own timeouts count per
-        read: a party sending a byte now and then would hold the call, and the still-alive round or location
-        sync waiting for it, for ever. An anyio deadline, not asyncio.timeout: httpcore shields parts of its
-        work from cancellation with anyio, and with asyncio.timeout 250 concurrent calls with a 0.3 s deadline
-        ran for up to 2.7 s (CI saw a still-alive round stall); an anyio scope delivers its cancellation again
-        until the scope ends."""
-        # Only a GET's: httpx, like browsers, turns a POST or PUT redirected with 301/302 into a body-less GET, so
-        # a credentials exchange would "succeed" with the wrong call; such an answer is an error of its own instead.
-        try:
-            with anyio.fail_after(self.answer_timeout_s):
-                async with self.stream(
-                    method, url, headers=headers, content=content, follow_redirects=redirects and method == "GET"
-                ) as answer:
-                    # aiter_bytes undoes gzip: the cap counts what the hub would hold
-                    body = await read_capped(answer.aiter_bytes(), self.max_answer_bytes, f"{method} {url}")
-        except TimeoutError:
-            late = f"{method} {url} did not answer in full within {self.answer_timeout_s:g} s"
-            raise httpx.ReadTimeout(late) from None
-        return Fetched(answer.status_code, answer.headers, body)
-
-
 class TokenRefused(UnableToUseClientApi):
     """The party answered HTTP 401: it does not know the token, or not in the encoding it was sent in."""
-
-
-def authorization(token: str, encoding: str = "base64") -> str:
-    """transport_and_format.asciidoc, Authorization header: 'Token ' + base64(UTF-8 token); raw for 2.1.1-era peers."""
-    if encoding == "raw":
-        return f"Token {token}"
-    return "Token " + base64.b64encode(token.encode("utf-8")).decode("ascii")
-
-
-def hub_request(
-    hub: tuple[str, str],
-    platform: Platform,
-    to: PartyRole | None,
-    method: str,
-    url: str,
-    module: str,
-    *,
-    interface: str | None = None,
-    correlation_id: str | None = None,
-    body: bytes = b"",
-    routing_headers: bool = False,
-) -> tuple[LogEntry, dict[str, str]]:
-    """A message the hub sends on its own (a still-alive probe, a pull-sync page, a ClientInfo push): its
-    routing-log row, routing 'hub' from the hub to the party, and its headers: the party's token B and a new
-    X-Request-ID, which is also the X-Correlation-ID unless the message continues a conversation. OCPI-to/from
-    only where the module takes them (transport_and_format.asciidoc: not on versions or hubclientinfo pushes)."""
-    request_id = new_request_id()
-    correlation_id = correlation_id or request_id
-    entry = own_entry(hub, platform.id, (to.country_code, to.party_id) if to else None, method, url, module,
-                      request_id=request_id, correlation_id=correlation_id, interface=interface, body=body)  # fmt: skip
-    headers = {"Authorization": authorization(platform.token_b or "", platform.token_encoding),
-               "X-Request-ID": request_id, "X-Correlation-ID": correlation_id}  # fmt: skip
-    if body:
-        headers["Content-Type"] = "application/json"
-    if routing_headers and to is not None:
-        headers |= {"OCPI-from-country-code": hub[0], "OCPI-from-party-id": hub[1],
-                    "OCPI-to-country-code": to.country_code, "OCPI-to-party-id": to.party_id}  # fmt: skip
-    return entry, headers
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,8 @@ import structlog
 from hub.envelope import ocpi_timestamp, whole_number
 from hub.errors import AnswerTooLarge
 from hub.metrics import LOCATION_SYNCS
-from hub.party_api import PartyClient, hub_request
+from hub.own_messages import hub_request
+from hub.party_client import PartyClient
 from routing.forward import OcpiStatusCode
 from routing.rewrite import resolved, why_not_callable
 from storage.directory import Directory, PartyRole, Platform

@@ -29,8 +29,8 @@ import redis.asyncio as redis
 import structlog
 
 from hub.errors import AnswerTooLarge
-from hub.own_messages import Trace
-from hub.party_api import PartyClient, hub_request
+from hub.own_messages import Trace, hub_request
+from hub.party_client import PartyClient
 from routing.party_addresses import ALLOWANCE, RefusedConnect
 from storage.directory import DirectoryCache, Platform
 from storage.log_row import LogEntry

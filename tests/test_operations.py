@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from hub.party_api import PartyClient
+from hub.party_client import PartyClient
 from hub.runtime import stop_background_tasks
 from hub.settings import Settings
 from routing.pull_sync import PullSync, run_scheduled

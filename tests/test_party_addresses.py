@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from hub.errors import ReceiverNotConnected
-from hub.party_api import PartyClient
+from hub.party_client import PartyClient
 from hub.settings import Settings, SettingsError
 from routing.forward import forward, open_session
 from routing.party_addresses import ALLOWANCE, HUB_ITSELF, GuardedBackend, PartyAddresses, RefusedConnect, networks

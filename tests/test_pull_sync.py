@@ -20,7 +20,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from hub.party_api import PartyClient
+from hub.party_client import PartyClient
 from hub.settings import Settings
 from routing.pull_sync import LEFT_THE_HUB, PullSync, SyncResult
 from storage.directory import DirectoryCache

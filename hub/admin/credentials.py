@@ -15,8 +15,8 @@ import structlog
 from litestar.datastructures import State
 
 from hub.errors import AnswerTooLarge, OcpiError
-from hub.own_messages import tokens_hidden
-from hub.party_api import Fetched, hub_request
+from hub.own_messages import hub_request, tokens_hidden
+from hub.party_client import Fetched
 from routing.forward import ocpi_status_of
 from storage.directory import Platform
 from storage.log_waiters import LogUnavailable

@@ -20,7 +20,7 @@ from hub.errors import OcpiError
 from hub.ocpi.credentials import connection_of, hub_credentials, issued_by_the_hub, match_roles
 from hub.ocpi.wire import Credentials
 from hub.own_messages import Trace
-from hub.party_api import Fetched
+from hub.party_client import Fetched
 from storage import platforms
 from storage.secrets import new_token, token_hash
 from storage.sql import QUERIES

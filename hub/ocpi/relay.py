@@ -18,7 +18,7 @@ import yarl
 from litestar.datastructures import State
 from litestar.types import HTTPScope, Receive, Send
 
-from hub.auth import identify
+from hub.auth import authorization, identify
 from hub.envelope import ocpi_timestamp
 from hub.errors import (
     OUTAGES,
@@ -39,7 +39,6 @@ from hub.ocpi import broadcast, hub_answers, relayed_urls
 from hub.ocpi.exchange import Exchange
 from hub.ocpi.relayed_urls import CDR_LOCATIONS, PAGES, RESULTS
 from hub.ocpi.wire import Envelope
-from hub.party_api import authorization
 from hub.request_body import BodyDeadlines, read_body, refuse_announced, refuse_encoded
 from hub.request_context import (
     HUB_INSTANCE_HEADER,

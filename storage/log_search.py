@@ -126,7 +126,7 @@ FILTERS: dict[str, tuple[str, Callable[[str, str], list[Any]]]] = {
     "request_id": ("(request_id = {0} OR forwarded_request_id = {0})", _text),
     "correlation_id": ("correlation_id = {0}", _text),
     "object_id": ("object_id IN ({0}, {1})", _object_id),
-    # an id a list answer named (storage.log_row.listed_ids_of_entry): a pull's rows, as object_id finds a push's
+    # an id a list answer named (storage.log_object_ids.listed_ids_of_entry): a pull's rows, as object_id finds a push's
     "listed_id": ("listed_ids && ARRAY[{0}, {1}]::text[]", _object_id),
     # either side, as GET /admin/api/parties numbers them: a party id two platforms held one after the other
     "platform": ("(caller_platform_id = {0} OR receiver_platform_id = {0})", _integer(1, 2**63 - 1)),

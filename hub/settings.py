@@ -175,7 +175,7 @@ class Settings:
     @property
     def hub_instance(self) -> str:
         """The hub's mark on the requests it sends and on its own answers (storage.secrets.hub_instance)."""
-        return hub_instance(self.secret_key or "")
+        return hub_instance(self.secret_key or "", self.public_url)
 
     def with_secrets(self) -> Settings:
         """Fill in the admin token and secret key from the data dir, generating them on first start."""

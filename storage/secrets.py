@@ -27,11 +27,14 @@ def routing_log_key(secret_key: str) -> bytes:
     return hmac.digest(secret_key.encode("utf-8"), b"ocpi-hub routing log chain", "sha256")
 
 
-def hub_instance(secret_key: str) -> str:
+def hub_instance(secret_key: str, public_url: str) -> str:
     """The hub's mark on the requests it sends and on its own answers (hub.request_context.HUB_INSTANCE_HEADER),
-    derived from OCPI_HUB_SECRET_KEY: the same on every process of the hub, another on any other hub, and telling
-    nothing of the key."""
-    return hmac.digest(secret_key.encode("utf-8"), b"ocpi-hub instance", "sha256")[:12].hex()
+    derived from OCPI_HUB_SECRET_KEY and OCPI_HUB_PUBLIC_URL, which every process of one hub shares: the same on all
+    of them, and another on a hub with another key or another public URL (two deployments started from one key, say a
+    staging copy of production, must not take each other's forwards for their own), telling nothing of the key. A
+    restart with another public URL gives the hub another mark; nothing keeps one longer than a request is in flight."""
+    message = b"ocpi-hub instance\0" + public_url.rstrip("/").encode("utf-8")
+    return hmac.digest(secret_key.encode("utf-8"), message, "sha256")[:12].hex()
 
 
 def read_or_create(path: Path, make: Callable[[], str]) -> str:

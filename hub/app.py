@@ -197,7 +197,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         # Functional modules take the relay's raw path; versions, credentials and admin go through Litestar.
         if scope["type"] == "http" and relay.handles(scope["path"]):
             await relay(scope, receive, send)  # type: ignore[arg-type]
-        elif scope["type"] == "http" and own_mark in scope["headers"]:
+        elif scope["type"] == "http" and _carries(scope["headers"], own_mark):
             await _came_back(scope, send, own_mark)
         elif scope["type"] == "http" and credentials_log.is_credentials(scope["path"]):
             await credentials_log.logged(litestar, app.state, scope, relay.bodies.guarded(receive), send)  # type: ignore[arg-type]
@@ -229,6 +229,12 @@ def _tell_party_address_policy(platforms: Iterable[Platform], policy: PartyAddre
 
 
 _METADATA = ipaddress.ip_address("169.254.169.254")
+
+
+def _carries(headers: Iterable[tuple[bytes, bytes]], own_mark: tuple[bytes, bytes]) -> bool:
+    """Whether the hub's mark is among those of the hubs a request passed (hub.request_context.hubs_passed)."""
+    name, mark = own_mark
+    return any(n == name and mark in value for n, value in headers)
 
 
 async def _came_back(scope: Scope, send: Send, own_mark: tuple[bytes, bytes]) -> None:

@@ -9,8 +9,8 @@ transport layer (no valid JSON, no such resource, no credentials) get an HTTP er
     │                       MethodNotAllowed (HTTP 405), MalformedBody (HTTP 400), BodyTooLarge (HTTP 413),
     │                       EncodedBody (HTTP 415)
     ├── ServerError 3000 ── UnableToUseClientApi 3001, UnsupportedVersion 3002, NoMatchingEndpoints 3003
-    └── HubError 4000 ───── ForwardingLoop 4000, ShareInUse 4000, BroadcastsPending 4000, UnknownReceiver 4001,
-                            ForwardTimeout 4002, ReceiverNotConnected 4003
+    └── HubError 4000 ───── ForwardingLoop 4000, TooManyHubs 4000, ShareInUse 4000, BroadcastsPending 4000,
+                            UnknownReceiver 4001, ForwardTimeout 4002, ReceiverNotConnected 4003
 
 PostgreSQL or Redis away (OUTAGES, `unavailable`) is no bug of the hub: the relay answers it with 4000, the
 other routes with HTTP 503, each naming the server and the error. A body the hub reads itself goes through
@@ -228,12 +228,22 @@ class ReceiverRefusedHub(HubError):
 
 
 class ForwardingLoop(HubError):
-    """A request that carries the hub's own mark (hub.request_context.HUB_INSTANCE_HEADER): the hub sent it, and it
-    came back to it; forwarded again, it would go round until the connections ran out."""
+    """A request that carries the hub's own mark among those of the hubs it passed (hub.request_context.
+    HUB_INSTANCE_HEADER): the hub sent it, and it came back to it, straight or through other hubs; forwarded again, it
+    would go round until the connections ran out."""
 
     def __init__(self) -> None:
         super().__init__("the request came back to the hub it left (a receiver's endpoint leads back to the hub); "
                          "the hub does not forward it again")  # fmt: skip
+
+
+class TooManyHubs(HubError):
+    """A request that passed more hubs than the hub forwards through (hub.request_context.MAX_HUBS_PASSED, counted in
+    its HUB_INSTANCE_HEADER): a loop through other hubs that none of them closed, or a header grown without end."""
+
+    def __init__(self, hubs: int) -> None:
+        super().__init__(f"the request passed {hubs} hubs already (X-OCPI-Hub-Instance); the hub does not forward it "
+                         "further: a receiver's endpoint may lead round through hubs")  # fmt: skip
 
 
 class ShareInUse(HubError):

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.errors import MalformedHeader, as_sent
+from hub.errors import MalformedHeader, TooManyHubs, as_sent
 from hub.logs import debug_enabled
 
 log = structlog.get_logger()
@@ -33,7 +33,31 @@ MAX_ID_LENGTH = 255
 # one request, until the connections to the hub ran out. On the answers of the hub's versions, details, credentials
 # and hubclientinfo routes: the control plane (hub.party_api) tells by it that a party's URL names the hub under another
 # host name or through a proxy, when the hub calls itself.
+#
+# A request goes round through other hubs too (a party at this hub that is another hub, or a proxy to one, whose party
+# leads back here): so the mark travels like Via (RFC 9110, section 7.6.3), a list of the marks of the hubs the request
+# passed, oldest first. A hub forwarding a request keeps the marks it came with and adds its own, and refuses one whose
+# list holds its own mark, or that passed MAX_HUBS_PASSED hubs already: a header that cannot grow without end.
 HUB_INSTANCE_HEADER = "x-ocpi-hub-instance"
+MAX_HUBS_PASSED = 8
+_HUB_INSTANCE_NAME = HUB_INSTANCE_HEADER.encode()
+_MAX_MARK_LENGTH = 64  # this hub's are 24 characters
+
+
+def hubs_passed(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
+    """The marks of the hubs a request passed (HUB_INSTANCE_HEADER, in one line or several), oldest first; a list the
+    hub cannot pass on as it came, or one as long as MAX_HUBS_PASSED (with this hub's, it would be longer), is
+    refused."""
+    marks = [mark.strip() for name, value in headers if name == _HUB_INSTANCE_NAME
+             for mark in value.decode("latin-1").split(",") if mark.strip()]  # fmt: skip
+    if len(marks) >= MAX_HUBS_PASSED:
+        raise TooManyHubs(len(marks))
+    for mark in marks:
+        if len(mark) > _MAX_MARK_LENGTH or not (mark.isascii() and mark.isprintable()):
+            shown = as_sent(mark.encode("latin-1"), 40)
+            raise MalformedHeader(f"X-OCPI-Hub-Instance holds {shown!r}, no hub's mark (printable ASCII, at most "
+                                  f"{_MAX_MARK_LENGTH} characters each, comma-separated)")  # fmt: skip
+    return marks
 
 
 def new_request_id() -> str:

@@ -13,12 +13,16 @@ from typing import Any
 import httpx
 import pytest
 
+from hub.request_context import HUB_INSTANCE_HEADER, MAX_HUBS_PASSED
 from storage.secrets import hub_instance
 from tests.conftest import OUTPUT, SECRET_KEY, Db, Hub, Services, _admin_sql, _with_database, hub_env, start_hub
 from tests.conftest import register_at_hub as register
 from tests.conftest import unique_party_id as new_id
 from tests.parties import Party
+from tests.test_admin_and_cli import _platform_id as platform_id_of
 from tests.test_forwarding_loops import _PartyLeadingBackToTheHub
+from tests.test_hub_client_info import _wait_for
+from tests.test_routing import party_key
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +63,14 @@ def leading_to() -> Iterator[Callable[..., Party]]:
         party.stop()
 
 
-def _push_location(hub: Hub, cpo: Party, to: tuple[str, str, str], correlation_id: str) -> httpx.Response:
+def _push_location(
+    hub: Hub, cpo: Party, to: tuple[str, str, str], correlation_id: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
     _, cc, pid = cpo.roles[0]
     location = {"id": "L1", "country_code": cc, "party_id": pid, "publish": True,
                 "last_updated": "2026-12-05T00:00:00Z"}  # fmt: skip
     return cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L1", to=(to[1], to[2]), body=location,
-                    headers={"X-Correlation-ID": correlation_id})  # fmt: skip
+                    headers={"X-Correlation-ID": correlation_id} | (headers or {}))  # fmt: skip
 
 
 def _rows(database_url: str, correlation_id: str) -> list[Any]:
@@ -95,3 +101,55 @@ def test_a_request_forwarded_to_another_hub_with_the_same_key_goes_through_once(
     assert (answer.status_code, answer.json()["status_code"]) == (200, 1000), answer.text
     [received] = emsp.functional()
     assert received.method == "PUT" and received.path.endswith(f"/NL/{cpo_role[2]}/L1")
+    marks = {name.lower(): value for name, value in received.headers.items()}["x-ocpi-hub-instance"]
+    assert marks == f"{hub_instance(SECRET_KEY, hub.base)}, {hub_instance(SECRET_KEY, hub_b.base)}"
+
+
+def test_a_request_going_round_between_two_hubs_is_refused_where_it_comes_back_and_logged_on_both(
+    hub: Hub, hub_b: Hub, services: Services, start_party: Callable[..., Party], leading_to: Callable[..., Party]
+) -> None:
+    cpo_role, emsp_role = ("CPO", "NL", new_id()), ("EMSP", "DE", new_id())
+    cpo = register(hub, start_party, cpo_role)
+    hub_a_at_b = register(hub_b, start_party, cpo_role)
+    # Each hub takes the other for the eMSP: hub A forwards to hub B, which forwards back to hub A, and so on. A mark
+    # on each hop alone would not stop it: each hub saw only the other's.
+    at_a = leading_to(hub, hub_b, emsp_role, hub_a_at_b.hub_token)
+    at_b = leading_to(hub_b, hub, emsp_role, cpo.hub_token)
+    correlation_id = f"round-{uuid.uuid4()}"
+    answer = _push_location(hub, cpo, emsp_role, correlation_id)
+    assert (answer.status_code, answer.json()["status_code"]) == (200, 4000), answer.text
+    assert "the request came back to the hub it left" in answer.json()["status_message"]
+    ids = {hub.base: platform_id_of(hub, party_key(at_a)), hub_b.base: platform_id_of(hub_b, party_key(at_b))}
+    on_a, on_b = _rows(services.database_url, correlation_id), _rows(hub_b.env["OCPI_HUB_DATABASE_URL"], correlation_id)
+    # Hub A: the CPO's request, forwarded to hub B, and its return, refused; hub B: the one forward back to hub A.
+    assert [(r["receiver_platform_id"], r["ocpi_status_code"]) for r in on_a] == [(ids[hub.base], 4000), (None, 4000)]
+    assert "the request came back to the hub it left" in on_a[1]["error"]
+    assert [(r["receiver_platform_id"], r["ocpi_status_code"]) for r in on_b] == [(ids[hub_b.base], 4000)]
+
+
+def test_a_request_that_passed_too_many_hubs_is_refused(hub: Hub, start_party: Callable[..., Party]) -> None:
+    cpo_role, emsp_role = ("CPO", "NL", new_id()), ("EMSP", "DE", new_id())
+    cpo, emsp = register(hub, start_party, cpo_role), register(hub, start_party, emsp_role)
+    marks = [secrets.token_hex(12) for _ in range(MAX_HUBS_PASSED)]
+    answer = _push_location(hub, cpo, emsp_role, f"far-{uuid.uuid4()}", {HUB_INSTANCE_HEADER: ", ".join(marks)})
+    assert (answer.status_code, answer.json()["status_code"]) == (200, 4000), answer.text
+    assert f"passed {MAX_HUBS_PASSED} hubs already" in answer.json()["status_message"]
+    answer = _push_location(hub, cpo, emsp_role, f"near-{uuid.uuid4()}", {HUB_INSTANCE_HEADER: ", ".join(marks[1:])})
+    assert (answer.status_code, answer.json()["status_code"]) == (200, 1000), answer.text
+    [received] = emsp.functional()  # the hub's mark added to the list it came with
+    sent = {name.lower(): value for name, value in received.headers.items()}["x-ocpi-hub-instance"]
+    assert sent == ", ".join((*marks[1:], hub_instance(SECRET_KEY, hub.base)))
+
+
+def test_a_broadcast_copy_carries_the_marks_the_push_came_with_and_the_hubs_own(
+    hub: Hub, start_party: Callable[..., Party]
+) -> None:
+    # A copy to a party that is another hub, which broadcasts it on, must not come back as a new push.
+    cpo = register(hub, start_party, ("CPO", "NL", new_id()))
+    emsp = register(hub, start_party, ("EMSP", "DE", new_id()))
+    came_with = secrets.token_hex(12)
+    answer = _push_location(hub, cpo, ("HUB", "NL", "HUB"), f"copies-{uuid.uuid4()}", {HUB_INSTANCE_HEADER: came_with})
+    assert answer.json()["status_code"] == 1000, answer.text
+    [copy] = _wait_for(emsp.functional)
+    sent = {name.lower(): value for name, value in copy.headers.items()}["x-ocpi-hub-instance"]
+    assert sent == f"{came_with}, {hub_instance(SECRET_KEY, hub.base)}"

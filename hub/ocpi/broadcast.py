@@ -83,6 +83,7 @@ async def _deliver(relay: Relay, exchange: Exchange, copy: LogEntry, delivery: D
     started = time.perf_counter()
     hub = PartyRole("HUB", relay.settings.country_code, relay.settings.party_id, "CONNECTED", None)
     copy_exchange = Exchange(exchange.scope, exchange.headers, copy, started, exchange.caller, hub)
+    copy_exchange.hubs_passed = exchange.hubs_passed  # a copy to another hub that broadcasts too must not come back
     try:
         url = endpoint_url(delivery.url, incoming.suffix)
         answer = await relay.call_party(copy_exchange, delivery, hub, incoming.method, url, incoming.query,

@@ -22,3 +22,6 @@ class Exchange:
     caller: Platform | None = None
     sender: PartyRole | None = None
     background: list[Any] = field(default_factory=list)
+    # what the hub's forwards of it carry as HUB_INSTANCE_HEADER when it came through other hubs: their marks and the
+    # hub's own (hub.request_context.hubs_passed); empty: the hub's own alone
+    hubs_passed: str = ""

@@ -45,6 +45,7 @@ from hub.request_context import (
     MAX_ID_LENGTH,
     check_ids,
     check_repeated,
+    hubs_passed,
     log_request,
     new_request_id,
     request_ids,
@@ -147,7 +148,7 @@ class Relay:
         exchange = Exchange(scope, headers, entry, started)
         looked_up = False  # whether _route looked the caller up by its token: a refusal before that does it here
         try:
-            self._refuse_at_once(headers)
+            self._refuse_at_once(exchange)
             entry.request_body = await read_body(self.bodies.guarded(receive), self.settings.max_body_bytes, scope)
             if entry.request_body and "content-encoding" in headers:  # a GET with the header and no body goes on
                 refuse_encoded(headers)
@@ -195,11 +196,15 @@ class Relay:
         count_request(entry.module, entry.method, entry.routing, entry.ocpi_status_code)
         log_request(entry.method, path, answer.status, started, routine=entry.ocpi_status_code == 1000)
 
-    def _refuse_at_once(self, headers: dict[str, str]) -> None:
-        """What is refused before the body is read: a request this hub sent that came back to it, and one announcing a
-        body larger than the hub takes."""
-        if headers.get(HUB_INSTANCE_HEADER) == self.hub_instance:
-            raise ForwardingLoop
+    def _refuse_at_once(self, exchange: Exchange) -> None:
+        """What is refused before the body is read: a request this hub sent that came back to it (straight or through
+        other hubs), one that passed too many hubs, and one announcing a body larger than the hub takes."""
+        headers = exchange.headers
+        if HUB_INSTANCE_HEADER in headers:  # another hub's request, or this hub's come back: rare, so parsed only then
+            passed = hubs_passed(cast("list[tuple[bytes, bytes]]", exchange.scope["headers"]))
+            if self.hub_instance in passed:
+                raise ForwardingLoop
+            exchange.hubs_passed = ", ".join((*passed, self.hub_instance))
         if "expect" in headers:  # 100-continue: uvicorn sends it on the first receive()
             refuse_announced(headers, self.settings.max_body_bytes)
 
@@ -293,7 +298,7 @@ class Relay:
             "OCPI-from-party-id": sender.party_id,
             "OCPI-to-country-code": to.country_code,
             "OCPI-to-party-id": to.party_id,
-            HUB_INSTANCE_HEADER: self.hub_instance,
+            HUB_INSTANCE_HEADER: exchange.hubs_passed or self.hub_instance,
         }
         if body:
             headers["Content-Type"] = exchange.headers.get("content-type", "application/json")

@@ -13,12 +13,12 @@ import redis.asyncio as redis
 import structlog
 
 from hub import party_api
-from hub.errors import OcpiError
-from hub.ocpi.credentials import connection_of, hub_credentials
+from hub.errors import InvalidParameters, OcpiError
+from hub.ocpi.credentials import HUBS_OWN_TOKEN, connection_of, hub_credentials, issued_by_the_hub
 from hub.own_messages import Trace
 from hub.settings import Settings
 from storage import platforms
-from storage.directory import PROPAGATION_S, announce_change
+from storage.directory import PROPAGATION_S, announce_change, load_directory
 from storage.log_row import LogEntry
 from storage.secrets import TokenBox, new_token, token_hash
 
@@ -73,6 +73,10 @@ async def connect_to_party(
             first.token_encoding, trace,
         )  # fmt: skip
         trace.to = (theirs.roles[0].country_code, theirs.roles[0].party_id) if theirs.roles else None
+        async with pool.acquire() as conn:  # as at a party's registration (hub.ocpi.credentials)
+            if issued_by_the_hub(await load_directory(conn, box), theirs.token):
+                theirs = None  # no DELETE with it either: sent, it would be read as one of the hub's own tokens
+                raise InvalidParameters(HUBS_OWN_TOKEN)
         claims = [platforms.RoleClaim(r.role, r.country_code, r.party_id) for r in theirs.roles]
         async with pool.acquire() as conn:
             role_ids = await platforms.claim_roles(conn, platform_id, claims, hub_party)

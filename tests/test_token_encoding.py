@@ -80,3 +80,18 @@ def test_a_token_refused_in_both_encodings_fails_registration_saying_so(hub: Hub
     state = db.run(db.fetchval("SELECT p.state FROM platform p JOIN party_role r ON r.platform_id = p.id "
                                "WHERE r.party_id = $1", roles[2]))  # fmt: skip
     assert state == "INVITED"
+
+
+def test_connect_refuses_a_token_b_whose_base64_decoding_is_a_token_of_the_hub(hub: Hub, start_party, db) -> None:
+    # As at a party's registration (tests/test_registration.py): a party taking its tokens raw would be called with
+    # "Token base64(C)", which the hub reads as the other platform's token C: its calls would come back as that one's.
+    other = register_at_hub(hub, start_party, _roles("CPO"))
+    encoded_c = base64.b64encode((other.hub_token or "").encode()).decode()
+    party = start_party(("EMSP", "DE", unique_party_id()), raw_tokens=True, token_b=encoded_c, keeps_token_b=True)
+    name = f"hands back a hub token {unique_party_id()}"
+    result = _cli(hub, "connect", "--versions-url", party.versions_url, f"--token-a={party.token_a}", "--name", name)
+    assert result.returncode == 1, result.stdout
+    assert ("the credentials' token is one the hub issued (as it is or Base64-encoded); send the token the hub is to "
+            "use when it calls your platform (token B)") in result.stderr  # fmt: skip
+    assert db.run(db.fetchval("SELECT state FROM platform WHERE name = $1", name)) == "UNREGISTERED"
+    assert [r for r in party.received if r.headers.get("Authorization") == _raw(encoded_c)] == []  # not called with it

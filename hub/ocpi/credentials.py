@@ -121,6 +121,12 @@ async def unregister(request: Request[Caller, str, State]) -> Response[bytes]:
     return ocpi_response(None)
 
 
+HUBS_OWN_TOKEN = (
+    "the credentials' token is one the hub issued (as it is or Base64-encoded); send the token the hub "
+    "is to use when it calls your platform (token B)"
+)
+
+
 def issued_by_the_hub(directory: Directory, token: str) -> bool:
     """Whether a token a party hands the hub to call it with (its token B) would, sent as the hub sends it, be read by
     the hub as one of its own: the token itself, or a token whose Base64 decoding is one. The hub sends a token B
@@ -135,8 +141,7 @@ def _check_not_the_hubs_own(state: State, theirs: Credentials) -> None:
     platform's versions endpoint. One of the hub's own there (a party's set-up handed back) would have the hub
     register with itself, calling itself on the party's behalf: refused, saying which."""
     if issued_by_the_hub(state.directory.current, theirs.token):
-        raise InvalidParameters("the credentials' token is one the hub issued (as it is or Base64-encoded); send the "
-                                "token the hub is to use when it calls your platform (token B)")  # fmt: skip
+        raise InvalidParameters(HUBS_OWN_TOKEN)
     if theirs.url.startswith(f"{state.settings.public_url}/ocpi/"):
         raise InvalidParameters(f"the credentials' url {theirs.url} is the hub's own; send your platform's versions "
                                 "URL")  # fmt: skip

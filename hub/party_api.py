@@ -22,7 +22,13 @@ from hub.ocpi.wire import INTERFACE_ROLES, Credentials, CredentialsAnswer, Endpo
 from hub.own_messages import Trace
 from hub.party_client import Fetched, PartyClient
 from hub.request_context import HUB_INSTANCE_HEADER
-from routing.party_addresses import RefusedConnect
+from routing.party_addresses import (
+    ALLOWANCE,
+    HUB_ITSELF,
+    NO_CONNECTION,
+    RefusedConnect,
+    Unreached,
+)
 from routing.rewrite import same_host
 
 log = structlog.get_logger()
@@ -91,9 +97,14 @@ async def discover(
     answer = await _call(client, "GET", chosen.url, token, encoding=encoding, trace=trace, module="versions")
     details = _data(answer, _details_decoder, "version details", chosen.url)
     endpoints = _usable_endpoints(details.endpoints, party)
+    judged: set[tuple[str, int]] = set()  # each host and port once
     for endpoint in endpoints:
         _check_not_the_hubs(f"{endpoint.identifier} {endpoint.role} endpoint", endpoint.url, hub_url)
         _check_address(client, f"{endpoint.identifier} {endpoint.role} endpoint", endpoint.url)
+        # not called now: its host name judged as a connect would judge it (which stays: it may resolve elsewhere later)
+        if why := await client.party_addresses.why_unusable(endpoint.url, client.timeout.connect, judged):
+            what = f"{endpoint.identifier} {endpoint.role} endpoint"
+            raise _unreached(f"the party's {what} {endpoint.url} is not usable", endpoint.url, why)
     identifiers = {e.identifier for e in endpoints}
     if "credentials" not in identifiers:
         raise NoMatchingEndpoints(
@@ -120,6 +131,16 @@ def _check_address(client: PartyClient, what: str, url: str) -> None:
     not anything answers there: the hub's answers must not make a holder of a token A a port scanner."""
     if why := client.party_addresses.why_refused_url(url):
         raise UnableToUseClientApi(f"the party's {what} {url} is at {urlsplit(url).hostname}: {why}")
+
+
+def _unreached(said: str, url: str, reason: str) -> UnableToUseClientApi:
+    """A host outside the operator's allowance the hub could not connect to (routing.party_addresses.Unreached): the
+    party is told NO_CONNECTION, which does not say whether the name resolved, to what, or whether anything answered;
+    the hub's log says which. The hub's own address is said as it is: known to whoever names it."""
+    if HUB_ITSELF in reason:
+        return UnableToUseClientApi(f"{said}: {reason}")
+    log.warning("party_not_reached", url=url[:200], reason=reason, setting=ALLOWANCE)
+    return UnableToUseClientApi(f"{said}: {NO_CONNECTION}")
 
 
 def _usable_endpoints(listed: list[Endpoint], party: str) -> list[Endpoint]:
@@ -209,6 +230,8 @@ async def _fetch(client: PartyClient, method: str, url: str, headers: dict[str, 
     except httpx.TimeoutException:
         raise UnableToUseClientApi(f"{method} {url} timed out") from None
     except httpx.ConnectError as exc:
+        if isinstance(exc.__cause__, Unreached) and HUB_ITSELF not in str(exc):
+            raise _unreached(f"{method} {url} failed", url, str(exc.__cause__)) from None
         if isinstance(exc.__cause__, RefusedConnect):  # never tried: its host resolved to no address it may call
             raise UnableToUseClientApi(f"{method} {url} was not called: {exc}") from None
         raise UnableToUseClientApi(f"{method} {url} failed: {exc or type(exc).__name__}") from None

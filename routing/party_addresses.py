@@ -5,8 +5,9 @@ are called with the party's token B and the answer relayed to it: a URL at an ad
 have the hub fetch what that network holds (a cloud metadata service, the hub's own /metrics, an internal API) and
 hand it to the party. The check is made where a socket is about to connect, after the host name was resolved (the
 data plane's aiohttp session: `socket_factory`; the control plane's httpx client: `GuardedBackend`), so a name that
-resolves elsewhere later (DNS rebinding) cannot get round it, and costs nothing on a kept-alive connection. A URL
-with a literal address is also refused when a party registers it (hub.party_api.discover).
+resolves elsewhere later (DNS rebinding) cannot get round it, and costs nothing on a kept-alive connection. A party's
+URLs are judged when it registers them too (hub.party_api.discover): a literal address as it is, a host name by the
+addresses it resolves to then (`usable_addresses`, as the control plane's connect does).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ import httpcore
 ALLOWANCE = "OCPI_HUB_PARTY_NETWORKS_ALLOWED"
 NOT_PUBLIC = f"the hub calls a party only at a public address, or in a network the hub's operator allows ({ALLOWANCE})"
 HUB_ITSELF = "it is the address the hub itself listens on"
+# What a party is told when the hub could not connect to a host outside the operator's allowance, whichever of these
+# it was (Unreached): a holder of a token A must not learn by the hub's answers which names resolve inside the hub's
+# network, nor which addresses of it answer.
+NO_CONNECTION = (f"the hub could not connect: the host name does not resolve, or resolves to no address the hub calls "
+                 f"parties at ({ALLOWANCE}), or nothing answers there")  # fmt: skip
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -101,6 +107,52 @@ class PartyAddresses:
             return None
         return f"it is not a public address: {NOT_PUBLIC}"
 
+    def allows(self, address: str) -> bool:
+        """Whether address is within a network the operator allows (ALLOWANCE), where the hub may say more of what
+        happened than NO_CONNECTION."""
+        ip = ipaddress.ip_address(address.strip("[]"))
+        return any(ip in network for network in self.allowed)
+
+    async def usable_addresses(self, host: str, port: int, timeout: float | None) -> list[str]:
+        """The addresses of host (an address, or a name resolved now) the hub may connect to at port, in the
+        resolver's order; Unreached when its name does not resolve, RefusedConnect when it is at none of them."""
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            candidates = [host.strip("[]")]
+        except ValueError:
+            try:
+                with anyio.fail_after(timeout):
+                    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except TimeoutError:
+                raise Unreached(f"resolving {host} took longer than {timeout:g} s") from None
+            except OSError as exc:
+                raise Unreached(f"{host} does not resolve: {exc}") from None
+            candidates = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        refused = {address: self.why_refused(address, port) for address in candidates}
+        usable = [address for address, why in refused.items() if not why]
+        if not usable and HUB_ITSELF in refused.values():  # known to whoever names it: nothing to hide
+            raise RefusedConnect(f"{host}:{port} is the hub itself: {HUB_ITSELF}")
+        if not usable:
+            raise RefusedConnect(f"{host} is at no address the hub calls parties at: {NOT_PUBLIC}")
+        return usable
+
+    async def why_unusable(self, url: str, timeout: float | None, judged: set[tuple[str, int]]) -> str | None:
+        """Why the hub would not connect to url's host (a name resolved now) when it is not in judged, or None (then
+        it is added): the message of the Unreached that usable_addresses raises."""
+        try:
+            parts = urlsplit(url)
+            host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            return None
+        if host is None or (host, port) in judged:
+            return None
+        try:
+            await self.usable_addresses(host, port, timeout)
+        except Unreached as exc:
+            return str(exc)
+        judged.add((host, port))
+        return None
+
     def why_refused_url(self, url: str) -> str | None:
         """Why the hub will not call url, judged by its host when that is a literal address (a host name is judged
         once resolved, as the hub connects), or None; None too for no URL the hub can call (the call says why)."""
@@ -159,7 +211,14 @@ def for_hub(allowed: tuple[Network, ...], listen: tuple[str, int] | None) -> Par
     return PartyAddresses(allowed, port, frozenset(own))
 
 
-class RefusedConnect(httpcore.ConnectError):
+class Unreached(httpcore.ConnectError):
+    """No connection to a party's host outside the operator's allowance: its name did not resolve, it is at no address
+    the hub calls parties at (RefusedConnect), or nothing answered at those it may call. The message says which, for
+    the hub's own log; a party is told NO_CONNECTION for each (hub.party_api). httpx maps it to an httpx.ConnectError
+    caused by it."""
+
+
+class RefusedConnect(Unreached):
     """The control plane's AddressRefused: httpx maps it to an httpx.ConnectError with this message."""
 
 
@@ -179,24 +238,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Any = None,
     ) -> httpcore.AsyncNetworkStream:
-        try:
-            ipaddress.ip_address(host.strip("[]"))
-            candidates = [host.strip("[]")]
-        except ValueError:
-            try:
-                with anyio.fail_after(timeout):
-                    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except TimeoutError:
-                raise httpcore.ConnectTimeout(f"resolving {host} took longer than {timeout:g} s") from None
-            except OSError as exc:
-                raise httpcore.ConnectError(str(exc)) from None
-            candidates = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        refused = {address: self.policy.why_refused(address, port) for address in candidates}
-        usable = [address for address, why in refused.items() if not why]
-        if not usable and HUB_ITSELF in refused.values():  # known to whoever names it: nothing to hide
-            raise RefusedConnect(f"{host}:{port} is the hub itself: {HUB_ITSELF}")
-        if not usable:
-            raise RefusedConnect(f"{host} is at no address the hub calls parties at: {NOT_PUBLIC}")
+        usable = await self.policy.usable_addresses(host, port, timeout)
         failed: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
         for address in usable:  # in the resolver's order, as anyio would try them (less its happy eyeballs)
             try:
@@ -205,7 +247,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
                 failed = exc
         assert failed is not None
         try:
-            raise failed
+            if any(self.policy.allows(address) for address in usable):  # the operator's network: the error as it is
+                raise failed
+            raise Unreached(f"nothing answered at {host}:{port}: {failed}") from None
         finally:  # this frame holding the exception whose traceback holds the frame: a cycle for the collector
             failed = None
 

@@ -4,6 +4,7 @@ review: a party read a cloud metadata service and the hub's /metrics through the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ import pytest
 from routing.party_addresses import ALLOWANCE
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
 from tests.parties import envelope, free_port, tcp_forwarder
+from tests.test_admin_and_cli import _platform_id
+from tests.test_forwarding_loops import _announce
 from tests.test_routing import party_key
 
 
@@ -118,11 +121,19 @@ def _registered_with_tariffs_at(hub: Hub, start_party, url: str):  # type: ignor
 
 
 def test_a_forward_to_an_endpoint_at_the_hubs_own_listening_address_is_refused_with_4003_and_logged(
-    hub: Hub, start_party, connect_party, db
+    hub: Hub, start_party, connect_party, services: Services, db
 ) -> None:
     # The review's repro: a CPO lists the hub's own /metrics (under another name than the hub's public URL) as its
     # tariffs Sender and addresses a GET to itself. The allowance covers 127.0.0.0/8; the hub's port does not pass.
-    cpo = _registered_with_tariffs_at(hub, start_party, f"http://localhost:{hub.base.rsplit(':', 1)[1]}/metrics")
+    # Registration refuses that name now (tests/test_party_addresses_at_registration.py); a name that resolved
+    # elsewhere then and leads to the hub later (DNS rebinding) is refused as the hub connects: the URL is changed
+    # behind registration's back here.
+    cpo = _registered_with_tariffs_at(hub, start_party, f"http://localhost:{free_port()}/metrics")
+    at_the_hub = f"http://localhost:{hub.base.rsplit(':', 1)[1]}/metrics"
+    db.run(db.execute("UPDATE platform_endpoint SET url = $1 WHERE identifier = 'tariffs' AND platform_id = $2",
+                      at_the_hub, _platform_id(hub, party_key(cpo))))  # fmt: skip
+    asyncio.run(_announce(services))
+    time.sleep(1.5)  # every hub process takes a change within a second
     emsp = connect_party(("EMSP", "NL", unique_party_id()))
 
     answer = emsp.call(hub.base, "GET", "sender/tariffs", to=party_key(cpo))

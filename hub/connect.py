@@ -16,6 +16,7 @@ from hub import party_api
 from hub.errors import InvalidParameters, OcpiError
 from hub.ocpi.credentials import HUBS_OWN_TOKEN, connection_of, hub_credentials, issued_by_the_hub
 from hub.own_messages import Trace
+from hub.party_client import PartyClient
 from hub.settings import Settings
 from storage import platforms
 from storage.directory import PROPAGATION_S, announce_change, load_directory
@@ -41,7 +42,7 @@ async def connect_to_party(
     settings: Settings,
     pool: asyncpg.Pool,
     redis_client: redis.Redis,
-    http: party_api.PartyClient,
+    http: PartyClient,
     *,
     name: str,
     versions_url: str,

@@ -100,10 +100,7 @@ async def open_hint(
             return await _owner(state, on_hub, "session-receivers", _session_of(segments))
         return None
     if segments and incoming.module == "locations":
-        # Sender interface: GET /{location_id}, to the CPO that pushed it, unless the eMSP may not see it there
-        viewer = sender_of(incoming, caller).key
-        seen_with = await _location_owners(state, cached_owners, segments[0], viewer, pulled_too=False)
-        return _only(seen_with, on_hub, "locations", segments[0], gone_said=False)  # else from the cache
+        return await _location_read(incoming, caller, state, on_hub, cached_owners)
     if segments and incoming.module in ("sessions", "tokens"):
         # Sender interface: PUT /{session_id}/charging_preferences, POST /{token_uid}/authorize
         owner = await _owner(state, on_hub, incoming.module, segments[0])
@@ -114,6 +111,24 @@ async def open_hint(
         cpo = sender_of(incoming, caller).key
         return await _owner(state, on_hub, "chargingprofile-senders", _session_of([*cpo, segments[0]]))
     return None
+
+
+async def _location_read(
+    incoming: Incoming,
+    caller: Platform,
+    state: RoutingState,
+    on_hub: Container[PartyKey],
+    cached_owners: Callable[[str, PartyKey], Awaitable[tuple[list[PartyKey], list[PartyKey]]]],
+) -> PartyKey | None:
+    """Sender interface: GET /{location_id}, to the CPO that pushed it, unless the eMSP may not see it there; None: from
+    the cache (hub.ocpi.hub_answers)."""
+    if {"country_code", "party_id"} & dict(parse_qsl(incoming.query)).keys():
+        return None  # the hub's own filter choosing an owner: its cache's copy
+    viewer = sender_of(incoming, caller).key
+    seen_with = await _location_owners(state, cached_owners, incoming.segments[0], viewer, pulled_too=False)
+    if len([owner for owner in seen_with if owner in on_hub]) > 1:
+        return None  # the cache's answer names them and says how to choose one, as with OCPI-to = the hub
+    return _only(seen_with, on_hub, "locations", incoming.segments[0], gone_said=False)
 
 
 def _unpublished_token(uid: str) -> NoReturn:

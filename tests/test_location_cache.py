@@ -427,3 +427,31 @@ def test_past_max_held_updates_the_oldest_go_and_that_is_logged_once(monkeypatch
     dropped, held, events = asyncio.run(submit_twelve())
     assert (dropped, held) == (7, [b"7", b"8", b"9", b"10", b"11"])
     assert events == ["location_cache_updates_dropped"]
+
+
+def test_a_location_id_two_cpos_hold_is_refused_naming_both_and_chosen_by_country_code_and_party_id(
+    hub: Hub, connect_party
+) -> None:
+    cpos, emsp = [connect_party(_roles("CPO")) for _ in range(2)], connect_party(_roles("EMSP"))
+    location_id = f"TWICE-{party_key(cpos[0])[1]}"
+    for cpo in cpos:
+        _push(cpo, emsp, hub, "PUT", location_id, _location(party_key(cpo), location_id, "2026-11-25T08:00:00Z"))
+    names = ["-".join(party_key(cpo)) for cpo in cpos]
+
+    def refused() -> None:
+        for to in (HUB, None):  # without OCPI-to, the same answer as from the cache: both CPOs pushed it
+            answer = _get(emsp, hub, f"sender/locations/{location_id}", to=to)
+            assert answer.json()["status_code"] == 2001, answer.text
+            assert all(name in answer.json()["status_message"] for name in names), answer.text
+            assert "?country_code=&party_id=" in answer.json()["status_message"]
+
+    _eventually(refused)
+    for cpo in cpos:
+        cc, pid = party_key(cpo)
+        for to in (HUB, None):  # without OCPI-to too: the hub's filter is answered from the cache, not forwarded
+            chosen = _get(emsp, hub, f"sender/locations/{location_id}/E1?country_code={cc}&party_id={pid}", to=to)
+            assert chosen.json()["status_code"] == 1000, chosen.text
+            assert chosen.json()["data"]["uid"] == "E1" and chosen.headers["OCPI-from-party-id"] == "HUB"
+        whole = _get(emsp, hub, f"sender/locations/{location_id}?country_code={cc.lower()}&party_id={pid}").json()
+        assert (whole["data"]["country_code"], whole["data"]["party_id"]) == (cc, pid)
+    assert [r for cpo in cpos for r in cpo.functional() if r.method == "GET"] == []

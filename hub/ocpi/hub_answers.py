@@ -30,10 +30,10 @@ MAX_LIMIT = 1000
 
 async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer:
     """A locations GET addressed to the hub (routing.decide.served_by_hub)."""
-    if incoming.segments:
-        return await _single(relay, exchange, incoming.segments)
     params = dict(parse_qsl(incoming.query))
     owner = _owner(params)
+    if incoming.segments:
+        return await _single(relay, exchange, incoming.segments, owner)
     date_from, date_to = _epoch(params, "date_from"), _epoch(params, "date_to")
     offset, limit = paging_window(params, MAX_LIMIT)
     assert exchange.sender is not None
@@ -89,14 +89,22 @@ def _listed(relay: Relay, exchange: Exchange, docs: list[bytes], total: int, mos
     return Answer(200, headers, body)
 
 
-async def _single(relay: Relay, exchange: Exchange, segments: list[str]) -> Answer:
-    """GET /{location_id}[/{evse_uid}[/{connector_id}]] from the cache; several owners of one id: ask for OCPI-to."""
+async def _single(relay: Relay, exchange: Exchange, segments: list[str], chosen: tuple[str, str] | None) -> Answer:
+    """GET /{location_id}[/{evse_uid}[/{connector_id}]] from the cache, of the owner chosen by ?country_code=&party_id=
+    if any; several owners of one id and none chosen: refused naming them."""
     found = await relay.locations.find(segments[0])
     assert exchange.sender is not None
-    visible = [loc for owner, loc in found if await relay.locations.visible_to(loc, owner, exchange.sender.key)]
+    visible = [(owner, loc) for owner, loc in found if chosen in (None, owner)
+               and await relay.locations.visible_to(loc, owner, exchange.sender.key)]  # fmt: skip
     if len(visible) > 1:
-        raise InvalidParameters(f"several CPOs have a location {segments[0]}: address its owner with OCPI-to")
-    target: Any = visible[0] if visible else None
+        # 2001, not 4001 (unknown receiver, "TO address is unknown"): the hub is the receiver here and answers itself;
+        # what it lacks is a parameter, the owner (status_codes.asciidoc: "Invalid or missing parameters")
+        owners = ", ".join(f"{country}-{party}" for (country, party), _ in visible)
+        raise InvalidParameters(
+            f"several CPOs have a location {segments[0]} ({owners}): choose one with ?country_code=&party_id= (the "
+            "hub's copy) or address its owner with OCPI-to-country-code and OCPI-to-party-id"
+        )
+    target: Any = visible[0][1] if visible else None
     if target is not None and len(segments) > 1:
         target = next((e for e in target.get("evses") or [] if same_id(e.get("uid"), segments[1])), None)
     if target is not None and len(segments) > 2:

@@ -4,6 +4,7 @@ handed out for: OCPI-to headers naming another are refused, none at all are fine
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -13,6 +14,7 @@ from tests.test_routing import _roles, party_key
 
 RESULT_PATH = "/ocpi/2.2.1/commands/sender/R1"  # where the test eMSP answers 1000
 COMMAND = ("POST", "receiver/commands/START_SESSION", {"location_id": "L1", "token": {"uid": "T1"}})
+HUB = ("NL", "HUB")
 CHARGING_PROFILE = ("PUT", "receiver/chargingprofiles/S1", {"charging_profile": {"charging_rate_unit": "W"}})
 
 
@@ -85,3 +87,36 @@ def test_a_paging_link_followed_with_ocpi_to_of_another_party_is_refused_and_not
     assert len(cpo.functional()) == 1 and other_cpo.functional() == []
     page = emsp.call(hub.base, "GET", url, to=party_key(cpo)).json()["data"]
     assert [o["id"] for o in page] == [f"L{i}" for i in range(10, 15)]
+
+
+def test_a_cache_page_link_followed_with_ocpi_to_of_another_party_is_refused_with_a_row(
+    hub: Hub, connect_party, db
+) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    cc, pid = party_key(cpo)
+    for n in range(2):
+        location = {"country_code": cc, "party_id": pid, "id": f"PAGE{n}", "publish": True,
+                    "last_updated": "2026-11-25T08:00:00Z"}  # fmt: skip
+        pushed = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/PAGE{n}", to=party_key(emsp), body=location)
+        assert pushed.json()["status_code"] == 1000, pushed.text
+    query = f"sender/locations?country_code={cc}&party_id={pid}&limit=1"
+    for _ in range(100):  # the cache is written off the pushes' path
+        first = emsp.call(hub.base, "GET", query, to=HUB)
+        if first.headers.get("X-Total-Count") == "2":
+            break
+        time.sleep(0.05)
+    url = first.headers["Link"].split(">")[0].lstrip("<")
+    request_id = str(uuid.uuid4())
+    refused = emsp.call(hub.base, "GET", url, to=party_key(cpo), headers={"X-Request-ID": request_id})
+    assert refused.json()["status_code"] == 2001, refused.text
+    assert refused.json()["status_message"] == (
+        "this page is of the hub's own list of locations (GET All via the hub), but the OCPI-to headers name "
+        f"{cc}-{pid}: nothing was forwarded; send it with OCPI-to NL-HUB, or without OCPI-to headers"
+    )
+    [row] = db.run(db.fetch("SELECT routing, ocpi_status_code, from_party_id, to_party_id FROM routing_log "
+                            "WHERE request_id = $1", request_id))  # fmt: skip
+    assert tuple(row) == ("rejected", 2001, party_key(emsp)[1], pid)
+    for to in (HUB, None):
+        followed = emsp.call(hub.base, "GET", url, to=to)
+        assert followed.json()["status_code"] == 1000 and len(followed.json()["data"]) == 1, followed.text
+    assert cpo.functional() == []

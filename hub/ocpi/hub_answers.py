@@ -16,7 +16,7 @@ from hub.envelope import ocpi_timestamp, paging_window, x_limit
 from hub.errors import InvalidParameters, NotFound, UnknownLocation
 from hub.metrics import CACHE_REQUESTS
 from routing.forward import Answer
-from routing.request import Incoming
+from routing.request import Incoming, party_text, routing_party
 from storage.location_cache import snapshot_viewer
 from storage.location_document import epoch, same_id
 
@@ -49,7 +49,9 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     """GET of a snapshot's next page (the Link of a GET All)."""
     if exchange.entry.method != "GET":
         raise NotFound(f"{path} takes GET only")
-    exchange.entry.module, exchange.entry.interface, exchange.entry.routing = "locations", "sender", "hub"
+    exchange.entry.module, exchange.entry.interface = "locations", "sender"
+    _check_addressed(relay, exchange)
+    exchange.entry.routing = "hub"
     offset, limit = paging_window(dict(parse_qsl(exchange.entry.query)), MAX_LIMIT)
     snapshot_id = path.removeprefix(SNAPSHOTS).strip("/")
     caller = exchange.caller
@@ -58,6 +60,20 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     if not any(role.key == snapshot_viewer(snapshot_id) for role in caller.roles):
         raise NotFound(f"{path} is unknown, expired, or not yours")
     return await page(relay, exchange, snapshot_id, offset, limit)
+
+
+def _check_addressed(relay: Relay, exchange: Exchange) -> None:
+    """A snapshot's page is the hub's answer: OCPI-to naming another party says something false, refused as a page
+    relayed from a party followed with the wrong OCPI-to is (hub.ocpi.relayed_urls). None at all is fine."""
+    addressed = routing_party(exchange.headers, "to")
+    hub = (relay.settings.country_code, relay.settings.party_id)
+    if addressed is None or addressed == hub:
+        return
+    raise InvalidParameters(
+        f"this page is of the hub's own list of locations (GET All via the hub), but the OCPI-to headers name "
+        f"{party_text(addressed)}: nothing was forwarded; send it with OCPI-to {party_text(hub)}, or without OCPI-to "
+        "headers"
+    )
 
 
 async def page(relay: Relay, exchange: Exchange, snapshot_id: str, offset: int, limit: int) -> Answer:

@@ -139,9 +139,17 @@ def decide(
         return Route("direct", sender, (delivery_to(incoming, directory, incoming.to),))
     if open_hint is not None:
         return Route("open", sender, (delivery_to(incoming, directory, open_hint),))
-    for_the_hub = incoming.module in HUB_SERVED or not incoming.segments  # its own objects, or any GET All
-    if incoming.method == "GET" and incoming.interface == "sender" and for_the_hub:
-        return served_by_hub(incoming, sender)
+    if incoming.method == "GET" and incoming.interface == "sender":
+        if incoming.module in HUB_SERVED:  # its own objects, a GET All included, answered from its cache
+            return served_by_hub(incoming, sender)
+        if not incoming.segments:
+            # "Open Routing Requests are possible for GET (Not GET ALL)" (transport_and_format.asciidoc): no receiver
+            # the hub can tell, so 4001, as any open request it cannot place
+            raise UnknownReceiver(
+                f"no OCPI-to headers on a GET All of {incoming.module}: the hub answers GET All itself for"
+                f" {', '.join(sorted(HUB_SERVED))} only; address the party that holds them with OCPI-to-country-code"
+                " and OCPI-to-party-id"
+            )
     if incoming.method in PUSH_METHODS and incoming.interface == "receiver" and incoming.module not in NO_BROADCAST:
         # Open Routing Request: "the Hub can decide ... that it needs to be broadcasted"
         return broadcast(incoming, caller, sender, directory)

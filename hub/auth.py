@@ -62,6 +62,38 @@ def authorization(token: str, encoding: str = "base64") -> str:
     return "Token " + base64.b64encode(token.encode("utf-8")).decode("ascii")
 
 
+_OTHER_SCHEMES = frozenset({"basic", "bearer", "digest", "apikey", "negotiate"})
+MISSING = "missing Authorization header: send 'Authorization: Token <base64 of your token>'"
+
+
+def why_unknown(directory: Directory, header: str | None) -> str:
+    """What was wrong with an Authorization header identify() found no caller behind, never quoting the token. On the
+    refusal path only: the lookup of a token sent with a trailing newline costs a decode and a hash."""
+    if not header:
+        return MISSING
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "token":
+        # named only when it is a scheme: a header of a bare token would be echoed otherwise
+        named = f"the {scheme} scheme" if value and scheme.lower() in _OTHER_SCHEMES else "no Token scheme"
+        return f"the Authorization header uses {named}: send 'Authorization: Token <base64 of your token>'"
+    if not (value := value.strip()):
+        return "the Authorization header holds no token: send 'Authorization: Token <base64 of your token>'"
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return (
+            "unknown credentials token: it is not valid Base64, nor a token of this hub as it is (send "
+            "'Authorization: Token <base64 of your token>')"
+        )
+    stripped = decoded.rstrip(b"\r\n").decode("utf-8", "replace")
+    if decoded.endswith(b"\n") and stripped and token_hash(stripped) in directory.tokens:
+        return (
+            "the token the Authorization header encodes ends with a newline (as `echo TOKEN | base64` makes): "
+            "encode the token alone (`printf %s TOKEN | base64`)"
+        )
+    return "unknown credentials token"
+
+
 class CredentialsTokenAuth(AbstractAuthenticationMiddleware):
     """Authenticates every OCPI request against the in-memory directory (no database round trip)."""
 
@@ -69,13 +101,13 @@ class CredentialsTokenAuth(AbstractAuthenticationMiddleware):
         state = connection.app.state
         header = connection.headers.get("authorization")
         if not header:
-            raise Unauthorized("missing Authorization header: send 'Authorization: Token <base64 of your token>'")
+            raise Unauthorized(MISSING)
         caller = identify(state.directory.current, header)
         if caller is None:
             await state.directory.catch_up()  # a token C another hub process issued a moment ago
             caller = identify(state.directory.current, header)
         if caller is None:
-            raise Unauthorized("unknown credentials token")
+            raise Unauthorized(why_unknown(state.directory.current, header))
         if caller.token_kind == "A" and connection.scope["path"].rstrip("/") not in REGISTRATION_PATHS:
             raise Unauthorized("token A is only valid for versions and credentials: register first")
         state.last_seen[caller.platform.id] = datetime.now(UTC)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import json
 
+import httpx
+
 from tests.conftest import Hub, register_at_hub, unique_party_id
 from tests.parties import Party
 from tests.test_admin_and_cli import _cli
@@ -95,3 +97,27 @@ def test_connect_refuses_a_token_b_whose_base64_decoding_is_a_token_of_the_hub(h
             "use when it calls your platform (token B)") in result.stderr  # fmt: skip
     assert db.run(db.fetchval("SELECT state FROM platform WHERE name = $1", name)) == "UNREGISTERED"
     assert [r for r in party.received if r.headers.get("Authorization") == _raw(encoded_c)] == []  # not called with it
+
+
+def test_a_refused_authorization_header_is_told_what_was_wrong_with_it_without_the_token(
+    hub: Hub, connect_party
+) -> None:
+    emsp = connect_party(_roles("EMSP"))
+    token = emsp.hub_token or ""
+    functional, versions = f"{hub.base}/ocpi/2.2.1/sender/tariffs", hub.versions_url
+    with_newline = "Token " + base64.b64encode(f"{token}\n".encode()).decode()  # `echo TOKEN | base64`
+    cases = {
+        None: "missing Authorization header: send 'Authorization: Token <base64 of your token>'",
+        f"Bearer {token}": "the Authorization header uses the Bearer scheme: send 'Authorization: Token <base64 of",
+        "Token": "the Authorization header holds no token",
+        token: "the Authorization header uses no Token scheme",
+        "Token not-base64!": "unknown credentials token: it is not valid Base64, nor a token of this hub as it is",
+        with_newline: "the token the Authorization header encodes ends with a newline (as `echo TOKEN | base64` makes)",
+        "Token " + base64.b64encode(b"someone-else\n").decode(): "unknown credentials token",
+    }
+    for header, told in cases.items():
+        for url in (functional, versions):
+            answer = httpx.get(url, headers={"Authorization": header} if header else {})
+            assert answer.status_code == 401, (header, answer.text)
+            message = answer.json()["status_message"]
+            assert message.startswith(told) and token not in message, (url, header, message)

@@ -18,7 +18,7 @@ import yarl
 from litestar.datastructures import State
 from litestar.types import HTTPScope, Receive, Send
 
-from hub.auth import authorization, identify
+from hub.auth import authorization, identify, why_unknown
 from hub.envelope import ocpi_timestamp
 from hub.errors import (
     OUTAGES,
@@ -215,7 +215,7 @@ class Relay:
             await self.directory.catch_up()  # a token C another hub process issued a moment ago
             caller = identify(self.directory.current, header)
         if caller is None:
-            raise Unauthorized("missing or unknown credentials token")
+            raise Unauthorized(why_unknown(self.directory.current, header))
         if caller.token_kind != "C":  # the row names the platform it was given to, as found here
             name_the_parties(exchange.entry, caller.platform, exchange.headers)
             raise Unauthorized("token A is only valid for versions and credentials: register first")

@@ -4,6 +4,7 @@ test_open_routing.py."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from datetime import UTC, datetime
@@ -60,6 +61,21 @@ def test_broadcast_push_reaches_every_party_of_the_opposite_role_and_logs_each_c
     assert [(r["routing"], r["to_party_id"]) for r in rows if r["from_party_id"] == pid] == [("broadcast", "HUB")]
     copies = {r["to_party_id"]: r["http_status"] for r in rows if r["from_party_id"] == "HUB"}
     assert all(copies[p.roles[0][2]] == 200 for p in [*emsps, other])
+
+
+def test_a_push_without_ocpi_to_headers_is_broadcast_saying_so(hub: Hub, connect_party) -> None:
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    cc, pid = party_key(cpo)
+    told = {}
+    for to in (("NL", "HUB"), None):
+        answer = cpo.call(
+            hub.base, "PUT", f"receiver/locations/{cc}/{pid}/LOC1", to=to, body=LOCATION | {"party_id": pid}
+        )
+        assert answer.json()["status_code"] == 1000, answer.text
+        told[to] = answer.json()["status_message"]
+    assert re.fullmatch(r"broadcast to \d+ part(y|ies)", told[("NL", "HUB")]), told
+    assert re.fullmatch(r"no OCPI-to headers: broadcast to \d+ part(y|ies)", told[None]), told
+    assert len(_wait_for(lambda: emsp.functional()[1:])) == 1
 
 
 def test_broadcast_is_refused_for_sessions_and_cdrs(hub: Hub, connect_party) -> None:

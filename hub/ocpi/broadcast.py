@@ -59,6 +59,8 @@ def push(relay: Relay, exchange: Exchange, incoming: Incoming, route: Route) -> 
         )  # fmt: skip
         exchange.background.append(_deliver_copy(relay, exchange, copy, delivery, incoming))
     message = f"broadcast to {len(route.deliveries)} part{'y' if len(route.deliveries) == 1 else 'ies'}"
+    if incoming.to is None:  # open routing that could not place it: not what the caller asked for, maybe
+        message = f"no OCPI-to headers: {message}"
     return relay.hub_answer(exchange, 200, 1000, message)
 
 

@@ -136,7 +136,12 @@ def decide(
             raise InvalidParameters("a GET addressed to the hub must use a Sender interface (GET All via Hubs)")
         return broadcast(incoming, caller, sender, directory)
     if incoming.to is not None:
-        return Route("direct", sender, (delivery_to(incoming, directory, incoming.to),))
+        try:
+            return Route("direct", sender, (delivery_to(incoming, directory, incoming.to),))
+        except HubError as exc:
+            if any(role.key == incoming.to for role in caller.roles):  # a party of its own: likely a mistake, say so
+                raise type(exc)(f"the OCPI-to headers name the calling platform's own party: {exc.message}") from None
+            raise
     if open_hint is not None:
         return Route("open", sender, (delivery_to(incoming, directory, open_hint),))
     if incoming.method == "GET" and incoming.interface == "sender":

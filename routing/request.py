@@ -38,6 +38,12 @@ def routing_party(headers: dict[str, str], direction: str) -> PartyKey | None:
     party = headers.get(f"ocpi-{direction}-party-id", "").strip()
     if not country and not party:
         return None
+    if not country or not party:
+        sent, missing = ("country-code", "party-id") if country else ("party-id", "country-code")
+        raise InvalidParameters(
+            f"OCPI-{direction}-{missing} is missing: OCPI-{direction}-{sent} "
+            f"({as_sent((country or party).encode('latin-1'))!r}) comes with it"
+        )
     if not _COUNTRY.fullmatch(country) or not _PARTY.fullmatch(party):
         raise InvalidParameters(
             f"OCPI-{direction}-country-code and OCPI-{direction}-party-id must be two letters and three letters or"

@@ -180,6 +180,13 @@ def test_client_info_list_rejects_a_malformed_date_and_token_a(hub: Hub, connect
         bad = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo?date_from={date}",
                         headers=token_header(reader.hub_token))  # fmt: skip
         assert bad.json()["status_code"] == 2001 and "date_from" in bad.json()["status_message"]
+    swapped = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo",
+                        params={"date_from": "2026-11-25T10:00:00Z", "date_to": "2026-11-24T10:00:00Z"},
+                        headers=token_header(reader.hub_token)).json()  # fmt: skip
+    assert (
+        swapped["status_code"] == 2001
+        and "date_to (2026-11-24T10:00:00Z) is before date_from" in swapped["status_message"]
+    ), swapped
     # an offset past every list is an empty page (it used to overflow PostgreSQL's bigint: a 500)
     far = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", params={"offset": str(10**30)},
                     headers=token_header(reader.hub_token))  # fmt: skip

@@ -108,6 +108,12 @@ def test_get_all_via_the_hub_walks_every_location_once_while_the_cache_changes(h
     # RFC 3339, 5.6: "T" and "Z" may be written lower case (a party developer's walkthrough got 2001)
     lower = _get(emsp, hub, query + "&date_from=2026-11-20t10:05:00z&date_to=2026-11-20t10:07:00z").json()
     assert [loc["id"] for loc in lower["data"]] == ["W05", "W06"], lower
+    swapped = _get(emsp, hub, query + "&date_from=2026-11-20T10:07:00Z&date_to=2026-11-20T10:05:00Z").json()
+    assert swapped["status_code"] == 2001 and swapped["status_message"].startswith(
+        "date_to (2026-11-20T10:05:00Z) is before date_from (2026-11-20T10:07:00Z)"
+    ), swapped
+    empty = _get(emsp, hub, query + "&date_from=2026-11-20T10:05:00Z&date_to=2026-11-20T10:05:00Z").json()
+    assert (empty["status_code"], empty["data"]) == (1000, []), empty  # [t, t): well defined, and empty
 
 
 def test_a_page_reads_on_past_locations_gone_since_the_snapshot_and_the_next_begins_after_them(

@@ -329,3 +329,17 @@ def test_a_broadcast_from_other_reaches_the_cpos_and_not_the_emsps_whatever_the_
     copies = _wait_for(lambda: {r["to_party_id"] for r in db.run(db.fetch(query, request_id))})
     time.sleep(0.5)  # every copy goes out at once: had the eMSP been one, it would be here by now
     assert party_key(cpo)[1] in copies and emsp.functional() == []
+
+
+def test_ocpi_to_naming_the_callers_own_party_or_half_given_says_so(hub: Hub, connect_party) -> None:
+    emsp = connect_party(_roles("EMSP"))
+    cc, pid = party_key(emsp)
+    itself = emsp.call(hub.base, "GET", "sender/locations/L1", to=(cc, pid)).json()
+    assert itself["status_code"] == 4000 and itself["status_message"].startswith(
+        f"the OCPI-to headers name the calling platform's own party: receiver {cc}-{pid} does not implement"
+    ), itself
+    for header, missing in (("OCPI-to-country-code", "OCPI-to-party-id"), ("OCPI-to-party-id", "OCPI-to-country-code")):
+        half = emsp.call(hub.base, "GET", "sender/locations/L1", headers={header: "NL"}).json()
+        assert half["status_code"] == 2001 and half["status_message"] == (
+            f"{missing} is missing: {header} ('NL') comes with it"
+        ), half

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 
-from hub.envelope import ocpi_timestamp, paging_window, x_limit
+from hub.envelope import check_dates, ocpi_timestamp, paging_window, x_limit
 from hub.errors import InvalidParameters, NotFound, UnknownLocation
 from hub.metrics import CACHE_REQUESTS
 from routing.forward import Answer
@@ -35,6 +35,7 @@ async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer
     if incoming.segments:
         return await _single(relay, exchange, incoming.segments, owner)
     date_from, date_to = _epoch(params, "date_from"), _epoch(params, "date_to")
+    check_dates(params, date_from, date_to)
     offset, limit = paging_window(params, MAX_LIMIT)
     assert exchange.sender is not None
     if not limit:  # X-Total-Count alone (hub.envelope.paging_window): counted, no snapshot kept to walk

@@ -179,6 +179,8 @@ def served_by_hub(incoming: Incoming, sender: PartyRole) -> Route:
 def delivery_to(incoming: Incoming, directory: Directory, to: PartyKey) -> Delivery:
     platform = directory.parties.get(to)
     if platform is None:
+        if to in directory.departed:  # mod_hub_client_info.asciidoc, SUSPENDED: "Like with OFFLINE, no requests..."
+            raise ReceiverNotConnected(f"receiver {party_text(to)} has left the hub (status SUSPENDED)")
         raise UnknownReceiver(f"unknown receiver {party_text(to)}: no such party is connected to this hub")
     role = next(r for r in platform.roles if r.key == to)
     if role.status == "OFFLINE":  # mod_hub_client_info.asciidoc: "No requests can be sent"; fail fast, no queue

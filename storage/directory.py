@@ -88,6 +88,8 @@ class Directory:
     platforms: Mapping[int, Platform] = field(default_factory=dict)
     # (COUNTRY_CODE, PARTY_ID) upper-cased -> the platform holding it
     parties: Mapping[tuple[str, str], Platform] = field(default_factory=dict)
+    # (COUNTRY_CODE, PARTY_ID) upper-cased of the parties that left the hub and hold no role now (SUSPENDED)
+    departed: frozenset[tuple[str, str]] = frozenset()
     # Authorization header -> (platform, "A" | "C", token), filled by hub.auth.identify as callers are
     # recognised: a header seen before costs one dict lookup, not a base64 decode and a SHA-256. Dropped with the
     # directory on every reload, so a rotated or deleted token is forgotten with it.
@@ -106,6 +108,7 @@ async def load_directory(conn: asyncpg.Connection, box: TokenBox) -> Directory:
         role_rows = await conn.fetch(QUERIES["directory_roles"])
         endpoint_rows = await conn.fetch(QUERIES["directory_endpoints"])
         token_rows = await conn.fetch(QUERIES["directory_tokens"])
+        departed_rows = await conn.fetch(QUERIES["directory_departed"])
     roles: dict[int, list[PartyRole]] = {}
     for r in role_rows:
         details = msgspec.json.decode(r["business_details"]) if r["business_details"] else None
@@ -131,7 +134,8 @@ async def load_directory(conn: asyncpg.Connection, box: TokenBox) -> Directory:
     }
     parties = {role.key: platform for platform in platforms.values() for role in platform.roles}
     tokens = {t["token_hash"]: (platforms[t["platform_id"]], t["kind"]) for t in token_rows}
-    return Directory(tokens=tokens, platforms=platforms, parties=parties)
+    departed = frozenset((r["country_code"], r["party_id"]) for r in departed_rows) - parties.keys()
+    return Directory(tokens=tokens, platforms=platforms, parties=parties, departed=departed)
 
 
 class DirectoryCache:

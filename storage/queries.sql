@@ -201,6 +201,12 @@ FROM party_role r JOIN platform p ON p.id = r.platform_id
 WHERE p.state <> 'UNREGISTERED' AND r.status <> 'UNREGISTERED'
 ORDER BY r.id;
 
+-- name: directory_departed
+-- The parties of roles whose platform left the hub (SUSPENDED in the ClientInfo list): told apart from ones never known.
+SELECT DISTINCT upper(r.country_code) AS country_code, upper(r.party_id) AS party_id
+FROM party_role r JOIN platform p ON p.id = r.platform_id
+WHERE p.state = 'UNREGISTERED' OR r.status = 'UNREGISTERED';
+
 -- name: directory_endpoints
 SELECT e.platform_id, e.identifier, e.interface_role, e.url
 FROM platform_endpoint e JOIN platform p ON p.id = e.platform_id

@@ -399,8 +399,9 @@ def test_the_operator_takes_a_platform_off_the_hub_and_the_party_is_told(hub: Hu
     assert [tuple(r.values()) for r in rows] == [("hub", "credentials", "DELETE", 200, 1000)]
     # The party's token stops working, nobody reaches it any more, and the others hear it is SUSPENDED.
     assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(cpo.hub_token)).status_code == 401
-    refused = watcher.call(hub.base, "GET", "sender/locations", to=key)
-    assert refused.json()["status_code"] == 4001, refused.text
+    refused = watcher.call(hub.base, "GET", "sender/locations", to=key)  # not "unknown": the list says SUSPENDED
+    assert refused.json()["status_code"] == 4003, refused.text
+    assert f"{key[0]}-{key[1]} has left the hub (status SUSPENDED)" in refused.json()["status_message"]
     assert not [r for r in cpo.functional() if r.method == "GET"]
     assert _wait_for(lambda: "SUSPENDED" in [p["status"] for p in _pushes_about(watcher, key)])
     # Its party id is free for a new invitation.

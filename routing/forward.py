@@ -1,10 +1,11 @@
 """Sends a request to a party over the one shared aiohttp session (the data plane's hot path).
 
-aiohttp's exceptions are translated here into the hub's: a timeout is 4002, a connection problem before the answer
-4003, an answer that does not parse as HTTP or breaks off 4000 (the receiver got the request). An answer
-larger than OCPI_HUB_MAX_BODY_BYTES is 4000 (`read_capped`, which the control plane's httpx client uses too), and
-so is one with a status that is no HTTP status. A request goes out on one of the hub's connections to the receiver's
-server that its caller may take (routing.fair_share); one that found none in half its deadline is 4000, not forwarded.
+aiohttp's exceptions are translated into the hub's: a timeout is 4002, a connection problem before the answer 4003
+(routing.forward_failures words them for a party), an answer that does not parse as HTTP or breaks off 4000 (the
+receiver got the request). An answer larger than OCPI_HUB_MAX_BODY_BYTES is 4000 (`read_capped`, which the control
+plane's httpx client uses too), and so is one with a status that is no HTTP status. A request goes out on one of the
+hub's connections to the receiver's server that its caller may take (routing.fair_share); one that found none in half
+its deadline is 4000, not forwarded.
 """
 
 from __future__ import annotations
@@ -26,13 +27,12 @@ from hub.errors import (
     AnswerTooLarge,
     AnswerUnreadable,
     ForwardTimeout,
-    ReceiverNotCalled,
-    ReceiverNotConnected,
     ShareInUse,
 )
 from hub.metrics import observe_connection_wait, observe_forward
 from routing.fair_share import HUB_ITSELF, CallerShares, Key
-from routing.party_addresses import ALLOWANCE, AddressRefused, PartyAddresses
+from routing.forward_failures import not_reached
+from routing.party_addresses import PartyAddresses
 
 # Headers of the receiver's answer the hub passes on (Link and Location are rewritten by the relay).
 RELAYED_RESPONSE_HEADERS = ("content-type", "x-total-count", "x-limit", "link", "location")
@@ -224,11 +224,7 @@ async def _exchange(
         raise AnswerUnreadable(told, f"{sent}: {told} ({_cut(exc.message)})") from None
     except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: a URL aiohttp will not call (a backstop)
         _release_frames(exc)
-        if isinstance(getattr(exc, "os_error", None), AddressRefused):  # not tried: a URL into the hub's network
-            told = f"the hub did not call the receiver: its address is not one the hub calls parties at ({ALLOWANCE})"
-            raise ReceiverNotCalled(told, f"{sent} was not called: {told}") from None
-        told = f"the hub could not reach the receiver ({type(exc).__name__})"
-        raise ReceiverNotConnected(told, f"{sent} failed: {exc or type(exc).__name__}") from None
+        raise not_reached(exc, method, sent) from None
     except asyncio.CancelledError:
         raise
 

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from routing.forward_failures import CHECK_FIRST
 from tests.conftest import Hub
 from tests.parties import RAW
 from tests.test_routing import _roles, party_key
@@ -145,6 +146,9 @@ def test_a_request_whose_connection_drops_before_the_answer_is_not_sent_again(hu
         answer = cpo.call(hub.base, method, f"receiver/{path}", to=party_key(emsp), body=body,
                           headers={"X-Request-ID": request_id})  # fmt: skip
         assert answer.json()["status_code"] == 4003, (method, answer.text)
+        # not "could not reach the receiver": it may have the request, which a GET does not change
+        told = "the connection to the receiver's server was closed before it answered"
+        assert answer.json()["status_message"] == (told if method == "GET" else f"{told}: {CHECK_FIRST}"), answer.text
         assert [(r.method, r.path) for r in emsp.functional()].count((method, at_party)) == 1, method
         [row] = db.run(db.fetch("SELECT ocpi_status_code, error FROM routing_log WHERE request_id = $1", request_id))
         assert row["ocpi_status_code"] == 4003 and row["error"], (method, dict(row))

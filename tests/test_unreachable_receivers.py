@@ -1,0 +1,158 @@
+"""A receiver the hub could not reach, or that did not answer in time: the caller reads what happened in words a party
+understands, and whether the receiver may have the request; never the receiver's URL, host name or address, which the
+routing log's row keeps, with aiohttp's own words, for support staff."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from hub.errors import ReceiverNotConnected
+from routing.forward import forward, open_session
+from routing.party_addresses import PartyAddresses, networks
+from tests.conftest import LOOPBACK, Hub
+from tests.test_routing import party_key
+
+REFUSED = "its server refused the connection (nothing listens at its address and port)"
+
+
+def _put(hub: Hub, cpo, emsp, name: str) -> httpx.Response:  # type: ignore[no-untyped-def]
+    cc, pid = party_key(cpo)
+    return cpo.call(hub.base, "PUT", f"receiver/tariffs/{cc}/{pid}/{name}", to=party_key(emsp), body={"id": name},
+                    headers={"X-Request-ID": str(uuid.uuid4())})  # fmt: skip
+
+
+def _error_of(db, answer: httpx.Response) -> str:  # type: ignore[no-untyped-def]
+    [row] = db.run(db.fetch("SELECT error FROM routing_log WHERE request_id = $1", answer.headers["x-request-id"]))
+    return row["error"]
+
+
+def test_a_receiver_refusing_connections_is_answered_4003_saying_so_and_that_nothing_was_sent(
+    hub: Hub, cpo_and_emsp, db
+) -> None:
+    # It read "the hub could not reach the receiver (ClientConnectorError)": aiohttp's class, no help to a party.
+    cpo, emsp = cpo_and_emsp
+    emsp.stop()
+    answer = _put(hub, cpo, emsp, "REFUSED")
+    assert answer.json()["status_code"] == 4003, answer.text
+    told = answer.json()["status_message"]
+    assert told == f"the hub could not reach the receiver: {REFUSED}; nothing was sent", told
+    assert "127.0.0.1" not in answer.text and str(emsp.port) not in told
+    error = _error_of(db, answer)  # the URL, and aiohttp's words, for support staff
+    assert error.startswith(f"PUT {emsp.base}/ocpi/2.2.1/tariffs/receiver/") and told in error, error
+    assert "ClientConnectorError" in error and "Connect call failed" in error, error
+
+
+async def _forward_failure(url: str, session: aiohttp.ClientSession | None = None) -> ReceiverNotConnected:
+    """What forward raised for a GET of url, with the hub's session (one that calls loopback) unless given one."""
+    used = session or open_session(2.0, 4.0, PartyAddresses(networks(LOOPBACK)))
+    try:
+        await forward(used, "GET", url, {}, b"", 2.0, 1000)
+    except ReceiverNotConnected as exc:
+        return exc
+    finally:
+        await used.close()
+    raise AssertionError(f"GET {url} did not fail")
+
+
+def test_a_receiver_whose_host_name_does_not_resolve_is_answered_4003_saying_so_without_the_name() -> None:
+    # .invalid never resolves (RFC 6761); without a DNS server the resolver says it could not ask: told as it is.
+    url = "http://no-such-party.invalid/ocpi/2.2.1/tariffs/receiver/NL/ABC/T1"
+    failed = asyncio.run(_forward_failure(url))
+    assert failed.status_code == 4003
+    assert failed.message.startswith("the hub could not reach the receiver: its host name "), failed.message
+    assert failed.message.endswith("; nothing was sent") and "no-such-party" not in failed.message, failed.message
+    assert failed.detail.startswith(f"GET {url} was not sent: {failed.message} (ClientConnectorDNSError: ")
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _certificate(
+    name: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[str, ec.EllipticCurvePrivateKey] | None = None,
+    days_left: int = 1, authority: bool = False
+) -> x509.Certificate:  # fmt: skip
+    """A certificate for name (self-signed without issuer), valid since yesterday and for days_left more days."""
+    issuer_name, issuer_key = issuer or (name, key)
+    now = datetime.now(UTC)
+    built = (
+        x509.CertificateBuilder().subject_name(_name(name)).issuer_name(_name(issuer_name))
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=2)).not_valid_after(now + timedelta(days=days_left))
+        .add_extension(x509.BasicConstraints(ca=authority, path_length=None), critical=True)
+    )  # fmt: skip
+    if not authority:
+        built = built.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+    return built.sign(issuer_key, hashes.SHA256())
+
+
+def _serving(certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey, folder: Path) -> ssl.SSLContext:
+    pem = folder / f"{uuid.uuid4()}.pem"
+    pem.write_bytes(certificate.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem)
+    return context
+
+
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(65536)  # a request, or the TLS ClientHello that a plain HTTP server answers thus too
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+    await writer.drain()
+    writer.close()
+
+
+def _tls_failure(
+    context: ssl.SSLContext | None, trusting: x509.Certificate | None = None, host: str = "localhost"
+) -> ReceiverNotConnected:
+    """What a forward to https://host at a server of that TLS context (plain HTTP without one) raised, with the hub's
+    session, or with one that trusts `trusting` besides."""
+
+    async def run() -> ReceiverNotConnected:
+        server = await asyncio.start_server(_answer, "127.0.0.1", 0, ssl=context)
+        port = server.sockets[0].getsockname()[1]
+        session = None
+        if trusting is not None:
+            client = ssl.create_default_context(cadata=trusting.public_bytes(serialization.Encoding.PEM).decode())
+            factory = PartyAddresses(networks(LOOPBACK)).socket_factory
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client, socket_factory=factory))
+        try:
+            return await _forward_failure(f"https://{host}:{port}/ocpi/versions", session)
+        finally:
+            server.close()
+
+    return asyncio.run(run())
+
+
+def test_tls_trouble_with_a_receivers_server_is_answered_4003_saying_what_was_wrong(tmp_path: Path) -> None:
+    authority_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    authority = _certificate("Test Authority", authority_key, authority=True)
+    by_authority = ("Test Authority", authority_key)
+    cases: list[tuple[Callable[[], ReceiverNotConnected], str]] = [
+        (lambda: _tls_failure(None, host="127.0.0.1"),
+         "the TLS handshake with its server failed: it does not seem to speak TLS (https) at that port"),
+        (lambda: _tls_failure(_serving(_certificate("localhost", key), key, tmp_path)),
+         "its server's TLS certificate was refused: its certificate is self-signed"),
+        (lambda: _tls_failure(_serving(_certificate("elsewhere.example", key, by_authority), key, tmp_path), authority),
+         "its server's TLS certificate was refused: its certificate is not valid for its host name"),
+        (lambda: _tls_failure(_serving(_certificate("localhost", key, by_authority, -1), key, tmp_path), authority),
+         "its server's TLS certificate was refused: its certificate has expired"),
+    ]  # fmt: skip
+    for failing, why in cases:
+        failed = failing()
+        assert failed.status_code == 4003
+        assert failed.message == f"the hub could not reach the receiver: {why}; nothing was sent", failed.message
+        assert "localhost" not in failed.message and "127.0.0.1" not in failed.message
+        assert "was not sent" in failed.detail and "https://" in failed.detail, failed.detail

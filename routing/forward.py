@@ -26,12 +26,11 @@ from hub.errors import (
     AnswerNotRelayable,
     AnswerTooLarge,
     AnswerUnreadable,
-    ForwardTimeout,
     ShareInUse,
 )
 from hub.metrics import observe_connection_wait, observe_forward
 from routing.fair_share import HUB_ITSELF, CallerShares, Key
-from routing.forward_failures import not_reached
+from routing.forward_failures import not_reached, timed_out
 from routing.party_addresses import PartyAddresses
 
 # Headers of the receiver's answer the hub passes on (Link and Location are rewritten by the relay).
@@ -214,10 +213,7 @@ async def _exchange(
                 del relayed[name]
             return Answer(response.status, relayed, payload, unwritable)
     except TimeoutError:
-        told = f"the receiver did not answer within {round(timeout.total or 0, 1):g} s"
-        if timeout is not session.timeout:
-            told += ", what was left of the deadline after waiting for a connection to it"
-        raise ForwardTimeout(told, f"{sent}: {told}") from None
+        raise timed_out(method, timeout, timeout is not session.timeout, sent) from None
     except aiohttp.ClientResponseError as exc:  # what came back does not parse as HTTP (redirects are not followed)
         # Not 4003, "unable to reach the receiving party": told that, a sender would send a CDR or a command again.
         told = "the receiver got the request, but the hub could not read its answer as HTTP"

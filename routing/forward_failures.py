@@ -1,10 +1,10 @@
-"""Why a forward failed, in a party's words: aiohttp's connection errors as the hub's 4003 (routing.forward).
+"""Why a forward failed, in a party's words: aiohttp's exceptions as the hub's 4002 and 4003 (routing.forward).
 
-status_codes.asciidoc: 4003 "Connection problem (receiving party is not connected)". What a sender needs to know
-before it sends a request again is whether the receiver may have it: a failure to connect says that nothing was sent,
-a connection that broke after the request went out that the receiver may have applied it. The caller never reads the
-receiver's URL, host name or address, which the hub keeps from the other parties; the routing log's detail adds the
-URL and aiohttp's own words, for whoever supports the parties.
+status_codes.asciidoc: 4002 "message is forwarded, but request times out"; 4003 "receiving party is not connected".
+What a sender needs to know before it sends a request again is whether the receiver may have it: a failure to connect
+says that nothing was sent, a timeout or a connection that broke after the request went out that the receiver may
+have applied it. The caller never reads the receiver's URL, host name or address, which the hub keeps from the other
+parties; the routing log's detail adds the URL and aiohttp's own words, for whoever supports the parties.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import ssl
 
 import aiohttp
 
-from hub.errors import ReceiverNotCalled, ReceiverNotConnected
+from hub.errors import ForwardTimeout, ReceiverNotCalled, ReceiverNotConnected
 from routing.party_addresses import ALLOWANCE, AddressRefused
 
 NOT_REACHED = "the hub could not reach the receiver"
@@ -47,6 +47,16 @@ _CERTIFICATE = {
     62: "its certificate is not valid for its host name",
     64: "its certificate is not valid for its address",
 }
+
+
+def timed_out(method: str, timeout: aiohttp.ClientTimeout, after_waiting: bool, sent: str) -> ForwardTimeout:
+    """4002: the request went out, and no whole answer came within the deadline."""
+    told = f"the request was forwarded, but the receiver did not answer within {_seconds(timeout.total)} s"
+    if after_waiting:
+        told += ", what was left of the deadline after waiting for a connection to it"
+    if method != "GET":
+        told += f": {CHECK_FIRST}"
+    return ForwardTimeout(told, f"{sent}: {told}")
 
 
 def not_reached(exc: BaseException, method: str, sent: str) -> ReceiverNotConnected:
@@ -92,6 +102,10 @@ def _why_no_connection(exc: aiohttp.ClientConnectorError) -> str:
     if code is None:  # aiohttp tried several addresses of its host name, which failed each in its own way
         return "no address of its host name took the connection"
     return _ON_CONNECT.get(code) or f"connecting to its server failed ({os.strerror(code).lower()})"
+
+
+def _seconds(value: float | None) -> str:
+    return f"{round(value or 0, 1):g}"
 
 
 def _cut(text: str, at_most: int = 200) -> str:

@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from hub.errors import ReceiverNotConnected
 from routing.forward import forward, open_session
+from routing.forward_failures import CHECK_FIRST
 from routing.party_addresses import PartyAddresses, networks
 from tests.conftest import LOOPBACK, Hub
 from tests.test_routing import party_key
@@ -156,3 +157,20 @@ def test_tls_trouble_with_a_receivers_server_is_answered_4003_saying_what_was_wr
         assert failed.message == f"the hub could not reach the receiver: {why}; nothing was sent", failed.message
         assert "localhost" not in failed.message and "127.0.0.1" not in failed.message
         assert "was not sent" in failed.detail and "https://" in failed.detail, failed.detail
+
+
+def test_a_4002_says_the_request_was_forwarded_and_that_what_it_pushed_may_have_been_applied(
+    hub: Hub, cpo_and_emsp, db
+) -> None:
+    # It read "the receiver did not answer within 2 s", and a sender took it for a request that did not arrive.
+    cpo, emsp = cpo_and_emsp
+    cc, pid = party_key(cpo)
+    emsp.delay_s = 3.0  # the test hub waits 2 s (OCPI_HUB_FORWARD_TIMEOUT_S)
+    pushed = _put(hub, cpo, emsp, "SLOW")
+    fetched = cpo.call(hub.base, "GET", f"receiver/tariffs/{cc}/{pid}/SLOW", to=party_key(emsp))
+    assert pushed.json()["status_code"] == fetched.json()["status_code"] == 4002, (pushed.text, fetched.text)
+    waited = "the request was forwarded, but the receiver did not answer within 2 s"
+    assert pushed.json()["status_message"] == f"{waited}: {CHECK_FIRST}", pushed.text
+    assert fetched.json()["status_message"] == waited, fetched.text  # a GET changes nothing: sent again, no harm done
+    at_receiver = f"{emsp.base}/ocpi/2.2.1/tariffs/receiver/{cc}/{pid}/SLOW"
+    assert _error_of(db, pushed) == f"PUT {at_receiver}: {waited}: {CHECK_FIRST}"  # the URL, for support staff

@@ -59,6 +59,14 @@ def timed_out(method: str, timeout: aiohttp.ClientTimeout, after_waiting: bool, 
     return ForwardTimeout(told, f"{sent}: {told}")
 
 
+def not_connected_in_time(timeout: aiohttp.ClientTimeout, sent: str) -> ReceiverNotConnected:
+    """4003: no connection to the receiver's server within the connect timeout (routing.forward.client_timeout)."""
+    told = (
+        f"{NOT_REACHED}: connecting to its server did not finish within {_seconds(timeout.connect)} s; {NOTHING_SENT}"
+    )
+    return ReceiverNotConnected(told, f"{sent} was not sent: {told}")
+
+
 def not_reached(exc: BaseException, method: str, sent: str) -> ReceiverNotConnected:
     """4003 for one of aiohttp's connection errors (or an OSError, or a URL it will not call), saying what happened
     and whether the request was sent."""

@@ -5,14 +5,18 @@ routing log's row keeps, with aiohttp's own words, for support staff."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import httpx
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -174,3 +178,37 @@ def test_a_4002_says_the_request_was_forwarded_and_that_what_it_pushed_may_have_
     assert fetched.json()["status_message"] == waited, fetched.text  # a GET changes nothing: sent again, no harm done
     at_receiver = f"{emsp.base}/ocpi/2.2.1/tariffs/receiver/{cc}/{pid}/SLOW"
     assert _error_of(db, pushed) == f"PUT {at_receiver}: {waited}: {CHECK_FIRST}"  # the URL, for support staff
+
+
+@contextmanager
+def _not_accepting(port: int) -> Iterator[None]:
+    """A server at 127.0.0.1:port that never accepts, its backlog full: Linux drops the SYNs of further connects, which
+    hang as to a host that does not answer."""
+    with socket.create_server(("127.0.0.1", port), backlog=0):
+        queued = socket.create_connection(("127.0.0.1", port), timeout=2)  # all that its backlog holds
+        try:
+            with pytest.raises(TimeoutError):  # the next one is not taken
+                socket.create_connection(("127.0.0.1", port), timeout=0.3).close()
+            yield
+        finally:
+            queued.close()
+
+
+def test_a_receiver_not_taking_connections_is_answered_4003_when_the_connect_timeout_ends_not_4002(
+    hub: Hub, cpo_and_emsp, db
+) -> None:
+    # It was 4002, "the receiver did not answer within 2 s" (status_codes.asciidoc: "message is forwarded"), though the
+    # hub had not even connected to it.
+    cpo, emsp = cpo_and_emsp
+    emsp.stop()
+    with _not_accepting(emsp.port):
+        started = time.monotonic()
+        answer = _put(hub, cpo, emsp, "NOT-TAKEN")
+        took = time.monotonic() - started
+    assert answer.json()["status_code"] == 4003, answer.text
+    told = (
+        "the hub could not reach the receiver: connecting to its server did not finish within 1.8 s; nothing was sent"
+    )
+    assert answer.json()["status_message"] == told and 1.7 < took < 2.5, (answer.text, took)
+    error = _error_of(db, answer)
+    assert error.startswith(f"PUT {emsp.base}/ocpi/2.2.1/tariffs/receiver/") and error.endswith(f"was not sent: {told}")

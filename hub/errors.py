@@ -233,8 +233,10 @@ class ForwardingLoop(HubError):
     would go round until the connections ran out."""
 
     def __init__(self) -> None:
-        super().__init__("the request came back to the hub it left (a receiver's endpoint leads back to the hub); "
-                         "the hub does not forward it again")  # fmt: skip
+        super().__init__("the request came back to the hub it left: it carries the hub's own mark in its "
+                         "X-OCPI-Hub-Instance header (a receiver's endpoint leads back to the hub, or a party copied "
+                         "that header from a request the hub sent it, which it must not); the hub does not forward it "
+                         "again")  # fmt: skip
 
 
 class TooManyHubs(HubError):

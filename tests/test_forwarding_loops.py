@@ -72,6 +72,8 @@ def _the_loop_is_cut_at_its_first_return(hub: Hub, cpo: Party, looping: Party, p
                       headers={"X-Correlation-ID": correlation_id})  # fmt: skip
     assert (answer.status_code, answer.json()["status_code"]) == (200, 4000), answer.text
     assert "the request came back to the hub it left" in answer.json()["status_message"]
+    # a party that copied the header onto its request (a CommandResult) learns which header to leave out
+    assert "X-OCPI-Hub-Instance header" in answer.json()["status_message"]
     time.sleep(0.5)  # rows of laps still under way, had there been any
     rows = db.run(db.fetch("SELECT receiver_platform_id, http_status, ocpi_status_code, error FROM routing_log "
                            "WHERE correlation_id = $1 ORDER BY received_at", correlation_id))  # fmt: skip

@@ -81,8 +81,9 @@ log = structlog.get_logger()
 
 PREFIX = "/ocpi/2.2.1/"
 CLIENT_INFO = "/ocpi/2.2.1/sender/hubclientinfo"
-LOGGED_REQUEST_HEADERS = ("content-type", "ocpi-to-country-code", "ocpi-to-party-id", "ocpi-from-country-code",
-                          "ocpi-from-party-id", "x-request-id", "x-correlation-id")  # fmt: skip
+LOGGED_REQUEST_HEADERS = ("content-type", "content-encoding", "ocpi-to-country-code", "ocpi-to-party-id",
+                          "ocpi-from-country-code", "ocpi-from-party-id", "x-request-id",
+                          "x-correlation-id")  # fmt: skip
 _envelope = msgspec.json.Encoder()
 
 

@@ -258,6 +258,14 @@ def body_of(stored: bytes | None) -> bytes:
     return stored[1:] if stored[:1] == RAW_BODY else zlib.decompress(stored)
 
 
+def text_of(body: bytes) -> str | None:
+    """A body as text when it is UTF-8, else None: bytes to be shown as bytes, not with U+FFFD in place of some."""
+    try:
+        return body.decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def _json(headers: dict[str, str] | None) -> str | None:
     if not headers:
         return None

@@ -233,7 +233,8 @@ def test_one_message_shows_both_bodies_headers_and_timings(hub: Hub, dataset: Da
         missing = admin.get("/admin/api/routing-log/999999999999")
         not_a_number = admin.get("/admin/api/routing-log/abc")
     assert message["request"] == {"headers": {"content-type": "application/json"}, "body": {"id": "7", "n": 7},
-                                  "text": '{"id": "7", "n": 7}', "kind": "json", "size": len(b'{"id": "7", "n": 7}'),
+                                  "text": '{"id": "7", "n": 7}', "base64": None, "kind": "json",
+                                  "size": len(b'{"id": "7", "n": 7}'),
                                   "truncated": False}  # fmt: skip
     assert message["response"]["body"] == {"status_code": 1000} and message["response"]["kind"] == "json"
     assert message["duration_ms"] == 7.5 and message["received_at"].startswith("2001-03-10T12:00:07")

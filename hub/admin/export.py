@@ -6,6 +6,7 @@ constant whatever the number of rows.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 from collections.abc import AsyncIterator
@@ -21,13 +22,15 @@ from hub.admin.actors import READ_ONLY, actor_of, record_action
 from hub.admin.api import AdminError
 from hub.admin.routing_log import query_params
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S
-from storage.log_row import body_of
+from storage.log_row import body_of, text_of
 from storage.log_search import BODY_COLUMNS, EXPORT_COLUMNS, BadFilter, Search, export_query, parse_filters
 
 CURSOR_ROWS = 2000
 FLUSH_BYTES = 256 * 1024
 FORMATS = {"ndjson": "application/x-ndjson", "csv": "text/csv"}  # Litestar adds "; charset=utf-8" to text/*
 _encoder = msgspec.json.Encoder()
+# after the bodies: text, or bytes (not UTF-8, given in base64); none without a body
+BODY_KIND_COLUMNS = ("request_body_kind", "response_body_kind")
 
 
 # A cell a spreadsheet would take for a formula (OWASP, CSV injection): a party chooses many of the values (its ids, a
@@ -67,14 +70,19 @@ def _as_object(row: asyncpg.Record) -> dict[str, Any]:
 
 
 def _with_bodies(row: asyncpg.Record, headers_as_objects: bool) -> dict[str, Any]:
-    """The row with its bodies as text, as the parties sent them (cut at OCPI_HUB_LOG_BODY_MAX_BYTES)."""
+    """The row with its bodies as the parties sent them (cut at OCPI_HUB_LOG_BODY_MAX_BYTES): as text (kind text), or
+    in base64 when not UTF-8 (kind bytes), their kinds after them (None: no body)."""
     item = _as_object(row) if headers_as_objects else dict(row)
+    kinds: dict[str, str | None] = {}
     for name in ("request_body", "response_body"):
-        item[name] = body_of(item[name]).decode("utf-8", errors="replace") if item[name] else None
+        raw = body_of(item[name])
+        text = text_of(raw)
+        kinds[f"{name}_kind"] = None if not raw else "text" if text is not None else "bytes"
+        item[name] = None if not raw else text if text is not None else base64.b64encode(raw).decode()
     if headers_as_objects:  # NDJSON: objects; CSV keeps the JSON text
         for name in ("request_headers", "response_headers"):
             item[name] = msgspec.json.decode(item[name]) if item[name] else None
-    return item
+    return item | kinds
 
 
 async def export_rows(
@@ -82,7 +90,7 @@ async def export_rows(
 ) -> AsyncIterator[bytes]:
     sql, args = export_query(search, bodies)
     lines = _CsvLines()
-    header = (*EXPORT_COLUMNS, *BODY_COLUMNS) if bodies else EXPORT_COLUMNS
+    header = (*EXPORT_COLUMNS, *BODY_COLUMNS, *BODY_KIND_COLUMNS) if bodies else EXPORT_COLUMNS
     chunk = bytearray(lines.encode(header) if export_format == "csv" else b"")
     async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")

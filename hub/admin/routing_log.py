@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from typing import Any
 from urllib.parse import unquote
@@ -15,7 +16,7 @@ from hub.admin.api import AdminError, json_response, takes_no_parameters
 from hub.envelope import path_number, whole_number
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S, DATABASE_TIMEOUT_S
 from storage.log_amendment import answered_instead
-from storage.log_row import body_of, stored_text
+from storage.log_row import body_of, stored_text, text_of
 from storage.log_search import (
     LIST_COLUMNS,
     BadFilter,
@@ -100,17 +101,21 @@ async def with_amendments(conn: asyncpg.Connection, rows: list[asyncpg.Record]) 
 
 
 def _body(stored: bytes | None, size: int) -> dict[str, Any]:
-    """body: the JSON as a value (or the text); text: the body as it was sent. A value drops what a party may dispute:
-    a key sent twice keeps its last value, 10.50 becomes 10.5 and 1e2 100.0."""
+    """body: the JSON as a value (or the text); text: the body as it was sent; base64: a body that is not UTF-8 (kind
+    bytes), its bytes exactly. A value drops what a party may dispute: a key sent twice keeps its last value, 10.50
+    becomes 10.5 and 1e2 100.0."""
     raw = body_of(stored)
-    body: Any
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        body, kind = msgspec.json.decode(raw), "json"
-    except (msgspec.DecodeError, RecursionError):
-        body, kind = text, "text"
-    return {"body": body if raw else None, "text": text if raw else None, "kind": kind if raw else "empty",
-            "size": size, "truncated": len(raw) < size}  # fmt: skip
+    body: Any = None
+    text, encoded, kind = text_of(raw), None, "empty"
+    if text is None:
+        encoded, kind = base64.b64encode(raw).decode(), "bytes"
+    elif raw:
+        try:
+            body, kind = msgspec.json.decode(raw), "json"
+        except (msgspec.DecodeError, RecursionError):
+            body, kind = text, "text"
+    return {"body": body, "text": text if raw else None, "base64": encoded, "kind": kind, "size": size,
+            "truncated": len(raw) < size}  # fmt: skip
 
 
 def _headers(value: str | None) -> dict[str, str]:
@@ -119,7 +124,8 @@ def _headers(value: str | None) -> dict[str, str]:
 
 @get("/routing-log/{row_id:str}", opt={READ_ONLY: True})
 async def routing_log_message(request: Request, row_id: str) -> Response[bytes]:
-    """One message with both bodies decompressed (JSON as JSON when it parses, else text), headers and timings."""
+    """One message with both bodies decompressed (JSON as JSON when it parses, else text, or base64 when not UTF-8),
+    headers and timings."""
     number = path_number(row_id)
     takes_no_parameters(request)
     async with request.app.state.pool.acquire() as conn:

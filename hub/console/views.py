@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from litestar.plugins.jinja import JinjaTemplateEngine
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # not shown by a browser as it is
 
 
 def when(moment: datetime | None) -> str:
@@ -50,9 +54,18 @@ def outcome(http_status: int | None, ocpi_status: int | None) -> str:
 def pretty(side: dict[str, Any]) -> str:
     """A body as it was sent, JSON indented: msgspec.json.format changes only the whitespace between tokens, so a key
     sent twice, 10.50 and 1e2 are shown as the party wrote them (a decoded value would not)."""
+    if side["kind"] == "bytes":
+        return escaped(base64.b64decode(side["base64"]))
     if side["kind"] != "json":
         return str(side["text"])
     return msgspec.json.format(side["text"].encode(), indent=2).decode()
+
+
+def escaped(body: bytes) -> str:
+    """A body that is not UTF-8, shown so that its bytes can be read back exactly: its UTF-8 characters as they are,
+    every other byte and a control character as \\xNN, a backslash as \\\\ (line ends and tabs kept)."""
+    shown = body.replace(b"\\", b"\\\\").decode("utf-8", errors="backslashreplace")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", shown)
 
 
 def size(n: int | None) -> str:

@@ -73,7 +73,11 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
         " closing",
     ),
     ("OCPI_HUB_LOG_MODE", "strict", "strict: a routing-log row is committed before the caller is answered; async: not"),
-    ("OCPI_HUB_LOG_BODY_MAX_BYTES", "1048576", "bodies kept in the routing log are cut at this size"),
+    (
+        "OCPI_HUB_LOG_BODY_MAX_BYTES",
+        "1048576",
+        "bodies kept in the routing log are cut at this size (before a UTF-8 character it would split)",
+    ),
     (
         "OCPI_HUB_LOG_PARTITIONS_AHEAD",
         "3",

@@ -244,10 +244,12 @@ def _party_or_none(party: str | None) -> str | None:
 
 
 def stored_body(body: bytes, cap: int) -> bytes | None:
-    """A body as the routing log stores it: cut at cap, then compressed, or marked as raw when short."""
+    """A body as the routing log stores it: cut at cap (before a character the cap would split, so that a text body
+    stays text), then compressed, or marked as raw when short."""
     if not body:
         return None
-    body = body[:cap]
+    if len(body) > cap:
+        body = body[: _character_start(body, cap)]
     return RAW_BODY + body if len(body) < SMALL_BODY_BYTES else isal_zlib.compress(body, 1)
 
 
@@ -256,6 +258,15 @@ def body_of(stored: bytes | None) -> bytes:
     if not stored:
         return b""
     return stored[1:] if stored[:1] == RAW_BODY else zlib.decompress(stored)
+
+
+def _character_start(body: bytes, at: int) -> int:
+    """at, or the start of the UTF-8 character that at would split: back over its continuation bytes (0b10xxxxxx),
+    three at most (RFC 3629, 3). Of a body that is no UTF-8, up to three bytes fewer than the cap are kept."""
+    start = at
+    while start > max(at - 3, 0) and body[start] & 0xC0 == 0x80:
+        start -= 1
+    return start
 
 
 def text_of(body: bytes) -> str | None:

@@ -13,10 +13,12 @@ import io
 import json
 import re
 import uuid
+from datetime import UTC, datetime
 
 import httpx
 
-from tests.conftest import Db, Hub
+from tests.conftest import Db, Hub, Services, unique_party_id
+from tests.log_rows import varied_entries, write
 from tests.parties import Party
 from tests.test_routing import party_key
 
@@ -125,3 +127,21 @@ def test_the_row_of_a_gzipped_request_keeps_its_content_encoding_and_content_typ
     assert answer.status_code == 415, answer.text
     kept = db.run(db.fetchval("SELECT request_headers FROM routing_log WHERE request_id = $1", request_id))
     assert json.loads(kept).items() >= {"content-encoding": "gzip", "content-type": "application/json"}.items(), kept
+
+
+def test_a_body_cut_inside_a_character_is_cut_before_it_and_stays_text(hub: Hub, services: Services) -> None:
+    # Cut at the cap, a body's last character lost some of its bytes: the rest was no UTF-8 and came back garbled.
+    tag = uuid.uuid4().hex[:8]
+    [entry] = varied_entries(datetime(2001, 9, 1, tzinfo=UTC), 1, [("QU", unique_party_id())], tag)
+    entry.request_body = '{"name": "Zürich €"}'.encode()  # the cap, 19 bytes, falls inside the €
+    entry.response_body = b'{"x": "\xff"}' + b" " * 20  # no UTF-8 before the cap either: bytes, as kept
+    write(services.database_url, [entry], body_cap=19)
+    with hub.admin() as admin:
+        message = _message(admin, entry.request_id)
+        ndjson, _ = _exported(admin, entry.request_id)
+    request, response = message["request"], message["response"]
+    assert (request["kind"], request["text"], request["truncated"]) == ("text", '{"name": "Zürich ', True), request
+    assert request["size"] == len(entry.request_body)
+    assert (ndjson["request_body_kind"], ndjson["request_body"]) == ("text", '{"name": "Zürich ')
+    assert (response["kind"], base64.b64decode(response["base64"])) == ("bytes", entry.response_body[:19])
+    assert _console_body(hub, message["id"], "request")[1] == '{"name": "Zürich '.encode()

@@ -16,7 +16,7 @@ from tests.parties import RAW
 from tests.test_routing import _roles, party_key
 
 
-def test_receiver_errors_and_non_ocpi_bodies_are_relayed_unchanged(hub: Hub, cpo_and_emsp) -> None:
+def test_receiver_errors_and_non_ocpi_bodies_are_relayed_unchanged(hub: Hub, cpo_and_emsp, db) -> None:
     cpo, emsp = cpo_and_emsp
     cc, pid = party_key(cpo)
     emsp.canned[("GET", f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/GONE")] = (
@@ -31,12 +31,16 @@ def test_receiver_errors_and_non_ocpi_bodies_are_relayed_unchanged(hub: Hub, cpo
     )
     unknown = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/GONE", to=party_key(emsp))
     assert unknown.status_code == 404 and unknown.json()["status_code"] == 2003
-    html = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/HTML", to=party_key(emsp))
+    html = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/HTML", to=party_key(emsp),
+                    headers={"X-Request-ID": (request_id := str(uuid.uuid4()))})  # fmt: skip
     assert (html.status_code, html.content, html.headers["content-type"]) == (
         502,
         b"<html>Bad Gateway</html>",
         "text/html",
     )
+    # the row keeps a type that is not OCPI's JSON: an auditor sees a proxy's page, not a party's answer
+    logged = db.run(db.fetchval("SELECT response_headers FROM routing_log WHERE request_id = $1", request_id))
+    assert json.loads(logged)["content-type"] == "text/html"
 
 
 def test_a_receivers_header_bytes_that_are_not_ascii_are_relayed_as_they_came(hub: Hub, cpo_and_emsp) -> None:

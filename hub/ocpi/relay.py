@@ -176,7 +176,10 @@ class Relay:
         if entry.from_country_code is None or exchange.caller is None:  # refused before it was routed
             row_of_a_refusal(entry, exchange.caller, self.directory.current, headers, looked_up=looked_up)
         entry.http_status, entry.response_body = answer.status, answer.body
-        entry.response_headers = {k: v for k, v in answer.headers.items() if k != "content-type"} or None
+        # an OCPI answer's JSON type goes without saying; any other (a proxy's HTML error page) is the auditor's clue
+        entry.response_headers = {
+            k: v for k, v in answer.headers.items() if k != "content-type" or not v.startswith("application/json")
+        } or None
         entry.ocpi_status_code = entry.ocpi_status_code or ocpi_status_of(answer.body)
         entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         try:

@@ -1,4 +1,5 @@
-"""Amendments of routing-log rows: what a caller was answered instead of what its row says (migration 0015)."""
+"""Amendments of routing-log rows: what a caller was answered instead of what its row says (migration 0015), numbered
+along their chain (migration 0016)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 
 import asyncpg
 
+from storage.log_chain import LogChain
 from storage.log_marks import Floors
-from storage.log_row import LogEntry, amendment_mac, stored_text
+from storage.log_row import LogEntry, amendment_mac, amendment_number_mac, stored_text
 from storage.sql import QUERIES
 
 MAX_MESSAGE = 2000
@@ -27,6 +29,7 @@ class Amendment:
     ocpi_status_code: int | None
     message: str
     answered_at: datetime
+    number: int | None = None  # along its chain, given when it is first written (a retry sends it again)
 
 
 def rows_and_amendments(taken: list[LogEntry | Amendment]) -> tuple[list[LogEntry], list[Amendment]]:
@@ -37,18 +40,30 @@ def rows_and_amendments(taken: list[LogEntry | Amendment]) -> tuple[list[LogEntr
     return [item for item in taken if isinstance(item, LogEntry)], amendments
 
 
-def amendment_records(key: bytes, chain_text: str, amendments: Iterable[Amendment]) -> list[tuple[Any, ...]]:
-    """The amendments as routing_log_amendment_entry records, each MAC'd over its row as it was chained last (a row of
-    a refused batch is chained again); none for a row that is not in the log (the database refused it)."""
+def amendment_records(chain: LogChain, amendments: Iterable[Amendment]) -> list[tuple[Any, ...]]:
+    """The amendments as routing_log_amendment_numbered records, each MAC'd over its row as it was chained last (a row
+    of a refused batch is chained again), numbered along chain once; none for a row that is not in the log (the
+    database refused it)."""
     records = []
     for amendment in amendments:
         if (chained_at := amendment.entry.chained_at) is None:
             continue
         seq, row_hash = chained_at
+        if amendment.number is None:
+            amendment.number = chain.amendments = chain.amendments + 1
         values = (amendment.entry.received_at, amendment.http_status, amendment.ocpi_status_code,
                   stored_text(amendment.message)[:MAX_MESSAGE], amendment.answered_at)  # fmt: skip
-        records.append((chain_text, seq, *values, amendment_mac(key, row_hash, chain_text, seq, values)))
+        numbered = amendment.number, amendment_number_mac(chain.key, chain.chain_id, amendment.number, seq)
+        records.append(
+            (chain.text, seq, *values, amendment_mac(chain.key, row_hash, chain.text, seq, values), *numbered)
+        )
     return records
+
+
+def unnumbered(chain: LogChain, refused: Iterable[Amendment]) -> None:
+    """Amendments the database refused (a bug), dropped: their numbers, the chain's last given, are given again."""
+    if numbers := [amendment.number for amendment in refused if amendment.number is not None]:
+        chain.amendments = min(numbers) - 1
 
 
 def amendment_verifies(key: bytes, row_hash: bytes, amendment: Mapping[str, Any]) -> bool:
@@ -59,7 +74,16 @@ def amendment_verifies(key: bytes, row_hash: bytes, amendment: Mapping[str, Any]
         expected = amendment_mac(key, row_hash, amendment["chain_id"], amendment["seq"], values)
     except (ValueError, TypeError, AttributeError):
         return False
-    return amendment["mac"] is not None and hmac.compare_digest(amendment["mac"], expected)
+    if amendment["mac"] is None or not hmac.compare_digest(amendment["mac"], expected):
+        return False
+    return amendment["number"] is None or number_verifies(key, amendment)
+
+
+def number_verifies(key: bytes, numbered: Mapping[str, Any]) -> bool:
+    """Whether an amendment's number, or the record of a numbered amendment's deletion, is the hub's: its number_mac
+    over its chain, number and row seq (migration 0016)."""
+    expected = amendment_number_mac(key, numbered["chain_id"], numbered["number"], numbered["seq"])
+    return numbered["number_mac"] is not None and hmac.compare_digest(numbered["number_mac"], expected)
 
 
 def check_amendment(

@@ -27,6 +27,7 @@ class LogChain:
         self.chain_id = uuid.uuid4()
         self.text = str(self.chain_id)
         self.head: tuple[int, bytes] = (0, GENESIS)  # seq and hash of the last row chained
+        self.amendments = 0  # the number of its last amendment (storage.log_amendment.amendment_records)
 
     def rewind(self, head: tuple[int, bytes]) -> None:
         """Back to a head before: the rows chained since are not in the log (the database refused them)."""

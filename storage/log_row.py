@@ -139,6 +139,12 @@ def amendment_mac(key: bytes, row_hash: bytes, chain_id: uuid.UUID | str, seq: i
     return _keyed(key, row_hash, content)
 
 
+def amendment_number_mac(key: bytes, chain_id: uuid.UUID, number: int, seq: int) -> bytes:
+    """The MAC of an amendment's number along its chain (migration 0016), with the seq of the row it amends: a number
+    missing, its amendment deleted, shows; the record of its deletion (kept by a trigger) says which row it was of."""
+    return _mark_mac(key, b"amendment", chain_id, number, str(seq).encode())
+
+
 def legacy_hash(prev_hash: bytes, values: Mapping[str, Any]) -> bytes:
     """The hash of a row of a chain written before keyed hashes: SHA-256 over the previous hash and the row's content
     (CONTENT_COLUMNS) in a canonical JSON form: the columns in order, the time in ISO 8601, the chain id as text, each

@@ -32,6 +32,9 @@ _SEQ, _HASH = CONTENT_COLUMNS.index("seq"), len(COLUMNS) - 1  # in a record: its
 # A record's length: COLUMNS, then object_id, listed_ids and id. One spooled by an earlier version ends sooner: without
 # id (before migration 0014), or without listed_ids too (before keyed hashes); the missing values are None.
 _RECORD_LENGTH = len(COLUMNS) + 3
+# An amendment's: routing_log_amendment_numbered (migration 0016). One spooled by the version before ends without its
+# number and number_mac (routing_log_amendment_entry, 0015): None, an unnumbered amendment as that version wrote them.
+_AMENDMENT_LENGTH = 10
 
 
 def save(spool_dir: Path, chain_id: str, parts: list[dict[str, Any]]) -> Path:
@@ -64,8 +67,9 @@ class ClosingSpool:
             self.parts.append({"records": records, "locations": locations})
 
     def add_amendments(self, amendments: _Records) -> None:
-        # Alone in their part: a hub of the previous version (rolling upgrade) fails on a part without rows, keeping
-        # the file for this version, rather than writing the rows and dropping the amendments.
+        # Alone in their part: a hub of a previous version (rolling upgrade) fails on it, keeping the file for this
+        # version, rather than writing the rows and dropping the amendments: one before 0015 on a part without rows,
+        # 0015's on amendments with numbers (0016), which its routing_log_amendment_entry cannot take.
         if amendments:
             self.parts.append({"records": [], "locations": [], "amendments": amendments})
 
@@ -138,7 +142,9 @@ async def _write_spool_file(content: bytes, append: Append, pool: asyncpg.Pool, 
     chain_id, written, amended = uuid.UUID(spooled["chain_id"]), 0, 0
     records, keyed = [], spooled.get("keyed", False)
     for part in spooled["parts"]:
-        amendments = [tuple(amendment) for amendment in part.get("amendments", ())]  # migration 0015
+        # migrations 0015 and 0016
+        amendments = [(*amendment, *(None,) * (_AMENDMENT_LENGTH - len(amendment)))
+                      for amendment in part.get("amendments", ())]  # fmt: skip
         amended += len(amendments)
         if not part["records"] and amendments:
             await append(chain_id, [], [], amendments, 0)

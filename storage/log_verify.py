@@ -8,8 +8,8 @@ What no key shows is a chain's newest rows deleted together with its head, or a 
 (current_heads), kept outside the database, show that later (verify's saved).
 
 A row's amendment (what its caller was answered instead, migration 0015) is checked against its MAC, over the row's
-hash and place in its chain: an amendment changed, or moved to another row, is reported with that row. One deleted is
-not: nothing in a row says it had one (the hub's own log does: routing_log_row_not_as_answered).
+hash and place in its chain: an amendment changed, or moved to another row, is reported with that row. One deleted
+shows in a full verify by its number missing along its chain (migration 0016, storage.log_amendment_numbers).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import asyncpg
 import msgspec
 
 from storage.log_amendment import check_amendment, check_amendments_without_rows
+from storage.log_amendment_numbers import AmendmentNumbers
 from storage.log_id_order import OutOfOrder, out_of_order, settle
 from storage.log_marks import Floors, verified_marks
 from storage.log_row import COLUMNS, GENESIS, keyed_hash_covers_id, legacy_hash
@@ -51,6 +52,8 @@ class ChainHead(msgspec.Struct, frozen=True):
     chain_id: uuid.UUID
     last_seq: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]  # a bigint
     last_hash: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]  # hex, as the auditor API shows hashes
+    # the chain's highest amendment number (migration 0016); None in heads saved before
+    amendments: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
 
 
 class Heads(msgspec.Struct):
@@ -63,7 +66,8 @@ class Heads(msgspec.Struct):
 
 async def current_heads(conn: asyncpg.Connection) -> Heads:
     rows = await conn.fetch(QUERIES["chain_heads"])
-    return Heads(datetime.now(UTC), [ChainHead(r["chain_id"], r["last_seq"], r["last_hash"].hex()) for r in rows])
+    chains = [ChainHead(r["chain_id"], r["last_seq"], r["last_hash"].hex(), r["amendments"]) for r in rows]
+    return Heads(datetime.now(UTC), chains)
 
 
 def outcome(result: Verification) -> dict[str, Any]:
@@ -105,12 +109,14 @@ async def verify(
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         # Heads and rows come from one snapshot: a hub writing meanwhile must not look like a gap.
         heads = {r["chain_id"]: r for r in await conn.fetch(QUERIES["chain_heads"], timeout=timeout)}
+        every_amendment = await conn.fetch(QUERIES["every_amendment"], timeout=timeout)
+        dropped = await conn.fetch(QUERIES["dropped_amendments"], timeout=timeout)
+        numbers = AmendmentNumbers(key, every_amendment, dropped, {c: h["amendments"] for c, h in heads.items()})
         seals = await conn.fetch(QUERIES["sealed_chains"], timeout=timeout)
         sealed = verified_marks(result.wrong, key, seals, seals=True)
         heads.update(sealed)  # an unkeyed chain ends where it was sealed, whatever its head says now
         floors = Floors(verified_marks(result.wrong, key, await conn.fetch(QUERIES["chain_floors"], timeout=timeout)))
-        amendments = {(a["chain_id"], a["seq"]): a
-                      for a in await conn.fetch(QUERIES["every_amendment"], timeout=timeout)}  # fmt: skip
+        amendments = {(a["chain_id"], a["seq"]): a for a in every_amendment}
         trusted: set[Any] = set()  # the chains whose first row checked is the one before the range: not its link
         cut: set[Any] = set()  # the chains checked up to the row after the range, not to their head
         if ranged:
@@ -140,6 +146,7 @@ async def verify(
                 unsettled = previous = before = None
             covers_id = _check_content(result, row, key, sealed)
             check_amendment(result.bad, row, amendments, key)
+            numbers.saw(row)
             settle(result.bad, unsettled, row)
             unsettled = None
             if previous is not None and row["seq"] == previous["seq"]:
@@ -157,7 +164,9 @@ async def verify(
         if not ranged:  # in a range, the chains with rows in it
             _check_heads_without_rows(result, heads, seen, floors)
             check_amendments_without_rows(result.wrong, amendments.values(), floors)
+            numbers.check(result.bad, result.wrong)
         if saved is not None:  # rows out of a range were not checked above
+            numbers.check_saved(result.wrong, saved)
             await _check_saved_heads(conn, result, saved, heads, floors, (key, sealed) if ranged else None, timeout)
     return result
 

@@ -241,20 +241,21 @@ WHERE platform.id = t.id AND (platform.last_seen IS NULL OR platform.last_seen <
 SELECT * FROM relayed_location WHERE key = $1;
 
 -- name: append_routing_log
--- One batch of the group commit in one call (migrations 0008, 0014, 0015): appended false, and no row written, when
+-- One batch of the group commit in one call (migrations 0008, 0014, 0015, 0016): appended false, and no row written, when
 -- the chain's head shows the batch in already (or it has none: amendments alone); next_ids, $7 ids reserved for the
 -- writer's next rows. Each row is a routing_log_row (storage.routing_log.COLUMNS, object_id, listed_ids, id); $6 the
--- amendments of rows committed before, each written once.
-SELECT appended, next_ids FROM append_routing_log_batch($1::routing_log_row[], $2, $3, $4,
-                                                        $5::relayed_location_entry[],
-                                                        $6::routing_log_amendment_entry[], $7);
+-- amendments of rows committed before, each written once, numbered along their chain.
+SELECT appended, next_ids FROM append_routing_log_numbered($1::routing_log_row[], $2, $3, $4,
+                                                           $5::relayed_location_entry[],
+                                                           $6::routing_log_amendment_numbered[], $7);
 
 -- name: reserve_routing_log_ids
 -- Ids for a writer's rows when it holds too few (its first batch, a batch larger than the ones before).
 SELECT ARRAY(SELECT nextval('routing_log_row_id') FROM generate_series(1, $1::integer));
 
 -- name: chain_heads
-SELECT chain_id, last_seq, last_hash FROM routing_log_chain;
+-- amendments: the highest number of an amendment written in the chain (migration 0016), 0 for none
+SELECT chain_id, last_seq, last_hash, coalesce(amendments, 0) AS amendments FROM routing_log_chain;
 
 -- name: chain_floors
 SELECT chain_id, seq, hash, prev_hash, next_apart, prev_apart, mac FROM routing_log_floor;
@@ -422,8 +423,12 @@ JOIN unnest($1::uuid[], $2::bigint[]) AS shown (chain_id, seq) ON a.chain_id = s
 
 -- name: every_amendment
 -- Every amendment, for verify (few: one per exchange whose commit timed out after its row was chained).
-SELECT chain_id, seq, row_received_at, http_status, ocpi_status_code, message, answered_at, mac
+SELECT chain_id, seq, row_received_at, http_status, ocpi_status_code, message, answered_at, mac, number, number_mac
 FROM routing_log_amendment;
+
+-- name: dropped_amendments
+-- The numbered amendments deleted (migration 0016's trigger records each), for verify: retention's, with their rows.
+SELECT chain_id, number, seq, number_mac FROM routing_log_amendment_dropped;
 
 -- name: delete_amendments_of_dropped_rows
 -- After retention dropped a partition of rows received before $1, in its transaction: the amendments of its rows,

@@ -25,7 +25,7 @@ import structlog
 
 from storage import log_spool
 from storage.batches import next_batch
-from storage.log_amendment import Amendment, amendment_records, rows_and_amendments
+from storage.log_amendment import Amendment, amendment_records, rows_and_amendments, unnumbered
 from storage.log_chain import LogChain, bare, location_records
 from storage.log_connection import LogConnection
 from storage.log_ids import ReservedIds
@@ -201,13 +201,13 @@ class RoutingLogWriter:
             self._overdue.stop()
 
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
-        """The whole batch in one call (append_routing_log_batch, migrations 0008, 0014 and 0015), so one round trip
-        and one commit whatever the batch size: the rows as one array of routing_log_row records, the locations as one
-        of relayed_location_entry, the amendments taken (of rows committed before) as one of
-        routing_log_amendment_entry; it reserves the ids of the next batches in the same call."""
+        """The whole batch in one call (append_routing_log_numbered, migrations 0008, 0014, 0015 and 0016), so one round
+        trip and one commit whatever the batch size: the rows as one array of routing_log_row records, the locations as
+        one of relayed_location_entry, the amendments taken (of rows committed before) as one of
+        routing_log_amendment_numbered; it reserves the ids of the next batches in the same call."""
         # enough for batches up to four times this one's, so that a growing load seldom needs reserve_ids
         wanted = max(0, min(self._max_batch_rows, len(batch) * 4 + 16) - len(self._ids))
-        amendments = amendment_records(self._chain.key, self._chain.text, self._amending) if self._amending else []
+        amendments = amendment_records(self._chain, self._amending) if self._amending else []
         if not records and not amendments:  # amendments of rows the database refused
             return
         _, next_ids = await self._connection.append(self.chain_id, records, location_records(batch), amendments, wanted)
@@ -232,6 +232,7 @@ class RoutingLogWriter:
                 log.error("routing_log_amendment_refused", error=f"{type(exc).__name__}: {exc}",
                           request_id=amendment.entry.request_id, http_status=amendment.http_status,
                           ocpi_status_code=amendment.ocpi_status_code, status_message=amendment.message)  # fmt: skip
+            unnumbered(self._chain, self._amending)
             self._amended()
 
     async def _committed_one_by_one(self, batch: list[LogEntry]) -> list[LogEntry]:
@@ -284,7 +285,7 @@ class RoutingLogWriter:
         queued, records = self._chained_batch(queued)
         spool.add_rows(records, location_records(queued))
         waiting += queued
-        spool.add_amendments(amendment_records(self._chain.key, self._chain.text, amending))
+        spool.add_amendments(amendment_records(self._chain, amending))
         if not spool.parts:
             return 0
         if not spool.save():
@@ -297,7 +298,7 @@ class RoutingLogWriter:
                                "kept on disk and written when the hub starts again")  # fmt: skip
         await asyncio.sleep(0)  # the failed callers run up to their answer, amending as they go
         closing, self._closing = self._closing, None
-        if amendments := amendment_records(self._chain.key, self._chain.text, closing):
+        if amendments := amendment_records(self._chain, closing):
             spool.add_amendments(amendments)
             spool.save()
         return spool.saved

@@ -141,10 +141,10 @@ async def verify(
             result.rows += 1
             seen.add(row["chain_id"])
             if previous is not None and previous["chain_id"] != row["chain_id"]:
-                _check_head(result, previous, heads, floors, previous["chain_id"] in cut)
+                check_head(result, previous, heads, floors, previous["chain_id"] in cut)
                 settle(result.bad, unsettled, None)
                 unsettled = previous = before = None
-            covers_id = _check_content(result, row, key, sealed)
+            covers_id = check_content(result, row, key, sealed)
             check_amendment(result.bad, row, amendments, key)
             numbers.saw(row)
             settle(result.bad, unsettled, row)
@@ -154,13 +154,13 @@ async def verify(
                 result.bad(row["id"], f"rows {previous['id']} and {row['id']} are both at seq {row['seq']} of chain "
                                       f"{row['chain_id']}: one of them was inserted")  # fmt: skip
                 continue
-            _check_link(result, previous, row, floors, row["chain_id"] in trusted)
+            check_link(result, previous, row, floors, row["chain_id"] in trusted)
             if previous is not None and row["id"] < previous["id"]:
                 unsettled = out_of_order(result.bad, before, (previous, previous_covers_id), (row, covers_id))
             before, previous, previous_covers_id = previous, row, covers_id
         settle(result.bad, unsettled, None)
         if previous is not None:
-            _check_head(result, previous, heads, floors, previous["chain_id"] in cut)
+            check_head(result, previous, heads, floors, previous["chain_id"] in cut)
         if not ranged:  # in a range, the chains with rows in it
             _check_heads_without_rows(result, heads, seen, floors)
             check_amendments_without_rows(result.wrong, amendments.values(), floors)
@@ -176,7 +176,7 @@ def _head_seq(heads: dict[Any, asyncpg.Record], chain_id: Any) -> int:
     return int(head["last_seq"]) if head is not None else 0
 
 
-def _check_link(
+def check_link(
     result: Verification, previous: asyncpg.Record | None, row: asyncpg.Record, floors: Floors, trust_first: bool
 ) -> None:
     """The row continues the one before it: the next seq with its hash as prev_hash, or after rows retention dropped."""
@@ -249,7 +249,7 @@ def verified_form(key: bytes, sealed: dict[Any, asyncpg.Record], row: asyncpg.Re
         return None
 
 
-def _check_content(
+def check_content(
     result: Verification, row: asyncpg.Record, key: bytes, sealed: dict[Any, asyncpg.Record]
 ) -> bool | None:
     """Whether the row's hash covers its id (verified_form), None when the row does not match it (reported)."""
@@ -281,7 +281,7 @@ def _check_heads_without_rows(
                          "are missing")  # fmt: skip
 
 
-def _check_head(
+def check_head(
     result: Verification, last: asyncpg.Record, heads: dict[Any, asyncpg.Record], floors: Floors, cut: bool
 ) -> None:
     """The chain's last row is its head's, or retention dropped the rows after it (a slow request's row, received a

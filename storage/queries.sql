@@ -280,6 +280,24 @@ FROM inside AS i;
 SELECT r.* FROM routing_log AS r
 JOIN unnest($1::uuid[], $2::bigint[]) AS saved (chain_id, seq) ON r.chain_id = saved.chain_id AND r.seq = saved.seq;
 
+-- name: chain_head_of
+-- One chain's head, a seal and its floors (chain_seal_of, chain_floors_of): for one row checked where it is shown
+-- (storage.log_row_check).
+SELECT chain_id, last_seq, last_hash FROM routing_log_chain WHERE chain_id = $1;
+
+-- name: chain_seal_of
+SELECT chain_id, last_seq, last_hash, mac FROM routing_log_sealed_chain WHERE chain_id = $1;
+
+-- name: chain_floors_of
+SELECT chain_id, seq, hash, prev_hash, next_apart, prev_apart, mac FROM routing_log_floor WHERE chain_id = $1;
+
+-- name: chain_neighbours
+-- The rows beside row $3 at seq $2 of chain $1: the closest before it and after it by seq (retention may have dropped
+-- the rows between), and any other at its seq. Each one step of the (chain_id, seq) index.
+(SELECT * FROM routing_log WHERE chain_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT 1)
+UNION ALL (SELECT * FROM routing_log WHERE chain_id = $1 AND seq > $2 ORDER BY seq LIMIT 1)
+UNION ALL (SELECT * FROM routing_log WHERE chain_id = $1 AND seq = $2 AND id <> $3);
+
 -- name: seal_chain
 -- A chain of unkeyed hashes sealed at its last row (storage.migrate, and a spooled chain storage.log_spool writes
 -- later, which moves an earlier seal on).

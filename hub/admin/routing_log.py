@@ -17,6 +17,7 @@ from hub.envelope import path_number, whole_number
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S, DATABASE_TIMEOUT_S
 from storage.log_amendment import answered_instead
 from storage.log_row import body_of, stored_text, text_of
+from storage.log_row_check import row_integrity
 from storage.log_search import (
     LIST_COLUMNS,
     BadFilter,
@@ -129,17 +130,21 @@ async def routing_log_message(request: Request, row_id: str) -> Response[bytes]:
     number = path_number(row_id)
     takes_no_parameters(request)
     async with request.app.state.pool.acquire() as conn:
-        message = await load_message(conn, number)
+        message = await load_message(conn, number, request.app.state.settings.routing_log_key)
         await record_action(conn, actor_of(request), "view", {"id": number})
     if message is None:
         raise AdminError(404, f"no routing-log row {number}")
     return json_response(message)
 
 
-async def load_message(conn: asyncpg.Connection, row_id: int) -> dict[str, Any] | None:
+async def load_message(conn: asyncpg.Connection, row_id: int, key: bytes) -> dict[str, Any] | None:
+    """One row as a message, with its integrity: whether it matches its hash and links to its chain's rows on either
+    side (storage.log_row_check), read in one snapshot, so that a row written meanwhile does not look like a gap."""
     if not is_row_id(row_id):
         return None
-    row = await conn.fetchrow(QUERIES["routing_log_message"], row_id)
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        row = await conn.fetchrow(QUERIES["routing_log_message"], row_id)
+        integrity = await row_integrity(conn, key, row) if row is not None else None
     if row is None:
         return None
     message = {name: row[name] for name in LIST_COLUMNS}
@@ -148,6 +153,7 @@ async def load_message(conn: asyncpg.Connection, row_id: int) -> dict[str, Any] 
         listed_ids=row["listed_ids"],
         prev_hash=row["prev_hash"].hex(),
         hash=row["hash"].hex(),
+        integrity=integrity,
         request={"headers": _headers(row["request_headers"])} | _body(row["request_body"], row["request_body_size"]),
         response={"headers": _headers(row["response_headers"])}
         | _body(row["response_body"], row["response_body_size"]),

@@ -95,7 +95,7 @@ async def log_page(request: Request, cursor: str | None = None, limit: int = 100
 async def message_page(request: Request, row_id: str) -> Template:
     number = path_number(row_id)
     async with request.app.state.pool.acquire() as conn:
-        message = await load_message(conn, number)
+        message = await load_message(conn, number, request.app.state.settings.routing_log_key)
         await record_action(conn, actor(request), "view", {"id": number, "via": "console"})
         conversation, more = await load_conversation(conn, message["correlation_id"]) if message else ([], False)
     if message is None:

@@ -59,7 +59,7 @@ def settle(bad: Bad, pair: OutOfOrder | None, after: asyncpg.Record | None) -> N
 
 
 def _renumbered(bad: Bad, row: Any, other: Any, above: bool, or_the_other: bool = False) -> None:
-    where = f"above {other['id']}, that of seq {other['seq']} after" if above else (
-        f"below {other['id']}, that of seq {other['seq']} before")  # fmt: skip
+    where = f"above row {other['id']}'s, that of seq {other['seq']} after" if above else (
+        f"below row {other['id']}'s, that of seq {other['seq']} before")  # fmt: skip
     who = f"it or row {other['id']} was renumbered" if or_the_other else "rows were renumbered"
     bad(row["id"], f"its id is {where} it in its chain: {who}")

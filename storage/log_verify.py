@@ -184,13 +184,25 @@ def check_link(
     if previous is None:
         if trust_first or (seq == 1 and row["prev_hash"] == GENESIS):
             return
-        if not floors.dropped_between(chain_id, (0, GENESIS), (seq, row["prev_hash"])):
-            result.bad(row["id"], "the chain does not start at its first row: rows are missing")
+        if seq <= 1:
+            result.bad(row["id"], f"seq {seq} of chain {chain_id} has a prev_hash, where a chain's first row has none")
+        elif not floors.dropped_between(chain_id, (0, GENESIS), (seq, row["prev_hash"])):
+            where = f"before this row (seq {seq}), the first left of its chain"
+            result.bad(row["id"], _missing(chain_id, 1, seq - 1, where))
     elif seq == previous["seq"] + 1:
         if row["prev_hash"] != previous["hash"]:
-            result.bad(row["id"], "prev_hash does not match the previous row")
+            result.bad(row["id"], f"prev_hash does not match the previous row, row {previous['id']} (seq "
+                                  f"{previous['seq']})")  # fmt: skip
     elif not floors.dropped_between(chain_id, (previous["seq"], previous["hash"]), (seq, row["prev_hash"])):
-        result.bad(row["id"], f"seq {seq} follows {previous['seq']}: rows are missing")
+        where = f"between row {previous['id']} (seq {previous['seq']}) and this row (seq {seq})"
+        result.bad(row["id"], _missing(chain_id, previous["seq"] + 1, seq - 1, where))
+
+
+def _missing(chain_id: Any, first: int, last: int, where: str) -> str:
+    """Seqs first to last of a chain, which are not there, as a report names them."""
+    if first == last:
+        return f"seq {first} of chain {chain_id}, {where}, is not there: rows are missing"
+    return f"seqs {first} to {last} of chain {chain_id}, {where}, are not there: rows are missing"
 
 
 async def _check_saved_heads(
@@ -210,13 +222,13 @@ async def _check_saved_heads(
     found: dict[tuple[Any, int], list[asyncpg.Record]] = {}
     for row in await conn.fetch(QUERIES["rows_at"], [c for c, _ in at], [s for _, s in at], timeout=timeout):
         found.setdefault((row["chain_id"], row["seq"]), []).append(row)
-    taken = saved.taken_at.isoformat()
+    taken = f"the heads taken at {saved.taken_at.isoformat()}"
     for head in given:
         rows = found.get((head.chain_id, head.last_seq), [])
         for row in rows:
             if row["hash"].hex() != head.last_hash or (unchecked and not row_verifies(*unchecked, row)):
                 result.bad(row["id"], f"seq {head.last_seq} of chain {head.chain_id} is not the row it was at "
-                                      f"{taken}: the chain was rewritten")  # fmt: skip
+                                      f"{taken}, their last of it: the chain was rewritten")  # fmt: skip
         if len(rows) > 1:
             result.wrong(f"chain {head.chain_id}: {len(rows)} rows at seq {head.last_seq}: a row was inserted")
         floor = floors.at(head.chain_id, head.last_seq)
@@ -224,9 +236,18 @@ async def _check_saved_heads(
             floors.highest(head.chain_id) >= head.last_seq and _head_seq(heads, head.chain_id) >= head.last_seq
         )
         if not rows and not dropped_it:
-            result.wrong(f"chain {head.chain_id}: its row seq {head.last_seq}, the chain's last at {taken}, is gone "
-                         "and retention did not drop it: rows were deleted")  # fmt: skip
+            result.wrong(f"chain {head.chain_id}: {_gone(head.last_seq, _head_seq(heads, head.chain_id), taken)}")
     result.heads_checked = len(given)
+
+
+def _gone(saved_seq: int, head_seq: int, taken: str) -> str:
+    """What is missing of a chain whose last row in saved heads is gone, its head now at head_seq (0: gone too)."""
+    if head_seq >= saved_seq:
+        return f"seq {saved_seq}, its last row in {taken}, is gone, and retention did not drop it: rows were deleted"
+    seqs = f"seq {saved_seq} is" if head_seq + 1 == saved_seq else f"seqs {head_seq + 1} to {saved_seq} are"
+    now = f"after seq {head_seq}, where its head is now" if head_seq else "every row, and its head"
+    return (f"{seqs} gone ({now}; seq {saved_seq} was its last row in {taken}), and retention did not drop "
+            f"{'it' if head_seq + 1 == saved_seq else 'them'}: rows were deleted")  # fmt: skip
 
 
 def row_verifies(key: bytes, sealed: dict[Any, asyncpg.Record], row: asyncpg.Record) -> bool:
@@ -296,8 +317,12 @@ def check_head(
     after, end = (last["seq"], last["hash"]), (head["last_seq"] + 1, head["last_hash"])
     if head["last_seq"] > last["seq"] and floors.dropped_between(last["chain_id"], after, end):
         return
-    if head["last_seq"] != last["seq"]:
-        result.bad(last["id"], f"the chain's head is seq {head['last_seq']}, the last row is {last['seq']}")
+    if head["last_seq"] > last["seq"]:
+        where = f"after this row (seq {last['seq']}) up to the chain's head at seq {head['last_seq']}"
+        result.bad(last["id"], _missing(last["chain_id"], last["seq"] + 1, head["last_seq"], where))
+    elif head["last_seq"] != last["seq"]:
+        result.bad(last["id"], f"the chain's head records seq {head['last_seq']}, before this row (seq {last['seq']}), "
+                               "its last: rows were added after the head, or the head was set back")  # fmt: skip
     else:
         result.bad(last["id"], f"the chain's last row, seq {last['seq']}, is not the one its head records: rows were "
                                "rewritten")  # fmt: skip

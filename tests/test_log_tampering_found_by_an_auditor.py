@@ -114,7 +114,8 @@ def test_verify_names_a_row_renumbered_into_the_gap_before_its_neighbour_not_the
     result = _verify(empty_database)
     assert result.first_bad_id == earlier - 1 and len(result.problems) == 1, result
     assert (
-        f"its id is below {earlier}, that of seq 4 before it in its chain: rows were renumbered" in result.problems[0]
+        f"its id is below row {earlier}'s, that of seq 4 before it in its chain: rows were renumbered"
+        in result.problems[0]
     )
     assert moved_from == earlier + 2
 

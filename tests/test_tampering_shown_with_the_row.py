@@ -1,7 +1,7 @@
 """A row edited or its neighbours deleted in the database shows as such where the row is shown (the admin API's
 message, the console's message page), not only to a later verify; a genuine row shows as genuine: the first and last
 of its chain, the first kept after retention, the rows of a chain sealed at the upgrade to keyed hashes (found by an
-auditor's walkthrough)."""
+auditor's walkthrough). The console's verify page links every row its report names."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def test_a_chains_newest_row_deleted_shows_on_the_row_before_it(own_hub: Hub, ow
     ids = _chain_ids(own_database, 4)
     sql(own_database, "DELETE FROM routing_log WHERE id = $1", ids[-1])
     integrity = _integrity(own_hub, ids[-2])
-    assert _checks(integrity) == (True, True, False) and "the chain's head is seq 4" in integrity["problems"][0]
+    assert _checks(integrity) == (True, True, False) and "up to the chain's head at seq 4" in integrity["problems"][0]
 
 
 def test_a_rows_prev_hash_edited_shows_as_changed_and_unlinked(own_hub: Hub, own_database: str) -> None:
@@ -148,3 +148,12 @@ def test_rows_of_a_chain_sealed_at_the_upgrade_to_keyed_hashes_show_as_genuine_u
         (True, None, True), (True, True, True), (True, True, None)]  # fmt: skip
     sql(empty_database, "UPDATE routing_log SET http_status = 502 WHERE id = $1", ids[1])
     assert _checks(_row_integrity(empty_database, ids[1])) == (False, True, True)
+
+
+def test_the_console_verify_page_links_every_row_its_report_names(own_hub: Hub, own_database: str) -> None:
+    ids = _chain_ids(own_database, 5)
+    sql(own_database, "DELETE FROM routing_log WHERE id = $1", ids[2])
+    page = console_page(own_hub, "/console/verify?run=true")
+    assert "Chain broken" in page
+    named = f'row <a class="mono" href="/console/log/{ids[1]}">{ids[1]}</a> (seq 2) and this row (seq 4)'
+    assert f'row <a class="mono" href="/console/log/{ids[3]}">{ids[3]}</a>: seq 3 of chain' in page and named in page

@@ -9,6 +9,9 @@ from typing import Any
 
 import msgspec
 from litestar.plugins.jinja import JinjaTemplateEngine
+from markupsafe import Markup, escape
+
+_ROWS_NAMED = re.compile(r"\b(rows? )(\d+)(?: and (\d+))?")  # "row 12", "rows 12 and 13" in a verify report
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # not shown by a browser as it is
 
@@ -77,11 +80,26 @@ def size(n: int | None) -> str:
     return f"{n} B"
 
 
+def row_links(problem: str) -> Markup:
+    """A verify report's problem with every row it names linked to that row's message page."""
+
+    def link(row_id: str) -> str:
+        return f'<a class="mono" href="/console/log/{row_id}">{row_id}</a>'
+
+    def named(match: re.Match[str]) -> str:
+        second = f" and {link(match[3])}" if match[3] else ""
+        return f"{match[1]}{link(match[2])}{second}"
+
+    return Markup(_ROWS_NAMED.sub(named, str(escape(problem))))
+
+
 def party_status(status: str) -> str:
     return {"CONNECTED": "ok", "OFFLINE": "warn", "SUSPENDED": "warn", "UNREGISTERED": "bad"}.get(status, "")
 
 
 def register(engine: JinjaTemplateEngine) -> None:
     env = engine.engine
-    env.filters.update(when=when, when_short=when_short, short_path=short_path, ago=ago, pretty=pretty, size=size)
+    env.filters.update(
+        when=when, when_short=when_short, short_path=short_path, ago=ago, pretty=pretty, size=size, row_links=row_links
+    )
     env.globals.update(party=party, outcome=outcome, party_status=party_status)

@@ -14,6 +14,7 @@ import asyncpg
 import redis.asyncio as redis
 
 from hub.cli_commands import COMMANDS, run
+from hub.cli_output import OUTPUT_FAILED, OutputError, out
 from hub.serve import PUBLIC_URL_FILE, serve
 from hub.settings import VARIABLES, Settings, SettingsError
 
@@ -132,8 +133,7 @@ def _workers(raw: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_keep_joined(sys.argv[1:] if argv is None else argv))
     if args.command == "version":
-        print(_version())
-        return 0
+        return _written(_version())
     listening = None
     if args.command in ("serve", "demo"):  # the port first: one in use fails at once, before anything starts
         try:
@@ -150,6 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if listening is not None:
             listening.close()
+
+
+def _written(text: str) -> int:
+    try:
+        out(text)
+    except OutputError as exc:
+        print(f"ocpi-hub: {exc}", file=sys.stderr)
+        return OUTPUT_FAILED
+    return 0
 
 
 def _keep_joined(argv: list[str]) -> list[str]:
@@ -206,7 +215,7 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
             applied = asyncio.run(migrate_database(ready.database_url, settings.secret_key or "", applies))
             asyncio.run(check_redis(ready.redis_url or ""))
             if args.command == "migrate":
-                print(_migrated(applied), flush=True)
+                out(_migrated(applied))
                 return 0
             if args.command == "serve":
                 return serve(ready, args.host, args.port, args.workers, args.server)
@@ -214,6 +223,9 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
                 return _demo(ready, args, listening)
             command = COMMANDS.get(args.command)
             return run(command, ready, args) if command else 0
+    except OutputError as exc:
+        print(f"ocpi-hub: {exc}", file=sys.stderr)
+        return OUTPUT_FAILED
     except (EmbeddedServiceError, MigrationRefused) as exc:
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ import httpx
 import msgspec
 import redis.asyncio as redis
 
+from hub.cli_output import out
 from hub.party_client import PartyClient
 from hub.settings import Settings
 
@@ -68,7 +69,7 @@ async def _invite(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
         print(f"ocpi-hub: {exc.message}", file=sys.stderr)
         return 1
     await announce_change(redis_client, settings.redis_prefix)
-    print(msgspec.json.format(msgspec.json.encode(invitation)).decode())
+    out(msgspec.json.format(msgspec.json.encode(invitation)).decode())
     return 0
 
 
@@ -112,7 +113,7 @@ async def _connect(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
         except ConnectFailed as exc:
             print(f"ocpi-hub: {exc}", file=sys.stderr)
             return 1
-    print(msgspec.json.format(msgspec.json.encode(connected)).decode())
+    out(msgspec.json.format(msgspec.json.encode(connected)).decode())
     return 0
 
 
@@ -157,7 +158,7 @@ async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
         return 1
     summary = [{"party": f"{r.party[0]}-{r.party[1]}", "locations": r.locations, "pages": r.pages, "full": r.full,
                 "removed": r.removed, "error": r.error} for r in results]  # fmt: skip
-    print(msgspec.json.format(msgspec.json.encode(summary)).decode())
+    out(msgspec.json.format(msgspec.json.encode(summary)).decode())
     return 1 if any(r.error for r in results) else 0
 
 
@@ -171,14 +172,14 @@ async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
     who = _operator("auditor")
     async with pool.acquire() as conn:
         if args.action == "list":
-            print(msgspec.json.format(msgspec.json.encode(await actors.list_auditors(conn))).decode())
+            out(msgspec.json.format(msgspec.json.encode(await actors.list_auditors(conn))).decode())
             return 0
         if args.action == "remove":
             if not await actors.remove_auditor(conn, args.name.strip()):
                 print(f"ocpi-hub: no auditor named {args.name.strip()!r}", file=sys.stderr)
                 return 1
             await actors.record_action(conn, who, "remove_auditor", {"name": args.name.strip(), "via": "cli"})
-            print(msgspec.json.encode({"removed": args.name.strip()}).decode())
+            out(msgspec.json.encode({"removed": args.name.strip()}).decode())
             return 0
         try:
             token = await actors.add_auditor(conn, args.name.strip())
@@ -186,7 +187,7 @@ async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
             print(f"ocpi-hub: {exc}", file=sys.stderr)
             return 1
         await actors.record_action(conn, who, "add_auditor", {"name": args.name.strip(), "via": "cli"})
-    print(msgspec.json.format(msgspec.json.encode({"name": args.name.strip(), "token": token})).decode())
+    out(msgspec.json.format(msgspec.json.encode({"name": args.name.strip(), "token": token})).decode())
     return 0
 
 
@@ -219,7 +220,7 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
         # what was dropped of the routing log is part of its audit trail: verify explains the gaps by its floors
         await record_action(conn, who, "retention", done | {"dropped": [p.name for p in dropped]})
     summary = {"cut": cut, "dry_run": args.dry_run, "dropped": [p.name for p in dropped], "deleted": deleted}
-    print(msgspec.json.format(msgspec.json.encode(summary)).decode())
+    out(msgspec.json.format(msgspec.json.encode(summary)).decode())
     return 0
 
 
@@ -247,7 +248,7 @@ async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
     window = (times.get("since"), times.get("until"))
     async with pool.acquire() as conn:  # no time limit here: the point of the command
         result = await recorded_verify(conn, settings.routing_log_key, _operator("verify"), given, window, saved, None)
-    print(msgspec.json.format(msgspec.json.encode(result)).decode())
+    out(msgspec.json.format(msgspec.json.encode(result)).decode())
     return 0 if result.ok else 1
 
 
@@ -257,7 +258,7 @@ async def _heads(settings: Settings, args: argparse.Namespace, pool: asyncpg.Poo
 
     async with pool.acquire() as conn:
         heads = await recorded_heads(conn, _operator("heads"), {})
-    print(msgspec.json.format(msgspec.json.encode(heads)).decode())
+    out(msgspec.json.format(msgspec.json.encode(heads)).decode())
     return 0
 
 

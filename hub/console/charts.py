@@ -56,10 +56,15 @@ def bar_chart(buckets: list[Bucket], label_every: int, label_format: str, title:
             if value:
                 h = max(plot_h * value / top, 1.5)
                 parts.append(f'<rect x="{x:.1f}" y="{TOP + plot_h - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
-                             f'rx="1.5" fill="{fill}"><title>{bucket.start:%Y-%m-%d %H:%M} UTC: {bucket.messages} '
-                             f"messages, {bucket.errors} errors</title></rect>")  # fmt: skip
+                             f'rx="1.5" fill="{fill}"><title>{bucket.start:%Y-%m-%d %H:%M} UTC: '
+                             f"{_counted(bucket.messages, 'message')}, {_counted(bucket.errors, 'error')}</title>"
+                             "</rect>")  # fmt: skip
         if n % label_every == 0:
             parts.append(f'<text x="{x + bar / 2:.1f}" y="{HEIGHT - 6}" text-anchor="middle" fill="#5b6675">'
                          f"{bucket.start.strftime(label_format)}</text>")  # fmt: skip
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

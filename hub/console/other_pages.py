@@ -21,11 +21,13 @@ from hub.admin.routing_log import recorded_heads, recorded_verify
 from hub.admin.stats import BUCKETS, compute_stats
 from hub.console.auth import actor, require_admin
 from hub.console.charts import Bucket, bar_chart, buckets_between
+from hub.console.log_pages import party_choices
 from storage.log_search import BadFilter, check_range, is_row_id, parse_time
 from storage.log_verify import Heads
 from storage.sql import QUERIES
 
 AUDIT_PAGE = 100
+NOT_A_PARTY = "not a party"  # the traffic page's group of the codes in requests' headers no party of the hub holds
 
 
 @get("/console")
@@ -67,10 +69,18 @@ async def stats_page(request: Request, bucket: str = "hour", party: str | None =
     totals: dict[str, dict[str, Any]] = defaultdict(lambda: {"sent": 0, "received": 0, "errors": 0, "p95": 0.0,
                                                              "p99": 0.0})  # fmt: skip
     modules: dict[str, dict[str, Any]] = defaultdict(lambda: {"messages": 0, "errors": 0, "p95": 0.0, "p99": 0.0})
+    settings = request.app.state.settings
+    hub_party = f"{settings.country_code}-{settings.party_id}".upper()
+    known = {*await party_choices(request), hub_party}
+    claimed: set[str] = set()  # the codes of the requests' headers that name no party of the hub
     for item in result["items"]:
         name = item["party"].upper()
         if party and name != party.upper():
             continue  # the other side of the selected party's messages
+        if name not in known and not party:
+            # a refused request's headers may name anyone: counted, together, under what they are
+            claimed.add(name)
+            name = NOT_A_PARTY
         slot = per_party[name].get(item["bucket"])
         if slot is not None:
             slot.messages += item["messages"]
@@ -85,11 +95,10 @@ async def stats_page(request: Request, bucket: str = "hour", party: str | None =
             module["errors"] += item["errors"]
             module["p95"], module["p99"] = max(module["p95"], item["p95_ms"]), max(module["p99"], item["p99_ms"])
     label_every, label_format = (4, "%H:%M") if bucket == "hour" else (5, "%d %b")
-    for name in sorted(per_party):
+    for name in sorted(per_party, key=lambda name: (name == NOT_A_PARTY, name)):
         chart = bar_chart(list(per_party[name].values()), label_every, label_format, f"traffic of {name}")
         context["charts"].append({"party": name, "svg": chart, "totals": totals[name]})
-    settings = request.app.state.settings
-    context["hub_party"] = f"{settings.country_code}-{settings.party_id}"
+    context["hub_party"], context["not_a_party"], context["claimed"] = hub_party, NOT_A_PARTY, sorted(claimed)
     context["modules"] = sorted(modules.items())
     context["span"] = "last 24 hours, per hour" if bucket == "hour" else "last 31 days, per day"
     return Template("stats.html", context=context)

@@ -23,11 +23,6 @@ def when(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def when_short(moment: datetime | None) -> str:
-    """Month-day and time to the millisecond: enough to tell rows apart in a table."""
-    return when(moment)[5:] if moment is not None else "—"
-
-
 def short_path(path: str) -> str:
     """A path under the hub's 2.2.1 prefix without it; a URL the hub called by itself stays whole."""
     return path.removeprefix("/ocpi/2.2.1/")
@@ -99,7 +94,5 @@ def party_status(status: str) -> str:
 
 def register(engine: JinjaTemplateEngine) -> None:
     env = engine.engine
-    env.filters.update(
-        when=when, when_short=when_short, short_path=short_path, ago=ago, pretty=pretty, size=size, row_links=row_links
-    )
+    env.filters.update(when=when, short_path=short_path, ago=ago, pretty=pretty, size=size, row_links=row_links)
     env.globals.update(party=party, outcome=outcome, party_status=party_status)

@@ -45,7 +45,9 @@ def _csv_value(value: Any) -> Any:
         return "'" + value if value.startswith(_FORMULA_START) else value  # shown as text, the quote marking it
     if isinstance(value, list):  # listed_ids: the ids as a JSON array in one cell
         return _encoder.encode(value).decode()
-    return value.isoformat() if isinstance(value, datetime) else value
+    if isinstance(value, datetime):  # as the API and NDJSON write it: UTC as "Z", no fraction when it is zero
+        return _encoder.encode(value)[1:-1].decode()
+    return value
 
 
 class _CsvLines:

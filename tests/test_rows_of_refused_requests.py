@@ -5,7 +5,10 @@ caller had sent a valid token C. A caller no token names names nobody."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import re
+import time
 import uuid
 
 import httpx
@@ -13,6 +16,7 @@ import httpx
 from storage.log_row import body_of
 from tests.conftest import Db, Hub
 from tests.parties import Party
+from tests.test_credentials_rotation import console_page
 from tests.test_routing import _roles, party_key
 
 
@@ -105,3 +109,37 @@ def test_the_row_of_a_caller_no_registered_partys_token_names_keeps_its_bodys_si
         answer = _put(hub, cpo.hub_token, party_key(cpo), party_key(emsp), correlation_id, body, **headers)
         assert answer.status_code == status, answer.text
         assert _body_kept(db, correlation_id) == (body, len(body))
+
+
+def test_a_refused_request_whose_row_commits_late_keeps_its_refusal_and_claims_no_exchange(hub: Hub, db: Db) -> None:
+    # An auditor's walkthrough: an unknown token, its row's commit held up past the commit timeout (2 s in the tests),
+    # was answered 200/4000 "the exchange itself went through", and its amendment said the row shows what the receiver
+    # answered, though nothing was forwarded.
+    correlation_id = str(uuid.uuid4())
+    nobody = (("NL", "AAA"), ("NL", "BBB"))
+
+    async def refused_while_commits_stall() -> httpx.Response:
+        async with db.conn.transaction():
+            await db.conn.execute("LOCK TABLE routing_log_chain IN ACCESS EXCLUSIVE MODE")
+            return await asyncio.to_thread(_put, hub, "not-a-token", *nobody, correlation_id, b'{"id": "LOC1"}')
+
+    answer = db.run(refused_while_commits_stall())
+    assert (answer.status_code, answer.json()["status_code"]) == (401, 2000), answer.text
+    told = answer.json()["status_message"]
+    assert told == ("missing or unknown credentials token: the hub refused this request and forwarded nothing; the "
+                    "routing log could not commit its row in time")  # fmt: skip
+    for _ in range(100):  # the row and its amendment, committed once the lock is gone
+        amended = db.run(db.fetch("SELECT r.http_status, r.ocpi_status_code, a.http_status AS told_status, "
+                                  "a.ocpi_status_code AS told_code, a.message FROM routing_log AS r "
+                                  "LEFT JOIN routing_log_amendment AS a USING (chain_id, seq) "
+                                  "WHERE r.correlation_id = $1", correlation_id))  # fmt: skip
+        if amended and amended[0]["message"] is not None:
+            break
+        time.sleep(0.1)
+    assert [tuple(row) for row in amended] == [(401, 2000, 401, 2000, told)]
+    with hub.admin() as admin:
+        [item] = admin.get("/admin/api/routing-log", params={"correlation_id": correlation_id}).json()["items"]
+    page = console_page(hub, f"/console/log?correlation_id={correlation_id}")
+    [title] = re.findall(r'title="(Answered instead: [^"]*)"', page)
+    assert title.endswith("says what the hub answered.") and "receiver" not in title and "exchange" not in title
+    assert item["answered_instead"]["status_message"] == told

@@ -28,6 +28,8 @@ COMMANDS_HELP = """commands:
   auditor   read-only tokens of the auditor API: ocpi-hub auditor add NAME | list | remove NAME
   retention drop routing-log partitions older than a period, and what the hub keeps beside them (delivered
             ClientInfo changes, relayed CDR URLs): ocpi-hub retention --keep 400d [--dry-run]
+  hold      legal holds that keep disputed rows from retention: ocpi-hub hold set --reason TEXT (--correlation-id ID
+            | --object-id ID | --party NL-ABC --since T --until T) | list | release ID
   verify    recompute the routing log's hash chains, no HTTP time limit: ocpi-hub verify [--since T] [--until T]
             [--heads FILE]
   heads     print every hash chain's head, to keep outside the database: ocpi-hub heads > heads.json
@@ -93,6 +95,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     retention.add_argument("--keep", required=True, metavar="DAYS", help="how much to keep, e.g. 400d")
     retention.add_argument("--dry-run", action="store_true", help="only say what it would drop and delete")
+    hold = commands.add_parser("hold", help="set, list or release legal holds (retention keeps what they cover)")
+    hold.add_argument("action", choices=["set", "list", "release"], help="what to do")
+    hold.add_argument("id", nargs="?", help="the hold's id (release)")
+    hold.add_argument("--reason", help="why: the dispute's reference (set)")
+    hold.add_argument("--correlation-id", metavar="ID", help="hold one X-Correlation-ID's rows")
+    hold.add_argument("--object-id", metavar="ID", help="hold the rows about one location, session, CDR, token, tariff")
+    hold.add_argument("--party", metavar="CC-PARTY", help="hold the rows a party sent or received, --since to --until")
+    hold.add_argument("--since", metavar="TIME", help="with --party: from TIME (ISO 8601)")
+    hold.add_argument("--until", metavar="TIME", help="with --party: until TIME, excluded (ISO 8601)")
     verify = commands.add_parser(
         "verify", help="recompute the routing log's hash chains; exit 1 if a row was changed, inserted or deleted"
     )

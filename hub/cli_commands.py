@@ -1,4 +1,5 @@
-"""The one-off operator commands of `ocpi-hub` (invite, connect, sync, auditor, retention, verify), run on a pool."""
+"""The one-off operator commands of `ocpi-hub` (invite, connect, sync, auditor, retention, hold, verify), run on a
+pool."""
 
 from __future__ import annotations
 
@@ -209,18 +210,53 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
         for name, query in (("client_info_changes", "client_info_pushes_delivered_before"),
                             ("relayed_cdr_locations", "relayed_cdr_locations_before")):  # fmt: skip
             deleted[name] = await conn.fetchval(QUERIES[query if args.dry_run else f"delete_{query}"], cut)
-        done = {"keep": args.keep, "cut": cut.isoformat(), "dry_run": args.dry_run, "deleted": deleted}
+        recorded = {"keep": args.keep, "cut": cut.isoformat(), "dry_run": args.dry_run, "deleted": deleted}
         try:
-            dropped = await drop_before(conn, cut, key=settings.routing_log_key, dry_run=args.dry_run)
+            done = await drop_before(conn, cut, key=settings.routing_log_key, dry_run=args.dry_run)
         except (RoutingLogBusy, RoutingLogUnverified) as exc:
-            await record_action(conn, who, "retention", done | {"error": str(exc)})  # what it deleted, why no more
+            await record_action(conn, who, "retention", recorded | {"error": str(exc)})  # what it deleted, why no more
             counted = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in deleted.items())
             print(f"ocpi-hub: {exc} (deleted before it: {counted})", file=sys.stderr)
             return 1
         # what was dropped of the routing log is part of its audit trail: verify explains the gaps by its floors
-        await record_action(conn, who, "retention", done | {"dropped": [p.name for p in dropped]})
-    summary = {"cut": cut, "dry_run": args.dry_run, "dropped": [p.name for p in dropped], "deleted": deleted}
+        ran = {"dropped": [p.name for p in done.dropped], "held": done.held}
+        await record_action(conn, who, "retention", recorded | ran)
+    summary = {"cut": cut, "dry_run": args.dry_run, **ran, "deleted": deleted}
+    if args.dry_run:  # how many rows each partition before the cut holds, dropped or kept
+        summary["rows"] = done.rows
     out(msgspec.json.format(msgspec.json.encode(summary)).decode())
+    return 0
+
+
+async def _hold(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
+    """POST /admin/api/holds, GET it, POST /admin/api/holds/{id}/release, as the admin."""
+    from hub.admin.api import AdminError
+    from hub.admin.holds import HoldIn, recorded_hold, recorded_release
+    from hub.envelope import whole_number
+    from storage.log_holds import list_holds
+
+    given = {name: value for name in ("reason", "correlation_id", "object_id", "party", "since", "until")
+             if (value := getattr(args, name)) is not None}  # fmt: skip
+    try:
+        async with pool.acquire() as conn:
+            if args.action == "list":
+                result: Any = {"items": await list_holds(conn)}
+            elif args.action == "release":
+                if (hold_id := whole_number(args.id or "")) is None:
+                    print("ocpi-hub: hold release needs the hold's ID (ocpi-hub hold list shows them)", file=sys.stderr)
+                    return 2
+                result = await recorded_release(conn, _operator("hold"), hold_id, "cli")
+            else:
+                try:
+                    hold = msgspec.convert(given, HoldIn)
+                except msgspec.ValidationError as exc:
+                    print(f"ocpi-hub: invalid hold: {exc} (set needs --reason)", file=sys.stderr)
+                    return 2
+                result = await recorded_hold(conn, _operator("hold"), hold, "cli")
+    except AdminError as exc:
+        print(f"ocpi-hub: {exc.message}", file=sys.stderr)
+        return 2 if exc.status == 400 else 1
+    out(msgspec.json.format(msgspec.json.encode(result)).decode())
     return 0
 
 
@@ -263,4 +299,4 @@ async def _heads(settings: Settings, args: argparse.Namespace, pool: asyncpg.Poo
 
 
 COMMANDS: dict[str, Command] = {"invite": _invite, "connect": _connect, "sync": _sync, "auditor": _auditor,
-                                "retention": _retention, "verify": _verify, "heads": _heads}  # fmt: skip
+                                "retention": _retention, "hold": _hold, "verify": _verify, "heads": _heads}  # fmt: skip

@@ -3,19 +3,21 @@
 Dropping a partition records, per chain, the hash of each dropped row whose successor stays (routing_log_floor),
 MAC'd with the routing log's key, so that verify() continues every chain from its first remaining row, and deletes the
 amendments of the dropped rows (migration 0015). The default partition is never dropped: a row no month covered stays
-until an operator looks at it.
+until an operator looks at it. Nor is a partition holding a row a legal hold covers (migration 0017,
+storage.log_holds): retention skips it, its other rows kept too, and says which holds kept it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import asyncpg
 import structlog
 
+from storage.log_holds import holds_keeping
 from storage.log_marks import verified_seals
 from storage.log_row import floor_mac
 from storage.log_verify import row_verifies
@@ -54,6 +56,16 @@ async def partitions(conn: asyncpg.Connection) -> list[Partition]:
     return [Partition(r["name"], r["lower"], r["upper"]) for r in await conn.fetch(QUERIES["routing_log_partitions"])]
 
 
+@dataclass(slots=True)
+class Retention:
+    """What a retention run dropped (a dry run: would drop), the partitions it kept for holds (their names: the ids of
+    the holds keeping each), and in a dry run how many rows each partition before the cut holds."""
+
+    dropped: list[Partition] = field(default_factory=list)
+    held: dict[str, list[int]] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+
+
 class RoutingLogBusy(Exception):
     """Retention could not get the lock a partition's DROP needs: long queries kept routing_log busy."""
 
@@ -70,40 +82,58 @@ async def drop_before(
     dry_run: bool = False,
     lock_timeout_s: float = LOCK_TIMEOUT_S,
     attempts: int = LOCK_ATTEMPTS,
-) -> list[Partition]:
-    """Drop every monthly partition whose rows are all older than cut, oldest first; never part of one.
+) -> Retention:
+    """Drop every monthly partition whose rows are all older than cut, oldest first; never part of one, nor one
+    holding a row a hold in force covers (skipped, and said: its later ones are still dropped).
 
     Dropping a partition locks routing_log itself, and a lock request waits behind every query using the table and
     stops every write queued after it (an auditor's long export would stall the hub's group commits). So each try
     waits at most lock_timeout_s for its locks, then gives up and lets writes through; after `attempts` tries
     RoutingLogBusy says so, and what was dropped before stays dropped. key: the routing log's, for the floors.
     """
-    dropped = []
+    done = Retention()
     for partition in await partitions(conn):
         if partition.upper > cut:
             break
-        if not dry_run:
-            await _drop(conn, partition, key, lock_timeout_s, attempts)
+        if dry_run:
+            quoted = _quoted(partition)
+            done.rows[partition.name] = await conn.fetchval(QUERIES["partition_rows"].format(partition=quoted))
+            held = await holds_keeping(conn, quoted)
+        else:
+            held = await _drop(conn, partition, key, lock_timeout_s, attempts)
+        if held:
+            log.warning("routing_log_partition_held", partition=partition.name, holds=held)
+            done.held[partition.name] = held
+            continue
         log.info("routing_log_partition_would_drop" if dry_run else "routing_log_partition_dropped",
                  partition=partition.name)  # fmt: skip
-        dropped.append(partition)
-    return dropped
+        done.dropped.append(partition)
+    return done
+
+
+def _quoted(partition: Partition) -> str:
+    return '"' + partition.name.replace('"', '""') + '"'  # read from pg_class, quoted all the same
 
 
 async def _drop(
     conn: asyncpg.Connection, partition: Partition, key: bytes, lock_timeout_s: float, attempts: int
-) -> None:
-    name = '"' + partition.name.replace('"', '""') + '"'  # read from pg_class, quoted all the same
+) -> list[int]:
+    """The partition dropped ([]), or the ids of the holds that keep it (not dropped)."""
+    name = _quoted(partition)
     for attempt in range(1, attempts + 1):
         try:
             async with conn.transaction():
                 await conn.execute(QUERIES["set_local_lock_timeout"], f"{round(lock_timeout_s * 1000)}ms")
+                await conn.execute(QUERIES["lock_holds"])  # a hold set meanwhile waits for this DROP, or stops it
+                # before the lock that stops the hub's writes: a hold on a party may have to read the whole partition
+                if held := await holds_keeping(conn, name):
+                    return held
                 await conn.execute(QUERIES["lock_routing_log_partitions"])
                 await _record_floors(conn, name, partition.name, key)
                 await conn.execute(f"DROP TABLE {name}")
                 # no foreign key (it would refuse the DROP): the rows' amendments go in the same transaction
                 await conn.execute(QUERIES["delete_amendments_of_dropped_rows"], partition.upper)
-            return
+            return []
         except asyncpg.LockNotAvailableError:
             log.warning("routing_log_partition_busy", partition=partition.name, attempt=attempt, attempts=attempts)
             if attempt < attempts:

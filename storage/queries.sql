@@ -504,3 +504,44 @@ SELECT * FROM (
 INSERT INTO routing_log_floor (chain_id, seq, hash, prev_hash, next_apart, prev_apart, mac)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (chain_id, seq) DO NOTHING;
+
+-- name: insert_hold
+-- A legal hold (migration 0017): $1 correlation_id, $2 object_id, $3 country_code, $4 party_id, $5 since, $6 until,
+-- $7 reason, $8 who set it.
+INSERT INTO routing_log_hold (correlation_id, object_id, country_code, party_id, since, until, reason, set_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+RETURNING *;
+
+-- name: release_hold
+-- A hold in force released by $2; none if there is no such hold, or it was released already.
+UPDATE routing_log_hold SET released_by = $2, released_at = now()
+WHERE id = $1 AND released_at IS NULL
+RETURNING *;
+
+-- name: hold_by_id
+SELECT * FROM routing_log_hold WHERE id = $1;
+
+-- name: list_holds
+-- Every hold, those in force first, then released ones, newest first each.
+SELECT * FROM routing_log_hold ORDER BY released_at IS NOT NULL, id DESC;
+
+-- name: lock_holds
+-- Retention, before it looks at the holds of a partition it drops: no hold is set until its transaction ends.
+LOCK TABLE routing_log_hold IN SHARE MODE;
+
+-- name: holds_keeping_partition
+-- The holds in force that cover a row of the partition {partition} (a quoted table name read from pg_class).
+SELECT h.id FROM routing_log_hold AS h
+WHERE h.released_at IS NULL AND EXISTS (
+    SELECT 1 FROM {partition} AS r
+    WHERE (h.correlation_id IS NOT NULL AND r.correlation_id = h.correlation_id)
+       OR (h.object_id IS NOT NULL AND r.object_id = h.object_id)
+       OR (h.party_id IS NOT NULL AND r.received_at >= h.since AND r.received_at < h.until
+           AND ((upper(r.from_country_code) = h.country_code AND upper(r.from_party_id) = h.party_id)
+                OR (upper(r.to_country_code) = h.country_code AND upper(r.to_party_id) = h.party_id)))
+)
+ORDER BY h.id;
+
+-- name: partition_rows
+-- How many rows the partition {partition} holds (a dry run of retention says so).
+SELECT count(*) FROM {partition};

@@ -106,3 +106,31 @@ def test_an_auditor_keeps_the_heads_and_posts_them_to_verify_later(hub: Hub, ser
         for body, said in ((b"[]", "the body is not heads"), (b'{"taken_at": "x", "chains": []}', "taken_at")):
             wrong = auditor.post("/admin/api/routing-log/verify", content=body)
             assert wrong.status_code == 400 and said in wrong.json()["error"], wrong.text
+
+
+def test_an_auditor_sets_a_legal_hold_only_the_admin_releases_it_and_the_audit_trail_says_who(hub: Hub) -> None:
+    correlation_id = f"disputed-{uuid.uuid4()}"
+    with _auditor(hub, "holder") as auditor, hub.admin() as admin:
+        for wrong, why in [({"reason": "x"}, "given: none"),
+                           ({"reason": "x", "correlation_id": "c", "object_id": "o"}, "given: correlation_id, object_"),
+                           ({"reason": "x", "party": "NL-ABC"}, "needs since and until"),
+                           ({"reason": "x", "party": "NL-ABC", "since": "2026-02-01", "until": "2026-01-01"},
+                            "since must be before until"),
+                           ({"correlation_id": "c"}, "missing required field `reason`")]:  # fmt: skip
+            answer = auditor.post("/admin/api/holds", json=wrong)
+            assert answer.status_code == 400 and why in answer.json()["error"], (wrong, answer.text)
+        held = auditor.post("/admin/api/holds", json={"correlation_id": correlation_id, "reason": "dispute 7"})
+        assert held.status_code == 201, held.text
+        hold = held.json()
+        assert (hold["correlation_id"], hold["set_by"], hold["released_at"]) == (correlation_id, "holder", None)
+        assert hold in auditor.get("/admin/api/holds").json()["items"]
+        refused = auditor.post(f"/admin/api/holds/{hold['id']}/release")
+        assert refused.status_code == 403 and "admin token" in refused.json()["error"]
+        released = admin.post(f"/admin/api/holds/{hold['id']}/release")
+        assert released.status_code == 200 and released.json()["released_by"] == "admin", released.text
+        assert admin.post(f"/admin/api/holds/{hold['id']}/release").status_code == 409
+        assert admin.post("/admin/api/holds/99999999999999999999/release").status_code == 404
+        trail = admin.get("/admin/api/audit-trail", params={"limit": 50}).json()["items"]
+    mine = [(t["actor_name"], t["action"]) for t in trail if t["parameters"].get("id") == hold["id"]
+            and t["action"].endswith("_hold")]  # fmt: skip
+    assert mine == [("admin", "release_hold"), ("holder", "set_hold")]

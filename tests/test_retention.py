@@ -295,7 +295,7 @@ def test_retention_gives_way_to_the_hubs_writes_while_a_long_query_holds_the_log
                     await asyncio.sleep(3)  # the export goes on a while after retention gave up
                 # the export is over
                 dropped = await drop_before(other, cut, key=LOG_KEY, lock_timeout_s=0.3, attempts=2)
-            return waited, busy[0], [p.name for p in dropped]
+            return waited, busy[0], [p.name for p in dropped.dropped]
         finally:
             await pool.close()
             await export.close()
@@ -306,3 +306,65 @@ def test_retention_gives_way_to_the_hubs_writes_while_a_long_query_holds_the_log
     assert isinstance(busy, RoutingLogBusy) and "run retention again later" in str(busy)
     assert dropped == [_partition(_month(20))]
     assert verified(empty_database).ok
+
+
+def _hold(services: Services, database_url: str, tmp_path: Path, *args: str) -> dict:  # type: ignore[type-arg]
+    env = hub_env(services, tmp_path, OCPI_HUB_DATABASE_URL=database_url)
+    done = subprocess.run([sys.executable, "-m", "hub.cli", "hold", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_retention_keeps_a_partition_holding_a_row_under_a_legal_hold_until_the_hold_is_released(
+    services: Services, empty_database: str, tmp_path: Path
+) -> None:
+    # An auditor's walkthrough: retention deleted the rows of a disputed session; nothing could stop it.
+    write(empty_database, [])  # the schema
+    old, older, recent = _month(20), _month(16), _month(2)
+    for month in (old, older, recent):
+        sql(empty_database, "SELECT routing_log_add_partition($1)", month)
+    times = [old, older, old, recent, older, old, recent]
+    entries = varied_entries(old, len(times), [("QR", "AAA"), ("QR", "BBB")], uuid.uuid4().hex[:8])
+    for n, (entry, at) in enumerate(zip(entries, times, strict=True)):
+        entry.received_at = at + timedelta(seconds=n)
+        entry.correlation_id = f"disputed-{uuid.uuid4()}" if n == 2 else entry.correlation_id
+    write(empty_database, entries)
+
+    hold = _hold(services, empty_database, tmp_path, "set", "--correlation-id", entries[2].correlation_id,
+                 "--reason", "dispute 2026-117: a session billed twice")  # fmt: skip
+    assert (hold["correlation_id"], hold["released_at"]) == (entries[2].correlation_id, None)
+    assert hold["set_by"].startswith("ocpi-hub hold (")
+    around = [(older + timedelta(days=d)).isoformat() for d in (-1, 1)]  # rows 1 (from BBB) and 4 (to BBB)
+    party = _hold(services, empty_database, tmp_path, "set", "--party", "qr-bbb", "--since", around[0], "--until",
+                  around[1], "--reason", "a roaming partner's claim for that week")  # fmt: skip
+    assert party["party"] == "QR-BBB"
+
+    dry = _retention(services, empty_database, tmp_path, "--keep", "400d", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    planned = json.loads(dry.stdout)
+    assert (planned["dropped"], planned["held"]) == ([], {_partition(old): [hold["id"]],
+                                                          _partition(older): [party["id"]]})  # fmt: skip
+    assert planned["rows"] == {_partition(old): 3, _partition(older): 2}
+    _hold(services, empty_database, tmp_path, "release", str(party["id"]))
+
+    done = _retention(services, empty_database, tmp_path, "--keep", "400d")
+    assert done.returncode == 0, done.stderr
+    assert (json.loads(done.stdout)["dropped"], json.loads(done.stdout)["held"]) == (
+        [_partition(older)], {_partition(old): [hold["id"]]})  # fmt: skip
+    kept = [r["request_id"] for r in sql(empty_database, "SELECT request_id FROM routing_log ORDER BY seq")]
+    assert kept == [entries[n].request_id for n in (0, 2, 3, 5, 6)]  # the held row's whole month
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 5), result.problems
+
+    released = _hold(services, empty_database, tmp_path, "release", str(hold["id"]))
+    assert released["released_by"].startswith("ocpi-hub hold (") and released["released_at"] is not None
+    assert [h["id"] for h in _hold(services, empty_database, tmp_path, "list")["items"]] == [party["id"], hold["id"]]
+    again = _retention(services, empty_database, tmp_path, "--keep", "400d")
+    assert (json.loads(again.stdout)["dropped"], json.loads(again.stdout)["held"]) == ([_partition(old)], {})
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 2), result.problems
+    trail = sql(empty_database, "SELECT action, parameters FROM audit_trail WHERE action LIKE '%hold' ORDER BY id")
+    assert [(t["action"], json.loads(t["parameters"])["id"]) for t in trail] == [
+        ("set_hold", hold["id"]), ("set_hold", party["id"]), ("release_hold", party["id"]),
+        ("release_hold", hold["id"])]  # fmt: skip

@@ -150,7 +150,7 @@ def test_retention_dropping_a_month_drops_the_amendments_of_its_rows(empty_datab
 
 def _retention_leaves_no_amendment(database: str, before: datetime, rows_left: int) -> list[str]:
     """Retention before `before`: no amendment left, and verify ok on the rows_left; the partitions it dropped."""
-    dropped: list[str] = run_on(database, lambda conn: drop_before(conn, before, key=LOG_KEY))
+    dropped: list[str] = run_on(database, lambda conn: drop_before(conn, before, key=LOG_KEY)).dropped
     assert sql(database, "SELECT count(*) FROM routing_log_amendment")[0][0] == 0
     result = verified(database)
     assert (result.ok, result.rows) == (True, rows_left), result.problems

@@ -25,6 +25,7 @@ AUDITOR = "auditor"
 HUB = "hub"  # the hub itself, acting on its own (the audit trail's actor of an endpoints refresh nobody asked for)
 # Route handlers an auditor may call carry opt={READ_ONLY: True}; every other admin route needs the admin token.
 READ_ONLY = "auditor_may_read"
+AUDITOR_MAY_HOLD = "auditor_may_hold"  # setting a legal hold (hub/admin/holds.py): it only keeps rows longer
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +79,10 @@ async def actor_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> 
     )  # fmt: skip
     if actor is None:
         raise Unauthorized(UNAUTHORIZED)
-    if actor.kind == AUDITOR and not handler.opt.get(READ_ONLY):
+    if actor.kind == AUDITOR and not (handler.opt.get(READ_ONLY) or handler.opt.get(AUDITOR_MAY_HOLD)):
         raise PermissionDeniedException(
-            detail=f"auditor {actor.name!r} may only read the routing log, parties, stats, the heads and verify;"
-            f" {connection.scope.get('method')} {connection.scope['path']} needs the admin token"
+            detail=f"auditor {actor.name!r} may only read the routing log, parties, stats, the heads and verify, and"
+            f" set holds; {connection.scope.get('method')} {connection.scope['path']} needs the admin token"
         )
     connection.scope["state"]["actor"] = actor
 

@@ -154,6 +154,7 @@ def render_admin_error(request: Request, exc: Exception) -> Response[bytes]:
 def admin_router() -> Router:
     from hub.admin.endpoints import refresh_endpoints
     from hub.admin.export import export_routing_log
+    from hub.admin.holds import list_holds, release_hold, set_hold
     from hub.admin.rotation import rotate_credentials
     from hub.admin.routing_log import (
         audit_trail,
@@ -182,6 +183,9 @@ def admin_router() -> Router:
             verify_routing_log,
             stats,
             audit_trail,
+            list_holds,
+            set_hold,
+            release_hold,
         ],
         guards=[actor_guard],
     )

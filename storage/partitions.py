@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import structlog
@@ -130,6 +130,8 @@ async def _drop(
                     return held
                 await conn.execute(QUERIES["lock_routing_log_partitions"])
                 await _record_floors(conn, name, partition.name, key)
+                await conn.execute(QUERIES["record_dropped_partition"].format(partition=name), partition.name,
+                                   partition.lower, partition.upper)  # fmt: skip
                 await conn.execute(f"DROP TABLE {name}")
                 # no foreign key (it would refuse the DROP): the rows' amendments go in the same transaction
                 await conn.execute(QUERIES["delete_amendments_of_dropped_rows"], partition.upper)
@@ -157,6 +159,26 @@ async def _record_floors(conn: asyncpg.Connection, quoted: str, partition: str, 
         )
     marks = [(f["chain_id"], f["seq"], f["hash"], f["prev_hash"], f["next_apart"], f["prev_apart"]) for f in floors]
     await conn.executemany(QUERIES["record_chain_floor"], [(*mark, floor_mac(key, *mark)) for mark in marks])
+
+
+async def why_no_row(conn: asyncpg.Connection, row_id: int) -> str | None:
+    """Why the log has no row of this id when retention dropped it: the partition of its id range, and when (migration
+    0018), or for a retention before 0018, that the id is below every row kept (its floors say when); else None."""
+    dropped = await conn.fetchrow(QUERIES["dropped_partition_of_id"], row_id)
+    if dropped is not None:
+        month = f"{dropped['received_from']:%Y-%m-%d} until {dropped['received_before']:%Y-%m-%d}"
+        return (f"retention dropped it at {_utc(dropped['dropped_at'])}, with partition {dropped['partition']} (rows "
+                f"received from {month}, ids {dropped['first_id']} to {dropped['last_id']})")  # fmt: skip
+    below = await conn.fetchrow(QUERIES["dropped_below_every_row"], row_id)
+    if below is not None:
+        first, last = _utc(below["first_drop"]), _utc(below["last_drop"])
+        when = first if first == last else f"between {first} and {last}"
+        return f"retention dropped it: its id is below every row the log keeps, and retention dropped rows at {when}"
+    return None
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
 
 
 async def maintain(pool: asyncpg.Pool, months_ahead: int, interval_s: float = MAINTENANCE_INTERVAL_S) -> None:

@@ -545,3 +545,25 @@ ORDER BY h.id;
 -- name: partition_rows
 -- How many rows the partition {partition} holds (a dry run of retention says so).
 SELECT count(*) FROM {partition};
+
+-- name: record_dropped_partition
+-- In retention's transaction, before the DROP of {partition} (a quoted name read from pg_class): its month ($1, $2,
+-- $3) and its range of row ids (min and max: read from its primary key's index, not a scan).
+INSERT INTO routing_log_dropped_partition (partition, received_from, received_before, first_id, last_id)
+SELECT $1, $2, $3, min(id), max(id) FROM {partition};
+
+-- name: dropped_partition_of_id
+-- The partition retention dropped whose range of row ids holds $1, if any.
+SELECT partition, received_from, received_before, first_id, last_id, dropped_at
+FROM routing_log_dropped_partition
+WHERE first_id <= $1 AND last_id >= $1
+ORDER BY dropped_at DESC
+LIMIT 1;
+
+-- name: dropped_below_every_row
+-- For a row id no row has: when retention dropped rows (its floors: a retention of before 0018 recorded no ranges),
+-- first and last, if the id is below every row the log still has.
+SELECT min(f.dropped_at) AS first_drop, max(f.dropped_at) AS last_drop
+FROM routing_log_floor AS f
+WHERE $1 < (SELECT min(id) FROM routing_log)
+HAVING count(*) > 0;

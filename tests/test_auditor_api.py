@@ -21,8 +21,9 @@ import pytest
 from hub.admin.api import AdminError
 from hub.admin.routing_log import fetch_planned
 from storage.log_row import LogEntry
-from tests.conftest import Hub, Services, unique_party_id
-from tests.log_rows import object_of, varied_entries, write
+from storage.partitions import drop_before, why_no_row
+from tests.conftest import LOG_KEY, Hub, Services, unique_party_id
+from tests.log_rows import object_of, run_on, sql, varied_entries, write
 from tests.test_credentials_rotation import console_page
 
 # A window of its own, long before any row the session's other tests write, so each search here sees only its rows.
@@ -414,3 +415,44 @@ def test_a_search_that_runs_too_long_is_stopped_and_answers_503_with_what_to_do(
 
     error = asyncio.run(run())
     assert error.status == 503 and "took longer than 0.2 s: narrow it with since/until" in error.message
+
+
+def test_a_row_retention_dropped_is_answered_as_dropped_by_retention_and_when(hub: Hub, services: Services) -> None:
+    # An auditor's walkthrough: a row retention dropped was answered {"error": "no routing-log row 64"}, as if the log
+    # never had it.
+    month = datetime(1987, 3, 10, tzinfo=UTC)
+    sql(services.database_url, "SELECT routing_log_add_partition($1)", month)
+    write(services.database_url, varied_entries(month, 3, [("QD", "ROP")], uuid.uuid4().hex[:8]))
+    ids = [r["id"] for r in sql(services.database_url, "SELECT id FROM routing_log_1987m03 ORDER BY id")]
+    cut = datetime(1987, 4, 1, tzinfo=UTC)  # the session database's other partitions are later
+    dropped = run_on(services.database_url, lambda conn: drop_before(conn, cut, key=LOG_KEY))
+    assert [p.name for p in dropped.dropped] == ["routing_log_1987m03"]
+    with hub.admin() as admin:
+        answer = admin.get(f"/admin/api/routing-log/{ids[1]}")
+        unknown = admin.get("/admin/api/routing-log/999999999999")
+    assert answer.status_code == 410, answer.text
+    said = answer.json()["error"]
+    assert said.startswith(f"routing-log row {ids[1]} is no longer in the log: retention dropped it at ")
+    month_and_ids = f"rows received from 1987-03-01 until 1987-04-01, ids {ids[0]} to {ids[2]}"
+    assert f"partition routing_log_1987m03 ({month_and_ids})" in said
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "no routing-log row 999999999999")
+
+
+def test_a_row_a_retention_of_before_0018_dropped_is_said_dropped_when_its_id_is_below_every_row_kept(
+    empty_database: str,
+) -> None:
+    old, recent = datetime(2001, 3, 10, tzinfo=UTC), datetime.now(UTC)
+    write(empty_database, [])  # the schema
+    sql(empty_database, "SELECT routing_log_add_partition($1)", old)
+    write(
+        empty_database,
+        varied_entries(old, 3, [("QD", "ROP")], "old") + varied_entries(recent, 2, [("QD", "ROP")], "new"),
+    )
+    first = sql(empty_database, "SELECT min(id) FROM routing_log")[0][0]
+    run_on(empty_database, lambda conn: drop_before(conn, datetime(2001, 4, 1, tzinfo=UTC), key=LOG_KEY))
+    sql(empty_database, "DELETE FROM routing_log_dropped_partition")  # as a retention before 0018 left it
+    said = run_on(empty_database, lambda conn: why_no_row(conn, first))
+    assert said.startswith(
+        "retention dropped it: its id is below every row the log keeps, and retention dropped rows at "
+    )
+    assert run_on(empty_database, lambda conn: why_no_row(conn, 10**12)) is None

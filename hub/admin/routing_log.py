@@ -30,6 +30,7 @@ from storage.log_search import (
     parse_time,
 )
 from storage.log_verify import Heads, Verification, current_heads, outcome, verify
+from storage.partitions import why_no_row
 from storage.sql import QUERIES
 
 MAX_LIMIT = 500
@@ -132,6 +133,8 @@ async def routing_log_message(request: Request, row_id: str) -> Response[bytes]:
     async with request.app.state.pool.acquire() as conn:
         message = await load_message(conn, number, request.app.state.settings.routing_log_key)
         await record_action(conn, actor_of(request), "view", {"id": number})
+        if message is None and is_row_id(number) and (why := await why_no_row(conn, number)):
+            raise AdminError(410, f"routing-log row {number} is no longer in the log: {why}")
     if message is None:
         raise AdminError(404, f"no routing-log row {number}")
     return json_response(message)

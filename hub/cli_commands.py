@@ -65,7 +65,9 @@ async def _invite(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
         async with pool.acquire() as conn, conn.transaction():
             invitation = await invite(conn, settings, request)
             # as the admin API and the console record theirs
-            await record_action(conn, _operator("invite"), "invite", invited(invitation) | {"via": "cli"})
+            await record_action(
+                conn, settings.audit_trail_key, _operator("invite"), "invite", invited(invitation) | {"via": "cli"}
+            )
     except AdminError as exc:
         print(f"ocpi-hub: {exc.message}", file=sys.stderr)
         return 1
@@ -170,7 +172,7 @@ async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
         print(f"ocpi-hub: auditor {args.action} needs a NAME", file=sys.stderr)
         return 2
     # who may read the routing log is part of its audit trail, as the reading itself is
-    who = _operator("auditor")
+    key, who = settings.audit_trail_key, _operator("auditor")
     async with pool.acquire() as conn:
         if args.action == "list":
             out(msgspec.json.format(msgspec.json.encode(await actors.list_auditors(conn))).decode())
@@ -179,7 +181,7 @@ async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
             if not await actors.remove_auditor(conn, args.name.strip()):
                 print(f"ocpi-hub: no auditor named {args.name.strip()!r}", file=sys.stderr)
                 return 1
-            await actors.record_action(conn, who, "remove_auditor", {"name": args.name.strip(), "via": "cli"})
+            await actors.record_action(conn, key, who, "remove_auditor", {"name": args.name.strip(), "via": "cli"})
             out(msgspec.json.encode({"removed": args.name.strip()}).decode())
             return 0
         try:
@@ -187,7 +189,7 @@ async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
         except actors.AuditorExists as exc:
             print(f"ocpi-hub: {exc}", file=sys.stderr)
             return 1
-        await actors.record_action(conn, who, "add_auditor", {"name": args.name.strip(), "via": "cli"})
+        await actors.record_action(conn, key, who, "add_auditor", {"name": args.name.strip(), "via": "cli"})
     out(msgspec.json.format(msgspec.json.encode({"name": args.name.strip(), "token": token})).decode())
     return 0
 
@@ -205,7 +207,7 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 2
     deleted = {}  # beside the log: what the hub keeps of the exchanges before the cut (dry run: would delete)
-    who = _operator("retention")
+    key, who = settings.audit_trail_key, _operator("retention")
     async with pool.acquire() as conn:
         for name, query in (("client_info_changes", "client_info_pushes_delivered_before"),
                             ("relayed_cdr_locations", "relayed_cdr_locations_before")):  # fmt: skip
@@ -214,13 +216,14 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
         try:
             done = await drop_before(conn, cut, key=settings.routing_log_key, dry_run=args.dry_run)
         except (RoutingLogBusy, RoutingLogUnverified) as exc:
-            await record_action(conn, who, "retention", recorded | {"error": str(exc)})  # what it deleted, why no more
+            # what it deleted, and why no more
+            await record_action(conn, key, who, "retention", recorded | {"error": str(exc)})
             counted = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in deleted.items())
             print(f"ocpi-hub: {exc} (deleted before it: {counted})", file=sys.stderr)
             return 1
         # what was dropped of the routing log is part of its audit trail: verify explains the gaps by its floors
         ran = {"dropped": [p.name for p in done.dropped], "held": done.held}
-        await record_action(conn, who, "retention", recorded | ran)
+        await record_action(conn, key, who, "retention", recorded | ran)
     summary = {"cut": cut, "dry_run": args.dry_run, **ran, "deleted": deleted}
     if args.dry_run:  # how many rows each partition before the cut holds, dropped or kept
         summary["rows"] = done.rows
@@ -245,14 +248,14 @@ async def _hold(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
                 if (hold_id := whole_number(args.id or "")) is None:
                     print("ocpi-hub: hold release needs the hold's ID (ocpi-hub hold list shows them)", file=sys.stderr)
                     return 2
-                result = await recorded_release(conn, _operator("hold"), hold_id, "cli")
+                result = await recorded_release(conn, settings.audit_trail_key, _operator("hold"), hold_id, "cli")
             else:
                 try:
                     hold = msgspec.convert(given, HoldIn)
                 except msgspec.ValidationError as exc:
                     print(f"ocpi-hub: invalid hold: {exc} (set needs --reason)", file=sys.stderr)
                     return 2
-                result = await recorded_hold(conn, _operator("hold"), hold, "cli")
+                result = await recorded_hold(conn, settings.audit_trail_key, _operator("hold"), hold, "cli")
     except AdminError as exc:
         print(f"ocpi-hub: {exc.message}", file=sys.stderr)
         return 2 if exc.status == 400 else 1
@@ -293,7 +296,7 @@ async def _heads(settings: Settings, args: argparse.Namespace, pool: asyncpg.Poo
     from hub.admin.routing_log import recorded_heads
 
     async with pool.acquire() as conn:
-        heads = await recorded_heads(conn, _operator("heads"), {})
+        heads = await recorded_heads(conn, settings.audit_trail_key, _operator("heads"), {})
     out(msgspec.json.format(msgspec.json.encode(heads)).decode())
     return 0
 

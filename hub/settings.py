@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from routing.party_addresses import Network, networks
-from storage.secrets import TokenBox, hub_instance, new_token, read_or_create, routing_log_key
+from storage.secrets import TokenBox, audit_trail_key, hub_instance, new_token, read_or_create, routing_log_key
 
 # name, default, meaning: the single source for `ocpi-hub --help` and the README table.
 VARIABLES: tuple[tuple[str, str, str], ...] = (
@@ -175,6 +175,11 @@ class Settings:
         if self.secret_key is None:
             raise SettingsError("no secret key: Settings.with_secrets() was not called")
         return routing_log_key(self.secret_key)
+
+    @property
+    def audit_trail_key(self) -> bytes:
+        """The audit trail's chain key (storage.secrets.audit_trail_key); after with_secrets."""
+        return audit_trail_key(self.routing_log_key)
 
     @property
     def hub_instance(self) -> str:

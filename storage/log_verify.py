@@ -37,6 +37,8 @@ class Verification:
     first_bad_id: int | None = None
     problems: list[str] = field(default_factory=list)
     heads_checked: int | None = None  # of the heads saved earlier, when given
+    trail_entries: int = 0  # of the audit trail, chained (storage.audit_trail)
+    trail_unchained: int = 0  # written before the audit trail was chained (migration 0019)
 
     def bad(self, row_id: int, problem: str) -> None:
         self.first_bad_id = row_id if self.first_bad_id is None else min(self.first_bad_id, row_id)

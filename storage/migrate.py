@@ -9,8 +9,9 @@ from importlib.resources import files
 import asyncpg
 import structlog
 
+from storage.audit_trail import seal_unchained
 from storage.log_row import floor_mac, seal_mac
-from storage.secrets import TokenBox, routing_log_key
+from storage.secrets import TokenBox, audit_trail_key, routing_log_key
 from storage.sql import QUERIES
 
 log = structlog.get_logger()
@@ -69,7 +70,13 @@ async def _seal_unkeyed_chains(conn: asyncpg.Connection, secret_key: str) -> Non
     log.info("routing_log_chains_sealed", chains=len(heads), floors=len(floors))
 
 
-_PYTHON_HALF = {12: _seal_unkeyed_chains}
+async def _seal_unchained_trail(conn: asyncpg.Connection, secret_key: str) -> None:
+    """0019's Python half: the audit trail's head, no entry chained yet, MAC'd (storage.audit_trail)."""
+    await check_secret_key(conn, secret_key, "migration 0019 would seal the audit trail under it")
+    await seal_unchained(conn, audit_trail_key(routing_log_key(secret_key)))
+
+
+_PYTHON_HALF = {12: _seal_unkeyed_chains, 19: _seal_unchained_trail}
 
 
 async def check_secret_key(conn: asyncpg.Connection, secret_key: str, harm: str) -> None:

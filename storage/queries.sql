@@ -420,7 +420,22 @@ DELETE FROM auditor WHERE name = $1 RETURNING id;
 SELECT name, created_at FROM auditor ORDER BY name;
 
 -- name: record_action
-INSERT INTO audit_trail (actor_kind, actor_name, action, parameters) VALUES ($1, $2, $3, $4::jsonb);
+-- Under the head's lock (storage.audit_trail.append): what the entry's hash covers, as stored.
+INSERT INTO audit_trail (actor_kind, actor_name, action, parameters) VALUES ($1, $2, $3, $4::jsonb)
+RETURNING id, at, actor_kind, actor_name, action, parameters::text AS parameters;
+
+-- name: lock_audit_trail_head
+-- The audit trail's one chain: whoever writes an entry holds this row until its transaction ends (migration 0019).
+SELECT unchained_upto, last_hash FROM audit_trail_head FOR UPDATE;
+
+-- name: chain_audit_trail_entry
+WITH entry AS (UPDATE audit_trail SET prev_hash = $2, hash = $3 WHERE id = $1)
+UPDATE audit_trail_head SET last_id = $1, last_hash = $3, mac = $4;
+
+-- name: audit_trail_in_order
+-- Every entry, for verify (storage.audit_trail.verify_trail).
+SELECT id, at, actor_kind, actor_name, action, parameters::text AS parameters, prev_hash, hash
+FROM audit_trail ORDER BY id;
 
 -- name: audit_trail
 SELECT id, at, actor_kind, actor_name, action, parameters::text AS parameters

@@ -27,6 +27,12 @@ def routing_log_key(secret_key: str) -> bytes:
     return hmac.digest(secret_key.encode("utf-8"), b"ocpi-hub routing log chain", "sha256")
 
 
+def audit_trail_key(log_key: bytes) -> bytes:
+    """The key of the audit trail's hash chain (storage.audit_trail), derived from the routing log's (so from
+    OCPI_HUB_SECRET_KEY): whoever verifies the log verifies the trail."""
+    return hmac.digest(log_key, b"ocpi-hub audit trail chain", "sha256")
+
+
 def hub_instance(secret_key: str, public_url: str) -> str:
     """The hub's mark on the requests it sends and on its own answers (hub.request_context.HUB_INSTANCE_HEADER),
     derived from OCPI_HUB_SECRET_KEY and OCPI_HUB_PUBLIC_URL, which every process of one hub shares: the same on all

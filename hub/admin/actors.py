@@ -16,6 +16,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.types import Scope
 
 from hub.errors import OUTAGES, Unauthorized
+from storage.audit_trail import append
 from storage.log_row import stored_text
 from storage.secrets import new_token, token_hash
 from storage.sql import QUERIES
@@ -95,11 +96,14 @@ def actor_of(connection: ASGIConnection) -> Actor:
 _encoder = msgspec.json.Encoder()
 
 
-async def record_action(conn: asyncpg.Connection, actor: Actor, action: str, parameters: dict[str, Any]) -> None:
-    """One row of the audit trail: who did what to the routing log or to a platform, with which parameters (text
-    as jsonb holds it: a NUL in a search value or cursor, which jsonb refuses, as the routing log stores it)."""
+async def record_action(
+    conn: asyncpg.Connection, key: bytes, actor: Actor, action: str, parameters: dict[str, Any]
+) -> int:
+    """One entry of the audit trail, chained under key (Settings.audit_trail_key; storage.audit_trail): who did what
+    to the routing log or to a platform, with which parameters (text as jsonb holds it: a NUL in a search value or
+    cursor, which jsonb refuses, as the routing log stores it); its id."""
     stored = {name: stored_text(value) if isinstance(value, str) else value for name, value in parameters.items()}
-    await conn.execute(QUERIES["record_action"], actor.kind, actor.name, action, _encoder.encode(stored).decode())
+    return await append(conn, key, (actor.kind, actor.name), action, _encoder.encode(stored).decode())
 
 
 async def add_auditor(conn: asyncpg.Connection, name: str) -> str:

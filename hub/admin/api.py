@@ -115,7 +115,7 @@ async def create_invitation(request: Request) -> Response[bytes]:
     state = request.app.state
     async with state.pool.acquire() as conn, conn.transaction():
         invitation = await invite(conn, state.settings, body)
-        await record_action(conn, actor_of(request), "invite", invited(invitation))
+        await record_action(conn, state.settings.audit_trail_key, actor_of(request), "invite", invited(invitation))
     await state.directory.changed()
     return json_response(invitation, 201)
 

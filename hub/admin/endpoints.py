@@ -150,7 +150,7 @@ async def refresh(state: State, actor: Actor, source: asyncpg.Record, via: str |
         if not await platforms.store_refreshed_endpoints(conn, platform_id, connection):
             log.info("platform_endpoints_refresh_superseded", platform_id=platform_id, platform=name)
             return None
-        await record_action(conn, actor, "refresh_endpoints", audited)
+        await record_action(conn, state.settings.audit_trail_key, actor, "refresh_endpoints", audited)
     await state.directory.changed()
     log.info("platform_endpoints_refreshed", platform_id=platform_id, platform=name, versions_url=url,
              endpoints=len(connection.endpoints), roles=listed, by=actor.name)  # fmt: skip
@@ -213,7 +213,8 @@ async def refresh_now(state: State, actor: Actor, platform_id: int, via: str | N
         async with state.pool.acquire() as conn, conn.transaction():
             next_try = await conn.fetchval(QUERIES["operator_endpoints_refresh_failed"], platform_id, str(failed),
                                            source["versions_url"], source["token_b"])  # fmt: skip
-            await record_action(conn, actor, "refresh_endpoints", audited | {"failed": str(failed), "kept": kept}
+            await record_action(conn, state.settings.audit_trail_key, actor, "refresh_endpoints",
+                                audited | {"failed": str(failed), "kept": kept}
                                 | ({"next_try": _at(next_try)} if next_try else {}))  # fmt: skip
             await conn.execute(QUERIES["release_endpoints_refresh"], platform_id, claimed_until)
         if next_try:  # a pending refresh, due perhaps while this try held it: every process's loop looks again now

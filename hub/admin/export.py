@@ -125,7 +125,7 @@ async def export_routing_log(request: Request) -> Stream:
         raise AdminError(400, str(exc)) from None
     pool = request.app.state.pool
     async with pool.acquire() as conn:
-        await record_action(conn, actor_of(request), "export",
+        await record_action(conn, request.app.state.settings.audit_trail_key, actor_of(request), "export",
                             search.given | {"format": export_format, "bodies": bodies == "true"})  # fmt: skip
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
     return Stream(

@@ -55,15 +55,15 @@ def covers(hold: HoldIn) -> tuple[Any, ...]:
     return None, None, (country_code, party_id), since, until
 
 
-async def recorded_hold(conn: Any, who: Actor, hold: HoldIn, via: str | None = None) -> dict[str, Any]:
+async def recorded_hold(conn: Any, key: bytes, who: Actor, hold: HoldIn, via: str | None = None) -> dict[str, Any]:
     """The hold set, and in the audit trail (API and CLI alike)."""
     async with conn.transaction():
         held = await log_holds.set_hold(conn, covers(hold), hold.reason, who.name)
-        await record_action(conn, who, "set_hold", held | ({"via": via} if via else {}))
+        await record_action(conn, key, who, "set_hold", held | ({"via": via} if via else {}))
     return held
 
 
-async def recorded_release(conn: Any, who: Actor, hold_id: int, via: str | None = None) -> dict[str, Any]:
+async def recorded_release(conn: Any, key: bytes, who: Actor, hold_id: int, via: str | None = None) -> dict[str, Any]:
     """The hold released, and in the audit trail; AdminError 404 if there is no such hold, 409 if it was released."""
     async with conn.transaction():
         released = await log_holds.release_hold(conn, hold_id, who.name) if is_row_id(hold_id) else None
@@ -71,7 +71,7 @@ async def recorded_release(conn: Any, who: Actor, hold_id: int, via: str | None 
             if is_row_id(hold_id) and await log_holds.hold(conn, hold_id) is not None:
                 raise AdminError(409, f"hold {hold_id} was released already")
             raise AdminError(404, f"no hold {hold_id}")
-        await record_action(conn, who, "release_hold", released | ({"via": via} if via else {}))
+        await record_action(conn, key, who, "release_hold", released | ({"via": via} if via else {}))
     return released
 
 
@@ -93,7 +93,9 @@ async def set_hold(request: Request) -> Response[bytes]:
     except (msgspec.DecodeError, RecursionError) as exc:
         raise AdminError(400, f"invalid hold: {exc}") from None
     async with request.app.state.pool.acquire() as conn:
-        return json_response(await recorded_hold(conn, actor_of(request), hold), 201)
+        return json_response(
+            await recorded_hold(conn, request.app.state.settings.audit_trail_key, actor_of(request), hold), 201
+        )
 
 
 @post("/holds/{hold_id:str}/release", status_code=200)
@@ -101,4 +103,6 @@ async def release_hold(request: Request, hold_id: str) -> Response[bytes]:
     takes_no_parameters(request)
     number = path_number(hold_id)
     async with request.app.state.pool.acquire() as conn:
-        return json_response(await recorded_release(conn, actor_of(request), number))
+        return json_response(
+            await recorded_release(conn, request.app.state.settings.audit_trail_key, actor_of(request), number)
+        )

@@ -95,7 +95,7 @@ async def _rotate(state: State, actor: Actor, platform_id: int, via: str | None)
             await platforms.store_connection(
                 conn, platform_id, connection, expected_state="REGISTERED", presented_token=new_c, new_token=new_c
             )
-            await record_action(conn, actor, "rotate_credentials", audited)
+            await record_action(conn, state.settings.audit_trail_key, actor, "rotate_credentials", audited)
     except (PartyFailed, platforms.StaleExchange) as exc:
         await _withdraw(state, actor, audited, token_c, str(exc))
         raise _rotation_error(platform_id, exc) from None
@@ -201,7 +201,13 @@ async def _keep_new_tokens(
     kept += ", the endpoints and roles from before" + until
     async with state.pool.acquire() as conn, conn.transaction():
         await platforms.switch_rotated_tokens(conn, audited["platform_id"], answered, token_hash(token_c))
-        await record_action(conn, actor, "rotate_credentials", audited | {"failed": answered.reason, "kept": kept})
+        await record_action(
+            conn,
+            state.settings.audit_trail_key,
+            actor,
+            "rotate_credentials",
+            audited | {"failed": answered.reason, "kept": kept},
+        )
     log.warning("platform_credentials_rotation_unfinished", platform_id=audited["platform_id"],
                 platform=audited["name"], reason=str(taken), new_token_b=bool(taken.token_b),
                 new_versions_url=taken.versions_url)  # fmt: skip
@@ -212,6 +218,12 @@ async def _withdraw(state: State, actor: Actor, audited: dict[str, Any], token_c
     audit trail."""
     async with state.pool.acquire() as conn, conn.transaction():
         await conn.execute(QUERIES["delete_token"], token_hash(token_c))
-        await record_action(conn, actor, "rotate_credentials", audited | {"failed": reason, "kept": "the old tokens"})
+        await record_action(
+            conn,
+            state.settings.audit_trail_key,
+            actor,
+            "rotate_credentials",
+            audited | {"failed": reason, "kept": "the old tokens"},
+        )
     log.warning("platform_credentials_rotation_failed", platform_id=audited["platform_id"], platform=audited["name"],
                 reason=reason)  # fmt: skip

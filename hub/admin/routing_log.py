@@ -15,6 +15,7 @@ from hub.admin.actors import READ_ONLY, Actor, actor_of, record_action
 from hub.admin.api import AdminError, json_response, takes_no_parameters
 from hub.envelope import path_number, whole_number
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S, DATABASE_TIMEOUT_S
+from storage.audit_trail import verify_trail
 from storage.log_amendment import answered_instead
 from storage.log_row import body_of, stored_text, text_of
 from storage.log_row_check import row_integrity
@@ -31,6 +32,7 @@ from storage.log_search import (
 )
 from storage.log_verify import Heads, Verification, current_heads, outcome, verify
 from storage.partitions import why_no_row
+from storage.secrets import audit_trail_key
 from storage.sql import QUERIES
 
 MAX_LIMIT = 500
@@ -87,7 +89,7 @@ async def routing_log(request: Request) -> Response[bytes]:
     recorded = search.given | ({"cursor": params["cursor"]} if cursor else {})
     sql, args = page_query(search, cursor, limit)
     async with request.app.state.pool.acquire() as conn:
-        await record_action(conn, actor_of(request), "search", recorded)
+        await record_action(conn, request.app.state.settings.audit_trail_key, actor_of(request), "search", recorded)
         rows = await fetch_planned(conn, sql, args)
         items = await with_amendments(conn, rows[:limit])
     last = items[-1] if len(rows) > limit else None
@@ -132,7 +134,7 @@ async def routing_log_message(request: Request, row_id: str) -> Response[bytes]:
     takes_no_parameters(request)
     async with request.app.state.pool.acquire() as conn:
         message = await load_message(conn, number, request.app.state.settings.routing_log_key)
-        await record_action(conn, actor_of(request), "view", {"id": number})
+        await record_action(conn, request.app.state.settings.audit_trail_key, actor_of(request), "view", {"id": number})
         if message is None and is_row_id(number) and (why := await why_no_row(conn, number)):
             raise AdminError(410, f"routing-log row {number} is no longer in the log: {why}")
     if message is None:
@@ -173,7 +175,13 @@ async def routing_log_conversation(request: Request) -> Response[bytes]:
     correlation_id = stored_text(unquote(raw_path.decode("latin-1").split("/routing-log/correlation/", 1)[1]))
     async with request.app.state.pool.acquire() as conn:
         items, truncated = await load_conversation(conn, correlation_id)
-        await record_action(conn, actor_of(request), "correlation", {"correlation_id": correlation_id})
+        await record_action(
+            conn,
+            request.app.state.settings.audit_trail_key,
+            actor_of(request),
+            "correlation",
+            {"correlation_id": correlation_id},
+        )
     return json_response({"correlation_id": correlation_id, "items": items, "truncated": truncated})
 
 
@@ -183,10 +191,10 @@ async def load_conversation(conn: asyncpg.Connection, correlation_id: str) -> tu
     return await with_amendments(conn, rows[:MAX_CONVERSATION]), len(rows) > MAX_CONVERSATION
 
 
-async def recorded_heads(conn: asyncpg.Connection, who: Actor, given: dict[str, Any]) -> Heads:
-    """Every chain's head now, the taking of them in the audit trail (API, console and CLI alike)."""
+async def recorded_heads(conn: asyncpg.Connection, key: bytes, who: Actor, given: dict[str, Any]) -> Heads:
+    """Every chain's head now, the taking of them in the audit trail (key: its) (API, console and CLI alike)."""
     heads = await current_heads(conn)
-    await record_action(conn, who, "heads", {"chains": len(heads.chains)} | given)
+    await record_action(conn, key, who, "heads", {"chains": len(heads.chains)} | given)
     return heads
 
 
@@ -206,11 +214,12 @@ async def recorded_verify(
         given = given | {"heads_taken_at": saved.taken_at.isoformat(), "heads": len(saved.chains)}
     try:
         result = await verify(conn, key, *window, timeout, saved)
+        result.trail_entries, result.trail_unchained = await verify_trail(conn, audit_trail_key(key), result.wrong)
     except Exception as exc:  # the attempt is in the trail all the same
         with contextlib.suppress(Exception):
-            await record_action(conn, who, "verify", given | {"error": type(exc).__name__})
+            await record_action(conn, audit_trail_key(key), who, "verify", given | {"error": type(exc).__name__})
         raise
-    await record_action(conn, who, "verify", given | outcome(result))
+    await record_action(conn, audit_trail_key(key), who, "verify", given | outcome(result))
     return result
 
 
@@ -219,7 +228,7 @@ async def routing_log_heads(request: Request) -> Response[bytes]:
     """Every chain's head now, for the auditor to keep outside the database and POST to verify later."""
     takes_no_parameters(request)
     async with request.app.state.pool.acquire() as conn:
-        heads = await recorded_heads(conn, actor_of(request), {})
+        heads = await recorded_heads(conn, request.app.state.settings.audit_trail_key, actor_of(request), {})
     return json_response(heads)
 
 

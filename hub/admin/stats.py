@@ -48,7 +48,9 @@ async def stats(request: Request) -> Response[bytes]:
     params = query_params(request)
     async with request.app.state.pool.acquire() as conn:
         result = await compute_stats(conn, params)
-        await record_action(conn, actor_of(request), "stats", result.pop("given"))
+        await record_action(
+            conn, request.app.state.settings.audit_trail_key, actor_of(request), "stats", result.pop("given")
+        )
     return json_response(result)
 
 

@@ -47,8 +47,8 @@ async def take_off_hub(state: State, actor: Actor, platform_id: int, via: str | 
         if row is None or row["state"] == "UNREGISTERED":
             raise AdminError(404, f"no platform {platform_id} is on the hub (never invited, or unregistered already)")
         await platforms.unregister(conn, platform_id)
-        await record_action(conn, actor, "unregister_platform", {"platform_id": platform_id, "name": row["name"]}
-                            | audited_via(via))  # fmt: skip
+        await record_action(conn, state.settings.audit_trail_key, actor, "unregister_platform",
+                            {"platform_id": platform_id, "name": row["name"]} | audited_via(via))  # fmt: skip
     await state.directory.changed()
     if known is not None:
         await state.locations.forget_platform(known.roles)

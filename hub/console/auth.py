@@ -90,7 +90,7 @@ async def sign_in(
                    "error": "That is not an admin or auditor token of this hub."}  # fmt: skip
         return Template("sign_in.html", context=context, status_code=401)
     async with state.pool.acquire() as conn:
-        await record_action(conn, who, "console_sign_in", {"via": "console"})
+        await record_action(conn, state.settings.audit_trail_key, who, "console_sign_in", {"via": "console"})
     redirect = Redirect(_next(data.get("next")), status_code=303)
     redirect.set_cookie(session_cookie(state.settings.secret_key, token, _secure(request)))
     return redirect

@@ -71,8 +71,8 @@ async def log_page(request: Request, cursor: str | None = None, limit: int = 100
         return Template("log.html", context=context, status_code=400)
     sql, args = page_query(search, after, limit)
     async with request.app.state.pool.acquire() as conn:
-        await record_action(conn, actor(request), "search", search.given | {"via": "console"}
-                            | ({"cursor": cursor} if cursor else {}))  # fmt: skip
+        await record_action(conn, request.app.state.settings.audit_trail_key, actor(request), "search",
+                            search.given | {"via": "console"} | ({"cursor": cursor} if cursor else {}))  # fmt: skip
         try:
             rows = await fetch_planned(conn, sql, args)
         except AdminError as exc:  # the search ran out of time
@@ -96,7 +96,9 @@ async def message_page(request: Request, row_id: str) -> Template:
     number = path_number(row_id)
     async with request.app.state.pool.acquire() as conn:
         message = await load_message(conn, number, request.app.state.settings.routing_log_key)
-        await record_action(conn, actor(request), "view", {"id": number, "via": "console"})
+        await record_action(
+            conn, request.app.state.settings.audit_trail_key, actor(request), "view", {"id": number, "via": "console"}
+        )
         conversation, more = await load_conversation(conn, message["correlation_id"]) if message else ([], False)
     if message is None:
         return Template("problem.html", status_code=404, context={
@@ -116,10 +118,10 @@ async def export_download(request: Request, format: str = "csv", bodies: bool = 
     except BadFilter as exc:
         return Template("problem.html", status_code=400, context={
             "actor": actor(request), "heading": "Cannot export", "message": str(exc)})  # fmt: skip
-    pool = request.app.state.pool
+    pool, key = request.app.state.pool, request.app.state.settings.audit_trail_key
     async with pool.acquire() as conn:
-        await record_action(conn, actor(request), "export",
-                            search.given | {"format": format, "bodies": bodies, "via": "console"})  # fmt: skip
+        audited = search.given | {"format": format, "bodies": bodies, "via": "console"}
+        await record_action(conn, key, actor(request), "export", audited)
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
     return Stream(export_rows(pool, search, format, bodies), media_type=FORMATS[format],
                   headers={"Content-Disposition": f'attachment; filename="routing-log-{stamp}.{format}"'})  # fmt: skip

@@ -58,7 +58,9 @@ async def stats_page(request: Request, bucket: str = "hour", party: str | None =
         except AdminError as exc:
             context["error"] = exc.message
             return Template("stats.html", context=context, status_code=400)
-        await record_action(conn, actor(request), "stats", params | {"via": "console"})
+        await record_action(
+            conn, request.app.state.settings.audit_trail_key, actor(request), "stats", params | {"via": "console"}
+        )
     step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
     since = parse_time("since", result["since"])
     start = since.replace(minute=0, second=0, microsecond=0)
@@ -151,7 +153,9 @@ async def _verified(request: Request, since: str, until: str, heads: str, run: b
 async def heads_download(request: Request) -> Response[bytes]:
     """Every chain's head now, as a file to keep outside the database and paste into the verify page later."""
     async with request.app.state.pool.acquire() as conn:
-        heads = await recorded_heads(conn, actor(request), {"via": "console"})
+        heads = await recorded_heads(
+            conn, request.app.state.settings.audit_trail_key, actor(request), {"via": "console"}
+        )
     name = f"ocpi-hub-heads-{heads.taken_at:%Y-%m-%dT%H%M%SZ}.json"
     return Response(msgspec.json.format(msgspec.json.encode(heads)), media_type="application/json",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})  # fmt: skip
@@ -192,7 +196,13 @@ async def invite_party(
              "party_id": data.get("party_id", "").strip()}]}, InvitationIn)  # fmt: skip
         async with state.pool.acquire() as conn, conn.transaction():
             context["invitation"] = await invite(conn, state.settings, wanted)
-            await record_action(conn, actor(request), "invite", invited(context["invitation"]) | {"via": "console"})
+            await record_action(
+                conn,
+                request.app.state.settings.audit_trail_key,
+                actor(request),
+                "invite",
+                invited(context["invitation"]) | {"via": "console"},
+            )
     except msgspec.ValidationError as exc:
         context["error"] = f"Not a valid invitation: {exc}"
     except AdminError as exc:

@@ -1,0 +1,139 @@
+"""The audit trail is tamper-evident: what someone who can write to the database, but does not hold
+OCPI_HUB_SECRET_KEY, does to it is named by verify (found by an auditor walkthrough: a DELETE of 32 searches verified
+ok); an export's entry says how many rows it sent and their SHA-256."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from hub.admin.actors import ADMIN, Actor, record_action
+from storage.audit_trail import verify_trail
+from storage.secrets import audit_trail_key
+from tests.conftest import LOG_KEY, OUTPUT, ROOT, Hub, Services, hub_env, start_hub
+from tests.log_rows import migrate_up_to, run_on, sql, write
+
+TRAIL_KEY = audit_trail_key(LOG_KEY)
+CHAINED_FROM = 19  # the migration that chains the trail (0019_audit_trail_chain.sql)
+
+
+def _written_before_the_trail_was_chained(url: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate_up_to(conn, CHAINED_FROM - 1)
+            await conn.execute("INSERT INTO audit_trail (actor_kind, actor_name, action, parameters) VALUES"
+                               " ('admin', 'admin', 'search', '{\"module\": \"cdrs\"}'),"
+                               " ('auditor', 'early', 'view', '{\"id\": 1}')")  # fmt: skip
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def trail_hub(services: Services, empty_database: str, tmp_path: Path) -> Iterator[tuple[Hub, str]]:
+    """A hub upgraded from a release whose trail has two entries, and its database."""
+    _written_before_the_trail_was_chained(empty_database)
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database)
+    hub = start_hub(env, OUTPUT / "hub-audit-trail.log")
+    try:
+        yield hub, empty_database
+    finally:
+        hub.stop()
+
+
+def _cli(hub: Hub, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hub.cli", *args], env=hub.env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+
+
+def _auditor(hub: Hub, name: str) -> httpx.Client:
+    added = _cli(hub, "auditor", "add", name)
+    assert added.returncode == 0, added.stderr
+    token = json.loads(added.stdout)["token"]
+    return httpx.Client(base_url=hub.base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def _problems(hub: Hub) -> str:
+    """The problems `ocpi-hub verify` finds, which must find some."""
+    verified = _cli(hub, "verify")
+    assert verified.returncode == 1, (verified.stdout, verified.stderr)
+    answer = json.loads(verified.stdout)
+    assert answer["ok"] is False
+    return " | ".join(answer["problems"])
+
+
+def test_trail_entries_deleted_edited_or_inserted_in_sql_are_named_by_verify(trail_hub: tuple[Hub, str]) -> None:
+    hub, url = trail_hub
+    with _auditor(hub, "walker") as auditor:
+        for n in range(4):
+            assert auditor.get("/admin/api/routing-log", params={"request_id": f"r{n}"}).status_code == 200
+        clean = auditor.get("/admin/api/routing-log/verify").json()
+    # the two entries from before the upgrade are unchained, not tampered
+    assert clean["ok"] is True and clean["trail_unchained"] == 2 and clean["trail_entries"] == 5, clean
+
+    # the walkthrough: searches deleted
+    added = sql(url, "SELECT id FROM audit_trail WHERE action = 'add_auditor'")[0]["id"]
+    deleted = [r["id"] for r in sql(url, "DELETE FROM audit_trail WHERE action = 'search' AND hash IS NOT NULL"
+                                         " RETURNING id")]  # fmt: skip
+    assert len(deleted) == 4
+    after = sql(url, "SELECT min(id) FROM audit_trail WHERE id > $1", deleted[-1])[0][0]
+    assert f"audit trail entry {after} (verify by walker): does not follow entry {added}: entries between them " \
+           "were deleted" in _problems(hub)  # fmt: skip
+    with hub.admin() as admin:
+        said = admin.get("/admin/api/routing-log/verify").json()
+    assert said["ok"] is False and said["first_bad_id"] is None  # the routing log itself is whole
+    assert any(f"audit trail entry {after} " in problem for problem in said["problems"])
+
+    # an entry edited, one inserted, the head moved
+    sql(url, "UPDATE audit_trail SET actor_name = 'someone else' WHERE id = $1", added)
+    inserted = sql(url, "INSERT INTO audit_trail (actor_kind, actor_name, action) VALUES ('admin', 'admin', 'search')"
+                        " RETURNING id")[0]["id"]  # fmt: skip
+    copy = "INSERT INTO audit_trail (actor_kind, actor_name, action, prev_hash, hash) SELECT actor_kind, actor_name,"
+    copied = sql(url, f"{copy} action, prev_hash, hash FROM audit_trail WHERE id = $1 RETURNING id", after)[0]["id"]
+    problems = _problems(hub)
+    assert f"audit trail entry {added} (add_auditor by someone else): content does not match its hash" in problems
+    assert f"audit trail entry {inserted} (search by admin): has no hash but was written after the chain" in problems
+    assert f"audit trail entry {copied} (verify by walker): content does not match its hash" in problems
+    sql(url, "UPDATE audit_trail_head SET unchained_upto = unchained_upto + 1000")
+    assert "audit trail: its head does not match its MAC" in _problems(hub)
+
+
+def test_the_last_trail_entries_deleted_are_found_by_the_head(trail_hub: tuple[Hub, str]) -> None:
+    hub, url = trail_hub
+    with hub.admin() as admin:
+        admin.get("/admin/api/routing-log", params={"module": "cdrs"})
+        assert admin.get("/admin/api/routing-log/verify").json()["ok"] is True
+    last = sql(url, "DELETE FROM audit_trail WHERE id = (SELECT max(id) FROM audit_trail) RETURNING id")[0]["id"]
+    before = sql(url, "SELECT max(id) FROM audit_trail")[0][0]
+    assert f"audit trail: its head is entry {last}, its last chained entry is {before}: entries were deleted from " \
+           "its end" in _problems(hub)  # fmt: skip
+
+
+def test_entries_written_at_once_by_many_connections_form_one_chain(empty_database: str) -> None:
+    write(empty_database, [])  # the schema
+
+    async def writer(n: int) -> None:
+        conn = await asyncpg.connect(empty_database)
+        try:
+            for i in range(15):
+                await record_action(conn, TRAIL_KEY, Actor(f"w{n}", ADMIN), "search", {"i": i})
+        finally:
+            await conn.close()
+
+    async def run() -> None:
+        await asyncio.gather(*(writer(n) for n in range(6)))
+
+    asyncio.run(run())
+    problems: list[str] = []
+    assert run_on(empty_database, lambda conn: verify_trail(conn, TRAIL_KEY, problems.append)) == (90, 0)
+    assert problems == []

@@ -119,6 +119,16 @@ def test_the_last_trail_entries_deleted_are_found_by_the_head(trail_hub: tuple[H
            "its end" in _problems(hub)  # fmt: skip
 
 
+def test_an_auditor_reads_the_whole_trail_with_what_others_did(hub: Hub) -> None:
+    with hub.admin() as admin:
+        admin.get("/admin/api/routing-log", params={"object_id": "SEEN-BY-THE-AUDITOR"})
+    with _auditor(hub, "outsider") as auditor:
+        trail = auditor.get("/admin/api/audit-trail", params={"limit": 20})
+    assert trail.status_code == 200, trail.text
+    searches = [t for t in trail.json()["items"] if t["action"] == "search" and t["actor_kind"] == ADMIN]
+    assert {"object_id": "SEEN-BY-THE-AUDITOR"} in [t["parameters"] for t in searches]
+
+
 def test_entries_written_at_once_by_many_connections_form_one_chain(empty_database: str) -> None:
     write(empty_database, [])  # the schema
 

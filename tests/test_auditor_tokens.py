@@ -40,10 +40,9 @@ def test_an_auditor_token_is_refused_on_admin_actions_with_403(hub: Hub) -> None
     with _auditor(hub, "nosy") as auditor:
         roles = [{"role": "CPO", "country_code": "NL", "party_id": "XXX"}]
         invitation = auditor.post("/admin/api/invitations", json={"name": "X", "roles": roles})
-        trail = auditor.get("/admin/api/audit-trail")
-    for answer in (invitation, trail):
-        assert answer.status_code == 403 and answer.headers["content-type"].startswith("application/json")
-        assert "auditor 'nosy' may only read" in answer.json()["error"] and "admin token" in answer.json()["error"]
+    assert invitation.status_code == 403 and invitation.headers["content-type"].startswith("application/json")
+    said = invitation.json()["error"]
+    assert "auditor 'nosy' may only read" in said and "audit trail" in said and "admin token" in said
     with hub.admin() as admin:
         parties = admin.get("/admin/api/parties").json()["items"]
     assert not any(p["platform"] == "X" for p in parties)  # the refused invitation created nothing

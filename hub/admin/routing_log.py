@@ -260,9 +260,10 @@ async def _saved_heads(request: Request) -> Heads:
         raise AdminError(400, f"the body is not heads as GET /admin/api/routing-log/heads gives them: {exc}") from None
 
 
-@get("/audit-trail")
+@get("/audit-trail", opt={READ_ONLY: True})
 async def audit_trail(request: Request) -> Response[bytes]:
-    """Who did what on the routing log, newest first (admin only); next_cursor is the last id of the page."""
+    """Who did what on the routing log and to the platforms, newest first; next_cursor is the last id of the page. An
+    auditor reads all of it: who else searched, viewed and exported what is what it audits (no entry holds a token)."""
     params = query_params(request)
     if unknown := sorted(set(params) - {"limit", "cursor"}):
         raise AdminError(400, f"unknown parameter {unknown[0]}; the audit trail takes limit and cursor")

@@ -70,7 +70,9 @@ def actor(request: Request) -> Actor:
 
 def require_admin(request: Request) -> None:
     if actor(request).kind != ADMIN:
-        raise PermissionError("this page is for the hub's admin; auditors can read the log, parties and traffic")
+        raise PermissionError(
+            "this page is for the hub's admin; auditors can read the log, parties, traffic and the audit trail"
+        )
 
 
 @get(SIGN_IN)

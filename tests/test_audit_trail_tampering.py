@@ -5,11 +5,18 @@ ok); an export's entry says how many rows it sent and their SHA-256."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import hashlib
+import io
 import json
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -18,8 +25,8 @@ import pytest
 from hub.admin.actors import ADMIN, Actor, record_action
 from storage.audit_trail import verify_trail
 from storage.secrets import audit_trail_key
-from tests.conftest import LOG_KEY, OUTPUT, ROOT, Hub, Services, hub_env, start_hub
-from tests.log_rows import migrate_up_to, run_on, sql, write
+from tests.conftest import LOG_KEY, OUTPUT, ROOT, Hub, Services, hub_env, start_hub, unique_party_id
+from tests.log_rows import migrate_up_to, numbered_entry, run_on, sql, varied_entries, write
 
 TRAIL_KEY = audit_trail_key(LOG_KEY)
 CHAINED_FROM = 19  # the migration that chains the trail (0019_audit_trail_chain.sql)
@@ -127,6 +134,50 @@ def test_an_auditor_reads_the_whole_trail_with_what_others_did(hub: Hub) -> None
     assert trail.status_code == 200, trail.text
     searches = [t for t in trail.json()["items"] if t["action"] == "search" and t["actor_kind"] == ADMIN]
     assert {"object_id": "SEEN-BY-THE-AUDITOR"} in [t["parameters"] for t in searches]
+
+
+def _sent_entry(hub: Hub, exported: int) -> dict[str, Any]:
+    with hub.admin() as admin:
+        items = admin.get("/admin/api/audit-trail", params={"limit": 100}).json()["items"]
+    return next(t for t in items if t["action"] == "export_sent" and t["parameters"]["export"] == exported)
+
+
+@pytest.mark.parametrize("export_format", ["ndjson", "csv"])
+def test_an_export_entry_holds_the_rows_and_sha256_of_the_bytes_received(
+    hub: Hub, services: Services, export_format: str
+) -> None:
+    write(services.database_url, [numbered_entry(n) for n in range(3)])
+    with _auditor(hub, f"exporter-{export_format}") as auditor:
+        body = auditor.get("/admin/api/routing-log/export", params={"format": export_format}).content
+        trail = auditor.get("/admin/api/audit-trail", params={"limit": 5}).json()["items"]
+    started = next(t for t in trail if t["action"] == "export" and t["actor_name"] == f"exporter-{export_format}")
+    lines = body.decode().splitlines() if export_format == "ndjson" else list(csv.reader(io.StringIO(body.decode())))
+    rows = len(lines) - (1 if export_format == "csv" else 0)  # its header
+    assert rows >= 3
+    assert _sent_entry(hub, started["id"])["parameters"] == {
+        "export": started["id"], "rows": rows, "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
+        "complete": True,
+    }  # fmt: skip
+
+
+def test_an_export_cut_short_is_recorded_as_incomplete_with_what_was_sent(hub: Hub, services: Services) -> None:
+    start = datetime(2002, 3, 1, tzinfo=UTC)
+    write(services.database_url, varied_entries(start, 3000, [("QZ", unique_party_id())], uuid.uuid4().hex[:8]))
+    params = {"since": "2002-03-01T00:00:00Z", "until": "2002-03-02T00:00:00Z", "format": "ndjson", "bodies": "true"}
+    with _auditor(hub, "quitter") as auditor:
+        with auditor.stream("GET", "/admin/api/routing-log/export", params=params) as answer:
+            next(answer.iter_raw())  # then gone
+        started = next(t for t in auditor.get("/admin/api/audit-trail").json()["items"]
+                       if t["action"] == "export" and t["actor_name"] == "quitter")  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            sent = _sent_entry(hub, started["id"])["parameters"]
+            break
+        except StopIteration:
+            assert time.monotonic() < deadline, "no export_sent entry"
+            time.sleep(0.2)
+    assert sent["complete"] is False and 0 < sent["rows"] < 3000 and sent["bytes"] > 0, sent
 
 
 def test_entries_written_at_once_by_many_connections_form_one_chain(empty_database: str) -> None:

@@ -1,24 +1,29 @@
 """GET /admin/api/routing-log/export: every row matching the search filters, streamed as NDJSON or CSV.
 
 The rows come through a server-side cursor in chunks and leave as soon as a chunk is encoded, so memory stays
-constant whatever the number of rows.
+constant whatever the number of rows. The audit trail has an "export" entry with the filters when it starts, and an
+"export_sent" one when it ends: the rows and bytes sent, their SHA-256, and whether the export was complete.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import io
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import anyio
 import asyncpg
 import msgspec
+import structlog
 from litestar import Request, get
 from litestar.response import Stream
 
-from hub.admin.actors import READ_ONLY, actor_of, record_action
+from hub.admin.actors import READ_ONLY, Actor, actor_of, record_action
 from hub.admin.api import AdminError
 from hub.admin.routing_log import query_params
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S
@@ -31,6 +36,22 @@ FORMATS = {"ndjson": "application/x-ndjson", "csv": "text/csv"}  # Litestar adds
 _encoder = msgspec.json.Encoder()
 # after the bodies: text, or bytes (not UTF-8, given in base64); none without a body
 BODY_KIND_COLUMNS = ("request_body_kind", "response_body_kind")
+log = structlog.get_logger()
+
+
+@dataclass(slots=True)
+class Sent:
+    """What an export has sent so far: a chunk counts once the server took it (the stream asked for the next)."""
+
+    rows: int = 0
+    size: int = 0
+    digest: Any = field(default_factory=hashlib.sha256)
+    complete: bool = False
+
+    def took(self, chunk: bytes | bytearray, rows: int) -> None:
+        self.rows += rows
+        self.size += len(chunk)
+        self.digest.update(chunk)
 
 
 # A cell a spreadsheet would take for a formula (OWASP, CSV injection): a party chooses many of the values (its ids, a
@@ -88,8 +109,10 @@ def _with_bodies(row: asyncpg.Record, headers_as_objects: bool) -> dict[str, Any
 
 
 async def export_rows(
-    pool: asyncpg.Pool, search: Search, export_format: str, bodies: bool = False
+    pool: asyncpg.Pool, search: Search, export_format: str, bodies: bool = False, sent: Sent | None = None
 ) -> AsyncIterator[bytes]:
+    sent = Sent() if sent is None else sent
+    rows = 0  # in chunk
     sql, args = export_query(search, bodies)
     lines = _CsvLines()
     header = (*EXPORT_COLUMNS, *BODY_COLUMNS, *BODY_KIND_COLUMNS) if bodies else EXPORT_COLUMNS
@@ -97,6 +120,7 @@ async def export_rows(
     async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         async for row in conn.cursor(sql, *args, prefetch=CURSOR_ROWS, timeout=AUDIT_QUERY_TIMEOUT_S):
+            rows += 1
             item = _with_bodies(row, export_format == "ndjson") if bodies else row
             if export_format == "csv":
                 chunk += lines.encode(tuple(item.values()))
@@ -105,9 +129,32 @@ async def export_rows(
                 chunk += b"\n"
             if len(chunk) >= FLUSH_BYTES:
                 yield bytes(chunk)
+                sent.took(chunk, rows)
                 chunk.clear()
+                rows = 0
     if chunk:
         yield bytes(chunk)
+        sent.took(chunk, rows)
+    sent.complete = True
+
+
+async def recorded_export(
+    chunks: AsyncIterator[bytes], sent: Sent, pool: asyncpg.Pool, key: bytes, who: Actor, audited: dict[str, Any]
+) -> AsyncIterator[bytes]:
+    """The chunks of an export (export_rows, filling sent), and when it ends, however, its "export_sent" entry in
+    the audit trail (key: its) with audited: the rows and bytes sent and their SHA-256; complete false when it was cut
+    short (the client went away, the database failed), what was sent until then."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        done = {"rows": sent.rows, "bytes": sent.size, "sha256": sent.digest.hexdigest(), "complete": sent.complete}
+        try:  # shielded: an export cut short by a client going away is cancelled, and this would be with it
+            with anyio.CancelScope(shield=True):
+                async with pool.acquire() as conn:
+                    await record_action(conn, key, who, "export_sent", audited | done)
+        except Exception as exc:  # the export's start is in the trail all the same
+            log.error("export_not_recorded", error=repr(exc), **done)
 
 
 @get("/routing-log/export", opt={READ_ONLY: True})
@@ -123,13 +170,16 @@ async def export_routing_log(request: Request) -> Stream:
         search = parse_filters(params)
     except BadFilter as exc:
         raise AdminError(400, str(exc)) from None
-    pool = request.app.state.pool
+    pool, key, who = request.app.state.pool, request.app.state.settings.audit_trail_key, actor_of(request)
     async with pool.acquire() as conn:
-        await record_action(conn, request.app.state.settings.audit_trail_key, actor_of(request), "export",
-                            search.given | {"format": export_format, "bodies": bodies == "true"})  # fmt: skip
+        started = await record_action(conn, key, who, "export",
+                                      search.given | {"format": export_format, "bodies": bodies == "true"})  # fmt: skip
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+    sent = Sent()
     return Stream(
-        export_rows(pool, search, export_format, bodies == "true"),
+        recorded_export(
+            export_rows(pool, search, export_format, bodies == "true", sent), sent, pool, key, who, {"export": started}
+        ),
         media_type=FORMATS[export_format],
         headers={"Content-Disposition": f'attachment; filename="routing-log-{stamp}.{export_format}"'},
     )

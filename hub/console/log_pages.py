@@ -11,7 +11,7 @@ from litestar.response import Stream, Template
 
 from hub.admin.actors import record_action
 from hub.admin.api import AdminError
-from hub.admin.export import FORMATS, export_rows
+from hub.admin.export import FORMATS, Sent, export_rows, recorded_export
 from hub.admin.routing_log import fetch_planned, load_conversation, load_message, with_amendments
 from hub.console.auth import actor
 from hub.envelope import path_number
@@ -118,12 +118,15 @@ async def export_download(request: Request, format: str = "csv", bodies: bool = 
     except BadFilter as exc:
         return Template("problem.html", status_code=400, context={
             "actor": actor(request), "heading": "Cannot export", "message": str(exc)})  # fmt: skip
-    pool, key = request.app.state.pool, request.app.state.settings.audit_trail_key
+    pool, key, who = request.app.state.pool, request.app.state.settings.audit_trail_key, actor(request)
     async with pool.acquire() as conn:
         audited = search.given | {"format": format, "bodies": bodies, "via": "console"}
-        await record_action(conn, key, actor(request), "export", audited)
+        started = await record_action(conn, key, who, "export", audited)
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
-    return Stream(export_rows(pool, search, format, bodies), media_type=FORMATS[format],
+    sent = Sent()
+    chunks = recorded_export(export_rows(pool, search, format, bodies, sent), sent, pool, key, who,
+                             {"export": started, "via": "console"})  # fmt: skip
+    return Stream(chunks, media_type=FORMATS[format],
                   headers={"Content-Disposition": f'attachment; filename="routing-log-{stamp}.{format}"'})  # fmt: skip
 
 

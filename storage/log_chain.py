@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from storage.log_ids import ReservedIds
-from storage.log_object_ids import listed_ids_of_entry, object_id_of_entry
+from storage.log_object_ids import ids_of_entry
 from storage.log_row import GENESIS, LogEntry, in_column_order, row_content, row_hash, stored_text
 
 
@@ -39,9 +39,10 @@ class LogChain:
         last_seq, prev_hash = self.head
         seq = last_seq + 1  # the chain moves on only once the row is complete
         values = row_content(entry, self.text, seq, self._body_cap)
-        if (object_id := object_id_of_entry(entry)) is not None:
+        object_id, listed_ids = ids_of_entry(entry)
+        if object_id is not None:
             object_id = stored_text(object_id).upper()  # a CiString: searched upper-cased (storage.log_search)
-        if (listed_ids := listed_ids_of_entry(entry)) is not None:
+        if listed_ids is not None:
             listed_ids = [stored_text(found).upper() for found in listed_ids]  # CiStrings, as object_id
         values["object_id"], values["listed_ids"] = object_id, listed_ids
         # the id reserved for it; a row chained again (a refused batch, row by row) keeps the one it was given

@@ -85,6 +85,7 @@ class LogEntry:
     # (key, url) of a CDR Location the hub rewrote; stored in relayed_location in the same transaction
     relayed_location: tuple[str, str] | None = None
     object_id: str | None = None  # where the hub knows it and log_object_ids could not tell it (a result's)
+    related_ids: list[str] | None = None  # its listed_ids, where the hub knows them (a result's: its command's)
     waiter: asyncio.Future[None] | None = field(default=None, repr=False)
     waiting_since: float = field(default=0.0, repr=False)  # the event loop's time when the caller began to wait
     # (seq, hash) of its row once chained: its content is fixed, hashed into the writer's chain (an amendment names it)

@@ -115,7 +115,9 @@ def _time(name: str, raw: str) -> list[Any]:
     return [parse_time(name, raw)]
 
 
-# name -> (SQL fragment with {0}, {1}... for its parameters, parser). "party" is handled apart: see page_query.
+_OBJECT, _LISTED = "object_id IN ({0}, {1})", "listed_ids && ARRAY[{0}, {1}]::text[]"
+# name -> (SQL fragment with {0}, {1}... for its parameters, parser). "party" and "object_id" are handled apart: see
+# page_query.
 FILTERS: dict[str, tuple[str, Callable[[str, str], list[Any]]]] = {
     "from_party": ("from_country_code = {0} AND from_party_id = {1}", _party),
     "to_party": ("to_country_code = {0} AND to_party_id = {1}", _party),
@@ -125,9 +127,9 @@ FILTERS: dict[str, tuple[str, Callable[[str, str], list[Any]]]] = {
     # the id the caller sent, or the one the hub sent the receiver: either side of a dispute may hold it
     "request_id": ("(request_id = {0} OR forwarded_request_id = {0})", _text),
     "correlation_id": ("correlation_id = {0}", _text),
-    "object_id": ("object_id IN ({0}, {1})", _object_id),
-    # an id a list answer named (storage.log_object_ids.listed_ids_of_entry): a pull's rows, as object_id finds a push's
-    "listed_id": ("listed_ids && ARRAY[{0}, {1}]::text[]", _object_id),
+    # "object_id" is handled apart (see Search.either_object): the rows about an object and those naming it
+    # an id a row names other than as its object (storage.log_object_ids): a list answer's, a CDR's session...
+    "listed_id": (_LISTED, _object_id),
     # either side, as GET /admin/api/parties numbers them: a party id two platforms held one after the other
     "platform": ("(caller_platform_id = {0} OR receiver_platform_id = {0})", _integer(1, 2**63 - 1)),
     "since": ("received_at >= {0}", _time),
@@ -138,7 +140,7 @@ ANSWERED: dict[str, tuple[str, Callable[[str, str], list[Any]]]] = {
     "http_status": ("http_status", _integer(100, 599)),
     "ocpi_status": ("ocpi_status_code", _integer(1000, 4999)),
 }
-FILTER_NAMES = frozenset({*FILTERS, *ANSWERED, "party"})
+FILTER_NAMES = frozenset({*FILTERS, *ANSWERED, "party", "object_id"})
 # The row's amendment (migration 0015), in a clause on routing_log.
 _AMENDMENT = "routing_log_amendment AS a WHERE a.chain_id = routing_log.chain_id AND a.seq = routing_log.seq"
 _FROM = "from_country_code = {0} AND from_party_id = {1}"
@@ -153,6 +155,7 @@ class Search:
     fragments: list[str] = field(default_factory=list)
     args: list[Any] = field(default_factory=list)
     party: list[Any] | None = None
+    object: list[Any] | None = None  # the object_id filter's values
     answered: list[tuple[str, int]] = field(default_factory=list)  # (column, value) of the status filters
     given: dict[str, str] = field(default_factory=dict)
 
@@ -169,6 +172,15 @@ class Search:
         assert self.party is not None
         placeholders = self.bind(self.party)
         return _FROM.format(*placeholders), _TO.format(*placeholders), _NOT_FROM.format(*placeholders)
+
+    def either_object(self) -> tuple[str, str]:
+        """(about it, naming it) the object_id filter, sharing its parameters: rows whose object_id it is (a btree
+        range), and rows whose listed_ids name it and whose object_id is another (a GIN lookup): "everything about
+        session S", its pushes, the commands, results and CDRs naming it, the list answers that held it."""
+        assert self.object is not None
+        placeholders = self.bind(self.object)
+        about = _OBJECT.format(*placeholders)
+        return about, f"{_LISTED.format(*placeholders)} AND (object_id IS NULL OR NOT {about})"
 
     def either_answer(self) -> tuple[str, str]:
         """(as the row says, as its amendment says) the status filters, sharing their parameters: a row not amended
@@ -213,6 +225,9 @@ def parse_filters(params: Mapping[str, str], allowed_extra: frozenset[str] = fro
     if params.get("party"):
         search.party = _party("party", params["party"])
         search.given["party"] = params["party"]
+    if params.get("object_id"):
+        search.object = _object_id("object_id", params["object_id"])
+        search.given["object_id"] = params["object_id"]
     check_range(*(parsed[name][0] if name in parsed else None for name in ("since", "until")))
     return search
 
@@ -260,10 +275,13 @@ def page_query(search: Search, cursor: tuple[datetime, int] | None, limit: int) 
         sent, received, not_sent = search.either_party()
         sides = [[sent], [f"{received} AND {not_sent}"]]
     answers: list[list[str]] = [[]] if not search.answered else [[answer] for answer in search.either_answer()]
+    objects: list[list[str]] = [[]] if search.object is None else [[clause] for clause in search.either_object()]
     branches = [
-        f"SELECT {_SELECT} FROM routing_log {search.where(*extra, *side, *answer)} {ORDER_NEWEST} LIMIT {limit_param}"
+        f"SELECT {_SELECT} FROM routing_log {search.where(*extra, *side, *answer, *about)} {ORDER_NEWEST} "
+        f"LIMIT {limit_param}"
         for side in sides
         for answer in answers
+        for about in objects
     ]
     if len(branches) == 1:
         return branches[0], search.args
@@ -290,4 +308,7 @@ def full_where(search: Search) -> str:
     if search.answered:
         as_logged, amended = search.either_answer()
         either.append(f"(({as_logged}) OR ({amended}))")
+    if search.object is not None:
+        placeholders = search.bind(search.object)
+        either.append(f"({_OBJECT.format(*placeholders)} OR {_LISTED.format(*placeholders)})")
     return search.where(*either)

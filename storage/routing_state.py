@@ -30,6 +30,8 @@ class Relayed(msgspec.Struct, frozen=True):
     target_party: tuple[str, str]  # OCPI-to of the relayed call
     correlation_id: str
     object_id: str | None = None  # the routing-log object id of the request that handed the URL out
+    # its listed ids: the result row's
+    related_ids: tuple[str, ...] = ()
 
 
 _encoder = msgspec.json.Encoder()

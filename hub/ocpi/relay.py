@@ -60,7 +60,7 @@ from routing.shapes import check_patch, check_shape
 from storage.directory import Directory, PartyRole, Platform
 from storage.location_document import too_large
 from storage.location_writer import not_cached
-from storage.log_object_ids import object_id_of_entry
+from storage.log_object_ids import ids_of_entry
 from storage.log_row import LogEntry
 from storage.log_waiters import LogUnavailable
 from storage.routing_state import Relayed, new_key
@@ -289,14 +289,14 @@ class Relay:
         delivery = route.deliveries[0]
         body, query = incoming.body, incoming.query
         if callback_url is not None:
-            entry.object_id = object_id_of_entry(entry)  # read once: the writer takes it from the entry
+            entry.object_id, entry.related_ids = ids_of_entry(entry)  # read once: the writer takes them from the entry
             key = new_key()  # kept only once the body with it is sure to go (with_response_url may refuse it)
             body, query = with_response_url(incoming, callback_url, f"{self.settings.public_url}{RESULTS}{key}")
             await self.routing.remember("results", Relayed(
                 url=callback_url, module=incoming.module, interface="sender", caller_platform_id=delivery.platform.id,
                 target_platform_id=caller.id, caller_party=delivery.to.key, target_party=route.sender.key,
-                correlation_id=entry.correlation_id, object_id=entry.object_id),
-                callback_ttl_s(incoming), key)  # fmt: skip
+                correlation_id=entry.correlation_id, object_id=entry.object_id,
+                related_ids=tuple(entry.related_ids or ())), callback_ttl_s(incoming), key)  # fmt: skip
         url = endpoint_url(delivery.url, incoming.suffix)
         answer = await self.call_party(exchange, delivery, route.sender, incoming.method, url, query, body)
         if 200 <= answer.status < 300:

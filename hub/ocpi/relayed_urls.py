@@ -49,8 +49,9 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     if "x-correlation-id" not in exchange.headers and relayed.correlation_id:
         # e.g. a CommandResult posted without one: it joins the conversation of the command
         entry.correlation_id = relayed.correlation_id
-    # and whatever correlation id it came with, its row is found by the command's object id, as the command's is
-    entry.object_id = relayed.object_id
+    # and whatever correlation id it came with, its row is found by the command's object id, as the command's is, and
+    # by the ids its command named (listed_ids)
+    entry.object_id, entry.related_ids = relayed.object_id, list(relayed.related_ids) or None
     target = relay.directory.current.platforms.get(relayed.target_platform_id)
     to = next((r for r in target.roles if r.key == relayed.target_party), None) if target else None
     _check_addressed(exchange, kind, relayed, to)

@@ -63,6 +63,7 @@ _REFERRED = {"cdrs": ("session_id", "authorization_reference"), "sessions": ("au
              "commands": ("session_id", "location_id", "reservation_id", "authorization_reference")}  # fmt: skip
 # The requests to a Receiver whose body names objects: a CDR and a command pushed, a Session put or patched.
 _BODY_NAMES = {"cdrs": ("POST",), "commands": ("POST",), "sessions": ("PUT", "PATCH")}
+REQUEST = "request:"  # a result's listed id naming an X-Request-ID of the request it answers (hub.ocpi.relay)
 
 
 def object_id_of_entry(entry: LogEntry) -> str | None:
@@ -76,7 +77,7 @@ def ids_of_entry(entry: LogEntry) -> tuple[str | None, list[str] | None]:
     receiver (POST, mod_cdrs.asciidoc), so that "did the CPO ever send us this CDR?" is one index lookup, a command, by
     what it acts on, and a CDR fetched at the Location the hub gave its POST, by the id in the answer. The listed ids:
     those of a list answer (listed_ids_of_entry), or the other objects a pushed Session, CDR or command names
-    (_REFERRED), or, for a result, its command's."""
+    (_REFERRED), or, for a result, its command's and its command's request ids (REQUEST)."""
     if entry.object_id is not None or entry.related_ids is not None:
         return entry.object_id, entry.related_ids
     if "://" in entry.path:  # a message of the hub's own, logged with the party's URL, shaped as the party likes

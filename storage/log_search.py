@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from storage.log_object_ids import REQUEST
 from storage.log_row import stored_text
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
@@ -72,6 +73,11 @@ def _object_id(name: str, raw: str) -> list[Any]:
     return [*_text(name, raw), raw.upper()]
 
 
+def _request_id(name: str, raw: str) -> list[Any]:
+    """A request id as sent, and as a result's row lists the request it answers (storage.log_object_ids.REQUEST)."""
+    return [*_text(name, raw), f"{REQUEST}{raw}".upper()]
+
+
 def _word(name: str, raw: str) -> list[Any]:
     if not _WORD.fullmatch(raw):
         raise BadFilter(f"{name} must be a module name such as locations, got {raw!r}")
@@ -124,8 +130,9 @@ FILTERS: dict[str, tuple[str, Callable[[str, str], list[Any]]]] = {
     "module": ("module = {0}", _word),
     "method": ("method = {0}", _choice(METHODS, str.upper)),
     "routing": ("routing = {0}", _choice(ROUTINGS, str.lower)),
-    # the id the caller sent, or the one the hub sent the receiver: either side of a dispute may hold it
-    "request_id": ("(request_id = {0} OR forwarded_request_id = {0})", _text),
+    # the id the caller sent, or the one the hub sent the receiver: either side of a dispute may hold it; and the rows
+    # of the results that answer it (posted to the response_url it handed out), which list it
+    "request_id": ("(request_id = {0} OR forwarded_request_id = {0} OR listed_ids && ARRAY[{1}]::text[])", _request_id),
     "correlation_id": ("correlation_id = {0}", _text),
     # "object_id" is handled apart (see Search.either_object): the rows about an object and those naming it
     # an id a row names other than as its object (storage.log_object_ids): a list answer's, a CDR's session...

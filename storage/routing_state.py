@@ -30,7 +30,7 @@ class Relayed(msgspec.Struct, frozen=True):
     target_party: tuple[str, str]  # OCPI-to of the relayed call
     correlation_id: str
     object_id: str | None = None  # the routing-log object id of the request that handed the URL out
-    # its listed ids: the result row's
+    # its listed ids, and its X-Request-IDs (storage.log_object_ids.REQUEST): the result row's listed ids
     related_ids: tuple[str, ...] = ()
 
 

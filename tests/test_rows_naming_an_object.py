@@ -67,6 +67,39 @@ def test_a_sessions_pushes_commands_results_and_cdr_are_found_by_its_id(hub: Hub
         assert len(exported.text.splitlines()) == 5, exported.text
 
 
+def test_a_results_row_leads_to_its_command_and_the_command_to_its_result(hub: Hub, connect_party) -> None:
+    # Two START_SESSIONs at one location: the object id of both, and of both results, is the location. Each result's
+    # row names its command by the command's X-Request-IDs, the eMSP's and the hub's, and by its authorization.
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    tag = uuid.uuid4().hex[:8]
+    for n in range(2):
+        body = {"response_url": f"{emsp.base}/ocpi/2.2.1/commands/START_SESSION/{tag}-{n}", "location_id": f"L-{tag}",
+                "authorization_reference": f"A-{tag}-{n}", "token": {"uid": f"T-{tag}"}}  # fmt: skip
+        answer = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), body=body,
+                           headers={"X-Request-ID": f"{tag}-cmd-{n}", "X-Correlation-ID": f"{tag}-{n}"})  # fmt: skip
+        assert answer.json()["status_code"] == 1000, answer.text
+    commands = [r for r in cpo.functional() if r.path.endswith("/START_SESSION")]
+    for n, command in enumerate(commands):
+        result = httpx.post(json.loads(command.body)["response_url"], json={"result": "ACCEPTED"},
+                            headers=token_header(cpo.hub_token) | {"X-Request-ID": f"{tag}-result-{n}",
+                                                                  "X-Correlation-ID": f"{tag}-own-{n}"})  # fmt: skip
+        assert result.json()["status_code"] == 1000, result.text
+    with hub.admin() as admin:
+        assert len(_search(admin, object_id=f"L-{tag}")) == 4
+        for n, command in enumerate(commands):
+            forwarded = {name.lower(): value for name, value in command.headers.items()}["x-request-id"]
+            [row] = _search(admin, request_id=f"{tag}-result-{n}")
+            listed = admin.get(f"/admin/api/routing-log/{row['id']}").json()["listed_ids"]
+            assert listed == [f"A-{tag}-{n}".upper(), f"T-{tag}".upper(), f"REQUEST:{tag}-cmd-{n}".upper(),
+                              f"REQUEST:{forwarded}".upper()], listed  # fmt: skip
+            # either request id of the command finds it and its result, and no other command's
+            for request_id in (f"{tag}-cmd-{n}", forwarded):
+                found = sorted(item["request_id"] for item in _search(admin, request_id=request_id))
+                assert found == [f"{tag}-cmd-{n}", f"{tag}-result-{n}"], (request_id, found)
+            found = sorted(item["request_id"] for item in _search(admin, object_id=f"a-{tag}-{n}"))
+            assert found == [f"{tag}-cmd-{n}", f"{tag}-result-{n}"], found
+
+
 _BODIES = [
     ("cdrs", "POST", "/ocpi/2.2.1/receiver/cdrs",
      {"id": "C1", "session_id": "S1", "authorization_reference": "A1", "cdr_token": {"uid": "T1"},

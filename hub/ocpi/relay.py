@@ -60,7 +60,7 @@ from routing.shapes import check_patch, check_shape
 from storage.directory import Directory, PartyRole, Platform
 from storage.location_document import too_large
 from storage.location_writer import not_cached
-from storage.log_object_ids import ids_of_entry
+from storage.log_object_ids import REQUEST, ids_of_entry
 from storage.log_row import LogEntry
 from storage.log_waiters import LogUnavailable
 from storage.routing_state import Relayed, new_key
@@ -288,17 +288,22 @@ class Relay:
             return broadcast.push(self, exchange, incoming, route)
         delivery = route.deliveries[0]
         body, query = incoming.body, incoming.query
+        forwarded_as = None
         if callback_url is not None:
             entry.object_id, entry.related_ids = ids_of_entry(entry)  # read once: the writer takes them from the entry
             key = new_key()  # kept only once the body with it is sure to go (with_response_url may refuse it)
             body, query = with_response_url(incoming, callback_url, f"{self.settings.public_url}{RESULTS}{key}")
+            # its result's row names the request it answers by both its ids, found by either (storage.log_search)
+            forwarded_as = new_request_id()
+            answers = [f"{REQUEST}{request_id}" for request_id in (entry.request_id, forwarded_as)]
             await self.routing.remember("results", Relayed(
                 url=callback_url, module=incoming.module, interface="sender", caller_platform_id=delivery.platform.id,
                 target_platform_id=caller.id, caller_party=delivery.to.key, target_party=route.sender.key,
                 correlation_id=entry.correlation_id, object_id=entry.object_id,
-                related_ids=tuple(entry.related_ids or ())), callback_ttl_s(incoming), key)  # fmt: skip
+                related_ids=(*(entry.related_ids or ()), *answers)), callback_ttl_s(incoming), key)  # fmt: skip
         url = endpoint_url(delivery.url, incoming.suffix)
-        answer = await self.call_party(exchange, delivery, route.sender, incoming.method, url, query, body)
+        answer = await self.call_party(exchange, delivery, route.sender, incoming.method, url, query, body,
+                                       forwarded_as)  # fmt: skip
         if 200 <= answer.status < 300:
             open_routing.note_seen(incoming, caller, delivery, self.routing)
             self._note_location(exchange, incoming)
@@ -307,14 +312,23 @@ class Relay:
         return answer
 
     async def call_party(
-        self, exchange: Exchange, delivery: Delivery, sender: PartyRole, method: str, url: str, query: str, body: bytes
+        self,
+        exchange: Exchange,
+        delivery: Delivery,
+        sender: PartyRole,
+        method: str,
+        url: str,
+        query: str,
+        body: bytes,
+        forwarded_as: str | None = None,
     ) -> Answer:
-        """Forward to the receiver with its token B, a new X-Request-ID and the same X-Correlation-ID."""
+        """Forward to the receiver with its token B, a new X-Request-ID (forwarded_as where chosen before) and the same
+        X-Correlation-ID."""
         entry, platform, to, caller = exchange.entry, delivery.platform, delivery.to, exchange.caller
         assert caller is not None  # every route has one: a broadcast copy's is the platform that pushed it
         entry.to_country_code, entry.to_party_id = to.country_code, to.party_id
         entry.receiver_platform_id = platform.id
-        entry.forwarded_request_id = new_request_id()
+        entry.forwarded_request_id = forwarded_as or new_request_id()
         headers = {
             "Authorization": authorization(platform.token_b or "", platform.token_encoding),
             "X-Request-ID": entry.forwarded_request_id,

@@ -50,7 +50,7 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
         # e.g. a CommandResult posted without one: it joins the conversation of the command
         entry.correlation_id = relayed.correlation_id
     # and whatever correlation id it came with, its row is found by the command's object id, as the command's is, and
-    # by the ids its command named (listed_ids)
+    # by the ids its command named and the command's request ids (listed_ids)
     entry.object_id, entry.related_ids = relayed.object_id, list(relayed.related_ids) or None
     target = relay.directory.current.platforms.get(relayed.target_platform_id)
     to = next((r for r in target.roles if r.key == relayed.target_party), None) if target else None

@@ -116,7 +116,8 @@ def test_metrics_move_with_traffic(hub: Hub, connect_party) -> None:
     emsp.call(hub.base, "GET", "sender/locations/NO-SUCH-LOCATION", to=HUB)
     _wait(lambda: emsp.call(hub.base, "GET", "sender/locations/M0", to=HUB).json()["status_code"] == 1000)
     hits = _metric(hub, "ocpi_hub_location_cache_requests_total", result="hit")
-    counted = emsp.call(hub.base, "GET", "sender/locations?limit=0", to=HUB)  # the total alone: from the cache too
+    # the total alone, of this CPO's locations: from the cache too
+    counted = emsp.call(hub.base, "GET", f"sender/locations?country_code={cc}&party_id={pid}&limit=0", to=HUB)
     assert counted.headers["X-Total-Count"] == "3", counted.headers
     assert _metric(hub, "ocpi_hub_location_cache_requests_total", result="hit") == hits + 1
     assert _metric(hub, "ocpi_hub_requests_total", **pushed) >= before["requests"] + 3

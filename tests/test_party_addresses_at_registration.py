@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import pytest
 
 from hub.errors import UnableToUseClientApi
-from hub.party_api import PartyClient, discover
+from hub.party_api import discover
+from hub.party_client import PartyClient
 from hub.settings import Settings
 from routing.party_addresses import ALLOWANCE, NO_CONNECTION, NOT_PUBLIC, PartyAddresses
 from tests.conftest import LOOPBACK, Hub, unique_party_id
@@ -49,7 +50,7 @@ def _told(
 
     with monkeypatch.context() as patched:
         if policy is not None:
-            patched.setattr("hub.party_api.for_hub", lambda allowed, listen: policy)
+            patched.setattr("hub.party_client.for_hub", lambda allowed, listen: policy)
         return asyncio.run(run())
 
 

@@ -16,6 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hub.ocpi import broadcast
+from hub.ocpi.exchange import Job
+from hub.ocpi.relay import Relay
+from hub.settings import Settings
 from routing.fair_share import CallerShares
 from tests.conftest import Hub, Services, hub_env, register_at_hub, start_hub
 from tests.parties import Party
@@ -272,6 +276,62 @@ def test_a_platforms_broadcasts_beyond_its_copies_in_delivery_are_refused_until_
     rows = _rows(hub, f"bcast-16-{pid}")
     assert [(r["routing"], r["ocpi_status_code"], r["from_party_id"]) for r in rows] == [("broadcast", 4000, pid)]
     assert "not forwarded" in rows[0]["error"]
+
+
+def test_a_platforms_concurrent_broadcasts_are_counted_from_their_admission_and_kept_within_the_bound(
+    two_connection_hub: Hub, start_party
+) -> None:
+    # A copy was counted once its task started, after the caller's row was committed: 64 broadcasts at once all found
+    # the count as it was before them, and 17 to 22 of them (8 copies each, against 16 allowed) were accepted.
+    hub, held = two_connection_hub, threading.Event()
+    cpo = register_at_hub(hub, start_party, _roles("CPO"))
+    emsp = register_at_hub(hub, start_party, *(_roles("EMSP") for _ in range(8)), held=held,
+                           held_paths=("/ocpi/2.2.1/locations/receiver",))  # fmt: skip
+    cc, pid = party_key(cpo)
+
+    def push(n: int) -> httpx.Response:
+        return cpo.call(hub.base, "PATCH", f"receiver/locations/{cc}/{pid}/LOC{n}", to=HUB,
+                        body={"publish": True, "last_updated": "2026-12-05T08:00:00Z"})  # fmt: skip
+
+    try:
+        with ThreadPoolExecutor(64) as pool:
+            answers = [answer.json() for answer in pool.map(push, range(64))]
+    finally:
+        held.set()
+    accepted = sum(answer["status_code"] == 1000 for answer in answers)
+    assert accepted == 16, [answer["status_message"] for answer in answers]
+    refused = {a["status_message"].split(" of this")[0] for a in answers if a["status_code"] != 1000}
+    assert refused == {"not forwarded: the hub is still delivering 128 copies"}, refused
+    _wait_for(lambda: sum(r.path.startswith("/ocpi/2.2.1/locations/receiver") for r in emsp.functional()) == 128)
+    _wait_for(lambda: push(64).json()["status_code"] == 1000)  # every copy given back its place once delivered
+
+
+def test_a_broadcast_copy_gives_its_place_back_once_whether_it_ran_was_cancelled_before_it_ran_or_never_started() -> (
+    None
+):
+    # Counted from its broadcast's admission (hub.ocpi.broadcast.push), a copy whose task is cancelled before it runs,
+    # or that never gets a task (the caller's row not written), must not keep its place; one that ran gives it back too.
+    async def run() -> None:
+        relay = Relay(Settings.from_env({}))
+        counts = relay.broadcast_copies
+        counts[7] = 3  # one broadcast of three copies admitted
+        ran = asyncio.Event()
+
+        async def deliver() -> None:
+            ran.set()
+
+        jobs = [Job(deliver(), broadcast._give_back(counts, 7)) for _ in range(3)]
+        relay._spawn(jobs[0])
+        relay._spawn(jobs[1])
+        [cancelled] = [task for task in relay.tasks if task.get_coro() is jobs[1].work]
+        cancelled.cancel()  # before it ran
+        jobs[2].abandon()  # never started
+        assert counts == {7: 2}
+        await relay.drain()
+        await asyncio.sleep(0)  # the done callbacks
+        assert ran.is_set() and cancelled.cancelled() and counts == {}
+
+    asyncio.run(run())
 
 
 def test_the_shares_keep_no_entry_of_a_caller_without_requests_in_flight_and_lose_no_slot_to_a_cancelled_wait() -> None:

@@ -5,19 +5,22 @@ Each copy is a task, which goes out in the pushing platform's share of the conne
 bound; so a hub process keeps at most COPIES_PER_CONNECTION times OCPI_HUB_PARTY_CONNECTIONS of one platform's copies
 in delivery (4,096 by default: 16 broadcasts a second to 50 parties, say, each delivered within 5 s), and refuses its
 broadcast beyond that with 4000, sent to no one. A broadcast to more parties than that goes when the platform has
-none in delivery. Counting them is a dict lookup and store per copy.
+none in delivery. A broadcast's copies count from its admission, before the caller's row is committed (broadcasts
+arriving meanwhile see them), and each gives its place back once, when it is delivered or will never start. Counting
+them is a dict lookup and store per copy.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import structlog
 
 from hub.errors import BroadcastsPending, OcpiError
-from hub.ocpi.exchange import Exchange
+from hub.ocpi.exchange import Exchange, Job
 from routing.decide import Delivery, Route
 from routing.forward import Answer, ocpi_status_of
 from routing.request import Incoming, endpoint_url
@@ -46,9 +49,12 @@ def check_room(relay: Relay, caller: int, route: Route) -> None:
 
 
 def push(relay: Relay, exchange: Exchange, incoming: Incoming, route: Route) -> Answer:
-    """Answer the caller now; deliver a copy to every recipient after the caller's row is committed."""
+    """Answer the caller now; deliver a copy to every recipient after the caller's row is committed. Its copies count
+    in its platform's copies in delivery from now on (check_room just found room for them)."""
     settings = relay.settings
-    entry = exchange.entry
+    entry, counts, platform = exchange.entry, relay.broadcast_copies, exchange.entry.caller_platform_id
+    assert platform is not None  # a broadcast's caller is authenticated
+    counts[platform] = counts.get(platform, 0) + len(route.deliveries)
     entry.to_country_code, entry.to_party_id = settings.country_code, settings.party_id
     for delivery in route.deliveries:
         copy = LogEntry(
@@ -57,28 +63,24 @@ def push(relay: Relay, exchange: Exchange, incoming: Incoming, route: Route) -> 
             query=incoming.query, routing="broadcast", caller_platform_id=entry.caller_platform_id,
             from_country_code=settings.country_code, from_party_id=settings.party_id, request_body=incoming.body,
         )  # fmt: skip
-        exchange.background.append(_deliver_copy(relay, exchange, copy, delivery, incoming))
+        work = _deliver(relay, exchange, copy, delivery, incoming)
+        exchange.background.append(Job(work, _give_back(counts, platform)))
     message = f"broadcast to {len(route.deliveries)} part{'y' if len(route.deliveries) == 1 else 'ies'}"
     if incoming.to is None:  # open routing that could not place it: not what the caller asked for, maybe
         message = f"no OCPI-to headers: {message}"
     return relay.hub_answer(exchange, 200, 1000, message)
 
 
-async def _deliver_copy(
-    relay: Relay, exchange: Exchange, copy: LogEntry, delivery: Delivery, incoming: Incoming
-) -> None:
-    """One broadcast copy, sent FROM the hub (transport_and_format.asciidoc, Broadcast Push), logged as a row; counted
-    in its platform's copies in delivery while it runs (a task cancelled before it runs never counts)."""
-    counts, platform = relay.broadcast_copies, copy.caller_platform_id
-    assert platform is not None  # a broadcast's caller is authenticated
-    counts[platform] = counts.get(platform, 0) + 1
-    try:
-        await _deliver(relay, exchange, copy, delivery, incoming)
-    finally:
+def _give_back(counts: dict[int, int], platform: int) -> Callable[[], None]:
+    """What gives one copy's place in its platform's copies in delivery back (hub.ocpi.exchange.Job: once)."""
+
+    def release() -> None:
         if left := counts[platform] - 1:
             counts[platform] = left
         else:
             del counts[platform]
+
+    return release
 
 
 async def _deliver(relay: Relay, exchange: Exchange, copy: LogEntry, delivery: Delivery, incoming: Incoming) -> None:

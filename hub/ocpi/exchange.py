@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,20 @@ from litestar.types import Scope
 
 from storage.directory import PartyRole, Platform
 from storage.log_row import LogEntry
+
+
+@dataclass(slots=True)
+class Job:
+    """Work to start once the caller's row is committed, and release, which gives back what it was admitted with:
+    called exactly once, when its task is done (run, failed or cancelled before it ran) or when it is abandoned
+    unstarted (the caller's row not written)."""
+
+    work: Coroutine[Any, Any, None]
+    release: Callable[[], None]
+
+    def abandon(self) -> None:
+        self.work.close()
+        self.release()
 
 
 @dataclass(slots=True)
@@ -21,7 +36,7 @@ class Exchange:
     started: float
     caller: Platform | None = None
     sender: PartyRole | None = None
-    background: list[Any] = field(default_factory=list)
+    background: list[Job] = field(default_factory=list)
     # what the hub's forwards of it carry as HUB_INSTANCE_HEADER when it came through other hubs: their marks and the
     # hub's own (hub.request_context.hubs_passed); empty: the hub's own alone
     hubs_passed: str = ""

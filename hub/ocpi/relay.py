@@ -36,7 +36,7 @@ from hub.errors import (
 )
 from hub.metrics import count_request
 from hub.ocpi import broadcast, hub_answers, relayed_urls
-from hub.ocpi.exchange import Exchange
+from hub.ocpi.exchange import Exchange, Job
 from hub.ocpi.relayed_urls import CDR_LOCATIONS, PAGES, RESULTS
 from hub.ocpi.wire import Envelope
 from hub.request_body import BodyDeadlines, read_body, refuse_announced, refuse_encoded
@@ -174,28 +174,32 @@ class Relay:
             log.exception("relay_failed", path=path)
             answer = self.hub_answer(exchange, 500, 3000, "internal error of the hub; it has been logged")
             entry.error = f"internal error: {exc!r}"
-        if entry.from_country_code is None or exchange.caller is None:  # refused before it was routed
-            row_of_a_refusal(entry, exchange.caller, self.directory.current, headers, looked_up=looked_up)
-        entry.http_status, entry.response_body = answer.status, answer.body
-        # an OCPI answer's JSON type goes without saying; any other (a proxy's HTML error page) is the auditor's clue
-        entry.response_headers = {
-            k: v for k, v in answer.headers.items() if k != "content-type" or not v.startswith("application/json")
-        } or None
-        entry.ocpi_status_code = entry.ocpi_status_code or ocpi_status_of(answer.body)
-        entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         try:
-            await self.routing_log.record(entry)
-        except LogUnavailable as exc:
-            answer, code, told = self._late_answer(exchange, answer, str(exc))
-            took = time.perf_counter() - started
-            late = f"the caller was answered {code} after {took:.1f} s instead: {told}"
-            if entry.chained_at is None:  # still queued (the database away): its row says what the caller got
-                entry.ocpi_status_code, entry.error = code, f"{entry.error}; {late}" if entry.error else late
-            else:  # in the batch being written, its content fixed by its hash: amended once it is committed
-                self.routing_log.amend(entry, answer.status, code, told)
-                log.error("routing_log_row_not_as_answered", request_id=request_id, error=late)
-        for task in exchange.background:
-            self._spawn(task)
+            if entry.from_country_code is None or exchange.caller is None:  # refused before it was routed
+                row_of_a_refusal(entry, exchange.caller, self.directory.current, headers, looked_up=looked_up)
+            entry.http_status, entry.response_body = answer.status, answer.body
+            # an OCPI answer's JSON type goes without saying; any other (a proxy's HTML error page): the auditor's clue
+            entry.response_headers = {
+                k: v for k, v in answer.headers.items() if k != "content-type" or not v.startswith("application/json")
+            } or None
+            entry.ocpi_status_code = entry.ocpi_status_code or ocpi_status_of(answer.body)
+            entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+            try:
+                await self.routing_log.record(entry)
+            except LogUnavailable as exc:
+                answer, code, told = self._late_answer(exchange, answer, str(exc))
+                took = time.perf_counter() - started
+                late = f"the caller was answered {code} after {took:.1f} s instead: {told}"
+                if entry.chained_at is None:  # still queued (the database away): its row says what the caller got
+                    entry.ocpi_status_code, entry.error = code, f"{entry.error}; {late}" if entry.error else late
+                else:  # in the batch being written, its content fixed by its hash: amended once it is committed
+                    self.routing_log.amend(entry, answer.status, code, told)
+                    log.error("routing_log_row_not_as_answered", request_id=request_id, error=late)
+            while exchange.background:
+                self._spawn(exchange.background.pop(0))
+        finally:  # the caller's row not written (a bug, or the request's task cancelled): what waited for it never runs
+            for job in exchange.background:
+                job.abandon()
         answer.headers["x-request-id"], answer.headers["x-correlation-id"] = request_id, correlation_id
         await _send(send, answer)
         count_request(entry.module, entry.method, entry.routing, entry.ocpi_status_code)
@@ -409,10 +413,11 @@ class Relay:
             exchange.entry.ocpi_status_code = status_code
         return Answer(http_status, headers, body)
 
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.create_task(coroutine)
+    def _spawn(self, job: Job) -> None:
+        task = asyncio.create_task(job.work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(lambda _: job.release())  # also when cancelled before it ran
 
     async def drain(self) -> None:
         """Finish broadcast deliveries in flight (at shutdown)."""

@@ -283,6 +283,11 @@ class ReceiverNotCalled(ReceiverNotConnected):
     must not take the party off every instance (an upgrade walkthrough saw it)."""
 
 
+class ReceiverNotResolved(ReceiverNotConnected):
+    """The receiver's host name did not resolve: the caller is told no more than of an address the hub does not call
+    (routing.forward_failures.NOT_CALLABLE); the hub's log line party_not_reached says which it was."""
+
+
 # What the drivers raise when their server is away (stopped, restarting, unreachable, not answering), as opposed
 # to a query or command the server refused.
 OUTAGES = (

@@ -5,6 +5,12 @@ What a sender needs to know before it sends a request again is whether the recei
 says that nothing was sent, a timeout or a connection that broke after the request went out that the receiver may
 have applied it. The caller never reads the receiver's URL, host name or address, which the hub keeps from the other
 parties; the routing log's detail adds the URL and aiohttp's own words, for whoever supports the parties.
+
+Nor does the caller learn what the hub's DNS knows, as a registering party does not (routing.party_addresses
+NO_CONNECTION): that a receiver's host name does not resolve and that it resolves to an address the hub does not call
+parties at are told alike (NOT_CALLABLE), and the row and the hub's log line party_not_reached say which it was. What
+happened connecting to an address the hub does call (a public one, or one in the operator's allowance) is told as
+it is.
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ import ssl
 
 import aiohttp
 
-from hub.errors import ForwardTimeout, ReceiverNotCalled, ReceiverNotConnected
-from routing.party_addresses import ALLOWANCE, AddressRefused
+from hub.errors import ForwardTimeout, ReceiverNotCalled, ReceiverNotConnected, ReceiverNotResolved
+from routing.party_addresses import ALLOWANCE, REFUSED_ADDRESS, AddressRefused
 
 NOT_REACHED = "the hub could not reach the receiver"
 NOTHING_SENT = "nothing was sent"
@@ -26,6 +32,10 @@ NOTHING_SENT = "nothing was sent"
 CHECK_FIRST = (
     "it may have been applied, so check before sending it again (a command: wait for its result; a push: GET it)"
 )
+# A receiver's host name that does not resolve, or resolves to an address refused (for all the caller knows, one inside
+# the hub's network): one message, whichever it was.
+NOT_CALLABLE = (f"{NOT_REACHED}: its host name does not resolve, or resolves to no address the hub calls parties at "
+                f"({ALLOWANCE}); {NOTHING_SENT}")  # fmt: skip
 
 _ON_CONNECT = {
     errno.ECONNREFUSED: "its server refused the connection (nothing listens at its address and port)",
@@ -72,9 +82,12 @@ def not_reached(exc: BaseException, method: str, sent: str) -> ReceiverNotConnec
     and whether the request was sent."""
     said = f"({type(exc).__name__}: {_cut(str(exc))})"
     os_error = getattr(exc, "os_error", None)
-    if isinstance(os_error, AddressRefused):  # not tried: a URL into the hub's network
+    if isinstance(os_error, AddressRefused) or _refused_among(os_error):  # not tried: a URL into the hub's network
         told = f"the hub did not call the receiver: its address is not one the hub calls parties at ({ALLOWANCE})"
-        return ReceiverNotCalled(told, f"{sent} was not called: {told}")
+        return ReceiverNotCalled(NOT_CALLABLE, f"{sent} was not called: {told} {said}")
+    if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(os_error, socket.gaierror):
+        told = f"{NOT_REACHED}: {_why_unresolved(os_error)}; {NOTHING_SENT}"
+        return ReceiverNotResolved(NOT_CALLABLE, f"{sent} was not sent: {told} {said}")
     if isinstance(exc, aiohttp.ClientConnectorError):  # raised while connecting: before any of the request went out
         told = f"{NOT_REACHED}: {_why_no_connection(exc)}; {NOTHING_SENT}"
         return ReceiverNotConnected(told, f"{sent} was not sent: {told} {said}")
@@ -90,12 +103,21 @@ def not_reached(exc: BaseException, method: str, sent: str) -> ReceiverNotConnec
     return ReceiverNotConnected(told, f"{sent} failed: {told} {said}")
 
 
+def _refused_among(os_error: object) -> bool:
+    """Whether an error of several addresses (aiohappyeyeballs: "Multiple exceptions: ...", no errno) has one of an
+    address the hub did not call among them."""
+    return isinstance(os_error, OSError) and os_error.errno is None and REFUSED_ADDRESS in str(os_error)
+
+
+def _why_unresolved(os_error: OSError | None) -> str:
+    """For the row and the hub's log: the caller reads NOT_CALLABLE."""
+    if os_error is not None and os_error.errno == socket.EAI_NONAME:
+        return "its host name does not resolve (no such name)"
+    return f"its host name could not be resolved ({getattr(os_error, 'strerror', None) or 'no answer from DNS'})"
+
+
 def _why_no_connection(exc: aiohttp.ClientConnectorError) -> str:
     os_error = exc.os_error
-    if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(os_error, socket.gaierror):
-        if os_error.errno == socket.EAI_NONAME:
-            return "its host name does not resolve (no such name)"
-        return f"its host name could not be resolved ({os_error.strerror or 'no answer from DNS'})"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         certificate = exc.certificate_error
         code = getattr(certificate, "verify_code", None)

@@ -25,6 +25,7 @@ import httpcore
 ALLOWANCE = "OCPI_HUB_PARTY_NETWORKS_ALLOWED"
 NOT_PUBLIC = f"the hub calls a party only at a public address, or in a network the hub's operator allows ({ALLOWANCE})"
 HUB_ITSELF = "it is the address the hub itself listens on"
+REFUSED_ADDRESS = f"the receiver's address is not one the hub calls parties at ({ALLOWANCE})"  # AddressRefused's
 # What a party is told when the hub could not connect to a host outside the operator's allowance, whichever of these
 # it was (Unreached): a holder of a token A must not learn by the hub's answers which names resolve inside the hub's
 # network, nor which addresses of it answer.
@@ -167,7 +168,7 @@ class PartyAddresses:
         """aiohttp's TCPConnector(socket_factory=...): the socket for one resolved address, or AddressRefused."""
         family, kind, proto, _, sockaddr = addr_info
         if self.why_refused(sockaddr[0], sockaddr[1]):
-            raise AddressRefused(f"the receiver's address is not one the hub calls parties at ({ALLOWANCE})")
+            raise AddressRefused(REFUSED_ADDRESS)
         return socket.socket(family=family, type=kind, proto=proto)
 
 

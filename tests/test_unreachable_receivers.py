@@ -24,8 +24,8 @@ from cryptography.x509.oid import NameOID
 
 from hub.errors import ReceiverNotConnected
 from routing.forward import forward, open_session
-from routing.forward_failures import CHECK_FIRST
-from routing.party_addresses import PartyAddresses, networks
+from routing.forward_failures import CHECK_FIRST, NOT_CALLABLE
+from routing.party_addresses import ALLOWANCE, PartyAddresses, networks
 from tests.conftest import LOOPBACK, Hub
 from tests.test_routing import party_key
 
@@ -71,14 +71,26 @@ async def _forward_failure(url: str, session: aiohttp.ClientSession | None = Non
     raise AssertionError(f"GET {url} did not fail")
 
 
-def test_a_receiver_whose_host_name_does_not_resolve_is_answered_4003_saying_so_without_the_name() -> None:
-    # .invalid never resolves (RFC 6761); without a DNS server the resolver says it could not ask: told as it is.
-    url = "http://no-such-party.invalid/ocpi/2.2.1/tariffs/receiver/NL/ABC/T1"
-    failed = asyncio.run(_forward_failure(url))
-    assert failed.status_code == 4003
-    assert failed.message.startswith("the hub could not reach the receiver: its host name "), failed.message
-    assert failed.message.endswith("; nothing was sent") and "no-such-party" not in failed.message, failed.message
-    assert failed.detail.startswith(f"GET {url} was not sent: {failed.message} (ClientConnectorDNSError: ")
+def test_a_host_name_that_does_not_resolve_and_a_refused_address_are_told_alike_and_logged_as_they_are() -> None:
+    # The caller read "its host name does not resolve (no such name)", "could not be resolved (...)" or "its address
+    # is not one the hub calls parties at": which names resolve inside the hub's network, and to what, as registration
+    # keeps from a holder of a token A (routing.party_addresses.NO_CONNECTION). The row's detail says which it was.
+    unresolved = "http://no-such-party.invalid/ocpi/2.2.1/tariffs/receiver/NL/ABC/T1"  # RFC 6761: never resolves
+    refused = "http://localhost:9/ocpi/versions"  # loopback, which no allowance covers here
+
+    async def failures_without_allowance() -> list[ReceiverNotConnected]:
+        sessions = [open_session(2.0, 4.0, PartyAddresses()) for _ in range(2)]
+        return [await _forward_failure(unresolved, sessions[0]), await _forward_failure(refused, sessions[1])]
+
+    failures = [asyncio.run(_forward_failure(unresolved)), *asyncio.run(failures_without_allowance())]
+    assert [(f.status_code, f.message) for f in failures] == [(4003, NOT_CALLABLE)] * 3
+    assert "no-such-party" not in NOT_CALLABLE and ALLOWANCE in NOT_CALLABLE
+    for failed in failures[:2]:  # without a DNS server the resolver says it could not ask: the row says so
+        assert failed.detail.startswith(f"GET {unresolved} was not sent: the hub could not reach the receiver: its "
+                                        f"host name "), failed.detail  # fmt: skip
+        assert "(ClientConnectorDNSError: " in failed.detail, failed.detail
+    called = f"GET {refused} was not called: the hub did not call the receiver: its address is not one the hub calls"
+    assert failures[2].detail.startswith(called), failures[2].detail
 
 
 def _name(common_name: str) -> x509.Name:

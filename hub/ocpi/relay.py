@@ -28,6 +28,7 @@ from hub.errors import (
     OcpiError,
     ReceiverNotCalled,
     ReceiverNotConnected,
+    ReceiverNotResolved,
     ReceiverRefusedHub,
     ShareInUse,
     Unauthorized,
@@ -107,7 +108,7 @@ class Relay:
         self.broadcast_copies: dict[int, int] = {}  # platform id -> its copies in delivery (hub.ocpi.broadcast)
         self.bodies = BodyDeadlines(settings.forward_timeout_s)
         self.hub_instance = settings.hub_instance  # hub.request_context.HUB_INSTANCE_HEADER
-        self.address_refusals_told: dict[int, float] = {}  # platform id -> when party_address_not_allowed was logged
+        self.address_refusals_told: dict[int, float] = {}  # platform id -> when a line on its address was logged
 
     def serve(self, state: State) -> None:
         """Start relaying with the resources the lifespan put in the app's state."""
@@ -353,11 +354,12 @@ class Relay:
                                    self.settings.max_body_bytes, self.forward_shares, caller.id,
                                    f"{to.country_code}-{to.party_id}")  # fmt: skip
         except ReceiverNotCalled:  # its address is not one this process calls: no sign the party is away
-            if time.monotonic() - self.address_refusals_told.get(platform.id, -60.0) >= 60:  # a line a minute at most
-                self.address_refusals_told[platform.id] = time.monotonic()
+            if self._first_in_a_minute(platform.id):
                 log.error("party_address_not_allowed", platform=platform.name, url=url[:200], setting=ALLOWANCE)
             raise
-        except (ForwardTimeout, ReceiverNotConnected):
+        except (ForwardTimeout, ReceiverNotConnected) as exc:
+            if isinstance(exc, ReceiverNotResolved) and self._first_in_a_minute(platform.id):
+                log.warning("party_not_reached", platform=platform.name, reason=exc.detail[:400], setting=ALLOWANCE)
             self.still_alive.suspect(platform.id)
             raise
         except ShareInUse:  # the caller's own requests held every slot of its share: nothing went to the receiver
@@ -412,6 +414,13 @@ class Relay:
         if exchange.entry.routing == "rejected" or status_code != 1000:
             exchange.entry.ocpi_status_code = status_code
         return Answer(http_status, headers, body)
+
+    def _first_in_a_minute(self, platform_id: int) -> bool:
+        """Whether a line about a party's address goes to the log now: one a minute for each party at most."""
+        if time.monotonic() - self.address_refusals_told.get(platform_id, -60.0) < 60:
+            return False
+        self.address_refusals_told[platform_id] = time.monotonic()
+        return True
 
     def _spawn(self, job: Job) -> None:
         task = asyncio.create_task(job.work)

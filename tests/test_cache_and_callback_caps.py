@@ -8,7 +8,7 @@ import json
 from storage.location_cache import PAGE_BYTES
 from storage.location_document import MAX_DOCUMENT_BYTES
 from tests.conftest import Hub
-from tests.test_location_cache import _eventually, _get, _location, _push
+from tests.test_location_cache import HUB, _eventually, _get, _location, _push
 from tests.test_routing import _roles, party_key
 
 
@@ -86,3 +86,31 @@ def test_a_response_url_longer_than_an_ocpi_url_is_refused_with_2001_and_nothing
     answer = emsp.call(hub.base, "GET", f"receiver/chargingprofiles/S1?{query}", to=party_key(cpo))
     assert (answer.status_code, answer.json()["status_code"]) == (200, 2001), answer.text
     assert len(cpo.functional()) == 1
+
+
+def test_a_location_id_of_two_cpos_one_too_large_to_cache_is_refused_naming_both_not_answered_with_the_other(
+    hub: Hub, connect_party
+) -> None:
+    # The cache held one CPO's copy, and a GET of the id alone was answered with it, 1000: the eMSP could not tell that
+    # another CPO has a location of that id, whose copy (too large) the hub does not keep. It names both, as when both
+    # copies are cached, and one chosen by ?country_code=&party_id= is still answered.
+    small_cpo, large_cpo, emsp = (
+        connect_party(_roles("CPO")),
+        connect_party(_roles("CPO")),
+        connect_party(_roles("EMSP")),
+    )
+    small, large = party_key(small_cpo), party_key(large_cpo)
+    _push(small_cpo, emsp, hub, "PUT", "TWICE", _location(small, "TWICE", "2026-12-01T10:00:00Z", name="small"))
+    too_large = _padded(large, "TWICE", "2026-12-01T10:00:00Z", MAX_DOCUMENT_BYTES + 1000)
+    _push(large_cpo, emsp, hub, "PUT", "TWICE", too_large)
+
+    def refused(to: tuple[str, str] | None) -> None:
+        answer = emsp.call(hub.base, "GET", "sender/locations/TWICE", to=to).json()
+        assert answer["status_code"] == 2001, answer
+        assert answer["status_message"].startswith("several CPOs have a location TWICE ("), answer
+        assert all(f"{cc}-{pid}" in answer["status_message"] for cc, pid in (small, large)), answer
+
+    _eventually(lambda: refused(HUB))  # the owner index is written in batches
+    refused(None)  # no OCPI-to: the hub answers from its cache as well
+    chosen = _get(emsp, hub, f"sender/locations/TWICE?country_code={small[0]}&party_id={small[1]}")
+    assert (chosen.json()["status_code"], chosen.json()["data"]["name"]) == (1000, "small"), chosen.text[:200]

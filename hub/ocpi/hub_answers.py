@@ -108,17 +108,24 @@ def _listed(relay: Relay, exchange: Exchange, docs: list[bytes], total: int, mos
 
 async def _single(relay: Relay, exchange: Exchange, segments: list[str], chosen: tuple[str, str] | None) -> Answer:
     """GET /{location_id}[/{evse_uid}[/{connector_id}]] from the cache, of the owner chosen by ?country_code=&party_id=
-    if any; several owners of one id and none chosen: refused naming them."""
+    if any; several owners of one id and none chosen: refused naming them, those the hub saw push it whose copy it does
+    not hold (too large to keep, an update of it dropped) too, rather than answered with the one copy it holds."""
     found = await relay.locations.find(segments[0])
     assert exchange.sender is not None
     visible = [(owner, loc) for owner, loc in found if chosen in (None, owner)
                and await relay.locations.visible_to(loc, owner, exchange.sender.key)]  # fmt: skip
-    if len(visible) > 1:
+    owners = [owner for owner, _ in visible]
+    if chosen is None and len(owners) < 2:
+        hidden = {owner for owner, _ in found} - set(owners)  # publish false for this eMSP: not told of
+        on_hub = relay.directory.current.parties
+        seen = await relay.routing.owners("locations", segments[0])
+        owners = list(dict.fromkeys([*owners, *(owner for owner in seen if owner in on_hub and owner not in hidden)]))
+    if len(owners) > 1:
         # 2001, not 4001 (unknown receiver, "TO address is unknown"): the hub is the receiver here and answers itself;
         # what it lacks is a parameter, the owner (status_codes.asciidoc: "Invalid or missing parameters")
-        owners = ", ".join(f"{country}-{party}" for (country, party), _ in visible)
+        named = ", ".join(f"{country}-{party}" for country, party in owners)
         raise InvalidParameters(
-            f"several CPOs have a location {segments[0]} ({owners}): choose one with ?country_code=&party_id= (the "
+            f"several CPOs have a location {segments[0]} ({named}): choose one with ?country_code=&party_id= (the "
             "hub's copy) or address its owner with OCPI-to-country-code and OCPI-to-party-id"
         )
     target: Any = visible[0][1] if visible else None

@@ -17,6 +17,7 @@ from storage.log_object_ids import ids_of_entry
 from storage.log_row import LogEntry
 from tests.conftest import Hub
 from tests.parties import token_header
+from tests.test_credentials_rotation import console_page
 from tests.test_routing import _roles, party_key
 
 
@@ -98,6 +99,9 @@ def test_a_results_row_leads_to_its_command_and_the_command_to_its_result(hub: H
                 assert found == [f"{tag}-cmd-{n}", f"{tag}-result-{n}"], (request_id, found)
             found = sorted(item["request_id"] for item in _search(admin, object_id=f"a-{tag}-{n}"))
             assert found == [f"{tag}-cmd-{n}", f"{tag}-result-{n}"], found
+            # the console's message page of the result leads to the command's messages, not to a listed-id search
+            page = console_page(hub, f"/console/log/{row['id']}")
+            assert f'href="/console/log?request_id={forwarded.lower()}"' in page, page
 
 
 _BODIES = [

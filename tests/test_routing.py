@@ -227,7 +227,8 @@ def test_request_and_correlation_ids_are_echoed_whole_and_one_longer_than_the_lo
     cpo, emsp = cpo_and_emsp
     cc, pid = party_key(cpo)
     path = f"receiver/locations/{cc}/{pid}/LOC1"
-    longest, too_long = "c" * 255, "r" * 256
+    run = uuid.uuid4().hex[:12]  # ids of its own: the hub's database holds the rows of other tests too
+    longest, too_long, long_correlation = "c" * 255, run + "r" * 244, f"long-correlation-{run}"
     answer = cpo.call(hub.base, "PUT", path, to=party_key(emsp), body=LOCATION | {"party_id": pid},
                       headers={"X-Request-ID": "a" * 255, "X-Correlation-ID": longest})  # fmt: skip
     assert answer.json()["status_code"] == 1000
@@ -236,7 +237,7 @@ def test_request_and_correlation_ids_are_echoed_whole_and_one_longer_than_the_lo
     assert got.headers["X-Correlation-ID"] == longest  # the chain's id reaches the receiver as the caller sent it
 
     refused = [({"X-Request-ID": too_long}, "X-Request-ID"),
-               ({"X-Request-ID": "long-correlation", "X-Correlation-ID": "c" * 300}, "X-Correlation-ID")]  # fmt: skip
+               ({"X-Request-ID": long_correlation, "X-Correlation-ID": "c" * 300}, "X-Correlation-ID")]  # fmt: skip
     for headers, named in refused:
         answer = cpo.call(hub.base, "PUT", path, to=party_key(emsp), body=LOCATION | {"party_id": pid}, headers=headers)
         assert answer.status_code == 400, answer.text
@@ -247,7 +248,7 @@ def test_request_and_correlation_ids_are_echoed_whole_and_one_longer_than_the_lo
         assert answer.headers["X-Correlation-ID"] == headers.get("X-Correlation-ID", headers["X-Request-ID"])
     assert len(emsp.functional()) == 1  # nothing forwarded
     rows = db.run(db.fetch("SELECT request_id, routing, http_status, error, request_headers FROM routing_log "
-                           "WHERE request_id IN ($1, 'long-correlation') ORDER BY id", too_long[:255]))  # fmt: skip
+                           "WHERE request_id IN ($1, $2) ORDER BY id", too_long[:255], long_correlation))  # fmt: skip
     assert [(r["routing"], r["http_status"]) for r in rows] == [("rejected", 400), ("rejected", 400)]
     assert "X-Request-ID has 256 characters" in rows[0]["error"]
     assert json.loads(rows[0]["request_headers"])["x-request-id"] == too_long  # the whole header, in the row

@@ -18,7 +18,8 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage,
 from litestar.utils.path import normalize_path
 
 from hub.auth import identify
-from hub.ocpi.relay import LOGGED_REQUEST_HEADERS, name_the_caller
+from hub.ocpi.relay import LOGGED_REQUEST_HEADERS
+from hub.ocpi.row_parties import name_the_caller
 from hub.own_messages import tokens_hidden
 from hub.request_context import MAX_ID_LENGTH, request_ids
 from routing.forward import ocpi_status_of

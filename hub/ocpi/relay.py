@@ -7,7 +7,6 @@ routing-log row, rejected ones included, and in strict mode the row is committed
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -39,6 +38,7 @@ from hub.metrics import count_request
 from hub.ocpi import broadcast, hub_answers, relayed_urls
 from hub.ocpi.exchange import Exchange, Job
 from hub.ocpi.relayed_urls import CDR_LOCATIONS, PAGES, RESULTS
+from hub.ocpi.row_parties import name_the_parties, row_of_a_refusal
 from hub.ocpi.wire import Envelope
 from hub.request_body import BodyDeadlines, read_body, refuse_announced, refuse_encoded
 from hub.request_context import (
@@ -55,10 +55,10 @@ from routing import open_routing
 from routing.decide import Delivery, decide
 from routing.forward import Answer, forward, ocpi_status_of
 from routing.party_addresses import ALLOWANCE
-from routing.request import SLASHES, Incoming, PartyKey, endpoint_url, parse, routing_party
+from routing.request import SLASHES, Incoming, PartyKey, endpoint_url, parse
 from routing.rewrite import callback_ttl_s, response_url_of, why_not_callable, with_response_url
 from routing.shapes import check_patch, check_shape
-from storage.directory import Directory, PartyRole, Platform
+from storage.directory import PartyRole
 from storage.location_document import too_large
 from storage.location_writer import not_cached
 from storage.log_object_ids import REQUEST, ids_of_entry
@@ -451,44 +451,6 @@ def _module_of(path: str) -> str:
     if len(parts) > 4 and parts[3] in ("sender", "receiver"):
         return parts[4]
     return parts[3] if len(parts) > 3 else ""
-
-
-def row_of_a_refusal(
-    entry: LogEntry, caller: Platform | None, directory: Directory, headers: dict[str, str], *, looked_up: bool
-) -> None:
-    """The row of a request refused before it was routed: its parties named (name_the_parties), and its body's size
-    kept, not the body, unless a registered party's token C sent it: anyone could fill the log's disk otherwise. A
-    caller is None here when _route refused its token (looked_up), or when the request was refused before _route looked
-    at it (a body too large, a malformed header): then its token is looked up here, once."""
-    known = identify(directory, headers.get("authorization")) if caller is None and not looked_up else None
-    if entry.from_country_code is None:
-        name_the_parties(entry, caller or (known.platform if known else None), headers)
-    if caller is None and entry.request_body and (known is None or known.token_kind != "C"):
-        entry.keep_request_body_size_only()
-
-
-def name_the_parties(entry: LogEntry, caller: Platform | None, headers: dict[str, str]) -> None:
-    """The parties of a row no route named (a request refused before it was routed: a body too large, a malformed
-    header, a token A, a foreign OCPI-from, an unknown receiver, a malformed body; a party's own credentials request),
-    so that an auditor finds the row under the party that sent it and the one it was for: the calling platform's
-    party its OCPI-from headers name, else its first (a caller refused before it was authenticated, by its token), and
-    the receiver its OCPI-to headers address. A caller no token names names nobody: a "to party" search would find
-    rows anyone could have made up. What it claimed stays in the row's request headers."""
-    if caller is None:  # whoever it is: what it addressed stays in the row's request headers alone
-        return
-    entry.caller_platform_id = caller.id
-    name_the_caller(entry, caller, headers)
-    if entry.to_country_code is None:
-        with contextlib.suppress(InvalidParameters):  # not a party's codes: only in the request headers
-            entry.to_country_code, entry.to_party_id = routing_party(headers, "to") or (None, None)
-
-
-def name_the_caller(entry: LogEntry, platform: Platform, headers: dict[str, str]) -> None:
-    """The from of a row: the calling platform's party its OCPI-from headers name, else its first."""
-    claimed = (headers.get("ocpi-from-country-code", "").upper(), headers.get("ocpi-from-party-id", "").upper())
-    party = next((r for r in platform.roles if r.key == claimed), None) or next(iter(platform.roles), None)
-    if party is not None:
-        entry.from_country_code, entry.from_party_id = party.country_code, party.party_id
 
 
 async def _send(send: Send, answer: Answer) -> None:

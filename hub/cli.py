@@ -33,6 +33,9 @@ COMMANDS_HELP = """commands:
   verify    recompute the routing log's hash chains, no HTTP time limit: ocpi-hub verify [--since T] [--until T]
             [--heads FILE]
   heads     print every hash chain's head, to keep outside the database: ocpi-hub heads > heads.json
+  verify-export
+            check an export's signed manifest, no database or secret needed: ocpi-hub verify-export FILE
+            [--manifest FILE] [--public-key KEY]; exit 0 checked, 1 not what the hub signed, 2 unreadable
   version   print the installed ocpi-hub's version (also: ocpi-hub --version)
 """
 
@@ -111,6 +114,14 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--until", metavar="TIME", help="only rows received before TIME (ISO 8601)")
     verify.add_argument("--heads", metavar="FILE", help="heads ocpi-hub heads printed earlier: each row still there")
     commands.add_parser("heads", help="print every hash chain's head, to keep outside the database for verify --heads")
+    check = commands.add_parser(
+        "verify-export", help="check a routing-log export against its signed manifest (no database, no secret)"
+    )
+    check.add_argument("file", help="the export, NDJSON (its manifest is its last line) or CSV")
+    check.add_argument("--manifest", metavar="FILE", help="a CSV export's manifest, downloaded beside it")
+    check.add_argument(
+        "--public-key", metavar="KEY", help="the hub's public key (PEM file, or its base64): who signed it"
+    )
     commands.add_parser("version", help="print the installed ocpi-hub's version")
     connect = commands.add_parser("connect", help="register the hub at a party (the hub must be running)")
     connect.add_argument("--versions-url", required=True, help="the party's versions URL")
@@ -145,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_keep_joined(sys.argv[1:] if argv is None else argv))
     if args.command == "version":
         return _written(_version())
+    if args.command == "verify-export":  # an auditor's machine: no settings, no database, no secret
+        from pathlib import Path
+
+        from hub.export_manifest import verify_export
+
+        return verify_export(Path(args.file), Path(args.manifest) if args.manifest else None, args.public_key)
     listening = None
     if args.command in ("serve", "demo"):  # the port first: one in use fails at once, before anything starts
         try:

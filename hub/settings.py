@@ -6,10 +6,22 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from routing.party_addresses import Network, networks
-from storage.secrets import TokenBox, audit_trail_key, hub_instance, new_token, read_or_create, routing_log_key
+from storage.secrets import (
+    TokenBox,
+    audit_trail_key,
+    export_signing_key,
+    hub_instance,
+    new_token,
+    read_or_create,
+    routing_log_key,
+)
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 # name, default, meaning: the single source for `ocpi-hub --help` and the README table.
 VARIABLES: tuple[tuple[str, str, str], ...] = (
@@ -180,6 +192,13 @@ class Settings:
     def audit_trail_key(self) -> bytes:
         """The audit trail's chain key (storage.secrets.audit_trail_key); after with_secrets."""
         return audit_trail_key(self.routing_log_key)
+
+    @property
+    def export_signing_key(self) -> Ed25519PrivateKey:
+        """The key that signs export manifests (storage.secrets.export_signing_key); after with_secrets."""
+        if self.secret_key is None:
+            raise SettingsError("no secret key: Settings.with_secrets() was not called")
+        return export_signing_key(self.secret_key)
 
     @property
     def hub_instance(self) -> str:

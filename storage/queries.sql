@@ -437,6 +437,12 @@ UPDATE audit_trail_head SET last_id = $1, last_hash = $3, mac = $4;
 SELECT id, at, actor_kind, actor_name, action, parameters::text AS parameters, prev_hash, hash
 FROM audit_trail ORDER BY id;
 
+-- name: export_manifest
+-- the signed manifest of an export that ended (hub.admin.export): the trail keeps it for a CSV export's download
+SELECT parameters->>'manifest' FROM audit_trail
+WHERE action = 'export_manifest' AND parameters->>'export_id' = $1
+ORDER BY id LIMIT 1;
+
 -- name: audit_trail
 SELECT id, at, actor_kind, actor_name, action, parameters::text AS parameters
 FROM audit_trail

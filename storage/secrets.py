@@ -10,6 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 
 def new_token() -> str:
@@ -31,6 +34,14 @@ def audit_trail_key(log_key: bytes) -> bytes:
     """The key of the audit trail's hash chain (storage.audit_trail), derived from the routing log's (so from
     OCPI_HUB_SECRET_KEY): whoever verifies the log verifies the trail."""
     return hmac.digest(log_key, b"ocpi-hub audit trail chain", "sha256")
+
+
+def export_signing_key(secret_key: str) -> Ed25519PrivateKey:
+    """The Ed25519 key that signs the manifests of routing-log exports (hub.export_manifest), derived from
+    OCPI_HUB_SECRET_KEY with HKDF-SHA256 under a label of its own: the same on every process of one hub, nothing new to
+    configure, and telling nothing of the secret key or of the chain key. Another secret key is another signing key."""
+    seed = HKDF(hashes.SHA256(), length=32, salt=None, info=b"ocpi-hub routing log export signing key (Ed25519)")
+    return Ed25519PrivateKey.from_private_bytes(seed.derive(secret_key.encode("utf-8")))
 
 
 def hub_instance(secret_key: str, public_url: str) -> str:

@@ -53,7 +53,7 @@ def _exported(admin: httpx.Client, request_id: str) -> tuple[dict, dict]:
     ndjson = admin.get("/admin/api/routing-log/export", params=params)
     as_csv = admin.get("/admin/api/routing-log/export", params=params | {"format": "csv"})
     assert ndjson.status_code == as_csv.status_code == 200, ndjson.text + as_csv.text
-    [line] = ndjson.text.splitlines()
+    line, _manifest = ndjson.text.splitlines()
     [row] = csv.DictReader(io.StringIO(as_csv.text))
     return json.loads(line), row
 

@@ -167,8 +167,8 @@ def test_while_postgres_hangs_callers_are_answered_in_time_and_their_rows_are_wr
             assert admin.get("/admin/api/routing-log/verify").json()["ok"] is True
             [item] = admin.get("/admin/api/routing-log", params=search).json()["items"]
             message = admin.get(f"/admin/api/routing-log/{item['id']}").json()
-            [exported] = [json.loads(line) for line in admin.get("/admin/api/routing-log/export", params=search).text
-                          .splitlines()]  # fmt: skip
+            [exported, _manifest] = [json.loads(line) for line in admin.get("/admin/api/routing-log/export",
+                                     params=search).text.splitlines()]  # fmt: skip
         # shown with the row, whose own fields say what the receiver answered
         for shown in (item, message, exported):
             assert shown["ocpi_status_code"] == 1000

@@ -153,7 +153,7 @@ def render_admin_error(request: Request, exc: Exception) -> Response[bytes]:
 
 def admin_router() -> Router:
     from hub.admin.endpoints import refresh_endpoints
-    from hub.admin.export import export_routing_log
+    from hub.admin.export import export_manifest, export_public_key, export_routing_log
     from hub.admin.holds import list_holds, release_hold, set_hold
     from hub.admin.rotation import rotate_credentials
     from hub.admin.routing_log import (
@@ -179,6 +179,8 @@ def admin_router() -> Router:
             routing_log_message,
             routing_log_conversation,
             export_routing_log,
+            export_public_key,
+            export_manifest,
             routing_log_heads,
             verify_routing_log,
             stats,

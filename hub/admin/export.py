@@ -1,8 +1,10 @@
 """GET /admin/api/routing-log/export: every row matching the search filters, streamed as NDJSON or CSV.
 
 The rows come through a server-side cursor in chunks and leave as soon as a chunk is encoded, so memory stays
-constant whatever the number of rows. The audit trail has an "export" entry with the filters when it starts, and an
-"export_sent" one when it ends: the rows and bytes sent, their SHA-256, and whether the export was complete.
+constant whatever the number of rows. The SHA-256 of the bytes is computed as they leave; at the end the hub signs the
+export's manifest (hub.export_manifest), NDJSON's last line, which the audit trail keeps for a CSV export's download.
+The audit trail has an "export" entry with the filters when it starts, and an "export_sent" one when it ends: the rows
+and bytes sent, their SHA-256, and whether the export was complete.
 """
 
 from __future__ import annotations
@@ -11,24 +13,30 @@ import base64
 import csv
 import hashlib
 import io
+import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import asyncpg
 import msgspec
 import structlog
-from litestar import Request, get
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from litestar import Request, Response, get
 from litestar.response import Stream
 
 from hub.admin.actors import READ_ONLY, Actor, actor_of, record_action
-from hub.admin.api import AdminError
+from hub.admin.api import AdminError, json_response
 from hub.admin.routing_log import query_params
+from hub.export_manifest import MANIFEST_VERSION, public_key_info, signed, trailer
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S
 from storage.log_row import body_of, text_of
 from storage.log_search import BODY_COLUMNS, EXPORT_COLUMNS, BadFilter, Search, export_query, parse_filters
+from storage.log_verify import current_heads
+from storage.sql import QUERIES
 
 CURSOR_ROWS = 2000
 FLUSH_BYTES = 256 * 1024
@@ -108,8 +116,31 @@ def _with_bodies(row: asyncpg.Record, headers_as_objects: bool) -> dict[str, Any
     return item | kinds
 
 
+@dataclass(frozen=True, slots=True)
+class Sealing:
+    """Who asks for an export, how, and the key that signs its manifest."""
+
+    key: Ed25519PrivateKey
+    trail_key: bytes  # the audit trail's (Settings.audit_trail_key), which keeps the manifest
+    actor: Actor
+    via: str  # api or console
+    hub: str  # the hub's public URL
+    export_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+def _manifest(sealing: Sealing, search: Search, export_format: str, bodies: bool) -> dict[str, Any]:
+    return {"version": MANIFEST_VERSION, "export_id": sealing.export_id, "hub": sealing.hub, "format": export_format,
+            "bodies": bodies, "filters": dict(search.given), "via": sealing.via,
+            "exported_by": {"kind": sealing.actor.kind, "name": sealing.actor.name}}  # fmt: skip
+
+
 async def export_rows(
-    pool: asyncpg.Pool, search: Search, export_format: str, bodies: bool = False, sent: Sent | None = None
+    pool: asyncpg.Pool,
+    search: Search,
+    export_format: str,
+    bodies: bool,
+    sealing: Sealing,
+    sent: Sent | None = None,
 ) -> AsyncIterator[bytes]:
     sent = Sent() if sent is None else sent
     rows = 0  # in chunk
@@ -117,10 +148,15 @@ async def export_rows(
     lines = _CsvLines()
     header = (*EXPORT_COLUMNS, *BODY_COLUMNS, *BODY_KIND_COLUMNS) if bodies else EXPORT_COLUMNS
     chunk = bytearray(lines.encode(header) if export_format == "csv" else b"")
+    digest, total = hashlib.sha256(), 0
+    manifest = _manifest(sealing, search, export_format, bodies)
     async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        # the heads of the snapshot the rows come from: a row of the export past its chain's head was written later
+        manifest |= {"exported_at": _encoder.encode(datetime.now(UTC))[1:-1].decode(),
+                     "heads": msgspec.to_builtins(await current_heads(conn))}  # fmt: skip
         async for row in conn.cursor(sql, *args, prefetch=CURSOR_ROWS, timeout=AUDIT_QUERY_TIMEOUT_S):
-            rows += 1
+            rows, total = rows + 1, total + 1
             item = _with_bodies(row, export_format == "ndjson") if bodies else row
             if export_format == "csv":
                 chunk += lines.encode(tuple(item.values()))
@@ -128,10 +164,18 @@ async def export_rows(
                 chunk += _encoder.encode(item if bodies else _as_object(row))
                 chunk += b"\n"
             if len(chunk) >= FLUSH_BYTES:
+                digest.update(chunk)
                 yield bytes(chunk)
                 sent.took(chunk, rows)
                 chunk.clear()
                 rows = 0
+    digest.update(chunk)
+    manifest = signed(manifest | {"rows": total, "sha256": digest.hexdigest()}, sealing.key)
+    async with pool.acquire() as conn:  # a CSV export's manifest is downloaded from there (export_manifest)
+        parameters = {"export_id": sealing.export_id, "manifest": json.dumps(manifest, sort_keys=True)}
+        await record_action(conn, sealing.trail_key, sealing.actor, "export_manifest", parameters)
+    if export_format == "ndjson":
+        chunk += trailer(manifest)
     if chunk:
         yield bytes(chunk)
         sent.took(chunk, rows)
@@ -157,6 +201,23 @@ async def recorded_export(
             log.error("export_not_recorded", error=repr(exc), **done)
 
 
+def export_stream(
+    pool: asyncpg.Pool, search: Search, export_format: str, bodies: bool, sealing: Sealing, started: int
+) -> Stream:
+    """The export as a download whose name and X-Export-Id carry its id (a CSV export's manifest is fetched by it),
+    its end in the audit trail after the "export" entry started (recorded_export)."""
+    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+    name = f"routing-log-{stamp}-{sealing.export_id}.{export_format}"
+    sent = Sent()
+    audited = {"export": started} | ({"via": sealing.via} if sealing.via != "api" else {})
+    chunks = export_rows(pool, search, export_format, bodies, sealing, sent)
+    return Stream(
+        recorded_export(chunks, sent, pool, sealing.trail_key, sealing.actor, audited),
+        media_type=FORMATS[export_format],
+        headers={"Content-Disposition": f'attachment; filename="{name}"', "X-Export-Id": sealing.export_id},
+    )
+
+
 @get("/routing-log/export", opt={READ_ONLY: True})
 async def export_routing_log(request: Request) -> Stream:
     params = query_params(request)
@@ -174,12 +235,28 @@ async def export_routing_log(request: Request) -> Stream:
     async with pool.acquire() as conn:
         started = await record_action(conn, key, who, "export",
                                       search.given | {"format": export_format, "bodies": bodies == "true"})  # fmt: skip
-    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
-    sent = Sent()
-    return Stream(
-        recorded_export(
-            export_rows(pool, search, export_format, bodies == "true", sent), sent, pool, key, who, {"export": started}
-        ),
-        media_type=FORMATS[export_format],
-        headers={"Content-Disposition": f'attachment; filename="routing-log-{stamp}.{export_format}"'},
-    )
+    settings = request.app.state.settings
+    sealing = Sealing(settings.export_signing_key, key, who, "api", settings.public_url)
+    return export_stream(pool, search, export_format, bodies == "true", sealing, started)
+
+
+@get("/routing-log/export/public-key", opt={READ_ONLY: True})
+async def export_public_key(request: Request) -> Response[bytes]:
+    """The public key that checks exports' manifests (ocpi-hub verify-export --public-key), with its fingerprint."""
+    return json_response(public_key_info(request.app.state.settings.export_signing_key))
+
+
+@get("/routing-log/export/manifests/{export_id:str}", opt={READ_ONLY: True})
+async def export_manifest(request: Request, export_id: str) -> Response[bytes]:
+    """An export's signed manifest, as the audit trail kept it when the export ended: a CSV export's, which its file
+    cannot carry, saved beside it for ocpi-hub verify-export --manifest."""
+    async with request.app.state.pool.acquire() as conn:
+        manifest = await manifest_of(conn, export_id)
+    if manifest is None:
+        raise AdminError(404, f"no export {export_id!r} ended: an export's id is in its file name and X-Export-Id")
+    return Response(manifest, media_type="application/json")
+
+
+async def manifest_of(conn: asyncpg.Connection, export_id: str) -> bytes | None:
+    text = await conn.fetchval(QUERIES["export_manifest"], export_id)
+    return None if text is None else trailer(json.loads(text))

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from litestar import Request, get
+from litestar import Request, Response, get
 from litestar.response import Stream, Template
 
 from hub.admin.actors import record_action
 from hub.admin.api import AdminError
-from hub.admin.export import FORMATS, Sent, export_rows, recorded_export
+from hub.admin.export import FORMATS, Sealing, export_stream, manifest_of
 from hub.admin.routing_log import fetch_planned, load_conversation, load_message, with_amendments
 from hub.console.auth import actor
 from hub.envelope import path_number
@@ -122,12 +121,24 @@ async def export_download(request: Request, format: str = "csv", bodies: bool = 
     async with pool.acquire() as conn:
         audited = search.given | {"format": format, "bodies": bodies, "via": "console"}
         started = await record_action(conn, key, who, "export", audited)
-    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
-    sent = Sent()
-    chunks = recorded_export(export_rows(pool, search, format, bodies, sent), sent, pool, key, who,
-                             {"export": started, "via": "console"})  # fmt: skip
-    return Stream(chunks, media_type=FORMATS[format],
-                  headers={"Content-Disposition": f'attachment; filename="routing-log-{stamp}.{format}"'})  # fmt: skip
+    settings = request.app.state.settings
+    sealing = Sealing(settings.export_signing_key, key, who, "console", settings.public_url)
+    return export_stream(pool, search, format, bodies, sealing, started)
+
+
+@get("/console/log/export/manifests/{export_id:str}")
+async def export_manifest_download(request: Request, export_id: str) -> Response[bytes] | Template:
+    """A CSV export's signed manifest, by the id in the export's file name: saved beside it for verify-export."""
+    async with request.app.state.pool.acquire() as conn:
+        manifest = await manifest_of(conn, export_id)
+    if manifest is None:
+        return Template("problem.html", status_code=404, context={"actor": actor(request), "heading": "No such export",
+            "message": f"No export {export_id!r} ended: its id ends the export's file name."})  # fmt: skip
+    return Response(
+        manifest,
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="routing-log-{export_id}.manifest.json"'},
+    )
 
 
 async def party_choices(request: Request) -> list[str]:

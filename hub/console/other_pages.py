@@ -22,6 +22,7 @@ from hub.admin.stats import BUCKETS, compute_stats
 from hub.console.auth import actor, require_admin
 from hub.console.charts import Bucket, bar_chart, buckets_between
 from hub.console.log_pages import party_choices
+from hub.export_manifest import public_key_info
 from storage.log_search import BadFilter, check_range, is_row_id, parse_time
 from storage.log_verify import Heads
 from storage.sql import QUERIES
@@ -124,7 +125,8 @@ async def verify_with_heads(
 async def _verified(request: Request, since: str, until: str, heads: str, run: bool,
                     heads_given: bool = False) -> Template:  # fmt: skip
     context: dict[str, Any] = {"page": "verify", "actor": actor(request), "since": since, "until": until,
-                               "heads": heads, "result": None, "error": None}  # fmt: skip
+                               "heads": heads, "result": None, "error": None,
+                               "signing": public_key_info(request.app.state.settings.export_signing_key)}  # fmt: skip
     if not run:
         return Template("verify.html", context=context)
     if heads_given and not heads:  # a plain verify here would read as one against heads

@@ -9,8 +9,6 @@ import csv
 import hashlib
 import io
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from hub.admin.actors import ADMIN, Actor, record_action
 from storage.audit_trail import verify_trail
 from storage.secrets import audit_trail_key
-from tests.conftest import LOG_KEY, OUTPUT, ROOT, Hub, Services, hub_env, start_hub, unique_party_id
+from tests.conftest import LOG_KEY, OUTPUT, Hub, Services, hub_env, start_hub, unique_party_id
 from tests.log_rows import migrate_up_to, numbered_entry, run_on, sql, varied_entries, write
+from tests.test_auditor_tokens import _auditor, _cli
 
 TRAIL_KEY = audit_trail_key(LOG_KEY)
 CHAINED_FROM = 19  # the migration that chains the trail (0019_audit_trail_chain.sql)
@@ -56,18 +54,6 @@ def trail_hub(services: Services, empty_database: str, tmp_path: Path) -> Iterat
         yield hub, empty_database
     finally:
         hub.stop()
-
-
-def _cli(hub: Hub, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hub.cli", *args], env=hub.env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
-
-
-def _auditor(hub: Hub, name: str) -> httpx.Client:
-    added = _cli(hub, "auditor", "add", name)
-    assert added.returncode == 0, added.stderr
-    token = json.loads(added.stdout)["token"]
-    return httpx.Client(base_url=hub.base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
 
 def _problems(hub: Hub) -> str:

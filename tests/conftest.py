@@ -315,10 +315,10 @@ def cpo_and_emsp(connect_party: Callable[..., Party]) -> tuple[Party, Party]:
     return cpo, emsp
 
 
-@pytest.fixture
-def empty_database(services: Services):  # type: ignore[no-untyped-def]
-    """A database of its own on the test server, dropped afterwards."""
-    name = f"scratch_{secrets.token_hex(6)}"
+@contextlib.contextmanager
+def scratch_database(services: Services, prefix: str = "scratch") -> Iterator[str]:
+    """The URL of a database of its own on the test server, dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
 
     async def admin(sql: str) -> None:
         conn = await asyncpg.connect(services.database_url)
@@ -328,8 +328,17 @@ def empty_database(services: Services):  # type: ignore[no-untyped-def]
             await conn.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield services.database_url.rsplit("/", 1)[0] + f"/{name}"
-    asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    try:
+        yield services.database_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def empty_database(services: Services) -> Iterator[str]:
+    """A database of its own on the test server, dropped afterwards."""
+    with scratch_database(services) as url:
+        yield url
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own tmp_path plugin reads --basetemp

@@ -5,8 +5,6 @@ auditor's walkthrough). The console's verify page links every row its report nam
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -15,7 +13,7 @@ import pytest
 
 from storage.log_row_check import row_integrity
 from storage.partitions import drop_before
-from tests.conftest import LOG_KEY, OUTPUT, Hub, Services, hub_env, start_hub
+from tests.conftest import LOG_KEY, OUTPUT, Hub, Services, hub_env, scratch_database, start_hub
 from tests.log_rows import numbered_entry, numbered_log, run_on, sql, unkeyed_chain, write
 from tests.test_credentials_rotation import console_page
 from tests.test_log_tampering import FEB, OLD_MONTH
@@ -25,18 +23,8 @@ from tests.test_retention import _written_by_an_earlier_release
 @pytest.fixture(scope="module")
 def own_database(services: Services) -> Iterator[str]:
     """A database of the module's own: the rows tampered with here must not fail other tests' verify."""
-    name = f"shown_{secrets.token_hex(6)}"
-
-    async def admin(statement: str) -> None:
-        conn = await asyncpg.connect(services.database_url)
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield services.database_url.rsplit("/", 1)[0] + f"/{name}"
-    asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    with scratch_database(services, "shown") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

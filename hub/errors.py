@@ -2,6 +2,9 @@
 
 status_codes.asciidoc: requests that reach the OCPI layer get HTTP 200 with an OCPI status code; errors of the
 transport layer (no valid JSON, no such resource, no credentials) get an HTTP error code, with the same envelope.
+A header the hub refuses is the OCPI layer's (InvalidParameters, UnknownReceiver, ...: routing headers, X-Request-ID,
+X-Correlation-ID), but for Authorization (Unauthorized, HTTP 401, as transport_and_format.asciidoc says) and a
+Content-Encoding of the body (EncodedBody, HTTP 415: the body does not arrive as JSON).
 
     OcpiError
     ├── ClientError 2000 ── InvalidParameters 2001, NotEnoughInformation 2002, UnknownLocation 2003,
@@ -98,12 +101,6 @@ class MethodNotAllowed(ClientError):
     def __init__(self, message: str, allow: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.allow = ", ".join(allow)
-
-
-class MalformedHeader(InvalidParameters):
-    """A header the hub cannot take as it is (HTTP 400)."""
-
-    http_status = 400
 
 
 class MalformedBody(InvalidParameters):

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.errors import MalformedHeader, TooManyHubs, as_sent
+from hub.errors import InvalidParameters, TooManyHubs, Unauthorized, as_sent
 from hub.logs import debug_enabled
 
 log = structlog.get_logger()
@@ -55,8 +55,8 @@ def hubs_passed(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
     for mark in marks:
         if len(mark) > _MAX_MARK_LENGTH or not (mark.isascii() and mark.isprintable()):
             shown = as_sent(mark.encode("latin-1"), 40)
-            raise MalformedHeader(f"X-OCPI-Hub-Instance holds {shown!r}, no hub's mark (printable ASCII, at most "
-                                  f"{_MAX_MARK_LENGTH} characters each, comma-separated)")  # fmt: skip
+            raise InvalidParameters(f"X-OCPI-Hub-Instance holds {shown!r}, no hub's mark (printable ASCII, at "
+                                    f"most {_MAX_MARK_LENGTH} characters each, comma-separated)")  # fmt: skip
     return marks
 
 
@@ -84,12 +84,12 @@ def check_ids(request_id: str, correlation_id: str) -> None:
     would send other bytes, httpx fails)."""
     for name, value in (("X-Request-ID", request_id), ("X-Correlation-ID", correlation_id)):
         if len(value) > MAX_ID_LENGTH:
-            raise MalformedHeader(f"{name} has {len(value)} characters; the hub takes at most {MAX_ID_LENGTH} (a UUID, "
-                                  "which OCPI advises, has 36)")  # fmt: skip
+            raise InvalidParameters(f"{name} has {len(value)} characters; the hub takes at most {MAX_ID_LENGTH} (a "
+                                    "UUID, which OCPI advises, has 36)")  # fmt: skip
         if not (value.isascii() and value.isprintable()):
-            raise MalformedHeader(f"{name} {as_sent(value.encode('latin-1'), 40)!r} holds characters other than "
-                                  "printable ASCII, which the hub cannot pass on to the parties as they came (a UUID, "
-                                  "which OCPI advises, has none)")  # fmt: skip
+            raise InvalidParameters(f"{name} {as_sent(value.encode('latin-1'), 40)!r} holds characters other than "
+                                    "printable ASCII, which the hub cannot pass on to the parties as they came (a "
+                                    "UUID, which OCPI advises, has none)")  # fmt: skip
 
 
 # Headers whose one value decides where a request goes, who sends it, or how it is logged: as the spec names them
@@ -113,8 +113,10 @@ def check_repeated(headers: Iterable[tuple[bytes, bytes]]) -> None:
             # a token's first characters are part of it: an Authorization's values are never quoted (the refusal is
             # in the routing log too, which auditors read)
             shown = "" if name == b"authorization" else f" ({', '.join(repr(as_sent(value)) for value in given[:3])})"
-            raise MalformedHeader(f"{SINGLE_VALUED[name]} came {len(given)} times with different values{shown}: the "
-                                  "hub cannot tell which one is meant")  # fmt: skip
+            told = (f"{SINGLE_VALUED[name]} came {len(given)} times with different values{shown}: the hub cannot "
+                    "tell which one is meant")  # fmt: skip
+            # two tokens name no one caller: "the credentials token doesn't match any known party" (HTTP 401)
+            raise Unauthorized(told) if name == b"authorization" else InvalidParameters(told)
 
 
 def log_request(method: str, path: str, status: int | None, started: float, routine: bool = False) -> None:

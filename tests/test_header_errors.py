@@ -1,0 +1,86 @@
+"""Every header the hub refuses a functional request for, and the HTTP status it answers with: one rule
+(status_codes.asciidoc), so that a party's client reads each refusal the same way.
+
+HTTP 401 for whatever is wrong with Authorization (transport_and_format.asciidoc: "If the header is missing or the
+credentials token doesn't match any known party"); an HTTP error for a body the transport cannot deliver as JSON (415
+for a Content-Encoding); HTTP 200 with an OCPI status for every other header: the routing headers and X-Request-ID /
+X-Correlation-ID are OCPI's own, and a request that "addresses an existing resource" has reached the OCPI layer, where
+"a HTTP error MUST NOT be returned". Each refusal leaves its routing-log row, with the HTTP status it was answered."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import httpx
+
+from tests.conftest import Db, Hub
+from tests.parties import Party, token_header
+from tests.test_routing import party_key
+
+Headers = list[tuple[str, str | bytes]]
+
+
+def _cases(cpo: Party, emsp: Party) -> list[tuple[str, Callable[[str], Headers], int, int]]:
+    """(what is wrong, the request's headers given its X-Request-ID, HTTP status, OCPI status)."""
+    (cc, pid), (to_cc, to_pid) = party_key(emsp), party_key(cpo)
+    token = next(iter(token_header(emsp.hub_token or "").items()))
+    other = next(iter(token_header("not-a-token-of-this-hub").items()))
+    routing: Headers = [("OCPI-from-country-code", cc), ("OCPI-from-party-id", pid),
+                        ("OCPI-to-country-code", to_cc), ("OCPI-to-party-id", to_pid)]  # fmt: skip
+
+    def sent(
+        *changed: tuple[str, str | bytes], drop: tuple[str, ...] = (), auth: bool = True
+    ) -> Callable[[str], Headers]:
+        def headers(request_id: str) -> Headers:
+            kept = [(name, value) for name, value in routing if name not in drop]
+            return [*([token] if auth else []), ("X-Request-ID", request_id), *kept, *changed]
+
+        return headers
+
+    return [
+        ("no Authorization", sent(auth=False), 401, 2000),
+        ("an unknown token", sent(other, auth=False), 401, 2000),
+        ("Authorization twice, two tokens", sent(other), 401, 2000),
+        ("X-Request-ID twice, two values", sent(("X-Request-ID", f"header-error-{uuid.uuid4()}")), 200, 2001),
+        ("X-Correlation-ID longer than 255", sent(("X-Correlation-ID", "c" * 256)), 200, 2001),
+        ("X-Correlation-ID not printable ASCII", sent(("X-Correlation-ID", "café".encode())), 200, 2001),
+        ("OCPI-to-party-id twice, two values", sent(("OCPI-to-party-id", "ZZZ")), 200, 2001),
+        ("OCPI-to-party-id malformed", sent(("OCPI-to-party-id", "TOOLONG"), drop=("OCPI-to-party-id",)), 200, 2001),
+        ("OCPI-to-party-id missing", sent(drop=("OCPI-to-party-id",)), 200, 2001),
+        ("OCPI-from naming no party of the caller's",
+         sent(("OCPI-from-party-id", to_pid), drop=("OCPI-from-party-id",)), 200, 2001),
+        ("OCPI-to naming no party of the hub",
+         sent(("OCPI-to-party-id", "ZZZ"), drop=("OCPI-to-party-id",)), 200, 4001),
+        ("X-OCPI-Hub-Instance holding no hub's mark", sent(("X-OCPI-Hub-Instance", "a mark\tof nothing")), 200, 2001),
+    ]  # fmt: skip
+
+
+def test_a_header_error_answers_http_200_with_its_ocpi_status_but_authorization_401_and_each_has_its_row(
+    hub: Hub, cpo_and_emsp: tuple[Party, Party], db: Db
+) -> None:
+    cpo, emsp = cpo_and_emsp
+    url = f"{hub.base}/ocpi/2.2.1/sender/tariffs"
+    answered = []
+    for what, headers, _, _ in _cases(cpo, emsp):
+        request_id = f"header-error-{uuid.uuid4()}"
+        sent = headers(request_id)
+        answer = httpx.get(url, headers=sent)  # type: ignore[arg-type]
+        # the row carries the X-Request-ID the answer echoes (of two, the one the hub took)
+        echoed = answer.headers.get("X-Request-ID", request_id)
+        row = db.run(db.fetchrow("SELECT http_status, ocpi_status_code FROM routing_log WHERE request_id = $1", echoed))
+        answered.append((what, answer.status_code, answer.json()["status_code"], row and tuple(row)))
+    expected = [(what, http, ocpi, (http, ocpi)) for what, _, http, ocpi in _cases(cpo, emsp)]
+    assert answered == expected
+    assert cpo.functional() == []  # nothing forwarded
+
+
+def test_a_content_encoding_of_the_body_is_a_transport_error_http_415(
+    hub: Hub, cpo_and_emsp: tuple[Party, Party]
+) -> None:
+    cpo, emsp = cpo_and_emsp
+    (cc, pid), to = party_key(cpo), party_key(emsp)
+    answer = cpo.call(hub.base, "PUT", f"receiver/tariffs/{cc}/{pid}/T1", to=to, content=b"\x1f\x8b not json",
+                      headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})  # fmt: skip
+    assert (answer.status_code, answer.json()["status_code"]) == (415, 2000), answer.text
+    assert emsp.functional() == []

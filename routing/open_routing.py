@@ -4,9 +4,10 @@ transport_and_format.asciidoc, Open Routing Request: "When a Hub has the intelli
 the content of the request ... the 'OCPI-to-' headers can be omitted". The hub knows the owner of a location,
 session, token or reservation once a push or command for it has been routed (of a session or reservation for one to
 two OCPI_HUB_OWNER_INDEX_PERIOD_S after it was last seen), and the eMSP of a session or CDR from its cdr_token. Ids
-are unique per party only: an id seen with several owners on the hub is refused, never guessed; a party no longer on
-the hub is no owner. Ids are CiStrings, matched in any case (storage.owner_index). A token push also notes the
-token's fields, which the location cache's publish_allowed_to matches.
+are unique per party only: an id seen with several owners on the hub is refused, never guessed (a token uid once the
+type asked for does not tell its eMSPs apart); a party no longer on the hub is no owner. Ids are CiStrings, matched in
+any case (storage.owner_index). A token push also notes the token's fields, which the location cache's
+publish_allowed_to matches.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from hub.errors import UnknownReceiver, decoded
 from routing.decide import Delivery, sender_of
 from routing.request import Incoming, PartyKey, party_text
 from storage.directory import Platform
-from storage.publish_tokens import read_sent, token_type
+from storage.publish_tokens import Sent, read_sent, token_type
 from storage.routing_state import RoutingState
 
 # owner index -> what its ids name, for the message that asks for OCPI-to
@@ -101,10 +102,10 @@ async def open_hint(
         return None
     if segments and incoming.module == "locations":
         return await _location_read(incoming, caller, state, on_hub, cached_owners)
-    if segments and incoming.module in ("sessions", "tokens"):
-        # Sender interface: PUT /{session_id}/charging_preferences, POST /{token_uid}/authorize
-        owner = await _owner(state, on_hub, incoming.module, segments[0])
-        return owner if owner or incoming.module == "sessions" else _unpublished_token(segments[0])
+    if segments and incoming.module == "sessions":  # Sender interface: PUT /{session_id}/charging_preferences
+        return await _owner(state, on_hub, incoming.module, segments[0])
+    if segments and incoming.module == "tokens":  # Sender interface: POST /{token_uid}/authorize[?type=]
+        return await _token_owner(state, on_hub, segments[0], dict(parse_qsl(incoming.query)).get("type"))
     if segments and incoming.module == "chargingprofiles" and incoming.method == "PUT":
         # mod_charging_profiles.asciidoc, Sender PUT: the CPO "SHALL ONLY call this interface for any session where
         # the Sender has at least once successfully called the charging profile Receiver PUT interface"
@@ -129,6 +130,29 @@ async def _location_read(
     if len([owner for owner in seen_with if owner in on_hub]) > 1:
         return None  # the cache's answer names them and says how to choose one, as with OCPI-to = the hub
     return _only(seen_with, on_hub, "locations", incoming.segments[0], gone_said=False)
+
+
+async def _token_owner(state: RoutingState, on_hub: Container[PartyKey], uid: str, asked: str | None) -> PartyKey:
+    """The eMSP of the token an authorization names. Of several eMSPs seen with its uid, the one that published it with
+    the type asked for (mod_tokens.asciidoc: "The combination of uid and type should be unique for every token within
+    the eMSP's system"; ?type= "Default if omitted: RFID"), counting one whose types the hub does not know; else
+    refused naming each with its types and how to choose, as a location several CPOs have is (hub.ocpi.hub_answers)."""
+    seen_with = await state.owners("tokens", uid)
+    owners = [owner for owner in seen_with if owner in on_hub]
+    if len(owners) < 2:
+        return _only(seen_with, on_hub, "tokens", uid) or _unpublished_token(uid)
+    type_ = token_type(Sent(), asked)
+    held = await state.token_types(owners, uid, type_)
+    fitting = [owner for owner, types in zip(owners, held, strict=True) if type_ in types or not types]
+    if len(fitting) == 1:
+        return fitting[0]
+    named = "; ".join(f"{party_text(owner)}: {', '.join(types) or 'type not known'}"
+                      for owner, types in zip(owners, held, strict=True))  # fmt: skip
+    raise UnknownReceiver(
+        f"no OCPI-to headers, and token {uid} belongs to several parties ({named}), so the hub cannot tell whose token"
+        f" of type {type_} it is: send OCPI-to-country-code and OCPI-to-party-id to say which one (?type=, RFID if not"
+        " given, tells apart only tokens of different types)"
+    )
 
 
 def _unpublished_token(uid: str) -> NoReturn:

@@ -40,7 +40,7 @@ from redis.asyncio.client import Pipeline
 
 from storage.directory import GENERATION_KEY, UNCHANGED_LUA, Directory, DirectoryCache
 from storage.owner_upgrades import take_over
-from storage.publish_tokens import WRITE_LUA, Sent, index_keys, token_args
+from storage.publish_tokens import TOKEN_TYPES, WRITE_LUA, Sent, index_keys, record_field, token_args
 from storage.redis_scripts import executed, queue_script
 
 log = structlog.get_logger()
@@ -139,6 +139,17 @@ class OwnerIndex:
             if owners:
                 texts.update(_text(owners).split(","))
         return sorted(_party(text) for text in texts)
+
+    async def token_types(self, owners: list[tuple[str, str]], uid: str, asked: str) -> list[list[str]]:
+        """Of each owner of a token uid, the types of its tokens with that uid the hub relayed (the TokenType values and
+        asked, sorted), from the records storage.publish_tokens keeps: none for a token relayed only by a hub before
+        them. One HMGET."""
+        uid, types = uid.upper(), sorted({*TOKEN_TYPES, asked})
+        texts = [f"{country}-{party}" for country, party in owners]
+        found = await self._redis.hmget(self._publish_keys[0], [record_field(t, uid, k) for t in texts for k in types])
+        noted = {(owner, type_) for owner, noted_uid, type_, _ in self._tokens if noted_uid == uid}  # not yet written
+        return [[k for j, k in enumerate(types) if found[i * len(types) + j] is not None or (text, k) in noted]
+                for i, text in enumerate(texts)]  # fmt: skip
 
     async def owner(self, module: str, object_id: str) -> tuple[str, str] | None:
         """The one owner of the object, or None if none or several were seen."""

@@ -33,6 +33,8 @@ set (up to 14 keys, `owners:publish-tokens`) and kept a JSON record of it (`toke
     + visual_number + group_id, 50 a group   251 B    1,339 + 156 = 1,495 B
 
 `owners:tokens` (uid -> owners, for open routing: about 77 B a token) comes on top in both, and is not read here.
+Open routing reads the records too (storage.owner_index.token_types): several eMSPs' tokens of one uid are told apart
+by their types.
 
 Tokens relayed by a hub before this index (which kept only their uid, in `owners:tokens`) are matched once their
 eMSP pushes them again.
@@ -50,6 +52,14 @@ from storage.directory import UNCHANGED_LUA
 _ENTRY_FIELDS = ("uid", "type", "visual_number", "issuer", "group_id")
 _UNIT, _RECORD = "\x1f", "\x1e"
 _SEPARATORS = re.compile("[\x1d-\x1f]")
+
+
+TOKEN_TYPES = ("AD_HOC_USER", "APP_USER", "OTHER", "RFID")  # mod_tokens.asciidoc, TokenType
+
+
+def record_field(owner: str, uid: str, type_: str) -> str:
+    """A token's field in the records hash (the first of index_keys): owner (CC-PID), uid and type, upper-cased."""
+    return _UNIT.join((owner, uid, type_))
 
 
 def index_keys(prefix: str) -> list[str]:
@@ -98,7 +108,7 @@ def token_args(owner: str, uid: str, type_: str, pushes: list[tuple[Sent, bool]]
         for i, value in enumerate((push.visual_number, push.issuer, push.group_id)):
             if whole or value is not msgspec.UNSET:
                 sent[i], values[i] = "1", _value(value)
-    return [_UNIT.join((owner, uid, type_)), "".join(sent), values[0], values[1], values[2].upper()]
+    return [record_field(owner, uid, type_), "".join(sent), values[0], values[1], values[2].upper()]
 
 
 def publish_entries(publish_allowed_to: Any) -> str:

@@ -256,6 +256,45 @@ def test_open_routing_refuses_an_authorization_of_a_token_uid_two_emsps_have(hub
     assert [emsp.functional() for emsp in emsps] == [[], []]
 
 
+def test_an_authorization_of_a_uid_two_emsps_have_goes_by_its_type_and_otherwise_names_them_and_how_to_choose(
+    hub: Hub, connect_party
+) -> None:
+    # mod_tokens.asciidoc: "The combination of uid and type should be unique for every token within the eMSP's
+    # system", and an authorization's ?type= defaults to RFID: two eMSPs' tokens of one uid but of other types are
+    # told apart by the type asked for, as a location several CPOs have is by ?country_code=&party_id=
+    rfid, app, cpo = connect_party(_roles("EMSP")), connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    uid = f"TOK{unique_party_id()}"
+    for emsp, type_ in ((rfid, "RFID"), (app, "APP_USER")):
+        cc, pid = party_key(emsp)
+        pushed = emsp.call(hub.base, "PUT", f"receiver/tokens/{cc}/{pid}/{uid}?type={type_}", to=party_key(cpo),
+                           body={"uid": uid, "type": type_, "country_code": cc, "party_id": pid})  # fmt: skip
+        assert pushed.json()["status_code"] == 1000, pushed.text  # a uid another eMSP has is no error of the push
+    time.sleep(0.2)  # the owner index is written in batches
+    for query, emsp in (("?type=APP_USER", app), ("?type=RFID", rfid), ("", rfid)):
+        answer = cpo.call(hub.base, "POST", f"sender/tokens/{uid}/authorize{query}", body={})
+        assert answer.json()["status_code"] == 1000, (query, answer.text)
+        assert [r.path for r in emsp.functional()][-1:] == [f"/ocpi/2.2.1/tokens/sender/{uid}/authorize"], query
+    assert (len(rfid.functional()), len(app.functional())) == (2, 1)
+    # the same uid and type at both: refused naming each eMSP with the types the hub saw, and saying how to choose
+    cc, pid = party_key(app)
+    app.call(hub.base, "PUT", f"receiver/tokens/{cc}/{pid}/{uid}", to=party_key(cpo),
+             body={"uid": uid, "type": "RFID", "country_code": cc, "party_id": pid})  # fmt: skip
+    time.sleep(0.2)
+    refused = cpo.call(hub.base, "POST", f"sender/tokens/{uid}/authorize?type=RFID", body={})
+    assert refused.json()["status_code"] == 4001, refused.text
+    owners = sorted([("-".join(party_key(rfid)), "RFID"), ("-".join(party_key(app)), "APP_USER, RFID")])
+    assert refused.json()["status_message"] == (
+        f"no OCPI-to headers, and token {uid} belongs to several parties ({owners[0][0]}: {owners[0][1]}; "
+        f"{owners[1][0]}: {owners[1][1]}), so the hub cannot tell whose token of type RFID it is: send "
+        "OCPI-to-country-code and OCPI-to-party-id to say which one (?type=, RFID if not given, tells apart only "
+        "tokens of different types)"
+    )
+    assert (len(rfid.functional()), len(app.functional())) == (2, 1)
+    # OCPI-to chooses whichever the CPO means
+    direct = cpo.call(hub.base, "POST", f"sender/tokens/{uid}/authorize", to=party_key(app), body={})
+    assert direct.json()["status_code"] == 1000 and len(app.functional()) == 2, direct.text
+
+
 def test_an_owner_seen_again_stays_the_one_owner_and_another_makes_the_id_ambiguous(services: Services) -> None:
     async def run() -> None:
         client = redis.Redis.from_url(services.redis_url)

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+import hub.ocpi.functional_module
 import hub.ocpi.relay
 import routing.open_routing
 import storage.log_chain
@@ -54,7 +55,7 @@ PARTS: dict[str, tuple[str, list[tuple[ModuleType | type, str, Any]]]] = {
     ),
     "location-cache": (
         "relayed location PUTs and PATCHes not applied to the Redis cache",
-        [(hub.ocpi.relay.Relay, "_note_location", _nothing)],
+        [(hub.ocpi.functional_module, "_note_location", _nothing)],
     ),
     "owner-index": (
         "owners of pushed objects not noted in Redis for open routing",

@@ -21,6 +21,7 @@ import structlog
 
 from hub.errors import BroadcastsPending, OcpiError
 from hub.ocpi.exchange import Exchange, Job
+from hub.ocpi.forward_to_receiver import call_party
 from routing.decide import Delivery, Route
 from routing.forward import Answer, ocpi_status_of
 from routing.request import Incoming, endpoint_url
@@ -90,8 +91,8 @@ async def _deliver(relay: Relay, exchange: Exchange, copy: LogEntry, delivery: D
     copy_exchange.hubs_passed = exchange.hubs_passed  # a copy to another hub that broadcasts too must not come back
     try:
         url = endpoint_url(delivery.url, incoming.suffix)
-        answer = await relay.call_party(copy_exchange, delivery, hub, incoming.method, url, incoming.query,
-                                        incoming.body)  # fmt: skip
+        answer = await call_party(relay, copy_exchange, delivery, hub, incoming.method, url, incoming.query,
+                                  incoming.body)  # fmt: skip
         copy.http_status, copy.response_body = answer.status, answer.body
         copy.ocpi_status_code = ocpi_status_of(answer.body)
     except OcpiError as exc:

@@ -13,30 +13,23 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 import structlog
-import yarl
 from litestar.datastructures import State
 from litestar.types import HTTPScope, Receive, Send
 
-from hub.auth import authorization, identify, why_unknown
+from hub.auth import identify, why_unknown
 from hub.envelope import ocpi_timestamp
 from hub.errors import (
     OUTAGES,
     ForwardingLoop,
-    ForwardTimeout,
-    InvalidParameters,
     OcpiError,
-    ReceiverNotCalled,
-    ReceiverNotConnected,
-    ReceiverNotResolved,
-    ReceiverRefusedHub,
-    ShareInUse,
     Unauthorized,
     check_utf8,
     unavailable,
 )
 from hub.metrics import count_request
-from hub.ocpi import broadcast, hub_answers, relayed_urls
+from hub.ocpi import hub_answers, relayed_urls
 from hub.ocpi.exchange import Exchange, Job
+from hub.ocpi.functional_module import relay_module
 from hub.ocpi.relayed_urls import CDR_LOCATIONS, PAGES, RESULTS
 from hub.ocpi.row_parties import name_the_parties, row_of_a_refusal
 from hub.ocpi.wire import Envelope
@@ -48,23 +41,12 @@ from hub.request_context import (
     check_repeated,
     hubs_passed,
     log_request,
-    new_request_id,
     request_ids,
 )
-from routing import open_routing
-from routing.decide import Delivery, decide
-from routing.forward import Answer, forward, ocpi_status_of
-from routing.party_addresses import ALLOWANCE
-from routing.request import SLASHES, Incoming, PartyKey, endpoint_url, parse
-from routing.rewrite import callback_ttl_s, response_url_of, why_not_callable, with_response_url
-from routing.shapes import check_patch, check_shape
-from storage.directory import PartyRole
-from storage.location_document import too_large
-from storage.location_writer import not_cached
-from storage.log_object_ids import REQUEST, ids_of_entry
+from routing.forward import Answer, ocpi_status_of
+from routing.request import SLASHES, PartyKey
 from storage.log_row import LogEntry
 from storage.log_waiters import LogUnavailable
-from storage.routing_state import Relayed, new_key
 
 if TYPE_CHECKING:
     import aiohttp
@@ -259,148 +241,7 @@ class Relay:
         if path.startswith(hub_answers.SNAPSHOTS):
             exchange.sender = next(iter(caller.platform.roles), None)
             return await hub_answers.follow(self, exchange, path)
-        return await self._relay_module(exchange, path)
-
-    async def _relay_module(self, exchange: Exchange, path: str) -> Answer:
-        entry, caller = exchange.entry, exchange.caller
-        assert caller is not None
-        incoming = parse(entry.method, path, entry.query, exchange.headers, entry.request_body)
-        entry.interface = incoming.interface
-        if incoming.to is not None:  # as addressed, for the row of a request refused below (an unknown receiver)
-            entry.to_country_code, entry.to_party_id = incoming.to
-        check_shape(incoming)
-        check_patch(incoming)
-        settings = self.settings
-        hub = (settings.country_code, settings.party_id)
-        hint = None
-        if incoming.to is None:
-            hint = await open_routing.open_hint(incoming, caller, self.routing, self.directory.current.parties,
-                                                self.locations.owners_seen_by)  # fmt: skip
-        route = decide(incoming, caller, self.directory.current, hub, hint)
-        exchange.sender = route.sender
-        callback_url = response_url_of(incoming)  # a body it is read from that is no JSON: rejected, as in decide
-        if callback_url is not None and (why := why_not_callable(callback_url, caller, settings.public_url)):
-            raise InvalidParameters(f"response_url is refused: {why}")
-        entry.routing = route.kind
-        entry.from_country_code, entry.from_party_id = route.sender.country_code, route.sender.party_id
-        if route.kind == "hub":
-            return await hub_answers.answer(self, exchange, incoming)
-        if route.kind == "broadcast":
-            broadcast.check_room(self, caller.id, route)  # before anything of it is noted
-            if route.deliveries:  # the URL names the owner (checked in decide): a token's eMSP for open routing
-                open_routing.note_seen(incoming, caller, route.deliveries[0], self.routing)
-            self._note_location(exchange, incoming)
-            return broadcast.push(self, exchange, incoming, route)
-        delivery = route.deliveries[0]
-        body, query = incoming.body, incoming.query
-        forwarded_as = None
-        if callback_url is not None:
-            entry.object_id, entry.related_ids = ids_of_entry(entry)  # read once: the writer takes them from the entry
-            key = new_key()  # kept only once the body with it is sure to go (with_response_url may refuse it)
-            body, query = with_response_url(incoming, callback_url, f"{self.settings.public_url}{RESULTS}{key}")
-            # its result's row names the request it answers by both its ids, found by either (storage.log_search)
-            forwarded_as = new_request_id()
-            answers = [f"{REQUEST}{request_id}" for request_id in (entry.request_id, forwarded_as)]
-            await self.routing.remember("results", Relayed(
-                url=callback_url, module=incoming.module, interface="sender", caller_platform_id=delivery.platform.id,
-                target_platform_id=caller.id, caller_party=delivery.to.key, target_party=route.sender.key,
-                correlation_id=entry.correlation_id, object_id=entry.object_id,
-                related_ids=(*(entry.related_ids or ()), *answers)), callback_ttl_s(incoming), key)  # fmt: skip
-        url = endpoint_url(delivery.url, incoming.suffix)
-        answer = await self.call_party(exchange, delivery, route.sender, incoming.method, url, query, body,
-                                       forwarded_as)  # fmt: skip
-        if 200 <= answer.status < 300:
-            open_routing.note_seen(incoming, caller, delivery, self.routing)
-            self._note_location(exchange, incoming)
-        called = f"{url}?{query}" if query else url
-        await relayed_urls.rewrite(self, exchange, answer, delivery, called, incoming.module, incoming.interface)
-        return answer
-
-    async def call_party(
-        self,
-        exchange: Exchange,
-        delivery: Delivery,
-        sender: PartyRole,
-        method: str,
-        url: str,
-        query: str,
-        body: bytes,
-        forwarded_as: str | None = None,
-    ) -> Answer:
-        """Forward to the receiver with its token B, a new X-Request-ID (forwarded_as where chosen before) and the same
-        X-Correlation-ID."""
-        entry, platform, to, caller = exchange.entry, delivery.platform, delivery.to, exchange.caller
-        assert caller is not None  # every route has one: a broadcast copy's is the platform that pushed it
-        entry.to_country_code, entry.to_party_id = to.country_code, to.party_id
-        entry.receiver_platform_id = platform.id
-        entry.forwarded_request_id = forwarded_as or new_request_id()
-        headers = {
-            "Authorization": authorization(platform.token_b or "", platform.token_encoding),
-            "X-Request-ID": entry.forwarded_request_id,
-            "X-Correlation-ID": entry.correlation_id,
-            "OCPI-from-country-code": sender.country_code,
-            "OCPI-from-party-id": sender.party_id,
-            "OCPI-to-country-code": to.country_code,
-            "OCPI-to-party-id": to.party_id,
-            HUB_INSTANCE_HEADER: exchange.hubs_passed or self.hub_instance,
-        }
-        if body:
-            headers["Content-Type"] = exchange.headers.get("content-type", "application/json")
-        target = yarl.URL(f"{url}?{query}" if query else url, encoded=True)
-        timeout = self.settings.forward_timeout_s
-        try:
-            # a broadcast copy counts in the share of the platform that pushed it (routing.fair_share)
-            answer = await forward(self.forward_session, method, target, headers, body, timeout,
-                                   self.settings.max_body_bytes, self.forward_shares, caller.id,
-                                   f"{to.country_code}-{to.party_id}")  # fmt: skip
-        except ReceiverNotCalled:  # its address is not one this process calls: no sign the party is away
-            if self._first_in_a_minute(platform.id):
-                log.error("party_address_not_allowed", platform=platform.name, url=url[:200], setting=ALLOWANCE)
-            raise
-        except (ForwardTimeout, ReceiverNotConnected) as exc:
-            if isinstance(exc, ReceiverNotResolved) and self._first_in_a_minute(platform.id):
-                log.warning("party_not_reached", platform=platform.name, reason=exc.detail[:400], setting=ALLOWANCE)
-            self.still_alive.suspect(platform.id)
-            raise
-        except ShareInUse:  # the caller's own requests held every slot of its share: nothing went to the receiver
-            entry.forwarded_request_id = None
-            raise
-        self.last_seen[platform.id] = datetime.now(UTC)  # a message received from it (still-alive)
-        if answer.status == 401:
-            # transport_and_format.asciidoc: a 401 says the caller's token "doesn't match any known party"; the caller
-            # gave the hub a good one, so this one is the hub's to answer, and the operator's to look into
-            log.error("receiver_refused_hub_token", platform_id=platform.id, platform=platform.name,
-                      party=f"{to.country_code}-{to.party_id}", path=exchange.entry.path)  # fmt: skip
-            raise ReceiverRefusedHub(
-                f"{to.country_code}-{to.party_id} refused the hub's credentials (HTTP 401) and did not take the "
-                "request; the hub operator has been told"
-            )
-        if answer.unwritable:
-            names = f"{', '.join(answer.unwritable)} header{'s' if len(answer.unwritable) > 1 else ''}"
-            entry.error = f"the receiver's {names} held characters HTTP does not allow in a header; relayed without"
-        # A response carries the routing headers swapped; filled in even when the receiver sent none.
-        answer.headers.update(
-            {
-                "ocpi-to-country-code": sender.country_code,
-                "ocpi-to-party-id": sender.party_id,
-                "ocpi-from-country-code": to.country_code,
-                "ocpi-from-party-id": to.party_id,
-            }
-        )
-        answer.headers.setdefault("content-type", "application/json")
-        return answer
-
-    def _note_location(self, exchange: Exchange, incoming: Incoming) -> None:
-        """A location PUT or PATCH that went through updates the cache (queued: off the caller's path), as the caller's:
-        the URL names one of its parties (routing.decide.check_client_owned)."""
-        segments, caller = incoming.segments, exchange.caller
-        pushed = incoming.module == "locations" and incoming.interface == "receiver"
-        if pushed and caller and incoming.method in ("PUT", "PATCH") and len(segments) >= 3:
-            if incoming.method == "PUT" and len(segments) == 3 and (refused := too_large(incoming.body)):
-                exchange.entry.error = str(refused)  # the caller's row says so: its answer is the receiver's
-                not_cached(refused, path=segments)
-                return
-            self.locations.submit((segments[0], segments[1]), caller.id, incoming.method, segments[2:], incoming.body)
+        return await relay_module(self, exchange, path)
 
     def hub_answer(self, exchange: Exchange, http_status: int, status_code: int, message: str | None) -> Answer:
         """An answer from the hub itself: OCPI-from is the hub, OCPI-to the caller's party when known."""
@@ -414,13 +255,6 @@ class Relay:
         if exchange.entry.routing == "rejected" or status_code != 1000:
             exchange.entry.ocpi_status_code = status_code
         return Answer(http_status, headers, body)
-
-    def _first_in_a_minute(self, platform_id: int) -> bool:
-        """Whether a line about a party's address goes to the log now: one a minute for each party at most."""
-        if time.monotonic() - self.address_refusals_told.get(platform_id, -60.0) < 60:
-            return False
-        self.address_refusals_told[platform_id] = time.monotonic()
-        return True
 
     def _spawn(self, job: Job) -> None:
         task = asyncio.create_task(job.work)

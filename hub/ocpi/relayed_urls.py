@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from hub.errors import HubError, InvalidParameters, MethodNotAllowed, NotFound, ReceiverNotConnected
+from hub.ocpi.forward_to_receiver import call_party
 from routing.decide import Delivery
 from routing.forward import Answer
 from routing.request import party_text, routing_party
@@ -70,7 +71,7 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
         raise HubError(f"{to.country_code}-{to.party_id} gave a URL for this that the hub does not call: not at a host "
                        f"it registered, or no URL the hub can call", f"{url[:200]}: {why}")  # fmt: skip
     delivery = Delivery(target, to, relayed.url)
-    answer = await relay.call_party(exchange, delivery, sender, entry.method, url, "", entry.request_body)
+    answer = await call_party(relay, exchange, delivery, sender, entry.method, url, "", entry.request_body)
     await rewrite(relay, exchange, answer, delivery, url, relayed.module, relayed.interface)
     return answer
 

@@ -1,0 +1,99 @@
+"""A functional module's request relayed: parsed, checked, decided, its response_url swapped, forwarded, answered.
+
+The step of hub.ocpi.relay once the caller is known: a broadcast or a request the hub answers itself goes to its own
+step (broadcast, hub_answers), any other to its receiver (forward_to_receiver), and a location push that went through
+to the location cache.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hub.errors import InvalidParameters
+from hub.ocpi import broadcast, hub_answers, relayed_urls
+from hub.ocpi.exchange import Exchange
+from hub.ocpi.forward_to_receiver import call_party
+from hub.ocpi.relayed_urls import RESULTS
+from hub.request_context import new_request_id
+from routing import open_routing
+from routing.decide import decide
+from routing.forward import Answer
+from routing.request import Incoming, endpoint_url, parse
+from routing.rewrite import callback_ttl_s, response_url_of, why_not_callable, with_response_url
+from routing.shapes import check_patch, check_shape
+from storage.location_document import too_large
+from storage.location_writer import not_cached
+from storage.log_object_ids import REQUEST, ids_of_entry
+from storage.routing_state import Relayed, new_key
+
+if TYPE_CHECKING:
+    from hub.ocpi.relay import Relay
+
+
+async def relay_module(relay: Relay, exchange: Exchange, path: str) -> Answer:
+    entry, caller = exchange.entry, exchange.caller
+    assert caller is not None
+    incoming = parse(entry.method, path, entry.query, exchange.headers, entry.request_body)
+    entry.interface = incoming.interface
+    if incoming.to is not None:  # as addressed, for the row of a request refused below (an unknown receiver)
+        entry.to_country_code, entry.to_party_id = incoming.to
+    check_shape(incoming)
+    check_patch(incoming)
+    settings = relay.settings
+    hub = (settings.country_code, settings.party_id)
+    hint = None
+    if incoming.to is None:
+        hint = await open_routing.open_hint(incoming, caller, relay.routing, relay.directory.current.parties,
+                                            relay.locations.owners_seen_by)  # fmt: skip
+    route = decide(incoming, caller, relay.directory.current, hub, hint)
+    exchange.sender = route.sender
+    callback_url = response_url_of(incoming)  # a body it is read from that is no JSON: rejected, as in decide
+    if callback_url is not None and (why := why_not_callable(callback_url, caller, settings.public_url)):
+        raise InvalidParameters(f"response_url is refused: {why}")
+    entry.routing = route.kind
+    entry.from_country_code, entry.from_party_id = route.sender.country_code, route.sender.party_id
+    if route.kind == "hub":
+        return await hub_answers.answer(relay, exchange, incoming)
+    if route.kind == "broadcast":
+        broadcast.check_room(relay, caller.id, route)  # before anything of it is noted
+        if route.deliveries:  # the URL names the owner (checked in decide): a token's eMSP for open routing
+            open_routing.note_seen(incoming, caller, route.deliveries[0], relay.routing)
+        _note_location(relay, exchange, incoming)
+        return broadcast.push(relay, exchange, incoming, route)
+    delivery = route.deliveries[0]
+    body, query = incoming.body, incoming.query
+    forwarded_as = None
+    if callback_url is not None:
+        entry.object_id, entry.related_ids = ids_of_entry(entry)  # read once: the writer takes them from the entry
+        key = new_key()  # kept only once the body with it is sure to go (with_response_url may refuse it)
+        body, query = with_response_url(incoming, callback_url, f"{relay.settings.public_url}{RESULTS}{key}")
+        # its result's row names the request it answers by both its ids, found by either (storage.log_search)
+        forwarded_as = new_request_id()
+        answers = [f"{REQUEST}{request_id}" for request_id in (entry.request_id, forwarded_as)]
+        await relay.routing.remember("results", Relayed(
+            url=callback_url, module=incoming.module, interface="sender", caller_platform_id=delivery.platform.id,
+            target_platform_id=caller.id, caller_party=delivery.to.key, target_party=route.sender.key,
+            correlation_id=entry.correlation_id, object_id=entry.object_id,
+            related_ids=(*(entry.related_ids or ()), *answers)), callback_ttl_s(incoming), key)  # fmt: skip
+    url = endpoint_url(delivery.url, incoming.suffix)
+    answer = await call_party(relay, exchange, delivery, route.sender, incoming.method, url, query, body,
+                              forwarded_as)  # fmt: skip
+    if 200 <= answer.status < 300:
+        open_routing.note_seen(incoming, caller, delivery, relay.routing)
+        _note_location(relay, exchange, incoming)
+    called = f"{url}?{query}" if query else url
+    await relayed_urls.rewrite(relay, exchange, answer, delivery, called, incoming.module, incoming.interface)
+    return answer
+
+
+def _note_location(relay: Relay, exchange: Exchange, incoming: Incoming) -> None:
+    """A location PUT or PATCH that went through updates the cache (queued: off the caller's path), as the caller's:
+    the URL names one of its parties (routing.decide.check_client_owned)."""
+    segments, caller = incoming.segments, exchange.caller
+    pushed = incoming.module == "locations" and incoming.interface == "receiver"
+    if pushed and caller and incoming.method in ("PUT", "PATCH") and len(segments) >= 3:
+        if incoming.method == "PUT" and len(segments) == 3 and (refused := too_large(incoming.body)):
+            exchange.entry.error = str(refused)  # the caller's row says so: its answer is the receiver's
+            not_cached(refused, path=segments)
+            return
+        relay.locations.submit((segments[0], segments[1]), caller.id, incoming.method, segments[2:], incoming.body)

@@ -17,6 +17,7 @@ import structlog
 
 import hub.ocpi.functional_module
 import hub.ocpi.relay
+import routing.forward
 import routing.open_routing
 import storage.log_chain
 import storage.log_row
@@ -63,7 +64,7 @@ PARTS: dict[str, tuple[str, list[tuple[ModuleType | type, str, Any]]]] = {
     ),
     "metrics": (
         "no Prometheus counter or histogram updates",
-        [(hub.ocpi.relay, "count_request", _nothing), (hub.ocpi.relay, "observe_forward", _nothing)],
+        [(hub.ocpi.relay, "count_request", _nothing), (routing.forward, "observe_forward", _nothing)],
     ),
     "log-lines": (
         "no structlog context binding and no http_request line",

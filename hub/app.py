@@ -22,6 +22,7 @@ from hub import client_info, metrics
 from hub.admin import endpoints
 from hub.admin.actors import identify_admin_caller
 from hub.admin.api import admin_router, render_admin_error
+from hub.admin.checkpoint import log_checkpoints
 from hub.auth import CredentialsTokenAuth
 from hub.console import console_router, problem_page, template_config
 from hub.console.headers import with_console_headers
@@ -135,6 +136,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                     ),
                     name="pull_sync",
                 ),
+                asyncio.create_task(log_checkpoints(pool, redis_client, settings), name="routing_log_checkpoints"),
             ]
             log.info(
                 "hub_started",

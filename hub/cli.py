@@ -31,8 +31,13 @@ COMMANDS_HELP = """commands:
   hold      legal holds that keep disputed rows from retention: ocpi-hub hold set --reason TEXT (--correlation-id ID
             | --object-id ID | --party NL-ABC --since T --until T) | list | release ID
   verify    recompute the routing log's hash chains, no HTTP time limit: ocpi-hub verify [--since T] [--until T]
-            [--heads FILE]
+            [--heads FILE | --checkpoint FILE]
   heads     print every hash chain's head, to keep outside the database: ocpi-hub heads > heads.json
+  checkpoint
+            print every chain's head and the audit trail's, signed, to keep outside the hub: ocpi-hub checkpoint
+  verify-checkpoint
+            check a checkpoint's signature, no database or secret needed: ocpi-hub verify-checkpoint FILE
+            [--public-key KEY]; exit 0 signed by the key, 1 not, 2 unreadable
   verify-export
             check an export's signed manifest, no database or secret needed: ocpi-hub verify-export FILE
             [--manifest FILE] [--public-key KEY]; exit 0 checked, 1 not what the hub signed, 2 unreadable
@@ -113,7 +118,16 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--since", metavar="TIME", help="only rows received at or after TIME (ISO 8601)")
     verify.add_argument("--until", metavar="TIME", help="only rows received before TIME (ISO 8601)")
     verify.add_argument("--heads", metavar="FILE", help="heads ocpi-hub heads printed earlier: each row still there")
+    verify.add_argument(
+        "--checkpoint", metavar="FILE", help="a checkpoint taken earlier: signed, and each row still there"
+    )
     commands.add_parser("heads", help="print every hash chain's head, to keep outside the database for verify --heads")
+    commands.add_parser("checkpoint", help="print a signed checkpoint of the chains, for verify --checkpoint later")
+    signed = commands.add_parser(
+        "verify-checkpoint", help="check a checkpoint's signature with the hub's public key (no database, no secret)"
+    )
+    signed.add_argument("file", help="the checkpoint (JSON), or a line of the hub's log carrying one")
+    signed.add_argument("--public-key", metavar="KEY", help="the hub's public key (PEM file, or its base64)")
     check = commands.add_parser(
         "verify-export", help="check a routing-log export against its signed manifest (no database, no secret)"
     )
@@ -162,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         from hub.export_manifest import verify_export
 
         return verify_export(Path(args.file), Path(args.manifest) if args.manifest else None, args.public_key)
+    if args.command == "verify-checkpoint":  # as verify-export
+        from pathlib import Path
+
+        from hub.checkpoint import verify_checkpoint
+
+        return verify_checkpoint(Path(args.file), args.public_key)
     listening = None
     if args.command in ("serve", "demo"):  # the port first: one in use fails at once, before anything starts
         try:

@@ -267,22 +267,30 @@ async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
     """GET /admin/api/routing-log/verify without a request's time limits (a log of millions of rows takes minutes),
     for cron and alerting: the same JSON on stdout, exit code 1 when the log does not verify."""
     from hub.admin.routing_log import recorded_verify
+    from hub.checkpoint import NotHeads, Refused, saved_heads
     from storage.log_search import BadFilter, check_range, parse_time
-    from storage.log_verify import Heads
 
     given = {name: value for name in ("since", "until") if (value := getattr(args, name))}
+    option, file = ("--checkpoint", args.checkpoint) if args.checkpoint else ("--heads", args.heads)
     try:
+        if args.checkpoint and args.heads:
+            raise BadFilter("give --heads or --checkpoint, not both")
         times = {name: parse_time(f"--{name}", value) for name, value in given.items()}
         check_range(times.get("since"), times.get("until"))
-        saved = msgspec.json.decode(Path(args.heads).read_bytes(), type=Heads) if args.heads else None
+        data = Path(file).read_bytes() if file else None
+        saved = saved_heads(data, settings.export_signing_key, bool(args.checkpoint)) if data is not None else None
     except BadFilter as exc:
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"ocpi-hub: cannot read --heads {args.heads}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"ocpi-hub: cannot read {option} {file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    except (msgspec.DecodeError, RecursionError) as exc:
-        print(f"ocpi-hub: --heads {args.heads}: not heads as ocpi-hub heads prints them: {exc}", file=sys.stderr)
+    except NotHeads as exc:
+        print(f"ocpi-hub: {option} {file}: not heads as ocpi-hub heads prints them, nor a checkpoint: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    except Refused as exc:
+        print(f"ocpi-hub: {option} {file}: {exc}", file=sys.stderr)
         return 2
     window = (times.get("since"), times.get("until"))
     async with pool.acquire() as conn:  # no time limit here: the point of the command
@@ -301,5 +309,16 @@ async def _heads(settings: Settings, args: argparse.Namespace, pool: asyncpg.Poo
     return 0
 
 
+async def _checkpoint(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
+    """GET /admin/api/routing-log/checkpoint, for cron: kept outside the hub, verify --checkpoint checks it later."""
+    from hub.admin.checkpoint import recorded_checkpoint
+
+    async with pool.acquire() as conn:
+        checkpoint = await recorded_checkpoint(conn, settings, _operator("checkpoint"), {"via": "cli"})
+    out(msgspec.json.format(msgspec.json.encode(checkpoint)).decode())
+    return 0
+
+
 COMMANDS: dict[str, Command] = {"invite": _invite, "connect": _connect, "sync": _sync, "auditor": _auditor,
-                                "retention": _retention, "hold": _hold, "verify": _verify, "heads": _heads}  # fmt: skip
+                                "retention": _retention, "hold": _hold, "verify": _verify, "heads": _heads,
+                                "checkpoint": _checkpoint}  # fmt: skip

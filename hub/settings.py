@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, replace
@@ -96,6 +97,12 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
         "months of routing-log partitions the hub creates ahead (at start and daily)",
     ),
     ("OCPI_HUB_SYNC_INTERVAL_S", "3600", "seconds between incremental pull syncs of every CPO's locations"),
+    (
+        "OCPI_HUB_CHECKPOINT_LOG_S",
+        "3600",
+        "seconds between the signed checkpoints of the routing log the hub writes to its log (routing_log_checkpoint),"
+        " which log shipping keeps outside the hub; 0: none",
+    ),
     ("OCPI_HUB_SYNC_CHECK_S", "10", "seconds between checks for CPOs never synced (new, or Redis lost its data)"),
     ("OCPI_HUB_STILL_ALIVE_S", "300", "silence (s) after which the hub GETs a party's versions to see it is alive"),
     (
@@ -168,6 +175,7 @@ class Settings:
     redis_prefix: str
     log_level: str
     party_networks_allowed: tuple[Network, ...] = ()
+    checkpoint_log_s: float = 3600.0  # 0: no checkpoints in the hub's log
     # host and port `ocpi-hub serve` (or demo) listens on; None for the commands beside it
     listen: tuple[str, int] | None = None
     # OCPI_HUB_PUBLIC_URL was given, or a command beside serve read it from serve's data dir: public_url is not a guess
@@ -285,6 +293,7 @@ class Settings:
             redis_prefix=redis_prefix,
             log_level=log_level,
             party_networks_allowed=party_networks_allowed,
+            checkpoint_log_s=_number_or_zero("OCPI_HUB_CHECKPOINT_LOG_S", get("OCPI_HUB_CHECKPOINT_LOG_S")),
             listen=_listen_address(get(LISTEN_ADDRESS)),
         )
 
@@ -330,4 +339,16 @@ def _number(name: str, raw: str, kind: type[int] | type[float]) -> float:
         raise SettingsError(f"{name} must be {wanted}, got {raw!r}") from None
     if value <= 0:
         raise SettingsError(f"{name} must be {wanted}, got {raw!r}")
+    return value
+
+
+def _number_or_zero(name: str, raw: str | None) -> float:
+    """A number of seconds: positive, or 0 for never."""
+    raw = raw or _DEFAULTS[name]
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise SettingsError(f"{name} must be a positive number of seconds, or 0 for none, got {raw!r}")
     return value

@@ -257,6 +257,18 @@ SELECT ARRAY(SELECT nextval('routing_log_row_id') FROM generate_series(1, $1::in
 -- amendments: the highest number of an amendment written in the chain (migration 0016), 0 for none
 SELECT chain_id, last_seq, last_hash, coalesce(amendments, 0) AS amendments FROM routing_log_chain;
 
+-- name: checkpoint_heads
+-- Every chain's head with the id of its row (null when retention dropped it): a checkpoint's (hub.checkpoint).
+SELECT c.chain_id, c.last_seq, c.last_hash, coalesce(c.amendments, 0) AS amendments,
+       (SELECT min(r.id) FROM routing_log AS r WHERE r.chain_id = c.chain_id AND r.seq = c.last_seq) AS row_id
+FROM routing_log_chain AS c ORDER BY c.chain_id;
+
+-- name: rows_up_to
+-- How many rows each chain has from its start up to a seq ($1, $2: chain ids and seqs): a checkpoint's chains.
+SELECT r.chain_id, count(*) AS kept FROM routing_log AS r
+JOIN unnest($1::uuid[], $2::bigint[]) AS upto (chain_id, seq) ON r.chain_id = upto.chain_id AND r.seq <= upto.seq
+GROUP BY r.chain_id;
+
 -- name: chain_floors
 SELECT chain_id, seq, hash, prev_hash, next_apart, prev_apart, mac FROM routing_log_floor;
 

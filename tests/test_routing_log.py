@@ -259,7 +259,7 @@ def test_ocpi_hub_verify_checks_the_chains_from_the_command_line_and_fails_on_a_
     assert good.returncode == 0, good.stderr
     assert json.loads(good.stdout) | {"problems": []} == {"ok": True, "rows": 5, "first_bad_id": None, "problems": [],
                                                           "heads_checked": None, "trail_entries": 0,
-                                                          "trail_unchained": 0}  # fmt: skip
+                                                          "trail_unchained": 0, "notes": []}  # fmt: skip
     assert json.loads(verify_command("--since", "2000-01-01T00:00:00Z").stdout)["rows"] == 5
 
     changed = sql(empty_database, "UPDATE routing_log SET http_status = 500 WHERE seq = 3 RETURNING id")[0]["id"]
@@ -292,7 +292,7 @@ def test_heads_kept_outside_the_database_show_a_chains_newest_rows_or_a_whole_ch
     assert {chain_id: c["last_seq"] for chain_id, c in saved.items()} == {str(truncated): 5, str(deleted): 3}
     assert json.loads(cli("verify", "--heads", str(heads)).stdout) | {"problems": []} == {
         "ok": True, "rows": 8, "first_bad_id": None, "problems": [], "heads_checked": 2, "trail_entries": 1,
-        "trail_unchained": 0}  # fmt: skip
+        "trail_unchained": 0, "notes": []}  # fmt: skip
 
     sql(empty_database, "DELETE FROM routing_log WHERE chain_id = $1 AND seq > 3", truncated)
     sql(empty_database, "UPDATE routing_log_chain SET last_seq = 3, last_hash = (SELECT hash FROM routing_log WHERE "

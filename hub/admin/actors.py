@@ -82,9 +82,9 @@ async def actor_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> 
         raise Unauthorized(UNAUTHORIZED)
     if actor.kind == AUDITOR and not (handler.opt.get(READ_ONLY) or handler.opt.get(AUDITOR_MAY_HOLD)):
         raise PermissionDeniedException(
-            detail=f"auditor {actor.name!r} may only read the routing log, parties, stats, the heads, verify and the "
-            f"audit trail, and set holds; {connection.scope.get('method')} {connection.scope['path']} needs the admin "
-            "token"
+            detail=f"auditor {actor.name!r} may only read the routing log, parties, stats, the heads and checkpoints,"
+            f" verify and the audit trail, and set holds; {connection.scope.get('method')} {connection.scope['path']}"
+            " needs the admin token"
         )
     connection.scope["state"]["actor"] = actor
 

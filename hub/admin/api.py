@@ -152,6 +152,7 @@ def render_admin_error(request: Request, exc: Exception) -> Response[bytes]:
 
 
 def admin_router() -> Router:
+    from hub.admin.checkpoint import routing_log_checkpoint
     from hub.admin.endpoints import refresh_endpoints
     from hub.admin.export import export_manifest, export_public_key, export_routing_log
     from hub.admin.holds import list_holds, release_hold, set_hold
@@ -182,6 +183,7 @@ def admin_router() -> Router:
             export_public_key,
             export_manifest,
             routing_log_heads,
+            routing_log_checkpoint,
             verify_routing_log,
             stats,
             audit_trail,

@@ -13,6 +13,8 @@ from litestar import Request, Response, get, route
 
 from hub.admin.actors import READ_ONLY, Actor, actor_of, record_action
 from hub.admin.api import AdminError, json_response, takes_no_parameters
+from hub.admin.checkpoint import check_trail_at, note_dropped_before
+from hub.checkpoint import Checkpoint, NotHeads, Refused, saved_heads
 from hub.envelope import path_number, whole_number
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S, DATABASE_TIMEOUT_S
 from storage.audit_trail import verify_trail
@@ -212,9 +214,14 @@ async def recorded_verify(
     CLI alike)."""
     if saved is not None:
         given = given | {"heads_taken_at": saved.taken_at.isoformat(), "heads": len(saved.chains)}
+    if isinstance(saved, Checkpoint):
+        given = given | {"checkpoint_id": saved.checkpoint_id}
     try:
         result = await verify(conn, key, *window, timeout, saved)
         result.trail_entries, result.trail_unchained = await verify_trail(conn, audit_trail_key(key), result.wrong)
+        if isinstance(saved, Checkpoint):
+            await check_trail_at(conn, saved, result.wrong)
+            await note_dropped_before(conn, saved, result, timeout)
     except Exception as exc:  # the attempt is in the trail all the same
         with contextlib.suppress(Exception):
             await record_action(conn, audit_trail_key(key), who, "verify", given | {"error": type(exc).__name__})
@@ -235,9 +242,12 @@ async def routing_log_heads(request: Request) -> Response[bytes]:
 @route("/routing-log/verify", http_method=["GET", "POST"], opt={READ_ONLY: True})
 async def verify_routing_log(request: Request) -> Response[bytes]:
     """Recompute the hash chains, all of them or the rows of [since, until); a POST's body: heads taken earlier
-    (GET /routing-log/heads), each of whose rows must still be there."""
+    (GET /routing-log/heads), each of whose rows must still be there, or a checkpoint (GET /routing-log/checkpoint),
+    checked so once its signature is."""
     params = query_params(request)
     try:
+        if "checkpoint" in params:  # a signed document of a few KB per hundred chains: more than a URL carries
+            raise BadFilter("checkpoint: POST the checkpoint file as the body (GET /routing-log/checkpoint gave it)")
         if unknown := sorted(set(params) - {"since", "until"}):
             raise BadFilter(f"unknown parameter {unknown[0]}; verify takes since and until")
         since = parse_time("since", params["since"]) if params.get("since") else None
@@ -245,19 +255,18 @@ async def verify_routing_log(request: Request) -> Response[bytes]:
         check_range(since, until)
     except BadFilter as exc:
         raise AdminError(400, str(exc)) from None
-    saved = await _saved_heads(request) if request.method == "POST" else None
+    settings = request.app.state.settings
+    try:
+        saved = saved_heads(await request.body(), settings.export_signing_key) if request.method == "POST" else None
+    except NotHeads as exc:
+        raise AdminError(400, f"the body is not heads as GET /admin/api/routing-log/heads gives them, nor a checkpoint "
+                              f"as GET /admin/api/routing-log/checkpoint does: {exc}") from None  # fmt: skip
+    except Refused as exc:
+        raise AdminError(400, f"the body: {exc}") from None
     given = {k: v for k, v in params.items() if v}
     async with request.app.state.pool.acquire() as conn:
-        key = request.app.state.settings.routing_log_key
-        result = await recorded_verify(conn, key, actor_of(request), given, (since, until), saved)
-    return json_response(result)  # {"ok", "rows", "first_bad_id", "problems", "heads_checked"}
-
-
-async def _saved_heads(request: Request) -> Heads:
-    try:
-        return msgspec.json.decode(await request.body(), type=Heads)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise AdminError(400, f"the body is not heads as GET /admin/api/routing-log/heads gives them: {exc}") from None
+        result = await recorded_verify(conn, settings.routing_log_key, actor_of(request), given, (since, until), saved)
+    return json_response(result)  # {"ok", "rows", "first_bad_id", "problems", "heads_checked", ..., "notes"}
 
 
 @get("/audit-trail", opt={READ_ONLY: True})

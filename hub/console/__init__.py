@@ -48,8 +48,9 @@ def console_router() -> list[Router]:
     handlers = [
         auth.sign_in_page, auth.sign_in, auth.sign_out, other_pages.home, log_pages.log_page,
         log_pages.export_download, log_pages.message_page, other_pages.parties_page, other_pages.stats_page,
-        other_pages.verify_page, other_pages.verify_with_heads, other_pages.heads_download, other_pages.audit_page,
-        other_pages.invite_page, other_pages.invite_party, log_pages.export_manifest_download,
+        other_pages.verify_page, other_pages.verify_with_heads, other_pages.heads_download,
+        other_pages.checkpoint_download, other_pages.audit_page, other_pages.invite_page, other_pages.invite_party,
+        log_pages.export_manifest_download,
         platform_actions.confirm_page, platform_actions.act,
     ]  # fmt: skip
     pages = Router(

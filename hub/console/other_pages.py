@@ -17,14 +17,15 @@ from litestar.response import Redirect, Template
 
 from hub.admin.actors import record_action
 from hub.admin.api import AdminError, InvitationIn, invite, invited
+from hub.admin.checkpoint import recorded_checkpoint
 from hub.admin.routing_log import recorded_heads, recorded_verify
 from hub.admin.stats import BUCKETS, compute_stats
+from hub.checkpoint import NotHeads, Refused, saved_heads
 from hub.console.auth import actor, require_admin
 from hub.console.charts import Bucket, bar_chart, buckets_between
 from hub.console.log_pages import party_choices
 from hub.export_manifest import public_key_info
 from storage.log_search import BadFilter, check_range, is_row_id, parse_time
-from storage.log_verify import Heads
 from storage.sql import QUERIES
 
 AUDIT_PAGE = 100
@@ -117,7 +118,8 @@ async def verify_page(request: Request, since: str | None = None, until: str | N
 async def verify_with_heads(
     request: Request, data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 ) -> Template:
-    """The same, with heads saved earlier (a download of /console/heads) pasted in: each of their rows still there."""
+    """The same, with heads or a checkpoint saved earlier (a download of /console/heads or /console/checkpoint) pasted
+    in: each of their rows still there (a checkpoint's signature checked first)."""
     heads = data.get("heads", "").strip()
     return await _verified(request, data.get("since", ""), data.get("until", ""), heads, True, heads_given=True)
 
@@ -130,18 +132,21 @@ async def _verified(request: Request, since: str, until: str, heads: str, run: b
     if not run:
         return Template("verify.html", context=context)
     if heads_given and not heads:  # a plain verify here would read as one against heads
-        context["error"] = "No heads were pasted: nothing was checked. Paste a heads file, or use Verify now."
+        context["error"] = "No heads were pasted: nothing was checked. Paste heads or a checkpoint, or use Verify now."
         return Template("verify.html", context=context, status_code=400)
     try:
         start = parse_time("since", since) if since else None
         end = parse_time("until", until) if until else None
         check_range(start, end)
-        saved = msgspec.json.decode(heads, type=Heads) if heads else None
+        saved = saved_heads(heads.encode(), request.app.state.settings.export_signing_key) if heads else None
     except BadFilter as exc:
         context["error"] = str(exc)
         return Template("verify.html", context=context, status_code=400)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        context["error"] = f"These are not heads as the download gives them: {exc}"
+    except NotHeads as exc:
+        context["error"] = f"These are not heads as the download gives them, nor a checkpoint: {exc}"
+        return Template("verify.html", context=context, status_code=400)
+    except Refused as exc:
+        context["error"] = f"What was pasted: {exc}"
         return Template("verify.html", context=context, status_code=400)
     given = {k: v for k, v in (("since", since), ("until", until)) if v} | {"via": "console"}
     async with request.app.state.pool.acquire() as conn:
@@ -160,6 +165,16 @@ async def heads_download(request: Request) -> Response[bytes]:
         )
     name = f"ocpi-hub-heads-{heads.taken_at:%Y-%m-%dT%H%M%SZ}.json"
     return Response(msgspec.json.format(msgspec.json.encode(heads)), media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})  # fmt: skip
+
+
+@get("/console/checkpoint")
+async def checkpoint_download(request: Request) -> Response[bytes]:
+    """A signed checkpoint now, as a file to keep outside the hub and paste into the verify page later."""
+    async with request.app.state.pool.acquire() as conn:
+        checkpoint = await recorded_checkpoint(conn, request.app.state.settings, actor(request), {"via": "console"})
+    name = f"ocpi-hub-checkpoint-{checkpoint['taken_at'][:19].replace(':', '')}Z.json"
+    return Response(msgspec.json.format(msgspec.json.encode(checkpoint)), media_type="application/json",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})  # fmt: skip
 
 

@@ -6,6 +6,10 @@ An entry's hash is an HMAC-SHA-256 under storage.secrets.audit_trail_key over it
 hash of the entry before; the head (the last entry's id and hash, and the last id written before the chain began) is
 MAC'd too. Without the key, an entry edited, inserted or deleted, or the head moved back over entries deleted from the
 end, shows. Entries written before migration 0019 have no hash: verify counts them as unchained, not tampered.
+
+A head deleted (with or without entries from the end) is made again by the next entry's writer, after the last entry
+chained then, and the first entry after it says so (HEAD_MADE_AGAIN, by the hub): the action it was written for is
+not refused, and every later verify names that entry, since what went with the head no longer shows.
 """
 
 from __future__ import annotations
@@ -16,11 +20,15 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import structlog
 
 from storage.sql import QUERIES
 
 GENESIS = bytes(32)  # the prev_hash of the chain's first entry
+HEAD_MADE_AGAIN = "audit_trail_head_made_again"  # the action of the entry saying the head was missing
+_HUB = ("hub", "hub")  # the hub acting on its own, as hub.admin.actors names it
 _encoder = msgspec.json.Encoder()
+log = structlog.get_logger()
 
 
 def entry_hash(key: bytes, prev_hash: bytes, entry: asyncpg.Record | dict[str, Any]) -> bytes:
@@ -45,12 +53,29 @@ async def append(conn: asyncpg.Connection, key: bytes, actor: tuple[str, str], a
     """Write one entry (actor: kind and name; parameters: JSON text), chained after the last; its id. In the caller's
     transaction if it has one: the head stays locked until that ends, and the entry goes with it if it rolls back."""
     async with conn.transaction():
-        head = await conn.fetchrow(QUERIES["lock_audit_trail_head"])
-        entry = await conn.fetchrow(QUERIES["record_action"], *actor, action, parameters)
-        hashed = entry_hash(key, head["last_hash"], entry)
-        mac = head_mac(key, head["unchained_upto"], entry["id"], hashed)
-        await conn.execute(QUERIES["chain_audit_trail_entry"], entry["id"], head["last_hash"], hashed, mac)
+        while (head := await conn.fetchrow(QUERIES["lock_audit_trail_head"])) is None:
+            await _make_head_again(conn, key)
+        return await _chained(conn, key, head, actor, action, parameters)
+
+
+async def _chained(
+    conn: asyncpg.Connection, key: bytes, head: asyncpg.Record, actor: tuple[str, str], action: str, parameters: str
+) -> int:
+    entry = await conn.fetchrow(QUERIES["record_action"], *actor, action, parameters)
+    hashed = entry_hash(key, head["last_hash"], entry)
+    mac = head_mac(key, head["unchained_upto"], entry["id"], hashed)
+    await conn.execute(QUERIES["chain_audit_trail_entry"], entry["id"], head["last_hash"], hashed, mac)
     return int(entry["id"])
+
+
+async def _make_head_again(conn: asyncpg.Connection, key: bytes) -> None:
+    """The head, deleted, made again after the last chained entry, its first entry saying so (by the hub); nothing
+    when another writer made it meanwhile (its entry is that one's)."""
+    made = await conn.fetchrow(QUERIES["make_audit_trail_head_again"])
+    if made is not None:
+        said = {"after_entry": made["last_id"], "unchained_upto": made["unchained_upto"]}
+        entry_id = await _chained(conn, key, made, _HUB, HEAD_MADE_AGAIN, _encoder.encode(said).decode())
+        log.error("audit_trail_head_missing", made_again_after_entry=made["last_id"], entry=entry_id)
 
 
 async def verify_trail(conn: asyncpg.Connection, key: bytes, wrong: Callable[[str], None]) -> tuple[int, int]:
@@ -87,6 +112,11 @@ async def verify_trail(conn: asyncpg.Connection, key: bytes, wrong: Callable[[st
             matches = entry["prev_hash"] is not None and hmac.compare_digest(
                 entry_hash(key, entry["prev_hash"], entry), entry["hash"]
             )
+            if matches and (entry["actor_kind"], entry["action"]) == (_HUB[0], HEAD_MADE_AGAIN):
+                after = f"entry {last[0]}" if last[0] is not None else "the chain's start"
+                wrong(f"{where}: the trail's head (audit_trail_head) was gone when the hub wrote its next entry: it "
+                      f"was deleted, and entries after {after} may have been deleted with it, which no longer shows; "
+                      "the hub made a new head from there")  # fmt: skip
             if not matches:
                 wrong(f"{where}: content does not match its hash: the entry was changed or inserted (or the hub's "
                       "OCPI_HUB_SECRET_KEY is not the one it was written with)")  # fmt: skip

@@ -440,6 +440,19 @@ RETURNING id, at, actor_kind, actor_name, action, parameters::text AS parameters
 -- The audit trail's one chain: whoever writes an entry holds this row until its transaction ends (migration 0019).
 SELECT unchained_upto, last_hash FROM audit_trail_head FOR UPDATE;
 
+-- name: make_audit_trail_head_again
+-- The head deleted (storage.audit_trail): made again after the last chained entry, the entries before the first chained
+-- one unchained (as 0019 made it; none chained: every entry); nothing when another writer made it meanwhile (this waits
+-- for that one's transaction). Its MAC is its first entry's chaining.
+INSERT INTO audit_trail_head (unchained_upto, last_id, last_hash)
+SELECT coalesce((SELECT id - 1 FROM audit_trail WHERE hash IS NOT NULL ORDER BY id LIMIT 1),
+                (SELECT max(id) FROM audit_trail), 0),
+       last.id, coalesce(last.hash, decode(repeat('00', 32), 'hex'))
+FROM (VALUES (1)) AS one
+LEFT JOIN LATERAL (SELECT id, hash FROM audit_trail WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1) AS last ON true
+ON CONFLICT DO NOTHING
+RETURNING unchained_upto, last_id, last_hash;
+
 -- name: chain_audit_trail_entry
 WITH entry AS (UPDATE audit_trail SET prev_hash = $2, hash = $3 WHERE id = $1)
 UPDATE audit_trail_head SET last_id = $1, last_hash = $3, mac = $4;

@@ -112,6 +112,34 @@ def test_the_last_trail_entries_deleted_are_found_by_the_head(trail_hub: tuple[H
            "its end" in _problems(hub)  # fmt: skip
 
 
+def test_the_trails_head_deleted_is_made_again_by_the_next_action_which_verify_names(
+    trail_hub: tuple[Hub, str],
+) -> None:
+    # An operator's walkthrough: with audit_trail_head deleted, every admin action, verify's record too, was an HTTP 500
+    # that said nothing of why.
+    hub, url = trail_hub
+    with hub.admin() as admin:
+        assert admin.get("/admin/api/routing-log", params={"module": "cdrs"}).status_code == 200
+    last = sql(url, "SELECT max(id) FROM audit_trail")[0][0]
+    sql(url, "DELETE FROM audit_trail_head")
+    assert "audit trail: its head (audit_trail_head) is gone" in _problems(hub)  # and its record made the head again
+    with hub.admin() as admin:
+        answer = admin.get("/admin/api/routing-log", params={"module": "tariffs"})
+    assert answer.status_code == 200, answer.text
+    [made] = sql(url, "SELECT id, actor_kind, actor_name, parameters::text FROM audit_trail"
+                      " WHERE action = 'audit_trail_head_made_again'")  # fmt: skip
+    assert (made["actor_kind"], made["actor_name"], json.loads(made["parameters"])) == (
+        "hub", "hub", {"after_entry": last, "unchained_upto": 2})  # fmt: skip
+    with hub.admin() as admin:
+        said = admin.get("/admin/api/routing-log/verify").json()
+    assert said["ok"] is False and said["trail_unchained"] == 2
+    assert said["problems"] == [
+        f"audit trail entry {made['id']} (audit_trail_head_made_again by hub): the trail's head (audit_trail_head) was "
+        f"gone when the hub wrote its next entry: it was deleted, and entries after entry {last} may have been "
+        "deleted with it, which no longer shows; the hub made a new head from there"
+    ]
+
+
 def test_an_auditor_reads_the_whole_trail_with_what_others_did(hub: Hub) -> None:
     with hub.admin() as admin:
         admin.get("/admin/api/routing-log", params={"object_id": "SEEN-BY-THE-AUDITOR"})
@@ -166,21 +194,36 @@ def test_an_export_cut_short_is_recorded_as_incomplete_with_what_was_sent(hub: H
     assert sent["complete"] is False and 0 < sent["rows"] < 3000 and sent["bytes"] > 0, sent
 
 
-def test_entries_written_at_once_by_many_connections_form_one_chain(empty_database: str) -> None:
-    write(empty_database, [])  # the schema
+def _written_at_once(url: str, writers: int, each: int) -> None:
+    """each entries by each of writers connections, all at once."""
 
     async def writer(n: int) -> None:
-        conn = await asyncpg.connect(empty_database)
+        conn = await asyncpg.connect(url)
         try:
-            for i in range(15):
+            for i in range(each):
                 await record_action(conn, TRAIL_KEY, Actor(f"w{n}", ADMIN), "search", {"i": i})
         finally:
             await conn.close()
 
     async def run() -> None:
-        await asyncio.gather(*(writer(n) for n in range(6)))
+        await asyncio.gather(*(writer(n) for n in range(writers)))
 
     asyncio.run(run())
+
+
+def test_entries_written_at_once_by_many_connections_form_one_chain(empty_database: str) -> None:
+    write(empty_database, [])  # the schema
+    _written_at_once(empty_database, 6, 15)
     problems: list[str] = []
     assert run_on(empty_database, lambda conn: verify_trail(conn, TRAIL_KEY, problems.append)) == (90, 0)
     assert problems == []
+
+
+def test_a_head_deleted_under_many_writers_is_made_again_once(empty_database: str) -> None:
+    write(empty_database, [])  # the schema
+    _written_at_once(empty_database, 6, 2)
+    sql(empty_database, "DELETE FROM audit_trail_head")
+    _written_at_once(empty_database, 6, 5)
+    problems: list[str] = []
+    assert run_on(empty_database, lambda conn: verify_trail(conn, TRAIL_KEY, problems.append)) == (12 + 1 + 30, 0)
+    assert len(problems) == 1 and " (audit_trail_head_made_again by hub): the trail's head" in problems[0], problems

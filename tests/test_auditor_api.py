@@ -417,7 +417,9 @@ def test_a_search_that_runs_too_long_is_stopped_and_answers_503_with_what_to_do(
     assert error.status == 503 and "took longer than 0.2 s: narrow it with since/until" in error.message
 
 
-def test_a_row_retention_dropped_is_answered_as_dropped_by_retention_and_when(hub: Hub, services: Services) -> None:
+def test_a_row_retention_dropped_is_said_dropped_and_when_by_the_api_and_the_console(
+    hub: Hub, services: Services
+) -> None:
     # An auditor's walkthrough: a row retention dropped was answered {"error": "no routing-log row 64"}, as if the log
     # never had it.
     month = datetime(1987, 3, 10, tzinfo=UTC)
@@ -436,6 +438,12 @@ def test_a_row_retention_dropped_is_answered_as_dropped_by_retention_and_when(hu
     month_and_ids = f"rows received from 1987-03-01 until 1987-04-01, ids {ids[0]} to {ids[2]}"
     assert f"partition routing_log_1987m03 ({month_and_ids})" in said
     assert (unknown.status_code, unknown.json()["error"]) == (404, "no routing-log row 999999999999")
+    # the console's message page says the same (it said "No such message")
+    page = console_page(hub, f"/console/log/{ids[1]}", status=410)
+    assert "Dropped by retention" in page
+    assert f"Routing-log row {ids[1]} is no longer in the log: retention dropped it at " in page
+    assert f"partition routing_log_1987m03 ({month_and_ids})" in page
+    assert "No such message" in console_page(hub, "/console/log/999999999999", status=404)
 
 
 def test_a_row_a_retention_of_before_0018_dropped_is_said_dropped_when_its_id_is_below_every_row_kept(

@@ -14,7 +14,16 @@ from hub.admin.export import FORMATS, Sealing, export_stream, manifest_of
 from hub.admin.routing_log import fetch_planned, load_conversation, load_message, with_amendments
 from hub.console.auth import actor
 from hub.envelope import path_number
-from storage.log_search import FILTER_NAMES, BadFilter, decode_cursor, encode_cursor, page_query, parse_filters
+from storage.log_search import (
+    FILTER_NAMES,
+    BadFilter,
+    decode_cursor,
+    encode_cursor,
+    is_row_id,
+    page_query,
+    parse_filters,
+)
+from storage.partitions import why_no_row
 from storage.sql import QUERIES
 
 PAGE_SIZES = (50, 100, 200)
@@ -99,6 +108,11 @@ async def message_page(request: Request, row_id: str) -> Template:
             conn, request.app.state.settings.audit_trail_key, actor(request), "view", {"id": number, "via": "console"}
         )
         conversation, more = await load_conversation(conn, message["correlation_id"]) if message else ([], False)
+        why = await why_no_row(conn, number) if message is None and is_row_id(number) else None
+    if why:  # as the admin API answers it
+        return Template("problem.html", status_code=410, context={
+            "actor": actor(request), "heading": "Dropped by retention",
+            "message": f"Routing-log row {number} is no longer in the log: {why}."})  # fmt: skip
     if message is None:
         return Template("problem.html", status_code=404, context={
             "actor": actor(request), "heading": "No such message",

@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from hub.admin.export import _CsvLines
+from storage.log_row_check import rows_integrity
 from storage.log_search import page_query, parse_filters
 from storage.migrate import migrate
 from storage.secrets import TokenBox
@@ -163,6 +164,12 @@ async def _measure(conn: asyncpg.Connection, sample: asyncpg.Record, newest: dat
     correlation = QUERIES["routing_log_correlation"]
     results["correlation lookup"] = fmt(
         await _timed(lambda: conn.fetch(correlation, sample["correlation_id"], 1001), repeat, timeout_s)
+    )
+    # a conversation of 1,000 rows (the most the view shows), each checked with its neighbours (storage.log_row_check)
+    long_one = await conn.fetch("SELECT * FROM routing_log WHERE chain_id = $1 AND seq % 7 = 0 ORDER BY seq LIMIT 1000",
+                                sample["chain_id"])  # fmt: skip
+    results["conversation of 1,000 rows checked"] = fmt(
+        await _timed(lambda: rows_integrity(conn, bytes(32), long_one), repeat, timeout_s)
     )
     message = QUERIES["routing_log_message"]
     results["single id lookup"] = fmt(await _timed(lambda: conn.fetchrow(message, sample["id"]), repeat, timeout_s))

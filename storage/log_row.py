@@ -100,6 +100,11 @@ class LogEntry:
             self.request_body_size, self.request_body = len(self.request_body), b""
 
 
+class BodyDigest(bytes):
+    """A stored body's SHA-256 in place of the body (the database's sha256() of it), which is all a row's hash takes of
+    it: rows checked without reading their bodies (a conversation's, storage.log_row_check)."""
+
+
 # What content_hash turns into text before hashing, by position in CONTENT_COLUMNS (the columns' types are fixed).
 _RECEIVED_AT, _CHAIN_ID = CONTENT_COLUMNS.index("received_at"), CONTENT_COLUMNS.index("chain_id")
 _BODIES = tuple(CONTENT_COLUMNS.index(name) for name in ("request_body", "response_body"))
@@ -160,7 +165,7 @@ def _canonical_content(content: tuple[Any, ...]) -> list[Any]:
     canonical[_CHAIN_ID] = str(canonical[_CHAIN_ID])
     for at in _BODIES:
         if (body := canonical[at]) is not None:
-            canonical[at] = hashlib.sha256(body).hexdigest()
+            canonical[at] = body.hex() if type(body) is BodyDigest else hashlib.sha256(body).hexdigest()
     for at in _HEADERS:
         if isinstance(headers := canonical[at], str):
             canonical[at] = msgspec.json.decode(headers)

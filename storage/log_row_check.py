@@ -1,13 +1,16 @@
-"""One routing-log row checked where it is shown: its keyed hash and its links to its chain's rows on either side.
+"""Routing-log rows checked where they are shown: each one's keyed hash and its links to its chain's rows on either
+side.
 
-The checks are storage.log_verify's, run on the row and its neighbours alone (the row before and the row after it in
-its chain, by seq, its chain's head, seal and retention floors), so that a row edited in the database shows as such
-on its own page, not only to a later verify. What only a verify of the whole log shows stays so: ids out of order
-along a chain, an amendment changed, a chain's newest rows deleted with its head.
+The checks are storage.log_verify's, run on the rows and their neighbours alone (the row before and the row after each
+in its chain, by seq, its chain's head, seal and retention floors), so that a row edited in the database shows as such
+on its own page and in its conversation, not only to a later verify. The rows of a conversation are checked together,
+with one query for each of those whatever their number. What only a verify of the whole log shows stays so: ids out of
+order along a chain, an amendment changed, a chain's newest rows deleted with its head.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -16,41 +19,83 @@ from storage.log_marks import Floors, verified_marks
 from storage.log_verify import Verification, check_content, check_head, check_link
 from storage.sql import QUERIES
 
+Row = Mapping[str, Any]  # a row as stored: every column of storage.log_row.COLUMNS, id, object_id and listed_ids
 
-async def row_integrity(conn: asyncpg.Connection, key: bytes, row: asyncpg.Record) -> dict[str, Any]:
-    """{"hash_ok", "linked_to_previous", "linked_to_next", "problems"} of a row as stored (every column, id
-    included): hash_ok, whether it matches its hash (keyed, or for a chain sealed at the upgrade to keyed hashes, as
-    written); linked_to_previous, whether its prev_hash is the previous row's hash, or rows retention dropped lie
-    between (null: the chain's first row); linked_to_next, whether the next row's prev_hash is its hash, likewise
-    (null: the chain's last row, which its head records); problems: what verify would say of it. Run it in the
-    transaction the row was read in (repeatable read), so that rows written meanwhile do not look like a gap."""
+
+async def row_integrity(conn: asyncpg.Connection, key: bytes, row: Row) -> dict[str, Any]:
+    """{"hash_ok", "linked_to_previous", "linked_to_next", "problems"} of a row as stored: hash_ok, whether it matches
+    its hash (keyed, or for a chain sealed at the upgrade to keyed hashes, as written); linked_to_previous, whether its
+    prev_hash is the previous row's hash, or rows retention dropped lie between (null: the chain's first row);
+    linked_to_next, whether the next row's prev_hash is its hash, likewise (null: the chain's last row, which its head
+    records); problems: what verify would say of it. Run it in the transaction the row was read in (repeatable read),
+    so that rows written meanwhile do not look like a gap."""
+    return (await rows_integrity(conn, key, [row]))[row["id"]]
+
+
+async def rows_integrity(conn: asyncpg.Connection, key: bytes, rows: Sequence[Row]) -> dict[int, dict[str, Any]]:
+    """row_integrity of each row, by id, in four queries whatever the number of rows."""
+    if not rows:
+        return {}
+    chains = list({row["chain_id"] for row in rows})
+    ids, row_chains, seqs = [r["id"] for r in rows], [r["chain_id"] for r in rows], [r["seq"] for r in rows]
+    marks = _ChainMarks(
+        key,
+        await conn.fetch(QUERIES["chain_seals_of"], chains),
+        await conn.fetch(QUERIES["chain_floors_of"], chains),
+        await conn.fetch(QUERIES["chain_heads_of"], chains),
+    )
+    beside: dict[int, list[asyncpg.Record]] = {}
+    for other in await conn.fetch(QUERIES["chain_neighbours"], ids, row_chains, seqs):
+        beside.setdefault(other["beside"], []).append(other)
+    return {row["id"]: _checked(key, row, beside.get(row["id"], []), marks) for row in rows}
+
+
+class _ChainMarks:
+    """The seals, retention floors and heads of the chains of the rows checked; the seals and floors whose MAC does
+    not verify are not used (as verify does), and reported with each row of their chain."""
+
+    def __init__(
+        self, key: bytes, seals: list[asyncpg.Record], floors: list[asyncpg.Record], heads: list[asyncpg.Record]
+    ) -> None:
+        self.problems: dict[Any, list[str]] = {}
+        self.seals: dict[Any, asyncpg.Record] = {}
+        good_floors: dict[Any, asyncpg.Record] = {}
+        for records, is_seal in ((seals, True), (floors, False)):
+            by_chain: dict[Any, list[asyncpg.Record]] = {}
+            for record in records:
+                by_chain.setdefault(record["chain_id"], []).append(record)
+            for chain_id, of_chain in by_chain.items():
+                found = self.problems.setdefault(chain_id, [])
+                good = verified_marks(found.append, key, of_chain, seals=is_seal)
+                (self.seals if is_seal else good_floors).update(good)
+        self.floors = Floors(good_floors)
+        self.heads = {r["chain_id"]: r for r in heads} | self.seals
+
+
+def _checked(key: bytes, row: Row, beside: list[asyncpg.Record], marks: _ChainMarks) -> dict[str, Any]:
     chain_id, seq = row["chain_id"], row["seq"]
-    found = Verification()  # seals or floors whose MAC does not verify: reported, not used (as verify does)
-    seals = verified_marks(found.wrong, key, await conn.fetch(QUERIES["chain_seal_of"], chain_id), seals=True)
-    floors = Floors(verified_marks(found.wrong, key, await conn.fetch(QUERIES["chain_floors_of"], chain_id)))
-    heads = {r["chain_id"]: r for r in await conn.fetch(QUERIES["chain_head_of"], chain_id)} | seals
+    content, before, after = Verification(), Verification(), Verification()
     previous = following = None
-    for other in await conn.fetch(QUERIES["chain_neighbours"], chain_id, seq, row["id"]):
+    for other in beside:
         if other["seq"] == seq:
-            found.bad(row["id"], f"rows {row['id']} and {other['id']} are both at seq {seq} of chain {chain_id}: one "
-                                 "of them was inserted")  # fmt: skip
+            content.bad(row["id"], f"rows {row['id']} and {other['id']} are both at seq {seq} of chain {chain_id}: "
+                                   "one of them was inserted")  # fmt: skip
         elif other["seq"] < seq:
             previous = other
         else:
             following = other
-    content, before, after = Verification(), Verification(), Verification()
-    check_content(content, row, key, seals)
-    check_link(before, previous, row, floors, trust_first=False)
+    hash_ok = check_content(content, row, key, marks.seals) is not None
+    check_link(before, previous, row, marks.floors, trust_first=False)
     if following is not None:
-        check_link(after, row, following, floors, trust_first=False)
+        check_link(after, row, following, marks.floors, trust_first=False)
     else:
-        check_head(after, row, heads, floors, cut=False)
+        check_head(after, row, marks.heads, marks.floors, cut=False)
     first = previous is None and before.ok and seq == 1
-    head = heads.get(chain_id)
+    head = marks.heads.get(chain_id)
     last = following is None and after.ok and head is not None and head["last_seq"] == seq
     return {
-        "hash_ok": content.ok,
+        "hash_ok": hash_ok,
         "linked_to_previous": None if first else before.ok,
         "linked_to_next": None if last else after.ok,
-        "problems": [*content.problems, *before.problems, *after.problems, *found.problems],
+        "problems": [*content.problems, *before.problems, *after.problems, *marks.problems.get(chain_id, [])],
     }

@@ -292,23 +292,32 @@ FROM inside AS i;
 SELECT r.* FROM routing_log AS r
 JOIN unnest($1::uuid[], $2::bigint[]) AS saved (chain_id, seq) ON r.chain_id = saved.chain_id AND r.seq = saved.seq;
 
--- name: chain_head_of
--- One chain's head, a seal and its floors (chain_seal_of, chain_floors_of): for one row checked where it is shown
--- (storage.log_row_check).
-SELECT chain_id, last_seq, last_hash FROM routing_log_chain WHERE chain_id = $1;
+-- name: chain_heads_of
+-- The heads of the chains $1, their seals and floors (chain_seals_of, chain_floors_of): for rows checked where they are
+-- shown (storage.log_row_check).
+SELECT chain_id, last_seq, last_hash FROM routing_log_chain WHERE chain_id = any($1::uuid[]);
 
--- name: chain_seal_of
-SELECT chain_id, last_seq, last_hash, mac FROM routing_log_sealed_chain WHERE chain_id = $1;
+-- name: chain_seals_of
+SELECT chain_id, last_seq, last_hash, mac FROM routing_log_sealed_chain WHERE chain_id = any($1::uuid[]);
 
 -- name: chain_floors_of
-SELECT chain_id, seq, hash, prev_hash, next_apart, prev_apart, mac FROM routing_log_floor WHERE chain_id = $1;
+SELECT chain_id, seq, hash, prev_hash, next_apart, prev_apart, mac FROM routing_log_floor
+WHERE chain_id = any($1::uuid[]);
 
 -- name: chain_neighbours
--- The rows beside row $3 at seq $2 of chain $1: the closest before it and after it by seq (retention may have dropped
--- the rows between), and any other at its seq. Each one step of the (chain_id, seq) index.
-(SELECT * FROM routing_log WHERE chain_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT 1)
-UNION ALL (SELECT * FROM routing_log WHERE chain_id = $1 AND seq > $2 ORDER BY seq LIMIT 1)
-UNION ALL (SELECT * FROM routing_log WHERE chain_id = $1 AND seq = $2 AND id <> $3);
+-- The rows beside each row $1 at seq $3 of chain $2 (one array entry a row), by beside, its id: the closest before it
+-- and after it by seq (retention may have dropped the rows between), and any other at its seq. Each one step of the
+-- (chain_id, seq) index, all in one round trip; their links alone, not their content.
+SELECT shown.id AS beside, n.id, shown.chain_id, n.seq, n.prev_hash, n.hash
+FROM unnest($1::bigint[], $2::uuid[], $3::bigint[]) AS shown (id, chain_id, seq)
+CROSS JOIN LATERAL (
+    (SELECT id, seq, prev_hash, hash FROM routing_log AS r
+     WHERE r.chain_id = shown.chain_id AND r.seq < shown.seq ORDER BY r.seq DESC LIMIT 1)
+    UNION ALL (SELECT id, seq, prev_hash, hash FROM routing_log AS r
+               WHERE r.chain_id = shown.chain_id AND r.seq > shown.seq ORDER BY r.seq LIMIT 1)
+    UNION ALL (SELECT id, seq, prev_hash, hash FROM routing_log AS r
+               WHERE r.chain_id = shown.chain_id AND r.seq = shown.seq AND r.id <> shown.id)
+) AS n;
 
 -- name: seal_chain
 -- A chain of unkeyed hashes sealed at its last row (storage.migrate, and a spooled chain storage.log_spool writes
@@ -504,11 +513,14 @@ WHERE a.row_received_at < $1 AND NOT EXISTS (
 );
 
 -- name: routing_log_correlation
+-- A conversation's rows, with what checks each (storage.log_row_check): every column but the bodies, which its hash
+-- covers by their SHA-256 alone (the hash columns raw).
 SELECT id, received_at, request_id, forwarded_request_id, correlation_id, from_country_code, from_party_id,
        to_country_code, to_party_id, caller_platform_id, receiver_platform_id, module, interface, method, path,
        query, routing, http_status,
        ocpi_status_code, duration_ms, error, object_id, request_body_size, response_body_size, chain_id, seq,
-       encode(hash, 'hex') AS hash
+       prev_hash, hash, listed_ids, request_headers, response_headers,
+       sha256(request_body) AS request_body_sha256, sha256(response_body) AS response_body_sha256
 FROM routing_log WHERE correlation_id = $1
 ORDER BY received_at, id
 LIMIT $2;

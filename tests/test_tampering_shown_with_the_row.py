@@ -1,16 +1,19 @@
 """A row edited or its neighbours deleted in the database shows as such where the row is shown (the admin API's
-message, the console's message page), not only to a later verify; a genuine row shows as genuine: the first and last
-of its chain, the first kept after retention, the rows of a chain sealed at the upgrade to keyed hashes (found by an
-auditor's walkthrough). The console's verify page links every row its report names."""
+message and conversation, the console's message page and its conversation), not only to a later verify; a genuine row
+shows as genuine: the first and last of its chain, the first kept after retention, the rows of a chain sealed at the
+upgrade to keyed hashes (found by an auditor's walkthrough). The console's verify page links every row its report
+names."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
+from hub.admin.routing_log import load_conversation
 from storage.log_row_check import row_integrity
 from storage.partitions import drop_before
 from tests.conftest import LOG_KEY, OUTPUT, Hub, Services, hub_env, scratch_database, start_hub
@@ -101,6 +104,37 @@ def test_a_rows_prev_hash_edited_shows_as_changed_and_unlinked(own_hub: Hub, own
     assert _checks(_integrity(own_hub, ids[1])) == (False, False, True)
 
 
+def test_a_conversation_shows_each_rows_integrity_as_its_message_does(own_hub: Hub, own_database: str) -> None:
+    # The conversation view did not check its rows: an edited one looked like the others.
+    correlation = f"conversation-{uuid.uuid4().hex[:8]}"
+    entries = [numbered_entry(n) for n in range(6)]
+    for entry in entries:
+        entry.correlation_id = correlation
+    entries[2].request_body = b'{"id": "L2", "name": "%s"}' % (b"x" * 3000)  # compressed: its digest is the stored one
+    entries[2].response_body = b'{"status_code": 1000}'
+    chain = write(own_database, entries, body_cap=1024).chain_id
+    ids = [r["id"] for r in sql(own_database, "SELECT id FROM routing_log WHERE chain_id = $1 ORDER BY seq", chain)]
+    sql(own_database, "UPDATE routing_log SET http_status = 502 WHERE id = $1", ids[1])
+    sql(own_database, "DELETE FROM routing_log WHERE id = $1", ids[4])
+    with own_hub.admin() as admin:
+        items = admin.get(f"/admin/api/routing-log/correlation/{correlation}").json()["items"]
+    assert [item["id"] for item in items] == [*ids[:4], ids[5]]
+    assert [_checks(item["integrity"]) for item in items] == [
+        (True, None, True),
+        (False, True, True),
+        (True, True, True),
+        (True, True, False),
+        (True, False, None),
+    ]
+    for item in items:  # checked together as each is alone
+        assert item["integrity"] == _integrity(own_hub, item["id"]), item["id"]
+    page = console_page(own_hub, f"/console/log/{ids[2]}")
+    assert 'id="conversation-integrity"' in page and "3 of these messages are not as the hub wrote them" in page
+    assert all(f'id="tampered-{row_id}"' in page for row_id in (ids[1], ids[3], ids[5]))
+    assert f'id="tampered-{ids[2]}"' not in page and f'id="tampered-{ids[0]}"' not in page
+    assert f'row <a class="mono" href="/console/log/{ids[1]}">{ids[1]}</a>: content does not match its hash' in page
+
+
 def _row_integrity(url: str, row_id: int) -> dict:
     async def check(conn: asyncpg.Connection) -> dict:
         row = await conn.fetchrow("SELECT * FROM routing_log WHERE id = $1", row_id)
@@ -136,6 +170,10 @@ def test_rows_of_a_chain_sealed_at_the_upgrade_to_keyed_hashes_show_as_genuine_u
         (True, None, True), (True, True, True), (True, True, None)]  # fmt: skip
     sql(empty_database, "UPDATE routing_log SET http_status = 502 WHERE id = $1", ids[1])
     assert _checks(_row_integrity(empty_database, ids[1])) == (False, True, True)
+    # their conversation checks them as written too, their hashes over their bodies' digests
+    items, _more = run_on(empty_database, lambda conn: load_conversation(conn, "old", LOG_KEY))
+    assert [_checks(item["integrity"]) for item in items] == [
+        (True, None, True), (False, True, True), (True, True, None)]  # fmt: skip
 
 
 def test_the_console_verify_page_links_every_row_its_report_names(own_hub: Hub, own_database: str) -> None:

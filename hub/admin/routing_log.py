@@ -19,8 +19,8 @@ from hub.envelope import path_number, whole_number
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S, DATABASE_TIMEOUT_S
 from storage.audit_trail import verify_trail
 from storage.log_amendment import answered_instead
-from storage.log_row import body_of, stored_text, text_of
-from storage.log_row_check import row_integrity
+from storage.log_row import BodyDigest, body_of, stored_text, text_of
+from storage.log_row_check import row_integrity, rows_integrity
 from storage.log_search import (
     LIST_COLUMNS,
     BadFilter,
@@ -176,7 +176,7 @@ async def routing_log_conversation(request: Request) -> Response[bytes]:
     raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
     correlation_id = stored_text(unquote(raw_path.decode("latin-1").split("/routing-log/correlation/", 1)[1]))
     async with request.app.state.pool.acquire() as conn:
-        items, truncated = await load_conversation(conn, correlation_id)
+        items, truncated = await load_conversation(conn, correlation_id, request.app.state.settings.routing_log_key)
         await record_action(
             conn,
             request.app.state.settings.audit_trail_key,
@@ -187,10 +187,36 @@ async def routing_log_conversation(request: Request) -> Response[bytes]:
     return json_response({"correlation_id": correlation_id, "items": items, "truncated": truncated})
 
 
-async def load_conversation(conn: asyncpg.Connection, correlation_id: str) -> tuple[list[dict[str, Any]], bool]:
-    """The first MAX_CONVERSATION messages of one correlation id, oldest first, and whether there are more."""
-    rows = await conn.fetch(QUERIES["routing_log_correlation"], correlation_id, MAX_CONVERSATION + 1)
-    return await with_amendments(conn, rows[:MAX_CONVERSATION]), len(rows) > MAX_CONVERSATION
+async def load_conversation(
+    conn: asyncpg.Connection, correlation_id: str, key: bytes
+) -> tuple[list[dict[str, Any]], bool]:
+    """The first MAX_CONVERSATION messages of one correlation id, oldest first, and whether there are more; each with
+    its answered_instead and its integrity, checked as a message's is, all together (storage.log_row_check) in one
+    snapshot, without reading their bodies."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        rows = await conn.fetch(QUERIES["routing_log_correlation"], correlation_id, MAX_CONVERSATION + 1)
+        shown = rows[:MAX_CONVERSATION]
+        checked = await rows_integrity(conn, key, [_with_body_digests(row) for row in shown])
+        amended = await answered_instead(conn, shown)
+    items = [{name: row[name] for name in _CONVERSATION_FIELDS} | {
+        "hash": row["hash"].hex(), "answered_instead": amended.get((row["chain_id"], row["seq"])),
+        "integrity": checked[row["id"]]} for row in shown]  # fmt: skip
+    return items, len(rows) > MAX_CONVERSATION
+
+
+_CONVERSATION_FIELDS = (
+    "id", "received_at", "request_id", "forwarded_request_id", "correlation_id", "from_country_code", "from_party_id",
+    "to_country_code", "to_party_id", "caller_platform_id", "receiver_platform_id", "module", "interface", "method",
+    "path", "query", "routing", "http_status", "ocpi_status_code", "duration_ms", "error", "object_id",
+    "request_body_size", "response_body_size", "chain_id", "seq",
+)  # fmt: skip
+
+
+def _with_body_digests(row: asyncpg.Record) -> dict[str, Any]:
+    """A conversation's row as its hash takes it, its bodies by their SHA-256."""
+    request, response = row["request_body_sha256"], row["response_body_sha256"]
+    return dict(row) | {"request_body": None if request is None else BodyDigest(request),
+                        "response_body": None if response is None else BodyDigest(response)}  # fmt: skip
 
 
 async def recorded_heads(conn: asyncpg.Connection, key: bytes, who: Actor, given: dict[str, Any]) -> Heads:

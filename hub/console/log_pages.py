@@ -107,7 +107,11 @@ async def message_page(request: Request, row_id: str) -> Template:
         await record_action(
             conn, request.app.state.settings.audit_trail_key, actor(request), "view", {"id": number, "via": "console"}
         )
-        conversation, more = await load_conversation(conn, message["correlation_id"]) if message else ([], False)
+        conversation, more = (
+            await load_conversation(conn, message["correlation_id"], request.app.state.settings.routing_log_key)
+            if message
+            else ([], False)
+        )
         why = await why_no_row(conn, number) if message is None and is_row_id(number) else None
     if why:  # as the admin API answers it
         return Template("problem.html", status_code=410, context={

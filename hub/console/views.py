@@ -88,6 +88,13 @@ def row_links(problem: str) -> Markup:
     return Markup(_ROWS_NAMED.sub(named, str(escape(problem))))
 
 
+def intact(integrity: dict[str, Any]) -> bool:
+    """Whether a row's checks where it is shown (storage.log_row_check) found nothing: no check false (null: none to
+    make, a chain's first or last row)."""
+    checks = ("hash_ok", "linked_to_previous", "linked_to_next")
+    return all(integrity[name] is not False for name in checks)
+
+
 def party_status(status: str) -> str:
     return {"CONNECTED": "ok", "OFFLINE": "warn", "SUSPENDED": "warn", "UNREGISTERED": "bad"}.get(status, "")
 
@@ -95,4 +102,4 @@ def party_status(status: str) -> str:
 def register(engine: JinjaTemplateEngine) -> None:
     env = engine.engine
     env.filters.update(when=when, short_path=short_path, ago=ago, pretty=pretty, size=size, row_links=row_links)
-    env.globals.update(party=party, outcome=outcome, party_status=party_status)
+    env.globals.update(party=party, outcome=outcome, party_status=party_status, intact=intact)

@@ -1,11 +1,12 @@
-"""Routing-log rows checked where they are shown: each one's keyed hash and its links to its chain's rows on either
-side.
+"""Routing-log rows checked where they are shown: each one's keyed hash, its amendment's, and its links to its chain's
+rows on either side.
 
 The checks are storage.log_verify's, run on the rows and their neighbours alone (the row before and the row after each
-in its chain, by seq, its chain's head, seal and retention floors), so that a row edited in the database shows as such
-on its own page and in its conversation, not only to a later verify. The rows of a conversation are checked together,
-with one query for each of those whatever their number. What only a verify of the whole log shows stays so: ids out of
-order along a chain, an amendment changed, a chain's newest rows deleted with its head.
+in its chain, by seq, its chain's head, seal and retention floors, its amendment and the record of one deleted), so
+that a row edited in the database shows as such on its own page and in its conversation, not only to a later verify.
+The rows of a conversation are checked together, with one query for each of those whatever their number. What only a
+verify of the whole log shows stays so: ids out of order along a chain, a chain's newest rows deleted with its head,
+an amendment deleted with the record of its deletion.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from storage.log_amendment import check_amendment, number_verifies
 from storage.log_marks import Floors, verified_marks
 from storage.log_verify import Verification, check_content, check_head, check_link
 from storage.sql import QUERIES
@@ -23,17 +25,19 @@ Row = Mapping[str, Any]  # a row as stored: every column of storage.log_row.COLU
 
 
 async def row_integrity(conn: asyncpg.Connection, key: bytes, row: Row) -> dict[str, Any]:
-    """{"hash_ok", "linked_to_previous", "linked_to_next", "problems"} of a row as stored: hash_ok, whether it matches
-    its hash (keyed, or for a chain sealed at the upgrade to keyed hashes, as written); linked_to_previous, whether its
-    prev_hash is the previous row's hash, or rows retention dropped lie between (null: the chain's first row);
-    linked_to_next, whether the next row's prev_hash is its hash, likewise (null: the chain's last row, which its head
-    records); problems: what verify would say of it. Run it in the transaction the row was read in (repeatable read),
-    so that rows written meanwhile do not look like a gap."""
+    """{"hash_ok", "linked_to_previous", "linked_to_next", "amendment_ok", "problems"} of a row as stored: hash_ok,
+    whether it matches its hash (keyed, or for a chain sealed at the upgrade to keyed hashes, as written);
+    linked_to_previous, whether its prev_hash is the previous row's hash, or rows retention dropped lie between (null:
+    the chain's first row); linked_to_next, whether the next row's prev_hash is its hash, likewise (null: the chain's
+    last row, which its head records); amendment_ok, whether its amendment (what its caller was answered instead)
+    matches its keyed hash, false too when the record of its deletion says it had one (null: none); problems: what
+    verify would say of it. Run it in the transaction the row was read in (repeatable read), so that rows written
+    meanwhile do not look like a gap."""
     return (await rows_integrity(conn, key, [row]))[row["id"]]
 
 
 async def rows_integrity(conn: asyncpg.Connection, key: bytes, rows: Sequence[Row]) -> dict[int, dict[str, Any]]:
-    """row_integrity of each row, by id, in four queries whatever the number of rows."""
+    """row_integrity of each row, by id, in five queries whatever the number of rows."""
     if not rows:
         return {}
     chains = list({row["chain_id"] for row in rows})
@@ -47,7 +51,15 @@ async def rows_integrity(conn: asyncpg.Connection, key: bytes, rows: Sequence[Ro
     beside: dict[int, list[asyncpg.Record]] = {}
     for other in await conn.fetch(QUERIES["chain_neighbours"], ids, row_chains, seqs):
         beside.setdefault(other["beside"], []).append(other)
-    return {row["id"]: _checked(key, row, beside.get(row["id"], []), marks) for row in rows}
+    amendments = {(a["chain_id"], a["seq"]): a for a in await conn.fetch(QUERIES["routing_log_amendments"],
+                                                                          row_chains, seqs)}  # fmt: skip
+    dropped = {(d["chain_id"], d["seq"]): d for d in await conn.fetch(QUERIES["amendments_dropped_of"],
+                                                                      row_chains, seqs)}  # fmt: skip
+    return {
+        row["id"]: _checked(key, row, beside.get(row["id"], []), marks, amendments, dropped.get((row["chain_id"],
+                                                                                               row["seq"])))
+        for row in rows
+    }  # fmt: skip
 
 
 class _ChainMarks:
@@ -72,9 +84,16 @@ class _ChainMarks:
         self.heads = {r["chain_id"]: r for r in heads} | self.seals
 
 
-def _checked(key: bytes, row: Row, beside: list[asyncpg.Record], marks: _ChainMarks) -> dict[str, Any]:
+def _checked(
+    key: bytes,
+    row: Row,
+    beside: list[asyncpg.Record],
+    marks: _ChainMarks,
+    amendments: dict[tuple[Any, int], Any],
+    dropped: asyncpg.Record | None,
+) -> dict[str, Any]:
     chain_id, seq = row["chain_id"], row["seq"]
-    content, before, after = Verification(), Verification(), Verification()
+    content, before, after, amended = Verification(), Verification(), Verification(), Verification()
     previous = following = None
     for other in beside:
         if other["seq"] == seq:
@@ -90,6 +109,12 @@ def _checked(key: bytes, row: Row, beside: list[asyncpg.Record], marks: _ChainMa
         check_link(after, row, following, marks.floors, trust_first=False)
     else:
         check_head(after, row, marks.heads, marks.floors, cut=False)
+    amendment = amendments.get((chain_id, seq))
+    check_amendment(amended.bad, row, {} if amendment is None else {(chain_id, seq): amendment}, key)
+    if amendment is None and dropped is not None and number_verifies(key, dropped):
+        # retention deletes an amendment with its row: this row is here
+        amended.bad(row["id"], f"its amendment (what its caller was answered instead), number {dropped['number']} of "
+                               "its chain, was deleted")  # fmt: skip
     first = previous is None and before.ok and seq == 1
     head = marks.heads.get(chain_id)
     last = following is None and after.ok and head is not None and head["last_seq"] == seq
@@ -97,5 +122,7 @@ def _checked(key: bytes, row: Row, beside: list[asyncpg.Record], marks: _ChainMa
         "hash_ok": hash_ok,
         "linked_to_previous": None if first else before.ok,
         "linked_to_next": None if last else after.ok,
-        "problems": [*content.problems, *before.problems, *after.problems, *marks.problems.get(chain_id, [])],
-    }
+        "amendment_ok": None if amendment is None and amended.ok else amended.ok,
+        "problems": [*content.problems, *before.problems, *after.problems, *amended.problems,
+                     *marks.problems.get(chain_id, [])],
+    }  # fmt: skip

@@ -489,10 +489,17 @@ SELECT * FROM routing_log WHERE id = $1;
 
 -- name: routing_log_amendments
 -- The amendments (migration 0015) of the rows at (chain_id, seq) pairs given as two arrays: what their callers were
--- answered instead.
-SELECT a.chain_id, a.seq, a.http_status, a.ocpi_status_code, a.message, a.answered_at
+-- answered instead; with their MACs, for storage.log_row_check.
+SELECT a.chain_id, a.seq, a.http_status, a.ocpi_status_code, a.message, a.answered_at, a.row_received_at, a.mac,
+       a.number, a.number_mac
 FROM routing_log_amendment AS a
 JOIN unnest($1::uuid[], $2::bigint[]) AS shown (chain_id, seq) ON a.chain_id = shown.chain_id AND a.seq = shown.seq;
+
+-- name: amendments_dropped_of
+-- The records of deleted amendments (migration 0016) of the rows at (chain_id, seq) pairs given as two arrays.
+SELECT d.chain_id, d.seq, d.number, d.number_mac
+FROM routing_log_amendment_dropped AS d
+JOIN unnest($1::uuid[], $2::bigint[]) AS shown (chain_id, seq) ON d.chain_id = shown.chain_id AND d.seq = shown.seq;
 
 -- name: every_amendment
 -- Every amendment, for verify (few: one per exchange whose commit timed out after its row was chained).

@@ -1,8 +1,8 @@
-"""A row edited or its neighbours deleted in the database shows as such where the row is shown (the admin API's
-message and conversation, the console's message page and its conversation), not only to a later verify; a genuine row
-shows as genuine: the first and last of its chain, the first kept after retention, the rows of a chain sealed at the
-upgrade to keyed hashes (found by an auditor's walkthrough). The console's verify page links every row its report
-names."""
+"""A row edited, its amendment edited or deleted, or its neighbours deleted in the database shows as such where the row
+is shown (the admin API's message and conversation, the console's message page and its conversation), not only to a
+later verify; a genuine row shows as genuine: the first and last of its chain, the first kept after retention, the
+rows of a chain sealed at the upgrade to keyed hashes (found by an auditor's walkthrough). The console's verify page
+links every row its report names."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from tests.log_rows import numbered_entry, numbered_log, run_on, sql, unkeyed_ch
 from tests.test_credentials_rotation import console_page
 from tests.test_log_tampering import FEB, OLD_MONTH
 from tests.test_retention import _written_by_an_earlier_release
+from tests.test_routing_log_amendment_numbers import _amended_rows
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_genuine_rows_show_as_genuine_the_first_and_last_of_their_chain_too(own_
     assert _checks(_integrity(own_hub, first)) == (True, None, True)
     assert _checks(_integrity(own_hub, middle)) == (True, True, True)
     assert _integrity(own_hub, last) == {"hash_ok": True, "linked_to_previous": True, "linked_to_next": None,
-                                         "problems": []}  # fmt: skip
+                                         "amendment_ok": None, "problems": []}  # fmt: skip
     page = console_page(own_hub, f"/console/log/{middle}")
     assert 'id="integrity"' not in page and "matches its hash" in page
 
@@ -102,6 +103,31 @@ def test_a_rows_prev_hash_edited_shows_as_changed_and_unlinked(own_hub: Hub, own
     ids = _chain_ids(own_database, 3)
     sql(own_database, "UPDATE routing_log SET prev_hash = $2 WHERE id = $1", ids[1], bytes(32))
     assert _checks(_integrity(own_hub, ids[1])) == (False, False, True)
+
+
+def test_an_amendment_changed_or_deleted_shows_on_its_rows_message(own_hub: Hub, own_database: str) -> None:
+    # A full verify named them; the row's own page said all was well.
+    ids = _amended_rows(own_database, 3)  # r1 .. r3 of one chain, amendments 1 .. 3
+    assert _checks(_integrity(own_hub, ids["r1"])) == (True, None, True)
+    assert _integrity(own_hub, ids["r1"])["amendment_ok"] is True
+    of_row = "FROM routing_log AS r WHERE r.id = $1 AND r.chain_id = a.chain_id AND r.seq = a.seq"
+    sql(own_database, f"UPDATE routing_log_amendment AS a SET ocpi_status_code = 1000 {of_row}", ids["r2"])
+    sql(own_database, "DELETE FROM routing_log_amendment AS a USING routing_log AS r WHERE r.id = $1"
+                      " AND r.chain_id = a.chain_id AND r.seq = a.seq", ids["r3"])  # fmt: skip
+    changed = _integrity(own_hub, ids["r2"])
+    assert (*_checks(changed), changed["amendment_ok"]) == (True, True, True, False), changed
+    assert changed["problems"] == [
+        f"row {ids['r2']}: its amendment (what its caller was answered instead) does not "
+        "match its keyed hash: the amendment was changed, or moved here from another row"
+    ]
+    deleted = _integrity(own_hub, ids["r3"])
+    assert deleted["amendment_ok"] is False and deleted["problems"] == [
+        f"row {ids['r3']}: its amendment (what its caller was answered instead), number 3 of its chain, was deleted"
+    ]
+    page = console_page(own_hub, f"/console/log/{ids['r2']}")
+    assert 'id="integrity"' in page and "What its caller was answered instead (its amendment) is not as the hub" in page
+    assert "its amendment is not as the hub wrote it" in page
+    assert "its amendment matches its keyed hash" in console_page(own_hub, f"/console/log/{ids['r1']}")
 
 
 def test_a_conversation_shows_each_rows_integrity_as_its_message_does(own_hub: Hub, own_database: str) -> None:

@@ -90,8 +90,8 @@ def row_links(problem: str) -> Markup:
 
 def intact(integrity: dict[str, Any]) -> bool:
     """Whether a row's checks where it is shown (storage.log_row_check) found nothing: no check false (null: none to
-    make, a chain's first or last row)."""
-    checks = ("hash_ok", "linked_to_previous", "linked_to_next")
+    make, a chain's first or last row, a row without amendment)."""
+    checks = ("hash_ok", "linked_to_previous", "linked_to_next", "amendment_ok")
     return all(integrity[name] is not False for name in checks)
 
 

@@ -61,10 +61,14 @@ async def append(conn: asyncpg.Connection, key: bytes, actor: tuple[str, str], a
 async def _chained(
     conn: asyncpg.Connection, key: bytes, head: asyncpg.Record, actor: tuple[str, str], action: str, parameters: str
 ) -> int:
-    entry = await conn.fetchrow(QUERIES["record_action"], *actor, action, parameters)
+    # the id taken under the lock, so that ids rise along the chain; the entry written once, with its hash
+    entry = dict(await conn.fetchrow(QUERIES["next_audit_trail_entry"], parameters))
+    entry.update(actor_kind=actor[0], actor_name=actor[1], action=action)
     hashed = entry_hash(key, head["last_hash"], entry)
+    await conn.execute(QUERIES["record_action"], entry["id"], entry["at"], *actor, action, parameters,
+                       head["last_hash"], hashed)  # fmt: skip
     mac = head_mac(key, head["unchained_upto"], entry["id"], hashed)
-    await conn.execute(QUERIES["chain_audit_trail_entry"], entry["id"], head["last_hash"], hashed, mac)
+    await conn.execute(QUERIES["move_audit_trail_head"], entry["id"], hashed, mac)
     return int(entry["id"])
 
 

@@ -440,11 +440,6 @@ DELETE FROM auditor WHERE name = $1 RETURNING id;
 -- name: list_auditors
 SELECT name, created_at FROM auditor ORDER BY name;
 
--- name: record_action
--- Under the head's lock (storage.audit_trail.append): what the entry's hash covers, as stored.
-INSERT INTO audit_trail (actor_kind, actor_name, action, parameters) VALUES ($1, $2, $3, $4::jsonb)
-RETURNING id, at, actor_kind, actor_name, action, parameters::text AS parameters;
-
 -- name: lock_audit_trail_head
 -- The audit trail's one chain: whoever writes an entry holds this row until its transaction ends (migration 0019).
 SELECT unchained_upto, last_hash FROM audit_trail_head FOR UPDATE;
@@ -462,9 +457,18 @@ LEFT JOIN LATERAL (SELECT id, hash FROM audit_trail WHERE hash IS NOT NULL ORDER
 ON CONFLICT DO NOTHING
 RETURNING unchained_upto, last_id, last_hash;
 
--- name: chain_audit_trail_entry
-WITH entry AS (UPDATE audit_trail SET prev_hash = $2, hash = $3 WHERE id = $1)
-UPDATE audit_trail_head SET last_id = $1, last_hash = $3, mac = $4;
+-- name: next_audit_trail_entry
+-- Under the head's lock: the next entry's id, its time (the default of audit_trail.at, now()) and its parameters as
+-- jsonb gives them back, which its hash covers, so that the entry is written whole, hash included, by one INSERT: a
+-- role serving the hub needs no UPDATE of the trail (storage/serving_role.py).
+SELECT nextval(pg_get_serial_sequence('audit_trail', 'id')) AS id, now() AS at, $1::jsonb::text AS parameters;
+
+-- name: record_action
+INSERT INTO audit_trail (id, at, actor_kind, actor_name, action, parameters, prev_hash, hash) OVERRIDING SYSTEM VALUE
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8);
+
+-- name: move_audit_trail_head
+UPDATE audit_trail_head SET last_id = $1, last_hash = $2, mac = $3;
 
 -- name: audit_trail_in_order
 -- Every entry, for verify (storage.audit_trail.verify_trail).

@@ -20,7 +20,7 @@ from hub.settings import VARIABLES, Settings, SettingsError
 
 COMMANDS_HELP = """commands:
   serve     run the hub (starts embedded PostgreSQL/Valkey when no URLs are set)
-  migrate   apply the database migrations and exit
+  migrate   apply the database migrations and exit [--grant-serving-role ROLE: then grant-serving-role ROLE]
   invite    create a platform with its roles and print its token A and the hub's versions URL
   connect   register the hub at a party that gave the hub a versions URL and a token A
   demo      the hub with two demo CPOs and two demo eMSPs exchanging traffic, and the console to watch it
@@ -38,6 +38,9 @@ COMMANDS_HELP = """commands:
   verify-checkpoint
             check a checkpoint's signature, no database or secret needed: ocpi-hub verify-checkpoint FILE
             [--public-key KEY]; exit 0 signed by the key, 1 not, 2 unreadable
+  grant-serving-role
+            as the owner of the hub's tables (OCPI_HUB_OWNER_DATABASE_URL), grant the role the hub serves with what
+            serving needs, to append to the routing log and never change or delete it: ocpi-hub grant-serving-role NAME
   verify-export
             check an export's signed manifest, no database or secret needed: ocpi-hub verify-export FILE
             [--manifest FILE] [--public-key KEY]; exit 0 checked, 1 not what the hub signed, 2 unreadable
@@ -80,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     demo.add_argument("--port", type=_port, default=8080, help="port to listen on (default 8080; 0: any free port)")
     demo.add_argument("--interval", type=float, default=2.0, help="seconds between demo messages (default 2)")
-    commands.add_parser("migrate", help="apply database migrations and exit")
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    migrate.add_argument("--grant-serving-role", metavar="ROLE", help="then grant-serving-role ROLE (its grants kept"
+                         " up to date at every upgrade)")  # fmt: skip
     invite = commands.add_parser("invite", help="create a platform and print its token A (JSON)")
     invite.add_argument("--name", required=True, help="the platform's name, e.g. the company")
     invite.add_argument(
@@ -128,6 +133,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     signed.add_argument("file", help="the checkpoint (JSON), or a line of the hub's log carrying one")
     signed.add_argument("--public-key", metavar="KEY", help="the hub's public key (PEM file, or its base64)")
+    grant = commands.add_parser(
+        "grant-serving-role", help="grant the role the hub serves with what serving needs (run as the tables' owner)"
+    )
+    grant.add_argument("role", help="the PostgreSQL role of OCPI_HUB_DATABASE_URL, created beforehand")
     check = commands.add_parser(
         "verify-export", help="check a routing-log export against its signed manifest (no database, no secret)"
     )
@@ -259,12 +268,16 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
     try:
         with backing_services(settings) as ready:
             assert ready.database_url is not None
+            owner_url = ready.owner_database_url or ready.database_url  # migrations and retention run as the owner
             applies = args.command in ("serve", "demo", "migrate")
-            applied = asyncio.run(migrate_database(ready.database_url, settings.secret_key or "", applies))
+            applied = asyncio.run(migrate_database(owner_url, settings.secret_key or "", applies))
+            if args.command in OWNER_COMMANDS:
+                ready = dataclasses.replace(ready, database_url=owner_url)
             asyncio.run(check_redis(ready.redis_url or ""))
             if args.command == "migrate":
                 out(_migrated(applied))
-                return 0
+                args.role = args.grant_serving_role
+                return run(COMMANDS["grant-serving-role"], ready, args) if args.role is not None else 0
             if args.command == "serve":
                 return serve(ready, args.host, args.port, args.workers, args.server)
             if listening is not None:
@@ -278,11 +291,26 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError) as exc:
-        print(f"ocpi-hub: cannot use the database (OCPI_HUB_DATABASE_URL): {exc}", file=sys.stderr)
+        print(f"ocpi-hub: {_database_problem(exc, args.command, settings)}", file=sys.stderr)
         return 1
     except redis.RedisError as exc:
         print(f"ocpi-hub: cannot use Redis (OCPI_HUB_REDIS_URL): {exc}", file=sys.stderr)
         return 1
+
+
+# The commands that connect as the owner of the hub's tables when OCPI_HUB_OWNER_DATABASE_URL is set
+OWNER_COMMANDS = ("migrate", "retention", "grant-serving-role")
+
+
+def _database_problem(exc: OSError | asyncpg.PostgresError, command: str, settings: Settings) -> str:
+    owners = settings.owner_database_url and command in OWNER_COMMANDS
+    setting = "OCPI_HUB_OWNER_DATABASE_URL" if owners else "OCPI_HUB_DATABASE_URL"
+    if not isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        return f"cannot use the database ({setting}): {exc}"
+    return (
+        f"{exc}: the role of {setting} may not; migrate, retention and grant-serving-role run as the owner of the "
+        "hub's tables (OCPI_HUB_OWNER_DATABASE_URL), the others as a role it granted (ocpi-hub grant-serving-role)"
+    )
 
 
 def _migrated(applied: list[str]) -> str:

@@ -1,5 +1,5 @@
-"""The one-off operator commands of `ocpi-hub` (invite, connect, sync, auditor, retention, hold, verify), run on a
-pool."""
+"""The one-off operator commands of `ocpi-hub` (invite, connect, sync, auditor, retention, hold, verify,
+grant-serving-role), run on a pool."""
 
 from __future__ import annotations
 
@@ -319,6 +319,23 @@ async def _checkpoint(settings: Settings, args: argparse.Namespace, pool: asyncp
     return 0
 
 
+async def _grant_serving_role(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
+    """Run as the owner of the hub's tables (OCPI_HUB_OWNER_DATABASE_URL): what the role the hub serves with may do."""
+    from hub.admin.actors import record_action
+    from storage.serving_role import RoleRefused, grant_serving_role
+
+    async with pool.acquire() as conn:
+        try:
+            granted = await grant_serving_role(conn, args.role)
+        except RoleRefused as exc:
+            print(f"ocpi-hub: {exc}", file=sys.stderr)
+            return 1
+        await record_action(conn, settings.audit_trail_key, _operator("grant-serving-role"), "grant_serving_role",
+                            {"role": args.role, "granted": granted})  # fmt: skip
+    out(msgspec.json.format(msgspec.json.encode({"role": args.role, "granted": granted})).decode())
+    return 0
+
+
 COMMANDS: dict[str, Command] = {"invite": _invite, "connect": _connect, "sync": _sync, "auditor": _auditor,
                                 "retention": _retention, "hold": _hold, "verify": _verify, "heads": _heads,
-                                "checkpoint": _checkpoint}  # fmt: skip
+                                "checkpoint": _checkpoint, "grant-serving-role": _grant_serving_role}  # fmt: skip

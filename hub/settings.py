@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 # name, default, meaning: the single source for `ocpi-hub --help` and the README table.
 VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("OCPI_HUB_DATABASE_URL", "(embedded)", "PostgreSQL URL; unset: an embedded PostgreSQL under the data dir"),
+    (
+        "OCPI_HUB_OWNER_DATABASE_URL",
+        "(OCPI_HUB_DATABASE_URL)",
+        "PostgreSQL URL of the role owning the hub's tables, for migrate, retention and grant-serving-role; set, the"
+        " hub serves with OCPI_HUB_DATABASE_URL's role, which cannot change or delete the routing log",
+    ),
     ("OCPI_HUB_REDIS_URL", "(embedded)", "Redis/Valkey URL; unset: an embedded Valkey under the data dir"),
     ("OCPI_HUB_DATA_DIR", "./.ocpi-hub", "where embedded servers, the admin token and the secret key live"),
     (
@@ -94,7 +100,7 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     (
         "OCPI_HUB_LOG_PARTITIONS_AHEAD",
         "3",
-        "months of routing-log partitions the hub creates ahead (at start and daily)",
+        "months of routing-log partitions the hub creates ahead (at start and daily), at most 120",
     ),
     ("OCPI_HUB_SYNC_INTERVAL_S", "3600", "seconds between incremental pull syncs of every CPO's locations"),
     (
@@ -150,6 +156,7 @@ class SettingsError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None
+    owner_database_url: str | None
     redis_url: str | None
     data_dir: Path
     public_url: str
@@ -244,6 +251,7 @@ class Settings:
         ):
             if (value := get(name)) is not None:
                 _check_url(name, value, schemes)
+        _check_owner_url(get("OCPI_HUB_OWNER_DATABASE_URL"), get("OCPI_HUB_DATABASE_URL"))
         country_code = (get("OCPI_HUB_COUNTRY_CODE") or "NL").upper()
         if not re.fullmatch(r"[A-Z]{2}", country_code):
             raise SettingsError(f"OCPI_HUB_COUNTRY_CODE must be two letters (ISO 3166 alpha-2), got {country_code!r}")
@@ -258,6 +266,7 @@ class Settings:
             raise SettingsError(f"OCPI_HUB_REDIS_PREFIX must not contain * ? [ ] or \\, got {redis_prefix!r}")
         if (admin_token := get("OCPI_HUB_ADMIN_TOKEN")) is not None:
             _check_admin_token(admin_token)
+        partitions_ahead = _partitions_ahead(int(number("OCPI_HUB_LOG_PARTITIONS_AHEAD", int)))
         log_level = (get("OCPI_HUB_LOG_LEVEL") or "info").lower()
         if log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"OCPI_HUB_LOG_LEVEL must be debug, info, warning or error, got {log_level!r}")
@@ -267,6 +276,7 @@ class Settings:
             raise SettingsError(f"OCPI_HUB_PARTY_NETWORKS_ALLOWED: {exc}") from None
         return cls(
             database_url=get("OCPI_HUB_DATABASE_URL"),
+            owner_database_url=get("OCPI_HUB_OWNER_DATABASE_URL"),
             redis_url=get("OCPI_HUB_REDIS_URL"),
             data_dir=Path(get("OCPI_HUB_DATA_DIR") or ".ocpi-hub").absolute(),
             public_url=public_url,
@@ -289,7 +299,7 @@ class Settings:
             offline_probe_s=number("OCPI_HUB_OFFLINE_PROBE_S", float),
             owner_index_period_s=number("OCPI_HUB_OWNER_INDEX_PERIOD_S", float),
             log_body_max_bytes=int(number("OCPI_HUB_LOG_BODY_MAX_BYTES", int)),
-            log_partitions_ahead=int(number("OCPI_HUB_LOG_PARTITIONS_AHEAD", int)),
+            log_partitions_ahead=partitions_ahead,
             redis_prefix=redis_prefix,
             log_level=log_level,
             party_networks_allowed=party_networks_allowed,
@@ -329,6 +339,20 @@ def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> None:
         raise SettingsError(
             f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}, got {value!r}"
         )
+
+
+def _partitions_ahead(months: int) -> int:
+    if months > 120:  # the most migration 0022's routing_log_ensure_partitions creates
+        raise SettingsError(f"OCPI_HUB_LOG_PARTITIONS_AHEAD must be at most 120 (months), got {months}")
+    return months
+
+
+def _check_owner_url(owner_url: str | None, database_url: str | None) -> None:
+    if owner_url is None:
+        return
+    _check_url("OCPI_HUB_OWNER_DATABASE_URL", owner_url, ("postgresql", "postgres"))
+    if database_url is None:
+        raise SettingsError("OCPI_HUB_OWNER_DATABASE_URL is set without OCPI_HUB_DATABASE_URL, the serving role's URL")
 
 
 def _number(name: str, raw: str, kind: type[int] | type[float]) -> float:

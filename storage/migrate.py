@@ -4,6 +4,7 @@ needs the hub's keys has a Python half, run in the same transaction."""
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable
 from importlib.resources import files
 
 import asyncpg
@@ -100,13 +101,16 @@ async def migrate(conn: asyncpg.Connection, secret_key: str) -> list[str]:
     applied_now = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
-        await conn.execute(_SCHEMA_TABLE)
+        if not await pending(conn):  # no DDL then: a role serving the hub may not run any (storage.serving_role)
+            return []
+        role = await conn.fetchval("SELECT current_user")
+        await _as_owner(conn.execute(_SCHEMA_TABLE), role, "the migrations (schema_migration first)")
         done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migration")}
         for version, name, sql in migration_files():
             if version in done:
                 continue
             async with conn.transaction():
-                await conn.execute(sql)
+                await _as_owner(conn.execute(sql), role, f"migration {name}")
                 if (python_half := _PYTHON_HALF.get(version)) is not None:
                     await python_half(conn, secret_key)
                 await conn.execute("INSERT INTO schema_migration (version, name) VALUES ($1, $2)", version, name)
@@ -115,6 +119,18 @@ async def migrate(conn: asyncpg.Connection, secret_key: str) -> list[str]:
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied_now
+
+
+async def _as_owner(statement: Awaitable[object], role: str, name: str) -> None:
+    """MigrationRefused, saying what to do, when the connection's role does not own the hub's tables: a role serving
+    the hub (OCPI_HUB_DATABASE_URL with OCPI_HUB_OWNER_DATABASE_URL set) applies no migration."""
+    try:
+        await statement
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise MigrationRefused(
+            f"role {role} may not apply {name} ({exc}): run ocpi-hub migrate with the URL of the role owning the hub's "
+            "tables (OCPI_HUB_OWNER_DATABASE_URL) before the hub serves with this one"
+        ) from None
 
 
 async def pending(conn: asyncpg.Connection) -> list[str]:

@@ -636,3 +636,56 @@ SELECT min(f.dropped_at) AS first_drop, max(f.dropped_at) AS last_drop
 FROM routing_log_floor AS f
 WHERE $1 < (SELECT min(id) FROM routing_log)
 HAVING count(*) > 0;
+
+-- name: grant_serving_role
+-- What a role serving the hub may do (storage.serving_role; {role} and {audit_trail_ids} are quoted names): all it
+-- held before revoked first, so that the grants are exactly these. The routing log, its amendments and the audit trail
+-- are appended to, never changed or deleted; their heads (routing_log_chain, routing_log_sealed_chain,
+-- audit_trail_head) move on as rows are appended, each MAC'd; a legal hold is released once (migration 0022's trigger).
+-- What retention deletes and records (floors, dropped partitions and amendments, delivered ClientInfo changes, relayed
+-- CDR URLs) is the owner's alone; so is every DDL, partitions created ahead included (routing_log_ensure_partitions
+-- runs as its owner). A new table of a later migration is added here.
+REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {role};
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema} FROM {role};
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {schema} FROM {role};
+GRANT SELECT ON schema_migration TO {role};
+GRANT SELECT, INSERT, UPDATE ON platform, party_role, client_info_push TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON platform_endpoint TO {role};
+GRANT SELECT, INSERT, DELETE ON credentials_token, auditor TO {role};
+GRANT SELECT, INSERT ON relayed_location, routing_log, routing_log_amendment, audit_trail TO {role};
+GRANT SELECT ON routing_log_floor, routing_log_amendment_dropped, routing_log_dropped_partition TO {role};
+GRANT SELECT, INSERT, UPDATE (last_seq, last_hash, amendments) ON routing_log_chain TO {role};
+GRANT SELECT, INSERT, UPDATE (last_seq, last_hash, mac, sealed_at) ON routing_log_sealed_chain TO {role};
+GRANT SELECT, UPDATE (last_id, last_hash, mac) ON audit_trail_head TO {role};
+GRANT SELECT, INSERT, UPDATE (released_by, released_at) ON routing_log_hold TO {role};
+GRANT USAGE ON SEQUENCE routing_log_row_id, {audit_trail_ids} TO {role};
+GRANT EXECUTE ON FUNCTION routing_log_ensure_partitions(integer) TO {role};
+
+-- name: role_privileges
+-- What role $1 may do to each table of the hub's schema (not the routing log's partitions, which it reaches through
+-- routing_log only): the privileges it holds on the table, and the columns it may update where it may not update all.
+SELECT c.relname AS table,
+       array_remove(ARRAY[
+           CASE WHEN has_table_privilege($1::name, c.oid, 'SELECT') THEN 'SELECT' END,
+           CASE WHEN has_table_privilege($1::name, c.oid, 'INSERT') THEN 'INSERT' END,
+           CASE WHEN has_table_privilege($1::name, c.oid, 'UPDATE') THEN 'UPDATE' END,
+           CASE WHEN has_table_privilege($1::name, c.oid, 'DELETE') THEN 'DELETE' END,
+           CASE WHEN has_table_privilege($1::name, c.oid, 'TRUNCATE') THEN 'TRUNCATE' END,
+           CASE WHEN has_table_privilege($1::name, c.oid, 'REFERENCES') THEN 'REFERENCES' END,
+           CASE WHEN has_table_privilege($1::name, c.oid, 'TRIGGER') THEN 'TRIGGER' END], NULL) AS privileges,
+       ARRAY(SELECT a.attname::text FROM pg_attribute AS a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+               AND NOT has_table_privilege($1::name, c.oid, 'UPDATE') AND has_column_privilege($1::name, c.oid, a.attnum, 'UPDATE')
+             ORDER BY a.attnum) AS updates
+FROM pg_class AS c
+WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+ORDER BY c.relname;
+
+-- name: serving_role_candidate
+-- Role $1 (no row: there is none), and what would keep it from serving the hub: it owns the hub's tables (or is a
+-- member of their owner), it is a superuser, or it may create objects in the hub's schema; the names the grants need.
+SELECT r.rolname AS role, r.rolsuper AS superuser,
+       pg_has_role($1::name, (SELECT relowner FROM pg_class WHERE oid = 'routing_log'::regclass), 'MEMBER') AS owner,
+       has_schema_privilege($1::name, current_schema(), 'CREATE') AS creates, current_schema() AS schema,
+       pg_get_serial_sequence('audit_trail', 'id') AS audit_trail_ids
+FROM pg_roles AS r WHERE r.rolname = $1;

@@ -281,6 +281,8 @@ def test_the_delete_undoing_a_failed_connect_is_a_routing_log_row_of_its_convers
         ("OCPI_HUB_PARTY_ID", "TOOLONG", "three letters"),
         ("OCPI_HUB_PUBLIC_URL", "hub.example.com", "OCPI_HUB_PUBLIC_URL"),
         ("OCPI_HUB_DATABASE_URL", "mysql://x", "OCPI_HUB_DATABASE_URL"),
+        ("OCPI_HUB_OWNER_DATABASE_URL", "mysql://x", "OCPI_HUB_OWNER_DATABASE_URL"),
+        ("OCPI_HUB_LOG_PARTITIONS_AHEAD", "121", "OCPI_HUB_LOG_PARTITIONS_AHEAD must be at most 120"),
         ("OCPI_HUB_FORWARD_TIMEOUT_S", "soon", "positive number"),
         ("OCPI_HUB_KEEP_ALIVE_S", "1.5", "OCPI_HUB_KEEP_ALIVE_S must be a positive whole number"),
         ("OCPI_HUB_SECRET_KEY", "short", "Fernet key"),

@@ -32,11 +32,13 @@ async def _answered_4000_while_committed(
     spool: Path | None = None,
     stalled_through_the_stop: bool = False,
     received_at: datetime | None = None,
+    blocker_url: str | None = None,
 ) -> RoutingLogWriter:
     """A row whose commit stalls (routing_log_chain locked) past its caller's deadline, amended as the relay amends it;
-    then the stall ends, before the writer stops or (stalled_through_the_stop) after: the row is spooled then."""
+    then the stall ends, before the writer stops or (stalled_through_the_stop) after: the row is spooled then. The lock
+    is taken on blocker_url (default: database_url), a role that may lock the table."""
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=3)
-    blocker = await asyncpg.connect(database_url)
+    blocker = await asyncpg.connect(blocker_url or database_url)
     writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, commit_timeout_s=1, write_timeout_s=30,
                               spool_dir=spool, drain_timeout_s=1)  # fmt: skip
     entry = numbered_entry(1)

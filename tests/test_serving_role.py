@@ -150,10 +150,14 @@ def test_a_hub_serving_with_that_role_logs_requests_amendments_holds_and_its_aud
             released = admin.post(f"/admin/api/holds/{hold.json()['id']}/release")
             assert released.status_code == 200 and released.json()["released_at"] is not None, released.text
             assert admin.post(f"/admin/api/holds/{hold.json()['id']}/release").status_code == 409
+            exported = admin.get("/admin/api/routing-log/export", params={"format": "ndjson", "method": "PUT"})
+            assert exported.status_code == 200 and '"manifest"' in exported.text.splitlines()[-1], exported.text
+            assert admin.get("/admin/api/stats").status_code == 200
             verified = admin.get("/admin/api/routing-log/verify").json()
             assert verified["ok"] is True, verified
             trail = [e["action"] for e in admin.get("/admin/api/audit-trail").json()["items"]]
-            assert trail[:4] == ["verify", "release_hold", "set_hold", "search"], trail
+            assert trail[:8] == ["verify", "stats", "export_sent", "export_manifest", "export", "release_hold",
+                                 "set_hold", "search"], trail  # fmt: skip
     finally:
         stopped = hub.stop()
     assert stopped == 0, hub.log()

@@ -656,7 +656,7 @@ GRANT SELECT, INSERT ON relayed_location, routing_log, routing_log_amendment, au
 GRANT SELECT ON routing_log_floor, routing_log_amendment_dropped, routing_log_dropped_partition TO {role};
 GRANT SELECT, INSERT, UPDATE (last_seq, last_hash, amendments) ON routing_log_chain TO {role};
 GRANT SELECT, INSERT, UPDATE (last_seq, last_hash, mac, sealed_at) ON routing_log_sealed_chain TO {role};
-GRANT SELECT, UPDATE (last_id, last_hash, mac) ON audit_trail_head TO {role};
+GRANT SELECT, INSERT, UPDATE (last_id, last_hash, mac) ON audit_trail_head TO {role};  -- INSERT: a deleted head made again
 GRANT SELECT, INSERT, UPDATE (released_by, released_at) ON routing_log_hold TO {role};
 GRANT USAGE ON SEQUENCE routing_log_row_id, {audit_trail_ids} TO {role};
 GRANT EXECUTE ON FUNCTION routing_log_ensure_partitions(integer) TO {role};

@@ -114,7 +114,7 @@ def test_the_serving_role_is_granted_appends_to_the_log_and_no_change_of_it(
         assert granted[appended] == ["SELECT", "INSERT"], (appended, granted[appended])
     assert granted["routing_log_hold"] == ["SELECT", "INSERT", "UPDATE (released_by, released_at)"]
     assert granted["routing_log_chain"] == ["SELECT", "INSERT", "UPDATE (last_seq, last_hash, amendments)"]
-    assert granted["audit_trail_head"] == ["SELECT", "UPDATE (last_id, last_hash, mac)"]
+    assert granted["audit_trail_head"] == ["SELECT", "INSERT", "UPDATE (last_id, last_hash, mac)"]
     for kept in ("routing_log_floor", "routing_log_amendment_dropped", "routing_log_dropped_partition"):
         assert granted[kept] == ["SELECT"]
     assert {t for t, may in granted.items() if "DELETE" in may} == {"platform_endpoint", "credentials_token", "auditor"}

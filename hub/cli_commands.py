@@ -149,7 +149,7 @@ async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
     watching = asyncio.create_task(directory.watch(), name="directory_watch")
     try:
         async with PartyClient(settings) as http, writer.running():
-            cache = LocationCache(redis_client, settings.redis_prefix, directory)
+            cache = LocationCache(redis_client, settings.redis_prefix, directory, settings.max_locations_per_cpo)
             sync = PullSync(http, cache, redis_client, settings.redis_prefix, hub, writer.record,
                             directory=lambda: directory.current)  # fmt: skip
             results = await sync.run(parties, full=args.full, progress=progress)
@@ -160,7 +160,7 @@ async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
         print("ocpi-hub: another hub process is syncing now; try again later", file=sys.stderr)
         return 1
     summary = [{"party": f"{r.party[0]}-{r.party[1]}", "locations": r.locations, "pages": r.pages, "full": r.full,
-                "removed": r.removed, "error": r.error} for r in results]  # fmt: skip
+                "removed": r.removed, "refused": r.refused, "error": r.error} for r in results]  # fmt: skip
     out(msgspec.json.format(msgspec.json.encode(summary)).decode())
     return 1 if any(r.error for r in results) else 0
 

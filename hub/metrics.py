@@ -52,8 +52,13 @@ LOG_COMMIT_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )  # fmt: skip
 CACHE_REQUESTS = Counter(
-    "ocpi_hub_location_cache_requests", "Location requests answered from the cache (hit) or not found there (miss)",
+    "ocpi_hub_location_cache_requests", "Location requests answered from the cache (hit) or not found there (miss); "
+    "GET Alls not answered from it as a CPO's cache is over its cap (over_cap: forwarded to the CPO, or refused)",
     ["result"],
+)  # fmt: skip
+LOCATIONS_OVER_CAP = Counter(
+    "ocpi_hub_location_cache_over_cap", "New locations not cached as their CPO's cache holds "
+    "OCPI_HUB_MAX_LOCATIONS_PER_CPO (storage.location_cap), by CPO", ["party"],
 )  # fmt: skip
 LOCATION_SYNCS = Counter(
     "ocpi_hub_location_sync", "Pull syncs of a CPO's locations, by result and kind (full, incremental, rebuild)",

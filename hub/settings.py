@@ -110,6 +110,14 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
         " which log shipping keeps outside the hub; 0: none",
     ),
     ("OCPI_HUB_SYNC_CHECK_S", "10", "seconds between checks for CPOs never synced (new, or Redis lost its data)"),
+    # 1,000 locations the size of the spec's example are about 1.2 MB of documents (storage.location_cache): 100,000,
+    # far more than one CPO's network holds, are some 120 MB of them, without their indexes (bench/location_cache.py)
+    (
+        "OCPI_HUB_MAX_LOCATIONS_PER_CPO",
+        "100000",
+        "most locations of one CPO the location cache holds; past it the CPO's new ones are relayed but not cached,"
+        " and GET All of its locations is forwarded to it",
+    ),
     ("OCPI_HUB_STILL_ALIVE_S", "300", "silence (s) after which the hub GETs a party's versions to see it is alive"),
     (
         "OCPI_HUB_OFFLINE_PROBE_S",
@@ -174,6 +182,7 @@ class Settings:
     log_mode: str
     sync_interval_s: float
     sync_check_s: float
+    max_locations_per_cpo: int
     still_alive_s: float
     offline_probe_s: float
     owner_index_period_s: float
@@ -295,6 +304,7 @@ class Settings:
             log_mode=log_mode,
             sync_interval_s=number("OCPI_HUB_SYNC_INTERVAL_S", float),
             sync_check_s=number("OCPI_HUB_SYNC_CHECK_S", float),
+            max_locations_per_cpo=int(number("OCPI_HUB_MAX_LOCATIONS_PER_CPO", int)),
             still_alive_s=number("OCPI_HUB_STILL_ALIVE_S", float),
             offline_probe_s=number("OCPI_HUB_OFFLINE_PROBE_S", float),
             owner_index_period_s=number("OCPI_HUB_OWNER_INDEX_PERIOD_S", float),

@@ -14,6 +14,11 @@ a page or mark would bring back after the departed party's cleanup (storage.depa
 sync's removal of what the CPO no longer listed once its party id is another platform's. What it stored
 before is forgotten by the departure itself (LocationCache.forget_platform); a page stored in the moment between
 the check and the departure, by the departed party's cleanup, which begins later.
+
+A CPO's cache holds OCPI_HUB_MAX_LOCATIONS_PER_CPO locations at most (storage.location_cap): a sync stops before its
+next page once it read more locations than that, or, repeats included, twice that (an endless chain of Links), and
+drops nothing. While a CPO's cache is over its cap, each of its syncs is full; one that stored its whole list clears
+the mark, and one that dropped what the CPO no longer lists to make room for locations it refused runs again at once.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from routing.forward import OcpiStatusCode
 from routing.rewrite import resolved, why_not_callable
 from storage.directory import Directory, PartyRole, Platform
 from storage.location_cache import LocationCache
+from storage.location_cap import clear_unless_refused_since, refused_so_far
 from storage.log_row import LogEntry
 
 log = structlog.get_logger()
@@ -64,6 +70,7 @@ class SyncResult:
     pages: int = 0
     full: bool = True
     removed: int = 0  # cached locations a full sync no longer found in the CPO's list
+    refused: int = 0  # listed locations not cached: the CPO's cache holds its cap (storage.location_cap)
     error: str | None = None
 
 
@@ -118,7 +125,22 @@ class PullSync:
     async def sync_party(
         self, platform: Platform, role: PartyRole, *, full: bool = False, progress: Progress | None = None
     ) -> SyncResult:
-        party = role.key
+        # A cache over its cap misses some of the CPO's locations: only its whole list, a full sync, makes it whole.
+        marked = await refused_so_far(self._redis, self._prefix, role.key)
+        result, room_made = await self._sync(platform, role, full or marked is not None, marked, progress)
+        if room_made:  # its locations refused for the cap go in where those it no longer lists were
+            marked = await refused_so_far(self._redis, self._prefix, role.key)
+            removed = result.removed
+            result, _ = await self._sync(platform, role, True, marked, progress)
+            result.removed += removed
+        return result
+
+    async def _sync(
+        self, platform: Platform, role: PartyRole, full: bool, marked: str | None, progress: Progress | None
+    ) -> tuple[SyncResult, bool]:
+        """One sync of the party: its result, and whether a full one made room for locations it refused for the cap
+        (storage.location_cap), by dropping what the CPO no longer lists."""
+        party, cap = role.key, self._cache.max_per_cpo
         since = None if full else await self._redis.get(self._cache.synced_key(party))
         # Objects changed while the sync runs are fetched again next time: the mark is the start, a bit early.
         started = datetime.now(UTC) - timedelta(seconds=1)
@@ -129,6 +151,7 @@ class PullSync:
         # cache keys them (upper-cased, a CiString): a location an earlier hub keyed by its id as sent goes as well.
         cached_before = await self._cache.location_ids(party) if result.full else set()
         listed: set[str] = set()
+        received = 0  # locations in the pages, repeats included, and an empty page as one: the end of an endless list
         query = {"date_from": since.decode() if isinstance(since, bytes) else since} if since else {}
         # The endpoint as registered, slash and all: `{locations_endpoint_url}?date_from=...`
         url: str | None = platform.endpoint("locations", "SENDER") or ""
@@ -142,28 +165,61 @@ class PullSync:
                 failed = self._cache.sync_failed_key(party)
                 await self._cache.mark(failed, party, platform.id, "1", RETRY_AFTER_FAILURE_S)
                 LOCATION_SYNCS.labels("failed", "full" if result.full else "incremental").inc()
-                return result
+                return result, False
             if self._left(platform, role):
-                return self._stopped(result)
-            stored = await self._cache.put_many(party, platform.id, locations)
-            result.locations += len(stored)
-            listed.update(stored)
+                return self._stopped(result), False
+            kept, refused = await self._cache.put_many(party, platform.id, locations)
+            result.locations += len(kept)
+            result.refused += len(refused)
+            listed.update(kept, refused)
             result.pages += 1
+            received += max(1, len(locations))
             if progress:
                 progress(party, result.locations, total)
+            if url and (len(listed) > cap or received > 2 * cap):
+                return await self._stopped_at_cap(platform, role, result, started, len(listed)), False
         if self._left(platform, role):
-            return self._stopped(result)
+            return self._stopped(result), False
         if gone := cached_before - listed:
             # fenced inside the scripts that remove them: what a platform registering the party id since pushed stays
             if (removed := await self._cache.forget_unlisted(party, platform.id, gone)) is None:
-                return self._stopped(result)
+                return self._stopped(result), False
             result.removed = removed
         # not once it left: a platform registering the party id again would first be synced only since now
         if not await self._cache.mark(self._cache.synced_key(party), party, platform.id, ocpi_timestamp(started)):
-            return self._stopped(result)
+            return self._stopped(result), False
         LOCATION_SYNCS.labels("ok", "full" if result.full else "incremental").inc()
         log.info("location_sync_done", party=f"{party[0]}-{party[1]}", locations=result.locations,
-                 pages=result.pages, full=result.full, removed=result.removed)  # fmt: skip
+                 pages=result.pages, full=result.full, removed=result.removed, refused=result.refused)  # fmt: skip
+        await self._settle_cap(result, marked, len(listed))
+        return result, bool(result.refused and result.removed and len(listed) <= cap)
+
+    async def _settle_cap(self, result: SyncResult, marked: str | None, listed: int) -> None:
+        """A sync that read the CPO's list to its end: an error saying how many it could not cache; or, a full one of a
+        CPO over its cap that cached all of them, the mark cleared (unless a push was refused meanwhile)."""
+        party, cap = result.party, self._cache.max_per_cpo
+        if result.refused:
+            result.error = (f"{result.refused} of its locations were not cached: the hub's cache holds {cap:,} "
+                            "locations of one CPO at most (OCPI_HUB_MAX_LOCATIONS_PER_CPO)")  # fmt: skip
+        elif (marked is not None and result.full
+              and await clear_unless_refused_since(self._redis, self._prefix, party, marked)):  # fmt: skip
+            log.info("location_cache_under_cap", party=f"{party[0]}-{party[1]}", locations=listed, cap=cap)
+
+    async def _stopped_at_cap(self, platform: Platform, role: PartyRole, result: SyncResult, started: datetime,
+                              listed: int) -> SyncResult:  # fmt: skip
+        """A sync that read more than the cache holds of one CPO (a huge list, or an endless chain of Links): stopped
+        before its next page, nothing cached dropped (its pages are not all read, so not "the new truth"). Marked
+        synced, so that it is not tried again before OCPI_HUB_SYNC_INTERVAL_S (a CPO never synced would be, every
+        OCPI_HUB_SYNC_CHECK_S); the next one is full while its cache is over its cap."""
+        party, cap = role.key, self._cache.max_per_cpo
+        why = (f"the CPO lists more than the {cap:,} locations the hub's cache holds of one CPO (OCPI_HUB_MAX_"
+               "LOCATIONS_PER_CPO)" if listed > cap else f"its Link chain went on past {2 * cap:,} locations "
+               "(twice the most the hub's cache holds of one CPO) without ending")  # fmt: skip
+        result.error = f"{why}: stopped after {result.pages} pages, nothing cached dropped"
+        log.warning("location_sync_over_cap", party=f"{party[0]}-{party[1]}", pages=result.pages, listed=listed,
+                    refused=result.refused, cap=cap, reason=why)  # fmt: skip
+        await self._cache.mark(self._cache.synced_key(party), party, platform.id, ocpi_timestamp(started))
+        LOCATION_SYNCS.labels("over_cap", "full" if result.full else "incremental").inc()
         return result
 
     def _left(self, platform: Platform, role: PartyRole) -> bool:

@@ -30,6 +30,7 @@ import redis.asyncio as redis
 import structlog
 
 from storage.directory import DirectoryCache
+from storage.location_cap import MAX_LOCATIONS_PER_CPO, cached_counts, over_cap
 from storage.location_updates import RelayedUpdates
 from storage.location_writer import keyed, text_of
 from storage.publish_tokens import ALLOWED_LUA, MATCH_LUA, index_keys, publish_entries
@@ -107,12 +108,21 @@ class LocationCache(RelayedUpdates):
     """The location cache: relayed updates (storage.location_updates) through its writer (storage.location_writer),
     and the reads here."""
 
-    def __init__(self, client: redis.Redis, prefix: str, directory: DirectoryCache | None = None) -> None:
-        super().__init__(client, prefix, directory)
+    def __init__(self, client: redis.Redis, prefix: str, directory: DirectoryCache | None = None,
+                 max_per_cpo: int = MAX_LOCATIONS_PER_CPO) -> None:  # fmt: skip
+        super().__init__(client, prefix, directory, max_per_cpo)
         self._publish_tokens = index_keys(prefix)  # kept by storage.owner_index
         self._snapshot = client.register_script(_SNAPSHOT)
         self._fitting = client.register_script(_FITTING)
         self._allowed = client.register_script(ALLOWED_LUA)
+
+    async def over_cap(self) -> dict[tuple[str, str], int]:
+        """The CPOs whose caches are over their cap, each with the locations refused since (storage.location_cap)."""
+        return await over_cap(self._redis, self._prefix)
+
+    async def cached_counts(self, owners: list[tuple[str, str]]) -> list[int]:
+        """How many locations the cache holds of each of these CPOs."""
+        return await cached_counts(self._redis, self._prefix, owners)
 
     async def owners_seen_by(
         self, location_id: str, viewer: tuple[str, str]

@@ -20,6 +20,7 @@ from redis.exceptions import NoScriptError, WatchError
 
 from storage.batches import next_batch
 from storage.directory import DirectoryCache
+from storage.location_cap import MAX_LOCATIONS_PER_CPO
 from storage.location_document import index_of, too_large, updated, whole_location
 from storage.location_upgrades import upgrade
 from storage.location_writer import LocationWriter, WholeLocation, holds, not_cached
@@ -41,8 +42,9 @@ Update = tuple[tuple[str, str], int, str, list[str], bytes]  # owner, its platfo
 class RelayedUpdates(LocationWriter):
     """The location cache's writer (storage.location_writer) with the relayed updates on their way to it."""
 
-    def __init__(self, client: redis.Redis, prefix: str, directory: DirectoryCache | None = None) -> None:
-        super().__init__(client, prefix, directory)
+    def __init__(self, client: redis.Redis, prefix: str, directory: DirectoryCache | None = None,
+                 max_per_cpo: int = MAX_LOCATIONS_PER_CPO) -> None:  # fmt: skip
+        super().__init__(client, prefix, directory, max_per_cpo)
         self._pending: asyncio.Queue[Update] = asyncio.Queue()
         self._stopping = False  # set at shutdown: a Redis still away then is not waited for
         self.dropped = 0  # updates given up (Redis away at shutdown, or more held than MAX_HELD_UPDATES)
@@ -188,7 +190,9 @@ class RelayedUpdates(LocationWriter):
                         raise refused
                     pipe.multi()
                     self._queue_store(pipe, owner, path[0], document, index, generation)
-                    if await pipe.execute() != [-1]:
+                    if (reply := await pipe.execute()) in ([2], [3]):  # not in the owner's set: a new one past its cap
+                        return "its CPO's cache holds its cap of locations"
+                    if reply != [-1]:
                         return None
                     await self._caught_up()  # the directory changed since it was read: again, as it is now
                 except WatchError:

@@ -13,7 +13,7 @@ refused one is tried again once the directory has caught up.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import redis.asyncio as redis
@@ -21,6 +21,7 @@ import structlog
 from redis.asyncio.client import Pipeline
 
 from storage.directory import GENERATION_KEY, UNCHANGED_LUA, Directory, DirectoryCache, DirectoryChanged, PartyRole
+from storage.location_cap import MAX_LOCATIONS_PER_CPO, over_cap_key, owner_field, said_refused
 from storage.location_document import Index, TooLarge, trusted_until, whole_location
 from storage.redis_scripts import executed, queue_script
 
@@ -29,15 +30,21 @@ log = structlog.get_logger()
 STORE_TRIES = 5  # a store refused as the directory changes that often meanwhile is given up (pull sync repairs it)
 
 # KEYS: the directory's generation, the document, the sorted sets of all and of the owner, the id index, the
-# unpublished set, the entries. ARGV: the generation the owner was found on the hub in ('' for an unguarded store;
-# UNCHANGED_LUA: -1 if it changed), member, score (last_updated), the document, "1" if unpublished, its
-# publish_allowed_to entries, the latest cached score that keeps an older location out (trusted_until). Returns 1,
-# or 0 when the cached location is newer (storage.location_document): kept.
+# unpublished set, the entries, the CPOs over their cap (storage.location_cap). ARGV: the generation the owner was
+# found on the hub in ('' for an unguarded store; UNCHANGED_LUA: -1 if it changed), member, score (last_updated), the
+# document, "1" if unpublished, its publish_allowed_to entries, the latest cached score that keeps an older location
+# out (trusted_until), the most locations the owner may have cached, the owner (CC/PID). Returns 1; 0 when the cached
+# location is newer (storage.location_document): kept; 3 when it is a new one of an owner whose cache holds its cap:
+# not stored, the owner marked over its cap; 2 for such a one once the owner is marked.
 _STORE = (
     UNCHANGED_LUA
     + """
 local cached = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[2]))
 if cached and cached > tonumber(ARGV[3]) and cached <= tonumber(ARGV[7]) then return 0 end
+if not cached and redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[8]) then
+  if redis.call('HINCRBY', KEYS[8], ARGV[9], 1) == 1 then return 3 end
+  return 2
+end
 redis.call('SET', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
@@ -91,11 +98,21 @@ return forgotten
 WholeLocation = tuple[tuple[str, str], int, str, bytes, Index]
 
 
-class LocationWriter:
-    """directory: this process's, whose CPOs alone get locations stored (none: every location is, unguarded)."""
+class Listed(NamedTuple):
+    """The locations of a pull-sync page, by their ids as the cache keys them: those the cache holds now (stored, or a
+    newer version kept), and those refused as their CPO's cache holds its cap (storage.location_cap)."""
 
-    def __init__(self, client: redis.Redis, prefix: str, directory: DirectoryCache | None = None) -> None:
-        self._redis = client
+    kept: list[str]
+    refused: list[str]
+
+
+class LocationWriter:
+    """directory: this process's, whose CPOs alone get locations stored (none: every location is, unguarded);
+    max_per_cpo: the most locations of one CPO the cache holds (storage.location_cap)."""
+
+    def __init__(self, client: redis.Redis, prefix: str, directory: DirectoryCache | None = None,
+                 max_per_cpo: int = MAX_LOCATIONS_PER_CPO) -> None:  # fmt: skip
+        self._redis, self.max_per_cpo = client, max_per_cpo
         self._prefix, self._p = prefix, f"{prefix}locations:"
         self._directory, self._generation_key = directory, f"{prefix}{GENERATION_KEY}"
         self._store_script = client.register_script(_STORE)
@@ -114,10 +131,11 @@ class LocationWriter:
     def _by_owner(self, owner: tuple[str, str]) -> str:
         return f"{self._p}by-owner:{owner[0].upper()}/{owner[1].upper()}"
 
-    async def put_many(self, owner: tuple[str, str], platform_id: int, locations: list[msgspec.Raw]) -> list[str]:
+    async def put_many(self, owner: tuple[str, str], platform_id: int, locations: list[msgspec.Raw]) -> Listed:
         """Whole locations as the Sender of a CPO on that platform listed them (pull sync), each stored as the CPO sent
         it. Only the owner's own are taken (transport_and_format.asciidoc, Client Owned Object Pull: objects of another
-        owner "may be ignored"). Returns the ids of those stored, as the cache keys them (see location_ids)."""
+        owner "may be ignored"). Returns their ids, as the cache keys them (see location_ids): those it holds, and
+        those refused for the cap."""
         taken = []
         for raw in locations:
             try:
@@ -128,14 +146,17 @@ class LocationWriter:
             listed_by = (str(head.country_code or "").upper(), str(head.party_id or "").upper())
             if isinstance(head.id, str) and head.id and listed_by == owner:
                 taken.append((owner, platform_id, head.id, bytes(raw), index))
-        stored, newer_cached = await self._store_many(taken)
-        return [keyed(location_id) for _, _, location_id, _, _ in stored + newer_cached]
+        stored, newer_cached, refused = await self._store_many(taken)
+        return Listed([keyed(each[2]) for each in stored + newer_cached], [keyed(each[2]) for each in refused])
 
-    async def _store_many(self, locations: list[WholeLocation]) -> tuple[list[WholeLocation], list[WholeLocation]]:
-        """Whole locations, stored in one pipeline: those of CPOs on the hub. Returns those stored, and those not
-        stored because the cache holds a newer version of them."""
+    async def _store_many(
+        self, locations: list[WholeLocation]
+    ) -> tuple[list[WholeLocation], list[WholeLocation], list[WholeLocation]]:
+        """Whole locations, stored in one pipeline: those of CPOs on the hub. Returns those stored, those not stored
+        because the cache holds a newer version of them, and those refused as their CPO's cache holds its cap."""
         stored: list[WholeLocation] = []
         newer_cached: list[WholeLocation] = []
+        refused: list[WholeLocation] = []
         for _ in range(STORE_TRIES):
             directory, generation = self._fence()
             if len(kept := [each for each in locations if holds(directory, each[0], each[1])]) < len(locations):
@@ -151,6 +172,9 @@ class LocationWriter:
             replies = await executed(self._redis, queue, [self._store_script])
             stored += [each for each, reply in zip(kept, replies, strict=True) if reply == 1]
             newer_cached += [each for each, reply in zip(kept, replies, strict=True) if reply == 0]
+            if over := [(each, reply) for each, reply in zip(kept, replies, strict=True) if reply > 1]:
+                said_refused([(each[0], each[2], reply) for each, reply in over], self.max_per_cpo)
+                refused += [each for each, _ in over]
             if not (locations := [each for each, reply in zip(kept, replies, strict=True) if reply == -1]):
                 break
             await self._caught_up()  # the directory changed since it was read: again, as it is now
@@ -159,7 +183,7 @@ class LocationWriter:
         if newer_cached:
             names = [f"{owner[0]}-{owner[1]}/{location_id}" for owner, _, location_id, _, _ in newer_cached]
             log.info("location_cache_skipped", reason="older than the cached location", locations=names[:20])
-        return stored, newer_cached
+        return stored, newer_cached, refused
 
     async def mark(self, key: str, owner: tuple[str, str], platform_id: int, value: str, ex_s: int = 0) -> bool:
         """Set a pull-sync mark of the owner's (synced_key, sync_failed_key) for ex_s seconds (0: for
@@ -196,6 +220,7 @@ class LocationWriter:
             try:
                 forgotten = await self.forget(owner, await self.location_ids(owner))
                 await self._redis.delete(self.synced_key(owner), self.sync_failed_key(owner))
+                await self._redis.hdel(over_cap_key(self._prefix), owner_field(owner))
             except redis.RedisError as exc:
                 log.warning("location_cache_not_cleared", owner=f"{owner[0]}-{owner[1]}", error=str(exc))
             else:
@@ -253,9 +278,11 @@ class LocationWriter:
         the directory is in the generation given ('': unguarded)."""
         member = self._member(owner, location_id)
         keys = [self._generation_key, self._doc(member), f"{self._p}all", self._by_owner(owner),
-                f"{self._p}id:{member.split('/', 2)[2]}", f"{self._p}hidden", self._entries(member)]  # fmt: skip
+                f"{self._p}id:{member.split('/', 2)[2]}", f"{self._p}hidden", self._entries(member),
+                over_cap_key(self._prefix)]  # fmt: skip
         args: list[bytes | str | float] = [generation, member, index.score, document, "1" if index.hidden else "0",
-                                           index.entries, trusted_until()]  # fmt: skip
+                                           index.entries, trusted_until(), self.max_per_cpo,
+                                           owner_field(owner)]  # fmt: skip
         queue_script(pipe, self._store_script, keys, args)
 
 

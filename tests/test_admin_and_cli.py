@@ -83,6 +83,9 @@ def test_invitation_answers_token_a_and_versions_url(hub: Hub) -> None:
         "endpoints_from_before": None,
         "endpoints_trying_now": False,
         "endpoints_next_try": None,
+        "locations_cached": 0,  # a CPO's: its location cache (test_location_cache_cap)
+        "location_cache_over_cap": False,
+        "locations_refused": 0,
     }
     # The operator's action is in the audit trail: who invited whom with which roles, never the token A.
     with hub.admin() as admin:

@@ -83,7 +83,7 @@ def test_a_whole_location_older_than_the_cached_one_is_kept_out_and_pull_sync_st
         assert await _cached(cache) == newer
         # a pull-sync page read before the push: the location is listed (a full sync must not forget it), not stored
         page = [msgspec.Raw(json.dumps(_location(OWNER, "LOC1", T0, name="page")).encode())]
-        assert await cache.put_many(OWNER, 0, page) == ["LOC1"]
+        assert (await cache.put_many(OWNER, 0, page)).kept == ["LOC1"]
         assert await _cached(cache) == newer
         assert await cache.location_ids(OWNER) == {"LOC1"}
         same_time = _location(OWNER, "LOC1", T2, name="same time")

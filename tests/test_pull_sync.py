@@ -89,7 +89,7 @@ def test_a_new_cpo_is_pulled_across_every_page_then_synced_incrementally(
     assert result.returncode == 0, result.stderr
     [summary] = json.loads(result.stdout)
     assert summary == {"party": "-".join(owner), "locations": 1, "pages": 1, "full": False, "removed": 0,
-                       "error": None}  # fmt: skip
+                       "refused": 0, "error": None}  # fmt: skip
     assert "locations" in result.stderr  # the progress line
     assert cpo.syncs()[-1].query.startswith("date_from=")
     assert _cached_total(reader, hub, owner) == 301
@@ -139,7 +139,8 @@ def test_a_full_sync_drops_the_cached_locations_the_cpo_no_longer_lists(
     result = subprocess.run([*sync, "--full"], env=hub.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0] | {"pages": 0} == {"party": "-".join(owner), "locations": 3, "pages": 0,
-                                                          "full": True, "removed": 2, "error": None}  # fmt: skip
+                                                          "full": True, "removed": 2, "refused": 0,
+                                                          "error": None}  # fmt: skip
     page = reader.call(hub.base, "GET", f"sender/locations?country_code={owner[0]}&party_id={owner[1]}", to=HUB)
     assert [loc["id"] for loc in page.json()["data"]] == [f"{owner[1]}-S000{n}" for n in (0, 2, 4)]
     assert int(page.headers["X-Total-Count"]) == 3
@@ -387,7 +388,7 @@ def test_a_full_syncs_removal_counts_every_location_it_removed_when_the_director
             await directory.reload()
             cache = LocationCache(storage.redis, prefix, directory)
             listed = [msgspec.Raw(json.dumps(loc).encode()) for loc in _locations(owner, 2500, "2026-11-01T00:00:00Z")]
-            stored = await cache.put_many(owner, platform, listed)
+            stored = (await cache.put_many(owner, platform, listed)).kept
             assert len(stored) == 2500
             chunks = registration_after_the_first_chunk(cache, storage.redis, prefix)
             removed = await cache.forget_unlisted(owner, platform, set(stored))

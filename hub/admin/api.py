@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import asyncpg
 import msgspec
+import redis.asyncio as redis
+import structlog
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
 
@@ -16,10 +18,14 @@ from hub.envelope import http_error_message, logged_unexpected
 from hub.errors import OcpiError
 from hub.ocpi.wire import NO_CONTROL_CHARACTERS, CountryCode, PartyId, Role
 from hub.settings import Settings
+from routing.request import PartyKey
 from storage import platforms
+from storage.location_cache import LocationCache
 from storage.log_search import is_row_id
 from storage.secrets import new_token, token_hash
 from storage.sql import QUERIES
+
+log = structlog.get_logger()
 
 
 class RoleIn(msgspec.Struct):
@@ -58,6 +64,12 @@ class Party(msgspec.Struct):
     endpoints_from_before: str | None = None
     endpoints_trying_now: bool = False
     endpoints_next_try: datetime | None = None
+    # A CPO's locations in the hub's cache (None: not a CPO, or Redis did not answer), whether the cache is over its
+    # cap (OCPI_HUB_MAX_LOCATIONS_PER_CPO: GET All of its locations is then not answered from the cache) and how many
+    # of its new locations the cache refused since (storage.location_cap).
+    locations_cached: int | None = None
+    location_cache_over_cap: bool = False
+    locations_refused: int = 0
 
 
 class AdminError(Exception):
@@ -131,8 +143,27 @@ async def list_parties(request: Request) -> Response[bytes]:
     takes_no_parameters(request)
     async with request.app.state.pool.acquire() as conn:
         rows = await conn.fetch(QUERIES["list_parties"], None)
+    caches = await location_caches(request.app.state.locations, rows)
     # the row holds more than the answer (platform_state, for the console's actions): convert skips it
-    return json_response({"items": [msgspec.convert(dict(row), Party) for row in rows]})
+    items = [msgspec.convert(dict(row) | caches.get(_cpo(row) or ("", ""), {}), Party) for row in rows]
+    return json_response({"items": items})
+
+
+async def location_caches(locations: LocationCache, rows: list[asyncpg.Record]) -> dict[PartyKey, dict[str, Any]]:
+    """Each CPO's location cache as the operator sees it: how many of its locations it holds, whether it is over its
+    cap, how many new ones it refused since. Nothing while Redis does not answer: the parties are PostgreSQL's."""
+    cpos = sorted({key for row in rows if (key := _cpo(row))})
+    try:
+        counts, over = await locations.cached_counts(cpos), await locations.over_cap()
+    except redis.RedisError as exc:
+        log.warning("location_cache_state_unknown", error=f"{type(exc).__name__}: {exc}")
+        return {}
+    return {cpo: {"locations_cached": n, "location_cache_over_cap": cpo in over, "locations_refused": over.get(cpo, 0)}
+            for cpo, n in zip(cpos, counts, strict=True)}  # fmt: skip
+
+
+def _cpo(row: asyncpg.Record) -> PartyKey | None:
+    return (row["country_code"].upper(), row["party_id"].upper()) if row["role"] == "CPO" else None
 
 
 def render_admin_error(request: Request, exc: Exception) -> Response[bytes]:

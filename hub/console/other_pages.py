@@ -16,7 +16,7 @@ from litestar.params import Body
 from litestar.response import Redirect, Template
 
 from hub.admin.actors import record_action
-from hub.admin.api import AdminError, InvitationIn, invite, invited
+from hub.admin.api import AdminError, InvitationIn, invite, invited, location_caches
 from hub.admin.checkpoint import recorded_checkpoint
 from hub.admin.routing_log import recorded_heads, recorded_verify
 from hub.admin.stats import BUCKETS, compute_stats
@@ -44,6 +44,8 @@ async def parties_page(request: Request) -> Template:
     counts: dict[str, int] = defaultdict(int)
     for row in rows:
         counts[row["status"]] += 1
+    caches = await location_caches(request.app.state.locations, rows)
+    rows = [dict(row) | caches.get((row["country_code"].upper(), row["party_id"].upper()), {}) for row in rows]
     return Template("parties.html", context={"page": "parties", "actor": actor(request), "rows": rows,
                                              "counts": dict(counts)})  # fmt: skip
 

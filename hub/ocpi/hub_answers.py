@@ -13,10 +13,12 @@ from urllib.parse import parse_qsl, urlencode
 import msgspec
 
 from hub.envelope import check_dates, ocpi_timestamp, paging_window, x_limit
-from hub.errors import InvalidParameters, NotFound, UnknownLocation
+from hub.errors import HubError, InvalidParameters, NotFound, UnknownLocation
 from hub.metrics import CACHE_REQUESTS
+from hub.ocpi import relayed_urls
+from routing.decide import delivery_to
 from routing.forward import Answer
-from routing.request import Incoming, party_text, routing_party
+from routing.request import Incoming, endpoint_url, party_text, routing_party
 from storage.location_cache import snapshot_viewer
 from storage.location_document import epoch, same_id
 
@@ -32,8 +34,15 @@ async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer
     """A locations GET addressed to the hub (routing.decide.served_by_hub)."""
     params = dict(parse_qsl(incoming.query))
     owner = _owner(params)
+    # of CPOs on the hub: one that left took its locations with it, whether or not its mark went too
+    on_hub = relay.directory.current.parties
+    if over := {cpo: n for cpo, n in (await relay.locations.over_cap()).items() if cpo in on_hub}:
+        if owner in over:
+            return await _from_its_cpo(relay, exchange, incoming, owner)
+        if owner is None and not incoming.segments:
+            raise _not_all_cached(relay, over)
     if incoming.segments:
-        return await _single(relay, exchange, incoming.segments, owner)
+        return await _single(relay, exchange, incoming.segments, owner, over)
     date_from, date_to = _epoch(params, "date_from"), _epoch(params, "date_to")
     check_dates(params, date_from, date_to)
     offset, limit = paging_window(params, MAX_LIMIT)
@@ -44,6 +53,38 @@ async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer
         return _listed(relay, exchange, [], total, x_limit(limit, MAX_LIMIT), None)
     snapshot_id, _ = await relay.locations.snapshot(owner, date_from, date_to, exchange.sender.key)
     return await page(relay, exchange, snapshot_id, offset, limit)
+
+
+async def _from_its_cpo(relay: Relay, exchange: Exchange, incoming: Incoming, owner: tuple[str, str]) -> Answer:
+    """A GET of the locations of a CPO whose cache is over its cap (storage.location_cap), forwarded to the CPO: the
+    cache misses some of them, and a GET All is "the new truth" (mod_locations.asciidoc) to its client, which would
+    drop what it did not list. The CPO's answer, its Links leading back through the hub, as a direct GET's."""
+    CACHE_REQUESTS.labels("over_cap").inc()
+    delivery = delivery_to(incoming, relay.directory.current, owner)  # 4001 or 4003 when it is not there to ask
+    exchange.entry.routing = "direct"
+    exchange.entry.error = (f"{party_text(owner)}'s cache is over its cap of {relay.locations.max_per_cpo:,} "
+                            "locations: forwarded to it, not answered from the cache")  # fmt: skip
+    hubs_filter = ("country_code", "party_id")
+    query = urlencode([(k, v) for k, v in parse_qsl(incoming.query, keep_blank_values=True) if k not in hubs_filter])
+    url = endpoint_url(delivery.url, incoming.suffix)
+    assert exchange.sender is not None
+    answer = await relay.call_party(exchange, delivery, exchange.sender, "GET", url, query, b"")
+    called = f"{url}?{query}" if query else url
+    await relayed_urls.rewrite(relay, exchange, answer, delivery, called, "locations", "sender")
+    return answer
+
+
+def _not_all_cached(relay: Relay, over: dict[tuple[str, str], int]) -> HubError:
+    """A GET All of every CPO while the cache misses some of one's locations: refused, not answered short, as its
+    client would take the list for "the new truth" (mod_locations.asciidoc) and drop what it did not list."""
+    CACHE_REQUESTS.labels("over_cap").inc()
+    named = ", ".join(party_text(owner) for owner in sorted(over))
+    return HubError(
+        f"the hub's cache does not hold every location of {named} (more than its cap of "
+        f"{relay.locations.max_per_cpo:,} per CPO), so it answers no GET All of every CPO's locations: ask for one "
+        "CPO's with ?country_code=&party_id= (for those over the cap, forwarded to the CPO), or address a CPO with "
+        "OCPI-to-country-code and OCPI-to-party-id"
+    )
 
 
 async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
@@ -106,7 +147,8 @@ def _listed(relay: Relay, exchange: Exchange, docs: list[bytes], total: int, mos
     return Answer(200, headers, body)
 
 
-async def _single(relay: Relay, exchange: Exchange, segments: list[str], chosen: tuple[str, str] | None) -> Answer:
+async def _single(relay: Relay, exchange: Exchange, segments: list[str], chosen: tuple[str, str] | None,
+                  over: dict[tuple[str, str], int]) -> Answer:  # fmt: skip
     """GET /{location_id}[/{evse_uid}[/{connector_id}]] from the cache, of the owner chosen by ?country_code=&party_id=
     if any; several owners of one id and none chosen: refused naming them, those the hub saw push it whose copy it does
     not hold (too large to keep, an update of it dropped) too, rather than answered with the one copy it holds."""
@@ -135,12 +177,20 @@ async def _single(relay: Relay, exchange: Exchange, segments: list[str], chosen:
         target = next((c for c in target.get("connectors") or [] if same_id(c.get("id"), segments[2])), None)
     if target is None:
         CACHE_REQUESTS.labels("miss").inc()
-        error = UnknownLocation(f"the hub knows no {'/'.join(segments)} among the locations it has seen")
+        error = UnknownLocation(f"the hub knows no {'/'.join(segments)} among the locations it has seen"
+                                + _not_all_seen(over))  # fmt: skip
         error.http_status = 404  # status_codes.asciidoc: a GET of a resource that does not exist
         raise error
     CACHE_REQUESTS.labels("hit").inc()
     body = msgspec.json.encode({"data": target, "status_code": 1000, "timestamp": ocpi_timestamp()})
     return Answer(200, _from_hub(relay, exchange), body)
+
+
+def _not_all_seen(over: dict[tuple[str, str], int]) -> str:
+    if not over:
+        return ""
+    named = ", ".join(party_text(owner) for owner in sorted(over))
+    return f" (it holds not every location of {named}, over the cap of its cache: ask its CPO with OCPI-to-*)"
 
 
 def _from_hub(relay: Relay, exchange: Exchange) -> dict[str, str]:

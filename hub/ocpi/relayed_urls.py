@@ -55,7 +55,7 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     entry.object_id, entry.related_ids = relayed.object_id, list(relayed.related_ids) or None
     target = relay.directory.current.platforms.get(relayed.target_platform_id)
     to = next((r for r in target.roles if r.key == relayed.target_party), None) if target else None
-    _check_addressed(exchange, kind, relayed, to)
+    _check_addressed(exchange, kind, relayed, to, (relay.settings.country_code, relay.settings.party_id))
     _check_sender(exchange, caller)
     entry.routing = "direct"
     if target is None or to is None or target.state != "REGISTERED":
@@ -87,12 +87,15 @@ def _check_sender(exchange: Exchange, caller: Platform) -> None:
         )
 
 
-def _check_addressed(exchange: Exchange, kind: str, relayed: Relayed, to: PartyRole | None) -> None:
+def _check_addressed(
+    exchange: Exchange, kind: str, relayed: Relayed, to: PartyRole | None, hub: tuple[str, str]
+) -> None:
     """A hub URL leads to one party, the one it was handed out for: OCPI-to headers naming another say something
     false (a result for a party that did not send the command), refused rather than delivered where the URL leads.
-    None at all is fine (open routing: the hub knows the receiver)."""
+    None at all is fine (open routing: the hub knows the receiver), and for a page the hub itself: a GET All addressed
+    to the hub that it forwarded to a CPO (its cache over its cap, hub.ocpi.hub_answers) is followed as it began."""
     addressed = routing_party(exchange.headers, "to")
-    if addressed is None or addressed == relayed.target_party:
+    if addressed is None or addressed == relayed.target_party or (kind == "pages" and addressed == hub):
         return
     party = f"{to.country_code}-{to.party_id}" if to else party_text(relayed.target_party)
     what = {"results": f"the result posted to this response_url is for {party}, which sent the request it answers",

@@ -1,0 +1,148 @@
+"""One CPO cannot fill the location cache every party shares: its cache holds OCPI_HUB_MAX_LOCATIONS_PER_CPO at most,
+its pushes past it are relayed all the same, and GET All is never answered short from a cache over its cap."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import OUTPUT, ROOT, Hub, Services, hub_env, register_at_hub, scratch_database, start_hub
+from tests.test_credentials_rotation import console_page
+from tests.test_departed_party import _take_off
+from tests.test_location_cache import _get, _location, _push
+from tests.test_pull_sync import _wait
+from tests.test_routing import _roles, party_key
+
+CAP = 3
+STATE = ("locations_cached", "location_cache_over_cap", "locations_refused")
+
+
+@pytest.fixture(scope="module")
+def capped_hub(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """A hub of its own (database and Redis keys), whose cache holds CAP locations of a CPO: a CPO over it makes
+    every GET All of all CPOs an error, which the session's hub must not see."""
+    with scratch_database(services, "location_cap") as database_url:
+        env = hub_env(services, tmp_path_factory.mktemp("capped-hub"), OCPI_HUB_DATABASE_URL=database_url,
+                      OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}capped-{secrets.token_hex(4)}:",
+                      OCPI_HUB_MAX_LOCATIONS_PER_CPO=str(CAP))  # fmt: skip
+        hub = start_hub(env, OUTPUT / "hub-location-cap.log")
+        try:
+            yield hub
+        finally:
+            hub.stop()
+
+
+def _cache_state(hub: Hub, owner: tuple[str, str]) -> dict:
+    """The CPO's location cache as the operator's admin API shows it."""
+    with hub.admin() as admin:
+        items = admin.get("/admin/api/parties").json()["items"]
+    [party] = [p for p in items if (p["country_code"], p["party_id"]) == owner]
+    return {key: party[key] for key in STATE}
+
+
+def _sync_line(hub: Hub, owner: tuple[str, str], event: str) -> dict | None:
+    lines = [json.loads(line) for line in hub.log().splitlines() if f'"{event}"' in line]
+    return next((line for line in lines if line.get("party") == f"{owner[0]}-{owner[1]}"), None)
+
+
+def _walk(party, hub: Hub, url: str) -> tuple[list[str], set[str]]:  # type: ignore[no-untyped-def]
+    """Every page of a GET All via the hub, its Links followed with OCPI-to the hub: the ids, and who answered."""
+    ids, answered_by = [], set()
+    while url:
+        page = _get(party, hub, url)
+        assert page.json()["status_code"] == 1000, page.text
+        ids += [location["id"] for location in page.json()["data"]]
+        answered_by.add(page.headers["OCPI-from-party-id"])
+        link = page.headers.get("Link")
+        url = link.split(">")[0].lstrip("<") if link else ""
+    return ids, answered_by
+
+
+def test_pushes_past_a_cpos_cap_are_relayed_and_its_get_all_goes_to_it_until_a_full_sync_caches_its_whole_list(
+    capped_hub: Hub, start_party
+) -> None:
+    hub = capped_hub
+    cpo = register_at_hub(hub, start_party, _roles("CPO"), page_size=2)
+    emsp = register_at_hub(hub, start_party, _roles("EMSP"))
+    owner = party_key(cpo)
+    _wait(lambda: _sync_line(hub, owner, "location_sync_done"))  # its first sync (of none) is over
+    docs = [_location(owner, f"L{n}", f"2026-12-01T10:0{n}:00Z") for n in range(5)]
+    cpo.objects["locations"] = docs
+    for doc in docs:
+        _push(cpo, emsp, hub, "PUT", doc["id"], doc)  # each answered 1000 by the eMSP
+    ids = [doc["id"] for doc in docs]
+    assert [json.loads(r.body)["id"] for r in emsp.functional() if r.method == "PUT"] == ids  # every one relayed
+    _wait(lambda: _cache_state(hub, owner)["locations_refused"] == 2)
+    assert _cache_state(hub, owner) == {"locations_cached": CAP, "location_cache_over_cap": True,
+                                        "locations_refused": 2}  # fmt: skip
+    assert hub.log().count('"location_cache_over_cap"') == 1  # said once, as it went over
+    parties = console_page(hub, "/console/parties")
+    assert parties.count(">locations over cap</span>") == 1 and f"holds {CAP} of this CPO's locations" in parties
+    metrics = httpx.get(f"{hub.base}/metrics").text
+    assert f'ocpi_hub_location_cache_over_cap_total{{party="{owner[0]}-{owner[1]}"}} 2.0' in metrics
+    # GET All of its locations goes to the CPO, whose Links lead on through the hub, OCPI-to the hub and all
+    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}"
+    assert _walk(emsp, hub, query) == (ids, {owner[1]})
+    forwarded = [r for r in cpo.functional() if r.method == "GET"]
+    assert len(forwarded) == 3 and "country_code" not in forwarded[0].query
+    # of every CPO's: refused, naming it, rather than answered without some of its locations
+    every = _get(emsp, hub, "sender/locations").json()
+    assert every["status_code"] == 4000 and f"every location of {owner[0]}-{owner[1]} " in every["status_message"]
+    # The CPO fixed its bug: it lists its first and last two. The operator's full sync drops the two it no longer
+    # lists, which makes room for those refused, and caches its whole list: GET All is the cache's again.
+    cpo.objects["locations"] = [docs[0], docs[3], docs[4]]
+    command = [sys.executable, "-m", "hub.cli", "sync", "locations", "--party", "-".join(owner), "--full"]
+    synced = subprocess.run(command, env=hub.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert synced.returncode == 0, synced.stderr
+    [summary] = json.loads(synced.stdout)
+    assert (summary["locations"], summary["removed"], summary["refused"], summary["error"]) == (3, 2, 0, None)
+    assert _cache_state(hub, owner) == {"locations_cached": 3, "location_cache_over_cap": False, "locations_refused": 0}
+    assert _walk(emsp, hub, query) == (["L0", "L3", "L4"], {"HUB"})
+    assert ">locations over cap</span>" not in console_page(hub, "/console/parties")
+    assert _get(emsp, hub, "sender/locations").json()["status_code"] == 1000
+
+
+def test_a_pull_sync_stops_at_the_cap_drops_nothing_and_the_mark_goes_with_its_cpo(
+    capped_hub: Hub, start_party
+) -> None:
+    hub = capped_hub
+    emsp = register_at_hub(hub, start_party, _roles("EMSP"))
+    roles = _roles("CPO")
+    cpo = start_party(roles, page_size=2)
+    owner = party_key(cpo)
+    cpo.objects["locations"] = [_location(owner, f"S{n}", "2026-12-01T10:00:00Z") for n in range(8)]
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    stopped = _wait(lambda: _sync_line(hub, owner, "location_sync_over_cap"))
+    assert (stopped["pages"], stopped["listed"], stopped["refused"], stopped["cap"]) == (2, 4, 1, CAP)
+    assert len(cpo.syncs()) == 2  # no page past the cap asked for
+    assert _cache_state(hub, owner) == {"locations_cached": CAP, "location_cache_over_cap": True,
+                                        "locations_refused": 1}  # fmt: skip
+    assert _get(emsp, hub, "sender/locations").json()["status_code"] == 4000
+    _take_off(hub, owner)  # its locations leave the cache, and its mark with them
+    assert _get(emsp, hub, "sender/locations").json()["status_code"] == 1000
+
+
+def test_a_pull_sync_stops_on_an_endless_chain_of_links(capped_hub: Hub, start_party) -> None:
+    hub = capped_hub
+    roles = _roles("CPO")
+    cpo = start_party(roles)
+    owner = party_key(cpo)
+    page = json.dumps({"data": [_location(owner, f"E{n}", "2026-12-01T10:00:00Z") for n in range(2)],
+                       "status_code": 1000}).encode()  # fmt: skip
+    # every page the same two locations, and a Link to the next
+    link = f'<{cpo.base}/ocpi/2.2.1/locations/sender?offset=2>; rel="next"'
+    cpo.canned[("GET", "/ocpi/2.2.1/locations/sender")] = (200, page, {"Link": link})
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    stopped = _wait(lambda: _sync_line(hub, owner, "location_sync_over_cap"))
+    assert (stopped["pages"], stopped["listed"]) == (4, 2), stopped
+    assert "Link chain went on past 6 locations" in stopped["reason"]
+    assert len(cpo.syncs()) == 4
+    assert _cache_state(hub, owner) == {"locations_cached": 2, "location_cache_over_cap": False,
+                                        "locations_refused": 0}  # fmt: skip
+    _take_off(hub, owner)

@@ -32,6 +32,9 @@ class Relayed(msgspec.Struct, frozen=True):
     object_id: str | None = None  # the routing-log object id of the request that handed the URL out
     # its listed ids, and its X-Request-IDs (storage.log_object_ids.REQUEST): the result row's listed ids
     related_ids: tuple[str, ...] = ()
+    # a page of a GET All the caller addressed to the hub, which forwarded it (a CPO's cache over its cap,
+    # hub.ocpi.hub_answers): followed with OCPI-to the hub as it began
+    asked_of_hub: bool = False
 
 
 _encoder = msgspec.json.Encoder()

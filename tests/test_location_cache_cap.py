@@ -91,6 +91,9 @@ def test_pushes_past_a_cpos_cap_are_relayed_and_its_get_all_goes_to_it_until_a_f
     assert _walk(emsp, hub, query) == (ids, {owner[1]})
     forwarded = [r for r in cpo.functional() if r.method == "GET"]
     assert len(forwarded) == 3 and "country_code" not in forwarded[0].query
+    # a page of a GET All addressed to the CPO itself is the CPO's: followed with OCPI-to the hub, refused as before
+    direct = _get(emsp, hub, "sender/locations", to=owner).headers["Link"].split(">")[0].lstrip("<")
+    assert _get(emsp, hub, direct).json()["status_code"] == 2001
     # of every CPO's: refused, naming it, rather than answered without some of its locations
     every = _get(emsp, hub, "sender/locations").json()
     assert every["status_code"] == 4000 and f"every location of {owner[0]}-{owner[1]} " in every["status_message"]

@@ -55,7 +55,7 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     entry.object_id, entry.related_ids = relayed.object_id, list(relayed.related_ids) or None
     target = relay.directory.current.platforms.get(relayed.target_platform_id)
     to = next((r for r in target.roles if r.key == relayed.target_party), None) if target else None
-    _check_addressed(exchange, kind, relayed, to, (relay.settings.country_code, relay.settings.party_id))
+    _check_addressed(exchange, kind, relayed, to, _hub(relay))
     _check_sender(exchange, caller)
     entry.routing = "direct"
     if target is None or to is None or target.state != "REGISTERED":
@@ -92,10 +92,10 @@ def _check_addressed(
 ) -> None:
     """A hub URL leads to one party, the one it was handed out for: OCPI-to headers naming another say something
     false (a result for a party that did not send the command), refused rather than delivered where the URL leads.
-    None at all is fine (open routing: the hub knows the receiver), and for a page the hub itself: a GET All addressed
-    to the hub that it forwarded to a CPO (its cache over its cap, hub.ocpi.hub_answers) is followed as it began."""
+    None at all is fine (open routing: the hub knows the receiver), and the hub itself for a page of a GET All the
+    caller addressed to the hub, which forwarded it to a CPO (its cache over its cap, hub.ocpi.hub_answers)."""
     addressed = routing_party(exchange.headers, "to")
-    if addressed is None or addressed == relayed.target_party or (kind == "pages" and addressed == hub):
+    if addressed is None or addressed == relayed.target_party or (relayed.asked_of_hub and addressed == hub):
         return
     party = f"{to.country_code}-{to.party_id}" if to else party_text(relayed.target_party)
     what = {"results": f"the result posted to this response_url is for {party}, which sent the request it answers",
@@ -126,11 +126,12 @@ async def rewrite(
     elif link:
         _note_refused(relay, exchange, delivery, "link", list(urls.values()))
         keys: dict[str, str] = {}
+        asked_of_hub = routing_party(exchange.headers, "to") == _hub(relay)
         for absolute in dict.fromkeys(urls.values()):
             keys[absolute] = await relay.routing.remember("pages", Relayed(
                 url=absolute, module=module, interface=interface, caller_platform_id=caller.id,
                 target_platform_id=delivery.platform.id, caller_party=sender.key, target_party=delivery.to.key,
-                correlation_id=entry.correlation_id), PAGE_TTL_S)  # fmt: skip
+                correlation_id=entry.correlation_id, asked_of_hub=asked_of_hub), PAGE_TTL_S)  # fmt: skip
         answer.headers["link"] = rewrite_link_header(
             link, lambda url: f"{relay.settings.public_url}{PAGES}{keys[urls[url]]}"
         )
@@ -147,6 +148,10 @@ async def rewrite(
         key = uuid.uuid4().hex
         entry.relayed_location = (key, location)
         answer.headers["location"] = f"{relay.settings.public_url}{CDR_LOCATIONS}{key}"
+
+
+def _hub(relay: Relay) -> tuple[str, str]:
+    return relay.settings.country_code, relay.settings.party_id
 
 
 def _too_much(urls: list[str]) -> str | None:

@@ -16,6 +16,7 @@ from hub.envelope import check_dates, ocpi_timestamp, paging_window, x_limit
 from hub.errors import HubError, InvalidParameters, NotFound, UnknownLocation
 from hub.metrics import CACHE_REQUESTS
 from hub.ocpi import relayed_urls
+from hub.ocpi.forward_to_receiver import call_party
 from routing.decide import delivery_to
 from routing.forward import Answer
 from routing.request import Incoming, endpoint_url, party_text, routing_party
@@ -68,7 +69,7 @@ async def _from_its_cpo(relay: Relay, exchange: Exchange, incoming: Incoming, ow
     query = urlencode([(k, v) for k, v in parse_qsl(incoming.query, keep_blank_values=True) if k not in hubs_filter])
     url = endpoint_url(delivery.url, incoming.suffix)
     assert exchange.sender is not None
-    answer = await relay.call_party(exchange, delivery, exchange.sender, "GET", url, query, b"")
+    answer = await call_party(relay, exchange, delivery, exchange.sender, "GET", url, query, b"")
     called = f"{url}?{query}" if query else url
     await relayed_urls.rewrite(relay, exchange, answer, delivery, called, "locations", "sender")
     return answer

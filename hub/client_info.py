@@ -172,7 +172,7 @@ async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) 
     try:
         # the hub's own messages have a share of their own in the connections to the party (routing.fair_share)
         answer = await forward(state.forward_session, "PUT", url, headers, body, settings.forward_timeout_s,
-                               settings.max_body_bytes, state.forward_shares, HUB_ITSELF)  # fmt: skip
+                               settings.max_body_bytes, state.forward_shares, HUB_ITSELF, row=entry)  # fmt: skip
         entry.http_status, entry.response_body = answer.status, answer.body
         entry.ocpi_status_code = ocpi_status_of(answer.body)
     except OcpiError as exc:

@@ -30,6 +30,7 @@ from routing.party_addresses import (
     Unreached,
 )
 from routing.rewrite import same_host
+from storage.log_row import LogEntry
 
 log = structlog.get_logger()
 
@@ -214,7 +215,7 @@ async def _call(
         return _accepted(client, await _fetch(client, method, url, headers, body), method, url)
     entry, started, error = trace.start(method, url, module, headers, body), time.perf_counter(), None
     try:
-        response = await _fetch(client, method, url, headers, body)
+        response = await _fetch(client, method, url, headers, body, entry)
         trace.answered(entry, response.status_code, response.content)
         return _accepted(client, response, method, url)
     except UnableToUseClientApi as exc:
@@ -224,9 +225,11 @@ async def _call(
         await trace.finish(entry, started, error)
 
 
-async def _fetch(client: PartyClient, method: str, url: str, headers: dict[str, str], body: bytes | None) -> Fetched:
+async def _fetch(
+    client: PartyClient, method: str, url: str, headers: dict[str, str], body: bytes | None, row: LogEntry | None = None
+) -> Fetched:
     try:
-        return await client.fetch(method, url, headers, body)
+        return await client.fetch(method, url, headers, body, row=row)
     except httpx.TimeoutException:
         raise UnableToUseClientApi(f"{method} {url} timed out") from None
     except httpx.ConnectError as exc:

@@ -3,6 +3,7 @@ whole within a time limit and up to a size (hub.party_api calls parties with it)
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from routing.party_addresses import GuardedBackend, for_hub
 
 if TYPE_CHECKING:
     from hub.settings import Settings
+    from storage.log_row import LogEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +50,14 @@ class PartyClient(httpx.AsyncClient):
         self.hub_instance = settings.hub_instance  # an answer marked with it is the hub's own, under any host name
 
     async def fetch(
-        self, method: str, url: str, headers: dict[str, str], content: bytes | None = None, *, redirects: bool = True
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        content: bytes | None = None,
+        *,
+        redirects: bool = True,
+        row: LogEntry | None = None,
     ) -> Fetched:
         """The answer, a GET's redirects followed (unless redirects is False: a URL a party gave, whose redirect
         would lead where routing.rewrite.why_not_callable did not look); AnswerTooLarge (4000) once it is larger
@@ -57,7 +66,10 @@ class PartyClient(httpx.AsyncClient):
         sync waiting for it, for ever. An anyio deadline, not asyncio.timeout: httpcore shields parts of its
         work from cancellation with anyio, and with asyncio.timeout 250 concurrent calls with a 0.3 s deadline
         ran for up to 2.7 s (CI saw a still-alive round stall); an anyio scope delivers its cancellation again
-        until the scope ends."""
+        until the scope ends. With row (the call's routing-log row), the time from sending the request until its
+        answer was read whole, or the call failed, is its receiver_ms (httpx's wait for a connection of its pool
+        included: httpx does not tell it apart)."""
+        started = time.perf_counter()
         # Only a GET's: httpx, like browsers, turns a POST or PUT redirected with 301/302 into a body-less GET, so
         # a credentials exchange would "succeed" with the wrong call; such an answer is an error of its own instead.
         try:
@@ -70,4 +82,7 @@ class PartyClient(httpx.AsyncClient):
         except TimeoutError:
             late = f"{method} {url} did not answer in full within {self.answer_timeout_s:g} s"
             raise httpx.ReadTimeout(late) from None
+        finally:
+            if row is not None:
+                row.receiver_ms = round((time.perf_counter() - started) * 1000, 3)
         return Fetched(answer.status_code, answer.headers, body)

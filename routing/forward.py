@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import aiohttp
 import msgspec
@@ -32,6 +32,9 @@ from hub.metrics import observe_connection_wait, observe_forward
 from routing.fair_share import HUB_ITSELF, CallerShares, Key
 from routing.forward_failures import not_connected_in_time, not_reached, timed_out
 from routing.party_addresses import PartyAddresses
+
+if TYPE_CHECKING:
+    from storage.log_row import LogEntry
 
 # Headers of the receiver's answer the hub passes on (Link and Location are rewritten by the relay).
 RELAYED_RESPONSE_HEADERS = ("content-type", "x-total-count", "x-limit", "link", "location")
@@ -111,12 +114,14 @@ async def forward(
     shares: CallerShares | None = None,
     caller: int = HUB_ITSELF,
     receiver: str | None = None,
+    row: LogEntry | None = None,
 ) -> Answer:
     """The receiver's answer, at most max_bytes of it (decompressed): a larger one is AnswerTooLarge (4000), one
     with a status outside 200-599 AnswerNotRelayable (4000). With shares (every forward but a test's), the request goes
     out on a connection to the receiver's host that its caller may take (routing.fair_share), waiting for one if there
     is none (_wait_for_share). With receiver, the time of the exchange with the receiver (not of that wait) is
-    observed as ocpi_hub_forward_duration_seconds{receiver}."""
+    observed as ocpi_hub_forward_duration_seconds{receiver}; with row, the routing-log row of the request, that time
+    is its receiver_ms, and the wait its connection_wait_ms (0 for none; the wait in vain of one not forwarded)."""
     sent = f"{method} {url}"  # for the routing log (OcpiError.detail), not for the caller: a receiver's own URL
     if shares is None:
         return await _exchange(session, method, url, headers, body, session.timeout, sent, max_bytes)
@@ -124,17 +129,24 @@ async def forward(
     key = (caller, (target.raw_host, target.port))  # aiohttp's own limit counts per host and port (ConnectionKey)
     timeout = session.timeout
     if not shares.take(key):
-        timeout = await _wait_for_share(shares, key, timeout_s, sent)
+        timeout = await _wait_for_share(shares, key, timeout_s, sent, row)
+    elif row is not None:
+        row.connection_wait_ms = 0.0
     started = time.perf_counter()
     try:
         return await _exchange(session, method, url, headers, body, timeout, sent, max_bytes)
     finally:
         shares.give_back(key)
+        took = time.perf_counter() - started
         if receiver is not None:
-            observe_forward(receiver, time.perf_counter() - started)
+            observe_forward(receiver, took)
+        if row is not None:
+            row.receiver_ms = round(took * 1000, 3)
 
 
-async def _wait_for_share(shares: CallerShares, key: Key, timeout_s: float, sent: str) -> aiohttp.ClientTimeout:
+async def _wait_for_share(
+    shares: CallerShares, key: Key, timeout_s: float, sent: str, row: LogEntry | None
+) -> aiohttp.ClientTimeout:
     """Wait, at most half of timeout_s, for a connection the caller may take; the deadline left for the forward itself
     (half of timeout_s at least), or ShareInUse: the request was not forwarded. All within timeout_s, as any forward.
     Had a request waited the whole deadline, it would take the connection of one timing out ahead of it with next to
@@ -146,10 +158,15 @@ async def _wait_for_share(shares: CallerShares, key: Key, timeout_s: float, sent
     try:
         await shares.wait(key, at_most)
     except TimeoutError:
-        observe_connection_wait(waited_for, False, time.monotonic() - started)
+        waited = time.monotonic() - started
+        observe_connection_wait(waited_for, False, waited)
+        if row is not None:
+            row.connection_wait_ms = round(waited * 1000, 3)
         raise _not_forwarded(shares, key, at_most, sent) from None
     waited = time.monotonic() - started
     observe_connection_wait(waited_for, True, waited)
+    if row is not None:
+        row.connection_wait_ms = round(waited * 1000, 3)
     return client_timeout(timeout_s - waited)
 
 

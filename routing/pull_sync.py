@@ -247,7 +247,7 @@ class PullSync:
         locations, next_url, total = None, None, None
         try:
             # a page's redirect is not followed: the next page's URL is checked (below), where it would lead is not
-            response = await self._http.fetch("GET", url, headers, redirects=False)
+            response = await self._http.fetch("GET", url, headers, redirects=False, row=entry)
             entry.http_status, entry.response_body = response.status_code, response.content
             page = msgspec.json.decode(response.content, type=_Page)
             entry.ocpi_status_code = page.status_code

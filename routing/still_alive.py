@@ -138,7 +138,7 @@ class StillAlive:
         versions_url = platform.versions_url or ""
         entry, headers = hub_request(self._hub, platform, to, "GET", versions_url, "versions")
         try:
-            response = await self._http.fetch("GET", versions_url, headers)
+            response = await self._http.fetch("GET", versions_url, headers, row=entry)
             Trace.answered(entry, response.status_code, response.content)  # as the row of any other call's answer
             alive = response.status_code < 500
         except httpx.HTTPError as exc:

@@ -34,8 +34,8 @@ class LogChain:
         self.head = head
 
     def link(self, entry: LogEntry) -> tuple[Any, ...]:
-        """The row of an exchange, chained: a routing_log_row record (its content, prev_hash, hash, object_id,
-        listed_ids, id)."""
+        """The row of an exchange, chained: a routing_log_timed_row record (its content, prev_hash, hash, object_id,
+        listed_ids, id, receiver_ms, connection_wait_ms: migration 0021)."""
         last_seq, prev_hash = self.head
         seq = last_seq + 1  # the chain moves on only once the row is complete
         values = row_content(entry, self.text, seq, self._body_cap)
@@ -50,7 +50,8 @@ class LogChain:
             entry.row_id = self._ids.next()
         hashed = row_hash(self.key, prev_hash, values, entry.row_id)
         self.head = entry.chained_at = seq, hashed
-        return (*in_column_order(values), prev_hash, hashed, object_id, listed_ids, entry.row_id)
+        return (*in_column_order(values), prev_hash, hashed, object_id, listed_ids, entry.row_id, entry.receiver_ms,
+                entry.connection_wait_ms)  # fmt: skip
 
 
 def location_records(batch: list[LogEntry]) -> list[tuple[Any, ...]]:

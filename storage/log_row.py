@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import math
 import operator
 import re
 import uuid
@@ -47,6 +48,10 @@ CONTENT_COLUMNS = (
 COLUMNS = (*CONTENT_COLUMNS, "prev_hash", "hash")
 # A keyed hash covers the object id and the listed ids too (written after the hash columns): auditors find rows by them.
 KEYED_CONTENT_COLUMNS = (*CONTENT_COLUMNS, "object_id", "listed_ids")
+# Of duration_ms, the receiver's part and the wait for a connection to it (migration 0021), written after the id. A
+# keyed hash covers them where a row has either, after its content (_keyed_content); a row without them (written
+# before 0021, by a hub of the previous version, or one that sent nothing to a party) is hashed as before.
+TIMING_COLUMNS = ("receiver_ms", "connection_wait_ms")
 in_column_order = operator.itemgetter(*CONTENT_COLUMNS)  # a row's content, as a tuple in CONTENT_COLUMNS' order
 _in_keyed_order = operator.itemgetter(*KEYED_CONTENT_COLUMNS)
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # PostgreSQL text holds no NUL; UTF-8 has no lone surrogate
@@ -65,6 +70,10 @@ class LogEntry:
     routing: str
     http_status: int = 0
     duration_ms: float = 0.0
+    # of duration_ms, from sending the request to a party until its whole answer was read (or the send failed):
+    # routing.forward, hub.party_client; None where nothing was sent to a party
+    receiver_ms: float | None = None
+    connection_wait_ms: float | None = None  # how long it waited for a connection it could take (routing.fair_share)
     forwarded_request_id: str | None = None
     query: str = ""
     interface: str | None = None
@@ -112,9 +121,10 @@ _HEADERS = tuple(CONTENT_COLUMNS.index(name) for name in ("request_headers", "re
 
 
 def row_hash(key: bytes, prev_hash: bytes, values: Mapping[str, Any], row_id: int | None) -> bytes:
-    """HMAC-SHA-256 under key over the previous hash and the row's content (KEYED_CONTENT_COLUMNS) in the canonical
-    form of legacy_hash, followed by the row's id where it was chosen before hashing (row_id; migration 0014)."""
-    content = _canonical_content(_in_keyed_order(values))
+    """HMAC-SHA-256 under key over the previous hash and the row's content (KEYED_CONTENT_COLUMNS and, where it has
+    them, TIMING_COLUMNS) in the canonical form of legacy_hash, followed by the row's id where it was chosen before
+    hashing (row_id; migration 0014)."""
+    content = _keyed_content(values)
     return _keyed(key, prev_hash, content if row_id is None else [*content, row_id])
 
 
@@ -122,13 +132,34 @@ def keyed_hash_covers_id(key: bytes, row: Mapping[str, Any]) -> bool | None:
     """How a row as stored (its id, prev_hash and hash among its columns) matches its keyed hash: over its id (True),
     over its content alone (False: written before migration 0014, or while no id could be reserved), or not at all
     (None). Either form is keyed, so neither can be made to match a changed row, id included, without the key."""
-    content = _canonical_content(_in_keyed_order(row))
+    content = _keyed_content(row)
     prev_hash, stored = row["prev_hash"], row["hash"]
     if hmac.compare_digest(_keyed(key, prev_hash, [*content, row["id"]]), stored):
         return True
     if hmac.compare_digest(_keyed(key, prev_hash, content), stored):
         return False
     return None
+
+
+def _keyed_content(values: Mapping[str, Any]) -> list[Any]:
+    """The content a keyed hash covers: KEYED_CONTENT_COLUMNS canonical, then [receiver_ms, connection_wait_ms] as one
+    more item where either is set (migration 0021). Whether they are is the row's own: a row given them, or one that
+    had them and lost them, no longer matches; one without them keeps the hash it was written with. The item, a list,
+    is never taken for an id, which follows it (row_hash)."""
+    content = _canonical_content(_in_keyed_order(values))
+    receiver, wait = values.get("receiver_ms"), values.get("connection_wait_ms")
+    if receiver is not None or wait is not None:
+        content.append([_time(receiver), _time(wait)])
+    return content
+
+
+def _time(value: float | None) -> float | str | None:
+    """A time as hashed: a float, as float8 gives it back (an int 0 written is read as 0.0); NaN or an infinity, which
+    JSON would write as null, as text, so that none can stand in for a null."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
 
 
 def _keyed(key: bytes, prev_hash: bytes, content: list[Any]) -> bytes:
@@ -204,8 +235,8 @@ def _mark_mac(key: bytes, kind: bytes, chain_id: uuid.UUID, seq: int, *parts: by
 
 
 def row_content(entry: LogEntry, chain_text: str, seq: int, body_cap: int) -> dict[str, Any]:
-    """The row of an exchange by column (CONTENT_COLUMNS), as written and hashed: text PostgreSQL can hold, party
-    ids in capitals, headers as JSON text, bodies cut at body_cap and compressed."""
+    """The row of an exchange by column (CONTENT_COLUMNS and TIMING_COLUMNS), as written and hashed: text PostgreSQL
+    can hold, party ids in capitals, headers as JSON text, bodies cut at body_cap and compressed."""
     text, party = _text_or_none, _party_or_none
     return {
         "received_at": entry.received_at,
@@ -236,6 +267,8 @@ def row_content(entry: LogEntry, chain_text: str, seq: int, body_cap: int) -> di
         "request_body_size": len(entry.request_body) if entry.request_body_size is None else entry.request_body_size,
         "response_body": stored_body(entry.response_body, body_cap),
         "response_body_size": len(entry.response_body),
+        "receiver_ms": entry.receiver_ms,  # not in CONTENT_COLUMNS: TIMING_COLUMNS (the chain's record ends with them)
+        "connection_wait_ms": entry.connection_wait_ms,
     }
 
 

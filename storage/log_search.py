@@ -27,12 +27,13 @@ _WORD = re.compile(r"[a-z0-9_]{1,40}")
 
 # The columns of a search result, an export row and a correlation item (bodies only in a single message). The
 # platform ids tell apart two platforms that held one party id one after the other (GET /admin/api/parties names them).
+# Beside duration_ms, the receiver's part of it and the wait for a connection to the receiver (migration 0021).
 LIST_COLUMNS = (
     "id", "received_at", "request_id", "forwarded_request_id", "correlation_id", "from_country_code",
     "from_party_id", "to_country_code", "to_party_id", "caller_platform_id", "receiver_platform_id", "module",
     "interface", "method", "path", "query", "routing",
-    "http_status", "ocpi_status_code", "duration_ms", "error", "object_id", "request_body_size",
-    "response_body_size", "chain_id", "seq", "prev_hash", "hash",
+    "http_status", "ocpi_status_code", "duration_ms", "receiver_ms", "connection_wait_ms", "error", "object_id",
+    "request_body_size", "response_body_size", "chain_id", "seq", "prev_hash", "hash",
 )  # fmt: skip
 # An export's rows also name the ids a list answer held (up to 1,000 a row: not on a page of 500 search items; the
 # message view shows them too).

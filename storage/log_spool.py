@@ -29,9 +29,10 @@ _encoder, _decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
 _Records = list[tuple[Any, ...]]
 Append = Callable[[uuid.UUID, _Records, _Records, _Records, int], Awaitable[tuple[bool, list[int]]]]
 _SEQ, _HASH = CONTENT_COLUMNS.index("seq"), len(COLUMNS) - 1  # in a record: its seq, its hash
-# A record's length: COLUMNS, then object_id, listed_ids and id. One spooled by an earlier version ends sooner: without
-# id (before migration 0014), or without listed_ids too (before keyed hashes); the missing values are None.
-_RECORD_LENGTH = len(COLUMNS) + 3
+# A record's length: COLUMNS, then object_id, listed_ids, id, receiver_ms and connection_wait_ms. One spooled by an
+# earlier version ends sooner: without the times (before migration 0021), without id too (before 0014), or without
+# listed_ids too (before keyed hashes); the missing values are None.
+_RECORD_LENGTH = len(COLUMNS) + 5
 # An amendment's: routing_log_amendment_numbered (migration 0016). One spooled by the version before ends without its
 # number and number_mac (routing_log_amendment_entry, 0015): None, an unnumbered amendment as that version wrote them.
 _AMENDMENT_LENGTH = 10

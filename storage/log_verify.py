@@ -26,7 +26,7 @@ from storage.log_amendment import check_amendment, check_amendments_without_rows
 from storage.log_amendment_numbers import AmendmentNumbers
 from storage.log_id_order import OutOfOrder, out_of_order, settle
 from storage.log_marks import Floors, verified_marks
-from storage.log_row import COLUMNS, GENESIS, keyed_hash_covers_id, legacy_hash
+from storage.log_row import COLUMNS, GENESIS, TIMING_COLUMNS, keyed_hash_covers_id, legacy_hash
 from storage.sql import QUERIES
 
 
@@ -84,7 +84,7 @@ def outcome(result: Verification) -> dict[str, Any]:
     return {"ok": result.ok, "rows": result.rows, "first_bad_id": result.first_bad_id}
 
 
-_ROW_COLUMNS = ", ".join(f"r.{name}" for name in ("id", *COLUMNS, "object_id", "listed_ids"))
+_ROW_COLUMNS = ", ".join(f"r.{name}" for name in ("id", *COLUMNS, "object_id", "listed_ids", *TIMING_COLUMNS))
 _EVERY_ROW = f"SELECT {_ROW_COLUMNS} FROM routing_log AS r ORDER BY r.chain_id, r.seq, r.id"
 # The rows of each chain from seq lo to hi: a time range picks the stretch of each chain it covers (rows are chained in
 # the order they are written, not received: a slow request's row comes after rows received later than it).
@@ -268,23 +268,29 @@ def _gone(saved_seq: int, head_seq: int, taken: str) -> str:
 
 
 def row_verifies(key: bytes, sealed: dict[Any, asyncpg.Record], row: asyncpg.Record) -> bool:
-    """Whether a row (its id, every column of COLUMNS, object_id and listed_ids) matches its hash (verified_form)."""
+    """Whether a row (its id, every column of COLUMNS, object_id, listed_ids and TIMING_COLUMNS) matches its hash
+    (verified_form)."""
     return verified_form(key, sealed, row) is not None
 
 
 def verified_form(key: bytes, sealed: dict[Any, asyncpg.Record], row: asyncpg.Record) -> bool | None:
     """How a row matches its hash: keyed over its id (True) or its content alone (False; keyed_hash_covers_id), or
     for a chain sealed at the upgrade to keyed hashes (sealed: the seals whose MAC verifies, by chain id), as written,
-    up to its seal, and with no listed_ids (which came after it) (False). None where it does not, or content no hash
-    can be computed of (headers nested deeper than a decoder follows)."""
+    up to its seal, and with no listed_ids or times (which came after it) (False). None where it does not, or content
+    no hash can be computed of (headers nested deeper than a decoder follows)."""
     seal = sealed.get(row["chain_id"])
     try:
         if seal is None:
             return keyed_hash_covers_id(key, row)
-        unkeyed = row["seq"] <= seal["last_seq"] and row["listed_ids"] is None
+        # legacy_hash covers neither listed_ids nor the times, which no such row has
+        unkeyed = row["seq"] <= seal["last_seq"] and row["listed_ids"] is None and _untimed(row)
         return False if unkeyed and legacy_hash(row["prev_hash"], row) == row["hash"] else None
     except (ValueError, TypeError, AttributeError, RecursionError, OverflowError):
         return None
+
+
+def _untimed(row: asyncpg.Record) -> bool:
+    return all(row.get(name) is None for name in TIMING_COLUMNS)
 
 
 def check_content(

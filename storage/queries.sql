@@ -241,13 +241,14 @@ WHERE platform.id = t.id AND (platform.last_seen IS NULL OR platform.last_seen <
 SELECT * FROM relayed_location WHERE key = $1;
 
 -- name: append_routing_log
--- One batch of the group commit in one call (migrations 0008, 0014, 0015, 0016): appended false, and no row written, when
--- the chain's head shows the batch in already (or it has none: amendments alone); next_ids, $7 ids reserved for the
--- writer's next rows. Each row is a routing_log_row (storage.routing_log.COLUMNS, object_id, listed_ids, id); $6 the
--- amendments of rows committed before, each written once, numbered along their chain.
-SELECT appended, next_ids FROM append_routing_log_numbered($1::routing_log_row[], $2, $3, $4,
-                                                           $5::relayed_location_entry[],
-                                                           $6::routing_log_amendment_numbered[], $7);
+-- One batch of the group commit in one call (migrations 0008, 0014, 0015, 0016, 0021): appended false, and no row
+-- written, when the chain's head shows the batch in already (or it has none: amendments alone); next_ids, $7 ids
+-- reserved for the writer's next rows. Each row is a routing_log_timed_row (storage.routing_log.COLUMNS, object_id,
+-- listed_ids, id, receiver_ms, connection_wait_ms); $6 the amendments of rows committed before, each written once,
+-- numbered along their chain.
+SELECT appended, next_ids FROM append_routing_log_timed($1::routing_log_timed_row[], $2, $3, $4,
+                                                        $5::relayed_location_entry[],
+                                                        $6::routing_log_amendment_numbered[], $7);
 
 -- name: reserve_routing_log_ids
 -- Ids for a writer's rows when it holds too few (its first batch, a batch larger than the ones before).
@@ -529,8 +530,8 @@ WHERE a.row_received_at < $1 AND NOT EXISTS (
 SELECT id, received_at, request_id, forwarded_request_id, correlation_id, from_country_code, from_party_id,
        to_country_code, to_party_id, caller_platform_id, receiver_platform_id, module, interface, method, path,
        query, routing, http_status,
-       ocpi_status_code, duration_ms, error, object_id, request_body_size, response_body_size, chain_id, seq,
-       prev_hash, hash, listed_ids, request_headers, response_headers,
+       ocpi_status_code, duration_ms, receiver_ms, connection_wait_ms, error, object_id, request_body_size,
+       response_body_size, chain_id, seq, prev_hash, hash, listed_ids, request_headers, response_headers,
        sha256(request_body) AS request_body_sha256, sha256(response_body) AS response_body_sha256
 FROM routing_log WHERE correlation_id = $1
 ORDER BY received_at, id

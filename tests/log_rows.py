@@ -178,6 +178,12 @@ def unkeyed_chain(months: list[datetime]) -> list[tuple[Any, ...]]:
     return rows
 
 
+def previous_version(record: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A chained record (storage.log_chain.LogChain.link) as a hub of the version before migration 0021 writes it: a
+    routing_log_row, without the times (of an entry that has none, which that version's rows are hashed without)."""
+    return record[: len(COLUMNS) + 3]
+
+
 def run_on(database_url: str, work: Any) -> Any:
     """work(conn) on a connection of its own, run to its end."""
 

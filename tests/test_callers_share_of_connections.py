@@ -144,6 +144,8 @@ def test_a_request_beyond_the_callers_share_waits_half_the_timeout_and_is_not_fo
     [row] = [row for row in _rows(hub, correlation) if row["path"].endswith("HELD2")]
     assert row["ocpi_status_code"] == 4000 and row["forwarded_request_id"] is None
     assert row["error"].startswith("GET http://127.0.0.1:") and "not forwarded" in row["error"]
+    # its row says so too: the wait in vain, and no receiver's part (migration 0021)
+    assert row["receiver_ms"] is None and row["connection_wait_ms"] >= 3500
     # Its wait is a metric of its own, not a forward of the CPO's (which the first alone was).
     receiver = "-".join(to)
     assert _metric(hub, "ocpi_hub_forward_duration_seconds_count", receiver=receiver) == 1
@@ -158,12 +160,12 @@ def test_a_requests_forward_time_leaves_out_its_wait_for_a_connection(
     hub, held = one_connection_share_hub, threading.Event()
     cpo = register_at_hub(hub, start_party, _roles("CPO"), held=held, held_paths=(HELD,))
     emsp = register_at_hub(hub, start_party, _roles("EMSP"))
-    to = party_key(cpo)
+    to, sent = party_key(cpo), {"X-Correlation-ID": f"wait-{uuid.uuid4()}"}
     with ThreadPoolExecutor(2) as pool:
         try:
-            first = pool.submit(emsp.call, hub.base, "GET", "sender/locations/HELD1", to=to)
+            first = pool.submit(emsp.call, hub.base, "GET", "sender/locations/HELD1", to=to, headers=sent)
             _wait_for(lambda: _held_gets(cpo) == 1)
-            second = pool.submit(emsp.call, hub.base, "GET", "sender/locations/L1", to=to)
+            second = pool.submit(emsp.call, hub.base, "GET", "sender/locations/L1", to=to, headers=sent)
             time.sleep(2)  # the second waits for the first's connection
         finally:
             held.set()
@@ -175,6 +177,10 @@ def test_a_requests_forward_time_leaves_out_its_wait_for_a_connection(
     waits = {"waited_for": "caller_share", "result": "forwarded"}
     assert _metric(hub, "ocpi_hub_connection_wait_seconds_count", **waits) == 1
     assert _metric(hub, "ocpi_hub_connection_wait_seconds_sum", **waits) >= 1.5
+    # and so do their rows: the first's part was the CPO's, the second's mostly its wait (migration 0021)
+    held_row, waiting_row = sorted(_rows(hub, sent["X-Correlation-ID"]), key=lambda row: row["path"])
+    assert held_row["receiver_ms"] >= 2000 and held_row["connection_wait_ms"] == 0.0
+    assert waiting_row["connection_wait_ms"] >= 1500 and waiting_row["receiver_ms"] < 1000
 
 
 def test_a_request_that_found_no_connection_free_to_the_receiver_is_answered_as_not_forwarded(

@@ -161,6 +161,23 @@ def test_the_hash_of_a_row_is_the_one_its_chain_was_written_with() -> None:
         stored = row | {"id": stored_id, "prev_hash": bytes(32)}
         assert keyed_hash_covers_id(b"k" * 32, stored | {"hash": bytes.fromhex(with_id)}) is covered
         assert keyed_hash_covers_id(b"k" * 32, stored | {"hash": bytes.fromhex(keyed)}) is False  # id not hashed
+    # Migration 0021: the receiver's part of the duration and the wait for a connection, hashed where a row has either;
+    # a row without them (written before, by the previous version, or that sent nothing to a party) as it was.
+    untimed = {"receiver_ms": None, "connection_wait_ms": None}
+    assert row_hash(b"k" * 32, bytes(32), row | untimed, 52).hex() == with_id
+    timed = row | {"receiver_ms": 812.5, "connection_wait_ms": 0.0}
+    with_times = "97906aac5f5ab3300f446dc6a0b07c6f4b5c34fa8f02ed64bc2501b074eef0e3"  # 812.5 and 0.0 hashed too
+    assert row_hash(b"k" * 32, bytes(32), timed, 52).hex() == with_times
+    assert row_hash(b"k" * 32, bytes(32), timed | {"connection_wait_ms": 0}, 52).hex() == with_times  # as read back
+    for other in ({"receiver_ms": 312.5}, {"receiver_ms": None}, {"connection_wait_ms": None}):
+        assert row_hash(b"k" * 32, bytes(32), timed | other, 52).hex() != with_times, other
+    waited = row | {"receiver_ms": None, "connection_wait_ms": 1000.0}  # not forwarded: no connection was free
+    not_a_null = waited | {"receiver_ms": float("nan")}  # which JSON writes as null
+    assert row_hash(b"k" * 32, bytes(32), not_a_null, 52) != row_hash(b"k" * 32, bytes(32), waited, 52)
+    stored = timed | {"id": 52, "prev_hash": bytes(32), "hash": bytes.fromhex(with_times)}
+    assert keyed_hash_covers_id(b"k" * 32, stored) is True
+    assert keyed_hash_covers_id(b"k" * 32, stored | untimed) is None  # its times taken away
+    assert keyed_hash_covers_id(b"k" * 32, stored | {"hash": bytes.fromhex(with_id)}) is None  # times added
 
 
 @pytest.mark.parametrize(

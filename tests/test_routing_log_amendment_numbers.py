@@ -22,7 +22,7 @@ from storage.partitions import drop_before
 from storage.routing_log import RoutingLogWriter
 from storage.sql import QUERIES
 from tests.conftest import LOG_KEY, SECRET_KEY
-from tests.log_rows import migrate_up_to, numbered_entry, numbered_log, run_on, sql, verified
+from tests.log_rows import migrate_up_to, numbered_entry, numbered_log, previous_version, run_on, sql, verified
 from tests.test_routing_log_amendments import TOLD, _answered_4000_while_committed
 
 _HASH = COLUMNS.index("hash")  # in a record as a chain links it
@@ -151,10 +151,10 @@ def test_amendments_of_before_the_upgrade_verify_and_a_chain_mixing_them_with_nu
         conn = await asyncpg.connect(empty_database)
         try:
             await migrate_up_to(conn, 15)
-            records = [chain.link(entry) for entry in entries[:2]]
+            records = [previous_version(chain.link(entry)) for entry in entries[:2]]
             await conn.fetchrow(APPEND_0015, records, chain.chain_id, 2, records[-1][_HASH], [], [unnumbered(0)], 0)
             await migrate(conn, SECRET_KEY)
-            record = chain.link(entries[2])
+            record = previous_version(chain.link(entries[2]))
             await conn.fetchrow(APPEND_0015, [record], chain.chain_id, 3, record[_HASH], [], [unnumbered(1)], 0)
             numbered = amendment_records(chain, [Amendment(entries[2], 200, 4000, TOLD, datetime.now(UTC))])
             record = chain.link(entries[3])
@@ -188,6 +188,7 @@ def test_a_spooled_amendment_keeps_its_number_and_one_the_previous_version_spool
         async def append(chain_id, records, locations, amendments, ids_wanted):  # type: ignore[no-untyped-def]
             conn = await asyncpg.connect(empty_database)
             try:
+                records = [previous_version(record) for record in records]  # as 0016 to 0020 spooled them
                 row = await conn.fetchrow(APPEND_0015, records, chain_id, *(
                     (records[-1][COLUMNS.index("seq")], records[-1][_HASH]) if records else (None, None)
                 ), locations, amendments, ids_wanted)  # fmt: skip

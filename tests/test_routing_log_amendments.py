@@ -20,7 +20,7 @@ from storage.log_waiters import LogUnavailable
 from storage.partitions import drop_before
 from storage.routing_log import RoutingLogWriter
 from tests.conftest import LOG_KEY, Hub, Services, unique_party_id
-from tests.log_rows import numbered_entry, numbered_log, run_on, sql, verified, write
+from tests.log_rows import numbered_entry, numbered_log, previous_version, run_on, sql, verified, write
 from tests.test_credentials_rotation import console_page
 
 _HASH = COLUMNS.index("hash")  # in a record as the writer chains it
@@ -192,7 +192,7 @@ def test_an_instance_of_the_previous_version_writes_through_0014s_function_besid
 
     async def append_as_the_previous_version(conn: asyncpg.Connection) -> None:
         chaining = LogChain(LOG_KEY, 1024, ReservedIds())  # a writer's chaining alone
-        records = [chaining.link(numbered_entry(n)) for n in (7, 8)]
+        records = [previous_version(chaining.link(numbered_entry(n))) for n in (7, 8)]
         await conn.fetchrow("SELECT appended, next_ids FROM append_routing_log_rows($1::routing_log_row[], $2, $3, $4,"
                             " $5::relayed_location_entry[], $6)", records, chaining.chain_id, 2, records[-1][_HASH],
                             [], 4)  # fmt: skip

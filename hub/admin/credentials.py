@@ -82,7 +82,7 @@ async def message_party(
     result: tuple[T] | None = None
     taken = False
     try:
-        response = await state.http.fetch(method, url, headers, body or None)
+        response = await state.http.fetch(method, url, headers, body or None, row=entry)
         entry.http_status, entry.response_body = response.status_code, tokens_hidden(response.content)
         entry.ocpi_status_code = ocpi_status_of(response.content)
         if response.status_code != 200 or entry.ocpi_status_code != 1000:

@@ -1,5 +1,5 @@
 """GET /admin/api/stats: per hour or day, per party (as sender and as receiver) and module, the number of messages,
-the error rate and the p50/p95/p99 duration."""
+the error rate, the p50/p95/p99 duration, and of the receivers' part of it (migration 0021) the same."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _sql(bucket: str, where: str) -> str:
     # bucket is one of BUCKETS (checked), never a value from the request as such
     sides = " UNION ALL ".join(
         f"SELECT received_at, {side}_country_code || '-' || {side}_party_id AS party, '{direction}' AS direction,"
-        f" module, {_ERROR.format('')} AS failed, duration_ms, chain_id, seq FROM routing_log {where}"
+        f" module, {_ERROR.format('')} AS failed, duration_ms, receiver_ms, chain_id, seq FROM routing_log {where}"
         f" {'AND' if where else 'WHERE'} {side}_party_id IS NOT NULL"
         for side, direction in (("from", "sent"), ("to", "received"))
     )
@@ -36,7 +36,11 @@ def _sql(bucket: str, where: str) -> str:
                    AS errors,
                percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50_ms,
                percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_ms,
-               percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99_ms
+               percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99_ms,
+               -- of the rows whose request went to a party (the others have none: nulls are left out)
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY receiver_ms) AS receiver_p50_ms,
+               percentile_cont(0.95) WITHIN GROUP (ORDER BY receiver_ms) AS receiver_p95_ms,
+               percentile_cont(0.99) WITHIN GROUP (ORDER BY receiver_ms) AS receiver_p99_ms
         FROM ({sides}) AS sides
         LEFT JOIN routing_log_amendment AS a ON a.chain_id = sides.chain_id AND a.seq = sides.seq
         GROUP BY 1, 2, 3, 4

@@ -68,7 +68,7 @@ async def call_party(
         # a broadcast copy counts in the share of the platform that pushed it (routing.fair_share)
         answer = await forward(relay.forward_session, method, target, headers, body, timeout,
                                relay.settings.max_body_bytes, relay.forward_shares, caller.id,
-                               f"{to.country_code}-{to.party_id}")  # fmt: skip
+                               f"{to.country_code}-{to.party_id}", entry)  # fmt: skip
     except ReceiverNotCalled:  # its address is not one this process calls: no sign the party is away
         if _first_in_a_minute(relay, platform.id):
             log.error("party_address_not_allowed", platform=platform.name, url=url[:200], setting=ALLOWANCE)

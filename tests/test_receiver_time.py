@@ -4,16 +4,22 @@ time fails verify, while rows of before the migration and of the previous versio
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
 
 from storage.log_chain import LogChain
 from storage.log_ids import ReservedIds
 from storage.log_row import COLUMNS
+from storage.log_spool import save
 from storage.migrate import migrate
+from storage.routing_log import RoutingLogWriter
 from storage.sql import QUERIES
 from tests.conftest import LOG_KEY, SECRET_KEY, Hub
 from tests.log_rows import migrate_up_to, numbered_entry, previous_version, run_on, sql, verified
@@ -164,3 +170,27 @@ def test_rows_of_before_the_migration_and_of_the_previous_version_verify_and_a_c
         assert (result.ok, result.first_bad_id) == (False, ids[changed]), (tamper, result.problems)
         sql(empty_database, f"UPDATE routing_log SET {restore} WHERE request_id = '{changed}'")
         assert verified(empty_database).ok
+
+
+def test_a_spool_the_previous_version_left_is_written_its_rows_without_times(
+    empty_database: str, tmp_path: Path
+) -> None:
+    chain = LogChain(LOG_KEY, 1024, ReservedIds())
+    save(tmp_path, chain.text, [{"records": [previous_version(chain.link(numbered_entry(n))) for n in (1, 2)],
+                                 "locations": []}])  # fmt: skip
+
+    async def start() -> None:
+        conn = await asyncpg.connect(empty_database)
+        await migrate(conn, SECRET_KEY)
+        await conn.close()
+        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
+        async with RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, spool_dir=tmp_path).running():
+            pass
+        await pool.close()
+
+    asyncio.run(asyncio.wait_for(start(), 60))
+    assert list(tmp_path.iterdir()) == []
+    stored = sql(empty_database, "SELECT request_id, receiver_ms, connection_wait_ms FROM routing_log ORDER BY seq")
+    assert [tuple(r) for r in stored] == [("r1", None, None), ("r2", None, None)]
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 2), result.problems

@@ -48,6 +48,13 @@ def serve(settings: Settings, host: str, port: int, workers: int, server: str) -
         print(
             f"ocpi-hub: admin token (kept in {settings.data_dir / 'admin-token'}): {settings.admin_token}", flush=True
         )
+    if not os.environ.get("OCPI_HUB_SECRET_KEY"):
+        # The parties' tokens B and the routing log's keys hang on it: a backup of the database alone is useless.
+        print(
+            f"ocpi-hub: secret key (kept in {settings.data_dir / 'secret.key'}): back it up with the database, "
+            "which cannot be read or verified without it (deploy/README.md, Backups)",
+            flush=True,
+        )
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker counts in files of its own here; /metrics, whichever worker answers, sums them.
         metrics_dir = settings.data_dir / f"metrics-{port}"

@@ -63,6 +63,26 @@ def test_serve_without_database_urls_runs_on_embedded_servers_and_stops_them(tmp
     assert _wait_until(lambda: not _processes_under(tmp_path / "data"))
 
 
+def test_serve_with_a_generated_secret_key_says_where_it_is_kept_and_to_back_it_up(
+    services: Services, empty_database: str, tmp_path: Path
+) -> None:
+    # An operator on their own PostgreSQL who sets no OCPI_HUB_SECRET_KEY: the key is only in the data dir, and a
+    # backup of the database alone would restore tokens nothing can read.
+    env = hub_env(services, tmp_path, OCPI_HUB_DATABASE_URL=empty_database)
+    del env["OCPI_HUB_SECRET_KEY"]
+    hub = start_hub(env, OUTPUT / "generated-secret-key-hub.log")
+    try:
+        assert (tmp_path / "secret.key").exists()
+        assert f"secret key (kept in {tmp_path / 'secret.key'}): back it up with the database" in hub.log()
+    finally:
+        assert hub.stop() == 0
+    hub = start_hub(hub_env(services, tmp_path), OUTPUT / "set-secret-key-hub.log")
+    try:
+        assert "secret key (kept in" not in hub.log()  # set: the operator keeps it already
+    finally:
+        assert hub.stop() == 0
+
+
 def _wait_until(condition, timeout: float = 15) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

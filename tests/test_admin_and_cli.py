@@ -184,6 +184,15 @@ def test_cli_invite_rejects_a_malformed_role(hub: Hub) -> None:
     assert "ROLE:CC:PARTY" in result.stderr and "'CPO-NL-ABC' has 1 part, not 3" in result.stderr
 
 
+def test_cli_invite_names_the_option_that_is_wrong(hub: Hub) -> None:
+    result = _cli(hub, "invite", "--name", "", "--role", "CPO:NL:ABC")
+    assert result.returncode == 2
+    assert "invalid --name" in result.stderr and "--role" not in result.stderr, result.stderr
+    result = _cli(hub, "invite", "--name", "x", "--role", "CPO:NL:ABCD")
+    assert result.returncode == 2
+    assert "invalid --role" in result.stderr and "party_id" in result.stderr, result.stderr
+
+
 def test_connect_registers_the_hub_at_a_party(hub: Hub, start_party, db) -> None:
     pid = unique_party_id()
     party = start_party(("CPO", "DE", pid), ("EMSP", "DE", pid))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import resource
 import shutil
@@ -31,9 +32,27 @@ def _raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+def _on_loopback_only(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: whatever it resolves to, parties may reach it
+        return False
+
+
 def serve(settings: Settings, host: str, port: int, workers: int, server: str) -> int:
     """Serve the hub until it is stopped; the exit code. Workers are separate processes: they read the resolved
     settings from the environment."""
+    if not os.environ.get("OCPI_HUB_PUBLIC_URL", "").strip() and not _on_loopback_only(host):
+        # Parties would be handed this in every token A's versions URL and registration: reachable from this machine
+        # only. Said, not refused: a container behind a proxy on the same host may mean it.
+        structlog.get_logger().warning(
+            "public_url_not_set",
+            public_url=settings.public_url,
+            message=f"OCPI_HUB_PUBLIC_URL is not set: parties are told the hub is at {settings.public_url}, which "
+            "they cannot reach from elsewhere; set it to the URL they reach the hub at",
+        )
     os.environ.update(
         OCPI_HUB_DATABASE_URL=settings.database_url or "",
         OCPI_HUB_REDIS_URL=settings.redis_url or "",

@@ -83,6 +83,26 @@ def test_serve_with_a_generated_secret_key_says_where_it_is_kept_and_to_back_it_
         assert hub.stop() == 0
 
 
+def test_serve_on_every_address_without_a_public_url_warns_that_parties_are_told_a_loopback_url(
+    services: Services, tmp_path: Path
+) -> None:
+    # An operator's first production start: --host 0.0.0.0, OCPI_HUB_PUBLIC_URL forgotten. Every token A handed out
+    # and every registration would name http://127.0.0.1:PORT, which no party reaches.
+    hub = start_hub(hub_env(services, tmp_path, OCPI_HUB_PUBLIC_URL=""), OUTPUT / "no-public-url-hub.log",
+                    "--host", "0.0.0.0")  # fmt: skip
+    try:
+        warning = next(json.loads(line) for line in hub.log().splitlines() if "public_url_not_set" in line)
+        assert warning["level"] == "warning" and warning["public_url"] == hub.base
+        assert "OCPI_HUB_PUBLIC_URL" in warning["message"]
+    finally:
+        assert hub.stop() == 0
+    hub = start_hub(hub_env(services, tmp_path, OCPI_HUB_PUBLIC_URL=""), OUTPUT / "loopback-hub.log")
+    try:
+        assert "public_url_not_set" not in hub.log()  # on loopback only, a workstation: nothing to warn of
+    finally:
+        assert hub.stop() == 0
+
+
 def _wait_until(condition, timeout: float = 15) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

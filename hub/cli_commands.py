@@ -249,7 +249,8 @@ async def _hold(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
                 result: Any = {"items": await list_holds(conn)}
             elif args.action == "release":
                 if (hold_id := whole_number(args.id or "")) is None:
-                    print("ocpi-hub: hold release needs the hold's ID (ocpi-hub hold list shows them)", file=sys.stderr)
+                    wrong = "needs the hold's ID" if args.id is None else f"{args.id!r} is not a hold's ID, a number"
+                    print(f"ocpi-hub: hold release {wrong} (ocpi-hub hold list shows them)", file=sys.stderr)
                     return 2
                 result = await recorded_release(conn, settings.audit_trail_key, _operator("hold"), hold_id, "cli")
             else:

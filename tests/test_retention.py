@@ -316,6 +316,17 @@ def _hold(services: Services, database_url: str, tmp_path: Path, *args: str) -> 
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
+def test_hold_release_says_an_id_that_is_not_a_number_is_not_a_holds_id(
+    services: Services, empty_database: str, tmp_path: Path
+) -> None:
+    write(empty_database, [])  # the schema
+    env = hub_env(services, tmp_path, OCPI_HUB_DATABASE_URL=empty_database)
+    for given, said in ((["abc"], "'abc' is not a hold's ID, a number"), ([], "hold release needs the hold's ID")):
+        done = subprocess.run([sys.executable, "-m", "hub.cli", "hold", "release", *given], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+
+
 def test_retention_keeps_a_partition_holding_a_row_under_a_legal_hold_until_the_hold_is_released(
     services: Services, empty_database: str, tmp_path: Path
 ) -> None:

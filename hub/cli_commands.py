@@ -142,8 +142,9 @@ async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
             return 1
 
     def progress(party: tuple[str, str], done: int, total: int | None) -> None:
-        print(f"\r{party[0]}-{party[1]}: {done}/{total if total is not None else '?'} locations", end="",
-              file=sys.stderr, flush=True)  # fmt: skip
+        # a line a page: the JSON log lines of the sync (a CPO done, a page refused) go between them, whole
+        print(f"{party[0]}-{party[1]}: {done}/{total if total is not None else '?'} locations", file=sys.stderr,
+              flush=True)  # fmt: skip
 
     writer = RoutingLogWriter(pool, key=settings.routing_log_key, body_cap=settings.log_body_max_bytes)
     hub = (settings.country_code, settings.party_id)
@@ -158,7 +159,6 @@ async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
             results = await sync.run(parties, full=args.full, progress=progress)
     finally:
         await stop_background_tasks([watching])
-    print(file=sys.stderr)
     if results is None:
         print("ocpi-hub: another hub process is syncing now; try again later", file=sys.stderr)
         return 1

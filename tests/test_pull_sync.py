@@ -91,6 +91,8 @@ def test_a_new_cpo_is_pulled_across_every_page_then_synced_incrementally(
     assert summary == {"party": "-".join(owner), "locations": 1, "pages": 1, "full": False, "removed": 0,
                        "refused": 0, "error": None}  # fmt: skip
     assert "locations" in result.stderr  # the progress line
+    for line in result.stderr.splitlines():  # each on a line of its own, never in front of a JSON log line
+        assert (line.startswith("{") and json.loads(line)) or line == f"{'-'.join(owner)}: 1/1 locations", line
     assert cpo.syncs()[-1].query.startswith("date_from=")
     assert _cached_total(reader, hub, owner) == 301
 

@@ -158,10 +158,10 @@ class PullSync:
         url = f"{url}?{urlencode(query)}" if query else url
         correlation = str(uuid.uuid4())
         while url:
-            locations, url, total = await self._page(platform, role, url, correlation)
+            locations, url, total, why = await self._page(platform, role, url, correlation)
             if locations is None:
-                result.error = "the CPO's locations Sender could not be read; see the routing log"
-                log.warning("location_sync_failed", party=f"{party[0]}-{party[1]}", pages=result.pages)
+                result.error = f"the CPO's locations Sender could not be read ({why}); see the routing log"
+                log.warning("location_sync_failed", party=f"{party[0]}-{party[1]}", pages=result.pages, reason=why)
                 failed = self._cache.sync_failed_key(party)
                 await self._cache.mark(failed, party, platform.id, "1", RETRY_AFTER_FAILURE_S)
                 LOCATION_SYNCS.labels("failed", "full" if result.full else "incremental").inc()
@@ -239,8 +239,8 @@ class PullSync:
 
     async def _page(
         self, platform: Platform, role: PartyRole, url: str, correlation: str
-    ) -> tuple[list[msgspec.Raw] | None, str | None, int | None]:
-        """One page: (its locations or None on failure, the next page's URL, X-Total-Count)."""
+    ) -> tuple[list[msgspec.Raw] | None, str | None, int | None, str]:
+        """One page: (its locations or None on failure, the next page's URL, X-Total-Count, why it failed)."""
         started = time.perf_counter()
         entry, headers = hub_request(self._hub, platform, role, "GET", url, "locations", interface="sender",
                                      correlation_id=correlation, routing_headers=True)  # fmt: skip
@@ -265,7 +265,9 @@ class PullSync:
         entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         if self._record is not None:
             await self._record(entry)
-        return locations, next_url, total
+        said = [f"HTTP {entry.http_status}"] if entry.http_status else []  # 0: no answer
+        said += [f"OCPI {entry.ocpi_status_code}"] if entry.ocpi_status_code is not None else []
+        return locations, next_url, total, ", ".join([*said, entry.error] if entry.error else said)
 
 
 async def run_scheduled(sync: PullSync, directory: Callable[[], Directory], wake: asyncio.Event,

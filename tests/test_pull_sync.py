@@ -321,6 +321,10 @@ def test_a_failing_cpo_sender_is_logged_and_not_hammered(hub: Hub, start_party, 
     rows = db.run(db.fetch("SELECT routing, http_status, module FROM routing_log WHERE to_party_id = $1 "
                            "AND routing = 'hub' AND module = 'locations'", owner[1]))  # fmt: skip
     assert [(r["routing"], r["http_status"]) for r in rows] == [("hub", 500)]
+    # The operator's log line says why, as the routing-log row does: not only that it failed.
+    [failed] = [json.loads(line) for line in hub.log().splitlines()
+                if "location_sync_failed" in line and f'"{owner[0]}-{owner[1]}"' in line]  # fmt: skip
+    assert failed["reason"].startswith("HTTP 500, DecodeError: "), failed
 
 
 def test_a_cpo_page_larger_than_the_hub_reads_is_logged_not_held(hub: Hub, start_party, db) -> None:

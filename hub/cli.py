@@ -335,6 +335,14 @@ def _of_the_running_hub(settings: Settings, env: dict[str, str], command: str) -
             "OCPI_HUB_DATABASE_URL is not set): run it in the directory `ocpi-hub serve` runs in, or set "
             "OCPI_HUB_DATA_DIR, or the database and Redis URLs, to the running hub's"
         )
+    if command != "migrate" and settings.secret_key is None and not (settings.data_dir / "secret.key").is_file():
+        # One made here would not be the hub's: refused once a party's token is stored, but until then (the first
+        # invitations) it would key the audit-trail entries the command writes, which verify then finds changed.
+        raise SettingsError(
+            f"`ocpi-hub {command}` has no secret key: OCPI_HUB_SECRET_KEY is not set and {settings.data_dir} holds no "
+            "secret.key: set OCPI_HUB_SECRET_KEY to the hub's, or run it in the directory `ocpi-hub serve` runs in "
+            "(or with its OCPI_HUB_DATA_DIR)"
+        )
     recorded = settings.data_dir / PUBLIC_URL_FILE
     if settings.public_url_known or not recorded.is_file():
         return settings

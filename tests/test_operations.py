@@ -28,7 +28,7 @@ from storage.location_cache import LocationCache
 from storage.log_row import LogEntry
 from storage.secrets import TokenBox
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
-from tests.parties import envelope
+from tests.parties import envelope, token_header
 from tests.test_pull_sync import _locations, _wait
 from tests.test_routing import LOCATION, _roles, party_key
 
@@ -310,6 +310,43 @@ def test_a_second_instance_follows_paging_links_and_snapshots_of_the_first(
             page = reader.call(other.base, "GET", url.split(">")[0].lstrip("<").replace(hub.base, other.base))
             cached, url = cached + [loc["id"] for loc in page.json()["data"]], page.headers.get("Link", "")
         assert sorted(cached) == sorted(ids)
+    finally:
+        other.stop()
+
+
+def test_a_paging_link_is_followed_at_an_instance_that_has_not_loaded_its_partys_registration_yet(
+    hub: Hub, services: Services, tmp_path: Path, connect_party, start_party
+) -> None:
+    # Seen once in a full CI run under load (the test above): the second instance answered the Link of a CPO that had
+    # registered at the first a moment before with 4003 "no longer connected", as its directory had not caught up.
+    # Here it is paused from before the registration until the request for the page waits at its socket, so that it
+    # finds the request before it reloads.
+    other = start_hub(hub_env(services, tmp_path / "other"), OUTPUT / "hub-other-behind.log")
+    try:
+        reader = connect_party(_roles("EMSP"))
+        known = httpx.get(f"{other.base}/ocpi/2.2.1/credentials", headers=token_header(reader.hub_token or ""))
+        assert known.json()["status_code"] == 1000  # its token: nothing to catch up on for the caller
+        roles = _roles("CPO")
+        cpo = start_party(roles, page_size=4)
+        owner = party_key(cpo)
+        cpo.objects["locations"] = _locations(owner, 10, "2026-11-01T00:00:00Z")
+        other.process.send_signal(signal.SIGSTOP)
+        try:
+            cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+            link = reader.call(hub.base, "GET", "sender/locations", to=owner).headers["Link"]
+            path = link.split(">")[0].lstrip("<").removeprefix(hub.base)
+            authorization = token_header(reader.hub_token or "")["Authorization"]
+            with socket.create_connection(("127.0.0.1", int(other.base.rsplit(":", 1)[1])), timeout=30) as conn:
+                # taken in by the kernel while the process is paused
+                conn.sendall(f"GET {path} HTTP/1.1\r\nHost: hub\r\nAuthorization: {authorization}\r\n"
+                             "Connection: close\r\n\r\n".encode())  # fmt: skip
+                other.process.send_signal(signal.SIGCONT)
+                answer = b"".join(iter(lambda: conn.recv(65536), b""))
+        finally:
+            other.process.send_signal(signal.SIGCONT)
+        page = json.loads(answer.partition(b"\r\n\r\n")[2])
+        assert page["status_code"] == 1000, page
+        assert [loc["id"] for loc in page["data"]] == ["S0004", "S0005", "S0006", "S0007"]
     finally:
         other.stop()
 

@@ -18,7 +18,7 @@ from routing.decide import Delivery
 from routing.forward import Answer
 from routing.request import party_text, routing_party
 from routing.rewrite import link_urls, resolved, rewrite_link_header, why_not_callable, with_query
-from storage.directory import PartyRole, Platform
+from storage.directory import Directory, PartyRole, Platform
 from storage.log_object_ids import RELAYED_CDRS
 from storage.routing_state import PAGE_TTL_S, Relayed
 from storage.sql import QUERIES
@@ -53,8 +53,12 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     # and whatever correlation id it came with, its row is found by the command's object id, as the command's is, and
     # by the ids its command named and the command's request ids (listed_ids)
     entry.object_id, entry.related_ids = relayed.object_id, list(relayed.related_ids) or None
-    target = relay.directory.current.platforms.get(relayed.target_platform_id)
-    to = next((r for r in target.roles if r.key == relayed.target_party), None) if target else None
+    target, to = _party_behind(relay.directory.current, relayed)
+    if target is None or to is None or target.state != "REGISTERED":
+        # The hub process that handed the URL out had the party registered; this one may not have loaded that yet
+        # (registered a moment ago through that process): it catches up before it says the party is gone.
+        await relay.directory.catch_up()
+        target, to = _party_behind(relay.directory.current, relayed)
     _check_addressed(exchange, kind, relayed, to, _hub(relay))
     _check_sender(exchange, caller)
     entry.routing = "direct"
@@ -74,6 +78,12 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     answer = await call_party(relay, exchange, delivery, sender, entry.method, url, "", entry.request_body)
     await rewrite(relay, exchange, answer, delivery, url, relayed.module, relayed.interface)
     return answer
+
+
+def _party_behind(directory: Directory, relayed: Relayed) -> tuple[Platform | None, PartyRole | None]:
+    """The platform and party a hub URL leads to, as this process's directory has them."""
+    target = directory.platforms.get(relayed.target_platform_id)
+    return target, next((r for r in target.roles if r.key == relayed.target_party), None) if target else None
 
 
 def _check_sender(exchange: Exchange, caller: Platform) -> None:

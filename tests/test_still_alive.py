@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,16 +11,36 @@ from pathlib import Path
 import pytest
 
 from storage.log_row import body_of
-from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
+from tests.conftest import OUTPUT, Db, Hub, Services, hub_env, register_at_hub, scratch_database, start_hub
 from tests.parties import Party
 from tests.test_hub_client_info import _pushes_about, _wait_for
 from tests.test_routing import _roles, party_key
 
 
 @pytest.fixture
-def probing_hub(services: Services, tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+def deployment(services: Services) -> Iterator[Services]:
+    """A database and a Redis prefix of the test's own, as a deployment has: the hubs here probe only the parties of
+    the test. On the session's, a hub probing after 1 s of silence probed every platform earlier tests left behind,
+    and the session's hub, seeing the CPO go OFFLINE, took its probe for its own 30 s (the probe claims are shared): a
+    CPO back a moment later was not probed, and not CONNECTED, within the test's wait (a full CI run under load)."""
+    with scratch_database(services, "still_alive") as url:
+        yield Services(url, services.redis_url, f"{services.redis_prefix}still-alive-{secrets.token_hex(3)}:")
+
+
+@pytest.fixture
+def db(deployment: Services) -> Iterator[Db]:
+    """The test's own database, where its hub writes."""
+    connection = Db(deployment.database_url)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def probing_hub(deployment: Services, tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     silence = request.param
-    env = hub_env(services, tmp_path / "hub", OCPI_HUB_STILL_ALIVE_S=silence, OCPI_HUB_OFFLINE_PROBE_S="0.5",
+    env = hub_env(deployment, tmp_path / "hub", OCPI_HUB_STILL_ALIVE_S=silence, OCPI_HUB_OFFLINE_PROBE_S="0.5",
                   OCPI_HUB_FORWARD_TIMEOUT_S="20")  # fmt: skip
     running = start_hub(env, OUTPUT / f"hub-still-alive-{silence}.log")
     yield running
@@ -113,11 +134,11 @@ def test_a_failed_forward_makes_the_hub_probe_at_once(probing_hub: Hub, start_pa
 
 @contextlib.contextmanager
 def _a_cpo_probed_every_30_s(
-    services: Services, tmp_path: Path, start_party: Callable[..., Party], log: str
+    deployment: Services, tmp_path: Path, start_party: Callable[..., Party], log: str
 ) -> Iterator[tuple[Hub, Party, Party]]:
     """A hub of its own as deployed (still-alive after 300 s of silence, OFFLINE parties probed every 30 s; forwards
     given up after 1 s), with an eMSP and a CPO registered: (hub, eMSP, CPO)."""
-    env = hub_env(services, tmp_path / "hub", OCPI_HUB_STILL_ALIVE_S="300", OCPI_HUB_OFFLINE_PROBE_S="30",
+    env = hub_env(deployment, tmp_path / "hub", OCPI_HUB_STILL_ALIVE_S="300", OCPI_HUB_OFFLINE_PROBE_S="30",
                   OCPI_HUB_FORWARD_TIMEOUT_S="1")  # fmt: skip
     hub = start_hub(env, OUTPUT / log)
     try:
@@ -127,12 +148,13 @@ def _a_cpo_probed_every_30_s(
 
 
 def test_a_failed_forward_is_probed_at_once_though_a_probe_found_the_party_alive_a_moment_before(
-    services: Services, tmp_path: Path, start_party
+    deployment: Services, tmp_path: Path, start_party
 ) -> None:
     # Found by a CPO developer's walkthrough: a probe claims its party for OCPI_HUB_OFFLINE_PROBE_S (30 s by default)
     # in every hub process; after a timeout's probe found the CPO alive, the CPO went down, and the forwards that then
     # failed to connect were not probed "at once" (README): it stayed CONNECTED for half a minute.
-    with _a_cpo_probed_every_30_s(services, tmp_path, start_party, "hub-still-alive-suspects.log") as (hub, emsp, cpo):
+    with _a_cpo_probed_every_30_s(deployment, tmp_path, start_party, "hub-still-alive-suspects.log") as (
+        hub, emsp, cpo):  # fmt: skip
         cc, pid = key = party_key(cpo)
         cpo.delay_s, probes = 2.0, _versions_probes(cpo)  # the registration's GET of its versions among them
         assert emsp.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=key).json()["status_code"] == 4002
@@ -144,12 +166,12 @@ def test_a_failed_forward_is_probed_at_once_though_a_probe_found_the_party_alive
 
 
 def test_an_offline_party_that_keeps_calling_is_probed_once_a_probe_interval_not_at_every_call(
-    services: Services, tmp_path: Path, start_party, db
+    deployment: Services, tmp_path: Path, start_party, db
 ) -> None:  # type: ignore[no-untyped-def]
     # From a review: an OFFLINE platform's calls make it a suspect ("it is talking again"), and suspects of a failed
     # forward had been given a claim of 2 s: a CPO whose server is down but whose client keeps pushing was probed 15
     # times as often as OCPI_HUB_OFFLINE_PROBE_S says.
-    with _a_cpo_probed_every_30_s(services, tmp_path, start_party, "hub-still-alive-offline-callers.log") as (
+    with _a_cpo_probed_every_30_s(deployment, tmp_path, start_party, "hub-still-alive-offline-callers.log") as (
         hub, emsp, cpo):  # fmt: skip
         cc, pid = key = party_key(cpo)
         cpo.stop()

@@ -4,12 +4,12 @@ handed out for: OCPI-to headers naming another are refused, none at all are fine
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
 
 from tests.conftest import Hub
+from tests.test_hub_client_info import _wait_for
 from tests.test_routing import _roles, party_key
 
 RESULT_PATH = "/ocpi/2.2.1/commands/sender/R1"  # where the test eMSP answers 1000
@@ -100,11 +100,9 @@ def test_a_cache_page_link_followed_with_ocpi_to_of_another_party_is_refused_wit
         pushed = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/PAGE{n}", to=party_key(emsp), body=location)
         assert pushed.json()["status_code"] == 1000, pushed.text
     query = f"sender/locations?country_code={cc}&party_id={pid}&limit=1"
-    for _ in range(100):  # the cache is written off the pushes' path
-        first = emsp.call(hub.base, "GET", query, to=HUB)
-        if first.headers.get("X-Total-Count") == "2":
-            break
-        time.sleep(0.05)
+    # the cache is written off the pushes' path: a page of both, whenever that is
+    first = _wait_for(lambda: (page := emsp.call(hub.base, "GET", query, to=HUB)).headers.get("X-Total-Count") == "2"
+                      and page, timeout=30)  # fmt: skip
     url = first.headers["Link"].split(">")[0].lstrip("<")
     request_id = str(uuid.uuid4())
     refused = emsp.call(hub.base, "GET", url, to=party_key(cpo), headers={"X-Request-ID": request_id})

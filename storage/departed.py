@@ -139,6 +139,8 @@ class Departures:
             due = self._due.get((country, party_id))
             if due is None or due.at < at:
                 self._due[(country, party_id)] = _Due(at / 1000 + self.delay_s, at, noted=True)
+                log.info("departed_party_taken_up", party=_text(member),
+                         cleanup_in_s=round(max(at / 1000 + self.delay_s - time.time(), 0.0), 1))  # fmt: skip
         for party, due in noted_before.items():
             if party not in listed and self._due.get(party) is due:  # not if it left again meanwhile
                 del self._due[party]

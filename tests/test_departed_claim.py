@@ -61,22 +61,32 @@ def test_two_hubs_starting_at_once_clean_up_a_departure_a_stopped_hub_left_once(
     services: Services, start_party, tmp_path: Path
 ) -> None:
     prefix = f"{services.redis_prefix}claim-{secrets.token_hex(3)}:"
-    # a forward timeout of 10 s: the cleanup begins 12 s after the departure, when both hubs have read it at start
-    extra = {"OCPI_HUB_REDIS_PREFIX": prefix, "OCPI_HUB_FORWARD_TIMEOUT_S": "10"}
-    first, owner, entry = _departed(services, start_party, hub_env(services, tmp_path / "first", **extra),
-                                    "hub-claim-first.log")  # fmt: skip
-    assert first.stop() == 0  # before its cleanup began
-    hubs = _start_at_once([(hub_env(services, tmp_path / f"hub-{n}", **extra), f"hub-claim-{n}.log") for n in (1, 2)])
+    extra = {"OCPI_HUB_REDIS_PREFIX": prefix}
     client = redis_sync.Redis.from_url(services.redis_url)
+    # The test holds the claim until both hubs have taken the departure up: the first cannot clean up before it is
+    # stopped, nor one of the two before the other has read the list at its start. A time for the cleanup to begin
+    # (12 s after the departure) did not do: under load one hub started later than the other had cleaned up.
+    client.set(f"{prefix}departed-parties:claim", "held by the test")
+    hubs: list[Hub] = []
     try:
+        first, owner, entry = _departed(services, start_party, hub_env(services, tmp_path / "first", **extra),
+                                        "hub-claim-first.log")  # fmt: skip
+        assert first.stop() == 0
+        hubs = _start_at_once([(hub_env(services, tmp_path / f"hub-{n}", **extra), f"hub-claim-{n}.log")
+                               for n in (1, 2)])  # fmt: skip
+        _eventually(lambda: _assert([[event["event"] for event in _events(hub, owner)] for hub in hubs] == [
+            ["departed_party_taken_up"]] * 2), 30)  # fmt: skip
+        client.delete(f"{prefix}departed-parties:claim")
         _eventually(lambda: _assert(client.hget(*entry) is None), CLEANED_WITHIN_S + 10)
         _eventually(lambda: _assert(client.zscore(f"{prefix}departed-parties", f"{owner[0]}-{owner[1]}") is None))
         # the other hub looks again once the claim would have run out, and finds the cleanup done
         _eventually(lambda: _assert(sorted([event["event"] for event in _events(hub, owner)] for hub in hubs) == [
-            ["departed_party_cleaned"], ["departed_party_done_by_another_hub"]]), CLAIM_TTL_S + 10)  # fmt: skip
+            ["departed_party_taken_up", "departed_party_cleaned"],
+            ["departed_party_taken_up", "departed_party_done_by_another_hub"]]), CLAIM_TTL_S + 10)  # fmt: skip
     finally:
         for hub in hubs:
             hub.stop()
+        client.delete(f"{prefix}departed-parties:claim")
         client.close()
 
 
@@ -108,8 +118,8 @@ def test_the_cleanup_of_a_hub_stopped_while_cleaning_up_is_taken_over_once_its_c
         try:
             _eventually(lambda: _assert(client.zscore(pending, f"{owner[0]}-{owner[1]}") is None),
                         CLAIM_TTL_S + CLEANED_WITHIN_S)  # fmt: skip
-            [cleaned] = _eventually(lambda: _one(_events(second, owner)), 30)
-            assert cleaned["event"] == "departed_party_cleaned"
+            [taken_up, cleaned] = _eventually(lambda: _two(_events(second, owner)), 30)
+            assert (taken_up["event"], cleaned["event"]) == ("departed_party_taken_up", "departed_party_cleaned")
             assert _moment(cleaned["timestamp"]) > runs_out - 0.1  # not while the stopped hub's claim held
             assert client.hget(*entry) is None and client.hget(entry[0], "X1") == b"NL-ZZZ"
         finally:
@@ -119,8 +129,8 @@ def test_the_cleanup_of_a_hub_stopped_while_cleaning_up_is_taken_over_once_its_c
         client.close()
 
 
-def _one(events: list[dict]) -> list[dict]:
-    assert len(events) == 1, events
+def _two(events: list[dict]) -> list[dict]:
+    assert len(events) == 2, events
     return events
 
 

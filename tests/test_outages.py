@@ -8,6 +8,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -193,7 +194,12 @@ def test_a_hub_stopped_while_postgres_is_away_keeps_its_unwritten_rows_and_the_n
     data_dir = tmp_path / "hub"
     hub = start_hub(hub_env(services, data_dir) | {"OCPI_HUB_DATABASE_URL": url}, OUTPUT / "hub-spool.log")
     try:
-        cpo, emsp = register_at_hub(hub, start_party, _roles("CPO")), register_at_hub(hub, start_party, _roles("EMSP"))
+        # Parties the hub has nothing of its own to send to (no locations Sender to pull, no ClientInfo Receiver): the
+        # three pushes are the only rows when PostgreSQL goes away, the first of them in flight. A ClientInfo push or
+        # the CPO's first pull sync still on its way then (answered late on a loaded machine) was the batch in flight,
+        # the first push's row queued behind it, and six rows were spooled.
+        cpo = register_at_hub(hub, start_party, _roles("CPO"), modules={"tariffs": ["SENDER"]})
+        emsp = register_at_hub(hub, start_party, _roles("EMSP"), modules={"locations": ["RECEIVER"]})
         cc, pid = party_key(cpo)
         postgres.stop()
 
@@ -224,7 +230,9 @@ def test_a_hub_stopped_while_postgres_is_away_keeps_its_unwritten_rows_and_the_n
         # An auditor reads what the callers got: the queued rows say 4000 (they said the receiver's 1000); the one
         # whose content its hash had fixed already still says 1000, and its amendment, spooled with it, says 4000.
         assert [row["ocpi_status_code"] for row in rows] == [1000, 4000, 4000]
-        assert all("the caller was answered 4000 after 2." in row["error"] for row in rows[1:]), rows
+        # after the commit timeout (2 s), and however long a loaded machine took beyond it
+        late = [re.search(r"the caller was answered 4000 after (\d+\.\d) s instead", row["error"]) for row in rows[1:]]
+        assert all(found and float(found[1]) >= 2.0 for found in late), rows
         assert '"routing_log_row_not_as_answered"' in hub.log() and '"request_id":"while-away-0"' in hub.log()
         amended = _amended(url)
         assert list(amended) == [rows[0]["id"]]

@@ -270,6 +270,16 @@ SELECT r.chain_id, count(*) AS kept FROM routing_log AS r
 JOIN unnest($1::uuid[], $2::bigint[]) AS upto (chain_id, seq) ON r.chain_id = upto.chain_id AND r.seq <= upto.seq
 GROUP BY r.chain_id;
 
+-- name: amendments_since
+-- The numbered amendments of rows up to a seq written after a chain counted a number of them ($1, $2, $3: chain ids,
+-- seqs and counts): a checkpoint's chains, whose rows' amendments since it are named in verify's notes.
+SELECT DISTINCT ON (a.chain_id, a.number) a.chain_id, a.seq, a.number, a.http_status, a.ocpi_status_code,
+       upto.amendments AS counted
+FROM routing_log_amendment AS a
+JOIN unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS upto (chain_id, seq, amendments)
+    ON a.chain_id = upto.chain_id AND a.seq <= upto.seq AND a.number > upto.amendments
+ORDER BY a.chain_id, a.number, upto.amendments;
+
 -- name: chain_floors
 SELECT chain_id, seq, hash, prev_hash, next_apart, prev_apart, mac FROM routing_log_floor;
 

@@ -27,7 +27,7 @@ from hub.checkpoint import saved_heads
 from hub.export_manifest import signed
 from hub.settings import Settings, SettingsError
 from storage.audit_trail import entry_hash, head_mac
-from storage.log_row import row_hash
+from storage.log_row import amendment_mac, amendment_number_mac, row_hash
 from storage.partitions import drop_before
 from storage.secrets import audit_trail_key, export_signing_key
 from tests.conftest import (
@@ -329,3 +329,34 @@ def test_the_checkpoint_interval_is_seconds_or_0_for_none(value: str) -> None:
     assert Settings.from_env({"OCPI_HUB_CHECKPOINT_LOG_S": "0"}).checkpoint_log_s == 0
     with pytest.raises(SettingsError, match="OCPI_HUB_CHECKPOINT_LOG_S must be a positive number of seconds, or 0"):
         Settings.from_env({"OCPI_HUB_CHECKPOINT_LOG_S": value})
+
+
+def _amend_as_an_insider(url: str, chain_id: uuid.UUID, seq: int) -> None:
+    """An amendment of the row at seq, long after it was written, MAC'd and numbered with the hub's key: the log now
+    says its caller was answered something else (what a serving role holding OCPI_HUB_SECRET_KEY may INSERT)."""
+    [row] = sql(url, "SELECT hash, received_at FROM routing_log WHERE chain_id = $1 AND seq = $2", chain_id, seq)
+    number = sql(url, "SELECT coalesce(amendments, 0) + 1 FROM routing_log_chain WHERE chain_id = $1", chain_id)[0][0]
+    values = (row["received_at"], 502, None, "forged: the CPO never answered", datetime.now(UTC))
+    sql(url, "INSERT INTO routing_log_amendment (chain_id, seq, row_received_at, http_status, ocpi_status_code, "
+             "message, answered_at, mac, number, number_mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        chain_id, seq, *values, amendment_mac(LOG_KEY, row["hash"], chain_id, seq, values), number,
+        amendment_number_mac(LOG_KEY, chain_id, number, seq))  # fmt: skip
+    sql(url, "UPDATE routing_log_chain SET amendments = $1 WHERE chain_id = $2", number, chain_id)
+
+
+def test_an_amendment_of_a_row_before_the_checkpoint_written_after_it_is_named(
+    services: Services, empty_database: str, tmp_path: Path
+) -> None:
+    settings = _settings(services, empty_database, tmp_path)
+    chain = numbered_log(empty_database, 6).chain_id
+    checkpoint = _checkpoint(empty_database, settings)
+    _amend_as_an_insider(empty_database, chain, 2)
+    assert _verified(empty_database, settings, None).ok  # the key holder's amendment: every MAC matches
+    result = _verified(empty_database, settings, checkpoint)
+    taken = json.loads(checkpoint)
+    assert result.notes == [
+        f"chain {chain}: seq 2, before its last in checkpoint {taken['checkpoint_id']} taken at "
+        f"{_iso(taken['taken_at'])}, was amended since (amendment 1, after the 0 it counted; its "
+        "caller was answered HTTP 502, OCPI None): from a commit that stalled around the "
+        "checkpoint, or written later by someone holding the secret key"
+    ]

@@ -82,6 +82,25 @@ async def note_dropped_before(
             result.notes.append(f"chain {chain_id}: {seq - kept[chain_id]} of its {seq} rows up to seq {seq}, its "
                                 f"last in {checkpoint.named()}, were dropped by retention: checked by the floors it "
                                 "left, not against the checkpoint")  # fmt: skip
+    await _note_amended_since(conn, checkpoint, result, timeout)
+
+
+async def _note_amended_since(
+    conn: asyncpg.Connection, checkpoint: Checkpoint, result: Verification, timeout: float | None
+) -> None:
+    """Rows up to a chain's seq in the checkpoint amended since (their amendment numbered past the checkpoint's count):
+    what their callers were answered changed after the checkpoint. An amendment follows its row within moments (a
+    commit that stalled around the checkpoint), or hours when spooled through a restart; one long after is an insider
+    with the secret key, whose amendments verify as the hub's. Said in notes, with the row and its amendment."""
+    heads = list(dict.fromkeys((h.chain_id, h.last_seq, h.amendments or 0) for h in checkpoint.chains))
+    found = await conn.fetch(QUERIES["amendments_since"], [h[0] for h in heads], [h[1] for h in heads],
+                             [h[2] for h in heads], timeout=timeout)  # fmt: skip
+    for a in found:
+        answered = f"HTTP {a['http_status']}, OCPI {a['ocpi_status_code']}"
+        result.notes.append(f"chain {a['chain_id']}: seq {a['seq']}, before its last in {checkpoint.named()}, was "
+                            f"amended since (amendment {a['number']}, after the {a['counted']} it counted; its caller "
+                            f"was answered {answered}): from a commit that stalled around the checkpoint, or written "
+                            "later by someone holding the secret key")  # fmt: skip
 
 
 async def log_checkpoints(pool: asyncpg.Pool, redis_client: redis.Redis, settings: Settings) -> None:

@@ -10,6 +10,7 @@ import msgspec
 import structlog
 
 _debug = False
+_level = logging.INFO
 
 
 def debug_enabled() -> bool:
@@ -17,12 +18,18 @@ def debug_enabled() -> bool:
     return _debug
 
 
+def shown(level: int) -> int:
+    """level, or the least one written if it is higher: for a line that must reach the log whatever its level (a
+    checkpoint of the routing log, which log shipping keeps outside the hub)."""
+    return max(level, _level)
+
+
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:  # stream: a text file on bytes
     """JSON lines to stdout (the server), or to stderr for commands whose stdout is their answer."""
-    global _debug
+    global _debug, _level
     stream = stream or sys.stdout
     numeric = logging.getLevelNamesMapping()[level.upper()]
-    _debug = numeric <= logging.DEBUG
+    _debug, _level = numeric <= logging.DEBUG, numeric
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

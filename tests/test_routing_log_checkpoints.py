@@ -360,3 +360,25 @@ def test_an_amendment_of_a_row_before_the_checkpoint_written_after_it_is_named(
         "caller was answered HTTP 502, OCPI None): from a commit that stalled around the "
         "checkpoint, or written later by someone holding the secret key"
     ]
+
+
+def test_a_hub_logging_warnings_only_still_writes_its_checkpoints_to_its_log(
+    services: Services, tmp_path: Path
+) -> None:
+    """OCPI_HUB_LOG_LEVEL=warning keeps routine lines out, not the checkpoints log shipping is there to keep."""
+    with scratch_database(services, "checkpoints_warning") as url:
+        env = hub_env(services, tmp_path, OCPI_HUB_DATABASE_URL=url, OCPI_HUB_CHECKPOINT_LOG_S="1",
+                      OCPI_HUB_LOG_LEVEL="warning")  # fmt: skip
+        hub = start_hub(env, OUTPUT / "hub-checkpoints-warning.log")
+        try:
+            deadline = time.monotonic() + 30
+            with hub.admin() as admin:
+                # two taken: the first one's line was written before the second was taken (one loop, in turn)
+                while len([e for e in admin.get("/admin/api/audit-trail").json()["items"]
+                           if e["action"] == "checkpoint"]) < 2:  # fmt: skip
+                    assert time.monotonic() < deadline, hub.log()[-3000:]
+                    time.sleep(0.2)
+            lines = [line for line in hub.log().splitlines() if '"routing_log_checkpoint"' in line]
+            assert lines and json.loads(lines[0])["checkpoint"]["taken_by"]["kind"] == "hub", hub.log()[-3000:]
+        finally:
+            hub.stop()

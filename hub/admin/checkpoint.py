@@ -4,6 +4,7 @@ log, each in the audit trail; and the audit trail checked against one given to v
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from hub.admin.actors import HUB, READ_ONLY, Actor, actor_of, record_action
 from hub.admin.api import json_response, takes_no_parameters
 from hub.checkpoint import Checkpoint, checkpoint_of
 from hub.errors import OUTAGES, unavailable
+from hub.logs import shown
 from hub.settings import Settings
 from storage.log_verify import Verification
 from storage.sql import QUERIES
@@ -124,4 +126,5 @@ async def log_checkpoints(pool: asyncpg.Pool, redis_client: redis.Redis, setting
         except (asyncpg.PostgresError, redis.RedisError) as exc:
             log.error("routing_log_checkpoint_failed", error=str(exc))
             continue
-        log.info("routing_log_checkpoint", checkpoint=checkpoint)
+        # at OCPI_HUB_LOG_LEVEL warning or error too: the line is what log shipping keeps outside the hub
+        log.log(shown(logging.INFO), "routing_log_checkpoint", checkpoint=checkpoint)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 
 from tests.conftest import OUTPUT, ROOT, Hub, Services, hub_env, register_at_hub, scratch_database, start_hub
 from tests.test_credentials_rotation import console_page
@@ -148,4 +149,28 @@ def test_a_pull_sync_stops_on_an_endless_chain_of_links(capped_hub: Hub, start_p
     assert len(cpo.syncs()) == 4
     assert _cache_state(hub, owner) == {"locations_cached": 2, "location_cache_over_cap": False,
                                         "locations_refused": 0}  # fmt: skip
+    _take_off(hub, owner)
+
+
+def test_a_get_of_one_location_found_in_the_cache_does_not_read_the_cap_marks(
+    capped_hub: Hub, services: Services, start_party
+) -> None:
+    """The marks of CPOs over their cap (one HGETALL) matter to a GET of one location only when it names its CPO or
+    misses: a hit of an open GET /locations/{id} costs no round trip more for the cap."""
+    hub = capped_hub
+    cpo = register_at_hub(hub, start_party, _roles("CPO"))
+    emsp = register_at_hub(hub, start_party, _roles("EMSP"))
+    owner = party_key(cpo)
+    doc = _location(owner, "H1", "2026-12-01T10:00:00Z")
+    _push(cpo, emsp, hub, "PUT", doc["id"], doc)
+    _wait(lambda: _get(emsp, hub, "sender/locations/H1").json()["status_code"] == 1000)
+    client = redis.Redis.from_url(services.redis_url)
+    try:
+        before = client.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0)
+        assert _get(emsp, hub, "sender/locations/H1").json()["data"]["id"] == "H1"
+        assert client.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0) == before
+        missed = _get(emsp, hub, "sender/locations/NOPE").json()  # a miss reads them, to say which CPOs are over
+        assert missed["status_code"] == 2003, missed
+    finally:
+        client.close()
     _take_off(hub, owner)

@@ -234,3 +234,24 @@ def test_postgresql_refuses_the_serving_role_any_change_of_the_log_and_retention
     assert dropped.returncode == 0 and json.loads(dropped.stdout)["dropped"] == [partition], dropped.stderr
     verify = _cli(serving_env, "verify")
     assert verify.returncode == 0 and json.loads(verify.stdout)["rows"] == 2, verify.stdout + verify.stderr
+
+
+def test_a_temporary_table_named_as_a_coming_partition_does_not_stop_that_partition_being_made(
+    empty_database: str,
+) -> None:
+    # routing_log_ensure_partitions runs with search_path "the hub's schema, pg_temp": a caller's temporary table of a
+    # partition's name was found by the unqualified to_regclass of routing_log_add_partition, which then made none
+    write(empty_database, [])  # the schema
+    now = datetime.now(UTC)
+    year, month_index = divmod(now.year * 12 + now.month - 1 + 100, 12)
+    month = f"routing_log_{year}m{month_index + 1:02d}"  # the last one routing_log_ensure_partitions(100) makes
+
+    async def made_beside_a_temporary_table(conn: asyncpg.Connection) -> list[str]:
+        await conn.execute(f"CREATE TEMP TABLE {month} ()")
+        return [row[0] for row in await conn.fetch("SELECT routing_log_ensure_partitions(100)")]
+
+    made = run_on(empty_database, made_beside_a_temporary_table)
+    assert month in made
+    attached = sql(empty_database, "SELECT inhrelid::regclass::text FROM pg_inherits"
+                                   " WHERE inhparent = 'routing_log'::regclass")  # fmt: skip
+    assert month in [row[0] for row in attached]

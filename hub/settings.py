@@ -313,7 +313,7 @@ class Settings:
             redis_prefix=redis_prefix,
             log_level=log_level,
             party_networks_allowed=party_networks_allowed,
-            checkpoint_log_s=_number_or_zero("OCPI_HUB_CHECKPOINT_LOG_S", get("OCPI_HUB_CHECKPOINT_LOG_S")),
+            checkpoint_log_s=_checkpoint_interval(get("OCPI_HUB_CHECKPOINT_LOG_S")),
             listen=_listen_address(get(LISTEN_ADDRESS)),
         )
 
@@ -373,6 +373,20 @@ def _number(name: str, raw: str, kind: type[int] | type[float]) -> float:
         raise SettingsError(f"{name} must be {wanted}, got {raw!r}") from None
     if value <= 0:
         raise SettingsError(f"{name} must be {wanted}, got {raw!r}")
+    return value
+
+
+def _checkpoint_interval(raw: str | None) -> float:
+    """Seconds between the checkpoints a hub logs, 0 for none; each is an audit-trail entry, taken under the trail's
+    head lock: below a second they would queue on it faster than it is taken."""
+    name = "OCPI_HUB_CHECKPOINT_LOG_S"
+    raw = raw or _DEFAULTS[name]
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or (value != 0 and value < 1):
+        raise SettingsError(f"{name} must be 1 second or more, or 0 for none, got {raw!r}")
     return value
 
 

@@ -254,7 +254,7 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
         if args.command in ("serve", "demo"):
             settings = dataclasses.replace(settings, listen=(args.host, port))
         else:
-            settings = _of_the_running_hub(settings, env, args.command)
+            settings = _of_the_running_hub(settings, env, args.command, getattr(args, "grant_serving_role", None))
         settings = settings.with_secrets()
     except SettingsError as exc:
         print(f"ocpi-hub: configuration error: {exc}", file=sys.stderr)
@@ -321,7 +321,7 @@ def _migrated(applied: list[str]) -> str:
     return f"ocpi-hub: {done}; the database is up to date at migration {migration_files()[-1][1]}"
 
 
-def _of_the_running_hub(settings: Settings, env: dict[str, str], command: str) -> Settings:
+def _of_the_running_hub(settings: Settings, env: dict[str, str], command: str, grant: str | None) -> Settings:
     """The settings of a command that works beside `ocpi-hub serve` (invite, sync, verify, connect...): that hub's
     storage, which it does not create (run elsewhere, it would start a new embedded PostgreSQL of its own and hand
     out tokens of a hub that is not running), and the URL that hub serves at, recorded in the data dir by serve,
@@ -335,7 +335,8 @@ def _of_the_running_hub(settings: Settings, env: dict[str, str], command: str) -
             "OCPI_HUB_DATABASE_URL is not set): run it in the directory `ocpi-hub serve` runs in, or set "
             "OCPI_HUB_DATA_DIR, or the database and Redis URLs, to the running hub's"
         )
-    if command != "migrate" and settings.secret_key is None and not (settings.data_dir / "secret.key").is_file():
+    makes_key = command == "migrate" and grant is None  # a new hub's; a grant's audit-trail entry needs the hub's key
+    if not makes_key and settings.secret_key is None and not (settings.data_dir / "secret.key").is_file():
         # One made here would not be the hub's: refused once a party's token is stored, but until then (the first
         # invitations) it would key the audit-trail entries the command writes, which verify then finds changed.
         raise SettingsError(

@@ -180,12 +180,18 @@ def test_a_cli_command_run_where_no_hub_is_says_so_and_starts_no_database(hub: H
     assert not (tmp_path / "nothing").exists() and result.stdout == ""
 
 
-def test_a_cli_command_with_no_secret_key_refuses_rather_than_make_one(hub: Hub, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command", [("invite", "--name", "x", "--role", "CPO:NL:ABC"), ("migrate", "--grant-serving-role", "nobody")]
+)
+def test_a_cli_command_with_no_secret_key_refuses_rather_than_make_one(
+    hub: Hub, tmp_path: Path, command: tuple[str, ...]
+) -> None:
     # Run from another directory against the hub's database, it made a key of its own there: refused only once a
     # party had registered, and before that (an operator's first invitations) its audit-trail entries were keyed with
-    # it, which verify then reported as changed.
+    # it, which verify then reported as changed. migrate makes the key of a new hub, but not with a grant, whose
+    # audit-trail entry needs the hub's.
     env = {k: v for k, v in hub.env.items() if k != "OCPI_HUB_SECRET_KEY"} | {"OCPI_HUB_DATA_DIR": str(tmp_path)}
-    result = _cli(hub, "invite", "--name", "x", "--role", "CPO:NL:ABC", env=env)
+    result = _cli(hub, *command, env=env)
     assert result.returncode == 2 and result.stdout == "", result.stderr
     assert f"OCPI_HUB_SECRET_KEY is not set and {tmp_path} holds no secret.key" in result.stderr
     assert not (tmp_path / "secret.key").exists()

@@ -51,9 +51,14 @@ LOG_COMMIT_SECONDS = Histogram(
     "ocpi_hub_routing_log_commit_seconds", "Time of one routing-log group commit",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )  # fmt: skip
+LOCATION_CACHE_LOST = Counter(
+    "ocpi_hub_location_cache_lost", "CPOs whose location cache this hub process saw synced, then found without its "
+    "sync mark: Redis lost its data (restart without persistence, FLUSHALL, failover to an empty replica)",
+)  # fmt: skip
 CACHE_REQUESTS = Counter(
     "ocpi_hub_location_cache_requests", "Location requests answered from the cache (hit) or not found there (miss); "
-    "GET Alls not answered from it as a CPO's cache is over its cap (over_cap: forwarded to the CPO, or refused)",
+    "GET Alls not answered from it as a CPO's cache is over its cap (over_cap: forwarded to the CPO, or refused) or "
+    "not synced yet (not_synced: new, or Redis lost its data)",
     ["result"],
 )  # fmt: skip
 LOCATIONS_OVER_CAP = Counter(

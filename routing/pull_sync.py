@@ -41,7 +41,7 @@ import structlog
 
 from hub.envelope import ocpi_timestamp, whole_number
 from hub.errors import AnswerTooLarge
-from hub.metrics import LOCATION_SYNCS
+from hub.metrics import LOCATION_CACHE_LOST, LOCATION_SYNCS
 from hub.own_messages import hub_request
 from hub.party_client import PartyClient
 from routing.forward import OcpiStatusCode
@@ -275,21 +275,30 @@ async def run_scheduled(sync: PullSync, directory: Callable[[], Directory], wake
     """For the life of the process: sync new parties at once (a registration sets `wake`), parties whose sync
     marks vanished (Redis lost its data: the cache is rebuilt), and every party each interval_s."""
     last_round = time.monotonic()
+    seen_synced: set[tuple[str, str]] = set()  # CPOs this process saw synced: one found without its mark lost it
     while True:
         with contextlib.suppress(TimeoutError):  # asyncio.timeout: see StillAlive.run
             async with asyncio.timeout(check_s):
                 await wake.wait()
         wake.clear()
         try:
-            parties = cpo_parties(directory())
+            parties, results = cpo_parties(directory()), None
+            seen_synced &= {role.key for _, role in parties}  # one leaving and coming back starts unsynced
             due = await sync.never_synced(parties)
+            if lost := [role.key for _, role in due if role.key in seen_synced]:
+                LOCATION_CACHE_LOST.inc(len(lost))
+                log.warning("location_cache_lost", parties=[f"{c}-{p}" for c, p in lost],
+                            effect="GET All via the hub of these CPOs is forwarded to them, of every CPO refused with "
+                                   "4000, until their syncs have run")  # fmt: skip
+            seen_synced -= set(lost)
             if due:
                 log.info("location_sync_needed", parties=[f"{r.country_code}-{r.party_id}" for _, r in due],
                          reason="never synced, or the cache lost its data")  # fmt: skip
             if time.monotonic() - last_round >= interval_s:
                 due, last_round = parties, time.monotonic()
-            if due and await sync.run(due) is None:
+            if due and (results := await sync.run(due)) is None:
                 log.info("location_sync_skipped", reason="another hub process is syncing")
+            seen_synced |= {result.party for result in results or [] if result.error is None}
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # Redis or a party briefly away: the next round tries again

@@ -23,6 +23,7 @@ sync's pages directly); the reads, for GET All and single GETs via the hub and f
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection
 from typing import Any
 
 import msgspec
@@ -30,7 +31,7 @@ import redis.asyncio as redis
 import structlog
 
 from storage.directory import DirectoryCache
-from storage.location_cap import MAX_LOCATIONS_PER_CPO, cached_counts, over_cap
+from storage.location_cap import MAX_LOCATIONS_PER_CPO, cached_counts, not_complete, over_cap, synced_at
 from storage.location_updates import RelayedUpdates
 from storage.location_writer import keyed, text_of
 from storage.publish_tokens import ALLOWED_LUA, MATCH_LUA, index_keys, publish_entries
@@ -119,6 +120,15 @@ class LocationCache(RelayedUpdates):
     async def over_cap(self) -> dict[tuple[str, str], int]:
         """The CPOs whose caches are over their cap, each with the locations refused since (storage.location_cap)."""
         return await over_cap(self._redis, self._prefix)
+
+    async def not_complete(self, on_hub: Collection[tuple[str, str]],
+                           synced_by_pull: list[tuple[str, str]]) -> dict[tuple[str, str], str]:  # fmt: skip
+        """The CPOs whose caches may miss some of their locations, with why (storage.location_cap.not_complete)."""
+        return await not_complete(self._redis, self._prefix, on_hub, synced_by_pull)
+
+    async def synced_at(self, owners: list[tuple[str, str]]) -> list[str | None]:
+        """When each CPO's last successful pull sync began (None: never, since its cache was emptied)."""
+        return await synced_at(self._redis, self._prefix, owners)
 
     async def cached_counts(self, owners: list[tuple[str, str]]) -> list[int]:
         """How many locations the cache holds of each of these CPOs."""

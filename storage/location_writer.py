@@ -21,7 +21,7 @@ import structlog
 from redis.asyncio.client import Pipeline
 
 from storage.directory import GENERATION_KEY, UNCHANGED_LUA, Directory, DirectoryCache, DirectoryChanged, PartyRole
-from storage.location_cap import MAX_LOCATIONS_PER_CPO, over_cap_key, owner_field, said_refused
+from storage.location_cap import MAX_LOCATIONS_PER_CPO, over_cap_key, owner_field, said_refused, synced_key
 from storage.location_document import Index, TooLarge, trusted_until, whole_location
 from storage.redis_scripts import executed, queue_script
 
@@ -205,8 +205,8 @@ class LocationWriter:
         return {text_of(member)[start:] for member in await self._redis.zrange(self._by_owner(owner), 0, -1)}
 
     def synced_key(self, owner: tuple[str, str]) -> str:
-        """Pull sync's mark of the owner: when its last successful sync began (absent: the next one is full)."""
-        return f"{self._p}synced:{owner[0]}/{owner[1]}"
+        """Pull sync's mark of the owner (storage.location_cap.synced_key)."""
+        return synced_key(self._prefix, owner)
 
     def sync_failed_key(self, owner: tuple[str, str]) -> str:
         """Pull sync's mark of an owner whose Sender failed: not asked again while it lasts."""

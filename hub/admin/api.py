@@ -70,6 +70,9 @@ class Party(msgspec.Struct):
     locations_cached: int | None = None
     location_cache_over_cap: bool = False
     locations_refused: int = 0
+    # When its last successful pull sync began (None: not synced since its cache was emptied, by Redis losing its data
+    # or the CPO being new: GET All of its locations then goes to the CPO, of every CPO is refused).
+    locations_synced_at: str | None = None
 
 
 class AdminError(Exception):
@@ -154,12 +157,13 @@ async def location_caches(locations: LocationCache, rows: list[asyncpg.Record]) 
     cap, how many new ones it refused since. Nothing while Redis does not answer: the parties are PostgreSQL's."""
     cpos = sorted({key for row in rows if (key := _cpo(row))})
     try:
-        counts, over = await locations.cached_counts(cpos), await locations.over_cap()
+        counts, over, synced = (await locations.cached_counts(cpos), await locations.over_cap(),
+                                await locations.synced_at(cpos))  # fmt: skip
     except redis.RedisError as exc:
         log.warning("location_cache_state_unknown", error=f"{type(exc).__name__}: {exc}")
         return {}
-    return {cpo: {"locations_cached": n, "location_cache_over_cap": cpo in over, "locations_refused": over.get(cpo, 0)}
-            for cpo, n in zip(cpos, counts, strict=True)}  # fmt: skip
+    return {cpo: {"locations_cached": n, "location_cache_over_cap": cpo in over, "locations_refused": over.get(cpo, 0),
+                  "locations_synced_at": at} for cpo, n, at in zip(cpos, counts, synced, strict=True)}  # fmt: skip
 
 
 def _cpo(row: asyncpg.Record) -> PartyKey | None:

@@ -19,6 +19,7 @@ from hub.ocpi import relayed_urls
 from hub.ocpi.forward_to_receiver import call_party
 from routing.decide import delivery_to
 from routing.forward import Answer
+from routing.pull_sync import cpo_parties
 from routing.request import Incoming, endpoint_url, party_text, routing_party
 from storage.location_cache import snapshot_viewer
 from storage.location_document import epoch, same_id
@@ -35,15 +36,17 @@ async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer
     """A locations GET addressed to the hub (routing.decide.served_by_hub)."""
     params = dict(parse_qsl(incoming.query))
     owner = _owner(params)
+    # a GET All is "the new truth" to its client (mod_locations.asciidoc): never answered from a cache that may miss
+    # some of a CPO's locations, over its cap or not synced since Redis lost its data (storage.location_cap)
     if incoming.segments and owner is None:  # the marks only matter to a miss (one round trip less for a hit)
-        return await _single(relay, exchange, incoming.segments, owner)
-    if over := await _over_cap(relay):
-        if owner in over:
-            return await _from_its_cpo(relay, exchange, incoming, owner)
-        if owner is None:
-            raise _not_all_cached(relay, over)
+        return await _single(relay, exchange, incoming, owner, None)
+    if short := await _not_complete(relay):
+        if owner in short:
+            return await _from_its_cpo(relay, exchange, incoming, owner, short[owner])
+        if owner is None and not incoming.segments:
+            raise _not_all_cached(relay, short)
     if incoming.segments:
-        return await _single(relay, exchange, incoming.segments, owner)
+        return await _single(relay, exchange, incoming, owner, short)
     date_from, date_to = _epoch(params, "date_from"), _epoch(params, "date_to")
     check_dates(params, date_from, date_to)
     offset, limit = paging_window(params, MAX_LIMIT)
@@ -56,22 +59,23 @@ async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer
     return await page(relay, exchange, snapshot_id, offset, limit)
 
 
-async def _over_cap(relay: Relay) -> dict[tuple[str, str], int]:
-    """The CPOs on the hub whose caches are over their cap (storage.location_cap): one that left took its locations
-    with it, whether or not its mark went too."""
-    on_hub = relay.directory.current.parties
-    return {cpo: n for cpo, n in (await relay.locations.over_cap()).items() if cpo in on_hub}
+async def _not_complete(relay: Relay) -> dict[tuple[str, str], str]:
+    """The CPOs on the hub whose cache is not known whole (storage.location_cap), each with why."""
+    directory = relay.directory.current
+    return await relay.locations.not_complete(directory.parties, [role.key for _, role in cpo_parties(directory)])
 
 
-async def _from_its_cpo(relay: Relay, exchange: Exchange, incoming: Incoming, owner: tuple[str, str]) -> Answer:
-    """A GET of the locations of a CPO whose cache is over its cap (storage.location_cap), forwarded to the CPO: the
-    cache misses some of them, and a GET All is "the new truth" (mod_locations.asciidoc) to its client, which would
-    drop what it did not list. The CPO's answer, its Links leading back through the hub, as a direct GET's."""
-    CACHE_REQUESTS.labels("over_cap").inc()
+async def _from_its_cpo(relay: Relay, exchange: Exchange, incoming: Incoming, owner: tuple[str, str],
+                        why: str) -> Answer:  # fmt: skip
+    """A GET of the locations of a CPO whose cache is not known whole (storage.location_cap: over its cap, or not
+    synced yet), forwarded to the CPO: the cache may miss some of them, and a GET All is "the new truth"
+    (mod_locations.asciidoc) to its client, which would drop what it did not list. The CPO's answer, its Links
+    leading back through the hub, as a direct GET's."""
+    CACHE_REQUESTS.labels("over_cap" if why.startswith("over") else "not_synced").inc()
     delivery = delivery_to(incoming, relay.directory.current, owner)  # 4001 or 4003 when it is not there to ask
     exchange.entry.routing = "direct"
-    exchange.entry.error = (f"{party_text(owner)}'s cache is over its cap of {relay.locations.max_per_cpo:,} "
-                            "locations: forwarded to it, not answered from the cache")  # fmt: skip
+    exchange.entry.error = (f"{party_text(owner)}'s cache is {why} (its cap: {relay.locations.max_per_cpo:,} "
+                            "locations): forwarded to it, not answered from the cache")  # fmt: skip
     hubs_filter = ("country_code", "party_id")
     query = urlencode([(k, v) for k, v in parse_qsl(incoming.query, keep_blank_values=True) if k not in hubs_filter])
     url = endpoint_url(delivery.url, incoming.suffix)
@@ -82,16 +86,18 @@ async def _from_its_cpo(relay: Relay, exchange: Exchange, incoming: Incoming, ow
     return answer
 
 
-def _not_all_cached(relay: Relay, over: dict[tuple[str, str], int]) -> HubError:
-    """A GET All of every CPO while the cache misses some of one's locations: refused, not answered short, as its
-    client would take the list for "the new truth" (mod_locations.asciidoc) and drop what it did not list."""
-    CACHE_REQUESTS.labels("over_cap").inc()
-    named = ", ".join(party_text(owner) for owner in sorted(over))
+def _not_all_cached(relay: Relay, short: dict[tuple[str, str], str]) -> HubError:
+    """A GET All of every CPO while the cache may miss some of one's locations: refused, not answered short, as its
+    client would take the list for "the new truth" (mod_locations.asciidoc) and drop what it did not list. 4000, not a
+    2xxx: the request is right, the hub cannot answer it now (status_codes.asciidoc: 2xxx "Client errors")."""
+    CACHE_REQUESTS.labels("over_cap" if any(w.startswith("over") for w in short.values()) else "not_synced").inc()
+    named = ", ".join(f"{party_text(owner)} ({why})" for owner, why in sorted(short.items()))
     return HubError(
-        f"the hub's cache does not hold every location of {named} (more than its cap of "
-        f"{relay.locations.max_per_cpo:,} per CPO), so it answers no GET All of every CPO's locations: ask for one "
-        "CPO's with ?country_code=&party_id= (for those over the cap, forwarded to the CPO), or address a CPO with "
-        "OCPI-to-country-code and OCPI-to-party-id"
+        f"the hub's cache may not hold every location of {named}, so it answers no GET All of every CPO's locations "
+        f"now: retry shortly (pull sync fills a CPO's cache within OCPI_HUB_SYNC_CHECK_S of it being found missing), "
+        "or ask for one CPO's with ?country_code=&party_id= (one whose cache is not whole is forwarded to the CPO), or "
+        f"address a CPO with OCPI-to-country-code and OCPI-to-party-id (cap: {relay.locations.max_per_cpo:,} "
+        "locations per CPO)"
     )
 
 
@@ -155,10 +161,13 @@ def _listed(relay: Relay, exchange: Exchange, docs: list[bytes], total: int, mos
     return Answer(200, headers, body)
 
 
-async def _single(relay: Relay, exchange: Exchange, segments: list[str], chosen: tuple[str, str] | None) -> Answer:
+async def _single(relay: Relay, exchange: Exchange, incoming: Incoming, chosen: tuple[str, str] | None,
+                  short: dict[tuple[str, str], str] | None) -> Answer:  # fmt: skip
     """GET /{location_id}[/{evse_uid}[/{connector_id}]] from the cache, of the owner chosen by ?country_code=&party_id=
     if any; several owners of one id and none chosen: refused naming them, those the hub saw push it whose copy it does
-    not hold (too large to keep, an update of it dropped) too, rather than answered with the one copy it holds."""
+    not hold (too large to keep, an update of it dropped) too, rather than answered with the one copy it holds. One
+    not cached, of an owner whose cache is not whole (storage.location_cap), is asked of the owner."""
+    segments = incoming.segments
     found = await relay.locations.find(segments[0])
     assert exchange.sender is not None
     visible = [(owner, loc) for owner, loc in found if chosen in (None, owner)
@@ -183,9 +192,14 @@ async def _single(relay: Relay, exchange: Exchange, segments: list[str], chosen:
     if target is not None and len(segments) > 2:
         target = next((c for c in target.get("connectors") or [] if same_id(c.get("id"), segments[2])), None)
     if target is None:
+        if short is None:  # not read for a GET naming no owner, whose hit needs no marks
+            short = await _not_complete(relay)
+        known = chosen or (owners[0] if len(owners) == 1 else None)
+        if known is not None and known in short:
+            return await _from_its_cpo(relay, exchange, incoming, known, short[known])
         CACHE_REQUESTS.labels("miss").inc()
         error = UnknownLocation(f"the hub knows no {'/'.join(segments)} among the locations it has seen"
-                                + _not_all_seen(await _over_cap(relay)))  # fmt: skip
+                                + _not_all_seen(short))  # fmt: skip
         error.http_status = 404  # status_codes.asciidoc: a GET of a resource that does not exist
         raise error
     CACHE_REQUESTS.labels("hit").inc()
@@ -193,11 +207,11 @@ async def _single(relay: Relay, exchange: Exchange, segments: list[str], chosen:
     return Answer(200, _from_hub(relay, exchange), body)
 
 
-def _not_all_seen(over: dict[tuple[str, str], int]) -> str:
-    if not over:
+def _not_all_seen(short: dict[tuple[str, str], str]) -> str:
+    if not short:
         return ""
-    named = ", ".join(party_text(owner) for owner in sorted(over))
-    return f" (it holds not every location of {named}, over the cap of its cache: ask its CPO with OCPI-to-*)"
+    named = ", ".join(f"{party_text(owner)} ({why})" for owner, why in sorted(short.items()))
+    return f" (its cache may not hold every location of {named}: ask its CPO with OCPI-to-*)"
 
 
 def _from_hub(relay: Relay, exchange: Exchange) -> dict[str, str]:

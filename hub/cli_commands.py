@@ -1,5 +1,5 @@
-"""The one-off operator commands of `ocpi-hub` (invite, connect, sync, auditor, retention, hold, verify,
-grant-serving-role), run on a pool."""
+"""The one-off operator commands of `ocpi-hub` (invite, connect, sync, auditor, retention, grant-serving-role), run on
+a pool; the auditor's in hub.cli_audit."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import getpass
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -69,7 +68,7 @@ async def _invite(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
             invitation = await invite(conn, settings, request)
             # as the admin API and the console record theirs
             await record_action(
-                conn, settings.audit_trail_key, _operator("invite"), "invite", invited(invitation) | {"via": "cli"}
+                conn, settings.audit_trail_key, operator("invite"), "invite", invited(invitation) | {"via": "cli"}
             )
     except AdminError as exc:
         print(f"ocpi-hub: {exc.message}", file=sys.stderr)
@@ -79,7 +78,7 @@ async def _invite(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
     return 0
 
 
-def _operator(command: str) -> Actor:
+def operator(command: str) -> Actor:
     """The audit trail's actor of a command: a shell holds no admin token, so the admin is named by the command and
     who ran it, the login name, or the user id when the system has no name for it."""
     from hub.admin.actors import ADMIN, Actor
@@ -175,7 +174,7 @@ async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
         print(f"ocpi-hub: auditor {args.action} needs a NAME", file=sys.stderr)
         return 2
     # who may read the routing log is part of its audit trail, as the reading itself is
-    key, who = settings.audit_trail_key, _operator("auditor")
+    key, who = settings.audit_trail_key, operator("auditor")
     async with pool.acquire() as conn:
         if args.action == "list":
             out(msgspec.json.format(msgspec.json.encode(await actors.list_auditors(conn))).decode())
@@ -210,7 +209,7 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
         print(f"ocpi-hub: {exc}", file=sys.stderr)
         return 2
     deleted = {}  # beside the log: what the hub keeps of the exchanges before the cut (dry run: would delete)
-    key, who = settings.audit_trail_key, _operator("retention")
+    key, who = settings.audit_trail_key, operator("retention")
     async with pool.acquire() as conn:
         for name, query in (("client_info_changes", "client_info_pushes_delivered_before"),
                             ("relayed_cdr_locations", "relayed_cdr_locations_before")):  # fmt: skip
@@ -234,95 +233,6 @@ async def _retention(settings: Settings, args: argparse.Namespace, pool: asyncpg
     return 0
 
 
-async def _hold(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
-    """POST /admin/api/holds, GET it, POST /admin/api/holds/{id}/release, as the admin."""
-    from hub.admin.api import AdminError
-    from hub.admin.holds import HoldIn, recorded_hold, recorded_release
-    from hub.envelope import whole_number
-    from storage.log_holds import list_holds
-
-    given = {name: value for name in ("reason", "correlation_id", "object_id", "party", "since", "until")
-             if (value := getattr(args, name)) is not None}  # fmt: skip
-    try:
-        async with pool.acquire() as conn:
-            if args.action == "list":
-                result: Any = {"items": await list_holds(conn)}
-            elif args.action == "release":
-                if (hold_id := whole_number(args.id or "")) is None:
-                    wrong = "needs the hold's ID" if args.id is None else f"{args.id!r} is not a hold's ID, a number"
-                    print(f"ocpi-hub: hold release {wrong} (ocpi-hub hold list shows them)", file=sys.stderr)
-                    return 2
-                result = await recorded_release(conn, settings.audit_trail_key, _operator("hold"), hold_id, "cli")
-            else:
-                try:
-                    hold = msgspec.convert(given, HoldIn)
-                except msgspec.ValidationError as exc:
-                    print(f"ocpi-hub: invalid hold: {exc} (set needs --reason)", file=sys.stderr)
-                    return 2
-                result = await recorded_hold(conn, settings.audit_trail_key, _operator("hold"), hold, "cli")
-    except AdminError as exc:
-        print(f"ocpi-hub: {exc.message}", file=sys.stderr)
-        return 2 if exc.status == 400 else 1
-    out(msgspec.json.format(msgspec.json.encode(result)).decode())
-    return 0
-
-
-async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
-    """GET /admin/api/routing-log/verify without a request's time limits (a log of millions of rows takes minutes),
-    for cron and alerting: the same JSON on stdout, exit code 1 when the log does not verify."""
-    from hub.admin.routing_log import recorded_verify
-    from hub.checkpoint import NotHeads, Refused, saved_heads
-    from storage.log_search import BadFilter, check_range, parse_time
-
-    given = {name: value for name in ("since", "until") if (value := getattr(args, name))}
-    option, file = ("--checkpoint", args.checkpoint) if args.checkpoint else ("--heads", args.heads)
-    try:
-        if args.checkpoint and args.heads:
-            raise BadFilter("give --heads or --checkpoint, not both")
-        times = {name: parse_time(f"--{name}", value) for name, value in given.items()}
-        check_range(times.get("since"), times.get("until"))
-        data = Path(file).read_bytes() if file else None
-        saved = saved_heads(data, settings.export_signing_key, bool(args.checkpoint)) if data is not None else None
-    except BadFilter as exc:
-        print(f"ocpi-hub: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"ocpi-hub: cannot read {option} {file}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except NotHeads as exc:
-        print(f"ocpi-hub: {option} {file}: not heads as ocpi-hub heads prints them, nor a checkpoint: {exc}",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    except Refused as exc:
-        print(f"ocpi-hub: {option} {file}: {exc}", file=sys.stderr)
-        return 2
-    window = (times.get("since"), times.get("until"))
-    async with pool.acquire() as conn:  # no time limit here: the point of the command
-        result = await recorded_verify(conn, settings.routing_log_key, _operator("verify"), given, window, saved, None)
-    out(msgspec.json.format(msgspec.json.encode(result)).decode())
-    return 0 if result.ok else 1
-
-
-async def _heads(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
-    """GET /admin/api/routing-log/heads: kept outside the database, a later verify --heads shows rows deleted since."""
-    from hub.admin.routing_log import recorded_heads
-
-    async with pool.acquire() as conn:
-        heads = await recorded_heads(conn, settings.audit_trail_key, _operator("heads"), {})
-    out(msgspec.json.format(msgspec.json.encode(heads)).decode())
-    return 0
-
-
-async def _checkpoint(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
-    """GET /admin/api/routing-log/checkpoint, for cron: kept outside the hub, verify --checkpoint checks it later."""
-    from hub.admin.checkpoint import recorded_checkpoint
-
-    async with pool.acquire() as conn:
-        checkpoint = await recorded_checkpoint(conn, settings, _operator("checkpoint"), {"via": "cli"})
-    out(msgspec.json.format(msgspec.json.encode(checkpoint)).decode())
-    return 0
-
-
 async def _grant_serving_role(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
     """Run as the owner of the hub's tables (OCPI_HUB_OWNER_DATABASE_URL): what the role the hub serves with may do."""
     from hub.admin.actors import record_action
@@ -334,12 +244,11 @@ async def _grant_serving_role(settings: Settings, args: argparse.Namespace, pool
         except RoleRefused as exc:
             print(f"ocpi-hub: {exc}", file=sys.stderr)
             return 1
-        await record_action(conn, settings.audit_trail_key, _operator("grant-serving-role"), "grant_serving_role",
+        await record_action(conn, settings.audit_trail_key, operator("grant-serving-role"), "grant_serving_role",
                             {"role": args.role, "granted": granted})  # fmt: skip
     out(msgspec.json.format(msgspec.json.encode({"role": args.role, "granted": granted})).decode())
     return 0
 
 
 COMMANDS: dict[str, Command] = {"invite": _invite, "connect": _connect, "sync": _sync, "auditor": _auditor,
-                                "retention": _retention, "hold": _hold, "verify": _verify, "heads": _heads,
-                                "checkpoint": _checkpoint, "grant-serving-role": _grant_serving_role}  # fmt: skip
+                                "retention": _retention, "grant-serving-role": _grant_serving_role}  # fmt: skip

@@ -1,12 +1,12 @@
 """Routing-log rows checked where they are shown: each one's keyed hash, its amendment's, and its links to its chain's
 rows on either side.
 
-The checks are storage.log_verify's, run on the rows and their neighbours alone (the row before and the row after each
-in its chain, by seq, its chain's head, seal and retention floors, its amendment and the record of one deleted), so
-that a row edited in the database shows as such on its own page and in its conversation, not only to a later verify.
-The rows of a conversation are checked together, with one query for each of those whatever their number. What only a
-verify of the whole log shows stays so: ids out of order along a chain, a chain's newest rows deleted with its head,
-an amendment deleted with the record of its deletion.
+The checks are verify's (storage.log_chain_checks), run on the rows and their neighbours alone (the row before and the
+row after each in its chain, by seq, its chain's head, seal and retention floors, its amendment and the record of one
+deleted), so that a row edited in the database shows as such on its own page and in its conversation, not only to a
+later verify. The rows of a conversation are checked together, with one query for each of those whatever their number.
+What only a verify of the whole log shows stays so: ids out of order along a chain, a chain's newest rows deleted with
+its head, an amendment deleted with the record of its deletion.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 import asyncpg
 
 from storage.log_amendment import check_amendment, number_verifies
+from storage.log_chain_checks import check_content, check_head, check_link
 from storage.log_marks import Floors, verified_marks
-from storage.log_verify import Verification, check_content, check_head, check_link
+from storage.log_verify import Verification
 from storage.sql import QUERIES
 
 Row = Mapping[str, Any]  # a row as stored: every column of storage.log_row.COLUMNS, id, object_id and listed_ids

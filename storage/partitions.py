@@ -17,10 +17,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import structlog
 
+from storage.log_chain_checks import row_verifies
 from storage.log_holds import holds_keeping
 from storage.log_marks import verified_seals
 from storage.log_row import floor_mac
-from storage.log_verify import row_verifies
 from storage.sql import QUERIES
 
 log = structlog.get_logger()

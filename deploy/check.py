@@ -156,8 +156,8 @@ EXPECTED: dict[tuple[str, str], list[tuple[str, float]]] = {
 
 
 def settings_coverage() -> list[str]:
-    """Problems: a setting of hub/settings.py missing from the Kubernetes config, or an unknown one in deploy/."""
-    tree = ast.parse((ROOT / "hub" / "settings.py").read_text(encoding="utf-8"))
+    """Problems: a setting (hub/settings_variables.py) missing from the Kubernetes config, or unknown in deploy/."""
+    tree = ast.parse((ROOT / "hub" / "settings_variables.py").read_text(encoding="utf-8"))
     variables = next(  # read, not imported: the check needs none of the hub's dependencies
         ast.literal_eval(node.value)
         for node in tree.body
@@ -174,7 +174,7 @@ def settings_coverage() -> list[str]:
     for path in (DEPLOY / "docker-compose.yml", DEPLOY / ".env.example", *sorted(DEPLOY.glob("kubernetes/*.yaml"))):
         for name in sorted(set(re.findall(r"\bOCPI_HUB_[A-Z0-9_]+", path.read_text(encoding="utf-8")))):
             if name not in known and name not in ("OCPI_HUB_IMAGE", "OCPI_HUB_PORT"):
-                problems.append(f"{path.relative_to(ROOT)}: {name} is not a setting of hub/settings.py")
+                problems.append(f"{path.relative_to(ROOT)}: {name} is not a setting of hub/settings_variables.py")
     return problems
 
 

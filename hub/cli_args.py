@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 
-from hub.settings import VARIABLES
+from hub.settings_variables import VARIABLES
 
 COMMANDS_HELP = """commands:
   serve     run the hub (starts embedded PostgreSQL/Valkey when no URLs are set)

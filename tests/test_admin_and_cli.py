@@ -347,7 +347,7 @@ def test_a_weak_admin_token_stops_serve_at_start_naming_the_variable(hub: Hub) -
 
 
 def test_help_documents_every_command_and_variable() -> None:
-    from hub.settings import VARIABLES
+    from hub.settings_variables import VARIABLES
 
     result = subprocess.run([sys.executable, "-m", "hub.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
     for word in ("serve", "migrate", "invite", "connect", *(name for name, _, _ in VARIABLES)):

@@ -23,7 +23,7 @@ import storage.log_chain
 import storage.log_row
 import storage.routing_log
 from hub.cli import main
-from storage.log_row import RAW_BODY
+from storage.log_body import RAW_BODY
 
 
 def _replace(owner: ModuleType | type, name: str, value: Any) -> None:

@@ -11,7 +11,8 @@ from typing import Any
 
 import asyncpg
 
-from storage.log_row import COLUMNS, LogEntry, body_of, legacy_hash
+from storage.log_body import body_of
+from storage.log_row import COLUMNS, LogEntry, legacy_hash
 from storage.log_verify import verify
 from storage.migrate import migrate, migration_files
 from storage.routing_log import RoutingLogWriter

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from storage.log_row import body_of
+from storage.log_body import body_of
 from tests.conftest import Hub, unique_party_id
 from tests.log_rows import calls_of, own_conversation, own_messages_wrong
 from tests.parties import Party, envelope, token_header

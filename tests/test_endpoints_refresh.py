@@ -15,7 +15,7 @@ import asyncpg
 import httpx
 import pytest
 
-from storage.log_row import body_of
+from storage.log_body import body_of
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub, two_hub_processes
 from tests.parties import Party, Received, token_header
 from tests.test_admin_and_cli import _platform_id

@@ -18,15 +18,8 @@ import asyncpg
 import httpx
 import pytest
 
-from storage.log_row import (
-    COLUMNS,
-    RAW_BODY,
-    SMALL_BODY_BYTES,
-    floor_mac,
-    keyed_hash_covers_id,
-    legacy_hash,
-    row_hash,
-)
+from storage.log_body import RAW_BODY, SMALL_BODY_BYTES
+from storage.log_row import COLUMNS, floor_mac, keyed_hash_covers_id, legacy_hash, row_hash
 from tests.conftest import LOG_KEY, ROOT, Hub, Services, hub_env
 from tests.log_rows import numbered_log, sql, verified
 from tests.test_routing import LOCATION, _roles, party_key

@@ -13,7 +13,7 @@ import uuid
 
 import httpx
 
-from storage.log_row import body_of
+from storage.log_body import body_of
 from tests.conftest import Db, Hub
 from tests.parties import Party
 from tests.test_credentials_rotation import console_page

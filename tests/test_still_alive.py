@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.log_row import body_of
+from storage.log_body import body_of
 from tests.conftest import OUTPUT, Db, Hub, Services, hub_env, register_at_hub, scratch_database, start_hub
 from tests.parties import Party
 from tests.test_hub_client_info import _pushes_about, _wait_for

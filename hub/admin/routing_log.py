@@ -19,7 +19,8 @@ from hub.envelope import path_number, whole_number
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S, DATABASE_TIMEOUT_S
 from storage.audit_trail import verify_trail
 from storage.log_amendment import answered_instead
-from storage.log_row import BodyDigest, body_of, stored_text, text_of
+from storage.log_body import body_of, text_of
+from storage.log_row import BodyDigest, stored_text
 from storage.log_row_check import row_integrity, rows_integrity
 from storage.log_search import (
     LIST_COLUMNS,

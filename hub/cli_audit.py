@@ -53,7 +53,7 @@ async def _hold(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
 async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
     """GET /admin/api/routing-log/verify without a request's time limits (a log of millions of rows takes minutes),
     for cron and alerting: the same JSON on stdout, exit code 1 when the log does not verify."""
-    from hub.admin.routing_log import recorded_verify
+    from hub.admin.verify import recorded_verify
     from hub.checkpoint import NotHeads, Refused, saved_heads
     from storage.log_search import BadFilter, check_range, parse_time
 
@@ -88,7 +88,7 @@ async def _verify(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
 
 async def _heads(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:
     """GET /admin/api/routing-log/heads: kept outside the database, a later verify --heads shows rows deleted since."""
-    from hub.admin.routing_log import recorded_heads
+    from hub.admin.verify import recorded_heads
 
     async with pool.acquire() as conn:
         heads = await recorded_heads(conn, settings.audit_trail_key, operator("heads"), {})

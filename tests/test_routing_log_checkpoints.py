@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hub.admin.actors import Actor
 from hub.admin.checkpoint import recorded_checkpoint
-from hub.admin.routing_log import recorded_verify
+from hub.admin.verify import recorded_verify
 from hub.checkpoint import saved_heads
 from hub.export_manifest import signed
 from hub.settings import Settings, SettingsError

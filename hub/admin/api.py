@@ -192,16 +192,10 @@ def admin_router() -> Router:
     from hub.admin.export import export_manifest, export_public_key, export_routing_log
     from hub.admin.holds import list_holds, release_hold, set_hold
     from hub.admin.rotation import rotate_credentials
-    from hub.admin.routing_log import (
-        audit_trail,
-        routing_log,
-        routing_log_conversation,
-        routing_log_heads,
-        routing_log_message,
-        verify_routing_log,
-    )
+    from hub.admin.routing_log import audit_trail, routing_log, routing_log_conversation, routing_log_message
     from hub.admin.stats import stats
     from hub.admin.unregistering import unregister_platform
+    from hub.admin.verify import routing_log_heads, verify_routing_log
 
     return Router(
         path="/admin/api",

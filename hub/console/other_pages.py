@@ -18,8 +18,8 @@ from litestar.response import Redirect, Template
 from hub.admin.actors import record_action
 from hub.admin.api import AdminError, InvitationIn, invite, invited, location_caches
 from hub.admin.checkpoint import recorded_checkpoint
-from hub.admin.routing_log import recorded_heads, recorded_verify
 from hub.admin.stats import BUCKETS, compute_stats
+from hub.admin.verify import recorded_heads, recorded_verify
 from hub.checkpoint import NotHeads, Refused, saved_heads
 from hub.console.auth import actor, require_admin
 from hub.console.charts import Bucket, bar_chart, buckets_between

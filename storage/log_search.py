@@ -10,7 +10,6 @@ http_status and ocpi_status match what the caller was answered: a row's own stat
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -249,27 +248,6 @@ def check_range(since: datetime | None, until: datetime | None) -> None:
 def is_row_id(value: int) -> bool:
     """Whether value can be the id of a row (a bigint from 1): a larger one would fail in the driver, not match."""
     return 0 < value < 2**63
-
-
-def encode_cursor(received_at: datetime, row_id: int) -> str:
-    return base64.urlsafe_b64encode(f"{received_at.isoformat()}|{row_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(value: str) -> tuple[datetime, int]:
-    """The (received_at, id) a cursor holds; BadFilter for one this API cannot have handed out, among them values the
-    database cannot take (a row id past a bigint, a time outside the years 1 to 9999 in UTC)."""
-    try:
-        at, _, row_id = base64.urlsafe_b64decode(value.encode() + b"==").decode().partition("|")
-        if not (row_id.isascii() and row_id.isdigit()):  # int() also reads other scripts' digits, a sign, "_"
-            raise ValueError(row_id)
-        received_at, row = datetime.fromisoformat(at), int(row_id)
-        received_at = received_at if received_at.tzinfo else received_at.replace(tzinfo=UTC)
-        received_at.astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise BadFilter("cursor is not one this API handed out") from None
-    if not is_row_id(row):
-        raise BadFilter("cursor is not one this API handed out")
-    return received_at, row
 
 
 def page_query(search: Search, cursor: tuple[datetime, int] | None, limit: int) -> tuple[str, list[Any]]:

@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from storage.log_search import BadFilter, decode_cursor, encode_cursor
+from storage.log_cursor import decode_cursor, encode_cursor
+from storage.log_search import BadFilter
 from storage.partitions import parse_keep
 from tests.conftest import Hub, Services, unique_party_id
 from tests.log_rows import varied_entries, write

@@ -17,13 +17,12 @@ from hub.envelope import path_number, whole_number
 from hub.runtime import DATABASE_TIMEOUT_S
 from storage.log_amendment import answered_instead
 from storage.log_body import body_of, text_of
+from storage.log_cursor import decode_cursor, encode_cursor
 from storage.log_row import BodyDigest, stored_text
 from storage.log_row_check import row_integrity, rows_integrity
 from storage.log_search import (
     LIST_COLUMNS,
     BadFilter,
-    decode_cursor,
-    encode_cursor,
     is_row_id,
     page_query,
     parse_filters,

@@ -14,11 +14,10 @@ from hub.admin.export import FORMATS, Sealing, export_stream, manifest_of
 from hub.admin.routing_log import fetch_planned, load_conversation, load_message, with_amendments
 from hub.console.auth import actor
 from hub.envelope import path_number
+from storage.log_cursor import decode_cursor, encode_cursor
 from storage.log_search import (
     FILTER_NAMES,
     BadFilter,
-    decode_cursor,
-    encode_cursor,
     is_row_id,
     page_query,
     parse_filters,

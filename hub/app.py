@@ -91,7 +91,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         writer.on_commit = metrics.routing_log_committed
         # both write only what names parties the directory holds on the platforms they were seen on: nothing brings a
         # departed party back, or gives its id's next platform what the old one sent
-        locations = LocationCache(redis_client, settings.redis_prefix, directory, settings.max_locations_per_cpo)
+        locations = LocationCache(redis_client, settings.redis_prefix, directory, settings.max_locations_per_cpo,
+                                      settings.max_location_bytes_per_cpo)  # fmt: skip
         routing = RoutingState(redis_client, settings.redis_prefix, settings.owner_index_period_s, directory)
         async with writer.running(), routing.running(), locations.updating():
             departures = Departures(pool, redis_client, settings.redis_prefix, routing, locations,

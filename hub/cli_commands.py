@@ -152,7 +152,8 @@ async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
     watching = asyncio.create_task(directory.watch(), name="directory_watch")
     try:
         async with PartyClient(settings) as http, writer.running():
-            cache = LocationCache(redis_client, settings.redis_prefix, directory, settings.max_locations_per_cpo)
+            cache = LocationCache(redis_client, settings.redis_prefix, directory, settings.max_locations_per_cpo,
+                                      settings.max_location_bytes_per_cpo)  # fmt: skip
             sync = PullSync(http, cache, redis_client, settings.redis_prefix, hub, writer.record,
                             directory=lambda: directory.current)  # fmt: skip
             results = await sync.run(parties, full=args.full, progress=progress)

@@ -62,8 +62,9 @@ CACHE_REQUESTS = Counter(
     ["result"],
 )  # fmt: skip
 LOCATIONS_OVER_CAP = Counter(
-    "ocpi_hub_location_cache_over_cap", "New locations not cached as their CPO's cache holds "
-    "OCPI_HUB_MAX_LOCATIONS_PER_CPO (storage.location_cap), by CPO", ["party"],
+    "ocpi_hub_location_cache_over_cap", "Locations not cached as their CPO's cache holds its cap (storage."
+    "location_cap), by CPO and cap: locations (OCPI_HUB_MAX_LOCATIONS_PER_CPO) or bytes (OCPI_HUB_MAX_LOCATION_BYTES_"
+    "PER_CPO: a new one refused, or a cached one an update grew past it dropped)", ["party", "cap"],
 )  # fmt: skip
 LOCATION_SYNCS = Counter(
     "ocpi_hub_location_sync", "Pull syncs of a CPO's locations, by result and kind (full, incremental, rebuild)",

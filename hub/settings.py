@@ -59,6 +59,7 @@ class Settings:
     sync_interval_s: float
     sync_check_s: float
     max_locations_per_cpo: int
+    max_location_bytes_per_cpo: int
     still_alive_s: float
     offline_probe_s: float
     owner_index_period_s: float
@@ -181,6 +182,7 @@ class Settings:
             sync_interval_s=number("OCPI_HUB_SYNC_INTERVAL_S", float),
             sync_check_s=number("OCPI_HUB_SYNC_CHECK_S", float),
             max_locations_per_cpo=int(number("OCPI_HUB_MAX_LOCATIONS_PER_CPO", int)),
+            max_location_bytes_per_cpo=int(number("OCPI_HUB_MAX_LOCATION_BYTES_PER_CPO", int)),
             still_alive_s=number("OCPI_HUB_STILL_ALIVE_S", float),
             offline_probe_s=number("OCPI_HUB_OFFLINE_PROBE_S", float),
             owner_index_period_s=number("OCPI_HUB_OWNER_INDEX_PERIOD_S", float),

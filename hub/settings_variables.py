@@ -97,6 +97,15 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
         "most locations of one CPO the location cache holds; past it the CPO's new ones are relayed but not cached,"
         " and GET All of its locations is forwarded to it",
     ),
+    # the documents' bytes bound Redis as the count does not (MAX_DOCUMENT_BYTES, 1 MB: 100,000 such would be 100 GB):
+    # 1 GiB is 100,000 locations of some 10 KB (a site of 20 EVSEs is about 8 KB; the spec's example 1.2 KB)
+    (
+        "OCPI_HUB_MAX_LOCATION_BYTES_PER_CPO",
+        "1073741824",
+        "most bytes of one CPO's location documents the location cache holds; past it the CPO's new locations are"
+        " relayed but not cached, a location an update grows past it leaves the cache, and GET All of its locations"
+        " is forwarded to it",
+    ),
     ("OCPI_HUB_STILL_ALIVE_S", "300", "silence (s) after which the hub GETs a party's versions to see it is alive"),
     (
         "OCPI_HUB_OFFLINE_PROBE_S",

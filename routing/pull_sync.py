@@ -15,8 +15,9 @@ sync's removal of what the CPO no longer listed once its party id is another pla
 before is forgotten by the departure itself (LocationCache.forget_platform); a page stored in the moment between
 the check and the departure, by the departed party's cleanup, which begins later.
 
-A CPO's cache holds OCPI_HUB_MAX_LOCATIONS_PER_CPO locations at most (storage.location_cap): a sync stops before its
-next page once it read more locations than that, or, repeats included, twice that (an endless chain of Links), and
+A CPO's cache holds OCPI_HUB_MAX_LOCATIONS_PER_CPO locations at most, and OCPI_HUB_MAX_LOCATION_BYTES_PER_CPO bytes of
+their documents (storage.location_cap): a sync stops before its next page once it read more locations than that, or,
+repeats included, twice that many or twice that many bytes (an endless chain of Links, or of ever larger pages), and
 drops nothing. While a CPO's cache is over its cap, each of its syncs is full; one that stored its whole list clears
 the mark, and one that dropped what the CPO no longer lists to make room for locations it refused runs again at once.
 """
@@ -152,6 +153,7 @@ class PullSync:
         cached_before = await self._cache.location_ids(party) if result.full else set()
         listed: set[str] = set()
         received = 0  # locations in the pages, repeats included, and an empty page as one: the end of an endless list
+        received_bytes = 0  # the bytes of their documents
         query = {"date_from": since.decode() if isinstance(since, bytes) else since} if since else {}
         # The endpoint as registered, slash and all: `{locations_endpoint_url}?date_from=...`
         url: str | None = platform.endpoint("locations", "SENDER") or ""
@@ -174,9 +176,10 @@ class PullSync:
             listed.update(kept, refused)
             result.pages += 1
             received += max(1, len(locations))
+            received_bytes += sum(map(len, locations))
             if progress:
                 progress(party, result.locations, total)
-            if url and (len(listed) > cap or received > 2 * cap):
+            if url and (len(listed) > cap or received > 2 * cap or received_bytes > 2 * self._cache.max_bytes_per_cpo):
                 return await self._stopped_at_cap(platform, role, result, started, len(listed)), False
         if self._left(platform, role):
             return self._stopped(result), False
@@ -200,7 +203,9 @@ class PullSync:
         party, cap = result.party, self._cache.max_per_cpo
         if result.refused:
             result.error = (f"{result.refused} of its locations were not cached: the hub's cache holds {cap:,} "
-                            "locations of one CPO at most (OCPI_HUB_MAX_LOCATIONS_PER_CPO)")  # fmt: skip
+                            "locations of one CPO at most (OCPI_HUB_MAX_LOCATIONS_PER_CPO), and "
+                            f"{self._cache.max_bytes_per_cpo:,} bytes of their documents "
+                            "(OCPI_HUB_MAX_LOCATION_BYTES_PER_CPO)")  # fmt: skip
         elif (marked is not None and result.full
               and await clear_unless_refused_since(self._redis, self._prefix, party, marked)):  # fmt: skip
             log.info("location_cache_under_cap", party=f"{party[0]}-{party[1]}", locations=listed, cap=cap)
@@ -213,8 +218,9 @@ class PullSync:
         OCPI_HUB_SYNC_CHECK_S); the next one is full while its cache is over its cap."""
         party, cap = role.key, self._cache.max_per_cpo
         why = (f"the CPO lists more than the {cap:,} locations the hub's cache holds of one CPO (OCPI_HUB_MAX_"
-               "LOCATIONS_PER_CPO)" if listed > cap else f"its Link chain went on past {2 * cap:,} locations "
-               "(twice the most the hub's cache holds of one CPO) without ending")  # fmt: skip
+               "LOCATIONS_PER_CPO)" if listed > cap else f"its Link chain went on past {2 * cap:,} locations, or "
+               f"{2 * self._cache.max_bytes_per_cpo:,} bytes of them (twice the most the hub's cache holds of one "
+               "CPO), without ending")  # fmt: skip
         result.error = f"{why}: stopped after {result.pages} pages, nothing cached dropped"
         log.warning("location_sync_over_cap", party=f"{party[0]}-{party[1]}", pages=result.pages, listed=listed,
                     refused=result.refused, cap=cap, reason=why)  # fmt: skip

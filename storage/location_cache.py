@@ -31,7 +31,14 @@ import redis.asyncio as redis
 import structlog
 
 from storage.directory import DirectoryCache
-from storage.location_cap import MAX_LOCATIONS_PER_CPO, cached_counts, not_complete, over_cap, synced_at
+from storage.location_cap import (
+    MAX_LOCATION_BYTES_PER_CPO,
+    MAX_LOCATIONS_PER_CPO,
+    cached_counts,
+    not_complete,
+    over_cap,
+    synced_at,
+)
 from storage.location_updates import RelayedUpdates
 from storage.location_writer import keyed, text_of
 from storage.publish_tokens import ALLOWED_LUA, MATCH_LUA, index_keys, publish_entries
@@ -110,8 +117,9 @@ class LocationCache(RelayedUpdates):
     and the reads here."""
 
     def __init__(self, client: redis.Redis, prefix: str, directory: DirectoryCache | None = None,
-                 max_per_cpo: int = MAX_LOCATIONS_PER_CPO) -> None:  # fmt: skip
-        super().__init__(client, prefix, directory, max_per_cpo)
+                 max_per_cpo: int = MAX_LOCATIONS_PER_CPO,
+                 max_bytes_per_cpo: int = MAX_LOCATION_BYTES_PER_CPO) -> None:  # fmt: skip
+        super().__init__(client, prefix, directory, max_per_cpo, max_bytes_per_cpo)
         self._publish_tokens = index_keys(prefix)  # kept by storage.owner_index
         self._snapshot = client.register_script(_SNAPSHOT)
         self._fitting = client.register_script(_FITTING)
@@ -130,8 +138,8 @@ class LocationCache(RelayedUpdates):
         """When each CPO's last successful pull sync began (None: never, since its cache was emptied)."""
         return await synced_at(self._redis, self._prefix, owners)
 
-    async def cached_counts(self, owners: list[tuple[str, str]]) -> list[int]:
-        """How many locations the cache holds of each of these CPOs."""
+    async def cached_counts(self, owners: list[tuple[str, str]]) -> list[tuple[int, int]]:
+        """How many locations, and bytes of their documents, the cache holds of each of these CPOs."""
         return await cached_counts(self._redis, self._prefix, owners)
 
     async def owners_seen_by(

@@ -1,9 +1,13 @@
-"""The location cache's cap per CPO: which CPOs' caches hold fewer of their locations than they have, and why.
+"""The location cache's caps per CPO: which CPOs' caches hold fewer of their locations than they have, and why.
 
-A CPO's cache holds at most OCPI_HUB_MAX_LOCATIONS_PER_CPO locations: a new location past it is not stored (the
-store script of storage.location_writer refuses it, its push relayed all the same), and its CPO is marked over its
-cap in one hash, field CC/PID, the number of locations refused since it was marked. Nothing cached is dropped for the
-cap: one CPO pushing ever new ids, or listing an endless list, must not fill the Redis every party on the hub shares.
+A CPO's cache holds at most OCPI_HUB_MAX_LOCATIONS_PER_CPO locations and OCPI_HUB_MAX_LOCATION_BYTES_PER_CPO bytes of
+their documents (counted in one hash, field CC/PID, by the store and forget scripts of storage.location_writer, in the
+script call that changes the document; counted once for a cache an earlier hub built: storage.location_upgrades). A new
+location past either is not stored (the store script refuses it, its push relayed all the same); an update that would
+grow a cached location past the bytes cap removes that location (its cached copy is no longer the CPO's, and a GET of it
+must not be answered with it). Either way its CPO is marked over its cap in one hash, field CC/PID, the number of
+locations refused since it was marked. Nothing else cached is dropped for the cap: one CPO pushing ever new ids or ever
+larger documents, or listing an endless list, must not fill the Redis every party on the hub shares.
 
 A cache so marked is known to miss some of its CPO's locations, so GET All is not answered from it
 (hub.ocpi.hub_answers: forwarded to the CPO, or refused naming it). The mark goes with a full pull sync that read
@@ -18,6 +22,7 @@ without it (new, its sync running or failing, or the cache lost) is treated as o
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 import redis.asyncio as redis
 import structlog
@@ -27,6 +32,15 @@ from hub.metrics import LOCATIONS_OVER_CAP
 log = structlog.get_logger()
 
 MAX_LOCATIONS_PER_CPO = 100_000  # OCPI_HUB_MAX_LOCATIONS_PER_CPO's default (hub.settings)
+MAX_LOCATION_BYTES_PER_CPO = 1 << 30  # OCPI_HUB_MAX_LOCATION_BYTES_PER_CPO's default (hub.settings)
+
+# The store script's replies for a location refused for a cap (storage.location_writer): odd when it marked the CPO
+REFUSED_NEW, REFUSED_BYTES, DROPPED_GROWN = 2, 4, 6
+_WHY = {
+    REFUSED_NEW: "its cache holds its cap of locations: its new locations are relayed, not cached",
+    REFUSED_BYTES: "its cache holds its cap of bytes: its new locations are relayed, not cached",
+    DROPPED_GROWN: "an update grew a location past its cap of bytes: that location left the cache (not served stale)",
+}
 
 # KEYS: the hash of CPOs over their cap. ARGV: the CPO (CC/PID), its count of refused locations as the sync read it
 # when it began ('' : not marked then). Deletes the mark unless a location was refused since. Returns 1 if deleted.
@@ -35,6 +49,11 @@ local now = redis.call('HGET', KEYS[1], ARGV[1])
 if now and now == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 0
 """
+
+
+def bytes_key(prefix: str) -> str:
+    """The hash of the bytes of documents the cache holds of each CPO: CC/PID -> bytes."""
+    return f"{prefix}locations:bytes"
 
 
 def over_cap_key(prefix: str) -> str:
@@ -54,7 +73,11 @@ def owner_field(owner: tuple[str, str]) -> str:
 
 async def over_cap(client: redis.Redis, prefix: str) -> dict[tuple[str, str], int]:
     """The CPOs whose caches are over their cap, with the number of locations refused since."""
-    marks = await client.hgetall(over_cap_key(prefix))
+    return marked(await client.hgetall(over_cap_key(prefix)))
+
+
+def marked(marks: dict[Any, Any]) -> dict[tuple[str, str], int]:
+    """The over-cap hash as read (HGETALL): CPO -> locations refused since."""
     found = {}
     for field, count in marks.items():
         country, _, party = (field.decode() if isinstance(field, bytes) else str(field)).partition("/")
@@ -101,21 +124,25 @@ async def clear_unless_refused_since(client: redis.Redis, prefix: str, owner: tu
     return bool(await client.eval(_CLEAR, 1, over_cap_key(prefix), owner_field(owner), seen))
 
 
-async def cached_counts(client: redis.Redis, prefix: str, owners: list[tuple[str, str]]) -> list[int]:
-    """How many locations the cache holds of each of these CPOs."""
+async def cached_counts(client: redis.Redis, prefix: str, owners: list[tuple[str, str]]) -> list[tuple[int, int]]:
+    """How many locations, and how many bytes of their documents, the cache holds of each of these CPOs."""
+    if not owners:
+        return []
     async with client.pipeline(transaction=False) as pipe:
         for owner in owners:
             pipe.zcard(f"{prefix}locations:by-owner:{owner_field(owner)}")
-        return [int(n) for n in await pipe.execute()]
+        pipe.hmget(bytes_key(prefix), [owner_field(owner) for owner in owners])
+        *counts, sizes = await pipe.execute()
+    return [(int(n), int(size or 0)) for n, size in zip(counts, sizes, strict=True)]
 
 
-def said_refused(refused: list[tuple[tuple[str, str], str, int]], cap: int) -> None:
-    """New locations (owner, id, the store's reply) refused as their CPO's cache holds its cap: counted, and said once
-    per CPO, as it goes over (reply 3), not for each of a CPO pushing ever new ids."""
+def said_refused(refused: list[tuple[tuple[str, str], str, int]], cap: int, cap_bytes: int) -> None:
+    """Locations (owner, id, the store's reply) refused, or dropped, for their CPO's caps: counted, by cap, and said
+    once per CPO, as it goes over (an odd reply), not for each of a CPO pushing ever new ids."""
     for owner, location_id, reply in refused:
-        party = f"{owner[0].upper()}-{owner[1].upper()}"
-        LOCATIONS_OVER_CAP.labels(party).inc()
-        if reply == 3:
-            log.warning("location_cache_over_cap", party=party, location=location_id, cap=cap,
-                        effect="its new locations are relayed, not cached; GET All of its locations is not answered "
-                               "from the cache until a full pull sync stores its whole list")  # fmt: skip
+        party, kind = f"{owner[0].upper()}-{owner[1].upper()}", reply & ~1
+        LOCATIONS_OVER_CAP.labels(party, "locations" if kind == REFUSED_NEW else "bytes").inc()
+        if reply & 1:
+            log.warning("location_cache_over_cap", party=party, location=location_id, cap=cap, cap_bytes=cap_bytes,
+                        reason=_WHY[kind], effect="GET All of its locations is not answered from the cache until a "
+                        "full pull sync stores its whole list")  # fmt: skip

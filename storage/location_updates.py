@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError, WatchError
 
 from storage.batches import next_batch
 from storage.directory import DirectoryCache
-from storage.location_cap import MAX_LOCATIONS_PER_CPO
+from storage.location_cap import MAX_LOCATION_BYTES_PER_CPO, MAX_LOCATIONS_PER_CPO, said_refused
 from storage.location_document import index_of, too_large, updated, whole_location
 from storage.location_upgrades import upgrade
 from storage.location_writer import LocationWriter, WholeLocation, holds, not_cached
@@ -43,8 +43,9 @@ class RelayedUpdates(LocationWriter):
     """The location cache's writer (storage.location_writer) with the relayed updates on their way to it."""
 
     def __init__(self, client: redis.Redis, prefix: str, directory: DirectoryCache | None = None,
-                 max_per_cpo: int = MAX_LOCATIONS_PER_CPO) -> None:  # fmt: skip
-        super().__init__(client, prefix, directory, max_per_cpo)
+                 max_per_cpo: int = MAX_LOCATIONS_PER_CPO,
+                 max_bytes_per_cpo: int = MAX_LOCATION_BYTES_PER_CPO) -> None:  # fmt: skip
+        super().__init__(client, prefix, directory, max_per_cpo, max_bytes_per_cpo)
         self._pending: asyncio.Queue[Update] = asyncio.Queue()
         self._stopping = False  # set at shutdown: a Redis still away then is not waited for
         self.dropped = 0  # updates given up (Redis away at shutdown, or more held than MAX_HELD_UPDATES)
@@ -190,8 +191,9 @@ class RelayedUpdates(LocationWriter):
                         raise refused
                     pipe.multi()
                     self._queue_store(pipe, owner, path[0], document, index, generation)
-                    if (reply := await pipe.execute()) in ([2], [3]):  # not in the owner's set: a new one past its cap
-                        return "its CPO's cache holds its cap of locations"
+                    if (reply := await pipe.execute())[0] > 1:  # past its CPO's cap: not stored, or grown and dropped
+                        said_refused([(owner, path[0], reply[0])], self.max_per_cpo, self.max_bytes_per_cpo)
+                        return "past its CPO's cap (storage.location_cap)"
                     if reply != [-1]:
                         return None
                     await self._caught_up()  # the directory changed since it was read: again, as it is now

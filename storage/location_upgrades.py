@@ -11,6 +11,10 @@ passes, in the order the formats changed:
 - upper-cased-ids: a hub before ids were upper-cased keyed a location by its id as sent (`CC/PID/loc1`, indexed under
   `id:loc1`, or by a hub before the id index not at all). Each moves to its upper-cased key, document, sets, entries
   and id index; where the cache holds both spellings of one location, the newer document (last_updated) stays.
+- location-bytes: a hub before the cap of bytes per CPO (storage.location_cap) kept no count of each CPO's bytes of
+  documents; each CPO's is counted, by one script per CPO (its documents' lengths read inside Redis, at most
+  OCPI_HUB_MAX_LOCATIONS_PER_CPO of them: a few tens of ms once), set whole over what stores added meanwhile. Until
+  then a CPO's new locations are held to the count cap alone.
 
 Markers of earlier versions' passes (RETIRED), which no hub of this version reads, are removed once every pass has
 completed.
@@ -30,7 +34,7 @@ from storage.publish_tokens import publish_entries
 
 log = structlog.get_logger()
 
-PASSES = ("publish-entries", "upper-cased-ids")
+PASSES = ("publish-entries", "upper-cased-ids", "location-bytes")
 # the last version's marker of its own start-up pass over ids, which the upper-cased-ids pass does again in full
 RETIRED = ("ids-indexed-upper-cased",)
 
@@ -83,13 +87,23 @@ return moved
 """
 
 
+# KEYS: a CPO's sorted set, the bytes cached of each CPO. ARGV: the documents' key prefix, the CPO (CC/PID). Sets the
+# CPO's bytes to the sum of its documents' lengths (STRLEN reads no document). Returns it.
+_BYTES = """
+local total = 0
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do total = total + redis.call('STRLEN', ARGV[1] .. m) end
+redis.call('HSET', KEYS[2], ARGV[2], total)
+return total
+"""
+
+
 async def upgrade(client: redis.Redis, prefix: str) -> list[str]:
     """Run, in order, the passes this cache has not completed yet; returns those that completed now. Unfenced by the
     directory (storage.departed): each script changes only a location still cached, which a departed CPO's cleanup
     removes whole, so none brings one back."""
     p = f"{prefix}locations:"
     done: list[str] = []
-    for name, upgrade_pass in zip(PASSES, (_derive_entries, _upper_case), strict=True):
+    for name, upgrade_pass in zip(PASSES, (_derive_entries, _upper_case, _count_bytes), strict=True):
         marker = f"{p}upgraded:{name}"
         try:
             if await client.exists(marker):
@@ -151,6 +165,20 @@ async def _upper_case(client: redis.Redis, p: str, chunk: int = 1000) -> int:
             moved += sum(await pipe.execute())
         if not cursor:
             return moved
+
+
+async def _count_bytes(client: redis.Redis, p: str, chunk: int = 100) -> int:
+    """Each CPO's bytes of documents counted (storage.location_cap); returns of how many locations."""
+    counted = client.register_script(_BYTES)
+    cursor, locations = 0, 0
+    while True:
+        cursor, keys = await client.scan(cursor, match=f"{p}by-owner:*", count=chunk)
+        for key in keys:
+            owner = _text(key).removeprefix(f"{p}by-owner:")
+            await counted(keys=[_text(key), f"{p}bytes"], args=[f"{p}doc:", owner])
+            locations += await client.zcard(key)
+        if not cursor:
+            return locations
 
 
 def _text(value: Any) -> str:

@@ -21,7 +21,15 @@ import structlog
 from redis.asyncio.client import Pipeline
 
 from storage.directory import GENERATION_KEY, UNCHANGED_LUA, Directory, DirectoryCache, DirectoryChanged, PartyRole
-from storage.location_cap import MAX_LOCATIONS_PER_CPO, over_cap_key, owner_field, said_refused, synced_key
+from storage.location_cap import (
+    MAX_LOCATION_BYTES_PER_CPO,
+    MAX_LOCATIONS_PER_CPO,
+    bytes_key,
+    over_cap_key,
+    owner_field,
+    said_refused,
+    synced_key,
+)
 from storage.location_document import Index, TooLarge, trusted_until, whole_location
 from storage.redis_scripts import executed, queue_script
 
@@ -30,20 +38,39 @@ log = structlog.get_logger()
 STORE_TRIES = 5  # a store refused as the directory changes that often meanwhile is given up (pull sync repairs it)
 
 # KEYS: the directory's generation, the document, the sorted sets of all and of the owner, the id index, the
-# unpublished set, the entries, the CPOs over their cap (storage.location_cap). ARGV: the generation the owner was
-# found on the hub in ('' for an unguarded store; UNCHANGED_LUA: -1 if it changed), member, score (last_updated), the
-# document, "1" if unpublished, its publish_allowed_to entries, the latest cached score that keeps an older location
-# out (trusted_until), the most locations the owner may have cached, the owner (CC/PID). Returns 1; 0 when the cached
-# location is newer (storage.location_document): kept; 3 when it is a new one of an owner whose cache holds its cap:
-# not stored, the owner marked over its cap; 2 for such a one once the owner is marked.
+# unpublished set, the entries, the CPOs over their cap, the bytes cached of each CPO (storage.location_cap). ARGV: the
+# generation the owner was found on the hub in ('' for an unguarded store; UNCHANGED_LUA: -1 if it changed), member,
+# score (last_updated), the document, "1" if unpublished, its publish_allowed_to entries, the latest cached score that
+# keeps an older location out (trusted_until), the most locations and bytes the owner may have cached, the owner
+# (CC/PID). Returns 1; 0 when the cached location is newer (storage.location_document): kept; past a cap (replies of
+# storage.location_cap, one more when it marked the owner over its cap) 2: a new one, the owner holding its cap of
+# locations; 4: a new one, past its cap of bytes; 6: a cached one grown past it, removed (its old copy is stale). The
+# owner's bytes are those of its documents in its sorted set, changed here as they are.
 _STORE = (
     UNCHANGED_LUA
     + """
 local cached = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[2]))
 if cached and cached > tonumber(ARGV[3]) and cached <= tonumber(ARGV[7]) then return 0 end
+local over, old = 0, 0
+if cached then old = redis.call('STRLEN', KEYS[2]) end
+local grown = #ARGV[4] - old
 if not cached and redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[8]) then
-  if redis.call('HINCRBY', KEYS[8], ARGV[9], 1) == 1 then return 3 end
-  return 2
+  over = 2
+elseif grown > 0 and (tonumber(redis.call('HGET', KEYS[9], ARGV[10])) or 0) + grown > tonumber(ARGV[9]) then
+  over = 4
+  if cached then
+    over = 6
+    redis.call('DEL', KEYS[2], KEYS[7])
+    redis.call('ZREM', KEYS[3], ARGV[2])
+    redis.call('ZREM', KEYS[4], ARGV[2])
+    redis.call('SREM', KEYS[5], ARGV[2])
+    redis.call('SREM', KEYS[6], ARGV[2])
+    redis.call('HINCRBY', KEYS[9], ARGV[10], -old)
+  end
+end
+if over > 0 then
+  if redis.call('HINCRBY', KEYS[8], ARGV[10], 1) == 1 then return over + 1 end
+  return over
 end
 redis.call('SET', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
@@ -56,6 +83,7 @@ else
   redis.call('SREM', KEYS[6], ARGV[2])
   redis.call('DEL', KEYS[7])
 end
+if grown ~= 0 then redis.call('HINCRBY', KEYS[9], ARGV[10], grown) end
 return 1
 """
 )
@@ -72,19 +100,23 @@ return 1
 )
 
 
-# KEYS: the directory's generation, the sorted sets of all and of the owner, the unpublished set. ARGV: for a CPO that
-# left the hub the generation its cleanup read (UNCHANGED_LUA: -1 if it changed), else '', the key prefix of
-# documents, id index entries and publish_allowed_to entries, then the members to forget. Returns how many were cached.
+# KEYS: the directory's generation, the sorted sets of all and of the owner, the unpublished set, the bytes cached of
+# each CPO (storage.location_cap). ARGV: for a CPO that left the hub the generation its cleanup read (UNCHANGED_LUA: -1
+# if it changed), else '', the key prefix of documents, id index entries and publish_allowed_to entries, then the
+# members to forget (of one owner). Returns how many were cached.
 _FORGET = (
     UNCHANGED_LUA
     + """
 local forgotten = 0
 for i = 3, #ARGV do
   local m = ARGV[i]
-  local id = string.match(m, '^[^/]*/[^/]*/(.*)$')
+  local owner, id = string.match(m, '^([^/]*/[^/]*)/(.*)$')
+  if redis.call('ZREM', KEYS[3], m) == 1
+     and redis.call('HINCRBY', KEYS[5], owner, -redis.call('STRLEN', ARGV[2] .. 'doc:' .. m)) <= 0 then
+    redis.call('HDEL', KEYS[5], owner)  -- none left: no field kept
+  end
   redis.call('DEL', ARGV[2] .. 'doc:' .. m, ARGV[2] .. 'publish-to:' .. m)
   forgotten = forgotten + redis.call('ZREM', KEYS[2], m)
-  redis.call('ZREM', KEYS[3], m)
   redis.call('SREM', KEYS[4], m)
   redis.call('SREM', ARGV[2] .. 'id:' .. id, m)
   redis.call('SREM', ARGV[2] .. 'id:' .. string.upper(id), m)
@@ -100,7 +132,7 @@ WholeLocation = tuple[tuple[str, str], int, str, bytes, Index]
 
 class Listed(NamedTuple):
     """The locations of a pull-sync page, by their ids as the cache keys them: those the cache holds now (stored, or a
-    newer version kept), and those refused as their CPO's cache holds its cap (storage.location_cap)."""
+    newer version kept), and those refused, or dropped, for their CPO's caps (storage.location_cap)."""
 
     kept: list[str]
     refused: list[str]
@@ -108,11 +140,13 @@ class Listed(NamedTuple):
 
 class LocationWriter:
     """directory: this process's, whose CPOs alone get locations stored (none: every location is, unguarded);
-    max_per_cpo: the most locations of one CPO the cache holds (storage.location_cap)."""
+    max_per_cpo, max_bytes_per_cpo: the most locations of one CPO, and bytes of their documents, the cache holds
+    (storage.location_cap)."""
 
     def __init__(self, client: redis.Redis, prefix: str, directory: DirectoryCache | None = None,
-                 max_per_cpo: int = MAX_LOCATIONS_PER_CPO) -> None:  # fmt: skip
-        self._redis, self.max_per_cpo = client, max_per_cpo
+                 max_per_cpo: int = MAX_LOCATIONS_PER_CPO,
+                 max_bytes_per_cpo: int = MAX_LOCATION_BYTES_PER_CPO) -> None:  # fmt: skip
+        self._redis, self.max_per_cpo, self.max_bytes_per_cpo = client, max_per_cpo, max_bytes_per_cpo
         self._prefix, self._p = prefix, f"{prefix}locations:"
         self._directory, self._generation_key = directory, f"{prefix}{GENERATION_KEY}"
         self._store_script = client.register_script(_STORE)
@@ -173,7 +207,8 @@ class LocationWriter:
             stored += [each for each, reply in zip(kept, replies, strict=True) if reply == 1]
             newer_cached += [each for each, reply in zip(kept, replies, strict=True) if reply == 0]
             if over := [(each, reply) for each, reply in zip(kept, replies, strict=True) if reply > 1]:
-                said_refused([(each[0], each[2], reply) for each, reply in over], self.max_per_cpo)
+                said_refused([(each[0], each[2], reply) for each, reply in over], self.max_per_cpo,
+                             self.max_bytes_per_cpo)  # fmt: skip
                 refused += [each for each, _ in over]
             if not (locations := [each for each, reply in zip(kept, replies, strict=True) if reply == -1]):
                 break
@@ -221,6 +256,7 @@ class LocationWriter:
                 forgotten = await self.forget(owner, await self.location_ids(owner))
                 await self._redis.delete(self.synced_key(owner), self.sync_failed_key(owner))
                 await self._redis.hdel(over_cap_key(self._prefix), owner_field(owner))
+                await self._redis.hdel(bytes_key(self._prefix), owner_field(owner))
             except redis.RedisError as exc:
                 log.warning("location_cache_not_cleared", owner=f"{owner[0]}-{owner[1]}", error=str(exc))
             else:
@@ -263,7 +299,7 @@ class LocationWriter:
         return removed
 
     def _forget_keys(self, owner: tuple[str, str]) -> list[str]:
-        return [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden"]
+        return [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden", bytes_key(self._prefix)]
 
     def _fence(self) -> tuple[Directory | None, str]:
         return self._directory.fence() if self._directory else (None, "")
@@ -279,9 +315,9 @@ class LocationWriter:
         member = self._member(owner, location_id)
         keys = [self._generation_key, self._doc(member), f"{self._p}all", self._by_owner(owner),
                 f"{self._p}id:{member.split('/', 2)[2]}", f"{self._p}hidden", self._entries(member),
-                over_cap_key(self._prefix)]  # fmt: skip
+                over_cap_key(self._prefix), bytes_key(self._prefix)]  # fmt: skip
         args: list[bytes | str | float] = [generation, member, index.score, document, "1" if index.hidden else "0",
-                                           index.entries, trusted_until(), self.max_per_cpo,
+                                           index.entries, trusted_until(), self.max_per_cpo, self.max_bytes_per_cpo,
                                            owner_field(owner)]  # fmt: skip
         queue_script(pipe, self._store_script, keys, args)
 

@@ -85,6 +85,7 @@ def test_invitation_answers_token_a_and_versions_url(hub: Hub) -> None:
         "endpoints_trying_now": False,
         "endpoints_next_try": None,
         "locations_cached": 0,  # a CPO's: its location cache (test_location_cache_cap)
+        "location_bytes_cached": 0,
         "location_cache_over_cap": False,
         "locations_refused": 0,
     }

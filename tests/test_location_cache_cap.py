@@ -21,17 +21,20 @@ from tests.test_pull_sync import _wait
 from tests.test_routing import _roles, party_key
 
 CAP = 3
+BYTE_CAP = 4000  # two locations of some 1,600 bytes, not three
 STATE = ("locations_cached", "location_cache_over_cap", "locations_refused")
 
 
 @pytest.fixture(scope="module")
 def capped_hub(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    """A hub of its own (database and Redis keys), whose cache holds CAP locations of a CPO: a CPO over it makes
+    """A hub of its own (database and Redis keys), whose cache holds CAP locations of a CPO, BYTE_CAP bytes of their
+    documents: a CPO over it makes
     every GET All of all CPOs an error, which the session's hub must not see."""
     with scratch_database(services, "location_cap") as database_url:
         env = hub_env(services, tmp_path_factory.mktemp("capped-hub"), OCPI_HUB_DATABASE_URL=database_url,
                       OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}capped-{secrets.token_hex(4)}:",
-                      OCPI_HUB_MAX_LOCATIONS_PER_CPO=str(CAP))  # fmt: skip
+                      OCPI_HUB_MAX_LOCATIONS_PER_CPO=str(CAP),
+                      OCPI_HUB_MAX_LOCATION_BYTES_PER_CPO=str(BYTE_CAP))  # fmt: skip
         hub = start_hub(env, OUTPUT / "hub-location-cap.log")
         try:
             yield hub
@@ -39,12 +42,12 @@ def capped_hub(services: Services, tmp_path_factory: pytest.TempPathFactory) -> 
             hub.stop()
 
 
-def _cache_state(hub: Hub, owner: tuple[str, str]) -> dict:
+def _cache_state(hub: Hub, owner: tuple[str, str], state: tuple[str, ...] = STATE) -> dict:
     """The CPO's location cache as the operator's admin API shows it."""
     with hub.admin() as admin:
         items = admin.get("/admin/api/parties").json()["items"]
     [party] = [p for p in items if (p["country_code"], p["party_id"]) == owner]
-    return {key: party[key] for key in STATE}
+    return {key: party[key] for key in state}
 
 
 def _sync_line(hub: Hub, owner: tuple[str, str], event: str) -> dict | None:
@@ -86,7 +89,7 @@ def test_pushes_past_a_cpos_cap_are_relayed_and_its_get_all_goes_to_it_until_a_f
     parties = console_page(hub, "/console/parties")
     assert parties.count(">locations over cap</span>") == 1 and f"holds {CAP} of this CPO's locations" in parties
     metrics = httpx.get(f"{hub.base}/metrics").text
-    assert f'ocpi_hub_location_cache_over_cap_total{{party="{owner[0]}-{owner[1]}"}} 2.0' in metrics
+    assert f'ocpi_hub_location_cache_over_cap_total{{cap="locations",party="{owner[0]}-{owner[1]}"}} 2.0' in metrics
     # GET All of its locations goes to the CPO, whose Links lead on through the hub, OCPI-to the hub and all
     query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}"
     assert _walk(emsp, hub, query) == (ids, {owner[1]})
@@ -173,4 +176,62 @@ def test_a_get_of_one_location_found_in_the_cache_does_not_read_the_cap_marks(
         assert missed["status_code"] == 2003, missed
     finally:
         client.close()
+    _take_off(hub, owner)
+
+
+def test_a_cpos_cache_holds_its_cap_of_bytes_and_a_location_grown_past_it_is_not_served_stale(
+    capped_hub: Hub, start_party
+) -> None:
+    hub = capped_hub
+    cpo = register_at_hub(hub, start_party, _roles("CPO"), page_size=2)
+    emsp = register_at_hub(hub, start_party, _roles("EMSP"))
+    owner = party_key(cpo)
+    _wait(lambda: _sync_line(hub, owner, "location_sync_done"))  # its first sync (of none) is over
+    docs = [_location(owner, f"B{n}", f"2026-12-01T10:0{n}:00Z", name="x" * 1400) for n in range(4)]
+    state = (*STATE, "location_bytes_cached")
+    for doc in docs[:2]:
+        _push(cpo, emsp, hub, "PUT", doc["id"], doc)
+    pushed = [r.body for r in emsp.functional() if r.method == "PUT"]
+    sizes = [len(body) for body in pushed] + [len(pushed[0])] * 2  # as the CPO sent them: the cache keeps them so
+    _wait(lambda: _cache_state(hub, owner, state)["location_bytes_cached"] == sizes[0] + sizes[1])
+    # An update grows B0 past the cap of bytes: its cached copy would be stale, so it leaves the cache.
+    grown = {"name": "y" * 2500, "last_updated": "2026-12-01T11:00:00Z"}
+    _push(cpo, emsp, hub, "PATCH", "B0", grown)
+    assert [json.loads(r.body) for r in emsp.functional() if r.method == "PATCH"] == [grown]  # relayed
+    _wait(lambda: _cache_state(hub, owner)["location_cache_over_cap"])
+    assert _cache_state(hub, owner, state) == {"locations_cached": 1, "location_cache_over_cap": True,
+                                               "locations_refused": 1, "location_bytes_cached": sizes[1]}  # fmt: skip
+    [said] = [json.loads(line) for line in hub.log().splitlines() if '"location_cache_over_cap"' in line
+              and f"{owner[0]}-{owner[1]}" in line]  # fmt: skip
+    assert said["cap_bytes"] == BYTE_CAP and "grew a location past its cap of bytes" in said["reason"]
+    single = _get(emsp, hub, "sender/locations/B0").json()  # not the copy from before the update
+    assert single["status_code"] == 2003 and f"every location of {owner[0]}-{owner[1]}" in single["status_message"]
+    of_its_cpo = _get(emsp, hub, f"sender/locations/B0?country_code={owner[0]}&party_id={owner[1]}")
+    assert of_its_cpo.json()["data"] == {"id": "B0", "served_by": cpo.name}  # asked of the CPO
+    # B2 fits beside B1; B3 does not: refused, relayed all the same
+    for doc in docs[2:]:
+        _push(cpo, emsp, hub, "PUT", doc["id"], doc)
+    assert [json.loads(r.body)["id"] for r in emsp.functional() if r.method == "PUT"] == ["B0", "B1", "B2", "B3"]
+    _wait(lambda: _cache_state(hub, owner)["locations_refused"] == 2)
+    assert _cache_state(hub, owner, state) == {"locations_cached": 2, "location_cache_over_cap": True,
+                                               "locations_refused": 2,
+                                               "location_bytes_cached": sizes[1] + sizes[2]}  # fmt: skip
+    metrics = httpx.get(f"{hub.base}/metrics").text
+    assert f'ocpi_hub_location_cache_over_cap_total{{cap="bytes",party="{owner[0]}-{owner[1]}"}} 2.0' in metrics
+    assert f"holds 2 of this CPO's locations ({sizes[1] + sizes[2]} bytes)" in console_page(hub, "/console/parties")
+    # GET All is not answered short: of its locations, by the CPO; of every CPO's, refused naming it
+    cpo.objects["locations"] = docs
+    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}"
+    assert _walk(emsp, hub, query) == ([doc["id"] for doc in docs], {owner[1]})
+    assert _get(emsp, hub, "sender/locations").json()["status_code"] == 4000
+    # The CPO lists what fits: a full sync caches all of it, and the mark goes.
+    cpo.objects["locations"] = docs[1:3]
+    command = [sys.executable, "-m", "hub.cli", "sync", "locations", "--party", "-".join(owner), "--full"]
+    synced = subprocess.run(command, env=hub.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert synced.returncode == 0, synced.stderr
+    listed = sum(len(json.dumps(doc)) for doc in docs[1:3])  # as its Sender's pages have them
+    assert _cache_state(hub, owner, state) == {"locations_cached": 2, "location_cache_over_cap": False,
+                                               "locations_refused": 0, "location_bytes_cached": listed}  # fmt: skip
+    assert _walk(emsp, hub, query) == (["B1", "B2"], {"HUB"})
+    assert _get(emsp, hub, "sender/locations").json()["status_code"] == 1000
     _take_off(hub, owner)

@@ -22,7 +22,7 @@ from tests.conftest import Services
 from tests.test_location_cache import _location
 
 OWNER = ("NL", "CPO")
-PASSES = ["publish-entries", "upper-cased-ids"]
+PASSES = ["publish-entries", "upper-cased-ids", "location-bytes"]
 
 
 def _as_an_earlier_hub_cached(
@@ -53,7 +53,7 @@ async def _cached_as_now(client: redis.Redis, prefix: str, *locations: dict) -> 
 
 async def _until_upgraded(client: redis.Redis, prefix: str) -> None:
     deadline = time.monotonic() + 5
-    while not await client.exists(f"{prefix}locations:upgraded:upper-cased-ids"):
+    while not await client.exists(f"{prefix}locations:upgraded:location-bytes"):  # the last pass
         assert time.monotonic() < deadline, "the cache was not upgraded"
         await asyncio.sleep(0.01)
 
@@ -165,7 +165,8 @@ def test_locations_a_hub_before_the_id_index_cached_are_found_in_any_case_once_a
             assert await cache.forget(OWNER, {"LOC1", "LOC2"}) == 2  # as a full sync forgets them
             assert await cache.find("LOC1") == [] and await cache.find("loc2") == []
         members, keys = await _members_and_keys(client, prefix)
-        assert (members, sorted(keys)) == (set(), ["upgraded:publish-entries", "upgraded:upper-cased-ids"])
+        assert (members, sorted(keys)) == (set(), ["upgraded:location-bytes", "upgraded:publish-entries",
+                                                   "upgraded:upper-cased-ids"])  # fmt: skip
 
     _run(services, test)
 
@@ -253,5 +254,32 @@ def test_hub_processes_starting_at_once_upgrade_one_cache_together(services: Ser
         cache = LocationCache(client, prefix)
         for i in range(0, n, 97):
             assert await cache.find(f"Loc{i}") == [(OWNER, legacy(i) if i % 2 else now(i))], i  # the newer
+
+    _run(services, test)
+
+
+def test_the_bytes_of_each_cpos_documents_a_hub_before_the_cap_of_bytes_cached_are_counted_once_at_start(
+    services: Services,
+) -> None:
+    other = ("DE", "CPO")
+    mine = [_location(OWNER, f"L{n}", "2026-11-01T00:00:00Z", name="x" * (100 * n)) for n in range(3)]
+    theirs = _location(other, "L1", "2026-11-01T00:00:00Z")
+
+    async def test(client: redis.Redis, prefix: str) -> None:
+        p = f"{prefix}locations:"
+        await _cached_as_now(client, prefix, *mine)
+        await LocationCache(client, prefix).put_many(other, 0, [msgspec.Raw(json.dumps(theirs).encode())])
+        await client.delete(f"{p}bytes")  # as a hub before the cap of bytes left it: no count
+        await client.hset(f"{p}bytes", "NL/CPO", 7)  # and what a store since added: replaced by the count
+        assert await upgrade(client, prefix) == PASSES
+        assert await client.hgetall(f"{p}bytes") == {
+            b"NL/CPO": str(sum(len(json.dumps(loc)) for loc in mine)).encode(),
+            b"DE/CPO": str(len(json.dumps(theirs))).encode(),
+        }
+        # kept since by the store and forget scripts, in the same call as the document
+        cache = LocationCache(client, prefix)
+        await cache.forget(OWNER, {"L0", "L1"})
+        sizes = [len(json.dumps(mine[2])), len(json.dumps(theirs))]
+        assert await cache.cached_counts([OWNER, other]) == [(1, sizes[0]), (1, sizes[1])]
 
     _run(services, test)

@@ -64,10 +64,12 @@ class Party(msgspec.Struct):
     endpoints_from_before: str | None = None
     endpoints_trying_now: bool = False
     endpoints_next_try: datetime | None = None
-    # A CPO's locations in the hub's cache (None: not a CPO, or Redis did not answer), whether the cache is over its
-    # cap (OCPI_HUB_MAX_LOCATIONS_PER_CPO: GET All of its locations is then not answered from the cache) and how many
-    # of its new locations the cache refused since (storage.location_cap).
+    # A CPO's locations in the hub's cache and the bytes of their documents (None: not a CPO, or Redis did not
+    # answer), whether the cache is over its cap (OCPI_HUB_MAX_LOCATIONS_PER_CPO or OCPI_HUB_MAX_LOCATION_BYTES_PER_CPO:
+    # GET All of its locations is then not answered from the cache) and how many of its locations the cache refused
+    # (or dropped, grown past the cap of bytes) since (storage.location_cap).
     locations_cached: int | None = None
+    location_bytes_cached: int | None = None
     location_cache_over_cap: bool = False
     locations_refused: int = 0
     # When its last successful pull sync began (None: not synced since its cache was emptied, by Redis losing its data
@@ -153,8 +155,8 @@ async def list_parties(request: Request) -> Response[bytes]:
 
 
 async def location_caches(locations: LocationCache, rows: list[asyncpg.Record]) -> dict[PartyKey, dict[str, Any]]:
-    """Each CPO's location cache as the operator sees it: how many of its locations it holds, whether it is over its
-    cap, how many new ones it refused since. Nothing while Redis does not answer: the parties are PostgreSQL's."""
+    """Each CPO's location cache as the operator sees it: how many of its locations it holds and their bytes, whether
+    it is over its cap, how many it refused since. Nothing while Redis does not answer: the parties are PostgreSQL's."""
     cpos = sorted({key for row in rows if (key := _cpo(row))})
     try:
         counts, over, synced = (await locations.cached_counts(cpos), await locations.over_cap(),
@@ -162,8 +164,9 @@ async def location_caches(locations: LocationCache, rows: list[asyncpg.Record]) 
     except redis.RedisError as exc:
         log.warning("location_cache_state_unknown", error=f"{type(exc).__name__}: {exc}")
         return {}
-    return {cpo: {"locations_cached": n, "location_cache_over_cap": cpo in over, "locations_refused": over.get(cpo, 0),
-                  "locations_synced_at": at} for cpo, n, at in zip(cpos, counts, synced, strict=True)}  # fmt: skip
+    return {cpo: {"locations_cached": n, "location_bytes_cached": size, "location_cache_over_cap": cpo in over,
+                  "locations_refused": over.get(cpo, 0), "locations_synced_at": at}
+            for cpo, (n, size), at in zip(cpos, counts, synced, strict=True)}  # fmt: skip
 
 
 def _cpo(row: asyncpg.Record) -> PartyKey | None:

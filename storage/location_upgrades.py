@@ -14,7 +14,8 @@ passes, in the order the formats changed:
 - location-bytes: a hub before the cap of bytes per CPO (storage.location_cap) kept no count of each CPO's bytes of
   documents; each CPO's is counted, by one script per CPO (its documents' lengths read inside Redis, at most
   OCPI_HUB_MAX_LOCATIONS_PER_CPO of them: a few tens of ms once), set whole over what stores added meanwhile. Until
-  then a CPO's new locations are held to the count cap alone.
+  then a CPO's new locations are held to the count cap alone. The upper-cased-ids pass changes the count as it moves
+  a location, for a hub starting at once that has counted already.
 
 Markers of earlier versions' passes (RETIRED), which no hub of this version reads, are removed once every pass has
 completed.
@@ -45,10 +46,11 @@ if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 or redis.call('EXISTS', KEYS[2
 redis.call('SET', KEYS[2], ARGV[2])
 return 1
 """
-# KEYS: the sorted set of all, the unpublished set. ARGV: the key prefix, a member of all. Indexes it under its
-# upper-cased id; a member keyed by the id as sent moves to its upper-cased one (document, sorted sets of all and of
-# its owner, unpublished set, entries), unless that one is cached too and not older (the score is last_updated).
-# Returns 1 if it moved.
+# KEYS: the sorted set of all, the unpublished set, the bytes cached of each CPO. ARGV: the key prefix, a member of
+# all. Indexes it under its upper-cased id; a member keyed by the id as sent moves to its upper-cased one (document,
+# sorted sets of all and of its owner, unpublished set, entries), unless that one is cached too and not older (the
+# score is last_updated); its owner's bytes follow (a hub starting at once may have counted them already). Returns 1 if
+# it moved.
 _UPPER_CASED = """
 local p, old = ARGV[1], ARGV[2]
 local new = string.upper(old)
@@ -57,6 +59,11 @@ if not id then return 0 end  -- not a member this cache writes: left alone rathe
 local moved = 0
 if old ~= new then
   local by_owner = p .. 'by-owner:' .. owner
+  local function counted(m)  -- its bytes in its owner's count (storage.location_cap): its document's, if in the set
+    if redis.call('ZSCORE', by_owner, m) then return redis.call('STRLEN', p .. 'doc:' .. m) end
+    return 0
+  end
+  local before = counted(old) + counted(new)
   local old_score, new_score = redis.call('ZSCORE', KEYS[1], old), redis.call('ZSCORE', KEYS[1], new)
   if old_score and redis.call('EXISTS', p .. 'doc:' .. old) == 1
      and (not new_score or tonumber(old_score) > tonumber(new_score)) then
@@ -81,6 +88,8 @@ if old ~= new then
   redis.call('SREM', KEYS[2], old)
   redis.call('SREM', p .. 'id:' .. string.match(old, '^[^/]*/[^/]*/(.*)$'), old)
   redis.call('SREM', p .. 'id:' .. id, old)
+  local after = counted(new)
+  if after ~= before then redis.call('HINCRBY', KEYS[3], owner, after - before) end
 end
 if redis.call('ZSCORE', KEYS[1], new) then redis.call('SADD', p .. 'id:' .. id, new) end
 return moved
@@ -161,7 +170,7 @@ async def _upper_case(client: redis.Redis, p: str, chunk: int = 1000) -> int:
         cursor, scored = await client.zscan(f"{p}all", cursor, count=chunk)
         async with client.pipeline(transaction=False) as pipe:
             for member, _ in scored:
-                await upper_cased(keys=[f"{p}all", f"{p}hidden"], args=[p, _text(member)], client=pipe)
+                await upper_cased(keys=[f"{p}all", f"{p}hidden", f"{p}bytes"], args=[p, _text(member)], client=pipe)
             moved += sum(await pipe.execute())
         if not cursor:
             return moved

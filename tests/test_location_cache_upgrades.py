@@ -16,7 +16,7 @@ import redis.asyncio as redis
 
 from storage.location_cache import LocationCache
 from storage.location_document import epoch
-from storage.location_upgrades import upgrade
+from storage.location_upgrades import _count_bytes, _upper_case, upgrade
 from storage.publish_tokens import publish_entries
 from tests.conftest import Services
 from tests.test_location_cache import _location
@@ -281,5 +281,27 @@ def test_the_bytes_of_each_cpos_documents_a_hub_before_the_cap_of_bytes_cached_a
         await cache.forget(OWNER, {"L0", "L1"})
         sizes = [len(json.dumps(mine[2])), len(json.dumps(theirs))]
         assert await cache.cached_counts([OWNER, other]) == [(1, sizes[0]), (1, sizes[1])]
+
+    _run(services, test)
+
+
+def test_bytes_counted_by_one_hub_stay_right_as_another_starting_with_it_moves_a_location_to_its_upper_cased_id(
+    services: Services,
+) -> None:
+    """Processes starting at once: one counted the bytes (location-bytes) while another still moves locations keyed as
+    sent (upper-cased-ids), dropping the older of two spellings."""
+    older, newer = (_location(OWNER, "loc1", "2026-11-01T00:00:00Z", name="o" * 300),
+                    _location(OWNER, "LOC1", "2026-11-02T00:00:00Z", name="n" * 100))  # fmt: skip
+    moved = _location(OWNER, "loc2", "2026-11-02T00:00:00Z", name="m" * 200)
+
+    async def test(client: redis.Redis, prefix: str) -> None:
+        p = f"{prefix}locations:"
+        async with client.pipeline(transaction=False) as old_hub:
+            for location in (older, newer, moved):
+                _as_an_earlier_hub_cached(old_hub, prefix, location, location["id"])
+            await old_hub.execute()
+        await _count_bytes(client, p)  # the one ahead
+        await _upper_case(client, p)  # the one behind
+        assert await client.hget(f"{p}bytes", "NL/CPO") == str(len(json.dumps(newer)) + len(json.dumps(moved))).encode()
 
     _run(services, test)

@@ -223,7 +223,8 @@ def test_a_cpos_cache_holds_its_cap_of_bytes_and_a_location_grown_past_it_is_not
     cpo.objects["locations"] = docs
     query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}"
     assert _walk(emsp, hub, query) == ([doc["id"] for doc in docs], {owner[1]})
-    assert _get(emsp, hub, "sender/locations").json()["status_code"] == 4000
+    every = _get(emsp, hub, "sender/locations").json()
+    assert every["status_code"] == 4000 and f"{CAP} locations, {BYTE_CAP:,} bytes of them" in every["status_message"]
     # The CPO lists what fits: a full sync caches all of it, and the mark goes.
     cpo.objects["locations"] = docs[1:3]
     command = [sys.executable, "-m", "hub.cli", "sync", "locations", "--party", "-".join(owner), "--full"]

@@ -74,8 +74,8 @@ async def _from_its_cpo(relay: Relay, exchange: Exchange, incoming: Incoming, ow
     CACHE_REQUESTS.labels("over_cap" if why.startswith("over") else "not_synced").inc()
     delivery = delivery_to(incoming, relay.directory.current, owner)  # 4001 or 4003 when it is not there to ask
     exchange.entry.routing = "direct"
-    exchange.entry.error = (f"{party_text(owner)}'s cache is {why} (its cap: {relay.locations.max_per_cpo:,} "
-                            "locations): forwarded to it, not answered from the cache")  # fmt: skip
+    exchange.entry.error = (f"{party_text(owner)}'s cache is {why} (its cap: {_caps(relay)}): forwarded to it, not "
+                            "answered from the cache")  # fmt: skip
     hubs_filter = ("country_code", "party_id")
     query = urlencode([(k, v) for k, v in parse_qsl(incoming.query, keep_blank_values=True) if k not in hubs_filter])
     url = endpoint_url(delivery.url, incoming.suffix)
@@ -84,6 +84,10 @@ async def _from_its_cpo(relay: Relay, exchange: Exchange, incoming: Incoming, ow
     called = f"{url}?{query}" if query else url
     await relayed_urls.rewrite(relay, exchange, answer, delivery, called, "locations", "sender")
     return answer
+
+
+def _caps(relay: Relay) -> str:
+    return f"{relay.locations.max_per_cpo:,} locations, {relay.locations.max_bytes_per_cpo:,} bytes of them"
 
 
 def _not_all_cached(relay: Relay, short: dict[tuple[str, str], str]) -> HubError:
@@ -96,8 +100,7 @@ def _not_all_cached(relay: Relay, short: dict[tuple[str, str], str]) -> HubError
         f"the hub's cache may not hold every location of {named}, so it answers no GET All of every CPO's locations "
         f"now: retry shortly (pull sync fills a CPO's cache within OCPI_HUB_SYNC_CHECK_S of it being found missing), "
         "or ask for one CPO's with ?country_code=&party_id= (one whose cache is not whole is forwarded to the CPO), or "
-        f"address a CPO with OCPI-to-country-code and OCPI-to-party-id (cap: {relay.locations.max_per_cpo:,} "
-        "locations per CPO)"
+        f"address a CPO with OCPI-to-country-code and OCPI-to-party-id (cap per CPO: {_caps(relay)})"
     )
 
 

@@ -133,14 +133,14 @@ def test_a_full_sync_drops_the_cached_locations_the_cpo_no_longer_lists(
         return locations
 
     cpo, owner = _registered_cpo(hub, start_party, listed)
-    _wait(lambda: _cached_total(reader, hub, owner) == 4)  # S0003 is not shown to the reader
+    _wait(lambda: _cached_total(reader, hub, owner) == 5)  # S0003 too, which is not shown to the reader
     gone = (f"{owner[1]}-S0001", f"{owner[1]}-S0003")
     cpo.objects["locations"] = [loc for loc in cpo.objects["locations"] if loc["id"] not in gone]
     # An incremental sync cannot tell what went: it keeps everything.
     sync = [sys.executable, "-m", "hub.cli", "sync", "locations", "--party", "-".join(owner)]
     result = subprocess.run(sync, env=hub.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and json.loads(result.stdout)[0]["removed"] == 0, result.stderr
-    assert _cached_total(reader, hub, owner) == 4
+    assert _cached_total(reader, hub, owner) == 5
     result = subprocess.run([*sync, "--full"], env=hub.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0] | {"pages": 0} == {"party": "-".join(owner), "locations": 3, "pages": 0,

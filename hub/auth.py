@@ -24,6 +24,7 @@ class Caller:
     platform: Platform
     token_kind: str  # "A": invitation (registration only), "C": registered
     token: str
+    expires_at: datetime | None = None  # a token A's expiry (None: never, or a token C)
 
 
 KNOWN_HEADERS_MAX = 10_000  # headers remembered per directory: a caller padding its header cannot grow it further
@@ -41,8 +42,8 @@ def identify(directory: Directory, header: str | None) -> Caller | None:
     for token in (base64_decoded(value), value):
         if token is not None and (grant := directory.tokens.get(token_hash(token))) is not None:
             if len(directory.known_headers) < KNOWN_HEADERS_MAX:
-                directory.known_headers[header] = (grant[0], grant[1], token)
-            return Caller(grant[0], grant[1], token)
+                directory.known_headers[header] = (grant[0], grant[1], token, grant[2])
+            return Caller(grant[0], grant[1], token, grant[2])
     return None
 
 
@@ -94,6 +95,11 @@ def why_unknown(directory: Directory, header: str | None) -> str:
     return "unknown credentials token"
 
 
+def expired(at: datetime) -> str:
+    """Why an invitation's token A is refused once it expired (OCPI_HUB_INVITATION_TTL_S)."""
+    return f"the invitation expired on {at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}: ask the hub operator for a new one"
+
+
 class CredentialsTokenAuth(AbstractAuthenticationMiddleware):
     """Authenticates every OCPI request against the in-memory directory (no database round trip)."""
 
@@ -108,6 +114,8 @@ class CredentialsTokenAuth(AbstractAuthenticationMiddleware):
             caller = identify(state.directory.current, header)
         if caller is None:
             raise Unauthorized(why_unknown(state.directory.current, header))
+        if caller.token_kind == "A" and caller.expires_at is not None and caller.expires_at <= datetime.now(UTC):
+            raise Unauthorized(expired(caller.expires_at))
         if caller.token_kind == "A" and connection.scope["path"].rstrip("/") not in REGISTRATION_PATHS:
             raise Unauthorized("token A is only valid for versions and credentials: register first")
         state.last_seen[caller.platform.id] = datetime.now(UTC)

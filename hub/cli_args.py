@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ROLE:CC:PARTY",
         help="a role it may register, e.g. CPO:NL:ABC (repeat for several)",
     )
+    invite.add_argument(
+        "--expires-in",
+        type=_expires_in,
+        metavar="DURATION",
+        help="how long its token A stays valid: 14d, 12h, 30m or seconds; 0: never (default:"
+        " OCPI_HUB_INVITATION_TTL_S, 14 days)",
+    )
     sync = commands.add_parser("sync", help="pull every CPO's locations into the hub's cache (progress on stderr)")
     sync.add_argument("what", choices=["locations"], help="what to sync")
     sync.add_argument("--party", metavar="CC-PARTY", help="one CPO only, e.g. NL-ABC")
@@ -155,6 +162,18 @@ def _port(raw: str) -> int:
     if not raw.isascii() or not raw.isdigit() or len(raw) > 5 or int(raw) > 65535:
         raise argparse.ArgumentTypeError(f"{raw!r} is no port: a whole number from 0 (any free port) to 65535")
     return int(raw)
+
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def _expires_in(raw: str) -> int:
+    """An invitation's lifetime in seconds: '14d', '12h', '30m', '90s' or '90'; 0 for never, ten years at most."""
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in _UNITS else (raw, "s")
+    if not number.isascii() or not number.isdigit() or len(number) > 9 or int(number) * _UNITS[unit] > 10 * 365 * 86400:
+        raise argparse.ArgumentTypeError(f"{raw!r} is no duration: a whole number of days, hours, minutes or seconds"
+                                         " such as 14d, 12h, 30m, 90 (0: never), ten years at most")  # fmt: skip
+    return int(number) * _UNITS[unit]
 
 
 def _workers(raw: str) -> int:

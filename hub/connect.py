@@ -63,7 +63,8 @@ async def connect_to_party(
     # The party calls the hub's versions with this token while it handles our POST (kind A until it answers).
     token_for_party = new_token()
     async with pool.acquire() as conn:
-        platform_id = await platforms.create_platform(conn, name, [], token_hash(token_for_party), hub_party)
+        # the party uses it at once, in this exchange: it never expires (then the exchange replaces it with a token C)
+        platform_id, _ = await platforms.create_platform(conn, name, [], token_hash(token_for_party), hub_party, None)
     trace.platform_id = platform_id
     await announce_change(redis_client, settings.redis_prefix)
     await asyncio.sleep(PROPAGATION_S)  # every running hub process must know the token before the party calls back

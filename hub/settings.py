@@ -69,6 +69,7 @@ class Settings:
     log_level: str
     party_networks_allowed: tuple[Network, ...] = ()
     checkpoint_log_s: float = 3600.0  # 0: no checkpoints in the hub's log
+    invitation_ttl_s: float = 14 * 86400.0  # 0: an invitation's token A never expires
     # host and port `ocpi-hub serve` (or demo) listens on; None for the commands beside it
     listen: tuple[str, int] | None = None
     # OCPI_HUB_PUBLIC_URL was given, or a command beside serve read it from serve's data dir: public_url is not a guess
@@ -192,6 +193,7 @@ class Settings:
             log_level=log_level,
             party_networks_allowed=party_networks_allowed,
             checkpoint_log_s=_checkpoint_interval(get("OCPI_HUB_CHECKPOINT_LOG_S")),
+            invitation_ttl_s=_number_or_zero("OCPI_HUB_INVITATION_TTL_S", get("OCPI_HUB_INVITATION_TTL_S")),
             listen=_listen_address(get(LISTEN_ADDRESS)),
         )
 

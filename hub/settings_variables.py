@@ -88,6 +88,12 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
         "seconds between the signed checkpoints of the routing log the hub writes to its log (routing_log_checkpoint),"
         " which log shipping keeps outside the hub; 0: none",
     ),
+    (
+        "OCPI_HUB_INVITATION_TTL_S",
+        "1209600",
+        "seconds an invitation's token A stays valid (14 days; an invitation's own expires_in_s or `invite"
+        " --expires-in` overrides it); 0: never",
+    ),
     ("OCPI_HUB_SYNC_CHECK_S", "10", "seconds between checks for CPOs never synced (new, or Redis lost its data)"),
     # 1,000 locations the size of the spec's example are about 1.2 MB of documents (storage.location_cache): 100,000,
     # far more than one CPO's network holds, are some 120 MB of them, without their indexes (bench/location_cache.py)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import asyncpg
 import msgspec
@@ -83,17 +84,19 @@ class Platform:
 
 @dataclass(frozen=True, slots=True)
 class Directory:
-    # sha256(token) -> (platform, "A" | "C")
-    tokens: Mapping[bytes, tuple[Platform, str]] = field(default_factory=dict)
+    # sha256(token) -> (platform, "A" | "C", when a token A expires: None for never)
+    tokens: Mapping[bytes, tuple[Platform, str, datetime | None]] = field(default_factory=dict)
     platforms: Mapping[int, Platform] = field(default_factory=dict)
     # (COUNTRY_CODE, PARTY_ID) upper-cased -> the platform holding it
     parties: Mapping[tuple[str, str], Platform] = field(default_factory=dict)
     # (COUNTRY_CODE, PARTY_ID) upper-cased of the parties that left the hub and hold no role now (SUSPENDED)
     departed: frozenset[tuple[str, str]] = frozenset()
-    # Authorization header -> (platform, "A" | "C", token), filled by hub.auth.identify as callers are
+    # Authorization header -> (platform, "A" | "C", token, expiry), filled by hub.auth.identify as callers are
     # recognised: a header seen before costs one dict lookup, not a base64 decode and a SHA-256. Dropped with the
     # directory on every reload, so a rotated or deleted token is forgotten with it.
-    known_headers: dict[str, tuple[Platform, str, str]] = field(default_factory=dict, compare=False, repr=False)
+    known_headers: dict[str, tuple[Platform, str, str, datetime | None]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def holds(self, party: tuple[str, str], platform_id: int) -> bool:
         """Whether the platform holds the party (upper-cased) and is registered (an invited one has pushed nothing
@@ -133,7 +136,7 @@ async def load_directory(conn: asyncpg.Connection, box: TokenBox) -> Directory:
         for p in platform_rows
     }
     parties = {role.key: platform for platform in platforms.values() for role in platform.roles}
-    tokens = {t["token_hash"]: (platforms[t["platform_id"]], t["kind"]) for t in token_rows}
+    tokens = {t["token_hash"]: (platforms[t["platform_id"]], t["kind"], t["expires_at"]) for t in token_rows}
     departed = frozenset((r["country_code"], r["party_id"]) for r in departed_rows) - parties.keys()
     return Directory(tokens=tokens, platforms=platforms, parties=parties, departed=departed)
 

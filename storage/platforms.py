@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 import msgspec
@@ -48,13 +49,15 @@ async def create_platform(
     roles: Sequence[RoleClaim],
     token_hash: bytes,
     hub_party: tuple[str, str],
-) -> int:
-    """A new platform holding roles (status PLANNED) and a registration-only token (kind A)."""
+    expires_in_s: float | None,
+) -> tuple[int, datetime | None]:
+    """A new platform holding roles (status PLANNED) and a registration-only token (kind A) expiring expires_in_s
+    from now (None: never); the platform's id and when its token A expires."""
     async with conn.transaction():
         platform_id: int = await conn.fetchval(QUERIES["insert_platform"], name)
         await claim_roles(conn, platform_id, roles, hub_party)
-        await conn.execute(QUERIES["insert_token"], token_hash, platform_id, "A")
-    return platform_id
+        expires_at = await conn.fetchval(QUERIES["insert_invitation_token"], token_hash, platform_id, expires_in_s)
+    return platform_id, expires_at
 
 
 async def claim_roles(

@@ -30,6 +30,12 @@ SELECT true FROM credentials_token WHERE token_hash = $1 AND platform_id = $2;
 -- name: insert_token
 INSERT INTO credentials_token (token_hash, platform_id, kind) VALUES ($1, $2, $3);
 
+-- name: insert_invitation_token
+-- A token A, and when it expires ($3 seconds from now; NULL: never).
+INSERT INTO credentials_token (token_hash, platform_id, kind, expires_at)
+VALUES ($1, $2, 'A', now() + make_interval(secs => $3::float8))
+RETURNING expires_at;
+
 -- name: delete_tokens
 DELETE FROM credentials_token WHERE platform_id = $1;
 
@@ -213,7 +219,7 @@ FROM platform_endpoint e JOIN platform p ON p.id = e.platform_id
 WHERE p.state <> 'UNREGISTERED';
 
 -- name: directory_tokens
-SELECT t.token_hash, t.platform_id, t.kind
+SELECT t.token_hash, t.platform_id, t.kind, t.expires_at
 FROM credentials_token t JOIN platform p ON p.id = t.platform_id
 WHERE p.state <> 'UNREGISTERED';
 
@@ -227,7 +233,9 @@ SELECT r.country_code, r.party_id, r.role, p.name AS platform, p.id AS platform_
        coalesce(p.endpoints_refresh_due IS NOT NULL AND p.endpoints_refresh_claimed_until > now(), false)
            AS endpoints_trying_now,
        CASE WHEN p.endpoints_refresh_claimed_until > now() THEN NULL ELSE p.endpoints_refresh_due END
-           AS endpoints_next_try
+           AS endpoints_next_try,
+       (SELECT max(t.expires_at) FROM credentials_token t WHERE t.platform_id = p.id AND t.kind = 'A')
+           AS invitation_expires_at
 FROM party_role r JOIN platform p ON p.id = r.platform_id
 WHERE $1::bigint IS NULL OR p.id = $1
 ORDER BY upper(r.country_code), upper(r.party_id), r.role, r.id;

@@ -80,6 +80,7 @@ def test_invitation_answers_token_a_and_versions_url(hub: Hub) -> None:
         "status_since": item["status_since"],
         "registered_at": None,
         "last_seen": None,
+        "invitation_expires_at": invitation["expires_at"],  # OCPI_HUB_INVITATION_TTL_S (test_invitation_expiry)
         "token_encoding": "base64",
         "endpoints_from_before": None,
         "endpoints_trying_now": False,

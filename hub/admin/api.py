@@ -37,6 +37,8 @@ class RoleIn(msgspec.Struct):
 class InvitationIn(msgspec.Struct):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=NO_CONTROL_CHARACTERS)]
     roles: Annotated[list[RoleIn], msgspec.Meta(min_length=1)]
+    # seconds its token A stays valid; None: OCPI_HUB_INVITATION_TTL_S; 0: never expires
+    expires_in_s: Annotated[int, msgspec.Meta(ge=0, le=10 * 365 * 86400)] | None = None
 
 
 class Invitation(msgspec.Struct):
@@ -45,6 +47,7 @@ class Invitation(msgspec.Struct):
     platform_id: int
     name: str
     roles: list[RoleIn]
+    expires_at: datetime | None  # when token A stops working; None: never
 
 
 class Party(msgspec.Struct):
@@ -57,6 +60,7 @@ class Party(msgspec.Struct):
     status_since: datetime  # when the role took its status: when a platform that left left, for one
     registered_at: datetime | None
     last_seen: datetime | None
+    invitation_expires_at: datetime | None  # when its token A expires; None: never, or none left (registered)
     token_encoding: str  # how the hub sends this platform its token: "base64", or "raw" (an OCPI 2.1.1-era party)
     # Why the hub routes on endpoints from before a rotation it could not finish (None: it does not; the reason of the
     # last try, the operator's too), whether a hub process is fetching them again now, and when it fetches them again
@@ -110,13 +114,14 @@ async def invite(conn: asyncpg.Connection, settings: Settings, request: Invitati
     if "HUB" in {c.role for c in claims}:
         raise AdminError(400, "role HUB is the hub's own; a connecting platform cannot hold it")
     token_a = new_token()
+    ttl = settings.invitation_ttl_s if request.expires_in_s is None else request.expires_in_s
     try:
-        platform_id = await platforms.create_platform(
-            conn, request.name, claims, token_hash(token_a), (settings.country_code, settings.party_id)
+        platform_id, expires_at = await platforms.create_platform(
+            conn, request.name, claims, token_hash(token_a), (settings.country_code, settings.party_id), ttl or None
         )
     except platforms.PartyTaken as exc:
         raise AdminError(409, str(exc)) from None
-    return Invitation(token_a, settings.versions_url, platform_id, request.name, request.roles)
+    return Invitation(token_a, settings.versions_url, platform_id, request.name, request.roles, expires_at)
 
 
 def json_response(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:

@@ -47,7 +47,7 @@ async def parties_page(request: Request) -> Template:
     caches = await location_caches(request.app.state.locations, rows)
     rows = [dict(row) | caches.get((row["country_code"].upper(), row["party_id"].upper()), {}) for row in rows]
     return Template("parties.html", context={"page": "parties", "actor": actor(request), "rows": rows,
-                                             "counts": dict(counts)})  # fmt: skip
+                                             "counts": dict(counts), "now": datetime.now(UTC)})  # fmt: skip
 
 
 @get("/console/stats")

@@ -17,6 +17,7 @@ import msgspec
 import redis.asyncio as redis
 
 from hub.cli_output import out
+from hub.cli_parties import parties
 from hub.party_client import PartyClient
 from hub.settings import Settings
 
@@ -252,4 +253,5 @@ async def _grant_serving_role(settings: Settings, args: argparse.Namespace, pool
 
 
 COMMANDS: dict[str, Command] = {"invite": _invite, "connect": _connect, "sync": _sync, "auditor": _auditor,
-                                "retention": _retention, "grant-serving-role": _grant_serving_role}  # fmt: skip
+                                "retention": _retention, "grant-serving-role": _grant_serving_role,
+                                "parties": parties}  # fmt: skip

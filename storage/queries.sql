@@ -240,6 +240,14 @@ FROM party_role r JOIN platform p ON p.id = r.platform_id
 WHERE $1::bigint IS NULL OR p.id = $1
 ORDER BY upper(r.country_code), upper(r.party_id), r.role, r.id;
 
+-- name: platform_shown
+-- One platform (GET /admin/api/parties/{id}, `ocpi-hub parties show`), one connected by `ocpi-hub connect` and
+-- holding no role yet too.
+SELECT p.name, p.state, p.registered_at, p.last_seen,
+       (SELECT max(t.expires_at) FROM credentials_token t WHERE t.platform_id = p.id AND t.kind = 'A')
+           AS invitation_expires_at
+FROM platform p WHERE p.id = $1;
+
 -- name: touch_platforms
 UPDATE platform SET last_seen = t.seen
 FROM unnest($1::bigint[], $2::timestamptz[]) AS t(id, seen)

@@ -14,7 +14,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
 
 from hub.admin.actors import READ_ONLY, UNAUTHORIZED, actor_guard, actor_of, record_action
-from hub.envelope import http_error_message, logged_unexpected
+from hub.envelope import http_error_message, logged_unexpected, path_number
 from hub.errors import OcpiError
 from hub.ocpi.wire import NO_CONTROL_CHARACTERS, CountryCode, PartyId, Role
 from hub.settings import Settings
@@ -152,11 +152,56 @@ def invited(invitation: Invitation) -> dict[str, Any]:
 async def list_parties(request: Request) -> Response[bytes]:
     takes_no_parameters(request)
     async with request.app.state.pool.acquire() as conn:
-        rows = await conn.fetch(QUERIES["list_parties"], None)
-    caches = await location_caches(request.app.state.locations, rows)
+        return json_response({"items": await listed_parties(conn, request.app.state.locations)})
+
+
+async def listed_parties(
+    conn: asyncpg.Connection, locations: LocationCache, platform_id: int | None = None
+) -> list[Party]:
+    """Every platform's roles, or one platform's, as the admin API and `ocpi-hub parties` list them."""
+    rows = await conn.fetch(QUERIES["list_parties"], platform_id)
+    caches = await location_caches(locations, rows)
     # the row holds more than the answer (platform_state, for the console's actions): convert skips it
-    items = [msgspec.convert(dict(row) | caches.get(_cpo(row) or ("", ""), {}), Party) for row in rows]
-    return json_response({"items": items})
+    return [msgspec.convert(dict(row) | caches.get(_cpo(row) or ("", ""), {}), Party) for row in rows]
+
+
+class Endpoint(msgspec.Struct):
+    identifier: str
+    role: str  # SENDER or RECEIVER
+    url: str
+
+
+class PlatformShown(msgspec.Struct):
+    """One platform: its roles as GET /admin/api/parties lists them, and the endpoints the hub routes to."""
+
+    platform_id: int
+    name: str
+    state: str  # INVITED, REGISTERED or UNREGISTERED
+    registered_at: datetime | None
+    last_seen: datetime | None
+    invitation_expires_at: datetime | None
+    roles: list[Party]
+    endpoints: list[Endpoint]
+
+
+async def platform_shown(conn: asyncpg.Connection, locations: LocationCache, platform_id: int) -> PlatformShown:
+    """One platform as the admin API and `ocpi-hub parties show` show it; AdminError 404 for none."""
+    check_platform_id(platform_id)
+    platform = await conn.fetchrow(QUERIES["platform_shown"], platform_id)
+    if platform is None:
+        raise AdminError(404, f"no platform {platform_id} is on the hub (never invited)")
+    roles = await listed_parties(conn, locations, platform_id)
+    endpoints = [Endpoint(e["identifier"], e["interface_role"], e["url"])
+                 for e in await conn.fetch(QUERIES["platform_endpoints"], platform_id)]  # fmt: skip
+    return PlatformShown(platform_id, platform["name"], platform["state"], platform["registered_at"],
+                         platform["last_seen"], platform["invitation_expires_at"], roles, endpoints)  # fmt: skip
+
+
+@get("/parties/{platform_id:str}", opt={READ_ONLY: True})
+async def show_platform(request: Request, platform_id: str) -> Response[bytes]:
+    takes_no_parameters(request)
+    async with request.app.state.pool.acquire() as conn:
+        return json_response(await platform_shown(conn, request.app.state.locations, path_number(platform_id)))
 
 
 async def location_caches(locations: LocationCache, rows: list[asyncpg.Record]) -> dict[PartyKey, dict[str, Any]]:
@@ -210,6 +255,7 @@ def admin_router() -> Router:
         route_handlers=[
             create_invitation,
             list_parties,
+            show_platform,
             unregister_platform,
             rotate_credentials,
             refresh_endpoints,

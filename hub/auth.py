@@ -79,6 +79,11 @@ def why_unknown(directory: Directory, header: str | None) -> str:
         return f"the Authorization header uses {named}: send 'Authorization: Token <base64 of your token>'"
     if not (value := value.strip()):
         return "the Authorization header holds no token: send 'Authorization: Token <base64 of your token>'"
+    if (removed := _removed_on(directory, value)) is not None:
+        return (
+            f"unknown credentials token: it belonged to a platform removed from the hub on {removed:%Y-%m-%d}; "
+            "ask the hub operator for a new invitation"
+        )
     try:
         decoded = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -98,6 +103,14 @@ def why_unknown(directory: Directory, header: str | None) -> str:
 def expired(at: datetime) -> str:
     """Why an invitation's token A is refused once it expired (OCPI_HUB_INVITATION_TTL_S)."""
     return f"the invitation expired on {at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}: ask the hub operator for a new one"
+
+
+def _removed_on(directory: Directory, value: str) -> datetime | None:
+    """When the platform that held the token the header's value encodes (or is, raw) left the hub; None: none did."""
+    for token in (base64_decoded(value), value):
+        if token is not None and (at := directory.removed_tokens.get(token_hash(token))) is not None:
+            return at.astimezone(UTC)
+    return None
 
 
 class CredentialsTokenAuth(AbstractAuthenticationMiddleware):

@@ -91,6 +91,8 @@ class Directory:
     parties: Mapping[tuple[str, str], Platform] = field(default_factory=dict)
     # (COUNTRY_CODE, PARTY_ID) upper-cased of the parties that left the hub and hold no role now (SUSPENDED)
     departed: frozenset[tuple[str, str]] = frozenset()
+    # sha256(token) -> when its platform left the hub: such a token is refused saying so (hub.auth.why_unknown)
+    removed_tokens: Mapping[bytes, datetime] = field(default_factory=dict)
     # Authorization header -> (platform, "A" | "C", token, expiry), filled by hub.auth.identify as callers are
     # recognised: a header seen before costs one dict lookup, not a base64 decode and a SHA-256. Dropped with the
     # directory on every reload, so a rotated or deleted token is forgotten with it.
@@ -112,6 +114,7 @@ async def load_directory(conn: asyncpg.Connection, box: TokenBox) -> Directory:
         endpoint_rows = await conn.fetch(QUERIES["directory_endpoints"])
         token_rows = await conn.fetch(QUERIES["directory_tokens"])
         departed_rows = await conn.fetch(QUERIES["directory_departed"])
+        removed_rows = await conn.fetch(QUERIES["directory_removed_tokens"])
     roles: dict[int, list[PartyRole]] = {}
     for r in role_rows:
         details = msgspec.json.decode(r["business_details"]) if r["business_details"] else None
@@ -138,7 +141,8 @@ async def load_directory(conn: asyncpg.Connection, box: TokenBox) -> Directory:
     parties = {role.key: platform for platform in platforms.values() for role in platform.roles}
     tokens = {t["token_hash"]: (platforms[t["platform_id"]], t["kind"], t["expires_at"]) for t in token_rows}
     departed = frozenset((r["country_code"], r["party_id"]) for r in departed_rows) - parties.keys()
-    return Directory(tokens=tokens, platforms=platforms, parties=parties, departed=departed)
+    removed = {r["token_hash"]: r["unregistered_at"] for r in removed_rows}
+    return Directory(tokens=tokens, platforms=platforms, parties=parties, departed=departed, removed_tokens=removed)
 
 
 class DirectoryCache:

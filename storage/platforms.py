@@ -189,8 +189,9 @@ async def held_roles(conn: asyncpg.Connection, platform_id: int) -> list[asyncpg
 
 
 async def unregister(conn: asyncpg.Connection, platform_id: int) -> None:
-    """The platform leaves: its tokens stop working, its party ids become free for a new invitation."""
+    """The platform leaves: its tokens stop working, its party ids become free for a new invitation. Its tokens' hashes
+    stay, with no platform to name (the directory loads those of a registered or invited platform only): a call with
+    one is told the platform was removed, and when (hub.auth.why_unknown)."""
     async with conn.transaction():
         await conn.execute(QUERIES["unregister_platform"], platform_id)
         await conn.execute(QUERIES["unregister_roles"], platform_id)
-        await conn.execute(QUERIES["delete_tokens"], platform_id)

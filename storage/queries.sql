@@ -223,6 +223,12 @@ SELECT t.token_hash, t.platform_id, t.kind, t.expires_at
 FROM credentials_token t JOIN platform p ON p.id = t.platform_id
 WHERE p.state <> 'UNREGISTERED';
 
+-- name: directory_removed_tokens
+-- The tokens of platforms that left the hub, and when they left: a call with one is told so (hub.auth.why_unknown).
+SELECT t.token_hash, p.unregistered_at
+FROM credentials_token t JOIN platform p ON p.id = t.platform_id
+WHERE p.state = 'UNREGISTERED';
+
 -- name: list_parties
 -- Every platform's roles, or one platform's ($1; NULL: all); endpoints_from_before: why its endpoints are from before
 -- a rotation the hub could not finish (NULL: they are not), endpoints_trying_now: a hub process is fetching them
@@ -234,8 +240,8 @@ SELECT r.country_code, r.party_id, r.role, p.name AS platform, p.id AS platform_
            AS endpoints_trying_now,
        CASE WHEN p.endpoints_refresh_claimed_until > now() THEN NULL ELSE p.endpoints_refresh_due END
            AS endpoints_next_try,
-       (SELECT max(t.expires_at) FROM credentials_token t WHERE t.platform_id = p.id AND t.kind = 'A')
-           AS invitation_expires_at
+       (SELECT max(t.expires_at) FROM credentials_token t
+        WHERE t.platform_id = p.id AND t.kind = 'A' AND p.state = 'INVITED') AS invitation_expires_at
 FROM party_role r JOIN platform p ON p.id = r.platform_id
 WHERE $1::bigint IS NULL OR p.id = $1
 ORDER BY upper(r.country_code), upper(r.party_id), r.role, r.id;
@@ -244,8 +250,8 @@ ORDER BY upper(r.country_code), upper(r.party_id), r.role, r.id;
 -- One platform (GET /admin/api/parties/{id}, `ocpi-hub parties show`), one connected by `ocpi-hub connect` and
 -- holding no role yet too.
 SELECT p.name, p.state, p.registered_at, p.last_seen,
-       (SELECT max(t.expires_at) FROM credentials_token t WHERE t.platform_id = p.id AND t.kind = 'A')
-           AS invitation_expires_at
+       (SELECT max(t.expires_at) FROM credentials_token t
+        WHERE t.platform_id = p.id AND t.kind = 'A' AND p.state = 'INVITED') AS invitation_expires_at
 FROM platform p WHERE p.id = $1;
 
 -- name: touch_platforms

@@ -9,7 +9,8 @@ import httpx
 
 from tests.conftest import Hub, unique_party_id
 from tests.parties import token_header
-from tests.test_admin_and_cli import _cli
+from tests.test_admin_and_cli import _cli, _platform_id
+from tests.test_routing import _roles, party_key
 
 
 def test_the_admin_api_shows_one_platform_as_the_list_shows_it(hub: Hub) -> None:
@@ -53,3 +54,24 @@ def test_cli_parties_lists_shows_and_removes_only_with_yes(hub: Hub) -> None:
     assert entry["parameters"] == {"platform_id": platform_id, "name": "Cli party", "via": "cli"}
     assert entry["actor_kind"] == "admin" and entry["actor_name"].startswith("ocpi-hub parties (")
     assert _cli(hub, "parties", "remove", str(platform_id), "--yes").returncode == 1
+
+
+def test_a_removed_platforms_token_is_refused_saying_it_was_removed_and_when(hub: Hub, connect_party, db) -> None:  # type: ignore[no-untyped-def]
+    cpo = connect_party(_roles("CPO"))
+    platform_id = _platform_id(hub, party_key(cpo))
+    invitation = hub.invite("Withdrawn", ("CPO", "NL", unique_party_id()))
+    with hub.admin() as admin:
+        for removed in (platform_id, invitation["platform_id"]):
+            assert admin.delete(f"/admin/api/parties/{removed}").status_code == 200
+    day = db.run(db.fetchval("SELECT unregistered_at FROM platform WHERE id = $1", platform_id))
+    # on the credentials module (the hub's own) and on a relayed one alike, token C or an invitation's token A
+    for token, url in ((cpo.hub_token, f"{hub.base}/ocpi/2.2.1/credentials"),
+                       (cpo.hub_token, f"{hub.base}/ocpi/2.2.1/receiver/locations/NL/ABC/1"),
+                       (invitation["token_a"], hub.versions_url)):  # fmt: skip
+        answer = httpx.get(url, headers=token_header(token))
+        assert answer.status_code == 401, answer.text
+        message = answer.json()["status_message"]
+        assert f"belonged to a platform removed from the hub on {day:%Y-%m-%d}" in message, message
+    # a token never issued is still only unknown
+    answer = httpx.get(hub.versions_url, headers=token_header("never-issued"))
+    assert answer.json()["status_message"] == "unknown credentials token"

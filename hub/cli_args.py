@@ -111,14 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     retention.add_argument("--keep", required=True, metavar="DAYS", help="how much to keep, e.g. 400d")
     retention.add_argument("--dry-run", action="store_true", help="only say what it would drop and delete")
     hold = commands.add_parser("hold", help="set, list or release legal holds (retention keeps what they cover)")
-    hold.add_argument("action", choices=["set", "list", "release"], help="what to do")
-    hold.add_argument("id", nargs="?", help="the hold's id (release)")
-    hold.add_argument("--reason", help="why: the dispute's reference (set)")
-    hold.add_argument("--correlation-id", metavar="ID", help="hold one X-Correlation-ID's rows")
-    hold.add_argument("--object-id", metavar="ID", help="hold the rows about one location, session, CDR, token, tariff")
-    hold.add_argument("--party", metavar="CC-PARTY", help="hold the rows a party sent or received, --since to --until")
-    hold.add_argument("--since", metavar="TIME", help="with --party: from TIME (ISO 8601)")
-    hold.add_argument("--until", metavar="TIME", help="with --party: until TIME, excluded (ISO 8601)")
+    # an action of its own each: an option one does not take is refused, not ignored (`hold list --reason x` listed all)
+    hold_actions = hold.add_subparsers(dest="action", required=True, metavar="ACTION")
+    hold_set = hold_actions.add_parser("set", help="a new hold: --reason and what it covers")
+    hold_set.add_argument("--reason", help="why: the dispute's reference")
+    hold_set.add_argument("--correlation-id", metavar="ID", help="hold one X-Correlation-ID's rows")
+    hold_set.add_argument(
+        "--object-id", metavar="ID", help="hold the rows about one location, session, CDR, token, tariff"
+    )
+    hold_set.add_argument(
+        "--party", metavar="CC-PARTY", help="hold the rows a party sent or received, --since to --until"
+    )
+    hold_set.add_argument("--since", metavar="TIME", help="with --party: from TIME (ISO 8601)")
+    hold_set.add_argument("--until", metavar="TIME", help="with --party: until TIME, excluded (ISO 8601)")
+    hold_actions.add_parser("list", help="every hold, those in force first")
+    hold_release = hold_actions.add_parser("release", help="release a hold")
+    hold_release.add_argument("id", nargs="?", help="the hold's id")
     verify = commands.add_parser(
         "verify", help="recompute the routing log's hash chains; exit 1 if a row was changed, inserted or deleted"
     )

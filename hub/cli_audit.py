@@ -25,7 +25,7 @@ async def _hold(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
     from storage.log_holds import list_holds
 
     given = {name: value for name in ("reason", "correlation_id", "object_id", "party", "since", "until")
-             if (value := getattr(args, name)) is not None}  # fmt: skip
+             if (value := getattr(args, name, None)) is not None}  # fmt: skip
     try:
         async with pool.acquire() as conn:
             if args.action == "list":

@@ -29,3 +29,20 @@ def test_no_command_or_an_unknown_one_prints_usage_to_stderr_and_exits_2(args: t
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr.startswith("usage: ocpi-hub ") and "Traceback" not in result.stderr
     assert "ocpi-hub: error: " in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("hold", "list", "--reason", "x"),
+        ("hold", "list", "--party", "NL-ABC"),
+        ("hold", "release", "1", "--reason", "x"),
+        ("hold", "list", "7"),
+    ],
+)
+def test_hold_refuses_an_option_its_action_does_not_take(args: tuple[str, ...]) -> None:
+    # ignored, a filter the operator meant to apply would look applied (found by a walkthrough); refused before the
+    # command looks for a hub, as any usage error
+    result = _ran(*args)
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert "unrecognized arguments" in result.stderr and "Traceback" not in result.stderr

@@ -85,6 +85,9 @@ def marked(marks: dict[Any, Any]) -> dict[tuple[str, str], int]:
     return found
 
 
+NOT_SYNCED = "not synced yet"  # not_complete's why for a CPO with no sync mark; any other: over its cap
+
+
 async def not_complete(client: redis.Redis, prefix: str, on_hub: Collection[tuple[str, str]],
                        synced_by_pull: list[tuple[str, str]]) -> dict[tuple[str, str], str]:  # fmt: skip
     """The CPOs whose caches may miss some of their locations, each with why: those on the hub over their cap, and
@@ -95,14 +98,11 @@ async def not_complete(client: redis.Redis, prefix: str, on_hub: Collection[tupl
         if synced_by_pull:
             pipe.exists(*(synced_key(prefix, owner) for owner in synced_by_pull))
         marks, *synced = await pipe.execute()
-    short = {}
-    for field, count in marks.items():
-        country, _, party = (field.decode() if isinstance(field, bytes) else str(field)).partition("/")
-        if (country, party) in on_hub:  # one that left took its locations with it, whether or not its mark went too
-            short[(country, party)] = f"over its cap ({int(count)} locations refused)"
+    # one that left took its locations with it, whether or not its mark went too
+    short = {cpo: f"over its cap ({count} locations refused)" for cpo, count in marked(marks).items() if cpo in on_hub}
     if synced and synced[0] < len(synced_by_pull):
         found = await client.mget([synced_key(prefix, owner) for owner in synced_by_pull])
-        short |= {owner: "not synced yet" for owner, mark in zip(synced_by_pull, found, strict=True) if mark is None}
+        short |= {owner: NOT_SYNCED for owner, mark in zip(synced_by_pull, found, strict=True) if mark is None}
     return short
 
 

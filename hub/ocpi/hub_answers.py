@@ -22,6 +22,7 @@ from routing.forward import Answer
 from routing.pull_sync import cpo_parties
 from routing.request import Incoming, endpoint_url, party_text, routing_party
 from storage.location_cache import snapshot_viewer
+from storage.location_cap import NOT_SYNCED
 from storage.location_document import epoch, same_id
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ async def _from_its_cpo(relay: Relay, exchange: Exchange, incoming: Incoming, ow
     synced yet), forwarded to the CPO: the cache may miss some of them, and a GET All is "the new truth"
     (mod_locations.asciidoc) to its client, which would drop what it did not list. The CPO's answer, its Links
     leading back through the hub, as a direct GET's."""
-    CACHE_REQUESTS.labels("over_cap" if why.startswith("over") else "not_synced").inc()
+    CACHE_REQUESTS.labels("not_synced" if why == NOT_SYNCED else "over_cap").inc()
     delivery = delivery_to(incoming, relay.directory.current, owner)  # 4001 or 4003 when it is not there to ask
     exchange.entry.routing = "direct"
     exchange.entry.error = (f"{party_text(owner)}'s cache is {why} (its cap: {_caps(relay)}): forwarded to it, not "
@@ -94,7 +95,7 @@ def _not_all_cached(relay: Relay, short: dict[tuple[str, str], str]) -> HubError
     """A GET All of every CPO while the cache may miss some of one's locations: refused, not answered short, as its
     client would take the list for "the new truth" (mod_locations.asciidoc) and drop what it did not list. 4000, not a
     2xxx: the request is right, the hub cannot answer it now (status_codes.asciidoc: 2xxx "Client errors")."""
-    CACHE_REQUESTS.labels("over_cap" if any(w.startswith("over") for w in short.values()) else "not_synced").inc()
+    CACHE_REQUESTS.labels("over_cap" if any(why != NOT_SYNCED for why in short.values()) else "not_synced").inc()
     named = ", ".join(f"{party_text(owner)} ({why})" for owner, why in sorted(short.items()))
     return HubError(
         f"the hub's cache may not hold every location of {named}, so it answers no GET All of every CPO's locations "

@@ -192,7 +192,9 @@ class Settings:
             redis_prefix=redis_prefix,
             log_level=log_level,
             party_networks_allowed=party_networks_allowed,
-            checkpoint_log_s=_checkpoint_interval(get("OCPI_HUB_CHECKPOINT_LOG_S")),
+            # each checkpoint is an audit-trail entry, taken under the trail's head lock: below a second they would
+            # queue on it faster than it is taken
+            checkpoint_log_s=_number_or_zero("OCPI_HUB_CHECKPOINT_LOG_S", get("OCPI_HUB_CHECKPOINT_LOG_S"), least=1),
             invitation_ttl_s=_number_or_zero("OCPI_HUB_INVITATION_TTL_S", get("OCPI_HUB_INVITATION_TTL_S")),
             listen=_listen_address(get(LISTEN_ADDRESS)),
         )
@@ -256,27 +258,14 @@ def _number(name: str, raw: str, kind: type[int] | type[float]) -> float:
     return value
 
 
-def _checkpoint_interval(raw: str | None) -> float:
-    """Seconds between the checkpoints a hub logs, 0 for none; each is an audit-trail entry, taken under the trail's
-    head lock: below a second they would queue on it faster than it is taken."""
-    name = "OCPI_HUB_CHECKPOINT_LOG_S"
+def _number_or_zero(name: str, raw: str | None, least: float = 0.0) -> float:
+    """A number of seconds: positive (least or more), or 0 for never."""
     raw = raw or _DEFAULTS[name]
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or (value != 0 and value < 1):
-        raise SettingsError(f"{name} must be 1 second or more, or 0 for none, got {raw!r}")
-    return value
-
-
-def _number_or_zero(name: str, raw: str | None) -> float:
-    """A number of seconds: positive, or 0 for never."""
-    raw = raw or _DEFAULTS[name]
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise SettingsError(f"{name} must be a positive number of seconds, or 0 for none, got {raw!r}")
+    if not math.isfinite(value) or value < 0 or 0 < value < least:
+        what = f"{least:g} second or more" if least else "a positive number of seconds"
+        raise SettingsError(f"{name} must be {what}, or 0 for none, got {raw!r}")
     return value

@@ -1,5 +1,6 @@
-"""The operator's side: the admin API, `ocpi-hub invite`, `ocpi-hub connect` and the settings check (renewing a
-platform's credentials: tests/test_credentials_rotation.py)."""
+"""The operator's side: the admin API, `ocpi-hub invite`, `ocpi-hub connect` and the settings check (taking a
+platform off the hub: tests/test_party_management.py; renewing a platform's credentials:
+tests/test_credentials_rotation.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import pytest
 from tests.conftest import ROOT, Hub, unique_party_id
 from tests.log_rows import calls_of, own_conversation, own_messages_wrong
 from tests.parties import free_port, token_header
-from tests.test_hub_client_info import _pushes_about, _wait_for
 from tests.test_routing import _roles, party_key
 
 
@@ -406,63 +406,6 @@ def _platform_id(hub: Hub, party: tuple[str, str]) -> int:
     with hub.admin() as admin:
         items = admin.get("/admin/api/parties").json()["items"]
     return next(i["platform_id"] for i in items if (i["country_code"], i["party_id"]) == party)
-
-
-def test_the_operator_takes_a_platform_off_the_hub_and_the_party_is_told(hub: Hub, connect_party, db) -> None:
-    watcher = connect_party(_roles("EMSP"))
-    cpo = connect_party(_roles("CPO"))
-    key = party_key(cpo)
-    platform_id = _platform_id(hub, key)
-    with hub.admin() as admin:
-        before = datetime.now(UTC)
-        answer = admin.delete(f"/admin/api/parties/{platform_id}")
-        assert answer.status_code == 200, answer.text
-        assert answer.json() == {"platform_id": platform_id, "name": cpo.name, "was": "REGISTERED",
-                                 "party_told": True, "party_answer": None}  # fmt: skip
-        again = admin.delete(f"/admin/api/parties/{platform_id}")
-        assert again.status_code == 404 and "unregistered already" in again.json()["error"]
-        trail = admin.get("/admin/api/audit-trail").json()["items"]
-        [left] = [i for i in admin.get("/admin/api/parties").json()["items"] if i["platform_id"] == platform_id]
-    # when it left, for an auditor asking (an UNREGISTERED role showed no time: found by a walkthrough)
-    assert left["status"] == "UNREGISTERED" and datetime.fromisoformat(left["status_since"]) >= before
-    assert next(t["parameters"] for t in trail if t["action"] == "unregister_platform") == {
-        "platform_id": platform_id, "name": cpo.name}  # fmt: skip
-    # credentials.asciidoc: "Both parties must end any automated communication": the party heard it, with token B
-    told = [r for r in cpo.received if (r.method, r.path) == ("DELETE", "/ocpi/2.2.1/credentials")]
-    assert len(told) == 1 and cpo.hub_credentials is None
-    rows = db.run(db.fetch("SELECT routing, module, method, http_status, ocpi_status_code FROM routing_log "
-                           "WHERE module = 'credentials' AND to_party_id = $1", key[1]))  # fmt: skip
-    assert [tuple(r.values()) for r in rows] == [("hub", "credentials", "DELETE", 200, 1000)]
-    # The party's token stops working, nobody reaches it any more, and the others hear it is SUSPENDED.
-    assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(cpo.hub_token)).status_code == 401
-    refused = watcher.call(hub.base, "GET", "sender/locations", to=key)  # not "unknown": the list says SUSPENDED
-    assert refused.json()["status_code"] == 4003, refused.text
-    assert f"{key[0]}-{key[1]} has left the hub (status SUSPENDED)" in refused.json()["status_message"]
-    assert not [r for r in cpo.functional() if r.method == "GET"]
-    assert _wait_for(lambda: "SUSPENDED" in [p["status"] for p in _pushes_about(watcher, key)])
-    # Its party id is free for a new invitation.
-    assert hub.invite("Successor", ("CPO", *key))["platform_id"] != platform_id
-
-
-def test_withdrawing_an_unused_invitation_stops_its_token_a(hub: Hub) -> None:
-    pid = unique_party_id()
-    invitation = hub.invite("Never came", ("CPO", "NL", pid))
-    with hub.admin() as admin:
-        answer = admin.delete(f"/admin/api/parties/{invitation['platform_id']}")
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["was"] == "INVITED" and answer.json()["party_told"] is None
-        assert admin.delete("/admin/api/parties/999999999").status_code == 404
-    assert httpx.get(hub.versions_url, headers=token_header(invitation["token_a"])).status_code == 401
-
-
-def test_an_auditor_cannot_take_a_platform_off_the_hub(hub: Hub) -> None:
-    invitation = hub.invite("Stays", ("CPO", "NL", unique_party_id()))
-    name = f"auditor-{unique_party_id()}"
-    token = json.loads(_cli(hub, "auditor", "add", name).stdout)["token"]
-    answer = httpx.delete(f"{hub.base}/admin/api/parties/{invitation['platform_id']}",
-                          headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-    assert answer.status_code == 403
-    assert httpx.get(hub.versions_url, headers=token_header(invitation["token_a"])).status_code == 200
 
 
 def test_a_platform_id_past_a_bigint_is_answered_404_by_the_admin_api_and_the_console(hub: Hub) -> None:

@@ -1,15 +1,17 @@
 """One platform in the admin API (GET /admin/api/parties/{id}) and `ocpi-hub parties list|show|remove` on the running
-hub's storage, removal doing what DELETE /admin/api/parties/{id} does."""
+hub's storage, removal doing what DELETE /admin/api/parties/{id} does; taking a platform off the hub, and who may."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import httpx
 
 from tests.conftest import Hub, unique_party_id
 from tests.parties import token_header
 from tests.test_admin_and_cli import _cli, _platform_id
+from tests.test_hub_client_info import _pushes_about, _wait_for
 from tests.test_routing import _roles, party_key
 
 
@@ -75,3 +77,60 @@ def test_a_removed_platforms_token_is_refused_saying_it_was_removed_and_when(hub
     # a token never issued is still only unknown
     answer = httpx.get(hub.versions_url, headers=token_header("never-issued"))
     assert answer.json()["status_message"] == "unknown credentials token"
+
+
+def test_the_operator_takes_a_platform_off_the_hub_and_the_party_is_told(hub: Hub, connect_party, db) -> None:
+    watcher = connect_party(_roles("EMSP"))
+    cpo = connect_party(_roles("CPO"))
+    key = party_key(cpo)
+    platform_id = _platform_id(hub, key)
+    with hub.admin() as admin:
+        before = datetime.now(UTC)
+        answer = admin.delete(f"/admin/api/parties/{platform_id}")
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"platform_id": platform_id, "name": cpo.name, "was": "REGISTERED",
+                                 "party_told": True, "party_answer": None}  # fmt: skip
+        again = admin.delete(f"/admin/api/parties/{platform_id}")
+        assert again.status_code == 404 and "unregistered already" in again.json()["error"]
+        trail = admin.get("/admin/api/audit-trail").json()["items"]
+        [left] = [i for i in admin.get("/admin/api/parties").json()["items"] if i["platform_id"] == platform_id]
+    # when it left, for an auditor asking (an UNREGISTERED role showed no time: found by a walkthrough)
+    assert left["status"] == "UNREGISTERED" and datetime.fromisoformat(left["status_since"]) >= before
+    assert next(t["parameters"] for t in trail if t["action"] == "unregister_platform") == {
+        "platform_id": platform_id, "name": cpo.name}  # fmt: skip
+    # credentials.asciidoc: "Both parties must end any automated communication": the party heard it, with token B
+    told = [r for r in cpo.received if (r.method, r.path) == ("DELETE", "/ocpi/2.2.1/credentials")]
+    assert len(told) == 1 and cpo.hub_credentials is None
+    rows = db.run(db.fetch("SELECT routing, module, method, http_status, ocpi_status_code FROM routing_log "
+                           "WHERE module = 'credentials' AND to_party_id = $1", key[1]))  # fmt: skip
+    assert [tuple(r.values()) for r in rows] == [("hub", "credentials", "DELETE", 200, 1000)]
+    # The party's token stops working, nobody reaches it any more, and the others hear it is SUSPENDED.
+    assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(cpo.hub_token)).status_code == 401
+    refused = watcher.call(hub.base, "GET", "sender/locations", to=key)  # not "unknown": the list says SUSPENDED
+    assert refused.json()["status_code"] == 4003, refused.text
+    assert f"{key[0]}-{key[1]} has left the hub (status SUSPENDED)" in refused.json()["status_message"]
+    assert not [r for r in cpo.functional() if r.method == "GET"]
+    assert _wait_for(lambda: "SUSPENDED" in [p["status"] for p in _pushes_about(watcher, key)])
+    # Its party id is free for a new invitation.
+    assert hub.invite("Successor", ("CPO", *key))["platform_id"] != platform_id
+
+
+def test_withdrawing_an_unused_invitation_stops_its_token_a(hub: Hub) -> None:
+    pid = unique_party_id()
+    invitation = hub.invite("Never came", ("CPO", "NL", pid))
+    with hub.admin() as admin:
+        answer = admin.delete(f"/admin/api/parties/{invitation['platform_id']}")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["was"] == "INVITED" and answer.json()["party_told"] is None
+        assert admin.delete("/admin/api/parties/999999999").status_code == 404
+    assert httpx.get(hub.versions_url, headers=token_header(invitation["token_a"])).status_code == 401
+
+
+def test_an_auditor_cannot_take_a_platform_off_the_hub(hub: Hub) -> None:
+    invitation = hub.invite("Stays", ("CPO", "NL", unique_party_id()))
+    name = f"auditor-{unique_party_id()}"
+    token = json.loads(_cli(hub, "auditor", "add", name).stdout)["token"]
+    answer = httpx.delete(f"{hub.base}/admin/api/parties/{invitation['platform_id']}",
+                          headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    assert answer.status_code == 403
+    assert httpx.get(hub.versions_url, headers=token_header(invitation["token_a"])).status_code == 200

@@ -68,14 +68,20 @@ def _walk(party, hub: Hub, url: str) -> tuple[list[str], set[str]]:  # type: ign
     return ids, answered_by
 
 
+def _synced_cpo_and_emsp(hub: Hub, start_party):  # type: ignore[no-untyped-def]
+    """A CPO (pages of 2) and an eMSP registered at the hub, once the CPO's first sync (of none) is over."""
+    cpo = register_at_hub(hub, start_party, _roles("CPO"), page_size=2)
+    emsp = register_at_hub(hub, start_party, _roles("EMSP"))
+    owner = party_key(cpo)
+    _wait(lambda: _sync_line(hub, owner, "location_sync_done"))
+    return cpo, emsp, owner
+
+
 def test_pushes_past_a_cpos_cap_are_relayed_and_its_get_all_goes_to_it_until_a_full_sync_caches_its_whole_list(
     capped_hub: Hub, start_party
 ) -> None:
     hub = capped_hub
-    cpo = register_at_hub(hub, start_party, _roles("CPO"), page_size=2)
-    emsp = register_at_hub(hub, start_party, _roles("EMSP"))
-    owner = party_key(cpo)
-    _wait(lambda: _sync_line(hub, owner, "location_sync_done"))  # its first sync (of none) is over
+    cpo, emsp, owner = _synced_cpo_and_emsp(hub, start_party)
     docs = [_location(owner, f"L{n}", f"2026-12-01T10:0{n}:00Z") for n in range(5)]
     cpo.objects["locations"] = docs
     for doc in docs:
@@ -183,10 +189,7 @@ def test_a_cpos_cache_holds_its_cap_of_bytes_and_a_location_grown_past_it_is_not
     capped_hub: Hub, start_party
 ) -> None:
     hub = capped_hub
-    cpo = register_at_hub(hub, start_party, _roles("CPO"), page_size=2)
-    emsp = register_at_hub(hub, start_party, _roles("EMSP"))
-    owner = party_key(cpo)
-    _wait(lambda: _sync_line(hub, owner, "location_sync_done"))  # its first sync (of none) is over
+    cpo, emsp, owner = _synced_cpo_and_emsp(hub, start_party)
     docs = [_location(owner, f"B{n}", f"2026-12-01T10:0{n}:00Z", name="x" * 1400) for n in range(4)]
     state = (*STATE, "location_bytes_cached")
     for doc in docs[:2]:

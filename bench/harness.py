@@ -95,6 +95,8 @@ class Result:
     receiver_us: float | None = None  # wrk runs: CPU time of the receiving party per request (grows as its rate falls)
     postgres_us: float | None = None  # wrk runs: CPU time of PostgreSQL's processes per request
     p99_runs: list[float] = field(default_factory=list)  # paced: the p99 of each repeated run
+    # paced: how busy the machine's cores were during each repeated run (every process's CPU time / wall time / cores)
+    busy_runs: list[float] = field(default_factory=list)
     baseline: Result | None = None  # paced: the direct runs made beside these
     error_kinds: dict[str, int] = field(default_factory=dict)  # paced: "HTTP 500" or "ECONNRESET": how many
 
@@ -182,15 +184,18 @@ def run_wrk(target: Target, connections: int, duration: int, work: Path) -> Resu
 
 
 def run_paced(target: Target, rate: int, duration: int, work: Path) -> Result:
-    """bench/paced_load.mjs: one request every 1/rate s (hey -q fires its workers in bursts, see the script)."""
+    """bench/paced_load.mjs: one request every 1/rate s (hey -q fires its workers in bursts, see the script). The
+    result's busy_runs holds how busy the machine's cores were meanwhile (load generator and node's start included)."""
+    machine, started = machine_cpu_seconds(), time.monotonic()
     payload = work / "body.json"
     payload.write_bytes(target.body)
     out = subprocess.run(["node", str(ROOT / "bench" / "paced_load.mjs"), target.url, str(rate), str(duration),
                           str(payload), json.dumps(target.headers)], capture_output=True, text=True,
                          check=True).stdout  # fmt: skip
+    busy = (machine_cpu_seconds() - machine) / (time.monotonic() - started) / (os.cpu_count() or 1)
     figures = json.loads(out)
     return Result(f"paced {rate}/s", figures["rps"], figures["p50_ms"], figures["p99_ms"], figures["errors"],
-                  error_kinds=figures["error_kinds"])  # fmt: skip
+                  error_kinds=figures["error_kinds"], busy_runs=[busy])  # fmt: skip
 
 
 async def _sql(url: str, sql: str) -> object:
@@ -268,7 +273,8 @@ def median(name: str, runs: list[Result]) -> Result:
         kinds.update(run.error_kinds)
     return Result(name, mid([r.rps for r in runs]), mid([r.p50_ms for r in runs]), mid([r.p99_ms for r in runs]),
                   sum(r.errors for r in runs), cpu_us=mid(cpus) if cpus else None,
-                  p99_runs=[r.p99_ms for r in runs], error_kinds=dict(kinds))  # fmt: skip
+                  p99_runs=[r.p99_ms for r in runs], busy_runs=[b for r in runs for b in r.busy_runs],
+                  error_kinds=dict(kinds))  # fmt: skip
 
 
 class BareRelay(NamedTuple):

@@ -195,13 +195,16 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     for r in results:
         if r.error_kinds:
             print(f"errors of {r.name}: " + ", ".join(f"{kind} {n}" for kind, n in sorted(r.error_kinds.items())))
-    print(f"\npaced runs: the median of {args.repeat}, each run beside a direct one (p99 of each run in brackets)")
+    print(f"\npaced runs: the median of {args.repeat}, each run beside a direct one (p99 of each run in brackets; "
+          "cores busy: every process's CPU time over the run's wall time and the cores, load generator included). "
+          "Near 100% busy, requests queue for a core and the p99 grows whatever the hub does.")  # fmt: skip
     for r in results:
         if r.baseline is not None:
             base = r.baseline
             print(f"added over the direct call at {r.name.split('paced ')[1]} ({r.name.split(',')[0]}): "
                   f"p50 {r.p50_ms - base.p50_ms:+.2f} ms, p99 {r.p99_ms - base.p99_ms:+.2f} ms "
-                  f"[{_list(r.p99_runs)} over direct {_list(base.p99_runs)}]")  # fmt: skip
+                  f"[{_list(r.p99_runs)} over direct {_list(base.p99_runs)}]; cores busy "
+                  f"{_percent(r.busy_runs)} (direct {_percent(base.busy_runs)})")  # fmt: skip
 
 
 def _figure(value: float | None) -> str:
@@ -210,6 +213,10 @@ def _figure(value: float | None) -> str:
 
 def _list(values: list[float]) -> str:
     return ", ".join(f"{v:.2f}" for v in values)
+
+
+def _percent(values: list[float]) -> str:
+    return ", ".join(f"{v:.0%}" for v in values)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 Authentication and routing read only this snapshot, so a request costs no database round trip. A change
 (registration, rotation, unregistration, invitation) bumps a generation counter in Redis and publishes it;
 every process reloads on the message, and polls the counter as a fallback, so a revoked token stops working
-everywhere within a second. A token a process does not know makes it check the counter once before refusing it,
-so a token issued by another process works everywhere at once.
+everywhere within a second. A token or a receiver a process does not know makes it check the counter once before
+refusing it, so a token issued or a party registered through another process works everywhere at once.
 """
 
 from __future__ import annotations
@@ -191,10 +191,10 @@ class DirectoryCache:
         return self.current, str(self._seen_generation or 0)
 
     async def catch_up(self) -> None:
-        """Before a token this process does not know is refused: reload if another process changed the directory and
-        this one has not reloaded yet (the token may be one issued a moment ago). Single flight: one Redis GET at a
-        time, shared by every caller that arrived before it began, so a flood of unknown tokens costs one GET per
-        round, and a reload happens only when the generation moved."""
+        """Before a token or a receiver this process does not know is refused: reload if another process changed the
+        directory and this one has not reloaded yet (the token may be one issued, the party one registered, a moment
+        ago). Single flight: one Redis GET at a time, shared by every caller that arrived before it began, so a flood
+        of unknown tokens or receivers costs one GET per round, and a reload happens only when the generation moved."""
         arrived_after = self._checks_begun
         async with self._check_lock:
             if self._checks_begun > arrived_after:

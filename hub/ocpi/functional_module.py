@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hub.errors import InvalidParameters
+from hub.errors import InvalidParameters, ReceiverNotConnected, UnknownReceiver
 from hub.ocpi import broadcast, hub_answers, relayed_urls
 from hub.ocpi.exchange import Exchange
 from hub.ocpi.forward_to_receiver import call_party
 from hub.ocpi.relayed_urls import RESULTS
 from hub.request_context import new_request_id
 from routing import open_routing
-from routing.decide import decide
+from routing.decide import Route, decide
 from routing.forward import Answer
-from routing.request import Incoming, endpoint_url, parse
+from routing.request import Incoming, PartyKey, endpoint_url, parse
 from routing.rewrite import callback_ttl_s, response_url_of, why_not_callable, with_response_url
 from routing.shapes import check_patch, check_shape
+from storage.directory import Directory, Platform
 from storage.location_document import too_large
 from storage.location_writer import not_cached
 from storage.log_object_ids import REQUEST, ids_of_entry
@@ -40,12 +41,7 @@ async def relay_module(relay: Relay, exchange: Exchange, path: str) -> Answer:
     check_shape(incoming)
     check_patch(incoming)
     settings = relay.settings
-    hub = (settings.country_code, settings.party_id)
-    hint = None
-    if incoming.to is None:
-        hint = await open_routing.open_hint(incoming, caller, relay.routing, relay.directory.current.parties,
-                                            relay.locations.owners_seen_by)  # fmt: skip
-    route = decide(incoming, caller, relay.directory.current, hub, hint)
+    route = await _route(relay, incoming, caller, (settings.country_code, settings.party_id))
     exchange.sender = route.sender
     callback_url = response_url_of(incoming)  # a body it is read from that is no JSON: rejected, as in decide
     if callback_url is not None and (why := why_not_callable(callback_url, caller, settings.public_url)):
@@ -84,6 +80,31 @@ async def relay_module(relay: Relay, exchange: Exchange, path: str) -> Answer:
     called = f"{url}?{query}" if query else url
     await relayed_urls.rewrite(relay, exchange, answer, delivery, called, incoming.module, incoming.interface)
     return answer
+
+
+async def _route(relay: Relay, incoming: Incoming, caller: Platform, hub: PartyKey) -> Route:
+    """Where the request goes, as this process's directory has it. A receiver it does not have, or not as connected,
+    may be a party that registered (or came back) through another hub process a moment ago, which this one hears of
+    within a second: before it answers 4001 or 4003 it catches up, as for a token it does not know (hub.auth), and
+    decides again if that loaded a newer directory. Only a refusal pays for it, a known receiver is decided with no
+    round trip: one Redis GET at a time, shared by every refusal waiting for it, and a reload only when the directory
+    changed (DirectoryCache.catch_up), so a flood of requests to unknown parties costs PostgreSQL nothing."""
+    directory = relay.directory.current
+    try:
+        return await _decided(relay, incoming, caller, hub, directory)
+    except (UnknownReceiver, ReceiverNotConnected):
+        await relay.directory.catch_up()
+        if relay.directory.current is directory:
+            raise
+    return await _decided(relay, incoming, caller, hub, relay.directory.current)
+
+
+async def _decided(relay: Relay, incoming: Incoming, caller: Platform, hub: PartyKey, directory: Directory) -> Route:
+    hint = None
+    if incoming.to is None:  # open routing: the owner the hub has seen, if it is on the hub (in this directory)
+        hint = await open_routing.open_hint(incoming, caller, relay.routing, directory.parties,
+                                            relay.locations.owners_seen_by)  # fmt: skip
+    return decide(incoming, caller, directory, hub, hint)
 
 
 def _note_location(relay: Relay, exchange: Exchange, incoming: Incoming) -> None:

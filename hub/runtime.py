@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 from hub.settings import Settings
 from storage.embedded import EmbeddedPostgres, EmbeddedValkey
 from storage.migrate import MigrationRefused, check_secret_key, migrate, migration_files, pending
+from storage.secret_key_check import check_recorded_key
 
 log = structlog.get_logger()
 
@@ -79,10 +80,11 @@ async def check_redis(redis_url: str) -> None:
         await client.aclose()
 
 
-async def migrate_database(database_url: str, secret_key: str, apply: bool) -> list[str]:
+async def migrate_database(database_url: str, secret_key: str, apply: bool, key_source: str) -> list[str]:
     """The migrations applied now (apply: serve, demo and migrate), or, for any other command, MigrationRefused when
     some are pending: a migration may change what running hubs of the previous version can write, so it is applied
-    as deploy/README.md says, never by the way. Either way MigrationRefused for another secret key than the hub's."""
+    as deploy/README.md says, never by the way. Either way MigrationRefused for another secret key than the hub's
+    (key_source: where it came from), which the stored party tokens or the database's record of the key tell."""
     conn = await asyncpg.connect(database_url)
     try:
         if apply:
@@ -97,6 +99,7 @@ async def migrate_database(database_url: str, secret_key: str, apply: bool) -> l
         else:
             applied = []
         await check_secret_key(conn, secret_key, "this command would misread the routing log's hashes and the tokens")
+        await check_recorded_key(conn, secret_key, key_source)
         return applied
     finally:
         await conn.close()

@@ -670,6 +670,14 @@ FROM routing_log_floor AS f
 WHERE $1 < (SELECT min(id) FROM routing_log)
 HAVING count(*) > 0;
 
+-- name: recorded_secret_key_check
+-- The check value of the secret key the database was set up with (storage.secret_key_check), NULL before the first.
+SELECT value FROM secret_key_check;
+
+-- name: record_secret_key_check
+-- The first key's check value, unless one is recorded (meanwhile, by another process starting): NULL then.
+INSERT INTO secret_key_check (value) VALUES ($1) ON CONFLICT (only_row) DO NOTHING RETURNING value;
+
 -- name: grant_serving_role
 -- What a role serving the hub may do (storage.serving_role; {role} and {audit_trail_ids} are quoted names): all it
 -- held before revoked first, so that the grants are exactly these. The routing log, its amendments and the audit trail
@@ -681,7 +689,7 @@ HAVING count(*) > 0;
 REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {role};
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema} FROM {role};
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {schema} FROM {role};
-GRANT SELECT ON schema_migration TO {role};
+GRANT SELECT ON schema_migration, secret_key_check TO {role};  -- the owner records the key's check (migrate)
 GRANT SELECT, INSERT, UPDATE ON platform, party_role, client_info_push TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON platform_endpoint TO {role};
 GRANT SELECT, INSERT, DELETE ON credentials_token, auditor TO {role};

@@ -36,6 +36,14 @@ def audit_trail_key(log_key: bytes) -> bytes:
     return hmac.digest(log_key, b"ocpi-hub audit trail chain", "sha256")
 
 
+def key_check_value(secret_key: str) -> bytes:
+    """What the database keeps of OCPI_HUB_SECRET_KEY to tell another key at start (storage.secret_key_check): an HMAC
+    of a fixed label under a key derived from it, telling nothing of the key nor of the keys derived from it for the
+    routing log, the audit trail or signing."""
+    check_key = hmac.digest(secret_key.encode("utf-8"), b"ocpi-hub secret key check", "sha256")
+    return hmac.digest(check_key, b"ocpi-hub: the key this database was set up with", "sha256")
+
+
 def export_signing_key(secret_key: str) -> Ed25519PrivateKey:
     """The Ed25519 key that signs the manifests of routing-log exports (hub.export_manifest), derived from
     OCPI_HUB_SECRET_KEY with HKDF-SHA256 under a label of its own: the same on every process of one hub, nothing new to

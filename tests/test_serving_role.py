@@ -20,7 +20,17 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from tests.conftest import OUTPUT, ROOT, Services, hub_env, register_at_hub, start_hub, unique_party_id
+from storage.secrets import TokenBox, key_check_value
+from tests.conftest import (
+    OUTPUT,
+    ROOT,
+    SECRET_KEY,
+    Services,
+    hub_env,
+    register_at_hub,
+    start_hub,
+    unique_party_id,
+)
 from tests.log_rows import run_on, sql, varied_entries, write
 from tests.parties import Party
 from tests.test_routing import party_key, push_location
@@ -115,8 +125,10 @@ def test_the_serving_role_is_granted_appends_to_the_log_and_no_change_of_it(
     assert granted["routing_log_hold"] == ["SELECT", "INSERT", "UPDATE (released_by, released_at)"]
     assert granted["routing_log_chain"] == ["SELECT", "INSERT", "UPDATE (last_seq, last_hash, amendments)"]
     assert granted["audit_trail_head"] == ["SELECT", "INSERT", "UPDATE (last_id, last_hash, mac)"]
-    for kept in ("routing_log_floor", "routing_log_amendment_dropped", "routing_log_dropped_partition"):
-        assert granted[kept] == ["SELECT"]
+    # read only; the last is the key's check, which the owner's migrate records (storage.secret_key_check)
+    read = ("routing_log_floor", "routing_log_amendment_dropped", "routing_log_dropped_partition", "secret_key_check")
+    for kept in read:
+        assert granted[kept] == ["SELECT"], (kept, granted[kept])
     assert {t for t, may in granted.items() if "DELETE" in may} == {"platform_endpoint", "credentials_token", "auditor"}
     assert {t for t, may in granted.items() if "UPDATE" in may} == {"platform", "party_role", "client_info_push",
                                                                     "platform_endpoint"}  # fmt: skip
@@ -234,6 +246,24 @@ def test_postgresql_refuses_the_serving_role_any_change_of_the_log_and_retention
     assert dropped.returncode == 0 and json.loads(dropped.stdout)["dropped"] == [partition], dropped.stderr
     verify = _cli(serving_env, "verify")
     assert verify.returncode == 0 and json.loads(verify.stdout)["rows"] == 2, verify.stdout + verify.stderr
+
+
+def test_the_owners_migrate_records_the_key_check_and_the_serving_role_cannot_plant_one(
+    services: Services, roles: Roles, tmp_path: Path
+) -> None:
+    # the check of the hub's key (storage.secret_key_check, migration 0025): recorded by migrate, as the owner
+    env, serving_env = _granted(services, roles, tmp_path)
+    recorded = sql(roles.owner_url, "SELECT value FROM secret_key_check")
+    assert [r["value"] for r in recorded] == [key_check_value(SECRET_KEY)]
+    wrong = _cli(serving_env | {"OCPI_HUB_SECRET_KEY": TokenBox.generate_key()}, "verify")
+    assert wrong.returncode == 1 and "set up with another secret key" in wrong.stderr, wrong.stderr
+    # the check deleted (by the owner: the serving role may not): the serving role cannot plant one of its own
+    sql(roles.owner_url, "DELETE FROM secret_key_check")
+    unrecorded = _cli(serving_env, "verify")
+    assert unrecorded.returncode == 1 and f"role {roles.serving} may not record one" in unrecorded.stderr
+    assert "ocpi-hub migrate" in unrecorded.stderr and "Traceback" not in unrecorded.stderr
+    assert _cli(env, "migrate").returncode == 0  # the owner's migrate records it again
+    assert _cli(serving_env, "verify").returncode == 0
 
 
 def test_a_temporary_table_named_as_a_coming_partition_does_not_stop_that_partition_being_made(

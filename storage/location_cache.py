@@ -16,8 +16,9 @@ to its upper-cased key. Until its move (a moment), such a location is found by a
 before this one indexed it under its upper-cased id (its start-up pass did), a PATCH of it is not applied (pull sync
 brings it back), and a PUT of it is listed beside it by GET All until the move keeps the newer of the two.
 
-Its writes and removals are storage.location_writer's (relayed updates reach it through storage.location_updates, pull
-sync's pages directly); the reads, for GET All and single GETs via the hub and for open routing, are here.
+Its writes are storage.location_writer's (relayed updates reach it through storage.location_updates, pull sync's pages
+directly), its removals storage.location_removals'; the reads, for GET All and single GETs via the hub and for open
+routing, are here.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from storage.location_cap import (
     over_cap,
     synced_at,
 )
+from storage.location_removals import LocationRemovals
 from storage.location_updates import RelayedUpdates
 from storage.location_writer import keyed, text_of
 from storage.publish_tokens import ALLOWED_LUA, MATCH_LUA, index_keys, publish_entries
@@ -112,9 +114,9 @@ return total
 )
 
 
-class LocationCache(RelayedUpdates):
-    """The location cache: relayed updates (storage.location_updates) through its writer (storage.location_writer),
-    and the reads here."""
+class LocationCache(RelayedUpdates, LocationRemovals):
+    """The location cache: relayed updates (storage.location_updates) and removals (storage.location_removals), both
+    through its writer (storage.location_writer), and the reads here."""
 
     def __init__(self, client: redis.Redis, prefix: str, directory: DirectoryCache | None = None,
                  max_per_cpo: int = MAX_LOCATIONS_PER_CPO,

@@ -1,13 +1,14 @@
 """The location cache's caps per CPO: which CPOs' caches hold fewer of their locations than they have, and why.
 
 A CPO's cache holds at most OCPI_HUB_MAX_LOCATIONS_PER_CPO locations and OCPI_HUB_MAX_LOCATION_BYTES_PER_CPO bytes of
-their documents (counted in one hash, field CC/PID, by the store and forget scripts of storage.location_writer, in the
-script call that changes the document; counted once for a cache an earlier hub built: storage.location_upgrades). A new
-location past either is not stored (the store script refuses it, its push relayed all the same); an update that would
-grow a cached location past the bytes cap removes that location (its cached copy is no longer the CPO's, and a GET of it
-must not be answered with it). Either way its CPO is marked over its cap in one hash, field CC/PID, the number of
-locations refused since it was marked. Nothing else cached is dropped for the cap: one CPO pushing ever new ids or ever
-larger documents, or listing an endless list, must not fill the Redis every party on the hub shares.
+their documents (counted in one hash, field CC/PID, by the store script of storage.location_writer and the forget script
+of storage.location_removals, in the script call that changes the document; counted once for a cache an earlier hub
+built: storage.location_upgrades). A new location past either is not stored (the store script refuses it, its push
+relayed all the same); an update that would grow a cached location past the bytes cap removes that location (its cached
+copy is no longer the CPO's, and a GET of it must not be answered with it). Either way its CPO is marked over its cap in
+one hash, field CC/PID, the number of locations refused since it was marked. Nothing else cached is dropped for the cap:
+one CPO pushing ever new ids or ever larger documents, or listing an endless list, must not fill the Redis every party
+on the hub shares.
 
 A cache so marked is known to miss some of its CPO's locations, so GET All is not answered from it
 (hub.ocpi.hub_answers: forwarded to the CPO, or refused naming it). The mark goes with a full pull sync that read

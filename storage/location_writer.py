@@ -1,7 +1,7 @@
-"""The location cache's writes: whole locations stored, pull sync's marks set, a CPO's locations removed.
+"""The location cache's writes: whole locations stored, pull sync's marks set.
 
 Relayed updates reach it through storage.location_updates, pull sync's pages through put_many. Locations are
-removed when a CPO's Sender no longer lists them (forget_unlisted) or the CPO leaves the hub (forget_platform).
+removed when a CPO's Sender no longer lists them or the CPO leaves the hub (storage.location_removals).
 
 An update is applied a few ms after it was relayed, or, Redis slow or away, later: its CPO may have left the hub by
 then, and its cleanup (storage.departed) have run, or its party id been registered again by another platform. So an
@@ -12,7 +12,6 @@ refused one is tried again once the directory has caught up.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import msgspec
@@ -20,7 +19,7 @@ import redis.asyncio as redis
 import structlog
 from redis.asyncio.client import Pipeline
 
-from storage.directory import GENERATION_KEY, UNCHANGED_LUA, Directory, DirectoryCache, DirectoryChanged, PartyRole
+from storage.directory import GENERATION_KEY, UNCHANGED_LUA, Directory, DirectoryCache
 from storage.location_cap import (
     MAX_LOCATION_BYTES_PER_CPO,
     MAX_LOCATIONS_PER_CPO,
@@ -100,32 +99,6 @@ return 1
 )
 
 
-# KEYS: the directory's generation, the sorted sets of all and of the owner, the unpublished set, the bytes cached of
-# each CPO (storage.location_cap). ARGV: for a CPO that left the hub the generation its cleanup read (UNCHANGED_LUA: -1
-# if it changed), else '', the key prefix of documents, id index entries and publish_allowed_to entries, then the
-# members to forget (of one owner). Returns how many were cached.
-_FORGET = (
-    UNCHANGED_LUA
-    + """
-local forgotten = 0
-for i = 3, #ARGV do
-  local m = ARGV[i]
-  local owner, id = string.match(m, '^([^/]*/[^/]*)/(.*)$')
-  if redis.call('ZREM', KEYS[3], m) == 1
-     and redis.call('HINCRBY', KEYS[5], owner, -redis.call('STRLEN', ARGV[2] .. 'doc:' .. m)) <= 0 then
-    redis.call('HDEL', KEYS[5], owner)  -- none left: no field kept
-  end
-  redis.call('DEL', ARGV[2] .. 'doc:' .. m, ARGV[2] .. 'publish-to:' .. m)
-  forgotten = forgotten + redis.call('ZREM', KEYS[2], m)
-  redis.call('SREM', KEYS[4], m)
-  redis.call('SREM', ARGV[2] .. 'id:' .. id, m)
-  redis.call('SREM', ARGV[2] .. 'id:' .. string.upper(id), m)
-end
-return forgotten
-"""
-)
-
-
 # a whole location to store: owner, platform id, id, document, index
 WholeLocation = tuple[tuple[str, str], int, str, bytes, Index]
 
@@ -151,7 +124,6 @@ class LocationWriter:
         self._directory, self._generation_key = directory, f"{prefix}{GENERATION_KEY}"
         self._store_script = client.register_script(_STORE)
         self._mark_script = client.register_script(_MARK)
-        self._forget_script = client.register_script(_FORGET)
 
     def _member(self, owner: tuple[str, str], location_id: str) -> str:
         return owner_part(owner) + keyed(location_id)
@@ -246,60 +218,6 @@ class LocationWriter:
     def sync_failed_key(self, owner: tuple[str, str]) -> str:
         """Pull sync's mark of an owner whose Sender failed: not asked again while it lasts."""
         return f"{self._p}sync-failed:{owner[0]}/{owner[1]}"
-
-    async def forget_platform(self, roles: Iterable[PartyRole]) -> None:
-        """A platform that left the hub: the locations of its CPO roles are no longer offered, and should one come
-        back, its first sync is a full one. Best effort: the platform has left whatever Redis says (a failure is
-        logged)."""
-        for owner in (role.key for role in roles if role.role == "CPO"):
-            try:
-                forgotten = await self.forget(owner, await self.location_ids(owner))
-                await self._redis.delete(self.synced_key(owner), self.sync_failed_key(owner))
-                await self._redis.hdel(over_cap_key(self._prefix), owner_field(owner))
-                await self._redis.hdel(bytes_key(self._prefix), owner_field(owner))
-            except redis.RedisError as exc:
-                log.warning("location_cache_not_cleared", owner=f"{owner[0]}-{owner[1]}", error=str(exc))
-            else:
-                log.info("location_cache_cleared", owner=f"{owner[0]}-{owner[1]}", locations=forgotten)
-
-    async def forget(
-        self, owner: tuple[str, str], location_ids: set[str], unchanged: tuple[str, str] | None = None
-    ) -> int:
-        """Remove these locations of the owner, with their index entries; returns how many there were. The ids are
-        taken as the cache keys them (location_ids): a location keyed as sent by an earlier hub can be removed.
-        unchanged: (the directory's generation key, the generation read) for a CPO that left the hub: each chunk is
-        removed only while the directory is that one, else DirectoryChanged (storage.departed)."""
-        members = [owner_part(owner) + location_id for location_id in sorted(location_ids)]
-        keys = [unchanged[0] if unchanged else self._generation_key, *self._forget_keys(owner)]
-        forgotten = 0
-        for start in range(0, len(members), 1000):  # one script call at a time holds Redis a few ms at most
-            args = [unchanged[1] if unchanged else "", self._p, *members[start : start + 1000]]
-            if (count := int(await self._forget_script(keys=keys, args=args))) < 0:
-                raise DirectoryChanged(f"the directory changed while {owner[0]}-{owner[1]}'s locations were forgotten",
-                                       forgotten)  # fmt: skip
-            forgotten += count
-        return forgotten
-
-    async def forget_unlisted(self, owner: tuple[str, str], platform_id: int, location_ids: set[str]) -> int | None:
-        """Pull sync's removal of the owner's locations a full sync of that platform's Sender no longer listed, fenced
-        as its pages are stored (put_many): only while the directory holds the owner on that platform,
-        checked inside each script, so that a platform registering the party id since keeps what it pushed, however
-        late the sync gets here. How many there were; None once the directory no longer holds it there."""
-        removed = 0  # by the chunks of the tries before: a try removes only what is still cached
-        for _ in range(STORE_TRIES):
-            directory, generation = self._fence()
-            if directory is not None and not directory.holds((owner[0].upper(), owner[1].upper()), platform_id):
-                return None
-            try:
-                return removed + await self.forget(owner, location_ids, (self._generation_key, generation))
-            except DirectoryChanged as changed:  # again, as the directory is now
-                removed += changed.done
-                await self._caught_up()
-        log.warning("location_cache_not_cleared", owner=f"{owner[0]}-{owner[1]}", reason="the directory kept changing")
-        return removed
-
-    def _forget_keys(self, owner: tuple[str, str]) -> list[str]:
-        return [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden", bytes_key(self._prefix)]
 
     def _fence(self) -> tuple[Directory | None, str]:
         return self._directory.fence() if self._directory else (None, "")

@@ -105,6 +105,16 @@ def expired(at: datetime) -> str:
     return f"the invitation expired on {at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}: ask the hub operator for a new one"
 
 
+def suspended(platform: Platform) -> str:
+    """Why a suspended platform's requests are refused (migration 0026): since when, and the operator's reason."""
+    since = f" since {platform.suspended_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}" if platform.suspended_at else ""
+    reason = f" ({platform.suspended_reason})" if platform.suspended_reason else ""
+    return (
+        f"this platform is suspended by the hub operator{since}{reason}: the hub takes and routes nothing of it, and "
+        "sends it nothing, until the operator resumes it"
+    )
+
+
 def _removed_on(directory: Directory, value: str) -> datetime | None:
     """When the platform that held the token the header's value encodes (or is, raw) left the hub; None: none did."""
     for token in (base64_decoded(value), value):
@@ -127,6 +137,8 @@ class CredentialsTokenAuth(AbstractAuthenticationMiddleware):
             caller = identify(state.directory.current, header)
         if caller is None:
             raise Unauthorized(why_unknown(state.directory.current, header))
+        if caller.platform.state == "SUSPENDED":
+            raise Unauthorized(suspended(caller.platform))
         if caller.token_kind == "A" and caller.expires_at is not None and caller.expires_at <= datetime.now(UTC):
             raise Unauthorized(expired(caller.expires_at))
         if caller.token_kind == "A" and connection.scope["path"].rstrip("/") not in REGISTRATION_PATHS:

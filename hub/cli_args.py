@@ -14,7 +14,8 @@ COMMANDS_HELP = """commands:
   connect   register the hub at a party that gave the hub a versions URL and a token A
   demo      the hub with two demo CPOs and two demo eMSPs exchanging traffic, and the console to watch it
   parties   the platforms on the hub: ocpi-hub parties list | show ID | remove ID --yes (as DELETE
-            /admin/api/parties/ID: its tokens stop working, the party is told)
+            /admin/api/parties/ID: its tokens stop working, the party is told) | suspend ID --reason TEXT
+            (its requests refused, nothing routed to it, until) | resume ID
   sync      pull the CPOs' locations into the hub's cache: ocpi-hub sync locations [--party NL-ABC] [--full]
   auditor   read-only tokens of the auditor API: ocpi-hub auditor add NAME | list | remove NAME
   retention drop routing-log partitions older than a period, and what the hub keeps beside them (delivered
@@ -93,10 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long its token A stays valid: 14d, 12h, 30m or seconds; 0: never (default:"
         " OCPI_HUB_INVITATION_TTL_S, 14 days)",
     )
-    parties = commands.add_parser("parties", help="list the platforms' roles, show one platform, or remove one")
-    parties.add_argument("action", choices=["list", "show", "remove"], help="what to do")
-    parties.add_argument("id", nargs="?", help="the platform's id (show, remove)")
+    parties = commands.add_parser(
+        "parties", help="list the platforms' roles, show one platform, remove, suspend or resume one"
+    )
+    parties.add_argument("action", choices=["list", "show", "remove", "suspend", "resume"], help="what to do")
+    parties.add_argument("id", nargs="?", help="the platform's id (show, remove, suspend, resume)")
     parties.add_argument("--yes", action="store_true", help="remove: yes, take the platform off the hub")
+    parties.add_argument("--reason", help="suspend: why, told to the platform with every request the hub refuses")
     sync = commands.add_parser("sync", help="pull every CPO's locations into the hub's cache (progress on stderr)")
     sync.add_argument("what", choices=["locations"], help="what to sync")
     sync.add_argument("--party", metavar="CC-PARTY", help="one CPO only, e.g. NL-ABC")

@@ -1,4 +1,5 @@
-"""`ocpi-hub parties list | show ID | remove ID --yes`: the admin API's parties, on the running hub's storage."""
+"""`ocpi-hub parties list | show ID | remove ID --yes | suspend ID --reason TEXT | resume ID`: the admin API's parties,
+on the running hub's storage."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from hub.party_client import PartyClient
 from hub.settings import Settings
 
 if TYPE_CHECKING:
+    from hub.admin.suspension import Suspension
     from hub.admin.unregistering import Unregistered
     from storage.directory import DirectoryCache
     from storage.location_cache import LocationCache
@@ -38,8 +40,15 @@ async def parties(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
             print(f"ocpi-hub: parties remove takes platform {platform_id} off the hub (its tokens stop working, the"
                   " party is told): say --yes to do it", file=sys.stderr)  # fmt: skip
             return 2
-    elif args.id is not None or args.yes:
-        print("ocpi-hub: parties list takes no platform id and no --yes", file=sys.stderr)
+        if args.action == "suspend" and not args.reason:
+            print("ocpi-hub: parties suspend needs --reason TEXT (told to the platform with every request the hub "
+                  "refuses)", file=sys.stderr)  # fmt: skip
+            return 2
+        if (args.yes and args.action != "remove") or (args.reason is not None and args.action != "suspend"):
+            print(f"ocpi-hub: parties {args.action} takes no {'--yes' if args.yes else '--reason'}", file=sys.stderr)
+            return 2
+    elif args.id is not None or args.yes or args.reason is not None:
+        print("ocpi-hub: parties list takes no platform id, no --yes and no --reason", file=sys.stderr)
         return 2
     directory = DirectoryCache(pool, redis_client, settings.redis_prefix, TokenBox(settings.secret_key or ""))
     locations = LocationCache(redis_client, settings.redis_prefix, directory, settings.max_locations_per_cpo)
@@ -52,9 +61,12 @@ async def parties(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
             async with pool.acquire() as conn:
                 shown = await platform_shown(conn, locations, platform_id or 0)
             out(msgspec.json.format(msgspec.json.encode(shown)).decode())
-        else:
+        elif args.action == "remove":
             removed = await _remove(settings, pool, redis_client, directory, locations, platform_id or 0)
             out(msgspec.json.format(msgspec.json.encode(removed)).decode())
+        else:
+            changed = await _suspend_or_resume(settings, pool, directory, platform_id or 0, args.reason)
+            out(msgspec.json.format(msgspec.json.encode(changed)).decode())
     except AdminError as exc:
         print(f"ocpi-hub: {exc.message}", file=sys.stderr)
         return 1
@@ -80,3 +92,16 @@ async def _remove(settings: Settings, pool: asyncpg.Pool, redis_client: redis.Re
         state = State({"pool": pool, "settings": settings, "directory": directory, "locations": locations,
                        "departures": departures, "http": http, "routing_log": writer})  # fmt: skip
         return await take_off_hub(state, operator("parties"), platform_id, via="cli")
+
+
+async def _suspend_or_resume(settings: Settings, pool: asyncpg.Pool, directory: DirectoryCache, platform_id: int,
+                             reason: str | None) -> Suspension:  # fmt: skip
+    """What POST /admin/api/parties/{id}/suspend (with reason) or .../resume does (hub.admin.suspension); the running
+    hub processes hear of it through Redis, and probe a resumed platform within OCPI_HUB_OFFLINE_PROBE_S."""
+    from hub.admin.suspension import checked_reason, resume, suspend
+    from hub.cli_commands import operator
+
+    state = State({"pool": pool, "settings": settings, "directory": directory})
+    if reason is not None:
+        return await suspend(state, operator("parties"), platform_id, checked_reason(reason), via="cli")
+    return await resume(state, operator("parties"), platform_id, via="cli")

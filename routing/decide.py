@@ -183,6 +183,10 @@ def delivery_to(incoming: Incoming, directory: Directory, to: PartyKey) -> Deliv
             raise ReceiverNotConnected(f"receiver {party_text(to)} has left the hub (status SUSPENDED)")
         raise UnknownReceiver(f"unknown receiver {party_text(to)}: no such party is connected to this hub")
     role = next(r for r in platform.roles if r.key == to)
+    if platform.state == "SUSPENDED":  # its roles are OFFLINE to the others: "no requests should be sent"
+        raise ReceiverNotConnected(
+            f"receiver {party_text(to)} is suspended by the hub operator: nothing is routed to it until it is resumed"
+        )
     if role.status == "OFFLINE":  # mod_hub_client_info.asciidoc: "No requests can be sent"; fail fast, no queue
         raise ReceiverNotConnected(
             f"receiver {party_text(to)} is OFFLINE: it stopped answering the hub, which keeps probing it"

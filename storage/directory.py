@@ -77,6 +77,9 @@ class Platform:
     token_encoding: str
     roles: tuple[PartyRole, ...] = ()
     endpoints: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # state SUSPENDED (migration 0026): since when, and the operator's reason, told to the platform (hub.auth.suspended)
+    suspended_at: datetime | None = None
+    suspended_reason: str | None = None
 
     def endpoint(self, identifier: str, interface_role: str) -> str | None:
         return self.endpoints.get((identifier, interface_role))
@@ -135,6 +138,8 @@ async def load_directory(conn: asyncpg.Connection, box: TokenBox) -> Directory:
             token_encoding=p["token_encoding"],
             roles=tuple(roles.get(p["id"], ())),
             endpoints=endpoints.get(p["id"], {}),
+            suspended_at=p["suspended_at"],
+            suspended_reason=p["suspended_reason"],
         )
         for p in platform_rows
     }

@@ -47,10 +47,10 @@ DELETE FROM credentials_token WHERE token_hash = $1;
 SELECT id, name, state, token_b FROM platform WHERE id = $1 FOR UPDATE;
 
 -- name: registered_parties
--- Which of these parties ('CC-PID', upper-cased) a registered platform holds a role of.
+-- Which of these parties ('CC-PID', upper-cased) a registered (or suspended) platform holds a role of.
 SELECT DISTINCT upper(r.country_code) || '-' || upper(r.party_id) AS party
 FROM party_role r JOIN platform p ON p.id = r.platform_id
-WHERE p.state = 'REGISTERED' AND r.status <> 'UNREGISTERED'
+WHERE p.state IN ('REGISTERED', 'SUSPENDED') AND r.status <> 'UNREGISTERED'
   AND upper(r.country_code) || '-' || upper(r.party_id) = any($1::text[]);
 
 -- name: platform_roles
@@ -198,8 +198,32 @@ INSERT INTO client_info_push (platform_id, role, country_code, party_id, status,
 SELECT platform_id, role, country_code, party_id, 'SUSPENDED', status_changed_at FROM changed;
 
 -- name: directory_platforms
-SELECT id, name, state, versions_url, version, version_url, token_b, token_encoding
+SELECT id, name, state, versions_url, version, version_url, token_b, token_encoding, suspended_at, suspended_reason
 FROM platform WHERE state <> 'UNREGISTERED';
+
+-- name: suspend_platform
+-- The operator suspends a registered platform (migration 0026): its connected roles go OFFLINE, each change pushed as
+-- ClientInfo; NULL when it is not registered (invited, suspended already, removed, or none).
+WITH suspended AS (
+    UPDATE platform SET state = 'SUSPENDED', suspended_at = now(), suspended_reason = $2
+    WHERE id = $1 AND state = 'REGISTERED'
+    RETURNING id, suspended_at
+), changed AS (
+    UPDATE party_role r SET status = 'OFFLINE', status_changed_at = now()
+    FROM suspended p WHERE r.platform_id = p.id AND r.status = 'CONNECTED'
+    RETURNING r.platform_id, r.role, r.country_code, r.party_id, r.status_changed_at
+), pushed AS (
+    INSERT INTO client_info_push (platform_id, role, country_code, party_id, status, last_updated)
+    SELECT platform_id, role, country_code, party_id, 'OFFLINE', status_changed_at FROM changed
+)
+SELECT suspended_at FROM suspended;
+
+-- name: resume_platform
+-- A suspended platform is registered again; its roles stay OFFLINE until the still-alive probe finds its server
+-- answering (routing.still_alive), which makes them CONNECTED and pushes that. NULL when it was not suspended.
+UPDATE platform SET state = 'REGISTERED', suspended_at = NULL, suspended_reason = NULL
+WHERE id = $1 AND state = 'SUSPENDED'
+RETURNING id;
 
 -- name: directory_roles
 SELECT r.platform_id, r.role, r.country_code, r.party_id, r.status, r.business_details
@@ -235,6 +259,7 @@ WHERE p.state = 'UNREGISTERED';
 -- again, endpoints_next_try: when it does that next otherwise (NULL while it is trying: the try's outcome sets it).
 SELECT r.country_code, r.party_id, r.role, p.name AS platform, p.id AS platform_id, r.status,
        r.status_changed_at AS status_since, p.registered_at, p.last_seen, p.token_encoding, p.state AS platform_state,
+       p.suspended_at, p.suspended_reason,
        p.endpoints_refresh_error AS endpoints_from_before,
        coalesce(p.endpoints_refresh_due IS NOT NULL AND p.endpoints_refresh_claimed_until > now(), false)
            AS endpoints_trying_now,
@@ -249,7 +274,7 @@ ORDER BY upper(r.country_code), upper(r.party_id), r.role, r.id;
 -- name: platform_shown
 -- One platform (GET /admin/api/parties/{id}, `ocpi-hub parties show`), one connected by `ocpi-hub connect` and
 -- holding no role yet too.
-SELECT p.name, p.state, p.registered_at, p.last_seen,
+SELECT p.name, p.state, p.registered_at, p.last_seen, p.suspended_at, p.suspended_reason,
        (SELECT max(t.expires_at) FROM credentials_token t
         WHERE t.platform_id = p.id AND t.kind = 'A' AND p.state = 'INVITED') AS invitation_expires_at
 FROM platform p WHERE p.id = $1;

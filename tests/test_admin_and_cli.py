@@ -90,6 +90,8 @@ def test_invitation_answers_token_a_and_versions_url(hub: Hub) -> None:
         "location_cache_over_cap": False,
         "locations_refused": 0,
         "locations_synced_at": None,  # not synced yet (test_location_cache_complete)
+        "suspended_at": None,  # not suspended (test_party_suspension)
+        "suspended_reason": None,
     }
     # The operator's action is in the audit trail: who invited whom with which roles, never the token A.
     with hub.admin() as admin:

@@ -112,3 +112,35 @@ def test_the_admin_sees_the_endpoints_a_rotation_left_from_before_with_the_reaso
     page.click("nav >> text=Audit trail")
     refreshed = page.locator("#audit-table tbody tr", has_text="refresh_endpoints").first.inner_text()
     assert "Moves Its API" in refreshed and "via=console" in refreshed, refreshed
+
+
+def test_the_admin_suspends_a_platform_with_a_reason_and_resumes_it_from_the_parties_page(
+    page: Page, hub: Hub, connect_party
+) -> None:
+    emsp = connect_party(_roles("EMSP"), name="Paused eMSP")
+    key = "-".join(party_key(emsp))
+    _sign_in_as_admin(page, hub)
+    page.goto(f"{hub.base}/console/parties")
+    page.locator("#parties-table tbody tr", has_text=key).locator("a.action", has_text="Suspend").click()
+    assert "nothing is routed or broadcast to it" in page.inner_text("#confirm-form")
+    page.check("#confirm")
+    page.click("#confirm-form button[type=submit]")  # no reason: the browser does not send the form
+    assert page.locator("#outcome").count() == 0
+    page.fill("#reason", "contract under review")
+    page.click("#confirm-form button[type=submit]")
+    assert "is suspended" in page.inner_text("#outcome"), page.inner_text("main")
+    refused = httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(emsp.hub_token))
+    assert refused.status_code == 401 and "(contract under review)" in refused.json()["status_message"]
+    page.goto(f"{hub.base}/console/parties")
+    row = page.locator("#parties-table tbody tr", has_text=key)
+    assert row.locator(".suspended").count() == 1 and row.locator("text=Renew tokens").count() == 0
+    shot(page, "party-suspended", full_page=False)
+    row.locator("a.action", has_text="Resume").click()
+    assert "contract under review" in page.inner_text("#confirm-form")
+    page.check("#confirm")
+    page.click("#confirm-form button[type=submit]")
+    assert "is registered again" in page.inner_text("#outcome"), page.inner_text("main")
+    assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(emsp.hub_token)).status_code == 200
+    page.click("nav >> text=Audit trail")
+    trail = page.inner_text("#audit-table")
+    assert "suspend_platform" in trail and "resume_platform" in trail and "via=console" in trail

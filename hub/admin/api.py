@@ -79,6 +79,9 @@ class Party(msgspec.Struct):
     # When its last successful pull sync began (None: not synced since its cache was emptied, by Redis losing its data
     # or the CPO being new: GET All of its locations then goes to the CPO, of every CPO is refused).
     locations_synced_at: str | None = None
+    # Its platform suspended by the operator (hub.admin.suspension): since when, and why (None: not suspended).
+    suspended_at: datetime | None = None
+    suspended_reason: str | None = None
 
 
 class AdminError(Exception):
@@ -176,12 +179,14 @@ class PlatformShown(msgspec.Struct):
 
     platform_id: int
     name: str
-    state: str  # INVITED, REGISTERED or UNREGISTERED
+    state: str  # INVITED, REGISTERED, SUSPENDED or UNREGISTERED
     registered_at: datetime | None
     last_seen: datetime | None
     invitation_expires_at: datetime | None
     roles: list[Party]
     endpoints: list[Endpoint]
+    suspended_at: datetime | None = None  # state SUSPENDED (hub.admin.suspension): since when, and why
+    suspended_reason: str | None = None
 
 
 async def platform_shown(conn: asyncpg.Connection, locations: LocationCache, platform_id: int) -> PlatformShown:
@@ -194,7 +199,8 @@ async def platform_shown(conn: asyncpg.Connection, locations: LocationCache, pla
     endpoints = [Endpoint(e["identifier"], e["interface_role"], e["url"])
                  for e in await conn.fetch(QUERIES["platform_endpoints"], platform_id)]  # fmt: skip
     return PlatformShown(platform_id, platform["name"], platform["state"], platform["registered_at"],
-                         platform["last_seen"], platform["invitation_expires_at"], roles, endpoints)  # fmt: skip
+                         platform["last_seen"], platform["invitation_expires_at"], roles, endpoints,
+                         platform["suspended_at"], platform["suspended_reason"])  # fmt: skip
 
 
 @get("/parties/{platform_id:str}", opt={READ_ONLY: True})
@@ -247,6 +253,7 @@ def admin_router() -> Router:
     from hub.admin.rotation import rotate_credentials
     from hub.admin.routing_log import audit_trail, routing_log, routing_log_conversation, routing_log_message
     from hub.admin.stats import stats
+    from hub.admin.suspension import resume_platform, suspend_platform
     from hub.admin.unregistering import unregister_platform
     from hub.admin.verify import routing_log_heads, verify_routing_log
 
@@ -257,6 +264,8 @@ def admin_router() -> Router:
             list_parties,
             show_platform,
             unregister_platform,
+            suspend_platform,
+            resume_platform,
             rotate_credentials,
             refresh_endpoints,
             routing_log,

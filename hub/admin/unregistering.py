@@ -21,7 +21,7 @@ log = structlog.get_logger()
 class Unregistered(msgspec.Struct):
     platform_id: int
     name: str
-    was: str  # the platform's state before: INVITED or REGISTERED
+    was: str  # the platform's state before: INVITED, REGISTERED or SUSPENDED
     party_told: bool | None  # None: an invitation never used, there was no party to tell
     party_answer: str | None  # what went wrong telling the party, if anything
 
@@ -54,7 +54,7 @@ async def take_off_hub(state: State, actor: Actor, platform_id: int, via: str | 
         await state.locations.forget_platform(known.roles)
         await state.departures.left(known.roles)  # its routing entries go in the background
     told, answer = None, None
-    if row["state"] == "REGISTERED":
+    if row["state"] in ("REGISTERED", "SUSPENDED"):  # a suspended party is still registered with the hub
         answer = await _tell_party(state, known) if known is not None else "the hub did not know its token B"
         told = answer is None
     log.info("platform_unregistered_by_operator", platform_id=platform_id, platform=row["name"], party_told=told,

@@ -1,5 +1,5 @@
 """The admin's actions on a platform from the Parties page: take it off the hub, renew its tokens, fetch its endpoints
-again; each behind a confirmation page, each calling the same function as the admin API."""
+again, suspend or resume it; each behind a confirmation page, each calling the same function as the admin API."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from litestar.response import Template
 from hub.admin.api import AdminError
 from hub.admin.endpoints import refresh_now
 from hub.admin.rotation import rotate
+from hub.admin.suspension import checked_reason, resume, suspend
 from hub.admin.unregistering import take_off_hub
 from hub.console.auth import actor, require_admin
 from hub.envelope import path_number
@@ -22,9 +23,11 @@ from storage.sql import QUERIES
 
 # action in the URL -> the platform states it applies to, and its heading
 ACTIONS = {
-    "take-off": (("INVITED", "REGISTERED"), "Take off the hub"),
+    "take-off": (("INVITED", "REGISTERED", "SUSPENDED"), "Take off the hub"),
     "renew": (("REGISTERED",), "Renew tokens"),
     "endpoints": (("REGISTERED",), "Refresh endpoints"),
+    "suspend": (("REGISTERED",), "Suspend"),
+    "resume": (("SUSPENDED",), "Resume"),
 }
 
 
@@ -56,6 +59,11 @@ async def act(
             outcome = {"unregistered": await take_off_hub(state, who, number, via="console")}
         elif action == "renew":
             outcome = {"rotated": await rotate(state, who, number, via="console")}
+        elif action == "suspend":
+            reason = checked_reason(data.get("reason", "").strip())
+            outcome = {"suspended": await suspend(state, who, number, reason, via="console")}
+        elif action == "resume":
+            outcome = {"resumed": await resume(state, who, number, via="console")}
         else:
             outcome = {"refreshed": await refresh_now(state, who, number, via="console")}
     except AdminError as exc:  # the platform as it is now (a rotation the party took: its new versions URL), and why
@@ -80,5 +88,5 @@ async def _context(request: Request, platform_id: int, action: str) -> dict[str,
     applies_to, heading = ACTIONS[action]
     return {"page": "parties", "actor": actor(request), "action": action, "heading": heading, "roles": roles,
             "platform": roles[0], "available": roles[0]["platform_state"] in applies_to, "error": None,
-            "unregistered": None, "rotated": None, "refreshed": None, "source": source,
-            "endpoints": endpoints}  # fmt: skip
+            "unregistered": None, "rotated": None, "refreshed": None, "suspended": None, "resumed": None,
+            "source": source, "endpoints": endpoints}  # fmt: skip

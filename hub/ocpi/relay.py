@@ -16,7 +16,7 @@ import structlog
 from litestar.datastructures import State
 from litestar.types import HTTPScope, Receive, Send
 
-from hub.auth import identify, why_unknown
+from hub.auth import identify, suspended, why_unknown
 from hub.envelope import ocpi_timestamp
 from hub.errors import (
     OUTAGES,
@@ -228,6 +228,9 @@ class Relay:
             caller = identify(self.directory.current, header)
         if caller is None:
             raise Unauthorized(why_unknown(self.directory.current, header))
+        if caller.platform.state == "SUSPENDED":
+            name_the_parties(exchange.entry, caller.platform, exchange.headers)
+            raise Unauthorized(suspended(caller.platform))
         if caller.token_kind != "C":  # the row names the platform it was given to, as found here
             name_the_parties(exchange.entry, caller.platform, exchange.headers)
             raise Unauthorized("token A is only valid for versions and credentials: register first")

@@ -63,7 +63,8 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     _check_sender(exchange, caller)
     entry.routing = "direct"
     if target is None or to is None or target.state != "REGISTERED":
-        raise ReceiverNotConnected(f"the party behind {path} is no longer connected")
+        suspended = target is not None and target.state == "SUSPENDED"
+        raise ReceiverNotConnected(f"the party behind {path} is {'suspended' if suspended else 'no longer connected'}")
     # Parties often post results without routing headers: the hub knows both ends and fills them in.
     sender = next((r for r in caller.roles if r.key == relayed.caller_party), None)
     sender = sender or PartyRole("", relayed.caller_party[0], relayed.caller_party[1], "CONNECTED", None)

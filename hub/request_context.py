@@ -92,31 +92,44 @@ def check_ids(request_id: str, correlation_id: str) -> None:
                                     "UUID, which OCPI advises, has none)")  # fmt: skip
 
 
-# Headers whose one value decides where a request goes, who sends it, or how it is logged: as the spec names them
+# Headers whose one value decides where a request goes or how it is logged: as the spec names them (Authorization, which
+# decides who sends it, has check_one_authorization)
 SINGLE_VALUED = {
     name.lower().encode(): name
-    for name in ("Authorization", "OCPI-to-country-code", "OCPI-to-party-id", "OCPI-from-country-code",
-                 "OCPI-from-party-id", "X-Request-ID", "X-Correlation-ID")
+    for name in ("OCPI-to-country-code", "OCPI-to-party-id", "OCPI-from-country-code", "OCPI-from-party-id",
+                 "X-Request-ID", "X-Correlation-ID")
 }  # fmt: skip
+_AUTHORIZATION = {b"authorization": "Authorization"}
+
+
+def check_one_authorization(headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """An Authorization that comes more than once with different values is refused with HTTP 401, on the relay and the
+    hub's own OCPI endpoints alike: two tokens name no one caller ("the credentials token doesn't match any known
+    party", transport_and_format.asciidoc). Its values are never quoted: a token's first characters are part of it (the
+    refusal is in the routing log too, which auditors read)."""
+    if (twice := _differing(headers, _AUTHORIZATION)) is not None:
+        raise Unauthorized(f"Authorization came {len(twice[1])} times with different values: the hub cannot tell "
+                           "which one is meant")  # fmt: skip
 
 
 def check_repeated(headers: Iterable[tuple[bytes, bytes]]) -> None:
     """A header of SINGLE_VALUED that comes more than once with different values is refused, not taken by position
     (RFC 9110, section 5.3: only a list-valued field may come in several lines). The caller checks first that some name
     comes twice: its dict of the headers is shorter than the list."""
+    if (twice := _differing(headers, SINGLE_VALUED)) is not None:
+        name, given = twice
+        shown = ", ".join(repr(as_sent(value)) for value in given[:3])
+        raise InvalidParameters(f"{SINGLE_VALUED[name]} came {len(given)} times with different values ({shown}): the "
+                                "hub cannot tell which one is meant")  # fmt: skip
+
+
+def _differing(headers: Iterable[tuple[bytes, bytes]], names: dict[bytes, str]) -> tuple[bytes, list[bytes]] | None:
+    """The first of names that came with different values, and its values in the order they came; None: none did."""
     values: dict[bytes, list[bytes]] = {}
     for name, value in headers:
-        if name in SINGLE_VALUED:
+        if name in names:
             values.setdefault(name, []).append(value)
-    for name, given in values.items():
-        if len(set(given)) > 1:
-            # a token's first characters are part of it: an Authorization's values are never quoted (the refusal is
-            # in the routing log too, which auditors read)
-            shown = "" if name == b"authorization" else f" ({', '.join(repr(as_sent(value)) for value in given[:3])})"
-            told = (f"{SINGLE_VALUED[name]} came {len(given)} times with different values{shown}: the hub cannot "
-                    "tell which one is meant")  # fmt: skip
-            # two tokens name no one caller: "the credentials token doesn't match any known party" (HTTP 401)
-            raise Unauthorized(told) if name == b"authorization" else InvalidParameters(told)
+    return next(((name, given) for name, given in values.items() if len(set(given)) > 1), None)
 
 
 def log_request(method: str, path: str, status: int | None, started: float, routine: bool = False) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import httpx
 
+from hub.request_context import MAX_ID_LENGTH
 from tests.conftest import Db, Hub
 from tests.parties import Party, token_header
 from tests.test_routing import party_key
@@ -84,3 +85,31 @@ def test_a_content_encoding_of_the_body_is_a_transport_error_http_415(
                       headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})  # fmt: skip
     assert (answer.status_code, answer.json()["status_code"]) == (415, 2000), answer.text
     assert emsp.functional() == []
+
+
+def test_an_unauthenticated_request_is_answered_401_whatever_is_wrong_with_its_ids_and_its_row_keeps_them_cut(
+    hub: Hub, db: Db
+) -> None:
+    # the ids were checked before the token: an anonymous caller got HTTP 200 with 2001 for an id too long
+    unknown = next(iter(token_header("not-a-token-of-this-hub").items()))
+    cases: list[tuple[str, Headers]] = [
+        ("no Authorization, X-Request-ID longer than 255", [("X-Request-ID", "r" * 300)]),
+        ("an unknown token, X-Correlation-ID longer than 255",
+         [unknown, ("X-Request-ID", "r"), ("X-Correlation-ID", "c" * 300)]),
+        ("an unknown token, X-Correlation-ID not printable ASCII",
+         [unknown, ("X-Request-ID", "r"), ("X-Correlation-ID", "café".encode())]),
+        ("no Authorization, X-Request-ID twice", [("X-Request-ID", "r1"), ("X-Request-ID", "r2")]),
+    ]  # fmt: skip
+    answered, expected = [], []
+    for what, sent in cases:
+        prefix = f"anonymous-{uuid.uuid4()}-"
+        headers = [(name, prefix + value if name == "X-Request-ID" and isinstance(value, str) else value)
+                   for name, value in sent]  # fmt: skip
+        answer = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/tariffs", headers=headers)  # type: ignore[arg-type]
+        rows = db.run(db.fetch("SELECT request_id, correlation_id, http_status, ocpi_status_code FROM routing_log "
+                               "WHERE request_id LIKE $1", f"{prefix}%"))  # fmt: skip
+        longest = max(len(r["request_id"]) + len(r["correlation_id"]) for r in rows) if rows else 0
+        answered.append((what, answer.status_code, answer.json()["status_code"], [tuple(r)[2:] for r in rows],
+                         longest <= 2 * MAX_ID_LENGTH))  # fmt: skip
+        expected.append((what, 401, 2000, [(401, 2000)], True))
+    assert answered == expected

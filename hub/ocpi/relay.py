@@ -18,14 +18,7 @@ from litestar.types import HTTPScope, Receive, Send
 
 from hub.auth import identify, suspended, why_unknown
 from hub.envelope import ocpi_timestamp
-from hub.errors import (
-    OUTAGES,
-    ForwardingLoop,
-    OcpiError,
-    Unauthorized,
-    check_utf8,
-    unavailable,
-)
+from hub.errors import OUTAGES, ForwardingLoop, OcpiError, Unauthorized, check_utf8, unavailable
 from hub.metrics import count_request
 from hub.ocpi import hub_answers, relayed_urls
 from hub.ocpi.exchange import Exchange, Job
@@ -38,6 +31,7 @@ from hub.request_context import (
     HUB_INSTANCE_HEADER,
     MAX_ID_LENGTH,
     check_ids,
+    check_one_authorization,
     check_repeated,
     hubs_passed,
     log_request,
@@ -55,7 +49,7 @@ if TYPE_CHECKING:
     from hub.settings import Settings
     from routing.fair_share import CallerShares
     from routing.still_alive import StillAlive
-    from storage.directory import DirectoryCache
+    from storage.directory import DirectoryCache, Platform
     from storage.location_cache import LocationCache
     from storage.routing_log import RoutingLogWriter
     from storage.routing_state import RoutingState
@@ -131,18 +125,21 @@ class Relay:
             request_headers={k: headers[k] for k in LOGGED_REQUEST_HEADERS if k in headers},
         )  # fmt: skip
         exchange = Exchange(scope, headers, entry, started)
-        looked_up = False  # whether _route looked the caller up by its token: a refusal before that does it here
+        looked_up = False  # whether _authenticate looked the caller up by its token: a refusal before that does it here
         try:
             self._refuse_at_once(exchange)
-            entry.request_body = await read_body(self.bodies.guarded(receive), self.settings.max_body_bytes, scope)
-            if entry.request_body and "content-encoding" in headers:  # a GET with the header and no body goes on
-                refuse_encoded(headers)
-            check_utf8(entry.request_body)  # what the hub forwards, caches and logs is JSON text, all of it
+            entry.request_body = await self._read_body(exchange, receive)
+            repeated = len(headers) < len(cast("list[tuple[bytes, bytes]]", scope["headers"]))  # a name came twice
+            looked_up = True  # from here on: two tokens, as no token or an unknown one, name nobody in the row
+            if repeated:
+                check_one_authorization(scope["headers"])
+            # the caller first: a request no token of the hub's authenticates is answered 401 whatever else is wrong
+            # with it (transport_and_format.asciidoc), its ids included; its row keeps them cut to MAX_ID_LENGTH
+            caller = await self._authenticate(exchange)
             check_ids(request_id, correlation_id)
-            if len(headers) < len(cast("list[tuple[bytes, bytes]]", scope["headers"])):  # a name came twice
+            if repeated:
                 check_repeated(scope["headers"])
-            looked_up = True
-            answer = await self._route(exchange, path)
+            answer = await self._route(exchange, caller, path)
         except OcpiError as exc:
             answer = self.hub_answer(exchange, exc.http_status, exc.status_code, exc.message)
             entry.error = exc.detail
@@ -220,7 +217,16 @@ class Relay:
         if "expect" in headers:  # 100-continue: uvicorn sends it on the first receive()
             refuse_announced(headers, self.settings.max_body_bytes)
 
-    async def _route(self, exchange: Exchange, path: str) -> Answer:
+    async def _read_body(self, exchange: Exchange, receive: Receive) -> bytes:
+        """The request's body, as JSON text the hub can forward, cache and log: uncompressed, UTF-8, all of it."""
+        body = await read_body(self.bodies.guarded(receive), self.settings.max_body_bytes, exchange.scope)
+        if body and "content-encoding" in exchange.headers:  # a GET with the header and no body goes on
+            refuse_encoded(exchange.headers)
+        check_utf8(body)
+        return body
+
+    async def _authenticate(self, exchange: Exchange) -> Platform:
+        """The calling platform, by its token C (also exchange.caller); any other Authorization is refused, HTTP 401."""
         header = exchange.headers.get("authorization")
         caller = identify(self.directory.current, header)
         if caller is None and header:
@@ -239,10 +245,13 @@ class Relay:
         self.last_seen[caller.platform.id] = exchange.entry.received_at
         if any(role.status == "OFFLINE" for role in caller.platform.roles):
             self.still_alive.suspect(caller.platform.id)  # it is talking again: check its own server now
+        return caller.platform
+
+    async def _route(self, exchange: Exchange, caller: Platform, path: str) -> Answer:
         if path.startswith((PAGES, RESULTS, CDR_LOCATIONS)):
             return await relayed_urls.follow(self, exchange, path)
         if path.startswith(hub_answers.SNAPSHOTS):
-            exchange.sender = next(iter(caller.platform.roles), None)
+            exchange.sender = next(iter(caller.roles), None)
             return await hub_answers.follow(self, exchange, path)
         return await relay_module(self, exchange, path)
 

@@ -18,8 +18,8 @@ def row_of_a_refusal(
 ) -> None:
     """The row of a request refused before it was routed: its parties named (name_the_parties), and its body's size
     kept, not the body, unless a registered party's token C sent it: anyone could fill the log's disk otherwise. A
-    caller is None here when _route refused its token (looked_up), or when the request was refused before _route looked
-    at it (a body too large, a malformed header): then its token is looked up here, once."""
+    caller is None here when the relay refused its token (looked_up), or when the request was refused before the relay
+    looked at it (a body too large, a malformed hub mark): then its token is looked up here, once."""
     known = identify(directory, headers.get("authorization")) if caller is None and not looked_up else None
     if entry.from_country_code is None:
         name_the_parties(entry, caller or (known.platform if known else None), headers)

@@ -12,6 +12,7 @@ from litestar.connection import ASGIConnection
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from hub.errors import Unauthorized
+from hub.request_context import check_one_authorization
 from storage.directory import Directory, Platform
 from storage.secrets import token_hash
 
@@ -128,6 +129,7 @@ class CredentialsTokenAuth(AbstractAuthenticationMiddleware):
 
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
         state = connection.app.state
+        check_one_authorization(connection.scope["headers"])  # as the relay: two tokens name no one caller
         header = connection.headers.get("authorization")
         if not header:
             raise Unauthorized(MISSING)

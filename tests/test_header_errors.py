@@ -113,3 +113,30 @@ def test_an_unauthenticated_request_is_answered_401_whatever_is_wrong_with_its_i
                          longest <= 2 * MAX_ID_LENGTH))  # fmt: skip
         expected.append((what, 401, 2000, [(401, 2000)], True))
     assert answered == expected
+
+
+def test_authorization_sent_twice_is_refused_401_on_the_hubs_own_endpoints_as_on_the_relay(
+    hub: Hub, cpo_and_emsp: tuple[Party, Party], db: Db
+) -> None:
+    # versions, credentials and hubclientinfo (Litestar) took one of two tokens; the relay refused them
+    _, emsp = cpo_and_emsp
+    token = next(iter(token_header(emsp.hub_token or "").items()))
+    other = next(iter(token_header("not-a-token-of-this-hub").items()))
+    said = "Authorization came 2 times with different values: the hub cannot tell which one is meant"
+    paths = ["/ocpi/versions", "/ocpi/2.2.1", "/ocpi/2.2.1/credentials", "/ocpi/2.2.1/sender/hubclientinfo",
+             "/ocpi/2.2.1/sender/tariffs"]  # fmt: skip
+    answered, rows = [], []
+    for path in paths:
+        for sent in ([other, token], [token, other]):  # either one first
+            request_id = f"authorization-twice-{uuid.uuid4()}"
+            answer = httpx.get(f"{hub.base}{path}", headers=[*sent, ("X-Request-ID", request_id)])
+            answered.append((path, answer.status_code, answer.json()["status_code"], answer.json()["status_message"]))
+            rows += db.run(db.fetch("SELECT path, http_status, caller_platform_id FROM routing_log "
+                                    "WHERE request_id = $1", request_id))  # fmt: skip
+    assert answered == [(path, 401, 2000, said) for path in paths for _ in range(2)]
+    # the logged ones name nobody, as no token would
+    logged = ["/ocpi/2.2.1/credentials", "/ocpi/2.2.1/sender/tariffs"]
+    assert [tuple(row) for row in rows] == [(path, 401, None) for path in logged for _ in range(2)]
+    # the same token twice names one caller
+    twice = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", headers=[token, token])
+    assert (twice.status_code, twice.json()["status_code"]) == (200, 1000), twice.text

@@ -63,8 +63,12 @@ def parse(method: str, path: str, query: str, headers: dict[str, str], body: byt
         )
     interface = parts[3] if len(parts) > 3 else ""
     module = parts[4] if len(parts) > 4 else ""
-    if interface not in INTERFACES or module not in MODULES:
-        raise NotFound(f"the hub has no {interface or '?'} interface for module {module or '?'}: {method} {path}")
+    if interface not in INTERFACES:
+        raise NotFound(f"{method} {path} is no URL of the hub: its version details (/ocpi/2.2.1) list its endpoints")
+    if module not in MODULES:
+        if (interface, module) == ("sender", "hubclientinfo"):  # the hub's own list (hub.client_info): its URL alone
+            raise NotFound(f"the hub's hubclientinfo Sender is /ocpi/2.2.1/sender/hubclientinfo alone: {method} {path}")
+        raise NotFound(f"the hub has no {interface} interface for module {module or '?'}: {method} {path}")
     suffix = ("/" + parts[5]).rstrip("/") if len(parts) > 5 else ""
     return Incoming(
         method=method,

@@ -58,6 +58,9 @@ log = structlog.get_logger()
 
 PREFIX = "/ocpi/2.2.1/"
 CLIENT_INFO = "/ocpi/2.2.1/sender/hubclientinfo"
+# The hub's own routes under PREFIX, which Litestar answers: version details, credentials, hubclientinfo (configuration
+# modules, between a party and the hub, not routed)
+OWN_ROUTES = frozenset((PREFIX.rstrip("/"), f"{PREFIX}credentials", CLIENT_INFO))
 LOGGED_REQUEST_HEADERS = ("content-type", "content-encoding", "ocpi-to-country-code", "ocpi-to-party-id",
                           "ocpi-from-country-code", "ocpi-from-party-id", "x-request-id",
                           "x-correlation-id")  # fmt: skip
@@ -95,20 +98,13 @@ class Relay:
 
     @staticmethod
     def handles(path: str) -> bool:
-        """Whether path is a functional module's: as Litestar would route it, so that one with an empty segment
-        ("/ocpi/2.2.1//sender/locations") is refused here, with its row (routing.request.parse)."""
+        """Whether the relay answers path: every one under /ocpi/2.2.1/ but the routes the hub serves itself, as
+        Litestar routes them (slashes doubled or trailing), so that an unknown module's, one with an empty segment
+        ("/ocpi/2.2.1//sender/locations") or one that is no URL of the hub at all is refused here, after its token,
+        with its row (routing.request.parse)."""
         if "//" in path:
             path = SLASHES.sub("/", path)
-        if path.startswith(CLIENT_INFO):  # a configuration module the hub serves itself, not routed
-            return False
-        return path.startswith(PREFIX) and path.split("/", 4)[3] in (
-            "sender",
-            "receiver",
-            "pages",
-            "results",
-            "relayed-cdrs",
-            "snapshots",
-        )
+        return path.startswith(PREFIX) and path.rstrip("/") not in OWN_ROUTES
 
     async def __call__(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

@@ -49,3 +49,19 @@ def test_the_hubs_own_routes_under_the_version_stay_its_own_with_a_slash_more_or
     for path in ("/ocpi/2.2.1/", "/ocpi/2.2.1/credentials/"):
         answer = httpx.get(f"{hub.base}{path}", headers=token)
         assert (answer.status_code, answer.json()["status_code"]) == (200, 1000), (path, answer.text)
+
+
+def test_a_module_name_too_long_to_index_leaves_its_row_at_once(
+    hub: Hub, cpo_and_emsp: tuple[Party, Party], db: Db
+) -> None:
+    # the row's module (indexed) was the path's segment as sent: 8,000 characters the index refused, and the routing
+    # log's writer retried that row, and those queued behind it, until they went to its spool file
+    _, emsp = cpo_and_emsp
+    module = "".join(f"{n:04x}" for n in range(2000))  # no run PostgreSQL's compression would shrink below its limit
+    for path, auth, status in [(f"/ocpi/2.2.1/sender/{module}", {}, 401), (f"/ocpi/2.2.1/{module}", {}, 401),
+                               (f"/ocpi/2.2.1/{module}", token_header(emsp.hub_token or ""), 404)]:  # fmt: skip
+        request_id = f"long-module-{uuid.uuid4()}"
+        answer = httpx.get(f"{hub.base}{path}", headers=auth | {"X-Request-ID": request_id})
+        assert answer.status_code == status and "its row" not in answer.json()["status_message"], answer.text
+        rows = db.run(db.fetch("SELECT module FROM routing_log WHERE request_id = $1", request_id))
+        assert [row["module"] for row in rows] == [module[:255]]

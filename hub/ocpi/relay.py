@@ -288,11 +288,13 @@ def _callers_own(exchange: Exchange) -> PartyKey | None:
 
 
 def _module_of(path: str) -> str:
-    """The module a path names, for the log row of a request rejected before it was parsed."""
+    """The module a path names, for the log row of a request rejected before it was parsed; cut as the row's ids are:
+    the column is indexed, and a B-tree entry has a size limit (an anonymous caller's 8,000 characters stalled the
+    routing log's writer)."""
     parts = (SLASHES.sub("/", path) if "//" in path else path).split("/")  # as Relay.handles read it
     if len(parts) > 4 and parts[3] in ("sender", "receiver"):
-        return parts[4]
-    return parts[3] if len(parts) > 3 else ""
+        return parts[4][:MAX_ID_LENGTH]
+    return parts[3][:MAX_ID_LENGTH] if len(parts) > 3 else ""
 
 
 async def _send(send: Send, answer: Answer) -> None:

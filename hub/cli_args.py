@@ -97,17 +97,33 @@ def build_parser() -> argparse.ArgumentParser:
     parties = commands.add_parser(
         "parties", help="list the platforms' roles, show one platform, remove, suspend or resume one"
     )
-    parties.add_argument("action", choices=["list", "show", "remove", "suspend", "resume"], help="what to do")
-    parties.add_argument("id", nargs="?", help="the platform's id (show, remove, suspend, resume)")
-    parties.add_argument("--yes", action="store_true", help="remove: yes, take the platform off the hub")
-    parties.add_argument("--reason", help="suspend: why, told to the platform with every request the hub refuses")
+    # as hold's below, an action of its own each: `parties list 7` listed all, `parties show 7 --yes` showed one
+    party_actions = parties.add_subparsers(dest="action", required=True, metavar="ACTION")
+    party_actions.add_parser("list", help="every platform's roles")
+    party_show = party_actions.add_parser("show", help="one platform")
+    party_show.add_argument("id", nargs="?", help="the platform's id")
+    party_remove = party_actions.add_parser("remove", help="take a platform off the hub (its tokens stop working)")
+    party_remove.add_argument("id", nargs="?", help="the platform's id")
+    party_remove.add_argument("--yes", action="store_true", help="yes, take the platform off the hub")
+    party_suspend = party_actions.add_parser("suspend", help="stop a platform for a while (its requests refused)")
+    party_suspend.add_argument("id", nargs="?", help="the platform's id")
+    party_suspend.add_argument("--reason", required=True,
+                               help="why: told to the platform with every request the hub refuses")  # fmt: skip
+    party_resume = party_actions.add_parser("resume", help="register a suspended platform again")
+    party_resume.add_argument("id", nargs="?", help="the platform's id")
     sync = commands.add_parser("sync", help="pull every CPO's locations into the hub's cache (progress on stderr)")
     sync.add_argument("what", choices=["locations"], help="what to sync")
     sync.add_argument("--party", metavar="CC-PARTY", help="one CPO only, e.g. NL-ABC")
     sync.add_argument("--full", action="store_true", help="everything, not only what changed since the last sync")
     auditor = commands.add_parser("auditor", help="add, list or remove auditor tokens (read-only access to the log)")
-    auditor.add_argument("action", choices=["add", "list", "remove"], help="what to do")
-    auditor.add_argument("name", nargs="?", help="the auditor's name (add, remove)")
+    auditor_actions = auditor.add_subparsers(dest="action", required=True, metavar="ACTION")  # `list NAME` listed all
+    auditor_actions.add_parser("add", help="a new auditor and its token").add_argument(
+        "name", nargs="?", help="the auditor's name"
+    )
+    auditor_actions.add_parser("list", help="every auditor")
+    auditor_actions.add_parser("remove", help="revoke an auditor's token").add_argument(
+        "name", nargs="?", help="the auditor's name"
+    )
     retention = commands.add_parser(
         "retention",
         help="drop the routing log's monthly partitions before --keep, and what the hub keeps beside them",

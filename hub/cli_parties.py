@@ -40,16 +40,6 @@ async def parties(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
             print(f"ocpi-hub: parties remove takes platform {platform_id} off the hub (its tokens stop working, the"
                   " party is told): say --yes to do it", file=sys.stderr)  # fmt: skip
             return 2
-        if args.action == "suspend" and not args.reason:
-            print("ocpi-hub: parties suspend needs --reason TEXT (told to the platform with every request the hub "
-                  "refuses)", file=sys.stderr)  # fmt: skip
-            return 2
-        if (args.yes and args.action != "remove") or (args.reason is not None and args.action != "suspend"):
-            print(f"ocpi-hub: parties {args.action} takes no {'--yes' if args.yes else '--reason'}", file=sys.stderr)
-            return 2
-    elif args.id is not None or args.yes or args.reason is not None:
-        print("ocpi-hub: parties list takes no platform id, no --yes and no --reason", file=sys.stderr)
-        return 2
     directory = DirectoryCache(pool, redis_client, settings.redis_prefix, TokenBox(settings.secret_key or ""))
     locations = LocationCache(redis_client, settings.redis_prefix, directory, settings.max_locations_per_cpo)
     try:
@@ -65,7 +55,8 @@ async def parties(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
             removed = await _remove(settings, pool, redis_client, directory, locations, platform_id or 0)
             out(msgspec.json.format(msgspec.json.encode(removed)).decode())
         else:
-            changed = await _suspend_or_resume(settings, pool, directory, platform_id or 0, args.reason)
+            reason = getattr(args, "reason", None)  # suspend's (required there), resume takes none
+            changed = await _suspend_or_resume(settings, pool, directory, platform_id or 0, reason)
             out(msgspec.json.format(msgspec.json.encode(changed)).decode())
     except AdminError as exc:
         print(f"ocpi-hub: {exc.message}", file=sys.stderr)

@@ -3,6 +3,7 @@ unknown one (what the operator's side commands do: tests/test_admin_and_cli.py).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from importlib.metadata import version
@@ -46,3 +47,41 @@ def test_hold_refuses_an_option_its_action_does_not_take(args: tuple[str, ...]) 
     result = _ran(*args)
     assert (result.returncode, result.stdout) == (2, ""), result.stderr
     assert "unrecognized arguments" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        (("serve", "EXTRA"), "EXTRA"),
+        (("demo", "EXTRA"), "EXTRA"),
+        (("migrate", "EXTRA"), "EXTRA"),
+        (("invite", "--name", "n", "--role", "CPO:NL:ABC", "EXTRA"), "EXTRA"),
+        (("connect", "--versions-url", "http://127.0.0.1:9/v", "--token-a", "a", "EXTRA"), "EXTRA"),
+        (("parties", "list", "7"), "7"),
+        (("parties", "list", "--yes"), "--yes"),
+        (("parties", "show", "7", "--yes"), "--yes"),
+        (("parties", "show", "7", "EXTRA"), "EXTRA"),
+        (("parties", "remove", "7", "--yes", "EXTRA"), "EXTRA"),
+        (("sync", "locations", "EXTRA"), "EXTRA"),
+        (("auditor", "list", "NAME"), "NAME"),
+        (("auditor", "add", "NAME", "EXTRA"), "EXTRA"),
+        (("auditor", "remove", "NAME", "EXTRA"), "EXTRA"),
+        (("retention", "--keep", "400d", "EXTRA"), "EXTRA"),
+        (("hold", "list", "EXTRA"), "EXTRA"),
+        (("hold", "release", "1", "EXTRA"), "EXTRA"),
+        (("verify", "EXTRA"), "EXTRA"),
+        (("heads", "EXTRA"), "EXTRA"),
+        (("checkpoint", "EXTRA"), "EXTRA"),
+        (("verify-checkpoint", "FILE", "EXTRA"), "EXTRA"),
+        (("grant-serving-role", "ROLE", "EXTRA"), "EXTRA"),
+        (("verify-export", "FILE", "EXTRA"), "EXTRA"),
+        (("version", "EXTRA"), "EXTRA"),
+    ],
+)
+def test_every_command_refuses_an_argument_it_does_not_take(args: tuple[str, ...], extra: str, tmp_path: Path) -> None:
+    # `auditor list NAME` listed every auditor, and `parties show 7 --yes` showed one: an argument ignored looks taken.
+    # Refused as a usage error before the command looks for a hub (none here: nothing must start or connect).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {"OCPI_HUB_DATA_DIR": str(tmp_path)}
+    result = subprocess.run([OCPI_HUB, *args], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert f"unrecognized arguments: {extra}" in result.stderr and "Traceback" not in result.stderr

@@ -1,8 +1,8 @@
 """Prometheus metrics: what the hub counts, and the /metrics, /health and /ready endpoints that operators scrape.
 
 With several workers (`ocpi-hub serve --workers N`) each worker is a process of its own: the CLI points
-PROMETHEUS_MULTIPROC_DIR at a fresh directory, and /metrics, whichever worker answers it, sums them all. Party
-statuses are read from the directory at scrape time, so they are the same whichever worker answers.
+PROMETHEUS_MULTIPROC_DIR at a folder of that serve's own (hub.metrics_dir), and /metrics, whichever worker answers it,
+sums them all. Party statuses are read from the directory at scrape time, so they are the same whichever worker answers.
 """
 
 from __future__ import annotations

@@ -6,13 +6,13 @@ import contextlib
 import ipaddress
 import os
 import resource
-import shutil
 import signal
 import sys
 from typing import TYPE_CHECKING
 
 import structlog
 
+from hub.metrics_dir import workers_metrics_dir
 from hub.settings import LISTEN_ADDRESS
 
 if TYPE_CHECKING:
@@ -74,19 +74,18 @@ def serve(settings: Settings, host: str, port: int, workers: int, server: str) -
             "which cannot be read or verified without it (deploy/README.md, Backups)",
             flush=True,
         )
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Each worker counts in files of its own here; /metrics, whichever worker answers, sums them.
-        metrics_dir = settings.data_dir / f"metrics-{port}"
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     _raise_open_files_limit()
-    # a JSON line as every other line of serve's, where the workers' hub_started follow
-    structlog.get_logger().info("hub_serving", versions_url=settings.versions_url, host=host, port=port,
-                                workers=workers, server=server)  # fmt: skip
-    if server == "uvicorn":
-        return _on_uvicorn(settings, host, port, workers)
-    return _on_granian(settings, host, port, workers)
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Each worker counts in files of its own there; /metrics, whichever worker answers, sums them.
+            metrics_dir = stack.enter_context(workers_metrics_dir(settings.data_dir, port))
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        # a JSON line as every other line of serve's, where the workers' hub_started follow
+        structlog.get_logger().info("hub_serving", versions_url=settings.versions_url, host=host, port=port,
+                                    workers=workers, server=server)  # fmt: skip
+        if server == "uvicorn":
+            return _on_uvicorn(settings, host, port, workers)
+        return _on_granian(settings, host, port, workers)
 
 
 def _on_uvicorn(settings: Settings, host: str, port: int, workers: int) -> int:

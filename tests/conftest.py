@@ -189,25 +189,30 @@ def two_hub_processes(env: dict[str, str], data_dir: Path, log_name: str) -> Ite
         first.stop()
 
 
-def start_hub(env: dict[str, str], log_path: Path, *args: str, timeout: float = 60) -> Hub:
+def start_hub(
+    env: dict[str, str], log_path: Path, *args: str, timeout: float = 60, host: str = "127.0.0.1", port: int = 0
+) -> Hub:
+    """A hub serving on host, at port (0: a free one)."""
+    if port:
+        return _start_hub_on(host, port, env, log_path, *args, timeout=timeout)
     try:
-        return _start_hub_on(free_port(), env, log_path, *args, timeout=timeout)
+        return _start_hub_on(host, free_port(), env, log_path, *args, timeout=timeout)
     except PortTaken:  # free_port() only finds a port that was free: one retry with a fresh one
-        return _start_hub_on(free_port(), env, log_path, *args, timeout=timeout)
+        return _start_hub_on(host, free_port(), env, log_path, *args, timeout=timeout)
 
 
-def _start_hub_on(port: int, env: dict[str, str], log_path: Path, *args: str, timeout: float) -> Hub:
-    env = {"OCPI_HUB_PUBLIC_URL": f"http://127.0.0.1:{port}"} | env
+def _start_hub_on(host: str, port: int, env: dict[str, str], log_path: Path, *args: str, timeout: float) -> Hub:
+    env = {"OCPI_HUB_PUBLIC_URL": f"http://{host}:{port}"} | env
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "hub.cli", "serve", "--port", str(port), *args],
+            [sys.executable, "-m", "hub.cli", "serve", "--host", host, "--port", str(port), *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-    hub = Hub(f"http://127.0.0.1:{port}", env.get("OCPI_HUB_ADMIN_TOKEN", ""), process, env, log_path)
+    hub = Hub(f"http://{host}:{port}", env.get("OCPI_HUB_ADMIN_TOKEN", ""), process, env, log_path)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

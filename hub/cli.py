@@ -110,7 +110,7 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
             applied = asyncio.run(migrate_database(owner_url, settings.secret_key or "", applies, key_source))
             if args.command in OWNER_COMMANDS:
                 ready = dataclasses.replace(ready, database_url=owner_url)
-            asyncio.run(check_redis(ready.redis_url or ""))
+            asyncio.run(check_redis(ready.redis_url or "", serving=args.command in ("serve", "demo")))
             if args.command == "migrate":
                 out(_migrated(applied))
                 args.role = args.grant_serving_role

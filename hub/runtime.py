@@ -71,13 +71,48 @@ def open_redis(redis_url: str) -> redis.Redis:
     )
 
 
-async def check_redis(redis_url: str) -> None:
-    """Fail at start with a clear message rather than on the first request."""
+async def check_redis(redis_url: str, serving: bool = False) -> None:
+    """Fail at start with a clear message rather than on the first request; for a hub about to serve, warn of a Redis
+    that evicts keys."""
     client = open_redis(redis_url)
     try:
         await client.ping()
+        if serving:
+            await warn_of_eviction(client)
     finally:
         await client.aclose()
+
+
+# What a Redis at its maxmemory drops, by its maxmemory-policy's first word: every policy but noeviction evicts
+_EVICTED = {
+    "allkeys": "any key: cached locations while the marks saying a CPO's cache is whole stay (a GET All via the hub "
+    "then misses them), the owner index open routing finds receivers by, command results and paging links",
+    "volatile": "keys with an expiry before their time: command results, paging links and GET All snapshots, the owner "
+    "index open routing finds receivers by, the claims that give each probe and pull sync to one hub",
+}
+
+
+async def warn_of_eviction(client: redis.Redis) -> None:
+    """Warn (redis_eviction_policy) when Redis evicts keys at its maxmemory: the hub keeps the location cache, and the
+    marks saying it is whole, in Redis on the understanding that nothing drops a key but the hub. Said, not refused: a
+    managed Redis may not let the operator change it. Nor is a Redis that does not show its configuration refused
+    (CONFIG, disabled or renamed on most managed Redis, or left out of the hub's user's ACL): said at info."""
+    try:
+        config = await client.config_get("maxmemory*")  # one pattern: Redis before 7 takes no list of names
+    except redis.RedisError as exc:
+        log.info("redis_eviction_policy_unknown", error=str(exc),
+                 message="could not read Redis's maxmemory-policy (CONFIG GET): keep it at noeviction "
+                 "(deploy/README.md, Scaling, says why)")  # fmt: skip
+        return
+    policy, limit = config.get("maxmemory-policy") or "noeviction", config.get("maxmemory") or "0"
+    maxmemory = int(limit) if limit.isdigit() else 0
+    if policy == "noeviction" or not maxmemory:  # without a maxmemory, Redis evicts nothing whatever its policy
+        return
+    evicted = _EVICTED.get(policy.split("-")[0], _EVICTED["allkeys"])
+    log.warning("redis_eviction_policy", policy=policy, maxmemory=maxmemory,
+                message=f"Redis evicts keys at its maxmemory ({maxmemory} bytes) with maxmemory-policy {policy}: it "
+                f"can drop {evicted}; set maxmemory-policy noeviction and size Redis by the caps per CPO "
+                "(deploy/README.md, Scaling)")  # fmt: skip
 
 
 async def migrate_database(database_url: str, secret_key: str, apply: bool, key_source: str) -> list[str]:

@@ -41,6 +41,10 @@ MAX_QUEUED_ROWS = 20_000  # async mode: rows waiting for the writer before calle
 # that stopped answering (frozen, its disk stalled, the network gone) would otherwise hold the writer, and every
 # row behind it, for as long as TCP keeps the connection open. A healthy commit of 500 rows takes milliseconds.
 WRITE_TIMEOUT_S = 10.0
+# What the database answers for a row it will never take, however often it is sent (SQLSTATE classes 22, 23 and 54): a
+# value out of range, a constraint broken, an index entry too large ("index row size exceeds btree maximum", for text
+# a bug left uncut). The batch is then written again row by row, the row refused bare; any other error is retried.
+REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError)
 
 
 class RoutingLogWriter:
@@ -139,7 +143,7 @@ class RoutingLogWriter:
                 continue
             try:
                 await self._commit(batch, records)
-            except asyncpg.DataError as exc:
+            except REFUSED as exc:
                 # A value the database refuses is refused on every retry, and every caller behind it would wait: the
                 # batch is chained and written again row by row, a refused row bare (a bug: LogChain.link makes every
                 # text storable, forward.OcpiStatusCode keeps a party's status code within the column).
@@ -185,7 +189,7 @@ class RoutingLogWriter:
                     if self.on_commit is not None and batch:  # of rows: not of amendments alone
                         self.on_commit(len(batch), time.perf_counter() - started)
                     return
-                except asyncpg.DataError:
+                except REFUSED:
                     self._in_flight = None  # refused, not in flight: written again row by row
                     raise
                 except Exception as exc:  # whatever it is, a writer that stopped would leave every caller waiting
@@ -227,7 +231,7 @@ class RoutingLogWriter:
             return
         try:
             await self._commit([], [])
-        except asyncpg.DataError as exc:
+        except REFUSED as exc:
             for amendment in self._amending:
                 log.error("routing_log_amendment_refused", error=f"{type(exc).__name__}: {exc}",
                           request_id=amendment.entry.request_id, http_status=amendment.http_status,
@@ -262,7 +266,7 @@ class RoutingLogWriter:
         try:
             await self._commit([entry], [self._chain.link(entry)])
             return None
-        except asyncpg.DataError as exc:
+        except REFUSED as exc:
             self._chain.rewind(head)
             refused = f"{type(exc).__name__}: {exc}"
             log.error("routing_log_row_refused", error=refused, request_id=entry.request_id, path=entry.path)

@@ -23,6 +23,7 @@ METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 ROUTINGS = frozenset({"direct", "broadcast", "open", "hub", "rejected"})
 _PARTY = re.compile(r"([A-Za-z]{2})-([A-Za-z0-9]{3})")
 _WORD = re.compile(r"[a-z0-9_]{1,40}")
+_MS = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,3})?")
 
 # The columns of a search result, an export row and a correlation item (bodies only in a single message). The
 # platform ids tell apart two platforms that held one party id one after the other (GET /admin/api/parties names them).
@@ -103,6 +104,13 @@ def _integer(low: int, high: int) -> Callable[[str, str], list[Any]]:
     return parse
 
 
+def _milliseconds(name: str, raw: str) -> list[Any]:
+    """Milliseconds: digits 0-9 with up to 3 decimals; no sign, exponent, NaN or inf (float() takes those)."""
+    if not _MS.fullmatch(raw):
+        raise BadFilter(f"{name} must be milliseconds from 0 to 999999999, such as 2000 or 2.5, got {raw[:40]!r}")
+    return [float(raw)]
+
+
 def parse_time(name: str, raw: str) -> datetime:
     """ISO 8601; without an offset the time is taken as UTC."""
     try:
@@ -139,6 +147,10 @@ FILTERS: dict[str, tuple[str, Callable[[str, str], list[Any]]]] = {
     "listed_id": (_LISTED, _object_id),
     # either side, as GET /admin/api/parties numbers them: a party id two platforms held one after the other
     "platform": ("(caller_platform_id = {0} OR receiver_platform_id = {0})", _integer(1, 2**63 - 1)),
+    # slow exchanges: the whole time, or the receiver's part of it (null, so never found, where no party was sent to);
+    # no index of their own: each is a filter on the rows of the other filters' index ranges, or of since/until's
+    "min_duration_ms": ("duration_ms >= {0}", _milliseconds),
+    "min_receiver_ms": ("receiver_ms >= {0}", _milliseconds),
     "since": ("received_at >= {0}", _time),
     "until": ("received_at < {0}", _time),
 }

@@ -261,6 +261,21 @@ def test_traffic_charts_and_chain_verification(page: Page, demo: RunningDemo) ->
     assert {"ok": True, "heads": chains, "via": "console"}.items() <= verified[0].items(), verified
 
 
+def test_the_slow_exchanges_a_party_made_slow_are_found_from_the_form(page: Page, demo: RunningDemo) -> None:
+    times = sorted(item["receiver_ms"] for item in api_items(demo) if item["receiver_ms"] is not None)
+    slowest_half = f"{int(times[len(times) // 2] * 1000) / 1000:.3f}"
+    sign_in(page, demo)
+    page.fill("#f-min_receiver_ms", slowest_half)
+    page.click("#filters >> text=Filter")
+    page.wait_for_url(re.compile(r".*min_receiver_ms=.*"))
+    shown = table_ids(page)
+    assert shown and shown == [r["id"] for r in api_items(demo, min_receiver_ms=slowest_half)][: len(shown)]
+    cells = page.locator("#log-table tbody td.receiver-ms").all_inner_texts()
+    assert len(cells) == len(shown) and all(float(cell) >= float(slowest_half) - 0.05 for cell in cells), cells
+    assert page.input_value("#f-min_receiver_ms") == slowest_half  # kept for the next click
+    shot(page, "log-slow-receivers", full_page=False)
+
+
 def test_what_the_auditor_viewed_in_the_console_is_in_the_audit_trail(page: Page, demo: RunningDemo) -> None:
     sign_in(page, demo)
     page.goto(f"{demo.base}/console/log?module=cdrs")

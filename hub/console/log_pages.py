@@ -36,6 +36,7 @@ FIELDS = (
     ("listed_id", "Listed id", "a CDR, session or token a list named"), ("platform", "Platform id", "either side"),
     ("http_status", "HTTP status answered", "404"), ("ocpi_status", "OCPI status answered", "2004"),
     ("request_id", "Request id", "X-Request-ID"), ("correlation_id", "Correlation id", "X-Correlation-ID"),
+    ("min_duration_ms", "Took ≥ (ms)", "2000"), ("min_receiver_ms", "Receiver took ≥ (ms)", "2000"),
     ("since", "Since (UTC)", "2026-01-31T12:00"), ("until", "Until (UTC)", "2026-02-01T00:00"),
 )  # fmt: skip
 CHOICES = {

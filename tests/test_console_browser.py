@@ -235,7 +235,12 @@ def test_traffic_charts_and_chain_verification(page: Page, demo: RunningDemo) ->
     assert page.locator(".chart svg rect").count() >= len(parties)
     shot(page, "traffic")
     page.locator(".chart h2 a", has_text="DE-MFX").click()
-    assert page.locator("table", has_text="Module (direction)").count() == 1
+    modules = page.locator("table", has_text="Module (direction)")
+    assert modules.count() == 1
+    # the receiver's part beside the duration (shown upper-cased)
+    assert modules.locator("th", has_text="Worst hourly receiver p95").count() == 1
+    assert modules.locator("td.receiver", has_text=re.compile(r"^\d+\.\d ms$")).count() >= 1
+    assert "as receiver p95 ≤" in page.inner_text(".chart .side-head")
     shot(page, "traffic-party")
     page.click("nav >> text=Verify chain")
     page.click("#verify-run")

@@ -1,5 +1,6 @@
 """Finding slow exchanges, and telling the hub's slowness from a party's: min_duration_ms and min_receiver_ms in the
-auditor API's search, exports and stats and in the console's search form; a bad minimum answered 400 naming it."""
+auditor API's search, exports and stats and in the console's search form; the receivers' part in the traffic page; a
+bad minimum answered 400 naming it."""
 
 from __future__ import annotations
 
@@ -107,3 +108,21 @@ def test_the_console_searches_by_the_minimums_and_shows_each_rows_receiver_time(
     assert len(re.findall(r'data-id="\d+"', slow)) == 1 and "2400.0" in slow
     bad = console_page(hub, f"/console/log?{query}&min_receiver_ms=fast", status=400)
     assert "min_receiver_ms must be milliseconds" in bad
+
+
+def test_the_traffic_page_shows_the_receivers_part_beside_the_duration(hub: Hub, services: Services) -> None:
+    caller, receiver = ("QV", unique_party_id()), ("QW", unique_party_id())
+    [entry] = varied_entries(datetime.now(UTC), 1, [caller, receiver], uuid.uuid4().hex[:8])
+    entry.from_country_code, entry.from_party_id = caller
+    entry.to_country_code, entry.to_party_id = receiver
+    entry.module, entry.duration_ms, entry.receiver_ms, entry.connection_wait_ms = "locations", 900.0, 812.4, 0.0
+    write(services.database_url, [entry])
+    as_receiver = console_page(hub, f"/console/stats?party={receiver[0]}-{receiver[1]}")
+    assert ">Worst hourly receiver p95</th>" in as_receiver and ">Worst hourly receiver p99</th>" in as_receiver
+    [row] = re.findall(r"<tr><td>locations \(received\)</td>(.*?)</tr>", as_receiver)
+    assert re.findall(r'class="num mono receiver">([^<]*)<', row) == ["812.4 ms", "812.4 ms"], row
+    assert "as receiver p95 ≤ 812 ms" in as_receiver  # its own part, on its chart
+    as_caller = console_page(hub, f"/console/stats?party={caller[0]}-{caller[1]}")
+    [row] = re.findall(r"<tr><td>locations \(sent\)</td>(.*?)</tr>", as_caller)
+    assert re.findall(r'class="num mono receiver">([^<]*)<', row) == ["812.4 ms", "812.4 ms"], row  # its counterpart's
+    assert "as receiver p95" not in as_caller  # it received nothing

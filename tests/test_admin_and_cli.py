@@ -443,8 +443,9 @@ def test_a_wrong_url_or_method_is_answered_in_the_shape_of_the_part_of_the_hub_i
             page = console.request(method, path)
             assert page.status_code == status and page.headers["content-type"].startswith("text/html"), page.text
             assert "Cannot show this page" in page.text and path in page.text
+    # an OCPI envelope: without a token, 401 as for any OCPI request (tests/test_unknown_ocpi_paths.py: 404 with one)
     ocpi = httpx.get(f"{hub.base}/ocpi/2.2.1/nope", timeout=30)
-    assert (ocpi.status_code, ocpi.json()["status_code"]) == (404, 2000)
+    assert (ocpi.status_code, ocpi.json()["status_code"]) == (401, 2000)
 
 
 def test_a_party_id_registered_again_is_listed_once_as_it_is_now(hub: Hub, connect_party) -> None:

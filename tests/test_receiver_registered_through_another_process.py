@@ -8,6 +8,7 @@ the new directory when the request reaches it, whatever its watcher heard throug
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -63,22 +64,33 @@ def _registered_while_frozen(
     return thaw
 
 
-def test_a_direct_request_reaches_a_party_registered_through_another_hub_process_a_moment_ago(
-    hub: Hub, other: tuple[Hub, _FreezingProxy], connect_party, start_party
-) -> None:
+@contextlib.contextmanager
+def _cpo_and_an_emsp_registered_while_frozen(
+    hub: Hub, other: tuple[Hub, _FreezingProxy], connect_party: Callable[..., Party], start_party: Callable[..., Party]
+) -> Iterator[tuple[Party, tuple[str, str, str]]]:
+    """A CPO the other process knows, and the role of an eMSP registered through the session's hub while the other
+    process could not reload its directory: the block runs before it can, and the thaw is waited for after it."""
     other_hub, proxy = other
     cpo = connect_party(_roles("CPO"))
     _known_to(other_hub, cpo)
     emsp_role = _roles("EMSP")
     thaw = _registered_while_frozen(hub, proxy, start_party, emsp_role)
     try:
+        yield cpo, emsp_role
+    finally:
+        thaw.join()
+
+
+def test_a_direct_request_reaches_a_party_registered_through_another_hub_process_a_moment_ago(
+    hub: Hub, other: tuple[Hub, _FreezingProxy], connect_party, start_party
+) -> None:
+    other_hub = other[0]
+    with _cpo_and_an_emsp_registered_while_frozen(hub, other, connect_party, start_party) as (cpo, emsp_role):
         cc, pid = party_key(cpo)
         location = {"id": "L1", "country_code": cc, "party_id": pid, "publish": True,
                     "last_updated": "2026-12-05T00:00:00Z"}  # fmt: skip
         answer = cpo.call(other_hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L1", to=emsp_role[1:], body=location)
         assert (answer.status_code, answer.json()["status_code"]) == (200, 1000), answer.text
-    finally:
-        thaw.join()
     # a receiver that really is unknown is still told so, in the same words
     unknown = ("ZZ", _roles("EMSP")[2])
     answer = cpo.call(other_hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L1", to=unknown, body=location)
@@ -90,12 +102,8 @@ def test_a_direct_request_reaches_a_party_registered_through_another_hub_process
 def test_an_open_session_push_reaches_the_emsp_of_its_cdr_token_registered_through_another_hub_process(
     hub: Hub, other: tuple[Hub, _FreezingProxy], connect_party, start_party
 ) -> None:
-    other_hub, proxy = other
-    cpo = connect_party(_roles("CPO"))
-    _known_to(other_hub, cpo)
-    emsp_role = _roles("EMSP")
-    thaw = _registered_while_frozen(hub, proxy, start_party, emsp_role)
-    try:
+    other_hub = other[0]
+    with _cpo_and_an_emsp_registered_while_frozen(hub, other, connect_party, start_party) as (cpo, emsp_role):
         cc, pid = party_key(cpo)
         session_id = f"S-{uuid.uuid4().hex[:8]}"
         token = {"country_code": emsp_role[1], "party_id": emsp_role[2], "uid": "T1", "type": "RFID",
@@ -105,5 +113,3 @@ def test_an_open_session_push_reaches_the_emsp_of_its_cdr_token_registered_throu
         # no OCPI-to headers: the eMSP of its cdr_token (routing.open_routing)
         answer = cpo.call(other_hub.base, "PUT", f"receiver/sessions/{cc}/{pid}/{session_id}", body=session)
         assert (answer.status_code, answer.json()["status_code"]) == (200, 1000), answer.text
-    finally:
-        thaw.join()

@@ -124,7 +124,7 @@ class Relay:
         looked_up = False  # whether _authenticate looked the caller up by its token: a refusal before that does it here
         try:
             self._refuse_at_once(exchange)
-            entry.request_body = await self._read_body(exchange, receive)
+            await self._read_body(exchange, receive)
             repeated = len(headers) < len(cast("list[tuple[bytes, bytes]]", scope["headers"]))  # a name came twice
             looked_up = True  # from here on: two tokens, as no token or an unknown one, name nobody in the row
             if repeated:
@@ -213,13 +213,14 @@ class Relay:
         if "expect" in headers:  # 100-continue: uvicorn sends it on the first receive()
             refuse_announced(headers, self.settings.max_body_bytes)
 
-    async def _read_body(self, exchange: Exchange, receive: Receive) -> bytes:
-        """The request's body, as JSON text the hub can forward, cache and log: uncompressed, UTF-8, all of it."""
-        body = await read_body(self.bodies.guarded(receive), self.settings.max_body_bytes, exchange.scope)
+    async def _read_body(self, exchange: Exchange, receive: Receive) -> None:
+        """The request's body into its row, then refused unless it is JSON text the hub can forward, cache and log:
+        uncompressed, UTF-8, all of it. A refused body stays in the row (its bytes, for the auditor)."""
+        body = exchange.entry.request_body = await read_body(self.bodies.guarded(receive),
+                                                             self.settings.max_body_bytes, exchange.scope)  # fmt: skip
         if body and "content-encoding" in exchange.headers:  # a GET with the header and no body goes on
             refuse_encoded(exchange.headers)
         check_utf8(body)
-        return body
 
     async def _authenticate(self, exchange: Exchange) -> Platform:
         """The calling platform, by its token C (also exchange.caller); any other Authorization is refused, HTTP 401."""

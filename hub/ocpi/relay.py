@@ -23,6 +23,7 @@ from hub.metrics import count_request
 from hub.ocpi import hub_answers, relayed_urls
 from hub.ocpi.exchange import Exchange, Job
 from hub.ocpi.functional_module import relay_module
+from hub.ocpi.late_answer import answer_late
 from hub.ocpi.relayed_urls import CDR_LOCATIONS, PAGES, RESULTS
 from hub.ocpi.row_parties import name_the_parties, row_of_a_refusal
 from hub.ocpi.wire import Envelope
@@ -64,7 +65,6 @@ OWN_ROUTES = frozenset((PREFIX.rstrip("/"), f"{PREFIX}credentials", CLIENT_INFO)
 LOGGED_REQUEST_HEADERS = ("content-type", "content-encoding", "ocpi-to-country-code", "ocpi-to-party-id",
                           "ocpi-from-country-code", "ocpi-from-party-id", "x-request-id",
                           "x-correlation-id")  # fmt: skip
-_own_envelope = msgspec.json.Decoder(Envelope)
 _envelope = msgspec.json.Encoder()
 
 
@@ -163,14 +163,7 @@ class Relay:
             try:
                 await self.routing_log.record(entry)
             except LogUnavailable as exc:
-                answer, code, told = self._late_answer(exchange, answer, str(exc))
-                took = time.perf_counter() - started
-                late = f"the caller was answered {code} after {took:.1f} s instead: {told}"
-                if entry.chained_at is None:  # still queued (the database away): its row says what the caller got
-                    entry.ocpi_status_code, entry.error = code, f"{entry.error}; {late}" if entry.error else late
-                else:  # in the batch being written, its content fixed by its hash: amended once it is committed
-                    self.routing_log.amend(entry, answer.status, code, told)
-                    log.error("routing_log_row_not_as_answered", request_id=request_id, error=late)
+                answer = answer_late(self, exchange, answer, str(exc))
             while exchange.background:
                 self._spawn(exchange.background.pop(0))
         finally:  # the caller's row not written (a bug, or the request's task cancelled): what waited for it never runs
@@ -180,26 +173,6 @@ class Relay:
         await _send(send, answer)
         count_request(entry.module, entry.method, entry.routing, entry.ocpi_status_code)
         log_request(entry.method, path, answer.status, started, routine=entry.ocpi_status_code == 1000)
-
-    def _late_answer(self, exchange: Exchange, answer: Answer, reason: str) -> tuple[Answer, int, str]:
-        """The answer (its OCPI status, its message) of a request whose row was not committed in time: 4000 for an
-        exchange that went through; a refusal keeps its own status and reason (a 401 stays 401) and claims no exchange,
-        as nothing was forwarded."""
-        entry = exchange.entry
-        if entry.routing != "rejected":
-            told = f"{reason}; the exchange itself went through"
-            return self.hub_answer(exchange, 200, 4000, told), 4000, told
-        try:  # the hub's own answer (hub_answer): nothing was forwarded
-            refusal = _own_envelope.decode(answer.body).status_message or "refused"
-        except msgspec.DecodeError:  # not one it wrote; a late row must not make a refusal a 500
-            refusal = "refused"
-        row = reason.replace("this exchange's row", "its row").replace("this exchange", "its row")
-        told = f"{refusal}: the hub refused this request and forwarded nothing; {row}"
-        code = entry.ocpi_status_code or 2000
-        late = self.hub_answer(exchange, answer.status, code, told)
-        if "allow" in answer.headers:
-            late.headers["allow"] = answer.headers["allow"]
-        return late, code, told
 
     def _refuse_at_once(self, exchange: Exchange) -> None:
         """What is refused before the body is read: a request this hub sent that came back to it (straight or through

@@ -45,19 +45,26 @@ _MAX_MARK_LENGTH = 64  # this hub's are 24 characters
 
 
 def hubs_passed(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
-    """The marks of the hubs a request passed (HUB_INSTANCE_HEADER, in one line or several), oldest first; a list the
-    hub cannot pass on as it came, or one as long as MAX_HUBS_PASSED (with this hub's, it would be longer), is
-    refused."""
+    """The marks of the hubs a request passed (HUB_INSTANCE_HEADER, in one line or several), oldest first; a list as
+    long as MAX_HUBS_PASSED (with this hub's, it would be longer) is refused: a loop through other hubs. Read before
+    the caller's token, as the loop check needs them (a request come back carries a token the hub gave no one);
+    whether each is a hub's mark at all, check_marks tells once the caller is authenticated."""
     marks = [mark.strip() for name, value in headers if name == _HUB_INSTANCE_NAME
              for mark in value.decode("latin-1").split(",") if mark.strip()]  # fmt: skip
     if len(marks) >= MAX_HUBS_PASSED:
         raise TooManyHubs(len(marks))
-    for mark in marks:
+    return marks
+
+
+def check_marks(passed: str) -> None:
+    """Each mark of a list hubs_passed read, joined with ", ", must be one the hub can pass on as it came: refused
+    otherwise (2001), after the caller's token, so that an anonymous caller is answered 401 whatever its headers hold
+    (transport_and_format.asciidoc)."""
+    for mark in passed.split(", "):
         if len(mark) > _MAX_MARK_LENGTH or not (mark.isascii() and mark.isprintable()):
             shown = as_sent(mark.encode("latin-1"), 40)
             raise InvalidParameters(f"X-OCPI-Hub-Instance holds {shown!r}, no hub's mark (printable ASCII, at "
                                     f"most {_MAX_MARK_LENGTH} characters each, comma-separated)")  # fmt: skip
-    return marks
 
 
 def new_request_id() -> str:

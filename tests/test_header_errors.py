@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 import httpx
 
-from hub.request_context import MAX_ID_LENGTH
-from tests.conftest import Db, Hub
+from hub.request_context import MAX_HUBS_PASSED, MAX_ID_LENGTH
+from storage.secrets import hub_instance
+from tests.conftest import SECRET_KEY, Db, Hub
 from tests.parties import Party, token_header
 from tests.test_routing import party_key
 
@@ -112,6 +113,38 @@ def test_an_unauthenticated_request_is_answered_401_whatever_is_wrong_with_its_i
         answered.append((what, answer.status_code, answer.json()["status_code"], [tuple(r)[2:] for r in rows],
                          longest <= 2 * MAX_ID_LENGTH))  # fmt: skip
         expected.append((what, 401, 2000, [(401, 2000)], True))
+    assert answered == expected
+
+
+def test_an_unauthenticated_request_with_a_malformed_hub_mark_is_answered_401_but_one_that_came_back_is_a_loop(
+    hub: Hub, db: Db
+) -> None:
+    # the marks were checked before the token: an anonymous caller got HTTP 200 with 2001 for a malformed one; the
+    # loop checks stay first, as a request come back carries a token the hub gave no one
+    unknown = next(iter(token_header("not-a-token-of-this-hub").items()))
+    ours = hub_instance(SECRET_KEY, hub.base)
+    loop = "the request came back to the hub it left"
+    cases: list[tuple[str, Headers, int, int, str]] = [
+        ("no Authorization, a mark holding a tab", [("X-OCPI-Hub-Instance", "a mark\tof nothing")], 401, 2000,
+         "missing Authorization header"),
+        ("an unknown token, a mark too long", [unknown, ("X-OCPI-Hub-Instance", "m" * 65)], 401, 2000,
+         "unknown credentials token"),
+        ("no Authorization, the hub's own mark", [("X-OCPI-Hub-Instance", f"other-hub, {ours}")], 200, 4000, loop),
+        ("no Authorization, the hub's own mark and a malformed one",
+         [("X-OCPI-Hub-Instance", f"{ours}, a mark\tof nothing")], 200, 4000, loop),
+        ("no Authorization, too many hubs",
+         [("X-OCPI-Hub-Instance", ", ".join(f"hub-{n}" for n in range(MAX_HUBS_PASSED)))], 200, 4000,
+         f"passed {MAX_HUBS_PASSED} hubs already"),
+    ]  # fmt: skip
+    answered, expected = [], []
+    for what, sent, http, ocpi, said in cases:
+        request_id = f"anonymous-mark-{uuid.uuid4()}"
+        answer = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/tariffs", headers=[*sent, ("X-Request-ID", request_id)])
+        rows = db.run(db.fetch("SELECT http_status, ocpi_status_code FROM routing_log WHERE request_id = $1",
+                               request_id))  # fmt: skip
+        answered.append((what, answer.status_code, answer.json()["status_code"],
+                         said in answer.json()["status_message"], [tuple(r) for r in rows]))  # fmt: skip
+        expected.append((what, http, ocpi, True, [(http, ocpi)]))
     assert answered == expected
 
 

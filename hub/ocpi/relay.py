@@ -32,6 +32,7 @@ from hub.request_context import (
     HUB_INSTANCE_HEADER,
     MAX_ID_LENGTH,
     check_ids,
+    check_marks,
     check_one_authorization,
     check_repeated,
     hubs_passed,
@@ -132,6 +133,8 @@ class Relay:
             # the caller first: a request no token of the hub's authenticates is answered 401 whatever else is wrong
             # with it (transport_and_format.asciidoc), its ids included; its row keeps them cut to MAX_ID_LENGTH
             caller = await self._authenticate(exchange)
+            if exchange.hubs_passed:  # the marks of the hubs it passed, read before its token for a loop
+                check_marks(exchange.hubs_passed)
             check_ids(request_id, correlation_id)
             if repeated:
                 check_repeated(scope["headers"])
@@ -175,8 +178,9 @@ class Relay:
         log_request(entry.method, path, answer.status, started, routine=entry.ocpi_status_code == 1000)
 
     def _refuse_at_once(self, exchange: Exchange) -> None:
-        """What is refused before the body is read: a request this hub sent that came back to it (straight or through
-        other hubs), one that passed too many hubs, and one announcing a body larger than the hub takes."""
+        """What is refused before the body is read, and before the caller's token (a request come back carries a token
+        the hub gave no one): a request this hub sent that came back to it (straight or through other hubs), one that
+        passed too many hubs, and one announcing a body larger than the hub takes."""
         headers = exchange.headers
         if HUB_INSTANCE_HEADER in headers:  # another hub's request, or this hub's come back: rare, so parsed only then
             passed = hubs_passed(cast("list[tuple[bytes, bytes]]", exchange.scope["headers"]))

@@ -100,11 +100,13 @@ def check_ids(request_id: str, correlation_id: str) -> None:
 
 
 # Headers whose one value decides where a request goes or how it is logged: as the spec names them (Authorization, which
-# decides who sends it, has check_one_authorization)
+# decides who sends it, has check_one_authorization). The ids alone on the hub's own OCPI endpoints, which take no
+# routing headers (hub.auth.CredentialsTokenAuth).
+REQUEST_IDS = {b"x-request-id": "X-Request-ID", b"x-correlation-id": "X-Correlation-ID"}
 SINGLE_VALUED = {
-    name.lower().encode(): name
-    for name in ("OCPI-to-country-code", "OCPI-to-party-id", "OCPI-from-country-code", "OCPI-from-party-id",
-                 "X-Request-ID", "X-Correlation-ID")
+    **{name.lower().encode(): name
+       for name in ("OCPI-to-country-code", "OCPI-to-party-id", "OCPI-from-country-code", "OCPI-from-party-id")},
+    **REQUEST_IDS,
 }  # fmt: skip
 _AUTHORIZATION = {b"authorization": "Authorization"}
 
@@ -119,15 +121,16 @@ def check_one_authorization(headers: Iterable[tuple[bytes, bytes]]) -> None:
                            "which one is meant")  # fmt: skip
 
 
-def check_repeated(headers: Iterable[tuple[bytes, bytes]]) -> None:
-    """A header of SINGLE_VALUED that comes more than once with different values is refused, not taken by position
-    (RFC 9110, section 5.3: only a list-valued field may come in several lines). The caller checks first that some name
-    comes twice: its dict of the headers is shorter than the list."""
-    if (twice := _differing(headers, SINGLE_VALUED)) is not None:
+def check_repeated(headers: Iterable[tuple[bytes, bytes]], names: dict[bytes, str] = SINGLE_VALUED) -> None:
+    """A header of names that comes more than once with different values is refused, not taken by position (RFC 9110,
+    section 5.3: only a list-valued field may come in several lines), after the caller's token, on the relay and the
+    hub's own OCPI endpoints alike. The relay checks first that some name comes twice: its dict of the headers is
+    shorter than the list."""
+    if (twice := _differing(headers, names)) is not None:
         name, given = twice
         shown = ", ".join(repr(as_sent(value)) for value in given[:3])
-        raise InvalidParameters(f"{SINGLE_VALUED[name]} came {len(given)} times with different values ({shown}): the "
-                                "hub cannot tell which one is meant")  # fmt: skip
+        raise InvalidParameters(f"{names[name]} came {len(given)} times with different values ({shown}): the hub "
+                                "cannot tell which one is meant")  # fmt: skip
 
 
 def _differing(headers: Iterable[tuple[bytes, bytes]], names: dict[bytes, str]) -> tuple[bytes, list[bytes]] | None:

@@ -173,3 +173,29 @@ def test_authorization_sent_twice_is_refused_401_on_the_hubs_own_endpoints_as_on
     # the same token twice names one caller
     twice = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo", headers=[token, token])
     assert (twice.status_code, twice.json()["status_code"]) == (200, 1000), twice.text
+
+
+def test_an_id_sent_twice_with_two_values_is_refused_on_the_hubs_own_endpoints_as_on_the_relay_after_the_token(
+    hub: Hub, cpo_and_emsp: tuple[Party, Party]
+) -> None:
+    # versions, credentials and hubclientinfo (Litestar) took the last of two X-Request-IDs; the relay refused them
+    _, emsp = cpo_and_emsp
+    token = next(iter(token_header(emsp.hub_token or "").items()))
+    paths = ["/ocpi/2.2.1/sender/tariffs",  # the relay: the answer the others are held to
+             "/ocpi/versions", "/ocpi/2.2.1", "/ocpi/2.2.1/credentials",
+             "/ocpi/2.2.1/sender/hubclientinfo"]  # fmt: skip
+    for name in ("X-Request-ID", "X-Correlation-ID"):
+        answered = []
+        for path in paths:
+            for auth in ([token], []):
+                answer = httpx.get(f"{hub.base}{path}", headers=[*auth, (name, "id-one"), (name, "id-two")])
+                answered.append((path, bool(auth), answer.status_code, answer.json()["status_code"],
+                                 answer.json()["status_message"]))  # fmt: skip
+        said = f"{name} came 2 times with different values ('id-one', 'id-two'): the hub cannot tell which one is meant"
+        missing = "missing Authorization header: send 'Authorization: Token <base64 of your token>'"
+        assert answered == [(path, bool(auth), *((200, 2001, said) if auth else (401, 2000, missing)))
+                            for path in paths for auth in ([token], [])]  # fmt: skip
+    # the same id twice is one id
+    twice = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo",
+                      headers=[token, ("X-Request-ID", "id-one"), ("X-Request-ID", "id-one")])  # fmt: skip
+    assert (twice.status_code, twice.json()["status_code"], twice.headers["X-Request-ID"]) == (200, 1000, "id-one")

@@ -119,11 +119,12 @@ async def migrate_database(database_url: str, secret_key: str, apply: bool, key_
     """The migrations applied now (apply: serve, demo and migrate), or, for any other command, MigrationRefused when
     some are pending: a migration may change what running hubs of the previous version can write, so it is applied
     as deploy/README.md says, never by the way. Either way MigrationRefused for another secret key than the hub's
-    (key_source: where it came from), which the stored party tokens or the database's record of the key tell."""
+    (key_source: where it came from), which the stored party tokens or the database's record of the key tell (and, at
+    the migration that records it, what the database holds keyed: storage.secret_key_witnesses)."""
     conn = await asyncpg.connect(database_url)
     try:
         if apply:
-            applied = await migrate(conn, secret_key)
+            applied = await migrate(conn, secret_key, key_source)
         elif waiting := await pending(conn):
             if len(waiting) == len(migration_files()):
                 raise MigrationRefused("the database holds no hub yet: run ocpi-hub migrate (or serve) first")

@@ -12,7 +12,8 @@ import structlog
 
 from storage.audit_trail import seal_unchained
 from storage.log_row import floor_mac, seal_mac
-from storage.secrets import TokenBox, audit_trail_key, routing_log_key
+from storage.secret_key_witnesses import keyed_data_not_verifying
+from storage.secrets import TokenBox, audit_trail_key, key_check_value, routing_log_key
 from storage.sql import QUERIES
 
 log = structlog.get_logger()
@@ -42,7 +43,7 @@ class MigrationRefused(Exception):
     """A migration that would do harm with what it was given: nothing of it is applied."""
 
 
-async def _seal_unkeyed_chains(conn: asyncpg.Connection, secret_key: str) -> None:
+async def _seal_unkeyed_chains(conn: asyncpg.Connection, secret_key: str, key_source: str) -> None:
     """0012's Python half: every chain written so far has unkeyed hashes (storage.log_row.legacy_hash). Its head and
     its retention floors are MAC'd now, in the migration's transaction, so that none of its rows, and none of the
     gaps retention left, can be changed later without the key. A chain sealed later than this would take whatever
@@ -71,13 +72,42 @@ async def _seal_unkeyed_chains(conn: asyncpg.Connection, secret_key: str) -> Non
     log.info("routing_log_chains_sealed", chains=len(heads), floors=len(floors))
 
 
-async def _seal_unchained_trail(conn: asyncpg.Connection, secret_key: str) -> None:
+async def _seal_unchained_trail(conn: asyncpg.Connection, secret_key: str, key_source: str) -> None:
     """0019's Python half: the audit trail's head, no entry chained yet, MAC'd (storage.audit_trail)."""
     await check_secret_key(conn, secret_key, "migration 0019 would seal the audit trail under it")
     await seal_unchained(conn, audit_trail_key(routing_log_key(secret_key)))
 
 
-_PYTHON_HALF = {12: _seal_unkeyed_chains, 19: _seal_unchained_trail}
+async def _record_secret_key_check(conn: asyncpg.Connection, secret_key: str, key_source: str) -> None:
+    """0025's Python half: the key's check value (storage.secret_key_check) recorded, once the key is shown to be the
+    one the database holds keyed data with. Where no party token tells it, its keyed hashes do (storage.
+    secret_key_witnesses): recorded unchecked, another key would be taken for the hub's by every later start. Refused,
+    the migration is not applied, and the next start checks again."""
+    await check_secret_key(conn, secret_key, "migration 0025 would record it as the key the database was set up with")
+    if not_verifying := await keyed_data_not_verifying(conn, secret_key):
+        raise another_secret_key(key_source, not_verifying)
+    await conn.execute(QUERIES["record_secret_key_check"], key_check_value(secret_key))
+    log.info("secret_key_check_recorded", source=key_source)
+
+
+_PYTHON_HALF = {12: _seal_unkeyed_chains, 19: _seal_unchained_trail, 25: _record_secret_key_check}
+
+
+def another_secret_key(source: str, not_verifying: list[str] | None = None) -> MigrationRefused:
+    """The refusal of a key other than the one the database was set up with (source: where the key came from),
+    told by its check value, or before one was recorded by what the database holds keyed (not_verifying)."""
+    told = "" if not not_verifying else (
+        f" It holds no check of its key yet, and what it holds keyed does not verify with this one: "
+        f"{', '.join(not_verifying)} (if this is the hub's key, they were changed instead: the previous version's "
+        "ocpi-hub verify tells)"
+    )  # fmt: skip
+    return MigrationRefused(
+        f"this database was set up with another secret key than this one ({source}): a hub with it would write "
+        "routing-log rows and audit-trail entries that verify finds changed, unlike those of the hub's other "
+        "instances, and could not read the party tokens they store. Give every instance the hub's key: "
+        "OCPI_HUB_SECRET_KEY as the others have it (a hub started without it generated its key in its data dir, "
+        f"OCPI_HUB_DATA_DIR, as secret.key).{told}"
+    )
 
 
 async def check_secret_key(conn: asyncpg.Connection, secret_key: str, harm: str) -> None:
@@ -96,8 +126,9 @@ async def check_secret_key(conn: asyncpg.Connection, secret_key: str, harm: str)
         ) from None
 
 
-async def migrate(conn: asyncpg.Connection, secret_key: str) -> list[str]:
-    """Bring the schema up to date; returns the names of the files applied now. secret_key: OCPI_HUB_SECRET_KEY."""
+async def migrate(conn: asyncpg.Connection, secret_key: str, key_source: str = "OCPI_HUB_SECRET_KEY") -> list[str]:
+    """Bring the schema up to date; returns the names of the files applied now. secret_key: OCPI_HUB_SECRET_KEY
+    (key_source: where it came from, for a refusal of it)."""
     applied_now = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
@@ -112,7 +143,7 @@ async def migrate(conn: asyncpg.Connection, secret_key: str) -> list[str]:
             async with conn.transaction():
                 await _as_owner(conn.execute(sql), role, f"migration {name}")
                 if (python_half := _PYTHON_HALF.get(version)) is not None:
-                    await python_half(conn, secret_key)
+                    await python_half(conn, secret_key, key_source)
                 await conn.execute("INSERT INTO schema_migration (version, name) VALUES ($1, $2)", version, name)
             log.info("migration_applied", migration=name)
             applied_now.append(name)

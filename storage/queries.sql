@@ -703,6 +703,20 @@ SELECT value FROM secret_key_check;
 -- The first key's check value, unless one is recorded (meanwhile, by another process starting): NULL then.
 INSERT INTO secret_key_check (value) VALUES ($1) ON CONFLICT (only_row) DO NOTHING RETURNING value;
 
+-- name: audit_trail_head
+-- What storage.secret_key_witnesses checks a key against, before the database's first check value of it: the audit
+-- trail's head, its newest chained entry, and the routing log's newest row (unkeyed: of a chain of unkeyed hashes,
+-- sealed at the upgrade to keyed ones or spooled by a hub before it, which tells no key). Each one step of an index.
+SELECT unchained_upto, last_id, last_hash, mac FROM audit_trail_head;
+
+-- name: newest_audit_trail_entry
+SELECT id, at, actor_kind, actor_name, action, parameters::text AS parameters, prev_hash, hash
+FROM audit_trail WHERE hash IS NOT NULL AND prev_hash IS NOT NULL ORDER BY id DESC LIMIT 1;
+
+-- name: newest_routing_log_row
+SELECT r.*, EXISTS (SELECT FROM routing_log_sealed_chain AS s WHERE s.chain_id = r.chain_id) AS unkeyed
+FROM routing_log AS r ORDER BY r.received_at DESC, r.id DESC LIMIT 1;
+
 -- name: grant_serving_role
 -- What a role serving the hub may do (storage.serving_role; {role} and {audit_trail_ids} are quoted names): all it
 -- held before revoked first, so that the grants are exactly these. The routing log, its amendments and the audit trail

@@ -1,5 +1,6 @@
-"""The database's record of the secret key it was set up with (migration 0025): recorded by the first command to run
-with a key, compared by every later one, so that an instance given another key is refused at start."""
+"""The database's record of the secret key it was set up with (migration 0025): recorded by the migration, with the key
+that verifies what the database already holds keyed (storage.migrate), and compared by every later command, so that an
+instance given another key is refused at start."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import hmac
 import asyncpg
 import structlog
 
-from storage.migrate import MigrationRefused
+from storage.migrate import MigrationRefused, another_secret_key
 from storage.secrets import key_check_value
 from storage.sql import QUERIES
 
@@ -17,9 +18,10 @@ log = structlog.get_logger()
 
 async def check_recorded_key(conn: asyncpg.Connection, secret_key: str, source: str) -> None:
     """MigrationRefused unless secret_key is the key the database was set up with (source: where the key came from,
-    for the message). With none recorded yet, this key is: the first start keys the routing log's chains and the audit
-    trail with it, and every instance that follows must have the same. Two first starts at once with different keys:
-    one records, the other finds that one's value and is refused."""
+    for the message). With none recorded (its owner deleted it to put the database under a new key, deploy/README.md),
+    this key is: the first start keys the routing log's chains and the audit trail with it, and every instance that
+    follows must have the same. Two first starts at once with different keys: one records, the other finds that one's
+    value and is refused."""
     mine = key_check_value(secret_key)
     recorded = await conn.fetchval(QUERIES["recorded_secret_key_check"])
     if recorded is None:
@@ -35,10 +37,4 @@ async def check_recorded_key(conn: asyncpg.Connection, secret_key: str, source: 
             ) from None
         recorded = await conn.fetchval(QUERIES["recorded_secret_key_check"])
     if not hmac.compare_digest(recorded, mine):
-        raise MigrationRefused(
-            f"this database was set up with another secret key than this one ({source}): a hub with it would write "
-            "routing-log rows and audit-trail entries that verify finds changed, unlike those of the hub's other "
-            "instances, and could not read the party tokens they store. Give every instance the hub's key: "
-            "OCPI_HUB_SECRET_KEY as the others have it (a hub started without it generated its key in its data dir, "
-            "OCPI_HUB_DATA_DIR, as secret.key)"
-        )
+        raise another_secret_key(source)

@@ -26,7 +26,8 @@ import asyncpg
 
 from hub.admin.export import _CsvLines
 from storage.log_row_check import rows_integrity
-from storage.log_search import page_query, parse_filters
+from storage.log_search import parse_filters
+from storage.log_search_sql import page_query
 from storage.migrate import migrate
 from storage.secrets import TokenBox
 from storage.sql import QUERIES
@@ -187,7 +188,7 @@ async def _measure(conn: asyncpg.Connection, sample: asyncpg.Record, newest: dat
          10**9),
         ("export: 3 days, all parties", {"since": (newest - timedelta(days=3)).isoformat()}, 10**9),
     ):  # fmt: skip
-        from storage.log_search import export_query
+        from storage.log_search_sql import export_query
 
         sql, args = export_query(parse_filters(params))
         started = time.perf_counter()

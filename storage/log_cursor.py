@@ -1,5 +1,5 @@
 """The cursor of a routing-log search's keyset pages: the (received_at, id) of a page's last row, opaque to the caller
-(storage.log_search.page_query reads the rows after it)."""
+(storage.log_search_sql.page_query reads the rows after it)."""
 
 from __future__ import annotations
 

@@ -34,7 +34,8 @@ from hub.admin.routing_log import query_params
 from hub.export_manifest import MANIFEST_VERSION, public_key_info, signed, trailer
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S
 from storage.log_body import body_of, text_of
-from storage.log_search import BODY_COLUMNS, EXPORT_COLUMNS, BadFilter, Search, export_query, parse_filters
+from storage.log_search import BadFilter, Search, parse_filters
+from storage.log_search_sql import BODY_COLUMNS, EXPORT_COLUMNS, export_query
 from storage.log_verify import current_heads
 from storage.sql import QUERIES
 

@@ -20,13 +20,8 @@ from storage.log_body import body_of, text_of
 from storage.log_cursor import decode_cursor, encode_cursor
 from storage.log_row import BodyDigest, stored_text
 from storage.log_row_check import row_integrity, rows_integrity
-from storage.log_search import (
-    LIST_COLUMNS,
-    BadFilter,
-    is_row_id,
-    page_query,
-    parse_filters,
-)
+from storage.log_search import BadFilter, is_row_id, parse_filters
+from storage.log_search_sql import LIST_COLUMNS, page_query
 from storage.partitions import why_no_row
 from storage.sql import QUERIES
 

@@ -12,7 +12,8 @@ from litestar import Request, Response, get
 from hub.admin.actors import READ_ONLY, actor_of, record_action
 from hub.admin.api import AdminError, json_response
 from hub.admin.routing_log import fetch_planned, query_params
-from storage.log_search import BadFilter, full_where, parse_filters, parse_time
+from storage.log_search import BadFilter, parse_filters, parse_time
+from storage.log_search_sql import full_where
 
 BUCKETS = {"hour": timedelta(days=1), "day": timedelta(days=31)}  # the default span of each bucket size
 # An error: an HTTP error, or an OCPI status outside 1xxx (no OCPI status at all included), in what the caller was

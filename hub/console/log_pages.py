@@ -15,13 +15,8 @@ from hub.admin.routing_log import fetch_planned, load_conversation, load_message
 from hub.console.auth import actor
 from hub.envelope import path_number
 from storage.log_cursor import decode_cursor, encode_cursor
-from storage.log_search import (
-    FILTER_NAMES,
-    BadFilter,
-    is_row_id,
-    page_query,
-    parse_filters,
-)
+from storage.log_search import FILTER_NAMES, BadFilter, is_row_id, parse_filters
+from storage.log_search_sql import page_query
 from storage.partitions import why_no_row
 from storage.sql import QUERIES
 

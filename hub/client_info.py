@@ -7,6 +7,10 @@ Every change that queues a push (client_info_push, written in the statement that
 directory, which every hub process then loads again: the process that made it at once, the others on its announcement.
 So each process sleeps until its directory is reloaded, at most LONGEST_SLEEP_S, and an idle hub asks the database for
 pending pushes once a minute, not once a second.
+
+A suspended platform is pushed none of the changes (nor is a party whose roles are not CONNECTED). Once resumed and
+connected again, it is pushed what it missed: the current ClientInfo of each other party's role whose status changed
+since it was suspended (migration 0027), not every role on the hub, which would be hundreds of PUTs for a few changes.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import asyncio
 import contextlib
 import time
 from datetime import UTC, datetime
+from typing import NamedTuple
 from urllib.parse import urlencode
 
+import asyncpg
 import msgspec
 import structlog
 from litestar import Request, Response, get
@@ -37,6 +43,7 @@ from storage.sql import QUERIES
 log = structlog.get_logger()
 
 MAX_LIMIT = 1000
+MISSED_BATCH = 50  # of the ClientInfo a party back from a suspension missed, pushed in one round
 LONGEST_SLEEP_S = 60.0  # the safety net: a wake-up missed (Redis away) delays a push by at most this much
 TURN_TAKEN_S = 1.0  # another process is pushing: look again soon, in case it stops before it took this change
 AFTER_ERROR_S = 1.0  # the database briefly away: look again soon
@@ -110,10 +117,10 @@ async def run_pushes(state: State) -> None:
 
 
 async def push_pending(state: State) -> int | None:
-    """PUT each pending change to every other connected party with a hubclientinfo RECEIVER; one attempt each; how
-    many changes were pushed. Each party gets the changes in their order, one after the other, and the parties are
-    pushed to side by side, so a slow or unreachable party delays only its own pushes, not every other party's. One
-    hub process at a time: None when another holds the turn.
+    """PUT each pending change to every other connected party with a hubclientinfo RECEIVER, and to a party back from
+    a suspension what it missed; one attempt each; how many pushes were made. Each party gets the changes in their
+    order, one after the other, and the parties are pushed to side by side, so a slow or unreachable party delays only
+    its own pushes, not every other party's. One hub process at a time: None when another holds the turn.
 
     The turn is a lock of the connection's session, not of a transaction: no transaction stays open while the parties
     are called, which may take OCPI_HUB_FORWARD_TIMEOUT_S and more (a database's idle_in_transaction_session_timeout
@@ -124,29 +131,66 @@ async def push_pending(state: State) -> int | None:
             return None
         try:
             changes = await conn.fetch(QUERIES["pending_client_info_pushes"])
-            if not changes:
-                return 0
-            infos = [ClientInfo(c["party_id"], c["country_code"], c["role"], c["status"], _when(c["last_updated"]))
-                     for c in changes]  # fmt: skip
             pushes = [(c["platform_id"], info, msgspec.json.encode(info))
-                      for c, info in zip(changes, infos, strict=True)]  # fmt: skip
+                      for c in changes for info in [_client_info(c)]]  # fmt: skip
             recipients = [
                 p for p in state.directory.current.platforms.values()
                 if p.state == "REGISTERED" and p.endpoint("hubclientinfo", "RECEIVER")
                 and any(r.status == "CONNECTED" for r in p.roles)
             ]  # fmt: skip
-            await asyncio.gather(*(_push_in_order(state, p, pushes) for p in recipients))
+            # read after the changes: what a party missed is as new as the last of them, and is pushed after them
+            missed = await _missed(conn, [p.id for p in recipients])
+            if not pushes and not missed:
+                return 0
+            answered = await asyncio.gather(
+                *(_push_in_order(state, p, pushes + (m.pushes if (m := missed.get(p.id)) else [])) for p in recipients)
+            )
             await conn.execute(QUERIES["client_info_pushed"], [c["id"] for c in changes])
+            caught_up = [missed[p.id] for p, done in zip(recipients, answered, strict=True) if done and p.id in missed]
+            for m in caught_up:  # a party that did not answer is pushed the same batch again in a later round
+                await conn.execute(QUERIES["client_infos_missed_pushed"], m.platform_id, m.since, m.last)
         finally:  # the turn ends with the round, not whenever the pool next resets this connection
             await conn.execute(QUERIES["end_client_info_push_turn"])
-    return len(changes)
+    # not a batch the party did not answer: that waits for the next change or LONGEST_SLEEP_S, not a round at once
+    return len(changes) + sum(len(m.pushes) for m in caught_up)
 
 
-async def _push_in_order(state: State, platform: Platform, pushes: list[tuple[int, ClientInfo, bytes]]) -> None:
+def _client_info(row: asyncpg.Record) -> ClientInfo:
+    return ClientInfo(row["party_id"], row["country_code"], row["role"], row["status"], _when(row["last_updated"]))
+
+
+class Missed(NamedTuple):
+    """A batch of the ClientInfo a platform missed while suspended (migration 0027), and what to record once it is
+    pushed: since when it missed them, and the last role pushed (None: nothing is left)."""
+
+    platform_id: int
+    pushes: list[tuple[int, ClientInfo, bytes]]
+    since: datetime
+    last: int | None
+
+
+async def _missed(conn: asyncpg.Connection, recipients: list[int]) -> dict[int, Missed]:
+    """Of these parties, those back from a suspension: the next batch of what they missed. Only a party connected again
+    is pushed it (its roles come back CONNECTED once the still-alive probe finds its server answering), so that a
+    server still down does not take the round's time; a batch at a time, so that hundreds of roles to catch up on do
+    not hold every other party's next pushes for as long."""
+    found = {}
+    for behind in await conn.fetch(QUERIES["platforms_missing_client_infos"]):
+        if behind["id"] not in recipients:
+            continue
+        rows = await conn.fetch(QUERIES["client_infos_missed"], behind["id"], behind["since"], behind["after"],
+                                MISSED_BATCH)  # fmt: skip
+        pushes = [(r["platform_id"], info, msgspec.json.encode(info)) for r in rows for info in [_client_info(r)]]
+        last = rows[-1]["id"] if len(rows) == MISSED_BATCH else None
+        found[behind["id"]] = Missed(behind["id"], pushes, behind["since"], last)
+    return found
+
+
+async def _push_in_order(state: State, platform: Platform, pushes: list[tuple[int, ClientInfo, bytes]]) -> bool:
     """The changes to one party, each once its previous one is answered: the last one it gets is the status now. Not
     the changes of its own platform: a party is not told its own status. Once a push finds the party unreachable or
     too slow, the rest are not sent: each would hold this turn, and every party's next pushes, for as long again (the
-    still-alive check probes the party; it can GET the list when it is back)."""
+    still-alive check probes the party; it can GET the list when it is back). False then."""
     mine = [(info, body) for about, info, body in pushes if about != platform.id]
     for n, (info, body) in enumerate(mine):
         if not await _put(state, platform, info, body):
@@ -155,7 +199,8 @@ async def _push_in_order(state: State, platform: Platform, pushes: list[tuple[in
                 log.warning("client_info_pushes_skipped", platform_id=platform.id, platform=platform.name,
                             pushes=len(skipped), about=about,
                             why="the push before found the party unreachable or too slow")  # fmt: skip
-            return
+            return False
+    return True
 
 
 async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) -> bool:

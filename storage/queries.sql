@@ -203,9 +203,14 @@ FROM platform WHERE state <> 'UNREGISTERED';
 
 -- name: suspend_platform
 -- The operator suspends a registered platform (migration 0026): its connected roles go OFFLINE, each change pushed as
--- ClientInfo; NULL when it is not registered (invited, suspended already, removed, or none).
+-- ClientInfo; NULL when it is not registered (invited, suspended already, removed, or none). From now on it misses the
+-- other parties' changes (migration 0027), and those still waiting to be pushed: it is pushed them once it is back.
+-- From a second before: a change whose transaction began before this one and commits after it is missed too.
 WITH suspended AS (
-    UPDATE platform SET state = 'SUSPENDED', suspended_at = now(), suspended_reason = $2
+    UPDATE platform SET state = 'SUSPENDED', suspended_at = now(), suspended_reason = $2,
+           client_info_missed_since = least(client_info_missed_since, now() - interval '1 second',
+               (SELECT min(last_updated) FROM client_info_push WHERE delivered_at IS NULL)),
+           client_info_missed_after = NULL
     WHERE id = $1 AND state = 'REGISTERED'
     RETURNING id, suspended_at
 ), changed AS (
@@ -220,7 +225,8 @@ SELECT suspended_at FROM suspended;
 
 -- name: resume_platform
 -- A suspended platform is registered again; its roles stay OFFLINE until the still-alive probe finds its server
--- answering (routing.still_alive), which makes them CONNECTED and pushes that. NULL when it was not suspended.
+-- answering (routing.still_alive), which makes them CONNECTED and pushes that; then it is pushed the ClientInfo it
+-- missed (client_infos_missed). NULL when it was not suspended.
 UPDATE platform SET state = 'REGISTERED', suspended_at = NULL, suspended_reason = NULL
 WHERE id = $1 AND state = 'SUSPENDED'
 RETURNING id;
@@ -437,6 +443,33 @@ SELECT pg_advisory_unlock(hashtextextended('rotate_credentials', $1::bigint));
 -- The turn's holder is the only reader that marks them delivered: no row lock is needed.
 SELECT id, platform_id, role, country_code, party_id, status, last_updated
 FROM client_info_push WHERE delivered_at IS NULL ORDER BY id LIMIT 50;
+
+-- name: platforms_missing_client_infos
+-- The registered platforms that missed ClientInfo pushes while suspended (migration 0027), and where they are in
+-- being pushed them.
+SELECT id, client_info_missed_since AS since, client_info_missed_after AS after
+FROM platform WHERE client_info_missed_since IS NOT NULL AND state = 'REGISTERED';
+
+-- name: client_infos_missed
+-- What platform $1 missed since $2: the ClientInfo, as it is now (as client_infos lists it), of every other platform's
+-- role whose status changed since then; by role id, after role $3, $4 at most. A role that changes again meanwhile is
+-- pushed that change as every change is, as the platform is connected again by now.
+SELECT r.id, r.platform_id, r.role, r.country_code, r.party_id,
+       CASE WHEN r.status = 'UNREGISTERED' THEN 'SUSPENDED' ELSE r.status END AS status,
+       r.status_changed_at AS last_updated
+FROM party_role r
+WHERE r.platform_id <> $1 AND r.status_changed_at >= $2 AND r.id > coalesce($3::bigint, 0)
+  AND NOT EXISTS (SELECT 1 FROM party_role later
+                  WHERE later.role = r.role AND upper(later.country_code) = upper(r.country_code)
+                    AND upper(later.party_id) = upper(r.party_id) AND later.id > r.id)
+ORDER BY r.id LIMIT $4;
+
+-- name: client_infos_missed_pushed
+-- Platform $1 was pushed what it missed since $2 up to role $3 (NULL: all of it). Not if it was suspended again
+-- meanwhile: that suspension's catch-up starts over.
+UPDATE platform SET client_info_missed_after = $3::bigint,
+       client_info_missed_since = CASE WHEN $3::bigint IS NULL THEN NULL ELSE client_info_missed_since END
+WHERE id = $1 AND state = 'REGISTERED' AND client_info_missed_since = $2;
 
 -- name: client_info_pushed
 UPDATE client_info_push SET delivered_at = now() WHERE id = any($1::bigint[]);

@@ -5,7 +5,9 @@ request with its token is refused with HTTP 401 saying so (hub.auth.suspended), 
 (4003, routing.decide), and the hub sends it nothing of its own (no still-alive probes, pull syncs or ClientInfo).
 Its roles go OFFLINE for the other parties. Resumed, it is registered again; its roles come back CONNECTED once the
 still-alive probe finds its server answering, at once on the process that resumed it (or, from the CLI, within
-OCPI_HUB_OFFLINE_PROBE_S). Taking a platform off the hub (hub.admin.unregistering) is the final step; this one is not.
+OCPI_HUB_OFFLINE_PROBE_S), and then the hub pushes it the ClientInfo it missed meanwhile (hub.client_info; from when,
+recorded as it is suspended: migration 0027). Taking a platform off the hub (hub.admin.unregistering) is the final
+step; this one is not.
 """
 
 from __future__ import annotations

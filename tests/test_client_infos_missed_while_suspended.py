@@ -1,0 +1,109 @@
+"""A platform back from a suspension is pushed the ClientInfo of the other parties' changes it missed meanwhile (their
+status as it is now, once each), once its roles are CONNECTED again, by whichever hub process takes the push turn;
+nothing while it is suspended (migration 0027)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
+from tests.log_rows import sql
+from tests.parties import token_header
+from tests.test_admin_and_cli import _cli, _platform_id
+from tests.test_hub_client_info import _push_rows, _pushes_about, _wait_for
+from tests.test_routing import _roles, party_key
+
+
+def _statuses(party, about) -> list[str]:  # type: ignore[no-untyped-def]
+    return [p["status"] for p in _pushes_about(party, about)]
+
+
+def test_a_resumed_platform_is_pushed_what_changed_while_it_was_suspended_and_nothing_before(
+    hub: Hub, connect_party, db
+) -> None:  # type: ignore[no-untyped-def]
+    suspended = connect_party(_roles("EMSP"), name="Suspended eMSP")
+    watcher, unchanged, goes_offline = (connect_party(_roles(role)) for role in ("EMSP", "CPO", "CPO"))
+    assert _wait_for(lambda: _statuses(suspended, party_key(goes_offline)) == ["PLANNED", "CONNECTED"])
+    # delivered (a round marks its changes once every party answered): one pending would be pushed again on resume
+    assert _wait_for(
+        lambda: db.run(db.fetchval("SELECT count(*) FROM client_info_push WHERE delivered_at IS NULL")) == 0
+    )
+    time.sleep(1.1)  # what it misses is taken from a second before its suspension (storage/queries.sql)
+    suspended_id = _platform_id(hub, party_key(suspended))
+    with hub.admin() as admin:
+        assert admin.post(f"/admin/api/parties/{suspended_id}/suspend", json={"reason": "test"}).status_code == 200
+    assert _wait_for(lambda: _statuses(watcher, party_key(suspended))[-1:] == ["OFFLINE"])
+    before = len(suspended.client_infos())
+
+    # meanwhile another platform is suspended (OFFLINE) and a new one registers (PLANNED, then CONNECTED)
+    with hub.admin() as admin:
+        offline_id = _platform_id(hub, party_key(goes_offline))
+        assert admin.post(f"/admin/api/parties/{offline_id}/suspend", json={"reason": "test"}).status_code == 200
+    newcomer = connect_party(_roles("CPO"), name="Newcomer")
+    assert _wait_for(lambda: _statuses(watcher, party_key(newcomer)) == ["PLANNED", "CONNECTED"])
+    assert _wait_for(lambda: _statuses(watcher, party_key(goes_offline))[-1:] == ["OFFLINE"])
+    time.sleep(0.5)  # a push to the suspended party would have come with the watcher's
+    assert len(suspended.client_infos()) == before
+
+    with hub.admin() as admin:
+        assert admin.post(f"/admin/api/parties/{suspended_id}/resume").status_code == 200
+    # once its role is CONNECTED again: each change it missed, as it is now (not the newcomer's PLANNED before it)
+    assert _wait_for(lambda: _statuses(suspended, party_key(newcomer)) == ["CONNECTED"], timeout=20)
+    assert _wait_for(lambda: _statuses(suspended, party_key(goes_offline)) == ["PLANNED", "CONNECTED", "OFFLINE"])
+    assert _wait_for(lambda: _statuses(watcher, party_key(suspended))[-1] == "CONNECTED")
+    # not what did not change since it was suspended; each push a routing-log row, as every push is
+    assert _statuses(suspended, party_key(unchanged)) == ["PLANNED", "CONNECTED"]
+    rows = _wait_for(lambda: _push_rows(db, party_key(newcomer), to=party_key(suspended)))
+    assert [(r["routing"], r["method"], r["http_status"]) for r in rows] == [("hub", "PUT", 200)]
+    assert _wait_for(lambda: db.run(db.fetchrow(
+        "SELECT client_info_missed_since IS NULL AND client_info_missed_after IS NULL AS done FROM platform "
+        "WHERE id = $1", suspended_id))["done"])  # fmt: skip
+    time.sleep(0.5)  # and none twice
+    assert _statuses(suspended, party_key(newcomer)) == ["CONNECTED"]
+    with hub.admin() as admin:
+        assert admin.post(f"/admin/api/parties/{offline_id}/resume").status_code == 200
+
+
+def test_a_platform_resumed_from_the_cli_is_pushed_what_it_missed_by_the_running_hub(hub: Hub, connect_party) -> None:  # type: ignore[no-untyped-def]
+    suspended = connect_party(_roles("EMSP"), name="Suspended from the CLI")
+    platform_id = _platform_id(hub, party_key(suspended))
+    assert _cli(hub, "parties", "suspend", str(platform_id), "--reason", "test").returncode == 0
+    # the running hub hears of it through Redis
+    assert _wait_for(lambda: httpx.get(hub.versions_url, headers=token_header(suspended.hub_token)).status_code == 401)
+    newcomer = connect_party(_roles("CPO"), name="Newcomer")
+    time.sleep(0.5)
+    assert _statuses(suspended, party_key(newcomer)) == []
+    resumed = _cli(hub, "parties", "resume", str(platform_id))  # a process of its own, gone before anything is pushed
+    assert resumed.returncode == 0, resumed.stderr
+    assert _wait_for(lambda: _statuses(suspended, party_key(newcomer)) == ["CONNECTED"], timeout=40)
+
+
+def test_hundreds_of_changes_missed_are_pushed_in_batches_each_once(
+    services: Services, empty_database: str, tmp_path: Path, start_party
+) -> None:
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database,
+                  OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}missed-{tmp_path.name}:")  # fmt: skip
+    hub = start_hub(env, tmp_path / "hub.log")
+    try:
+        suspended = register_at_hub(hub, start_party, _roles("EMSP"))
+        platform_id = _platform_id(hub, party_key(suspended))
+        with hub.admin() as admin:
+            assert admin.post(f"/admin/api/parties/{platform_id}/suspend", json={"reason": "x"}).status_code == 200
+        invited = [("CPO", "DE", unique_party_id()) for _ in range(120)]  # 50 a round: three rounds
+        hub.invite("Many roles", *invited)
+        time.sleep(0.5)
+        assert suspended.client_infos() == []
+        with hub.admin() as admin:
+            assert admin.post(f"/admin/api/parties/{platform_id}/resume").status_code == 200
+        assert _wait_for(lambda: len(suspended.client_infos()) >= len(invited), timeout=30)
+        time.sleep(1.0)  # none more, none twice
+        pushed = sorted(r.path.rsplit("/", 1)[1] for r in suspended.client_infos())
+        assert pushed == sorted(pid for _, _, pid in invited)
+        missed = sql(empty_database, "SELECT client_info_missed_since FROM platform WHERE id = $1", platform_id)
+        assert missed[0][0] is None
+    finally:
+        hub.stop()
+    assert "client_info_push_failed" not in hub.log()

@@ -8,7 +8,7 @@ import os
 import resource
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -16,7 +16,12 @@ from hub.metrics_dir import workers_metrics_dir
 from hub.settings import LISTEN_ADDRESS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
     from hub.settings import Settings
+
+    Handler = Callable[[int, FrameType | None], None]
 
 PUBLIC_URL_FILE = "public-url"  # in the data dir: the URL the last `ocpi-hub serve` there serves at
 
@@ -126,7 +131,7 @@ def _on_granian(settings: Settings, host: str, port: int, workers: int) -> int:
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
 
-    Granian(
+    server = Granian(
         "hub.app:create_app",
         factory=True,
         address=host,
@@ -138,5 +143,29 @@ def _on_granian(settings: Settings, host: str, port: int, workers: int) -> int:
         log_dictconfig={"version": 1, "loggers": {"_granian": {"handlers": [], "propagate": True}}},
         # granian's time to read a request's headers is also how long an idle keep-alive connection stays open
         http1_settings=HTTP1Settings(header_read_timeout=settings.keep_alive_s * 1000),
-    ).serve()
+    )
+    server.on_startup(_workers_stop_at_once_until_they_handle_signals)
+    server.serve()
     return 0
+
+
+def _workers_stop_at_once_until_they_handle_signals() -> None:
+    """granian forks its workers with its own SIGTERM and SIGINT handler in place, which only sets a flag (the
+    worker's copy of the parent's): a worker told to stop while it still imported and built the app, before it put
+    its own handlers in place, went on to start and serve, and granian waited for it for ever (a SIGTERM right after
+    a start, as in a rollout). Run once granian's handlers are in place, before it forks: in a worker, they now stop
+    it at once, as a process that has not started yet stops."""
+    parent = os.getpid()
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, _stopping_workers_at_once(parent, signal.getsignal(handled)))
+
+
+def _stopping_workers_at_once(parent: int, granians: Callable[[int, FrameType | None], Any] | int | None) -> Handler:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != parent:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        elif callable(granians):
+            granians(signum, frame)
+
+    return handler

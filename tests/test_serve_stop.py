@@ -1,0 +1,122 @@
+"""`serve --workers 2` told to stop (SIGTERM) while its workers are starting: every worker stops, and serve exits well
+within the grace period (Kubernetes sends SIGTERM during rollouts, also right after a start)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import OUTPUT, ROOT, Services, hub_env
+from tests.parties import free_port
+
+# A stop during start-up takes a worker's start and its shutdown: seconds. Well under granian's kill of a worker that
+# does not stop (hub.serve.WORKERS_KILL_AFTER_S), so that a worker killed there fails this too.
+STOPPED_WITHIN_S = 20
+
+
+class Serve:
+    """An `ocpi-hub serve` process and every process it started, recorded while it runs."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.process, self.log_path = process, log_path
+        self.started: dict[int, psutil.Process] = {}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def look(self) -> None:
+        try:
+            for child in psutil.Process(self.process.pid).children(recursive=True):
+                self.started.setdefault(child.pid, child)
+        except psutil.Error:  # serve has exited: what it started was recorded while it ran
+            pass
+
+    def still_running(self) -> list[str]:
+        running = []
+        for child in self.started.values():
+            try:
+                if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+                    running.append(f"{child.pid} {' '.join(child.cmdline())[:100]}")
+            except psutil.Error:
+                pass
+        return running
+
+    def kill_all(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        for child in self.started.values():
+            with contextlib.suppress(psutil.Error):
+                child.kill()  # psutil checks it is still the process recorded, not another given its pid since
+        self.process.wait(10)
+
+
+def _start_serve(services: Services, data_dir: Path, server: str) -> Serve:
+    port = free_port()
+    env = hub_env(services, data_dir) | {"OCPI_HUB_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    log_path = OUTPUT / f"hub-stopped-while-starting-{server}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hub.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "2", "--server", server],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )  # fmt: skip
+    return Serve(process, log_path)
+
+
+def _workers_forked_none_started(serve: Serve) -> bool:
+    # both workers exist and build the app: granian's, forked, had not yet put their own signal handlers in place
+    return len(serve.started) >= 2 and '"hub_started"' not in serve.log()
+
+
+def _one_worker_started(serve: Serve) -> bool:
+    return serve.log().count('"hub_started"') == 1
+
+
+def _came(serve: Serve, moment: Callable[[Serve], bool]) -> bool:
+    """Whether the moment came; False when both workers had started before it was seen."""
+    deadline = time.monotonic() + 60
+    while not moment(serve):
+        assert serve.process.poll() is None and time.monotonic() < deadline, serve.log()
+        if serve.log().count('"hub_started"') == 2:
+            return False
+        serve.look()
+        time.sleep(0.005)
+    return True
+
+
+def _stopped_entirely(serve: Serve, data_dir: Path) -> None:
+    serve.process.send_signal(signal.SIGTERM)
+    told = time.monotonic()
+    while serve.process.poll() is None and time.monotonic() - told < STOPPED_WITHIN_S:
+        serve.look()  # a worker started by now is one of the serve's too
+        time.sleep(0.02)
+    assert serve.process.poll() == 0, f"exit {serve.process.poll()} {time.monotonic() - told:.1f} s on:\n{serve.log()}"
+    time.sleep(0.5)  # what serve stopped is gone from the process table, not only on its way out
+    assert serve.still_running() == [], serve.log()
+    assert not list(data_dir.glob("metrics-*"))  # serve went through its own way out
+
+
+@pytest.mark.parametrize("moment", [_workers_forked_none_started, _one_worker_started], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+def test_sigterm_while_workers_start_stops_every_worker_and_serve_within_seconds(
+    services: Services, tmp_path: Path, server: str, moment: Callable[[Serve], bool]
+) -> None:
+    for attempt in range(3):  # both workers may start within the same few milliseconds: the moment is missed then
+        serve = _start_serve(services, tmp_path / str(attempt), server)
+        try:
+            came = _came(serve, moment)
+            _stopped_entirely(serve, tmp_path / str(attempt))
+        finally:
+            serve.kill_all()
+        if came:
+            return
+    pytest.fail(f"{moment.__name__} did not come in 3 starts")

@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     Handler = Callable[[int, FrameType | None], None]
 
 PUBLIC_URL_FILE = "public-url"  # in the data dir: the URL the last `ocpi-hub serve` there serves at
+# uvicorn and granian wait for their workers to stop for as long as they take: one that does not (a stop lost, a
+# shutdown stuck) would hold serve past the orchestrator's grace period, and be left running once serve is killed.
+# The hub's own graceful shutdown takes at most 30 s (deploy/README.md, Graceful shutdown); Compose gives 45 s,
+# Kubernetes 60 s.
+WORKERS_KILL_AFTER_S = 35
 
 
 def _raise_open_files_limit() -> None:
@@ -118,7 +123,8 @@ def _on_uvicorn(settings: Settings, host: str, port: int, workers: int) -> int:
         worker = uvicorn.Server(config)
         worker.run()
         return 0 if worker.started else STARTUP_FAILURE  # as uvicorn.run
-    supervisor = Supervisor(config, sockets=[config.bind_socket()])  # uvicorn.run's own path for several workers
+    # uvicorn.run's own path for several workers
+    supervisor = Supervisor(config, sockets=[config.bind_socket()], kill_after_s=WORKERS_KILL_AFTER_S)
     supervisor.run()
     if supervisor.stopped_by_a_failed_start:  # exit 0 would be taken for a shutdown asked for
         print("ocpi-hub: stopped, since a worker could not start (see the lines above)", file=sys.stderr, flush=True)
@@ -143,6 +149,7 @@ def _on_granian(settings: Settings, host: str, port: int, workers: int) -> int:
         log_dictconfig={"version": 1, "loggers": {"_granian": {"handlers": [], "propagate": True}}},
         # granian's time to read a request's headers is also how long an idle keep-alive connection stays open
         http1_settings=HTTP1Settings(header_read_timeout=settings.keep_alive_s * 1000),
+        workers_kill_timeout=WORKERS_KILL_AFTER_S,
     )
     server.on_startup(_workers_stop_at_once_until_they_handle_signals)
     server.serve()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
+from socket import socket
 
 import structlog
+from uvicorn import Config
 from uvicorn.server import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess
 
@@ -17,6 +20,23 @@ class Supervisor(Multiprocess):
     should be refused at once, for a client or a load balancer to try another instance."""
 
     asked_to_stop = False  # by SIGTERM or SIGINT
+
+    def __init__(self, config: Config, sockets: list[socket], kill_after_s: float) -> None:
+        super().__init__(config, sockets)
+        self.kill_after_s = kill_after_s
+
+    def join_all(self) -> None:
+        """Waits for the workers to stop, as uvicorn does, but kills one still running kill_after_s after they were
+        told: uvicorn waited for ever, holding serve past the orchestrator's grace period."""
+        deadline = time.monotonic() + self.kill_after_s
+        for process in self.processes:
+            process.process.join(max(deadline - time.monotonic(), 0))
+            if process.process.exitcode is None:
+                log.warning(
+                    "worker_killed", pid=process.pid, reason=f"still running {self.kill_after_s:g} s after the stop"
+                )
+                process.process.kill()
+                process.process.join()
 
     def handle_term(self) -> None:
         self._asked("SIGTERM")

@@ -4,6 +4,8 @@ within the grace period (Kubernetes sends SIGTERM during rollouts, also right af
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,11 +16,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from hub.serve import WORKERS_KILL_AFTER_S
 from tests.conftest import OUTPUT, ROOT, Services, hub_env
 from tests.parties import free_port
 
 # A stop during start-up takes a worker's start and its shutdown: seconds. Well under granian's kill of a worker that
-# does not stop (hub.serve.WORKERS_KILL_AFTER_S), so that a worker killed there fails this too.
+# does not stop (WORKERS_KILL_AFTER_S), so that a worker killed there fails this too.
 STOPPED_WITHIN_S = 20
 
 
@@ -93,10 +96,10 @@ def _came(serve: Serve, moment: Callable[[Serve], bool]) -> bool:
     return True
 
 
-def _stopped_entirely(serve: Serve, data_dir: Path) -> None:
+def _stopped_entirely(serve: Serve, data_dir: Path, within_s: float = STOPPED_WITHIN_S) -> None:
     serve.process.send_signal(signal.SIGTERM)
     told = time.monotonic()
-    while serve.process.poll() is None and time.monotonic() - told < STOPPED_WITHIN_S:
+    while serve.process.poll() is None and time.monotonic() - told < within_s:
         serve.look()  # a worker started by now is one of the serve's too
         time.sleep(0.02)
     assert serve.process.poll() == 0, f"exit {serve.process.poll()} {time.monotonic() - told:.1f} s on:\n{serve.log()}"
@@ -120,3 +123,18 @@ def test_sigterm_while_workers_start_stops_every_worker_and_serve_within_seconds
         if came:
             return
     pytest.fail(f"{moment.__name__} did not come in 3 starts")
+
+
+@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+def test_a_worker_that_does_not_stop_is_killed_and_serve_exits_within_the_grace_period(
+    services: Services, tmp_path: Path, server: str
+) -> None:
+    serve = _start_serve(services, tmp_path, server)
+    try:
+        assert _came(serve, lambda serve: False) is False  # until both workers have started
+        stuck = next(json.loads(line)["pid"] for line in serve.log().splitlines() if '"hub_started"' in line)
+        os.kill(stuck, signal.SIGSTOP)  # as a worker stuck in its shutdown: it takes no signal but SIGKILL
+        # Compose gives 45 s, Kubernetes 60 s (deploy/)
+        _stopped_entirely(serve, tmp_path, within_s=WORKERS_KILL_AFTER_S + 8)
+    finally:
+        serve.kill_all()

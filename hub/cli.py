@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import signal
 import socket
 import sys
 
@@ -48,8 +49,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":  # uvicorn or granian binds it again itself, in this process or in its workers
             listening.close()
             listening = None
+    if args.command == "serve":
+        # Until uvicorn or granian takes the signal over, SIGTERM stops serve as Ctrl-C does, through the stops of
+        # what it started: it killed serve outright, leaving running the embedded PostgreSQL it was migrating.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return _main(args, listening)
+    except KeyboardInterrupt:
+        if args.command != "serve":
+            raise
+        return 0  # a stop asked for, before serving began
     finally:
         if listening is not None:
             listening.close()

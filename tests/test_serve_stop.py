@@ -17,8 +17,9 @@ import psutil
 import pytest
 
 from hub.serve import WORKERS_KILL_AFTER_S
-from tests.conftest import OUTPUT, ROOT, Services, hub_env
+from tests.conftest import OUTPUT, ROOT, SECRET_KEY, Services, hub_env
 from tests.parties import free_port
+from tests.test_serve_and_storage import _processes_under as _embedded_under
 
 # A stop during start-up takes a worker's start and its shutdown: seconds. Well under granian's kill of a worker that
 # does not stop (WORKERS_KILL_AFTER_S), so that a worker killed there fails this too.
@@ -138,3 +139,27 @@ def test_a_worker_that_does_not_stop_is_killed_and_serve_exits_within_the_grace_
         _stopped_entirely(serve, tmp_path, within_s=WORKERS_KILL_AFTER_S + 8)
     finally:
         serve.kill_all()
+
+
+def test_sigterm_while_serve_migrates_stops_the_embedded_servers_it_started(tmp_path: Path) -> None:
+    # SIGTERM killed serve outright until the server took the signal over: the embedded PostgreSQL it had started
+    # for a fresh data dir went on running, with no serve to stop it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
+        "OCPI_HUB_DATA_DIR": str(tmp_path / "data"), "OCPI_HUB_SECRET_KEY": SECRET_KEY}  # fmt: skip
+    log_path = OUTPUT / "hub-stopped-while-migrating.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(free_port())], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
+    serve = Serve(process, log_path)
+    try:
+        deadline = time.monotonic() + 120
+        while '"migration_applied"' not in serve.log():  # the embedded servers run, serve migrates their database
+            assert serve.process.poll() is None and time.monotonic() < deadline, serve.log()
+            time.sleep(0.005)
+        assert _embedded_under(tmp_path / "data")
+        _stopped_entirely(serve, tmp_path)
+        assert _embedded_under(tmp_path / "data") == []
+    finally:
+        serve.kill_all()
+        for left in _embedded_under(tmp_path / "data"):
+            left.kill()

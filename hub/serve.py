@@ -162,9 +162,16 @@ def _workers_stop_at_once_until_they_handle_signals() -> None:
     its own handlers in place, went on to start and serve, and granian waited for it for ever (a SIGTERM right after
     a start, as in a rollout). Run once granian's handlers are in place, before it forks: in a worker, they now stop
     it at once, as a process that has not started yet stops."""
-    parent = os.getpid()
-    for handled in (signal.SIGTERM, signal.SIGINT):
+    parent, stops = os.getpid(), {signal.SIGTERM, signal.SIGINT}
+    for handled in stops:
         signal.signal(handled, _stopping_workers_at_once(parent, signal.getsignal(handled)))
+    # One the kernel hands a new worker before Python is done forking it is dropped there (CPython clears the signals
+    # pending in a forked child): blocked around the fork, it waits, and comes once the worker runs Python again.
+    os.register_at_fork(
+        before=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, stops),
+        after_in_parent=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, stops),
+        after_in_child=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, stops),
+    )
 
 
 def _stopping_workers_at_once(parent: int, granians: Callable[[int, FrameType | None], Any] | int | None) -> Handler:

@@ -55,8 +55,7 @@ async def parties(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
             removed = await _remove(settings, pool, redis_client, directory, locations, platform_id or 0)
             out(msgspec.json.format(msgspec.json.encode(removed)).decode())
         else:
-            reason = getattr(args, "reason", None)  # suspend's (required there), resume takes none
-            changed = await _suspend_or_resume(settings, pool, directory, platform_id or 0, reason)
+            changed = await _suspend_or_resume(settings, pool, directory, platform_id or 0, args)
             out(msgspec.json.format(msgspec.json.encode(changed)).decode())
     except AdminError as exc:
         print(f"ocpi-hub: {exc.message}", file=sys.stderr)
@@ -86,13 +85,14 @@ async def _remove(settings: Settings, pool: asyncpg.Pool, redis_client: redis.Re
 
 
 async def _suspend_or_resume(settings: Settings, pool: asyncpg.Pool, directory: DirectoryCache, platform_id: int,
-                             reason: str | None) -> Suspension:  # fmt: skip
-    """What POST /admin/api/parties/{id}/suspend (with reason) or .../resume does (hub.admin.suspension); the running
-    hub processes hear of it through Redis, and probe a resumed platform within OCPI_HUB_OFFLINE_PROBE_S."""
+                             args: argparse.Namespace) -> Suspension:  # fmt: skip
+    """What POST /admin/api/parties/{id}/suspend (with --reason) or .../resume does (hub.admin.suspension), by
+    args.action; the running hub processes hear of it through Redis, and probe a resumed platform within
+    OCPI_HUB_OFFLINE_PROBE_S."""
     from hub.admin.suspension import checked_reason, resume, suspend
     from hub.cli_commands import operator
 
     state = State({"pool": pool, "settings": settings, "directory": directory})
-    if reason is not None:
-        return await suspend(state, operator("parties"), platform_id, checked_reason(reason), via="cli")
+    if args.action == "suspend":
+        return await suspend(state, operator("parties"), platform_id, checked_reason(args.reason), via="cli")
     return await resume(state, operator("parties"), platform_id, via="cli")

@@ -168,8 +168,8 @@ def _changed(objects: list[dict], key: str, object_id: str, method: str, update:
     current = next((each for each in objects if same_id(each.get(key), object_id)), None)
     if current is not None:
         _not_older(update, current, what)
-    if method == "PUT":
-        return [each for each in objects if each is not current] + [update]
+    if method == "PUT":  # "New EVSE object, or EVSE object to replace" (mod_locations): replaced where it stood
+        return [update if each is current else each for each in objects] + ([update] if current is None else [])
     if current is None:
         return None
     current.update(update)

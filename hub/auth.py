@@ -12,7 +12,7 @@ from litestar.connection import ASGIConnection
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from hub.errors import Unauthorized
-from hub.request_context import REQUEST_IDS, check_one_authorization, check_repeated
+from hub.request_context import REQUEST_IDS, check_ids, check_one_authorization, check_repeated
 from storage.directory import Directory, Platform
 from storage.secrets import token_hash
 
@@ -126,8 +126,11 @@ def _removed_on(directory: Directory, value: str) -> datetime | None:
 
 class CredentialsTokenAuth(AbstractAuthenticationMiddleware):
     """Authenticates every OCPI request against the in-memory directory (no database round trip); then, as the relay
-    does once it knows the caller, refuses an X-Request-ID or X-Correlation-ID that came twice with different values
-    (the ids RequestContext took, echoed and bound to the request: request.state)."""
+    does once it knows the caller, refuses an X-Request-ID or X-Correlation-ID the hub cannot log and pass on as it
+    came (too long, not printable ASCII: check_ids), or that came twice with different values (the ids RequestContext
+    took, echoed and bound to the request: request.state). Every one of the hub's own OCPI routes alike: versions,
+    version details, credentials (whose rows hold the ids, and whose POST and PUT pass the correlation id on to the
+    party) and hubclientinfo."""
 
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
         state = connection.app.state
@@ -148,5 +151,7 @@ class CredentialsTokenAuth(AbstractAuthenticationMiddleware):
         if caller.token_kind == "A" and connection.scope["path"].rstrip("/") not in REGISTRATION_PATHS:
             raise Unauthorized("token A is only valid for versions and credentials: register first")
         state.last_seen[caller.platform.id] = datetime.now(UTC)
+        ids = connection.scope["state"]
+        check_ids(ids["request_id"], ids["correlation_id"])
         check_repeated(connection.scope["headers"], REQUEST_IDS)
         return AuthenticationResult(user=caller, auth=caller.token_kind)

@@ -16,7 +16,7 @@ import httpx
 
 from hub.request_context import MAX_HUBS_PASSED, MAX_ID_LENGTH
 from storage.secrets import hub_instance
-from tests.conftest import SECRET_KEY, Db, Hub
+from tests.conftest import SECRET_KEY, Db, Hub, unique_party_id
 from tests.parties import Party, token_header
 from tests.test_routing import party_key
 
@@ -199,3 +199,60 @@ def test_an_id_sent_twice_with_two_values_is_refused_on_the_hubs_own_endpoints_a
     twice = httpx.get(f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo",
                       headers=[token, ("X-Request-ID", "id-one"), ("X-Request-ID", "id-one")])  # fmt: skip
     assert (twice.status_code, twice.json()["status_code"], twice.headers["X-Request-ID"]) == (200, 1000, "id-one")
+
+
+def test_an_id_too_long_or_not_printable_ascii_is_refused_on_every_own_route_as_on_the_relay_with_its_rows(
+    hub: Hub, cpo_and_emsp: tuple[Party, Party], start_party: Callable[..., Party], db: Db
+) -> None:
+    # versions, version details, hubclientinfo and the credentials GET and DELETE (Litestar) took such ids, and echoed
+    # them; only the credentials POST and PUT refused them, as the relay does
+    _, emsp = cpo_and_emsp
+    invited = start_party(("CPO", "NL", unique_party_id()), name="invited")
+    token_a = hub.invite(invited.name, *invited.roles)["token_a"]
+    token_c = emsp.hub_token or ""
+    routes: list[tuple[str, str, str, object]] = [
+        ("GET", "/ocpi/2.2.1/sender/tariffs", token_c, None),  # the relay: the answer the others are held to
+        ("GET", "/ocpi/versions", token_c, None),
+        ("GET", "/ocpi/2.2.1", token_c, None),
+        ("GET", "/ocpi/2.2.1/credentials", token_c, None),
+        ("POST", "/ocpi/2.2.1/credentials", token_a, invited.credentials(invited.token_b)),
+        ("PUT", "/ocpi/2.2.1/credentials", token_c, emsp.credentials(emsp.token_b)),
+        ("DELETE", "/ocpi/2.2.1/credentials", token_c, None),
+        ("GET", "/ocpi/2.2.1/sender/hubclientinfo", token_c, None),
+    ]  # fmt: skip
+    # transport_and_format.asciidoc: "It is advised to used GUID/UUID as values for X-Request-ID and X-Correlation-ID"
+    bad_ids: list[tuple[str, Callable[[str], Headers]]] = [
+        ("X-Request-ID longer than 255", lambda rid: [("X-Request-ID", rid + "r" * MAX_ID_LENGTH)]),
+        ("X-Request-ID not printable ASCII", lambda rid: [("X-Request-ID", f"café{'-' * 40}{rid}".encode())]),
+        ("X-Correlation-ID longer than 255",
+         lambda rid: [("X-Request-ID", rid), ("X-Correlation-ID", "c" * (MAX_ID_LENGTH + 1))]),
+        ("X-Correlation-ID not printable ASCII",
+         lambda rid: [("X-Request-ID", rid), ("X-Correlation-ID", "café".encode())]),
+    ]  # fmt: skip
+    platform_id = db.run(db.fetchval("SELECT platform_id FROM party_role WHERE party_id = $1", emsp.roles[0][2]))
+    invited_id = db.run(db.fetchval("SELECT id FROM platform WHERE name = $1", invited.name))
+    answered, logged = {}, {}
+    for what, ids in bad_ids:
+        for method, path, token, body in routes:
+            request_id = str(uuid.uuid4())  # as long as the relay's, and never quoted: the messages match
+            sent = [*token_header(token).items(), *ids(request_id)]
+            answer = httpx.request(method, f"{hub.base}{path}", json=body, headers=sent)  # type: ignore[arg-type]
+            answered[what, method, path] = (answer.status_code, answer.json()["status_code"],
+                                            answer.json()["status_message"])  # fmt: skip
+            rows = db.run(db.fetch("SELECT http_status, ocpi_status_code, caller_platform_id FROM routing_log "
+                                   "WHERE request_id LIKE $1", f"%{request_id}%"))  # fmt: skip
+            logged[what, method, path] = [tuple(row) for row in rows]
+    relayed = {what: answered[what, "GET", "/ocpi/2.2.1/sender/tariffs"] for what, _ in bad_ids}
+    assert {what: said[:2] for what, said in relayed.items()} == {what: (200, 2001) for what, _ in bad_ids}
+    assert answered == {(what, method, path): relayed[what] for what, _ in bad_ids for method, path, _, _ in routes}
+    # the relay and the credentials endpoint log every request, refused or not (versions, details and hubclientinfo
+    # log none): each refusal has its row, naming its caller
+    logging = ("/ocpi/2.2.1/sender/tariffs", "/ocpi/2.2.1/credentials")
+    assert logged == {
+        (what, method, path): [(200, 2001, invited_id if method == "POST" else platform_id)] if path in logging else []
+        for what, _ in bad_ids for method, path, _, _ in routes
+    }  # fmt: skip
+    # nothing was done: the platform is registered with the token it had, the invited one can still register
+    still = httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token_c))
+    assert (still.status_code, still.json()["status_code"]) == (200, 1000), still.text
+    assert invited.register_at(hub.versions_url, token_a).json()["status_code"] == 1000

@@ -16,7 +16,6 @@ from hub.envelope import decode_body, ocpi_response
 from hub.errors import InvalidParameters, MethodNotAllowed, Unauthorized
 from hub.ocpi.wire import BusinessDetails, Credentials, CredentialsRole
 from hub.own_messages import Trace
-from hub.request_context import check_ids
 from hub.settings import Settings
 from storage import platforms
 from storage.directory import Directory
@@ -155,7 +154,6 @@ async def _exchange(request: Request[Caller, str, State], *, expected_state: str
     _check_not_the_hubs_own(state, theirs)
     async with state.pool.acquire() as conn:
         roles = match_roles(theirs.roles, await platforms.held_roles(conn, caller.platform.id))
-    check_ids(request.state.request_id, request.state.correlation_id)  # the correlation id goes in the routing log
     # The hub's calls while it handles the party's POST or PUT are part of that conversation: its X-Correlation-ID.
     trace = Trace.to_platform((state.settings.country_code, state.settings.party_id), caller.platform,
                               state.routing_log.record, request.state.correlation_id)  # fmt: skip

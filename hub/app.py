@@ -33,7 +33,7 @@ from hub.ocpi import credentials, credentials_log, versions
 from hub.ocpi.relay import Relay
 from hub.party_client import PartyClient
 from hub.request_context import HUB_INSTANCE_HEADER, PROBE_PATHS, RequestContext
-from hub.runtime import DATABASE_TIMEOUT_S, open_database, open_redis, stop_background_tasks
+from hub.runtime import DATABASE_TIMEOUT_S, check_at_start, open_database, open_redis, stop_background_tasks
 from hub.settings import Settings
 from routing.fair_share import CallerShares
 from routing.forward import open_session
@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
 
     @contextlib.asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
+        await check_at_start(settings)  # serve's checks, for an ASGI server that runs create_app itself
         pool = await open_database(database_url, max_size=10)
         redis_client = open_redis(redis_url)
         http = PartyClient(settings)

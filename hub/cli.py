@@ -100,7 +100,6 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
             settings = dataclasses.replace(settings, listen=(args.host, port))
         else:
             settings = _of_the_running_hub(settings, env, args.command, getattr(args, "grant_serving_role", None))
-        key_source = _key_source(settings)
         settings = settings.with_secrets()
     except SettingsError as exc:
         print(f"ocpi-hub: configuration error: {exc}", file=sys.stderr)
@@ -116,10 +115,12 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
             assert ready.database_url is not None
             owner_url = ready.owner_database_url or ready.database_url  # migrations and retention run as the owner
             applies = args.command in ("serve", "demo", "migrate")
-            applied = asyncio.run(migrate_database(owner_url, settings.secret_key or "", applies, key_source))
+            applied = asyncio.run(migrate_database(owner_url, settings.secret_key or "", applies,
+                                                   settings.secret_key_source))  # fmt: skip
             if args.command in OWNER_COMMANDS:
                 ready = dataclasses.replace(ready, database_url=owner_url)
             asyncio.run(check_redis(ready.redis_url or "", serving=args.command in ("serve", "demo")))
+            ready = dataclasses.replace(ready, start_checked=True)  # the hub's lifespan checks none of it again
             if args.command == "migrate":
                 out(_migrated(applied))
                 args.role = args.grant_serving_role
@@ -146,13 +147,6 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
 
 # The commands that connect as the owner of the hub's tables when OCPI_HUB_OWNER_DATABASE_URL is set
 OWNER_COMMANDS = ("migrate", "retention", "grant-serving-role")
-
-
-def _key_source(settings: Settings) -> str:
-    """Where the command's secret key comes from, for a refusal to name (before Settings.with_secrets)."""
-    if settings.secret_key is not None:
-        return "OCPI_HUB_SECRET_KEY"
-    return f"{settings.data_dir / 'secret.key'}, OCPI_HUB_SECRET_KEY being unset"
 
 
 def _database_problem(exc: OSError | asyncpg.PostgresError, command: str, settings: Settings) -> str:

@@ -141,6 +141,23 @@ async def migrate_database(database_url: str, secret_key: str, apply: bool, key_
         await conn.close()
 
 
+async def check_at_start(settings: Settings) -> None:
+    """What `ocpi-hub serve` and demo check before they start the hub (hub.cli), for a hub an ASGI server runs on
+    hub.app:create_app itself (uvicorn --factory, granian): the schema up to date and the secret key the database's,
+    as every command beside serve finds them (MigrationRefused otherwise: migrations stay `ocpi-hub migrate`'s to
+    apply); Redis answering, and a warning of one that evicts keys. Nothing when the command checked them
+    (Settings.start_checked): once per start, not once more per worker."""
+    if settings.start_checked:
+        return
+    try:
+        await migrate_database(settings.database_url or "", settings.secret_key or "", False,
+                               settings.secret_key_source)  # fmt: skip
+    except MigrationRefused as exc:  # the ASGI server says the start failed, with a traceback: this line says why
+        log.error("hub_not_started", error=str(exc))
+        raise
+    await check_redis(settings.redis_url or "", serving=True)
+
+
 async def stop_background_tasks(tasks: Iterable[asyncio.Task[None]], recancel_after_s: float = 0.5) -> None:
     """Cancel the lifespan's background tasks and wait until every one has ended. A cancel can be lost inside a
     client library (redis-py's asyncio client drops one that lands in a pipeline, redis/redis-py#2028): a task

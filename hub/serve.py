@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hub.metrics_dir import workers_metrics_dir
-from hub.settings import LISTEN_ADDRESS
+from hub.settings import LISTEN_ADDRESS, START_CHECKED
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -68,7 +68,7 @@ def serve(settings: Settings, host: str, port: int, workers: int, server: str) -
         OCPI_HUB_REDIS_URL=settings.redis_url or "",
         OCPI_HUB_PUBLIC_URL=settings.public_url,
         OCPI_HUB_DATA_DIR=str(settings.data_dir),
-        **{LISTEN_ADDRESS: f"{host}:{port}"},
+        **{LISTEN_ADDRESS: f"{host}:{port}", START_CHECKED: "1" if settings.start_checked else ""},
     )
     with contextlib.suppress(OSError):  # for the commands beside it; a read-only data dir stops nothing
         settings.data_dir.mkdir(parents=True, exist_ok=True)

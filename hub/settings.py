@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 # Not an operator's setting: `ocpi-hub serve` passes its --host and --port to its workers in it, so that they refuse
 # a party URL at the hub's own listening address (routing.party_addresses.for_hub).
 LISTEN_ADDRESS = "OCPI_HUB_LISTEN_ADDRESS"
+# Nor this one: `ocpi-hub serve` tells its workers in it that it checked the secret key and Redis before it started them
+# (Settings.start_checked), so that their lifespan does not check them again.
+START_CHECKED = "OCPI_HUB_START_CHECKED"
 
 
 _DEFAULTS = {name: default for name, default, _ in VARIABLES}
@@ -74,6 +77,11 @@ class Settings:
     listen: tuple[str, int] | None = None
     # OCPI_HUB_PUBLIC_URL was given, or a command beside serve read it from serve's data dir: public_url is not a guess
     public_url_known: bool = False
+    # the command that starts the hub (serve, demo) checked the schema, the secret key and Redis's eviction policy
+    # (hub.runtime.check_at_start): the app's lifespan does not, as it does for a hub an ASGI server runs on create_app
+    start_checked: bool = False
+    # where secret_key came from, for a refusal of it to name (with_secrets: the data dir's file, when it filled it in)
+    secret_key_source: str = "OCPI_HUB_SECRET_KEY"
 
     @property
     def versions_url(self) -> str:
@@ -115,7 +123,10 @@ class Settings:
             TokenBox(secret_key)  # a malformed OCPI_HUB_SECRET_KEY fails here, at start, with a clear message
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
-        return replace(self, admin_token=admin_token, secret_key=secret_key)
+        source = self.secret_key_source
+        if self.secret_key is None:
+            source = f"{self.data_dir / 'secret.key'}, OCPI_HUB_SECRET_KEY being unset"
+        return replace(self, admin_token=admin_token, secret_key=secret_key, secret_key_source=source)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, *, host: str = "127.0.0.1", port: int = 8080) -> Settings:
@@ -197,6 +208,7 @@ class Settings:
             checkpoint_log_s=_number_or_zero("OCPI_HUB_CHECKPOINT_LOG_S", get("OCPI_HUB_CHECKPOINT_LOG_S"), least=1),
             invitation_ttl_s=_number_or_zero("OCPI_HUB_INVITATION_TTL_S", get("OCPI_HUB_INVITATION_TTL_S")),
             listen=_listen_address(get(LISTEN_ADDRESS)),
+            start_checked=get(START_CHECKED) == "1",
         )
 
 

@@ -189,24 +189,38 @@ def two_hub_processes(env: dict[str, str], data_dir: Path, log_name: str) -> Ite
         first.stop()
 
 
+SERVE = ("hub.cli", "serve")
+# the hub as an ASGI server runs it without the CLI (README, Run it): its lifespan checks what serve checks
+UVICORN_FACTORY = ("uvicorn", "--factory", "hub.app:create_app")
+
+
 def start_hub(
-    env: dict[str, str], log_path: Path, *args: str, timeout: float = 60, host: str = "127.0.0.1", port: int = 0
+    env: dict[str, str],
+    log_path: Path,
+    *args: str,
+    timeout: float = 60,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    command: tuple[str, ...] = SERVE,
 ) -> Hub:
-    """A hub serving on host, at port (0: a free one)."""
+    """A hub serving on host, at port (0: a free one): `ocpi-hub serve`, or command (a module run with -m, taking
+    --host and --port)."""
     if port:
-        return _start_hub_on(host, port, env, log_path, *args, timeout=timeout)
+        return _start_hub_on(host, port, env, log_path, *args, timeout=timeout, command=command)
     try:
-        return _start_hub_on(host, free_port(), env, log_path, *args, timeout=timeout)
+        return _start_hub_on(host, free_port(), env, log_path, *args, timeout=timeout, command=command)
     except PortTaken:  # free_port() only finds a port that was free: one retry with a fresh one
-        return _start_hub_on(host, free_port(), env, log_path, *args, timeout=timeout)
+        return _start_hub_on(host, free_port(), env, log_path, *args, timeout=timeout, command=command)
 
 
-def _start_hub_on(host: str, port: int, env: dict[str, str], log_path: Path, *args: str, timeout: float) -> Hub:
+def _start_hub_on(
+    host: str, port: int, env: dict[str, str], log_path: Path, *args: str, timeout: float, command: tuple[str, ...]
+) -> Hub:
     env = {"OCPI_HUB_PUBLIC_URL": f"http://{host}:{port}"} | env
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "hub.cli", "serve", "--host", host, "--port", str(port), *args],
+            [sys.executable, "-m", *command, "--host", host, "--port", str(port), *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -15,7 +17,7 @@ from structlog.testing import capture_logs
 
 from hub.runtime import open_redis, warn_of_eviction
 from storage.embedded import EmbeddedValkey
-from tests.conftest import OUTPUT, Services, hub_env, start_hub
+from tests.conftest import OUTPUT, ROOT, UVICORN_FACTORY, Services, hub_env, start_hub
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,22 @@ def test_serve_warns_of_a_redis_that_evicts_keys_at_its_maxmemory(
         assert "cached locations" in warning["message"] and "noeviction" in warning["message"]
     finally:
         assert hub.stop() == 0
+
+
+def test_the_app_an_asgi_server_runs_itself_warns_of_a_redis_that_evicts_keys_once(
+    services: Services, own_redis: str, tmp_path: Path
+) -> None:
+    # uvicorn --factory hub.app:create_app, without the CLI: no warning at all (serve's, above, is said once too: by
+    # serve, not again by its worker)
+    _configure(own_redis, "100mb", "volatile-lru")
+    env = hub_env(services, tmp_path, OCPI_HUB_REDIS_URL=own_redis)
+    subprocess.run([sys.executable, "-m", "hub.cli", "migrate"], env=env, cwd=ROOT, check=True, capture_output=True)
+    hub = start_hub(env, OUTPUT / "hub-evicting-redis-uvicorn.log", command=UVICORN_FACTORY)
+    try:
+        [warning] = _lines(hub.log(), "redis_eviction_policy")
+        assert (warning["level"], warning["policy"], warning["maxmemory"]) == ("warning", "volatile-lru", 100 << 20)
+    finally:
+        hub.stop()
 
 
 def test_serve_starts_and_says_so_when_redis_refuses_to_show_its_configuration(

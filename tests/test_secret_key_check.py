@@ -5,6 +5,7 @@ by what the database already holds keyed (storage.secret_key_witnesses)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from storage.migrate import MigrationRefused, migrate
 from storage.secret_key_check import check_recorded_key
 from storage.secrets import TokenBox, key_check_value
-from tests.conftest import OUTPUT, ROOT, SECRET_KEY, Services, hub_env, start_hub
+from tests.conftest import OUTPUT, ROOT, SECRET_KEY, UVICORN_FACTORY, Services, hub_env, start_hub
 from tests.log_rows import numbered_log, sql
 
 SET_UP_WITH_ANOTHER = "this database was set up with another secret key than this one"
@@ -152,3 +153,23 @@ def test_an_upgrade_to_the_key_check_with_another_key_than_the_routing_logs_is_r
     assert [r["value"] for r in sql(empty_database, "SELECT value FROM secret_key_check")] == [
         key_check_value(SECRET_KEY)
     ]
+
+
+def test_the_app_an_asgi_server_runs_itself_refuses_to_start_with_another_secret_key_and_says_why(
+    services: Services, empty_database: str, tmp_path: Path
+) -> None:
+    # uvicorn --factory hub.app:create_app, without the CLI: the key was not checked, and the hub served with it
+    env = hub_env(services, tmp_path, OCPI_HUB_DATABASE_URL=empty_database)
+    assert _cli(env, "migrate").returncode == 0  # the database set up with the hub's key
+    with pytest.raises(RuntimeError, match="hub exited") as refused:
+        start_hub(env | {"OCPI_HUB_SECRET_KEY": TokenBox.generate_key()}, OUTPUT / "secret-key-check-uvicorn.log",
+                  command=UVICORN_FACTORY)  # fmt: skip
+    [said] = [json.loads(line) for line in str(refused.value).splitlines() if '"hub_not_started"' in line]
+    assert said["level"] == "error" and f"{SET_UP_WITH_ANOTHER} (OCPI_HUB_SECRET_KEY)" in said["error"], said
+    assert "Application startup failed" in str(refused.value)
+    recorded = sql(empty_database, "SELECT value FROM secret_key_check")
+    assert [r["value"] for r in recorded] == [key_check_value(SECRET_KEY)]
+    # the hub's own key starts it, on the same server
+    started = start_hub(env, OUTPUT / "secret-key-check-uvicorn-again.log", command=UVICORN_FACTORY)
+    started.stop()  # uvicorn ends by the SIGTERM it was stopped with, once it shut the hub down
+    assert '"hub_stopped"' in started.log() and "hub_not_started" not in started.log(), started.log()

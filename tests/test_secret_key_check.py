@@ -161,9 +161,9 @@ def test_the_app_an_asgi_server_runs_itself_refuses_to_start_with_another_secret
     # uvicorn --factory hub.app:create_app, without the CLI: the key was not checked, and the hub served with it
     env = hub_env(services, tmp_path, OCPI_HUB_DATABASE_URL=empty_database)
     assert _cli(env, "migrate").returncode == 0  # the database set up with the hub's key
-    with pytest.raises(RuntimeError, match="hub exited") as refused:
+    with pytest.raises(RuntimeError, match="hub exited") as refused:  # one that starts all the same is stopped
         start_hub(env | {"OCPI_HUB_SECRET_KEY": TokenBox.generate_key()}, OUTPUT / "secret-key-check-uvicorn.log",
-                  command=UVICORN_FACTORY)  # fmt: skip
+                  command=UVICORN_FACTORY).stop()  # fmt: skip
     [said] = [json.loads(line) for line in str(refused.value).splitlines() if '"hub_not_started"' in line]
     assert said["level"] == "error" and f"{SET_UP_WITH_ANOTHER} (OCPI_HUB_SECRET_KEY)" in said["error"], said
     assert "Application startup failed" in str(refused.value)

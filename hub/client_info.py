@@ -8,9 +8,12 @@ directory, which every hub process then loads again: the process that made it at
 So each process sleeps until its directory is reloaded, at most LONGEST_SLEEP_S, and an idle hub asks the database for
 pending pushes once a minute, not once a second.
 
-A suspended platform is pushed none of the changes (nor is a party whose roles are not CONNECTED). Once resumed and
-connected again, it is pushed what it missed: the current ClientInfo of each other party's role whose status changed
-since it was suspended (migration 0027), not every role on the hub, which would be hundreds of PUTs for a few changes.
+A suspended platform is pushed none of the changes, nor is one whose roles the still-alive probe found OFFLINE. Once
+resumed and connected again, or back CONNECTED, it is pushed what it missed: the current ClientInfo of each other
+party's role whose status changed since it was suspended (migration 0027) or went OFFLINE (0028), not every role on the
+hub, which would be hundreds of PUTs for a few changes. The spec asks a party back online to GET what it needs to get
+back in sync ("it is their responsibility to do a GET"); this spares it the GET of the whole list, and one that does
+not do it a wrong view of who is connected. A platform with no hubclientinfo Receiver is pushed nothing, then or ever.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import NamedTuple
 from urllib.parse import urlencode
@@ -43,7 +47,7 @@ from storage.sql import QUERIES
 log = structlog.get_logger()
 
 MAX_LIMIT = 1000
-MISSED_BATCH = 50  # of the ClientInfo a party back from a suspension missed, pushed in one round
+MISSED_BATCH = 50  # of the ClientInfo a party back from a suspension or OFFLINE missed, pushed in one round
 LONGEST_SLEEP_S = 60.0  # the safety net: a wake-up missed (Redis away) delays a push by at most this much
 TURN_TAKEN_S = 1.0  # another process is pushing: look again soon, in case it stops before it took this change
 AFTER_ERROR_S = 1.0  # the database briefly away: look again soon
@@ -131,76 +135,99 @@ async def push_pending(state: State) -> int | None:
             return None
         try:
             changes = await conn.fetch(QUERIES["pending_client_info_pushes"])
-            pushes = [(c["platform_id"], info, msgspec.json.encode(info))
-                      for c in changes for info in [_client_info(c)]]  # fmt: skip
+            pushes = [_push(c) for c in changes]
             recipients = [
                 p for p in state.directory.current.platforms.values()
                 if p.state == "REGISTERED" and p.endpoint("hubclientinfo", "RECEIVER")
                 and any(r.status == "CONNECTED" for r in p.roles)
             ]  # fmt: skip
             # read after the changes: what a party missed is as new as the last of them, and is pushed after them
-            missed = await _missed(conn, [p.id for p in recipients])
+            missed = await _missed(conn, state.directory.current.platforms, [p.id for p in recipients])
             if not pushes and not missed:
                 return 0
-            answered = await asyncio.gather(
+            unanswered = await asyncio.gather(
                 *(_push_in_order(state, p, pushes + (m.pushes if (m := missed.get(p.id)) else [])) for p in recipients)
             )
             await conn.execute(QUERIES["client_info_pushed"], [c["id"] for c in changes])
-            caught_up = [missed[p.id] for p, done in zip(recipients, answered, strict=True) if done and p.id in missed]
+            caught_up = [missed[p.id] for p, failed in zip(recipients, unanswered, strict=True)
+                         if failed is None and p.id in missed]  # fmt: skip
             for m in caught_up:  # a party that did not answer is pushed the same batch again in a later round
-                await conn.execute(QUERIES["client_infos_missed_pushed"], m.platform_id, m.since, m.last)
+                await conn.execute(QUERIES["client_infos_missed_pushed"], m.platform_id, m.since, m.last, m.read_at)
         finally:  # the turn ends with the round, not whenever the pool next resets this connection
             await conn.execute(QUERIES["end_client_info_push_turn"])
     # not a batch the party did not answer: that waits for the next change or LONGEST_SLEEP_S, not a round at once
     return len(changes) + sum(len(m.pushes) for m in caught_up)
 
 
-def _client_info(row: asyncpg.Record) -> ClientInfo:
-    return ClientInfo(row["party_id"], row["country_code"], row["role"], row["status"], _when(row["last_updated"]))
+class Push(NamedTuple):
+    """A ClientInfo to push: about which platform, as sent, and the change it tells (None: a role's status now, of a
+    batch a party missed) and when that was."""
+
+    about: int
+    info: ClientInfo
+    body: bytes
+    change_id: int | None
+    changed_at: datetime
+
+
+def _push(row: asyncpg.Record, change: bool = True) -> Push:
+    info = ClientInfo(row["party_id"], row["country_code"], row["role"], row["status"], _when(row["last_updated"]))
+    return Push(row["platform_id"], info, msgspec.json.encode(info), row["id"] if change else None, row["last_updated"])
 
 
 class Missed(NamedTuple):
-    """A batch of the ClientInfo a platform missed while suspended (migration 0027), and what to record once it is
-    pushed: since when it missed them, and the last role pushed (None: nothing is left)."""
+    """A batch of the ClientInfo a platform missed while suspended (migration 0027) or OFFLINE (0028), and what to
+    record once it is pushed: since when it missed them, the last role pushed (None: nothing is left), and when the
+    batch was read."""
 
     platform_id: int
-    pushes: list[tuple[int, ClientInfo, bytes]]
+    pushes: list[Push]
     since: datetime
     last: int | None
+    read_at: datetime
 
 
-async def _missed(conn: asyncpg.Connection, recipients: list[int]) -> dict[int, Missed]:
-    """Of these parties, those back from a suspension: the next batch of what they missed. Only a party connected again
-    is pushed it (its roles come back CONNECTED once the still-alive probe finds its server answering), so that a
-    server still down does not take the round's time; a batch at a time, so that hundreds of roles to catch up on do
-    not hold every other party's next pushes for as long."""
-    found = {}
+async def _missed(
+    conn: asyncpg.Connection, platforms: Mapping[int, Platform], recipients: list[int]
+) -> dict[int, Missed]:
+    """Of these parties, those back from a suspension or from OFFLINE: the next batch of what they missed. Only a party
+    connected again is pushed it (its roles come back CONNECTED once the still-alive probe finds its server answering),
+    so that a server still down does not take the round's time; a batch at a time, so that hundreds of roles to catch
+    up on do not hold every other party's next pushes for as long. A platform with no hubclientinfo Receiver has
+    nowhere to be pushed them: its mark is dropped, not read again every round."""
+    found, dropped = {}, []
     for behind in await conn.fetch(QUERIES["platforms_missing_client_infos"]):
+        platform = platforms.get(behind["id"])
+        if platform is not None and not platform.endpoint("hubclientinfo", "RECEIVER"):
+            dropped.append(behind)
         if behind["id"] not in recipients:
             continue
         rows = await conn.fetch(QUERIES["client_infos_missed"], behind["id"], behind["since"], behind["after"],
                                 MISSED_BATCH)  # fmt: skip
-        pushes = [(r["platform_id"], info, msgspec.json.encode(info)) for r in rows for info in [_client_info(r)]]
         last = rows[-1]["id"] if len(rows) == MISSED_BATCH else None
-        found[behind["id"]] = Missed(behind["id"], pushes, behind["since"], last)
+        found[behind["id"]] = Missed(behind["id"], [_push(r, change=False) for r in rows], behind["since"], last,
+                                     behind["read_at"])  # fmt: skip
+    if dropped:
+        await conn.execute(QUERIES["client_infos_missed_dropped"], [b["id"] for b in dropped],
+                           [b["since"] for b in dropped])  # fmt: skip
     return found
 
 
-async def _push_in_order(state: State, platform: Platform, pushes: list[tuple[int, ClientInfo, bytes]]) -> bool:
+async def _push_in_order(state: State, platform: Platform, pushes: list[Push]) -> Push | None:
     """The changes to one party, each once its previous one is answered: the last one it gets is the status now. Not
     the changes of its own platform: a party is not told its own status. Once a push finds the party unreachable or
     too slow, the rest are not sent: each would hold this turn, and every party's next pushes, for as long again (the
-    still-alive check probes the party; it can GET the list when it is back). False then."""
-    mine = [(info, body) for about, info, body in pushes if about != platform.id]
-    for n, (info, body) in enumerate(mine):
-        if not await _put(state, platform, info, body):
+    still-alive check probes the party). That push then, to be pushed again, as it is then, once the party answers."""
+    mine = [push for push in pushes if push.about != platform.id]
+    for n, push in enumerate(mine):
+        if not await _put(state, platform, push.info, push.body):
             if skipped := mine[n + 1 :]:
-                about = [f"{i.country_code}-{i.party_id} {i.role} {i.status}" for i, _ in skipped]
+                about = [f"{p.info.country_code}-{p.info.party_id} {p.info.role} {p.info.status}" for p in skipped]
                 log.warning("client_info_pushes_skipped", platform_id=platform.id, platform=platform.name,
                             pushes=len(skipped), about=about,
                             why="the push before found the party unreachable or too slow")  # fmt: skip
-            return False
-    return True
+            return push
+    return None
 
 
 async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) -> bool:

@@ -445,9 +445,9 @@ SELECT id, platform_id, role, country_code, party_id, status, last_updated
 FROM client_info_push WHERE delivered_at IS NULL ORDER BY id LIMIT 50;
 
 -- name: platforms_missing_client_infos
--- The registered platforms that missed ClientInfo pushes while suspended (migration 0027), and where they are in
--- being pushed them.
-SELECT id, client_info_missed_since AS since, client_info_missed_after AS after
+-- The registered platforms that missed ClientInfo pushes while suspended (migration 0027) or OFFLINE (0028), and where
+-- they are in being pushed them; read_at: when, for client_infos_missed_pushed.
+SELECT id, client_info_missed_since AS since, client_info_missed_after AS after, now() AS read_at
 FROM platform WHERE client_info_missed_since IS NOT NULL AND state = 'REGISTERED';
 
 -- name: client_infos_missed
@@ -465,11 +465,20 @@ WHERE r.platform_id <> $1 AND r.status_changed_at >= $2 AND r.id > coalesce($3::
 ORDER BY r.id LIMIT $4;
 
 -- name: client_infos_missed_pushed
--- Platform $1 was pushed what it missed since $2 up to role $3 (NULL: all of it). Not if it was suspended again
--- meanwhile: that suspension's catch-up starts over.
-UPDATE platform SET client_info_missed_after = $3::bigint,
+-- Platform $1 was pushed what it missed since $2 up to role $3 (NULL: all of it), as read at $4. Not if it was
+-- suspended again meanwhile, nor if its roles went OFFLINE (or came back) since $4: a role pushed in this batch may have
+-- changed while it was away, so that catch-up starts over (suspend_platform, set_platform_liveness).
+UPDATE platform p SET client_info_missed_after = $3::bigint,
        client_info_missed_since = CASE WHEN $3::bigint IS NULL THEN NULL ELSE client_info_missed_since END
-WHERE id = $1 AND state = 'REGISTERED' AND client_info_missed_since = $2;
+WHERE id = $1 AND state = 'REGISTERED' AND client_info_missed_since = $2
+  AND NOT EXISTS (SELECT 1 FROM party_role r WHERE r.platform_id = p.id AND r.status_changed_at >= $4);
+
+-- name: client_infos_missed_dropped
+-- Platforms $1 have no hubclientinfo Receiver to push what they missed to: nothing to catch up on, as long as the mark
+-- is still the one read ($2, by position).
+UPDATE platform p SET client_info_missed_since = NULL, client_info_missed_after = NULL
+FROM unnest($1::bigint[], $2::timestamptz[]) AS t(id, since)
+WHERE p.id = t.id AND p.client_info_missed_since = t.since;
 
 -- name: client_info_pushed
 UPDATE client_info_push SET delivered_at = now() WHERE id = any($1::bigint[]);
@@ -506,7 +515,9 @@ FROM (
 ) connected;
 
 -- name: set_platform_liveness
--- A registered platform's roles go OFFLINE or back to CONNECTED together; each change is pushed as ClientInfo.
+-- A registered platform's roles go OFFLINE or back to CONNECTED together; each change is pushed as ClientInfo. Gone
+-- OFFLINE, it misses the other parties' changes from then on, and those still waiting to be pushed, as a suspended
+-- platform does (suspend_platform): it is pushed them once it is CONNECTED again.
 WITH changed AS (
     UPDATE party_role r SET status = $2, status_changed_at = now()
     FROM platform p
@@ -516,6 +527,11 @@ WITH changed AS (
 ), pushed AS (
     INSERT INTO client_info_push (platform_id, role, country_code, party_id, status, last_updated)
     SELECT platform_id, role, country_code, party_id, status, status_changed_at FROM changed
+), missing AS (
+    UPDATE platform SET client_info_missed_since = least(client_info_missed_since, now() - interval '1 second',
+               (SELECT min(last_updated) FROM client_info_push WHERE delivered_at IS NULL)),
+           client_info_missed_after = NULL
+    WHERE id = $1 AND $2 = 'OFFLINE' AND EXISTS (SELECT 1 FROM changed)
 )
 SELECT count(*) FROM changed;
 

@@ -107,3 +107,16 @@ def test_hundreds_of_changes_missed_are_pushed_in_batches_each_once(
     finally:
         hub.stop()
     assert "client_info_push_failed" not in hub.log()
+
+
+def test_a_platform_with_no_client_info_receiver_keeps_no_mark_of_what_it_missed(hub: Hub, connect_party, db) -> None:  # type: ignore[no-untyped-def]
+    deaf = connect_party(_roles("CPO"), name="No hubclientinfo", modules={"locations": ["SENDER"]})
+    deaf_id = _platform_id(hub, party_key(deaf))
+    with hub.admin() as admin:
+        assert admin.post(f"/admin/api/parties/{deaf_id}/suspend", json={"reason": "test"}).status_code == 200
+        assert admin.post(f"/admin/api/parties/{deaf_id}/resume").status_code == 200
+    # nowhere to push what it missed: the mark goes at the next round, not read again every round for good
+    connect_party(_roles("EMSP"), name="A change that makes a round")
+    missed = "SELECT client_info_missed_since IS NULL FROM platform WHERE id = $1"
+    assert _wait_for(lambda: db.run(db.fetchval(missed, deaf_id)))
+    assert deaf.client_infos() == []

@@ -200,3 +200,32 @@ def test_a_probes_row_hides_a_credentials_token_in_the_answer(probing_hub: Hub, 
 
     [answered, *_] = _wait_for(answers_with_a_token)
     assert "a-party-secret" not in answered and '"token":"(not logged)"' in answered
+
+
+@pytest.mark.parametrize("probing_hub", ["1"], indirect=True)
+def test_a_party_back_from_offline_is_pushed_once_the_client_info_it_missed_meanwhile(
+    probing_hub: Hub, start_party, db
+) -> None:  # type: ignore[no-untyped-def]
+    hub = probing_hub
+    away, watcher, unchanged = (_connect(hub, start_party, role) for role in ("EMSP", "EMSP", "CPO"))
+    assert _statuses_pushed(away, party_key(unchanged), 2) == ["PLANNED", "CONNECTED"]
+    # delivered: one still pending as it goes OFFLINE would be pushed to it again once it is back
+    pending = "SELECT count(*) FROM client_info_push WHERE delivered_at IS NULL"
+    assert _wait_for(lambda: db.run(db.fetchval(pending)) == 0)
+    time.sleep(1.1)  # what it misses is taken from a second before it goes OFFLINE (storage/queries.sql)
+    away.stop()
+    assert _statuses_pushed(watcher, party_key(away), 1) == ["OFFLINE"]  # the watcher came after it was CONNECTED
+    newcomer = _connect(hub, start_party, "CPO")  # PLANNED, then CONNECTED, while it is away
+    assert _statuses_pushed(watcher, party_key(newcomer), 2) == ["PLANNED", "CONNECTED"]
+    before = len(away.client_infos())
+
+    away.resume()
+    # once the probe finds it CONNECTED again: the newcomer as it is now, once; not what did not change meanwhile
+    assert _wait_for(lambda: [p["status"] for p in _pushes_about(away, party_key(newcomer))] == ["CONNECTED"], 20)
+    assert _statuses_pushed(watcher, party_key(away), 2) == ["OFFLINE", "CONNECTED"]
+    assert _wait_for(lambda: db.run(db.fetchval(
+        "SELECT p.client_info_missed_since IS NULL FROM platform p JOIN party_role r ON r.platform_id = p.id "
+        "WHERE r.party_id = $1", away.roles[0][2])))  # fmt: skip
+    time.sleep(1.0)  # and none twice
+    assert [p["status"] for p in _pushes_about(away, party_key(newcomer))] == ["CONNECTED"]
+    assert len(away.client_infos()) == before + 1

@@ -26,42 +26,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
-import httpx
-import msgspec
 import redis.asyncio as redis
 import structlog
 
-from hub.envelope import ocpi_timestamp, whole_number
-from hub.errors import AnswerTooLarge
+from hub.envelope import ocpi_timestamp
 from hub.metrics import LOCATION_CACHE_LOST, LOCATION_SYNCS
-from hub.own_messages import hub_request
 from hub.party_client import PartyClient
-from routing.forward import OcpiStatusCode
-from routing.rewrite import resolved, why_not_callable
+from routing.sender_pages import Record, sender_page
 from storage.directory import Directory, PartyRole, Platform
 from storage.location_cache import LocationCache
 from storage.location_cap import clear_unless_refused_since, refused_so_far
-from storage.log_row import LogEntry
 
 log = structlog.get_logger()
 
-_NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
 LOCK_TTL_S = 900
 RETRY_AFTER_FAILURE_S = 300  # a CPO whose Sender failed is not asked again before this
-
-
-class _Page(msgspec.Struct):
-    status_code: OcpiStatusCode
-    data: list[msgspec.Raw] | None = None  # each location as the CPO sent it
 
 
 @dataclass
@@ -76,7 +63,6 @@ class SyncResult:
 
 
 Progress = Callable[[tuple[str, str], int, int | None], None]
-Record = Callable[[LogEntry], Awaitable[None]]
 LEFT_THE_HUB = "the CPO left the hub during the sync; nothing more was stored"
 
 
@@ -160,7 +146,8 @@ class PullSync:
         url = f"{url}?{urlencode(query)}" if query else url
         correlation = str(uuid.uuid4())
         while url:
-            locations, url, total, why = await self._page(platform, role, url, correlation)
+            locations, url, total, why = await sender_page(self._http, self._record, self._hub, platform, role, url,
+                                                           "locations", correlation)  # fmt: skip
             if locations is None:
                 result.error = f"the CPO's locations Sender could not be read ({why}); see the routing log"
                 log.warning("location_sync_failed", party=f"{party[0]}-{party[1]}", pages=result.pages, reason=why)
@@ -242,38 +229,6 @@ class PullSync:
                  locations=result.locations, pages=result.pages)  # fmt: skip
         LOCATION_SYNCS.labels("stopped", "full" if result.full else "incremental").inc()
         return result
-
-    async def _page(
-        self, platform: Platform, role: PartyRole, url: str, correlation: str
-    ) -> tuple[list[msgspec.Raw] | None, str | None, int | None, str]:
-        """One page: (its locations or None on failure, the next page's URL, X-Total-Count, why it failed)."""
-        started = time.perf_counter()
-        entry, headers = hub_request(self._hub, platform, role, "GET", url, "locations", interface="sender",
-                                     correlation_id=correlation, routing_headers=True)  # fmt: skip
-        locations, next_url, total = None, None, None
-        try:
-            # a page's redirect is not followed: the next page's URL is checked (below), where it would lead is not
-            response = await self._http.fetch("GET", url, headers, redirects=False, row=entry)
-            entry.http_status, entry.response_body = response.status_code, response.content
-            page = msgspec.json.decode(response.content, type=_Page)
-            entry.ocpi_status_code = page.status_code
-            if response.status_code == 200 and page.status_code == 1000:
-                locations = page.data or []
-                if match := _NEXT.search(response.headers.get("link", "")):
-                    next_url = resolved(match.group(1), url)
-                    if why := why_not_callable(next_url, platform, self._http.hub_url):
-                        # a failed sync, kept for a later one: taken as the last page, it would drop the rest
-                        entry.error = f"its Link to the next page is not followed: {next_url[:200]!r}: {why}"
-                        locations, next_url = None, None
-                total = whole_number(response.headers.get("x-total-count", ""))
-        except (httpx.HTTPError, AnswerTooLarge, msgspec.DecodeError, RecursionError) as exc:
-            entry.error = f"{type(exc).__name__}: {exc}"
-        entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        if self._record is not None:
-            await self._record(entry)
-        said = [f"HTTP {entry.http_status}"] if entry.http_status else []  # 0: no answer
-        said += [f"OCPI {entry.ocpi_status_code}"] if entry.ocpi_status_code is not None else []
-        return locations, next_url, total, ", ".join([*said, entry.error] if entry.error else said)
 
 
 async def run_scheduled(sync: PullSync, directory: Callable[[], Directory], wake: asyncio.Event,

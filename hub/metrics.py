@@ -66,6 +66,15 @@ LOCATIONS_OVER_CAP = Counter(
     "location_cap), by CPO and cap: locations (OCPI_HUB_MAX_LOCATIONS_PER_CPO) or bytes (OCPI_HUB_MAX_LOCATION_BYTES_"
     "PER_CPO: a new one refused, or a cached one an update grew past it dropped)", ["party", "cap"],
 )  # fmt: skip
+TOKEN_PULLS = Counter(
+    "ocpi_hub_token_pull", "Pulls of an eMSP's token list into the owner index (routing.token_pull), by result (ok, "
+    "failed, stopped: the eMSP left the hub meanwhile)", ["result"],
+)  # fmt: skip
+TOKENS_PULLED = Counter("ocpi_hub_tokens_pulled", "Tokens read from eMSPs' tokens Senders by token pulls")
+TOKEN_INDEX_LOST = Counter(
+    "ocpi_hub_token_index_lost", "eMSPs whose token list this hub process saw pulled, then found without its mark: "
+    "Redis lost its data (restart without persistence, FLUSHALL, failover to an empty replica)",
+)  # fmt: skip
 LOCATION_SYNCS = Counter(
     "ocpi_hub_location_sync", "Pull syncs of a CPO's locations, by result and kind (full, incremental, rebuild)",
     ["result", "kind"],

@@ -94,7 +94,18 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
         "seconds an invitation's token A stays valid (14 days; an invitation's own expires_in_s or `invite"
         " --expires-in` overrides it); 0: never",
     ),
-    ("OCPI_HUB_SYNC_CHECK_S", "10", "seconds between checks for CPOs never synced (new, or Redis lost its data)"),
+    (
+        "OCPI_HUB_SYNC_CHECK_S",
+        "10",
+        "seconds between checks for CPOs never synced and eMSPs whose tokens were never pulled (new, or Redis lost its"
+        " data)",
+    ),
+    (
+        "OCPI_HUB_TOKEN_PAGE_LIMIT",
+        "1000",
+        "tokens the hub asks for per page (limit) as it reads an eMSP's tokens Sender to note its tokens in the owner"
+        " index (the eMSP may send fewer): the most tokens of a pull it holds in memory at a time",
+    ),
     # 1,000 locations the size of the spec's example are about 1.2 MB of documents (storage.location_cache): 100,000,
     # far more than one CPO's network holds, are some 120 MB of them, without their indexes (bench/location_cache.py)
     (

@@ -123,6 +123,11 @@ class OwnerIndex:
         owners, off the request path."""
         self._tokens.setdefault((f"{owner[0]}-{owner[1]}", uid.upper(), type_, seen), []).append((sent, whole))
 
+    async def write_noted(self) -> None:
+        """Write what was noted so far now, rather than with the next batch: a task noting a page of objects at a time
+        (routing.token_pull) waits for its page to be written before it reads the next, so its notes stay few."""
+        await self._write_owners()
+
     async def owners(self, module: str, object_id: str) -> list[tuple[str, str]]:
         """Every party seen owning the object, sorted: more than one means the id alone does not tell. One round
         trip: an HMGET, or for sessions and reservations a script reading this period's hash and the previous one."""

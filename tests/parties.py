@@ -338,22 +338,30 @@ class Party:
         return httpx.request(method, url, headers=sent, json=body, content=content, timeout=30)
 
     def functional(self) -> list[Received]:
-        """Requests of the functional modules, but not versions, credentials, the hub's ClientInfo pushes or
-        the hub's own pull sync of locations."""
+        """Requests of the functional modules, but not versions, credentials, the hub's ClientInfo pushes, or the
+        hub's own pull sync of locations and pull of tokens."""
         configuration = ("/ocpi/versions", "/ocpi/2.2.1", "/ocpi/2.2.1/credentials")
+        own = self.syncs() + self.token_pulls()
         return [
             r
             for r in self.received
-            if self._unmoved(r.path) not in configuration and "/hubclientinfo/" not in r.path and r not in self.syncs()
+            if self._unmoved(r.path) not in configuration and "/hubclientinfo/" not in r.path and r not in own
         ]
 
     def syncs(self) -> list[Received]:
         """The hub's pull sync: GETs of our locations Sender from the hub itself."""
+        return self._lists_read_by_the_hub("locations")
+
+    def token_pulls(self) -> list[Received]:
+        """The hub's token pull (routing.token_pull): GETs of our tokens Sender from the hub itself."""
+        return self._lists_read_by_the_hub("tokens")
+
+    def _lists_read_by_the_hub(self, module: str) -> list[Received]:
         return [
             r
             for r in self.received
             if r.method == "GET"
-            and self._unmoved(r.path) == "/ocpi/2.2.1/locations/sender"
+            and self._unmoved(r.path).rstrip("/") == f"/ocpi/2.2.1/{module}/sender"  # a trailing slash as registered
             and r.headers.get("OCPI-from-party-id") == "HUB"
         ]
 

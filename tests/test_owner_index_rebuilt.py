@@ -1,0 +1,131 @@
+"""After Redis lost its data (FLUSHALL), the hub reads each eMSP's token list again (routing.token_pull) and the CPOs'
+locations (pull sync): open authorizations, commands and publish_allowed_to work again for what was there before."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from storage.embedded import EmbeddedValkey
+from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, scratch_database, start_hub
+from tests.log_rows import sql
+from tests.test_location_cache import _location
+from tests.test_publish_allowed_to import _push_token, _shown
+from tests.test_pull_sync import _wait
+from tests.test_routing import _roles, party_key
+
+TOKENS_SENDER = "/ocpi/2.2.1/tokens/sender"
+
+
+@pytest.fixture
+def own_hub(services: Services, tmp_path: Path) -> Iterator[tuple[Hub, str, str]]:
+    """A hub with a database and a Valkey of its own, which the test may FLUSHALL: (hub, Redis URL, database URL)."""
+    valkey = EmbeddedValkey(tmp_path / "valkey")
+    redis_url = valkey.start()
+    try:
+        with scratch_database(services, "owners_rebuilt") as database_url:
+            env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=database_url,
+                          OCPI_HUB_REDIS_URL=redis_url, OCPI_HUB_TOKEN_PAGE_LIMIT="2")  # fmt: skip
+            hub = start_hub(env, OUTPUT / "hub-owners-rebuilt.log")
+            try:
+                yield hub, redis_url, database_url
+            finally:
+                hub.stop()
+    finally:
+        valkey.stop()
+
+
+def _token(owner: tuple[str, str], uid: str, **extra: str) -> dict:
+    return {"country_code": owner[0], "party_id": owner[1], "uid": uid, "type": "RFID", "contract_id": f"C-{uid}",
+            "issuer": "Fleet Co", "valid": True, "whitelist": "ALLOWED",
+            "last_updated": "2026-11-21T09:00:00Z"} | extra  # fmt: skip
+
+
+def _emsp_listing(hub: Hub, start_party, count: int, **options: object):  # type: ignore[no-untyped-def]
+    """An eMSP registered at the hub whose tokens Sender lists `count` tokens of its own (TOK0, ...) and one of
+    another party's, two a page."""
+    roles = _roles("EMSP")
+    emsp = start_party(roles, page_size=2, **options)
+    owner = party_key(emsp)
+    emsp.objects["tokens"] = [_token(owner, f"TOK{n}-{owner[1]}", group_id="FLEET") for n in range(count)]
+    emsp.objects["tokens"].append(_token(("DE", "XYZ"), f"FOREIGN-{owner[1]}"))
+    emsp.register_at(hub.versions_url, hub.invite(emsp.name, roles)["token_a"])
+    return emsp, owner
+
+
+def _lines(hub: Hub, event: str, owner: tuple[str, str]) -> list[dict]:
+    found = [json.loads(line) for line in hub.log().splitlines() if f'"{event}"' in line]
+    return [line for line in found if f"{owner[0]}-{owner[1]}" in json.dumps(line.get("party", line.get("parties")))]
+
+
+def _authorize(cpo, hub: Hub, uid: str) -> dict:  # type: ignore[no-untyped-def]
+    return cpo.call(hub.base, "POST", f"sender/tokens/{uid}/authorize?type=RFID", body={}).json()
+
+
+def test_after_redis_lost_its_data_open_authorizations_commands_and_publish_allowed_to_work_again(
+    own_hub: tuple[Hub, str, str], start_party
+) -> None:
+    hub, redis_url, database_url = own_hub
+    emsp, owner = _emsp_listing(hub, start_party, 5)
+    cpo_roles = _roles("CPO")
+    cpo = start_party(cpo_roles)
+    cpo_key = party_key(cpo)
+    hidden = _location(cpo_key, "HIDDEN", "2026-11-21T10:00:00Z", publish=False,
+                       publish_allowed_to=[{"group_id": "fleet"}])  # fmt: skip
+    cpo.objects["locations"] = [_location(cpo_key, "L1", "2026-11-21T10:00:00Z"), hidden]
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, cpo_roles)["token_a"])
+    pushed = f"PUSHED-{owner[1]}"  # a token the eMSP pushes through the hub and does not list
+    _push_token(emsp, cpo, hub, pushed)
+    _wait(lambda: _lines(hub, "token_pull_done", owner))  # a new eMSP's list is read at once
+    _wait(lambda: _authorize(cpo, hub, pushed)["status_code"] == 1000)
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushall()
+    _wait(lambda: _lines(hub, "token_index_lost", owner))
+    # each token it lists is noted again; what it pushed and does not list, only when it pushes it again
+    for n in (0, 4):
+        answer = _wait(lambda n=n: (a := _authorize(cpo, hub, f"tok{n}-{owner[1]}"))["status_code"] == 1000 and a)
+        assert answer["status_code"] == 1000
+    assert [r.path for r in emsp.functional() if r.path.endswith("/authorize")][-2:] == [
+        f"{TOKENS_SENDER}/tok0-{owner[1]}/authorize", f"{TOKENS_SENDER}/tok4-{owner[1]}/authorize"]  # fmt: skip
+    assert _authorize(cpo, hub, f"FOREIGN-{owner[1]}")["status_code"] == 4001  # another party's: not noted
+    # a location pulled by sync: its owner found again for a command; shown to the eMSP whose token's group it names
+    command = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION",
+                        body={"response_url": f"{emsp.base}/cmd/1", "location_id": "L1",
+                              "token": {"uid": "T"}})  # fmt: skip
+    assert command.json()["status_code"] == 1000, command.text
+    _wait(lambda: _shown(emsp, hub, cpo_key, "HIDDEN"))
+    # every page asked for is a row of the routing log: three pages a pull, and its Link followed with offset/limit
+    rows = sql(database_url, "SELECT query, correlation_id, http_status FROM routing_log WHERE module = 'tokens' AND "
+               "routing = 'hub' AND to_party_id = $1 ORDER BY id", owner[1])  # fmt: skip
+    assert [r["query"] for r in rows] == ["offset=0&limit=2", "offset=2&limit=2", "offset=4&limit=2"] * 2
+    assert len({r["correlation_id"] for r in rows}) == 2 and {r["http_status"] for r in rows} == {200}
+    [done] = _lines(hub, "token_pull_done", owner)[-1:]
+    assert (done["tokens"], done["ignored"], done["pages"]) == (5, 1, 3)
+    metrics = httpx.get(f"{hub.base}/metrics").text
+    assert "ocpi_hub_token_index_lost_total 1.0" in metrics
+    assert 'ocpi_hub_token_pull_total{result="ok"} 2.0' in metrics
+
+
+def test_an_emsp_whose_tokens_sender_fails_is_retried_later_and_the_others_are_pulled_meanwhile(
+    own_hub: tuple[Hub, str, str], start_party
+) -> None:
+    hub, redis_url, _ = own_hub
+    failing, failing_owner = _emsp_listing(hub, start_party, 1)  # registered first: its pull comes first
+    _, owner = _emsp_listing(hub, start_party, 1)
+    cpo = register_at_hub(hub, start_party, _roles("CPO"))
+    _wait(lambda: _lines(hub, "token_pull_done", failing_owner) and _lines(hub, "token_pull_done", owner))
+    failing.canned[("GET", TOKENS_SENDER)] = (500, b"down", {})
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushall()
+    _wait(lambda: _lines(hub, "token_pull_failed", failing_owner))
+    assert _wait(lambda: _authorize(cpo, hub, f"TOK0-{owner[1]}")["status_code"] == 1000)
+    refused = _authorize(cpo, hub, f"TOK0-{failing_owner[1]}")
+    assert refused["status_code"] == 4001, refused
+    [failed] = _lines(hub, "token_pull_failed", failing_owner)
+    assert "HTTP 500" in failed["reason"] and failed["retry_in_s"] == 300
+    assert 'ocpi_hub_token_pull_total{result="failed"} 1.0' in httpx.get(f"{hub.base}/metrics").text

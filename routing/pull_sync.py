@@ -40,7 +40,7 @@ import structlog
 from hub.envelope import ocpi_timestamp
 from hub.metrics import LOCATION_CACHE_LOST, LOCATION_SYNCS
 from hub.party_client import PartyClient
-from routing.sender_pages import Record, sender_page
+from routing.sender_pages import Record, listing_parties, sender_page
 from storage.directory import Directory, PartyRole, Platform
 from storage.location_cache import LocationCache
 from storage.location_cap import clear_unless_refused_since, refused_so_far
@@ -68,13 +68,7 @@ LEFT_THE_HUB = "the CPO left the hub during the sync; nothing more was stored"
 
 def cpo_parties(directory: Directory) -> list[tuple[Platform, PartyRole]]:
     """Every connected CPO party whose platform has a locations Sender."""
-    return [
-        (platform, role)
-        for platform in directory.platforms.values()
-        if platform.state == "REGISTERED" and platform.endpoint("locations", "SENDER")
-        for role in platform.roles
-        if role.role == "CPO" and role.status == "CONNECTED"
-    ]
+    return listing_parties(directory, "locations", ("CPO",))
 
 
 class PullSync:

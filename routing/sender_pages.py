@@ -22,7 +22,7 @@ from hub.own_messages import hub_request
 from hub.party_client import PartyClient
 from routing.forward import OcpiStatusCode
 from routing.rewrite import resolved, why_not_callable
-from storage.directory import PartyRole, Platform
+from storage.directory import Directory, PartyRole, Platform
 from storage.log_row import LogEntry
 
 _NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
@@ -40,6 +40,17 @@ class Page(NamedTuple):
     next_url: str | None
     total: int | None  # X-Total-Count
     why: str  # what the party answered: HTTP and OCPI status, and the error if any
+
+
+def listing_parties(directory: Directory, module: str, roles: tuple[str, ...]) -> list[tuple[Platform, PartyRole]]:
+    """Every connected party of one of roles whose registered platform has a `module` Sender."""
+    return [
+        (platform, role)
+        for platform in directory.platforms.values()
+        if platform.state == "REGISTERED" and platform.endpoint(module, "SENDER")
+        for role in platform.roles
+        if role.role in roles and role.status == "CONNECTED"
+    ]
 
 
 async def sender_page(

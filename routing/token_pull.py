@@ -34,7 +34,7 @@ import structlog
 from hub.envelope import ocpi_timestamp
 from hub.metrics import TOKEN_INDEX_LOST, TOKEN_PULLS, TOKENS_PULLED
 from hub.party_client import PartyClient
-from routing.sender_pages import Record, sender_page
+from routing.sender_pages import Record, listing_parties, sender_page
 from storage.directory import Directory, PartyRole, Platform
 from storage.publish_tokens import Sent, token_type
 from storage.routing_state import RoutingState
@@ -69,13 +69,7 @@ class PullResult:
 
 def emsp_parties(directory: Directory) -> list[tuple[Platform, PartyRole]]:
     """Every connected eMSP party whose platform has a tokens Sender."""
-    return [
-        (platform, role)
-        for platform in directory.platforms.values()
-        if platform.state == "REGISTERED" and platform.endpoint("tokens", "SENDER")
-        for role in platform.roles
-        if role.role in TOKEN_OWNERS and role.status == "CONNECTED"
-    ]
+    return listing_parties(directory, "tokens", TOKEN_OWNERS)
 
 
 class TokenPull:

@@ -35,7 +35,7 @@ from hub.party_client import PartyClient
 from hub.request_context import HUB_INSTANCE_HEADER, PROBE_PATHS, RequestContext
 from hub.runtime import DATABASE_TIMEOUT_S, check_at_start, open_database, open_redis, stop_background_tasks
 from hub.settings import Settings
-from routing import token_pull
+from routing import owner_pull
 from routing.fair_share import CallerShares
 from routing.forward import open_session
 from routing.party_addresses import ALLOWANCE, PartyAddresses, refused_urls
@@ -121,8 +121,10 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             relay.serve(app.state)
             sync = PullSync(http, app.state.locations, redis_client, settings.redis_prefix, hub_party, writer.record,
                             directory=lambda: directory.current)  # fmt: skip
-            tokens = token_pull.TokenPull(http, routing, redis_client, settings.redis_prefix, hub_party, writer.record,
-                                          lambda: directory.current, settings.token_page_limit)  # fmt: skip
+            listings = (owner_pull.tokens(), owner_pull.sessions(settings.owner_index_period_s))
+            pulls = [owner_pull.OwnerPull(listing, http, routing, redis_client, settings.redis_prefix, hub_party,
+                                          writer.record, lambda: directory.current, settings.pull_page_limit)
+                     for listing in listings]  # fmt: skip
             tasks = [
                 asyncio.create_task(directory.watch(), name="directory_watch"),
                 asyncio.create_task(_flush_last_seen(app.state), name="last_seen_flush"),
@@ -142,8 +144,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                     name="pull_sync",
                 ),
                 asyncio.create_task(
-                    token_pull.run_scheduled(tokens, lambda: directory.current, settings.sync_check_s),
-                    name="token_pull",
+                    owner_pull.run_scheduled(pulls, settings.sync_check_s),
+                    name="owner_pull",
                 ),
                 asyncio.create_task(log_checkpoints(pool, redis_client, settings), name="routing_log_checkpoints"),
             ]

@@ -66,14 +66,16 @@ LOCATIONS_OVER_CAP = Counter(
     "location_cap), by CPO and cap: locations (OCPI_HUB_MAX_LOCATIONS_PER_CPO) or bytes (OCPI_HUB_MAX_LOCATION_BYTES_"
     "PER_CPO: a new one refused, or a cached one an update grew past it dropped)", ["party", "cap"],
 )  # fmt: skip
-TOKEN_PULLS = Counter(
-    "ocpi_hub_token_pull", "Pulls of an eMSP's token list into the owner index (routing.token_pull), by result (ok, "
-    "failed, stopped: the eMSP left the hub meanwhile)", ["result"],
+OWNER_PULLS = Counter(
+    "ocpi_hub_owner_pull", "Pulls of a party's list (module: tokens of an eMSP, sessions of a CPO) into the owner "
+    "index (routing.owner_pull), by result (ok, failed, stopped: the party left the hub meanwhile)",
+    ["module", "result"],
 )  # fmt: skip
-TOKENS_PULLED = Counter("ocpi_hub_tokens_pulled", "Tokens read from eMSPs' tokens Senders by token pulls")
-TOKEN_INDEX_LOST = Counter(
-    "ocpi_hub_token_index_lost", "eMSPs whose token list this hub process saw pulled, then found without its mark: "
-    "Redis lost its data (restart without persistence, FLUSHALL, failover to an empty replica)",
+OWNERS_PULLED = Counter("ocpi_hub_owner_pull_objects", "Objects read from parties' Senders by owner pulls", ["module"])
+OWNER_INDEX_LOST = Counter(
+    "ocpi_hub_owner_index_lost", "Parties whose list this hub process saw pulled into the owner index, then found "
+    "without its mark: Redis lost its data (restart without persistence, FLUSHALL, failover to an empty replica)",
+    ["module"],
 )  # fmt: skip
 LOCATION_SYNCS = Counter(
     "ocpi_hub_location_sync", "Pull syncs of a CPO's locations, by result and kind (full, incremental, rebuild)",

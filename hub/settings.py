@@ -61,7 +61,7 @@ class Settings:
     log_mode: str
     sync_interval_s: float
     sync_check_s: float
-    token_page_limit: int
+    pull_page_limit: int
     max_locations_per_cpo: int
     max_location_bytes_per_cpo: int
     still_alive_s: float
@@ -194,7 +194,7 @@ class Settings:
             log_mode=log_mode,
             sync_interval_s=number("OCPI_HUB_SYNC_INTERVAL_S", float),
             sync_check_s=number("OCPI_HUB_SYNC_CHECK_S", float),
-            token_page_limit=int(number("OCPI_HUB_TOKEN_PAGE_LIMIT", int)),
+            pull_page_limit=int(number("OCPI_HUB_PULL_PAGE_LIMIT", int)),
             max_locations_per_cpo=int(number("OCPI_HUB_MAX_LOCATIONS_PER_CPO", int)),
             max_location_bytes_per_cpo=int(number("OCPI_HUB_MAX_LOCATION_BYTES_PER_CPO", int)),
             still_alive_s=number("OCPI_HUB_STILL_ALIVE_S", float),

@@ -97,14 +97,14 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     (
         "OCPI_HUB_SYNC_CHECK_S",
         "10",
-        "seconds between checks for CPOs never synced and eMSPs whose tokens were never pulled (new, or Redis lost its"
-        " data)",
+        "seconds between checks for CPOs never synced, and for eMSPs whose tokens and CPOs whose sessions were never"
+        " pulled into the owner index (new, or Redis lost its data)",
     ),
     (
-        "OCPI_HUB_TOKEN_PAGE_LIMIT",
+        "OCPI_HUB_PULL_PAGE_LIMIT",
         "1000",
-        "tokens the hub asks for per page (limit) as it reads an eMSP's tokens Sender to note its tokens in the owner"
-        " index (the eMSP may send fewer): the most tokens of a pull it holds in memory at a time",
+        "tokens or sessions the hub asks for per page (limit) as it reads a party's Sender into the owner index (the"
+        " party may send fewer): the most objects of a pull it holds in memory at a time",
     ),
     # 1,000 locations the size of the spec's example are about 1.2 MB of documents (storage.location_cache): 100,000,
     # far more than one CPO's network holds, are some 120 MB of them, without their indexes (bench/location_cache.py)

@@ -125,7 +125,7 @@ class OwnerIndex:
 
     async def write_noted(self) -> None:
         """Write what was noted so far now, rather than with the next batch: a task noting a page of objects at a time
-        (routing.token_pull) waits for its page to be written before it reads the next, so its notes stay few."""
+        (routing.owner_pull) waits for its page to be written before it reads the next, so its notes stay few."""
         await self._write_owners()
 
     async def owners(self, module: str, object_id: str) -> list[tuple[str, str]]:

@@ -37,7 +37,7 @@ Open routing reads the records too (storage.owner_index.token_types): several eM
 by their types.
 
 Tokens relayed by a hub before this index (which kept only their uid, in `owners:tokens`) are matched once their
-eMSP pushes them again, or the hub's token pull reads them from the eMSP's list (routing.token_pull).
+eMSP pushes them again, or the hub's token pull reads them from the eMSP's list (routing.owner_pull).
 """
 
 from __future__ import annotations

@@ -339,9 +339,9 @@ class Party:
 
     def functional(self) -> list[Received]:
         """Requests of the functional modules, but not versions, credentials, the hub's ClientInfo pushes, or the
-        hub's own pull sync of locations and pull of tokens."""
+        hub's own pull sync of locations and owner pulls of tokens and sessions."""
         configuration = ("/ocpi/versions", "/ocpi/2.2.1", "/ocpi/2.2.1/credentials")
-        own = self.syncs() + self.token_pulls()
+        own = self.syncs() + self.owner_pulls("tokens") + self.owner_pulls("sessions")
         return [
             r
             for r in self.received
@@ -352,9 +352,9 @@ class Party:
         """The hub's pull sync: GETs of our locations Sender from the hub itself."""
         return self._lists_read_by_the_hub("locations")
 
-    def token_pulls(self) -> list[Received]:
-        """The hub's token pull (routing.token_pull): GETs of our tokens Sender from the hub itself."""
-        return self._lists_read_by_the_hub("tokens")
+    def owner_pulls(self, module: str) -> list[Received]:
+        """The hub's owner pull (routing.owner_pull): GETs of our tokens or sessions Sender from the hub itself."""
+        return self._lists_read_by_the_hub(module)
 
     def _lists_read_by_the_hub(self, module: str) -> list[Received]:
         return [

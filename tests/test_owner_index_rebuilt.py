@@ -1,10 +1,12 @@
-"""After Redis lost its data (FLUSHALL), the hub reads each eMSP's token list again (routing.token_pull) and the CPOs'
-locations (pull sync): open authorizations, commands and publish_allowed_to work again for what was there before."""
+"""After Redis lost its data (FLUSHALL), the hub reads each eMSP's token list and each CPO's recent sessions again
+(routing.owner_pull) and the CPOs' locations (pull sync): open authorizations, commands, session requests and
+publish_allowed_to work again for what was there before."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -30,7 +32,7 @@ def own_hub(services: Services, tmp_path: Path) -> Iterator[tuple[Hub, str, str]
     try:
         with scratch_database(services, "owners_rebuilt") as database_url:
             env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=database_url,
-                          OCPI_HUB_REDIS_URL=redis_url, OCPI_HUB_TOKEN_PAGE_LIMIT="2")  # fmt: skip
+                          OCPI_HUB_REDIS_URL=redis_url, OCPI_HUB_PULL_PAGE_LIMIT="2")  # fmt: skip
             hub = start_hub(env, OUTPUT / "hub-owners-rebuilt.log")
             try:
                 yield hub, redis_url, database_url
@@ -58,8 +60,9 @@ def _emsp_listing(hub: Hub, start_party, count: int, **options: object):  # type
     return emsp, owner
 
 
-def _lines(hub: Hub, event: str, owner: tuple[str, str]) -> list[dict]:
+def _lines(hub: Hub, event: str, owner: tuple[str, str], module: str = "tokens") -> list[dict]:
     found = [json.loads(line) for line in hub.log().splitlines() if f'"{event}"' in line]
+    found = [line for line in found if line.get("module") == module]
     return [line for line in found if f"{owner[0]}-{owner[1]}" in json.dumps(line.get("party", line.get("parties")))]
 
 
@@ -81,11 +84,11 @@ def test_after_redis_lost_its_data_open_authorizations_commands_and_publish_allo
     cpo.register_at(hub.versions_url, hub.invite(cpo.name, cpo_roles)["token_a"])
     pushed = f"PUSHED-{owner[1]}"  # a token the eMSP pushes through the hub and does not list
     _push_token(emsp, cpo, hub, pushed)
-    _wait(lambda: _lines(hub, "token_pull_done", owner))  # a new eMSP's list is read at once
+    _wait(lambda: _lines(hub, "owner_pull_done", owner))  # a new eMSP's list is read at once
     _wait(lambda: _authorize(cpo, hub, pushed)["status_code"] == 1000)
     with redis.Redis.from_url(redis_url) as client:
         client.flushall()
-    _wait(lambda: _lines(hub, "token_index_lost", owner))
+    _wait(lambda: _lines(hub, "owner_index_lost", owner))
     # each token it lists is noted again; what it pushed and does not list, only when it pushes it again
     for n in (0, 4):
         answer = _wait(lambda n=n: (a := _authorize(cpo, hub, f"tok{n}-{owner[1]}"))["status_code"] == 1000 and a)
@@ -104,11 +107,11 @@ def test_after_redis_lost_its_data_open_authorizations_commands_and_publish_allo
                "routing = 'hub' AND to_party_id = $1 ORDER BY id", owner[1])  # fmt: skip
     assert [r["query"] for r in rows] == ["offset=0&limit=2", "offset=2&limit=2", "offset=4&limit=2"] * 2
     assert len({r["correlation_id"] for r in rows}) == 2 and {r["http_status"] for r in rows} == {200}
-    [done] = _lines(hub, "token_pull_done", owner)[-1:]
-    assert (done["tokens"], done["ignored"], done["pages"]) == (5, 1, 3)
+    [done] = _lines(hub, "owner_pull_done", owner)[-1:]
+    assert (done["noted"], done["ignored"], done["pages"]) == (5, 1, 3)
     metrics = httpx.get(f"{hub.base}/metrics").text
-    assert "ocpi_hub_token_index_lost_total 1.0" in metrics
-    assert 'ocpi_hub_token_pull_total{result="ok"} 2.0' in metrics
+    assert 'ocpi_hub_owner_index_lost_total{module="tokens"} 1.0' in metrics
+    assert 'ocpi_hub_owner_pull_total{module="tokens",result="ok"} 2.0' in metrics
 
 
 def test_an_emsp_whose_tokens_sender_fails_is_retried_later_and_the_others_are_pulled_meanwhile(
@@ -118,14 +121,54 @@ def test_an_emsp_whose_tokens_sender_fails_is_retried_later_and_the_others_are_p
     failing, failing_owner = _emsp_listing(hub, start_party, 1)  # registered first: its pull comes first
     _, owner = _emsp_listing(hub, start_party, 1)
     cpo = register_at_hub(hub, start_party, _roles("CPO"))
-    _wait(lambda: _lines(hub, "token_pull_done", failing_owner) and _lines(hub, "token_pull_done", owner))
+    _wait(lambda: _lines(hub, "owner_pull_done", failing_owner) and _lines(hub, "owner_pull_done", owner))
     failing.canned[("GET", TOKENS_SENDER)] = (500, b"down", {})
     with redis.Redis.from_url(redis_url) as client:
         client.flushall()
-    _wait(lambda: _lines(hub, "token_pull_failed", failing_owner))
+    _wait(lambda: _lines(hub, "owner_pull_failed", failing_owner))
     assert _wait(lambda: _authorize(cpo, hub, f"TOK0-{owner[1]}")["status_code"] == 1000)
     refused = _authorize(cpo, hub, f"TOK0-{failing_owner[1]}")
     assert refused["status_code"] == 4001, refused
-    [failed] = _lines(hub, "token_pull_failed", failing_owner)
+    [failed] = _lines(hub, "owner_pull_failed", failing_owner)
     assert "HTTP 500" in failed["reason"] and failed["retry_in_s"] == 300
-    assert 'ocpi_hub_token_pull_total{result="failed"} 1.0' in httpx.get(f"{hub.base}/metrics").text
+    assert 'ocpi_hub_owner_pull_total{module="tokens",result="failed"} 1.0' in httpx.get(f"{hub.base}/metrics").text
+
+
+def _session(cpo: tuple[str, str], emsp: tuple[str, str], session_id: str, updated: str) -> dict:
+    return {"country_code": cpo[0], "party_id": cpo[1], "id": session_id, "status": "ACTIVE", "kwh": 1.5,
+            "start_date_time": updated, "location_id": "L1", "evse_uid": "E1", "connector_id": "1", "currency": "EUR",
+            "auth_method": "WHITELIST", "cdr_token": {"country_code": emsp[0], "party_id": emsp[1], "uid": "T",
+                                                      "type": "RFID", "contract_id": "C"},
+            "last_updated": updated}  # fmt: skip
+
+
+def test_after_redis_lost_its_data_open_requests_about_a_recent_session_reach_its_cpo_and_emsp_again(
+    own_hub: tuple[Hub, str, str], start_party
+) -> None:
+    hub, redis_url, _ = own_hub
+    emsp = register_at_hub(hub, start_party, _roles("EMSP"))
+    roles = _roles("CPO")
+    cpo = start_party(roles, page_size=2)
+    owner, emsp_key = party_key(cpo), party_key(emsp)
+    recent = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # a session last updated more than OCPI_HUB_OWNER_INDEX_PERIOD_S (45 days) ago is not asked for: date_from
+    cpo.objects["sessions"] = [_session(owner, emsp_key, f"S{n}", recent) for n in range(3)]
+    cpo.objects["sessions"].append(_session(owner, emsp_key, "OLD", "2026-01-01T00:00:00Z"))
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    _wait(lambda: _lines(hub, "owner_pull_done", owner, "sessions"))
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushall()
+    _wait(lambda: _lines(hub, "owner_index_lost", owner, "sessions"))
+    patch = f"receiver/sessions/{owner[0]}/{owner[1]}/S2"  # the CPO's PATCH, to the eMSP its cdr_token names
+    change = {"kwh": 2.0, "last_updated": recent}
+    _wait(lambda: cpo.call(hub.base, "PATCH", patch, body=change).json()["status_code"] == 1000)
+    assert [r.path for r in emsp.functional()][-1:] == [f"/ocpi/2.2.1/sessions/receiver/{owner[0]}/{owner[1]}/S2"]
+    preferences = emsp.call(hub.base, "PUT", "sender/sessions/S0/charging_preferences",
+                            body={"profile_type": "FAST"})  # the eMSP's, to the session's CPO  # fmt: skip
+    assert preferences.json()["status_code"] == 1000, preferences.text
+    assert [r.path for r in cpo.functional()][-1:] == ["/ocpi/2.2.1/sessions/sender/S0/charging_preferences"]
+    old = cpo.call(hub.base, "PATCH", f"receiver/sessions/{owner[0]}/{owner[1]}/OLD", body=change).json()
+    assert old["status_code"] == 4001, old
+    [done] = _lines(hub, "owner_pull_done", owner, "sessions")[-1:]
+    assert (done["noted"], done["pages"]) == (3, 2)
+    assert all(r.query.startswith("date_from=") for r in cpo.owner_pulls("sessions"))

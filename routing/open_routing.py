@@ -7,8 +7,8 @@ two OCPI_HUB_OWNER_INDEX_PERIOD_S after it was last seen), and the eMSP of a ses
 are unique per party only: an id seen with several owners on the hub is refused, never guessed (a token uid once the
 type asked for does not tell its eMSPs apart); a party no longer on the hub is no owner. Ids are CiStrings, matched in
 any case (storage.owner_index). A token push also notes the token's fields, which the location cache's
-publish_allowed_to matches; the tokens an eMSP's Sender lists are noted alike (routing.owner_pull), also again after
-Redis lost its data.
+publish_allowed_to matches; the tokens an eMSP's Sender lists, and a CPO's recent sessions, are noted alike
+(routing.owner_pull), also again after Redis lost its data.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -247,6 +248,9 @@ async def export_public_key(request: Request) -> Response[bytes]:
     return json_response(public_key_info(request.app.state.settings.export_signing_key))
 
 
+_EXPORT_ID = re.compile("[0-9a-f]{32}")
+
+
 @get("/routing-log/export/manifests/{export_id:str}", opt={READ_ONLY: True})
 async def export_manifest(request: Request, export_id: str) -> Response[bytes]:
     """An export's signed manifest, as the audit trail kept it when the export ended: a CSV export's, which its file
@@ -259,5 +263,9 @@ async def export_manifest(request: Request, export_id: str) -> Response[bytes]:
 
 
 async def manifest_of(conn: asyncpg.Connection, export_id: str) -> bytes | None:
+    """The manifest of the export export_id, or None; an id that no export can have (32 hex digits, Sealing) is not
+    looked up: a NUL in it was PostgreSQL's error, and the hub's 500."""
+    if not _EXPORT_ID.fullmatch(export_id):
+        return None
     text = await conn.fetchval(QUERIES["export_manifest"], export_id)
     return None if text is None else trailer(json.loads(text))

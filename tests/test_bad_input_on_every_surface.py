@@ -1,0 +1,321 @@
+"""Bad input on every HTTP surface of the hub, case by case: the relay's modules and methods, the hub's own OCPI routes
+(versions, credentials, hubclientinfo), the admin API and the console's pages and forms. Each case is answered within
+a few seconds, below 500, in the surface's own error shape (an OCPI envelope, the admin API's {"error": ...}, a
+console page), with a message that names what was wrong. tests/test_malformed_requests.py throws made-up requests at
+the relay over raw sockets; this one names each case and what its answer must say.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Hub
+from tests.parties import Party, token_header
+from tests.test_routing import party_key
+
+ANSWERED_WITHIN_S = 5
+HUB = ("NL", "HUB")  # the hub's own party (tests.conftest.hub_env)
+BIG = 10_000_001  # one byte over the hub's body limit (OCPI_HUB_MAX_BODY_BYTES's default)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One request and a piece of what its answer's message must say (case-insensitive). In target, {cc} and {pid}
+    are the CPO's, {ecc} and {epid} the eMSP's."""
+
+    method: str
+    target: str
+    says: str
+    body: bytes | None = None
+    by: str = "cpo"  # relay: the caller, cpo or emsp
+    to: tuple[str, str] | str | None = "emsp"  # relay: the OCPI-to party, "cpo", "emsp", HUB, or None for none
+
+
+def _bodies(method: str, path: str, by: str = "cpo", to: str = "emsp", wrong: str = "$.id") -> list[Case]:
+    """A body the hub reads (an id checked, an owner, a response_url) sent malformed in every way; wrong: what the
+    answer to an object of the wrong field types says."""
+    return [
+        Case(method, path, "not valid JSON", b"{", by, to),
+        Case(method, path, "not valid JSON", b"", by, to),
+        Case(method, path, "got `array`", b"[]", by, to),
+        Case(method, path, "got `int`", b"5", by, to),
+        Case(method, path, "got `str`", b'"LOC1"', by, to),
+        Case(method, path, "got `null`", b"null", by, to),
+        Case(method, path, "not UTF-8", b"\xff\xfe{}", by, to),
+        Case(method, path, wrong, b'{"id": 5, "country_code": [], "party_id": {}}', by, to),
+    ]
+
+
+_PAGING = [
+    ("limit=-1", "limit must be a whole number"),
+    ("offset=abc", "offset must be a whole number"),
+    ("limit=1e9", "limit must be a whole number"),
+    ("offset=" + "9" * 5000, "offset must be a whole number"),
+    ("limit=%00", "limit must be a whole number"),
+    ("limit=%ff", "limit must be a whole number"),
+    ("date_from=garbage", "date_from must be an OCPI DateTime"),
+    ("date_to=2026-02-30T00:00:00Z", "date_to must be an OCPI DateTime"),
+    ("date_from=2026-02-01T00:00:00Z&date_to=2026-01-01T00:00:00Z", "date_to (2026-01-01T00:00:00Z) is before"),
+]
+
+RELAY = [
+    *_bodies("PUT", "receiver/locations/{cc}/{pid}/LOC1"),
+    Case("PATCH", "receiver/locations/{cc}/{pid}/LOC1", "PATCH body", b"[]"),
+    Case("PATCH", "receiver/locations/{cc}/{pid}/LOC1", "last_updated", b'{"id": 5}'),
+    *_bodies("PUT", "receiver/sessions/{cc}/{pid}/S1"),
+    *_bodies("POST", "receiver/cdrs"),
+    *_bodies("PUT", "receiver/tariffs/{cc}/{pid}/T1"),
+    *_bodies("PUT", "receiver/tokens/{ecc}/{epid}/TOK1", by="emsp", to="cpo"),
+    *_bodies("POST", "receiver/commands/START_SESSION", by="emsp", to="cpo", wrong="response_url is required"),
+    Case("POST", "sender/tokens/TOK1/authorize", "not UTF-8", b"\xff{}"),  # relayed bodies too: checked as UTF-8
+    Case("PUT", "sender/sessions/S1/charging_preferences", "not UTF-8", b"\xff{}", "emsp", "cpo"),
+    Case("PUT", "receiver/locations/{cc}/{pid}/LOC1", "at most 10000000 bytes", b"x" * BIG),
+    Case("POST", "receiver/commands/START_SESSION", "JSON", b"{", "emsp", None),  # open routing reads the body
+    # URLs: percent-encoded junk and over-long segments where the hub reads them
+    Case("POST", "receiver/commands/%00", "no URL of the commands Receiver", b"{}", "emsp", "cpo"),
+    Case("POST", "receiver/commands/%ff%fe", "no URL of the commands Receiver", b"{}", "emsp", "cpo"),
+    Case("POST", "receiver/commands/" + "A" * 5000, "no URL of the commands Receiver", b"{}", "emsp", "cpo"),
+    Case("GET", "receiver/tokens/%00/{epid}/TOK1", "owner in the URL", None, "emsp", "cpo"),
+    Case("GET", "receiver/tokens/%2F/{epid}/TOK1", "owner in the URL", None, "emsp", "cpo"),
+    Case("GET", "receiver/locations/{cc}/{pid}/..", "no URL of the locations Receiver"),
+    Case("GET", "nonsense/%ff", "no URL of the hub"),
+    Case("GET", "receiver/chargingprofiles/S1?duration=abc&response_url=x", "duration", None, "emsp", "cpo"),
+    # the lists the hub answers itself: the locations it holds (OCPI-to: the hub) and hubclientinfo
+    *[Case("GET", f"sender/locations?{query}", says, None, "emsp", HUB) for query, says in _PAGING],
+    *[Case("GET", f"sender/hubclientinfo?{query}", says, None, "cpo", None) for query, says in _PAGING],
+    Case("GET", "sender/locations?country_code=N&party_id=ABCD", "country_code and party_id", None, "emsp", HUB),
+]
+
+OWN_OCPI = [  # (method, path, body, what the message says); the eMSP's token
+    ("PUT", "/ocpi/2.2.1/credentials", b"{", "not valid JSON"),
+    ("PUT", "/ocpi/2.2.1/credentials", b"", "body is empty"),
+    ("PUT", "/ocpi/2.2.1/credentials", b"[]", "invalid Credentials object"),
+    ("PUT", "/ocpi/2.2.1/credentials", b"\xff", "not valid JSON"),
+    ("PUT", "/ocpi/2.2.1/credentials", b'{"token": 5, "url": [], "roles": {}}', "$.token"),
+    ("PUT", "/ocpi/2.2.1/credentials", b'{"token": "x", "url": "nope", "roles": []}', "$.url"),
+    ("POST", "/ocpi/2.2.1/credentials", b"{", "already registered"),
+    ("PATCH", "/ocpi/2.2.1/credentials", b"{}", "method PATCH is not allowed"),
+    ("POST", "/ocpi/versions", b"{", "method POST is not allowed"),
+    ("PUT", "/ocpi/2.2.1", b"{", "method PUT is not allowed"),
+    ("GET", "/ocpi/9.9/versions", None, "no such endpoint"),
+    ("GET", "/ocpi/2.2.1/hubclientinfo", None, "no URL of the hub"),
+    ("GET", "/ocpi/2.2.1/sender/hubclientinfo/%ff", None, "hubclientinfo Sender is /ocpi/2.2.1/sender/hubclientinfo"),
+    ("POST", "/ocpi/2.2.1/sender/hubclientinfo", b"{", "method POST is not allowed"),
+]
+
+_LOG = "/admin/api/routing-log"
+ADMIN_GETS = [  # (path and query, what the error says)
+    (f"{_LOG}?limit=-1", "limit must be a whole number from 1 to 500"),
+    (f"{_LOG}?limit=abc", "limit must be a whole number"),
+    (f"{_LOG}?limit=1e9", "limit must be a whole number"),
+    (f"{_LOG}?limit=5&limit=6", "limit is given more than once"),
+    (f"{_LOG}?cursor=abc", "cursor is not one this API handed out"),
+    (f"{_LOG}?cursor=%ff%fe", "cursor is not one this API handed out"),
+    (f"{_LOG}?cursor=WyJ4IiwgInkiXQ==", "cursor is not one this API handed out"),  # ["x", "y"] in base64
+    (f"{_LOG}?since=garbage", "since must be an ISO 8601 time"),
+    (f"{_LOG}?since=2026-02-30", "since must be an ISO 8601 time"),
+    (f"{_LOG}?until=99999-01-01", "until must be an ISO 8601 time"),
+    (f"{_LOG}?since=2026-01-01&until=2025-01-01", "is not before until"),
+    (f"{_LOG}?party=%00", "party must be a country code and party id"),
+    (f"{_LOG}?module=%ff", "module must be a module name"),
+    (f"{_LOG}?http_status=999999999999999999999", "http_status must be a whole number"),
+    (f"{_LOG}?request_id=" + "x" * 300, "request_id must be 1 to 255 characters"),
+    (f"{_LOG}?nope=1", "unknown parameter nope"),
+    (f"{_LOG}/abc", "no such endpoint"),
+    (f"{_LOG}/99999999999999999999999", "no routing-log row 99999999999999999999999"),
+    (f"{_LOG}/correlation/x?limit=abc", "unknown parameter limit"),
+    (f"{_LOG}/export?format=xml", "format must be ndjson or csv"),
+    (f"{_LOG}/export?bodies=maybe", "bodies must be true or false"),
+    (f"{_LOG}/export?since=garbage", "since must be an ISO 8601 time"),
+    (f"{_LOG}/export/manifests/%00", "no export"),
+    (f"{_LOG}/export/manifests/%ff", "no export"),
+    (f"{_LOG}/export/manifests/" + "x" * 5000, "no export"),
+    (f"{_LOG}/heads?x=1", "unknown parameter x"),
+    (f"{_LOG}/checkpoint?x=1", "unknown parameter x"),
+    (f"{_LOG}/verify?since=garbage", "since must be an ISO 8601 time"),
+    (f"{_LOG}/verify?checkpoint=x", "POST the checkpoint file as the body"),
+    ("/admin/api/stats?bucket=week", "bucket must be hour or day"),
+    ("/admin/api/stats?until=garbage", "until must be an ISO 8601 time"),
+    ("/admin/api/stats?until=0001-01-01T00:00:00Z", "until leaves no hour before it"),
+    ("/admin/api/audit-trail?limit=-1", "limit must be a whole number"),
+    ("/admin/api/audit-trail?cursor=abc", "cursor is not one this API handed out"),
+    ("/admin/api/audit-trail?since=garbage", "unknown parameter since"),
+    ("/admin/api/holds?x=1", "unknown parameter x"),
+    ("/admin/api/parties?x=1", "unknown parameter x"),
+    ("/admin/api/parties/abc", "no such endpoint"),
+    ("/admin/api/parties/99999999999999999999", "no platform 99999999999999999999"),
+]
+ADMIN_POSTS = [  # (path, body, what the error says)
+    ("/admin/api/invitations", b"{", "invalid invitation"),
+    ("/admin/api/invitations", b"", "invalid invitation"),
+    ("/admin/api/invitations", b"[]", "got `array`"),
+    ("/admin/api/invitations", b"\xff", "invalid invitation"),
+    ("/admin/api/invitations", b'{"name": 5, "roles": "x"}', "$.name"),
+    ("/admin/api/invitations", b'{"name": "x", "roles": []}', "$.roles"),
+    (
+        "/admin/api/invitations",
+        b'{"name": "x", "roles": [{"role": "FOO", "country_code": "NL", "party_id": "ABC"}]}',
+        "$.roles[0].role",
+    ),
+    (
+        "/admin/api/invitations",
+        b'{"name": "x", "roles": [{"role": "CPO", "country_code": "NLD", "party_id": "ABC"}]}',
+        "$.roles[0].country_code",
+    ),
+    (
+        "/admin/api/invitations",
+        b'{"name": "x", "roles": [{"role": "CPO", "country_code": "NL", "party_id": "ABC"}], "expires_in_s": 1e300}',
+        "$.expires_in_s",
+    ),
+    ("/admin/api/invitations", b'{"name": "x\\u0000", "roles": []}', "$.name"),
+    ("/admin/api/holds", b"{", "invalid hold"),
+    ("/admin/api/holds", b"5", "got `int`"),
+    ("/admin/api/holds", b'{"party": "x", "reason": "r"}', "$.party"),
+    ("/admin/api/holds", b'{"correlation_id": "\\u0000", "reason": "r"}', "$.correlation_id"),
+    ("/admin/api/holds/abc/release", b"", "no such endpoint"),
+    ("/admin/api/holds/99999999999999999999/release", b"", "no hold 99999999999999999999"),
+    ("/admin/api/parties/1/suspend", b"[]", "invalid suspension"),
+    ("/admin/api/parties/1/suspend", b'{"reason": 5}', "$.reason"),
+    ("/admin/api/parties/99999999999999999999/resume", b"", "no platform 99999999999999999999"),
+    ("/admin/api/parties/abc/credentials", b"", "no such endpoint"),
+    (f"{_LOG}/verify", b"{", "the body is not heads"),
+    (f"{_LOG}/verify", b"\xff", "the body is not heads"),
+    (f"{_LOG}/verify", b'{"heads": 5}', "the body is not heads"),
+]
+
+CONSOLE_GETS = [  # (path and query, what the page says)
+    ("/console/log?limit=abc", "limit"),
+    ("/console/log?cursor=abc", "cursor is not one this API handed out"),
+    ("/console/log?since=garbage", "since must be an ISO 8601 time"),
+    ("/console/log?module=%ff", "module must be a module name"),
+    ("/console/log?party=NL-ABC&party=NL-DEF", "party"),
+    ("/console/log/abc", "no such endpoint"),
+    ("/console/log/99999999999999999999", "no row 99999999999999999999"),
+    ("/console/log/export?format=xml", "format must be ndjson or csv"),
+    ("/console/log/export?bodies=maybe", "bodies"),
+    ("/console/log/export?since=bad", "since must be an ISO 8601 time"),
+    ("/console/log/export/manifests/%00", "No export"),
+    ("/console/stats?party=%00", "party must be a country code and party id"),
+    ("/console/verify?run=maybe", "run"),
+    ("/console/verify?run=true&since=2026-01-01&until=2020-01-01", "is not before until"),
+    ("/console/audit?cursor=abc", "cursor"),
+    ("/console/parties/abc/unregister", "no such endpoint"),
+    ("/console/parties/1/nonsense", "no action 'nonsense'"),
+]
+CONSOLE_POSTS = [  # (path, form, what the page says)
+    ("/console/invite", {}, "name"),
+    ("/console/invite", {"name": "x", "role": "FOO", "country_code": "NL", "party_id": "ABC"}, "role"),
+    ("/console/invite", {"name": "x", "role": "CPO", "country_code": "NLD", "party_id": "A"}, "country_code"),
+    ("/console/verify", {"since": "garbage"}, "No heads were pasted"),
+    ("/console/verify", {"heads": '{"chains": []}', "since": "garbage"}, "since must be an ISO 8601 time"),
+    ("/console/verify", {"heads": "{"}, "heads"),
+    ("/console/parties/99999999999999999999/suspend", {}, "no platform 99999999999999999999"),
+]
+
+
+def _problem(answer: httpx.Response | None, took: float, says: str, shape: str) -> str | None:
+    """What is wrong with an answer to a bad request, or None."""
+    if answer is None:
+        return "no answer"
+    if took > ANSWERED_WITHIN_S:
+        return f"answered after {took:.1f} s"
+    if answer.status_code >= 500:
+        return f"HTTP {answer.status_code}: {answer.text[:200]}"
+    if shape == "console":
+        message = html.unescape(answer.text) if "<html" in answer.text else None
+    else:
+        try:
+            body = json.loads(answer.content)
+        except ValueError:
+            return f"HTTP {answer.status_code} without {shape}'s error shape: {answer.text[:200]!r}"
+        if shape == "ocpi" and (not isinstance(body, dict) or {"status_code", "timestamp"} - body.keys()):
+            return f"HTTP {answer.status_code} without an OCPI envelope: {answer.text[:200]!r}"
+        if shape == "ocpi" and body["status_code"] == 1000:
+            return f"accepted: {answer.text[:200]!r}"
+        message = body.get("status_message") if shape == "ocpi" else body.get("error")
+    if not message or says.lower() not in message.lower():
+        return f"HTTP {answer.status_code}, the message does not say {says!r}: {(message or answer.text)[-300:]!r}"
+    return None
+
+
+def _timed(send: Callable[..., httpx.Response], *args: Any, **options: Any) -> tuple[httpx.Response | None, float]:
+    """send(*args, **options) and the seconds its answer took; None for none within the client's timeout."""
+    started = time.monotonic()
+    try:
+        return send(*args, **options), time.monotonic() - started
+    except httpx.TimeoutException:
+        return None, time.monotonic() - started
+
+
+def _report(problems: list[str], cases: int) -> None:
+    assert not problems, f"{len(problems)} of {cases} cases:\n" + "\n".join(problems)
+
+
+def test_bad_input_to_every_relayed_module_gets_an_ocpi_error_naming_it(hub: Hub, cpo_and_emsp) -> None:
+    cpo, emsp = cpo_and_emsp
+    parties: dict[str, Party] = {"cpo": cpo, "emsp": emsp}
+    values = dict(zip(("cc", "pid", "ecc", "epid"), (*party_key(cpo), *party_key(emsp)), strict=True))
+    problems = []
+    for case in RELAY:
+        to = party_key(parties[case.to]) if isinstance(case.to, str) else case.to
+        target = case.target.format(**values)
+        answer, took = _timed(parties[case.by].call, hub.base, case.method, target, to=to, content=case.body)
+        if problem := _problem(answer, took, case.says, "ocpi"):
+            problems.append(f"{case.method} {target[:100]} {(case.body or b'')[:40]!r}: {problem}")
+    _report(problems, len(RELAY))
+    # none of it reached a receiver
+    assert cpo.functional() == [] and emsp.functional() == []
+
+
+def test_bad_input_to_the_hubs_own_ocpi_routes_gets_an_ocpi_error_naming_it(hub: Hub, cpo_and_emsp) -> None:
+    _, emsp = cpo_and_emsp
+    token, problems = token_header(emsp.hub_token or ""), []
+    for method, path, body, says in OWN_OCPI:
+        answer, took = _timed(httpx.request, method, hub.base + path, content=body, headers=token, timeout=30)
+        if problem := _problem(answer, took, says, "ocpi"):
+            problems.append(f"{method} {path} {(body or b'')[:40]!r}: {problem}")
+    _report(problems, len(OWN_OCPI))
+    # the platform is still registered with the token it had
+    assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token).status_code == 200
+
+
+def test_bad_filters_cursors_limits_and_bodies_get_the_admin_apis_error_naming_them(hub: Hub, cpo_and_emsp) -> None:
+    problems = []
+    with hub.admin() as admin:
+        for path, says in ADMIN_GETS:
+            answer, took = _timed(admin.get, path)
+            if problem := _problem(answer, took, says, "admin"):
+                problems.append(f"GET {path[:100]}: {problem}")
+        for path, body, says in ADMIN_POSTS:
+            answer, took = _timed(admin.post, path, content=body, headers={"Content-Type": "application/json"})
+            if problem := _problem(answer, took, says, "admin"):
+                problems.append(f"POST {path} {body[:40]!r}: {problem}")
+    _report(problems, len(ADMIN_GETS) + len(ADMIN_POSTS))
+
+
+@pytest.fixture
+def console(hub: Hub) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=hub.base, timeout=30) as client:
+        assert client.post("/console/sign-in", data={"token": hub.admin_token}).status_code == 303
+        yield client
+
+
+def test_bad_queries_and_forms_on_the_console_get_a_page_naming_them(hub: Hub, console: httpx.Client) -> None:
+    problems = []
+    for path, says in CONSOLE_GETS:
+        answer, took = _timed(console.get, path)
+        if problem := _problem(answer, took, says, "console"):
+            problems.append(f"GET {path[:100]}: {problem}")
+    for path, form, says in CONSOLE_POSTS:
+        answer, took = _timed(console.post, path, data=form)
+        if problem := _problem(answer, took, says, "console"):
+            problems.append(f"POST {path} {form}: {problem}")
+    _report(problems, len(CONSOLE_GETS) + len(CONSOLE_POSTS))

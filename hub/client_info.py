@@ -33,7 +33,7 @@ from litestar import Request, Response, get
 from litestar.datastructures import State
 
 from hub.auth import Caller
-from hub.envelope import check_dates, ocpi_response, ocpi_timestamp, paging_window, x_limit
+from hub.envelope import check_dates, list_parameters, ocpi_response, ocpi_timestamp, paging_window, x_limit
 from hub.errors import InvalidParameters, OcpiError
 from hub.own_messages import hub_request
 from hub.request_context import HUB_INSTANCE_HEADER
@@ -81,7 +81,7 @@ def _moment(name: str, raw: str | None) -> datetime | None:
 @get("/ocpi/2.2.1/sender/hubclientinfo")
 async def list_client_infos(request: Request[Caller, str, State]) -> Response[bytes]:
     """Every party but the caller's own, paginated (transport_and_format.asciidoc, Pagination)."""
-    params = request.query_params
+    params = list_parameters(request.scope["query_string"].decode("latin-1"))
     date_from, date_to = _moment("date_from", params.get("date_from")), _moment("date_to", params.get("date_to"))
     check_dates(params, date_from, date_to)
     offset, limit = paging_window(params, MAX_LIMIT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 import msgspec
 import structlog
@@ -36,6 +37,19 @@ def check_dates(params: Mapping[str, str], date_from: Moment | None, date_to: Mo
             f"date_to ({params['date_to']}) is before date_from ({params['date_from']}): no object can be in that "
             "window (date_from is inclusive, date_to exclusive)"
         )
+
+
+def list_parameters(query: str) -> dict[str, str]:
+    """The query parameters of a list the hub answers itself, blank ones kept ("limit=" is a limit got wrong, not
+    none). One given twice with different values is refused (2001) rather than one of them taken without a word: the
+    caller would read a page of a window it did not ask for."""
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if (first := params.setdefault(name, value)) != value:
+            raise InvalidParameters(
+                f"{name[:40]} came more than once with different values ({first[:40]!r}, {value[:40]!r}): give it once"
+            )
+    return params
 
 
 def paging_window(params: Mapping[str, str], max_limit: int) -> tuple[int, int]:

@@ -64,6 +64,12 @@ _PAGING = [
     ("date_from=garbage", "date_from must be an OCPI DateTime"),
     ("date_to=2026-02-30T00:00:00Z", "date_to must be an OCPI DateTime"),
     ("date_from=2026-02-01T00:00:00Z&date_to=2026-01-01T00:00:00Z", "date_to (2026-01-01T00:00:00Z) is before"),
+    # blank or given twice: the hub took a page of a window the caller did not ask for
+    ("limit=", "limit must be a whole number"),
+    ("date_from=", "date_from must be an OCPI DateTime"),
+    ("limit=5&limit=500", "limit came more than once with different values ('5', '500')"),
+    ("offset=0&offset=10", "offset came more than once"),
+    ("date_from=2026-01-01T00:00:00Z&date_from=2025-01-01T00:00:00Z", "date_from came more than once"),
 ]
 
 RELAY = [
@@ -271,6 +277,10 @@ def test_bad_input_to_every_relayed_module_gets_an_ocpi_error_naming_it(hub: Hub
         if problem := _problem(answer, took, case.says, "ocpi"):
             problems.append(f"{case.method} {target[:100]} {(case.body or b'')[:40]!r}: {problem}")
     _report(problems, len(RELAY))
+    # a parameter given twice with the same value says one thing: taken
+    for module, party, to in (("locations", emsp, HUB), ("hubclientinfo", cpo, None)):
+        again = party.call(hub.base, "GET", f"sender/{module}?limit=5&limit=5", to=to)
+        assert again.json()["status_code"] == 1000 and again.headers["X-Limit"] == "5", again.text
     # none of it reached a receiver
     assert cpo.functional() == [] and emsp.functional() == []
 

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 
-from hub.envelope import check_dates, ocpi_timestamp, paging_window, x_limit
+from hub.envelope import check_dates, list_parameters, ocpi_timestamp, paging_window, x_limit
 from hub.errors import HubError, InvalidParameters, NotFound, UnknownLocation
 from hub.metrics import CACHE_REQUESTS
 from hub.ocpi import relayed_urls
@@ -35,7 +35,7 @@ MAX_LIMIT = 1000
 
 async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer:
     """A locations GET addressed to the hub (routing.decide.served_by_hub)."""
-    params = dict(parse_qsl(incoming.query))
+    params = list_parameters(incoming.query)
     owner = _owner(params)
     # a GET All is "the new truth" to its client (mod_locations.asciidoc): never answered from a cache that may miss
     # some of a CPO's locations, over its cap or not synced since Redis lost its data (storage.location_cap)
@@ -112,7 +112,7 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     exchange.entry.module, exchange.entry.interface = "locations", "sender"
     _check_addressed(relay, exchange)
     exchange.entry.routing = "hub"
-    offset, limit = paging_window(dict(parse_qsl(exchange.entry.query)), MAX_LIMIT)
+    offset, limit = paging_window(list_parameters(exchange.entry.query), MAX_LIMIT)
     snapshot_id = path.removeprefix(SNAPSHOTS).strip("/")
     caller = exchange.caller
     assert caller is not None

@@ -274,6 +274,24 @@ def test_get_all_with_limit_0_answers_the_total_alone_and_takes_no_snapshot_whil
     assert [r.query for r in cpo.functional() if r.method == "GET"] == ["limit=0"]
 
 
+def test_get_all_of_an_empty_list_at_an_offset_is_an_empty_page_not_an_expired_one(hub: Hub, connect_party) -> None:
+    # Redis keeps no empty list: the snapshot of none was taken for one expired, and a GET All at offset 10 of a CPO
+    # with no locations (or of a window holding none) was answered 404 "this page list expired: start again with a
+    # GET All", to a client that had just done so.
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    owner = party_key(cpo)
+    _push(cpo, emsp, hub, "PUT", "E1", _location(owner, "E1", "2026-11-21T10:00:00Z"))
+    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}"
+    _eventually(lambda: _assert_total(emsp, hub, query, 1))
+    for window in ("", "&date_from=2099-01-01T00:00:00Z"):
+        for offset in (0, 1, 10):
+            answer = _get(emsp, hub, f"{query}{window}&offset={offset}")
+            assert (answer.status_code, answer.json()["status_code"]) == (200, 1000), (window, offset, answer.text)
+            if window or offset:
+                assert (answer.json()["data"], answer.headers["X-Total-Count"]) == ([], "1" if not window else "0")
+            assert "Link" not in answer.headers
+
+
 def test_a_get_all_snapshot_lasts_while_its_pages_are_read_not_a_fixed_time_after_it_began(
     hub: Hub, connect_party
 ) -> None:

@@ -56,7 +56,10 @@ async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer
         _, total = await relay.locations.snapshot(owner, date_from, date_to, exchange.sender.key, keep=False)
         CACHE_REQUESTS.labels("hit").inc()  # answered from the cache as a page is, though it holds no objects
         return _listed(relay, exchange, [], total, x_limit(limit, MAX_LIMIT), None)
-    snapshot_id, _ = await relay.locations.snapshot(owner, date_from, date_to, exchange.sender.key)
+    snapshot_id, total = await relay.locations.snapshot(owner, date_from, date_to, exchange.sender.key)
+    if not total:  # Redis keeps no empty list: page() would take it for one expired, at any offset but 0
+        CACHE_REQUESTS.labels("hit").inc()
+        return _listed(relay, exchange, [], 0, x_limit(limit, MAX_LIMIT), None)
     return await page(relay, exchange, snapshot_id, offset, limit)
 
 

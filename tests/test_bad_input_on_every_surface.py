@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Hub
+from tests.conftest import Hub, unique_party_id
 from tests.parties import Party, token_header
+from tests.test_admin_and_cli import _platform_id
 from tests.test_routing import party_key
 
 ANSWERED_WITHIN_S = 5
@@ -309,6 +310,38 @@ def test_bad_filters_cursors_limits_and_bodies_get_the_admin_apis_error_naming_t
             if problem := _problem(answer, took, says, "admin"):
                 problems.append(f"POST {path} {body[:40]!r}: {problem}")
     _report(problems, len(ADMIN_GETS) + len(ADMIN_POSTS))
+
+
+def test_an_admin_action_given_a_query_parameter_is_refused_before_it_acts(hub: Hub, cpo_and_emsp) -> None:
+    # GET /admin/api/parties?x=1 was refused, DELETE /admin/api/parties/1?dry_run=true unregistered the platform: a
+    # parameter the operator meant to apply would look applied, on the calls that change the most
+    cpo, _ = cpo_and_emsp
+    platform_id = _platform_id(hub, party_key(cpo))
+    invitation = {"name": "x", "roles": [{"role": "CPO", "country_code": "NL", "party_id": unique_party_id()}]}
+    problems = []
+    with hub.admin() as admin:
+        for method, path, body in (
+            ("DELETE", f"/admin/api/parties/{platform_id}?dry_run=true", None),
+            ("POST", f"/admin/api/parties/{platform_id}/suspend?notify=false", {"reason": "maintenance"}),
+            ("POST", f"/admin/api/parties/{platform_id}/resume?at=2030-01-01T00:00:00Z", None),
+            ("POST", f"/admin/api/parties/{platform_id}/credentials?token_b=keep", None),
+            ("POST", f"/admin/api/parties/{platform_id}/endpoints?role=CPO", None),
+            ("POST", "/admin/api/invitations?expires_in_s=60", invitation),
+        ):
+            answer, took = _timed(admin.request, method, path, json=body)
+            name = path.split("?")[1].split("=")[0]
+            if problem := _problem(answer, took, f"unknown parameter {name}", "admin"):
+                problems.append(f"{method} {path}: {problem}")
+        _report(problems, 6)
+        shown = admin.get(f"/admin/api/parties/{platform_id}").json()
+    assert shown["state"] == "REGISTERED", shown
+    assert cpo.call(hub.base, "GET", "sender/hubclientinfo").json()["status_code"] == 1000  # its token C works
+    assert not [p for p in _parties(hub) if p["party_id"] == invitation["roles"][0]["party_id"]]  # type: ignore[index]
+
+
+def _parties(hub: Hub) -> list[dict[str, Any]]:
+    with hub.admin() as admin:
+        return list(admin.get("/admin/api/parties").json()["items"])
 
 
 @pytest.fixture

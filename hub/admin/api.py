@@ -93,7 +93,7 @@ class AdminError(Exception):
 
 def takes_no_parameters(request: Request) -> None:
     """AdminError 400 for a query parameter on an endpoint that takes none: ignored, a filter the caller meant to apply
-    would look applied."""
+    would look applied (an action's option, ?dry_run=true on an unregistration, applied)."""
     if unknown := sorted(request.query_params):
         raise AdminError(400, f"unknown parameter {unknown[0]}; {request.url.path} takes no query parameters")
 
@@ -133,6 +133,7 @@ def json_response(payload: object, status: int = 200, headers: dict[str, str] | 
 
 @post("/invitations")
 async def create_invitation(request: Request) -> Response[bytes]:
+    takes_no_parameters(request)
     try:
         body = msgspec.json.decode(await request.body(), type=InvitationIn)
     except (msgspec.DecodeError, RecursionError) as exc:

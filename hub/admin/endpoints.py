@@ -38,7 +38,7 @@ from litestar.datastructures import State
 
 from hub import party_api
 from hub.admin.actors import HUB, Actor, actor_of, record_action
-from hub.admin.api import AdminError, check_platform_id, json_response
+from hub.admin.api import AdminError, check_platform_id, json_response, takes_no_parameters
 from hub.envelope import path_number
 from hub.errors import OcpiError
 from hub.ocpi.credentials import endpoint_rows, match_roles
@@ -189,6 +189,7 @@ async def _failed(state: State, source: asyncpg.Record, reason: str) -> None:
 @post("/parties/{platform_id:str}/endpoints", status_code=200)
 async def refresh_endpoints(request: Request, platform_id: str) -> Response[bytes]:
     """The operator has the hub fetch a registered platform's endpoints again, now."""
+    takes_no_parameters(request)
     return json_response(await refresh_now(request.app.state, actor_of(request), path_number(platform_id)))
 
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 import msgspec
 import structlog
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
 from hub.errors import OUTAGES, InvalidParameters, MalformedBody, OcpiError, decoded, unavailable
 from hub.ocpi.wire import Envelope
@@ -171,4 +171,16 @@ def http_error_message(request: Request, exc: HTTPException) -> str:
         return f"method {request.method} is not allowed on {request.url.path}"
     if exc.status_code == 413:
         return "request body too large"
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
+        # Litestar's detail, "Validation failed for GET /console/log?limit=abc", names neither the parameter nor what
+        # is wrong with it, and quotes the whole URL, however long: its errors say both
+        wrong = "; ".join(_validation_error(error) for error in exc.extra if isinstance(error, dict))
+        return f"{request.method} {request.url.path}: {wrong}"
     return str(exc.detail)
+
+
+def _validation_error(error: dict[str, Any]) -> str:
+    """One of a ValidationException's errors: {"key": "limit", "source": "query", "message": "Expected `int`, ..."}."""
+    key, source = str(error.get("key") or ""), str(getattr(error.get("source"), "value", error.get("source")) or "")
+    where = f"the {source} parameter {key[:40]}" if key and source else key[:40] or "the request"
+    return f"{where}: {str(error.get('message'))[:200]}"

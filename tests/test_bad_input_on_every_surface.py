@@ -199,7 +199,8 @@ ADMIN_POSTS = [  # (path, body, what the error says)
 ]
 
 CONSOLE_GETS = [  # (path and query, what the page says)
-    ("/console/log?limit=abc", "limit"),
+    ("/console/log?limit=abc", "the query parameter limit: Expected `int`, got `str`"),
+    ("/console/log?limit=" + "9" * 5000, "the query parameter limit"),
     ("/console/log?cursor=abc", "cursor is not one this API handed out"),
     ("/console/log?since=garbage", "since must be an ISO 8601 time"),
     ("/console/log?module=%ff", "module must be a module name"),
@@ -207,13 +208,14 @@ CONSOLE_GETS = [  # (path and query, what the page says)
     ("/console/log/abc", "no such endpoint"),
     ("/console/log/99999999999999999999", "no row 99999999999999999999"),
     ("/console/log/export?format=xml", "format must be ndjson or csv"),
-    ("/console/log/export?bodies=maybe", "bodies"),
+    ("/console/log/export?bodies=maybe", "the query parameter bodies: Expected `bool`"),
     ("/console/log/export?since=bad", "since must be an ISO 8601 time"),
     ("/console/log/export/manifests/%00", "No export"),
     ("/console/stats?party=%00", "party must be a country code and party id"),
-    ("/console/verify?run=maybe", "run"),
+    ("/console/verify?run=maybe", "the query parameter run: Expected `bool`"),
     ("/console/verify?run=true&since=2026-01-01&until=2020-01-01", "is not before until"),
-    ("/console/audit?cursor=abc", "cursor"),
+    ("/console/audit?cursor=abc", "the query parameter cursor: Expected `int"),
+    ("/console/audit?cursor=-5", "-5 is not a position in the audit trail"),
     ("/console/parties/abc/unregister", "no such endpoint"),
     ("/console/parties/1/nonsense", "no action 'nonsense'"),
 ]

@@ -7,12 +7,15 @@ the relay over raw sockets; this one names each case and what its answer must sa
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -364,3 +367,38 @@ def test_bad_queries_and_forms_on_the_console_get_a_page_naming_them(hub: Hub, c
         if problem := _problem(answer, took, says, "console"):
             problems.append(f"POST {path} {form}: {problem}")
     _report(problems, len(CONSOLE_GETS) + len(CONSOLE_POSTS))
+
+
+def _answer_head_and_body(port: int, request: bytes, ends_with: bytes) -> tuple[bytes, float]:
+    """What a raw request is answered, read until its body ends (the connection stays open), and the seconds it took."""
+    started, answer = time.monotonic(), b""
+    with socket.create_connection(("127.0.0.1", port), timeout=ANSWERED_WITHIN_S * 2) as client:
+        client.sendall(request)
+        with contextlib.suppress(TimeoutError):
+            while not answer.rstrip().endswith(ends_with) and (chunk := client.recv(65536)):
+                answer += chunk
+    return answer, time.monotonic() - started
+
+
+def test_a_form_or_body_that_never_arrives_is_answered_in_time_in_its_surfaces_shape(
+    hub: Hub, console: httpx.Client
+) -> None:
+    # the console answered a form whose body stopped short "Something went wrong", HTTP 500, once the body deadline
+    # passed (hub.request_body.BodyTooSlow, an OCPI error its page did not know); the admin API said what it was
+    port = urlsplit(hub.base).port or 0
+    cookie = f"Cookie: ocpi_hub_console={console.cookies['ocpi_hub_console']}"
+    form = "Content-Type: application/x-www-form-urlencoded"
+    problems = []
+    for path, headers, ends_with in (
+        ("/console/invite", cookie, b"</html>"),
+        ("/console/sign-in", "", b"</html>"),
+        ("/console/verify", cookie, b"</html>"),
+        ("/admin/api/invitations", f"Authorization: Bearer {hub.admin_token}", b"}"),
+    ):
+        lines = [f"POST {path} HTTP/1.1", "Host: hub", *([headers] if headers else []), form, "Content-Length: 100"]
+        head = "\r\n".join(lines) + "\r\n\r\nname=x"
+        answer, took = _answer_head_and_body(port, head.encode(), ends_with)
+        status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+        if status != 408 or took > ANSWERED_WITHIN_S or b"did not arrive within" not in answer:
+            problems.append(f"POST {path}: HTTP {status} after {took:.1f} s: {answer[-300:]!r}")
+    _report(problems, 4)

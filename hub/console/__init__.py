@@ -14,7 +14,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from hub.envelope import http_error_message, logged_unexpected
-from hub.errors import OUTAGES
+from hub.errors import OUTAGES, OcpiError
 
 HERE = Path(__file__).parent
 
@@ -32,6 +32,8 @@ def problem_page(request: Request, exc: Exception) -> Response[Any]:
         heading, message, status = "Not for auditors", str(exc), 403
     elif isinstance(exc, HTTPException):
         heading, message, status = "Cannot show this page", http_error_message(request, exc), exc.status_code
+    elif isinstance(exc, OcpiError):  # raised below Litestar, as it reads the body: one that did not arrive in time
+        heading, message, status = "Cannot take this request", exc.message, max(exc.http_status, 400)
     else:
         status, message = logged_unexpected(request, exc)
         if isinstance(exc, OUTAGES):

@@ -63,6 +63,14 @@ def serve(settings: Settings, host: str, port: int, workers: int, server: str) -
             message=f"OCPI_HUB_PUBLIC_URL is not set: parties are told the hub is at {settings.public_url}, which "
             "they cannot reach from elsewhere; set it to the URL they reach the hub at",
         )
+    if settings.metrics_token is None and not _on_loopback_only(host):
+        # /metrics names every party, its status and its traffic: open on a port parties reach unless a proxy in
+        # front keeps it off. Said, not refused: Prometheus inside the cluster may scrape it there on purpose.
+        structlog.get_logger().warning(
+            "metrics_open",
+            message="OCPI_HUB_METRICS_TOKEN is not set: /metrics, which names every party, answers anyone who reaches "
+            f"{host}:{port}; set it, or keep /metrics off the port parties reach",
+        )
     os.environ.update(
         OCPI_HUB_DATABASE_URL=settings.database_url or "",
         OCPI_HUB_REDIS_URL=settings.redis_url or "",

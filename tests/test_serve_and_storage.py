@@ -83,22 +83,34 @@ def test_serve_with_a_generated_secret_key_says_where_it_is_kept_and_to_back_it_
         assert hub.stop() == 0
 
 
-def test_serve_on_every_address_without_a_public_url_warns_that_parties_are_told_a_loopback_url(
+def test_serve_on_every_address_without_a_public_url_or_a_metrics_token_warns_of_each(
     services: Services, tmp_path: Path
 ) -> None:
     # An operator's first production start: --host 0.0.0.0, OCPI_HUB_PUBLIC_URL forgotten. Every token A handed out
-    # and every registration would name http://127.0.0.1:PORT, which no party reaches.
+    # and every registration would name http://127.0.0.1:PORT, which no party reaches; and /metrics, which names every
+    # party, answers anyone without OCPI_HUB_METRICS_TOKEN.
     hub = start_hub(hub_env(services, tmp_path, OCPI_HUB_PUBLIC_URL=""), OUTPUT / "no-public-url-hub.log",
                     "--host", "0.0.0.0")  # fmt: skip
     try:
-        warning = next(json.loads(line) for line in hub.log().splitlines() if "public_url_not_set" in line)
+        lines = [json.loads(line) for line in hub.log().splitlines() if line.startswith("{")]
+        warning = next(line for line in lines if line.get("event") == "public_url_not_set")
         assert warning["level"] == "warning" and warning["public_url"] == hub.base
         assert "OCPI_HUB_PUBLIC_URL" in warning["message"]
+        metrics = next(line for line in lines if line.get("event") == "metrics_open")
+        assert metrics["level"] == "warning" and "OCPI_HUB_METRICS_TOKEN is not set" in metrics["message"]
+    finally:
+        assert hub.stop() == 0
+    token = "m" * 32
+    hub = start_hub(hub_env(services, tmp_path, OCPI_HUB_PUBLIC_URL=hub.base, OCPI_HUB_METRICS_TOKEN=token),
+                    OUTPUT / "public-url-and-metrics-token-hub.log", "--host", "0.0.0.0")  # fmt: skip
+    try:
+        assert "public_url_not_set" not in hub.log() and "metrics_open" not in hub.log()  # both set: nothing to say
     finally:
         assert hub.stop() == 0
     hub = start_hub(hub_env(services, tmp_path, OCPI_HUB_PUBLIC_URL=""), OUTPUT / "loopback-hub.log")
     try:
-        assert "public_url_not_set" not in hub.log()  # on loopback only, a workstation: nothing to warn of
+        # on loopback only, a workstation: nothing to warn of
+        assert "public_url_not_set" not in hub.log() and "metrics_open" not in hub.log()
     finally:
         assert hub.stop() == 0
 

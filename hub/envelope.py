@@ -12,7 +12,7 @@ import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
-from hub.errors import OUTAGES, InvalidParameters, MalformedBody, OcpiError, decoded, unavailable
+from hub.errors import OUTAGES, InvalidParameters, OcpiError, decoded, unavailable
 from hub.ocpi.wire import Envelope
 
 log = structlog.get_logger()
@@ -119,10 +119,7 @@ def ocpi_response(
 
 async def decode_body(request: Request, kind: type[T]) -> T:
     """The request body as `kind`, or an OCPI error saying exactly what is wrong with it."""
-    raw = await request.body()
-    if not raw.strip():  # no JSON at all: status_codes.asciidoc, HTTP 400, as for any other body that is no JSON
-        raise MalformedBody("the request body is empty; a JSON object is required")
-    return decoded(raw, kind, f"invalid {kind.__name__} object")
+    return decoded(await request.body(), kind, f"invalid {kind.__name__} object")
 
 
 _HTTP_TO_OCPI = {400: 2001, 401: 2000, 404: 2000, 405: 2000, 413: 2000}

@@ -33,6 +33,8 @@ T = TypeVar("T")
 # How the hub's answers name JSON nested deeper than Python's recursion limit. msgspec refuses such JSON with a
 # RecursionError, which is not a DecodeError: every decode of JSON a party sent catches both.
 NESTED_TOO_DEEPLY = "the JSON is nested too deeply (over about 1,000 levels; an OCPI object has a few)"
+# How they name a body of nothing but whitespace, which msgspec calls "Input data was truncated": true, and no clue.
+EMPTY_BODY = "the request body is empty; a JSON object is required"
 
 
 class OcpiError(Exception):
@@ -131,7 +133,7 @@ def decoded(raw: bytes, kind: type[T], what: str) -> T:
         check_json(raw)  # decoding stops at the first value of the wrong type: what follows may be no JSON at all
         raise InvalidParameters(f"{what}: {exc}") from None
     except (msgspec.DecodeError, RecursionError) as exc:
-        raise _not_json(exc) from None
+        raise _not_json(raw, exc) from None
 
 
 def check_json(raw: bytes) -> None:
@@ -139,7 +141,7 @@ def check_json(raw: bytes) -> None:
     try:
         msgspec.json.decode(raw, type=msgspec.Raw)
     except (msgspec.DecodeError, RecursionError) as exc:
-        raise _not_json(exc) from None
+        raise _not_json(raw, exc) from None
 
 
 def check_utf8(raw: bytes) -> None:
@@ -154,7 +156,9 @@ def check_utf8(raw: bytes) -> None:
                             f"0x{raw[exc.start]:02x})") from None  # fmt: skip
 
 
-def _not_json(exc: Exception) -> MalformedBody:
+def _not_json(raw: bytes, exc: Exception) -> MalformedBody:
+    if not raw.strip():  # looked at only once decoding failed: a body that decodes costs nothing more
+        return MalformedBody(EMPTY_BODY)
     why = NESTED_TOO_DEEPLY if isinstance(exc, RecursionError) else exc
     return MalformedBody(f"the request body is not valid JSON: {why}")
 

@@ -48,7 +48,8 @@ def _bodies(method: str, path: str, by: str = "cpo", to: str = "emsp", wrong: st
     answer to an object of the wrong field types says."""
     return [
         Case(method, path, "not valid JSON", b"{", by, to),
-        Case(method, path, "not valid JSON", b"", by, to),
+        Case(method, path, "the request body is empty", b"", by, to),  # not "Input data was truncated"
+        Case(method, path, "the request body is empty", b" \r\n", by, to),
         Case(method, path, "got `array`", b"[]", by, to),
         Case(method, path, "got `int`", b"5", by, to),
         Case(method, path, "got `str`", b'"LOC1"', by, to),
@@ -80,6 +81,8 @@ RELAY = [
     *_bodies("PUT", "receiver/locations/{cc}/{pid}/LOC1"),
     Case("PATCH", "receiver/locations/{cc}/{pid}/LOC1", "PATCH body", b"[]"),
     Case("PATCH", "receiver/locations/{cc}/{pid}/LOC1", "last_updated", b'{"id": 5}'),
+    Case("PATCH", "receiver/tokens/{ecc}/{epid}/TOK1", "the request body is empty", b"", "emsp", "cpo"),
+    Case("PUT", "receiver/locations/{cc}/{pid}/LOC1", "the request body is empty", b"", "cpo", HUB),  # broadcast
     *_bodies("PUT", "receiver/sessions/{cc}/{pid}/S1"),
     *_bodies("POST", "receiver/cdrs"),
     *_bodies("PUT", "receiver/tariffs/{cc}/{pid}/T1"),

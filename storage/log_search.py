@@ -38,10 +38,16 @@ def _party(name: str, raw: str) -> list[Any]:
     return [match.group(1).upper(), match.group(2).upper()]
 
 
-def _text(name: str, raw: str) -> list[Any]:
+def checked_text(name: str, raw: str) -> str:
+    """raw, unless it is a text no row holds (BadFilter naming it): a text filter's value, or an id a path names. The
+    hub keeps at most 255 characters of an id (hub.request_context.MAX_ID_LENGTH); a longer one would match nothing."""
     if not raw or len(raw) > 255:
         raise BadFilter(f"{name} must be 1 to 255 characters")
-    return [raw]
+    return raw
+
+
+def _text(name: str, raw: str) -> list[Any]:
+    return [checked_text(name, raw)]
 
 
 def _object_id(name: str, raw: str) -> list[Any]:

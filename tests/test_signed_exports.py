@@ -112,7 +112,7 @@ def test_a_csv_export_stays_csv_and_its_manifest_download_checks_it(hub: Hub, pa
         _public_key(admin, tmp_path / "hub.pem")
     with hub.admin() as admin:
         fetched = admin.get(f"/admin/api/routing-log/export/manifests/{answer.headers['x-export-id']}")
-        unknown = admin.get("/admin/api/routing-log/export/manifests/nothing-like-it")
+        unknown = admin.get(f"/admin/api/routing-log/export/manifests/{'0' * 32}")
     assert fetched.status_code == 200 and unknown.status_code == 404, fetched.text + unknown.text
     (tmp_path / "export.manifest.json").write_bytes(fetched.content)
     assert len(list(csv.DictReader(io.StringIO(answer.text)))) == 12 == fetched.json()["manifest"]["rows"]
@@ -148,7 +148,7 @@ def test_the_console_shows_the_key_and_its_csv_export_has_a_manifest_to_download
         exported = console.get("/console/log/export", params=WINDOW | {"party": party, "format": "csv"})
         export_id = exported.headers["x-export-id"]
         fetched = console.get(f"/console/log/export/manifests/{export_id}")
-        missing = console.get("/console/log/export/manifests/nothing-like-it")
+        missing = console.get(f"/console/log/export/manifests/{'0' * 32}")
         published = _public_key(admin, tmp_path / "hub.pem")
     assert published["fingerprint"] in verify_page
     assert exported.status_code == fetched.status_code == 200 and missing.status_code == 404

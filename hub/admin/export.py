@@ -255,6 +255,10 @@ _EXPORT_ID = re.compile("[0-9a-f]{32}")
 async def export_manifest(request: Request, export_id: str) -> Response[bytes]:
     """An export's signed manifest, as the audit trail kept it when the export ended: a CSV export's, which its file
     cannot carry, saved beside it for ocpi-hub verify-export --manifest."""
+    try:
+        checked_export_id(export_id)
+    except BadFilter as exc:
+        raise AdminError(400, str(exc)) from None
     async with request.app.state.pool.acquire() as conn:
         manifest = await manifest_of(conn, export_id)
     if manifest is None:
@@ -262,10 +266,16 @@ async def export_manifest(request: Request, export_id: str) -> Response[bytes]:
     return Response(manifest, media_type="application/json")
 
 
+def checked_export_id(raw: str) -> str:
+    """raw, unless no export can have it (BadFilter naming it), as a search filter's value is refused: an export's id
+    is 32 hex digits (Sealing). Not looked up: a NUL in it was PostgreSQL's error, and the hub's 500."""
+    if not _EXPORT_ID.fullmatch(raw):
+        raise BadFilter(f"export_id must be 32 hexadecimal digits, as in an export's file name and X-Export-Id, "
+                        f"got {raw[:40]!r}")  # fmt: skip
+    return raw
+
+
 async def manifest_of(conn: asyncpg.Connection, export_id: str) -> bytes | None:
-    """The manifest of the export export_id, or None; an id that no export can have (32 hex digits, Sealing) is not
-    looked up: a NUL in it was PostgreSQL's error, and the hub's 500."""
-    if not _EXPORT_ID.fullmatch(export_id):
-        return None
+    """The manifest of the export export_id (checked_export_id), or None."""
     text = await conn.fetchval(QUERIES["export_manifest"], export_id)
     return None if text is None else trailer(json.loads(text))

@@ -20,7 +20,7 @@ from storage.log_body import body_of, text_of
 from storage.log_cursor import decode_cursor, encode_cursor
 from storage.log_row import BodyDigest, stored_text
 from storage.log_row_check import row_integrity, rows_integrity
-from storage.log_search import BadFilter, is_row_id, parse_filters
+from storage.log_search import BadFilter, checked_text, is_row_id, parse_filters
 from storage.log_search_sql import LIST_COLUMNS, page_query
 from storage.partitions import why_no_row
 from storage.sql import QUERIES
@@ -163,6 +163,10 @@ async def routing_log_conversation(request: Request) -> Response[bytes]:
     takes_no_parameters(request)
     raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
     correlation_id = stored_text(unquote(raw_path.decode("latin-1").split("/routing-log/correlation/", 1)[1]))
+    try:
+        checked_text("correlation_id", correlation_id)  # as the search filter refuses it, before any query
+    except BadFilter as exc:
+        raise AdminError(400, str(exc)) from None
     async with request.app.state.pool.acquire() as conn:
         items, truncated = await load_conversation(conn, correlation_id, request.app.state.settings.routing_log_key)
         await record_action(

@@ -10,7 +10,7 @@ from litestar.response import Stream, Template
 
 from hub.admin.actors import record_action
 from hub.admin.api import AdminError
-from hub.admin.export import FORMATS, Sealing, export_stream, manifest_of
+from hub.admin.export import FORMATS, Sealing, checked_export_id, export_stream, manifest_of
 from hub.admin.routing_log import fetch_planned, load_conversation, load_message, with_amendments
 from hub.console.auth import actor
 from hub.envelope import path_number
@@ -142,6 +142,11 @@ async def export_download(request: Request, format: str = "csv", bodies: bool = 
 @get("/console/log/export/manifests/{export_id:str}")
 async def export_manifest_download(request: Request, export_id: str) -> Response[bytes] | Template:
     """A CSV export's signed manifest, by the id in the export's file name: saved beside it for verify-export."""
+    try:
+        checked_export_id(export_id)
+    except BadFilter as exc:
+        return Template("problem.html", status_code=400, context={
+            "actor": actor(request), "heading": "No such export", "message": str(exc)})  # fmt: skip
     async with request.app.state.pool.acquire() as conn:
         manifest = await manifest_of(conn, export_id)
     if manifest is None:

@@ -14,6 +14,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 
 from hub.errors import OUTAGES, InvalidParameters, OcpiError, decoded, unavailable
 from hub.ocpi.wire import Envelope
+from storage.log_search import is_row_id
 
 log = structlog.get_logger()
 
@@ -87,13 +88,17 @@ def whole_number(raw: str) -> int | None:
     return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 4000 else None
 
 
-def path_number(raw: str) -> int:
-    """The id of a row or a platform as a URL's path names it, in the digits 0-9 alone. Litestar's `int` path type
-    reads it with int(): "٥٢", "+52" and "5_2" named row 52 where "abc" named nothing. Anything else is the 404 that
-    Litestar answers "abc" with (NotFoundException): no such URL."""
+def path_number(raw: str, name: str) -> int:
+    """The id of a row, platform or hold as a URL's path names it (name: its part of the URL), in the digits 0-9 alone.
+    Litestar's `int` path type reads it with int(): "٥٢", "+52" and "5_2" named row 52 where "abc" named nothing.
+    Anything else is the 404 that Litestar answers "abc" with (NotFoundException): no such URL. A number no row can
+    have (0, or past a bigint, which the driver refuses) is refused as the search filters refuse it, 400 naming it,
+    before any query."""
     value = whole_number(raw)
     if value is None:
         raise NotFoundException()
+    if not is_row_id(value):
+        raise ValidationException(f"{name} must be a whole number from 1 to {2**63 - 1}, got {raw[:40]!r}")
     return value
 
 

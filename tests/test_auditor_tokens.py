@@ -134,7 +134,7 @@ def test_an_auditor_sets_a_legal_hold_only_the_admin_releases_it_and_the_audit_t
         released = admin.post(f"/admin/api/holds/{hold['id']}/release")
         assert released.status_code == 200 and released.json()["released_by"] == "admin", released.text
         assert admin.post(f"/admin/api/holds/{hold['id']}/release").status_code == 409
-        assert admin.post("/admin/api/holds/99999999999999999999/release").status_code == 404
+        assert admin.post("/admin/api/holds/99999999999999999999/release").status_code == 400
         trail = admin.get("/admin/api/audit-trail", params={"limit": 50}).json()["items"]
     mine = [(t["actor_name"], t["action"]) for t in trail if t["parameters"].get("id") == hold["id"]
             and t["action"].endswith("_hold")]  # fmt: skip

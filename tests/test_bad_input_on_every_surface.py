@@ -143,7 +143,10 @@ ADMIN_GETS = [  # (path and query, what the error says)
     (f"{_LOG}?request_id=" + "x" * 300, "request_id must be 1 to 255 characters"),
     (f"{_LOG}?nope=1", "unknown parameter nope"),
     (f"{_LOG}/abc", "no such endpoint"),
-    (f"{_LOG}/99999999999999999999999", "no routing-log row 99999999999999999999999"),
+    # a number no row can have, as the search filters refuse it (platform=): was a 404 after an audit-trail entry
+    (f"{_LOG}/99999999999999999999999", "row_id must be a whole number from 1 to 9223372036854775807"),
+    (f"{_LOG}/0", "row_id must be a whole number from 1"),
+    (f"{_LOG}/999999999999", "no routing-log row 999999999999"),
     (f"{_LOG}/correlation/x?limit=abc", "unknown parameter limit"),
     (f"{_LOG}/export?format=xml", "format must be ndjson or csv"),
     (f"{_LOG}/export?bodies=maybe", "bodies must be true or false"),
@@ -168,7 +171,8 @@ ADMIN_GETS = [  # (path and query, what the error says)
     ("/admin/api/holds?x=1", "unknown parameter x"),
     ("/admin/api/parties?x=1", "unknown parameter x"),
     ("/admin/api/parties/abc", "no such endpoint"),
-    ("/admin/api/parties/99999999999999999999", "no platform 99999999999999999999"),
+    ("/admin/api/parties/99999999999999999999", "platform_id must be a whole number from 1 to 9223372036854775807"),
+    ("/admin/api/parties/999999999999", "no platform 999999999999"),
 ]
 ADMIN_POSTS = [  # (path, body, what the error says)
     ("/admin/api/invitations", b"{", "invalid invitation"),
@@ -198,10 +202,13 @@ ADMIN_POSTS = [  # (path, body, what the error says)
     ("/admin/api/holds", b'{"party": "x", "reason": "r"}', "$.party"),
     ("/admin/api/holds", b'{"correlation_id": "\\u0000", "reason": "r"}', "$.correlation_id"),
     ("/admin/api/holds/abc/release", b"", "no such endpoint"),
-    ("/admin/api/holds/99999999999999999999/release", b"", "no hold 99999999999999999999"),
+    ("/admin/api/holds/99999999999999999999/release", b"", "hold_id must be a whole number from 1"),
+    ("/admin/api/holds/0/release", b"", "hold_id must be a whole number from 1"),
+    ("/admin/api/holds/999999999999/release", b"", "no hold 999999999999"),
     ("/admin/api/parties/1/suspend", b"[]", "invalid suspension"),
     ("/admin/api/parties/1/suspend", b'{"reason": 5}', "$.reason"),
-    ("/admin/api/parties/99999999999999999999/resume", b"", "no platform 99999999999999999999"),
+    ("/admin/api/parties/99999999999999999999/resume", b"", "platform_id must be a whole number from 1"),
+    ("/admin/api/parties/99999999999999999999/suspend", b'{"reason": "r"}', "platform_id must be a whole number"),
     ("/admin/api/parties/abc/credentials", b"", "no such endpoint"),
     (f"{_LOG}/verify", b"{", "the body is not heads"),
     (f"{_LOG}/verify", b"\xff", "the body is not heads"),
@@ -216,7 +223,9 @@ CONSOLE_GETS = [  # (path and query, what the page says)
     ("/console/log?module=%ff", "module must be a module name"),
     ("/console/log?party=NL-ABC&party=NL-DEF", "party"),
     ("/console/log/abc", "no such endpoint"),
-    ("/console/log/99999999999999999999", "no row 99999999999999999999"),
+    ("/console/log/99999999999999999999", "row_id must be a whole number from 1 to 9223372036854775807"),
+    ("/console/log/999999999999", "no row 999999999999"),
+    ("/console/parties/99999999999999999999/renew", "platform_id must be a whole number from 1"),
     ("/console/log/export?format=xml", "format must be ndjson or csv"),
     ("/console/log/export?bodies=maybe", "the query parameter bodies: Expected `bool`"),
     ("/console/log/export?since=bad", "since must be an ISO 8601 time"),
@@ -238,7 +247,8 @@ CONSOLE_POSTS = [  # (path, form, what the page says)
     ("/console/verify", {"since": "garbage"}, "No heads were pasted"),
     ("/console/verify", {"heads": '{"chains": []}', "since": "garbage"}, "since must be an ISO 8601 time"),
     ("/console/verify", {"heads": "{"}, "heads"),
-    ("/console/parties/99999999999999999999/suspend", {}, "no platform 99999999999999999999"),
+    ("/console/parties/99999999999999999999/suspend", {}, "platform_id must be a whole number from 1"),
+    ("/console/parties/999999999999/suspend", {}, "no platform 999999999999"),
 ]
 
 

@@ -207,8 +207,9 @@ async def platform_shown(conn: asyncpg.Connection, locations: LocationCache, pla
 @get("/parties/{platform_id:str}", opt={READ_ONLY: True})
 async def show_platform(request: Request, platform_id: str) -> Response[bytes]:
     takes_no_parameters(request)
+    number = path_number(platform_id, "platform_id")
     async with request.app.state.pool.acquire() as conn:
-        return json_response(await platform_shown(conn, request.app.state.locations, path_number(platform_id)))
+        return json_response(await platform_shown(conn, request.app.state.locations, number))
 
 
 async def location_caches(locations: LocationCache, rows: list[asyncpg.Record]) -> dict[PartyKey, dict[str, Any]]:

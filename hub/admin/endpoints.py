@@ -190,7 +190,8 @@ async def _failed(state: State, source: asyncpg.Record, reason: str) -> None:
 async def refresh_endpoints(request: Request, platform_id: str) -> Response[bytes]:
     """The operator has the hub fetch a registered platform's endpoints again, now."""
     takes_no_parameters(request)
-    return json_response(await refresh_now(request.app.state, actor_of(request), path_number(platform_id)))
+    number = path_number(platform_id, "platform_id")
+    return json_response(await refresh_now(request.app.state, actor_of(request), number))
 
 
 async def refresh_now(state: State, actor: Actor, platform_id: int, via: str | None = None) -> Refreshed:

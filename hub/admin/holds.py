@@ -101,7 +101,7 @@ async def set_hold(request: Request) -> Response[bytes]:
 @post("/holds/{hold_id:str}/release", status_code=200)
 async def release_hold(request: Request, hold_id: str) -> Response[bytes]:
     takes_no_parameters(request)
-    number = path_number(hold_id)
+    number = path_number(hold_id, "hold_id")
     async with request.app.state.pool.acquire() as conn:
         return json_response(
             await recorded_release(conn, request.app.state.settings.audit_trail_key, actor_of(request), number)

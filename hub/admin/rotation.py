@@ -44,7 +44,7 @@ class Rotated(msgspec.Struct):
 async def rotate_credentials(request: Request, platform_id: str) -> Response[bytes]:
     """The operator has the hub renew a registered platform's tokens both ways."""
     takes_no_parameters(request)
-    return json_response(await rotate(request.app.state, actor_of(request), path_number(platform_id)))
+    return json_response(await rotate(request.app.state, actor_of(request), path_number(platform_id, "platform_id")))
 
 
 async def rotate(state: State, actor: Actor, platform_id: int, via: str | None = None) -> Rotated:

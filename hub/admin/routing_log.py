@@ -120,7 +120,7 @@ def _headers(value: str | None) -> dict[str, str]:
 async def routing_log_message(request: Request, row_id: str) -> Response[bytes]:
     """One message with both bodies decompressed (JSON as JSON when it parses, else text, or base64 when not UTF-8),
     headers and timings."""
-    number = path_number(row_id)
+    number = path_number(row_id, "row_id")
     takes_no_parameters(request)
     async with request.app.state.pool.acquire() as conn:
         message = await load_message(conn, number, request.app.state.settings.routing_log_key)

@@ -53,7 +53,8 @@ async def suspend_platform(request: Request, platform_id: str) -> Response[bytes
         body = msgspec.json.decode(await request.body(), type=SuspensionIn)
     except (msgspec.DecodeError, RecursionError) as exc:
         raise AdminError(400, f'invalid suspension, {{"reason": "..."}} expected: {exc}') from None
-    return json_response(await suspend(request.app.state, actor_of(request), path_number(platform_id), body.reason))
+    number = path_number(platform_id, "platform_id")
+    return json_response(await suspend(request.app.state, actor_of(request), number, body.reason))
 
 
 def checked_reason(reason: str) -> str:
@@ -67,7 +68,7 @@ def checked_reason(reason: str) -> str:
 @post("/parties/{platform_id:str}/resume", status_code=200)
 async def resume_platform(request: Request, platform_id: str) -> Response[bytes]:
     takes_no_parameters(request)
-    return json_response(await resume(request.app.state, actor_of(request), path_number(platform_id)))
+    return json_response(await resume(request.app.state, actor_of(request), path_number(platform_id, "platform_id")))
 
 
 async def suspend(state: State, actor: Actor, platform_id: int, reason: str, via: str | None = None) -> Suspension:

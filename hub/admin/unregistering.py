@@ -30,7 +30,8 @@ class Unregistered(msgspec.Struct):
 async def unregister_platform(request: Request, platform_id: str) -> Response[bytes]:
     """The operator takes a platform off the hub (an invitation not used yet is withdrawn the same way)."""
     takes_no_parameters(request)
-    return json_response(await take_off_hub(request.app.state, actor_of(request), path_number(platform_id)))
+    number = path_number(platform_id, "platform_id")
+    return json_response(await take_off_hub(request.app.state, actor_of(request), number))
 
 
 async def take_off_hub(state: State, actor: Actor, platform_id: int, via: str | None = None) -> Unregistered:

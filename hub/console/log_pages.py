@@ -96,7 +96,7 @@ async def log_page(request: Request, cursor: str | None = None, limit: int = 100
 
 @get("/console/log/{row_id:str}")
 async def message_page(request: Request, row_id: str) -> Template:
-    number = path_number(row_id)
+    number = path_number(row_id, "row_id")
     async with request.app.state.pool.acquire() as conn:
         message = await load_message(conn, number, request.app.state.settings.routing_log_key)
         await record_action(

@@ -34,7 +34,7 @@ ACTIONS = {
 @get("/console/parties/{platform_id:str}/{action:str}")
 async def confirm_page(request: Request, platform_id: str, action: str) -> Template:
     """What the action will do, and a form that needs a ticked box to do it: no single accidental click acts."""
-    number = path_number(platform_id)
+    number = path_number(platform_id, "platform_id")
     require_admin(request)
     return Template("platform_action.html", context=await _context(request, number, action))
 
@@ -46,7 +46,7 @@ async def act(
     action: str,
     data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Template:
-    number = path_number(platform_id)
+    number = path_number(platform_id, "platform_id")
     require_admin(request)
     context = await _context(request, number, action)
     if data.get("confirm") != "yes":

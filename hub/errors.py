@@ -10,7 +10,7 @@ Content-Encoding of the body (EncodedBody, HTTP 415: the body does not arrive as
     ├── ClientError 2000 ── InvalidParameters 2001, NotEnoughInformation 2002, UnknownLocation 2003,
     │                       UnknownToken 2004, Unauthorized (HTTP 401), NotFound (HTTP 404),
     │                       MethodNotAllowed (HTTP 405), MalformedBody (HTTP 400), BodyTooLarge (HTTP 413),
-    │                       EncodedBody (HTTP 415)
+    │                       EncodedBody (HTTP 415), InvalidPathSegment (2001, HTTP 404)
     ├── ServerError 3000 ── UnableToUseClientApi 3001, UnsupportedVersion 3002, NoMatchingEndpoints 3003
     └── HubError 4000 ───── ForwardingLoop 4000, TooManyHubs 4000, ShareInUse 4000, BroadcastsPending 4000,
                             UnknownReceiver 4001, ForwardTimeout 4002, ReceiverNotConnected 4003
@@ -103,6 +103,14 @@ class MethodNotAllowed(ClientError):
     def __init__(self, message: str, allow: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.allow = ", ".join(allow)
+
+
+class InvalidPathSegment(InvalidParameters):
+    """A path segment no OCPI id can be (a control character: types.asciidoc, string and CiString, "Non-printable
+    characters like: Carriage returns, Tabs, Line breaks, etc are not allowed"): 2001, with the HTTP 404 of a URL
+    the interface does not define."""
+
+    http_status = 404
 
 
 class MalformedBody(InvalidParameters):

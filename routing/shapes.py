@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import msgspec
 
-from hub.errors import InvalidParameters, MethodNotAllowed, NotFound, decoded
+from hub.errors import InvalidParameters, InvalidPathSegment, MethodNotAllowed, NotFound, decoded
 from routing.request import Incoming
 
 _PARTS = re.compile(r"[/\\]")
 _DOT_SEGMENTS = frozenset((".", ".."))
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc: C0, DEL and C1
 COMMANDS = frozenset({"CANCEL_RESERVATION", "RESERVE_NOW", "START_SESSION", "STOP_SESSION", "UNLOCK_CONNECTOR"})
 
 
@@ -63,7 +64,8 @@ SHAPES: dict[tuple[str, str], dict[str, Shape]] = {
 
 
 def check_shape(incoming: Incoming) -> None:
-    """MethodNotAllowed for a method the interface marks n/a, NotFound for a path it does not define."""
+    """MethodNotAllowed for a method the interface marks n/a, NotFound for a path it does not define,
+    InvalidPathSegment for a segment holding a control character."""
     methods = SHAPES[(incoming.module, incoming.interface)]
     shape = methods.get(incoming.method)
     if shape is None:
@@ -77,6 +79,12 @@ def check_shape(incoming: Incoming) -> None:
         # another of its URLs (.../locations/sender/../../credentials), which the hub would call with its token
         raise NotFound(f"{incoming.method} {incoming.path} holds an empty segment or a dot segment ('.', '..', or "
                        "either with ';' parameters)")  # fmt: skip
+    if control := next((found[0] for s in incoming.segments if (found := _CONTROL.search(s))), None):
+        # forwarded, a newline was the receiver's framework's own 404, no OCPI answer; a NUL or a tab, an id's
+        raise InvalidPathSegment(
+            f"{incoming.method} {incoming.path}: a path segment holds a control character (U+{ord(control):04X});"
+            " OCPI ids are printable (types.asciidoc: non-printable characters are not allowed)"
+        )
     if not shape.fits(incoming.segments):
         raise NotFound(
             f"{incoming.method} {incoming.path} is no URL of the {_interface(incoming)}: it takes {incoming.method}"

@@ -93,10 +93,11 @@ RELAY = [
     Case("PUT", "receiver/locations/{cc}/{pid}/LOC1", "at most 10000000 bytes", b"x" * BIG),
     Case("POST", "receiver/commands/START_SESSION", "JSON", b"{", "emsp", None),  # open routing reads the body
     # URLs: percent-encoded junk and over-long segments where the hub reads them
-    Case("POST", "receiver/commands/%00", "no URL of the commands Receiver", b"{}", "emsp", "cpo"),
+    Case("POST", "receiver/commands/%00", "a control character (U+0000)", b"{}", "emsp", "cpo"),
     Case("POST", "receiver/commands/%ff%fe", "no URL of the commands Receiver", b"{}", "emsp", "cpo"),
     Case("POST", "receiver/commands/" + "A" * 5000, "no URL of the commands Receiver", b"{}", "emsp", "cpo"),
-    Case("GET", "receiver/tokens/%00/{epid}/TOK1", "owner in the URL", None, "emsp", "cpo"),
+    Case("GET", "receiver/tokens/%00/{epid}/TOK1", "a control character (U+0000)", None, "emsp", "cpo"),
+    Case("GET", "receiver/locations/{cc}/{pid}/LOC%0A1", "a control character (U+000A)"),  # was the receiver's 404
     Case("GET", "receiver/tokens/%2F/{epid}/TOK1", "owner in the URL", None, "emsp", "cpo"),
     Case("GET", "receiver/locations/{cc}/{pid}/..", "no URL of the locations Receiver"),
     Case("GET", "nonsense/%ff", "no URL of the hub"),

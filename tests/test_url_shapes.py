@@ -148,6 +148,26 @@ def test_a_url_with_a_dot_or_empty_segment_answers_404_and_is_not_forwarded(
     assert (row["routing"], row["http_status"]) == ("rejected", 404)
 
 
+@pytest.mark.parametrize(
+    ("role", "method", "path", "named"),
+    [
+        # forwarded, a newline was the receiver's own "404: Not Found" (aiohttp's, as text), relayed without an envelope
+        ("CPO", "GET", "receiver/locations/{cc}/{pid}/LOC%0A1", "U+000A"),
+        ("CPO", "PUT", "receiver/locations/{cc}/{pid}/LOC1/EVSE%0D%0A1", "U+000D"),
+        ("CPO", "PUT", "receiver/sessions/{cc}/{pid}/S%001", "U+0000"),  # forwarded and answered 1000 before
+        ("EMSP", "GET", "receiver/tokens/{cc}/{pid}/TOK%091", "U+0009"),
+        ("CPO", "POST", "sender/tokens/TOK%7F1/authorize", "U+007F"),
+        ("EMSP", "GET", "sender/locations/LOC%C2%851", "U+0085"),  # a C1 control character, UTF-8 encoded
+    ],
+)
+def test_a_control_character_in_a_path_segment_answers_2001_and_is_not_forwarded(
+    hub: Hub, connect_party, db, role: str, method: str, path: str, named: str
+) -> None:
+    answer = _refused(hub, connect_party, db, method, path, role)
+    assert (answer.status_code, answer.json()["status_code"]) == (404, 2001), answer.text
+    assert f"a control character ({named})" in answer.json()["status_message"], answer.text
+
+
 def test_an_encoded_id_a_lower_case_owner_and_a_trailing_slash_reach_the_receiver_at_the_url_the_spec_defines(
     hub: Hub, connect_party
 ) -> None:

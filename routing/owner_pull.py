@@ -15,14 +15,16 @@ location cache, the hub keeps a mark per party in Redis once it read the party's
   the CPO as each of its own session's owner, and the eMSP of its cdr_token, if on the hub, as its receiver.
 One hub process pulls a module at a time (a lock in Redis); each page is a message of the hub's own, with its
 routing-log row; a party whose Sender fails is tried again after RETRY_AFTER_FAILURE_S, and the others are pulled
-meanwhile; so is one whose Links go on without end (an empty page with a Link, or more than twice the X-Total-Count of
-its first page), after what it read is noted. A mark names the party's platform, so a platform that registers a
-departed party's id again has its own list read.
+meanwhile; so is one whose Links go on without end (an empty page with a Link, a page the same as the one before it, as
+a party that ignores offset sends, or more than twice the X-Total-Count of its first page), after what it read is
+noted. A mark names the party's platform, so a platform that registers a departed party's id again has its own list
+read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import time
 import uuid
@@ -184,7 +186,7 @@ class OwnerPull:
             query = {"date_from": ocpi_timestamp(started - timedelta(seconds=self.listing.since_s)), **query}
         url: str | None = f"{platform.endpoint(module, 'SENDER') or ''}?{urlencode(query)}"
         correlation, seen = str(uuid.uuid4()), ((party, platform.id),)
-        received, total_first = 0, None
+        received, total_first, last = 0, None, b""
         while url:
             page = await sender_page(self._http, self._record, self._hub, platform, role, url, module, correlation)
             if page.objects is None:
@@ -206,9 +208,10 @@ class OwnerPull:
             result.pages += 1
             received += len(page.objects)
             total_first = page.total if total_first is None else total_first
-            url = page.next_url
-            if url and (not page.objects or (total_first is not None and received > 2 * max(total_first, 1))):
-                # an endless chain of Links (empty pages, or past twice the count the first page gave)
+            url, previous, last = page.next_url, last, _fingerprint(page.objects)
+            if url and (not page.objects or last == previous
+                        or (total_first is not None and received > 2 * max(total_first, 1))):  # fmt: skip
+                # an endless chain of Links (empty pages, the same page again, or past twice the first page's count)
                 return await self._failed(result, f"its Link chain went on without ending ({received} read)")
             if renew is not None:
                 await renew()
@@ -269,6 +272,16 @@ def _decoded(read: Callable[[msgspec.Raw], Any], raw: msgspec.Raw, empty: type) 
         return read(raw)
     except (msgspec.DecodeError, RecursionError):  # not an object, or a field of another shape: nothing noted
         return empty()
+
+
+def _fingerprint(objects: list[msgspec.Raw]) -> bytes:
+    """A page's objects, told apart from another page's in 16 bytes: without X-Total-Count, a party that ignores offset
+    and sends its first page again and again, each with a Link, would be read for ever."""
+    digest = hashlib.blake2b(digest_size=16)
+    for raw in objects:
+        digest.update(len(raw).to_bytes(8, "big"))
+        digest.update(raw)
+    return digest.digest()
 
 
 def _platform_of(mark: bytes | str | None) -> str | None:

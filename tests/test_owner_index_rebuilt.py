@@ -172,3 +172,19 @@ def test_after_redis_lost_its_data_open_requests_about_a_recent_session_reach_it
     [done] = _lines(hub, "owner_pull_done", owner, "sessions")[-1:]
     assert (done["noted"], done["pages"]) == (3, 2)
     assert all(r.query.startswith("date_from=") for r in cpo.owner_pulls("sessions"))
+
+
+def test_an_emsp_whose_pages_repeat_without_end_and_without_a_total_is_failed_and_the_others_are_pulled(
+    own_hub: tuple[Hub, str, str], start_party
+) -> None:
+    hub, _, _ = own_hub
+    # it ignores offset: the same page each time, a Link to "the next" one, and no X-Total-Count to tell the end by
+    endless = json.dumps({"data": [_token(("NL", "LOP"), "LOOPED")], "status_code": 1000,
+                          "timestamp": "2026-12-01T00:00:00Z"}).encode()  # fmt: skip
+    link = {"Link": f'<{TOKENS_SENDER}?offset=2&limit=2>; rel="next"', "Content-Type": "application/json"}
+    looping, looping_owner = _emsp_listing(hub, start_party, 1, canned={("GET", TOKENS_SENDER): (200, endless, link)})
+    _wait(lambda: len(looping.owner_pulls("tokens")) >= 2)
+    _, owner = _emsp_listing(hub, start_party, 1)
+    _wait(lambda: _lines(hub, "owner_pull_done", owner))
+    [failed] = _lines(hub, "owner_pull_failed", looping_owner)
+    assert "Link chain went on without ending" in failed["reason"], failed

@@ -68,7 +68,8 @@ LOCATIONS_OVER_CAP = Counter(
 )  # fmt: skip
 OWNER_PULLS = Counter(
     "ocpi_hub_owner_pull", "Pulls of a party's list (module: tokens of an eMSP, sessions of a CPO) into the owner "
-    "index (routing.owner_pull), by result (ok, failed, stopped: the party left the hub meanwhile)",
+    "index (routing.owner_pull), by result (ok, failed, stopped: the party left the hub, or the pull lost its lock in "
+    "Redis, meanwhile)",
     ["module", "result"],
 )  # fmt: skip
 OWNERS_PULLED = Counter("ocpi_hub_owner_pull_objects", "Objects read from parties' Senders by owner pulls", ["module"])

@@ -13,12 +13,13 @@ location cache, the hub keeps a mark per party in Redis once it read the party's
   relayed PUT of it would be (owner, type, visual_number, issuer, group_id);
 - sessions (mod_sessions.asciidoc, Sender GET), of each CPO, since one OCPI_HUB_OWNER_INDEX_PERIOD_S ago (date_from):
   the CPO as each of its own session's owner, and the eMSP of its cdr_token, if on the hub, as its receiver.
-One hub process pulls a module at a time (a lock in Redis); each page is a message of the hub's own, with its
-routing-log row; a party whose Sender fails is tried again after RETRY_AFTER_FAILURE_S, and the others are pulled
-meanwhile; so is one whose Links go on without end (an empty page with a Link, a page the same as the one before it, as
-a party that ignores offset sends, or more than twice the X-Total-Count of its first page), after what it read is
-noted. A mark names the party's platform, so a platform that registers a departed party's id again has its own list
-read.
+One hub process pulls a module at a time (a lock in Redis, checked with every page and as the mark is set: a pull that
+finds it gone, Redis having lost its data and the notes before with it, stops unmarked, to be read again); each page
+is a message of the hub's own, with its routing-log row; a party whose Sender fails is tried again after
+RETRY_AFTER_FAILURE_S, and the others are pulled meanwhile; so is one whose Links go on without end (an empty page with
+a Link, a page the same as the one before it, as a party that ignores offset sends, or more than twice the
+X-Total-Count of its first page), after what it read is noted. A mark names the party's platform, so a platform that
+registers a departed party's id again has its own list read.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import hashlib
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,6 +54,22 @@ LOCK_TTL_S = 900  # renewed with every page: a list of millions takes longer
 RETRY_AFTER_FAILURE_S = 300  # a party whose Sender failed is not asked again before this
 PROGRESS_EVERY_S = 10.0  # an owner_pull_progress line at most this often per party
 TOKEN_OWNERS = ("EMSP", "OTHER")  # the roles whose tokens a CPO authorizes (OTHER routes as an eMSP)
+LEFT_THE_HUB = "the party left the hub during the pull; nothing more was noted"
+LOCK_LOST = ("the pull's lock was gone from Redis (Redis lost its data, and what the pull noted before with it, or the "
+             "lock expired): not marked pulled, its list is read again")  # fmt: skip
+
+# KEYS: a pull's lock, and a mark to set (none: the lock only renewed). ARGV: the lock's token, its TTL in s, the mark.
+# Nothing once the lock is not the pull's: a mark set after Redis lost its data would stand for notes lost with it.
+_WHILE_LOCKED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if KEYS[2] then
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+return 1
+"""
 
 
 class _Token(Sent):
@@ -137,6 +154,7 @@ class OwnerPull:
         self.listing, self._http, self._index, self._redis, self._record = listing, http, index, client, record
         self._prefix, self._hub, self._directory, self._limit = prefix, hub, directory, page_limit
         self._keys = f"{prefix}{listing.module}:"
+        self._while_locked = client.register_script(_WHILE_LOCKED)
 
     def parties(self) -> list[tuple[Platform, PartyRole]]:
         return listing_parties(self._directory(), self.listing.module, self.listing.roles)
@@ -165,20 +183,30 @@ class OwnerPull:
         lock, token = f"{self._keys}pull-lock", secrets.token_hex(8)
         if not await self._redis.set(lock, token, nx=True, ex=LOCK_TTL_S):
             return None
+        results: list[PullResult] = []
         try:
-            return [await self.pull(platform, role, lambda: self._renew(lock, token)) for platform, role in parties]
+            for platform, role in parties:
+                results.append(result := await self.pull(platform, role, (lock, token)))
+                if result.error == LOCK_LOST:  # the others are the next round's
+                    break
+            return results
         finally:
             if await self._redis.get(lock) == token.encode():
                 await self._redis.delete(lock)
 
-    async def _renew(self, lock: str, token: str) -> None:
-        if await self._redis.get(lock) == token.encode():
-            await self._redis.expire(lock, LOCK_TTL_S)
+    async def _held(self, claim: tuple[str, str] | None, mark_key: str | None = None, mark: str = "") -> bool:
+        """Whether the pull still holds its lock (claim: its key and token), renewed then, and the mark set with it in
+        one step; without a claim, the mark set."""
+        if claim is None:
+            if mark_key is not None:
+                await self._redis.set(mark_key, mark)
+            return True
+        keys = [claim[0]] if mark_key is None else [claim[0], mark_key]
+        return bool(await self._while_locked(keys=keys, args=[claim[1], LOCK_TTL_S, mark]))
 
-    async def pull(
-        self, platform: Platform, role: PartyRole, renew: Callable[[], Awaitable[None]] | None = None
-    ) -> PullResult:
-        """Read the party's whole list, noting each of its objects; marked pulled once read to its end."""
+    async def pull(self, platform: Platform, role: PartyRole, claim: tuple[str, str] | None = None) -> PullResult:
+        """Read the party's whole list, noting each of its objects; marked pulled once read to its end, if the pull
+        still holds its lock (claim: its key and token)."""
         module, party, result = self.listing.module, role.key, PullResult(role.key)
         started, said_at = datetime.now(UTC), time.monotonic()
         query: dict[str, str | int] = {"offset": 0, "limit": self._limit}
@@ -193,11 +221,7 @@ class OwnerPull:
                 return await self._failed(result, f"the party's {module} Sender could not be read ({page.why})")
             directory = self._directory()
             if not directory.holds(party, platform.id):
-                result.error = "the party left the hub during the pull; nothing more was noted"
-                log.info("owner_pull_stopped", module=module, party=_text(party), noted=result.noted,
-                         pages=result.pages)  # fmt: skip
-                OWNER_PULLS.labels(module, "stopped").inc()
-                return result
+                return self._stopped(result, LEFT_THE_HUB)
             for raw in page.objects:
                 if self.listing.note(self._index, directory, raw, party, seen):
                     result.noted += 1
@@ -213,16 +237,24 @@ class OwnerPull:
                         or (total_first is not None and received > 2 * max(total_first, 1))):  # fmt: skip
                 # an endless chain of Links (empty pages, the same page again, or past twice the first page's count)
                 return await self._failed(result, f"its Link chain went on without ending ({received} read)")
-            if renew is not None:
-                await renew()
+            if not await self._held(claim):
+                return self._stopped(result, LOCK_LOST)
             if url and time.monotonic() - said_at >= PROGRESS_EVERY_S:
                 said_at = time.monotonic()
                 log.info("owner_pull_progress", module=module, party=_text(party), noted=result.noted,
                          pages=result.pages, total=total_first)  # fmt: skip
-        await self._redis.set(self.pulled_key(party), f"{platform.id} {ocpi_timestamp(started)}")
+        if not await self._held(claim, self.pulled_key(party), f"{platform.id} {ocpi_timestamp(started)}"):
+            return self._stopped(result, LOCK_LOST)
         OWNER_PULLS.labels(module, "ok").inc()
         log.info("owner_pull_done", module=module, party=_text(party), noted=result.noted, ignored=result.ignored,
                  pages=result.pages)  # fmt: skip
+        return result
+
+    def _stopped(self, result: PullResult, why: str) -> PullResult:
+        result.error = why
+        log.info("owner_pull_stopped", module=self.listing.module, party=_text(result.party), noted=result.noted,
+                 pages=result.pages, reason=why)  # fmt: skip
+        OWNER_PULLS.labels(self.listing.module, "stopped").inc()
         return result
 
     async def _failed(self, result: PullResult, why: str) -> PullResult:

@@ -188,3 +188,18 @@ def test_an_emsp_whose_pages_repeat_without_end_and_without_a_total_is_failed_an
     _wait(lambda: _lines(hub, "owner_pull_done", owner))
     [failed] = _lines(hub, "owner_pull_failed", looping_owner)
     assert "Link chain went on without ending" in failed["reason"], failed
+
+
+def test_a_pull_during_which_redis_lost_its_data_is_not_marked_done_and_the_list_is_read_again(
+    own_hub: tuple[Hub, str, str], start_party
+) -> None:
+    hub, redis_url, _ = own_hub
+    emsp, owner = _emsp_listing(hub, start_party, 5, delay_s=1.0)  # each page a second late
+    cpo = register_at_hub(hub, start_party, _roles("CPO"))
+    _wait(lambda: len(emsp.owner_pulls("tokens")) >= 2)  # its first page (TOK0, TOK1) noted, the second asked for
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushall()  # what the first page noted goes; the pages after it are noted after the loss
+    answer = _wait(lambda: (a := _authorize(cpo, hub, f"TOK0-{owner[1]}"))["status_code"] == 1000 and a, timeout=20)
+    assert answer["status_code"] == 1000
+    [stopped] = _lines(hub, "owner_pull_stopped", owner)
+    assert "lock" in stopped["reason"], stopped

@@ -13,7 +13,9 @@ resumed and connected again, or back CONNECTED, it is pushed what it missed: the
 party's role whose status changed since it was suspended (migration 0027) or went OFFLINE (0028), not every role on the
 hub, which would be hundreds of PUTs for a few changes. The spec asks a party back online to GET what it needs to get
 back in sync ("it is their responsibility to do a GET"); this spares it the GET of the whole list, and one that does
-not do it a wrong view of who is connected. A platform with no hubclientinfo Receiver is pushed nothing, then or ever.
+not do it a wrong view of who is connected. So is a platform that did not answer a push (timed out, or could not be
+connected to): the change it did not take and those not sent after it, once it answers a push again, whether or not
+the probe found it OFFLINE meanwhile. A platform with no hubclientinfo Receiver is pushed nothing, then or ever.
 """
 
 from __future__ import annotations
@@ -148,6 +150,12 @@ async def push_pending(state: State) -> int | None:
             unanswered = await asyncio.gather(
                 *(_push_in_order(state, p, pushes + (m.pushes if (m := missed.get(p.id)) else [])) for p in recipients)
             )
+            for p, failed in zip(recipients, unanswered, strict=True):  # before the changes are marked delivered
+                if failed is not None and failed.change_id is not None:
+                    since = min(
+                        c.changed_at for c in pushes if c.change_id is not None and c.change_id >= failed.change_id
+                    )
+                    await conn.execute(QUERIES["client_infos_unanswered"], p.id, since)
             await conn.execute(QUERIES["client_info_pushed"], [c["id"] for c in changes])
             caught_up = [missed[p.id] for p, failed in zip(recipients, unanswered, strict=True)
                          if failed is None and p.id in missed]  # fmt: skip

@@ -473,6 +473,14 @@ UPDATE platform p SET client_info_missed_after = $3::bigint,
 WHERE id = $1 AND state = 'REGISTERED' AND client_info_missed_since = $2
   AND NOT EXISTS (SELECT 1 FROM party_role r WHERE r.platform_id = p.id AND r.status_changed_at >= $4);
 
+-- name: client_infos_unanswered
+-- Platform $1 did not answer the push of a change made at $2, nor was it sent those after it that round: it missed the
+-- changes since, as an OFFLINE platform does (set_platform_liveness), and is pushed them once it answers again. A
+-- catch-up under way from later than $2 starts over from $2.
+UPDATE platform SET client_info_missed_since = least(client_info_missed_since, $2),
+       client_info_missed_after = CASE WHEN client_info_missed_since <= $2 THEN client_info_missed_after END
+WHERE id = $1 AND state = 'REGISTERED';
+
 -- name: client_infos_missed_dropped
 -- Platforms $1 have no hubclientinfo Receiver to push what they missed to: nothing to catch up on, as long as the mark
 -- is still the one read ($2, by position).

@@ -73,7 +73,9 @@ def test_the_cdrs_and_tokens_a_list_answer_named_are_found_by_their_ids(hub: Hub
     with hub.admin() as admin:
         for listed, request_id in ((f"CDR-{tag}-1", f"{tag}-cdrs"), (f"tok-{tag}", f"{tag}-tokens")):
             found = admin.get("/admin/api/routing-log", params={"listed_id": listed}).json()["items"]
-            assert [item["request_id"] for item in found] == [request_id], (listed, found)
+            # the hub's own read of the eMSP's token list (routing.owner_pull), when it ran by now, names it too
+            theirs = [item["request_id"] for item in found if item["routing"] != "hub"]
+            assert theirs == [request_id], (listed, found)
         [row] = admin.get("/admin/api/routing-log", params={"request_id": f"{tag}-cdrs"}).json()["items"]
         message = admin.get(f"/admin/api/routing-log/{row['id']}").json()
         assert message["listed_ids"] == [c["id"].upper() for c in cdrs] and "listed_ids" not in row

@@ -362,8 +362,14 @@ class Party:
             for r in self.received
             if r.method == "GET"
             and self._unmoved(r.path).rstrip("/") == f"/ocpi/2.2.1/{module}/sender"  # a trailing slash as registered
-            and r.headers.get("OCPI-from-party-id") == "HUB"
+            and r.headers.get("OCPI-from-party-id") in self._hub_party_ids()
         ]
+
+    def _hub_party_ids(self) -> set[str]:
+        """The party ids the hub we registered at calls us under: "HUB" by default, another deployment's own (a second
+        hub in the same test run has OCPI_HUB_PARTY_ID of its own)."""
+        roles = (self.hub_credentials or {}).get("roles") or []
+        return {"HUB"} | {role["party_id"] for role in roles if role.get("role") == "HUB"}
 
     def client_infos(self) -> list[Received]:
         return [r for r in self.received if "/hubclientinfo/" in r.path]

@@ -13,8 +13,9 @@ location cache, the hub keeps a mark per party in Redis once it read the party's
   relayed PUT of it would be (owner, type, visual_number, issuer, group_id);
 - sessions (mod_sessions.asciidoc, Sender GET), of each CPO, since one OCPI_HUB_OWNER_INDEX_PERIOD_S ago (date_from):
   the CPO as each of its own session's owner, and the eMSP of its cdr_token, if on the hub, as its receiver.
-One hub process pulls a module at a time (a lock in Redis, checked with every page and as the mark is set: a pull that
-finds it gone, Redis having lost its data and the notes before with it, stops unmarked, to be read again); each page
+One hub process pulls a module at a time (a storage.redis_lease, checked with every page and as the mark is set: a
+pull that finds it gone, Redis having lost its data and the notes before with it, stops unmarked, to be read again;
+one that dies lets go within a minute); each page
 is a message of the hub's own, with its routing-log row; a party whose Sender fails is tried again after
 RETRY_AFTER_FAILURE_S, and the others are pulled meanwhile; so is one whose Links go on without end (an empty page with
 a Link, a page the same as the one before it, as a party that ignores offset sends, or more than twice the
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -46,27 +46,26 @@ from routing.sender_pages import Record, listing_parties, sender_page
 from storage.directory import Directory, PartyRole, Platform
 from storage.owner_index import Seen
 from storage.publish_tokens import Sent, token_type
+from storage.redis_lease import Lease
 from storage.routing_state import RoutingState
 
 log = structlog.get_logger()
 
-LOCK_TTL_S = 900  # renewed with every page: a list of millions takes longer
 RETRY_AFTER_FAILURE_S = 300  # a party whose Sender failed is not asked again before this
 PROGRESS_EVERY_S = 10.0  # an owner_pull_progress line at most this often per party
 TOKEN_OWNERS = ("EMSP", "OTHER")  # the roles whose tokens a CPO authorizes (OTHER routes as an eMSP)
 LEFT_THE_HUB = "the party left the hub during the pull; nothing more was noted"
 LOCK_LOST = ("the pull's lock was gone from Redis (Redis lost its data, and what the pull noted before with it, or the "
-             "lock expired): not marked pulled, its list is read again")  # fmt: skip
+             "process was paused past its lease): not marked pulled, its list is read again")  # fmt: skip
 
-# KEYS: a pull's lock, and a mark to set (none: the lock only renewed). ARGV: the lock's token, its TTL in s, the mark.
-# Nothing once the lock is not the pull's: a mark set after Redis lost its data would stand for notes lost with it.
-_WHILE_LOCKED = """
+# KEYS: a pull's lease, and a mark to set (none: the lease only checked). ARGV: the lease's token, the mark. Nothing
+# once the lease is not the pull's: a mark set after Redis lost its data would stand for notes lost with it.
+_WHILE_LEASED = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
 if KEYS[2] then
-  redis.call('SET', KEYS[2], ARGV[3])
+  redis.call('SET', KEYS[2], ARGV[2])
 end
 return 1
 """
@@ -154,7 +153,7 @@ class OwnerPull:
         self.listing, self._http, self._index, self._redis, self._record = listing, http, index, client, record
         self._prefix, self._hub, self._directory, self._limit = prefix, hub, directory, page_limit
         self._keys = f"{prefix}{listing.module}:"
-        self._while_locked = client.register_script(_WHILE_LOCKED)
+        self._while_leased = client.register_script(_WHILE_LEASED)
 
     def parties(self) -> list[tuple[Platform, PartyRole]]:
         return listing_parties(self._directory(), self.listing.module, self.listing.roles)
@@ -179,34 +178,31 @@ class OwnerPull:
         ]
 
     async def run(self, parties: list[tuple[Platform, PartyRole]]) -> list[PullResult] | None:
-        """Pull the given parties' lists; None if another process holds the lock."""
-        lock, token = f"{self._keys}pull-lock", secrets.token_hex(8)
-        if not await self._redis.set(lock, token, nx=True, ex=LOCK_TTL_S):
-            return None
-        results: list[PullResult] = []
-        try:
+        """Pull the given parties' lists; None if another process holds the lease."""
+        lease = Lease(self._redis, f"{self._keys}pull-lock")
+        async with lease.held() as held:
+            if not held:
+                return None
+            results: list[PullResult] = []
             for platform, role in parties:
-                results.append(result := await self.pull(platform, role, (lock, token)))
+                results.append(result := await self.pull(platform, role, lease))
                 if result.error == LOCK_LOST:  # the others are the next round's
                     break
             return results
-        finally:
-            if await self._redis.get(lock) == token.encode():
-                await self._redis.delete(lock)
 
-    async def _held(self, claim: tuple[str, str] | None, mark_key: str | None = None, mark: str = "") -> bool:
-        """Whether the pull still holds its lock (claim: its key and token), renewed then, and the mark set with it in
-        one step; without a claim, the mark set."""
-        if claim is None:
+    async def _held(self, lease: Lease | None, mark_key: str | None = None, mark: str = "") -> bool:
+        """Whether the pull still holds its lease, and the mark set with it in one step; without a lease, the mark
+        set."""
+        if lease is None:
             if mark_key is not None:
                 await self._redis.set(mark_key, mark)
             return True
-        keys = [claim[0]] if mark_key is None else [claim[0], mark_key]
-        return bool(await self._while_locked(keys=keys, args=[claim[1], LOCK_TTL_S, mark]))
+        keys = [lease.key] if mark_key is None else [lease.key, mark_key]
+        return not lease.lost and bool(await self._while_leased(keys=keys, args=[lease.token, mark]))
 
-    async def pull(self, platform: Platform, role: PartyRole, claim: tuple[str, str] | None = None) -> PullResult:
+    async def pull(self, platform: Platform, role: PartyRole, lease: Lease | None = None) -> PullResult:
         """Read the party's whole list, noting each of its objects; marked pulled once read to its end, if the pull
-        still holds its lock (claim: its key and token)."""
+        still holds its lease."""
         module, party, result = self.listing.module, role.key, PullResult(role.key)
         started, said_at = datetime.now(UTC), time.monotonic()
         query: dict[str, str | int] = {"offset": 0, "limit": self._limit}
@@ -237,13 +233,13 @@ class OwnerPull:
                         or (total_first is not None and received > 2 * max(total_first, 1))):  # fmt: skip
                 # an endless chain of Links (empty pages, the same page again, or past twice the first page's count)
                 return await self._failed(result, f"its Link chain went on without ending ({received} read)")
-            if not await self._held(claim):
+            if not await self._held(lease):
                 return self._stopped(result, LOCK_LOST)
             if url and time.monotonic() - said_at >= PROGRESS_EVERY_S:
                 said_at = time.monotonic()
                 log.info("owner_pull_progress", module=module, party=_text(party), noted=result.noted,
                          pages=result.pages, total=total_first)  # fmt: skip
-        if not await self._held(claim, self.pulled_key(party), f"{platform.id} {ocpi_timestamp(started)}"):
+        if not await self._held(lease, self.pulled_key(party), f"{platform.id} {ocpi_timestamp(started)}"):
             return self._stopped(result, LOCK_LOST)
         OWNER_PULLS.labels(module, "ok").inc()
         log.info("owner_pull_done", module=module, party=_text(party), noted=result.noted, ignored=result.ignored,

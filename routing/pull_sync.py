@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -44,10 +43,10 @@ from routing.sender_pages import Record, listing_parties, sender_page
 from storage.directory import Directory, PartyRole, Platform
 from storage.location_cache import LocationCache
 from storage.location_cap import clear_unless_refused_since, refused_so_far
+from storage.redis_lease import Lease
 
 log = structlog.get_logger()
 
-LOCK_TTL_S = 900
 RETRY_AFTER_FAILURE_S = 300  # a CPO whose Sender failed is not asked again before this
 
 
@@ -94,14 +93,10 @@ class PullSync:
         self, parties: list[tuple[Platform, PartyRole]], *, full: bool = False, progress: Progress | None = None
     ) -> list[SyncResult] | None:
         """Sync the given parties; None if another process holds the sync lock."""
-        lock, token = f"{self._prefix}locations:sync-lock", secrets.token_hex(8)
-        if not await self._redis.set(lock, token, nx=True, ex=LOCK_TTL_S):
-            return None
-        try:
+        async with Lease(self._redis, f"{self._prefix}locations:sync-lock").held() as held:
+            if not held:
+                return None
             return [await self.sync_party(platform, role, full=full, progress=progress) for platform, role in parties]
-        finally:
-            if await self._redis.get(lock) == token.encode():
-                await self._redis.delete(lock)
 
     async def sync_party(
         self, platform: Platform, role: PartyRole, *, full: bool = False, progress: Progress | None = None

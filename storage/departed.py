@@ -39,6 +39,7 @@ import structlog
 from storage.departed_cleanup import Cleanup, PartyKey
 from storage.directory import PROPAGATION_S, PartyRole
 from storage.location_cache import LocationCache
+from storage.redis_lease import KEEP, RELEASE
 from storage.routing_state import RoutingState
 
 log = structlog.get_logger()
@@ -56,10 +57,6 @@ for i = 1, #ARGV, 2 do
 end
 return done
 """
-# KEYS: the claim. ARGV: this hub's token, ms: extended if it is this hub's (1), else 0.
-_KEEP = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end\nreturn 0\n"
-# KEYS: the claim. ARGV: this hub's token: deleted if it is this hub's.
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\nreturn 0\n"
 
 
 class ClaimLost(Exception):
@@ -192,7 +189,7 @@ class _Claim:
 
     def __init__(self, client: redis.Redis, key: str) -> None:
         self._redis, self._key, self._token = client, key, secrets.token_hex(8)
-        self._keep, self._release = client.register_script(_KEEP), client.register_script(_RELEASE)
+        self._keep, self._release = client.register_script(KEEP), client.register_script(RELEASE)
         self._kept_at = 0.0
 
     async def take(self) -> int | None:

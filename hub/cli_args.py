@@ -16,7 +16,9 @@ COMMANDS_HELP = """commands:
   parties   the platforms on the hub: ocpi-hub parties list | show ID | remove ID --yes (as DELETE
             /admin/api/parties/ID: its tokens stop working, the party is told) | suspend ID --reason TEXT
             (its requests refused, nothing routed to it, until) | resume ID
-  sync      pull the CPOs' locations into the hub's cache: ocpi-hub sync locations [--party NL-ABC] [--full]
+  sync      pull the CPOs' locations into the hub's cache: ocpi-hub sync locations [--party NL-ABC] [--full];
+            read again the eMSPs' tokens or the CPOs' recent sessions into the owner index that open routing uses:
+            ocpi-hub sync tokens|sessions [--party NL-ABC]
   auditor   read-only tokens of the auditor API: ocpi-hub auditor add NAME | list | remove NAME
   retention drop routing-log partitions older than a period, and what the hub keeps beside them (delivered
             ClientInfo changes, relayed CDR URLs): ocpi-hub retention --keep 400d [--dry-run]
@@ -111,10 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
                                help="why: told to the platform with every request the hub refuses")  # fmt: skip
     party_resume = party_actions.add_parser("resume", help="register a suspended platform again")
     party_resume.add_argument("id", nargs="?", help="the platform's id")
-    sync = commands.add_parser("sync", help="pull every CPO's locations into the hub's cache (progress on stderr)")
-    sync.add_argument("what", choices=["locations"], help="what to sync")
-    sync.add_argument("--party", metavar="CC-PARTY", help="one CPO only, e.g. NL-ABC")
-    sync.add_argument("--full", action="store_true", help="everything, not only what changed since the last sync")
+    sync = commands.add_parser("sync", help="pull the CPOs' locations into the hub's cache, or read again the eMSPs' "
+                               "tokens or the CPOs' recent sessions for open routing (progress on stderr)")  # fmt: skip
+    sync.add_argument("what", choices=["locations", "tokens", "sessions"], help="what to sync")
+    sync.add_argument("--party", metavar="CC-PARTY", help="one party only, e.g. NL-ABC")
+    sync.add_argument("--full", action="store_true",
+                      help="locations: everything, not only what changed since the last sync")  # fmt: skip
     auditor = commands.add_parser("auditor", help="add, list or remove auditor tokens (read-only access to the log)")
     auditor_actions = auditor.add_subparsers(dest="action", required=True, metavar="ACTION")  # `list NAME` listed all
     auditor_actions.add_parser("add", help="a new auditor and its token").add_argument(

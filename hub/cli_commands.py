@@ -125,20 +125,31 @@ async def _connect(settings: Settings, args: argparse.Namespace, pool: asyncpg.P
 
 async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, redis_client: redis.Redis) -> int:
     from hub.runtime import stop_background_tasks
-    from routing.pull_sync import PullSync, cpo_parties
+    from routing import owner_pull
+    from routing.pull_sync import PullSync
+    from routing.sender_pages import listing_parties
     from storage.directory import DirectoryCache
     from storage.location_cache import LocationCache
     from storage.routing_log import RoutingLogWriter
+    from storage.routing_state import RoutingState
     from storage.secrets import TokenBox
 
+    if args.full and args.what != "locations":
+        print(f"ocpi-hub: --full is for locations: {args.what} are read whole each time", file=sys.stderr)
+        return 2
+    listing = {"tokens": owner_pull.tokens(), "sessions": owner_pull.sessions(settings.owner_index_period_s)}.get(
+        args.what
+    )
+    module, roles = (listing.module, listing.roles) if listing else ("locations", ("CPO",))  # pull sync's: CPOs
     directory = DirectoryCache(pool, redis_client, settings.redis_prefix, TokenBox(settings.secret_key or ""))
     await directory.reload()
-    parties = cpo_parties(directory.current)
+    parties = listing_parties(directory.current, module, roles)
     if args.party:
         wanted = tuple(args.party.upper().split("-", 1))
         parties = [(p, r) for p, r in parties if r.key == wanted]
         if not parties:
-            print(f"ocpi-hub: no connected CPO {args.party} with a locations Sender", file=sys.stderr)
+            print(f"ocpi-hub: no connected {' or '.join(roles)} {args.party} with a {module} Sender",
+                  file=sys.stderr)  # fmt: skip
             return 1
 
     def progress(party: tuple[str, str], done: int, total: int | None) -> None:
@@ -148,25 +159,38 @@ async def _sync(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
 
     writer = RoutingLogWriter(pool, key=settings.routing_log_key, body_cap=settings.log_body_max_bytes)
     hub = (settings.country_code, settings.party_id)
-    # As a hub process's sync: stopped for a CPO that leaves meanwhile, its pages and marks fenced by the directory
-    # (storage.location_writer), which it watches for as long, so that nothing it writes brings a departed party back.
+    # As a hub process's sync: stopped for a party that leaves meanwhile, its pages and marks fenced by the directory
+    # (storage.location_writer, storage.owner_index), which it watches for as long, so that nothing it writes brings a
+    # departed party back.
     watching = asyncio.create_task(directory.watch(), name="directory_watch")
+    summary: list[dict[str, Any]] | None = None
     try:
         async with PartyClient(settings) as http, writer.running():
-            cache = LocationCache(redis_client, settings.redis_prefix, directory, settings.max_locations_per_cpo,
+            if listing is None:
+                cache = LocationCache(redis_client, settings.redis_prefix, directory, settings.max_locations_per_cpo,
                                       settings.max_location_bytes_per_cpo)  # fmt: skip
-            sync = PullSync(http, cache, redis_client, settings.redis_prefix, hub, writer.record,
-                            directory=lambda: directory.current)  # fmt: skip
-            results = await sync.run(parties, full=args.full, progress=progress)
+                sync = PullSync(http, cache, redis_client, settings.redis_prefix, hub, writer.record,
+                                directory=lambda: directory.current)  # fmt: skip
+                if (synced := await sync.run(parties, full=args.full, progress=progress)) is not None:
+                    summary = [{"party": f"{r.party[0]}-{r.party[1]}", "locations": r.locations, "pages": r.pages,
+                                "full": r.full, "removed": r.removed, "refused": r.refused, "error": r.error}
+                               for r in synced]  # fmt: skip
+            else:  # read whether or not the party's list was read before: the operator doubts the index
+                routing = RoutingState(redis_client, settings.redis_prefix, settings.owner_index_period_s, directory)
+                async with routing.running():
+                    pull = owner_pull.OwnerPull(listing, http, routing, redis_client, settings.redis_prefix, hub,
+                                                writer.record, lambda: directory.current,
+                                                settings.pull_page_limit)  # fmt: skip
+                    if (pulled := await pull.run(parties)) is not None:
+                        summary = [{"party": f"{r.party[0]}-{r.party[1]}", args.what: r.noted, "ignored": r.ignored,
+                                    "pages": r.pages, "error": r.error} for r in pulled]  # fmt: skip
     finally:
         await stop_background_tasks([watching])
-    if results is None:
-        print("ocpi-hub: another hub process is syncing now; try again later", file=sys.stderr)
+    if summary is None:
+        print(f"ocpi-hub: another hub process is syncing {args.what} now; try again later", file=sys.stderr)
         return 1
-    summary = [{"party": f"{r.party[0]}-{r.party[1]}", "locations": r.locations, "pages": r.pages, "full": r.full,
-                "removed": r.removed, "refused": r.refused, "error": r.error} for r in results]  # fmt: skip
     out(msgspec.json.format(msgspec.json.encode(summary)).decode())
-    return 1 if any(r.error for r in results) else 0
+    return 1 if any(r["error"] for r in summary) else 0
 
 
 async def _auditor(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool, _: redis.Redis) -> int:

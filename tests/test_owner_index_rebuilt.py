@@ -5,6 +5,8 @@ publish_allowed_to work again for what was there before."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 import redis
 
 from storage.embedded import EmbeddedValkey
-from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, scratch_database, start_hub
+from tests.conftest import OUTPUT, ROOT, Hub, Services, hub_env, register_at_hub, scratch_database, start_hub
 from tests.log_rows import sql
 from tests.test_location_cache import _location
 from tests.test_publish_allowed_to import _push_token, _shown
@@ -203,3 +205,36 @@ def test_a_pull_during_which_redis_lost_its_data_is_not_marked_done_and_the_list
     assert answer["status_code"] == 1000
     [stopped] = _lines(hub, "owner_pull_stopped", owner)
     assert "lock" in stopped["reason"], stopped
+
+
+def test_an_operator_has_an_emsps_token_list_read_again_with_ocpi_hub_sync_tokens(hub: Hub, start_party) -> None:
+    emsp, owner = _emsp_listing(hub, start_party, 3)
+    cpo = register_at_hub(hub, start_party, _roles("CPO"))
+    _wait(lambda: _lines(hub, "owner_pull_done", owner))
+    later = f"LATER-{owner[1]}"  # listed after its list was read, and never pushed through the hub: unknown to it
+    emsp.objects["tokens"].append(_token(owner, later))
+    assert _authorize(cpo, hub, later)["status_code"] == 4001
+    pulls_before = len(emsp.owner_pulls("tokens"))
+    synced = _cli(hub, "sync", "tokens", "--party", "-".join(owner))
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout) == [{"party": "-".join(owner), "tokens": 4, "ignored": 1,
+                                          "pages": 3, "error": None}]  # fmt: skip
+    assert len(emsp.owner_pulls("tokens")) == pulls_before + 3  # read again, though marked read: two a page
+    assert _authorize(cpo, hub, later)["status_code"] == 1000
+
+
+def test_ocpi_hub_sync_of_tokens_or_sessions_says_what_it_cannot_do(hub: Hub) -> None:
+    nobody = ("ZZ", "NOB")
+    for args, code, said in [
+        (("sync", "tokens", "--full"), 2, "--full is for locations: tokens are read whole each time"),
+        (("sync", "tokens", "--party", "-".join(nobody)), 1, "no connected EMSP or OTHER ZZ-NOB with a tokens Sender"),
+        (("sync", "sessions", "--party", "-".join(nobody)), 1, "no connected CPO ZZ-NOB with a sessions Sender"),
+    ]:
+        result = _cli(hub, *args)
+        assert (result.returncode, result.stdout) == (code, ""), result.stderr
+        assert said in result.stderr and "Traceback" not in result.stderr
+
+
+def _cli(hub: Hub, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hub.cli", *args], env=hub.env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip

@@ -19,6 +19,8 @@ log = structlog.get_logger()
 
 SIGN_IN = "/console/sign-in"
 PUBLIC = frozenset({SIGN_IN, "/console/sign-out"})
+# Pages that carry opt={ADMIN_ONLY: True} refuse an auditor (403) once it is signed in, before their id or form is read.
+ADMIN_ONLY = "admin_only"
 
 
 def _secure(request: Request) -> bool:
@@ -34,7 +36,8 @@ def _next(target: str | None) -> str:
 
 async def require_actor(request: Request) -> Response[Any] | None:
     """Before every console page: the signed-in actor in request.state.actor, or a redirect to the sign-in page; a
-    form posted from another site is refused (403)."""
+    form posted from another site is refused (403), an auditor on an admin's page too (before Litestar reads the
+    page's path, query and form, which it does after this hook)."""
     state = request.app.state
     origin = request.headers.get("origin")
     if request.method == "POST" and foreign_origin(origin, request.headers.get("host"), state.settings.public_url):
@@ -60,6 +63,8 @@ async def require_actor(request: Request) -> Response[Any] | None:
             redirect.set_cookie(expired_cookie(_secure(request)))
         return redirect
     request.scope["state"]["actor"] = actor
+    if request.route_handler.opt.get(ADMIN_ONLY):
+        require_admin(request)
     return None
 
 

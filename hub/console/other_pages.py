@@ -21,7 +21,7 @@ from hub.admin.checkpoint import recorded_checkpoint
 from hub.admin.stats import BUCKETS, compute_stats
 from hub.admin.verify import recorded_heads, recorded_verify
 from hub.checkpoint import NotHeads, Refused, saved_heads
-from hub.console.auth import actor, require_admin
+from hub.console.auth import ADMIN_ONLY, actor
 from hub.console.charts import Bucket, bar_chart, buckets_between
 from hub.console.log_pages import party_choices
 from hub.export_manifest import public_key_info
@@ -204,18 +204,16 @@ async def audit_page(request: Request, cursor: int | None = None) -> Template:
                                            "older": older, "first": "/console/audit" if cursor else None})  # fmt: skip
 
 
-@get("/console/invite")
+@get("/console/invite", opt={ADMIN_ONLY: True})
 async def invite_page(request: Request) -> Template:
-    require_admin(request)
     return Template("invite.html", context={"page": "invite", "actor": actor(request), "form": {}, "error": None,
                                             "invitation": None})  # fmt: skip
 
 
-@post("/console/invite", status_code=200)
+@post("/console/invite", status_code=200, opt={ADMIN_ONLY: True})
 async def invite_party(
     request: Request, data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 ) -> Template:
-    require_admin(request)
     context: dict[str, Any] = {"page": "invite", "actor": actor(request), "form": data, "error": None,
                                "invitation": None}  # fmt: skip
     state = request.app.state

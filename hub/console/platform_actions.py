@@ -16,7 +16,7 @@ from hub.admin.endpoints import refresh_now
 from hub.admin.rotation import rotate
 from hub.admin.suspension import checked_reason, resume, suspend
 from hub.admin.unregistering import take_off_hub
-from hub.console.auth import actor, require_admin
+from hub.console.auth import ADMIN_ONLY, actor
 from hub.envelope import path_number
 from storage.log_search import is_row_id
 from storage.sql import QUERIES
@@ -31,15 +31,14 @@ ACTIONS = {
 }
 
 
-@get("/console/parties/{platform_id:str}/{action:str}")
+@get("/console/parties/{platform_id:str}/{action:str}", opt={ADMIN_ONLY: True})
 async def confirm_page(request: Request, platform_id: str, action: str) -> Template:
     """What the action will do, and a form that needs a ticked box to do it: no single accidental click acts."""
     number = path_number(platform_id, "platform_id")
-    require_admin(request)
     return Template("platform_action.html", context=await _context(request, number, action))
 
 
-@post("/console/parties/{platform_id:str}/{action:str}", status_code=200)
+@post("/console/parties/{platform_id:str}/{action:str}", status_code=200, opt={ADMIN_ONLY: True})
 async def act(
     request: Request,
     platform_id: str,
@@ -47,7 +46,6 @@ async def act(
     data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Template:
     number = path_number(platform_id, "platform_id")
-    require_admin(request)
     context = await _context(request, number, action)
     if data.get("confirm") != "yes":
         context["error"] = "Tick the box to confirm; nothing was done."

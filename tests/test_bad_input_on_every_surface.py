@@ -364,6 +364,40 @@ def test_an_admin_action_given_a_query_parameter_is_refused_before_it_acts(hub: 
     assert not [p for p in _parties(hub) if p["party_id"] == invitation["roles"][0]["party_id"]]  # type: ignore[index]
 
 
+def test_an_admin_action_given_a_body_it_does_not_read_is_refused_before_it_acts(hub: Hub, cpo_and_emsp) -> None:
+    # POST .../credentials with {"keep_token_b": true} rotated both tokens, DELETE with {"dry_run": true} unregistered:
+    # a body the operator meant to say something was dropped unread
+    cpo, _ = cpo_and_emsp
+    platform_id = _platform_id(hub, party_key(cpo))
+    problems = []
+    with hub.admin() as admin:
+        hold = admin.post("/admin/api/holds", json={"correlation_id": "no-body-test", "reason": "r"}).json()
+        for method, path in (
+            ("DELETE", f"/admin/api/parties/{platform_id}"),
+            ("POST", f"/admin/api/parties/{platform_id}/resume"),
+            ("POST", f"/admin/api/parties/{platform_id}/credentials"),
+            ("POST", f"/admin/api/parties/{platform_id}/endpoints"),
+            ("POST", f"/admin/api/holds/{hold['id']}/release"),
+        ):
+            for body, content_type in (
+                (b'{"dry_run": true}', "application/json"),
+                (b"{}", "application/json"),
+                (b"reason=maintenance", "application/x-www-form-urlencoded"),
+                (b" ", "text/plain"),
+            ):
+                answer, took = _timed(admin.request, method, path, content=body, headers={"Content-Type": content_type})
+                if problem := _problem(answer, took, f"{method} {path} takes no body", "admin"):
+                    problems.append(f"{method} {path} {body!r}: {problem}")
+                elif answer is not None and answer.status_code != 400:
+                    problems.append(f"{method} {path} {body!r}: HTTP {answer.status_code}")
+        _report(problems, 20)
+        shown = admin.get(f"/admin/api/parties/{platform_id}").json()
+        [held] = [h for h in admin.get("/admin/api/holds").json()["items"] if h["id"] == hold["id"]]
+    assert shown["state"] == "REGISTERED", shown
+    assert cpo.call(hub.base, "GET", "sender/hubclientinfo").json()["status_code"] == 1000  # its token C works
+    assert held["released_at"] is None, held
+
+
 def _parties(hub: Hub) -> list[dict[str, Any]]:
     with hub.admin() as admin:
         return list(admin.get("/admin/api/parties").json()["items"])

@@ -98,6 +98,13 @@ def takes_no_parameters(request: Request) -> None:
         raise AdminError(400, f"unknown parameter {unknown[0]}; {request.url.path} takes no query parameters")
 
 
+async def takes_no_body(request: Request) -> None:
+    """AdminError 400 for a body sent to an action that reads none: ignored, an option the operator put in it (a
+    reason, a token to keep) would look applied."""
+    if await request.body():
+        raise AdminError(400, f"{request.method} {request.url.path} takes no body; send the action without one")
+
+
 def check_platform_id(platform_id: int) -> None:
     """AdminError 404 for an id no platform can have: a bigint from 1 (a larger one would fail in the driver, not
     find nothing)."""

@@ -38,7 +38,7 @@ from litestar.datastructures import State
 
 from hub import party_api
 from hub.admin.actors import HUB, Actor, actor_of, record_action
-from hub.admin.api import AdminError, check_platform_id, json_response, takes_no_parameters
+from hub.admin.api import AdminError, check_platform_id, json_response, takes_no_body, takes_no_parameters
 from hub.envelope import path_number
 from hub.errors import OcpiError
 from hub.ocpi.credentials import endpoint_rows, match_roles
@@ -190,6 +190,7 @@ async def _failed(state: State, source: asyncpg.Record, reason: str) -> None:
 async def refresh_endpoints(request: Request, platform_id: str) -> Response[bytes]:
     """The operator has the hub fetch a registered platform's endpoints again, now."""
     takes_no_parameters(request)
+    await takes_no_body(request)
     number = path_number(platform_id, "platform_id")
     return json_response(await refresh_now(request.app.state, actor_of(request), number))
 

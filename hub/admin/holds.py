@@ -9,7 +9,7 @@ import msgspec
 from litestar import Request, Response, get, post
 
 from hub.admin.actors import AUDITOR_MAY_HOLD, READ_ONLY, Actor, actor_of, record_action
-from hub.admin.api import AdminError, json_response, takes_no_parameters
+from hub.admin.api import AdminError, json_response, takes_no_body, takes_no_parameters
 from hub.envelope import path_number
 from hub.ocpi.wire import NO_CONTROL_CHARACTERS
 from storage import log_holds
@@ -101,6 +101,7 @@ async def set_hold(request: Request) -> Response[bytes]:
 @post("/holds/{hold_id:str}/release", status_code=200)
 async def release_hold(request: Request, hold_id: str) -> Response[bytes]:
     takes_no_parameters(request)
+    await takes_no_body(request)
     number = path_number(hold_id, "hold_id")
     async with request.app.state.pool.acquire() as conn:
         return json_response(

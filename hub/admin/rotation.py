@@ -12,7 +12,7 @@ from litestar.datastructures import State
 
 from hub import party_api
 from hub.admin.actors import Actor, actor_of, record_action
-from hub.admin.api import AdminError, check_platform_id, json_response, takes_no_parameters
+from hub.admin.api import AdminError, check_platform_id, json_response, takes_no_body, takes_no_parameters
 from hub.admin.credentials import PartyFailed, TakenButFailed, audited_via, message_party
 from hub.admin.endpoints import retry_in_s
 from hub.envelope import path_number
@@ -44,6 +44,7 @@ class Rotated(msgspec.Struct):
 async def rotate_credentials(request: Request, platform_id: str) -> Response[bytes]:
     """The operator has the hub renew a registered platform's tokens both ways."""
     takes_no_parameters(request)
+    await takes_no_body(request)
     return json_response(await rotate(request.app.state, actor_of(request), path_number(platform_id, "platform_id")))
 
 

@@ -22,7 +22,7 @@ from litestar import Request, Response, post
 from litestar.datastructures import State
 
 from hub.admin.actors import Actor, actor_of, record_action
-from hub.admin.api import AdminError, check_platform_id, json_response, takes_no_parameters
+from hub.admin.api import AdminError, check_platform_id, json_response, takes_no_body, takes_no_parameters
 from hub.admin.credentials import audited_via
 from hub.envelope import path_number
 from hub.ocpi.wire import NO_CONTROL_CHARACTERS
@@ -68,6 +68,7 @@ def checked_reason(reason: str) -> str:
 @post("/parties/{platform_id:str}/resume", status_code=200)
 async def resume_platform(request: Request, platform_id: str) -> Response[bytes]:
     takes_no_parameters(request)
+    await takes_no_body(request)
     return json_response(await resume(request.app.state, actor_of(request), path_number(platform_id, "platform_id")))
 
 

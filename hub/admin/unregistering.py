@@ -8,7 +8,7 @@ from litestar import Request, Response, delete
 from litestar.datastructures import State
 
 from hub.admin.actors import Actor, actor_of, record_action
-from hub.admin.api import AdminError, check_platform_id, json_response, takes_no_parameters
+from hub.admin.api import AdminError, check_platform_id, json_response, takes_no_body, takes_no_parameters
 from hub.admin.credentials import PartyFailed, audited_via, message_party
 from hub.envelope import path_number
 from storage import platforms
@@ -30,6 +30,7 @@ class Unregistered(msgspec.Struct):
 async def unregister_platform(request: Request, platform_id: str) -> Response[bytes]:
     """The operator takes a platform off the hub (an invitation not used yet is withdrawn the same way)."""
     takes_no_parameters(request)
+    await takes_no_body(request)
     number = path_number(platform_id, "platform_id")
     return json_response(await take_off_hub(request.app.state, actor_of(request), number))
 

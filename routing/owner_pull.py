@@ -11,8 +11,10 @@ location cache, the hub keeps a mark per party in Redis once it read the party's
 (transport_and_format.asciidoc, Pagination), one page at a time, its notes written before the next page is asked for:
 - tokens (mod_tokens.asciidoc, Sender "GET: Fetch the list of Tokens"), of each eMSP: each of its own noted as a
   relayed PUT of it would be (owner, type, visual_number, issuer, group_id);
-- sessions (mod_sessions.asciidoc, Sender GET), of each CPO, since one OCPI_HUB_OWNER_INDEX_PERIOD_S ago (date_from):
-  the CPO as each of its own session's owner, and the eMSP of its cdr_token, if on the hub, as its receiver.
+- sessions (mod_sessions.asciidoc, Sender GET), of each CPO, since the start of the owner index's previous period
+  (date_from; storage.owner_index keeps a session's owner for one to two OCPI_HUB_OWNER_INDEX_PERIOD_S, and a lookup
+  reads this period's notes and the previous one's): the CPO as each of its own session's owner, and the eMSP of its
+  cdr_token, if on the hub, as its receiver.
 One hub process pulls a module at a time (a storage.redis_lease, checked with every page and as the mark is set: a
 pull that finds it gone, Redis having lost its data and the notes before with it, stops unmarked, to be read again;
 one that dies lets go within a minute); each page
@@ -31,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -44,7 +46,7 @@ from hub.metrics import OWNER_INDEX_LOST, OWNER_PULLS, OWNERS_PULLED
 from hub.party_client import PartyClient
 from routing.sender_pages import Record, listing_parties, sender_page
 from storage.directory import Directory, PartyRole, Platform
-from storage.owner_index import Seen
+from storage.owner_index import Seen, period_of
 from storage.publish_tokens import Sent, token_type
 from storage.redis_lease import Lease
 from storage.routing_state import RoutingState
@@ -118,12 +120,13 @@ def note_session(index: RoutingState, directory: Directory, raw: msgspec.Raw, pa
 
 @dataclass(frozen=True)
 class Listing:
-    """What is pulled: a module's Sender list, of the parties of roles, since since_s ago (None: the whole list)."""
+    """What is pulled: a module's Sender list, of the parties of roles; with period_s, only what changed since the
+    start of the previous period of that length (the owner index's periods), else the whole list."""
 
     module: str
     roles: tuple[str, ...]
     note: Note
-    since_s: float | None = None
+    period_s: float | None = None
 
 
 def tokens() -> Listing:
@@ -206,8 +209,9 @@ class OwnerPull:
         module, party, result = self.listing.module, role.key, PullResult(role.key)
         started, said_at = datetime.now(UTC), time.monotonic()
         query: dict[str, str | int] = {"offset": 0, "limit": self._limit}
-        if self.listing.since_s is not None:  # first, as a party's own Link would keep it
-            query = {"date_from": ocpi_timestamp(started - timedelta(seconds=self.listing.since_s)), **query}
+        if (period_s := self.listing.period_s) is not None:  # first, as a party's own Link would keep it
+            since = datetime.fromtimestamp((period_of(started.timestamp(), period_s) - 1) * period_s, UTC)
+            query = {"date_from": ocpi_timestamp(since), **query}
         url: str | None = f"{platform.endpoint(module, 'SENDER') or ''}?{urlencode(query)}"
         correlation, seen = str(uuid.uuid4()), ((party, platform.id),)
         received, total_first, last = 0, None, b""

@@ -97,6 +97,11 @@ OWNERS_PER_SCRIPT = 5000  # one script call holds Redis a few ms at most
 TOKENS_PER_SCRIPT = 100  # each a few reads and writes: a few ms a call (bench/publish_tokens.py)
 
 
+def period_of(moment: float, period_s: float) -> int:
+    """The number of the period (of period_s, counted from the epoch) a moment (s since the epoch) falls in."""
+    return int(moment // period_s)
+
+
 class OwnerIndex:
     """directory: this process's, which notes must name parties of (none: every note is written, unguarded)."""
 
@@ -170,7 +175,7 @@ class OwnerIndex:
         ]
 
     def _period(self) -> int:
-        return int(time.time() // self._period_s)
+        return period_of(time.time(), self._period_s)
 
     def _kept_ms(self, period: int) -> int:
         """How long to keep a period's owners hash: it is read until the next period ends."""

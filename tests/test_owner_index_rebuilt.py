@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
+from hub.envelope import ocpi_timestamp
+from hub.settings_variables import VARIABLES
 from storage.embedded import EmbeddedValkey
 from tests.conftest import OUTPUT, ROOT, Hub, Services, hub_env, register_at_hub, scratch_database, start_hub
 from tests.log_rows import sql
@@ -24,6 +27,7 @@ from tests.test_pull_sync import _wait
 from tests.test_routing import _roles, party_key
 
 TOKENS_SENDER = "/ocpi/2.2.1/tokens/sender"
+PERIOD_DEFAULT = next(default for name, default, _ in VARIABLES if name == "OCPI_HUB_OWNER_INDEX_PERIOD_S")
 
 
 @pytest.fixture
@@ -153,8 +157,14 @@ def test_after_redis_lost_its_data_open_requests_about_a_recent_session_reach_it
     cpo = start_party(roles, page_size=2)
     owner, emsp_key = party_key(cpo), party_key(emsp)
     recent = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    # a session last updated more than OCPI_HUB_OWNER_INDEX_PERIOD_S (45 days) ago is not asked for: date_from
+    # The owner index finds a session's owner for one to two periods (OCPI_HUB_OWNER_INDEX_PERIOD_S, 45 days) after it
+    # was seen, in this period's notes or the previous one's: the pull reads what changed since that one started, and
+    # a session last updated before is not asked for (date_from).
+    period_s = float(hub.env.get("OCPI_HUB_OWNER_INDEX_PERIOD_S") or PERIOD_DEFAULT)
+    previous_period = datetime.fromtimestamp((time.time() // period_s - 1) * period_s, UTC)
     cpo.objects["sessions"] = [_session(owner, emsp_key, f"S{n}", recent) for n in range(3)]
+    early = (previous_period + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")  # found before Redis lost it
+    cpo.objects["sessions"].append(_session(owner, emsp_key, "EARLY", early))
     cpo.objects["sessions"].append(_session(owner, emsp_key, "OLD", "2026-01-01T00:00:00Z"))
     cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
     _wait(lambda: _lines(hub, "owner_pull_done", owner, "sessions"))
@@ -169,11 +179,14 @@ def test_after_redis_lost_its_data_open_requests_about_a_recent_session_reach_it
                             body={"profile_type": "FAST"})  # the eMSP's, to the session's CPO  # fmt: skip
     assert preferences.json()["status_code"] == 1000, preferences.text
     assert [r.path for r in cpo.functional()][-1:] == ["/ocpi/2.2.1/sessions/sender/S0/charging_preferences"]
+    early_patch = cpo.call(hub.base, "PATCH", f"receiver/sessions/{owner[0]}/{owner[1]}/EARLY", body=change).json()
+    assert early_patch["status_code"] == 1000, early_patch
     old = cpo.call(hub.base, "PATCH", f"receiver/sessions/{owner[0]}/{owner[1]}/OLD", body=change).json()
     assert old["status_code"] == 4001, old
     [done] = _lines(hub, "owner_pull_done", owner, "sessions")[-1:]
-    assert (done["noted"], done["pages"]) == (3, 2)
-    assert all(r.query.startswith("date_from=") for r in cpo.owner_pulls("sessions"))
+    assert (done["noted"], done["pages"]) == (4, 2)
+    since = ocpi_timestamp(previous_period)
+    assert all(r.query.startswith(f"date_from={since}&") for r in cpo.owner_pulls("sessions"))
 
 
 def test_an_emsp_whose_pages_repeat_without_end_and_without_a_total_is_failed_and_the_others_are_pulled(

@@ -12,7 +12,7 @@ import httpx
 
 from tests.conftest import Hub, Services, hub_env, register_at_hub, start_hub
 from tests.log_rows import sql
-from tests.parties import token_header
+from tests.parties import Party, token_header
 from tests.test_routing import _roles, party_key
 
 # types.asciidoc DateTime: string(25), RFC 3339 in UTC, at most milliseconds ("2015-06-29T20:39:09.123Z")
@@ -69,20 +69,29 @@ def _push_rows(db, about: tuple[str, str], to: tuple[str, str]) -> list:  # type
     return [r for r in rows if r["to_party_id"] == to[1]]
 
 
+def _an_emsp_and_a_cpo_yet_to_register(connect_party, start_party) -> tuple[Party, Party, tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """A connected eMSP, and a CPO whose server is up but which is not invited yet: its invitation (PLANNED) and its
+    registration (CONNECTED, _invite_and_register) are the changes the eMSP is pushed."""
+    emsp = connect_party(_roles("EMSP"))
+    newcomer = start_party(_roles("CPO"))
+    return emsp, newcomer, party_key(newcomer)
+
+
+def _invite_and_register(hub: Hub, newcomer: Party) -> None:
+    newcomer.register_at(hub.versions_url, hub.invite(newcomer.name, *newcomer.roles)["token_a"])
+
+
 def test_one_hub_process_pushes_at_a_time_so_changes_arrive_in_their_order(
     hub: Hub, connect_party, start_party, db
 ) -> None:
     # With two processes pushing side by side, a watcher could get CONNECTED and then the PLANNED before it (seen
     # in CI). Pushing takes a turn (an advisory lock); here the test holds the turn a while.
-    watcher = connect_party(_roles("EMSP"))
-    newcomer_roles = _roles("CPO")
-    newcomer = start_party(newcomer_roles)
-    key = party_key(newcomer)
+    watcher, newcomer, key = _an_emsp_and_a_cpo_yet_to_register(connect_party, start_party)
     db.run(db.execute("BEGIN"))
     # as storage/queries.sql takes it; the hub may hold it a moment, pushing the watcher's own changes
     assert _wait_for(lambda: db.run(db.fetchval("SELECT pg_try_advisory_xact_lock(210846855)")))
     try:
-        newcomer.register_at(hub.versions_url, hub.invite(newcomer.name, newcomer_roles)["token_a"])  # two changes
+        _invite_and_register(hub, newcomer)  # two changes
         time.sleep(2.5)  # while the turn is taken, a hub with pending changes looks again every second
         assert _pushes_about(watcher, key) == []  # no hub process pushed while another had the turn
     finally:
@@ -94,16 +103,14 @@ def test_one_hub_process_pushes_at_a_time_so_changes_arrive_in_their_order(
 def test_a_party_too_slow_for_a_push_holds_up_no_other_partys_pushes_and_is_not_sent_the_rest_of_that_round(
     hub: Hub, connect_party, start_party, db
 ) -> None:
-    fast, slow = connect_party(_roles("EMSP")), connect_party(_roles("EMSP"))
-    newcomer_roles = _roles("CPO")
-    newcomer = start_party(newcomer_roles)
-    key = party_key(newcomer)
+    fast, newcomer, key = _an_emsp_and_a_cpo_yet_to_register(connect_party, start_party)
+    slow = connect_party(_roles("EMSP"))
     slow.drip.add(f"/ocpi/2.2.1/hubclientinfo/receiver/{key[0]}/{key[1]}")  # never answers: the hub's 2 s timeout
     db.run(db.execute("BEGIN"))
     # The test holds the push turn while the newcomer is invited and registers: one round pushes both changes.
     assert _wait_for(lambda: db.run(db.fetchval("SELECT pg_try_advisory_xact_lock(210846855)")))
     try:
-        newcomer.register_at(hub.versions_url, hub.invite(newcomer.name, newcomer_roles)["token_a"])
+        _invite_and_register(hub, newcomer)
     finally:
         db.run(db.execute("COMMIT"))
     pushes = _wait_for(lambda: len(found := _pushes_about(fast, key)) >= 2 and found)
@@ -252,13 +259,10 @@ def test_a_role_left_out_of_a_credentials_put_is_planned_again_pushed_and_no_lon
 def test_a_party_that_did_not_answer_a_push_is_pushed_that_role_as_it_is_now_once_it_answers_again(
     hub: Hub, connect_party, start_party, db
 ) -> None:
-    slow = connect_party(_roles("EMSP"))
-    newcomer_roles = _roles("CPO")
-    newcomer = start_party(newcomer_roles)
-    key = party_key(newcomer)
+    slow, newcomer, key = _an_emsp_and_a_cpo_yet_to_register(connect_party, start_party)
     path = f"/ocpi/2.2.1/hubclientinfo/receiver/{key[0]}/{key[1]}"
     slow.drip.add(path)  # its pushes about the newcomer time out (2 s); its versions answer: it stays CONNECTED
-    newcomer.register_at(hub.versions_url, hub.invite(newcomer.name, newcomer_roles)["token_a"])
+    _invite_and_register(hub, newcomer)
     _wait_for(lambda: _push_rows(db, key, to=party_key(slow)), timeout=5)  # written once the push timed out
     time.sleep(2.5)  # the CONNECTED after the PLANNED, if a round of its own pushed it, timed out too
     slow.drip.discard(path)

@@ -202,16 +202,18 @@ async def _missed(
     connected again is pushed it (its roles come back CONNECTED once the still-alive probe finds its server answering),
     so that a server still down does not take the round's time; a batch at a time, so that hundreds of roles to catch
     up on do not hold every other party's next pushes for as long. A platform with no hubclientinfo Receiver has
-    nowhere to be pushed them: its mark is dropped, not read again every round."""
+    nowhere to be pushed them: its mark is dropped, not read again every round. From the first round that pushes a party
+    its catch-up on, it is pushed every change as it comes: a role whose newest change is pushed so is left out of its
+    batch (migration 0029), not pushed it twice."""
     found, dropped = {}, []
-    for behind in await conn.fetch(QUERIES["platforms_missing_client_infos"]):
+    for behind in await conn.fetch(QUERIES["platforms_missing_client_infos"], recipients):
         platform = platforms.get(behind["id"])
         if platform is not None and not platform.endpoint("hubclientinfo", "RECEIVER"):
             dropped.append(behind)
         if behind["id"] not in recipients:
             continue
         rows = await conn.fetch(QUERIES["client_infos_missed"], behind["id"], behind["since"], behind["after"],
-                                MISSED_BATCH)  # fmt: skip
+                                MISSED_BATCH, behind["catch_up_from"])  # fmt: skip
         last = rows[-1]["id"] if len(rows) == MISSED_BATCH else None
         found[behind["id"]] = Missed(behind["id"], [_push(r, change=False) for r in rows], behind["since"], last,
                                      behind["read_at"])  # fmt: skip

@@ -210,7 +210,7 @@ WITH suspended AS (
     UPDATE platform SET state = 'SUSPENDED', suspended_at = now(), suspended_reason = $2,
            client_info_missed_since = least(client_info_missed_since, now() - interval '1 second',
                (SELECT min(last_updated) FROM client_info_push WHERE delivered_at IS NULL)),
-           client_info_missed_after = NULL
+           client_info_missed_after = NULL, client_info_catch_up_from = NULL
     WHERE id = $1 AND state = 'REGISTERED'
     RETURNING id, suspended_at
 ), changed AS (
@@ -446,14 +446,25 @@ FROM client_info_push WHERE delivered_at IS NULL ORDER BY id LIMIT 50;
 
 -- name: platforms_missing_client_infos
 -- The registered platforms that missed ClientInfo pushes while suspended (migration 0027) or OFFLINE (0028), and where
--- they are in being pushed them; read_at: when, for client_infos_missed_pushed.
-SELECT id, client_info_missed_since AS since, client_info_missed_after AS after, now() AS read_at
-FROM platform WHERE client_info_missed_since IS NOT NULL AND state = 'REGISTERED';
+-- they are in being pushed them; read_at: when, for client_infos_missed_pushed. Those of them pushed this round ($1)
+-- are caught up from now on, if not from an earlier round already (catch_up_from, migration 0029): this round and
+-- every later one push them every change.
+WITH begun AS (
+    UPDATE platform SET client_info_catch_up_from = now()
+    WHERE id = any($1::bigint[]) AND client_info_missed_since IS NOT NULL AND state = 'REGISTERED'
+      AND client_info_catch_up_from IS NULL
+    RETURNING id, client_info_catch_up_from
+)
+SELECT p.id, p.client_info_missed_since AS since, p.client_info_missed_after AS after,
+       coalesce(p.client_info_catch_up_from, begun.client_info_catch_up_from) AS catch_up_from, now() AS read_at
+FROM platform p LEFT JOIN begun ON begun.id = p.id
+WHERE p.client_info_missed_since IS NOT NULL AND p.state = 'REGISTERED';
 
 -- name: client_infos_missed
 -- What platform $1 missed since $2: the ClientInfo, as it is now (as client_infos lists it), of every other platform's
--- role whose status changed since then; by role id, after role $3, $4 at most. A role that changes again meanwhile is
--- pushed that change as every change is, as the platform is connected again by now.
+-- role whose status changed since then; by role id, after role $3, $4 at most. Not a role whose newest change was
+-- delivered since the catch-up began ($5), or is still to be: that change is pushed to the platform as every change
+-- is, and the catch-up would push it a second time, or, read before a change still pending, a newer status before it.
 SELECT r.id, r.platform_id, r.role, r.country_code, r.party_id,
        CASE WHEN r.status = 'UNREGISTERED' THEN 'SUSPENDED' ELSE r.status END AS status,
        r.status_changed_at AS last_updated
@@ -462,6 +473,9 @@ WHERE r.platform_id <> $1 AND r.status_changed_at >= $2 AND r.id > coalesce($3::
   AND NOT EXISTS (SELECT 1 FROM party_role later
                   WHERE later.role = r.role AND upper(later.country_code) = upper(r.country_code)
                     AND upper(later.party_id) = upper(r.party_id) AND later.id > r.id)
+  AND NOT EXISTS (SELECT 1 FROM client_info_push c
+                  WHERE c.platform_id = r.platform_id AND c.role = r.role AND c.country_code = r.country_code
+                    AND c.party_id = r.party_id AND (c.delivered_at IS NULL OR c.delivered_at >= $5))
 ORDER BY r.id LIMIT $4;
 
 -- name: client_infos_missed_pushed
@@ -469,22 +483,25 @@ ORDER BY r.id LIMIT $4;
 -- suspended again meanwhile, nor if its roles went OFFLINE (or came back) since $4: a role pushed in this batch may have
 -- changed while it was away, so that catch-up starts over (suspend_platform, set_platform_liveness).
 UPDATE platform p SET client_info_missed_after = $3::bigint,
-       client_info_missed_since = CASE WHEN $3::bigint IS NULL THEN NULL ELSE client_info_missed_since END
+       client_info_missed_since = CASE WHEN $3::bigint IS NULL THEN NULL ELSE client_info_missed_since END,
+       client_info_catch_up_from = CASE WHEN $3::bigint IS NULL THEN NULL ELSE client_info_catch_up_from END
 WHERE id = $1 AND state = 'REGISTERED' AND client_info_missed_since = $2
   AND NOT EXISTS (SELECT 1 FROM party_role r WHERE r.platform_id = p.id AND r.status_changed_at >= $4);
 
 -- name: client_infos_unanswered
 -- Platform $1 did not answer the push of a change made at $2, nor was it sent those after it that round: it missed the
 -- changes since, as an OFFLINE platform does (set_platform_liveness), and is pushed them once it answers again. A
--- catch-up under way from later than $2 starts over from $2.
+-- catch-up under way from later than $2 starts over from $2. Nor was it pushed every change delivered since its
+-- catch-up began: it begins anew with the next round that pushes it (platforms_missing_client_infos).
 UPDATE platform SET client_info_missed_since = least(client_info_missed_since, $2),
-       client_info_missed_after = CASE WHEN client_info_missed_since <= $2 THEN client_info_missed_after END
+       client_info_missed_after = CASE WHEN client_info_missed_since <= $2 THEN client_info_missed_after END,
+       client_info_catch_up_from = NULL
 WHERE id = $1 AND state = 'REGISTERED';
 
 -- name: client_infos_missed_dropped
 -- Platforms $1 have no hubclientinfo Receiver to push what they missed to: nothing to catch up on, as long as the mark
 -- is still the one read ($2, by position).
-UPDATE platform p SET client_info_missed_since = NULL, client_info_missed_after = NULL
+UPDATE platform p SET client_info_missed_since = NULL, client_info_missed_after = NULL, client_info_catch_up_from = NULL
 FROM unnest($1::bigint[], $2::timestamptz[]) AS t(id, since)
 WHERE p.id = t.id AND p.client_info_missed_since = t.since;
 
@@ -538,7 +555,7 @@ WITH changed AS (
 ), missing AS (
     UPDATE platform SET client_info_missed_since = least(client_info_missed_since, now() - interval '1 second',
                (SELECT min(last_updated) FROM client_info_push WHERE delivered_at IS NULL)),
-           client_info_missed_after = NULL
+           client_info_missed_after = NULL, client_info_catch_up_from = NULL
     WHERE id = $1 AND $2 = 'OFFLINE' AND EXISTS (SELECT 1 FROM changed)
 )
 SELECT count(*) FROM changed;

@@ -4,6 +4,7 @@ nothing while it is suspended (migration 0027)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -120,3 +121,42 @@ def test_a_platform_with_no_client_info_receiver_keeps_no_mark_of_what_it_missed
     missed = "SELECT client_info_missed_since IS NULL FROM platform WHERE id = $1"
     assert _wait_for(lambda: db.run(db.fetchval(missed, deaf_id)))
     assert deaf.client_infos() == []
+
+
+def test_a_role_that_changes_during_a_catch_up_is_pushed_once_with_its_newest_status(
+    services: Services, empty_database: str, tmp_path: Path, start_party
+) -> None:
+    # mod_hub_client_info.asciidoc, Push model: "Any changes to ClientInfo" are PUT: a change once, and the last PUT
+    # of a role its status now. A role that changes while a party is being caught up is pushed that change as every
+    # change is; its batch of the catch-up, later, must not push it again.
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database, OCPI_HUB_FORWARD_TIMEOUT_S="20",
+                  OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}during-{tmp_path.name}:")  # fmt: skip
+    hub = start_hub(env, tmp_path / "hub.log")
+    invited = [("CPO", "DE", unique_party_id()) for _ in range(60)]  # 50 a round: the later role is in a later batch
+    first_batch = threading.Event()  # the catch-up's first push waits for it: the change comes meanwhile
+    try:
+        behind = register_at_hub(hub, start_party, _roles("EMSP"), held=first_batch,
+                                 held_paths=(f"/ocpi/2.2.1/hubclientinfo/receiver/DE/{invited[0][2]}",))  # fmt: skip
+        behind_id = _platform_id(hub, party_key(behind))
+        with hub.admin() as admin:
+            assert admin.post(f"/admin/api/parties/{behind_id}/suspend", json={"reason": "x"}).status_code == 200
+        hub.invite("Many roles", *invited)
+        changes = register_at_hub(hub, start_party, _roles("CPO"))  # its role comes after them all
+        pending = "SELECT count(*) FROM client_info_push WHERE delivered_at IS NULL"
+        _wait_for(lambda: sql(empty_database, pending)[0][0] == 0)  # missed: pushed to no one, it being suspended
+        with hub.admin() as admin:
+            assert admin.post(f"/admin/api/parties/{behind_id}/resume").status_code == 200
+        _wait_for(lambda: behind.client_infos(), timeout=30)  # the catch-up has begun, held at its first push
+        with hub.admin() as admin:
+            assert admin.post(f"/admin/api/parties/{_platform_id(hub, party_key(changes))}/suspend",
+                              json={"reason": "x"}).status_code == 200  # fmt: skip
+        first_batch.set()
+        missed = "SELECT client_info_missed_since IS NULL FROM platform WHERE id = $1"
+        _wait_for(lambda: sql(empty_database, missed, behind_id)[0][0], timeout=30)
+        time.sleep(1.0)  # none more
+        assert _statuses(behind, party_key(changes)) == ["OFFLINE"]
+        assert sorted(r.path.rsplit("/", 1)[1] for r in behind.client_infos()) == sorted(
+            [pid for _, _, pid in invited] + [party_key(changes)[1]])  # fmt: skip
+    finally:
+        first_batch.set()
+        hub.stop()

@@ -491,10 +491,16 @@ WHERE id = $1 AND state = 'REGISTERED' AND client_info_missed_since = $2
 -- name: client_infos_unanswered
 -- Platform $1 did not answer the push of a change made at $2, nor was it sent those after it that round: it missed the
 -- changes since, as an OFFLINE platform does (set_platform_liveness), and is pushed them once it answers again. A
--- catch-up under way from later than $2 starts over from $2. Nor was it pushed every change delivered since its
--- catch-up began: it begins anew with the next round that pushes it (platforms_missing_client_infos).
+-- catch-up under way from later than $2 starts over from $2; one from earlier, if it is past (by role id) a role changed
+-- since $2, goes back to it: that change is one the platform did not take, and the catch-up would not come to it again.
+-- Nor was it pushed every change delivered since its catch-up began: that begins anew with the next round that pushes
+-- it (platforms_missing_client_infos).
 UPDATE platform SET client_info_missed_since = least(client_info_missed_since, $2),
-       client_info_missed_after = CASE WHEN client_info_missed_since <= $2 THEN client_info_missed_after END,
+       -- least() passes over a NULL: a catch-up not yet begun (after NULL) stays at its start
+       client_info_missed_after = CASE WHEN client_info_missed_since <= $2 AND client_info_missed_after IS NOT NULL
+           THEN least(client_info_missed_after,
+                      (SELECT min(r.id) - 1 FROM party_role r WHERE r.platform_id <> $1 AND r.status_changed_at >= $2))
+       END,
        client_info_catch_up_from = NULL
 WHERE id = $1 AND state = 'REGISTERED';
 

@@ -12,7 +12,7 @@ import httpx
 
 from tests.conftest import Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
 from tests.log_rows import sql
-from tests.parties import token_header
+from tests.parties import RAW, token_header
 from tests.test_admin_and_cli import _cli, _platform_id
 from tests.test_hub_client_info import _push_rows, _pushes_about, _wait_for
 from tests.test_routing import _roles, party_key
@@ -159,4 +159,48 @@ def test_a_role_that_changes_during_a_catch_up_is_pushed_once_with_its_newest_st
             [pid for _, _, pid in invited] + [party_key(changes)[1]])  # fmt: skip
     finally:
         first_batch.set()
+        hub.stop()
+
+
+def test_a_change_a_party_did_not_take_during_its_catch_up_is_pushed_to_it_though_its_role_was_caught_up_on_already(
+    services: Services, empty_database: str, tmp_path: Path, start_party
+) -> None:
+    # The catch-up goes by role id. A change it did not answer, of a role before those it is at, was left out: the
+    # catch-up went on from where it was, and the role was never pushed to it again.
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database, OCPI_HUB_FORWARD_TIMEOUT_S="20",
+                  OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}refused-{tmp_path.name}:")  # fmt: skip
+    hub = start_hub(env, tmp_path / "hub.log")
+    invited = [("CPO", "DE", unique_party_id()) for _ in range(110)]  # 50 a round: three batches
+    second_batch = threading.Event()  # the catch-up's second batch waits for it: the change comes meanwhile
+    try:
+        early = register_at_hub(hub, start_party, _roles("CPO"))  # a role before every role of the catch-up
+        early_path = f"/ocpi/2.2.1/hubclientinfo/receiver/{party_key(early)[0]}/{party_key(early)[1]}"
+        behind = register_at_hub(hub, start_party, _roles("EMSP"), held=second_batch,
+                                 held_paths=(f"/ocpi/2.2.1/hubclientinfo/receiver/DE/{invited[50][2]}",),
+                                 canned={("PUT", early_path): (RAW, b"", {})})  # fmt: skip  # the push not taken
+        behind_id = _platform_id(hub, party_key(behind))
+        pending = "SELECT count(*) FROM client_info_push WHERE delivered_at IS NULL"
+        _wait_for(lambda: sql(empty_database, pending)[0][0] == 0)
+        time.sleep(1.1)  # what it misses is taken from a second before its suspension: not the early role's changes
+        with hub.admin() as admin:
+            assert admin.post(f"/admin/api/parties/{behind_id}/suspend", json={"reason": "x"}).status_code == 200
+        hub.invite("Many roles", *invited)
+        _wait_for(lambda: sql(empty_database, pending)[0][0] == 0)  # missed: pushed to no one, it being suspended
+        with hub.admin() as admin:
+            assert admin.post(f"/admin/api/parties/{behind_id}/resume").status_code == 200
+        _wait_for(lambda: len(behind.client_infos()) > 50, timeout=30)  # held at the second batch's first push
+        with hub.admin() as admin:
+            assert admin.post(f"/admin/api/parties/{_platform_id(hub, party_key(early))}/suspend",
+                              json={"reason": "x"}).status_code == 200  # fmt: skip
+        second_batch.set()
+        _wait_for(lambda: any(r.path == early_path for r in behind.client_infos()), timeout=30)  # not answered
+        del behind.canned[("PUT", early_path)]  # it answers again
+        refused = len(_statuses(behind, party_key(early)))
+        register_at_hub(hub, start_party, _roles("CPO"))  # changes that make rounds
+        assert _wait_for(lambda: _statuses(behind, party_key(early))[refused:] == ["OFFLINE"], timeout=20)
+        missed = "SELECT client_info_missed_since IS NULL FROM platform WHERE id = $1"
+        _wait_for(lambda: sql(empty_database, missed, behind_id)[0][0], timeout=30)
+        assert {r.path.rsplit("/", 1)[1] for r in behind.client_infos()} >= {pid for _, _, pid in invited}
+    finally:
+        second_batch.set()
         hub.stop()

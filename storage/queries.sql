@@ -175,7 +175,9 @@ WHERE was <> 'CONNECTED';
 
 -- name: plan_unlisted_roles
 -- credentials.asciidoc: roles is the "List of the roles this party provides": a held role the platform no longer
--- lists goes back to PLANNED, as before its registration, so nothing is routed to it; the change is pushed.
+-- lists goes back to PLANNED, as before its registration, so nothing is routed to it; the change is pushed. The
+-- platform misses no push by it: it lists one role at least ("+"), which stays or becomes CONNECTED (connect_role), so
+-- it is still pushed every change and needs no client_info_missed_since, unlike an OFFLINE one (set_platform_liveness).
 WITH changed AS (
     UPDATE party_role SET status = 'PLANNED', status_changed_at = now()
     WHERE platform_id = $1 AND id <> all($2::bigint[]) AND status NOT IN ('PLANNED', 'UNREGISTERED')

@@ -256,6 +256,24 @@ def test_a_role_left_out_of_a_credentials_put_is_planned_again_pushed_and_no_lon
     assert refused["status_code"] == 2001 and f"CPO NL-{foreign[2]}" in refused["status_message"], refused
 
 
+def test_a_credentials_put_listing_none_of_its_roles_is_refused_so_the_party_is_still_pushed_every_change(
+    hub: Hub, connect_party, db
+) -> None:
+    # credentials.asciidoc: roles is "+" (one or more), each one the platform holds (match_roles): a PUT cannot leave
+    # a party with no CONNECTED role, unpushed, with nothing marking what it missed (plan_unlisted_roles needs no mark).
+    watcher = connect_party(_roles("EMSP"))
+    held = watcher.credentials(watcher.token_b)["roles"]
+    foreign = [held[0] | {"party_id": _roles("EMSP")[2]}]
+    for roles, said in (([], "at `$.roles`"), (foreign, "roles not granted to this platform")):
+        answer = httpx.put(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(watcher.hub_token or ""),
+                           json=watcher.credentials(watcher.token_b) | {"roles": roles}).json()  # fmt: skip
+        assert answer["status_code"] == 2001 and said in answer["status_message"], answer
+    statuses = "SELECT status FROM party_role WHERE party_id = $1"
+    assert [r["status"] for r in db.run(db.fetch(statuses, watcher.roles[0][2]))] == ["CONNECTED"]
+    key = party_key(connect_party(_roles("CPO")))
+    assert _wait_for(lambda: [p["status"] for p in _pushes_about(watcher, key)] == ["PLANNED", "CONNECTED"])
+
+
 def test_a_party_that_did_not_answer_a_push_is_pushed_that_role_as_it_is_now_once_it_answers_again(
     hub: Hub, connect_party, start_party, db
 ) -> None:

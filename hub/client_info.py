@@ -13,9 +13,10 @@ resumed and connected again, or back CONNECTED, it is pushed what it missed: the
 party's role whose status changed since it was suspended (migration 0027) or went OFFLINE (0028), not every role on the
 hub, which would be hundreds of PUTs for a few changes. The spec asks a party back online to GET what it needs to get
 back in sync ("it is their responsibility to do a GET"); this spares it the GET of the whole list, and one that does
-not do it a wrong view of who is connected. So is a platform that did not answer a push (timed out, or could not be
-connected to): the change it did not take and those not sent after it, once it answers a push again, whether or not
-the probe found it OFFLINE meanwhile. A platform with no hubclientinfo Receiver is pushed nothing, then or ever.
+not do it a wrong view of who is connected. So is a platform that did not answer a push (timed out, could not be
+connected to, or answered with a server error, HTTP 5xx): the change it did not take and those not sent after it, once
+it answers a push again, whether or not the probe found it OFFLINE meanwhile. A platform with no hubclientinfo Receiver
+is pushed nothing, then or ever.
 """
 
 from __future__ import annotations
@@ -225,9 +226,10 @@ async def _missed(
 
 async def _push_in_order(state: State, platform: Platform, pushes: list[Push]) -> Push | None:
     """The changes to one party, each once its previous one is answered: the last one it gets is the status now. Not
-    the changes of its own platform: a party is not told its own status. Once a push finds the party unreachable or
-    too slow, the rest are not sent: each would hold this turn, and every party's next pushes, for as long again (the
-    still-alive check probes the party). That push then, to be pushed again, as it is then, once the party answers."""
+    the changes of its own platform: a party is not told its own status. Once a push finds the party unreachable, too
+    slow or failing (HTTP 5xx), the rest are not sent: each would hold this turn, and every party's next pushes, for as
+    long again, or fail as well (the still-alive check probes the party). That push then, to be pushed again, as it is
+    then, once the party answers."""
     mine = [push for push in pushes if push.about != platform.id]
     for n, push in enumerate(mine):
         if not await _put(state, platform, push.info, push.body):
@@ -235,14 +237,14 @@ async def _push_in_order(state: State, platform: Platform, pushes: list[Push]) -
                 about = [f"{p.info.country_code}-{p.info.party_id} {p.info.role} {p.info.status}" for p in skipped]
                 log.warning("client_info_pushes_skipped", platform_id=platform.id, platform=platform.name,
                             pushes=len(skipped), about=about,
-                            why="the push before found the party unreachable or too slow")  # fmt: skip
+                            why="the push before found the party unreachable, too slow or failing")  # fmt: skip
             return push
     return None
 
 
 async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) -> bool:
-    """One push, logged as a routing-log row of its own (routing 'hub'); False when the party could not be reached or
-    did not answer in time."""
+    """One push, logged as a routing-log row of its own (routing 'hub'); False when the party could not be reached, did
+    not answer in time, or answered with a server error (HTTP 5xx)."""
     started = time.perf_counter()
     url = endpoint_url(platform.endpoint("hubclientinfo", "RECEIVER") or "", f"/{info.country_code}/{info.party_id}")
     to = next(r for r in platform.roles if r.status == "CONNECTED")
@@ -250,18 +252,20 @@ async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) 
     hub = (settings.country_code, settings.party_id)
     entry, headers = hub_request(hub, platform, to, "PUT", url, "hubclientinfo", interface="receiver", body=body)
     headers[HUB_INSTANCE_HEADER] = settings.hub_instance
-    unanswered = False
     try:
         # the hub's own messages have a share of their own in the connections to the party (routing.fair_share)
         answer = await forward(state.forward_session, "PUT", url, headers, body, settings.forward_timeout_s,
                                settings.max_body_bytes, state.forward_shares, HUB_ITSELF, row=entry)  # fmt: skip
         entry.http_status, entry.response_body = answer.status, answer.body
         entry.ocpi_status_code = ocpi_status_of(answer.body)
+        # a server error (a proxy's 502 or 503 before a server that is down) did not take the change either: the
+        # still-alive probe judges an answer of the party's versions endpoint the same way (routing.still_alive)
+        unanswered = answer.status >= 500
     except OcpiError as exc:
         entry.http_status, entry.ocpi_status_code, entry.error = exc.http_status, exc.status_code, exc.detail
         unanswered = exc.status_code in (4002, 4003)
-        if unanswered:
-            state.still_alive.suspect(platform.id)
+    if unanswered:
+        state.still_alive.suspect(platform.id)
     entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
     try:
         await state.routing_log.record(entry)

@@ -290,3 +290,21 @@ def test_a_party_that_did_not_answer_a_push_is_pushed_that_role_as_it_is_now_onc
                 "AND to_party_id = $2 AND ocpi_status_code = 1000")  # fmt: skip
     assert _wait_for(lambda: db.run(db.fetchval(answered, f"%/{key[0]}/{key[1]}", party_key(slow)[1])) == 1, 15)
     assert _pushes_about(slow, key)[-1]["status"] == "CONNECTED"
+
+
+def test_a_party_that_answered_a_push_with_a_server_error_is_pushed_that_role_as_it_is_now_once_it_answers_again(
+    hub: Hub, connect_party, start_party, db
+) -> None:
+    # A proxy in front of a server that is down answers 503: the party did not take the change, as the still-alive
+    # probe judges an answer of its versions endpoint (routing.still_alive), and is caught up as one that timed out.
+    emsp, newcomer, key = _an_emsp_and_a_cpo_yet_to_register(connect_party, start_party)
+    path = f"/ocpi/2.2.1/hubclientinfo/receiver/{key[0]}/{key[1]}"
+    emsp.canned[("PUT", path)] = (503, b"<html>503 Service Unavailable</html>", {"Content-Type": "text/html"})
+    _invite_and_register(hub, newcomer)
+    pending = "SELECT count(*) FROM client_info_push WHERE party_id = $1 AND delivered_at IS NULL"
+    _wait_for(lambda: _push_rows(db, key, to=party_key(emsp)) and db.run(db.fetchval(pending, key[1])) == 0)
+    assert {r["http_status"] for r in _push_rows(db, key, to=party_key(emsp))} == {503}
+    del emsp.canned[("PUT", path)]
+    connect_party(_roles("CPO"))  # the next change makes a round
+    assert _wait_for(lambda: [r for r in _push_rows(db, key, to=party_key(emsp)) if r["http_status"] == 200], 15)
+    assert _pushes_about(emsp, key)[-1]["status"] == "CONNECTED"

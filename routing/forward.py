@@ -231,6 +231,11 @@ async def _exchange(
                 raise AnswerUnreadable(told, f"{sent}: {told} ({type(exc).__name__}: {_cut(str(exc))})") from None
             got = response.headers
             relayed = {name: _as_sent(value) for name in RELAYED_RESPONSE_HEADERS if (value := got.get(name))}
+            if len(links := got.getall("link", ())) > 1:
+                # RFC 8288, 3: Link is a list (#link-value), which a party may send as several fields (RFC 9110, 5.3:
+                # joined with ", "); the first alone drops the others' rel="next", and the caller takes its page
+                # for the last
+                relayed["link"] = _as_sent(", ".join(links))
             unwritable = tuple(name for name, value in relayed.items() if _UNWRITABLE.search(value))
             for name in unwritable:
                 del relayed[name]

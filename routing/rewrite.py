@@ -11,7 +11,6 @@ import functools
 import json
 import re
 import time
-from collections.abc import Callable
 from urllib.parse import parse_qsl, quote, unquote_plus, urljoin, urlsplit
 
 import httpx
@@ -25,7 +24,6 @@ from storage.directory import Platform
 from storage.location_document import epoch
 from storage.routing_state import CALLBACK_TTL_S
 
-_LINK = re.compile(r"<([^>]*)>")
 _RESPONSE_URL_KEY = re.compile(rb'"response_url"[ \t\n\r]*:[ \t\n\r]*')  # RFC 8259: the whitespace JSON allows
 _URI = re.compile(r"^[\x21-\x7e]+$")  # RFC 3986: printable ASCII; a space, a control or a non-ASCII character is not
 _encode = msgspec.json.encode
@@ -238,10 +236,6 @@ def same_host(url: str, other_url: str) -> bool:
         return False
 
 
-def link_urls(value: str) -> list[str]:
-    return _LINK.findall(value)
-
-
 def resolved(url: str, called_url: str) -> str:
     """A URL a receiver's answer gave, resolved against the URL the hub called when it is relative: RFC 8288, 3.2
     ("If the URI-Reference is relative, parsers MUST resolve it as per [RFC3986], Section 5") for a Link, RFC 9110,
@@ -253,8 +247,3 @@ def resolved(url: str, called_url: str) -> str:
     except ValueError:  # no URL at all: why_not_callable says so
         return url
     return urljoin(called_url, url)
-
-
-def rewrite_link_header(value: str, replace: Callable[[str], str]) -> str:
-    """Each <url> of a Link header passed through replace(url) -> url; rel and other parameters unchanged."""
-    return _LINK.sub(lambda match: f"<{replace(match.group(1))}>", value)

@@ -8,7 +8,6 @@ the rest.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
@@ -21,11 +20,10 @@ from hub.errors import AnswerTooLarge
 from hub.own_messages import hub_request
 from hub.party_client import PartyClient
 from routing.forward import OcpiStatusCode
+from routing.link_header import next_url as next_url_of
 from routing.rewrite import resolved, why_not_callable
 from storage.directory import Directory, PartyRole, Platform
 from storage.log_row import LogEntry
-
-_NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
 
 Record = Callable[[LogEntry], Awaitable[None]]
 
@@ -69,8 +67,8 @@ async def sender_page(
         entry.ocpi_status_code = page.status_code
         if response.status_code == 200 and page.status_code == 1000:
             objects = page.data or []
-            if match := _NEXT.search(response.headers.get("link", "")):
-                next_url = resolved(match.group(1), url)
+            if found := next_url_of(response.headers.get("link", "")):  # httpx joins several fields with ", "
+                next_url = resolved(found, url)
                 if why := why_not_callable(next_url, platform, http.hub_url):
                     entry.error = f"its Link to the next page is not followed: {next_url[:200]!r}: {why}"
                     objects, next_url = None, None

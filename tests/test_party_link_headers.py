@@ -5,6 +5,9 @@ back through the hub, and the hub's own reads of a party's list (pull sync, owne
 from __future__ import annotations
 
 import re
+import time
+
+import pytest
 
 from tests.conftest import Hub
 from tests.parties import RAW
@@ -41,3 +44,41 @@ def test_a_link_sent_as_several_fields_is_relayed_whole_and_its_next_page_leads_
     assert all(url.startswith(f"{hub.base}/ocpi/2.2.1/pages/") for url in (first, following)), link
     assert emsp.call(hub.base, "GET", following).json()["data"] == {"id": "p2", "served_by": cpo.name}
     assert [r.raw_path for r in cpo.functional()][-1] == "/ocpi/2.2.1/sessions/sender/p2?offset=1&limit=1"
+
+
+def test_a_quoted_parameter_holding_angle_brackets_or_commas_is_relayed_as_written_and_names_no_page(
+    hub: Hub, connect_party
+) -> None:
+    # Every "<...>" of the header was taken for a URL: the title's "<b>" became a hub page URL, kept a day in Redis
+    # (RFC 8288, 3: a link-param's value may be a quoted-string, which names no link).
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    link = f'<{cpo.base}/ocpi/2.2.1/tariffs/sender?offset=1>; title="tariffs <b>, page 2"; rel="next"'
+    cpo.canned[("GET", "/ocpi/2.2.1/tariffs/sender")] = (200, _PAGE, {"Link": link})
+    relayed = emsp.call(hub.base, "GET", "sender/tariffs", to=party_key(cpo)).headers["link"]
+    [url] = _urls(relayed.partition(";")[0])
+    assert relayed == f'<{url}>; title="tariffs <b>, page 2"; rel="next"', relayed
+    assert url.startswith(f"{hub.base}/ocpi/2.2.1/pages/")
+
+
+@pytest.mark.parametrize(
+    "link",
+    ['<{next}>; type="application/json"; rel="next"', '<{next}>; REL=Next',
+     '<{first}>; rel="first", <{next}>; rel="prev next"'],
+)  # fmt: skip
+def test_the_hubs_own_read_of_a_cpos_locations_follows_its_next_page_however_the_link_writes_it(
+    hub: Hub, start_party, link: str
+) -> None:
+    # Only '<url>; rel="next"' with rel first was read: past any other parameter, in another case or among other
+    # relation types, the pull sync took the first page for the last and the cache missed the CPO's other locations.
+    roles = _roles("CPO")
+    cpo = start_party(roles)
+    sender = f"{cpo.base}/ocpi/2.2.1/locations/sender"
+    written = link.format(next=f"{sender}/page2", first=sender)
+    page = b'{"data": [], "status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}'
+    cpo.canned[("GET", "/ocpi/2.2.1/locations/sender")] = (200, page, {"Link": written})
+    cpo.canned[("GET", "/ocpi/2.2.1/locations/sender/page2")] = (200, page, {})
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    deadline = time.monotonic() + 10
+    while not [r for r in cpo.received if r.path.endswith("/page2")] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [r.path for r in cpo.received if r.path.endswith("/page2")] == ["/ocpi/2.2.1/locations/sender/page2"]

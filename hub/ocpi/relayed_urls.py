@@ -16,8 +16,9 @@ from hub.errors import HubError, InvalidParameters, MethodNotAllowed, NotFound, 
 from hub.ocpi.forward_to_receiver import call_party
 from routing.decide import Delivery
 from routing.forward import Answer
+from routing.link_header import link_values, rewritten
 from routing.request import party_text, routing_party
-from routing.rewrite import link_urls, resolved, rewrite_link_header, why_not_callable, with_query
+from routing.rewrite import resolved, why_not_callable, with_query
 from storage.directory import Directory, PartyRole, Platform
 from storage.log_object_ids import RELAYED_CDRS
 from storage.routing_state import PAGE_TTL_S, Relayed
@@ -129,7 +130,7 @@ async def rewrite(
     caller, sender, entry = exchange.caller, exchange.sender, exchange.entry
     assert caller is not None and sender is not None
     link = answer.headers.get("link")
-    written = link_urls(link) if link else []
+    written = [value.url for value in link_values(link)] if link else []
     urls = {url: resolved(url, called_url) for url in written}
     if link and (why := _too_much([urls[url] for url in written])):  # each is kept in Redis for PAGE_TTL_S
         del answer.headers["link"]
@@ -143,9 +144,7 @@ async def rewrite(
                 url=absolute, module=module, interface=interface, caller_platform_id=caller.id,
                 target_platform_id=delivery.platform.id, caller_party=sender.key, target_party=delivery.to.key,
                 correlation_id=entry.correlation_id, asked_of_hub=asked_of_hub), PAGE_TTL_S)  # fmt: skip
-        answer.headers["link"] = rewrite_link_header(
-            link, lambda url: f"{relay.settings.public_url}{PAGES}{keys[urls[url]]}"
-        )
+        answer.headers["link"] = rewritten(link, lambda url: f"{relay.settings.public_url}{PAGES}{keys[urls[url]]}")
     # Only a CDR POST's 2xx answer carries a Location the caller can use (mod_cdrs.asciidoc), rewritten to lead
     # back through the hub. Any other (a 3xx's target, which the hub does not follow) names a URL at the
     # receiver, which the caller's hub token does not open and the hub does not rewrite: not relayed.

@@ -229,3 +229,21 @@ def test_a_party_back_from_offline_is_pushed_once_the_client_info_it_missed_mean
     time.sleep(1.0)  # and none twice
     assert [p["status"] for p in _pushes_about(away, party_key(newcomer))] == ["CONNECTED"]
     assert len(away.client_infos()) == before + 1
+
+
+@pytest.mark.parametrize("probing_hub", ["1"], indirect=True)
+def test_a_page_link_of_a_party_gone_offline_is_answered_4003_at_once_and_not_forwarded(
+    probing_hub: Hub, start_party
+) -> None:
+    # A direct GET to an OFFLINE party was refused at once, the next page of its list was forwarded to it: a party
+    # not answering held its caller until the forward timeout (mod_hub_client_info.asciidoc: "No requests can be sent").
+    hub = probing_hub
+    emsp, cpo = _connect(hub, start_party, "EMSP"), _connect(hub, start_party, "CPO")
+    cpo.objects["locations"] = [{"id": f"L{i}"} for i in range(15)]
+    link = emsp.call(hub.base, "GET", "sender/locations", to=party_key(cpo)).headers["link"]
+    cpo.versions_status = 500  # its versions broken, its lists still served: the hub's probe finds it OFFLINE
+    _wait_for(lambda: _status(hub, cpo) == "OFFLINE")
+    asked = len(cpo.functional())
+    answer = emsp.call(hub.base, "GET", link[1:].split(">")[0])
+    assert answer.json()["status_code"] == 4003 and "OFFLINE" in answer.json()["status_message"], answer.text
+    assert len(cpo.functional()) == asked

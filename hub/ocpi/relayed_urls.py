@@ -66,6 +66,9 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     if target is None or to is None or target.state != "REGISTERED":
         suspended = target is not None and target.state == "SUSPENDED"
         raise ReceiverNotConnected(f"the party behind {path} is {'suspended' if suspended else 'no longer connected'}")
+    if to.status != "CONNECTED":  # mod_hub_client_info.asciidoc, OFFLINE: "No requests can be sent" (routing.decide)
+        offline = ": it stopped answering the hub, which keeps probing it" if to.status == "OFFLINE" else ""
+        raise ReceiverNotConnected(f"the party behind {path} is {to.status}{offline}")
     # Parties often post results without routing headers: the hub knows both ends and fills them in.
     sender = next((r for r in caller.roles if r.key == relayed.caller_party), None)
     sender = sender or PartyRole("", relayed.caller_party[0], relayed.caller_party[1], "CONNECTED", None)

@@ -36,8 +36,8 @@ from litestar import Request, Response, get
 from litestar.datastructures import State
 
 from hub.auth import Caller
-from hub.envelope import check_dates, list_parameters, ocpi_response, ocpi_timestamp, paging_window, x_limit
-from hub.errors import InvalidParameters, OcpiError
+from hub.envelope import check_dates, list_parameters, not_a_date, ocpi_response, ocpi_timestamp, paging_window, x_limit
+from hub.errors import OcpiError
 from hub.own_messages import hub_request
 from hub.request_context import HUB_INSTANCE_HEADER
 from routing.fair_share import HUB_ITSELF
@@ -77,7 +77,7 @@ def _moment(name: str, raw: str | None) -> datetime | None:
         moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
         moment.astimezone(UTC)  # 9999-12-31T23:59:59-01:00 is past the year 9999 in UTC: OverflowError
     except (ValueError, OverflowError):
-        raise InvalidParameters(f"{name} must be an OCPI DateTime such as 2026-11-25T10:00:00Z, got {raw!r}") from None
+        raise not_a_date(name, raw) from None
     return moment
 
 

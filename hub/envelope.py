@@ -40,6 +40,13 @@ def check_dates(params: Mapping[str, str], date_from: Moment | None, date_to: Mo
         )
 
 
+def not_a_date(name: str, raw: str) -> InvalidParameters:
+    """2001 for a date_from or date_to of a list the hub answers itself that is no OCPI DateTime, naming what the hub
+    read: "2026-01-01T00:00:00+00:00" unencoded reads "2026-01-01T00:00:00 00:00", a '+' in a query being a space."""
+    plus = " ('+' in a query is a space: write it %2B, or the UTC time with Z)" if " " in raw else ""
+    return InvalidParameters(f"{name} must be an OCPI DateTime such as 2026-11-25T10:00:00Z, got {raw[:40]!r}{plus}")
+
+
 def list_parameters(query: str) -> dict[str, str]:
     """The query parameters of a list the hub answers itself, blank ones kept ("limit=" is a limit got wrong, not
     none). One given twice with different values is refused (2001) rather than one of them taken without a word: the

@@ -68,6 +68,8 @@ _PAGING = [
     ("limit=%ff", "limit must be a whole number"),
     ("date_from=garbage", "date_from must be an OCPI DateTime"),
     ("date_to=2026-02-30T00:00:00Z", "date_to must be an OCPI DateTime"),
+    # the '+' unencoded, a space in a query: the message said "must be an OCPI DateTime" of what the caller sent as one
+    ("date_from=2026-01-01T00:00:00+00:00", "got '2026-01-01T00:00:00 00:00' ('+' in a query is a space"),
     ("date_from=2026-02-01T00:00:00Z&date_to=2026-01-01T00:00:00Z", "date_to (2026-01-01T00:00:00Z) is before"),
     # blank or given twice: the hub took a page of a window the caller did not ask for
     ("limit=", "limit must be a whole number"),

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 
-from hub.envelope import check_dates, list_parameters, ocpi_timestamp, paging_window, x_limit
+from hub.envelope import check_dates, list_parameters, not_a_date, ocpi_timestamp, paging_window, x_limit
 from hub.errors import HubError, InvalidParameters, NotFound, UnknownLocation
 from hub.metrics import CACHE_REQUESTS
 from hub.ocpi import relayed_urls
@@ -246,4 +246,4 @@ def _epoch(params: dict[str, str], name: str) -> float | None:
     try:
         return epoch(params[name])
     except ValueError:
-        raise InvalidParameters(f"{name} must be an OCPI DateTime such as 2026-11-25T10:00:00Z") from None
+        raise not_a_date(name, params[name]) from None

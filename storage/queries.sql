@@ -402,10 +402,12 @@ SELECT chain_id, last_seq, last_hash, mac FROM routing_log_sealed_chain;
 
 -- name: client_infos
 -- The hub's ClientInfo list (mod_hub_client_info.asciidoc, Sender GET): every party but the caller's own, by
--- last_updated; a role whose platform left the hub is SUSPENDED. One ClientInfo per role and party: a party id that
--- left and was registered again (by another platform, or invited anew) is listed as it is now, not also as it was.
--- Paginated with offset and limit, in one round trip: the page's rows each with the total, or, past the last page,
--- one row holding only the total.
+-- role id, that is in the order the roles were created (transport_and_format.asciidoc, Paginated Response: "order the
+-- objects by creation date ascending", so that a role whose status changes while a client pages keeps its place and
+-- moves no other to a page the client already read); a role whose platform left the hub is SUSPENDED. One ClientInfo
+-- per role and party: a party id that left and was registered again (by another platform, or invited anew) is listed
+-- as it is now, not also as it was. Paginated with offset and limit, in one round trip: the page's rows each with the
+-- total, or, past the last page, one row holding only the total.
 WITH listed AS (
     SELECT id, role, country_code, party_id,
            CASE WHEN status = 'UNREGISTERED' THEN 'SUSPENDED' ELSE status END AS status,
@@ -420,8 +422,8 @@ WITH listed AS (
 )
 SELECT counted.total, page.role, page.country_code, page.party_id, page.status, page.last_updated
 FROM (SELECT count(*) AS total FROM listed) AS counted
-LEFT JOIN LATERAL (SELECT * FROM listed ORDER BY last_updated, id OFFSET $4 LIMIT $5) AS page ON true
-ORDER BY page.last_updated, page.id;
+LEFT JOIN LATERAL (SELECT * FROM listed ORDER BY id OFFSET $4 LIMIT $5) AS page ON true
+ORDER BY page.id;
 
 -- name: take_client_info_push_turn
 -- One hub process pushes at a time, so that the changes reach every party in the order they happened: with two

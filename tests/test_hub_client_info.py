@@ -308,3 +308,31 @@ def test_a_party_that_answered_a_push_with_a_server_error_is_pushed_that_role_as
     connect_party(_roles("CPO"))  # the next change makes a round
     assert _wait_for(lambda: [r for r in _push_rows(db, key, to=party_key(emsp)) if r["http_status"] == 200], 15)
     assert _pushes_about(emsp, key)[-1]["status"] == "CONNECTED"
+
+
+def test_a_party_whose_status_changes_while_a_client_pages_through_the_client_infos_moves_no_other_off_its_pages(
+    services: Services, empty_database: str, tmp_path: Path, start_party
+) -> None:
+    # transport_and_format.asciidoc, Paginated Response: "the sequence of objects mustn't change", "order the objects
+    # by creation date ascending". Ordered by last_updated, a party suspended after the first page moved to the end,
+    # the others one page up: the next page's offset skipped one, which its client never heard of.
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database,
+                  OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}paging-{tmp_path.name}:")  # fmt: skip
+    hub = start_hub(env, tmp_path / "hub.log")
+    try:
+        reader = register_at_hub(hub, start_party, _roles("EMSP"))
+        cpos = [register_at_hub(hub, start_party, _roles("CPO")) for _ in range(3)]
+        url: str | None = f"{hub.base}/ocpi/2.2.1/sender/hubclientinfo?limit=1"
+        seen: list[str] = []
+        while url:
+            answer = httpx.get(url, headers=token_header(reader.hub_token or ""))
+            seen += [info["party_id"] for info in answer.json()["data"]]
+            if len(seen) == 1:  # the first page read: its party's platform is suspended
+                with hub.admin() as admin:
+                    items = admin.get("/admin/api/parties").json()["items"]
+                    platform = next(i["platform_id"] for i in items if i["party_id"] == seen[0])
+                    assert admin.post(f"/admin/api/parties/{platform}/suspend", json={"reason": "test"}).is_success
+            url = answer.headers["Link"].split(">")[0].lstrip("<") if "Link" in answer.headers else None
+        assert seen[:3] == [cpo.roles[0][2] for cpo in cpos], seen
+    finally:
+        hub.stop()

@@ -239,3 +239,21 @@ def test_a_cpos_cache_holds_its_cap_of_bytes_and_a_location_grown_past_it_is_not
     assert _walk(emsp, hub, query) == (["B1", "B2"], {"HUB"})
     assert _get(emsp, hub, "sender/locations").json()["status_code"] == 1000
     _take_off(hub, owner)
+
+
+def test_a_get_all_forwarded_to_a_cpo_over_its_cap_keeps_the_callers_query_as_written_but_the_hubs_own_filter(
+    capped_hub: Hub, start_party
+) -> None:
+    # Decoded and encoded again, its DateTimes went as 2026-12-01T00%3A00%3A00Z: not what the caller sent, and not
+    # what a CPO reading its query undecoded takes (transport_and_format.asciidoc: the filters reach the Sender).
+    hub = capped_hub
+    cpo, emsp, owner = _synced_cpo_and_emsp(hub, start_party)
+    docs = [_location(owner, f"Q{n}", f"2026-12-01T10:0{n}:00Z") for n in range(CAP + 1)]
+    cpo.objects["locations"] = docs
+    for doc in docs:
+        _push(cpo, emsp, hub, "PUT", doc["id"], doc)
+    _wait(lambda: _cache_state(hub, owner)["location_cache_over_cap"])
+    query = "date_from=2026-12-01T00:00:00Z&date_to=2026-12-02T00:00:00%2B00:00&limit=2"
+    answer = _get(emsp, hub, f"sender/locations?country_code={owner[0]}&{query}&party_id={owner[1]}")
+    assert answer.json()["status_code"] == 1000 and answer.headers["OCPI-from-party-id"] == owner[1], answer.text
+    assert [r.raw_path for r in cpo.functional() if r.method == "GET"] == [f"/ocpi/2.2.1/locations/sender?{query}"]

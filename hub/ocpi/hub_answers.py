@@ -8,7 +8,7 @@ walking the Link pages sees no object twice and misses none while the cache chan
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_plus, urlencode
 
 import msgspec
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from hub.ocpi.relay import Relay
 
 SNAPSHOTS = "/ocpi/2.2.1/snapshots/"
+_FILTER = ("country_code", "party_id")  # the hub's own (_owner), not the CPO's: not forwarded
 MAX_LIMIT = 1000
 
 
@@ -80,8 +81,10 @@ async def _from_its_cpo(relay: Relay, exchange: Exchange, incoming: Incoming, ow
     exchange.entry.routing = "direct"
     exchange.entry.error = (f"{party_text(owner)}'s cache is {why} (its cap: {_caps(relay)}): forwarded to it, not "
                             "answered from the cache")  # fmt: skip
-    hubs_filter = ("country_code", "party_id")
-    query = urlencode([(k, v) for k, v in parse_qsl(incoming.query, keep_blank_values=True) if k not in hubs_filter])
+    # the caller's query as written, but the hub's own filter: decoded and encoded again, "2026-01-01T00:00:00Z" went
+    # as "2026-01-01T00%3A00%3A00Z", which a CPO that reads its query undecoded refuses
+    kept = [part for part in incoming.query.split("&") if part and unquote_plus(part.partition("=")[0]) not in _FILTER]
+    query = "&".join(kept)
     url = endpoint_url(delivery.url, incoming.suffix)
     assert exchange.sender is not None
     answer = await call_party(relay, exchange, delivery, exchange.sender, "GET", url, query, b"")

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import uuid
 
+import httpx
 import pytest
 
 from tests.conftest import Hub
+from tests.parties import token_header
 from tests.test_hub_client_info import _wait_for
 from tests.test_routing import _roles, party_key
 
@@ -118,3 +120,21 @@ def test_a_cache_page_link_followed_with_ocpi_to_of_another_party_is_refused_wit
         followed = emsp.call(hub.base, "GET", url, to=to)
         assert followed.json()["status_code"] == 1000 and len(followed.json()["data"]) == 1, followed.text
     assert cpo.functional() == []
+
+
+def test_a_paging_link_followed_for_a_party_its_platform_has_since_left_out_of_its_credentials_is_refused(
+    hub: Hub, connect_party
+) -> None:
+    # Its direct requests are refused (2001, status PLANNED), the next page of a list it had begun was forwarded as it.
+    kept, dropped = _roles("EMSP"), _roles("EMSP")
+    platform, cpo = connect_party(kept, dropped), connect_party(_roles("CPO"))
+    cpo.objects["tariffs"] = [{"id": f"T{i}"} for i in range(15)]
+    link = platform.call(hub.base, "GET", "sender/tariffs", from_=dropped[1:], to=party_key(cpo)).headers["Link"]
+    platform.roles = [kept]
+    answer = httpx.put(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(platform.hub_token or ""),
+                       json=platform.credentials(platform.token_b)).json()  # fmt: skip
+    assert answer["status_code"] == 1000, answer
+    platform.hub_token = answer["data"]["token"]
+    refused = platform.call(hub.base, "GET", link.split(">")[0].lstrip("<"), from_=kept[1:]).json()
+    assert refused["status_code"] == 2001 and "status PLANNED" in refused["status_message"], refused
+    assert len(cpo.functional()) == 1  # the first page only

@@ -74,6 +74,11 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     sender = sender or PartyRole("", relayed.caller_party[0], relayed.caller_party[1], "CONNECTED", None)
     exchange.sender = sender
     entry.from_country_code, entry.from_party_id = sender.country_code, sender.party_id
+    if sender.status == "PLANNED":  # left out of its platform's credentials since: it sends nothing (routing.decide)
+        raise InvalidParameters(
+            f"{party_text(sender.key)}, to which this URL was handed, is not among the roles of this platform's "
+            "credentials (status PLANNED): nothing was forwarded; a credentials PUT listing it lets it send again"
+        )
     url = with_query(relayed.url, entry.query) if kind == "pages" else relayed.url
     if why := why_not_callable(url, target, relay.settings.public_url):  # said when it was relayed (rewrite)
         # the caller is not told the receiver's URL or hosts (its routing-log row is)

@@ -82,17 +82,7 @@ async def open_hint(
     segments = incoming.segments
     if incoming.interface == "receiver":
         if incoming.module == "commands" and segments:
-            field, owner_module = _COMMAND_TARGET.get(segments[0].upper(), (None, ""))
-            object_id = getattr(_routing_fields(incoming.body), field) if field else None
-            if not object_id:
-                return None
-            if owner_module != "locations":
-                return await _owner(state, on_hub, owner_module, object_id)
-            # also a location the hub knows from pull sync alone (a CPO that does not push), as GET All via the hub
-            # shows it to this eMSP: several owners, one pushed and one pulled, are refused as any several
-            viewer = sender_of(incoming, caller).key
-            seen_with = await _location_owners(state, cached_owners, object_id, viewer, pulled_too=True)
-            return _only(seen_with, on_hub, owner_module, object_id)
+            return await _command_receiver(incoming, caller, state, on_hub, cached_owners)
         if incoming.module == "chargingprofiles" and segments:
             return await _owner(state, on_hub, "sessions", segments[0])
         if incoming.module in ("sessions", "cdrs") and incoming.method in ("POST", "PUT"):
@@ -113,6 +103,29 @@ async def open_hint(
         cpo = sender_of(incoming, caller).key
         return await _owner(state, on_hub, "chargingprofile-senders", _session_of([*cpo, segments[0]]))
     return None
+
+
+async def _command_receiver(
+    incoming: Incoming,
+    caller: Platform,
+    state: RoutingState,
+    on_hub: Container[PartyKey],
+    cached_owners: Callable[[str, PartyKey], Awaitable[tuple[list[PartyKey], list[PartyKey]]]],
+) -> PartyKey | None:
+    """The CPO of the location, session or reservation a command names."""
+    field, owner_module = _COMMAND_TARGET.get(incoming.segments[0].upper(), (None, ""))
+    object_id = getattr(_routing_fields(incoming.body), field) if field else None
+    if not object_id:
+        return None
+    if owner_module == "reservations":  # the eMSP's own reservation of that id (_reservation_of)
+        return await _reservation_owner(state, on_hub, sender_of(incoming, caller).key, object_id)
+    if owner_module != "locations":
+        return await _owner(state, on_hub, owner_module, object_id)
+    # also a location the hub knows from pull sync alone (a CPO that does not push), as GET All via the hub
+    # shows it to this eMSP: several owners, one pushed and one pulled, are refused as any several
+    viewer = sender_of(incoming, caller).key
+    seen_with = await _location_owners(state, cached_owners, object_id, viewer, pulled_too=True)
+    return _only(seen_with, on_hub, owner_module, object_id)
 
 
 async def _location_read(
@@ -183,6 +196,15 @@ async def _location_owners(
     return [owner for owner in dict.fromkeys(seen_with) if owner not in hidden]
 
 
+async def _reservation_owner(
+    state: RoutingState, on_hub: Container[PartyKey], emsp: PartyKey, reservation_id: str
+) -> PartyKey | None:
+    """The CPO the eMSP reserved reservation_id at. A reservation noted by a hub before reservations were kept by their
+    eMSP (by the id alone) is found as it was then, until it ages out of the index (one to two periods)."""
+    found = await state.owners("reservations", _reservation_of(emsp, reservation_id))
+    return _only(found or await state.owners("reservations", reservation_id), on_hub, "reservations", reservation_id)
+
+
 async def _owner(state: RoutingState, on_hub: Container[PartyKey], module: str, object_id: str) -> PartyKey | None:
     return _only(await state.owners(module, object_id), on_hub, module, object_id)
 
@@ -242,7 +264,9 @@ def note_seen(incoming: Incoming, caller: Platform, delivery: Delivery, state: R
     elif incoming.module == "commands" and segments and segments[0].upper() == "RESERVE_NOW":
         reservation = _body_fields(incoming.body).reservation_id
         if reservation:
-            state.note_owner("reservations", reservation, delivery.to.key, receiver)
+            emsp = sender_of(incoming, caller).key
+            state.note_owner("reservations", _reservation_of(emsp, reservation), delivery.to.key,
+                             ((emsp, caller.id), *receiver))  # fmt: skip
 
 
 def _session_of(segments: list[str]) -> str:
@@ -250,3 +274,10 @@ def _session_of(segments: list[str]) -> str:
     (/{country_code}/{party_id}/{id}), since ids are unique per CPO only and the URL of a session's PATCH names its
     CPO."""
     return f"{segments[0].upper()}/{segments[1].upper()}/{segments[2]}"
+
+
+def _reservation_of(emsp: PartyKey, reservation_id: str) -> str:
+    """A reservation as the owner index knows it: its eMSP and id ("CC/PID/id"). mod_commands.asciidoc,
+    CancelReservation: "the reservation_id that was given by the Sender to the ReserveNow", an id unique among that
+    eMSP's reservations only: another eMSP's reservation of the same id, at another CPO or the same, is not this one."""
+    return f"{emsp[0]}/{emsp[1]}/{reservation_id}"

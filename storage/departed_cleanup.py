@@ -2,8 +2,9 @@
 
 What goes: in the owner hashes (storage.owner_index: locations, tokens, and this period's and the previous one's of
 sessions, session receivers and reservations) a departed party leaves an entry's owners and the others stay; the
-session receivers it noted as a session's CPO, its token records, visual numbers and groups (storage.publish_tokens)
-and the locations it still has cached, with their publish_allowed_to entries and its pull-sync marks, go whole. The
+session receivers it noted as a session's CPO, the reservations it made as an eMSP, its token records, visual numbers
+and groups (storage.publish_tokens) and the locations it still has cached, with their publish_allowed_to entries and
+its pull-sync marks, go whole. The
 owner hash of a hub before periods is not swept: its take-over keeps only owners on the hub (storage.owner_upgrades).
 
 The hashes are large and are read with HSCAN a chunk at a time, once for every party that left (a platform with many
@@ -38,7 +39,7 @@ import structlog
 
 from storage.directory import GENERATION_KEY, UNCHANGED_LUA, DirectoryChanged
 from storage.location_cache import LocationCache
-from storage.owner_index import KEYED_BY_SESSION
+from storage.owner_index import KEYED_BY_PARTY
 from storage.publish_tokens import index_keys, owner_fields
 from storage.routing_state import RoutingState
 from storage.sql import QUERIES
@@ -138,7 +139,7 @@ class Cleanup:
     def _indexes(self) -> list[_Index]:
         indexes = []
         for module, key in self._routing.owner_keys():
-            fields = _session_fields if module in KEYED_BY_SESSION else _no_fields
+            fields = _party_fields if module in KEYED_BY_PARTY else _no_fields
             indexes.append(_Index(module.replace("-", "_"), key, True, fields))
         names = ("publish_tokens", "publish_visual_numbers", "publish_groups")
         for name, key in zip(names, index_keys(self._prefix), strict=True):
@@ -224,8 +225,9 @@ class _Fence:
         return None
 
 
-def _session_fields(party: PartyKey) -> str:
-    """A session's receivers are kept by its CPO and id (routing.open_routing._session_of): "CC/PID/id"."""
+def _party_fields(party: PartyKey) -> str:
+    """A session's receivers are kept by its CPO and id, a reservation by its eMSP and id (storage.owner_index
+    KEYED_BY_PARTY): "CC/PID/id"."""
     return f"{party[0]}/{party[1]}/"
 
 

@@ -47,8 +47,9 @@ log = structlog.get_logger()
 
 # Their owners are found for one to two periods (OCPI_HUB_OWNER_INDEX_PERIOD_S) after they were last seen.
 EXPIRING_OWNERS = ("sessions", "session-receivers", "reservations", "chargingprofile-senders")
-# Kept by the session's CPO and id ("CC/PID/id", routing.open_routing._session_of), not by the id alone.
-KEYED_BY_SESSION = ("session-receivers", "chargingprofile-senders")
+# Kept by a party and the id, not by the id alone ("CC/PID/id"): a session by its CPO
+# (routing.open_routing._session_of), a reservation by its eMSP (_reservation_of).
+KEYED_BY_PARTY = ("session-receivers", "chargingprofile-senders", "reservations")
 # A hash past its two periods is unlinked by the hub (freed off Redis's main thread); its EXPIRE, this much later,
 # is for when no hub runs. A hash of millions of fields deleted by expiry would stall Redis for a moment.
 _EXPIRE_MARGIN_S = 3600.0

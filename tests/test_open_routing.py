@@ -380,3 +380,35 @@ def test_stopping_while_owner_notes_are_written_finishes_and_keeps_every_note(se
             await client.aclose()
 
     asyncio.run(run())
+
+
+def test_an_open_cancel_reservation_goes_to_the_cpo_its_own_emsp_reserved_at_though_another_emsp_uses_its_id(
+    hub: Hub, connect_party
+) -> None:
+    # mod_commands.asciidoc, CancelReservation: "the reservation_id that was given by the Sender to the ReserveNow":
+    # the eMSP's id, unique for its reservations only. Another eMSP's reservation of the same id at another CPO is not
+    # this one, nor is a reservation the canceller never made.
+    first, second = connect_party(_roles("EMSP")), connect_party(_roles("EMSP"))
+    first_cpo, second_cpo = connect_party(_roles("CPO")), connect_party(_roles("CPO"))
+    reservation_id = f"R-{unique_party_id()}"
+
+    def reserve(emsp, cpo) -> None:  # type: ignore[no-untyped-def]
+        reserve = {"response_url": f"{emsp.base}/cmd/1", "token": {"uid": "T"}, "location_id": "L",
+                   "expiry_date": "2026-12-31T10:00:00Z", "reservation_id": reservation_id}  # fmt: skip
+        made = emsp.call(hub.base, "POST", "receiver/commands/RESERVE_NOW", to=party_key(cpo), body=reserve)
+        assert made.json()["status_code"] == 1000, made.text
+
+    def cancel(emsp) -> dict:  # type: ignore[no-untyped-def,type-arg]
+        body = {"response_url": f"{emsp.base}/cmd/2", "reservation_id": reservation_id}
+        return emsp.call(hub.base, "POST", "receiver/commands/CANCEL_RESERVATION", body=body).json()
+
+    reserve(first, first_cpo)
+    _wait_for(lambda: cancel(first)["status_code"] == 1000)  # once its owner is noted
+    refused = cancel(second)  # it reserved nothing: the first's reservation is not its to cancel
+    assert refused["status_code"] == 4001 and "OCPI-to" in refused["status_message"], refused
+    reserve(second, second_cpo)
+    _wait_for(lambda: cancel(second)["status_code"] == 1000)
+    assert cancel(first)["status_code"] == 1000
+    for cpo, emsp in ((first_cpo, first), (second_cpo, second)):  # each cancel reached the CPO of its own eMSP
+        cancels = [r for r in cpo.functional() if r.path.endswith("/CANCEL_RESERVATION")]
+        assert cancels and {r.headers["OCPI-from-party-id"] for r in cancels} == {party_key(emsp)[1]}

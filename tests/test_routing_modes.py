@@ -119,6 +119,34 @@ def test_command_result_is_relayed_to_the_original_response_url_via_another_hub_
     assert stranger.status_code == 404
 
 
+def test_a_result_posted_without_a_correlation_id_is_answered_with_the_one_of_its_command(
+    hub: Hub, connect_party, db
+) -> None:
+    # transport_and_format.asciidoc: "every response to this request SHALL contain the same ID". A result sent
+    # without X-Correlation-ID joins its command's conversation (relayed on, and its row, with the command's): the
+    # CPO's answer says so too, not a new one that no row and no party has.
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    sent = emsp.call(hub.base, "POST", "receiver/commands/STOP_SESSION", to=party_key(cpo),
+                     body={"response_url": f"{emsp.base}/ocpi/2.2.1/commands/sender/5", "session_id": "S1"},
+                     headers={"X-Correlation-ID": "stop-corr-1"})  # fmt: skip
+    assert sent.json()["status_code"] == 1000, sent.text
+    response_url = json.loads(cpo.functional()[0].body)["response_url"]
+    result = httpx.post(response_url, headers=token_header(cpo.hub_token) | {"X-Request-ID": "stop-result-1"},
+                        json={"result": "ACCEPTED"})  # fmt: skip
+    assert result.json()["status_code"] == 1000, result.text
+    assert (result.headers["X-Request-ID"], result.headers["X-Correlation-ID"]) == ("stop-result-1", "stop-corr-1")
+    [delivered] = [r for r in emsp.functional() if r.path.endswith("/commands/sender/5")]
+    assert delivered.headers["X-Correlation-ID"] == "stop-corr-1"
+    [row] = db.run(db.fetch("SELECT correlation_id FROM routing_log WHERE request_id = 'stop-result-1'"))
+    assert row["correlation_id"] == "stop-corr-1"
+    # one sent with a correlation id of its own keeps it, in its answer as on its way
+    own = httpx.post(response_url, headers=token_header(cpo.hub_token) | {"X-Correlation-ID": "cpo-own-1"},
+                     json={"result": "ACCEPTED"})  # fmt: skip
+    assert own.headers["X-Correlation-ID"] == "cpo-own-1"
+    [*_, last] = [r for r in emsp.functional() if r.path.endswith("/commands/sender/5")]
+    assert last.headers["X-Correlation-ID"] == "cpo-own-1"
+
+
 @pytest.mark.parametrize(
     ("path", "body", "acts_on"),
     [

@@ -172,7 +172,8 @@ class Relay:
         finally:  # the caller's row not written (a bug, or the request's task cancelled): what waited for it never runs
             for job in exchange.background:
                 job.abandon()
-        answer.headers["x-request-id"], answer.headers["x-correlation-id"] = request_id, correlation_id
+        answer.headers["x-request-id"] = request_id
+        answer.headers["x-correlation-id"] = _answered_correlation_id(entry, correlation_id)
         await _send(send, answer)
         count_request(entry.module, entry.method, entry.routing, entry.ocpi_status_code)
         log_request(entry.method, path, answer.status, started, routine=entry.ocpi_status_code == 1000)
@@ -263,6 +264,12 @@ def _callers_own(exchange: Exchange) -> PartyKey | None:
         return None
     key = (country.upper(), party.upper())
     return key if any(role.key == key for role in caller.roles) else None
+
+
+def _answered_correlation_id(entry: LogEntry, sent: str) -> str:
+    """The X-Correlation-ID the caller sent, or the hub made up for it; the one of the command a result sent without
+    one joined (relayed_urls.follow), which its row and the party it was relayed to have."""
+    return entry.correlation_id if entry.correlation_id != sent[:MAX_ID_LENGTH] else sent
 
 
 def _module_of(path: str) -> str:

@@ -49,8 +49,10 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
         raise NotFound(f"{path} is unknown, expired, or not yours")
     entry.module, entry.interface = relayed.module, relayed.interface
     if "x-correlation-id" not in exchange.headers and relayed.correlation_id:
-        # e.g. a CommandResult posted without one: it joins the conversation of the command
+        # e.g. a CommandResult posted without one: it joins the conversation of the command, its answer and the
+        # hub's log lines too
         entry.correlation_id = relayed.correlation_id
+        structlog.contextvars.bind_contextvars(correlation_id=relayed.correlation_id)
     # and whatever correlation id it came with, its row is found by the command's object id, as the command's is, and
     # by the ids its command named and the command's request ids (listed_ids)
     entry.object_id, entry.related_ids = relayed.object_id, list(relayed.related_ids) or None

@@ -9,8 +9,10 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import Hub
+from tests.conftest import Hub, unique_party_id
 from tests.parties import token_header
+from tests.test_admin_and_cli import _platform_id
+from tests.test_departed_party import _leave
 from tests.test_hub_client_info import _wait_for
 from tests.test_routing import _roles, party_key
 
@@ -74,6 +76,41 @@ def test_a_result_posted_with_ocpi_from_of_another_platform_is_refused_with_2001
     assert emsp.functional() == []
     own = cpo.call(hub.base, "POST", response_url, body={"result": "ACCEPTED"})  # its own OCPI-from
     assert own.json()["status_code"] == 1000, own.text
+
+
+@pytest.mark.parametrize("gone", ["left the hub", "suspended"])
+def test_a_result_for_a_requester_no_longer_connected_answers_4003_and_its_row_names_both_ends(
+    hub: Hub, connect_party, db, gone: str
+) -> None:
+    # The result cannot be posted again later (mod_commands: "OCPI does not allow/require retries"): the auditor
+    # looking for the eMSP's lost result finds the row under that eMSP, and from the CPO party the command went to (the
+    # second of its platform's, which posts without routing headers), as a row of a result relayed is.
+    emsp = connect_party(_roles("EMSP"))
+    cpo = connect_party(("CPO", "NL", unique_party_id()), ("CPO", "NL", unique_party_id()))
+    to_cpo = (cpo.roles[1][1], cpo.roles[1][2])
+    method, path, body = COMMAND
+    sent = emsp.call(hub.base, method, path, to=to_cpo, body=body | {"response_url": f"{emsp.base}{RESULT_PATH}"})
+    assert sent.json()["status_code"] == 1000, sent.text
+    response_url = json.loads(cpo.functional()[0].body)["response_url"]
+    if gone == "left the hub":
+        _leave(emsp, hub)
+    else:
+        with hub.admin() as admin:
+            suspended = admin.post(f"/admin/api/parties/{_platform_id(hub, party_key(emsp))}/suspend",
+                                   json={"reason": "test"})  # fmt: skip
+            assert suspended.status_code == 200, suspended.text
+    request_id = str(uuid.uuid4())
+    result = httpx.post(response_url, headers=token_header(cpo.hub_token or "") | {"X-Request-ID": request_id},
+                        json={"result": "ACCEPTED"})  # fmt: skip
+    assert result.json()["status_code"] == 4003, result.text
+    assert result.json()["status_message"].endswith("no longer connected" if gone == "left the hub" else "suspended")
+    assert (result.headers["OCPI-to-country-code"], result.headers["OCPI-to-party-id"]) == to_cpo
+    assert [r.path for r in emsp.functional()] == []
+    [row] = db.run(db.fetch("SELECT routing, from_country_code, from_party_id, to_country_code, to_party_id, "
+                            "forwarded_request_id FROM routing_log WHERE request_id = $1", request_id))  # fmt: skip
+    assert dict(row) == {"routing": "rejected", "from_country_code": to_cpo[0], "from_party_id": to_cpo[1],
+                         "to_country_code": party_key(emsp)[0], "to_party_id": party_key(emsp)[1],
+                         "forwarded_request_id": None}  # fmt: skip
 
 
 def test_a_paging_link_followed_with_ocpi_to_of_another_party_is_refused_and_not_forwarded(

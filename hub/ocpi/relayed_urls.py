@@ -64,23 +64,25 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
         target, to = _party_behind(relay.directory.current, relayed)
     _check_addressed(exchange, kind, relayed, to, _hub(relay))
     _check_sender(exchange, caller)
-    entry.routing = "direct"
+    # Parties often post results without routing headers: the hub knows both ends and fills them in, also in the row
+    # and the answer of one it cannot relay (a result lost with its requester is found under that party).
+    sender = next((r for r in caller.roles if r.key == relayed.caller_party), None)
+    sender = sender or PartyRole("", relayed.caller_party[0], relayed.caller_party[1], "CONNECTED", None)
+    exchange.sender = sender
+    entry.from_country_code, entry.from_party_id = sender.country_code, sender.party_id
+    entry.to_country_code, entry.to_party_id = (to.country_code, to.party_id) if to else relayed.target_party
+    if sender.status == "PLANNED":  # left out of its platform's credentials since: it sends nothing (routing.decide)
+        raise InvalidParameters(
+            f"{party_text(sender.key)}, to which this URL was handed, is not among the roles of this platform's "
+            "credentials (status PLANNED): nothing was forwarded; a credentials PUT listing it lets it send again"
+        )
     if target is None or to is None or target.state != "REGISTERED":
         suspended = target is not None and target.state == "SUSPENDED"
         raise ReceiverNotConnected(f"the party behind {path} is {'suspended' if suspended else 'no longer connected'}")
     if to.status != "CONNECTED":  # mod_hub_client_info.asciidoc, OFFLINE: "No requests can be sent" (routing.decide)
         offline = ": it stopped answering the hub, which keeps probing it" if to.status == "OFFLINE" else ""
         raise ReceiverNotConnected(f"the party behind {path} is {to.status}{offline}")
-    # Parties often post results without routing headers: the hub knows both ends and fills them in.
-    sender = next((r for r in caller.roles if r.key == relayed.caller_party), None)
-    sender = sender or PartyRole("", relayed.caller_party[0], relayed.caller_party[1], "CONNECTED", None)
-    exchange.sender = sender
-    entry.from_country_code, entry.from_party_id = sender.country_code, sender.party_id
-    if sender.status == "PLANNED":  # left out of its platform's credentials since: it sends nothing (routing.decide)
-        raise InvalidParameters(
-            f"{party_text(sender.key)}, to which this URL was handed, is not among the roles of this platform's "
-            "credentials (status PLANNED): nothing was forwarded; a credentials PUT listing it lets it send again"
-        )
+    entry.routing = "direct"
     url = with_query(relayed.url, entry.query) if kind == "pages" else relayed.url
     if why := why_not_callable(url, target, relay.settings.public_url):  # said when it was relayed (rewrite)
         # the caller is not told the receiver's URL or hosts (its routing-log row is)

@@ -5,12 +5,12 @@ back through the hub, and the hub's own reads of a party's list (pull sync, owne
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
 from tests.conftest import Hub
 from tests.parties import RAW
+from tests.test_party_urls import second_pages_read_by_pull_sync
 from tests.test_routing import _roles, party_key
 
 _PAGE = b'{"data": [{"id": "S1"}], "status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}'
@@ -70,15 +70,4 @@ def test_the_hubs_own_read_of_a_cpos_locations_follows_its_next_page_however_the
 ) -> None:
     # Only '<url>; rel="next"' with rel first was read: past any other parameter, in another case or among other
     # relation types, the pull sync took the first page for the last and the cache missed the CPO's other locations.
-    roles = _roles("CPO")
-    cpo = start_party(roles)
-    sender = f"{cpo.base}/ocpi/2.2.1/locations/sender"
-    written = link.format(next=f"{sender}/page2", first=sender)
-    page = b'{"data": [], "status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}'
-    cpo.canned[("GET", "/ocpi/2.2.1/locations/sender")] = (200, page, {"Link": written})
-    cpo.canned[("GET", "/ocpi/2.2.1/locations/sender/page2")] = (200, page, {})
-    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
-    deadline = time.monotonic() + 10
-    while not [r for r in cpo.received if r.path.endswith("/page2")] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert [r.path for r in cpo.received if r.path.endswith("/page2")] == ["/ocpi/2.2.1/locations/sender/page2"]
+    assert second_pages_read_by_pull_sync(hub, start_party, link) == ["/ocpi/2.2.1/locations/sender/page2"]

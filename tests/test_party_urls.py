@@ -165,16 +165,26 @@ def test_a_receivers_relative_link_and_cdr_location_are_taken_relative_to_the_ur
 
 
 def test_a_pull_sync_pages_relative_link_is_followed_at_the_cpos_host(hub: Hub, start_party) -> None:
+    assert second_pages_read_by_pull_sync(hub, start_party, '<sender/page2>; rel="next"') == [
+        "/ocpi/2.2.1/locations/sender/page2"
+    ]
+
+
+def second_pages_read_by_pull_sync(hub: Hub, start_party, link: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """A CPO registers whose locations Sender answers its first page with this Link ({next}: its second page's URL,
+    {first}: its first's): the paths of the second page the hub's pull sync asked for, within 10 s."""
     roles = _roles("CPO")
     cpo = start_party(roles)
+    sender = f"{cpo.base}/ocpi/2.2.1/locations/sender"
     page = json.dumps({"data": [], "status_code": 1000, "timestamp": "2026-11-25T10:00:00Z"}).encode()
-    cpo.canned[("GET", "/ocpi/2.2.1/locations/sender")] = (200, page, {"Link": '<sender/page2>; rel="next"'})
+    written = link.format(next=f"{sender}/page2", first=sender)
+    cpo.canned[("GET", "/ocpi/2.2.1/locations/sender")] = (200, page, {"Link": written})
     cpo.canned[("GET", "/ocpi/2.2.1/locations/sender/page2")] = (200, page, {})
     cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
     deadline = time.monotonic() + 10
     while not [r for r in cpo.received if r.path.endswith("/page2")] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert [r.path for r in cpo.received if r.path.endswith("/page2")] == ["/ocpi/2.2.1/locations/sender/page2"]
+    return [r.path for r in cpo.received if r.path.endswith("/page2")]
 
 
 def test_a_link_of_more_urls_than_a_page_has_relations_or_of_an_endless_url_is_not_kept(

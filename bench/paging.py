@@ -30,6 +30,7 @@ import msgspec
 
 from bench import receiver
 from bench.harness import _ms
+from routing.link_header import next_url as next_url_of
 
 MAX_LIMIT = 1000
 SENDER = "/ocpi/2.2.1/locations/sender"
@@ -117,7 +118,6 @@ async def app(scope, protocol) -> None:  # type: ignore[no-untyped-def]
     await receiver.app(scope, protocol)
 
 
-_LINK = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
 _WALK_LUA = """
 local queue, threads = {}, {}
 function setup(thread) table.insert(threads, thread) end
@@ -191,7 +191,7 @@ def walk(url: str, headers: dict[str, str], count: int, duration: int) -> Run:
                     if response.status != 200 or page.status_code != 1000:
                         raise RuntimeError(f"GET {next_url}: HTTP {response.status}, {body[:300]!r}")
                     ids = [location.id for location in page.data or []]
-                    objects, next_url = objects + len(ids), (m.group(1) if (m := _LINK.search(link)) else None)
+                    objects, next_url = objects + len(ids), next_url_of(link)
                     seen.update(ids)
                 if len(seen) != count:
                     raise RuntimeError(f"a walk from {url} saw {len(seen)} distinct locations, not {count}")

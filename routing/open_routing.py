@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from hub.errors import UnknownReceiver, decoded
+from hub.errors import ReceiverNotConnected, UnknownReceiver, decoded
 from routing.decide import Delivery, sender_of
 from routing.request import Incoming, PartyKey, party_text
 from storage.directory import Platform
@@ -213,11 +213,13 @@ def _only(seen_with: Iterable[PartyKey], on_hub: Container[PartyKey], module: st
           gone_said: bool = True) -> PartyKey | None:  # fmt: skip
     """The one party on the hub seen with the id; several: refused, since ids are unique per party only (mod_commands:
     a location_id names a "Location (belonging to the CPO this request is sent to)"); none, but one that left the hub
-    until its entries are cleaned up (storage.departed): refused saying so, unless gone_said is False (None)."""
+    until its entries are cleaned up (storage.departed): refused saying so (4003), unless gone_said is False (None)."""
     seen_with = list(seen_with)
     owners = [owner for owner in seen_with if owner in on_hub]
-    if not owners and seen_with and gone_said:  # not "cannot tell": the hub knows whose it was
-        raise UnknownReceiver(
+    if not owners and seen_with and gone_said:
+        # not "cannot tell" (4001): the hub knows whose it was, and answers as to that party addressed with OCPI-to
+        # (routing.decide.delivery_to): 4003, "receiving party is not connected" (status_codes.asciidoc)
+        raise ReceiverNotConnected(
             f"no OCPI-to headers, and {_OBJECT.get(module, 'object')} {object_id} belonged to"
             f" {', '.join(party_text(owner) for owner in seen_with)}, which is no longer connected to the hub"
         )

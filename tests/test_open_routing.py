@@ -235,10 +235,13 @@ def test_a_location_id_a_cpo_that_left_the_hub_also_had_is_routed_to_the_cpo_sti
         "/ocpi/2.2.1/commands/receiver/START_SESSION"
     ]
     assert not [r for r in gone.functional() if "commands" in r.path]
-    # an id only the party that left had: the caller is told so, not that the hub cannot tell (an eMSP's walkthrough)
+    # an id only the party that left had: the caller is told so, not that the hub cannot tell (an eMSP's walkthrough);
+    # 4003, "receiving party is not connected" (status_codes.asciidoc), as that party addressed with OCPI-to is answered
     only_gone = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION",
                           body=body | {"location_id": f"{location_id}-ONLY"})  # fmt: skip
-    assert only_gone.json()["status_code"] == 4001, only_gone.text
+    assert only_gone.json()["status_code"] == 4003, only_gone.text
+    addressed = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(gone), body=body)
+    assert addressed.json()["status_code"] == 4003, addressed.text
     assert only_gone.json()["status_message"].endswith(f"belonged to {'-'.join(party_key(gone))}, which is no longer "
                                                        "connected to the hub"), only_gone.text  # fmt: skip
 

@@ -1,0 +1,56 @@
+"""Broadcast push to receivers that do not all answer well, and what the pushing party and each copy's row are told
+(transport_and_format.asciidoc, Broadcast Push; status_codes.asciidoc, 4xxx: a receiver's error goes back to the
+client "when the request was not a Broadcast Push")."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.conftest import Hub
+from tests.parties import envelope
+from tests.test_routing import LOCATION, _roles, party_key
+
+
+def _rows(db, request_id: str, count: int, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    query = ("SELECT to_party_id, from_party_id, routing, http_status, ocpi_status_code, error FROM routing_log"
+             " WHERE request_id = $1 AND from_party_id = 'HUB'")  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = db.run(db.fetch(query, request_id))
+        if len(rows) >= count:
+            return {row["to_party_id"]: row for row in rows}
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {count} copies logged for {request_id}")
+
+
+def test_a_broadcast_is_answered_at_once_and_each_copys_row_says_how_its_receiver_answered(
+    hub: Hub, connect_party, db
+) -> None:
+    cpo = connect_party(_roles("CPO"))
+    cc, pid = party_key(cpo)
+    path = f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/LOC1"
+    well = connect_party(_roles("EMSP"))
+    slow = connect_party(_roles("EMSP"), delay_s=3.0)  # past the test hub's 2 s forward timeout
+    gone = connect_party(_roles("EMSP"))
+    refusing = connect_party(_roles("EMSP"))
+    refusing.canned[("PUT", path)] = (400, json.dumps(envelope(None, 2001, "no publish")).encode(), {})
+    html = connect_party(_roles("EMSP"))
+    html.canned[("PUT", path)] = (502, b"<html>Bad Gateway</html>", {"Content-Type": "text/html"})
+    gone.stop()
+    started = time.monotonic()
+    answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/LOC1", to=("NL", "HUB"),
+                      body=LOCATION | {"party_id": pid}, headers={"X-Request-ID": "bcast-mixed"})  # fmt: skip
+    assert time.monotonic() - started < 1.5  # not held up by the slow one
+    assert answer.status_code == 200 and answer.json()["status_code"] == 1000, answer.text
+    copies = _rows(db, "bcast-mixed", 5)
+    assert all(row["routing"] == "broadcast" for row in copies.values())
+
+    def told(party):  # type: ignore[no-untyped-def]
+        return copies[party_key(party)[1]]
+
+    assert (told(well)["http_status"], told(well)["ocpi_status_code"]) == (200, 1000)
+    assert told(slow)["ocpi_status_code"] == 4002
+    assert told(gone)["ocpi_status_code"] == 4003
+    assert (told(refusing)["http_status"], told(refusing)["ocpi_status_code"]) == (400, 2001)
+    assert told(html)["http_status"] == 502 and told(html)["ocpi_status_code"] is None

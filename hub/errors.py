@@ -292,6 +292,11 @@ class ReceiverNotCalled(ReceiverNotConnected):
     must not take the party off every instance (an upgrade walkthrough saw it)."""
 
 
+class ReceiverLeft(ReceiverNotConnected):
+    """Not sent: the receiver left the hub, or stopped being CONNECTED, after the request was routed to it (a broadcast
+    copy that waited for its turn). Says nothing of its server, which is not suspected offline for it."""
+
+
 class ReceiverNotResolved(ReceiverNotConnected):
     """The receiver's host name did not resolve: the caller is told no more than of an address the hub does not call
     (routing.forward_failures.NOT_CALLABLE); the hub's log line party_not_reached says which it was."""

@@ -14,7 +14,7 @@ import asyncio
 import re
 import time
 import traceback
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
@@ -115,15 +115,19 @@ async def forward(
     caller: int = HUB_ITSELF,
     receiver: str | None = None,
     row: LogEntry | None = None,
+    still_wanted: Callable[[], None] | None = None,
 ) -> Answer:
     """The receiver's answer, at most max_bytes of it (decompressed): a larger one is AnswerTooLarge (4000), one
     with a status outside 200-599 AnswerNotRelayable (4000). With shares (every forward but a test's), the request goes
     out on a connection to the receiver's host that its caller may take (routing.fair_share), waiting for one if there
     is none (_wait_for_share). With receiver, the time of the exchange with the receiver (not of that wait) is
     observed as ocpi_hub_forward_duration_seconds{receiver}; with row, the routing-log row of the request, that time
-    is its receiver_ms, and the wait its connection_wait_ms (0 for none; the wait in vain of one not forwarded)."""
+    is its receiver_ms, and the wait its connection_wait_ms (0 for none; the wait in vain of one not forwarded).
+    still_wanted, called once the request has its connection and before it is sent, raises for it not to be sent."""
     sent = f"{method} {url}"  # for the routing log (OcpiError.detail), not for the caller: a receiver's own URL
     if shares is None:
+        if still_wanted is not None:
+            still_wanted()
         return await _exchange(session, method, url, headers, body, session.timeout, sent, max_bytes)
     target = url if isinstance(url, yarl.URL) else yarl.URL(url)
     key = (caller, (target.raw_host, target.port))  # aiohttp's own limit counts per host and port (ConnectionKey)
@@ -132,6 +136,12 @@ async def forward(
         timeout = await _wait_for_share(shares, key, timeout_s, sent, row)
     elif row is not None:
         row.connection_wait_ms = 0.0
+    if still_wanted is not None:
+        try:
+            still_wanted()
+        except BaseException:
+            shares.give_back(key)
+            raise
     started = time.perf_counter()
     try:
         return await _exchange(session, method, url, headers, body, timeout, sent, max_bytes)

@@ -5,10 +5,16 @@ client "when the request was not a Broadcast Push")."""
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
-from tests.conftest import Hub
-from tests.parties import envelope
+import httpx
+import pytest
+
+from tests.conftest import Db, Hub, Services, hub_env, register_at_hub, start_hub
+from tests.parties import envelope, token_header
 from tests.test_routing import LOCATION, _roles, party_key
 
 
@@ -54,3 +60,48 @@ def test_a_broadcast_is_answered_at_once_and_each_copys_row_says_how_its_receive
     assert told(gone)["ocpi_status_code"] == 4003
     assert (told(refusing)["http_status"], told(refusing)["ocpi_status_code"]) == (400, 2001)
     assert told(html)["http_status"] == 502 and told(html)["ocpi_status_code"] is None
+
+
+@pytest.fixture
+def two_connection_hub(services: Services, empty_database: str, tmp_path: Path) -> Iterator[Hub]:
+    """A hub of its own with two connections to a party server (one for each calling platform), and time for a copy to
+    wait for one."""
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database,
+                  OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}bcast-{tmp_path.name}:",
+                  OCPI_HUB_FORWARD_TIMEOUT_S="10", OCPI_HUB_PARTY_CONNECTIONS="2")  # fmt: skip
+    running = start_hub(env, tmp_path / "hub.log")
+    yield running
+    running.stop()
+
+
+def test_a_copy_waiting_for_a_connection_to_a_receiver_that_left_meanwhile_is_not_sent(
+    two_connection_hub: Hub, start_party, empty_database: str
+) -> None:
+    # mod_hub_client_info.asciidoc: a party that left is SUSPENDED, "no requests should be sent"; a copy decided while
+    # it was there, and still waiting for a connection to it when it left, goes nowhere, and its row says why.
+    hub, held = two_connection_hub, threading.Event()
+    cpo = register_at_hub(hub, start_party, _roles("CPO"))
+    leaving = register_at_hub(hub, start_party, _roles("EMSP"), held=held)
+    cc, pid = party_key(cpo)
+    try:
+        # the first copy takes the pushing platform's share of the connections there, and is held; the second waits
+        for n in range(2):
+            answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/L{n}", to=("NL", "HUB"),
+                              body=LOCATION | {"id": f"L{n}", "party_id": pid},
+                              headers={"X-Request-ID": f"w-{n}"})  # fmt: skip
+            assert answer.json()["status_code"] == 1000, answer.text
+        deadline = time.monotonic() + 5
+        while not leaving.functional() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = httpx.delete(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(leaving.hub_token or ""))
+        assert left.json()["status_code"] == 1000, left.text
+        time.sleep(1.5)  # the directory has it gone; the second copy still waits (for 5 s at most)
+    finally:
+        held.set()
+    db = Db(empty_database)  # the hub's own database
+    try:
+        row = _rows(db, "w-1", 1)[party_key(leaving)[1]]
+    finally:
+        db.close()
+    assert row["ocpi_status_code"] == 4003 and "left the hub" in row["error"], row["error"]
+    assert sorted(r.path.rsplit("/", 1)[1] for r in leaving.functional()) == ["L0"]

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from hub.errors import BroadcastsPending, OcpiError
+from hub.errors import BroadcastsPending, OcpiError, ReceiverLeft
 from hub.ocpi.exchange import Exchange, Job
 from hub.ocpi.forward_to_receiver import call_party
 from routing.decide import Delivery, Route
 from routing.forward import Answer, ocpi_status_of
-from routing.request import Incoming, endpoint_url
+from routing.request import Incoming, endpoint_url, party_text
 from storage.directory import PartyRole
 from storage.log_row import LogEntry
 from storage.log_waiters import LogUnavailable
@@ -84,6 +84,21 @@ def _give_back(counts: dict[int, int], platform: int) -> Callable[[], None]:
     return release
 
 
+def _still_connected(relay: Relay, delivery: Delivery) -> Callable[[], None]:
+    """What refuses to send a copy whose receiver left the hub, was suspended or stopped being CONNECTED since the
+    broadcast was decided (a copy may wait for its turn for half the forward timeout): "no requests should be sent"
+    to it (mod_hub_client_info.asciidoc, OFFLINE and SUSPENDED), nor what was pushed after it left."""
+
+    def check() -> None:
+        platform = relay.directory.current.platforms.get(delivery.platform.id)
+        roles = platform.roles if platform is not None and platform.state == "REGISTERED" else ()
+        if not any(role.key == delivery.to.key and role.status == "CONNECTED" for role in roles):
+            raise ReceiverLeft(f"receiver {party_text(delivery.to.key)} left the hub or is no longer connected since "
+                               "the broadcast was decided: its copy was not sent")  # fmt: skip
+
+    return check
+
+
 async def _deliver(relay: Relay, exchange: Exchange, copy: LogEntry, delivery: Delivery, incoming: Incoming) -> None:
     started = time.perf_counter()
     hub = PartyRole("HUB", relay.settings.country_code, relay.settings.party_id, "CONNECTED", None)
@@ -92,7 +107,7 @@ async def _deliver(relay: Relay, exchange: Exchange, copy: LogEntry, delivery: D
     try:
         url = endpoint_url(delivery.url, incoming.suffix)
         answer = await call_party(relay, copy_exchange, delivery, hub, incoming.method, url, incoming.query,
-                                  incoming.body)  # fmt: skip
+                                  incoming.body, still_wanted=_still_connected(relay, delivery))  # fmt: skip
         copy.http_status, copy.response_body = answer.status, answer.body
         copy.ocpi_status_code = ocpi_status_of(answer.body)
     except OcpiError as exc:

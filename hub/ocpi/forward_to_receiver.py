@@ -4,6 +4,7 @@ headers swapped, and what the receiver's server did wrong (unreachable, too slow
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ import yarl
 from hub.auth import authorization
 from hub.errors import (
     ForwardTimeout,
+    ReceiverLeft,
     ReceiverNotCalled,
     ReceiverNotConnected,
     ReceiverNotResolved,
@@ -42,9 +44,10 @@ async def call_party(
     query: str,
     body: bytes,
     forwarded_as: str | None = None,
+    still_wanted: Callable[[], None] | None = None,
 ) -> Answer:
     """Forward to the receiver with its token B, a new X-Request-ID (forwarded_as where chosen before) and the same
-    X-Correlation-ID."""
+    X-Correlation-ID; still_wanted: routing.forward.forward's."""
     entry, platform, to, caller = exchange.entry, delivery.platform, delivery.to, exchange.caller
     assert caller is not None  # every route has one: a broadcast copy's is the platform that pushed it
     entry.to_country_code, entry.to_party_id = to.country_code, to.party_id
@@ -68,7 +71,10 @@ async def call_party(
         # a broadcast copy counts in the share of the platform that pushed it (routing.fair_share)
         answer = await forward(relay.forward_session, method, target, headers, body, timeout,
                                relay.settings.max_body_bytes, relay.forward_shares, caller.id,
-                               f"{to.country_code}-{to.party_id}", entry)  # fmt: skip
+                               f"{to.country_code}-{to.party_id}", entry, still_wanted)  # fmt: skip
+    except ReceiverLeft:  # nothing went to it, and its server is not suspected for it
+        entry.forwarded_request_id = None
+        raise
     except ReceiverNotCalled:  # its address is not one this process calls: no sign the party is away
         if _first_in_a_minute(relay, platform.id):
             log.error("party_address_not_allowed", platform=platform.name, url=url[:200], setting=ALLOWANCE)

@@ -232,11 +232,12 @@ def _only(seen_with: Iterable[PartyKey], on_hub: Container[PartyKey], module: st
     return owners[0] if owners else None
 
 
-def note_seen(incoming: Incoming, caller: Platform, delivery: Delivery, state: RoutingState) -> None:
+def note_seen(incoming: Incoming, caller: Platform, delivery: Delivery | None, state: RoutingState) -> None:
     """After a successful routing, remember owners for later open requests, with the platforms they were seen on: a
-    note written after its party left and its id was registered again by another platform is not that one's."""
+    note written after its party left and its id was registered again by another platform is not that one's. delivery:
+    None for a broadcast, whose owner the URL names (the caller's) whether or not a receiver got a copy."""
     segments = incoming.segments
-    receiver = ((delivery.to.key, delivery.platform.id),)
+    receiver = ((delivery.to.key, delivery.platform.id),) if delivery is not None else ()
     if (
         incoming.interface == "receiver"
         and len(segments) >= 3
@@ -251,10 +252,11 @@ def note_seen(incoming: Incoming, caller: Platform, delivery: Delivery, state: R
             sent = read_sent(incoming.body)
             type_ = token_type(sent, dict(parse_qsl(incoming.query)).get("type"))
             state.note_token(owner, segments[2], type_, sent, incoming.method == "PUT", pushed_by)
-        if incoming.module == "sessions":
+        if incoming.module == "sessions" and delivery is not None:
             state.note_owner("session-receivers", _session_of(segments), delivery.to.key, pushed_by + receiver)
     elif (
-        incoming.module == "chargingprofiles"
+        delivery is not None
+        and incoming.module == "chargingprofiles"
         and incoming.interface == "receiver"
         and incoming.method == "PUT"
         and segments
@@ -263,7 +265,7 @@ def note_seen(incoming: Incoming, caller: Platform, delivery: Delivery, state: R
         sender = sender_of(incoming, caller).key
         session = _session_of([*delivery.to.key, segments[0]])
         state.note_owner("chargingprofile-senders", session, sender, ((sender, caller.id), *receiver))
-    elif incoming.module == "commands" and segments and segments[0].upper() == "RESERVE_NOW":
+    elif delivery is not None and incoming.module == "commands" and segments and segments[0].upper() == "RESERVE_NOW":
         reservation = _body_fields(incoming.body).reservation_id
         if reservation:
             emsp = sender_of(incoming, caller).key

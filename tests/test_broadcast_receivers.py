@@ -63,7 +63,7 @@ def test_a_broadcast_is_answered_at_once_and_each_copys_row_says_how_its_receive
 
 
 @pytest.fixture
-def two_connection_hub(services: Services, empty_database: str, tmp_path: Path) -> Iterator[Hub]:
+def hub_of_its_own(services: Services, empty_database: str, tmp_path: Path) -> Iterator[Hub]:
     """A hub of its own with two connections to a party server (one for each calling platform), and time for a copy to
     wait for one."""
     env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database,
@@ -75,11 +75,11 @@ def two_connection_hub(services: Services, empty_database: str, tmp_path: Path) 
 
 
 def test_a_copy_waiting_for_a_connection_to_a_receiver_that_left_meanwhile_is_not_sent(
-    two_connection_hub: Hub, start_party, empty_database: str
+    hub_of_its_own: Hub, start_party, empty_database: str
 ) -> None:
     # mod_hub_client_info.asciidoc: a party that left is SUSPENDED, "no requests should be sent"; a copy decided while
     # it was there, and still waiting for a connection to it when it left, goes nowhere, and its row says why.
-    hub, held = two_connection_hub, threading.Event()
+    hub, held = hub_of_its_own, threading.Event()
     cpo = register_at_hub(hub, start_party, _roles("CPO"))
     leaving = register_at_hub(hub, start_party, _roles("EMSP"), held=held)
     cc, pid = party_key(cpo)
@@ -105,3 +105,23 @@ def test_a_copy_waiting_for_a_connection_to_a_receiver_that_left_meanwhile_is_no
         db.close()
     assert row["ocpi_status_code"] == 4003 and "left the hub" in row["error"], row["error"]
     assert sorted(r.path.rsplit("/", 1)[1] for r in leaving.functional()) == ["L0"]
+
+
+def test_a_token_broadcast_no_cpo_took_yet_still_makes_its_emsp_the_receiver_of_open_authorizations(
+    hub_of_its_own: Hub, start_party
+) -> None:
+    # The URL names the pushing eMSP as the token's owner whether or not a CPO was there to get a copy; a CPO that
+    # connects later asks for an authorization without OCPI-to (mod_tokens.asciidoc, Real-time authorization).
+    hub = hub_of_its_own
+    emsp = register_at_hub(hub, start_party, _roles("EMSP"))
+    cc, pid = party_key(emsp)
+    uid = f"EARLY-{pid}"
+    token = {"uid": uid, "country_code": cc, "party_id": pid, "type": "RFID", "contract_id": "C1", "issuer": "I",
+             "valid": True, "whitelist": "ALLOWED", "last_updated": "2026-11-25T10:00:00Z"}  # fmt: skip
+    pushed = emsp.call(hub.base, "PUT", f"receiver/tokens/{cc}/{pid}/{uid}", to=("NL", "HUB"), body=token)
+    assert pushed.json()["status_message"] == "broadcast to 0 parties", pushed.text
+    cpo = register_at_hub(hub, start_party, _roles("CPO"))
+    time.sleep(0.5)  # the owner index is written in batches, some ms after the push
+    answer = cpo.call(hub.base, "POST", f"sender/tokens/{uid.lower()}/authorize", body={})
+    assert answer.json()["status_code"] == 1000, answer.text
+    assert answer.headers["OCPI-from-party-id"] == pid

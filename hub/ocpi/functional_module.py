@@ -52,8 +52,8 @@ async def relay_module(relay: Relay, exchange: Exchange, path: str) -> Answer:
         return await hub_answers.answer(relay, exchange, incoming)
     if route.kind == "broadcast":
         broadcast.check_room(relay, caller.id, route)  # before anything of it is noted
-        if route.deliveries:  # the URL names the owner (checked in decide): a token's eMSP for open routing
-            open_routing.note_seen(incoming, caller, route.deliveries[0], relay.routing)
+        # the URL names the owner (checked in decide), a copy taken or not: a token's eMSP for open routing
+        open_routing.note_seen(incoming, caller, None, relay.routing)
         _note_location(relay, exchange, incoming)
         return broadcast.push(relay, exchange, incoming, route)
     delivery = route.deliveries[0]

@@ -246,6 +246,8 @@ def note_seen(incoming: Incoming, caller: Platform, delivery: Delivery | None, s
         # Client Owned Object push: /{country_code}/{party_id}/{object_id}, the owner a party of the caller's
         # (routing.decide.check_client_owned)
         owner = (segments[0].upper(), segments[1].upper())
+        if not _may_own(caller, owner, incoming.module):
+            return  # relayed as it came, but no owner to send a command or an authorization to
         pushed_by = ((owner, caller.id),)
         state.note_owner(incoming.module, segments[2], owner, pushed_by)
         if incoming.module == "tokens" and incoming.method in ("PUT", "PATCH"):  # for publish_allowed_to
@@ -271,6 +273,14 @@ def note_seen(incoming: Incoming, caller: Platform, delivery: Delivery | None, s
             emsp = sender_of(incoming, caller).key
             state.note_owner("reservations", _reservation_of(emsp, reservation), delivery.to.key,
                              ((emsp, caller.id), *receiver))  # fmt: skip
+
+
+def _may_own(caller: Platform, owner: PartyKey, module: str) -> bool:
+    """Whether the party owns objects of the module by its roles: a token is "of the eMSP that 'owns' this Token"
+    (mod_tokens.asciidoc; an eMSP-type role, "Other" too), a location and a session are a CPO's (mod_locations,
+    mod_sessions). A CPO pushing a token in its own name would otherwise make its uid ambiguous for every eMSP's."""
+    roles = {role.role for role in caller.roles if role.key == owner}
+    return bool(roles - {"CPO", "HUB"}) if module == "tokens" else "CPO" in roles
 
 
 def _session_of(segments: list[str]) -> str:

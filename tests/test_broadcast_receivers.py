@@ -125,3 +125,23 @@ def test_a_token_broadcast_no_cpo_took_yet_still_makes_its_emsp_the_receiver_of_
     answer = cpo.call(hub.base, "POST", f"sender/tokens/{uid.lower()}/authorize", body={})
     assert answer.json()["status_code"] == 1000, answer.text
     assert answer.headers["OCPI-from-party-id"] == pid
+
+
+def test_a_token_a_cpo_pushes_as_its_own_makes_it_no_owner_the_authorizations_of_that_uid_go_to(
+    hub_of_its_own: Hub, start_party
+) -> None:
+    # mod_tokens.asciidoc: a token's country_code and party_id are "of the eMSP that 'owns' this Token". A CPO's
+    # broadcast of a token in its own name is relayed as any push, but does not make the uid ambiguous for open routing.
+    hub = hub_of_its_own
+    emsp, cpo = register_at_hub(hub, start_party, _roles("EMSP")), register_at_hub(hub, start_party, _roles("CPO"))
+    uid = f"SHARED-{party_key(emsp)[1]}"
+    for party in (cpo, emsp):
+        cc, pid = party_key(party)
+        token = {"uid": uid, "country_code": cc, "party_id": pid, "type": "RFID", "contract_id": "C1", "issuer": "I",
+                 "valid": True, "whitelist": "ALLOWED", "last_updated": "2026-11-25T10:00:00Z"}  # fmt: skip
+        pushed = party.call(hub.base, "PUT", f"receiver/tokens/{cc}/{pid}/{uid}", to=("NL", "HUB"), body=token)
+        assert pushed.json()["status_code"] == 1000, pushed.text
+    time.sleep(0.5)  # the owner index is written in batches, some ms after the push
+    answer = cpo.call(hub.base, "POST", f"sender/tokens/{uid}/authorize", body={})
+    assert answer.json()["status_code"] == 1000, answer.text
+    assert answer.headers["OCPI-from-party-id"] == party_key(emsp)[1]

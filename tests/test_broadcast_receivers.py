@@ -47,7 +47,7 @@ def test_a_broadcast_is_answered_at_once_and_each_copys_row_says_how_its_receive
     started = time.monotonic()
     answer = cpo.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/LOC1", to=("NL", "HUB"),
                       body=LOCATION | {"party_id": pid}, headers={"X-Request-ID": "bcast-mixed"})  # fmt: skip
-    assert time.monotonic() - started < 1.5  # not held up by the slow one
+    assert time.monotonic() - started < 2.5  # not held up by the slow one (3 s)
     assert answer.status_code == 200 and answer.json()["status_code"] == 1000, answer.text
     copies = _rows(db, "bcast-mixed", 5)
     assert all(row["routing"] == "broadcast" for row in copies.values())

@@ -13,7 +13,7 @@ from typing import Any
 
 from storage.log_ids import ReservedIds
 from storage.log_object_ids import ids_of_entry
-from storage.log_row import GENESIS, LogEntry, in_column_order, row_content, row_hash, stored_text
+from storage.log_row import GENESIS, LogEntry, in_record_order, row_content, row_hash, stored_text
 
 
 class LogChain:
@@ -50,7 +50,7 @@ class LogChain:
             entry.row_id = self._ids.next()
         hashed = row_hash(self.key, prev_hash, values, entry.row_id)
         self.head = entry.chained_at = seq, hashed
-        return (*in_column_order(values), prev_hash, hashed, object_id, listed_ids, entry.row_id, entry.receiver_ms,
+        return (*in_record_order(values), prev_hash, hashed, object_id, listed_ids, entry.row_id, entry.receiver_ms,
                 entry.connection_wait_ms)  # fmt: skip
 
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from storage.log_row import CONTENT_COLUMNS, GENESIS, LogEntry, row_content, row_hash
+from storage.log_row import GENESIS, LogEntry, in_record_order, row_content, row_hash
 from storage.log_verify import Heads, Verification, current_heads, verify
 from tests.conftest import LOG_KEY
 from tests.log_rows import numbered_entry, numbered_log, run_on, sql, write
@@ -71,7 +71,7 @@ def _write_as_before_0014(url: str, entries: list[LogEntry]) -> None:
         values = row_content(entry, str(chain), seq, 1024) | {"object_id": entry.path.rsplit("/", 1)[-1].upper(),
                                                                 "listed_ids": None}  # fmt: skip
         hashed = row_hash(LOG_KEY, prev_hash, values, None)
-        records.append((*(values[name] for name in CONTENT_COLUMNS), prev_hash, hashed, values["object_id"], None))
+        records.append((*in_record_order(values), prev_hash, hashed, values["object_id"], None))
         prev_hash = hashed
     sql(url, "SELECT append_routing_log($1::routing_log_entry[], $2, $3, $4, '{}')", records, chain, len(records),
         prev_hash)  # fmt: skip

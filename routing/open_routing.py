@@ -84,7 +84,7 @@ async def open_hint(
         if incoming.module == "commands" and segments:
             return await _command_receiver(incoming, caller, state, on_hub, cached_owners)
         if incoming.module == "chargingprofiles" and segments:
-            return await _owner(state, on_hub, "sessions", segments[0])
+            return await _session_owner(state, on_hub, sender_of(incoming, caller).key, segments[0])
         if incoming.module in ("sessions", "cdrs") and incoming.method in ("POST", "PUT"):
             token = _routing_fields(incoming.body).cdr_token  # the eMSP whose token charged
             return (token.country_code.upper(), token.party_id.upper()) if token else None
@@ -94,7 +94,7 @@ async def open_hint(
     if segments and incoming.module == "locations":
         return await _location_read(incoming, caller, state, on_hub, cached_owners)
     if segments and incoming.module == "sessions":  # Sender interface: PUT /{session_id}/charging_preferences
-        return await _owner(state, on_hub, incoming.module, segments[0])
+        return await _session_owner(state, on_hub, sender_of(incoming, caller).key, segments[0])
     if segments and incoming.module == "tokens":  # Sender interface: POST /{token_uid}/authorize[?type=]
         return await _token_owner(state, on_hub, segments[0], dict(parse_qsl(incoming.query)).get("type"))
     if segments and incoming.module == "chargingprofiles" and incoming.method == "PUT":
@@ -119,6 +119,8 @@ async def _command_receiver(
         return None
     if owner_module == "reservations":  # the eMSP's own reservation of that id (_reservation_of)
         return await _reservation_owner(state, on_hub, sender_of(incoming, caller).key, object_id)
+    if owner_module == "sessions":
+        return await _session_owner(state, on_hub, sender_of(incoming, caller).key, object_id)
     if owner_module != "locations":
         return await _owner(state, on_hub, owner_module, object_id)
     # also a location the hub knows from pull sync alone (a CPO that does not push), as GET All via the hub
@@ -203,6 +205,20 @@ async def _reservation_owner(
     eMSP (by the id alone) is found as it was then, until it ages out of the index (one to two periods)."""
     found = await state.owners("reservations", _reservation_of(emsp, reservation_id))
     return _only(found or await state.owners("reservations", reservation_id), on_hub, "reservations", reservation_id)
+
+
+async def _session_owner(
+    state: RoutingState, on_hub: Container[PartyKey], emsp: PartyKey, session_id: str
+) -> PartyKey | None:
+    """The CPO of a session an eMSP names by its id alone (STOP_SESSION, a charging profile, charging preferences).
+    Session ids are unique per CPO only: of several CPOs on the hub seen with it, the one that pushed its session of
+    that id to this eMSP (session-receivers); refused naming them all if that is not one."""
+    seen_with = await state.owners("sessions", session_id)
+    if len(owners := [cpo for cpo in seen_with if cpo in on_hub]) > 1:
+        receivers = [await state.owners("session-receivers", _session_of([*cpo, session_id])) for cpo in owners]
+        if len(its := [cpo for cpo, told in zip(owners, receivers, strict=True) if emsp in told]) == 1:
+            return its[0]
+    return _only(seen_with, on_hub, "sessions", session_id)
 
 
 async def _owner(state: RoutingState, on_hub: Container[PartyKey], module: str, object_id: str) -> PartyKey | None:

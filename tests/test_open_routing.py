@@ -415,3 +415,35 @@ def test_an_open_cancel_reservation_goes_to_the_cpo_its_own_emsp_reserved_at_tho
     for cpo, emsp in ((first_cpo, first), (second_cpo, second)):  # each cancel reached the CPO of its own eMSP
         cancels = [r for r in cpo.functional() if r.path.endswith("/CANCEL_RESERVATION")]
         assert cancels and {r.headers["OCPI-from-party-id"] for r in cancels} == {party_key(emsp)[1]}
+
+
+def test_an_open_stop_session_goes_to_the_cpo_that_pushed_that_session_to_the_emsp_though_another_cpo_uses_its_id(
+    hub: Hub, connect_party
+) -> None:
+    # Session ids are unique per CPO only (mod_sessions.asciidoc: the id "uniquely identifies the charging session in
+    # the CPO platform"); STOP_SESSION and charging preferences name the id alone, but each eMSP was pushed one of them.
+    pairs = [(connect_party(_roles("CPO")), connect_party(_roles("EMSP"))) for _ in range(2)]
+    bystander = connect_party(_roles("EMSP"))
+    session_id = f"S-{unique_party_id()}"
+    for cpo, emsp in pairs:
+        cc, pid = party_key(cpo)
+        put = cpo.call(hub.base, "PUT", f"receiver/sessions/{cc}/{pid}/{session_id}", to=party_key(emsp),
+                       body={"id": session_id, "country_code": cc, "party_id": pid})  # fmt: skip
+        assert put.json()["status_code"] == 1000, put.text
+
+    def stop(emsp) -> dict:  # type: ignore[no-untyped-def,type-arg]
+        body = {"response_url": f"{emsp.base}/cmd/1", "session_id": session_id}
+        return emsp.call(hub.base, "POST", "receiver/commands/STOP_SESSION", body=body).json()
+
+    for cpo, emsp in pairs:
+        _wait_for(lambda emsp=emsp: stop(emsp)["status_code"] == 1000)  # once the owner index is written
+        preferences = emsp.call(hub.base, "PUT", f"sender/sessions/{session_id}/charging_preferences",
+                                body={"profile_type": "FAST"})  # fmt: skip
+        assert preferences.json()["status_code"] == 1000, preferences.text
+        asked = [r for r in cpo.functional() if r.method != "PUT" or "charging_preferences" in r.path]
+        assert {r.headers["OCPI-from-party-id"] for r in asked} == {party_key(emsp)[1]}
+        assert [r.path.rsplit("/", 1)[-1] for r in asked][-2:] == ["STOP_SESSION", "charging_preferences"]
+    refused = stop(bystander)  # pushed neither: the hub cannot tell which CPO's session it means
+    assert refused["status_code"] == 4001 and "OCPI-to" in refused["status_message"], refused
+    for cpo, _ in pairs:
+        assert party_key(cpo)[1] in refused["status_message"]

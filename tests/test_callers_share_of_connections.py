@@ -154,6 +154,39 @@ def test_a_request_beyond_the_callers_share_waits_half_the_timeout_and_is_not_fo
     assert _metric(hub, "ocpi_hub_connection_wait_seconds_sum", **waits) >= 3.5
 
 
+def test_a_request_that_waited_for_a_connection_goes_with_the_token_its_receiver_gave_the_hub_meanwhile(
+    one_connection_share_hub: Hub, start_party
+) -> None:
+    # The CPO rotated its credentials (a credentials PUT with a new token B) while the eMSP's request waited for its
+    # share of the connections: sent with the token of before, it was refused 401 and taken for the hub's
+    # misconfiguration (receiver_refused_hub_token, an operator's alert).
+    hub, held = one_connection_share_hub, threading.Event()
+    cpo = register_at_hub(hub, start_party, _roles("CPO"), held=held, held_paths=(HELD,))
+    emsp = register_at_hub(hub, start_party, _roles("EMSP"))
+    to = party_key(cpo)
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            first = pool.submit(emsp.call, hub.base, "GET", "sender/locations/HELD1", to=to)
+            _wait_for(lambda: _held_gets(cpo) == 1)
+            second = pool.submit(emsp.call, hub.base, "GET", "sender/locations/L2", to=to)
+            time.sleep(0.3)  # at the hub, waiting for the connection the first holds
+            cpo.token_b = f"rotated-{uuid.uuid4()}"
+            put = httpx.put(f"{hub.base}/ocpi/2.2.1/credentials", headers=cpo.token_header(cpo.hub_token or ""),
+                            json=cpo.credentials(cpo.token_b), timeout=10)  # fmt: skip
+            assert put.json()["status_code"] == 1000, put.text
+            cpo.hub_token = put.json()["data"]["token"]
+            time.sleep(1)  # every hub process has the new token (within a second)
+            assert not second.done()
+        finally:
+            held.set()
+        assert first.result().json()["status_code"] == 1000
+        answer = second.result()
+    assert answer.json()["status_code"] == 1000, answer.text
+    [sent] = [r for r in cpo.functional() if r.path.endswith("/L2")]
+    assert sent.headers["Authorization"] == cpo.token_header(cpo.token_b)["Authorization"]
+    assert "receiver_refused_hub_token" not in hub.log()
+
+
 def test_a_requests_forward_time_leaves_out_its_wait_for_a_connection(
     one_connection_share_hub: Hub, start_party
 ) -> None:

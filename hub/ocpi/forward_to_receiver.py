@@ -26,7 +26,7 @@ from hub.request_context import HUB_INSTANCE_HEADER, new_request_id
 from routing.decide import Delivery
 from routing.forward import Answer, forward
 from routing.party_addresses import ALLOWANCE
-from storage.directory import PartyRole
+from storage.directory import PartyRole, Platform
 
 if TYPE_CHECKING:
     from hub.ocpi.relay import Relay
@@ -47,7 +47,7 @@ async def call_party(
     still_wanted: Callable[[], None] | None = None,
 ) -> Answer:
     """Forward to the receiver with its token B, a new X-Request-ID (forwarded_as where chosen before) and the same
-    X-Correlation-ID; still_wanted: routing.forward.forward's."""
+    X-Correlation-ID; still_wanted: routing.forward.forward's, its token B read again at that moment too."""
     entry, platform, to, caller = exchange.entry, delivery.platform, delivery.to, exchange.caller
     assert caller is not None  # every route has one: a broadcast copy's is the platform that pushed it
     entry.to_country_code, entry.to_party_id = to.country_code, to.party_id
@@ -71,7 +71,8 @@ async def call_party(
         # a broadcast copy counts in the share of the platform that pushed it (routing.fair_share)
         answer = await forward(relay.forward_session, method, target, headers, body, timeout,
                                relay.settings.max_body_bytes, relay.forward_shares, caller.id,
-                               f"{to.country_code}-{to.party_id}", entry, still_wanted)  # fmt: skip
+                               f"{to.country_code}-{to.party_id}", entry,
+                               _ready(relay, platform, headers, still_wanted))  # fmt: skip
     except ReceiverLeft:  # nothing went to it, and its server is not suspected for it
         entry.forwarded_request_id = None
         raise
@@ -111,6 +112,23 @@ async def call_party(
     )
     answer.headers.setdefault("content-type", "application/json")
     return answer
+
+
+def _ready(
+    relay: Relay, platform: Platform, headers: dict[str, str], still_wanted: Callable[[], None] | None
+) -> Callable[[], None]:
+    """What forward runs once the request has its connection, which it may have waited for: nothing sent to a receiver
+    no longer wanted (still_wanted), and the token B the receiver holds now, were it given the hub since (a credentials
+    PUT, a rotation), so that the request is not refused with the old one as though the hub's were wrong."""
+
+    def ready() -> None:
+        if still_wanted is not None:
+            still_wanted()
+        now = relay.directory.current.platforms.get(platform.id)
+        if now is not None and (now.token_b, now.token_encoding) != (platform.token_b, platform.token_encoding):
+            headers["Authorization"] = authorization(now.token_b or "", now.token_encoding)
+
+    return ready
 
 
 def _first_in_a_minute(relay: Relay, platform_id: int) -> bool:

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,13 +37,28 @@ else:  # pragma: no cover - the module is skipped
 
 @pytest.fixture(scope="module")
 def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDemo]:
-    """The demo with its opening traffic only (an hour between later messages), so the log holds still."""
+    """The demo with its opening traffic only (an hour between later messages), so the log holds still once the hub's
+    own reads of the new parties' lists (pull sync, owner pulls; at once with OCPI_HUB_SYNC_CHECK_S=1) are in it."""
     data_dir = tmp_path_factory.mktemp("console") / "demo-data"
-    running = start_demo(demo_env(request, data_dir), data_dir, OUTPUT / "demo-console.log", interval_s=3600)
+    env = demo_env(request, data_dir) | {"OCPI_HUB_SYNC_CHECK_S": "1"}
+    running = start_demo(env, data_dir, OUTPUT / "demo-console.log", interval_s=3600)
     try:
+        _until_the_log_holds_still(running)
         yield running
     finally:
         running.stop()
+
+
+def _until_the_log_holds_still(demo: RunningDemo) -> None:
+    """Until no row came for 3 s: the tests compare what the console shows with the admin API's listing read after."""
+    rows, still_since, deadline = -1, time.monotonic(), time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (now := len(api_items(demo))) != rows:
+            rows, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= 3:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the demo's routing log was still growing after 60 s ({rows} rows)")
 
 
 @contextmanager

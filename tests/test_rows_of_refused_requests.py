@@ -10,11 +10,14 @@ import base64
 import re
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
+import pytest
 
 from storage.log_body import body_of
-from tests.conftest import Db, Hub
+from tests.conftest import Db, Hub, Services, hub_env, start_hub
 from tests.parties import Party
 from tests.test_credentials_rotation import console_page
 from tests.test_routing import _roles, party_key
@@ -111,10 +114,29 @@ def test_the_row_of_a_caller_no_registered_partys_token_names_keeps_its_bodys_si
         assert _body_kept(db, correlation_id) == (body, len(body))
 
 
-def test_a_refused_request_whose_row_commits_late_keeps_its_refusal_and_claims_no_exchange(hub: Hub, db: Db) -> None:
+@pytest.fixture
+def quiet_hub(services: Services, empty_database: str, tmp_path: Path) -> Iterator[tuple[Hub, Db]]:
+    """A hub of its own with no parties, and its database. On the shared hub another row (a pull of another test's
+    party, a ClientInfo push) could be the batch in flight when the lock is taken: the test's row, still queued, would
+    then be changed before it is written (hub.ocpi.late_answer), not amended, which is right but not this case."""
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database,
+                  OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}quiet-{tmp_path.name}:")  # fmt: skip
+    hub = start_hub(env, tmp_path / "hub.log")
+    db = Db(empty_database)
+    try:
+        yield hub, db
+    finally:
+        db.close()
+        hub.stop()
+
+
+def test_a_refused_request_whose_row_commits_late_keeps_its_refusal_and_claims_no_exchange(
+    quiet_hub: tuple[Hub, Db],
+) -> None:
     # An auditor's walkthrough: an unknown token, its row's commit held up past the commit timeout (2 s in the tests),
     # was answered 200/4000 "the exchange itself went through", and its amendment said the row shows what the receiver
     # answered, though nothing was forwarded.
+    hub, db = quiet_hub
     correlation_id = str(uuid.uuid4())
     nobody = (("NL", "AAA"), ("NL", "BBB"))
 

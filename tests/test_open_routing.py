@@ -134,13 +134,7 @@ def test_an_open_session_patch_goes_to_the_emsp_of_that_cpos_session_though_anot
     hub: Hub, connect_party
 ) -> None:
     # Session ids are unique per CPO only; a PATCH's URL names the CPO, so the hub can tell the two sessions apart.
-    pairs = [(connect_party(_roles("CPO")), connect_party(_roles("EMSP"))) for _ in range(2)]
-    session_id = f"S-{unique_party_id()}"
-    for cpo, emsp in pairs:
-        cc, pid = party_key(cpo)
-        put = cpo.call(hub.base, "PUT", f"receiver/sessions/{cc}/{pid}/{session_id}", to=party_key(emsp),
-                       body={"id": session_id, "country_code": cc, "party_id": pid})  # fmt: skip
-        assert put.json()["status_code"] == 1000, put.text
+    pairs, session_id = _two_cpos_sessions_of_one_id(hub, connect_party)
     time.sleep(0.2)  # the owner index is written in batches
     (cpo, emsp), (_, other_emsp) = pairs
     cc, pid = party_key(cpo)
@@ -422,14 +416,8 @@ def test_an_open_stop_session_goes_to_the_cpo_that_pushed_that_session_to_the_em
 ) -> None:
     # Session ids are unique per CPO only (mod_sessions.asciidoc: the id "uniquely identifies the charging session in
     # the CPO platform"); STOP_SESSION and charging preferences name the id alone, but each eMSP was pushed one of them.
-    pairs = [(connect_party(_roles("CPO")), connect_party(_roles("EMSP"))) for _ in range(2)]
+    pairs, session_id = _two_cpos_sessions_of_one_id(hub, connect_party)
     bystander = connect_party(_roles("EMSP"))
-    session_id = f"S-{unique_party_id()}"
-    for cpo, emsp in pairs:
-        cc, pid = party_key(cpo)
-        put = cpo.call(hub.base, "PUT", f"receiver/sessions/{cc}/{pid}/{session_id}", to=party_key(emsp),
-                       body={"id": session_id, "country_code": cc, "party_id": pid})  # fmt: skip
-        assert put.json()["status_code"] == 1000, put.text
 
     def stop(emsp) -> dict:  # type: ignore[no-untyped-def,type-arg]
         body = {"response_url": f"{emsp.base}/cmd/1", "session_id": session_id}
@@ -447,3 +435,15 @@ def test_an_open_stop_session_goes_to_the_cpo_that_pushed_that_session_to_the_em
     assert refused["status_code"] == 4001 and "OCPI-to" in refused["status_message"], refused
     for cpo, _ in pairs:
         assert party_key(cpo)[1] in refused["status_message"]
+
+
+def _two_cpos_sessions_of_one_id(hub: Hub, connect_party) -> tuple[list, str]:  # type: ignore[no-untyped-def,type-arg]
+    """Two CPOs, each with an eMSP it pushed (OCPI-to) its session of one id to: [(cpo, emsp), ...], and that id."""
+    pairs = [(connect_party(_roles("CPO")), connect_party(_roles("EMSP"))) for _ in range(2)]
+    session_id = f"S-{unique_party_id()}"
+    for cpo, emsp in pairs:
+        cc, pid = party_key(cpo)
+        put = cpo.call(hub.base, "PUT", f"receiver/sessions/{cc}/{pid}/{session_id}", to=party_key(emsp),
+                       body={"id": session_id, "country_code": cc, "party_id": pid})  # fmt: skip
+        assert put.json()["status_code"] == 1000, put.text
+    return pairs, session_id

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+from types import FrameType
 
 import asyncpg
 import redis.asyncio as redis
@@ -18,7 +19,7 @@ from hub.cli_args import build_parser, keep_joined, version
 from hub.cli_audit import AUDIT_COMMANDS
 from hub.cli_commands import COMMANDS, run
 from hub.cli_output import OUTPUT_FAILED, OutputError, out
-from hub.serve import PUBLIC_URL_FILE, serve
+from hub.serve import PUBLIC_URL_FILE, STOPS_ASKED, serve
 from hub.settings import Settings, SettingsError
 
 
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         # Until uvicorn or granian takes the signal over, SIGTERM stops serve as Ctrl-C does, through the stops of
         # what it started: it killed serve outright, leaving running the embedded PostgreSQL it was migrating.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop, stop_asked)
     try:
         return _main(args, listening)
     except KeyboardInterrupt:
@@ -62,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if listening is not None:
             listening.close()
+
+
+def stop_asked(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (and Ctrl-C's SIGINT) before serve's server takes the signals over: a KeyboardInterrupt, as Ctrl-C, and
+    kept in hub.serve.STOPS_ASKED, in case it was raised where Python ignores it (a finalizer)."""
+    STOPS_ASKED.append(signum)
+    raise KeyboardInterrupt
 
 
 def _written(text: str) -> int:

@@ -31,6 +31,12 @@ PUBLIC_URL_FILE = "public-url"  # in the data dir: the URL the last `ocpi-hub se
 WORKERS_KILL_AFTER_S = 35
 
 
+# The SIGTERMs and SIGINTs serve received before its server took them over (hub.cli.stop_asked): a KeyboardInterrupt
+# raised where Python ignores exceptions (a finalizer: "Exception ignored in: <function BaseEventLoop.__del__>") is
+# lost, and serve would go on to serve; seen here, the server stops as soon as it has started.
+STOPS_ASKED: list[int] = []
+
+
 def _raise_open_files_limit() -> None:
     """Every connection is a file: a soft limit of 1,024 (a common default, Docker's among them) is reached by a few
     hundred parties' kept-alive connections plus the hub's own to them. Raised to the hard limit, for the workers
@@ -101,6 +107,8 @@ def serve(settings: Settings, host: str, port: int, workers: int, server: str) -
         # a JSON line as every other line of serve's, where the workers' hub_started follow
         structlog.get_logger().info("hub_serving", versions_url=settings.versions_url, host=host, port=port,
                                     workers=workers, server=server)  # fmt: skip
+        if STOPS_ASKED:  # its KeyboardInterrupt lost: stopped before serving began, as it would have been
+            return 0
         if server == "uvicorn":
             return _on_uvicorn(settings, host, port, workers)
         return _on_granian(settings, host, port, workers)
@@ -112,10 +120,13 @@ def _on_uvicorn(settings: Settings, host: str, port: int, workers: int) -> int:
 
     from hub.supervisor import Supervisor
 
-    # uvicorn shuts down gracefully on SIGTERM/SIGINT and then raises the signal again; with these handlers
-    # in place that second signal is a no-op, so the embedded servers are stopped and the exit code is 0.
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT and then raises the signal again; with these handlers in place
+    # that second signal stops nothing more, so the embedded servers are stopped and the exit code is 0. One that
+    # comes before uvicorn takes the signals over (its server or supervisor made, its loop started) is kept, and the
+    # server stops as soon as it has started: it was swallowed, and serve went on serving (a SIGTERM right at start).
+    asked = STOPS_ASKED
     for handled in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(handled, lambda *_: None)
+        signal.signal(handled, lambda signum, _: asked.append(signum))
     # No proxy-header middleware: nothing reads the client's address or scheme (public_url says where we are).
     # timeout_keep_alive: uvicorn closes an idle connection after 5 s by default, while a party's pooled client
     # or a proxy may send on it at that very moment: a POST or PATCH then fails with a reset, and clients do
@@ -129,10 +140,14 @@ def _on_uvicorn(settings: Settings, host: str, port: int, workers: int) -> int:
     )  # fmt: skip
     if workers == 1:
         worker = uvicorn.Server(config)
+        for handled in (signal.SIGTERM, signal.SIGINT):  # until its loop takes them over
+            signal.signal(handled, lambda *_: setattr(worker, "should_exit", True))
+        worker.should_exit = worker.should_exit or bool(asked)  # then it stops as soon as it has started
         worker.run()
         return 0 if worker.started else STARTUP_FAILURE  # as uvicorn.run
     # uvicorn.run's own path for several workers
     supervisor = Supervisor(config, sockets=[config.bind_socket()], kill_after_s=WORKERS_KILL_AFTER_S)
+    supervisor.signal_queue.extend(asked)  # its handlers are in place from its making on: handled as it runs
     supervisor.run()
     if supervisor.stopped_by_a_failed_start:  # exit 0 would be taken for a shutdown asked for
         print("ocpi-hub: stopped, since a worker could not start (see the lines above)", file=sys.stderr, flush=True)

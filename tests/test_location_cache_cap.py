@@ -257,3 +257,24 @@ def test_a_get_all_forwarded_to_a_cpo_over_its_cap_keeps_the_callers_query_as_wr
     answer = _get(emsp, hub, f"sender/locations?country_code={owner[0]}&{query}&party_id={owner[1]}")
     assert answer.json()["status_code"] == 1000 and answer.headers["OCPI-from-party-id"] == owner[1], answer.text
     assert [r.raw_path for r in cpo.functional() if r.method == "GET"] == [f"/ocpi/2.2.1/locations/sender?{query}"]
+
+
+def test_a_forwarded_get_all_via_the_hub_followed_without_ocpi_to_hands_out_pages_still_followed_with_ocpi_to_the_hub(
+    capped_hub: Hub, start_party
+) -> None:
+    # Page 2 followed without OCPI-to headers handed out a page-3 URL remembered as of a GET All addressed to the CPO,
+    # which OCPI-to the hub, as the GET All began, was then refused with 2001: the flag goes from page to page.
+    hub = capped_hub
+    cpo, emsp, owner = _synced_cpo_and_emsp(hub, start_party)
+    docs = [_location(owner, f"F{n}", f"2026-12-01T10:0{n}:00Z") for n in range(CAP + 2)]
+    cpo.objects["locations"] = docs
+    for doc in docs:
+        _push(cpo, emsp, hub, "PUT", doc["id"], doc)
+    _wait(lambda: _cache_state(hub, owner)["location_cache_over_cap"])
+    first = _get(emsp, hub, f"sender/locations?country_code={owner[0]}&party_id={owner[1]}")
+    assert first.json()["status_code"] == 1000 and first.headers["OCPI-from-party-id"] == owner[1], first.text
+    second = _get(emsp, hub, first.headers["Link"].split(">")[0].lstrip("<"), to=None)
+    assert second.json()["status_code"] == 1000, second.text
+    third = _get(emsp, hub, second.headers["Link"].split(">")[0].lstrip("<"))  # OCPI-to the hub again
+    assert third.json()["status_code"] == 1000, third.text
+    assert [location["id"] for location in third.json()["data"]] == ["F4"]

@@ -90,7 +90,9 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
                        f"it registered, or no URL the hub can call", f"{url[:200]}: {why}")  # fmt: skip
     delivery = Delivery(target, to, relayed.url)
     answer = await call_party(relay, exchange, delivery, sender, entry.method, url, "", entry.request_body)
-    await rewrite(relay, exchange, answer, delivery, url, relayed.module, relayed.interface)
+    # the page URLs it hands out are followed as this one was handed out: of a GET All asked of the hub or not,
+    # whatever OCPI-to this one was followed with (none at all is fine, _check_addressed)
+    await rewrite(relay, exchange, answer, delivery, url, relayed.module, relayed.interface, relayed.asked_of_hub)
     return answer
 
 
@@ -132,13 +134,21 @@ def _check_addressed(
 
 
 async def rewrite(
-    relay: Relay, exchange: Exchange, answer: Answer, delivery: Delivery, called_url: str, module: str, interface: str
+    relay: Relay,
+    exchange: Exchange,
+    answer: Answer,
+    delivery: Delivery,
+    called_url: str,
+    module: str,
+    interface: str,
+    asked_of_hub: bool | None = None,
 ) -> None:
     """Paging Links and a CDR's Location lead back through the hub, to the same party; no other Location. A relative
     one is taken as relative to called_url, the URL the hub called. One the hub will not call is rewritten all the
     same, and following it is refused (follow): dropped, a Link would tell the caller it has the last page (and of
     a GET All, that what it did not get is gone: mod_locations.asciidoc), and a CDR POST's answer needs its
-    Location (mod_cdrs.asciidoc)."""
+    Location (mod_cdrs.asciidoc). asked_of_hub: whether its pages are of a GET All asked of the hub (Relayed), by
+    default whether this request's OCPI-to is the hub."""
     caller, sender, entry = exchange.caller, exchange.sender, exchange.entry
     assert caller is not None and sender is not None
     link = answer.headers.get("link")
@@ -150,7 +160,8 @@ async def rewrite(
     elif link:
         _note_refused(relay, exchange, delivery, "link", list(urls.values()))
         keys: dict[str, str] = {}
-        asked_of_hub = routing_party(exchange.headers, "to") == _hub(relay)
+        if asked_of_hub is None:
+            asked_of_hub = routing_party(exchange.headers, "to") == _hub(relay)
         for absolute in dict.fromkeys(urls.values()):
             keys[absolute] = await relay.routing.remember("pages", Relayed(
                 url=absolute, module=module, interface=interface, caller_platform_id=caller.id,

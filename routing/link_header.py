@@ -21,6 +21,7 @@ class LinkValue(NamedTuple):
     start: int  # where the URL starts in the header (after "<")
     end: int  # where it ends (at ">")
     rel: tuple[str, ...]  # its relation types, lower-case
+    stop: int  # where its parameters end
 
 
 def link_values(header: str) -> list[LinkValue]:
@@ -39,7 +40,7 @@ def link_values(header: str) -> list[LinkValue]:
             if name == "rel" and not rel:  # 3.3: "occurrences after the first MUST be ignored by parsers"
                 rel = tuple(_unquoted(value).lower().split())
             at = parameter.end()
-        found.append(LinkValue(header[opened + 1 : closed], opened + 1, closed, rel))
+        found.append(LinkValue(header[opened + 1 : closed], opened + 1, closed, rel, at))
     return found
 
 
@@ -55,6 +56,12 @@ def rewritten(header: str, replace: Callable[[str], str]) -> str:
         parts += [header[at : value.start], replace(value.url)]
         at = value.end
     return "".join([*parts, header[at:]])
+
+
+def only(header: str, values: list[LinkValue]) -> str:
+    """The header with only the given link-values of it (from link_values(header)), each as written with its
+    parameters, in one field (RFC 9110, 5.3: fields of a list header joined with ", ")."""
+    return ", ".join(header[value.start - 1 : value.stop] for value in values)
 
 
 def _unquoted(value: str) -> str:

@@ -6,6 +6,7 @@ response_url or Link with port 99999 gave HTTP 500."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -187,18 +188,12 @@ def second_pages_read_by_pull_sync(hub: Hub, start_party, link: str) -> list[str
     return [r.path for r in cpo.received if r.path.endswith("/page2")]
 
 
-def test_a_link_of_more_urls_than_a_page_has_relations_or_of_an_endless_url_is_not_kept(
+def test_a_link_whose_next_url_is_endless_is_not_kept_and_a_url_named_twice_is_kept_once(
     hub: Hub, connect_party, db
 ) -> None:
     # Each URL of a Link is kept in Redis for a day: "<#0>, <#1>, ... <#1315>", each resolved against a call with a
     # 60 KB query, was 79 MB from one answer (a security review).
     emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
-    many = ", ".join(f'<?offset={n}>; rel="next"' for n in range(9))
-    cpo.canned[("GET", "/ocpi/2.2.1/tariffs/sender")] = (200, _ENVELOPE, {"Link": many})
-    answer = emsp.call(hub.base, "GET", "sender/tariffs?pad=" + "x" * 20_000, to=party_key(cpo))
-    assert answer.status_code == 200 and "link" not in answer.headers, (answer.status_code, answer.text[:300])
-    [row] = db.run(db.fetch("SELECT error FROM routing_log WHERE request_id = $1", answer.headers["x-request-id"]))
-    assert row["error"] == "the receiver's Link header was not relayed: it names 9 URLs, more than the 8 the hub keeps"
     cpo.canned[("GET", "/ocpi/2.2.1/tariffs/sender")] = (200, _ENVELOPE, {"Link": '<#1>; rel="next"'})
     answer = emsp.call(hub.base, "GET", "sender/tariffs?pad=" + "x" * 20_000, to=party_key(cpo))
     assert "link" not in answer.headers  # the URL called, its fragment left out: 20,000 characters and more
@@ -208,6 +203,52 @@ def test_a_link_of_more_urls_than_a_page_has_relations_or_of_an_endless_url_is_n
     answer = emsp.call(hub.base, "GET", "sender/tariffs?offset=0", to=party_key(cpo))
     first, second = [part.split(">")[0].lstrip(" ,<") for part in answer.headers["link"].split(",")]
     assert first == second  # one URL, kept once
+
+
+def test_a_link_of_more_urls_than_the_hub_keeps_is_relayed_with_its_next_first_prev_and_last_and_drops_the_rest(
+    hub: Hub, connect_party, db
+) -> None:
+    # The whole Link was dropped: the caller, finding no rel="next", took the page for the last (transport_and_format
+    # .asciidoc, Pagination), and of a GET All, what it did not get for gone (mod_locations.asciidoc).
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    others = [f'<?offset={n}&alt=1>; rel="alternate"' for n in range(6)]
+    paging = [
+        '<?offset=0>; rel="first"',
+        '<?offset=1>; rel="prev"',
+        '<?offset=9>; rel="last"',
+        '<p3?offset=3>; rel="next"',
+    ]
+    cpo.canned[("GET", "/ocpi/2.2.1/tariffs/sender")] = (200, _ENVELOPE, {"Link": ", ".join(others + paging)})
+    answer = emsp.call(hub.base, "GET", "sender/tariffs", to=party_key(cpo))
+    assert answer.json()["status_code"] == 1000, answer.text
+    link = answer.headers["link"]
+    rels = re.findall(r'rel="([^"]*)"', link)
+    assert rels == ["alternate"] * 4 + ["first", "prev", "last", "next"], link
+    assert all(url.startswith(f"{hub.base}/ocpi/2.2.1/pages/") for url in re.findall(r"<([^>]*)>", link)), link
+    [row] = db.run(db.fetch("SELECT error FROM routing_log WHERE request_id = $1", answer.headers["x-request-id"]))
+    assert row["error"] == ("the receiver's Link header was relayed without 2 of its link-values: it names 10 URLs, "
+                            "more than the 8 the hub keeps (next, first, prev and last kept first)")  # fmt: skip
+    following = re.findall(r"<([^>]*)>", link)[-1]
+    assert emsp.call(hub.base, "GET", following).json()["status_code"] == 1000
+    assert [r.raw_path for r in cpo.functional()][-1] == "/ocpi/2.2.1/tariffs/p3?offset=3"
+
+
+def test_a_link_value_of_an_endless_url_is_dropped_alone_when_it_is_not_the_next_page(
+    hub: Hub, connect_party, db
+) -> None:
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    # "#1" is the URL called (20,000 characters and more), "?offset=1" that URL with a query of its own
+    link = '<#1>; rel="first", <?offset=1>; rel="next"'
+    cpo.canned[("GET", "/ocpi/2.2.1/tariffs/sender")] = (200, _ENVELOPE, {"Link": link})
+    answer = emsp.call(hub.base, "GET", "sender/tariffs?pad=" + "x" * 20_000, to=party_key(cpo))
+    assert answer.json()["status_code"] == 1000, answer.text
+    assert re.fullmatch(rf'<{re.escape(hub.base)}/ocpi/2\.2\.1/pages/[^>]+>; rel="next"', answer.headers["link"])
+    [row] = db.run(db.fetch("SELECT error FROM routing_log WHERE request_id = $1", answer.headers["x-request-id"]))
+    assert row["error"].startswith("the receiver's Link header was relayed without 1 of its link-values: a URL in "
+                                   "it is 2"), row["error"]  # fmt: skip
+    following = answer.headers["link"].split(">")[0].lstrip("<")
+    assert emsp.call(hub.base, "GET", following).json()["status_code"] == 1000
+    assert [r.raw_path for r in cpo.functional()][-1] == "/ocpi/2.2.1/tariffs/sender?offset=1"
 
 
 def test_a_callers_query_on_a_paging_link_replaces_the_links_own_and_one_that_is_no_uris_is_the_callers_error() -> None:

@@ -16,7 +16,7 @@ from hub.errors import HubError, InvalidParameters, MethodNotAllowed, NotFound, 
 from hub.ocpi.forward_to_receiver import call_party
 from routing.decide import Delivery
 from routing.forward import Answer
-from routing.link_header import link_values, rewritten
+from routing.link_header import LinkValue, link_values, only, rewritten
 from routing.request import party_text, routing_party
 from routing.rewrite import resolved, why_not_callable, with_query
 from storage.directory import Directory, PartyRole, Platform
@@ -33,6 +33,7 @@ RESULTS = "/ocpi/2.2.1/results/"
 CDR_LOCATIONS = RELAYED_CDRS
 _KINDS = {"pages": "GET", "results": "POST", "relayed-cdrs": "GET"}
 MAX_LINK_URLS, MAX_URL_CHARS = 8, 8192  # of a receiver's Link or Location, as the hub keeps them
+_PAGING = {"next", "first", "prev", "previous", "last"}  # RFC 8288's relation types of a page, the ones a Link keeps
 
 log = structlog.get_logger()
 
@@ -152,22 +153,26 @@ async def rewrite(
     caller, sender, entry = exchange.caller, exchange.sender, exchange.entry
     assert caller is not None and sender is not None
     link = answer.headers.get("link")
-    written = [value.url for value in link_values(link)] if link else []
-    urls = {url: resolved(url, called_url) for url in written}
-    if link and (why := _too_much([urls[url] for url in written])):  # each is kept in Redis for PAGE_TTL_S
-        del answer.headers["link"]
-        _refused(exchange, delivery, "link", f"the receiver's Link header was not relayed: {why}", why)
-    elif link:
-        _note_refused(relay, exchange, delivery, "link", list(urls.values()))
+    values = link_values(link) if link else []
+    urls = {value.url: resolved(value.url, called_url) for value in values}
+    kept, why = _within_limits(values, urls)  # each URL kept is kept in Redis for PAGE_TTL_S
+    if link and kept:
+        link = only(link, kept) if why else link
+        _note_refused(relay, exchange, delivery, "link", list(dict.fromkeys(urls[value.url] for value in kept)))
         keys: dict[str, str] = {}
         if asked_of_hub is None:
             asked_of_hub = routing_party(exchange.headers, "to") == _hub(relay)
-        for absolute in dict.fromkeys(urls.values()):
+        for absolute in dict.fromkeys(urls[value.url] for value in kept):
             keys[absolute] = await relay.routing.remember("pages", Relayed(
                 url=absolute, module=module, interface=interface, caller_platform_id=caller.id,
                 target_platform_id=delivery.platform.id, caller_party=sender.key, target_party=delivery.to.key,
                 correlation_id=entry.correlation_id, asked_of_hub=asked_of_hub), PAGE_TTL_S)  # fmt: skip
         answer.headers["link"] = rewritten(link, lambda url: f"{relay.settings.public_url}{PAGES}{keys[urls[url]]}")
+    elif values:
+        del answer.headers["link"]
+    if why:
+        dropped = "not relayed" if not kept else f"relayed without {len(values) - len(kept)} of its link-values"
+        _refused(exchange, delivery, "link", f"the receiver's Link header was {dropped}: {why}", why)
     # Only a CDR POST's 2xx answer carries a Location the caller can use (mod_cdrs.asciidoc), rewritten to lead
     # back through the hub. Any other (a 3xx's target, which the hub does not follow) names a URL at the
     # receiver, which the caller's hub token does not open and the hub does not rewrite: not relayed.
@@ -185,6 +190,32 @@ async def rewrite(
 
 def _hub(relay: Relay) -> tuple[str, str]:
     return relay.settings.country_code, relay.settings.party_id
+
+
+def _within_limits(values: list[LinkValue], urls: dict[str, str]) -> tuple[list[LinkValue], str | None]:
+    """The link-values of a Link the hub keeps (their URLs resolved in urls), in their order, and why it keeps not all
+    of them, or None. The next page's first (transport_and_format.asciidoc, Pagination: without it the caller takes
+    its page for the last), then first, prev and last, then the others, up to MAX_LINK_URLS URLs; none longer than
+    MAX_URL_CHARS. A next page's URL that long: none at all, as no Link says the page is the last."""
+    following = next((value for value in values if "next" in value.rel), None)
+    longest = max((len(urls[value.url]) for value in values), default=0)
+    too_long = f"a URL in it is {longest} characters long, more than the {MAX_URL_CHARS} the hub keeps"
+    if following is not None and len(urls[following.url]) > MAX_URL_CHARS:
+        return [], too_long
+    short = [n for n, value in enumerate(values) if len(urls[value.url]) <= MAX_URL_CHARS]
+    chosen: set[int] = set()
+    kept_urls: set[str] = set()
+    for n in sorted(short, key=lambda n: 0 if values[n] is following else 1 if _PAGING & set(values[n].rel) else 2):
+        if urls[values[n].url] in kept_urls or len(kept_urls) < MAX_LINK_URLS:
+            chosen.add(n)
+            kept_urls.add(urls[values[n].url])
+    reasons = []
+    if (named := len({urls[values[n].url] for n in short})) > MAX_LINK_URLS:
+        reasons.append(f"it names {named} URLs, more than the {MAX_LINK_URLS} the hub keeps (next, first, prev and "
+                       "last kept first)")  # fmt: skip
+    if len(short) < len(values):
+        reasons.append(too_long)
+    return [values[n] for n in sorted(chosen)], "; ".join(reasons) or None
 
 
 def _too_much(urls: list[str]) -> str | None:

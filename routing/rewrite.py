@@ -39,6 +39,15 @@ class _WithResponseUrl(msgspec.Struct):
     response_url: str | None = None
 
 
+class _Responded(msgspec.Struct):
+    status_code: int | None = None
+    data: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _Result(msgspec.Struct):
+    result: str | None = None
+
+
 class _ReserveNow(msgspec.Struct):
     expiry_date: str | None = None
 
@@ -93,6 +102,23 @@ def callback_ttl_s(incoming: Incoming) -> int:
     except (msgspec.DecodeError, RecursionError, ValueError, OverflowError):
         return CALLBACK_TTL_S  # not the hub's to refuse: the CPO judges the command, the callback keeps the default
     return int(min(max(CALLBACK_TTL_S, ends_in + RESERVATION_MARGIN_S), MAX_CALLBACK_TTL_S))
+
+
+def why_no_result(status: int, body: bytes) -> str | None:
+    """Why the receiver's answer to a request with a response_url says no result will be posted to it, or None (it may
+    come). mod_commands.asciidoc, CommandResponseType, and mod_charging_profiles.asciidoc, ChargingProfileResponseType:
+    the result is sent "if this response is ACCEPTED"; an HTTP error or an OCPI status other than 1xxx took nothing."""
+    if not 200 <= status < 300:
+        return f"HTTP {status}"
+    try:
+        answered = msgspec.json.decode(body, type=_Responded)
+        if answered.status_code is not None and not 1000 <= answered.status_code < 2000:
+            return f"OCPI status {answered.status_code}"
+        answer = msgspec.json.decode(answered.data, type=_Result | None)
+    except (msgspec.DecodeError, RecursionError):  # no envelope, or data no object: nothing it says for sure
+        return None
+    result = answer.result if answer is not None else None
+    return f"result {result}" if result is not None and result != "ACCEPTED" else None
 
 
 def _from_body(body: bytes, *, required: bool) -> str | None:

@@ -46,12 +46,16 @@ def new_key() -> str:
 
 
 class RoutingState(OwnerIndex):
-    """Pending result callbacks and paging links (remember, recall) beside the owner index (storage.owner_index)."""
+    """Pending result callbacks and paging links (remember, forget, recall) beside the owner index
+    (storage.owner_index)."""
 
     async def remember(self, kind: str, relayed: Relayed, ttl_s: int, key: str | None = None) -> str:
         key = key or new_key()
         await self._redis.set(f"{self._prefix}{kind}:{key}", _encoder.encode(relayed), ex=ttl_s)
         return key
+
+    async def forget(self, kind: str, key: str) -> None:
+        await self._redis.delete(f"{self._prefix}{kind}:{key}")
 
     async def recall(self, kind: str, key: str) -> Relayed | None:
         raw = await self._redis.get(f"{self._prefix}{kind}:{key}")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import Hub, unique_party_id
-from tests.parties import token_header
+from tests.parties import envelope, token_header
 from tests.test_admin_and_cli import _platform_id
 from tests.test_departed_party import _leave
 from tests.test_hub_client_info import _wait_for
@@ -175,3 +175,37 @@ def test_a_paging_link_followed_for_a_party_its_platform_has_since_left_out_of_i
     refused = platform.call(hub.base, "GET", link.split(">")[0].lstrip("<"), from_=kept[1:]).json()
     assert refused["status_code"] == 2001 and "status PLANNED" in refused["status_message"], refused
     assert len(cpo.functional()) == 1  # the first page only
+
+
+@pytest.mark.parametrize(
+    ("request_", "status", "answered"),
+    [(COMMAND, 200, envelope({"result": "REJECTED", "timeout": 30})),
+     (COMMAND, 200, envelope({"result": "UNKNOWN_SESSION", "timeout": 30})),
+     (COMMAND, 200, envelope(None, 2001, "no such location")),
+     (COMMAND, 500, envelope(None, 3000, "down")),
+     (COMMAND, 502, {"detail": "bad gateway"}),
+     (COMMAND, 401, envelope(None, 2000, "unknown token")),
+     (CHARGING_PROFILE, 200, envelope({"result": "UNKNOWN_SESSION", "timeout": 30})),
+     (CHARGING_PROFILE, 200, envelope({"result": "NOT_SUPPORTED", "timeout": 30}))],
+    ids=["command-rejected", "command-unknown-session", "command-ocpi-2001", "command-http-500",
+         "command-not-ocpi", "command-hub-token-refused", "charging-profile-unknown-session",
+         "charging-profile-not-supported"],
+)  # fmt: skip
+def test_a_response_url_whose_request_the_cpo_refused_is_released_and_a_later_result_is_refused_as_unknown(
+    hub: Hub, connect_party, request_: tuple[str, str, dict], status: int, answered: dict
+) -> None:
+    # mod_commands.asciidoc, CommandResponseType (and mod_charging_profiles.asciidoc, ChargingProfileResponseType):
+    # only ACCEPTED says a result will be sent to the response_url. The hub kept its own for 48 hours all the same,
+    # and a stray POST to it was relayed to the requester.
+    emsp, cpo = connect_party(_roles("EMSP")), connect_party(_roles("CPO"))
+    method, path, body = request_
+    interface, module, rest = path.split("/", 2)
+    cpo.canned[(method, f"/ocpi/2.2.1/{module}/{interface}/{rest}")] = (status, json.dumps(answered).encode(), {})
+    emsp.call(hub.base, method, path, to=party_key(cpo), body=body | {"response_url": f"{emsp.base}{RESULT_PATH}"})
+    [forwarded] = cpo.functional()
+    response_url = json.loads(forwarded.body)["response_url"]
+    assert response_url.startswith(f"{hub.base}/ocpi/2.2.1/results/"), response_url
+    stray = cpo.call(hub.base, "POST", response_url, body={"result": "ACCEPTED"})
+    assert stray.status_code == 404, stray.text
+    assert stray.json()["status_message"].endswith("is unknown, expired, or not yours"), stray.text
+    assert emsp.functional() == []

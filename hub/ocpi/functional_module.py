@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hub.errors import InvalidParameters, ReceiverNotConnected, UnknownReceiver
+import redis
+import structlog
+
+from hub.errors import (
+    InvalidParameters,
+    ReceiverNotCalled,
+    ReceiverNotConnected,
+    ReceiverRefusedHub,
+    ShareInUse,
+    UnknownReceiver,
+)
 from hub.ocpi import broadcast, hub_answers, relayed_urls
 from hub.ocpi.exchange import Exchange
 from hub.ocpi.forward_to_receiver import call_party
@@ -19,7 +29,7 @@ from routing import open_routing
 from routing.decide import Route, decide
 from routing.forward import Answer
 from routing.request import Incoming, PartyKey, endpoint_url, parse
-from routing.rewrite import callback_ttl_s, response_url_of, why_not_callable, with_response_url
+from routing.rewrite import callback_ttl_s, response_url_of, why_no_result, why_not_callable, with_response_url
 from routing.shapes import check_patch, check_shape
 from storage.directory import Directory, Platform
 from storage.location_document import too_large
@@ -29,6 +39,8 @@ from storage.routing_state import Relayed, new_key
 
 if TYPE_CHECKING:
     from hub.ocpi.relay import Relay
+
+log = structlog.get_logger()
 
 
 async def relay_module(relay: Relay, exchange: Exchange, path: str) -> Answer:
@@ -58,11 +70,11 @@ async def relay_module(relay: Relay, exchange: Exchange, path: str) -> Answer:
         return broadcast.push(relay, exchange, incoming, route)
     delivery = route.deliveries[0]
     body, query = incoming.body, incoming.query
-    forwarded_as = None
+    forwarded_as = result_key = None
     if callback_url is not None:
         entry.object_id, entry.related_ids = ids_of_entry(entry)  # read once: the writer takes them from the entry
-        key = new_key()  # kept only once the body with it is sure to go (with_response_url may refuse it)
-        body, query = with_response_url(incoming, callback_url, f"{relay.settings.public_url}{RESULTS}{key}")
+        result_key = new_key()  # kept only once the body with it is sure to go (with_response_url may refuse it)
+        body, query = with_response_url(incoming, callback_url, f"{relay.settings.public_url}{RESULTS}{result_key}")
         # its result's row names the request it answers by both its ids, found by either (storage.log_search)
         forwarded_as = new_request_id()
         answers = [f"{REQUEST}{request_id}" for request_id in (entry.request_id, forwarded_as)]
@@ -70,16 +82,33 @@ async def relay_module(relay: Relay, exchange: Exchange, path: str) -> Answer:
             url=callback_url, module=incoming.module, interface="sender", caller_platform_id=delivery.platform.id,
             target_platform_id=caller.id, caller_party=delivery.to.key, target_party=route.sender.key,
             correlation_id=entry.correlation_id, object_id=entry.object_id,
-            related_ids=(*(entry.related_ids or ()), *answers)), callback_ttl_s(incoming), key)  # fmt: skip
+            related_ids=(*(entry.related_ids or ()), *answers)), callback_ttl_s(incoming), result_key)  # fmt: skip
     url = endpoint_url(delivery.url, incoming.suffix)
-    answer = await call_party(relay, exchange, delivery, route.sender, incoming.method, url, query, body,
-                              forwarded_as)  # fmt: skip
+    try:
+        answer = await call_party(relay, exchange, delivery, route.sender, incoming.method, url, query, body,
+                                  forwarded_as)  # fmt: skip
+    except (ReceiverNotCalled, ShareInUse, ReceiverRefusedHub) as exc:  # not sent, or refused (HTTP 401)
+        if result_key is not None:
+            await _release(relay, result_key, type(exc).__name__)
+        raise
+    if result_key is not None and (why := why_no_result(answer.status, answer.body)):
+        await _release(relay, result_key, why)
     if 200 <= answer.status < 300:
         open_routing.note_seen(incoming, caller, delivery, relay.routing)
         _note_location(relay, exchange, incoming)
     called = f"{url}?{query}" if query else url
     await relayed_urls.rewrite(relay, exchange, answer, delivery, called, incoming.module, incoming.interface)
     return answer
+
+
+async def _release(relay: Relay, key: str, why: str) -> None:
+    """The hub's response_url given with a request whose answer says no result will come to it (routing.rewrite
+    why_no_result) is forgotten at once, not kept for its 48 hours or more: a stray result posted to it is answered as
+    one to an unknown or expired URL. Redis away, it is kept (and expires) rather than the answer lost."""
+    try:
+        await relay.routing.forget("results", key)
+    except redis.RedisError as exc:
+        log.warning("response_url_not_released", reason=why, error=str(exc)[:200])
 
 
 async def _route(relay: Relay, incoming: Incoming, caller: Platform, hub: PartyKey) -> Route:

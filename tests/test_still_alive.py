@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -247,3 +248,26 @@ def test_a_page_link_of_a_party_gone_offline_is_answered_4003_at_once_and_not_fo
     answer = emsp.call(hub.base, "GET", link[1:].split(">")[0])
     assert answer.json()["status_code"] == 4003 and "OFFLINE" in answer.json()["status_message"], answer.text
     assert len(cpo.functional()) == asked
+
+
+@pytest.mark.parametrize("probing_hub", ["1"], indirect=True)
+def test_a_result_for_an_emsp_gone_offline_is_answered_4003_at_once_and_not_forwarded(
+    probing_hub: Hub, start_party
+) -> None:
+    # mod_hub_client_info.asciidoc, OFFLINE: "No requests can be sent", a result posted to a response_url the hub
+    # handed out included, as any other routing to the party.
+    hub = probing_hub
+    emsp, cpo = _connect(hub, start_party, "EMSP"), _connect(hub, start_party, "CPO")
+    command = {
+        "location_id": "L1",
+        "token": {"uid": "T1"},
+        "response_url": f"{emsp.base}/ocpi/2.2.1/commands/sender/R1",
+    }
+    sent = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), body=command)
+    assert sent.json()["status_code"] == 1000, sent.text
+    response_url = json.loads(cpo.functional()[0].body)["response_url"]
+    emsp.versions_status = 500  # the hub's probe finds it OFFLINE
+    _wait_for(lambda: _status(hub, emsp) == "OFFLINE")
+    answer = cpo.call(hub.base, "POST", response_url, body={"result": "ACCEPTED"})
+    assert answer.json()["status_code"] == 4003 and "OFFLINE" in answer.json()["status_message"], answer.text
+    assert emsp.functional() == []

@@ -176,6 +176,30 @@ def served_by_hub(incoming: Incoming, sender: PartyRole) -> Route:
     return Route("hub", sender)
 
 
+# What why_not_sendable says of a receiver the hub sends nothing to, besides its role's status.
+GONE, SUSPENDED = "gone", "suspended"
+OFFLINE_TOLD = "OFFLINE: it stopped answering the hub, which keeps probing it"
+_RECEIVER_TOLD = {
+    SUSPENDED: "suspended by the hub operator: nothing is routed to it until it is resumed",
+    "OFFLINE": OFFLINE_TOLD,
+}
+
+
+def why_not_sendable(platform: Platform | None, role: PartyRole | None) -> str | None:
+    """Why the hub sends nothing to role of platform, as the directory has them now, or None when it may: GONE (no
+    such platform, or no such role on it), SUSPENDED (the platform, by the hub operator: its roles are OFFLINE to the
+    others), or the role's status when that is not CONNECTED or its platform not REGISTERED.
+    mod_hub_client_info.asciidoc: OFFLINE, "No requests can be sent"; SUSPENDED, "Like with OFFLINE, no requests
+    should be sent"."""
+    if platform is None or role is None:
+        return GONE
+    if platform.state == "SUSPENDED":
+        return SUSPENDED
+    if platform.state != "REGISTERED" or role.status != "CONNECTED":
+        return role.status
+    return None
+
+
 def delivery_to(incoming: Incoming, directory: Directory, to: PartyKey) -> Delivery:
     platform = directory.parties.get(to)
     if platform is None:
@@ -183,16 +207,9 @@ def delivery_to(incoming: Incoming, directory: Directory, to: PartyKey) -> Deliv
             raise ReceiverNotConnected(f"receiver {party_text(to)} has left the hub (status SUSPENDED)")
         raise UnknownReceiver(f"unknown receiver {party_text(to)}: no such party is connected to this hub")
     role = next(r for r in platform.roles if r.key == to)
-    if platform.state == "SUSPENDED":  # its roles are OFFLINE to the others: "no requests should be sent"
-        raise ReceiverNotConnected(
-            f"receiver {party_text(to)} is suspended by the hub operator: nothing is routed to it until it is resumed"
-        )
-    if role.status == "OFFLINE":  # mod_hub_client_info.asciidoc: "No requests can be sent"; fail fast, no queue
-        raise ReceiverNotConnected(
-            f"receiver {party_text(to)} is OFFLINE: it stopped answering the hub, which keeps probing it"
-        )
-    if platform.state != "REGISTERED" or role.status != "CONNECTED":
-        raise ReceiverNotConnected(f"receiver {party_text(to)} is not connected (status {role.status})")
+    if why := why_not_sendable(platform, role):  # OFFLINE: fail fast, no queue
+        told = _RECEIVER_TOLD.get(why, f"not connected (status {why})")
+        raise ReceiverNotConnected(f"receiver {party_text(to)} is {told}")
     url = platform.endpoint(incoming.module, incoming.interface.upper())
     if url is None:
         module, interface = incoming.module, incoming.interface

@@ -22,7 +22,7 @@ import structlog
 from hub.errors import BroadcastsPending, OcpiError, ReceiverLeft
 from hub.ocpi.exchange import Exchange, Job
 from hub.ocpi.forward_to_receiver import call_party
-from routing.decide import Delivery, Route
+from routing.decide import Delivery, Route, why_not_sendable
 from routing.forward import Answer, ocpi_status_of
 from routing.request import Incoming, endpoint_url, party_text
 from storage.directory import PartyRole
@@ -90,9 +90,9 @@ def _still_connected(relay: Relay, delivery: Delivery) -> Callable[[], None]:
     to it (mod_hub_client_info.asciidoc, OFFLINE and SUSPENDED), nor what was pushed after it left."""
 
     def check() -> None:
-        platform = relay.directory.current.platforms.get(delivery.platform.id)
-        roles = platform.roles if platform is not None and platform.state == "REGISTERED" else ()
-        if not any(role.key == delivery.to.key and role.status == "CONNECTED" for role in roles):
+        now = relay.directory.current.platforms.get(delivery.platform.id)
+        roles = now.roles if now is not None else ()
+        if all(why_not_sendable(now, role) for role in roles if role.key == delivery.to.key):
             raise ReceiverLeft(f"receiver {party_text(delivery.to.key)} left the hub or is no longer connected since "
                                "the broadcast was decided: its copy was not sent")  # fmt: skip
 

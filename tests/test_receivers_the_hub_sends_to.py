@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from hub.errors import HubError, ReceiverNotConnected, UnknownReceiver
-from routing.decide import delivery_to, why_not_sendable
+from hub.errors import HubError, ReceiverLeft, ReceiverNotConnected, UnknownReceiver
+from hub.ocpi.broadcast import _still_connected
+from routing.decide import Delivery, delivery_to, why_not_sendable
 from routing.request import Incoming
 from storage.directory import Directory, PartyRole, Platform
 
@@ -56,6 +57,17 @@ def test_a_direct_request_to_a_party_that_left_or_never_was_answers_4003_or_4001
     assert delivery_to(_incoming(), directory, ("NL", "ABC")).url == URL
     with pytest.raises(HubError, match="does not implement the locations RECEIVER interface"):
         delivery_to(_incoming("locations"), directory, ("NL", "ABC"))
+
+
+def test_a_broadcast_copy_goes_out_only_while_a_party_of_its_receivers_id_is_connected() -> None:
+    decided = _platform("REGISTERED", "CONNECTED")
+    check = _still_connected(Delivery(decided, decided.roles[0], URL))
+    check(decided)
+    check(_platform("REGISTERED", "PLANNED", "CONNECTED"))  # its id as a CPO too, still connected: as before
+    for now in (None, _platform("SUSPENDED", "OFFLINE"), _platform("REGISTERED", "OFFLINE"),
+                _platform("REGISTERED", "CONNECTED", party_id="XYZ")):  # fmt: skip
+        with pytest.raises(ReceiverLeft, match=r"^receiver NL-ABC left the hub or is no longer connected since"):
+            check(now)
 
 
 def _incoming(module: str = "tariffs") -> Incoming:

@@ -25,7 +25,7 @@ from hub.ocpi.forward_to_receiver import call_party
 from routing.decide import Delivery, Route, why_not_sendable
 from routing.forward import Answer, ocpi_status_of
 from routing.request import Incoming, endpoint_url, party_text
-from storage.directory import PartyRole
+from storage.directory import PartyRole, Platform
 from storage.log_row import LogEntry
 from storage.log_waiters import LogUnavailable
 
@@ -84,13 +84,13 @@ def _give_back(counts: dict[int, int], platform: int) -> Callable[[], None]:
     return release
 
 
-def _still_connected(relay: Relay, delivery: Delivery) -> Callable[[], None]:
+def _still_connected(delivery: Delivery) -> Callable[[Platform | None], None]:
     """What refuses to send a copy whose receiver left the hub, was suspended or stopped being CONNECTED since the
     broadcast was decided (a copy may wait for its turn for half the forward timeout): "no requests should be sent"
-    to it (mod_hub_client_info.asciidoc, OFFLINE and SUSPENDED), nor what was pushed after it left."""
+    to it (mod_hub_client_info.asciidoc, OFFLINE and SUSPENDED), nor what was pushed after it left. Given its platform
+    as the directory has it now (hub.ocpi.forward_to_receiver.call_party's still_wanted)."""
 
-    def check() -> None:
-        now = relay.directory.current.platforms.get(delivery.platform.id)
+    def check(now: Platform | None) -> None:
         roles = now.roles if now is not None else ()
         if all(why_not_sendable(now, role) for role in roles if role.key == delivery.to.key):
             raise ReceiverLeft(f"receiver {party_text(delivery.to.key)} left the hub or is no longer connected since "
@@ -107,7 +107,7 @@ async def _deliver(relay: Relay, exchange: Exchange, copy: LogEntry, delivery: D
     try:
         url = endpoint_url(delivery.url, incoming.suffix)
         answer = await call_party(relay, copy_exchange, delivery, hub, incoming.method, url, incoming.query,
-                                  incoming.body, still_wanted=_still_connected(relay, delivery))  # fmt: skip
+                                  incoming.body, still_wanted=_still_connected(delivery))  # fmt: skip
         copy.http_status, copy.response_body = answer.status, answer.body
         copy.ocpi_status_code = ocpi_status_of(answer.body)
     except OcpiError as exc:

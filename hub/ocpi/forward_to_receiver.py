@@ -44,10 +44,11 @@ async def call_party(
     query: str,
     body: bytes,
     forwarded_as: str | None = None,
-    still_wanted: Callable[[], None] | None = None,
+    still_wanted: Callable[[Platform | None], None] | None = None,
 ) -> Answer:
     """Forward to the receiver with its token B, a new X-Request-ID (forwarded_as where chosen before) and the same
-    X-Correlation-ID; still_wanted: routing.forward.forward's, its token B read again at that moment too."""
+    X-Correlation-ID; still_wanted: routing.forward.forward's, given the receiver's platform as the directory has it
+    then (None: gone), from which its token B is read again too."""
     entry, platform, to, caller = exchange.entry, delivery.platform, delivery.to, exchange.caller
     assert caller is not None  # every route has one: a broadcast copy's is the platform that pushed it
     entry.to_country_code, entry.to_party_id = to.country_code, to.party_id
@@ -115,16 +116,16 @@ async def call_party(
 
 
 def _ready(
-    relay: Relay, platform: Platform, headers: dict[str, str], still_wanted: Callable[[], None] | None
+    relay: Relay, platform: Platform, headers: dict[str, str], still_wanted: Callable[[Platform | None], None] | None
 ) -> Callable[[], None]:
     """What forward runs once the request has its connection, which it may have waited for: nothing sent to a receiver
     no longer wanted (still_wanted), and the token B the receiver holds now, were it given the hub since (a credentials
     PUT, a rotation), so that the request is not refused with the old one as though the hub's were wrong."""
 
     def ready() -> None:
+        now = relay.directory.current.platforms.get(platform.id)  # one look-up for both
         if still_wanted is not None:
-            still_wanted()
-        now = relay.directory.current.platforms.get(platform.id)
+            still_wanted(now)
         if now is not None and (now.token_b, now.token_encoding) != (platform.token_b, platform.token_encoding):
             headers["Authorization"] = authorization(now.token_b or "", now.token_encoding)
 

@@ -26,7 +26,8 @@ from storage.directory import Directory, PartyRole, Platform
 HUB_SERVED = frozenset({"locations"})
 # Client Owned Objects pushed to a Receiver at /{country_code}/{party_id}/{object_id}[...]
 CLIENT_OWNED = frozenset({"locations", "sessions", "tariffs", "tokens"})
-# Modules whose objects a CPO owns and pushes: what a party id that is both CPO and eMSP broadcasts as a CPO.
+# Modules whose objects a CPO owns and pushes: what a party id that is both CPO and eMSP broadcasts as a CPO, and whose
+# Receiver a platform with both serves its eMSP-type roles with (the others' Receivers, tokens' say, serve its CPOs).
 CPO_PUSHED = frozenset({"locations", "tariffs", "sessions", "cdrs"})
 # "Broadcast Push SHALL only be used with information that is meant to be sent to all other parties": not
 # sessions and CDRs (the spec's examples), nor commands and charging profiles, which address one session.
@@ -223,7 +224,8 @@ def delivery_to(incoming: Incoming, directory: Directory, to: PartyKey) -> Deliv
 
 
 def broadcast(incoming: Incoming, caller: Platform, sender: PartyRole, directory: Directory) -> Route:
-    """Broadcast Push: every connected party of the opposite role that implements the module's interface."""
+    """Broadcast Push: every connected party of the opposite role that implements the module's interface, one copy
+    per party (implements_receiver: on a platform with both sides, the role the module's Receiver is for)."""
     if incoming.module in NO_BROADCAST:
         raise InvalidParameters(f"broadcast push is not allowed for {incoming.module}: address one receiver")
     if incoming.method not in PUSH_METHODS or incoming.interface != "receiver":
@@ -241,10 +243,21 @@ def broadcast(incoming: Incoming, caller: Platform, sender: PartyRole, directory
         seen: set[PartyKey] = set()
         for role in platform.roles:
             opposite = role.role == "CPO" if to_cpos else role.role not in ("CPO", "HUB")
-            if opposite and role.status == "CONNECTED" and role.key not in seen:
+            receives = implements_receiver(platform, role, incoming.module)
+            if opposite and receives and role.status == "CONNECTED" and role.key not in seen:
                 seen.add(role.key)
                 deliveries.append(Delivery(platform, role, url))
     return Route("broadcast", sender, tuple(deliveries))
+
+
+def implements_receiver(platform: Platform, role: PartyRole, module: str) -> bool:
+    """Whether the role is the one the platform's Receiver of the module serves. A platform's endpoints name no role:
+    one with a CPO and an eMSP-type role serves with a module's Receiver the role the module names (mod_locations,
+    mod_tariffs, Receiver Interface: "Typically implemented by market roles like: eMSP and NSP"; mod_tokens: "... CPO"),
+    so its CPO takes no eMSP's locations through its eMSP's Receiver, nor its eMSP a CPO's tokens through its CPO's. A
+    platform of one side serves every role it has with every Receiver it lists."""
+    sides = {r.role == "CPO" for r in platform.roles if r.role != "HUB"}
+    return len(sides) < 2 or (role.role == "CPO") == (module not in CPO_PUSHED)
 
 
 def broadcasts_to_cpos(incoming: Incoming, caller: Platform, sender: PartyRole) -> bool:

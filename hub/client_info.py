@@ -43,7 +43,7 @@ from hub.request_context import HUB_INSTANCE_HEADER
 from routing.fair_share import HUB_ITSELF
 from routing.forward import forward, ocpi_status_of
 from routing.request import endpoint_url
-from storage.directory import Platform
+from storage.directory import Directory, Platform
 from storage.log_waiters import LogUnavailable
 from storage.sql import QUERIES
 
@@ -139,11 +139,7 @@ async def push_pending(state: State) -> int | None:
         try:
             changes = await conn.fetch(QUERIES["pending_client_info_pushes"])
             pushes = [_push(c) for c in changes]
-            recipients = [
-                p for p in state.directory.current.platforms.values()
-                if p.state == "REGISTERED" and p.endpoint("hubclientinfo", "RECEIVER")
-                and any(r.status == "CONNECTED" for r in p.roles)
-            ]  # fmt: skip
+            recipients = await _recipients(state, conn)
             # read after the changes: what a party missed is as new as the last of them, and is pushed after them
             missed = await _missed(conn, state.directory.current.platforms, [p.id for p in recipients])
             if not pushes and not missed:
@@ -166,6 +162,28 @@ async def push_pending(state: State) -> int | None:
             await conn.execute(QUERIES["end_client_info_push_turn"])
     # not a batch the party did not answer: that waits for the next change or LONGEST_SLEEP_S, not a round at once
     return len(changes) + sum(len(m.pushes) for m in caught_up)
+
+
+async def _recipients(state: State, conn: asyncpg.Connection) -> list[Platform]:
+    """The platforms this round pushes to: connected, with a hubclientinfo Receiver. As PostgreSQL has them after the
+    changes were read, not as this process's directory may still have them: a platform registered a moment ago
+    (through another hub process, whose announcement this one has yet to hear) would miss the changes this round marks
+    delivered, and no catch-up (client_infos_missed) is for a platform that was never away. A directory that differs
+    from the database is loaded again, and that one, as new as the read, names them."""
+    now = {row["id"] for row in await conn.fetch(QUERIES["client_info_recipients"])}
+    recipients = _connected_receivers(state.directory.current)
+    if {p.id for p in recipients} != now:
+        await state.directory.reload()
+        recipients = _connected_receivers(state.directory.current)
+    return recipients
+
+
+def _connected_receivers(directory: Directory) -> list[Platform]:
+    return [
+        p for p in directory.platforms.values()
+        if p.state == "REGISTERED" and p.endpoint("hubclientinfo", "RECEIVER")
+        and any(r.status == "CONNECTED" for r in p.roles)
+    ]  # fmt: skip
 
 
 class Push(NamedTuple):

@@ -448,6 +448,15 @@ SELECT pg_advisory_unlock(hashtextextended('rotate_credentials', $1::bigint));
 SELECT id, platform_id, role, country_code, party_id, status, last_updated
 FROM client_info_push WHERE delivered_at IS NULL ORDER BY id LIMIT 50;
 
+-- name: client_info_recipients
+-- The platforms a ClientInfo round pushes to, as they are now: registered, with a hubclientinfo Receiver and a role
+-- connected (hub/client_info.py, _recipients: the directory's filter, which a process may not have loaded yet).
+SELECT p.id FROM platform p
+WHERE p.state = 'REGISTERED'
+  AND EXISTS (SELECT 1 FROM platform_endpoint e
+              WHERE e.platform_id = p.id AND e.identifier = 'hubclientinfo' AND e.interface_role = 'RECEIVER')
+  AND EXISTS (SELECT 1 FROM party_role r WHERE r.platform_id = p.id AND r.status = 'CONNECTED');
+
 -- name: platforms_missing_client_infos
 -- The registered platforms that missed ClientInfo pushes while suspended (migration 0027) or OFFLINE (0028), and where
 -- they are in being pushed them; read_at: when, for client_infos_missed_pushed. Those of them pushed this round ($1)

@@ -19,8 +19,11 @@ from hub.own_messages import Trace
 from hub.party_client import PartyClient
 from hub.settings import Settings
 from storage import platforms
+from storage.departed import Departures
 from storage.directory import PROPAGATION_S, announce_change, load_directory
+from storage.location_cache import LocationCache
 from storage.log_row import LogEntry
+from storage.routing_state import RoutingState
 from storage.secrets import TokenBox, new_token, token_hash
 
 log = structlog.get_logger()
@@ -97,6 +100,10 @@ async def connect_to_party(
         (role_id, msgspec.to_builtins(r.business_details)) for role_id, r in zip(role_ids, theirs.roles, strict=True)
     ]
     connection = connection_of(box, theirs, final, roles)
+    # as at a party's registration (hub.ocpi.credentials): a party id that left a moment ago is cleaned up first
+    await _departures(settings, pool, redis_client).before_registering(
+        (r.country_code.upper(), r.party_id.upper()) for r in theirs.roles
+    )
     async with pool.acquire() as conn:
         await platforms.store_connection(
             conn,
@@ -115,6 +122,15 @@ async def connect_to_party(
         [{"role": r.role, "country_code": r.country_code, "party_id": r.party_id} for r in theirs.roles],
         final.version_url,
     )
+
+
+def _departures(settings: Settings, pool: asyncpg.Pool, redis_client: redis.Redis) -> Departures:
+    """The departures as a hub process has them, for this process's one cleanup before the registration."""
+    prefix = settings.redis_prefix
+    routing = RoutingState(redis_client, prefix, settings.owner_index_period_s)
+    locations = LocationCache(redis_client, prefix, None, settings.max_locations_per_cpo,
+                              settings.max_location_bytes_per_cpo)  # fmt: skip
+    return Departures(pool, redis_client, prefix, routing, locations, settings.forward_timeout_s)
 
 
 async def _abandon(pool: asyncpg.Pool, redis_client: redis.Redis, settings: Settings, platform_id: int) -> None:

@@ -102,6 +102,29 @@ class Departures:
             if (due := self._due.get(party)) and due.at == at:
                 due.noted = True
 
+    async def before_registering(self, parties: Iterable[PartyKey]) -> None:
+        """A platform is about to register party ids: those whose departure is not cleaned up yet are cleaned up now,
+        before the registration is committed. The index names a party by its id alone; once its id is held again the
+        cleanup can no longer tell the old platform's entries from the new one's and keeps them all, so the new platform
+        would inherit the old one's (an open GET or PATCH of a session pushed to the old eMSP, an authorize of its
+        token). The cleanup's wait (delay_s) is for requests the old platform still had in flight, whose late notes the
+        directory's fence keeps out already. Best effort: Redis away, the registration goes on, as before."""
+        parties = sorted(set(parties))
+        try:
+            scores = await self._redis.zmscore(self._pending, [_text(party) for party in parties]) if parties else []
+        except redis.RedisError as exc:
+            log.warning("departed_parties_not_read", error=str(exc))
+            scores = [None] * len(parties)
+        pending = [party for party, score in zip(parties, scores, strict=True)
+                   if score is not None or party in self._due]  # fmt: skip
+        if pending:
+            log.info("departed_parties_cleaned_before_registering", parties=[_text(party) for party in pending])
+            try:
+                await self._cleanup.clean(pending, _no_claim_to_keep)  # the pass due later finds them held: kept
+            except (redis.RedisError, asyncpg.PostgresError, OSError) as exc:
+                log.warning("departed_parties_not_cleaned", parties=[_text(party) for party in pending],
+                            error=str(exc), before="registering")  # fmt: skip
+
     async def run(self) -> None:
         """For the life of the process: the departures that are due, cleaned up under the claim; first those a hub
         stopped before cleaning up after."""
@@ -182,6 +205,11 @@ class Departures:
         with contextlib.suppress(redis.RedisError):  # else cleaned up again, uselessly, at the next start
             await self._done(keys=[self._pending], args=[x for party, entry in due.items()
                                                          for x in (_text(party), entry.at)])  # fmt: skip
+
+
+async def _no_claim_to_keep() -> None:
+    """A cleanup before a registration runs beside the claimed ones: each of its scripts removes whole or nothing, so
+    two cleanups of a party remove nothing twice."""
 
 
 class _Claim:

@@ -320,3 +320,59 @@ def test_a_departed_cpos_cached_locations_are_all_counted_when_the_directory_cha
     counted, left, chunks = asyncio.run(asyncio.wait_for(clean_while_the_directory_changes(), 30))
     assert left == set() and chunks == [4]  # the first; the second, refused; then the 1,500 left, in two
     assert counted == 2500
+
+
+def test_an_open_session_request_does_not_reach_a_platform_that_registered_the_departed_emsps_id_before_its_cleanup(
+    hub: Hub, services: Services, start_party, connect_party, indexes
+) -> None:
+    # The session-receivers entry names the eMSP by its party id alone: registered again on another platform before the
+    # departure's cleanup ran (which then kept it, the id being held again), it sent the CPO's open GET and PATCH of a
+    # session to the new platform, which never had it. The registration cleans the departed id up first.
+    cpo, role = connect_party(_roles("CPO")), _roles("EMSP")
+    old = connect_party(role)
+    session_id = f"S-{role[2]}"
+    _put(cpo, hub, "sessions", party_key(cpo), session_id, party_key(old))
+    _eventually(lambda: _assert_len(_naming(indexes, services.redis_prefix, party_key(old)), 1))
+    _leave(old, hub)
+
+    new = register_at_hub(hub, start_party, role)  # well within the few seconds before the cleanup starts
+    cc, pid = party_key(cpo)
+    for method, body in (("GET", None), ("PATCH", {"kwh": 2, "last_updated": "2026-11-25T10:00:00Z"})):
+        answer = cpo.call(hub.base, method, f"receiver/sessions/{cc}/{pid}/{session_id}", body=body)
+        assert answer.json()["status_code"] in (4001, 4003), answer.text
+    assert new.functional() == []
+
+
+@pytest.fixture
+def slow_cleanup_hub(services: Services, empty_database: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A hub of its own whose departures are cleaned up 22 s after they happen (its forward timeout is 20 s): time
+    for `ocpi-hub connect` to register a departed party id before that."""
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database, OCPI_HUB_FORWARD_TIMEOUT_S="20",
+                  OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}slow-cleanup-{tmp_path.name}:")  # fmt: skip
+    running = start_hub(env, OUTPUT / "hub-slow-cleanup.log")
+    yield running
+    running.stop()
+
+
+def test_a_party_id_the_hub_connects_to_again_before_its_cleanup_is_not_routed_by_the_old_platforms_entries(
+    slow_cleanup_hub: Hub, start_party, indexes
+) -> None:
+    from tests.test_admin_and_cli import _cli
+
+    hub, prefix = slow_cleanup_hub, slow_cleanup_hub.env["OCPI_HUB_REDIS_PREFIX"]
+    cpo, role = register_at_hub(hub, start_party, _roles("CPO")), _roles("EMSP")
+    old = register_at_hub(hub, start_party, role)
+    session_id = f"S-{role[2]}"
+    _put(cpo, hub, "sessions", party_key(cpo), session_id, party_key(old))
+    _eventually(lambda: _assert_len(_naming(indexes, prefix, party_key(old)), 1))
+    _leave(old, hub)
+
+    new = start_party(role)
+    connected = _cli(hub, "connect", "--versions-url", new.versions_url, f"--token-a={new.token_a}")
+    assert connected.returncode == 0, connected.stderr + connected.stdout
+    assert "departed_party_cleaned" not in hub.log()  # the hub's own pass is not due yet
+    assert _naming(indexes, prefix, party_key(old)) == []
+    cc, pid = party_key(cpo)
+    answer = cpo.call(hub.base, "GET", f"receiver/sessions/{cc}/{pid}/{session_id}")
+    assert answer.json()["status_code"] in (4001, 4003), answer.text
+    assert new.functional() == []

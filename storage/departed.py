@@ -13,8 +13,9 @@ in the directory generation it was decided in (DirectoryCache.fence): once the d
 the party again, however late, nor gives a platform registering its id later what the old one sent.
 
 The departure is noted in Redis (`departed-parties`, party -> when it left), and one hub at a time cleans up: the one
-that claims `departed-parties:claim` (SET NX, for CLAIM_TTL_S, which the cleanup extends as it goes) cleans up every
-departure that is due, of every platform, in one pass per hash, and takes the departures it cleaned up off the list.
+that claims `departed-parties:claim` (a storage.redis_lease of CLAIM_TTL_S, renewed while the cleanup goes on) cleans
+up every departure that is due, of every platform, in one pass per hash, and takes the departures it cleaned up off the
+list.
 A hub that finds the claim taken looks again when it runs out, and then finds those departures done or, the hub that
 held it having stopped, cleans them up itself. Every hub reads the list at start and every RETRY_S, so a departure a
 hub noted and did not live to clean up is taken up. A stop may cancel the cleanup anywhere: each script removes its
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,7 +39,7 @@ import structlog
 from storage.departed_cleanup import Cleanup, PartyKey
 from storage.directory import PROPAGATION_S, PartyRole
 from storage.location_cache import LocationCache
-from storage.redis_lease import KEEP, RELEASE
+from storage.redis_lease import Lease
 from storage.routing_state import RoutingState
 
 log = structlog.get_logger()
@@ -79,7 +79,7 @@ class Departures:
         self._cleanup = Cleanup(pool, client, prefix, routing, locations)
         self.delay_s = PROPAGATION_S + forward_timeout_s + _MARGIN_S
         self._pending = f"{prefix}departed-parties"  # CC-PID -> when it left (ms)
-        self._claim = _Claim(client, f"{prefix}departed-parties:claim")
+        self._claim = f"{prefix}departed-parties:claim"
         self._due: dict[PartyKey, _Due] = {}
         self._wake = asyncio.Event()
         self._done = client.register_script(_DONE)
@@ -169,26 +169,28 @@ class Departures:
     async def _clean_claimed(self) -> float:
         """Claim the cleanup, then clean up what is due and still listed; returns until when another hub holds the
         claim (0 once this hub cleaned up)."""
+        claim = Lease(self._redis, self._claim, CLAIM_TTL_S)
         try:
-            held_ms = await self._claim.take()
-        except redis.RedisError as exc:
+            async with claim.held() as held:
+                if not held:
+                    return time.time() + await claim.held_by_another_ms() / 1000
+                await self._read_pending()  # what another hub cleaned up before this one claimed is done
+                now = time.time()
+                due = {party: due for party, due in self._due.items() if due.not_before <= now}
+                if due:
+                    await self._clean(due, claim)
+        except redis.RedisError as exc:  # taking the claim, or asking how long another holds it: the rest says its own
             log.warning("departed_parties_not_claimed", error=str(exc), retry_in_s=RETRY_S)
             return time.time() + RETRY_S
-        if held_ms is not None:
-            return time.time() + held_ms / 1000
-        try:
-            await self._read_pending()  # what another hub cleaned up before this one claimed is done
-            now = time.time()
-            due = {party: due for party, due in self._due.items() if due.not_before <= now}
-            if due:
-                await self._clean(due)
-        finally:
-            await self._claim.release()
         return 0.0
 
-    async def _clean(self, due: dict[PartyKey, _Due]) -> None:
+    async def _clean(self, due: dict[PartyKey, _Due], claim: Lease) -> None:
+        async def keep() -> None:
+            if claim.lost:  # a renewal found it gone or another's
+                raise ClaimLost
+
         try:
-            await self._cleanup.clean(due, self._claim.keep)
+            await self._cleanup.clean(due, keep)
         except ClaimLost:  # left due: the claim's next holder finds them done, or does them
             log.warning("departed_parties_claim_lost", parties=[_text(party) for party in due])
             return
@@ -210,36 +212,6 @@ class Departures:
 async def _no_claim_to_keep() -> None:
     """A cleanup before a registration runs beside the claimed ones: each of its scripts removes whole or nothing, so
     two cleanups of a party remove nothing twice."""
-
-
-class _Claim:
-    """Which hub cleans up: a key set if absent, for CLAIM_TTL_S, extended while the cleanup goes on."""
-
-    def __init__(self, client: redis.Redis, key: str) -> None:
-        self._redis, self._key, self._token = client, key, secrets.token_hex(8)
-        self._keep, self._release = client.register_script(KEEP), client.register_script(RELEASE)
-        self._kept_at = 0.0
-
-    async def take(self) -> int | None:
-        """None once this hub holds the claim, else how many ms another hub holds it still."""
-        if await self._redis.set(self._key, self._token, nx=True, px=int(CLAIM_TTL_S * 1000)):
-            self._kept_at = time.monotonic()
-            return None
-        left_ms = int(await self._redis.pttl(self._key))
-        return int(CLAIM_TTL_S * 1000) if left_ms == -1 else max(left_ms, 50)  # -2: released just now
-
-    async def keep(self) -> None:
-        """Extend the claim (at most every fifth of CLAIM_TTL_S); ClaimLost if it is no longer this hub's."""
-        if time.monotonic() - self._kept_at < CLAIM_TTL_S / 5:
-            return
-        if not await self._keep(keys=[self._key], args=[self._token, int(CLAIM_TTL_S * 1000)]):
-            raise ClaimLost
-        self._kept_at = time.monotonic()
-
-    async def release(self) -> None:
-        """So that another hub need not wait for the claim to run out; best effort (it runs out all the same)."""
-        with contextlib.suppress(redis.RedisError):
-            await self._release(keys=[self._key], args=[self._token])
 
 
 def _text(value: bytes | str | PartyKey) -> str:

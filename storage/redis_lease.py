@@ -1,5 +1,5 @@
 """A lease in Redis: a key that one hub process at a time holds, for the work only one of them should do at once (the
-pull sync of the location cache, the owner pull of a module).
+pull sync of the location cache, the owner pull of a module, the cleanup after departed parties).
 
 The holder sets the key, with a token of its own, for ttl_s, and renews it every ttl_s / 3 in the background for as
 long as it works. So a run longer than ttl_s (a CPO with millions of locations, a slow Sender) keeps its lease, and a
@@ -51,6 +51,12 @@ class Lease:
                 await renewing
             with contextlib.suppress(redis.RedisError):  # else it runs out all the same, within ttl_s
                 await self._release(keys=[self.key], args=[self.token])
+
+    async def held_by_another_ms(self) -> int:
+        """How many ms the process holding the lease (another, once held() yielded False) holds it still, as Redis
+        says: at least 50 (none: let go just now), the whole TTL if the key never runs out (one set by hand)."""
+        left_ms = int(await self._redis.pttl(self.key))  # -2: no such key; -1: no expiry
+        return self.ttl_ms if left_ms == -1 else max(left_ms, 50)
 
     async def _renew_until_lost(self) -> None:
         while True:

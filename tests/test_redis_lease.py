@@ -99,3 +99,19 @@ def test_a_lease_gone_from_redis_is_found_lost_and_the_key_another_took_is_left_
         await client.delete(key)
 
     _in_redis(services, test)
+
+
+def test_a_lease_another_holds_tells_how_long_it_is_held_still(services: Services) -> None:
+    async def test(client: aioredis.Redis, key: str) -> None:
+        holder, other = Lease(client, key, 10.0), Lease(client, key, 10.0)
+        async with holder.held() as held:
+            assert held
+            async with other.held() as also_held:
+                assert not also_held
+                assert 5_000 < await other.held_by_another_ms() <= 10_000  # what it has left of its 10 s
+        assert await other.held_by_another_ms() == 50  # let go just now: looked at again shortly, not at once
+        await client.set(key, "set by hand")  # never runs out: looked at again a whole TTL later
+        assert await other.held_by_another_ms() == 10_000
+        await client.delete(key)
+
+    _in_redis(services, test)

@@ -14,6 +14,7 @@ publish_allowed_to matches; the tokens an eMSP's Sender lists, and a CPO's recen
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Container, Iterable
+from dataclasses import dataclass
 from typing import NoReturn
 from urllib.parse import parse_qsl
 
@@ -68,107 +69,161 @@ def _routing_fields(body: bytes) -> _CommandFields:
     return decoded(body, _CommandFields, "the request body is not a valid OCPI object")
 
 
+CachedOwners = Callable[[str, PartyKey], Awaitable[tuple[list[PartyKey], list[PartyKey]]]]
+
+
 async def open_hint(
     incoming: Incoming,
     caller: Platform,
     state: RoutingState,
     on_hub: Container[PartyKey],
-    cached_owners: Callable[[str, PartyKey], Awaitable[tuple[list[PartyKey], list[PartyKey]]]],
+    cached_owners: CachedOwners,
 ) -> PartyKey | None:
     """The party an open request should go to, or None if the hub cannot tell. Only parties on the hub now count
     (on_hub): one that left, or was taken off, still owns its ids in the index but is no owner to route to.
     cached_owners(location_id, viewer): the CPOs of the location cache's locations with that id, (those the viewer may
     see, those it may not) (storage.location_cache)."""
-    segments = incoming.segments
+    owners, segments = _Owners(state, on_hub, cached_owners), incoming.segments
     if incoming.interface == "receiver":
         if incoming.module == "commands" and segments:
-            return await _command_receiver(incoming, caller, state, on_hub, cached_owners)
+            return await _command_receiver(incoming, caller, owners)
         if incoming.module == "chargingprofiles" and segments:
-            return await _session_owner(state, on_hub, sender_of(incoming, caller).key, segments[0])
+            return await owners.session(sender_of(incoming, caller).key, segments[0])
         if incoming.module in ("sessions", "cdrs") and incoming.method in ("POST", "PUT"):
             token = _routing_fields(incoming.body).cdr_token  # the eMSP whose token charged
             return (token.country_code.upper(), token.party_id.upper()) if token else None
         if incoming.module == "sessions" and incoming.method in ("GET", "PATCH") and len(segments) >= 3:
-            return await _owner(state, on_hub, "session-receivers", _session_of(segments))
+            return await owners.of("session-receivers", _session_of(segments))
         return None
     if segments and incoming.module == "locations":
-        return await _location_read(incoming, caller, state, on_hub, cached_owners)
+        return await _location_read(incoming, caller, owners)
     if segments and incoming.module == "sessions":  # Sender interface: PUT /{session_id}/charging_preferences
-        return await _session_owner(state, on_hub, sender_of(incoming, caller).key, segments[0])
+        return await owners.session(sender_of(incoming, caller).key, segments[0])
     if segments and incoming.module == "tokens":  # Sender interface: POST /{token_uid}/authorize[?type=]
-        return await _token_owner(state, on_hub, segments[0], dict(parse_qsl(incoming.query)).get("type"))
+        return await owners.token(segments[0], dict(parse_qsl(incoming.query)).get("type"))
     if segments and incoming.module == "chargingprofiles" and incoming.method == "PUT":
         # mod_charging_profiles.asciidoc, Sender PUT: the CPO "SHALL ONLY call this interface for any session where
         # the Sender has at least once successfully called the charging profile Receiver PUT interface"
         cpo = sender_of(incoming, caller).key
-        return await _owner(state, on_hub, "chargingprofile-senders", _session_of([*cpo, segments[0]]))
+        return await owners.of("chargingprofile-senders", _session_of([*cpo, segments[0]]))
     return None
 
 
-async def _command_receiver(
-    incoming: Incoming,
-    caller: Platform,
-    state: RoutingState,
-    on_hub: Container[PartyKey],
-    cached_owners: Callable[[str, PartyKey], Awaitable[tuple[list[PartyKey], list[PartyKey]]]],
-) -> PartyKey | None:
+async def _command_receiver(incoming: Incoming, caller: Platform, owners: _Owners) -> PartyKey | None:
     """The CPO of the location, session or reservation a command names."""
     field, owner_module = _COMMAND_TARGET.get(incoming.segments[0].upper(), (None, ""))
     object_id = getattr(_routing_fields(incoming.body), field) if field else None
     if not object_id:
         return None
     if owner_module == "reservations":  # the eMSP's own reservation of that id (_reservation_of)
-        return await _reservation_owner(state, on_hub, sender_of(incoming, caller).key, object_id)
+        return await owners.reservation(sender_of(incoming, caller).key, object_id)
     if owner_module == "sessions":
-        return await _session_owner(state, on_hub, sender_of(incoming, caller).key, object_id)
+        return await owners.session(sender_of(incoming, caller).key, object_id)
     if owner_module != "locations":
-        return await _owner(state, on_hub, owner_module, object_id)
+        return await owners.of(owner_module, object_id)
     # also a location the hub knows from pull sync alone (a CPO that does not push), as GET All via the hub
     # shows it to this eMSP: several owners, one pushed and one pulled, are refused as any several
     viewer = sender_of(incoming, caller).key
-    seen_with = await _location_owners(state, cached_owners, object_id, viewer, pulled_too=True)
-    return _only(seen_with, on_hub, owner_module, object_id)
+    seen_with = await owners.location(object_id, viewer, pulled_too=True)
+    return owners.only(seen_with, owner_module, object_id)
 
 
-async def _location_read(
-    incoming: Incoming,
-    caller: Platform,
-    state: RoutingState,
-    on_hub: Container[PartyKey],
-    cached_owners: Callable[[str, PartyKey], Awaitable[tuple[list[PartyKey], list[PartyKey]]]],
-) -> PartyKey | None:
+async def _location_read(incoming: Incoming, caller: Platform, owners: _Owners) -> PartyKey | None:
     """Sender interface: GET /{location_id}, to the CPO that pushed it, unless the eMSP may not see it there; None: from
     the cache (hub.ocpi.hub_answers)."""
     if {"country_code", "party_id"} & dict(parse_qsl(incoming.query)).keys():
         return None  # the hub's own filter choosing an owner: its cache's copy
     viewer = sender_of(incoming, caller).key
-    seen_with = await _location_owners(state, cached_owners, incoming.segments[0], viewer, pulled_too=False)
-    if len([owner for owner in seen_with if owner in on_hub]) > 1:
+    seen_with = await owners.location(incoming.segments[0], viewer, pulled_too=False)
+    if len([owner for owner in seen_with if owner in owners.on_hub]) > 1:
         return None  # the cache's answer names them and says how to choose one, as with OCPI-to = the hub
-    return _only(seen_with, on_hub, "locations", incoming.segments[0], gone_said=False)
+    return owners.only(seen_with, "locations", incoming.segments[0], gone_said=False)
 
 
-async def _token_owner(state: RoutingState, on_hub: Container[PartyKey], uid: str, asked: str | None) -> PartyKey:
-    """The eMSP of the token an authorization names. Of several eMSPs seen with its uid, the one that published it with
-    the type asked for (mod_tokens.asciidoc: "The combination of uid and type should be unique for every token within
-    the eMSP's system"; ?type= "Default if omitted: RFID"), counting one whose types the hub does not know; else
-    refused naming each with its types and how to choose, as a location several CPOs have is (hub.ocpi.hub_answers)."""
-    seen_with = await state.owners("tokens", uid)
-    owners = [owner for owner in seen_with if owner in on_hub]
-    if len(owners) < 2:
-        return _only(seen_with, on_hub, "tokens", uid) or _unpublished_token(uid)
-    type_ = token_type(Sent(), asked)
-    held = await state.token_types(owners, uid, type_)
-    fitting = [owner for owner, types in zip(owners, held, strict=True) if type_ in types or not types]
-    if len(fitting) == 1:
-        return fitting[0]
-    named = "; ".join(f"{party_text(owner)}: {', '.join(types) or 'type not known'}"
-                      for owner, types in zip(owners, held, strict=True))  # fmt: skip
-    raise UnknownReceiver(
-        f"no OCPI-to headers, and token {uid} belongs to several parties ({named}), so the hub cannot tell whose token"
-        f" of type {type_} it is: send OCPI-to-country-code and OCPI-to-party-id to say which one (?type=, RFID if not"
-        " given, tells apart only tokens of different types)"
-    )
+@dataclass(frozen=True)
+class _Owners:
+    """The owners of an id that an open request may go to: those the owner index (state) and the location cache
+    (cached_owners) have seen with it, and of those only the parties on the hub now (on_hub)."""
+
+    state: RoutingState
+    on_hub: Container[PartyKey]
+    cached_owners: CachedOwners
+
+    async def of(self, module: str, object_id: str) -> PartyKey | None:
+        return self.only(await self.state.owners(module, object_id), module, object_id)
+
+    async def token(self, uid: str, asked: str | None) -> PartyKey:
+        """The eMSP of the token an authorization names. Of several eMSPs seen with its uid, the one that published it
+        with the type asked for (mod_tokens.asciidoc: "The combination of uid and type should be unique for every token
+        within the eMSP's system"; ?type= "Default if omitted: RFID"), counting one whose types the hub does not know;
+        else refused naming each with its types and how to choose, as a location several CPOs have is
+        (hub.ocpi.hub_answers)."""
+        seen_with = await self.state.owners("tokens", uid)
+        owners = [owner for owner in seen_with if owner in self.on_hub]
+        if len(owners) < 2:
+            return self.only(seen_with, "tokens", uid) or _unpublished_token(uid)
+        type_ = token_type(Sent(), asked)
+        held = await self.state.token_types(owners, uid, type_)
+        fitting = [owner for owner, types in zip(owners, held, strict=True) if type_ in types or not types]
+        if len(fitting) == 1:
+            return fitting[0]
+        named = "; ".join(f"{party_text(owner)}: {', '.join(types) or 'type not known'}"
+                          for owner, types in zip(owners, held, strict=True))  # fmt: skip
+        raise UnknownReceiver(
+            f"no OCPI-to headers, and token {uid} belongs to several parties ({named}), so the hub cannot tell whose"
+            f" token of type {type_} it is: send OCPI-to-country-code and OCPI-to-party-id to say which one (?type=,"
+            " RFID if not given, tells apart only tokens of different types)"
+        )
+
+    async def location(self, location_id: str, viewer: PartyKey, pulled_too: bool) -> list[PartyKey]:
+        """The CPOs seen pushing a location with that id and, pulled_too, those whose cached location with it the
+        viewer may see; never one whose cached location the viewer may not see (publish false): it is no owner the
+        viewer is routed to, nor told of."""
+        shown, hidden = await self.cached_owners(location_id, viewer)
+        seen_with = [*await self.state.owners("locations", location_id), *(shown if pulled_too else [])]
+        return [owner for owner in dict.fromkeys(seen_with) if owner not in hidden]
+
+    async def reservation(self, emsp: PartyKey, reservation_id: str) -> PartyKey | None:
+        """The CPO the eMSP reserved reservation_id at. A reservation noted by a hub before reservations were kept by
+        their eMSP (by the id alone) is found as it was then, until it ages out of the index (one to two periods)."""
+        found = await self.state.owners("reservations", _reservation_of(emsp, reservation_id))
+        return self.only(found or await self.state.owners("reservations", reservation_id), "reservations",
+                         reservation_id)  # fmt: skip
+
+    async def session(self, emsp: PartyKey, session_id: str) -> PartyKey | None:
+        """The CPO of a session an eMSP names by its id alone (STOP_SESSION, a charging profile, charging preferences).
+        Session ids are unique per CPO only: of several CPOs on the hub seen with it, the one that pushed its session
+        of that id to this eMSP (session-receivers); refused naming them all if that is not one."""
+        seen_with = await self.state.owners("sessions", session_id)
+        if len(owners := [cpo for cpo in seen_with if cpo in self.on_hub]) > 1:
+            receivers = [await self.state.owners("session-receivers", _session_of([*cpo, session_id]))
+                         for cpo in owners]  # fmt: skip
+            if len(its := [cpo for cpo, told in zip(owners, receivers, strict=True) if emsp in told]) == 1:
+                return its[0]
+        return self.only(seen_with, "sessions", session_id)
+
+    def only(self, seen_with: Iterable[PartyKey], module: str, object_id: str, gone_said: bool = True
+             ) -> PartyKey | None:  # fmt: skip
+        """The one party on the hub seen with the id; several: refused, since ids are unique per party only
+        (mod_commands: a location_id names a "Location (belonging to the CPO this request is sent to)"); none, but one
+        that left the hub until its entries are cleaned up (storage.departed): refused saying so (4003), unless
+        gone_said is False (None)."""
+        seen_with = list(seen_with)
+        owners = [owner for owner in seen_with if owner in self.on_hub]
+        if not owners and seen_with and gone_said:
+            # not "cannot tell" (4001): the hub knows whose it was, and answers as to that party addressed with
+            # OCPI-to (routing.decide.delivery_to): 4003, "receiving party is not connected" (status_codes.asciidoc)
+            raise ReceiverNotConnected(
+                f"no OCPI-to headers, and {_OBJECT.get(module, 'object')} {object_id} belonged to"
+                f" {', '.join(party_text(owner) for owner in seen_with)}, which is no longer connected to the hub"
+            )
+        if len(owners) > 1:
+            raise UnknownReceiver(
+                f"no OCPI-to headers, and {_OBJECT.get(module, 'object')} {object_id} belongs to several parties"
+                f" ({', '.join(party_text(owner) for owner in owners)}): send OCPI-to-country-code and"
+                " OCPI-to-party-id to say which one"
+            )
+        return owners[0] if owners else None
 
 
 def _unpublished_token(uid: str) -> NoReturn:
@@ -181,71 +236,6 @@ def _unpublished_token(uid: str) -> NoReturn:
         "cannot tell whose it is; an eMSP may authorize tokens it never publishes, so this does not mean the token is "
         "unknown: send OCPI-to-country-code and OCPI-to-party-id to ask the eMSP it belongs to"
     )
-
-
-async def _location_owners(
-    state: RoutingState,
-    cached_owners: Callable[[str, PartyKey], Awaitable[tuple[list[PartyKey], list[PartyKey]]]],
-    location_id: str,
-    viewer: PartyKey,
-    pulled_too: bool,
-) -> list[PartyKey]:
-    """The CPOs seen pushing a location with that id and, pulled_too, those whose cached location with it the viewer
-    may see; never one whose cached location the viewer may not see (publish false): it is no owner the viewer is
-    routed to, nor told of."""
-    shown, hidden = await cached_owners(location_id, viewer)
-    seen_with = [*await state.owners("locations", location_id), *(shown if pulled_too else [])]
-    return [owner for owner in dict.fromkeys(seen_with) if owner not in hidden]
-
-
-async def _reservation_owner(
-    state: RoutingState, on_hub: Container[PartyKey], emsp: PartyKey, reservation_id: str
-) -> PartyKey | None:
-    """The CPO the eMSP reserved reservation_id at. A reservation noted by a hub before reservations were kept by their
-    eMSP (by the id alone) is found as it was then, until it ages out of the index (one to two periods)."""
-    found = await state.owners("reservations", _reservation_of(emsp, reservation_id))
-    return _only(found or await state.owners("reservations", reservation_id), on_hub, "reservations", reservation_id)
-
-
-async def _session_owner(
-    state: RoutingState, on_hub: Container[PartyKey], emsp: PartyKey, session_id: str
-) -> PartyKey | None:
-    """The CPO of a session an eMSP names by its id alone (STOP_SESSION, a charging profile, charging preferences).
-    Session ids are unique per CPO only: of several CPOs on the hub seen with it, the one that pushed its session of
-    that id to this eMSP (session-receivers); refused naming them all if that is not one."""
-    seen_with = await state.owners("sessions", session_id)
-    if len(owners := [cpo for cpo in seen_with if cpo in on_hub]) > 1:
-        receivers = [await state.owners("session-receivers", _session_of([*cpo, session_id])) for cpo in owners]
-        if len(its := [cpo for cpo, told in zip(owners, receivers, strict=True) if emsp in told]) == 1:
-            return its[0]
-    return _only(seen_with, on_hub, "sessions", session_id)
-
-
-async def _owner(state: RoutingState, on_hub: Container[PartyKey], module: str, object_id: str) -> PartyKey | None:
-    return _only(await state.owners(module, object_id), on_hub, module, object_id)
-
-
-def _only(seen_with: Iterable[PartyKey], on_hub: Container[PartyKey], module: str, object_id: str,
-          gone_said: bool = True) -> PartyKey | None:  # fmt: skip
-    """The one party on the hub seen with the id; several: refused, since ids are unique per party only (mod_commands:
-    a location_id names a "Location (belonging to the CPO this request is sent to)"); none, but one that left the hub
-    until its entries are cleaned up (storage.departed): refused saying so (4003), unless gone_said is False (None)."""
-    seen_with = list(seen_with)
-    owners = [owner for owner in seen_with if owner in on_hub]
-    if not owners and seen_with and gone_said:
-        # not "cannot tell" (4001): the hub knows whose it was, and answers as to that party addressed with OCPI-to
-        # (routing.decide.delivery_to): 4003, "receiving party is not connected" (status_codes.asciidoc)
-        raise ReceiverNotConnected(
-            f"no OCPI-to headers, and {_OBJECT.get(module, 'object')} {object_id} belonged to"
-            f" {', '.join(party_text(owner) for owner in seen_with)}, which is no longer connected to the hub"
-        )
-    if len(owners) > 1:
-        raise UnknownReceiver(
-            f"no OCPI-to headers, and {_OBJECT.get(module, 'object')} {object_id} belongs to several parties"
-            f" ({', '.join(party_text(owner) for owner in owners)}): send OCPI-to-country-code and OCPI-to-party-id"
-            " to say which one"
-        )
-    return owners[0] if owners else None
 
 
 def note_seen(incoming: Incoming, caller: Platform, delivery: Delivery | None, state: RoutingState) -> None:

@@ -76,16 +76,7 @@ async def discover(
     name, so discovery stops there, saying which."""
     _check_not_the_hubs("versions URL", versions_url, hub_url)
     _check_address(client, "versions URL", versions_url)
-    encoding = "base64"
-    try:
-        fetched = await _call(client, "GET", versions_url, token, trace=trace, module="versions")
-    except TokenRefused as refused:
-        encoding = "raw"
-        try:
-            fetched = await _call(client, "GET", versions_url, token, encoding=encoding, trace=trace, module="versions")
-        except TokenRefused:
-            raise UnableToUseClientApi(f"{refused.message}; sent raw (not Base64-encoded), the token was refused "
-                                       "as well") from None  # fmt: skip
+    fetched, encoding = await _get_trying_raw(client, versions_url, token, "base64", trace)
     versions = _data(fetched, _versions_decoder, "versions", versions_url)
     chosen = next((v for v in versions if v.version == SUPPORTED_VERSION), None)
     if chosen is None:
@@ -95,7 +86,8 @@ async def discover(
         )
     _check_not_the_hubs(f"{SUPPORTED_VERSION} version details URL", chosen.url, hub_url)
     _check_address(client, f"{SUPPORTED_VERSION} version details URL", chosen.url)
-    answer = await _call(client, "GET", chosen.url, token, encoding=encoding, trace=trace, module="versions")
+    # a versions endpoint that answers anyone (as many do) shows nothing of the encoding: the trial goes on here
+    answer, encoding = await _get_trying_raw(client, chosen.url, token, encoding, trace)
     details = _data(answer, _details_decoder, "version details", chosen.url)
     endpoints = _usable_endpoints(details.endpoints, party)
     judged: set[tuple[str, int]] = set()  # each host and port once
@@ -116,6 +108,23 @@ async def discover(
         modules = ", ".join(sorted(FUNCTIONAL_MODULES))
         raise NoMatchingEndpoints(f"the party's {SUPPORTED_VERSION} details list no functional module ({modules})")
     return Discovery(SUPPORTED_VERSION, chosen.url, endpoints, encoding)
+
+
+async def _get_trying_raw(
+    client: PartyClient, url: str, token: str, encoding: str, trace: Trace | None
+) -> tuple[Fetched, str]:
+    """GET url with the token in encoding; a Base64-encoded token the party refused (HTTP 401) once more raw. The
+    answer, and the encoding it took."""
+    try:
+        return await _call(client, "GET", url, token, encoding=encoding, trace=trace, module="versions"), encoding
+    except TokenRefused as refused:
+        if encoding == "raw":
+            raise
+        try:
+            return await _call(client, "GET", url, token, encoding="raw", trace=trace, module="versions"), "raw"
+        except TokenRefused:
+            raise UnableToUseClientApi(f"{refused.message}; sent raw (not Base64-encoded), the token was refused "
+                                       "as well") from None  # fmt: skip
 
 
 def _check_not_the_hubs(what: str, url: str, hub_url: str) -> None:

@@ -98,6 +98,8 @@ class Party:
     host: str = "127.0.0.1"  # the name in its URLs ("localhost": a host name, as real parties have); serves 127.0.0.1
     # An OCPI 2.1.1-era implementation: sends its tokens raw, not Base64-encoded, and takes only raw ones.
     raw_tokens: bool = False
+    # Its versions endpoint answers anyone, with any token or none, as many platforms' do; its details check the token.
+    public_versions: bool = False
     # Paths answered a byte at a time and never finished (until the party stops): each byte comes well within any
     # timeout per read, so only a deadline on the whole answer ends such a call.
     drip: set[str] = field(default_factory=set)
@@ -192,6 +194,9 @@ class Party:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         self.received.append(Received(request.method, request.path, request.query_string, dict(request.headers), body,
                                       peer[1] if peer else None, raw_path=request.raw_path))  # fmt: skip
+        if self.public_versions and request.method == "GET" and self._unmoved(request.path) == "/ocpi/versions":
+            return web.json_response(envelope([{"version": v, "url": f"{self.base}{self.moved_to}/ocpi/{v}"}
+                                               for v in self.versions]))  # fmt: skip
         accepted = {self.token_b, self.token_a}
         presented = request.headers.get("Authorization", "").removeprefix("Token ")
         try:

@@ -121,3 +121,17 @@ def test_a_refused_authorization_header_is_told_what_was_wrong_with_it_without_t
             assert answer.status_code == 401, (header, answer.text)
             message = answer.json()["status_message"]
             assert message.startswith(told) and token not in message, (url, header, message)
+
+
+def test_a_party_taking_its_token_raw_behind_public_versions_is_tried_raw_at_its_version_details(
+    hub: Hub, start_party, db
+) -> None:
+    # Many platforms answer their versions to anyone: the token's encoding shows first at the version details, and
+    # the trial (transport_and_format.asciidoc: "by either trial and error") goes on there (was 3001, HTTP 401).
+    roles = _roles("CPO")
+    legacy = start_party(roles, raw_tokens=True, public_versions=True)
+    answer = legacy.register_at(hub.versions_url, hub.invite(legacy.name, roles)["token_a"]).json()
+    assert answer["status_code"] == 1000, answer
+    details = [r.headers["Authorization"] for r in legacy.received if r.path == "/ocpi/2.2.1"]
+    assert details == ["Token " + base64.b64encode(legacy.token_b.encode()).decode(), _raw(legacy.token_b)]
+    assert _encoding_at_hub(hub, legacy) == "raw"

@@ -14,7 +14,13 @@ import structlog
 
 from hub import party_api
 from hub.errors import InvalidParameters, OcpiError
-from hub.ocpi.credentials import HUBS_OWN_TOKEN, connection_of, hub_credentials, issued_by_the_hub
+from hub.ocpi.credentials import (
+    HUBS_OWN_TOKEN,
+    check_unique_roles,
+    connection_of,
+    hub_credentials,
+    issued_by_the_hub,
+)
 from hub.own_messages import Trace
 from hub.party_client import PartyClient
 from hub.settings import Settings
@@ -82,6 +88,7 @@ async def connect_to_party(
             if issued_by_the_hub(await load_directory(conn, box), theirs.token):
                 theirs = None  # no DELETE with it either: sent, it would be read as one of the hub's own tokens
                 raise InvalidParameters(HUBS_OWN_TOKEN)
+        check_unique_roles(theirs.roles)  # else a unique violation of the roles' index, the registration half done
         claims = [platforms.RoleClaim(r.role, r.country_code, r.party_id) for r in theirs.roles]
         async with pool.acquire() as conn:
             role_ids = await platforms.claim_roles(conn, platform_id, claims, hub_party)

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import ROOT, Hub, unique_party_id
 from tests.log_rows import calls_of, own_conversation, own_messages_wrong
-from tests.parties import free_port, token_header
+from tests.parties import envelope, free_port, token_header
 from tests.test_routing import _roles, party_key
 
 
@@ -267,6 +267,24 @@ def test_connect_to_a_party_whose_ids_are_taken_undoes_the_registration(hub: Hub
     assert result.returncode == 1
     assert f"DE-{pid}" in result.stderr
     assert party.hub_credentials is None  # the hub sent DELETE to undo its registration at the party
+
+
+def test_connect_to_a_party_answering_a_role_twice_fails_saying_so_and_undoes_the_registration(
+    hub: Hub, start_party, db
+) -> None:
+    # credentials.asciidoc: "Every role needs a unique combination of: role, party_id and country_code". Such an
+    # answer was an unhandled unique violation: a traceback, the platform left invited, the party left registered.
+    pid = unique_party_id()
+    party = start_party(("CPO", "DE", pid))
+    role = {"role": "CPO", "country_code": "DE", "party_id": pid, "business_details": {"name": "Twice"}}
+    answer = {"token": party.token_b, "url": party.versions_url, "roles": [role, role | {"party_id": pid.lower()}]}
+    party.canned[("POST", "/ocpi/2.2.1/credentials")] = (200, json.dumps(envelope(answer)).encode(), {})
+    name = f"answers a role twice {pid}"
+    result = _cli(hub, "connect", "--versions-url", party.versions_url, f"--token-a={party.token_a}", "--name", name)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"role CPO DE-{pid.lower()} is listed twice" in result.stderr  # as the second listed it
+    assert db.run(db.fetchval("SELECT state FROM platform WHERE name = $1", name)) == "UNREGISTERED"
+    assert [r.method for r in party.received if r.path == "/ocpi/2.2.1/credentials"] == ["POST", "DELETE"]
 
 
 def test_every_call_connect_makes_is_a_routing_log_row_in_one_conversation_without_its_tokens(

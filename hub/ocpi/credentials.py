@@ -30,8 +30,19 @@ def hub_credentials(settings: Settings, token: str) -> Credentials:
     return Credentials(token=token, url=settings.versions_url, roles=[role])
 
 
+def check_unique_roles(claimed: Sequence[CredentialsRole]) -> None:
+    """credentials.asciidoc: "Every role needs a unique combination of: role, party_id and country_code" (CiStrings,
+    so in any case); InvalidParameters naming the first one listed twice."""
+    seen = set()
+    for claim in claimed:
+        if (key := (claim.role, claim.country_code.upper(), claim.party_id.upper())) in seen:
+            raise InvalidParameters(f"role {claim.role} {claim.country_code}-{claim.party_id} is listed twice")
+        seen.add(key)
+
+
 def match_roles(claimed: Sequence[CredentialsRole], held: Sequence[asyncpg.Record]) -> list[tuple[int, object]]:
     """(party_role id, business details) for each claimed role; every one must be a role this platform holds."""
+    check_unique_roles(claimed)
     by_key = {(r["role"], r["country_code"].upper(), r["party_id"].upper()): r["id"] for r in held}
     matched: dict[int, object] = {}
     foreign = []
@@ -39,8 +50,6 @@ def match_roles(claimed: Sequence[CredentialsRole], held: Sequence[asyncpg.Recor
         role_id = by_key.get((claim.role, claim.country_code.upper(), claim.party_id.upper()))
         if role_id is None:
             foreign.append(f"{claim.role} {claim.country_code}-{claim.party_id}")
-        elif role_id in matched:
-            raise InvalidParameters(f"role {claim.role} {claim.country_code}-{claim.party_id} is listed twice")
         else:
             matched[role_id] = msgspec.to_builtins(claim.business_details)
     if foreign:

@@ -80,6 +80,8 @@ async def discover(
     versions = _data(fetched, _versions_decoder, "versions", versions_url)
     chosen = next((v for v in versions if v.version == SUPPORTED_VERSION), None)
     if chosen is None:
+        if (said := _refusal(fetched)) is not None:  # its data beside a refusal is no list of its versions
+            raise UnableToUseClientApi(f"GET {versions_url} was refused: {said}")
         offered = ", ".join(v.version for v in versions) or "none"
         raise UnsupportedVersion(
             f"no common OCPI version: the hub speaks {SUPPORTED_VERSION}, the party offers {offered}"
@@ -282,6 +284,18 @@ def _said(refusal: Fetched) -> str:
         return _status_said(status, document.get("status_message"))
     kind = refusal.headers.get("content-type", "no content type")
     return f"{len(refusal.content)} bytes of {kind[:100]}, not an OCPI answer"
+
+
+def _refusal(response: Fetched) -> str | None:
+    """What an answer's OCPI envelope said, when its status code is not 1000 (status_codes.asciidoc: then "the data
+    field is unspecified"); None for a success, or an answer with no OCPI status."""
+    try:
+        document = msgspec.json.decode(response.content)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if (status := _status_of(document)) is None or status == 1000:
+        return None
+    return _status_said(status, document.get("status_message"))
 
 
 def _status_of(document: Any) -> int | None:

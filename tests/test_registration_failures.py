@@ -111,6 +111,19 @@ def test_a_refusal_in_a_successful_answer_is_told_with_the_start_of_its_message(
     assert message == f"GET {party.base}/ocpi/2.2.1 was refused: OCPI status 3000 {'x' * 200}"
 
 
+def test_a_refusal_carrying_an_empty_versions_list_is_told_as_the_refusal_not_as_no_common_version(
+    hub: Hub, start_party
+) -> None:
+    # status_codes.asciidoc: outside 1xxx "the data field is unspecified"; an empty list beside a refusal was read as
+    # the party's versions, and the party told 3002, "the party offers none", instead of what it said
+    refusal = b'{"status_code": 2000, "status_message": "unknown token", "data": []}'
+    canned = {("GET", "/ocpi/versions"): (200, refusal, {"Content-Type": "application/json"})}
+    party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()), canned=canned)
+    answer = party.register_at(hub.versions_url, token_a).json()
+    assert answer["status_code"] == 3001, answer
+    assert answer["status_message"] == f"GET {party.base}/ocpi/versions was refused: OCPI status 2000 unknown token"
+
+
 def test_party_with_a_wrong_token_b_gives_3001(hub: Hub, start_party) -> None:
     party, token_a = _invited_party(hub, start_party, ("CPO", "NL", unique_party_id()))
     credentials = party.credentials("not-the-token-the-party-accepts")

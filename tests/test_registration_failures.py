@@ -4,6 +4,8 @@ wrong, nothing registered, token A still good."""
 
 from __future__ import annotations
 
+import hashlib
+
 import httpx
 import pytest
 
@@ -66,6 +68,8 @@ def test_a_refusal_at_the_versions_url_is_told_by_its_ocpi_status_alone_not_by_w
 
 
 NESTED_TOO_DEEPLY = b"[" * 5000 + b"]" * 5000
+# An endpoint identifier longer than an index row takes (incompressible: random-looking): was an HTTP 500, 3000
+LONG_IDENTIFIER = "".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(125))
 
 
 @pytest.mark.parametrize(
@@ -78,6 +82,13 @@ NESTED_TOO_DEEPLY = b"[" * 5000 + b"]" * 5000
         ("/ocpi/2.2.1", NESTED_TOO_DEEPLY, "answered no usable version details"),
         ("/ocpi/2.2.1", b'{"status_code": 3000, "status_message": "down"}', "was refused: OCPI status 3000 down"),
         ("/ocpi/versions", b'{"status_code": true}', "answered no usable versions"),  # was "OCPI status True"
+        (
+            "/ocpi/2.2.1",
+            b'{"data": {"version": "2.2.1", "endpoints": [{"identifier": "credentials", "role": "SENDER", "url": '
+            b'"http://127.0.0.1/c"}, {"identifier": "locations", "role": "SENDER", "url": "http://127.0.0.1/l"}, '
+            b'{"identifier": "' + LONG_IDENTIFIER.encode() + b'", "role": "SENDER", "url": "http://127.0.0.1/x"}]}}',
+            "answered no usable version details",
+        ),
     ],
     ids=[
         "not-json",
@@ -87,6 +98,7 @@ NESTED_TOO_DEEPLY = b"[" * 5000 + b"]" * 5000
         "details-nested-too-deeply",
         "refused",
         "status-code-true",
+        "details-identifier-too-long",
     ],
 )
 def test_party_versions_or_details_the_hub_cannot_use_give_3001_saying_what_was_wrong(

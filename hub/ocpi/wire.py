@@ -79,7 +79,9 @@ class Version(msgspec.Struct):
 
 
 class Endpoint(msgspec.Struct):
-    identifier: Text
+    # A ModuleID, or a custom one ("nltnm-tokens"): a key of the stored endpoints, so bounded (as the routing log cuts
+    # a module to 255 characters); a longer one no index row takes
+    identifier: Annotated[str, msgspec.Meta(max_length=255, pattern=NO_CONTROL_CHARACTERS)]
     # An InterfaceRole; as a party sent it, any text ("CPO" from before 2.2): hub.party_api.discover sorts it out
     role: Text
     url: Url

@@ -60,10 +60,11 @@ class PartyRole:
     party_id: str
     status: str
     business_details: Mapping[str, object] | None
+    # (COUNTRY_CODE, PARTY_ID) upper-cased, as parties are compared (CiString): set once, read a few times a request
+    key: tuple[str, str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.country_code.upper(), self.party_id.upper())
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.country_code.upper(), self.party_id.upper()))
 
 
 @dataclass(frozen=True, slots=True)

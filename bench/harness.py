@@ -1,7 +1,8 @@
 """What the benchmarks share: ports and processes, the fast parties, a hub and its servers, the load generators
 (wrk and bench/paced_load.mjs) and the figures they give, the CPU time spent per request and the machine's speed.
 
-bench/routing.py, bench/mixed_traffic.py, bench/instructions.py and bench/location_cache.py are built from these.
+bench/routing.py, bench/mixed_traffic.py, bench/instructions.py, bench/bytecodes.py and bench/location_cache.py
+are built from these.
 """
 
 from __future__ import annotations

@@ -415,6 +415,29 @@ def test_a_get_all_snapshot_link_pages_for_the_party_it_was_taken_for_only(hub: 
     assert followed.json()["status_code"] == 1000 and len(followed.json()["data"]) == 1
 
 
+def test_a_snapshot_page_names_the_party_it_was_taken_for_in_ocpi_to_on_a_platform_of_several(
+    hub: Hub, connect_party
+) -> None:
+    # A followed Link's page named the platform's first party in OCPI-to, whichever party the GET All was for
+    # (transport_and_format.asciidoc, OCPI-to: "the receiving party" of the answer).
+    cpo = connect_party(_roles("CPO"))
+    emsp = connect_party(_roles("EMSP"), _roles("EMSP"))
+    owner = party_key(cpo)
+    for n in range(2):
+        location_id = f"TO{n}-{owner[1]}"
+        _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-25T08:00:00Z"))
+    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=1"
+    _eventually(lambda: _assert_total(emsp, hub, query, 2))
+    for _, country, party in emsp.roles:
+        first = emsp.call(hub.base, "GET", query, to=HUB, from_=(country, party))
+        link = first.headers["Link"].split(">")[0].lstrip("<")
+        followed = emsp.call(hub.base, "GET", link, from_=(country, party))
+        assert followed.json()["status_code"] == 1000, followed.text
+        for page in (first, followed):
+            named = (page.headers["OCPI-to-country-code"], page.headers["OCPI-to-party-id"])
+            assert named == (country, party), (link, page.headers)
+
+
 def test_updates_held_for_a_redis_that_does_not_answer_are_given_up_all_at_once_when_the_hub_stops() -> None:
     # Each held batch cost one REDIS_TIMEOUT_S try at shutdown (19.6 s for 2,000 updates, a security review), while
     # the routing log waited to spool its rows behind it.

@@ -123,8 +123,10 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     caller = exchange.caller
     assert caller is not None
     # taken for one party, filtered for it (publish_allowed_to): no other platform reads it, as pages and results
-    if not any(role.key == snapshot_viewer(snapshot_id) for role in caller.roles):
+    viewer = next((role for role in caller.roles if role.key == snapshot_viewer(snapshot_id)), None)
+    if viewer is None:
         raise NotFound(f"{path} is unknown, expired, or not yours")
+    exchange.sender = viewer  # OCPI-to of the page and its row: the party the GET All was for, not the platform's first
     return await page(relay, exchange, snapshot_id, offset, limit)
 
 

@@ -238,6 +238,25 @@ def test_a_party_starting_get_all_again_and_again_keeps_only_its_latest_snapshot
         assert [loc["id"] for loc in _get(emsp, hub, link).json()["data"]] == ["S2"]
 
 
+def test_an_expired_snapshot_is_404_at_offset_0_too_never_an_empty_list(hub: Hub, connect_party) -> None:
+    # An expired snapshot followed at offset 0 (or with limit=0) answered 1000, data [] and X-Total-Count 0: to a GET
+    # All, "the new truth" (mod_locations.asciidoc), that every location was gone.
+    from storage.location_cache import SNAPSHOTS_PER_VIEWER
+
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    owner = party_key(cpo)
+    for location_id in ("X1", "X2"):
+        _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-21T10:00:00Z"))
+    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=1"
+    _eventually(lambda: _assert_total(emsp, hub, query, 2))
+    oldest = _get(emsp, hub, query).headers["Link"].split(">")[0].lstrip("<").split("?")[0]
+    for _ in range(SNAPSHOTS_PER_VIEWER):  # each a snapshot of its own: the oldest expires
+        _get(emsp, hub, query)
+    for window in ("offset=0&limit=1", "offset=0&limit=0", "limit=0", ""):
+        expired = _get(emsp, hub, f"{oldest}?{window}" if window else oldest)
+        assert expired.status_code == 404 and "expired" in expired.json()["status_message"], (window, expired.text)
+
+
 def test_get_all_with_limit_0_answers_the_total_alone_and_takes_no_snapshot_while_a_forwarded_one_keeps_its_limit(
     hub: Hub, connect_party
 ) -> None:

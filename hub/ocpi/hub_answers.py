@@ -58,7 +58,7 @@ async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer
         CACHE_REQUESTS.labels("hit").inc()  # answered from the cache as a page is, though it holds no objects
         return _listed(relay, exchange, [], total, x_limit(limit, MAX_LIMIT), None)
     snapshot_id, total = await relay.locations.snapshot(owner, date_from, date_to, exchange.sender.key)
-    if not total:  # Redis keeps no empty list: page() would take it for one expired, at any offset but 0
+    if not total:  # Redis keeps no empty list: page() would take it for one expired
         CACHE_REQUESTS.labels("hit").inc()
         return _listed(relay, exchange, [], 0, x_limit(limit, MAX_LIMIT), None)
     return await page(relay, exchange, snapshot_id, offset, limit)
@@ -146,14 +146,11 @@ def _check_addressed(relay: Relay, exchange: Exchange) -> None:
 
 async def page(relay: Relay, exchange: Exchange, snapshot_id: str, offset: int, limit: int) -> Answer:
     found = await relay.locations.page(snapshot_id, offset, limit)
-    docs: list[bytes]
-    if found is None:
-        docs, next_offset, total = [], 0, 0
-        if offset:
-            raise NotFound("this page list expired: start again with a GET All")
-    else:
-        docs, next_offset, total = found
-    CACHE_REQUESTS.labels("hit" if found is not None else "miss").inc()
+    if found is None:  # at any offset: an empty page would tell a GET All's client that every location is gone
+        CACHE_REQUESTS.labels("miss").inc()
+        raise NotFound("this page list expired: start again with a GET All")
+    docs, next_offset, total = found
+    CACHE_REQUESTS.labels("hit").inc()
     link, most = None, x_limit(limit, MAX_LIMIT)
     if limit and next_offset < total:  # limit=0 asks for no objects: no next page of none either
         query = urlencode({"offset": next_offset, "limit": limit})

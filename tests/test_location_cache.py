@@ -452,9 +452,22 @@ def test_a_snapshot_page_names_the_party_it_was_taken_for_in_ocpi_to_on_a_platfo
         link = first.headers["Link"].split(">")[0].lstrip("<")
         followed = emsp.call(hub.base, "GET", link, from_=(country, party))
         assert followed.json()["status_code"] == 1000, followed.text
-        for page in (first, followed):
+        # followed without routing headers, as parties often do: its row names that party too
+        correlation = f"to-{secrets.token_hex(6)}"
+        bare = httpx.get(link, headers=emsp.token_header(emsp.hub_token or "") | {"X-Correlation-ID": correlation})
+        for page in (first, followed, bare):
             named = (page.headers["OCPI-to-country-code"], page.headers["OCPI-to-party-id"])
             assert named == (country, party), (link, page.headers)
+
+        def row(correlation: str = correlation) -> dict:
+            with hub.admin() as admin:
+                rows = admin.get("/admin/api/routing-log", params={"correlation_id": correlation}).json()["items"]
+            assert len(rows) == 1, rows
+            return rows[0]
+
+        found = _eventually(row, timeout=15)
+        assert (found["from_country_code"], found["from_party_id"]) == (country, party), found
+        assert (found["to_country_code"], found["to_party_id"]) == HUB, found
 
 
 def test_updates_held_for_a_redis_that_does_not_answer_are_given_up_all_at_once_when_the_hub_stops() -> None:

@@ -126,7 +126,12 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     viewer = next((role for role in caller.roles if role.key == snapshot_viewer(snapshot_id)), None)
     if viewer is None:
         raise NotFound(f"{path} is unknown, expired, or not yours")
-    exchange.sender = viewer  # OCPI-to of the page and its row: the party the GET All was for, not the platform's first
+    # the page's OCPI-to and its row's parties: the party the GET All was for, not the platform's first, as a relayed
+    # page names the party it was handed to (hub.ocpi.relayed_urls)
+    exchange.sender = viewer
+    entry = exchange.entry
+    entry.from_country_code, entry.from_party_id = viewer.country_code, viewer.party_id
+    entry.to_country_code, entry.to_party_id = relay.settings.country_code, relay.settings.party_id
     return await page(relay, exchange, snapshot_id, offset, limit)
 
 

@@ -112,3 +112,8 @@ def test_a_new_cpo_before_its_first_sync_makes_get_all_of_every_cpo_an_error_not
     every = _get(emsp, hub, "sender/locations").json()
     assert every["status_code"] == 4000 and f"{owner[0]}-{owner[1]} (not synced yet)" in every["status_message"]
     assert json.dumps(every).count("retry shortly") == 1
+    # a wrong parameter is told first (2001): "retry shortly" had the client retry it as it was
+    for wrong, told in (("limit=-1", "limit must be a whole number"), ("offset=x", "offset must be a whole number"),
+                        ("date_from=soon", "date_from must be an OCPI DateTime")):  # fmt: skip
+        refused = _get(emsp, hub, f"sender/locations?{wrong}").json()
+        assert refused["status_code"] == 2001 and told in refused["status_message"], refused

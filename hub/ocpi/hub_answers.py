@@ -46,12 +46,11 @@ async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer
         if owner in short:
             return await _from_its_cpo(relay, exchange, incoming, owner, short[owner])
         if owner is None and not incoming.segments:
+            _window(params)  # a wrong parameter first (2001): "retry shortly" would have it retried as it is
             raise _not_all_cached(relay, short)
     if incoming.segments:
         return await _single(relay, exchange, incoming, owner, short)
-    date_from, date_to = _epoch(params, "date_from"), _epoch(params, "date_to")
-    check_dates(params, date_from, date_to)
-    offset, limit = paging_window(params, MAX_LIMIT)
+    date_from, date_to, offset, limit = _window(params)
     assert exchange.sender is not None
     if not limit:  # X-Total-Count alone (hub.envelope.paging_window): counted, no snapshot kept to walk
         _, total = await relay.locations.snapshot(owner, date_from, date_to, exchange.sender.key, keep=False)
@@ -245,6 +244,14 @@ def _owner(params: dict[str, str]) -> tuple[str, str] | None:
     if len(country) != 2 or len(party) != 3:
         raise InvalidParameters("country_code and party_id filter one owner: two and three characters")
     return (country.upper(), party.upper())
+
+
+def _window(params: dict[str, str]) -> tuple[float | None, float | None, int, int]:
+    """date_from, date_to, offset and limit of a GET All answered from the cache, each checked (2001 if wrong)."""
+    date_from, date_to = _epoch(params, "date_from"), _epoch(params, "date_to")
+    check_dates(params, date_from, date_to)
+    offset, limit = paging_window(params, MAX_LIMIT)
+    return date_from, date_to, offset, limit
 
 
 def _epoch(params: dict[str, str], name: str) -> float | None:

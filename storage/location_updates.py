@@ -18,7 +18,7 @@ import redis.asyncio as redis
 import structlog
 from redis.exceptions import NoScriptError, WatchError
 
-from storage.batches import next_batch
+from storage.batches import Batches, next_batch
 from storage.directory import DirectoryCache
 from storage.location_cap import MAX_LOCATION_BYTES_PER_CPO, MAX_LOCATIONS_PER_CPO, said_refused
 from storage.location_document import index_of, too_large, updated, whole_location
@@ -46,7 +46,7 @@ class RelayedUpdates(LocationWriter):
                  max_per_cpo: int = MAX_LOCATIONS_PER_CPO,
                  max_bytes_per_cpo: int = MAX_LOCATION_BYTES_PER_CPO) -> None:  # fmt: skip
         super().__init__(client, prefix, directory, max_per_cpo, max_bytes_per_cpo)
-        self._pending: asyncio.Queue[Update] = asyncio.Queue()
+        self._pending: Batches[Update] = Batches()
         self._stopping = False  # set at shutdown: a Redis still away then is not waited for
         self.dropped = 0  # updates given up (Redis away at shutdown, or more held than MAX_HELD_UPDATES)
         self._over_cap = False  # MAX_HELD_UPDATES reached in this outage (and said)
@@ -90,8 +90,7 @@ class RelayedUpdates(LocationWriter):
             except Exception as exc:  # a bug: pull sync repairs what the update would have changed
                 log.exception("location_cache_update_failed", updates=len(batch), error=str(exc))
             finally:
-                for _ in batch:
-                    self._pending.task_done()
+                self._pending.task_done(len(batch))
 
     async def _applied_once_redis_answers(self, batch: list[Update]) -> None:
         """The batch applied; while Redis is away (stopped, restarting, failing over) tried again, in order, with the
@@ -109,8 +108,7 @@ class RelayedUpdates(LocationWriter):
                 if self._stopping:  # all of them at once: a Redis that hangs costs a try each (REDIS_TIMEOUT_S)
                     held = [self._pending.get_nowait() for _ in range(self._pending.qsize())]
                     self._given_up(batch + held, f"Redis away at shutdown: {type(exc).__name__}: {exc}")
-                    for _ in held:
-                        self._pending.task_done()
+                    self._pending.task_done(len(held))
                     return
                 if failed_since is None:  # once per outage, not once per try
                     failed_since = time.monotonic()

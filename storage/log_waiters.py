@@ -10,6 +10,7 @@ import asyncio
 import itertools
 from collections.abc import Iterable
 
+from storage.batches import Batches
 from storage.log_amendment import Amendment
 from storage.log_row import LogEntry
 
@@ -21,7 +22,7 @@ class LogUnavailable(Exception):
     """The routing log could not commit a row in time (strict mode)."""
 
 
-async def queued_until_committed(queue: asyncio.Queue[LogEntry | Amendment], entry: LogEntry) -> None:
+async def queued_until_committed(queue: Batches[LogEntry | Amendment], entry: LogEntry) -> None:
     """Queue a row for the writer, and return once it is committed."""
     loop = asyncio.get_running_loop()
     entry.waiter, entry.waiting_since = loop.create_future(), loop.time()
@@ -46,7 +47,7 @@ class OverdueWaiters:
     batch and queued behind it (those would otherwise wait for as long as the database is away), are failed; looked at
     again every OVERDUE_CHECK_S until the commit. One timer per batch, not one per request."""
 
-    def __init__(self, queue: asyncio.Queue[LogEntry | Amendment], commit_timeout_s: float) -> None:
+    def __init__(self, queue: Batches[LogEntry | Amendment], commit_timeout_s: float) -> None:
         self._queue = queue
         self._commit_timeout_s = commit_timeout_s
         self._late: asyncio.TimerHandle | None = None
@@ -62,7 +63,6 @@ class OverdueWaiters:
     def _fail_overdue(self, batch: list[LogEntry]) -> None:
         loop = asyncio.get_running_loop()
         due = loop.time() - self._commit_timeout_s
-        queued: Iterable[LogEntry | Amendment] = self._queue._queue  # type: ignore[attr-defined]  # asyncio.Queue's deque
-        fail_waiters([e for e in itertools.chain(batch, queued)
+        fail_waiters([e for e in itertools.chain(batch, self._queue)
                       if isinstance(e, LogEntry) and e.waiter is not None and e.waiting_since <= due])  # fmt: skip
         self._late = loop.call_later(OVERDUE_CHECK_S, self._fail_overdue, batch)

@@ -24,7 +24,7 @@ import asyncpg
 import structlog
 
 from storage import log_spool
-from storage.batches import next_batch
+from storage.batches import Batches, next_batch
 from storage.log_amendment import Amendment, amendment_records, rows_and_amendments, unnumbered
 from storage.log_chain import LogChain, bare, location_records
 from storage.log_connection import LogConnection
@@ -67,7 +67,7 @@ class RoutingLogWriter:
         self._pool = pool  # for the seal of a spooled chain of unkeyed hashes, once (storage.log_spool)
         self._connection = LogConnection(pool, write_timeout_s)
         self.strict = strict
-        self._queue: asyncio.Queue[LogEntry | Amendment] = asyncio.Queue()
+        self._queue: Batches[LogEntry | Amendment] = Batches()
         self._overdue = OverdueWaiters(self._queue, commit_timeout_s)
         self._ids = ReservedIds()  # for the next rows
         self._chain = LogChain(key, body_cap, self._ids)
@@ -155,7 +155,7 @@ class RoutingLogWriter:
             self.rows += len(batch)
             for entry in batch:
                 answer_committed(entry)
-                self._queue.task_done()
+            self._queue.task_done(len(batch))
 
     def _chained_batch(self, batch: list[LogEntry]) -> tuple[list[LogEntry], list[tuple[Any, ...]]]:
         """The rows of a batch, chained; a row that cannot be (a bug) is reported to its caller, not written."""
@@ -220,8 +220,7 @@ class RoutingLogWriter:
 
     def _amended(self) -> None:
         """The amendments taken are written (or dropped): done."""
-        for _ in self._amending:
-            self._queue.task_done()
+        self._queue.task_done(len(self._amending))
         self._amending = []
 
     async def _amendments_alone(self) -> None:

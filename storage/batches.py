@@ -59,7 +59,8 @@ class Batches(Generic[Item]):
             await self._finished.wait()
 
     async def next_batch(self, limit: int, linger_s: float = 0.0) -> list[Item]:
-        """The items queued once there is one and linger_s more have passed, the oldest limit of them."""
+        """The items queued once there is one and linger_s more have passed, the oldest limit of them: a capped batch,
+        since working one off holds the event loop, and a backlog would stall every request for as long."""
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -74,9 +75,3 @@ class Batches(Generic[Item]):
             items.clear()
             return batch
         return [items.popleft() for _ in range(limit)]
-
-
-async def next_batch(queue: Batches[Item], limit: int, linger_s: float = 0.0) -> list[Item]:
-    """The next item, waited for, and what else is queued after linger_s more, up to limit items: a capped batch,
-    since working one off holds the event loop, and a backlog would stall every request for as long."""
-    return await queue.next_batch(limit, linger_s)

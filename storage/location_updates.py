@@ -18,7 +18,7 @@ import redis.asyncio as redis
 import structlog
 from redis.exceptions import NoScriptError, WatchError
 
-from storage.batches import Batches, next_batch
+from storage.batches import Batches
 from storage.directory import DirectoryCache
 from storage.location_cap import MAX_LOCATION_BYTES_PER_CPO, MAX_LOCATIONS_PER_CPO, said_refused
 from storage.location_document import index_of, too_large, updated, whole_location
@@ -84,7 +84,7 @@ class RelayedUpdates(LocationWriter):
     async def _apply_pending(self) -> None:
         while True:
             # The updates of a few ms share one Redis round trip (a cache: a GET may lag a push by that long).
-            batch = await next_batch(self._pending, MAX_UPDATES_PER_BATCH, UPDATE_LINGER_S)
+            batch = await self._pending.next_batch(MAX_UPDATES_PER_BATCH, UPDATE_LINGER_S)
             try:
                 await self._applied_once_redis_answers(batch)
             except Exception as exc:  # a bug: pull sync repairs what the update would have changed

@@ -24,7 +24,7 @@ import asyncpg
 import structlog
 
 from storage import log_spool
-from storage.batches import Batches, next_batch
+from storage.batches import Batches
 from storage.log_amendment import Amendment, amendment_records, rows_and_amendments, unnumbered
 from storage.log_chain import LogChain, bare, location_records
 from storage.log_connection import LogConnection
@@ -131,7 +131,7 @@ class RoutingLogWriter:
     async def _run(self) -> None:
         while True:
             # In async mode nobody waits for the commits: the rows of a few ms share one (chaining holds the loop).
-            taken = await next_batch(self._queue, self._max_batch_rows, 0.0 if self.strict else ASYNC_LINGER_S)
+            taken = await self._queue.next_batch(self._max_batch_rows, 0.0 if self.strict else ASYNC_LINGER_S)
             batch, self._amending = rows_and_amendments(taken)  # amendments: of rows committed before these
             self._taken = batch
             if batch:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from storage.batches import Batches, next_batch
+from storage.batches import Batches
 
 
 def test_a_batch_holds_at_most_its_limit_and_the_rest_wait_in_order() -> None:
@@ -13,9 +13,9 @@ def test_a_batch_holds_at_most_its_limit_and_the_rest_wait_in_order() -> None:
         queue: Batches[int] = Batches()
         for n in range(7):
             queue.put_nowait(n)
-        assert await next_batch(queue, 3) == [0, 1, 2]
-        assert await next_batch(queue, 3) == [3, 4, 5]
-        assert await next_batch(queue, 3) == [6]
+        assert await queue.next_batch(3) == [0, 1, 2]
+        assert await queue.next_batch(3) == [3, 4, 5]
+        assert await queue.next_batch(3) == [6]
         assert queue.empty()
 
     asyncio.run(test())
@@ -24,7 +24,7 @@ def test_a_batch_holds_at_most_its_limit_and_the_rest_wait_in_order() -> None:
 def test_a_waiting_writer_wakes_for_the_first_item_and_takes_what_came_while_it_lingered() -> None:
     async def test() -> None:
         queue: Batches[int] = Batches()
-        taking = asyncio.create_task(next_batch(queue, 100, linger_s=0.05))
+        taking = asyncio.create_task(queue.next_batch(100, linger_s=0.05))
         await asyncio.sleep(0.01)
         assert not taking.done()
         queue.put_nowait(1)
@@ -40,7 +40,7 @@ def test_a_writer_stopped_while_it_lingers_leaves_every_item_queued_in_order() -
         queue: Batches[int] = Batches()
         queue.put_nowait(1)
         queue.put_nowait(2)
-        taking = asyncio.create_task(next_batch(queue, 100, linger_s=10))
+        taking = asyncio.create_task(queue.next_batch(100, linger_s=10))
         await asyncio.sleep(0.01)
         taking.cancel()
         await asyncio.gather(taking, return_exceptions=True)
@@ -56,11 +56,11 @@ def test_join_waits_until_every_item_put_is_done_with() -> None:
         for n in range(3):
             queue.put_nowait(n)
         joined = asyncio.create_task(queue.join())
-        batch = await next_batch(queue, 2)
+        batch = await queue.next_batch(2)
         queue.task_done(len(batch))
         await asyncio.sleep(0.01)
         assert not joined.done()  # one still queued
-        queue.task_done(len(await next_batch(queue, 2)))
+        queue.task_done(len(await queue.next_batch(2)))
         await asyncio.wait_for(joined, 1)
 
     asyncio.run(test())

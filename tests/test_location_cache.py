@@ -221,15 +221,21 @@ def test_client_owned_push_must_name_its_sender_as_owner_and_its_id(  # type: ig
     assert emsp.functional() == []
 
 
-def test_a_party_starting_get_all_again_and_again_keeps_only_its_latest_snapshots(hub: Hub, connect_party) -> None:
-    from storage.location_cache import SNAPSHOTS_PER_VIEWER
-
+def _two_locations_a_page(hub: Hub, connect_party, ids: tuple[str, str]):  # type: ignore[no-untyped-def]
+    """An eMSP, and the query of its GET All of a CPO's two locations (ids), once both are cached, a page each."""
     cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
     owner = party_key(cpo)
-    for location_id in ("S1", "S2"):
+    for location_id in ids:
         _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-21T10:00:00Z"))
     query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=1"
     _eventually(lambda: _assert_total(emsp, hub, query, 2))
+    return emsp, query
+
+
+def test_a_party_starting_get_all_again_and_again_keeps_only_its_latest_snapshots(hub: Hub, connect_party) -> None:
+    from storage.location_cache import SNAPSHOTS_PER_VIEWER
+
+    emsp, query = _two_locations_a_page(hub, connect_party, ("S1", "S2"))
     links = [_get(emsp, hub, query).headers["Link"].split(">")[0].lstrip("<")
              for _ in range(SNAPSHOTS_PER_VIEWER + 1)]  # fmt: skip
     expired = _get(emsp, hub, links[0])
@@ -243,12 +249,7 @@ def test_an_expired_snapshot_is_404_at_offset_0_too_never_an_empty_list(hub: Hub
     # All, "the new truth" (mod_locations.asciidoc), that every location was gone.
     from storage.location_cache import SNAPSHOTS_PER_VIEWER
 
-    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
-    owner = party_key(cpo)
-    for location_id in ("X1", "X2"):
-        _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-21T10:00:00Z"))
-    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=1"
-    _eventually(lambda: _assert_total(emsp, hub, query, 2))
+    emsp, query = _two_locations_a_page(hub, connect_party, ("X1", "X2"))
     oldest = _get(emsp, hub, query).headers["Link"].split(">")[0].lstrip("<").split("?")[0]
     for _ in range(SNAPSHOTS_PER_VIEWER):  # each a snapshot of its own: the oldest expires
         _get(emsp, hub, query)

@@ -77,6 +77,18 @@ def _synced_cpo_and_emsp(hub: Hub, start_party):  # type: ignore[no-untyped-def]
     return cpo, emsp, owner
 
 
+def _cpo_over_its_cap(hub: Hub, start_party, prefix: str, count: int):  # type: ignore[no-untyped-def]
+    """_synced_cpo_and_emsp, once the CPO pushed count locations (more than the cap) and its cache is marked over it;
+    its Sender lists them all."""
+    cpo, emsp, owner = _synced_cpo_and_emsp(hub, start_party)
+    docs = [_location(owner, f"{prefix}{n}", f"2026-12-01T10:0{n}:00Z") for n in range(count)]
+    cpo.objects["locations"] = docs
+    for doc in docs:
+        _push(cpo, emsp, hub, "PUT", doc["id"], doc)
+    _wait(lambda: _cache_state(hub, owner)["location_cache_over_cap"])
+    return cpo, emsp, owner
+
+
 def test_pushes_past_a_cpos_cap_are_relayed_and_its_get_all_goes_to_it_until_a_full_sync_caches_its_whole_list(
     capped_hub: Hub, start_party
 ) -> None:
@@ -247,12 +259,7 @@ def test_a_get_all_forwarded_to_a_cpo_over_its_cap_keeps_the_callers_query_as_wr
     # Decoded and encoded again, its DateTimes went as 2026-12-01T00%3A00%3A00Z: not what the caller sent, and not
     # what a CPO reading its query undecoded takes (transport_and_format.asciidoc: the filters reach the Sender).
     hub = capped_hub
-    cpo, emsp, owner = _synced_cpo_and_emsp(hub, start_party)
-    docs = [_location(owner, f"Q{n}", f"2026-12-01T10:0{n}:00Z") for n in range(CAP + 1)]
-    cpo.objects["locations"] = docs
-    for doc in docs:
-        _push(cpo, emsp, hub, "PUT", doc["id"], doc)
-    _wait(lambda: _cache_state(hub, owner)["location_cache_over_cap"])
+    cpo, emsp, owner = _cpo_over_its_cap(hub, start_party, "Q", CAP + 1)
     query = "date_from=2026-12-01T00:00:00Z&date_to=2026-12-02T00:00:00%2B00:00&limit=2"
     answer = _get(emsp, hub, f"sender/locations?country_code={owner[0]}&{query}&party_id={owner[1]}")
     assert answer.json()["status_code"] == 1000 and answer.headers["OCPI-from-party-id"] == owner[1], answer.text
@@ -265,12 +272,7 @@ def test_a_forwarded_get_all_via_the_hub_followed_without_ocpi_to_hands_out_page
     # Page 2 followed without OCPI-to headers handed out a page-3 URL remembered as of a GET All addressed to the CPO,
     # which OCPI-to the hub, as the GET All began, was then refused with 2001: the flag goes from page to page.
     hub = capped_hub
-    cpo, emsp, owner = _synced_cpo_and_emsp(hub, start_party)
-    docs = [_location(owner, f"F{n}", f"2026-12-01T10:0{n}:00Z") for n in range(CAP + 2)]
-    cpo.objects["locations"] = docs
-    for doc in docs:
-        _push(cpo, emsp, hub, "PUT", doc["id"], doc)
-    _wait(lambda: _cache_state(hub, owner)["location_cache_over_cap"])
+    _, emsp, owner = _cpo_over_its_cap(hub, start_party, "F", CAP + 2)
     first = _get(emsp, hub, f"sender/locations?country_code={owner[0]}&party_id={owner[1]}")
     assert first.json()["status_code"] == 1000 and first.headers["OCPI-from-party-id"] == owner[1], first.text
     second = _get(emsp, hub, first.headers["Link"].split(">")[0].lstrip("<"), to=None)

@@ -153,7 +153,8 @@ async def rewrite(
     link = answer.headers.get("link")
     values = link_values(link) if link else []
     urls = {value.url: resolved(value.url, called_url) for value in values}
-    kept, why = _within_limits(values, urls)  # each URL kept is kept in Redis for PAGE_TTL_S
+    # each URL kept is kept in Redis for PAGE_TTL_S; most answers have no Link: nothing to weigh (25k instructions)
+    kept, why = _within_limits(values, urls) if values else ([], None)
     if link and kept:
         link = only(link, kept) if why else link
         _note_refused(relay, exchange, delivery, "link", list(dict.fromkeys(urls[value.url] for value in kept)))

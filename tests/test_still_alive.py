@@ -232,6 +232,16 @@ def test_a_party_back_from_offline_is_pushed_once_the_client_info_it_missed_mean
     assert len(away.client_infos()) == before + 1
 
 
+def _probed_offline(hub: Hub, party: Party) -> None:
+    """Its versions broken, its other endpoints still served: the hub's probe finds it OFFLINE."""
+    party.versions_status = 500
+    _wait_for(lambda: _status(hub, party) == "OFFLINE")
+
+
+def _assert_refused_as_offline(answer) -> None:  # type: ignore[no-untyped-def]
+    assert answer.json()["status_code"] == 4003 and "OFFLINE" in answer.json()["status_message"], answer.text
+
+
 @pytest.mark.parametrize("probing_hub", ["1"], indirect=True)
 def test_a_page_link_of_a_party_gone_offline_is_answered_4003_at_once_and_not_forwarded(
     probing_hub: Hub, start_party
@@ -242,11 +252,9 @@ def test_a_page_link_of_a_party_gone_offline_is_answered_4003_at_once_and_not_fo
     emsp, cpo = _connect(hub, start_party, "EMSP"), _connect(hub, start_party, "CPO")
     cpo.objects["locations"] = [{"id": f"L{i}"} for i in range(15)]
     link = emsp.call(hub.base, "GET", "sender/locations", to=party_key(cpo)).headers["link"]
-    cpo.versions_status = 500  # its versions broken, its lists still served: the hub's probe finds it OFFLINE
-    _wait_for(lambda: _status(hub, cpo) == "OFFLINE")
+    _probed_offline(hub, cpo)
     asked = len(cpo.functional())
-    answer = emsp.call(hub.base, "GET", link[1:].split(">")[0])
-    assert answer.json()["status_code"] == 4003 and "OFFLINE" in answer.json()["status_message"], answer.text
+    _assert_refused_as_offline(emsp.call(hub.base, "GET", link[1:].split(">")[0]))
     assert len(cpo.functional()) == asked
 
 
@@ -266,8 +274,6 @@ def test_a_result_for_an_emsp_gone_offline_is_answered_4003_at_once_and_not_forw
     sent = emsp.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo), body=command)
     assert sent.json()["status_code"] == 1000, sent.text
     response_url = json.loads(cpo.functional()[0].body)["response_url"]
-    emsp.versions_status = 500  # the hub's probe finds it OFFLINE
-    _wait_for(lambda: _status(hub, emsp) == "OFFLINE")
-    answer = cpo.call(hub.base, "POST", response_url, body={"result": "ACCEPTED"})
-    assert answer.json()["status_code"] == 4003 and "OFFLINE" in answer.json()["status_message"], answer.text
+    _probed_offline(hub, emsp)
+    _assert_refused_as_offline(cpo.call(hub.base, "POST", response_url, body={"result": "ACCEPTED"}))
     assert emsp.functional() == []

@@ -13,10 +13,11 @@ resumed and connected again, or back CONNECTED, it is pushed what it missed: the
 party's role whose status changed since it was suspended (migration 0027) or went OFFLINE (0028), not every role on the
 hub, which would be hundreds of PUTs for a few changes. The spec asks a party back online to GET what it needs to get
 back in sync ("it is their responsibility to do a GET"); this spares it the GET of the whole list, and one that does
-not do it a wrong view of who is connected. So is a platform that did not answer a push (timed out, could not be
-connected to, or answered with a server error, HTTP 5xx): the change it did not take and those not sent after it, once
-it answers a push again, whether or not the probe found it OFFLINE meanwhile. A platform with no hubclientinfo Receiver
-is pushed nothing, then or ever.
+not do it a wrong view of who is connected. So is a platform that did not take a push (PushResult: it timed out,
+could not be connected to, or was answered with anything but HTTP 2xx and an OCPI 1xxx status): the change it did not
+take and those not sent after it, at a later round (the next change, or LONGEST_SLEEP_S on an idle hub; one that did
+not answer once the probe finds it CONNECTED again). A platform with no hubclientinfo Receiver is pushed nothing, then
+or ever.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import contextlib
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import NamedTuple
 from urllib.parse import urlencode
 
@@ -38,6 +40,7 @@ from litestar.datastructures import State
 from hub.auth import Caller
 from hub.envelope import check_dates, list_parameters, not_a_date, ocpi_response, ocpi_timestamp, paging_window, x_limit
 from hub.errors import OcpiError
+from hub.metrics import CLIENT_INFO_PUSHES
 from hub.own_messages import hub_request
 from hub.request_context import HUB_INSTANCE_HEADER
 from routing.fair_share import HUB_ITSELF
@@ -144,23 +147,24 @@ async def push_pending(state: State) -> int | None:
             missed = await _missed(conn, state.directory.current.platforms, [p.id for p in recipients])
             if not pushes and not missed:
                 return 0
-            unanswered = await asyncio.gather(
+            not_taken = await asyncio.gather(
                 *(_push_in_order(state, p, pushes + (m.pushes if (m := missed.get(p.id)) else [])) for p in recipients)
             )
-            for p, failed in zip(recipients, unanswered, strict=True):  # before the changes are marked delivered
+            for p, failed in zip(recipients, not_taken, strict=True):  # before the changes are marked delivered
                 if failed is not None and failed.change_id is not None:
                     since = min(
                         c.changed_at for c in pushes if c.change_id is not None and c.change_id >= failed.change_id
                     )
-                    await conn.execute(QUERIES["client_infos_unanswered"], p.id, since)
+                    await conn.execute(QUERIES["client_infos_not_taken"], p.id, since)
             await conn.execute(QUERIES["client_info_pushed"], [c["id"] for c in changes])
-            caught_up = [missed[p.id] for p, failed in zip(recipients, unanswered, strict=True)
+            caught_up = [missed[p.id] for p, failed in zip(recipients, not_taken, strict=True)
                          if failed is None and p.id in missed]  # fmt: skip
-            for m in caught_up:  # a party that did not answer is pushed the same batch again in a later round
+            for m in caught_up:  # a party that did not take it is pushed the same batch again in a later round
                 await conn.execute(QUERIES["client_infos_missed_pushed"], m.platform_id, m.since, m.last, m.read_at)
         finally:  # the turn ends with the round, not whenever the pool next resets this connection
             await conn.execute(QUERIES["end_client_info_push_turn"])
-    # not a batch the party did not answer: that waits for the next change or LONGEST_SLEEP_S, not a round at once
+    # not a batch the party did not take: that waits for the next change or LONGEST_SLEEP_S, not a round at once, so a
+    # party that refuses every push is sent one a round, not one after the other
     return len(changes) + sum(len(m.pushes) for m in caught_up)
 
 
@@ -184,6 +188,16 @@ def _connected_receivers(directory: Directory) -> list[Platform]:
         if p.state == "REGISTERED" and p.endpoint("hubclientinfo", "RECEIVER")
         and any(r.status == "CONNECTED" for r in p.roles)
     ]  # fmt: skip
+
+
+class PushResult(StrEnum):
+    """What came of a push (ocpi_hub_client_info_pushes_total{result}). Only a push TAKEN is delivered; after any
+    other, the party is sent no more that round, and is pushed the role as it is then at a later one."""
+
+    TAKEN = "taken"  # HTTP 2xx and an OCPI status 1xxx
+    # any other answer: an HTTP error (4xx, 5xx), an OCPI error (2xxx, 3xxx) with HTTP 2xx, a body that is no OCPI reply
+    REFUSED = "refused"
+    UNANSWERED = "unanswered"  # timed out, not connected to, an answer the hub could not read, or not sent at all
 
 
 class Push(NamedTuple):
@@ -243,26 +257,25 @@ async def _missed(
 
 
 async def _push_in_order(state: State, platform: Platform, pushes: list[Push]) -> Push | None:
-    """The changes to one party, each once its previous one is answered: the last one it gets is the status now. Not
-    the changes of its own platform: a party is not told its own status. Once a push finds the party unreachable, too
-    slow or failing (HTTP 5xx), the rest are not sent: each would hold this turn, and every party's next pushes, for as
-    long again, or fail as well (the still-alive check probes the party). That push then, to be pushed again, as it is
-    then, once the party answers."""
+    """The changes to one party, each once its previous one is taken: the last one it gets is the status now. Not the
+    changes of its own platform: a party is not told its own status. Once a push is not taken, the rest are not sent:
+    after one unanswered or answered HTTP 5xx (the party unreachable, too slow or failing; the still-alive check probes
+    it) each would hold this turn, and every party's next pushes, for as long again, or fail as well; after one
+    refused, a party that refuses every push would be sent a round's worth of them each round. That push then, to be
+    pushed again, as it is then, at a later round."""
     mine = [push for push in pushes if push.about != platform.id]
     for n, push in enumerate(mine):
-        if not await _put(state, platform, push.info, push.body):
+        if (result := await _put(state, platform, push.info, push.body)) is not PushResult.TAKEN:
             if skipped := mine[n + 1 :]:
                 about = [f"{p.info.country_code}-{p.info.party_id} {p.info.role} {p.info.status}" for p in skipped]
                 log.warning("client_info_pushes_skipped", platform_id=platform.id, platform=platform.name,
-                            pushes=len(skipped), about=about,
-                            why="the push before found the party unreachable, too slow or failing")  # fmt: skip
+                            pushes=len(skipped), about=about, why=f"the push before was {result}")  # fmt: skip
             return push
     return None
 
 
-async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) -> bool:
-    """One push, logged as a routing-log row of its own (routing 'hub'); False when the party could not be reached, did
-    not answer in time, or answered with a server error (HTTP 5xx)."""
+async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) -> PushResult:
+    """One push, logged as a routing-log row of its own (routing 'hub') and counted by its result."""
     started = time.perf_counter()
     url = endpoint_url(platform.endpoint("hubclientinfo", "RECEIVER") or "", f"/{info.country_code}/{info.party_id}")
     to = next(r for r in platform.roles if r.status == "CONNECTED")
@@ -275,18 +288,28 @@ async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) 
         answer = await forward(state.forward_session, "PUT", url, headers, body, settings.forward_timeout_s,
                                settings.max_body_bytes, state.forward_shares, HUB_ITSELF, row=entry)  # fmt: skip
         entry.http_status, entry.response_body = answer.status, answer.body
-        entry.ocpi_status_code = ocpi_status_of(answer.body)
-        # a server error (a proxy's 502 or 503 before a server that is down) did not take the change either: the
-        # still-alive probe judges an answer of the party's versions endpoint the same way (routing.still_alive)
-        unanswered = answer.status >= 500
+        entry.ocpi_status_code = status = ocpi_status_of(answer.body)
+        # mod_hub_client_info.asciidoc, Push model: "Any changes to ClientInfo [...] are sent to the connected party":
+        # one answered with an HTTP or OCPI error, or with no OCPI envelope, was not taken
+        taken = 200 <= answer.status < 300 and status is not None and 1000 <= status < 2000
+        result = PushResult.TAKEN if taken else PushResult.REFUSED
+        # a server error (a proxy's 502 or 503 before a server that is down): the still-alive probe judges an answer of
+        # the party's versions endpoint the same way (routing.still_alive)
+        suspect = answer.status >= 500
     except OcpiError as exc:
         entry.http_status, entry.ocpi_status_code, entry.error = exc.http_status, exc.status_code, exc.detail
-        unanswered = exc.status_code in (4002, 4003)
-    if unanswered:
+        result, suspect = PushResult.UNANSWERED, exc.status_code in (4002, 4003)
+    if suspect:
         state.still_alive.suspect(platform.id)
+    if result is PushResult.REFUSED:
+        log.warning("client_info_push_refused", platform_id=platform.id, platform=platform.name,
+                    party=f"{to.country_code}-{to.party_id}", about=f"{info.country_code}-{info.party_id} {info.role}",
+                    status=info.status, http_status=entry.http_status, ocpi_status=entry.ocpi_status_code,
+                    request_id=entry.request_id)  # fmt: skip
+    CLIENT_INFO_PUSHES.labels(result).inc()
     entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
     try:
         await state.routing_log.record(entry)
     except LogUnavailable:
         log.error("client_info_push_not_logged_in_time", request_id=entry.request_id)
-    return not unanswered
+    return result

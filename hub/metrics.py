@@ -82,6 +82,12 @@ LOCATION_SYNCS = Counter(
     "ocpi_hub_location_sync", "Pull syncs of a CPO's locations, by result and kind (full, incremental, rebuild)",
     ["result", "kind"],
 )  # fmt: skip
+CLIENT_INFO_PUSHES = Counter(
+    "ocpi_hub_client_info_pushes", "ClientInfo pushes to parties' hubclientinfo Receivers (hub.client_info), by result "
+    "(taken: HTTP 2xx with OCPI 1xxx; refused: any other answer; unanswered: timed out, not connected or not "
+    "readable). A push not taken is pushed again, as the role is then, at a later round",
+    ["result"],
+)  # fmt: skip
 
 
 # status_codes.asciidoc: the codes the spec defines, and the ranges it reserves for custom codes (19xx, 29xx, 39xx,

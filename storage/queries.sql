@@ -501,11 +501,12 @@ UPDATE platform p SET client_info_missed_after = $3::bigint,
 WHERE id = $1 AND state = 'REGISTERED' AND client_info_missed_since = $2
   AND NOT EXISTS (SELECT 1 FROM party_role r WHERE r.platform_id = p.id AND r.status_changed_at >= $4);
 
--- name: client_infos_unanswered
--- Platform $1 did not answer the push of a change made at $2, nor was it sent those after it that round: it missed the
--- changes since, as an OFFLINE platform does (set_platform_liveness), and is pushed them once it answers again. A
--- catch-up under way from later than $2 starts over from $2; one from earlier, if it is past (by role id) a role changed
--- since $2, goes back to it: that change is one the platform did not take, and the catch-up would not come to it again.
+-- name: client_infos_not_taken
+-- Platform $1 did not take the push of a change made at $2 (no answer, or one refusing it), nor was it sent those after
+-- it that round: it missed the changes since, as an OFFLINE platform does (set_platform_liveness), and is pushed them at
+-- a later round. A catch-up under way from later than $2 starts over from $2; one from earlier, if it is past (by role
+-- id) a role changed since $2, goes back to it: that change is one the platform did not take, and the catch-up would
+-- not come to it again.
 -- Nor was it pushed every change delivered since its catch-up began: that begins anew with the next round that pushes
 -- it (platforms_missing_client_infos).
 UPDATE platform SET client_info_missed_since = least(client_info_missed_since, $2),

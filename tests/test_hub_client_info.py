@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import Hub, Services, hub_env, register_at_hub, start_hub
 from tests.log_rows import sql
@@ -336,3 +337,54 @@ def test_a_party_whose_status_changes_while_a_client_pages_through_the_client_in
         assert seen[:3] == [cpo.roles[0][2] for cpo in cpos], seen
     finally:
         hub.stop()
+
+
+REFUSALS = {
+    "http_4xx": (400, b'{"status_code": 2001, "status_message": "unknown party", "timestamp": "2026-12-06T10:00:00Z"}'),
+    "ocpi_2001_in_http_200": (200, b'{"status_code": 2001, "status_message": "missing field", "timestamp": "x"}'),
+    "no_ocpi_body": (200, b'{"detail": "not here"}'),
+}
+
+
+@pytest.mark.parametrize("refusal", REFUSALS)
+def test_a_party_that_refused_a_push_is_pushed_that_role_as_it_is_now_once_it_takes_pushes_again(
+    hub: Hub, connect_party, start_party, db, refusal: str
+) -> None:
+    # mod_hub_client_info.asciidoc: "Any changes to ClientInfo [...] are sent to the connected party": a push answered
+    # with anything but HTTP 2xx and OCPI 1xxx did not tell it. Its server answers: it is not probed, and is pushed the
+    # role again at the hub's next round, once a round, not over and over.
+    emsp, newcomer, key = _an_emsp_and_a_cpo_yet_to_register(connect_party, start_party)
+    path = f"/ocpi/2.2.1/hubclientinfo/receiver/{key[0]}/{key[1]}"
+    http_status, body = REFUSALS[refusal]
+    emsp.canned[("PUT", path)] = (http_status, body, {"Content-Type": "application/json"})
+    refused_before = _refused_pushes(hub)
+    _invite_and_register(hub, newcomer)
+    pending = "SELECT count(*) FROM client_info_push WHERE party_id = $1 AND delivered_at IS NULL"
+    _wait_for(lambda: len(_push_rows(db, key, to=party_key(emsp))) >= 2 and db.run(db.fetchval(pending, key[1])) == 0)
+    time.sleep(1)
+    refused = len(_pushes_about(emsp, key))
+    time.sleep(2)  # no change meanwhile: no round pushes it again before LONGEST_SLEEP_S (another test's party may)
+    assert len(_pushes_about(emsp, key)) - refused <= 2
+    rows = db.run(db.fetch(
+        "SELECT http_status, ocpi_status_code FROM routing_log WHERE module = 'hubclientinfo' AND path LIKE $1 "
+        "AND to_party_id = $2", f"%/{key[0]}/{key[1]}", party_key(emsp)[1]))  # fmt: skip
+    ocpi_status = None if refusal == "no_ocpi_body" else 2001
+    assert {(r["http_status"], r["ocpi_status_code"]) for r in rows} == {(http_status, ocpi_status)}
+    assert _refused_pushes(hub) - refused_before >= len(rows)
+    told = [json.loads(line) for line in hub.log().splitlines() if '"client_info_push_refused"' in line]
+    assert {"party": "-".join(party_key(emsp)), "about": f"{key[0]}-{key[1]} CPO", "http_status": http_status,
+            "ocpi_status": ocpi_status}.items() <= told[-1].items()  # fmt: skip
+    statuses = "SELECT status FROM party_role WHERE party_id = $1"
+    assert [r["status"] for r in db.run(db.fetch(statuses, party_key(emsp)[1]))] == ["CONNECTED"]
+    del emsp.canned[("PUT", path)]
+    connect_party(_roles("CPO"))  # the next change makes a round
+    taken = ("SELECT count(*) FROM routing_log WHERE module = 'hubclientinfo' AND path LIKE $1 "
+             "AND to_party_id = $2 AND http_status = 200 AND ocpi_status_code = 1000")  # fmt: skip
+    assert _wait_for(lambda: db.run(db.fetchval(taken, f"%/{key[0]}/{key[1]}", party_key(emsp)[1])) == 1, 15)
+    assert _pushes_about(emsp, key)[-1]["status"] == "CONNECTED"
+
+
+def _refused_pushes(hub: Hub) -> float:
+    metrics = httpx.get(f"{hub.base}/metrics", timeout=10).text
+    found = re.search(r'^ocpi_hub_client_info_pushes_total\{result="refused"\} (\S+)$', metrics, re.MULTILINE)
+    return float(found[1]) if found else 0.0

@@ -201,16 +201,39 @@ def why_not_sendable(platform: Platform | None, role: PartyRole | None) -> str |
     return None
 
 
+def cpo_implements(module: str, interface: str) -> bool:
+    """Whether a CPO implements the module's interface ("sender" or "receiver"), not an eMSP-type role. mod_*.asciidoc,
+    Interfaces and endpoints: "Typically implemented by market roles like: CPO" for the Senders of locations, sessions,
+    CDRs and tariffs and the Receivers of tokens, commands and charging profiles; eMSP-type roles for the others."""
+    return (module in CPO_PUSHED) == (interface == "sender")
+
+
+def receiving_role(platform: Platform, to: PartyKey, module: str, interface: str) -> PartyRole | None:
+    """The role of party to on platform that a request on the module's interface is for, or None when the platform does
+    not hold it: the one role it holds, or of a party it holds as both CPO and eMSP, the role on the side implementing
+    the interface (cpo_implements), a CONNECTED one first (an eMSP beside an NSP). Its status is the one the request is
+    judged by (why_not_sendable), sent directly, broadcast or to a hub URL."""
+    held = platform.party_roles.get(to, ())
+    return held[0] if len(held) == 1 else _implementing(held, module, interface) if held else None
+
+
+def _implementing(held: tuple[PartyRole, ...], module: str, interface: str) -> PartyRole:
+    cpo = cpo_implements(module, interface)
+    side = [role for role in held if (role.role == "CPO") == cpo] or held
+    return next((role for role in side if role.status == "CONNECTED"), side[0])
+
+
 def delivery_to(incoming: Incoming, directory: Directory, to: PartyKey) -> Delivery:
     platform = directory.parties.get(to)
     if platform is None:
         if to in directory.departed:  # mod_hub_client_info.asciidoc, SUSPENDED: "Like with OFFLINE, no requests..."
             raise ReceiverNotConnected(f"receiver {party_text(to)} has left the hub (status SUSPENDED)")
         raise UnknownReceiver(f"unknown receiver {party_text(to)}: no such party is connected to this hub")
-    role = next(r for r in platform.roles if r.key == to)
+    role = receiving_role(platform, to, incoming.module, incoming.interface)
     if why := why_not_sendable(platform, role):  # OFFLINE: fail fast, no queue
         told = _RECEIVER_TOLD.get(why, f"not connected (status {why})")
         raise ReceiverNotConnected(f"receiver {party_text(to)} is {told}")
+    assert role is not None  # or why_not_sendable said GONE
     url = platform.endpoint(incoming.module, incoming.interface.upper())
     if url is None:
         module, interface = incoming.module, incoming.interface
@@ -240,12 +263,11 @@ def broadcast(incoming: Incoming, caller: Platform, sender: PartyRole, directory
         url = platform.endpoint(incoming.module, "RECEIVER")
         if url is None:
             continue
-        seen: set[PartyKey] = set()
-        for role in platform.roles:
+        for held in platform.party_roles.values():  # one copy per party, to its role a direct request would reach
+            role = _implementing(held, incoming.module, "receiver")
             opposite = role.role == "CPO" if to_cpos else role.role not in ("CPO", "HUB")
             receives = implements_receiver(platform, role, incoming.module)
-            if opposite and receives and role.status == "CONNECTED" and role.key not in seen:
-                seen.add(role.key)
+            if opposite and receives and why_not_sendable(platform, role) is None:
                 deliveries.append(Delivery(platform, role, url))
     return Route("broadcast", sender, tuple(deliveries))
 
@@ -257,7 +279,7 @@ def implements_receiver(platform: Platform, role: PartyRole, module: str) -> boo
     so its CPO takes no eMSP's locations through its eMSP's Receiver, nor its eMSP a CPO's tokens through its CPO's. A
     platform of one side serves every role it has with every Receiver it lists."""
     sides = {r.role == "CPO" for r in platform.roles if r.role != "HUB"}
-    return len(sides) < 2 or (role.role == "CPO") == (module not in CPO_PUSHED)
+    return len(sides) < 2 or (role.role == "CPO") == cpo_implements(module, "receiver")
 
 
 def broadcasts_to_cpos(incoming: Incoming, caller: Platform, sender: PartyRole) -> bool:

@@ -81,6 +81,16 @@ class Platform:
     # state SUSPENDED (migration 0026): since when, and the operator's reason, told to the platform (hub.auth.suspended)
     suspended_at: datetime | None = None
     suspended_reason: str | None = None
+    # (COUNTRY_CODE, PARTY_ID) upper-cased -> the roles the platform holds of that party, two where one party is both
+    # CPO and eMSP (credentials.asciidoc: a role is unique by role, party_id and country_code): set once, read by
+    # routing.decide.receiving_role on every request
+    party_roles: Mapping[tuple[str, str], tuple[PartyRole, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        held: dict[tuple[str, str], tuple[PartyRole, ...]] = {}
+        for role in self.roles:
+            held[role.key] = (*held.get(role.key, ()), role)
+        object.__setattr__(self, "party_roles", held)
 
     def endpoint(self, identifier: str, interface_role: str) -> str | None:
         return self.endpoints.get((identifier, interface_role))

@@ -7,7 +7,11 @@ pure function of the request and the directory: these run without a network."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
+import pytest
+
+from hub.errors import ReceiverNotConnected
 from routing.decide import decide
 from routing.request import Incoming
 from storage.directory import Directory, PartyRole, Platform
@@ -93,3 +97,24 @@ def test_a_party_id_both_cpo_and_emsp_takes_one_copy_on_the_side_the_module_name
     assert _copies(_push("tokens", "CPA"), CPO, directory) == [("EMSP", "EMA")]
     # a single-role CPO implementing a locations Receiver keeps its copies of an eMSP-type party's (test_routing_modes)
     assert _copies(_push("locations", "EMA"), EMSP, directory) == [("CPO", "CPA")]
+
+
+@pytest.mark.parametrize(("cpo_status", "emsp_status"), [("PLANNED", "CONNECTED"), ("CONNECTED", "PLANNED")])
+@pytest.mark.parametrize(("module", "sender"), [("locations", "CPA"), ("tariffs", "CPA"), ("tokens", "EMA")])
+def test_a_party_id_both_cpo_and_emsp_is_sent_to_directly_when_and_only_when_a_broadcast_copy_goes_to_it(
+    cpo_status: str, emsp_status: str, module: str, sender: str
+) -> None:
+    # one of its roles left out of its credentials: the one the module's Receiver is for decides, either way it is sent
+    roles = (PartyRole("CPO", "NL", "BTH", cpo_status, None), PartyRole("EMSP", "NL", "BTH", emsp_status, None))
+    both = replace(_platform(6, ("CPO", "BTH"), ("EMSP", "BTH")), roles=roles)
+    directory = _directory(both, CPO, EMSP)
+    caller = CPO if sender == "CPA" else EMSP
+    copied = ("NL", "BTH") in {d.to.key for d in decide(_push(module, sender), caller, directory, HUB).deliveries}
+    direct = replace(_push(module, sender), to=("NL", "BTH"))
+    try:
+        [delivery] = decide(direct, caller, directory, HUB).deliveries
+    except ReceiverNotConnected as refused:
+        assert not copied and refused.message == "receiver NL-BTH is not connected (status PLANNED)"
+    else:
+        assert copied and delivery.to.role == ("CPO" if module == "tokens" else "EMSP")
+    assert copied == ((cpo_status if module == "tokens" else emsp_status) == "CONNECTED")

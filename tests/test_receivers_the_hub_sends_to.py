@@ -59,13 +59,15 @@ def test_a_direct_request_to_a_party_that_left_or_never_was_answers_4003_or_4001
         delivery_to(_incoming("locations"), directory, ("NL", "ABC"))
 
 
-def test_a_broadcast_copy_goes_out_only_while_a_party_of_its_receivers_id_is_connected() -> None:
+def test_a_broadcast_copy_goes_out_only_while_the_role_of_its_receiver_the_module_names_is_connected() -> None:
     decided = _platform("REGISTERED", "CONNECTED")
-    check = _still_connected(Delivery(decided, decided.roles[0], URL))
+    check = _still_connected(Delivery(decided, decided.roles[0], URL), "tariffs")
     check(decided)
-    check(_platform("REGISTERED", "PLANNED", "CONNECTED"))  # its id as a CPO too, still connected: as before
+    check(_platform("REGISTERED", "CONNECTED", "PLANNED"))  # its id as a CPO too, PLANNED: a tariff is its eMSP's
+    # the last: its eMSP PLANNED, its id as a CPO CONNECTED, which takes no tariffs (it went out before)
     for now in (None, _platform("SUSPENDED", "OFFLINE"), _platform("REGISTERED", "OFFLINE"),
-                _platform("REGISTERED", "CONNECTED", party_id="XYZ")):  # fmt: skip
+                _platform("REGISTERED", "CONNECTED", party_id="XYZ"),
+                _platform("REGISTERED", "PLANNED", "CONNECTED")):  # fmt: skip
         with pytest.raises(ReceiverLeft, match=r"^receiver NL-ABC left the hub or is no longer connected since"):
             check(now)
 

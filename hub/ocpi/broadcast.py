@@ -22,7 +22,7 @@ import structlog
 from hub.errors import BroadcastsPending, OcpiError, ReceiverLeft
 from hub.ocpi.exchange import Exchange, Job
 from hub.ocpi.forward_to_receiver import call_party
-from routing.decide import Delivery, Route, why_not_sendable
+from routing.decide import Delivery, Route, receiving_role, why_not_sendable
 from routing.forward import Answer, ocpi_status_of
 from routing.request import Incoming, endpoint_url, party_text
 from storage.directory import PartyRole, Platform
@@ -84,15 +84,16 @@ def _give_back(counts: dict[int, int], platform: int) -> Callable[[], None]:
     return release
 
 
-def _still_connected(delivery: Delivery) -> Callable[[Platform | None], None]:
+def _still_connected(delivery: Delivery, module: str) -> Callable[[Platform | None], None]:
     """What refuses to send a copy whose receiver left the hub, was suspended or stopped being CONNECTED since the
     broadcast was decided (a copy may wait for its turn for half the forward timeout): "no requests should be sent"
     to it (mod_hub_client_info.asciidoc, OFFLINE and SUSPENDED), nor what was pushed after it left. Given its platform
-    as the directory has it now (hub.ocpi.forward_to_receiver.call_party's still_wanted)."""
+    as the directory has it now (hub.ocpi.forward_to_receiver.call_party's still_wanted). Of a party its platform holds
+    as both CPO and eMSP, the role of the module's Receiver is judged, as the broadcast chose it, not either role."""
 
     def check(now: Platform | None) -> None:
-        roles = now.roles if now is not None else ()
-        if all(why_not_sendable(now, role) for role in roles if role.key == delivery.to.key):
+        role = receiving_role(now, delivery.to.key, module, "receiver") if now is not None else None
+        if why_not_sendable(now, role):
             raise ReceiverLeft(f"receiver {party_text(delivery.to.key)} left the hub or is no longer connected since "
                                "the broadcast was decided: its copy was not sent")  # fmt: skip
 
@@ -107,7 +108,7 @@ async def _deliver(relay: Relay, exchange: Exchange, copy: LogEntry, delivery: D
     try:
         url = endpoint_url(delivery.url, incoming.suffix)
         answer = await call_party(relay, copy_exchange, delivery, hub, incoming.method, url, incoming.query,
-                                  incoming.body, still_wanted=_still_connected(delivery))  # fmt: skip
+                                  incoming.body, still_wanted=_still_connected(delivery, incoming.module))  # fmt: skip
         copy.http_status, copy.response_body = answer.status, answer.body
         copy.ocpi_status_code = ocpi_status_of(answer.body)
     except OcpiError as exc:

@@ -14,7 +14,7 @@ import structlog
 
 from hub.errors import HubError, InvalidParameters, MethodNotAllowed, NotFound, ReceiverNotConnected
 from hub.ocpi.forward_to_receiver import call_party
-from routing.decide import GONE, OFFLINE_TOLD, Delivery, why_not_sendable
+from routing.decide import GONE, OFFLINE_TOLD, Delivery, receiving_role, why_not_sendable
 from routing.forward import Answer
 from routing.link_header import LinkValue, link_values, only, rewritten
 from routing.request import party_text, routing_party
@@ -96,9 +96,12 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
 
 
 def _party_behind(directory: Directory, relayed: Relayed) -> tuple[Platform | None, PartyRole | None]:
-    """The platform and party a hub URL leads to, as this process's directory has them."""
+    """The platform and party a hub URL leads to, as this process's directory has them: of a party it holds as both CPO
+    and eMSP, the role of the module's interface, as a direct request's (a command's result goes to its eMSP)."""
     target = directory.platforms.get(relayed.target_platform_id)
-    return target, next((r for r in target.roles if r.key == relayed.target_party), None) if target else None
+    if target is None:
+        return None, None
+    return target, receiving_role(target, relayed.target_party, relayed.module, relayed.interface)
 
 
 def _check_sender(exchange: Exchange, caller: Platform) -> None:

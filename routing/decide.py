@@ -177,27 +177,25 @@ def served_by_hub(incoming: Incoming, sender: PartyRole) -> Route:
     return Route("hub", sender)
 
 
-# What why_not_sendable says of a receiver the hub sends nothing to, besides its role's status.
-GONE, SUSPENDED = "gone", "suspended"
-OFFLINE_TOLD = "OFFLINE: it stopped answering the hub, which keeps probing it"
-_RECEIVER_TOLD = {
-    SUSPENDED: "suspended by the hub operator: nothing is routed to it until it is resumed",
-    "OFFLINE": OFFLINE_TOLD,
-}
+# What why_not_sendable says of a party the hub sends nothing to, after its name: one wording for a direct request,
+# an open one and a hub URL followed. LEFT: no such platform or role (mod_hub_client_info.asciidoc, SUSPENDED).
+LEFT = "has left the hub (status SUSPENDED)"
+SUSPENDED = "is suspended by the hub operator: nothing is routed to it until it is resumed"
+OFFLINE = "is OFFLINE: it stopped answering the hub, which keeps probing it"
 
 
 def why_not_sendable(platform: Platform | None, role: PartyRole | None) -> str | None:
-    """Why the hub sends nothing to role of platform, as the directory has them now, or None when it may: GONE (no
+    """Why the hub sends nothing to role of platform, as the directory has them now, or None when it may: LEFT (no
     such platform, or no such role on it), SUSPENDED (the platform, by the hub operator: its roles are OFFLINE to the
-    others), or the role's status when that is not CONNECTED or its platform not REGISTERED.
-    mod_hub_client_info.asciidoc: OFFLINE, "No requests can be sent"; SUSPENDED, "Like with OFFLINE, no requests
-    should be sent"."""
+    others), OFFLINE, or that it is not connected, with the role's status, when that is not CONNECTED or its platform
+    not REGISTERED. mod_hub_client_info.asciidoc: OFFLINE, "No requests can be sent"; SUSPENDED, "Like with OFFLINE,
+    no requests should be sent"."""
     if platform is None or role is None:
-        return GONE
+        return LEFT
     if platform.state == "SUSPENDED":
         return SUSPENDED
     if platform.state != "REGISTERED" or role.status != "CONNECTED":
-        return role.status
+        return OFFLINE if role.status == "OFFLINE" else f"is not connected (status {role.status})"
     return None
 
 
@@ -227,13 +225,12 @@ def delivery_to(incoming: Incoming, directory: Directory, to: PartyKey) -> Deliv
     platform = directory.parties.get(to)
     if platform is None:
         if to in directory.departed:  # mod_hub_client_info.asciidoc, SUSPENDED: "Like with OFFLINE, no requests..."
-            raise ReceiverNotConnected(f"receiver {party_text(to)} has left the hub (status SUSPENDED)")
+            raise ReceiverNotConnected(f"receiver {party_text(to)} {LEFT}")
         raise UnknownReceiver(f"unknown receiver {party_text(to)}: no such party is connected to this hub")
     role = receiving_role(platform, to, incoming.module, incoming.interface)
     if why := why_not_sendable(platform, role):  # OFFLINE: fail fast, no queue
-        told = _RECEIVER_TOLD.get(why, f"not connected (status {why})")
-        raise ReceiverNotConnected(f"receiver {party_text(to)} is {told}")
-    assert role is not None  # or why_not_sendable said GONE
+        raise ReceiverNotConnected(f"receiver {party_text(to)} {why}")
+    assert role is not None  # or why_not_sendable said LEFT
     url = platform.endpoint(incoming.module, incoming.interface.upper())
     if url is None:
         module, interface = incoming.module, incoming.interface

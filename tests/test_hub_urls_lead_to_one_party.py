@@ -103,7 +103,10 @@ def test_a_result_for_a_requester_no_longer_connected_answers_4003_and_its_row_n
     result = httpx.post(response_url, headers=token_header(cpo.hub_token or "") | {"X-Request-ID": request_id},
                         json={"result": "ACCEPTED"})  # fmt: skip
     assert result.json()["status_code"] == 4003, result.text
-    assert result.json()["status_message"].endswith("no longer connected" if gone == "left the hub" else "suspended")
+    # worded as a direct request to the eMSP is refused (routing.decide.why_not_sendable)
+    told = ("has left the hub (status SUSPENDED)" if gone == "left the hub"
+            else "is suspended by the hub operator: nothing is routed to it until it is resumed")  # fmt: skip
+    assert result.json()["status_message"] == f"the party behind {response_url.removeprefix(hub.base)} {told}"
     assert (result.headers["OCPI-to-country-code"], result.headers["OCPI-to-party-id"]) == to_cpo
     assert [r.path for r in emsp.functional()] == []
     [row] = db.run(db.fetch("SELECT routing, from_country_code, from_party_id, to_country_code, to_party_id, "

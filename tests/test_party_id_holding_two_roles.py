@@ -90,9 +90,9 @@ def test_a_party_ids_planned_emsp_beside_its_connected_cpo_takes_no_locations_no
     refused = cpo.call(hub.base, "PUT", path, to=key, body=body).json()
     assert refused["status_code"] == 4003, refused
     assert refused["status_message"] == f"receiver NL-{key[1]} is not connected (status PLANNED)"
-    # the hub URL of the result its eMSP waits for: the same refusal
+    # the hub URL of the result its eMSP waits for: the same refusal, in the same words
     result = httpx.post(response_url, headers=token_header(cpo.hub_token or ""), json={"result": "ACCEPTED"}).json()
     assert result["status_code"] == 4003, result
     path = response_url.removeprefix(hub.base)
-    assert result["status_message"] == f"the party behind {path} is PLANNED"
+    assert result["status_message"] == f"the party behind {path} is not connected (status PLANNED)"
     assert [r.path for r in both.functional() if "/BOTH3" in r.path or r.path == RESULT_PATH] == []

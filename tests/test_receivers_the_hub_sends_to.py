@@ -22,13 +22,17 @@ def _platform(state: str, *statuses: str, party_id: str = "ABC") -> Platform:
 
 @pytest.mark.parametrize(
     ("state", "status", "why"),
-    [("REGISTERED", "CONNECTED", None), ("SUSPENDED", "OFFLINE", "suspended"), ("REGISTERED", "OFFLINE", "OFFLINE"),
-     ("REGISTERED", "PLANNED", "PLANNED"), ("INVITED", "PLANNED", "PLANNED")],
+    [("REGISTERED", "CONNECTED", None),
+     ("SUSPENDED", "OFFLINE", "is suspended by the hub operator: nothing is routed to it until it is resumed"),
+     ("REGISTERED", "OFFLINE", "is OFFLINE: it stopped answering the hub, which keeps probing it"),
+     ("REGISTERED", "PLANNED", "is not connected (status PLANNED)"),
+     ("INVITED", "PLANNED", "is not connected (status PLANNED)")],
 )  # fmt: skip
 def test_only_a_connected_party_of_a_registered_platform_is_sent_to(state: str, status: str, why: str | None) -> None:
     platform = _platform(state, status)
     assert why_not_sendable(platform, platform.roles[0]) == why
-    assert why_not_sendable(None, None) == why_not_sendable(platform, None) == "gone"
+    left = "has left the hub (status SUSPENDED)"
+    assert why_not_sendable(None, None) == why_not_sendable(platform, None) == left
 
 
 @pytest.mark.parametrize(

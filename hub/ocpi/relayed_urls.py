@@ -14,7 +14,7 @@ import structlog
 
 from hub.errors import HubError, InvalidParameters, MethodNotAllowed, NotFound, ReceiverNotConnected
 from hub.ocpi.forward_to_receiver import call_party
-from routing.decide import GONE, OFFLINE_TOLD, Delivery, receiving_role, why_not_sendable
+from routing.decide import Delivery, receiving_role, why_not_sendable
 from routing.forward import Answer
 from routing.link_header import LinkValue, link_values, only, rewritten
 from routing.request import party_text, routing_party
@@ -77,10 +77,9 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
             f"{party_text(sender.key)}, to which this URL was handed, is not among the roles of this platform's "
             "credentials (status PLANNED): nothing was forwarded; a credentials PUT listing it lets it send again"
         )
-    if why := why_not_sendable(target, to):
-        told = {GONE: "no longer connected", "OFFLINE": OFFLINE_TOLD}.get(why, why)
-        raise ReceiverNotConnected(f"the party behind {path} is {told}")
-    assert target is not None and to is not None  # or why_not_sendable said GONE
+    if why := why_not_sendable(target, to):  # worded as a direct request's refusal (routing.decide.delivery_to)
+        raise ReceiverNotConnected(f"the party behind {path} {why}")
+    assert target is not None and to is not None  # or why_not_sendable said LEFT
     entry.routing = "direct"
     url = with_query(relayed.url, entry.query) if kind == "pages" else relayed.url
     if why := why_not_callable(url, target, relay.settings.public_url):  # said when it was relayed (rewrite)

@@ -50,24 +50,24 @@ class Route:
 
 
 def sender_of(incoming: Incoming, caller: Platform) -> PartyRole:
-    """The caller's party this request is from: OCPI-from must name one of the caller's own parties."""
-    parties = {role.key: role for role in caller.roles}
-    if incoming.from_ is None:
-        if len(parties) == 1:
-            return next(iter(parties.values()))  # tolerant: a one-party platform that sends no OCPI-from
+    """The caller's party this request is from: OCPI-from must name one of the caller's own parties (of one it holds as
+    both CPO and eMSP, the role sending_role says, judged by its own status)."""
+    parties = caller.party_roles
+    if incoming.from_ is None and len(parties) != 1:
         raise InvalidParameters(
             f"OCPI-from-country-code and OCPI-from-party-id are required: this platform has the parties "
             f"{', '.join(sorted(party_text(k) for k in parties))}"
         )
-    sender = parties.get(incoming.from_)
+    party = next(iter(parties)) if incoming.from_ is None else incoming.from_  # tolerant: one party, no OCPI-from
+    sender = sending_role(caller, party, incoming.module, incoming.interface)
     if sender is None:
         raise InvalidParameters(
-            f"OCPI-from {party_text(incoming.from_)} is not a party of the calling platform "
+            f"OCPI-from {party_text(party)} is not a party of the calling platform "
             f"(its parties: {', '.join(sorted(party_text(k) for k in parties))})"
         )
     if sender.status == "PLANNED":  # invited, but not among the roles of the platform's credentials
         raise InvalidParameters(
-            f"OCPI-from {party_text(incoming.from_)} is not among the roles of this platform's credentials (status "
+            f"OCPI-from {party_text(sender.key)} is not among the roles of this platform's credentials (status "
             "PLANNED): a credentials PUT listing it lets it send"
         )
     return sender
@@ -213,6 +213,12 @@ def receiving_role(platform: Platform, to: PartyKey, module: str, interface: str
     judged by (why_not_sendable), sent directly, broadcast or to a hub URL."""
     held = platform.party_roles.get(to, ())
     return held[0] if len(held) == 1 else _implementing(held, module, interface) if held else None
+
+
+def sending_role(platform: Platform, party: PartyKey, module: str, interface: str) -> PartyRole | None:
+    """The role of party on platform that sends a request to the module's interface: of a party it holds as both CPO
+    and eMSP, the role on the other side (a location push is its CPO's, a token push and a command its eMSP's)."""
+    return receiving_role(platform, party, module, "sender" if interface == "receiver" else "receiver")
 
 
 def _implementing(held: tuple[PartyRole, ...], module: str, interface: str) -> PartyRole:

@@ -96,3 +96,25 @@ def test_a_party_ids_planned_emsp_beside_its_connected_cpo_takes_no_locations_no
     path = response_url.removeprefix(hub.base)
     assert result["status_message"] == f"the party behind {path} is not connected (status PLANNED)"
     assert [r.path for r in both.functional() if "/BOTH3" in r.path or r.path == RESULT_PATH] == []
+
+
+def test_a_party_id_sends_in_the_role_of_the_module_so_its_cpo_pushes_locations_while_its_emsp_is_planned(
+    hub: Hub, connect_party
+) -> None:
+    # OCPI-from names the party, not the role: a location push is its CPO's (mod_locations: the Sender "Typically
+    # implemented by market roles like: CPO"), a token push its eMSP's, each judged by that role's status
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    both, key = _both_roles(connect_party)
+    _list_only(hub, both, "CPO")
+    cc, pid = key
+    location = {"country_code": cc, "party_id": pid, "id": "BOTH4", "publish": True,
+                "last_updated": "2026-11-25T08:00:00Z"}  # fmt: skip
+    sent = both.call(hub.base, "PUT", f"receiver/locations/{cc}/{pid}/BOTH4", from_=key, to=party_key(emsp),
+                     body=location).json()  # fmt: skip
+    assert sent["status_code"] == 1000, sent
+    assert [r.path for r in emsp.functional()] == [f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/BOTH4"]
+    token = {"country_code": cc, "party_id": pid, "uid": "TOK2", "last_updated": "2026-11-25T08:00:00Z"}
+    refused = both.call(hub.base, "PUT", f"receiver/tokens/{cc}/{pid}/TOK2", from_=key, to=party_key(cpo),
+                        body=token).json()  # fmt: skip
+    assert refused["status_code"] == 2001 and "(status PLANNED)" in refused["status_message"], refused
+    assert cpo.functional() == []

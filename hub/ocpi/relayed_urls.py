@@ -14,7 +14,7 @@ import structlog
 
 from hub.errors import HubError, InvalidParameters, MethodNotAllowed, NotFound, ReceiverNotConnected
 from hub.ocpi.forward_to_receiver import call_party
-from routing.decide import Delivery, receiving_role, why_not_sendable
+from routing.decide import Delivery, receiving_role, sending_role, why_not_sendable
 from routing.forward import Answer
 from routing.link_header import LinkValue, link_values, only, rewritten
 from routing.request import party_text, routing_party
@@ -67,7 +67,7 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     _check_sender(exchange, caller)
     # Parties often post results without routing headers: the hub knows both ends and fills them in, also in the row
     # and the answer of one it cannot relay (a result lost with its requester is found under that party).
-    sender = next((r for r in caller.roles if r.key == relayed.caller_party), None)
+    sender = sending_role(caller, relayed.caller_party, relayed.module, relayed.interface)
     sender = sender or PartyRole("", relayed.caller_party[0], relayed.caller_party[1], "CONNECTED", None)
     exchange.sender = sender
     entry.from_country_code, entry.from_party_id = sender.country_code, sender.party_id

@@ -1,14 +1,12 @@
-"""The hub's location cache: kept by relayed pushes, served by GET All via the hub, stable pages, visibility."""
+"""The hub's location cache: kept by relayed pushes, served by the hub itself, visibility (GET All's snapshots:
+tests.test_location_cache_snapshots)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import secrets
 import time
 
 import httpx
-import msgspec
 import pytest
 import redis
 import structlog
@@ -78,65 +76,6 @@ def test_pushes_fill_the_cache_with_patch_semantics_and_the_hub_answers_single_o
     assert (missing.status_code, missing.json()["status_code"]) == (404, 2003)
     # the hub answered by itself: nothing reached the CPO
     assert [r for r in cpo.functional() if r.method == "GET"] == []
-
-
-def test_get_all_via_the_hub_walks_every_location_once_while_the_cache_changes(hub: Hub, connect_party) -> None:
-    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
-    owner = party_key(cpo)
-    for n in range(25):
-        _push(cpo, emsp, hub, "PUT", f"W{n:02d}", _location(owner, f"W{n:02d}", f"2026-11-20T10:{n:02d}:00Z"))
-    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=10"
-    _eventually(lambda: _assert_total(emsp, hub, query, 25))
-    seen, url, pages = [], query, 0
-    while url:
-        answer = _get(emsp, hub, url)
-        assert answer.json()["status_code"] == 1000 and answer.headers["X-Total-Count"] == "25"
-        assert answer.headers["X-Limit"] == "10"  # the limit asked, within the hub's maximum
-        seen += [loc["id"] for loc in answer.json()["data"]]
-        if pages == 0:  # the CPO updates an early location while the eMSP is walking the pages
-            _push(cpo, emsp, hub, "PATCH", "W00", {"name": "moved", "last_updated": "2026-11-25T11:00:00Z"})
-            time.sleep(0.2)
-        link = answer.headers.get("Link")
-        url = link.split(">")[0].lstrip("<") if link else None
-        pages += 1
-    assert seen == [f"W{n:02d}" for n in range(25)] and pages == 3
-    far = _get(emsp, hub, query + f"&offset={10**30}")  # past every list: an empty page, not a Redis error
-    assert far.json()["status_code"] == 1000 and far.json()["data"] == [] and far.headers["X-Total-Count"] == "25"
-    # date_from is inclusive, date_to exclusive
-    window = _get(emsp, hub, query + "&date_from=2026-11-20T10:05:00Z&date_to=2026-11-20T10:07:00Z").json()
-    assert [loc["id"] for loc in window["data"]] == ["W05", "W06"]
-    # RFC 3339, 5.6: "T" and "Z" may be written lower case (a party developer's walkthrough got 2001)
-    lower = _get(emsp, hub, query + "&date_from=2026-11-20t10:05:00z&date_to=2026-11-20t10:07:00z").json()
-    assert [loc["id"] for loc in lower["data"]] == ["W05", "W06"], lower
-    swapped = _get(emsp, hub, query + "&date_from=2026-11-20T10:07:00Z&date_to=2026-11-20T10:05:00Z").json()
-    assert swapped["status_code"] == 2001 and swapped["status_message"].startswith(
-        "date_to (2026-11-20T10:05:00Z) is before date_from (2026-11-20T10:07:00Z)"
-    ), swapped
-    empty = _get(emsp, hub, query + "&date_from=2026-11-20T10:05:00Z&date_to=2026-11-20T10:05:00Z").json()
-    assert (empty["status_code"], empty["data"]) == (1000, []), empty  # [t, t): well defined, and empty
-
-
-def test_a_page_reads_on_past_locations_gone_since_the_snapshot_and_the_next_begins_after_them(
-    services: Services,
-) -> None:
-    # The next page began at offset + the locations found: a page whose locations had all gone since the GET All (their
-    # CPO left) linked to itself for ever, and a page with a gap had the next one repeat locations.
-    owner, prefix = ("NL", "GAP"), f"{services.redis_prefix}gaps-{secrets.token_hex(4)}:"
-
-    async def pages() -> list[tuple[list[str], int, int] | None]:
-        client = redis.asyncio.Redis.from_url(services.redis_url)
-        try:
-            cache = LocationCache(client, prefix)
-            locations = [_location(owner, f"G{n}", f"2026-11-20T10:0{n}:00Z") for n in range(6)]
-            await cache.put_many(owner, 0, [msgspec.Raw(json.dumps(loc).encode()) for loc in locations])
-            snapshot_id, _ = await cache.snapshot(owner, None, None, owner)
-            await client.delete(*(f"{prefix}locations:doc:NL/GAP/G{n}" for n in (1, 2, 3, 5)))
-            found = [await cache.page(snapshot_id, offset, 2) for offset in (0, 5)]
-            return [(sorted(json.loads(d)["id"] for d in p[0]), p[1], p[2]) if p else None for p in found]
-        finally:
-            await client.aclose()
-
-    assert asyncio.run(pages()) == [(["G0", "G4"], 5, 6), ([], 6, 6)]
 
 
 def _assert_total(party, hub: Hub, query: str, total: int) -> None:  # type: ignore[no-untyped-def]
@@ -221,127 +160,6 @@ def test_client_owned_push_must_name_its_sender_as_owner_and_its_id(  # type: ig
     assert emsp.functional() == []
 
 
-def _two_locations_a_page(hub: Hub, connect_party, ids: tuple[str, str]):  # type: ignore[no-untyped-def]
-    """An eMSP, and the query of its GET All of a CPO's two locations (ids), once both are cached, a page each."""
-    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
-    owner = party_key(cpo)
-    for location_id in ids:
-        _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-21T10:00:00Z"))
-    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=1"
-    _eventually(lambda: _assert_total(emsp, hub, query, 2))
-    return emsp, query
-
-
-def test_a_party_starting_get_all_again_and_again_keeps_only_its_latest_snapshots(hub: Hub, connect_party) -> None:
-    from storage.location_cache import SNAPSHOTS_PER_VIEWER
-
-    emsp, query = _two_locations_a_page(hub, connect_party, ("S1", "S2"))
-    links = [_get(emsp, hub, query).headers["Link"].split(">")[0].lstrip("<")
-             for _ in range(SNAPSHOTS_PER_VIEWER + 1)]  # fmt: skip
-    expired = _get(emsp, hub, links[0])
-    assert expired.status_code == 404 and "expired" in expired.json()["status_message"]
-    for link in links[1:]:  # the latest ones still lead to the second page
-        assert [loc["id"] for loc in _get(emsp, hub, link).json()["data"]] == ["S2"]
-
-
-def test_an_expired_snapshot_is_404_at_offset_0_too_never_an_empty_list(hub: Hub, connect_party) -> None:
-    # An expired snapshot followed at offset 0 (or with limit=0) answered 1000, data [] and X-Total-Count 0: to a GET
-    # All, "the new truth" (mod_locations.asciidoc), that every location was gone.
-    from storage.location_cache import SNAPSHOTS_PER_VIEWER
-
-    emsp, query = _two_locations_a_page(hub, connect_party, ("X1", "X2"))
-    oldest = _get(emsp, hub, query).headers["Link"].split(">")[0].lstrip("<").split("?")[0]
-    for _ in range(SNAPSHOTS_PER_VIEWER):  # each a snapshot of its own: the oldest expires
-        _get(emsp, hub, query)
-    for window in ("offset=0&limit=1", "offset=0&limit=0", "limit=0", ""):
-        expired = _get(emsp, hub, f"{oldest}?{window}" if window else oldest)
-        assert expired.status_code == 404 and "expired" in expired.json()["status_message"], (window, expired.text)
-
-
-def test_get_all_with_limit_0_answers_the_total_alone_and_takes_no_snapshot_while_a_forwarded_one_keeps_its_limit(
-    hub: Hub, connect_party
-) -> None:
-    # transport_and_format.asciidoc, Pagination: limit is "The maximum number of objects to GET", with no lower bound;
-    # a client asks for 0 to learn X-Total-Count. X-Limit "SHALL then still show the upper limit, not the number of
-    # objects returned"; no Link, which would lead to the same empty page for ever.
-    from hub.ocpi.hub_answers import MAX_LIMIT
-    from storage.location_cache import SNAPSHOTS_PER_VIEWER
-
-    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
-    owner = party_key(cpo)
-    for location_id in ("Z1", "Z2", "Z3"):
-        _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-21T10:00:00Z"))
-    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}"
-    _eventually(lambda: _assert_total(emsp, hub, query, 3))
-    walking = _get(emsp, hub, f"{query}&limit=1").headers["Link"].split(">")[0].lstrip("<")
-    for _ in range(SNAPSHOTS_PER_VIEWER + 1):  # counting takes none of the party's snapshots' places
-        counted = _get(emsp, hub, f"{query}&limit=0")
-        assert (counted.status_code, counted.json()["status_code"], counted.json()["data"]) == (200, 1000, [])
-        assert (counted.headers["X-Total-Count"], counted.headers["X-Limit"]) == ("3", str(MAX_LIMIT))
-        assert "Link" not in counted.headers
-    assert [loc["id"] for loc in _get(emsp, hub, walking).json()["data"]] == ["Z2"]
-    # a snapshot's Link followed with limit=0: its total alone too, at any offset (at 0, Redis read the whole list)
-    for offset in (0, 1):
-        followed = _get(emsp, hub, f"{walking.split('?')[0]}?offset={offset}&limit=0")
-        assert (followed.json()["data"], followed.headers["X-Total-Count"], followed.headers.get("Link")) == (
-            [],
-            "3",
-            None,
-        )
-    # a GET All forwarded to the CPO passes its limit on as it came
-    forwarded = emsp.call(hub.base, "GET", "sender/locations?limit=0", to=owner)
-    assert forwarded.json()["status_code"] == 1000, forwarded.text
-    assert [r.query for r in cpo.functional() if r.method == "GET"] == ["limit=0"]
-
-
-def test_get_all_of_an_empty_list_at_an_offset_is_an_empty_page_not_an_expired_one(hub: Hub, connect_party) -> None:
-    # Redis keeps no empty list: the snapshot of none was taken for one expired, and a GET All at offset 10 of a CPO
-    # with no locations (or of a window holding none) was answered 404 "this page list expired: start again with a
-    # GET All", to a client that had just done so.
-    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
-    owner = party_key(cpo)
-    _push(cpo, emsp, hub, "PUT", "E1", _location(owner, "E1", "2026-11-21T10:00:00Z"))
-    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}"
-    _eventually(lambda: _assert_total(emsp, hub, query, 1))
-    for window in ("", "&date_from=2099-01-01T00:00:00Z"):
-        for offset in (0, 1, 10):
-            answer = _get(emsp, hub, f"{query}{window}&offset={offset}")
-            assert (answer.status_code, answer.json()["status_code"]) == (200, 1000), (window, offset, answer.text)
-            if window or offset:
-                assert (answer.json()["data"], answer.headers["X-Total-Count"]) == ([], "1" if not window else "0")
-            assert "Link" not in answer.headers
-
-
-def test_a_get_all_snapshot_lasts_while_its_pages_are_read_not_a_fixed_time_after_it_began(
-    hub: Hub, connect_party
-) -> None:
-    # It expired SNAPSHOT_TTL_S after the GET All however actively it was paged: a slow importer of a large cache was
-    # cut off with 404 (a spec review).
-    import redis as sync_redis
-
-    from storage.location_cache import SNAPSHOT_TTL_S
-
-    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
-    owner = party_key(cpo)
-    for location_id in ("T1", "T2", "T3"):
-        _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-21T10:00:00Z"))
-    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=1"
-    _eventually(lambda: _assert_total(emsp, hub, query, 3))
-    link = _get(emsp, hub, query).headers["Link"].split(">")[0].lstrip("<")
-    viewer, snapshot_id = "/".join(party_key(emsp)), link.split("/snapshots/")[1].split("?")[0]
-    keys = [f"{hub.env['OCPI_HUB_REDIS_PREFIX']}locations:{name}"
-            for name in (f"snapshot:{viewer}/{snapshot_id[5:]}", f"snapshots-of:{viewer}")]  # fmt: skip
-    client = sync_redis.Redis.from_url(hub.env["OCPI_HUB_REDIS_URL"])
-    try:
-        for key in keys:
-            assert client.expire(key, 5)  # as if the GET All began SNAPSHOT_TTL_S - 5 s ago
-        page = _get(emsp, hub, link)
-        assert [loc["id"] for loc in page.json()["data"]] == ["T2"]
-        assert [client.ttl(key) > SNAPSHOT_TTL_S - 60 for key in keys] == [True, True]
-    finally:
-        client.close()
-
-
 def test_get_all_serves_a_pushed_location_as_the_cpo_sent_it_and_skips_one_without_a_valid_last_updated(
     hub: Hub, connect_party
 ) -> None:
@@ -407,68 +225,6 @@ def test_a_redis_that_lost_its_scripts_still_caches_relayed_locations_and_notes_
     _eventually(cached)
     _eventually(routed_to_its_owner)
     assert [r.path for r in cpo.functional() if r.method == "POST"] == ["/ocpi/2.2.1/commands/receiver/START_SESSION"]
-
-
-def test_a_get_all_snapshot_link_pages_for_the_party_it_was_taken_for_only(hub: Hub, connect_party) -> None:
-    # A snapshot is filtered for its party (publish_allowed_to); its Link opened to any other platform that had it,
-    # unlike the hub's pages and results links (a party developer's walkthrough).
-    cpo, emsp, other = connect_party(_roles("CPO")), connect_party(_roles("EMSP")), connect_party(_roles("EMSP"))
-    owner = party_key(cpo)
-    for n in range(3):
-        _push(
-            cpo,
-            emsp,
-            hub,
-            "PUT",
-            f"SNAP{n}-{owner[1]}",
-            _location(owner, f"SNAP{n}-{owner[1]}", "2026-11-25T08:00:00Z"),
-        )
-    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=1"
-    _eventually(lambda: _assert_total(emsp, hub, query, 3))  # the cache is written just after each push is relayed
-    first = _get(emsp, hub, query)
-    link = first.headers["Link"].split(">")[0].lstrip("<")
-    assert link.startswith(f"{hub.base}/ocpi/2.2.1/snapshots/")
-    for stranger in (other, cpo):
-        refused = stranger.call(hub.base, "GET", link)
-        assert refused.status_code == 404 and "not yours" in refused.json()["status_message"], refused.text
-    followed = emsp.call(hub.base, "GET", link)
-    assert followed.json()["status_code"] == 1000 and len(followed.json()["data"]) == 1
-
-
-def test_a_snapshot_page_names_the_party_it_was_taken_for_in_ocpi_to_on_a_platform_of_several(
-    hub: Hub, connect_party
-) -> None:
-    # A followed Link's page named the platform's first party in OCPI-to, whichever party the GET All was for
-    # (transport_and_format.asciidoc, OCPI-to: "the receiving party" of the answer).
-    cpo = connect_party(_roles("CPO"))
-    emsp = connect_party(_roles("EMSP"), _roles("EMSP"))
-    owner = party_key(cpo)
-    for n in range(2):
-        location_id = f"TO{n}-{owner[1]}"
-        _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-25T08:00:00Z"))
-    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=1"
-    _eventually(lambda: _assert_total(emsp, hub, query, 2))
-    for _, country, party in emsp.roles:
-        first = emsp.call(hub.base, "GET", query, to=HUB, from_=(country, party))
-        link = first.headers["Link"].split(">")[0].lstrip("<")
-        followed = emsp.call(hub.base, "GET", link, from_=(country, party))
-        assert followed.json()["status_code"] == 1000, followed.text
-        # followed without routing headers, as parties often do: its row names that party too
-        correlation = f"to-{secrets.token_hex(6)}"
-        bare = httpx.get(link, headers=emsp.token_header(emsp.hub_token or "") | {"X-Correlation-ID": correlation})
-        for page in (first, followed, bare):
-            named = (page.headers["OCPI-to-country-code"], page.headers["OCPI-to-party-id"])
-            assert named == (country, party), (link, page.headers)
-
-        def row(correlation: str = correlation) -> dict:
-            with hub.admin() as admin:
-                rows = admin.get("/admin/api/routing-log", params={"correlation_id": correlation}).json()["items"]
-            assert len(rows) == 1, rows
-            return rows[0]
-
-        found = _eventually(row, timeout=15)
-        assert (found["from_country_code"], found["from_party_id"]) == (country, party), found
-        assert (found["to_country_code"], found["to_party_id"]) == HUB, found
 
 
 def test_updates_held_for_a_redis_that_does_not_answer_are_given_up_all_at_once_when_the_hub_stops() -> None:

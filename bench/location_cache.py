@@ -64,7 +64,7 @@ def cache_size(client: redis.Redis, prefix: str) -> tuple[int, int, int]:
     """MEMORY USAGE of the cache's documents and of its indexes, and the total length of the JSON documents."""
     docs = list(client.scan_iter(match=f"{prefix}locations:doc:*", count=1000))
     indexes = [k for k in client.scan_iter(match=f"{prefix}locations:by-owner:*", count=1000)]
-    indexes += [k for k in (f"{prefix}locations:all", f"{prefix}locations:hidden") if client.exists(k)]
+    indexes += [k for k in (f"{prefix}locations:{name}" for name in ("all", "hidden", "order")) if client.exists(k)]
     pipe = client.pipeline(transaction=False)
     for key in docs + indexes:
         pipe.memory_usage(key, samples=0)

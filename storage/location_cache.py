@@ -1,10 +1,11 @@
 """Every CPO's locations in Redis: kept current by the pushes the hub relays and by pull sync, read by GET All.
 
 One JSON document per location (EVSEs and connectors inside it, as the CPO sent them), a sorted set per owner
-and one for all owners ordered by last_updated, a set of the unpublished ones and, per unpublished location, its
-publish_allowed_to entries as storage.publish_tokens's matcher reads them (one string). Updates follow the Receiver
-rules of mod_locations.asciidoc (storage.location_document). Redis is a cache: what is lost is fetched again from the
-CPOs by pull sync.
+and one for all owners ordered by last_updated (what date_from and date_to select by), one of the order GET All lists
+them in (the order the cache first held each: storage.location_writer.order_key), a set of the unpublished ones and,
+per unpublished location, its publish_allowed_to entries as storage.publish_tokens's matcher reads them (one string).
+Updates follow the Receiver rules of mod_locations.asciidoc (storage.location_document). Redis is a cache: what is lost
+is fetched again from the CPOs by pull sync.
 
 A location is keyed by its owner and its id upper-cased (`CC/PID/LOC1`, the member of the sets, and `id:LOC1`), since a
 Location.id is a CiString: a PATCH of `loc1` changes the location pushed as `LOC1`. Its document stays as the CPO sent
@@ -42,7 +43,7 @@ from storage.location_cap import (
 )
 from storage.location_removals import LocationRemovals
 from storage.location_updates import RelayedUpdates
-from storage.location_writer import keyed, text_of
+from storage.location_writer import keyed, order_key, text_of
 from storage.publish_tokens import ALLOWED_LUA, MATCH_LUA, index_keys, publish_entries
 
 log = structlog.get_logger()
@@ -76,10 +77,12 @@ return fit
 
 
 # KEYS: the source sorted set, the set of unpublished members, the snapshot list, the viewer's list of snapshots, the
-# relayed tokens' hashes (storage.publish_tokens). ARGV: lowest score, highest score, the viewer's member prefix (its
-# own unpublished ones stay), TTL in seconds, the viewer as CC-PID, the key prefix of each unpublished location's
-# entries, how many snapshots a viewer keeps, 1 to keep the snapshot (else it is only counted). A location without
-# entries (cached by a hub before they were kept, until storage.location_upgrades derived them) is its owner's only.
+# relayed tokens' hashes (storage.publish_tokens), GET All's order (storage.location_writer.order_key), a key to sort
+# in (deleted before the script ends). ARGV: date_from, date_to ('': none; seconds since the epoch), the viewer's
+# member prefix (its own unpublished ones stay), TTL in seconds, the viewer as CC-PID, the key prefix of each
+# unpublished location's entries, how many snapshots a viewer keeps, 1 to keep the snapshot (else it is only counted).
+# A location without entries (cached by a hub before they were kept, until storage.location_upgrades derived them) is
+# its owner's only.
 _SNAPSHOT = (
     MATCH_LUA
     + """
@@ -87,10 +90,20 @@ local function shown(m)
   local entries = redis.call('GET', ARGV[6] .. m)
   return entries and allowed(entries, ARGV[5], KEYS[5], KEYS[6], KEYS[7])
 end
-redis.call('DEL', KEYS[3])  -- a new snapshot: empty, also when a broken connection made the client send it again
-local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])
-local filter = redis.call('SCARD', KEYS[2]) > 0
+-- transport_and_format.asciidoc, Pagination: date_from "after or equal to", date_to "not including"
+local low, high = ARGV[1] == '' and '-inf' or ARGV[1], ARGV[2] == '' and '+inf' or '(' .. ARGV[2]
 local keep = ARGV[8] == '1'  -- else only counted: a GET All with limit=0 walks no pages
+redis.call('DEL', KEYS[3])  -- a new snapshot: empty, also when a broken connection made the client send it again
+local members
+if keep then  -- those in the window in GET All's order, if every one has a place in it (storage.location_upgrades)
+  local window = redis.call('ZRANGESTORE', KEYS[9], KEYS[1], low, high, 'BYSCORE')
+  if window > 0 and redis.call('ZINTERSTORE', KEYS[9], 2, KEYS[9], KEYS[8], 'WEIGHTS', 0, 1) == window then
+    members = redis.call('ZRANGE', KEYS[9], 0, -1)
+  end
+  redis.call('DEL', KEYS[9])
+end
+members = members or redis.call('ZRANGEBYSCORE', KEYS[1], low, high)  -- by last_updated, as a hub before the order
+local filter = redis.call('SCARD', KEYS[2]) > 0
 local batch, total = {}, 0
 for _, m in ipairs(members) do
   if not filter or string.sub(m, 1, #ARGV[3]) == ARGV[3] or redis.call('SISMEMBER', KEYS[2], m) == 0
@@ -196,12 +209,12 @@ class LocationCache(RelayedUpdates, LocationRemovals):
 
         Built inside Redis by one script: the ids never travel to the hub and back."""
         source = self._by_owner(owner) if owner else f"{self._p}all"
-        low = "-inf" if date_from is None else repr(date_from)
-        high = "+inf" if date_to is None else f"({date_to!r}"  # date_to is exclusive
+        low = "" if date_from is None else repr(date_from)
+        high = "" if date_to is None else repr(date_to)
         # the viewer in the id and its key: hub_answers.follow pages it for a platform holding that party only
         snapshot_id = f"{viewer[0]}{viewer[1]}".upper() + secrets.token_urlsafe(12)  # a country code 2, a party id 3
         keys = [source, f"{self._p}hidden", self._snapshot_key(snapshot_id), self._snapshots_of(snapshot_id),
-                *self._publish_tokens]  # fmt: skip
+                *self._publish_tokens, order_key(self._prefix), f"{self._p}ordering"]  # fmt: skip
         args: list[str | int] = [low, high, f"{viewer[0]}/{viewer[1]}/", SNAPSHOT_TTL_S, f"{viewer[0]}-{viewer[1]}",
                                  self._entries(""), SNAPSHOTS_PER_VIEWER, int(keep)]  # fmt: skip
         total = await self._snapshot(keys=keys, args=args)

@@ -16,14 +16,15 @@ import structlog
 
 from storage.directory import UNCHANGED_LUA, DirectoryCache, DirectoryChanged, PartyRole
 from storage.location_cap import MAX_LOCATION_BYTES_PER_CPO, MAX_LOCATIONS_PER_CPO, bytes_key, over_cap_key, owner_field
-from storage.location_writer import STORE_TRIES, LocationWriter, owner_part
+from storage.location_writer import STORE_TRIES, LocationWriter, order_key, owner_part
 
 log = structlog.get_logger()
 
 # KEYS: the directory's generation, the sorted sets of all and of the owner, the unpublished set, the bytes cached of
-# each CPO (storage.location_cap). ARGV: for a CPO that left the hub the generation its cleanup read (UNCHANGED_LUA: -1
-# if it changed), else '', the key prefix of documents, id index entries and publish_allowed_to entries, then the
-# members to forget (of one owner). Returns how many were cached.
+# each CPO (storage.location_cap), the order GET All lists them in (storage.location_writer.order_key). ARGV: for a
+# CPO that left the hub the generation its cleanup read (UNCHANGED_LUA: -1 if it changed), else '', the key prefix of
+# documents, id index entries and publish_allowed_to entries, then the members to forget (of one owner). Returns how
+# many were cached.
 _FORGET = (
     UNCHANGED_LUA
     + """
@@ -38,6 +39,7 @@ for i = 3, #ARGV do
   redis.call('DEL', ARGV[2] .. 'doc:' .. m, ARGV[2] .. 'publish-to:' .. m)
   forgotten = forgotten + redis.call('ZREM', KEYS[2], m)
   redis.call('SREM', KEYS[4], m)
+  redis.call('ZREM', KEYS[6], m)
   redis.call('SREM', ARGV[2] .. 'id:' .. id, m)
   redis.call('SREM', ARGV[2] .. 'id:' .. string.upper(id), m)
 end
@@ -107,4 +109,5 @@ class LocationRemovals(LocationWriter):
         return removed
 
     def _forget_keys(self, owner: tuple[str, str]) -> list[str]:
-        return [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden", bytes_key(self._prefix)]
+        return [f"{self._p}all", self._by_owner(owner), f"{self._p}hidden", bytes_key(self._prefix),
+                order_key(self._prefix)]  # fmt: skip

@@ -155,7 +155,8 @@ class RelayedUpdates(LocationWriter):
 
     async def _store_all(self, puts: list[tuple[tuple[str, str], int, list[str], bytes]]) -> int:
         """Whole locations, stored as the CPO sent them. Of several PUTs of one location (in whatever case) only the
-        last valid one is visible, so only it is read (newest first) and stored."""
+        last valid one is visible, so only it is read (newest first) and stored, in the order pushed (a new location's
+        place in GET All: storage.location_writer.order_key)."""
         latest: dict[str, WholeLocation] = {}
         for owner, platform_id, path, body in reversed(puts):
             member = self._member(owner, path[0])
@@ -165,7 +166,7 @@ class RelayedUpdates(LocationWriter):
                 latest[member] = (owner, platform_id, path[0], body, whole_location(body)[1])
             except ValueError as exc:
                 not_cached(exc, path=path)
-        return len((await self._store_many(list(latest.values())))[0])  # each script is atomic on its own
+        return len((await self._store_many(list(latest.values())[::-1]))[0])  # each script is atomic on its own
 
     async def _merge(self, owner: tuple[str, str], platform_id: int, method: str, path: list[str],
                      update: dict[str, Any]) -> str | None:  # fmt: skip

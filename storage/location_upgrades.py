@@ -16,6 +16,12 @@ passes, in the order the formats changed:
   OCPI_HUB_MAX_LOCATIONS_PER_CPO of them: a few tens of ms once), set whole over what stores added meanwhile. Until
   then a CPO's new locations are held to the count cap alone. The upper-cased-ids pass changes the count as it moves
   a location, for a hub starting at once that has counted already.
+- get-all-order: a hub before the order GET All lists locations in (storage.location_writer.order_key) listed them by
+  last_updated and kept no order; each CPO's locations without a place are placed, by one script per CPO, after every
+  other, in the order of their last_updated. Until then GET All lists by last_updated, as that hub did, rather than
+  leave out the locations without a place (storage.location_cache); so it does too while a location that a hub of the
+  earlier version still running (a rolling upgrade) cached anew has none, until one of this version updates it. The
+  upper-cased-ids pass gives a location it moves the place of its old key.
 
 Markers of earlier versions' passes (RETIRED), which no hub of this version reads, are removed once every pass has
 completed.
@@ -35,7 +41,7 @@ from storage.publish_tokens import publish_entries
 
 log = structlog.get_logger()
 
-PASSES = ("publish-entries", "upper-cased-ids", "location-bytes")
+PASSES = ("publish-entries", "upper-cased-ids", "location-bytes", "get-all-order")
 # the last version's marker of its own start-up pass over ids, which the upper-cased-ids pass does again in full
 RETIRED = ("ids-indexed-upper-cased",)
 
@@ -48,9 +54,9 @@ return 1
 """
 # KEYS: the sorted set of all, the unpublished set, the bytes cached of each CPO. ARGV: the key prefix, a member of
 # all. Indexes it under its upper-cased id; a member keyed by the id as sent moves to its upper-cased one (document,
-# sorted sets of all and of its owner, unpublished set, entries), unless that one is cached too and not older (the
-# score is last_updated); its owner's bytes follow (a hub starting at once may have counted them already). Returns 1 if
-# it moved.
+# sorted sets of all and of its owner, unpublished set, entries, its place in GET All's order if it has one and the
+# upper-cased one none), unless that one is cached too and not older (the score is last_updated); its owner's bytes
+# follow (a hub starting at once may have counted them already). Returns 1 if it moved.
 _UPPER_CASED = """
 local p, old = ARGV[1], ARGV[2]
 local new = string.upper(old)
@@ -80,9 +86,12 @@ if old ~= new then
     else
       redis.call('DEL', p .. 'publish-to:' .. new)
     end
+    local place = redis.call('ZSCORE', p .. 'order', old)
+    if place and not redis.call('ZSCORE', p .. 'order', new) then redis.call('ZADD', p .. 'order', place, new) end
     moved = 1
   end
   redis.call('DEL', p .. 'doc:' .. old, p .. 'publish-to:' .. old)
+  redis.call('ZREM', p .. 'order', old)
   redis.call('ZREM', KEYS[1], old)
   redis.call('ZREM', by_owner, old)
   redis.call('SREM', KEYS[2], old)
@@ -106,13 +115,28 @@ return total
 """
 
 
+# KEYS: a CPO's sorted set, GET All's order (storage.location_writer.order_key). Places each of the CPO's locations
+# without a place after the last, in the order of their last_updated (the sorted set's). Returns how many it placed.
+_ORDER = """
+local last = tonumber(redis.call('ZREVRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2] or 0)
+local placed = 0
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if not redis.call('ZSCORE', KEYS[2], m) then
+    placed = placed + 1
+    redis.call('ZADD', KEYS[2], last + placed, m)
+  end
+end
+return placed
+"""
+
+
 async def upgrade(client: redis.Redis, prefix: str) -> list[str]:
     """Run, in order, the passes this cache has not completed yet; returns those that completed now. Unfenced by the
     directory (storage.departed): each script changes only a location still cached, which a departed CPO's cleanup
     removes whole, so none brings one back."""
     p = f"{prefix}locations:"
     done: list[str] = []
-    for name, upgrade_pass in zip(PASSES, (_derive_entries, _upper_case, _count_bytes), strict=True):
+    for name, upgrade_pass in zip(PASSES, (_derive_entries, _upper_case, _count_bytes, _place), strict=True):
         marker = f"{p}upgraded:{name}"
         try:
             if await client.exists(marker):
@@ -188,6 +212,18 @@ async def _count_bytes(client: redis.Redis, p: str, chunk: int = 100) -> int:
             locations += await client.zcard(key)
         if not cursor:
             return locations
+
+
+async def _place(client: redis.Redis, p: str, chunk: int = 100) -> int:
+    """Each CPO's locations without a place in GET All's order placed; returns how many."""
+    placed_script = client.register_script(_ORDER)
+    cursor, placed = 0, 0
+    while True:
+        cursor, keys = await client.scan(cursor, match=f"{p}by-owner:*", count=chunk)
+        for key in keys:
+            placed += await placed_script(keys=[_text(key), f"{p}order"])
+        if not cursor:
+            return placed
 
 
 def _text(value: Any) -> str:

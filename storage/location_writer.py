@@ -37,7 +37,8 @@ log = structlog.get_logger()
 STORE_TRIES = 5  # a store refused as the directory changes that often meanwhile is given up (pull sync repairs it)
 
 # KEYS: the directory's generation, the document, the sorted sets of all and of the owner, the id index, the
-# unpublished set, the entries, the CPOs over their cap, the bytes cached of each CPO (storage.location_cap). ARGV: the
+# unpublished set, the entries, the CPOs over their cap, the bytes cached of each CPO (storage.location_cap), the order
+# GET All lists them in (a location first cached is placed after every other; an update keeps its place). ARGV: the
 # generation the owner was found on the hub in ('' for an unguarded store; UNCHANGED_LUA: -1 if it changed), member,
 # score (last_updated), the document, "1" if unpublished, its publish_allowed_to entries, the latest cached score that
 # keeps an older location out (trusted_until), the most locations and bytes the owner may have cached, the owner
@@ -64,6 +65,7 @@ elseif grown > 0 and (tonumber(redis.call('HGET', KEYS[9], ARGV[10])) or 0) + gr
     redis.call('ZREM', KEYS[4], ARGV[2])
     redis.call('SREM', KEYS[5], ARGV[2])
     redis.call('SREM', KEYS[6], ARGV[2])
+    redis.call('ZREM', KEYS[10], ARGV[2])
     redis.call('HINCRBY', KEYS[9], ARGV[10], -old)
   end
 end
@@ -75,6 +77,10 @@ redis.call('SET', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
 redis.call('SADD', KEYS[5], ARGV[2])
+if not redis.call('ZSCORE', KEYS[10], ARGV[2]) then  -- new, or cached by a hub that kept no order: placed last
+  local last = redis.call('ZREVRANGE', KEYS[10], 0, 0, 'WITHSCORES')[2] or 0
+  redis.call('ZADD', KEYS[10], tonumber(last) + 1, ARGV[2])
+end
 if ARGV[5] == '1' then
   redis.call('SADD', KEYS[6], ARGV[2])
   redis.call('SET', KEYS[7], ARGV[6])
@@ -233,11 +239,19 @@ class LocationWriter:
         member = self._member(owner, location_id)
         keys = [self._generation_key, self._doc(member), f"{self._p}all", self._by_owner(owner),
                 f"{self._p}id:{member.split('/', 2)[2]}", f"{self._p}hidden", self._entries(member),
-                over_cap_key(self._prefix), bytes_key(self._prefix)]  # fmt: skip
+                over_cap_key(self._prefix), bytes_key(self._prefix), order_key(self._prefix)]  # fmt: skip
         args: list[bytes | str | float] = [generation, member, index.score, document, "1" if index.hidden else "0",
                                            index.entries, trusted_until(), self.max_per_cpo, self.max_bytes_per_cpo,
                                            owner_field(owner)]  # fmt: skip
         queue_script(pipe, self._store_script, keys, args)
+
+
+def order_key(prefix: str) -> str:
+    """The sorted set of the order GET All lists the locations in: member -> its place, 1 for the first the cache held,
+    each new one one past the last. An update keeps its place, so a location changed while a client pages a GET All by
+    offset moves none of the others (transport_and_format.asciidoc, Paginated Response: "the sequence of objects
+    mustn't change, or as little as possible. It is best practice to [...] order the objects by creation date")."""
+    return f"{prefix}locations:order"
 
 
 def not_cached(why: str | ValueError, **where: Any) -> None:

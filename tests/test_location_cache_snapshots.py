@@ -12,9 +12,11 @@ import httpx
 import msgspec
 import redis
 
+from storage.directory import PartyRole
 from storage.location_cache import LocationCache
 from tests.conftest import Hub, Services
 from tests.test_location_cache import HUB, _assert_total, _eventually, _get, _location, _push
+from tests.test_location_cache_upgrades import _run
 from tests.test_routing import _roles, party_key
 
 
@@ -258,3 +260,80 @@ def test_a_snapshot_page_names_the_party_it_was_taken_for_in_ocpi_to_on_a_platfo
         found = _eventually(row, timeout=15)
         assert (found["from_country_code"], found["from_party_id"]) == (country, party), found
         assert (found["to_country_code"], found["to_party_id"]) == HUB, found
+
+
+def test_a_client_paging_get_all_by_offset_sees_every_location_once_though_one_on_a_page_read_is_updated(
+    hub: Hub, connect_party
+) -> None:
+    # Each GET All at an offset takes a snapshot of its own, which listed the locations by last_updated: one on a page
+    # read already that was updated moved to the end, every one behind it one place forward, and the client stepping
+    # its offset skipped one and read the updated one twice (an eMSP's sync lost a location without a word).
+    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
+    owner = party_key(cpo)
+    ids = [f"O{n}" for n in range(6)]
+    for n, location_id in enumerate(ids):
+        _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, f"2026-11-20T10:0{n}:00Z"))
+    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}"
+    _eventually(lambda: _assert_total(emsp, hub, query, 6))
+
+    def patched() -> None:
+        assert _get(emsp, hub, "sender/locations/O0").json()["data"]["name"] == "moved"
+
+    seen = []
+    for offset in (0, 2, 4):
+        seen += [loc["id"] for loc in _get(emsp, hub, f"{query}&offset={offset}&limit=2").json()["data"]]
+        if offset == 0:
+            _push(cpo, emsp, hub, "PATCH", "O0", {"name": "moved", "last_updated": "2026-11-25T11:00:00Z"})
+            _eventually(patched)
+    assert seen == ids
+    # a new location goes last, however early its last_updated; the updated one kept its place
+    _push(cpo, emsp, hub, "PUT", "O6", _location(owner, "O6", "2026-11-01T00:00:00Z"))
+    _eventually(lambda: _assert_total(emsp, hub, query, 7))
+    assert [loc["id"] for loc in _get(emsp, hub, query).json()["data"]] == [*ids, "O6"]
+    # date_from (inclusive) and date_to (exclusive) still choose by last_updated, listed in that same order
+    for window, chosen in (("date_from=2026-11-20T10:01:00Z&date_to=2026-11-20T10:03:00Z", ["O1", "O2"]),
+                           ("date_to=2026-11-20T10:02:00Z", ["O1", "O6"]),
+                           ("date_from=2026-11-25T11:00:00Z", ["O0"])):  # fmt: skip
+        answer = _get(emsp, hub, f"{query}&{window}&limit=1")
+        listed, url = [], None
+        while True:
+            listed += [loc["id"] for loc in answer.json()["data"]]
+            if not (link := answer.headers.get("Link")):
+                break
+            url = link.split(">")[0].lstrip("<")
+            answer = _get(emsp, hub, url)
+        assert (listed, answer.headers["X-Total-Count"]) == (chosen, str(len(chosen))), window
+
+
+def test_a_location_leaves_get_all_order_with_the_cache_and_comes_back_last(services: Services) -> None:
+    # Removed (no longer listed by its CPO's Sender, its CPO gone, grown past the cap of bytes), a location leaves the
+    # order too: none is left there to grow Redis, and one cached again is a new one, listed last.
+    owner = ("NL", "ORD")
+
+    async def test(client: redis.asyncio.Redis, prefix: str) -> None:
+        cache = LocationCache(client, prefix, max_bytes_per_cpo=5000)
+        order = f"{prefix}locations:order"
+
+        async def listed() -> list[str]:
+            snapshot_id, _ = await cache.snapshot(None, None, None, owner)
+            found = await cache.page(snapshot_id, 0, 10)
+            return [json.loads(doc)["id"] for doc in found[0]] if found else []
+
+        def raw(location_id: str, updated: str, **extra: object) -> msgspec.Raw:
+            return msgspec.Raw(json.dumps(_location(owner, location_id, updated, **extra)).encode())
+
+        await cache.put_many(owner, 0, [raw(f"R{n}", f"2026-11-20T10:0{5 - n}:00Z") for n in range(4)])
+        assert await listed() == ["R0", "R1", "R2", "R3"]  # as listed, not by last_updated
+        assert await cache.forget(owner, {"R1"}) == 1
+        await cache.put_many(owner, 0, [raw("R2", "2026-11-20T11:00:00Z", name="x" * 6000)])  # past the cap: dropped
+        assert await listed() == ["R0", "R3"]
+        assert [m.decode() for m in await client.zrange(order, 0, -1)] == ["NL/ORD/R0", "NL/ORD/R3"]
+        await cache.put_many(owner, 0, [raw("R1", "2026-11-20T09:00:00Z"), raw("R0", "2026-11-20T12:00:00Z")])
+        assert await listed() == ["R0", "R3", "R1"]
+        pushed = [(owner, 0, "PUT", [f"R{n}"], bytes(raw(f"R{n}", "2026-11-20T10:00:00Z"))) for n in (5, 4)]
+        assert await cache.apply(pushed) == 2  # relayed PUTs applied in one batch: in the order pushed
+        assert await listed() == ["R0", "R3", "R1", "R5", "R4"]
+        await cache.forget_platform([PartyRole("CPO", *owner, "CONNECTED", None)])
+        assert await client.exists(order) == 0
+
+    _run(services, test)

@@ -22,7 +22,7 @@ from tests.conftest import Services
 from tests.test_location_cache import _location
 
 OWNER = ("NL", "CPO")
-PASSES = ["publish-entries", "upper-cased-ids", "location-bytes"]
+PASSES = ["publish-entries", "upper-cased-ids", "location-bytes", "get-all-order"]
 
 
 def _as_an_earlier_hub_cached(
@@ -53,7 +53,7 @@ async def _cached_as_now(client: redis.Redis, prefix: str, *locations: dict) -> 
 
 async def _until_upgraded(client: redis.Redis, prefix: str) -> None:
     deadline = time.monotonic() + 5
-    while not await client.exists(f"{prefix}locations:upgraded:location-bytes"):  # the last pass
+    while not await client.exists(f"{prefix}locations:upgraded:{PASSES[-1]}"):
         assert time.monotonic() < deadline, "the cache was not upgraded"
         await asyncio.sleep(0.01)
 
@@ -165,8 +165,7 @@ def test_locations_a_hub_before_the_id_index_cached_are_found_in_any_case_once_a
             assert await cache.forget(OWNER, {"LOC1", "LOC2"}) == 2  # as a full sync forgets them
             assert await cache.find("LOC1") == [] and await cache.find("loc2") == []
         members, keys = await _members_and_keys(client, prefix)
-        assert (members, sorted(keys)) == (set(), ["upgraded:location-bytes", "upgraded:publish-entries",
-                                                   "upgraded:upper-cased-ids"])  # fmt: skip
+        assert (members, sorted(keys)) == (set(), sorted(f"upgraded:{name}" for name in PASSES))
 
     _run(services, test)
 
@@ -303,5 +302,46 @@ def test_bytes_counted_by_one_hub_stay_right_as_another_starting_with_it_moves_a
         await _count_bytes(client, p)  # the one ahead
         await _upper_case(client, p)  # the one behind
         assert await client.hget(f"{p}bytes", "NL/CPO") == str(len(json.dumps(newer)) + len(json.dumps(moved))).encode()
+
+    _run(services, test)
+
+
+def test_get_all_lists_a_cache_a_hub_before_its_order_kept_by_last_updated_until_the_upgrade_places_each(
+    services: Services,
+) -> None:
+    # A hub before GET All's order (storage.location_writer.order_key) kept none: until the upgrade places its
+    # locations, GET All lists them all by last_updated, as it did, never short of those without a place.
+    t = [f"2026-11-0{n}T00:00:00Z" for n in range(1, 7)]
+    earlier = [_location(OWNER, "A", t[2]), _location(OWNER, "B", t[0]), _location(OWNER, "C", t[1])]
+
+    async def test(client: redis.Redis, prefix: str) -> None:
+        cache = LocationCache(client, prefix)
+
+        async def listed(owner: tuple[str, str] | None = OWNER, date_from: str | None = None) -> list[str]:
+            snapshot_id, total = await cache.snapshot(owner, date_from and epoch(date_from), None, OWNER)
+            found = await cache.page(snapshot_id, 0, 10)
+            ids = [json.loads(doc)["id"] for doc in found[0]] if found else []
+            assert len(ids) == total
+            return ids
+
+        async with client.pipeline(transaction=False) as old_hub:
+            for location in earlier:
+                _as_an_earlier_hub_cached(old_hub, prefix, location, location["id"])
+            await old_hub.execute()
+        assert await listed() == ["B", "C", "A"]
+        patch = json.dumps({"name": "patched", "last_updated": t[3]}).encode()
+        assert await cache.apply([(OWNER, 0, "PATCH", ["B"], patch)]) == 1  # B has a place now, the others none yet
+        assert await listed() == ["C", "A", "B"] and await listed(None) == ["C", "A", "B"]
+        assert await upgrade(client, prefix) == PASSES
+        assert await listed() == ["B", "C", "A"]  # the others after B, by last_updated
+        await _cached_as_now(client, prefix, _location(OWNER, "C", t[4]), _location(OWNER, "D", t[0]))
+        assert await listed() == ["B", "C", "A", "D"] and await listed(None) == ["B", "C", "A", "D"]
+        assert await listed(date_from=t[2]) == ["B", "C", "A"]  # date_from still by last_updated (inclusive)
+        async with client.pipeline(transaction=False) as old_hub:  # one of the earlier version still running
+            _as_an_earlier_hub_cached(old_hub, prefix, _location(OWNER, "E", t[5]), "E")
+            await old_hub.execute()
+        assert await listed() == ["D", "A", "B", "C", "E"]  # E has no place: by last_updated meanwhile, none left out
+        await _cached_as_now(client, prefix, _location(OWNER, "E", t[5]))
+        assert await listed() == ["B", "C", "A", "D", "E"]
 
     _run(services, test)

@@ -337,3 +337,17 @@ def test_a_location_leaves_get_all_order_with_the_cache_and_comes_back_last(serv
         assert await client.exists(order) == 0
 
     _run(services, test)
+
+
+def test_a_filter_added_to_a_snapshot_link_is_refused_not_ignored(hub: Hub, connect_party) -> None:
+    # A date_from or date_to a client added to the Link of a GET All via the hub was ignored without a word: the
+    # pages were of the list the GET All chose, and the client took them for the window it asked.
+    emsp, query = _two_locations_a_page(hub, connect_party, ("F1", "F2"))
+    link = _get(emsp, hub, query).headers["Link"].split(">")[0].lstrip("<")
+    for added in ("date_from=2026-11-22T00:00:00Z", "date_to=2026-11-22T00:00:00Z", "party_id=ZZZ&country_code=NL",
+                  "date_from="):  # fmt: skip
+        refused = _get(emsp, hub, f"{link}&{added}")
+        assert (refused.status_code, refused.json()["status_code"]) == (200, 2001), (added, refused.text)
+        message = refused.json()["status_message"]
+        assert "chosen by the GET All that began it" in message and "follow the Link as given" in message, message
+    assert [loc["id"] for loc in _get(emsp, hub, link).json()["data"]] == ["F2"]

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 SNAPSHOTS = "/ocpi/2.2.1/snapshots/"
 _FILTER = ("country_code", "party_id")  # the hub's own (_owner), not the CPO's: not forwarded
 MAX_LIMIT = 1000
+# A snapshot is the list its GET All chose: a filter on its Link would be answered from that list all the same, so it
+# is refused rather than ignored without a word (the client would take the pages for the window it asked)
+_CHOSEN_BY_THE_GET_ALL = ("date_from", "date_to", "country_code", "party_id")
 
 
 async def answer(relay: Relay, exchange: Exchange, incoming: Incoming) -> Answer:
@@ -117,7 +120,14 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     exchange.entry.module, exchange.entry.interface = "locations", "sender"
     _check_addressed(relay, exchange)
     exchange.entry.routing = "hub"
-    offset, limit = paging_window(list_parameters(exchange.entry.query), MAX_LIMIT)
+    params = list_parameters(exchange.entry.query)
+    if chosen := [name for name in _CHOSEN_BY_THE_GET_ALL if name in params]:
+        raise InvalidParameters(
+            f"{', '.join(chosen)} on a GET All's Link: this page list was chosen by the GET All that began it, its "
+            "date_from, date_to, country_code and party_id with it, and they are neither changed nor applied here; "
+            "follow the Link as given (offset and limit alone), or begin a new GET All with the filters wanted"
+        )
+    offset, limit = paging_window(params, MAX_LIMIT)
     snapshot_id = path.removeprefix(SNAPSHOTS).strip("/")
     caller = exchange.caller
     assert caller is not None

@@ -24,6 +24,8 @@ routing, are here.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import secrets
 from collections.abc import Collection
 from typing import Any
@@ -212,7 +214,8 @@ class LocationCache(RelayedUpdates, LocationRemovals):
         low = "" if date_from is None else repr(date_from)
         high = "" if date_to is None else repr(date_to)
         # the viewer in the id and its key: hub_answers.follow pages it for a platform holding that party only
-        snapshot_id = f"{viewer[0]}{viewer[1]}".upper() + secrets.token_urlsafe(12)  # a country code 2, a party id 3
+        # its filters' tag last: hub_answers.follow tells a Link re-sending them from one changing them
+        snapshot_id = f"{viewer[0]}{viewer[1]}".upper() + secrets.token_urlsafe(12) + filters_tag(owner, low, high)
         keys = [source, f"{self._p}hidden", self._snapshot_key(snapshot_id), self._snapshots_of(snapshot_id),
                 *self._publish_tokens, order_key(self._prefix), f"{self._p}ordering"]  # fmt: skip
         args: list[str | int] = [low, high, f"{viewer[0]}/{viewer[1]}/", SNAPSHOT_TTL_S, f"{viewer[0]}-{viewer[1]}",
@@ -277,3 +280,16 @@ class LocationCache(RelayedUpdates, LocationRemovals):
 def snapshot_viewer(snapshot_id: str) -> tuple[str, str]:
     """The party a snapshot was taken for, as its id begins: country code, party id."""
     return snapshot_id[:2], snapshot_id[2:5]
+
+
+def filters_tag(owner: tuple[str, str] | None, date_from: str, date_to: str) -> str:
+    """What a snapshot's id ends with: the filters of the GET All that took it (its owner, and its dates as the snapshot
+    script reads them), hashed. Not a secret: an id changed to match other filters names no snapshot."""
+    text = f"{'/'.join(owner) if owner else ''}|{date_from}|{date_to}"
+    return base64.urlsafe_b64encode(hashlib.blake2s(text.encode(), digest_size=6).digest()).decode()
+
+
+def taken_with(snapshot_id: str, owner: tuple[str, str] | None, date_from: float | None, date_to: float | None) -> bool:
+    """Whether a snapshot was taken with these filters (a GET All's, as hub_answers reads them)."""
+    low, high = ("" if date is None else repr(date) for date in (date_from, date_to))
+    return snapshot_id.endswith(filters_tag(owner, low, high))

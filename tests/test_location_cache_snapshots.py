@@ -339,15 +339,25 @@ def test_a_location_leaves_get_all_order_with_the_cache_and_comes_back_last(serv
     _run(services, test)
 
 
-def test_a_filter_added_to_a_snapshot_link_is_refused_not_ignored(hub: Hub, connect_party) -> None:
+def test_a_filter_added_to_a_snapshot_link_is_refused_not_ignored_but_the_get_alls_own_sent_again_is_taken(
+    hub: Hub, connect_party
+) -> None:
     # A date_from or date_to a client added to the Link of a GET All via the hub was ignored without a word: the
-    # pages were of the list the GET All chose, and the client took them for the window it asked.
+    # pages were of the list the GET All chose, and the client took them for the window it asked. A client that
+    # passes its GET All's own parameters with every request (requests' params= on each Link) is served.
     emsp, query = _two_locations_a_page(hub, connect_party, ("F1", "F2"))
+    owner = query.split("?")[1].rsplit("&limit", 1)[0]  # country_code=..&party_id=..
     link = _get(emsp, hub, query).headers["Link"].split(">")[0].lstrip("<")
     for added in ("date_from=2026-11-22T00:00:00Z", "date_to=2026-11-22T00:00:00Z", "party_id=ZZZ&country_code=NL",
-                  "date_from="):  # fmt: skip
+                  f"{owner}&date_from=2026-11-20T00:00:00Z", "date_from="):  # fmt: skip
         refused = _get(emsp, hub, f"{link}&{added}")
         assert (refused.status_code, refused.json()["status_code"]) == (200, 2001), (added, refused.text)
         message = refused.json()["status_message"]
-        assert "chosen by the GET All that began it" in message and "follow the Link as given" in message, message
-    assert [loc["id"] for loc in _get(emsp, hub, link).json()["data"]] == ["F2"]
+        assert "date_from" in message or "party_id" in message, message
+    assert "chosen by the GET All that began it" in _get(emsp, hub, f"{link}&date_to=2026-11-22T00:00:00Z").text
+    for same in ("", f"&{owner}"):
+        assert [loc["id"] for loc in _get(emsp, hub, f"{link}{same}").json()["data"]] == ["F2"], same
+    dated = f"{query}&date_from=2026-11-20T00:00:00%2B00:00"  # the same instant written otherwise on the Link
+    dated_link = _get(emsp, hub, dated).headers["Link"].split(">")[0].lstrip("<")
+    again = _get(emsp, hub, f"{dated_link}&{owner}&date_from=2026-11-20T00:00:00Z")
+    assert [loc["id"] for loc in again.json()["data"]] == ["F2"], again.text

@@ -21,7 +21,7 @@ from routing.decide import delivery_to
 from routing.forward import Answer
 from routing.pull_sync import cpo_parties
 from routing.request import Incoming, endpoint_url, party_text, routing_party
-from storage.location_cache import snapshot_viewer
+from storage.location_cache import snapshot_viewer, taken_with
 from storage.location_cap import NOT_SYNCED
 from storage.location_document import epoch, same_id
 
@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 SNAPSHOTS = "/ocpi/2.2.1/snapshots/"
 _FILTER = ("country_code", "party_id")  # the hub's own (_owner), not the CPO's: not forwarded
 MAX_LIMIT = 1000
-# A snapshot is the list its GET All chose: a filter on its Link would be answered from that list all the same, so it
-# is refused rather than ignored without a word (the client would take the pages for the window it asked)
+# A snapshot is the list its GET All chose: a filter on its Link other than the GET All's own would be answered from
+# that list all the same, so it is refused rather than ignored without a word (the client would take the pages for the
+# window it asked)
 _CHOSEN_BY_THE_GET_ALL = ("date_from", "date_to", "country_code", "party_id")
 
 
@@ -121,14 +122,19 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     _check_addressed(relay, exchange)
     exchange.entry.routing = "hub"
     params = list_parameters(exchange.entry.query)
-    if chosen := [name for name in _CHOSEN_BY_THE_GET_ALL if name in params]:
-        raise InvalidParameters(
-            f"{', '.join(chosen)} on a GET All's Link: this page list was chosen by the GET All that began it, its "
-            "date_from, date_to, country_code and party_id with it, and they are neither changed nor applied here; "
-            "follow the Link as given (offset and limit alone), or begin a new GET All with the filters wanted"
-        )
     offset, limit = paging_window(params, MAX_LIMIT)
     snapshot_id = path.removeprefix(SNAPSHOTS).strip("/")
+    # the GET All's own filters sent again are fine (a client passing its parameters with every request); others
+    # would be answered from the list chosen without them, so they are refused rather than ignored without a word
+    if (chosen := [name for name in _CHOSEN_BY_THE_GET_ALL if name in params]) and not taken_with(
+        snapshot_id, _owner(params), _epoch(params, "date_from"), _epoch(params, "date_to")
+    ):
+        raise InvalidParameters(
+            f"{', '.join(chosen)} on a GET All's Link, other than the GET All's own: this page list was chosen by the "
+            "GET All that began it, its date_from, date_to, country_code and party_id with it, and they are neither "
+            "changed nor applied here; follow the Link as given (offset and limit alone), or begin a new GET All "
+            "with the filters wanted"
+        )
     caller = exchange.caller
     assert caller is not None
     # taken for one party, filtered for it (publish_allowed_to): no other platform reads it, as pages and results

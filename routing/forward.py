@@ -52,6 +52,10 @@ class Answer:
 # The most a forward waits for a new connection to the receiver (aiohttp's pool is never full when a forward reaches
 # it: routing.fair_share counts its connections first): a party not taking connections is answered 4003 this soon.
 _CONNECT_S = 5.0
+# The longest header field of an answer the hub reads (aiohttp's default: 8,190 bytes): a Link whose next page's URL is
+# as long as the hub keeps (hub.ocpi.relayed_urls.MAX_NEXT_URL_CHARS) and another of 8 KiB besides; aiohttp reads 128
+# fields at most, so an answer's head stays within about the body's OCPI_HUB_MAX_BODY_BYTES.
+MAX_HEADER_FIELD_BYTES = 80 * 1024
 # A party's OCPI status_code as the routing log's integer column holds it: a larger number is no status code.
 OcpiStatusCode = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
 # What an HTTP/1.1 server must not write in a header value (uvicorn refuses it, dropping the connection).
@@ -95,6 +99,7 @@ def open_session(
         skip_auto_headers=("User-Agent", "Content-Type"),
         # One session serves every caller: a cookie one party sets must never ride along on another's request.
         cookie_jar=aiohttp.DummyCookieJar(),
+        max_field_size=MAX_HEADER_FIELD_BYTES,
     )
     # aiohttp sends a GET, PUT or DELETE once more when the connection drops before the answer, though the party may
     # have taken the first: it would get the request twice with one routing-log row. transport_and_format.asciidoc,

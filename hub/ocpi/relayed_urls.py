@@ -33,6 +33,8 @@ RESULTS = "/ocpi/2.2.1/results/"
 CDR_LOCATIONS = RELAYED_CDRS
 _KINDS = {"pages": "GET", "results": "POST", "relayed-cdrs": "GET"}
 MAX_LINK_URLS, MAX_URL_CHARS = 8, 8192  # of a receiver's Link or Location, as the hub keeps them
+# but a Link's next page's URL: cursor tokens that long are found in the field, and dropped, the list would end there
+MAX_NEXT_URL_CHARS = 65_536
 _PAGING = {"next", "first", "prev", "previous", "last"}  # RFC 8288's relation types of a page, the ones a Link keeps
 
 log = structlog.get_logger()
@@ -149,14 +151,18 @@ async def rewrite(
     same, and following it is refused (follow): dropped, a Link would tell the caller it has the last page (and of
     a GET All, that what it did not get is gone: mod_locations.asciidoc), and a CDR POST's answer needs its
     Location (mod_cdrs.asciidoc). asked_of_hub: whether its pages are of a GET All asked of the hub (Relayed), by
-    default whether this request's OCPI-to is the hub."""
+    default whether this request's OCPI-to is the hub. A next page's URL longer than the hub keeps: HubError (4000)."""
     caller, sender, entry = exchange.caller, exchange.sender, exchange.entry
     assert caller is not None and sender is not None
     link = answer.headers.get("link")
     values = link_values(link) if link else []
     urls = {value.url: resolved(value.url, called_url) for value in values}
     # each URL kept is kept in Redis for PAGE_TTL_S; most answers have no Link: nothing to weigh (25k instructions)
-    kept, why = _within_limits(values, urls) if values else ([], None)
+    kept, why = _within_limits(values, urls) if values else ([], "")
+    if kept is None:  # its next page's URL is longer than the hub keeps: relayed without it, the list ends unsaid
+        error = f"the receiver's answer is not relayed: {why}; without it the caller would take this page for the last"
+        _refused(exchange, delivery, "link", error, why)
+        raise HubError(error)
     if link and kept:
         link = only(link, kept) if why else link
         _note_refused(relay, exchange, delivery, "link", list(dict.fromkeys(urls[value.url] for value in kept)))
@@ -180,8 +186,8 @@ async def rewrite(
     location = answer.headers.pop("location", None)
     if location and module == "cdrs" and entry.method == "POST" and 200 <= answer.status < 300:
         location = resolved(location, called_url)
-        if why := _too_much([location]):
-            _refused(exchange, delivery, "location", f"the receiver's Location header was not relayed: {why}", why)
+        if over := _too_much([location]):
+            _refused(exchange, delivery, "location", f"the receiver's Location header was not relayed: {over}", over)
             return
         _note_refused(relay, exchange, delivery, "location", [location])
         key = uuid.uuid4().hex
@@ -193,17 +199,17 @@ def _hub(relay: Relay) -> tuple[str, str]:
     return relay.settings.country_code, relay.settings.party_id
 
 
-def _within_limits(values: list[LinkValue], urls: dict[str, str]) -> tuple[list[LinkValue], str | None]:
+def _within_limits(values: list[LinkValue], urls: dict[str, str]) -> tuple[list[LinkValue] | None, str]:
     """The link-values of a Link the hub keeps (their URLs resolved in urls), in their order, and why it keeps not all
-    of them, or None. The next page's first (transport_and_format.asciidoc, Pagination: without it the caller takes
-    its page for the last), then first, prev and last, then the others, up to MAX_LINK_URLS URLs; none longer than
-    MAX_URL_CHARS. A next page's URL that long: none at all, as no Link says the page is the last."""
+    of them, or "". The next page's first, then first, prev and last, then the others, up to MAX_LINK_URLS URLs;
+    none longer than MAX_URL_CHARS but the next page's, up to MAX_NEXT_URL_CHARS. A next page's URL longer than that:
+    kept None, the answer not relayed (rewrite), which without it says its page is the last."""
     following = next((value for value in values if "next" in value.rel), None)
-    longest = max((len(urls[value.url]) for value in values), default=0)
-    too_long = f"a URL in it is {longest} characters long, more than the {MAX_URL_CHARS} the hub keeps"
-    if following is not None and len(urls[following.url]) > MAX_URL_CHARS:
-        return [], too_long
-    short = [n for n, value in enumerate(values) if len(urls[value.url]) <= MAX_URL_CHARS]
+    # transport_and_format.asciidoc, Pagination: "Link to the 'next' page should be provided when this is NOT the last"
+    if following is not None and (length := len(urls[following.url])) > MAX_NEXT_URL_CHARS:
+        return None, (f"the URL of its next page (Link rel=\"next\") is {length} characters long, more than the "
+                      f"{MAX_NEXT_URL_CHARS} the hub keeps")  # fmt: skip
+    short = [n for n, value in enumerate(values) if value is following or len(urls[value.url]) <= MAX_URL_CHARS]
     chosen: set[int] = set()
     kept_urls: set[str] = set()
     for n in sorted(short, key=lambda n: 0 if values[n] is following else 1 if _PAGING & set(values[n].rel) else 2):
@@ -215,8 +221,9 @@ def _within_limits(values: list[LinkValue], urls: dict[str, str]) -> tuple[list[
         reasons.append(f"it names {named} URLs, more than the {MAX_LINK_URLS} the hub keeps (next, first, prev and "
                        "last kept first)")  # fmt: skip
     if len(short) < len(values):
-        reasons.append(too_long)
-    return [values[n] for n in sorted(chosen)], "; ".join(reasons) or None
+        longest = max(len(urls[value.url]) for value in values if len(urls[value.url]) > MAX_URL_CHARS)
+        reasons.append(f"a URL in it is {longest} characters long, more than the {MAX_URL_CHARS} the hub keeps")
+    return [values[n] for n in sorted(chosen)], "; ".join(reasons)
 
 
 def _too_much(urls: list[str]) -> str | None:

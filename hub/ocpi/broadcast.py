@@ -93,9 +93,9 @@ def _still_connected(delivery: Delivery, module: str) -> Callable[[Platform | No
 
     def check(now: Platform | None) -> None:
         role = receiving_role(now, delivery.to.key, module, "receiver") if now is not None else None
-        if why_not_sendable(now, role):
-            raise ReceiverLeft(f"receiver {party_text(delivery.to.key)} left the hub or is no longer connected since "
-                               "the broadcast was decided: its copy was not sent")  # fmt: skip
+        if why := why_not_sendable(now, role):  # worded as a direct request's refusal (routing.decide.delivery_to)
+            raise ReceiverLeft(f"receiver {party_text(delivery.to.key)} {why}; its copy of the broadcast, decided "
+                               "while it was connected, was not sent")  # fmt: skip
 
     return check
 

@@ -13,21 +13,20 @@ resumed and connected again, or back CONNECTED, it is pushed what it missed: the
 party's role whose status changed since it was suspended (migration 0027) or went OFFLINE (0028), not every role on the
 hub, which would be hundreds of PUTs for a few changes. The spec asks a party back online to GET what it needs to get
 back in sync ("it is their responsibility to do a GET"); this spares it the GET of the whole list, and one that does
-not do it a wrong view of who is connected. So is a platform that did not take a push (PushResult: it timed out,
-could not be connected to, or was answered with anything but HTTP 2xx and an OCPI 1xxx status): the change it did not
-take and those not sent after it, at a later round (the next change, or LONGEST_SLEEP_S on an idle hub; one that did
-not answer once the probe finds it CONNECTED again). A platform with no hubclientinfo Receiver is pushed nothing, then
-or ever.
+not do it a wrong view of who is connected. So is a platform that did not take a push (PushResult), at a later round
+(the next change, or LONGEST_SLEEP_S on an idle hub): one that timed out or could not be connected to, the change it
+did not answer and those not sent after it, once the probe finds it CONNECTED again; one that refused a push (answered
+with anything but HTTP 2xx and an OCPI 1xxx status), that role, after the round's other pushes (migration 0030), which
+a refusal does not stop: only REFUSED_IN_A_ROW of them do. A platform with no hubclientinfo Receiver is pushed nothing,
+then or ever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import NamedTuple
 from urllib.parse import urlencode
 
@@ -38,33 +37,19 @@ from litestar import Request, Response, get
 from litestar.datastructures import State
 
 from hub.auth import Caller
+from hub.client_info_push import ClientInfo, PushResult, put
 from hub.envelope import check_dates, list_parameters, not_a_date, ocpi_response, ocpi_timestamp, paging_window, x_limit
-from hub.errors import OcpiError
-from hub.metrics import CLIENT_INFO_PUSHES
-from hub.own_messages import hub_request
-from hub.request_context import HUB_INSTANCE_HEADER
-from routing.fair_share import HUB_ITSELF
-from routing.forward import forward, ocpi_status_of
-from routing.request import endpoint_url
 from storage.directory import Directory, Platform
-from storage.log_waiters import LogUnavailable
 from storage.sql import QUERIES
 
 log = structlog.get_logger()
 
 MAX_LIMIT = 1000
 MISSED_BATCH = 50  # of the ClientInfo a party back from a suspension or OFFLINE missed, pushed in one round
+REFUSED_IN_A_ROW = 3  # a party that refuses every push is sent this many a round, not a round's worth
 LONGEST_SLEEP_S = 60.0  # the safety net: a wake-up missed (Redis away) delays a push by at most this much
 TURN_TAKEN_S = 1.0  # another process is pushing: look again soon, in case it stops before it took this change
 AFTER_ERROR_S = 1.0  # the database briefly away: look again soon
-
-
-class ClientInfo(msgspec.Struct):
-    party_id: str
-    country_code: str
-    role: str
-    status: str
-    last_updated: str
 
 
 def _when(value: datetime) -> str:
@@ -145,26 +130,28 @@ async def push_pending(state: State) -> int | None:
             recipients = await _recipients(state, conn)
             # read after the changes: what a party missed is as new as the last of them, and is pushed after them
             missed = await _missed(conn, state.directory.current.platforms, [p.id for p in recipients])
-            if not pushes and not missed:
+            refused = await _refused(conn, [p.id for p in recipients])
+            if not pushes and not missed and not refused:
                 return 0
-            not_taken = await asyncio.gather(
-                *(_push_in_order(state, p, pushes + (m.pushes if (m := missed.get(p.id)) else [])) for p in recipients)
+            first = [pushes + (m.pushes if (m := missed.get(p.id)) else []) for p in recipients]
+            # what a party refused comes after the rest, unless the rest pushes that role anyway
+            retries = [[r for r in refused.get(p.id, []) if r.role_id not in {f.role_id for f in f_}]
+                       for p, f_ in zip(recipients, first, strict=True)]  # fmt: skip
+            sent = await asyncio.gather(
+                *(_push_in_order(state, p, f + r) for p, f, r in zip(recipients, first, retries, strict=True))
             )
-            for p, failed in zip(recipients, not_taken, strict=True):  # before the changes are marked delivered
-                if failed is not None and failed.change_id is not None:
-                    since = min(
-                        c.changed_at for c in pushes if c.change_id is not None and c.change_id >= failed.change_id
-                    )
-                    await conn.execute(QUERIES["client_infos_not_taken"], p.id, since)
+            for p, s in zip(recipients, sent, strict=True):  # before the changes are marked delivered
+                await _record(conn, p.id, s, pushes, refused.get(p.id, []))
             await conn.execute(QUERIES["client_info_pushed"], [c["id"] for c in changes])
-            caught_up = [missed[p.id] for p, failed in zip(recipients, not_taken, strict=True)
-                         if failed is None and p.id in missed]  # fmt: skip
+            # a party stopped among its retries of what it refused was sent the whole batch of what it missed
+            caught_up = [missed[p.id] for p, r, s in zip(recipients, retries, sent, strict=True)
+                         if p.id in missed and (s.stopped_at is None or s.stopped_at in r)]  # fmt: skip
             for m in caught_up:  # a party that did not take it is pushed the same batch again in a later round
                 await conn.execute(QUERIES["client_infos_missed_pushed"], m.platform_id, m.since, m.last, m.read_at)
         finally:  # the turn ends with the round, not whenever the pool next resets this connection
             await conn.execute(QUERIES["end_client_info_push_turn"])
-    # not a batch the party did not take: that waits for the next change or LONGEST_SLEEP_S, not a round at once, so a
-    # party that refuses every push is sent one a round, not one after the other
+    # not a batch the party did not take, nor the retries of what it refused: those wait for the next change or
+    # LONGEST_SLEEP_S, not a round at once, so a party that refuses every push is not sent them one round after another
     return len(changes) + sum(len(m.pushes) for m in caught_up)
 
 
@@ -190,21 +177,12 @@ def _connected_receivers(directory: Directory) -> list[Platform]:
     ]  # fmt: skip
 
 
-class PushResult(StrEnum):
-    """What came of a push (ocpi_hub_client_info_pushes_total{result}). Only a push TAKEN is delivered; after any
-    other, the party is sent no more that round, and is pushed the role as it is then at a later one."""
-
-    TAKEN = "taken"  # HTTP 2xx and an OCPI status 1xxx
-    # any other answer: an HTTP error (4xx, 5xx), an OCPI error (2xxx, 3xxx) with HTTP 2xx, a body that is no OCPI reply
-    REFUSED = "refused"
-    UNANSWERED = "unanswered"  # timed out, not connected to, an answer the hub could not read, or not sent at all
-
-
 class Push(NamedTuple):
-    """A ClientInfo to push: about which platform, as sent, and the change it tells (None: a role's status now, of a
-    batch a party missed) and when that was."""
+    """A ClientInfo to push: about which platform and role (party_role id), as sent, and the change it tells (None: a
+    role's status now, of a batch a party missed or a push it refused) and when that was."""
 
     about: int
+    role_id: int
     info: ClientInfo
     body: bytes
     change_id: int | None
@@ -213,7 +191,8 @@ class Push(NamedTuple):
 
 def _push(row: asyncpg.Record, change: bool = True) -> Push:
     info = ClientInfo(row["party_id"], row["country_code"], row["role"], row["status"], _when(row["last_updated"]))
-    return Push(row["platform_id"], info, msgspec.json.encode(info), row["id"] if change else None, row["last_updated"])
+    return Push(row["platform_id"], row["role_id"], info, msgspec.json.encode(info), row["id"] if change else None,
+                row["last_updated"])  # fmt: skip
 
 
 class Missed(NamedTuple):
@@ -256,60 +235,59 @@ async def _missed(
     return found
 
 
-async def _push_in_order(state: State, platform: Platform, pushes: list[Push]) -> Push | None:
-    """The changes to one party, each once its previous one is taken: the last one it gets is the status now. Not the
-    changes of its own platform: a party is not told its own status. Once a push is not taken, the rest are not sent:
-    after one unanswered or answered HTTP 5xx (the party unreachable, too slow or failing; the still-alive check probes
-    it) each would hold this turn, and every party's next pushes, for as long again, or fail as well; after one
-    refused, a party that refuses every push would be sent a round's worth of them each round. That push then, to be
-    pushed again, as it is then, at a later round."""
+async def _record(
+    conn: asyncpg.Connection, platform_id: int, sent: Sent, pushes: list[Push], refused_before: list[Push]
+) -> None:
+    """What a party did not take of this round's pushes, to push again at a later one: the changes from one it did not
+    answer or was not sent on, caught up on as a party back from OFFLINE is; the roles it refused, retried."""
+    if (stop := sent.stopped_at) is not None and stop.change_id is not None:
+        since = min(c.changed_at for c in pushes if c.change_id is not None and c.change_id >= stop.change_id)
+        await conn.execute(QUERIES["client_infos_not_taken"], platform_id, since)
+    taken = [role for role, took in sent.answered.items() if took]
+    refused = [role for role, took in sent.answered.items() if not took]
+    if refused or not {r.role_id for r in refused_before}.isdisjoint(taken):
+        await conn.execute(QUERIES["client_infos_refused_record"], platform_id, taken, refused)
+
+
+async def _refused(conn: asyncpg.Connection, recipients: list[int]) -> dict[int, list[Push]]:
+    """Of these parties, the roles each refused the ClientInfo of (migration 0030), as they are now, oldest first."""
+    found: dict[int, list[Push]] = {}
+    for row in await conn.fetch(QUERIES["client_infos_refused"], recipients):
+        found.setdefault(row["recipient"], []).append(_push(row, change=False))
+    return found
+
+
+class Sent(NamedTuple):
+    """What came of a round's pushes to one party: whether it took or refused each role (party_role id) it answered a
+    push of (as the last push of it went), and the first push it did not answer or was not sent (None: neither)."""
+
+    answered: dict[int, bool]
+    stopped_at: Push | None
+
+
+async def _push_in_order(state: State, platform: Platform, pushes: list[Push]) -> Sent:
+    """The changes to one party, each once its previous one is answered: the last one it gets is the status now. Not
+    the changes of its own platform: a party is not told its own status. Once a push is unanswered (the party
+    unreachable or too slow; the still-alive check probes it), the rest are not sent: each would hold this turn, and
+    every party's next pushes, for as long again. A push refused does not stop the rest: a party that chokes on one
+    party's ClientInfo is still told every other party's; after REFUSED_IN_A_ROW refused one after the other, though,
+    the rest are not sent, so that a party that refuses them all is sent a few a round, not a round's worth. What it
+    did not take is pushed again, as it is then, at a later round."""
     mine = [push for push in pushes if push.about != platform.id]
+    answered: dict[int, bool] = {}
+    in_a_row = 0
     for n, push in enumerate(mine):
-        if (result := await _put(state, platform, push.info, push.body)) is not PushResult.TAKEN:
-            if skipped := mine[n + 1 :]:
-                about = [f"{p.info.country_code}-{p.info.party_id} {p.info.role} {p.info.status}" for p in skipped]
-                log.warning("client_info_pushes_skipped", platform_id=platform.id, platform=platform.name,
-                            pushes=len(skipped), about=about, why=f"the push before was {result}")  # fmt: skip
-            return push
-    return None
-
-
-async def _put(state: State, platform: Platform, info: ClientInfo, body: bytes) -> PushResult:
-    """One push, logged as a routing-log row of its own (routing 'hub') and counted by its result."""
-    started = time.perf_counter()
-    url = endpoint_url(platform.endpoint("hubclientinfo", "RECEIVER") or "", f"/{info.country_code}/{info.party_id}")
-    to = next(r for r in platform.roles if r.status == "CONNECTED")
-    settings = state.settings
-    hub = (settings.country_code, settings.party_id)
-    entry, headers = hub_request(hub, platform, to, "PUT", url, "hubclientinfo", interface="receiver", body=body)
-    headers[HUB_INSTANCE_HEADER] = settings.hub_instance
-    try:
-        # the hub's own messages have a share of their own in the connections to the party (routing.fair_share)
-        answer = await forward(state.forward_session, "PUT", url, headers, body, settings.forward_timeout_s,
-                               settings.max_body_bytes, state.forward_shares, HUB_ITSELF, row=entry)  # fmt: skip
-        entry.http_status, entry.response_body = answer.status, answer.body
-        entry.ocpi_status_code = status = ocpi_status_of(answer.body)
-        # mod_hub_client_info.asciidoc, Push model: "Any changes to ClientInfo [...] are sent to the connected party":
-        # one answered with an HTTP or OCPI error, or with no OCPI envelope, was not taken
-        taken = 200 <= answer.status < 300 and status is not None and 1000 <= status < 2000
-        result = PushResult.TAKEN if taken else PushResult.REFUSED
-        # a server error (a proxy's 502 or 503 before a server that is down): the still-alive probe judges an answer of
-        # the party's versions endpoint the same way (routing.still_alive)
-        suspect = answer.status >= 500
-    except OcpiError as exc:
-        entry.http_status, entry.ocpi_status_code, entry.error = exc.http_status, exc.status_code, exc.detail
-        result, suspect = PushResult.UNANSWERED, exc.status_code in (4002, 4003)
-    if suspect:
-        state.still_alive.suspect(platform.id)
-    if result is PushResult.REFUSED:
-        log.warning("client_info_push_refused", platform_id=platform.id, platform=platform.name,
-                    party=f"{to.country_code}-{to.party_id}", about=f"{info.country_code}-{info.party_id} {info.role}",
-                    status=info.status, http_status=entry.http_status, ocpi_status=entry.ocpi_status_code,
-                    request_id=entry.request_id)  # fmt: skip
-    CLIENT_INFO_PUSHES.labels(result).inc()
-    entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-    try:
-        await state.routing_log.record(entry)
-    except LogUnavailable:
-        log.error("client_info_push_not_logged_in_time", request_id=entry.request_id)
-    return result
+        result = await put(state, platform, push.info, push.body)
+        if result is not PushResult.UNANSWERED:
+            answered[push.role_id] = result is PushResult.TAKEN
+            in_a_row = 0 if result is PushResult.TAKEN else in_a_row + 1
+            if in_a_row < REFUSED_IN_A_ROW:
+                continue
+        skipped = mine[n + 1 :]
+        if skipped:
+            about = [f"{p.info.country_code}-{p.info.party_id} {p.info.role} {p.info.status}" for p in skipped]
+            why = "the push before was unanswered" if in_a_row < REFUSED_IN_A_ROW else f"{in_a_row} refused in a row"
+            log.warning("client_info_pushes_skipped", platform_id=platform.id, platform=platform.name,
+                        pushes=len(skipped), about=about, why=why)  # fmt: skip
+        return Sent(answered, push if result is PushResult.UNANSWERED else next(iter(skipped), None))
+    return Sent(answered, None)

@@ -444,9 +444,12 @@ SELECT pg_try_advisory_lock(hashtextextended('rotate_credentials', $1::bigint));
 SELECT pg_advisory_unlock(hashtextextended('rotate_credentials', $1::bigint));
 
 -- name: pending_client_info_pushes
--- The turn's holder is the only reader that marks them delivered: no row lock is needed.
-SELECT id, platform_id, role, country_code, party_id, status, last_updated
-FROM client_info_push WHERE delivered_at IS NULL ORDER BY id LIMIT 50;
+-- The turn's holder is the only reader that marks them delivered: no row lock is needed. role_id: the role the change
+-- is of (its newest, should the platform hold it again), as client_infos_refused_record keeps it.
+SELECT c.id, c.platform_id, c.role, c.country_code, c.party_id, c.status, c.last_updated,
+       (SELECT max(r.id) FROM party_role r WHERE r.platform_id = c.platform_id AND r.role = c.role
+          AND r.country_code = c.country_code AND r.party_id = c.party_id) AS role_id
+FROM client_info_push c WHERE c.delivered_at IS NULL ORDER BY c.id LIMIT 50;
 
 -- name: client_info_recipients
 -- The platforms a ClientInfo round pushes to, as they are now: registered, with a hubclientinfo Receiver and a role
@@ -478,7 +481,8 @@ WHERE p.client_info_missed_since IS NOT NULL AND p.state = 'REGISTERED';
 -- role whose status changed since then; by role id, after role $3, $4 at most. Not a role whose newest change was
 -- delivered since the catch-up began ($5), or is still to be: that change is pushed to the platform as every change
 -- is, and the catch-up would push it a second time, or, read before a change still pending, a newer status before it.
-SELECT r.id, r.platform_id, r.role, r.country_code, r.party_id,
+-- Nor a role the platform refused (client_infos_refused): each round pushes it that after the rest.
+SELECT r.id, r.id AS role_id, r.platform_id, r.role, r.country_code, r.party_id,
        CASE WHEN r.status = 'UNREGISTERED' THEN 'SUSPENDED' ELSE r.status END AS status,
        r.status_changed_at AS last_updated
 FROM party_role r
@@ -489,7 +493,31 @@ WHERE r.platform_id <> $1 AND r.status_changed_at >= $2 AND r.id > coalesce($3::
   AND NOT EXISTS (SELECT 1 FROM client_info_push c
                   WHERE c.platform_id = r.platform_id AND c.role = r.role AND c.country_code = r.country_code
                     AND c.party_id = r.party_id AND (c.delivered_at IS NULL OR c.delivered_at >= $5))
+  AND r.id <> all((SELECT client_info_refused FROM platform WHERE id = $1)::bigint[])
 ORDER BY r.id LIMIT $4;
+
+-- name: client_infos_refused
+-- The roles platforms $1 refused the ClientInfo of (migration 0030), as client_infos lists them now, oldest refusal
+-- first. Not a role held again since (a newer one of the same role and party): that one's changes are pushed.
+SELECT p.id AS recipient, r.id AS role_id, r.platform_id, r.role, r.country_code, r.party_id,
+       CASE WHEN r.status = 'UNREGISTERED' THEN 'SUSPENDED' ELSE r.status END AS status,
+       r.status_changed_at AS last_updated
+FROM platform p CROSS JOIN LATERAL unnest(p.client_info_refused) WITH ORDINALITY AS t(role_id, n)
+JOIN party_role r ON r.id = t.role_id
+WHERE p.id = any($1::bigint[])
+  AND NOT EXISTS (SELECT 1 FROM party_role later
+                  WHERE later.role = r.role AND upper(later.country_code) = upper(r.country_code)
+                    AND upper(later.party_id) = upper(r.party_id) AND later.id > r.id)
+ORDER BY p.id, t.n;
+
+-- name: client_infos_refused_record
+-- Platform $1 took the ClientInfo of roles $2 and refused that of roles $3 this round: those taken are no longer
+-- refused, those refused go to the end, so that the next round tries the others first.
+UPDATE platform SET client_info_refused = array(
+    SELECT t.role_id FROM unnest(client_info_refused) WITH ORDINALITY AS t(role_id, n)
+    WHERE t.role_id <> all($2::bigint[]) AND t.role_id <> all($3::bigint[]) ORDER BY t.n
+) || $3::bigint[]
+WHERE id = $1;
 
 -- name: client_infos_missed_pushed
 -- Platform $1 was pushed what it missed since $2 up to role $3 (NULL: all of it), as read at $4. Not if it was

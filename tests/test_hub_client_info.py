@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -82,21 +84,29 @@ def _invite_and_register(hub: Hub, newcomer: Party) -> None:
     newcomer.register_at(hub.versions_url, hub.invite(newcomer.name, *newcomer.roles)["token_a"])
 
 
+@contextlib.contextmanager
+def _push_turn_held(db) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """The test holds the hub's ClientInfo push turn (as storage/queries.sql takes it): the changes made meanwhile are
+    pushed in one round once it ends."""
+    db.run(db.execute("BEGIN"))
+    # the hub may hold it a moment, pushing earlier changes
+    assert _wait_for(lambda: db.run(db.fetchval("SELECT pg_try_advisory_xact_lock(210846855)")))
+    try:
+        yield
+    finally:
+        db.run(db.execute("COMMIT"))
+
+
 def test_one_hub_process_pushes_at_a_time_so_changes_arrive_in_their_order(
     hub: Hub, connect_party, start_party, db
 ) -> None:
     # With two processes pushing side by side, a watcher could get CONNECTED and then the PLANNED before it (seen
     # in CI). Pushing takes a turn (an advisory lock); here the test holds the turn a while.
     watcher, newcomer, key = _an_emsp_and_a_cpo_yet_to_register(connect_party, start_party)
-    db.run(db.execute("BEGIN"))
-    # as storage/queries.sql takes it; the hub may hold it a moment, pushing the watcher's own changes
-    assert _wait_for(lambda: db.run(db.fetchval("SELECT pg_try_advisory_xact_lock(210846855)")))
-    try:
+    with _push_turn_held(db):
         _invite_and_register(hub, newcomer)  # two changes
         time.sleep(2.5)  # while the turn is taken, a hub with pending changes looks again every second
         assert _pushes_about(watcher, key) == []  # no hub process pushed while another had the turn
-    finally:
-        db.run(db.execute("COMMIT"))
     pushes = _wait_for(lambda: len(found := _pushes_about(watcher, key)) >= 2 and found)
     assert [p["status"] for p in pushes] == ["PLANNED", "CONNECTED"]
 
@@ -107,13 +117,8 @@ def test_a_party_too_slow_for_a_push_holds_up_no_other_partys_pushes_and_is_not_
     fast, newcomer, key = _an_emsp_and_a_cpo_yet_to_register(connect_party, start_party)
     slow = connect_party(_roles("EMSP"))
     slow.drip.add(f"/ocpi/2.2.1/hubclientinfo/receiver/{key[0]}/{key[1]}")  # never answers: the hub's 2 s timeout
-    db.run(db.execute("BEGIN"))
-    # The test holds the push turn while the newcomer is invited and registers: one round pushes both changes.
-    assert _wait_for(lambda: db.run(db.fetchval("SELECT pg_try_advisory_xact_lock(210846855)")))
-    try:
+    with _push_turn_held(db):  # one round pushes both changes
         _invite_and_register(hub, newcomer)
-    finally:
-        db.run(db.execute("COMMIT"))
     pushes = _wait_for(lambda: len(found := _pushes_about(fast, key)) >= 2 and found)
     assert [p["status"] for p in pushes] == ["PLANNED", "CONNECTED"]
     # Both came at once: the fast party did not wait for the slow one's timeout between them.
@@ -382,6 +387,52 @@ def test_a_party_that_refused_a_push_is_pushed_that_role_as_it_is_now_once_it_ta
              "AND to_party_id = $2 AND http_status = 200 AND ocpi_status_code = 1000")  # fmt: skip
     assert _wait_for(lambda: db.run(db.fetchval(taken, f"%/{key[0]}/{key[1]}", party_key(emsp)[1])) == 1, 15)
     assert _pushes_about(emsp, key)[-1]["status"] == "CONNECTED"
+
+
+REFUSAL = (*REFUSALS["http_4xx"], {"Content-Type": "application/json"})
+
+
+def test_a_party_refusing_the_pushes_about_one_party_is_still_pushed_the_changes_of_the_parties_after_it(
+    hub: Hub, connect_party, start_party, db
+) -> None:
+    # A party that chokes on one party's ClientInfo (its data, a party id it cannot store) answers every push about it
+    # with an error. The changes after it in a round, and in the catch-up of what it did not take, reach it all the
+    # same.
+    emsp, unwanted, unwanted_key = _an_emsp_and_a_cpo_yet_to_register(connect_party, start_party)
+    other = start_party(_roles("CPO"))
+    emsp.canned[("PUT", f"/ocpi/2.2.1/hubclientinfo/receiver/{unwanted_key[0]}/{unwanted_key[1]}")] = REFUSAL
+    with _push_turn_held(db):  # one round pushes the four changes, those about the unwanted party first
+        _invite_and_register(hub, unwanted)
+        _invite_and_register(hub, other)
+    key = party_key(other)
+    assert _wait_for(lambda: [p["status"] for p in _pushes_about(emsp, key)] == ["PLANNED", "CONNECTED"])
+    assert [r["http_status"] for r in _push_rows(db, key, to=party_key(emsp))] == [200, 200]
+    # What it refused, it is pushed again, as it is then, at a later round, and takes once it can.
+    del emsp.canned[("PUT", f"/ocpi/2.2.1/hubclientinfo/receiver/{unwanted_key[0]}/{unwanted_key[1]}")]
+    connect_party(_roles("CPO"))  # the next change makes a round
+    taken = _wait_for(lambda: [r for r in _push_rows(db, unwanted_key, to=party_key(emsp)) if r["http_status"] == 200])
+    assert len(taken) == 1 and _pushes_about(emsp, unwanted_key)[-1]["status"] == "CONNECTED"
+
+
+def test_a_party_refusing_every_push_is_sent_three_a_round(hub: Hub, connect_party, db) -> None:
+    # A refusal does not stop a round, but a party that refuses every push is not sent a round's worth of them each
+    # round: after three refused in a row, the rest wait for a later round.
+    emsp = connect_party(_roles("EMSP"))
+    platform_id = db.run(db.fetchval("SELECT platform_id FROM party_role WHERE party_id = $1", party_key(emsp)[1]))
+    newcomers = [_roles("CPO") for _ in range(5)]
+    paths = [f"/ocpi/2.2.1/hubclientinfo/receiver/{c}/{p}" for _, c, p in newcomers]
+    emsp.canned |= {("PUT", path): REFUSAL for path in paths}
+    with _push_turn_held(db):  # one round pushes the five changes
+        for n, roles in enumerate(newcomers):
+            hub.invite(f"newcomer {n}", roles)  # PLANNED
+    told = _wait_for(lambda: [e for line in hub.log().splitlines() if '"client_info_pushes_skipped"' in line
+                              and (e := json.loads(line))["platform_id"] == platform_id])  # fmt: skip
+    assert told[0]["why"] == "3 refused in a row"
+    assert told[0]["about"] == [f"{c}-{p} CPO PLANNED" for _, c, p in newcomers[3:]]
+    assert [r.path for r in emsp.client_infos() if r.path in paths][:3] == paths[:3]
+    # The two it was not sent come at a later round (here after the changes of a party it takes).
+    connect_party(_roles("CPO"))
+    assert _wait_for(lambda: {r.path for r in emsp.client_infos()} >= set(paths))
 
 
 def _refused_pushes(hub: Hub) -> float:

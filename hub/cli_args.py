@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import re
 
 from hub.settings_variables import VARIABLES
 
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync = commands.add_parser("sync", help="pull the CPOs' locations into the hub's cache, or read again the eMSPs' "
                                "tokens or the CPOs' recent sessions for open routing (progress on stderr)")  # fmt: skip
     sync.add_argument("what", choices=["locations", "tokens", "sessions"], help="what to sync")
-    sync.add_argument("--party", metavar="CC-PARTY", help="one party only, e.g. NL-ABC")
+    sync.add_argument("--party", metavar="CC-PARTY", type=_party, help="one party only, e.g. NL-ABC")
     sync.add_argument("--full", action="store_true",
                       help="locations: everything, not only what changed since the last sync")  # fmt: skip
     auditor = commands.add_parser("auditor", help="add, list or remove auditor tokens (read-only access to the log)")
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--object-id", metavar="ID", help="hold the rows about one location, session, CDR, token, tariff"
     )
     hold_set.add_argument(
-        "--party", metavar="CC-PARTY", help="hold the rows a party sent or received, --since to --until"
+        "--party", metavar="CC-PARTY", type=_party, help="hold the rows a party sent or received, --since to --until"
     )
     hold_set.add_argument("--since", metavar="TIME", help="with --party: from TIME (ISO 8601)")
     hold_set.add_argument("--until", metavar="TIME", help="with --party: until TIME, excluded (ISO 8601)")
@@ -219,6 +220,15 @@ def _workers(raw: str) -> int:
     if not raw.isascii() or not raw.isdigit() or len(raw) > 4 or int(raw) < 1:
         raise argparse.ArgumentTypeError(f"{raw!r} is no number of worker processes: a whole number, 1 or more")
     return int(raw)
+
+
+def _party(raw: str) -> str:
+    """NL-ABC: `sync --party NLX` said no CPO NLX was connected (exit 1), `hold set --party NLX` quoted a regex."""
+    if not re.fullmatch(r"[A-Za-z]{2}-[A-Za-z0-9]{3}", raw):
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is no party: its country code, a dash and its party id, such as NL-ABC"
+        )
+    return raw
 
 
 def keep_joined(argv: list[str]) -> list[str]:

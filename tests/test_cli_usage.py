@@ -85,3 +85,23 @@ def test_every_command_refuses_an_argument_it_does_not_take(args: tuple[str, ...
     result = subprocess.run([OCPI_HUB, *args], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert (result.returncode, result.stdout) == (2, ""), result.stderr
     assert f"unrecognized arguments: {extra}" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("sync", "locations", "--party", "NLX"),
+        ("sync", "tokens", "--party", "NL-ABCD"),
+        ("hold", "set", "--reason", "x", "--party", "NLX", "--since", "2026-01-01", "--until", "2026-02-01"),
+    ],
+)
+def test_a_party_not_written_cc_party_is_a_usage_error_saying_how_to_write_it(
+    args: tuple[str, ...], tmp_path: Path
+) -> None:
+    # A walkthrough: `sync locations --party NLX` said "no connected CPO NLX" and exited 1 as if the hub lacked it;
+    # `hold set --party NLX` quoted msgspec's regex and asked for the --reason it had. Refused before any hub is sought.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {"OCPI_HUB_DATA_DIR": str(tmp_path)}
+    result = subprocess.run([OCPI_HUB, *args], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert "argument --party: " in result.stderr and "such as NL-ABC" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "regex" not in result.stderr

@@ -40,7 +40,8 @@ async def _hold(settings: Settings, args: argparse.Namespace, pool: asyncpg.Pool
                 try:
                     hold = msgspec.convert(given, HoldIn)
                 except msgspec.ValidationError as exc:
-                    print(f"ocpi-hub: invalid hold: {exc} (set needs --reason)", file=sys.stderr)
+                    needs = "" if args.reason is not None else " (set needs --reason)"
+                    print(f"ocpi-hub: invalid hold: {exc}{needs}", file=sys.stderr)
                     return 2
                 result = await recorded_hold(conn, settings.audit_trail_key, operator("hold"), hold, "cli")
     except AdminError as exc:

@@ -327,6 +327,19 @@ def test_hold_release_says_an_id_that_is_not_a_number_is_not_a_holds_id(
         assert done.returncode == 2 and said in done.stderr, done.stderr
 
 
+def test_hold_set_asks_for_reason_only_when_it_is_missing(
+    services: Services, empty_database: str, tmp_path: Path
+) -> None:
+    # A walkthrough: every invalid hold ended "(set needs --reason)", a --reason given included.
+    write(empty_database, [])  # the schema
+    env = hub_env(services, tmp_path, OCPI_HUB_DATABASE_URL=empty_database)
+    for given, asked in ((["--reason", "d 7", "--correlation-id", ""], False), (["--object-id", "S1"], True)):
+        done = subprocess.run([sys.executable, "-m", "hub.cli", "hold", "set", *given], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 2 and "invalid hold: " in done.stderr, done.stderr
+        assert ("(set needs --reason)" in done.stderr) is asked, done.stderr
+
+
 def test_retention_keeps_a_partition_holding_a_row_under_a_legal_hold_until_the_hold_is_released(
     services: Services, empty_database: str, tmp_path: Path
 ) -> None:

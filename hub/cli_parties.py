@@ -33,8 +33,8 @@ async def parties(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
     platform_id = None
     if args.action != "list":
         if args.id is None or (platform_id := whole_number(args.id)) is None:
-            print(f"ocpi-hub: parties {args.action} needs a platform id (GET /admin/api/parties lists them)",
-                  file=sys.stderr)  # fmt: skip
+            wrong = "needs a platform id" if args.id is None else f"{args.id!r} is not a platform id, a number"
+            print(f"ocpi-hub: parties {args.action} {wrong} (ocpi-hub parties list shows them)", file=sys.stderr)
             return 2
         if args.action == "remove" and not args.yes:
             print(f"ocpi-hub: parties remove takes platform {platform_id} off the hub (its tokens stop working, the"

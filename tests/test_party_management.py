@@ -58,6 +58,13 @@ def test_cli_parties_lists_shows_and_removes_only_with_yes(hub: Hub) -> None:
     assert _cli(hub, "parties", "remove", str(platform_id), "--yes").returncode == 1
 
 
+def test_cli_parties_says_an_id_that_is_not_a_number_is_not_a_platform_id(hub: Hub) -> None:
+    # A walkthrough: `parties show abc` answered "needs a platform id", one having been given.
+    for given, said in ((["abc"], "'abc' is not a platform id, a number"), ([], "parties show needs a platform id")):
+        done = _cli(hub, "parties", "show", *given)
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+
+
 def test_a_removed_platforms_token_is_refused_saying_it_was_removed_and_when(hub: Hub, connect_party, db) -> None:  # type: ignore[no-untyped-def]
     cpo = connect_party(_roles("CPO"))
     platform_id = _platform_id(hub, party_key(cpo))

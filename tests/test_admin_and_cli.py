@@ -36,6 +36,19 @@ def test_admin_api_requires_the_admin_token(hub: Hub) -> None:
         assert "admin" in answer.json()["error"]
 
 
+def test_admin_api_says_whether_the_token_was_missing_of_another_scheme_or_no_ones(hub: Hub) -> None:
+    # A walkthrough: a wrong bearer token was answered "send 'Authorization: Bearer <...>'", as if none had been sent.
+    cases = (
+        ({}, "admin API: send 'Authorization: Bearer"),
+        ({"Authorization": f"Token {hub.admin_token}"}, "is not of the Bearer scheme: send 'Authorization: Bearer"),
+        ({"Authorization": "Bearer wrong"}, "the bearer token is neither the admin token"),
+    )
+    for path in ("/admin/api/parties", "/admin/api/nope"):  # a route, and a URL answered 401 before any route
+        for headers, said in cases:
+            answer = httpx.get(f"{hub.base}{path}", headers=headers)
+            assert answer.status_code == 401 and said in answer.json()["error"], (path, headers, answer.text)
+
+
 def test_admin_api_tells_a_caller_without_a_token_nothing_of_its_urls_and_methods(hub: Hub) -> None:
     # Litestar answered a wrong URL 404 and a wrong method 405 before the guard: the API's shape to anyone.
     cases = (

@@ -57,7 +57,20 @@ async def resolve_actor(pool: asyncpg.Pool, admin_token: str, token: str | None)
     return Actor(name, AUDITOR) if name is not None else None
 
 
-UNAUTHORIZED = "admin API: send 'Authorization: Bearer <admin token or auditor token>'"
+_SEND = "send 'Authorization: Bearer <admin token or auditor token>'"
+
+
+def unauthorized(header: str | None) -> str:
+    """Why a call is refused 401, in the caller's terms: a wrong token was answered as if none had been sent."""
+    scheme, _sep, value = (header or "").strip().partition(" ")
+    if not value.strip():
+        return f"admin API: {_SEND}"
+    if scheme.lower() != "bearer":
+        return f"admin API: the Authorization header is not of the Bearer scheme: {_SEND}"
+    return (
+        "admin API: the bearer token is neither the admin token (OCPI_HUB_ADMIN_TOKEN, or the data dir's admin-token"
+        " file) nor an auditor's"
+    )
 
 
 async def identify_admin_caller(state: State, scope: Scope) -> None:
@@ -79,7 +92,7 @@ async def actor_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> 
         state.pool, state.settings.admin_token, bearer_token(connection.headers.get("authorization"))
     )  # fmt: skip
     if actor is None:
-        raise Unauthorized(UNAUTHORIZED)
+        raise Unauthorized(unauthorized(connection.headers.get("authorization")))
     if actor.kind == AUDITOR and not (handler.opt.get(READ_ONLY) or handler.opt.get(AUDITOR_MAY_HOLD)):
         raise PermissionDeniedException(
             detail=f"auditor {actor.name!r} may only read the routing log, parties, stats, the heads and checkpoints,"

@@ -13,7 +13,7 @@ import structlog
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
 
-from hub.admin.actors import READ_ONLY, UNAUTHORIZED, actor_guard, actor_of, record_action
+from hub.admin.actors import READ_ONLY, actor_guard, actor_of, record_action, unauthorized
 from hub.envelope import http_error_message, logged_unexpected, path_number
 from hub.errors import OcpiError
 from hub.ocpi.wire import NO_CONTROL_CHARACTERS, CountryCode, PartyId, Role
@@ -248,7 +248,7 @@ def render_admin_error(request: Request, exc: Exception) -> Response[bytes]:
         if exc.status_code in (404, 405) and request.scope["state"].get("actor") is None:
             # raised before the guard, for a caller not known to be an admin or auditor (identify_admin_caller; with
             # the database away, not known either): 401, whatever the URL or method
-            return json_response({"error": UNAUTHORIZED}, 401)
+            return json_response({"error": unauthorized(request.headers.get("authorization"))}, 401)
         return json_response({"error": http_error_message(request, exc)}, exc.status_code, exc.headers)
     status, message = logged_unexpected(request, exc)
     return json_response({"error": message}, status)

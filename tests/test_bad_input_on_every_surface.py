@@ -116,7 +116,14 @@ OWN_OCPI = [  # (method, path, body, what the message says); the eMSP's token
     ("PUT", "/ocpi/2.2.1/credentials", b"[]", "invalid Credentials object"),
     ("PUT", "/ocpi/2.2.1/credentials", b"\xff", "not valid JSON"),
     ("PUT", "/ocpi/2.2.1/credentials", b'{"token": 5, "url": [], "roles": {}}', "$.token"),
-    ("PUT", "/ocpi/2.2.1/credentials", b'{"token": "x", "url": "nope", "roles": []}', "$.url"),
+    ("PUT", "/ocpi/2.2.1/credentials", b'{"token": "x", "url": "nope", "roles": []}', "$.roles"),
+    (
+        "PUT",
+        "/ocpi/2.2.1/credentials",
+        b'{"token": "x", "url": "nope", "roles": [{"role": "CPO", "country_code": "NL", '
+        b'"party_id": "ABC", "business_details": {"name": "x"}}]}',
+        "url is not an http or https URL",
+    ),
     ("POST", "/ocpi/2.2.1/credentials", b"{", "already registered"),
     ("PATCH", "/ocpi/2.2.1/credentials", b"{}", "method PATCH is not allowed"),
     ("POST", "/ocpi/versions", b"{", "method POST is not allowed"),

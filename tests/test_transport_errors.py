@@ -200,8 +200,8 @@ def test_malformed_json_answers_400_with_2001(hub: Hub, token_a: str) -> None:
             "token",
         ),
         ({"token": "has space", "url": "http://x/versions", "roles": [{}]}, "token"),
-        ({"token": "abc", "url": "ftp://x", "roles": [{}]}, "url"),
-        ({"token": "abc", "url": "http://x/\x00", "roles": [{}]}, "url"),
+        ({"token": "abc", "url": "ftp://x", "roles": [_CPO | {"business_details": {"name": "x"}}]}, "url"),
+        ({"token": "abc", "url": "http://x/\x00", "roles": [_CPO | {"business_details": {"name": "x"}}]}, "url"),
         ({"token": "abc", "url": "http://[::1", "roles": [_CPO | {"business_details": {"name": "x"}}]}, "url"),
         ({"token": "abc", "url": "http://h:port/", "roles": [_CPO | {"business_details": {"name": "x"}}]}, "url"),
         ({"token": "abc", "url": "http://x/v", "roles": [_CPO | {"business_details": {"name": "\x00"}}]}, "name"),
@@ -230,6 +230,17 @@ def test_credentials_with_wrong_types_answer_2001_naming_the_field(hub: Hub, tok
     assert answer.status_code == 200  # status_codes.asciidoc: valid JSON reaches the OCPI layer
     assert answer.json()["status_code"] == 2001
     assert complaint in answer.json()["status_message"]
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://x/versions", "http://x/a b"])
+def test_a_credentials_url_that_is_no_http_url_is_said_so_not_as_a_regex(hub: Hub, token_a: str, url: str) -> None:
+    # A walkthrough: "not a url" was answered "Expected `str` matching regex '^https?://[^\\\\x00-..." (escaped twice).
+    body = {"token": "abc", "url": url, "roles": [_CPO | {"business_details": {"name": "x"}}]}
+    answer = httpx.post(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token_a), json=body)
+    assert (answer.status_code, answer.json()["status_code"]) == (200, 2001), answer.text
+    message = answer.json()["status_message"]
+    assert f"url is not an http or https URL free of spaces and control characters, got {url!r}" in message, message
+    assert "regex" not in message
 
 
 @pytest.mark.parametrize("host", ["xn--", "xn--a", "a\u200db"])

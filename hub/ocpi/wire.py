@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
@@ -15,14 +16,17 @@ CountryCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{2}$")]
 PartyId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{3}$")]
 # credentials.asciidoc: token is string(64), printable non-whitespace ASCII (U+0021..U+007E)
 CredentialsToken = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}$")]
+Url = Annotated[str, msgspec.Meta(max_length=255)]  # checked by usable_url, in each struct's __post_init__
 # No whitespace or control characters: a URL carries them percent-encoded (and PostgreSQL text holds no NUL)
-Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\x00-\x20\x7f]+$", max_length=255)]
+_HTTP_URL = re.compile(r"https?://[^\x00-\x20\x7f]+")
 
 
 def usable_url(name: str, url: str) -> None:
-    """What Url's pattern cannot see: a host, a port that is a number, and a host name that IDNA can read
-    ("http://[::1", "http://h:x/" or "http://xn--/" would reach the HTTP clients and fail there, outside their error
-    handling)."""
+    """An http or https URL with no whitespace or control character (said as such: as a Url pattern it was said as
+    the regex), a host, a port that is a number, and a host name that IDNA can read ("http://[::1", "http://h:x/" or
+    "http://xn--/" would reach the HTTP clients and fail there, outside their error handling)."""
+    if not _HTTP_URL.fullmatch(url):
+        raise ValueError(f"{name} is not an http or https URL free of spaces and control characters, got {url[:200]!r}")
     try:
         parts = urlsplit(url)
         if not parts.hostname or parts.port == 0:  # .port raises ValueError for one that is not 0 to 65535

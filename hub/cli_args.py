@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo = commands.add_parser(
         "demo",
-        help="run the hub with demo parties that register and exchange traffic (data in ./.ocpi-hub-demo)",
+        help="run the hub with demo parties that register and exchange traffic (data in ./.ocpi-hub-demo, or"
+        " OCPI_HUB_DATA_DIR)",
     )
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     demo.add_argument("--port", type=_port, default=8080, help="port to listen on (default 8080; 0: any free port)")
@@ -112,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     party_suspend.add_argument("id", nargs="?", help="the platform's id")
     party_suspend.add_argument("--reason", required=True,
                                help="why: told to the platform with every request the hub refuses")  # fmt: skip
-    party_resume = party_actions.add_parser("resume", help="register a suspended platform again")
+    party_resume = party_actions.add_parser(
+        "resume", help="end a suspension: its tokens work and it is routed to again"
+    )
     party_resume.add_argument("id", nargs="?", help="the platform's id")
     sync = commands.add_parser("sync", help="pull the CPOs' locations into the hub's cache, or read again the eMSPs' "
                                "tokens or the CPOs' recent sessions for open routing (progress on stderr)")  # fmt: skip

@@ -238,20 +238,38 @@ def delivery_to(incoming: Incoming, directory: Directory, to: PartyKey) -> Deliv
         raise ReceiverNotConnected(f"receiver {party_text(to)} {why}")
     assert role is not None  # or why_not_sendable said LEFT
     url = platform.endpoint(incoming.module, incoming.interface.upper())
-    if url is None:
-        module, interface = incoming.module, incoming.interface
-        told = f"receiver {party_text(to)} does not implement the {module} {interface.upper()} interface"
-        other = "receiver" if interface == "sender" else "sender"
-        if platform.endpoint(module, other.upper()) is not None:
-            # the hub's URLs name the interface of the party addressed: a CPO's commands are at /receiver/commands
-            told += f"; it implements the {other.upper()} one, which the hub's /ocpi/2.2.1/{other}/{module} reaches"
-        raise HubError(told)
+    if url is None or not implements(platform, role, incoming.module, incoming.interface):
+        raise HubError(_not_implemented(platform, role, incoming.module, incoming.interface, url is None))
     return Delivery(platform, role, url)
+
+
+# as a refusal names a role: "receiver NL-ABC is an eMSP, which ..."
+_A_ROLE = {"CPO": "a CPO", "EMSP": "an eMSP", "NAP": "a NAP", "NSP": "an NSP", "OTHER": "an Other", "SCSP": "an SCSP"}
+
+
+def _not_implemented(platform: Platform, role: PartyRole, module: str, interface: str, no_endpoint: bool) -> str:
+    """Why role of platform takes no request on the module's interface: the platform lists no endpoint of it, or one
+    serving its parties on the other side (implements)."""
+    name = party_text(role.key)
+    if no_endpoint:
+        told = f"receiver {name} does not implement the {module} {interface.upper()} interface"
+    else:
+        cpo = cpo_implements(module, interface)
+        served = sorted({party_text(r.key) for r in platform.roles if r.role != "HUB" and (r.role == "CPO") == cpo})
+        told = (f"receiver {name} is {_A_ROLE.get(role.role, f'a {role.role}')}, which does not implement the {module} "
+                f"{interface.upper()} interface; on its platform that interface serves its "
+                f"{'CPO' if cpo else 'eMSP-type'} parties {', '.join(served)}")  # fmt: skip
+    other = "receiver" if interface == "sender" else "sender"
+    if platform.endpoint(module, other.upper()) is not None:
+        # the hub's URLs name the interface of the party addressed: a CPO's commands are at /receiver/commands
+        it = "it" if no_endpoint else name
+        told += f"; {it} implements the {other.upper()} one, which the hub's /ocpi/2.2.1/{other}/{module} reaches"
+    return told
 
 
 def broadcast(incoming: Incoming, caller: Platform, sender: PartyRole, directory: Directory) -> Route:
     """Broadcast Push: every connected party of the opposite role that implements the module's interface, one copy
-    per party (implements_receiver: on a platform with both sides, the role the module's Receiver is for)."""
+    per party (implements: on a platform with both sides, the role the module's Receiver is for)."""
     if incoming.module in NO_BROADCAST:
         raise InvalidParameters(f"broadcast push is not allowed for {incoming.module}: address one receiver")
     if incoming.method not in PUSH_METHODS or incoming.interface != "receiver":
@@ -269,20 +287,20 @@ def broadcast(incoming: Incoming, caller: Platform, sender: PartyRole, directory
         for held in platform.party_roles.values():  # one copy per party, to its role a direct request would reach
             role = _implementing(held, incoming.module, "receiver")
             opposite = role.role == "CPO" if to_cpos else role.role not in ("CPO", "HUB")
-            receives = implements_receiver(platform, role, incoming.module)
+            receives = implements(platform, role, incoming.module, "receiver")
             if opposite and receives and why_not_sendable(platform, role) is None:
                 deliveries.append(Delivery(platform, role, url))
     return Route("broadcast", sender, tuple(deliveries))
 
 
-def implements_receiver(platform: Platform, role: PartyRole, module: str) -> bool:
-    """Whether the role is the one the platform's Receiver of the module serves. A platform's endpoints name no role:
-    one with a CPO and an eMSP-type role serves with a module's Receiver the role the module names (mod_locations,
-    mod_tariffs, Receiver Interface: "Typically implemented by market roles like: eMSP and NSP"; mod_tokens: "... CPO"),
-    so its CPO takes no eMSP's locations through its eMSP's Receiver, nor its eMSP a CPO's tokens through its CPO's. A
-    platform of one side serves every role it has with every Receiver it lists."""
-    sides = {r.role == "CPO" for r in platform.roles if r.role != "HUB"}
-    return len(sides) < 2 or (role.role == "CPO") == cpo_implements(module, "receiver")
+def implements(platform: Platform, role: PartyRole, module: str, interface: str) -> bool:
+    """Whether the role is one the platform's endpoint of the module's interface serves. A platform's endpoints name no
+    role: one with a CPO and an eMSP-type role (Platform.both_sides) serves with each the side the module names
+    (cpo_implements; mod_locations, mod_tariffs, Receiver Interface: "Typically implemented by market roles like: eMSP
+    and NSP"; mod_tokens: "... CPO"), so its CPO takes no locations through its eMSP's Receiver, by broadcast or
+    addressed, nor its eMSP tokens through its CPO's. A platform of one side serves every role it has with every
+    endpoint it lists (the functional modules only reach here: credentials and hubclientinfo are the hub's own)."""
+    return not platform.both_sides or role.role == "HUB" or (role.role == "CPO") == cpo_implements(module, interface)
 
 
 def broadcasts_to_cpos(incoming: Incoming, caller: Platform, sender: PartyRole) -> bool:

@@ -85,12 +85,17 @@ class Platform:
     # CPO and eMSP (credentials.asciidoc: a role is unique by role, party_id and country_code): set once, read by
     # routing.decide.receiving_role on every request
     party_roles: Mapping[tuple[str, str], tuple[PartyRole, ...]] = field(init=False, repr=False, compare=False)
+    # whether it holds a CPO and an eMSP-type role (HUB is neither): its endpoints, which name no role, then serve one
+    # side each (routing.decide.implements); set once, read on every request to it
+    both_sides: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         held: dict[tuple[str, str], tuple[PartyRole, ...]] = {}
         for role in self.roles:
             held[role.key] = (*held.get(role.key, ()), role)
         object.__setattr__(self, "party_roles", held)
+        sides = {role.role == "CPO" for role in self.roles if role.role != "HUB"}
+        object.__setattr__(self, "both_sides", len(sides) == 2)
 
     def endpoint(self, identifier: str, interface_role: str) -> str | None:
         return self.endpoints.get((identifier, interface_role))

@@ -20,6 +20,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from hub.ocpi.relayed_urls import MAX_NEXT_URL_CHARS
 from hub.party_client import PartyClient
 from hub.settings import Settings
 from routing.pull_sync import LEFT_THE_HUB, PullSync, SyncResult
@@ -406,3 +407,26 @@ def test_a_full_syncs_removal_counts_every_location_it_removed_when_the_director
 
     removed, left = asyncio.run(asyncio.wait_for(remove_while_the_directory_changes(), 30))
     assert left == set() and removed == 2500
+
+
+def test_a_cpos_next_page_url_as_long_as_the_hub_relays_is_followed_by_the_pull_sync_to_its_last_page(
+    hub: Hub, start_party, connect_party
+) -> None:
+    # The hub relays a next page's URL of up to 65,536 characters (hub.ocpi.relayed_urls.MAX_NEXT_URL_CHARS) to an eMSP
+    # paging the CPO; its own pull sync must follow one as long. The control plane's httpx reads an answer's head with
+    # h11, whose own limit is 16 KiB: under it, a head longer than one 64 KiB read ended the sync as failed. httpcore
+    # gives h11 100 KiB (encode/httpcore#647); this fails if an upgrade goes back to h11's.
+    reader = connect_party(_roles("EMSP"))
+    roles = _roles("CPO")
+    cpo = start_party(roles)
+    owner = party_key(cpo)
+    sender, listed = "/ocpi/2.2.1/locations/sender", _locations(owner, 3, "2026-11-01T00:00:00Z")
+    page2 = f"{cpo.base}{sender}/page2?cursor="
+    page2 += "c" * (MAX_NEXT_URL_CHARS - len(page2))
+    for n, (page, link) in enumerate({"": f'<{page2}>; rel="next"', "/page2": None}.items()):
+        body = json.dumps({"data": listed[n * 2 : n * 2 + 2], "status_code": 1000}).encode()
+        cpo.canned[("GET", f"{sender}{page}")] = (200, body, {"Link": link} if link else {})
+    cpo.register_at(hub.versions_url, hub.invite(cpo.name, roles)["token_a"])
+    _wait(lambda: _cached_total(reader, hub, owner) == 3)
+    assert [(r.path, len(r.query)) for r in cpo.received if r.path.startswith(sender)] == [
+        (sender, 0), (f"{sender}/page2", len(page2.partition("?")[2]))]  # fmt: skip

@@ -250,7 +250,8 @@ async def _record(
 
 
 async def _refused(conn: asyncpg.Connection, recipients: list[int]) -> dict[int, list[Push]]:
-    """Of these parties, the roles each refused the ClientInfo of (migration 0030), as they are now, oldest first."""
+    """Of these parties, the roles each refused the ClientInfo of (migration 0030), as they are now, oldest first; a
+    role gone since, or whose party id a newer role holds, is dropped from its list (nothing would push it again)."""
     found: dict[int, list[Push]] = {}
     for row in await conn.fetch(QUERIES["client_infos_refused"], recipients):
         found.setdefault(row["recipient"], []).append(_push(row, change=False))

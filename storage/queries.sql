@@ -498,17 +498,28 @@ ORDER BY r.id LIMIT $4;
 
 -- name: client_infos_refused
 -- The roles platforms $1 refused the ClientInfo of (migration 0030), as client_infos lists them now, oldest refusal
--- first. Not a role held again since (a newer one of the same role and party): that one's changes are pushed.
-SELECT p.id AS recipient, r.id AS role_id, r.platform_id, r.role, r.country_code, r.party_id,
-       CASE WHEN r.status = 'UNREGISTERED' THEN 'SUSPENDED' ELSE r.status END AS status,
-       r.status_changed_at AS last_updated
-FROM platform p CROSS JOIN LATERAL unnest(p.client_info_refused) WITH ORDINALITY AS t(role_id, n)
-JOIN party_role r ON r.id = t.role_id
-WHERE p.id = any($1::bigint[])
-  AND NOT EXISTS (SELECT 1 FROM party_role later
-                  WHERE later.role = r.role AND upper(later.country_code) = upper(r.country_code)
-                    AND upper(later.party_id) = upper(r.party_id) AND later.id > r.id)
-ORDER BY p.id, t.n;
+-- first. Not a role held again since (a newer one of the same role and party): that one's changes are pushed. Such a
+-- role, or one no longer in party_role, is dropped from the platform's list here: nothing would push it again, so
+-- nothing would take it, and it would stay there for good.
+WITH refused AS (
+    SELECT p.id AS recipient, t.role_id, t.n, r.platform_id, r.role, r.country_code, r.party_id, r.status,
+           r.status_changed_at
+    FROM platform p CROSS JOIN LATERAL unnest(p.client_info_refused) WITH ORDINALITY AS t(role_id, n)
+    LEFT JOIN party_role r ON r.id = t.role_id
+        AND NOT EXISTS (SELECT 1 FROM party_role later
+                        WHERE later.role = r.role AND upper(later.country_code) = upper(r.country_code)
+                          AND upper(later.party_id) = upper(r.party_id) AND later.id > r.id)
+    WHERE p.id = any($1::bigint[])
+), dropped AS (
+    UPDATE platform p SET client_info_refused = array(
+        SELECT role_id FROM refused WHERE recipient = p.id AND platform_id IS NOT NULL ORDER BY n)
+    WHERE p.id IN (SELECT recipient FROM refused WHERE platform_id IS NULL)
+)
+SELECT recipient, role_id, platform_id, role, country_code, party_id,
+       CASE WHEN status = 'UNREGISTERED' THEN 'SUSPENDED' ELSE status END AS status,
+       status_changed_at AS last_updated
+FROM refused WHERE platform_id IS NOT NULL
+ORDER BY recipient, n;
 
 -- name: client_infos_refused_record
 -- Platform $1 took the ClientInfo of roles $2 and refused that of roles $3 this round: those taken are no longer

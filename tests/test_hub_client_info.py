@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import Hub, Services, hub_env, register_at_hub, start_hub
 from tests.log_rows import sql
 from tests.parties import Party, token_header
+from tests.test_departed_party import _leave
 from tests.test_routing import _roles, party_key
 
 # types.asciidoc DateTime: string(25), RFC 3339 in UTC, at most milliseconds ("2015-06-29T20:39:09.123Z")
@@ -412,6 +413,29 @@ def test_a_party_refusing_the_pushes_about_one_party_is_still_pushed_the_changes
     connect_party(_roles("CPO"))  # the next change makes a round
     taken = _wait_for(lambda: [r for r in _push_rows(db, unwanted_key, to=party_key(emsp)) if r["http_status"] == 200])
     assert len(taken) == 1 and _pushes_about(emsp, unwanted_key)[-1]["status"] == "CONNECTED"
+
+
+def test_a_refused_role_whose_party_left_and_registers_again_is_no_longer_kept_as_refused(
+    hub: Hub, connect_party, start_party, db
+) -> None:
+    # The roles a party refused are kept for it (migration 0030) until it takes them. One whose party left, its party
+    # id then held by a new role, was never pushed again, so never taken: it stayed in the list for good.
+    emsp, old, key = _an_emsp_and_a_cpo_yet_to_register(connect_party, start_party)
+    path = f"/ocpi/2.2.1/hubclientinfo/receiver/{key[0]}/{key[1]}"
+    emsp.canned[("PUT", path)] = REFUSAL
+    _invite_and_register(hub, old)
+    emsp_platform = db.run(db.fetchval("SELECT platform_id FROM party_role WHERE party_id = $1", party_key(emsp)[1]))
+    refused = "SELECT client_info_refused FROM platform WHERE id = $1"
+    [old_role] = _wait_for(lambda: db.run(db.fetchval(refused, emsp_platform)))
+    with _push_turn_held(db):  # one round finds the old role left and its party id held by a new one
+        _leave(old, hub)
+        new = start_party(*old.roles)
+        token_a = hub.invite(new.name, *new.roles)["token_a"]
+    del emsp.canned[("PUT", path)]
+    new.register_at(hub.versions_url, token_a)
+    assert _wait_for(lambda: _pushes_about(emsp, key)[-1]["status"] == "CONNECTED")
+    assert _wait_for(lambda: db.run(db.fetchval(refused, emsp_platform)) == [])
+    assert old_role < db.run(db.fetchval("SELECT max(id) FROM party_role WHERE party_id = $1", key[1]))
 
 
 def test_a_party_refusing_every_push_is_sent_three_a_round(hub: Hub, connect_party, db) -> None:

@@ -19,7 +19,8 @@ from hub.cli_args import build_parser, keep_joined, version
 from hub.cli_audit import AUDIT_COMMANDS
 from hub.cli_commands import COMMANDS, run
 from hub.cli_output import OUTPUT_FAILED, OutputError, out
-from hub.serve import PUBLIC_URL_FILE, STOPS_ASKED, serve
+from hub.data_dir_serves import hub_url
+from hub.serve import STOPS_ASKED, serve
 from hub.settings import Settings, SettingsError
 
 
@@ -180,8 +181,9 @@ def _migrated(applied: list[str]) -> str:
 def _of_the_running_hub(settings: Settings, env: dict[str, str], command: str, grant: str | None) -> Settings:
     """The settings of a command that works beside `ocpi-hub serve` (invite, sync, verify, connect...): that hub's
     storage, which it does not create (run elsewhere, it would start a new embedded PostgreSQL of its own and hand
-    out tokens of a hub that is not running), and the URL that hub serves at, recorded in the data dir by serve,
-    unless OCPI_HUB_PUBLIC_URL names one (an invitation's versions_url, the URL connect gives the party)."""
+    out tokens of a hub that is not running), and the URL that hub serves at, recorded in the data dir by serve (of
+    the one started last still running there, else of the last that ran), unless OCPI_HUB_PUBLIC_URL names one (an
+    invitation's versions_url, the URL connect gives the party)."""
     from storage.embedded.postgres import EmbeddedPostgres
 
     embedded = settings.database_url is None and EmbeddedPostgres.not_installed is None  # else start() says why not
@@ -200,10 +202,9 @@ def _of_the_running_hub(settings: Settings, env: dict[str, str], command: str, g
             "secret.key: set OCPI_HUB_SECRET_KEY to the hub's, or run it in the directory `ocpi-hub serve` runs in "
             "(or with its OCPI_HUB_DATA_DIR)"
         )
-    recorded = settings.data_dir / PUBLIC_URL_FILE
-    if settings.public_url_known or not recorded.is_file():
+    if settings.public_url_known or (recorded := hub_url(settings.data_dir)) is None:
         return settings
-    return Settings.from_env(env | {"OCPI_HUB_PUBLIC_URL": recorded.read_text().strip()})
+    return Settings.from_env(env | {"OCPI_HUB_PUBLIC_URL": recorded})
 
 
 def _demo(settings: Settings, args: argparse.Namespace, listening: socket.socket) -> int:

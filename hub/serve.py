@@ -12,18 +12,19 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from hub.data_dir_serves import Serve, serve_recorded
 from hub.metrics_dir import workers_metrics_dir
 from hub.settings import LISTEN_ADDRESS, START_CHECKED
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
     from types import FrameType
 
     from hub.settings import Settings
 
     Handler = Callable[[int, FrameType | None], None]
 
-PUBLIC_URL_FILE = "public-url"  # in the data dir: the URL the last `ocpi-hub serve` there serves at
 # uvicorn and granian wait for their workers to stop for as long as they take: one that does not (a stop lost, a
 # shutdown stuck) would hold serve past the orchestrator's grace period, and be left running once serve is killed.
 # The hub's own graceful shutdown takes at most 30 s (deploy/README.md, Graceful shutdown); Compose gives 45 s,
@@ -84,9 +85,6 @@ def serve(settings: Settings, host: str, port: int, workers: int, server: str) -
         OCPI_HUB_DATA_DIR=str(settings.data_dir),
         **{LISTEN_ADDRESS: f"{host}:{port}", START_CHECKED: "1" if settings.start_checked else ""},
     )
-    with contextlib.suppress(OSError):  # for the commands beside it; a read-only data dir stops nothing
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        (settings.data_dir / PUBLIC_URL_FILE).write_text(settings.public_url + "\n")
     if not os.environ.get("OCPI_HUB_ADMIN_TOKEN"):
         print(
             f"ocpi-hub: admin token (kept in {settings.data_dir / 'admin-token'}): {settings.admin_token}", flush=True
@@ -100,6 +98,9 @@ def serve(settings: Settings, host: str, port: int, workers: int, server: str) -
         )
     _raise_open_files_limit()
     with contextlib.ExitStack() as stack:
+        # for the commands beside it, which give parties the URL of a serve running on the data dir
+        if others := stack.enter_context(serve_recorded(settings.data_dir, settings.public_url)):
+            _warn_of_sharing(settings.data_dir, others)
         if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # Each worker counts in files of its own there; /metrics, whichever worker answers, sums them.
             metrics_dir = stack.enter_context(workers_metrics_dir(settings.data_dir, port))
@@ -112,6 +113,19 @@ def serve(settings: Settings, host: str, port: int, workers: int, server: str) -
         if server == "uvicorn":
             return _on_uvicorn(settings, host, port, workers)
         return _on_granian(settings, host, port, workers)
+
+
+def _warn_of_sharing(data_dir: Path, others: list[Serve]) -> None:
+    """Said, not refused: two hub processes on one data dir may be meant (behind a local load balancer, say)."""
+    running = ", ".join(f"pid {other.pid} at {other.url}" for other in others)
+    structlog.get_logger().warning(
+        "data_dir_shared",
+        serves=[other._asdict() for other in others],
+        message=f"another `ocpi-hub serve` runs on {data_dir} ({running}): this one shares with it the embedded "
+        "PostgreSQL and Valkey there (those whose URL is not set), which stop with the serve that started them, and "
+        "the admin-token and secret.key there (unless set); the commands beside them use the URL of the one started "
+        "last that still runs",
+    )
 
 
 def _on_uvicorn(settings: Settings, host: str, port: int, workers: int) -> int:

@@ -74,7 +74,7 @@ def not_connected_in_time(timeout: aiohttp.ClientTimeout, sent: str) -> Receiver
     told = (
         f"{NOT_REACHED}: connecting to its server did not finish within {_seconds(timeout.connect)} s; {NOTHING_SENT}"
     )
-    return ReceiverNotConnected(told, f"{sent} was not sent: {told}")
+    return ReceiverNotConnected(told, f"{sent}: {told}")
 
 
 def not_reached(exc: BaseException, method: str, sent: str) -> ReceiverNotConnected:
@@ -84,16 +84,16 @@ def not_reached(exc: BaseException, method: str, sent: str) -> ReceiverNotConnec
     os_error = getattr(exc, "os_error", None)
     if isinstance(os_error, AddressRefused) or _refused_among(os_error):  # not tried: a URL into the hub's network
         told = f"the hub did not call the receiver: its address is not one the hub calls parties at ({ALLOWANCE})"
-        return ReceiverNotCalled(NOT_CALLABLE, f"{sent} was not called: {told} {said}")
+        return ReceiverNotCalled(NOT_CALLABLE, f"{sent}: {told} {said}")
     if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(os_error, socket.gaierror):
         told = f"{NOT_REACHED}: {_why_unresolved(os_error)}; {NOTHING_SENT}"
-        return ReceiverNotResolved(NOT_CALLABLE, f"{sent} was not sent: {told} {said}")
+        return ReceiverNotResolved(NOT_CALLABLE, f"{sent}: {told} {said}")
     if isinstance(exc, aiohttp.ClientConnectorError):  # raised while connecting: before any of the request went out
         told = f"{NOT_REACHED}: {_why_no_connection(exc)}; {NOTHING_SENT}"
-        return ReceiverNotConnected(told, f"{sent} was not sent: {told} {said}")
+        return ReceiverNotConnected(told, f"{sent}: {told} {said}")
     if isinstance(exc, ValueError) and not isinstance(exc, OSError):  # a URL aiohttp will not call (a backstop)
         told = f"{NOT_REACHED}: the hub cannot call its URL; {NOTHING_SENT}"
-        return ReceiverNotConnected(told, f"{sent} was not sent: {told} {said}")
+        return ReceiverNotConnected(told, f"{sent}: {told} {said}")
     # After the connection was made: the request, or some of it, went out, and no answer came back.
     reset = isinstance(exc, ConnectionResetError) or getattr(exc, "errno", None) == errno.ECONNRESET
     how = "reset" if reset else "closed"

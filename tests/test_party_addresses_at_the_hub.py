@@ -143,7 +143,7 @@ def test_a_forward_to_an_endpoint_at_the_hubs_own_listening_address_is_refused_w
     assert "ocpi_hub_requests_total" not in answer.text
     [row] = db.run(db.fetch("SELECT ocpi_status_code, error FROM routing_log WHERE request_id = $1",
                             answer.headers["x-request-id"]))  # fmt: skip
-    assert row["ocpi_status_code"] == 4003 and "was not called" in row["error"] and ALLOWANCE in row["error"]
+    assert row["ocpi_status_code"] == 4003 and "did not call" in row["error"] and ALLOWANCE in row["error"]
 
 
 def test_a_forward_that_reaches_the_hubs_own_pages_another_way_is_refused_and_relays_nothing_of_them(

@@ -56,6 +56,7 @@ def test_a_receiver_refusing_connections_is_answered_4003_saying_so_and_that_not
     assert "127.0.0.1" not in answer.text and str(emsp.port) not in told
     error = _error_of(db, answer)  # the URL, and aiohttp's words, for support staff
     assert error.startswith(f"PUT {emsp.base}/ocpi/2.2.1/tariffs/receiver/") and told in error, error
+    assert error.count("sent") == 1, error  # it read "PUT ... was not sent: ...; nothing was sent (...)"
     assert "ClientConnectorError" in error and "Connect call failed" in error, error
 
 
@@ -86,10 +87,10 @@ def test_a_host_name_that_does_not_resolve_and_a_refused_address_are_told_alike_
     assert [(f.status_code, f.message) for f in failures] == [(4003, NOT_CALLABLE)] * 3
     assert "no-such-party" not in NOT_CALLABLE and ALLOWANCE in NOT_CALLABLE
     for failed in failures[:2]:  # without a DNS server the resolver says it could not ask: the row says so
-        assert failed.detail.startswith(f"GET {unresolved} was not sent: the hub could not reach the receiver: its "
+        assert failed.detail.startswith(f"GET {unresolved}: the hub could not reach the receiver: its "
                                         f"host name "), failed.detail  # fmt: skip
         assert "(ClientConnectorDNSError: " in failed.detail, failed.detail
-    called = f"GET {refused} was not called: the hub did not call the receiver: its address is not one the hub calls"
+    called = f"GET {refused}: the hub did not call the receiver: its address is not one the hub calls"
     assert failures[2].detail.startswith(called), failures[2].detail
 
 
@@ -172,7 +173,7 @@ def test_tls_trouble_with_a_receivers_server_is_answered_4003_saying_what_was_wr
         assert failed.status_code == 4003
         assert failed.message == f"the hub could not reach the receiver: {why}; nothing was sent", failed.message
         assert "localhost" not in failed.message and "127.0.0.1" not in failed.message
-        assert "was not sent" in failed.detail and "https://" in failed.detail, failed.detail
+        assert failed.detail.startswith("GET https://") and failed.message in failed.detail, failed.detail
 
 
 def test_a_4002_says_the_request_was_forwarded_and_that_what_it_pushed_may_have_been_applied(
@@ -223,4 +224,4 @@ def test_a_receiver_not_taking_connections_is_answered_4003_when_the_connect_tim
     )
     assert answer.json()["status_message"] == told and 1.7 < took < 2.5, (answer.text, took)
     error = _error_of(db, answer)
-    assert error.startswith(f"PUT {emsp.base}/ocpi/2.2.1/tariffs/receiver/") and error.endswith(f"was not sent: {told}")
+    assert error.startswith(f"PUT {emsp.base}/ocpi/2.2.1/tariffs/receiver/") and error.endswith(f"/NOT-TAKEN: {told}")

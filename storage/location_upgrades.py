@@ -146,7 +146,8 @@ async def upgrade(client: redis.Redis, prefix: str) -> list[str]:
         except redis.RedisError as exc:
             log.warning("location_cache_upgrade_failed", upgrade=name, error=str(exc))
             return done
-        log.info("location_cache_upgraded", upgrade=name, locations=locations)
+        if locations:  # a fresh cache's passes change nothing: no line that reads as if they had
+            log.info("location_cache_upgraded", upgrade=name, locations=locations)
         done.append(name)
     try:
         await client.unlink(*(f"{p}{marker}" for marker in RETIRED))

@@ -69,7 +69,8 @@ async def _seal_unkeyed_chains(conn: asyncpg.Connection, secret_key: str, key_so
             for f in floors
         ],
     )
-    log.info("routing_log_chains_sealed", chains=len(heads), floors=len(floors))
+    if heads or floors:  # a fresh database has no chain to seal
+        log.info("routing_log_chains_sealed", chains=len(heads), floors=len(floors))
 
 
 async def _seal_unchained_trail(conn: asyncpg.Connection, secret_key: str, key_source: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as redis
+import structlog.testing
 
 from storage.location_cache import LocationCache
 from storage.location_document import epoch
@@ -222,6 +223,26 @@ def test_each_upgrade_pass_runs_once_per_cache_and_one_that_failed_runs_again_at
         assert not await client.exists(f"{p}publish-to:NL/CPO/L3")
         assert await client.exists(f"{p}allowed:NL/CPO/L3")
         assert await client.zscore(f"{p}all", "NL/CPO/loc4") is not None
+
+    _run(services, test)
+
+
+def test_a_pass_logs_what_it_changed_and_a_fresh_cache_logs_no_pass(services: Services) -> None:
+    # A fresh start logged location_cache_upgraded four times with locations 0, as if something had been upgraded.
+    async def test(client: redis.Redis, prefix: str) -> None:
+        with structlog.testing.capture_logs() as fresh:
+            assert await upgrade(client, prefix) == PASSES
+        assert [line for line in fresh if line["event"] == "location_cache_upgraded"] == []
+        await client.delete(*(f"{prefix}locations:upgraded:{name}" for name in PASSES))
+        async with client.pipeline(transaction=False) as old_hub:
+            _as_an_earlier_hub_cached(old_hub, prefix, _location(OWNER, "loc1", "2026-11-01T00:00:00Z"), "loc1")
+            await old_hub.execute()
+        with structlog.testing.capture_logs() as upgraded:
+            assert await upgrade(client, prefix) == PASSES
+        logged = [
+            (line["upgrade"], line["locations"]) for line in upgraded if line["event"] == "location_cache_upgraded"
+        ]
+        assert logged == [("upper-cased-ids", 1), ("location-bytes", 1), ("get-all-order", 1)], logged
 
     _run(services, test)
 

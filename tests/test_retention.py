@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import msgspec
+import structlog.testing
 
 from storage.log_row import COLUMNS, LogEntry, legacy_hash
 from storage.log_spool import SPOOL_SUFFIX
@@ -116,7 +117,10 @@ def test_a_chain_of_unkeyed_hashes_is_sealed_at_the_upgrade_so_its_rows_cannot_b
     # upgraded; a row added after it, or an edit with the plain SHA-256 chain recomputed after it, no longer passes.
     rows = _old_rows(9)
     _written_by_an_earlier_release(empty_database, 11, rows[:8])
-    write(empty_database, [])  # the upgrade: 0012 seals the chain
+    with structlog.testing.capture_logs() as logged:
+        write(empty_database, [])  # the upgrade: 0012 seals the chain
+    sealing = [(line["chains"], line["floors"]) for line in logged if line["event"] == "routing_log_chains_sealed"]
+    assert sealing == [(1, 0)], sealing
     assert verified(empty_database).ok
     [sealed] = sql(empty_database, "SELECT chain_id, last_seq, last_hash FROM routing_log_sealed_chain")
     assert tuple(sealed) == (rows[0][1], 8, rows[7][-1])
@@ -140,6 +144,13 @@ def test_a_chain_of_unkeyed_hashes_is_sealed_at_the_upgrade_so_its_rows_cannot_b
     sql(empty_database, "UPDATE routing_log_chain SET last_hash = $1", prev)
     rewritten = verified(empty_database)
     assert rewritten.ok is False and "rows were rewritten" in rewritten.problems[0], rewritten.problems
+
+
+def test_a_fresh_database_logs_no_sealing_of_chains_it_has_not(empty_database: str) -> None:
+    # A fresh start logged routing_log_chains_sealed with chains 0, as if an upgrade had sealed something.
+    with structlog.testing.capture_logs() as logged:
+        write(empty_database, [])  # every migration, 0012 among them
+    assert [line for line in logged if line["event"] == "routing_log_chains_sealed"] == []
 
 
 def test_rows_a_hub_before_keyed_hashes_spooled_are_written_after_the_upgrade_and_their_chain_sealed_on(

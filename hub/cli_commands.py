@@ -59,7 +59,7 @@ async def _invite(settings: Settings, args: argparse.Namespace, pool: asyncpg.Po
         roles = [dict(zip(("role", "country_code", "party_id"), _role_parts(spec), strict=True)) for spec in args.role]
         request = msgspec.convert({"name": args.name, "roles": roles, "expires_in_s": args.expires_in}, InvitationIn)
     except (ValueError, msgspec.ValidationError) as exc:
-        if str(exc).endswith("`$.name`"):
+        if str(exc).endswith("`$.name`") or str(exc).startswith("name "):
             print(f"ocpi-hub: invalid --name: {exc}", file=sys.stderr)
         else:
             print(f"ocpi-hub: invalid --role (expected ROLE:CC:PARTY such as CPO:NL:ABC): {exc}", file=sys.stderr)

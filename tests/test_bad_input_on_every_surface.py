@@ -194,19 +194,24 @@ ADMIN_POSTS = [  # (path, body, what the error says)
     (
         "/admin/api/invitations",
         b'{"name": "x", "roles": [{"role": "FOO", "country_code": "NL", "party_id": "ABC"}]}',
-        "$.roles[0].role",
+        "role must be one of CPO, EMSP, NAP, NSP, OTHER, SCSP, got 'FOO'",
     ),
     (
         "/admin/api/invitations",
         b'{"name": "x", "roles": [{"role": "CPO", "country_code": "NLD", "party_id": "ABC"}]}',
-        "$.roles[0].country_code",
+        "country_code must be 2 letters, got 'NLD'",
     ),
     (
         "/admin/api/invitations",
         b'{"name": "x", "roles": [{"role": "CPO", "country_code": "NL", "party_id": "ABC"}], "expires_in_s": 1e300}',
         "$.expires_in_s",
     ),
-    ("/admin/api/invitations", b'{"name": "x\\u0000", "roles": []}', "$.name"),
+    ("/admin/api/invitations", b'{"name": "x\\u0000", "roles": []}', "$.roles"),  # the name is checked last
+    (
+        "/admin/api/invitations",
+        b'{"name": "x\\u0000", "roles": [{"role": "CPO", "country_code": "NL", "party_id": "ABC"}]}',
+        "name must hold no control characters",
+    ),
     ("/admin/api/holds", b"{", "invalid hold"),
     ("/admin/api/holds", b"5", "got `int`"),
     ("/admin/api/holds", b'{"party": "x", "reason": "r"}', "$.party"),

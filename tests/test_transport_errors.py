@@ -23,6 +23,7 @@ def token_a(hub: Hub) -> str:
 
 
 _CPO = {"role": "CPO", "country_code": "NL", "party_id": "ABC"}
+_NAMED = {"name": "x"}
 _WITH_ODD_LOGO = {"name": "x", "logo": {"url": "http://x/logo.png", "category": "\x00", "type": "png"}}
 
 
@@ -212,7 +213,11 @@ def test_malformed_json_answers_400_with_2001(hub: Hub, token_a: str) -> None:
                 "url": "http://x/v",
                 "roles": [{"role": "CPO", "country_code": "NLD", "party_id": "ABC", "business_details": {"name": "x"}}],
             },
-            "country_code",
+            "country_code must be 2 letters, got 'NLD'",  # it was msgspec's regex
+        ),
+        (
+            {"token": "abc", "url": "http://x/v", "roles": [_CPO | {"party_id": "A-B", "business_details": _NAMED}]},
+            "party_id must be 3 letters or digits, got 'A-B'",
         ),
         (
             {

@@ -16,7 +16,7 @@ from litestar.exceptions import HTTPException
 from hub.admin.actors import READ_ONLY, actor_guard, actor_of, record_action, unauthorized
 from hub.envelope import http_error_message, logged_unexpected, path_number
 from hub.errors import OcpiError
-from hub.ocpi.wire import NO_CONTROL_CHARACTERS, CountryCode, PartyId, Role
+from hub.ocpi.wire import ROLES, plain_text, usable_party
 from hub.settings import Settings
 from routing.request import PartyKey
 from storage import platforms
@@ -29,16 +29,25 @@ log = structlog.get_logger()
 
 
 class RoleIn(msgspec.Struct):
-    role: Role
-    country_code: CountryCode
-    party_id: PartyId
+    role: str  # a Role, checked here to say which ones (as a Literal, msgspec said "Invalid enum value")
+    country_code: str
+    party_id: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:  # HUB passes, to be told it is the hub's own (invite)
+            roles = ", ".join(r for r in ROLES if r != "HUB")
+            raise ValueError(f"role must be one of {roles}, got {self.role[:20]!r}")
+        usable_party(self.country_code, self.party_id)
 
 
 class InvitationIn(msgspec.Struct):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=NO_CONTROL_CHARACTERS)]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
     roles: Annotated[list[RoleIn], msgspec.Meta(min_length=1)]
     # seconds its token A stays valid; None: OCPI_HUB_INVITATION_TTL_S; 0: never expires
     expires_in_s: Annotated[int, msgspec.Meta(ge=0, le=10 * 365 * 86400)] | None = None
+
+    def __post_init__(self) -> None:
+        plain_text("name", self.name)
 
 
 class Invitation(msgspec.Struct):

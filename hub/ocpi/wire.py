@@ -10,15 +10,32 @@ import httpx
 import msgspec
 
 Role = Literal["CPO", "EMSP", "HUB", "NAP", "NSP", "OTHER", "SCSP"]
+ROLES: tuple[str, ...] = get_args(Role)
 InterfaceRole = Literal["SENDER", "RECEIVER"]
 INTERFACE_ROLES = frozenset(get_args(InterfaceRole))
-CountryCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{2}$")]
-PartyId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{3}$")]
+# credentials.asciidoc CredentialsRole: country_code CiString(2), ISO-3166 alpha-2; party_id CiString(3). Checked by
+# usable_party in __post_init__, said in words (as a pattern, msgspec said the regex; and its $ let "NL\n" through)
+_COUNTRY_CODE = re.compile(r"[A-Za-z]{2}")
+_PARTY_ID = re.compile(r"[A-Za-z0-9]{3}")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 # credentials.asciidoc: token is string(64), printable non-whitespace ASCII (U+0021..U+007E)
 CredentialsToken = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}$")]
 Url = Annotated[str, msgspec.Meta(max_length=255)]  # checked by usable_url, in each struct's __post_init__
 # No whitespace or control characters: a URL carries them percent-encoded (and PostgreSQL text holds no NUL)
 _HTTP_URL = re.compile(r"https?://[^\x00-\x20\x7f]+")
+
+
+def usable_party(country_code: str, party_id: str) -> None:
+    if not _COUNTRY_CODE.fullmatch(country_code):
+        raise ValueError(f"country_code must be 2 letters, got {country_code[:20]!r}")
+    if not _PARTY_ID.fullmatch(party_id):
+        raise ValueError(f"party_id must be 3 letters or digits, got {party_id[:20]!r}")
+
+
+def plain_text(name: str, text: str) -> None:
+    """NO_CONTROL_CHARACTERS, said in words."""
+    if _CONTROL_CHARACTER.search(text):
+        raise ValueError(f"{name} must hold no control characters, got {text[:100]!r}")
 
 
 def usable_url(name: str, url: str) -> None:
@@ -61,8 +78,11 @@ class BusinessDetails(msgspec.Struct, omit_defaults=True):
 class CredentialsRole(msgspec.Struct, omit_defaults=True):
     role: Role
     business_details: BusinessDetails
-    party_id: PartyId
-    country_code: CountryCode
+    party_id: str
+    country_code: str
+
+    def __post_init__(self) -> None:
+        usable_party(self.country_code, self.party_id)
 
 
 class Credentials(msgspec.Struct, omit_defaults=True):

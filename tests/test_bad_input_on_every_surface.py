@@ -231,8 +231,10 @@ ADMIN_POSTS = [  # (path, body, what the error says)
 ]
 
 CONSOLE_GETS = [  # (path and query, what the page says)
-    ("/console/log?limit=abc", "the query parameter limit: Expected `int`, got `str`"),
-    ("/console/log?limit=" + "9" * 5000, "the query parameter limit"),
+    ("/console/log?limit=abc", "limit must be a whole number from 1 to 500, got 'abc'"),
+    ("/console/log?limit=0", "limit must be a whole number from 1 to 500, got '0'"),  # was 100 rows, quietly
+    ("/console/log?limit=9999", "limit must be a whole number from 1 to 500, got '9999'"),
+    ("/console/log?limit=" + "9" * 5000, "limit must be a whole number from 1 to 500"),
     ("/console/log?cursor=abc", "cursor is not one this API handed out"),
     ("/console/log?since=garbage", "since must be an ISO 8601 time"),
     ("/console/log?module=%ff", "module must be a module name"),
@@ -250,8 +252,8 @@ CONSOLE_GETS = [  # (path and query, what the page says)
     ("/console/stats?party=%00", "party must be a country code and party id"),
     ("/console/verify?run=maybe", "the query parameter run: Expected `bool`"),
     ("/console/verify?run=true&since=2026-01-01&until=2020-01-01", "is not before until"),
-    ("/console/audit?cursor=abc", "the query parameter cursor: Expected `int"),
-    ("/console/audit?cursor=-5", "-5 is not a position in the audit trail"),
+    ("/console/audit?cursor=abc", "cursor is not one this API handed out, got 'abc'"),
+    ("/console/audit?cursor=-5", "cursor is not one this API handed out, got '-5'"),
     ("/console/parties/abc/unregister", "no such endpoint"),
     ("/console/parties/1/nonsense", "no action 'nonsense'"),
 ]
@@ -435,6 +437,21 @@ def test_bad_queries_and_forms_on_the_console_get_a_page_naming_them(hub: Hub, c
         if problem := _problem(answer, took, says, "console"):
             problems.append(f"POST {path} {form}: {problem}")
     _report(problems, len(CONSOLE_GETS) + len(CONSOLE_POSTS))
+
+
+def test_the_console_refuses_a_page_size_or_position_in_the_words_and_status_of_the_admin_api(
+    hub: Hub, console: httpx.Client
+) -> None:
+    # "limit=abc" read Litestar's "Expected `int`, got `str`", and limit=0 or 9999 gave a page of 100 as if asked for.
+    with hub.admin() as admin:
+        for path, query in [("/console/log", "limit=abc"), ("/console/log", "limit=0"), ("/console/log", "limit=9999"),
+                            ("/console/audit", "cursor=abc"), ("/console/audit", "cursor=0")]:  # fmt: skip
+            api = "/admin/api/routing-log" if path == "/console/log" else "/admin/api/audit-trail"
+            refused, page = admin.get(f"{api}?{query}"), console.get(f"{path}?{query}")
+            assert (refused.status_code, page.status_code) == (400, 400), (query, page.text[-300:])
+            assert refused.json()["error"] in html.unescape(page.text), (refused.text, page.text[-500:])
+    page = console.get("/console/log?limit=7")  # a size the form does not offer, as the API takes it
+    assert page.status_code == 200 and '<option value="7" selected>7</option>' in page.text, page.text[-500:]
 
 
 def _answer_head_and_body(port: int, request: bytes, ends_with: bytes) -> tuple[bytes, float]:

@@ -57,7 +57,8 @@ def query_params(request: Request) -> dict[str, str]:
     return params
 
 
-def _limit(raw: str | None) -> int:
+def page_limit(raw: str | None) -> int:
+    """A page's limit as a query gave it (this API's and the console's routing log, the audit trail)."""
     if raw is None:
         return 100
     limit = whole_number(raw)
@@ -75,7 +76,7 @@ async def routing_log(request: Request) -> Response[bytes]:
         cursor = decode_cursor(params["cursor"]) if params.get("cursor") else None
     except BadFilter as exc:
         raise AdminError(400, str(exc)) from None
-    limit = _limit(params.get("limit"))
+    limit = page_limit(params.get("limit"))
     recorded = search.given | ({"cursor": params["cursor"]} if cursor else {})
     sql, args = page_query(search, cursor, limit)
     async with request.app.state.pool.acquire() as conn:
@@ -218,7 +219,7 @@ async def audit_trail(request: Request) -> Response[bytes]:
     params = query_params(request)
     if unknown := sorted(set(params) - {"limit", "cursor"}):
         raise AdminError(400, f"unknown parameter {unknown[0]}; the audit trail takes limit and cursor")
-    limit = _limit(params.get("limit"))
+    limit = page_limit(params.get("limit"))
     cursor = whole_number(params["cursor"]) if params.get("cursor") else None
     if params.get("cursor") and (cursor is None or not is_row_id(cursor)):
         raise AdminError(400, f"cursor is not one this API handed out, got {params['cursor'][:40]!r}")

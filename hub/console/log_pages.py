@@ -11,7 +11,7 @@ from litestar.response import Stream, Template
 from hub.admin.actors import record_action
 from hub.admin.api import AdminError
 from hub.admin.export import FORMATS, Sealing, checked_export_id, export_stream, manifest_of
-from hub.admin.routing_log import fetch_planned, load_conversation, load_message, with_amendments
+from hub.admin.routing_log import fetch_planned, load_conversation, load_message, page_limit, with_amendments
 from hub.console.auth import actor
 from hub.envelope import path_number
 from storage.log_cursor import decode_cursor, encode_cursor
@@ -54,25 +54,29 @@ def _filters(request: Request) -> dict[str, str]:
 
 
 @get("/console/log")
-async def log_page(request: Request, cursor: str | None = None, limit: int = 100) -> Template:
+async def log_page(request: Request, cursor: str | None = None, limit: str | None = None) -> Template:
     try:
-        filters, twice = _filters(request), None
+        filters, problem = _filters(request), None
     except BadFilter as exc:
-        filters, twice = {}, str(exc)
-    limit = limit if limit in PAGE_SIZES else 100
+        filters, problem = {}, str(exc)
+    try:  # as the admin API takes it: "abc", 0 and 9999 were Litestar's "Expected `int`", or quietly 100
+        rows_wanted = page_limit(limit)
+    except AdminError as exc:
+        rows_wanted, problem = 100, problem or exc.message
+    sizes = sorted({*PAGE_SIZES, rows_wanted})
     context: dict[str, Any] = {"page": "log", "actor": actor(request), "filters": filters, "fields": FIELDS,
                                "parties": await party_choices(request),
-                               "choices": CHOICES, "limit": limit, "sizes": PAGE_SIZES, "rows": [], "error": None,
+                               "choices": CHOICES, "limit": rows_wanted, "sizes": sizes, "rows": [], "error": None,
                                "next_url": None, "first_url": None}  # fmt: skip
     try:
-        if twice:
-            raise BadFilter(twice)
+        if problem:
+            raise BadFilter(problem)
         search = parse_filters(filters)
         after = decode_cursor(cursor) if cursor else None
     except BadFilter as exc:
         context["error"] = str(exc)
         return Template("log.html", context=context, status_code=400)
-    sql, args = page_query(search, after, limit)
+    sql, args = page_query(search, after, rows_wanted)
     async with request.app.state.pool.acquire() as conn:
         await record_action(conn, request.app.state.settings.audit_trail_key, actor(request), "search",
                             search.given | {"via": "console"} | ({"cursor": cursor} if cursor else {}))  # fmt: skip
@@ -82,11 +86,11 @@ async def log_page(request: Request, cursor: str | None = None, limit: int = 100
             context["error"] = exc.message
             return Template("log.html", context=context, status_code=exc.status)
         # what the callers of amended rows were answered instead: one lookup by primary key for the page's rows
-        context["rows"] = await with_amendments(conn, rows[:limit])
-    keep = filters | ({"limit": str(limit)} if limit != 100 else {})
+        context["rows"] = await with_amendments(conn, rows[:rows_wanted])
+    keep = filters | ({"limit": str(rows_wanted)} if rows_wanted != 100 else {})
     context["query"] = urlencode(keep)
-    if len(rows) > limit:
-        last = rows[limit - 1]
+    if len(rows) > rows_wanted:
+        last = rows[rows_wanted - 1]
         context["next_url"] = "/console/log?" + urlencode(keep | {"cursor": encode_cursor(last["received_at"],
                                                                                           last["id"])})  # fmt: skip
     if cursor:

@@ -24,6 +24,7 @@ from hub.checkpoint import NotHeads, Refused, saved_heads
 from hub.console.auth import ADMIN_ONLY, actor
 from hub.console.charts import Bucket, bar_chart, buckets_between
 from hub.console.log_pages import party_choices
+from hub.envelope import whole_number
 from hub.export_manifest import public_key_info
 from storage.log_search import BadFilter, check_range, is_row_id, parse_time
 from storage.sql import QUERIES
@@ -192,12 +193,13 @@ async def checkpoint_download(request: Request) -> Response[bytes]:
 
 
 @get("/console/audit")
-async def audit_page(request: Request, cursor: int | None = None) -> Template:
+async def audit_page(request: Request, cursor: str | None = None) -> Template:
     """Who did what on the routing log, through the API or this console (to auditors too, like the API's trail)."""
-    if cursor is not None and not is_row_id(cursor):
-        raise HTTPException(status_code=400, detail=f"{cursor} is not a position in the audit trail")
+    position = whole_number(cursor) if cursor else None
+    if cursor and (position is None or not is_row_id(position)):  # as the API's trail says it ("abc": Litestar's)
+        raise HTTPException(status_code=400, detail=f"cursor is not one this API handed out, got {cursor[:40]!r}")
     async with request.app.state.pool.acquire() as conn:
-        rows = await conn.fetch(QUERIES["audit_trail"], cursor, AUDIT_PAGE + 1)
+        rows = await conn.fetch(QUERIES["audit_trail"], position, AUDIT_PAGE + 1)
     entries = [dict(row) | {"parameters": json.loads(row["parameters"])} for row in rows[:AUDIT_PAGE]]
     older = f"/console/audit?cursor={entries[-1]['id']}" if len(rows) > AUDIT_PAGE else None
     return Template("audit.html", context={"page": "audit", "actor": actor(request), "entries": entries,

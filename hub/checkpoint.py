@@ -24,7 +24,7 @@ from hub.export_manifest import Unreadable, canonical, fingerprint, raw_public_k
 from storage.log_verify import Heads
 
 CHECKPOINT_VERSION = 1
-_HASH = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+_HASH = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
 
 
 class TrailHead(msgspec.Struct, frozen=True):

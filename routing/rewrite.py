@@ -25,7 +25,7 @@ from storage.location_document import epoch
 from storage.routing_state import CALLBACK_TTL_S
 
 _RESPONSE_URL_KEY = re.compile(rb'"response_url"[ \t\n\r]*:[ \t\n\r]*')  # RFC 8259: the whitespace JSON allows
-_URI = re.compile(r"^[\x21-\x7e]+$")  # RFC 3986: printable ASCII; a space, a control or a non-ASCII character is not
+_URI = re.compile(r"^[\x21-\x7e]+\Z")  # RFC 3986: printable ASCII; a space, a control or a non-ASCII character is not
 _encode = msgspec.json.encode
 
 RESERVATION_MARGIN_S = 24 * 3600  # a CANCELED_RESERVATION posted at the very end of the reservation, or a bit late

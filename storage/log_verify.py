@@ -55,7 +55,7 @@ class Verification:
 class ChainHead(msgspec.Struct, frozen=True, omit_defaults=True):
     chain_id: uuid.UUID
     last_seq: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]  # a bigint
-    last_hash: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]  # hex, as the auditor API shows hashes
+    last_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]  # hex, as the auditor API shows hashes
     # the chain's highest amendment number (migration 0016); None in heads saved before
     amendments: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
     # the id of the row at last_seq: in a checkpoint (hub.checkpoint), not in heads

@@ -80,12 +80,13 @@ def test_a_suspended_party_gets_no_broadcast_copy(hub: Hub, connect_party) -> No
     assert emsp.functional() == []
 
 
-def test_suspension_is_refused_for_an_invitation_and_without_a_reason(hub: Hub) -> None:
+def test_suspension_is_refused_for_an_invitation_and_without_a_one_line_reason(hub: Hub) -> None:
     invited = hub.invite("Not yet", ("CPO", "NL", unique_party_id()))["platform_id"]
     with hub.admin() as admin:
         answer = admin.post(f"/admin/api/parties/{invited}/suspend", json={"reason": "x"})
         assert answer.status_code == 409 and "has not registered yet" in answer.json()["error"], answer.text
-        for body in ({}, {"reason": ""}, {"reason": "a\nb"}, {"reason": "x", "until": "never"}):
+        # a final newline too: msgspec's pattern check let "$" match before it
+        for body in ({}, {"reason": ""}, {"reason": "a\nb"}, {"reason": "late\n"}, {"reason": "x", "until": "no"}):
             answer = admin.post(f"/admin/api/parties/{invited}/suspend", json=body)
             assert answer.status_code == 400 and "invalid suspension" in answer.json()["error"], (body, answer.text)
         assert admin.post("/admin/api/parties/999999999/suspend", json={"reason": "x"}).status_code == 404

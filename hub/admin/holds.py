@@ -16,7 +16,7 @@ from storage import log_holds
 from storage.log_search import BadFilter, is_row_id, parse_time
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=NO_CONTROL_CHARACTERS)]
-_PARTY = r"^[A-Za-z]{2}-[A-Za-z0-9]{3}$"
+_PARTY = r"^[A-Za-z]{2}-[A-Za-z0-9]{3}\Z"
 
 
 class HoldIn(msgspec.Struct, forbid_unknown_fields=True):

@@ -19,7 +19,7 @@ _COUNTRY_CODE = re.compile(r"[A-Za-z]{2}")
 _PARTY_ID = re.compile(r"[A-Za-z0-9]{3}")
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 # credentials.asciidoc: token is string(64), printable non-whitespace ASCII (U+0021..U+007E)
-CredentialsToken = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}$")]
+CredentialsToken = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}\Z")]
 Url = Annotated[str, msgspec.Meta(max_length=255)]  # checked by usable_url, in each struct's __post_init__
 # No whitespace or control characters: a URL carries them percent-encoded (and PostgreSQL text holds no NUL)
 _HTTP_URL = re.compile(r"https?://[^\x00-\x20\x7f]+")
@@ -55,8 +55,9 @@ def usable_url(name: str, url: str) -> None:
         raise ValueError(f"{name} is not a URL the hub can call, got {url!r}: {exc}") from None
 
 
-# Text a party sends that the hub stores and shows (its name, its logo's fields): no control characters
-NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+# Text a party sends that the hub stores and shows (its name, its logo's fields): no control characters. \Z, not $,
+# which msgspec's re.search lets match before a final newline ("ABC\n")
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*\Z"
 Text = Annotated[str, msgspec.Meta(pattern=NO_CONTROL_CHARACTERS)]
 
 

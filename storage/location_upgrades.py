@@ -29,6 +29,7 @@ completed.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -204,27 +205,31 @@ async def _upper_case(client: redis.Redis, p: str, chunk: int = 1000) -> int:
 async def _count_bytes(client: redis.Redis, p: str, chunk: int = 100) -> int:
     """Each CPO's bytes of documents counted (storage.location_cap); returns of how many locations."""
     counted = client.register_script(_BYTES)
-    cursor, locations = 0, 0
-    while True:
-        cursor, keys = await client.scan(cursor, match=f"{p}by-owner:*", count=chunk)
-        for key in keys:
-            owner = _text(key).removeprefix(f"{p}by-owner:")
-            await counted(keys=[_text(key), f"{p}bytes"], args=[f"{p}doc:", owner])
-            locations += await client.zcard(key)
-        if not cursor:
-            return locations
+    locations = 0
+    async for key in _owners(client, p, chunk):
+        await counted(keys=[key, f"{p}bytes"], args=[f"{p}doc:", key.removeprefix(f"{p}by-owner:")])
+        locations += await client.zcard(key)
+    return locations
 
 
 async def _place(client: redis.Redis, p: str, chunk: int = 100) -> int:
     """Each CPO's locations without a place in GET All's order placed; returns how many."""
     placed_script = client.register_script(_ORDER)
-    cursor, placed = 0, 0
+    placed = 0
+    async for key in _owners(client, p, chunk):
+        placed += await placed_script(keys=[key, f"{p}order"])
+    return placed
+
+
+async def _owners(client: redis.Redis, p: str, chunk: int) -> AsyncIterator[str]:
+    """The key of each CPO's set of cached locations (by-owner:CC/PID), as SCAN finds them."""
+    cursor = 0
     while True:
         cursor, keys = await client.scan(cursor, match=f"{p}by-owner:*", count=chunk)
         for key in keys:
-            placed += await placed_script(keys=[_text(key), f"{p}order"])
+            yield _text(key)
         if not cursor:
-            return placed
+            return
 
 
 def _text(value: Any) -> str:

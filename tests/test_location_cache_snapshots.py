@@ -21,12 +21,8 @@ from tests.test_routing import _roles, party_key
 
 
 def test_get_all_via_the_hub_walks_every_location_once_while_the_cache_changes(hub: Hub, connect_party) -> None:
-    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
-    owner = party_key(cpo)
-    for n in range(25):
-        _push(cpo, emsp, hub, "PUT", f"W{n:02d}", _location(owner, f"W{n:02d}", f"2026-11-20T10:{n:02d}:00Z"))
-    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=10"
-    _eventually(lambda: _assert_total(emsp, hub, query, 25))
+    stamps = [f"2026-11-20T10:{n:02d}:00Z" for n in range(25)]
+    cpo, emsp, _, query = _cached(hub, connect_party, [f"W{n:02d}" for n in range(25)], stamps, limit=10)
     seen, url, pages = [], query, 0
     while url:
         answer = _get(emsp, hub, url)
@@ -81,13 +77,20 @@ def test_a_page_reads_on_past_locations_gone_since_the_snapshot_and_the_next_beg
 
 def _two_locations_a_page(hub: Hub, connect_party, ids: tuple[str, str]):  # type: ignore[no-untyped-def]
     """An eMSP, and the query of its GET All of a CPO's two locations (ids), once both are cached, a page each."""
+    _, emsp, _, query = _cached(hub, connect_party, ids, limit=1)
+    return emsp, query
+
+
+def _cached(hub: Hub, connect_party, ids, stamps=None, limit: int | None = None):  # type: ignore[no-untyped-def]
+    """A CPO and an eMSP once the hub's cache holds the locations the CPO pushed (ids; last_updated: stamps, else one
+    time for all): (cpo, emsp, the CPO's party, the query of the eMSP's GET All of them, with limit if given)."""
     cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
     owner = party_key(cpo)
-    for location_id in ids:
-        _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-21T10:00:00Z"))
-    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=1"
-    _eventually(lambda: _assert_total(emsp, hub, query, 2))
-    return emsp, query
+    for location_id, stamp in zip(ids, stamps or ["2026-11-21T10:00:00Z"] * len(ids), strict=True):
+        _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, stamp))
+    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}" + (f"&limit={limit}" if limit else "")
+    _eventually(lambda: _assert_total(emsp, hub, query, len(ids)))
+    return cpo, emsp, owner, query
 
 
 def test_a_party_starting_get_all_again_and_again_keeps_only_its_latest_snapshots(hub: Hub, connect_party) -> None:
@@ -125,12 +128,7 @@ def test_get_all_with_limit_0_answers_the_total_alone_and_takes_no_snapshot_whil
     from hub.ocpi.hub_answers import MAX_LIMIT
     from storage.location_cache import SNAPSHOTS_PER_VIEWER
 
-    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
-    owner = party_key(cpo)
-    for location_id in ("Z1", "Z2", "Z3"):
-        _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-21T10:00:00Z"))
-    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}"
-    _eventually(lambda: _assert_total(emsp, hub, query, 3))
+    cpo, emsp, owner, query = _cached(hub, connect_party, ("Z1", "Z2", "Z3"))
     walking = _get(emsp, hub, f"{query}&limit=1").headers["Link"].split(">")[0].lstrip("<")
     for _ in range(SNAPSHOTS_PER_VIEWER + 1):  # counting takes none of the party's snapshots' places
         counted = _get(emsp, hub, f"{query}&limit=0")
@@ -156,11 +154,7 @@ def test_get_all_of_an_empty_list_at_an_offset_is_an_empty_page_not_an_expired_o
     # Redis keeps no empty list: the snapshot of none was taken for one expired, and a GET All at offset 10 of a CPO
     # with no locations (or of a window holding none) was answered 404 "this page list expired: start again with a
     # GET All", to a client that had just done so.
-    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
-    owner = party_key(cpo)
-    _push(cpo, emsp, hub, "PUT", "E1", _location(owner, "E1", "2026-11-21T10:00:00Z"))
-    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}"
-    _eventually(lambda: _assert_total(emsp, hub, query, 1))
+    _, emsp, _, query = _cached(hub, connect_party, ("E1",))
     for window in ("", "&date_from=2099-01-01T00:00:00Z"):
         for offset in (0, 1, 10):
             answer = _get(emsp, hub, f"{query}{window}&offset={offset}")
@@ -179,12 +173,7 @@ def test_a_get_all_snapshot_lasts_while_its_pages_are_read_not_a_fixed_time_afte
 
     from storage.location_cache import SNAPSHOT_TTL_S
 
-    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
-    owner = party_key(cpo)
-    for location_id in ("T1", "T2", "T3"):
-        _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, "2026-11-21T10:00:00Z"))
-    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}&limit=1"
-    _eventually(lambda: _assert_total(emsp, hub, query, 3))
+    _, emsp, _, query = _cached(hub, connect_party, ("T1", "T2", "T3"), limit=1)
     link = _get(emsp, hub, query).headers["Link"].split(">")[0].lstrip("<")
     viewer, snapshot_id = "/".join(party_key(emsp)), link.split("/snapshots/")[1].split("?")[0]
     keys = [f"{hub.env['OCPI_HUB_REDIS_PREFIX']}locations:{name}"
@@ -268,13 +257,8 @@ def test_a_client_paging_get_all_by_offset_sees_every_location_once_though_one_o
     # Each GET All at an offset takes a snapshot of its own, which listed the locations by last_updated: one on a page
     # read already that was updated moved to the end, every one behind it one place forward, and the client stepping
     # its offset skipped one and read the updated one twice (an eMSP's sync lost a location without a word).
-    cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
-    owner = party_key(cpo)
     ids = [f"O{n}" for n in range(6)]
-    for n, location_id in enumerate(ids):
-        _push(cpo, emsp, hub, "PUT", location_id, _location(owner, location_id, f"2026-11-20T10:0{n}:00Z"))
-    query = f"sender/locations?country_code={owner[0]}&party_id={owner[1]}"
-    _eventually(lambda: _assert_total(emsp, hub, query, 6))
+    cpo, emsp, owner, query = _cached(hub, connect_party, ids, [f"2026-11-20T10:0{n}:00Z" for n in range(6)])
 
     def patched() -> None:
         assert _get(emsp, hub, "sender/locations/O0").json()["data"]["name"] == "moved"

@@ -32,10 +32,16 @@ class Incoming:
     segments: list[str]  # the suffix's segments percent-decoded: ids as bodies spell them ("A B" is at .../A%20B)
 
 
+# the two headers of each direction, by their lower-case names
+_ROUTING_HEADERS = {direction: (f"ocpi-{direction}-country-code", f"ocpi-{direction}-party-id")
+                    for direction in ("to", "from")}  # fmt: skip
+
+
 def routing_party(headers: dict[str, str], direction: str) -> PartyKey | None:
     """The OCPI-{direction}-country-code / -party-id pair (CiString: compared upper-cased), or None if absent."""
-    country = headers.get(f"ocpi-{direction}-country-code", "").strip()
-    party = headers.get(f"ocpi-{direction}-party-id", "").strip()
+    country_header, party_header = _ROUTING_HEADERS[direction]
+    country = headers.get(country_header, "").strip()
+    party = headers.get(party_header, "").strip()
     if not country and not party:
         return None
     if not country or not party:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -19,7 +20,7 @@ from hub.cli_args import build_parser, keep_joined, version
 from hub.cli_audit import AUDIT_COMMANDS
 from hub.cli_commands import COMMANDS, run
 from hub.cli_output import OUTPUT_FAILED, OutputError, out
-from hub.data_dir_serves import hub_url
+from hub.data_dir_serves import hub_url, serve_recorded
 from hub.serve import STOPS_ASKED, serve
 from hub.settings import Settings, SettingsError
 
@@ -121,7 +122,15 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
 
     configure_logging(settings.log_level, sys.stdout if args.command == "serve" else sys.stderr)
     try:
-        with backing_services(settings) as ready:
+        with contextlib.ExitStack() as stack:
+            # a serve is recorded on its data dir before it starts or reuses the embedded servers there, which the
+            # last serve to stop there stops (hub.data_dir_serves)
+            serving = (
+                stack.enter_context(serve_recorded(settings.data_dir, settings.public_url))
+                if args.command == "serve"
+                else None
+            )
+            ready = stack.enter_context(backing_services(settings, serving))
             assert ready.database_url is not None
             owner_url = ready.owner_database_url or ready.database_url  # migrations and retention run as the owner
             applies = args.command in ("serve", "demo", "migrate")
@@ -135,8 +144,8 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
                 out(_migrated(applied))
                 args.role = args.grant_serving_role
                 return run(COMMANDS["grant-serving-role"], ready, args) if args.role is not None else 0
-            if args.command == "serve":
-                return serve(ready, args.host, args.port, args.workers, args.server)
+            if serving is not None:
+                return serve(ready, args.host, args.port, args.workers, args.server, serving.others)
             if listening is not None:
                 return _demo(ready, args, listening)
             command = COMMANDS.get(args.command) or AUDIT_COMMANDS.get(args.command)

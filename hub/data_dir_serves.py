@@ -1,4 +1,5 @@
-"""The `ocpi-hub serve`s running on a data dir, each recorded there while it runs: the URL the commands beside use."""
+"""The `ocpi-hub serve`s running on a data dir, each recorded there while it runs: the URL the commands beside use,
+and the last serve to stop there, which stops the embedded servers."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 PUBLIC_URL_FILE = "public-url"  # in the data dir: the URL of the serve started last there still running, else the last
 # In the data dir: a file per running serve, named PID-RANDOM (pids repeat across containers sharing a volume), holding
@@ -23,28 +24,53 @@ class Serve(NamedTuple):
     url: str
 
 
+class ServeRecord(NamedTuple):
+    """A serve recorded on its data dir: the other serves running there as it started, and what the last serve to stop
+    there stops, whichever serve started it (the embedded servers, hub.runtime.backing_services)."""
+
+    others: list[Serve]
+    last_out: contextlib.ExitStack
+
+
 @contextlib.contextmanager
-def serve_recorded(data_dir: Path, url: str) -> Iterator[list[Serve]]:
+def serve_recorded(data_dir: Path, url: str) -> Iterator[ServeRecord]:
     """This serve recorded in data_dir and its URL in public-url while it runs, and the other serves running there
     (two serves on a data dir share its embedded servers: two hub processes behind a local load balancer, say). On
-    its way out its record goes, and public-url names another running serve if there is one, else this one, the last
-    to run there. A read-only data dir stops nothing."""
+    its way out its record goes, and public-url names another running serve if there is one; else this one, the last
+    to run there, which runs last_out. All under serving/.lock: of two serves stopping at once, the second sees the
+    first gone and stops the embedded servers; a serve starting, recorded before it starts or reuses them, is seen by
+    one stopping, or starts them anew once that one has stopped them. A read-only data dir stops nothing: nothing is
+    recorded there."""
     serves = data_dir / SERVES_DIR
     record, others = None, []
-    with contextlib.suppress(OSError):
-        serves.mkdir(parents=True, exist_ok=True)
-        with _changing(serves):
-            others = running_serves(data_dir, remove_dead=True)
-            record = _record(serves, url)
-            _write_public_url(data_dir, url)
+    with contextlib.suppress(OSError), _changing(serves):
+        others = running_serves(data_dir, remove_dead=True)
+        record = _record(serves, url)
+        _write_public_url(data_dir, url)
+    last_out = contextlib.ExitStack()
     try:
-        yield others
+        yield ServeRecord(others, last_out)
     finally:
-        if record is not None:
-            with contextlib.suppress(OSError), record, _changing(serves):
-                Path(record.name).unlink(missing_ok=True)
-                running = running_serves(data_dir, remove_dead=True)
-                _write_public_url(data_dir, running[-1].url if running else url)
+        with _changing(serves):
+            if record is not None:
+                with contextlib.suppress(OSError), record:
+                    Path(record.name).unlink(missing_ok=True)
+            running = running_serves(data_dir, remove_dead=record is not None)
+            if record is not None:
+                with contextlib.suppress(OSError):
+                    _write_public_url(data_dir, running[-1].url if running else url)
+            if running:
+                last_out.pop_all()  # left to the last of them
+            else:
+                last_out.close()
+
+
+def stop_unless_a_serve_runs(data_dir: Path, stop: Callable[[], None]) -> None:
+    """For a command other than serve that started an embedded server (none ran): a serve started on data_dir since
+    reuses it, and stops it as the last serve there."""
+    with _changing(data_dir / SERVES_DIR):
+        if not running_serves(data_dir):
+            stop()
 
 
 def running_serves(data_dir: Path, remove_dead: bool = False) -> list[Serve]:
@@ -86,9 +112,16 @@ def _record(serves: Path, url: str) -> IO[str]:
 
 @contextlib.contextmanager
 def _changing(serves: Path) -> Iterator[None]:
-    """One serve at a time changes the records and public-url: two stopping at once would each name the other."""
-    with (serves / ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """One process at a time changes the records and public-url, or stops the embedded servers as the last: two
+    serves stopping at once would each name the other, and each leave them to the other. Without the lock where it
+    cannot be taken (a read-only data dir), where no serve is recorded either."""
+    lock = None
+    with contextlib.suppress(OSError):
+        serves.mkdir(parents=True, exist_ok=True)
+        lock = (serves / ".lock").open("a")
+    with lock or contextlib.nullcontext():
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 

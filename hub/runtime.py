@@ -13,8 +13,10 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from hub.data_dir_serves import ServeRecord, stop_unless_a_serve_runs
 from hub.settings import Settings
 from storage.embedded import EmbeddedPostgres, EmbeddedValkey
+from storage.embedded.server import EmbeddedServer
 from storage.migrate import MigrationRefused, check_secret_key, migrate, migration_files, pending
 from storage.secret_key_check import check_recorded_key
 
@@ -22,19 +24,28 @@ log = structlog.get_logger()
 
 
 @contextlib.contextmanager
-def backing_services(settings: Settings) -> Iterator[Settings]:
-    """Settings whose database and Redis URLs point at running servers; embedded ones stop on exit."""
+def backing_services(settings: Settings, serve: ServeRecord | None = None) -> Iterator[Settings]:
+    """Settings whose database and Redis URLs point at running servers. Embedded ones stop with the last serve on the
+    data dir to stop (serve: this one's record there), whichever started them; a command other than serve stops those
+    it started, unless a serve has come to run there since."""
     with contextlib.ExitStack() as stack:
         database_url, redis_url = settings.database_url, settings.redis_url
         if not database_url:
             postgres = EmbeddedPostgres(settings.data_dir)
             database_url = postgres.start()
-            stack.callback(postgres.stop)
+            _stopped_on_exit(postgres, serve, stack)
         if not redis_url:
             valkey = EmbeddedValkey(settings.data_dir)
             redis_url = valkey.start()
-            stack.callback(valkey.stop)
+            _stopped_on_exit(valkey, serve, stack)
         yield replace(settings, database_url=database_url, redis_url=redis_url)
+
+
+def _stopped_on_exit(server: EmbeddedServer, serve: ServeRecord | None, stack: contextlib.ExitStack) -> None:
+    if serve is not None:
+        serve.last_out.callback(server.stop, whoever_started_it=True)
+    elif server.owned:
+        stack.callback(stop_unless_a_serve_runs, server.data_dir, server.stop)
 
 
 REDIS_TIMEOUT_S = 5.0  # connecting to Redis, and each read of an answer

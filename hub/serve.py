@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hub.data_dir_serves import Serve, serve_recorded
 from hub.metrics_dir import workers_metrics_dir
 from hub.settings import LISTEN_ADDRESS, START_CHECKED
 
@@ -21,6 +20,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import FrameType
 
+    from hub.data_dir_serves import Serve
     from hub.settings import Settings
 
     Handler = Callable[[int, FrameType | None], None]
@@ -58,9 +58,10 @@ def _on_loopback_only(host: str) -> bool:
         return False
 
 
-def serve(settings: Settings, host: str, port: int, workers: int, server: str) -> int:
+def serve(settings: Settings, host: str, port: int, workers: int, server: str, others: list[Serve]) -> int:
     """Serve the hub until it is stopped; the exit code. Workers are separate processes: they read the resolved
-    settings from the environment."""
+    settings from the environment. others: the serves running on its data dir as it was recorded there
+    (hub.data_dir_serves)."""
     if not os.environ.get("OCPI_HUB_PUBLIC_URL", "").strip() and not _on_loopback_only(host):
         # Parties would be handed this in every token A's versions URL and registration: reachable from this machine
         # only. Said, not refused: a container behind a proxy on the same host may mean it.
@@ -97,10 +98,9 @@ def serve(settings: Settings, host: str, port: int, workers: int, server: str) -
             flush=True,
         )
     _raise_open_files_limit()
+    if others:
+        _warn_of_sharing(settings.data_dir, others)
     with contextlib.ExitStack() as stack:
-        # for the commands beside it, which give parties the URL of a serve running on the data dir
-        if others := stack.enter_context(serve_recorded(settings.data_dir, settings.public_url)):
-            _warn_of_sharing(settings.data_dir, others)
         if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # Each worker counts in files of its own there; /metrics, whichever worker answers, sums them.
             metrics_dir = stack.enter_context(workers_metrics_dir(settings.data_dir, port))
@@ -122,7 +122,7 @@ def _warn_of_sharing(data_dir: Path, others: list[Serve]) -> None:
         "data_dir_shared",
         serves=[other._asdict() for other in others],
         message=f"another `ocpi-hub serve` runs on {data_dir} ({running}): this one shares with it the embedded "
-        "PostgreSQL and Valkey there (those whose URL is not set), which stop with the serve that started them, and "
+        "PostgreSQL and Valkey there (those whose URL is not set), which stop with the last serve there to stop, and "
         "the admin-token and secret.key there (unless set); the commands beside them use the URL of the one started "
         "last that still runs",
     )

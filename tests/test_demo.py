@@ -3,6 +3,7 @@ message through it, and Ctrl-C stops all of it."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import OUTPUT
+from tests.conftest import OUTPUT, start_hub
 from tests.demo_process import RunningDemo, demo_env, start_demo
 from tests.test_serve_and_storage import _processes_under, _wait_until
 
@@ -150,3 +151,30 @@ def test_a_party_whose_tokens_were_renewed_or_that_was_taken_off_the_hub_comes_b
         assert sorted(p["status"] for p in parties) == ["CONNECTED"] * 4 + ["UNREGISTERED"]
     finally:
         demo.stop()
+
+
+def test_a_serve_started_beside_the_demo_keeps_the_embedded_servers_the_demo_started_and_stops_them_last(
+    tmp_path: Path,
+) -> None:
+    # The demo stopped the embedded servers it had started as it ended, under a serve started meanwhile on its data dir,
+    # which went on serving on a database and a Redis that were gone.
+    data_dir = tmp_path / "demo-data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {"OCPI_HUB_DATA_DIR": str(data_dir)}
+    demo = start_demo(env, data_dir, OUTPUT / "demo-beside-a-serve.log", interval_s=5)
+    try:
+        hub = start_hub(env, OUTPUT / "serve-beside-the-demo.log")
+        try:
+            demo.stop()
+            assert demo.process.returncode == 0
+            hub.admin_token = demo.admin_token  # the data dir's
+            with hub.admin() as admin:
+                parties = admin.get("/admin/api/parties")
+            assert parties.status_code == 200 and len(parties.json()["items"]) == 4, parties.text
+            assert httpx.get(f"{hub.base}/ready", timeout=10).json() == {"status": "ready"}  # PostgreSQL and Redis
+        finally:
+            assert hub.stop() == 0
+        assert _wait_until(lambda: not _processes_under(data_dir)), "embedded servers still running"
+    finally:
+        demo.stop()
+        for left in _processes_under(data_dir):
+            left.kill()

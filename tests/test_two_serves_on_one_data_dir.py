@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import OUTPUT, ROOT, Hub, Services, hub_env, start_hub, unique_party_id
+import httpx
+
+from tests.conftest import OUTPUT, ROOT, SECRET_KEY, Hub, Services, hub_env, start_hub, unique_party_id
+from tests.test_serve_and_storage import _processes_under as _embedded_under
+from tests.test_serve_and_storage import _wait_until
 
 
 def _invitations_versions_url(env: dict[str, str]) -> str:
@@ -50,3 +57,35 @@ def test_the_commands_beside_two_serves_on_one_data_dir_name_one_still_running_a
             hub.stop()
     # none runs: the URL of the last that ran, where a hub started again on its port is found
     assert _invitations_versions_url(env) == first.versions_url
+
+
+def test_the_embedded_servers_stop_with_the_last_serve_on_the_data_dir_whichever_started_them(tmp_path: Path) -> None:
+    # They stopped with the serve that started them: the second serve went on running on a database and a Redis that
+    # were gone, failing every request; and the second, had it been the last, left them running for good.
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
+        "OCPI_HUB_DATA_DIR": str(data_dir), "OCPI_HUB_SECRET_KEY": SECRET_KEY,
+        "OCPI_HUB_ADMIN_TOKEN": secrets.token_urlsafe(32)}  # fmt: skip
+    first = start_hub(env, OUTPUT / "first-serve-on-embedded-servers.log", timeout=120)
+    hubs: list[Hub] = [first]
+    try:
+        second = start_hub(env, OUTPUT / "second-serve-on-embedded-servers.log")
+        hubs.append(second)
+        assert first.stop() == 0
+        party_id = unique_party_id()
+        second.invite("Outlasting Co", ("CPO", "NL", party_id))
+        with second.admin() as admin:
+            assert party_id in {party["party_id"] for party in admin.get("/admin/api/parties").json()["items"]}
+        assert httpx.get(f"{second.base}/ready", timeout=10).json() == {"status": "ready"}  # PostgreSQL and Redis
+        # Two stopping at once: one of them, the last, stops the embedded servers
+        third = start_hub(env, OUTPUT / "third-serve-on-embedded-servers.log")
+        hubs.append(third)
+        for hub in (second, third):
+            hub.process.send_signal(signal.SIGTERM)
+        assert [hub.stop() for hub in (second, third)] == [0, 0]
+        assert _wait_until(lambda: not _embedded_under(data_dir)), [p.cmdline() for p in _embedded_under(data_dir)]
+    finally:
+        for hub in reversed(hubs):
+            hub.stop()
+        for left in _embedded_under(data_dir):
+            left.kill()

@@ -132,8 +132,9 @@ class EmbeddedServer(abc.ABC):
                 self.owned = True
         return self._url(port)
 
-    def stop(self) -> None:
-        if self.owned:
+    def stop(self, whoever_started_it: bool = False) -> None:
+        """Stop the server this process started; whoever_started_it: the last serve to stop on the data dir."""
+        if self.owned or whoever_started_it:
             with _locked(self.data_dir / f".{self.kind}.lock"):
                 self._halt()
             self.owned = False

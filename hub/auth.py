@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from litestar.connection import ASGIConnection
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
@@ -64,6 +66,7 @@ def authorization(token: str, encoding: str = "base64") -> str:
     return "Token " + base64.b64encode(token.encode("utf-8")).decode("ascii")
 
 
+T = TypeVar("T")
 _OTHER_SCHEMES = frozenset({"basic", "bearer", "digest", "apikey", "negotiate"})
 MISSING = "missing Authorization header: send 'Authorization: Token <base64 of your token>'"
 
@@ -80,11 +83,13 @@ def why_unknown(directory: Directory, header: str | None) -> str:
         return f"the Authorization header uses {named}: send 'Authorization: Token <base64 of your token>'"
     if not (value := value.strip()):
         return "the Authorization header holds no token: send 'Authorization: Token <base64 of your token>'"
-    if (removed := _removed_on(directory, value)) is not None:
+    if (removed := _looked_up(directory.removed_tokens, value)) is not None:
         return (
-            f"unknown credentials token: it belonged to a platform removed from the hub on {removed:%Y-%m-%d}; "
-            "ask the hub operator for a new invitation"
+            "unknown credentials token: it belonged to a platform removed from the hub on "
+            f"{removed.astimezone(UTC):%Y-%m-%d}; ask the hub operator for a new invitation"
         )
+    if (spent := _looked_up(directory.spent_tokens, value)) is not None:
+        return _spent(*spent)
     try:
         decoded = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -116,12 +121,28 @@ def suspended(platform: Platform) -> str:
     )
 
 
-def _removed_on(directory: Directory, value: str) -> datetime | None:
-    """When the platform that held the token the header's value encodes (or is, raw) left the hub; None: none did."""
+def _looked_up(by_hash: Mapping[bytes, T], value: str) -> T | None:
+    """What by_hash holds of the token the header's value encodes (or is, raw): the hashes of tokens the hub issued and
+    no longer takes, so only such a token is told more than "unknown"."""
     for token in (base64_decoded(value), value):
-        if token is not None and (at := directory.removed_tokens.get(token_hash(token))) is not None:
-            return at.astimezone(UTC)
+        if token is not None and (found := by_hash.get(token_hash(token))) is not None:
+            return found
     return None
+
+
+def _spent(platform: str, kind: str, at: datetime) -> str:
+    """Why a token a credentials exchange replaced is refused (credentials.asciidoc), naming no more than its platform
+    and the day."""
+    if kind == "A":  # credentials.asciidoc: token A serves the registration only, the hub answers it with token C
+        return (
+            f"this is the token A platform {platform} registered with on {at.astimezone(UTC):%Y-%m-%d}; it is no "
+            "longer valid (credentials.asciidoc): send the token the hub returned in its credentials answer (token C)"
+        )
+    return (
+        f"this is a token C of platform {platform} that an update of its credentials replaced on "
+        f"{at.astimezone(UTC):%Y-%m-%d}; it is no longer valid (credentials.asciidoc): send the token C of the latest "
+        "credentials exchange (the hub's answer to your PUT, or the hub's own PUT)"
+    )
 
 
 class CredentialsTokenAuth(AbstractAuthenticationMiddleware):

@@ -112,6 +112,9 @@ class Directory:
     departed: frozenset[tuple[str, str]] = frozenset()
     # sha256(token) -> when its platform left the hub: such a token is refused saying so (hub.auth.why_unknown)
     removed_tokens: Mapping[bytes, datetime] = field(default_factory=dict)
+    # sha256(token) -> (the name of its platform, "A" | "C", when a credentials exchange replaced it): such a token is
+    # refused saying so (hub.auth.why_unknown)
+    spent_tokens: Mapping[bytes, tuple[str, str, datetime]] = field(default_factory=dict)
     # Authorization header -> (platform, "A" | "C", token, expiry), filled by hub.auth.identify as callers are
     # recognised: a header seen before costs one dict lookup, not a base64 decode and a SHA-256. Dropped with the
     # directory on every reload, so a rotated or deleted token is forgotten with it.
@@ -134,6 +137,7 @@ async def load_directory(conn: asyncpg.Connection, box: TokenBox) -> Directory:
         token_rows = await conn.fetch(QUERIES["directory_tokens"])
         departed_rows = await conn.fetch(QUERIES["directory_departed"])
         removed_rows = await conn.fetch(QUERIES["directory_removed_tokens"])
+        spent_rows = await conn.fetch(QUERIES["directory_spent_tokens"])
     roles: dict[int, list[PartyRole]] = {}
     for r in role_rows:
         details = msgspec.json.decode(r["business_details"]) if r["business_details"] else None
@@ -163,7 +167,9 @@ async def load_directory(conn: asyncpg.Connection, box: TokenBox) -> Directory:
     tokens = {t["token_hash"]: (platforms[t["platform_id"]], t["kind"], t["expires_at"]) for t in token_rows}
     departed = frozenset((r["country_code"], r["party_id"]) for r in departed_rows) - parties.keys()
     removed = {r["token_hash"]: r["unregistered_at"] for r in removed_rows}
-    return Directory(tokens=tokens, platforms=platforms, parties=parties, departed=departed, removed_tokens=removed)
+    spent = {r["token_hash"]: (r["name"], r["kind"], r["spent_at"]) for r in spent_rows}
+    return Directory(tokens=tokens, platforms=platforms, parties=parties, departed=departed, removed_tokens=removed,
+                     spent_tokens=spent)  # fmt: skip
 
 
 class DirectoryCache:

@@ -99,7 +99,7 @@ async def store_connection(
     new_token: bytes,
 ) -> None:
     """Record a credentials exchange (POST or PUT): endpoints replaced, the listed roles connected and the others
-    back to PLANNED, the party's token rotated."""
+    back to PLANNED, the party's token rotated (the one it used kept as spent)."""
     async with conn.transaction():
         await _lock_unchanged(conn, platform_id, expected_state, presented_token)
         await conn.execute(
@@ -113,8 +113,7 @@ async def store_connection(
         )
         await _replace_endpoints(conn, platform_id, connection.endpoints)
         await _store_roles(conn, platform_id, connection.roles)
-        await conn.execute(QUERIES["delete_tokens"], platform_id)
-        await conn.execute(QUERIES["insert_token"], new_token, platform_id, "C")
+        await _replace_tokens(conn, platform_id, new_token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +136,10 @@ async def switch_rotated_tokens(
     pending. StaleExchange if the platform left REGISTERED or the new token C is gone."""
     async with conn.transaction():
         await _lock_unchanged(conn, platform_id, "REGISTERED", new_token)
-        await conn.execute(QUERIES["switch_rotated_tokens"], platform_id, answered.token_b_sealed, new_token,
+        await conn.execute(QUERIES["switch_rotated_tokens"], platform_id, answered.token_b_sealed,
                            answered.versions_url, answered.retry_in_s, answered.reason,
                            answered.checks_roles)  # fmt: skip
+        await _replace_tokens(conn, platform_id, new_token)
 
 
 async def store_refreshed_endpoints(conn: asyncpg.Connection, platform_id: int, connection: Connection) -> bool:
@@ -157,6 +157,13 @@ async def store_refreshed_endpoints(conn: asyncpg.Connection, platform_id: int, 
         await _replace_endpoints(conn, platform_id, connection.endpoints)
         await _store_roles(conn, platform_id, connection.roles)
     return True
+
+
+async def _replace_tokens(conn: asyncpg.Connection, platform_id: int, new_token: bytes) -> None:
+    """The platform's new token C is left alone; the hashes of the tokens it replaced are kept as spent (migration
+    0031): a call with one is told it was spent, and when (hub.auth.why_unknown)."""
+    await conn.execute(QUERIES["spend_tokens"], platform_id, new_token)
+    await conn.execute(QUERIES["insert_token"], new_token, platform_id, "C")
 
 
 async def _store_roles(conn: asyncpg.Connection, platform_id: int, roles: Sequence[tuple[int, object]]) -> None:

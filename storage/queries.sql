@@ -36,8 +36,16 @@ INSERT INTO credentials_token (token_hash, platform_id, kind, expires_at)
 VALUES ($1, $2, 'A', now() + make_interval(secs => $3::float8))
 RETURNING expires_at;
 
--- name: delete_tokens
-DELETE FROM credentials_token WHERE platform_id = $1;
+-- name: spend_tokens
+-- A credentials exchange leaves the platform its new token C ($2) alone: every other token it held goes, the hash of
+-- the newest of each kind kept as spent (migration 0031), so a call with it is told so (hub.auth.why_unknown). The new
+-- token C goes too (a rotation inserted it before): its row is made again as kind C, as `ocpi-hub connect` needs.
+WITH gone AS (
+    DELETE FROM credentials_token WHERE platform_id = $1 RETURNING token_hash, kind, created_at
+)
+INSERT INTO spent_token (platform_id, kind, token_hash)
+SELECT DISTINCT ON (kind) $1, kind, token_hash FROM gone WHERE token_hash <> $2 ORDER BY kind, created_at DESC
+ON CONFLICT (platform_id, kind) DO UPDATE SET token_hash = excluded.token_hash, spent_at = excluded.spent_at;
 
 -- name: delete_token
 -- A token C issued for a credentials rotation that did not complete.
@@ -68,22 +76,19 @@ WHERE id = $1;
 
 -- name: switch_rotated_tokens
 -- A rotation the party took that the hub could not finish: the party's new token B ($2; NULL keeps the old one)
--- and the versions URL it answered ($4, NULL: keeps the old one) and, of the hub's tokens C, only the new one ($3).
--- Endpoints, version and roles stay as they were; with a new token B their refresh is due in $5 s, the rotation
--- counting as its first failed try, for the reason $6; $7: the roles it answered did not match (the console says the
--- roles the party lists must match too; every refresh checks them). A try under way with the old token B no longer
--- holds the refresh: its outcome is ignored.
-WITH token_b AS (
-    UPDATE platform SET token_b = coalesce($2, token_b), versions_url = coalesce($4, versions_url),
-           endpoints_refresh_due = CASE WHEN $2 IS NULL THEN endpoints_refresh_due
-                                        ELSE now() + make_interval(secs => $5) END,
-           endpoints_refresh_failures = CASE WHEN $2 IS NULL THEN endpoints_refresh_failures ELSE 1 END,
-           endpoints_refresh_error = CASE WHEN $2 IS NULL THEN endpoints_refresh_error ELSE $6 END,
-           endpoints_refresh_claimed_until = CASE WHEN $2 IS NULL THEN endpoints_refresh_claimed_until END,
-           endpoints_refresh_checks_roles = CASE WHEN $2 IS NULL THEN endpoints_refresh_checks_roles ELSE $7 END
-    WHERE id = $1
-)
-DELETE FROM credentials_token WHERE platform_id = $1 AND kind = 'C' AND token_hash <> $3;
+-- and the versions URL it answered ($3, NULL: keeps the old one); of the hub's tokens C only the new one is left
+-- (spend_tokens). Endpoints, version and roles stay as they were; with a new token B their refresh is due in $4 s, the
+-- rotation counting as its first failed try, for the reason $5; $6: the roles it answered did not match (the console
+-- says the roles the party lists must match too; every refresh checks them). A try under way with the old token B no
+-- longer holds the refresh: its outcome is ignored.
+UPDATE platform SET token_b = coalesce($2, token_b), versions_url = coalesce($3, versions_url),
+       endpoints_refresh_due = CASE WHEN $2 IS NULL THEN endpoints_refresh_due
+                                    ELSE now() + make_interval(secs => $4) END,
+       endpoints_refresh_failures = CASE WHEN $2 IS NULL THEN endpoints_refresh_failures ELSE 1 END,
+       endpoints_refresh_error = CASE WHEN $2 IS NULL THEN endpoints_refresh_error ELSE $5 END,
+       endpoints_refresh_claimed_until = CASE WHEN $2 IS NULL THEN endpoints_refresh_claimed_until END,
+       endpoints_refresh_checks_roles = CASE WHEN $2 IS NULL THEN endpoints_refresh_checks_roles ELSE $6 END
+WHERE id = $1;
 
 -- name: next_endpoints_refresh
 -- Seconds until the earliest pending endpoints refresh that no hub process holds is due (0 or less: due now; NULL:
@@ -256,10 +261,21 @@ FROM credentials_token t JOIN platform p ON p.id = t.platform_id
 WHERE p.state <> 'UNREGISTERED';
 
 -- name: directory_removed_tokens
--- The tokens of platforms that left the hub, and when they left: a call with one is told so (hub.auth.why_unknown).
+-- The tokens of platforms that left the hub, spent ones too, and when they left: a call with one is told so
+-- (hub.auth.why_unknown).
 SELECT t.token_hash, p.unregistered_at
 FROM credentials_token t JOIN platform p ON p.id = t.platform_id
+WHERE p.state = 'UNREGISTERED'
+UNION ALL
+SELECT s.token_hash, p.unregistered_at
+FROM spent_token s JOIN platform p ON p.id = s.platform_id
 WHERE p.state = 'UNREGISTERED';
+
+-- name: directory_spent_tokens
+-- The tokens a credentials exchange replaced, of platforms on the hub: which platform's, and when they were spent.
+SELECT s.token_hash, s.kind, s.spent_at, p.name
+FROM spent_token s JOIN platform p ON p.id = s.platform_id
+WHERE p.state <> 'UNREGISTERED';
 
 -- name: list_parties
 -- Every platform's roles, or one platform's ($1; NULL: all); endpoints_from_before: why its endpoints are from before
@@ -865,6 +881,7 @@ GRANT SELECT ON schema_migration, secret_key_check TO {role};  -- the owner reco
 GRANT SELECT, INSERT, UPDATE ON platform, party_role, client_info_push TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON platform_endpoint TO {role};
 GRANT SELECT, INSERT, DELETE ON credentials_token, auditor TO {role};
+GRANT SELECT, INSERT, UPDATE ON spent_token TO {role};
 GRANT SELECT, INSERT ON relayed_location, routing_log, routing_log_amendment, audit_trail TO {role};
 GRANT SELECT ON routing_log_floor, routing_log_amendment_dropped, routing_log_dropped_partition TO {role};
 GRANT SELECT, INSERT, UPDATE (last_seq, last_hash, amendments) ON routing_log_chain TO {role};

@@ -59,6 +59,13 @@ def _tokens_of(db, platform_id: int) -> int:  # type: ignore[no-untyped-def]
     return db.run(db.fetchval("SELECT count(*) FROM credentials_token WHERE platform_id = $1", platform_id))
 
 
+def _replaced(hub: Hub, token: str, platform: str) -> bool:
+    """Whether a call with token is refused saying it is a token C of platform that a credentials update replaced."""
+    answer = httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token))
+    said = answer.json()["status_message"]
+    return answer.status_code == 401 and said.startswith(f"this is a token C of platform {platform} that an update")
+
+
 def test_the_operator_rotates_a_platforms_tokens_and_both_sides_use_only_the_new_ones(
     hub: Hub, connect_party, db
 ) -> None:
@@ -77,9 +84,10 @@ def test_the_operator_rotates_a_platforms_tokens_and_both_sides_use_only_the_new
     [put] = [r for r in cpo.received if (r.method, r.path) == ("PUT", "/ocpi/2.2.1/credentials")]
     assert put.headers["Authorization"] == token_header(old_token_b)["Authorization"]
     assert cpo.hub_token not in (None, old_hub_token) and cpo.token_b != old_token_b
-    # The party reaches the hub with the new token C only.
+    # The party reaches the hub with the new token C only; the old one is refused saying it was replaced.
     for token, status in ((old_hub_token, 401), (cpo.hub_token, 200)):
         assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token)).status_code == status
+    assert _replaced(hub, old_hub_token or "", cpo.name)
     cc, pid = key
     pushed = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp))
     assert pushed.status_code == 200 and pushed.json()["status_code"] == 1000, pushed.text
@@ -223,7 +231,7 @@ def test_a_rotation_the_party_took_but_the_hub_could_not_finish_does_not_lock_th
     cpo.hub_token = json.loads(put.body)["token"]
     for token, status in ((old_hub_token, 401), (cpo.hub_token, 200)):
         assert httpx.get(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token)).status_code == status
-    assert _tokens_of(db, platform_id) == 1
+    assert _replaced(hub, old_hub_token or "", cpo.name) and _tokens_of(db, platform_id) == 1
     cc, pid = key
     pushed = cpo.call(hub.base, "GET", f"receiver/locations/{cc}/{pid}/LOC1", to=party_key(emsp))
     assert pushed.status_code == 200 and pushed.json()["status_code"] == 1000, pushed.text

@@ -14,7 +14,7 @@ import httpx
 import redis.asyncio as redis
 
 from storage.directory import DirectoryCache, announce_change
-from storage.secrets import TokenBox
+from storage.secrets import TokenBox, token_hash
 from tests.conftest import OUTPUT, Hub, Services, hub_env, start_hub, unique_party_id
 from tests.log_rows import calls_of, own_conversation, own_messages_wrong
 from tests.parties import Party, token_header
@@ -169,6 +169,42 @@ def test_token_a_stops_working_after_registration(hub: Hub, start_party) -> None
     assert party.register_at(hub.versions_url, token_a).json()["status_code"] == 1000
     assert httpx.get(hub.versions_url, headers=token_header(token_a)).status_code == 401
     assert httpx.get(hub.versions_url, headers=token_header(party.hub_token)).status_code == 200
+
+
+def test_a_spent_token_is_refused_saying_whose_it_was_when_it_was_spent_and_which_token_to_send(
+    hub: Hub, start_party, db
+) -> None:
+    # A common integration mistake: the party keeps calling with the token A it registered with; it heard only
+    # "unknown credentials token". credentials.asciidoc: token A is spent by the registration, a token C by an update.
+    pid = unique_party_id()
+    party, token_a = _invited_party(hub, start_party, ("EMSP", "DE", pid))
+    assert party.register_at(hub.versions_url, token_a).json()["status_code"] == 1000
+    token_c = party.hub_token or ""
+    update = httpx.put(_credentials_url(hub), headers=token_header(token_c), json=party.credentials(party.token_b))
+    assert update.status_code == 200 and update.json()["status_code"] == 1000, update.text
+    platform_id = _platform_id(hub, ("DE", pid))
+    # the last spent token of each kind only, its hash only
+    kept = db.run(db.fetch("SELECT kind, token_hash, spent_at FROM spent_token WHERE platform_id = $1 ORDER BY kind",
+                           platform_id))  # fmt: skip
+    assert [(r["kind"], r["token_hash"]) for r in kept] == [("A", token_hash(token_a)), ("C", token_hash(token_c))]
+    day = {r["kind"]: f"{r['spent_at']:%Y-%m-%d}" for r in kept}
+    said_to = {
+        token_a: f"this is the token A platform {party.name} registered with on {day['A']}; it is no longer valid "
+        "(credentials.asciidoc): send the token the hub returned in its credentials answer (token C)",
+        token_c: f"this is a token C of platform {party.name} that an update of its credentials replaced on "
+        f"{day['C']}; it is no longer valid (credentials.asciidoc): send the token C of the latest credentials "
+        "exchange (the hub's answer to your PUT, or the hub's own PUT)",
+    }
+    # on the hub's own modules and on a relayed one alike, the token Base64-encoded or raw
+    for token, said in said_to.items():
+        for url in (hub.versions_url, _credentials_url(hub), f"{hub.base}/ocpi/2.2.1/sender/locations"):
+            for header in (token_header(token), {"Authorization": f"Token {token}"}):
+                answer = httpx.get(url, headers=header)
+                assert (answer.status_code, answer.json()["status_message"]) == (401, said), answer.text
+    # only a token the hub issued is told more: one never issued is still only unknown
+    answer = httpx.get(hub.versions_url, headers=token_header(uuid.uuid4().hex))
+    assert (answer.status_code, answer.json()["status_message"]) == (401, "unknown credentials token")
+    assert httpx.get(hub.versions_url, headers=token_header(update.json()["data"]["token"])).status_code == 200
 
 
 def test_token_a_is_refused_outside_versions_and_credentials(hub: Hub, start_party) -> None:

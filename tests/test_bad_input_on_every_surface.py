@@ -244,13 +244,13 @@ CONSOLE_GETS = [  # (path and query, what the page says)
     ("/console/log/999999999999", "no row 999999999999"),
     ("/console/parties/99999999999999999999/renew", "platform_id must be a whole number from 1"),
     ("/console/log/export?format=xml", "format must be ndjson or csv"),
-    ("/console/log/export?bodies=maybe", "the query parameter bodies: Expected `bool`"),
+    ("/console/log/export?bodies=maybe", "bodies must be true or false, got 'maybe'"),
     ("/console/log/export?since=bad", "since must be an ISO 8601 time"),
     ("/console/log/export/manifests/%00", "export_id must be 32 hexadecimal digits"),
     ("/console/log/export/manifests/" + "x" * 5000, "export_id must be 32 hexadecimal digits"),
     ("/console/log/export/manifests/" + "0" * 32, "No export"),
     ("/console/stats?party=%00", "party must be a country code and party id"),
-    ("/console/verify?run=maybe", "the query parameter run: Expected `bool`"),
+    ("/console/verify?run=maybe", "run must be true or false, got 'maybe'"),
     ("/console/verify?run=true&since=2026-01-01&until=2020-01-01", "is not before until"),
     ("/console/audit?cursor=abc", "cursor is not one this API handed out, got 'abc'"),
     ("/console/audit?cursor=-5", "cursor is not one this API handed out, got '-5'"),
@@ -452,6 +452,25 @@ def test_the_console_refuses_a_page_size_or_position_in_the_words_and_status_of_
             assert refused.json()["error"] in html.unescape(page.text), (refused.text, page.text[-500:])
     page = console.get("/console/log?limit=7")  # a size the form does not offer, as the API takes it
     assert page.status_code == 200 and '<option value="7" selected>7</option>' in page.text, page.text[-500:]
+
+
+def test_the_consoles_yes_or_no_parameters_say_they_take_true_or_false(hub: Hub, console: httpx.Client) -> None:
+    # bodies=maybe and run=maybe read Litestar's "the query parameter bodies: Expected `bool`, got `str`"
+    with hub.admin() as admin:
+        refused = admin.get(f"{_LOG}/export?bodies=maybe")
+    page = console.get("/console/log/export?bodies=maybe")
+    assert (refused.status_code, page.status_code) == (400, 400), page.text[-300:]
+    assert refused.json()["error"] == "bodies must be true or false, got 'maybe'"
+    assert refused.json()["error"] in html.unescape(page.text), page.text[-500:]
+    page = console.get("/console/verify?run=" + "maybe" * 1000)  # the value cut, as the admin API cuts a cursor
+    assert page.status_code == 400 and "run must be true or false, got 'maybemaybe" in html.unescape(page.text)
+    assert "maybe" * 9 not in page.text
+    # what the console's own links and forms send is taken, and no value is none
+    assert console.get("/console/verify?run=false").status_code == 200
+    assert 'id="verify-result"' in console.get("/console/verify?run=true").text
+    assert 'id="verify-result"' not in console.get("/console/verify").text
+    exported = console.get("/console/log/export?format=ndjson&bodies=true&since=2099-01-01T00:00:00Z")
+    assert exported.status_code == 200, exported.text[-300:]
 
 
 def _answer_head_and_body(port: int, request: bytes, ends_with: bytes) -> tuple[bytes, float]:

@@ -114,6 +114,16 @@ async def takes_no_body(request: Request) -> None:
         raise AdminError(400, f"{request.method} {request.url.path} takes no body; send the action without one")
 
 
+def true_or_false(name: str, raw: str | None) -> bool:
+    """A yes-or-no query parameter as this API and the console take it: true or false, absent false; AdminError 400
+    saying so for anything else (the console's read Litestar's "Expected `bool`, got `str`")."""
+    if raw is None:
+        return False
+    if raw not in ("true", "false"):
+        raise AdminError(400, f"{name} must be true or false, got {raw[:40]!r}")
+    return raw == "true"
+
+
 def check_platform_id(platform_id: int) -> None:
     """AdminError 404 for an id no platform can have: a bigint from 1 (a larger one would fail in the driver, not
     find nothing)."""

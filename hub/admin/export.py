@@ -30,7 +30,7 @@ from litestar import Request, Response, get
 from litestar.response import Stream
 
 from hub.admin.actors import READ_ONLY, Actor, actor_of, record_action
-from hub.admin.api import AdminError, json_response
+from hub.admin.api import AdminError, json_response, true_or_false
 from hub.admin.routing_log import query_params
 from hub.export_manifest import MANIFEST_VERSION, public_key_info, signed, trailer
 from hub.runtime import AUDIT_QUERY_TIMEOUT_S
@@ -226,9 +226,7 @@ async def export_routing_log(request: Request) -> Stream:
     export_format = params.pop("format", "ndjson")
     if export_format not in FORMATS:
         raise AdminError(400, f"format must be ndjson or csv, got {export_format!r}")
-    bodies = params.pop("bodies", "false")
-    if bodies not in ("true", "false"):
-        raise AdminError(400, f"bodies must be true or false, got {bodies!r}")
+    bodies = true_or_false("bodies", params.pop("bodies", None))
     try:
         search = parse_filters(params)
     except BadFilter as exc:
@@ -236,10 +234,10 @@ async def export_routing_log(request: Request) -> Stream:
     pool, key, who = request.app.state.pool, request.app.state.settings.audit_trail_key, actor_of(request)
     async with pool.acquire() as conn:
         started = await record_action(conn, key, who, "export",
-                                      search.given | {"format": export_format, "bodies": bodies == "true"})  # fmt: skip
+                                      search.given | {"format": export_format, "bodies": bodies})  # fmt: skip
     settings = request.app.state.settings
     sealing = Sealing(settings.export_signing_key, key, who, "api", settings.public_url)
-    return export_stream(pool, search, export_format, bodies == "true", sealing, started)
+    return export_stream(pool, search, export_format, bodies, sealing, started)
 
 
 @get("/routing-log/export/public-key", opt={READ_ONLY: True})

@@ -9,7 +9,7 @@ from litestar import Request, Response, get
 from litestar.response import Stream, Template
 
 from hub.admin.actors import record_action
-from hub.admin.api import AdminError
+from hub.admin.api import AdminError, true_or_false
 from hub.admin.export import FORMATS, Sealing, checked_export_id, export_stream, manifest_of
 from hub.admin.routing_log import fetch_planned, load_conversation, load_message, page_limit, with_amendments
 from hub.console.auth import actor
@@ -125,22 +125,23 @@ async def message_page(request: Request, row_id: str) -> Template:
 
 
 @get("/console/log/export")
-async def export_download(request: Request, format: str = "csv", bodies: bool = False) -> Stream | Template:
+async def export_download(request: Request, format: str = "csv", bodies: str | None = None) -> Stream | Template:
     try:
         filters = _filters(request)
         if format not in FORMATS:
             raise BadFilter(f"format must be ndjson or csv, got {format!r}")
+        with_bodies = true_or_false("bodies", bodies)  # as the admin API's export takes it
         search = parse_filters(filters)
-    except BadFilter as exc:
+    except (BadFilter, AdminError) as exc:
         return Template("problem.html", status_code=400, context={
             "actor": actor(request), "heading": "Cannot export", "message": str(exc)})  # fmt: skip
     pool, key, who = request.app.state.pool, request.app.state.settings.audit_trail_key, actor(request)
     async with pool.acquire() as conn:
-        audited = search.given | {"format": format, "bodies": bodies, "via": "console"}
+        audited = search.given | {"format": format, "bodies": with_bodies, "via": "console"}
         started = await record_action(conn, key, who, "export", audited)
     settings = request.app.state.settings
     sealing = Sealing(settings.export_signing_key, key, who, "console", settings.public_url)
-    return export_stream(pool, search, format, bodies, sealing, started)
+    return export_stream(pool, search, format, with_bodies, sealing, started)
 
 
 @get("/console/log/export/manifests/{export_id:str}")

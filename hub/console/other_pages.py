@@ -16,7 +16,7 @@ from litestar.params import Body
 from litestar.response import Redirect, Template
 
 from hub.admin.actors import record_action
-from hub.admin.api import AdminError, InvitationIn, invite, invited, location_caches
+from hub.admin.api import AdminError, InvitationIn, invite, invited, location_caches, true_or_false
 from hub.admin.checkpoint import recorded_checkpoint
 from hub.admin.stats import BUCKETS, compute_stats
 from hub.admin.verify import recorded_heads, recorded_verify
@@ -124,8 +124,12 @@ def _worst(so_far: float | None, bucket: float | None) -> float | None:
 
 @get("/console/verify")
 async def verify_page(request: Request, since: str | None = None, until: str | None = None,
-                      run: bool = False) -> Template:  # fmt: skip
-    return await _verified(request, since or "", until or "", "", run)
+                      run: str | None = None) -> Template:  # fmt: skip
+    try:
+        run_now = true_or_false("run", run)
+    except AdminError as exc:  # "maybe" read Litestar's "Expected `bool`, got `str`"
+        raise HTTPException(status_code=400, detail=exc.message) from None
+    return await _verified(request, since or "", until or "", "", run_now)
 
 
 @post("/console/verify", status_code=200)

@@ -11,16 +11,19 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 from types import FrameType
 
 import asyncpg
 import redis.asyncio as redis
+import structlog
 
 from hub.cli_args import build_parser, keep_joined, version
 from hub.cli_audit import AUDIT_COMMANDS
 from hub.cli_commands import COMMANDS, run
 from hub.cli_output import OUTPUT_FAILED, OutputError, out
-from hub.data_dir_serves import hub_url, serve_recorded
+from hub.data_dir_serves import Serve, hub_url, running_serves, serve_recorded
+from hub.logs import configure_logging
 from hub.serve import STOPS_ASKED, serve
 from hub.settings import Settings, SettingsError
 
@@ -30,14 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         return _written(version())
     if args.command == "verify-export":  # an auditor's machine: no settings, no database, no secret
-        from pathlib import Path
-
         from hub.export_manifest import verify_export
 
         return verify_export(Path(args.file), Path(args.manifest) if args.manifest else None, args.public_key)
     if args.command == "verify-checkpoint":  # as verify-export
-        from pathlib import Path
-
         from hub.checkpoint import verify_checkpoint
 
         return verify_checkpoint(Path(args.file), args.public_key)
@@ -107,6 +106,8 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
             # the demo's parties listen on 127.0.0.1, which a hub does not call parties at unless allowed
             env.setdefault("OCPI_HUB_PARTY_NETWORKS_ALLOWED", "127.0.0.0/8,::1/128")
         settings = Settings.from_env(env, host=getattr(args, "host", "127.0.0.1"), port=port)
+        # its own log level: a command beside serve says what it takes from the serve's settings (not the log level)
+        configure_logging(settings.log_level, sys.stdout if args.command == "serve" else sys.stderr)
         if args.command in ("serve", "demo"):
             settings = dataclasses.replace(settings, listen=(args.host, port))
         else:
@@ -115,18 +116,16 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
     except SettingsError as exc:
         print(f"ocpi-hub: configuration error: {exc}", file=sys.stderr)
         return 2
-    from hub.logs import configure_logging
     from hub.runtime import backing_services, check_redis, migrate_database
     from storage.embedded import EmbeddedServiceError
     from storage.migrate import MigrationRefused
 
-    configure_logging(settings.log_level, sys.stdout if args.command == "serve" else sys.stderr)
     try:
         with contextlib.ExitStack() as stack:
             # a serve is recorded on its data dir before it starts or reuses the embedded servers there, which the
             # last serve to stop there stops (hub.data_dir_serves)
             serving = (
-                stack.enter_context(serve_recorded(settings.data_dir, settings.public_url))
+                stack.enter_context(serve_recorded(settings.data_dir, settings.public_url, env))
                 if args.command == "serve"
                 else None
             )
@@ -190,9 +189,10 @@ def _migrated(applied: list[str]) -> str:
 def _of_the_running_hub(settings: Settings, env: dict[str, str], command: str, grant: str | None) -> Settings:
     """The settings of a command that works beside `ocpi-hub serve` (invite, sync, verify, connect...): that hub's
     storage, which it does not create (run elsewhere, it would start a new embedded PostgreSQL of its own and hand
-    out tokens of a hub that is not running), and the URL that hub serves at, recorded in the data dir by serve (of
-    the one started last still running there, else of the last that ran), unless OCPI_HUB_PUBLIC_URL names one (an
-    invitation's versions_url, the URL connect gives the party)."""
+    out tokens of a hub that is not running), and the URL and settings of the serve started last still running on
+    the data dir, for those its own environment does not set (hub.data_dir_serves.HANDED_ON); with none running, the
+    URL of the last that ran there, unless OCPI_HUB_PUBLIC_URL names one (an invitation's versions_url, the URL connect
+    gives the party)."""
     from storage.embedded.postgres import EmbeddedPostgres
 
     embedded = settings.database_url is None and EmbeddedPostgres.not_installed is None  # else start() says why not
@@ -211,9 +211,35 @@ def _of_the_running_hub(settings: Settings, env: dict[str, str], command: str, g
             "secret.key: set OCPI_HUB_SECRET_KEY to the hub's, or run it in the directory `ocpi-hub serve` runs in "
             "(or with its OCPI_HUB_DATA_DIR)"
         )
+    if running := running_serves(settings.data_dir):
+        return _of_the_serve(env, running[-1], settings.data_dir)
     if settings.public_url_known or (recorded := hub_url(settings.data_dir)) is None:
         return settings
     return Settings.from_env(env | {"OCPI_HUB_PUBLIC_URL": recorded})
+
+
+# A command beside serve acting as another hub than the one running there is almost always a mistake: said, not refused
+IDENTITY = (("OCPI_HUB_COUNTRY_CODE", "country_code"), ("OCPI_HUB_PARTY_ID", "party_id"),
+            ("OCPI_HUB_PUBLIC_URL", "public_url"))  # fmt: skip
+
+
+def _of_the_serve(env: dict[str, str], newest: Serve, data_dir: Path) -> Settings:
+    """The settings of a command beside a running serve: those its environment sets, and that serve's for the rest."""
+    its = newest.settings | {"OCPI_HUB_PUBLIC_URL": newest.url}
+    taken = {name: value for name, value in its.items() if not env.get(name, "").strip()}
+    settings, serves = Settings.from_env(env | taken), Settings.from_env(its)
+    running = f"the `ocpi-hub serve` running on {data_dir} (pid {newest.pid})"
+    log = structlog.get_logger()
+    if taken:
+        said = ", ".join(f"{name}={value}" for name, value in taken.items())
+        log.info("settings_of_the_running_serve", pid=newest.pid, taken=taken,
+                 message=f"took {said} from {running}, unset here")  # fmt: skip
+    for name, field in IDENTITY:
+        if (here := getattr(settings, field)) != (there := getattr(serves, field)):
+            log.warning("not_the_running_hub", pid=newest.pid, variable=name, here=here, serve=there,
+                        message=f"{name} is {here} here but {there} in {running}: this command acts as another hub "
+                        f"than the one running; unset {name} to act as that one")  # fmt: skip
+    return settings
 
 
 def _demo(settings: Settings, args: argparse.Namespace, listening: socket.socket) -> int:

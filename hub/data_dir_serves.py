@@ -1,10 +1,11 @@
-"""The `ocpi-hub serve`s running on a data dir, each recorded there while it runs: the URL the commands beside use,
-and the last serve to stop there, which stops the embedded servers."""
+"""The `ocpi-hub serve`s running on a data dir, each recorded there while it runs: the URL and settings the commands
+beside use, and the last serve to stop there, which stops the embedded servers."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import secrets
 from pathlib import Path
@@ -18,10 +19,31 @@ PUBLIC_URL_FILE = "public-url"  # in the data dir: the URL of the serve started 
 # its URL and locked by it for as long as it lives. A serve killed (SIGKILL, a crash) leaves its file, but not its lock.
 SERVES_DIR = "serving"
 
+# The settings a serve records for the commands beside it, which take those their own environment does not set (an
+# `ocpi-hub connect` acting as NL-HUB beside a DE-HBX hub, or refusing the parties that hub calls on its private
+# network). Not the secrets (admin token, secret key, metrics token: a record is as readable as the data dir), nor the
+# storage (database and Redis URLs may hold passwords; a command finds the hub's storage as serve does, and the record
+# by the data dir), nor the public URL (the record's url), nor the log level (how much the command itself says).
+HANDED_ON = (
+    "OCPI_HUB_COUNTRY_CODE", "OCPI_HUB_PARTY_ID", "OCPI_HUB_NAME", "OCPI_HUB_PARTY_NETWORKS_ALLOWED",
+    "OCPI_HUB_REDIS_PREFIX", "OCPI_HUB_FORWARD_TIMEOUT_S", "OCPI_HUB_PARTY_KEEP_ALIVE_S", "OCPI_HUB_PARTY_CONNECTIONS",
+    "OCPI_HUB_MAX_BODY_BYTES", "OCPI_HUB_KEEP_ALIVE_S", "OCPI_HUB_LOG_MODE", "OCPI_HUB_LOG_BODY_MAX_BYTES",
+    "OCPI_HUB_LOG_PARTITIONS_AHEAD", "OCPI_HUB_SYNC_INTERVAL_S", "OCPI_HUB_CHECKPOINT_LOG_S",
+    "OCPI_HUB_INVITATION_TTL_S", "OCPI_HUB_SYNC_CHECK_S", "OCPI_HUB_PULL_PAGE_LIMIT", "OCPI_HUB_MAX_LOCATIONS_PER_CPO",
+    "OCPI_HUB_MAX_LOCATION_BYTES_PER_CPO", "OCPI_HUB_STILL_ALIVE_S", "OCPI_HUB_OFFLINE_PROBE_S",
+    "OCPI_HUB_OWNER_INDEX_PERIOD_S",
+)  # fmt: skip
+KEPT_BACK = (
+    "OCPI_HUB_ADMIN_TOKEN", "OCPI_HUB_SECRET_KEY", "OCPI_HUB_METRICS_TOKEN", "OCPI_HUB_DATABASE_URL",
+    "OCPI_HUB_OWNER_DATABASE_URL", "OCPI_HUB_REDIS_URL", "OCPI_HUB_DATA_DIR", "OCPI_HUB_PUBLIC_URL",
+    "OCPI_HUB_LOG_LEVEL",
+)  # fmt: skip
+
 
 class Serve(NamedTuple):
     pid: int
     url: str
+    settings: dict[str, str]  # those of HANDED_ON set in its environment
 
 
 class ServeRecord(NamedTuple):
@@ -33,19 +55,19 @@ class ServeRecord(NamedTuple):
 
 
 @contextlib.contextmanager
-def serve_recorded(data_dir: Path, url: str) -> Iterator[ServeRecord]:
-    """This serve recorded in data_dir and its URL in public-url while it runs, and the other serves running there
-    (two serves on a data dir share its embedded servers: two hub processes behind a local load balancer, say). On
-    its way out its record goes, and public-url names another running serve if there is one; else this one, the last
-    to run there, which runs last_out. All under serving/.lock: of two serves stopping at once, the second sees the
-    first gone and stops the embedded servers; a serve starting, recorded before it starts or reuses them, is seen by
-    one stopping, or starts them anew once that one has stopped them. A read-only data dir stops nothing: nothing is
-    recorded there."""
+def serve_recorded(data_dir: Path, url: str, env: dict[str, str]) -> Iterator[ServeRecord]:
+    """This serve recorded in data_dir (its URL, and the settings of env it hands on) and its URL in public-url while it
+    runs, and the other serves running there (two serves on a data dir share its embedded servers: two hub processes
+    behind a local load balancer, say). On its way out its record goes, and public-url names another running serve if
+    there is one; else this one, the last to run there, which runs last_out. All under serving/.lock: of two serves
+    stopping at once, the second sees the first gone and stops the embedded servers; a serve starting, recorded before
+    it starts or reuses them, is seen by one stopping, or starts them anew once that one has stopped them. A read-only
+    data dir stops nothing: nothing is recorded there."""
     serves = data_dir / SERVES_DIR
     record, others = None, []
     with contextlib.suppress(OSError), _changing(serves):
         others = running_serves(data_dir, remove_dead=True)
-        record = _record(serves, url)
+        record = _record(serves, url, {name: value for name in HANDED_ON if (value := env.get(name, "").strip())})
         _write_public_url(data_dir, url)
     last_out = contextlib.ExitStack()
     try:
@@ -85,8 +107,8 @@ def running_serves(data_dir: Path, remove_dead: bool = False) -> list[Serve]:
             try:
                 fcntl.flock(record, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:  # its serve holds it
-                if url := record.read().strip():
-                    running.append((os.fstat(record.fileno()).st_mtime_ns, Serve(int(path.name.split("-")[0]), url)))
+                if serve := _read(int(path.name.split("-")[0]), record.read()):
+                    running.append((os.fstat(record.fileno()).st_mtime_ns, serve))
                 continue
             if remove_dead:
                 path.unlink()
@@ -102,12 +124,21 @@ def hub_url(data_dir: Path) -> str | None:
     return None
 
 
-def _record(serves: Path, url: str) -> IO[str]:
+def _record(serves: Path, url: str, settings: dict[str, str]) -> IO[str]:
     record = (serves / f"{os.getpid()}-{secrets.token_hex(4)}").open("x")
     fcntl.flock(record, fcntl.LOCK_EX)  # before anyone reads it: a reader takes a record without its lock for dead
-    record.write(url + "\n")
+    record.write(json.dumps({"url": url, "settings": settings}) + "\n")
     record.flush()
     return record
+
+
+def _read(pid: int, text: str) -> Serve | None:
+    """A record, or the URL alone that a serve of an earlier ocpi-hub recorded."""
+    try:
+        record = json.loads(text)
+        return Serve(pid, str(record["url"]), {str(k): str(v) for k, v in record["settings"].items()})
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return Serve(pid, url, {}) if (url := text.strip()) and not url.startswith("{") else None
 
 
 @contextlib.contextmanager

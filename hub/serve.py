@@ -120,11 +120,11 @@ def _warn_of_sharing(data_dir: Path, others: list[Serve]) -> None:
     running = ", ".join(f"pid {other.pid} at {other.url}" for other in others)
     structlog.get_logger().warning(
         "data_dir_shared",
-        serves=[other._asdict() for other in others],
+        serves=[{"pid": other.pid, "url": other.url} for other in others],
         message=f"another `ocpi-hub serve` runs on {data_dir} ({running}): this one shares with it the embedded "
         "PostgreSQL and Valkey there (those whose URL is not set), which stop with the last serve there to stop, and "
-        "the admin-token and secret.key there (unless set); the commands beside them use the URL of the one started "
-        "last that still runs",
+        "the admin-token and secret.key there (unless set); the commands beside them use the URL, and the settings "
+        "they do not set, of the one started last that still runs",
     )
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import OUTPUT, ROOT, SECRET_KEY, Hub, Services, hub_env, start_hub, unique_party_id
+from tests.conftest import LOOPBACK, OUTPUT, ROOT, SECRET_KEY, Hub, Services, hub_env, start_hub, unique_party_id
+from tests.parties import free_port
+from tests.test_admin_and_cli import _cli
 from tests.test_serve_and_storage import _processes_under as _embedded_under
 from tests.test_serve_and_storage import _wait_until
 
@@ -89,3 +91,58 @@ def test_the_embedded_servers_stop_with_the_last_serve_on_the_data_dir_whichever
             hub.stop()
         for left in _embedded_under(data_dir):
             left.kill()
+
+
+def _said(stderr: str, event: str) -> list[dict]:
+    return [line for line in map(json.loads, filter(lambda s: s.startswith("{"), stderr.splitlines()))
+            if line.get("event") == event]  # fmt: skip
+
+
+def test_the_commands_beside_a_serve_take_its_settings_theirs_do_not_set_and_warn_of_another_identity(
+    services: Services, tmp_path: Path
+) -> None:
+    # The hub DE-HBX calls its parties on 127.0.0.1 (allowed there). A command beside it run without those variables
+    # acted as NL-HUB (invited a CPO DE-HBX, the running hub's own id) and refused to call a party on 127.0.0.1.
+    env = hub_env(services, tmp_path, OCPI_HUB_COUNTRY_CODE="DE", OCPI_HUB_PARTY_ID="HBX")
+    assert env["OCPI_HUB_PARTY_NETWORKS_ALLOWED"] == LOOPBACK
+    beside = {k: v for k, v in env.items() if k not in ("OCPI_HUB_COUNTRY_CODE", "OCPI_HUB_PARTY_ID",
+                                                        "OCPI_HUB_PARTY_NETWORKS_ALLOWED")}  # fmt: skip
+    hub = start_hub(env, OUTPUT / "serve-handing-on-its-settings.log")
+    try:
+        invited = _cli(hub, "invite", "--name", "Impostor Co", "--role", "CPO:DE:HBX", env=beside)
+        assert invited.returncode == 1 and "DE-HBX (the hub itself)" in invited.stderr, invited.stderr
+        [took] = _said(invited.stderr, "settings_of_the_running_serve")
+        assert took["pid"] == hub.process.pid and took["taken"] == {
+            "OCPI_HUB_COUNTRY_CODE": "DE", "OCPI_HUB_PARTY_ID": "HBX", "OCPI_HUB_PARTY_NETWORKS_ALLOWED": LOOPBACK,
+            "OCPI_HUB_PUBLIC_URL": hub.base}  # fmt: skip
+        assert f"(pid {hub.process.pid})" in took["message"] and not _said(invited.stderr, "not_the_running_hub")
+        # a party on 127.0.0.1, where nothing listens: called (and not reached), not refused as not public
+        connected = _cli(hub, "connect", "--versions-url", f"http://127.0.0.1:{free_port()}/ocpi/versions",
+                         "--token-a", "token-a", env=beside)  # fmt: skip
+        assert connected.returncode == 1 and "Traceback" not in connected.stderr, connected.stderr
+        assert "no address the hub calls parties at" not in connected.stderr, connected.stderr
+        # its own country code wins, said to be another hub's than the one running
+        other = _cli(hub, "invite", "--name", "Other Co", "--role", f"CPO:NL:{unique_party_id()}",
+                     env=beside | {"OCPI_HUB_COUNTRY_CODE": "BE"})  # fmt: skip
+        assert other.returncode == 0, other.stderr
+        [warning] = _said(other.stderr, "not_the_running_hub")
+        assert warning["level"] == "warning" and (warning["variable"], warning["here"], warning["serve"]) == (
+            "OCPI_HUB_COUNTRY_CODE",
+            "BE",
+            "DE",
+        )
+        assert "OCPI_HUB_COUNTRY_CODE" not in _said(other.stderr, "settings_of_the_running_serve")[0]["taken"]
+    finally:
+        hub.stop()
+    # none running: as before, its own environment's
+    after = _cli(hub, "invite", "--name", "Later Co", "--role", f"CPO:NL:{unique_party_id()}", env=beside)
+    assert after.returncode == 0 and not _said(after.stderr, "settings_of_the_running_serve"), after.stderr
+
+
+def test_a_serve_hands_on_every_setting_but_its_secrets_storage_url_and_log_level() -> None:
+    # a variable added later is sorted into one or the other, not left out (or handed on, a secret) unseen
+    from hub.data_dir_serves import HANDED_ON, KEPT_BACK
+    from hub.settings_variables import VARIABLES
+
+    assert sorted(HANDED_ON + KEPT_BACK) == sorted(name for name, _, _ in VARIABLES)
+    assert not {"OCPI_HUB_ADMIN_TOKEN", "OCPI_HUB_SECRET_KEY", "OCPI_HUB_METRICS_TOKEN"} & set(HANDED_ON)

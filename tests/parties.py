@@ -95,6 +95,8 @@ class Party:
     # functional path, the versions and 2.2.1 details, or the credentials endpoint; with status RAW, the body is the
     # whole answer as it goes on the wire (status line and headers included), and the connection is closed after it
     canned: dict[tuple[str, str], tuple[int, bytes, dict[str, str]]] = field(default_factory=dict)
+    # (method, path prefix) -> an answer as canned's, for every functional path under the prefix that canned has not
+    canned_under: dict[tuple[str, str], tuple[int, bytes, dict[str, str]]] = field(default_factory=dict)
     host: str = "127.0.0.1"  # the name in its URLs ("localhost": a host name, as real parties have); serves 127.0.0.1
     # An OCPI 2.1.1-era implementation: sends its tokens raw, not Base64-encoded, and takes only raw ones.
     raw_tokens: bool = False
@@ -239,7 +241,10 @@ class Party:
         return response
 
     def _canned(self, request: web.Request) -> web.Response:
-        status, raw, headers = self.canned[(request.method, request.path)]
+        status, raw, headers = self.canned.get((request.method, request.path)) or next(
+            answer for (method, prefix), answer in self.canned_under.items()
+            if method == request.method and request.path.startswith(prefix)
+        )  # fmt: skip
         if status == RAW and request.transport is not None:  # bytes aiohttp would refuse to write: sent as they are
             request.transport.write(raw)
             request.transport.close()  # aiohttp then finds it closed and writes nothing of its own
@@ -251,7 +256,9 @@ class Party:
             await asyncio.sleep(self.delay_s)
         if self.held is not None and (not self.held_paths or request.path.startswith(self.held_paths)):
             await asyncio.get_running_loop().run_in_executor(None, self.held.wait, 60)
-        if (request.method, request.path) in self.canned:
+        if (request.method, request.path) in self.canned or any(
+            method == request.method and request.path.startswith(prefix) for method, prefix in self.canned_under
+        ):
             return self._canned(request)
         parts = self._unmoved(request.path).split("/")  # ["", "ocpi", "2.2.1", module, interface, ...]
         if len(parts) < 5 or parts[3] not in ALL_MODULES:

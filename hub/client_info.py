@@ -135,8 +135,7 @@ async def push_pending(state: State) -> int | None:
                 return 0
             first = [pushes + (m.pushes if (m := missed.get(p.id)) else []) for p in recipients]
             # what a party refused comes after the rest, unless the rest pushes that role anyway
-            retries = [[r for r in refused.get(p.id, []) if r.role_id not in {f.role_id for f in f_}]
-                       for p, f_ in zip(recipients, first, strict=True)]  # fmt: skip
+            retries = [_not_pushed_anyway(refused.get(p.id, []), f) for p, f in zip(recipients, first, strict=True)]
             sent = await asyncio.gather(
                 *(_push_in_order(state, p, f + r) for p, f, r in zip(recipients, first, retries, strict=True))
             )
@@ -247,6 +246,12 @@ async def _record(
     refused = [role for role, took in sent.answered.items() if not took]
     if refused or not {r.role_id for r in refused_before}.isdisjoint(taken):
         await conn.execute(QUERIES["client_infos_refused_record"], platform_id, taken, refused)
+
+
+def _not_pushed_anyway(refused: list[Push], pushes: list[Push]) -> list[Push]:
+    """The roles a party refused that the round's other pushes to it do not push anyway."""
+    pushing = {push.role_id for push in pushes}
+    return [push for push in refused if push.role_id not in pushing]
 
 
 async def _refused(conn: asyncpg.Connection, recipients: list[int]) -> dict[int, list[Push]]:

@@ -211,8 +211,7 @@ class LocationCache(RelayedUpdates, LocationRemovals):
 
         Built inside Redis by one script: the ids never travel to the hub and back."""
         source = self._by_owner(owner) if owner else f"{self._p}all"
-        low = "" if date_from is None else repr(date_from)
-        high = "" if date_to is None else repr(date_to)
+        low, high = _script_bound(date_from), _script_bound(date_to)
         # the viewer in the id and its key: hub_answers.follow pages it for a platform holding that party only
         # its filters' tag last: hub_answers.follow tells a Link re-sending them from one changing them
         snapshot_id = f"{viewer[0]}{viewer[1]}".upper() + secrets.token_urlsafe(12) + filters_tag(owner, low, high)
@@ -291,5 +290,10 @@ def filters_tag(owner: tuple[str, str] | None, date_from: str, date_to: str) -> 
 
 def taken_with(snapshot_id: str, owner: tuple[str, str] | None, date_from: float | None, date_to: float | None) -> bool:
     """Whether a snapshot was taken with these filters (a GET All's, as hub_answers reads them)."""
-    low, high = ("" if date is None else repr(date) for date in (date_from, date_to))
-    return snapshot_id.endswith(filters_tag(owner, low, high))
+    return snapshot_id.endswith(filters_tag(owner, _script_bound(date_from), _script_bound(date_to)))
+
+
+def _script_bound(date: float | None) -> str:
+    """A date filter as the snapshot script reads it, and as filters_tag hashes it: seconds since the epoch, '' for
+    none. One conversion for both, so a Link re-sending its GET All's filters matches the tag its snapshot was given."""
+    return "" if date is None else repr(date)

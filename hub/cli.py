@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -51,13 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":  # uvicorn or granian binds it again itself, in this process or in its workers
             listening.close()
             listening = None
-    if args.command == "serve":
-        # Until uvicorn or granian takes the signal over, SIGTERM stops serve as Ctrl-C does, through the stops of
-        # what it started: it killed serve outright, leaving running the embedded PostgreSQL it was migrating.
-        for stop in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(stop, stop_asked)
     try:
-        return _main(args, listening)
+        with _stops_of_serve() if args.command == "serve" else contextlib.nullcontext():
+            return _main(args, listening)
     except KeyboardInterrupt:
         if args.command != "serve":
             raise
@@ -65,6 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if listening is not None:
             listening.close()
+
+
+@contextlib.contextmanager
+def _stops_of_serve() -> Iterator[None]:
+    # Until uvicorn or granian takes the signal over, SIGTERM stops serve as Ctrl-C does, through the stops of what it
+    # started: it killed serve outright, leaving running the embedded PostgreSQL it was migrating.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, stop_asked)
+    try:
+        yield
+    finally:
+        # Stopped by now. A stop asked for again (a second Ctrl-C, an orchestrator repeating its SIGTERM) finds nothing
+        # left to stop, yet while Python finalizes, which puts back the default of every signal it handled, it killed
+        # serve: exit -15 after a clean stop. Ignored signals are left ignored.
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop, signal.SIG_IGN)
 
 
 def stop_asked(signum: int, frame: FrameType | None) -> None:

@@ -167,3 +167,37 @@ def test_sigterm_while_serve_migrates_or_starts_its_server_stops_the_embedded_se
         serve.kill_all()
         for left in _embedded_under(tmp_path / "data"):
             left.kill()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_stop_asked_for_again_and_again_while_serve_stops_ends_it_cleanly_with_its_embedded_servers(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    # An operator pressing Ctrl-C again while the hub stops, an orchestrator repeating its SIGTERM: one that came while
+    # Python finalized killed serve (exit -15 or -2) after a clean stop, which reads as a crash to whoever watches.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
+        "OCPI_HUB_DATA_DIR": str(tmp_path / "data"), "OCPI_HUB_SECRET_KEY": SECRET_KEY}  # fmt: skip
+    log_path = OUTPUT / f"hub-stopped-again-and-again-{stop.name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(free_port())], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
+    serve = Serve(process, log_path)
+    try:
+        deadline = time.monotonic() + 120
+        while '"hub_started"' not in serve.log():
+            assert serve.process.poll() is None and time.monotonic() < deadline, serve.log()
+            time.sleep(0.01)
+        serve.look()
+        told = time.monotonic()
+        while serve.process.poll() is None and time.monotonic() - told < STOPPED_WITHIN_S:
+            with contextlib.suppress(ProcessLookupError):
+                serve.process.send_signal(stop)  # every 10 ms until it has exited: one comes at each step of its stop
+            time.sleep(0.01)
+        assert serve.process.poll() == 0, f"exit {serve.process.poll()}:\n{serve.log()}"
+        time.sleep(0.5)
+        assert serve.still_running() == [], serve.log()
+        assert _embedded_under(tmp_path / "data") == []
+    finally:
+        serve.kill_all()
+        for left in _embedded_under(tmp_path / "data"):
+            left.kill()

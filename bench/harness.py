@@ -1,5 +1,5 @@
 """What the benchmarks share: ports and processes, the fast parties, a hub and its servers, the load generators
-(wrk and bench/paced_load.mjs) and the figures they give, the CPU time spent per request and the machine's speed.
+(wrk and bench/paced_load.c) and the figures they give, the CPU time spent per request and the machine's speed.
 
 bench/routing.py, bench/mixed_traffic.py, bench/instructions.py, bench/bytecodes.py and bench/location_cache.py
 are built from these.
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import timeit
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,7 +153,7 @@ def print_machine_speed(before: float) -> None:
           f"{machine_speed():.1f} ms after them (lower is faster; compare tables by it)")  # fmt: skip
 
 
-_PACKAGES = {"wrk": "wrk", "node": "nodejs", "valgrind": "valgrind", "callgrind_control": "valgrind"}
+_PACKAGES = {"wrk": "wrk", "gcc": "gcc", "valgrind": "valgrind", "callgrind_control": "valgrind"}
 
 
 def require(*tools: str) -> None:
@@ -185,14 +186,19 @@ def run_wrk(target: Target, connections: int, duration: int, work: Path) -> Resu
 
 
 def run_paced(target: Target, rate: int, duration: int, work: Path) -> Result:
-    """bench/paced_load.mjs: one request every 1/rate s (hey -q fires its workers in bursts, see the script). The
-    result's busy_runs holds how busy the machine's cores were meanwhile (load generator and node's start included)."""
-    machine, started = machine_cpu_seconds(), time.monotonic()
-    payload = work / "body.json"
+    """bench/paced_load.c: one request every 1/rate s (hey -q fires its workers in bursts; wrk cannot pace). The
+    result's busy_runs holds how busy the machine's cores were meanwhile (load generator included)."""
+    generator = work / "paced_load"
+    if not generator.exists():  # compiled once a run
+        subprocess.run(["gcc", "-O2", "-o", str(generator), str(ROOT / "bench" / "paced_load.c")], check=True)
+    payload, headers = work / "body.json", work / "headers.txt"
     payload.write_bytes(target.body)
-    out = subprocess.run(["node", str(ROOT / "bench" / "paced_load.mjs"), target.url, str(rate), str(duration),
-                          str(payload), json.dumps(target.headers)], capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
+    headers.write_text("".join(f"{name}: {value}\r\n" for name, value in target.headers.items()))
+    url = urllib.parse.urlsplit(target.url)
+    path = url.path + (f"?{url.query}" if url.query else "")
+    machine, started = machine_cpu_seconds(), time.monotonic()
+    out = subprocess.run([str(generator), url.hostname or "127.0.0.1", str(url.port), path, str(rate), str(duration),
+                          str(payload), str(headers)], capture_output=True, text=True, check=True).stdout  # fmt: skip
     busy = (machine_cpu_seconds() - machine) / (time.monotonic() - started) / (os.cpu_count() or 1)
     figures = json.loads(out)
     return Result(f"paced {rate}/s", figures["rps"], figures["p50_ms"], figures["p99_ms"], figures["errors"],

@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each kind; the table shows medians")
     parser.add_argument("--workers", type=int, default=2, help="hub workers (default 2)")
     args = parser.parse_args()
-    require("wrk", "node")
+    require("wrk", "gcc")
     speed_before = machine_speed()
     work = Path(tempfile.mkdtemp(prefix="ocpi-hub-bench-"))
     granian = [sys.executable, "-m", "granian", "--interface", "rsgi", "--no-ws", "--log-level", "warning"]

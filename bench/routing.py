@@ -5,7 +5,7 @@
 Starts a fast OCPI party (bench/receiver.py on granian), registers it and a sender at a fresh hub, then loads
 (a) the party directly, (b) the same push through bench/bare_relay.py (uvicorn + aiohttp + group commit with
 nothing of the hub: the floor of what this stack costs on this machine) and (c) the same push through the hub,
-with wrk (saturation, at each connection count) and bench/paced_load.mjs (open loop, paced at each of --rates),
+with wrk (saturation, at each connection count) and bench/paced_load.c (open loop, paced at each of --rates),
 and prints requests/s, p50/p99 latency, log rows committed per second and the CPU time the server's processes
 spent per request (steadier than the rates on a shared machine: time spent waiting for a core is not in it), and, for
 the wrk runs, the CPU time every process on the machine spent per request (what caps the rate on 2 shared cores). Uses
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--servers", nargs="+", default=["uvicorn"], choices=["uvicorn", "granian"])
     parser.add_argument("--no-bare", action="store_true", help="skip the bare relay (bench/bare_relay.py) rows")
     args = parser.parse_args()
-    require("wrk", "node")
+    require("wrk", "gcc")
     speed_before = machine_speed()
     work = Path(tempfile.mkdtemp(prefix="ocpi-hub-bench-"))
     try:

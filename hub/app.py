@@ -10,8 +10,9 @@ import os
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import anyio
 import structlog
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
@@ -50,6 +51,9 @@ from storage.routing_state import RoutingState
 from storage.secrets import TokenBox
 from storage.sql import QUERIES
 
+if TYPE_CHECKING:
+    import asyncpg
+
 log = structlog.get_logger()
 
 LAST_SEEN_FLUSH_S = 10.0
@@ -57,6 +61,26 @@ LAST_SEEN_FLUSH_S = 10.0
 # before they are kept on disk instead. Ample for a database that answers; within the grace periods of deploy/.
 LOG_DRAIN_S = 5.0
 _WITHOUT_OCPI_TOKEN = ["^/admin/", "^/console", *(f"^{path}$" for path in sorted(PROBE_PATHS))]
+
+
+class _ShieldedExits(contextlib.AsyncExitStack):
+    """The lifespan's resources, closed in reverse order with their awaits shielded from cancellation. uvicorn's forced
+    quit (a second Ctrl-C while the hub stops) skips the app's shutdown, and the lifespan is cancelled instead, inside
+    an anyio cancel scope that cancels every await again: the routing log's last rows were neither committed nor
+    spooled, and the clients were left open ("Unclosed client session")."""
+
+    async def __aexit__(self, *exc_details: Any) -> bool | None:
+        with anyio.CancelScope(shield=True):
+            suppressed = await super().__aexit__(*exc_details)
+        return suppressed
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    try:
+        async with asyncio.timeout(DATABASE_TIMEOUT_S):  # closing talks to the server, which may not answer
+            await pool.close()
+    except TimeoutError:
+        pool.terminate()
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
@@ -96,7 +120,13 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         locations = LocationCache(redis_client, settings.redis_prefix, directory, settings.max_locations_per_cpo,
                                       settings.max_location_bytes_per_cpo)  # fmt: skip
         routing = RoutingState(redis_client, settings.redis_prefix, settings.owner_index_period_s, directory)
-        async with writer.running(), routing.running(), locations.updating():
+        async with _ShieldedExits() as resources_open:  # closed last, once all that uses them has stopped
+            resources_open.push_async_callback(_close_pool, pool)
+            resources_open.push_async_callback(redis_client.aclose)
+            resources_open.push_async_callback(http.aclose)
+            resources_open.push_async_callback(forward_session.close)
+            for running in (writer.running(), routing.running(), locations.updating()):
+                await resources_open.enter_async_context(running)
             departures = Departures(pool, redis_client, settings.redis_prefix, routing, locations,
                                     settings.forward_timeout_s)  # fmt: skip
             app.state.update(
@@ -161,23 +191,16 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 with _settled_garbage_collector():
                     yield
             finally:
-                # the requests in flight are answered (uvicorn waited for them); what is left: broadcast copies, the
-                # last routing-log rows (or their spool file), the background loops
+                # the requests in flight are answered (uvicorn waited for them, unless it was forced to quit); what is
+                # left: broadcast copies, the last routing-log rows (or their spool file), the background loops
                 log.info("hub_stopping", pid=os.getpid())
-                await relay.drain()
-                await stop_background_tasks(tasks)
-                try:
-                    await _write_last_seen(app.state)
-                except OUTAGES as exc:  # a party's last_seen is a hint, not a record: not worth waiting for
-                    log.warning("last_seen_not_written", error=unavailable(exc))
-        await forward_session.close()
-        await http.aclose()
-        await redis_client.aclose()
-        try:
-            async with asyncio.timeout(DATABASE_TIMEOUT_S):  # closing talks to the server, which may not answer
-                await pool.close()
-        except TimeoutError:
-            pool.terminate()
+                with anyio.CancelScope(shield=True):  # as _ShieldedExits
+                    await relay.drain()
+                    await stop_background_tasks(tasks)
+                    try:
+                        await _write_last_seen(app.state)
+                    except OUTAGES as exc:  # a party's last_seen is a hint, not a record: not worth waiting for
+                        log.warning("last_seen_not_written", error=unavailable(exc))
         log.info("hub_stopped", pid=os.getpid())
 
     app = Litestar(

@@ -51,6 +51,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 _exception_in_one_line,
                 _traceback_as_exception,
+                _forced_quit,
                 structlog.processors.JSONRenderer(),
             ],
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
@@ -87,4 +88,16 @@ def _traceback_as_exception(logger: object, name: str, event: structlog.typing.E
         event["error"] = next((line for line in reversed(lines) if line), "")
         event["exception"] = text
         event["event"] = "lifespan_failed" if "lifespan" in text else "library_traceback"
+    return event
+
+
+def _forced_quit(logger: object, name: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """uvicorn's forced quit (a second Ctrl-C while the hub stops) skips the app's shutdown, and the lifespan is
+    cancelled instead: said as what it is, not as a failed lifespan with a traceback. The hub still closes what it
+    opened (hub.app), and routing-log rows it could not commit go to its spool file (storage.routing_log)."""
+    if event.get("event") == "lifespan_failed" and str(event.get("error", "")).endswith("CancelledError"):
+        del event["exception"], event["error"]
+        event.update(event="hub_stop_forced", level="warning", message="stopped without waiting for the "
+                     "requests in flight (a second Ctrl-C); routing-log rows not committed are kept in the spool file "
+                     "and written at the next start")  # fmt: skip
     return event

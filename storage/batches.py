@@ -52,11 +52,17 @@ class Batches(Generic[Item]):
         if not self._unfinished:
             self._finished.set()
 
-    async def join(self) -> None:
-        """Until every item put is done with."""
-        if self._unfinished:
-            self._finished.clear()
-            await self._finished.wait()
+    async def join(self, writer: asyncio.Task[None]) -> None:
+        """Until every item put is done with, or writer, the task working them off, has ended: cancelled with every
+        task at a forced quit (a second Ctrl-C, asyncio.run cancelling what is left), nothing would finish them."""
+        if not self._unfinished or writer.done():
+            return
+        self._finished.clear()
+        finished = asyncio.ensure_future(self._finished.wait())
+        try:
+            await asyncio.wait((finished, writer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            finished.cancel()
 
     async def next_batch(self, limit: int, linger_s: float = 0.0) -> list[Item]:
         """The items queued once there is one and linger_s more have passed, the oldest limit of them: a capped batch,

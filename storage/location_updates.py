@@ -75,7 +75,8 @@ class RelayedUpdates(LocationWriter):
             yield self
         finally:
             self._stopping = True
-            await self._pending.join()  # what was relayed before shutdown is in the cache, unless Redis is away
+            # what was relayed before shutdown is in the cache, unless Redis is away or a forced quit cancelled task
+            await self._pending.join(task)
             for each in (task, upgrading):
                 each.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -196,7 +196,9 @@ class OwnerIndex:
             yield self
         finally:
             stop.set()
-            await task
+            await asyncio.wait((task,))  # also when a forced quit (a second Ctrl-C) cancelled it with every task
+            if not task.cancelled():
+                task.result()  # a failure of its own
             await self._write_owners()  # the notes of the last requests
 
     async def _flush_owners(self, interval_s: float, stop: asyncio.Event) -> None:

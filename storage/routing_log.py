@@ -100,7 +100,7 @@ class RoutingLogWriter:
         finally:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._drain_timeout_s):
-                    await self._queue.join()
+                    await self._queue.join(self._task)  # or the rows are spooled at once: a forced quit ended it
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

@@ -52,15 +52,35 @@ def test_a_writer_stopped_while_it_lingers_leaves_every_item_queued_in_order() -
 def test_join_waits_until_every_item_put_is_done_with() -> None:
     async def test() -> None:
         queue: Batches[int] = Batches()
-        await asyncio.wait_for(queue.join(), 1)  # nothing put
+        writer = asyncio.create_task(asyncio.Event().wait())
+        await asyncio.wait_for(queue.join(writer), 1)  # nothing put
         for n in range(3):
             queue.put_nowait(n)
-        joined = asyncio.create_task(queue.join())
+        joined = asyncio.create_task(queue.join(writer))
         batch = await queue.next_batch(2)
         queue.task_done(len(batch))
         await asyncio.sleep(0.01)
         assert not joined.done()  # one still queued
         queue.task_done(len(await queue.next_batch(2)))
         await asyncio.wait_for(joined, 1)
+        writer.cancel()
+
+    asyncio.run(test())
+
+
+def test_join_ends_when_the_writer_working_the_items_off_has_ended() -> None:
+    # At a forced quit (a second Ctrl-C) asyncio.run cancels every task, the writer's too: a join that waited for the
+    # items alone waited for ever (the location cache's), or its whole timeout (the routing log's).
+    async def test() -> None:
+        queue: Batches[int] = Batches()
+        writer = asyncio.create_task(asyncio.Event().wait())
+        queue.put_nowait(1)
+        joined = asyncio.create_task(queue.join(writer))
+        await asyncio.sleep(0.01)
+        assert not joined.done()
+        writer.cancel()
+        await asyncio.wait_for(joined, 1)
+        await asyncio.wait_for(queue.join(writer), 1)  # ended before the join began
+        assert list(queue) == [1]  # left for the writer's close to deal with (the routing log spools it)
 
     asyncio.run(test())

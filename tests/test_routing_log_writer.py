@@ -407,3 +407,49 @@ def test_a_row_refused_for_a_value_a_party_chose_is_stored_without_it_saying_why
     assert "out of int32 range" in row["error"]
     result = verified(empty_database)
     assert (result.ok, result.rows) == (True, 3)
+
+
+def test_a_writer_cancelled_with_every_task_as_at_a_forced_quit_spools_its_rows_at_once(
+    empty_database: str, tmp_path: Path
+) -> None:
+    # A second Ctrl-C is uvicorn's forced quit: it skips the app's shutdown, and asyncio.run cancels every task left,
+    # the writer's own among them. Its close then waited out drain_timeout_s for a queue no task would empty any more,
+    # before spooling the rows.
+    numbered_log(empty_database, 1)
+    spool = tmp_path / "spool"
+
+    async def forced_quit() -> float:
+        pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=2)
+        blocker = await asyncpg.connect(empty_database)
+        writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, strict=False, spool_dir=spool, drain_timeout_s=20)
+        serving = asyncio.Event()
+
+        async def lifespan() -> None:
+            async with writer.running():
+                for n in (1, 2):
+                    await writer.record(numbered_entry(n))
+                serving.set()
+                await asyncio.Event().wait()
+
+        try:
+            async with asyncio.timeout(60), blocker.transaction():  # not wait_for: its task would be cancelled too
+                await blocker.execute("LOCK TABLE routing_log_chain IN EXCLUSIVE MODE")  # the rows stay uncommitted
+                task = asyncio.create_task(lifespan())
+                await serving.wait()
+                await asyncio.sleep(0.2)  # the first batch in flight
+                for left in asyncio.all_tasks() - {asyncio.current_task()}:
+                    left.cancel()  # as asyncio.run does once uvicorn's server has returned
+                began = time.monotonic()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return time.monotonic() - began
+        finally:
+            await blocker.close()
+            await pool.close()
+
+    took = asyncio.run(forced_quit())
+    assert took < 10, f"closed after {took:.1f} s"
+    assert [path.suffix for path in spool.iterdir()] == [".routing-log-spool"]
+    asyncio.run(asyncio.wait_for(_start_again(empty_database, spool, 3), 60))
+    result = verified(empty_database)
+    assert (result.ok, result.rows) == (True, 4)

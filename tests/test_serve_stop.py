@@ -3,6 +3,7 @@ within the grace period (Kubernetes sends SIGTERM during rollouts, also right af
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -13,11 +14,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import asyncpg
+import httpx
 import psutil
 import pytest
 
 from hub.serve import WORKERS_KILL_AFTER_S
 from tests.conftest import OUTPUT, ROOT, SECRET_KEY, Services, hub_env
+from tests.log_rows import sql, verified
 from tests.parties import free_port
 from tests.test_serve_and_storage import _processes_under as _embedded_under
 
@@ -197,7 +201,73 @@ def test_a_stop_asked_for_again_and_again_while_serve_stops_ends_it_cleanly_with
         time.sleep(0.5)
         assert serve.still_running() == [], serve.log()
         assert _embedded_under(tmp_path / "data") == []
+        # a second SIGINT is uvicorn's forced quit: said as such, not as a failed lifespan, with the clients closed
+        assert [line for line in serve.log().splitlines() if '"error"' in line] == []
     finally:
         serve.kill_all()
         for left in _embedded_under(tmp_path / "data"):
             left.kill()
+
+
+def test_rows_of_requests_answered_before_a_forced_quit_are_written_at_the_next_start(
+    services: Services, empty_database: str, tmp_path: Path
+) -> None:
+    # Async mode answers before the row is committed. A second Ctrl-C (uvicorn's forced quit) cancelled the hub's
+    # shutdown at every await: the rows of requests already answered were neither committed nor spooled.
+    env = hub_env(services, tmp_path / "data", OCPI_HUB_DATABASE_URL=empty_database, OCPI_HUB_LOG_MODE="async")
+    log_path = OUTPUT / "hub-forced-to-quit.log"
+
+    def serve_until_started() -> tuple[Serve, str]:
+        port = free_port()
+        with log_path.open("ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(port)],
+                                       env=env | {"OCPI_HUB_PUBLIC_URL": f"http://127.0.0.1:{port}"}, stdout=log,
+                                       stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
+        serve, deadline = Serve(process, log_path), time.monotonic() + 120
+        while serve.log().count('"hub_started"') < starts + 1 or not _answers(f"http://127.0.0.1:{port}/health"):
+            assert serve.process.poll() is None and time.monotonic() < deadline, serve.log()
+            time.sleep(0.01)
+        return serve, f"http://127.0.0.1:{port}"
+
+    async def forced_quit(serve: Serve, hub: str) -> None:
+        blocker = await asyncpg.connect(empty_database)
+        try:
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE routing_log_chain IN EXCLUSIVE MODE")  # the rows stay uncommitted
+                async with httpx.AsyncClient(base_url=hub, timeout=30) as client:
+                    for n in range(5):  # refused (no token), answered, and logged as any functional request
+                        answer = await client.get("/ocpi/2.2.1/locations", headers={"X-Correlation-ID": f"quit-{n}"})
+                        assert answer.status_code == 401
+                told = time.monotonic()
+                while serve.process.poll() is None and time.monotonic() - told < STOPPED_WITHIN_S:
+                    with contextlib.suppress(ProcessLookupError):
+                        serve.process.send_signal(signal.SIGINT)  # Ctrl-C, again and again: uvicorn quits, forced
+                    await asyncio.sleep(0.01)
+        finally:
+            await blocker.close()
+
+    starts = 0
+    serve, hub = serve_until_started()
+    try:
+        asyncio.run(forced_quit(serve, hub))
+        assert serve.process.wait(10) == 0, serve.log()
+        assert '"hub_stop_forced"' in serve.log()
+        assert [path.suffix for path in (tmp_path / "data" / "routing-log-spool").iterdir()] == [".routing-log-spool"]
+    finally:
+        serve.kill_all()
+    starts = 1
+    serve, hub = serve_until_started()  # writes the spool file first
+    try:
+        _stopped_entirely(serve, tmp_path)
+    finally:
+        serve.kill_all()
+    rows = sql(empty_database, "SELECT correlation_id FROM routing_log WHERE correlation_id LIKE 'quit-%'")
+    assert sorted(row["correlation_id"] for row in rows) == [f"quit-{n}" for n in range(5)]
+    assert verified(empty_database).ok
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:  # not listening yet: uvicorn binds once the app has started
+        return False

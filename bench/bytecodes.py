@@ -25,7 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import ROOT, backing_services, bench_parties, free_port, hub_env, process, routed_push, wait_http
+from bench.harness import (
+    ROOT,
+    backing_services,
+    bench_parties,
+    free_port,
+    hub_env,
+    process,
+    require,
+    routed_push,
+    wait_http,
+)
 from bench.instructions import _send
 from bench.tracing_hub import COUNTS_FILE
 
@@ -64,6 +74,7 @@ def main() -> None:
     parser.add_argument("--mode", default="strict", choices=["strict", "async"])
     parser.add_argument("--top", type=int, default=60, help="functions listed (default 60)")
     args = parser.parse_args()
+    require("gcc")
     with tempfile.TemporaryDirectory(prefix="ocpi-hub-bytecodes-") as folder:
         work = Path(folder)
         with bench_parties(work) as parties, backing_services(work) as services:

@@ -185,12 +185,18 @@ def run_wrk(target: Target, connections: int, duration: int, work: Path) -> Resu
     return Result(f"wrk -c{connections}", rps, _ms(*p50.groups()), _ms(*p99.groups()), failed, requests=requests)  # type: ignore[union-attr]
 
 
+def compiled(program: str, work: Path) -> Path:
+    """bench/{program}.c compiled with gcc into work, once a run."""
+    binary = work / program
+    if not binary.exists():
+        subprocess.run(["gcc", "-O2", "-o", str(binary), str(ROOT / "bench" / f"{program}.c")], check=True)
+    return binary
+
+
 def run_paced(target: Target, rate: int, duration: int, work: Path) -> Result:
     """bench/paced_load.c: one request every 1/rate s (hey -q fires its workers in bursts; wrk cannot pace). The
     result's busy_runs holds how busy the machine's cores were meanwhile (load generator included)."""
-    generator = work / "paced_load"
-    if not generator.exists():  # compiled once a run
-        subprocess.run(["gcc", "-O2", "-o", str(generator), str(ROOT / "bench" / "paced_load.c")], check=True)
+    generator = compiled("paced_load", work)
     payload, headers = work / "body.json", work / "headers.txt"
     payload.write_bytes(target.body)
     headers.write_text("".join(f"{name}: {value}\r\n" for name, value in target.headers.items()))
@@ -314,21 +320,20 @@ class Parties:
 
 @contextlib.contextmanager
 def bench_parties(work: Path) -> Iterator[Parties]:
-    """A receiving and a sending party (bench/receiver.py on granian), answering, for as long as the block runs."""
+    """A receiving and a sending party (bench/receiver.c), answering, for as long as the block runs."""
     receiver_port, sender_port = free_port(), free_port()
     receiver, sender = f"http://127.0.0.1:{receiver_port}", f"http://127.0.0.1:{sender_port}"
-    env = dict(os.environ)
-    granian = [sys.executable, "-m", "granian", "--interface", "rsgi", "--no-ws", "--log-level", "warning"]
+    party, env = str(compiled("receiver", work)), dict(os.environ)
     with (
-        process([*granian, "--port", str(receiver_port), "bench.receiver:app"], env, work / "receiver.log") as party,
-        process([*granian, "--port", str(sender_port), "bench.receiver:app"], env, work / "sender.log"),
+        process([party, str(receiver_port)], env, work / "receiver.log") as receiving,
+        process([party, str(sender_port)], env, work / "sender.log"),
     ):
         wait_http(f"{receiver}/ocpi/versions")
         wait_http(f"{sender}/ocpi/versions")
         direct = Target(f"{receiver}/ocpi/2.2.1/locations/receiver/NL/CPO/LOC1",
                         {"Content-Type": "application/json", "Authorization": "Token eA=="},
                         json.dumps(LOCATION).encode())  # fmt: skip
-        yield Parties(receiver, sender, party.pid, direct)
+        yield Parties(receiver, sender, receiving.pid, direct)
 
 
 def register(hub: str, admin_token: str, party_url: str, role: tuple[str, str, str], timeout: float = 30) -> str:

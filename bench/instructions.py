@@ -138,7 +138,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.without and "strict" not in args.modes:
         parser.error("--without compares with the strict hub: keep strict in --modes")
-    require("valgrind", "callgrind_control")
+    require("valgrind", "callgrind_control", "gcc")
     work = Path(tempfile.mkdtemp(prefix="ocpi-hub-instructions-"))
     results: list[Count] = []
     try:

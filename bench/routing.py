@@ -2,7 +2,7 @@
 
     python -m bench.routing [--duration 10] [--connections 32 128] [--rates 500 2000]
 
-Starts a fast OCPI party (bench/receiver.py on granian), registers it and a sender at a fresh hub, then loads
+Starts a fast OCPI party (bench/receiver.c), registers it and a sender at a fresh hub, then loads
 (a) the party directly, (b) the same push through bench/bare_relay.py (uvicorn + aiohttp + group commit with
 nothing of the hub: the floor of what this stack costs on this machine) and (c) the same push through the hub,
 with wrk (saturation, at each connection count) and bench/paced_load.c (open loop, paced at each of --rates),

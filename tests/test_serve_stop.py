@@ -145,6 +145,17 @@ def test_a_worker_that_does_not_stop_is_killed_and_serve_exits_within_the_grace_
         serve.kill_all()
 
 
+def _serve_on_embedded_servers(data_dir: Path, log_name: str) -> Serve:
+    """`ocpi-hub serve` as on a fresh machine: no storage URLs, so it starts the embedded servers under data_dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
+        "OCPI_HUB_DATA_DIR": str(data_dir), "OCPI_HUB_SECRET_KEY": SECRET_KEY}  # fmt: skip
+    log_path = OUTPUT / log_name
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(free_port())], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
+    return Serve(process, log_path)
+
+
 @pytest.mark.parametrize("after", ['"migration_applied"', '"hub_serving"'])
 def test_sigterm_while_serve_migrates_or_starts_its_server_stops_the_embedded_servers_it_started(
     tmp_path: Path, after: str
@@ -152,13 +163,7 @@ def test_sigterm_while_serve_migrates_or_starts_its_server_stops_the_embedded_se
     # SIGTERM killed serve outright until the server took the signal over: the embedded PostgreSQL it had started
     # for a fresh data dir went on running, with no serve to stop it. And one that came just before uvicorn took the
     # signals over was swallowed: serve went on serving (seen on CI, 20 s without an exit).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
-        "OCPI_HUB_DATA_DIR": str(tmp_path / "data"), "OCPI_HUB_SECRET_KEY": SECRET_KEY}  # fmt: skip
-    log_path = OUTPUT / "hub-stopped-while-migrating.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(free_port())], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
-    serve = Serve(process, log_path)
+    serve = _serve_on_embedded_servers(tmp_path / "data", "hub-stopped-while-migrating.log")
     try:
         deadline = time.monotonic() + 120
         while after not in serve.log():  # the embedded servers run, serve migrates their database, or then serves
@@ -179,13 +184,7 @@ def test_a_stop_asked_for_again_and_again_while_serve_stops_ends_it_cleanly_with
 ) -> None:
     # An operator pressing Ctrl-C again while the hub stops, an orchestrator repeating its SIGTERM: one that came while
     # Python finalized killed serve (exit -15 or -2) after a clean stop, which reads as a crash to whoever watches.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
-        "OCPI_HUB_DATA_DIR": str(tmp_path / "data"), "OCPI_HUB_SECRET_KEY": SECRET_KEY}  # fmt: skip
-    log_path = OUTPUT / f"hub-stopped-again-and-again-{stop.name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(free_port())], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
-    serve = Serve(process, log_path)
+    serve = _serve_on_embedded_servers(tmp_path / "data", f"hub-stopped-again-and-again-{stop.name}.log")
     try:
         deadline = time.monotonic() + 120
         while '"hub_started"' not in serve.log():

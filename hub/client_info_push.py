@@ -35,7 +35,7 @@ class PushResult(StrEnum):
     """What came of a push (ocpi_hub_client_info_pushes_total{result}). Only a push TAKEN is delivered; the party is
     pushed the role of any other again, as it is then, at a later round."""
 
-    TAKEN = "taken"  # HTTP 2xx and an OCPI status 1xxx
+    TAKEN = "taken"  # HTTP 2xx and an OCPI status 1xxx, or HTTP 2xx and no body
     # any other answer: an HTTP error (4xx, 5xx), an OCPI error (2xxx, 3xxx) with HTTP 2xx, a body that is no OCPI reply
     REFUSED = "refused"
     UNANSWERED = "unanswered"  # timed out, not connected to, an answer the hub could not read, or not sent at all
@@ -57,8 +57,11 @@ async def put(state: State, platform: Platform, info: ClientInfo, body: bytes) -
         entry.http_status, entry.response_body = answer.status, answer.body
         entry.ocpi_status_code = status = ocpi_status_of(answer.body)
         # mod_hub_client_info.asciidoc, Push model: "Any changes to ClientInfo [...] are sent to the connected party":
-        # one answered with an HTTP or OCPI error, or with no OCPI envelope, was not taken
-        taken = 200 <= answer.status < 300 and status is not None and 1000 <= status < 2000
+        # one answered with an HTTP or OCPI error, or with a body that is no OCPI envelope, was not taken. A 2xx with no
+        # body at all (204) was: the party's server took the PUT, and pushing it again every round would not change
+        # its answer (the row keeps the answer as it came).
+        ocpi_success = status is not None and 1000 <= status < 2000
+        taken = 200 <= answer.status < 300 and (ocpi_success or not answer.body.strip())
         result = PushResult.TAKEN if taken else PushResult.REFUSED
         # a server error (a proxy's 502 or 503 before a server that is down): the still-alive probe judges an answer of
         # the party's versions endpoint the same way (routing.still_alive)

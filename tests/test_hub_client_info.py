@@ -393,6 +393,27 @@ def test_a_party_that_refused_a_push_is_pushed_that_role_as_it_is_now_once_it_ta
 REFUSAL = (*REFUSALS["http_4xx"], {"Content-Type": "application/json"})
 
 
+@pytest.mark.parametrize("http_status", [204, 200])
+def test_a_push_answered_with_http_2xx_and_no_body_is_taken_and_not_pushed_again(
+    hub: Hub, connect_party, start_party, db, http_status: int
+) -> None:
+    # The spec wants an OCPI envelope in every answer, yet a 204 (or an empty 200) says the party's server took the
+    # PUT. Counted as refused, it was pushed again at every round, each time with a warning, and never taken.
+    emsp, newcomer, key = _an_emsp_and_a_cpo_yet_to_register(connect_party, start_party)
+    emsp.canned[("PUT", f"/ocpi/2.2.1/hubclientinfo/receiver/{key[0]}/{key[1]}")] = (http_status, b"", {})
+    _invite_and_register(hub, newcomer)
+    pending = "SELECT count(*) FROM client_info_push WHERE party_id = $1 AND delivered_at IS NULL"
+    _wait_for(lambda: len(_push_rows(db, key, to=party_key(emsp))) >= 2 and db.run(db.fetchval(pending, key[1])) == 0)
+    connect_party(_roles("CPO"))  # another change: a round that would push a refused role again
+    time.sleep(2)
+    assert [p["status"] for p in _pushes_about(emsp, key)] == ["PLANNED", "CONNECTED"]
+    assert [r["http_status"] for r in _push_rows(db, key, to=party_key(emsp))] == [http_status, http_status]
+    platform = db.run(db.fetchval("SELECT platform_id FROM party_role WHERE party_id = $1", party_key(emsp)[1]))
+    assert db.run(db.fetchval("SELECT client_info_refused FROM platform WHERE id = $1", platform)) == []
+    about = f"{key[0]}-{key[1]} CPO"
+    assert not [line for line in hub.log().splitlines() if '"client_info_push_refused"' in line and about in line]
+
+
 def test_a_party_refusing_the_pushes_about_one_party_is_still_pushed_the_changes_of_the_parties_after_it(
     hub: Hub, connect_party, start_party, db
 ) -> None:

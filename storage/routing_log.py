@@ -79,6 +79,7 @@ class RoutingLogWriter:
         self._taken: list[LogEntry] = []
         self._amending: list[Amendment] = []  # taken from the queue, written with the next commit (spooled at close)
         self._closing: list[Amendment] | None = None  # made while the spool is written at close: spooled too
+        self._closed = False  # the spool at close written: an amendment made after it is lost
         self._spool_dir = spool_dir
         self._drain_timeout_s = drain_timeout_s
         self.batches = 0
@@ -105,6 +106,7 @@ class RoutingLogWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             spooled = await self._spool_unwritten()
+            self._closed = True
             await self._connection.release(broken=spooled > 0)
 
     async def record(self, entry: LogEntry) -> None:
@@ -122,7 +124,9 @@ class RoutingLogWriter:
         if self._closing is not None:
             self._closing.append(Amendment(entry, http_status, ocpi_status_code, message, datetime.now(UTC)))
             return
-        if self._task is None or self._task.done():  # the writer has closed: only the hub's own log keeps it
+        # not open, or closed: only the hub's own log keeps it. The writer's task may have ended before its close (a
+        # forced quit cancels every task): the spool at close still takes what is queued.
+        if self._task is None or self._closed:
             log.error("routing_log_amendment_lost", request_id=entry.request_id, http_status=http_status,
                       ocpi_status_code=ocpi_status_code, status_message=message)  # fmt: skip
             return

@@ -19,6 +19,7 @@ import httpx
 import psutil
 import pytest
 
+from hub.ocpi.late_answer import STOPPED
 from hub.serve import WORKERS_KILL_AFTER_S
 from tests.conftest import OUTPUT, ROOT, SECRET_KEY, Services, hub_env
 from tests.log_rows import sql, verified
@@ -208,13 +209,16 @@ def test_a_stop_asked_for_again_and_again_while_serve_stops_ends_it_cleanly_with
             left.kill()
 
 
-def test_rows_of_requests_answered_before_a_forced_quit_are_written_at_the_next_start(
-    services: Services, empty_database: str, tmp_path: Path
+@pytest.mark.parametrize("mode", ["async", "strict"])
+def test_the_rows_of_requests_in_flight_at_a_forced_quit_are_written_at_the_next_start_as_they_were_answered(
+    services: Services, empty_database: str, tmp_path: Path, mode: str
 ) -> None:
-    # Async mode answers before the row is committed. A second Ctrl-C (uvicorn's forced quit) cancelled the hub's
-    # shutdown at every await: the rows of requests already answered were neither committed nor spooled.
-    env = hub_env(services, tmp_path / "data", OCPI_HUB_DATABASE_URL=empty_database, OCPI_HUB_LOG_MODE="async")
-    log_path = OUTPUT / "hub-forced-to-quit.log"
+    # A second Ctrl-C (uvicorn's forced quit) cancelled the hub's shutdown at every await. Async mode answers before
+    # the row is committed: the rows of requests already answered were neither committed nor spooled. Strict mode
+    # answers once it is: uvicorn cancelled the requests waiting for their rows, and answered their callers with a
+    # plain-text 500, while their rows said they were answered otherwise.
+    env = hub_env(services, tmp_path / "data", OCPI_HUB_DATABASE_URL=empty_database, OCPI_HUB_LOG_MODE=mode)
+    log_path = OUTPUT / f"hub-forced-to-quit-{mode}.log"
 
     def serve_until_started() -> tuple[Serve, str]:
         port = free_port()
@@ -228,27 +232,30 @@ def test_rows_of_requests_answered_before_a_forced_quit_are_written_at_the_next_
             time.sleep(0.01)
         return serve, f"http://127.0.0.1:{port}"
 
-    async def forced_quit(serve: Serve, hub: str) -> None:
+    async def forced_quit(serve: Serve, hub: str) -> list[object]:
         blocker = await asyncpg.connect(empty_database)
         try:
             async with blocker.transaction():
                 await blocker.execute("LOCK TABLE routing_log_chain IN EXCLUSIVE MODE")  # the rows stay uncommitted
                 async with httpx.AsyncClient(base_url=hub, timeout=30) as client:
-                    for n in range(5):  # refused (no token), answered, and logged as any functional request
-                        answer = await client.get("/ocpi/2.2.1/locations", headers={"X-Correlation-ID": f"quit-{n}"})
-                        assert answer.status_code == 401
-                told = time.monotonic()
-                while serve.process.poll() is None and time.monotonic() - told < STOPPED_WITHIN_S:
-                    with contextlib.suppress(ProcessLookupError):
-                        serve.process.send_signal(signal.SIGINT)  # Ctrl-C, again and again: uvicorn quits, forced
-                    await asyncio.sleep(0.01)
+                    # refused (no token), and logged as any functional request
+                    calls = [asyncio.create_task(client.get("/ocpi/2.2.1/locations",
+                                                            headers={"X-Correlation-ID": f"quit-{n}"}))
+                             for n in range(5)]  # fmt: skip
+                    await asyncio.wait(calls, timeout=1)  # answered (async), or waiting for their rows (strict)
+                    told = time.monotonic()
+                    while serve.process.poll() is None and time.monotonic() - told < STOPPED_WITHIN_S:
+                        with contextlib.suppress(ProcessLookupError):
+                            serve.process.send_signal(signal.SIGINT)  # Ctrl-C, again and again: a forced quit
+                        await asyncio.sleep(0.01)
+                    return await asyncio.gather(*calls, return_exceptions=True)
         finally:
             await blocker.close()
 
     starts = 0
     serve, hub = serve_until_started()
     try:
-        asyncio.run(forced_quit(serve, hub))
+        answers = asyncio.run(forced_quit(serve, hub))
         assert serve.process.wait(10) == 0, serve.log()
         assert '"hub_stop_forced"' in serve.log()
         assert [path.suffix for path in (tmp_path / "data" / "routing-log-spool").iterdir()] == [".routing-log-spool"]
@@ -260,8 +267,20 @@ def test_rows_of_requests_answered_before_a_forced_quit_are_written_at_the_next_
         _stopped_entirely(serve, tmp_path)
     finally:
         serve.kill_all()
-    rows = sql(empty_database, "SELECT correlation_id FROM routing_log WHERE correlation_id LIKE 'quit-%'")
-    assert sorted(row["correlation_id"] for row in rows) == [f"quit-{n}" for n in range(5)]
+    rows = sql(empty_database, "SELECT r.correlation_id, r.http_status, r.error, a.http_status AS amended, a.message "
+               "FROM routing_log AS r LEFT JOIN routing_log_amendment AS a USING (chain_id, seq) "
+               "WHERE r.correlation_id LIKE 'quit-%' ORDER BY r.correlation_id")  # fmt: skip
+    assert [row["correlation_id"] for row in rows] == [f"quit-{n}" for n in range(5)]
+    assert [getattr(answer, "status_code", answer) for answer in answers] == [401] * 5
+    assert all(answer.json()["status_code"] == 2000 for answer in answers)  # type: ignore[union-attr]
+    if mode == "async":
+        assert {(row["http_status"], row["amended"]) for row in rows} == {(401, None)}
+    else:  # the hub's refusal, still: the rows of the batch being written amended, those still queued saying so
+        stopped = STOPPED.split(" this exchange")[0]  # a refusal's words name its row, not an exchange
+        assert all(stopped in answer.json()["status_message"] for answer in answers)  # type: ignore[union-attr]
+        for row in rows:
+            said = row["error"] if row["amended"] is None else row["message"]
+            assert stopped in said, dict(row)
     assert verified(empty_database).ok
 
 

@@ -56,3 +56,9 @@ def _instead(relay: Relay, exchange: Exchange, answer: Answer, reason: str) -> t
     if "allow" in answer.headers:
         late.headers["allow"] = answer.headers["allow"]
     return late, code, told
+
+
+# uvicorn cancels the requests still in flight at a forced quit (a second Ctrl-C), and once its 30 s of graceful
+# shutdown are over: such a request is answered at once with this reason, where uvicorn answered a plain-text 500.
+STOPPED = ("the hub was stopped before the routing log could commit this exchange (a forced quit, or the end of the "
+           "30 s shutdown grace period)")  # fmt: skip

@@ -24,7 +24,7 @@ from hub.metrics import count_request
 from hub.ocpi import hub_answers, relayed_urls
 from hub.ocpi.exchange import Exchange, Job
 from hub.ocpi.functional_module import relay_module
-from hub.ocpi.late_answer import answer_late
+from hub.ocpi.late_answer import STOPPED, answer_late
 from hub.ocpi.relayed_urls import CDR_LOCATIONS, PAGES, RESULTS
 from hub.ocpi.row_parties import name_the_parties, row_of_a_refusal
 from hub.ocpi.wire import Envelope
@@ -174,10 +174,7 @@ class Relay:
             entry.response_headers = _logged_response_headers(answer.headers)
             entry.ocpi_status_code = entry.ocpi_status_code or ocpi_status_of(answer.body)
             entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-            try:
-                await self.routing_log.record(entry)
-            except LogUnavailable as exc:
-                answer = answer_late(self, exchange, answer, str(exc))
+            answer = await self._recorded(exchange, answer)
             while exchange.background:
                 self._spawn(exchange.background.pop(0))
         finally:  # the caller's row not written (a bug, or the request's task cancelled): what waited for it never runs
@@ -188,6 +185,17 @@ class Relay:
         await _send(send, answer)
         count_request(entry.module, entry.method, entry.routing, entry.ocpi_status_code)
         log_request(entry.method, path, answer.status, started, routine=entry.ocpi_status_code == 1000)
+
+    async def _recorded(self, exchange: Exchange, answer: Answer) -> Answer:
+        """The caller's row queued (async mode) or committed (strict mode), and what the caller is then answered: its
+        row says so when that is not answer."""
+        try:
+            await self.routing_log.record(exchange.entry)
+        except LogUnavailable as exc:
+            return answer_late(self, exchange, answer, str(exc))
+        except asyncio.CancelledError:  # the hub stopping: the cancel is this answer, given at once
+            return answer_late(self, exchange, answer, STOPPED)
+        return answer
 
     def _refuse_at_once(self, exchange: Exchange) -> None:
         """What is refused before the body is read, and before the caller's token (a request come back carries a token

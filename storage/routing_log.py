@@ -30,7 +30,13 @@ from storage.log_chain import LogChain, bare, location_records
 from storage.log_connection import LogConnection
 from storage.log_ids import ReservedIds
 from storage.log_row import LogEntry
-from storage.log_waiters import OverdueWaiters, answer_committed, fail_waiters, queued_until_committed
+from storage.log_waiters import (
+    LogUnavailable,
+    OverdueWaiters,
+    answer_committed,
+    fail_waiters,
+    queued_until_committed,
+)
 
 log = structlog.get_logger()
 
@@ -113,6 +119,9 @@ class RoutingLogWriter:
         """Queue a row; in strict mode return only once it is committed. In async mode too once the writer is
         max_queued_rows behind (the database slower than the traffic): callers then slow down to the pace of the
         commits instead of the queue growing without bound."""
+        if self._closed:  # its close has spooled what was queued: nothing would write this row any more
+            log.error("routing_log_row_lost", request_id=entry.request_id, path=entry.path, why="the writer had closed")
+            raise LogUnavailable("the hub stopped before the routing log could take this exchange's row")
         if not self.strict and self._queue.qsize() < self._max_queued_rows:
             self._queue.put_nowait(entry)
             return

@@ -4,6 +4,7 @@ within the grace period (Kubernetes sends SIGTERM during rollouts, also right af
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -19,11 +20,12 @@ import httpx
 import psutil
 import pytest
 
-from hub.ocpi.late_answer import STOPPED
+from hub.ocpi.late_answer import STOPPED, STOPPED_WHILE_ROUTED
 from hub.serve import WORKERS_KILL_AFTER_S
-from tests.conftest import OUTPUT, ROOT, SECRET_KEY, Services, hub_env
+from tests.conftest import OUTPUT, ROOT, SECRET_KEY, Services, hub_env, register_at_hub, start_hub
 from tests.log_rows import sql, verified
-from tests.parties import free_port
+from tests.parties import Party, free_port
+from tests.test_routing import _roles, party_key
 from tests.test_serve_and_storage import _processes_under as _embedded_under
 
 # A stop during start-up takes a worker's start and its shutdown: seconds. Well under granian's kill of a worker that
@@ -289,3 +291,41 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=5).status_code == 200
     except httpx.HTTPError:  # not listening yet: uvicorn binds once the app has started
         return False
+
+
+@pytest.mark.parametrize("mode", ["strict", "async"])
+def test_a_request_being_forwarded_at_a_forced_quit_is_answered_and_has_its_row(
+    services: Services, empty_database: str, tmp_path: Path, start_party: Callable[..., Party], mode: str
+) -> None:
+    # uvicorn cancels the requests still in flight at a forced quit (a second Ctrl-C) and when its 30 s grace period
+    # is over. One waiting for a slow receiver got uvicorn's plain-text 500, and no routing-log row at all.
+    env = hub_env(services, tmp_path / "data", OCPI_HUB_DATABASE_URL=empty_database, OCPI_HUB_LOG_MODE=mode,
+                  OCPI_HUB_FORWARD_TIMEOUT_S="30")  # fmt: skip
+    hub = start_hub(env, OUTPUT / f"hub-forced-to-quit-mid-forward-{mode}.log")
+    try:
+        cpo = register_at_hub(hub, start_party, _roles("CPO"), delay_s=5.0)
+        emsp = register_at_hub(hub, start_party, _roles("EMSP"))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the eMSP reads the CPO's sessions: forwarded
+            push = pool.submit(emsp.call, hub.base, "GET", "sender/sessions", to=party_key(cpo),
+                               headers={"X-Correlation-ID": "cut-short"})  # fmt: skip
+            deadline = time.monotonic() + 30
+            while not [r for r in cpo.functional() if "/sessions" in r.path]:  # sent on: the hub waits for the CPO
+                assert time.monotonic() < deadline and not push.done(), hub.log()
+                time.sleep(0.01)
+            while hub.process.poll() is None and time.monotonic() < deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    hub.process.send_signal(signal.SIGINT)  # Ctrl-C, again and again: a forced quit
+                time.sleep(0.01)
+            answer = push.result(30)
+        assert hub.process.wait(10) == 0, hub.log()
+    finally:
+        hub.stop()
+    assert answer.status_code == 200 and answer.json()["status_code"] == 4000, answer.text
+    assert STOPPED_WHILE_ROUTED in answer.json()["status_message"]
+    start_hub(env, OUTPUT / f"hub-forced-to-quit-mid-forward-{mode}-again.log").stop()  # writes what was spooled
+    [row] = sql(empty_database, "SELECT routing, http_status, ocpi_status_code, error, forwarded_request_id "
+                "FROM routing_log WHERE correlation_id = 'cut-short'")  # fmt: skip
+    assert (row["routing"], row["http_status"], row["ocpi_status_code"]) == ("direct", 200, 4000), dict(row)
+    assert row["error"].startswith(f"{STOPPED_WHILE_ROUTED}; it was sent to the receiver"), dict(row)
+    assert row["forwarded_request_id"]
+    assert verified(empty_database).ok

@@ -40,3 +40,6 @@ class Exchange:
     # what the hub's forwards of it carry as HUB_INSTANCE_HEADER when it came through other hubs: their marks and the
     # hub's own (hub.request_context.hubs_passed); empty: the hub's own alone
     hubs_passed: str = ""
+    # its routing cut short (PostgreSQL or Redis away, the hub stopping): answered 4000 by the hub, entry.error saying
+    # how far it went (Relay._cut_short)
+    cut_short: bool = False

@@ -3,6 +3,7 @@ what its row says the caller was answered."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -39,9 +40,12 @@ def answer_late(relay: Relay, exchange: Exchange, answer: Answer, reason: str) -
 
 def _instead(relay: Relay, exchange: Exchange, answer: Answer, reason: str) -> tuple[Answer, int, str]:
     """The answer (its OCPI status, its message) of a request whose row was not committed in time: 4000 for an
-    exchange that went through; a refusal keeps its own status and reason (a 401 stays 401) and claims no exchange,
-    as nothing was forwarded."""
+    exchange that went through, or whose routing was cut short (saying how far it went); a refusal keeps its own
+    status and reason (a 401 stays 401) and claims no exchange, as nothing was forwarded."""
     entry = exchange.entry
+    if exchange.cut_short:  # the hub's own 4000, saying how far it went: still said
+        told = f"{entry.error}; {reason}"
+        return relay.hub_answer(exchange, 200, 4000, told), 4000, told
     if entry.routing != "rejected":
         told = f"{reason}; the exchange itself went through"
         return relay.hub_answer(exchange, 200, 4000, told), 4000, told
@@ -62,3 +66,13 @@ def _instead(relay: Relay, exchange: Exchange, answer: Answer, reason: str) -> t
 # shutdown are over: such a request is answered at once with this reason, where uvicorn answered a plain-text 500.
 STOPPED = ("the hub was stopped before the routing log could commit this exchange (a forced quit, or the end of the "
            "30 s shutdown grace period)")  # fmt: skip
+STOPPED_WHILE_ROUTED = ("the hub was stopped while it routed this request (a forced quit, or the end of the 30 s "
+                        "shutdown grace period)")  # fmt: skip
+
+
+def taken_as_the_answer() -> None:
+    """A cancel of the request's task (uvicorn's, at a stop) taken as the answer to give at once: the task goes on as
+    one not cancelled, so that a deadline it sets from here on (asyncio.timeout) ends as a timeout, not as a cancel."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()

@@ -24,7 +24,7 @@ from hub.metrics import count_request
 from hub.ocpi import hub_answers, relayed_urls
 from hub.ocpi.exchange import Exchange, Job
 from hub.ocpi.functional_module import relay_module
-from hub.ocpi.late_answer import STOPPED, answer_late
+from hub.ocpi.late_answer import STOPPED, STOPPED_WHILE_ROUTED, answer_late, taken_as_the_answer
 from hub.ocpi.relayed_urls import CDR_LOCATIONS, PAGES, RESULTS
 from hub.ocpi.row_parties import name_the_parties, row_of_a_refusal
 from hub.ocpi.wire import Envelope
@@ -159,10 +159,12 @@ class Relay:
             if exc.allow:  # RFC 9110, 15.5.6: a 405 names the methods that are allowed
                 answer.headers["allow"] = exc.allow
         except OUTAGES as exc:  # PostgreSQL or Redis away (restarting, failing over): no bug, and said as it is
-            went = "the receiver did get it" if entry.forwarded_request_id else "nothing was forwarded"
-            entry.error = f"{unavailable(exc)}; {went}"
-            answer = self.hub_answer(exchange, 200, 4000, entry.error)
+            answer = self._cut_short(exchange, unavailable(exc), "the receiver did get it")
             log.error("service_unavailable", error=entry.error, path=path)
+        except asyncio.CancelledError:  # the hub stopping: uvicorn cancels the requests in flight; answered, and logged
+            taken_as_the_answer()
+            sent = "it was sent to the receiver, whose answer the hub did not wait for"
+            answer = self._cut_short(exchange, STOPPED_WHILE_ROUTED, sent)
         except Exception as exc:  # a bug of the hub: still an OCPI answer, and still a row in the log
             log.exception("relay_failed", path=path)
             answer = self.hub_answer(exchange, 500, 3000, "internal error of the hub; it has been logged")
@@ -194,8 +196,16 @@ class Relay:
         except LogUnavailable as exc:
             return answer_late(self, exchange, answer, str(exc))
         except asyncio.CancelledError:  # the hub stopping: the cancel is this answer, given at once
+            taken_as_the_answer()
             return answer_late(self, exchange, answer, STOPPED)
         return answer
+
+    def _cut_short(self, exchange: Exchange, why: str, if_forwarded: str) -> Answer:
+        """The answer to a request whose routing was cut short by why (PostgreSQL or Redis away, the hub stopping): OCPI
+        4000, and its row saying whether it had been forwarded."""
+        entry, exchange.cut_short = exchange.entry, True
+        entry.error = f"{why}; {if_forwarded if entry.forwarded_request_id else 'nothing was forwarded'}"
+        return self.hub_answer(exchange, 200, 4000, entry.error)
 
     def _refuse_at_once(self, exchange: Exchange) -> None:
         """What is refused before the body is read, and before the caller's token (a request come back carries a token

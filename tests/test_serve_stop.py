@@ -22,7 +22,7 @@ import pytest
 
 from hub.ocpi.late_answer import STOPPED, STOPPED_WHILE_ROUTED
 from hub.serve import WORKERS_KILL_AFTER_S
-from tests.conftest import OUTPUT, ROOT, SECRET_KEY, Services, hub_env, register_at_hub, start_hub
+from tests.conftest import OUTPUT, ROOT, SECRET_KEY, Hub, Services, hub_env, register_at_hub, start_hub
 from tests.log_rows import sql, verified
 from tests.parties import Party, free_port
 from tests.test_routing import _roles, party_key
@@ -220,55 +220,37 @@ def test_the_rows_of_requests_in_flight_at_a_forced_quit_are_written_at_the_next
     # answers once it is: uvicorn cancelled the requests waiting for their rows, and answered their callers with a
     # plain-text 500, while their rows said they were answered otherwise.
     env = hub_env(services, tmp_path / "data", OCPI_HUB_DATABASE_URL=empty_database, OCPI_HUB_LOG_MODE=mode)
-    log_path = OUTPUT / f"hub-forced-to-quit-{mode}.log"
 
-    def serve_until_started() -> tuple[Serve, str]:
-        port = free_port()
-        with log_path.open("ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(port)],
-                                       env=env | {"OCPI_HUB_PUBLIC_URL": f"http://127.0.0.1:{port}"}, stdout=log,
-                                       stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
-        serve, deadline = Serve(process, log_path), time.monotonic() + 120
-        while serve.log().count('"hub_started"') < starts + 1 or not _answers(f"http://127.0.0.1:{port}/health"):
-            assert serve.process.poll() is None and time.monotonic() < deadline, serve.log()
-            time.sleep(0.01)
-        return serve, f"http://127.0.0.1:{port}"
-
-    async def forced_quit(serve: Serve, hub: str) -> list[object]:
+    async def forced_quit(hub: Hub) -> list[object]:
         blocker = await asyncpg.connect(empty_database)
         try:
             async with blocker.transaction():
                 await blocker.execute("LOCK TABLE routing_log_chain IN EXCLUSIVE MODE")  # the rows stay uncommitted
-                async with httpx.AsyncClient(base_url=hub, timeout=30) as client:
+                async with httpx.AsyncClient(base_url=hub.base, timeout=30) as client:
                     # refused (no token), and logged as any functional request
                     calls = [asyncio.create_task(client.get("/ocpi/2.2.1/locations",
                                                             headers={"X-Correlation-ID": f"quit-{n}"}))
                              for n in range(5)]  # fmt: skip
                     await asyncio.wait(calls, timeout=1)  # answered (async), or waiting for their rows (strict)
                     told = time.monotonic()
-                    while serve.process.poll() is None and time.monotonic() - told < STOPPED_WITHIN_S:
+                    while hub.process.poll() is None and time.monotonic() - told < STOPPED_WITHIN_S:
                         with contextlib.suppress(ProcessLookupError):
-                            serve.process.send_signal(signal.SIGINT)  # Ctrl-C, again and again: a forced quit
+                            hub.process.send_signal(signal.SIGINT)  # Ctrl-C, again and again: a forced quit
                         await asyncio.sleep(0.01)
                     return await asyncio.gather(*calls, return_exceptions=True)
         finally:
             await blocker.close()
 
-    starts = 0
-    serve, hub = serve_until_started()
+    hub = start_hub(env, OUTPUT / f"hub-forced-to-quit-{mode}.log")
     try:
-        answers = asyncio.run(forced_quit(serve, hub))
-        assert serve.process.wait(10) == 0, serve.log()
-        assert '"hub_stop_forced"' in serve.log()
+        answers = asyncio.run(forced_quit(hub))
+        assert hub.process.wait(10) == 0, hub.log()
+        assert '"hub_stop_forced"' in hub.log()
         assert [path.suffix for path in (tmp_path / "data" / "routing-log-spool").iterdir()] == [".routing-log-spool"]
     finally:
-        serve.kill_all()
-    starts = 1
-    serve, hub = serve_until_started()  # writes the spool file first
-    try:
-        _stopped_entirely(serve, tmp_path)
-    finally:
-        serve.kill_all()
+        hub.stop()
+    again = start_hub(env, OUTPUT / f"hub-forced-to-quit-{mode}-again.log")  # writes the spool file first
+    assert again.stop() == 0, again.log()
     rows = sql(empty_database, "SELECT r.correlation_id, r.http_status, r.error, a.http_status AS amended, a.message "
                "FROM routing_log AS r LEFT JOIN routing_log_amendment AS a USING (chain_id, seq) "
                "WHERE r.correlation_id LIKE 'quit-%' ORDER BY r.correlation_id")  # fmt: skip
@@ -284,13 +266,6 @@ def test_the_rows_of_requests_in_flight_at_a_forced_quit_are_written_at_the_next
             said = row["error"] if row["amended"] is None else row["message"]
             assert stopped in said, dict(row)
     assert verified(empty_database).ok
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=5).status_code == 200
-    except httpx.HTTPError:  # not listening yet: uvicorn binds once the app has started
-        return False
 
 
 @pytest.mark.parametrize("mode", ["strict", "async"])

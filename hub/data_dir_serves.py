@@ -1,5 +1,6 @@
 """The `ocpi-hub serve`s running on a data dir, each recorded there while it runs: the URL and settings the commands
-beside use, and the last serve to stop there, which stops the embedded servers."""
+beside use, and the last serve to stop there, which stops the embedded servers. The other commands on the embedded
+servers are recorded too: the last serve to stop while one runs leaves the servers to the last of them."""
 
 from __future__ import annotations
 
@@ -12,12 +13,19 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
+
+    from storage.embedded.server import EmbeddedServer
 
 PUBLIC_URL_FILE = "public-url"  # in the data dir: the URL of the serve started last there still running, else the last
 # In the data dir: a file per running serve, named PID-RANDOM (pids repeat across containers sharing a volume), holding
 # its URL and locked by it for as long as it lives. A serve killed (SIGKILL, a crash) leaves its file, but not its lock.
 SERVES_DIR = "serving"
+# In the data dir: a file per other command running on the embedded servers there (an `ocpi-hub sync` or a long
+# export beside the hub), named and locked as a serve's; and in serving/, a mark that the last serve stopped while
+# such commands ran, so that the last of them to end stops the servers.
+COMMANDS_DIR = "commands"
+LEFT_TO_COMMANDS = "left-to-commands"
 
 # The settings a serve records for the commands beside it, which take those their own environment does not set (an
 # `ocpi-hub connect` acting as NL-HUB beside a DE-HBX hub, or refusing the parties that hub calls on its private
@@ -83,16 +91,51 @@ def serve_recorded(data_dir: Path, url: str, env: dict[str, str]) -> Iterator[Se
                     _write_public_url(data_dir, running[-1].url if running else url)
             if running:
                 last_out.pop_all()  # left to the last of them
+            elif _running_commands(data_dir):
+                last_out.pop_all()  # a command still working on them would fail half-way: the last of those stops them
+                _mark_left_to_commands(data_dir)
             else:
                 last_out.close()
+                _mark_left_to_commands(data_dir, False)
 
 
-def stop_unless_a_serve_runs(data_dir: Path, stop: Callable[[], None]) -> None:
-    """For a command other than serve that started an embedded server (none ran): a serve started on data_dir since
-    reuses it, and stops it as the last serve there."""
-    with _changing(data_dir / SERVES_DIR):
-        if not running_serves(data_dir):
-            stop()
+class CommandRecord(NamedTuple):
+    """A command other than serve recorded on its data dir, and the embedded servers it uses there (appended as it
+    starts or reuses them)."""
+
+    servers: list[EmbeddedServer]
+
+
+@contextlib.contextmanager
+def command_recorded(data_dir: Path) -> Iterator[CommandRecord]:
+    """A command other than serve on the embedded servers of data_dir, recorded there while it runs. On its way out,
+    with no serve and no other command running there, it stops those it started, or all of them when the last serve
+    left them to the commands; with only other commands running, it leaves those it started to the last of them. A
+    serve running there stops them as the last serve (serve_recorded). Recorded before the servers start or are
+    reused, as a serve is: a serve stopping meanwhile sees it."""
+    commands = data_dir / COMMANDS_DIR
+    record = None
+    with contextlib.suppress(OSError), _changing(data_dir / SERVES_DIR):
+        commands.mkdir(exist_ok=True)
+        _running_commands(data_dir, remove_dead=True)
+        record = _record(commands, "", {})
+    used = CommandRecord([])
+    try:
+        yield used
+    finally:
+        with _changing(data_dir / SERVES_DIR):
+            if record is not None:
+                with contextlib.suppress(OSError), record:
+                    Path(record.name).unlink(missing_ok=True)
+            left_to_commands = (data_dir / SERVES_DIR / LEFT_TO_COMMANDS).exists()
+            # with a serve running there, the last serve stops them, whoever started them
+            if (left_to_commands or any(server.owned for server in used.servers)) and not running_serves(data_dir):
+                if _running_commands(data_dir):
+                    _mark_left_to_commands(data_dir)  # to the last of them
+                else:
+                    for server in used.servers:
+                        server.stop(whoever_started_it=left_to_commands)
+                    _mark_left_to_commands(data_dir, False)
 
 
 def running_serves(data_dir: Path, remove_dead: bool = False) -> list[Serve]:
@@ -113,6 +156,31 @@ def running_serves(data_dir: Path, remove_dead: bool = False) -> list[Serve]:
             if remove_dead:
                 path.unlink()
     return [serve for _, serve in sorted(running)]
+
+
+def _running_commands(data_dir: Path, remove_dead: bool = False) -> int:
+    """How many commands other than serve run on data_dir's embedded servers (their records locked)."""
+    running = 0
+    with contextlib.suppress(OSError):
+        for path in (data_dir / COMMANDS_DIR).iterdir():
+            with contextlib.suppress(OSError), path.open() as record:
+                try:
+                    fcntl.flock(record, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:  # its command holds it
+                    running += 1
+                    continue
+                if remove_dead:
+                    path.unlink()
+    return running
+
+
+def _mark_left_to_commands(data_dir: Path, left: bool = True) -> None:
+    mark = data_dir / SERVES_DIR / LEFT_TO_COMMANDS
+    with contextlib.suppress(OSError):
+        if left:
+            mark.touch()
+        else:
+            mark.unlink(missing_ok=True)
 
 
 def hub_url(data_dir: Path) -> str | None:

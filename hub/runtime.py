@@ -13,7 +13,7 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from hub.data_dir_serves import ServeRecord, stop_unless_a_serve_runs
+from hub.data_dir_serves import CommandRecord, ServeRecord, command_recorded
 from hub.settings import Settings
 from storage.embedded import EmbeddedPostgres, EmbeddedValkey
 from storage.embedded.server import EmbeddedServer
@@ -26,26 +26,33 @@ log = structlog.get_logger()
 @contextlib.contextmanager
 def backing_services(settings: Settings, serve: ServeRecord | None = None) -> Iterator[Settings]:
     """Settings whose database and Redis URLs point at running servers. Embedded ones stop with the last serve on the
-    data dir to stop (serve: this one's record there), whichever started them; a command other than serve stops those
-    it started, unless a serve has come to run there since."""
+    data dir to stop (serve: this one's record there), whichever started them, or, when commands still run there on
+    them, with the last of those; a command other than serve stops those it started, unless a serve or another command
+    runs there then (hub.data_dir_serves.command_recorded)."""
     with contextlib.ExitStack() as stack:
         database_url, redis_url = settings.database_url, settings.redis_url
+        # a command is recorded on the data dir before it starts or reuses them, as a serve is (serve_recorded)
+        command = (
+            None
+            if serve is not None or (database_url and redis_url)
+            else stack.enter_context(command_recorded(settings.data_dir))
+        )
         if not database_url:
             postgres = EmbeddedPostgres(settings.data_dir)
             database_url = postgres.start()
-            _stopped_on_exit(postgres, serve, stack)
+            _stopped_on_exit(postgres, serve, command)
         if not redis_url:
             valkey = EmbeddedValkey(settings.data_dir)
             redis_url = valkey.start()
-            _stopped_on_exit(valkey, serve, stack)
+            _stopped_on_exit(valkey, serve, command)
         yield replace(settings, database_url=database_url, redis_url=redis_url)
 
 
-def _stopped_on_exit(server: EmbeddedServer, serve: ServeRecord | None, stack: contextlib.ExitStack) -> None:
+def _stopped_on_exit(server: EmbeddedServer, serve: ServeRecord | None, command: CommandRecord | None) -> None:
     if serve is not None:
         serve.last_out.callback(server.stop, whoever_started_it=True)
-    elif server.owned:
-        stack.callback(stop_unless_a_serve_runs, server.data_dir, server.stop)
+    elif command is not None:
+        command.servers.append(server)
 
 
 REDIS_TIMEOUT_S = 5.0  # connecting to Redis, and each read of an answer

@@ -8,13 +8,27 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import LOOPBACK, OUTPUT, ROOT, SECRET_KEY, Hub, Services, hub_env, start_hub, unique_party_id
+from tests.conftest import (
+    LOOPBACK,
+    OUTPUT,
+    ROOT,
+    SECRET_KEY,
+    Hub,
+    Services,
+    hub_env,
+    register_at_hub,
+    start_hub,
+    unique_party_id,
+)
 from tests.parties import free_port
 from tests.test_admin_and_cli import _cli
+from tests.test_location_cache import _location
+from tests.test_routing import _roles, party_key
 from tests.test_serve_and_storage import _processes_under as _embedded_under
 from tests.test_serve_and_storage import _wait_until
 
@@ -93,6 +107,103 @@ def test_the_embedded_servers_stop_with_the_last_serve_on_the_data_dir_whichever
             hub.stop()
         for left in _embedded_under(data_dir):
             left.kill()
+
+
+def test_a_command_running_as_the_last_serve_stops_keeps_the_embedded_servers_until_it_ends(
+    tmp_path: Path, start_party
+) -> None:
+    # The last serve to stop stopped the embedded servers under an `ocpi-hub sync` still pulling a CPO's locations
+    # beside it: the sync failed half-way, with what it had read not written.
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
+        "OCPI_HUB_DATA_DIR": str(data_dir), "OCPI_HUB_SECRET_KEY": SECRET_KEY,
+        "OCPI_HUB_PARTY_NETWORKS_ALLOWED": LOOPBACK, "OCPI_HUB_ADMIN_TOKEN": secrets.token_urlsafe(32)}  # fmt: skip
+    hub = start_hub(env, OUTPUT / "serve-stopping-beside-a-sync.log", timeout=120)
+    sync, cpo = None, None
+    roles = _roles("CPO")
+    try:
+        cpo = register_at_hub(hub, start_party, roles)
+        cpo.objects["locations"] = [_location(party_key(cpo), "L1", "2026-12-01T10:00:00Z")]
+        assert _wait_until(lambda: _synced_at(hub, roles[2]), 60)  # the hub's own first sync, at its registration
+        synced_by_the_hub = _synced_at(hub, roles[2])
+        pulls = len(cpo.syncs())
+        cpo.held, cpo.held_paths = threading.Event(), ("/ocpi/2.2.1/locations/sender",)
+        command = [sys.executable, "-m", "hub.cli", "sync", "locations", "--party", "-".join(party_key(cpo))]
+        sync = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert _wait_until(lambda: len(cpo.syncs()) > pulls, 60), sync.poll() is None or sync.communicate()
+        assert hub.stop() == 0  # the last serve, while the sync waits for the CPO's answer
+        assert _embedded_under(data_dir), "the serve stopped the servers the sync works on"
+        cpo.held.set()
+        _, stderr = sync.communicate(timeout=60)
+        assert sync.returncode == 0, stderr
+        # the last to end stops them, though a serve started them
+        assert _wait_until(lambda: not _embedded_under(data_dir)), [p.cmdline() for p in _embedded_under(data_dir)]
+    finally:
+        if cpo is not None and cpo.held is not None:
+            cpo.held.set()
+        if sync is not None and sync.poll() is None:
+            sync.kill()
+        hub.stop()
+        for left in _embedded_under(data_dir):
+            left.kill()
+    # started again, the hub keeps what the sync wrote
+    again = start_hub(env, OUTPUT / "serve-after-the-sync.log", timeout=120)
+    try:
+        assert _synced_at(again, roles[2]) > synced_by_the_hub
+    finally:
+        again.stop()
+        for left in _embedded_under(data_dir):
+            left.kill()
+
+
+def test_a_command_that_started_the_embedded_servers_leaves_them_to_another_still_running_on_them(
+    tmp_path: Path, start_party
+) -> None:
+    # A command stopped the embedded servers it had started as it ended, unless a serve ran: another command working
+    # on them beside it (a sync of tokens beside one of locations, no hub running) failed half-way.
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
+        "OCPI_HUB_DATA_DIR": str(data_dir), "OCPI_HUB_SECRET_KEY": SECRET_KEY,
+        "OCPI_HUB_PARTY_NETWORKS_ALLOWED": LOOPBACK, "OCPI_HUB_ADMIN_TOKEN": secrets.token_urlsafe(32)}  # fmt: skip
+    hub = start_hub(env, OUTPUT / "serve-before-two-syncs.log", timeout=120)
+    syncs: list[subprocess.Popen[str]] = []
+    cpo, emsp = None, None
+    try:
+        cpo = register_at_hub(hub, start_party, roles := _roles("CPO"))
+        emsp = register_at_hub(hub, start_party, _roles("EMSP"))
+        assert _wait_until(lambda: _synced_at(hub, roles[2]), 60)
+        assert hub.stop() == 0
+        assert _wait_until(lambda: not _embedded_under(data_dir))  # no command ran: the serve stopped them
+        for party, module in ((cpo, "locations"), (emsp, "tokens")):
+            pulls = len(party.owner_pulls(module))
+            party.held, party.held_paths = threading.Event(), (f"/ocpi/2.2.1/{module}/sender",)
+            command = [sys.executable, "-m", "hub.cli", "sync", module, "--party", "-".join(party_key(party))]
+            syncs.append(subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True))  # fmt: skip
+            assert _wait_until(lambda: len(party.owner_pulls(module)) > pulls, 60), syncs[-1].communicate()  # noqa: B023
+        cpo.held.set()  # the sync that started the servers ends first
+        assert syncs[0].wait(60) == 0, syncs[0].communicate()
+        assert _embedded_under(data_dir), "the first sync stopped the servers the second works on"
+        emsp.held.set()
+        assert syncs[1].wait(60) == 0, syncs[1].communicate()
+        assert _wait_until(lambda: not _embedded_under(data_dir)), [p.cmdline() for p in _embedded_under(data_dir)]
+    finally:
+        for party in (cpo, emsp):
+            if party is not None and party.held is not None:
+                party.held.set()
+        for sync in syncs:
+            if sync.poll() is None:
+                sync.kill()
+        hub.stop()
+        for left in _embedded_under(data_dir):
+            left.kill()
+
+
+def _synced_at(hub: Hub, party_id: str) -> str:
+    """When the hub's cache last took the whole list of locations of the CPO party_id ("" not yet)."""
+    with hub.admin() as admin:
+        [party] = [p for p in admin.get("/admin/api/parties").json()["items"] if p["party_id"] == party_id]
+    return str(party["locations_synced_at"] or "")
 
 
 def _said(stderr: str, event: str) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Two `ocpi-hub serve`s on one data dir: allowed, said, and the commands beside them name one that still runs."""
+"""Serves and commands on one data dir: two serves allowed and said, the commands beside them naming one that still
+runs, and the embedded servers running until the last serve or command on them ends."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from tests.conftest import (
     start_hub,
     unique_party_id,
 )
-from tests.parties import free_port
+from tests.parties import Party, free_port
 from tests.test_admin_and_cli import _cli
 from tests.test_location_cache import _location
 from tests.test_routing import _roles, party_key
@@ -78,10 +79,7 @@ def test_the_commands_beside_two_serves_on_one_data_dir_name_one_still_running_a
 def test_the_embedded_servers_stop_with_the_last_serve_on_the_data_dir_whichever_started_them(tmp_path: Path) -> None:
     # They stopped with the serve that started them: the second serve went on running on a database and a Redis that
     # were gone, failing every request; and the second, had it been the last, left them running for good.
-    data_dir = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
-        "OCPI_HUB_DATA_DIR": str(data_dir), "OCPI_HUB_SECRET_KEY": SECRET_KEY,
-        "OCPI_HUB_ADMIN_TOKEN": secrets.token_urlsafe(32)}  # fmt: skip
+    env = _on_embedded_servers(data_dir := tmp_path / "data")
     first = start_hub(env, OUTPUT / "first-serve-on-embedded-servers.log", timeout=120)
     hubs: list[Hub] = [first]
     try:
@@ -103,10 +101,7 @@ def test_the_embedded_servers_stop_with_the_last_serve_on_the_data_dir_whichever
         assert [hub.process.wait(60) for hub in (second, third)] == [0, 0]
         assert _wait_until(lambda: not _embedded_under(data_dir)), [p.cmdline() for p in _embedded_under(data_dir)]
     finally:
-        for hub in reversed(hubs):
-            hub.stop()
-        for left in _embedded_under(data_dir):
-            left.kill()
+        _stop_all(hubs[::-1], [], [], data_dir)
 
 
 def test_a_command_running_as_the_last_serve_stops_keeps_the_embedded_servers_until_it_ends(
@@ -114,10 +109,7 @@ def test_a_command_running_as_the_last_serve_stops_keeps_the_embedded_servers_un
 ) -> None:
     # The last serve to stop stopped the embedded servers under an `ocpi-hub sync` still pulling a CPO's locations
     # beside it: the sync failed half-way, with what it had read not written.
-    data_dir = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
-        "OCPI_HUB_DATA_DIR": str(data_dir), "OCPI_HUB_SECRET_KEY": SECRET_KEY,
-        "OCPI_HUB_PARTY_NETWORKS_ALLOWED": LOOPBACK, "OCPI_HUB_ADMIN_TOKEN": secrets.token_urlsafe(32)}  # fmt: skip
+    env = _on_embedded_servers(data_dir := tmp_path / "data")
     hub = start_hub(env, OUTPUT / "serve-stopping-beside-a-sync.log", timeout=120)
     sync, cpo = None, None
     roles = _roles("CPO")
@@ -139,21 +131,13 @@ def test_a_command_running_as_the_last_serve_stops_keeps_the_embedded_servers_un
         # the last to end stops them, though a serve started them
         assert _wait_until(lambda: not _embedded_under(data_dir)), [p.cmdline() for p in _embedded_under(data_dir)]
     finally:
-        if cpo is not None and cpo.held is not None:
-            cpo.held.set()
-        if sync is not None and sync.poll() is None:
-            sync.kill()
-        hub.stop()
-        for left in _embedded_under(data_dir):
-            left.kill()
+        _stop_all([hub], [cpo], [sync], data_dir)
     # started again, the hub keeps what the sync wrote
     again = start_hub(env, OUTPUT / "serve-after-the-sync.log", timeout=120)
     try:
         assert _synced_at(again, roles[2]) > synced_by_the_hub
     finally:
-        again.stop()
-        for left in _embedded_under(data_dir):
-            left.kill()
+        _stop_all([again], [], [], data_dir)
 
 
 def test_a_command_that_started_the_embedded_servers_leaves_them_to_another_still_running_on_them(
@@ -161,10 +145,7 @@ def test_a_command_that_started_the_embedded_servers_leaves_them_to_another_stil
 ) -> None:
     # A command stopped the embedded servers it had started as it ended, unless a serve ran: another command working
     # on them beside it (a sync of tokens beside one of locations, no hub running) failed half-way.
-    data_dir = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
-        "OCPI_HUB_DATA_DIR": str(data_dir), "OCPI_HUB_SECRET_KEY": SECRET_KEY,
-        "OCPI_HUB_PARTY_NETWORKS_ALLOWED": LOOPBACK, "OCPI_HUB_ADMIN_TOKEN": secrets.token_urlsafe(32)}  # fmt: skip
+    env = _on_embedded_servers(data_dir := tmp_path / "data")
     hub = start_hub(env, OUTPUT / "serve-before-two-syncs.log", timeout=120)
     syncs: list[subprocess.Popen[str]] = []
     cpo, emsp = None, None
@@ -188,15 +169,31 @@ def test_a_command_that_started_the_embedded_servers_leaves_them_to_another_stil
         assert syncs[1].wait(60) == 0, syncs[1].communicate()
         assert _wait_until(lambda: not _embedded_under(data_dir)), [p.cmdline() for p in _embedded_under(data_dir)]
     finally:
-        for party in (cpo, emsp):
-            if party is not None and party.held is not None:
-                party.held.set()
-        for sync in syncs:
-            if sync.poll() is None:
-                sync.kill()
+        _stop_all([hub], [cpo, emsp], syncs, data_dir)
+
+
+def _on_embedded_servers(data_dir: Path) -> dict[str, str]:
+    """The environment of a serve or a command without server URLs: the embedded servers in data_dir."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
+        "OCPI_HUB_DATA_DIR": str(data_dir), "OCPI_HUB_SECRET_KEY": SECRET_KEY,
+        "OCPI_HUB_PARTY_NETWORKS_ALLOWED": LOOPBACK, "OCPI_HUB_ADMIN_TOKEN": secrets.token_urlsafe(32)}  # fmt: skip
+
+
+def _stop_all(
+    hubs: list[Hub], held: list[Party | None], commands: list[subprocess.Popen[str] | None], data_dir: Path
+) -> None:
+    """After a test on embedded servers: its parties' held answers let go, its commands and serves stopped, and any
+    embedded server still running in data_dir killed."""
+    for party in held:
+        if party is not None and party.held is not None:
+            party.held.set()
+    for command in commands:
+        if command is not None and command.poll() is None:
+            command.kill()
+    for hub in hubs:
         hub.stop()
-        for left in _embedded_under(data_dir):
-            left.kill()
+    for left in _embedded_under(data_dir):
+        left.kill()
 
 
 def _synced_at(hub: Hub, party_id: str) -> str:

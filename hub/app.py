@@ -64,15 +64,28 @@ _WITHOUT_OCPI_TOKEN = ["^/admin/", "^/console", *(f"^{path}$" for path in sorted
 
 
 class _ShieldedExits(contextlib.AsyncExitStack):
-    """The lifespan's resources, closed in reverse order with their awaits shielded from cancellation. uvicorn's forced
-    quit (a second Ctrl-C while the hub stops) skips the app's shutdown, and the lifespan is cancelled instead, inside
-    an anyio cancel scope that cancels every await again: the routing log's last rows were neither committed nor
-    spooled, and the clients were left open ("Unclosed client session")."""
+    """The lifespan's resources, closed in reverse order with their awaits shielded from cancellation, after the stop's
+    first step (_stop_working, pushed last). uvicorn's forced quit (a second Ctrl-C while the hub stops) skips the app's
+    shutdown, and the lifespan is cancelled instead, inside an anyio cancel scope that cancels every await again: the
+    routing log's last rows were neither committed nor spooled, and the clients were left open ("Unclosed client
+    session")."""
 
     async def __aexit__(self, *exc_details: Any) -> bool | None:
         with anyio.CancelScope(shield=True):
             suppressed = await super().__aexit__(*exc_details)
         return suppressed
+
+
+async def _stop_working(state: State, relay: Relay, tasks: list[asyncio.Task[None]]) -> None:
+    """The requests in flight are answered (uvicorn waited for them, unless it was forced to quit); what is left:
+    broadcast copies, the last routing-log rows (or their spool file), the background loops, last_seen."""
+    log.info("hub_stopping", pid=os.getpid())
+    await relay.drain()
+    await stop_background_tasks(tasks)
+    try:
+        await _write_last_seen(state)
+    except OUTAGES as exc:  # a party's last_seen is a hint, not a record: not worth waiting for
+        log.warning("last_seen_not_written", error=unavailable(exc))
 
 
 async def _close_pool(pool: asyncpg.Pool) -> None:
@@ -179,6 +192,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 ),
                 asyncio.create_task(log_checkpoints(pool, redis_client, settings), name="routing_log_checkpoints"),
             ]
+            # the first step of the stop, before the resources it uses close (shielded as they are)
+            resources_open.push_async_callback(_stop_working, app.state, relay, tasks)
             log.info(
                 "hub_started",
                 public_url=settings.public_url,
@@ -187,20 +202,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
                 pid=os.getpid(),  # a worker restarted after it died starts with a pid of its own
                 partitions_created=created,
             )
-            try:
-                with _settled_garbage_collector():
-                    yield
-            finally:
-                # the requests in flight are answered (uvicorn waited for them, unless it was forced to quit); what is
-                # left: broadcast copies, the last routing-log rows (or their spool file), the background loops
-                log.info("hub_stopping", pid=os.getpid())
-                with anyio.CancelScope(shield=True):  # as _ShieldedExits
-                    await relay.drain()
-                    await stop_background_tasks(tasks)
-                    try:
-                        await _write_last_seen(app.state)
-                    except OUTAGES as exc:  # a party's last_seen is a hint, not a record: not worth waiting for
-                        log.warning("last_seen_not_written", error=unavailable(exc))
+            with _settled_garbage_collector():
+                yield
         log.info("hub_stopped", pid=os.getpid())
 
     app = Litestar(

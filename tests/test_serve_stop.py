@@ -148,14 +148,14 @@ def test_a_worker_that_does_not_stop_is_killed_and_serve_exits_within_the_grace_
         serve.kill_all()
 
 
-def _serve_on_embedded_servers(data_dir: Path, log_name: str) -> Serve:
+def _serve_on_embedded_servers(data_dir: Path, log_name: str, *args: str) -> Serve:
     """`ocpi-hub serve` as on a fresh machine: no storage URLs, so it starts the embedded servers under data_dir."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
         "OCPI_HUB_DATA_DIR": str(data_dir), "OCPI_HUB_SECRET_KEY": SECRET_KEY}  # fmt: skip
     log_path = OUTPUT / log_name
     with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(free_port())], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
+        process = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(free_port()), *args],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
     return Serve(process, log_path)
 
 
@@ -181,16 +181,22 @@ def test_sigterm_while_serve_migrates_or_starts_its_server_stops_the_embedded_se
             left.kill()
 
 
+@pytest.mark.parametrize("server", [(), ("--workers", "2"), ("--server", "granian")], ids=" ".join)
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
 def test_a_stop_asked_for_again_and_again_while_serve_stops_ends_it_cleanly_with_its_embedded_servers(
-    tmp_path: Path, stop: signal.Signals
+    tmp_path: Path, stop: signal.Signals, server: tuple[str, ...]
 ) -> None:
     # An operator pressing Ctrl-C again while the hub stops, an orchestrator repeating its SIGTERM: one that came while
     # Python finalized killed serve (exit -15 or -2) after a clean stop, which reads as a crash to whoever watches.
-    serve = _serve_on_embedded_servers(tmp_path / "data", f"hub-stopped-again-and-again-{stop.name}.log")
+    # The same with two workers, and with granian, whose workers and signals are its own.
+    named = "".join(f"-{arg.lstrip('-')}" for arg in server)
+    serve = _serve_on_embedded_servers(
+        tmp_path / "data", f"hub-stopped-again-and-again-{stop.name}{named}.log", *server
+    )
+    started = int(server[1]) if server[:1] == ("--workers",) else 1  # a hub_started line from each worker
     try:
         deadline = time.monotonic() + 120
-        while '"hub_started"' not in serve.log():
+        while serve.log().count('"hub_started"') < started:
             assert serve.process.poll() is None and time.monotonic() < deadline, serve.log()
             time.sleep(0.01)
         serve.look()

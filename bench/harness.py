@@ -93,9 +93,9 @@ class Result:
     rows_per_s: float | None = None
     requests: int = 0
     cpu_us: float | None = None  # CPU time of the server's processes per request
-    machine_us: float | None = None  # wrk runs: CPU time of every process on the machine per request
-    receiver_us: float | None = None  # wrk runs: CPU time of the receiving party per request (grows as its rate falls)
-    postgres_us: float | None = None  # wrk runs: CPU time of PostgreSQL's processes per request
+    machine_us: float | None = None  # CPU time of every process on the machine per request
+    receiver_us: float | None = None  # CPU time of the receiving party per request (grows as its rate falls)
+    postgres_us: float | None = None  # CPU time of PostgreSQL's processes per request
     p99_runs: list[float] = field(default_factory=list)  # paced: the p99 of each repeated run
     # paced: how busy the machine's cores were during each repeated run (every process's CPU time / wall time / cores)
     busy_runs: list[float] = field(default_factory=list)
@@ -267,10 +267,15 @@ def load(
         for _ in range(args.repeat):
             if direct is not None:
                 baselines.append(run_paced(direct, rate, args.duration, work))
-            cpu = cpu_seconds(server)
+            cpu, machine, postgres = cpu_seconds(server), machine_cpu_seconds(), postgres_cpu_seconds()
+            party = cpu_seconds(receiver or server)
             runs.append(run_paced(target, rate, args.duration, work))
+            requests = rate * args.duration
+            runs[-1].machine_us = (machine_cpu_seconds() - machine) * 1e6 / requests
+            runs[-1].postgres_us = (postgres_cpu_seconds() - postgres) * 1e6 / requests
+            runs[-1].receiver_us = (cpu_seconds(receiver or server) - party) * 1e6 / requests
             time.sleep(0.5 if rows else 0)
-            runs[-1].cpu_us = (cpu_seconds(server) - cpu) * 1e6 / (rate * args.duration)
+            runs[-1].cpu_us = (cpu_seconds(server) - cpu) * 1e6 / requests
         paced = median(f"{name}, paced {rate}/s", runs)
         paced.baseline = median(f"direct, paced {rate}/s", baselines) if baselines else None
         results.append(paced)
@@ -280,12 +285,18 @@ def load(
 def median(name: str, runs: list[Result]) -> Result:
     """The median of each figure over repeated runs (errors: their sum)."""
     mid = statistics.median
-    cpus = [r.cpu_us for r in runs if r.cpu_us is not None]
     kinds: collections.Counter[str] = collections.Counter()
     for run in runs:
         kinds.update(run.error_kinds)
+
+    def middle(figure: Callable[[Result], float | None]) -> float | None:
+        values = [value for r in runs if (value := figure(r)) is not None]
+        return mid(values) if values else None
+
     return Result(name, mid([r.rps for r in runs]), mid([r.p50_ms for r in runs]), mid([r.p99_ms for r in runs]),
-                  sum(r.errors for r in runs), cpu_us=mid(cpus) if cpus else None,
+                  sum(r.errors for r in runs), cpu_us=middle(lambda r: r.cpu_us),
+                  machine_us=middle(lambda r: r.machine_us), receiver_us=middle(lambda r: r.receiver_us),
+                  postgres_us=middle(lambda r: r.postgres_us),
                   p99_runs=[r.p99_ms for r in runs], busy_runs=[b for r in runs for b in r.busy_runs],
                   error_kinds=dict(kinds))  # fmt: skip
 

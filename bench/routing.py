@@ -188,10 +188,11 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
                     _figure(r.rows_per_s), _figure(r.cpu_us), _figure(r.machine_us), _figure(r.receiver_us),
                     _figure(r.postgres_us))))  # fmt: skip
     print("\nCPU us/req: the server's own processes (receiver, bare relay or hub workers); machine us/req: every "
-          f"process on the machine (wrk runs only). {os.cpu_count()} cores allow {os.cpu_count()} s of CPU per second: "
-          f"a run whose machine us/req is N cannot go faster than {os.cpu_count()}e6 / N req/s. Receiver and "
-          "PostgreSQL us/req (wrk runs): what the receiving party and the database spent on each request; the "
-          "receiver's own cost grows as its rate falls (fewer requests per wake-up).")  # fmt: skip
+          f"process on the machine, load generator included. {os.cpu_count()} cores allow {os.cpu_count()} s of CPU "
+          f"per second: a run whose machine us/req is N cannot go faster than {os.cpu_count()}e6 / N req/s. Receiver "
+          "and PostgreSQL us/req: what the receiving party and the database spent on each request. Paced runs "
+          "cost more a request than wrk's: fewer requests share a wake-up, and a group commit holds "
+          "fewer rows.")  # fmt: skip
     for r in results:
         if r.error_kinds:
             print(f"errors of {r.name}: " + ", ".join(f"{kind} {n}" for kind, n in sorted(r.error_kinds.items())))

@@ -49,7 +49,10 @@ MISSED_BATCH = 50  # of the ClientInfo a party back from a suspension or OFFLINE
 REFUSED_IN_A_ROW = 3  # a party that refuses every push is sent this many a round, not a round's worth
 LONGEST_SLEEP_S = 60.0  # the safety net: a wake-up missed (Redis away) delays a push by at most this much
 TURN_TAKEN_S = 1.0  # another process is pushing: look again soon, in case it stops before it took this change
-AFTER_ERROR_S = 1.0  # the database briefly away: look again soon
+# The database briefly away, or Redis away from this process: look again soon, but after another process waiting for
+# the turn (every TURN_TAKEN_S) has had it. A process whose Redis does not answer holds the turn for as long as its
+# directory's reload waits (REDIS_TIMEOUT_S), and taking it again at once would delay every push each time.
+AFTER_ERROR_S = 2 * TURN_TAKEN_S
 
 
 def _when(value: datetime) -> str:

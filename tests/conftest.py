@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+import psutil
 import pytest
 import redis
 
@@ -147,13 +148,40 @@ LOG_KEY = routing_log_key(SECRET_KEY)  # so the rows tests write themselves veri
 LOOPBACK = "127.0.0.0/8,::1/128"
 
 
-def hub_env(services: Services, data_dir: Path, **extra: str) -> dict[str, str]:
+def fresh_env(data_dir: Path | None = None, **settings: str) -> dict[str, str]:
+    """The environment of an ocpi-hub as on a fresh machine: none of this one's OCPI_HUB_ variables, so no storage URLs
+    (it starts or reuses the embedded servers, under data_dir where given), and settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")}
+    if data_dir is not None:
+        env["OCPI_HUB_DATA_DIR"] = str(data_dir)
+    return env | settings
+
+
+def embedded_servers_under(directory: Path) -> list[psutil.Process]:
+    """The embedded PostgreSQL's and Valkey's processes running on a data dir under directory."""
+    found = []
+    for process in psutil.process_iter(["name", "cmdline", "cwd"]):
+        with_dir = " ".join(process.info["cmdline"] or []) + " " + (process.info["cwd"] or "")
+        if str(directory) in with_dir and process.info["name"] in ("postgres", "valkey-server"):
+            found.append(process)
+    return found
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def hub_env(services: Services, data_dir: Path, **extra: str) -> dict[str, str]:
+    env = fresh_env(data_dir)
     env.update(
         OCPI_HUB_DATABASE_URL=services.database_url,
         OCPI_HUB_REDIS_URL=services.redis_url,
         OCPI_HUB_REDIS_PREFIX=services.redis_prefix,
-        OCPI_HUB_DATA_DIR=str(data_dir),
         OCPI_HUB_ADMIN_TOKEN=secrets.token_urlsafe(32),
         OCPI_HUB_SECRET_KEY=SECRET_KEY,
         OCPI_HUB_COUNTRY_CODE="NL",

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Services, _admin_sql, _with_database, hub_env
+from tests.conftest import ROOT, Services, _admin_sql, _with_database, fresh_env, hub_env
 
 READY = re.compile(r"Open the console: (http://\S+)/console")
 AUDITOR = re.compile(r"auditor token: (\S+)")
@@ -69,7 +69,7 @@ def demo_env(request: pytest.FixtureRequest, data_dir: Path) -> dict[str, str]:
         env = hub_env(own, data_dir)
         env.pop("OCPI_HUB_FORWARD_TIMEOUT_S")
         return env
-    return {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {"OCPI_HUB_DATA_DIR": str(data_dir)}
+    return fresh_env(data_dir)
 
 
 def _reader(process: subprocess.Popen[str], lines: queue.Queue[str | None], log: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Hub, unique_party_id
+from tests.conftest import ROOT, Hub, fresh_env, unique_party_id
 from tests.parties import free_port, token_header
 from tests.test_routing import _roles, party_key
 
@@ -320,7 +319,7 @@ def test_a_port_in_use_is_said_at_once_and_nothing_starts(tmp_path: Path, comman
     taken.listen()
     port = taken.getsockname()[1]
     data_dir = tmp_path / "demo-data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {"OCPI_HUB_DATA_DIR": str(data_dir)}
+    env = fresh_env(data_dir)
     try:
         result = subprocess.run([sys.executable, "-m", "hub.cli", command, "--port", str(port)], env=env, cwd=ROOT,
                                 capture_output=True, text=True, timeout=60)  # fmt: skip

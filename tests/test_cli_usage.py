@@ -3,13 +3,14 @@ unknown one (what the operator's side commands do: tests/test_admin_and_cli.py).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import fresh_env
 
 OCPI_HUB = str(Path(sys.executable).parent / "ocpi-hub")  # the console script pip installed beside the interpreter
 
@@ -81,7 +82,7 @@ def test_hold_refuses_an_option_its_action_does_not_take(args: tuple[str, ...]) 
 def test_every_command_refuses_an_argument_it_does_not_take(args: tuple[str, ...], extra: str, tmp_path: Path) -> None:
     # `auditor list NAME` listed every auditor, and `parties show 7 --yes` showed one: an argument ignored looks taken.
     # Refused as a usage error before the command looks for a hub (none here: nothing must start or connect).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {"OCPI_HUB_DATA_DIR": str(tmp_path)}
+    env = fresh_env(tmp_path)
     result = subprocess.run([OCPI_HUB, *args], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert (result.returncode, result.stdout) == (2, ""), result.stderr
     assert f"unrecognized arguments: {extra}" in result.stderr and "Traceback" not in result.stderr
@@ -100,7 +101,7 @@ def test_a_party_not_written_cc_party_is_a_usage_error_saying_how_to_write_it(
 ) -> None:
     # A walkthrough: `sync locations --party NLX` said "no connected CPO NLX" and exited 1 as if the hub lacked it;
     # `hold set --party NLX` quoted msgspec's regex and asked for the --reason it had. Refused before any hub is sought.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {"OCPI_HUB_DATA_DIR": str(tmp_path)}
+    env = fresh_env(tmp_path)
     result = subprocess.run([OCPI_HUB, *args], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert (result.returncode, result.stdout) == (2, ""), result.stderr
     assert "argument --party: " in result.stderr and "such as NL-ABC" in result.stderr, result.stderr

@@ -3,7 +3,6 @@ message through it, and Ctrl-C stops all of it."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -13,9 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import OUTPUT, start_hub
+from tests.conftest import OUTPUT, embedded_servers_under, fresh_env, start_hub, wait_until
 from tests.demo_process import RunningDemo, demo_env, start_demo
-from tests.test_serve_and_storage import _processes_under, _wait_until
 
 PARTY_URL = re.compile(r", serves (http://127\.0\.0\.1:\d+)/ocpi/versions")
 
@@ -102,7 +100,7 @@ def test_demo_registers_four_parties_exchanges_every_kind_of_message_and_stops_c
     assert demo.process.wait(60) == 0
     for url in [demo.base, *party_urls]:
         assert _port_closed(url), f"{url} still answers after the demo stopped"
-    assert _wait_until(lambda: not _processes_under(demo.data_dir)), "embedded servers still running"
+    assert wait_until(lambda: not embedded_servers_under(demo.data_dir)), "embedded servers still running"
 
 
 def test_a_second_demo_on_the_same_data_updates_its_parties_registrations(
@@ -159,7 +157,7 @@ def test_a_serve_started_beside_the_demo_keeps_the_embedded_servers_the_demo_sta
     # The demo stopped the embedded servers it had started as it ended, under a serve started meanwhile on its data dir,
     # which went on serving on a database and a Redis that were gone.
     data_dir = tmp_path / "demo-data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {"OCPI_HUB_DATA_DIR": str(data_dir)}
+    env = fresh_env(data_dir)
     demo = start_demo(env, data_dir, OUTPUT / "demo-beside-a-serve.log", interval_s=5)
     try:
         hub = start_hub(env, OUTPUT / "serve-beside-the-demo.log")
@@ -173,8 +171,8 @@ def test_a_serve_started_beside_the_demo_keeps_the_embedded_servers_the_demo_sta
             assert httpx.get(f"{hub.base}/ready", timeout=10).json() == {"status": "ready"}  # PostgreSQL and Redis
         finally:
             assert hub.stop() == 0
-        assert _wait_until(lambda: not _processes_under(data_dir)), "embedded servers still running"
+        assert wait_until(lambda: not embedded_servers_under(data_dir)), "embedded servers still running"
     finally:
         demo.stop()
-        for left in _processes_under(data_dir):
+        for left in embedded_servers_under(data_dir):
             left.kill()

@@ -23,7 +23,7 @@ import structlog
 import storage.embedded.server as embedded
 from storage.embedded import EmbeddedPostgres, EmbeddedServiceError, EmbeddedValkey
 from storage.embedded.postgres import PG_SYSTEM_USER
-from tests.conftest import ROOT
+from tests.conftest import ROOT, fresh_env
 
 Server = EmbeddedPostgres | EmbeddedValkey
 
@@ -294,7 +294,7 @@ def test_a_test_run_stopped_by_sigterm_stops_the_servers_and_the_hub_it_started(
     # A CI job's time limit, or `timeout`, ends a run with SIGTERM. Python's default exit skipped every fixture's
     # teardown and left the run's embedded PostgreSQL and Valkey, and its hubs, running (seen here).
     basetemp = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")}  # its own embedded servers
+    env = fresh_env()  # its own embedded servers
 
     def started_by_the_run() -> dict[str, list[psutil.Process]]:
         found: dict[str, list[psutil.Process]] = {"servers": [], "hubs": []}

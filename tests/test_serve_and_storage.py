@@ -6,7 +6,6 @@ import asyncio
 import concurrent.futures
 import http.client
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,29 +14,31 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-import psutil
 import pytest
 
 from storage.migrate import migrate, migration_files, pending
 from storage.secrets import TokenBox
-from tests.conftest import OUTPUT, ROOT, SECRET_KEY, Hub, Services, hub_env, register_at_hub, start_hub, unique_party_id
+from tests.conftest import (
+    OUTPUT,
+    ROOT,
+    SECRET_KEY,
+    Hub,
+    Services,
+    embedded_servers_under,
+    fresh_env,
+    hub_env,
+    register_at_hub,
+    start_hub,
+    unique_party_id,
+    wait_until,
+)
 from tests.log_rows import migrate_up_to, run_on
 from tests.parties import token_header
 from tests.test_routing import _roles, party_key, push_location
 
 
-def _processes_under(directory: Path) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["name", "cmdline", "cwd"]):
-        with_dir = " ".join(process.info["cmdline"] or []) + " " + (process.info["cwd"] or "")
-        if str(directory) in with_dir and process.info["name"] in ("postgres", "valkey-server"):
-            found.append(process)
-    return found
-
-
 def test_serve_without_database_urls_runs_on_embedded_servers_and_stops_them(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")}
-    env |= {"OCPI_HUB_DATA_DIR": str(tmp_path / "data")}
+    env = fresh_env(tmp_path / "data")
     hub = start_hub(env, OUTPUT / "embedded-default-hub.log")
     try:
         admin_token = (tmp_path / "data" / "admin-token").read_text().strip()
@@ -46,10 +47,10 @@ def test_serve_without_database_urls_runs_on_embedded_servers_and_stops_them(tmp
         pid = unique_party_id()
         token_a = hub.invite("Embedded Co", ("CPO", "NL", pid))["token_a"]
         assert httpx.get(hub.versions_url, headers=token_header(token_a)).status_code == 200
-        assert _processes_under(tmp_path / "data")
+        assert embedded_servers_under(tmp_path / "data")
     finally:
         assert hub.stop() == 0
-    assert _wait_until(lambda: not _processes_under(tmp_path / "data")), "embedded servers still running"
+    assert wait_until(lambda: not embedded_servers_under(tmp_path / "data")), "embedded servers still running"
 
     # The next start reuses the same cluster: the invitation is still there, with the same admin token.
     again = start_hub(env, OUTPUT / "embedded-default-hub-2.log")
@@ -60,7 +61,7 @@ def test_serve_without_database_urls_runs_on_embedded_servers_and_stops_them(tmp
         assert httpx.get(again.versions_url, headers=token_header(token_a)).status_code == 200
     finally:
         again.stop()
-    assert _wait_until(lambda: not _processes_under(tmp_path / "data"))
+    assert wait_until(lambda: not embedded_servers_under(tmp_path / "data"))
 
 
 def test_serve_with_a_generated_secret_key_says_where_it_is_kept_and_to_back_it_up(
@@ -115,15 +116,6 @@ def test_serve_on_every_address_without_a_public_url_or_a_metrics_token_warns_of
         assert hub.stop() == 0
 
 
-def _wait_until(condition, timeout: float = 15) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_rotated_token_stops_working_on_every_hub_process_within_a_second(
     services: Services, hub: Hub, start_party, tmp_path: Path
 ) -> None:
@@ -132,19 +124,17 @@ def test_rotated_token_stops_working_on_every_hub_process_within_a_second(
         party = start_party(("CPO", "NL", pid := unique_party_id()))
         # Invited on the first process, registered on the second: the token A travels between them.
         token_a = hub.invite(party.name, ("CPO", "NL", pid))["token_a"]
-        assert _wait_until(
-            lambda: httpx.get(second.versions_url, headers=token_header(token_a)).status_code == 200, 1.5
-        )
+        assert wait_until(lambda: httpx.get(second.versions_url, headers=token_header(token_a)).status_code == 200, 1.5)
         assert party.register_at(second.versions_url, token_a).json()["status_code"] == 1000
         token_c = party.hub_token
-        assert _wait_until(lambda: httpx.get(hub.versions_url, headers=token_header(token_c)).status_code == 200, 1.5)
+        assert wait_until(lambda: httpx.get(hub.versions_url, headers=token_header(token_c)).status_code == 200, 1.5)
         # Rotate on the first process; the second refuses the old token within a second.
         answer = httpx.put(
             f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(token_c), json=party.credentials(party.token_b)
         )
         assert answer.json()["status_code"] == 1000
         rotated = time.monotonic()
-        assert _wait_until(lambda: httpx.get(second.versions_url, headers=token_header(token_c)).status_code == 401)
+        assert wait_until(lambda: httpx.get(second.versions_url, headers=token_header(token_c)).status_code == 401)
         assert time.monotonic() - rotated < 1.0
     finally:
         second.stop()
@@ -155,7 +145,7 @@ def test_serve_with_two_workers_answers_on_both(services: Services, tmp_path: Pa
     try:
         token_a = hub.invite("Workers Co", ("CPO", "NL", unique_party_id()))["token_a"]
         # Whichever worker takes each request knows the token.
-        assert _wait_until(lambda: httpx.get(hub.versions_url, headers=token_header(token_a)).status_code == 200, 1.5)
+        assert wait_until(lambda: httpx.get(hub.versions_url, headers=token_header(token_a)).status_code == 200, 1.5)
         time.sleep(1.1)
         codes = {httpx.get(hub.versions_url, headers=token_header(token_a)).status_code for _ in range(40)}
         assert codes == {200}
@@ -184,7 +174,7 @@ def test_two_workers_told_to_stop_refuse_new_connections_at_once_and_finish_the_
         time.sleep(1.1)  # both workers know both parties
         with concurrent.futures.ThreadPoolExecutor() as threads:
             in_flight = threads.submit(push_location, cpo, hub.base, party_key(slow))
-            _wait_until(lambda: bool(slow.functional()), 5)
+            wait_until(lambda: bool(slow.functional()), 5)
             hub.process.send_signal(signal.SIGTERM)
             time.sleep(0.8)  # uvicorn's supervisor looks at its signals every 0.5 s
             with pytest.raises(httpx.ConnectError):

@@ -22,11 +22,21 @@ import pytest
 
 from hub.ocpi.late_answer import STOPPED, STOPPED_WHILE_ROUTED
 from hub.serve import WORKERS_KILL_AFTER_S
-from tests.conftest import OUTPUT, ROOT, SECRET_KEY, Hub, Services, hub_env, register_at_hub, start_hub
+from tests.conftest import (
+    OUTPUT,
+    ROOT,
+    SECRET_KEY,
+    Hub,
+    Services,
+    embedded_servers_under,
+    fresh_env,
+    hub_env,
+    register_at_hub,
+    start_hub,
+)
 from tests.log_rows import sql, verified
 from tests.parties import Party, free_port
 from tests.test_routing import _roles, party_key
-from tests.test_serve_and_storage import _processes_under as _embedded_under
 
 # A stop during start-up takes a worker's start and its shutdown: seconds. Well under granian's kill of a worker that
 # does not stop (WORKERS_KILL_AFTER_S), so that a worker killed there fails this too.
@@ -150,8 +160,7 @@ def test_a_worker_that_does_not_stop_is_killed_and_serve_exits_within_the_grace_
 
 def _serve_on_embedded_servers(data_dir: Path, log_name: str, *args: str) -> Serve:
     """`ocpi-hub serve` as on a fresh machine: no storage URLs, so it starts the embedded servers under data_dir."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
-        "OCPI_HUB_DATA_DIR": str(data_dir), "OCPI_HUB_SECRET_KEY": SECRET_KEY}  # fmt: skip
+    env = fresh_env(data_dir, OCPI_HUB_SECRET_KEY=SECRET_KEY)
     log_path = OUTPUT / log_name
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(free_port()), *args],
@@ -172,12 +181,12 @@ def test_sigterm_while_serve_migrates_or_starts_its_server_stops_the_embedded_se
         while after not in serve.log():  # the embedded servers run, serve migrates their database, or then serves
             assert serve.process.poll() is None and time.monotonic() < deadline, serve.log()
             time.sleep(0.005)
-        assert _embedded_under(tmp_path / "data")
+        assert embedded_servers_under(tmp_path / "data")
         _stopped_entirely(serve, tmp_path)
-        assert _embedded_under(tmp_path / "data") == []
+        assert embedded_servers_under(tmp_path / "data") == []
     finally:
         serve.kill_all()
-        for left in _embedded_under(tmp_path / "data"):
+        for left in embedded_servers_under(tmp_path / "data"):
             left.kill()
 
 
@@ -208,12 +217,12 @@ def test_a_stop_asked_for_again_and_again_while_serve_stops_ends_it_cleanly_with
         assert serve.process.poll() == 0, f"exit {serve.process.poll()}:\n{serve.log()}"
         time.sleep(0.5)
         assert serve.still_running() == [], serve.log()
-        assert _embedded_under(tmp_path / "data") == []
+        assert embedded_servers_under(tmp_path / "data") == []
         # a second SIGINT is uvicorn's forced quit: said as such, not as a failed lifespan, with the clients closed
         assert [line for line in serve.log().splitlines() if '"error"' in line] == []
     finally:
         serve.kill_all()
-        for left in _embedded_under(tmp_path / "data"):
+        for left in embedded_servers_under(tmp_path / "data"):
             left.kill()
 
 

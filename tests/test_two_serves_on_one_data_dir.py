@@ -4,7 +4,6 @@ runs, and the embedded servers running until the last serve or command on them e
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import subprocess
@@ -21,17 +20,18 @@ from tests.conftest import (
     SECRET_KEY,
     Hub,
     Services,
+    embedded_servers_under,
+    fresh_env,
     hub_env,
     register_at_hub,
     start_hub,
     unique_party_id,
+    wait_until,
 )
 from tests.parties import Party, free_port
 from tests.test_admin_and_cli import _cli
 from tests.test_location_cache import _location
 from tests.test_routing import _roles, party_key
-from tests.test_serve_and_storage import _processes_under as _embedded_under
-from tests.test_serve_and_storage import _wait_until
 
 
 def _invitations_versions_url(env: dict[str, str]) -> str:
@@ -99,7 +99,7 @@ def test_the_embedded_servers_stop_with_the_last_serve_on_the_data_dir_whichever
         # waited for, not stopped again: Hub.stop() sends one more SIGTERM to a serve still running, which the last of
         # them may take while Python finalizes, after its handlers are gone (exit -15), as it stops the servers
         assert [hub.process.wait(60) for hub in (second, third)] == [0, 0]
-        assert _wait_until(lambda: not _embedded_under(data_dir)), [p.cmdline() for p in _embedded_under(data_dir)]
+        _embedded_servers_stop(data_dir)
     finally:
         _stop_all(hubs[::-1], [], [], data_dir)
 
@@ -116,20 +116,20 @@ def test_a_command_running_as_the_last_serve_stops_keeps_the_embedded_servers_un
     try:
         cpo = register_at_hub(hub, start_party, roles)
         cpo.objects["locations"] = [_location(party_key(cpo), "L1", "2026-12-01T10:00:00Z")]
-        assert _wait_until(lambda: _synced_at(hub, roles[2]), 60)  # the hub's own first sync, at its registration
+        assert wait_until(lambda: _synced_at(hub, roles[2]), 60)  # the hub's own first sync, at its registration
         synced_by_the_hub = _synced_at(hub, roles[2])
         pulls = len(cpo.syncs())
         cpo.held, cpo.held_paths = threading.Event(), ("/ocpi/2.2.1/locations/sender",)
         command = [sys.executable, "-m", "hub.cli", "sync", "locations", "--party", "-".join(party_key(cpo))]
         sync = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert _wait_until(lambda: len(cpo.syncs()) > pulls, 60), sync.poll() is None or sync.communicate()
+        assert wait_until(lambda: len(cpo.syncs()) > pulls, 60), sync.poll() is None or sync.communicate()
         assert hub.stop() == 0  # the last serve, while the sync waits for the CPO's answer
-        assert _embedded_under(data_dir), "the serve stopped the servers the sync works on"
+        assert embedded_servers_under(data_dir), "the serve stopped the servers the sync works on"
         cpo.held.set()
         _, stderr = sync.communicate(timeout=60)
         assert sync.returncode == 0, stderr
         # the last to end stops them, though a serve started them
-        assert _wait_until(lambda: not _embedded_under(data_dir)), [p.cmdline() for p in _embedded_under(data_dir)]
+        _embedded_servers_stop(data_dir)
     finally:
         _stop_all([hub], [cpo], [sync], data_dir)
     # started again, the hub keeps what the sync wrote
@@ -152,31 +152,35 @@ def test_a_command_that_started_the_embedded_servers_leaves_them_to_another_stil
     try:
         cpo = register_at_hub(hub, start_party, roles := _roles("CPO"))
         emsp = register_at_hub(hub, start_party, _roles("EMSP"))
-        assert _wait_until(lambda: _synced_at(hub, roles[2]), 60)
+        assert wait_until(lambda: _synced_at(hub, roles[2]), 60)
         assert hub.stop() == 0
-        assert _wait_until(lambda: not _embedded_under(data_dir))  # no command ran: the serve stopped them
+        assert wait_until(lambda: not embedded_servers_under(data_dir))  # no command ran: the serve stopped them
         for party, module in ((cpo, "locations"), (emsp, "tokens")):
             pulls = len(party.owner_pulls(module))
             party.held, party.held_paths = threading.Event(), (f"/ocpi/2.2.1/{module}/sender",)
             command = [sys.executable, "-m", "hub.cli", "sync", module, "--party", "-".join(party_key(party))]
             syncs.append(subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           text=True))  # fmt: skip
-            assert _wait_until(lambda: len(party.owner_pulls(module)) > pulls, 60), syncs[-1].communicate()  # noqa: B023
+            assert wait_until(lambda: len(party.owner_pulls(module)) > pulls, 60), syncs[-1].communicate()  # noqa: B023
         cpo.held.set()  # the sync that started the servers ends first
         assert syncs[0].wait(60) == 0, syncs[0].communicate()
-        assert _embedded_under(data_dir), "the first sync stopped the servers the second works on"
+        assert embedded_servers_under(data_dir), "the first sync stopped the servers the second works on"
         emsp.held.set()
         assert syncs[1].wait(60) == 0, syncs[1].communicate()
-        assert _wait_until(lambda: not _embedded_under(data_dir)), [p.cmdline() for p in _embedded_under(data_dir)]
+        _embedded_servers_stop(data_dir)
     finally:
         _stop_all([hub], [cpo, emsp], syncs, data_dir)
 
 
 def _on_embedded_servers(data_dir: Path) -> dict[str, str]:
     """The environment of a serve or a command without server URLs: the embedded servers in data_dir."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("OCPI_HUB_")} | {
-        "OCPI_HUB_DATA_DIR": str(data_dir), "OCPI_HUB_SECRET_KEY": SECRET_KEY,
-        "OCPI_HUB_PARTY_NETWORKS_ALLOWED": LOOPBACK, "OCPI_HUB_ADMIN_TOKEN": secrets.token_urlsafe(32)}  # fmt: skip
+    return fresh_env(data_dir, OCPI_HUB_SECRET_KEY=SECRET_KEY, OCPI_HUB_PARTY_NETWORKS_ALLOWED=LOOPBACK,
+                     OCPI_HUB_ADMIN_TOKEN=secrets.token_urlsafe(32))  # fmt: skip
+
+
+def _embedded_servers_stop(data_dir: Path) -> None:
+    if not wait_until(lambda: not embedded_servers_under(data_dir)):
+        raise AssertionError(f"still running: {[p.cmdline() for p in embedded_servers_under(data_dir)]}")
 
 
 def _stop_all(
@@ -192,7 +196,7 @@ def _stop_all(
             command.kill()
     for hub in hubs:
         hub.stop()
-    for left in _embedded_under(data_dir):
+    for left in embedded_servers_under(data_dir):
         left.kill()
 
 

@@ -1,6 +1,6 @@
 """The `ocpi-hub serve`s running on a data dir, each recorded there while it runs: the URL and settings the commands
-beside use, and the last serve to stop there, which stops the embedded servers. The other commands on the embedded
-servers are recorded too: the last serve to stop while one runs leaves the servers to the last of them."""
+beside use. The other commands on the embedded servers are recorded too, and the last serve or command to end there
+stops the embedded servers, whoever started them."""
 
 from __future__ import annotations
 
@@ -9,23 +9,27 @@ import fcntl
 import json
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NamedTuple
+
+import structlog
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from storage.embedded.server import EmbeddedServer
 
+log = structlog.get_logger()
+
 PUBLIC_URL_FILE = "public-url"  # in the data dir: the URL of the serve started last there still running, else the last
 # In the data dir: a file per running serve, named PID-RANDOM (pids repeat across containers sharing a volume), holding
 # its URL and locked by it for as long as it lives. A serve killed (SIGKILL, a crash) leaves its file, but not its lock.
 SERVES_DIR = "serving"
 # In the data dir: a file per other command running on the embedded servers there (an `ocpi-hub sync` or a long
-# export beside the hub), named and locked as a serve's; and in serving/, a mark that the last serve stopped while
-# such commands ran, so that the last of them to end stops the servers.
+# export beside the hub), named and locked as a serve's.
 COMMANDS_DIR = "commands"
-LEFT_TO_COMMANDS = "left-to-commands"
+BUSY_SAID_S = 1.0  # a wait for serving/.lock longer than this is said (data_dir_busy)
 
 # The settings a serve records for the commands beside it, which take those their own environment does not set (an
 # `ocpi-hub connect` acting as NL-HUB beside a DE-HBX hub, or refusing the parties that hub calls on its private
@@ -89,14 +93,11 @@ def serve_recorded(data_dir: Path, url: str, env: dict[str, str]) -> Iterator[Se
             if record is not None:
                 with contextlib.suppress(OSError):
                     _write_public_url(data_dir, running[-1].url if running else url)
-            if running:
+            # a command still working on them would fail half-way: the last of those stops them
+            if running or _running_commands(data_dir):
                 last_out.pop_all()  # left to the last of them
-            elif _running_commands(data_dir):
-                last_out.pop_all()  # a command still working on them would fail half-way: the last of those stops them
-                _mark_left_to_commands(data_dir)
             else:
                 last_out.close()
-                _mark_left_to_commands(data_dir, False)
 
 
 class CommandRecord(NamedTuple):
@@ -109,10 +110,9 @@ class CommandRecord(NamedTuple):
 @contextlib.contextmanager
 def command_recorded(data_dir: Path) -> Iterator[CommandRecord]:
     """A command other than serve on the embedded servers of data_dir, recorded there while it runs. On its way out,
-    with no serve and no other command running there, it stops those it started, or all of them when the last serve
-    left them to the commands; with only other commands running, it leaves those it started to the last of them. A
-    serve running there stops them as the last serve (serve_recorded). Recorded before the servers start or are
-    reused, as a serve is: a serve stopping meanwhile sees it."""
+    with no serve and no other command running there, it stops them, whoever started them: a serve that stopped
+    while it ran left them to it, and one killed (SIGKILL, a crash) left them to whoever comes next. Recorded before
+    the servers start or are reused, as a serve is: a serve stopping meanwhile sees it."""
     commands = data_dir / COMMANDS_DIR
     record = None
     with contextlib.suppress(OSError), _changing(data_dir / SERVES_DIR):
@@ -127,60 +127,41 @@ def command_recorded(data_dir: Path) -> Iterator[CommandRecord]:
             if record is not None:
                 with contextlib.suppress(OSError), record:
                     Path(record.name).unlink(missing_ok=True)
-            left_to_commands = (data_dir / SERVES_DIR / LEFT_TO_COMMANDS).exists()
-            # with a serve running there, the last serve stops them, whoever started them
-            if (left_to_commands or any(server.owned for server in used.servers)) and not running_serves(data_dir):
-                if _running_commands(data_dir):
-                    _mark_left_to_commands(data_dir)  # to the last of them
-                else:
-                    for server in used.servers:
-                        server.stop(whoever_started_it=left_to_commands)
-                    _mark_left_to_commands(data_dir, False)
+            if not running_serves(data_dir) and not _running_commands(data_dir):  # else left to the last of them
+                for server in used.servers:
+                    server.stop(whoever_started_it=True)
 
 
 def running_serves(data_dir: Path, remove_dead: bool = False) -> list[Serve]:
     """The serves running on data_dir, the last started last."""
-    try:
-        records = [path for path in (data_dir / SERVES_DIR).iterdir() if not path.name.startswith(".")]
-    except OSError:
-        return []
     running = []
-    for path in records:
-        with contextlib.suppress(OSError, ValueError), path.open() as record:
-            try:
-                fcntl.flock(record, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:  # its serve holds it
-                if serve := _read(int(path.name.split("-")[0]), record.read()):
-                    running.append((os.fstat(record.fileno()).st_mtime_ns, serve))
-                continue
-            if remove_dead:
-                path.unlink()
+    for path, record in _held_records(data_dir / SERVES_DIR, remove_dead):
+        with contextlib.suppress(OSError, ValueError):
+            if serve := _read(int(path.name.split("-")[0]), record.read()):
+                running.append((os.fstat(record.fileno()).st_mtime_ns, serve))
     return [serve for _, serve in sorted(running)]
 
 
 def _running_commands(data_dir: Path, remove_dead: bool = False) -> int:
-    """How many commands other than serve run on data_dir's embedded servers (their records locked)."""
-    running = 0
+    """How many commands other than serve run on data_dir's embedded servers."""
+    return sum(1 for _ in _held_records(data_dir / COMMANDS_DIR, remove_dead))
+
+
+def _held_records(records: Path, remove_dead: bool) -> Iterator[tuple[Path, IO[str]]]:
+    """The records in the folder records whose process still runs, each open while it is looked at: its process holds
+    its lock, which goes with the process however it ends. With remove_dead, those of processes gone are removed."""
     with contextlib.suppress(OSError):
-        for path in (data_dir / COMMANDS_DIR).iterdir():
+        for path in records.iterdir():
+            if path.name.startswith("."):  # serving/.lock
+                continue
             with contextlib.suppress(OSError), path.open() as record:
                 try:
                     fcntl.flock(record, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:  # its command holds it
-                    running += 1
+                except BlockingIOError:  # its process holds it
+                    yield path, record
                     continue
                 if remove_dead:
                     path.unlink()
-    return running
-
-
-def _mark_left_to_commands(data_dir: Path, left: bool = True) -> None:
-    mark = data_dir / SERVES_DIR / LEFT_TO_COMMANDS
-    with contextlib.suppress(OSError):
-        if left:
-            mark.touch()
-        else:
-            mark.unlink(missing_ok=True)
 
 
 def hub_url(data_dir: Path) -> str | None:
@@ -220,8 +201,25 @@ def _changing(serves: Path) -> Iterator[None]:
         lock = (serves / ".lock").open("a")
     with lock or contextlib.nullcontext():
         if lock is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            _locked(lock, serves.parent)
         yield
+
+
+def _locked(lock: IO[str], data_dir: Path) -> None:
+    """The lock taken, and a wait for it longer than BUSY_SAID_S said: a command waiting while the last serve there
+    stops the embedded servers under it (about 40 s at most) would look hung. Records change in milliseconds."""
+    said_at = time.monotonic() + BUSY_SAID_S
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= said_at:
+                break
+            time.sleep(0.02)
+    log.info("data_dir_busy", data_dir=str(data_dir), waiting_for="another ocpi-hub on this data dir: a serve "
+             "stopping the embedded servers as the last to stop there, or starting them")  # fmt: skip
+    fcntl.flock(lock, fcntl.LOCK_EX)
 
 
 def _write_public_url(data_dir: Path, url: str) -> None:

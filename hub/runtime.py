@@ -25,10 +25,9 @@ log = structlog.get_logger()
 
 @contextlib.contextmanager
 def backing_services(settings: Settings, serve: ServeRecord | None = None) -> Iterator[Settings]:
-    """Settings whose database and Redis URLs point at running servers. Embedded ones stop with the last serve on the
-    data dir to stop (serve: this one's record there), whichever started them, or, when commands still run there on
-    them, with the last of those; a command other than serve stops those it started, unless a serve or another command
-    runs there then (hub.data_dir_serves.command_recorded)."""
+    """Settings whose database and Redis URLs point at running servers. Embedded ones stop with the last serve or
+    command on the data dir to end, whichever started them (serve: this one's record there; else this command's,
+    hub.data_dir_serves.command_recorded)."""
     with contextlib.ExitStack() as stack:
         database_url, redis_url = settings.database_url, settings.redis_url
         # a command is recorded on the data dir before it starts or reuses them, as a serve is (serve_recorded)

@@ -3,6 +3,7 @@ runs, and the embedded servers running until the last serve or command on them e
 
 from __future__ import annotations
 
+import fcntl
 import json
 import secrets
 import signal
@@ -170,6 +171,46 @@ def test_a_command_that_started_the_embedded_servers_leaves_them_to_another_stil
         _embedded_servers_stop(data_dir)
     finally:
         _stop_all([hub], [cpo, emsp], syncs, data_dir)
+
+
+def test_a_command_waiting_for_a_serve_busy_on_the_data_dir_says_so_then_goes_on(tmp_path: Path) -> None:
+    # A command started while the last serve on the data dir stopped the embedded servers (under the data dir's lock,
+    # up to about 40 s) waited for it without a word: it looked hung.
+    env = _on_embedded_servers(data_dir := tmp_path / "data")
+    assert start_hub(env, OUTPUT / "serve-before-a-waiting-command.log", timeout=120).stop() == 0
+    assert wait_until(lambda: not embedded_servers_under(data_dir))
+    said = OUTPUT / "command-waiting-for-the-data-dir.log"
+    command = None
+    try:
+        with (data_dir / "serving" / ".lock").open("a") as lock, said.open("w") as stderr:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # as the last serve holds it while it stops the servers
+            command = subprocess.Popen([sys.executable, "-m", "hub.cli", "parties", "list"], env=env, cwd=ROOT,
+                                       stdout=subprocess.PIPE, stderr=stderr, text=True)  # fmt: skip
+            assert wait_until(lambda: '"data_dir_busy"' in said.read_text(), 30), said.read_text()
+            assert command.poll() is None and not embedded_servers_under(data_dir)  # waiting, not yet started them
+        stdout, _ = command.communicate(timeout=120)  # the lock let go: it starts the servers, lists, stops them
+        assert command.returncode == 0, said.read_text()
+        assert json.loads(stdout) == {"items": []}
+        _embedded_servers_stop(data_dir)
+    finally:
+        _stop_all([], [], [command], data_dir)
+
+
+def test_the_embedded_servers_a_killed_serve_left_stop_with_the_next_command_to_end_there(tmp_path: Path) -> None:
+    # A serve killed outright (SIGKILL, a crash), the only one on its data dir, left the embedded servers running
+    # until a later serve there stopped: a command run meanwhile left them running too, not having started them.
+    env = _on_embedded_servers(data_dir := tmp_path / "data")
+    hub = start_hub(env, OUTPUT / "serve-killed-on-embedded-servers.log", timeout=120)
+    try:
+        hub.process.kill()
+        hub.process.wait(10)
+        assert embedded_servers_under(data_dir)  # servers of their own: they outlive it
+        listed = subprocess.run([sys.executable, "-m", "hub.cli", "parties", "list"], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        _embedded_servers_stop(data_dir)  # the last on the data dir to end
+    finally:
+        _stop_all([hub], [], [], data_dir)
 
 
 def _on_embedded_servers(data_dir: Path) -> dict[str, str]:

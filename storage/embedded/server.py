@@ -133,7 +133,7 @@ class EmbeddedServer(abc.ABC):
         return self._url(port)
 
     def stop(self, whoever_started_it: bool = False) -> None:
-        """Stop the server this process started; whoever_started_it: the last serve to stop on the data dir."""
+        """Stop the server this process started; whoever_started_it: the last serve or command on the data dir."""
         if self.owned or whoever_started_it:
             with _locked(self.data_dir / f".{self.kind}.lock"):
                 self._halt()

@@ -133,6 +133,29 @@ def test_a_failed_forward_makes_the_hub_probe_at_once(probing_hub: Hub, start_pa
     assert _statuses_pushed(emsp, key, 3) == ["PLANNED", "CONNECTED", "OFFLINE"]
 
 
+@pytest.mark.parametrize("probing_hub", ["300"], indirect=True)
+def test_a_receiver_answering_a_gateway_error_is_probed_at_once_and_goes_offline_when_its_versions_fail_too(
+    probing_hub: Hub, start_party
+) -> None:
+    # Found by a spec review: a CPO whose load balancer answered 503 to everything stayed CONNECTED for as long as
+    # requests reached it. Any answer counted as a message from it, and only a forward that failed to connect or timed
+    # out made the hub probe at once (a ClientInfo push's 5xx did).
+    hub = probing_hub
+    emsp, cpo = _connect(hub, start_party, "EMSP"), _connect(hub, start_party, "CPO")
+    cc, pid = key = party_key(cpo)
+    cpo.canned_under[("GET", "/ocpi/2.2.1/locations/")] = (503, b"<html>Service Unavailable</html>",
+                                                          {"Content-Type": "text/html"})  # fmt: skip
+    probes = _versions_probes(cpo)
+    answer = emsp.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=key)
+    assert (answer.status_code, answer.text) == (503, "<html>Service Unavailable</html>")  # relayed as it came
+    _wait_for(lambda: _versions_probes(cpo) > probes)  # at once, not after 300 s of silence
+    assert _status(hub, cpo) == "CONNECTED"  # its versions answer: its server is there
+    cpo.versions_status = 503  # its whole server behind the failing gateway
+    assert emsp.call(hub.base, "GET", f"sender/locations/{cc}/{pid}/LOC1", to=key).status_code == 503
+    _wait_for(lambda: _status(hub, cpo) == "OFFLINE")
+    assert _statuses_pushed(emsp, key, 3) == ["PLANNED", "CONNECTED", "OFFLINE"]
+
+
 @contextlib.contextmanager
 def _a_cpo_probed_every_30_s(
     deployment: Services, tmp_path: Path, start_party: Callable[..., Party], log: str

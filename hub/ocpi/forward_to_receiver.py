@@ -89,7 +89,10 @@ async def call_party(
     except ShareInUse:  # the caller's own requests held every slot of its share: nothing went to the receiver
         entry.forwarded_request_id = None
         raise
-    relay.last_seen[platform.id] = datetime.now(UTC)  # a message received from it (still-alive)
+    if answer.status >= 500:  # its gateway's 502/503/504, or its server failing: no sign of life, so look (as a push)
+        relay.still_alive.suspect(platform.id)
+    else:
+        relay.last_seen[platform.id] = datetime.now(UTC)  # a message received from it (still-alive)
     if answer.status == 401:
         # transport_and_format.asciidoc: a 401 says the caller's token "doesn't match any known party"; the caller
         # gave the hub a good one, so this one is the hub's to answer, and the operator's to look into

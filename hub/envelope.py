@@ -152,8 +152,10 @@ def render_ocpi_error(request: Request, exc: Exception) -> Response:
             http_status=status,
             headers=exc.headers,
         )
-    status, message = logged_unexpected(request, exc)
-    return ocpi_response(None, status_code=3000, message=message, http_status=status)
+    _, message = logged_unexpected(request, exc)
+    # status_codes.asciidoc: "If a request is syntactically valid JSON and addresses an existing resource, a HTTP error
+    # MUST NOT be returned": PostgreSQL or Redis away, or a bug of the hub, is OCPI 3000 (a relayed module's is 4000)
+    return ocpi_response(None, status_code=3000, message=message)
 
 
 def logged_unexpected(request: Request, exc: Exception) -> tuple[int, str]:

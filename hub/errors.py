@@ -16,7 +16,8 @@ Content-Encoding of the body (EncodedBody, HTTP 415: the body does not arrive as
                             UnknownReceiver 4001, ForwardTimeout 4002, ReceiverNotConnected 4003
 
 PostgreSQL or Redis away (OUTAGES, `unavailable`) is no bug of the hub: the relay answers it with 4000, the
-other routes with HTTP 503, each naming the server and the error. A body the hub reads itself goes through
+hub's own OCPI endpoints with 3000 (HTTP 200, the request reached the OCPI layer), the admin API and the console with
+HTTP 503, each naming the server and the error. A body the hub reads itself goes through
 `decoded` or `check_json`, which translate msgspec's errors into MalformedBody (no JSON) or InvalidParameters.
 """
 

@@ -165,9 +165,9 @@ class Relay:
             taken_as_the_answer()
             sent = "it was sent to the receiver, whose answer the hub did not wait for"
             answer = self._cut_short(exchange, STOPPED_WHILE_ROUTED, sent)
-        except Exception as exc:  # a bug of the hub: still an OCPI answer, and still a row in the log
+        except Exception as exc:  # a bug of the hub: still an OCPI answer (no HTTP error: hub.envelope), and a row
             log.exception("relay_failed", path=path)
-            answer = self.hub_answer(exchange, 500, 3000, "internal error of the hub; it has been logged")
+            answer = self.hub_answer(exchange, 200, 3000, "internal error of the hub; it has been logged")
             entry.error = f"internal error: {exc!r}"
         try:
             if entry.from_country_code is None or exchange.caller is None:  # refused before it was routed

@@ -29,6 +29,9 @@ import msgspec
 from storage.log_body import stored_body
 
 GENESIS = bytes(32)  # the prev_hash of a chain's first row
+# characters of an anonymous request's path, its query and each logged request header its row keeps (an OCPI URL of
+# the hub, its ids and its headers are far shorter): LogEntry.keep_anonymous_request_short
+ANONYMOUS_TEXT_MAX = 512
 _canonical = msgspec.json.Encoder(order="sorted")
 
 # Hashed and written in this order; id, prev_hash and hash are not part of the content (a keyed hash takes the id
@@ -84,7 +87,7 @@ class LogEntry:
     response_headers: dict[str, str] | None = None
     request_body: bytes = b""
     response_body: bytes = b""
-    # the size of a request body the row keeps no more of (keep_request_body_size_only); None: request_body is it
+    # the size of a request body the row keeps no more of (keep_anonymous_request_short); None: request_body is it
     request_body_size: int | None = None
     # (key, url) of a CDR Location the hub rewrote; stored in relayed_location in the same transaction
     relayed_location: tuple[str, str] | None = None
@@ -96,12 +99,22 @@ class LogEntry:
     chained_at: tuple[int, bytes] | None = field(default=None, repr=False)
     row_id: int | None = field(default=None, repr=False)  # the id its row was hashed with, kept if chained again
 
-    def keep_request_body_size_only(self) -> None:
+    def keep_anonymous_request_short(self) -> None:
         """The row of a caller no registered party's token names (none, an unknown one, a token A on a functional
-        module) keeps its request body's size and not the body: anyone could fill the log's disk with bodies, up to
-        the log's body cap a request. The size says what came; the path and headers say where to."""
+        module) keeps its request body's size and not the body, and at most ANONYMOUS_TEXT_MAX characters of its path,
+        its query and each request header it logs: anyone could fill the log's disk otherwise, up to the log's body
+        cap and a request's 64 KiB head a request. The size says what came; the path and headers, cut, say where to."""
         if self.request_body:
             self.request_body_size, self.request_body = len(self.request_body), b""
+        self.path, self.query = _cut_short(self.path), _cut_short(self.query)
+        if self.request_headers:
+            self.request_headers = {name: _cut_short(value) for name, value in self.request_headers.items()}
+
+
+def _cut_short(text: str) -> str:
+    if len(text) <= ANONYMOUS_TEXT_MAX:
+        return text
+    return f"{text[:ANONYMOUS_TEXT_MAX]}... ({len(text):,} characters, cut: no registered party sent it)"
 
 
 class BodyDigest(bytes):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import time
 import uuid
@@ -112,6 +113,34 @@ def test_the_row_of_a_caller_no_registered_partys_token_names_keeps_its_bodys_si
         answer = _put(hub, cpo.hub_token, party_key(cpo), party_key(emsp), correlation_id, body, **headers)
         assert answer.status_code == status, answer.text
         assert _body_kept(db, correlation_id) == (body, len(body))
+
+
+def test_the_row_of_a_caller_no_registered_partys_token_names_keeps_its_path_query_and_headers_cut_short(
+    cpo_and_emsp: tuple[Party, Party], hub: Hub, db: Db
+) -> None:
+    # a security review's point: with no token, a 60 KB path, query or header filled the log's disk as fast as a body
+    # did before its size alone was kept; a row then took up to a request's 64 KiB head
+    cpo, _ = cpo_and_emsp
+    (cc, pid), long_text = party_key(cpo), "L" * 20_000
+    for token, status in ((None, 401), ("not-a-token", 401), (cpo.hub_token, 200)):
+        correlation_id = str(uuid.uuid4())
+        headers = {"X-Correlation-ID": correlation_id, "OCPI-to-party-id": long_text, "OCPI-to-country-code": "NL"}
+        if token is not None:
+            headers["Authorization"] = f"Token {base64.b64encode(token.encode()).decode()}"
+        path = f"/ocpi/2.2.1/sender/locations/{cc}/{pid}/{long_text}"
+        answer = httpx.get(f"{hub.base}{path}?q={long_text}", headers=headers, timeout=30)
+        assert answer.status_code == status, answer.text
+        [row] = db.run(db.fetch("SELECT path, query, request_headers FROM routing_log WHERE correlation_id = $1",
+                                correlation_id))  # fmt: skip
+        logged = json.loads(row["request_headers"])
+        if status == 401:
+            cut = " characters, cut: no registered party sent it)"
+            assert logged["ocpi-to-party-id"] == "L" * 512 + "... (20,000" + cut, token
+            assert row["path"] == f"{path[:512]}... ({len(path):,}{cut}"
+            assert row["query"] == f"q={long_text}"[:512] + "... (20,002" + cut
+        else:  # a registered party's is kept whole, refused (an unknown receiver here) or not
+            assert (logged["ocpi-to-party-id"], row["query"]) == (long_text, f"q={long_text}")
+            assert row["path"] == path
 
 
 @pytest.fixture

@@ -81,7 +81,7 @@ async def logged(inner: ASGIApp, state: State, scope: HTTPScope, receive: Receiv
             name_the_caller(entry, caller.platform, headers)
         elif identify(state.directory.current, headers.get("authorization")) is None:  # nor one issued meanwhile
             # refused before Litestar read the body; were it read, its row would keep its size only, as the relay's
-            entry.keep_request_body_size_only()
+            entry.keep_anonymous_request_short()
         entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         try:
             await state.routing_log.record(entry)

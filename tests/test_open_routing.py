@@ -12,6 +12,8 @@ import time
 
 import redis.asyncio as redis
 
+from storage.owner_index import MAX_INDEXED_CHARS
+from storage.publish_tokens import Sent, index_keys, record_field
 from storage.routing_state import RoutingState
 from tests.conftest import Hub, Services, unique_party_id
 from tests.test_routing import LOCATION, _roles, party_key
@@ -312,6 +314,35 @@ def test_an_owner_seen_again_stays_the_one_owner_and_another_makes_the_id_ambigu
                 await asyncio.sleep(0.1)
                 assert await state.owners("locations", "LOC1") == [("DE", "BBB"), ("NL", "AAA")]
                 assert await state.owner("locations", "LOC1") is None
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_an_id_or_a_token_field_longer_than_any_ocpi_one_is_not_indexed(services: Services) -> None:
+    # A security review's point: a party pushing objects with ids, or tokens with fields, of megabytes (a URL up to a
+    # request's 64 KiB head, a body up to its cap) filled Redis for good: these hashes keep what they are given.
+    async def run() -> None:
+        client = redis.Redis.from_url(services.redis_url, decode_responses=True)
+        prefix = f"{services.redis_prefix}owners-{secrets.token_hex(4)}:"
+        state = RoutingState(client, prefix, owners_period_s=3600)
+        longest, too_long = "L" * MAX_INDEXED_CHARS, "L" * (MAX_INDEXED_CHARS + 1)
+        try:
+            async with state.running(interval_s=0.01):
+                for object_id in (longest, too_long):
+                    state.note_owner("locations", object_id, ("NL", "AAA"), ())
+                    state.note_token(("NL", "EEE"), object_id, "RFID", Sent(), True, ())
+                state.note_token(("NL", "EEE"), "TOK1", "RFID", Sent("RFID", "V" * 100_000, "Fleet Co", too_long),
+                                 True, ())  # fmt: skip
+                await asyncio.sleep(0.2)
+                assert await state.owners("locations", longest) == [("NL", "AAA")]
+                assert await state.owners("locations", too_long) == []
+                records = await client.hgetall(index_keys(prefix)[0])
+                assert records == {
+                    record_field("NL-EEE", longest, "RFID"): "\x1f\x1f",
+                    record_field("NL-EEE", "TOK1", "RFID"): "\x1fFleet Co\x1f",  # the rest as empty: matching none
+                }
         finally:
             await client.aclose()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import os
 import secrets
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -33,7 +35,26 @@ from storage.secrets import routing_log_key
 from tests.parties import Party, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-OUTPUT = ROOT / "test-output"
+
+
+def _output_of_this_run() -> Path:
+    """test-output/, where the tests write their hubs' logs and the console's screenshots; test-output/run-PID/ while
+    another run in this checkout holds it (its lock goes with that run's process): the two runs' session hubs both
+    wrote test-output/hub.log, and each run's tests read the other's lines in it."""
+    shared = ROOT / "test-output"
+    shared.mkdir(exist_ok=True)
+    lock = (shared / ".lock").open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return shared / f"run-{os.getpid()}"
+    _HELD.append(lock)  # for as long as this run's process lives
+    return shared
+
+
+_HELD: list[IO[str]] = []
+OUTPUT = _output_of_this_run()
 
 
 @dataclass(frozen=True)
@@ -390,7 +411,7 @@ def empty_database(services: Services) -> Iterator[str]:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own tmp_path plugin reads --basetemp
 def pytest_configure(config: pytest.Config) -> None:
-    OUTPUT.mkdir(exist_ok=True)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
     if config.option.basetemp is None:
         # pytest's default root, /tmp/pytest-of-<user>, is shared by every run of that user, and each run that starts
         # takes group and other permissions off it. The embedded PostgreSQL of a run in progress runs as a system user

@@ -23,7 +23,7 @@ import structlog
 import storage.embedded.server as embedded
 from storage.embedded import EmbeddedPostgres, EmbeddedServiceError, EmbeddedValkey
 from storage.embedded.postgres import PG_SYSTEM_USER
-from tests.conftest import ROOT, fresh_env
+from tests.conftest import OUTPUT, ROOT, fresh_env
 
 Server = EmbeddedPostgres | EmbeddedValkey
 
@@ -323,3 +323,13 @@ def test_a_test_run_stopped_by_sigterm_stops_the_servers_and_the_hub_it_started(
         for proc in [p for procs in started_by_the_run().values() for p in procs]:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
+
+
+def test_a_test_run_started_beside_another_in_this_checkout_writes_its_output_apart() -> None:
+    # Two runs in one checkout both wrote test-output/hub.log, their session hubs' log: each run's tests then read the
+    # other hub's lines there (its port, its chain), or NUL bytes where one truncated the file under the other.
+    probe = "import os, tests.conftest as c; print(c.OUTPUT, os.getpid())"
+    output, pid = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                                 check=True).stdout.split()  # fmt: skip
+    assert OUTPUT == ROOT / "test-output"  # this run's, which holds it
+    assert Path(output) == ROOT / "test-output" / f"run-{pid}"

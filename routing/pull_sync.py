@@ -90,12 +90,20 @@ class PullSync:
         return [party for party, ok, bad in zip(parties, synced, failed, strict=True) if ok is None and bad is None]
 
     async def run(
-        self, parties: list[tuple[Platform, PartyRole]], *, full: bool = False, progress: Progress | None = None
+        self,
+        parties: list[tuple[Platform, PartyRole]],
+        *,
+        full: bool = False,
+        progress: Progress | None = None,
+        unsynced_only: bool = False,
     ) -> list[SyncResult] | None:
-        """Sync the given parties; None if another process holds the sync lock."""
+        """Sync the given parties (unsynced_only: those still never synced once the lock is held); None if another
+        process holds the sync lock."""
         async with Lease(self._redis, f"{self._prefix}locations:sync-lock").held() as held:
             if not held:
                 return None
+            if unsynced_only:  # another process may have synced them, and let the lock go, since they were found due
+                parties = await self.never_synced(parties)
             return [await self.sync_party(platform, role, full=full, progress=progress) for platform, role in parties]
 
     async def sync_party(
@@ -244,9 +252,10 @@ async def run_scheduled(sync: PullSync, directory: Callable[[], Directory], wake
             if due:
                 log.info("location_sync_needed", parties=[f"{r.country_code}-{r.party_id}" for _, r in due],
                          reason="never synced, or the cache lost its data")  # fmt: skip
-            if time.monotonic() - last_round >= interval_s:
+            round_due = time.monotonic() - last_round >= interval_s
+            if round_due:
                 due, last_round = parties, time.monotonic()
-            if due and (results := await sync.run(due)) is None:
+            if due and (results := await sync.run(due, unsynced_only=not round_due)) is None:
                 log.info("location_sync_skipped", reason="another hub process is syncing")
             seen_synced |= {result.party for result in results or [] if result.error is None}
         except asyncio.CancelledError:

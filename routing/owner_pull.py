@@ -15,7 +15,8 @@ location cache, the hub keeps a mark per party in Redis once it read the party's
   (date_from; storage.owner_index keeps a session's owner for one to two OCPI_HUB_OWNER_INDEX_PERIOD_S, and a lookup
   reads this period's notes and the previous one's): the CPO as each of its own session's owner, and the eMSP of its
   cdr_token, if on the hub, as its receiver.
-One hub process pulls a module at a time (a storage.redis_lease, checked with every page and as the mark is set: a
+One hub process pulls a module at a time (a storage.redis_lease, checked with every page and as the mark is set; a
+party found unpulled is checked again once the lease is held, another process having maybe pulled it meanwhile; a
 pull that finds it gone, Redis having lost its data and the notes before with it, stops unmarked, to be read again;
 one that dies lets go within a minute); each page
 is a message of the hub's own, with its routing-log row; a party whose Sender fails is tried again after
@@ -180,12 +181,16 @@ class OwnerPull:
             if bad is None and _platform_of(mark) != str(platform.id)
         ]
 
-    async def run(self, parties: list[tuple[Platform, PartyRole]]) -> list[PullResult] | None:
-        """Pull the given parties' lists; None if another process holds the lease."""
+    async def run(self, parties: list[tuple[Platform, PartyRole]], *, unpulled_only: bool = False
+                  ) -> list[PullResult] | None:  # fmt: skip
+        """Pull the given parties' lists (unpulled_only: those still never pulled once the lease is held); None if
+        another process holds the lease."""
         lease = Lease(self._redis, f"{self._keys}pull-lock")
         async with lease.held() as held:
             if not held:
                 return None
+            if unpulled_only:  # another process may have pulled them, and let the lease go, since they were found due
+                parties = await self.never_pulled(parties)
             results: list[PullResult] = []
             for platform, role in parties:
                 results.append(result := await self.pull(platform, role, lease))
@@ -294,7 +299,7 @@ async def _round(pull: OwnerPull, seen_pulled: set[tuple[str, str]]) -> None:
         return
     log.info("owner_pull_needed", module=module, parties=[_text(r.key) for _, r in due],
              reason="never pulled, or Redis lost the owner index")  # fmt: skip
-    if (results := await pull.run(due)) is None:
+    if (results := await pull.run(due, unpulled_only=True)) is None:
         log.info("owner_pull_skipped", module=module, reason="another hub process is pulling")
     seen_pulled |= {result.party for result in results or [] if result.error is None}
 

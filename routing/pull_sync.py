@@ -79,6 +79,7 @@ class PullSync:
     ) -> None:  # fmt: skip
         self._http, self._cache, self._redis, self._record = http, cache, client, record
         self._prefix, self._hub, self._directory = prefix, hub, directory
+        self._next_round_key = f"{prefix}locations:next-round"  # when the round of every CPO is due (Unix time)
 
     async def never_synced(self, parties: list[tuple[Platform, PartyRole]]) -> list[tuple[Platform, PartyRole]]:
         """Parties with no successful sync in Redis: new ones, or all of them after Redis lost its data (but not
@@ -95,16 +96,35 @@ class PullSync:
         *,
         full: bool = False,
         progress: Progress | None = None,
-        unsynced_only: bool = False,
+        round_every_s: float | None = None,
     ) -> list[SyncResult] | None:
-        """Sync the given parties (unsynced_only: those still never synced once the lock is held); None if another
-        process holds the sync lock."""
+        """Sync the given parties; None if another process holds the sync lock. round_every_s: a scheduled sync, which,
+        once the lock is held, syncs them all if the hubs' round of every CPO is due (and sets the next one
+        round_every_s after its start), and otherwise only those still never synced (another process may have synced
+        them since they were found due, and let the lock go)."""
         async with Lease(self._redis, f"{self._prefix}locations:sync-lock").held() as held:
             if not held:
                 return None
-            if unsynced_only:  # another process may have synced them, and let the lock go, since they were found due
-                parties = await self.never_synced(parties)
-            return [await self.sync_party(platform, role, full=full, progress=progress) for platform, role in parties]
+            started = time.time()
+            if round_every_s is not None and not await self.round_due(round_every_s):
+                parties, round_every_s = await self.never_synced(parties), None  # not the round: the new ones only
+            results = [await self.sync_party(one, role, full=full, progress=progress) for one, role in parties]
+            if round_every_s is not None:  # set at its end: one dying midway leaves the round to another process
+                await self._redis.set(self._next_round_key, repr(started + round_every_s))
+            return results
+
+    async def round_due(self, every_s: float) -> bool:
+        """Whether the round of every CPO, which one hub process or another runs each every_s, is due. With no time set
+        (the first hub process, or Redis lost its data and every CPO is synced as never synced), the first is every_s
+        from now."""
+        next_round = await self._redis.get(self._next_round_key)
+        if next_round is None:
+            await self._redis.set(self._next_round_key, repr(time.time() + every_s), nx=True)
+            return False
+        try:
+            return time.time() >= float(next_round)
+        except ValueError:  # not a time: not ours, replaced by the next round's
+            return True
 
     async def sync_party(
         self, platform: Platform, role: PartyRole, *, full: bool = False, progress: Progress | None = None
@@ -231,8 +251,9 @@ class PullSync:
 async def run_scheduled(sync: PullSync, directory: Callable[[], Directory], wake: asyncio.Event,
                         interval_s: float, check_s: float) -> None:  # fmt: skip
     """For the life of the process: sync new parties at once (a registration sets `wake`), parties whose sync
-    marks vanished (Redis lost its data: the cache is rebuilt), and every party each interval_s."""
-    last_round = time.monotonic()
+    marks vanished (Redis lost its data: the cache is rebuilt), and every party in the round that one hub process or
+    another runs each interval_s (its time in Redis: however many processes run the hub, a CPO is asked for its
+    changes once an interval)."""
     seen_synced: set[tuple[str, str]] = set()  # CPOs this process saw synced: one found without its mark lost it
     while True:
         with contextlib.suppress(TimeoutError):  # asyncio.timeout: see StillAlive.run
@@ -252,10 +273,9 @@ async def run_scheduled(sync: PullSync, directory: Callable[[], Directory], wake
             if due:
                 log.info("location_sync_needed", parties=[f"{r.country_code}-{r.party_id}" for _, r in due],
                          reason="never synced, or the cache lost its data")  # fmt: skip
-            round_due = time.monotonic() - last_round >= interval_s
-            if round_due:
-                due, last_round = parties, time.monotonic()
-            if due and (results := await sync.run(due, unsynced_only=not round_due)) is None:
+            if not (due or (parties and await sync.round_due(interval_s))):
+                continue
+            if (results := await sync.run(parties, round_every_s=interval_s)) is None:
                 log.info("location_sync_skipped", reason="another hub process is syncing")
             seen_synced |= {result.party for result in results or [] if result.error is None}
         except asyncio.CancelledError:

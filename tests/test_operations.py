@@ -27,7 +27,7 @@ from storage.directory import Directory, DirectoryCache
 from storage.location_cache import LocationCache
 from storage.log_row import LogEntry
 from storage.secrets import TokenBox
-from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
+from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub, two_hub_processes
 from tests.parties import envelope, token_header
 from tests.test_pull_sync import _locations, _wait
 from tests.test_routing import LOCATION, _roles, party_key
@@ -358,11 +358,27 @@ def test_two_instances_pull_a_new_cpo_once(hub: Hub, services: Services, tmp_pat
         cpo = start_party(roles, page_size=10)
         cpo.objects["locations"] = _locations(party_key(cpo), 30, "2026-11-01T00:00:00Z")
         cpo.register_at(other.versions_url, other.invite(cpo.name, roles)["token_a"])
-        _wait(lambda: len(cpo.syncs()) >= 3)
-        time.sleep(3)  # both instances check every 0.5 s: a second sync would have started by now
+        emsp = register_at_hub(other, start_party, _roles("EMSP"))
+        _wait(lambda: len(cpo.syncs()) >= 3 and cpo.owner_pulls("sessions") and emsp.owner_pulls("tokens"))
+        time.sleep(3)  # both instances check every 0.5 s: a second sync or pull would have started by now
         assert [r.query for r in cpo.syncs()] == ["", "offset=10&limit=10", "offset=20&limit=10"]
+        assert (len(cpo.owner_pulls("sessions")), len(emsp.owner_pulls("tokens"))) == (1, 1)
     finally:
         other.stop()
+
+
+def test_two_instances_run_one_sync_round_of_every_cpo_each_interval(
+    services: Services, empty_database: str, tmp_path: Path, start_party
+) -> None:
+    env = hub_env(services, tmp_path / "hub", OCPI_HUB_DATABASE_URL=empty_database, OCPI_HUB_SYNC_INTERVAL_S="2",
+                  OCPI_HUB_REDIS_PREFIX=f"{services.redis_prefix}sync-rounds:")  # fmt: skip
+    with two_hub_processes(env, tmp_path / "hub-2", "hub-sync-rounds") as (first, second):
+        cpos = [register_at_hub(hub, start_party, _roles("CPO")) for hub in (first, second)]
+        _wait(lambda: all(cpo.syncs() for cpo in cpos))
+        time.sleep(9)
+        # Each instance checks every 0.5 s. One round every 2 s is four or five in 9 s; a round of each would be nine.
+        rounds = [sum("date_from=" in r.query for r in cpo.syncs()) for cpo in cpos]
+        assert all(3 <= n <= 5 for n in rounds), rounds
 
 
 def test_two_instances_probe_a_silent_party_once_per_probe_interval(

@@ -40,7 +40,15 @@ from redis.asyncio.client import Pipeline
 
 from storage.directory import GENERATION_KEY, UNCHANGED_LUA, Directory, DirectoryCache
 from storage.owner_upgrades import take_over
-from storage.publish_tokens import TOKEN_TYPES, WRITE_LUA, Sent, index_keys, record_field, token_args
+from storage.publish_tokens import (
+    MAX_INDEXED_CHARS,
+    TOKEN_TYPES,
+    WRITE_LUA,
+    Sent,
+    index_keys,
+    record_field,
+    token_args,
+)
 from storage.redis_scripts import executed, queue_script
 
 log = structlog.get_logger()
@@ -94,10 +102,6 @@ return found
 Seen = tuple[tuple[tuple[str, str], int], ...]
 _Token = tuple[str, str, str, Seen]  # a relayed token: its owner (CC-PID), uid and type, upper-cased; where it was seen
 _Noted = dict[tuple[str, str], set[tuple[str, Seen]]]  # (module, object id) -> owners (CC-PID) and where each was seen
-# An id (a location's, a token's uid, a session's) or a token's field longer is not indexed: OCPI's are 36 characters at
-# most (64 for a token's visual_number and issuer); a party sending longer ones would grow Redis without bound, a
-# request up to its 64 KiB head or its body's cap (a security review's point). Open routing then finds no owner for it.
-MAX_INDEXED_CHARS = 255
 OWNERS_PER_SCRIPT = 5000  # one script call holds Redis a few ms at most
 TOKENS_PER_SCRIPT = 100  # each a few reads and writes: a few ms a call (bench/publish_tokens.py)
 
@@ -132,12 +136,7 @@ class OwnerIndex:
 
     def note_token(self, owner: tuple[str, str], uid: str, type_: str, sent: Sent, whole: bool, seen: Seen) -> None:
         """Remember a token pushed to a CPO (a PUT if whole, else a PATCH), for publish_allowed_to; written with the
-        owners, off the request path. A field longer than MAX_INDEXED_CHARS is kept as empty: it matches no entry."""
-        if len(uid) > MAX_INDEXED_CHARS:
-            return
-        if any(isinstance(value, str) and len(value) > MAX_INDEXED_CHARS
-               for value in (sent.visual_number, sent.issuer, sent.group_id)):  # fmt: skip
-            sent = Sent(sent.type, *(_indexable(value) for value in (sent.visual_number, sent.issuer, sent.group_id)))
+        owners, off the request path (storage.publish_tokens.token_args: what the index keeps of it)."""
         self._tokens.setdefault((f"{owner[0]}-{owner[1]}", uid.upper(), type_, seen), []).append((sent, whole))
 
     async def write_noted(self) -> None:
@@ -320,8 +319,3 @@ def _text(value: bytes | str) -> str:
 def _party(text: str) -> tuple[str, str]:
     country, _, party = text.partition("-")
     return (country, party)
-
-
-def _indexable(value: object) -> object:
-    """A token's field as the index may keep it: empty when longer than MAX_INDEXED_CHARS (storage.publish_tokens)."""
-    return "" if isinstance(value, str) and len(value) > MAX_INDEXED_CHARS else value

@@ -97,11 +97,18 @@ def token_type(sent: Sent, query_type: str | None) -> str:
     return (_text(sent.type) or _text(query_type) or "RFID").upper()
 
 
+# An id (a location's, a token's uid, a session's: storage.owner_index) or a token's field longer is not indexed: OCPI's
+# are 36 characters at most (64 for a token's visual_number and issuer); a party sending longer ones would grow Redis
+# without bound, a request up to its 64 KiB head or its body's cap (a security review's point). Open routing then finds
+# no owner for it; a field kept as empty matches no publish_allowed_to entry.
+MAX_INDEXED_CHARS = 255
+
+
 def token_args(owner: str, uid: str, type_: str, pushes: list[tuple[Sent, bool]]) -> list[str]:
     """The write script's arguments for a token's pushes since the last write (PUT: whole, else PATCH), in order, as
     one: its record's field, which of visual_number, issuer and group_id were sent ("1"/"0" each; a PUT sends all
     three, what it leaves out unset), and their values; none for a token no entry can name."""
-    if _SEPARATORS.search(owner + uid + type_):
+    if _SEPARATORS.search(owner + uid + type_) or len(uid) > MAX_INDEXED_CHARS:
         return []
     sent, values = ["0", "0", "0"], ["", "", ""]
     for push, whole in pushes:
@@ -246,8 +253,9 @@ return changed
 
 
 def _value(value: Any) -> str:
-    """A token's field as the index keeps it: '' when unset, empty, no string, or holding a separator."""
-    return value if isinstance(value, str) and not _SEPARATORS.search(value) else ""
+    """A token's field as the index keeps it: '' when unset, empty, no string, longer than MAX_INDEXED_CHARS, or holding
+    a separator (it matches no entry)."""
+    return value if isinstance(value, str) and len(value) <= MAX_INDEXED_CHARS and not _SEPARATORS.search(value) else ""
 
 
 def _text(value: Any) -> str | None:

@@ -32,6 +32,7 @@ GENESIS = bytes(32)  # the prev_hash of a chain's first row
 # characters of an anonymous request's path, its query and each logged request header its row keeps (an OCPI URL of
 # the hub, its ids and its headers are far shorter): LogEntry.keep_anonymous_request_short
 ANONYMOUS_TEXT_MAX = 512
+MAX_INT4 = 2**31 - 1  # the largest request_body_size the column (integer) holds
 _canonical = msgspec.json.Encoder(order="sorted")
 
 # Hashed and written in this order; id, prev_hash and hash are not part of the content (a keyed hash takes the id
@@ -99,13 +100,13 @@ class LogEntry:
     chained_at: tuple[int, bytes] | None = field(default=None, repr=False)
     row_id: int | None = field(default=None, repr=False)  # the id its row was hashed with, kept if chained again
 
-    def keep_anonymous_request_short(self) -> None:
+    def keep_anonymous_request_short(self, announced_size: int | None) -> None:
         """The row of a caller no registered party's token names (none, an unknown one, a token A on a functional
-        module) keeps its request body's size and not the body, and at most ANONYMOUS_TEXT_MAX characters of its path,
-        its query and each request header it logs: anyone could fill the log's disk otherwise, up to the log's body
-        cap and a request's 64 KiB head a request. The size says what came; the path and headers, cut, say where to."""
-        if self.request_body:
-            self.request_body_size, self.request_body = len(self.request_body), b""
+        module) keeps no body, which the relay does not read (it checks the token first), but the size its
+        Content-Length announced, and at most ANONYMOUS_TEXT_MAX characters of its path, its query and each request
+        header it logs: anyone could fill the log's disk otherwise, up to the log's body cap and a request's 64 KiB
+        head a request. The size says what came; the path and headers, cut, say where to."""
+        self.request_body, self.request_body_size = b"", min(announced_size or 0, MAX_INT4)
         self.path, self.query = _cut_short(self.path), _cut_short(self.query)
         if self.request_headers:
             self.request_headers = {name: _cut_short(value) for name, value in self.request_headers.items()}

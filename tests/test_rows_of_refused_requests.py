@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import re
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -113,6 +114,45 @@ def test_the_row_of_a_caller_no_registered_partys_token_names_keeps_its_bodys_si
         answer = _put(hub, cpo.hub_token, party_key(cpo), party_key(emsp), correlation_id, body, **headers)
         assert answer.status_code == status, answer.text
         assert _body_kept(db, correlation_id) == (body, len(body))
+
+
+def _answer_on(client: socket.socket) -> tuple[bytes, bytes]:
+    """The status line and body of the next answer read from the connection (one with a Content-Length)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += client.recv(65536)
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?im)^content-length: *(\d+)", head)[1])  # type: ignore[index]
+    while len(body) < length:
+        body += client.recv(65536)
+    return head.split(b"\r\n", 1)[0], body
+
+
+def test_a_request_no_token_names_is_answered_401_without_its_body_being_read_and_its_connection_goes_on(
+    cpo_and_emsp: tuple[Party, Party], hub: Hub, db: Db
+) -> None:
+    # a security review's point: anyone could have the hub read and hold OCPI_HUB_MAX_BODY_BYTES (10 MB) a request
+    cpo, emsp = cpo_and_emsp
+    (cc, pid), (to_cc, to_pid) = party_key(cpo), party_key(emsp)
+    host, port = hub.base.removeprefix("http://").split(":")
+    announced = 20_000_000  # over the hub's body cap: a 413 had its body been read, before its token was looked at
+    for token in (None, "not-a-token"):
+        correlation_id = str(uuid.uuid4())
+        head = (f"PUT /ocpi/2.2.1/receiver/locations/{cc}/{pid}/LOC1 HTTP/1.1\r\nHost: hub\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {announced}\r\nX-Correlation-ID: {correlation_id}"
+                f"\r\nOCPI-to-country-code: {to_cc}\r\nOCPI-to-party-id: {to_pid}\r\n")  # fmt: skip
+        if token:
+            head += f"Authorization: Token {base64.b64encode(token.encode()).decode()}\r\n"
+        with socket.create_connection((host, int(port)), timeout=30) as client:
+            client.sendall(head.encode() + b"\r\n" + b" " * 1000)
+            # the rest of the body not sent: waited for, it would be a 408 once OCPI_HUB_FORWARD_TIMEOUT_S (2 s) passed
+            status, body = _answer_on(client)
+            assert (status, json.loads(body)["status_code"]) == (b"HTTP/1.1 401 Unauthorized", 2000), body
+            assert _body_kept(db, correlation_id) == (None, announced)
+            # the body sent afterwards is dropped as it comes, and the next request on the connection is answered
+            client.sendall(b" " * (announced - 1000) + b"GET /ocpi/versions HTTP/1.1\r\nHost: hub\r\n\r\n")
+            assert _answer_on(client)[0] == b"HTTP/1.1 401 Unauthorized"
+    assert emsp.functional() == []
 
 
 def test_the_row_of_a_caller_no_registered_partys_token_names_keeps_its_path_query_and_headers_cut_short(

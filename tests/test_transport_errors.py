@@ -127,14 +127,16 @@ def test_a_url_longer_than_the_hub_takes_is_answered_414_in_the_shape_of_the_par
     ],
 )
 def test_a_body_that_stops_coming_is_answered_408_within_the_timeout(
-    hub: Hub, db, token_a: str, request_line: bytes, logged: bool
+    hub: Hub, db, token_a: str, connect_party, request_line: bytes, logged: bool
 ) -> None:
     # A client that announces 100 bytes and sends 5 would otherwise hold its request and connection forever.
-    # The test hub waits OCPI_HUB_FORWARD_TIMEOUT_S = 2 s for a body, as for a party's answer.
+    # The test hub waits OCPI_HUB_FORWARD_TIMEOUT_S = 2 s for a body, as for a party's answer. The relay reads the
+    # body of a registered party's request alone (tests/test_rows_of_refused_requests); credentials, a token A's.
     where = urlsplit(hub.base)
     request_id = f"slow-body-{logged}"
+    token = connect_party(("CPO", "NL", unique_party_id())).hub_token if logged else token_a
     with socket.create_connection((where.hostname, where.port), timeout=10) as client:
-        headers = token_header(token_a) | {"X-Request-ID": request_id, "Content-Length": "100"}
+        headers = token_header(token) | {"X-Request-ID": request_id, "Content-Length": "100"}
         client.sendall(request_line + b"".join(f"\r\n{k}: {v}".encode() for k, v in headers.items())
                        + b"\r\nHost: hub\r\n\r\n{\"id\"")  # fmt: skip
         started, answer = time.monotonic(), b""
@@ -151,12 +153,14 @@ def test_a_body_that_stops_coming_is_answered_408_within_the_timeout(
     assert httpx.get(hub.versions_url).status_code == 401  # and the hub goes on answering
 
 
-def test_a_body_the_parser_refuses_is_logged_with_the_400_the_caller_got(hub: Hub, db) -> None:
-    # The protocol answers a chunk size that is not hex and closes; the relay, reading the body, saw only the
-    # disconnect and logged a 404 "the client went away" that nobody was sent.
+def test_a_body_the_parser_refuses_is_logged_with_the_400_the_caller_got(hub: Hub, db, connect_party) -> None:
+    # The protocol answers a chunk size that is not hex and closes; the relay, reading the body (a registered party's:
+    # it reads no other), saw only the disconnect and logged a 404 "the client went away" that nobody was sent.
     where = urlsplit(hub.base)
+    authorization = token_header(connect_party(("CPO", "NL", unique_party_id())).hub_token)["Authorization"]
     with socket.create_connection((where.hostname, where.port), timeout=10) as client:
         client.sendall(b"PUT /ocpi/2.2.1/receiver/locations/NL/ABC/L1 HTTP/1.1\r\nHost: hub\r\nX-Request-ID: bad-chunk"
+                       b"\r\nAuthorization: " + authorization.encode() +
                        b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"id\"\r\nzz\r\n")  # fmt: skip
         answer = b""
         while chunk := client.recv(65536):

@@ -18,6 +18,7 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage,
 from litestar.utils.path import normalize_path
 
 from hub.auth import identify
+from hub.envelope import whole_number
 from hub.errors import Unauthorized
 from hub.ocpi.relay import LOGGED_REQUEST_HEADERS
 from hub.ocpi.row_parties import name_the_caller
@@ -80,8 +81,8 @@ async def logged(inner: ASGIApp, state: State, scope: HTTPScope, receive: Receiv
             entry.caller_platform_id = caller.platform.id
             name_the_caller(entry, caller.platform, headers)
         elif identify(state.directory.current, headers.get("authorization")) is None:  # nor one issued meanwhile
-            # refused before Litestar read the body; were it read, its row would keep its size only, as the relay's
-            entry.keep_anonymous_request_short()
+            # refused before Litestar read the body: its row keeps the size it announced, as the relay's does
+            entry.keep_anonymous_request_short(whole_number(headers.get("content-length", "")))
         entry.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         try:
             await state.routing_log.record(entry)

@@ -139,14 +139,16 @@ class Relay:
         looked_up = False  # whether _authenticate looked the caller up by its token: a refusal before that does it here
         try:
             self._refuse_at_once(exchange)
-            await self._read_body(exchange, receive)
             repeated = len(headers) < len(cast("list[tuple[bytes, bytes]]", scope["headers"]))  # a name came twice
             looked_up = True  # from here on: two tokens, as no token or an unknown one, name nobody in the row
             if repeated:
                 check_one_authorization(scope["headers"])
             # the caller first: a request no token of the hub's authenticates is answered 401 whatever else is wrong
-            # with it (transport_and_format.asciidoc), its ids included; its row keeps them cut to MAX_ID_LENGTH
+            # with it (transport_and_format.asciidoc), its ids and body included; its row keeps the ids cut to
+            # MAX_ID_LENGTH. Its body is not read: anyone could have the hub hold OCPI_HUB_MAX_BODY_BYTES a request
+            # otherwise (uvicorn buffers 64 KiB of it, and drops the rest as it comes once the answer is sent).
             caller = await self._authenticate(exchange)
+            await self._read_body(exchange, receive)
             if exchange.hubs_passed:  # the marks of the hubs it passed, read before its token for a loop
                 check_marks(exchange.hubs_passed)
             check_ids(request_id, correlation_id)

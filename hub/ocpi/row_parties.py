@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 
 from hub.auth import identify
+from hub.envelope import whole_number
 from hub.errors import InvalidParameters
 from routing.request import routing_party
 from storage.directory import Directory, Platform
@@ -16,16 +17,16 @@ from storage.log_row import LogEntry
 def row_of_a_refusal(
     entry: LogEntry, caller: Platform | None, directory: Directory, headers: dict[str, str], *, looked_up: bool
 ) -> None:
-    """The row of a request refused before it was routed: its parties named (name_the_parties), and its body's size
-    kept, not the body, and its path, query and headers cut short, unless a registered party's token C sent it: anyone
-    could fill the log's disk otherwise (LogEntry.keep_anonymous_request_short). A
+    """The row of a request refused before it was routed: its parties named (name_the_parties), and the size its body
+    announced kept, not the body, and its path, query and headers cut short, unless a registered party's token C sent
+    it: anyone could fill the log's disk otherwise (LogEntry.keep_anonymous_request_short). A
     caller is None here when the relay refused its token (looked_up), or when the request was refused before the relay
     looked at it (a body too large, a malformed hub mark): then its token is looked up here, once."""
     known = identify(directory, headers.get("authorization")) if caller is None and not looked_up else None
     if entry.from_country_code is None:
         name_the_parties(entry, caller or (known.platform if known else None), headers)
     if caller is None and (known is None or known.token_kind != "C"):
-        entry.keep_anonymous_request_short()
+        entry.keep_anonymous_request_short(whole_number(headers.get("content-length", "")))
 
 
 def name_the_parties(entry: LogEntry, caller: Platform | None, headers: dict[str, str]) -> None:

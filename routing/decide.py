@@ -65,10 +65,10 @@ def sender_of(incoming: Incoming, caller: Platform) -> PartyRole:
             f"OCPI-from {party_text(party)} is not a party of the calling platform "
             f"(its parties: {', '.join(sorted(party_text(k) for k in parties))})"
         )
-    if sender.status == "PLANNED":  # invited, but not among the roles of the platform's credentials
+    if sender.status in NOT_LISTED:  # invited, but not among the roles of the platform's credentials (any more)
         raise InvalidParameters(
             f"OCPI-from {party_text(sender.key)} is not among the roles of this platform's credentials (status "
-            "PLANNED): a credentials PUT listing it lets it send"
+            f"{sender.status}): a credentials PUT listing it lets it send"
         )
     return sender
 
@@ -182,20 +182,28 @@ def served_by_hub(incoming: Incoming, sender: PartyRole) -> Route:
 LEFT = "has left the hub (status SUSPENDED)"
 SUSPENDED = "is suspended by the hub operator: nothing is routed to it until it is resumed"
 OFFLINE = "is OFFLINE: it stopped answering the hub, which keeps probing it"
+DROPPED = "is no longer among the roles of its platform's credentials (status SUSPENDED)"
+# A role of a platform's invitation its credentials do not list: PLANNED until they first do, SUSPENDED once they no
+# longer do (storage queries drop_unlisted_roles); either sends nothing, and is sent nothing.
+NOT_LISTED = ("PLANNED", "SUSPENDED")
 
 
 def why_not_sendable(platform: Platform | None, role: PartyRole | None) -> str | None:
     """Why the hub sends nothing to role of platform, as the directory has them now, or None when it may: LEFT (no
     such platform, or no such role on it), SUSPENDED (the platform, by the hub operator: its roles are OFFLINE to the
-    others), OFFLINE, or that it is not connected, with the role's status, when that is not CONNECTED or its platform
-    not REGISTERED. mod_hub_client_info.asciidoc: OFFLINE, "No requests can be sent"; SUSPENDED, "Like with OFFLINE,
-    no requests should be sent"."""
+    others), OFFLINE, DROPPED (a role its platform's credentials no longer list), or that it is not connected, with
+    the role's status, when that is not CONNECTED or its platform not REGISTERED. mod_hub_client_info.asciidoc:
+    OFFLINE, "No requests can be sent"; SUSPENDED, "Like with OFFLINE, no requests should be sent"."""
     if platform is None or role is None:
         return LEFT
     if platform.state == "SUSPENDED":
         return SUSPENDED
+    if role.status == "OFFLINE":
+        return OFFLINE
+    if role.status == "SUSPENDED":
+        return DROPPED
     if platform.state != "REGISTERED" or role.status != "CONNECTED":
-        return OFFLINE if role.status == "OFFLINE" else f"is not connected (status {role.status})"
+        return f"is not connected (status {role.status})"
     return None
 
 

@@ -99,7 +99,7 @@ async def store_connection(
     new_token: bytes,
 ) -> None:
     """Record a credentials exchange (POST or PUT): endpoints replaced, the listed roles connected and the others
-    back to PLANNED, the party's token rotated (the one it used kept as spent)."""
+    not (_store_roles), the party's token rotated (the one it used kept as spent)."""
     async with conn.transaction():
         await _lock_unchanged(conn, platform_id, expected_state, presented_token)
         await conn.execute(
@@ -167,11 +167,12 @@ async def _replace_tokens(conn: asyncpg.Connection, platform_id: int, new_token:
 
 
 async def _store_roles(conn: asyncpg.Connection, platform_id: int, roles: Sequence[tuple[int, object]]) -> None:
-    """The roles the party listed are connected, with the business details it sent; the others go back to PLANNED."""
+    """The roles the party listed are connected, with the business details it sent; the connected ones it no longer
+    lists are SUSPENDED (never listed ones stay PLANNED)."""
     for role_id, business_details in roles:
         details = msgspec.json.encode(business_details).decode() if business_details else None
         await conn.execute(QUERIES["connect_role"], role_id, details)
-    await conn.execute(QUERIES["plan_unlisted_roles"], platform_id, [role_id for role_id, _ in roles])
+    await conn.execute(QUERIES["drop_unlisted_roles"], platform_id, [role_id for role_id, _ in roles])
 
 
 async def _replace_endpoints(

@@ -178,18 +178,20 @@ INSERT INTO client_info_push (platform_id, role, country_code, party_id, status,
 SELECT platform_id, role, country_code, party_id, 'CONNECTED', status_changed_at FROM changed
 WHERE was <> 'CONNECTED';
 
--- name: plan_unlisted_roles
--- credentials.asciidoc: roles is the "List of the roles this party provides": a held role the platform no longer
--- lists goes back to PLANNED, as before its registration, so nothing is routed to it; the change is pushed. The
+-- name: drop_unlisted_roles
+-- credentials.asciidoc: roles is the "List of the roles this party provides": a connected role (CONNECTED or OFFLINE)
+-- the platform no longer lists is SUSPENDED, so nothing is routed to it, and the change is pushed
+-- (mod_hub_client_info.asciidoc, SUSPENDED: "Party is now longer active"; PLANNED is a party that "has never been
+-- connected", as a role its credentials never listed stays). Listed again, it is CONNECTED again (connect_role). The
 -- platform misses no push by it: it lists one role at least ("+"), which stays or becomes CONNECTED (connect_role), so
 -- it is still pushed every change and needs no client_info_missed_since, unlike an OFFLINE one (set_platform_liveness).
 WITH changed AS (
-    UPDATE party_role SET status = 'PLANNED', status_changed_at = now()
-    WHERE platform_id = $1 AND id <> all($2::bigint[]) AND status NOT IN ('PLANNED', 'UNREGISTERED')
+    UPDATE party_role SET status = 'SUSPENDED', status_changed_at = now()
+    WHERE platform_id = $1 AND id <> all($2::bigint[]) AND status IN ('CONNECTED', 'OFFLINE')
     RETURNING platform_id, role, country_code, party_id, status_changed_at
 )
 INSERT INTO client_info_push (platform_id, role, country_code, party_id, status, last_updated)
-SELECT platform_id, role, country_code, party_id, 'PLANNED', status_changed_at FROM changed;
+SELECT platform_id, role, country_code, party_id, 'SUSPENDED', status_changed_at FROM changed;
 
 -- name: unregister_platform
 UPDATE platform SET state = 'UNREGISTERED', token_b = NULL, unregistered_at = now() WHERE id = $1;

@@ -253,12 +253,12 @@ def test_a_refresh_after_a_failed_endpoints_fetch_stores_the_roles_and_business_
                                                           (given_up[2], "CONNECTED", before)]  # fmt: skip
     assert _refreshes(first, platform_id) == [] and _listed(first, platform_id)["endpoints_from_before"]
     # Once it lists only roles it holds, the refresh stores them as a credentials exchange would: the one it lists
-    # with its new business details, the one it gave up back to PLANNED.
+    # with its new business details, the one it gave up SUSPENDED.
     cpo.roles = [kept]
     [refreshed] = _wait_for(lambda: _refreshes(first, platform_id), timeout=15)
     assert refreshed["parameters"]["roles"] == [f"CPO {kept[1]}-{kept[2]}"], refreshed
     assert _roles_stored(empty_database, platform_id) == [(kept[2], "CONNECTED", {"name": "Renamed Party CPO"}),
-                                                          (given_up[2], "PLANNED", before)]  # fmt: skip
+                                                          (given_up[2], "SUSPENDED", before)]  # fmt: skip
 
 
 async def _fetch(database_url: str, sql: str, *args: object) -> list[asyncpg.Record]:

@@ -165,7 +165,8 @@ def test_a_cache_page_link_followed_with_ocpi_to_of_another_party_is_refused_wit
 def test_a_paging_link_followed_for_a_party_its_platform_has_since_left_out_of_its_credentials_is_refused(
     hub: Hub, connect_party
 ) -> None:
-    # Its direct requests are refused (2001, status PLANNED), the next page of a list it had begun was forwarded as it.
+    # Its direct requests are refused (2001, status SUSPENDED); the next page of a list it had begun was forwarded as
+    # it.
     kept, dropped = _roles("EMSP"), _roles("EMSP")
     platform, cpo = connect_party(kept, dropped), connect_party(_roles("CPO"))
     cpo.objects["tariffs"] = [{"id": f"T{i}"} for i in range(15)]
@@ -176,7 +177,7 @@ def test_a_paging_link_followed_for_a_party_its_platform_has_since_left_out_of_i
     assert answer["status_code"] == 1000, answer
     platform.hub_token = answer["data"]["token"]
     refused = platform.call(hub.base, "GET", link.split(">")[0].lstrip("<"), from_=kept[1:]).json()
-    assert refused["status_code"] == 2001 and "status PLANNED" in refused["status_message"], refused
+    assert refused["status_code"] == 2001 and "status SUSPENDED" in refused["status_message"], refused
     assert len(cpo.functional()) == 1  # the first page only
 
 

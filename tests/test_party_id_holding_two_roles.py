@@ -2,7 +2,8 @@
 country_code, so one platform may list the same party with two roles): a request addressed to it is for the role that
 implements the module's interface (mod_locations: the Receiver "Typically implemented by market roles like: eMSP and
 NSP"; mod_tokens: "... CPO"; mod_commands: the Sender "... eMSP"), and is judged by that role's status, whether it is
-sent directly, broadcast or posted to a hub URL. Here one of the two roles is left out of its credentials (PLANNED)."""
+sent directly, broadcast or posted to a hub URL. Here one of the two roles is left out of its credentials
+(SUSPENDED)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 
 import httpx
 
+from routing.decide import DROPPED
 from tests.conftest import Hub, unique_party_id
 from tests.parties import Party, _default_modules, token_header
 from tests.test_hub_client_info import _wait_for
@@ -25,7 +27,8 @@ def _both_roles(connect_party) -> tuple[Party, tuple[str, str]]:  # type: ignore
 
 
 def _list_only(hub: Hub, platform: Party, role: str) -> None:
-    """A credentials PUT listing one of its two roles: the other goes back to PLANNED (credentials.asciidoc)."""
+    """A credentials PUT listing one of its two roles: the other is SUSPENDED (credentials.asciidoc,
+    mod_hub_client_info.asciidoc)."""
     platform.roles = [r for r in platform.roles if r[0] == role]
     answer = httpx.put(f"{hub.base}/ocpi/2.2.1/credentials", headers=token_header(platform.hub_token or ""),
                        json=platform.credentials(platform.token_b)).json()  # fmt: skip
@@ -49,7 +52,7 @@ def _command_with_a_result_to_come(hub: Hub, both: Party, key: tuple[str, str], 
     return str(json.loads(cpo.functional()[-1].body)["response_url"])
 
 
-def test_a_party_ids_emsp_connected_beside_its_planned_cpo_takes_locations_and_results_as_a_broadcast_does(
+def test_a_party_ids_emsp_connected_beside_its_dropped_cpo_takes_locations_and_results_as_a_broadcast_does(
     hub: Hub, connect_party
 ) -> None:
     cpo, emsp = connect_party(_roles("CPO")), connect_party(_roles("EMSP"))
@@ -69,16 +72,16 @@ def test_a_party_ids_emsp_connected_beside_its_planned_cpo_takes_locations_and_r
     result = httpx.post(response_url, headers=token_header(cpo.hub_token or ""), json={"result": "ACCEPTED"})
     assert result.json()["status_code"] == 1000, result.text
     assert [r.path for r in both.functional() if r.method == "POST"] == [RESULT_PATH]
-    # a token is for its CPO, which is PLANNED: refused, as a broadcast leaves it out
+    # a token is for its CPO, which is SUSPENDED: refused, as a broadcast leaves it out
     cc, pid = party_key(emsp)
     token = {"country_code": cc, "party_id": pid, "uid": "TOK1", "last_updated": "2026-11-25T08:00:00Z"}
     refused = emsp.call(hub.base, "PUT", f"receiver/tokens/{cc}/{pid}/TOK1", to=key, body=token).json()
     assert refused["status_code"] == 4003, refused
-    assert refused["status_message"] == f"receiver NL-{key[1]} is not connected (status PLANNED)"
+    assert refused["status_message"] == f"receiver NL-{key[1]} {DROPPED}"
     assert not [r for r in both.functional() if "/tokens/" in r.path]
 
 
-def test_a_party_ids_planned_emsp_beside_its_connected_cpo_takes_no_locations_nor_results_saying_so_alike(
+def test_a_party_ids_dropped_emsp_beside_its_connected_cpo_takes_no_locations_nor_results_saying_so_alike(
     hub: Hub, connect_party
 ) -> None:
     cpo = connect_party(_roles("CPO"))
@@ -89,16 +92,16 @@ def test_a_party_ids_planned_emsp_beside_its_connected_cpo_takes_no_locations_no
     path, body = _location(cpo, "BOTH3")
     refused = cpo.call(hub.base, "PUT", path, to=key, body=body).json()
     assert refused["status_code"] == 4003, refused
-    assert refused["status_message"] == f"receiver NL-{key[1]} is not connected (status PLANNED)"
+    assert refused["status_message"] == f"receiver NL-{key[1]} {DROPPED}"
     # the hub URL of the result its eMSP waits for: the same refusal, in the same words
     result = httpx.post(response_url, headers=token_header(cpo.hub_token or ""), json={"result": "ACCEPTED"}).json()
     assert result["status_code"] == 4003, result
     path = response_url.removeprefix(hub.base)
-    assert result["status_message"] == f"the party behind {path} is not connected (status PLANNED)"
+    assert result["status_message"] == f"the party behind {path} {DROPPED}"
     assert [r.path for r in both.functional() if "/BOTH3" in r.path or r.path == RESULT_PATH] == []
 
 
-def test_a_party_id_sends_in_the_role_of_the_module_so_its_cpo_pushes_locations_while_its_emsp_is_planned(
+def test_a_party_id_sends_in_the_role_of_the_module_so_its_cpo_pushes_locations_while_its_emsp_is_dropped(
     hub: Hub, connect_party
 ) -> None:
     # OCPI-from names the party, not the role: a location push is its CPO's (mod_locations: the Sender "Typically
@@ -116,5 +119,5 @@ def test_a_party_id_sends_in_the_role_of_the_module_so_its_cpo_pushes_locations_
     token = {"country_code": cc, "party_id": pid, "uid": "TOK2", "last_updated": "2026-11-25T08:00:00Z"}
     refused = both.call(hub.base, "PUT", f"receiver/tokens/{cc}/{pid}/TOK2", from_=key, to=party_key(cpo),
                         body=token).json()  # fmt: skip
-    assert refused["status_code"] == 2001 and "(status PLANNED)" in refused["status_message"], refused
+    assert refused["status_code"] == 2001 and "(status SUSPENDED)" in refused["status_message"], refused
     assert cpo.functional() == []

@@ -14,7 +14,7 @@ import structlog
 
 from hub.errors import HubError, InvalidParameters, MethodNotAllowed, NotFound, ReceiverNotConnected
 from hub.ocpi.forward_to_receiver import call_party
-from routing.decide import Delivery, receiving_role, sending_role, why_not_sendable
+from routing.decide import NOT_LISTED, Delivery, receiving_role, sending_role, why_not_sendable
 from routing.forward import Answer
 from routing.link_header import LinkValue, link_values, only, rewritten
 from routing.request import party_text, routing_party
@@ -74,10 +74,11 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
     exchange.sender = sender
     entry.from_country_code, entry.from_party_id = sender.country_code, sender.party_id
     entry.to_country_code, entry.to_party_id = (to.country_code, to.party_id) if to else relayed.target_party
-    if sender.status == "PLANNED":  # left out of its platform's credentials since: it sends nothing (routing.decide)
+    if sender.status in NOT_LISTED:  # left out of its platform's credentials since: it sends nothing (routing.decide)
         raise InvalidParameters(
             f"{party_text(sender.key)}, to which this URL was handed, is not among the roles of this platform's "
-            "credentials (status PLANNED): nothing was forwarded; a credentials PUT listing it lets it send again"
+            f"credentials (status {sender.status}): nothing was forwarded; a credentials PUT listing it lets it send "
+            "again"
         )
     if why := why_not_sendable(target, to):  # worded as a direct request's refusal (routing.decide.delivery_to)
         raise ReceiverNotConnected(f"the party behind {path} {why}")

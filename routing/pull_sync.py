@@ -116,15 +116,16 @@ class PullSync:
     async def round_due(self, every_s: float) -> bool:
         """Whether the round of every CPO, which one hub process or another runs each every_s, is due. With no time set
         (the first hub process, or Redis lost its data and every CPO is synced as never synced), the first is every_s
-        from now."""
-        next_round = await self._redis.get(self._next_round_key)
-        if next_round is None:
-            await self._redis.set(self._next_round_key, repr(time.time() + every_s), nx=True)
-            return False
+        from now; so it is with one further away, set with a longer interval (OCPI_HUB_SYNC_INTERVAL_S shortened)."""
+        next_round, now = await self._redis.get(self._next_round_key), time.time()
         try:
-            return time.time() >= float(next_round)
+            due_at = float(next_round) if next_round is not None else None
         except ValueError:  # not a time: not ours, replaced by the next round's
             return True
+        if due_at is None or not due_at <= now + every_s:  # NaN too
+            await self._redis.set(self._next_round_key, repr(now + every_s), nx=due_at is None)
+            return False
+        return now >= due_at
 
     async def sync_party(
         self, platform: Platform, role: PartyRole, *, full: bool = False, progress: Progress | None = None

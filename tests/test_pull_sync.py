@@ -299,6 +299,32 @@ def test_a_full_sync_ending_after_its_cpo_left_keeps_the_locations_of_the_platfo
     assert [loc["last_updated"] for loc in page.json()["data"]] == ["2026-11-02T00:00:00Z"]  # the new platform's
 
 
+def test_a_round_set_further_away_than_the_interval_is_due_one_interval_from_now(services: Services) -> None:
+    # An operator shortens OCPI_HUB_SYNC_INTERVAL_S from an hour to a second: the round the old interval set an hour
+    # away is due a second from now, not in an hour; so is one Redis holds as no time the hub could have set.
+    prefix = f"{services.redis_prefix}interval-{secrets.token_hex(4)}:"
+
+    async def run() -> list[tuple[str, list[bool]]]:
+        client = aioredis.Redis.from_url(services.redis_url)
+        key, seen = f"{prefix}locations:next-round", []
+        try:
+            sync = PullSync(None, LocationCache(client, prefix), client, prefix, HUB)  # type: ignore[arg-type]
+            for case, stored in [("an hour away", repr(time.time() + 3600)), ("NaN", "nan"), ("none", None)]:
+                if stored is not None:
+                    await client.set(key, stored)
+                else:
+                    await client.delete(key)
+                checks = [await sync.round_due(1.0), await sync.round_due(1.0)]
+                await asyncio.sleep(1.1)
+                seen.append((case, [*checks, await sync.round_due(1.0)]))
+        finally:
+            await client.delete(key)
+            await client.aclose()
+        return seen
+
+    assert asyncio.run(run()) == [(case, [False, False, True]) for case in ("an hour away", "NaN", "none")]
+
+
 def test_the_cache_is_rebuilt_after_redis_lost_it(hub: Hub, services: Services, start_party, connect_party) -> None:
     reader = connect_party(_roles("EMSP"))
     cpo, owner = _registered_cpo(hub, start_party, lambda me: _locations(me, 12, "2026-11-02T00:00:00Z"))

@@ -13,7 +13,7 @@ Content-Encoding of the body (EncodedBody, HTTP 415: the body does not arrive as
     │                       EncodedBody (HTTP 415), InvalidPathSegment (2001, HTTP 404)
     ├── ServerError 3000 ── UnableToUseClientApi 3001, UnsupportedVersion 3002, NoMatchingEndpoints 3003
     └── HubError 4000 ───── ForwardingLoop 4000, TooManyHubs 4000, ShareInUse 4000, BroadcastsPending 4000,
-                            UnknownReceiver 4001, ForwardTimeout 4002, ReceiverNotConnected 4003
+                            HubUrlsSpent 4000, UnknownReceiver 4001, ForwardTimeout 4002, ReceiverNotConnected 4003
 
 PostgreSQL or Redis away (OUTAGES, `unavailable`) is no bug of the hub: the relay answers it with 4000, the
 hub's own OCPI endpoints with 3000 (HTTP 200, the request reached the OCPI layer), the admin API and the console with
@@ -267,6 +267,12 @@ class ShareInUse(HubError):
 class BroadcastsPending(HubError):
     """The calling platform has as many broadcast copies still in delivery in this hub process as the hub keeps of
     one platform's (hub.ocpi.broadcast): its broadcast is not forwarded, to any party."""
+
+
+class HubUrlsSpent(HubError):
+    """The calling platform was handed as many bytes of hub URLs (paging Links, response_url results) this UTC day
+    as the hub keeps of one platform's (OCPI_HUB_KEPT_URL_BYTES_PER_DAY, storage.routing_state): a request that needs
+    one is not relayed (a command not forwarded; a page's answer not relayed, lest it be taken for the last)."""
 
 
 class UnknownReceiver(HubError):

@@ -64,6 +64,7 @@ class Settings:
     pull_page_limit: int
     max_locations_per_cpo: int
     max_location_bytes_per_cpo: int
+    kept_url_bytes_per_day: int
     still_alive_s: float
     offline_probe_s: float
     owner_index_period_s: float
@@ -197,6 +198,7 @@ class Settings:
             pull_page_limit=int(number("OCPI_HUB_PULL_PAGE_LIMIT", int)),
             max_locations_per_cpo=int(number("OCPI_HUB_MAX_LOCATIONS_PER_CPO", int)),
             max_location_bytes_per_cpo=int(number("OCPI_HUB_MAX_LOCATION_BYTES_PER_CPO", int)),
+            kept_url_bytes_per_day=int(number("OCPI_HUB_KEPT_URL_BYTES_PER_DAY", int)),
             still_alive_s=number("OCPI_HUB_STILL_ALIVE_S", float),
             offline_probe_s=number("OCPI_HUB_OFFLINE_PROBE_S", float),
             owner_index_period_s=number("OCPI_HUB_OWNER_INDEX_PERIOD_S", float),

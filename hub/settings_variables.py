@@ -123,6 +123,14 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
         " relayed but not cached, a location an update grows past it leaves the cache, and GET All of its locations"
         " is forwarded to it",
     ),
+    # A hub URL (a paging Link's, a response_url's) is kept in Redis for a day (a result's 48 hours, up to 90 days):
+    # some 600 bytes a page with a next Link; 1 GiB is over a million pages a day for one platform.
+    (
+        "OCPI_HUB_KEPT_URL_BYTES_PER_DAY",
+        "1073741824",
+        "most bytes of hub URLs (paging Links, response_url results) the hub keeps in Redis for one platform's"
+        " requests per UTC day; past it its requests that need one are answered 4000 and not relayed",
+    ),
     ("OCPI_HUB_STILL_ALIVE_S", "300", "silence (s) after which the hub GETs a party's versions to see it is alive"),
     (
         "OCPI_HUB_OFFLINE_PROBE_S",

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import Hub
+from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
 from tests.parties import envelope, free_port
 from tests.test_routing import _roles, party_key
 
@@ -214,6 +215,46 @@ def test_a_next_page_url_longer_than_the_hub_keeps_is_answered_4000_and_a_url_na
     answer = emsp.call(hub.base, "GET", "sender/tariffs?offset=0", to=party_key(cpo))
     first, second = [part.split(">")[0].lstrip(" ,<") for part in answer.headers["link"].split(",")]
     assert first == second  # one URL, kept once
+
+
+def test_a_platform_handed_its_days_bytes_of_hub_urls_is_answered_4000_and_the_others_are_not(
+    services: Services, tmp_path: Path, start_party, db
+) -> None:
+    # Each hub URL is kept in Redis, a page's for a day, a result's for 48 hours: a registered party asking for pages
+    # in a loop filled Redis (security review). Past its day's bytes its requests that need one are refused.
+    hub = start_hub(hub_env(services, tmp_path, OCPI_HUB_KEPT_URL_BYTES_PER_DAY="4000"), OUTPUT / "hub-url-bytes.log")
+    try:
+        greedy, other = (register_at_hub(hub, start_party, _roles("EMSP")) for _ in range(2))
+        cpo = register_at_hub(hub, start_party, _roles("CPO"))
+        cpo.canned[("GET", "/ocpi/2.2.1/tariffs/sender")] = (200, _ENVELOPE, {"Link": '<?offset=1>; rel="next"'})
+        pages = []
+        while (answer := greedy.call(hub.base, "GET", "sender/tariffs", to=party_key(cpo))).json()[
+            "status_code"
+        ] == 1000:
+            pages.append(answer.headers["link"])
+            assert len(pages) < 20, "no cap"
+        assert len(pages) >= 4 and all("/ocpi/2.2.1/pages/" in link for link in pages), pages  # ~600 bytes each
+        told = answer.json()["status_message"]
+        assert answer.json()["status_code"] == 4000 and "link" not in answer.headers, answer.text
+        said = (r"the receiver's answer is not relayed: its Link needs hub URLs, and the hub kept [\d,]+ bytes of them "
+                r"for this platform's requests today \(UTC\), of 4,000 at most \(OCPI_HUB_KEPT_URL_BYTES_PER_DAY\); "
+                r"the hub operator can raise it")  # fmt: skip
+        assert re.fullmatch(said, told), told
+        [row] = db.run(db.fetch("SELECT error FROM routing_log WHERE request_id = $1", answer.headers["x-request-id"]))
+        assert row["error"] == told
+        # A command, whose response_url needs a hub URL, is not forwarded at all.
+        forwarded = len(cpo.functional())  # the pages, the one refused above too
+        command = greedy.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo),
+                              body={"response_url": f"{greedy.base}/result/1", "location_id": "L1",
+                                    "token": {"uid": "T1"}})  # fmt: skip
+        assert command.json()["status_code"] == 4000, command.text
+        assert command.json()["status_message"].startswith("not forwarded: its response_url needs a hub URL, and the")
+        assert len(cpo.functional()) == forwarded
+        # The other platform's requests are charged to it alone.
+        page = other.call(hub.base, "GET", "sender/tariffs", to=party_key(cpo))
+        assert page.json()["status_code"] == 1000 and "/ocpi/2.2.1/pages/" in page.headers["link"], page.text
+    finally:
+        hub.stop()
 
 
 def test_a_cpos_next_page_urls_of_long_cursors_are_followed_through_the_hub_to_its_last_page(

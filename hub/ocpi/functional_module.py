@@ -35,7 +35,7 @@ from storage.directory import Directory, Platform
 from storage.location_document import too_large
 from storage.location_writer import not_cached
 from storage.log_object_ids import REQUEST, ids_of_entry
-from storage.routing_state import Relayed, new_key
+from storage.routing_state import NoRoomToday, Relayed, new_key
 
 if TYPE_CHECKING:
     from hub.ocpi.relay import Relay
@@ -78,11 +78,15 @@ async def relay_module(relay: Relay, exchange: Exchange, path: str) -> Answer:
         # its result's row names the request it answers by both its ids, found by either (storage.log_search)
         forwarded_as = new_request_id()
         answers = [f"{REQUEST}{request_id}" for request_id in (entry.request_id, forwarded_as)]
-        await relay.routing.remember("results", Relayed(
-            url=callback_url, module=incoming.module, interface="sender", caller_platform_id=delivery.platform.id,
-            target_platform_id=caller.id, caller_party=delivery.to.key, target_party=route.sender.key,
-            correlation_id=entry.correlation_id, object_id=entry.object_id,
-            related_ids=(*(entry.related_ids or ()), *answers)), callback_ttl_s(incoming), result_key)  # fmt: skip
+        try:
+            await relay.routing.remember("results", Relayed(
+                url=callback_url, module=incoming.module, interface="sender", caller_platform_id=delivery.platform.id,
+                target_platform_id=caller.id, caller_party=delivery.to.key, target_party=route.sender.key,
+                correlation_id=entry.correlation_id, object_id=entry.object_id,
+                related_ids=(*(entry.related_ids or ()), *answers)), callback_ttl_s(incoming), result_key,
+                charged_to=caller.id, most_bytes=relay.settings.kept_url_bytes_per_day)  # fmt: skip
+        except NoRoomToday as exc:
+            raise relayed_urls.hub_urls_spent(exc, "not forwarded: its response_url needs a hub URL") from None
     url = endpoint_url(delivery.url, incoming.suffix)
     try:
         answer = await call_party(relay, exchange, delivery, route.sender, incoming.method, url, query, body,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from hub.errors import HubError, InvalidParameters, MethodNotAllowed, NotFound, ReceiverNotConnected
+from hub.errors import HubError, HubUrlsSpent, InvalidParameters, MethodNotAllowed, NotFound, ReceiverNotConnected
 from hub.ocpi.forward_to_receiver import call_party
 from routing.decide import NOT_LISTED, Delivery, receiving_role, sending_role, why_not_sendable
 from routing.forward import Answer
@@ -21,7 +21,7 @@ from routing.request import party_text, routing_party
 from routing.rewrite import resolved, why_not_callable, with_query
 from storage.directory import Directory, PartyRole, Platform
 from storage.log_object_ids import RELAYED_CDRS
-from storage.routing_state import PAGE_TTL_S, Relayed
+from storage.routing_state import PAGE_TTL_S, NoRoomToday, Relayed
 from storage.sql import QUERIES
 
 if TYPE_CHECKING:
@@ -171,10 +171,16 @@ async def rewrite(
         if asked_of_hub is None:
             asked_of_hub = routing_party(exchange.headers, "to") == _hub(relay)
         for absolute in dict.fromkeys(urls[value.url] for value in kept):
-            keys[absolute] = await relay.routing.remember("pages", Relayed(
-                url=absolute, module=module, interface=interface, caller_platform_id=caller.id,
-                target_platform_id=delivery.platform.id, caller_party=sender.key, target_party=delivery.to.key,
-                correlation_id=entry.correlation_id, asked_of_hub=asked_of_hub), PAGE_TTL_S)  # fmt: skip
+            try:
+                keys[absolute] = await relay.routing.remember("pages", Relayed(
+                    url=absolute, module=module, interface=interface, caller_platform_id=caller.id,
+                    target_platform_id=delivery.platform.id, caller_party=sender.key, target_party=delivery.to.key,
+                    correlation_id=entry.correlation_id, asked_of_hub=asked_of_hub), PAGE_TTL_S,
+                    charged_to=caller.id, most_bytes=relay.settings.kept_url_bytes_per_day)  # fmt: skip
+            except NoRoomToday as exc:  # relayed without its Link, the page would be taken for the last
+                spent = hub_urls_spent(exc, "the receiver's answer is not relayed: its Link needs hub URLs")
+                _refused(exchange, delivery, "link", str(spent), "no room for this platform's hub URLs today")
+                raise spent from None
         answer.headers["link"] = rewritten(link, lambda url: f"{relay.settings.public_url}{PAGES}{keys[urls[url]]}")
     elif values:
         del answer.headers["link"]
@@ -194,6 +200,14 @@ async def rewrite(
         key = uuid.uuid4().hex
         entry.relayed_location = (key, location)
         answer.headers["location"] = f"{relay.settings.public_url}{CDR_LOCATIONS}{key}"
+
+
+def hub_urls_spent(exc: NoRoomToday, what: str) -> HubUrlsSpent:
+    """The caller's platform has no room left today for the hub URLs its request needs (storage.routing_state)."""
+    return HubUrlsSpent(
+        f"{what}, and the hub kept {exc.kept_bytes:,} bytes of them for this platform's requests today (UTC), of "
+        f"{exc.most_bytes:,} at most (OCPI_HUB_KEPT_URL_BYTES_PER_DAY); the hub operator can raise it"
+    )
 
 
 def _hub(relay: Relay) -> tuple[str, str]:

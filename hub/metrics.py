@@ -66,6 +66,11 @@ LOCATIONS_OVER_CAP = Counter(
     "location_cap), by CPO and cap: locations (OCPI_HUB_MAX_LOCATIONS_PER_CPO) or bytes (OCPI_HUB_MAX_LOCATION_BYTES_"
     "PER_CPO: a new one refused, or a cached one an update grew past it dropped)", ["party", "cap"],
 )  # fmt: skip
+HUB_URLS_SPENT = Counter(
+    "ocpi_hub_hub_urls_spent", "Requests answered 4000 as their platform was handed OCPI_HUB_KEPT_URL_BYTES_PER_DAY "
+    "of hub URLs that UTC day (storage.routing_state), by calling party and kind (pages: a page's Link not relayed; "
+    "results: a request with a response_url not forwarded)", ["party", "kind"],
+)  # fmt: skip
 OWNER_PULLS = Counter(
     "ocpi_hub_owner_pull", "Pulls of a party's list (module: tokens of an eMSP, sessions of a CPO) into the owner "
     "index (routing.owner_pull), by result (ok, failed, stopped: the party left the hub, or the pull lost its lock in "

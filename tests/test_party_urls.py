@@ -10,6 +10,7 @@ import re
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
@@ -253,6 +254,14 @@ def test_a_platform_handed_its_days_bytes_of_hub_urls_is_answered_4000_and_the_o
         # The other platform's requests are charged to it alone.
         page = other.call(hub.base, "GET", "sender/tariffs", to=party_key(cpo))
         assert page.json()["status_code"] == 1000 and "/ocpi/2.2.1/pages/" in page.headers["link"], page.text
+        # The operator sees whose requests they were: a log line each, and a metric by party and kind.
+        party = "{}-{}".format(*party_key(greedy))
+        for refused, kind in ((answer, "pages"), (command, "results")):
+            [line] = _logged(hub, "hub_urls_spent", refused.headers["x-request-id"])
+            assert (line["party"], line["kind"], line["most_bytes"]) == (party, kind, 4000), line
+        scraped = httpx.get(f"{hub.base}/metrics", timeout=10).text
+        for kind in ("pages", "results"):
+            assert f'ocpi_hub_hub_urls_spent_total{{kind="{kind}",party="{party}"}} 1.0' in scraped, kind
     finally:
         hub.stop()
 

@@ -86,7 +86,8 @@ async def relay_module(relay: Relay, exchange: Exchange, path: str) -> Answer:
                 related_ids=(*(entry.related_ids or ()), *answers)), callback_ttl_s(incoming), result_key,
                 charged_to=caller.id, most_bytes=relay.settings.kept_url_bytes_per_day)  # fmt: skip
         except NoRoomToday as exc:
-            raise relayed_urls.hub_urls_spent(exc, "not forwarded: its response_url needs a hub URL") from None
+            what = "not forwarded: its response_url needs a hub URL"
+            raise relayed_urls.hub_urls_spent(exc, "results", route.sender.key, what) from None
     url = endpoint_url(delivery.url, incoming.suffix)
     try:
         answer = await call_party(relay, exchange, delivery, route.sender, incoming.method, url, query, body,

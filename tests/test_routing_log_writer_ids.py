@@ -41,7 +41,7 @@ def test_rows_chained_while_no_ids_could_be_reserved_are_written_and_verify(empt
     assert [e["rows"] for e in said if e["event"] == "routing_log_ids_not_reserved"] == [1], said
     assert not [e for e in said if e["event"] == "routing_log_write_failed"], said  # the write went on a new one
     result = verified(empty_database)
-    assert (result.ok, result.rows) == (True, 3)
+    assert (result.ok, result.rows) == (True, 3), result.problems
     ids = [
         r["id"] for r in sql(empty_database, "SELECT id FROM routing_log WHERE request_id IN ('r1', 'r2') ORDER BY seq")
     ]

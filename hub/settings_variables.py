@@ -129,7 +129,8 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
         "OCPI_HUB_KEPT_URL_BYTES_PER_DAY",
         "1073741824",
         "most bytes of hub URLs (paging Links, response_url results) the hub keeps in Redis for one platform's"
-        " requests per UTC day; past it its requests that need one are answered 4000 and not relayed",
+        " requests per UTC day; past it its requests that need one are answered 4000 and not relayed, and its list"
+        " requests are not forwarded until midnight UTC",
     ),
     ("OCPI_HUB_STILL_ALIVE_S", "300", "silence (s) after which the hub GETs a party's versions to see it is alive"),
     (

@@ -39,9 +39,13 @@ return -1
 class NoRoomToday(Exception):
     """The platform a hub URL is charged to was handed as many bytes of them this UTC day as the hub keeps."""
 
-    def __init__(self, kept_bytes: int, most_bytes: int) -> None:
+    def __init__(self, kept_bytes: int, most_bytes: int, day: int) -> None:
         super().__init__(f"{kept_bytes} bytes kept today, at most {most_bytes}")
-        self.kept_bytes, self.most_bytes = kept_bytes, most_bytes
+        self.kept_bytes, self.most_bytes, self.day = kept_bytes, most_bytes, day
+
+    def still_today(self) -> bool:
+        """Whether the UTC day it was refused on is today's: the platform is handed new ones from midnight."""
+        return self.day == int(time.time() // DAY_S)
 
 
 class Relayed(msgspec.Struct, frozen=True):
@@ -93,7 +97,7 @@ class RoutingState(OwnerIndex):
             args=[_encoder.encode(relayed), ttl_s, most_bytes, 2 * DAY_S],
         )
         if kept != -1:
-            raise NoRoomToday(int(kept), most_bytes)
+            raise NoRoomToday(int(kept), most_bytes, day)
         return key
 
     async def forget(self, kind: str, key: str) -> None:

@@ -13,6 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hub.errors import HubUrlsSpent
+from hub.ocpi.relay import Relay
+from hub.ocpi.relayed_urls import refuse_list_once_spent
+from hub.settings import Settings
+from storage.routing_state import DAY_S, NoRoomToday
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
 from tests.parties import envelope, free_port
 from tests.test_routing import _roles, party_key
@@ -243,8 +248,28 @@ def test_a_platform_handed_its_days_bytes_of_hub_urls_is_answered_4000_and_the_o
         assert re.fullmatch(said, told), told
         [row] = db.run(db.fetch("SELECT error FROM routing_log WHERE request_id = $1", answer.headers["x-request-id"]))
         assert row["error"] == told
-        # A command, whose response_url needs a hub URL, is not forwarded at all.
+        # From then on its list requests are not forwarded: the receiver would read out pages it never gets. Neither
+        # a GET of the list nor a hub URL of a page handed out before, whose answer may have a next page too.
         forwarded = len(cpo.functional())  # the pages, the one refused above too
+        [handed] = re.findall(r"<([^>]*)>", pages[0])
+        lists = [
+            greedy.call(hub.base, "GET", "sender/tariffs", to=party_key(cpo)),
+            greedy.call(hub.base, "GET", handed),
+        ]
+        for listed in lists:
+            assert listed.json()["status_code"] == 4000, listed.text
+            assert listed.json()["status_message"].startswith(
+                "not forwarded: the answer to a list request may need hub URLs for its Link, and the hub kept "
+            ), listed.text
+        assert len(cpo.functional()) == forwarded
+        # Its other requests still are: a token pushed, say.
+        cc, pid = party_key(greedy)
+        token = {"uid": "T1", "country_code": cc, "party_id": pid, "type": "RFID", "contract_id": "C1", "issuer": "I",
+                 "valid": True, "whitelist": "ALLOWED", "last_updated": "2026-11-25T10:00:00Z"}  # fmt: skip
+        pushed = greedy.call(hub.base, "PUT", f"receiver/tokens/{cc}/{pid}/T1", to=party_key(cpo), body=token)
+        assert pushed.json()["status_code"] == 1000 and len(cpo.functional()) == forwarded + 1, pushed.text
+        forwarded += 1
+        # A command, whose response_url needs a hub URL, is not forwarded at all.
         command = greedy.call(hub.base, "POST", "receiver/commands/START_SESSION", to=party_key(cpo),
                               body={"response_url": f"{greedy.base}/result/1", "location_id": "L1",
                                     "token": {"uid": "T1"}})  # fmt: skip
@@ -260,8 +285,8 @@ def test_a_platform_handed_its_days_bytes_of_hub_urls_is_answered_4000_and_the_o
             [line] = _logged(hub, "hub_urls_spent", refused.headers["x-request-id"])
             assert (line["party"], line["kind"], line["most_bytes"]) == (party, kind, 4000), line
         scraped = httpx.get(f"{hub.base}/metrics", timeout=10).text
-        for kind in ("pages", "results"):
-            assert f'ocpi_hub_hub_urls_spent_total{{kind="{kind}",party="{party}"}} 1.0' in scraped, kind
+        for kind, refused_count in (("pages", 3), ("results", 1)):
+            assert f'ocpi_hub_hub_urls_spent_total{{kind="{kind}",party="{party}"}} {refused_count}.0' in scraped, kind
     finally:
         hub.stop()
 
@@ -376,3 +401,15 @@ def test_a_cdr_location_over_the_limits_is_said_in_the_row_and_the_hubs_log_as_a
 def _logged(hub: Hub, event: str, request_id: str) -> list[dict]:
     lines = (json.loads(line) for line in hub.log().splitlines() if line.startswith("{") and event in line)
     return [line for line in lines if line.get("event") == event and line.get("request_id") == request_id]
+
+
+def test_a_platform_refused_hub_urls_yesterday_has_its_lists_forwarded_again_today() -> None:
+    # A process that refused a platform hub URLs forwards none of its lists for the rest of that UTC day (above); its
+    # count in Redis starts again at midnight, and so do its lists.
+    relay, today = Relay(Settings.from_env({})), int(time.time() // DAY_S)
+    relay.urls_spent[7] = NoRoomToday(4_100, 4_000, today - 1)
+    refuse_list_once_spent(relay, 7, ("NL", "ABC"))  # forwarded
+    assert 7 not in relay.urls_spent
+    relay.urls_spent[7] = NoRoomToday(4_100, 4_000, today)
+    with pytest.raises(HubUrlsSpent, match=r"^not forwarded: .* kept 4,100 bytes of them .* of 4,000 at most"):
+        refuse_list_once_spent(relay, 7, ("NL", "ABC"))

@@ -87,7 +87,9 @@ async def relay_module(relay: Relay, exchange: Exchange, path: str) -> Answer:
                 charged_to=caller.id, most_bytes=relay.settings.kept_url_bytes_per_day)  # fmt: skip
         except NoRoomToday as exc:
             what = "not forwarded: its response_url needs a hub URL"
-            raise relayed_urls.hub_urls_spent(exc, "results", route.sender.key, what) from None
+            raise relayed_urls.hub_urls_spent(relay, caller.id, exc, "results", route.sender.key, what) from None
+    elif incoming.method == "GET" and incoming.interface == "sender" and not incoming.segments:  # a list: Links
+        relayed_urls.refuse_list_once_spent(relay, caller.id, route.sender.key)
     url = endpoint_url(delivery.url, incoming.suffix)
     try:
         answer = await call_party(relay, exchange, delivery, route.sender, incoming.method, url, query, body,

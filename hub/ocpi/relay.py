@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from storage.directory import DirectoryCache, Platform
     from storage.location_cache import LocationCache
     from storage.routing_log import RoutingLogWriter
-    from storage.routing_state import RoutingState
+    from storage.routing_state import NoRoomToday, RoutingState
 
 log = structlog.get_logger()
 
@@ -102,6 +102,8 @@ class Relay:
         self.bodies = BodyDeadlines(settings.forward_timeout_s)
         self.hub_instance = settings.hub_instance  # hub.request_context.HUB_INSTANCE_HEADER
         self.address_refusals_told: dict[int, float] = {}  # platform id -> when a line on its address was logged
+        # platform id -> the refusal of hub URLs for its requests this process made last (hub.ocpi.relayed_urls)
+        self.urls_spent: dict[int, NoRoomToday] = {}
 
     def serve(self, state: State) -> None:
         """Start relaying with the resources the lifespan put in the app's state."""

@@ -91,6 +91,8 @@ async def follow(relay: Relay, exchange: Exchange, path: str) -> Answer:
         raise HubError(f"{to.country_code}-{to.party_id} gave a URL for this that the hub does not call: not at a host "
                        f"it registered, or no URL the hub can call", f"{url[:200]}: {why}")  # fmt: skip
     delivery = Delivery(target, to, relayed.url)
+    if kind == "pages":
+        refuse_list_once_spent(relay, caller.id, sender.key)
     answer = await call_party(relay, exchange, delivery, sender, entry.method, url, "", entry.request_body)
     # the page URLs it hands out are followed as this one was handed out: of a GET All asked of the hub or not,
     # whatever OCPI-to this one was followed with (none at all is fine, _check_addressed)
@@ -180,7 +182,7 @@ async def rewrite(
                     charged_to=caller.id, most_bytes=relay.settings.kept_url_bytes_per_day)  # fmt: skip
             except NoRoomToday as exc:  # relayed without its Link, the page would be taken for the last
                 what = "the receiver's answer is not relayed: its Link needs hub URLs"
-                raise hub_urls_spent(exc, "pages", sender.key, what) from None
+                raise hub_urls_spent(relay, caller.id, exc, "pages", sender.key, what) from None
         answer.headers["link"] = rewritten(link, lambda url: f"{relay.settings.public_url}{PAGES}{keys[urls[url]]}")
     elif values:
         del answer.headers["link"]
@@ -202,9 +204,13 @@ async def rewrite(
         answer.headers["location"] = f"{relay.settings.public_url}{CDR_LOCATIONS}{key}"
 
 
-def hub_urls_spent(exc: NoRoomToday, kind: str, caller: PartyKey, what: str) -> HubUrlsSpent:
+def hub_urls_spent(
+    relay: Relay, platform_id: int, exc: NoRoomToday, kind: str, caller: PartyKey, what: str
+) -> HubUrlsSpent:
     """The caller's platform has no room left today for the hub URLs (kind: pages, results) its request needs
-    (storage.routing_state): counted and logged by the calling party, whose requests they are."""
+    (storage.routing_state): counted and logged by the calling party, whose requests they are, and noted, so that
+    this process forwards none of its list requests for the rest of the day (refuse_list_once_spent)."""
+    relay.urls_spent[platform_id] = exc
     party = party_text(caller)
     HUB_URLS_SPENT.labels(party, kind).inc()
     log.warning("hub_urls_spent", party=party, kind=kind, kept_bytes=exc.kept_bytes, most_bytes=exc.most_bytes)
@@ -212,6 +218,21 @@ def hub_urls_spent(exc: NoRoomToday, kind: str, caller: PartyKey, what: str) -> 
         f"{what}, and the hub kept {exc.kept_bytes:,} bytes of them for this platform's requests today (UTC), of "
         f"{exc.most_bytes:,} at most (OCPI_HUB_KEPT_URL_BYTES_PER_DAY); the hub operator can raise it"
     )
+
+
+def refuse_list_once_spent(relay: Relay, platform_id: int, caller: PartyKey) -> None:
+    """A list request (a GET of a Sender's list, or of a page of one through the hub) of a platform this process has
+    refused hub URLs today (UTC) is answered 4000 and not forwarded: the receiver would read out a page whose answer,
+    with a next page, is not relayed (rewrite). One with no next page is refused too: which it is only its answer
+    says. No Redis call: a process that refused none forwards, and refuses after the answer as before."""
+    spent = relay.urls_spent.get(platform_id)
+    if spent is None:
+        return
+    if not spent.still_today():
+        del relay.urls_spent[platform_id]
+        return
+    what = "not forwarded: the answer to a list request may need hub URLs for its Link"
+    raise hub_urls_spent(relay, platform_id, spent, "pages", caller, what)
 
 
 def _hub(relay: Relay) -> tuple[str, str]:

@@ -220,9 +220,9 @@ class RoutingLogWriter:
     async def _write(self, batch: list[LogEntry], records: list[tuple[Any, ...]]) -> None:
         """The whole batch in one call (queries.sql's append_chained_rows, or with amendments append_routing_log_timed,
         migrations 0008, 0014, 0015, 0016 and 0021), so one round trip and one commit whatever the batch size: the rows
-        as one array of routing_log_timed_row records, the
-        locations as one of relayed_location_entry, the amendments taken (of rows committed before) as one of
-        routing_log_amendment_numbered; it reserves the ids of the next batches in the same call."""
+        as one array of routing_log_timed_row records, the locations as one of relayed_location_entry, the amendments
+        taken (of rows committed before) as one of routing_log_amendment_numbered; it reserves the ids of the next
+        batches in the same call."""
         # enough for batches up to four times this one's, so that a growing load seldom needs reserve_ids
         wanted = max(0, min(self._max_batch_rows, len(batch) * 4 + 16) - len(self._ids))
         amendments = amendment_records(self._chain, self._amending) if self._amending else []

@@ -21,6 +21,12 @@ CALLBACK_TTL_S = 48 * 3600  # mod_commands: results may arrive long after the Co
 PAGE_TTL_S = 24 * 3600  # a client crawling a long list pauses between pages
 DAY_S = 86_400
 
+
+def utc_day() -> int:
+    """Today's number (days since 1970-01-01, UTC): the day a platform's hub URLs are counted for."""
+    return int(time.time() // DAY_S)
+
+
 # A hub URL's key and value are kept (KEYS[1], ARGV[1], for ARGV[2] s) if the bytes kept for the platform it is
 # charged to this UTC day (KEYS[2], kept ARGV[4] s) leave room for them under ARGV[3]: -1; else the bytes kept so far.
 _REMEMBER_CHARGED = """
@@ -45,7 +51,7 @@ class NoRoomToday(Exception):
 
     def still_today(self) -> bool:
         """Whether the UTC day it was refused on is today's: the platform is handed new ones from midnight."""
-        return self.day == int(time.time() // DAY_S)
+        return self.day == utc_day()
 
 
 class Relayed(msgspec.Struct, frozen=True):
@@ -91,7 +97,7 @@ class RoutingState(OwnerIndex):
         (a page's caller, a result's requester). NoRoomToday, and nothing kept, if that platform was handed most_bytes
         of them this UTC day (OCPI_HUB_KEPT_URL_BYTES_PER_DAY): one platform cannot fill Redis, whatever it asks."""
         key = key or new_key()
-        day = int(time.time() // DAY_S)
+        day = utc_day()
         kept = await self._remember_charged(
             keys=[f"{self._prefix}{kind}:{key}", f"{self._prefix}kept-url-bytes:{charged_to}:{day}"],
             args=[_encoder.encode(relayed), ttl_s, most_bytes, 2 * DAY_S],

@@ -17,7 +17,7 @@ from hub.errors import HubUrlsSpent
 from hub.ocpi.relay import Relay
 from hub.ocpi.relayed_urls import refuse_list_once_spent
 from hub.settings import Settings
-from storage.routing_state import DAY_S, NoRoomToday
+from storage.routing_state import NoRoomToday, utc_day
 from tests.conftest import OUTPUT, Hub, Services, hub_env, register_at_hub, start_hub
 from tests.parties import envelope, free_port
 from tests.test_routing import _roles, party_key
@@ -406,7 +406,7 @@ def _logged(hub: Hub, event: str, request_id: str) -> list[dict]:
 def test_a_platform_refused_hub_urls_yesterday_has_its_lists_forwarded_again_today() -> None:
     # A process that refused a platform hub URLs forwards none of its lists for the rest of that UTC day (above); its
     # count in Redis starts again at midnight, and so do its lists.
-    relay, today = Relay(Settings.from_env({})), int(time.time() // DAY_S)
+    relay, today = Relay(Settings.from_env({})), utc_day()
     relay.urls_spent[7] = NoRoomToday(4_100, 4_000, today - 1)
     refuse_list_once_spent(relay, 7, ("NL", "ABC"))  # forwarded
     assert 7 not in relay.urls_spent

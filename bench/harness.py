@@ -148,9 +148,34 @@ def machine_speed() -> float:
     return min(timeit.repeat(work, number=1, repeat=5)) * 1000
 
 
+_ECHO = "import os\nwhile os.read(0, 1):\n    os.write(1, b'x')\n"
+
+
+def wake_up_round_trip_us(trips: int = 20_000) -> float:
+    """us for a byte sent to another process over a pipe and back (the median of trips): two wake-ups of a sleeping
+    process, as every hop of a routed request (load generator, hub, receiver, PostgreSQL) pays. Where an idle core is
+    halted at once (a VM without halt polling: haltpoll.guest_halt_poll_ns=0 on the 2-core test machine), the
+    hypervisor wakes it: 64 to 68 us there, and 5 us with the guest polling 200 us before it halts (the same trip in C:
+    22 to 32 us against 5)."""
+    echo = subprocess.Popen([sys.executable, "-c", _ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert echo.stdin is not None and echo.stdout is not None
+    send, back, took = echo.stdin.fileno(), echo.stdout.fileno(), []
+    try:
+        for _ in range(trips):
+            started = time.perf_counter()
+            os.write(send, b"x")
+            os.read(back, 1)
+            took.append(time.perf_counter() - started)
+    finally:
+        echo.stdin.close()
+        echo.wait()
+    return statistics.median(took) * 1e6
+
+
 def print_machine_speed(before: float) -> None:
     print(f"\nmachine speed: a fixed piece of Python took {before:.1f} ms before the runs and "
-          f"{machine_speed():.1f} ms after them (lower is faster; compare tables by it)")  # fmt: skip
+          f"{machine_speed():.1f} ms after them (lower is faster; compare tables by it); a wake-up round trip between "
+          f"two processes {wake_up_round_trip_us():.1f} us")  # fmt: skip
 
 
 _PACKAGES = {"wrk": "wrk", "gcc": "gcc", "valgrind": "valgrind", "callgrind_control": "valgrind"}

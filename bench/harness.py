@@ -157,18 +157,17 @@ def wake_up_round_trip_us(trips: int = 20_000) -> float:
     halted at once (a VM without halt polling: haltpoll.guest_halt_poll_ns=0 on the 2-core test machine), the
     hypervisor wakes it: 64 to 68 us there, and 5 us with the guest polling 200 us before it halts (the same trip in C:
     22 to 32 us against 5)."""
-    echo = subprocess.Popen([sys.executable, "-c", _ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert echo.stdin is not None and echo.stdout is not None
-    send, back, took = echo.stdin.fileno(), echo.stdout.fileno(), []
-    try:
+    took = []
+    # leaving the with closes both pipes (the echo's read then ends its loop) and waits for it
+    with subprocess.Popen([sys.executable, "-c", _ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as echo:
+        assert echo.stdin is not None and echo.stdout is not None
+        send, back = echo.stdin.fileno(), echo.stdout.fileno()
         for _ in range(trips):
             started = time.perf_counter()
             os.write(send, b"x")
-            os.read(back, 1)
+            if not os.read(back, 1):
+                raise RuntimeError(f"the echo process ended (exit status {echo.wait()})")
             took.append(time.perf_counter() - started)
-    finally:
-        echo.stdin.close()
-        echo.wait()
     return statistics.median(took) * 1e6
 
 

@@ -153,10 +153,9 @@ _ECHO = "import os\nwhile os.read(0, 1):\n    os.write(1, b'x')\n"
 
 def wake_up_round_trip_us(trips: int = 20_000) -> float:
     """us for a byte sent to another process over a pipe and back (the median of trips): two wake-ups of a sleeping
-    process, as every hop of a routed request (load generator, hub, receiver, PostgreSQL) pays. Where an idle core is
-    halted at once (a VM without halt polling: haltpoll.guest_halt_poll_ns=0 on the 2-core test machine), the
-    hypervisor wakes it: 64 to 68 us there, and 5 us with the guest polling 200 us before it halts (the same trip in C:
-    22 to 32 us against 5)."""
+    process, as every hop of a routed request (load generator, hub, receiver, PostgreSQL) pays. Long where the machine
+    halts an idle core at once and a hypervisor must wake it (README, "One worker or two, and the machine's
+    wake-ups")."""
     took = []
     # leaving the with closes both pipes (the echo's read then ends its loop) and waits for it
     with subprocess.Popen([sys.executable, "-c", _ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as echo:

@@ -1,4 +1,5 @@
-"""Checks of deploy/ that need no cluster: settings coverage, the Grafana queries (promtool), kustomize fallback."""
+"""Checks of deploy/ that need no cluster: settings coverage, the Grafana queries (promtool), kustomize fallback. The
+alerting rules have their own, check_alerts.py."""
 
 from __future__ import annotations
 
@@ -97,6 +98,9 @@ _SERIES = [
     ('ocpi_hub_routing_log_commit_seconds_bucket{%s, instance="a", le="0.001"}', "0+5x10"),
     ('ocpi_hub_routing_log_commit_seconds_bucket{%s, instance="a", le="0.01"}', "0+10x10"),
     ('ocpi_hub_routing_log_commit_seconds_bucket{%s, instance="a", le="+Inf"}', "0+10x10"),
+    # Writes failed a minute: 2 retried on a, none refused.
+    ('ocpi_hub_routing_log_write_failures_total{%s, instance="a", kind="retried"}', "0+2x10"),
+    ('ocpi_hub_routing_log_write_failures_total{%s, instance="a", kind="refused"}', "0x10"),
     ('ocpi_hub_location_cache_requests_total{%s, instance="a", result="hit"}', "0+180x10"),
     ('ocpi_hub_location_cache_requests_total{%s, instance="a", result="miss"}', "0+60x10"),
     ('ocpi_hub_location_sync_total{%s, instance="a", result="ok", kind="incremental"}', "0+1x10"),
@@ -123,12 +127,16 @@ _SERIES = [
     ('ocpi_hub_owner_index_lost_total{%s, instance="b", module="tokens"}', "0+2x10"),
     # Both instances report the same party status: the dashboard must not count a party twice.
     *(
-        (f'ocpi_hub_party_status{{%s, instance="{i}", party="NL-ABC", role="CPO", status="{s}"}}', v)
+        (f'ocpi_hub_party_status{{%s, instance="{i}", party="NL-ABC", role="CPO", status="{s}", suspended="false"}}', v)
         for i in "ab"
         for s, v in (("CONNECTED", "1x10"), ("OFFLINE", "0x10"))
     ),
     *(
-        (f'ocpi_hub_party_status{{%s, instance="{i}", party="DE-XYZ", role="EMSP", status="{s}"}}', v)
+        (
+            f'ocpi_hub_party_status{{%s, instance="{i}", party="DE-XYZ", role="EMSP", status="{s}", '
+            f'suspended="false"}}',
+            v,
+        )
         for i in "ab"
         for s, v in (("CONNECTED", "0x10"), ("OFFLINE", "1x10"))
     ),
@@ -172,6 +180,7 @@ EXPECTED: dict[tuple[str, str], list[tuple[str, float]]] = {
     ("Routing-log commit latency", "C"): [("{}", 0.001 + 0.009 * 4.9 / 5)],
     ("Routing-log rows and commits per second", "A"): [("{}", 2.0)],
     ("Routing-log rows and commits per second", "B"): [("{}", 10 / 60)],
+    ("Routing-log writes failed", "A"): [('{kind="retried"}', 2.0), ('{kind="refused"}', 0.0)],
     ("Location cache hit ratio", "A"): [("{}", 0.75)],
     ("Location cache requests", "A"): [('{result="hit"}', 3.0), ('{result="miss"}', 1.0)],
     ("Location sync results", "A"): [('{result="ok"}', 1.0), ('{result="failed"}', 0.0)],
@@ -194,7 +203,7 @@ EXPECTED: dict[tuple[str, str], list[tuple[str, float]]] = {
     ("Redis data lost (caches and owner index found without their mark)", "B"): [('{module="tokens"}', 2.0)],
     ("Party roles by status", "A"): [('{status="CONNECTED"}', 1.0), ('{status="OFFLINE"}', 1.0)],
     ("Parties not CONNECTED", "A"): [("{}", 1.0)],
-    ("Party roles not CONNECTED", "A"): [('{party="DE-XYZ", role="EMSP", status="OFFLINE"}', 1.0)],
+    ("Party roles not CONNECTED", "A"): [('{party="DE-XYZ", role="EMSP", status="OFFLINE", suspended="false"}', 1.0)],
 }
 
 

@@ -127,7 +127,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             spool_dir=settings.data_dir / "routing-log-spool",
             drain_timeout_s=LOG_DRAIN_S,
         )
-        writer.on_commit = metrics.routing_log_committed
+        writer.on_commit, writer.on_write_failed = metrics.routing_log_committed, metrics.routing_log_write_failed
         # both write only what names parties the directory holds on the platforms they were seen on: nothing brings a
         # departed party back, or gives its id's next platform what the old one sent
         locations = LocationCache(redis_client, settings.redis_prefix, directory, settings.max_locations_per_cpo,

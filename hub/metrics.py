@@ -51,6 +51,14 @@ LOG_COMMIT_SECONDS = Histogram(
     "ocpi_hub_routing_log_commit_seconds", "Time of one routing-log group commit",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )  # fmt: skip
+LOG_WRITE_FAILURES = Counter(
+    "ocpi_hub_routing_log_write_failures", "Routing-log group commits that failed, by kind (retried: PostgreSQL away, "
+    "too slow or its connection lost, the batch written again, in strict mode its callers answered 4000 once the "
+    "commit timeout passes; refused: a value the database will never take, the batch written again row by row, a "
+    "refused row without its bodies)", ["kind"],
+)  # fmt: skip
+for _kind in ("retried", "refused"):  # exported at 0 from the start: an alert's increase() sees the first failure
+    LOG_WRITE_FAILURES.labels(_kind)
 LOCATION_CACHE_LOST = Counter(
     "ocpi_hub_location_cache_lost", "CPOs whose location cache this hub process saw synced, then found without its "
     "sync mark: Redis lost its data (restart without persistence, FLUSHALL, failover to an empty replica)",
@@ -138,18 +146,24 @@ def routing_log_committed(rows: int, seconds: float) -> None:
     LOG_COMMIT_SECONDS.observe(seconds)
 
 
+def routing_log_write_failed(kind: str) -> None:
+    LOG_WRITE_FAILURES.labels(kind).inc()
+
+
 class PartyStatusCollector(Collector):
-    """ocpi_hub_party_status{party, role, status} = 1 for every role the hub knows, from the directory."""
+    """ocpi_hub_party_status{party, role, status, suspended} = 1 for every role the hub knows, from the directory:
+    suspended "true" for the roles of a platform the operator suspended (hub.admin.suspension), OFFLINE on purpose."""
 
     def __init__(self, state: State) -> None:
         self.state = state
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily("ocpi_hub_party_status", "Status of each connected role (1 = current status)",
-                                   labels=["party", "role", "status"])  # fmt: skip
+                                   labels=["party", "role", "status", "suspended"])  # fmt: skip
         for platform in self.state.directory.current.platforms.values():
+            suspended = "true" if platform.state == "SUSPENDED" else "false"
             for role in platform.roles:
-                family.add_metric([f"{role.country_code}-{role.party_id}", role.role, role.status], 1)
+                family.add_metric([f"{role.country_code}-{role.party_id}", role.role, role.status, suspended], 1)
         yield family
 
 

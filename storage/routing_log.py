@@ -91,6 +91,9 @@ class RoutingLogWriter:
         self.batches = 0
         self.rows = 0
         self.on_commit: Callable[[int, float], None] | None = None  # (rows, seconds) of each group commit
+        # of each write that failed: "retried" (the database away, too slow, or the connection lost: the batch is
+        # written again) or "refused" (a value the database will never take: written again row by row)
+        self.on_write_failed: Callable[[str], None] | None = None
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[RoutingLogWriter]:
@@ -204,6 +207,7 @@ class RoutingLogWriter:
                     return
                 except REFUSED:
                     self._in_flight = None  # refused, not in flight: written again row by row
+                    self._write_failed("refused")
                     raise
                 except Exception as exc:  # whatever it is, a writer that stopped would leave every caller waiting
                     # Keep the rows (already chained) and retry: nothing accepted is dropped. With its kind:
@@ -212,6 +216,7 @@ class RoutingLogWriter:
                     # after WRITE_TIMEOUT_S is a bare TimeoutError.
                     log.error("routing_log_write_failed", error=f"{type(exc).__name__}: {exc}".rstrip(": "),
                               rows=len(batch), queued=self._queue.qsize(), retry_in_s=delay)  # fmt: skip
+                    self._write_failed("retried")
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
         finally:
@@ -231,6 +236,10 @@ class RoutingLogWriter:
         _, next_ids = await self._connection.append(self.chain_id, records, location_records(batch), amendments, wanted)
         if next_ids:
             self._ids.add(next_ids)
+
+    def _write_failed(self, kind: str) -> None:
+        if self.on_write_failed is not None:
+            self.on_write_failed(kind)
 
     def _amended(self) -> None:
         """The amendments taken are written (or dropped): done."""

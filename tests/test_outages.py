@@ -25,6 +25,7 @@ from storage.embedded import EmbeddedPostgres, EmbeddedValkey
 from tests.conftest import OUTPUT, Services, hub_env, register_at_hub, start_hub
 from tests.parties import token_header
 from tests.test_credentials_rotation import console_page
+from tests.test_operations import _metric
 from tests.test_pull_sync import _wait
 from tests.test_routing import LOCATION, _roles, party_key
 
@@ -214,6 +215,10 @@ def test_a_hub_stopped_while_postgres_is_away_keeps_its_unwritten_rows_and_the_n
             answers += list(threads.map(push, range(1, 3)))  # theirs queued behind it
         assert [a.json()["status_code"] for a in answers] == [4000] * 3  # not committed in time, but relayed
         assert len(emsp.functional()) == 3
+        # what an operator is alerted by (deploy/prometheus): /metrics needs no PostgreSQL
+        assert _metric(hub, "ocpi_hub_routing_log_write_failures_total", kind="retried") >= 1
+        scraped = httpx.get(f"{hub.base}/metrics", timeout=10).text  # exported at 0 before its first failure
+        assert 'ocpi_hub_routing_log_write_failures_total{kind="refused"} 0.0' in scraped
         started = time.monotonic()
         assert hub.stop() == 0
         assert time.monotonic() - started < 20

@@ -13,6 +13,7 @@ from tests.conftest import Hub, unique_party_id
 from tests.parties import token_header
 from tests.test_admin_and_cli import _cli, _platform_id
 from tests.test_hub_client_info import _pushes_about, _wait_for
+from tests.test_operations import _metric
 from tests.test_routing import _roles, party_key, push_location
 
 
@@ -47,6 +48,10 @@ def test_a_suspended_platform_is_refused_saying_why_and_gets_nothing_until_it_is
     assert len(emsp.functional()) == before
     # the other parties see its role OFFLINE
     assert _wait_for(lambda: "OFFLINE" in [p["status"] for p in _pushes_about(watcher, party_key(emsp))])
+    # on purpose: the operator's alert on parties OFFLINE (deploy/prometheus) leaves it out
+    status = {"party": "-".join(party_key(emsp)), "role": "EMSP"}
+    assert _metric(hub, "ocpi_hub_party_status", **status, status="OFFLINE", suspended="true") == 1
+    assert _metric(hub, "ocpi_hub_party_status", **status, suspended="false") == 0
     # the relayed module's refusal is a row of the routing log, naming the caller
     row = db.run(db.fetchrow("SELECT routing FROM routing_log WHERE caller_platform_id = $1 AND http_status = 401 "
                              "AND module = 'locations' ORDER BY id DESC LIMIT 1", emsp_id))  # fmt: skip
@@ -63,6 +68,7 @@ def test_a_suspended_platform_is_refused_saying_why_and_gets_nothing_until_it_is
     # its token works again at once; its role comes back CONNECTED once the probe finds it answering
     assert httpx.get(hub.versions_url, headers=token_header(emsp.hub_token)).status_code == 200
     assert _wait_for(lambda: _pushes_about(watcher, party_key(emsp))[-1]["status"] == "CONNECTED", timeout=20)
+    assert _metric(hub, "ocpi_hub_party_status", **status, status="CONNECTED", suspended="false") == 1
     assert push_location(cpo, hub.base, party_key(emsp)).json()["status_code"] == 1000
     assert len(emsp.functional()) == before + 1
 

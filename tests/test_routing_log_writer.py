@@ -142,10 +142,13 @@ def test_a_write_the_database_never_answers_is_given_up_and_its_rows_are_written
     # (the retry used to fail on the chain's unique seq for ever).
     numbered_log(empty_database, 1)
 
+    failures: list[str] = []  # what an operator's ocpi_hub_routing_log_write_failures_total counts
+
     async def run() -> tuple[list[float], RoutingLogWriter]:
         proxy = _CuttingProxy(empty_database)
         pool = await asyncpg.create_pool(await proxy.start(), min_size=1, max_size=2)
         writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024, commit_timeout_s=10, write_timeout_s=1)
+        writer.on_write_failed = failures.append
         took = []
         try:
             async with writer.running():
@@ -163,6 +166,7 @@ def test_a_write_the_database_never_answers_is_given_up_and_its_rows_are_written
     took, writer = asyncio.run(asyncio.wait_for(run(), 60))
     assert took[1] > 1 and took[1] < 5 and took[0] < 1 and took[2] < 1
     assert writer.rows == 3
+    assert failures and set(failures) == {"retried"}, failures  # given up, then written again
     result = verified(empty_database)
     assert (result.ok, result.rows) == (True, 4)
 
@@ -350,13 +354,17 @@ def test_async_mode_holds_callers_back_once_the_writer_falls_behind_and_loses_no
     assert (result.ok, result.rows) == (True, 13)
 
 
-def _recorded(database_url: str, together: list[LogEntry], then: LogEntry | None = None) -> list[object]:
+def _recorded(
+    database_url: str, together: list[LogEntry], then: LogEntry | None = None, failures: list[str] | None = None
+) -> list[object]:
     """What record() gave each of the entries recorded together (in flight at once), then the one recorded after
-    them: None, or the exception it raised."""
+    them: None, or the exception it raised. failures: the kind of each write that failed is added to it."""
 
     async def run() -> list[object]:
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
         writer = RoutingLogWriter(pool, key=LOG_KEY, body_cap=1024)
+        if failures is not None:
+            writer.on_write_failed = failures.append
         async with writer.running():
             outcomes = await asyncio.gather(*(writer.record(entry) for entry in together), return_exceptions=True)
             if then is not None:
@@ -394,7 +402,10 @@ def test_a_row_refused_for_a_value_a_party_chose_is_stored_without_it_saying_why
     refused = numbered_entry(1)
     refused.ocpi_status_code = 2**40  # a bug's way past forward.OcpiStatusCode: out of the column's integer range
     refused.response_body = b'{"status_code": 1099511627776}'
-    assert _recorded(empty_database, [refused, numbered_entry(2)]) == [None, None]  # both callers get their answer
+    failures: list[str] = []
+    # both callers get their answer
+    assert _recorded(empty_database, [refused, numbered_entry(2)], failures=failures) == [None, None]
+    assert failures == ["refused", "refused"]  # the batch, then the row alone; bare, it was taken
     [row] = sql(empty_database, "SELECT * FROM routing_log WHERE request_id = 'r1'")
     assert (row["path"], row["http_status"], row["routing"]) == (
         "/ocpi/2.2.1/receiver/locations/NL/ABC/L1",

@@ -241,6 +241,21 @@ def _queries(dashboard: dict[str, Any]) -> dict[tuple[str, str], str]:
     return queries
 
 
+def metrics_named(text: str) -> set[str]:
+    """The hub's metrics a text of queries names, a histogram's by its own name rather than its series'."""
+    return {re.sub(r"_(bucket|count|sum)$", "", name) for name in re.findall(r"\bocpi_hub_\w+", text)}
+
+
+def promtool_failures(what: str, commands: list[list[str]], cwd: str) -> list[str]:
+    """A problem for each promtool command that fails, run in cwd, with what it printed."""
+    problems = []
+    for command in commands:
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            problems.append(f"{what}: {' '.join(command[1:])} failed:\n{done.stdout}{done.stderr}")
+    return problems
+
+
 def dashboard_structure(dashboard: dict[str, Any]) -> list[str]:
     problems = []
     ids = [panel["id"] for panel in dashboard["panels"]]
@@ -248,9 +263,8 @@ def dashboard_structure(dashboard: dict[str, Any]) -> list[str]:
         problems.append("dashboard: panel ids are not unique")
     text = json.dumps(dashboard["panels"])
     problems += [f"dashboard: no panel shows {metric}" for metric in METRICS if metric not in text]
-    named = {re.sub(r"_(bucket|count|sum)$", "", name) for name in re.findall(r"\bocpi_hub_\w+", text)}
     problems += [f"dashboard: a query names {name}, which hub/metrics.py does not export"
-                 for name in sorted(named - set(METRICS))]  # fmt: skip
+                 for name in sorted(metrics_named(text) - set(METRICS))]  # fmt: skip
     queries = _queries(dashboard)
     problems += [f"dashboard: no query {key} to test" for key in EXPECTED if key not in queries]
     problems += [f"dashboard: {key} uses an unknown Grafana variable" for key, expr in queries.items() if "$" in expr]
@@ -298,12 +312,8 @@ def dashboard_promql(dashboard: dict[str, Any], promtool: str) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "rules.yml").write_text(yaml.safe_dump(rules), encoding="utf-8")
         Path(tmp, "test.yml").write_text(yaml.safe_dump(tests), encoding="utf-8")
-        problems = []
-        for command in ([promtool, "check", "rules", "rules.yml"], [promtool, "test", "rules", "test.yml"]):
-            done = subprocess.run(command, cwd=tmp, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                problems.append(f"dashboard: {' '.join(command[1:])} failed:\n{done.stdout}{done.stderr}")
-    return problems
+        commands = [[promtool, "check", "rules", "rules.yml"], [promtool, "test", "rules", "test.yml"]]
+        return promtool_failures("dashboard", commands, tmp)
 
 
 def exported_metrics(exposition: str) -> list[str]:

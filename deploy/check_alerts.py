@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
-from check import DEPLOY, METRICS
+from check import DEPLOY, METRICS, metrics_named, promtool_failures
 
 ALERTS = DEPLOY / "prometheus" / "ocpi-hub-alerts.yml"
 SEVERITIES = ("critical", "warning")
@@ -25,12 +24,13 @@ _LABEL = re.compile(r"\{\{\s*\$labels\.(\w+)\s*\}\}")  # the one template the an
 Series = tuple[str, str]  # a series without its job label, and its values a minute apart (promtool's notation)
 Expected = tuple[str, str, list[dict[str, str]]]  # (eval time, alert, the label sets firing then beyond severity)
 
-_OK = 'ocpi_hub_requests_total{instance="a", module="locations", method="PUT", routing="direct", ocpi_status="1000"}'
-
 
 def _requests(instance: str, status: str, routing: str = "direct") -> str:
     return (f'ocpi_hub_requests_total{{instance="{instance}", module="sessions", method="PUT", routing="{routing}", '
             f'ocpi_status="{status}"}}')  # fmt: skip
+
+
+_OK = _requests("a", "1000")  # the traffic that went well, beside the failures of a case
 
 
 def _buckets(metric: str, labels: str, per_minute: dict[str, int], minutes: int) -> list[Series]:
@@ -248,9 +248,8 @@ def structure(rules: dict[str, dict[str, Any]]) -> list[str]:
                 problems.append(f"alerts: {name} has no {key}")
             elif "{{" in _LABEL.sub("", annotations[key]):
                 problems.append(f"alerts: {name}'s {key} has a template other than {{{{ $labels.NAME }}}}")
-        named = {re.sub(r"_(bucket|count|sum)$", "", metric) for metric in re.findall(r"\bocpi_hub_\w+", rule["expr"])}
         problems += [f"alerts: {name} reads {metric}, which hub/metrics.py does not export"
-                     for metric in sorted(named - known)]  # fmt: skip
+                     for metric in sorted(metrics_named(rule["expr"]) - known)]  # fmt: skip
     for name in rules:
         expectations = [firing for _, _, checks in CASES for _, alert, firing in checks if alert == name]
         if not any(expectations):
@@ -292,14 +291,10 @@ def promtool_tests(promtool: str, rules: dict[str, dict[str, Any]]) -> list[str]
             for name, series_list, checks in CASES
         ],
     }
-    problems = []
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "test.yml").write_text(yaml.safe_dump(tests, sort_keys=False), encoding="utf-8")
-        for command in ([promtool, "check", "rules", str(ALERTS)], [promtool, "test", "rules", "test.yml"]):
-            done = subprocess.run(command, cwd=tmp, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                problems.append(f"alerts: promtool {' '.join(command[1:2])} failed:\n{done.stdout}{done.stderr}")
-    return problems
+        commands = [[promtool, "check", "rules", str(ALERTS)], [promtool, "test", "rules", "test.yml"]]
+        return promtool_failures("alerts", commands, tmp)
 
 
 def main(argv: list[str] | None = None) -> int:

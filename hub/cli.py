@@ -11,9 +11,10 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 import asyncpg
 import redis.asyncio as redis
@@ -27,6 +28,8 @@ from hub.data_dir_serves import Serve, hub_url, running_serves, serve_recorded
 from hub.logs import configure_logging
 from hub.serve import STOPS_ASKED, serve
 from hub.settings import Settings, SettingsError
+
+T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,9 +85,46 @@ def _stops_of_serve() -> Iterator[None]:
 
 def stop_asked(signum: int, frame: FrameType | None) -> None:
     """SIGTERM (and Ctrl-C's SIGINT) before serve's server takes the signals over: a KeyboardInterrupt, as Ctrl-C, and
-    kept in hub.serve.STOPS_ASKED, in case it was raised where Python ignores it (a finalizer)."""
+    kept in hub.serve.STOPS_ASKED, in case it was raised where Python ignores it (a finalizer). While serve migrates
+    or checks Redis (run_until_stopped), its task cancelled instead."""
     STOPS_ASKED.append(signum)
+    if _STOPPABLE:
+        # as asyncio.run on Ctrl-C: cancelled, what it awaits unwinds (a migration's transaction rolled back, its
+        # connection closed), then KeyboardInterrupt; a second stop would cut that short
+        if not (task := _STOPPABLE[-1]).cancelling():
+            task.cancel()
+            task.get_loop().call_soon_threadsafe(lambda: None)  # wakes a loop waiting in select()
+        return
     raise KeyboardInterrupt
+
+
+_STOPPABLE: list[asyncio.Task[object]] = []  # the task run_until_stopped runs, while it runs
+
+
+def run_until_stopped(main: Coroutine[object, object, T]) -> T:
+    """asyncio.run(main), which a stop asked for cancels (stop_asked). Its KeyboardInterrupt, raised wherever the
+    loop was, broke what it was in the middle of: one raised in asyncpg's reading of an answer left serve waiting for
+    ever for the answer it had read, or failing with a ValueError out of asyncpg (seen on CI, 20 s without an exit)."""
+
+    async def stoppable() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        _STOPPABLE.append(task)
+        try:
+            return await main
+        finally:
+            _STOPPABLE.pop()
+
+    stops = len(STOPS_ASKED)
+    try:
+        done = asyncio.run(stoppable())
+    except asyncio.CancelledError:
+        if len(STOPS_ASKED) == stops:
+            raise
+        raise KeyboardInterrupt from None
+    if len(STOPS_ASKED) > stops:  # asked for as it finished: stopped all the same
+        raise KeyboardInterrupt
+    return done
 
 
 def _written(text: str) -> int:
@@ -146,11 +186,11 @@ def _main(args: argparse.Namespace, listening: socket.socket | None) -> int:
             assert ready.database_url is not None
             owner_url = ready.owner_database_url or ready.database_url  # migrations and retention run as the owner
             applies = args.command in ("serve", "demo", "migrate")
-            applied = asyncio.run(migrate_database(owner_url, settings.secret_key or "", applies,
-                                                   settings.secret_key_source))  # fmt: skip
+            applied = run_until_stopped(migrate_database(owner_url, settings.secret_key or "", applies,
+                                                         settings.secret_key_source))  # fmt: skip
             if args.command in OWNER_COMMANDS:
                 ready = dataclasses.replace(ready, database_url=owner_url)
-            asyncio.run(check_redis(ready.redis_url or "", serving=args.command in ("serve", "demo")))
+            run_until_stopped(check_redis(ready.redis_url or "", serving=args.command in ("serve", "demo")))
             ready = dataclasses.replace(ready, start_checked=True)  # the hub's lifespan checks none of it again
             if args.command == "migrate":
                 out(_migrated(applied))

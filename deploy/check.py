@@ -101,6 +101,9 @@ _SERIES = [
     # Writes failed a minute: 2 retried on a, none refused.
     ('ocpi_hub_routing_log_write_failures_total{%s, instance="a", kind="retried"}', "0+2x10"),
     ('ocpi_hub_routing_log_write_failures_total{%s, instance="a", kind="refused"}', "0x10"),
+    # Rows waiting for their commit: 120 on a, none on b.
+    ('ocpi_hub_routing_log_rows_waiting{%s, instance="a"}', "120x10"),
+    ('ocpi_hub_routing_log_rows_waiting{%s, instance="b"}', "0x10"),
     ('ocpi_hub_location_cache_requests_total{%s, instance="a", result="hit"}', "0+180x10"),
     ('ocpi_hub_location_cache_requests_total{%s, instance="a", result="miss"}', "0+60x10"),
     ('ocpi_hub_location_sync_total{%s, instance="a", result="ok", kind="incremental"}', "0+1x10"),
@@ -181,6 +184,7 @@ EXPECTED: dict[tuple[str, str], list[tuple[str, float]]] = {
     ("Routing-log rows and commits per second", "A"): [("{}", 2.0)],
     ("Routing-log rows and commits per second", "B"): [("{}", 10 / 60)],
     ("Routing-log writes failed", "A"): [('{kind="retried"}', 2.0), ('{kind="refused"}', 0.0)],
+    ("Routing-log rows waiting", "A"): [('{instance="a"}', 120.0), ('{instance="b"}', 0.0)],
     ("Location cache hit ratio", "A"): [("{}", 0.75)],
     ("Location cache requests", "A"): [('{result="hit"}', 3.0), ('{result="miss"}', 1.0)],
     ("Location sync results", "A"): [('{result="ok"}', 1.0), ('{result="failed"}', 0.0)],

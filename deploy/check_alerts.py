@@ -79,6 +79,17 @@ CASES: list[tuple[str, list[Series], list[Expected]]] = [
         ],
     ),
     (
+        "rows piling up on one instance for minutes, a burst of them on another",
+        [
+            ('ocpi_hub_routing_log_rows_waiting{instance="a"}', "0x5 6000+1000x20"),
+            ('ocpi_hub_routing_log_rows_waiting{instance="b"}', "0x5 9000x3 0x15"),
+        ],
+        [
+            ("8m", "OcpiHubRoutingLogRowsPiling", []),  # over 5,000 for 3 minutes on both: neither yet
+            ("15m", "OcpiHubRoutingLogRowsPiling", [{"instance": "a"}]),
+        ],
+    ),
+    (
         "one request in eleven answered 4000, from the tenth minute",
         [(_OK, "0+600x40"), (_requests("b", "4000"), "0x10 0+60x30")],
         [("10m", "OcpiHubAnswering4000", []), ("35m", "OcpiHubAnswering4000", [{}])],

@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
             drain_timeout_s=LOG_DRAIN_S,
         )
         writer.on_commit, writer.on_write_failed = metrics.routing_log_committed, metrics.routing_log_write_failed
+        writer.on_waiting = metrics.routing_log_rows_waiting
         # both write only what names parties the directory holds on the platforms they were seen on: nothing brings a
         # departed party back, or gives its id's next platform what the old one sent
         locations = LocationCache(redis_client, settings.redis_prefix, directory, settings.max_locations_per_cpo,

@@ -16,7 +16,15 @@ import msgspec
 from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -59,6 +67,12 @@ LOG_WRITE_FAILURES = Counter(
 )  # fmt: skip
 for _kind in ("retried", "refused"):  # exported at 0 from the start: an alert's increase() sees the first failure
     LOG_WRITE_FAILURES.labels(_kind)
+LOG_ROWS_WAITING = Gauge(
+    "ocpi_hub_routing_log_rows_waiting", "Routing-log rows and amendments the hub accepted and has not committed: "
+    "queued for its writer, or in a write that failed and is retried; as of each writer's last commit or failed write, "
+    "summed over the workers. In async mode a worker's callers wait for their commit from 20,000 on (storage."
+    "routing_log.MAX_QUEUED_ROWS)", multiprocess_mode="livesum",
+)  # fmt: skip
 LOCATION_CACHE_LOST = Counter(
     "ocpi_hub_location_cache_lost", "CPOs whose location cache this hub process saw synced, then found without its "
     "sync mark: Redis lost its data (restart without persistence, FLUSHALL, failover to an empty replica)",
@@ -148,6 +162,10 @@ def routing_log_committed(rows: int, seconds: float) -> None:
 
 def routing_log_write_failed(kind: str) -> None:
     LOG_WRITE_FAILURES.labels(kind).inc()
+
+
+def routing_log_rows_waiting(rows: int) -> None:
+    LOG_ROWS_WAITING.set(rows)
 
 
 class PartyStatusCollector(Collector):

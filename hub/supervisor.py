@@ -7,6 +7,7 @@ import time
 from socket import socket
 
 import structlog
+from prometheus_client.multiprocess import mark_process_dead
 from uvicorn import Config
 from uvicorn.server import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess
@@ -37,6 +38,15 @@ class Supervisor(Multiprocess):
                 )
                 process.process.kill()
                 process.process.join()
+
+    def keep_subprocess_alive(self) -> None:
+        """As uvicorn's, and a worker that died and was started again no longer counts in the gauges /metrics sums (its
+        last count of routing-log rows waiting stayed in, for as long as serve ran)."""
+        running = {process.pid for process in self.processes}
+        super().keep_subprocess_alive()
+        if metrics_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            for gone in running - {process.pid for process in self.processes}:
+                mark_process_dead(gone, metrics_dir)
 
     def handle_term(self) -> None:
         self._asked("SIGTERM")

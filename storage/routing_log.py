@@ -94,6 +94,9 @@ class RoutingLogWriter:
         # of each write that failed: "retried" (the database away, too slow, or the connection lost: the batch is
         # written again) or "refused" (a value the database will never take: written again row by row)
         self.on_write_failed: Callable[[str], None] | None = None
+        # rows and amendments accepted and not committed (queued, or in the write that failed), after each commit and
+        # each failed write; 0 once closed (what was left is spooled)
+        self.on_waiting: Callable[[int], None] | None = None
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[RoutingLogWriter]:
@@ -116,6 +119,8 @@ class RoutingLogWriter:
                 await self._task
             spooled = await self._spool_unwritten()
             self._closed = True
+            if self.on_waiting is not None:  # in this process: the rows left are in the spool file, or lost
+                self.on_waiting(0)
             await self._connection.release(broken=spooled > 0)
 
     async def record(self, entry: LogEntry) -> None:
@@ -204,6 +209,7 @@ class RoutingLogWriter:
                     self._amended()
                     if self.on_commit is not None and batch:  # of rows: not of amendments alone
                         self.on_commit(len(batch), time.perf_counter() - started)
+                    self._say_waiting(0)
                     return
                 except REFUSED:
                     self._in_flight = None  # refused, not in flight: written again row by row
@@ -217,6 +223,7 @@ class RoutingLogWriter:
                     log.error("routing_log_write_failed", error=f"{type(exc).__name__}: {exc}".rstrip(": "),
                               rows=len(batch), queued=self._queue.qsize(), retry_in_s=delay)  # fmt: skip
                     self._write_failed("retried")
+                    self._say_waiting(len(batch) + len(self._amending))
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
         finally:
@@ -240,6 +247,11 @@ class RoutingLogWriter:
     def _write_failed(self, kind: str) -> None:
         if self.on_write_failed is not None:
             self.on_write_failed(kind)
+
+    def _say_waiting(self, not_committed: int) -> None:
+        """not_committed: of the rows and amendments taken from the queue."""
+        if self.on_waiting is not None:
+            self.on_waiting(self._queue.qsize() + len(self._taken) + not_committed)
 
     def _amended(self) -> None:
         """The amendments taken are written (or dropped): done."""

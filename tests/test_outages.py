@@ -158,6 +158,7 @@ def test_while_postgres_hangs_callers_are_answered_in_time_and_their_rows_are_wr
         assert [r.path for r in emsp.functional()] == [f"/ocpi/2.2.1/locations/receiver/{cc}/{pid}/L1"] * 2
         after = push("after-postgres-answers-again")
         assert after.json()["status_code"] == 1000
+        assert _metric(hub, "ocpi_hub_routing_log_rows_waiting") == 0  # the rows written meanwhile, the amendment too
         logged = _logged_rows(url, "%postgres%")
         assert [row["request_id"] for row in logged] == ["before-postgres-hangs", "while-postgres-hangs",
                                                          "after-postgres-answers-again"]  # fmt: skip
@@ -217,6 +218,8 @@ def test_a_hub_stopped_while_postgres_is_away_keeps_its_unwritten_rows_and_the_n
         assert len(emsp.functional()) == 3
         # what an operator is alerted by (deploy/prometheus): /metrics needs no PostgreSQL
         assert _metric(hub, "ocpi_hub_routing_log_write_failures_total", kind="retried") >= 1
+        # the rows not committed: the one being written, its amendment (its caller got the 4000), and the two queued
+        _wait(lambda: _metric(hub, "ocpi_hub_routing_log_rows_waiting") == 4)
         scraped = httpx.get(f"{hub.base}/metrics", timeout=10).text  # exported at 0 before its first failure
         assert 'ocpi_hub_routing_log_write_failures_total{kind="refused"} 0.0' in scraped
         started = time.monotonic()

@@ -3,6 +3,8 @@ stops."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -79,3 +81,29 @@ def test_two_serves_on_one_port_and_data_dir_count_apart_and_leave_each_other_th
     finally:
         assert first.stop() == 0
     assert _metrics_folders(tmp_path) == []
+
+
+def test_a_worker_that_died_and_was_started_again_no_longer_counts_in_the_gauges(
+    services: Services, tmp_path: Path
+) -> None:
+    # /metrics sums each worker's last count of routing-log rows waiting (a live gauge): a worker killed (the kernel's
+    # OOM killer) left its file, with whatever rows it had waiting, summed in for as long as serve ran.
+    hub = _workers_started(start_hub(hub_env(services, tmp_path), OUTPUT / "hub-worker-died.log", "--workers", "2"))
+    try:
+        folder = tmp_path / f"metrics-{hub.base.rsplit(':', 1)[1]}"
+        workers = [json.loads(line)["pid"] for line in hub.log().splitlines() if '"hub_started"' in line]
+        assert sorted(path.name for path in folder.glob("gauge_livesum_*")) == sorted(
+            f"gauge_livesum_{pid}.db" for pid in workers
+        )
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while hub.log().count('"hub_started"') < 3:  # uvicorn starts another in its place
+            assert time.monotonic() < deadline, hub.log()
+            time.sleep(0.1)
+        restarted = json.loads([line for line in hub.log().splitlines() if '"hub_started"' in line][-1])["pid"]
+        assert sorted(path.name for path in folder.glob("gauge_livesum_*")) == sorted(
+            f"gauge_livesum_{pid}.db" for pid in (workers[1], restarted)
+        )
+        assert httpx.get(f"{hub.base}/metrics").text.count("\nocpi_hub_routing_log_rows_waiting ") == 1
+    finally:
+        assert hub.stop() == 0

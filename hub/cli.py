@@ -88,17 +88,36 @@ def stop_asked(signum: int, frame: FrameType | None) -> None:
     kept in hub.serve.STOPS_ASKED, in case it was raised where Python ignores it (a finalizer). While serve migrates
     or checks Redis (run_until_stopped), its task cancelled instead."""
     STOPS_ASKED.append(signum)
-    if _STOPPABLE:
-        # as asyncio.run on Ctrl-C: cancelled, what it awaits unwinds (a migration's transaction rolled back, its
-        # connection closed), then KeyboardInterrupt; a second stop would cut that short
-        if not (task := _STOPPABLE[-1]).cancelling():
-            task.cancel()
-            task.get_loop().call_soon_threadsafe(lambda: None)  # wakes a loop waiting in select()
+    if (task := _running.task) is not None:
+        if not _running.told:  # a second stop would cut the first one's unwinding short
+            _running.told = True
+            task.get_loop().call_soon_threadsafe(_cancelled_until_done, task)
         return
     raise KeyboardInterrupt
 
 
-_STOPPABLE: list[asyncio.Task[object]] = []  # the task run_until_stopped runs, while it runs
+class _Running:
+    """The task run_until_stopped runs, while it runs, and whether a stop was asked for meanwhile."""
+
+    task: asyncio.Task[object] | None = None
+    told = False
+
+
+_running = _Running()
+
+
+# What a cancelled task awaits may not end: with PostgreSQL frozen, the cancel asyncpg sends it and the close of the
+# connection wait for ever, and so did serve, SIGTERM or not. Cancelled again after this long, the connection is
+# dropped (PostgreSQL rolls the migration back once it runs again).
+UNWINDING_S = 2.0
+
+
+def _cancelled_until_done(task: asyncio.Task[object]) -> None:
+    """As asyncio.run on Ctrl-C: cancelled, what it awaits unwinds (a migration's transaction rolled back, its
+    connection closed), then KeyboardInterrupt; cancelled again every UNWINDING_S until it has."""
+    if not task.done():
+        task.cancel()
+        task.get_loop().call_later(UNWINDING_S, _cancelled_until_done, task)
 
 
 def run_until_stopped(main: Coroutine[object, object, T]) -> T:
@@ -107,13 +126,11 @@ def run_until_stopped(main: Coroutine[object, object, T]) -> T:
     ever for the answer it had read, or failing with a ValueError out of asyncpg (seen on CI, 20 s without an exit)."""
 
     async def stoppable() -> T:
-        task = asyncio.current_task()
-        assert task is not None
-        _STOPPABLE.append(task)
+        _running.task, _running.told = asyncio.current_task(), False
         try:
             return await main
         finally:
-            _STOPPABLE.pop()
+            _running.task = None
 
     stops = len(STOPS_ASKED)
     try:

@@ -23,9 +23,10 @@ import httpx
 import psutil
 import pytest
 
-from hub.cli import run_until_stopped, stop_asked
+from hub.cli import UNWINDING_S, run_until_stopped, stop_asked
 from hub.ocpi.late_answer import STOPPED, STOPPED_WHILE_ROUTED
 from hub.serve import STOPS_ASKED, WORKERS_KILL_AFTER_S
+from storage.embedded import EmbeddedPostgres
 from storage.migrate import migration_files
 from tests.conftest import (
     OUTPUT,
@@ -41,6 +42,7 @@ from tests.conftest import (
 )
 from tests.log_rows import sql, verified
 from tests.parties import Party, free_port
+from tests.test_outages import _server_processes
 from tests.test_routing import _roles, party_key
 
 # A stop during start-up takes a worker's start and its shutdown: seconds. Well under granian's kill of a worker that
@@ -277,6 +279,46 @@ def test_serve_stopped_at_any_migration_exits_at_once_and_the_next_start_applies
     assert names == [name for _, name, _ in migration_files()]
     assert applied == sorted(set(applied)) and len(applied) >= len(names) - 3, applied
     assert verified(empty_database).ok
+
+
+def test_a_stop_while_serve_migrates_a_postgresql_that_stopped_answering_ends_serve_within_seconds(
+    services: Services, tmp_path: Path
+) -> None:
+    # The cancelled migration's rollback, its advisory unlock and the close of its connection each waited for ever
+    # for a PostgreSQL frozen (here: its processes stopped by a signal; a stalled disk, a lost network): serve never
+    # exited, and an orchestrator killed it at the end of its grace period.
+    postgres = EmbeddedPostgres(tmp_path / "pg")
+    url = postgres.start()
+    log_path = OUTPUT / "hub-stopped-migrating-a-frozen-postgresql.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(free_port())],
+                                   env=hub_env(services, tmp_path / "data", OCPI_HUB_DATABASE_URL=url), stdout=log,
+                                   stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
+    serve, frozen = Serve(process, log_path), []
+    try:
+        deadline = time.monotonic() + 60
+        while '"migration_applied"' not in serve.log():
+            assert serve.process.poll() is None and time.monotonic() < deadline, serve.log()
+            time.sleep(0.002)
+        postmaster = postgres._live_pid()
+        assert postmaster is not None
+        frozen = _server_processes(postmaster)
+        for stopped in frozen:
+            os.kill(stopped, signal.SIGSTOP)
+        serve.process.send_signal(signal.SIGTERM)
+        told = time.monotonic()
+        assert serve.process.wait(STOPPED_WITHIN_S) == 0, serve.log()
+        assert time.monotonic() - told < 4 * UNWINDING_S  # each of its awaits given up after UNWINDING_S
+    finally:
+        for stopped in frozen:
+            os.kill(stopped, signal.SIGCONT)
+        serve.kill_all()
+        postgres.stop()
+    url = postgres.start()  # the migration stopped was rolled back: the next start applies the rest
+    assert [row["name"] for row in sql(url, "SELECT name FROM schema_migration ORDER BY version")] == [
+        line["migration"] for line in map(json.loads, serve.log().splitlines()) if line["event"] == "migration_applied"
+    ]
+    postgres.stop()
 
 
 @pytest.mark.parametrize("server", [(), ("--workers", "2"), ("--server", "granian")], ids=" ".join)

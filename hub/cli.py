@@ -121,9 +121,10 @@ def _cancelled_until_done(task: asyncio.Task[object]) -> None:
 
 
 def run_until_stopped(main: Coroutine[object, object, T]) -> T:
-    """asyncio.run(main), which a stop asked for cancels (stop_asked). Its KeyboardInterrupt, raised wherever the
-    loop was, broke what it was in the middle of: one raised in asyncpg's reading of an answer left serve waiting for
-    ever for the answer it had read, or failing with a ValueError out of asyncpg (seen on CI, 20 s without an exit)."""
+    """asyncio.run(main), which a stop asked for cancels (stop_asked), then KeyboardInterrupt. A stop's
+    KeyboardInterrupt raised wherever the loop was broke what it was in the middle of: raised in asyncpg's reading of
+    an answer, it left serve waiting for ever for the answer it had read, or failing with a ValueError out of asyncpg
+    (seen on CI, 20 s without an exit)."""
 
     async def stoppable() -> T:
         _running.task, _running.told = asyncio.current_task(), False

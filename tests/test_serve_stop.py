@@ -314,11 +314,14 @@ def test_a_stop_while_serve_migrates_a_postgresql_that_stopped_answering_ends_se
             os.kill(stopped, signal.SIGCONT)
         serve.kill_all()
         postgres.stop()
-    url = postgres.start()  # the migration stopped was rolled back: the next start applies the rest
-    assert [row["name"] for row in sql(url, "SELECT name FROM schema_migration ORDER BY version")] == [
-        line["migration"] for line in map(json.loads, serve.log().splitlines()) if line["event"] == "migration_applied"
-    ]
+    url = postgres.start()  # the migration stopped was rolled back, none left half applied
+    recorded = [row["name"] for row in sql(url, "SELECT name FROM schema_migration ORDER BY version")]
     postgres.stop()
+    logged = [line["migration"] for line in map(json.loads, serve.log().splitlines())
+              if line["event"] == "migration_applied"]  # fmt: skip
+    assert recorded == [name for _, name, _ in migration_files()][: len(recorded)]
+    # one whose COMMIT PostgreSQL had taken as it froze is in, without its line (seen on CI)
+    assert recorded[: len(logged)] == logged and len(recorded) - len(logged) <= 1, (recorded, logged)
 
 
 @pytest.mark.parametrize("server", [(), ("--workers", "2"), ("--server", "granian")], ids=" ".join)

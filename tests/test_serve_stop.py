@@ -315,8 +315,10 @@ def test_a_stop_while_serve_migrates_a_postgresql_that_stopped_answering_ends_se
         serve.kill_all()
         postgres.stop()
     url = postgres.start()  # the migration stopped was rolled back, none left half applied
-    recorded = [row["name"] for row in sql(url, "SELECT name FROM schema_migration ORDER BY version")]
-    postgres.stop()
+    try:
+        recorded = [row["name"] for row in sql(url, "SELECT name FROM schema_migration ORDER BY version")]
+    finally:
+        postgres.stop()
     logged = [line["migration"] for line in map(json.loads, serve.log().splitlines())
               if line["event"] == "migration_applied"]  # fmt: skip
     assert recorded == [name for _, name, _ in migration_files()][: len(recorded)]

@@ -167,7 +167,10 @@ def test_a_worker_that_does_not_stop_is_killed_and_serve_exits_within_the_grace_
 
 def _serve_on_embedded_servers(data_dir: Path, log_name: str, *args: str) -> Serve:
     """`ocpi-hub serve` as on a fresh machine: no storage URLs, so it starts the embedded servers under data_dir."""
-    env = fresh_env(data_dir, OCPI_HUB_SECRET_KEY=SECRET_KEY)
+    return _serve(fresh_env(data_dir, OCPI_HUB_SECRET_KEY=SECRET_KEY), log_name, *args)
+
+
+def _serve(env: dict[str, str], log_name: str, *args: str) -> Serve:
     log_path = OUTPUT / log_name
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(free_port()), *args],
@@ -253,11 +256,7 @@ def test_serve_stopped_at_any_migration_exits_at_once_and_the_next_start_applies
     env = hub_env(services, tmp_path / "data", OCPI_HUB_DATABASE_URL=empty_database)
     shuffled, applied = random.Random(4), []
     for start in range(len(migration_files()) + 1):
-        log_path = OUTPUT / f"hub-stopped-migrating-{start}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(free_port())],
-                                       env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
-        serve = Serve(process, log_path)
+        serve = _serve(env, f"hub-stopped-migrating-{start}.log")
         try:
             deadline = time.monotonic() + 60
             while '"migration_applied"' not in serve.log() and '"hub_serving"' not in serve.log():
@@ -289,12 +288,8 @@ def test_a_stop_while_serve_migrates_a_postgresql_that_stopped_answering_ends_se
     # exited, and an orchestrator killed it at the end of its grace period.
     postgres = EmbeddedPostgres(tmp_path / "pg")
     url = postgres.start()
-    log_path = OUTPUT / "hub-stopped-migrating-a-frozen-postgresql.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "hub.cli", "serve", "--port", str(free_port())],
-                                   env=hub_env(services, tmp_path / "data", OCPI_HUB_DATABASE_URL=url), stdout=log,
-                                   stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
-    serve, frozen = Serve(process, log_path), []
+    env = hub_env(services, tmp_path / "data", OCPI_HUB_DATABASE_URL=url)
+    serve, frozen = _serve(env, "hub-stopped-migrating-a-frozen-postgresql.log"), []
     try:
         deadline = time.monotonic() + 60
         while '"migration_applied"' not in serve.log():
